@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/manifests/fsstore"
+	"github.com/patchfleet/ota/manifests/s3store"
+	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/sqlstore"
+)
+
+// Main is a running otad: the database, the blob store and the HTTP server,
+// wired together. Tests start it on 127.0.0.1:0 in t.TempDir().
+type Main struct {
+	cfg Config
+	log *slog.Logger
+
+	DB    *sqlstore.DB
+	Blobs manifests.BlobStore
+	API   *api.Server
+
+	ln   net.Listener
+	http *http.Server
+	done chan error
+}
+
+// NewMain returns an unopened Main.
+func NewMain(cfg Config, log *slog.Logger) *Main {
+	return &Main{cfg: cfg, log: log, done: make(chan error, 1)}
+}
+
+// Run opens the database (running migrations), the blob store and the
+// listener, then serves in the background. Errors name the setting to fix.
+func (m *Main) Run(ctx context.Context) error {
+	startCtx, cancel := context.WithTimeout(ctx, m.cfg.StartupTimeout)
+	defer cancel()
+
+	if err := prepareDataDir(m.cfg.DataDir); err != nil {
+		return err
+	}
+	db, res, err := openDatabase(startCtx, m.cfg, m.log)
+	if err != nil {
+		return err
+	}
+	m.DB = db
+	if m.Blobs, err = openStorage(startCtx, m.cfg); err != nil {
+		return err
+	}
+	installation, err := db.InstallationID(startCtx)
+	if err != nil {
+		return fmt.Errorf("read installation id: %w", err)
+	}
+
+	m.API = api.New(api.Config{
+		Logger: m.log,
+		Checks: []api.Check{
+			{Name: "database", Pinger: m.DB},
+			{Name: "storage", Pinger: m.Blobs},
+		},
+		MaxBody:  m.cfg.MaxBody,
+		Registry: prometheus.NewRegistry(),
+	})
+
+	if m.ln, err = net.Listen("tcp", m.cfg.Listen); err != nil {
+		return settingError("listen", err)
+	}
+	m.http = &http.Server{
+		Handler:           m.API,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       m.cfg.ReadTimeout,
+		WriteTimeout:      m.cfg.WriteTimeout,
+		IdleTimeout:       m.cfg.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := m.http.Serve(m.ln); !errors.Is(err, http.ErrServerClosed) {
+			m.done <- err
+		}
+	}()
+	dbKind, _ := m.cfg.databaseKind()
+	storeKind, _ := m.cfg.storageKind()
+	m.log.Info("otad serving",
+		slog.String("addr", m.ln.Addr().String()),
+		slog.String("database", dbKind),
+		slog.String("storage", storeKind),
+		slog.Int("schema_version", res.To),
+		slog.String("installation_id", installation))
+	return nil
+}
+
+// Addr is the address the server listens on (useful with port 0).
+func (m *Main) Addr() string { return m.ln.Addr().String() }
+
+// Done receives an error if the HTTP server stops on its own.
+func (m *Main) Done() <-chan error { return m.done }
+
+// Close stops accepting connections, lets in-flight requests finish within
+// the shutdown timeout, then closes the database.
+func (m *Main) Close() error {
+	var errs []error
+	served := m.http != nil
+	if served {
+		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
+		defer cancel()
+		m.log.Info("shutting down: finishing in-flight requests", slog.Duration("timeout", m.cfg.ShutdownTimeout))
+		if err := m.http.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+		}
+	}
+	if m.DB != nil {
+		if err := m.DB.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close database: %w", err))
+		}
+	}
+	if served && len(errs) == 0 {
+		m.log.Info("shutdown complete")
+	}
+	return errors.Join(errs...)
+}
+
+// prepareDataDir creates the data folder and proves it is writable, so a
+// bad path fails at start with its name rather than on the first write.
+func prepareDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return settingError("data-dir", fmt.Errorf("cannot create %s: %w", dir, unwrapPathError(err)))
+	}
+	probe, err := os.CreateTemp(dir, ".write-probe-*")
+	if err != nil {
+		return settingError("data-dir", fmt.Errorf("%s is not writable: %w", dir, unwrapPathError(err)))
+	}
+	probe.Close()
+	return os.Remove(probe.Name())
+}
+
+// unwrapPathError keeps the cause ("permission denied") and drops the
+// repeated path.
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func openDatabase(ctx context.Context, cfg Config, log *slog.Logger) (*sqlstore.DB, sqlstore.MigrateResult, error) {
+	db, err := sqlstore.Open(ctx, cfg.databaseDSN(), sqlstore.Options{Logger: log})
+	if err != nil {
+		return nil, sqlstore.MigrateResult{}, settingError("database", err)
+	}
+	res, err := db.Migrate(ctx)
+	if err != nil {
+		db.Close()
+		return nil, res, fmt.Errorf("migrate database: %w", err)
+	}
+	return db, res, nil
+}
+
+func openStorage(ctx context.Context, cfg Config) (manifests.BlobStore, error) {
+	kind, err := cfg.storageKind()
+	if err != nil {
+		return nil, settingError("storage", err)
+	}
+	if kind == "fs" {
+		store, err := fsstore.New(cfg.storageDir())
+		if err != nil {
+			return nil, settingError("storage", err)
+		}
+		return store, nil
+	}
+	s3cfg, err := cfg.s3Config()
+	if err != nil {
+		return nil, err
+	}
+	store, err := s3store.New(s3cfg)
+	if err != nil {
+		return nil, settingError("storage", err)
+	}
+	if err := store.Ping(ctx); err != nil {
+		return nil, settingError("storage", fmt.Errorf("%w (check --s3-endpoint, credentials and that the bucket exists)", err))
+	}
+	return store, nil
+}

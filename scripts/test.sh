@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a machine with nothing started:
+#   1. starts a throwaway PostgreSQL cluster and a real MinIO server on loopback
+#      (building MinIO once into ~/.cache/ota-server, installing PostgreSQL
+#      from Debian's packages if it is missing),
+#   2. runs gofmt, go vet and go test -race with the integration environment
+#      set, so the PostgreSQL and MinIO tests run instead of skipping,
+#   3. stops what it started, also when tests fail.
+# Exits non-zero on any failure, including a service that does not start.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+log() { printf '== %s\n' "$*"; }
+
+work=$(mktemp -d /tmp/ota-test.XXXXXX)
+chmod 755 "$work" # PostgreSQL runs as an unprivileged user and must reach its folder
+cleanup() {
+  scripts/minio.sh stop "$work/minio" || true
+  scripts/pg-cluster.sh stop "$work/pg" || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# free_port picks an unused loopback port (nothing answers a connect on it).
+free_port() {
+  local p
+  for _ in $(seq 1 100); do
+    p=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+  done
+  echo "no free port found" >&2; return 1
+}
+
+log "checking formatting"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './node_modules/*'))
+if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted" >&2; exit 1; fi
+
+log "go vet"
+go vet ./...
+
+log "starting PostgreSQL"
+pg_port=$(free_port)
+scripts/pg-cluster.sh init "$work/pg"
+scripts/pg-cluster.sh start "$work/pg" "$pg_port"
+
+log "starting MinIO"
+minio_bin=$(scripts/minio.sh bin)
+minio_port=$(free_port)
+minio_secret=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
+scripts/minio.sh start "$work/minio" "$minio_port" otatest "$minio_secret"
+
+export OTA_TEST_POSTGRES_DSN="postgres://ota@127.0.0.1:$pg_port/postgres?sslmode=disable"
+export OTA_TEST_S3_ENDPOINT="http://127.0.0.1:$minio_port"
+export OTA_TEST_S3_ACCESS_KEY=otatest
+export OTA_TEST_S3_SECRET_KEY="$minio_secret"
+# For tests that stop and restart their own servers (readiness under outages).
+export OTA_TEST_PG_CLUSTER="$PWD/scripts/pg-cluster.sh"
+export OTA_TEST_MINIO_BIN="$minio_bin"
+
+log "go test -race (PostgreSQL on 127.0.0.1:$pg_port, MinIO on 127.0.0.1:$minio_port)"
+set +e +o pipefail
+go test -race -count=1 -timeout 30m -v ./... 2>&1 | tee "$work/go-test.log" | grep -v '^=== \(RUN\|PAUSE\|CONT\)'
+status=${PIPESTATUS[0]}
+set -e -o pipefail
+if [ "$status" -ne 0 ]; then
+  echo
+  log "FAILURES"
+  grep -E '^\s*--- FAIL|^FAIL|panic:' "$work/go-test.log" || true
+  exit "$status"
+fi
+
+# An integration test that skipped here means the environment above did
+# not reach it: that is a failure, not a pass.
+if grep -q 'run ./scripts/test.sh' "$work/go-test.log"; then
+  log "integration tests skipped although the services are running:"
+  grep -B1 'run ./scripts/test.sh' "$work/go-test.log" >&2
+  exit 1
+fi
+
+passed=$(grep -cE '^\s*--- PASS' "$work/go-test.log" || true)
+skipped=$(grep -cE '^\s*--- SKIP' "$work/go-test.log" || true)
+echo
+log "all tests passed ($passed passed, $skipped skipped)"

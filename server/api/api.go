@@ -1,0 +1,101 @@
+// Package api is the Echo application: routing, middleware, the one error
+// handler and the JSON shapes clients see. Handlers decode, call one domain
+// method and encode; the domain lives in package server.
+package api
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// Check is one dependency that /readyz probes.
+type Check struct {
+	Name   string // "database", "storage"
+	Pinger server.Pinger
+}
+
+// Config is what the application needs from its wiring in cmd/otad.
+type Config struct {
+	Logger *slog.Logger
+	// Checks decide readiness; each runs on every /readyz with ReadyTimeout.
+	Checks       []Check
+	ReadyTimeout time.Duration
+	// MaxBody bounds request bodies (413 past it). Routes that take uploads
+	// raise it for themselves.
+	MaxBody int64
+	// Registry receives the HTTP metrics and is what /metrics serves. A
+	// registry per server (not the global one) lets tests run many servers.
+	Registry *prometheus.Registry
+}
+
+// Server is the HTTP application. It is an http.Handler; cmd/otad owns the
+// listener, timeouts and shutdown.
+type Server struct {
+	echo    *echo.Echo
+	log     *slog.Logger
+	checks  []Check
+	timeout time.Duration
+}
+
+// New builds the application with its middleware and routes.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = 2 * time.Second
+	}
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = 1 << 20
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	s := &Server{echo: e, log: cfg.Logger, checks: cfg.Checks, timeout: cfg.ReadyTimeout}
+	e.HTTPErrorHandler = s.handleError
+
+	// Order matters: the request id comes first so every later log line
+	// carries it; observe sits outside recover so that a recovered panic is
+	// still logged and counted as the 500 it became; the body limit applies
+	// before any handler reads.
+	e.Use(middleware.RequestIDWithConfig(middleware.RequestIDConfig{
+		Generator: newRequestID,
+	}))
+	e.Use(observe(cfg.Logger, newHTTPMetrics(cfg.Registry)))
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
+		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
+			cfg.Logger.ErrorContext(c.Request().Context(), "panic in handler",
+				slog.String("request_id", requestID(c)),
+				slog.String("route", c.Path()),
+				slog.Any("error", err),
+				slog.String("stack", string(stack)))
+			return err
+		},
+	}))
+	e.Use(bodyLimit(cfg.MaxBody))
+
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", echo.WrapHandler(metricsHandler(cfg.Registry)))
+	return s
+}
+
+// ServeHTTP makes Server an http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.echo.ServeHTTP(w, r)
+}
+
+// Echo exposes the router so that later wiring (and tests) can mount routes
+// with the same middleware and error handling.
+func (s *Server) Echo() *echo.Echo { return s.echo }

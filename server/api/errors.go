@@ -1,0 +1,103 @@
+package api
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// ErrorBody is the JSON shape of every error response:
+// {"error": {"code": "...", "message": "..."}}.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the inside of ErrorBody. Code is stable and meant for
+// programs; Message is for people.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// codes maps the domain sentinels to a status and a JSON code. It is the
+// only such table: handlers return errors, never write error responses.
+var codes = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{server.ErrInvalid, http.StatusBadRequest, "invalid"},
+	{server.ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
+	{server.ErrForbidden, http.StatusForbidden, "forbidden"},
+	{server.ErrNotFound, http.StatusNotFound, "not_found"},
+	{server.ErrConflict, http.StatusConflict, "conflict"},
+	{server.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
+}
+
+// httpCodes names Echo's own errors (routing, method, body limit).
+var httpCodes = map[int]string{
+	http.StatusBadRequest:            "invalid",
+	http.StatusUnauthorized:          "unauthorized",
+	http.StatusForbidden:             "forbidden",
+	http.StatusNotFound:              "not_found",
+	http.StatusMethodNotAllowed:      "method_not_allowed",
+	http.StatusRequestEntityTooLarge: "body_too_large",
+	http.StatusUnsupportedMediaType:  "unsupported_media_type",
+	http.StatusTooManyRequests:       "rate_limited",
+	http.StatusServiceUnavailable:    "unavailable",
+}
+
+// errorResponse turns err into a status and body. Internal errors get a
+// generic message: their details may name hosts, files or queries, and go
+// to the log instead.
+func errorResponse(err error) (int, ErrorBody, bool) {
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.status, ErrorBody{ErrorDetail{c.code, err.Error()}}, false
+		}
+	}
+	if mbe := new(http.MaxBytesError); errors.As(err, &mbe) {
+		return http.StatusRequestEntityTooLarge, ErrorBody{ErrorDetail{
+			"body_too_large", "request body larger than the limit of " + strconv.FormatInt(mbe.Limit, 10) + " bytes"}}, false
+	}
+	if he := new(echo.HTTPError); errors.As(err, &he) && he.Code < 500 {
+		code, ok := httpCodes[he.Code]
+		if !ok {
+			code = "error"
+		}
+		msg := http.StatusText(he.Code)
+		if m, ok := he.Message.(string); ok && m != "" {
+			msg = m
+		}
+		return he.Code, ErrorBody{ErrorDetail{code, msg}}, false
+	}
+	return http.StatusInternalServerError, ErrorBody{ErrorDetail{"internal", "internal error"}}, true
+}
+
+// handleError is Echo's HTTPErrorHandler: the one place errors become
+// responses.
+func (s *Server) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	status, body, internal := errorResponse(err)
+	if internal {
+		s.log.ErrorContext(c.Request().Context(), "request failed",
+			slog.String("request_id", requestID(c)),
+			slog.String("route", c.Path()),
+			slog.Any("error", err))
+	}
+	if c.Request().Method == http.MethodHead {
+		err = c.NoContent(status)
+	} else {
+		err = c.JSON(status, body)
+	}
+	if err != nil {
+		s.log.DebugContext(c.Request().Context(), "writing error response", slog.Any("error", err))
+	}
+}

@@ -1,0 +1,117 @@
+package api
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// unmatchedRoute labels requests that matched no route, so that scanners
+// probing random paths cannot blow up metric cardinality. Echo's router
+// answers those with echo.ErrNotFound or echo.ErrMethodNotAllowed; handlers
+// signal their own "not found" with server.ErrNotFound instead.
+const unmatchedRoute = "unmatched"
+
+type httpMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newHTTPMetrics(reg *prometheus.Registry) *httpMetrics {
+	m := &httpMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "otad_http_requests_total",
+			Help: "HTTP requests served, by method, route template and status code.",
+		}, []string{"method", "route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "otad_http_request_duration_seconds",
+			Help:    "HTTP request latency, by method and route template.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"method", "route"}),
+	}
+	reg.MustRegister(m.requests, m.duration,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func metricsHandler(reg *prometheus.Registry) http.Handler {
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+}
+
+// observe logs and counts every request once it has been answered. It logs
+// no client address and no query string: the server keeps no client IPs,
+// and query strings may carry tokens.
+func observe(log *slog.Logger, m *httpMetrics) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			start := time.Now()
+			err := next(c)
+			if err != nil {
+				// Let the error handler write the response now, so the
+				// status below is the one the client gets.
+				c.Error(err)
+			}
+			elapsed := time.Since(start)
+			route := c.Path()
+			if route == "" || errors.Is(err, echo.ErrNotFound) || errors.Is(err, echo.ErrMethodNotAllowed) {
+				route = unmatchedRoute
+			}
+			status := c.Response().Status
+			req := c.Request()
+			m.requests.WithLabelValues(req.Method, route, strconv.Itoa(status)).Inc()
+			m.duration.WithLabelValues(req.Method, route).Observe(elapsed.Seconds())
+
+			level := slog.LevelInfo
+			if status >= 500 {
+				level = slog.LevelError
+			}
+			log.LogAttrs(req.Context(), level, "request",
+				slog.String("request_id", requestID(c)),
+				slog.String("method", req.Method),
+				slog.String("route", route),
+				slog.String("path", req.URL.Path),
+				slog.Int("status", status),
+				slog.Int64("bytes", c.Response().Size),
+				slog.Duration("duration", elapsed))
+			return nil
+		}
+	}
+}
+
+// bodyLimit rejects bodies over limit: at once when Content-Length says so,
+// otherwise when a handler reads past it (http.MaxBytesError, mapped to 413).
+func bodyLimit(limit int64) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			req := c.Request()
+			if req.ContentLength > limit {
+				return &http.MaxBytesError{Limit: limit}
+			}
+			req.Body = http.MaxBytesReader(c.Response(), req.Body, limit)
+			return next(c)
+		}
+	}
+}
+
+func newRequestID() string {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err)) // never fails on Linux
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func requestID(c echo.Context) string {
+	return c.Response().Header().Get(echo.HeaderXRequestID)
+}
