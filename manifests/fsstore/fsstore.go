@@ -52,7 +52,28 @@ func New(root string) (*Store, error) {
 	if err := s.probe(); err != nil {
 		return nil, fmt.Errorf("fsstore: root directory %q is not writable: %w", root, err)
 	}
+	s.removeStaleTemp(time.Now().Add(-staleTempAge))
 	return s, nil
+}
+
+// staleTempAge is how old a temp file must be before New removes it. A
+// process killed mid-Put leaves its temp file behind; a live upload of
+// several GB may take a while, so only day-old files count as abandoned.
+const staleTempAge = 24 * time.Hour
+
+// removeStaleTemp deletes temp files last written before cutoff. It is best
+// effort: a file it cannot remove is left for the next start.
+func (s *Store) removeStaleTemp(cutoff time.Time) {
+	entries, err := os.ReadDir(filepath.Join(s.root, tmpDir))
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err == nil && info.Mode().IsRegular() && info.ModTime().Before(cutoff) {
+			os.Remove(filepath.Join(s.root, tmpDir, e.Name()))
+		}
+	}
 }
 
 // Root returns the directory the store keeps its objects in.

@@ -4,6 +4,7 @@
 package s3store
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -35,10 +36,13 @@ type Config struct {
 	// Secure selects https.
 	Secure bool
 	// Region is the bucket's region. Empty lets the client look it up.
-	Region    string
+	Region string
+	// AccessKey and SecretKey are static credentials; both empty means
+	// anonymous requests.
 	AccessKey string
 	SecretKey string
-	Bucket    string
+	// Bucket must follow the S3 bucket naming rules.
+	Bucket string
 	// Prefix is prepended to every key with a "/". Empty stores keys at the
 	// top of the bucket.
 	Prefix string
@@ -93,16 +97,29 @@ func New(cfg Config) (*Store, error) {
 	return &Store{client: client, bucket: cfg.Bucket, region: cfg.Region, prefix: prefix, partSize: partSize}, nil
 }
 
-// Put streams r into key as a multipart upload of PartSize parts, so memory
-// use stays at one part whatever the object size. S3 makes the object
-// visible only when the upload completes; a failed upload is aborted.
+// Put stores r under key. An object smaller than PartSize (TUF metadata,
+// most artifacts' signatures) goes up in one PUT of known size; a larger one
+// streams as a multipart upload of PartSize parts, so memory use stays
+// bounded whatever the object size. S3 makes the object visible only when
+// the upload completes; a failed upload is aborted. The returned ModTime is
+// zero for multipart uploads: S3 does not report it for them.
 func (s *Store) Put(ctx context.Context, key string, r io.Reader) (manifests.ObjectInfo, error) {
 	if err := manifests.ValidateKey(key); err != nil {
 		return manifests.ObjectInfo{}, err
 	}
 	h := sha256.New()
 	body := io.TeeReader(sourceReader{r}, h)
-	up, err := s.client.PutObject(ctx, s.bucket, s.name(key), body, -1, minio.PutObjectOptions{
+	// Read up to one part first: if the data ends there, the size is known.
+	var head bytes.Buffer
+	if _, err := head.ReadFrom(io.LimitReader(body, int64(s.partSize)+1)); err != nil {
+		return manifests.ObjectInfo{}, s.translate(ctx, "put", key, err)
+	}
+	var src io.Reader = &head
+	size := int64(head.Len())
+	if size > int64(s.partSize) {
+		src, size = io.MultiReader(&head, body), -1
+	}
+	up, err := s.client.PutObject(ctx, s.bucket, s.name(key), src, size, minio.PutObjectOptions{
 		PartSize:    s.partSize,
 		ContentType: "application/octet-stream",
 	})

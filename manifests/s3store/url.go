@@ -22,7 +22,9 @@ func ParseURL(raw string) (bucket, prefix string, err error) {
 	switch {
 	case u.Scheme != "s3":
 		return "", "", fmt.Errorf("s3store: URL %q: scheme must be s3; %s", raw, want)
-	case u.Opaque != "" || u.User != nil || u.Port() != "":
+	case u.Opaque != "":
+		return "", "", fmt.Errorf("s3store: URL %q: missing \"//\" after the scheme; %s", raw, want)
+	case u.User != nil || u.Port() != "":
 		return "", "", fmt.Errorf("s3store: URL %q: user info and ports are not allowed; %s", raw, want)
 	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(raw, "#"):
 		return "", "", fmt.Errorf("s3store: URL %q: query strings and fragments are not allowed; %s", raw, want)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"gorm.io/gorm"
 	gormlogger "gorm.io/gorm/logger"
 )
 
@@ -27,9 +28,21 @@ type gormLogger struct {
 }
 
 var (
-	_ gormlogger.Interface    = (*gormLogger)(nil)
-	_ gormlogger.ParamsFilter = (*gormLogger)(nil)
+	_ gormlogger.Interface = (*gormLogger)(nil)
+	_ gorm.ParamsFilter    = (*gormLogger)(nil)
 )
+
+// gorm's (*DB).Scan does not ask the session logger which parameters to
+// show: it renders the SQL through a package-level recorder whose filter
+// defaults to interpolating every parameter, then hands that text to
+// Trace. Resetting gorm's hook here, once, before any query can run, is
+// the only way to keep parameters out of Scan's log records. It changes
+// nothing else: the recorder is used only to produce that log text.
+func init() {
+	gormlogger.RecorderParamsFilter = func(ctx context.Context, sql string, params ...any) (string, []any) {
+		return sql, nil
+	}
+}
 
 func newGormLogger(log *slog.Logger) *gormLogger {
 	return &gormLogger{log: log.With(slog.String("component", "sql")), slow: slowQueryThreshold, level: gormlogger.Warn}
@@ -104,7 +117,7 @@ func (l *gormLogger) Trace(ctx context.Context, begin time.Time, fc func() (stri
 	l.log.LogAttrs(ctx, level, msg, attrs...)
 }
 
-// ParamsFilter implements gormlogger.ParamsFilter: gorm asks it which
+// ParamsFilter implements gorm.ParamsFilter: gorm asks it which
 // parameters to interpolate into the SQL it hands to Trace. None, so
 // the logged SQL keeps its placeholders.
 func (l *gormLogger) ParamsFilter(ctx context.Context, sql string, params ...any) (string, []any) {

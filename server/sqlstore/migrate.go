@@ -19,7 +19,9 @@ const migrationLockKey int64 = 0x6f74612f6d696772
 
 // Migration is one step of the schema. Its statements run in order, in one
 // transaction together with its schema_migrations row, so it is applied
-// entirely or not at all.
+// entirely or not at all. Statements that PostgreSQL refuses inside a
+// transaction (CREATE INDEX CONCURRENTLY, ALTER SYSTEM) cannot be part of
+// a migration.
 type Migration struct {
 	// Version numbers migrations 1, 2, 3, ... in the order they apply.
 	Version int
@@ -27,21 +29,28 @@ type Migration struct {
 	Name string
 	// Common holds the statements for dialects without their own list.
 	Common []string
-	// Postgres, when non-nil, replaces Common on PostgreSQL.
+	// Postgres, when non-nil, replaces Common on PostgreSQL; an empty,
+	// non-nil list makes the migration a deliberate no-op there.
 	Postgres []string
-	// SQLite, when non-nil, replaces Common on SQLite.
+	// SQLite, when non-nil, replaces Common on SQLite, as Postgres does.
 	SQLite []string
 }
 
 // statements returns the statements to run on dialect.
 func (m Migration) statements(dialect string) []string {
 	switch {
-	case dialect == dialectPostgres && m.Postgres != nil:
+	case !m.hasDialectList(dialect):
+		return m.Common
+	case dialect == dialectPostgres:
 		return m.Postgres
-	case dialect == dialectSQLite && m.SQLite != nil:
+	default:
 		return m.SQLite
 	}
-	return m.Common
+}
+
+// hasDialectList reports whether m has its own (non-nil) list for dialect.
+func (m Migration) hasDialectList(dialect string) bool {
+	return (dialect == dialectPostgres && m.Postgres != nil) || (dialect == dialectSQLite && m.SQLite != nil)
 }
 
 // MigrateResult reports what Migrate did.
@@ -66,6 +75,7 @@ type SchemaTooNewError struct {
 	Known int
 }
 
+// Error implements error with the message operators act on.
 func (e *SchemaTooNewError) Error() string {
 	return fmt.Sprintf("database schema is at version %d, this otad knows up to %d: upgrade otad", e.Database, e.Known)
 }
@@ -259,7 +269,9 @@ func validateMigrations(list []Migration, dialect string) error {
 		if m.Name == "" {
 			return fmt.Errorf("invalid migration list: migration %d has no name", m.Version)
 		}
-		if len(m.statements(dialect)) == 0 {
+		// An explicitly empty dialect list is a deliberate no-op on that
+		// dialect; an empty result otherwise is a forgotten list.
+		if len(m.statements(dialect)) == 0 && !m.hasDialectList(dialect) {
 			return fmt.Errorf("invalid migration list: migration %d (%s) has no statements for %s", m.Version, m.Name, dialect)
 		}
 	}

@@ -297,7 +297,7 @@ func sqliteTarget(path string) (target, error) {
 	switch {
 	case path == "":
 		return target{}, errors.New("sqlite DSN: empty path")
-	case path == ":memory:" || strings.HasPrefix(path, "file::memory:"):
+	case strings.HasPrefix(path, ":memory:") || strings.HasPrefix(path, "file::memory:"):
 		// Every pooled connection would get its own empty database.
 		return target{}, errors.New("sqlite DSN: in-memory databases are not supported: use a file, e.g. in a temporary directory")
 	case strings.Contains(path, "?"):
