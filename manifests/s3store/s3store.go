@@ -55,6 +55,7 @@ type Config struct {
 // concurrent use.
 type Store struct {
 	client   *minio.Client
+	pinger   *minio.Client // same as client, without retries
 	bucket   string
 	region   string
 	prefix   string
@@ -86,15 +87,24 @@ func New(cfg Config) (*Store, error) {
 	if partSize < minPartSize {
 		return nil, fmt.Errorf("s3store: part size %d is below the S3 minimum of %d bytes", partSize, minPartSize)
 	}
-	client, err := minio.New(cfg.Endpoint, &minio.Options{
+	opts := minio.Options{
 		Creds:  credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
 		Secure: cfg.Secure,
 		Region: cfg.Region,
-	})
+	}
+	client, err := minio.New(cfg.Endpoint, &opts)
 	if err != nil {
 		return nil, fmt.Errorf("s3store: %w", err)
 	}
-	return &Store{client: client, bucket: cfg.Bucket, region: cfg.Region, prefix: prefix, partSize: partSize}, nil
+	// Ping gets a client that does not retry: minio-go retries a refused
+	// connection until the deadline and then reports only "context deadline
+	// exceeded", while a readiness probe should say what is wrong.
+	opts.MaxRetries = 1
+	pinger, err := minio.New(cfg.Endpoint, &opts)
+	if err != nil {
+		return nil, fmt.Errorf("s3store: %w", err)
+	}
+	return &Store{client: client, pinger: pinger, bucket: cfg.Bucket, region: cfg.Region, prefix: prefix, partSize: partSize}, nil
 }
 
 // Put stores r under key. An object smaller than PartSize (TUF metadata,
@@ -275,7 +285,7 @@ func (s *Store) PresignGet(ctx context.Context, key string, ttl time.Duration) (
 
 // Ping checks that the server answers and the bucket exists.
 func (s *Store) Ping(ctx context.Context) error {
-	ok, err := s.client.BucketExists(ctx, s.bucket)
+	ok, err := s.pinger.BucketExists(ctx, s.bucket)
 	if err != nil {
 		return s.translate(ctx, "ping", "", err)
 	}

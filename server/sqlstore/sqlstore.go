@@ -9,6 +9,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -223,7 +224,14 @@ func (db *DB) Dialect() string { return db.dialect }
 
 // Ping checks that the database still answers, for health checks.
 func (db *DB) Ping(ctx context.Context) error {
-	if err := db.sql.PingContext(ctx); err != nil {
+	err := db.sql.PingContext(ctx)
+	if errors.Is(err, driver.ErrBadConn) {
+		// After a server restart the pool may still hold dead connections;
+		// database/sql gives up on them with a bare "bad connection". One
+		// more try dials anew and says what is really wrong (or succeeds).
+		err = db.sql.PingContext(ctx)
+	}
+	if err != nil {
 		return fmt.Errorf("ping %s: %w", db.dialect, err)
 	}
 	return nil
