@@ -26,3 +26,5 @@ var (
 type Pinger interface {
 	Ping(ctx context.Context) error
 }
+
+func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }

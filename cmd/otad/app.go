@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,8 +16,10 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/manifests/s3store"
+	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/sqlstore"
+	"github.com/patchfleet/ota/signing"
 )
 
 // Main is a running otad: the database, the blob store and the HTTP server,
@@ -27,7 +30,11 @@ type Main struct {
 
 	DB    *sqlstore.DB
 	Blobs manifests.BlobStore
+	Repo  *manifests.Repository
 	API   *api.Server
+
+	stopLoop context.CancelFunc
+	loopDone chan struct{}
 
 	ln   net.Listener
 	http *http.Server
@@ -60,6 +67,23 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read installation id: %w", err)
 	}
+	online, err := loadOnlineKey(m.cfg, m.log)
+	if err != nil {
+		return err
+	}
+	m.Repo, err = manifests.New(manifests.Config{
+		Blobs: m.Blobs, Drafts: db.Drafts(), Lock: db.RepoLock(), Online: online,
+		Expiry: m.cfg.Expiry, Logger: m.log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := m.Repo.Load(startCtx); err != nil {
+		return fmt.Errorf("load TUF repository from storage: %w", err)
+	}
+	if err := m.Repo.ResumePending(startCtx); err != nil {
+		m.log.Error("resuming a pending publish", slog.Any("error", err))
+	}
 
 	m.API = api.New(api.Config{
 		Logger: m.log,
@@ -67,8 +91,14 @@ func (m *Main) Run(ctx context.Context) error {
 			{Name: "database", Pinger: m.DB},
 			{Name: "storage", Pinger: m.Blobs},
 		},
-		MaxBody:  m.cfg.MaxBody,
-		Registry: prometheus.NewRegistry(),
+		MaxBody:         m.cfg.MaxBody,
+		Registry:        prometheus.NewRegistry(),
+		Repo:            m.Repo,
+		Blobs:           m.Blobs,
+		Tokens:          server.Tokens{Store: db.Tokens()},
+		TargetsRedirect: m.cfg.TargetsRedirect,
+		PresignTTL:      m.cfg.PresignTTL,
+		MaxArtifactSize: m.cfg.MaxArtifactSize,
 	})
 
 	if m.ln, err = net.Listen("tcp", m.cfg.Listen); err != nil {
@@ -88,6 +118,9 @@ func (m *Main) Run(ctx context.Context) error {
 			m.done <- err
 		}
 	}()
+	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	m.stopLoop, m.loopDone = stop, make(chan struct{})
+	go m.repositoryLoop(loopCtx)
 	dbKind, _ := m.cfg.databaseKind()
 	storeKind, _ := m.cfg.storageKind()
 	m.log.Info("otad serving",
@@ -109,6 +142,10 @@ func (m *Main) Done() <-chan error { return m.done }
 // the shutdown timeout, then closes the database.
 func (m *Main) Close() error {
 	var errs []error
+	if m.stopLoop != nil {
+		m.stopLoop()
+		<-m.loopDone
+	}
 	served := m.http != nil
 	if served {
 		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
@@ -127,6 +164,72 @@ func (m *Main) Close() error {
 		m.log.Info("shutdown complete")
 	}
 	return errors.Join(errs...)
+}
+
+// repositoryLoop keeps the TUF repository current until ctx ends: it picks
+// up other replicas' publishes, finishes an interrupted publish, re-signs
+// timestamp and snapshot ahead of expiry, and warns (hourly) about offline
+// roles close to expiry.
+func (m *Main) repositoryLoop(ctx context.Context) {
+	defer close(m.loopDone)
+	tick := time.NewTicker(m.cfg.RefreshInterval)
+	defer tick.Stop()
+	var lastWarning time.Time
+	for {
+		if err := m.Repo.Refresh(ctx); err != nil && ctx.Err() == nil {
+			m.log.Error("refreshing the TUF repository", slog.Any("error", err))
+		}
+		if err := m.Repo.ResumePending(ctx); err != nil && ctx.Err() == nil {
+			m.log.Error("resuming a pending publish", slog.Any("error", err))
+		}
+		if _, err := m.Repo.Resign(ctx); err != nil && ctx.Err() == nil {
+			m.log.Error("re-signing timestamp/snapshot", slog.Any("error", err))
+		}
+		if time.Since(lastWarning) > time.Hour {
+			for _, w := range m.Repo.ExpiryWarnings() {
+				m.log.Warn("TUF metadata expires soon", slog.String("warning", w))
+				lastWarning = time.Now()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// loadOnlineKey reads the online (timestamp/snapshot) key. With no
+// --online-key it uses DATA-DIR/online-key.json, generating it on first
+// start; an explicitly named file must exist.
+func loadOnlineKey(cfg Config, log *slog.Logger) (signing.Signer, error) {
+	path := cfg.OnlineKey
+	if path == "" {
+		path = filepath.Join(cfg.DataDir, "online-key.json")
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			k, err := signing.Generate(signing.AlgEd25519)
+			if err != nil {
+				return nil, err
+			}
+			if err := signing.WriteUnencryptedKeyFile(path, k); err != nil {
+				return nil, settingError("online-key", err)
+			}
+			log.Info("generated the online timestamp/snapshot key", slog.String("path", path), slog.String("keyid", k.KeyID()))
+		}
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, settingError("online-key", unwrapPathError(err))
+	}
+	var pass []byte
+	if cfg.OnlineKeyPassphrase != "" {
+		pass = []byte(cfg.OnlineKeyPassphrase)
+	}
+	k, err := signing.ParsePrivateKey(data, pass)
+	if err != nil {
+		return nil, settingError("online-key", fmt.Errorf("%s: %w (an encrypted key needs OTAD_ONLINE_KEY_PASSPHRASE)", path, err))
+	}
+	return k.Signer(), nil
 }
 
 // prepareDataDir creates the data folder and proves it is writable, so a

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/s3store"
 )
 
@@ -36,6 +37,15 @@ type Config struct {
 
 	LogLevel  string
 	LogFormat string
+
+	// TUF repository.
+	OnlineKey           string // path; "" = DATA-DIR/online-key.json, generated on first start
+	OnlineKeyPassphrase string // env only
+	Expiry              manifests.Expiry
+	RefreshInterval     time.Duration
+	TargetsRedirect     bool
+	PresignTTL          time.Duration
+	MaxArtifactSize     int64
 }
 
 // defaultConfig is what otad runs with when nothing is set: embedded
@@ -53,6 +63,11 @@ func defaultConfig() Config {
 		MaxBody:         1 << 20,
 		LogLevel:        "info",
 		LogFormat:       "json",
+		Expiry:          manifests.DefaultExpiry(),
+		RefreshInterval: 5 * time.Second,
+		TargetsRedirect: true,
+		PresignTTL:      5 * time.Minute,
+		MaxArtifactSize: 8 << 30,
 	}
 }
 
@@ -66,6 +81,7 @@ var envOf = map[string]string{
 	"s3-endpoint": "OTAD_S3_ENDPOINT",
 	"log-level":   "OTAD_LOG_LEVEL",
 	"log-format":  "OTAD_LOG_FORMAT",
+	"online-key":  "OTAD_ONLINE_KEY",
 }
 
 func settingError(flag string, err error) error {
@@ -106,6 +122,23 @@ func (c *Config) registerServe(fs *flagSet) {
 	fs.durationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout,
 		"on SIGTERM or SIGINT, how long in-flight requests may take to finish", "OTAD_SHUTDOWN_TIMEOUT")
 	fs.int64Var(&c.MaxBody, "max-body", c.MaxBody, "largest request body in bytes for API calls (uploads have their own limit)", "OTAD_MAX_BODY")
+	c.registerTUF(fs)
+}
+
+// registerTUF adds the repository flags.
+func (c *Config) registerTUF(fs *flagSet) {
+	fs.stringVar(&c.OnlineKey, "online-key", c.OnlineKey,
+		"the server's timestamp/snapshot signing key file; empty means DATA-DIR/online-key.json, generated on first start. Replicas must share one key", "OTAD_ONLINE_KEY")
+	fs.durationVar(&c.Expiry.Root, "root-expiry", c.Expiry.Root, "validity of root metadata drafted by the server", "OTAD_ROOT_EXPIRY")
+	fs.durationVar(&c.Expiry.Targets, "targets-expiry", c.Expiry.Targets, "validity of targets metadata drafted by the server", "OTAD_TARGETS_EXPIRY")
+	fs.durationVar(&c.Expiry.Snapshot, "snapshot-expiry", c.Expiry.Snapshot, "validity of snapshot metadata; re-signed when half is left", "OTAD_SNAPSHOT_EXPIRY")
+	fs.durationVar(&c.Expiry.Timestamp, "timestamp-expiry", c.Expiry.Timestamp, "validity of timestamp metadata; re-signed when half is left", "OTAD_TIMESTAMP_EXPIRY")
+	fs.durationVar(&c.RefreshInterval, "refresh-interval", c.RefreshInterval,
+		"how often to pick up what other replicas published and check expiries", "OTAD_REFRESH_INTERVAL")
+	fs.boolVar(&c.TargetsRedirect, "targets-redirect", c.TargetsRedirect,
+		"answer artifact downloads with a redirect to a presigned S3 URL instead of streaming them through otad", "OTAD_TARGETS_REDIRECT")
+	fs.durationVar(&c.PresignTTL, "presign-ttl", c.PresignTTL, "validity of presigned artifact URLs", "OTAD_PRESIGN_TTL")
+	fs.int64Var(&c.MaxArtifactSize, "max-artifact-size", c.MaxArtifactSize, "largest artifact upload in bytes", "OTAD_MAX_ARTIFACT_SIZE")
 }
 
 // Validate checks what can be checked without touching the network or the
@@ -150,6 +183,9 @@ func (c *Config) ValidateServe() error {
 	for name, d := range map[string]time.Duration{
 		"read-timeout": c.ReadTimeout, "write-timeout": c.WriteTimeout,
 		"idle-timeout": c.IdleTimeout, "shutdown-timeout": c.ShutdownTimeout,
+		"root-expiry": c.Expiry.Root, "targets-expiry": c.Expiry.Targets,
+		"snapshot-expiry": c.Expiry.Snapshot, "timestamp-expiry": c.Expiry.Timestamp,
+		"refresh-interval": c.RefreshInterval, "presign-ttl": c.PresignTTL,
 	} {
 		if d <= 0 {
 			return settingError(name, fmt.Errorf("%v: must be positive", d))
@@ -157,6 +193,12 @@ func (c *Config) ValidateServe() error {
 	}
 	if c.MaxBody <= 0 {
 		return settingError("max-body", fmt.Errorf("%d: must be positive", c.MaxBody))
+	}
+	if c.MaxArtifactSize <= 0 {
+		return settingError("max-artifact-size", fmt.Errorf("%d: must be positive", c.MaxArtifactSize))
+	}
+	if c.Expiry.Timestamp > c.Expiry.Snapshot {
+		return settingError("timestamp-expiry", fmt.Errorf("%v is longer than --snapshot-expiry %v", c.Expiry.Timestamp, c.Expiry.Snapshot))
 	}
 	return nil
 }

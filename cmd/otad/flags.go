@@ -49,6 +49,11 @@ func (fs *flagSet) durationVar(p *time.Duration, name string, def time.Duration,
 	fs.bind(name, env)
 }
 
+func (fs *flagSet) boolVar(p *bool, name string, def bool, usage string, env ...string) {
+	fs.BoolVar(p, name, def, withEnv(usage, env))
+	fs.bind(name, env)
+}
+
 func (fs *flagSet) int64Var(p *int64, name string, def int64, usage string, env ...string) {
 	fs.Int64Var(p, name, def, withEnv(usage, env))
 	fs.bind(name, env)

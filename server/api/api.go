@@ -12,6 +12,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 )
 
@@ -33,6 +34,18 @@ type Config struct {
 	// Registry receives the HTTP metrics and is what /metrics serves. A
 	// registry per server (not the global one) lets tests run many servers.
 	Registry *prometheus.Registry
+
+	// Repo, Blobs and Tokens enable the TUF routes (/tuf/, /targets/) and
+	// the admin API; without Repo only health and metrics are served.
+	Repo   *manifests.Repository
+	Blobs  manifests.BlobStore
+	Tokens server.Tokens
+	// TargetsRedirect answers /targets/ with a redirect to a presigned URL
+	// valid for PresignTTL when the store can presign (S3).
+	TargetsRedirect bool
+	PresignTTL      time.Duration
+	// MaxArtifactSize bounds artifact uploads.
+	MaxArtifactSize int64
 }
 
 // Server is the HTTP application. It is an http.Handler; cmd/otad owns the
@@ -42,6 +55,12 @@ type Server struct {
 	log     *slog.Logger
 	checks  []Check
 	timeout time.Duration
+
+	repo            *manifests.Repository
+	blobs           manifests.BlobStore
+	tokens          server.Tokens
+	targetsRedirect bool
+	presignTTL      time.Duration
 }
 
 // New builds the application with its middleware and routes.
@@ -58,11 +77,19 @@ func New(cfg Config) *Server {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
+	if cfg.PresignTTL <= 0 {
+		cfg.PresignTTL = 5 * time.Minute
+	}
+	if cfg.MaxArtifactSize <= 0 {
+		cfg.MaxArtifactSize = 8 << 30
+	}
 
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
-	s := &Server{echo: e, log: cfg.Logger, checks: cfg.Checks, timeout: cfg.ReadyTimeout}
+	s := &Server{echo: e, log: cfg.Logger, checks: cfg.Checks, timeout: cfg.ReadyTimeout,
+		repo: cfg.Repo, blobs: cfg.Blobs, tokens: cfg.Tokens,
+		targetsRedirect: cfg.TargetsRedirect, presignTTL: cfg.PresignTTL}
 	e.HTTPErrorHandler = s.handleError
 
 	// Order matters: the request id comes first so every later log line
@@ -83,11 +110,23 @@ func New(cfg Config) *Server {
 			return err
 		},
 	}))
-	e.Use(bodyLimit(cfg.MaxBody))
+	e.Use(bodyLimit(func(c echo.Context) int64 {
+		if c.Path() == artifactRoute {
+			return cfg.MaxArtifactSize
+		}
+		return cfg.MaxBody
+	}))
 
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(metricsHandler(cfg.Registry)))
+	if s.repo != nil {
+		cfg.Registry.MustRegister(newRepoCollector(s.repo))
+		e.GET("/tuf/:name", s.tufMetadata)
+		e.GET("/targets/*", s.targetFile)
+		e.HEAD("/targets/*", s.targetFile)
+		s.mountAdmin()
+	}
 	return s
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 )
 
@@ -31,6 +32,19 @@ var codes = []struct {
 	status int
 	code   string
 }{
+	// The TUF workflow's refusals, each with its own code so that otactl
+	// (and people) can tell them apart.
+	{manifests.ErrUnknownKey, http.StatusUnprocessableEntity, "unknown_key"},
+	{manifests.ErrKeyNotAuthorized, http.StatusForbidden, "key_not_authorized"},
+	{manifests.ErrBadSignature, http.StatusUnprocessableEntity, "bad_signature"},
+	{manifests.ErrStaleDraft, http.StatusConflict, "stale_draft"},
+	{manifests.ErrDraftNotPending, http.StatusConflict, "stale_draft"},
+	{manifests.ErrDraftPending, http.StatusConflict, "draft_pending"},
+	{manifests.ErrNotInitialized, http.StatusConflict, "not_initialized"},
+	{manifests.ErrInvalid, http.StatusBadRequest, "invalid"},
+	{manifests.ErrInvalidKey, http.StatusBadRequest, "invalid"},
+	{manifests.ErrNotExist, http.StatusNotFound, "not_found"},
+
 	{server.ErrInvalid, http.StatusBadRequest, "invalid"},
 	{server.ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
 	{server.ErrForbidden, http.StatusForbidden, "forbidden"},
@@ -41,15 +55,16 @@ var codes = []struct {
 
 // httpCodes names Echo's own errors (routing, method, body limit).
 var httpCodes = map[int]string{
-	http.StatusBadRequest:            "invalid",
-	http.StatusUnauthorized:          "unauthorized",
-	http.StatusForbidden:             "forbidden",
-	http.StatusNotFound:              "not_found",
-	http.StatusMethodNotAllowed:      "method_not_allowed",
-	http.StatusRequestEntityTooLarge: "body_too_large",
-	http.StatusUnsupportedMediaType:  "unsupported_media_type",
-	http.StatusTooManyRequests:       "rate_limited",
-	http.StatusServiceUnavailable:    "unavailable",
+	http.StatusBadRequest:                   "invalid",
+	http.StatusUnauthorized:                 "unauthorized",
+	http.StatusForbidden:                    "forbidden",
+	http.StatusNotFound:                     "not_found",
+	http.StatusMethodNotAllowed:             "method_not_allowed",
+	http.StatusRequestEntityTooLarge:        "body_too_large",
+	http.StatusUnsupportedMediaType:         "unsupported_media_type",
+	http.StatusTooManyRequests:              "rate_limited",
+	http.StatusRequestedRangeNotSatisfiable: "range_not_satisfiable",
+	http.StatusServiceUnavailable:           "unavailable",
 }
 
 // errorResponse turns err into a status and body. Internal errors get a

@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/patchfleet/ota/manifests"
 )
 
 // unmatchedRoute labels requests that matched no route, so that scanners
@@ -91,9 +93,10 @@ func observe(log *slog.Logger, m *httpMetrics) echo.MiddlewareFunc {
 
 // bodyLimit rejects bodies over limit: at once when Content-Length says so,
 // otherwise when a handler reads past it (http.MaxBytesError, mapped to 413).
-func bodyLimit(limit int64) echo.MiddlewareFunc {
+func bodyLimit(limitFor func(echo.Context) int64) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
+			limit := limitFor(c)
 			req := c.Request()
 			if req.ContentLength > limit {
 				return &http.MaxBytesError{Limit: limit}
@@ -114,4 +117,25 @@ func newRequestID() string {
 
 func requestID(c echo.Context) string {
 	return c.Response().Header().Get(echo.HeaderXRequestID)
+}
+
+// repoCollector exports seconds to expiry per published TUF role, read at
+// scrape time so the value is never stale.
+type repoCollector struct {
+	repo *manifests.Repository
+	desc *prometheus.Desc
+}
+
+func newRepoCollector(repo *manifests.Repository) *repoCollector {
+	return &repoCollector{repo: repo, desc: prometheus.NewDesc("otad_tuf_expiry_seconds",
+		"Seconds until the published metadata of each TUF role expires (negative once expired).",
+		[]string{"role"}, nil)}
+}
+
+func (rc *repoCollector) Describe(ch chan<- *prometheus.Desc) { ch <- rc.desc }
+
+func (rc *repoCollector) Collect(ch chan<- prometheus.Metric) {
+	for role, secs := range rc.repo.RoleExpiries() {
+		ch <- prometheus.MustNewConstMetric(rc.desc, prometheus.GaugeValue, secs, role)
+	}
 }

@@ -91,6 +91,7 @@ type DB struct {
 	sql     *sql.DB
 	dialect string
 	logger  *slog.Logger
+	repoMu  chan struct{} // RepoLock on SQLite
 }
 
 // Open connects to the database named by dsn and checks that it answers
@@ -120,6 +121,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*DB, error) {
 		// around each write would add two round trips and, on SQLite, an
 		// extra BEGIN IMMEDIATE lock cycle.
 		SkipDefaultTransaction: true,
+		// Unique violations come back as gorm.ErrDuplicatedKey on both
+		// dialects, which the stores translate into domain errors.
+		TranslateError: true,
 		// gorm pings with context.Background(); Open pings below with the
 		// caller's ctx so a dead server cannot outlive its deadline.
 		DisableAutomaticPing: true,
@@ -175,7 +179,7 @@ func openPostgres(ctx context.Context, dsn string, cfg *gorm.Config, opts Option
 		_ = sqlDB.Close()
 		return nil, fmt.Errorf("connect to postgres at %s: %w", where, redact(err, secrets))
 	}
-	return &DB{gorm: g, sql: sqlDB, dialect: dialectPostgres, logger: log}, nil
+	return &DB{gorm: g, sql: sqlDB, dialect: dialectPostgres, logger: log, repoMu: make(chan struct{}, 1)}, nil
 }
 
 func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options, log *slog.Logger) (*DB, error) {
@@ -215,7 +219,7 @@ func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options
 		_ = sqlDB.Close()
 		return nil, fmt.Errorf("open sqlite database %s: %w", path, err)
 	}
-	return &DB{gorm: g, sql: sqlDB, dialect: dialectSQLite, logger: log}, nil
+	return &DB{gorm: g, sql: sqlDB, dialect: dialectSQLite, logger: log, repoMu: make(chan struct{}, 1)}, nil
 }
 
 // Dialect reports which database DB talks to: "sqlite" or "postgres".

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"fmt"
+	"hash"
+	"io"
+	"sync"
+	"time"
+)
+
+// progress shows how far an upload is on stderr: on a terminal one line
+// rewritten in place ("\r"), otherwise a line at every 10%, so that CI
+// logs stay short.
+//
+// The HTTP transport reads the body on its own goroutine, possibly even
+// after the response has arrived, so every field sits behind mu and
+// finish stops all further output.
+type progress struct {
+	mu       sync.Mutex
+	w        io.Writer
+	name     string
+	total    int64
+	tty      bool
+	now      func() time.Time
+	start    time.Time
+	done     int64
+	last     time.Time // last terminal update
+	reported int64     // tenths reported so far when not a terminal
+	finished bool
+	sum      hash.Hash // sha256 of the bytes sent, to catch a file changing under the upload
+}
+
+func newProgress(w io.Writer, name string, total int64, tty bool, sum hash.Hash) *progress {
+	return &progress{w: w, name: name, total: total, tty: tty, now: time.Now, start: time.Now(), sum: sum}
+}
+
+// reader wraps r so that reading from it advances the display.
+func (p *progress) reader(r io.Reader) io.Reader { return &progressReader{r: r, p: p} }
+
+type progressReader struct {
+	r io.Reader
+	p *progress
+}
+
+func (pr *progressReader) Read(b []byte) (int, error) {
+	n, err := pr.r.Read(b)
+	if n > 0 {
+		pr.p.add(b[:n])
+	}
+	return n, err
+}
+
+func (p *progress) add(b []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.finished {
+		return
+	}
+	p.sum.Write(b)
+	p.done += int64(len(b))
+	now := p.now()
+	if p.tty {
+		if now.Sub(p.last) >= 100*time.Millisecond || p.done == p.total {
+			p.last = now
+			fmt.Fprintf(p.w, "\r%s\x1b[K", p.line(now))
+		}
+		return
+	}
+	if step := p.done * 10 / max(p.total, 1); step > p.reported {
+		p.reported = step
+		fmt.Fprintln(p.w, p.line(now))
+	}
+}
+
+// line is "uploading NAME: 3.0 MiB of 30.0 MiB (10%), 12.3 MiB/s".
+func (p *progress) line(now time.Time) string {
+	pct := int64(100)
+	if p.total > 0 {
+		pct = p.done * 100 / p.total
+	}
+	rate := "-"
+	if el := now.Sub(p.start).Seconds(); el > 0 {
+		rate = humanBytes(int64(float64(p.done)/el)) + "/s"
+	}
+	return fmt.Sprintf("uploading %s: %s of %s (%d%%), %s", p.name, humanBytes(p.done), humanBytes(p.total), pct, rate)
+}
+
+// finish ends the display and returns how many bytes were sent and
+// their sha256 (nil unless the whole body was sent).
+func (p *progress) finish() (int64, []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.finished && p.tty && p.done > 0 {
+		fmt.Fprintln(p.w)
+	}
+	p.finished = true
+	if p.done != p.total {
+		return p.done, nil
+	}
+	return p.done, p.sum.Sum(nil)
+}
+
+// humanBytes is "512 B", "3.0 MiB".
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server/api"
+)
+
+func (c *cli) releaseCreate(args []string) error {
+	var sf serverFlags
+	var name, patchID, buildMin, buildMax string
+	var models, extra listFlag
+	messaging := &choiceFlag{choices: []string{"opt-in", "opt-out"}}
+	encryption := &choiceFlag{choices: []string{"on", "off"}}
+	fs := newFlagSet("release create FILE --name PATH --patch-id ID [flags]",
+		"Uploads the build FILE (hashed locally first; an artifact the server already has\n"+
+			"is not sent again) and drafts the next targets version offering it as PATH with\n"+
+			"the custom metadata below. Nothing reaches handsets until k targets key holders\n"+
+			"sign the draft with otactl release sign.", c.stderr)
+	sf.register(fs)
+	fs.StringVar(&name, "name", "", "target path handsets see, e.g. cm-privacy/2026.1/update.zip (required)")
+	fs.StringVar(&patchID, "patch-id", "", "patch id, e.g. CM-2026-001 (required)")
+	fs.Var(&models, "model", "a device model the patch is for; repeat for each (none: every model)")
+	fs.StringVar(&buildMin, "build-min", "", "lowest build the patch applies to (inclusive)")
+	fs.StringVar(&buildMax, "build-max", "", "highest build the patch applies to (inclusive)")
+	fs.Var(messaging, "messaging-default", "cloud messaging default after install: opt-in or opt-out")
+	fs.Var(encryption, "number-encryption", "phone number encryption after install: on or off")
+	fs.Var(&extra, "custom", "another custom field as key=value; repeat for each")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(fs, pos, 1, 1, "the build FILE"); err != nil {
+		return err
+	}
+	file := pos[0]
+	if name == "" || patchID == "" {
+		return usageError{errors.New("release create needs --name PATH and --patch-id ID")}
+	}
+	if err := manifests.ValidateTargetPath(name); err != nil {
+		return usageError{fmt.Errorf("--name %q: want a relative slash path like dir/file.zip: %w", name, err)}
+	}
+	custom := manifests.TargetCustom{PatchID: patchID, Models: models, BuildMin: buildMin, BuildMax: buildMax,
+		CloudMessagingDefault: messaging.value, NumberEncryption: encryption.value}
+	for _, kv := range extra {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return usageError{fmt.Errorf("--custom %q: want key=value", kv)}
+		}
+		if custom.Extra == nil {
+			custom.Extra = map[string]string{}
+		}
+		if _, dup := custom.Extra[k]; dup {
+			return usageError{fmt.Errorf("--custom %s given twice", k)}
+		}
+		custom.Extra[k] = v
+	}
+	if err := custom.Validate(); err != nil {
+		return usageError{fmt.Errorf("custom metadata: %w", err)}
+	}
+	cl, err := c.client(sf)
+	if err != nil {
+		return err
+	}
+
+	f, err := os.Open(file)
+	if err != nil {
+		return fmt.Errorf("open the build: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", file)
+	}
+	size := fi.Size()
+	fmt.Fprintf(c.stderr, "hashing %s (%s)...\n", file, humanBytes(size))
+	h := sha256.New()
+	if n, err := io.Copy(h, io.NewSectionReader(f, 0, size)); err != nil {
+		return fmt.Errorf("hash %s: %w", file, err)
+	} else if n != size {
+		return fmt.Errorf("%s shrank while it was hashed; try again once it is complete", file)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+
+	art, err := c.upload(cl, f, file, name, size, sum)
+	if err != nil {
+		return err
+	}
+	if art.SHA256 != sum || art.Length != size {
+		return fmt.Errorf("upload check failed: the server reports %s as %d bytes with sha256 %s, but %s is %d bytes with sha256 %s; nothing was released, upload again",
+			name, art.Length, art.SHA256, file, size, sum)
+	}
+	if art.Existed {
+		fmt.Fprintf(c.stdout, "%s is already stored on the server (%d bytes, sha256 %s); it was not sent again\n", name, size, sum)
+	} else {
+		fmt.Fprintf(c.stdout, "uploaded %s (%d bytes, sha256 %s)\n", name, size, sum)
+	}
+
+	var v manifests.DraftView
+	req := api.ReleaseRequest{Path: name, Length: size, SHA256: sum, Custom: custom}
+	if err := cl.do(c.ctx, "POST", "/releases", req, &v); err != nil {
+		return err
+	}
+	c.printCreated(&v, "release sign "+v.ID)
+	return nil
+}
+
+// upload streams the build to the server. "Expect: 100-continue" with a
+// Content-Length lets the server answer "already stored" before the body
+// is sent; the body is read from the file as it goes, never held in
+// memory, and hashed again on the way to catch a file that changes.
+func (c *cli) upload(cl *client, f *os.File, file, name string, size int64, sum string) (*api.Artifact, error) {
+	prog := newProgress(c.stderr, name, size, c.isTerminal(c.stderr), sha256.New())
+	var body io.Reader = http.NoBody
+	if size > 0 {
+		body = prog.reader(io.NewSectionReader(f, 0, size))
+	}
+	req, err := cl.newRequest(c.ctx, "PUT", "/artifacts/"+escapePath(name), body)
+	if err != nil {
+		return nil, err
+	}
+	req.ContentLength = size
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Expect", "100-continue")
+	req.Header.Set(api.HeaderContentSHA256, sum)
+	var art api.Artifact
+	err = cl.send(req, &art)
+	sent, sentSum := prog.finish()
+	if sentSum != nil && hex.EncodeToString(sentSum) != sum {
+		return nil, fmt.Errorf("%s changed while it was uploaded (sha256 %s before, %x sent); nothing was released, upload again once the file is final",
+			file, sum, sentSum)
+	}
+	if err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) && ae.Code == "body_too_large" {
+			return nil, fmt.Errorf("the server refuses %s: %s (raise otad's --max-artifact-size)", file, ae.Message)
+		}
+		return nil, fmt.Errorf("upload %s: %w", file, err)
+	}
+	if !art.Existed && sent != size {
+		return nil, fmt.Errorf("upload %s: the server answered after %d of %d bytes without saying it had the artifact; upload again", file, sent, size)
+	}
+	return &art, nil
+}
+
+// compactJSON is for messages.
+func compactJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}

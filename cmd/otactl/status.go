@@ -1,0 +1,147 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/patchfleet/ota/manifests"
+)
+
+func (c *cli) status(args []string) error {
+	var sf serverFlags
+	fs := newFlagSet("status [flags]",
+		"Shows the published repository: whether it is initialized, each role's version and\nexpiry (with warnings), the published targets and the pending draft.", c.stderr)
+	sf.register(fs)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(fs, pos, 0, 0, ""); err != nil {
+		return err
+	}
+	cl, err := c.client(sf)
+	if err != nil {
+		return err
+	}
+	var st manifests.Status
+	if err := cl.do(c.ctx, "GET", "/repo/status", nil, &st); err != nil {
+		return err
+	}
+	printStatus(c.stdout, &st, time.Now())
+	return nil
+}
+
+func printStatus(w io.Writer, st *manifests.Status, now time.Time) {
+	if st.Initialized {
+		fmt.Fprintf(w, "repository: initialized (online key %s)\n", st.OnlineKeyID)
+	} else {
+		fmt.Fprintf(w, "repository: not initialized (online key %s); run otactl repo init\n", st.OnlineKeyID)
+	}
+	for _, r := range st.Roles {
+		fmt.Fprintf(w, "  %-9s v%-4d expires %s (%s)\n", r.Role, r.Version, r.Expires.UTC().Format(time.RFC3339), until(r.Expires, now))
+		switch {
+		case !r.Expires.After(now):
+			fmt.Fprintf(w, "    WARNING: %s v%d has EXPIRED: handsets refuse it until a new %s is signed\n", r.Role, r.Version, r.Role)
+		case r.Warning != "":
+			fmt.Fprintf(w, "    WARNING: %s\n", r.Warning)
+		}
+	}
+	fmt.Fprintf(w, "published targets: %d\n", len(st.Targets))
+	for _, t := range st.Targets {
+		fmt.Fprintf(w, "  %s\n    %d bytes, sha256 %s\n", t.Path, t.Length, t.SHA256)
+		if len(t.Custom) > 0 {
+			fmt.Fprintf(w, "    %s\n", describeCustom(t.Custom))
+		}
+	}
+	if st.Pending == nil {
+		fmt.Fprintln(w, "pending draft: none")
+		return
+	}
+	p := st.Pending
+	fmt.Fprintf(w, "pending draft: %s (%s) by %s, %s\n", p.ID, p.Kind, p.CreatedBy, p.CreatedAt.UTC().Format(time.RFC3339))
+	for _, t := range p.Thresholds {
+		fmt.Fprintf(w, "  %s\n", thresholdLine(t))
+	}
+}
+
+// until says how long until t, in days (or hours when less than two days).
+func until(t, now time.Time) string {
+	d := t.Sub(now)
+	if d <= 0 {
+		return "expired " + roughDuration(-d) + " ago"
+	}
+	return "in " + roughDuration(d)
+}
+
+func roughDuration(d time.Duration) string {
+	switch {
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%dd", int(d.Hours()/24))
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	default:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	}
+}
+
+// thresholdLine is "root: 1 of 2 signed (new root v1's root keys)".
+func thresholdLine(t manifests.PartStatus) string {
+	s := fmt.Sprintf("%s: %d of %d signed (%s", t.Part, len(t.Signed), t.Threshold, t.What)
+	if len(t.KeyIDs) != t.Threshold {
+		s += fmt.Sprintf(", %d keys may sign", len(t.KeyIDs))
+	}
+	s += ")"
+	if len(t.Signed) >= t.Threshold {
+		s += ", threshold met"
+	}
+	return s
+}
+
+// describeCustom prints a target's custom metadata: every known field and
+// any other key, so that nothing signed goes unseen.
+func describeCustom(raw json.RawMessage) string {
+	var all map[string]any
+	if err := json.Unmarshal(raw, &all); err != nil {
+		return "custom: (not a JSON object) " + string(raw)
+	}
+	var c manifests.TargetCustom
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return "custom: (unexpected shape) " + string(raw)
+	}
+	var parts []string
+	add := func(k, v string) {
+		if v != "" {
+			parts = append(parts, k+"="+v)
+		}
+	}
+	add("patch_id", c.PatchID)
+	add("models", strings.Join(c.Models, ","))
+	add("build_min", c.BuildMin)
+	add("build_max", c.BuildMax)
+	add("cloud_messaging_default", c.CloudMessagingDefault)
+	add("number_encryption", c.NumberEncryption)
+	for _, k := range sortedKeys(c.Extra) {
+		add("extra."+k, fmt.Sprintf("%q", c.Extra[k]))
+	}
+	known := map[string]bool{"patch_id": true, "models": true, "build_min": true, "build_max": true,
+		"cloud_messaging_default": true, "number_encryption": true, "extra": true}
+	for _, k := range sortedKeys(all) {
+		if !known[k] {
+			b, _ := json.Marshal(all[k])
+			parts = append(parts, k+"="+string(b))
+		}
+	}
+	if len(parts) == 0 {
+		return "custom: (none)"
+	}
+	return "custom: " + strings.Join(parts, " ")
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
+}

@@ -1,0 +1,102 @@
+package manifests
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// TargetCustom is the custom metadata of a target: what the handset needs
+// to decide whether the patch is for it, and what the patch changes. It is
+// signed with the targets metadata, so the server cannot alter it.
+type TargetCustom struct {
+	// PatchID names the patch, e.g. "CM-2026-001".
+	PatchID string `json:"patch_id"`
+	// Models the patch is for; empty means every model.
+	Models []string `json:"models,omitempty"`
+	// BuildMin and BuildMax bound the builds it applies to (inclusive);
+	// empty means unbounded.
+	BuildMin string `json:"build_min,omitempty"`
+	BuildMax string `json:"build_max,omitempty"`
+	// CloudMessagingDefault is the messaging default after install: the
+	// privacy patch sets "opt-in".
+	CloudMessagingDefault string `json:"cloud_messaging_default,omitempty"`
+	// NumberEncryption is "on" when the patch encrypts phone numbers sent
+	// to the messaging servers.
+	NumberEncryption string `json:"number_encryption,omitempty"`
+	// Extra holds other key=value pairs the release engineer adds.
+	Extra map[string]string `json:"extra,omitempty"`
+}
+
+var (
+	idPattern    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	buildPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
+	extraKey     = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+)
+
+// Validate checks every field; the error names the field.
+func (c TargetCustom) Validate() error {
+	if !idPattern.MatchString(c.PatchID) {
+		return fmt.Errorf("patch_id %q: want 1-64 letters, digits, '.', '_' or '-'", c.PatchID)
+	}
+	if len(c.Models) > 100 {
+		return fmt.Errorf("models: at most 100")
+	}
+	for _, m := range c.Models {
+		if !idPattern.MatchString(m) {
+			return fmt.Errorf("models: %q: want 1-64 letters, digits, '.', '_' or '-'", m)
+		}
+	}
+	for name, b := range map[string]string{"build_min": c.BuildMin, "build_max": c.BuildMax} {
+		if b != "" && !buildPattern.MatchString(b) {
+			return fmt.Errorf("%s %q: want 1-64 letters, digits, '.', '_', '+' or '-'", name, b)
+		}
+	}
+	switch c.CloudMessagingDefault {
+	case "", "opt-in", "opt-out":
+	default:
+		return fmt.Errorf("cloud_messaging_default %q: want opt-in or opt-out", c.CloudMessagingDefault)
+	}
+	switch c.NumberEncryption {
+	case "", "on", "off":
+	default:
+		return fmt.Errorf("number_encryption %q: want on or off", c.NumberEncryption)
+	}
+	if len(c.Extra) > 32 {
+		return fmt.Errorf("extra: at most 32 pairs")
+	}
+	for k, v := range c.Extra {
+		if !extraKey.MatchString(k) {
+			return fmt.Errorf("extra key %q: want lowercase letters, digits and '_', 1-32 long", k)
+		}
+		if len(v) > 256 || strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 }) {
+			return fmt.Errorf("extra %s: at most 256 printable characters", k)
+		}
+	}
+	return nil
+}
+
+// Describe says in plain words what the target is for and what it changes.
+func (c TargetCustom) Describe() string {
+	parts := []string{"patch " + c.PatchID}
+	if len(c.Models) == 0 {
+		parts = append(parts, "all models")
+	} else {
+		parts = append(parts, "models "+strings.Join(c.Models, ", "))
+	}
+	switch {
+	case c.BuildMin != "" && c.BuildMax != "":
+		parts = append(parts, "builds "+c.BuildMin+" to "+c.BuildMax)
+	case c.BuildMin != "":
+		parts = append(parts, "builds from "+c.BuildMin)
+	case c.BuildMax != "":
+		parts = append(parts, "builds up to "+c.BuildMax)
+	}
+	if c.CloudMessagingDefault != "" {
+		parts = append(parts, "cloud messaging "+c.CloudMessagingDefault+" by default")
+	}
+	if c.NumberEncryption != "" {
+		parts = append(parts, "phone number encryption "+c.NumberEncryption)
+	}
+	return strings.Join(parts, "; ")
+}

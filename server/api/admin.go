@@ -1,0 +1,336 @@
+package api
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server"
+)
+
+// Routes of the admin API that the CLI (otactl) calls.
+const (
+	AdminPrefix   = "/api/v1/admin"
+	artifactRoute = AdminPrefix + "/artifacts/*"
+)
+
+func (s *Server) mountAdmin() {
+	g := s.echo.Group(AdminPrefix, s.authenticate)
+	engineer := requireRole(server.RoleReleaseEngineer)
+
+	g.GET("/whoami", s.whoami)
+	g.GET("/repo/status", s.repoStatus)
+	g.GET("/repo/online-key", s.onlineKey)
+	g.POST("/repo/root-drafts", s.createRootDraft, engineer)
+	g.PUT("/artifacts/*", s.uploadArtifact, engineer)
+	g.POST("/releases", s.createRelease, engineer)
+	g.POST("/yanks", s.createYank, engineer)
+	g.GET("/drafts", s.listDrafts)
+	g.GET("/drafts/pending", s.pendingDraft)
+	g.GET("/drafts/:id", s.getDraft)
+	g.POST("/drafts/:id/signatures", s.addSignatures, engineer)
+	g.DELETE("/drafts/:id", s.discardDraft, engineer)
+}
+
+// authenticate requires a live admin token ("Authorization: Bearer ...")
+// and puts it in the request context.
+func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		auth := c.Request().Header.Get("Authorization")
+		plain, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok {
+			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="otad admin"`)
+			return fmt.Errorf("%w: missing bearer token; create one with otad token create", server.ErrUnauthorized)
+		}
+		t, err := s.tokens.Authenticate(c.Request().Context(), plain)
+		if err != nil {
+			return err
+		}
+		c.SetRequest(c.Request().WithContext(server.WithToken(c.Request().Context(), t)))
+		return next(c)
+	}
+}
+
+func requireRole(role string) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			t := server.TokenFromContext(c.Request().Context())
+			if t == nil || t.Role != role {
+				return fmt.Errorf("%w: this needs a %s token", server.ErrForbidden, role)
+			}
+			return next(c)
+		}
+	}
+}
+
+func actor(c echo.Context) string {
+	if t := server.TokenFromContext(c.Request().Context()); t != nil {
+		return t.Name
+	}
+	return ""
+}
+
+// decodeJSON decodes the body into v, refusing unknown fields and trailing
+// data, with errors that name the field.
+func decodeJSON(c echo.Context, v any) error {
+	dec := json.NewDecoder(c.Request().Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return fmt.Errorf("%w: field %q: want %s", server.ErrInvalid, te.Field, te.Type)
+		}
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: empty body, want JSON", server.ErrInvalid)
+		}
+		return fmt.Errorf("%w: body: %s", server.ErrInvalid, strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: body: trailing data after the JSON object", server.ErrInvalid)
+	}
+	return nil
+}
+
+// WhoAmI is the answer of GET /admin/whoami.
+type WhoAmI struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+}
+
+func (s *Server) whoami(c echo.Context) error {
+	t := server.TokenFromContext(c.Request().Context())
+	return c.JSON(http.StatusOK, WhoAmI{Name: t.Name, Role: t.Role})
+}
+
+func (s *Server) repoStatus(c echo.Context) error {
+	st, err := s.repo.Status(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, st)
+}
+
+// OnlineKey is the answer of GET /admin/repo/online-key.
+type OnlineKey struct {
+	KeyID string        `json:"keyid"`
+	Key   *metadata.Key `json:"key"`
+}
+
+func (s *Server) onlineKey(c echo.Context) error {
+	k := s.repo.OnlineKey()
+	id, err := k.ID()
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, OnlineKey{KeyID: id, Key: k})
+}
+
+// RootDraftRequest is the body of POST /admin/repo/root-drafts.
+type RootDraftRequest struct {
+	RootKeys         []*metadata.Key `json:"root_keys"`
+	RootThreshold    int             `json:"root_threshold"`
+	TargetsKeys      []*metadata.Key `json:"targets_keys"`
+	TargetsThreshold int             `json:"targets_threshold"`
+}
+
+func (s *Server) createRootDraft(c echo.Context) error {
+	var req RootDraftRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	d, err := s.repo.CreateRootDraft(c.Request().Context(), manifests.RootParams{
+		RootKeys: req.RootKeys, RootThreshold: req.RootThreshold,
+		TargetsKeys: req.TargetsKeys, TargetsThreshold: req.TargetsThreshold,
+	}, actor(c))
+	if err != nil {
+		return err
+	}
+	return s.respondDraft(c, http.StatusCreated, d.ID)
+}
+
+// Artifact is the answer of PUT /admin/artifacts/{path}.
+type Artifact struct {
+	Path   string `json:"path"`
+	Length int64  `json:"length"`
+	SHA256 string `json:"sha256"`
+	// Existed is true when the same artifact was already stored, so
+	// nothing was uploaded.
+	Existed bool `json:"existed"`
+}
+
+// HeaderContentSHA256 carries the sha256 the uploader computed; the server
+// checks the stored bytes against it.
+const HeaderContentSHA256 = "X-Content-Sha256"
+
+// uploadArtifact streams a build into the blob store under its
+// hash-prefixed name, never holding it in memory. A body whose sha256
+// differs from the declared one is deleted and refused.
+func (s *Server) uploadArtifact(c echo.Context) error {
+	p := c.Param("*")
+	if err := manifests.ValidateTargetPath(p); err != nil {
+		return fmt.Errorf("%w: target path: %w", server.ErrInvalid, err)
+	}
+	sum := c.Request().Header.Get(HeaderContentSHA256)
+	if b, err := hex.DecodeString(sum); err != nil || len(b) != 32 || hex.EncodeToString(b) != sum {
+		return fmt.Errorf("%w: header %s must be the 64 lowercase hex digits of the body's sha256", server.ErrInvalid, HeaderContentSHA256)
+	}
+	ctx := c.Request().Context()
+	key := manifests.TargetKey(p, sum)
+	if info, err := s.blobs.Stat(ctx, key); err == nil {
+		return c.JSON(http.StatusOK, Artifact{Path: p, Length: info.Size, SHA256: sum, Existed: true})
+	} else if !errors.Is(err, manifests.ErrNotExist) {
+		return err
+	}
+	// Uploads of several GB outlast the server's read timeout, which is
+	// meant for API calls: lift it for this authenticated request.
+	rc := http.NewResponseController(c.Response().Writer)
+	if err := rc.SetReadDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
+	info, err := s.blobs.Put(ctx, key, c.Request().Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return mbe
+		}
+		return fmt.Errorf("store artifact: %w", err)
+	}
+	if info.SHA256 != sum {
+		if err := s.blobs.Delete(ctx, key); err != nil {
+			s.log.ErrorContext(ctx, "deleting a mismatched upload", "key", key, "error", err)
+		}
+		return fmt.Errorf("%w: uploaded bytes have sha256 %s, not the declared %s; the upload was discarded, try again",
+			server.ErrInvalid, info.SHA256, sum)
+	}
+	return c.JSON(http.StatusCreated, Artifact{Path: p, Length: info.Size, SHA256: sum})
+}
+
+// ReleaseRequest is the body of POST /admin/releases.
+type ReleaseRequest struct {
+	Path   string                 `json:"path"`
+	Length int64                  `json:"length"`
+	SHA256 string                 `json:"sha256"`
+	Custom manifests.TargetCustom `json:"custom"`
+}
+
+func (s *Server) createRelease(c echo.Context) error {
+	var req ReleaseRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	d, err := s.repo.CreateReleaseDraft(c.Request().Context(), manifests.Release{
+		Path: req.Path, Length: req.Length, SHA256: req.SHA256, Custom: req.Custom}, actor(c))
+	if err != nil {
+		return err
+	}
+	return s.respondDraft(c, http.StatusCreated, d.ID)
+}
+
+// YankRequest is the body of POST /admin/yanks.
+type YankRequest struct {
+	Path string `json:"path"`
+}
+
+func (s *Server) createYank(c echo.Context) error {
+	var req YankRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	d, err := s.repo.CreateYankDraft(c.Request().Context(), req.Path, actor(c))
+	if err != nil {
+		return err
+	}
+	return s.respondDraft(c, http.StatusCreated, d.ID)
+}
+
+func (s *Server) respondDraft(c echo.Context, status int, id string) error {
+	v, err := s.repo.DraftView(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(status, v)
+}
+
+func (s *Server) listDrafts(c echo.Context) error {
+	ds, err := s.repo.ListDrafts(c.Request().Context(), 50)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, ds)
+}
+
+func (s *Server) pendingDraft(c echo.Context) error {
+	v, err := s.repo.PendingDraftView(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, v)
+}
+
+func (s *Server) getDraft(c echo.Context) error {
+	return s.respondDraft(c, http.StatusOK, c.Param("id"))
+}
+
+// SignatureUpload is the body of POST /admin/drafts/{id}/signatures.
+type SignatureUpload struct {
+	// Digest is the draft digest the signatures were made over.
+	Digest     string            `json:"digest"`
+	Signatures []UploadSignature `json:"signatures"`
+}
+
+// UploadSignature is one signature of a SignatureUpload.
+type UploadSignature struct {
+	Part  string `json:"part"`
+	KeyID string `json:"keyid"`
+	Sig   string `json:"sig"` // hex
+}
+
+func (s *Server) addSignatures(c echo.Context) error {
+	var req SignatureUpload
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	if len(req.Signatures) == 0 || len(req.Signatures) > 16 {
+		return fmt.Errorf("%w: signatures: want 1 to 16", server.ErrInvalid)
+	}
+	sigs := make([]manifests.DraftSignature, len(req.Signatures))
+	for i, us := range req.Signatures {
+		if !slices.Contains([]string{manifests.PartRoot, manifests.PartTargets}, us.Part) {
+			return fmt.Errorf("%w: signatures[%d].part %q: want root or targets", server.ErrInvalid, i, us.Part)
+		}
+		sig, err := hex.DecodeString(us.Sig)
+		if err != nil || len(sig) == 0 || len(sig) > 1024 {
+			return fmt.Errorf("%w: signatures[%d].sig: want hex, at most 1024 bytes", server.ErrInvalid, i)
+		}
+		if len(us.KeyID) != 64 {
+			return fmt.Errorf("%w: signatures[%d].keyid: want 64 hex digits", server.ErrInvalid, i)
+		}
+		sigs[i] = manifests.DraftSignature{Part: us.Part, KeyID: us.KeyID, Sig: sig}
+	}
+	v, err := s.repo.AddSignatures(c.Request().Context(), c.Param("id"), req.Digest, sigs)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, v)
+}
+
+func (s *Server) discardDraft(c echo.Context) error {
+	if err := s.repo.DiscardDraft(c.Request().Context(), c.Param("id")); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
