@@ -37,6 +37,9 @@ type Options struct {
 	Now    func() time.Time
 	Blobs  manifests.BlobStore // default: a filesystem store in t.TempDir()
 	Logger *slog.Logger
+	// TargetsRedirect answers artifact downloads with presigned URLs
+	// when Blobs can presign.
+	TargetsRedirect bool
 }
 
 // Start runs a server until the test ends.
@@ -75,7 +78,7 @@ func Start(tb testing.TB, opts Options) *Env {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	a := api.New(api.Config{Logger: opts.Logger, Repo: repo, Blobs: blobs, Tokens: tokens})
+	a := api.New(api.Config{Logger: opts.Logger, Repo: repo, Blobs: blobs, Tokens: tokens, TargetsRedirect: opts.TargetsRedirect})
 	srv := httptest.NewServer(a)
 	tb.Cleanup(srv.Close)
 	return &Env{URL: srv.URL, Token: secret, Repo: repo, Blobs: blobs, DB: db, API: a, Online: key.Signer()}

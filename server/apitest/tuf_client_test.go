@@ -37,9 +37,19 @@ func download(tb testing.TB, env *apitest.Env, root []byte, path string) ([]byte
 
 // TestGoTUFClientLifecycle runs the repository through its life with the
 // reference go-tuf client checking every step: ceremony, release, a
-// release with too few signatures, root rotation and a yank.
+// release with too few signatures, root rotation and a yank; on the
+// filesystem store, and on MinIO both streaming and redirecting artifact
+// downloads to presigned URLs.
 func TestGoTUFClientLifecycle(t *testing.T) {
-	env := apitest.Start(t, apitest.Options{})
+	t.Run("filesystem", func(t *testing.T) { lifecycle(t, apitest.Options{}) })
+	t.Run("s3/stream", func(t *testing.T) { lifecycle(t, apitest.Options{Blobs: apitest.MinIOStore(t)}) })
+	t.Run("s3/redirect", func(t *testing.T) {
+		lifecycle(t, apitest.Options{Blobs: apitest.MinIOStore(t), TargetsRedirect: true})
+	})
+}
+
+func lifecycle(t *testing.T, opts apitest.Options) {
+	env := apitest.Start(t, opts)
 	es := apitest.NewEngineers(t, 4)
 	env.Ceremony(t, es[:3], 2)
 	root1 := env.RootBytes(t, 1)
