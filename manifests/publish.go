@@ -60,6 +60,11 @@ func (r *Repository) CreateRootDraft(ctx context.Context, p RootParams, by strin
 	if err := checkRoleKeys("targets", p.TargetsKeys, p.TargetsThreshold, onlineID); err != nil {
 		return nil, err
 	}
+	// Drafts are rare: build on what the store holds, not on a cache that
+	// may lag behind another replica.
+	if err := r.Load(ctx); err != nil {
+		return nil, err
+	}
 	st := r.state.Load()
 	now := r.now()
 	root := metadata.Root(expires(now, r.expiry.Root))
@@ -130,6 +135,9 @@ func (r *Repository) CreateReleaseDraft(ctx context.Context, rel Release, by str
 		return nil, err
 	}
 	raw := json.RawMessage(custom)
+	if err := r.Load(ctx); err != nil {
+		return nil, err
+	}
 	st := r.state.Load()
 	d := &Draft{Kind: DraftKindRelease}
 	d.Targets, err = r.nextTargets(st, r.now(), func(t map[string]*metadata.TargetFiles) error {
@@ -145,6 +153,9 @@ func (r *Repository) CreateReleaseDraft(ctx context.Context, rel Release, by str
 // CreateYankDraft drafts the next targets version without targetPath, so
 // that no handset is offered it again.
 func (r *Repository) CreateYankDraft(ctx context.Context, targetPath, by string) (*Draft, error) {
+	if err := r.Load(ctx); err != nil {
+		return nil, err
+	}
 	st := r.state.Load()
 	d := &Draft{Kind: DraftKindYank}
 	var err error
@@ -389,7 +400,10 @@ func (r *Repository) AddSignatures(ctx context.Context, id, digest string, sigs 
 	if err != nil {
 		return nil, err
 	}
-	st := r.state.Load()
+	st, err := r.stateFor(ctx, pd)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkVersions(st, pd); err != nil {
 		return nil, err
 	}
@@ -410,6 +424,20 @@ func (r *Repository) AddSignatures(ctx context.Context, id, digest string, sigs 
 		return nil, err
 	}
 	return r.DraftView(ctx, id)
+}
+
+// stateFor returns the published state a draft builds on. The cache may
+// lag behind what another replica published (it refreshes every few
+// seconds); when the draft does not follow the cached state, reload once.
+func (r *Repository) stateFor(ctx context.Context, pd *parsedDraft) (*state, error) {
+	st := r.state.Load()
+	if checkVersions(st, pd) == nil {
+		return st, nil
+	}
+	if err := r.Load(ctx); err != nil {
+		return nil, err
+	}
+	return r.state.Load(), nil
 }
 
 // checkSignature verifies one uploaded signature, telling apart a key the

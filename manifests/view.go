@@ -40,7 +40,7 @@ func (r *Repository) DraftView(ctx context.Context, id string) (*DraftView, erro
 	if err != nil {
 		return nil, err
 	}
-	return r.view(d)
+	return r.view(ctx, d)
 }
 
 // PendingDraftView returns the pending draft, or ErrNotExist.
@@ -49,7 +49,7 @@ func (r *Repository) PendingDraftView(ctx context.Context) (*DraftView, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.view(d)
+	return r.view(ctx, d)
 }
 
 // ListDrafts returns the newest drafts first, without their documents.
@@ -60,7 +60,7 @@ func (r *Repository) ListDrafts(ctx context.Context, limit int) ([]*DraftView, e
 	}
 	out := make([]*DraftView, 0, len(ds))
 	for _, d := range ds {
-		v, err := r.view(d)
+		v, err := r.view(ctx, d)
 		if err != nil {
 			return nil, err
 		}
@@ -70,12 +70,17 @@ func (r *Repository) ListDrafts(ctx context.Context, limit int) ([]*DraftView, e
 	return out, nil
 }
 
-func (r *Repository) view(d *Draft) (*DraftView, error) {
+func (r *Repository) view(ctx context.Context, d *Draft) (*DraftView, error) {
 	pd, err := parseDraft(d)
 	if err != nil {
 		return nil, err
 	}
 	st := r.state.Load()
+	if d.State == DraftPending {
+		if st, err = r.stateFor(ctx, pd); err != nil {
+			return nil, err
+		}
+	}
 	v := &DraftView{ID: d.ID, State: d.State, Kind: d.Kind, CreatedBy: d.CreatedBy, CreatedAt: d.CreatedAt,
 		Digest: d.Digest(), Root: d.Root, Targets: d.Targets, Thresholds: []PartStatus{}}
 	if d.State == DraftPending {

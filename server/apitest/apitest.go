@@ -40,6 +40,10 @@ type Options struct {
 	// TargetsRedirect answers artifact downloads with presigned URLs
 	// when Blobs can presign.
 	TargetsRedirect bool
+	// DB and Online, when set, are shared with another Env: two replicas
+	// of one deployment.
+	DB     *sqlstore.DB
+	Online *signing.PrivateKey
 }
 
 // Start runs a server until the test ends.
@@ -47,23 +51,29 @@ func Start(tb testing.TB, opts Options) *Env {
 	tb.Helper()
 	ctx := context.Background()
 	dir := tb.TempDir()
-	db, err := sqlstore.Open(ctx, "sqlite:"+filepath.Join(dir, "otad.db"), sqlstore.Options{})
-	if err != nil {
-		tb.Fatal(err)
+	db := opts.DB
+	if db == nil {
+		var err error
+		if db, err = sqlstore.Open(ctx, "sqlite:"+filepath.Join(dir, "otad.db"), sqlstore.Options{}); err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { db.Close() })
 	}
-	tb.Cleanup(func() { db.Close() })
 	if _, err := db.Migrate(ctx); err != nil {
 		tb.Fatal(err)
 	}
 	blobs := opts.Blobs
+	var err error
 	if blobs == nil {
 		if blobs, err = fsstore.New(filepath.Join(dir, "blobs")); err != nil {
 			tb.Fatal(err)
 		}
 	}
-	key, err := signing.Generate(signing.AlgEd25519)
-	if err != nil {
-		tb.Fatal(err)
+	key := opts.Online
+	if key == nil {
+		if key, err = signing.Generate(signing.AlgEd25519); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	repo, err := manifests.New(manifests.Config{Blobs: blobs, Drafts: db.Drafts(), Lock: db.RepoLock(),
 		Online: key.Signer(), Expiry: opts.Expiry, Now: opts.Now, Logger: opts.Logger})
