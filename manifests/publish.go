@@ -496,7 +496,7 @@ func (r *Repository) tryPublish(ctx context.Context, id string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	r.state.Store(st)
+	r.setState(st)
 	// A crash after writing the root (published roots are found by
 	// probing) leaves it one version ahead of what the draft expects:
 	// resume rather than call the draft stale.
@@ -562,7 +562,7 @@ func (r *Repository) tryPublish(ctx context.Context, id string) (bool, error) {
 	if err := r.drafts.SetDraftState(ctx, id, DraftPublished); err != nil && !errors.Is(err, ErrDraftNotPending) {
 		return false, err
 	}
-	r.state.Store(next)
+	r.setState(next)
 	r.log.InfoContext(ctx, "draft published", slog.String("draft", id), slog.String("kind", d.Kind),
 		slog.Int64("root", next.rootVersion()), slog.Int64("targets", next.targetsVersion()),
 		slog.Int64("snapshot", next.snapshotVersion()))
@@ -719,7 +719,7 @@ func (r *Repository) Resign(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	r.state.Store(st)
+	r.setState(st)
 	if st.timestamp == nil {
 		return false, nil
 	}
@@ -740,7 +740,7 @@ func (r *Repository) Resign(ctx context.Context) (bool, error) {
 	if err := r.writeSnapshotAndTimestamp(ctx, &next, newSnap); err != nil {
 		return false, err
 	}
-	r.state.Store(&next)
+	r.setState(&next)
 	r.log.InfoContext(ctx, "re-signed online metadata", slog.Bool("snapshot", newSnap),
 		slog.Int64("snapshot_version", next.snapshotVersion()), slog.Int64("timestamp_version", next.timestamp.Signed.Version))
 	return true, nil

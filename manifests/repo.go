@@ -151,8 +151,30 @@ func (r *Repository) Load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.state.Store(st)
+	r.setState(st)
 	return nil
+}
+
+// setState publishes st to readers unless the cached state is already
+// newer: a refresh that read the store just before a publish must not
+// put the older timestamp back, which clients would take for a rollback.
+func (r *Repository) setState(st *state) {
+	for {
+		cur := r.state.Load()
+		if st.rootVersion() < cur.rootVersion() || st.timestampVersion() < cur.timestampVersion() {
+			return
+		}
+		if r.state.CompareAndSwap(cur, st) {
+			return
+		}
+	}
+}
+
+func (s *state) timestampVersion() int64 {
+	if s.timestamp == nil {
+		return 0
+	}
+	return s.timestamp.Signed.Version
 }
 
 // Refresh picks up what another replica published: it reads timestamp.json
