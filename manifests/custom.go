@@ -2,6 +2,7 @@ package manifests
 
 import (
 	"fmt"
+	"time"
 	"regexp"
 	"strings"
 )
@@ -26,6 +27,9 @@ type TargetCustom struct {
 	NumberEncryption string `json:"number_encryption,omitempty"`
 	// Extra holds other key=value pairs the release engineer adds.
 	Extra map[string]string `json:"extra,omitempty"`
+	// Released is when the release was drafted; the server sets it, and
+	// among several targets a handset may take, the newest wins.
+	Released time.Time `json:"released,omitzero"`
 }
 
 var (

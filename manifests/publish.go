@@ -120,6 +120,7 @@ func (r *Repository) CreateReleaseDraft(ctx context.Context, rel Release, by str
 	if err := rel.Custom.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	rel.Custom.Released = r.now().UTC().Truncate(time.Second)
 	info, err := r.blobs.Stat(ctx, TargetKey(rel.Path, rel.SHA256))
 	if errors.Is(err, ErrNotExist) {
 		return nil, fmt.Errorf("%w: artifact %s with sha256 %s is not uploaded", ErrInvalid, rel.Path, rel.SHA256)

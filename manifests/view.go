@@ -223,6 +223,24 @@ type TargetInfo struct {
 	Custom json.RawMessage `json:"custom,omitempty"`
 }
 
+// TargetsVersion is the published targets version (0 before the first).
+func (r *Repository) TargetsVersion() int64 { return r.state.Load().targetsVersion() }
+
+// PublishedTargets returns the published targets version and its targets.
+// It reads memory only: check-ins call it.
+func (r *Repository) PublishedTargets() (int64, []TargetInfo) {
+	st := r.state.Load()
+	if st.targets == nil {
+		return 0, nil
+	}
+	out := make([]TargetInfo, 0, len(st.targets.Signed.Targets))
+	for _, p := range slices.Sorted(maps.Keys(st.targets.Signed.Targets)) {
+		t := st.targets.Signed.Targets[p]
+		out = append(out, TargetInfo{Path: p, Length: t.Length, SHA256: hex.EncodeToString(t.Hashes["sha256"]), Custom: rawCustom(t)})
+	}
+	return st.targets.Signed.Version, out
+}
+
 // Status reports published versions, expiries (with warnings for offline
 // roles within ExpiryWarning), targets and the pending draft.
 func (r *Repository) Status(ctx context.Context) (*Status, error) {

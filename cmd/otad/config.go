@@ -46,6 +46,14 @@ type Config struct {
 	TargetsRedirect     bool
 	PresignTTL          time.Duration
 	MaxArtifactSize     int64
+
+	// Handset API.
+	PublicURL         string
+	EnrollmentSecret  string
+	PollInterval      time.Duration
+	ReportRetention   time.Duration
+	CheckInsPerMinute float64
+	ReportsPerMinute  float64
 }
 
 // defaultConfig is what otad runs with when nothing is set: embedded
@@ -68,20 +76,27 @@ func defaultConfig() Config {
 		TargetsRedirect: true,
 		PresignTTL:      5 * time.Minute,
 		MaxArtifactSize: 8 << 30,
+
+		PollInterval:      time.Hour,
+		ReportRetention:   90 * 24 * time.Hour,
+		CheckInsPerMinute: 6,
+		ReportsPerMinute:  120,
 	}
 }
 
 // Primary environment variable of each flag that can fail after parsing;
 // configError names it beside the flag.
 var envOf = map[string]string{
-	"listen":      "OTAD_LISTEN",
-	"data-dir":    "OTAD_DATA_DIR",
-	"database":    "OTAD_DATABASE",
-	"storage":     "OTAD_STORAGE",
-	"s3-endpoint": "OTAD_S3_ENDPOINT",
-	"log-level":   "OTAD_LOG_LEVEL",
-	"log-format":  "OTAD_LOG_FORMAT",
-	"online-key":  "OTAD_ONLINE_KEY",
+	"listen":       "OTAD_LISTEN",
+	"data-dir":     "OTAD_DATA_DIR",
+	"database":     "OTAD_DATABASE",
+	"storage":      "OTAD_STORAGE",
+	"s3-endpoint":  "OTAD_S3_ENDPOINT",
+	"log-level":    "OTAD_LOG_LEVEL",
+	"log-format":   "OTAD_LOG_FORMAT",
+	"online-key":   "OTAD_ONLINE_KEY",
+	"public-url":   "OTAD_PUBLIC_URL",
+	"checkin-rate": "OTAD_CHECKIN_RATE",
 }
 
 func settingError(flag string, err error) error {
@@ -123,6 +138,19 @@ func (c *Config) registerServe(fs *flagSet) {
 		"on SIGTERM or SIGINT, how long in-flight requests may take to finish", "OTAD_SHUTDOWN_TIMEOUT")
 	fs.int64Var(&c.MaxBody, "max-body", c.MaxBody, "largest request body in bytes for API calls (uploads have their own limit)", "OTAD_MAX_BODY")
 	c.registerTUF(fs)
+	c.registerHandset(fs)
+}
+
+// registerHandset adds the handset API flags.
+func (c *Config) registerHandset(fs *flagSet) {
+	fs.stringVar(&c.PublicURL, "public-url", c.PublicURL,
+		"base URL handsets reach this server at (behind a load balancer or CDN); empty uses each request's host", "OTAD_PUBLIC_URL")
+	fs.stringVar(&c.EnrollmentSecret, "enrollment-secret", c.EnrollmentSecret,
+		"fleet enrollment secret handsets must present; empty lets any handset enroll (demo). Prefer the environment", "OTAD_ENROLLMENT_SECRET")
+	fs.durationVar(&c.PollInterval, "poll-interval", c.PollInterval, "mean time between handset check-ins (answers are jittered by ±10%)", "OTAD_POLL_INTERVAL")
+	fs.durationVar(&c.ReportRetention, "report-retention", c.ReportRetention, "how long install reports are kept before a background job deletes them", "OTAD_REPORT_RETENTION")
+	fs.float64Var(&c.CheckInsPerMinute, "checkin-rate", c.CheckInsPerMinute, "check-ins a device may make per minute (burst 10); 0 disables the limit", "OTAD_CHECKIN_RATE")
+	fs.float64Var(&c.ReportsPerMinute, "report-rate", c.ReportsPerMinute, "reports a device may send per minute (burst 60); 0 disables the limit", "OTAD_REPORT_RATE")
 }
 
 // registerTUF adds the repository flags.
@@ -186,6 +214,7 @@ func (c *Config) ValidateServe() error {
 		"root-expiry": c.Expiry.Root, "targets-expiry": c.Expiry.Targets,
 		"snapshot-expiry": c.Expiry.Snapshot, "timestamp-expiry": c.Expiry.Timestamp,
 		"refresh-interval": c.RefreshInterval, "presign-ttl": c.PresignTTL,
+		"poll-interval": c.PollInterval, "report-retention": c.ReportRetention,
 	} {
 		if d <= 0 {
 			return settingError(name, fmt.Errorf("%v: must be positive", d))
@@ -196,6 +225,14 @@ func (c *Config) ValidateServe() error {
 	}
 	if c.MaxArtifactSize <= 0 {
 		return settingError("max-artifact-size", fmt.Errorf("%d: must be positive", c.MaxArtifactSize))
+	}
+	if c.CheckInsPerMinute < 0 || c.ReportsPerMinute < 0 {
+		return settingError("checkin-rate", errors.New("rates must not be negative"))
+	}
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return settingError("public-url", fmt.Errorf("%q: want http(s)://host[:port][/path]", c.PublicURL))
+		}
 	}
 	if c.Expiry.Timestamp > c.Expiry.Snapshot {
 		return settingError("timestamp-expiry", fmt.Errorf("%v is longer than --snapshot-expiry %v", c.Expiry.Timestamp, c.Expiry.Snapshot))

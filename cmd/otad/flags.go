@@ -54,6 +54,11 @@ func (fs *flagSet) boolVar(p *bool, name string, def bool, usage string, env ...
 	fs.bind(name, env)
 }
 
+func (fs *flagSet) float64Var(p *float64, name string, def float64, usage string, env ...string) {
+	fs.Float64Var(p, name, def, withEnv(usage, env))
+	fs.bind(name, env)
+}
+
 func (fs *flagSet) int64Var(p *int64, name string, def int64, usage string, env ...string) {
 	fs.Int64Var(p, name, def, withEnv(usage, env))
 	fs.bind(name, env)

@@ -40,6 +40,26 @@ func (s *Server) mountAdmin() {
 	g.GET("/drafts/:id", s.getDraft)
 	g.POST("/drafts/:id/signatures", s.addSignatures, engineer)
 	g.DELETE("/drafts/:id", s.discardDraft, engineer)
+	if s.fleet != nil {
+		g.GET("/fleet/summary", s.fleetSummary)
+	}
+}
+
+// jsonType names a Go type the way a JSON client thinks of it.
+func jsonType(goType string) string {
+	switch {
+	case goType == "string", goType == "*string":
+		return "a string"
+	case goType == "bool", goType == "*bool":
+		return "true or false"
+	case strings.HasPrefix(goType, "[]"):
+		return "an array"
+	case strings.Contains(goType, "int"), strings.Contains(goType, "float"):
+		return "a number"
+	case strings.Contains(goType, "Time"):
+		return "an RFC 3339 time"
+	}
+	return "a " + goType
 }
 
 // authenticate requires a live admin token ("Authorization: Bearer ...")
@@ -92,7 +112,10 @@ func decodeJSON(c echo.Context, v any) error {
 		}
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return fmt.Errorf("%w: field %q: want %s", server.ErrInvalid, te.Field, te.Type)
+			return &server.FieldError{Field: te.Field, Message: "want " + jsonType(te.Type.String())}
+		}
+		if fe := unknownField(err); fe != nil {
+			return fe
 		}
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("%w: empty body, want JSON", server.ErrInvalid)

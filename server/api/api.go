@@ -6,6 +6,7 @@ package api
 import (
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -46,6 +47,16 @@ type Config struct {
 	PresignTTL      time.Duration
 	// MaxArtifactSize bounds artifact uploads.
 	MaxArtifactSize int64
+
+	// Fleet enables the handset API and the fleet summary.
+	Fleet *server.Fleet
+	// PublicURL is the base URL handsets reach the server at (offers name
+	// metadata and targets URLs under it); empty uses the request's host.
+	PublicURL string
+	// CheckInsPerMinute and ReportsPerMinute limit each device token
+	// (with bursts of CheckInBurst and ReportBurst); zero disables.
+	CheckInsPerMinute, ReportsPerMinute float64
+	CheckInBurst, ReportBurst           int
 }
 
 // Server is the HTTP application. It is an http.Handler; cmd/otad owns the
@@ -61,6 +72,11 @@ type Server struct {
 	tokens          server.Tokens
 	targetsRedirect bool
 	presignTTL      time.Duration
+
+	fleet        *server.Fleet
+	publicURL    string
+	checkInLimit *limiter
+	reportLimit  *limiter
 }
 
 // New builds the application with its middleware and routes.
@@ -89,7 +105,10 @@ func New(cfg Config) *Server {
 	e.HidePort = true
 	s := &Server{echo: e, log: cfg.Logger, checks: cfg.Checks, timeout: cfg.ReadyTimeout,
 		repo: cfg.Repo, blobs: cfg.Blobs, tokens: cfg.Tokens,
-		targetsRedirect: cfg.TargetsRedirect, presignTTL: cfg.PresignTTL}
+		targetsRedirect: cfg.TargetsRedirect, presignTTL: cfg.PresignTTL,
+		fleet: cfg.Fleet, publicURL: strings.TrimSuffix(cfg.PublicURL, "/"),
+		checkInLimit: newLimiter(cfg.CheckInsPerMinute, cfg.CheckInBurst),
+		reportLimit:  newLimiter(cfg.ReportsPerMinute, cfg.ReportBurst)}
 	e.HTTPErrorHandler = s.handleError
 
 	// Order matters: the request id comes first so every later log line
@@ -126,6 +145,9 @@ func New(cfg Config) *Server {
 		e.GET("/targets/*", s.targetFile)
 		e.HEAD("/targets/*", s.targetFile)
 		s.mountAdmin()
+	}
+	if s.fleet != nil {
+		s.mountHandset()
 	}
 	return s
 }

@@ -23,6 +23,8 @@ type ErrorBody struct {
 type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// Field names the request field at fault, for validation errors.
+	Field string `json:"field,omitempty"`
 }
 
 // codes maps the domain sentinels to a status and a JSON code. It is the
@@ -71,14 +73,20 @@ var httpCodes = map[int]string{
 // generic message: their details may name hosts, files or queries, and go
 // to the log instead.
 func errorResponse(err error) (int, ErrorBody, bool) {
+	if fe := new(server.FieldError); errors.As(err, &fe) {
+		return http.StatusBadRequest, ErrorBody{ErrorDetail{"invalid", fe.Error(), fe.Field}}, false
+	}
+	if rle := new(server.RateLimitError); errors.As(err, &rle) {
+		return http.StatusTooManyRequests, ErrorBody{ErrorDetail{Code: "rate_limited", Message: rle.Error()}}, false
+	}
 	for _, c := range codes {
 		if errors.Is(err, c.err) {
-			return c.status, ErrorBody{ErrorDetail{c.code, err.Error()}}, false
+			return c.status, ErrorBody{ErrorDetail{Code: c.code, Message: err.Error()}}, false
 		}
 	}
 	if mbe := new(http.MaxBytesError); errors.As(err, &mbe) {
-		return http.StatusRequestEntityTooLarge, ErrorBody{ErrorDetail{
-			"body_too_large", "request body larger than the limit of " + strconv.FormatInt(mbe.Limit, 10) + " bytes"}}, false
+		return http.StatusRequestEntityTooLarge, ErrorBody{ErrorDetail{Code: "body_too_large",
+			Message: "request body larger than the limit of " + strconv.FormatInt(mbe.Limit, 10) + " bytes"}}, false
 	}
 	if he := new(echo.HTTPError); errors.As(err, &he) && he.Code < 500 {
 		code, ok := httpCodes[he.Code]
@@ -89,9 +97,9 @@ func errorResponse(err error) (int, ErrorBody, bool) {
 		if m, ok := he.Message.(string); ok && m != "" {
 			msg = m
 		}
-		return he.Code, ErrorBody{ErrorDetail{code, msg}}, false
+		return he.Code, ErrorBody{ErrorDetail{Code: code, Message: msg}}, false
 	}
-	return http.StatusInternalServerError, ErrorBody{ErrorDetail{"internal", "internal error"}}, true
+	return http.StatusInternalServerError, ErrorBody{ErrorDetail{Code: "internal", Message: "internal error"}}, true
 }
 
 // handleError is Echo's HTTPErrorHandler: the one place errors become
@@ -101,6 +109,9 @@ func (s *Server) handleError(err error, c echo.Context) {
 		return
 	}
 	status, body, internal := errorResponse(err)
+	if rle := new(server.RateLimitError); errors.As(err, &rle) {
+		c.Response().Header().Set("Retry-After", strconv.Itoa(max(1, int(rle.RetryAfter.Seconds()+0.999))))
+	}
 	if internal {
 		s.log.ErrorContext(c.Request().Context(), "request failed",
 			slog.String("request_id", requestID(c)),

@@ -1,0 +1,238 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server"
+)
+
+// The handset API. Bodies decode into fixed structs that refuse unknown
+// fields, so nothing the server does not ask for (an IMEI, IMSI, phone
+// number, contact or message) can be stored by accident.
+
+func (s *Server) mountHandset() {
+	g := s.echo.Group("/api/v1")
+	g.POST("/devices", s.enroll)
+	g.POST("/checkin", s.checkIn, s.limit(s.checkInLimit))
+	g.POST("/reports", s.report, s.limit(s.reportLimit))
+	g.DELETE("/devices/self", s.eraseSelf)
+}
+
+// limit applies a per-token rate limit before anything touches storage.
+func (s *Server) limit(l *limiter) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			if ok, wait := l.allow(bearer(c), time.Now()); !ok {
+				return &server.RateLimitError{RetryAfter: wait}
+			}
+			return next(c)
+		}
+	}
+}
+
+func bearer(c echo.Context) string {
+	t, _ := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
+	return t
+}
+
+// EnrollBody is the body of POST /api/v1/devices.
+type EnrollBody struct {
+	Model            string     `json:"model"`
+	Build            string     `json:"build"`
+	Channel          string     `json:"channel"`
+	Region           string     `json:"region,omitempty"`
+	EnrollmentSecret string     `json:"enrollment_secret,omitempty"`
+	DeviceKey        string     `json:"device_key,omitempty"`
+	Signature        string     `json:"signature,omitempty"`
+	Timestamp        *time.Time `json:"timestamp,omitempty"`
+}
+
+// EnrollAnswer is the answer to an enrollment.
+type EnrollAnswer struct {
+	DeviceID         string `json:"device_id"`
+	Token            string `json:"token"`
+	PollAfterSeconds int    `json:"poll_after_seconds"`
+}
+
+func (s *Server) enroll(c echo.Context) error {
+	var b EnrollBody
+	if err := decodeJSON(c, &b); err != nil {
+		return err
+	}
+	req := server.EnrollRequest{Model: b.Model, Build: b.Build, Channel: b.Channel, Region: b.Region,
+		Secret: b.EnrollmentSecret, DeviceKey: b.DeviceKey, Signature: b.Signature}
+	if b.Timestamp != nil {
+		req.Timestamp = *b.Timestamp
+	}
+	e, err := s.fleet.Enroll(c.Request().Context(), req)
+	if err != nil {
+		return err
+	}
+	status := http.StatusOK
+	if e.Created {
+		status = http.StatusCreated
+	}
+	// A new device checks in at once: that is when it learns of updates.
+	return c.JSON(status, EnrollAnswer{DeviceID: e.DeviceID, Token: e.Token, PollAfterSeconds: 0})
+}
+
+// CheckInBody is the body of POST /api/v1/checkin.
+type CheckInBody struct {
+	Build            string   `json:"build"`
+	Model            string   `json:"model"`
+	Channel          string   `json:"channel"`
+	InstalledPatches []string `json:"installed_patches"`
+	CloudMessaging   string   `json:"cloud_messaging"`
+	NumberEncryption *bool    `json:"number_encryption"`
+}
+
+// CheckInAnswer is the answer to a check-in.
+type CheckInAnswer struct {
+	PollAfterSeconds int          `json:"poll_after_seconds"`
+	Offer            *OfferAnswer `json:"offer"`
+}
+
+// OfferAnswer is an offered update: fetch Target through TUF from
+// MetadataURL and TargetsURL, install only if it verifies.
+type OfferAnswer struct {
+	Target      string                 `json:"target"`
+	Length      int64                  `json:"length"`
+	SHA256      string                 `json:"sha256"`
+	PatchID     string                 `json:"patch_id"`
+	RolloutID   string                 `json:"rollout_id"`
+	MetadataURL string                 `json:"metadata_url"`
+	TargetsURL  string                 `json:"targets_url"`
+	Custom      manifests.TargetCustom `json:"custom"`
+}
+
+func (s *Server) checkIn(c echo.Context) error {
+	var b CheckInBody
+	if err := decodeJSON(c, &b); err != nil {
+		return err
+	}
+	if b.NumberEncryption == nil {
+		return &server.FieldError{Field: "number_encryption", Message: "required: true or false"}
+	}
+	res, err := s.fleet.CheckIn(c.Request().Context(), bearer(c), server.CheckIn{
+		Build: b.Build, Model: b.Model, Channel: b.Channel, InstalledPatches: b.InstalledPatches,
+		CloudMessaging: b.CloudMessaging, NumberEncryption: *b.NumberEncryption})
+	if err != nil {
+		return err
+	}
+	ans := CheckInAnswer{PollAfterSeconds: int(res.PollAfter.Seconds())}
+	if o := res.Offer; o != nil {
+		base := s.publicBase(c)
+		ans.Offer = &OfferAnswer{Target: o.Target, Length: o.Length, SHA256: o.SHA256, PatchID: o.PatchID,
+			RolloutID: o.RolloutID, MetadataURL: base + "/tuf/", TargetsURL: base + "/targets/", Custom: o.Custom}
+	}
+	return c.JSON(http.StatusOK, ans)
+}
+
+// publicBase is the URL handsets reach this server at: the configured
+// public URL, or the one the request came in on.
+func (s *Server) publicBase(c echo.Context) string {
+	if s.publicURL != "" {
+		return s.publicURL
+	}
+	return c.Scheme() + "://" + c.Request().Host
+}
+
+// ReportBody is the body of POST /api/v1/reports.
+type ReportBody struct {
+	ReportID  string     `json:"report_id"`
+	PatchID   string     `json:"patch_id"`
+	Target    string     `json:"target,omitempty"`
+	State     string     `json:"state"`
+	ErrorCode string     `json:"error_code,omitempty"`
+	Message   string     `json:"message,omitempty"`
+	At        *time.Time `json:"at"`
+}
+
+// ReportAnswer is the answer to a report: 201 when stored, 200 with
+// Duplicate for a retry of a stored report. Either means durable.
+type ReportAnswer struct {
+	Duplicate bool `json:"duplicate"`
+}
+
+func (s *Server) report(c echo.Context) error {
+	var b ReportBody
+	if err := decodeJSON(c, &b); err != nil {
+		return err
+	}
+	r := server.Report{ID: b.ReportID, PatchID: b.PatchID, Target: b.Target, State: b.State,
+		ErrorCode: b.ErrorCode, Message: b.Message}
+	if b.At != nil {
+		r.At = *b.At
+	}
+	dup, err := s.fleet.Report(c.Request().Context(), bearer(c), r)
+	if err != nil {
+		return err
+	}
+	if dup {
+		return c.JSON(http.StatusOK, ReportAnswer{Duplicate: true})
+	}
+	return c.JSON(http.StatusCreated, ReportAnswer{})
+}
+
+func (s *Server) eraseSelf(c echo.Context) error {
+	if err := s.fleet.Erase(c.Request().Context(), bearer(c)); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// fleetSummary answers GET /api/v1/admin/fleet/summary?patch=ID&active_days=N.
+// Without patch, it reports on the newest published patch.
+func (s *Server) fleetSummary(c echo.Context) error {
+	patch := c.QueryParam("patch")
+	if patch == "" {
+		if patch = s.newestPatch(); patch == "" {
+			return &server.FieldError{Field: "patch", Message: "no patch is published yet; name one with ?patch="}
+		}
+	}
+	days := 30
+	if v := c.QueryParam("active_days"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return &server.FieldError{Field: "active_days", Message: "want a whole number of days"}
+		}
+		days = n
+	}
+	sum, err := s.fleet.Summary(c.Request().Context(), patch, days)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, sum)
+}
+
+func (s *Server) newestPatch() string {
+	_, targets := s.repo.PublishedTargets()
+	var newest manifests.TargetCustom
+	for _, t := range targets {
+		var c manifests.TargetCustom
+		if json.Unmarshal(t.Custom, &c) == nil && c.PatchID != "" && !c.Released.Before(newest.Released) {
+			newest = c
+		}
+	}
+	return newest.PatchID
+}
+
+// unknownField turns encoding/json's unknown-field error into one naming
+// the field: the privacy promise is that such data is refused, not dropped.
+func unknownField(err error) error {
+	msg := err.Error()
+	name, ok := strings.CutPrefix(msg, "json: unknown field ")
+	if !ok {
+		return nil
+	}
+	name = strings.Trim(name, `"`)
+	return &server.FieldError{Field: name, Message: fmt.Sprintf("unknown field %q: this server does not accept it", name)}
+}
