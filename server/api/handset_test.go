@@ -1,0 +1,206 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// mockDevices is a function-field fake of server.DeviceStore: handler
+// tests need no database.
+type mockDevices struct {
+	EnrollFn        func(ctx context.Context, d *server.Device, tokenHash string) (string, bool, error)
+	CheckInFn       func(ctx context.Context, tokenHash string, ci server.CheckIn, now time.Time) (*server.Device, error)
+	DeviceByTokenFn func(ctx context.Context, tokenHash string) (*server.Device, error)
+	AddReportFn     func(ctx context.Context, r server.Report) (bool, error)
+}
+
+var _ server.DeviceStore = (*mockDevices)(nil)
+
+func (m *mockDevices) Enroll(ctx context.Context, d *server.Device, h string) (string, bool, error) {
+	return m.EnrollFn(ctx, d, h)
+}
+func (m *mockDevices) CheckIn(ctx context.Context, h string, ci server.CheckIn, now time.Time) (*server.Device, error) {
+	return m.CheckInFn(ctx, h, ci, now)
+}
+func (m *mockDevices) DeviceByToken(ctx context.Context, h string) (*server.Device, error) {
+	return m.DeviceByTokenFn(ctx, h)
+}
+func (m *mockDevices) AddReport(ctx context.Context, r server.Report) (bool, error) {
+	return m.AddReportFn(ctx, r)
+}
+func (m *mockDevices) DeleteDevice(context.Context, string) error { return nil }
+func (m *mockDevices) DeleteReportsBefore(context.Context, time.Time) (int64, error) {
+	return 0, nil
+}
+func (m *mockDevices) PatchStates(context.Context, string) ([]server.PatchState, error) {
+	return nil, nil
+}
+func (m *mockDevices) Reports(context.Context, string) ([]server.Report, error) { return nil, nil }
+func (m *mockDevices) FleetSummary(context.Context, string, time.Time) (*server.FleetSummary, error) {
+	return &server.FleetSummary{}, nil
+}
+
+const goodToken = "otadev_good"
+
+func newHandsetServer(tb testing.TB, cfg Config) (*Server, *mockDevices) {
+	tb.Helper()
+	store := &mockDevices{
+		EnrollFn: func(_ context.Context, d *server.Device, _ string) (string, bool, error) { return d.ID, true, nil },
+		CheckInFn: func(_ context.Context, h string, ci server.CheckIn, _ time.Time) (*server.Device, error) {
+			if h != server.HashToken(goodToken) {
+				return nil, fmt.Errorf("%w: invalid device token", server.ErrUnauthorized)
+			}
+			return &server.Device{ID: "dev_1", Model: ci.Model, Build: ci.Build}, nil
+		},
+		DeviceByTokenFn: func(_ context.Context, h string) (*server.Device, error) {
+			if h != server.HashToken(goodToken) {
+				return nil, fmt.Errorf("%w: invalid device token", server.ErrUnauthorized)
+			}
+			return &server.Device{ID: "dev_1"}, nil
+		},
+		AddReportFn: func(context.Context, server.Report) (bool, error) { return false, nil },
+	}
+	cfg.Fleet = &server.Fleet{Store: store, EnrollmentSecret: "fleet-secret", PollInterval: time.Hour}
+	s, _ := newTestServer(tb, cfg)
+	return s, store
+}
+
+func post(tb testing.TB, h http.Handler, path, token, body string) *httptest.ResponseRecorder {
+	tb.Helper()
+	req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+const validCheckIn = `{"build":"7.1.0","model":"PX-7","channel":"stable","installed_patches":[],"cloud_messaging":"auto_enabled","number_encryption":false}`
+
+// TestHandsetValidation covers every validation error of the handset API:
+// each is a 400 naming the field, and nothing reaches the store.
+func TestHandsetValidation(t *testing.T) {
+	s, store := newHandsetServer(t, Config{})
+	var reached int
+	store.AddReportFn = func(context.Context, server.Report) (bool, error) { reached++; return false, nil }
+	enroll := func(fields string) string {
+		return `{"model":"PX-7","build":"7.1.0","channel":"stable","enrollment_secret":"fleet-secret"` + fields + `}`
+	}
+	checkin := func(replace, with string) string { return strings.Replace(validCheckIn, replace, with, 1) }
+	report := func(fields string) string {
+		return `{"report_id":"r-1","patch_id":"CM-2026-001","state":"installed","at":"2026-11-23T10:00:00Z"` + fields + `}`
+	}
+	tests := []struct {
+		name, path, body, field string
+	}{
+		{"enroll: IMEI refused", "/api/v1/devices", enroll(`,"imei":"490154203237518"`), "imei"},
+		{"enroll: phone number refused", "/api/v1/devices", enroll(`,"phone_number":"+4915112345678"`), "phone_number"},
+		{"enroll: model", "/api/v1/devices", strings.Replace(enroll(""), `"PX-7"`, `"PX 7!"`, 1), "model"},
+		{"enroll: build", "/api/v1/devices", strings.Replace(enroll(""), `"7.1.0"`, `""`, 1), "build"},
+		{"enroll: channel", "/api/v1/devices", strings.Replace(enroll(""), `"stable"`, `"Stable Channel"`, 1), "channel"},
+		{"enroll: region", "/api/v1/devices", enroll(`,"region":"Germany"`), "region"},
+		{"enroll: device key", "/api/v1/devices", enroll(`,"device_key":"abcd"`), "device_key"},
+		{"enroll: wrong type", "/api/v1/devices", enroll(`,"region":42`), "region"},
+		{"checkin: IMSI refused", "/api/v1/checkin", checkin(`"build"`, `"imsi":"262011234567890","build"`), "imsi"},
+		{"checkin: contacts refused", "/api/v1/checkin", checkin(`"build"`, `"contacts":[],"build"`), "contacts"},
+		{"checkin: messaging state", "/api/v1/checkin", checkin(`"auto_enabled"`, `"on"`), "cloud_messaging"},
+		{"checkin: encryption missing", "/api/v1/checkin", checkin(`,"number_encryption":false`, ``), "number_encryption"},
+		{"checkin: encryption type", "/api/v1/checkin", checkin(`"number_encryption":false`, `"number_encryption":"yes"`), "number_encryption"},
+		{"checkin: build", "/api/v1/checkin", checkin(`"7.1.0"`, `"7.1.0; rm -rf"`), "build"},
+		{"checkin: patch id", "/api/v1/checkin", checkin(`[]`, `["CM 1"]`), "installed_patches[0]"},
+		{"checkin: too many patches", "/api/v1/checkin", checkin(`[]`, `[`+strings.Repeat(`"p",`, 64)+`"p"]`), "installed_patches"},
+		{"report: message body refused", "/api/v1/reports", report(`,"sms":"hello"`), "sms"},
+		{"report: state", "/api/v1/reports", strings.Replace(report(""), "installed", "done", 1), "state"},
+		{"report: failed without code", "/api/v1/reports", strings.Replace(report(""), "installed", "failed", 1), "error_code"},
+		{"report: code on success", "/api/v1/reports", report(`,"error_code":"E_X"`), "error_code"},
+		{"report: id", "/api/v1/reports", strings.Replace(report(""), `"r-1"`, `""`, 1), "report_id"},
+		{"report: patch", "/api/v1/reports", strings.Replace(report(""), `"CM-2026-001"`, `"../x"`, 1), "patch_id"},
+		{"report: time missing", "/api/v1/reports", strings.Replace(report(""), `,"at":"2026-11-23T10:00:00Z"`, "", 1), "at"},
+		{"report: time far ahead", "/api/v1/reports", strings.Replace(report(""), "2026-11-23", "2099-01-01", 1), "at"},
+		{"report: multi-line message", "/api/v1/reports", report(`,"message":"a\nb"`), "message"},
+		{"report: long message", "/api/v1/reports", report(`,"message":"` + strings.Repeat("x", 257) + `"`), "message"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := post(t, s, tc.path, goodToken, tc.body)
+			if rec.Code != http.StatusBadRequest {
+				t.Fatalf("got %d %s, want 400", rec.Code, rec.Body)
+			}
+			var body ErrorBody
+			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+				t.Fatal(err)
+			}
+			if body.Error.Field != tc.field || body.Error.Code != "invalid" {
+				t.Fatalf("got code %q field %q (%s), want invalid naming %q", body.Error.Code, body.Error.Field, body.Error.Message, tc.field)
+			}
+		})
+	}
+	if reached != 0 {
+		t.Errorf("%d invalid reports reached the store", reached)
+	}
+}
+
+// TestHandsetAuth checks that a bad token is 401 with the same answer
+// whether or not it is well formed, and that the enrollment secret is
+// required.
+func TestHandsetAuth(t *testing.T) {
+	s, _ := newHandsetServer(t, Config{})
+	var bodies []string
+	for _, token := range []string{"", "nonsense", "otadev_unknown"} {
+		rec := post(t, s, "/api/v1/checkin", token, validCheckIn)
+		if rec.Code != http.StatusUnauthorized {
+			t.Fatalf("token %q: got %d, want 401", token, rec.Code)
+		}
+		bodies = append(bodies, rec.Body.String())
+	}
+	if bodies[1] != bodies[2] {
+		t.Errorf("a malformed and an unknown token answer differently:\n%s\n%s", bodies[1], bodies[2])
+	}
+	rec := post(t, s, "/api/v1/devices", "", `{"model":"PX-7","build":"7.1.0","channel":"stable","enrollment_secret":"guess"}`)
+	if rec.Code != http.StatusUnauthorized {
+		t.Errorf("wrong enrollment secret: got %d, want 401", rec.Code)
+	}
+	rec = post(t, s, "/api/v1/devices", "", `{"model":"PX-7","build":"7.1.0","channel":"stable","enrollment_secret":"fleet-secret"}`)
+	if rec.Code != http.StatusCreated || !strings.Contains(rec.Body.String(), `"token":"otadev_`) {
+		t.Errorf("enrollment: got %d %s, want 201 with a device token", rec.Code, rec.Body)
+	}
+}
+
+func TestHandsetLimits(t *testing.T) {
+	s, _ := newHandsetServer(t, Config{MaxBody: 512, CheckInsPerMinute: 1, CheckInBurst: 2})
+	t.Run("body too large", func(t *testing.T) {
+		rec := post(t, s, "/api/v1/reports", goodToken, `{"message":"`+strings.Repeat("x", 600)+`"}`)
+		if rec.Code != http.StatusRequestEntityTooLarge {
+			t.Fatalf("got %d, want 413", rec.Code)
+		}
+	})
+	t.Run("check-in rate", func(t *testing.T) {
+		for i := range 2 {
+			if rec := post(t, s, "/api/v1/checkin", goodToken, validCheckIn); rec.Code != 200 {
+				t.Fatalf("check-in %d within the burst: got %d %s", i+1, rec.Code, rec.Body)
+			}
+		}
+		rec := post(t, s, "/api/v1/checkin", goodToken, validCheckIn)
+		if rec.Code != http.StatusTooManyRequests {
+			t.Fatalf("third check-in: got %d, want 429", rec.Code)
+		}
+		ra := rec.Header().Get("Retry-After")
+		if ra == "" || ra == "0" {
+			t.Errorf("Retry-After %q, want seconds to wait", ra)
+		}
+		// Another device is not affected.
+		if rec := post(t, s, "/api/v1/checkin", "otadev_other", validCheckIn); rec.Code != http.StatusUnauthorized {
+			t.Errorf("another token: got %d, want its own answer (401), not 429", rec.Code)
+		}
+	})
+}
