@@ -41,12 +41,13 @@ import (
 // "<base64 PKCS#8 DER>" instead of "kdf", "cipher" and "ciphertext".
 //
 // Why scrypt rather than argon2id: both are memory-hard and either would do
-// at these parameters; scrypt's three parameters fully describe the cost and
-// it ships in Python's hashlib, Node's crypto and OpenSSL, so a key file can
-// be recovered with stock tools if this program is gone. N=32768, r=8 costs
-// 32 MiB and about 0.1 s per attempt, once per signing session.
-// XChaCha20-Poly1305's 24-byte random nonce needs no counter; the key is
-// fresh per file anyway (random 32-byte salt).
+// at these parameters. scrypt's three parameters fully describe the cost,
+// and it ships in Python's hashlib, Node's crypto and OpenSSL, while argon2id
+// needs a third-party library in each; with libsodium (which has
+// XChaCha20-Poly1305) a key file can be recovered without this program.
+// N=32768, r=8 costs 32 MiB and about 0.1 s per passphrase attempt, once
+// per signing session. XChaCha20-Poly1305's 24-byte nonce is safe to pick at
+// random; the key is fresh per file anyway (random 32-byte salt).
 const (
 	keyFileType    = "ota-signing-key"
 	keyFileVersion = 1
@@ -352,6 +353,9 @@ func decodeStrict(data []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if err == io.EOF {
+			return errors.New("empty input")
+		}
 		return err
 	}
 	if _, err := dec.Token(); err != io.EOF {
@@ -400,10 +404,6 @@ func ParsePublicKey(data []byte) (*metadata.Key, error) {
 // WriteKeyFile encrypts k with passphrase and writes it to path with mode
 // 0600. It never replaces an existing file: losing an offline key to a
 // mistyped path is worse than an error.
-//
-// ReadKeyFile does not check the mode of the files it reads: the content is
-// encrypted, and a check would refuse keys copied by tools that do not keep
-// modes. Callers may warn.
 func WriteKeyFile(path string, k *PrivateKey, passphrase []byte) error {
 	return writeKeyFile(path, k, passphrase, defaultScrypt)
 }
@@ -427,6 +427,11 @@ func WriteUnencryptedKeyFile(path string, k *PrivateKey) error {
 }
 
 // ReadKeyFile reads and decrypts (when encrypted) the key file at path.
+//
+// It does not check the file's mode: an encrypted key is safe to read at
+// any mode, and a check would refuse keys copied by tools that do not keep
+// modes. Callers may warn when an unencrypted key is group or world
+// readable. It follows symlinks, as any tool reading a file the user named.
 func ReadKeyFile(path string, passphrase []byte) (*PrivateKey, error) {
 	data, err := readLimited(path)
 	if err != nil {

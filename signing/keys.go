@@ -55,7 +55,9 @@ var (
 )
 
 // PrivateKey is a signing key held in memory: an Ed25519 or ECDSA P-256
-// private key with its TUF public key and key id.
+// private key with its TUF public key and key id. Make one with Generate,
+// NewPrivateKey or a parse function (the zero value is not a key). It is
+// safe for concurrent use, and so are its Signers.
 type PrivateKey struct {
 	alg    Algorithm
 	priv   crypto.PrivateKey // ed25519.PrivateKey or *ecdsa.PrivateKey
