@@ -31,6 +31,7 @@ type Main struct {
 	DB    *sqlstore.DB
 	Blobs manifests.BlobStore
 	Repo  *manifests.Repository
+	Fleet *server.Fleet
 	API   *api.Server
 
 	stopLoop context.CancelFunc
@@ -85,6 +86,12 @@ func (m *Main) Run(ctx context.Context) error {
 		m.log.Error("resuming a pending publish", slog.Any("error", err))
 	}
 
+	m.Fleet = &server.Fleet{
+		Store:            db.Devices(),
+		Eligibility:      &server.NewestRelease{Source: m.Repo},
+		EnrollmentSecret: m.cfg.EnrollmentSecret,
+		PollInterval:     m.cfg.PollInterval,
+	}
 	m.API = api.New(api.Config{
 		Logger: m.log,
 		Checks: []api.Check{
@@ -99,6 +106,13 @@ func (m *Main) Run(ctx context.Context) error {
 		TargetsRedirect: m.cfg.TargetsRedirect,
 		PresignTTL:      m.cfg.PresignTTL,
 		MaxArtifactSize: m.cfg.MaxArtifactSize,
+
+		Fleet:             m.Fleet,
+		PublicURL:         m.cfg.PublicURL,
+		CheckInsPerMinute: m.cfg.CheckInsPerMinute,
+		CheckInBurst:      10,
+		ReportsPerMinute:  m.cfg.ReportsPerMinute,
+		ReportBurst:       60,
 	})
 
 	if m.ln, err = net.Listen("tcp", m.cfg.Listen); err != nil {
@@ -168,13 +182,13 @@ func (m *Main) Close() error {
 
 // repositoryLoop keeps the TUF repository current until ctx ends: it picks
 // up other replicas' publishes, finishes an interrupted publish, re-signs
-// timestamp and snapshot ahead of expiry, and warns (hourly) about offline
-// roles close to expiry.
+// timestamp and snapshot ahead of expiry, warns (hourly) about offline
+// roles close to expiry, and deletes reports past their retention (hourly).
 func (m *Main) repositoryLoop(ctx context.Context) {
 	defer close(m.loopDone)
 	tick := time.NewTicker(m.cfg.RefreshInterval)
 	defer tick.Stop()
-	var lastWarning time.Time
+	var lastWarning, lastPrune time.Time
 	for {
 		if err := m.Repo.Refresh(ctx); err != nil && ctx.Err() == nil {
 			m.log.Error("refreshing the TUF repository", slog.Any("error", err))
@@ -184,6 +198,19 @@ func (m *Main) repositoryLoop(ctx context.Context) {
 		}
 		if _, err := m.Repo.Resign(ctx); err != nil && ctx.Err() == nil {
 			m.log.Error("re-signing timestamp/snapshot", slog.Any("error", err))
+		}
+		if time.Since(lastPrune) > time.Hour {
+			// Reports older than the retention are deleted: the server
+			// keeps no more history than it needs.
+			n, err := m.Fleet.PruneReports(ctx, m.cfg.ReportRetention)
+			if err != nil && ctx.Err() == nil {
+				m.log.Error("deleting old reports", slog.Any("error", err))
+			} else {
+				lastPrune = time.Now()
+				if n > 0 {
+					m.log.Info("deleted reports past retention", slog.Int64("reports", n), slog.Duration("retention", m.cfg.ReportRetention))
+				}
+			}
 		}
 		if time.Since(lastWarning) > time.Hour {
 			for _, w := range m.Repo.ExpiryWarnings() {

@@ -29,6 +29,7 @@ type Env struct {
 	API   *api.Server
 	// Online is the server's timestamp/snapshot key.
 	Online signing.Signer
+	Fleet  *server.Fleet
 }
 
 // Options tune Start.
@@ -44,6 +45,10 @@ type Options struct {
 	// of one deployment.
 	DB     *sqlstore.DB
 	Online *signing.PrivateKey
+	// EnrollmentSecret and the per-device rate limits of the handset
+	// API; zero rates disable limiting.
+	EnrollmentSecret                    string
+	CheckInsPerMinute, ReportsPerMinute float64
 }
 
 // Start runs a server until the test ends.
@@ -88,8 +93,12 @@ func Start(tb testing.TB, opts Options) *Env {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	a := api.New(api.Config{Logger: opts.Logger, Repo: repo, Blobs: blobs, Tokens: tokens, TargetsRedirect: opts.TargetsRedirect})
+	fleet := &server.Fleet{Store: db.Devices(), Eligibility: &server.NewestRelease{Source: repo},
+		EnrollmentSecret: opts.EnrollmentSecret, PollInterval: time.Hour, Now: opts.Now}
+	a := api.New(api.Config{Logger: opts.Logger, Repo: repo, Blobs: blobs, Tokens: tokens,
+		TargetsRedirect: opts.TargetsRedirect, Fleet: fleet,
+		CheckInsPerMinute: opts.CheckInsPerMinute, CheckInBurst: 10, ReportsPerMinute: opts.ReportsPerMinute, ReportBurst: 60})
 	srv := httptest.NewServer(a)
 	tb.Cleanup(srv.Close)
-	return &Env{URL: srv.URL, Token: secret, Repo: repo, Blobs: blobs, DB: db, API: a, Online: key.Signer()}
+	return &Env{URL: srv.URL, Token: secret, Repo: repo, Blobs: blobs, DB: db, API: a, Online: key.Signer(), Fleet: fleet}
 }

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/sqlstore"
+)
+
+// TestAcknowledgedReportsSurviveSIGKILL has handsets send install reports
+// to the real otad binary while it is SIGKILLed at a random moment, many
+// times over; after each kill, every report that was answered 2xx must be
+// in the database. A 2xx is the server's promise that a report is durable.
+func TestAcknowledgedReportsSurviveSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the otad binary")
+	}
+	t.Setenv("OTAD_REPORT_RATE", "0") // the handsets here report far faster than real ones
+	bin := buildOtad(t)
+	dir := t.TempDir()
+	client := &http.Client{Timeout: 5 * time.Second}
+	const rounds, senders = 25, 4
+	total := 0
+	for round := range rounds {
+		p := startOtad(t, bin, dir)
+		base := "http://" + p.addr
+		var enrolled api.EnrollAnswer
+		body, _ := json.Marshal(api.EnrollBody{Model: "PX-7", Build: "7.1.0", Channel: "stable"})
+		resp, err := client.Post(base+"/api/v1/devices", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(resp.Body).Decode(&enrolled)
+		resp.Body.Close()
+
+		var mu sync.Mutex
+		acked := map[string]bool{}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for s := range senders {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					id := fmt.Sprintf("r%d-%d-%d", round, s, i)
+					b, _ := json.Marshal(api.ReportBody{ReportID: id, PatchID: "CM-2026-001", State: "downloading", At: ptr(time.Now())})
+					req, _ := http.NewRequest("POST", base+"/api/v1/reports", bytes.NewReader(b))
+					req.Header.Set("Authorization", "Bearer "+enrolled.Token)
+					req.Header.Set("Content-Type", "application/json")
+					resp, err := client.Do(req)
+					if err != nil {
+						return // the server is gone
+					}
+					resp.Body.Close()
+					if resp.StatusCode/100 == 2 {
+						mu.Lock()
+						acked[id] = true
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		time.Sleep(time.Duration(20+rand.IntN(180)) * time.Millisecond)
+		p.kill()
+		close(stop)
+		wg.Wait()
+
+		db, err := sqlstore.Open(context.Background(), "sqlite:"+filepath.Join(dir, "otad.db"), sqlstore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored, err := db.Devices().Reports(context.Background(), enrolled.DeviceID)
+		db.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		have := map[string]bool{}
+		for _, r := range stored {
+			have[r.ID] = true
+		}
+		for id := range acked {
+			if !have[id] {
+				t.Fatalf("round %d: report %s was acknowledged but is not in the database after SIGKILL", round, id)
+			}
+		}
+		if len(acked) == 0 {
+			t.Fatalf("round %d: no report was acknowledged before the kill", round)
+		}
+		total += len(acked)
+	}
+	t.Logf("%d SIGKILLs, %d acknowledged reports, all found afterwards", rounds, total)
+}
+
+func ptr[T any](v T) *T { return &v }
