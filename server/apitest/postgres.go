@@ -55,3 +55,14 @@ func OpenPostgres(tb testing.TB, dsn string) *sqlstore.DB {
 	tb.Cleanup(func() { db.Close() })
 	return db
 }
+
+// OpenPostgresPool is OpenPostgres with a pool of maxConns connections.
+func OpenPostgresPool(tb testing.TB, dsn string, maxConns int) *sqlstore.DB {
+	tb.Helper()
+	db, err := sqlstore.Open(context.Background(), dsn, sqlstore.Options{MaxOpenConns: maxConns})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	return db
+}

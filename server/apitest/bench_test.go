@@ -1,0 +1,96 @@
+package apitest_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/apitest"
+)
+
+// BenchmarkCheckIn measures check-ins through the real HTTP stack (loopback
+// TCP, keep-alive), the Echo application and the database, at 64
+// concurrent handsets, with a published release being matched on every
+// check-in. It reports check-ins/s and latency percentiles.
+//
+//	go test ./server/apitest -run x -bench CheckIn -benchtime 20000x
+func BenchmarkCheckIn(b *testing.B) {
+	b.Run("sqlite", func(b *testing.B) { benchCheckIn(b, apitest.Options{}) })
+	b.Run("postgres", func(b *testing.B) {
+		dsn := apitest.PostgresDSN(b)
+		benchCheckIn(b, apitest.Options{DB: apitest.OpenPostgresPool(b, dsn, 64)})
+	})
+}
+
+func benchCheckIn(b *testing.B, opts apitest.Options) {
+	env := apitest.Start(b, opts)
+	es := apitest.NewEngineers(b, 1)
+	env.Ceremony(b, es, 1)
+	env.Publish(b, patchPath, randomBytes(b, 1024), es...)
+
+	const devices, concurrency = 1000, 64
+	tokens := make([]string, devices)
+	for i := range tokens {
+		tokens[i] = enrollHandset(b, env, "PX-7", "7.2.0").token
+	}
+	f := false
+	body, _ := json.Marshal(api.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
+		CloudMessaging: "auto_enabled", NumberEncryption: &f})
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: concurrency, MaxConnsPerHost: concurrency}}
+
+	var next atomic.Int64
+	var mu sync.Mutex
+	latencies := make([]time.Duration, 0, b.N)
+	var errs atomic.Int64
+	b.SetParallelism(max(1, concurrency/runtime.GOMAXPROCS(0)))
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		local := make([]time.Duration, 0, 1024)
+		for pb.Next() {
+			tok := tokens[next.Add(1)%devices]
+			req, _ := http.NewRequest("POST", env.URL+"/api/v1/checkin", bytes.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+tok)
+			req.Header.Set("Content-Type", "application/json")
+			t0 := time.Now()
+			resp, err := client.Do(req)
+			if err != nil {
+				errs.Add(1)
+				continue
+			}
+			var ans api.CheckInAnswer
+			json.NewDecoder(resp.Body).Decode(&ans)
+			resp.Body.Close()
+			local = append(local, time.Since(t0))
+			if resp.StatusCode != 200 || ans.Offer == nil {
+				errs.Add(1)
+			}
+		}
+		mu.Lock()
+		latencies = append(latencies, local...)
+		mu.Unlock()
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if n := errs.Load(); n > 0 {
+		b.Fatalf("%d of %d check-ins failed or carried no offer", n, b.N)
+	}
+	slices.Sort(latencies)
+	pct := func(p float64) float64 {
+		return float64(latencies[min(len(latencies)-1, int(p*float64(len(latencies))))].Microseconds()) / 1000
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "checkins/s")
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	if testing.Verbose() {
+		fmt.Printf("%s: %d check-ins in %v, p50 %.2fms p95 %.2fms p99 %.2fms\n", b.Name(), b.N, elapsed.Round(time.Millisecond), pct(.5), pct(.95), pct(.99))
+	}
+}
