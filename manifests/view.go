@@ -120,7 +120,7 @@ func describeChanges(st *state, d *parsedDraft) []string {
 				out = append(out, fmt.Sprintf("removes target %s: handsets are no longer offered it", p))
 			}
 		}
-		if len(newT) == len(old) && d.root != nil {
+		if st.targets != nil && len(newT) == len(old) && d.root != nil {
 			out = append(out, "re-signs the current targets with the new targets keys")
 		}
 	}

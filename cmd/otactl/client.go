@@ -48,15 +48,12 @@ func (c *cli) client(sf serverFlags) (*client, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, usageError{fmt.Errorf("server %q: want an http:// or https:// URL (set %s or --server)", server, envServer)}
 	}
-	rt := c.transport
-	if rt == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		// Uploads send "Expect: 100-continue" so that the server can say
-		// it already has the artifact before a byte of it is sent.
-		t.ExpectContinueTimeout = 5 * time.Second
-		rt = t
-	}
-	return &client{base: strings.TrimRight(server, "/"), token: token, hc: &http.Client{Transport: rt}}, nil
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	// Uploads send "Expect: 100-continue" so that the server can say it
+	// already has the artifact before a byte of it is sent. A server that
+	// ignores the header gets the body after this delay.
+	t.ExpectContinueTimeout = 2 * time.Second
+	return &client{base: strings.TrimRight(server, "/"), token: token, hc: &http.Client{Transport: t}}, nil
 }
 
 // apiError is an error answer of the admin API.
@@ -76,22 +73,22 @@ func (e *apiError) Error() string {
 			return fmt.Sprintf("no admin token: set %s (or --token) to a token from \"otad token create\" (server said: %s)", envToken, msg)
 		}
 		return fmt.Sprintf("the server refused the token (%s): set %s (or --token) to a live token from \"otad token create\"", msg, envToken)
-	case "forbidden":
-		return msg + " (ask for a release-engineer token: otad token create --role release-engineer)"
-	case "draft_pending":
-		return msg + ": sign it or discard it first (otactl release show; otactl draft discard ID)"
-	case "stale_draft":
-		return msg + " (otactl release show shows the current draft)"
-	case "unknown_key", "key_not_authorized":
-		return msg + " (otactl key show KEY prints your key id; otactl release show lists the keys that may sign)"
 	case "internal":
 		if e.RequestID != "" {
 			return fmt.Sprintf("the server failed with an internal error (request id %s); its log has the details", e.RequestID)
 		}
 		return "the server failed with an internal error; its log has the details"
 	}
-	if e.Code == "not_initialized" && !strings.Contains(msg, "otactl") {
-		msg += " (run otactl repo init first)"
+	hints := map[string]string{
+		"forbidden":          "ask for a release-engineer token: otad token create --role release-engineer",
+		"draft_pending":      "otactl release show shows it; otactl draft discard ID abandons it",
+		"stale_draft":        "otactl release show shows the current draft",
+		"unknown_key":        "otactl key show KEY prints your key id; otactl release show lists the keys that may sign",
+		"key_not_authorized": "otactl key show KEY prints your key id; otactl release show lists the keys that may sign",
+		"not_initialized":    "run otactl repo init first",
+	}
+	if h, ok := hints[e.Code]; ok && !strings.Contains(msg, "otactl ") {
+		msg += " (" + h + ")"
 	}
 	return msg
 }

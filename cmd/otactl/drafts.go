@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,13 +17,13 @@ import (
 )
 
 // fetchDraft returns draft id, or the pending draft when id is "".
-func (cl *client) fetchDraft(c *cli, id string) (*manifests.DraftView, error) {
+func (cl *client) fetchDraft(ctx context.Context, id string) (*manifests.DraftView, error) {
 	var v manifests.DraftView
 	path := "/drafts/pending"
 	if id != "" {
 		path = "/drafts/" + url.PathEscape(id)
 	}
-	if err := cl.do(c.ctx, "GET", path, nil, &v); err != nil {
+	if err := cl.do(ctx, "GET", path, nil, &v); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) && ae.Code == "not_found" {
 			if id == "" {
@@ -55,7 +56,7 @@ func (c *cli) releaseShow(args []string) error {
 	if len(pos) == 1 {
 		id = pos[0]
 	}
-	v, err := cl.fetchDraft(c, id)
+	v, err := cl.fetchDraft(c.ctx, id)
 	if err != nil {
 		return err
 	}
@@ -293,12 +294,7 @@ func (c *cli) draftRoot(args []string, rotate bool) error {
 	if err := cl.do(c.ctx, "GET", "/repo/status", nil, &st); err != nil {
 		return err
 	}
-	hasRoot := false
-	for _, r := range st.Roles {
-		if r.Role == metadata.ROOT {
-			hasRoot = true
-		}
-	}
+	hasRoot := roleVersion(&st, metadata.ROOT) > 0
 	switch {
 	case rotate && !hasRoot:
 		return fmt.Errorf("the repository has no root yet: run otactl repo init for the first one")

@@ -169,9 +169,11 @@ func TestSignErrors(t *testing.T) {
 		{"not a key file", alice, nil, []string{"release", "sign", id, "--key", randomFile(t, 10), "--yes"},
 			1, "not a key file"},
 	}
+	p := startProxy(t, srv, nil, nil) // counts signature uploads
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			env := tc.who.env(srv)
+			env[envServer] = p.URL
 			for k, v := range tc.env {
 				env[k] = v
 			}
@@ -183,6 +185,9 @@ func TestSignErrors(t *testing.T) {
 				t.Errorf("stderr is not one \"otactl: \" line: %q", r.stderr)
 			}
 			wantContains(t, "stderr", r.stderr, tc.want)
+			if n := p.uploads.Load(); n != 0 {
+				t.Errorf("%d signature uploads, want none", n)
+			}
 			if n := signatureCount(t, srv, id); n != 0 {
 				t.Errorf("%d signatures stored, want 0", n)
 			}
@@ -272,12 +277,16 @@ func TestUploadMismatch(t *testing.T) {
 
 	t.Run("server reports other bytes", func(t *testing.T) {
 		stub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			if r.Method == "GET" && r.URL.Path == "/api/v1/admin/repo/status" {
+				json.NewEncoder(w).Encode(manifests.Status{Initialized: true, Roles: []manifests.RoleStatus{{Role: "targets", Version: 1}}})
+				return
+			}
 			if r.Method != "PUT" {
 				http.Error(w, `{"error":{"code":"invalid","message":"unexpected"}}`, 400)
 				return
 			}
 			n, _ := io.Copy(io.Discard, r.Body)
-			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(201)
 			json.NewEncoder(w).Encode(api.Artifact{Path: "fw/a.bin", Length: n, SHA256: strings.Repeat("ab", 32)})
 		}))
@@ -336,4 +345,41 @@ func TestHelp(t *testing.T) {
 			t.Errorf("%v: exit %d, want 2", args, r.code)
 		}
 	}
+}
+
+// TestUploadSkipsStoredArtifact checks that an upload announces its length
+// and waits for "100 Continue", so that a server that already has the
+// artifact answers before any of it is sent.
+func TestUploadSkipsStoredArtifact(t *testing.T) {
+	build := randomFile(t, 1<<20)
+	var expect, length, sum string
+	stub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case r.Method == "GET" && r.URL.Path == "/api/v1/admin/repo/status":
+			json.NewEncoder(w).Encode(manifests.Status{Initialized: true, Roles: []manifests.RoleStatus{{Role: "targets", Version: 1}}})
+		case r.Method == "PUT" && r.URL.Path == "/api/v1/admin/artifacts/fw/a.bin":
+			// Answer without reading the body, as otad does for a
+			// stored artifact.
+			expect, length, sum = r.Header.Get("Expect"), r.Header.Get("Content-Length"), r.Header.Get(api.HeaderContentSHA256)
+			json.NewEncoder(w).Encode(api.Artifact{Path: "fw/a.bin", Length: r.ContentLength, SHA256: sum, Existed: true})
+		case r.Method == "POST" && r.URL.Path == "/api/v1/admin/releases":
+			w.WriteHeader(201)
+			json.NewEncoder(w).Encode(manifests.DraftView{ID: "d-01", Kind: "release", State: "pending",
+				Changes: []string{"adds target fw/a.bin"}})
+		default:
+			w.WriteHeader(404)
+			io.WriteString(w, `{"error":{"code":"not_found","message":"unexpected request"}}`)
+		}
+	}))
+	defer stub.Close()
+	r := mustRun(t, map[string]string{envServer: stub.URL, envToken: "otad_x"}, "release", "create", build, "--name", "fw/a.bin", "--patch-id", "P1")
+	if expect != "100-continue" || length != "1048576" || len(sum) != 64 {
+		t.Errorf("upload headers: Expect %q, Content-Length %q, %s %q; want 100-continue, 1048576 and a sha256",
+			expect, length, api.HeaderContentSHA256, sum)
+	}
+	if strings.Contains(r.stderr, "uploading") {
+		t.Errorf("bytes were sent for a stored artifact:\n%s", r.stderr)
+	}
+	wantContains(t, "stdout", r.stdout, "fw/a.bin is already stored on the server (1048576 bytes, sha256 "+sum+"); it was not sent again", "drafted d-01")
 }

@@ -54,11 +54,24 @@ func wantArgs(fs *flag.FlagSet, pos []string, min, max int, what string) error {
 	if len(pos) < min || len(pos) > max {
 		fs.Usage()
 		if len(pos) < min {
-			return usageError{fmt.Errorf("%s: missing %s", fs.Name(), what)}
+			return usageError{fmt.Errorf("%s: missing %s", commandName(fs), what)}
 		}
-		return usageError{fmt.Errorf("%s: unexpected argument %q", fs.Name(), pos[max])}
+		return usageError{fmt.Errorf("%s: unexpected argument %q", commandName(fs), pos[max])}
 	}
 	return nil
+}
+
+// commandName is "release create" for the flag set named by the synopsis
+// "release create FILE --name PATH ...".
+func commandName(fs *flag.FlagSet) string {
+	var words []string
+	for _, w := range strings.Fields(fs.Name()) {
+		if w == "" || w[0] < 'a' || w[0] > 'z' {
+			break
+		}
+		words = append(words, w)
+	}
+	return strings.Join(words, " ")
 }
 
 // listFlag is a repeatable string flag.

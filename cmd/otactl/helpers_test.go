@@ -92,15 +92,6 @@ func repoStatus(tb testing.TB, srv *apitest.Env) *manifests.Status {
 	return st
 }
 
-func roleVersion(st *manifests.Status, role string) int64 {
-	for _, r := range st.Roles {
-		if r.Role == role {
-			return r.Version
-		}
-	}
-	return 0
-}
-
 // signatureCount is how many signatures draft id holds on the server.
 func signatureCount(tb testing.TB, srv *apitest.Env, id string) int {
 	tb.Helper()

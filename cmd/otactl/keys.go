@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"golang.org/x/term"
 
 	"github.com/patchfleet/ota/signing"
 )
@@ -44,7 +46,7 @@ func (c *cli) keyGenerate(args []string) error {
 	}
 	pass, err := c.passphrase("passphrase for the new key: ", true)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w; no key was written", err)
 	}
 	var a signing.Algorithm = signing.AlgEd25519
 	if alg.value == "ecdsa-p256" {
@@ -59,7 +61,7 @@ func (c *cli) keyGenerate(args []string) error {
 		return err
 	}
 	if err := signing.WriteKeyFile(out, key, pass); err != nil {
-		return fmt.Errorf("write %s: %w", out, err)
+		return fmt.Errorf("write %s: %w", out, unwrapPathError(err))
 	}
 	if err := writeNewFile(pubPath, append(pub, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w (the private key %s was written)", pubPath, err, out)
@@ -113,7 +115,7 @@ func readPublicKey(path string) (*metadata.Key, string, error) {
 func (c *cli) loadSigner(path, wantID string) (tufSigner, error) {
 	pass, err := c.passphrase(fmt.Sprintf("passphrase for %s: ", path), false)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w; nothing was signed", err)
 	}
 	key, err := signing.ReadKeyFile(path, pass)
 	if err != nil {
@@ -138,11 +140,44 @@ func (c *cli) passphrase(prompt string, confirm bool) ([]byte, error) {
 	if !ok || !c.isTerminal(in) {
 		return nil, usageError{fmt.Errorf("no passphrase: set %s or run otactl in a terminal to be asked", envPassphrase)}
 	}
-	pass, err := signing.ReadPassphrase("", prompt, confirm, in, c.stderr)
-	if err != nil {
-		return nil, err
+	// Ctrl-C reaches otactl as a cancelled context, not as death, so the
+	// prompt must give up by itself and turn echo back on.
+	fd := int(in.Fd())
+	state, _ := term.GetState(fd)
+	pass, err := interruptible(c.ctx, func() ([]byte, error) {
+		return signing.ReadPassphrase("", prompt, confirm, in, c.stderr)
+	})
+	if errors.Is(err, errInterrupted) {
+		if state != nil {
+			term.Restore(fd, state)
+		}
+		fmt.Fprintln(c.stderr)
 	}
-	return pass, nil
+	return pass, err
+}
+
+var errInterrupted = errors.New("interrupted")
+
+// interruptible runs read (a blocking terminal read) until it returns or
+// ctx ends. On interruption the read goroutine stays blocked; otactl exits
+// soon after.
+func interruptible[T any](ctx context.Context, read func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		v, err := read()
+		ch <- result{v, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, errInterrupted
+	}
 }
 
 // writeNewFile creates path with data; it fails if path exists.

@@ -13,7 +13,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -43,6 +42,7 @@ Usage:
   otactl release yank PATH
                          draft a targets version without PATH
   otactl draft list      list recent drafts
+  otactl draft show [ID] same as release show
   otactl draft discard ID
                          abandon a pending draft
   otactl status          repository versions, expiries, targets and the pending draft
@@ -91,8 +91,6 @@ type cli struct {
 	// isTerminal reports whether a stream is an interactive terminal; it
 	// decides about prompts and the progress display. Tests replace it.
 	isTerminal func(any) bool
-	// transport carries every request; tests may replace it.
-	transport http.RoundTripper
 }
 
 func newCLI(ctx context.Context, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) *cli {
@@ -110,8 +108,8 @@ type command struct {
 	run  func(c *cli, args []string) error
 }
 
-// groups maps "otactl GROUP SUB" to its handler. A nil group key means the
-// command takes no subcommand.
+// groups lists the subcommands of each command ("otactl GROUP SUB");
+// status is the one command without subcommands.
 var groups = map[string][]command{
 	"key": {
 		{"generate", (*cli).keyGenerate},

@@ -1,15 +1,17 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strings"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api"
@@ -67,14 +69,9 @@ func (c *cli) releaseCreate(args []string) error {
 	if err := custom.Validate(); err != nil {
 		return usageError{fmt.Errorf("custom metadata: %w", err)}
 	}
-	cl, err := c.client(sf)
-	if err != nil {
-		return err
-	}
-
 	f, err := os.Open(file)
 	if err != nil {
-		return fmt.Errorf("open the build: %w", err)
+		return fmt.Errorf("%s: %w", file, unwrapPathError(err))
 	}
 	defer f.Close()
 	fi, err := f.Stat()
@@ -85,9 +82,28 @@ func (c *cli) releaseCreate(args []string) error {
 		return fmt.Errorf("%s is not a regular file", file)
 	}
 	size := fi.Size()
+	cl, err := c.client(sf)
+	if err != nil {
+		return err
+	}
+
+	// Uploading gigabytes only to hear that a draft is pending, or that
+	// there is no repository yet, wastes the engineer's time: ask first.
+	var st manifests.Status
+	if err := cl.do(c.ctx, "GET", "/repo/status", nil, &st); err != nil {
+		return err
+	}
+	if p := st.Pending; p != nil {
+		return fmt.Errorf("draft %s (%s, by %s) is pending and only one draft may be: sign it (otactl release sign %s) or discard it (otactl draft discard %s) first",
+			p.ID, p.Kind, p.CreatedBy, p.ID, p.ID)
+	}
+	if roleVersion(&st, metadata.TARGETS) == 0 {
+		return errors.New("the repository has no targets yet: run the ceremony first (otactl repo init, then otactl repo sign)")
+	}
+
 	fmt.Fprintf(c.stderr, "hashing %s (%s)...\n", file, humanBytes(size))
 	h := sha256.New()
-	if n, err := io.Copy(h, io.NewSectionReader(f, 0, size)); err != nil {
+	if n, err := io.Copy(h, ctxReader{c.ctx, io.NewSectionReader(f, 0, size)}); err != nil {
 		return fmt.Errorf("hash %s: %w", file, err)
 	} else if n != size {
 		return fmt.Errorf("%s shrank while it was hashed; try again once it is complete", file)
@@ -155,8 +171,26 @@ func (c *cli) upload(cl *client, f *os.File, file, name string, size int64, sum 
 	return &art, nil
 }
 
-// compactJSON is for messages.
-func compactJSON(v any) string {
-	b, _ := json.Marshal(v)
-	return string(b)
+// roleVersion is the published version of role, 0 if none.
+func roleVersion(st *manifests.Status, role string) int64 {
+	for _, r := range st.Roles {
+		if r.Role == role {
+			return r.Version
+		}
+	}
+	return 0
+}
+
+// ctxReader stops reading once ctx ends, so that Ctrl-C interrupts hashing
+// a large build.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(b []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, errInterrupted
+	}
+	return r.r.Read(b)
 }

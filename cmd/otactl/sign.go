@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -80,9 +81,12 @@ func (c *cli) signDraft(sf serverFlags, keyFile, id string, yes bool) error {
 	if err != nil {
 		return err
 	}
-	v, err := cl.fetchDraft(c, id)
+	v, err := cl.fetchDraft(c.ctx, id)
 	if err != nil {
 		return err
+	}
+	if id != "" && v.ID != id {
+		return fmt.Errorf("asked for draft %s, the server answered with draft %s; refusing to sign", id, v.ID)
 	}
 	if v.State != manifests.DraftPending {
 		return fmt.Errorf("draft %s is %s: there is nothing to sign", v.ID, v.State)
@@ -153,7 +157,7 @@ func (c *cli) signDraft(sf serverFlags, keyFile, id string, yes bool) error {
 		upload.Signatures = append(upload.Signatures, api.UploadSignature{Part: p, KeyID: keyID, Sig: hex.EncodeToString(sig.Signature)})
 	}
 	var after manifests.DraftView
-	if err := cl.do(c.ctx, "POST", "/drafts/"+escapePath(v.ID)+"/signatures", upload, &after); err != nil {
+	if err := cl.do(c.ctx, "POST", "/drafts/"+url.PathEscape(v.ID)+"/signatures", upload, &after); err != nil {
 		return fmt.Errorf("upload signatures: %w", err)
 	}
 	fmt.Fprintf(out, "uploaded %d signature(s) by key %s\n", len(upload.Signatures), short(keyID))
@@ -183,7 +187,11 @@ func (c *cli) confirm(prompt string) error {
 		return usageError{errors.New("stdin is not a terminal, so otactl cannot ask: review the draft above and run again with --yes to sign it")}
 	}
 	fmt.Fprint(c.stderr, prompt)
-	line, err := readLine(c.stdin)
+	line, err := interruptible(c.ctx, func() (string, error) { return readLine(c.stdin) })
+	if errors.Is(err, errInterrupted) {
+		fmt.Fprintln(c.stderr)
+		return fmt.Errorf("%w; nothing was signed", err)
+	}
 	if err != nil && line == "" {
 		return fmt.Errorf("no answer: %w; nothing was signed", err)
 	}
@@ -468,10 +476,16 @@ func pathIn(rest string, known map[string]bool) string {
 			best = p
 		}
 	}
-	if best == "" {
-		return rest
+	if best != "" {
+		return best
 	}
-	return best
+	if i := strings.Index(rest, " ("); i >= 0 {
+		rest = rest[:i]
+	}
+	if i := strings.Index(rest, ": "); i >= 0 {
+		rest = rest[:i]
+	}
+	return rest
 }
 
 // printTargets prints a targets part: version, expiry, every target and
@@ -493,12 +507,7 @@ func printTargets(w io.Writer, t *metadata.Metadata[metadata.TargetsType], st *m
 	if s.Delegations != nil {
 		fmt.Fprintf(w, "    WARNING: delegates to %d role(s); otactl does not show delegated targets\n", len(s.Delegations.Roles))
 	}
-	published := int64(0)
-	for _, r := range st.Roles {
-		if r.Role == metadata.TARGETS {
-			published = r.Version
-		}
-	}
+	published := roleVersion(st, metadata.TARGETS)
 	fmt.Fprintf(w, "  compared with the published targets v%d:\n", published)
 	if s.Version != published+1 {
 		fmt.Fprintf(w, "    WARNING: the draft is targets v%d, not v%d: it does not follow what is published\n", s.Version, published+1)

@@ -40,7 +40,11 @@ func printStatus(w io.Writer, st *manifests.Status, now time.Time) {
 	if st.Initialized {
 		fmt.Fprintf(w, "repository: initialized (online key %s)\n", st.OnlineKeyID)
 	} else {
-		fmt.Fprintf(w, "repository: not initialized (online key %s); run otactl repo init\n", st.OnlineKeyID)
+		next := "run otactl repo init"
+		if st.Pending != nil && st.Pending.Kind == manifests.DraftKindInit {
+			next = "the ceremony draft waits for signatures: otactl repo sign"
+		}
+		fmt.Fprintf(w, "repository: not initialized (online key %s); %s\n", st.OnlineKeyID, next)
 	}
 	for _, r := range st.Roles {
 		fmt.Fprintf(w, "  %-9s v%-4d expires %s (%s)\n", r.Role, r.Version, r.Expires.UTC().Format(time.RFC3339), until(r.Expires, now))
@@ -125,11 +129,14 @@ func describeCustom(raw json.RawMessage) string {
 	add("build_max", c.BuildMax)
 	add("cloud_messaging_default", c.CloudMessagingDefault)
 	add("number_encryption", c.NumberEncryption)
+	if !c.Released.IsZero() {
+		add("released", c.Released.UTC().Format(time.RFC3339))
+	}
 	for _, k := range sortedKeys(c.Extra) {
 		add("extra."+k, fmt.Sprintf("%q", c.Extra[k]))
 	}
 	known := map[string]bool{"patch_id": true, "models": true, "build_min": true, "build_max": true,
-		"cloud_messaging_default": true, "number_encryption": true, "extra": true}
+		"cloud_messaging_default": true, "number_encryption": true, "extra": true, "released": true}
 	for _, k := range sortedKeys(all) {
 		if !known[k] {
 			b, _ := json.Marshal(all[k])

@@ -50,7 +50,7 @@ func TestProgress(t *testing.T) {
 		p.now = func() time.Time { clock = clock.Add(time.Second); return clock }
 		r := p.reader(bytes.NewReader(data))
 		buf := make([]byte, 7) // steps that do not fall on 10% boundaries
-		if _, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{r}, buf); err != nil {
+		if _, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{r}, buf); err != nil {
 			t.Fatal(err)
 		}
 		n, sum := p.finish()

@@ -101,7 +101,13 @@ func bodyLimit(limitFor func(echo.Context) int64) echo.MiddlewareFunc {
 			if req.ContentLength > limit {
 				return &http.MaxBytesError{Limit: limit}
 			}
-			req.Body = http.MaxBytesReader(c.Response(), req.Body, limit)
+			// Replace the body on a copy: net/http sends "100 Continue" only
+			// when the handler reads the body it gave out, so a handler that
+			// answers without reading (an artifact already stored) spares
+			// the client the upload.
+			r := *req
+			r.Body = http.MaxBytesReader(c.Response(), req.Body, limit)
+			c.SetRequest(&r)
 			return next(c)
 		}
 	}
