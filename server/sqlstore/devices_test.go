@@ -1,0 +1,850 @@
+package sqlstore
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// TestDeviceStore runs the device store suite against SQLite and, when
+// OTA_TEST_POSTGRES_DSN is set, PostgreSQL, each test on a fresh,
+// migrated database.
+func TestDeviceStore(t *testing.T) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, b backend)
+	}{
+		{"EnrollCheckIn", testEnrollCheckIn},
+		{"UnknownToken", testUnknownToken},
+		{"ReEnrollSameKey", testReEnrollSameKey},
+		{"ReEnrollConcurrent", testReEnrollConcurrent},
+		{"EnrollConflict", testEnrollConflict},
+		{"DuplicateReport", testDuplicateReport},
+		{"ReportsOutOfOrder", testReportsOutOfOrder},
+		{"ReportsSameInstant", testReportsSameInstant},
+		{"FailedThenInstalled", testFailedThenInstalled},
+		{"ReportUnknownDevice", testReportUnknownDevice},
+		{"DeleteDevice", testDeleteDevice},
+		{"DeleteReportsBefore", testDeleteReportsBefore},
+		{"FleetSummary", testFleetSummary},
+		{"FleetSummaryEmpty", testFleetSummaryEmpty},
+		{"FleetSummaryPatchIDIsNotAPattern", testFleetSummaryPatchIDIsNotAPattern},
+		{"CheckInOneRoundTrip", testCheckInOneRoundTrip},
+	}
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			if b.name == "postgres" && os.Getenv(postgresDSNEnv) == "" {
+				t.Skip(postgresDSNEnv + " not set; run ./scripts/test.sh to run the PostgreSQL tests")
+			}
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					t.Parallel()
+					tc.fn(t, b)
+				})
+			}
+		})
+	}
+}
+
+// t0 is the suite's "now"; its nanoseconds check that timestamps are
+// kept to the microsecond on both dialects.
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
+
+// mustDevices opens a fresh, migrated database and returns it with its
+// device store.
+func mustDevices(t testing.TB, b backend) (*DB, *DeviceStore) {
+	t.Helper()
+	db := mustOpen(t, b.newDSN(t))
+	if _, err := db.Migrate(t.Context()); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	return db, db.Devices()
+}
+
+func newDevice(id, model string) *server.Device {
+	return &server.Device{ID: id, Model: model, Build: "7.1.0", Channel: "stable", Region: "DE",
+		InstalledPatches: []string{}, CloudMessaging: server.MessagingAutoEnabled,
+		EnrolledAt: t0, LastSeen: t0}
+}
+
+func mustEnroll(t testing.TB, s *DeviceStore, d *server.Device, tokenHash string) (string, bool) {
+	t.Helper()
+	id, created, err := s.Enroll(t.Context(), d, tokenHash)
+	if err != nil {
+		t.Fatalf("enroll %s: %v", d.ID, err)
+	}
+	return id, created
+}
+
+func mustAddReport(t testing.TB, s *DeviceStore, r server.Report) bool {
+	t.Helper()
+	if r.ReceivedAt.IsZero() {
+		r.ReceivedAt = t0
+	}
+	dup, err := s.AddReport(t.Context(), r)
+	if err != nil {
+		t.Fatalf("add report %s: %v", r.ID, err)
+	}
+	return dup
+}
+
+func mustPatchStates(t testing.TB, s *DeviceStore, deviceID string) []server.PatchState {
+	t.Helper()
+	states, err := s.PatchStates(t.Context(), deviceID)
+	if err != nil {
+		t.Fatalf("patch states: %v", err)
+	}
+	return states
+}
+
+func mustReports(t testing.TB, s *DeviceStore, deviceID string) []server.Report {
+	t.Helper()
+	rs, err := s.Reports(t.Context(), deviceID)
+	if err != nil {
+		t.Fatalf("reports: %v", err)
+	}
+	return rs
+}
+
+// countRows counts the rows of table matching where.
+func countRows(t testing.TB, db *DB, table, where string, args ...any) int64 {
+	t.Helper()
+	var n int64
+	if err := db.gorm.WithContext(t.Context()).Table(table).Where(where, args...).Count(&n).Error; err != nil {
+		t.Fatalf("count %s: %v", table, err)
+	}
+	return n
+}
+
+func checkDevice(t testing.TB, what string, got, want *server.Device) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s:\n got %+v\nwant %+v", what, got, want)
+	}
+}
+
+func checkStates(t testing.TB, got, want []server.PatchState) {
+	t.Helper()
+	if !slices.EqualFunc(got, want, func(a, b server.PatchState) bool {
+		return a.PatchID == b.PatchID && a.State == b.State && a.ErrorCode == b.ErrorCode && a.At.Equal(b.At)
+	}) {
+		t.Errorf("patch states:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func testEnrollCheckIn(t *testing.T, b backend) {
+	_, s := mustDevices(t, b)
+	ctx := t.Context()
+	d := newDevice("dev_a", "pixel-9")
+	id, created := mustEnroll(t, s, d, "hash-a")
+	if id != "dev_a" || !created {
+		t.Fatalf("enroll: got %q, %v, want dev_a, true", id, created)
+	}
+	enrolled := t0.Truncate(time.Microsecond)
+	want := &server.Device{ID: "dev_a", Model: "pixel-9", Build: "7.1.0", Channel: "stable", Region: "DE",
+		InstalledPatches: []string{}, CloudMessaging: server.MessagingAutoEnabled, EnrolledAt: enrolled, LastSeen: enrolled}
+	got, err := s.DeviceByToken(ctx, "hash-a")
+	if err != nil {
+		t.Fatalf("device by token: %v", err)
+	}
+	checkDevice(t, "after enroll", got, want)
+
+	now := t0.Add(time.Hour)
+	ci := server.CheckIn{Build: "7.2.0", Model: "pixel-9a", Channel: "beta",
+		InstalledPatches: []string{"SEC-2", "SEC-1"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true}
+	got, err = s.CheckIn(ctx, "hash-a", ci, now)
+	if err != nil {
+		t.Fatalf("check in: %v", err)
+	}
+	want.Build, want.Model, want.Channel = "7.2.0", "pixel-9a", "beta"
+	want.InstalledPatches = []string{"SEC-1", "SEC-2"}
+	want.CloudMessaging, want.NumberEncryption = server.MessagingOptedOut, true
+	want.LastSeen = now.Truncate(time.Microsecond)
+	checkDevice(t, "check-in answer", got, want)
+	got, err = s.DeviceByToken(ctx, "hash-a")
+	if err != nil {
+		t.Fatalf("device by token: %v", err)
+	}
+	checkDevice(t, "after check-in", got, want)
+
+	// Patches removed again (an uninstall) store as none.
+	ci.InstalledPatches = nil
+	got, err = s.CheckIn(ctx, "hash-a", ci, now)
+	if err != nil {
+		t.Fatalf("check in: %v", err)
+	}
+	if got.InstalledPatches == nil || len(got.InstalledPatches) != 0 {
+		t.Errorf("installed patches: got %#v, want an empty slice", got.InstalledPatches)
+	}
+
+	// A patch id that would break the encoding is refused.
+	ci.InstalledPatches = []string{"A,B"}
+	if _, err := s.CheckIn(ctx, "hash-a", ci, now); !errors.Is(err, server.ErrInvalid) {
+		t.Errorf("check in with patch \"A,B\": got %v, want ErrInvalid", err)
+	}
+}
+
+func testUnknownToken(t *testing.T, b backend) {
+	_, s := mustDevices(t, b)
+	ctx := t.Context()
+	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
+	ci := server.CheckIn{Build: "1", Model: "m", Channel: "stable", CloudMessaging: server.MessagingOptedOut}
+	if _, err := s.CheckIn(ctx, "hash-unknown", ci, t0); !errors.Is(err, server.ErrUnauthorized) {
+		t.Errorf("check in: got %v, want ErrUnauthorized", err)
+	}
+	if _, err := s.DeviceByToken(ctx, "hash-unknown"); !errors.Is(err, server.ErrUnauthorized) {
+		t.Errorf("device by token: got %v, want ErrUnauthorized", err)
+	}
+}
+
+func testReEnrollSameKey(t *testing.T, b backend) {
+	db, s := mustDevices(t, b)
+	ctx := t.Context()
+	d := newDevice("dev_k", "pixel-9")
+	d.KeyFingerprint = "fp-1"
+	if id, created := mustEnroll(t, s, d, "hash-1"); id != "dev_k" || !created {
+		t.Fatalf("first enroll: got %q, %v, want dev_k, true", id, created)
+	}
+	ci := server.CheckIn{Build: "7.2.0", Model: "pixel-9", Channel: "stable",
+		InstalledPatches: []string{"SEC-1"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true}
+	if _, err := s.CheckIn(ctx, "hash-1", ci, t0.Add(time.Hour)); err != nil {
+		t.Fatalf("check in: %v", err)
+	}
+
+	// A factory reset: same key, new token and build, later. The id the
+	// handset asks for does not matter; the key finds the device.
+	again := newDevice("dev_other", "pixel-9")
+	again.KeyFingerprint = "fp-1"
+	again.Build, again.Region = "7.0.0", "FR"
+	again.EnrolledAt, again.LastSeen = t0.Add(2*time.Hour), t0.Add(2*time.Hour)
+	if id, created := mustEnroll(t, s, again, "hash-2"); id != "dev_k" || created {
+		t.Fatalf("re-enroll: got %q, %v, want dev_k, false", id, created)
+	}
+	if _, err := s.DeviceByToken(ctx, "hash-1"); !errors.Is(err, server.ErrUnauthorized) {
+		t.Errorf("old token: got %v, want ErrUnauthorized", err)
+	}
+	got, err := s.DeviceByToken(ctx, "hash-2")
+	if err != nil {
+		t.Fatalf("new token: %v", err)
+	}
+	want := &server.Device{ID: "dev_k", KeyFingerprint: "fp-1", Model: "pixel-9", Build: "7.0.0", Channel: "stable",
+		Region: "FR", InstalledPatches: []string{"SEC-1"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true,
+		EnrolledAt: t0.Truncate(time.Microsecond), LastSeen: t0.Add(2 * time.Hour).Truncate(time.Microsecond)}
+	checkDevice(t, "after re-enroll", got, want)
+	if n := countRows(t, db, "devices", "1 = 1"); n != 1 {
+		t.Errorf("devices: got %d, want 1", n)
+	}
+}
+
+func testReEnrollConcurrent(t *testing.T, b backend) {
+	const n = 8
+	db, s := mustDevices(t, b)
+	var (
+		wg      sync.WaitGroup
+		start   = make(chan struct{})
+		ids     = make([]string, n)
+		created = make([]bool, n)
+		errs    = make([]error, n)
+	)
+	for i := range n {
+		wg.Go(func() {
+			d := newDevice("dev_race", "m")
+			d.KeyFingerprint = "fp-race"
+			<-start
+			ids[i], created[i], errs[i] = s.Enroll(t.Context(), d, fmt.Sprintf("hash-%d", i))
+		})
+	}
+	close(start)
+	wg.Wait()
+	creations, valid := 0, 0
+	for i := range n {
+		if errs[i] != nil {
+			t.Errorf("enrollment %d: got error %v, want nil", i, errs[i])
+			continue
+		}
+		if ids[i] != "dev_race" {
+			t.Errorf("enrollment %d: got id %q, want dev_race", i, ids[i])
+		}
+		if created[i] {
+			creations++
+		}
+		if _, err := s.DeviceByToken(t.Context(), fmt.Sprintf("hash-%d", i)); err == nil {
+			valid++
+		}
+	}
+	if creations != 1 {
+		t.Errorf("enrollments that created the device: got %d, want 1", creations)
+	}
+	if valid != 1 {
+		t.Errorf("valid tokens: got %d, want 1 (the last enrollment's)", valid)
+	}
+	if got := countRows(t, db, "devices", "1 = 1"); got != 1 {
+		t.Errorf("devices: got %d, want 1", got)
+	}
+}
+
+func testEnrollConflict(t *testing.T, b backend) {
+	_, s := mustDevices(t, b)
+	ctx := t.Context()
+	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
+	tests := []struct {
+		name string
+		fp   string
+		id   string
+		hash string
+	}{
+		{name: "random id taken", id: "dev_a", hash: "hash-b"},
+		{name: "token taken", id: "dev_b", hash: "hash-a"},
+		{name: "keyed id taken by a device without key", fp: "fp-x", id: "dev_a", hash: "hash-c"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newDevice(tc.id, "m")
+			d.KeyFingerprint = tc.fp
+			if _, _, err := s.Enroll(ctx, d, tc.hash); !errors.Is(err, server.ErrConflict) {
+				t.Errorf("enroll: got %v, want ErrConflict", err)
+			}
+		})
+	}
+	// Re-enrolling a keyed device with a token that another device holds.
+	keyed := newDevice("dev_k", "m")
+	keyed.KeyFingerprint = "fp-k"
+	mustEnroll(t, s, keyed, "hash-k")
+	if _, _, err := s.Enroll(ctx, keyed, "hash-a"); !errors.Is(err, server.ErrConflict) {
+		t.Errorf("re-enroll with a taken token: got %v, want ErrConflict", err)
+	}
+	if got, err := s.DeviceByToken(ctx, "hash-a"); err != nil || got.ID != "dev_a" {
+		t.Errorf("first device after conflicts: got %+v, %v, want dev_a", got, err)
+	}
+}
+
+func report(id, patch, state, code string, at time.Time) server.Report {
+	return server.Report{ID: id, DeviceID: "dev_a", PatchID: patch, Target: "patches/" + patch + ".zip",
+		State: state, ErrorCode: code, At: at}
+}
+
+func testDuplicateReport(t *testing.T, b backend) {
+	db, s := mustDevices(t, b)
+	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
+	r := report("r1", "SEC-1", server.StateInstalling, "", t0)
+	r.Message = "installing 1/2"
+	if mustAddReport(t, s, r) {
+		t.Error("first report: got duplicate true, want false")
+	}
+	if !mustAddReport(t, s, r) {
+		t.Error("retried report: got duplicate false, want true")
+	}
+	// A report id reused with other content is still the stored report:
+	// it must not move the state.
+	other := report("r1", "SEC-1", server.StateInstalled, "", t0.Add(time.Minute))
+	if !mustAddReport(t, s, other) {
+		t.Error("reused report id: got duplicate false, want true")
+	}
+	if n := countRows(t, db, "device_reports", "device_id = ?", "dev_a"); n != 1 {
+		t.Errorf("stored reports: got %d, want 1", n)
+	}
+	rs := mustReports(t, s, "dev_a")
+	if len(rs) != 1 || rs[0].ID != "r1" || rs[0].State != server.StateInstalling || rs[0].Message != "installing 1/2" ||
+		rs[0].Target != "patches/SEC-1.zip" || !rs[0].ReceivedAt.Equal(t0.Truncate(time.Microsecond)) {
+		t.Errorf("reports: got %+v, want the first report only", rs)
+	}
+	checkStates(t, mustPatchStates(t, s, "dev_a"), []server.PatchState{{PatchID: "SEC-1", State: server.StateInstalling, At: t0.Truncate(time.Microsecond)}})
+}
+
+func testReportsOutOfOrder(t *testing.T, b backend) {
+	_, s := mustDevices(t, b)
+	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
+	t1, t2, t3 := t0, t0.Add(time.Second), t0.Add(2*time.Second)
+	// Arrival order: newest first.
+	mustAddReport(t, s, report("r3", "SEC-1", server.StateInstalled, "", t3))
+	mustAddReport(t, s, report("r2", "SEC-1", server.StateInstalling, "", t2))
+	mustAddReport(t, s, report("r1", "SEC-1", server.StateDownloading, "", t1))
+	// Another patch moves on its own.
+	mustAddReport(t, s, report("q1", "SEC-0", server.StateDownloading, "", t1))
+	checkStates(t, mustPatchStates(t, s, "dev_a"), []server.PatchState{
+		{PatchID: "SEC-0", State: server.StateDownloading, At: t1.Truncate(time.Microsecond)},
+		{PatchID: "SEC-1", State: server.StateInstalled, At: t3.Truncate(time.Microsecond)},
+	})
+	var got []string
+	for _, r := range mustReports(t, s, "dev_a") {
+		got = append(got, r.ID)
+	}
+	// Oldest first by the handset's time; q1 and r1 tie and go by id.
+	if want := []string{"q1", "r1", "r2", "r3"}; !slices.Equal(got, want) {
+		t.Errorf("reports: got %v, want %v", got, want)
+	}
+}
+
+func testReportsSameInstant(t *testing.T, b backend) {
+	// Nanoseconds apart: the same microsecond, a tie on both dialects.
+	at := t0
+	tests := []struct {
+		name   string
+		states []string // in arrival order
+		want   string
+	}{
+		{"installed first", []string{server.StateInstalled, server.StateInstalling}, server.StateInstalled},
+		{"installed last", []string{server.StateInstalling, server.StateInstalled}, server.StateInstalled},
+		{"failed beats installed", []string{server.StateFailed, server.StateInstalled}, server.StateFailed},
+		{"all in reverse", []string{server.StateInstalled, server.StateInstalling, server.StateVerified, server.StateDownloaded, server.StateDownloading}, server.StateInstalled},
+	}
+	_, s := mustDevices(t, b)
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newDevice(fmt.Sprintf("dev_%d", i), "m")
+			mustEnroll(t, s, d, "hash-"+d.ID)
+			for j, st := range tc.states {
+				r := report(fmt.Sprintf("r%d", j), "SEC-1", st, "", at.Add(time.Duration(j)))
+				r.DeviceID = d.ID
+				if st == server.StateFailed {
+					r.ErrorCode = "E_X"
+				}
+				mustAddReport(t, s, r)
+			}
+			states := mustPatchStates(t, s, d.ID)
+			if len(states) != 1 || states[0].State != tc.want {
+				t.Errorf("states: got %+v, want %s", states, tc.want)
+			}
+		})
+	}
+}
+
+func testFailedThenInstalled(t *testing.T, b backend) {
+	_, s := mustDevices(t, b)
+	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
+	mustAddReport(t, s, report("r1", "SEC-1", server.StateFailed, "E_SPACE", t0))
+	checkStates(t, mustPatchStates(t, s, "dev_a"), []server.PatchState{{PatchID: "SEC-1", State: server.StateFailed, ErrorCode: "E_SPACE", At: t0.Truncate(time.Microsecond)}})
+	// The retry worked; the error code goes with the failure.
+	mustAddReport(t, s, report("r2", "SEC-1", server.StateInstalled, "", t0.Add(time.Minute)))
+	want := []server.PatchState{{PatchID: "SEC-1", State: server.StateInstalled, At: t0.Add(time.Minute).Truncate(time.Microsecond)}}
+	checkStates(t, mustPatchStates(t, s, "dev_a"), want)
+	// An older failure arriving late changes nothing.
+	mustAddReport(t, s, report("r0", "SEC-1", server.StateFailed, "E_NET", t0.Add(-time.Minute)))
+	checkStates(t, mustPatchStates(t, s, "dev_a"), want)
+}
+
+func testReportUnknownDevice(t *testing.T, b backend) {
+	db, s := mustDevices(t, b)
+	r := report("r1", "SEC-1", server.StateInstalled, "", t0)
+	r.DeviceID = "dev_gone"
+	if _, err := s.AddReport(t.Context(), r); !errors.Is(err, server.ErrNotFound) {
+		t.Errorf("add report: got %v, want ErrNotFound", err)
+	}
+	r.DeviceID, r.State = "dev_a", "exploded"
+	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
+	if _, err := s.AddReport(t.Context(), r); !errors.Is(err, server.ErrInvalid) {
+		t.Errorf("add report with state %q: got %v, want ErrInvalid", r.State, err)
+	}
+	if n := countRows(t, db, "device_reports", "1 = 1"); n != 0 {
+		t.Errorf("stored reports: got %d, want 0", n)
+	}
+}
+
+func testDeleteDevice(t *testing.T, b backend) {
+	db, s := mustDevices(t, b)
+	ctx := t.Context()
+	for _, id := range []string{"dev_a", "dev_b"} {
+		mustEnroll(t, s, newDevice(id, "m"), "hash-"+id)
+		for i, patch := range []string{"SEC-1", "SEC-2"} {
+			r := report(fmt.Sprintf("r%d", i), patch, server.StateInstalled, "", t0)
+			r.DeviceID = id
+			mustAddReport(t, s, r)
+		}
+	}
+	if err := s.DeleteDevice(ctx, "dev_a"); err != nil {
+		t.Fatalf("delete device: %v", err)
+	}
+	for _, table := range []struct{ name, where string }{
+		{"devices", "id = ?"}, {"device_reports", "device_id = ?"}, {"device_patch_states", "device_id = ?"},
+	} {
+		if n := countRows(t, db, table.name, table.where, "dev_a"); n != 0 {
+			t.Errorf("%s of the deleted device: got %d rows, want 0", table.name, n)
+		}
+		if n := countRows(t, db, table.name, table.where, "dev_b"); n == 0 {
+			t.Errorf("%s of the other device: got 0 rows, want them kept", table.name)
+		}
+	}
+	if _, err := s.DeviceByToken(ctx, "hash-dev_a"); !errors.Is(err, server.ErrUnauthorized) {
+		t.Errorf("token of the deleted device: got %v, want ErrUnauthorized", err)
+	}
+	if err := s.DeleteDevice(ctx, "dev_a"); !errors.Is(err, server.ErrNotFound) {
+		t.Errorf("delete again: got %v, want ErrNotFound", err)
+	}
+	// The id is free again: a handset that erased itself may enroll anew.
+	if _, created := mustEnroll(t, s, newDevice("dev_a", "m"), "hash-new"); !created {
+		t.Error("enroll after delete: got created false, want true")
+	}
+}
+
+func testDeleteReportsBefore(t *testing.T, b backend) {
+	db, s := mustDevices(t, b)
+	s.pruneBatch = 10
+	ctx := t.Context()
+	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
+	for i := range 10 {
+		r := report(fmt.Sprintf("r%d", i), "SEC-1", server.StateDownloading, "", t0.Add(time.Duration(i)*time.Second))
+		r.ReceivedAt = t0.Add(time.Duration(i) * time.Hour)
+		mustAddReport(t, s, r)
+	}
+	// More than one batch of old reports, written directly.
+	old := make([]reportRow, 2*s.pruneBatch+7)
+	for i := range old {
+		old[i] = reportRow{DeviceID: "dev_a", ReportID: fmt.Sprintf("old%d", i), PatchID: "SEC-0", State: server.StateInstalled,
+			At: dbTime(t0.Add(-48 * time.Hour)), ReceivedAt: dbTime(t0.Add(-48 * time.Hour))}
+	}
+	if err := db.gorm.WithContext(ctx).Create(old).Error; err != nil {
+		t.Fatal(err)
+	}
+
+	// Received at t0 .. t0+4h and the old ones go; t0+5h stays.
+	n, err := s.DeleteReportsBefore(ctx, t0.Add(5*time.Hour))
+	if err != nil {
+		t.Fatalf("delete reports: %v", err)
+	}
+	if want := int64(len(old) + 5); n != want {
+		t.Errorf("deleted: got %d, want %d", n, want)
+	}
+	var got []string
+	for _, r := range mustReports(t, s, "dev_a") {
+		got = append(got, r.ID)
+	}
+	if want := []string{"r5", "r6", "r7", "r8", "r9"}; !slices.Equal(got, want) {
+		t.Errorf("reports left: got %v, want %v", got, want)
+	}
+	// The current state is not history: it stays.
+	if states := mustPatchStates(t, s, "dev_a"); len(states) != 1 || states[0].State != server.StateDownloading {
+		t.Errorf("states: got %+v, want SEC-1 downloading", states)
+	}
+	if n, err := s.DeleteReportsBefore(ctx, t0.Add(5*time.Hour)); err != nil || n != 0 {
+		t.Errorf("delete again: got %d, %v, want 0, nil", n, err)
+	}
+}
+
+// fleetGroup is a number of alike devices in a constructed fleet.
+type fleetGroup struct {
+	model     string
+	n         int
+	seen      time.Time
+	patches   []string
+	messaging string
+	enc       bool
+	state     string // for the summary's patch; "" for no report
+	code      string
+}
+
+// enrollFleet enrolls the groups and reports their states; devices are
+// numbered across groups.
+func enrollFleet(t testing.TB, s *DeviceStore, patchID string, groups []fleetGroup) {
+	t.Helper()
+	i := 0
+	for _, g := range groups {
+		for range g.n {
+			i++
+			d := newDevice(fmt.Sprintf("dev_%03d", i), g.model)
+			d.LastSeen, d.InstalledPatches, d.CloudMessaging, d.NumberEncryption = g.seen, g.patches, g.messaging, g.enc
+			mustEnroll(t, s, d, "hash-"+d.ID)
+			if g.state != "" {
+				r := report("r1", patchID, g.state, g.code, t0.Add(-time.Hour))
+				r.DeviceID = d.ID
+				mustAddReport(t, s, r)
+			}
+			// A state for another patch, which must not count.
+			r := report("r2", "SEC-OTHER", server.StateFailed, "E_OTHER", t0.Add(-time.Hour))
+			r.DeviceID = d.ID
+			mustAddReport(t, s, r)
+		}
+	}
+}
+
+func testFleetSummary(t *testing.T, b backend) {
+	_, s := mustDevices(t, b)
+	const patch = "SEC-2026.03"
+	activeSince := t0.Add(-30 * 24 * time.Hour)
+	recent, stale := t0.Add(-time.Hour), t0.Add(-40*24*time.Hour)
+	p := []string{patch}
+	in, out, auto := server.MessagingOptedIn, server.MessagingOptedOut, server.MessagingAutoEnabled
+	ok, failed, dl := server.StateInstalled, server.StateFailed, server.StateDownloading
+	enrollFleet(t, s, patch, []fleetGroup{
+		// alpha: 18 active, 15 patched, 10 compliant.
+		{"alpha", 10, recent, p, out, true, ok, ""},
+		{"alpha", 5, recent, p, auto, true, ok, ""}, // messaging switched itself on
+		{"alpha", 3, recent, nil, out, true, failed, "E_SPACE"},
+		// beta: 20 active, 12 patched, 8 compliant.
+		{"beta", 8, recent, []string{"SEC-2025.12", patch}, in, true, ok, ""}, // opted in by the user is fine
+		{"beta", 4, recent, p, out, false, ok, ""},                            // number encryption off
+		{"beta", 6, recent, nil, auto, false, failed, "E_VERIFY"},
+		{"beta", 2, recent, nil, out, true, failed, "E_SPACE"},
+		// gamma: 4 active, none patched; near misses of the patch id.
+		{"gamma", 3, recent, []string{"SEC-2026.03x"}, out, true, dl, ""},
+		{"gamma", 1, activeSince, []string{"sec-2026.03", "XSEC-2026.03"}, out, true, "", ""}, // seen exactly at the bound
+		// Inactive: enrolled, nothing else.
+		{"delta", 5, stale, p, out, true, failed, "E_OLD"},
+		{"alpha", 3, stale, p, out, true, ok, ""},
+	})
+	got, err := s.FleetSummary(t.Context(), patch, activeSince)
+	if err != nil {
+		t.Fatalf("fleet summary: %v", err)
+	}
+	want := &server.FleetSummary{
+		PatchID:  patch,
+		Enrolled: 50, Active: 42, Patched: 27, Compliant: 18,
+		ByModel: []server.ModelSummary{
+			{Model: "alpha", Active: 18, Patched: 15, Compliant: 10},
+			{Model: "beta", Active: 20, Patched: 12, Compliant: 8},
+			{Model: "gamma", Active: 4, Patched: 0, Compliant: 0},
+		},
+		States:   map[string]int64{ok: 27, failed: 11, dl: 3},
+		Failures: []server.FailureCount{{ErrorCode: "E_VERIFY", Count: 6}, {ErrorCode: "E_SPACE", Count: 5}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("fleet summary:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func testFleetSummaryEmpty(t *testing.T, b backend) {
+	_, s := mustDevices(t, b)
+	got, err := s.FleetSummary(t.Context(), "SEC-1", t0)
+	if err != nil {
+		t.Fatalf("fleet summary: %v", err)
+	}
+	want := &server.FleetSummary{PatchID: "SEC-1", ByModel: []server.ModelSummary{},
+		States: map[string]int64{}, Failures: []server.FailureCount{}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("fleet summary:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+// testFleetSummaryPatchIDIsNotAPattern checks that '_', valid in patch
+// ids and a LIKE wildcard, matches only itself.
+func testFleetSummaryPatchIDIsNotAPattern(t *testing.T, b backend) {
+	_, s := mustDevices(t, b)
+	for i, patches := range [][]string{{"P_1"}, {"PX1"}, {"p_1"}, {"P__1"}, {"AP_1", "P_1B"}} {
+		d := newDevice(fmt.Sprintf("dev_%d", i), "m")
+		d.InstalledPatches = patches
+		mustEnroll(t, s, d, "hash-"+d.ID)
+	}
+	for _, tc := range []struct {
+		patch string
+		want  int64
+	}{{"P_1", 1}, {"PX1", 1}, {"P%1", 0}, {"P_", 0}, {"_", 0}} {
+		got, err := s.FleetSummary(t.Context(), tc.patch, t0.Add(-time.Hour))
+		if err != nil {
+			t.Fatalf("fleet summary %s: %v", tc.patch, err)
+		}
+		if got.Patched != tc.want {
+			t.Errorf("patched with %q: got %d, want %d", tc.patch, got.Patched, tc.want)
+		}
+	}
+}
+
+// testCheckInOneRoundTrip counts the PostgreSQL protocol round trips of a
+// check-in through a proxy: a round trip ends with a Sync (extended
+// protocol) or is a Query (simple protocol).
+func testCheckInOneRoundTrip(t *testing.T, b backend) {
+	if b.name != "postgres" {
+		t.Skip("round trips are a PostgreSQL matter")
+	}
+	u, err := url.Parse(b.newDSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := startPGProxy(t, u.Host)
+	u.Host = proxy.addr
+	ctx := t.Context()
+	db, err := Open(ctx, u.String(), Options{Logger: testLogger(t), MaxOpenConns: 1})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	if _, err := db.Migrate(ctx); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	s := db.Devices()
+	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
+	ci := server.CheckIn{Build: "1", Model: "m", Channel: "stable", InstalledPatches: []string{"SEC-1"}, CloudMessaging: server.MessagingOptedOut}
+
+	measure := func(name string, fn func() error) int64 {
+		t.Helper()
+		// The first call prepares the statement on the connection.
+		if err := fn(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		const calls = 10
+		before := proxy.roundTrips.Load()
+		for range calls {
+			if err := fn(); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+		return (proxy.roundTrips.Load() - before) / calls
+	}
+	if got := measure("check in", func() error { _, err := s.CheckIn(ctx, "hash-a", ci, t0); return err }); got != 1 {
+		t.Errorf("round trips per check-in: got %d, want 1", got)
+	}
+	if got := measure("device by token", func() error { _, err := s.DeviceByToken(ctx, "hash-a"); return err }); got != 1 {
+		t.Errorf("round trips per device by token: got %d, want 1", got)
+	}
+	i := 0
+	perReport := measure("add report", func() error {
+		i++
+		_, err := s.AddReport(ctx, report(fmt.Sprintf("r%d", i), "SEC-1", server.StateInstalled, "", t0))
+		return err
+	})
+	t.Logf("round trips per report: %d", perReport)
+}
+
+// pgProxy forwards PostgreSQL connections and counts the round trips the
+// clients start.
+type pgProxy struct {
+	addr       string
+	roundTrips atomic.Int64
+}
+
+func startPGProxy(t testing.TB, target string) *pgProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pgProxy{addr: ln.Addr().String()}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	wg.Go(func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			upstream, err := net.Dial("tcp", target)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, client, upstream)
+			mu.Unlock()
+			wg.Go(func() {
+				_, _ = io.Copy(client, upstream)
+				client.Close()
+			})
+			wg.Go(func() {
+				_ = p.forward(upstream, client)
+				upstream.Close()
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return p
+}
+
+// forward copies client messages to the server, counting Sync and Query.
+func (p *pgProxy) forward(dst io.Writer, src io.Reader) error {
+	r := bufio.NewReader(src)
+	// Untyped packets come first: SSLRequest or GSSENCRequest, then the
+	// StartupMessage, whose protocol major version is 3.
+	for {
+		var hdr [8]byte
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return err
+		}
+		body := make([]byte, binary.BigEndian.Uint32(hdr[:4])-8)
+		if _, err := io.ReadFull(r, body); err != nil {
+			return err
+		}
+		if _, err := dst.Write(append(hdr[:], body...)); err != nil {
+			return err
+		}
+		if binary.BigEndian.Uint32(hdr[4:])>>16 == 3 {
+			break
+		}
+	}
+	for {
+		var hdr [5]byte
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return err
+		}
+		body := make([]byte, binary.BigEndian.Uint32(hdr[1:])-4)
+		if _, err := io.ReadFull(r, body); err != nil {
+			return err
+		}
+		if hdr[0] == 'S' || hdr[0] == 'Q' {
+			p.roundTrips.Add(1)
+		}
+		if _, err := dst.Write(append(hdr[:], body...)); err != nil {
+			return err
+		}
+	}
+}
+
+// BenchmarkCheckIn measures the storage cost of a check-in: parallel
+// check-ins spread over 1000 devices, with the default pool size.
+func BenchmarkCheckIn(b *testing.B) {
+	const devices = 1000
+	for _, be := range backends {
+		b.Run(be.name, func(b *testing.B) {
+			ctx := context.Background()
+			db, err := Open(ctx, be.newDSN(b), Options{})
+			if err != nil {
+				b.Fatalf("open: %v", err)
+			}
+			b.Cleanup(func() { _ = db.Close() })
+			if _, err := db.Migrate(ctx); err != nil {
+				b.Fatalf("migrate: %v", err)
+			}
+			rows := make([]deviceRow, devices)
+			hashes := make([]string, devices)
+			for i := range rows {
+				hashes[i] = server.HashToken(fmt.Sprintf("otadev_bench%d", i))
+				rows[i] = deviceRow{ID: fmt.Sprintf("dev_%04d", i), TokenHash: hashes[i], Model: "pixel-9", Build: "7.1.0",
+					Channel: "stable", CloudMessaging: server.MessagingAutoEnabled, EnrolledAt: dbTime(t0), LastSeen: dbTime(t0)}
+			}
+			if err := db.gorm.WithContext(ctx).CreateInBatches(rows, 200).Error; err != nil {
+				b.Fatal(err)
+			}
+			s := db.Devices()
+			ci := server.CheckIn{Build: "7.2.0", Model: "pixel-9", Channel: "stable",
+				InstalledPatches: []string{"SEC-2026.01", "SEC-2026.02"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true}
+			var next atomic.Int64
+			// A busy otad has more check-ins in flight than CPUs: 8
+			// goroutines per CPU keep the pool (8 or 10 connections)
+			// busy, so commits can share a flush.
+			b.SetParallelism(8)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := next.Add(1) % devices
+					if _, err := s.CheckIn(ctx, hashes[i], ci, time.Now()); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
