@@ -50,6 +50,10 @@ minio_port=$(free_port)
 minio_secret=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
 scripts/minio.sh start "$work/minio" "$minio_port" otatest "$minio_secret"
 
+log "installing tuf-js (an independent TUF client)"
+tufjs=$(scripts/tufjs.sh install)
+
+export OTA_TEST_TUFJS="$tufjs"
 export OTA_TEST_POSTGRES_DSN="postgres://ota@127.0.0.1:$pg_port/postgres?sslmode=disable"
 export OTA_TEST_S3_ENDPOINT="http://127.0.0.1:$minio_port"
 export OTA_TEST_S3_ACCESS_KEY=otatest
@@ -78,7 +82,15 @@ if grep -q 'run ./scripts/test.sh' "$work/go-test.log"; then
   exit 1
 fi
 
+log "fuzzing the parsers of untrusted input (handset bodies, key files, signatures)"
+fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "$3" "$2" 2>&1 | tail -n 3; }
+fuzz FuzzHandsetBodies ./server/api 20s
+fuzz FuzzParsePrivateKey ./signing 10s
+fuzz FuzzParsePublicKey ./signing 10s
+fuzz FuzzVerifySignature ./signing 10s
+
 passed=$(grep -cE '^\s*--- PASS' "$work/go-test.log" || true)
 skipped=$(grep -cE '^\s*--- SKIP' "$work/go-test.log" || true)
 echo
-log "all tests passed ($passed passed, $skipped skipped)"
+log "all tests passed"
+echo "tests: $passed passed, 0 failed, $skipped skipped"
