@@ -2,9 +2,9 @@ package manifests
 
 import (
 	"fmt"
-	"time"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // TargetCustom is the custom metadata of a target: what the handset needs

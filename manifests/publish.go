@@ -501,7 +501,9 @@ func (r *Repository) tryPublish(ctx context.Context, id string) (bool, error) {
 	// A crash after writing the root (published roots are found by
 	// probing) leaves it one version ahead of what the draft expects:
 	// resume rather than call the draft stale.
+	rootAhead := false
 	if pd.root != nil && pd.root.Signed.Version == st.rootVersion() {
+		rootAhead = true
 		base := *st // st is what is served; work on a copy
 		st = &base
 		if !sameSigned(st.roots[len(st.roots)-1], pd.payload[PartRoot]) {
@@ -513,6 +515,18 @@ func (r *Repository) tryPublish(ctx context.Context, id string) (bool, error) {
 				return false, err
 			}
 		}
+	}
+	// A crash after timestamp.json but before the draft was marked
+	// published leaves the draft's targets already served: only the mark
+	// is missing. Publishing again would find the draft stale.
+	if pd.targets != nil && (pd.root == nil || rootAhead) && pd.targets.Signed.Version == st.targetsVersion() &&
+		sameSigned(st.targetsBytes, pd.payload[PartTargets]) {
+		if err := r.drafts.SetDraftState(ctx, id, DraftPublished); err != nil && !errors.Is(err, ErrDraftNotPending) {
+			return false, err
+		}
+		r.log.InfoContext(ctx, "draft published", slog.String("draft", id), slog.String("kind", d.Kind),
+			slog.Bool("resumed_after_timestamp", true), slog.Int64("targets", pd.targets.Signed.Version))
+		return true, nil
 	}
 	if err := checkVersions(st, pd); err != nil {
 		return false, r.markStale(ctx, id, err)

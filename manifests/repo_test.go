@@ -220,7 +220,6 @@ func (f *fixture) release(tb testing.TB, path string, content []byte) {
 	}
 }
 
-
 // TestGoldenMetadata pins the shape of everything the repository
 // publishes (fields, key ids, hashes, versions, expiries, signatures),
 // with a fixed clock and deterministic keys. Run with -update to accept a
@@ -305,7 +304,6 @@ func mustFile(tb testing.TB, f *fixture, name string) []byte {
 	}
 	return file.Data
 }
-
 
 func hexSHA(b []byte) string {
 	h := sha256.Sum256(b)

@@ -72,7 +72,20 @@ func TestAcknowledgedReportsSurviveSIGKILL(t *testing.T) {
 				}
 			})
 		}
-		time.Sleep(time.Duration(20+rand.IntN(180)) * time.Millisecond)
+		// Kill at a random moment once reports are flowing: waiting for
+		// the first acknowledgement keeps a slow start from leaving the
+		// round with nothing to check.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			mu.Lock()
+			n := len(acked)
+			mu.Unlock()
+			if n > 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(time.Duration(rand.IntN(150)) * time.Millisecond)
 		p.kill()
 		close(stop)
 		wg.Wait()
