@@ -82,6 +82,9 @@ if grep -q 'run ./scripts/test.sh' "$work/go-test.log"; then
   exit 1
 fi
 
+log "the README walkthrough, end to end"
+scripts/walkthrough.sh 2>&1 | grep -v '^time='
+
 log "fuzzing the parsers of untrusted input (handset bodies, key files, signatures)"
 fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "$3" "$2" 2>&1 | tail -n 3; }
 fuzz FuzzHandsetBodies ./server/api 20s

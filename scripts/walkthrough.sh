@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The README's walkthrough, run for real: otad on embedded defaults, three
+# release engineers with their own keys, the root ceremony at 2 of 3, a
+# patch uploaded and signed by two of them (one signature alone publishes
+# nothing), handsets that verify and install it with go-tuf, tuf-js that
+# verifies and downloads it, and the fleet summary. Exits non-zero if any
+# step does not do what the README says.
+#
+#   scripts/walkthrough.sh        (scripts/test.sh runs it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+work=$(mktemp -d /tmp/ota-walkthrough.XXXXXX)
+otad_pid=""
+cleanup() {
+  [ -n "$otad_pid" ] && kill "$otad_pid" 2>/dev/null && wait "$otad_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+step() { printf '== walkthrough: %s\n' "$*"; }
+fail() { echo "walkthrough: FAILED: $*" >&2; [ -f "$work/otad.log" ] && tail -20 "$work/otad.log" >&2; exit 1; }
+
+step "building otad, otactl and handset"
+go build -o "$work/bin/" ./cmd/otad ./cmd/otactl ./cmd/handset
+export PATH="$work/bin:$PATH"
+cd "$work"
+
+port=$((20000 + RANDOM % 40000))
+step "starting otad on embedded defaults (127.0.0.1:$port)"
+otad serve --listen "127.0.0.1:$port" --log-format text 2>otad.log &
+otad_pid=$!
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || fail "otad did not become ready"
+
+export OTACTL_SERVER="http://127.0.0.1:$port"
+OTACTL_TOKEN=$(otad token create --name release-team --role release-engineer)
+export OTACTL_TOKEN
+export OTACTL_KEY_PASSPHRASE="walkthrough only: use a real passphrase"
+
+step "three engineers generate keys"
+for e in alice bob carol; do otactl key generate --out "$e.key" >/dev/null; done
+
+step "root ceremony at 2 of 3"
+otactl repo init --root-key alice.key.pub --root-key bob.key.pub --root-key carol.key.pub --root-threshold 2 \
+  --targets-key alice.key.pub --targets-key bob.key.pub --targets-key carol.key.pub --targets-threshold 2 >/dev/null
+otactl repo sign --key alice.key --yes >/dev/null
+otactl repo sign --key bob.key --yes | grep -q "is published" || fail "the ceremony did not publish at 2 of 3"
+curl -fs "$OTACTL_SERVER/tuf/1.root.json" -o root.json || fail "root v1 is not served"
+
+step "a release engineer uploads the patch"
+head -c 3000000 /dev/urandom >update.zip
+otactl release create update.zip --name cloudmsg/CM-2026-001/update.zip --patch-id CM-2026-001 \
+  --model PX-7 --build-min 7.0.0 --build-max 7.4.9 --messaging-default opt-in --number-encryption on 2>/dev/null >release.txt
+id=$(grep -o 'd-[0-9a-f]\{18\}' release.txt | head -1)
+[ -n "$id" ] || fail "release create printed no draft id"
+
+step "one signature publishes nothing"
+otactl release sign "$id" --key alice.key --yes >/dev/null
+otactl status | grep -q "published targets: 0" || fail "a release signed by one engineer of two was published"
+handset --server "$OTACTL_SERVER" --count 1 --model PX-7 --build 7.2.0 --root root.json --poll-scale 0.0001 \
+  --timeout 3s --progress 0 >one-sig.txt 2>&1 && fail "a handset installed a release signed by one engineer"
+grep -q "installed    0" one-sig.txt || fail "handset output after one signature: $(cat one-sig.txt)"
+
+step "the second signature publishes it"
+otactl release sign "$id" --key bob.key --yes | grep -q "is published" || fail "2 of 2 signatures did not publish"
+
+step "handsets verify it with go-tuf, install it and report"
+handset --server "$OTACTL_SERVER" --count 20 --model PX-7 --build 7.2.0 --root root.json --poll-scale 0.0001 \
+  --timeout 60s --progress 0 >handsets.txt 2>&1 || fail "handsets: $(cat handsets.txt)"
+grep -q "installed    20 (compliant: 20" handsets.txt || fail "not all 20 handsets installed: $(cat handsets.txt)"
+
+step "tuf-js verifies and downloads the same patch"
+verify=$(cd - >/dev/null && scripts/tufjs.sh install)
+node "$verify" --metadata-url "$OTACTL_SERVER/tuf/" --targets-url "$OTACTL_SERVER/targets/" --root root.json \
+  --target cloudmsg/CM-2026-001/update.zip --out tufjs.zip --cache tufjs-cache >/dev/null || fail "tuf-js refused the patch"
+cmp -s tufjs.zip update.zip || fail "tuf-js downloaded other bytes"
+
+step "the fleet summary"
+curl -fs -H "Authorization: Bearer $OTACTL_TOKEN" "$OTACTL_SERVER/api/v1/admin/fleet/summary" >summary.json
+grep -q '"patched":20,"compliant":20' summary.json || fail "summary: $(cat summary.json)"
+cat summary.json; echo
+step "passed"
