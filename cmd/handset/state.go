@@ -1,0 +1,158 @@
+package main
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+)
+
+// stateFile is what --state-file keeps between runs: each handset's device
+// key (so it re-enrolls as the same device) and what it runs. It holds
+// private keys: it is written with mode 0600.
+type stateFile struct {
+	Version int           `json:"version"`
+	Server  string        `json:"server,omitempty"`
+	Devices []stateDevice `json:"devices"`
+}
+
+type stateDevice struct {
+	Key              string   `json:"key"` // hex ed25519 seed
+	DeviceID         string   `json:"device_id,omitempty"`
+	InstalledPatches []string `json:"installed_patches"`
+	CloudMessaging   string   `json:"cloud_messaging"`
+	NumberEncryption bool     `json:"number_encryption"`
+}
+
+const (
+	stateVersion = 1
+	maxStateFile = 512 << 20
+)
+
+// loadDevices returns count handsets: those of the state file first, new
+// ones after. extra holds the file's handsets beyond count, written back
+// untouched. fresh reports whether any key was generated.
+func loadDevices(path string, count int) (devs []device, extra []stateDevice, fresh bool, err error) {
+	var sf stateFile
+	if path != "" {
+		f, err := os.Open(path)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			return nil, nil, false, settingError("state-file", unwrapPathError(err))
+		default:
+			data, err := io.ReadAll(io.LimitReader(f, maxStateFile+1))
+			f.Close()
+			if err != nil {
+				return nil, nil, false, settingError("state-file", err)
+			}
+			if len(data) > maxStateFile {
+				return nil, nil, false, settingError("state-file", fmt.Errorf("%s: larger than %d bytes", path, maxStateFile))
+			}
+			if err := json.Unmarshal(data, &sf); err != nil {
+				return nil, nil, false, settingError("state-file", fmt.Errorf("%s: %w", path, err))
+			}
+			if sf.Version != stateVersion {
+				return nil, nil, false, settingError("state-file", fmt.Errorf("%s: version %d, want %d", path, sf.Version, stateVersion))
+			}
+		}
+	}
+	devs = make([]device, count)
+	for i := range devs {
+		if i >= len(sf.Devices) {
+			devs[i] = newDevice()
+			fresh = true
+			continue
+		}
+		d, err := sf.Devices[i].device()
+		if err != nil {
+			return nil, nil, false, settingError("state-file", fmt.Errorf("%s: device %d: %w", path, i+1, err))
+		}
+		devs[i] = d
+	}
+	if len(sf.Devices) > count {
+		extra = sf.Devices[count:]
+	}
+	return devs, extra, fresh, nil
+}
+
+func (sd *stateDevice) device() (device, error) {
+	d := newDevice()
+	seed, err := hex.DecodeString(sd.Key)
+	if err != nil || len(seed) != len(d.seed) {
+		return d, errors.New("key: want 64 hex digits (an ed25519 seed)")
+	}
+	copy(d.seed[:], seed)
+	m, ok := parseMessaging(sd.CloudMessaging)
+	if !ok {
+		return d, fmt.Errorf("cloud_messaging %q: want opted_in, opted_out or auto_enabled", sd.CloudMessaging)
+	}
+	for _, p := range sd.InstalledPatches {
+		if !codePattern.MatchString(p) {
+			return d, fmt.Errorf("installed_patches: %q is not a patch id", p)
+		}
+	}
+	if len(sd.InstalledPatches) > 0 {
+		d.installed = slices.Compact(slices.Sorted(slices.Values(sd.InstalledPatches)))
+	}
+	d.id, d.messaging, d.numberEnc = sd.DeviceID, m, sd.NumberEncryption
+	return d, nil
+}
+
+// saveDevices writes the state file atomically: a crash leaves the old
+// file or the new one, never half of one.
+func saveDevices(path, server string, devs []device, extra []stateDevice) error {
+	sf := stateFile{Version: stateVersion, Server: server, Devices: make([]stateDevice, 0, len(devs)+len(extra))}
+	for i := range devs {
+		d := &devs[i]
+		patches := d.installed
+		if patches == nil {
+			patches = []string{}
+		}
+		sf.Devices = append(sf.Devices, stateDevice{Key: hex.EncodeToString(d.seed[:]), DeviceID: d.id,
+			InstalledPatches: patches, CloudMessaging: messagingNames[d.messaging], NumberEncryption: d.numberEnc})
+	}
+	sf.Devices = append(sf.Devices, extra...)
+	data, err := json.MarshalIndent(sf, "", " ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".handset-state-*")
+	if err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("state file: %w", err)
+	}
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("state file: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("state file: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	return nil
+}
+
+// unwrapPathError keeps the cause ("permission denied") and drops the
+// repeated path.
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s: %w", pe.Path, pe.Err)
+	}
+	return err
+}
