@@ -241,3 +241,22 @@ func TestMetrics(t *testing.T) {
 		t.Error("unmatched paths leaked into metric labels")
 	}
 }
+
+func TestClientCanceledIsNotAServerError(t *testing.T) {
+	s, logs := newTestServer(t, Config{})
+	s.Echo().GET("/slow", func(c echo.Context) error {
+		<-c.Request().Context().Done()
+		return fmt.Errorf("query: %w", c.Request().Context().Err())
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	req := httptest.NewRequest(http.MethodGet, "/slow", nil).WithContext(ctx)
+	cancel()
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, req)
+	if rec.Code != 499 {
+		t.Errorf("got %d, want 499", rec.Code)
+	}
+	if strings.Contains(logs.String(), `"level":"ERROR"`) {
+		t.Errorf("a request the client canceled was logged as an error: %s", logs)
+	}
+}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -26,6 +27,10 @@ type ErrorDetail struct {
 	// Field names the request field at fault, for validation errors.
 	Field string `json:"field,omitempty"`
 }
+
+// statusClientClosed is logged and counted for requests the client
+// abandoned.
+const statusClientClosed = 499
 
 // codes maps the domain sentinels to a status and a JSON code. It is the
 // only such table: handlers return errors, never write error responses.
@@ -75,6 +80,11 @@ var httpCodes = map[int]string{
 func errorResponse(err error) (int, ErrorBody, bool) {
 	if fe := new(server.FieldError); errors.As(err, &fe) {
 		return http.StatusBadRequest, ErrorBody{ErrorDetail{"invalid", fe.Error(), fe.Field}}, false
+	}
+	if errors.Is(err, context.Canceled) {
+		// The client went away; nobody reads this answer, and it is no
+		// server error. 499 is nginx's "client closed request".
+		return statusClientClosed, ErrorBody{ErrorDetail{Code: "canceled", Message: "request canceled by the client"}}, false
 	}
 	if rle := new(server.RateLimitError); errors.As(err, &rle) {
 		return http.StatusTooManyRequests, ErrorBody{ErrorDetail{Code: "rate_limited", Message: rle.Error()}}, false
