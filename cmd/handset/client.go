@@ -257,12 +257,6 @@ type enrollAnswer struct {
 	PollAfterSeconds float64 `json:"poll_after_seconds"`
 }
 
-// enrollMessage is what a handset signs with its device key to enroll;
-// it must equal server.EnrollMessage (a test checks).
-func enrollMessage(deviceKeyHex string, ts time.Time) []byte {
-	return []byte("otad-enroll-v1:" + deviceKeyHex + ":" + ts.UTC().Format(time.RFC3339))
-}
-
 // enroll returns the answer and whether the device is new (201) rather
 // than re-enrolled (200).
 func (c *apiClient) enroll(ctx context.Context, b enrollBody) (*enrollAnswer, bool, error) {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/patchfleet/ota/server"
 )
 
 // Messaging states of the cloud-messaging service, as check-ins report them.
@@ -158,7 +160,7 @@ func (s *sim) enroll(ctx context.Context, d *device) (time.Time, bool) {
 		Model: s.cfg.Model, Build: s.cfg.Build, Channel: s.cfg.Channel, Region: s.cfg.Region,
 		EnrollmentSecret: s.cfg.EnrollmentSecret,
 		DeviceKey:        pub,
-		Signature:        hex.EncodeToString(ed25519.Sign(key, enrollMessage(pub, ts))),
+		Signature:        hex.EncodeToString(ed25519.Sign(key, server.EnrollMessage(pub, ts))),
 		Timestamp:        ts.Format(time.RFC3339),
 	})
 	if err != nil {

@@ -19,6 +19,8 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
+
+	"github.com/patchfleet/ota/server"
 )
 
 // Error codes the handset reports for failures it finds itself.
@@ -162,9 +164,9 @@ func (t *targetCustom) notFor(model, build string) string {
 	switch {
 	case len(t.Models) > 0 && !slices.Contains(t.Models, model):
 		return fmt.Sprintf("patch %s is for models %s, not %s", t.PatchID, strings.Join(t.Models, ","), model)
-	case t.BuildMin != "" && compareBuilds(build, t.BuildMin) < 0:
+	case t.BuildMin != "" && server.CompareBuilds(build, t.BuildMin) < 0:
 		return fmt.Sprintf("patch %s needs build %s or later, this is %s", t.PatchID, t.BuildMin, build)
-	case t.BuildMax != "" && compareBuilds(build, t.BuildMax) > 0:
+	case t.BuildMax != "" && server.CompareBuilds(build, t.BuildMax) > 0:
 		return fmt.Sprintf("patch %s is for builds up to %s, this is %s", t.PatchID, t.BuildMax, build)
 	}
 	return ""
@@ -366,59 +368,4 @@ func (v *tufView) download(ctx context.Context, s *tufSource, info *metadata.Tar
 	case <-ctx.Done():
 		return &verifyError{code: codeDownload, transient: true, err: ctx.Err()}
 	}
-}
-
-// compareBuilds orders build strings as the server does: dot, dash, plus
-// and underscore separated segments, numbers by value, text as text,
-// numbers before text ("7.10.0" > "7.9.1").
-func compareBuilds(a, b string) int {
-	split := func(s string) []string {
-		return strings.FieldsFunc(s, func(r rune) bool { return r == '.' || r == '-' || r == '+' || r == '_' })
-	}
-	as, bs := split(a), split(b)
-	for i := range min(len(as), len(bs)) {
-		an, aok := buildNumber(as[i])
-		bn, bok := buildNumber(bs[i])
-		var c int
-		switch {
-		case aok && bok:
-			c = cmpUint(an, bn)
-		case aok:
-			c = -1
-		case bok:
-			c = 1
-		default:
-			c = strings.Compare(as[i], bs[i])
-		}
-		if c != 0 {
-			return c
-		}
-	}
-	return len(as) - len(bs)
-}
-
-// buildNumber reads a numeric segment of at most 18 digits, as the
-// server does; longer ones compare as text.
-func buildNumber(s string) (uint64, bool) {
-	if s == "" || len(s) > 18 {
-		return 0, false
-	}
-	var n uint64
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + uint64(c-'0')
-	}
-	return n, true
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

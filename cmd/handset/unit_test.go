@@ -6,38 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/patchfleet/ota/server"
 )
-
-// TestEnrollMessageMatchesServer keeps the handset's copy of the signed
-// enrollment message in step with the server's.
-func TestEnrollMessageMatchesServer(t *testing.T) {
-	ts := time.Date(2026, 3, 1, 12, 30, 45, 0, time.FixedZone("CET", 3600))
-	key := strings.Repeat("ab", 32)
-	if got, want := string(enrollMessage(key, ts)), string(server.EnrollMessage(key, ts)); got != want {
-		t.Fatalf("got %q, want %q", got, want)
-	}
-}
-
-func TestCompareBuildsMatchesServer(t *testing.T) {
-	pairs := [][2]string{{"7.10.0", "7.9.1"}, {"7.0.0", "7.0.0"}, {"7.0", "7.0.0"}, {"7.beta", "7.1"},
-		{"7.4.9", "7.4.10"}, {"1.2.3-rc1", "1.2.3"}, {"7.0.0+b2", "7.0.0+b10"}, {"1234567890123456789", "9"}, {"a", "b"}}
-	sign := func(n int) int {
-		switch {
-		case n < 0:
-			return -1
-		case n > 0:
-			return 1
-		}
-		return 0
-	}
-	for _, p := range pairs {
-		if got, want := sign(compareBuilds(p[0], p[1])), sign(server.CompareBuilds(p[0], p[1])); got != want {
-			t.Errorf("compareBuilds(%q, %q) = %d, server says %d", p[0], p[1], got, want)
-		}
-	}
-}
 
 func TestParseRetryAfter(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
