@@ -2,13 +2,13 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"net/url"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/patchfleet/ota/internal/envflag"
 )
 
 // Config is everything handset reads from flags and the environment.
@@ -61,37 +61,37 @@ const (
 	maxConcurrency = 10_000
 )
 
-func (c *Config) register(fs *flagSet) {
-	fs.stringVar(&c.Server, "server", c.Server, "base URL of the otad server, e.g. http://127.0.0.1:8080 (required); the only host contacted", "HANDSET_SERVER")
-	fs.intVar(&c.Count, "count", c.Count, "number of handsets to simulate", "HANDSET_COUNT")
-	fs.stringVar(&c.Model, "model", c.Model, "device model every handset reports, e.g. PX-7 (required)", "HANDSET_MODEL")
-	fs.stringVar(&c.Build, "build", c.Build, "firmware build every handset starts on, e.g. 7.2.1 (required)", "HANDSET_BUILD")
-	fs.stringVar(&c.Channel, "channel", c.Channel, "update channel", "HANDSET_CHANNEL")
-	fs.stringVar(&c.Region, "region", c.Region, "ISO 3166-1 alpha-2 region, e.g. DE (optional)", "HANDSET_REGION")
-	fs.stringVar(&c.EnrollmentSecret, "enrollment-secret", c.EnrollmentSecret,
+func (c *Config) register(fs *envflag.FlagSet) {
+	fs.StringEnv(&c.Server, "server", c.Server, "base URL of the otad server, e.g. http://127.0.0.1:8080 (required); the only host contacted", "HANDSET_SERVER")
+	fs.IntEnv(&c.Count, "count", c.Count, "number of handsets to simulate", "HANDSET_COUNT")
+	fs.StringEnv(&c.Model, "model", c.Model, "device model every handset reports, e.g. PX-7 (required)", "HANDSET_MODEL")
+	fs.StringEnv(&c.Build, "build", c.Build, "firmware build every handset starts on, e.g. 7.2.1 (required)", "HANDSET_BUILD")
+	fs.StringEnv(&c.Channel, "channel", c.Channel, "update channel", "HANDSET_CHANNEL")
+	fs.StringEnv(&c.Region, "region", c.Region, "ISO 3166-1 alpha-2 region, e.g. DE (optional)", "HANDSET_REGION")
+	fs.StringEnv(&c.EnrollmentSecret, "enrollment-secret", c.EnrollmentSecret,
 		"fleet enrollment secret, when the server requires one; prefer the environment, flags show up in ps", "HANDSET_ENROLLMENT_SECRET")
-	fs.float64Var(&c.FailRate, "fail-rate", c.FailRate, "probability (0 to 1) that an install fails after a verified download", "HANDSET_FAIL_RATE")
-	fs.stringVar(&c.FailCodes, "fail-codes", c.FailCodes, "comma-separated error codes a failed install reports, picked at random", "HANDSET_FAIL_CODES")
-	fs.float64Var(&c.PollScale, "poll-scale", c.PollScale,
+	fs.Float64Env(&c.FailRate, "fail-rate", c.FailRate, "probability (0 to 1) that an install fails after a verified download", "HANDSET_FAIL_RATE")
+	fs.StringEnv(&c.FailCodes, "fail-codes", c.FailCodes, "comma-separated error codes a failed install reports, picked at random", "HANDSET_FAIL_CODES")
+	fs.Float64Env(&c.PollScale, "poll-scale", c.PollScale,
 		"multiplies the server's poll_after_seconds, e.g. 0.001 so a demo does not wait an hour", "HANDSET_POLL_SCALE")
-	fs.durationVar(&c.Duration, "duration", c.Duration,
+	fs.DurationEnv(&c.Duration, "duration", c.Duration,
 		"load generator mode: after enrolling, check in as fast as --concurrency allows for this long and print throughput and latency", "HANDSET_DURATION")
-	fs.intVar(&c.Concurrency, "concurrency", c.Concurrency, "most requests in flight at once, over all handsets", "HANDSET_CONCURRENCY")
-	fs.durationVar(&c.Timeout, "timeout", c.Timeout,
+	fs.IntEnv(&c.Concurrency, "concurrency", c.Concurrency, "most requests in flight at once, over all handsets", "HANDSET_CONCURRENCY")
+	fs.DurationEnv(&c.Timeout, "timeout", c.Timeout,
 		"give up when the handsets have not all installed or failed by then (and bounds enrollment in load mode)", "HANDSET_TIMEOUT")
-	fs.durationVar(&c.RequestTimeout, "request-timeout", c.RequestTimeout, "time limit of one API request", "HANDSET_REQUEST_TIMEOUT")
-	fs.durationVar(&c.DownloadTimeout, "download-timeout", c.DownloadTimeout, "time limit of one TUF metadata or artifact download", "HANDSET_DOWNLOAD_TIMEOUT")
-	fs.durationVar(&c.TUFMaxAge, "tuf-max-age", c.TUFMaxAge,
+	fs.DurationEnv(&c.RequestTimeout, "request-timeout", c.RequestTimeout, "time limit of one API request", "HANDSET_REQUEST_TIMEOUT")
+	fs.DurationEnv(&c.DownloadTimeout, "download-timeout", c.DownloadTimeout, "time limit of one TUF metadata or artifact download", "HANDSET_DOWNLOAD_TIMEOUT")
+	fs.DurationEnv(&c.TUFMaxAge, "tuf-max-age", c.TUFMaxAge,
 		"how long handsets share one refreshed TUF view before the next offer refreshes it", "HANDSET_TUF_MAX_AGE")
-	fs.durationVar(&c.Progress, "progress", c.Progress, "print a progress line to stderr this often; 0 turns it off", "HANDSET_PROGRESS")
-	fs.stringVar(&c.Root, "root", c.Root,
+	fs.DurationEnv(&c.Progress, "progress", c.Progress, "print a progress line to stderr this often; 0 turns it off", "HANDSET_PROGRESS")
+	fs.StringEnv(&c.Root, "root", c.Root,
 		"trusted TUF root.json, as shipped in firmware; without it root v1 is fetched from the server once (trust on first use)", "HANDSET_ROOT")
-	fs.stringVar(&c.StateFile, "state-file", c.StateFile,
+	fs.StringEnv(&c.StateFile, "state-file", c.StateFile,
 		"keeps the handsets' device keys and state (mode 0600) so that a re-run re-enrolls the same devices", "HANDSET_STATE_FILE")
-	fs.stringVar(&c.AllowHosts, "allow-hosts", c.AllowHosts,
+	fs.StringEnv(&c.AllowHosts, "allow-hosts", c.AllowHosts,
 		"comma-separated host[:port]s besides --server that offers and redirects may point at (a CDN, presigned storage)", "HANDSET_ALLOW_HOSTS")
-	fs.boolVar(&c.Erase, "erase", c.Erase, "at the end, erase every simulated device from the server (DELETE /api/v1/devices/self)", "HANDSET_ERASE")
-	fs.boolVar(&c.JSON, "json", c.JSON, "print the result as one JSON object", "HANDSET_JSON")
+	fs.BoolEnv(&c.Erase, "erase", c.Erase, "at the end, erase every simulated device from the server (DELETE /api/v1/devices/self)", "HANDSET_ERASE")
+	fs.BoolEnv(&c.JSON, "json", c.JSON, "print the result as one JSON object", "HANDSET_JSON")
 }
 
 // Patterns of the fields the server validates: refusing them here gives
@@ -179,83 +179,13 @@ func envName(flag string) string {
 }
 
 func settingError(flag string, err error) error {
-	return &configError{Flag: flag, Env: envName(flag), Err: err}
+	return &envflag.Error{Flag: flag, Env: envName(flag), Err: err}
 }
 
-// flagSet is a flag.FlagSet whose flags can also be set from environment
-// variables; the command line wins over the environment.
-type flagSet struct {
-	*flag.FlagSet
-	env map[string][]string // flag name -> env var names
-}
-
-func newFlagSet(name, synopsis string, out io.Writer) *flagSet {
-	fs := &flagSet{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), env: map[string][]string{}}
-	fs.SetOutput(out)
-	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: %s\n\n%s\n\nFlags (the command line wins over the environment variables named):\n", name, synopsis)
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-func (fs *flagSet) bind(name string, env []string) {
-	fs.env[name] = env
-}
-
-func withEnv(usage string, env []string) string {
-	if len(env) == 0 {
-		return usage
-	}
-	return usage + " (env " + strings.Join(env, ", ") + ")"
-}
-
-func (fs *flagSet) stringVar(p *string, name, def, usage string, env ...string) {
-	fs.StringVar(p, name, def, withEnv(usage, env))
-	fs.bind(name, env)
-}
-
-func (fs *flagSet) intVar(p *int, name string, def int, usage string, env ...string) {
-	fs.IntVar(p, name, def, withEnv(usage, env))
-	fs.bind(name, env)
-}
-
-func (fs *flagSet) float64Var(p *float64, name string, def float64, usage string, env ...string) {
-	fs.Float64Var(p, name, def, withEnv(usage, env))
-	fs.bind(name, env)
-}
-
-func (fs *flagSet) durationVar(p *time.Duration, name string, def time.Duration, usage string, env ...string) {
-	fs.DurationVar(p, name, def, withEnv(usage, env))
-	fs.bind(name, env)
-}
-
-func (fs *flagSet) boolVar(p *bool, name string, def bool, usage string, env ...string) {
-	fs.BoolVar(p, name, def, withEnv(usage, env))
-	fs.bind(name, env)
-}
-
-// parse applies the environment, then the command line. A malformed
-// environment value is an error naming the variable.
-func (fs *flagSet) parse(args []string, getenv func(string) string) error {
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		for _, name := range fs.env[f.Name] {
-			v := getenv(name)
-			if v == "" {
-				continue
-			}
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, &configError{Flag: f.Name, Env: name, FromEnv: true,
-					Err: fmt.Errorf("invalid value %q: %w", v, err)})
-			}
-			return
-		}
-	})
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	if err := fs.Parse(args); err != nil {
+// parseFlags applies the environment, then the command line; handset
+// takes no positional arguments.
+func parseFlags(fs *envflag.FlagSet, args []string, getenv func(string) string) error {
+	if err := fs.ParseEnv(args, getenv); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -263,25 +193,3 @@ func (fs *flagSet) parse(args []string, getenv func(string) string) error {
 	}
 	return nil
 }
-
-// configError names the setting that is wrong, so that handset can exit
-// with one line that tells the operator what to fix.
-type configError struct {
-	Flag    string // without dashes
-	Env     string // its main environment variable
-	FromEnv bool   // the bad value came from Env, not the command line
-	Err     error
-}
-
-func (e *configError) Error() string {
-	switch {
-	case e.FromEnv:
-		return fmt.Sprintf("%s (sets --%s): %v", e.Env, e.Flag, e.Err)
-	case e.Env != "":
-		return fmt.Sprintf("--%s / %s: %v", e.Flag, e.Env, e.Err)
-	default:
-		return fmt.Sprintf("--%s: %v", e.Flag, e.Err)
-	}
-}
-
-func (e *configError) Unwrap() error { return e.Err }

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata/trustedmetadata"
+
+	"github.com/patchfleet/ota/internal/envflag"
 )
 
 const synopsis = `Simulates handsets against an otad server. Each handset has its own ed25519
@@ -59,9 +61,9 @@ func main() {
 // arguments, environment and output. Errors end as one line on stderr.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	cfg := defaultConfig()
-	fs := newFlagSet("handset --server URL --count N --model M --build B [flags]", synopsis, stderr)
+	fs := envflag.New("handset --server URL --count N --model M --build B [flags]", synopsis, stderr)
 	cfg.register(fs)
-	err := fs.parse(args, getenv)
+	err := parseFlags(fs, args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
@@ -74,7 +76,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if err := simulate(ctx, cfg, stdout, stderr); err != nil {
 		fmt.Fprintf(stderr, "handset: %s\n", oneLine(err.Error()))
-		var ce *configError
+		var ce *envflag.Error
 		if errors.As(err, &ce) {
 			return exitConfig
 		}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/patchfleet/ota/internal/envflag"
 )
 
 func TestParseRetryAfter(t *testing.T) {
@@ -157,10 +159,10 @@ func TestFlags(t *testing.T) {
 	})
 	t.Run("env sets flags", func(t *testing.T) {
 		var cfg Config = defaultConfig()
-		fs := newFlagSet("x", "", &strings.Builder{})
+		fs := envflag.New("x", "", &strings.Builder{})
 		cfg.register(fs)
 		env := map[string]string{"HANDSET_COUNT": "7", "HANDSET_SERVER": "http://a"}
-		if err := fs.parse([]string{"--count", "9"}, func(k string) string { return env[k] }); err != nil {
+		if err := parseFlags(fs, []string{"--count", "9"}, func(k string) string { return env[k] }); err != nil {
 			t.Fatal(err)
 		}
 		if cfg.Count != 9 || cfg.Server != "http://a" {

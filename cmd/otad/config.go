@@ -13,6 +13,8 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/s3store"
+
+	"github.com/patchfleet/ota/internal/envflag"
 )
 
 // Config is everything otad reads from flags and the environment.
@@ -85,7 +87,7 @@ func defaultConfig() Config {
 }
 
 // Primary environment variable of each flag that can fail after parsing;
-// configError names it beside the flag.
+// envflag.Error names it beside the flag.
 var envOf = map[string]string{
 	"listen":       "OTAD_LISTEN",
 	"data-dir":     "OTAD_DATA_DIR",
@@ -100,73 +102,73 @@ var envOf = map[string]string{
 }
 
 func settingError(flag string, err error) error {
-	return &configError{Flag: flag, Env: envOf[flag], Err: err}
+	return &envflag.Error{Flag: flag, Env: envOf[flag], Err: err}
 }
 
 // registerCommon adds the flags every subcommand that touches the database
 // needs.
-func (c *Config) registerCommon(fs *flagSet) {
-	fs.stringVar(&c.DataDir, "data-dir", c.DataDir,
+func (c *Config) registerCommon(fs *envflag.FlagSet) {
+	fs.StringEnv(&c.DataDir, "data-dir", c.DataDir,
 		"folder for the embedded SQLite database, the filesystem blob store and local state", "OTAD_DATA_DIR")
-	fs.stringVar(&c.Database, "database", c.Database,
+	fs.StringEnv(&c.Database, "database", c.Database,
 		"database: postgres://user:pass@host:5432/db?sslmode=... for PostgreSQL, or sqlite:PATH; empty means SQLite at DATA-DIR/otad.db", "OTAD_DATABASE")
-	fs.stringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error", "OTAD_LOG_LEVEL")
-	fs.stringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: json or text", "OTAD_LOG_FORMAT")
-	fs.durationVar(&c.StartupTimeout, "startup-timeout", c.StartupTimeout,
+	fs.StringEnv(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error", "OTAD_LOG_LEVEL")
+	fs.StringEnv(&c.LogFormat, "log-format", c.LogFormat, "log format: json or text", "OTAD_LOG_FORMAT")
+	fs.DurationEnv(&c.StartupTimeout, "startup-timeout", c.StartupTimeout,
 		"how long to wait for the database and storage at start before giving up", "OTAD_STARTUP_TIMEOUT")
 }
 
 // registerServe adds the flags of "otad serve".
-func (c *Config) registerServe(fs *flagSet) {
+func (c *Config) registerServe(fs *envflag.FlagSet) {
 	c.registerCommon(fs)
-	fs.stringVar(&c.Listen, "listen", c.Listen, "address to serve HTTP on; use :8080 to accept handsets from other hosts", "OTAD_LISTEN")
-	fs.stringVar(&c.Storage, "storage", c.Storage,
+	fs.StringEnv(&c.Listen, "listen", c.Listen, "address to serve HTTP on; use :8080 to accept handsets from other hosts", "OTAD_LISTEN")
+	fs.StringEnv(&c.Storage, "storage", c.Storage,
 		"blob storage: s3://bucket/prefix for S3-compatible storage, or a folder path (file:///path also accepted); empty means DATA-DIR/blobs", "OTAD_STORAGE")
-	fs.stringVar(&c.S3Endpoint, "s3-endpoint", c.S3Endpoint,
+	fs.StringEnv(&c.S3Endpoint, "s3-endpoint", c.S3Endpoint,
 		"S3 endpoint URL; http:// turns TLS off (MinIO on loopback), https:// or a bare host:port keeps it on",
 		"OTAD_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MINIO_ENDPOINT")
-	fs.stringVar(&c.S3Region, "s3-region", c.S3Region, "S3 region (empty lets the client discover it)",
+	fs.StringEnv(&c.S3Region, "s3-region", c.S3Region, "S3 region (empty lets the client discover it)",
 		"OTAD_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION", "MINIO_REGION")
-	fs.stringVar(&c.S3AccessKey, "s3-access-key", c.S3AccessKey, "S3 access key id",
+	fs.StringEnv(&c.S3AccessKey, "s3-access-key", c.S3AccessKey, "S3 access key id",
 		"OTAD_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MINIO_ACCESS_KEY", "MINIO_ROOT_USER")
-	fs.stringVar(&c.S3SecretKey, "s3-secret-key", c.S3SecretKey, "S3 secret key; prefer the environment, flags show up in ps",
+	fs.StringEnv(&c.S3SecretKey, "s3-secret-key", c.S3SecretKey, "S3 secret key; prefer the environment, flags show up in ps",
 		"OTAD_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_ROOT_PASSWORD")
-	fs.durationVar(&c.ReadTimeout, "read-timeout", c.ReadTimeout, "longest time to read a request, body included", "OTAD_READ_TIMEOUT")
-	fs.durationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "longest time to write a response", "OTAD_WRITE_TIMEOUT")
-	fs.durationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "how long an idle keep-alive connection stays open", "OTAD_IDLE_TIMEOUT")
-	fs.durationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout,
+	fs.DurationEnv(&c.ReadTimeout, "read-timeout", c.ReadTimeout, "longest time to read a request, body included", "OTAD_READ_TIMEOUT")
+	fs.DurationEnv(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "longest time to write a response", "OTAD_WRITE_TIMEOUT")
+	fs.DurationEnv(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "how long an idle keep-alive connection stays open", "OTAD_IDLE_TIMEOUT")
+	fs.DurationEnv(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout,
 		"on SIGTERM or SIGINT, how long in-flight requests may take to finish", "OTAD_SHUTDOWN_TIMEOUT")
-	fs.int64Var(&c.MaxBody, "max-body", c.MaxBody, "largest request body in bytes for API calls (uploads have their own limit)", "OTAD_MAX_BODY")
+	fs.Int64Env(&c.MaxBody, "max-body", c.MaxBody, "largest request body in bytes for API calls (uploads have their own limit)", "OTAD_MAX_BODY")
 	c.registerTUF(fs)
 	c.registerHandset(fs)
 }
 
 // registerHandset adds the handset API flags.
-func (c *Config) registerHandset(fs *flagSet) {
-	fs.stringVar(&c.PublicURL, "public-url", c.PublicURL,
+func (c *Config) registerHandset(fs *envflag.FlagSet) {
+	fs.StringEnv(&c.PublicURL, "public-url", c.PublicURL,
 		"base URL handsets reach this server at (behind a load balancer or CDN); empty uses each request's host", "OTAD_PUBLIC_URL")
-	fs.stringVar(&c.EnrollmentSecret, "enrollment-secret", c.EnrollmentSecret,
+	fs.StringEnv(&c.EnrollmentSecret, "enrollment-secret", c.EnrollmentSecret,
 		"fleet enrollment secret handsets must present; empty lets any handset enroll (demo). Prefer the environment", "OTAD_ENROLLMENT_SECRET")
-	fs.durationVar(&c.PollInterval, "poll-interval", c.PollInterval, "mean time between handset check-ins (answers are jittered by ±10%)", "OTAD_POLL_INTERVAL")
-	fs.durationVar(&c.ReportRetention, "report-retention", c.ReportRetention, "how long install reports are kept before a background job deletes them", "OTAD_REPORT_RETENTION")
-	fs.float64Var(&c.CheckInsPerMinute, "checkin-rate", c.CheckInsPerMinute, "check-ins a device may make per minute (burst 10); 0 disables the limit", "OTAD_CHECKIN_RATE")
-	fs.float64Var(&c.ReportsPerMinute, "report-rate", c.ReportsPerMinute, "reports a device may send per minute (burst 60); 0 disables the limit", "OTAD_REPORT_RATE")
+	fs.DurationEnv(&c.PollInterval, "poll-interval", c.PollInterval, "mean time between handset check-ins (answers are jittered by ±10%)", "OTAD_POLL_INTERVAL")
+	fs.DurationEnv(&c.ReportRetention, "report-retention", c.ReportRetention, "how long install reports are kept before a background job deletes them", "OTAD_REPORT_RETENTION")
+	fs.Float64Env(&c.CheckInsPerMinute, "checkin-rate", c.CheckInsPerMinute, "check-ins a device may make per minute (burst 10); 0 disables the limit", "OTAD_CHECKIN_RATE")
+	fs.Float64Env(&c.ReportsPerMinute, "report-rate", c.ReportsPerMinute, "reports a device may send per minute (burst 60); 0 disables the limit", "OTAD_REPORT_RATE")
 }
 
 // registerTUF adds the repository flags.
-func (c *Config) registerTUF(fs *flagSet) {
-	fs.stringVar(&c.OnlineKey, "online-key", c.OnlineKey,
+func (c *Config) registerTUF(fs *envflag.FlagSet) {
+	fs.StringEnv(&c.OnlineKey, "online-key", c.OnlineKey,
 		"the server's timestamp/snapshot signing key file; empty means DATA-DIR/online-key.json, generated on first start. Replicas must share one key", "OTAD_ONLINE_KEY")
-	fs.durationVar(&c.Expiry.Root, "root-expiry", c.Expiry.Root, "validity of root metadata drafted by the server", "OTAD_ROOT_EXPIRY")
-	fs.durationVar(&c.Expiry.Targets, "targets-expiry", c.Expiry.Targets, "validity of targets metadata drafted by the server", "OTAD_TARGETS_EXPIRY")
-	fs.durationVar(&c.Expiry.Snapshot, "snapshot-expiry", c.Expiry.Snapshot, "validity of snapshot metadata; re-signed when half is left", "OTAD_SNAPSHOT_EXPIRY")
-	fs.durationVar(&c.Expiry.Timestamp, "timestamp-expiry", c.Expiry.Timestamp, "validity of timestamp metadata; re-signed when half is left", "OTAD_TIMESTAMP_EXPIRY")
-	fs.durationVar(&c.RefreshInterval, "refresh-interval", c.RefreshInterval,
+	fs.DurationEnv(&c.Expiry.Root, "root-expiry", c.Expiry.Root, "validity of root metadata drafted by the server", "OTAD_ROOT_EXPIRY")
+	fs.DurationEnv(&c.Expiry.Targets, "targets-expiry", c.Expiry.Targets, "validity of targets metadata drafted by the server", "OTAD_TARGETS_EXPIRY")
+	fs.DurationEnv(&c.Expiry.Snapshot, "snapshot-expiry", c.Expiry.Snapshot, "validity of snapshot metadata; re-signed when half is left", "OTAD_SNAPSHOT_EXPIRY")
+	fs.DurationEnv(&c.Expiry.Timestamp, "timestamp-expiry", c.Expiry.Timestamp, "validity of timestamp metadata; re-signed when half is left", "OTAD_TIMESTAMP_EXPIRY")
+	fs.DurationEnv(&c.RefreshInterval, "refresh-interval", c.RefreshInterval,
 		"how often to pick up what other replicas published and check expiries", "OTAD_REFRESH_INTERVAL")
-	fs.boolVar(&c.TargetsRedirect, "targets-redirect", c.TargetsRedirect,
+	fs.BoolEnv(&c.TargetsRedirect, "targets-redirect", c.TargetsRedirect,
 		"answer artifact downloads with a redirect to a presigned S3 URL instead of streaming them through otad", "OTAD_TARGETS_REDIRECT")
-	fs.durationVar(&c.PresignTTL, "presign-ttl", c.PresignTTL, "validity of presigned artifact URLs", "OTAD_PRESIGN_TTL")
-	fs.int64Var(&c.MaxArtifactSize, "max-artifact-size", c.MaxArtifactSize, "largest artifact upload in bytes", "OTAD_MAX_ARTIFACT_SIZE")
+	fs.DurationEnv(&c.PresignTTL, "presign-ttl", c.PresignTTL, "validity of presigned artifact URLs", "OTAD_PRESIGN_TTL")
+	fs.Int64Env(&c.MaxArtifactSize, "max-artifact-size", c.MaxArtifactSize, "largest artifact upload in bytes", "OTAD_MAX_ARTIFACT_SIZE")
 }
 
 // Validate checks what can be checked without touching the network or the

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+
+	"github.com/patchfleet/ota/internal/envflag"
 )
 
 const usage = `otad is the OTA update server: it serves TUF-signed update manifests and
@@ -79,7 +81,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "otad: %s\n", oneLine(err.Error()))
-		var ce *configError
+		var ce *envflag.Error
 		if errors.As(err, &ce) || isUsageError(err) {
 			return exitConfig
 		}
@@ -106,9 +108,9 @@ func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
 }
 
-func parseFlags(fs *flagSet, args []string, getenv func(string) string) error {
-	err := fs.parse(args, getenv)
-	var ce *configError
+func parseFlags(fs *envflag.FlagSet, args []string, getenv func(string) string) error {
+	err := fs.ParseEnv(args, getenv)
+	var ce *envflag.Error
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp), errors.As(err, &ce):
 		return err
@@ -119,7 +121,7 @@ func parseFlags(fs *flagSet, args []string, getenv func(string) string) error {
 
 func runServe(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
 	cfg := defaultConfig()
-	fs := newFlagSet("otad serve [flags]",
+	fs := envflag.New("otad serve [flags]",
 		"Runs the server. With no configuration it keeps everything under ./otad-data\n(SQLite and a filesystem blob store) and needs no other service.", stderr)
 	cfg.registerServe(fs)
 	if err := parseFlags(fs, args, getenv); err != nil {
@@ -145,7 +147,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 
 func runMigrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cfg := defaultConfig()
-	fs := newFlagSet("otad migrate [flags]",
+	fs := envflag.New("otad migrate [flags]",
 		"Applies pending database migrations and exits. otad serve does the same on start;\nseveral replicas may run it at once on PostgreSQL.", stderr)
 	cfg.registerCommon(fs)
 	if err := parseFlags(fs, args, getenv); err != nil {
@@ -181,7 +183,7 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 	sub := args[0]
 	cfg := defaultConfig()
 	var name, role string
-	fs := newFlagSet("otad token "+sub+" [flags]",
+	fs := envflag.New("otad token "+sub+" [flags]",
 		"Manages admin API tokens. Tokens are shown once at creation; only their hash is stored.\nRoles: release-engineer (ceremony, releases, signing, yanks), viewer (read only).", stderr)
 	cfg.registerCommon(fs)
 	if sub == "create" {
