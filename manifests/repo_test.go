@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -308,4 +309,37 @@ func mustFile(tb testing.TB, f *fixture, name string) []byte {
 func hexSHA(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
+}
+
+// TestExpiryWarnings checks that offline roles close to expiry are flagged
+// (status, log lines, metrics) and online ones are not: those re-sign
+// themselves.
+func TestExpiryWarnings(t *testing.T) {
+	now := fixedNow
+	f := newFixture(t)
+	f.repo, _ = manifests.New(manifests.Config{Blobs: f.blobs, Drafts: newMemDrafts(), Lock: &mutexLock{},
+		Online: seededKey(t, 9).Signer(), Now: func() time.Time { return now }})
+	f.ceremony(t)
+	if w := f.repo.ExpiryWarnings(); len(w) != 0 {
+		t.Fatalf("fresh repository warns: %v", w)
+	}
+	// Targets last 91 days by default: 80 days on, 11 are left.
+	now = fixedNow.Add(80 * 24 * time.Hour)
+	w := f.repo.ExpiryWarnings()
+	if len(w) != 1 || !strings.Contains(w[0], "targets v1 expires") {
+		t.Fatalf("warnings %q, want one about targets", w)
+	}
+	st, err := f.repo.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range st.Roles {
+		if (r.Warning != "") != (r.Role == "targets") {
+			t.Errorf("role %s warning %q", r.Role, r.Warning)
+		}
+	}
+	exp := f.repo.RoleExpiries()
+	if got := exp["targets"]; got < 10*86400 || got > 12*86400 {
+		t.Errorf("targets expires in %.0fs, want about 11 days", got)
+	}
 }

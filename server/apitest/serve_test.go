@@ -121,6 +121,13 @@ func TestMetadataServing(t *testing.T) {
 		t.Errorf("serving 800 metadata requests read the blob store %d times, want 0", n)
 	}
 
+	metrics := request(t, "GET", env.URL+"/metrics", nil)
+	for _, role := range []string{"root", "targets", "snapshot", "timestamp"} {
+		if !bytes.Contains(metrics.body, []byte(`otad_tuf_expiry_seconds{role="`+role+`"}`)) {
+			t.Errorf("/metrics lacks the expiry of %s", role)
+		}
+	}
+
 	targetURL := env.URL + "/targets/" + strings.TrimPrefix(manifests.TargetKey(patchPath, apitest.SHA256Hex(patch)), "targets/")
 	t.Run("artifact", func(t *testing.T) {
 		a := request(t, "GET", targetURL, nil)
