@@ -203,7 +203,9 @@ func TestErrorResponses(t *testing.T) {
 }
 
 func TestRequestID(t *testing.T) {
-	s, logs := newTestServer(t, Config{})
+	var buf bytes.Buffer
+	s := New(Config{Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	logs := &buf
 	rec := do(t, s, http.MethodGet, "/healthz", nil)
 	id := rec.Header().Get(echo.HeaderXRequestID)
 	if len(id) != 24 {
@@ -258,5 +260,21 @@ func TestClientCanceledIsNotAServerError(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), `"level":"ERROR"`) {
 		t.Errorf("a request the client canceled was logged as an error: %s", logs)
+	}
+}
+
+// TestQuietRoutes: successful probes are not logged at info (they come
+// every few seconds); a failing one is.
+func TestQuietRoutes(t *testing.T) {
+	s, logs := newTestServer(t, Config{Checks: []Check{{"database", pingFunc(func(context.Context) error {
+		return errors.New("down")
+	})}}})
+	do(t, s, http.MethodGet, "/healthz", nil)
+	if strings.Contains(logs.String(), `"route":"/healthz"`) {
+		t.Errorf("a successful /healthz was logged at info: %s", logs)
+	}
+	do(t, s, http.MethodGet, "/readyz", nil)
+	if !strings.Contains(logs.String(), `"route":"/readyz"`) {
+		t.Error("a failing /readyz (503) was not logged")
 	}
 }

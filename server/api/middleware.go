@@ -51,6 +51,12 @@ func metricsHandler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 }
 
+// quietRoutes are logged at debug level when they succeed: probes and
+// check-ins arrive thousands of times a minute and say nothing new; their
+// failures, and every other request, are logged at info or above. Metrics
+// count them all.
+var quietRoutes = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true, "/api/v1/checkin": true}
+
 // observe logs and counts every request once it has been answered. It logs
 // no client address and no query string: the server keeps no client IPs,
 // and query strings may carry tokens.
@@ -75,8 +81,11 @@ func observe(log *slog.Logger, m *httpMetrics) echo.MiddlewareFunc {
 			m.duration.WithLabelValues(req.Method, route).Observe(elapsed.Seconds())
 
 			level := slog.LevelInfo
-			if status >= 500 {
+			switch {
+			case status >= 500:
 				level = slog.LevelError
+			case status < 400 && quietRoutes[route]:
+				level = slog.LevelDebug
 			}
 			log.LogAttrs(req.Context(), level, "request",
 				slog.String("request_id", requestID(c)),
