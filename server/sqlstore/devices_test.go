@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/url"
-	"os"
 	"reflect"
 	"slices"
 	"sync"
@@ -24,10 +23,7 @@ import (
 // OTA_TEST_POSTGRES_DSN is set, PostgreSQL, each test on a fresh,
 // migrated database.
 func TestDeviceStore(t *testing.T) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, b backend)
-	}{
+	runStoreSuite(t, []storeCase{
 		{"EnrollCheckIn", testEnrollCheckIn},
 		{"UnknownToken", testUnknownToken},
 		{"ReEnrollSameKey", testReEnrollSameKey},
@@ -44,21 +40,8 @@ func TestDeviceStore(t *testing.T) {
 		{"FleetSummaryEmpty", testFleetSummaryEmpty},
 		{"FleetSummaryPatchIDIsNotAPattern", testFleetSummaryPatchIDIsNotAPattern},
 		{"CheckInOneRoundTrip", testCheckInOneRoundTrip},
-	}
-	for _, b := range backends {
-		t.Run(b.name, func(t *testing.T) {
-			t.Parallel()
-			if b.name == "postgres" && os.Getenv(postgresDSNEnv) == "" {
-				t.Skip(postgresDSNEnv + " not set; run ./scripts/test.sh to run the PostgreSQL tests")
-			}
-			for _, tc := range tests {
-				t.Run(tc.name, func(t *testing.T) {
-					t.Parallel()
-					tc.fn(t, b)
-				})
-			}
-		})
-	}
+	})
+
 }
 
 // t0 is the suite's "now"; its nanoseconds check that timestamps are

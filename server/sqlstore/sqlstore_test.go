@@ -27,6 +27,31 @@ import (
 const postgresDSNEnv = "OTA_TEST_POSTGRES_DSN"
 
 // backend is a database the store suite runs against.
+// storeCase is one test of the store suite.
+type storeCase struct {
+	name string
+	fn   func(t *testing.T, b backend)
+}
+
+// runStoreSuite runs every case on every backend, in parallel, with a
+// backend-named subtest (TestStore/postgres/MigrateConcurrent).
+func runStoreSuite(t *testing.T, cases []storeCase) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			if b.name == "postgres" && os.Getenv(postgresDSNEnv) == "" {
+				t.Skip(postgresDSNEnv + " not set; run ./scripts/test.sh to run the PostgreSQL tests")
+			}
+			for _, tc := range cases {
+				t.Run(tc.name, func(t *testing.T) {
+					t.Parallel()
+					tc.fn(t, b)
+				})
+			}
+		})
+	}
+}
+
 type backend struct {
 	name string
 	// newDSN returns the DSN of a fresh, empty database that lives until
@@ -167,10 +192,7 @@ func testMigrations(n int) []Migration {
 // OTA_TEST_POSTGRES_DSN is set, PostgreSQL: TestStore/sqlite/...,
 // TestStore/postgres/....
 func TestStore(t *testing.T) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, b backend)
-	}{
+	runStoreSuite(t, []storeCase{
 		{"Dialect", testDialect},
 		{"MigrateFresh", testMigrateFresh},
 		{"MigrateTwiceIsNoop", testMigrateTwiceIsNoop},
@@ -185,21 +207,8 @@ func TestStore(t *testing.T) {
 		{"PingAfterClose", testPingAfterClose},
 		{"LoggerHidesParameters", testLoggerHidesParameters},
 		{"SQLitePragmas", testSQLitePragmas},
-	}
-	for _, b := range backends {
-		t.Run(b.name, func(t *testing.T) {
-			t.Parallel()
-			if b.name == "postgres" && os.Getenv(postgresDSNEnv) == "" {
-				t.Skip(postgresDSNEnv + " not set; run ./scripts/test.sh to run the PostgreSQL tests")
-			}
-			for _, tc := range tests {
-				t.Run(tc.name, func(t *testing.T) {
-					t.Parallel()
-					tc.fn(t, b)
-				})
-			}
-		})
-	}
+	})
+
 }
 
 func testDialect(t *testing.T, b backend) {
