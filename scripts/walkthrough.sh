@@ -59,16 +59,22 @@ step "one signature publishes nothing"
 otactl release sign "$id" --key alice.key --yes >/dev/null
 otactl status | grep -q "published targets: 0" || fail "a release signed by one engineer of two was published"
 handset --server "$OTACTL_SERVER" --count 1 --model PX-7 --build 7.2.0 --root root.json --poll-scale 0.0001 \
-  --timeout 3s --progress 0 >one-sig.txt 2>&1 && fail "a handset installed a release signed by one engineer"
+  --timeout 3s --progress 0 --erase >one-sig.txt 2>&1 && fail "a handset installed a release signed by one engineer"
 grep -q "installed    0" one-sig.txt || fail "handset output after one signature: $(cat one-sig.txt)"
 
 step "the second signature publishes it"
 otactl release sign "$id" --key bob.key --yes | grep -q "is published" || fail "2 of 2 signatures did not publish"
 
-step "handsets verify it with go-tuf, install it and report"
-handset --server "$OTACTL_SERVER" --count 20 --model PX-7 --build 7.2.0 --root root.json --poll-scale 0.0001 \
-  --timeout 60s --progress 0 >handsets.txt 2>&1 || fail "handsets: $(cat handsets.txt)"
-grep -q "installed    20 (compliant: 20" handsets.txt || fail "not all 20 handsets installed: $(cat handsets.txt)"
+step "1000 handsets verify it with go-tuf, install it (5% fail on purpose) and report"
+handset --server "$OTACTL_SERVER" --count 1000 --concurrency 32 --model PX-7 --build 7.2.0 --root root.json \
+  --poll-scale 0.0001 --fail-rate 0.05 --fail-codes E_DISK_FULL,E_BATTERY_LOW --timeout 3m --progress 0 --json \
+  >handsets.json 2>handsets.err || fail "handsets: $(cat handsets.json handsets.err)"
+num() { grep -o "\"$1\":[0-9]*" "$2" | head -1 | cut -d: -f2; }
+installed=$(num installed handsets.json)
+failed=$(num failed handsets.json)
+[ "$((installed + failed))" -eq 1000 ] && [ "$(num compliant handsets.json)" -eq "$installed" ] ||
+  fail "handsets: $(cat handsets.json)"
+echo "   $installed installed and compliant, $failed failed"
 
 step "tuf-js verifies and downloads the same patch"
 verify=$(cd - >/dev/null && scripts/tufjs.sh install)
@@ -78,6 +84,12 @@ cmp -s tufjs.zip update.zip || fail "tuf-js downloaded other bytes"
 
 step "the fleet summary"
 curl -fs -H "Authorization: Bearer $OTACTL_TOKEN" "$OTACTL_SERVER/api/v1/admin/fleet/summary" >summary.json
-grep -q '"patched":20,"compliant":20' summary.json || fail "summary: $(cat summary.json)"
+grep -q "\"enrolled\":1000,\"active\":1000,\"patched\":$installed,\"compliant\":$installed," summary.json ||
+  fail "summary disagrees with the handsets ($installed installed): $(cat summary.json)"
+for code in E_DISK_FULL E_BATTERY_LOW; do
+  want=$(grep -o "\"$code\":[0-9]*" handsets.json | head -1 | cut -d: -f2)
+  grep -q "\"error_code\":\"$code\",\"count\":${want:-0}}" summary.json ||
+    fail "summary counts $code differently from the handsets ($want): $(cat summary.json)"
+done
 cat summary.json; echo
 step "passed"
