@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -125,7 +128,10 @@ func (m *Main) Run(ctx context.Context) error {
 		WriteTimeout:      m.cfg.WriteTimeout,
 		IdleTimeout:       m.cfg.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+		// net/http logs some connection errors with the client's address
+		// ("http: panic serving 203.0.113.7:51234"); the server keeps no
+		// client IPs, so they are cut out.
+		ErrorLog: log.New(addrRedactor{slog.NewLogLogger(m.log.Handler(), slog.LevelWarn).Writer()}, "", 0),
 	}
 	go func() {
 		if err := m.http.Serve(m.ln); !errors.Is(err, http.ErrServerClosed) {
@@ -144,6 +150,18 @@ func (m *Main) Run(ctx context.Context) error {
 		slog.Int("schema_version", res.To),
 		slog.String("installation_id", installation))
 	return nil
+}
+
+// addrRedactor replaces IP:port pairs in what it writes with "[client]".
+type addrRedactor struct{ w io.Writer }
+
+var ipPort = regexp.MustCompile(`(\d{1,3}\.){3}\d{1,3}:\d+|\[[0-9A-Fa-f:.%a-z]+\]:\d+`)
+
+func (r addrRedactor) Write(p []byte) (int, error) {
+	if _, err := r.w.Write(ipPort.ReplaceAll(p, []byte("[client]"))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // Addr is the address the server listens on (useful with port 0).

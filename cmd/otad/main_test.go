@@ -409,3 +409,16 @@ func waitForLog(tb testing.TB, lines <-chan string, msg string) map[string]any {
 		}
 	}
 }
+
+func TestErrorLogKeepsNoClientAddress(t *testing.T) {
+	var buf bytes.Buffer
+	w := addrRedactor{&buf}
+	w.Write([]byte("http: panic serving 203.0.113.7:51234: boom; and [2001:db8::1]:443 too; listening on 10.0.0.1"))
+	got := buf.String()
+	if strings.Contains(got, "203.0.113.7") || strings.Contains(got, "2001:db8") {
+		t.Fatalf("client address kept: %q", got)
+	}
+	if !strings.Contains(got, "panic serving [client]: boom") {
+		t.Fatalf("got %q, want the message with [client]", got)
+	}
+}
