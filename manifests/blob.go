@@ -18,7 +18,8 @@ import (
 var ErrNotExist = errors.New("object does not exist")
 
 // ErrInvalidKey is returned (wrapped) for a key that is empty, absolute,
-// contains "." or ".." segments, a backslash, a NUL byte or an empty segment.
+// contains "." or ".." segments, a backslash, a NUL byte, an empty segment
+// or a segment longer than MaxSegmentLen.
 var ErrInvalidKey = errors.New("invalid object key")
 
 // ErrPresignUnsupported is returned by stores that cannot hand out
@@ -30,6 +31,13 @@ var ErrInvalidRange = errors.New("invalid byte range")
 
 // MaxKeyLen bounds object keys; S3 allows 1024 bytes.
 const MaxKeyLen = 1024
+
+// MaxSegmentLen bounds each slash-separated segment of a key: the
+// filesystem store makes every segment a file or directory name, and Linux
+// filesystems hold at most 255 bytes in one (NAME_MAX). S3 would take
+// longer ones, but both stores must accept the same keys, or an artifact
+// could be published on S3 that a filesystem-backed replica cannot hold.
+const MaxSegmentLen = 255
 
 // ObjectInfo describes a stored object.
 type ObjectInfo struct {
@@ -89,6 +97,9 @@ func ValidateKey(key string) error {
 		switch seg {
 		case "", ".", "..":
 			return fmt.Errorf("%w: %q has an empty, \".\" or \"..\" segment", ErrInvalidKey, key)
+		}
+		if len(seg) > MaxSegmentLen {
+			return fmt.Errorf("%w: a path segment is %d bytes, longer than %d", ErrInvalidKey, len(seg), MaxSegmentLen)
 		}
 	}
 	return nil

@@ -223,7 +223,7 @@ func (r *Repository) read(ctx context.Context, prev *state) (*state, error) {
 	if snapMeta == nil {
 		return nil, errors.New("published timestamp.json lists no snapshot.json")
 	}
-	if st.snapBytes, err = r.readBlob(ctx, metadataPrefix+strconv.FormatInt(snapMeta.Version, 10)+".snapshot.json"); err != nil {
+	if st.snapBytes, err = r.readNamed(ctx, "timestamp.json", strconv.FormatInt(snapMeta.Version, 10)+".snapshot.json"); err != nil {
 		return nil, err
 	}
 	if st.snapshot, err = (&metadata.Metadata[metadata.SnapshotType]{}).FromBytes(st.snapBytes); err != nil {
@@ -233,7 +233,7 @@ func (r *Repository) read(ctx context.Context, prev *state) (*state, error) {
 	if targetsMeta == nil {
 		return nil, errors.New("published snapshot lists no targets.json")
 	}
-	if st.targetsBytes, err = r.readBlob(ctx, metadataPrefix+strconv.FormatInt(targetsMeta.Version, 10)+".targets.json"); err != nil {
+	if st.targetsBytes, err = r.readNamed(ctx, "snapshot", strconv.FormatInt(targetsMeta.Version, 10)+".targets.json"); err != nil {
 		return nil, err
 	}
 	if st.targets, err = (&metadata.Metadata[metadata.TargetsType]{}).FromBytes(st.targetsBytes); err != nil {
@@ -252,6 +252,22 @@ func (s *state) current() (snap, targets versioned) {
 		targets = versioned{s.targets.Signed.Version, s.targetsBytes}
 	}
 	return snap, targets
+}
+
+// ErrCorrupt is returned (wrapped) when the published metadata names a
+// file the blob store does not hold: the store was changed behind the
+// repository's back, which no client request can cause or fix.
+var ErrCorrupt = errors.New("published repository is corrupt")
+
+// readNamed reads the metadata file name that the published file by names.
+// Its absence is corruption, not a missing object: the ErrNotExist is
+// kept as text only (%v), so that it cannot become a "not found" answer.
+func (r *Repository) readNamed(ctx context.Context, by, name string) ([]byte, error) {
+	b, err := r.readBlob(ctx, metadataPrefix+name)
+	if errors.Is(err, ErrNotExist) {
+		return nil, fmt.Errorf("%w: published %s names %s, which is missing from the blob store (%v)", ErrCorrupt, by, metadataPrefix+name, err)
+	}
+	return b, err
 }
 
 func (r *Repository) readBlob(ctx context.Context, key string) ([]byte, error) {
@@ -333,11 +349,17 @@ func (r *Repository) MetadataFile(ctx context.Context, name string) (File, error
 }
 
 // parseMetadataName splits "N.role.json"; N is a positive decimal without
-// leading zeros.
+// leading zeros, sign or spaces ([1-9][0-9]*), so each file has exactly one
+// name: strconv.ParseInt alone would take "+1" for 1.
 func parseMetadataName(name string) (int64, string, bool) {
 	num, rest, ok := strings.Cut(name, ".")
 	if !ok || num == "" || num[0] == '0' || len(num) > 18 {
 		return 0, "", false
+	}
+	for _, c := range []byte(num) {
+		if c < '0' || c > '9' {
+			return 0, "", false
+		}
 	}
 	v, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || v < 1 {
@@ -363,14 +385,23 @@ func TargetKey(targetPath, sha256Hex string) string {
 	return targetsPrefix + dir + sha256Hex + "." + base
 }
 
+// MaxTargetNameLen bounds the file name (last segment) of a target path:
+// TargetKey puts the 64-digit sha256 and a dot before it, and the result
+// must still be a key segment of at most MaxSegmentLen bytes.
+const MaxTargetNameLen = MaxSegmentLen - 65
+
 // ValidateTargetPath checks a target path: a clean relative slash path of
-// at most 512 bytes with a non-empty file name.
+// at most 512 bytes with a non-empty file name of at most MaxTargetNameLen
+// bytes, whose blob key both stores can hold.
 func ValidateTargetPath(p string) error {
 	if len(p) > 512 {
 		return fmt.Errorf("%w: target path longer than 512 bytes", ErrInvalidKey)
 	}
 	if err := ValidateKey(p); err != nil {
 		return err
+	}
+	if name := path.Base(p); len(name) > MaxTargetNameLen {
+		return fmt.Errorf("%w: target file name is %d bytes, longer than %d", ErrInvalidKey, len(name), MaxTargetNameLen)
 	}
 	for _, r := range p {
 		if r < 0x20 || r == 0x7f || r == '%' || r == '?' || r == '#' {

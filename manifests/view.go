@@ -284,7 +284,7 @@ func (r *Repository) RoleExpiries() map[string]float64 {
 
 func (r *Repository) roleStatus(st *state) []RoleStatus {
 	now := r.now()
-	var out []RoleStatus
+	out := []RoleStatus{} // [] before the first publish, not null
 	add := func(role string, version int64, exp time.Time) {
 		rs := RoleStatus{Role: role, Version: version, Expires: exp, ExpiresIn: int64(exp.Sub(now).Seconds())}
 		if (role == metadata.ROOT || role == metadata.TARGETS) && exp.Sub(now) < ExpiryWarning {

@@ -2,7 +2,8 @@
 # Throwaway PostgreSQL clusters for tests, on loopback only.
 #
 #   pg-cluster.sh init  DIR       create a cluster in DIR (role "ota", trust auth on loopback)
-#   pg-cluster.sh start DIR PORT  start it on 127.0.0.1:PORT, wait until it accepts connections
+#   pg-cluster.sh start DIR PORT  start it on 127.0.0.1:PORT, wait until it accepts connections;
+#                                 fails at once (non-zero) when the port is taken, so callers retry another
 #   pg-cluster.sh stop  DIR       fast shutdown (no-op if not running)
 #
 # PostgreSQL refuses to run as root, so as root the server runs as the
@@ -58,6 +59,8 @@ init)
   ;;
 start)
   port=${3:-}; [ -n "$port" ] || die "start needs a PORT"
+  # A taken port makes the postmaster exit at once ("could not create any
+  # TCP/IP sockets"), and pg_ctl -w returns as soon as it has exited.
   as_pg "$(find_bin pg_ctl)" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
     -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200" start >/dev/null ||
     { cat "$dir/server.log" >&2; die "postgres did not start on 127.0.0.1:$port"; }

@@ -22,15 +22,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# free_port picks an unused loopback port (nothing answers a connect on it).
-free_port() {
-  local p
-  for _ in $(seq 1 100); do
-    p=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+# start_on_free_port WHAT START_FN runs START_FN PORT on a loopback port
+# below the kernel's ephemeral range that scripts/freeport has just proven
+# free with a real bind, and prints the port. PostgreSQL and MinIO must be
+# told their port before they start, so another process may take it in
+# between: their start then fails at once and the next free port is tried.
+start_on_free_port() {
+  local what=$1 start=$2 port=0 try
+  for try in 1 2 3 4 5; do
+    port=$("$freeport" -after "$port") || return 1
+    if "$start" "$port" >&2; then echo "$port"; return 0; fi
+    log "$what did not start on 127.0.0.1:$port (try $try of 5); trying the next free port" >&2
   done
-  echo "no free port found" >&2; return 1
+  echo "$what did not start on any of 5 free ports" >&2
+  return 1
 }
+start_pg() { scripts/pg-cluster.sh start "$work/pg" "$1"; }
+start_minio() { scripts/minio.sh start "$work/minio" "$1" otatest "$minio_secret"; }
 
 log "checking formatting"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './node_modules/*'))
@@ -39,16 +47,17 @@ if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted" >&2; exit
 log "go vet"
 go vet ./...
 
+freeport="$work/bin/freeport"
+go build -o "$freeport" ./scripts/freeport
+
 log "starting PostgreSQL"
-pg_port=$(free_port)
 scripts/pg-cluster.sh init "$work/pg"
-scripts/pg-cluster.sh start "$work/pg" "$pg_port"
+pg_port=$(start_on_free_port PostgreSQL start_pg)
 
 log "starting MinIO"
 minio_bin=$(scripts/minio.sh bin)
-minio_port=$(free_port)
 minio_secret=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
-scripts/minio.sh start "$work/minio" "$minio_port" otatest "$minio_secret"
+minio_port=$(start_on_free_port MinIO start_minio)
 
 log "installing tuf-js (an independent TUF client)"
 tufjs=$(scripts/tufjs.sh install)

@@ -26,14 +26,21 @@ go build -o "$work/bin/" ./cmd/otad ./cmd/otactl ./cmd/handset
 export PATH="$work/bin:$PATH"
 cd "$work"
 
-port=$((20000 + RANDOM % 40000))
-step "starting otad on embedded defaults (127.0.0.1:$port)"
-otad serve --listen "127.0.0.1:$port" --log-format text 2>otad.log &
+step "starting otad on embedded defaults (a port the kernel picks)"
+# Port 0: the kernel binds a free port and otad writes it to --addr-file
+# once it listens, so no port is guessed.
+otad serve --listen 127.0.0.1:0 --addr-file "$work/otad.addr" --log-format text 2>otad.log &
 otad_pid=$!
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || fail "otad did not become ready"
+for _ in $(seq 1 300); do
+  [ -s "$work/otad.addr" ] && break
+  kill -0 "$otad_pid" 2>/dev/null || fail "otad exited during start"
+  sleep 0.1
+done
+addr=$(cat "$work/otad.addr" 2>/dev/null) || fail "otad wrote no --addr-file within 30s"
+curl -fs "http://$addr/readyz" >/dev/null || fail "otad on $addr is not ready"
+echo "   otad serves on $addr"
 
-export OTACTL_SERVER="http://127.0.0.1:$port"
+export OTACTL_SERVER="http://$addr"
 OTACTL_TOKEN=$(otad token create --name release-team --role release-engineer)
 export OTACTL_TOKEN
 export OTACTL_KEY_PASSPHRASE="walkthrough only: use a real passphrase"

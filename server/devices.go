@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // Messaging states a handset reports for its cloud-messaging service.
@@ -39,10 +40,14 @@ type Device struct {
 	// KeyFingerprint is the sha256 of the device's public key when it
 	// enrolled with one; re-enrolling with the same key finds the device.
 	KeyFingerprint string
-	Model          string
-	Build          string
-	Channel        string
-	Region         string
+	// KeySignedAt is the signed timestamp of the key enrollment that last
+	// set the device's token; the next one must be newer, so a captured
+	// enrollment cannot be replayed. Zero for a device without a key.
+	KeySignedAt time.Time
+	Model       string
+	Build       string
+	Channel     string
+	Region      string
 	// InstalledPatches are the patch ids the handset runs, sorted.
 	InstalledPatches []string
 	CloudMessaging   string
@@ -96,18 +101,23 @@ type PatchState struct {
 
 // DeviceStore keeps devices, their reports and install states.
 type DeviceStore interface {
-	// Enroll stores d with tokenHash. When d.KeyFingerprint is set and a
-	// device with that fingerprint exists, it is updated instead (its
-	// token replaced) and its id returned with created false.
+	// Enroll stores d with tokenHash. When d.KeyFingerprint is set (and
+	// with it d.KeySignedAt) and a device with that fingerprint exists, it
+	// is updated instead (its token replaced) and its id returned with
+	// created false, but only if d.KeySignedAt is after the stored one:
+	// otherwise ErrConflict, and nothing changes. The check and the update
+	// are one atomic step, so of concurrent replays at most one passes.
 	Enroll(ctx context.Context, d *Device, tokenHash string) (id string, created bool, err error)
 	// CheckIn records a check-in of the device holding tokenHash and
-	// returns the device as updated; ErrUnauthorized for an unknown token.
+	// returns the device as updated; ErrDeviceToken for an unknown token.
 	CheckIn(ctx context.Context, tokenHash string, ci CheckIn, now time.Time) (*Device, error)
-	// DeviceByToken returns the device holding tokenHash, or ErrUnauthorized.
+	// DeviceByToken returns the device holding tokenHash, or ErrDeviceToken.
 	DeviceByToken(ctx context.Context, tokenHash string) (*Device, error)
 	// AddReport stores r once per (device, report id) and moves the
 	// device's state for the patch to r if r is the latest; duplicate is
-	// true for a retry of a stored report. A nil error means committed.
+	// true for a retry of a stored report (same patch, target, state,
+	// error code, message and time). A report id already stored with
+	// other content is ErrConflict. A nil error means committed.
 	AddReport(ctx context.Context, r Report) (duplicate bool, err error)
 	// DeleteDevice erases a device with its reports and states.
 	DeleteDevice(ctx context.Context, id string) error
@@ -118,31 +128,48 @@ type DeviceStore interface {
 	// Reports returns a device's reports, oldest first.
 	Reports(ctx context.Context, deviceID string) ([]Report, error)
 	// FleetSummary counts the fleet for patchID among devices seen since
-	// activeSince.
-	FleetSummary(ctx context.Context, patchID string, activeSince time.Time) (*FleetSummary, error)
+	// activeSince. ByModel lists at most maxModels models, those with the
+	// most active devices, and one OtherModels row summing the rest.
+	FleetSummary(ctx context.Context, patchID string, activeSince time.Time, maxModels int) (*FleetSummary, error)
 }
 
 // FleetSummary is the rollout at a glance.
 type FleetSummary struct {
-	PatchID    string         `json:"patch_id"`
-	ActiveDays int            `json:"active_days"`
-	Enrolled   int64          `json:"enrolled"`
-	Active     int64          `json:"active"`
-	Patched    int64          `json:"patched"`
-	Compliant  int64          `json:"compliant"`
-	ByModel    []ModelSummary `json:"by_model"`
+	PatchID    string `json:"patch_id"`
+	ActiveDays int    `json:"active_days"`
+	Enrolled   int64  `json:"enrolled"`
+	Active     int64  `json:"active"`
+	Patched    int64  `json:"patched"`
+	Compliant  int64  `json:"compliant"`
+	// ByModel lists the models with active devices, most active first
+	// (ties by name), capped; an OtherModels row last sums the rest.
+	ByModel []ModelSummary `json:"by_model"`
 	// States counts active devices by their current state for the patch.
 	States   map[string]int64 `json:"states"`
 	Failures []FailureCount   `json:"failures"`
 }
 
-// ModelSummary is FleetSummary for one model.
+// ModelSummary is FleetSummary for one model, or for the OtherModels.
 type ModelSummary struct {
 	Model     string `json:"model"`
 	Active    int64  `json:"active"`
 	Patched   int64  `json:"patched"`
 	Compliant int64  `json:"compliant"`
+	// Models is how many models the OtherModels row sums; zero (and
+	// left out) on the row of a single model.
+	Models int64 `json:"models,omitempty"`
 }
+
+// OtherModels is the model name of the FleetSummary row that sums the
+// models past the cap. No handset model can be called that: model names
+// start with a letter or digit.
+const OtherModels = "(other)"
+
+// Default and largest number of models FleetSummary lists one by one.
+const (
+	DefaultSummaryModels = 20
+	MaxSummaryModels     = 200
+)
 
 // FailureCount is how many active devices' latest state for the patch is
 // failed with a code.
@@ -166,28 +193,90 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}
 }
 
+// The handset's text fields. Each pattern keeps out spaces, '@', ':' and
+// '+' (but for a build's "+build5"), and noIdentifier keeps out what the
+// patterns let through that could still be an IMEI, IMSI, phone number or
+// IP address; only a report's message is free text, scrubbed (Scrub).
 var (
 	modelPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 	buildPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
 	channelPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
 	regionPattern  = regexp.MustCompile(`^[A-Z]{2}$`)
 	idPattern      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	codePattern    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	uuidPattern    = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	// codePattern is upper snake case: E_DISK_FULL.
+	codePattern = regexp.MustCompile(`^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*$`)
 )
+
+const (
+	maxCodeLen    = 48
+	maxMessageLen = 256
+	maxTargetLen  = 512
+
+	// noIdentifierRule ends the message of a field that identifierLike
+	// refuses. Messages say what is wanted and never repeat the value.
+	noIdentifierRule = "; no 7 digits in a row, no 10 digits joined by '.', '-', '_' or '+', and no IPv4 address (four numbers of 1-3 digits joined by dots)"
+)
+
+var (
+	sevenDigits  = regexp.MustCompile(`[0-9]{7}`)
+	joinedDigits = regexp.MustCompile(`[0-9](?:[._+-]?[0-9]){9}`)
+	dottedQuad   = regexp.MustCompile(`(?:^|[^0-9])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:[^0-9]|$)`)
+)
+
+// identifierLike reports whether s, already matching a field's pattern,
+// could still be or hold an IMEI or IMSI (15 digits), a phone number, or
+// an IPv4 address: 7 digits in a row, 10 digits joined by single '.', '-',
+// '_' or '+' ("867-530-012-345-670", "138.1234.5678"), or four dotted
+// numbers of 1-3 digits ("203.0.113.77"). Versions and ids pass:
+// "TQ3A.230805.001" (6 digits, then 9 joined), "7.4.10-rc1",
+// "CM-2026-001"; so do dates ("2026.11.01"). A four-part version of small
+// numbers ("7.4.10.1") reads as an IPv4 address and is refused, except in
+// builds (see ValidateDeviceInfo).
+func identifierLike(s string) bool {
+	return sevenDigits.MatchString(s) || joinedDigits.MatchString(s) || dottedQuad.MatchString(s)
+}
+
+// tight checks a handset field against its pattern and identifierLike.
+func tight(field, value string, pattern *regexp.Regexp, want string) error {
+	if !pattern.MatchString(value) || identifierLike(value) {
+		return fieldErr(field, "%s%s", want, noIdentifierRule)
+	}
+	return nil
+}
 
 // ValidateDeviceInfo checks the fields a handset sends on enrollment.
 func ValidateDeviceInfo(model, build, channel, region string) error {
-	switch {
-	case !modelPattern.MatchString(model):
-		return fieldErr("model", "want 1-64 letters, digits, '.', '_' or '-'")
-	case !buildPattern.MatchString(build):
-		return fieldErr("build", "want a version string of 1-64 letters, digits, '.', '_', '+' or '-'")
-	case !channelPattern.MatchString(channel):
-		return fieldErr("channel", "want 1-32 lowercase letters, digits or '-', starting with a letter")
-	case region != "" && !regionPattern.MatchString(region):
+	if err := tight("model", model, modelPattern, "want 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"); err != nil {
+		return err
+	}
+	// A build may hold four dotted numbers: OEM builds such as
+	// "14.0.0.201" or "V14.0.6.0.TNRMIXM" have that shape, and a build is
+	// the same on every handset that runs it, so it cannot single one out.
+	if !buildPattern.MatchString(build) || sevenDigits.MatchString(build) || joinedDigits.MatchString(build) {
+		return fieldErr("build", "want a version string of 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit; no 7 digits in a row and no 10 digits joined by '.', '-', '_' or '+'")
+	}
+	if err := tight("channel", channel, channelPattern, "want 1-32 lowercase letters, digits or '-', starting with a letter"); err != nil {
+		return err
+	}
+	if region != "" && !regionPattern.MatchString(region) {
 		return fieldErr("region", "want an ISO 3166-1 alpha-2 code such as DE, or nothing")
 	}
 	return nil
+}
+
+// ValidatePatchID checks a patch id as handsets send it (a report's
+// patch_id, a check-in's installed_patches).
+func ValidatePatchID(field, id string) error {
+	return tight(field, id, idPattern, "want a patch id of 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+}
+
+// ValidateErrorCode checks the error code of a failed report.
+func ValidateErrorCode(code string) error {
+	if len(code) > maxCodeLen {
+		return fieldErr("error_code", "want an upper snake case code of at most %d characters such as E_DISK_FULL", maxCodeLen)
+	}
+	return tight("error_code", code, codePattern, "want an upper snake case code such as E_DISK_FULL")
 }
 
 // Validate checks a check-in, naming the field at fault.
@@ -199,8 +288,8 @@ func (ci *CheckIn) Validate() error {
 		return fieldErr("installed_patches", "at most 64")
 	}
 	for i, p := range ci.InstalledPatches {
-		if !idPattern.MatchString(p) {
-			return fieldErr(fmt.Sprintf("installed_patches[%d]", i), "want a patch id of 1-64 letters, digits, '.', '_' or '-'")
+		if err := ValidatePatchID(fmt.Sprintf("installed_patches[%d]", i), p); err != nil {
+			return err
 		}
 	}
 	switch ci.CloudMessaging {
@@ -212,27 +301,46 @@ func (ci *CheckIn) Validate() error {
 	return nil
 }
 
-// Validate checks a report, naming the field at fault.
+// MaxReportSkew is how far ahead of the server's clock a report's time
+// may be. The latest time decides a device's state, so a handset whose
+// clock runs fast would otherwise pin its state against later reports;
+// a report further ahead is refused, never clamped.
+const MaxReportSkew = 10 * time.Minute
+
+// Validate checks what a report says on its own, naming the field at
+// fault; Fleet.Report checks the rest against the device and the
+// published patches.
 func (r *Report) Validate(now time.Time) error {
+	// A UUID is what most handset code makes for an id; in its fixed
+	// groups of at most 12 hex digits no IMEI or IMSI fits, and it is made
+	// by code, not typed, so it is accepted as it is.
+	if !uuidPattern.MatchString(r.ID) {
+		if err := tight("report_id", r.ID, idPattern, "want a UUID, or 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"); err != nil {
+			return err
+		}
+	}
+	if err := ValidatePatchID("patch_id", r.PatchID); err != nil {
+		return err
+	}
 	switch {
-	case !idPattern.MatchString(r.ID):
-		return fieldErr("report_id", "want 1-64 letters, digits, '.', '_' or '-' (a UUID fits)")
-	case !idPattern.MatchString(r.PatchID):
-		return fieldErr("patch_id", "want a patch id of 1-64 letters, digits, '.', '_' or '-'")
-	case len(r.Target) > 512 || strings.ContainsFunc(r.Target, func(c rune) bool { return c < 0x20 }):
-		return fieldErr("target", "at most 512 printable characters")
+	case len(r.Target) > maxTargetLen || strings.ContainsFunc(r.Target, unicode.IsControl):
+		return fieldErr("target", "want the path of the offered target, at most %d printable characters", maxTargetLen)
 	case !slices.Contains(ReportStates, r.State):
 		return fieldErr("state", "want one of %s", strings.Join(ReportStates, ", "))
-	case r.State == StateFailed && !codePattern.MatchString(r.ErrorCode):
-		return fieldErr("error_code", "a failed report needs an error code of 1-64 letters, digits, '.', '_' or '-'")
 	case r.State != StateFailed && r.ErrorCode != "":
 		return fieldErr("error_code", "only failed reports carry an error code")
-	case len(r.Message) > 256 || strings.ContainsFunc(r.Message, func(c rune) bool { return c < 0x20 && c != '\t' }):
-		return fieldErr("message", "at most 256 characters on one line")
+	case len(r.Message) > maxMessageLen || strings.ContainsFunc(r.Message, func(c rune) bool { return unicode.IsControl(c) && c != '\t' }):
+		return fieldErr("message", "at most %d bytes on one line", maxMessageLen)
 	case r.At.IsZero():
 		return fieldErr("at", "want the RFC 3339 time the state changed")
-	case r.At.After(now.Add(24 * time.Hour)):
-		return fieldErr("at", "more than a day in the future; check the handset clock")
+	case r.At.After(now.Add(MaxReportSkew)):
+		return fieldErr("at", "more than 10 minutes ahead of the server's clock; check the handset clock")
+	}
+	if r.State == StateFailed {
+		if r.ErrorCode == "" {
+			return fieldErr("error_code", "a failed report needs an upper snake case code such as E_DISK_FULL")
+		}
+		return ValidateErrorCode(r.ErrorCode)
 	}
 	return nil
 }

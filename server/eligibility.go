@@ -70,15 +70,65 @@ func (n *NewestRelease) releases() []release {
 		return l.releases
 	}
 	version, targets := n.Source.PublishedTargets()
-	l := &releaseList{version: version}
-	for _, t := range targets {
-		var c manifests.TargetCustom
-		if len(t.Custom) == 0 || json.Unmarshal(t.Custom, &c) != nil || c.PatchID == "" {
-			continue // not a patch this server drafted: never offered
-		}
-		l.releases = append(l.releases, release{target: t, custom: c})
-	}
+	l := &releaseList{version: version, releases: decodeReleases(targets)}
 	slices.SortStableFunc(l.releases, func(a, b release) int { return b.custom.Released.Compare(a.custom.Released) })
 	n.cache.Store(l)
 	return l.releases
+}
+
+// decodeReleases keeps the targets that are patches: those with custom
+// metadata naming a patch id. Others (not drafted by this server) are
+// never offered and never reported on.
+func decodeReleases(targets []manifests.TargetInfo) []release {
+	var out []release
+	for _, t := range targets {
+		var c manifests.TargetCustom
+		if len(t.Custom) == 0 || json.Unmarshal(t.Custom, &c) != nil || c.PatchID == "" {
+			continue
+		}
+		out = append(out, release{target: t, custom: c})
+	}
+	return out
+}
+
+// Catalog is what the fleet knows of the published patches: a report
+// must name one of them, and the target it names must be one of its
+// targets, so neither field can carry text of the handset's choosing.
+type Catalog interface {
+	// PatchTargets returns the paths of the published targets of
+	// patchID; ok is false when no published target is that patch.
+	PatchTargets(patchID string) (paths []string, ok bool)
+}
+
+// PublishedPatches is the Catalog of the patches in the published TUF
+// targets metadata (the same Source NewestRelease offers from): a patch
+// is known while a published target carries its id, and unknown again
+// once every target of it is yanked.
+type PublishedPatches struct {
+	Source TargetSource
+	cache  atomic.Pointer[patchIndex]
+}
+
+var _ Catalog = (*PublishedPatches)(nil)
+
+type patchIndex struct {
+	version int64
+	paths   map[string][]string // patch id -> target paths, sorted
+}
+
+// PatchTargets implements Catalog. Like NewestRelease, it decodes the
+// published targets once per targets version: a report costs a map
+// lookup.
+func (p *PublishedPatches) PatchTargets(patchID string) ([]string, bool) {
+	idx := p.cache.Load()
+	if idx == nil || idx.version != p.Source.TargetsVersion() {
+		version, targets := p.Source.PublishedTargets()
+		idx = &patchIndex{version: version, paths: map[string][]string{}}
+		for _, r := range decodeReleases(targets) {
+			idx.paths[r.custom.PatchID] = append(idx.paths[r.custom.PatchID], r.target.Path)
+		}
+		p.cache.Store(idx)
+	}
+	paths, ok := idx.paths[patchID]
+	return paths, ok
 }

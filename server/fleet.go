@@ -8,8 +8,10 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,6 +43,10 @@ type Eligibility interface {
 type Fleet struct {
 	Store       DeviceStore
 	Eligibility Eligibility
+	// Catalog lists the published patches that reports may name; with
+	// none, no report is accepted (but for patches the device reported
+	// on before, see Report).
+	Catalog Catalog
 	// EnrollmentSecret, when set, must be presented to enroll.
 	EnrollmentSecret string
 	// PollInterval is the mean time between check-ins; each answer is
@@ -62,17 +68,49 @@ type EnrollRequest struct {
 	Secret                        string
 	// DeviceKey, optional, is the hex ed25519 public key of the handset;
 	// the device id derives from it and re-enrolling finds the device.
-	// Signature (hex) over EnrollMessage(DeviceKey, Timestamp) proves the
-	// handset holds the key; Timestamp must be within 10 minutes.
+	// Signature (hex) over EnrollMessage of the request proves the
+	// handset holds the key and chose every field; Timestamp must be
+	// within 10 minutes of the server's clock and after the timestamp of
+	// the last enrollment accepted for the key.
 	DeviceKey string
 	Signature string
 	Timestamp time.Time
 }
 
-// EnrollMessage is what a handset signs with its device key to enroll.
-func EnrollMessage(deviceKeyHex string, ts time.Time) []byte {
-	return []byte("otad-enroll-v1:" + deviceKeyHex + ":" + ts.UTC().Format(time.RFC3339))
+// EnrollMessageVersion is the first line of EnrollMessage. Version 1
+// signed only the key and the time, so a captured enrollment could be
+// replayed with another model, build, channel or region; it is refused.
+const EnrollMessageVersion = "otad-enroll-v2"
+
+// EnrollMessage is what a handset signs with its device key to enroll:
+// the line EnrollMessageVersion, then one line "name:length:value" for
+// each of device_key, model, build, channel, region and timestamp, in
+// that order, each ended by "\n". length is the value's length in bytes,
+// in decimal, so no value can pass for another whatever it contains; an
+// absent region is "region:0:". The timestamp is written in UTC as
+// time.RFC3339Nano does: "Z", fractional seconds without trailing zeros,
+// none when whole ("2026-03-01T12:00:00Z", "2026-03-01T12:00:00.25Z").
+// The enrollment secret is left out: it is the fleet's, not the handset's.
+func EnrollMessage(req EnrollRequest) []byte {
+	var b strings.Builder
+	b.WriteString(EnrollMessageVersion + "\n")
+	for _, f := range [...]struct{ name, value string }{
+		{"device_key", req.DeviceKey},
+		{"model", req.Model},
+		{"build", req.Build},
+		{"channel", req.Channel},
+		{"region", req.Region},
+		{"timestamp", req.Timestamp.UTC().Format(time.RFC3339Nano)},
+	} {
+		fmt.Fprintf(&b, "%s:%d:%s\n", f.name, len(f.value), f.value)
+	}
+	return []byte(b.String())
 }
+
+// enrollSkew is how far an enrollment's timestamp may be from the
+// server's clock. The stored timestamp of the last accepted enrollment
+// stops replays within it.
+const enrollSkew = 10 * time.Minute
 
 // Enrollment is the answer to an enrollment: the device id and its bearer
 // token, which the server keeps only as a hash.
@@ -101,14 +139,17 @@ func (f *Fleet) Enroll(ctx context.Context, req EnrollRequest) (*Enrollment, err
 			return nil, fieldErr("device_key", "want the 64 hex digits of an ed25519 public key")
 		}
 		sig, err := hex.DecodeString(req.Signature)
-		if err != nil || !ed25519.Verify(pub, EnrollMessage(req.DeviceKey, req.Timestamp), sig) {
-			return nil, fieldErr("signature", "want the hex ed25519 signature of the enrollment message by device_key")
+		if err != nil || !ed25519.Verify(pub, EnrollMessage(req), sig) {
+			return nil, fieldErr("signature", "want the hex ed25519 signature by device_key of the "+EnrollMessageVersion+" enrollment message over every field")
 		}
-		if d := now.Sub(req.Timestamp); d > 10*time.Minute || d < -10*time.Minute {
+		if d := now.Sub(req.Timestamp); d > enrollSkew || d < -enrollSkew {
 			return nil, fieldErr("timestamp", "more than 10 minutes from the server's time; check the handset clock")
 		}
 		fp := sha256.Sum256(pub)
 		d.KeyFingerprint = hex.EncodeToString(fp[:])
+		// The store refuses it unless it is newer than the last one
+		// accepted for the key: a replay within enrollSkew gets 409.
+		d.KeySignedAt = req.Timestamp.UTC()
 		d.ID = "dev_" + hex.EncodeToString(fp[:16])
 	} else {
 		var b [16]byte
@@ -130,12 +171,28 @@ func newDeviceToken() string {
 }
 
 // hashDeviceToken refuses anything that cannot be a device token before
-// any lookup.
+// any lookup, with the answer an unknown token gets.
 func hashDeviceToken(token string) (string, error) {
 	if !strings.HasPrefix(token, deviceTokenPrefix) || len(token) > 128 {
-		return "", fmt.Errorf("%w: invalid device token", ErrUnauthorized)
+		return "", ErrDeviceToken
 	}
 	return HashToken(token), nil
+}
+
+// tokenErr makes any refusal of a token by the store the one answer
+// ErrDeviceToken, whatever words the store used, so that a malformed, an
+// unknown and an erased token cannot be told apart.
+func tokenErr(err error) error {
+	if errors.Is(err, ErrUnauthorized) {
+		return ErrDeviceToken
+	}
+	return err
+}
+
+// deviceByToken is Store.DeviceByToken with tokenErr's answer.
+func (f *Fleet) deviceByToken(ctx context.Context, hash string) (*Device, error) {
+	d, err := f.Store.DeviceByToken(ctx, hash)
+	return d, tokenErr(err)
 }
 
 // CheckInResult is the answer to a check-in.
@@ -155,7 +212,7 @@ func (f *Fleet) CheckIn(ctx context.Context, token string, ci CheckIn) (*CheckIn
 	}
 	d, err := f.Store.CheckIn(ctx, hash, ci, f.now().UTC())
 	if err != nil {
-		return nil, err
+		return nil, tokenErr(err)
 	}
 	res := &CheckInResult{PollAfter: f.jitter()}
 	if f.Eligibility != nil {
@@ -187,12 +244,58 @@ func (f *Fleet) Report(ctx context.Context, token string, r Report) (bool, error
 	if err := r.Validate(now); err != nil {
 		return false, err
 	}
-	d, err := f.Store.DeviceByToken(ctx, hash)
+	d, err := f.deviceByToken(ctx, hash)
 	if err != nil {
 		return false, err
 	}
+	if r.At.Before(d.EnrolledAt.Add(-reportBeforeEnrollment)) {
+		return false, fieldErr("at", "before the device enrolled; check the handset clock")
+	}
+	if err := f.checkPatch(ctx, d, &r); err != nil {
+		return false, err
+	}
 	r.DeviceID, r.ReceivedAt, r.At = d.ID, now, r.At.UTC()
+	// The one free-text field: identifiers in it never reach storage.
+	r.Message = Scrub(r.Message)
 	return f.Store.AddReport(ctx, r)
+}
+
+// reportBeforeEnrollment is how long before its device's enrollment a
+// report may say its state changed. A handset is offered patches only
+// once enrolled, so an earlier time is a wrong clock (or year 0001); the
+// day allows for a clock that runs slow. Unlike a fixed date, the floor
+// keeps a report from claiming a time before the device existed.
+const reportBeforeEnrollment = 24 * time.Hour
+
+// checkPatch accepts a report of a published patch naming one of its
+// published targets (or none). A patch yanked while handsets were
+// installing it is no longer published, yet their next reports (installed,
+// failed, a retry) matter: they are accepted when the device already
+// reported the same patch and target while it was published. A first
+// report after the yank is refused: the handset's TUF client no longer
+// finds the target either.
+func (f *Fleet) checkPatch(ctx context.Context, d *Device, r *Report) error {
+	var paths []string
+	known := false
+	if f.Catalog != nil {
+		paths, known = f.Catalog.PatchTargets(r.PatchID)
+	}
+	if known && (r.Target == "" || slices.Contains(paths, r.Target)) {
+		return nil
+	}
+	reports, err := f.Store.Reports(ctx, d.ID)
+	if err != nil {
+		return err
+	}
+	for _, old := range reports {
+		if old.PatchID == r.PatchID && (r.Target == "" || old.Target == r.Target) {
+			return nil
+		}
+	}
+	if known {
+		return fieldErr("target", "want the path of a published target of the patch, or nothing")
+	}
+	return fieldErr("patch_id", "want the id of a published patch")
 }
 
 // Erase deletes everything the server holds about the calling device.
@@ -201,7 +304,7 @@ func (f *Fleet) Erase(ctx context.Context, token string) error {
 	if err != nil {
 		return err
 	}
-	d, err := f.Store.DeviceByToken(ctx, hash)
+	d, err := f.deviceByToken(ctx, hash)
 	if err != nil {
 		return err
 	}
@@ -209,15 +312,20 @@ func (f *Fleet) Erase(ctx context.Context, token string) error {
 }
 
 // Summary counts the fleet for patchID among devices seen in the last
-// activeDays days.
-func (f *Fleet) Summary(ctx context.Context, patchID string, activeDays int) (*FleetSummary, error) {
+// activeDays days, listing up to models models by name (the others sum
+// up in one OtherModels row): a flood of invented models cannot make the
+// answer grow.
+func (f *Fleet) Summary(ctx context.Context, patchID string, activeDays, models int) (*FleetSummary, error) {
 	if !idPattern.MatchString(patchID) {
 		return nil, fieldErr("patch", "want a patch id")
 	}
 	if activeDays < 1 || activeDays > 3650 {
 		return nil, fieldErr("active_days", "want 1 to 3650")
 	}
-	s, err := f.Store.FleetSummary(ctx, patchID, f.now().Add(-time.Duration(activeDays)*24*time.Hour))
+	if models < 1 || models > MaxSummaryModels {
+		return nil, fieldErr("models", "want 1 to %d", MaxSummaryModels)
+	}
+	s, err := f.Store.FleetSummary(ctx, patchID, f.now().Add(-time.Duration(activeDays)*24*time.Hour), models)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // Sentinel errors that domain code wraps with context
@@ -20,6 +21,12 @@ var (
 	ErrForbidden    = errors.New("forbidden")
 	ErrUnavailable  = errors.New("unavailable")
 )
+
+// ErrDeviceToken is the one answer to a device token that is malformed,
+// unknown, replaced by a re-enrollment or erased: the client learns
+// nothing from the difference. It is an ErrUnauthorized; device stores
+// return it for a token they do not hold.
+var ErrDeviceToken = fmt.Errorf("%w: invalid device token", ErrUnauthorized)
 
 // Pinger is anything whose reachability decides whether the server is
 // ready to take traffic: the database and the blob store.

@@ -132,6 +132,19 @@ func (d *device) setPending(state uint8, code, message string) {
 	crand.Read(d.pending.id[:])
 }
 
+// reportID writes a report id as 32 letters, a-p for each hex digit: the
+// server refuses ids with 7 digits in a row (they could be an IMEI or a
+// phone number), which a hex id has about one time in three and a UUID
+// one in five.
+func reportID(id [16]byte) string {
+	const letters = "abcdefghijklmnop"
+	b := make([]byte, 0, 2*len(id))
+	for _, c := range id {
+		b = append(b, letters[c>>4], letters[c&15])
+	}
+	return string(b)
+}
+
 func (d *device) compliant() bool {
 	return len(d.installed) > 0 && d.messaging != msgAutoEnabled && d.numberEnc
 }
@@ -155,13 +168,18 @@ func (s *sim) step(ctx context.Context, d *device) (time.Time, bool) {
 func (s *sim) enroll(ctx context.Context, d *device) (time.Time, bool) {
 	key := ed25519.NewKeyFromSeed(d.seed[:])
 	pub := hex.EncodeToString(key.Public().(ed25519.PublicKey))
-	ts := time.Now().UTC().Truncate(time.Second)
+	// Microseconds, as the server keeps them: it refuses an enrollment
+	// of the key not newer than the last, and a retry after a lost
+	// answer may come within the same second.
+	ts := time.Now().UTC().Truncate(time.Microsecond)
+	signed := server.EnrollRequest{Model: s.cfg.Model, Build: s.cfg.Build, Channel: s.cfg.Channel, Region: s.cfg.Region,
+		DeviceKey: pub, Timestamp: ts}
 	a, created, err := s.api.enroll(ctx, enrollBody{
 		Model: s.cfg.Model, Build: s.cfg.Build, Channel: s.cfg.Channel, Region: s.cfg.Region,
 		EnrollmentSecret: s.cfg.EnrollmentSecret,
 		DeviceKey:        pub,
-		Signature:        hex.EncodeToString(ed25519.Sign(key, server.EnrollMessage(pub, ts))),
-		Timestamp:        ts.Format(time.RFC3339),
+		Signature:        hex.EncodeToString(ed25519.Sign(key, server.EnrollMessage(signed))),
+		Timestamp:        ts.Format(time.RFC3339Nano),
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -267,7 +285,7 @@ func (s *sim) actionable(d *device, a *offerAnswer) *offer {
 	if a == nil {
 		return nil
 	}
-	if !codePattern.MatchString(a.PatchID) || a.Target == "" || a.Length < 0 {
+	if server.ValidatePatchID("patch_id", a.PatchID) != nil || a.Target == "" || a.Length < 0 {
 		s.stats.addErrorKind("checkin:bad_offer")
 		return nil
 	}
@@ -316,7 +334,7 @@ func (s *sim) fetch(ctx context.Context, d *device) (time.Time, bool) {
 func (s *sim) report(ctx context.Context, d *device) (time.Time, bool) {
 	r := &d.pending
 	dup, err := s.api.report(ctx, d.token, &reportBody{
-		ReportID: hex.EncodeToString(r.id[:]), PatchID: d.offer.PatchID, Target: d.offer.Target,
+		ReportID: reportID(r.id), PatchID: d.offer.PatchID, Target: d.offer.Target,
 		State: stateNames[r.state], ErrorCode: r.code, Message: r.message, At: r.at.Format(time.RFC3339Nano),
 	})
 	if err != nil {

@@ -184,10 +184,12 @@ func (f *fakeServer) enroll(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	pub, err := hex.DecodeString(b.DeviceKey)
-	ts, terr := time.Parse(time.RFC3339, b.Timestamp)
+	ts, terr := time.Parse(time.RFC3339Nano, b.Timestamp)
 	sig, serr := hex.DecodeString(b.Signature)
+	signed := server.EnrollRequest{Model: b.Model, Build: b.Build, Channel: b.Channel, Region: b.Region,
+		DeviceKey: b.DeviceKey, Timestamp: ts}
 	if err != nil || terr != nil || serr != nil || len(pub) != ed25519.PublicKeySize ||
-		!ed25519.Verify(pub, server.EnrollMessage(b.DeviceKey, ts), sig) {
+		!ed25519.Verify(pub, server.EnrollMessage(signed), sig) {
 		writeError(w, 400, "invalid", "bad device key signature")
 		return
 	}

@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/patchfleet/ota/internal/envflag"
+	"github.com/patchfleet/ota/server"
 )
 
 // Config is everything handset reads from flags and the environment.
@@ -94,16 +94,6 @@ func (c *Config) register(fs *envflag.FlagSet) {
 	fs.BoolEnv(&c.JSON, "json", c.JSON, "print the result as one JSON object", "HANDSET_JSON")
 }
 
-// Patterns of the fields the server validates: refusing them here gives
-// one clear line instead of N enrollment errors.
-var (
-	modelPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	buildPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
-	channelPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
-	regionPattern  = regexp.MustCompile(`^[A-Z]{2}$`)
-	codePattern    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-)
-
 // Validate checks the settings, naming the one that is wrong.
 func (c *Config) Validate() error {
 	u, err := url.Parse(c.Server)
@@ -116,16 +106,15 @@ func (c *Config) Validate() error {
 		return settingError("count", fmt.Errorf("%d: want 1 to %d", c.Count, maxCount))
 	case c.Model == "":
 		return settingError("model", errors.New("required, e.g. PX-7"))
-	case !modelPattern.MatchString(c.Model):
-		return settingError("model", fmt.Errorf("%q: want 1-64 letters, digits, '.', '_' or '-'", c.Model))
 	case c.Build == "":
 		return settingError("build", errors.New("required, e.g. 7.2.1"))
-	case !buildPattern.MatchString(c.Build):
-		return settingError("build", fmt.Errorf("%q: want 1-64 letters, digits, '.', '_', '+' or '-'", c.Build))
-	case !channelPattern.MatchString(c.Channel):
-		return settingError("channel", fmt.Errorf("%q: want 1-32 lowercase letters, digits or '-', starting with a letter", c.Channel))
-	case c.Region != "" && !regionPattern.MatchString(c.Region):
-		return settingError("region", fmt.Errorf("%q: want an ISO 3166-1 alpha-2 code such as DE", c.Region))
+	}
+	// The server's own rules: refusing here gives one clear line instead
+	// of N enrollment errors.
+	if fe := new(server.FieldError); errors.As(server.ValidateDeviceInfo(c.Model, c.Build, c.Channel, c.Region), &fe) {
+		return settingError(fe.Field, errors.New(fe.Message))
+	}
+	switch {
 	case !(c.FailRate >= 0 && c.FailRate <= 1):
 		return settingError("fail-rate", fmt.Errorf("%v: want 0 to 1", c.FailRate))
 	case !(c.PollScale > 0 && c.PollScale <= 1000):
@@ -148,8 +137,8 @@ func (c *Config) Validate() error {
 		return settingError("fail-codes", errors.New("want at least one code, e.g. E_DISK_FULL"))
 	}
 	for _, code := range codes {
-		if !codePattern.MatchString(code) {
-			return settingError("fail-codes", fmt.Errorf("%q: want 1-64 letters, digits, '.', '_' or '-'", code))
+		if fe := new(server.FieldError); errors.As(server.ValidateErrorCode(code), &fe) {
+			return settingError("fail-codes", fmt.Errorf("%q: %s", code, fe.Message))
 		}
 	}
 	for _, h := range splitList(c.AllowHosts) {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -48,7 +49,7 @@ func fleetEndToEnd(t *testing.T, opts apitest.Options) {
 	if res.Failed == 0 || res.Installed == 0 {
 		t.Fatalf("handsets: %d installed, %d failed; want both at a 10%% failure rate", res.Installed, res.Failed)
 	}
-	sum, err := env.Fleet.Summary(context.Background(), testPatchID, 1)
+	sum, err := env.Fleet.Summary(context.Background(), testPatchID, 1, server.DefaultSummaryModels)
 	if err != nil {
 		t.Fatal(err)
 	}

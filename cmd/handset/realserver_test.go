@@ -17,6 +17,7 @@ func TestRolloutAgainstRealAPI(t *testing.T) {
 	r := startRepo(t)
 	env := r.env
 	fleet := &server.Fleet{Store: env.DB.Devices(), Eligibility: &server.NewestRelease{Source: env.Repo},
+		Catalog:      &server.PublishedPatches{Source: env.Repo},
 		PollInterval: 10 * time.Second}
 	srv := httptest.NewServer(api.New(api.Config{Repo: env.Repo, Blobs: env.Blobs,
 		Tokens: server.Tokens{Store: env.DB.Tokens()}, Fleet: fleet}))
@@ -30,7 +31,7 @@ func TestRolloutAgainstRealAPI(t *testing.T) {
 		len(res.Errors) != 0 {
 		t.Fatalf("result %+v, want %d installed or failed, no errors", res, n)
 	}
-	sum, err := fleet.Summary(context.Background(), testPatchID, 1)
+	sum, err := fleet.Summary(context.Background(), testPatchID, 1, server.DefaultSummaryModels)
 	if err != nil {
 		t.Fatal(err)
 	}

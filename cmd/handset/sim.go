@@ -60,11 +60,18 @@ func (s *sim) settle(d *device) {
 
 // resolve returns the absolute URL of an offered location, or the
 // server's default when the offer names none or names a host outside the
-// policy: no answer can make the simulator contact another host.
+// policy: no answer can make the simulator contact another host. A
+// root-relative path (what otad answers without a public URL) is relative
+// to the API, so it goes under --server's path: "/tuf/" from a server
+// reached at https://gw.example/ota is https://gw.example/ota/tuf/.
 func (s *sim) resolve(raw, def string) string {
-	base := strings.TrimSuffix(s.server.String(), "/") + def
+	root := strings.TrimSuffix(s.server.String(), "/")
+	base := root + def
 	if raw == "" {
 		return base
+	}
+	if strings.HasPrefix(raw, "/") && !strings.HasPrefix(raw, "//") {
+		raw = root + raw
 	}
 	u, err := s.server.Parse(raw)
 	if err != nil || !s.policy.allows(u) {

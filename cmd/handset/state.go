@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/patchfleet/ota/server"
 )
 
 // stateFile is what --state-file keeps between runs: each handset's device
@@ -92,7 +94,7 @@ func (sd *stateDevice) device() (device, error) {
 		return d, fmt.Errorf("cloud_messaging %q: want opted_in, opted_out or auto_enabled", sd.CloudMessaging)
 	}
 	for _, p := range sd.InstalledPatches {
-		if !codePattern.MatchString(p) {
+		if server.ValidatePatchID("installed_patches", p) != nil {
 			return d, fmt.Errorf("installed_patches: %q is not a patch id", p)
 		}
 	}

@@ -110,6 +110,36 @@ func TestHostPolicy(t *testing.T) {
 	}
 }
 
+// TestResolveOfferURL checks how offered TUF locations become URLs: otad
+// without a public URL answers root-relative paths, which resolve against
+// --server (its path included); nothing resolves to another host.
+func TestResolveOfferURL(t *testing.T) {
+	tests := []struct {
+		server, raw, want string
+	}{
+		{"http://127.0.0.1:8080", "/tuf/", "http://127.0.0.1:8080/tuf/"},
+		{"http://127.0.0.1:8080/", "/targets/", "http://127.0.0.1:8080/targets/"},
+		{"https://gw.example.com/ota", "/tuf/", "https://gw.example.com/ota/tuf/"},
+		{"https://gw.example.com/ota/", "/targets/", "https://gw.example.com/ota/targets/"},
+		{"https://gw.example.com/ota", "", "https://gw.example.com/ota/tuf/"},
+		{"https://gw.example.com/ota", "https://gw.example.com/ota/mirror/", "https://gw.example.com/ota/mirror/"},
+		{"https://gw.example.com/ota", "/tuf/?x=1#f", "https://gw.example.com/ota/tuf/"},
+		{"http://127.0.0.1:8080", "//evil.example/tuf/", "http://127.0.0.1:8080/tuf/"},
+		{"http://127.0.0.1:8080", "http:///tuf/", "http://127.0.0.1:8080/tuf/"},
+		{"http://127.0.0.1:8080", "http://evil.example/tuf/", "http://127.0.0.1:8080/tuf/"},
+	}
+	for _, tc := range tests {
+		srv, err := url.Parse(tc.server)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &sim{server: srv, policy: newHostPolicy(srv, nil), stderr: &strings.Builder{}}
+		if got := s.resolve(tc.raw, "/tuf/"); got != tc.want {
+			t.Errorf("server %s, offered %q: got %s, want %s", tc.server, tc.raw, got, tc.want)
+		}
+	}
+}
+
 func TestReportMessage(t *testing.T) {
 	long := strings.Repeat("é", 300)
 	got := reportMessage("a\nb\t" + long)

@@ -40,9 +40,10 @@ type Main struct {
 	stopLoop context.CancelFunc
 	loopDone chan struct{}
 
-	ln   net.Listener
-	http *http.Server
-	done chan error
+	ln       net.Listener
+	addrFile string // written by Run, removed by Close
+	http     *http.Server
+	done     chan error
 }
 
 // NewMain returns an unopened Main.
@@ -89,9 +90,22 @@ func (m *Main) Run(ctx context.Context) error {
 		m.log.Error("resuming a pending publish", slog.Any("error", err))
 	}
 
+	// Listen before building the API: with port 0 (tests, scripts) the
+	// offers' default public URL needs the port the kernel chose.
+	if m.ln, err = net.Listen("tcp", m.cfg.Listen); err != nil {
+		return settingError("listen", err)
+	}
+	publicURL := m.cfg.PublicURL
+	if publicURL == "" {
+		// ValidateServe allows no public URL on loopback only, where
+		// handsets reach otad at the address it bound.
+		publicURL = "http://" + m.ln.Addr().String()
+	}
+
 	m.Fleet = &server.Fleet{
 		Store:            db.Devices(),
 		Eligibility:      &server.NewestRelease{Source: m.Repo},
+		Catalog:          &server.PublishedPatches{Source: m.Repo},
 		EnrollmentSecret: m.cfg.EnrollmentSecret,
 		PollInterval:     m.cfg.PollInterval,
 	}
@@ -110,16 +124,25 @@ func (m *Main) Run(ctx context.Context) error {
 		PresignTTL:      m.cfg.PresignTTL,
 		MaxArtifactSize: m.cfg.MaxArtifactSize,
 
+		DownloadStallTimeout: m.cfg.DownloadStall,
+
 		Fleet:             m.Fleet,
-		PublicURL:         m.cfg.PublicURL,
+		PublicURL:         publicURL,
 		CheckInsPerMinute: m.cfg.CheckInsPerMinute,
 		CheckInBurst:      10,
 		ReportsPerMinute:  m.cfg.ReportsPerMinute,
 		ReportBurst:       60,
+
+		EnrollmentsPerMinute: m.cfg.EnrollmentsPerMinute,
+		EnrollmentBurst:      m.cfg.EnrollmentBurst,
 	})
 
-	if m.ln, err = net.Listen("tcp", m.cfg.Listen); err != nil {
-		return settingError("listen", err)
+	if m.cfg.AddrFile != "" {
+		if err := writeAddrFile(m.cfg.AddrFile, m.ln.Addr().String()); err != nil {
+			m.ln.Close()
+			return settingError("addr-file", err)
+		}
+		m.addrFile = m.cfg.AddrFile
 	}
 	m.http = &http.Server{
 		Handler:           m.API,
@@ -164,6 +187,28 @@ func (r addrRedactor) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// writeAddrFile writes "host:port\n" to path atomically: a temporary file
+// in the same folder renamed over it, so a script polling for the file
+// never reads half an address.
+func writeAddrFile(path, addr string) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, unwrapPathError(err))
+	}
+	_, err = f.WriteString(addr + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("%s: %w", path, unwrapPathError(err))
+	}
+	return nil
+}
+
 // Addr is the address the server listens on (useful with port 0).
 func (m *Main) Addr() string { return m.ln.Addr().String() }
 
@@ -186,6 +231,13 @@ func (m *Main) Close() error {
 		if err := m.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 		}
+	}
+	if m.addrFile != "" {
+		// The address is no longer served: a script must not find it.
+		if err := os.Remove(m.addrFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove --addr-file: %w", err))
+		}
+		m.addrFile = ""
 	}
 	if m.DB != nil {
 		if err := m.DB.Close(); err != nil {

@@ -19,8 +19,9 @@ import (
 
 // Config is everything otad reads from flags and the environment.
 type Config struct {
-	Listen  string
-	DataDir string
+	Listen   string
+	AddrFile string // "" = none; else gets host:port of the bound listener, written once listening
+	DataDir  string
 
 	Database string // "" = SQLite in DataDir
 	Storage  string // "" = filesystem store in DataDir
@@ -47,6 +48,7 @@ type Config struct {
 	RefreshInterval     time.Duration
 	TargetsRedirect     bool
 	PresignTTL          time.Duration
+	DownloadStall       time.Duration
 	MaxArtifactSize     int64
 
 	// Handset API.
@@ -56,6 +58,10 @@ type Config struct {
 	ReportRetention   time.Duration
 	CheckInsPerMinute float64
 	ReportsPerMinute  float64
+	// EnrollmentsPerMinute and EnrollmentBurst are one token bucket for
+	// all enrollments (per replica).
+	EnrollmentsPerMinute float64
+	EnrollmentBurst      int
 }
 
 // defaultConfig is what otad runs with when nothing is set: embedded
@@ -77,12 +83,19 @@ func defaultConfig() Config {
 		RefreshInterval: 5 * time.Second,
 		TargetsRedirect: true,
 		PresignTTL:      5 * time.Minute,
+		DownloadStall:   time.Minute,
 		MaxArtifactSize: 8 << 30,
 
 		PollInterval:      time.Hour,
 		ReportRetention:   90 * 24 * time.Hour,
 		CheckInsPerMinute: 6,
 		ReportsPerMinute:  120,
+		// A handset enrolls once. 600 a minute (36,000 an hour) is far
+		// above what a growing fleet needs and 200 times below the flood
+		// of issue 7 (2,020 a second); the burst lets a batch of 1,000
+		// handsets switched on together enroll at once.
+		EnrollmentsPerMinute: 600,
+		EnrollmentBurst:      1000,
 	}
 }
 
@@ -90,6 +103,7 @@ func defaultConfig() Config {
 // envflag.Error names it beside the flag.
 var envOf = map[string]string{
 	"listen":       "OTAD_LISTEN",
+	"addr-file":    "OTAD_ADDR_FILE",
 	"data-dir":     "OTAD_DATA_DIR",
 	"database":     "OTAD_DATABASE",
 	"storage":      "OTAD_STORAGE",
@@ -99,6 +113,8 @@ var envOf = map[string]string{
 	"online-key":   "OTAD_ONLINE_KEY",
 	"public-url":   "OTAD_PUBLIC_URL",
 	"checkin-rate": "OTAD_CHECKIN_RATE",
+	"enroll-rate":  "OTAD_ENROLL_RATE",
+	"enroll-burst": "OTAD_ENROLL_BURST",
 }
 
 func settingError(flag string, err error) error {
@@ -121,7 +137,10 @@ func (c *Config) registerCommon(fs *envflag.FlagSet) {
 // registerServe adds the flags of "otad serve".
 func (c *Config) registerServe(fs *envflag.FlagSet) {
 	c.registerCommon(fs)
-	fs.StringEnv(&c.Listen, "listen", c.Listen, "address to serve HTTP on; use :8080 to accept handsets from other hosts", "OTAD_LISTEN")
+	fs.StringEnv(&c.Listen, "listen", c.Listen,
+		"address to serve HTTP on; port 0 picks a free port (see --addr-file); :8080 accepts handsets from other hosts and needs --public-url", "OTAD_LISTEN")
+	fs.StringEnv(&c.AddrFile, "addr-file", c.AddrFile,
+		"file to write the bound host:port to once listening (replaced atomically, removed on shutdown); scripts read it with --listen 127.0.0.1:0", "OTAD_ADDR_FILE")
 	fs.StringEnv(&c.Storage, "storage", c.Storage,
 		"blob storage: s3://bucket/prefix for S3-compatible storage, or a folder path (file:///path also accepted); empty means DATA-DIR/blobs", "OTAD_STORAGE")
 	fs.StringEnv(&c.S3Endpoint, "s3-endpoint", c.S3Endpoint,
@@ -146,13 +165,16 @@ func (c *Config) registerServe(fs *envflag.FlagSet) {
 // registerHandset adds the handset API flags.
 func (c *Config) registerHandset(fs *envflag.FlagSet) {
 	fs.StringEnv(&c.PublicURL, "public-url", c.PublicURL,
-		"base URL handsets reach this server at (behind a load balancer or CDN); empty uses each request's host", "OTAD_PUBLIC_URL")
+		"base URL handsets reach this server at; offers name TUF URLs under it. Required unless --listen is a loopback address, where empty means http://BOUND-ADDRESS", "OTAD_PUBLIC_URL")
 	fs.StringEnv(&c.EnrollmentSecret, "enrollment-secret", c.EnrollmentSecret,
 		"fleet enrollment secret handsets must present; empty lets any handset enroll (demo). Prefer the environment", "OTAD_ENROLLMENT_SECRET")
 	fs.DurationEnv(&c.PollInterval, "poll-interval", c.PollInterval, "mean time between handset check-ins (answers are jittered by ±10%)", "OTAD_POLL_INTERVAL")
 	fs.DurationEnv(&c.ReportRetention, "report-retention", c.ReportRetention, "how long install reports are kept before a background job deletes them", "OTAD_REPORT_RETENTION")
 	fs.Float64Env(&c.CheckInsPerMinute, "checkin-rate", c.CheckInsPerMinute, "check-ins a device may make per minute (burst 10); 0 disables the limit", "OTAD_CHECKIN_RATE")
 	fs.Float64Env(&c.ReportsPerMinute, "report-rate", c.ReportsPerMinute, "reports a device may send per minute (burst 60); 0 disables the limit", "OTAD_REPORT_RATE")
+	fs.Float64Env(&c.EnrollmentsPerMinute, "enroll-rate", c.EnrollmentsPerMinute,
+		"enrollments per minute over all handsets, per replica (refused ones do not count); 0 disables the limit", "OTAD_ENROLL_RATE")
+	fs.IntEnv(&c.EnrollmentBurst, "enroll-burst", c.EnrollmentBurst, "enrollments allowed at once before --enroll-rate applies", "OTAD_ENROLL_BURST")
 }
 
 // registerTUF adds the repository flags.
@@ -168,6 +190,8 @@ func (c *Config) registerTUF(fs *envflag.FlagSet) {
 	fs.BoolEnv(&c.TargetsRedirect, "targets-redirect", c.TargetsRedirect,
 		"answer artifact downloads with a redirect to a presigned S3 URL instead of streaming them through otad", "OTAD_TARGETS_REDIRECT")
 	fs.DurationEnv(&c.PresignTTL, "presign-ttl", c.PresignTTL, "validity of presigned artifact URLs", "OTAD_PRESIGN_TTL")
+	fs.DurationEnv(&c.DownloadStall, "download-stall-timeout", c.DownloadStall,
+		"close an artifact download the client has taken no bytes of for this long; downloads are not bound by --write-timeout", "OTAD_DOWNLOAD_STALL_TIMEOUT")
 	fs.Int64Env(&c.MaxArtifactSize, "max-artifact-size", c.MaxArtifactSize, "largest artifact upload in bytes", "OTAD_MAX_ARTIFACT_SIZE")
 }
 
@@ -215,7 +239,7 @@ func (c *Config) ValidateServe() error {
 		"idle-timeout": c.IdleTimeout, "shutdown-timeout": c.ShutdownTimeout,
 		"root-expiry": c.Expiry.Root, "targets-expiry": c.Expiry.Targets,
 		"snapshot-expiry": c.Expiry.Snapshot, "timestamp-expiry": c.Expiry.Timestamp,
-		"refresh-interval": c.RefreshInterval, "presign-ttl": c.PresignTTL,
+		"refresh-interval": c.RefreshInterval, "presign-ttl": c.PresignTTL, "download-stall-timeout": c.DownloadStall,
 		"poll-interval": c.PollInterval, "report-retention": c.ReportRetention,
 	} {
 		if d <= 0 {
@@ -231,15 +255,53 @@ func (c *Config) ValidateServe() error {
 	if c.CheckInsPerMinute < 0 || c.ReportsPerMinute < 0 {
 		return settingError("checkin-rate", errors.New("rates must not be negative"))
 	}
-	if c.PublicURL != "" {
-		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return settingError("public-url", fmt.Errorf("%q: want http(s)://host[:port][/path]", c.PublicURL))
-		}
+	if c.EnrollmentsPerMinute < 0 {
+		return settingError("enroll-rate", fmt.Errorf("%v: must not be negative", c.EnrollmentsPerMinute))
+	}
+	if c.EnrollmentsPerMinute > 0 && c.EnrollmentBurst < 1 {
+		return settingError("enroll-burst", fmt.Errorf("%d: must be at least 1", c.EnrollmentBurst))
+	}
+	if err := c.validatePublicURL(); err != nil {
+		return err
 	}
 	if c.Expiry.Timestamp > c.Expiry.Snapshot {
 		return settingError("timestamp-expiry", fmt.Errorf("%v is longer than --snapshot-expiry %v", c.Expiry.Timestamp, c.Expiry.Snapshot))
 	}
 	return nil
+}
+
+// validatePublicURL checks --public-url, and requires it when --listen
+// accepts connections from other hosts: offers must name a URL the
+// operator chose, never one taken from a request's Host header.
+func (c *Config) validatePublicURL() error {
+	if c.PublicURL == "" {
+		if host, _, _ := net.SplitHostPort(c.Listen); !isLoopback(host) {
+			return settingError("public-url", fmt.Errorf(
+				"required when --listen %q accepts connections from other hosts: set it to the URL handsets reach this server at, e.g. https://ota.example.com", c.Listen))
+		}
+		return nil
+	}
+	u, err := url.Parse(c.PublicURL)
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "":
+		return settingError("public-url", fmt.Errorf("%q: want an absolute http(s)://host[:port][/path]", c.PublicURL))
+	case u.User != nil:
+		return settingError("public-url", fmt.Errorf("%q: must not carry user:password (handsets are given this URL)", c.PublicURL))
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(c.PublicURL, "#"):
+		return settingError("public-url", fmt.Errorf("%q: must not have a query or fragment", c.PublicURL))
+	}
+	return nil
+}
+
+// isLoopback reports whether a --listen host accepts connections from this
+// machine only. An empty host or 0.0.0.0 listens on every interface; a
+// host name other than localhost may resolve to anything.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // databaseKind returns "sqlite" or "postgres" and the DSN to open.

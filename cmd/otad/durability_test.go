@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
 
@@ -33,6 +36,9 @@ func TestAcknowledgedReportsSurviveSIGKILL(t *testing.T) {
 	for round := range rounds {
 		p := startOtad(t, bin, dir)
 		base := "http://" + p.addr
+		if round == 0 {
+			publishPatch(t, bin, dir, base) // reports must name a published patch
+		}
 		var enrolled api.EnrollAnswer
 		body, _ := json.Marshal(api.EnrollBody{Model: "PX-7", Build: "7.1.0", Channel: "stable"})
 		resp, err := client.Post(base+"/api/v1/devices", "application/json", bytes.NewReader(body))
@@ -117,3 +123,18 @@ func TestAcknowledgedReportsSurviveSIGKILL(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// publishPatch runs the key ceremony on the otad serving base from dataDir
+// and publishes apitest.PatchCustom's patch.
+func publishPatch(tb testing.TB, bin, dataDir, base string) {
+	tb.Helper()
+	out, err := exec.Command(bin, "token", "create", "--name", "durability-test", "--role", "release-engineer",
+		"--data-dir", dataDir, "--log-format", "json").Output()
+	if err != nil {
+		tb.Fatalf("otad token create: %v", err)
+	}
+	env := &apitest.Env{URL: base, Token: strings.TrimSpace(string(out))}
+	es := apitest.NewEngineers(tb, 2)
+	env.Ceremony(tb, es, 2)
+	env.Publish(tb, "cloudmsg/CM-2026-001/update.zip", bytes.Repeat([]byte("patch"), 1000), es...)
+}

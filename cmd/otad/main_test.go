@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -171,6 +172,10 @@ func TestGracefulShutdownFinishesInFlightRequests(t *testing.T) {
 	}
 }
 
+// closedPort returns a loopback port that refuses connections: one the
+// kernel just handed out and that is closed again. Only for addresses
+// nothing must answer on; servers that need a port of their own get one
+// from onFreePort.
 func closedPort(tb testing.TB) int {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -256,6 +261,24 @@ func TestConfigErrors(t *testing.T) {
 			name:     "listen address in use",
 			args:     []string{"--listen", busy.Addr().String()},
 			want:     "--listen / OTAD_LISTEN: listen tcp " + busy.Addr().String() + ": bind: address already in use",
+			wantCode: exitConfig,
+		},
+		{
+			name:     "addr file in a missing folder",
+			args:     []string{"--addr-file", filepath.Join(dir, "missing", "otad.addr")},
+			want:     "--addr-file / OTAD_ADDR_FILE: ",
+			wantCode: exitConfig,
+		},
+		{
+			name:     "all interfaces without a public URL",
+			env:      map[string]string{"OTAD_LISTEN": ":0"},
+			want:     `--public-url / OTAD_PUBLIC_URL: required when --listen ":0" accepts connections from other hosts: set it to the URL handsets reach this server at`,
+			wantCode: exitConfig,
+		},
+		{
+			name:     "bad public URL",
+			args:     []string{"--public-url", "ota.example.com"},
+			want:     `--public-url / OTAD_PUBLIC_URL: "ota.example.com": want an absolute http(s)://host[:port][/path]`,
 			wantCode: exitConfig,
 		},
 		{
@@ -348,7 +371,8 @@ func TestBinarySIGTERM(t *testing.T) {
 	}
 	bin := buildOtad(t)
 	dir := t.TempDir()
-	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0")
+	addrFile := filepath.Join(dir, "otad.addr")
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--addr-file", addrFile)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "OTAD_DATA_DIR=")
 	stderr, err := cmd.StderrPipe()
@@ -369,6 +393,10 @@ func TestBinarySIGTERM(t *testing.T) {
 		close(lines)
 	}()
 	addr := waitForLog(t, lines, "otad serving")["addr"].(string)
+	// Written before serving is announced, so scripts may poll for it.
+	if b, err := os.ReadFile(addrFile); err != nil || string(b) != addr+"\n" {
+		t.Errorf("--addr-file: got %q (%v), want %q", b, err, addr+"\n")
+	}
 	if code, body := get(t, "http://"+addr+"/readyz"); code != 200 {
 		t.Fatalf("/readyz: %d %s", code, body)
 	}
@@ -385,6 +413,9 @@ func TestBinarySIGTERM(t *testing.T) {
 	case err := <-done:
 		if err != nil {
 			t.Fatalf("otad exited with %v after SIGTERM, want status 0", err)
+		}
+		if _, err := os.Stat(addrFile); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("--addr-file after SIGTERM: %v, want it removed", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("otad did not exit within 10s of SIGTERM")

@@ -23,8 +23,12 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"mime"
+	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -47,6 +51,8 @@ func Run(t *testing.T, open func(t testing.TB) manifests.BlobStore) {
 		{"Missing", testMissing},
 		{"Delete", testDelete},
 		{"InvalidKey", testInvalidKey},
+		{"SegmentLength", testSegmentLength},
+		{"ObjectReader", testObjectReader},
 		{"List", testList},
 		{"ListStop", testListStop},
 		{"FailedPut", testFailedPut},
@@ -275,6 +281,161 @@ func testInvalidKey(t *testing.T, s manifests.BlobStore) {
 				t.Errorf("got error %v, want ErrInvalidKey", err)
 			}
 		})
+	}
+}
+
+// testSegmentLength checks that both stores take the same keys: segments
+// up to manifests.MaxSegmentLen (the filesystem's NAME_MAX) work, and a
+// longer one is ErrInvalidKey for every operation, also on S3, which would
+// hold it; never an internal error from the filesystem.
+func testSegmentLength(t *testing.T, s manifests.BlobStore) {
+	ctx := t.Context()
+	longest := strings.Repeat("n", manifests.MaxSegmentLen)
+	for _, key := range []string{longest, "dir/" + longest, longest + "/" + longest + "/x"} {
+		t.Run(fmt.Sprintf("%d bytes", len(key)), func(t *testing.T) {
+			data := payload(20, 300)
+			MustPut(t, s, key, data)
+			if got, _ := MustGet(t, s, key, manifests.Range{}); !bytes.Equal(got, data) {
+				t.Errorf("Get: got %d bytes, want %d %s", len(got), len(data), diffAt(got, data))
+			}
+			if err := s.Delete(ctx, key); err != nil {
+				t.Errorf("Delete: %v", err)
+			}
+		})
+	}
+	tooLong := longest + "n"
+	for _, key := range []string{tooLong, "dir/" + tooLong, tooLong + "/x", "targets/" + strings.Repeat("ab", 32) + "." + strings.Repeat("n", 300)} {
+		t.Run(fmt.Sprintf("too long %d bytes", len(key)), func(t *testing.T) {
+			if _, err := s.Put(ctx, key, bytes.NewReader([]byte("x"))); !errors.Is(err, manifests.ErrInvalidKey) {
+				t.Errorf("Put: got error %v, want ErrInvalidKey", err)
+			}
+			rc, _, err := s.Get(ctx, key, manifests.Range{})
+			if err == nil {
+				rc.Close()
+			}
+			if !errors.Is(err, manifests.ErrInvalidKey) {
+				t.Errorf("Get: got error %v, want ErrInvalidKey", err)
+			}
+			if _, err := s.Stat(ctx, key); !errors.Is(err, manifests.ErrInvalidKey) {
+				t.Errorf("Stat: got error %v, want ErrInvalidKey", err)
+			}
+			if err := s.Delete(ctx, key); !errors.Is(err, manifests.ErrInvalidKey) {
+				t.Errorf("Delete: got error %v, want ErrInvalidKey", err)
+			}
+			if _, err := s.PresignGet(ctx, key, time.Minute); !errors.Is(err, manifests.ErrInvalidKey) {
+				t.Errorf("PresignGet: got error %v, want ErrInvalidKey", err)
+			}
+		})
+	}
+	if got := listKeys(t, s, ""); len(got) != 0 {
+		t.Errorf("List after the long keys: got %d keys, want none", len(got))
+	}
+}
+
+// testObjectReader checks manifests.ObjectReader on the store: the seeks
+// http.ServeContent makes, and the answers it gives with it.
+func testObjectReader(t *testing.T, s manifests.BlobStore) {
+	data := payload(21, 100_000)
+	info := MustPut(t, s, "seek/object", data)
+	r := manifests.NewObjectReader(t.Context(), s, info)
+	defer r.Close()
+	steps := []struct {
+		offset int64
+		whence int
+		read   int // bytes to read after the seek
+		want   []byte
+	}{
+		{0, io.SeekEnd, 0, nil},
+		{0, io.SeekStart, 10, data[:10]},
+		{0, io.SeekCurrent, 10, data[10:20]},
+		{50_000, io.SeekStart, 1000, data[50_000:51_000]},
+		{-5, io.SeekEnd, 5, data[len(data)-5:]},
+		{10, io.SeekStart, 5, data[10:15]}, // backwards
+		{0, io.SeekEnd, 0, nil},
+	}
+	for i, st := range steps {
+		pos, err := r.Seek(st.offset, st.whence)
+		if err != nil {
+			t.Fatalf("step %d: Seek(%d, %d): %v", i, st.offset, st.whence, err)
+		}
+		got := make([]byte, st.read)
+		if _, err := io.ReadFull(r, got); err != nil {
+			t.Fatalf("step %d: reading %d bytes at %d: %v", i, st.read, pos, err)
+		}
+		if !bytes.Equal(got, st.want) {
+			t.Errorf("step %d: got %d bytes at %d %s", i, len(got), pos, diffAt(got, st.want))
+		}
+	}
+	if n, err := r.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("Read at the end: got %d, %v, want 0, io.EOF", n, err)
+	}
+	if _, err := r.Seek(-1, io.SeekStart); err == nil {
+		t.Errorf("Seek(-1): got no error")
+	}
+
+	tests := []struct {
+		name       string
+		rangeHdr   string
+		wantStatus int
+		want       []byte
+	}{
+		{"whole", "", http.StatusOK, data},
+		{"one range", "bytes=100-199", http.StatusPartialContent, data[100:200]},
+		{"open range", "bytes=99000-", http.StatusPartialContent, data[99_000:]},
+		{"suffix", "bytes=-10", http.StatusPartialContent, data[len(data)-10:]},
+		{"past the end", "bytes=100000-", http.StatusRequestedRangeNotSatisfiable, nil},
+	}
+	for _, tc := range tests {
+		t.Run("ServeContent "+tc.name, func(t *testing.T) {
+			r := manifests.NewObjectReader(t.Context(), s, info)
+			defer r.Close()
+			req := httptest.NewRequest(http.MethodGet, "/seek/object", nil)
+			if tc.rangeHdr != "" {
+				req.Header.Set("Range", tc.rangeHdr)
+			}
+			rec := httptest.NewRecorder()
+			rec.Header().Set("Content-Type", "application/octet-stream")
+			http.ServeContent(rec, req, "", time.Time{}, r)
+			if rec.Code != tc.wantStatus {
+				t.Fatalf("got status %d, want %d", rec.Code, tc.wantStatus)
+			}
+			if tc.want != nil && !bytes.Equal(rec.Body.Bytes(), tc.want) {
+				t.Errorf("got %d bytes, want %d %s", rec.Body.Len(), len(tc.want), diffAt(rec.Body.Bytes(), tc.want))
+			}
+		})
+	}
+	t.Run("ServeContent multiple ranges", func(t *testing.T) {
+		r := manifests.NewObjectReader(t.Context(), s, info)
+		defer r.Close()
+		req := httptest.NewRequest(http.MethodGet, "/seek/object", nil)
+		req.Header.Set("Range", "bytes=0-9,90000-90009")
+		rec := httptest.NewRecorder()
+		rec.Header().Set("Content-Type", "application/octet-stream")
+		http.ServeContent(rec, req, "", time.Time{}, r)
+		_, params, err := mime.ParseMediaType(rec.Header().Get("Content-Type"))
+		if rec.Code != http.StatusPartialContent || err != nil {
+			t.Fatalf("got status %d Content-Type %q, want 206 multipart/byteranges", rec.Code, rec.Header().Get("Content-Type"))
+		}
+		mr := multipart.NewReader(rec.Body, params["boundary"])
+		for _, want := range [][]byte{data[:10], data[90_000:90_010]} {
+			part, err := mr.NextPart()
+			if err != nil {
+				t.Fatalf("next part: %v", err)
+			}
+			got, err := io.ReadAll(part)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Errorf("part %s: got %d bytes (%v), want %d %s", part.Header.Get("Content-Range"), len(got), err, len(want), diffAt(got, want))
+			}
+		}
+	})
+
+	// Another object under the key (of another size) is refused rather
+	// than mixed into the answer.
+	MustPut(t, s, "seek/object", data[:500])
+	r2 := manifests.NewObjectReader(t.Context(), s, info)
+	defer r2.Close()
+	if _, err := io.ReadAll(r2); err == nil {
+		t.Errorf("reading after the object shrank: got no error")
 	}
 }
 

@@ -90,6 +90,9 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (manifests.Obj
 		return manifests.ObjectInfo{}, fmt.Errorf("fsstore: put %s: %w", key, err)
 	}
 	info, err := s.put(ctx, key, r)
+	if errors.Is(err, syscall.ENAMETOOLONG) {
+		return manifests.ObjectInfo{}, nameTooLong(key)
+	}
 	if err != nil {
 		return manifests.ObjectInfo{}, fmt.Errorf("fsstore: put %s: %w", key, err)
 	}
@@ -391,12 +394,24 @@ func (s *Store) path(key string) string {
 }
 
 // pathError translates a filesystem error for key: a missing file, or a
-// file where the key needs a directory, is manifests.ErrNotExist.
+// file where the key needs a directory, is manifests.ErrNotExist; a name
+// the filesystem cannot hold is manifests.ErrInvalidKey.
 func (s *Store) pathError(op, key string, err error) error {
 	if isNotExist(err) {
 		return fmt.Errorf("%s: %w", key, manifests.ErrNotExist)
 	}
+	if errors.Is(err, syscall.ENAMETOOLONG) {
+		return nameTooLong(key)
+	}
 	return fmt.Errorf("fsstore: %s %s: %w", op, key, err)
+}
+
+// nameTooLong reports a key that manifests.ValidateKey accepts but the
+// filesystem does not: one whose NAME_MAX is below manifests.MaxSegmentLen
+// (eCryptfs allows 143 bytes) or whose root is deep enough to reach
+// PATH_MAX. It is the key's fault, not a server error.
+func nameTooLong(key string) error {
+	return fmt.Errorf("%w: a segment of the %d-byte key is too long for this filesystem", manifests.ErrInvalidKey, len(key))
 }
 
 func isNotExist(err error) bool {

@@ -2,13 +2,10 @@ package api
 
 import (
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -45,29 +42,11 @@ func (s *Server) mountAdmin() {
 	}
 }
 
-// jsonType names a Go type the way a JSON client thinks of it.
-func jsonType(goType string) string {
-	switch {
-	case goType == "string", goType == "*string":
-		return "a string"
-	case goType == "bool", goType == "*bool":
-		return "true or false"
-	case strings.HasPrefix(goType, "[]"):
-		return "an array"
-	case strings.Contains(goType, "int"), strings.Contains(goType, "float"):
-		return "a number"
-	case strings.Contains(goType, "Time"):
-		return "an RFC 3339 time"
-	}
-	return "a " + goType
-}
-
-// authenticate requires a live admin token ("Authorization: Bearer ...")
-// and puts it in the request context.
+// authenticate requires a live admin token ("Authorization: Bearer ...";
+// a bare token is refused) and puts it in the request context.
 func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		auth := c.Request().Header.Get("Authorization")
-		plain, ok := strings.CutPrefix(auth, "Bearer ")
+		plain, ok := bearerToken(c.Request().Header.Get("Authorization"))
 		if !ok {
 			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="otad admin"`)
 			return fmt.Errorf("%w: missing bearer token; create one with otad token create", server.ErrUnauthorized)
@@ -98,34 +77,6 @@ func actor(c echo.Context) string {
 		return t.Name
 	}
 	return ""
-}
-
-// decodeJSON decodes the body into v, refusing unknown fields and trailing
-// data, with errors that name the field.
-func decodeJSON(c echo.Context, v any) error {
-	dec := json.NewDecoder(c.Request().Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
-		}
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return &server.FieldError{Field: te.Field, Message: "want " + jsonType(te.Type.String())}
-		}
-		if fe := unknownField(err); fe != nil {
-			return fe
-		}
-		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: empty body, want JSON", server.ErrInvalid)
-		}
-		return fmt.Errorf("%w: body: %s", server.ErrInvalid, strings.TrimPrefix(err.Error(), "json: "))
-	}
-	if dec.More() {
-		return fmt.Errorf("%w: body: trailing data after the JSON object", server.ErrInvalid)
-	}
-	return nil
 }
 
 // WhoAmI is the answer of GET /admin/whoami.
@@ -253,6 +204,11 @@ type ReleaseRequest struct {
 func (s *Server) createRelease(c echo.Context) error {
 	var req ReleaseRequest
 	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	// Handsets report and check in with the patch id, under the same rule
+	// as every handset field: a patch they could not name is refused here.
+	if err := server.ValidatePatchID("custom.patch_id", req.Custom.PatchID); err != nil {
 		return err
 	}
 	d, err := s.repo.CreateReleaseDraft(c.Request().Context(), manifests.Release{

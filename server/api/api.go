@@ -12,6 +12,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
@@ -45,18 +46,29 @@ type Config struct {
 	// valid for PresignTTL when the store can presign (S3).
 	TargetsRedirect bool
 	PresignTTL      time.Duration
+	// DownloadStallTimeout closes an artifact download that has taken no
+	// bytes for this long (default 60 s). Downloads are not bound by the
+	// http.Server's WriteTimeout, which a large build over a slow link
+	// would outlast.
+	DownloadStallTimeout time.Duration
 	// MaxArtifactSize bounds artifact uploads.
 	MaxArtifactSize int64
 
 	// Fleet enables the handset API and the fleet summary.
 	Fleet *server.Fleet
 	// PublicURL is the base URL handsets reach the server at (offers name
-	// metadata and targets URLs under it); empty uses the request's host.
+	// metadata and targets URLs under it); empty answers root-relative
+	// paths ("/tuf/", "/targets/"), never the request's Host header.
 	PublicURL string
 	// CheckInsPerMinute and ReportsPerMinute limit each device token
 	// (with bursts of CheckInBurst and ReportBurst); zero disables.
 	CheckInsPerMinute, ReportsPerMinute float64
 	CheckInBurst, ReportBurst           int
+	// EnrollmentsPerMinute limits successful enrollments across all
+	// clients of this replica (one token bucket, bursts of
+	// EnrollmentBurst); zero disables.
+	EnrollmentsPerMinute float64
+	EnrollmentBurst      int
 }
 
 // Server is the HTTP application. It is an http.Handler; cmd/otad owns the
@@ -72,11 +84,13 @@ type Server struct {
 	tokens          server.Tokens
 	targetsRedirect bool
 	presignTTL      time.Duration
+	downloadStall   time.Duration
 
 	fleet        *server.Fleet
 	publicURL    string
 	checkInLimit *limiter
 	reportLimit  *limiter
+	enrollLimit  *rate.Limiter
 }
 
 // New builds the application with its middleware and routes.
@@ -96,6 +110,9 @@ func New(cfg Config) *Server {
 	if cfg.PresignTTL <= 0 {
 		cfg.PresignTTL = 5 * time.Minute
 	}
+	if cfg.DownloadStallTimeout <= 0 {
+		cfg.DownloadStallTimeout = time.Minute
+	}
 	if cfg.MaxArtifactSize <= 0 {
 		cfg.MaxArtifactSize = 8 << 30
 	}
@@ -105,19 +122,18 @@ func New(cfg Config) *Server {
 	e.HidePort = true
 	s := &Server{echo: e, log: cfg.Logger, checks: cfg.Checks, timeout: cfg.ReadyTimeout,
 		repo: cfg.Repo, blobs: cfg.Blobs, tokens: cfg.Tokens,
-		targetsRedirect: cfg.TargetsRedirect, presignTTL: cfg.PresignTTL,
+		targetsRedirect: cfg.TargetsRedirect, presignTTL: cfg.PresignTTL, downloadStall: cfg.DownloadStallTimeout,
 		fleet: cfg.Fleet, publicURL: strings.TrimSuffix(cfg.PublicURL, "/"),
 		checkInLimit: newLimiter(cfg.CheckInsPerMinute, cfg.CheckInBurst),
-		reportLimit:  newLimiter(cfg.ReportsPerMinute, cfg.ReportBurst)}
+		reportLimit:  newLimiter(cfg.ReportsPerMinute, cfg.ReportBurst),
+		enrollLimit:  newGlobalLimiter(cfg.EnrollmentsPerMinute, cfg.EnrollmentBurst)}
 	e.HTTPErrorHandler = s.handleError
 
 	// Order matters: the request id comes first so every later log line
 	// carries it; observe sits outside recover so that a recovered panic is
 	// still logged and counted as the 500 it became; the body limit applies
 	// before any handler reads.
-	e.Use(middleware.RequestIDWithConfig(middleware.RequestIDConfig{
-		Generator: newRequestID,
-	}))
+	e.Use(requestIDs)
 	e.Use(observe(cfg.Logger, newHTTPMetrics(cfg.Registry)))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
 		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
@@ -139,9 +155,11 @@ func New(cfg Config) *Server {
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(metricsHandler(cfg.Registry)))
+	e.GET(OpenAPIRoute, openAPIHandler())
 	if s.repo != nil {
 		cfg.Registry.MustRegister(newRepoCollector(s.repo))
 		e.GET("/tuf/:name", s.tufMetadata)
+		e.HEAD("/tuf/:name", s.tufMetadata)
 		e.GET("/targets/*", s.targetFile)
 		e.HEAD("/targets/*", s.targetFile)
 		s.mountAdmin()

@@ -68,6 +68,7 @@ var httpCodes = map[int]string{
 	http.StatusNotFound:                     "not_found",
 	http.StatusMethodNotAllowed:             "method_not_allowed",
 	http.StatusRequestEntityTooLarge:        "body_too_large",
+	http.StatusPreconditionFailed:           "precondition_failed",
 	http.StatusUnsupportedMediaType:         "unsupported_media_type",
 	http.StatusTooManyRequests:              "rate_limited",
 	http.StatusRequestedRangeNotSatisfiable: "range_not_satisfiable",

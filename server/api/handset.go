@@ -20,26 +20,16 @@ import (
 
 func (s *Server) mountHandset() {
 	g := s.echo.Group("/api/v1")
-	g.POST("/devices", s.enroll)
+	g.POST("/devices", s.enroll, limitTotal(s.enrollLimit))
 	g.POST("/checkin", s.checkIn, s.limit(s.checkInLimit))
 	g.POST("/reports", s.report, s.limit(s.reportLimit))
 	g.DELETE("/devices/self", s.eraseSelf)
 }
 
-// limit applies a per-token rate limit before anything touches storage.
-func (s *Server) limit(l *limiter) echo.MiddlewareFunc {
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			if ok, wait := l.allow(bearer(c), time.Now()); !ok {
-				return &server.RateLimitError{RetryAfter: wait}
-			}
-			return next(c)
-		}
-	}
-}
-
+// bearer is the request's device token; "" (refused as invalid) unless the
+// header is "Authorization: Bearer TOKEN".
 func bearer(c echo.Context) string {
-	t, _ := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
+	t, _ := bearerToken(c.Request().Header.Get("Authorization"))
 	return t
 }
 
@@ -129,20 +119,20 @@ func (s *Server) checkIn(c echo.Context) error {
 	}
 	ans := CheckInAnswer{PollAfterSeconds: int(res.PollAfter.Seconds())}
 	if o := res.Offer; o != nil {
-		base := s.publicBase(c)
+		base := s.publicBase()
 		ans.Offer = &OfferAnswer{Target: o.Target, Length: o.Length, SHA256: o.SHA256, PatchID: o.PatchID,
 			RolloutID: o.RolloutID, MetadataURL: base + "/tuf/", TargetsURL: base + "/targets/", Custom: o.Custom}
 	}
 	return c.JSON(http.StatusOK, ans)
 }
 
-// publicBase is the URL handsets reach this server at: the configured
-// public URL, or the one the request came in on.
-func (s *Server) publicBase(c echo.Context) string {
-	if s.publicURL != "" {
-		return s.publicURL
-	}
-	return c.Scheme() + "://" + c.Request().Host
+// publicBase is the URL offers name TUF locations under: the configured
+// public URL, or "" so that they are root-relative paths ("/tuf/") that
+// the handset resolves against the URL it reached the API at. Never the
+// request's Host header: anyone can send one, and an offer naming it
+// would point handsets wherever the sender likes.
+func (s *Server) publicBase() string {
+	return s.publicURL
 }
 
 // ReportBody is the body of POST /api/v1/reports.
@@ -189,8 +179,9 @@ func (s *Server) eraseSelf(c echo.Context) error {
 	return c.NoContent(http.StatusNoContent)
 }
 
-// fleetSummary answers GET /api/v1/admin/fleet/summary?patch=ID&active_days=N.
-// Without patch, it reports on the newest published patch.
+// fleetSummary answers GET /api/v1/admin/fleet/summary?patch=ID&active_days=N&models=M.
+// Without patch, it reports on the newest published patch; models caps
+// the by-model list (server.DefaultSummaryModels when absent).
 func (s *Server) fleetSummary(c echo.Context) error {
 	patch := c.QueryParam("patch")
 	if patch == "" {
@@ -206,7 +197,15 @@ func (s *Server) fleetSummary(c echo.Context) error {
 		}
 		days = n
 	}
-	sum, err := s.fleet.Summary(c.Request().Context(), patch, days)
+	models := server.DefaultSummaryModels
+	if v := c.QueryParam("models"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return &server.FieldError{Field: "models", Message: "want a whole number of models"}
+		}
+		models = n
+	}
+	sum, err := s.fleet.Summary(c.Request().Context(), patch, days, models)
 	if err != nil {
 		return err
 	}

@@ -44,7 +44,7 @@ func (m *mockDevices) PatchStates(context.Context, string) ([]server.PatchState,
 	return nil, nil
 }
 func (m *mockDevices) Reports(context.Context, string) ([]server.Report, error) { return nil, nil }
-func (m *mockDevices) FleetSummary(context.Context, string, time.Time) (*server.FleetSummary, error) {
+func (m *mockDevices) FleetSummary(context.Context, string, time.Time, int) (*server.FleetSummary, error) {
 	return &server.FleetSummary{}, nil
 }
 
@@ -73,12 +73,16 @@ func newHandsetServer(tb testing.TB, cfg Config) (*Server, *mockDevices) {
 	return s, store
 }
 
-func post(tb testing.TB, h http.Handler, path, token, body string) *httptest.ResponseRecorder {
+// post sends a JSON body to h; opts adjust the request first (offContract).
+func post(tb testing.TB, h http.Handler, path, token, body string, opts ...func(*http.Request)) *httptest.ResponseRecorder {
 	tb.Helper()
 	req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for _, o := range opts {
+		o(req)
 	}
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
@@ -132,7 +136,7 @@ func TestHandsetValidation(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := post(t, s, tc.path, goodToken, tc.body)
+			rec := post(t, s, tc.path, goodToken, tc.body, offContract)
 			if rec.Code != http.StatusBadRequest {
 				t.Fatalf("got %d %s, want 400", rec.Code, rec.Body)
 			}
@@ -151,20 +155,49 @@ func TestHandsetValidation(t *testing.T) {
 }
 
 // TestHandsetAuth checks that a bad token is 401 with the same answer
-// whether or not it is well formed, and that the enrollment secret is
-// required.
+// whether or not it is well formed, on every handset call, and that the
+// enrollment secret is required. The store's refusal is worded unlike
+// the handler's on purpose: the answers match only because Fleet makes
+// them one (server/apitest's TestDeviceTokenAnswer does it on SQLite).
 func TestHandsetAuth(t *testing.T) {
-	s, _ := newHandsetServer(t, Config{})
-	var bodies []string
-	for _, token := range []string{"", "nonsense", "otadev_unknown"} {
-		rec := post(t, s, "/api/v1/checkin", token, validCheckIn)
-		if rec.Code != http.StatusUnauthorized {
-			t.Fatalf("token %q: got %d, want 401", token, rec.Code)
-		}
-		bodies = append(bodies, rec.Body.String())
+	s, store := newHandsetServer(t, Config{})
+	refuse := func() error { return fmt.Errorf("%w: mock store: no device holds this token", server.ErrUnauthorized) }
+	store.CheckInFn = func(context.Context, string, server.CheckIn, time.Time) (*server.Device, error) { return nil, refuse() }
+	store.DeviceByTokenFn = func(context.Context, string) (*server.Device, error) { return nil, refuse() }
+	report := `{"report_id":"r-1","patch_id":"CM-2026-001","state":"installed","at":"2026-11-23T10:00:00Z"}`
+	calls := []struct{ method, path, body string }{
+		{http.MethodPost, "/api/v1/checkin", validCheckIn},
+		{http.MethodPost, "/api/v1/reports", report},
+		{http.MethodDelete, "/api/v1/devices/self", ""},
 	}
-	if bodies[1] != bodies[2] {
-		t.Errorf("a malformed and an unknown token answer differently:\n%s\n%s", bodies[1], bodies[2])
+	tokens := []struct{ name, token string }{
+		{"malformed", "nonsense"},
+		{"too long", "otadev_" + strings.Repeat("a", 200)},
+		{"unknown", "otadev_unknown"},
+	}
+	first := ""
+	for _, c := range calls {
+		for _, tok := range tokens {
+			req := httptest.NewRequest(c.method, c.path, strings.NewReader(c.body))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+tok.token)
+			rec := httptest.NewRecorder()
+			s.ServeHTTP(rec, req)
+			if rec.Code != http.StatusUnauthorized {
+				t.Fatalf("%s %s, %s token: got %d %s, want 401", c.method, c.path, tok.name, rec.Code, rec.Body)
+			}
+			if first == "" {
+				first = rec.Body.String()
+			} else if rec.Body.String() != first {
+				t.Errorf("%s %s, %s token: answer differs:\n got %s\nwant %s", c.method, c.path, tok.name, rec.Body, first)
+			}
+		}
+	}
+	if strings.Contains(first, "mock store") {
+		t.Errorf("the store's wording reached the client: %s", first)
+	}
+	if rec := post(t, s, "/api/v1/checkin", "", validCheckIn, offContract); rec.Code != http.StatusUnauthorized {
+		t.Errorf("no token: got %d, want 401", rec.Code)
 	}
 	rec := post(t, s, "/api/v1/devices", "", `{"model":"PX-7","build":"7.1.0","channel":"stable","enrollment_secret":"guess"}`)
 	if rec.Code != http.StatusUnauthorized {
@@ -179,7 +212,7 @@ func TestHandsetAuth(t *testing.T) {
 func TestHandsetLimits(t *testing.T) {
 	s, _ := newHandsetServer(t, Config{MaxBody: 512, CheckInsPerMinute: 1, CheckInBurst: 2})
 	t.Run("body too large", func(t *testing.T) {
-		rec := post(t, s, "/api/v1/reports", goodToken, `{"message":"`+strings.Repeat("x", 600)+`"}`)
+		rec := post(t, s, "/api/v1/reports", goodToken, `{"message":"`+strings.Repeat("x", 600)+`"}`, offContract)
 		if rec.Code != http.StatusRequestEntityTooLarge {
 			t.Fatalf("got %d, want 413", rec.Code)
 		}

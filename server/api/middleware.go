@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -23,6 +24,21 @@ import (
 // answers those with echo.ErrNotFound or echo.ErrMethodNotAllowed; handlers
 // signal their own "not found" with server.ErrNotFound instead.
 const unmatchedRoute = "unmatched"
+
+// otherMethod labels requests whose method is not one of the standard
+// ones: net/http passes any token as a method, and each made-up one would
+// otherwise be a new series that lives until the process exits.
+const otherMethod = "other"
+
+// metricMethod is method as a metric label, from a fixed set.
+func metricMethod(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return method
+	}
+	return otherMethod
+}
 
 type httpMetrics struct {
 	requests *prometheus.CounterVec
@@ -57,9 +73,13 @@ func metricsHandler(reg *prometheus.Registry) http.Handler {
 // count them all.
 var quietRoutes = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true, "/api/v1/checkin": true}
 
-// observe logs and counts every request once it has been answered. It logs
-// no client address and no query string: the server keeps no client IPs,
-// and query strings may carry tokens.
+// observe logs and counts every request once it has been answered. Every
+// label and log attribute comes from a fixed set or from the server: the
+// method (standard ones, else "other"), the route template (or
+// "unmatched"), the status and the request id the server generated. It
+// logs no client address, no path and no query string: the server keeps no
+// client IPs, query strings may carry tokens, and paths are client-chosen
+// text (/tuf/867530012345670.root.json would log an IMEI).
 func observe(log *slog.Logger, m *httpMetrics) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
@@ -77,8 +97,9 @@ func observe(log *slog.Logger, m *httpMetrics) echo.MiddlewareFunc {
 			}
 			status := c.Response().Status
 			req := c.Request()
-			m.requests.WithLabelValues(req.Method, route, strconv.Itoa(status)).Inc()
-			m.duration.WithLabelValues(req.Method, route).Observe(elapsed.Seconds())
+			method := metricMethod(req.Method)
+			m.requests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
+			m.duration.WithLabelValues(method, route).Observe(elapsed.Seconds())
 
 			level := slog.LevelInfo
 			switch {
@@ -89,9 +110,8 @@ func observe(log *slog.Logger, m *httpMetrics) echo.MiddlewareFunc {
 			}
 			log.LogAttrs(req.Context(), level, "request",
 				slog.String("request_id", requestID(c)),
-				slog.String("method", req.Method),
+				slog.String("method", method),
 				slog.String("route", route),
-				slog.String("path", req.URL.Path),
 				slog.Int("status", status),
 				slog.Int64("bytes", c.Response().Size),
 				slog.Duration("duration", elapsed))
@@ -122,6 +142,17 @@ func bodyLimit(limitFor func(echo.Context) int64) echo.MiddlewareFunc {
 	}
 }
 
+// requestIDs gives every request an id the server generates, in the
+// X-Request-Id response header and every log line of the request. A
+// client's X-Request-Id is ignored, not echoed: it is free text (it can
+// carry an IMEI) of up to the header limit (a 60 KB log line).
+func requestIDs(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		c.Response().Header().Set(echo.HeaderXRequestID, newRequestID())
+		return next(c)
+	}
+}
+
 func newRequestID() string {
 	var b [12]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -132,6 +163,18 @@ func newRequestID() string {
 
 func requestID(c echo.Context) string {
 	return c.Response().Header().Get(echo.HeaderXRequestID)
+}
+
+// bearerToken is the token of an "Authorization: Bearer TOKEN" header; ok
+// is false for any other header, a bare token included. The scheme is
+// case-insensitive (RFC 9110, section 11.1).
+func bearerToken(header string) (token string, ok bool) {
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	token = strings.TrimLeft(token, " ")
+	return token, token != ""
 }
 
 // repoCollector exports seconds to expiry per published TUF role, read at

@@ -1,9 +1,10 @@
 package api
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -19,10 +20,10 @@ import (
 // hash-named artifacts forever: their content never changes.
 const immutableCache = "public, max-age=31536000, immutable"
 
-// tufMetadata serves /tuf/{name}: timestamp.json and versioned root,
-// snapshot and targets files, from the repository's in-memory cache.
-// Anything unknown is 404 (never 403: TUF clients take 403 on
-// N+1.root.json as an error rather than "no newer root").
+// tufMetadata serves /tuf/{name} (GET and HEAD): timestamp.json and
+// versioned root, snapshot and targets files, from the repository's
+// in-memory cache. Anything unknown is 404 (never 403: TUF clients take 403
+// on N+1.root.json as an error rather than "no newer root").
 func (s *Server) tufMetadata(c echo.Context) error {
 	name := c.Param("name")
 	f, err := s.repo.MetadataFile(c.Request().Context(), name)
@@ -39,10 +40,10 @@ func (s *Server) tufMetadata(c echo.Context) error {
 	} else {
 		h.Set("Cache-Control", "public, max-age="+strconv.Itoa(timestampMaxAge(f.Expires, time.Now())))
 	}
-	if etagMatch(c.Request().Header.Get("If-None-Match"), f.ETag) {
-		return c.NoContent(http.StatusNotModified)
-	}
-	return c.Blob(http.StatusOK, "application/json", f.Data)
+	h.Set("Content-Type", "application/json")
+	w := &contentWriter{Response: c.Response()}
+	http.ServeContent(w, c.Request(), "", time.Time{}, bytes.NewReader(f.Data))
+	return w.err()
 }
 
 // timestampMaxAge keeps timestamp.json in caches for at most a minute and
@@ -53,32 +54,29 @@ func timestampMaxAge(expires, now time.Time) int {
 	return int(max(0, min(left, time.Minute)).Seconds())
 }
 
-func etagMatch(header, etag string) bool {
-	for candidate := range strings.SplitSeq(header, ",") {
-		candidate = strings.TrimSpace(candidate)
-		if candidate == etag || candidate == "*" || strings.TrimPrefix(candidate, "W/") == etag {
-			return true
-		}
-	}
-	return false
-}
-
-// targetFile serves /targets/{path}: an artifact under its hash-prefixed
-// name. With redirects on and a store that presigns (S3), it answers 307 to
-// a short-lived URL so the bytes do not pass through otad; otherwise it
-// streams, with single byte ranges for resumed downloads.
+// targetFile serves /targets/{path} (GET and HEAD): an artifact under its
+// hash-prefixed name. With redirects on and a store that presigns (S3), it
+// answers 307 to a short-lived URL so the bytes do not pass through otad;
+// otherwise http.ServeContent streams it, with byte ranges for resumed
+// downloads and the conditional requests of RFC 9110.
+//
+// A build of several GB over a cellular link outlasts the server's write
+// timeout, which is meant for API calls: the stream lifts it and instead
+// closes the connection once the client has taken nothing for the stall
+// timeout.
 func (s *Server) targetFile(c echo.Context) error {
 	rel := c.Param("*")
 	key := "targets/" + rel
+	notFound := fmt.Errorf("%w: no target file %s", server.ErrNotFound, rel)
 	if err := manifests.ValidateKey(rel); err != nil {
-		return fmt.Errorf("%w: no target file %s", server.ErrNotFound, rel)
+		return notFound
 	}
 	ctx := c.Request().Context()
 	if s.targetsRedirect {
 		u, err := s.blobs.PresignGet(ctx, key, s.presignTTL)
 		if err == nil {
-			if _, err := s.blobs.Stat(ctx, key); errors.Is(err, manifests.ErrNotExist) {
-				return fmt.Errorf("%w: no target file %s", server.ErrNotFound, rel)
+			if _, err := s.blobs.Stat(ctx, key); isMissing(err) {
+				return notFound
 			}
 			c.Response().Header().Set("Cache-Control", "no-store")
 			return c.Redirect(http.StatusTemporaryRedirect, u)
@@ -88,8 +86,8 @@ func (s *Server) targetFile(c echo.Context) error {
 		}
 	}
 	info, err := s.blobs.Stat(ctx, key)
-	if errors.Is(err, manifests.ErrNotExist) {
-		return fmt.Errorf("%w: no target file %s", server.ErrNotFound, rel)
+	if isMissing(err) {
+		return notFound
 	}
 	if err != nil {
 		return err
@@ -101,76 +99,156 @@ func (s *Server) targetFile(c echo.Context) error {
 	}
 	h.Set("ETag", etag)
 	h.Set("Cache-Control", immutableCache)
-	h.Set("Accept-Ranges", "bytes")
-	if etagMatch(c.Request().Header.Get("If-None-Match"), etag) {
-		return c.NoContent(http.StatusNotModified)
-	}
-	rng, partial, err := parseRange(c.Request().Header.Get("Range"), info.Size)
-	if err != nil {
-		h.Set("Content-Range", "bytes */"+strconv.FormatInt(info.Size, 10))
-		return echo.NewHTTPError(http.StatusRequestedRangeNotSatisfiable, err.Error())
-	}
-	rc, _, err := s.blobs.Get(ctx, key, rng)
-	if err != nil {
+	h.Set("Content-Type", "application/octet-stream")
+
+	content := manifests.NewObjectReader(ctx, s.blobs, info)
+	defer content.Close()
+	w := &contentWriter{Response: c.Response(), rc: http.NewResponseController(c.Response().Writer), stall: s.downloadStall}
+	http.ServeContent(w, c.Request(), "", time.Time{}, content)
+	if err := w.err(); err != nil {
 		return err
 	}
-	defer rc.Close()
-	length := info.Size - rng.Offset
-	if rng.Length > 0 {
-		length = rng.Length
-	}
-	status := http.StatusOK
-	if partial {
-		status = http.StatusPartialContent
-		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", rng.Offset, rng.Offset+length-1, info.Size))
-	}
-	h.Set("Content-Length", strconv.FormatInt(length, 10))
-	h.Set("Content-Type", "application/octet-stream")
-	c.Response().WriteHeader(status)
-	if c.Request().Method == http.MethodHead {
-		return nil
-	}
-	_, err = io.Copy(c.Response(), rc)
-	return err // the status is sent; a copy error only ends the response
+	s.checkComplete(c, w, key, content.Err(), w.flush())
+	return nil // the status is sent; a copy error only ends the response
 }
 
-// parseRange reads a single "bytes=a-b", "bytes=a-" or "bytes=-n" range.
-// Multiple ranges are answered with the whole file, as RFC 9110 allows.
-func parseRange(h string, size int64) (manifests.Range, bool, error) {
-	if h == "" || strings.Contains(h, ",") {
-		return manifests.Range{}, false, nil
+// isMissing reports whether a Stat error means the target does not exist:
+// a key the store cannot hold (a segment too long for its filesystem)
+// names no file either, and is not the server's fault.
+func isMissing(err error) bool {
+	return errors.Is(err, manifests.ErrNotExist) || errors.Is(err, manifests.ErrInvalidKey)
+}
+
+// checkComplete logs a download that ended before its Content-Length: the
+// request log line shows the 200 or 206 that was sent, not that the body
+// was cut (the client went away or stalled, or the store failed). flushErr
+// is the error of the final flush, which sends the bytes that sat in the
+// response buffer.
+func (s *Server) checkComplete(c echo.Context, w *contentWriter, key string, readErr, flushErr error) {
+	req := c.Request()
+	status := c.Response().Status
+	if req.Method != http.MethodGet || (status != http.StatusOK && status != http.StatusPartialContent) {
+		return
 	}
-	spec, ok := strings.CutPrefix(h, "bytes=")
-	if !ok {
-		return manifests.Range{}, false, nil
+	length, err := strconv.ParseInt(c.Response().Header().Get("Content-Length"), 10, 64)
+	if err != nil {
+		return
 	}
-	first, last, ok := strings.Cut(spec, "-")
-	if !ok {
-		return manifests.Range{}, false, errors.New("malformed range")
+	werr := w.writeErr
+	if werr == nil {
+		werr = flushErr
 	}
-	var start, end int64
-	var err error
-	switch {
-	case first == "":
-		n, err := strconv.ParseInt(last, 10, 64)
-		if err != nil || n <= 0 {
-			return manifests.Range{}, false, errors.New("malformed range")
+	if w.written == length && werr == nil {
+		return
+	}
+	// A failed write is the client's doing (gone, or stalled past the
+	// timeout); bytes missing without one mean reading the store failed.
+	level := slog.LevelWarn
+	if werr == nil && req.Context().Err() == nil {
+		level = slog.LevelError
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", requestID(c)),
+		slog.String("route", c.Path()),
+		slog.String("key", key),
+		slog.Int("status", status),
+		slog.Int64("bytes_sent", w.written),
+		slog.Int64("length", length),
+	}
+	if werr != nil {
+		attrs = append(attrs, slog.String("error", werr.Error()))
+	}
+	if readErr != nil {
+		attrs = append(attrs, slog.String("read_error", readErr.Error()))
+	}
+	if cerr := req.Context().Err(); cerr != nil {
+		attrs = append(attrs, slog.String("context", cerr.Error()))
+	}
+	s.log.LogAttrs(req.Context(), level, "download ended early", attrs...)
+}
+
+// contentWriter is the http.ResponseWriter given to http.ServeContent.
+//
+// ServeContent answers its own errors (416, 412, 500) in plain text; the
+// writer holds such a status back and err returns it, so the one error
+// handler answers in JSON like everywhere else. 304 and successes pass.
+//
+// With a stall timeout, each write first moves the connection's write
+// deadline to now+stall: the server's WriteTimeout no longer bounds the
+// whole response, only a client that stops reading does.
+type contentWriter struct {
+	*echo.Response
+	rc    *http.ResponseController // nil: keep the server's write deadline
+	stall time.Duration
+
+	held        int   // error status ServeContent wrote, not sent
+	written     int64 // body bytes accepted by the response
+	writeErr    error
+	deadlineSet bool // the stall deadline replaced the server's
+}
+
+func (w *contentWriter) WriteHeader(code int) {
+	if code >= http.StatusBadRequest {
+		// The headers set for the file must not describe (or let caches
+		// keep) the error answer; Content-Range stays for a 416.
+		h := w.Header()
+		for _, k := range []string{"Content-Type", "Content-Length", "X-Content-Type-Options", "Cache-Control", "ETag", "Last-Modified", "Accept-Ranges"} {
+			h.Del(k)
 		}
-		start, end = max(0, size-n), size-1
-	default:
-		if start, err = strconv.ParseInt(first, 10, 64); err != nil || start < 0 {
-			return manifests.Range{}, false, errors.New("malformed range")
-		}
-		end = size - 1
-		if last != "" {
-			if end, err = strconv.ParseInt(last, 10, 64); err != nil || end < start {
-				return manifests.Range{}, false, errors.New("malformed range")
-			}
-			end = min(end, size-1)
+		w.held = code
+		return
+	}
+	w.Response.WriteHeader(code)
+}
+
+func (w *contentWriter) Write(p []byte) (int, error) {
+	if w.held != 0 {
+		return len(p), nil // ServeContent's plain-text error message
+	}
+	if w.rc != nil {
+		switch err := w.rc.SetWriteDeadline(time.Now().Add(w.stall)); {
+		case err == nil:
+			w.deadlineSet = true
+		case !errors.Is(err, http.ErrNotSupported):
+			w.writeErr = err
+			return 0, err
 		}
 	}
-	if start >= size {
-		return manifests.Range{}, false, fmt.Errorf("range starts at %d, the file has %d bytes", start, size)
+	n, err := w.Response.Write(p)
+	w.written += int64(n)
+	if err != nil {
+		w.writeErr = err
 	}
-	return manifests.Range{Offset: start, Length: end - start + 1}, true, nil
+	return n, err
+}
+
+// flush sends what the response buffer still holds while the stall
+// deadline applies, so that a client that did not take the last bytes is
+// told apart from a complete download. (net/http clears the deadline after
+// the handler.)
+func (w *contentWriter) flush() error {
+	if !w.deadlineSet {
+		return nil
+	}
+	return w.rc.Flush()
+}
+
+// err turns a held error status into the error the handler returns.
+func (w *contentWriter) err() error {
+	switch w.held {
+	case 0:
+		return nil
+	case http.StatusRequestedRangeNotSatisfiable:
+		// For a range past the end ServeContent set "Content-Range:
+		// bytes */size", which the answer keeps, as RFC 9110 wants.
+		if size, ok := strings.CutPrefix(w.Header().Get("Content-Range"), "bytes */"); ok {
+			return echo.NewHTTPError(w.held, "range not satisfiable: the file has "+size+" bytes")
+		}
+		return echo.NewHTTPError(w.held, "malformed or unsatisfiable range")
+	case http.StatusPreconditionFailed:
+		return echo.NewHTTPError(w.held, "precondition failed: If-Match or If-Unmodified-Since does not hold")
+	case http.StatusInternalServerError:
+		return errors.New("serving content: http.ServeContent answered 500 (a read or seek of the content failed)")
+	}
+	return echo.NewHTTPError(w.held)
 }

@@ -59,7 +59,7 @@ func Start(tb testing.TB, opts Options) *Env {
 	db := opts.DB
 	if db == nil {
 		var err error
-		if db, err = sqlstore.Open(ctx, "sqlite:"+filepath.Join(dir, "otad.db"), sqlstore.Options{}); err != nil {
+		if db, err = sqlstore.Open(ctx, "sqlite:"+filepath.Join(dir, "otad.db"), sqlstore.Options{Logger: opts.Logger}); err != nil {
 			tb.Fatal(err)
 		}
 		tb.Cleanup(func() { db.Close() })
@@ -94,10 +94,12 @@ func Start(tb testing.TB, opts Options) *Env {
 		tb.Fatal(err)
 	}
 	fleet := &server.Fleet{Store: db.Devices(), Eligibility: &server.NewestRelease{Source: repo},
+		Catalog:          &server.PublishedPatches{Source: repo},
 		EnrollmentSecret: opts.EnrollmentSecret, PollInterval: time.Hour, Now: opts.Now}
 	a := api.New(api.Config{Logger: opts.Logger, Repo: repo, Blobs: blobs, Tokens: tokens,
 		TargetsRedirect: opts.TargetsRedirect, Fleet: fleet,
 		CheckInsPerMinute: opts.CheckInsPerMinute, CheckInBurst: 10, ReportsPerMinute: opts.ReportsPerMinute, ReportBurst: 60})
+	checkContract(tb, a)
 	srv := httptest.NewServer(a)
 	tb.Cleanup(srv.Close)
 	return &Env{URL: srv.URL, Token: secret, Repo: repo, Blobs: blobs, DB: db, API: a, Online: key.Signer(), Fleet: fleet}

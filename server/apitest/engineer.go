@@ -51,6 +51,11 @@ func PublicKeys(es []*Engineer) []*metadata.Key {
 // Do sends an admin API request with the env's token and decodes a 2xx
 // JSON answer into out; any other status is returned as an *APIError.
 func (env *Env) Do(method, path string, body any, out any) error {
+	return env.do(method, path, body, out)
+}
+
+// do is Do; opts adjust the request before it is sent (OffContract).
+func (env *Env) do(method, path string, body any, out any, opts ...func(*http.Request)) error {
 	var r io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -65,6 +70,9 @@ func (env *Env) Do(method, path string, body any, out any) error {
 	}
 	req.Header.Set("Authorization", "Bearer "+env.Token)
 	req.Header.Set("Content-Type", "application/json")
+	for _, o := range opts {
+		o(req)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
@@ -188,6 +196,7 @@ func (env *Env) Upload(tb testing.TB, path string, content []byte) api.Artifact 
 		tb.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+env.Token)
+	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set(api.HeaderContentSHA256, SHA256Hex(content))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -92,7 +92,7 @@ func TestHandsetJourney(t *testing.T) {
 	ans := a.checkIn(t)
 	o := ans.Offer
 	if o == nil || o.Target != patchPath || o.PatchID != "CM-2026-001" || o.Length != int64(len(patch)) ||
-		o.SHA256 != apitest.SHA256Hex(patch) || o.MetadataURL != env.URL+"/tuf/" || o.TargetsURL != env.URL+"/targets/" ||
+		o.SHA256 != apitest.SHA256Hex(patch) || o.MetadataURL != "/tuf/" || o.TargetsURL != "/targets/" ||
 		o.Custom.CloudMessagingDefault != "opt-in" {
 		t.Fatalf("offer %+v", o)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -31,6 +32,7 @@ type deviceRow struct {
 	ID             string `gorm:"primaryKey"`
 	TokenHash      string
 	KeyFingerprint *string
+	KeySignedAt    *time.Time
 	Model          string
 	Build          string
 	Channel        string
@@ -51,6 +53,9 @@ func (r *deviceRow) device() *server.Device {
 		NumberEncryption: r.NumberEncryption, EnrolledAt: r.EnrolledAt.UTC(), LastSeen: r.LastSeen.UTC()}
 	if r.KeyFingerprint != nil {
 		d.KeyFingerprint = *r.KeyFingerprint
+	}
+	if r.KeySignedAt != nil {
+		d.KeySignedAt = r.KeySignedAt.UTC()
 	}
 	return d
 }
@@ -111,7 +116,7 @@ func decodePatches(s string) []string {
 
 // deviceColumns are the columns that make a server.Device, for RETURNING
 // and SELECT lists; token_hash is left out on purpose.
-const deviceColumns = "id, key_fingerprint, model, build, channel, region, installed_patches, cloud_messaging, number_encryption, enrolled_at, last_seen"
+const deviceColumns = "id, key_fingerprint, key_signed_at, model, build, channel, region, installed_patches, cloud_messaging, number_encryption, enrolled_at, last_seen"
 
 // maxEnrollAttempts bounds the insert-or-update loop of Enroll; see there.
 const maxEnrollAttempts = 3
@@ -129,6 +134,13 @@ const maxEnrollAttempts = 3
 // index an arbiter, the loser waits for the winner's commit and does
 // nothing. Each statement is atomic on its own; the loop covers the
 // device being erased between the two.
+//
+// The update is conditional on the signed timestamp being newer than the
+// stored one, in its WHERE: SQLite runs one writer at a time, and
+// PostgreSQL re-checks the WHERE against the row it locked (after a
+// concurrent update commits, READ COMMITTED), so of two enrollments with
+// the same timestamp (a replay racing the original, or two replays) at
+// most one updates.
 func (s *DeviceStore) Enroll(ctx context.Context, d *server.Device, tokenHash string) (string, bool, error) {
 	patches, err := encodePatches(d.InstalledPatches)
 	if err != nil {
@@ -148,14 +160,18 @@ func (s *DeviceStore) Enroll(ctx context.Context, d *server.Device, tokenHash st
 		}
 		return d.ID, true, nil
 	}
-	row.KeyFingerprint = &d.KeyFingerprint
+	if d.KeySignedAt.IsZero() {
+		return "", false, fmt.Errorf("enroll device %s: a key enrollment needs its signed timestamp: %w", d.ID, server.ErrInvalid)
+	}
+	signedAt := dbTime(d.KeySignedAt)
+	row.KeyFingerprint, row.KeySignedAt = &d.KeyFingerprint, &signedAt
 	for range maxEnrollAttempts {
 		var ids []string
-		err := g.Raw(`INSERT INTO devices (id, token_hash, key_fingerprint, model, build, channel, region,
+		err := g.Raw(`INSERT INTO devices (id, token_hash, key_fingerprint, key_signed_at, model, build, channel, region,
 	installed_patches, cloud_messaging, number_encryption, enrolled_at, last_seen)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT DO NOTHING
-RETURNING id`, row.ID, row.TokenHash, row.KeyFingerprint, row.Model, row.Build, row.Channel, row.Region,
+RETURNING id`, row.ID, row.TokenHash, row.KeyFingerprint, row.KeySignedAt, row.Model, row.Build, row.Channel, row.Region,
 			row.InstalledPatches, row.CloudMessaging, row.NumberEncryption, row.EnrolledAt, row.LastSeen).Scan(&ids).Error
 		if err = s.db.rawErr(err); err != nil {
 			return "", false, fmt.Errorf("enroll device: %w", err)
@@ -163,9 +179,12 @@ RETURNING id`, row.ID, row.TokenHash, row.KeyFingerprint, row.Model, row.Build, 
 		if len(ids) == 1 {
 			return ids[0], true, nil
 		}
-		err = g.Raw(`UPDATE devices SET token_hash = ?, model = ?, build = ?, channel = ?, region = ?, last_seen = ?
-WHERE key_fingerprint = ?
-RETURNING id`, row.TokenHash, row.Model, row.Build, row.Channel, row.Region, row.LastSeen, d.KeyFingerprint).Scan(&ids).Error
+		// Devices enrolled before migration 5 have no signed timestamp:
+		// any is newer.
+		err = g.Raw(`UPDATE devices SET token_hash = ?, key_signed_at = ?, model = ?, build = ?, channel = ?, region = ?, last_seen = ?
+WHERE key_fingerprint = ? AND (key_signed_at IS NULL OR key_signed_at < ?)
+RETURNING id`, row.TokenHash, signedAt, row.Model, row.Build, row.Channel, row.Region, row.LastSeen,
+			d.KeyFingerprint, signedAt).Scan(&ids).Error
 		err = s.db.rawErr(err)
 		if errors.Is(err, gorm.ErrDuplicatedKey) {
 			return "", false, fmt.Errorf("re-enroll device: token taken: %w", server.ErrConflict)
@@ -176,9 +195,17 @@ RETURNING id`, row.TokenHash, row.Model, row.Build, row.Channel, row.Region, row
 		if len(ids) == 1 {
 			return ids[0], false, nil
 		}
-		// Neither inserted nor found by key: the device was erased in
-		// between (try again), or its id is taken by a device with
-		// another key (which trying again will not change).
+		// Neither inserted nor updated: the key's device has a signed
+		// timestamp as new as this one or newer (a replay: refuse it),
+		// or it was erased in between (try again), or the id is taken by
+		// a device with another key (which trying again will not change).
+		var last []struct{ KeySignedAt *time.Time }
+		if err := g.Raw(`SELECT key_signed_at FROM devices WHERE key_fingerprint = ?`, d.KeyFingerprint).Scan(&last).Error; err != nil {
+			return "", false, fmt.Errorf("re-enroll device: %w", err)
+		}
+		if len(last) == 1 && last[0].KeySignedAt != nil && !last[0].KeySignedAt.Before(signedAt) {
+			return "", false, fmt.Errorf("%w: enrollment timestamp not newer than the last accepted for this key; sign a new enrollment", server.ErrConflict)
+		}
 	}
 	return "", false, fmt.Errorf("enroll device %s: id or token taken by another device: %w", d.ID, server.ErrConflict)
 }
@@ -215,7 +242,7 @@ func (s *DeviceStore) CheckIn(ctx context.Context, tokenHash string, ci server.C
 		return nil, fmt.Errorf("check in: %w", err)
 	}
 	if res.RowsAffected == 0 {
-		return nil, fmt.Errorf("%w: unknown device token", server.ErrUnauthorized)
+		return nil, server.ErrDeviceToken
 	}
 	return row.device(), nil
 }
@@ -225,7 +252,7 @@ func (s *DeviceStore) DeviceByToken(ctx context.Context, tokenHash string) (*ser
 	var row deviceRow
 	err := s.db.gorm.WithContext(ctx).Select(deviceColumns).Where("token_hash = ?", tokenHash).Take(&row).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return nil, fmt.Errorf("%w: unknown device token", server.ErrUnauthorized)
+		return nil, server.ErrDeviceToken
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up device: %w", err)
@@ -258,8 +285,13 @@ WHERE excluded.at > device_patch_states.at
 	OR (excluded.at = device_patch_states.at AND ` + stateRank("excluded.state") + ` > ` + stateRank("device_patch_states.state") + `)`
 
 // AddReport implements server.DeviceStore. The report and the state it
-// implies commit together; a retried report (same device and report id)
-// changes nothing, even if its content differs.
+// implies commit together. A report whose (device, report id) is stored
+// already is compared with the stored one in the same transaction: the
+// same content is a retry (duplicate, nothing changes), other content is
+// ErrConflict (nothing changes either). On PostgreSQL the INSERT waits
+// for a concurrent transaction inserting the same key and the SELECT, a
+// new READ COMMITTED snapshot, sees what it committed; on SQLite the
+// transaction holds the write lock (BEGIN IMMEDIATE) throughout.
 func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (bool, error) {
 	if !slices.Contains(server.ReportStates, r.State) {
 		return false, fmt.Errorf("report state %q: %w", r.State, server.ErrInvalid)
@@ -275,14 +307,26 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (bool, err
 		if res.Error != nil {
 			return res.Error
 		}
-		if res.RowsAffected == 0 {
-			duplicate = true
-			return nil
+		if res.RowsAffected == 1 {
+			return tx.Exec(upsertStateSQL, row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At).Error
 		}
-		return tx.Exec(upsertStateSQL, row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At).Error
+		var stored []reportRow
+		if err := tx.Where("device_id = ? AND report_id = ?", row.DeviceID, row.ReportID).Find(&stored).Error; err != nil {
+			return err
+		}
+		// None: deleted since the INSERT saw it, by retention or by the
+		// device's erasure; it was stored, so this is still a retry.
+		if len(stored) == 1 && !sameReport(stored[0], row) {
+			return fmt.Errorf("%w: report_id %s already used for a different report", server.ErrConflict, r.ID)
+		}
+		duplicate = true
+		return nil
 	})
 	if errors.Is(err, gorm.ErrForeignKeyViolated) {
 		return false, fmt.Errorf("device %s: %w", r.DeviceID, server.ErrNotFound)
+	}
+	if errors.Is(err, server.ErrConflict) {
+		return false, err
 	}
 	if err != nil {
 		return false, fmt.Errorf("add report: %w", err)
@@ -290,10 +334,52 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (bool, err
 	return duplicate, nil
 }
 
+// sameReport reports whether two rows of one report id hold the same
+// report; when it arrived does not count.
+func sameReport(a, b reportRow) bool {
+	return a.PatchID == b.PatchID && a.Target == b.Target && a.State == b.State &&
+		a.ErrorCode == b.ErrorCode && a.Message == b.Message && a.At.Equal(b.At)
+}
+
 // DeleteDevice implements server.DeviceStore. The foreign keys cascade
 // too, but the explicit deletes do not depend on SQLite's per-connection
 // foreign_keys pragma.
+//
+// On SQLite, secure_delete (see sqlitePragmas) zeroes the deleted rows in
+// the pages the commit writes, but the WAL still holds the earlier images
+// of those pages, reports and all, until a checkpoint copies the new ones
+// into the database file and the log is truncated: so an erasure ends
+// with a TRUNCATE checkpoint. Erasures are rare; the checkpoint waits up
+// to busy_timeout for readers to move on.
 func (s *DeviceStore) DeleteDevice(ctx context.Context, id string) error {
+	if err := s.deleteDevice(ctx, id); err != nil {
+		return err
+	}
+	if s.db.dialect == dialectSQLite {
+		// The erasure is committed; a checkpoint that cannot finish now
+		// leaves the old page images in the WAL until a later one.
+		if err := s.db.truncateWAL(ctx); err != nil {
+			s.db.logger.WarnContext(ctx, "erased device: checkpoint did not truncate the WAL; the erased rows stay in it until a later checkpoint",
+				slog.Any("error", err))
+		}
+	}
+	return nil
+}
+
+// truncateWAL checkpoints SQLite's WAL into the database file and
+// truncates it to zero bytes.
+func (db *DB) truncateWAL(ctx context.Context) error {
+	var busy, logFrames, checkpointed int
+	if err := db.sql.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logFrames, &checkpointed); err != nil {
+		return fmt.Errorf("wal checkpoint: %w", err)
+	}
+	if busy != 0 {
+		return fmt.Errorf("wal checkpoint: busy: %d of %d frames checkpointed", checkpointed, logFrames)
+	}
+	return nil
+}
+
+func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 	return s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		if err := tx.Where("device_id = ?", id).Delete(&patchStateRow{}).Error; err != nil {
 			return fmt.Errorf("delete device states: %w", err)
@@ -380,41 +466,88 @@ func (s *DeviceStore) hasPatch(patchID string) (string, any) {
 	return "instr(installed_patches, ?) > 0", "," + patchID + ","
 }
 
+// byteOrder is col for ORDER BY in byte order, as SQLite's default
+// BINARY collation sorts: PostgreSQL's database collation (en_US.UTF-8
+// and the like) would sort "alpha" before "Beta" and rank ties in
+// another order than SQLite.
+func (s *DeviceStore) byteOrder(col string) string {
+	if s.db.dialect == dialectPostgres {
+		return col + ` COLLATE "C"`
+	}
+	return col
+}
+
 // FleetSummary implements server.DeviceStore in two queries: one pass
 // over devices grouped by model, one over the patch's states of active
-// devices grouped by state and error code. ByModel lists the models with
-// active devices.
-func (s *DeviceStore) FleetSummary(ctx context.Context, patchID string, activeSince time.Time) (*server.FleetSummary, error) {
+// devices grouped by state and error code.
+//
+// The first query ranks the models by active devices (ties by name, in
+// byte order on both dialects) and folds every model past maxModels, and
+// every model without active devices, into one row with a NULL model, so
+// it returns at most maxModels+1 rows however many models handsets
+// invent. That row counts towards the totals and, when it has active
+// devices, becomes the server.OtherModels row.
+func (s *DeviceStore) FleetSummary(ctx context.Context, patchID string, activeSince time.Time, maxModels int) (*server.FleetSummary, error) {
+	if maxModels < 1 {
+		return nil, fmt.Errorf("fleet summary: list at least one model, not %d: %w", maxModels, server.ErrInvalid)
+	}
 	since := dbTime(activeSince)
 	match, arg := s.hasPatch(patchID)
 	g := s.db.gorm.WithContext(ctx)
 
 	type modelCount struct {
-		Model                                string
-		Enrolled, Active, Patched, Compliant int64
+		Model                                        *string
+		Models, Enrolled, Active, Patched, Compliant int64
 	}
 	var models []modelCount
-	err := g.Raw(`SELECT model,
-	COUNT(*) AS enrolled,
-	COUNT(*) FILTER (WHERE last_seen >= ?) AS active,
-	COUNT(*) FILTER (WHERE last_seen >= ? AND `+match+`) AS patched,
-	COUNT(*) FILTER (WHERE last_seen >= ? AND `+match+` AND cloud_messaging <> ? AND number_encryption) AS compliant
-FROM devices
-GROUP BY model
-ORDER BY model`, since, since, arg, since, arg, server.MessagingAutoEnabled).Scan(&models).Error
+	err := g.Raw(`WITH per_model AS (
+	SELECT model,
+		COUNT(*) AS enrolled,
+		COUNT(*) FILTER (WHERE last_seen >= ?) AS active,
+		COUNT(*) FILTER (WHERE last_seen >= ? AND `+match+`) AS patched,
+		COUNT(*) FILTER (WHERE last_seen >= ? AND `+match+` AND cloud_messaging <> ? AND number_encryption) AS compliant
+	FROM devices
+	GROUP BY model
+), ranked AS (
+	SELECT model, enrolled, active, patched, compliant,
+		ROW_NUMBER() OVER (ORDER BY active DESC, `+s.byteOrder("model")+`) AS place
+	FROM per_model
+), folded AS (
+	SELECT CASE WHEN place <= ? AND active > 0 THEN model END AS bucket, place, enrolled, active, patched, compliant
+	FROM ranked
+)
+SELECT bucket AS model,
+	COUNT(*) FILTER (WHERE active > 0) AS models,
+	CAST(SUM(enrolled) AS BIGINT) AS enrolled,
+	CAST(SUM(active) AS BIGINT) AS active,
+	CAST(SUM(patched) AS BIGINT) AS patched,
+	CAST(SUM(compliant) AS BIGINT) AS compliant
+FROM folded
+GROUP BY bucket
+ORDER BY MIN(place)`, since, since, arg, since, arg, server.MessagingAutoEnabled, maxModels).Scan(&models).Error
 	if err != nil {
 		return nil, fmt.Errorf("fleet summary: count devices: %w", err)
 	}
 	sum := &server.FleetSummary{PatchID: patchID, ByModel: []server.ModelSummary{},
 		States: map[string]int64{}, Failures: []server.FailureCount{}}
+	var other *server.ModelSummary
 	for _, m := range models {
 		sum.Enrolled += m.Enrolled
 		sum.Active += m.Active
 		sum.Patched += m.Patched
 		sum.Compliant += m.Compliant
-		if m.Active > 0 {
-			sum.ByModel = append(sum.ByModel, server.ModelSummary{Model: m.Model, Active: m.Active, Patched: m.Patched, Compliant: m.Compliant})
+		row := server.ModelSummary{Active: m.Active, Patched: m.Patched, Compliant: m.Compliant}
+		switch {
+		case m.Model != nil:
+			row.Model = *m.Model
+			sum.ByModel = append(sum.ByModel, row)
+		case m.Active > 0:
+			row.Model, row.Models = server.OtherModels, m.Models
+			other = &row
 		}
+	}
+	if other != nil {
+		sum.ByModel = append(sum.ByModel, *other)
 	}
 
 	type stateCount struct {

@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -9,8 +10,11 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,16 +32,21 @@ func TestDeviceStore(t *testing.T) {
 		{"UnknownToken", testUnknownToken},
 		{"ReEnrollSameKey", testReEnrollSameKey},
 		{"ReEnrollConcurrent", testReEnrollConcurrent},
+		{"EnrollReplay", testEnrollReplay},
+		{"EnrollReplayConcurrent", testEnrollReplayConcurrent},
 		{"EnrollConflict", testEnrollConflict},
 		{"DuplicateReport", testDuplicateReport},
+		{"DuplicateReportConcurrent", testDuplicateReportConcurrent},
 		{"ReportsOutOfOrder", testReportsOutOfOrder},
 		{"ReportsSameInstant", testReportsSameInstant},
 		{"FailedThenInstalled", testFailedThenInstalled},
 		{"ReportUnknownDevice", testReportUnknownDevice},
 		{"DeleteDevice", testDeleteDevice},
+		{"EraseLeavesNoBytes", testEraseLeavesNoBytes},
 		{"DeleteReportsBefore", testDeleteReportsBefore},
 		{"FleetSummary", testFleetSummary},
 		{"FleetSummaryEmpty", testFleetSummaryEmpty},
+		{"FleetSummaryModelCap", testFleetSummaryModelCap},
 		{"FleetSummaryPatchIDIsNotAPattern", testFleetSummaryPatchIDIsNotAPattern},
 		{"CheckInOneRoundTrip", testCheckInOneRoundTrip},
 	})
@@ -187,11 +196,14 @@ func testUnknownToken(t *testing.T, b backend) {
 	ctx := t.Context()
 	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
 	ci := server.CheckIn{Build: "1", Model: "m", Channel: "stable", CloudMessaging: server.MessagingOptedOut}
-	if _, err := s.CheckIn(ctx, "hash-unknown", ci, t0); !errors.Is(err, server.ErrUnauthorized) {
-		t.Errorf("check in: got %v, want ErrUnauthorized", err)
+	// The very error the handler's format check gives: clients cannot
+	// tell a malformed token from an unknown one.
+	want := server.ErrDeviceToken.Error()
+	if _, err := s.CheckIn(ctx, "hash-unknown", ci, t0); !errors.Is(err, server.ErrUnauthorized) || err.Error() != want {
+		t.Errorf("check in: got %v, want ErrUnauthorized %q", err, want)
 	}
-	if _, err := s.DeviceByToken(ctx, "hash-unknown"); !errors.Is(err, server.ErrUnauthorized) {
-		t.Errorf("device by token: got %v, want ErrUnauthorized", err)
+	if _, err := s.DeviceByToken(ctx, "hash-unknown"); !errors.Is(err, server.ErrUnauthorized) || err.Error() != want {
+		t.Errorf("device by token: got %v, want ErrUnauthorized %q", err, want)
 	}
 }
 
@@ -199,7 +211,7 @@ func testReEnrollSameKey(t *testing.T, b backend) {
 	db, s := mustDevices(t, b)
 	ctx := t.Context()
 	d := newDevice("dev_k", "pixel-9")
-	d.KeyFingerprint = "fp-1"
+	d.KeyFingerprint, d.KeySignedAt = "fp-1", t0
 	if id, created := mustEnroll(t, s, d, "hash-1"); id != "dev_k" || !created {
 		t.Fatalf("first enroll: got %q, %v, want dev_k, true", id, created)
 	}
@@ -212,7 +224,7 @@ func testReEnrollSameKey(t *testing.T, b backend) {
 	// A factory reset: same key, new token and build, later. The id the
 	// handset asks for does not matter; the key finds the device.
 	again := newDevice("dev_other", "pixel-9")
-	again.KeyFingerprint = "fp-1"
+	again.KeyFingerprint, again.KeySignedAt = "fp-1", t0.Add(2*time.Hour)
 	again.Build, again.Region = "7.0.0", "FR"
 	again.EnrolledAt, again.LastSeen = t0.Add(2*time.Hour), t0.Add(2*time.Hour)
 	if id, created := mustEnroll(t, s, again, "hash-2"); id != "dev_k" || created {
@@ -225,7 +237,8 @@ func testReEnrollSameKey(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatalf("new token: %v", err)
 	}
-	want := &server.Device{ID: "dev_k", KeyFingerprint: "fp-1", Model: "pixel-9", Build: "7.0.0", Channel: "stable",
+	want := &server.Device{ID: "dev_k", KeyFingerprint: "fp-1", KeySignedAt: t0.Add(2 * time.Hour).Truncate(time.Microsecond),
+		Model: "pixel-9", Build: "7.0.0", Channel: "stable",
 		Region: "FR", InstalledPatches: []string{"SEC-1"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true,
 		EnrolledAt: t0.Truncate(time.Microsecond), LastSeen: t0.Add(2 * time.Hour).Truncate(time.Microsecond)}
 	checkDevice(t, "after re-enroll", got, want)
@@ -234,6 +247,15 @@ func testReEnrollSameKey(t *testing.T, b backend) {
 	}
 }
 
+// replayRefused reports whether err is the store's refusal of an
+// enrollment whose signed timestamp is not newer than the stored one.
+func replayRefused(err error) bool {
+	return errors.Is(err, server.ErrConflict) && strings.Contains(err.Error(), "not newer than the last accepted")
+}
+
+// testReEnrollConcurrent enrolls one key 8 times at once, each with its
+// own signed timestamp: one creates the device, the newest always wins,
+// and the others either update it first or are refused as older.
 func testReEnrollConcurrent(t *testing.T, b backend) {
 	const n = 8
 	db, s := mustDevices(t, b)
@@ -247,17 +269,19 @@ func testReEnrollConcurrent(t *testing.T, b backend) {
 	for i := range n {
 		wg.Go(func() {
 			d := newDevice("dev_race", "m")
-			d.KeyFingerprint = "fp-race"
+			d.KeyFingerprint, d.KeySignedAt = "fp-race", t0.Add(time.Duration(i)*time.Millisecond)
 			<-start
 			ids[i], created[i], errs[i] = s.Enroll(t.Context(), d, fmt.Sprintf("hash-%d", i))
 		})
 	}
 	close(start)
 	wg.Wait()
-	creations, valid := 0, 0
+	creations := 0
 	for i := range n {
 		if errs[i] != nil {
-			t.Errorf("enrollment %d: got error %v, want nil", i, errs[i])
+			if !replayRefused(errs[i]) {
+				t.Errorf("enrollment %d: got error %v, want nil or the refusal of an older timestamp", i, errs[i])
+			}
 			continue
 		}
 		if ids[i] != "dev_race" {
@@ -266,16 +290,135 @@ func testReEnrollConcurrent(t *testing.T, b backend) {
 		if created[i] {
 			creations++
 		}
-		if _, err := s.DeviceByToken(t.Context(), fmt.Sprintf("hash-%d", i)); err == nil {
-			valid++
-		}
 	}
 	if creations != 1 {
 		t.Errorf("enrollments that created the device: got %d, want 1", creations)
 	}
-	if valid != 1 {
-		t.Errorf("valid tokens: got %d, want 1 (the last enrollment's)", valid)
+	if errs[n-1] != nil {
+		t.Errorf("the newest enrollment: got %v, want nil", errs[n-1])
 	}
+	for i := range n {
+		_, err := s.DeviceByToken(t.Context(), fmt.Sprintf("hash-%d", i))
+		if valid := err == nil; valid != (i == n-1) {
+			t.Errorf("token of enrollment %d: valid %v, want %v (only the newest enrollment's)", i, valid, i == n-1)
+		}
+	}
+	if got := countRows(t, db, "devices", "1 = 1"); got != 1 {
+		t.Errorf("devices: got %d, want 1", got)
+	}
+}
+
+// testEnrollReplay replays a key enrollment (same signed timestamp) and
+// an older one: both are refused and change nothing; a newer one passes.
+func testEnrollReplay(t *testing.T, b backend) {
+	db, s := mustDevices(t, b)
+	ctx := t.Context()
+	d := newDevice("dev_k", "pixel-9")
+	d.KeyFingerprint, d.KeySignedAt = "fp-k", t0
+	mustEnroll(t, s, d, "hash-1")
+	before, err := s.DeviceByToken(ctx, "hash-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		signed time.Time
+	}{
+		{"same timestamp", t0},
+		// Nanoseconds are kept to the microsecond: still the same one.
+		{"same microsecond", t0.Add(time.Nanosecond)},
+		{"older", t0.Add(-time.Minute)},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			replay := newDevice("dev_k", "attacker-model")
+			replay.KeyFingerprint, replay.KeySignedAt = "fp-k", tc.signed
+			_, _, err := s.Enroll(ctx, replay, fmt.Sprintf("hash-replay-%d", i))
+			if !replayRefused(err) {
+				t.Fatalf("enroll: got %v, want the refusal of a timestamp not newer", err)
+			}
+			if _, err := s.DeviceByToken(ctx, fmt.Sprintf("hash-replay-%d", i)); !errors.Is(err, server.ErrUnauthorized) {
+				t.Errorf("replay's token: got %v, want ErrUnauthorized", err)
+			}
+			got, err := s.DeviceByToken(ctx, "hash-1")
+			if err != nil {
+				t.Fatalf("genuine token after the replay: %v", err)
+			}
+			checkDevice(t, "after the replay", got, before)
+		})
+	}
+
+	// A genuine re-enrollment, later: new token, new signed timestamp.
+	later := newDevice("dev_k", "pixel-9")
+	later.KeyFingerprint, later.KeySignedAt = "fp-k", t0.Add(time.Microsecond)
+	if id, created := mustEnroll(t, s, later, "hash-2"); id != "dev_k" || created {
+		t.Fatalf("re-enroll: got %q, %v, want dev_k, false", id, created)
+	}
+	got, err := s.DeviceByToken(ctx, "hash-2")
+	if err != nil {
+		t.Fatalf("new token: %v", err)
+	}
+	if want := later.KeySignedAt.Truncate(time.Microsecond); !got.KeySignedAt.Equal(want) {
+		t.Errorf("signed timestamp: got %v, want %v", got.KeySignedAt, want)
+	}
+
+	// Devices enrolled before the column existed have none: any
+	// timestamp is newer.
+	if err := db.gorm.WithContext(ctx).Exec("UPDATE devices SET key_signed_at = NULL").Error; err != nil {
+		t.Fatal(err)
+	}
+	old := newDevice("dev_k", "pixel-9")
+	old.KeyFingerprint, old.KeySignedAt = "fp-k", t0.Add(-time.Hour)
+	if id, created := mustEnroll(t, s, old, "hash-3"); id != "dev_k" || created {
+		t.Fatalf("re-enroll a device without a signed timestamp: got %q, %v, want dev_k, false", id, created)
+	}
+
+	// A key enrollment without a signed timestamp cannot be stored.
+	unsigned := newDevice("dev_u", "m")
+	unsigned.KeyFingerprint = "fp-u"
+	if _, _, err := s.Enroll(ctx, unsigned, "hash-u"); !errors.Is(err, server.ErrInvalid) {
+		t.Errorf("key enrollment without a timestamp: got %v, want ErrInvalid", err)
+	}
+}
+
+// testEnrollReplayConcurrent sends 8 copies of one key enrollment at
+// once: of a captured enrollment and its replays, one passes.
+func testEnrollReplayConcurrent(t *testing.T, b backend) {
+	const n = 8
+	db, s := mustDevices(t, b)
+	race := func(what string, signed time.Time, wantPassed int) {
+		t.Helper()
+		var (
+			wg    sync.WaitGroup
+			start = make(chan struct{})
+			errs  = make([]error, n)
+		)
+		for i := range n {
+			wg.Go(func() {
+				d := newDevice("dev_r", "m")
+				d.KeyFingerprint, d.KeySignedAt = "fp-r", signed
+				<-start
+				_, _, errs[i] = s.Enroll(t.Context(), d, fmt.Sprintf("hash-%s-%d", what, i))
+			})
+		}
+		close(start)
+		wg.Wait()
+		passed := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				passed++
+			case !replayRefused(err):
+				t.Errorf("%s: enrollment %d: got %v, want nil or the refusal of a replay", what, i, err)
+			}
+		}
+		if passed != wantPassed {
+			t.Errorf("%s: enrollments that passed: got %d, want %d", what, passed, wantPassed)
+		}
+	}
+	race("new key", t0, 1)
+	race("existing key", t0.Add(time.Second), 1)
+	race("replayed again", t0.Add(time.Second), 0)
 	if got := countRows(t, db, "devices", "1 = 1"); got != 1 {
 		t.Errorf("devices: got %d, want 1", got)
 	}
@@ -299,6 +442,9 @@ func testEnrollConflict(t *testing.T, b backend) {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newDevice(tc.id, "m")
 			d.KeyFingerprint = tc.fp
+			if tc.fp != "" {
+				d.KeySignedAt = t0
+			}
 			if _, _, err := s.Enroll(ctx, d, tc.hash); !errors.Is(err, server.ErrConflict) {
 				t.Errorf("enroll: got %v, want ErrConflict", err)
 			}
@@ -306,8 +452,9 @@ func testEnrollConflict(t *testing.T, b backend) {
 	}
 	// Re-enrolling a keyed device with a token that another device holds.
 	keyed := newDevice("dev_k", "m")
-	keyed.KeyFingerprint = "fp-k"
+	keyed.KeyFingerprint, keyed.KeySignedAt = "fp-k", t0
 	mustEnroll(t, s, keyed, "hash-k")
+	keyed.KeySignedAt = t0.Add(time.Second)
 	if _, _, err := s.Enroll(ctx, keyed, "hash-a"); !errors.Is(err, server.ErrConflict) {
 		t.Errorf("re-enroll with a taken token: got %v, want ErrConflict", err)
 	}
@@ -332,11 +479,34 @@ func testDuplicateReport(t *testing.T, b backend) {
 	if !mustAddReport(t, s, r) {
 		t.Error("retried report: got duplicate false, want true")
 	}
-	// A report id reused with other content is still the stored report:
-	// it must not move the state.
-	other := report("r1", "SEC-1", server.StateInstalled, "", t0.Add(time.Minute))
-	if !mustAddReport(t, s, other) {
-		t.Error("reused report id: got duplicate false, want true")
+	// A retry arrives later: when it was received does not count, and
+	// the time the handset saw is kept to the microsecond.
+	retry := r
+	retry.ReceivedAt, retry.At = t0.Add(time.Hour), t0.Add(time.Nanosecond)
+	if !mustAddReport(t, s, retry) {
+		t.Error("retry received later: got duplicate false, want true")
+	}
+	// A report id reused with other content is refused and changes
+	// nothing: not the stored report, not the state.
+	for _, tc := range []struct {
+		name   string
+		change func(*server.Report)
+	}{
+		{"patch", func(r *server.Report) { r.PatchID = "SEC-2" }},
+		{"target", func(r *server.Report) { r.Target = "patches/other.zip" }},
+		{"state", func(r *server.Report) { r.State = server.StateInstalled }},
+		{"error code", func(r *server.Report) { r.State, r.ErrorCode = server.StateFailed, "E_X" }},
+		{"message", func(r *server.Report) { r.Message = "installing 2/2" }},
+		{"at", func(r *server.Report) { r.At = r.At.Add(time.Microsecond) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			other := r
+			tc.change(&other)
+			dup, err := s.AddReport(t.Context(), other)
+			if !errors.Is(err, server.ErrConflict) || !strings.Contains(err.Error(), "report_id r1 already used for a different report") {
+				t.Errorf("reused report id: got %v, %v, want ErrConflict naming the report id", dup, err)
+			}
+		})
 	}
 	if n := countRows(t, db, "device_reports", "device_id = ?", "dev_a"); n != 1 {
 		t.Errorf("stored reports: got %d, want 1", n)
@@ -347,6 +517,59 @@ func testDuplicateReport(t *testing.T, b backend) {
 		t.Errorf("reports: got %+v, want the first report only", rs)
 	}
 	checkStates(t, mustPatchStates(t, s, "dev_a"), []server.PatchState{{PatchID: "SEC-1", State: server.StateInstalling, At: t0.Truncate(time.Microsecond)}})
+}
+
+// testDuplicateReportConcurrent sends one report id 8 times at once,
+// first with the same content (one stored, the rest duplicates), then
+// with 8 different contents (one stored, the rest refused).
+func testDuplicateReportConcurrent(t *testing.T, b backend) {
+	const n = 8
+	db, s := mustDevices(t, b)
+	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
+	race := func(id string, same bool) (stored, dups, conflicts int) {
+		t.Helper()
+		var (
+			wg    sync.WaitGroup
+			start = make(chan struct{})
+			dup   = make([]bool, n)
+			errs  = make([]error, n)
+		)
+		for i := range n {
+			wg.Go(func() {
+				r := report(id, "SEC-1", server.StateDownloading, "", t0)
+				r.ReceivedAt = t0
+				if !same {
+					r.Message = fmt.Sprintf("attempt %d", i)
+				}
+				<-start
+				dup[i], errs[i] = s.AddReport(t.Context(), r)
+			})
+		}
+		close(start)
+		wg.Wait()
+		for i := range n {
+			switch {
+			case errs[i] == nil && dup[i]:
+				dups++
+			case errs[i] == nil:
+				stored++
+			case errors.Is(errs[i], server.ErrConflict):
+				conflicts++
+			default:
+				t.Errorf("report %s, attempt %d: got %v, want nil or ErrConflict", id, i, errs[i])
+			}
+		}
+		return stored, dups, conflicts
+	}
+	if stored, dups, conflicts := race("same", true); stored != 1 || dups != n-1 || conflicts != 0 {
+		t.Errorf("same content: got %d stored, %d duplicates, %d conflicts, want 1, %d, 0", stored, dups, conflicts, n-1)
+	}
+	if stored, dups, conflicts := race("different", false); stored != 1 || dups != 0 || conflicts != n-1 {
+		t.Errorf("different content: got %d stored, %d duplicates, %d conflicts, want 1, 0, %d", stored, dups, conflicts, n-1)
+	}
+	if got := countRows(t, db, "device_reports", "device_id = ?", "dev_a"); got != 2 {
+		t.Errorf("stored reports: got %d, want 2", got)
+	}
 }
 
 func testReportsOutOfOrder(t *testing.T, b backend) {
@@ -474,6 +697,85 @@ func testDeleteDevice(t *testing.T, b backend) {
 	}
 }
 
+// testEraseLeavesNoBytes erases a device through server.Fleet, as
+// DELETE /api/v1/devices/self does, and reads the SQLite files: nothing
+// of what the device sent may remain, in the database file, the WAL or
+// the shared-memory index, while another device's rows stay in the same
+// pages.
+func testEraseLeavesNoBytes(t *testing.T, b backend) {
+	if b.name != "sqlite" {
+		t.Skip("PostgreSQL keeps dead tuples until VACUUM; see the README")
+	}
+	dsn := b.newDSN(t)
+	path := strings.TrimPrefix(dsn, "sqlite:")
+	db := mustOpen(t, dsn)
+	if _, err := db.Migrate(t.Context()); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	s := db.Devices()
+	ctx := t.Context()
+	// Letters only, so that scrubbing of digits, phone numbers and
+	// addresses in free text leaves them as they are.
+	markers := []string{"PLANTEDMODELXYZ", "PLANTEDBUILDXYZ", "PLANTEDMARKERXYZ", "PLANTEDTARGETXYZ",
+		"PLANTEDCODEXYZ", "PLANTEDREPORTXYZ", "PLANTEDPATCHXYZ"}
+	fleet := &server.Fleet{Store: s, Now: func() time.Time { return t0 }}
+	enrollment, err := fleet.Enroll(ctx, server.EnrollRequest{Model: "PLANTEDMODELXYZ", Build: "PLANTEDBUILDXYZ", Channel: "stable"})
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	mustEnroll(t, s, newDevice("dev_keep", "keep-model"), "hash-keep")
+	for i := range 40 {
+		for _, id := range []string{enrollment.DeviceID, "dev_keep"} {
+			r := server.Report{ID: fmt.Sprintf("r%d", i), DeviceID: id, PatchID: "SEC-KEEP", Target: "patches/keep.zip",
+				State: server.StateDownloading, Message: "kept message", At: t0.Add(time.Duration(i) * time.Second), ReceivedAt: t0}
+			if id == enrollment.DeviceID {
+				r.ID = fmt.Sprintf("PLANTEDREPORTXYZ%d", i)
+				r.PatchID, r.Target = "PLANTEDPATCHXYZ", "patches/PLANTEDTARGETXYZ.zip"
+				r.State, r.ErrorCode = server.StateFailed, "E_PLANTEDCODEXYZ"
+				r.Message = "install failed PLANTEDMARKERXYZ retry later"
+			}
+			mustAddReport(t, s, r)
+		}
+	}
+	files := []string{path, path + "-wal", path + "-shm"}
+	found := func() map[string][]string {
+		t.Helper()
+		where := map[string][]string{}
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+			for _, m := range markers {
+				if bytes.Contains(data, []byte(m)) {
+					where[filepath.Base(f)] = append(where[filepath.Base(f)], m)
+				}
+			}
+		}
+		return where
+	}
+	// The check sees the markers where they are.
+	before := map[string]bool{}
+	for _, ms := range found() {
+		for _, m := range ms {
+			before[m] = true
+		}
+	}
+	if len(before) != len(markers) {
+		t.Fatalf("before the erasure: found %v of the markers %v in the files, want all", before, markers)
+	}
+
+	if err := fleet.Erase(ctx, enrollment.Token); err != nil {
+		t.Fatalf("erase: %v", err)
+	}
+	if where := found(); len(where) != 0 {
+		t.Errorf("after the erasure the files still hold %v", where)
+	}
+	if n := countRows(t, db, "device_reports", "device_id = ?", "dev_keep"); n != 40 {
+		t.Errorf("reports of the other device: got %d, want 40", n)
+	}
+}
+
 func testDeleteReportsBefore(t *testing.T, b backend) {
 	db, s := mustDevices(t, b)
 	s.pruneBatch = 10
@@ -579,16 +881,17 @@ func testFleetSummary(t *testing.T, b backend) {
 		{"delta", 5, stale, p, out, true, failed, "E_OLD"},
 		{"alpha", 3, stale, p, out, true, ok, ""},
 	})
-	got, err := s.FleetSummary(t.Context(), patch, activeSince)
+	got, err := s.FleetSummary(t.Context(), patch, activeSince, server.DefaultSummaryModels)
 	if err != nil {
 		t.Fatalf("fleet summary: %v", err)
 	}
 	want := &server.FleetSummary{
 		PatchID:  patch,
 		Enrolled: 50, Active: 42, Patched: 27, Compliant: 18,
+		// Most active first; delta has no active device.
 		ByModel: []server.ModelSummary{
-			{Model: "alpha", Active: 18, Patched: 15, Compliant: 10},
 			{Model: "beta", Active: 20, Patched: 12, Compliant: 8},
+			{Model: "alpha", Active: 18, Patched: 15, Compliant: 10},
 			{Model: "gamma", Active: 4, Patched: 0, Compliant: 0},
 		},
 		States:   map[string]int64{ok: 27, failed: 11, dl: 3},
@@ -599,9 +902,69 @@ func testFleetSummary(t *testing.T, b backend) {
 	}
 }
 
+// testFleetSummaryModelCap floods the fleet with models: the summary
+// lists the most active ones and sums the rest in one row, with the
+// totals unchanged.
+func testFleetSummaryModelCap(t *testing.T, b backend) {
+	_, s := mustDevices(t, b)
+	const patch = "SEC-1"
+	recent, stale := t0.Add(-time.Hour), t0.Add(-40*24*time.Hour)
+	out := server.MessagingOptedOut
+	groups := []fleetGroup{
+		{model: "big", n: 5, seen: recent, messaging: out},
+		// A tie, broken by byte order on both dialects: 'Z' < 'a'.
+		{model: "alpha", n: 3, seen: recent, patches: []string{patch}, messaging: out},
+		{model: "Zeta", n: 3, seen: recent, messaging: out},
+		// Enrolled, never active: counted, never listed.
+		{model: "idle", n: 2, seen: stale, patches: []string{patch}, messaging: out, enc: true},
+	}
+	for i := range 25 {
+		groups = append(groups, fleetGroup{model: fmt.Sprintf("m%02d", i), n: 1, seen: recent,
+			patches: []string{patch}, messaging: out, enc: true})
+	}
+	enrollFleet(t, s, patch, groups)
+	models := func(from, to int) []server.ModelSummary {
+		var ms []server.ModelSummary
+		for i := from; i < to; i++ {
+			ms = append(ms, server.ModelSummary{Model: fmt.Sprintf("m%02d", i), Active: 1, Patched: 1, Compliant: 1})
+		}
+		return ms
+	}
+	top := []server.ModelSummary{{Model: "big", Active: 5}, {Model: "Zeta", Active: 3}, {Model: "alpha", Active: 3, Patched: 3}}
+	tests := []struct {
+		max  int
+		want []server.ModelSummary
+	}{
+		{3, append(slices.Clone(top), server.ModelSummary{Model: server.OtherModels, Models: 25, Active: 25, Patched: 25, Compliant: 25})},
+		{server.DefaultSummaryModels, append(append(slices.Clone(top), models(0, 17)...),
+			server.ModelSummary{Model: server.OtherModels, Models: 8, Active: 8, Patched: 8, Compliant: 8})},
+		// Room for all: no other row, and idle is not listed.
+		{28, append(slices.Clone(top), models(0, 25)...)},
+		{1, []server.ModelSummary{{Model: "big", Active: 5}, {Model: server.OtherModels, Models: 27, Active: 31, Patched: 28, Compliant: 25}}},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("max %d", tc.max), func(t *testing.T) {
+			got, err := s.FleetSummary(t.Context(), patch, t0.Add(-24*time.Hour), tc.max)
+			if err != nil {
+				t.Fatalf("fleet summary: %v", err)
+			}
+			if !reflect.DeepEqual(got.ByModel, tc.want) {
+				t.Errorf("by model:\n got %+v\nwant %+v", got.ByModel, tc.want)
+			}
+			if got.Enrolled != 38 || got.Active != 36 || got.Patched != 28 || got.Compliant != 25 {
+				t.Errorf("totals: got enrolled %d active %d patched %d compliant %d, want 38, 36, 28, 25",
+					got.Enrolled, got.Active, got.Patched, got.Compliant)
+			}
+		})
+	}
+	if _, err := s.FleetSummary(t.Context(), patch, t0, 0); !errors.Is(err, server.ErrInvalid) {
+		t.Errorf("no models: got %v, want ErrInvalid", err)
+	}
+}
+
 func testFleetSummaryEmpty(t *testing.T, b backend) {
 	_, s := mustDevices(t, b)
-	got, err := s.FleetSummary(t.Context(), "SEC-1", t0)
+	got, err := s.FleetSummary(t.Context(), "SEC-1", t0, server.DefaultSummaryModels)
 	if err != nil {
 		t.Fatalf("fleet summary: %v", err)
 	}
@@ -625,7 +988,7 @@ func testFleetSummaryPatchIDIsNotAPattern(t *testing.T, b backend) {
 		patch string
 		want  int64
 	}{{"P_1", 1}, {"PX1", 1}, {"P%1", 0}, {"P_", 0}, {"_", 0}} {
-		got, err := s.FleetSummary(t.Context(), tc.patch, t0.Add(-time.Hour))
+		got, err := s.FleetSummary(t.Context(), tc.patch, t0.Add(-time.Hour), server.DefaultSummaryModels)
 		if err != nil {
 			t.Fatalf("fleet summary %s: %v", tc.patch, err)
 		}
@@ -826,6 +1189,135 @@ func BenchmarkCheckIn(b *testing.B) {
 						b.Error(err)
 						return
 					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkSecureDelete measures what SQLite's secure_delete and the
+// WAL checkpoint after an erasure cost: check-ins (an UPDATE of each
+// device row), reports (an INSERT and an upsert) and erasures of a device
+// with 20 reports, without secure_delete and without the checkpoint (as
+// before), with secure_delete only, and with both (as now).
+func BenchmarkSecureDelete(b *testing.B) {
+	const devices = 1000
+	for _, mode := range []struct {
+		name       string
+		insecure   bool
+		checkpoint bool
+	}{
+		{"before", true, false},
+		{"secure_delete", false, false},
+		{"secure_delete+checkpoint", false, true},
+	} {
+		open := func(b *testing.B) (*DB, *DeviceStore, []string) {
+			b.Helper()
+			ctx := context.Background()
+			db, err := Open(ctx, newSQLiteDSN(b), Options{insecureDelete: mode.insecure})
+			if err != nil {
+				b.Fatalf("open: %v", err)
+			}
+			b.Cleanup(func() { _ = db.Close() })
+			if _, err := db.Migrate(ctx); err != nil {
+				b.Fatalf("migrate: %v", err)
+			}
+			rows := make([]deviceRow, devices)
+			hashes := make([]string, devices)
+			for i := range rows {
+				hashes[i] = server.HashToken(fmt.Sprintf("otadev_bench%d", i))
+				rows[i] = deviceRow{ID: fmt.Sprintf("dev_%04d", i), TokenHash: hashes[i], Model: "pixel-9", Build: "7.1.0",
+					Channel: "stable", CloudMessaging: server.MessagingAutoEnabled, EnrolledAt: dbTime(t0), LastSeen: dbTime(t0)}
+			}
+			if err := db.gorm.WithContext(ctx).CreateInBatches(rows, 200).Error; err != nil {
+				b.Fatal(err)
+			}
+			return db, db.Devices(), hashes
+		}
+		b.Run(mode.name, func(b *testing.B) {
+			b.Run("checkin", func(b *testing.B) {
+				if mode.checkpoint {
+					b.Skip("the checkpoint is part of erasures only")
+				}
+				_, s, hashes := open(b)
+				ci := server.CheckIn{Build: "7.2.0", Model: "pixel-9", Channel: "stable",
+					InstalledPatches: []string{"SEC-2026.01", "SEC-2026.02"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true}
+				var next atomic.Int64
+				b.SetParallelism(8)
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						i := next.Add(1)
+						// The build alternates so that every UPDATE rewrites the row.
+						c := ci
+						c.Build = fmt.Sprintf("7.%d.0", i%2)
+						if _, err := s.CheckIn(context.Background(), hashes[i%devices], c, time.Now()); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+			b.Run("report", func(b *testing.B) {
+				if mode.checkpoint {
+					b.Skip("the checkpoint is part of erasures only")
+				}
+				_, s, _ := open(b)
+				var next atomic.Int64
+				b.SetParallelism(8)
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						i := next.Add(1)
+						r := server.Report{ID: fmt.Sprintf("r%d", i), DeviceID: fmt.Sprintf("dev_%04d", i%devices), PatchID: "SEC-2026.03",
+							Target: "patches/SEC-2026.03.zip", State: server.StateDownloading, Message: "downloading 1/3",
+							At: t0.Add(time.Duration(i)), ReceivedAt: t0}
+						if _, err := s.AddReport(context.Background(), r); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+			b.Run("erase", func(b *testing.B) {
+				db, s, _ := open(b)
+				ctx := context.Background()
+				// Erasures of devices with 20 reports each, made in batches
+				// outside the timer.
+				const batch = 50
+				for n := 0; n < b.N; {
+					b.StopTimer()
+					ids := make([]string, 0, batch)
+					for j := 0; j < batch && n+len(ids) < b.N; j++ {
+						id := fmt.Sprintf("dev_erase_%d", n+j)
+						d := newDevice(id, "pixel-9")
+						if _, _, err := s.Enroll(ctx, d, "hash-"+id); err != nil {
+							b.Fatal(err)
+						}
+						reports := make([]reportRow, 20)
+						for k := range reports {
+							reports[k] = reportRow{DeviceID: id, ReportID: fmt.Sprintf("r%d", k), PatchID: "SEC-2026.03",
+								Target: "patches/SEC-2026.03.zip", State: server.StateDownloading, Message: "downloading 1/3",
+								At: dbTime(t0), ReceivedAt: dbTime(t0)}
+						}
+						if err := db.gorm.WithContext(ctx).Create(reports).Error; err != nil {
+							b.Fatal(err)
+						}
+						ids = append(ids, id)
+					}
+					b.StartTimer()
+					for _, id := range ids {
+						var err error
+						if mode.checkpoint {
+							err = s.DeleteDevice(ctx, id)
+						} else {
+							err = s.deleteDevice(ctx, id)
+						}
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+					n += len(ids)
 				}
 			})
 		})

@@ -85,6 +85,17 @@ var migrations = []Migration{
 		SQLite:   devicesSchema,
 		Postgres: append(slices.Clone(devicesSchema), `ALTER TABLE devices SET (fillfactor = 80)`),
 	},
+	{
+		// The signed timestamp of the key enrollment that last set a
+		// device's token: the next must be newer, so a captured
+		// enrollment cannot be replayed. NULL for devices without a key,
+		// and for keyed devices until they enroll again. A nullable
+		// column without a default is a catalog change on PostgreSQL (no
+		// table rewrite) and not indexed, so check-ins stay HOT updates.
+		Version: 5,
+		Name:    "devices_key_signed_at",
+		Common:  []string{`ALTER TABLE devices ADD COLUMN key_signed_at TIMESTAMP`},
+	},
 }
 
 // devicesSchema is migration 4 on both dialects.

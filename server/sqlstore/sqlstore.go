@@ -72,7 +72,15 @@ var sqlitePragmas = []string{
 	// SQLite does not check foreign key constraints unless asked, per
 	// connection.
 	"foreign_keys(1)",
+	// Deleted rows are overwritten with zeros instead of staying in free
+	// space until reused: an erased handset's reports must not remain
+	// readable in the file (strings otad.db). Per connection. The WAL
+	// keeps older page images until a checkpoint; DeleteDevice truncates
+	// it. BenchmarkSecureDelete measures the cost (see the README).
+	secureDeletePragma,
 }
+
+const secureDeletePragma = "secure_delete(1)"
 
 // Options tunes Open. The zero value is valid.
 type Options struct {
@@ -82,6 +90,10 @@ type Options struct {
 	// MaxOpenConns caps the connection pool; zero or less picks a default
 	// for the dialect (10 for PostgreSQL, 8 for SQLite).
 	MaxOpenConns int
+
+	// insecureDelete leaves out SQLite's secure_delete, for the benchmark
+	// that measures what it costs.
+	insecureDelete bool
 }
 
 // DB is an open SQLite or PostgreSQL database. It is safe for concurrent
@@ -188,6 +200,9 @@ func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options
 	}
 	q := url.Values{}
 	for _, p := range sqlitePragmas {
+		if p == secureDeletePragma && opts.insecureDelete {
+			continue
+		}
 		q.Add("_pragma", p)
 	}
 	// BEGIN IMMEDIATE takes the write lock when a transaction starts, so

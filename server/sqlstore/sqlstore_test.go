@@ -676,6 +676,7 @@ func testSQLitePragmas(t *testing.T, b backend) {
 		{"synchronous", "2"}, // FULL
 		{"foreign_keys", "1"},
 		{"busy_timeout", "10000"},
+		{"secure_delete", "1"},
 	}
 	for i, c := range conns {
 		for _, tc := range tests {

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/patchfleet/ota/internal/envflag"
+	"github.com/patchfleet/ota/manifests/blobtest"
+)
+
+// TestDownloadStallTimeoutFlag: --download-stall-timeout (or its
+// variable) reaches the artifact downloads: a client that stops reading is
+// disconnected after it, long before the 60 s default or the write timeout
+// would, and a value that is not positive names the setting.
+func TestDownloadStallTimeoutFlag(t *testing.T) {
+	tests := []struct {
+		name     string
+		args     []string
+		env      map[string]string
+		wantFlag string
+	}{
+		{"flag", []string{"--download-stall-timeout", "1s", "--write-timeout", "30s"}, nil, ""},
+		{"environment", nil, map[string]string{"OTAD_DOWNLOAD_STALL_TIMEOUT": "1s", "OTAD_WRITE_TIMEOUT": "30s"}, ""},
+		{"zero", []string{"--download-stall-timeout", "0s"}, nil, "download-stall-timeout"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := defaultConfig()
+			fs := envflag.New("otad serve", "", io.Discard)
+			cfg.registerServe(fs)
+			if err := parseFlags(fs, tc.args, func(k string) string { return tc.env[k] }); err != nil {
+				t.Fatal(err)
+			}
+			cfg.DataDir = filepath.Join(t.TempDir(), "otad-data")
+			cfg.Listen = "127.0.0.1:0"
+			if tc.wantFlag != "" {
+				var ce *envflag.Error
+				if err := cfg.ValidateServe(); !errors.As(err, &ce) || ce.Flag != tc.wantFlag {
+					t.Fatalf("ValidateServe: %v, want an error naming --%s", err, tc.wantFlag)
+				}
+				return
+			}
+			m, logs := startMain(t, cfg)
+			const size = 20 << 20
+			if _, err := m.Blobs.Put(t.Context(), "targets/big.bin", io.LimitReader(blobtest.NewReader(1), size)); err != nil {
+				t.Fatal(err)
+			}
+			// A 64 KiB receive buffer keeps the kernel from taking in the
+			// whole artifact for the client that stopped reading.
+			d := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+				var serr error
+				err := c.Control(func(fd uintptr) {
+					serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+				})
+				return errors.Join(err, serr)
+			}}
+			client := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+			resp, err := client.Get("http://" + m.Addr() + "/targets/big.bin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
+				t.Fatal(err)
+			}
+			stopped := time.Now()
+			for !strings.Contains(logs.String(), `"download ended early"`) {
+				if time.Since(stopped) > 15*time.Second {
+					t.Fatalf("the stalled download was not closed 15 s after the client stopped reading:\n%s", grepLines(logs.String(), "targets"))
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if n, err := io.Copy(io.Discard, resp.Body); err == nil || 1<<20+n >= size {
+				t.Errorf("after the stall: read %d more bytes, error %v; want the connection closed before the end", n, err)
+			}
+		})
+	}
+}

@@ -1,0 +1,61 @@
+package server_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// TestEnrollMessage pins the bytes a handset signs (other handset
+// implementations follow them) and checks that no two requests that
+// differ in a signed field sign the same bytes, even when the fields'
+// concatenation is the same.
+func TestEnrollMessage(t *testing.T) {
+	key := "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+	req := server.EnrollRequest{Model: "PX-7", Build: "7.2.0", Channel: "stable", Region: "DE",
+		DeviceKey: key, Timestamp: time.Date(2026, 3, 1, 13, 0, 0, 250000000, time.FixedZone("CET", 3600)),
+		Secret: "fleet-secret", Signature: "ignored"}
+	want := "otad-enroll-v2\n" +
+		"device_key:64:" + key + "\n" +
+		"model:4:PX-7\n" +
+		"build:5:7.2.0\n" +
+		"channel:6:stable\n" +
+		"region:2:DE\n" +
+		"timestamp:23:2026-03-01T12:00:00.25Z\n"
+	if got := string(server.EnrollMessage(req)); got != want {
+		t.Errorf("message:\n got %q\nwant %q", got, want)
+	}
+
+	base := server.EnrollRequest{Model: "PX", Build: "7", Channel: "stable", DeviceKey: key, Timestamp: req.Timestamp}
+	tests := []struct {
+		name   string
+		change func(*server.EnrollRequest)
+	}{
+		{"model", func(r *server.EnrollRequest) { r.Model = "PX-9" }},
+		{"build", func(r *server.EnrollRequest) { r.Build = "8" }},
+		{"channel", func(r *server.EnrollRequest) { r.Channel = "beta" }},
+		{"region", func(r *server.EnrollRequest) { r.Region = "FR" }},
+		{"key", func(r *server.EnrollRequest) { r.DeviceKey = key[:62] + "00" }},
+		{"timestamp", func(r *server.EnrollRequest) { r.Timestamp = r.Timestamp.Add(time.Microsecond) }},
+		// The same characters split differently between two fields.
+		{"model and build", func(r *server.EnrollRequest) { r.Model, r.Build = "PX7", "" }},
+		{"build and channel", func(r *server.EnrollRequest) { r.Build, r.Channel = "7s", "table" }},
+		{"separator in a value", func(r *server.EnrollRequest) { r.Model, r.Build = "PX\nbuild:1:7", "" }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			changed := base
+			tc.change(&changed)
+			if string(server.EnrollMessage(changed)) == string(server.EnrollMessage(base)) {
+				t.Errorf("a changed %s signs the same message", tc.name)
+			}
+		})
+	}
+	// Secret and signature are not signed.
+	unsigned := req
+	unsigned.Secret, unsigned.Signature = "", ""
+	if string(server.EnrollMessage(unsigned)) != want {
+		t.Error("the secret or the signature changes the message")
+	}
+}
