@@ -21,11 +21,13 @@ import (
 	"strings"
 	"time"
 
+	sqlitelib "github.com/glebarez/go-sqlite"
 	"github.com/glebarez/sqlite"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // Dialect names returned by (*DB).Dialect.
@@ -216,7 +218,7 @@ func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options
 
 	// The path is passed as a plain file name (not a file: URI), so the
 	// driver strips the query string and SQLite takes the path verbatim.
-	g, err := gorm.Open(sqlite.Open(path+"?"+q.Encode()), cfg)
+	g, err := openSQLiteRetrying(ctx, path+"?"+q.Encode(), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite database %s: %w", path, err)
 	}
@@ -235,6 +237,27 @@ func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options
 		return nil, fmt.Errorf("open sqlite database %s: %w", path, err)
 	}
 	return &DB{gorm: g, sql: sqlDB, dialect: dialectSQLite, logger: log, repoMu: make(chan struct{}, 1)}, nil
+}
+
+// openSQLiteRetrying opens the database, trying again while SQLite
+// answers SQLITE_BUSY. The first connection applies the pragmas, and when
+// several processes open one file at once SQLite can refuse the switch to
+// WAL with SQLITE_BUSY without calling the busy handler (it does so to
+// avoid deadlocks), so busy_timeout alone does not cover it.
+func openSQLiteRetrying(ctx context.Context, dsn string, cfg *gorm.Config) (*gorm.DB, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		g, err := gorm.Open(sqlite.Open(dsn), cfg)
+		var se *sqlitelib.Error
+		if err == nil || !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
+			return g, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (while the database was locked: %w)", ctx.Err(), err)
+		case <-time.After(wait):
+		}
+	}
 }
 
 // Dialect reports which database DB talks to: "sqlite" or "postgres".
