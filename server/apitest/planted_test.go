@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -75,24 +74,6 @@ func needles(ids []string) []string {
 	return out
 }
 
-// syncBuffer is a log destination the server writes to concurrently.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.b.Bytes())
-}
-
 // planting is one request carrying a planted identifier.
 type planting struct {
 	carrier string // where it was planted: "report.message (IMEI)", "X-Request-Id (IPv4)"
@@ -111,7 +92,7 @@ type planting struct {
 // and the place.
 func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 	dir := t.TempDir()
-	logs := &syncBuffer{}
+	logs := &logBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	dbPath := filepath.Join(dir, "otad.db")
 	db, err := sqlstore.Open(t.Context(), "sqlite:"+dbPath, sqlstore.Options{Logger: log})

@@ -49,6 +49,13 @@ func (l *logBuffer) entries(tb testing.TB, level, msg string) []map[string]any {
 	return out
 }
 
+// Bytes returns a copy of everything logged so far.
+func (l *logBuffer) Bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Clone(l.b.Bytes())
+}
+
 func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewJSONHandler(l, nil)) }
 
 // TestConditionalAndRangeRequests checks /tuf/ and /targets/ against what
