@@ -23,7 +23,10 @@ owns_port() {
   local pid=$1 hex inode
   hex=$(printf '%04X' "$2")
   for inode in $(awk -v p=":$hex" '$2 ~ p"$" && $4 == "0A" {print $10}' /proc/net/tcp); do
-    ls -l "/proc/$pid/fd" 2>/dev/null | grep -q "socket:\[$inode\]" && return 0
+    # No "ls | grep -q": with pipefail, ls dying of SIGPIPE after grep's
+    # first match would read as no match.
+    local fds; fds=$(ls -l "/proc/$pid/fd" 2>/dev/null || true)
+    grep -q "socket:\[$inode\]" <<<"$fds" && return 0
   done
   return 1
 }

@@ -52,7 +52,10 @@ step "root ceremony at 2 of 3"
 otactl repo init --root-key alice.key.pub --root-key bob.key.pub --root-key carol.key.pub --root-threshold 2 \
   --targets-key alice.key.pub --targets-key bob.key.pub --targets-key carol.key.pub --targets-threshold 2 >/dev/null
 otactl repo sign --key alice.key --yes >/dev/null
-otactl repo sign --key bob.key --yes | grep -q "is published" || fail "the ceremony did not publish at 2 of 3"
+# Output is captured before grep: with pipefail, "cmd | grep -q" fails
+# when grep exits at the first match and cmd then dies of SIGPIPE.
+out=$(otactl repo sign --key bob.key --yes)
+grep -q "is published" <<<"$out" || fail "the ceremony did not publish at 2 of 3"
 curl -fs "$OTACTL_SERVER/tuf/1.root.json" -o root.json || fail "root v1 is not served"
 
 step "a release engineer uploads the patch"
@@ -64,13 +67,15 @@ id=$(grep -o 'd-[0-9a-f]\{18\}' release.txt | head -1)
 
 step "one signature publishes nothing"
 otactl release sign "$id" --key alice.key --yes >/dev/null
-otactl status | grep -q "published targets: 0" || fail "a release signed by one engineer of two was published"
+out=$(otactl status)
+grep -q "published targets: 0" <<<"$out" || fail "a release signed by one engineer of two was published"
 handset --server "$OTACTL_SERVER" --count 1 --model PX-7 --build 7.2.0 --root root.json --poll-scale 0.0001 \
   --timeout 3s --progress 0 --erase >one-sig.txt 2>&1 && fail "a handset installed a release signed by one engineer"
 grep -q "installed    0" one-sig.txt || fail "handset output after one signature: $(cat one-sig.txt)"
 
 step "the second signature publishes it"
-otactl release sign "$id" --key bob.key --yes | grep -q "is published" || fail "2 of 2 signatures did not publish"
+out=$(otactl release sign "$id" --key bob.key --yes)
+grep -q "is published" <<<"$out" || fail "2 of 2 signatures did not publish"
 
 step "1000 handsets verify it with go-tuf, install it (5% fail on purpose) and report"
 handset --server "$OTACTL_SERVER" --count 1000 --concurrency 32 --model PX-7 --build 7.2.0 --root root.json \
