@@ -19,8 +19,8 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/manifests/s3store"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/app"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 )
@@ -33,12 +33,9 @@ type Main struct {
 
 	DB    *sqlstore.DB
 	Blobs manifests.BlobStore
-	Repo  *manifests.Repository
-	Fleet *server.Fleet
-	API   *api.Server
-
-	stopLoop context.CancelFunc
-	loopDone chan struct{}
+	// App is the repository, fleet and API built on DB and Blobs, with
+	// the background jobs that keep them current.
+	App *app.App
 
 	ln       net.Listener
 	addrFile string // written by Run, removed by Close
@@ -76,19 +73,6 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m.Repo, err = manifests.New(manifests.Config{
-		Blobs: m.Blobs, Drafts: db.Drafts(), Lock: db.RepoLock(), Online: online,
-		Expiry: m.cfg.Expiry, Logger: m.log,
-	})
-	if err != nil {
-		return err
-	}
-	if err := m.Repo.Load(startCtx); err != nil {
-		return fmt.Errorf("load TUF repository from storage: %w", err)
-	}
-	if err := m.Repo.ResumePending(startCtx); err != nil {
-		m.log.Error("resuming a pending publish", slog.Any("error", err))
-	}
 
 	// Listen before building the API: with port 0 (tests, scripts) the
 	// offers' default public URL needs the port the kernel chose.
@@ -101,41 +85,35 @@ func (m *Main) Run(ctx context.Context) error {
 		// handsets reach otad at the address it bound.
 		publicURL = "http://" + m.ln.Addr().String()
 	}
-
-	m.Fleet = &server.Fleet{
-		Store:            db.Devices(),
-		Eligibility:      &server.NewestRelease{Source: m.Repo},
-		Catalog:          &server.PublishedPatches{Source: m.Repo},
+	m.App, err = app.New(startCtx, app.Config{
+		DB: db, Blobs: m.Blobs, Online: online, Logger: m.log, Expiry: m.cfg.Expiry,
 		EnrollmentSecret: m.cfg.EnrollmentSecret,
 		PollInterval:     m.cfg.PollInterval,
-	}
-	m.API = api.New(api.Config{
-		Logger: m.log,
-		Checks: []api.Check{
-			{Name: "database", Pinger: m.DB},
-			{Name: "storage", Pinger: m.Blobs},
+		RefreshInterval:  m.cfg.RefreshInterval,
+		ReportRetention:  m.cfg.ReportRetention,
+		API: api.Config{
+			MaxBody:         m.cfg.MaxBody,
+			Registry:        prometheus.NewRegistry(),
+			TargetsRedirect: m.cfg.TargetsRedirect,
+			PresignTTL:      m.cfg.PresignTTL,
+			MaxArtifactSize: m.cfg.MaxArtifactSize,
+
+			DownloadStallTimeout: m.cfg.DownloadStall,
+
+			PublicURL:         publicURL,
+			CheckInsPerMinute: m.cfg.CheckInsPerMinute,
+			CheckInBurst:      10,
+			ReportsPerMinute:  m.cfg.ReportsPerMinute,
+			ReportBurst:       60,
+
+			EnrollmentsPerMinute: m.cfg.EnrollmentsPerMinute,
+			EnrollmentBurst:      m.cfg.EnrollmentBurst,
 		},
-		MaxBody:         m.cfg.MaxBody,
-		Registry:        prometheus.NewRegistry(),
-		Repo:            m.Repo,
-		Blobs:           m.Blobs,
-		Tokens:          server.Tokens{Store: db.Tokens()},
-		TargetsRedirect: m.cfg.TargetsRedirect,
-		PresignTTL:      m.cfg.PresignTTL,
-		MaxArtifactSize: m.cfg.MaxArtifactSize,
-
-		DownloadStallTimeout: m.cfg.DownloadStall,
-
-		Fleet:             m.Fleet,
-		PublicURL:         publicURL,
-		CheckInsPerMinute: m.cfg.CheckInsPerMinute,
-		CheckInBurst:      10,
-		ReportsPerMinute:  m.cfg.ReportsPerMinute,
-		ReportBurst:       60,
-
-		EnrollmentsPerMinute: m.cfg.EnrollmentsPerMinute,
-		EnrollmentBurst:      m.cfg.EnrollmentBurst,
 	})
+	if err != nil {
+		m.ln.Close()
+		return err
+	}
 
 	if m.cfg.AddrFile != "" {
 		if err := writeAddrFile(m.cfg.AddrFile, m.ln.Addr().String()); err != nil {
@@ -145,7 +123,7 @@ func (m *Main) Run(ctx context.Context) error {
 		m.addrFile = m.cfg.AddrFile
 	}
 	m.http = &http.Server{
-		Handler:           m.API,
+		Handler:           m.App.API,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       m.cfg.ReadTimeout,
 		WriteTimeout:      m.cfg.WriteTimeout,
@@ -161,9 +139,9 @@ func (m *Main) Run(ctx context.Context) error {
 			m.done <- err
 		}
 	}()
-	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	m.stopLoop, m.loopDone = stop, make(chan struct{})
-	go m.repositoryLoop(loopCtx)
+	// The background jobs end at Close, not with ctx: a signal ends
+	// serving through Close, in order.
+	m.App.Run(context.WithoutCancel(ctx))
 	dbKind, _ := m.cfg.databaseKind()
 	storeKind, _ := m.cfg.storageKind()
 	m.log.Info("otad serving",
@@ -219,9 +197,8 @@ func (m *Main) Done() <-chan error { return m.done }
 // the shutdown timeout, then closes the database.
 func (m *Main) Close() error {
 	var errs []error
-	if m.stopLoop != nil {
-		m.stopLoop()
-		<-m.loopDone
+	if m.App != nil {
+		m.App.Close()
 	}
 	served := m.http != nil
 	if served {
@@ -248,52 +225,6 @@ func (m *Main) Close() error {
 		m.log.Info("shutdown complete")
 	}
 	return errors.Join(errs...)
-}
-
-// repositoryLoop keeps the TUF repository current until ctx ends: it picks
-// up other replicas' publishes, finishes an interrupted publish, re-signs
-// timestamp and snapshot ahead of expiry, warns (hourly) about offline
-// roles close to expiry, and deletes reports past their retention (hourly).
-func (m *Main) repositoryLoop(ctx context.Context) {
-	defer close(m.loopDone)
-	tick := time.NewTicker(m.cfg.RefreshInterval)
-	defer tick.Stop()
-	var lastWarning, lastPrune time.Time
-	for {
-		if err := m.Repo.Refresh(ctx); err != nil && ctx.Err() == nil {
-			m.log.Error("refreshing the TUF repository", slog.Any("error", err))
-		}
-		if err := m.Repo.ResumePending(ctx); err != nil && ctx.Err() == nil {
-			m.log.Error("resuming a pending publish", slog.Any("error", err))
-		}
-		if _, err := m.Repo.Resign(ctx); err != nil && ctx.Err() == nil {
-			m.log.Error("re-signing timestamp/snapshot", slog.Any("error", err))
-		}
-		if time.Since(lastPrune) > time.Hour {
-			// Reports older than the retention are deleted: the server
-			// keeps no more history than it needs.
-			n, err := m.Fleet.PruneReports(ctx, m.cfg.ReportRetention)
-			if err != nil && ctx.Err() == nil {
-				m.log.Error("deleting old reports", slog.Any("error", err))
-			} else {
-				lastPrune = time.Now()
-				if n > 0 {
-					m.log.Info("deleted reports past retention", slog.Int64("reports", n), slog.Duration("retention", m.cfg.ReportRetention))
-				}
-			}
-		}
-		if time.Since(lastWarning) > time.Hour {
-			for _, w := range m.Repo.ExpiryWarnings() {
-				m.log.Warn("TUF metadata expires soon", slog.String("warning", w))
-				lastWarning = time.Now()
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
 }
 
 // loadOnlineKey reads the online (timestamp/snapshot) key. With no

@@ -118,7 +118,7 @@ func TestGracefulShutdownFinishesInFlightRequests(t *testing.T) {
 	cfg.DataDir = t.TempDir()
 	m, _ := startMain(t, cfg)
 	started, release := make(chan struct{}), make(chan struct{})
-	m.API.Echo().GET("/test/slow", func(c echo.Context) error {
+	m.App.API.Echo().GET("/test/slow", func(c echo.Context) error {
 		close(started)
 		<-release
 		return c.String(http.StatusOK, "finished")

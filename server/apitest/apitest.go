@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/app"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 )
@@ -30,6 +32,8 @@ type Env struct {
 	// Online is the server's timestamp/snapshot key.
 	Online signing.Signer
 	Fleet  *server.Fleet
+	// App is the wiring behind the server, background jobs included.
+	App *app.App
 }
 
 // Options tune Start.
@@ -49,9 +53,19 @@ type Options struct {
 	// API; zero rates disable limiting.
 	EnrollmentSecret                    string
 	CheckInsPerMinute, ReportsPerMinute float64
+	// RefreshInterval is how often the background jobs (refresh, resume,
+	// re-sign, report pruning) run after their first pass at Start.
+	// Default one hour, not otad's seconds: a test that moves Now past
+	// half the timestamp's life then calls Repo.Resign itself finds the
+	// timestamp still to re-sign.
+	RefreshInterval time.Duration
+	// ReportRetention is how long reports are kept (default
+	// app.DefaultReportRetention).
+	ReportRetention time.Duration
 }
 
-// Start runs a server until the test ends.
+// Start runs a server, wired by package app as otad wires it and with
+// its background jobs running, until the test ends.
 func Start(tb testing.TB, opts Options) *Env {
 	tb.Helper()
 	ctx := context.Background()
@@ -80,27 +94,35 @@ func Start(tb testing.TB, opts Options) *Env {
 			tb.Fatal(err)
 		}
 	}
-	repo, err := manifests.New(manifests.Config{Blobs: blobs, Drafts: db.Drafts(), Lock: db.RepoLock(),
-		Online: key.Signer(), Expiry: opts.Expiry, Now: opts.Now, Logger: opts.Logger})
+	refresh := opts.RefreshInterval
+	if refresh <= 0 {
+		refresh = time.Hour
+	}
+	firstPass := make(chan struct{})
+	var once sync.Once
+	passed := func() { once.Do(func() { close(firstPass) }) }
+	a, err := app.New(ctx, app.Config{DB: db, Blobs: blobs, Online: key.Signer(), Logger: opts.Logger,
+		Now: opts.Now, Expiry: opts.Expiry, EnrollmentSecret: opts.EnrollmentSecret, PollInterval: time.Hour,
+		RefreshInterval: refresh, ReportRetention: opts.ReportRetention, AfterPass: passed,
+		API: api.Config{TargetsRedirect: opts.TargetsRedirect,
+			CheckInsPerMinute: opts.CheckInsPerMinute, CheckInBurst: 10, ReportsPerMinute: opts.ReportsPerMinute, ReportBurst: 60}})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := repo.Load(ctx); err != nil {
-		tb.Fatal(err)
-	}
-	tokens := server.Tokens{Store: db.Tokens()}
-	_, secret, err := tokens.Create(ctx, "test-engineer", server.RoleReleaseEngineer)
+	_, secret, err := server.Tokens{Store: db.Tokens()}.Create(ctx, "test-engineer", server.RoleReleaseEngineer)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	fleet := &server.Fleet{Store: db.Devices(), Eligibility: &server.NewestRelease{Source: repo},
-		Catalog:          &server.PublishedPatches{Source: repo},
-		EnrollmentSecret: opts.EnrollmentSecret, PollInterval: time.Hour, Now: opts.Now}
-	a := api.New(api.Config{Logger: opts.Logger, Repo: repo, Blobs: blobs, Tokens: tokens,
-		TargetsRedirect: opts.TargetsRedirect, Fleet: fleet,
-		CheckInsPerMinute: opts.CheckInsPerMinute, CheckInBurst: 10, ReportsPerMinute: opts.ReportsPerMinute, ReportBurst: 60})
-	checkContract(tb, a)
-	srv := httptest.NewServer(a)
+	checkContract(tb, a.API)
+	srv := httptest.NewServer(a.API)
 	tb.Cleanup(srv.Close)
-	return &Env{URL: srv.URL, Token: secret, Repo: repo, Blobs: blobs, DB: db, API: a, Online: key.Signer(), Fleet: fleet}
+	// The background jobs stop before the server and the database close
+	// (cleanups run last-registered first).
+	a.Run(ctx)
+	tb.Cleanup(a.Close)
+	// Start returns after the jobs' first pass, so that it does not race
+	// with what the test does next (a ceremony, a clock moved past
+	// half the timestamp's life).
+	<-firstPass
+	return &Env{URL: srv.URL, Token: secret, Repo: a.Repo, Blobs: blobs, DB: db, API: a.API, Online: key.Signer(), Fleet: a.Fleet, App: a}
 }

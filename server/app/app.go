@@ -1,0 +1,211 @@
+// Package app wires the OTA server together from parts its caller has
+// opened (a migrated database, a blob store, the online key): the TUF
+// repository, the fleet and the HTTP API on top of them, and the
+// background jobs that keep them current. cmd/otad and server/apitest
+// both run it, so tests exercise the wiring the binary runs.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/sqlstore"
+	"github.com/patchfleet/ota/signing"
+)
+
+// Defaults for the zero values of Config.
+const (
+	DefaultRefreshInterval = 5 * time.Second
+	DefaultReportRetention = 90 * 24 * time.Hour
+)
+
+// Config is what an App is built from. DB, Blobs and Online are required;
+// the App uses them but does not close them.
+type Config struct {
+	DB     *sqlstore.DB // migrated
+	Blobs  manifests.BlobStore
+	Online signing.Signer // the timestamp/snapshot key
+	Logger *slog.Logger   // default: discard
+	// Now is the repository's and the fleet's clock (default time.Now).
+	Now    func() time.Time
+	Expiry manifests.Expiry // default manifests.DefaultExpiry
+
+	// EnrollmentSecret and PollInterval configure the handset API
+	// (server.Fleet).
+	EnrollmentSecret string
+	PollInterval     time.Duration
+
+	// RefreshInterval is how often the background jobs run (default
+	// DefaultRefreshInterval); ReportRetention is how long install
+	// reports are kept (default DefaultReportRetention).
+	RefreshInterval time.Duration
+	ReportRetention time.Duration
+	// AfterPass, when set, is called after each pass of the background
+	// jobs, so that a test waits for one instead of sleeping.
+	AfterPass func()
+
+	// API tunes the HTTP application. New sets its Logger, Checks (the
+	// database and the storage), Repo, Blobs, Tokens and Fleet.
+	API api.Config
+}
+
+// App is the server built on one database and one blob store: the TUF
+// repository, the fleet and the HTTP API (an http.Handler; the caller owns
+// the listener), and the background jobs that Run starts.
+type App struct {
+	Repo  *manifests.Repository
+	Fleet *server.Fleet
+	API   *api.Server
+
+	cfg  Config
+	log  *slog.Logger
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// New builds the App: it loads the published TUF repository from the blob
+// store and finishes a publish that a crash interrupted (logging, not
+// returning, an error in that), then builds the fleet and the API.
+func New(ctx context.Context, cfg Config) (*App, error) {
+	if cfg.DB == nil || cfg.Blobs == nil || cfg.Online == nil {
+		return nil, errors.New("app: DB, Blobs and Online are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.RefreshInterval <= 0 {
+		cfg.RefreshInterval = DefaultRefreshInterval
+	}
+	if cfg.ReportRetention <= 0 {
+		// Zero must not mean "keep nothing": PruneReports would delete
+		// every report.
+		cfg.ReportRetention = DefaultReportRetention
+	}
+	a := &App{cfg: cfg, log: cfg.Logger}
+	repo, err := manifests.New(manifests.Config{
+		Blobs: cfg.Blobs, Drafts: cfg.DB.Drafts(), Lock: cfg.DB.RepoLock(), Online: cfg.Online,
+		Expiry: cfg.Expiry, Now: cfg.Now, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := repo.Load(ctx); err != nil {
+		return nil, fmt.Errorf("load TUF repository from storage: %w", err)
+	}
+	if err := repo.ResumePending(ctx); err != nil {
+		a.log.Error("resuming a pending publish", slog.Any("error", err))
+	}
+	a.Repo = repo
+
+	a.Fleet = &server.Fleet{
+		Store:            cfg.DB.Devices(),
+		Eligibility:      &server.NewestRelease{Source: repo},
+		Catalog:          &server.PublishedPatches{Source: repo},
+		EnrollmentSecret: cfg.EnrollmentSecret,
+		PollInterval:     cfg.PollInterval,
+		Now:              cfg.Now,
+	}
+	apiCfg := cfg.API
+	apiCfg.Logger = cfg.Logger
+	apiCfg.Checks = []api.Check{
+		{Name: "database", Pinger: cfg.DB},
+		{Name: "storage", Pinger: cfg.Blobs},
+	}
+	apiCfg.Repo = repo
+	apiCfg.Blobs = cfg.Blobs
+	apiCfg.Tokens = server.Tokens{Store: cfg.DB.Tokens()}
+	apiCfg.Fleet = a.Fleet
+	a.API = api.New(apiCfg)
+	return a, nil
+}
+
+// Run starts the background jobs and returns. They run until ctx ends or
+// Close is called. Run an App once.
+func (a *App) Run(ctx context.Context) {
+	ctx, a.stop = context.WithCancel(ctx)
+	a.done = make(chan struct{})
+	go a.repositoryLoop(ctx)
+}
+
+// Close stops the background jobs and waits for them to end. The
+// database and the blob store stay open: they are the caller's.
+func (a *App) Close() {
+	if a.stop == nil {
+		return
+	}
+	a.stop()
+	<-a.done
+}
+
+// repositoryLoop keeps the TUF repository current until ctx ends: it picks
+// up other replicas' publishes, finishes an interrupted publish, re-signs
+// timestamp and snapshot ahead of expiry, warns (hourly) about offline
+// roles close to expiry, and deletes reports past their retention (hourly).
+func (a *App) repositoryLoop(ctx context.Context) {
+	defer close(a.done)
+	tick := time.NewTicker(a.cfg.RefreshInterval)
+	defer tick.Stop()
+	var lastWarning, lastPrune time.Time
+	for {
+		a.refreshRepository(ctx)
+		if time.Since(lastPrune) > time.Hour && a.pruneReports(ctx) {
+			lastPrune = time.Now()
+		}
+		if time.Since(lastWarning) > time.Hour && a.warnExpiry() {
+			lastWarning = time.Now()
+		}
+		if a.cfg.AfterPass != nil {
+			a.cfg.AfterPass()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// refreshRepository picks up other replicas' publishes, finishes an
+// interrupted publish and re-signs timestamp and snapshot ahead of expiry.
+func (a *App) refreshRepository(ctx context.Context) {
+	if err := a.Repo.Refresh(ctx); err != nil && ctx.Err() == nil {
+		a.log.Error("refreshing the TUF repository", slog.Any("error", err))
+	}
+	if err := a.Repo.ResumePending(ctx); err != nil && ctx.Err() == nil {
+		a.log.Error("resuming a pending publish", slog.Any("error", err))
+	}
+	if _, err := a.Repo.Resign(ctx); err != nil && ctx.Err() == nil {
+		a.log.Error("re-signing timestamp/snapshot", slog.Any("error", err))
+	}
+}
+
+// pruneReports deletes reports older than the retention: the server keeps
+// no more history than it needs. It reports whether it succeeded, so that
+// a failure is retried at the next tick.
+func (a *App) pruneReports(ctx context.Context) bool {
+	n, err := a.Fleet.PruneReports(ctx, a.cfg.ReportRetention)
+	if err != nil && ctx.Err() == nil {
+		a.log.Error("deleting old reports", slog.Any("error", err))
+		return false
+	}
+	if n > 0 {
+		a.log.Info("deleted reports past retention", slog.Int64("reports", n), slog.Duration("retention", a.cfg.ReportRetention))
+	}
+	return true
+}
+
+// warnExpiry logs a warning per offline-signed role close to expiry and
+// reports whether it logged any.
+func (a *App) warnExpiry() bool {
+	warnings := a.Repo.ExpiryWarnings()
+	for _, w := range warnings {
+		a.log.Warn("TUF metadata expires soon", slog.String("warning", w))
+	}
+	return len(warnings) > 0
+}
