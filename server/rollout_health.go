@@ -1,0 +1,157 @@
+package server
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Results are a rollout's install results since some time: installs
+// that finished and installs that failed (a rollback counts as failed).
+// The store counts them by model, from Rollout.ResultsSince for health
+// and from Rollout.StageResultsSince for advancing.
+type Results struct {
+	Installed int64
+	Failed    int64
+}
+
+// Total is Installed + Failed.
+func (r Results) Total() int64 { return r.Installed + r.Failed }
+
+// FailureRate is Failed / Total; 0 with no results.
+func (r Results) FailureRate() float64 {
+	if r.Total() == 0 {
+		return 0
+	}
+	return float64(r.Failed) / float64(r.Total())
+}
+
+// Add sums two Results.
+func (r Results) Add(o Results) Results {
+	return Results{Installed: r.Installed + o.Installed, Failed: r.Failed + o.Failed}
+}
+
+// breaches reports whether r has the minimum of results and a failure
+// rate above the limit.
+func (r Results) breaches(p *Policy) bool {
+	return r.Total() >= p.MinResults && r.FailureRate() > p.MaxFailureRate
+}
+
+// unheld sums the results of the models r does not hold.
+func (r *Rollout) unheld(byModel map[string]Results) Results {
+	var sum Results
+	for m, res := range byModel {
+		if r.ModelHold(m) == nil {
+			sum = sum.Add(res)
+		}
+	}
+	return sum
+}
+
+// EvaluateHealth is the auto-halt policy of a running or completed
+// rollout at now; byModel are its results per model since
+// r.ResultsSince(model, now). Models already held do not count. A model
+// or a sum of models breaches when it has at least MinResults results and
+// a failure rate above MaxFailureRate. It changes r and returns the
+// events to append, none when all is well:
+//
+//   - when some models breach on their own and the other models, summed,
+//     have MinResults results and do not breach, those models are held,
+//     each alone, and the others go on: even when the held models'
+//     failures push the rollout's own rate over the limit;
+//   - otherwise, when all the models not held, summed, breach, the whole
+//     rollout halts (it is paused with Halt set) and no model is held:
+//     failures spread over models, or a failing model whose peers have
+//     too few results to show they are fine, stop everything, as does a
+//     failing rollout of a single model.
+//
+// Run it before EvaluateAdvance.
+func EvaluateHealth(r *Rollout, byModel map[string]Results, now time.Time) []Event {
+	if !r.State.offering() {
+		return nil
+	}
+	p := &r.Policy
+	var failing []string
+	var all, rest Results
+	for _, m := range slices.Sorted(maps.Keys(byModel)) {
+		res := byModel[m]
+		if r.ModelHold(m) != nil {
+			continue
+		}
+		all = all.Add(res)
+		if res.breaches(p) {
+			failing = append(failing, m)
+		} else {
+			rest = rest.Add(res)
+		}
+	}
+	restHealthy := rest.Total() >= p.MinResults && !rest.breaches(p)
+	if all.breaches(p) && !restHealthy {
+		h := r.autoHold("", all, now)
+		ev := r.event(ActionHalt, SystemActor, h.Reason, now)
+		r.State, r.Halt = RolloutPaused, &h
+		ev.Hold = &h
+		return []Event{r.finish(ev)}
+	}
+	var events []Event
+	for _, m := range failing {
+		events = append(events, r.hold(r.autoHold(m, byModel[m], now)))
+	}
+	return events
+}
+
+func (r *Rollout) autoHold(model string, res Results, now time.Time) Hold {
+	p := &r.Policy
+	who := "the rollout"
+	if model != "" {
+		who = "model " + model
+	}
+	if model == "" && len(r.Holds) > 0 {
+		who = "the models not held"
+	}
+	reason := fmt.Sprintf("%s failed %d of %d installs (%.1f%%) in the last %s, above the %.1f%% limit",
+		who, res.Failed, res.Total(), 100*res.FailureRate(), shortDuration(p.FailureWindow), 100*p.MaxFailureRate)
+	return Hold{Model: model, Actor: SystemActor, Reason: reason, Installed: res.Installed, Failed: res.Failed,
+		Rate: res.FailureRate(), MaxRate: p.MaxFailureRate, Window: p.FailureWindow, At: now}
+}
+
+// EvaluateAdvance is the auto-advance policy of a running rollout at now;
+// stageByModel are its results per model since r.StageResultsSince(model).
+// With a Soak set, once the stage has run for it since r.SoakStart() and
+// the models not held have at least MinResults results at a rate within
+// MaxFailureRate, the rollout moves to its next stage, or completes at
+// the last one. It changes r and returns the event; ok is false when
+// nothing changed. A held model does not keep the others from advancing.
+func EvaluateAdvance(r *Rollout, stageByModel map[string]Results, now time.Time) (ev Event, ok bool) {
+	p := &r.Policy
+	if r.State != RolloutRunning || p.Soak <= 0 || now.Before(r.SoakStart().Add(p.Soak)) {
+		return Event{}, false
+	}
+	res := r.unheld(stageByModel)
+	if res.Total() < p.MinResults || res.FailureRate() > p.MaxFailureRate {
+		return Event{}, false
+	}
+	reason := fmt.Sprintf("stage %g%% soaked %s with %d of %d installs failed (%.1f%%)",
+		r.Percent(), shortDuration(p.Soak), res.Failed, res.Total(), 100*res.FailureRate())
+	if r.LastStage() {
+		return r.complete(SystemActor, reason, now), true
+	}
+	ev = r.event(ActionAdvance, SystemActor, reason, now)
+	r.Stage++
+	r.StageStartedAt = now
+	return r.finish(ev), true
+}
+
+// shortDuration writes 1h, 30m or 6h30m rather than 1h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
