@@ -119,7 +119,8 @@ type DeviceStore interface {
 	// error code, message and time). A report id already stored with
 	// other content is ErrConflict. A nil error means committed.
 	AddReport(ctx context.Context, r Report) (duplicate bool, err error)
-	// DeleteDevice erases a device with its reports and states.
+	// DeleteDevice erases a device with its reports, states and rollout
+	// records.
 	DeleteDevice(ctx context.Context, id string) error
 	// DeleteReportsBefore erases reports received before t.
 	DeleteReportsBefore(ctx context.Context, t time.Time) (int64, error)

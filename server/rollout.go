@@ -231,6 +231,13 @@ type Rollout struct {
 	HealthSince time.Time
 	// ModelHealthSince is the same per model, set when a hold is released.
 	ModelHealthSince map[string]time.Time
+
+	// Version is the store's optimistic lock: 1 once created, one more
+	// at every save. RolloutStore.UpdateRollout saves only over the
+	// version the change was made from, so of two replicas changing one
+	// rollout at once the second gets ErrConflict instead of undoing the
+	// first. Zero before the rollout is stored.
+	Version int64
 }
 
 // Percent is the current stage's percent; 0 for a rollout without stages.

@@ -90,6 +90,10 @@ type DeviceRollout struct {
 	// rolled-back report (server time: handset clocks drift), the start
 	// of the retry backoff.
 	LastFailureAt time.Time
+	// ResultAt is when the server received the last installed, failed or
+	// rolled-back report: health and advance count results by it
+	// (RolloutStore.RolloutResults).
+	ResultAt time.Time
 }
 
 // installing reports whether the handset said it began installing and
@@ -114,9 +118,9 @@ func (dr *DeviceRollout) failed() bool {
 func (dr *DeviceRollout) Observe(state string, receivedAt time.Time) {
 	switch state {
 	case StateFailed, StateRolledBack:
-		dr.State, dr.LastFailureAt = state, receivedAt
+		dr.State, dr.LastFailureAt, dr.ResultAt = state, receivedAt, receivedAt
 	case StateInstalled:
-		dr.State = state
+		dr.State, dr.ResultAt = state, receivedAt
 	default:
 		if dr.State == DeviceOffered || (dr.installing() && slices.Index(ReportStates, state) > slices.Index(ReportStates, dr.State)) {
 			dr.State = state

@@ -221,17 +221,20 @@ func TestObserve(t *testing.T) {
 	if dr.State != server.StateInstalling {
 		t.Errorf("state %s, want installing (the late downloaded ignored)", dr.State)
 	}
+	if !dr.ResultAt.IsZero() {
+		t.Errorf("result at %v before any result, want zero", dr.ResultAt)
+	}
 	dr.Observe(server.StateFailed, t0.Add(time.Minute))
-	if dr.State != server.StateFailed || !dr.LastFailureAt.Equal(t0.Add(time.Minute)) {
+	if dr.State != server.StateFailed || !dr.LastFailureAt.Equal(t0.Add(time.Minute)) || !dr.ResultAt.Equal(t0.Add(time.Minute)) {
 		t.Errorf("after failed: %+v", dr)
 	}
 	dr.Observe(server.StateDownloading, t0.Add(2*time.Minute))
-	if dr.State != server.StateFailed {
-		t.Errorf("a late downloading after failed moved the state to %s", dr.State)
+	if dr.State != server.StateFailed || !dr.ResultAt.Equal(t0.Add(time.Minute)) {
+		t.Errorf("a late downloading after failed moved the state to %s, the result time to %v", dr.State, dr.ResultAt)
 	}
 	dr.Observe(server.StateInstalled, t0.Add(3*time.Minute))
-	if dr.State != server.StateInstalled {
-		t.Errorf("state %s, want installed", dr.State)
+	if dr.State != server.StateInstalled || !dr.ResultAt.Equal(t0.Add(3*time.Minute)) {
+		t.Errorf("state %s at %v, want installed at %v", dr.State, dr.ResultAt, t0.Add(3*time.Minute))
 	}
 }
 

@@ -235,7 +235,8 @@ func (s *DeviceStore) DeviceByToken(ctx context.Context, tokenHash string) (*ser
 	return row.device(), nil
 }
 
-// DeleteDevice implements server.DeviceStore. The foreign keys cascade
+// DeleteDevice implements server.DeviceStore: the device goes with its
+// reports, states and rollout records. The foreign keys cascade
 // too, but the explicit deletes do not depend on SQLite's per-connection
 // foreign_keys pragma.
 //
@@ -280,6 +281,9 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 		}
 		if err := tx.Where("device_id = ?", id).Delete(&reportRow{}).Error; err != nil {
 			return fmt.Errorf("delete device reports: %w", err)
+		}
+		if err := tx.Where("device_id = ?", id).Delete(&deviceRolloutRow{}).Error; err != nil {
+			return fmt.Errorf("delete device rollout records: %w", err)
 		}
 		res := tx.Where("id = ?", id).Delete(&deviceRow{})
 		if res.Error != nil {

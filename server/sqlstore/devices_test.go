@@ -724,6 +724,16 @@ func testEraseLeavesNoBytes(t *testing.T, b backend) {
 		t.Fatalf("enroll: %v", err)
 	}
 	mustEnroll(t, s, newDevice("dev_keep", "keep-model"), "hash-keep")
+	// Its rollout record keeps its model and build too.
+	rollouts := db.Rollouts()
+	mustCreateRollout(t, rollouts, "ro_keep")
+	for _, d := range []struct{ id, model, build string }{
+		{enrollment.DeviceID, "PLANTEDMODELXYZ", "PLANTEDBUILDXYZ"}, {"dev_keep", "keep-model", "7.1.0"},
+	} {
+		mustPutDeviceRollout(t, rollouts, &server.DeviceRollout{RolloutID: "ro_keep", DeviceID: d.id, Model: d.model,
+			StartingBuild: d.build, OfferedAt: t0, LastOfferedAt: t0, State: server.StateFailed, Attempts: 1,
+			LastFailureAt: t0, ResultAt: t0})
+	}
 	for i := range 40 {
 		for _, id := range []string{enrollment.DeviceID, "dev_keep"} {
 			r := server.Report{ID: fmt.Sprintf("r%d", i), DeviceID: id, PatchID: "SEC-KEEP", Target: "patches/keep.zip",
@@ -773,6 +783,9 @@ func testEraseLeavesNoBytes(t *testing.T, b backend) {
 	}
 	if n := countRows(t, db, "device_reports", "device_id = ?", "dev_keep"); n != 40 {
 		t.Errorf("reports of the other device: got %d, want 40", n)
+	}
+	if n := countRows(t, db, "device_rollouts", "device_id = ?", "dev_keep"); n != 1 {
+		t.Errorf("rollout records of the other device: got %d, want 1", n)
 	}
 }
 

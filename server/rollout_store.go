@@ -1,0 +1,57 @@
+package server
+
+import (
+	"context"
+	"time"
+)
+
+// RolloutStore keeps rollouts, their audit log, the handsets' records of
+// them and the shared offers-per-minute budget. Several replicas share
+// one store: every method is safe to call from all of them at once.
+type RolloutStore interface {
+	// CreateRollout stores a new rollout (NewRollout's) with the event
+	// that made it, in one transaction, and sets r.Version to 1. An id
+	// already taken is ErrConflict.
+	CreateRollout(ctx context.Context, r *Rollout, ev Event) error
+	// UpdateRollout saves r and appends evs to its audit log, in one
+	// transaction, if the stored rollout is still at expectVersion (the
+	// Version of the copy r was changed from); it then sets r.Version to
+	// expectVersion+1. A stored rollout at another version is
+	// ErrConflict and nothing is written, events neither: read it again
+	// and redo the change. An unknown id is ErrNotFound.
+	UpdateRollout(ctx context.Context, r *Rollout, expectVersion int64, evs []Event) error
+	// Rollout returns the rollout id, or ErrNotFound.
+	Rollout(ctx context.Context, id string) (*Rollout, error)
+	// Rollouts returns the rollouts in any of states (all without
+	// states), oldest first.
+	Rollouts(ctx context.Context, states ...RolloutState) ([]*Rollout, error)
+	// RolloutEvents returns the last limit events of a rollout's audit
+	// log (all with limit below 1), oldest first. An unknown rollout is
+	// ErrNotFound.
+	RolloutEvents(ctx context.Context, rolloutID string, limit int) ([]Event, error)
+
+	// DeviceRollouts returns a handset's records, of every rollout that
+	// ever made it an offer.
+	DeviceRollouts(ctx context.Context, deviceID string) ([]*DeviceRollout, error)
+	// PutDeviceRollout stores dr, replacing the record of the same
+	// rollout and handset: the last write wins, so the caller writes
+	// what Decision.Record or DeviceRollout.Observe made of the record
+	// it read. An unknown rollout or handset is ErrNotFound.
+	PutDeviceRollout(ctx context.Context, dr *DeviceRollout) error
+	// RolloutResults counts a rollout's results per model: the records
+	// whose state is installed, or failed or rolled back (both Failed),
+	// with ResultAt at or after since. Models without results are
+	// absent. It reads an index on (rollout, result time), not the
+	// fleet.
+	RolloutResults(ctx context.Context, rolloutID string, since time.Time) (map[string]Results, error)
+
+	// ClaimOffer takes one offer from a rollout's budget for the minute
+	// that holds minute, shared by all replicas, and reports whether
+	// there was room: at most limit claims of one minute succeed however
+	// many replicas claim at once. A limit below 1 is no cap (as
+	// Policy.MaxOffersPerMinute 0): always true, nothing written.
+	ClaimOffer(ctx context.Context, rolloutID string, minute time.Time, limit int) (bool, error)
+	// PruneOfferBudget deletes the budgets of minutes before before and
+	// returns how many; a minute past is never claimed again.
+	PruneOfferBudget(ctx context.Context, before time.Time) (int64, error)
+}

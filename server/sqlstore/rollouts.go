@@ -1,0 +1,571 @@
+package sqlstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"gorm.io/gorm"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// RolloutStore keeps staged rollouts; it implements server.RolloutStore.
+type RolloutStore struct{ db *DB }
+
+var _ server.RolloutStore = (*RolloutStore)(nil)
+
+// Rollouts returns the rollout store of db.
+func (db *DB) Rollouts() *RolloutStore { return &RolloutStore{db: db} }
+
+type rolloutRow struct {
+	ID              string `gorm:"primaryKey"`
+	Version         int64
+	State           string
+	Target          string
+	PatchID         string
+	InstallsBuild   string
+	ReleaseModels   string // JSON array
+	ReleaseBuildMin string
+	ReleaseBuildMax string
+	Selector        string // selectorJSON
+	Stages          string // JSON array
+	Stage           int
+	Salt            string
+	Policy          string  // policyJSON
+	Halt            *string // holdJSON
+	Holds           string  // JSON array of holdJSON
+	CreatedBy       string
+	CreatedAt       time.Time
+	StartedAt       *time.Time
+	StageStartedAt  *time.Time
+	EndedAt         *time.Time
+	HealthSince     *time.Time
+	// ModelHealthSince is a JSON object of model to time.
+	ModelHealthSince string
+}
+
+func (rolloutRow) TableName() string { return "rollouts" }
+
+type rolloutEventRow struct {
+	ID          int64 `gorm:"primaryKey"`
+	RolloutID   string
+	At          time.Time
+	Actor       string
+	Action      string
+	Reason      string
+	FromState   string
+	ToState     string
+	FromPercent float64
+	ToPercent   float64
+	Model       string
+	Hold        *string // holdJSON
+	Detail      string
+}
+
+func (rolloutEventRow) TableName() string { return "rollout_events" }
+
+type deviceRolloutRow struct {
+	RolloutID     string `gorm:"primaryKey"`
+	DeviceID      string `gorm:"primaryKey"`
+	Model         string
+	StartingBuild string
+	OfferedAt     time.Time
+	LastOfferedAt time.Time
+	State         string
+	Attempts      int
+	LastFailureAt *time.Time
+	ResultAt      *time.Time
+}
+
+func (deviceRolloutRow) TableName() string { return "device_rollouts" }
+
+// The JSON columns have their own types with explicit names, so that
+// renaming a Go field does not change what is stored, and durations
+// stored as text ("1h0m0s") read well in SQL.
+
+// duration is a time.Duration stored as its String.
+type duration time.Duration
+
+func (d duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = duration(v)
+	return nil
+}
+
+type selectorJSON struct {
+	Models   []string `json:"models"`
+	Channels []string `json:"channels"`
+	Regions  []string `json:"regions"`
+	BuildMin string   `json:"build_min"`
+	BuildMax string   `json:"build_max"`
+}
+
+type policyJSON struct {
+	MaxFailureRate     float64       `json:"max_failure_rate"`
+	MinResults         int64         `json:"min_results"`
+	FailureWindow      duration      `json:"failure_window"`
+	Soak               duration      `json:"soak"`
+	Retries            int           `json:"retries"`
+	Backoff            []duration    `json:"backoff"`
+	MaxOffersPerMinute int           `json:"max_offers_per_minute"`
+	Window             server.Window `json:"window"`
+}
+
+type holdJSON struct {
+	Model     string    `json:"model"`
+	Actor     string    `json:"actor"`
+	Reason    string    `json:"reason"`
+	Installed int64     `json:"installed"`
+	Failed    int64     `json:"failed"`
+	Rate      float64   `json:"rate"`
+	MaxRate   float64   `json:"max_rate"`
+	Window    duration  `json:"window"`
+	At        time.Time `json:"at"`
+}
+
+func toHoldJSON(h server.Hold) holdJSON {
+	return holdJSON{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed,
+		Rate: h.Rate, MaxRate: h.MaxRate, Window: duration(h.Window), At: dbTime(h.At)}
+}
+
+func (h holdJSON) hold() server.Hold {
+	return server.Hold{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed,
+		Rate: h.Rate, MaxRate: h.MaxRate, Window: time.Duration(h.Window), At: h.At.UTC()}
+}
+
+// mapSlice maps a slice, keeping nil nil, so that a rollout reads back
+// as it was written.
+func mapSlice[T, U any](in []T, f func(T) U) []U {
+	if in == nil {
+		return nil
+	}
+	out := make([]U, len(in))
+	for i, v := range in {
+		out[i] = f(v)
+	}
+	return out
+}
+
+func jsonText(v any) (string, error) {
+	b, err := json.Marshal(v)
+	return string(b), err
+}
+
+// optionalHold is the JSON of h, or NULL.
+func optionalHold(h *server.Hold) (*string, error) {
+	if h == nil {
+		return nil, nil
+	}
+	s, err := jsonText(toHoldJSON(*h))
+	return &s, err
+}
+
+func readHold(s *string) (*server.Hold, error) {
+	if s == nil {
+		return nil, nil
+	}
+	var h holdJSON
+	if err := json.Unmarshal([]byte(*s), &h); err != nil {
+		return nil, err
+	}
+	hold := h.hold()
+	return &hold, nil
+}
+
+// optionalTime is t as stored, or NULL for the zero time.
+func optionalTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := dbTime(t)
+	return &u
+}
+
+func readTime(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
+func toRolloutRow(r *server.Rollout, version int64) (*rolloutRow, error) {
+	row := &rolloutRow{ID: r.ID, Version: version, State: string(r.State), Target: r.Release.Target,
+		PatchID: r.Release.PatchID, InstallsBuild: r.Release.InstallsBuild,
+		ReleaseBuildMin: r.Release.BuildMin, ReleaseBuildMax: r.Release.BuildMax, Stage: r.Stage, Salt: r.Salt,
+		CreatedBy: r.CreatedBy, CreatedAt: dbTime(r.CreatedAt), StartedAt: optionalTime(r.StartedAt),
+		StageStartedAt: optionalTime(r.StageStartedAt), EndedAt: optionalTime(r.EndedAt),
+		HealthSince: optionalTime(r.HealthSince)}
+	p := &r.Policy
+	var since map[string]time.Time
+	if r.ModelHealthSince != nil {
+		since = make(map[string]time.Time, len(r.ModelHealthSince))
+		for m, t := range r.ModelHealthSince {
+			since[m] = dbTime(t)
+		}
+	}
+	var err error
+	for _, f := range []struct {
+		dst *string
+		v   any
+	}{
+		{&row.ReleaseModels, r.Release.Models},
+		{&row.Selector, selectorJSON{Models: r.Selector.Models, Channels: r.Selector.Channels,
+			Regions: r.Selector.Regions, BuildMin: r.Selector.BuildMin, BuildMax: r.Selector.BuildMax}},
+		{&row.Stages, r.Stages},
+		{&row.Policy, policyJSON{MaxFailureRate: p.MaxFailureRate, MinResults: p.MinResults,
+			FailureWindow: duration(p.FailureWindow), Soak: duration(p.Soak), Retries: p.Retries,
+			Backoff:            mapSlice(p.Backoff, func(d time.Duration) duration { return duration(d) }),
+			MaxOffersPerMinute: p.MaxOffersPerMinute, Window: p.Window}},
+		{&row.Holds, mapSlice(r.Holds, toHoldJSON)},
+		{&row.ModelHealthSince, since},
+	} {
+		if *f.dst, err = jsonText(f.v); err != nil {
+			return nil, fmt.Errorf("rollout %s: encode: %w", r.ID, err)
+		}
+	}
+	if row.Halt, err = optionalHold(r.Halt); err != nil {
+		return nil, fmt.Errorf("rollout %s: encode halt: %w", r.ID, err)
+	}
+	return row, nil
+}
+
+func (row *rolloutRow) rollout() (*server.Rollout, error) {
+	r := &server.Rollout{ID: row.ID, Version: row.Version, State: server.RolloutState(row.State),
+		Release: server.RolloutRelease{Target: row.Target, PatchID: row.PatchID, InstallsBuild: row.InstallsBuild,
+			BuildMin: row.ReleaseBuildMin, BuildMax: row.ReleaseBuildMax},
+		Stage: row.Stage, Salt: row.Salt, CreatedBy: row.CreatedBy, CreatedAt: row.CreatedAt.UTC(),
+		StartedAt: readTime(row.StartedAt), StageStartedAt: readTime(row.StageStartedAt),
+		EndedAt: readTime(row.EndedAt), HealthSince: readTime(row.HealthSince)}
+	var sel selectorJSON
+	var pol policyJSON
+	var holds []holdJSON
+	for _, f := range []struct {
+		name string
+		src  string
+		dst  any
+	}{
+		{"release_models", row.ReleaseModels, &r.Release.Models},
+		{"selector", row.Selector, &sel},
+		{"stages", row.Stages, &r.Stages},
+		{"policy", row.Policy, &pol},
+		{"holds", row.Holds, &holds},
+		{"model_health_since", row.ModelHealthSince, &r.ModelHealthSince},
+	} {
+		if err := json.Unmarshal([]byte(f.src), f.dst); err != nil {
+			return nil, fmt.Errorf("rollout %s: stored %s: %w", row.ID, f.name, err)
+		}
+	}
+	r.Selector = server.Selector{Models: sel.Models, Channels: sel.Channels, Regions: sel.Regions,
+		BuildMin: sel.BuildMin, BuildMax: sel.BuildMax}
+	r.Policy = server.Policy{MaxFailureRate: pol.MaxFailureRate, MinResults: pol.MinResults,
+		FailureWindow: time.Duration(pol.FailureWindow), Soak: time.Duration(pol.Soak), Retries: pol.Retries,
+		Backoff:            mapSlice(pol.Backoff, func(d duration) time.Duration { return time.Duration(d) }),
+		MaxOffersPerMinute: pol.MaxOffersPerMinute, Window: pol.Window}
+	r.Holds = mapSlice(holds, holdJSON.hold)
+	for m, t := range r.ModelHealthSince {
+		r.ModelHealthSince[m] = t.UTC()
+	}
+	var err error
+	if r.Halt, err = readHold(row.Halt); err != nil {
+		return nil, fmt.Errorf("rollout %s: stored halt: %w", row.ID, err)
+	}
+	return r, nil
+}
+
+// eventRows makes the rows of evs, all of which must be rollout id's.
+func eventRows(id string, evs []server.Event) ([]rolloutEventRow, error) {
+	rows := make([]rolloutEventRow, len(evs))
+	for i, ev := range evs {
+		if ev.RolloutID != id {
+			return nil, fmt.Errorf("rollout %s: event %d (%s) is of rollout %q: %w", id, i, ev.Action, ev.RolloutID, server.ErrInvalid)
+		}
+		hold, err := optionalHold(ev.Hold)
+		if err != nil {
+			return nil, fmt.Errorf("rollout %s: encode event hold: %w", id, err)
+		}
+		rows[i] = rolloutEventRow{RolloutID: id, At: dbTime(ev.At), Actor: ev.Actor, Action: ev.Action,
+			Reason: ev.Reason, FromState: string(ev.FromState), ToState: string(ev.ToState),
+			FromPercent: ev.FromPercent, ToPercent: ev.ToPercent, Model: ev.Model, Hold: hold, Detail: ev.Detail}
+	}
+	return rows, nil
+}
+
+func (row *rolloutEventRow) event() (server.Event, error) {
+	hold, err := readHold(row.Hold)
+	if err != nil {
+		return server.Event{}, fmt.Errorf("rollout %s: event %d: stored hold: %w", row.RolloutID, row.ID, err)
+	}
+	return server.Event{RolloutID: row.RolloutID, At: row.At.UTC(), Actor: row.Actor, Action: row.Action,
+		Reason: row.Reason, FromState: server.RolloutState(row.FromState), ToState: server.RolloutState(row.ToState),
+		FromPercent: row.FromPercent, ToPercent: row.ToPercent, Model: row.Model, Hold: hold, Detail: row.Detail}, nil
+}
+
+// CreateRollout implements server.RolloutStore.
+func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, ev server.Event) error {
+	row, err := toRolloutRow(r, 1)
+	if err != nil {
+		return err
+	}
+	events, err := eventRows(r.ID, []server.Event{ev})
+	if err != nil {
+		return err
+	}
+	err = s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Create(row).Error; err != nil {
+			return err
+		}
+		return tx.Create(&events).Error
+	})
+	if errors.Is(err, gorm.ErrDuplicatedKey) {
+		return fmt.Errorf("rollout %s exists: %w", r.ID, server.ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("create rollout %s: %w", r.ID, err)
+	}
+	r.Version = 1
+	return nil
+}
+
+// errStaleVersion ends UpdateRollout's transaction when the version
+// check fails, so that it rolls back.
+var errStaleVersion = errors.New("stale version")
+
+// UpdateRollout implements server.RolloutStore. The version check is in
+// the UPDATE's WHERE: PostgreSQL re-checks it against the row it locked
+// once a concurrent update commits (READ COMMITTED), and SQLite has one
+// writer at a time, so of two saves over one version exactly one
+// matches a row.
+func (s *RolloutStore) UpdateRollout(ctx context.Context, r *server.Rollout, expectVersion int64, evs []server.Event) error {
+	row, err := toRolloutRow(r, expectVersion+1)
+	if err != nil {
+		return err
+	}
+	events, err := eventRows(r.ID, evs)
+	if err != nil {
+		return err
+	}
+	err = s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		res := tx.Exec(`UPDATE rollouts SET version = ?, state = ?, target = ?, patch_id = ?, installs_build = ?,
+	release_models = ?, release_build_min = ?, release_build_max = ?, selector = ?, stages = ?, stage = ?,
+	salt = ?, policy = ?, halt = ?, holds = ?, created_by = ?, created_at = ?, started_at = ?,
+	stage_started_at = ?, ended_at = ?, health_since = ?, model_health_since = ?
+WHERE id = ? AND version = ?`, row.Version, row.State, row.Target, row.PatchID, row.InstallsBuild,
+			row.ReleaseModels, row.ReleaseBuildMin, row.ReleaseBuildMax, row.Selector, row.Stages, row.Stage,
+			row.Salt, row.Policy, row.Halt, row.Holds, row.CreatedBy, row.CreatedAt, row.StartedAt,
+			row.StageStartedAt, row.EndedAt, row.HealthSince, row.ModelHealthSince,
+			row.ID, expectVersion)
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			return errStaleVersion
+		}
+		if len(events) == 0 {
+			return nil
+		}
+		return tx.Create(&events).Error
+	})
+	if errors.Is(err, errStaleVersion) {
+		var versions []int64
+		if err := s.db.gorm.WithContext(ctx).Raw("SELECT version FROM rollouts WHERE id = ?", r.ID).Scan(&versions).Error; err != nil {
+			return fmt.Errorf("update rollout %s: %w", r.ID, err)
+		}
+		if len(versions) == 0 {
+			return fmt.Errorf("rollout %s: %w", r.ID, server.ErrNotFound)
+		}
+		return fmt.Errorf("%w: rollout %s changed meanwhile (version %d, this change was made from %d); read it again",
+			server.ErrConflict, r.ID, versions[0], expectVersion)
+	}
+	if err != nil {
+		return fmt.Errorf("update rollout %s: %w", r.ID, err)
+	}
+	r.Version = expectVersion + 1
+	return nil
+}
+
+// Rollout implements server.RolloutStore.
+func (s *RolloutStore) Rollout(ctx context.Context, id string) (*server.Rollout, error) {
+	var row rolloutRow
+	err := s.db.gorm.WithContext(ctx).Where("id = ?", id).Take(&row).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return nil, fmt.Errorf("rollout %s: %w", id, server.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up rollout %s: %w", id, err)
+	}
+	return row.rollout()
+}
+
+// Rollouts implements server.RolloutStore.
+func (s *RolloutStore) Rollouts(ctx context.Context, states ...server.RolloutState) ([]*server.Rollout, error) {
+	q := s.db.gorm.WithContext(ctx).Order("created_at, id")
+	if len(states) > 0 {
+		q = q.Where("state IN ?", mapSlice(states, func(st server.RolloutState) string { return string(st) }))
+	}
+	var rows []rolloutRow
+	if err := q.Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("list rollouts: %w", err)
+	}
+	out := make([]*server.Rollout, len(rows))
+	for i := range rows {
+		r, err := rows[i].rollout()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+// RolloutEvents implements server.RolloutStore. Events are numbered in
+// the order their transactions inserted them; the last limit are read
+// newest first through the (rollout_id, id) index and turned around.
+func (s *RolloutStore) RolloutEvents(ctx context.Context, rolloutID string, limit int) ([]server.Event, error) {
+	g := s.db.gorm.WithContext(ctx)
+	q := g.Where("rollout_id = ?", rolloutID).Order("id DESC")
+	if limit > 0 {
+		q = q.Limit(limit)
+	}
+	var rows []rolloutEventRow
+	if err := q.Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("rollout %s: read events: %w", rolloutID, err)
+	}
+	if len(rows) == 0 {
+		// Every stored rollout has its create event.
+		var n int64
+		if err := g.Model(&rolloutRow{}).Where("id = ?", rolloutID).Count(&n).Error; err != nil {
+			return nil, fmt.Errorf("rollout %s: read events: %w", rolloutID, err)
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("rollout %s: %w", rolloutID, server.ErrNotFound)
+		}
+	}
+	slices.Reverse(rows)
+	out := make([]server.Event, len(rows))
+	for i := range rows {
+		ev, err := rows[i].event()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = ev
+	}
+	return out, nil
+}
+
+func (row *deviceRolloutRow) deviceRollout() *server.DeviceRollout {
+	return &server.DeviceRollout{RolloutID: row.RolloutID, DeviceID: row.DeviceID, Model: row.Model,
+		StartingBuild: row.StartingBuild, OfferedAt: row.OfferedAt.UTC(), LastOfferedAt: row.LastOfferedAt.UTC(),
+		State: row.State, Attempts: row.Attempts, LastFailureAt: readTime(row.LastFailureAt),
+		ResultAt: readTime(row.ResultAt)}
+}
+
+// DeviceRollouts implements server.RolloutStore, through the device_id
+// index, first offer first.
+func (s *RolloutStore) DeviceRollouts(ctx context.Context, deviceID string) ([]*server.DeviceRollout, error) {
+	var rows []deviceRolloutRow
+	if err := s.db.gorm.WithContext(ctx).Where("device_id = ?", deviceID).Order("offered_at, rollout_id").Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("device %s: read rollout records: %w", deviceID, err)
+	}
+	out := make([]*server.DeviceRollout, len(rows))
+	for i := range rows {
+		out[i] = rows[i].deviceRollout()
+	}
+	return out, nil
+}
+
+// putDeviceRolloutSQL is an upsert: one statement, atomic on both
+// dialects, that replaces every column but the key.
+const putDeviceRolloutSQL = `INSERT INTO device_rollouts (rollout_id, device_id, model, starting_build, offered_at,
+	last_offered_at, state, attempts, last_failure_at, result_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (rollout_id, device_id) DO UPDATE SET model = excluded.model, starting_build = excluded.starting_build,
+	offered_at = excluded.offered_at, last_offered_at = excluded.last_offered_at, state = excluded.state,
+	attempts = excluded.attempts, last_failure_at = excluded.last_failure_at, result_at = excluded.result_at`
+
+// PutDeviceRollout implements server.RolloutStore.
+func (s *RolloutStore) PutDeviceRollout(ctx context.Context, dr *server.DeviceRollout) error {
+	err := s.db.gorm.WithContext(ctx).Exec(putDeviceRolloutSQL, dr.RolloutID, dr.DeviceID, dr.Model, dr.StartingBuild,
+		dbTime(dr.OfferedAt), dbTime(dr.LastOfferedAt), dr.State, dr.Attempts, optionalTime(dr.LastFailureAt),
+		optionalTime(dr.ResultAt)).Error
+	err = s.db.rawErr(err)
+	if errors.Is(err, gorm.ErrForeignKeyViolated) {
+		return fmt.Errorf("rollout %s or device %s: %w", dr.RolloutID, dr.DeviceID, server.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("put rollout record of device %s: %w", dr.DeviceID, err)
+	}
+	return nil
+}
+
+// rolloutResultsSQL counts through device_rollouts_results: a range of
+// (rollout_id, result_at), then the rows in it for model and state.
+const rolloutResultsSQL = `SELECT model,
+	COUNT(*) FILTER (WHERE state = ?) AS installed,
+	COUNT(*) FILTER (WHERE state <> ?) AS failed
+FROM device_rollouts
+WHERE rollout_id = ? AND result_at >= ? AND state IN (?, ?, ?)
+GROUP BY model`
+
+func rolloutResultsArgs(rolloutID string, since time.Time) []any {
+	return []any{server.StateInstalled, server.StateInstalled, rolloutID, dbTime(since),
+		server.StateInstalled, server.StateFailed, server.StateRolledBack}
+}
+
+// RolloutResults implements server.RolloutStore. A record retried after
+// a failure keeps its result_at but is offered again (state offered),
+// so it counts again only once it reports a new result.
+func (s *RolloutStore) RolloutResults(ctx context.Context, rolloutID string, since time.Time) (map[string]server.Results, error) {
+	type count struct {
+		Model             string
+		Installed, Failed int64
+	}
+	var counts []count
+	if err := s.db.gorm.WithContext(ctx).Raw(rolloutResultsSQL, rolloutResultsArgs(rolloutID, since)...).Scan(&counts).Error; err != nil {
+		return nil, fmt.Errorf("rollout %s: count results: %w", rolloutID, err)
+	}
+	out := make(map[string]server.Results, len(counts))
+	for _, c := range counts {
+		out[c.Model] = server.Results{Installed: c.Installed, Failed: c.Failed}
+	}
+	return out, nil
+}
+
+// claimOfferSQL takes one from a minute's budget in one statement: the
+// first claim of a minute inserts n = 1, later ones add one while n is
+// below the cap. PostgreSQL locks the conflicting row and evaluates the
+// DO UPDATE's WHERE on its latest version, and SQLite has one writer at
+// a time, so concurrent claims from any number of replicas never pass
+// the cap; a claim that does not fit changes no row.
+const claimOfferSQL = `INSERT INTO rollout_offer_budget (rollout_id, minute, n) VALUES (?, ?, 1)
+ON CONFLICT (rollout_id, minute) DO UPDATE SET n = rollout_offer_budget.n + 1
+WHERE rollout_offer_budget.n < ?`
+
+// ClaimOffer implements server.RolloutStore.
+func (s *RolloutStore) ClaimOffer(ctx context.Context, rolloutID string, minute time.Time, limit int) (bool, error) {
+	if limit < 1 {
+		return true, nil
+	}
+	res := s.db.gorm.WithContext(ctx).Exec(claimOfferSQL, rolloutID, dbTime(minute).Truncate(time.Minute), limit)
+	if res.Error != nil {
+		return false, fmt.Errorf("rollout %s: claim an offer: %w", rolloutID, res.Error)
+	}
+	return res.RowsAffected == 1, nil
+}
+
+// PruneOfferBudget implements server.RolloutStore.
+func (s *RolloutStore) PruneOfferBudget(ctx context.Context, before time.Time) (int64, error) {
+	res := s.db.gorm.WithContext(ctx).Exec("DELETE FROM rollout_offer_budget WHERE minute < ?", dbTime(before))
+	if res.Error != nil {
+		return 0, fmt.Errorf("prune offer budgets: %w", res.Error)
+	}
+	return res.RowsAffected, nil
+}
