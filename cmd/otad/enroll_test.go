@@ -1,14 +1,9 @@
 package main
 
 import (
-	"errors"
-	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/patchfleet/ota/internal/envflag"
 )
 
 // TestEnrollRateFlags: --enroll-rate and --enroll-burst (or their
@@ -31,19 +26,9 @@ func TestEnrollRateFlags(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := defaultConfig()
-			fs := envflag.New("otad serve", "", io.Discard)
-			cfg.registerServe(fs)
-			if err := parseFlags(fs, tc.args, func(k string) string { return tc.env[k] }); err != nil {
-				t.Fatal(err)
-			}
-			cfg.DataDir = filepath.Join(t.TempDir(), "otad-data")
-			cfg.Listen = "127.0.0.1:0"
+			cfg := serveConfig(t, tc.args, tc.env)
 			if tc.wantFlag != "" {
-				var ce *envflag.Error
-				if err := cfg.ValidateServe(); !errors.As(err, &ce) || ce.Flag != tc.wantFlag {
-					t.Fatalf("ValidateServe: %v, want an error naming --%s", err, tc.wantFlag)
-				}
+				wantSettingError(t, cfg, tc.wantFlag)
 				return
 			}
 			m, _ := startMain(t, cfg)

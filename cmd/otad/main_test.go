@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/patchfleet/ota/internal/envflag"
 )
 
 // startMain runs an otad in-process on a free loopback port.
@@ -451,5 +453,29 @@ func TestErrorLogKeepsNoClientAddress(t *testing.T) {
 	}
 	if !strings.Contains(got, "panic serving [client]: boom") {
 		t.Fatalf("got %q, want the message with [client]", got)
+	}
+}
+
+// serveConfig is the configuration "otad serve" builds from args and env,
+// with a fresh data folder and a port the kernel picks.
+func serveConfig(tb testing.TB, args []string, env map[string]string) Config {
+	tb.Helper()
+	cfg := defaultConfig()
+	fs := envflag.New("otad serve", "", io.Discard)
+	cfg.registerServe(fs)
+	if err := parseFlags(fs, args, func(k string) string { return env[k] }); err != nil {
+		tb.Fatal(err)
+	}
+	cfg.DataDir = filepath.Join(tb.TempDir(), "otad-data")
+	cfg.Listen = "127.0.0.1:0"
+	return cfg
+}
+
+// wantSettingError fails unless cfg is refused with an error naming flag.
+func wantSettingError(tb testing.TB, cfg Config, flag string) {
+	tb.Helper()
+	var ce *envflag.Error
+	if err := cfg.ValidateServe(); !errors.As(err, &ce) || ce.Flag != flag {
+		tb.Fatalf("ValidateServe: %v, want an error naming --%s", err, flag)
 	}
 }
