@@ -19,6 +19,10 @@ type TargetCustom struct {
 	// empty means unbounded.
 	BuildMin string `json:"build_min,omitempty"`
 	BuildMax string `json:"build_max,omitempty"`
+	// InstallsBuild is the build a handset runs once the patch is
+	// installed. A rollout needs it: a handset on that build or newer is
+	// never offered the release, so no rollout moves a handset back.
+	InstallsBuild string `json:"installs_build,omitempty"`
 	// CloudMessagingDefault is the messaging default after install: the
 	// privacy patch sets "opt-in".
 	CloudMessagingDefault string `json:"cloud_messaging_default,omitempty"`
@@ -51,7 +55,7 @@ func (c TargetCustom) Validate() error {
 			return fmt.Errorf("models: %q: want 1-64 letters, digits, '.', '_' or '-'", m)
 		}
 	}
-	for name, b := range map[string]string{"build_min": c.BuildMin, "build_max": c.BuildMax} {
+	for name, b := range map[string]string{"build_min": c.BuildMin, "build_max": c.BuildMax, "installs_build": c.InstallsBuild} {
 		if b != "" && !buildPattern.MatchString(b) {
 			return fmt.Errorf("%s %q: want 1-64 letters, digits, '.', '_', '+' or '-'", name, b)
 		}
@@ -95,6 +99,9 @@ func (c TargetCustom) Describe() string {
 		parts = append(parts, "builds from "+c.BuildMin)
 	case c.BuildMax != "":
 		parts = append(parts, "builds up to "+c.BuildMax)
+	}
+	if c.InstallsBuild != "" {
+		parts = append(parts, "installs build "+c.InstallsBuild)
 	}
 	if c.CloudMessagingDefault != "" {
 		parts = append(parts, "cloud messaging "+c.CloudMessagingDefault+" by default")

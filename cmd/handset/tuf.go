@@ -103,6 +103,7 @@ type targetCustom struct {
 	Models                []string `json:"models"`
 	BuildMin              string   `json:"build_min"`
 	BuildMax              string   `json:"build_max"`
+	InstallsBuild         string   `json:"installs_build"`
 	CloudMessagingDefault string   `json:"cloud_messaging_default"`
 	NumberEncryption      string   `json:"number_encryption"`
 }

@@ -19,7 +19,7 @@ import (
 
 func (c *cli) releaseCreate(args []string) error {
 	var sf serverFlags
-	var name, patchID, buildMin, buildMax string
+	var name, patchID, buildMin, buildMax, installsBuild string
 	var models, extra listFlag
 	messaging := &choiceFlag{choices: []string{"opt-in", "opt-out"}}
 	encryption := &choiceFlag{choices: []string{"on", "off"}}
@@ -34,6 +34,7 @@ func (c *cli) releaseCreate(args []string) error {
 	fs.Var(&models, "model", "a device model the patch is for; repeat for each (none: every model)")
 	fs.StringVar(&buildMin, "build-min", "", "lowest build the patch applies to (inclusive)")
 	fs.StringVar(&buildMax, "build-max", "", "highest build the patch applies to (inclusive)")
+	fs.StringVar(&installsBuild, "installs-build", "", "the build a handset runs once the patch is installed, e.g. 7.5.0;\na rollout needs it, and never offers the release to a handset on it or newer")
 	fs.Var(messaging, "messaging-default", "cloud messaging default after install: opt-in or opt-out")
 	fs.Var(encryption, "number-encryption", "phone number encryption after install: on or off")
 	fs.Var(&extra, "custom", "another custom field as key=value; repeat for each")
@@ -52,7 +53,7 @@ func (c *cli) releaseCreate(args []string) error {
 		return usageError{fmt.Errorf("--name %q: want a relative slash path like dir/file.zip: %w", name, err)}
 	}
 	custom := manifests.TargetCustom{PatchID: patchID, Models: models, BuildMin: buildMin, BuildMax: buildMax,
-		CloudMessagingDefault: messaging.value, NumberEncryption: encryption.value}
+		InstallsBuild: installsBuild, CloudMessagingDefault: messaging.value, NumberEncryption: encryption.value}
 	for _, kv := range extra {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {

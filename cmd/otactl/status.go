@@ -127,6 +127,7 @@ func describeCustom(raw json.RawMessage) string {
 	add("models", strings.Join(c.Models, ","))
 	add("build_min", c.BuildMin)
 	add("build_max", c.BuildMax)
+	add("installs_build", c.InstallsBuild)
 	add("cloud_messaging_default", c.CloudMessagingDefault)
 	add("number_encryption", c.NumberEncryption)
 	if !c.Released.IsZero() {
