@@ -2,7 +2,9 @@
 # The README's walkthrough, run for real: otad on embedded defaults, three
 # release engineers with their own keys, the root ceremony at 2 of 3, a
 # patch uploaded and signed by two of them (one signature alone publishes
-# nothing), handsets that verify and install it with go-tuf, tuf-js that
+# nothing), 1000 handsets offered nothing while the patch is only
+# published, a rollout at 10% that offers it to its cohort alone, advanced
+# to 100% so that the rest verify and install it with go-tuf, tuf-js that
 # verifies and downloads it, and the fleet summary. Exits non-zero if any
 # step does not do what the README says.
 #
@@ -60,8 +62,9 @@ curl -fs "$OTACTL_SERVER/tuf/1.root.json" -o root.json || fail "root v1 is not s
 
 step "a release engineer uploads the patch"
 head -c 3000000 /dev/urandom >update.zip
-otactl release create update.zip --name cloudmsg/CM-2026-001/update.zip --patch-id CM-2026-001 \
-  --model PX-7 --build-min 7.0.0 --build-max 7.4.9 --messaging-default opt-in --number-encryption on 2>/dev/null >release.txt
+target=cloudmsg/CM-2026-001/update.zip
+otactl release create update.zip --name "$target" --patch-id CM-2026-001 --model PX-7 --build-min 7.0.0 \
+  --build-max 7.4.9 --installs-build 7.5.0 --messaging-default opt-in --number-encryption on 2>/dev/null >release.txt
 id=$(grep -o 'd-[0-9a-f]\{18\}' release.txt | head -1)
 [ -n "$id" ] || fail "release create printed no draft id"
 
@@ -69,24 +72,95 @@ step "one signature publishes nothing"
 otactl release sign "$id" --key alice.key --yes >/dev/null
 out=$(otactl status)
 grep -q "published targets: 0" <<<"$out" || fail "a release signed by one engineer of two was published"
-handset --server "$OTACTL_SERVER" --count 1 --model PX-7 --build 7.2.0 --root root.json --poll-scale 0.0001 \
-  --timeout 3s --progress 0 --erase >one-sig.txt 2>&1 && fail "a handset installed a release signed by one engineer"
-grep -q "installed    0" one-sig.txt || fail "handset output after one signature: $(cat one-sig.txt)"
+otactl rollout create --release "$target" --stages 100 >one-sig.txt 2>&1 &&
+  fail "a rollout of a release signed by one engineer was created"
+grep -q "is not a published target" one-sig.txt || fail "rollout create after one signature: $(cat one-sig.txt)"
 
 step "the second signature publishes it"
 out=$(otactl release sign "$id" --key bob.key --yes)
 grep -q "is published" <<<"$out" || fail "2 of 2 signatures did not publish"
 
-step "1000 handsets verify it with go-tuf, install it (5% fail on purpose) and report"
-handset --server "$OTACTL_SERVER" --count 1000 --concurrency 32 --model PX-7 --build 7.2.0 --root root.json \
-  --poll-scale 0.0001 --fail-rate 0.05 --fail-codes E_DISK_FULL,E_BATTERY_LOW --timeout 3m --progress 0 --json \
-  >handsets.json 2>handsets.err || fail "handsets: $(cat handsets.json handsets.err)"
+# The handsets keep their device keys and state in fleet.json, so each run
+# below is the same 1000 handsets, one hour ahead of UTC (rollout windows
+# are in handset-local hours). --poll-scale 0.001 turns the server's
+# hourly poll into 3.6 s.
+fleet() {
+  handset --server "$OTACTL_SERVER" --count 1000 --concurrency 32 --model PX-7 --build 7.2.0 --root root.json \
+    --state-file fleet.json --utc-offset-minutes 60 --poll-scale 0.001 --progress 0 --json "$@"
+}
 num() { grep -o "\"$1\":[0-9]*" "$2" | head -1 | cut -d: -f2; }
-installed=$(num installed handsets.json)
+# metric NAME LABEL... prints the sum of the otad metric NAME over the
+# series that carry every LABEL (such as reason="not_selected").
+metric() {
+  local name=$1
+  shift
+  curl -fs "$OTACTL_SERVER/metrics" | awk -v name="$name" -v labels="$*" '
+    index($1, name "{") == 1 || $1 == name {
+      n = split(labels, want, " "); ok = 1
+      for (i = 1; i <= n; i++) if (index($1, want[i]) == 0) ok = 0
+      if (ok) sum += $2
+    }
+    END { printf "%d\n", sum }'
+}
+
+step "publishing is not deploying: 1000 handsets enroll and are offered nothing"
+fleet --timeout 10s >idle.json 2>idle.err && fail "handsets settled with no rollout: $(cat idle.json)"
+[ "$(num installed idle.json)" -eq 0 ] && [ "$(num failed idle.json)" -eq 0 ] && [ "$(num pending idle.json)" -eq 1000 ] ||
+  fail "handsets with the patch published, no rollout: $(cat idle.json idle.err)"
+[ "$(num checkins idle.json)" -ge 1000 ] || fail "handsets checked in $(num checkins idle.json) times, want 1000 or more"
+# One check-in by hand shows the answer: no offer, and why.
+enroll=$(curl -fs -H 'Content-Type: application/json' -d '{"model":"PX-7","build":"7.2.0","channel":"stable"}' \
+  "$OTACTL_SERVER/api/v1/devices") || fail "enrollment by hand"
+probe=$(grep -o '"token":"[^"]*"' <<<"$enroll" | cut -d'"' -f4)
+answer=$(curl -fs -H "Authorization: Bearer $probe" -H 'Content-Type: application/json' \
+  -d '{"build":"7.2.0","model":"PX-7","channel":"stable","installed_patches":[],"cloud_messaging":"auto_enabled","number_encryption":false,"utc_offset_minutes":60}' \
+  "$OTACTL_SERVER/api/v1/checkin") || fail "check-in by hand"
+grep -q '"offer":null' <<<"$answer" && grep -q '"no_offer":"not_selected"' <<<"$answer" ||
+  fail "check-in with no rollout answered $answer, want no offer and not_selected"
+echo "   check-in: $answer"
+curl -fs -X DELETE -H "Authorization: Bearer $probe" "$OTACTL_SERVER/api/v1/devices/self" || fail "erasing the probe"
+
+step "a rollout at 10%: only its cohort is offered the patch"
+# The failure limit is 20%, not the default 5%: the last stage fails 5% of
+# installs on purpose, and the default would halt it on a bad minute.
+out=$(otactl rollout create --release "$target" --stages 10,100 --max-failure-rate 20% \
+  --reason "privacy patch: first 10% of PX-7") || fail "rollout create: $out"
+grep -q "running, stage 1 of 2 (10%)" <<<"$out" || fail "rollout create: $out"
+ro=$(grep -o 'ro-[0-9a-f]\{12\}' <<<"$out" | head -1)
+[ -n "$ro" ] || fail "rollout create printed no rollout id: $out"
+echo "   created rollout $ro at 10%"
+# The handsets outside the cohort are never offered it: the run times out
+# with them pending. Those inside install it (no failures at this stage).
+fleet --timeout 20s >stage1.json 2>stage1.err && fail "all handsets settled at 10%: $(cat stage1.json)"
+cohort=$(num installed stage1.json)
+offered=$(metric otad_rollout_offers_total "rollout=\"$ro\"" 'kind="first"')
+[ "$(num failed stage1.json)" -eq 0 ] && [ "$(num pending stage1.json)" -eq "$((1000 - cohort))" ] ||
+  fail "handsets at 10%: $(cat stage1.json stage1.err)"
+[ "$cohort" -eq "$offered" ] || fail "otad made $offered first offers, $cohort handsets installed: $(cat stage1.json)"
+# 10% of 1000 is 100; a cohort is a hash of the device id, so about 100
+# (50 to 150 is five standard deviations either side).
+[ "$cohort" -ge 50 ] && [ "$cohort" -le 150 ] || fail "a 10% cohort of 1000 handsets is $cohort"
+[ "$(metric otad_rollout_refusals_total 'reason="not_in_cohort"')" -ge "$((1000 - cohort))" ] ||
+  fail "otad counts fewer not_in_cohort check-ins than the $((1000 - cohort)) handsets outside the cohort"
+echo "   $cohort handsets in the cohort offered and installed, $((1000 - cohort)) told not_in_cohort"
+
+step "advance to 100%: the rest verify it with go-tuf, install it (5% fail on purpose) and report"
+out=$(otactl rollout advance "$ro" --reason "10% healthy: widen to every PX-7") || fail "rollout advance: $out"
+grep -q "running, stage 2 of 2 (100%)" <<<"$out" || fail "rollout advance: $out"
+fleet --fail-rate 0.05 --fail-codes E_DISK_FULL,E_BATTERY_LOW --timeout 3m >handsets.json 2>handsets.err ||
+  fail "handsets: $(cat handsets.json handsets.err)"
+fresh=$(num installed handsets.json)
 failed=$(num failed handsets.json)
-[ "$((installed + failed))" -eq 1000 ] && [ "$(num compliant handsets.json)" -eq "$installed" ] ||
-  fail "handsets: $(cat handsets.json)"
-echo "   $installed installed and compliant, $failed failed"
+installed=$((cohort + fresh))
+[ "$((fresh + failed))" -eq "$((1000 - cohort))" ] && [ "$(num up_to_date handsets.json)" -eq "$cohort" ] &&
+  [ "$(num compliant handsets.json)" -eq "$installed" ] || fail "handsets at 100%: $(cat handsets.json)"
+offered=$(metric otad_rollout_offers_total "rollout=\"$ro\"" 'kind="first"')
+[ "$offered" -eq 1000 ] || fail "otad made $offered first offers over both stages, want 1000"
+echo "   $fresh more installed, $failed failed; $installed of 1000 installed and compliant"
+out=$(otactl rollout events "$ro")
+for why in "privacy patch: first 10% of PX-7" "10% healthy: widen to every PX-7"; do
+  grep -q "$why" <<<"$out" || fail "the audit log of $ro lacks \"$why\": $out"
+done
 
 step "tuf-js verifies and downloads the same patch"
 verify=$(cd - >/dev/null && scripts/tufjs.sh install)

@@ -54,6 +54,11 @@ type Device struct {
 	NumberEncryption bool
 	EnrolledAt       time.Time
 	LastSeen         time.Time
+	// Rev is the store's revision of the device, one more at each write:
+	// SaveCheckIn writes only over the revision it was read at, so two
+	// check-ins of one handset at once cannot both count it in the
+	// rollups.
+	Rev int64
 }
 
 // Patched reports whether the device runs patchID.
@@ -73,14 +78,63 @@ type CheckIn struct {
 	InstalledPatches []string
 	CloudMessaging   string
 	NumberEncryption bool
+	// UTCOffsetMinutes, optional, is the handset's offset from UTC, for
+	// maintenance windows in its local hours. It is used for the
+	// decision and never stored: it is coarse (a time zone), and the
+	// server keeps no location.
+	UTCOffsetMinutes *int
+}
+
+// AfterCheckIn is d after the check-in ci at now: what the store saves.
+func (d *Device) AfterCheckIn(ci CheckIn, now time.Time) *Device {
+	next := *d
+	next.Build, next.Model, next.Channel = ci.Build, ci.Model, ci.Channel
+	next.InstalledPatches = slices.Compact(slices.Sorted(slices.Values(ci.InstalledPatches)))
+	if next.InstalledPatches == nil {
+		next.InstalledPatches = []string{}
+	}
+	next.CloudMessaging, next.NumberEncryption = ci.CloudMessaging, ci.NumberEncryption
+	next.LastSeen = now
+	return &next
+}
+
+// sameState reports whether d and o hold the same handset state: all
+// that a check-in can change but last_seen.
+func (d *Device) sameState(o *Device) bool {
+	return d.Build == o.Build && d.Model == o.Model && d.Channel == o.Channel &&
+		slices.Equal(d.InstalledPatches, o.InstalledPatches) &&
+		d.CloudMessaging == o.CloudMessaging && d.NumberEncryption == o.NumberEncryption
+}
+
+// NeedsWrite reports whether the check-in that made next from d must be
+// written: when the handset's state changed, when it is the device's
+// first check-in of a UTC day (the daily rollups count it), or when the
+// stored last_seen is resolution old or older. Most check-ins change
+// nothing else, and skipping their write is what lets one database
+// answer thousands a second; last_seen is then up to resolution behind,
+// which counts of handsets active over days do not notice.
+func NeedsWrite(d, next *Device, resolution time.Duration) bool {
+	return !d.sameState(next) || !SameDay(d.LastSeen, next.LastSeen) || next.LastSeen.Sub(d.LastSeen) >= resolution
+}
+
+// SameDay reports whether a and b fall on the same UTC day.
+func SameDay(a, b time.Time) bool {
+	ay, am, ad := a.UTC().Date()
+	by, bm, bd := b.UTC().Date()
+	return ay == by && am == bm && ad == bd
 }
 
 // Report is one install state change of a handset, with the id the
 // handset made for it so a retried report is stored once.
 type Report struct {
-	ID        string
-	DeviceID  string
-	PatchID   string
+	ID       string
+	DeviceID string
+	PatchID  string
+	// RolloutID, optional, is the rollout of the offer the report is
+	// about. Without one (or with one the handset has no record of) the
+	// report is attributed to the handset's latest offer of the patch.
+	// It is not stored with the report.
+	RolloutID string
 	Target    string
 	State     string
 	ErrorCode string
@@ -89,6 +143,16 @@ type Report struct {
 	// order and the latest At decides the current state.
 	At         time.Time
 	ReceivedAt time.Time
+}
+
+// ReportOutcome is what storing a report did.
+type ReportOutcome struct {
+	Duplicate bool
+	// RolloutID and RolloutState are the rollout record the report moved
+	// and its new state; empty when it moved none (no record of the
+	// patch, or a state that does not move it).
+	RolloutID    string
+	RolloutState string
 }
 
 // PatchState is a device's current install state for one patch.
@@ -108,22 +172,35 @@ type DeviceStore interface {
 	// otherwise ErrConflict, and nothing changes. The check and the update
 	// are one atomic step, so of concurrent replays at most one passes.
 	Enroll(ctx context.Context, d *Device, tokenHash string) (id string, created bool, err error)
-	// CheckIn records a check-in of the device holding tokenHash and
-	// returns the device as updated; ErrDeviceToken for an unknown token.
-	CheckIn(ctx context.Context, tokenHash string, ci CheckIn, now time.Time) (*Device, error)
+	// CheckInState returns the device holding tokenHash, with its Rev,
+	// and its records of the rollouts that made it offers, in one read;
+	// ErrDeviceToken for an unknown token.
+	CheckInState(ctx context.Context, tokenHash string) (*Device, []*DeviceRollout, error)
+	// SaveCheckIn writes next, the device old after a check-in, with the
+	// rollups it moves, if the stored device is still at old.Rev: it then
+	// sets next.Rev. A stored device at another revision is ErrConflict
+	// and nothing is written: read it again. An erased device is
+	// ErrDeviceToken.
+	SaveCheckIn(ctx context.Context, old, next *Device) error
 	// DeviceByToken returns the device holding tokenHash, or ErrDeviceToken.
 	DeviceByToken(ctx context.Context, tokenHash string) (*Device, error)
-	// AddReport stores r once per (device, report id) and moves the
-	// device's state for the patch to r if r is the latest; duplicate is
-	// true for a retry of a stored report (same patch, target, state,
-	// error code, message and time). A report id already stored with
+	// AddReport stores r once per (device, report id), moves the
+	// device's state for the patch to r if r is the latest, and moves the
+	// device's record of the rollout the report is about (r.RolloutID, or
+	// else its latest offer of the patch) by DeviceRollout.Observe, with
+	// the rollups, all in one transaction. Duplicate is true for a retry
+	// of a stored report (same patch, target, state, error code, message
+	// and time), which changes nothing. A report id already stored with
 	// other content is ErrConflict. A nil error means committed.
-	AddReport(ctx context.Context, r Report) (duplicate bool, err error)
+	AddReport(ctx context.Context, r Report) (ReportOutcome, error)
 	// DeleteDevice erases a device with its reports, states and rollout
 	// records.
 	DeleteDevice(ctx context.Context, id string) error
 	// DeleteReportsBefore erases reports received before t.
 	DeleteReportsBefore(ctx context.Context, t time.Time) (int64, error)
+	// DeleteDailyRollupsBefore erases the daily fleet rollups of the UTC
+	// days before the day of t, and returns how many rows.
+	DeleteDailyRollupsBefore(ctx context.Context, t time.Time) (int64, error)
 	// PatchStates returns a device's current state per patch.
 	PatchStates(ctx context.Context, deviceID string) ([]PatchState, error)
 	// Reports returns a device's reports, oldest first.
@@ -298,6 +375,9 @@ func (ci *CheckIn) Validate() error {
 	default:
 		return fieldErr("cloud_messaging", "want opted_in, opted_out or auto_enabled")
 	}
+	if o := ci.UTCOffsetMinutes; o != nil && (*o < MinUTCOffsetMinutes || *o > MaxUTCOffsetMinutes || *o%15 != 0) {
+		return fieldErr("utc_offset_minutes", "want the time zone's offset from UTC in minutes, a multiple of 15 from -720 to 840")
+	}
 	ci.InstalledPatches = slices.Compact(slices.Sorted(slices.Values(ci.InstalledPatches)))
 	return nil
 }
@@ -322,6 +402,11 @@ func (r *Report) Validate(now time.Time) error {
 	}
 	if err := ValidatePatchID("patch_id", r.PatchID); err != nil {
 		return err
+	}
+	// The rollout id only picks the record the report moves; it is never
+	// stored with the report, so the id pattern is all it needs.
+	if r.RolloutID != "" && !idPattern.MatchString(r.RolloutID) {
+		return fieldErr("rollout_id", "want the rollout_id of the offer, or nothing")
 	}
 	switch {
 	case len(r.Target) > maxTargetLen || strings.ContainsFunc(r.Target, unicode.IsControl):

@@ -3,6 +3,8 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -64,45 +66,107 @@ func target(tb testing.TB, path string, c manifests.TargetCustom) manifests.Targ
 	return manifests.TargetInfo{Path: path, Length: 10, SHA256: "ab", Custom: b}
 }
 
-func TestNewestReleaseEligibility(t *testing.T) {
+// rolloutsFake is the part of server.RolloutStore RolloutEligibility
+// calls, in memory; the rest is the nil embedded interface's and panics.
+type rolloutsFake struct {
+	server.RolloutStore
+	rollouts []*server.Rollout
+	reads    int
+	offers   []server.Decision
+	full     bool // RecordOffer finds the budget full
+}
+
+func (f *rolloutsFake) Rollouts(context.Context, ...server.RolloutState) ([]*server.Rollout, error) {
+	f.reads++
+	return slices.Clone(f.rollouts), nil
+}
+
+func (f *rolloutsFake) RecordOffer(_ context.Context, dec server.Decision, _, _ *server.DeviceRollout, _ int, _ time.Time) (bool, error) {
+	if f.full {
+		return false, nil
+	}
+	f.offers = append(f.offers, dec)
+	return true, nil
+}
+
+func startedRollout(t testing.TB, id, target string, percent float64, now time.Time) *server.Rollout {
+	t.Helper()
+	r, _, err := server.NewRollout(server.Rollout{ID: id, Stages: []float64{percent}, Policy: server.DefaultPolicy(),
+		Release: server.RolloutRelease{Target: target, PatchID: "CM-2", InstallsBuild: "7.5.0"}}, "alice", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Start("alice", "go", now); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestRolloutEligibility: publishing offers nothing, a running rollout
+// offers its release as published, a yanked release is refused, and the
+// copy of the rollouts is read once per Refresh unless invalidated.
+func TestRolloutEligibility(t *testing.T) {
 	t0 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	src := &fakeTargets{version: 3, targets: []manifests.TargetInfo{
-		target(t, "old.zip", manifests.TargetCustom{PatchID: "CM-1", Models: []string{"PX-7"}, BuildMin: "7.0", BuildMax: "7.4.9", Released: t0}),
-		target(t, "new.zip", manifests.TargetCustom{PatchID: "CM-2", Models: []string{"PX-7"}, BuildMin: "7.0", BuildMax: "7.4.9", Released: t0.Add(time.Hour)}),
-		target(t, "px8.zip", manifests.TargetCustom{PatchID: "CM-8", Models: []string{"PX-8"}, Released: t0.Add(2 * time.Hour)}),
-		{Path: "foreign.bin", Length: 1, SHA256: "cd"}, // no custom metadata: never offered
+		target(t, "new.zip", manifests.TargetCustom{PatchID: "CM-2", Models: []string{"PX-7"}, InstallsBuild: "7.5.0", Released: t0}),
 	}}
-	el := &server.NewestRelease{Source: src}
-	tests := []struct {
-		name   string
-		device server.Device
-		want   string // target offered, "" for none
-	}{
-		{"newest matching release", server.Device{Model: "PX-7", Build: "7.2.0"}, "new.zip"},
-		{"runs the newest patch: offered the other one", server.Device{Model: "PX-7", Build: "7.2.0", InstalledPatches: []string{"CM-2"}}, "old.zip"},
-		{"runs both", server.Device{Model: "PX-7", Build: "7.2.0", InstalledPatches: []string{"CM-1", "CM-2"}}, ""},
-		{"build below the range", server.Device{Model: "PX-7", Build: "6.9.9"}, ""},
-		{"build above the range", server.Device{Model: "PX-7", Build: "7.10.0"}, ""},
-		{"other model", server.Device{Model: "PX-8", Build: "1.0"}, "px8.zip"},
-		{"unknown model", server.Device{Model: "ZZ-1", Build: "7.2.0"}, ""},
+	store := &rolloutsFake{}
+	el := &server.RolloutEligibility{Store: store, Source: src, Refresh: time.Minute}
+	d := &server.Device{ID: "dev_1", Model: "PX-7", Build: "7.2.0", InstalledPatches: []string{}}
+	decide := func(now time.Time, records ...*server.DeviceRollout) server.Answer {
+		t.Helper()
+		ans, err := el.Decide(t.Context(), d, records, server.DecisionInput{Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ans
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			o, err := el.Offer(context.Background(), &tc.device)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := ""
-			if o != nil {
-				got = o.Target
-			}
-			if got != tc.want {
-				t.Fatalf("offered %q, want %q", got, tc.want)
-			}
-		})
+
+	if ans := decide(t0); ans.Offer != nil || !errors.Is(ans.Decision.Reason, server.ErrNotSelected) {
+		t.Fatalf("published, no rollout: got %+v, want no offer (not selected)", ans)
 	}
-	if src.calls != 1 {
-		t.Errorf("targets decoded %d times for one targets version, want once", src.calls)
+	r := startedRollout(t, "ro-1", "new.zip", 100, t0)
+	r.Policy.MaxOffersPerMinute = 10
+	store.rollouts = []*server.Rollout{r}
+	if ans := decide(t0.Add(30 * time.Second)); ans.Offer != nil {
+		t.Fatalf("a rollout started within Refresh of the last read reached the check-in: %+v", ans.Offer)
+	}
+	el.Invalidate()
+	ans := decide(t0.Add(40 * time.Second))
+	if o := ans.Offer; o == nil || o.Target != "new.zip" || o.Length != 10 || o.SHA256 != "ab" || o.RolloutID != "ro-1" || o.PatchID != "CM-2" {
+		t.Fatalf("running rollout: got offer %+v, want new.zip of ro-1 as published", o)
+	}
+	if len(store.offers) != 1 || store.offers[0].Kind != server.OfferFirst {
+		t.Fatalf("first offer recorded as %+v, want one OfferFirst", store.offers)
+	}
+	// Offered and not reported on since: the same offer, nothing recorded.
+	rec := &server.DeviceRollout{RolloutID: "ro-1", DeviceID: d.ID, State: server.DeviceOffered, Attempts: 1}
+	if ans := decide(t0.Add(50*time.Second), rec); ans.Offer == nil || len(store.offers) != 1 {
+		t.Fatalf("repeat: offer %+v, %d records, want the offer and no new record", ans.Offer, len(store.offers))
+	}
+	if store.reads != 2 {
+		t.Errorf("rollouts read %d times, want 2 (first check-in, after Invalidate)", store.reads)
+	}
+
+	// The budget is full: refused with offer_cap_reached, and the next
+	// check-in of the same minute does not claim again.
+	store.full = true
+	d.ID = "dev_2"
+	if ans := decide(t0.Add(61 * time.Second)); ans.Offer != nil || server.RefusalCode(ans.Decision.Reason) != "offer_cap_reached" {
+		t.Fatalf("full budget: got %+v, want offer_cap_reached", ans)
+	}
+	store.full = false
+	if ans := decide(t0.Add(62 * time.Second)); ans.Offer != nil {
+		t.Fatalf("second check-in of a full minute got an offer")
+	}
+	if ans := decide(t0.Add(2 * time.Minute)); ans.Offer == nil {
+		t.Fatalf("next minute: no offer, want one")
+	}
+
+	// Yanked: no offer, and the reason says so.
+	src.version, src.targets = 4, nil
+	if ans := decide(t0.Add(3 * time.Minute)); ans.Offer != nil || server.RefusalCode(ans.Decision.Reason) != "release_not_published" {
+		t.Fatalf("yanked release: got %+v, want release_not_published", ans)
 	}
 }
 

@@ -3,8 +3,12 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"slices"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/patchfleet/ota/manifests"
 )
@@ -17,16 +21,59 @@ type TargetSource interface {
 	PublishedTargets() (version int64, targets []manifests.TargetInfo)
 }
 
-// NewestRelease is the default eligibility: a device is offered the newest
-// published target whose custom metadata matches its model and build
-// range and whose patch it does not run yet. The staged-rollout issue
-// replaces it.
-type NewestRelease struct {
-	Source TargetSource
-	cache  atomic.Pointer[releaseList]
+// Eligibility decides what a checked-in handset is offered.
+type Eligibility interface {
+	// Decide answers handset d, whose records of rollouts are records,
+	// at in.Now: an Answer with an Offer, or with a refusal.
+	Decide(ctx context.Context, d *Device, records []*DeviceRollout, in DecisionInput) (Answer, error)
 }
 
-var _ Eligibility = (*NewestRelease)(nil)
+// Answer is an Eligibility's answer to a check-in: the decision, and the
+// Offer to send when it is one.
+type Answer struct {
+	Decision Decision
+	Offer    *Offer
+}
+
+// DefaultRolloutRefresh is how long a replica answers check-ins from its
+// copy of the rollouts before it reads them again: what another
+// replica's pause takes to reach this one's handsets. A change made
+// through this replica reaches them at once (Invalidate).
+const DefaultRolloutRefresh = 2 * time.Second
+
+// RolloutEligibility is the Eligibility of staged rollouts: publishing a
+// release offers it to no one, a running rollout does. It keeps a copy
+// of the rollouts per replica, read again every Refresh, so a check-in
+// costs no query for them: ChooseRollout decides on the copy and the
+// handset's records (read with the device), and only a new offer or a
+// retry writes (RecordOffer).
+type RolloutEligibility struct {
+	Store   RolloutStore
+	Source  TargetSource
+	Refresh time.Duration // default DefaultRolloutRefresh
+	// Logger hears of a failed refresh (the last copy goes on serving).
+	Logger *slog.Logger
+
+	cache     atomic.Pointer[rolloutCache]
+	refreshMu sync.Mutex
+	// exhausted maps a rollout id to the minute (Unix minutes) whose
+	// offer budget this replica found full: until the minute ends, its
+	// handsets are refused without a claim.
+	exhausted sync.Map
+	targets   atomic.Pointer[targetIndex]
+}
+
+var _ Eligibility = (*RolloutEligibility)(nil)
+
+type rolloutCache struct {
+	read     time.Time
+	rollouts []*Rollout
+}
+
+type targetIndex struct {
+	version int64
+	byPath  map[string]release
+}
 
 // release is a published target with its custom metadata decoded.
 type release struct {
@@ -34,46 +81,131 @@ type release struct {
 	custom manifests.TargetCustom
 }
 
-type releaseList struct {
-	version  int64
-	releases []release // newest first
+// keepAborted is how long an aborted rollout stays in the copy: handsets
+// that were installing when it was aborted get their offer answered
+// again until they finish.
+const keepAborted = 7 * 24 * time.Hour
+
+// Invalidate makes the next check-in read the rollouts again: the admin
+// API calls it after every change it makes.
+func (e *RolloutEligibility) Invalidate() { e.cache.Store(nil) }
+
+// Rollouts returns the replica's copy of the rollouts that can make or
+// answer offers (all but drafts and long-aborted ones), reading them when
+// the copy is older than Refresh. The copy is shared: never change it.
+func (e *RolloutEligibility) Rollouts(ctx context.Context, now time.Time) ([]*Rollout, error) {
+	refresh := e.Refresh
+	if refresh <= 0 {
+		refresh = DefaultRolloutRefresh
+	}
+	c := e.cache.Load()
+	if c != nil && now.Sub(c.read) < refresh && !now.Before(c.read) {
+		return c.rollouts, nil
+	}
+	if c != nil && !e.refreshMu.TryLock() {
+		// Another check-in is reading them: answer from the last copy.
+		return c.rollouts, nil
+	}
+	if c == nil {
+		e.refreshMu.Lock()
+	}
+	defer e.refreshMu.Unlock()
+	if c2 := e.cache.Load(); c2 != nil && c2 != c && now.Sub(c2.read) < refresh {
+		return c2.rollouts, nil
+	}
+	all, err := e.Store.Rollouts(ctx, RolloutRunning, RolloutPaused, RolloutCompleted, RolloutAborted)
+	if err != nil {
+		if c != nil {
+			if e.Logger != nil {
+				e.Logger.WarnContext(ctx, "reading rollouts failed; answering check-ins from the last copy", slog.Any("error", err))
+			}
+			return c.rollouts, nil
+		}
+		return nil, fmt.Errorf("read rollouts: %w", err)
+	}
+	live := all[:0]
+	for _, r := range all {
+		if r.State != RolloutAborted || now.Sub(r.EndedAt) < keepAborted {
+			live = append(live, r)
+		}
+	}
+	e.cache.Store(&rolloutCache{read: now, rollouts: live})
+	return live, nil
 }
 
-// RolloutNewest is the rollout id of offers made by NewestRelease.
-const RolloutNewest = "newest"
-
-// Offer implements Eligibility. It decodes the published targets once per
-// targets version, so a check-in costs a scan of a few structs.
-func (n *NewestRelease) Offer(_ context.Context, d *Device) (*Offer, error) {
-	for _, r := range n.releases() {
-		c := r.custom
-		if d.Patched(c.PatchID) {
-			continue
-		}
-		if len(c.Models) > 0 && !slices.Contains(c.Models, d.Model) {
-			continue
-		}
-		if c.BuildMin != "" && CompareBuilds(d.Build, c.BuildMin) < 0 {
-			continue
-		}
-		if c.BuildMax != "" && CompareBuilds(d.Build, c.BuildMax) > 0 {
-			continue
-		}
-		return &Offer{Target: r.target.Path, Length: r.target.Length, SHA256: r.target.SHA256,
-			PatchID: c.PatchID, RolloutID: RolloutNewest, Custom: c}, nil
+// Decide implements Eligibility: ChooseRollout over the rollouts whose
+// release is still published, then, for a first offer or a retry, the
+// record of it (and the offer budget's claim) in the store.
+func (e *RolloutEligibility) Decide(ctx context.Context, d *Device, records []*DeviceRollout, in DecisionInput) (Answer, error) {
+	all, err := e.Rollouts(ctx, in.Now)
+	if err != nil {
+		return Answer{}, err
 	}
-	return nil, nil
+	targets := e.publishedTargets()
+	rollouts := make([]*Rollout, 0, len(all))
+	var yanked *Rollout
+	for _, r := range all {
+		if _, ok := targets[r.Release.Target]; ok {
+			rollouts = append(rollouts, r)
+		} else if yanked == nil && r.State.offering() && r.Selector.Matches(d) && r.Pending(d) {
+			yanked = r
+		}
+	}
+	minute := in.Now.Unix() / 60
+	dec := ChooseRollout(rollouts, d, records, in, func(id string) bool {
+		m, ok := e.exhausted.Load(id)
+		return !ok || m.(int64) != minute
+	})
+	if !dec.Offered() {
+		if errors.Is(dec.Reason, ErrNotSelected) && yanked != nil {
+			dec = refuse(yanked, ErrReleaseNotPublished, 0)
+		}
+		return Answer{Decision: dec}, nil
+	}
+	r := findRollout(rollouts, dec.RolloutID)
+	if dec.TakesBudget() {
+		var prev *DeviceRollout
+		for _, dr := range records {
+			if dr.RolloutID == dec.RolloutID {
+				prev = dr
+			}
+		}
+		ok, err := e.Store.RecordOffer(ctx, dec, prev, dec.Record(prev, d, in.Now), r.Policy.MaxOffersPerMinute, in.Now)
+		if err != nil {
+			return Answer{}, err
+		}
+		if !ok {
+			e.exhausted.Store(dec.RolloutID, minute)
+			return Answer{Decision: dec.CapReached()}, nil
+		}
+	}
+	rel := targets[r.Release.Target]
+	return Answer{Decision: dec, Offer: &Offer{Target: rel.target.Path, Length: rel.target.Length,
+		SHA256: rel.target.SHA256, PatchID: rel.custom.PatchID, RolloutID: r.ID, Custom: rel.custom}}, nil
 }
 
-func (n *NewestRelease) releases() []release {
-	if l := n.cache.Load(); l != nil && l.version == n.Source.TargetsVersion() {
-		return l.releases
+func findRollout(rollouts []*Rollout, id string) *Rollout {
+	for _, r := range rollouts {
+		if r.ID == id {
+			return r
+		}
 	}
-	version, targets := n.Source.PublishedTargets()
-	l := &releaseList{version: version, releases: decodeReleases(targets)}
-	slices.SortStableFunc(l.releases, func(a, b release) int { return b.custom.Released.Compare(a.custom.Released) })
-	n.cache.Store(l)
-	return l.releases
+	return nil
+}
+
+// publishedTargets decodes the published targets once per targets
+// version: a check-in costs a map lookup.
+func (e *RolloutEligibility) publishedTargets() map[string]release {
+	if idx := e.targets.Load(); idx != nil && idx.version == e.Source.TargetsVersion() {
+		return idx.byPath
+	}
+	version, targets := e.Source.PublishedTargets()
+	idx := &targetIndex{version: version, byPath: map[string]release{}}
+	for _, r := range decodeReleases(targets) {
+		idx.byPath[r.target.Path] = r
+	}
+	e.targets.Store(idx)
+	return idx.byPath
 }
 
 // decodeReleases keeps the targets that are patches: those with custom
@@ -101,7 +233,7 @@ type Catalog interface {
 }
 
 // PublishedPatches is the Catalog of the patches in the published TUF
-// targets metadata (the same Source NewestRelease offers from): a patch
+// targets metadata (the same Source RolloutEligibility offers from): a patch
 // is known while a published target carries its id, and unknown again
 // once every target of it is yanked.
 type PublishedPatches struct {
@@ -116,7 +248,7 @@ type patchIndex struct {
 	paths   map[string][]string // patch id -> target paths, sorted
 }
 
-// PatchTargets implements Catalog. Like NewestRelease, it decodes the
+// PatchTargets implements Catalog. Like RolloutEligibility, it decodes the
 // published targets once per targets version: a report costs a map
 // lookup.
 func (p *PublishedPatches) PatchTargets(patchID string) ([]string, bool) {

@@ -31,13 +31,6 @@ type Offer struct {
 	Custom manifests.TargetCustom
 }
 
-// Eligibility decides which release, if any, a device is offered. The
-// rollout issue plugs staged rollouts in here.
-type Eligibility interface {
-	// Offer returns nil when nothing is offered.
-	Offer(ctx context.Context, d *Device) (*Offer, error)
-}
-
 // Fleet is the handset side of the server: enrollment, check-ins, reports,
 // erasure and the fleet summary.
 type Fleet struct {
@@ -52,8 +45,21 @@ type Fleet struct {
 	// PollInterval is the mean time between check-ins; each answer is
 	// jittered by ±10% so a fleet does not poll in lockstep.
 	PollInterval time.Duration
-	Now          func() time.Time
+	// LastSeenResolution is how stale a device's stored last_seen may
+	// get before a check-in that changes nothing else writes it (see
+	// NeedsWrite); default DefaultLastSeenResolution.
+	LastSeenResolution time.Duration
+	// Observer, when set, hears each rollout decision and each report
+	// that moved a rollout record (metrics).
+	Observer RolloutObserver
+	Now      func() time.Time
 }
+
+// DefaultLastSeenResolution is Fleet.LastSeenResolution's default: a
+// handset polling hourly writes about every other check-in, one polling
+// more often (a user pressing "check for updates", a benchmark) once an
+// hour, and every handset at least once a UTC day.
+const DefaultLastSeenResolution = time.Hour
 
 func (f *Fleet) now() time.Time {
 	if f.Now != nil {
@@ -199,7 +205,14 @@ func (f *Fleet) deviceByToken(ctx context.Context, hash string) (*Device, error)
 type CheckInResult struct {
 	PollAfter time.Duration
 	Offer     *Offer
+	// Refusal, when no offer is made and a rollout considered the
+	// handset, is why (one of the ErrX refusals of rollout_policy.go).
+	Refusal error
 }
+
+// maxCheckInSaves bounds the read-and-save loop of a check-in: a save
+// fails only when another check-in of the same handset wrote in between.
+const maxCheckInSaves = 4
 
 // CheckIn records a handset's state and decides what it is offered.
 func (f *Fleet) CheckIn(ctx context.Context, token string, ci CheckIn) (*CheckInResult, error) {
@@ -210,26 +223,72 @@ func (f *Fleet) CheckIn(ctx context.Context, token string, ci CheckIn) (*CheckIn
 	if err := ci.Validate(); err != nil {
 		return nil, err
 	}
-	d, err := f.Store.CheckIn(ctx, hash, ci, f.now().UTC())
+	now := f.now().UTC()
+	d, records, err := f.save(ctx, hash, ci, now)
 	if err != nil {
-		return nil, tokenErr(err)
+		return nil, err
 	}
-	res := &CheckInResult{PollAfter: f.jitter()}
-	if f.Eligibility != nil {
-		if res.Offer, err = f.Eligibility.Offer(ctx, d); err != nil {
-			return nil, err
+	poll := f.pollInterval()
+	res := &CheckInResult{PollAfter: jitter(poll)}
+	if f.Eligibility == nil {
+		return res, nil
+	}
+	ans, err := f.Eligibility.Decide(ctx, d, records, DecisionInput{Now: now, UTCOffsetMinutes: ci.UTCOffsetMinutes})
+	if err != nil {
+		return nil, err
+	}
+	dec := ans.Decision
+	if dec.RolloutID != "" && f.Observer != nil {
+		f.Observer.Decided(dec)
+	}
+	res.Offer = ans.Offer
+	if res.Offer == nil {
+		res.Refusal = dec.Reason
+		if dec.PollAfter > 0 && dec.PollAfter < poll {
+			res.PollAfter = jitter(dec.PollAfter)
 		}
 	}
 	return res, nil
 }
 
-func (f *Fleet) jitter() time.Duration {
-	base := f.PollInterval
-	if base <= 0 {
-		base = time.Hour
+// save records check-in ci of the device holding hash at now, writing only
+// what NeedsWrite asks for, and returns the device as saved with its
+// rollout records.
+func (f *Fleet) save(ctx context.Context, hash string, ci CheckIn, now time.Time) (*Device, []*DeviceRollout, error) {
+	resolution := f.LastSeenResolution
+	if resolution <= 0 {
+		resolution = DefaultLastSeenResolution
 	}
-	// ±10%, uniformly: a fleet enrolled at once spreads out within a few
-	// polls.
+	for range maxCheckInSaves {
+		d, records, err := f.Store.CheckInState(ctx, hash)
+		if err != nil {
+			return nil, nil, tokenErr(err)
+		}
+		next := d.AfterCheckIn(ci, now)
+		if !NeedsWrite(d, next, resolution) {
+			return next, records, nil
+		}
+		err = f.Store.SaveCheckIn(ctx, d, next)
+		if err == nil {
+			return next, records, nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return nil, nil, tokenErr(err)
+		}
+	}
+	return nil, nil, fmt.Errorf("%w: the device changed under %d check-ins in a row; check in again", ErrUnavailable, maxCheckInSaves)
+}
+
+func (f *Fleet) pollInterval() time.Duration {
+	if f.PollInterval <= 0 {
+		return time.Hour
+	}
+	return f.PollInterval
+}
+
+// jitter is base ±10%, uniformly: a fleet enrolled at once spreads out
+// within a few polls.
+func jitter(base time.Duration) time.Duration {
 	return time.Duration(float64(base) * (0.9 + 0.2*mrand.Float64()))
 }
 
@@ -257,7 +316,14 @@ func (f *Fleet) Report(ctx context.Context, token string, r Report) (bool, error
 	r.DeviceID, r.ReceivedAt, r.At = d.ID, now, r.At.UTC()
 	// The one free-text field: identifiers in it never reach storage.
 	r.Message = Scrub(r.Message)
-	return f.Store.AddReport(ctx, r)
+	out, err := f.Store.AddReport(ctx, r)
+	if err != nil {
+		return false, err
+	}
+	if out.RolloutID != "" && f.Observer != nil {
+		f.Observer.Reported(out.RolloutID, out.RolloutState)
+	}
+	return out.Duplicate, nil
 }
 
 // reportBeforeEnrollment is how long before its device's enrollment a
@@ -333,7 +399,20 @@ func (f *Fleet) Summary(ctx context.Context, patchID string, activeDays, models 
 	return s, nil
 }
 
-// PruneReports deletes reports older than retention.
+// DailyRollupRetention is how long the daily fleet rollups (the exposure
+// report's history) are kept: a year and a month, for a series of up to
+// 366 days.
+const DailyRollupRetention = 400 * 24 * time.Hour
+
+// PruneReports deletes reports older than retention, and the daily fleet
+// rollups older than DailyRollupRetention.
 func (f *Fleet) PruneReports(ctx context.Context, retention time.Duration) (int64, error) {
-	return f.Store.DeleteReportsBefore(ctx, f.now().Add(-retention))
+	n, err := f.Store.DeleteReportsBefore(ctx, f.now().Add(-retention))
+	if err != nil {
+		return n, err
+	}
+	if _, err := f.Store.DeleteDailyRollupsBefore(ctx, f.now().Add(-DailyRollupRetention)); err != nil {
+		return n, err
+	}
+	return n, nil
 }

@@ -59,3 +59,45 @@ func TestEnrollMessage(t *testing.T) {
 		t.Error("the secret or the signature changes the message")
 	}
 }
+
+// TestNeedsWrite: a check-in that changes nothing but last_seen is not
+// written until last_seen is resolution old, except the first of a UTC
+// day; any change of state is written at once.
+func TestNeedsWrite(t *testing.T) {
+	seen := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	d := &server.Device{ID: "dev_1", Model: "PX-7", Build: "7.2.0", Channel: "stable", InstalledPatches: []string{},
+		CloudMessaging: server.MessagingAutoEnabled, LastSeen: seen}
+	ci := server.CheckIn{Model: "PX-7", Build: "7.2.0", Channel: "stable", CloudMessaging: server.MessagingAutoEnabled}
+	tests := []struct {
+		name   string
+		change func(*server.CheckIn)
+		at     time.Time
+		want   bool
+	}{
+		{"same state, 10 minutes later", nil, seen.Add(10 * time.Minute), false},
+		{"same state, 59 minutes later", nil, seen.Add(59 * time.Minute), false},
+		{"same state, an hour later", nil, seen.Add(time.Hour), true},
+		{"same state, next UTC day", nil, time.Date(2026, 12, 2, 0, 1, 0, 0, time.UTC), true},
+		{"new build", func(c *server.CheckIn) { c.Build = "7.5.0" }, seen.Add(time.Minute), true},
+		{"patch installed", func(c *server.CheckIn) { c.InstalledPatches = []string{"CM-1"} }, seen.Add(time.Minute), true},
+		{"messaging opted out", func(c *server.CheckIn) { c.CloudMessaging = server.MessagingOptedOut }, seen.Add(time.Minute), true},
+		{"encryption on", func(c *server.CheckIn) { c.NumberEncryption = true }, seen.Add(time.Minute), true},
+		{"channel", func(c *server.CheckIn) { c.Channel = "beta" }, seen.Add(time.Minute), true},
+		{"time zone only (never stored)", func(c *server.CheckIn) { o := 60; c.UTCOffsetMinutes = &o }, seen.Add(time.Minute), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := ci
+			if tc.change != nil {
+				tc.change(&c)
+			}
+			next := d.AfterCheckIn(c, tc.at)
+			if got := server.NeedsWrite(d, next, time.Hour); got != tc.want {
+				t.Errorf("NeedsWrite = %v, want %v", got, tc.want)
+			}
+			if !next.LastSeen.Equal(tc.at) || next.Build != c.Build {
+				t.Errorf("AfterCheckIn: %+v", next)
+			}
+		})
+	}
+}

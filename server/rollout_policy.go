@@ -22,6 +22,9 @@ var (
 	ErrRetryBackoff      = errors.New("waiting to retry a failed install")
 	ErrAttemptsExhausted = errors.New("no attempts left")
 	ErrOfferCapReached   = errors.New("offers per minute cap reached")
+	// ErrReleaseNotPublished is a rollout whose release was yanked: no
+	// handset can fetch it any more.
+	ErrReleaseNotPublished = errors.New("release no longer published")
 )
 
 var refusalCodes = []struct {
@@ -39,6 +42,7 @@ var refusalCodes = []struct {
 	{ErrRetryBackoff, "retry_backoff"},
 	{ErrAttemptsExhausted, "attempts_exhausted"},
 	{ErrOfferCapReached, "offer_cap_reached"},
+	{ErrReleaseNotPublished, "release_not_published"},
 }
 
 // RefusalCode is the snake-case code of a refusal reason ("not_in_cohort"),

@@ -9,10 +9,11 @@ import (
 // them and the shared offers-per-minute budget. Several replicas share
 // one store: every method is safe to call from all of them at once.
 type RolloutStore interface {
-	// CreateRollout stores a new rollout (NewRollout's) with the event
-	// that made it, in one transaction, and sets r.Version to 1. An id
-	// already taken is ErrConflict.
-	CreateRollout(ctx context.Context, r *Rollout, ev Event) error
+	// CreateRollout stores a new rollout (NewRollout's, possibly started
+	// since) with the events that made it (the create, then the start),
+	// in one transaction, and sets r.Version to 1. An id already taken
+	// is ErrConflict.
+	CreateRollout(ctx context.Context, r *Rollout, evs ...Event) error
 	// UpdateRollout saves r and appends evs to its audit log, in one
 	// transaction, if the stored rollout is still at expectVersion (the
 	// Version of the copy r was changed from); it then sets r.Version to
@@ -29,6 +30,10 @@ type RolloutStore interface {
 	// log (all with limit below 1), oldest first. An unknown rollout is
 	// ErrNotFound.
 	RolloutEvents(ctx context.Context, rolloutID string, limit int) ([]Event, error)
+	// AuditEvents returns the audit log across rollouts, newest first:
+	// the events that pass every set field of f, at most f.Limit
+	// (DefaultAuditLimit below 1, MaxAuditLimit at most).
+	AuditEvents(ctx context.Context, f AuditFilter) ([]Event, error)
 
 	// DeviceRollouts returns a handset's records, of every rollout that
 	// ever made it an offer.
@@ -38,6 +43,16 @@ type RolloutStore interface {
 	// what Decision.Record or DeviceRollout.Observe made of the record
 	// it read. An unknown rollout or handset is ErrNotFound.
 	PutDeviceRollout(ctx context.Context, dr *DeviceRollout) error
+	// RecordOffer records the offer dec (OfferFirst or OfferRetry) to a
+	// handset, in one transaction with the rollups it moves: next is
+	// what dec.Record made of prev (prev is nil for a first offer). With
+	// limit above 0 it first takes one from the rollout's budget for the
+	// minute of now, and when there is no room it records nothing and
+	// returns false. A record that another check-in of the handset
+	// wrote in the meantime (a first offer already inserted, a retry
+	// already counted) is left as it is, and the answer is still true:
+	// the handset is offered what the other check-in offered.
+	RecordOffer(ctx context.Context, dec Decision, prev, next *DeviceRollout, limit int, now time.Time) (bool, error)
 	// RolloutResults counts a rollout's results per model: the records
 	// whose state is installed, or failed or rolled back (both Failed),
 	// with ResultAt at or after since. Models without results are
@@ -54,4 +69,14 @@ type RolloutStore interface {
 	// PruneOfferBudget deletes the budgets of minutes before before and
 	// returns how many; a minute past is never claimed again.
 	PruneOfferBudget(ctx context.Context, before time.Time) (int64, error)
+}
+
+// AuditFilter selects audit events; each zero field matches every event.
+type AuditFilter struct {
+	RolloutID string
+	Actor     string
+	Action    string
+	// Since is inclusive, Until exclusive.
+	Since, Until time.Time
+	Limit        int
 }

@@ -17,12 +17,16 @@ const (
 	// RoleReleaseEngineer may run the repository ceremony, upload
 	// releases, sign drafts and yank targets.
 	RoleReleaseEngineer = "release-engineer"
-	// RoleViewer may read repository and fleet status.
+	// RoleOperator may create and change rollouts (start, pause, resume,
+	// abort, advance, hold) but not touch the repository. Release
+	// engineers may change rollouts too.
+	RoleOperator = "operator"
+	// RoleViewer may read repository, fleet and rollout status.
 	RoleViewer = "viewer"
 )
 
 // Roles lists the valid token roles.
-var Roles = []string{RoleReleaseEngineer, RoleViewer}
+var Roles = []string{RoleReleaseEngineer, RoleOperator, RoleViewer}
 
 // Token is an admin API token. The secret itself is never stored: only
 // its sha256, which is enough for a 256-bit random secret.

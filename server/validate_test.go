@@ -103,9 +103,9 @@ func (s *reportStore) DeviceByToken(context.Context, string) (*server.Device, er
 	return &d, nil
 }
 
-func (s *reportStore) AddReport(_ context.Context, r server.Report) (bool, error) {
+func (s *reportStore) AddReport(_ context.Context, r server.Report) (server.ReportOutcome, error) {
 	s.reports = append(s.reports, r)
-	return false, nil
+	return server.ReportOutcome{}, nil
 }
 
 func (s *reportStore) Reports(context.Context, string) ([]server.Report, error) {

@@ -279,6 +279,7 @@ type checkInBody struct {
 	InstalledPatches []string `json:"installed_patches"`
 	CloudMessaging   string   `json:"cloud_messaging"`
 	NumberEncryption bool     `json:"number_encryption"`
+	UTCOffsetMinutes *int     `json:"utc_offset_minutes,omitempty"`
 }
 
 type checkInAnswer struct {
@@ -315,6 +316,7 @@ func (c *apiClient) checkIn(ctx context.Context, token string, b *checkInBody) (
 type reportBody struct {
 	ReportID  string `json:"report_id"`
 	PatchID   string `json:"patch_id"`
+	RolloutID string `json:"rollout_id,omitempty"`
 	Target    string `json:"target,omitempty"`
 	State     string `json:"state"`
 	ErrorCode string `json:"error_code,omitempty"`

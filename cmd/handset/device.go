@@ -79,6 +79,9 @@ type device struct {
 	token string
 
 	installed []string // sorted patch ids
+	// build is the build the handset runs once it installed a release
+	// that states one (installs_build); "" is the run's --build.
+	build     string
 	messaging uint8
 	numberEnc bool
 
@@ -90,6 +93,7 @@ type device struct {
 	settled       bool
 	afterMsg      uint8 // messaging state the verified patch sets
 	afterEnc      bool
+	afterBuild    string // build the verified patch installs, if it says
 
 	failCode    string
 	failedPatch string // not retried in this run
@@ -230,8 +234,17 @@ func (s *sim) checkInBody(d *device) *checkInBody {
 	if patches == nil {
 		patches = noPatches
 	}
-	return &checkInBody{Build: s.cfg.Build, Model: s.cfg.Model, Channel: s.cfg.Channel,
-		InstalledPatches: patches, CloudMessaging: messagingNames[d.messaging], NumberEncryption: d.numberEnc}
+	return &checkInBody{Build: s.build(d), Model: s.cfg.Model, Channel: s.cfg.Channel,
+		InstalledPatches: patches, CloudMessaging: messagingNames[d.messaging], NumberEncryption: d.numberEnc,
+		UTCOffsetMinutes: s.cfg.UTCOffsetMinutes}
+}
+
+// build is the build handset d runs.
+func (s *sim) build(d *device) string {
+	if d.build != "" {
+		return d.build
+	}
+	return s.cfg.Build
 }
 
 func (s *sim) checkIn(ctx context.Context, d *device) (time.Time, bool) {
@@ -298,7 +311,7 @@ func (s *sim) actionable(d *device, a *offerAnswer) *offer {
 }
 
 func (s *sim) fetch(ctx context.Context, d *device) (time.Time, bool) {
-	custom, err := s.tuf.verify(ctx, d.offer, s.cfg.Model, s.cfg.Build)
+	custom, err := s.tuf.verify(ctx, d.offer, s.cfg.Model, s.build(d))
 	if err != nil {
 		if ctx.Err() != nil {
 			return time.Time{}, false
@@ -326,6 +339,7 @@ func (s *sim) fetch(ctx context.Context, d *device) (time.Time, bool) {
 	if custom.NumberEncryption != "off" {
 		d.afterEnc = true
 	}
+	d.afterBuild = custom.InstallsBuild
 	d.setPending(stDownloaded, "", "")
 	d.phase = phaseReport
 	return time.Now(), true
@@ -334,7 +348,7 @@ func (s *sim) fetch(ctx context.Context, d *device) (time.Time, bool) {
 func (s *sim) report(ctx context.Context, d *device) (time.Time, bool) {
 	r := &d.pending
 	dup, err := s.api.report(ctx, d.token, &reportBody{
-		ReportID: reportID(r.id), PatchID: d.offer.PatchID, Target: d.offer.Target,
+		ReportID: reportID(r.id), PatchID: d.offer.PatchID, RolloutID: d.offer.RolloutID, Target: d.offer.Target,
 		State: stateNames[r.state], ErrorCode: r.code, Message: r.message, At: r.at.Format(time.RFC3339Nano),
 	})
 	if err != nil {
@@ -403,6 +417,9 @@ func (s *sim) install(d *device) {
 		slices.Sort(d.installed)
 	}
 	d.messaging, d.numberEnc = d.afterMsg, d.afterEnc
+	if d.afterBuild != "" {
+		d.build = d.afterBuild
+	}
 	if d.result != resInstalled {
 		s.stats.installed.Add(1)
 		if d.result == resFailed {

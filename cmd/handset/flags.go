@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +24,9 @@ type Config struct {
 
 	FailRate  float64
 	FailCodes string // comma separated
+	// UTCOffsetMinutes, when set, is sent with every check-in: the
+	// handsets' time zone, for rollout maintenance windows.
+	UTCOffsetMinutes *int
 
 	PollScale       float64
 	Duration        time.Duration // > 0: load generator mode
@@ -70,6 +74,14 @@ func (c *Config) register(fs *envflag.FlagSet) {
 	fs.StringEnv(&c.Region, "region", c.Region, "ISO 3166-1 alpha-2 region, e.g. DE (optional)", "HANDSET_REGION")
 	fs.StringEnv(&c.EnrollmentSecret, "enrollment-secret", c.EnrollmentSecret,
 		"fleet enrollment secret, when the server requires one; prefer the environment, flags show up in ps", "HANDSET_ENROLLMENT_SECRET")
+	fs.Func("utc-offset-minutes", "time zone offset from UTC in minutes (a multiple of 15) each check-in sends,\nfor rollout maintenance windows in local hours; default: none sent (windows read in UTC)", func(v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < server.MinUTCOffsetMinutes || n > server.MaxUTCOffsetMinutes || n%15 != 0 {
+			return fmt.Errorf("%q: want whole minutes, a multiple of 15 from %d to %d", v, server.MinUTCOffsetMinutes, server.MaxUTCOffsetMinutes)
+		}
+		c.UTCOffsetMinutes = &n
+		return nil
+	})
 	fs.Float64Env(&c.FailRate, "fail-rate", c.FailRate, "probability (0 to 1) that an install fails after a verified download", "HANDSET_FAIL_RATE")
 	fs.StringEnv(&c.FailCodes, "fail-codes", c.FailCodes, "comma-separated error codes a failed install reports, picked at random", "HANDSET_FAIL_CODES")
 	fs.Float64Env(&c.PollScale, "poll-scale", c.PollScale,

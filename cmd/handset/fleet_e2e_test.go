@@ -12,11 +12,11 @@ import (
 )
 
 // TestFleetEndToEnd is the handset issue's end-to-end run: a published
-// patch and 1000 simulated handsets against the full server, on the
-// embedded defaults (SQLite, filesystem) and on PostgreSQL with MinIO. The
-// server's fleet summary must agree with what the handsets did: 1000
-// enrolled, the patch on those whose install did not fail, every one of
-// them compliant, failures counted by their codes.
+// patch rolled out to 100% and 1000 simulated handsets against the full
+// server, on the embedded defaults (SQLite, filesystem) and on PostgreSQL
+// with MinIO. The server's fleet summary must agree with what the
+// handsets did: 1000 enrolled, the patch on those whose install did not
+// fail, every one of them compliant, failures counted by their codes.
 func TestFleetEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("1000 handsets")
@@ -35,6 +35,7 @@ func fleetEndToEnd(t *testing.T, opts apitest.Options) {
 	patch := make([]byte, 256<<10)
 	rand.Read(patch)
 	env.Publish(t, testPatchPath, patch, es[0], es[2])
+	ro := rollOutToAll(t, env)
 	root := filepath.Join(t.TempDir(), "root.json")
 	if err := os.WriteFile(root, env.RootBytes(t, 1), 0o644); err != nil {
 		t.Fatal(err)
@@ -69,6 +70,7 @@ func fleetEndToEnd(t *testing.T, opts apitest.Options) {
 	if len(got) != len(res.FailedByCode) {
 		t.Errorf("failure codes: server %v, handsets %v", got, res.FailedByCode)
 	}
+	checkRolloutResults(t, env, ro, res)
 	t.Logf("%d handsets: %d installed and compliant, %d failed %v, %d check-ins, %.1fs",
 		n, res.Installed, res.Failed, res.FailedByCode, res.CheckIns, res.ElapsedSeconds)
 }

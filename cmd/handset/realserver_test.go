@@ -2,36 +2,66 @@ package main
 
 import (
 	"context"
-	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/apitest"
 )
 
+// rollOutToAll starts a rollout of the test patch to every handset, as an
+// operator would after publishing, with a failure limit of 50%: the runs
+// fail installs on purpose (up to 25%), and the default 5% would halt the
+// rollout whenever the background policies happen to run mid-run.
+func rollOutToAll(tb testing.TB, env *apitest.Env) *server.Rollout {
+	tb.Helper()
+	p := server.DefaultPolicy()
+	p.MaxFailureRate = 0.5
+	ro, err := env.App.Rollouts.Create(context.Background(), server.RolloutSpec{Release: testPatchPath,
+		Stages: []float64{100}, Policy: p, Reason: "handset simulator run"}, "test-operator")
+	if err != nil {
+		tb.Fatalf("start rollout: %v", err)
+	}
+	return ro
+}
+
+// checkRolloutResults compares the rollout's results, as the server
+// counts them from the reports, with what the handsets did.
+func checkRolloutResults(tb testing.TB, env *apitest.Env, ro *server.Rollout, res *rolloutResult) {
+	tb.Helper()
+	byModel, err := env.DB.Rollouts().RolloutResults(context.Background(), ro.ID, time.Time{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var got server.Results
+	for _, r := range byModel {
+		got.Installed += r.Installed
+		got.Failed += r.Failed
+	}
+	if got.Installed != int64(res.Installed) || got.Failed != int64(res.Failed) {
+		tb.Errorf("rollout %s results: %d installed, %d failed; handsets installed %d, failed %d",
+			ro.ID, got.Installed, got.Failed, res.Installed, res.Failed)
+	}
+}
+
 // TestRolloutAgainstRealAPI runs handsets against the real handset API
-// (server/api, SQLite) and the real TUF repository, then checks the
-// server's own view of the fleet.
+// (server/api, SQLite, wired as otad wires it) and the real TUF
+// repository, with the release rolled out to every handset, then checks
+// the server's own view of the fleet and of the rollout.
 func TestRolloutAgainstRealAPI(t *testing.T) {
 	r := startRepo(t)
 	env := r.env
-	fleet := &server.Fleet{Store: env.DB.Devices(), Eligibility: &server.NewestRelease{Source: env.Repo},
-		Catalog:      &server.PublishedPatches{Source: env.Repo},
-		PollInterval: 10 * time.Second}
-	srv := httptest.NewServer(api.New(api.Config{Repo: env.Repo, Blobs: env.Blobs,
-		Tokens: server.Tokens{Store: env.DB.Tokens()}, Fleet: fleet}))
-	t.Cleanup(srv.Close)
+	ro := rollOutToAll(t, env)
 
 	const n = 20
-	f := &fakeServer{URL: srv.URL}
+	f := &fakeServer{URL: env.URL}
 	res, _ := rollout(t, f, "--count", "20", "--concurrency", "4", "--root", r.rootFile, "--fail-rate", "0.25",
 		"--fail-codes", "E_DISK_FULL")
 	if !res.Complete || res.Installed+res.Failed != n || res.Installed != res.Compliant || res.Dropped != 0 ||
 		len(res.Errors) != 0 {
 		t.Fatalf("result %+v, want %d installed or failed, no errors", res, n)
 	}
-	sum, err := fleet.Summary(context.Background(), testPatchID, 1, server.DefaultSummaryModels)
+	sum, err := env.Fleet.Summary(context.Background(), testPatchID, 1, server.DefaultSummaryModels)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,4 +71,5 @@ func TestRolloutAgainstRealAPI(t *testing.T) {
 	if got := sum.States["failed"]; got != int64(res.Failed) {
 		t.Errorf("server counts %d failed, handsets %d", got, res.Failed)
 	}
+	checkRolloutResults(t, env, ro, res)
 }

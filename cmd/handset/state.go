@@ -26,8 +26,11 @@ type stateDevice struct {
 	Key              string   `json:"key"` // hex ed25519 seed
 	DeviceID         string   `json:"device_id,omitempty"`
 	InstalledPatches []string `json:"installed_patches"`
-	CloudMessaging   string   `json:"cloud_messaging"`
-	NumberEncryption bool     `json:"number_encryption"`
+	// Build is the build an installed release moved the handset to;
+	// absent, the run's --build.
+	Build            string `json:"build,omitempty"`
+	CloudMessaging   string `json:"cloud_messaging"`
+	NumberEncryption bool   `json:"number_encryption"`
 }
 
 const (
@@ -101,7 +104,10 @@ func (sd *stateDevice) device() (device, error) {
 	if len(sd.InstalledPatches) > 0 {
 		d.installed = slices.Compact(slices.Sorted(slices.Values(sd.InstalledPatches)))
 	}
-	d.id, d.messaging, d.numberEnc = sd.DeviceID, m, sd.NumberEncryption
+	if sd.Build != "" && server.ValidateDeviceInfo("m", sd.Build, "stable", "") != nil {
+		return d, fmt.Errorf("build %q: not a build", sd.Build)
+	}
+	d.id, d.messaging, d.numberEnc, d.build = sd.DeviceID, m, sd.NumberEncryption, sd.Build
 	return d, nil
 }
 
@@ -116,7 +122,7 @@ func saveDevices(path, server string, devs []device, extra []stateDevice) error 
 			patches = []string{}
 		}
 		sf.Devices = append(sf.Devices, stateDevice{Key: hex.EncodeToString(d.seed[:]), DeviceID: d.id,
-			InstalledPatches: patches, CloudMessaging: messagingNames[d.messaging], NumberEncryption: d.numberEnc})
+			InstalledPatches: patches, Build: d.build, CloudMessaging: messagingNames[d.messaging], NumberEncryption: d.numberEnc})
 	}
 	sf.Devices = append(sf.Devices, extra...)
 	data, err := json.MarshalIndent(sf, "", " ")

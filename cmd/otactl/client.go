@@ -62,7 +62,9 @@ type apiError struct {
 	Code      string
 	Message   string
 	RequestID string
-	noToken   bool // the request carried no token
+	// Field names the request field a 400 is about.
+	Field   string
+	noToken bool // the request carried no token
 }
 
 func (e *apiError) Error() string {
@@ -160,7 +162,7 @@ func (cl *client) errorFrom(resp *http.Response, data []byte) error {
 	var eb api.ErrorBody
 	if json.Unmarshal(data, &eb) == nil && eb.Error.Code != "" {
 		return &apiError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message,
-			RequestID: resp.Header.Get("X-Request-Id"), noToken: cl.token == ""}
+			RequestID: resp.Header.Get("X-Request-Id"), Field: eb.Error.Field, noToken: cl.token == ""}
 	}
 	snippet := strings.TrimSpace(string(data))
 	if len(snippet) > 200 {

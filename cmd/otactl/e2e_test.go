@@ -88,9 +88,9 @@ func TestWorkflow(t *testing.T) {
 	sum := sha256.Sum256(data)
 	wantSHA := hex.EncodeToString(sum[:])
 	wantCustom := manifests.TargetCustom{PatchID: "CM-2026-001", Models: []string{"X100", "X200"}, BuildMin: "100", BuildMax: "199",
-		CloudMessagingDefault: "opt-in", NumberEncryption: "on", Extra: map[string]string{"channel": "stable"}}
+		InstallsBuild: "200", CloudMessagingDefault: "opt-in", NumberEncryption: "on", Extra: map[string]string{"channel": "stable"}}
 	r = mustRun(t, a, "release", "create", build, "--name", target, "--patch-id", "CM-2026-001",
-		"--model", "X100", "--model", "X200", "--build-min", "100", "--build-max", "199",
+		"--model", "X100", "--model", "X200", "--build-min", "100", "--build-max", "199", "--installs-build", "200",
 		"--messaging-default", "opt-in", "--number-encryption", "on", "--custom", "channel=stable")
 	relID := draftID(t, r)
 	wantContains(t, "release create", r.stdout, "uploaded "+target+" (3145728 bytes, sha256 "+wantSHA+")", "adds target "+target)
@@ -101,7 +101,7 @@ func TestWorkflow(t *testing.T) {
 
 	r = mustRun(t, a, "release", "sign", relID, "--key", alice.key, "--yes")
 	wantContains(t, "first release signature", r.stdout,
-		target, "3145728 bytes, sha256 "+wantSHA, "patch_id=CM-2026-001", "models=X100,X200", "cloud_messaging_default=opt-in",
+		target, "3145728 bytes, sha256 "+wantSHA, "patch_id=CM-2026-001", "models=X100,X200", "installs_build=200", "cloud_messaging_default=opt-in",
 		"number_encryption=on", `extra.channel="stable"`, "adds "+target, "targets: 1 of 2 signed", "is not published yet")
 	if st := repoStatus(t, srv); len(st.Targets) != 0 {
 		t.Fatalf("a target is published after one of two signatures: %+v", st.Targets)

@@ -46,6 +46,14 @@ Usage:
   otactl draft discard ID
                          abandon a pending draft
   otactl status          repository versions, expiries, targets and the pending draft
+  otactl rollout create --release PATH --stages 1,10,50,100 [flags]
+                         offer a published release to handsets in stages
+  otactl rollout list|show|events|audit|watch [ID]
+                         read rollouts and their audit log; watch one live
+  otactl rollout start|pause|resume|abort|advance|complete ID --reason TEXT
+                         change a rollout (operator or release-engineer token)
+  otactl rollout hold|release-hold ID --model M --reason TEXT
+                         hold one model of a rollout, or offer it again
   otactl help            show this help
 
 The server and token come from --server/--token or OTACTL_SERVER/OTACTL_TOKEN;
@@ -133,6 +141,7 @@ var groups = map[string][]command{
 		{"discard", (*cli).draftDiscard},
 		{"show", (*cli).releaseShow},
 	},
+	"rollout": rolloutCommands,
 }
 
 func (c *cli) run(args []string) int {

@@ -136,7 +136,7 @@ func describeCustom(raw json.RawMessage) string {
 	for _, k := range sortedKeys(c.Extra) {
 		add("extra."+k, fmt.Sprintf("%q", c.Extra[k]))
 	}
-	known := map[string]bool{"patch_id": true, "models": true, "build_min": true, "build_max": true,
+	known := map[string]bool{"patch_id": true, "models": true, "build_min": true, "build_max": true, "installs_build": true,
 		"cloud_messaging_default": true, "number_encryption": true, "extra": true, "released": true}
 	for _, k := range sortedKeys(all) {
 		if !known[k] {

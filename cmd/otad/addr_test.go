@@ -100,8 +100,8 @@ func TestValidatePublicURL(t *testing.T) {
 	}
 }
 
-// TestOfferURLsNameTheBoundAddress publishes a release on an otad started
-// on 127.0.0.1:0 and checks in with a forged Host header: the offer names
+// TestOfferURLsNameTheBoundAddress publishes and rolls out a release on an
+// otad started on 127.0.0.1:0 and checks in with a forged Host header: the offer names
 // the configured public URL, or without one the address otad bound.
 func TestOfferURLsNameTheBoundAddress(t *testing.T) {
 	for _, publicURL := range []string{"", "https://ota.example.com/ota"} {
@@ -123,7 +123,13 @@ func TestOfferURLsNameTheBoundAddress(t *testing.T) {
 			env := &apitest.Env{URL: base, Token: secret}
 			es := apitest.NewEngineers(t, 2)
 			env.Ceremony(t, es, 2)
-			env.Publish(t, "cloudmsg/CM-2026-001/update.zip", []byte("the patch"), es...)
+			const target = "cloudmsg/CM-2026-001/update.zip"
+			env.Publish(t, target, []byte("the patch"), es...)
+			var ro api.Rollout
+			if err := env.Do("POST", "/rollouts", api.RolloutRequest{Release: target, Stages: []float64{100},
+				Reason: "offer URL test"}, &ro); err != nil {
+				t.Fatalf("create rollout: %v", err)
+			}
 
 			var enrolled api.EnrollAnswer
 			postJSON(t, base+"/api/v1/devices", "", "", api.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"}, &enrolled)
@@ -131,8 +137,8 @@ func TestOfferURLsNameTheBoundAddress(t *testing.T) {
 			var ans api.CheckInAnswer
 			postJSON(t, base+"/api/v1/checkin", enrolled.Token, "evil.example", api.CheckInBody{Model: "PX-7", Build: "7.2.0",
 				Channel: "stable", InstalledPatches: []string{}, CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: &f}, &ans)
-			if ans.Offer == nil {
-				t.Fatal("no offer after the release was published")
+			if ans.Offer == nil || ans.Offer.RolloutID != ro.ID {
+				t.Fatalf("offer %+v (no_offer %q) with rollout %s running, want an offer of it", ans.Offer, ans.NoOffer, ro.ID)
 			}
 			if ans.Offer.MetadataURL != want+"/tuf/" || ans.Offer.TargetsURL != want+"/targets/" {
 				t.Errorf("offer URLs %q, %q; want %q, %q", ans.Offer.MetadataURL, ans.Offer.TargetsURL, want+"/tuf/", want+"/targets/")

@@ -87,10 +87,12 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.App, err = app.New(startCtx, app.Config{
 		DB: db, Blobs: m.Blobs, Online: online, Logger: m.log, Expiry: m.cfg.Expiry,
-		EnrollmentSecret: m.cfg.EnrollmentSecret,
-		PollInterval:     m.cfg.PollInterval,
-		RefreshInterval:  m.cfg.RefreshInterval,
-		ReportRetention:  m.cfg.ReportRetention,
+		EnrollmentSecret:   m.cfg.EnrollmentSecret,
+		PollInterval:       m.cfg.PollInterval,
+		LastSeenResolution: m.cfg.LastSeenResolution,
+		RolloutRefresh:     m.cfg.RolloutRefresh,
+		RefreshInterval:    m.cfg.RefreshInterval,
+		ReportRetention:    m.cfg.ReportRetention,
 		API: api.Config{
 			MaxBody:         m.cfg.MaxBody,
 			Registry:        prometheus.NewRegistry(),

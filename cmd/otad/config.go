@@ -13,6 +13,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/s3store"
+	"github.com/patchfleet/ota/server"
 
 	"github.com/patchfleet/ota/internal/envflag"
 )
@@ -52,12 +53,15 @@ type Config struct {
 	MaxArtifactSize     int64
 
 	// Handset API.
-	PublicURL         string
-	EnrollmentSecret  string
-	PollInterval      time.Duration
-	ReportRetention   time.Duration
-	CheckInsPerMinute float64
-	ReportsPerMinute  float64
+	PublicURL        string
+	EnrollmentSecret string
+	PollInterval     time.Duration
+	// LastSeenResolution and RolloutRefresh: see app.Config.
+	LastSeenResolution time.Duration
+	RolloutRefresh     time.Duration
+	ReportRetention    time.Duration
+	CheckInsPerMinute  float64
+	ReportsPerMinute   float64
 	// EnrollmentsPerMinute and EnrollmentBurst are one token bucket for
 	// all enrollments (per replica).
 	EnrollmentsPerMinute float64
@@ -86,10 +90,12 @@ func defaultConfig() Config {
 		DownloadStall:   time.Minute,
 		MaxArtifactSize: 8 << 30,
 
-		PollInterval:      time.Hour,
-		ReportRetention:   90 * 24 * time.Hour,
-		CheckInsPerMinute: 6,
-		ReportsPerMinute:  120,
+		PollInterval:       time.Hour,
+		LastSeenResolution: server.DefaultLastSeenResolution,
+		RolloutRefresh:     server.DefaultRolloutRefresh,
+		ReportRetention:    90 * 24 * time.Hour,
+		CheckInsPerMinute:  6,
+		ReportsPerMinute:   120,
 		// A handset enrolls once. 600 a minute (36,000 an hour) is far
 		// above what a growing fleet needs and 200 times below the flood
 		// of issue 7 (2,020 a second); the burst lets a batch of 1,000
@@ -169,6 +175,10 @@ func (c *Config) registerHandset(fs *envflag.FlagSet) {
 	fs.StringEnv(&c.EnrollmentSecret, "enrollment-secret", c.EnrollmentSecret,
 		"fleet enrollment secret handsets must present; empty lets any handset enroll (demo). Prefer the environment", "OTAD_ENROLLMENT_SECRET")
 	fs.DurationEnv(&c.PollInterval, "poll-interval", c.PollInterval, "mean time between handset check-ins (answers are jittered by ±10%)", "OTAD_POLL_INTERVAL")
+	fs.DurationEnv(&c.LastSeenResolution, "last-seen-resolution", c.LastSeenResolution,
+		"how stale a handset's stored last_seen may get before a check-in that changes nothing else writes it; every first check-in of a UTC day writes", "OTAD_LAST_SEEN_RESOLUTION")
+	fs.DurationEnv(&c.RolloutRefresh, "rollout-refresh", c.RolloutRefresh,
+		"how long a replica decides check-ins on its copy of the rollouts before reading them again: how long another replica's pause takes to reach this one's handsets", "OTAD_ROLLOUT_REFRESH")
 	fs.DurationEnv(&c.ReportRetention, "report-retention", c.ReportRetention, "how long install reports are kept before a background job deletes them", "OTAD_REPORT_RETENTION")
 	fs.Float64Env(&c.CheckInsPerMinute, "checkin-rate", c.CheckInsPerMinute, "check-ins a device may make per minute (burst 10); 0 disables the limit", "OTAD_CHECKIN_RATE")
 	fs.Float64Env(&c.ReportsPerMinute, "report-rate", c.ReportsPerMinute, "reports a device may send per minute (burst 60); 0 disables the limit", "OTAD_REPORT_RATE")
@@ -241,6 +251,7 @@ func (c *Config) ValidateServe() error {
 		"snapshot-expiry": c.Expiry.Snapshot, "timestamp-expiry": c.Expiry.Timestamp,
 		"refresh-interval": c.RefreshInterval, "presign-ttl": c.PresignTTL, "download-stall-timeout": c.DownloadStall,
 		"poll-interval": c.PollInterval, "report-retention": c.ReportRetention,
+		"last-seen-resolution": c.LastSeenResolution, "rollout-refresh": c.RolloutRefresh,
 	} {
 		if d <= 0 {
 			return settingError(name, fmt.Errorf("%v: must be positive", d))

@@ -30,7 +30,7 @@ rollout progress.
 Usage:
   otad serve [flags]     run the server
   otad migrate [flags]   apply database migrations and exit
-  otad token create --name NAME --role release-engineer|viewer
+  otad token create --name NAME --role release-engineer|operator|viewer
                          mint an admin API token (printed once)
   otad token list        list tokens
   otad token revoke ID   revoke a token
@@ -184,11 +184,11 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 	cfg := defaultConfig()
 	var name, role string
 	fs := envflag.New("otad token "+sub+" [flags]",
-		"Manages admin API tokens. Tokens are shown once at creation; only their hash is stored.\nRoles: release-engineer (ceremony, releases, signing, yanks), viewer (read only).", stderr)
+		"Manages admin API tokens. Tokens are shown once at creation; only their hash is stored.\nRoles: release-engineer (ceremony, releases, signing, yanks, rollouts), operator (rollouts),\nviewer (read only).", stderr)
 	cfg.registerCommon(fs)
 	if sub == "create" {
 		fs.StringVar(&name, "name", "", "who the token is for, e.g. alice")
-		fs.StringVar(&role, "role", server.RoleReleaseEngineer, "release-engineer or viewer")
+		fs.StringVar(&role, "role", server.RoleReleaseEngineer, "release-engineer, operator or viewer")
 	}
 	if err := parseFlags(fs, args[1:], getenv); err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -40,6 +41,9 @@ func (s *Server) mountAdmin() {
 	if s.fleet != nil {
 		g.GET("/fleet/summary", s.fleetSummary)
 	}
+	if s.rollouts != nil {
+		s.mountRollouts(g)
+	}
 }
 
 // authenticate requires a live admin token ("Authorization: Bearer ...";
@@ -66,6 +70,20 @@ func requireRole(role string) echo.MiddlewareFunc {
 			t := server.TokenFromContext(c.Request().Context())
 			if t == nil || t.Role != role {
 				return fmt.Errorf("%w: this needs a %s token", server.ErrForbidden, role)
+			}
+			return next(c)
+		}
+	}
+}
+
+// requireAnyRole lets through a token with any of roles.
+func requireAnyRole(roles ...string) echo.MiddlewareFunc {
+	want := strings.Join(roles, " or ")
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			t := server.TokenFromContext(c.Request().Context())
+			if t == nil || !slices.Contains(roles, t.Role) {
+				return fmt.Errorf("%w: this needs a token with role %s", server.ErrForbidden, want)
 			}
 			return next(c)
 		}

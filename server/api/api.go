@@ -36,6 +36,9 @@ type Config struct {
 	// Registry receives the HTTP metrics and is what /metrics serves. A
 	// registry per server (not the global one) lets tests run many servers.
 	Registry *prometheus.Registry
+	// RolloutMetrics, when set, is registered on Registry (see
+	// NewRolloutMetrics).
+	RolloutMetrics *RolloutMetrics
 
 	// Repo, Blobs and Tokens enable the TUF routes (/tuf/, /targets/) and
 	// the admin API; without Repo only health and metrics are served.
@@ -56,6 +59,8 @@ type Config struct {
 
 	// Fleet enables the handset API and the fleet summary.
 	Fleet *server.Fleet
+	// Rollouts enables the rollout routes of the admin API.
+	Rollouts *server.RolloutService
 	// PublicURL is the base URL handsets reach the server at (offers name
 	// metadata and targets URLs under it); empty answers root-relative
 	// paths ("/tuf/", "/targets/"), never the request's Host header.
@@ -91,6 +96,8 @@ type Server struct {
 	checkInLimit *limiter
 	reportLimit  *limiter
 	enrollLimit  *rate.Limiter
+
+	rollouts *server.RolloutService
 }
 
 // New builds the application with its middleware and routes.
@@ -127,6 +134,7 @@ func New(cfg Config) *Server {
 		checkInLimit: newLimiter(cfg.CheckInsPerMinute, cfg.CheckInBurst),
 		reportLimit:  newLimiter(cfg.ReportsPerMinute, cfg.ReportBurst),
 		enrollLimit:  newGlobalLimiter(cfg.EnrollmentsPerMinute, cfg.EnrollmentBurst)}
+	s.rollouts = cfg.Rollouts
 	e.HTTPErrorHandler = s.handleError
 
 	// Order matters: the request id comes first so every later log line
@@ -155,6 +163,9 @@ func New(cfg Config) *Server {
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(metricsHandler(cfg.Registry)))
+	if cfg.RolloutMetrics != nil {
+		cfg.Registry.MustRegister(cfg.RolloutMetrics)
+	}
 	e.GET(OpenAPIRoute, openAPIHandler())
 	if s.repo != nil {
 		cfg.Registry.MustRegister(newRepoCollector(s.repo))

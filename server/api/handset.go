@@ -82,12 +82,16 @@ type CheckInBody struct {
 	InstalledPatches []string `json:"installed_patches"`
 	CloudMessaging   string   `json:"cloud_messaging"`
 	NumberEncryption *bool    `json:"number_encryption"`
+	UTCOffsetMinutes *int     `json:"utc_offset_minutes,omitempty"`
 }
 
 // CheckInAnswer is the answer to a check-in.
 type CheckInAnswer struct {
 	PollAfterSeconds int          `json:"poll_after_seconds"`
 	Offer            *OfferAnswer `json:"offer"`
+	// NoOffer, without an offer, says why when a rollout considered the
+	// handset: a code such as "not_in_cohort" (server.RefusalCode).
+	NoOffer string `json:"no_offer,omitempty"`
 }
 
 // OfferAnswer is an offered update: fetch Target through TUF from
@@ -113,11 +117,11 @@ func (s *Server) checkIn(c echo.Context) error {
 	}
 	res, err := s.fleet.CheckIn(c.Request().Context(), bearer(c), server.CheckIn{
 		Build: b.Build, Model: b.Model, Channel: b.Channel, InstalledPatches: b.InstalledPatches,
-		CloudMessaging: b.CloudMessaging, NumberEncryption: *b.NumberEncryption})
+		CloudMessaging: b.CloudMessaging, NumberEncryption: *b.NumberEncryption, UTCOffsetMinutes: b.UTCOffsetMinutes})
 	if err != nil {
 		return err
 	}
-	ans := CheckInAnswer{PollAfterSeconds: int(res.PollAfter.Seconds())}
+	ans := CheckInAnswer{PollAfterSeconds: int(res.PollAfter.Seconds()), NoOffer: server.RefusalCode(res.Refusal)}
 	if o := res.Offer; o != nil {
 		base := s.publicBase()
 		ans.Offer = &OfferAnswer{Target: o.Target, Length: o.Length, SHA256: o.SHA256, PatchID: o.PatchID,
@@ -139,6 +143,7 @@ func (s *Server) publicBase() string {
 type ReportBody struct {
 	ReportID  string     `json:"report_id"`
 	PatchID   string     `json:"patch_id"`
+	RolloutID string     `json:"rollout_id,omitempty"`
 	Target    string     `json:"target,omitempty"`
 	State     string     `json:"state"`
 	ErrorCode string     `json:"error_code,omitempty"`
@@ -157,7 +162,7 @@ func (s *Server) report(c echo.Context) error {
 	if err := decodeJSON(c, &b); err != nil {
 		return err
 	}
-	r := server.Report{ID: b.ReportID, PatchID: b.PatchID, Target: b.Target, State: b.State,
+	r := server.Report{ID: b.ReportID, PatchID: b.PatchID, RolloutID: b.RolloutID, Target: b.Target, State: b.State,
 		ErrorCode: b.ErrorCode, Message: b.Message}
 	if b.At != nil {
 		r.At = *b.At

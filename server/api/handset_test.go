@@ -17,9 +17,9 @@ import (
 // tests need no database.
 type mockDevices struct {
 	EnrollFn        func(ctx context.Context, d *server.Device, tokenHash string) (string, bool, error)
-	CheckInFn       func(ctx context.Context, tokenHash string, ci server.CheckIn, now time.Time) (*server.Device, error)
+	CheckInStateFn  func(ctx context.Context, tokenHash string) (*server.Device, []*server.DeviceRollout, error)
 	DeviceByTokenFn func(ctx context.Context, tokenHash string) (*server.Device, error)
-	AddReportFn     func(ctx context.Context, r server.Report) (bool, error)
+	AddReportFn     func(ctx context.Context, r server.Report) (server.ReportOutcome, error)
 }
 
 var _ server.DeviceStore = (*mockDevices)(nil)
@@ -27,17 +27,21 @@ var _ server.DeviceStore = (*mockDevices)(nil)
 func (m *mockDevices) Enroll(ctx context.Context, d *server.Device, h string) (string, bool, error) {
 	return m.EnrollFn(ctx, d, h)
 }
-func (m *mockDevices) CheckIn(ctx context.Context, h string, ci server.CheckIn, now time.Time) (*server.Device, error) {
-	return m.CheckInFn(ctx, h, ci, now)
+func (m *mockDevices) CheckInState(ctx context.Context, h string) (*server.Device, []*server.DeviceRollout, error) {
+	return m.CheckInStateFn(ctx, h)
 }
+func (m *mockDevices) SaveCheckIn(context.Context, *server.Device, *server.Device) error { return nil }
 func (m *mockDevices) DeviceByToken(ctx context.Context, h string) (*server.Device, error) {
 	return m.DeviceByTokenFn(ctx, h)
 }
-func (m *mockDevices) AddReport(ctx context.Context, r server.Report) (bool, error) {
+func (m *mockDevices) AddReport(ctx context.Context, r server.Report) (server.ReportOutcome, error) {
 	return m.AddReportFn(ctx, r)
 }
 func (m *mockDevices) DeleteDevice(context.Context, string) error { return nil }
 func (m *mockDevices) DeleteReportsBefore(context.Context, time.Time) (int64, error) {
+	return 0, nil
+}
+func (m *mockDevices) DeleteDailyRollupsBefore(context.Context, time.Time) (int64, error) {
 	return 0, nil
 }
 func (m *mockDevices) PatchStates(context.Context, string) ([]server.PatchState, error) {
@@ -54,11 +58,11 @@ func newHandsetServer(tb testing.TB, cfg Config) (*Server, *mockDevices) {
 	tb.Helper()
 	store := &mockDevices{
 		EnrollFn: func(_ context.Context, d *server.Device, _ string) (string, bool, error) { return d.ID, true, nil },
-		CheckInFn: func(_ context.Context, h string, ci server.CheckIn, _ time.Time) (*server.Device, error) {
+		CheckInStateFn: func(_ context.Context, h string) (*server.Device, []*server.DeviceRollout, error) {
 			if h != server.HashToken(goodToken) {
-				return nil, fmt.Errorf("%w: invalid device token", server.ErrUnauthorized)
+				return nil, nil, fmt.Errorf("%w: invalid device token", server.ErrUnauthorized)
 			}
-			return &server.Device{ID: "dev_1", Model: ci.Model, Build: ci.Build}, nil
+			return &server.Device{ID: "dev_1", Model: "PX-7", Build: "7.1.0", InstalledPatches: []string{}}, nil, nil
 		},
 		DeviceByTokenFn: func(_ context.Context, h string) (*server.Device, error) {
 			if h != server.HashToken(goodToken) {
@@ -66,7 +70,7 @@ func newHandsetServer(tb testing.TB, cfg Config) (*Server, *mockDevices) {
 			}
 			return &server.Device{ID: "dev_1"}, nil
 		},
-		AddReportFn: func(context.Context, server.Report) (bool, error) { return false, nil },
+		AddReportFn: func(context.Context, server.Report) (server.ReportOutcome, error) { return server.ReportOutcome{}, nil },
 	}
 	cfg.Fleet = &server.Fleet{Store: store, EnrollmentSecret: "fleet-secret", PollInterval: time.Hour}
 	s, _ := newTestServer(tb, cfg)
@@ -96,7 +100,10 @@ const validCheckIn = `{"build":"7.1.0","model":"PX-7","channel":"stable","instal
 func TestHandsetValidation(t *testing.T) {
 	s, store := newHandsetServer(t, Config{})
 	var reached int
-	store.AddReportFn = func(context.Context, server.Report) (bool, error) { reached++; return false, nil }
+	store.AddReportFn = func(context.Context, server.Report) (server.ReportOutcome, error) {
+		reached++
+		return server.ReportOutcome{}, nil
+	}
 	enroll := func(fields string) string {
 		return `{"model":"PX-7","build":"7.1.0","channel":"stable","enrollment_secret":"fleet-secret"` + fields + `}`
 	}
@@ -162,7 +169,9 @@ func TestHandsetValidation(t *testing.T) {
 func TestHandsetAuth(t *testing.T) {
 	s, store := newHandsetServer(t, Config{})
 	refuse := func() error { return fmt.Errorf("%w: mock store: no device holds this token", server.ErrUnauthorized) }
-	store.CheckInFn = func(context.Context, string, server.CheckIn, time.Time) (*server.Device, error) { return nil, refuse() }
+	store.CheckInStateFn = func(context.Context, string) (*server.Device, []*server.DeviceRollout, error) {
+		return nil, nil, refuse()
+	}
 	store.DeviceByTokenFn = func(context.Context, string) (*server.Device, error) { return nil, refuse() }
 	report := `{"report_id":"r-1","patch_id":"CM-2026-001","state":"installed","at":"2026-11-23T10:00:00Z"}`
 	calls := []struct{ method, path, body string }{

@@ -15,8 +15,8 @@ import (
 // offerAlways offers the same release to every device.
 type offerAlways server.Offer
 
-func (o *offerAlways) Offer(context.Context, *server.Device) (*server.Offer, error) {
-	return (*server.Offer)(o), nil
+func (o *offerAlways) Decide(context.Context, *server.Device, []*server.DeviceRollout, server.DecisionInput) (server.Answer, error) {
+	return server.Answer{Decision: server.Decision{RolloutID: o.RolloutID, Kind: server.OfferFirst}, Offer: (*server.Offer)(o)}, nil
 }
 
 // TestOfferURLsIgnoreHost checks that an offer never names a host taken
@@ -36,7 +36,7 @@ func TestOfferURLsIgnoreHost(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _ := newHandsetServer(t, Config{PublicURL: tc.publicURL})
-			s.fleet.Eligibility = &offerAlways{Target: "cloudmsg/CM-2026-001/update.zip", Length: 3, SHA256: strings.Repeat("ab", 32), PatchID: "CM-2026-001",
+			s.fleet.Eligibility = &offerAlways{Target: "cloudmsg/CM-2026-001/update.zip", Length: 3, SHA256: strings.Repeat("ab", 32), PatchID: "CM-2026-001", RolloutID: "ro-1",
 				Custom: manifests.TargetCustom{PatchID: "CM-2026-001"}} // as signed: the contract requires a patch id
 			req := httptest.NewRequest(http.MethodPost, "/api/v1/checkin", strings.NewReader(validCheckIn))
 			req.Host = tc.host

@@ -18,23 +18,32 @@ import (
 
 // BenchmarkCheckIn measures check-ins through the real HTTP stack (loopback
 // TCP, keep-alive), the Echo application and the database, at 64
-// concurrent handsets, with a published release being matched on every
-// check-in. It reports check-ins/s and latency percentiles.
+// concurrent handsets, side by side: with a published release and no
+// rollout (every check-in refused: not selected), and with a rollout at
+// 50% running (half the handsets are offered the release on every
+// check-in, the other half refused: not in the cohort). It reports
+// check-ins/s and latency percentiles.
 //
 //	go test ./server/apitest -run x -bench CheckIn -benchtime 20000x
 func BenchmarkCheckIn(b *testing.B) {
-	b.Run("sqlite", func(b *testing.B) { benchCheckIn(b, apitest.Options{}) })
-	b.Run("postgres", func(b *testing.B) {
-		dsn := apitest.PostgresDSN(b)
-		benchCheckIn(b, apitest.Options{DB: apitest.OpenPostgresPool(b, dsn, 64)})
-	})
+	for _, rollout := range []bool{false, true} {
+		name := map[bool]string{false: "no-rollout", true: "rollout"}[rollout]
+		b.Run("sqlite/"+name, func(b *testing.B) { benchCheckIn(b, apitest.Options{}, rollout) })
+		b.Run("postgres/"+name, func(b *testing.B) {
+			dsn := apitest.PostgresDSN(b)
+			benchCheckIn(b, apitest.Options{DB: apitest.OpenPostgresPool(b, dsn, 64)}, rollout)
+		})
+	}
 }
 
-func benchCheckIn(b *testing.B, opts apitest.Options) {
+func benchCheckIn(b *testing.B, opts apitest.Options, rollout bool) {
 	env := apitest.Start(b, opts)
 	es := apitest.NewEngineers(b, 1)
 	env.Ceremony(b, es, 1)
 	env.Publish(b, patchPath, randomBytes(b, 1024), es...)
+	if rollout {
+		env.StartRollout(b, patchPath, 50)
+	}
 
 	const devices, concurrency = 1000, 64
 	tokens := make([]string, devices)
@@ -49,7 +58,7 @@ func benchCheckIn(b *testing.B, opts apitest.Options) {
 	var next atomic.Int64
 	var mu sync.Mutex
 	latencies := make([]time.Duration, 0, b.N)
-	var errs atomic.Int64
+	var errs, offers atomic.Int64
 	b.SetParallelism(max(1, concurrency/runtime.GOMAXPROCS(0)))
 	b.ResetTimer()
 	start := time.Now()
@@ -70,8 +79,11 @@ func benchCheckIn(b *testing.B, opts apitest.Options) {
 			json.NewDecoder(resp.Body).Decode(&ans)
 			resp.Body.Close()
 			local = append(local, time.Since(t0))
-			if resp.StatusCode != 200 || ans.Offer == nil {
+			switch {
+			case resp.StatusCode != 200:
 				errs.Add(1)
+			case ans.Offer != nil:
+				offers.Add(1)
 			}
 		}
 		mu.Lock()
@@ -81,7 +93,13 @@ func benchCheckIn(b *testing.B, opts apitest.Options) {
 	elapsed := time.Since(start)
 	b.StopTimer()
 	if n := errs.Load(); n > 0 {
-		b.Fatalf("%d of %d check-ins failed or carried no offer", n, b.N)
+		b.Fatalf("%d of %d check-ins failed", n, b.N)
+	}
+	// With the rollout, about half the handsets are in the cohort (seen
+	// once enough of them checked in); without, none is offered anything.
+	share := float64(offers.Load()) / float64(b.N)
+	if (rollout && b.N >= 1000 && (share < 0.35 || share > 0.65)) || (!rollout && share != 0) {
+		b.Fatalf("%.0f%% of check-ins carried an offer (rollout %v)", 100*share, rollout)
 	}
 	slices.Sort(latencies)
 	pct := func(p float64) float64 {

@@ -2,6 +2,7 @@ package apitest
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -14,6 +15,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/signing"
 )
@@ -236,7 +238,23 @@ func (env *Env) Publish(tb testing.TB, path string, content []byte, signers ...*
 // PatchCustom is the custom metadata of the privacy patch.
 func PatchCustom() manifests.TargetCustom {
 	return manifests.TargetCustom{PatchID: "CM-2026-001", Models: []string{"PX-7"}, BuildMin: "7.0.0", BuildMax: "7.4.9",
-		CloudMessagingDefault: "opt-in", NumberEncryption: "on"}
+		InstallsBuild: "7.5.0", CloudMessagingDefault: "opt-in", NumberEncryption: "on"}
+}
+
+// StartRollout starts a rollout of the published target path through the
+// stages (default 100%) with the default policy, as an operator would:
+// publishing alone offers nothing.
+func (env *Env) StartRollout(tb testing.TB, path string, stages ...float64) *server.Rollout {
+	tb.Helper()
+	if len(stages) == 0 {
+		stages = []float64{100}
+	}
+	r, err := env.App.Rollouts.Create(context.Background(), server.RolloutSpec{Release: path, Stages: stages,
+		Policy: server.DefaultPolicy(), Reason: "test rollout"}, "test-operator")
+	if err != nil {
+		tb.Fatalf("start rollout of %s: %v", path, err)
+	}
+	return r
 }
 
 // RootBytes fetches published root version v over HTTP, to bootstrap TUF

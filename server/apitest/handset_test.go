@@ -71,8 +71,9 @@ func (h *handset) report(tb testing.TB, id, patch, state, code string, at time.T
 }
 
 // TestHandsetJourney follows handsets through the API on the real store:
-// enrollment, a check-in with nothing to offer, the release, the offer
-// (verified and installed through go-tuf), reports (with a retry and out
+// enrollment, a check-in with nothing to offer, the release (offered to
+// no one until a rollout starts), the offer (verified and installed
+// through go-tuf), reports (with a retry and out
 // of order), the check-in that proves compliance, the fleet summary and
 // erasure.
 func TestHandsetJourney(t *testing.T) {
@@ -88,16 +89,21 @@ func TestHandsetJourney(t *testing.T) {
 	}
 	patch := randomBytes(t, 64<<10)
 	env.Publish(t, patchPath, patch, es...)
+	// Publishing is not deploying: no rollout, no offer.
+	if ans := a.checkIn(t); ans.Offer != nil || ans.NoOffer != "not_selected" {
+		t.Fatalf("published, no rollout: offer %+v no_offer %q, want none and not_selected", ans.Offer, ans.NoOffer)
+	}
+	r := env.StartRollout(t, patchPath)
 
 	ans := a.checkIn(t)
 	o := ans.Offer
-	if o == nil || o.Target != patchPath || o.PatchID != "CM-2026-001" || o.Length != int64(len(patch)) ||
+	if o == nil || o.Target != patchPath || o.PatchID != "CM-2026-001" || o.RolloutID != r.ID || o.Length != int64(len(patch)) ||
 		o.SHA256 != apitest.SHA256Hex(patch) || o.MetadataURL != "/tuf/" || o.TargetsURL != "/targets/" ||
-		o.Custom.CloudMessagingDefault != "opt-in" {
-		t.Fatalf("offer %+v", o)
+		o.Custom.CloudMessagingDefault != "opt-in" || o.Custom.InstallsBuild != "7.5.0" || ans.NoOffer != "" {
+		t.Fatalf("offer %+v (no_offer %q), want %s of rollout %s", o, ans.NoOffer, patchPath, r.ID)
 	}
-	if ans := old.checkIn(t); ans.Offer != nil {
-		t.Fatalf("a build below the patch's range was offered %s", ans.Offer.Target)
+	if ans := old.checkIn(t); ans.Offer != nil || ans.NoOffer != "not_selected" {
+		t.Fatalf("a build below the patch's range: offer %+v no_offer %q, want none and not_selected", ans.Offer, ans.NoOffer)
 	}
 	// The handset verifies the offer through TUF before installing.
 	got, err := download(t, env, env.RootBytes(t, 1), o.Target)
@@ -137,8 +143,8 @@ func TestHandsetJourney(t *testing.T) {
 	// After installing: patch listed, messaging opt-in, numbers encrypted.
 	tr := true
 	a.body.InstalledPatches, a.body.CloudMessaging, a.body.NumberEncryption = []string{o.PatchID}, server.MessagingOptedOut, &tr
-	if ans := a.checkIn(t); ans.Offer != nil {
-		t.Fatalf("a patched handset is offered %s again", ans.Offer.Target)
+	if ans := a.checkIn(t); ans.Offer != nil || ans.NoOffer != "runs_patch" {
+		t.Fatalf("a patched handset: offer %+v no_offer %q, want none and runs_patch", ans.Offer, ans.NoOffer)
 	}
 
 	var sum server.FleetSummary

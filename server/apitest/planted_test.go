@@ -110,6 +110,9 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 	es := apitest.NewEngineers(t, 2)
 	env.Ceremony(t, es, 2)
 	env.Publish(t, patchPath, randomBytes(t, 4096), es...)
+	// The check-ins are offered the release and the reports move the
+	// handset's record of the rollout: those tables are searched too.
+	ro := env.StartRollout(t, patchPath)
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	// do sends a request; a planted one breaks the API contract on
@@ -171,13 +174,13 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 	token := enrolled.Token
 	checkInBody := func() map[string]any {
 		return map[string]any{"build": "7.2.0", "model": "PX-7", "channel": "stable", "installed_patches": []string{},
-			"cloud_messaging": "auto_enabled", "number_encryption": false}
+			"cloud_messaging": "auto_enabled", "number_encryption": false, "utc_offset_minutes": 60}
 	}
 	reports := 0
 	reportBody := func() map[string]any {
 		reports++
-		return map[string]any{"report_id": fmt.Sprintf("rep-%d", reports), "patch_id": "CM-2026-001", "target": patchPath,
-			"state": "installing", "at": time.Now().UTC().Add(-time.Minute).Format(time.RFC3339Nano)}
+		return map[string]any{"report_id": fmt.Sprintf("rep-%d", reports), "patch_id": "CM-2026-001", "rollout_id": ro.ID,
+			"target": patchPath, "state": "installing", "at": time.Now().UTC().Add(-time.Minute).Format(time.RFC3339Nano)}
 	}
 	failedReportBody := func() map[string]any {
 		b := reportBody()
@@ -225,11 +228,11 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 	for _, k := range []string{"device_key", "signature", "timestamp"} {
 		fields = append(fields, inBody("enroll."+k, "/api/v1/devices", nil, keyedEnrollBody, k, false))
 	}
-	for _, k := range []string{"build", "model", "channel", "cloud_messaging", "number_encryption"} {
+	for _, k := range []string{"build", "model", "channel", "cloud_messaging", "number_encryption", "utc_offset_minutes"} {
 		fields = append(fields, inBody("checkin."+k, "/api/v1/checkin", bearer(token), checkInBody, k, false))
 	}
 	fields = append(fields, inBody("checkin.installed_patches", "/api/v1/checkin", bearer(token), checkInBody, "installed_patches", true))
-	for _, k := range []string{"report_id", "patch_id", "target", "state", "message", "at"} {
+	for _, k := range []string{"report_id", "patch_id", "rollout_id", "target", "state", "message", "at"} {
 		fields = append(fields, inBody("report."+k, "/api/v1/reports", bearer(token), reportBody, k, false))
 	}
 	fields = append(fields, inBody("report.error_code", "/api/v1/reports", bearer(token), failedReportBody, "error_code", false),

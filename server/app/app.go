@@ -36,10 +36,15 @@ type Config struct {
 	Now    func() time.Time
 	Expiry manifests.Expiry // default manifests.DefaultExpiry
 
-	// EnrollmentSecret and PollInterval configure the handset API
-	// (server.Fleet).
-	EnrollmentSecret string
-	PollInterval     time.Duration
+	// EnrollmentSecret, PollInterval and LastSeenResolution configure
+	// the handset API (server.Fleet).
+	EnrollmentSecret   string
+	PollInterval       time.Duration
+	LastSeenResolution time.Duration
+	// RolloutRefresh is how long a replica decides check-ins on its copy
+	// of the rollouts before reading them again (default
+	// server.DefaultRolloutRefresh).
+	RolloutRefresh time.Duration
 
 	// RefreshInterval is how often the background jobs run (default
 	// DefaultRefreshInterval); ReportRetention is how long install
@@ -49,9 +54,16 @@ type Config struct {
 	// AfterPass, when set, is called after each pass of the background
 	// jobs, so that a test waits for one instead of sleeping.
 	AfterPass func()
+	// Holder names this replica in the lease of the jobs that one
+	// replica runs for all (PoliciesLease); default a random id, new at
+	// each start. AfterPolicies, when set, is called after each pass of
+	// those jobs, which only the holder of the lease runs.
+	Holder        string
+	AfterPolicies func()
 
 	// API tunes the HTTP application. New sets its Logger, Checks (the
-	// database and the storage), Repo, Blobs, Tokens and Fleet.
+	// database and the storage), Repo, Blobs, Tokens, Fleet and
+	// RolloutMetrics.
 	API api.Config
 }
 
@@ -61,12 +73,24 @@ type Config struct {
 type App struct {
 	Repo  *manifests.Repository
 	Fleet *server.Fleet
-	API   *api.Server
+	// Eligibility is the check-ins' copy of the rollouts.
+	Eligibility *server.RolloutEligibility
+	// Rollouts is the operators' side of rollouts, behind the admin API.
+	Rollouts *server.RolloutService
+	API      *api.Server
+	// Evaluator runs the rollout policies (auto-halt, auto-advance) in
+	// the background jobs, on the replica holding PoliciesLease.
+	Evaluator *server.RolloutEvaluator
+	// RolloutMetrics are the rollout metrics on the API's /metrics; the
+	// fleet reports check-in decisions and reports to them, the
+	// Evaluator its events.
+	RolloutMetrics *api.RolloutMetrics
 
-	cfg  Config
-	log  *slog.Logger
-	stop context.CancelFunc
-	done chan struct{}
+	cfg      Config
+	log      *slog.Logger
+	stop     context.CancelFunc
+	done     chan struct{}
+	policies policyJobs
 }
 
 // New builds the App: it loads the published TUF repository from the blob
@@ -102,14 +126,19 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		a.log.Error("resuming a pending publish", slog.Any("error", err))
 	}
 	a.Repo = repo
+	a.buildPolicies()
 
+	a.Eligibility = &server.RolloutEligibility{Store: cfg.DB.Rollouts(), Source: repo,
+		Refresh: cfg.RolloutRefresh, Logger: cfg.Logger}
 	a.Fleet = &server.Fleet{
-		Store:            cfg.DB.Devices(),
-		Eligibility:      &server.NewestRelease{Source: repo},
-		Catalog:          &server.PublishedPatches{Source: repo},
-		EnrollmentSecret: cfg.EnrollmentSecret,
-		PollInterval:     cfg.PollInterval,
-		Now:              cfg.Now,
+		Store:              cfg.DB.Devices(),
+		Eligibility:        a.Eligibility,
+		Observer:           a.RolloutMetrics,
+		LastSeenResolution: cfg.LastSeenResolution,
+		Catalog:            &server.PublishedPatches{Source: repo},
+		EnrollmentSecret:   cfg.EnrollmentSecret,
+		PollInterval:       cfg.PollInterval,
+		Now:                cfg.Now,
 	}
 	apiCfg := cfg.API
 	apiCfg.Logger = cfg.Logger
@@ -121,6 +150,14 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	apiCfg.Blobs = cfg.Blobs
 	apiCfg.Tokens = server.Tokens{Store: cfg.DB.Tokens()}
 	apiCfg.Fleet = a.Fleet
+	// A change made through this replica, by an operator or by the
+	// policies, reaches its check-ins at once; other replicas see it
+	// within RolloutRefresh.
+	a.Evaluator.OnChange = a.Eligibility.Invalidate
+	a.Rollouts = &server.RolloutService{Store: cfg.DB.Rollouts(), Releases: repo, Now: cfg.Now,
+		OnChange: a.Eligibility.Invalidate}
+	apiCfg.Rollouts = a.Rollouts
+	apiCfg.RolloutMetrics = a.RolloutMetrics
 	a.API = api.New(apiCfg)
 	return a, nil
 }
@@ -146,17 +183,18 @@ func (a *App) Close() {
 // repositoryLoop keeps the TUF repository current until ctx ends: it picks
 // up other replicas' publishes, finishes an interrupted publish, re-signs
 // timestamp and snapshot ahead of expiry, warns (hourly) about offline
-// roles close to expiry, and deletes reports past their retention (hourly).
+// roles close to expiry and, on the one replica that holds PoliciesLease,
+// runs the rollout policies and deletes reports past their retention
+// (hourly). It gives the lease up when it ends.
 func (a *App) repositoryLoop(ctx context.Context) {
 	defer close(a.done)
+	defer a.releasePolicies()
 	tick := time.NewTicker(a.cfg.RefreshInterval)
 	defer tick.Stop()
-	var lastWarning, lastPrune time.Time
+	var lastWarning time.Time
 	for {
 		a.refreshRepository(ctx)
-		if time.Since(lastPrune) > time.Hour && a.pruneReports(ctx) {
-			lastPrune = time.Now()
-		}
+		a.runPolicies(ctx)
 		if time.Since(lastWarning) > time.Hour && a.warnExpiry() {
 			lastWarning = time.Now()
 		}

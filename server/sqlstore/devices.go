@@ -42,6 +42,7 @@ type deviceRow struct {
 	NumberEncryption bool
 	EnrolledAt       time.Time
 	LastSeen         time.Time
+	Rev              int64
 }
 
 func (deviceRow) TableName() string { return "devices" }
@@ -49,7 +50,7 @@ func (deviceRow) TableName() string { return "devices" }
 func (r *deviceRow) device() *server.Device {
 	d := &server.Device{ID: r.ID, Model: r.Model, Build: r.Build, Channel: r.Channel, Region: r.Region,
 		InstalledPatches: decodePatches(r.InstalledPatches), CloudMessaging: r.CloudMessaging,
-		NumberEncryption: r.NumberEncryption, EnrolledAt: r.EnrolledAt.UTC(), LastSeen: r.LastSeen.UTC()}
+		NumberEncryption: r.NumberEncryption, EnrolledAt: r.EnrolledAt.UTC(), LastSeen: r.LastSeen.UTC(), Rev: r.Rev}
 	if r.KeyFingerprint != nil {
 		d.KeyFingerprint = *r.KeyFingerprint
 	}
@@ -91,7 +92,7 @@ func decodePatches(s string) []string {
 
 // deviceColumns are the columns that make a server.Device, for RETURNING
 // and SELECT lists; token_hash is left out on purpose.
-const deviceColumns = "id, key_fingerprint, key_signed_at, model, build, channel, region, installed_patches, cloud_messaging, number_encryption, enrolled_at, last_seen"
+const deviceColumns = "id, key_fingerprint, key_signed_at, model, build, channel, region, installed_patches, cloud_messaging, number_encryption, enrolled_at, last_seen, rev"
 
 // maxEnrollAttempts bounds the insert-or-update loop of Enroll; see there.
 const maxEnrollAttempts = 3
@@ -126,7 +127,12 @@ func (s *DeviceStore) Enroll(ctx context.Context, d *server.Device, tokenHash st
 		NumberEncryption: d.NumberEncryption, EnrolledAt: dbTime(d.EnrolledAt), LastSeen: dbTime(d.LastSeen)}
 	g := s.db.gorm.WithContext(ctx)
 	if d.KeyFingerprint == "" {
-		err := g.Create(&row).Error
+		err := g.Transaction(func(tx *gorm.DB) error {
+			if err := tx.Create(&row).Error; err != nil {
+				return err
+			}
+			return moveDevice(tx, nil, &row)
+		})
 		if errors.Is(err, gorm.ErrDuplicatedKey) {
 			return "", false, fmt.Errorf("enroll device %s: id or token taken: %w", d.ID, server.ErrConflict)
 		}
@@ -142,47 +148,88 @@ func (s *DeviceStore) Enroll(ctx context.Context, d *server.Device, tokenHash st
 	row.KeyFingerprint, row.KeySignedAt = &d.KeyFingerprint, &signedAt
 	for range maxEnrollAttempts {
 		var ids []string
-		err := g.Raw(`INSERT INTO devices (id, token_hash, key_fingerprint, key_signed_at, model, build, channel, region,
+		err := g.Transaction(func(tx *gorm.DB) error {
+			err := tx.Raw(`INSERT INTO devices (id, token_hash, key_fingerprint, key_signed_at, model, build, channel, region,
 	installed_patches, cloud_messaging, number_encryption, enrolled_at, last_seen)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT DO NOTHING
 RETURNING id`, row.ID, row.TokenHash, row.KeyFingerprint, row.KeySignedAt, row.Model, row.Build, row.Channel, row.Region,
-			row.InstalledPatches, row.CloudMessaging, row.NumberEncryption, row.EnrolledAt, row.LastSeen).Scan(&ids).Error
-		if err = s.db.rawErr(err); err != nil {
+				row.InstalledPatches, row.CloudMessaging, row.NumberEncryption, row.EnrolledAt, row.LastSeen).Scan(&ids).Error
+			if err = s.db.rawErr(err); err != nil || len(ids) == 0 {
+				return err
+			}
+			return moveDevice(tx, nil, &row)
+		})
+		if err != nil {
 			return "", false, fmt.Errorf("enroll device: %w", err)
 		}
 		if len(ids) == 1 {
 			return ids[0], true, nil
 		}
-		// Devices enrolled before migration 5 have no signed timestamp:
-		// any is newer.
-		err = g.Raw(`UPDATE devices SET token_hash = ?, key_signed_at = ?, model = ?, build = ?, channel = ?, region = ?, last_seen = ?
-WHERE key_fingerprint = ? AND (key_signed_at IS NULL OR key_signed_at < ?)
-RETURNING id`, row.TokenHash, signedAt, row.Model, row.Build, row.Channel, row.Region, row.LastSeen,
-			d.KeyFingerprint, signedAt).Scan(&ids).Error
-		err = s.db.rawErr(err)
-		if errors.Is(err, gorm.ErrDuplicatedKey) {
-			return "", false, fmt.Errorf("re-enroll device: token taken: %w", server.ErrConflict)
+		id, updated, err := s.reEnroll(ctx, &row)
+		if err != nil || updated {
+			return id, false, err
 		}
-		if err != nil {
-			return "", false, fmt.Errorf("re-enroll device: %w", err)
-		}
-		if len(ids) == 1 {
-			return ids[0], false, nil
-		}
-		// Neither inserted nor updated: the key's device has a signed
-		// timestamp as new as this one or newer (a replay: refuse it),
-		// or it was erased in between (try again), or the id is taken by
-		// a device with another key (which trying again will not change).
-		var last []struct{ KeySignedAt *time.Time }
-		if err := g.Raw(`SELECT key_signed_at FROM devices WHERE key_fingerprint = ?`, d.KeyFingerprint).Scan(&last).Error; err != nil {
-			return "", false, fmt.Errorf("re-enroll device: %w", err)
-		}
-		if len(last) == 1 && last[0].KeySignedAt != nil && !last[0].KeySignedAt.Before(signedAt) {
-			return "", false, fmt.Errorf("%w: enrollment timestamp not newer than the last accepted for this key; sign a new enrollment", server.ErrConflict)
-		}
+		// Neither inserted nor updated: the device was erased in between
+		// (try again), or the id is taken by a device with another key
+		// (which trying again will not change).
 	}
 	return "", false, fmt.Errorf("enroll device %s: id or token taken by another device: %w", d.ID, server.ErrConflict)
+}
+
+// reEnroll replaces the token and the enrolled fields of the device with
+// row's key fingerprint, if row's signed timestamp is newer than the
+// stored one, moving the fleet rollups from what it was. Reading the old
+// row locks it (FOR UPDATE on PostgreSQL; SQLite's transaction holds the
+// write lock), so of two enrollments with the same timestamp (a replay
+// racing the original, or two replays) at most one updates. It returns
+// updated false when no device has the fingerprint.
+func (s *DeviceStore) reEnroll(ctx context.Context, row *deviceRow) (string, bool, error) {
+	var id string
+	err := s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		var old []deviceRow
+		if err := tx.Raw(`SELECT `+deviceColumns+` FROM devices WHERE key_fingerprint = ?`+s.db.forUpdate(),
+			*row.KeyFingerprint).Scan(&old).Error; err != nil {
+			return err
+		}
+		if len(old) == 0 {
+			return nil
+		}
+		// Devices enrolled before migration 5 have no signed timestamp:
+		// any is newer.
+		if old[0].KeySignedAt != nil && !old[0].KeySignedAt.Before(*row.KeySignedAt) {
+			return fmt.Errorf("%w: enrollment timestamp not newer than the last accepted for this key; sign a new enrollment", server.ErrConflict)
+		}
+		next := old[0]
+		next.TokenHash, next.KeySignedAt = row.TokenHash, row.KeySignedAt
+		next.Model, next.Build, next.Channel, next.Region, next.LastSeen = row.Model, row.Build, row.Channel, row.Region, row.LastSeen
+		err := tx.Exec(`UPDATE devices SET token_hash = ?, key_signed_at = ?, model = ?, build = ?, channel = ?, region = ?, last_seen = ?, rev = rev + 1
+WHERE id = ?`, next.TokenHash, next.KeySignedAt, next.Model, next.Build, next.Channel, next.Region, next.LastSeen, next.ID).Error
+		if err = s.db.rawErr(err); err != nil {
+			return err
+		}
+		id = next.ID
+		return moveDevice(tx, &old[0], &next)
+	})
+	switch {
+	case errors.Is(err, server.ErrConflict):
+		return "", false, err
+	case errors.Is(err, gorm.ErrDuplicatedKey):
+		return "", false, fmt.Errorf("re-enroll device: token taken: %w", server.ErrConflict)
+	case err != nil:
+		return "", false, fmt.Errorf("re-enroll device: %w", err)
+	}
+	return id, id != "", nil
+}
+
+// forUpdate is the locking clause of a read whose row the transaction
+// then writes: PostgreSQL locks the row; SQLite's write transaction
+// (BEGIN IMMEDIATE) already excludes every other writer.
+func (db *DB) forUpdate() string {
+	if db.dialect == dialectPostgres {
+		return " FOR UPDATE"
+	}
+	return ""
 }
 
 // rawErr translates the driver's error from Raw(...).Scan into gorm's
@@ -196,30 +243,128 @@ func (db *DB) rawErr(err error) error {
 	return err
 }
 
-// checkInSQL is the whole check-in: one statement, so one round trip on
-// PostgreSQL (pgx caches the prepared statement per connection) and one
-// write lock on SQLite.
-const checkInSQL = `UPDATE devices SET build = ?, model = ?, channel = ?, installed_patches = ?,
-	cloud_messaging = ?, number_encryption = ?, last_seen = ?
-WHERE token_hash = ?
-RETURNING ` + deviceColumns
+// checkInStateSQL is a check-in's one read: the device and its rollout
+// records, through the token_hash and device_id indexes.
+const checkInStateSQL = `SELECT d.id, d.key_fingerprint, d.key_signed_at, d.model, d.build, d.channel, d.region,
+	d.installed_patches, d.cloud_messaging, d.number_encryption, d.enrolled_at, d.last_seen, d.rev,
+	r.rollout_id AS r_rollout_id, r.model AS r_model, r.starting_build AS r_starting_build, r.offered_at AS r_offered_at,
+	r.last_offered_at AS r_last_offered_at, r.state AS r_state, r.attempts AS r_attempts,
+	r.last_failure_at AS r_last_failure_at, r.result_at AS r_result_at
+FROM devices d LEFT JOIN device_rollouts r ON r.device_id = d.id
+WHERE d.token_hash = ?`
 
-// CheckIn implements server.DeviceStore.
-func (s *DeviceStore) CheckIn(ctx context.Context, tokenHash string, ci server.CheckIn, now time.Time) (*server.Device, error) {
-	patches, err := encodePatches(ci.InstalledPatches)
+type checkInStateRow struct {
+	Device         deviceRow  `gorm:"embedded"`
+	RRolloutID     *string    `gorm:"column:r_rollout_id"`
+	RModel         *string    `gorm:"column:r_model"`
+	RStartingBuild *string    `gorm:"column:r_starting_build"`
+	ROfferedAt     *time.Time `gorm:"column:r_offered_at"`
+	RLastOfferedAt *time.Time `gorm:"column:r_last_offered_at"`
+	RState         *string    `gorm:"column:r_state"`
+	RAttempts      *int       `gorm:"column:r_attempts"`
+	RLastFailureAt *time.Time `gorm:"column:r_last_failure_at"`
+	RResultAt      *time.Time `gorm:"column:r_result_at"`
+}
+
+// CheckInState implements server.DeviceStore in one statement.
+func (s *DeviceStore) CheckInState(ctx context.Context, tokenHash string) (*server.Device, []*server.DeviceRollout, error) {
+	var rows []checkInStateRow
+	if err := s.db.gorm.WithContext(ctx).Raw(checkInStateSQL, tokenHash).Scan(&rows).Error; err != nil {
+		return nil, nil, fmt.Errorf("check in: read device: %w", err)
+	}
+	if len(rows) == 0 {
+		return nil, nil, server.ErrDeviceToken
+	}
+	var records []*server.DeviceRollout
+	for i := range rows {
+		r := &rows[i]
+		if r.RRolloutID == nil {
+			continue
+		}
+		row := deviceRolloutRow{RolloutID: *r.RRolloutID, DeviceID: r.Device.ID, Model: *r.RModel, StartingBuild: *r.RStartingBuild,
+			OfferedAt: *r.ROfferedAt, LastOfferedAt: *r.RLastOfferedAt, State: *r.RState, Attempts: *r.RAttempts,
+			LastFailureAt: r.RLastFailureAt, ResultAt: r.RResultAt}
+		records = append(records, row.deviceRollout())
+	}
+	return rows[0].Device.device(), records, nil
+}
+
+// saveCheckInSQL writes a check-in over the revision it read.
+const saveCheckInSQL = `UPDATE devices SET build = ?, model = ?, channel = ?, installed_patches = ?,
+	cloud_messaging = ?, number_encryption = ?, last_seen = ?, rev = rev + 1
+WHERE id = ? AND rev = ?`
+
+// SaveCheckIn implements server.DeviceStore: the update and the rollups
+// it moves in one transaction. The update is a compare-and-swap on rev,
+// so of two check-ins of one device read at the same revision only one
+// moves the rollups. A check-in that changes only last_seen on the same
+// day moves none and is a single statement.
+func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *server.Device) error {
+	oldRow, err := rowOf(old)
+	if err != nil {
+		return err
+	}
+	nextRow, err := rowOf(next)
+	if err != nil {
+		return err
+	}
+	nextRow.LastSeen = dbTime(next.LastSeen)
+	update := func(tx *gorm.DB) error {
+		res := tx.Exec(saveCheckInSQL, nextRow.Build, nextRow.Model, nextRow.Channel, nextRow.InstalledPatches,
+			nextRow.CloudMessaging, nextRow.NumberEncryption, nextRow.LastSeen, old.ID, old.Rev)
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			return errStaleDevice
+		}
+		return nil
+	}
+	g := s.db.gorm.WithContext(ctx)
+	if fleetKeyOf(oldRow) == fleetKeyOf(nextRow) && rollupDay(oldRow.LastSeen) == rollupDay(nextRow.LastSeen) {
+		err = update(g)
+	} else {
+		err = g.Transaction(func(tx *gorm.DB) error {
+			if err := update(tx); err != nil {
+				return err
+			}
+			return moveDevice(tx, oldRow, nextRow)
+		})
+	}
+	if errors.Is(err, errStaleDevice) {
+		return s.staleDevice(ctx, old.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("check in: %w", err)
+	}
+	next.Rev, next.LastSeen = old.Rev+1, nextRow.LastSeen
+	return nil
+}
+
+var errStaleDevice = errors.New("device changed since read")
+
+// staleDevice is SaveCheckIn's error when its update matched no row:
+// ErrDeviceToken when the device is gone, else ErrConflict.
+func (s *DeviceStore) staleDevice(ctx context.Context, id string) error {
+	var n int64
+	if err := s.db.gorm.WithContext(ctx).Raw("SELECT COUNT(*) FROM devices WHERE id = ?", id).Scan(&n).Error; err != nil {
+		return fmt.Errorf("check in: %w", err)
+	}
+	if n == 0 {
+		return server.ErrDeviceToken
+	}
+	return fmt.Errorf("%w: device %s changed since it was read", server.ErrConflict, id)
+}
+
+// rowOf is the row of d's stored state, for the rollups.
+func rowOf(d *server.Device) (*deviceRow, error) {
+	patches, err := encodePatches(d.InstalledPatches)
 	if err != nil {
 		return nil, err
 	}
-	var row deviceRow
-	res := s.db.gorm.WithContext(ctx).Raw(checkInSQL, ci.Build, ci.Model, ci.Channel, patches,
-		ci.CloudMessaging, ci.NumberEncryption, dbTime(now), tokenHash).Scan(&row)
-	if err := s.db.rawErr(res.Error); err != nil {
-		return nil, fmt.Errorf("check in: %w", err)
-	}
-	if res.RowsAffected == 0 {
-		return nil, server.ErrDeviceToken
-	}
-	return row.device(), nil
+	return &deviceRow{ID: d.ID, Model: d.Model, Build: d.Build, Channel: d.Channel, Region: d.Region,
+		InstalledPatches: patches, CloudMessaging: d.CloudMessaging, NumberEncryption: d.NumberEncryption,
+		EnrolledAt: d.EnrolledAt, LastSeen: d.LastSeen, Rev: d.Rev}, nil
 }
 
 // DeviceByToken implements server.DeviceStore.
@@ -276,6 +421,27 @@ func (db *DB) truncateWAL(ctx context.Context) error {
 
 func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 	return s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		var old []deviceRow
+		if err := tx.Raw(`SELECT `+deviceColumns+` FROM devices WHERE id = ?`+s.db.forUpdate(), id).Scan(&old).Error; err != nil {
+			return fmt.Errorf("read device: %w", err)
+		}
+		if len(old) == 0 {
+			return fmt.Errorf("device %s: %w", id, server.ErrNotFound)
+		}
+		var records []deviceRolloutRow
+		if err := tx.Where("device_id = ?", id).Find(&records).Error; err != nil {
+			return fmt.Errorf("read device rollout records: %w", err)
+		}
+		drs := make([]*server.DeviceRollout, len(records))
+		for i := range records {
+			drs[i] = records[i].deviceRollout()
+		}
+		if err := eraseDevice(tx, &old[0]); err != nil {
+			return err
+		}
+		if err := eraseRecords(tx, drs); err != nil {
+			return err
+		}
 		if err := tx.Where("device_id = ?", id).Delete(&patchStateRow{}).Error; err != nil {
 			return fmt.Errorf("delete device states: %w", err)
 		}

@@ -70,13 +70,13 @@ WHERE excluded.at > device_patch_states.at
 // for a concurrent transaction inserting the same key and the SELECT, a
 // new READ COMMITTED snapshot, sees what it committed; on SQLite the
 // transaction holds the write lock (BEGIN IMMEDIATE) throughout.
-func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (bool, error) {
+func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.ReportOutcome, error) {
+	var out server.ReportOutcome
 	if !slices.Contains(server.ReportStates, r.State) {
-		return false, fmt.Errorf("report state %q: %w", r.State, server.ErrInvalid)
+		return out, fmt.Errorf("report state %q: %w", r.State, server.ErrInvalid)
 	}
 	row := reportRow{DeviceID: r.DeviceID, ReportID: r.ID, PatchID: r.PatchID, Target: r.Target, State: r.State,
 		ErrorCode: r.ErrorCode, Message: r.Message, At: dbTime(r.At), ReceivedAt: dbTime(r.ReceivedAt)}
-	duplicate := false
 	err := s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		res := tx.Clauses(clause.OnConflict{
 			Columns:   []clause.Column{{Name: "device_id"}, {Name: "report_id"}},
@@ -86,7 +86,14 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (bool, err
 			return res.Error
 		}
 		if res.RowsAffected == 1 {
-			return tx.Exec(upsertStateSQL, row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At).Error
+			if err := tx.Exec(upsertStateSQL, row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At).Error; err != nil {
+				return err
+			}
+			moved, err := s.observe(tx, r)
+			if moved != nil {
+				out.RolloutID, out.RolloutState = moved.RolloutID, moved.State
+			}
+			return err
 		}
 		var stored []reportRow
 		if err := tx.Where("device_id = ? AND report_id = ?", row.DeviceID, row.ReportID).Find(&stored).Error; err != nil {
@@ -97,19 +104,66 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (bool, err
 		if len(stored) == 1 && !sameReport(stored[0], row) {
 			return fmt.Errorf("%w: report_id %s already used for a different report", server.ErrConflict, r.ID)
 		}
-		duplicate = true
+		out.Duplicate = true
 		return nil
 	})
 	if errors.Is(err, gorm.ErrForeignKeyViolated) {
-		return false, fmt.Errorf("device %s: %w", r.DeviceID, server.ErrNotFound)
+		return server.ReportOutcome{}, fmt.Errorf("device %s: %w", r.DeviceID, server.ErrNotFound)
 	}
 	if errors.Is(err, server.ErrConflict) {
-		return false, err
+		return server.ReportOutcome{}, err
 	}
 	if err != nil {
-		return false, fmt.Errorf("add report: %w", err)
+		return server.ReportOutcome{}, fmt.Errorf("add report: %w", err)
 	}
-	return duplicate, nil
+	return out, nil
+}
+
+// reportRecordSQL finds the record a report moves: the one of the rollout
+// it names, else the device's latest offer of its patch. FOR UPDATE (on
+// PostgreSQL) holds the record until the transaction ends, so two reports
+// of one device at once move it one after the other.
+const reportRecordSQL = `SELECT dr.rollout_id, dr.device_id, dr.model, dr.starting_build, dr.offered_at, dr.last_offered_at,
+	dr.state, dr.attempts, dr.last_failure_at, dr.result_at
+FROM device_rollouts dr JOIN rollouts ro ON ro.id = dr.rollout_id
+WHERE dr.device_id = ? AND ro.patch_id = ?
+ORDER BY CASE WHEN dr.rollout_id = ? THEN 0 ELSE 1 END, dr.last_offered_at DESC, dr.rollout_id DESC
+LIMIT 1`
+
+// observe moves the device's rollout record that report r is about by
+// server.DeviceRollout.Observe, with the rollups, in tx. It returns the
+// record as moved, or nil when there is none or it did not move.
+func (s *DeviceStore) observe(tx *gorm.DB, r server.Report) (*server.DeviceRollout, error) {
+	var rows []deviceRolloutRow
+	lock := ""
+	if s.db.dialect == dialectPostgres {
+		lock = " FOR UPDATE OF dr"
+	}
+	if err := tx.Raw(reportRecordSQL+lock, r.DeviceID, r.PatchID, r.RolloutID).Scan(&rows).Error; err != nil {
+		return nil, fmt.Errorf("read rollout record: %w", err)
+	}
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	old := rows[0].deviceRollout()
+	next := *old
+	next.Observe(r.State, r.ReceivedAt)
+	if next == *old {
+		return nil, nil
+	}
+	err := tx.Exec(`UPDATE device_rollouts SET state = ?, last_failure_at = ?, result_at = ?
+WHERE rollout_id = ? AND device_id = ?`, next.State, optionalTime(next.LastFailureAt), optionalTime(next.ResultAt),
+		next.RolloutID, next.DeviceID).Error
+	if err != nil {
+		return nil, fmt.Errorf("move rollout record: %w", err)
+	}
+	if err := moveRecords(tx, recordMove(old, &next)); err != nil {
+		return nil, err
+	}
+	if err := countResult(tx, old, &next, r.ErrorCode, r.ReceivedAt); err != nil {
+		return nil, err
+	}
+	return &next, nil
 }
 
 // sameReport reports whether two rows of one report id hold the same

@@ -310,12 +310,15 @@ func (row *rolloutEventRow) event() (server.Event, error) {
 }
 
 // CreateRollout implements server.RolloutStore.
-func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, ev server.Event) error {
+func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, evs ...server.Event) error {
+	if len(evs) == 0 {
+		return fmt.Errorf("create rollout %s: no event: %w", r.ID, server.ErrInvalid)
+	}
 	row, err := toRolloutRow(r, 1)
 	if err != nil {
 		return err
 	}
-	events, err := eventRows(r.ID, []server.Event{ev})
+	events, err := eventRows(r.ID, evs)
 	if err != nil {
 		return err
 	}
@@ -461,6 +464,55 @@ func (s *RolloutStore) RolloutEvents(ctx context.Context, rolloutID string, limi
 	return out, nil
 }
 
+// AuditEvents implements server.RolloutStore. Newest first is by id,
+// the order the transactions inserted the events: with a rollout id the
+// (rollout_id, id) index gives them in that order, without one the
+// primary key does, and the other filters are checked on the rows it
+// walks until the limit is reached.
+func (s *RolloutStore) AuditEvents(ctx context.Context, f server.AuditFilter) ([]server.Event, error) {
+	var rows []rolloutEventRow
+	if err := auditQuery(s.db.gorm.WithContext(ctx), f).Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("read the audit log: %w", err)
+	}
+	out := make([]server.Event, len(rows))
+	for i := range rows {
+		ev, err := rows[i].event()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = ev
+	}
+	return out, nil
+}
+
+// auditQuery is AuditEvents' query of rollout_events.
+func auditQuery(g *gorm.DB, f server.AuditFilter) *gorm.DB {
+	limit := f.Limit
+	switch {
+	case limit < 1:
+		limit = server.DefaultAuditLimit
+	case limit > server.MaxAuditLimit:
+		limit = server.MaxAuditLimit
+	}
+	q := g.Model(&rolloutEventRow{}).Order("id DESC").Limit(limit)
+	if f.RolloutID != "" {
+		q = q.Where("rollout_id = ?", f.RolloutID)
+	}
+	if f.Actor != "" {
+		q = q.Where("actor = ?", f.Actor)
+	}
+	if f.Action != "" {
+		q = q.Where("action = ?", f.Action)
+	}
+	if !f.Since.IsZero() {
+		q = q.Where("at >= ?", dbTime(f.Since))
+	}
+	if !f.Until.IsZero() {
+		q = q.Where("at < ?", dbTime(f.Until))
+	}
+	return q
+}
+
 func (row *deviceRolloutRow) deviceRollout() *server.DeviceRollout {
 	return &server.DeviceRollout{RolloutID: row.RolloutID, DeviceID: row.DeviceID, Model: row.Model,
 		StartingBuild: row.StartingBuild, OfferedAt: row.OfferedAt.UTC(), LastOfferedAt: row.LastOfferedAt.UTC(),
@@ -568,4 +620,62 @@ func (s *RolloutStore) PruneOfferBudget(ctx context.Context, before time.Time) (
 		return 0, fmt.Errorf("prune offer budgets: %w", res.Error)
 	}
 	return res.RowsAffected, nil
+}
+
+// RecordOffer implements server.RolloutStore: the budget claim, the
+// record and its rollup in one transaction. A first offer inserts the
+// record unless one exists (ON CONFLICT DO NOTHING: a concurrent check-in
+// of the same handset inserted it and counted it); a retry moves the
+// record from the failed attempt it read (a compare-and-swap on state
+// and attempts: a concurrent retry counted it already). Either way the
+// claim is rolled back when nothing was written, so the budget counts
+// offers actually made.
+func (s *RolloutStore) RecordOffer(ctx context.Context, dec server.Decision, prev, next *server.DeviceRollout, limit int, now time.Time) (bool, error) {
+	if next == nil || (dec.Kind != server.OfferFirst && dec.Kind != server.OfferRetry) || (dec.Kind == server.OfferRetry && prev == nil) {
+		return false, fmt.Errorf("record offer of rollout %s: not a first offer or a retry: %w", dec.RolloutID, server.ErrInvalid)
+	}
+	errFull := errors.New("budget full")
+	errRaced := errors.New("raced")
+	err := s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if limit > 0 {
+			res := tx.Exec(claimOfferSQL, dec.RolloutID, dbTime(now).Truncate(time.Minute), limit)
+			if res.Error != nil {
+				return fmt.Errorf("claim an offer: %w", res.Error)
+			}
+			if res.RowsAffected == 0 {
+				return errFull
+			}
+		}
+		var res *gorm.DB
+		if dec.Kind == server.OfferFirst {
+			res = tx.Exec(`INSERT INTO device_rollouts (rollout_id, device_id, model, starting_build, offered_at,
+	last_offered_at, state, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (rollout_id, device_id) DO NOTHING`, next.RolloutID, next.DeviceID, next.Model, next.StartingBuild,
+				dbTime(next.OfferedAt), dbTime(next.LastOfferedAt), next.State, next.Attempts)
+		} else {
+			res = tx.Exec(`UPDATE device_rollouts SET state = ?, attempts = ?, last_offered_at = ?
+WHERE rollout_id = ? AND device_id = ? AND state = ? AND attempts = ?`, next.State, next.Attempts,
+				dbTime(next.LastOfferedAt), next.RolloutID, next.DeviceID, prev.State, prev.Attempts)
+		}
+		if err := s.db.rawErr(res.Error); err != nil {
+			return err
+		}
+		if res.RowsAffected == 0 {
+			return errRaced
+		}
+		var old *server.DeviceRollout
+		if dec.Kind == server.OfferRetry {
+			old = prev
+		}
+		return moveRecords(tx, recordMove(old, next))
+	})
+	switch {
+	case err == nil, errors.Is(err, errRaced):
+		return true, nil
+	case errors.Is(err, errFull):
+		return false, nil
+	case errors.Is(err, gorm.ErrForeignKeyViolated):
+		return false, fmt.Errorf("rollout %s or device %s: %w", next.RolloutID, next.DeviceID, server.ErrNotFound)
+	}
+	return false, fmt.Errorf("rollout %s: record offer to device %s: %w", dec.RolloutID, next.DeviceID, err)
 }

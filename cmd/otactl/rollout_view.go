@@ -1,0 +1,370 @@
+package main
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/patchfleet/ota/server/api"
+)
+
+// fmtPercent is a stage percent as the operator typed it: 1, 0.5, 75.
+func fmtPercent(p float64) string { return strconv.FormatFloat(p, 'f', -1, 64) }
+
+// fmtRate is a fraction as a percent with one decimal: 0.2 is "20.0%".
+func fmtRate(f float64) string { return strconv.FormatFloat(f*100, 'f', 1, 64) + "%" }
+
+// stageLine is "running, stage 2 of 4 (10%)".
+func stageLine(r *api.Rollout) string {
+	return fmt.Sprintf("%s, stage %d of %d (%s%%)", r.State, r.Stage+1, len(r.Stages), fmtPercent(r.Percent))
+}
+
+func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+func listOrAll(what string, values []string) string {
+	if len(values) == 0 {
+		return what + " all"
+	}
+	return what + " " + strings.Join(values, ", ")
+}
+
+func buildRange(lo, hi string) string {
+	switch {
+	case lo == "" && hi == "":
+		return "builds all"
+	case hi == "":
+		return "builds " + lo + " and newer"
+	case lo == "":
+		return "builds up to " + hi
+	}
+	return "builds " + lo + " to " + hi
+}
+
+// holdNumbers is "(12 failed of 60 results = 20.0%, limit 5.0%, over
+// 1h)", or "" for a hold an operator set.
+func holdNumbers(h *api.RolloutHold) string {
+	n := h.Installed + h.Failed
+	if n == 0 && h.Rate == 0 {
+		return ""
+	}
+	s := fmt.Sprintf("(%d failed of %d results = %s, limit %s", h.Failed, n, fmtRate(h.Rate), fmtRate(h.MaxRate))
+	if h.Window != "" {
+		s += ", over " + h.Window
+	}
+	return s + ")"
+}
+
+// holdText is "at TIME by ACTOR: REASON (numbers)".
+func holdText(h *api.RolloutHold) string {
+	s := fmt.Sprintf("at %s by %s: %s", fmtTime(h.At), h.Actor, h.Reason)
+	if n := holdNumbers(h); n != "" {
+		s += " " + n
+	}
+	return s
+}
+
+// policyText says the policy in words.
+func policyText(p *api.RolloutPolicy) []string {
+	lines := []string{fmt.Sprintf("halt above %s failures over %s once %d results are in (per model too)",
+		fmtRate(p.MaxFailureRate), p.FailureWindow, p.MinResults)}
+	if p.Soak == "" || p.Soak == "0s" {
+		lines = append(lines, "no auto-advance: advance by hand")
+	} else {
+		lines = append(lines, "advance on its own after "+p.Soak+" healthy")
+	}
+	switch {
+	case p.Retries == 0:
+		lines = append(lines, "no retries")
+	default:
+		lines = append(lines, fmt.Sprintf("%d retries after %s", p.Retries, strings.Join(p.Backoff, ", ")))
+	}
+	if p.MaxOffersPerMinute > 0 {
+		lines = append(lines, fmt.Sprintf("at most %d new offers per minute", p.MaxOffersPerMinute))
+	} else {
+		lines = append(lines, "no cap on offers per minute")
+	}
+	if p.Window != "" {
+		lines = append(lines, "new offers only "+p.Window+" handset-local time")
+	} else {
+		lines = append(lines, "new offers at any hour")
+	}
+	return lines
+}
+
+// printRollout is what "rollout show" prints.
+func printRollout(w io.Writer, r *api.Rollout, now time.Time) {
+	fmt.Fprintf(w, "rollout %s: %s\n", r.ID, stageLine(r))
+	rel := r.Release
+	fmt.Fprintf(w, "  release:  %s (patch %s, installs build %s; %s, %s)\n", rel.Target, rel.PatchID, rel.InstallsBuild,
+		listOrAll("models", rel.Models), buildRange(rel.BuildMin, rel.BuildMax))
+	sel := r.Selector
+	fmt.Fprintf(w, "  selector: %s; %s; %s; %s\n", listOrAll("models", sel.Models), listOrAll("channels", sel.Channels),
+		listOrAll("regions", sel.Regions), buildRange(sel.BuildMin, sel.BuildMax))
+	var stages []string
+	for i, p := range r.Stages {
+		s := fmtPercent(p) + "%"
+		if i == r.Stage {
+			s = "[" + s + "]"
+		}
+		stages = append(stages, s)
+	}
+	fmt.Fprintf(w, "  stages:   %s\n", strings.Join(stages, " "))
+	fmt.Fprintf(w, "  policy:   %s\n", strings.Join(policyText(&r.Policy), ";\n            "))
+	if h := r.Halt; h != nil {
+		fmt.Fprintf(w, "  HALTED %s\n", holdText(h))
+	}
+	if len(r.Holds) > 0 {
+		fmt.Fprintln(w, "  held models:")
+		for i := range r.Holds {
+			fmt.Fprintf(w, "    %s held %s\n", r.Holds[i].Model, holdText(&r.Holds[i]))
+		}
+	}
+	times := []string{fmt.Sprintf("created by %s at %s", r.CreatedBy, fmtTime(r.CreatedAt))}
+	if r.StartedAt != nil {
+		times = append(times, "started "+fmtTime(*r.StartedAt))
+	}
+	if r.StageStartedAt != nil && r.State != "completed" && r.State != "aborted" {
+		s := "stage started " + fmtTime(*r.StageStartedAt)
+		if soak, err := time.ParseDuration(r.Policy.Soak); err == nil && soak > 0 && r.State == "running" {
+			start := *r.StageStartedAt
+			if r.HealthSince != nil && r.HealthSince.After(start) {
+				start = *r.HealthSince
+			}
+			s += fmt.Sprintf(" (soaked %s of %s)", roughDuration(max(now.Sub(start), 0)), r.Policy.Soak)
+		}
+		times = append(times, s)
+	}
+	if r.EndedAt != nil {
+		times = append(times, "ended "+fmtTime(*r.EndedAt))
+	}
+	fmt.Fprintf(w, "  %s; version %d\n", strings.Join(times, "; "), r.Version)
+	switch {
+	case r.State == "draft":
+		fmt.Fprintf(w, "  next: otactl rollout start %s --reason TEXT\n", r.ID)
+	case r.State == "paused" && r.Halt != nil:
+		fmt.Fprintf(w, "  next: once the cause is fixed, otactl rollout resume %s --reason TEXT\n", r.ID)
+	case r.State == "paused":
+		fmt.Fprintf(w, "  paused by an operator (otactl rollout events %s says why); otactl rollout resume %s --reason TEXT\n", r.ID, r.ID)
+	}
+}
+
+// printEvents prints audit events one a line, tab-separated: time,
+// rollout (withRollout), actor, action, transition, reason and detail.
+func printEvents(w io.Writer, evs []api.RolloutEvent, withRollout bool) {
+	if len(evs) == 0 {
+		fmt.Fprintln(w, "no events")
+		return
+	}
+	for _, ev := range evs {
+		cols := []string{fmtTime(ev.At)}
+		if withRollout {
+			cols = append(cols, ev.RolloutID)
+		}
+		action := ev.Action
+		if ev.Model != "" {
+			action += " " + ev.Model
+		}
+		to := ev.ToState + " " + fmtPercent(ev.ToPercent) + "%"
+		transition := to
+		if from := ev.FromState + " " + fmtPercent(ev.FromPercent) + "%"; ev.FromState != "" && from != to {
+			transition = from + " -> " + to
+		}
+		why := ev.Reason
+		if ev.Hold != nil && ev.Action != "release_hold" && ev.Action != "resume" {
+			if n := holdNumbers(ev.Hold); n != "" {
+				why += " " + n
+			}
+		}
+		if ev.Detail != "" {
+			why += "; " + ev.Detail
+		}
+		cols = append(cols, ev.Actor, action, transition, why)
+		fmt.Fprintln(w, strings.Join(cols, "\t"))
+	}
+}
+
+// conflictHint explains a 409 to action on rollout r (read after the
+// refusal) and says what to do next; "" when it has nothing to add.
+func conflictHint(action string, r *api.Rollout, msg string) string {
+	id := r.ID
+	resume := fmt.Sprintf("resume it with otactl rollout resume %s --reason TEXT", id)
+	switch {
+	case strings.Contains(msg, "changed meanwhile"):
+		return fmt.Sprintf("rollout %s kept changing while otactl tried to %s it; look at it with otactl rollout show %s and try again", id, action, id)
+	case strings.Contains(msg, "already held"):
+		return fmt.Sprintf("%s; otactl rollout show %s lists the held models", msg, id)
+	case r.State == "aborted" && action == "abort":
+		return fmt.Sprintf("rollout %s is aborted already", id)
+	case r.State == "aborted":
+		return fmt.Sprintf("rollout %s is aborted, which is final; create a new one with otactl rollout create --release %s --stages ...", id, r.Release.Target)
+	case r.State == "draft":
+		return fmt.Sprintf("rollout %s is a draft; start it with otactl rollout start %s --reason TEXT", id, id)
+	case action == "start" && r.State == "paused":
+		return fmt.Sprintf("rollout %s was started and is paused; %s", id, resume)
+	case action == "start" || action == "resume":
+		return fmt.Sprintf("rollout %s is %s already; otactl rollout show %s shows it", id, r.State, id)
+	case r.State == "paused" && action != "advance":
+		return fmt.Sprintf("rollout %s is paused; %s", id, resume)
+	case action == "advance" && r.State == "completed" && r.Percent >= 100:
+		return fmt.Sprintf("rollout %s is completed at 100%%: it offers the release to every selected handset already", id)
+	case action == "advance" && r.State == "completed":
+		return fmt.Sprintf("rollout %s is completed at %s%%; widen it with otactl rollout advance %s --percent P --reason TEXT, P above %s",
+			id, fmtPercent(r.Percent), id, fmtPercent(r.Percent))
+	case action == "advance" && r.State == "paused":
+		return fmt.Sprintf("rollout %s is paused at its last stage (%s%%); %s, then complete it with otactl rollout complete %s --reason TEXT",
+			id, fmtPercent(r.Percent), resume, id)
+	case action == "advance":
+		return fmt.Sprintf("rollout %s is at its last stage (%s%%); complete it with otactl rollout complete %s --reason TEXT", id, fmtPercent(r.Percent), id)
+	case action == "complete" && r.State == "completed":
+		return fmt.Sprintf("rollout %s is completed already", id)
+	case action == "complete":
+		return fmt.Sprintf("rollout %s is at stage %d of %d (%s%%); advance it first with otactl rollout advance %s --reason TEXT",
+			id, r.Stage+1, len(r.Stages), fmtPercent(r.Percent), id)
+	}
+	return ""
+}
+
+// rolloutReport is what watch reads of GET /admin/rollouts/{id}/report.
+type rolloutReport struct {
+	// Eligible is the selected handsets not yet on the release;
+	// Target those expected in the current stage.
+	Eligible       int64          `json:"eligible"`
+	Target         int64          `json:"target"`
+	Offered        int64          `json:"offered"`
+	Pending        int64          `json:"pending"`
+	Downloading    int64          `json:"downloading"`
+	Installed      int64          `json:"installed"`
+	Failed         int64          `json:"failed"`
+	RolledBack     int64          `json:"rolled_back"`
+	ByModel        []reportModel  `json:"by_model"`
+	FailureCodes   []failureCount `json:"failure_codes"`
+	OfferToInstall struct {
+		P50   float64 `json:"p50"`
+		P95   float64 `json:"p95"`
+		Count int64   `json:"count"`
+	} `json:"offer_to_install_seconds"`
+}
+
+type reportModel struct {
+	Model     string `json:"model"`
+	Offered   int64  `json:"offered"`
+	Installed int64  `json:"installed"`
+	Failed    int64  `json:"failed"`
+	// Held is true, or the hold, when the model is held.
+	Held json.RawMessage `json:"held"`
+}
+
+type failureCount struct {
+	ErrorCode string `json:"error_code"`
+	Count     int64  `json:"count"`
+}
+
+func held(raw json.RawMessage) bool {
+	s := strings.TrimSpace(string(raw))
+	return s != "" && s != "null" && s != "false"
+}
+
+// barWidth is the width of a stage's progress bar.
+const barWidth = 30
+
+func bar(fraction float64) string {
+	n := int(math.Round(min(max(fraction, 0), 1) * barWidth))
+	return "[" + strings.Repeat("#", n) + strings.Repeat("-", barWidth-n) + "]"
+}
+
+func seconds(s float64) string {
+	return api.FormatDuration(time.Duration(s * float64(time.Second)).Round(time.Second))
+}
+
+// renderWatch is one frame of "rollout watch": the rollout, a progress
+// bar per stage and the report's numbers. rep is nil without a report
+// (repErr says why, or nil when the server has none). For stage i at
+// percent p, the handsets expected are (eligible + installed) * p / 100
+// and the bar is installed of those; stages past the current are empty.
+func renderWatch(r *api.Rollout, rep *rolloutReport, repErr error) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "rollout %s: %s\n", r.ID, stageLine(r))
+	fmt.Fprintf(&b, "release %s (patch %s, installs build %s)\n", r.Release.Target, r.Release.PatchID, r.Release.InstallsBuild)
+	if h := r.Halt; h != nil {
+		fmt.Fprintf(&b, "HALTED %s\n", holdText(h))
+	}
+	for i := range r.Holds {
+		fmt.Fprintf(&b, "HELD %s %s\n", r.Holds[i].Model, holdText(&r.Holds[i]))
+	}
+	b.WriteString("\n")
+	var base float64
+	if rep != nil {
+		base = float64(rep.Eligible + rep.Installed)
+	}
+	for i, p := range r.Stages {
+		mark := "  "
+		if i == r.Stage {
+			mark = "> "
+		}
+		line := fmt.Sprintf("%sstage %d %5s%% ", mark, i+1, fmtPercent(p))
+		expected := math.Round(base * p / 100)
+		switch {
+		case rep == nil:
+			line += bar(0)
+		case i > r.Stage:
+			line += fmt.Sprintf("%s        %d expected", bar(0), int64(expected))
+		default:
+			f := 0.0
+			if expected > 0 {
+				f = min(float64(rep.Installed), expected) / expected
+			}
+			line += fmt.Sprintf("%s %5.1f%%  %d of %d installed", bar(f), f*100, int64(min(float64(rep.Installed), expected)), int64(expected))
+		}
+		b.WriteString(strings.TrimRight(line, " ") + "\n")
+	}
+	b.WriteString("\n")
+	switch {
+	case repErr != nil:
+		fmt.Fprintf(&b, "report unavailable: %s\n", oneLine(repErr.Error()))
+	case rep == nil:
+		b.WriteString("no report for this rollout on the server: numbers unavailable\n")
+	default:
+		fmt.Fprintf(&b, "eligible %d  in this stage %d  offered %d  pending %d  downloading %d  installed %d  failed %d  rolled back %d\n",
+			rep.Eligible, rep.Target, rep.Offered, rep.Pending, rep.Downloading, rep.Installed, rep.Failed, rep.RolledBack)
+		if n := rep.Installed + rep.Failed; n > 0 {
+			fmt.Fprintf(&b, "failure rate %s of %d results (halts above %s over %s once %d are in)\n",
+				fmtRate(float64(rep.Failed)/float64(n)), n, fmtRate(r.Policy.MaxFailureRate), r.Policy.FailureWindow, r.Policy.MinResults)
+		}
+		if t := rep.OfferToInstall; t.Count > 0 {
+			fmt.Fprintf(&b, "offer to install: p50 %s, p95 %s (%d installs)\n", seconds(t.P50), seconds(t.P95), t.Count)
+		}
+		if len(rep.ByModel) > 0 {
+			b.WriteString("by model:\n")
+			width := 0
+			for _, m := range rep.ByModel {
+				width = max(width, len(m.Model))
+			}
+			for _, m := range rep.ByModel {
+				line := fmt.Sprintf("  %-*s  offered %d  installed %d  failed %d", width, m.Model, m.Offered, m.Installed, m.Failed)
+				if held(m.Held) {
+					line += "  HELD"
+				}
+				b.WriteString(line + "\n")
+			}
+		}
+		if len(rep.FailureCodes) > 0 {
+			codes := slices.Clone(rep.FailureCodes)
+			slices.SortStableFunc(codes, func(a, b failureCount) int { return cmp.Compare(b.Count, a.Count) })
+			var parts []string
+			for _, c := range codes[:min(len(codes), 5)] {
+				parts = append(parts, fmt.Sprintf("%s %d", c.ErrorCode, c.Count))
+			}
+			fmt.Fprintf(&b, "top failures: %s\n", strings.Join(parts, ", "))
+		}
+	}
+	if r.State == "completed" || r.State == "aborted" {
+		fmt.Fprintf(&b, "rollout %s is %s: nothing more to watch\n", r.ID, r.State)
+	}
+	return b.String()
+}

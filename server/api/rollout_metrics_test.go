@@ -1,0 +1,156 @@
+package api
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// metricsRollouts are a snapshot of one rollout in each situation the
+// gauges show, at metricsNow.
+func metricsRollouts() []*server.Rollout {
+	stages := []float64{1, 10, 50, 100}
+	return []*server.Rollout{
+		{ID: "ro_run", State: server.RolloutRunning, Stages: stages, Stage: 1,
+			Holds: []server.Hold{{Model: "PX-7", Actor: server.SystemActor}}},
+		{ID: "ro_halted", State: server.RolloutPaused, Stages: stages, Stage: 2,
+			Halt: &server.Hold{Actor: server.SystemActor, Reason: "20% failed"}},
+		{ID: "ro_draft", State: server.RolloutDraft, Stages: stages},
+		{ID: "ro_aborted", State: server.RolloutAborted, Stages: stages, EndedAt: metricsNow.Add(-23 * time.Hour)},
+		{ID: "ro_old", State: server.RolloutAborted, Stages: stages, Stage: 3, EndedAt: metricsNow.Add(-25 * time.Hour)},
+	}
+}
+
+var metricsNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// TestRolloutMetrics feeds decisions, reports and events, then scrapes:
+// offers count by rollout and kind, refusals by reason alone, only the
+// system's halts and holds are auto-halts, each rollout has its state
+// gauges, and a rollout aborted more than a day ago has no series left.
+func TestRolloutMetrics(t *testing.T) {
+	m := NewRolloutMetrics(metricsRollouts, func() time.Time { return metricsNow })
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m)
+
+	for _, dec := range []server.Decision{
+		{RolloutID: "ro_run", Kind: server.OfferFirst},
+		{RolloutID: "ro_run", Kind: server.OfferFirst},
+		{RolloutID: "ro_run", Kind: server.OfferRetry},
+		{RolloutID: "ro_run", Kind: server.OfferRepeat},
+		{RolloutID: "ro_old", Kind: server.OfferRepeat},
+		{RolloutID: "ro_run", Reason: server.ErrNotInCohort},
+		{RolloutID: "ro_halted", Reason: server.ErrNotInCohort},
+		{RolloutID: "ro_halted", Reason: server.ErrRolloutHalted},
+		{RolloutID: "ro_run", Reason: server.ErrModelHeld},
+	} {
+		m.Decided(dec)
+	}
+	m.Reported("ro_run", server.StateInstalled)
+	m.Reported("ro_run", server.StateInstalled)
+	m.Reported("ro_run", server.StateFailed)
+	m.Reported("ro_run", "made-up")
+	m.Reported("ro_old", server.StateInstalled)
+	for _, ev := range []server.Event{
+		{RolloutID: "ro_halted", Actor: server.SystemActor, Action: server.ActionHalt},
+		{RolloutID: "ro_run", Actor: server.SystemActor, Action: server.ActionHold, Model: "PX-7"},
+		{RolloutID: "ro_run", Actor: server.SystemActor, Action: server.ActionAdvance},
+		{RolloutID: "ro_run", Actor: "alice", Action: server.ActionHold, Model: "PX-8"},
+		{RolloutID: "ro_run", Actor: "alice", Action: server.ActionPause},
+		{RolloutID: "ro_old", Actor: server.SystemActor, Action: server.ActionHalt},
+	} {
+		m.Event(ev)
+	}
+
+	want := `
+# HELP otad_rollout_auto_halts_total Automatic stops for failures, by rollout and scope: rollout (the whole rollout halted) or model (one model held).
+# TYPE otad_rollout_auto_halts_total counter
+otad_rollout_auto_halts_total{rollout="ro_draft",scope="model"} 0
+otad_rollout_auto_halts_total{rollout="ro_draft",scope="rollout"} 0
+otad_rollout_auto_halts_total{rollout="ro_halted",scope="model"} 0
+otad_rollout_auto_halts_total{rollout="ro_halted",scope="rollout"} 1
+otad_rollout_auto_halts_total{rollout="ro_run",scope="model"} 1
+otad_rollout_auto_halts_total{rollout="ro_run",scope="rollout"} 0
+# HELP otad_rollout_halted 1 while the rollout is halted by its failure policy (until resumed), else 0.
+# TYPE otad_rollout_halted gauge
+otad_rollout_halted{rollout="ro_aborted"} 0
+otad_rollout_halted{rollout="ro_draft"} 0
+otad_rollout_halted{rollout="ro_halted"} 1
+otad_rollout_halted{rollout="ro_run"} 0
+# HELP otad_rollout_held_models Models of the rollout held, by a policy or an operator.
+# TYPE otad_rollout_held_models gauge
+otad_rollout_held_models{rollout="ro_aborted"} 0
+otad_rollout_held_models{rollout="ro_draft"} 0
+otad_rollout_held_models{rollout="ro_halted"} 0
+otad_rollout_held_models{rollout="ro_run"} 1
+# HELP otad_rollout_offers_total Offers check-ins answered, by rollout and kind: first (the rollout's first offer to the handset), retry (after a failed install), repeat (the offer the handset has, again).
+# TYPE otad_rollout_offers_total counter
+otad_rollout_offers_total{kind="first",rollout="ro_run"} 2
+otad_rollout_offers_total{kind="repeat",rollout="ro_run"} 1
+otad_rollout_offers_total{kind="retry",rollout="ro_run"} 1
+# HELP otad_rollout_refusals_total Check-ins a rollout decided to make no offer to, by reason (not_in_cohort, outside_window, offer_cap_reached, ...).
+# TYPE otad_rollout_refusals_total counter
+otad_rollout_refusals_total{reason="model_held"} 1
+otad_rollout_refusals_total{reason="not_in_cohort"} 2
+otad_rollout_refusals_total{reason="rollout_halted"} 1
+# HELP otad_rollout_reports_total Install reports that moved a handset's record of a rollout, by rollout and reported state.
+# TYPE otad_rollout_reports_total counter
+otad_rollout_reports_total{rollout="ro_run",state="failed"} 1
+otad_rollout_reports_total{rollout="ro_run",state="installed"} 2
+otad_rollout_reports_total{rollout="ro_run",state="other"} 1
+# HELP otad_rollout_stage_percent Percent of the selected handsets in the rollout's current stage.
+# TYPE otad_rollout_stage_percent gauge
+otad_rollout_stage_percent{rollout="ro_aborted"} 1
+otad_rollout_stage_percent{rollout="ro_draft"} 1
+otad_rollout_stage_percent{rollout="ro_halted"} 50
+otad_rollout_stage_percent{rollout="ro_run"} 10
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"otad_rollout_auto_halts_total", "otad_rollout_halted", "otad_rollout_held_models", "otad_rollout_offers_total",
+		"otad_rollout_refusals_total", "otad_rollout_reports_total", "otad_rollout_stage_percent"); err != nil {
+		t.Error(err)
+	}
+
+	states := map[string]string{"ro_run": "running", "ro_halted": "paused", "ro_draft": "draft", "ro_aborted": "aborted"}
+	var wantStates strings.Builder
+	wantStates.WriteString("# HELP otad_rollout_state 1 for the rollout's current state, 0 for the others.\n# TYPE otad_rollout_state gauge\n")
+	for _, id := range []string{"ro_aborted", "ro_draft", "ro_halted", "ro_run"} {
+		for _, st := range []string{"aborted", "completed", "draft", "paused", "running"} {
+			v := "0"
+			if states[id] == st {
+				v = "1"
+			}
+			wantStates.WriteString(`otad_rollout_state{rollout="` + id + `",state="` + st + `"} ` + v + "\n")
+		}
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(wantStates.String()), "otad_rollout_state"); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestRolloutMetricsServed checks the wiring: Config.RolloutMetrics is
+// on /metrics.
+func TestRolloutMetricsServed(t *testing.T) {
+	m := NewRolloutMetrics(metricsRollouts, func() time.Time { return metricsNow })
+	m.Decided(server.Decision{RolloutID: "ro_run", Kind: server.OfferFirst})
+	s := New(Config{RolloutMetrics: m})
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	for _, line := range []string{
+		`otad_rollout_offers_total{kind="first",rollout="ro_run"} 1`,
+		`otad_rollout_stage_percent{rollout="ro_run"} 10`,
+		`otad_rollout_state{rollout="ro_halted",state="paused"} 1`,
+	} {
+		if rec.Code != http.StatusOK || !strings.Contains(string(body), line+"\n") {
+			t.Errorf("GET /metrics: %d, no line %q in:\n%s", rec.Code, line, body)
+		}
+	}
+}

@@ -1,0 +1,308 @@
+package apitest_test
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/apitest"
+)
+
+// The acceptance tests of staged rollouts (issue 8), through the real
+// HTTP API: handsets enroll, check in and report over HTTP, operators
+// act through the admin API, and the policies run as the background job
+// runs them.
+
+// enrollFleet enrolls n handsets of model on build, 16 at a time.
+func enrollFleet(tb testing.TB, env *apitest.Env, n int, model, build string) []*handset {
+	tb.Helper()
+	out := make([]*handset, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i := range out {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			out[i] = enrollHandset(tb, env, model, build)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// checkInAll checks every handset in, 16 at a time, and returns the
+// answers by device id.
+func checkInAll(tb testing.TB, hs []*handset) map[string]api.CheckInAnswer {
+	tb.Helper()
+	answers := make([]api.CheckInAnswer, len(hs))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i, h := range hs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			answers[i] = h.checkIn(tb)
+		})
+	}
+	wg.Wait()
+	out := make(map[string]api.CheckInAnswer, len(hs))
+	for i, h := range hs {
+		out[h.id] = answers[i]
+	}
+	return out
+}
+
+func createRollout(tb testing.TB, env *apitest.Env, req api.RolloutRequest) api.Rollout {
+	tb.Helper()
+	var r api.Rollout
+	if err := env.Do("POST", "/rollouts", req, &r); err != nil {
+		tb.Fatalf("create rollout: %v", err)
+	}
+	return r
+}
+
+func getRollout(tb testing.TB, env *apitest.Env, id string) api.Rollout {
+	tb.Helper()
+	var r api.Rollout
+	if err := env.Do("GET", "/rollouts/"+id, nil, &r); err != nil {
+		tb.Fatalf("get rollout %s: %v", id, err)
+	}
+	return r
+}
+
+// TestRolloutStagesKeepCohorts runs 2,000 handsets through stages 10% ->
+// 50% -> 100% advanced by an operator: at each stage the handsets offered
+// the release are the stage's cohort (within 1% of its size; in fact
+// exactly its members), and none offered at a stage loses the offer when
+// the stage widens.
+func TestRolloutStagesKeepCohorts(t *testing.T) {
+	env := apitest.Start(t, apitest.Options{})
+	es := apitest.NewEngineers(t, 1)
+	env.Ceremony(t, es, 1)
+	env.Publish(t, patchPath, randomBytes(t, 256), es...)
+	hs := enrollFleet(t, env, 2000, "PX-7", "7.2.0")
+
+	answers := checkInAll(t, hs)
+	for id, a := range answers {
+		if a.Offer != nil || a.NoOffer != "not_selected" {
+			t.Fatalf("published, no rollout: %s got offer %v (%q), want none (not_selected)", id, a.Offer, a.NoOffer)
+		}
+	}
+
+	r := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{10, 50, 100}, Reason: "privacy patch"})
+	offered := map[string]bool{}
+	for stage, percent := range []float64{10, 50, 100} {
+		if stage > 0 {
+			var adv api.Rollout
+			if err := env.Do("POST", "/rollouts/"+r.ID+"/advance", api.RolloutAdvanceRequest{Reason: fmt.Sprintf("stage %d healthy", stage)}, &adv); err != nil {
+				t.Fatalf("advance to %g%%: %v", percent, err)
+			}
+			if adv.Percent != percent {
+				t.Fatalf("advanced to %g%%, want %g%%", adv.Percent, percent)
+			}
+		}
+		answers := checkInAll(t, hs)
+		cohort, got := 0, 0
+		for _, h := range hs {
+			in := server.InStage(r.Salt, h.id, percent)
+			a := answers[h.id]
+			if in {
+				cohort++
+			}
+			if a.Offer != nil {
+				got++
+				if a.Offer.RolloutID != r.ID || a.Offer.Target != patchPath {
+					t.Fatalf("offer %+v, want %s of rollout %s", a.Offer, patchPath, r.ID)
+				}
+			}
+			switch {
+			case offered[h.id] && a.Offer == nil:
+				t.Errorf("stage %g%%: %s was offered at the stage before and is not now (%q)", percent, h.id, a.NoOffer)
+			case in != (a.Offer != nil):
+				t.Errorf("stage %g%%: %s in cohort %v, offered %v (%q)", percent, h.id, in, a.Offer != nil, a.NoOffer)
+			case !in && a.NoOffer != "not_in_cohort":
+				t.Errorf("stage %g%%: %s refused with %q, want not_in_cohort", percent, h.id, a.NoOffer)
+			}
+			if a.Offer != nil {
+				offered[h.id] = true
+			}
+		}
+		if math.Abs(float64(got-cohort)) > 0.01*float64(cohort) {
+			t.Errorf("stage %g%%: %d offered, cohort %d", percent, got, cohort)
+		}
+		want := percent / 100 * float64(len(hs))
+		t.Logf("stage %g%%: %d offered, cohort %d, %.0f expected", percent, got, cohort, want)
+		if math.Abs(float64(cohort)-want) > 0.05*float64(len(hs)) {
+			t.Errorf("stage %g%%: cohort of %d is far from %.0f%% of the fleet", percent, cohort, percent)
+		}
+	}
+}
+
+// failingFleetRelease publishes a release for PX-7 and PX-8 and returns
+// the env on a fake clock.
+func failingFleetRelease(t *testing.T) (*apitest.Env, *clock) {
+	t.Helper()
+	clk := &clock{now: time.Now().UTC().Truncate(time.Second)}
+	env := apitest.Start(t, apitest.Options{Now: clk.Now})
+	es := apitest.NewEngineers(t, 1)
+	env.Ceremony(t, es, 1)
+	custom := apitest.PatchCustom()
+	custom.Models = []string{"PX-7", "PX-8"}
+	v := env.DraftRelease(t, patchPath, randomBytes(t, 256), custom)
+	env.MustSign(t, v.ID, es...)
+	return env, clk
+}
+
+// install has every handset that got an offer report installed, or
+// failed when fail says so, at the fake clock's now.
+func install(t testing.TB, clk *clock, hs []*handset, answers map[string]api.CheckInAnswer, fail func(i int) bool) (installed, failed int) {
+	t.Helper()
+	for i, h := range hs {
+		a := answers[h.id]
+		if a.Offer == nil {
+			continue
+		}
+		state, code := server.StateInstalled, ""
+		if fail(i) {
+			state, code = server.StateFailed, "E_VERIFY"
+			failed++
+		} else {
+			installed++
+		}
+		at := clk.Now()
+		if c := call(t, "POST", h.env.URL+"/api/v1/reports", h.token, api.ReportBody{ReportID: fmt.Sprintf("r-%d-%s", i, state),
+			PatchID: a.Offer.PatchID, RolloutID: a.Offer.RolloutID, Target: a.Offer.Target, State: state, ErrorCode: code, At: &at}, nil); c != 201 {
+			t.Fatalf("report: %d", c)
+		}
+		if state == server.StateInstalled {
+			// The handset runs the patch now and says so at its next check-in.
+			h.body.InstalledPatches = []string{a.Offer.PatchID}
+			h.body.Build = a.Offer.Custom.InstallsBuild
+			tr := true
+			h.body.NumberEncryption, h.body.CloudMessaging = &tr, server.MessagingOptedOut
+		}
+	}
+	return installed, failed
+}
+
+func evaluate(t testing.TB, env *apitest.Env) {
+	t.Helper()
+	if err := env.App.Evaluator.Evaluate(context.Background()); err != nil {
+		t.Fatalf("evaluate policies: %v", err)
+	}
+}
+
+// TestRolloutAutoHalt: with 20% of installs failing the rollout halts by
+// itself once the minimum of results is in, offers stop, the rollout
+// shows the reason and the numbers; resume restarts offers.
+func TestRolloutAutoHalt(t *testing.T) {
+	env, clk := failingFleetRelease(t)
+	minResults := int64(50)
+	r := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{100}, MinResults: &minResults, Reason: "privacy patch"})
+
+	first := enrollFleet(t, env, 40, "PX-7", "7.2.0")
+	fail := func(i int) bool { return i%5 == 0 } // 20%
+	install(t, clk, first, checkInAll(t, first), fail)
+	evaluate(t, env)
+	if got := getRollout(t, env, r.ID); got.State != "running" {
+		t.Fatalf("after 40 results (below the minimum of 50): state %s, want running", got.State)
+	}
+
+	second := enrollFleet(t, env, 20, "PX-7", "7.2.0")
+	install(t, clk, second, checkInAll(t, second), fail)
+	evaluate(t, env)
+	got := getRollout(t, env, r.ID)
+	if got.State != "paused" || got.Halt == nil {
+		t.Fatalf("after 60 results at 20%% failures: state %s, halt %+v, want paused with a halt", got.State, got.Halt)
+	}
+	h := got.Halt
+	if h.Installed != 48 || h.Failed != 12 || math.Abs(h.Rate-0.2) > 1e-9 || h.MaxRate != 0.05 || h.Actor != server.SystemActor || h.Reason == "" {
+		t.Errorf("halt %+v, want 48 installed, 12 failed, rate 0.2 over 0.05, by the system, with a reason", h)
+	}
+	t.Logf("halt reason: %s", h.Reason)
+
+	late := enrollFleet(t, env, 10, "PX-7", "7.2.0")
+	for id, a := range checkInAll(t, late) {
+		if a.Offer != nil || a.NoOffer != "rollout_halted" {
+			t.Fatalf("halted rollout: %s got offer %v (%q), want rollout_halted", id, a.Offer != nil, a.NoOffer)
+		}
+	}
+	clk.Advance(time.Minute) // the operator looks into it
+	var resumed api.Rollout
+	if err := env.Do("POST", "/rollouts/"+r.ID+"/resume", api.RolloutActionRequest{Reason: "bad batch of E_VERIFY units replaced"}, &resumed); err != nil {
+		t.Fatal(err)
+	}
+	if resumed.State != "running" || resumed.Halt != nil {
+		t.Fatalf("resumed: state %s, halt %+v", resumed.State, resumed.Halt)
+	}
+	for id, a := range checkInAll(t, late) {
+		if a.Offer == nil {
+			t.Fatalf("after resume: %s not offered (%q)", id, a.NoOffer)
+		}
+	}
+	// The results that halted it count no more: evaluating again keeps it
+	// running.
+	evaluate(t, env)
+	if got := getRollout(t, env, r.ID); got.State != "running" {
+		t.Errorf("after resume and evaluation: state %s, want running", got.State)
+	}
+}
+
+// TestRolloutHoldsOneModel: with only PX-8 failing, PX-8 alone is held
+// (the reason and numbers recorded), PX-7 goes on through its stages by
+// auto-advance after the soak and completes.
+func TestRolloutHoldsOneModel(t *testing.T) {
+	env, clk := failingFleetRelease(t)
+	minResults := int64(20)
+	soak := "1h"
+	r := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{50, 100}, MinResults: &minResults,
+		Soak: &soak, Reason: "privacy patch"})
+	px7 := enrollFleet(t, env, 120, "PX-7", "7.2.0")
+	px8 := enrollFleet(t, env, 120, "PX-8", "7.2.0")
+
+	i7, _ := install(t, clk, px7, checkInAll(t, px7), func(int) bool { return false })
+	_, f8 := install(t, clk, px8, checkInAll(t, px8), func(i int) bool { return i%2 == 0 })
+	evaluate(t, env)
+	got := getRollout(t, env, r.ID)
+	if got.State != "running" || got.Halt != nil || len(got.Holds) != 1 || got.Holds[0].Model != "PX-8" {
+		t.Fatalf("after PX-8 failed %d installs: state %s, halt %+v, holds %+v; want running with PX-8 held", f8, got.State, got.Halt, got.Holds)
+	}
+	if h := got.Holds[0]; h.Failed != int64(f8) || h.Rate < 0.3 || h.Reason == "" {
+		t.Errorf("hold %+v, want %d failed and a reason", h, f8)
+	}
+	t.Logf("PX-7: %d installed at 50%%; hold: %s", i7, got.Holds[0].Reason)
+
+	// A PX-8 that was not offered yet is refused; PX-7 goes on.
+	for _, h := range px8 {
+		if a := h.checkIn(t); a.Offer != nil {
+			if a.NoOffer != "" {
+				t.Fatalf("PX-8 %s: offer and refusal %q", h.id, a.NoOffer)
+			}
+		} else if a.NoOffer != "model_held" && a.NoOffer != "runs_patch" {
+			t.Fatalf("PX-8 %s refused with %q, want model_held", h.id, a.NoOffer)
+		}
+	}
+	// After the soak the healthy models advance to 100%, then complete.
+	clk.Advance(61 * time.Minute)
+	evaluate(t, env)
+	if got := getRollout(t, env, r.ID); got.Percent != 100 || got.State != "running" {
+		t.Fatalf("after the soak: %g%% %s, want 100%% running", got.Percent, got.State)
+	}
+	install(t, clk, px7, checkInAll(t, px7), func(int) bool { return false })
+	clk.Advance(61 * time.Minute)
+	evaluate(t, env)
+	got = getRollout(t, env, r.ID)
+	if got.State != "completed" || len(got.Holds) != 1 || got.Holds[0].Model != "PX-8" {
+		t.Fatalf("after the last soak: state %s, holds %+v; want completed with PX-8 still held", got.State, got.Holds)
+	}
+	for _, h := range px7 {
+		if a := h.checkIn(t); a.Offer != nil || a.NoOffer != "runs_patch" {
+			t.Errorf("PX-7 %s after completion: offer %v (%q), want none: it runs the patch", h.id, a.Offer != nil, a.NoOffer)
+		}
+	}
+}

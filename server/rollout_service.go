@@ -1,0 +1,289 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/patchfleet/ota/manifests"
+)
+
+// RolloutSpec is what an operator asks for when creating a rollout.
+type RolloutSpec struct {
+	// ID is the rollout's id; empty makes one ("ro-" and 12 hex digits).
+	ID string
+	// Release is the path of a published target: the rollout offers it
+	// with the bounds its signed custom metadata states.
+	Release  string
+	Selector Selector
+	Stages   []float64
+	// Policy is the whole policy: start from DefaultPolicy.
+	Policy Policy
+	// Salt, when empty, is the id (see NewRollout).
+	Salt string
+	// Draft keeps the rollout a draft; otherwise it starts at once.
+	Draft bool
+	// Reason is the start's reason; default "created by ACTOR".
+	Reason string
+}
+
+// RolloutService is the operators' side of rollouts: every change is a
+// read-modify-write of the stored rollout under its optimistic lock,
+// redone on a fresh read when another replica (or the background
+// evaluation) saved the rollout in between, and logged with its actor
+// and reason.
+type RolloutService struct {
+	Store RolloutStore
+	// Releases resolves a rollout's release from the published targets.
+	Releases TargetSource
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// OnChange, when set, is called after every successful write, so
+	// that this replica's cache of rollouts is refreshed at once.
+	OnChange func()
+}
+
+// rolloutAttempts bounds the retries of a change whose rollout was saved
+// by someone else meanwhile: each retry reads it again, so only a
+// rollout changed faster than a round trip to the store exhausts them.
+const rolloutAttempts = 5
+
+func (s *RolloutService) now() time.Time {
+	if s.Now != nil {
+		return s.Now().UTC()
+	}
+	return time.Now().UTC()
+}
+
+func (s *RolloutService) changed() {
+	if s.OnChange != nil {
+		s.OnChange()
+	}
+}
+
+// NewRolloutID makes a rollout id: "ro-" and 12 random hex digits.
+func NewRolloutID() (string, error) {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("rollout id: %w", err)
+	}
+	return "ro-" + hex.EncodeToString(b[:]), nil
+}
+
+// Create makes a rollout of spec and stores it with its audit events in
+// one transaction: the create, and the start unless spec.Draft. Errors
+// are FieldErrors named as the admin API's body (release when the path
+// is not a published target), ErrConflict for an id already taken.
+func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor string) (*Rollout, error) {
+	if strings.TrimSpace(actor) == "" {
+		return nil, ErrNoActor
+	}
+	id := spec.ID
+	if id == "" {
+		var err error
+		if id, err = NewRolloutID(); err != nil {
+			return nil, err
+		}
+	} else if !idPattern.MatchString(id) {
+		return nil, fieldErr("id", "want 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+	}
+	rel, err := s.release(spec.Release)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	r, ev, err := NewRollout(Rollout{ID: id, Release: rel, Selector: spec.Selector, Stages: spec.Stages,
+		Policy: spec.Policy, Salt: spec.Salt}, actor, now)
+	if err != nil {
+		return nil, err
+	}
+	evs := []Event{ev}
+	if !spec.Draft {
+		reason := spec.Reason
+		if reason == "" {
+			reason = "created by " + actor
+		}
+		start, err := r.Start(actor, reason, now)
+		if err != nil {
+			return nil, err
+		}
+		evs = append(evs, start)
+	} else if spec.Reason != "" {
+		// A draft's create event carries the reason, if one was given.
+		if err := checkAction(actor, spec.Reason); err != nil {
+			return nil, err
+		}
+		evs[0].Reason = spec.Reason
+	}
+	if err := s.Store.CreateRollout(ctx, r, evs...); err != nil {
+		return nil, err
+	}
+	s.changed()
+	return r, nil
+}
+
+// release resolves a published target path into the RolloutRelease its
+// signed custom metadata states.
+func (s *RolloutService) release(path string) (RolloutRelease, error) {
+	if path == "" || len(path) > maxTargetLen || strings.ContainsFunc(path, unicode.IsControl) {
+		return RolloutRelease{}, fieldErr("release", "want the path of a published target, at most %d printable characters", maxTargetLen)
+	}
+	_, targets := s.Releases.PublishedTargets()
+	i := slices.IndexFunc(targets, func(t manifests.TargetInfo) bool { return t.Path == path })
+	if i < 0 {
+		return RolloutRelease{}, fieldErr("release", "%q is not a published target; otactl status lists them", path)
+	}
+	var c manifests.TargetCustom
+	if len(targets[i].Custom) > 0 {
+		if err := json.Unmarshal(targets[i].Custom, &c); err != nil {
+			return RolloutRelease{}, fieldErr("release", "the custom metadata of %q is not a patch's", path)
+		}
+	}
+	return RolloutRelease{Target: path, PatchID: c.PatchID, InstallsBuild: c.InstallsBuild,
+		Models: c.Models, BuildMin: c.BuildMin, BuildMax: c.BuildMax}, nil
+}
+
+// Get returns the rollout id, or ErrNotFound.
+func (s *RolloutService) Get(ctx context.Context, id string) (*Rollout, error) {
+	return s.Store.Rollout(ctx, id)
+}
+
+// List returns the rollouts in any of states (all without states),
+// oldest first.
+func (s *RolloutService) List(ctx context.Context, states ...RolloutState) ([]*Rollout, error) {
+	for _, st := range states {
+		if !slices.Contains(RolloutStates, st) {
+			return nil, fieldErr("state", "want one of draft, running, paused, completed, aborted")
+		}
+	}
+	return s.Store.Rollouts(ctx, states...)
+}
+
+// Limits of the audit log reads.
+const (
+	DefaultAuditLimit = 100
+	MaxAuditLimit     = 1000
+)
+
+// Events returns the last limit events of a rollout, oldest first:
+// DefaultAuditLimit for 0, at most MaxAuditLimit.
+func (s *RolloutService) Events(ctx context.Context, id string, limit int) ([]Event, error) {
+	limit, err := auditLimit(limit)
+	if err != nil {
+		return nil, err
+	}
+	return s.Store.RolloutEvents(ctx, id, limit)
+}
+
+// AuditEvents returns the audit log across rollouts, newest first,
+// filtered by f; a zero Limit is DefaultAuditLimit.
+func (s *RolloutService) AuditEvents(ctx context.Context, f AuditFilter) ([]Event, error) {
+	var err error
+	if f.Limit, err = auditLimit(f.Limit); err != nil {
+		return nil, err
+	}
+	if f.Action != "" && !slices.Contains(RolloutActions, f.Action) {
+		return nil, fieldErr("action", "want one of %s", strings.Join(RolloutActions, ", "))
+	}
+	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Until.After(f.Since) {
+		return nil, fieldErr("until", "want a time after since")
+	}
+	return s.Store.AuditEvents(ctx, f)
+}
+
+func auditLimit(limit int) (int, error) {
+	switch {
+	case limit == 0:
+		return DefaultAuditLimit, nil
+	case limit < 0 || limit > MaxAuditLimit:
+		return 0, fieldErr("limit", "want 1 to %d", MaxAuditLimit)
+	}
+	return limit, nil
+}
+
+// RolloutActions lists the audit actions, for filters.
+var RolloutActions = []string{ActionCreate, ActionStart, ActionPause, ActionResume, ActionAbort, ActionAdvance,
+	ActionComplete, ActionHalt, ActionHold, ActionReleaseHold}
+
+// Start makes a draft run at its first stage.
+func (s *RolloutService) Start(ctx context.Context, id, actor, reason string) (*Rollout, error) {
+	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) { return r.Start(actor, reason, now) })
+}
+
+// Pause stops new offers of a running or completed rollout.
+func (s *RolloutService) Pause(ctx context.Context, id, actor, reason string) (*Rollout, error) {
+	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) { return r.Pause(actor, reason, now) })
+}
+
+// Resume runs a paused rollout again, clearing a halt.
+func (s *RolloutService) Resume(ctx context.Context, id, actor, reason string) (*Rollout, error) {
+	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) { return r.Resume(actor, reason, now) })
+}
+
+// Abort ends a rollout for good.
+func (s *RolloutService) Abort(ctx context.Context, id, actor, reason string) (*Rollout, error) {
+	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) { return r.Abort(actor, reason, now) })
+}
+
+// Advance widens a rollout to its next stage (percent 0) or to percent.
+func (s *RolloutService) Advance(ctx context.Context, id, actor, reason string, percent float64) (*Rollout, error) {
+	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) {
+		return r.Advance(actor, reason, percent, now)
+	})
+}
+
+// Complete ends the staging of a running rollout at its last stage.
+func (s *RolloutService) Complete(ctx context.Context, id, actor, reason string) (*Rollout, error) {
+	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) { return r.Complete(actor, reason, now) })
+}
+
+// HoldModel stops new offers of a rollout to one model.
+func (s *RolloutService) HoldModel(ctx context.Context, id, actor, reason, model string) (*Rollout, error) {
+	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) {
+		return r.HoldModel(actor, reason, model, now)
+	})
+}
+
+// ReleaseHold lets a held model be offered again.
+func (s *RolloutService) ReleaseHold(ctx context.Context, id, actor, reason, model string) (*Rollout, error) {
+	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) {
+		return r.ReleaseHold(actor, reason, model, now)
+	})
+}
+
+// change reads rollout id, applies action to it and saves it with the
+// action's event over the version it read. When the store says the
+// rollout changed meanwhile, it reads it again and applies action to the
+// new state, which may now refuse it (pausing a rollout the evaluation
+// just halted is a TransitionError).
+func (s *RolloutService) change(ctx context.Context, id string, action func(*Rollout, time.Time) (Event, error)) (*Rollout, error) {
+	var err error
+	for range rolloutAttempts {
+		var r *Rollout
+		if r, err = s.Store.Rollout(ctx, id); err != nil {
+			return nil, err
+		}
+		from := r.Version
+		ev, aerr := action(r, s.now())
+		if aerr != nil {
+			return nil, aerr
+		}
+		if err = s.Store.UpdateRollout(ctx, r, from, []Event{ev}); err == nil {
+			s.changed()
+			return r, nil
+		}
+		// The action's own refusals came back above: an ErrConflict of
+		// UpdateRollout is a stale version.
+		if !errors.Is(err, ErrConflict) {
+			return nil, err
+		}
+	}
+	return nil, err
+}

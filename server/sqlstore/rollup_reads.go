@@ -1,0 +1,185 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"time"
+
+	"gorm.io/gorm"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// ReportStore reads the rollups of migration 7 for reports; it
+// implements server.ReportStore. It reads no fleet table: every query
+// but the fleet counts reads a rollup by its key's first column (the
+// rollout id or the day), and fleet_counts has a row per combination of
+// model, channel, region, build, patch set and privacy state, whatever
+// the number of handsets (a few thousand to tens of thousands).
+type ReportStore struct{ db *DB }
+
+var _ server.ReportStore = (*ReportStore)(nil)
+
+// Reports returns the report store of db.
+func (db *DB) Reports() *ReportStore { return &ReportStore{db: db} }
+
+// snapshot runs fn in one read-only transaction, so that the parts of a
+// report are read from one state of the rollups: on PostgreSQL under
+// REPEATABLE READ, on SQLite in a WAL read transaction (a plain BEGIN,
+// not the BEGIN IMMEDIATE of writes).
+func (s *ReportStore) snapshot(ctx context.Context, fn func(tx *gorm.DB) error) error {
+	opts := &sql.TxOptions{ReadOnly: true}
+	if s.db.dialect == dialectPostgres {
+		opts.Isolation = sql.LevelRepeatableRead
+	}
+	return s.db.gorm.WithContext(ctx).Transaction(fn, opts)
+}
+
+// scanRows runs a query and calls scan for each row.
+func scanRows(tx *gorm.DB, scan func(*sql.Rows) error, query string, args ...any) error {
+	rows, err := tx.Raw(query, args...).Rows()
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := scan(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// RolloutRollups implements server.ReportStore in five reads of one
+// snapshot. The fleet counts are filtered by exact membership (a model
+// list is a prefix of fleet_counts' key) and summed over channel,
+// region and privacy state, which eligibility does not depend on past
+// the filter: a few hundred rows (models x builds x patch sets) however
+// many combinations the table holds.
+func (s *ReportStore) RolloutRollups(ctx context.Context, rolloutID string, hoursSince time.Time, fleet server.FleetFilter) (*server.RolloutRollups, error) {
+	rr := &server.RolloutRollups{}
+	err := s.snapshot(ctx, func(tx *gorm.DB) error {
+		fleetSQL := `SELECT model, build, installed_patches, CAST(SUM(n) AS BIGINT) FROM fleet_counts WHERE n > 0`
+		var args []any
+		for _, f := range []struct {
+			col    string
+			values []string
+		}{{"model", fleet.Models}, {"channel", fleet.Channels}, {"region", fleet.Regions}} {
+			if len(f.values) == 0 {
+				continue
+			}
+			fleetSQL += ` AND ` + f.col + ` IN (?` + strings.Repeat(", ?", len(f.values)-1) + `)`
+			for _, v := range f.values {
+				args = append(args, v)
+			}
+		}
+		fleetSQL += ` GROUP BY model, build, installed_patches`
+		err := scanRows(tx, func(r *sql.Rows) error {
+			var fc server.FleetCount
+			err := r.Scan(&fc.Model, &fc.Build, &fc.InstalledPatches, &fc.N)
+			rr.Fleet = append(rr.Fleet, fc)
+			return err
+		}, fleetSQL, args...)
+		if err != nil {
+			return fmt.Errorf("read fleet_counts: %w", err)
+		}
+		err = scanRows(tx, func(r *sql.Rows) error {
+			var rc server.RolloutCount
+			err := r.Scan(&rc.Model, &rc.StartingBuild, &rc.State, &rc.N)
+			rr.Records = append(rr.Records, rc)
+			return err
+		}, `SELECT model, starting_build, state, CAST(SUM(n) AS BIGINT) FROM rollout_counts
+WHERE rollout_id = ? GROUP BY model, starting_build, state HAVING SUM(n) > 0`, rolloutID)
+		if err != nil {
+			return fmt.Errorf("read rollout_counts: %w", err)
+		}
+		err = scanRows(tx, func(r *sql.Rows) error {
+			var fc server.FailureCount
+			err := r.Scan(&fc.ErrorCode, &fc.Count)
+			rr.Failures = append(rr.Failures, fc)
+			return err
+		}, `SELECT error_code, n FROM rollout_failures WHERE rollout_id = ? AND n > 0`, rolloutID)
+		if err != nil {
+			return fmt.Errorf("read rollout_failures: %w", err)
+		}
+		err = scanRows(tx, func(r *sql.Rows) error {
+			var h server.HourResults
+			err := r.Scan(&h.Hour, &h.Installed, &h.Failed)
+			h.Hour = h.Hour.UTC()
+			rr.Hourly = append(rr.Hourly, h)
+			return err
+		}, `SELECT hour, installed, failed FROM rollout_hourly WHERE rollout_id = ? AND hour >= ? ORDER BY hour`,
+			rolloutID, dbTime(hoursSince))
+		if err != nil {
+			return fmt.Errorf("read rollout_hourly: %w", err)
+		}
+		err = scanRows(tx, func(r *sql.Rows) error {
+			var b server.BucketCount
+			err := r.Scan(&b.Bucket, &b.N)
+			rr.InstallTimes = append(rr.InstallTimes, b)
+			return err
+		}, `SELECT bucket, n FROM rollout_install_times WHERE rollout_id = ? AND n > 0 ORDER BY bucket`, rolloutID)
+		if err != nil {
+			return fmt.Errorf("read rollout_install_times: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rr, nil
+}
+
+// ExposureRollups implements server.ReportStore in at most three reads
+// of one snapshot: the latest day with data (one step down the key of
+// fleet_daily_totals) when day is empty, the day's rows of fleet_daily,
+// and the series from fleet_daily_totals summed over shards.
+func (s *ReportStore) ExposureRollups(ctx context.Context, day string, days int) (*server.ExposureRollups, error) {
+	if days < 1 {
+		return nil, fmt.Errorf("exposure rollups: want at least 1 day, not %d: %w", days, server.ErrInvalid)
+	}
+	er := &server.ExposureRollups{Day: day}
+	err := s.snapshot(ctx, func(tx *gorm.DB) error {
+		if er.Day == "" {
+			var latest []string
+			if err := tx.Raw(`SELECT day FROM fleet_daily_totals WHERE n > 0 ORDER BY day DESC LIMIT 1`).Scan(&latest).Error; err != nil {
+				return fmt.Errorf("read the latest day of fleet_daily_totals: %w", err)
+			}
+			if len(latest) == 0 {
+				return nil
+			}
+			er.Day = latest[0]
+		}
+		last, err := time.Parse(time.DateOnly, er.Day)
+		if err != nil {
+			return fmt.Errorf("exposure rollups: day %q: %w", er.Day, server.ErrInvalid)
+		}
+		first := last.AddDate(0, 0, 1-days).Format(time.DateOnly)
+		err = scanRows(tx, func(r *sql.Rows) error {
+			var c server.ExposureCount
+			err := r.Scan(&c.Model, &c.Region, &c.CloudMessaging, &c.NumberEncryption, &c.N)
+			er.Segments = append(er.Segments, c)
+			return err
+		}, `SELECT model, region, cloud_messaging, number_encryption, n FROM fleet_daily WHERE day = ? AND n > 0`, er.Day)
+		if err != nil {
+			return fmt.Errorf("read fleet_daily: %w", err)
+		}
+		err = scanRows(tx, func(r *sql.Rows) error {
+			var c server.DailyCount
+			err := r.Scan(&c.Day, &c.CloudMessaging, &c.NumberEncryption, &c.N)
+			er.Daily = append(er.Daily, c)
+			return err
+		}, `SELECT day, cloud_messaging, number_encryption, CAST(SUM(n) AS BIGINT) FROM fleet_daily_totals
+WHERE day >= ? AND day <= ? GROUP BY day, cloud_messaging, number_encryption HAVING SUM(n) > 0`, first, er.Day)
+		if err != nil {
+			return fmt.Errorf("read fleet_daily_totals: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return er, nil
+}

@@ -1,0 +1,383 @@
+package sqlstore
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// TestRollups checks the write side of the rollups against the tables
+// they count, on both dialects.
+func TestRollups(t *testing.T) {
+	runStoreSuite(t, []storeCase{
+		{"FleetCountsUnderConcurrentCheckIns", testFleetCountsConcurrent},
+		{"DailyRollups", testDailyRollups},
+		{"RolloutCountsFollowRecords", testRolloutCountsFollowRecords},
+		{"RecordOfferRaces", testRecordOfferRaces},
+		{"ReportAttribution", testReportAttribution},
+	})
+}
+
+// groupCounts runs a GROUP BY query returning (key..., n) rows and
+// returns them as "key|key|...": n, skipping zero counts.
+func groupCounts(t testing.TB, db *DB, sql string) map[string]int64 {
+	t.Helper()
+	rows, err := db.sql.QueryContext(t.Context(), sql)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	out := map[string]int64{}
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			t.Fatal(err)
+		}
+		key := ""
+		for _, v := range vals[:len(vals)-1] {
+			switch b := v.(type) {
+			case []byte:
+				v = string(b)
+			case bool: // PostgreSQL; SQLite gives 0 and 1
+				v = map[bool]int{false: 0, true: 1}[b]
+			}
+			key += fmt.Sprint(v) + "|"
+		}
+		var n int64
+		switch v := vals[len(vals)-1].(type) {
+		case int64:
+			n = v
+		case int32:
+			n = int64(v)
+		case string: // PostgreSQL's SUM is numeric
+			if _, err := fmt.Sscan(v, &n); err != nil {
+				t.Fatalf("count %q: %v", v, err)
+			}
+		default:
+			t.Fatalf("count column is %T", v)
+		}
+		if n != 0 {
+			out[key] += n
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func checkFleetCounts(t testing.TB, db *DB) {
+	t.Helper()
+	got := groupCounts(t, db, `SELECT model, channel, region, build, installed_patches, cloud_messaging, number_encryption, n FROM fleet_counts`)
+	want := groupCounts(t, db, `SELECT model, channel, region, build, installed_patches, cloud_messaging, number_encryption, COUNT(*)
+FROM devices GROUP BY model, channel, region, build, installed_patches, cloud_messaging, number_encryption`)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("fleet_counts disagree with devices:\n got %v\nwant %v", got, want)
+	}
+}
+
+func checkRolloutCounts(t testing.TB, db *DB) {
+	t.Helper()
+	got := groupCounts(t, db, `SELECT rollout_id, model, starting_build, state, SUM(n) FROM rollout_counts GROUP BY rollout_id, model, starting_build, state`)
+	want := groupCounts(t, db, `SELECT rollout_id, model, starting_build, state, COUNT(*) FROM device_rollouts GROUP BY rollout_id, model, starting_build, state`)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("rollout_counts disagree with device_rollouts:\n got %v\nwant %v", got, want)
+	}
+}
+
+// testFleetCountsConcurrent runs check-ins that change the state of a
+// few devices from many goroutines at once, as Fleet does (read, save
+// over the revision read, read again on a conflict), with erasures
+// among them: every device stays counted exactly once.
+func testFleetCountsConcurrent(t *testing.T, b backend) {
+	db, s := mustDevices(t, b)
+	ctx := t.Context()
+	const devices = 6
+	for i := range devices {
+		mustEnroll(t, s, newDevice(fmt.Sprintf("dev_%d", i), "m"), fmt.Sprintf("hash-%d", i))
+	}
+	checkFleetCounts(t, db)
+	var wg sync.WaitGroup
+	builds := []string{"7.1.0", "7.2.0", "7.3.0"}
+	messaging := []string{server.MessagingAutoEnabled, server.MessagingOptedOut, server.MessagingOptedIn}
+	for g := range 8 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			for range 40 {
+				ci := server.CheckIn{Build: builds[rng.IntN(3)], Model: "m", Channel: "stable",
+					CloudMessaging: messaging[rng.IntN(3)], NumberEncryption: rng.IntN(2) == 0}
+				hash := fmt.Sprintf("hash-%d", rng.IntN(devices))
+				if _, err := checkIn(ctx, s, hash, ci, t0.Add(time.Duration(rng.IntN(48))*time.Hour)); err != nil && !isTokenErr(err) {
+					t.Errorf("check in: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for _, id := range []string{"dev_1", "dev_4"} {
+			time.Sleep(5 * time.Millisecond)
+			if err := s.DeleteDevice(ctx, id); err != nil {
+				t.Errorf("erase %s: %v", id, err)
+			}
+		}
+	})
+	wg.Wait()
+	checkFleetCounts(t, db)
+}
+
+func isTokenErr(err error) bool { return err != nil && err.Error() == server.ErrDeviceToken.Error() }
+
+// testDailyRollups follows one device over two days: it counts once a
+// day by its latest state that day, and an erasure takes it out of the
+// day it was last seen, leaving no row with its model.
+func testDailyRollups(t *testing.T, b backend) {
+	db, s := mustDevices(t, b)
+	ctx := t.Context()
+	day1 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
+	d := newDevice("dev_a", "px-7")
+	d.EnrolledAt, d.LastSeen = day1, day1
+	mustEnroll(t, s, d, "hash-a")
+	mustEnroll(t, s, newDevice("dev_b", "px-8"), "hash-b")
+	ci := server.CheckIn{Build: "7.1.0", Model: "px-7", Channel: "stable", CloudMessaging: server.MessagingAutoEnabled}
+	daily := func() map[string]int64 {
+		return groupCounts(t, db, `SELECT day, model, cloud_messaging, number_encryption, n FROM fleet_daily`)
+	}
+	totals := func() map[string]int64 {
+		return groupCounts(t, db, `SELECT day, cloud_messaging, number_encryption, SUM(n) FROM fleet_daily_totals GROUP BY day, cloud_messaging, number_encryption`)
+	}
+	bDay := rollupDay(t0)
+	// Patched later the same day: moves within the day.
+	ci.CloudMessaging, ci.NumberEncryption = server.MessagingOptedOut, true
+	if _, err := checkIn(ctx, s, "hash-a", ci, day1.Add(3*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"2026-11-30|px-7|opted_out|1|": 1, bDay + "|px-8|auto_enabled|0|": 1}
+	if got := daily(); !reflect.DeepEqual(got, want) {
+		t.Errorf("fleet_daily after a same-day change:\n got %v\nwant %v", got, want)
+	}
+	// Seen the next day: counted on both days.
+	if _, err := checkIn(ctx, s, "hash-a", ci, day1.Add(24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	want["2026-12-01|px-7|opted_out|1|"] = 1
+	if got := daily(); !reflect.DeepEqual(got, want) {
+		t.Errorf("fleet_daily after a check-in the next day:\n got %v\nwant %v", got, want)
+	}
+	wantTotals := map[string]int64{"2026-11-30|opted_out|1|": 1, "2026-12-01|opted_out|1|": 1, bDay + "|auto_enabled|0|": 1}
+	if got := totals(); !reflect.DeepEqual(got, wantTotals) {
+		t.Errorf("fleet_daily_totals:\n got %v\nwant %v", got, wantTotals)
+	}
+	if err := s.DeleteDevice(ctx, "dev_a"); err != nil {
+		t.Fatal(err)
+	}
+	delete(want, "2026-12-01|px-7|opted_out|1|")
+	if got := daily(); !reflect.DeepEqual(got, want) {
+		t.Errorf("fleet_daily after the erasure:\n got %v\nwant %v", got, want)
+	}
+	var rows int64
+	if err := db.gorm.Raw(`SELECT COUNT(*) FROM fleet_daily WHERE day = '2026-12-01'`).Scan(&rows).Error; err != nil {
+		t.Fatal(err)
+	}
+	if rows != 0 {
+		t.Errorf("the erased device's last day keeps %d rows, want none", rows)
+	}
+	checkFleetCounts(t, db)
+
+	// Retention deletes whole days before the cut, and nothing after.
+	n, err := s.DeleteDailyRollupsBefore(ctx, day1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := daily(); n != 2 || len(got) != 1 || got["2026-11-30|px-7|opted_out|1|"] != 1 {
+		t.Errorf("after pruning before 2026-11-30: %d rows deleted, left %v; want only dev_b's day (a daily and a totals row) gone", n, got)
+	}
+}
+
+// offerTo records a first offer of rollout r to device d at now.
+func offerTo(t testing.TB, rs *RolloutStore, r *server.Rollout, d *server.Device, now time.Time) *server.DeviceRollout {
+	t.Helper()
+	dec := server.Decision{RolloutID: r.ID, Kind: server.OfferFirst, Release: r.Release}
+	next := dec.Record(nil, d, now)
+	ok, err := rs.RecordOffer(t.Context(), dec, nil, next, 0, now)
+	if err != nil || !ok {
+		t.Fatalf("record offer of %s to %s: %v, %v", r.ID, d.ID, ok, err)
+	}
+	return next
+}
+
+func startedRollout(t testing.TB, rs *RolloutStore, id string) *server.Rollout {
+	t.Helper()
+	r := mustCreateRollout(t, rs, id)
+	ev, err := r.Start("alice", "go", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.UpdateRollout(t.Context(), r, r.Version, []server.Event{ev}); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// testRolloutCountsFollowRecords offers, reports, retries and erases,
+// and checks rollout_counts and the result rollups after each step.
+func testRolloutCountsFollowRecords(t *testing.T, b backend) {
+	db, s, rs := mustRollouts(t, b)
+	ctx := t.Context()
+	r := startedRollout(t, rs, "ro-a")
+	var devs []*server.Device
+	for i := range 4 {
+		d := newDevice(fmt.Sprintf("dev_%d", i), []string{"px-7", "px-8"}[i%2])
+		mustEnroll(t, s, d, "hash-"+d.ID)
+		devs = append(devs, d)
+		offerTo(t, rs, r, d, t0.Add(time.Minute))
+	}
+	checkRolloutCounts(t, db)
+	rep := func(dev, id, state, code string, at time.Time) {
+		t.Helper()
+		out, err := s.AddReport(ctx, server.Report{ID: id, DeviceID: dev, PatchID: "CM-2026-001", State: state,
+			ErrorCode: code, At: at, ReceivedAt: at})
+		if err != nil {
+			t.Fatalf("report %s: %v", id, err)
+		}
+		if out.RolloutID != "ro-a" || out.RolloutState != state {
+			t.Errorf("report %s %s moved %q to %q, want ro-a to %s", id, state, out.RolloutID, out.RolloutState, state)
+		}
+	}
+	at := t0.Add(10 * time.Minute)
+	rep("dev_0", "r1", server.StateDownloading, "", at)
+	rep("dev_0", "r2", server.StateInstalled, "", at.Add(time.Minute))
+	rep("dev_1", "r3", server.StateFailed, "E_DISK_FULL", at)
+	rep("dev_2", "r4", server.StateFailed, "E_DISK_FULL", at.Add(time.Hour))
+	checkRolloutCounts(t, db)
+
+	hourly := groupCounts(t, db, `SELECT hour, installed + failed FROM rollout_hourly WHERE rollout_id = 'ro-a'`)
+	var results int64
+	for _, n := range hourly {
+		results += n
+	}
+	if results != 3 || len(hourly) != 2 {
+		t.Errorf("rollout_hourly: %v, want 3 results over 2 hours", hourly)
+	}
+	failures := groupCounts(t, db, `SELECT error_code, n FROM rollout_failures WHERE rollout_id = 'ro-a'`)
+	if !reflect.DeepEqual(failures, map[string]int64{"E_DISK_FULL|": 2}) {
+		t.Errorf("rollout_failures: %v, want E_DISK_FULL: 2", failures)
+	}
+	// Installed 10 minutes after the offer.
+	times := groupCounts(t, db, `SELECT bucket, n FROM rollout_install_times WHERE rollout_id = 'ro-a'`)
+	want := map[string]int64{fmt.Sprint(server.InstallTimeBucket(10*time.Minute)) + "|": 1}
+	if !reflect.DeepEqual(times, want) {
+		t.Errorf("rollout_install_times: %v, want %v", times, want)
+	}
+
+	// A retry of dev_1: failed back to offered.
+	recs, err := rs.DeviceRollouts(ctx, "dev_1")
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("records of dev_1: %v, %v", recs, err)
+	}
+	dec := server.Decision{RolloutID: "ro-a", Kind: server.OfferRetry}
+	if ok, err := rs.RecordOffer(ctx, dec, recs[0], dec.Record(recs[0], devs[1], at.Add(2*time.Hour)), 0, at.Add(2*time.Hour)); err != nil || !ok {
+		t.Fatalf("retry: %v, %v", ok, err)
+	}
+	checkRolloutCounts(t, db)
+	if err := s.DeleteDevice(ctx, "dev_1"); err != nil {
+		t.Fatal(err)
+	}
+	checkRolloutCounts(t, db)
+}
+
+// testRecordOfferRaces records the first offer of one rollout to one
+// device from many goroutines at once, with a cap: one record, counted
+// once, one claim from the budget.
+func testRecordOfferRaces(t *testing.T, b backend) {
+	db, s, rs := mustRollouts(t, b)
+	ctx := t.Context()
+	r := startedRollout(t, rs, "ro-a")
+	d := newDevice("dev_a", "px-7")
+	mustEnroll(t, s, d, "hash-a")
+	now := t0.Add(time.Minute)
+	dec := server.Decision{RolloutID: r.ID, Kind: server.OfferFirst, Release: r.Release}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if ok, err := rs.RecordOffer(ctx, dec, nil, dec.Record(nil, d, now), 5, now); err != nil || !ok {
+				t.Errorf("record offer: %v, %v", ok, err)
+			}
+		})
+	}
+	wg.Wait()
+	checkRolloutCounts(t, db)
+	var claimed int64
+	if err := db.gorm.Raw(`SELECT n FROM rollout_offer_budget WHERE rollout_id = 'ro-a'`).Scan(&claimed).Error; err != nil {
+		t.Fatal(err)
+	}
+	if claimed != 1 {
+		t.Errorf("budget claimed %d times for one offer, want 1", claimed)
+	}
+	// A full budget records nothing.
+	d2 := newDevice("dev_b", "px-7")
+	mustEnroll(t, s, d2, "hash-b")
+	ok, err := rs.RecordOffer(ctx, dec, nil, dec.Record(nil, d2, now), 1, now)
+	if err != nil || ok {
+		t.Fatalf("offer over a full budget: %v, %v, want false", ok, err)
+	}
+	if recs, _ := rs.DeviceRollouts(ctx, "dev_b"); len(recs) != 0 {
+		t.Errorf("an offer refused by the budget left a record: %+v", recs)
+	}
+	checkRolloutCounts(t, db)
+}
+
+// testReportAttribution: a report naming its rollout moves that
+// record; one without moves the latest offer of its patch; one of a
+// patch no rollout offered moves none.
+func testReportAttribution(t *testing.T, b backend) {
+	_, s, rs := mustRollouts(t, b)
+	ctx := t.Context()
+	a := startedRollout(t, rs, "ro-a")
+	bb := startedRollout(t, rs, "ro-b")
+	d := newDevice("dev_a", "px-7")
+	mustEnroll(t, s, d, "hash-a")
+	offerTo(t, rs, a, d, t0.Add(time.Minute))
+	offerTo(t, rs, bb, d, t0.Add(2*time.Minute))
+	add := func(id, rollout string) server.ReportOutcome {
+		t.Helper()
+		out, err := s.AddReport(context.Background(), server.Report{ID: id, DeviceID: "dev_a", PatchID: "CM-2026-001",
+			RolloutID: rollout, State: server.StateDownloading, At: t0.Add(3 * time.Minute), ReceivedAt: t0.Add(3 * time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if out := add("r1", "ro-a"); out.RolloutID != "ro-a" {
+		t.Errorf("report naming ro-a moved %q", out.RolloutID)
+	}
+	if out := add("r2", ""); out.RolloutID != "ro-b" {
+		t.Errorf("report naming no rollout moved %q, want ro-b (the latest offer)", out.RolloutID)
+	}
+	if out := add("r3", "ro-unknown"); out.RolloutID != "" {
+		// ro-b is already downloading: a second downloading report moves nothing.
+		t.Errorf("repeated downloading report moved %q, want nothing", out.RolloutID)
+	}
+	_, err := s.AddReport(ctx, server.Report{ID: "r4", DeviceID: "dev_a", PatchID: "OTHER-1", State: server.StateInstalled,
+		At: t0.Add(4 * time.Minute), ReceivedAt: t0.Add(4 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := rs.DeviceRollouts(ctx, "dev_a")
+	for _, r := range recs {
+		if r.State != server.StateDownloading {
+			t.Errorf("record of %s: state %s, want downloading", r.RolloutID, r.State)
+		}
+	}
+}
