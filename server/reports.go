@@ -239,7 +239,7 @@ type RolloutReport struct {
 	// the installed report.
 	OfferToInstall InstallTimes `json:"offer_to_install_seconds"`
 	// Halt is why the rollout stopped on its own; Holds the held models.
-	Halt  *ReportHold  `json:"halt"`
+	Halt  *ReportHold  `json:"halt,omitempty"`
 	Holds []ReportHold `json:"holds"`
 }
 

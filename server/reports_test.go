@@ -391,6 +391,28 @@ func TestRolloutReportCaps(t *testing.T) {
 	}
 }
 
+// TestRolloutReportNoCommonModel: a selector and a release with no model
+// in common select nobody, whatever the store answers for the
+// selector's models.
+func TestRolloutReportNoCommonModel(t *testing.T) {
+	ro := reportRollout()
+	ro.Selector.Models, ro.Release.Models = []string{"QZ-1"}, []string{"PX-7"}
+	store := &fakeReportStore{RolloutRollupsFn: func(_ context.Context, _ string, _ time.Time, f server.FleetFilter) (*server.RolloutRollups, error) {
+		return &server.RolloutRollups{Fleet: countFleet([]fleetRow{
+			{"QZ-1", "stable", "DE", "7.2.0", "", 80},
+			{"PX-7", "stable", "DE", "7.2.0", "", 90},
+		}, f)}, nil
+	}}
+	reports := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(context.Context, string) (*server.Rollout, error) { return ro, nil })}
+	rep, err := reports.RolloutReport(t.Context(), ro.ID, reportNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Eligible != 0 || rep.Target != 0 || len(rep.ByModel) != 0 {
+		t.Errorf("eligible %d, target %d, models %+v; want nobody", rep.Eligible, rep.Target, rep.ByModel)
+	}
+}
+
 func TestExposureReport(t *testing.T) {
 	var gotDay string
 	var gotDays int

@@ -44,6 +44,7 @@ func (s *Server) mountAdmin() {
 	if s.rollouts != nil {
 		s.mountRollouts(g)
 	}
+	s.mountReports(g)
 }
 
 // authenticate requires a live admin token ("Authorization: Bearer ...";

@@ -61,6 +61,8 @@ type Config struct {
 	Fleet *server.Fleet
 	// Rollouts enables the rollout routes of the admin API.
 	Rollouts *server.RolloutService
+	// Reports enables the rollout and exposure reports of the admin API.
+	Reports *server.Reports
 	// PublicURL is the base URL handsets reach the server at (offers name
 	// metadata and targets URLs under it); empty answers root-relative
 	// paths ("/tuf/", "/targets/"), never the request's Host header.
@@ -98,6 +100,7 @@ type Server struct {
 	enrollLimit  *rate.Limiter
 
 	rollouts *server.RolloutService
+	reports  *server.Reports
 }
 
 // New builds the application with its middleware and routes.
@@ -135,6 +138,7 @@ func New(cfg Config) *Server {
 		reportLimit:  newLimiter(cfg.ReportsPerMinute, cfg.ReportBurst),
 		enrollLimit:  newGlobalLimiter(cfg.EnrollmentsPerMinute, cfg.EnrollmentBurst)}
 	s.rollouts = cfg.Rollouts
+	s.reports = cfg.Reports
 	e.HTTPErrorHandler = s.handleError
 
 	// Order matters: the request id comes first so every later log line

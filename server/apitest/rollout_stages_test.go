@@ -135,6 +135,18 @@ func TestRolloutStagesKeepCohorts(t *testing.T) {
 		if math.Abs(float64(got-cohort)) > 0.01*float64(cohort) {
 			t.Errorf("stage %g%%: %d offered, cohort %d", percent, got, cohort)
 		}
+		// The rollout report counts the same from its rollups.
+		var rep server.RolloutReport
+		if err := env.Do("GET", "/rollouts/"+r.ID+"/report", nil, &rep); err != nil {
+			t.Fatal(err)
+		}
+		if rep.Offered != int64(got) || rep.Pending != int64(got) || rep.Percent != percent {
+			t.Errorf("stage %g%%: report says %d offered (%d pending) at %g%%, handsets saw %d offers",
+				percent, rep.Offered, rep.Pending, rep.Percent, got)
+		}
+		if wantTarget := int64(math.Round(float64(rep.Eligible) * percent / 100)); rep.Target != wantTarget || rep.Eligible != int64(len(hs)) {
+			t.Errorf("stage %g%%: report eligible %d, target %d; want %d and %d", percent, rep.Eligible, rep.Target, len(hs), wantTarget)
+		}
 		want := percent / 100 * float64(len(hs))
 		t.Logf("stage %g%%: %d offered, cohort %d, %.0f expected", percent, got, cohort, want)
 		if math.Abs(float64(cohort)-want) > 0.05*float64(len(hs)) {
@@ -303,6 +315,85 @@ func TestRolloutHoldsOneModel(t *testing.T) {
 	for _, h := range px7 {
 		if a := h.checkIn(t); a.Offer != nil || a.NoOffer != "runs_patch" {
 			t.Errorf("PX-7 %s after completion: offer %v (%q), want none: it runs the patch", h.id, a.Offer != nil, a.NoOffer)
+		}
+	}
+}
+
+// TestRolloutRetriesWindowAndBuild follows the policies through the
+// store and the HTTP API on a fake clock: a failed install is offered
+// again only after its backoff and not after the last attempt; a handset
+// outside the window is told when it opens; one on the release's build
+// or newer is never offered it.
+func TestRolloutRetriesWindowAndBuild(t *testing.T) {
+	env, clk := failingFleetRelease(t)
+	retries := 1
+	r := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{100}, Retries: &retries,
+		Backoff: []string{"2h"}, Models: []string{"PX-7"}, Reason: "privacy patch"})
+	h := enrollHandset(t, env, "PX-7", "7.2.0")
+	fail := func(n int) {
+		t.Helper()
+		a := h.checkIn(t)
+		if a.Offer == nil {
+			t.Fatalf("attempt %d: no offer (%q)", n, a.NoOffer)
+		}
+		at := clk.Now()
+		if c := call(t, "POST", env.URL+"/api/v1/reports", h.token, api.ReportBody{ReportID: fmt.Sprintf("fail-%d", n),
+			PatchID: a.Offer.PatchID, RolloutID: r.ID, State: server.StateFailed, ErrorCode: "E_DISK_FULL", At: &at}, nil); c != 201 {
+			t.Fatalf("report: %d", c)
+		}
+	}
+	fail(1)
+	clk.Advance(90 * time.Minute)
+	a := h.checkIn(t)
+	if a.Offer != nil || a.NoOffer != "retry_backoff" || a.PollAfterSeconds > 35*60 || a.PollAfterSeconds < 25*60 {
+		t.Fatalf("90 minutes into a 2h backoff: offer %v, %q, poll after %ds; want retry_backoff and about 30 minutes", a.Offer != nil, a.NoOffer, a.PollAfterSeconds)
+	}
+	clk.Advance(31 * time.Minute)
+	fail(2) // the retry: offered again, and fails again
+	clk.Advance(3 * time.Hour)
+	if a := h.checkIn(t); a.Offer != nil || a.NoOffer != "attempts_exhausted" {
+		t.Fatalf("after 1 + 1 attempts: offer %v, %q; want attempts_exhausted", a.Offer != nil, a.NoOffer)
+	}
+	recs, err := env.DB.Rollouts().DeviceRollouts(context.Background(), h.id)
+	if err != nil || len(recs) != 1 || recs[0].Attempts != 2 || recs[0].State != server.StateFailed {
+		t.Fatalf("record: %+v, %v; want one record, 2 attempts, failed", recs, err)
+	}
+
+	// A window of 01:00-05:00 local time, for a handset at UTC+1.
+	createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{100}, Window: "01:00-05:00",
+		Models: []string{"PX-8"}, Reason: "night only"})
+	night := enrollHandset(t, env, "PX-8", "7.2.0")
+	offset := 60
+	night.body.UTCOffsetMinutes = &offset
+	// 23:30 local: outside; told to poll at its interval (1h, sooner
+	// than the window's 01:00).
+	local := clk.Now().Add(time.Hour)
+	at2330 := time.Date(local.Year(), local.Month(), local.Day(), 23, 30, 0, 0, time.UTC)
+	if !at2330.After(local) {
+		at2330 = at2330.Add(24 * time.Hour)
+	}
+	clk.Advance(at2330.Sub(local))
+	a = night.checkIn(t)
+	if a.Offer != nil || a.NoOffer != "outside_window" || a.PollAfterSeconds < 3200 || a.PollAfterSeconds > 4000 {
+		t.Fatalf("23:30 local: offer %v, %q, poll after %ds; want outside_window, the hour's poll", a.Offer != nil, a.NoOffer, a.PollAfterSeconds)
+	}
+	// 00:45 local: still outside, and the window opens before the next
+	// poll: told to come back at 01:00.
+	clk.Advance(75 * time.Minute)
+	a = night.checkIn(t)
+	if a.Offer != nil || a.NoOffer != "outside_window" || a.PollAfterSeconds < 13*60 || a.PollAfterSeconds > 17*60 {
+		t.Fatalf("00:45 local: offer %v, %q, poll after %ds; want outside_window, about 15 minutes", a.Offer != nil, a.NoOffer, a.PollAfterSeconds)
+	}
+	clk.Advance(20 * time.Minute) // 01:05 local
+	if a := night.checkIn(t); a.Offer == nil {
+		t.Fatalf("01:05 local, inside the window: no offer (%q)", a.NoOffer)
+	}
+
+	// On the release's build or newer: never offered.
+	for _, build := range []string{"7.5.0", "7.10.2"} {
+		newer := enrollHandset(t, env, "PX-8", build)
+		if a := newer.checkIn(t); a.Offer != nil || a.NoOffer != "build_not_older" {
+			t.Errorf("handset on %s: offer %v (%q), want build_not_older", build, a.Offer != nil, a.NoOffer)
 		}
 	}
 }

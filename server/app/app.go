@@ -158,6 +158,8 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		OnChange: a.Eligibility.Invalidate}
 	apiCfg.Rollouts = a.Rollouts
 	apiCfg.RolloutMetrics = a.RolloutMetrics
+	// Reports read the rollups only, never the fleet.
+	apiCfg.Reports = &server.Reports{Store: cfg.DB.Reports(), Rollouts: cfg.DB.Rollouts(), Now: cfg.Now}
 	a.API = api.New(apiCfg)
 	return a, nil
 }

@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"cmp"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -253,40 +254,59 @@ const checkInStateSQL = `SELECT d.id, d.key_fingerprint, d.key_signed_at, d.mode
 FROM devices d LEFT JOIN device_rollouts r ON r.device_id = d.id
 WHERE d.token_hash = ?`
 
-type checkInStateRow struct {
-	Device         deviceRow  `gorm:"embedded"`
-	RRolloutID     *string    `gorm:"column:r_rollout_id"`
-	RModel         *string    `gorm:"column:r_model"`
-	RStartingBuild *string    `gorm:"column:r_starting_build"`
-	ROfferedAt     *time.Time `gorm:"column:r_offered_at"`
-	RLastOfferedAt *time.Time `gorm:"column:r_last_offered_at"`
-	RState         *string    `gorm:"column:r_state"`
-	RAttempts      *int       `gorm:"column:r_attempts"`
-	RLastFailureAt *time.Time `gorm:"column:r_last_failure_at"`
-	RResultAt      *time.Time `gorm:"column:r_result_at"`
-}
-
-// CheckInState implements server.DeviceStore in one statement.
+// CheckInState implements server.DeviceStore in one statement. It is the
+// one query of most check-ins, so it skips gorm and scans with
+// database/sql: gorm's reflection over the row cost about a fifth of a
+// check-in's CPU.
 func (s *DeviceStore) CheckInState(ctx context.Context, tokenHash string) (*server.Device, []*server.DeviceRollout, error) {
-	var rows []checkInStateRow
-	if err := s.db.gorm.WithContext(ctx).Raw(checkInStateSQL, tokenHash).Scan(&rows).Error; err != nil {
+	query := checkInStateSQL
+	if s.db.dialect == dialectPostgres {
+		query = strings.Replace(query, "?", "$1", 1)
+	}
+	rows, err := s.db.sql.QueryContext(ctx, query, tokenHash)
+	if err != nil {
 		return nil, nil, fmt.Errorf("check in: read device: %w", err)
 	}
-	if len(rows) == 0 {
-		return nil, nil, server.ErrDeviceToken
-	}
+	defer rows.Close()
+	var d *server.Device
 	var records []*server.DeviceRollout
-	for i := range rows {
-		r := &rows[i]
-		if r.RRolloutID == nil {
+	for rows.Next() {
+		var (
+			dev                                  deviceRow
+			rID, rModel, rBuild, rState          sql.NullString
+			rOffered, rLastOffered, rFail, rDone sql.NullTime
+			rAttempts                            sql.NullInt64
+		)
+		if err := rows.Scan(&dev.ID, &dev.KeyFingerprint, &dev.KeySignedAt, &dev.Model, &dev.Build, &dev.Channel, &dev.Region,
+			&dev.InstalledPatches, &dev.CloudMessaging, &dev.NumberEncryption, &dev.EnrolledAt, &dev.LastSeen, &dev.Rev,
+			&rID, &rModel, &rBuild, &rOffered, &rLastOffered, &rState, &rAttempts, &rFail, &rDone); err != nil {
+			return nil, nil, fmt.Errorf("check in: read device: %w", err)
+		}
+		if d == nil {
+			d = dev.device()
+		}
+		if !rID.Valid {
 			continue
 		}
-		row := deviceRolloutRow{RolloutID: *r.RRolloutID, DeviceID: r.Device.ID, Model: *r.RModel, StartingBuild: *r.RStartingBuild,
-			OfferedAt: *r.ROfferedAt, LastOfferedAt: *r.RLastOfferedAt, State: *r.RState, Attempts: *r.RAttempts,
-			LastFailureAt: r.RLastFailureAt, ResultAt: r.RResultAt}
+		row := deviceRolloutRow{RolloutID: rID.String, DeviceID: dev.ID, Model: rModel.String, StartingBuild: rBuild.String,
+			OfferedAt: rOffered.Time, LastOfferedAt: rLastOffered.Time, State: rState.String, Attempts: int(rAttempts.Int64),
+			LastFailureAt: nullTime(rFail), ResultAt: nullTime(rDone)}
 		records = append(records, row.deviceRollout())
 	}
-	return rows[0].Device.device(), records, nil
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("check in: read device: %w", err)
+	}
+	if d == nil {
+		return nil, nil, server.ErrDeviceToken
+	}
+	return d, records, nil
+}
+
+func nullTime(t sql.NullTime) *time.Time {
+	if !t.Valid {
+		return nil
+	}
+	return &t.Time
 }
 
 // saveCheckInSQL writes a check-in over the revision it read.
