@@ -351,10 +351,12 @@ func (f *fakeServer) snapshot() map[string]*fakeDevice {
 }
 
 // runHandset runs the command in-process and returns its exit code,
-// stdout and stderr.
+// stdout and stderr. Its deadline is a backstop above the longest
+// --timeout a test passes (TestFleetEndToEnd's 3m), so that a run ends
+// on its own --timeout and reports what was pending, not interrupted.
 func runHandset(tb testing.TB, env map[string]string, args ...string) (int, string, string) {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
 	code := run(ctx, args, func(k string) string { return env[k] }, &stdout, &stderr)

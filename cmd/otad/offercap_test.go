@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -29,6 +30,10 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 	dsn := apitest.PostgresDSN(t)
 	t.Setenv("OTAD_DATABASE", dsn)
 	t.Setenv("OTAD_ROLLOUT_REFRESH", "200ms")
+	// The release is published through one replica; the other picks it
+	// up at its next refresh, and until then refuses the rollout's
+	// handsets (release_not_published).
+	t.Setenv("OTAD_REFRESH_INTERVAL", "200ms")
 	t.Setenv("OTAD_CHECKIN_RATE", "0")
 	bin := buildOtad(t)
 	dir := t.TempDir()
@@ -71,8 +76,10 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 		}
 		tokens[i] = e.Token
 	}
-	// Both replicas see the rollout (refresh 200 ms), and the burst starts
-	// early in a minute so that it does not straddle two budgets.
+	// Both replicas serve the published release and see the rollout
+	// (refresh 200 ms), and the burst starts early in a minute so that it
+	// does not straddle two budgets.
+	waitSameTimestamp(t, bases)
 	time.Sleep(time.Second)
 	if s := time.Now().Second(); s > 40 {
 		time.Sleep(time.Duration(61-s) * time.Second)
@@ -141,4 +148,36 @@ func engineerToken(tb testing.TB, bin, dir string) string {
 		tb.Fatalf("otad token create: %v", err)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// waitSameTimestamp waits until every replica serves the same
+// timestamp.json: each has loaded what the others published.
+func waitSameTimestamp(tb testing.TB, bases []string) {
+	tb.Helper()
+	get := func(base string) []byte {
+		resp, err := http.Get(base + "/tuf/timestamp.json")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			tb.Fatalf("GET %s/tuf/timestamp.json: %d %v", base, resp.StatusCode, err)
+		}
+		return b
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		first, same := get(bases[0]), true
+		for _, b := range bases[1:] {
+			same = same && bytes.Equal(get(b), first)
+		}
+		if same {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("the replicas serve different timestamp.json after 30 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -32,6 +32,11 @@ func enrollFleet(tb testing.TB, env *apitest.Env, n int, model, build string) []
 		})
 	}
 	wg.Wait()
+	// A failed enrollment ended its goroutine, not the test, and left a
+	// nil handset.
+	if tb.Failed() {
+		tb.FailNow()
+	}
 	return out
 }
 
@@ -50,6 +55,9 @@ func checkInAll(tb testing.TB, hs []*handset) map[string]api.CheckInAnswer {
 		})
 	}
 	wg.Wait()
+	if tb.Failed() {
+		tb.FailNow()
+	}
 	out := make(map[string]api.CheckInAnswer, len(hs))
 	for i, h := range hs {
 		out[h.id] = answers[i]
