@@ -174,6 +174,11 @@ failed=$(num failed handsets.json)
   fail "handsets: $(cat handsets.json)"
 [ "$(offers)" -eq 1000 ] || fail "otad made $(offers) first offers over both stages, want 1000"
 echo "   $installed installed and compliant, $failed failed"
+report=$(curl -fs -H "Authorization: Bearer $OTACTL_TOKEN" "$OTACTL_SERVER/api/v1/admin/rollouts/$ro/report") ||
+  fail "rollout report"
+grep -q "\"installed\":$installed," <<<"$report" && grep -q '"offered":1000,' <<<"$report" ||
+  fail "the rollout report disagrees with the handsets ($installed installed of 1000 offered): $report"
+echo "   rollout report: $(grep -o '"offered":[0-9]*,"pending":[0-9]*,"downloading":[0-9]*,"installed":[0-9]*,"failed":[0-9]*' <<<"$report" | head -1)"
 out=$(otactl rollout events "$ro")
 for why in "privacy patch: first 10% of PX-7" "10% healthy: widen to every PX-7"; do
   grep -q "$why" <<<"$out" || fail "the audit log of $ro lacks \"$why\": $out"
