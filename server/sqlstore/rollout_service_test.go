@@ -464,40 +464,8 @@ SELECT 'ro_' || (i % 20), ?, 'bot', 'hold', 'seed', 'running', 'running', 1, 1, 
 		var rows []rolloutEventRow
 		return auditQuery(tx, f).Find(&rows)
 	})
-	var plan []string
-	err := g.Transaction(func(tx *gorm.DB) error {
-		explain := "EXPLAIN QUERY PLAN "
-		if db.dialect == dialectPostgres {
-			if err := tx.Exec("SET LOCAL enable_seqscan = off").Error; err != nil {
-				return err
-			}
-			explain = "EXPLAIN "
-		}
-		rows, err := tx.Raw(explain + query).Rows()
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		cols, err := rows.Columns()
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			vals := make([]any, len(cols))
-			for i := range vals {
-				vals[i] = new(any)
-			}
-			if err := rows.Scan(vals...); err != nil {
-				return err
-			}
-			plan = append(plan, fmt.Sprint(*vals[len(vals)-1].(*any)))
-		}
-		return rows.Err()
-	})
-	if err != nil {
-		t.Fatalf("explain %s: %v", query, err)
-	}
-	if text := strings.Join(plan, "\n"); !strings.Contains(text, "rollout_events_rollout") {
+	text := queryPlan(t, db, query)
+	if !strings.Contains(text, "rollout_events_rollout") {
 		t.Errorf("query plan of %s does not use rollout_events_rollout:\n%s", query, text)
 	}
 }

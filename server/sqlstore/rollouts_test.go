@@ -588,42 +588,8 @@ SELECT 'ro_1', 'dev_' || i, 'PX-7', '7.1.0', ?, ?, 'offered', 1 FROM s`, dbTime(
 	if err := g.Exec("ANALYZE device_rollouts").Error; err != nil {
 		t.Fatal(err)
 	}
-	var plan []string
-	err := g.Transaction(func(tx *gorm.DB) error {
-		explain := "EXPLAIN QUERY PLAN "
-		if db.dialect == dialectPostgres {
-			// The planner may still read a table this small whole; the
-			// test is whether the index serves the query at all.
-			if err := tx.Exec("SET LOCAL enable_seqscan = off").Error; err != nil {
-				return err
-			}
-			explain = "EXPLAIN "
-		}
-		rows, err := tx.Raw(explain+rolloutResultsSQL, rolloutResultsArgs("ro_1", t0)...).Rows()
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		cols, err := rows.Columns()
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			vals := make([]any, len(cols))
-			for i := range vals {
-				vals[i] = new(any)
-			}
-			if err := rows.Scan(vals...); err != nil {
-				return err
-			}
-			plan = append(plan, fmt.Sprint(*vals[len(vals)-1].(*any)))
-		}
-		return rows.Err()
-	})
-	if err != nil {
-		t.Fatalf("explain: %v", err)
-	}
-	if text := strings.Join(plan, "\n"); !strings.Contains(text, "device_rollouts_results") {
+	text := queryPlan(t, db, rolloutResultsSQL, rolloutResultsArgs("ro_1", t0)...)
+	if !strings.Contains(text, "device_rollouts_results") {
 		t.Errorf("query plan does not use device_rollouts_results:\n%s", text)
 	}
 }
@@ -712,4 +678,47 @@ func testEraseDeletesDeviceRollouts(t *testing.T, b backend) {
 	if err != nil || res["PX-7"].Installed != 1 {
 		t.Errorf("results after the erasure: got %v, %v, want 1 installed", res, err)
 	}
+}
+
+// queryPlan is the dialect's plan of query with args, one line per row
+// (SQLite's EXPLAIN QUERY PLAN, PostgreSQL's EXPLAIN). On PostgreSQL
+// sequential scans are off for it: the planner may still read a test's
+// small table whole, and the question is whether an index serves the
+// query at all.
+func queryPlan(t testing.TB, db *DB, query string, args ...any) string {
+	t.Helper()
+	var plan []string
+	err := db.gorm.WithContext(t.Context()).Transaction(func(tx *gorm.DB) error {
+		explain := "EXPLAIN QUERY PLAN "
+		if db.dialect == dialectPostgres {
+			if err := tx.Exec("SET LOCAL enable_seqscan = off").Error; err != nil {
+				return err
+			}
+			explain = "EXPLAIN "
+		}
+		rows, err := tx.Raw(explain+query, args...).Rows()
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		cols, err := rows.Columns()
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			vals := make([]any, len(cols))
+			for i := range vals {
+				vals[i] = new(any)
+			}
+			if err := rows.Scan(vals...); err != nil {
+				return err
+			}
+			plan = append(plan, fmt.Sprint(*vals[len(vals)-1].(*any)))
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		t.Fatalf("explain %s: %v", query, err)
+	}
+	return strings.Join(plan, "\n")
 }
