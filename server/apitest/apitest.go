@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -41,6 +42,8 @@ type Options struct {
 	Expiry manifests.Expiry
 	Now    func() time.Time
 	Blobs  manifests.BlobStore // default: a filesystem store in t.TempDir()
+	// Logger receives the server's logs; by default errors go to stderr,
+	// so that a failed request in CI shows why it failed.
 	Logger *slog.Logger
 	// TargetsRedirect answers artifact downloads with presigned URLs
 	// when Blobs can presign.
@@ -70,6 +73,9 @@ func Start(tb testing.TB, opts Options) *Env {
 	tb.Helper()
 	ctx := context.Background()
 	dir := tb.TempDir()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	}
 	db := opts.DB
 	if db == nil {
 		var err error

@@ -218,12 +218,13 @@ func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options
 
 	// The path is passed as a plain file name (not a file: URI), so the
 	// driver strips the query string and SQLite takes the path verbatim.
-	g, err := openSQLiteRetrying(ctx, path+"?"+q.Encode(), cfg)
+	sqlDB, err := sql.Open(sqlite.DriverName, path+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite database %s: %w", path, err)
 	}
-	sqlDB, err := g.DB()
+	g, err := openSQLiteRetrying(ctx, newWriteGate(sqlDB), cfg)
 	if err != nil {
+		_ = sqlDB.Close()
 		return nil, fmt.Errorf("open sqlite database %s: %w", path, err)
 	}
 	maxOpen := opts.MaxOpenConns
@@ -244,10 +245,10 @@ func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options
 // several processes open one file at once SQLite can refuse the switch to
 // WAL with SQLITE_BUSY without calling the busy handler (it does so to
 // avoid deadlocks), so busy_timeout alone does not cover it.
-func openSQLiteRetrying(ctx context.Context, dsn string, cfg *gorm.Config) (*gorm.DB, error) {
+func openSQLiteRetrying(ctx context.Context, pool *writeGate, cfg *gorm.Config) (*gorm.DB, error) {
 	deadline := time.Now().Add(10 * time.Second)
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
-		g, err := gorm.Open(sqlite.Open(dsn), cfg)
+		g, err := gorm.Open(&sqlite.Dialector{Conn: pool}, cfg)
 		var se *sqlitelib.Error
 		if err == nil || !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
 			return g, err
