@@ -62,7 +62,14 @@ minio_port=$(start_on_free_port MinIO start_minio)
 log "installing tuf-js (an independent TUF client)"
 tufjs=$(scripts/tufjs.sh install)
 
+log "installing Chromium (the dashboard's browser tests)"
+chromium_bin=$(scripts/chromium.sh install)
+
 export OTA_TEST_TUFJS="$tufjs"
+export OTA_TEST_CHROMIUM="$chromium_bin"
+# Screenshots of the dashboard taken by the browser tests are kept here.
+export OTA_TEST_ARTIFACTS="$PWD/artifacts"
+mkdir -p "$OTA_TEST_ARTIFACTS"
 export OTA_TEST_POSTGRES_DSN="postgres://ota@127.0.0.1:$pg_port/postgres?sslmode=disable"
 export OTA_TEST_S3_ENDPOINT="http://127.0.0.1:$minio_port"
 export OTA_TEST_S3_ACCESS_KEY=otatest

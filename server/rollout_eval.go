@@ -38,6 +38,12 @@ type RolloutEvaluator struct {
 	OnChange func()
 	// Logger receives a line per saved event (default: discard).
 	Logger *slog.Logger
+	// Approvals receives the four-eyes requests of auto-advances past
+	// FourEyesPercent: the evaluator never widens that far on its own,
+	// it asks on behalf of the rollout's creator, who then cannot
+	// approve it alone. Without it such auto-advances do not happen.
+	// Pending approvals of a rollout it halts are cancelled.
+	Approvals ApprovalStore
 }
 
 // Evaluate runs the policies once at Now. For each running or completed
@@ -88,9 +94,15 @@ func (e *RolloutEvaluator) evaluate(ctx context.Context, r *Rollout, now time.Ti
 		// A copy: the store (or a cache behind it) may share r.
 		r = r.Clone()
 		version := r.Version
-		evs, err := e.decide(ctx, r, now)
+		evs, req, err := e.decide(ctx, r, now)
 		if err != nil || len(evs) == 0 {
 			return false, err
+		}
+		var pending []*Approval
+		if e.Approvals != nil && slices.ContainsFunc(evs, changesState) {
+			if pending, err = pendingApprovals(ctx, e.Approvals, id); err != nil {
+				return false, fmt.Errorf("evaluate rollout %s: %w", id, err)
+			}
 		}
 		err = e.Store.UpdateRollout(ctx, r, version, evs)
 		if err == nil {
@@ -100,7 +112,16 @@ func (e *RolloutEvaluator) evaluate(ctx context.Context, r *Rollout, now time.Ti
 					e.OnEvent(ev)
 				}
 			}
-			return true, nil
+			var errs []error
+			if req != nil {
+				if err := e.Approvals.CreateApproval(ctx, req); err != nil {
+					errs = append(errs, fmt.Errorf("evaluate rollout %s: record approval %s: %w", id, req.ID, err))
+				}
+			}
+			if err := cancelApprovals(ctx, e.Approvals, pending, SystemActor, "the rollout changed on its own", now); err != nil {
+				errs = append(errs, fmt.Errorf("evaluate rollout %s: %w", id, err))
+			}
+			return true, errors.Join(errs...)
 		}
 		if !errors.Is(err, ErrConflict) || attempt == maxEvaluateAttempts {
 			return false, fmt.Errorf("evaluate rollout %s: save: %w", id, err)
@@ -112,29 +133,75 @@ func (e *RolloutEvaluator) evaluate(ctx context.Context, r *Rollout, now time.Ti
 }
 
 // decide runs the policies on r at now, changing r, and returns the
-// events to save with it.
-func (e *RolloutEvaluator) decide(ctx context.Context, r *Rollout, now time.Time) ([]Event, error) {
+// events to save with it, and the approval to record once they are saved
+// when the policy would advance past four eyes.
+func (e *RolloutEvaluator) decide(ctx context.Context, r *Rollout, now time.Time) ([]Event, *Approval, error) {
 	if !r.State.offering() {
 		// Re-read after a conflict: paused or aborted meanwhile.
-		return nil, nil
+		return nil, nil, nil
 	}
 	health, err := e.results(ctx, r, func(model string) time.Time { return r.ResultsSince(model, now) })
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	evs := EvaluateHealth(r, health, now)
 	// EvaluateAdvance does nothing before the soak ends: the stage's
 	// results are not read until then.
+	var req *Approval
 	if r.State == RolloutRunning && r.Policy.Soak > 0 && !now.Before(r.SoakStart().Add(r.Policy.Soak)) {
 		stage, err := e.results(ctx, r, r.StageResultsSince)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if ev, ok := EvaluateAdvance(r, stage, now); ok {
-			evs = append(evs, ev)
+		// On a copy first: an advance past four eyes is asked for, not
+		// made.
+		next := r.Clone()
+		if ev, ok := EvaluateAdvance(next, stage, now); ok {
+			if !NeedsApproval(ev.Action, ev.ToPercent) {
+				*r = *next
+				evs = append(evs, ev)
+			} else if ask, err := e.askApproval(ctx, r, ev, now); err != nil {
+				return nil, nil, err
+			} else if ask != nil {
+				req = ask
+				evs = append(evs, e.requestEvent(r, ask, now))
+			}
 		}
 	}
-	return evs, nil
+	return evs, req, nil
+}
+
+// askApproval returns the approval to request for the auto-advance ev of
+// r, on behalf of the rollout's creator, or nil when one was already
+// asked for this stage's soak (pending, or decided: a rejection holds
+// until the stage changes or the rollout is resumed) or there is no
+// store to ask in.
+func (e *RolloutEvaluator) askApproval(ctx context.Context, r *Rollout, ev Event, now time.Time) (*Approval, error) {
+	if e.Approvals == nil {
+		return nil, nil
+	}
+	all, err := e.Approvals.RolloutApprovals(ctx, r.ID)
+	if err != nil {
+		return nil, fmt.Errorf("evaluate rollout %s: %w", r.ID, err)
+	}
+	since := r.SoakStart()
+	for _, a := range all {
+		if a.Pending() || !a.RequestedAt.Before(since) {
+			return nil, nil
+		}
+	}
+	return &Approval{ID: NewApprovalID(), RolloutID: r.ID, Action: ActionAdvance, ToPercent: ev.ToPercent,
+		RequestedBy: r.CreatedBy, RequestedAt: now, Reason: "auto-advance: " + ev.Reason, State: ApprovalPending}, nil
+}
+
+// requestEvent is the approval_requested event of an auto-advance that
+// waits for a second person.
+func (e *RolloutEvaluator) requestEvent(r *Rollout, a *Approval, now time.Time) Event {
+	ev := r.event(ActionApprovalRequested, SystemActor, a.Reason, now)
+	ev.ToPercent = a.ToPercent
+	ev.Detail = fmt.Sprintf("approval %s: advance to %g%% waits for a second person; asked on behalf of the rollout's creator %s, who cannot approve it alone",
+		a.ID, a.ToPercent, a.RequestedBy)
+	return ev
 }
 
 // results counts r's results per model, each model from since(model).

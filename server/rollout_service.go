@@ -48,6 +48,10 @@ type RolloutService struct {
 	// OnChange, when set, is called after every successful write, so
 	// that this replica's cache of rollouts is refreshed at once.
 	OnChange func()
+	// Approvals keeps the four-eyes requests: an advance past
+	// FourEyesPercent or a start at 100% waits in it for a second
+	// person (see Approve). Without it such widenings are refused.
+	Approvals ApprovalStore
 }
 
 // rolloutAttempts bounds the retries of a change whose rollout was saved
@@ -105,16 +109,25 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 		return nil, err
 	}
 	evs := []Event{ev}
+	var startAt100 *Event
 	if !spec.Draft {
 		reason := spec.Reason
 		if reason == "" {
 			reason = "created by " + actor
 		}
-		start, err := r.Start(actor, reason, now)
+		start, err := wouldWiden(r, func(r *Rollout, now time.Time) (Event, error) { return r.Start(actor, reason, now) }, now)
 		if err != nil {
 			return nil, err
 		}
-		evs = append(evs, start)
+		if NeedsApproval(ActionStart, start.ToPercent) {
+			// Stored as a draft; the start waits for a second person.
+			startAt100 = &start
+		} else {
+			if start, err = r.Start(actor, reason, now); err != nil {
+				return nil, err
+			}
+			evs = append(evs, start)
+		}
 	} else if spec.Reason != "" {
 		// A draft's create event carries the reason, if one was given.
 		if err := checkAction(actor, spec.Reason); err != nil {
@@ -122,10 +135,18 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 		}
 		evs[0].Reason = spec.Reason
 	}
+	if startAt100 != nil && s.Approvals == nil {
+		return nil, errNoApprovals
+	}
 	if err := s.Store.CreateRollout(ctx, r, evs...); err != nil {
 		return nil, err
 	}
 	s.changed()
+	if startAt100 != nil {
+		// On a conflict (the draft changed in the instant since) the
+		// draft stays and the caller starts it again.
+		return s.requestApproval(ctx, r, *startAt100, actor, startAt100.Reason, now)
+	}
 	return r, nil
 }
 
@@ -210,60 +231,94 @@ func auditLimit(limit int) (int, error) {
 
 // RolloutActions lists the audit actions, for filters.
 var RolloutActions = []string{ActionCreate, ActionStart, ActionPause, ActionResume, ActionAbort, ActionAdvance,
-	ActionComplete, ActionHalt, ActionHold, ActionReleaseHold}
+	ActionComplete, ActionHalt, ActionHold, ActionReleaseHold, ActionApprovalRequested, ActionApprovalRejected}
 
-// Start makes a draft run at its first stage.
+// Start makes a draft run at its first stage. A first stage of 100%
+// needs a second person: the start is then recorded as a pending
+// approval and the answer is an *ApprovalPendingError with the draft.
 func (s *RolloutService) Start(ctx context.Context, id, actor, reason string) (*Rollout, error) {
-	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) { return r.Start(actor, reason, now) })
+	return s.widen(ctx, id, actor, reason, func(r *Rollout, now time.Time) (Event, error) { return r.Start(actor, reason, now) })
 }
 
 // Pause stops new offers of a running or completed rollout.
 func (s *RolloutService) Pause(ctx context.Context, id, actor, reason string) (*Rollout, error) {
-	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) { return r.Pause(actor, reason, now) })
+	return s.changeAs(ctx, id, actor, func(r *Rollout, now time.Time) (Event, error) { return r.Pause(actor, reason, now) })
 }
 
 // Resume runs a paused rollout again, clearing a halt.
 func (s *RolloutService) Resume(ctx context.Context, id, actor, reason string) (*Rollout, error) {
-	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) { return r.Resume(actor, reason, now) })
+	return s.changeAs(ctx, id, actor, func(r *Rollout, now time.Time) (Event, error) { return r.Resume(actor, reason, now) })
 }
 
 // Abort ends a rollout for good.
 func (s *RolloutService) Abort(ctx context.Context, id, actor, reason string) (*Rollout, error) {
-	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) { return r.Abort(actor, reason, now) })
+	return s.changeAs(ctx, id, actor, func(r *Rollout, now time.Time) (Event, error) { return r.Abort(actor, reason, now) })
 }
 
 // Advance widens a rollout to its next stage (percent 0) or to percent.
+// A target above FourEyesPercent needs a second person: the advance is
+// then recorded as a pending approval and the answer is an
+// *ApprovalPendingError with the rollout as it stands.
 func (s *RolloutService) Advance(ctx context.Context, id, actor, reason string, percent float64) (*Rollout, error) {
-	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) {
+	return s.widen(ctx, id, actor, reason, func(r *Rollout, now time.Time) (Event, error) {
 		return r.Advance(actor, reason, percent, now)
 	})
 }
 
+// widen is change for the actions four eyes may stop: when the change
+// action would make needs approval (NeedsApproval), it is requested
+// instead of applied.
+func (s *RolloutService) widen(ctx context.Context, id, actor, reason string, action func(*Rollout, time.Time) (Event, error)) (*Rollout, error) {
+	var err error
+	for range rolloutAttempts {
+		var r *Rollout
+		if r, err = s.Store.Rollout(ctx, id); err != nil {
+			return nil, err
+		}
+		now := s.now()
+		ev, aerr := wouldWiden(r, action, now)
+		if aerr != nil {
+			return nil, aerr
+		}
+		if !NeedsApproval(ev.Action, ev.ToPercent) {
+			return s.changeAs(ctx, id, actor, action)
+		}
+		var out *Rollout
+		out, err = s.requestApproval(ctx, r, ev, actor, reason, now)
+		if !errors.Is(err, ErrConflict) || errors.As(err, new(*ApprovalPendingError)) {
+			return out, err
+		}
+	}
+	return nil, err
+}
+
 // Complete ends the staging of a running rollout at its last stage.
 func (s *RolloutService) Complete(ctx context.Context, id, actor, reason string) (*Rollout, error) {
-	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) { return r.Complete(actor, reason, now) })
+	return s.changeAs(ctx, id, actor, func(r *Rollout, now time.Time) (Event, error) { return r.Complete(actor, reason, now) })
 }
 
 // HoldModel stops new offers of a rollout to one model.
 func (s *RolloutService) HoldModel(ctx context.Context, id, actor, reason, model string) (*Rollout, error) {
-	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) {
+	return s.changeAs(ctx, id, actor, func(r *Rollout, now time.Time) (Event, error) {
 		return r.HoldModel(actor, reason, model, now)
 	})
 }
 
 // ReleaseHold lets a held model be offered again.
 func (s *RolloutService) ReleaseHold(ctx context.Context, id, actor, reason, model string) (*Rollout, error) {
-	return s.change(ctx, id, func(r *Rollout, now time.Time) (Event, error) {
+	return s.changeAs(ctx, id, actor, func(r *Rollout, now time.Time) (Event, error) {
 		return r.ReleaseHold(actor, reason, model, now)
 	})
 }
 
-// change reads rollout id, applies action to it and saves it with the
+// changeAs reads rollout id, applies action to it and saves it with the
 // action's event over the version it read. When the store says the
 // rollout changed meanwhile, it reads it again and applies action to the
 // new state, which may now refuse it (pausing a rollout the evaluation
-// just halted is a TransitionError).
-func (s *RolloutService) change(ctx context.Context, id string, action func(*Rollout, time.Time) (Event, error)) (*Rollout, error) {
+// just halted is a TransitionError). A change of state or percent
+// cancels the rollout's pending approvals, in actor's name, and its
+// event says which.
+func (s *RolloutService) changeAs(ctx context.Context, id, actor string, action func(*Rollout, time.Time) (Event, error)) (*Rollout, error) {
 	var err error
 	for range rolloutAttempts {
 		var r *Rollout
@@ -271,12 +326,25 @@ func (s *RolloutService) change(ctx context.Context, id string, action func(*Rol
 			return nil, err
 		}
 		from := r.Version
-		ev, aerr := action(r, s.now())
+		now := s.now()
+		ev, aerr := action(r, now)
 		if aerr != nil {
 			return nil, aerr
 		}
+		var pending []*Approval
+		if s.Approvals != nil && changesState(ev) {
+			if pending, err = pendingApprovals(ctx, s.Approvals, id); err != nil {
+				return nil, err
+			}
+			if ids := approvalIDs(pending); ids != "" {
+				ev.Detail = strings.TrimPrefix(ev.Detail+"; cancelled "+ids, "; ")
+			}
+		}
 		if err = s.Store.UpdateRollout(ctx, r, from, []Event{ev}); err == nil {
 			s.changed()
+			if err := cancelApprovals(ctx, s.Approvals, pending, actor, "the rollout changed: "+ev.Action, now); err != nil {
+				return nil, err
+			}
 			return r, nil
 		}
 		// The action's own refusals came back above: an ErrConflict of

@@ -6,34 +6,20 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/hex"
+	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 )
 
-// Token roles.
-const (
-	// RoleReleaseEngineer may run the repository ceremony, upload
-	// releases, sign drafts and yank targets.
-	RoleReleaseEngineer = "release-engineer"
-	// RoleOperator may create and change rollouts (start, pause, resume,
-	// abort, advance, hold) but not touch the repository. Release
-	// engineers may change rollouts too.
-	RoleOperator = "operator"
-	// RoleViewer may read repository, fleet and rollout status.
-	RoleViewer = "viewer"
-)
-
-// Roles lists the valid token roles.
-var Roles = []string{RoleReleaseEngineer, RoleOperator, RoleViewer}
-
-// Token is an admin API token. The secret itself is never stored: only
-// its sha256, which is enough for a 256-bit random secret.
+// Token is an API token of a user or of a service account: it acts as
+// that user, with the user's current role, and stops working when the
+// user is disabled. The secret itself is never stored: only its sha256,
+// which is enough for a 256-bit random secret.
 type Token struct {
 	ID        string
 	Name      string
-	Role      string
+	UserID    string
 	CreatedAt time.Time
 	RevokedAt *time.Time
 }
@@ -41,29 +27,65 @@ type Token struct {
 // TokenStore keeps tokens.
 type TokenStore interface {
 	CreateToken(ctx context.Context, t *Token, hash string) error
-	// TokenByHash returns ErrNotFound for an unknown hash.
-	TokenByHash(ctx context.Context, hash string) (*Token, error)
-	ListTokens(ctx context.Context) ([]*Token, error)
+	// TokenByHash returns the token and its user, or ErrNotFound for an
+	// unknown hash.
+	TokenByHash(ctx context.Context, hash string) (*Token, *User, error)
+	// ListTokens lists the tokens of one user, or of all for userID "".
+	ListTokens(ctx context.Context, userID string) ([]*Token, error)
+	// RevokeToken returns ErrNotFound for an unknown id.
 	RevokeToken(ctx context.Context, id string) error
 }
 
 // tokenPrefix marks otad tokens so secret scanners can find leaked ones.
 const tokenPrefix = "otad_"
 
-// Tokens mints and checks admin API tokens.
+// Tokens mints and checks API tokens.
 type Tokens struct {
 	Store TokenStore
+	Users UserStore
 	Now   func() time.Time
 }
 
-// Create mints a token and returns it with its secret, which is shown
-// once and cannot be recovered.
+// Create mints a token for the service account name, creating the
+// account with role if it does not exist, and returns it with its
+// secret, which is shown once and cannot be recovered. It is what
+// `otad token create` does; a service account that exists already must
+// have role, and a person's account is refused (people mint their own
+// tokens with CreateFor).
 func (ts Tokens) Create(ctx context.Context, name, role string) (*Token, string, error) {
+	if err := ValidateUser(name, role, "", true); err != nil {
+		return nil, "", err
+	}
+	u, _, err := ts.Users.UserByName(ctx, name)
+	switch {
+	case isNotFound(err):
+		u, err = Users{Store: ts.Users, Now: ts.Now}.Create(ctx, name, role, "", true)
+		if errors.Is(err, ErrConflict) {
+			// Another replica created it in between.
+			u, _, err = ts.Users.UserByName(ctx, name)
+		}
+		if err != nil {
+			return nil, "", err
+		}
+	case err != nil:
+		return nil, "", err
+	}
+	if !u.Service {
+		return nil, "", fmt.Errorf("%w: %s is a person's account; log in and mint a token there, or pick another service account name", ErrConflict, name)
+	}
+	if u.Role != role {
+		return nil, "", fmt.Errorf("%w: service account %s has role %s, not %s; change it with otad user set-role", ErrConflict, name, u.Role, role)
+	}
+	return ts.CreateFor(ctx, u, name)
+}
+
+// CreateFor mints a token named name that acts as u.
+func (ts Tokens) CreateFor(ctx context.Context, u *User, name string) (*Token, string, error) {
 	if name == "" || len(name) > 64 {
 		return nil, "", fmt.Errorf("%w: token name must be 1-64 characters", ErrInvalid)
 	}
-	if !slices.Contains(Roles, role) {
-		return nil, "", fmt.Errorf("%w: role %q: want one of %s", ErrInvalid, role, strings.Join(Roles, ", "))
+	if u.Disabled {
+		return nil, "", fmt.Errorf("%w: user %s is disabled", ErrConflict, u.Name)
 	}
 	var id [8]byte
 	var secret [32]byte
@@ -74,47 +96,34 @@ func (ts Tokens) Create(ctx context.Context, name, role string) (*Token, string,
 	if ts.Now != nil {
 		now = ts.Now
 	}
-	t := &Token{ID: "t-" + hex.EncodeToString(id[:]), Name: name, Role: role, CreatedAt: now().UTC()}
+	t := &Token{ID: "t-" + hex.EncodeToString(id[:]), Name: name, UserID: u.ID, CreatedAt: now().UTC()}
 	if err := ts.Store.CreateToken(ctx, t, HashToken(plain)); err != nil {
 		return nil, "", err
 	}
 	return t, plain, nil
 }
 
-// Authenticate returns the live token for a secret, or ErrUnauthorized
-// without saying whether it was unknown or revoked.
-func (ts Tokens) Authenticate(ctx context.Context, plain string) (*Token, error) {
+// Authenticate returns the principal of a live token, or ErrUnauthorized
+// without saying whether it was unknown, revoked or its user disabled.
+func (ts Tokens) Authenticate(ctx context.Context, plain string) (*Principal, error) {
 	if !strings.HasPrefix(plain, tokenPrefix) || len(plain) > 128 {
 		return nil, fmt.Errorf("%w: invalid token", ErrUnauthorized)
 	}
-	t, err := ts.Store.TokenByHash(ctx, HashToken(plain))
+	t, u, err := ts.Store.TokenByHash(ctx, HashToken(plain))
 	if err != nil {
 		if isNotFound(err) {
 			return nil, fmt.Errorf("%w: invalid token", ErrUnauthorized)
 		}
 		return nil, err
 	}
-	if t.RevokedAt != nil {
+	if t.RevokedAt != nil || u == nil || u.Disabled {
 		return nil, fmt.Errorf("%w: invalid token", ErrUnauthorized)
 	}
-	return t, nil
+	return &Principal{User: u, TokenID: t.ID}, nil
 }
 
 // HashToken is what the store keeps of a token.
 func HashToken(plain string) string {
 	sum := sha256.Sum256([]byte(plain))
 	return hex.EncodeToString(sum[:])
-}
-
-type tokenKey struct{}
-
-// WithToken returns ctx carrying the authenticated token.
-func WithToken(ctx context.Context, t *Token) context.Context {
-	return context.WithValue(ctx, tokenKey{}, t)
-}
-
-// TokenFromContext returns the authenticated token, or nil.
-func TokenFromContext(ctx context.Context) *Token {
-	t, _ := ctx.Value(tokenKey{}).(*Token)
-	return t
 }

@@ -57,7 +57,7 @@ func (e *engineer) env(srv *apitest.Env) map[string]string {
 // newEngineer creates a token and a key for name.
 func newEngineer(tb testing.TB, srv *apitest.Env, name string, flags ...string) *engineer {
 	tb.Helper()
-	_, token, err := server.Tokens{Store: srv.DB.Tokens()}.Create(context.Background(), name, server.RoleReleaseEngineer)
+	_, token, err := srv.App.Tokens.Create(context.Background(), name, server.RoleReleaseEngineer)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -51,9 +51,13 @@ Usage:
   otactl rollout list|show|events|audit|watch [ID]
                          read rollouts and their audit log; watch one live
   otactl rollout start|pause|resume|abort|advance|complete ID --reason TEXT
-                         change a rollout (operator or release-engineer token)
+                         change a rollout (operator token or above)
   otactl rollout hold|release-hold ID --model M --reason TEXT
                          hold one model of a rollout, or offer it again
+  otactl rollout approvals ID
+  otactl rollout approve|reject ID APPROVAL --reason TEXT
+                         four eyes: a widening past 50% (or a start at 100%) waits
+                         for a second operator's approval
   otactl help            show this help
 
 The server and token come from --server/--token or OTACTL_SERVER/OTACTL_TOKEN;

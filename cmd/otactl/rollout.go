@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"net/url"
 	"strconv"
@@ -29,6 +30,9 @@ var rolloutCommands = []command{
 	{"release-hold", (*cli).rolloutReleaseHold},
 	{"events", (*cli).rolloutEvents},
 	{"audit", (*cli).rolloutAudit},
+	{"approvals", (*cli).rolloutApprovals},
+	{"approve", decisionCommand("approve", "Approves a widening another person asked for (four eyes: past 50%, or a start at\n100%); it is applied at once, in your name. You cannot approve your own request.")},
+	{"reject", decisionCommand("reject", "Rejects a widening waiting for approval; nothing changes. The requester may\nreject (withdraw) their own.")},
 	{"watch", (*cli).rolloutWatch},
 }
 
@@ -189,9 +193,19 @@ func (c *cli) rolloutCreate(args []string) error {
 	if err != nil {
 		return err
 	}
-	var r api.Rollout
-	if err := cl.do(c.ctx, "POST", "/rollouts", req, &r); err != nil {
+	var raw json.RawMessage
+	if err := cl.do(c.ctx, "POST", "/rollouts", req, &raw); err != nil {
 		return rolloutCreateError(err)
+	}
+	if a, ok := pendingApproval(raw); ok {
+		// Created as a draft; its start at 100% waits for four eyes.
+		fmt.Fprintf(c.stdout, "created rollout %s as a draft\n", a.RolloutID)
+		printPending(c.stdout, a)
+		return nil
+	}
+	var r api.Rollout
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return fmt.Errorf("the answer is not a rollout: %w", err)
 	}
 	fmt.Fprintf(c.stdout, "created rollout %s: %s\n", r.ID, stageLine(&r))
 	printRollout(c.stdout, &r, time.Now())
@@ -240,6 +254,9 @@ func rolloutAPIError(err error) error {
 	}
 	switch ae.Code {
 	case "forbidden":
+		if strings.Contains(ae.Message, "second person") {
+			return errors.New(ae.Message)
+		}
 		return fmt.Errorf("%s (ask for an operator token: otad token create --role operator)", ae.Message)
 	case "not_found":
 		return fmt.Errorf("%s (otactl rollout list lists the rollouts)", ae.Message)
@@ -415,9 +432,17 @@ func (c *cli) rolloutReleaseHold(args []string) error {
 // rolloutChange posts an action and prints the rollout after it; a
 // refusal says what to do next, from the rollout's state.
 func (c *cli) rolloutChange(cl *client, id, action, path string, body any) error {
-	var r api.Rollout
-	err := cl.do(c.ctx, "POST", rolloutPath(id, path), body, &r)
+	var raw json.RawMessage
+	err := cl.do(c.ctx, "POST", rolloutPath(id, path), body, &raw)
 	if err == nil {
+		if a, ok := pendingApproval(raw); ok {
+			printPending(c.stdout, a)
+			return nil
+		}
+		var r api.Rollout
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return fmt.Errorf("the answer is not a rollout: %w", err)
+		}
 		fmt.Fprintf(c.stdout, "rollout %s: %s\n", r.ID, stageLine(&r))
 		return nil
 	}
@@ -487,7 +512,13 @@ func (c *cli) rolloutAudit(args []string) error {
 		return err
 	}
 	q := url.Values{"limit": {strconv.Itoa(limit)}}
-	for k, v := range map[string]string{"rollout": rollout, "actor": actor, "action": strings.ReplaceAll(action, "-", "_")} {
+	// The audit log records rollout changes as "rollout.ACTION" on the
+	// rollout's id.
+	q.Set("action", "rollout.")
+	if action != "" {
+		q.Set("action", "rollout."+strings.ReplaceAll(action, "-", "_"))
+	}
+	for k, v := range map[string]string{"object": rollout, "actor": actor} {
 		if v != "" {
 			q.Set(k, v)
 		}
@@ -507,16 +538,124 @@ func (c *cli) rolloutAudit(args []string) error {
 	if err != nil {
 		return err
 	}
-	var evs []api.RolloutEvent
-	if err := cl.do(c.ctx, "GET", "/audit?"+q.Encode(), nil, &evs); err != nil {
+	var es []api.AuditEntry
+	if err := cl.do(c.ctx, "GET", "/audit?"+q.Encode(), nil, &es); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) && ae.Code == "invalid" && ae.Field != "" {
 			return usageError{fmt.Errorf("--%s: %s", ae.Field, fieldMessage(ae))}
 		}
 		return err
 	}
-	printEvents(c.stdout, evs, true)
+	printEvents(c.stdout, rolloutEventsOf(es), true)
 	return nil
+}
+
+// rolloutEventsOf turns the audit log's rollout entries back into the
+// events they record (Detail holds the states, percents and model).
+func rolloutEventsOf(es []api.AuditEntry) []api.RolloutEvent {
+	out := make([]api.RolloutEvent, 0, len(es))
+	for _, e := range es {
+		action, ok := strings.CutPrefix(e.Action, "rollout.")
+		if !ok {
+			continue
+		}
+		var d struct {
+			FromState   string  `json:"from_state"`
+			ToState     string  `json:"to_state"`
+			FromPercent float64 `json:"from_percent"`
+			ToPercent   float64 `json:"to_percent"`
+			Model       string  `json:"model"`
+			Detail      string  `json:"detail"`
+		}
+		ev := api.RolloutEvent{RolloutID: e.Object, At: e.At, Actor: e.Actor, Action: action, Reason: e.Reason}
+		if json.Unmarshal([]byte(e.Detail), &d) == nil {
+			ev.FromState, ev.ToState, ev.FromPercent, ev.ToPercent, ev.Model, ev.Detail =
+				d.FromState, d.ToState, d.FromPercent, d.ToPercent, d.Model, d.Detail
+		} else {
+			ev.Detail = e.Detail
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// pendingApproval reads a 202 answer: a widening waiting for a second
+// person.
+func pendingApproval(raw json.RawMessage) (*api.Approval, bool) {
+	var a api.Approval
+	if json.Unmarshal(raw, &a) != nil || a.State != "pending" || a.RequestedBy == "" {
+		return nil, false
+	}
+	return &a, true
+}
+
+func printPending(w io.Writer, a *api.Approval) {
+	fmt.Fprintf(w, "rollout %s: %s to %s%% waits for a second person's approval (%s): nothing changed yet.\n"+
+		"  another operator approves it with otactl rollout approve %s %s --reason TEXT\n",
+		a.RolloutID, a.Action, fmtPercent(a.ToPercent), a.ID, a.RolloutID, a.ID)
+}
+
+func (c *cli) rolloutApprovals(args []string) error {
+	var sf serverFlags
+	fs := newFlagSet("rollout approvals ID",
+		"Lists a rollout's four-eyes approvals, newest first: id, state, what, who asked and\nwhy, who decided and why.", c.stderr)
+	cl, id, err := c.rolloutArg(fs, &sf, args)
+	if err != nil {
+		return err
+	}
+	var as []api.Approval
+	if err := cl.do(c.ctx, "GET", rolloutPath(id, "/approvals"), nil, &as); err != nil {
+		return rolloutAPIError(err)
+	}
+	if len(as) == 0 {
+		fmt.Fprintln(c.stdout, "no approvals")
+		return nil
+	}
+	for _, a := range as {
+		cols := []string{a.ID, a.State, a.Action + " to " + fmtPercent(a.ToPercent) + "%",
+			fmtTime(a.RequestedAt), a.RequestedBy, a.Reason}
+		if a.DecidedBy != "" {
+			cols = append(cols, a.DecidedBy, a.DecisionReason)
+		}
+		fmt.Fprintln(c.stdout, strings.Join(cols, "\t"))
+	}
+	return nil
+}
+
+// decisionCommand is approve or reject: ID APPROVAL --reason TEXT.
+func decisionCommand(verdict, description string) func(*cli, []string) error {
+	return func(c *cli, args []string) error {
+		var sf serverFlags
+		var reason string
+		fs := newFlagSet("rollout "+verdict+" ID APPROVAL --reason TEXT", description+"\nThe reason goes into the audit log.", c.stderr)
+		sf.register(fs)
+		fs.StringVar(&reason, "reason", "", "why (required)")
+		pos, err := parseArgs(fs, args)
+		if err != nil {
+			return err
+		}
+		if err := wantArgs(fs, pos, 2, 2, "the rollout ID and the APPROVAL id (otactl rollout approvals ID lists them)"); err != nil {
+			return err
+		}
+		if strings.TrimSpace(reason) == "" {
+			return usageError{fmt.Errorf("rollout %s needs --reason TEXT: every decision is logged with its reason", verdict)}
+		}
+		cl, err := c.client(sf)
+		if err != nil {
+			return err
+		}
+		var d api.ApprovalDecision
+		path := rolloutPath(pos[0], "/approvals/"+url.PathEscape(pos[1])+"/"+verdict)
+		if err := cl.do(c.ctx, "POST", path, api.RolloutActionRequest{Reason: reason}, &d); err != nil {
+			return rolloutAPIError(err)
+		}
+		if d.Rollout != nil {
+			fmt.Fprintf(c.stdout, "approved %s: rollout %s: %s\n", d.Approval.ID, d.Rollout.ID, stageLine(d.Rollout))
+			return nil
+		}
+		fmt.Fprintf(c.stdout, "%s %s: rollout %s stays as it is\n", d.Approval.State, d.Approval.ID, d.Approval.RolloutID)
+		return nil
+	}
 }
 
 // parseWhen reads an RFC 3339 time or a duration back from now.

@@ -64,7 +64,7 @@ func TestRolloutCommands(t *testing.T) {
 	r = mustRun(t, a, "release", "create", build, "--name", "old/update.zip", "--patch-id", "CM-2025-009")
 	mustRun(t, a, "release", "sign", draftID(t, r), "--key", alice.key, "--yes")
 
-	tokens := server.Tokens{Store: srv.DB.Tokens()}
+	tokens := srv.App.Tokens
 	_, opsToken, err := tokens.Create(context.Background(), "ops", server.RoleOperator)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +73,12 @@ func TestRolloutCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, ops2Token, err := tokens.Create(context.Background(), "ops2", server.RoleOperator)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ops := map[string]string{envServer: srv.URL, envToken: opsToken}
+	ops2 := map[string]string{envServer: srv.URL, envToken: ops2Token}
 	viewer := map[string]string{envServer: srv.URL, envToken: viewToken}
 
 	r = mustRun(t, ops, "rollout", "create", "--id", "ro-privacy", "--release", target, "--stages", "10,50%,100",
@@ -113,13 +118,22 @@ func TestRolloutCommands(t *testing.T) {
 		{[]string{"pause", "ro-privacy", "--reason", "dashboards look off"}, "rollout ro-privacy: paused, stage 1 of 3 (10%)"},
 		{[]string{"resume", "ro-privacy", "--reason", "false alarm"}, "rollout ro-privacy: running, stage 1 of 3 (10%)"},
 		{[]string{"advance", "ro-privacy", "--reason", "healthy"}, "running, stage 2 of 3 (50%)"},
-		{[]string{"advance", "ro-privacy", "--reason", "faster", "--percent", "75%"}, "running, stage 3 of 4 (75%)"},
-		{[]string{"hold", "ro-privacy", "--model", "PX-8", "--reason", "boot loops"}, "running, stage 3 of 4 (75%)"},
+		{[]string{"advance", "ro-privacy", "--reason", "faster", "--percent", "75%"}, "advance to 75% waits for a second person's approval"},
 	}
 	for _, st := range steps {
 		r := mustRun(t, ops, append([]string{"rollout"}, st.args...)...)
 		wantContains(t, "rollout "+st.args[0], r.stdout, st.want)
 	}
+	// Four eyes: past 50% a second operator approves.
+	r = mustRun(t, viewer, "rollout", "approvals", "ro-privacy")
+	apID, _, _ := strings.Cut(r.stdout, "\t")
+	wantContains(t, "rollout approvals", r.stdout, apID+"\tpending\tadvance to 75%\t", "\tops\tfaster")
+	wantFail(t, ops, 1, []string{"a second person must approve"}, "rollout", "approve", "ro-privacy", apID, "--reason", "mine")
+	wantFail(t, ops2, 2, []string{"needs --reason TEXT"}, "rollout", "approve", "ro-privacy", apID)
+	r = mustRun(t, ops2, "rollout", "approve", "ro-privacy", apID, "--reason", "checked")
+	wantContains(t, "rollout approve", r.stdout, "approved "+apID+": rollout ro-privacy: running, stage 3 of 4 (75%)")
+	r = mustRun(t, ops, "rollout", "hold", "ro-privacy", "--model", "PX-8", "--reason", "boot loops")
+	wantContains(t, "rollout hold", r.stdout, "running, stage 3 of 4 (75%)")
 	r = mustRun(t, viewer, "rollout", "show", "ro-privacy")
 	wantContains(t, "rollout show", r.stdout, "stages:   10% 50% [75%] 100%", "held models:", "PX-8 held at ", "by ops: boot loops")
 
@@ -142,7 +156,7 @@ func TestRolloutCommands(t *testing.T) {
 	wantFail(t, ops, 1, []string{"--percent: want a percent above the current 75"}, "rollout", "advance", "ro-privacy", "--reason", "x", "--percent", "60")
 	wantFail(t, ops, 2, []string{"needs --reason TEXT"}, "rollout", "pause", "ro-privacy")
 	wantFail(t, ops, 2, []string{"missing the rollout ID"}, "rollout", "pause", "--reason", "x")
-	wantFail(t, viewer, 1, []string{"operator or release-engineer", "otad token create --role operator"}, "rollout", "pause", "ro-privacy", "--reason", "x")
+	wantFail(t, viewer, 1, []string{"lacks permission rollouts:change", "otad token create --role operator"}, "rollout", "pause", "ro-privacy", "--reason", "x")
 	wantFail(t, ops, 1, []string{"rollout ro-nosuch: not found", "otactl rollout list"}, "rollout", "show", "ro-nosuch")
 	wantFail(t, ops, 1, []string{"--release: ", "is not a published target", "otactl status lists"},
 		"rollout", "create", "--release", "cm-privacy/2027.1/update.zip", "--stages", "1")
@@ -158,7 +172,8 @@ func TestRolloutCommands(t *testing.T) {
 	// The audit log, per rollout and across them.
 	r = mustRun(t, viewer, "rollout", "events", "ro-privacy")
 	wantContains(t, "rollout events", r.stdout, "\tops\tcreate\tdraft 10%\t\n", "\tops\tstart\tdraft 10% -> running 10%\tprivacy incident\n",
-		"\tops\tpause\trunning 10% -> paused 10%\tdashboards look off\n", "\tops\tadvance\trunning 50% -> running 75%\tfaster\n",
+		"\tops\tpause\trunning 10% -> paused 10%\tdashboards look off\n", "\tops\tapproval_requested\trunning 50% -> running 75%\tfaster; approval "+apID,
+		"\tops2\tadvance\trunning 50% -> running 75%\tchecked; approval "+apID+": requested by ops (faster), approved by ops2",
 		"\tops\thold PX-8\trunning 75%\tboot loops\n", "\tops\trelease_hold PX-8\trunning 75%\tfixed; released the hold of ")
 	r = mustRun(t, viewer, "rollout", "audit", "--action", "pause", "--since", "1h")
 	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 || !strings.Contains(lines[0], "ro-privacy\tops\tpause\trunning 75% -> paused 75%\tinvestigating") {

@@ -116,7 +116,7 @@ func TestOfferURLsNameTheBoundAddress(t *testing.T) {
 				want = base
 			}
 
-			_, secret, err := server.Tokens{Store: m.DB.Tokens()}.Create(t.Context(), "offer-test", server.RoleReleaseEngineer)
+			_, secret, err := server.Tokens{Store: m.DB.Tokens(), Users: m.DB.Users()}.Create(t.Context(), "offer-test", server.RoleReleaseEngineer)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -125,11 +125,12 @@ func TestOfferURLsNameTheBoundAddress(t *testing.T) {
 			env.Ceremony(t, es, 2)
 			const target = "cloudmsg/CM-2026-001/update.zip"
 			env.Publish(t, target, []byte("the patch"), es...)
-			var ro api.Rollout
-			if err := env.Do("POST", "/rollouts", api.RolloutRequest{Release: target, Stages: []float64{100},
-				Reason: "offer URL test"}, &ro); err != nil {
-				t.Fatalf("create rollout: %v", err)
+			_, approver, err := server.Tokens{Store: m.DB.Tokens(), Users: m.DB.Users()}.Create(t.Context(), "offer-approver", server.RoleOperator)
+			if err != nil {
+				t.Fatal(err)
 			}
+			ro := createRollout(t, env, approver, api.RolloutRequest{Release: target, Stages: []float64{100},
+				Reason: "offer URL test"})
 
 			var enrolled api.EnrollAnswer
 			postJSON(t, base+"/api/v1/devices", "", "", api.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"}, &enrolled)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -93,6 +94,9 @@ func (m *Main) Run(ctx context.Context) error {
 		RolloutRefresh:     m.cfg.RolloutRefresh,
 		RefreshInterval:    m.cfg.RefreshInterval,
 		ReportRetention:    m.cfg.ReportRetention,
+		// Behind a TLS proxy the request is plain HTTP: an https public
+		// URL marks the session cookie Secure anyway.
+		Web: app.WebConfig{Banner: m.cfg.Banner, SecureCookie: strings.HasPrefix(publicURL, "https://")},
 		API: api.Config{
 			MaxBody:         m.cfg.MaxBody,
 			Registry:        prometheus.NewRegistry(),

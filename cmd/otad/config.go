@@ -66,6 +66,10 @@ type Config struct {
 	// all enrollments (per replica).
 	EnrollmentsPerMinute float64
 	EnrollmentBurst      int
+
+	// Banner is a warning strip on every dashboard page; only "otad
+	// demo" sets it (no flag): a demo must not pass for production.
+	Banner string
 }
 
 // defaultConfig is what otad runs with when nothing is set: embedded

@@ -16,9 +16,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
-
-	"github.com/patchfleet/ota/server"
 
 	"github.com/patchfleet/ota/internal/envflag"
 )
@@ -28,12 +25,25 @@ artifacts to handsets, tracks which handsets applied the patch and reports
 rollout progress.
 
 Usage:
+  otad demo [flags]      a self-contained demo: dashboard, signed patch, simulated fleet
   otad serve [flags]     run the server
   otad migrate [flags]   apply database migrations and exit
-  otad token create --name NAME --role release-engineer|operator|viewer
-                         mint an admin API token (printed once)
-  otad token list        list tokens
-  otad token revoke ID   revoke a token
+  otad user create NAME --role ROLE [--service]
+                         add a dashboard user (password from a prompt or
+                         $OTAD_USER_PASSWORD) or a service account
+  otad user list | disable NAME | enable NAME | set-role NAME ROLE | password NAME
+                         manage users; roles: viewer, operator,
+                         release-engineer, admin
+  otad token create NAME --role ROLE
+                         mint an API token for service account NAME,
+                         created if new (printed once)
+  otad token create --user NAME TOKENNAME
+                         mint an API token acting as user NAME
+  otad token list [--user NAME] | revoke ID
+                         list or revoke tokens
+  otad audit verify      check the audit log's hash chain
+  otad audit list [--actor A] [--action A] [--limit N]
+                         show the audit log, newest first
   otad help              show this help
 
 Run "otad <command> --help" for the flags of a command.
@@ -69,6 +79,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = runMigrate(ctx, args[1:], getenv, stdout, stderr)
 	case "token":
 		err = runToken(ctx, args[1:], getenv, stdout, stderr)
+	case "user":
+		err = runUser(ctx, args[1:], getenv, stdout, stderr)
+	case "audit":
+		err = runAudit(ctx, args[1:], getenv, stdout, stderr)
+	case "demo":
+		err = runDemo(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -171,70 +187,6 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 		fmt.Fprintf(stdout, "database schema is up to date at version %d\n", res.To)
 	} else {
 		fmt.Fprintf(stdout, "database schema migrated from version %d to %d\n", res.From, res.To)
-	}
-	return nil
-}
-
-func runToken(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "create" && args[0] != "list" && args[0] != "revoke") {
-		fmt.Fprint(stderr, "Usage: otad token create --name NAME --role ROLE | otad token list | otad token revoke ID\n")
-		return usageError{errors.New("token needs create, list or revoke")}
-	}
-	sub := args[0]
-	cfg := defaultConfig()
-	var name, role string
-	fs := envflag.New("otad token "+sub+" [flags]",
-		"Manages admin API tokens. Tokens are shown once at creation; only their hash is stored.\nRoles: release-engineer (ceremony, releases, signing, yanks, rollouts), operator (rollouts),\nviewer (read only).", stderr)
-	cfg.registerCommon(fs)
-	if sub == "create" {
-		fs.StringVar(&name, "name", "", "who the token is for, e.g. alice")
-		fs.StringVar(&role, "role", server.RoleReleaseEngineer, "release-engineer, operator or viewer")
-	}
-	if err := parseFlags(fs, args[1:], getenv); err != nil {
-		return err
-	}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.StartupTimeout)
-	defer cancel()
-	if err := prepareDataDir(cfg.DataDir); err != nil {
-		return err
-	}
-	db, _, err := openDatabase(ctx, cfg, cfg.logger(stderr))
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	tokens := server.Tokens{Store: db.Tokens()}
-	switch sub {
-	case "create":
-		t, secret, err := tokens.Create(ctx, name, role)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stderr, "created token %s for %s (%s); it is shown once:\n", t.ID, t.Name, t.Role)
-		fmt.Fprintln(stdout, secret)
-	case "list":
-		list, err := db.Tokens().ListTokens(ctx)
-		if err != nil {
-			return err
-		}
-		for _, t := range list {
-			state := "active"
-			if t.RevokedAt != nil {
-				state = "revoked " + t.RevokedAt.Format(time.RFC3339)
-			}
-			fmt.Fprintf(stdout, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, t.CreatedAt.Format(time.RFC3339), state)
-		}
-	case "revoke":
-		if fs.NArg() != 1 {
-			return usageError{errors.New("token revoke needs the token id (see otad token list)")}
-		}
-		if err := db.Tokens().RevokeToken(ctx, fs.Arg(0)); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "revoked %s\n", fs.Arg(0))
 	}
 	return nil
 }

@@ -44,11 +44,11 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 
 	const capPerMinute, handsets = 40, 240
 	env := &apitest.Env{URL: bases[0], Token: engineerToken(t, bin, dir)}
-	var r api.Rollout
 	limit := capPerMinute
-	if err := env.Do("POST", "/rollouts", api.RolloutRequest{Release: "cloudmsg/CM-2026-001/update.zip", Stages: []float64{100},
-		MaxOffersPerMinute: &limit, Reason: "capped"}, &r); err != nil {
-		t.Fatalf("create rollout: %v", err)
+	r := createRollout(t, env, engineerToken(t, bin, dir), api.RolloutRequest{Release: "cloudmsg/CM-2026-001/update.zip",
+		Stages: []float64{100}, MaxOffersPerMinute: &limit, Reason: "capped"})
+	if r.State != "running" {
+		t.Fatalf("rollout %s is %s, want running", r.ID, r.State)
 	}
 
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}

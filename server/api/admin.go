@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -24,89 +23,31 @@ const (
 
 func (s *Server) mountAdmin() {
 	g := s.echo.Group(AdminPrefix, s.authenticate)
-	engineer := requireRole(server.RoleReleaseEngineer)
-
-	g.GET("/whoami", s.whoami)
-	g.GET("/repo/status", s.repoStatus)
-	g.GET("/repo/online-key", s.onlineKey)
-	g.POST("/repo/root-drafts", s.createRootDraft, engineer)
-	g.PUT("/artifacts/*", s.uploadArtifact, engineer)
-	g.POST("/releases", s.createRelease, engineer)
-	g.POST("/yanks", s.createYank, engineer)
-	g.GET("/drafts", s.listDrafts)
-	g.GET("/drafts/pending", s.pendingDraft)
-	g.GET("/drafts/:id", s.getDraft)
-	g.POST("/drafts/:id/signatures", s.addSignatures, engineer)
-	g.DELETE("/drafts/:id", s.discardDraft, engineer)
+	add := func(method, path string, h echo.HandlerFunc) { s.route(g, AdminPrefix, method, path, h) }
+	add(http.MethodGet, "/whoami", s.whoami)
+	add(http.MethodGet, "/repo/status", s.repoStatus)
+	add(http.MethodGet, "/repo/online-key", s.onlineKey)
+	add(http.MethodPost, "/repo/root-drafts", s.createRootDraft)
+	add(http.MethodPut, "/artifacts/*", s.uploadArtifact)
+	add(http.MethodPost, "/releases", s.createRelease)
+	add(http.MethodPost, "/yanks", s.createYank)
+	add(http.MethodGet, "/drafts", s.listDrafts)
+	add(http.MethodGet, "/drafts/pending", s.pendingDraft)
+	add(http.MethodGet, "/drafts/:id", s.getDraft)
+	add(http.MethodPost, "/drafts/:id/signatures", s.addSignatures)
+	add(http.MethodDelete, "/drafts/:id", s.discardDraft)
 	if s.fleet != nil {
-		g.GET("/fleet/summary", s.fleetSummary)
+		add(http.MethodGet, "/fleet/summary", s.fleetSummary)
 	}
 	if s.rollouts != nil {
 		s.mountRollouts(g)
 	}
+	add(http.MethodGet, "/audit", s.auditEntries)
+	add(http.MethodGet, "/audit/verify", s.verifyAudit)
+	if s.users.Store != nil {
+		s.mountUsers(g)
+	}
 	s.mountReports(g)
-}
-
-// authenticate requires a live admin token ("Authorization: Bearer ...";
-// a bare token is refused) and puts it in the request context.
-func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		plain, ok := bearerToken(c.Request().Header.Get("Authorization"))
-		if !ok {
-			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="otad admin"`)
-			return fmt.Errorf("%w: missing bearer token; create one with otad token create", server.ErrUnauthorized)
-		}
-		t, err := s.tokens.Authenticate(c.Request().Context(), plain)
-		if err != nil {
-			return err
-		}
-		c.SetRequest(c.Request().WithContext(server.WithToken(c.Request().Context(), t)))
-		return next(c)
-	}
-}
-
-func requireRole(role string) echo.MiddlewareFunc {
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			t := server.TokenFromContext(c.Request().Context())
-			if t == nil || t.Role != role {
-				return fmt.Errorf("%w: this needs a %s token", server.ErrForbidden, role)
-			}
-			return next(c)
-		}
-	}
-}
-
-// requireAnyRole lets through a token with any of roles.
-func requireAnyRole(roles ...string) echo.MiddlewareFunc {
-	want := strings.Join(roles, " or ")
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			t := server.TokenFromContext(c.Request().Context())
-			if t == nil || !slices.Contains(roles, t.Role) {
-				return fmt.Errorf("%w: this needs a token with role %s", server.ErrForbidden, want)
-			}
-			return next(c)
-		}
-	}
-}
-
-func actor(c echo.Context) string {
-	if t := server.TokenFromContext(c.Request().Context()); t != nil {
-		return t.Name
-	}
-	return ""
-}
-
-// WhoAmI is the answer of GET /admin/whoami.
-type WhoAmI struct {
-	Name string `json:"name"`
-	Role string `json:"role"`
-}
-
-func (s *Server) whoami(c echo.Context) error {
-	t := server.TokenFromContext(c.Request().Context())
-	return c.JSON(http.StatusOK, WhoAmI{Name: t.Name, Role: t.Role})
 }
 
 func (s *Server) repoStatus(c echo.Context) error {
@@ -150,6 +91,10 @@ func (s *Server) createRootDraft(c echo.Context) error {
 		TargetsKeys: req.TargetsKeys, TargetsThreshold: req.TargetsThreshold,
 	}, actor(c))
 	if err != nil {
+		return err
+	}
+	if err := s.audit(c, "root-draft.create", d.ID, map[string]int{"root_keys": len(req.RootKeys),
+		"root_threshold": req.RootThreshold, "targets_keys": len(req.TargetsKeys), "targets_threshold": req.TargetsThreshold}); err != nil {
 		return err
 	}
 	return s.respondDraft(c, http.StatusCreated, d.ID)
@@ -209,6 +154,11 @@ func (s *Server) uploadArtifact(c echo.Context) error {
 		return fmt.Errorf("%w: uploaded bytes have sha256 %s, not the declared %s; the upload was discarded, try again",
 			server.ErrInvalid, info.SHA256, sum)
 	}
+	// An upload of bytes already stored (Existed, above) changes nothing
+	// and is not audited.
+	if err := s.audit(c, "artifact.upload", p, map[string]any{"sha256": sum, "length": info.Size}); err != nil {
+		return err
+	}
 	return c.JSON(http.StatusCreated, Artifact{Path: p, Length: info.Size, SHA256: sum})
 }
 
@@ -235,6 +185,10 @@ func (s *Server) createRelease(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := s.audit(c, "release.create", req.Path, map[string]string{"draft": d.ID, "sha256": req.SHA256,
+		"patch_id": req.Custom.PatchID}); err != nil {
+		return err
+	}
 	return s.respondDraft(c, http.StatusCreated, d.ID)
 }
 
@@ -250,6 +204,9 @@ func (s *Server) createYank(c echo.Context) error {
 	}
 	d, err := s.repo.CreateYankDraft(c.Request().Context(), req.Path, actor(c))
 	if err != nil {
+		return err
+	}
+	if err := s.audit(c, "yank.create", req.Path, map[string]string{"draft": d.ID}); err != nil {
 		return err
 	}
 	return s.respondDraft(c, http.StatusCreated, d.ID)
@@ -323,11 +280,21 @@ func (s *Server) addSignatures(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	keys := make([]string, len(sigs))
+	for i, sg := range sigs {
+		keys[i] = sg.Part + ":" + sg.KeyID
+	}
+	if err := s.audit(c, "draft.sign", c.Param("id"), map[string]any{"digest": req.Digest, "signatures": keys}); err != nil {
+		return err
+	}
 	return c.JSON(http.StatusOK, v)
 }
 
 func (s *Server) discardDraft(c echo.Context) error {
 	if err := s.repo.DiscardDraft(c.Request().Context(), c.Param("id")); err != nil {
+		return err
+	}
+	if err := s.audit(c, "draft.discard", c.Param("id"), nil); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/web"
 )
 
 // Check is one dependency that /readyz probes.
@@ -45,6 +46,14 @@ type Config struct {
 	Repo   *manifests.Repository
 	Blobs  manifests.BlobStore
 	Tokens server.Tokens
+	// Users, when its Store is set, enables the users and tokens routes.
+	Users server.Users
+	// Audit is where administrative actions are appended and what GET
+	// /admin/audit reads; without it they are not logged (otad always
+	// sets it).
+	Audit server.AuditStore
+	// Now is the clock of audit entries (default time.Now).
+	Now func() time.Time
 	// TargetsRedirect answers /targets/ with a redirect to a presigned URL
 	// valid for PresignTTL when the store can presign (S3).
 	TargetsRedirect bool
@@ -56,6 +65,10 @@ type Config struct {
 	DownloadStallTimeout time.Duration
 	// MaxArtifactSize bounds artifact uploads.
 	MaxArtifactSize int64
+
+	// Web, when set, is the dashboard: its pages are mounted beside the
+	// API (see mountWeb).
+	Web *web.Handler
 
 	// Fleet enables the handset API and the fleet summary.
 	Fleet *server.Fleet
@@ -101,6 +114,20 @@ type Server struct {
 
 	rollouts *server.RolloutService
 	reports  *server.Reports
+
+	users    server.Users
+	auditLog server.AuditStore
+	clock    func() time.Time
+
+	// webRoutes are what the dashboard's pages need (mountWeb).
+	webRoutes map[string]RouteAccess
+}
+
+func (s *Server) now() time.Time {
+	if s.clock != nil {
+		return s.clock().UTC()
+	}
+	return time.Now().UTC()
 }
 
 // New builds the application with its middleware and routes.
@@ -139,6 +166,7 @@ func New(cfg Config) *Server {
 		enrollLimit:  newGlobalLimiter(cfg.EnrollmentsPerMinute, cfg.EnrollmentBurst)}
 	s.rollouts = cfg.Rollouts
 	s.reports = cfg.Reports
+	s.users, s.auditLog, s.clock = cfg.Users, cfg.Audit, cfg.Now
 	e.HTTPErrorHandler = s.handleError
 
 	// Order matters: the request id comes first so every later log line
@@ -181,6 +209,13 @@ func New(cfg Config) *Server {
 	}
 	if s.fleet != nil {
 		s.mountHandset()
+	}
+	if cfg.Web != nil {
+		s.mountWeb(cfg.Web)
+	}
+	// Every route must say what it needs (server/api/permissions.go).
+	if err := s.CheckRoutes(); err != nil {
+		panic(err)
 	}
 	return s
 }

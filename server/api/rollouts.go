@@ -14,14 +14,14 @@ import (
 	"github.com/patchfleet/ota/server"
 )
 
-// mountRollouts adds the rollout routes to the admin group: reading
-// takes any token, changing an operator or release-engineer one.
+// mountRollouts adds the rollout routes to the admin group; what each
+// needs is in routeTable.
 func (s *Server) mountRollouts(g *echo.Group) {
-	change := requireAnyRole(server.RoleOperator, server.RoleReleaseEngineer)
-	g.POST("/rollouts", s.createRollout, change)
-	g.GET("/rollouts", s.listRollouts)
-	g.GET("/rollouts/:id", s.getRollout)
-	g.GET("/rollouts/:id/events", s.rolloutEvents)
+	add := func(method, path string, h echo.HandlerFunc) { s.route(g, AdminPrefix, method, path, h) }
+	add(http.MethodPost, "/rollouts", s.createRollout)
+	add(http.MethodGet, "/rollouts", s.listRollouts)
+	add(http.MethodGet, "/rollouts/:id", s.getRollout)
+	add(http.MethodGet, "/rollouts/:id/events", s.rolloutEvents)
 	for _, a := range []struct {
 		name string
 		do   rolloutAction
@@ -32,12 +32,14 @@ func (s *Server) mountRollouts(g *echo.Group) {
 		{server.ActionAbort, s.rollouts.Abort},
 		{server.ActionComplete, s.rollouts.Complete},
 	} {
-		g.POST("/rollouts/:id/"+a.name, s.rolloutActionHandler(a.do), change)
+		add(http.MethodPost, "/rollouts/:id/"+a.name, s.rolloutActionHandler(a.do))
 	}
-	g.POST("/rollouts/:id/advance", s.advanceRollout, change)
-	g.POST("/rollouts/:id/holds", s.holdModel, change)
-	g.POST("/rollouts/:id/holds/:model/release", s.releaseHold, change)
-	g.GET("/audit", s.auditLog)
+	add(http.MethodPost, "/rollouts/:id/advance", s.advanceRollout)
+	add(http.MethodPost, "/rollouts/:id/holds", s.holdModel)
+	add(http.MethodPost, "/rollouts/:id/holds/:model/release", s.releaseHold)
+	add(http.MethodGet, "/rollouts/:id/approvals", s.listApprovals)
+	add(http.MethodPost, "/rollouts/:id/approvals/:aid/approve", s.approve)
+	add(http.MethodPost, "/rollouts/:id/approvals/:aid/reject", s.reject)
 }
 
 // RolloutRequest is the body of POST /admin/rollouts. Omitted policy
@@ -323,7 +325,7 @@ func (s *Server) createRollout(c echo.Context) error {
 	}
 	r, err := s.rollouts.Create(c.Request().Context(), spec, actor(c))
 	if err != nil {
-		return err
+		return pendingOr(c, err)
 	}
 	return c.JSON(http.StatusCreated, rolloutOf(r))
 }
@@ -363,7 +365,7 @@ func (s *Server) rolloutActionHandler(do rolloutAction) echo.HandlerFunc {
 		}
 		r, err := do(c.Request().Context(), c.Param("id"), actor(c), req.Reason)
 		if err != nil {
-			return err
+			return pendingOr(c, err)
 		}
 		return c.JSON(http.StatusOK, rolloutOf(r))
 	}
@@ -376,7 +378,7 @@ func (s *Server) advanceRollout(c echo.Context) error {
 	}
 	r, err := s.rollouts.Advance(c.Request().Context(), c.Param("id"), actor(c), req.Reason, req.Percent)
 	if err != nil {
-		return err
+		return pendingOr(c, err)
 	}
 	return c.JSON(http.StatusOK, rolloutOf(r))
 }
@@ -437,25 +439,6 @@ func (s *Server) rolloutEvents(c echo.Context) error {
 		return err
 	}
 	evs, err := s.rollouts.Events(c.Request().Context(), c.Param("id"), limit)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, eventsOf(evs))
-}
-
-func (s *Server) auditLog(c echo.Context) error {
-	f := server.AuditFilter{RolloutID: c.QueryParam("rollout"), Actor: c.QueryParam("actor"), Action: c.QueryParam("action")}
-	var err error
-	if f.Limit, err = queryLimit(c); err != nil {
-		return err
-	}
-	if f.Since, err = queryTime(c, "since"); err != nil {
-		return err
-	}
-	if f.Until, err = queryTime(c, "until"); err != nil {
-		return err
-	}
-	evs, err := s.rollouts.AuditEvents(c.Request().Context(), f)
 	if err != nil {
 		return err
 	}

@@ -39,7 +39,7 @@ func startRolloutEnv(t *testing.T) *rolloutEnv {
 	old.InstallsBuild = ""
 	env.MustSign(t, env.DraftRelease(t, noBuildTarget, []byte("an older patch"), old).ID, es[0])
 	re := &rolloutEnv{Env: env, engineer: "Bearer " + env.Token}
-	tokens := server.Tokens{Store: env.DB.Tokens()}
+	tokens := env.App.Tokens
 	for _, tok := range []struct {
 		name, role string
 		dst        *string
@@ -133,22 +133,33 @@ func TestRolloutLifecycle(t *testing.T) {
 		wantState        string
 		wantPercent      float64
 		wantHolds        int
+		// fourEyes: the operator's request answers 202 and the release
+		// engineer's approval applies it.
+		fourEyes bool
 	}{
-		{"pause", id + "/pause", `{"reason":"dashboards look off"}`, "paused", 1, 0},
-		{"resume", id + "/resume", `{"reason":"false alarm"}`, "running", 1, 0},
-		{"advance to the next stage", id + "/advance", `{"reason":"healthy"}`, "running", 10, 0},
-		{"advance to a percent", id + "/advance", `{"reason":"faster","percent":75}`, "running", 75, 0},
-		{"hold a model", id + "/holds", `{"model":"PX-7","reason":"boot loops"}`, "running", 75, 1},
-		{"release the hold", id + "/holds/PX-7/release", `{"reason":"fixed in the build"}`, "running", 75, 0},
-		{"advance to the last stage", id + "/advance", `{"reason":"all"}`, "running", 100, 0},
-		{"complete", id + "/complete", `{"reason":"done"}`, "completed", 100, 0},
+		{"pause", id + "/pause", `{"reason":"dashboards look off"}`, "paused", 1, 0, false},
+		{"resume", id + "/resume", `{"reason":"false alarm"}`, "running", 1, 0, false},
+		{"advance to the next stage", id + "/advance", `{"reason":"healthy"}`, "running", 10, 0, false},
+		{"advance to a percent", id + "/advance", `{"reason":"faster","percent":75}`, "running", 75, 0, true},
+		{"hold a model", id + "/holds", `{"model":"PX-7","reason":"boot loops"}`, "running", 75, 1, false},
+		{"release the hold", id + "/holds/PX-7/release", `{"reason":"fixed in the build"}`, "running", 75, 0, false},
+		{"advance to the last stage", id + "/advance", `{"reason":"all"}`, "running", 100, 0, true},
+		{"complete", id + "/complete", `{"reason":"done"}`, "completed", 100, 0, false},
 	}
 	version := r.Version
 	for _, st := range steps {
-		r := env.rollout(t, env.operator, "POST", st.path, st.body, http.StatusOK)
-		if r.State != st.wantState || r.Percent != st.wantPercent || len(r.Holds) != st.wantHolds || r.Version != version+1 {
+		var r *api.Rollout
+		wantVersion := version + 1
+		if st.fourEyes {
+			a := env.approval(t, env.operator, st.path, st.body)
+			r = env.approve(t, env.engineer, "ro-privacy", a.ID, "second pair of eyes")
+			wantVersion++ // the request's event, then the change
+		} else {
+			r = env.rollout(t, env.operator, "POST", st.path, st.body, http.StatusOK)
+		}
+		if r.State != st.wantState || r.Percent != st.wantPercent || len(r.Holds) != st.wantHolds || r.Version != wantVersion {
 			t.Fatalf("%s: %s at %g%% with %d holds, version %d; want %s at %g%% with %d holds, version %d",
-				st.name, r.State, r.Percent, len(r.Holds), r.Version, st.wantState, st.wantPercent, st.wantHolds, version+1)
+				st.name, r.State, r.Percent, len(r.Holds), r.Version, st.wantState, st.wantPercent, st.wantHolds, wantVersion)
 		}
 		version = r.Version
 	}
@@ -182,42 +193,87 @@ func TestRolloutLifecycle(t *testing.T) {
 		}
 	}
 
-	// The audit log: one rollout's oldest first, all of them newest first.
+	// The rollout's events, oldest first; the audit log, newest first.
 	evs := env.events(t, id+"/events")
-	wantLog := []string{"ops:create", "ops:start", "ops:pause", "ops:resume", "ops:advance", "ops:advance", "ops:hold",
-		"ops:release_hold", "ops:advance", "ops:complete", "ops:abort"}
+	wantLog := []string{"ops:create", "ops:start", "ops:pause", "ops:resume", "ops:advance",
+		"ops:approval_requested", "test-engineer:advance", "ops:hold", "ops:release_hold",
+		"ops:approval_requested", "test-engineer:advance", "ops:complete", "ops:abort"}
 	if !reflect.DeepEqual(summary(evs), wantLog) {
 		t.Errorf("events %v, want %v", summary(evs), wantLog)
 	}
-	adv := evs[5]
-	if adv.Reason != "faster" || adv.FromState != "running" || adv.ToState != "running" || adv.FromPercent != 10 || adv.ToPercent != 75 {
-		t.Errorf("advance event %+v, want faster, running 10%% -> 75%%", adv)
+	adv := evs[6]
+	if adv.Reason != "second pair of eyes" || adv.FromState != "running" || adv.ToState != "running" || adv.FromPercent != 10 ||
+		adv.ToPercent != 75 || !strings.Contains(adv.Detail, "requested by ops (faster)") {
+		t.Errorf("approved advance event %+v, want running 10%% -> 75%% naming the requester and the approver", adv)
 	}
-	if rel := evs[7]; rel.Model != "PX-7" || rel.Hold == nil || rel.Hold.Reason != "boot loops" || !strings.Contains(rel.Detail, "boot loops") {
+	if rel := evs[8]; rel.Model != "PX-7" || rel.Hold == nil || rel.Hold.Reason != "boot loops" || !strings.Contains(rel.Detail, "boot loops") {
 		t.Errorf("release_hold event %+v, want the released hold of PX-7 and its reason", rel)
 	}
 	if last2 := env.events(t, id+"/events?limit=2"); !reflect.DeepEqual(summary(last2), wantLog[len(wantLog)-2:]) {
 		t.Errorf("events?limit=2: %v, want the last two", summary(last2))
 	}
-	all := env.events(t, "/audit")
-	if len(all) != len(wantLog)+1 || all[0].Action != "abort" || all[len(all)-1].Action != "create" {
-		t.Errorf("audit log %v, want %d events, newest first", summary(all), len(wantLog)+1)
+	all := env.audit(t, "?action=rollout.")
+	if len(all) != len(wantLog)+1 || all[0].Action != "rollout.abort" || all[len(all)-1].Action != "rollout.create" {
+		t.Errorf("audit log %v, want %d rollout entries, newest first", auditSummary(all), len(wantLog)+1)
 	}
 	since := url.QueryEscape(evs[4].At.Format(time.RFC3339Nano))
 	for _, tc := range []struct {
 		query string
 		want  []string
 	}{
-		{"?actor=test-engineer", []string{"test-engineer:create"}},
-		{"?rollout=ro-privacy&action=advance", []string{"ops:advance", "ops:advance", "ops:advance"}},
-		{"?rollout=ro-privacy&action=advance&limit=1", []string{"ops:advance"}},
-		{"?rollout=ro-privacy&since=" + since + "&action=advance", []string{"ops:advance", "ops:advance", "ops:advance"}},
-		{"?rollout=ro-privacy&until=" + since, []string{"ops:resume", "ops:pause", "ops:start", "ops:create"}},
+		{"?actor=test-engineer&action=rollout.", []string{"test-engineer:rollout.advance", "test-engineer:rollout.advance", "test-engineer:rollout.create"}},
+		{"?object=ro-privacy&action=rollout.advance", []string{"test-engineer:rollout.advance", "test-engineer:rollout.advance", "ops:rollout.advance"}},
+		{"?object=ro-privacy&action=rollout.advance&limit=1", []string{"test-engineer:rollout.advance"}},
+		{"?object=ro-privacy&since=" + since + "&action=rollout.advance", []string{"test-engineer:rollout.advance", "test-engineer:rollout.advance", "ops:rollout.advance"}},
+		{"?object=ro-privacy&until=" + since, []string{"ops:rollout.resume", "ops:rollout.pause", "ops:rollout.start", "ops:rollout.create"}},
 	} {
-		if got := summary(env.events(t, "/audit"+tc.query)); !reflect.DeepEqual(got, tc.want) {
+		if got := auditSummary(env.audit(t, tc.query)); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("audit %s: %v, want %v", tc.query, got, tc.want)
 		}
 	}
+}
+
+// approval sends a widening that must wait for a second person: 202
+// with a pending approval.
+func (e *rolloutEnv) approval(t *testing.T, auth, path, body string) *api.Approval {
+	t.Helper()
+	code, b := e.call(t, auth, "POST", path, body)
+	var a api.Approval
+	if code != http.StatusAccepted || json.Unmarshal(b, &a) != nil || a.State != "pending" {
+		t.Fatalf("POST %s: got %d %s, want 202 with a pending approval", path, code, b)
+	}
+	return &a
+}
+
+// approve approves an approval, which must succeed, and returns the
+// rollout after the change.
+func (e *rolloutEnv) approve(t *testing.T, auth, rolloutID, approvalID, reason string) *api.Rollout {
+	t.Helper()
+	path := "/rollouts/" + rolloutID + "/approvals/" + approvalID + "/approve"
+	code, b := e.call(t, auth, "POST", path, `{"reason":"`+reason+`"}`)
+	var d api.ApprovalDecision
+	if code != http.StatusOK || json.Unmarshal(b, &d) != nil || d.Rollout == nil || d.Approval.State != "approved" {
+		t.Fatalf("POST %s: got %d %s, want 200 with the approved approval and the rollout", path, code, b)
+	}
+	return d.Rollout
+}
+
+func (e *rolloutEnv) audit(t *testing.T, query string) []api.AuditEntry {
+	t.Helper()
+	code, b := e.call(t, e.viewer, "GET", "/audit"+query, "")
+	var es []api.AuditEntry
+	if code != http.StatusOK || json.Unmarshal(b, &es) != nil {
+		t.Fatalf("GET /audit%s: got %d %s, want 200 with entries", query, code, b)
+	}
+	return es
+}
+
+func auditSummary(es []api.AuditEntry) []string {
+	out := []string{}
+	for _, e := range es {
+		out = append(out, e.Actor+":"+e.Action)
+	}
+	return out
 }
 
 // TestRolloutRefusals: each bad request gets the status that says what
@@ -249,7 +305,7 @@ func TestRolloutRefusals(t *testing.T) {
 		{name: "build_min at installs_build", method: "POST", path: "/rollouts", body: create(`,"build_min":"7.5.0"`), wantStatus: 400, wantField: "build_min"},
 		{name: "unknown field", method: "POST", path: "/rollouts", body: create(`,"percent":5`), off: true, wantStatus: 400, wantField: "percent"},
 		{name: "id taken", method: "POST", path: "/rollouts", body: create(`,"id":"ro-1"`), wantStatus: 409, wantCode: "conflict"},
-		{name: "viewer may not create", auth: "viewer", method: "POST", path: "/rollouts", body: create(""), wantStatus: 403, wantCode: "forbidden", wantMsg: "operator or release-engineer"},
+		{name: "viewer may not create", auth: "viewer", method: "POST", path: "/rollouts", body: create(""), wantStatus: 403, wantCode: "forbidden", wantMsg: "lacks permission rollouts:change (roles with it: operator, release-engineer, admin)"},
 		{name: "viewer may not pause", auth: "viewer", method: "POST", path: "/rollouts/ro-1/pause", body: `{"reason":"x"}`, wantStatus: 403, wantCode: "forbidden"},
 		{name: "pause a paused rollout", method: "POST", path: "/rollouts/ro-1/pause", body: `{"reason":"x"}`, wantStatus: 409, wantCode: "conflict", wantMsg: "cannot pause a paused rollout"},
 		{name: "blank reason", method: "POST", path: "/rollouts/ro-1/resume", body: `{"reason":" "}`, wantStatus: 400, wantField: "reason"},
@@ -264,7 +320,7 @@ func TestRolloutRefusals(t *testing.T) {
 		{name: "unknown state", method: "GET", path: "/rollouts?state=halted", off: true, wantStatus: 400, wantField: "state"},
 		{name: "audit limit too high", method: "GET", path: "/audit?limit=5000", off: true, wantStatus: 400, wantField: "limit"},
 		{name: "audit since not a time", method: "GET", path: "/audit?since=yesterday", off: true, wantStatus: 400, wantField: "since"},
-		{name: "audit unknown action", method: "GET", path: "/audit?action=delete", off: true, wantStatus: 400, wantField: "action"},
+		{name: "audit before not a seq", method: "GET", path: "/audit?before=0", off: true, wantStatus: 400, wantField: "before"},
 		{name: "events limit zero", method: "GET", path: "/rollouts/ro-1/events?limit=0", off: true, wantStatus: 400, wantField: "limit"},
 	}
 	for _, tc := range tests {
@@ -292,7 +348,7 @@ func TestRolloutRefusals(t *testing.T) {
 	if r := env.rollout(t, env.viewer, "GET", "/rollouts/ro-1", "", http.StatusOK); r.State != "paused" || r.Version != 2 {
 		t.Errorf("after the refusals: %s version %d, want paused version 2", r.State, r.Version)
 	}
-	if evs := env.events(t, "/audit"); len(evs) != 3 {
-		t.Errorf("audit log after the refusals: %v, want create, start, pause", summary(evs))
+	if es := env.audit(t, "?action=rollout."); len(es) != 3 {
+		t.Errorf("audit log after the refusals: %v, want create, start, pause", auditSummary(es))
 	}
 }

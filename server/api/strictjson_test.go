@@ -20,9 +20,12 @@ import (
 
 // send serves one request; off marks it as breaking the API contract on
 // purpose (the answer is still checked against it).
-func send(tb testing.TB, env *apitest.Env, off bool, method, path, auth, contentType, body string) *httptest.ResponseRecorder {
+func send(tb testing.TB, env *apitest.Env, off bool, method, path, auth, contentType, body string, opts ...func(*http.Request)) *httptest.ResponseRecorder {
 	tb.Helper()
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	for _, o := range opts {
+		o(req)
+	}
 	if off {
 		apitest.OffContract(req)
 	}

@@ -164,7 +164,7 @@ func TestRootDraftRules(t *testing.T) {
 // viewer may read but not change anything.
 func TestAdminAuth(t *testing.T) {
 	env := apitest.Start(t, apitest.Options{})
-	tokens := server.Tokens{Store: env.DB.Tokens()}
+	tokens := env.App.Tokens
 	viewer, viewerSecret, err := tokens.Create(context.Background(), "dashboard", server.RoleViewer)
 	if err != nil {
 		t.Fatal(err)

@@ -35,6 +35,11 @@ type Env struct {
 	Fleet  *server.Fleet
 	// App is the wiring behind the server, background jobs included.
 	App *app.App
+
+	// approver is ApproverToken's token, made once.
+	approverOnce sync.Once
+	approver     string
+	approverErr  error
 }
 
 // Options tune Start.
@@ -115,7 +120,7 @@ func Start(tb testing.TB, opts Options) *Env {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	_, secret, err := server.Tokens{Store: db.Tokens()}.Create(ctx, "test-engineer", server.RoleReleaseEngineer)
+	_, secret, err := a.Tokens.Create(ctx, "test-engineer", server.RoleReleaseEngineer)
 	if err != nil {
 		tb.Fatal(err)
 	}

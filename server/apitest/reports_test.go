@@ -56,7 +56,7 @@ func readCSV(tb testing.TB, body []byte) [][]string {
 // from the rollups the check-ins and reports keep.
 func TestReports(t *testing.T) {
 	env, clk := failingFleetRelease(t)
-	_, viewer, err := server.Tokens{Store: env.DB.Tokens()}.Create(t.Context(), "security-lead", server.RoleViewer)
+	_, viewer, err := env.App.Tokens.Create(t.Context(), "security-lead", server.RoleViewer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,9 +68,7 @@ func checkInAll(tb testing.TB, hs []*handset) map[string]api.CheckInAnswer {
 func createRollout(tb testing.TB, env *apitest.Env, req api.RolloutRequest) api.Rollout {
 	tb.Helper()
 	var r api.Rollout
-	if err := env.Do("POST", "/rollouts", req, &r); err != nil {
-		tb.Fatalf("create rollout: %v", err)
-	}
+	env.Widen(tb, "POST", "/rollouts", req, &r)
 	return r
 }
 
@@ -107,9 +105,7 @@ func TestRolloutStagesKeepCohorts(t *testing.T) {
 	for stage, percent := range []float64{10, 50, 100} {
 		if stage > 0 {
 			var adv api.Rollout
-			if err := env.Do("POST", "/rollouts/"+r.ID+"/advance", api.RolloutAdvanceRequest{Reason: fmt.Sprintf("stage %d healthy", stage)}, &adv); err != nil {
-				t.Fatalf("advance to %g%%: %v", percent, err)
-			}
+			env.Widen(t, "POST", "/rollouts/"+r.ID+"/advance", api.RolloutAdvanceRequest{Reason: fmt.Sprintf("stage %d healthy", stage)}, &adv)
 			if adv.Percent != percent {
 				t.Fatalf("advanced to %g%%, want %g%%", adv.Percent, percent)
 			}
@@ -307,11 +303,28 @@ func TestRolloutHoldsOneModel(t *testing.T) {
 			t.Fatalf("PX-8 %s refused with %q, want model_held", h.id, a.NoOffer)
 		}
 	}
-	// After the soak the healthy models advance to 100%, then complete.
+	// After the soak the healthy models would advance to 100%: past 50%
+	// the policy only asks, on behalf of the rollout's creator, and a
+	// second person approves; then it completes on its own.
 	clk.Advance(61 * time.Minute)
 	evaluate(t, env)
+	if got := getRollout(t, env, r.ID); got.Percent != 50 || got.State != "running" {
+		t.Fatalf("after the soak: %g%% %s, want 50%% running until approved", got.Percent, got.State)
+	}
+	var approvals []api.Approval
+	if err := env.Do("GET", "/rollouts/"+r.ID+"/approvals", nil, &approvals); err != nil {
+		t.Fatal(err)
+	}
+	if len(approvals) != 1 || approvals[0].State != "pending" || approvals[0].RequestedBy != r.CreatedBy || approvals[0].ToPercent != 100 {
+		t.Fatalf("approvals after the soak: %+v, want one pending to 100%% on behalf of %s", approvals, r.CreatedBy)
+	}
+	second := &apitest.Env{URL: env.URL, Token: env.ApproverToken(t)}
+	var d api.ApprovalDecision
+	if err := second.Do("POST", "/rollouts/"+r.ID+"/approvals/"+approvals[0].ID+"/approve", api.RolloutActionRequest{Reason: "PX-7 healthy"}, &d); err != nil {
+		t.Fatal(err)
+	}
 	if got := getRollout(t, env, r.ID); got.Percent != 100 || got.State != "running" {
-		t.Fatalf("after the soak: %g%% %s, want 100%% running", got.Percent, got.State)
+		t.Fatalf("after the approval: %g%% %s, want 100%% running", got.Percent, got.State)
 	}
 	install(t, clk, px7, checkInAll(t, px7), func(int) bool { return false })
 	clk.Advance(61 * time.Minute)

@@ -61,6 +61,9 @@ type Config struct {
 	Holder        string
 	AfterPolicies func()
 
+	// Web configures the dashboard (on by default).
+	Web WebConfig
+
 	// API tunes the HTTP application. New sets its Logger, Checks (the
 	// database and the storage), Repo, Blobs, Tokens, Fleet and
 	// RolloutMetrics.
@@ -85,6 +88,13 @@ type App struct {
 	// fleet reports check-in decisions and reports to them, the
 	// Evaluator its events.
 	RolloutMetrics *api.RolloutMetrics
+	// Users, Sessions, Tokens and Audit are the identity services: the
+	// dashboard logs in through Users and Sessions, the API
+	// authenticates through Tokens, and admin actions go to Audit.
+	Users    server.Users
+	Sessions server.Sessions
+	Tokens   server.Tokens
+	Audit    server.AuditStore
 
 	cfg      Config
 	log      *slog.Logger
@@ -148,18 +158,29 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	apiCfg.Repo = repo
 	apiCfg.Blobs = cfg.Blobs
-	apiCfg.Tokens = server.Tokens{Store: cfg.DB.Tokens()}
+	a.Users = server.Users{Store: cfg.DB.Users(), Now: cfg.Now,
+		Limiter: server.NewLoginLimiter(loginFailures, loginWindow)}
+	a.Sessions = server.Sessions{Store: cfg.DB.Sessions(), Now: cfg.Now}
+	a.Tokens = server.Tokens{Store: cfg.DB.Tokens(), Users: cfg.DB.Users(), Now: cfg.Now}
+	a.Audit = cfg.DB.Audit()
+	apiCfg.Tokens = a.Tokens
+	apiCfg.Users, apiCfg.Audit, apiCfg.Now = a.Users, a.Audit, cfg.Now
 	apiCfg.Fleet = a.Fleet
 	// A change made through this replica, by an operator or by the
 	// policies, reaches its check-ins at once; other replicas see it
 	// within RolloutRefresh.
 	a.Evaluator.OnChange = a.Eligibility.Invalidate
 	a.Rollouts = &server.RolloutService{Store: cfg.DB.Rollouts(), Releases: repo, Now: cfg.Now,
-		OnChange: a.Eligibility.Invalidate}
+		OnChange: a.Eligibility.Invalidate, Approvals: cfg.DB.Approvals()}
 	apiCfg.Rollouts = a.Rollouts
 	apiCfg.RolloutMetrics = a.RolloutMetrics
 	// Reports read the rollups only, never the fleet.
 	apiCfg.Reports = &server.Reports{Store: cfg.DB.Reports(), Rollouts: cfg.DB.Rollouts(), Now: cfg.Now}
+	if !cfg.Web.Disabled {
+		if apiCfg.Web, err = a.newWeb(cfg.Web, apiCfg.Reports); err != nil {
+			return nil, err
+		}
+	}
 	a.API = api.New(apiCfg)
 	return a, nil
 }
@@ -223,6 +244,27 @@ func (a *App) refreshRepository(ctx context.Context) {
 	if _, err := a.Repo.Resign(ctx); err != nil && ctx.Err() == nil {
 		a.log.Error("re-signing timestamp/snapshot", slog.Any("error", err))
 	}
+}
+
+// Login limits: loginFailures failed logins to one account within
+// loginWindow lock it until the oldest ages out.
+const (
+	loginFailures = 10
+	loginWindow   = 15 * time.Minute
+)
+
+// pruneSessions deletes dashboard sessions past their idle or absolute
+// expiry; a lookup refuses them anyway, this only keeps the table small.
+func (a *App) pruneSessions(ctx context.Context) bool {
+	n, err := a.Sessions.Prune(ctx)
+	if err != nil && ctx.Err() == nil {
+		a.log.Error("deleting expired sessions", slog.Any("error", err))
+		return false
+	}
+	if n > 0 {
+		a.log.Info("deleted expired sessions", slog.Int64("sessions", n))
+	}
+	return true
 }
 
 // pruneReports deletes reports older than the retention: the server keeps

@@ -30,6 +30,8 @@ type policyJobs struct {
 	holder    string
 	leading   bool
 	lastPrune time.Time
+	// lastSessionPrune is when expired sessions were last deleted.
+	lastSessionPrune time.Time
 }
 
 // buildPolicies makes the rollout evaluator, the rollout metrics and
@@ -42,7 +44,7 @@ func (a *App) buildPolicies() {
 	}
 	a.RolloutMetrics = api.NewRolloutMetrics(a.rolloutSnapshot, a.cfg.Now)
 	a.Evaluator = &server.RolloutEvaluator{Store: a.cfg.DB.Rollouts(), Now: a.cfg.Now,
-		OnEvent: a.RolloutMetrics.Event, Logger: a.log}
+		OnEvent: a.RolloutMetrics.Event, Logger: a.log, Approvals: a.cfg.DB.Approvals()}
 }
 
 func (a *App) now() time.Time {
@@ -96,6 +98,9 @@ func (a *App) runPolicies(ctx context.Context) {
 	}
 	if time.Since(p.lastPrune) > time.Hour && a.pruneReports(ctx) {
 		p.lastPrune = time.Now()
+	}
+	if time.Since(p.lastSessionPrune) > time.Hour && a.pruneSessions(ctx) {
+		p.lastSessionPrune = time.Now()
 	}
 	if a.cfg.AfterPolicies != nil {
 		a.cfg.AfterPolicies()

@@ -34,6 +34,10 @@ type Migration struct {
 	Postgres []string
 	// SQLite, when non-nil, replaces Common on SQLite, as Postgres does.
 	SQLite []string
+	// Data, when set, runs after the statements in the same transaction,
+	// for a data step that SQL cannot express on both dialects (hashing
+	// the audit log's back-fill); like them it runs exactly once.
+	Data func(tx *gorm.DB, dialect string) error
 }
 
 // statements returns the statements to run on dialect.
@@ -188,6 +192,11 @@ func (db *DB) applyMigration(ctx context.Context, m Migration, known int) (bool,
 		for i, stmt := range m.statements(db.dialect) {
 			if err := tx.Exec(stmt).Error; err != nil {
 				return fmt.Errorf("statement %d: %w", i+1, err)
+			}
+		}
+		if m.Data != nil {
+			if err := m.Data(tx, db.dialect); err != nil {
+				return fmt.Errorf("data step: %w", err)
 			}
 		}
 		if err := tx.Exec("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, "+db.nowUTC()+")", m.Version, m.Name).Error; err != nil {

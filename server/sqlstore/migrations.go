@@ -117,6 +117,18 @@ var migrations = []Migration{
 		SQLite:   rollupsSchema(`substr(last_seen, 1, 10)`),
 		Postgres: rollupsSchema(`to_char(last_seen, 'YYYY-MM-DD')`),
 	},
+	{
+		// Users, service accounts and dashboard sessions; every API
+		// token belongs to a user (existing tokens get a service account
+		// each); the hash-chained audit log, back-filled from the rollout
+		// events; and the four-eyes approvals of rollout changes. See
+		// migration_identity.go.
+		Version:  8,
+		Name:     "identity",
+		SQLite:   identitySchema(`seq INTEGER PRIMARY KEY`),
+		Postgres: identitySchema(`seq BIGINT PRIMARY KEY`),
+		Data:     backfillIdentity,
+	},
 }
 
 // rollupsSchema is migration 7 with day the dialect's expression for the

@@ -71,7 +71,7 @@ func newService(t *testing.T, b backend) (*server.RolloutService, *RolloutStore,
 	_, _, store := mustRollouts(t, b)
 	changes := new(int)
 	c := &clock{t: t0}
-	return &server.RolloutService{Store: store, Releases: publishedTargets(t), Now: c.now,
+	return &server.RolloutService{Store: store, Releases: publishedTargets(t), Now: c.now, Approvals: store.db.Approvals(),
 		OnChange: func() { *changes++ }}, store, changes
 }
 
@@ -180,6 +180,20 @@ func testServiceActions(t *testing.T, b backend) {
 		t.Fatal(err)
 	}
 	id := r.ID
+	// request keeps the approval a widening past four eyes waits for;
+	// approve decides it.
+	var pending string
+	request := func(r *server.Rollout, err error) (*server.Rollout, error) {
+		var pe *server.ApprovalPendingError
+		if errors.As(err, &pe) {
+			pending = pe.Approval.ID
+		}
+		return r, err
+	}
+	approve := func(by string) (*server.Rollout, error) {
+		r, _, err := svc.Approve(ctx, id, pending, by, "looks right")
+		return r, err
+	}
 	steps := []struct {
 		name        string
 		do          func() (*server.Rollout, error)
@@ -188,6 +202,12 @@ func testServiceActions(t *testing.T, b backend) {
 		wantState   server.RolloutState
 		wantPercent float64
 		wantHolds   int
+		// events, when set, are the events the step logs (by default
+		// the first word of its name, when it succeeds); notifies is a
+		// step that fails and still calls OnChange (a four-eyes
+		// request: the change waits, its request is logged).
+		events   []string
+		notifies bool
 	}{
 		{name: "pause", do: func() (*server.Rollout, error) { return svc.Pause(ctx, id, "bob", "looks off") },
 			wantState: server.RolloutPaused, wantPercent: 1},
@@ -199,8 +219,12 @@ func testServiceActions(t *testing.T, b backend) {
 			wantState: server.RolloutRunning, wantPercent: 1},
 		{name: "advance to the next stage", do: func() (*server.Rollout, error) { return svc.Advance(ctx, id, "bob", "healthy", 0) },
 			wantState: server.RolloutRunning, wantPercent: 10},
-		{name: "advance to a percent", do: func() (*server.Rollout, error) { return svc.Advance(ctx, id, "bob", "faster", 75) },
-			wantState: server.RolloutRunning, wantPercent: 75},
+		{name: "advance past four eyes", do: func() (*server.Rollout, error) { return request(svc.Advance(ctx, id, "bob", "faster", 75)) },
+			wantErr: server.ErrConflict, events: []string{server.ActionApprovalRequested}, notifies: true},
+		{name: "approve one's own widening", do: func() (*server.Rollout, error) { return approve("bob") },
+			wantErr: server.ErrForbidden},
+		{name: "approve", do: func() (*server.Rollout, error) { return approve("alice") },
+			wantState: server.RolloutRunning, wantPercent: 75, events: []string{server.ActionAdvance}},
 		{name: "advance backwards", do: func() (*server.Rollout, error) { return svc.Advance(ctx, id, "bob", "oops", 20) },
 			wantField: "percent"},
 		{name: "complete before the last stage", do: func() (*server.Rollout, error) { return svc.Complete(ctx, id, "bob", "done") },
@@ -213,8 +237,10 @@ func testServiceActions(t *testing.T, b backend) {
 			wantState: server.RolloutRunning, wantPercent: 75},
 		{name: "release a model not held", do: func() (*server.Rollout, error) { return svc.ReleaseHold(ctx, id, "carol", "fixed", "PX-8") },
 			wantErr: server.ErrNotFound},
-		{name: "advance to the last stage", do: func() (*server.Rollout, error) { return svc.Advance(ctx, id, "bob", "all", 0) },
-			wantState: server.RolloutRunning, wantPercent: 100},
+		{name: "advance to the last stage", do: func() (*server.Rollout, error) { return request(svc.Advance(ctx, id, "bob", "all", 0)) },
+			wantErr: server.ErrConflict, events: []string{server.ActionApprovalRequested}, notifies: true},
+		{name: "approve the last stage", do: func() (*server.Rollout, error) { return approve("carol") },
+			wantState: server.RolloutRunning, wantPercent: 100, events: []string{server.ActionAdvance}},
 		{name: "complete", do: func() (*server.Rollout, error) { return svc.Complete(ctx, id, "bob", "done") },
 			wantState: server.RolloutCompleted, wantPercent: 100},
 		{name: "abort", do: func() (*server.Rollout, error) { return svc.Abort(ctx, id, "bob", "superseded") },
@@ -245,10 +271,13 @@ func testServiceActions(t *testing.T, b backend) {
 					st.name, stored.State, stored.Percent(), len(stored.Holds), stored.Version, got.Version,
 					st.wantState, st.wantPercent, st.wantHolds)
 			}
-			wantEvents = append(wantEvents, strings.Fields(st.name)[0])
+			if st.events == nil {
+				wantEvents = append(wantEvents, strings.Fields(st.name)[0])
+			}
 		}
+		wantEvents = append(wantEvents, st.events...)
 		wantChanges := before + 1
-		if err != nil {
+		if err != nil && !st.notifies {
 			wantChanges = before
 		}
 		if *changes != wantChanges {

@@ -326,7 +326,10 @@ func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, evs
 		if err := tx.Create(row).Error; err != nil {
 			return err
 		}
-		return tx.Create(&events).Error
+		if err := tx.Create(&events).Error; err != nil {
+			return err
+		}
+		return s.db.appendAudit(tx, rolloutAudit(evs))
 	})
 	if errors.Is(err, gorm.ErrDuplicatedKey) {
 		return fmt.Errorf("rollout %s exists: %w", r.ID, server.ErrConflict)
@@ -336,6 +339,12 @@ func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, evs
 	}
 	r.Version = 1
 	return nil
+}
+
+// rolloutAudit is the audit entries of rollout events, which the
+// rollout store appends last in the transaction that records them.
+func rolloutAudit(evs []server.Event) []server.AuditEntry {
+	return mapSlice(evs, server.RolloutEventAudit)
 }
 
 // errStaleVersion ends UpdateRollout's transaction when the version
@@ -375,7 +384,10 @@ WHERE id = ? AND version = ?`, row.Version, row.State, row.Target, row.PatchID, 
 		if len(events) == 0 {
 			return nil
 		}
-		return tx.Create(&events).Error
+		if err := tx.Create(&events).Error; err != nil {
+			return err
+		}
+		return s.db.appendAudit(tx, rolloutAudit(evs))
 	})
 	if errors.Is(err, errStaleVersion) {
 		var versions []int64

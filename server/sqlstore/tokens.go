@@ -11,7 +11,7 @@ import (
 	"github.com/patchfleet/ota/server"
 )
 
-// TokenStore keeps admin API tokens; it implements server.TokenStore.
+// TokenStore keeps the API tokens of users and service accounts; it implements server.TokenStore.
 type TokenStore struct{ db *DB }
 
 var _ server.TokenStore = (*TokenStore)(nil)
@@ -20,9 +20,12 @@ var _ server.TokenStore = (*TokenStore)(nil)
 func (db *DB) Tokens() *TokenStore { return &TokenStore{db: db} }
 
 type tokenRow struct {
-	ID        string `gorm:"primaryKey"`
-	Name      string
+	ID   string `gorm:"primaryKey"`
+	Name string
+	// Role is what tokens had before they belonged to users; it is
+	// written empty and not read: the user's role applies.
 	Role      string
+	UserID    *string
 	TokenHash string
 	CreatedAt time.Time
 	RevokedAt *time.Time
@@ -31,7 +34,10 @@ type tokenRow struct {
 func (tokenRow) TableName() string { return "api_tokens" }
 
 func (r tokenRow) token() *server.Token {
-	t := &server.Token{ID: r.ID, Name: r.Name, Role: r.Role, CreatedAt: r.CreatedAt.UTC()}
+	t := &server.Token{ID: r.ID, Name: r.Name, CreatedAt: r.CreatedAt.UTC()}
+	if r.UserID != nil {
+		t.UserID = *r.UserID
+	}
 	if r.RevokedAt != nil {
 		at := r.RevokedAt.UTC()
 		t.RevokedAt = &at
@@ -39,32 +45,68 @@ func (r tokenRow) token() *server.Token {
 	return t
 }
 
-// CreateToken implements server.TokenStore.
+// CreateToken implements server.TokenStore. An unknown user is
+// ErrNotFound.
 func (s *TokenStore) CreateToken(ctx context.Context, t *server.Token, hash string) error {
-	row := tokenRow{ID: t.ID, Name: t.Name, Role: t.Role, TokenHash: hash, CreatedAt: t.CreatedAt.UTC()}
-	if err := s.db.gorm.WithContext(ctx).Create(&row).Error; err != nil {
+	if t.UserID == "" {
+		return fmt.Errorf("create token %s: no user: %w", t.Name, server.ErrInvalid)
+	}
+	userID := t.UserID
+	row := tokenRow{ID: t.ID, Name: t.Name, UserID: &userID, TokenHash: hash, CreatedAt: dbTime(t.CreatedAt)}
+	err := s.db.gorm.WithContext(ctx).Create(&row).Error
+	switch {
+	case errors.Is(err, gorm.ErrForeignKeyViolated):
+		return fmt.Errorf("token of user %s: %w", t.UserID, server.ErrNotFound)
+	case errors.Is(err, gorm.ErrDuplicatedKey):
+		return fmt.Errorf("token %s exists: %w", t.ID, server.ErrConflict)
+	case err != nil:
 		return fmt.Errorf("create token: %w", err)
 	}
 	return nil
 }
 
-// TokenByHash implements server.TokenStore.
-func (s *TokenStore) TokenByHash(ctx context.Context, hash string) (*server.Token, error) {
-	var row tokenRow
-	err := s.db.gorm.WithContext(ctx).Where("token_hash = ?", hash).Take(&row).Error
-	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return nil, fmt.Errorf("token: %w", server.ErrNotFound)
-	}
+// tokenUserRow is a token joined with its user.
+type tokenUserRow struct {
+	ID         string
+	Name       string
+	UserID     *string
+	CreatedAt  time.Time
+	RevokedAt  *time.Time
+	UName      string
+	URole      string
+	UService   bool
+	UDisabled  bool
+	UCreatedAt time.Time
+}
+
+// TokenByHash implements server.TokenStore, reading the token and its
+// user in one query: it runs on every API request.
+func (s *TokenStore) TokenByHash(ctx context.Context, hash string) (*server.Token, *server.User, error) {
+	var rows []tokenUserRow
+	err := s.db.gorm.WithContext(ctx).Raw(`SELECT t.id, t.name, t.user_id, t.created_at, t.revoked_at,
+	u.name AS u_name, u.role AS u_role, u.service AS u_service, u.disabled AS u_disabled, u.created_at AS u_created_at
+FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?`, hash).Scan(&rows).Error
 	if err != nil {
-		return nil, fmt.Errorf("look up token: %w", err)
+		return nil, nil, fmt.Errorf("look up token: %w", err)
 	}
-	return row.token(), nil
+	if len(rows) == 0 {
+		return nil, nil, fmt.Errorf("token: %w", server.ErrNotFound)
+	}
+	r := rows[0]
+	t := tokenRow{ID: r.ID, Name: r.Name, UserID: r.UserID, CreatedAt: r.CreatedAt, RevokedAt: r.RevokedAt}.token()
+	u := &server.User{ID: t.UserID, Name: r.UName, Role: r.URole, Service: r.UService, Disabled: r.UDisabled,
+		CreatedAt: r.UCreatedAt.UTC()}
+	return t, u, nil
 }
 
 // ListTokens implements server.TokenStore.
-func (s *TokenStore) ListTokens(ctx context.Context) ([]*server.Token, error) {
+func (s *TokenStore) ListTokens(ctx context.Context, userID string) ([]*server.Token, error) {
+	q := s.db.gorm.WithContext(ctx).Order("created_at, id")
+	if userID != "" {
+		q = q.Where("user_id = ?", userID)
+	}
 	var rows []tokenRow
-	if err := s.db.gorm.WithContext(ctx).Order("created_at, id").Find(&rows).Error; err != nil {
+	if err := q.Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("list tokens: %w", err)
 	}
 	out := make([]*server.Token, len(rows))
@@ -77,7 +119,7 @@ func (s *TokenStore) ListTokens(ctx context.Context) ([]*server.Token, error) {
 // RevokeToken implements server.TokenStore.
 func (s *TokenStore) RevokeToken(ctx context.Context, id string) error {
 	res := s.db.gorm.WithContext(ctx).Model(&tokenRow{}).Where("id = ? AND revoked_at IS NULL", id).
-		Update("revoked_at", time.Now().UTC())
+		Update("revoked_at", dbTime(time.Now()))
 	if res.Error != nil {
 		return fmt.Errorf("revoke token: %w", res.Error)
 	}

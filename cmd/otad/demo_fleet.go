@@ -1,0 +1,496 @@
+package main
+
+import (
+	"container/heap"
+	"context"
+	"crypto/ed25519"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api"
+)
+
+// The simulated fleet: models, regions and builds before the patch.
+var (
+	demoModels  = []string{"PX-6", "PX-7", "PX-8", "PX-9"}
+	demoRegions = []string{"DE", "BR", "JP"}
+	demoBuilds  = []string{"7.3.0", "7.3.2", "7.4.0", "7.4.1"}
+)
+
+// Install failures. Most models fail about 2% of installs; PX-8 fails
+// about 40% (a vendor partition the patch does not fit), so that the
+// rollout's per-model hold shows while the other models go on.
+const (
+	demoFailRate     = 0.02
+	demoPX8FailRate  = 0.40
+	demoFailingModel = "PX-8"
+)
+
+var (
+	demoFailCodes = []string{"E_VERIFY_SPACE", "E_BATTERY_LOW"}
+	demoPX8Code   = "E_VENDOR_PARTITION"
+)
+
+// fleetConfig is a simulated fleet.
+type fleetConfig struct {
+	Client   *demoClient
+	Verifier *demoVerifier
+	Handsets int
+	Workers  int
+	Seed     uint64
+	// EnrollSpread spreads the first enrollments, so the fleet does not
+	// arrive in one burst.
+	EnrollSpread time.Duration
+	// InstallTime is the base time an install takes: successes 1-2x,
+	// failures (found late, after the installer retried) 4-6x; PX-8, a
+	// slow model, 3-4x and 6-9x.
+	InstallTime time.Duration
+	Logger      *slog.Logger
+}
+
+// Handset phases: what it does next.
+const (
+	phEnroll uint8 = iota
+	phCheckIn
+	phDownload // report downloading, verify with go-tuf
+	phFinish   // report installed or failed
+)
+
+// demoHandset is one simulated handset. A worker owns it while it runs
+// a step, so its fields need no lock.
+type demoHandset struct {
+	key       ed25519.PrivateKey
+	model     string
+	region    string
+	build     string
+	token     string
+	rng       *rand.Rand // its own stream: outcomes follow --seed, not scheduling
+	phase     uint8
+	patches   []string
+	messaging string
+	numberEnc bool
+	offer     *api.OfferAnswer
+	patch     *demoPatch // what the verified offer changes once installed
+	fail      string     // error code of the install in progress, "" for success
+	lastAt    time.Time  // of the last report: a handset's reports are strictly ordered
+	retries   int
+	enrolled  bool
+	offered   bool
+	reported  bool // downloading was reported for the current offer
+}
+
+// demoPatch is what a verified patch changes, from its signed metadata.
+type demoPatch struct {
+	installsBuild    string
+	messagingDefault string
+	numberEncryption string
+}
+
+// fleetStats are the fleet's counters, as the handsets see them.
+type fleetStats struct {
+	enrolled, offered, installed, failed, checkins atomic.Int64
+
+	mu     sync.Mutex
+	errors map[string]int64
+}
+
+func (s *fleetStats) addError(op string, err error) (first bool) {
+	kind := op + ":" + demoErrorKind(err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.errors[kind]++
+	return s.errors[kind] == 1
+}
+
+func (s *fleetStats) errorCount() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, c := range s.errors {
+		n += c
+	}
+	return n
+}
+
+// demoFleet runs the handsets on a worker pool over a time-ordered
+// schedule: a waiting handset is a heap entry, not a goroutine, and at
+// most Workers requests are in flight.
+type demoFleet struct {
+	cfg   fleetConfig
+	devs  []demoHandset
+	stats fleetStats
+	sched *demoScheduler
+	done  chan struct{}
+}
+
+func newDemoFleet(cfg fleetConfig) *demoFleet {
+	f := &demoFleet{cfg: cfg, devs: make([]demoHandset, cfg.Handsets), sched: newDemoScheduler(cfg.Handsets),
+		done: make(chan struct{})}
+	f.stats.errors = map[string]int64{}
+	seeds := rand.New(rand.NewPCG(cfg.Seed, 0x0da7))
+	for i := range f.devs {
+		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1))
+		// Device keys, hence device ids and with the rollout's salt the
+		// cohorts, follow the seed too: a run's database is its own, so
+		// keys of two runs may well be the same.
+		var seed [ed25519.SeedSize]byte
+		for j := range seed {
+			seed[j] = byte(rng.Uint32())
+		}
+		f.devs[i] = demoHandset{
+			key:       ed25519.NewKeyFromSeed(seed[:]),
+			model:     demoModels[i%len(demoModels)],
+			region:    demoRegions[seeds.IntN(len(demoRegions))],
+			build:     demoBuilds[seeds.IntN(len(demoBuilds))],
+			rng:       rng,
+			messaging: server.MessagingAutoEnabled, // the incident: on at first boot
+			numberEnc: false,
+		}
+	}
+	return f
+}
+
+// run drives the fleet until ctx ends, then lets the steps in flight
+// finish (for at most demoStopGrace: a request cut off would be a
+// spurious error in the server's log) and returns; done is closed then.
+func (f *demoFleet) run(ctx context.Context) {
+	defer close(f.done)
+	now := time.Now()
+	for i := range f.devs {
+		f.sched.push(int32(i), now.Add(time.Duration(f.devs[i].rng.Int64N(int64(f.cfg.EnrollSpread)+1))))
+	}
+	reqCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	work := make(chan int32)
+	var wg sync.WaitGroup
+	for range f.cfg.Workers {
+		wg.Go(func() {
+			for i := range work {
+				if next, ok := f.step(reqCtx, &f.devs[i]); ok {
+					f.sched.push(i, next)
+				}
+			}
+		})
+	}
+	f.sched.dispatch(ctx, work)
+	close(work)
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(demoStopGrace):
+		cancel()
+		<-finished
+	}
+	f.cfg.Verifier.wait()
+}
+
+// demoStopGrace bounds how long the fleet's last requests may take once
+// the demo stops.
+const demoStopGrace = 5 * time.Second
+
+// step runs handset d's next action and says when to run the one after;
+// false drops the handset (it cannot enroll, or ctx ended).
+func (f *demoFleet) step(ctx context.Context, d *demoHandset) (time.Time, bool) {
+	if ctx.Err() != nil {
+		return time.Time{}, false
+	}
+	switch d.phase {
+	case phEnroll:
+		return f.enroll(ctx, d)
+	case phCheckIn:
+		return f.checkIn(ctx, d)
+	case phDownload:
+		return f.download(ctx, d)
+	default:
+		return f.finish(ctx, d)
+	}
+}
+
+// retry answers a failed request: later when it may succeed (when the
+// server said, else after 1-3 s), or give up on the handset.
+func (f *demoFleet) retry(ctx context.Context, d *demoHandset, op string, err error) (time.Time, bool) {
+	if ctx.Err() != nil {
+		return time.Time{}, false
+	}
+	if f.stats.addError(op, err) {
+		f.cfg.Logger.Warn("demo fleet: a request failed (further ones are counted, not logged)",
+			slog.String("op", op), slog.Any("error", err))
+	}
+	if demoUnauthorized(err) && op != "enroll" {
+		d.phase, d.token = phEnroll, ""
+		return time.Now(), true
+	}
+	if !demoTransient(err) || d.retries >= 20 {
+		if d.phase == phEnroll {
+			return time.Time{}, false
+		}
+		// A refused report is dropped, as on a handset whose reporting is
+		// best effort; the install goes on.
+		d.retries = 0
+		return f.after(d, err)
+	}
+	d.retries++
+	var ae *demoAPIError
+	if errors.As(err, &ae) && ae.RetryAfter > 0 {
+		return time.Now().Add(ae.RetryAfter + f.jitter(d, time.Second)), true
+	}
+	return time.Now().Add(time.Second + f.jitter(d, 2*time.Second)), true
+}
+
+// after moves on past a request the server refused for good: the
+// handset drops the offer and checks in again later.
+func (f *demoFleet) after(d *demoHandset, _ error) (time.Time, bool) {
+	d.phase, d.offer, d.patch, d.fail = phCheckIn, nil, nil, ""
+	return time.Now().Add(5 * time.Second), true
+}
+
+func (f *demoFleet) jitter(d *demoHandset, max time.Duration) time.Duration {
+	return time.Duration(d.rng.Int64N(int64(max) + 1))
+}
+
+func (f *demoFleet) enroll(ctx context.Context, d *demoHandset) (time.Time, bool) {
+	pub := hex.EncodeToString(d.key.Public().(ed25519.PublicKey))
+	ts := time.Now().UTC().Truncate(time.Microsecond)
+	req := server.EnrollRequest{Model: d.model, Build: d.build, Channel: "stable", Region: d.region, DeviceKey: pub, Timestamp: ts}
+	body := api.EnrollBody{Model: d.model, Build: d.build, Channel: "stable", Region: d.region, DeviceKey: pub,
+		Signature: hex.EncodeToString(ed25519.Sign(d.key, server.EnrollMessage(req))), Timestamp: &ts}
+	var a api.EnrollAnswer
+	if err := f.cfg.Client.do(ctx, "POST", "/api/v1/devices", "", body, &a); err != nil {
+		return f.retry(ctx, d, "enroll", err)
+	}
+	if !d.enrolled {
+		d.enrolled = true
+		f.stats.enrolled.Add(1)
+	}
+	d.token, d.retries, d.phase = a.Token, 0, phCheckIn
+	return time.Now(), true
+}
+
+func (f *demoFleet) checkIn(ctx context.Context, d *demoHandset) (time.Time, bool) {
+	patches := d.patches
+	if patches == nil {
+		patches = []string{}
+	}
+	enc := d.numberEnc
+	body := api.CheckInBody{Build: d.build, Model: d.model, Channel: "stable", InstalledPatches: patches,
+		CloudMessaging: d.messaging, NumberEncryption: &enc}
+	var a api.CheckInAnswer
+	if err := f.cfg.Client.do(ctx, "POST", "/api/v1/checkin", d.token, body, &a); err != nil {
+		return f.retry(ctx, d, "checkin", err)
+	}
+	f.stats.checkins.Add(1)
+	d.retries = 0
+	// poll_after_seconds is whole seconds; a fraction more keeps the
+	// fleet from checking in on the same ticks.
+	next := time.Now().Add(time.Duration(max(a.PollAfterSeconds, 1))*time.Second + f.jitter(d, time.Second))
+	if o := a.Offer; o != nil && !slices.Contains(d.patches, o.PatchID) {
+		if !d.offered {
+			d.offered = true
+			f.stats.offered.Add(1)
+		}
+		d.offer, d.phase, d.reported = o, phDownload, false
+		return time.Now(), true
+	}
+	return next, true
+}
+
+// download reports downloading, then verifies the offer with go-tuf and
+// starts the install; a target that does not verify is reported failed.
+func (f *demoFleet) download(ctx context.Context, d *demoHandset) (time.Time, bool) {
+	if d.patch == nil && d.fail == "" {
+		if !d.reported {
+			if err := f.report(ctx, d, server.StateDownloading, "", ""); err != nil {
+				return f.retry(ctx, d, "report", err)
+			}
+			d.reported = true
+		}
+		custom, ready, err := f.cfg.Verifier.verify(d.offer, d.model, d.build)
+		if !ready {
+			return time.Now().Add(250 * time.Millisecond), true
+		}
+		if err != nil {
+			var ve *demoVerifyError
+			if errors.As(err, &ve) && ve.transient {
+				if f.stats.addError("tuf", err) {
+					f.cfg.Logger.Warn("demo fleet: TUF verification failed (retrying)", slog.Any("error", err))
+				}
+				return time.Now().Add(2*time.Second + f.jitter(d, 2*time.Second)), true
+			}
+			f.cfg.Logger.Error("demo fleet: offer did not verify", slog.String("model", d.model), slog.Any("error", err))
+			code := "E_TUF_VERIFY"
+			if ve != nil {
+				code = ve.code
+			}
+			d.fail = code
+			d.phase = phFinish
+			return time.Now(), true
+		}
+		d.patch = &demoPatch{installsBuild: custom.InstallsBuild, messagingDefault: custom.CloudMessagingDefault,
+			numberEncryption: custom.NumberEncryption}
+		rate, codes, ok, failed := demoFailRate, demoFailCodes, [2]float64{1, 2}, [2]float64{4, 6}
+		if d.model == demoFailingModel {
+			rate, codes, ok, failed = demoPX8FailRate, []string{demoPX8Code}, [2]float64{3, 4}, [2]float64{6, 9}
+		}
+		span := ok
+		if d.rng.Float64() < rate {
+			d.fail = codes[d.rng.IntN(len(codes))]
+			span = failed
+		}
+		wait := time.Duration((span[0] + d.rng.Float64()*(span[1]-span[0])) * float64(f.cfg.InstallTime))
+		d.phase = phFinish
+		return time.Now().Add(wait), true
+	}
+	d.phase = phFinish
+	return time.Now(), true
+}
+
+// finish reports the install's result. An installed patch changes what
+// the handset runs and says at its next check-in, right after the
+// reboot: the new build, the patch, cloud messaging off until the user
+// opts in, numbers encrypted.
+func (f *demoFleet) finish(ctx context.Context, d *demoHandset) (time.Time, bool) {
+	if d.fail != "" {
+		msg := "simulated install failure"
+		if d.fail == demoPX8Code {
+			msg = "vendor partition too small for the patch on PX-8"
+		}
+		if err := f.report(ctx, d, server.StateFailed, d.fail, msg); err != nil {
+			return f.retry(ctx, d, "report", err)
+		}
+		f.stats.failed.Add(1)
+		d.fail, d.patch, d.offer, d.phase, d.retries = "", nil, nil, phCheckIn, 0
+		return time.Now().Add(5*time.Second + f.jitter(d, 5*time.Second)), true
+	}
+	if err := f.report(ctx, d, server.StateInstalled, "", ""); err != nil {
+		return f.retry(ctx, d, "report", err)
+	}
+	f.stats.installed.Add(1)
+	c := d.patch
+	d.patches = append(d.patches, d.offer.PatchID)
+	if c.installsBuild != "" {
+		d.build = c.installsBuild
+	}
+	if c.messagingDefault == "opt-in" && d.messaging == server.MessagingAutoEnabled {
+		d.messaging = server.MessagingOptedOut
+	}
+	if c.numberEncryption == "on" {
+		d.numberEnc = true
+	}
+	d.patch, d.offer, d.phase, d.retries = nil, nil, phCheckIn, 0
+	return time.Now(), true
+}
+
+func (f *demoFleet) report(ctx context.Context, d *demoHandset, state, code, message string) error {
+	at := time.Now().UTC()
+	if !at.After(d.lastAt) {
+		at = d.lastAt.Add(time.Microsecond) // a handset's reports are strictly ordered
+	}
+	var id [16]byte
+	crand.Read(id[:])
+	err := f.cfg.Client.do(ctx, "POST", "/api/v1/reports", d.token, api.ReportBody{
+		ReportID: demoReportID(id), PatchID: d.offer.PatchID, RolloutID: d.offer.RolloutID, Target: d.offer.Target,
+		State: state, ErrorCode: code, Message: message, At: &at}, nil)
+	if err == nil {
+		d.lastAt = at
+	}
+	return err
+}
+
+// demoReportID writes a report id in letters a-p: the server refuses ids
+// with 7 digits in a row (an IMEI or a phone number could hide there).
+func demoReportID(id [16]byte) string {
+	const letters = "abcdefghijklmnop"
+	b := make([]byte, 0, 2*len(id))
+	for _, c := range id {
+		b = append(b, letters[c>>4], letters[c&15])
+	}
+	return string(b)
+}
+
+// demoScheduler is a heap of (due time, handset index) that a
+// dispatcher hands to free workers.
+type demoScheduler struct {
+	mu   sync.Mutex
+	h    demoHeap
+	wake chan struct{}
+}
+
+type demoDue struct {
+	at  int64
+	idx int32
+}
+
+type demoHeap []demoDue
+
+func (h demoHeap) Len() int           { return len(h) }
+func (h demoHeap) Less(i, j int) bool { return h[i].at < h[j].at }
+func (h demoHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *demoHeap) Push(x any)        { *h = append(*h, x.(demoDue)) }
+func (h *demoHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return it
+}
+
+func newDemoScheduler(n int) *demoScheduler {
+	return &demoScheduler{h: make(demoHeap, 0, n), wake: make(chan struct{}, 1)}
+}
+
+func (s *demoScheduler) push(idx int32, at time.Time) {
+	s.mu.Lock()
+	heap.Push(&s.h, demoDue{at: at.UnixNano(), idx: idx})
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// dispatch sends due handsets to work until ctx ends; the send blocks
+// while every worker is busy.
+func (s *demoScheduler) dispatch(ctx context.Context, work chan<- int32) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		if len(s.h) == 0 {
+			s.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.wake:
+				continue
+			}
+		}
+		top := s.h[0]
+		wait := time.Duration(top.at - time.Now().UnixNano())
+		if wait <= 0 {
+			heap.Pop(&s.h)
+			s.mu.Unlock()
+			select {
+			case work <- top.idx:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		s.mu.Unlock()
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-timer.C:
+		}
+	}
+}

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/signing"
+)
+
+// The demo's release.
+const (
+	demoTarget  = "cloudmsg/optin-encrypt-7.5.0.zip"
+	demoPatchID = "CM-2026-001"
+)
+
+// demoCustom is the patch's signed custom metadata: which handsets it is
+// for, the build it installs and what it fixes.
+func demoCustom() manifests.TargetCustom {
+	return manifests.TargetCustom{PatchID: demoPatchID, Models: slices.Clone(demoModels), BuildMin: "7.3.0", BuildMax: "7.4.9",
+		InstallsBuild: "7.5.0", CloudMessagingDefault: "opt-in", NumberEncryption: "on",
+		Extra: map[string]string{"fixes": "cloud messaging no longer switches itself on at first boot; phone numbers sent to the messaging servers are encrypted"}}
+}
+
+// demoEngineer is a release engineer with a development-only key.
+type demoEngineer struct {
+	name string
+	key  *signing.PrivateKey
+}
+
+// releaseTeam runs the ceremony and the release through the admin API
+// over loopback, with a release-engineer token, exactly as otactl does:
+// the server sees the same calls, and its audit log records them.
+type releaseTeam struct {
+	client    *demoClient
+	token     string
+	engineers []demoEngineer
+}
+
+func newReleaseTeam(client *demoClient, token string) (*releaseTeam, error) {
+	t := &releaseTeam{client: client, token: token}
+	for _, name := range []string{"alice", "bob", "carol"} {
+		k, err := signing.Generate(signing.AlgEd25519)
+		if err != nil {
+			return nil, err
+		}
+		t.engineers = append(t.engineers, demoEngineer{name: name, key: k})
+	}
+	return t, nil
+}
+
+func (t *releaseTeam) publicKeys() []*metadata.Key {
+	keys := make([]*metadata.Key, len(t.engineers))
+	for i, e := range t.engineers {
+		keys[i] = e.key.Public()
+	}
+	return keys
+}
+
+// ceremony drafts root v1 and an empty targets v1 with the three keys at
+// threshold 2 for both roles, and has alice and bob sign it.
+func (t *releaseTeam) ceremony(ctx context.Context) error {
+	var v manifests.DraftView
+	req := api.RootDraftRequest{RootKeys: t.publicKeys(), RootThreshold: 2, TargetsKeys: t.publicKeys(), TargetsThreshold: 2}
+	if err := t.client.do(ctx, "POST", api.AdminPrefix+"/repo/root-drafts", t.token, req, &v); err != nil {
+		return fmt.Errorf("draft root v1: %w", err)
+	}
+	return t.signUntilPublished(ctx, v.ID, "root v1")
+}
+
+// release uploads the artifact, drafts the release and has carol and
+// alice sign it (one signature alone publishes nothing).
+func (t *releaseTeam) release(ctx context.Context, artifact []byte) error {
+	sum := sha256.Sum256(artifact)
+	hexSum := hex.EncodeToString(sum[:])
+	upload := rawBody{data: artifact, contentType: "application/octet-stream", header: map[string]string{api.HeaderContentSHA256: hexSum}}
+	if err := t.client.do(ctx, "PUT", api.AdminPrefix+"/artifacts/"+demoTarget, t.token, upload, nil); err != nil {
+		return fmt.Errorf("upload %s: %w", demoTarget, err)
+	}
+	var v manifests.DraftView
+	req := api.ReleaseRequest{Path: demoTarget, Length: int64(len(artifact)), SHA256: hexSum, Custom: demoCustom()}
+	if err := t.client.do(ctx, "POST", api.AdminPrefix+"/releases", t.token, req, &v); err != nil {
+		return fmt.Errorf("draft release %s: %w", demoTarget, err)
+	}
+	return t.signUntilPublished(ctx, v.ID, "release "+demoTarget, t.engineers[2], t.engineers[0])
+}
+
+// signUntilPublished has the signers (default the first two engineers)
+// sign draft id one after the other, each over the exact draft bytes,
+// and checks that it is then published.
+func (t *releaseTeam) signUntilPublished(ctx context.Context, id, what string, signers ...demoEngineer) error {
+	if len(signers) == 0 {
+		signers = t.engineers[:2]
+	}
+	var v manifests.DraftView
+	for _, e := range signers {
+		if err := t.client.do(ctx, "GET", api.AdminPrefix+"/drafts/"+id, t.token, nil, &v); err != nil {
+			return fmt.Errorf("read draft %s: %w", id, err)
+		}
+		sigs, err := e.sign(&v)
+		if err != nil {
+			return fmt.Errorf("%s signs %s: %w", e.name, what, err)
+		}
+		if err := t.client.do(ctx, "POST", api.AdminPrefix+"/drafts/"+id+"/signatures", t.token,
+			api.SignatureUpload{Digest: v.Digest, Signatures: sigs}, &v); err != nil {
+			return fmt.Errorf("%s's signature on %s: %w", e.name, what, err)
+		}
+	}
+	if v.State != manifests.DraftPublished {
+		return fmt.Errorf("%s not published after %d signatures (state %s)", what, len(signers), v.State)
+	}
+	return nil
+}
+
+// sign signs every part of the draft e's key may sign, with go-tuf's Sign
+// over the draft's bytes, as otactl does.
+func (e demoEngineer) sign(v *manifests.DraftView) ([]api.UploadSignature, error) {
+	var out []api.UploadSignature
+	for _, part := range []string{manifests.PartRoot, manifests.PartTargets} {
+		may := false
+		for _, th := range v.Thresholds {
+			if th.Part == part && slices.Contains(th.KeyIDs, e.key.KeyID()) {
+				may = true
+			}
+		}
+		if !may {
+			continue
+		}
+		var sig *metadata.Signature
+		var err error
+		if part == manifests.PartRoot {
+			md, perr := (&metadata.Metadata[metadata.RootType]{}).FromBytes(v.Root)
+			if perr != nil {
+				return nil, perr
+			}
+			sig, err = md.Sign(e.key.Signer())
+		} else {
+			md, perr := (&metadata.Metadata[metadata.TargetsType]{}).FromBytes(v.Targets)
+			if perr != nil {
+				return nil, perr
+			}
+			sig, err = md.Sign(e.key.Signer())
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, api.UploadSignature{Part: part, KeyID: sig.KeyID, Sig: hex.EncodeToString(sig.Signature)})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("key %s may sign nothing in draft %s", e.key.KeyID(), v.ID)
+	}
+	return out, nil
+}
+
+// demoArtifact is a small, real zip: a manifest saying what the patch
+// does and a payload standing in for the system image delta.
+func demoArtifact(seed uint64) ([]byte, error) {
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, err := zw.Create("META-INF/patch.txt")
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(w, "patch %s installs build 7.5.0\n%s\n", demoPatchID, demoCustom().Extra["fixes"])
+	w, err = zw.Create("payload.bin")
+	if err != nil {
+		return nil, err
+	}
+	payload := make([]byte, 48<<10)
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	for i := range payload {
+		payload[i] = byte(rng.Uint32())
+	}
+	if _, err := w.Write(payload); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

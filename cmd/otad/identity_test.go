@@ -1,0 +1,220 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	_ "github.com/glebarez/go-sqlite"
+
+	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/server/sqlstore"
+)
+
+// cli runs otad commands on one data directory.
+type cli struct {
+	tb  testing.TB
+	env map[string]string
+}
+
+func newCLI(tb testing.TB) *cli {
+	return &cli{tb: tb, env: map[string]string{"OTAD_DATA_DIR": tb.TempDir()}}
+}
+
+// run runs otad with args and returns its exit code and output.
+func (c *cli) run(args ...string) (int, string, string) {
+	c.tb.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), args, func(k string) string { return c.env[k] }, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+// mustRun runs otad with args and fails the test unless it exits 0.
+func (c *cli) mustRun(args ...string) string {
+	c.tb.Helper()
+	code, stdout, stderr := c.run(args...)
+	if code != exitOK {
+		c.tb.Fatalf("otad %s: exit %d: %s", strings.Join(args, " "), code, stderr)
+	}
+	return stdout
+}
+
+// db opens the CLI's database, as the commands do.
+func (c *cli) db() *sqlstore.DB {
+	c.tb.Helper()
+	db, err := sqlstore.Open(context.Background(), "sqlite:"+filepath.Join(c.env["OTAD_DATA_DIR"], "otad.db"), sqlstore.Options{})
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	c.tb.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestUserCommands(t *testing.T) {
+	c := newCLI(t)
+	c.env[userPasswordEnv] = "correct horse battery"
+	if out := c.mustRun("user", "create", "alice", "--role", "operator"); !strings.Contains(out, "created user alice (operator)") {
+		t.Errorf("user create: got %q", out)
+	}
+	delete(c.env, userPasswordEnv)
+	// No terminal and no variable: no password, nothing created.
+	if code, _, stderr := c.run("user", "create", "bob", "--role", "viewer"); code != exitFailed || !strings.Contains(stderr, userPasswordEnv) {
+		t.Errorf("user create without a password: exit %d %q, want 1 naming %s", code, stderr, userPasswordEnv)
+	}
+	c.mustRun("user", "create", "--role", "release-engineer", "--service", "ci")
+	if code, _, stderr := c.run("user", "create", "alice", "--role", "viewer", "--service"); code != exitFailed || !strings.Contains(stderr, "exists") {
+		t.Errorf("a second alice: exit %d %q, want 1", code, stderr)
+	}
+	if code, _, _ := c.run("user", "create", "carol", "--service"); code != exitConfig {
+		t.Errorf("user create without --role: exit %d, want %d", code, exitConfig)
+	}
+	c.mustRun("user", "set-role", "alice", "admin")
+	if code, _, stderr := c.run("user", "set-role", "alice", "root"); code != exitFailed || !strings.Contains(stderr, "role") {
+		t.Errorf("set-role to an unknown role: exit %d %q, want 1", code, stderr)
+	}
+	c.mustRun("user", "disable", "alice")
+	out := c.mustRun("user", "list")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("user list: got %q, want a header and two users", out)
+	}
+	for i, want := range [][]string{{"NAME", "ROLE", "KIND", "DISABLED", "CREATED"}, {"alice", "admin", "user", "yes"}, {"ci", "release-engineer", "service", "no"}} {
+		if f := strings.Fields(lines[i]); len(f) < len(want) || !equalPrefix(f, want) {
+			t.Errorf("user list line %d: got %q, want %q...", i, lines[i], want)
+		}
+	}
+	if code, _, stderr := c.run("user", "disable", "nobody"); code != exitFailed || !strings.Contains(stderr, "no user nobody") {
+		t.Errorf("disable an unknown user: exit %d %q", code, stderr)
+	}
+
+	// Tokens: of the service account, and of a user.
+	secret := strings.TrimSpace(c.mustRun("token", "create", "ci", "--role", "release-engineer"))
+	if !strings.HasPrefix(secret, "otad_") {
+		t.Fatalf("token create: got %q, want a token", secret)
+	}
+	c.mustRun("user", "enable", "alice")
+	c.mustRun("token", "create", "--user", "alice", "laptop")
+	if code, _, stderr := c.run("token", "create", "alice", "--role", "admin"); code != exitFailed || !strings.Contains(stderr, "person's account") {
+		t.Errorf("a service token named as a person: exit %d %q", code, stderr)
+	}
+	out = c.mustRun("token", "list", "--user", "alice")
+	if strings.Count(out, "\n") != 1 || !strings.Contains(out, "laptop\talice\tadmin") {
+		t.Errorf("token list of alice: got %q", out)
+	}
+
+	db := c.db()
+	p, err := server.Tokens{Store: db.Tokens(), Users: db.Users()}.Authenticate(t.Context(), secret)
+	if err != nil || p.Actor() != "ci" || !p.Can(server.PermReleaseChange) {
+		t.Errorf("the ci token: got %+v %v", p, err)
+	}
+	entries, err := db.Audit().ListAudit(t.Context(), server.AuditQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, e := range entries {
+		actions = append(actions, e.Action+" "+e.Object)
+		if !strings.HasPrefix(e.Actor, "otad-cli") {
+			t.Errorf("entry %d: actor %q, want otad-cli...", e.Seq, e.Actor)
+		}
+	}
+	want := []string{"token.create alice", "user.enable alice", "token.create ci", "user.disable alice",
+		"user.set_role alice", "user.create ci", "user.create alice"}
+	if strings.Join(actions, ",") != strings.Join(want, ",") {
+		t.Errorf("audit log: got %q, want %q", actions, want)
+	}
+}
+
+func TestAuditCommands(t *testing.T) {
+	c := newCLI(t)
+	if out := c.mustRun("audit", "verify"); !strings.HasPrefix(out, "audit log verified: 0 entries") {
+		t.Errorf("verify an empty log: got %q", out)
+	}
+	for _, name := range []string{"a", "b", "c", "d"} {
+		c.mustRun("user", "create", name, "--role", "viewer", "--service")
+	}
+	out := c.mustRun("audit", "verify")
+	if !strings.HasPrefix(out, "audit log verified: 4 entries, head ") || len(strings.Fields(out)[6]) != 64 {
+		t.Errorf("verify: got %q", out)
+	}
+	out = c.mustRun("audit", "list", "--limit", "2", "--action", "user.")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 3 || !strings.HasPrefix(lines[1], "4 ") || !strings.Contains(lines[2], "user.create") {
+		t.Errorf("audit list: got %q, want a header and entries 4 and 3", out)
+	}
+	if code, _, _ := c.run("audit", "list", "--help"); code != exitOK {
+		t.Errorf("audit list --help: exit %d", code)
+	}
+
+	// What someone with write access to the database file could do.
+	raw, err := sql.Open("sqlite", filepath.Join(c.env["OTAD_DATA_DIR"], "otad.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if _, err := raw.ExecContext(t.Context(), "UPDATE audit_log SET object = 'z' WHERE seq = 3"); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := c.run("audit", "verify")
+	if code != exitFailed || !strings.Contains(stderr, "audit log broken at entry 3") {
+		t.Errorf("verify after an edit: exit %d %q, want 1 naming entry 3", code, stderr)
+	}
+}
+
+func equalPrefix(got, want []string) bool {
+	for i := range want {
+		if got[i] != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestAdminCommandsHelp(t *testing.T) {
+	c := newCLI(t)
+	for _, args := range [][]string{
+		{"user", "--help"}, {"user", "create", "--help"}, {"user", "list", "--help"}, {"user", "set-role", "--help"},
+		{"user", "password", "--help"}, {"token", "create", "--help"}, {"token", "--help"}, {"audit", "verify", "--help"},
+	} {
+		if code, _, stderr := c.run(args...); code != exitOK || !strings.Contains(stderr, "Usage") {
+			t.Errorf("otad %s: exit %d %q, want 0 and usage", strings.Join(args, " "), code, stderr)
+		}
+	}
+	if code, _, _ := c.run("user", "frobnicate"); code != exitConfig {
+		t.Errorf("unknown user command: exit %d, want %d", code, exitConfig)
+	}
+}
+
+// createRollout creates a rollout through env and, when four eyes stop
+// it (a start at 100%), approves it with the token of a second person,
+// approver: the tests that need a rollout at 100% get one running.
+func createRollout(tb testing.TB, env *apitest.Env, approver string, req api.RolloutRequest) api.Rollout {
+	tb.Helper()
+	var raw json.RawMessage
+	if err := env.Do("POST", "/rollouts", req, &raw); err != nil {
+		tb.Fatalf("create rollout: %v", err)
+	}
+	var ap api.Approval
+	if err := json.Unmarshal(raw, &ap); err == nil && ap.State == string(server.ApprovalPending) && ap.RolloutID != "" {
+		second := &apitest.Env{URL: env.URL, Token: approver}
+		var d api.ApprovalDecision
+		if err := second.Do("POST", "/rollouts/"+ap.RolloutID+"/approvals/"+ap.ID+"/approve",
+			api.RolloutActionRequest{Reason: "second pair of eyes"}, &d); err != nil {
+			tb.Fatalf("approve rollout %s: %v", ap.RolloutID, err)
+		}
+		if d.Rollout == nil {
+			tb.Fatalf("approve rollout %s: no rollout in the answer", ap.RolloutID)
+		}
+		return *d.Rollout
+	}
+	var ro api.Rollout
+	if err := json.Unmarshal(raw, &ro); err != nil {
+		tb.Fatalf("create rollout: %v", err)
+	}
+	return ro
+}

@@ -1,0 +1,162 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// HeaderReason carries the reason of an administrative action for the
+// audit log: optional, one printable line of at most server.MaxReasonLen
+// bytes. One header for every admin route, whatever its body (an
+// artifact upload's body is the build, a DELETE has none). Rollout
+// actions take their reason in the body instead, where it is required.
+const HeaderReason = "X-Reason"
+
+// auditReason is the request's X-Reason, checked.
+func auditReason(c echo.Context) (string, error) {
+	r := strings.TrimSpace(c.Request().Header.Get(HeaderReason))
+	if len(r) > server.MaxReasonLen || strings.ContainsFunc(r, unicode.IsControl) {
+		return "", &server.FieldError{Field: HeaderReason, Message: fmt.Sprintf("at most %d bytes on one line", server.MaxReasonLen)}
+	}
+	return r, nil
+}
+
+// audit appends the entry of an administrative action that succeeded:
+// the caller calls it after the action, and answers with its error. The
+// action is not rolled back when the append fails (the draft, the user,
+// the token exists by then, in stores that share no transaction with
+// the log): the failure is logged at error level and answered 500, so
+// that the operator knows the log lacks it. Rollout changes are not
+// audited here: the rollout store appends their events to the log in
+// the rollout's own transaction.
+func (s *Server) audit(c echo.Context, action, object string, detail any) error {
+	if s.auditLog == nil {
+		return nil
+	}
+	reason, _ := auditReason(c) // checked by authenticate
+	var d string
+	switch v := detail.(type) {
+	case nil:
+	case string:
+		d = v
+	default:
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("audit %s: detail: %w", action, err)
+		}
+		d = string(b)
+	}
+	e := server.AuditEntry{At: s.now(), Actor: actor(c), Action: action, Object: object, Reason: reason, Detail: d}
+	ctx := c.Request().Context()
+	if err := s.auditLog.AppendAudit(ctx, e); err != nil {
+		s.log.ErrorContext(ctx, "the action succeeded but its audit entry was not appended",
+			slog.String("request_id", requestID(c)), slog.String("action", action), slog.String("object", object),
+			slog.String("actor", e.Actor), slog.Any("error", err))
+		return fmt.Errorf("audit %s %s (the action itself succeeded): %w", action, object, err)
+	}
+	return nil
+}
+
+// AuditEntry is one entry of the audit log as GET /admin/audit answers
+// it.
+type AuditEntry struct {
+	Seq      int64     `json:"seq"`
+	At       time.Time `json:"at"`
+	Actor    string    `json:"actor"`
+	Action   string    `json:"action"`
+	Object   string    `json:"object"`
+	Reason   string    `json:"reason"`
+	Detail   string    `json:"detail"`
+	PrevHash string    `json:"prev_hash"`
+	Hash     string    `json:"hash"`
+}
+
+// AuditVerify is the answer of GET /admin/audit/verify.
+type AuditVerify struct {
+	OK bool `json:"ok"`
+	// Entries and HeadHash are set when OK: compare HeadHash with a copy
+	// kept elsewhere to catch a log rewritten whole.
+	Entries  *int64  `json:"entries,omitempty"`
+	HeadHash *string `json:"head_hash,omitempty"`
+	// BrokenAt and Why say where and how the chain breaks when OK is
+	// false.
+	BrokenAt int64  `json:"broken_at,omitempty"`
+	Why      string `json:"why,omitempty"`
+}
+
+func (s *Server) auditStore() (server.AuditStore, error) {
+	if s.auditLog == nil {
+		return nil, fmt.Errorf("%w: no audit log configured", server.ErrUnavailable)
+	}
+	return s.auditLog, nil
+}
+
+// auditEntries answers GET /admin/audit: the log newest first, filtered
+// by actor, action (exact, or a prefix ending in "."), object, since,
+// until, before (a seq, for paging) and limit.
+func (s *Server) auditEntries(c echo.Context) error {
+	store, err := s.auditStore()
+	if err != nil {
+		return err
+	}
+	q := server.AuditQuery{Actor: c.QueryParam("actor"), Action: c.QueryParam("action"), Object: c.QueryParam("object")}
+	if q.Limit, err = queryLimit(c); err != nil {
+		return err
+	}
+	if q.Limit == 0 {
+		q.Limit = server.DefaultAuditLimit
+	}
+	if q.Since, err = queryTime(c, "since"); err != nil {
+		return err
+	}
+	if q.Until, err = queryTime(c, "until"); err != nil {
+		return err
+	}
+	if !q.Since.IsZero() && !q.Until.IsZero() && !q.Until.After(q.Since) {
+		return &server.FieldError{Field: "until", Message: "want a time after since"}
+	}
+	if b := c.QueryParam("before"); b != "" {
+		if q.Before, err = strconv.ParseInt(b, 10, 64); err != nil || q.Before < 1 {
+			return &server.FieldError{Field: "before", Message: "want the seq of an entry, 1 or more"}
+		}
+	}
+	es, err := store.ListAudit(c.Request().Context(), q)
+	if err != nil {
+		return err
+	}
+	out := make([]AuditEntry, len(es))
+	for i, e := range es {
+		out[i] = AuditEntry{Seq: e.Seq, At: e.At.UTC(), Actor: e.Actor, Action: e.Action, Object: e.Object,
+			Reason: e.Reason, Detail: e.Detail, PrevHash: e.PrevHash, Hash: e.Hash}
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// verifyAudit answers GET /admin/audit/verify: the whole chain checked
+// (server.VerifyAudit). A broken chain is still a 200: the answer is the
+// finding, not a failure of the request.
+func (s *Server) verifyAudit(c echo.Context) error {
+	store, err := s.auditStore()
+	if err != nil {
+		return err
+	}
+	v, err := server.VerifyAudit(c.Request().Context(), store)
+	if be := new(server.AuditBrokenError); errors.As(err, &be) {
+		return c.JSON(http.StatusOK, AuditVerify{OK: false, BrokenAt: be.Seq, Why: be.Why})
+	}
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, AuditVerify{OK: true, Entries: &v.Entries, HeadHash: &v.HeadHash})
+}

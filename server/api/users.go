@@ -1,0 +1,205 @@
+package api
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// mountUsers adds the users and tokens routes to the admin group g.
+func (s *Server) mountUsers(g *echo.Group) {
+	s.route(g, AdminPrefix, http.MethodGet, "/users", s.listUsers)
+	s.route(g, AdminPrefix, http.MethodPost, "/users", s.createUser)
+	s.route(g, AdminPrefix, http.MethodPost, "/users/:name/role", s.setUserRole)
+	s.route(g, AdminPrefix, http.MethodPost, "/users/:name/disable", s.setUserDisabled(true))
+	s.route(g, AdminPrefix, http.MethodPost, "/users/:name/enable", s.setUserDisabled(false))
+	s.route(g, AdminPrefix, http.MethodGet, "/tokens", s.listTokens)
+	s.route(g, AdminPrefix, http.MethodPost, "/tokens", s.createToken)
+	s.route(g, AdminPrefix, http.MethodDelete, "/tokens/:id", s.revokeToken)
+}
+
+// User is the JSON of a user or service account.
+type User struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	Kind      string    `json:"kind"`
+	Disabled  bool      `json:"disabled"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func userOf(u *server.User) User {
+	return User{ID: u.ID, Name: u.Name, Role: u.Role, Kind: userKind(u), Disabled: u.Disabled, CreatedAt: u.CreatedAt.UTC()}
+}
+
+// UserRequest is the body of POST /admin/users: a person with a
+// password, or a service account (Service, no password) that acts
+// through tokens.
+type UserRequest struct {
+	Name     string `json:"name"`
+	Role     string `json:"role"`
+	Password string `json:"password,omitempty"`
+	Service  bool   `json:"service,omitempty"`
+}
+
+// RoleRequest is the body of POST /admin/users/{name}/role.
+type RoleRequest struct {
+	Role string `json:"role"`
+}
+
+// TokenRequest is the body of POST /admin/tokens.
+type TokenRequest struct {
+	Name string `json:"name"`
+}
+
+// Token is the JSON of an API token; the secret is never in it.
+type Token struct {
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	User      string     `json:"user"`
+	CreatedAt time.Time  `json:"created_at"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+// NewToken is the answer of POST /admin/tokens: the token and its
+// secret, shown this once.
+type NewToken struct {
+	Token
+	Secret string `json:"secret"`
+}
+
+func (s *Server) listUsers(c echo.Context) error {
+	us, err := s.users.Store.ListUsers(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	out := make([]User, len(us))
+	for i, u := range us {
+		out[i] = userOf(u)
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) createUser(c echo.Context) error {
+	var req UserRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	u, err := s.users.Create(c.Request().Context(), req.Name, req.Role, req.Password, req.Service)
+	if err != nil {
+		return err
+	}
+	if err := s.audit(c, "user.create", u.Name, map[string]any{"role": u.Role, "kind": userKind(u)}); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, userOf(u))
+}
+
+func (s *Server) setUserRole(c echo.Context) error {
+	var req RoleRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	u, err := s.users.SetRole(c.Request().Context(), principal(c), c.Param("name"), req.Role)
+	if err != nil {
+		return err
+	}
+	if err := s.audit(c, "user.set-role", u.Name, map[string]string{"role": u.Role}); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, userOf(u))
+}
+
+func (s *Server) setUserDisabled(disabled bool) echo.HandlerFunc {
+	action := "user.enable"
+	if disabled {
+		action = "user.disable"
+	}
+	return func(c echo.Context) error {
+		u, err := s.users.SetDisabled(c.Request().Context(), principal(c), c.Param("name"), disabled)
+		if err != nil {
+			return err
+		}
+		if err := s.audit(c, action, u.Name, nil); err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, userOf(u))
+	}
+}
+
+// listTokens answers the caller's own tokens, or with ?all=true (and
+// PermUserAdmin) everyone's.
+func (s *Server) listTokens(c echo.Context) error {
+	p := principal(c)
+	ctx := c.Request().Context()
+	userID := p.User.ID
+	switch c.QueryParam("all") {
+	case "", "false":
+	case "true":
+		if !p.Can(server.PermUserAdmin) {
+			return forbidden(p, server.PermUserAdmin, "list everyone's tokens")
+		}
+		userID = ""
+	default:
+		return &server.FieldError{Field: "all", Message: "want true or false"}
+	}
+	toks, err := s.tokens.Store.ListTokens(ctx, userID)
+	if err != nil {
+		return err
+	}
+	names := map[string]string{p.User.ID: p.User.Name}
+	if userID == "" {
+		us, err := s.users.Store.ListUsers(ctx)
+		if err != nil {
+			return err
+		}
+		for _, u := range us {
+			names[u.ID] = u.Name
+		}
+	}
+	out := make([]Token, len(toks))
+	for i, t := range toks {
+		out[i] = tokenOf(t, names[t.UserID])
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func tokenOf(t *server.Token, user string) Token {
+	v := Token{ID: t.ID, Name: t.Name, User: user, CreatedAt: t.CreatedAt.UTC()}
+	if t.RevokedAt != nil {
+		r := t.RevokedAt.UTC()
+		v.RevokedAt = &r
+	}
+	return v
+}
+
+// createToken mints a token of the caller's own, acting as them.
+func (s *Server) createToken(c echo.Context) error {
+	var req TokenRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	p := principal(c)
+	t, secret, err := s.tokens.CreateFor(c.Request().Context(), p.User, req.Name)
+	if err != nil {
+		return err
+	}
+	if err := s.audit(c, "token.create", t.ID, map[string]string{"name": t.Name, "user": p.User.Name}); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, NewToken{Token: tokenOf(t, p.User.Name), Secret: secret})
+}
+
+func (s *Server) revokeToken(c echo.Context) error {
+	t, err := s.tokens.Revoke(c.Request().Context(), principal(c), c.Param("id"))
+	if err != nil {
+		return err
+	}
+	if err := s.audit(c, "token.revoke", t.ID, map[string]string{"name": t.Name, "user_id": t.UserID}); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}

@@ -1,0 +1,55 @@
+package api
+
+import (
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/patchfleet/ota/web"
+)
+
+// mountWeb mounts the dashboard's pages (web.Handler.Routes) on Echo,
+// each handed whole to the dashboard, which checks its session,
+// permission and CSRF token itself; and records what each needs, so
+// that CheckRoutes and the endpoint × role test see the pages too.
+func (s *Server) mountWeb(h *web.Handler) {
+	s.webRoutes = map[string]RouteAccess{}
+	wrapped := echo.WrapHandler(h)
+	for _, r := range h.Routes() {
+		p := echoPath(r.Pattern)
+		s.echo.Add(r.Method, p, wrapped)
+		a := public
+		if !r.Public {
+			a = page(r.Perm)
+		}
+		s.webRoutes[routeKey(r.Method, p)] = a
+	}
+}
+
+// echoPath turns a ServeMux pattern path into Echo's: "{id}" is ":id",
+// a trailing "{rest...}" is "*".
+func echoPath(pattern string) string {
+	parts := strings.Split(pattern, "/")
+	for i, p := range parts {
+		if !strings.HasPrefix(p, "{") || !strings.HasSuffix(p, "}") {
+			continue
+		}
+		name := strings.TrimSuffix(strings.TrimPrefix(p, "{"), "}")
+		if strings.HasSuffix(name, "...") {
+			parts[i] = "*"
+		} else {
+			parts[i] = ":" + name
+		}
+	}
+	return strings.Join(parts, "/")
+}
+
+// routeAccess is what route key needs: its routeTable entry, or the
+// dashboard's own declaration for a page.
+func (s *Server) routeAccess(key string) (RouteAccess, bool) {
+	if a, ok := routeTable[key]; ok {
+		return a, true
+	}
+	a, ok := s.webRoutes[key]
+	return a, ok
+}

@@ -1,0 +1,67 @@
+package apitest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api"
+)
+
+// ApproverName is the operator whose token Widen approves with: a second
+// person beside the release engineer of Env.Token.
+const ApproverName = "test-approver"
+
+// ApproverToken returns the token of ApproverName, made on first use.
+func (env *Env) ApproverToken(tb testing.TB) string {
+	tb.Helper()
+	env.approverOnce.Do(func() {
+		_, env.approver, env.approverErr = env.App.Tokens.Create(context.Background(), ApproverName, server.RoleOperator)
+	})
+	if env.approverErr != nil {
+		tb.Fatal(env.approverErr)
+	}
+	return env.approver
+}
+
+// Widen sends a rollout change (a create, start or advance) with Env's
+// token and, when four eyes stop it (202 with a pending approval),
+// approves it as ApproverName, so that tests needing a rollout past 50%
+// get one. out receives the rollout.
+func (env *Env) Widen(tb testing.TB, method, path string, body any, out *api.Rollout) {
+	tb.Helper()
+	var raw json.RawMessage
+	if err := env.Do(method, path, body, &raw); err != nil {
+		tb.Fatalf("%s %s: %v", method, path, err)
+	}
+	var ap api.Approval
+	if err := json.Unmarshal(raw, &ap); err == nil && ap.State == string(server.ApprovalPending) && ap.RolloutID != "" {
+		second := &Env{URL: env.URL, Token: env.ApproverToken(tb)}
+		var d api.ApprovalDecision
+		if err := second.Do("POST", "/rollouts/"+ap.RolloutID+"/approvals/"+ap.ID+"/approve",
+			api.RolloutActionRequest{Reason: "second pair of eyes"}, &d); err != nil {
+			tb.Fatalf("approve %s of rollout %s: %v", ap.ID, ap.RolloutID, err)
+		}
+		if d.Rollout == nil {
+			tb.Fatalf("approve %s of rollout %s: no rollout in the answer", ap.ID, ap.RolloutID)
+		}
+		*out = *d.Rollout
+		return
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		tb.Fatalf("%s %s: %v", method, path, err)
+	}
+}
+
+// approvePending approves a change the service held for four eyes, as
+// ApproverName; other errors come back as they are.
+func (env *Env) approvePending(r *server.Rollout, err error) (*server.Rollout, error) {
+	var pe *server.ApprovalPendingError
+	if !errors.As(err, &pe) {
+		return r, err
+	}
+	r, _, err = env.App.Rollouts.Approve(context.Background(), pe.Approval.RolloutID, pe.Approval.ID, ApproverName, "second pair of eyes")
+	return r, err
+}

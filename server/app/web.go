@@ -1,0 +1,150 @@
+package app
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/sqlstore"
+	"github.com/patchfleet/ota/web"
+)
+
+// WebConfig configures the dashboard.
+type WebConfig struct {
+	// Disabled serves no pages (the API only).
+	Disabled bool
+	// Banner is a warning strip on every page (the demo's "development
+	// keys" notice).
+	Banner string
+	// SecureCookie marks the session cookie Secure on plain HTTP too:
+	// set it when TLS ends at a proxy in front of otad.
+	SecureCookie bool
+}
+
+// deviceReportsShown bounds the report history of the device page.
+const deviceReportsShown = 200
+
+// newWeb builds the dashboard over the App's parts.
+func (a *App) newWeb(cfg WebConfig, reports *server.Reports) (*web.Handler, error) {
+	return web.New(web.Options{
+		Backend:      &WebBackend{Service: a.Rollouts, Reports: reports, Repo: a.Repo, Devices: a.cfg.DB.Devices()},
+		Users:        a.Users,
+		Sessions:     a.Sessions,
+		Tokens:       a.Tokens,
+		Audit:        a.Audit,
+		Banner:       cfg.Banner,
+		SecureCookie: cfg.SecureCookie,
+		Logger:       a.log,
+	})
+}
+
+// WebBackend is web.Backend over the App's services: the pages read and
+// change what the admin API does, through the same domain services.
+type WebBackend struct {
+	Service *server.RolloutService
+	Reports *server.Reports
+	Repo    *manifests.Repository
+	Devices *sqlstore.DeviceStore
+}
+
+var _ web.Backend = (*WebBackend)(nil)
+
+// ExposureReport implements web.Backend.
+func (b *WebBackend) ExposureReport(ctx context.Context, opts server.ExposureOptions) (*server.ExposureReport, error) {
+	return b.Reports.ExposureReport(ctx, opts, b.Reports.Clock())
+}
+
+// RolloutReport implements web.Backend.
+func (b *WebBackend) RolloutReport(ctx context.Context, id string) (*server.RolloutReport, error) {
+	return b.Reports.RolloutReport(ctx, id, b.Reports.Clock())
+}
+
+// Rollouts implements web.Backend.
+func (b *WebBackend) Rollouts(ctx context.Context) ([]*server.Rollout, error) {
+	return b.Service.List(ctx)
+}
+
+// Rollout implements web.Backend.
+func (b *WebBackend) Rollout(ctx context.Context, id string) (*server.Rollout, error) {
+	return b.Service.Get(ctx, id)
+}
+
+// RolloutEvents implements web.Backend.
+func (b *WebBackend) RolloutEvents(ctx context.Context, id string, limit int) ([]server.Event, error) {
+	return b.Service.Events(ctx, id, limit)
+}
+
+// ChangeRollout implements web.Backend: the actor is the session's user.
+func (b *WebBackend) ChangeRollout(ctx context.Context, id string, c web.RolloutChange) (*server.Rollout, error) {
+	actor := server.PrincipalFromContext(ctx).Actor()
+	switch c.Action {
+	case server.ActionPause:
+		return b.Service.Pause(ctx, id, actor, c.Reason)
+	case server.ActionResume:
+		return b.Service.Resume(ctx, id, actor, c.Reason)
+	case server.ActionAbort:
+		return b.Service.Abort(ctx, id, actor, c.Reason)
+	case server.ActionAdvance:
+		return b.Service.Advance(ctx, id, actor, c.Reason, c.Percent)
+	}
+	return nil, fmt.Errorf("%w: unknown rollout action %q", server.ErrInvalid, c.Action)
+}
+
+// Approvals implements web.Backend.
+func (b *WebBackend) Approvals(ctx context.Context, id string) ([]*server.Approval, error) {
+	as, err := b.Service.ListApprovals(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	as = slices.Clone(as)
+	slices.SortFunc(as, func(x, y *server.Approval) int {
+		return cmp.Or(y.RequestedAt.Compare(x.RequestedAt), cmp.Compare(x.ID, y.ID))
+	})
+	return as, nil
+}
+
+// DecideApproval implements web.Backend.
+func (b *WebBackend) DecideApproval(ctx context.Context, id, aid string, approve bool, reason string) error {
+	actor := server.PrincipalFromContext(ctx).Actor()
+	var err error
+	if approve {
+		_, _, err = b.Service.Approve(ctx, id, aid, actor, reason)
+	} else {
+		_, err = b.Service.Reject(ctx, id, aid, actor, reason)
+	}
+	return err
+}
+
+// RepoStatus implements web.Backend.
+func (b *WebBackend) RepoStatus(ctx context.Context) (*manifests.Status, error) {
+	return b.Repo.Status(ctx)
+}
+
+// Drafts implements web.Backend.
+func (b *WebBackend) Drafts(ctx context.Context, limit int) ([]*manifests.DraftView, error) {
+	return b.Repo.ListDrafts(ctx, limit)
+}
+
+// Device implements web.Backend: the handset, its install states and
+// its latest reports.
+func (b *WebBackend) Device(ctx context.Context, id string) (*web.DeviceView, error) {
+	d, err := b.Devices.DeviceByID(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	states, err := b.Devices.PatchStates(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	reports, err := b.Devices.Reports(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if n := len(reports); n > deviceReportsShown {
+		reports = reports[n-deviceReportsShown:]
+	}
+	return &web.DeviceView{Device: d, Patches: states, Reports: reports}, nil
+}

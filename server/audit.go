@@ -1,0 +1,204 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// AuditEntry is one administrative action: who, what, on what, when and
+// why. Entries chain by hash: each carries the hash of the one before
+// it, and its own hash covers its fields and that link, so removing or
+// editing an entry breaks the chain from there on (VerifyAudit).
+type AuditEntry struct {
+	// Seq is 1, 2, 3, ... in the order entries were appended; the store
+	// assigns it.
+	Seq   int64
+	At    time.Time
+	Actor string
+	// Action is a dotted verb: "rollout.pause", "release.create",
+	// "user.create", "token.revoke", "session.login", ...
+	Action string
+	// Object is what the action was on: a rollout id, a draft id, a
+	// user name, a target path.
+	Object string
+	Reason string
+	// Detail is a short JSON object or free text with what changed.
+	Detail   string
+	PrevHash string
+	Hash     string
+}
+
+// AuditGenesis is the PrevHash of the first entry.
+const AuditGenesis = "0000000000000000000000000000000000000000000000000000000000000000"
+
+// auditHashed is what an entry's hash covers, in a fixed field order.
+type auditHashed struct {
+	Seq      int64  `json:"seq"`
+	At       string `json:"at"`
+	Actor    string `json:"actor"`
+	Action   string `json:"action"`
+	Object   string `json:"object"`
+	Reason   string `json:"reason"`
+	Detail   string `json:"detail"`
+	PrevHash string `json:"prev"`
+}
+
+// AuditHash is the hash an entry must carry: sha256 over its fields and
+// PrevHash. At is hashed in UTC at microsecond precision, what both
+// SQLite and PostgreSQL keep.
+func AuditHash(e AuditEntry) string {
+	b, err := json.Marshal(auditHashed{Seq: e.Seq, At: e.At.UTC().Truncate(time.Microsecond).Format(time.RFC3339Nano),
+		Actor: e.Actor, Action: e.Action, Object: e.Object, Reason: e.Reason, Detail: e.Detail, PrevHash: e.PrevHash})
+	if err != nil {
+		panic(err) // strings and numbers always marshal
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// Chain sets e's Seq, PrevHash and Hash to follow prev (nil for the
+// first entry). Stores call it while they hold the log's append lock.
+func (e *AuditEntry) Chain(prev *AuditEntry) {
+	e.Seq, e.PrevHash = 1, AuditGenesis
+	if prev != nil {
+		e.Seq, e.PrevHash = prev.Seq+1, prev.Hash
+	}
+	e.At = e.At.UTC().Truncate(time.Microsecond)
+	e.Hash = AuditHash(*e)
+}
+
+// AuditQuery selects audit entries; zero fields match every entry.
+type AuditQuery struct {
+	Actor string
+	// Action matches exactly, or a prefix when it ends in "." ("rollout.").
+	Action string
+	Object string
+	// Since is inclusive, Until exclusive.
+	Since, Until time.Time
+	// Before, when set, returns entries with Seq below it (paging).
+	Before int64
+	Limit  int
+}
+
+// AuditStore keeps the audit log.
+type AuditStore interface {
+	// AppendAudit chains and appends entries in one transaction, in
+	// order, serialised with every other append.
+	AppendAudit(ctx context.Context, entries ...AuditEntry) error
+	// ListAudit returns matching entries, newest first.
+	ListAudit(ctx context.Context, q AuditQuery) ([]AuditEntry, error)
+	// WalkAudit calls fn with every entry in Seq order, then returns the
+	// head the store keeps beside the log (the last Seq and Hash
+	// appended), so that entries cut from the end show too.
+	WalkAudit(ctx context.Context, fn func(AuditEntry) error) (headSeq int64, headHash string, err error)
+}
+
+// AuditVerification is what VerifyAudit found.
+type AuditVerification struct {
+	Entries  int64
+	HeadHash string
+}
+
+// AuditBrokenError is a chain that does not verify: the first entry
+// where it breaks and why.
+type AuditBrokenError struct {
+	Seq int64
+	Why string
+}
+
+func (e *AuditBrokenError) Error() string {
+	return fmt.Sprintf("audit log broken at entry %d: %s", e.Seq, e.Why)
+}
+
+// VerifyAudit walks the whole log and checks that every entry follows
+// the one before (no gap in Seq, PrevHash is the previous Hash), that
+// every Hash matches its fields, and that the last entry is the head the
+// store recorded. It returns an *AuditBrokenError for the first break.
+//
+// This catches an entry edited, removed or inserted through SQL by
+// someone who does not also recompute every hash after it and the head.
+// Someone who does can only be caught by comparing HeadHash with a copy
+// kept elsewhere (otad audit verify prints it).
+func VerifyAudit(ctx context.Context, store AuditStore) (AuditVerification, error) {
+	var prev *AuditEntry
+	var n int64
+	headSeq, headHash, err := store.WalkAudit(ctx, func(e AuditEntry) error {
+		wantSeq, wantPrev := int64(1), AuditGenesis
+		if prev != nil {
+			wantSeq, wantPrev = prev.Seq+1, prev.Hash
+		}
+		switch {
+		case e.Seq != wantSeq:
+			return &AuditBrokenError{Seq: wantSeq, Why: fmt.Sprintf("entry %d is missing (next is %d)", wantSeq, e.Seq)}
+		case e.PrevHash != wantPrev:
+			return &AuditBrokenError{Seq: e.Seq, Why: "its link to the entry before does not match (an entry was replaced)"}
+		case AuditHash(e) != e.Hash:
+			return &AuditBrokenError{Seq: e.Seq, Why: "its fields do not match its hash (the entry was edited)"}
+		}
+		n++
+		prev = &e
+		return nil
+	})
+	if err != nil {
+		return AuditVerification{}, err
+	}
+	lastSeq, lastHash := int64(0), ""
+	if prev != nil {
+		lastSeq, lastHash = prev.Seq, prev.Hash
+	}
+	if lastSeq != headSeq || (headSeq > 0 && lastHash != headHash) {
+		return AuditVerification{}, &AuditBrokenError{Seq: lastSeq + 1,
+			Why: fmt.Sprintf("the log ends at entry %d but its head records entry %d (entries were removed from the end)", lastSeq, headSeq)}
+	}
+	return AuditVerification{Entries: n, HeadHash: lastHash}, nil
+}
+
+// rolloutAuditDetail is the Detail of a rollout event's audit entry: the
+// numbers of the event, in a fixed field order, empty ones left out.
+type rolloutAuditDetail struct {
+	FromState   RolloutState `json:"from_state,omitempty"`
+	ToState     RolloutState `json:"to_state,omitempty"`
+	FromPercent *float64     `json:"from_percent,omitempty"`
+	ToPercent   *float64     `json:"to_percent,omitempty"`
+	Model       string       `json:"model,omitempty"`
+	Installed   *int64       `json:"installed,omitempty"`
+	Failed      *int64       `json:"failed,omitempty"`
+	Rate        *float64     `json:"rate,omitempty"`
+	MaxRate     *float64     `json:"max_rate,omitempty"`
+	Window      string       `json:"window,omitempty"`
+	Detail      string       `json:"detail,omitempty"`
+}
+
+// RolloutEventAudit is the audit entry of a rollout event, which the
+// rollout store appends in the transaction that records the event, so
+// that the audit log holds every rollout change (Action "rollout." and
+// the event's action, Object the rollout id) beside the admin actions.
+func RolloutEventAudit(ev Event) AuditEntry {
+	d := rolloutAuditDetail{FromState: ev.FromState, ToState: ev.ToState, Model: ev.Model, Detail: ev.Detail}
+	if ev.FromPercent != 0 || ev.ToPercent != 0 {
+		from, to := ev.FromPercent, ev.ToPercent
+		d.FromPercent, d.ToPercent = &from, &to
+	}
+	if h := ev.Hold; h != nil {
+		if d.Model == "" {
+			d.Model = h.Model
+		}
+		if h.Installed != 0 || h.Failed != 0 || h.MaxRate != 0 {
+			installed, failed, rate, maxRate := h.Installed, h.Failed, h.Rate, h.MaxRate
+			d.Installed, d.Failed, d.Rate, d.MaxRate = &installed, &failed, &rate, &maxRate
+		}
+		if h.Window != 0 {
+			d.Window = h.Window.String()
+		}
+	}
+	b, err := json.Marshal(d)
+	if err != nil {
+		panic(err) // strings and numbers always marshal
+	}
+	return AuditEntry{At: ev.At, Actor: ev.Actor, Action: "rollout." + ev.Action, Object: ev.RolloutID,
+		Reason: ev.Reason, Detail: string(b)}
+}

@@ -1,0 +1,26 @@
+package sqlstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"gorm.io/gorm"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// DeviceByID returns the device id, or ErrNotFound: the dashboard's
+// device lookup. It is not part of server.DeviceStore, which the
+// handset API uses and which finds devices by their token only.
+func (s *DeviceStore) DeviceByID(ctx context.Context, id string) (*server.Device, error) {
+	var row deviceRow
+	err := s.db.gorm.WithContext(ctx).Select(deviceColumns).Where("id = ?", id).Take(&row).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return nil, fmt.Errorf("device %s: %w", id, server.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up device %s: %w", id, err)
+	}
+	return row.device(), nil
+}

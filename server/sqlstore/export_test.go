@@ -1,0 +1,37 @@
+package sqlstore
+
+import (
+	"testing"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// Exported for the external benchmarks (package sqlstore_test), which
+// import packages that import this one (server/app): they reuse the
+// million-handset fleet the report benchmarks seed, once per run.
+
+// BenchBackends names the backends BenchFleet seeds.
+var BenchBackends = []string{"sqlite", "postgres"}
+
+// BenchNow is the seeded fleet's present; BenchRolloutID its rollout.
+var BenchNow = seedNow
+
+// BenchRolloutID is the seeded rollout's id.
+const BenchRolloutID = seedRolloutID
+
+// BenchFleet returns the database of backend name ("sqlite",
+// "postgres") seeded with a million handsets, seeding it on the first
+// call of the run; it skips without OTA_BENCH_1M (and, for PostgreSQL,
+// OTA_TEST_POSTGRES_DSN).
+func BenchFleet(b *testing.B, name string) (*DB, *server.Rollout) {
+	b.Helper()
+	for _, be := range backends {
+		if be.name == name {
+			benchReports(b, be)
+			f := benchFleets[name]
+			return f.db, f.rollout
+		}
+	}
+	b.Fatalf("no backend %q", name)
+	return nil, nil
+}

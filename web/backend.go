@@ -1,0 +1,66 @@
+package web
+
+import (
+	"context"
+
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server"
+)
+
+// Backend is what the pages read and change, owned here so that the
+// pages depend on the questions they ask, not on the stores that answer
+// them: server/app implements it over the App's parts, and the tests
+// over fakes. Every change carries the acting server.Principal in ctx
+// (server.WithPrincipal), so that the audit log records the user.
+type Backend interface {
+	// ExposureReport is the fleet's exposure report (opts as the admin
+	// API's /reports/exposure).
+	ExposureReport(ctx context.Context, opts server.ExposureOptions) (*server.ExposureReport, error)
+	// RolloutReport is the report of rollout id; ErrNotFound if unknown.
+	RolloutReport(ctx context.Context, id string) (*server.RolloutReport, error)
+	// Rollouts lists every rollout, oldest first.
+	Rollouts(ctx context.Context) ([]*server.Rollout, error)
+	// Rollout returns rollout id, or ErrNotFound.
+	Rollout(ctx context.Context, id string) (*server.Rollout, error)
+	// RolloutEvents returns the last limit events of rollout id, oldest
+	// first.
+	RolloutEvents(ctx context.Context, id string, limit int) ([]server.Event, error)
+	// ChangeRollout applies an operator's action (one of RolloutActions)
+	// to rollout id through server.RolloutService, as the principal in
+	// ctx. Percent is advance's target (0: the next stage). A widening
+	// that needs a second person answers *server.ApprovalPendingError.
+	ChangeRollout(ctx context.Context, id string, change RolloutChange) (*server.Rollout, error)
+	// Approvals lists rollout id's four-eyes requests, newest first.
+	Approvals(ctx context.Context, id string) ([]*server.Approval, error)
+	// DecideApproval approves (approve true) or rejects approval aid of
+	// rollout id as the principal in ctx, who must not be the requester.
+	DecideApproval(ctx context.Context, id, aid string, approve bool, reason string) error
+	// RepoStatus is the TUF repository at a glance: expiries, published
+	// targets and the pending draft.
+	RepoStatus(ctx context.Context) (*manifests.Status, error)
+	// Drafts lists the latest limit drafts, newest first.
+	Drafts(ctx context.Context, limit int) ([]*manifests.DraftView, error)
+	// Device returns handset id with its install states and reports, or
+	// ErrNotFound.
+	Device(ctx context.Context, id string) (*DeviceView, error)
+}
+
+// RolloutChange is an operator's action on a rollout.
+type RolloutChange struct {
+	// Action is one of RolloutActions.
+	Action  string
+	Reason  string
+	Percent float64
+}
+
+// RolloutActions are the actions the rollout page offers.
+var RolloutActions = []string{server.ActionPause, server.ActionResume, server.ActionAbort, server.ActionAdvance}
+
+// DeviceView is a handset as the device page shows it. The server keeps
+// nothing that identifies a person or a SIM, so neither does this.
+type DeviceView struct {
+	Device  *server.Device
+	Patches []server.PatchState
+	// Reports are the handset's install reports, oldest first.
+	Reports []server.Report
+}

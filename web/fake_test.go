@@ -1,0 +1,358 @@
+package web
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server"
+)
+
+// fakeIdentity keeps users, sessions and tokens in memory.
+type fakeIdentity struct {
+	mu       sync.Mutex
+	users    map[string]*server.User // by id
+	hashes   map[string]string       // password hash by id
+	sessions map[string]*server.Session
+	tokens   map[string]*server.Token // by hash
+}
+
+var (
+	_ server.UserStore    = (*fakeIdentity)(nil)
+	_ server.SessionStore = (*fakeIdentity)(nil)
+	_ server.TokenStore   = (*fakeIdentity)(nil)
+	_ server.AuditStore   = (*fakeAudit)(nil)
+	_ Backend             = (*fakeBackend)(nil)
+)
+
+func newFakeIdentity() *fakeIdentity {
+	return &fakeIdentity{users: map[string]*server.User{}, hashes: map[string]string{},
+		sessions: map[string]*server.Session{}, tokens: map[string]*server.Token{}}
+}
+
+func (f *fakeIdentity) CreateUser(_ context.Context, u *server.User, hash string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, o := range f.users {
+		if o.Name == u.Name {
+			return fmt.Errorf("user %s: %w", u.Name, server.ErrConflict)
+		}
+	}
+	c := *u
+	f.users[u.ID], f.hashes[u.ID] = &c, hash
+	return nil
+}
+
+func (f *fakeIdentity) UserByName(_ context.Context, name string) (*server.User, string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, u := range f.users {
+		if u.Name == name {
+			c := *u
+			return &c, f.hashes[u.ID], nil
+		}
+	}
+	return nil, "", fmt.Errorf("user %s: %w", name, server.ErrNotFound)
+}
+
+func (f *fakeIdentity) UserByID(_ context.Context, id string) (*server.User, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u := f.users[id]
+	if u == nil {
+		return nil, server.ErrNotFound
+	}
+	c := *u
+	return &c, nil
+}
+
+func (f *fakeIdentity) ListUsers(context.Context) ([]*server.User, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*server.User
+	for _, u := range f.users {
+		c := *u
+		out = append(out, &c)
+	}
+	slices.SortFunc(out, func(a, b *server.User) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+func (f *fakeIdentity) SetUserRole(_ context.Context, id, role string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.users[id] == nil {
+		return server.ErrNotFound
+	}
+	f.users[id].Role = role
+	return nil
+}
+
+func (f *fakeIdentity) SetUserDisabled(_ context.Context, id string, disabled bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.users[id] == nil {
+		return server.ErrNotFound
+	}
+	f.users[id].Disabled = disabled
+	return nil
+}
+
+func (f *fakeIdentity) SetPassword(_ context.Context, id, hash string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hashes[id] = hash
+	return nil
+}
+
+func (f *fakeIdentity) CreateSession(_ context.Context, s *server.Session, hash string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := *s
+	f.sessions[hash] = &c
+	return nil
+}
+
+func (f *fakeIdentity) SessionByHash(_ context.Context, hash string) (*server.Session, *server.User, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.sessions[hash]
+	if s == nil {
+		return nil, nil, server.ErrNotFound
+	}
+	c, u := *s, *f.users[s.UserID]
+	return &c, &u, nil
+}
+
+func (f *fakeIdentity) TouchSession(_ context.Context, hash string, at time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s := f.sessions[hash]; s != nil {
+		s.LastSeen = at
+	}
+	return nil
+}
+
+func (f *fakeIdentity) DeleteSession(_ context.Context, hash string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.sessions[hash] == nil {
+		return server.ErrNotFound
+	}
+	delete(f.sessions, hash)
+	return nil
+}
+
+func (f *fakeIdentity) DeleteSessionsBefore(context.Context, time.Time, time.Time) (int64, error) {
+	return 0, nil
+}
+
+func (f *fakeIdentity) CreateToken(_ context.Context, t *server.Token, hash string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := *t
+	f.tokens[hash] = &c
+	return nil
+}
+
+func (f *fakeIdentity) TokenByHash(_ context.Context, hash string) (*server.Token, *server.User, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := f.tokens[hash]
+	if t == nil {
+		return nil, nil, server.ErrNotFound
+	}
+	c, u := *t, *f.users[t.UserID]
+	return &c, &u, nil
+}
+
+func (f *fakeIdentity) ListTokens(_ context.Context, userID string) ([]*server.Token, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*server.Token
+	for _, t := range f.tokens {
+		if userID == "" || t.UserID == userID {
+			c := *t
+			out = append(out, &c)
+		}
+	}
+	slices.SortFunc(out, func(a, b *server.Token) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+func (f *fakeIdentity) RevokeToken(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, t := range f.tokens {
+		if t.ID == id {
+			now := time.Now().UTC()
+			t.RevokedAt = &now
+			return nil
+		}
+	}
+	return server.ErrNotFound
+}
+
+// fakeAudit is an in-memory audit log.
+type fakeAudit struct {
+	mu      sync.Mutex
+	entries []server.AuditEntry
+}
+
+func (a *fakeAudit) AppendAudit(_ context.Context, es ...server.AuditEntry) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, e := range es {
+		var prev *server.AuditEntry
+		if n := len(a.entries); n > 0 {
+			prev = &a.entries[n-1]
+		}
+		e.Chain(prev)
+		a.entries = append(a.entries, e)
+	}
+	return nil
+}
+
+func (a *fakeAudit) ListAudit(_ context.Context, q server.AuditQuery) ([]server.AuditEntry, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []server.AuditEntry
+	for i := len(a.entries) - 1; i >= 0; i-- {
+		e := a.entries[i]
+		if (q.Actor == "" || e.Actor == q.Actor) && (q.Action == "" || e.Action == q.Action ||
+			(strings.HasSuffix(q.Action, ".") && strings.HasPrefix(e.Action, q.Action))) &&
+			(q.Since.IsZero() || !e.At.Before(q.Since)) && (q.Until.IsZero() || e.At.Before(q.Until)) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func (a *fakeAudit) WalkAudit(_ context.Context, fn func(server.AuditEntry) error) (int64, string, error) {
+	a.mu.Lock()
+	es := slices.Clone(a.entries)
+	a.mu.Unlock()
+	for _, e := range es {
+		if err := fn(e); err != nil {
+			return 0, "", err
+		}
+	}
+	if len(es) == 0 {
+		return 0, "", nil
+	}
+	return es[len(es)-1].Seq, es[len(es)-1].Hash, nil
+}
+
+// fakeBackend answers with fixed reports and records the changes.
+type fakeBackend struct {
+	mu       sync.Mutex
+	exposure *server.ExposureReport
+	rollouts []*server.Rollout
+	reports  map[string]*server.RolloutReport
+	events   []server.Event
+	status   *manifests.Status
+	drafts   []*manifests.DraftView
+	devices  map[string]*DeviceView
+	// approvals are decided in place.
+	approvals []*server.Approval
+	// changes are the ChangeRollout calls, with the actor of their ctx.
+	changes []recordedChange
+}
+
+type recordedChange struct {
+	ID, Actor string
+	Change    RolloutChange
+}
+
+func (b *fakeBackend) ExposureReport(context.Context, server.ExposureOptions) (*server.ExposureReport, error) {
+	return b.exposure, nil
+}
+
+func (b *fakeBackend) RolloutReport(_ context.Context, id string) (*server.RolloutReport, error) {
+	if r := b.reports[id]; r != nil {
+		return r, nil
+	}
+	return nil, fmt.Errorf("rollout %s: %w", id, server.ErrNotFound)
+}
+
+func (b *fakeBackend) Rollouts(context.Context) ([]*server.Rollout, error) {
+	return slices.Clone(b.rollouts), nil
+}
+
+func (b *fakeBackend) Rollout(_ context.Context, id string) (*server.Rollout, error) {
+	for _, r := range b.rollouts {
+		if r.ID == id {
+			return r.Clone(), nil
+		}
+	}
+	return nil, fmt.Errorf("rollout %s: %w", id, server.ErrNotFound)
+}
+
+func (b *fakeBackend) RolloutEvents(_ context.Context, id string, _ int) ([]server.Event, error) {
+	var out []server.Event
+	for _, e := range b.events {
+		if e.RolloutID == id {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func (b *fakeBackend) ChangeRollout(ctx context.Context, id string, c RolloutChange) (*server.Rollout, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.changes = append(b.changes, recordedChange{ID: id, Actor: server.PrincipalFromContext(ctx).Actor(), Change: c})
+	if c.Action == server.ActionAdvance && server.NeedsApproval(c.Action, c.Percent) {
+		a := &server.Approval{ID: "ap-9", RolloutID: id, Action: c.Action, ToPercent: c.Percent,
+			RequestedBy: server.PrincipalFromContext(ctx).Actor(), RequestedAt: time.Now(), Reason: c.Reason, State: server.ApprovalPending}
+		b.approvals = append(b.approvals, a)
+		return nil, &server.ApprovalPendingError{Approval: a}
+	}
+	return b.Rollout(ctx, id)
+}
+
+func (b *fakeBackend) Approvals(_ context.Context, id string) ([]*server.Approval, error) {
+	var out []*server.Approval
+	for _, a := range b.approvals {
+		if a.RolloutID == id {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+func (b *fakeBackend) DecideApproval(ctx context.Context, id, aid string, approve bool, reason string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, a := range b.approvals {
+		if a.ID == aid && a.RolloutID == id {
+			actor := server.PrincipalFromContext(ctx).Actor()
+			if a.RequestedBy == actor {
+				return server.ErrSelfApproval
+			}
+			a.State, a.DecidedBy, a.DecisionReason = server.ApprovalRejected, actor, reason
+			if approve {
+				a.State = server.ApprovalApproved
+			}
+			return nil
+		}
+	}
+	return server.ErrNotFound
+}
+
+func (b *fakeBackend) RepoStatus(context.Context) (*manifests.Status, error) { return b.status, nil }
+
+func (b *fakeBackend) Drafts(context.Context, int) ([]*manifests.DraftView, error) {
+	return b.drafts, nil
+}
+
+func (b *fakeBackend) Device(_ context.Context, id string) (*DeviceView, error) {
+	if d := b.devices[id]; d != nil {
+		return d, nil
+	}
+	return nil, fmt.Errorf("device %s: %w", id, server.ErrNotFound)
+}

@@ -1,0 +1,576 @@
+package web
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server"
+)
+
+// Limits of the lists the pages show.
+const (
+	recentEvents = 50
+	draftsShown  = 20
+	auditShown   = 200
+)
+
+func (h *Handler) loginPage(w http.ResponseWriter, r *http.Request, p *page) error {
+	p.Title = "Log in"
+	p.Data = loginData{Next: localPath(r.URL.Query().Get("next"))}
+	h.render(w, r, http.StatusOK, "login", p)
+	return nil
+}
+
+type loginData struct {
+	Next, Name string
+}
+
+func (h *Handler) login(w http.ResponseWriter, r *http.Request, p *page) error {
+	name := strings.TrimSpace(r.PostFormValue("name"))
+	next := localPath(r.PostFormValue("next"))
+	p.Title, p.Data = "Log in", loginData{Next: next, Name: name}
+	u, err := h.opts.Users.Login(r.Context(), name, r.PostFormValue("password"))
+	var rl *server.RateLimitError
+	switch {
+	case errors.As(err, &rl):
+		p.Error = fmt.Sprintf("Too many attempts, try again in %d minutes.", int(math.Ceil(rl.RetryAfter.Minutes())))
+		h.render(w, r, http.StatusTooManyRequests, "login", p)
+		return nil
+	case errors.Is(err, server.ErrUnauthorized):
+		p.Error = strings.TrimPrefix(err.Error(), server.ErrUnauthorized.Error()+": ")
+		h.render(w, r, http.StatusUnauthorized, "login", p)
+		return nil
+	case err != nil:
+		return err
+	}
+	secret, _, err := h.opts.Sessions.Start(r.Context(), u)
+	if errors.Is(err, server.ErrUnauthorized) {
+		p.Error = "This account cannot log in to the dashboard."
+		h.render(w, r, http.StatusUnauthorized, "login", p)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	http.SetCookie(w, h.cookie(r, secret, false))
+	h.audit(r.Context(), u.Name, "session.login", u.Name, "", "")
+	http.Redirect(w, r, next, http.StatusSeeOther)
+	return nil
+}
+
+// cookie is the session cookie: a session cookie (no Expires; the
+// server expires sessions), HttpOnly, SameSite=Strict, Secure over TLS.
+func (h *Handler) cookie(r *http.Request, value string, clear bool) *http.Cookie {
+	c := &http.Cookie{Name: CookieName, Value: value, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode,
+		Secure: r.TLS != nil || h.opts.SecureCookie}
+	if clear {
+		c.Value, c.MaxAge = "", -1
+	}
+	return c
+}
+
+func (h *Handler) logout(w http.ResponseWriter, r *http.Request, p *page) error {
+	if c, err := r.Cookie(CookieName); err == nil {
+		if err := h.opts.Sessions.End(r.Context(), c.Value); err != nil {
+			return err
+		}
+	}
+	http.SetCookie(w, h.cookie(r, "", true))
+	h.audit(r.Context(), p.User.Name, "session.logout", p.User.Name, "", "")
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+	return nil
+}
+
+// overviewData is the overview page.
+type overviewData struct {
+	Exposure *server.ExposureReport
+	Chart    any
+	Running  []rolloutRow
+	Status   *manifests.Status
+	Pending  []*manifests.DraftView
+}
+
+// rolloutRow is a rollout with its report, for lists.
+type rolloutRow struct {
+	R      *server.Rollout
+	Report *server.RolloutReport
+}
+
+func (h *Handler) overview(w http.ResponseWriter, r *http.Request, p *page) error {
+	ctx := r.Context()
+	exp, err := h.opts.Backend.ExposureReport(ctx, server.ExposureOptions{})
+	if err != nil {
+		return err
+	}
+	rs, err := h.opts.Backend.Rollouts(ctx)
+	if err != nil {
+		return err
+	}
+	d := &overviewData{Exposure: exp, Chart: BurnDownChart(exp.Daily, exp.Projection)}
+	for _, ro := range rs {
+		if ro.State != server.RolloutRunning && ro.State != server.RolloutPaused {
+			continue
+		}
+		rep, err := h.opts.Backend.RolloutReport(ctx, ro.ID)
+		if err != nil {
+			return err
+		}
+		d.Running = append(d.Running, rolloutRow{R: ro, Report: rep})
+	}
+	if d.Status, err = h.opts.Backend.RepoStatus(ctx); err != nil {
+		return err
+	}
+	drafts, err := h.opts.Backend.Drafts(ctx, draftsShown)
+	if err != nil {
+		return err
+	}
+	for _, dv := range drafts {
+		if dv.State == manifests.DraftPending {
+			d.Pending = append(d.Pending, dv)
+		}
+	}
+	p.Title, p.Data = "Overview", d
+	h.render(w, r, http.StatusOK, "overview", p)
+	return nil
+}
+
+func (h *Handler) rolloutsPage(w http.ResponseWriter, r *http.Request, p *page) error {
+	rs, err := h.opts.Backend.Rollouts(r.Context())
+	if err != nil {
+		return err
+	}
+	slices.Reverse(rs) // newest first
+	p.Title, p.Data = "Rollouts", rs
+	h.render(w, r, http.StatusOK, "rollouts", p)
+	return nil
+}
+
+// rolloutData is the rollout page.
+type rolloutData struct {
+	R         *server.Rollout
+	Report    *server.RolloutReport
+	Chart     any
+	Events    []server.Event
+	Approvals []*server.Approval
+	// Actions are the actions the rollout's state allows.
+	Actions []string
+	Next    float64
+}
+
+func (h *Handler) rolloutData(r *http.Request, id string) (*rolloutData, error) {
+	ctx := r.Context()
+	ro, err := h.opts.Backend.Rollout(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := h.opts.Backend.RolloutReport(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	evs, err := h.opts.Backend.RolloutEvents(ctx, id, recentEvents)
+	if err != nil {
+		return nil, err
+	}
+	slices.Reverse(evs) // newest first
+	aps, err := h.opts.Backend.Approvals(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	d := &rolloutData{R: ro, Report: rep, Chart: HourlyChart(rep.InstallsPerHour), Events: evs, Approvals: aps}
+	switch ro.State {
+	case server.RolloutRunning:
+		d.Actions = []string{server.ActionPause, server.ActionAbort}
+		if !ro.LastStage() {
+			d.Actions = append(d.Actions, server.ActionAdvance)
+			d.Next = ro.Stages[ro.Stage+1]
+		}
+	case server.RolloutPaused:
+		d.Actions = []string{server.ActionResume, server.ActionAbort}
+	case server.RolloutCompleted:
+		d.Actions = []string{server.ActionPause, server.ActionAbort}
+	}
+	return d, nil
+}
+
+func (h *Handler) rolloutPage(w http.ResponseWriter, r *http.Request, p *page) error {
+	d, err := h.rolloutData(r, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	p.Title, p.Data = "Rollout "+d.R.ID, d
+	h.render(w, r, http.StatusOK, "rollout", p)
+	return nil
+}
+
+// confirmData is the confirmation step of a rollout action.
+type confirmData struct {
+	R       *server.Rollout
+	Action  string
+	Reason  string
+	Percent string
+}
+
+// rolloutAction takes an operator's action in two steps, both plain
+// forms: the first POST shows "Pause rollout X? reason ... [Confirm]",
+// the second (confirm=yes) does it. Every action needs a reason.
+func (h *Handler) rolloutAction(w http.ResponseWriter, r *http.Request, p *page) error {
+	id, action := r.PathValue("id"), r.PathValue("action")
+	if !slices.Contains(RolloutActions, action) {
+		return fmt.Errorf("%w: unknown action %q", server.ErrNotFound, action)
+	}
+	reason := strings.TrimSpace(r.PostFormValue("reason"))
+	pctText := strings.TrimSpace(r.PostFormValue("percent"))
+	refuse := func(msg string) error {
+		d, err := h.rolloutData(r, id)
+		if err != nil {
+			return err
+		}
+		p.Title, p.Data, p.Error = "Rollout "+id, d, msg
+		h.render(w, r, http.StatusBadRequest, "rollout", p)
+		return nil
+	}
+	if reason == "" {
+		return refuse("Say why: a " + action + " needs a reason, which the audit log keeps.")
+	}
+	var percent float64
+	if action == server.ActionAdvance && pctText != "" {
+		v, err := strconv.ParseFloat(pctText, 64)
+		if err != nil || v <= 0 || v > 100 {
+			return refuse("The percent to advance to must be a number above 0, at most 100.")
+		}
+		percent = v
+	}
+	if r.PostFormValue("confirm") != "yes" {
+		ro, err := h.opts.Backend.Rollout(r.Context(), id)
+		if err != nil {
+			return err
+		}
+		p.Title = "Confirm " + action
+		p.Data = confirmData{R: ro, Action: action, Reason: reason, Percent: pctText}
+		h.render(w, r, http.StatusOK, "confirm", p)
+		return nil
+	}
+	_, err := h.opts.Backend.ChangeRollout(r.Context(), id, RolloutChange{Action: action, Reason: reason, Percent: percent})
+	var pending *server.ApprovalPendingError
+	if errors.As(err, &pending) {
+		d, err := h.rolloutData(r, id)
+		if err != nil {
+			return err
+		}
+		p.Title, p.Data = "Rollout "+id, d
+		p.Flash = fmt.Sprintf("Requested: %s to %g%% needs a second person's approval (%s). Another operator approves it on this page.",
+			pending.Approval.Action, pending.Approval.ToPercent, pending.Approval.ID)
+		h.render(w, r, http.StatusAccepted, "rollout", p)
+		return nil
+	}
+	if err != nil {
+		if st := statusOf(err); st == http.StatusBadRequest || st == http.StatusConflict || st == http.StatusForbidden {
+			return refuse(err.Error())
+		}
+		return err
+	}
+	http.Redirect(w, r, "/rollouts/"+id, http.StatusSeeOther)
+	return nil
+}
+
+// decideApproval approves or rejects a four-eyes request, with a
+// reason, as the session's user (never the requester: the service
+// refuses a self-approval).
+func (h *Handler) decideApproval(w http.ResponseWriter, r *http.Request, p *page) error {
+	id, aid, verdict := r.PathValue("id"), r.PathValue("aid"), r.PathValue("verdict")
+	if verdict != "approve" && verdict != "reject" {
+		return fmt.Errorf("%w: unknown verdict %q", server.ErrNotFound, verdict)
+	}
+	reason := strings.TrimSpace(r.PostFormValue("reason"))
+	err := error(nil)
+	if reason == "" {
+		err = &server.FieldError{Field: "reason", Message: "say why you " + verdict + " it"}
+	} else {
+		err = h.opts.Backend.DecideApproval(r.Context(), id, aid, verdict == "approve", reason)
+	}
+	if err != nil {
+		if st := statusOf(err); st == http.StatusBadRequest || st == http.StatusConflict || st == http.StatusForbidden {
+			d, derr := h.rolloutData(r, id)
+			if derr != nil {
+				return derr
+			}
+			p.Title, p.Data, p.Error = "Rollout "+id, d, err.Error()
+			h.render(w, r, st, "rollout", p)
+			return nil
+		}
+		return err
+	}
+	http.Redirect(w, r, "/rollouts/"+id, http.StatusSeeOther)
+	return nil
+}
+
+// release is a published target with its custom metadata decoded.
+type release struct {
+	manifests.TargetInfo
+	Custom manifests.TargetCustom
+}
+
+// releasesData is the releases page.
+type releasesData struct {
+	Status   *manifests.Status
+	Releases []release
+	Drafts   []*manifests.DraftView
+	Yanks    []*manifests.DraftView
+}
+
+func (h *Handler) releasesPage(w http.ResponseWriter, r *http.Request, p *page) error {
+	st, err := h.opts.Backend.RepoStatus(r.Context())
+	if err != nil {
+		return err
+	}
+	drafts, err := h.opts.Backend.Drafts(r.Context(), draftsShown)
+	if err != nil {
+		return err
+	}
+	d := &releasesData{Status: st}
+	for _, t := range st.Targets {
+		rel := release{TargetInfo: t}
+		if len(t.Custom) > 0 {
+			_ = json.Unmarshal(t.Custom, &rel.Custom) // a target of another kind shows without its fields
+		}
+		d.Releases = append(d.Releases, rel)
+	}
+	slices.SortFunc(d.Releases, func(a, b release) int {
+		return cmp.Or(b.Custom.Released.Compare(a.Custom.Released), strings.Compare(a.Path, b.Path))
+	})
+	for _, dv := range drafts {
+		if dv.Kind == manifests.DraftKindYank && dv.State == manifests.DraftPublished {
+			d.Yanks = append(d.Yanks, dv)
+		}
+		d.Drafts = append(d.Drafts, dv)
+	}
+	p.Title, p.Data = "Releases", d
+	h.render(w, r, http.StatusOK, "releases", p)
+	return nil
+}
+
+func (h *Handler) devicePage(w http.ResponseWriter, r *http.Request, p *page) error {
+	id := strings.TrimSpace(r.URL.Query().Get("id"))
+	p.Title = "Device lookup"
+	type deviceData struct {
+		ID   string
+		View *DeviceView
+	}
+	d := deviceData{ID: id}
+	status := http.StatusOK
+	if id != "" {
+		v, err := h.opts.Backend.Device(r.Context(), id)
+		switch {
+		case errors.Is(err, server.ErrNotFound):
+			p.Error, status = "No handset has the id "+id+".", http.StatusNotFound
+		case err != nil:
+			return err
+		default:
+			d.View = v
+		}
+	}
+	p.Data = d
+	h.render(w, r, status, "device", p)
+	return nil
+}
+
+// auditData is the audit page.
+type auditData struct {
+	Q        auditForm
+	Entries  []server.AuditEntry
+	Verified *server.AuditVerification
+	Broken   *server.AuditBrokenError
+}
+
+type auditForm struct{ Actor, Action, Since, Until string }
+
+// parseWhen reads a filter time: RFC 3339 or a UTC day.
+func parseWhen(field, v string) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	for _, layout := range []string{time.RFC3339, "2006-01-02T15:04", time.DateOnly} {
+		if t, err := time.Parse(layout, v); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, &server.FieldError{Field: field, Message: "want a time such as 2026-12-01 or 2026-12-01T15:04"}
+}
+
+func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request, p *page) error {
+	qv := r.URL.Query()
+	f := auditForm{Actor: qv.Get("actor"), Action: qv.Get("action"), Since: qv.Get("since"), Until: qv.Get("until")}
+	d := &auditData{Q: f}
+	p.Title, p.Data = "Audit log", d
+	q := server.AuditQuery{Actor: f.Actor, Action: f.Action, Limit: auditShown}
+	var err error
+	if q.Since, err = parseWhen("since", f.Since); err == nil {
+		q.Until, err = parseWhen("until", f.Until)
+	}
+	if err != nil {
+		p.Error = err.Error()
+		h.render(w, r, http.StatusBadRequest, "audit", p)
+		return nil
+	}
+	if d.Entries, err = h.opts.Audit.ListAudit(r.Context(), q); err != nil {
+		return err
+	}
+	v, err := server.VerifyAudit(r.Context(), h.opts.Audit)
+	if !errors.As(err, &d.Broken) {
+		if err != nil {
+			return err
+		}
+		d.Verified = &v
+	}
+	h.render(w, r, http.StatusOK, "audit", p)
+	return nil
+}
+
+func (h *Handler) usersPage(w http.ResponseWriter, r *http.Request, p *page) error {
+	return h.renderUsers(w, r, p, http.StatusOK)
+}
+
+func (h *Handler) renderUsers(w http.ResponseWriter, r *http.Request, p *page, status int) error {
+	us, err := h.opts.Users.Store.ListUsers(r.Context())
+	if err != nil {
+		return err
+	}
+	p.Title, p.Data = "Users", struct {
+		Users []*server.User
+		Roles []string
+	}{us, server.Roles}
+	h.render(w, r, status, "users", p)
+	return nil
+}
+
+func (h *Handler) createUser(w http.ResponseWriter, r *http.Request, p *page) error {
+	name, role := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("role")
+	service := r.PostFormValue("service") == "yes"
+	u, err := h.opts.Users.Create(r.Context(), name, role, r.PostFormValue("password"), service)
+	if err != nil {
+		if st := statusOf(err); st == http.StatusBadRequest || st == http.StatusConflict {
+			p.Error = err.Error()
+			return h.renderUsers(w, r, p, st)
+		}
+		return err
+	}
+	h.audit(r.Context(), p.User.Name, "user.create", u.Name, "", fmt.Sprintf(`{"kind":%q,"role":%q}`, userKind(u), u.Role))
+	http.Redirect(w, r, "/users", http.StatusSeeOther)
+	return nil
+}
+
+func (h *Handler) changeUser(w http.ResponseWriter, r *http.Request, p *page) error {
+	name, change := r.PathValue("name"), r.PathValue("change")
+	ctx := r.Context()
+	by := server.PrincipalFromContext(ctx)
+	var (
+		u      *server.User
+		err    error
+		action = "user." + change
+		detail string
+	)
+	switch change {
+	case "role":
+		action = "user.set-role"
+		if u, err = h.opts.Users.SetRole(ctx, by, name, r.PostFormValue("role")); err == nil {
+			detail = fmt.Sprintf(`{"role":%q}`, u.Role)
+		}
+	case "disable", "enable":
+		u, err = h.opts.Users.SetDisabled(ctx, by, name, change == "disable")
+	default:
+		return fmt.Errorf("%w: unknown change %q", server.ErrNotFound, change)
+	}
+	if err != nil {
+		if st := statusOf(err); st == http.StatusBadRequest || st == http.StatusConflict {
+			p.Error = err.Error()
+			return h.renderUsers(w, r, p, st)
+		}
+		return err
+	}
+	h.audit(ctx, p.User.Name, action, u.Name, "", detail)
+	http.Redirect(w, r, "/users", http.StatusSeeOther)
+	return nil
+}
+
+// tokensData is the tokens page: the user's own tokens (every user's
+// for an admin) and, once, a new token's secret.
+type tokensData struct {
+	Tokens []*server.Token
+	Names  map[string]string
+	Secret string
+	New    *server.Token
+}
+
+func (h *Handler) renderTokens(w http.ResponseWriter, r *http.Request, p *page, status int, d *tokensData) error {
+	ctx := r.Context()
+	var err error
+	owner := p.User.ID
+	if p.User.Can(server.PermUserAdmin) {
+		owner = ""
+	}
+	if d.Tokens, err = h.opts.Tokens.Store.ListTokens(ctx, owner); err != nil {
+		return err
+	}
+	d.Names = map[string]string{p.User.ID: p.User.Name}
+	if owner == "" {
+		us, err := h.opts.Users.Store.ListUsers(ctx)
+		if err != nil {
+			return err
+		}
+		for _, u := range us {
+			d.Names[u.ID] = u.Name
+		}
+	}
+	p.Title, p.Data = "API tokens", d
+	h.render(w, r, status, "tokens", p)
+	return nil
+}
+
+func (h *Handler) tokensPage(w http.ResponseWriter, r *http.Request, p *page) error {
+	return h.renderTokens(w, r, p, http.StatusOK, &tokensData{})
+}
+
+func (h *Handler) createToken(w http.ResponseWriter, r *http.Request, p *page) error {
+	name := strings.TrimSpace(r.PostFormValue("name"))
+	t, secret, err := h.opts.Tokens.CreateFor(r.Context(), p.User, name)
+	if err != nil {
+		if st := statusOf(err); st == http.StatusBadRequest || st == http.StatusConflict {
+			p.Error = err.Error()
+			return h.renderTokens(w, r, p, st, &tokensData{})
+		}
+		return err
+	}
+	h.audit(r.Context(), p.User.Name, "token.create", t.ID, "", fmt.Sprintf(`{"name":%q,"user":%q}`, t.Name, p.User.Name))
+	// The secret is shown in this answer only (no-store), never again.
+	p.Flash = "Token created. Copy the secret now: it is not shown again."
+	return h.renderTokens(w, r, p, http.StatusOK, &tokensData{Secret: secret, New: t})
+}
+
+func (h *Handler) revokeToken(w http.ResponseWriter, r *http.Request, p *page) error {
+	ctx := r.Context()
+	// Only one's own, unless an admin: another's token is as unknown.
+	t, err := h.opts.Tokens.Revoke(ctx, server.PrincipalFromContext(ctx), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	h.audit(ctx, p.User.Name, "token.revoke", t.ID, "", fmt.Sprintf(`{"name":%q,"user_id":%q}`, t.Name, t.UserID))
+	http.Redirect(w, r, "/tokens", http.StatusSeeOther)
+	return nil
+}
+
+// userKind is how the audit log names the kind of an account.
+func userKind(u *server.User) string {
+	if u.Service {
+		return "service"
+	}
+	return "user"
+}

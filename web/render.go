@@ -1,0 +1,187 @@
+package web
+
+import (
+	"bytes"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"math"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/patchfleet/ota/server"
+)
+
+// page is what every template gets: the chrome (user, banner, CSRF
+// token) and the page's own Data.
+type page struct {
+	Title  string
+	Banner string
+	Path   string
+	User   *server.User
+	CSRF   string
+	// Flash is a success message, Error a refusal, shown above the page.
+	Flash, Error string
+	Data         any
+}
+
+// Can reports whether the page's user may do perm: templates render an
+// action only for those who may take it (the server checks again).
+func (p *page) Can(perm string) bool { return p.User.Can(server.Permission(perm)) }
+
+// MinCell is the smallest count a breakdown cell shows; fewer handsets
+// show as "<5", so that a table cannot single one out.
+const MinCell = 5
+
+// Masked is how a breakdown cell with fewer than MinCell handsets shows.
+const Masked = "<5"
+
+// Cell formats a breakdown cell: the count with thousands separators,
+// or Masked under MinCell (zero included: "none" would tell as much).
+func Cell(n int64) string {
+	if n < MinCell {
+		return Masked
+	}
+	return Count(n)
+}
+
+// Count formats a total with thousands separators.
+func Count(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+// share formats a share (0..1) as a percentage.
+func share(f float64) string {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return "–"
+	}
+	return strconv.FormatFloat(math.Round(f*1000)/10, 'f', 1, 64) + "%"
+}
+
+// ratio is n/d as a share, 0 without d.
+func ratio(n, d int64) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / float64(d)
+}
+
+var funcs = template.FuncMap{
+	"cell":  Cell,
+	"count": Count,
+	"share": share,
+	"ratio": ratio,
+	"pct":   func(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) + "%" },
+	"time": func(t time.Time) string {
+		if t.IsZero() {
+			return "–"
+		}
+		return t.UTC().Format("2006-01-02 15:04 UTC")
+	},
+	"duration": func(seconds int64) string { return humanDuration(time.Duration(seconds) * time.Second) },
+	"seconds": func(f *float64) string {
+		if f == nil {
+			return "–"
+		}
+		return humanDuration(time.Duration(*f * float64(time.Second)))
+	},
+	"join": strings.Join,
+	"percentOf": func(n, d int64) int64 { // for <progress>
+		if d <= 0 {
+			return 0
+		}
+		return min(100, n*100/d)
+	},
+	"list": func(v ...any) []any { return v },
+}
+
+// parsePages parses the layout with each page template: pages[name] is
+// "layout.html" with that page's "content" (and "live") blocks.
+func parsePages(fsys fs.FS) (map[string]*template.Template, error) {
+	base, err := template.New("layout.html").Funcs(funcs).ParseFS(fsys, "layout.html")
+	if err != nil {
+		return nil, fmt.Errorf("web: parse layout: %w", err)
+	}
+	names, err := fs.Glob(fsys, "*.html")
+	if err != nil {
+		return nil, fmt.Errorf("web: %w", err)
+	}
+	pages := map[string]*template.Template{}
+	for _, n := range names {
+		if n == "layout.html" {
+			continue
+		}
+		t, err := template.Must(base.Clone()).ParseFS(fsys, n)
+		if err != nil {
+			return nil, fmt.Errorf("web: parse %s: %w", n, err)
+		}
+		pages[strings.TrimSuffix(path.Base(n), ".html")] = t
+	}
+	for _, want := range []string{"login", "error", "overview", "rollouts", "rollout", "confirm", "releases",
+		"device", "audit", "users", "tokens"} {
+		if pages[want] == nil {
+			return nil, fmt.Errorf("web: template %s.html is missing", want)
+		}
+	}
+	return pages, nil
+}
+
+// render writes page name with status; part "live" renders only the
+// page's live block (what static/live.js fetches).
+func (h *Handler) render(w http.ResponseWriter, r *http.Request, status int, name string, p *page) {
+	t := h.pages[name]
+	var buf bytes.Buffer
+	tmpl := "layout.html"
+	if r.URL.Query().Get("part") == "live" && t.Lookup("live") != nil {
+		tmpl = "live"
+	}
+	if err := t.ExecuteTemplate(&buf, tmpl, p); err != nil {
+		h.log.ErrorContext(r.Context(), "render", "page", name, "error", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	w.Write(buf.Bytes())
+}
+
+// renderError answers status with a page that says msg.
+func (h *Handler) renderError(w http.ResponseWriter, r *http.Request, p *page, status int, msg string) {
+	if p == nil {
+		p = &page{Banner: h.opts.Banner, Path: r.URL.Path}
+	}
+	p.Title = http.StatusText(status)
+	p.Error = msg
+	p.Data = status
+	h.render(w, r, status, "error", p)
+}
+
+// humanDuration is a duration for people: days past two, else hours and
+// minutes.
+func humanDuration(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "expired " + humanDuration(-d) + " ago"
+	case d >= 48*time.Hour:
+		return strconv.Itoa(int(d/(24*time.Hour))) + " days"
+	case d >= time.Minute:
+		return strings.TrimSuffix(d.Round(time.Minute).String(), "0s")
+	}
+	return d.Round(time.Second).String()
+}

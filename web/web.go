@@ -1,0 +1,314 @@
+// Package web is the dashboard: server-rendered pages over the same
+// domain services the admin API uses, with templates and assets
+// embedded into the otad binary. Pages work without JavaScript; one
+// small script (static/live.js) refreshes their live parts. server/api
+// mounts the routes Routes lists.
+package web
+
+import (
+	"context"
+	"crypto/subtle"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/patchfleet/ota/server"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed static
+var staticFS embed.FS
+
+// CookieName is the session cookie.
+const CookieName = "otad_session"
+
+// ContentSecurityPolicy is sent with every response: no script but the
+// embedded one, no inline script or style, nothing from elsewhere.
+const ContentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+// Options configure a Handler.
+type Options struct {
+	Backend  Backend
+	Users    server.Users
+	Sessions server.Sessions
+	Tokens   server.Tokens
+	// Audit keeps the audit log: the pages list and verify it, and append
+	// logins, logouts and user and token changes to it.
+	Audit server.AuditStore
+	// Banner, when set, is a warning strip on every page.
+	Banner string
+	// SecureCookie marks the session cookie Secure even on a plain HTTP
+	// request (TLS ends at a proxy); a request over TLS always is.
+	SecureCookie bool
+	Logger       *slog.Logger
+	// Templates replaces the embedded templates (tests).
+	Templates fs.FS
+}
+
+// Route is one page route: server/api mounts each, and the endpoint ×
+// role test walks them. Pattern is a net/http ServeMux pattern path
+// ("/rollouts/{id}"; "/static/{file...}" for a prefix). Public routes
+// need no session; the others need Perm.
+type Route struct {
+	Method, Pattern string
+	Perm            server.Permission
+	Public          bool
+}
+
+// Handler serves the dashboard.
+type Handler struct {
+	opts    Options
+	log     *slog.Logger
+	pages   map[string]*template.Template
+	routes  []Route
+	handler http.Handler
+}
+
+type routeFunc func(w http.ResponseWriter, r *http.Request, p *page) error
+
+// New builds the dashboard, parsing every template: a template error
+// fails here, not on the first request.
+func New(opts Options) (*Handler, error) {
+	if opts.Backend == nil || opts.Users.Store == nil || opts.Sessions.Store == nil || opts.Tokens.Store == nil || opts.Audit == nil {
+		return nil, errors.New("web: Backend, Users, Sessions, Tokens and Audit are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Templates == nil {
+		sub, err := fs.Sub(templateFS, "templates")
+		if err != nil {
+			return nil, fmt.Errorf("web: %w", err)
+		}
+		opts.Templates = sub
+	}
+	h := &Handler{opts: opts, log: opts.Logger}
+	var err error
+	if h.pages, err = parsePages(opts.Templates); err != nil {
+		return nil, err
+	}
+	h.build()
+	return h, nil
+}
+
+// build registers the routes on a ServeMux, each behind the session and
+// permission check, and wraps it all in the headers and the
+// cross-origin check.
+func (h *Handler) build() {
+	mux := http.NewServeMux()
+	add := func(method, pattern string, perm server.Permission, public bool, fn routeFunc) {
+		h.routes = append(h.routes, Route{Method: method, Pattern: pattern, Perm: perm, Public: public})
+		muxPattern := pattern
+		if pattern == "/" {
+			muxPattern = "/{$}"
+		}
+		mux.Handle(method+" "+muxPattern, h.guard(perm, public, fn))
+	}
+	add("GET", "/login", "", true, h.loginPage)
+	add("POST", "/login", "", true, h.login)
+	add("POST", "/logout", server.PermRead, false, h.logout)
+	add("GET", "/", server.PermRead, false, h.overview)
+	add("GET", "/rollouts", server.PermRead, false, h.rolloutsPage)
+	add("GET", "/rollouts/{id}", server.PermRead, false, h.rolloutPage)
+	add("POST", "/rollouts/{id}/{action}", server.PermRolloutChange, false, h.rolloutAction)
+	add("POST", "/rollouts/{id}/approvals/{aid}/{verdict}", server.PermRolloutApprove, false, h.decideApproval)
+	add("GET", "/releases", server.PermRead, false, h.releasesPage)
+	add("GET", "/devices", server.PermRead, false, h.devicePage)
+	add("GET", "/audit", server.PermRead, false, h.auditPage)
+	add("GET", "/users", server.PermUserAdmin, false, h.usersPage)
+	add("POST", "/users", server.PermUserAdmin, false, h.createUser)
+	add("POST", "/users/{name}/{change}", server.PermUserAdmin, false, h.changeUser)
+	add("GET", "/tokens", server.PermOwnTokens, false, h.tokensPage)
+	add("POST", "/tokens", server.PermOwnTokens, false, h.createToken)
+	add("POST", "/tokens/{id}/revoke", server.PermOwnTokens, false, h.revokeToken)
+	h.routes = append(h.routes, Route{Method: "GET", Pattern: "/static/{file...}", Public: true})
+	static, _ := fs.Sub(staticFS, "static")
+	mux.Handle("GET /static/", http.StripPrefix("/static/", staticHandler(static)))
+
+	cop := http.NewCrossOriginProtection()
+	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.renderError(w, r, nil, http.StatusForbidden, "This request came from another site and was refused.")
+	}))
+	h.handler = securityHeaders(cop.Handler(mux))
+}
+
+// Routes lists the dashboard's routes.
+func (h *Handler) Routes() []Route { return append([]Route(nil), h.routes...) }
+
+// ServeHTTP makes Handler an http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.handler.ServeHTTP(w, r) }
+
+// securityHeaders sets the headers every response carries; pages are
+// never cached (they show live state and, once, token secrets).
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("Content-Security-Policy", ContentSecurityPolicy)
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("Referrer-Policy", "same-origin")
+		hd.Set("X-Frame-Options", "DENY")
+		if !strings.HasPrefix(r.URL.Path, "/static/") {
+			hd.Set("Cache-Control", "no-store")
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func staticHandler(fsys fs.FS) http.Handler {
+	files := http.FileServerFS(fsys)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "" || strings.HasSuffix(r.URL.Path, "/") {
+			http.NotFound(w, r) // no directory listings
+			return
+		}
+		w.Header().Set("Cache-Control", "public, max-age=300")
+		files.ServeHTTP(w, r)
+	})
+}
+
+// session is the logged-in request's session.
+type session struct {
+	secret string
+	s      *server.Session
+	user   *server.User
+}
+
+// lookupSession returns the request's live session, or nil.
+func (h *Handler) lookupSession(r *http.Request) (*session, error) {
+	c, err := r.Cookie(CookieName)
+	if err != nil || c.Value == "" {
+		return nil, nil
+	}
+	s, u, err := h.opts.Sessions.Lookup(r.Context(), c.Value)
+	if errors.Is(err, server.ErrUnauthorized) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &session{secret: c.Value, s: s, user: u}, nil
+}
+
+// guard checks the session, the permission and (on POST) the CSRF token
+// before fn runs, with the session's principal in the request context.
+func (h *Handler) guard(perm server.Permission, public bool, fn routeFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sess, err := h.lookupSession(r)
+		if err != nil {
+			h.log.ErrorContext(r.Context(), "session lookup", slog.Any("error", err))
+			h.renderError(w, r, nil, http.StatusInternalServerError, "Internal error.")
+			return
+		}
+		p := &page{Banner: h.opts.Banner, Path: r.URL.Path}
+		if sess != nil {
+			p.User, p.CSRF = sess.user, sess.s.CSRFToken
+			prin := &server.Principal{User: sess.user, SessionID: server.HashToken(sess.secret)[:16]}
+			r = r.WithContext(server.WithPrincipal(r.Context(), prin))
+		}
+		if !public {
+			if sess == nil {
+				if r.Method == http.MethodGet || r.Method == http.MethodHead {
+					http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+					return
+				}
+				h.renderError(w, r, p, http.StatusForbidden, "You are not logged in, or your session has expired. Log in again.")
+				return
+			}
+			if !sess.user.Can(perm) {
+				h.renderError(w, r, p, http.StatusForbidden,
+					fmt.Sprintf("Your role (%s) does not allow this: it needs the %q permission.", sess.user.Role, perm))
+				return
+			}
+		}
+		if r.Method == http.MethodPost && sess != nil && r.URL.Path != "/login" {
+			if !validCSRF(r, sess.s.CSRFToken) {
+				h.renderError(w, r, p, http.StatusForbidden, "This form is stale or was not sent from this dashboard (CSRF token missing or wrong). Reload the page and try again.")
+				return
+			}
+		}
+		if err := fn(w, r, p); err != nil {
+			h.fail(w, r, p, err)
+		}
+	})
+}
+
+// validCSRF checks the form's csrf field against the session's token in
+// constant time.
+func validCSRF(r *http.Request, want string) bool {
+	got := r.PostFormValue("csrf")
+	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+// statusOf maps a domain error to the status the page answers with.
+func statusOf(err error) int {
+	var rl *server.RateLimitError
+	switch {
+	case errors.As(err, &rl):
+		return http.StatusTooManyRequests
+	case errors.Is(err, server.ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, server.ErrUnauthorized):
+		return http.StatusUnauthorized
+	case errors.Is(err, server.ErrForbidden):
+		return http.StatusForbidden
+	case errors.Is(err, server.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, server.ErrConflict):
+		return http.StatusConflict
+	case errors.Is(err, server.ErrUnavailable):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// fail answers a handler's error: the domain's message for people for a
+// known refusal, "internal error" (and a log line) for the rest.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, p *page, err error) {
+	st := statusOf(err)
+	msg := err.Error()
+	if st == http.StatusInternalServerError {
+		h.log.ErrorContext(r.Context(), "page", slog.String("path", r.URL.Path), slog.Any("error", err))
+		msg = "Internal error."
+	}
+	h.renderError(w, r, p, st, msg)
+}
+
+// localPath returns next if it is a path on this site, else "/": the
+// login redirect must not send anyone elsewhere.
+func localPath(next string) string {
+	if next == "" || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") ||
+		strings.ContainsAny(next, "\r\n\t") {
+		return "/"
+	}
+	u, err := url.Parse(next)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.Opaque != "" {
+		return "/"
+	}
+	return path.Clean(u.Path) + func() string {
+		if u.RawQuery != "" {
+			return "?" + u.RawQuery
+		}
+		return ""
+	}()
+}
+
+// audit appends an entry for an action of the request's principal; a
+// failure is logged, not shown: the action itself is done.
+func (h *Handler) audit(ctx context.Context, actor, action, object, reason, detail string) {
+	err := h.opts.Audit.AppendAudit(ctx, server.AuditEntry{At: time.Now().UTC(), Actor: actor, Action: action,
+		Object: object, Reason: reason, Detail: detail})
+	if err != nil {
+		h.log.ErrorContext(ctx, "audit append", slog.String("action", action), slog.Any("error", err))
+	}
+}

@@ -1,0 +1,749 @@
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server"
+)
+
+const testPassword = "correct horse battery"
+
+// env is a dashboard over fakes with one user of each role.
+type env struct {
+	h       *Handler
+	id      *fakeIdentity
+	audit   *fakeAudit
+	backend *fakeBackend
+	users   server.Users
+	// cookies and csrf are the sessions of each role's user, by role.
+	cookies map[string]*http.Cookie
+	csrf    map[string]string
+}
+
+func sampleBackend(tb testing.TB) *fakeBackend {
+	tb.Helper()
+	now := time.Date(2026, 12, 15, 12, 0, 0, 0, time.UTC)
+	ro, _, err := server.NewRollout(server.Rollout{ID: "ro-1",
+		Release:  server.RolloutRelease{Target: "cm/CM-1/update.zip", PatchID: "CM-1", InstallsBuild: "7.5.0"},
+		Selector: server.Selector{Models: []string{"PX-8", "QZ-2"}}, Stages: []float64{1, 10, 50, 100},
+		Policy: server.DefaultPolicy()}, "alice", now.Add(-48*time.Hour))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ro.State, ro.Stage, ro.StartedAt, ro.StageStartedAt = server.RolloutRunning, 1, now.Add(-47*time.Hour), now.Add(-3*time.Hour)
+	s := func(v float64) *float64 { return &v }
+	hours := make([]server.HourResults, server.ReportHours)
+	for i := range hours {
+		hours[i].Hour = now.Truncate(time.Hour).Add(time.Duration(i-server.ReportHours+1) * time.Hour)
+	}
+	hours[46].Installed, hours[46].Failed = 120, 7
+	rep := &server.RolloutReport{RolloutID: "ro-1", PatchID: "CM-1", State: ro.State, Stage: 1, Percent: 10, GeneratedAt: now,
+		CohortCounts: server.CohortCounts{Eligible: 123456, Target: 12346, Offered: 9876, Pending: 1111, Downloading: 222,
+			Installed: 8001, Failed: 333, RolledBack: 3},
+		ByModel: []server.ModelCohort{
+			{Model: "PX-8", CohortCounts: server.CohortCounts{Eligible: 100000, Offered: 9000, Installed: 7500, Failed: 300, RolledBack: 3}},
+			{Model: "QZ-2", CohortCounts: server.CohortCounts{Eligible: 23456, Offered: 876, Installed: 501, Failed: 2}, Held: true, HoldReason: "too many failures"},
+		},
+		ByStartingBuild: []server.BuildCohort{{StartingBuild: "7.4.1", CohortCounts: server.CohortCounts{Eligible: 4, Offered: 4444}}},
+		FailureCodes:    []server.FailureCount{{ErrorCode: "E_NO_SPACE", Count: 330}, {ErrorCode: "E_RARE", Count: 3}},
+		InstallsPerHour: hours, OfferToInstall: server.InstallTimes{Count: 8001, P50: s(5400), P95: s(20000)},
+		Holds: []server.ReportHold{{Model: "QZ-2", Actor: "system", Reason: "too many failures", At: now}}}
+	daily := []server.DayExposure{{Day: "2026-12-13", Active: 1000, Exposed: 400, ShareCompliant: s(0.6)},
+		{Day: "2026-12-14", Active: 1000, Exposed: 300, ShareCompliant: s(0.7)}, {Day: "2026-12-15", Active: 1000, Exposed: 200, ShareCompliant: s(0.8)}}
+	proj := server.ProjectCompliance(daily, server.ComplianceTarget)
+	exp := &server.ExposureReport{Day: "2026-12-15", GeneratedAt: now,
+		ExposureCounts: server.ExposureCounts{Active: 654321, Exposed: 120000, AutoEnabled: 90000, Unencrypted: 70000, Compliant: 534321, ShareExposed: 0.183399},
+		ByModel: []server.ModelExposure{{Model: "PX-8", ExposureCounts: server.ExposureCounts{Active: 500000, Exposed: 100000, Compliant: 400000}},
+			{Model: "RARE-1", ExposureCounts: server.ExposureCounts{Active: 4, Exposed: 2, Compliant: 2}}},
+		ByRegion: []server.RegionExposure{{Region: "DE", ExposureCounts: server.ExposureCounts{Active: 300000, Exposed: 50000, Compliant: 250000}}},
+		Daily:    daily, Projection: proj}
+	custom, _ := json.Marshal(manifests.TargetCustom{PatchID: "CM-1", Models: []string{"PX-8"}, InstallsBuild: "7.5.0",
+		CloudMessagingDefault: "opt-in", NumberEncryption: "on", Released: now.Add(-72 * time.Hour)})
+	return &fakeBackend{
+		exposure: exp,
+		rollouts: []*server.Rollout{ro},
+		reports:  map[string]*server.RolloutReport{"ro-1": rep},
+		events: []server.Event{{RolloutID: "ro-1", At: now.Add(-3 * time.Hour), Actor: "alice", Action: server.ActionAdvance,
+			Reason: "looks healthy", FromState: server.RolloutRunning, ToState: server.RolloutRunning, FromPercent: 1, ToPercent: 10}},
+		status: &manifests.Status{Initialized: true, Roles: []manifests.RoleStatus{
+			{Role: "root", Version: 1, Expires: now.Add(300 * 24 * time.Hour), ExpiresIn: 300 * 86400},
+			{Role: "targets", Version: 4, Expires: now.Add(10 * 24 * time.Hour), ExpiresIn: 10 * 86400, Warning: "targets expires in 10 days"}},
+			Targets: []manifests.TargetInfo{{Path: "cm/CM-1/update.zip", Length: 1234567, SHA256: "ab", Custom: custom}}},
+		drafts: []*manifests.DraftView{
+			{ID: "d-7", State: manifests.DraftPending, Kind: manifests.DraftKindRelease, CreatedBy: "rel-eng", CreatedAt: now,
+				Changes: []string{"add cm/CM-2/update.zip"}, Thresholds: []manifests.PartStatus{{Part: "targets", What: "targets v5", Threshold: 2,
+					KeyIDs: []string{"k1", "k2", "k3"}, Signed: []string{"4f1e2d3c4b5a69788796a5b4c3d2e1f0"}}}},
+			{ID: "d-6", State: manifests.DraftPublished, Kind: manifests.DraftKindYank, CreatedBy: "rel-eng", CreatedAt: now.Add(-time.Hour),
+				Changes: []string{"remove cm/CM-0/update.zip"}}},
+		devices: map[string]*DeviceView{"dev-42": {
+			Device: &server.Device{ID: "dev-42", Model: "PX-8", Build: "7.4.1", Channel: "stable", Region: "DE",
+				InstalledPatches: []string{"CM-2025-004"}, CloudMessaging: server.MessagingAutoEnabled, LastSeen: now},
+			Patches: []server.PatchState{{PatchID: "CM-1", State: server.StateFailed, ErrorCode: "E_NO_SPACE", At: now}},
+			Reports: []server.Report{{ID: "r1", DeviceID: "dev-42", PatchID: "CM-1", Target: "cm/CM-1/update.zip",
+				State: server.StateFailed, ErrorCode: "E_NO_SPACE", At: now, ReceivedAt: now}}}},
+	}
+}
+
+func newEnv(tb testing.TB) *env {
+	tb.Helper()
+	id := newFakeIdentity()
+	e := &env{id: id, audit: &fakeAudit{}, backend: sampleBackend(tb), cookies: map[string]*http.Cookie{}, csrf: map[string]string{}}
+	e.users = server.Users{Store: id, Limiter: server.NewLoginLimiter(3, 15*time.Minute)}
+	h, err := New(Options{Backend: e.backend, Users: e.users, Sessions: server.Sessions{Store: id},
+		Tokens: server.Tokens{Store: id, Users: id}, Audit: e.audit, Banner: "DEMO — development-only keys"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e.h = h
+	for _, role := range server.Roles {
+		u, err := e.users.Create(context.Background(), role+"-user", role, testPassword, false)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		secret, s, err := server.Sessions{Store: id}.Start(context.Background(), u)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		e.cookies[role] = &http.Cookie{Name: CookieName, Value: secret}
+		e.csrf[role] = s.CSRFToken
+	}
+	return e
+}
+
+// do sends a request as role ("" for none); form, when set, is the POST
+// body.
+func (e *env) do(tb testing.TB, role, method, target string, form url.Values, hdr ...string) *httptest.ResponseRecorder {
+	tb.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req := httptest.NewRequest(method, target, body)
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	if c := e.cookies[role]; c != nil {
+		req.AddCookie(c)
+	}
+	rec := httptest.NewRecorder()
+	e.h.ServeHTTP(rec, req)
+	return rec
+}
+
+// post sends a form as role with its CSRF token.
+func (e *env) post(tb testing.TB, role, target string, form url.Values) *httptest.ResponseRecorder {
+	tb.Helper()
+	if form == nil {
+		form = url.Values{}
+	}
+	form.Set("csrf", e.csrf[role])
+	return e.do(tb, role, "POST", target, form)
+}
+
+func TestPagesRender(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		name, path string
+		want       []string
+	}{
+		{"overview", "/", []string{"654,321", "120,000", "18.3%", "<svg", "ro-1", "12,346", "targets expires in 10 days", "d-7", "1 of 2 signatures", "DEMO — development-only keys", "compliant on <strong>", "PX-8", "DE"}},
+		{"overview live", "/?part=live", []string{"654,321", "ro-1"}},
+		{"rollouts", "/rollouts", []string{"ro-1", "cm/CM-1/update.zip", "running"}},
+		{"rollout", "/rollouts/ro-1", []string{"123,456", "12,346", "9,876", "1,111", "222", "8,001", "333", "E_NO_SPACE", "too many failures", "looks healthy", "<svg", "1h30m"}},
+		{"rollout live", "/rollouts/ro-1?part=live", []string{"123,456", "8,001"}},
+		{"releases", "/releases", []string{"cm/CM-1/update.zip", "opt-in", "d-7", "1 of 2", "4f1e2d3c4b5a", "remove cm/CM-0/update.zip"}},
+		{"device form", "/devices", []string{`name="id"`}},
+		{"device", "/devices?id=dev-42", []string{"dev-42", "PX-8", "auto_enabled", "E_NO_SPACE", "CM-2025-004"}},
+		{"audit", "/audit", []string{"Chain verified"}},
+		{"tokens", "/tokens", []string{"Mint token"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := e.do(t, server.RoleViewer, "GET", tc.path, nil)
+			if rec.Code != http.StatusOK {
+				t.Fatalf("GET %s: status %d, want 200\n%s", tc.path, rec.Code, rec.Body)
+			}
+			body := rec.Body.String()
+			for _, w := range tc.want {
+				if !strings.Contains(body, w) && !strings.Contains(body, htmlEscaped(w)) {
+					t.Errorf("GET %s: page lacks %q", tc.path, w)
+				}
+			}
+			if strings.Contains(tc.path, "part=live") && strings.Contains(body, "<html") {
+				t.Errorf("GET %s: the live part came with the layout", tc.path)
+			}
+		})
+	}
+	t.Run("users as admin", func(t *testing.T) {
+		rec := e.do(t, server.RoleAdmin, "GET", "/users", nil)
+		if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "viewer-user") {
+			t.Fatalf("status %d, want 200 listing viewer-user", rec.Code)
+		}
+	})
+}
+
+func htmlEscaped(s string) string {
+	return strings.NewReplacer("<", "&lt;", ">", "&gt;", "&", "&amp;", `"`, "&#34;").Replace(s)
+}
+
+func TestMasking(t *testing.T) {
+	for _, tc := range []struct {
+		n    int64
+		want string
+	}{{0, "<5"}, {1, "<5"}, {4, "<5"}, {5, "5"}, {1234, "1,234"}, {1234567, "1,234,567"}} {
+		if got := Cell(tc.n); got != tc.want {
+			t.Errorf("Cell(%d) = %q, want %q", tc.n, got, tc.want)
+		}
+	}
+	e := newEnv(t)
+	// RARE-1 has 4 active handsets, E_RARE 3 failures, build 7.4.1 4
+	// eligible, QZ-2 2 failed: each cell shows <5, never the number.
+	for _, tc := range []struct {
+		path string
+		re   string
+	}{
+		{"/", `RARE-1</td><td class="n">&lt;5</td><td class="n">&lt;5</td><td class="n">&lt;5</td>`},
+		{"/rollouts/ro-1", `<code>E_RARE</code></td><td class="n">&lt;5</td>`},
+		{"/rollouts/ro-1", `7\.4\.1</td><td class="n">&lt;5</td><td class="n">4,444</td>`},
+		{"/rollouts/ro-1", `QZ-2</td><td class="n">23,456</td><td class="n">&lt;5</td><td class="n">876</td><td class="n">501</td><td class="n">&lt;5</td>`},
+	} {
+		body := e.do(t, server.RoleViewer, "GET", tc.path, nil).Body.String()
+		if !regexp.MustCompile(tc.re).MatchString(body) {
+			t.Errorf("GET %s: no match for %s", tc.path, tc.re)
+		}
+	}
+}
+
+func TestPermissions(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		name, role, method, path string
+		form                     url.Values
+		want                     int
+	}{
+		{"viewer users page", server.RoleViewer, "GET", "/users", nil, 403},
+		{"operator users page", server.RoleOperator, "GET", "/users", nil, 403},
+		{"release engineer users page", server.RoleReleaseEngineer, "GET", "/users", nil, 403},
+		{"admin users page", server.RoleAdmin, "GET", "/users", nil, 200},
+		{"viewer forged pause", server.RoleViewer, "POST", "/rollouts/ro-1/pause", url.Values{"reason": {"x"}, "confirm": {"yes"}}, 403},
+		{"operator pause", server.RoleOperator, "POST", "/rollouts/ro-1/pause", url.Values{"reason": {"x"}, "confirm": {"yes"}}, 303},
+		{"viewer create user", server.RoleViewer, "POST", "/users", url.Values{"name": {"eve"}, "role": {"admin"}, "password": {testPassword}}, 403},
+		{"operator set role", server.RoleOperator, "POST", "/users/viewer-user/role", url.Values{"role": {"admin"}}, 403},
+		{"viewer mints own token", server.RoleViewer, "POST", "/tokens", url.Values{"name": {"laptop"}}, 200},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var rec *httptest.ResponseRecorder
+			if tc.method == "POST" {
+				rec = e.post(t, tc.role, tc.path, tc.form)
+			} else {
+				rec = e.do(t, tc.role, tc.method, tc.path, nil)
+			}
+			if rec.Code != tc.want {
+				t.Fatalf("%s %s as %s: status %d, want %d\n%s", tc.method, tc.path, tc.role, rec.Code, tc.want, rec.Body)
+			}
+			if tc.want == 403 && !strings.Contains(rec.Body.String(), "does not allow") {
+				t.Errorf("the 403 page does not say why:\n%s", rec.Body)
+			}
+		})
+	}
+	if len(e.backend.changes) != 1 || e.backend.changes[0].Actor != "operator-user" {
+		t.Errorf("changes %+v, want one pause by operator-user", e.backend.changes)
+	}
+	if u, _, _ := e.id.UserByName(context.Background(), "viewer-user"); u.Role != server.RoleViewer {
+		t.Errorf("viewer-user's role is %s after a forbidden change", u.Role)
+	}
+}
+
+func TestActionButtonsByRole(t *testing.T) {
+	e := newEnv(t)
+	viewer := e.do(t, server.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String()
+	if strings.Contains(viewer, `action="/rollouts/ro-1/pause"`) {
+		t.Error("a viewer sees the pause button")
+	}
+	if strings.Contains(viewer, `href="/users"`) {
+		t.Error("a viewer sees the users link")
+	}
+	op := e.do(t, server.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String()
+	for _, a := range []string{"pause", "abort", "advance"} {
+		if !strings.Contains(op, `action="/rollouts/ro-1/`+a+`"`) {
+			t.Errorf("an operator does not see %s", a)
+		}
+	}
+	if strings.Contains(op, `action="/rollouts/ro-1/resume"`) {
+		t.Error("resume offered for a running rollout")
+	}
+}
+
+func TestRolloutActionConfirm(t *testing.T) {
+	e := newEnv(t)
+	// No reason: refused, nothing changes.
+	rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/pause", url.Values{"reason": {" "}})
+	if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "needs a reason") {
+		t.Fatalf("no reason: status %d, want 400 asking for one", rec.Code)
+	}
+	// First step: the confirmation page, nothing changes yet.
+	rec = e.post(t, server.RoleOperator, "/rollouts/ro-1/pause", url.Values{"reason": {"battery drain reports"}})
+	body := rec.Body.String()
+	if rec.Code != http.StatusOK || !strings.Contains(body, "pause rollout <strong>ro-1</strong>") ||
+		!strings.Contains(body, `name="confirm" value="yes"`) || !strings.Contains(body, `value="battery drain reports"`) {
+		t.Fatalf("confirmation page: status %d\n%s", rec.Code, body)
+	}
+	if len(e.backend.changes) != 0 {
+		t.Fatalf("changed before confirmation: %+v", e.backend.changes)
+	}
+	// Second step.
+	rec = e.post(t, server.RoleOperator, "/rollouts/ro-1/advance", url.Values{"reason": {"healthy"}, "percent": {"25"}, "confirm": {"yes"}})
+	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/rollouts/ro-1" {
+		t.Fatalf("confirmed advance: status %d, location %q", rec.Code, rec.Header().Get("Location"))
+	}
+	want := recordedChange{ID: "ro-1", Actor: "operator-user", Change: RolloutChange{Action: "advance", Reason: "healthy", Percent: 25}}
+	if len(e.backend.changes) != 1 || e.backend.changes[0] != want {
+		t.Errorf("changes %+v, want %+v", e.backend.changes, want)
+	}
+	// Past 50% the advance waits for a second person: the page says so.
+	rec = e.post(t, server.RoleOperator, "/rollouts/ro-1/advance", url.Values{"reason": {"go wide"}, "percent": {"100"}, "confirm": {"yes"}})
+	if body := rec.Body.String(); rec.Code != http.StatusAccepted || !strings.Contains(body, "needs a second person&#39;s approval (ap-9)") ||
+		!strings.Contains(body, "waits for another person") {
+		t.Errorf("advance to 100%%: %d\n%s", rec.Code, body)
+	}
+	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/explode", url.Values{"reason": {"x"}}); rec.Code != http.StatusNotFound {
+		t.Errorf("unknown action: status %d, want 404", rec.Code)
+	}
+}
+
+func TestApprovals(t *testing.T) {
+	e := newEnv(t)
+	now := time.Now().UTC()
+	e.backend.approvals = []*server.Approval{{ID: "ap-1", RolloutID: "ro-1", Action: server.ActionAdvance, ToPercent: 100,
+		RequestedBy: "operator-user", RequestedAt: now, Reason: "all green", State: server.ApprovalPending}}
+	// The requester sees no approve button; another operator does.
+	if body := e.do(t, server.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/approvals/ap-1/approve") ||
+		!strings.Contains(body, "waits for another person") {
+		t.Error("the requester is offered to approve their own request")
+	}
+	if body := e.do(t, server.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/approvals/ap-1/approve") {
+		t.Error("a viewer is offered to approve")
+	}
+	body := e.do(t, server.RoleReleaseEngineer, "GET", "/rollouts/ro-1", nil).Body.String()
+	if !strings.Contains(body, `action="/rollouts/ro-1/approvals/ap-1/approve"`) || !strings.Contains(body, "all green") {
+		t.Fatalf("another operator is not offered to approve:\n%s", body)
+	}
+	if rec := e.post(t, server.RoleViewer, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {"ok"}}); rec.Code != http.StatusForbidden {
+		t.Errorf("viewer approves: %d, want 403", rec.Code)
+	}
+	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {"ok"}}); rec.Code != http.StatusForbidden ||
+		!strings.Contains(rec.Body.String(), "second person") {
+		t.Errorf("self-approval: %d, want 403 saying a second person must approve", rec.Code)
+	}
+	if rec := e.post(t, server.RoleReleaseEngineer, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {" "}}); rec.Code != http.StatusBadRequest {
+		t.Errorf("approval without a reason: %d, want 400", rec.Code)
+	}
+	if rec := e.post(t, server.RoleReleaseEngineer, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {"checked the numbers"}}); rec.Code != http.StatusSeeOther {
+		t.Fatalf("approval: %d, want 303", rec.Code)
+	}
+	if a := e.backend.approvals[0]; a.State != server.ApprovalApproved || a.DecidedBy != "release-engineer-user" || a.DecisionReason != "checked the numbers" {
+		t.Errorf("approval %+v, want approved by release-engineer-user", a)
+	}
+}
+
+func TestNoSession(t *testing.T) {
+	e := newEnv(t)
+	rec := e.do(t, "", "GET", "/rollouts/ro-1?part=live", nil)
+	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/login?next="+url.QueryEscape("/rollouts/ro-1?part=live") {
+		t.Errorf("GET without session: %d to %q, want 303 to the login page", rec.Code, rec.Header().Get("Location"))
+	}
+	rec = e.do(t, "", "POST", "/rollouts/ro-1/pause", url.Values{"reason": {"x"}, "confirm": {"yes"}})
+	if rec.Code != http.StatusForbidden {
+		t.Errorf("POST without session: %d, want 403", rec.Code)
+	}
+	// A cookie of no session is no session.
+	e.cookies["ghost"] = &http.Cookie{Name: CookieName, Value: "s_0123"}
+	if rec := e.do(t, "ghost", "GET", "/", nil); rec.Code != http.StatusSeeOther {
+		t.Errorf("GET with an unknown session: %d, want 303", rec.Code)
+	}
+	if rec := e.do(t, "", "GET", "/static/style.css", nil); rec.Code != 200 || !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/css") {
+		t.Errorf("static without session: %d %s, want 200 text/css", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	if rec := e.do(t, "", "GET", "/static/", nil); rec.Code != 404 {
+		t.Errorf("static directory: %d, want 404", rec.Code)
+	}
+	if len(e.backend.changes) != 0 {
+		t.Errorf("changed without a session: %+v", e.backend.changes)
+	}
+}
+
+func TestCSRF(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name string
+		csrf *string
+	}{{"missing", nil}, {"wrong", ptr("0000")}, {"other session's", ptr(e.csrf[server.RoleAdmin])}} {
+		t.Run(tc.name, func(t *testing.T) {
+			form := url.Values{"reason": {"x"}, "confirm": {"yes"}}
+			if tc.csrf != nil {
+				form.Set("csrf", *tc.csrf)
+			}
+			rec := e.do(t, server.RoleOperator, "POST", "/rollouts/ro-1/pause", form)
+			if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "CSRF") {
+				t.Errorf("status %d, want 403 naming CSRF", rec.Code)
+			}
+		})
+	}
+	if len(e.backend.changes) != 0 {
+		t.Errorf("changed without a valid CSRF token: %+v", e.backend.changes)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestCrossOrigin(t *testing.T) {
+	e := newEnv(t)
+	form := func() url.Values {
+		return url.Values{"reason": {"x"}, "confirm": {"yes"}, "csrf": {e.csrf[server.RoleOperator]}}
+	}
+	for _, tc := range []struct {
+		name string
+		hdr  []string
+		want int
+	}{
+		{"sec-fetch-site cross-site", []string{"Sec-Fetch-Site", "cross-site"}, 403},
+		{"origin elsewhere", []string{"Origin", "https://evil.example"}, 403},
+		{"same origin", []string{"Sec-Fetch-Site", "same-origin"}, 303},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := e.do(t, server.RoleOperator, "POST", "/rollouts/ro-1/pause", form(), tc.hdr...)
+			if rec.Code != tc.want {
+				t.Errorf("status %d, want %d", rec.Code, tc.want)
+			}
+		})
+	}
+	// The login form too: a cross-site login would fix a session.
+	rec := e.do(t, "", "POST", "/login", url.Values{"name": {"admin-user"}, "password": {testPassword}}, "Sec-Fetch-Site", "cross-site")
+	if rec.Code != http.StatusForbidden {
+		t.Errorf("cross-site login: status %d, want 403", rec.Code)
+	}
+	if len(e.backend.changes) != 1 {
+		t.Errorf("changes %+v, want only the same-origin one", e.backend.changes)
+	}
+}
+
+func TestSecurityHeaders(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct{ role, path string }{
+		{server.RoleViewer, "/"}, {"", "/login"}, {server.RoleViewer, "/users"}, {"", "/static/live.js"}, {"", "/rollouts"},
+	} {
+		rec := e.do(t, tc.role, "GET", tc.path, nil)
+		h := rec.Header()
+		for k, v := range map[string]string{"Content-Security-Policy": ContentSecurityPolicy, "X-Content-Type-Options": "nosniff",
+			"Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"} {
+			if h.Get(k) != v {
+				t.Errorf("GET %s: %s %q, want %q", tc.path, k, h.Get(k), v)
+			}
+		}
+		if !strings.HasPrefix(tc.path, "/static/") && h.Get("Cache-Control") != "no-store" {
+			t.Errorf("GET %s: Cache-Control %q, want no-store", tc.path, h.Get("Cache-Control"))
+		}
+		if strings.Contains(rec.Body.String(), "<script>") || strings.Contains(rec.Body.String(), " style=") {
+			t.Errorf("GET %s: inline script or style", tc.path)
+		}
+	}
+}
+
+func TestLoginLogout(t *testing.T) {
+	e := newEnv(t)
+	rec := e.do(t, "", "GET", "/login?next=//evil.example/x", nil)
+	if !strings.Contains(rec.Body.String(), `name="next" value="/"`) {
+		t.Errorf("login page keeps a foreign next:\n%s", rec.Body)
+	}
+	rec = e.do(t, "", "POST", "/login", url.Values{"name": {"operator-user"}, "password": {testPassword}, "next": {"/rollouts/ro-1"}})
+	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/rollouts/ro-1" {
+		t.Fatalf("login: status %d to %q, want 303 to /rollouts/ro-1", rec.Code, rec.Header().Get("Location"))
+	}
+	cookies := rec.Result().Cookies()
+	if len(cookies) != 1 {
+		t.Fatalf("cookies %v, want one", cookies)
+	}
+	c := cookies[0]
+	if c.Name != CookieName || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" || c.Secure || !c.Expires.IsZero() || c.MaxAge != 0 {
+		t.Errorf("cookie %+v, want otad_session HttpOnly SameSite=Strict Path=/ without expiry (not Secure over plain HTTP)", c)
+	}
+	e.cookies["fresh"] = &http.Cookie{Name: CookieName, Value: c.Value}
+	if rec := e.do(t, "fresh", "GET", "/rollouts", nil); rec.Code != 200 {
+		t.Fatalf("with the new session: status %d", rec.Code)
+	}
+	// Over TLS the cookie is Secure.
+	req := httptest.NewRequest("POST", "https://otad.example/login", strings.NewReader(url.Values{"name": {"viewer-user"}, "password": {testPassword}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	tls := httptest.NewRecorder()
+	e.h.ServeHTTP(tls, req)
+	if cs := tls.Result().Cookies(); len(cs) != 1 || !cs[0].Secure {
+		t.Errorf("login over TLS: cookies %v, want one Secure", cs)
+	}
+
+	// Logout needs the session's CSRF token, ends the session server
+	// side and clears the cookie.
+	s, _, err := server.Sessions{Store: e.id}.Lookup(context.Background(), c.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec = e.do(t, "fresh", "POST", "/logout", url.Values{"csrf": {s.CSRFToken}})
+	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/login" {
+		t.Fatalf("logout: status %d to %q", rec.Code, rec.Header().Get("Location"))
+	}
+	if cs := rec.Result().Cookies(); len(cs) != 1 || cs[0].MaxAge >= 0 || cs[0].Value != "" {
+		t.Errorf("logout cookies %v, want the session cookie cleared", cs)
+	}
+	if rec := e.do(t, "fresh", "GET", "/rollouts", nil); rec.Code != http.StatusSeeOther {
+		t.Errorf("after logout: status %d, want 303 to login", rec.Code)
+	}
+	var actions []string
+	for _, a := range e.audit.entries {
+		actions = append(actions, a.Actor+" "+a.Action)
+	}
+	if got := strings.Join(actions, ", "); got != "operator-user session.login, viewer-user session.login, operator-user session.logout" {
+		t.Errorf("audit %s", got)
+	}
+}
+
+func TestLoginRateLimit(t *testing.T) {
+	e := newEnv(t)
+	for i := range 3 {
+		rec := e.do(t, "", "POST", "/login", url.Values{"name": {"admin-user"}, "password": {"wrong password!"}})
+		if rec.Code != http.StatusUnauthorized || !strings.Contains(rec.Body.String(), "wrong user name or password") {
+			t.Fatalf("attempt %d: status %d, want 401", i+1, rec.Code)
+		}
+	}
+	rec := e.do(t, "", "POST", "/login", url.Values{"name": {"admin-user"}, "password": {testPassword}})
+	if rec.Code != http.StatusTooManyRequests || !strings.Contains(rec.Body.String(), "Too many attempts, try again in 15 minutes") {
+		t.Fatalf("after 3 failures: status %d\n%s", rec.Code, rec.Body)
+	}
+	if len(rec.Result().Cookies()) != 0 {
+		t.Error("a session was started for a locked account")
+	}
+}
+
+func TestUsersAndTokens(t *testing.T) {
+	e := newEnv(t)
+	admin := server.RoleAdmin
+	if rec := e.post(t, admin, "/users", url.Values{"name": {"carol"}, "role": {"operator"}, "password": {testPassword}}); rec.Code != http.StatusSeeOther {
+		t.Fatalf("create user: %d\n%s", rec.Code, rec.Body)
+	}
+	if rec := e.post(t, admin, "/users", url.Values{"name": {"dave"}, "role": {"operator"}, "password": {"short"}}); rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "password") {
+		t.Errorf("short password: %d, want 400 naming the password", rec.Code)
+	}
+	if rec := e.post(t, admin, "/users/carol/role", url.Values{"role": {"release-engineer"}}); rec.Code != http.StatusSeeOther {
+		t.Fatalf("set role: %d", rec.Code)
+	}
+	if rec := e.post(t, admin, "/users/carol/disable", nil); rec.Code != http.StatusSeeOther {
+		t.Fatalf("disable: %d", rec.Code)
+	}
+	if rec := e.post(t, admin, "/users/admin-user/disable", nil); rec.Code != http.StatusConflict {
+		t.Errorf("disabling oneself: %d, want 409", rec.Code)
+	}
+	u, _, _ := e.id.UserByName(context.Background(), "carol")
+	if u.Role != server.RoleReleaseEngineer || !u.Disabled {
+		t.Errorf("carol %+v, want a disabled release-engineer", u)
+	}
+
+	// A viewer mints a token: the secret shows once.
+	rec := e.post(t, server.RoleViewer, "/tokens", url.Values{"name": {"laptop"}})
+	secret := regexp.MustCompile(`otad_[a-z2-7]+`).FindString(rec.Body.String())
+	if rec.Code != 200 || secret == "" {
+		t.Fatalf("mint: %d, no secret shown", rec.Code)
+	}
+	p, err := server.Tokens{Store: e.id, Users: e.id}.Authenticate(context.Background(), secret)
+	if err != nil || p.Actor() != "viewer-user" {
+		t.Fatalf("the shown secret: %v, %v", p, err)
+	}
+	if strings.Contains(e.do(t, server.RoleViewer, "GET", "/tokens", nil).Body.String(), secret) {
+		t.Error("the secret shows again on the tokens page")
+	}
+	// The operator cannot revoke the viewer's token; the viewer can.
+	if rec := e.post(t, server.RoleOperator, "/tokens/"+p.TokenID+"/revoke", nil); rec.Code != http.StatusNotFound {
+		t.Errorf("revoking another's token: %d, want 404", rec.Code)
+	}
+	if rec := e.post(t, server.RoleViewer, "/tokens/"+p.TokenID+"/revoke", nil); rec.Code != http.StatusSeeOther {
+		t.Errorf("revoking one's own token: %d, want 303", rec.Code)
+	}
+	if _, err := (server.Tokens{Store: e.id, Users: e.id}).Authenticate(context.Background(), secret); err == nil {
+		t.Error("the revoked token still works")
+	}
+	if body := e.do(t, server.RoleViewer, "GET", "/tokens", nil).Body.String(); !strings.Contains(body, "revoked 20") {
+		t.Errorf("the tokens page does not show the revocation:\n%s", body)
+	}
+	var got []string
+	for _, a := range e.audit.entries {
+		got = append(got, a.Actor+" "+a.Action+" "+a.Object)
+	}
+	want := "admin-user user.create carol, admin-user user.set-role carol, admin-user user.disable carol, viewer-user token.create " +
+		p.TokenID + ", viewer-user token.revoke " + p.TokenID
+	if strings.Join(got, ", ") != want {
+		t.Errorf("audit:\n got %s\nwant %s", strings.Join(got, ", "), want)
+	}
+}
+
+func TestAuditPage(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	e.audit.AppendAudit(ctx, server.AuditEntry{At: at, Actor: "alice", Action: "rollout.pause", Object: "ro-1", Reason: "spike"},
+		server.AuditEntry{At: at.Add(time.Hour), Actor: "bob", Action: "user.create", Object: "carol"},
+		server.AuditEntry{At: at.Add(48 * time.Hour), Actor: "alice", Action: "rollout.resume", Object: "ro-1"})
+	body := e.do(t, server.RoleViewer, "GET", "/audit?actor=alice&action=rollout.&until=2026-12-02", nil).Body.String()
+	if !strings.Contains(body, "Chain verified: 3 entries") || !strings.Contains(body, "rollout.pause") ||
+		strings.Contains(body, "<td>rollout.resume</td>") || strings.Contains(body, "<td>user.create</td>") {
+		t.Errorf("filtered audit page:\n%s", body)
+	}
+	e.audit.entries[1].Object = "mallory"
+	body = e.do(t, server.RoleViewer, "GET", "/audit", nil).Body.String()
+	if !strings.Contains(body, "BROKEN at entry 2: its fields do not match its hash") {
+		t.Errorf("tampered audit page lacks the broken banner:\n%s", body)
+	}
+	if rec := e.do(t, server.RoleViewer, "GET", "/audit?since=yesterday", nil); rec.Code != http.StatusBadRequest {
+		t.Errorf("bad since: %d, want 400", rec.Code)
+	}
+}
+
+func TestDeviceNotFound(t *testing.T) {
+	e := newEnv(t)
+	if rec := e.do(t, server.RoleViewer, "GET", "/devices?id=nope", nil); rec.Code != http.StatusNotFound {
+		t.Errorf("unknown device: %d, want 404", rec.Code)
+	}
+	if rec := e.do(t, server.RoleViewer, "GET", "/rollouts/nope", nil); rec.Code != http.StatusNotFound {
+		t.Errorf("unknown rollout: %d, want 404", rec.Code)
+	}
+}
+
+func TestHumanDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{90 * time.Minute: "1h30m", 300 * 24 * time.Hour: "300 days",
+		47 * time.Hour: "47h0m", 42 * time.Second: "42s", -3 * 24 * time.Hour: "expired 3 days ago"} {
+		if got := humanDuration(d); got != want {
+			t.Errorf("humanDuration(%s) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+func TestLocalPath(t *testing.T) {
+	for in, want := range map[string]string{"": "/", "/rollouts/ro-1": "/rollouts/ro-1", "/audit?actor=a": "/audit?actor=a",
+		"//evil.example": "/", "https://evil.example/": "/", "/\\evil.example": "/", "rollouts": "/", "/a/../../b": "/b",
+		"/x\r\nSet-Cookie: a": "/"} {
+		if got := localPath(in); got != want {
+			t.Errorf("localPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestNewFailsOnBadTemplate(t *testing.T) {
+	e := newEnv(t)
+	good, err := parsePages(mustSub(t))
+	if err != nil || len(good) == 0 {
+		t.Fatalf("embedded templates: %v", err)
+	}
+	broken := fstest.MapFS{}
+	for _, n := range []string{"layout.html", "login.html", "error.html", "overview.html", "rollouts.html", "rollout.html",
+		"confirm.html", "releases.html", "device.html", "audit.html", "users.html", "tokens.html"} {
+		b, err := templateFS.ReadFile("templates/" + n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		broken[n] = &fstest.MapFile{Data: b}
+	}
+	broken["rollout.html"] = &fstest.MapFile{Data: []byte(`{{define "content"}}{{if .Data}}unclosed{{end}}`)}
+	opts := e.h.opts
+	opts.Templates = broken
+	if _, err := New(opts); err == nil || !strings.Contains(err.Error(), "rollout.html") {
+		t.Errorf("New with a broken template: %v, want an error naming rollout.html", err)
+	}
+	delete(broken, "rollout.html")
+	if _, err := New(opts); err == nil || !strings.Contains(err.Error(), "rollout.html is missing") {
+		t.Errorf("New without a page: %v, want an error naming it", err)
+	}
+}
+
+func mustSub(tb testing.TB) fstest.MapFS {
+	tb.Helper()
+	m := fstest.MapFS{}
+	entries, err := templateFS.ReadDir("templates")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, en := range entries {
+		b, _ := templateFS.ReadFile("templates/" + en.Name())
+		m[en.Name()] = &fstest.MapFile{Data: b}
+	}
+	return m
+}
+
+func TestRoutes(t *testing.T) {
+	e := newEnv(t)
+	seen := map[string]bool{}
+	for _, r := range e.h.Routes() {
+		key := r.Method + " " + r.Pattern
+		if seen[key] {
+			t.Errorf("route %s twice", key)
+		}
+		seen[key] = true
+		if !r.Public && r.Perm == "" {
+			t.Errorf("route %s needs a session but names no permission", key)
+		}
+		for _, p := range []string{"/api/", "/tuf", "/targets", "/healthz", "/readyz", "/metrics", "/openapi"} {
+			if strings.HasPrefix(r.Pattern, p) {
+				t.Errorf("route %s collides with %s", key, p)
+			}
+		}
+	}
+	for _, want := range []string{"GET /login", "POST /login", "POST /logout", "GET /", "GET /rollouts", "GET /rollouts/{id}",
+		"POST /rollouts/{id}/{action}", "POST /rollouts/{id}/approvals/{aid}/{verdict}", "GET /releases", "GET /devices", "GET /audit", "GET /users", "POST /users",
+		"POST /users/{name}/{change}", "GET /tokens", "POST /tokens", "POST /tokens/{id}/revoke", "GET /static/{file...}"} {
+		if !seen[want] {
+			t.Errorf("route %s missing", want)
+		}
+	}
+}
+
+// TestRouteRoles sends every session route as every role: a role
+// without the route's permission gets the 403 page saying so, and a role
+// with it never does.
+func TestRouteRoles(t *testing.T) {
+	e := newEnv(t)
+	fill := strings.NewReplacer("{id}", "ro-1", "{action}", "pause", "{aid}", "ap-1", "{verdict}", "reject",
+		"{name}", "viewer-user", "{change}", "enable")
+	for _, r := range e.h.Routes() {
+		if r.Public || r.Pattern == "/logout" { // logout would end the sessions the others use
+			continue
+		}
+		path := fill.Replace(r.Pattern)
+		if strings.HasPrefix(r.Pattern, "/tokens/") {
+			path = "/tokens/t-none/revoke"
+		}
+		for _, role := range server.Roles {
+			t.Run(r.Method+" "+r.Pattern+" as "+role, func(t *testing.T) {
+				var rec *httptest.ResponseRecorder
+				if r.Method == "POST" {
+					rec = e.post(t, role, path, url.Values{"reason": {"test"}, "name": {"x-" + role}, "role": {"viewer"}})
+				} else {
+					rec = e.do(t, role, r.Method, path, nil)
+				}
+				denied := strings.Contains(rec.Body.String(), "does not allow")
+				if can := server.RoleCan(role, r.Perm); can == denied || (denied && rec.Code != http.StatusForbidden) {
+					t.Errorf("%s %s as %s: %d, denied %v; the role has %s: %v\n%s", r.Method, path, role, rec.Code, denied, r.Perm, can, rec.Body)
+				}
+			})
+		}
+	}
+}
