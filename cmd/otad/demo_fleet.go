@@ -233,8 +233,9 @@ func (f *demoFleet) retry(ctx context.Context, d *demoHandset, op string, err er
 		if d.phase == phEnroll {
 			return time.Time{}, false
 		}
-		// A refused report is dropped, as on a handset whose reporting is
-		// best effort; the install goes on.
+		// Refused for good (or too often): the handset gives the offer
+		// up and checks in again later; the server offers again what is
+		// still due.
 		d.retries = 0
 		return f.after(d, err)
 	}
@@ -253,8 +254,9 @@ func (f *demoFleet) after(d *demoHandset, _ error) (time.Time, bool) {
 	return time.Now().Add(5 * time.Second), true
 }
 
-func (f *demoFleet) jitter(d *demoHandset, max time.Duration) time.Duration {
-	return time.Duration(d.rng.Int64N(int64(max) + 1))
+// jitter is a random wait from 0 to upTo, from d's own stream.
+func (f *demoFleet) jitter(d *demoHandset, upTo time.Duration) time.Duration {
+	return time.Duration(d.rng.Int64N(int64(upTo) + 1))
 }
 
 func (f *demoFleet) enroll(ctx context.Context, d *demoHandset) (time.Time, bool) {

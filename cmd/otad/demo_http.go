@@ -68,7 +68,7 @@ func demoUnauthorized(err error) bool {
 	return errors.As(err, &ae) && ae.Status == http.StatusUnauthorized
 }
 
-// errorKind names an error for the counters: http_429, network, ...
+// demoErrorKind names an error for the counters: http_429, network, ...
 func demoErrorKind(err error) string {
 	var ae *demoAPIError
 	if errors.As(err, &ae) {

@@ -117,6 +117,11 @@ func TestDemo(t *testing.T) {
 			return a.State == server.ApprovalApproved && a.DecidedBy == demoApprover && a.RequestedBy == demoOperator
 		})
 		if approved && r.Percent() == 100 {
+			entries, err := d.main.App.Audit.ListAudit(ctx, server.AuditQuery{Actor: demoApprover, Limit: 10})
+			if err != nil || len(entries) == 0 {
+				fail("no audit entry by %s after its approval: %+v, %v", demoApprover, entries, err)
+			}
+			t.Logf("audit: %s %s %s: %s", entries[0].Actor, entries[0].Action, entries[0].Object, entries[0].Detail)
 			break
 		}
 		if time.Now().After(deadline) {
