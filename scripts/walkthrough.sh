@@ -47,6 +47,8 @@ echo "   otad serves on $addr"
 export OTACTL_SERVER="http://$addr"
 OTACTL_TOKEN=$(otad token create --name release-team --role release-engineer)
 export OTACTL_TOKEN
+# A second person, who approves widening past 50% (four eyes).
+LEAD_TOKEN=$(otad token create --name release-lead --role operator)
 export OTACTL_KEY_PASSPHRASE="walkthrough only: use a real passphrase"
 
 step "three engineers generate keys"
@@ -165,7 +167,15 @@ echo "   $cohort handsets in the cohort offered it ($(results) installed, $(fail
 
 step "advance to 100%: the rest are offered it, install it and report"
 out=$(otactl rollout advance "$ro" --reason "10% healthy: widen to every PX-7") || fail "rollout advance: $out"
-grep -q "running, stage 2 of 2 (100%)" <<<"$out" || fail "rollout advance: $out"
+grep -q "waits for a second person's approval" <<<"$out" || fail "rollout advance past 50% did not wait for four eyes: $out"
+approval=$(grep -o 'ap-[0-9a-f]*' <<<"$out" | head -1)
+[ -n "$approval" ] || fail "rollout advance printed no approval id: $out"
+out=$(otactl rollout approve "$ro" "$approval" --reason "I agree: widen" 2>&1) &&
+  fail "the requester approved their own widening: $out"
+out=$(OTACTL_TOKEN=$LEAD_TOKEN otactl rollout approve "$ro" "$approval" --reason "10% clean: agreed") ||
+  fail "rollout approve by a second person: $out"
+grep -q "running, stage 2 of 2 (100%)" <<<"$out" || fail "rollout approve: $out"
+echo "   widening to 100% waited for release-lead's approval ($approval)"
 wait "$fleet_pid" || fail "handsets: $(cat handsets.json handsets.err)"
 fleet_pid=""
 installed=$(num installed handsets.json)
@@ -180,7 +190,7 @@ grep -q "\"installed\":$installed," <<<"$report" && grep -q '"offered":1000,' <<
   fail "the rollout report disagrees with the handsets ($installed installed of 1000 offered): $report"
 echo "   rollout report: $(grep -o '"offered":[0-9]*,"pending":[0-9]*,"downloading":[0-9]*,"installed":[0-9]*,"failed":[0-9]*' <<<"$report" | head -1)"
 out=$(otactl rollout events "$ro")
-for why in "privacy patch: first 10% of PX-7" "10% healthy: widen to every PX-7"; do
+for why in "privacy patch: first 10% of PX-7" "10% healthy: widen to every PX-7" "10% clean: agreed"; do
   grep -q "$why" <<<"$out" || fail "the audit log of $ro lacks \"$why\": $out"
 done
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"container/heap"
 	"context"
 	"fmt"
 	"io"
@@ -10,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/patchfleet/ota/internal/due"
 )
 
 // sim is a run: the handsets, the shared clients and the counters.
@@ -102,7 +103,7 @@ func (s *sim) intern(o offer) *offer {
 // then finish (a request cut off would be a spurious error in the
 // server's log), for at most --request-timeout; ctx ending cancels them
 // at once.
-func (s *sim) drive(ctx, stop context.Context, sched *scheduler) {
+func (s *sim) drive(ctx, stop context.Context, sched *due.Scheduler) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	work := make(chan int32)
@@ -114,7 +115,7 @@ func (s *sim) drive(ctx, stop context.Context, sched *scheduler) {
 			}
 		})
 	}
-	sched.dispatch(stop, work)
+	sched.Dispatch(stop, work)
 	close(work)
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
@@ -135,7 +136,7 @@ const maxChain = 16
 // run runs handset i's steps while they are due at once, so that an
 // install goes from offer to installed without waiting behind every other
 // handset's step (depth first, as real handsets run), then schedules it.
-func (s *sim) run(ctx, stop context.Context, sched *scheduler, i int32) {
+func (s *sim) run(ctx, stop context.Context, sched *due.Scheduler, i int32) {
 	d := &s.devs[i]
 	for n := 1; ; n++ {
 		next, ok := s.step(ctx, d)
@@ -143,7 +144,7 @@ func (s *sim) run(ctx, stop context.Context, sched *scheduler, i int32) {
 			return
 		}
 		if n >= maxChain || next.After(time.Now()) || stop.Err() != nil {
-			sched.push(i, next)
+			sched.Push(i, next)
 			return
 		}
 	}
@@ -154,10 +155,10 @@ func (s *sim) run(ctx, stop context.Context, sched *scheduler, i int32) {
 func (s *sim) untilSettled(ctx context.Context, timeout time.Duration) bool {
 	stop, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	sched := newScheduler(len(s.devs))
+	sched := due.New(len(s.devs))
 	now := time.Now()
 	for i := range s.devs {
-		sched.push(int32(i), now)
+		sched.Push(int32(i), now)
 	}
 	go func() {
 		select {
@@ -233,86 +234,6 @@ func (s *sim) erase(ctx context.Context) int64 {
 	}
 	wg.Wait()
 	return erased.Load()
-}
-
-// scheduler is a heap of (due time, handset index).
-type scheduler struct {
-	mu   sync.Mutex
-	h    dueHeap
-	wake chan struct{}
-}
-
-type dueItem struct {
-	at  int64 // unix nanoseconds
-	idx int32
-}
-
-type dueHeap []dueItem
-
-func (h dueHeap) Len() int { return len(h) }
-func (h dueHeap) Less(i, j int) bool {
-	return h[i].at < h[j].at || (h[i].at == h[j].at && h[i].idx < h[j].idx)
-}
-func (h dueHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *dueHeap) Push(x any)   { *h = append(*h, x.(dueItem)) }
-func (h *dueHeap) Pop() any {
-	old := *h
-	it := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return it
-}
-
-func newScheduler(n int) *scheduler {
-	return &scheduler{h: make(dueHeap, 0, n), wake: make(chan struct{}, 1)}
-}
-
-func (s *scheduler) push(idx int32, at time.Time) {
-	s.mu.Lock()
-	heap.Push(&s.h, dueItem{at: at.UnixNano(), idx: idx})
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// dispatch sends due handsets to work until ctx ends. The send blocks
-// while all workers are busy: that is the concurrency limit.
-func (s *scheduler) dispatch(ctx context.Context, work chan<- int32) {
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		s.mu.Lock()
-		if len(s.h) == 0 {
-			s.mu.Unlock()
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.wake:
-				continue
-			}
-		}
-		top := s.h[0]
-		wait := time.Duration(top.at - time.Now().UnixNano())
-		if wait <= 0 {
-			heap.Pop(&s.h)
-			s.mu.Unlock()
-			select {
-			case work <- top.idx:
-				continue
-			case <-ctx.Done():
-				return
-			}
-		}
-		s.mu.Unlock()
-		timer.Reset(wait)
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.wake:
-		case <-timer.C:
-		}
-	}
 }
 
 // lockedWriter serialises writes from the workers and the progress

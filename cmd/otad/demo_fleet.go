@@ -1,7 +1,6 @@
 package main
 
 import (
-	"container/heap"
 	"context"
 	"crypto/ed25519"
 	crand "crypto/rand"
@@ -14,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/patchfleet/ota/internal/due"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 )
@@ -127,12 +127,12 @@ type demoFleet struct {
 	cfg   fleetConfig
 	devs  []demoHandset
 	stats fleetStats
-	sched *demoScheduler
+	sched *due.Scheduler
 	done  chan struct{}
 }
 
 func newDemoFleet(cfg fleetConfig) *demoFleet {
-	f := &demoFleet{cfg: cfg, devs: make([]demoHandset, cfg.Handsets), sched: newDemoScheduler(cfg.Handsets),
+	f := &demoFleet{cfg: cfg, devs: make([]demoHandset, cfg.Handsets), sched: due.New(cfg.Handsets),
 		done: make(chan struct{})}
 	f.stats.errors = map[string]int64{}
 	seeds := rand.New(rand.NewPCG(cfg.Seed, 0x0da7))
@@ -165,7 +165,7 @@ func (f *demoFleet) run(ctx context.Context) {
 	defer close(f.done)
 	now := time.Now()
 	for i := range f.devs {
-		f.sched.push(int32(i), now.Add(time.Duration(f.devs[i].rng.Int64N(int64(f.cfg.EnrollSpread)+1))))
+		f.sched.Push(int32(i), now.Add(time.Duration(f.devs[i].rng.Int64N(int64(f.cfg.EnrollSpread)+1))))
 	}
 	reqCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
@@ -175,12 +175,12 @@ func (f *demoFleet) run(ctx context.Context) {
 		wg.Go(func() {
 			for i := range work {
 				if next, ok := f.step(reqCtx, &f.devs[i]); ok {
-					f.sched.push(i, next)
+					f.sched.Push(i, next)
 				}
 			}
 		})
 	}
-	f.sched.dispatch(ctx, work)
+	f.sched.Dispatch(ctx, work)
 	close(work)
 	finished := make(chan struct{})
 	go func() { wg.Wait(); close(finished) }()
@@ -416,83 +416,4 @@ func demoReportID(id [16]byte) string {
 		b = append(b, letters[c>>4], letters[c&15])
 	}
 	return string(b)
-}
-
-// demoScheduler is a heap of (due time, handset index) that a
-// dispatcher hands to free workers.
-type demoScheduler struct {
-	mu   sync.Mutex
-	h    demoHeap
-	wake chan struct{}
-}
-
-type demoDue struct {
-	at  int64
-	idx int32
-}
-
-type demoHeap []demoDue
-
-func (h demoHeap) Len() int           { return len(h) }
-func (h demoHeap) Less(i, j int) bool { return h[i].at < h[j].at }
-func (h demoHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *demoHeap) Push(x any)        { *h = append(*h, x.(demoDue)) }
-func (h *demoHeap) Pop() any {
-	old := *h
-	it := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return it
-}
-
-func newDemoScheduler(n int) *demoScheduler {
-	return &demoScheduler{h: make(demoHeap, 0, n), wake: make(chan struct{}, 1)}
-}
-
-func (s *demoScheduler) push(idx int32, at time.Time) {
-	s.mu.Lock()
-	heap.Push(&s.h, demoDue{at: at.UnixNano(), idx: idx})
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// dispatch sends due handsets to work until ctx ends; the send blocks
-// while every worker is busy.
-func (s *demoScheduler) dispatch(ctx context.Context, work chan<- int32) {
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		s.mu.Lock()
-		if len(s.h) == 0 {
-			s.mu.Unlock()
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.wake:
-				continue
-			}
-		}
-		top := s.h[0]
-		wait := time.Duration(top.at - time.Now().UnixNano())
-		if wait <= 0 {
-			heap.Pop(&s.h)
-			s.mu.Unlock()
-			select {
-			case work <- top.idx:
-				continue
-			case <-ctx.Done():
-				return
-			}
-		}
-		s.mu.Unlock()
-		timer.Reset(wait)
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.wake:
-		case <-timer.C:
-		}
-	}
 }

@@ -224,7 +224,7 @@ func demoGoroutines() string {
 		buf = buf[:runtime.Stack(buf, true)]
 		found = ""
 		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "main.(*demoFleet)") || strings.Contains(g, "main.(*demoScheduler)") ||
+			if strings.Contains(g, "main.(*demoFleet)") || strings.Contains(g, "due.(*Scheduler)") ||
 				strings.Contains(g, "main.(*demoVerifier)") || strings.Contains(g, "main.(*demoRun)") {
 				found += g + "\n\n"
 			}

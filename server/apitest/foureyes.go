@@ -55,9 +55,10 @@ func (env *Env) Widen(tb testing.TB, method, path string, body any, out *api.Rol
 	}
 }
 
-// approvePending approves a change the service held for four eyes, as
-// ApproverName; other errors come back as they are.
-func (env *Env) approvePending(r *server.Rollout, err error) (*server.Rollout, error) {
+// ApprovePending approves a change the service held for four eyes (an
+// *server.ApprovalPendingError from RolloutService), as ApproverName;
+// other errors come back as they are.
+func (env *Env) ApprovePending(r *server.Rollout, err error) (*server.Rollout, error) {
 	var pe *server.ApprovalPendingError
 	if !errors.As(err, &pe) {
 		return r, err
