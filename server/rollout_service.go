@@ -108,6 +108,9 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 	if err != nil {
 		return nil, err
 	}
+	// The creation is logged with the reason too, not only the start
+	// that follows it (a draft has no start).
+	ev.Reason = spec.Reason
 	evs := []Event{ev}
 	var startAt100 *Event
 	if !spec.Draft {

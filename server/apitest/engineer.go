@@ -56,6 +56,12 @@ func (env *Env) Do(method, path string, body any, out any) error {
 	return env.do(method, path, body, out)
 }
 
+// DoWithReason is Do with the X-Reason header, the reason the audit log
+// records for an admin action whose body has no reason field.
+func (env *Env) DoWithReason(method, path, reason string, body any, out any) error {
+	return env.do(method, path, body, out, func(req *http.Request) { req.Header.Set(api.HeaderReason, reason) })
+}
+
 // do is Do; opts adjust the request before it is sent (OffContract).
 func (env *Env) do(method, path string, body any, out any, opts ...func(*http.Request)) error {
 	var r io.Reader
