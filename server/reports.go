@@ -49,6 +49,27 @@ type RolloutRollups struct {
 	Failures     []FailureCount
 	Hourly       []HourResults
 	InstallTimes []BucketCount
+	// StateHours are the net changes, per hour after the report's first
+	// hour, of how many records are in each state.
+	StateHours []StateHourDelta
+}
+
+// StateHourDelta is the net change of how many of a rollout's records
+// were in State during the hour that starts at Hour.
+type StateHourDelta struct {
+	Hour  time.Time
+	State string
+	N     int64
+}
+
+// HourStates is where a rollout's records stood at the end of an hour.
+type HourStates struct {
+	Hour        time.Time `json:"hour"`
+	Pending     int64     `json:"pending"`
+	Downloading int64     `json:"downloading"`
+	Installed   int64     `json:"installed"`
+	Failed      int64     `json:"failed"`
+	RolledBack  int64     `json:"rolled_back"`
 }
 
 // FleetFilter admits the handsets whose model, channel and region are
@@ -235,6 +256,10 @@ type RolloutReport struct {
 	// InstallsPerHour covers the last ReportHours hours, oldest first,
 	// hours without results included.
 	InstallsPerHour []HourResults `json:"installs_per_hour"`
+	// StatesPerHour is where the records stood at the end of each of the
+	// last ReportHours hours, oldest first: the current counts walked
+	// back through each hour's net changes.
+	StatesPerHour []HourStates `json:"states_per_hour"`
 	// OfferToInstall is how long handsets took from the first offer to
 	// the installed report.
 	OfferToInstall InstallTimes `json:"offer_to_install_seconds"`
@@ -442,6 +467,7 @@ func NewRolloutReport(ro *Rollout, rr *RolloutRollups, now time.Time) *RolloutRe
 	})
 
 	rep.InstallsPerHour = hourSeries(rr.Hourly, now)
+	rep.StatesPerHour = stateSeries(rr.Records, rr.StateHours, now)
 	rep.OfferToInstall = installTimes(rr.InstallTimes)
 	if ro.Halt != nil {
 		h := reportHold(*ro.Halt)
@@ -511,6 +537,46 @@ func hourSeries(rows []HourResults, now time.Time) []HourResults {
 		if i >= 0 && i < ReportHours {
 			out[i].Installed += h.Installed
 			out[i].Failed += h.Failed
+		}
+	}
+	return out
+}
+
+// stateSeries walks the current record counts back through each hour's
+// net changes: the states at the end of an hour are the current ones
+// less every change made after it. Counts below zero (history from
+// before the rollups began) show as zero.
+func stateSeries(records []RolloutCount, deltas []StateHourDelta, now time.Time) []HourStates {
+	last := now.UTC().Truncate(time.Hour)
+	first := last.Add(-(ReportHours - 1) * time.Hour)
+	byState := map[string]int64{}
+	for _, rc := range records {
+		byState[rc.State] += rc.N
+	}
+	byHour := map[time.Time]map[string]int64{}
+	for _, d := range deltas {
+		h := d.Hour.UTC().Truncate(time.Hour)
+		if h.After(last) {
+			// Changes stamped after now (a clock ahead): not yet.
+			byState[d.State] -= d.N
+			continue
+		}
+		if byHour[h] == nil {
+			byHour[h] = map[string]int64{}
+		}
+		byHour[h][d.State] += d.N
+	}
+	out := make([]HourStates, ReportHours)
+	for i := ReportHours - 1; i >= 0; i-- {
+		h := first.Add(time.Duration(i) * time.Hour)
+		var c CohortCounts
+		for state, n := range byState {
+			c.count(state, max(n, 0))
+		}
+		out[i] = HourStates{Hour: h, Pending: c.Pending, Downloading: c.Downloading, Installed: c.Installed,
+			Failed: c.Failed, RolledBack: c.RolledBack}
+		for state, n := range byHour[h] {
+			byState[state] -= n
 		}
 	}
 	return out

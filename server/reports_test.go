@@ -523,3 +523,56 @@ func TestExposureReportOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestRolloutReportStatesPerHour: the states at the end of each hour are
+// the current counts less the changes of every later hour; hours before
+// the first change show zero.
+func TestRolloutReportStatesPerHour(t *testing.T) {
+	ro := reportRollout()
+	now := reportNow.Truncate(time.Hour)
+	h := func(ago int) time.Time { return now.Add(-time.Duration(ago) * time.Hour) }
+	// Three hours ago 20 were offered; two hours ago 12 downloaded and 8
+	// of them installed; in this hour 1 more installed and 2 failed.
+	records := []server.RolloutCount{
+		{Model: "PX-7", StartingBuild: "7.4.0", State: server.DeviceOffered, N: 8},
+		{Model: "PX-7", StartingBuild: "7.4.0", State: server.StateDownloading, N: 1},
+		{Model: "PX-7", StartingBuild: "7.4.0", State: server.StateInstalled, N: 9},
+		{Model: "PX-7", StartingBuild: "7.4.0", State: server.StateFailed, N: 2},
+	}
+	deltas := []server.StateHourDelta{
+		{Hour: h(3), State: server.DeviceOffered, N: 20},
+		{Hour: h(2), State: server.DeviceOffered, N: -12},
+		{Hour: h(2), State: server.StateDownloading, N: 4},
+		{Hour: h(2), State: server.StateInstalled, N: 8},
+		{Hour: h(0), State: server.StateDownloading, N: -3},
+		{Hour: h(0), State: server.StateInstalled, N: 1},
+		{Hour: h(0), State: server.StateFailed, N: 2},
+	}
+	store := &fakeReportStore{RolloutRollupsFn: func(context.Context, string, time.Time, server.FleetFilter) (*server.RolloutRollups, error) {
+		return &server.RolloutRollups{Records: records, StateHours: deltas}, nil
+	}}
+	reports := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(context.Context, string) (*server.Rollout, error) { return ro, nil })}
+	rep, err := reports.RolloutReport(t.Context(), ro.ID, reportNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.StatesPerHour) != server.ReportHours {
+		t.Fatalf("%d hours, want %d", len(rep.StatesPerHour), server.ReportHours)
+	}
+	at := func(ago int) server.HourStates { return rep.StatesPerHour[server.ReportHours-1-ago] }
+	for _, tc := range []struct {
+		ago  int
+		want server.HourStates
+	}{
+		{0, server.HourStates{Hour: h(0), Pending: 8, Downloading: 1, Installed: 9, Failed: 2}},
+		{1, server.HourStates{Hour: h(1), Pending: 8, Downloading: 4, Installed: 8}},
+		{2, server.HourStates{Hour: h(2), Pending: 8, Downloading: 4, Installed: 8}},
+		{3, server.HourStates{Hour: h(3), Pending: 20}},
+		{4, server.HourStates{Hour: h(4)}},
+		{server.ReportHours - 1, server.HourStates{Hour: h(server.ReportHours - 1)}},
+	} {
+		if got := at(tc.ago); got != tc.want {
+			t.Errorf("%d hours ago: %+v, want %+v", tc.ago, got, tc.want)
+		}
+	}
+}

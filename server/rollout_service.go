@@ -108,9 +108,6 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 	if err != nil {
 		return nil, err
 	}
-	// The creation is logged with the reason too, not only the start
-	// that follows it (a draft has no start).
-	ev.Reason = spec.Reason
 	evs := []Event{ev}
 	var startAt100 *Event
 	if !spec.Draft {
@@ -131,8 +128,10 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 			}
 			evs = append(evs, start)
 		}
-	} else if spec.Reason != "" {
-		// A draft's create event carries the reason, if one was given.
+	}
+	if spec.Reason != "" {
+		// The create event carries the reason, if one was given, not only
+		// the start that follows it (a draft has none).
 		if err := checkAction(actor, spec.Reason); err != nil {
 			return nil, err
 		}

@@ -211,3 +211,24 @@ func HourlyChart(hours []server.HourResults) template.HTML {
 		{Name: "failed or rolled back", Class: "s-failed", Color: "#c33", Values: fail},
 	})
 }
+
+// StatesChart is where the rollout's handsets stood at the end of each
+// hour, stacked: installed, failed or rolled back, downloading, offered
+// and not yet reported on.
+func StatesChart(hours []server.HourStates) template.HTML {
+	labels := make([]string, len(hours))
+	inst := make([]int64, len(hours))
+	fail := make([]int64, len(hours))
+	down := make([]int64, len(hours))
+	pend := make([]int64, len(hours))
+	for i, h := range hours {
+		labels[i] = h.Hour.UTC().Format("02 15h")
+		inst[i], fail[i], down[i], pend[i] = h.Installed, h.Failed+h.RolledBack, h.Downloading, h.Pending
+	}
+	return StackedBars("Handset states at the end of each hour", "hour (UTC)", "handsets", labels, []Stack{
+		{Name: "installed", Class: "s-installed", Color: "#2a7", Values: inst},
+		{Name: "failed or rolled back", Class: "s-failed", Color: "#c33", Values: fail},
+		{Name: "downloading or installing", Class: "s-downloading", Color: "#e9a23b", Values: down},
+		{Name: "offered, no report yet", Class: "s-pending", Color: "#8aa4c8", Values: pend},
+	})
+}

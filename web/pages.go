@@ -156,9 +156,11 @@ func (h *Handler) rolloutsPage(w http.ResponseWriter, r *http.Request, p *page) 
 
 // rolloutData is the rollout page.
 type rolloutData struct {
-	R         *server.Rollout
-	Report    *server.RolloutReport
-	Chart     any
+	R      *server.Rollout
+	Report *server.RolloutReport
+	Chart  any
+	// States is the chart of handset states over time.
+	States    any
 	Events    []server.Event
 	Approvals []*server.Approval
 	// Actions are the actions the rollout's state allows.
@@ -185,7 +187,8 @@ func (h *Handler) rolloutData(r *http.Request, id string) (*rolloutData, error) 
 	if err != nil {
 		return nil, err
 	}
-	d := &rolloutData{R: ro, Report: rep, Chart: HourlyChart(rep.InstallsPerHour), Events: evs, Approvals: aps}
+	d := &rolloutData{R: ro, Report: rep, Chart: HourlyChart(rep.InstallsPerHour), States: StatesChart(rep.StatesPerHour),
+		Events: evs, Approvals: aps}
 	switch ro.State {
 	case server.RolloutRunning:
 		d.Actions = []string{server.ActionPause, server.ActionAbort}

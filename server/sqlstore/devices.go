@@ -459,7 +459,7 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 		if err := eraseDevice(tx, &old[0]); err != nil {
 			return err
 		}
-		if err := eraseRecords(tx, drs); err != nil {
+		if err := eraseRecords(tx, drs, time.Now()); err != nil {
 			return err
 		}
 		if err := tx.Where("device_id = ?", id).Delete(&patchStateRow{}).Error; err != nil {

@@ -1,6 +1,11 @@
 package sqlstore
 
-import "slices"
+import (
+	"slices"
+	"time"
+
+	"gorm.io/gorm"
+)
 
 // migrations is the schema, oldest first. Append only: a released
 // migration is never edited, since databases out there already ran it.
@@ -128,6 +133,30 @@ var migrations = []Migration{
 		SQLite:   identitySchema(`seq INTEGER PRIMARY KEY`),
 		Postgres: identitySchema(`seq BIGINT PRIMARY KEY`),
 		Data:     backfillIdentity,
+	},
+	{
+		// The net change, per hour, of how many of a rollout's records
+		// are in each state (sharded like rollout_counts, so concurrent
+		// offers and reports do not queue on one row), kept in the
+		// transactions that move rollout_counts: the rollout report
+		// walks it back from the current counts into the states over
+		// time. Rollouts from before start with their counts at the hour
+		// of the migration.
+		Version: 9,
+		Name:    "rollout_state_hourly",
+		Common: []string{`CREATE TABLE rollout_state_hourly (
+	rollout_id TEXT NOT NULL,
+	hour TIMESTAMP NOT NULL,
+	state TEXT NOT NULL,
+	shard INTEGER NOT NULL,
+	n BIGINT NOT NULL,
+	PRIMARY KEY (rollout_id, hour, state, shard)
+)`},
+		Data: func(tx *gorm.DB, _ string) error {
+			return tx.Exec(`INSERT INTO rollout_state_hourly (rollout_id, hour, state, shard, n)
+SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, state HAVING SUM(n) <> 0`,
+				dbTime(time.Now()).Truncate(time.Hour)).Error
+		},
 	},
 }
 

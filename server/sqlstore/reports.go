@@ -157,7 +157,7 @@ WHERE rollout_id = ? AND device_id = ?`, next.State, optionalTime(next.LastFailu
 	if err != nil {
 		return nil, fmt.Errorf("move rollout record: %w", err)
 	}
-	if err := moveRecords(tx, recordMove(old, &next)); err != nil {
+	if err := moveRecords(tx, recordMove(old, &next), r.ReceivedAt); err != nil {
 		return nil, err
 	}
 	if err := countResult(tx, old, &next, r.ErrorCode, r.ReceivedAt); err != nil {

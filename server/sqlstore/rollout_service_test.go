@@ -108,7 +108,7 @@ func testServiceCreate(t *testing.T, b backend) {
 		{name: "started unless a draft", spec: func(*server.RolloutSpec) {},
 			wantState: server.RolloutRunning, wantEvents: []string{"create", "start"}, wantReasons: []string{"", "created by alice"}},
 		{name: "started with a reason and an id", spec: func(s *server.RolloutSpec) { s.ID, s.Reason = "ro-privacy", "privacy incident" },
-			wantState: server.RolloutRunning, wantEvents: []string{"create", "start"}, wantReasons: []string{"", "privacy incident"}},
+			wantState: server.RolloutRunning, wantEvents: []string{"create", "start"}, wantReasons: []string{"privacy incident", "privacy incident"}},
 		{name: "draft", spec: func(s *server.RolloutSpec) { s.Draft, s.Reason = true, "prepared for Monday" },
 			wantState: server.RolloutDraft, wantEvents: []string{"create"}, wantReasons: []string{"prepared for Monday"}},
 		{name: "unpublished path", spec: func(s *server.RolloutSpec) { s.Release = "cm-privacy/2026.2/update.zip" }, wantField: "release"},

@@ -679,7 +679,7 @@ WHERE rollout_id = ? AND device_id = ? AND state = ? AND attempts = ?`, next.Sta
 		if dec.Kind == server.OfferRetry {
 			old = prev
 		}
-		return moveRecords(tx, recordMove(old, next))
+		return moveRecords(tx, recordMove(old, next), now)
 	})
 	switch {
 	case err == nil, errors.Is(err, errRaced):

@@ -118,6 +118,17 @@ WHERE rollout_id = ? GROUP BY model, starting_build, state HAVING SUM(n) > 0`, r
 			return fmt.Errorf("read rollout_hourly: %w", err)
 		}
 		err = scanRows(tx, func(r *sql.Rows) error {
+			var d server.StateHourDelta
+			err := r.Scan(&d.Hour, &d.State, &d.N)
+			d.Hour = d.Hour.UTC()
+			rr.StateHours = append(rr.StateHours, d)
+			return err
+		}, `SELECT hour, state, CAST(SUM(n) AS BIGINT) FROM rollout_state_hourly WHERE rollout_id = ? AND hour > ?
+GROUP BY hour, state HAVING SUM(n) <> 0`, rolloutID, dbTime(hoursSince))
+		if err != nil {
+			return fmt.Errorf("read rollout_state_hourly: %w", err)
+		}
+		err = scanRows(tx, func(r *sql.Rows) error {
 			var b server.BucketCount
 			err := r.Scan(&b.Bucket, &b.N)
 			rr.InstallTimes = append(rr.InstallTimes, b)

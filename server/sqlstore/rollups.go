@@ -198,8 +198,17 @@ func eraseDevice(tx *gorm.DB, old *deviceRow) error {
 }
 
 // eraseRecords takes an erased device's rollout records out of
-// rollout_counts, deleting rows they leave empty.
-func eraseRecords(tx *gorm.DB, records []*server.DeviceRollout) error {
+// rollout_counts, deleting rows they leave empty, and out of the states
+// over time from the hour of at on (before it, the handset is a count
+// among others, as in the daily rollups).
+func eraseRecords(tx *gorm.DB, records []*server.DeviceRollout, at time.Time) error {
+	gone := make([]delta[recordKey], len(records))
+	for i, dr := range records {
+		gone[i] = delta[recordKey]{recordKeyOf(dr), -1}
+	}
+	if err := moveStateHours(tx, gone, at); err != nil {
+		return err
+	}
 	for _, dr := range records {
 		k := recordKeyOf(dr)
 		if err := tx.Exec("UPDATE rollout_counts SET n = n - 1 WHERE "+strings.Join(eqConds(rolloutCountCol), " AND "), k.values()...).Error; err != nil {
@@ -272,9 +281,42 @@ func compareRecordKeys(a, b recordKey) int {
 		strings.Compare(a.Build, b.Build), strings.Compare(a.State, b.State), cmp.Compare(a.Shard, b.Shard))
 }
 
-// moveRecords applies rollout_counts deltas (recordMove's).
-func moveRecords(tx *gorm.DB, deltas []delta[recordKey]) error {
-	return upsertCounters(tx, "rollout_counts", rolloutCountCol, deltas, recordKey.values, compareRecordKeys)
+// moveRecords applies rollout_counts deltas (recordMove's) made at at,
+// and adds them to the hour of at in rollout_state_hourly.
+func moveRecords(tx *gorm.DB, deltas []delta[recordKey], at time.Time) error {
+	if err := upsertCounters(tx, "rollout_counts", rolloutCountCol, deltas, recordKey.values, compareRecordKeys); err != nil {
+		return err
+	}
+	return moveStateHours(tx, deltas, at)
+}
+
+// stateHourKey is a rollout_state_hourly row: the net change, within
+// one hour, of how many of a rollout's records are in a state.
+type stateHourKey struct {
+	Rollout string
+	Hour    time.Time
+	State   string
+	Shard   int
+}
+
+var stateHourlyCols = []string{"rollout_id", "hour", "state", "shard"}
+
+func (k stateHourKey) values() []any { return []any{k.Rollout, k.Hour, k.State, k.Shard} }
+
+func compareStateHourKeys(a, b stateHourKey) int {
+	return cmp.Or(strings.Compare(a.Rollout, b.Rollout), a.Hour.Compare(b.Hour), strings.Compare(a.State, b.State),
+		cmp.Compare(a.Shard, b.Shard))
+}
+
+// moveStateHours adds record deltas to rollout_state_hourly in the hour
+// of at.
+func moveStateHours(tx *gorm.DB, deltas []delta[recordKey], at time.Time) error {
+	hour := dbTime(at).Truncate(time.Hour)
+	states := make([]delta[stateHourKey], len(deltas))
+	for i, d := range deltas {
+		states[i] = delta[stateHourKey]{stateHourKey{d.key.Rollout, hour, d.key.State, d.key.Shard}, d.n}
+	}
+	return upsertCounters(tx, "rollout_state_hourly", stateHourlyCols, states, stateHourKey.values, compareStateHourKeys)
 }
 
 func recordMove(old, next *server.DeviceRollout) []delta[recordKey] {

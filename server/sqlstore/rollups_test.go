@@ -94,6 +94,13 @@ func checkRolloutCounts(t testing.TB, db *DB) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("rollout_counts disagree with device_rollouts:\n got %v\nwant %v", got, want)
 	}
+	// The states over time add up to the states now: every move of
+	// rollout_counts went into its hour too.
+	hours := groupCounts(t, db, `SELECT rollout_id, state, SUM(n) FROM rollout_state_hourly GROUP BY rollout_id, state`)
+	now := groupCounts(t, db, `SELECT rollout_id, state, COUNT(*) FROM device_rollouts GROUP BY rollout_id, state`)
+	if !reflect.DeepEqual(hours, now) {
+		t.Errorf("rollout_state_hourly does not add up to device_rollouts:\n got %v\nwant %v", hours, now)
+	}
 }
 
 // testFleetCountsConcurrent runs check-ins that change the state of a
