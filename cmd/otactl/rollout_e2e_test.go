@@ -171,7 +171,7 @@ func TestRolloutCommands(t *testing.T) {
 
 	// The audit log, per rollout and across them.
 	r = mustRun(t, viewer, "rollout", "events", "ro-privacy")
-	wantContains(t, "rollout events", r.stdout, "\tops\tcreate\tdraft 10%\t\n", "\tops\tstart\tdraft 10% -> running 10%\tprivacy incident\n",
+	wantContains(t, "rollout events", r.stdout, "\tops\tcreate\tdraft 10%\tprivacy incident\n", "\tops\tstart\tdraft 10% -> running 10%\tprivacy incident\n",
 		"\tops\tpause\trunning 10% -> paused 10%\tdashboards look off\n", "\tops\tapproval_requested\trunning 50% -> running 75%\tfaster; approval "+apID,
 		"\tops2\tadvance\trunning 50% -> running 75%\tchecked; approval "+apID+": requested by ops (faster), approved by ops2",
 		"\tops\thold PX-8\trunning 75%\tboot loops\n", "\tops\trelease_hold PX-8\trunning 75%\tfixed; released the hold of ")
