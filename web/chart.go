@@ -213,8 +213,9 @@ func HourlyChart(hours []server.HourResults) template.HTML {
 }
 
 // StatesChart is where the rollout's handsets stood at the end of each
-// hour, stacked: installed, failed or rolled back, downloading, offered
-// and not yet reported on.
+// hour, stacked: installed, failed (or rolled back), installing
+// (downloading to installing) and offered (no report yet). The legend
+// names stay short: the legend places them at a fixed spacing.
 func StatesChart(hours []server.HourStates) template.HTML {
 	labels := make([]string, len(hours))
 	inst := make([]int64, len(hours))
@@ -227,8 +228,8 @@ func StatesChart(hours []server.HourStates) template.HTML {
 	}
 	return StackedBars("Handset states at the end of each hour", "hour (UTC)", "handsets", labels, []Stack{
 		{Name: "installed", Class: "s-installed", Color: "#2a7", Values: inst},
-		{Name: "failed or rolled back", Class: "s-failed", Color: "#c33", Values: fail},
-		{Name: "downloading or installing", Class: "s-downloading", Color: "#e9a23b", Values: down},
-		{Name: "offered, no report yet", Class: "s-pending", Color: "#8aa4c8", Values: pend},
+		{Name: "failed", Class: "s-failed", Color: "#c33", Values: fail},
+		{Name: "installing", Class: "s-downloading", Color: "#e9a23b", Values: down},
+		{Name: "offered", Class: "s-pending", Color: "#8aa4c8", Values: pend},
 	})
 }

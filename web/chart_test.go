@@ -84,3 +84,25 @@ func mustParseSVG(tb testing.TB, svg string) {
 		}
 	}
 }
+
+// TestStatesChart: each hour's bar stacks its four states, named in the
+// legend, with the counts in the bars' titles.
+func TestStatesChart(t *testing.T) {
+	h0 := time.Date(2026, 12, 1, 14, 0, 0, 0, time.UTC)
+	svg := string(StatesChart([]server.HourStates{
+		{Hour: h0, Pending: 20},
+		{Hour: h0.Add(time.Hour), Pending: 8, Downloading: 4, Installed: 7, Failed: 1, RolledBack: 1},
+	}))
+	for _, want := range []string{">installed<", ">failed<", ">installing<", ">offered<", "01 14h", "01 15h"} {
+		if !strings.Contains(svg, want) {
+			t.Errorf("states chart lacks %q:\n%s", want, svg)
+		}
+	}
+	// The second hour's failed bar counts the rollback too.
+	for _, want := range []string{"<title>01 15h failed: 2</title>", "<title>01 15h installing: 4</title>",
+		"<title>01 15h offered: 8</title>", "<title>01 14h offered: 20</title>"} {
+		if !strings.Contains(svg, want) {
+			t.Errorf("states chart lacks the bar %s:\n%s", want, svg)
+		}
+	}
+}
