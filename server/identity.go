@@ -136,8 +136,10 @@ func CheckPassword(hash, password string) bool {
 }
 
 // dummyHash is checked against when a login names no user, so that the
-// answer takes as long as for a wrong password.
-var dummyHash = HashPassword("no such user, no such password")
+// answer takes as long as for a wrong password. It is made at the first
+// such login, not when a binary that imports server starts (otactl,
+// handset): a hash costs 19 MiB and tens of milliseconds.
+var dummyHash = sync.OnceValue(func() string { return HashPassword("no such user, no such password") })
 
 // Users manages users and checks logins.
 type Users struct {
@@ -207,7 +209,7 @@ func (us Users) Login(ctx context.Context, name, password string) (*User, error)
 		return nil, err
 	}
 	if u == nil || hash == "" {
-		CheckPassword(dummyHash, password)
+		CheckPassword(dummyHash(), password)
 		us.Limiter.fail(name, now)
 		return nil, fmt.Errorf("%w: wrong user name or password", ErrUnauthorized)
 	}
