@@ -218,13 +218,8 @@ func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options
 
 	// The path is passed as a plain file name (not a file: URI), so the
 	// driver strips the query string and SQLite takes the path verbatim.
-	sqlDB, err := sql.Open(sqlite.DriverName, path+"?"+q.Encode())
+	sqlDB, g, err := openSQLiteRetrying(ctx, path+"?"+q.Encode(), cfg)
 	if err != nil {
-		return nil, fmt.Errorf("open sqlite database %s: %w", path, err)
-	}
-	g, err := openSQLiteRetrying(ctx, newWriteGate(sqlDB), cfg)
-	if err != nil {
-		_ = sqlDB.Close()
 		return nil, fmt.Errorf("open sqlite database %s: %w", path, err)
 	}
 	maxOpen := opts.MaxOpenConns
@@ -244,18 +239,27 @@ func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options
 // answers SQLITE_BUSY. The first connection applies the pragmas, and when
 // several processes open one file at once SQLite can refuse the switch to
 // WAL with SQLITE_BUSY without calling the busy handler (it does so to
-// avoid deadlocks), so busy_timeout alone does not cover it.
-func openSQLiteRetrying(ctx context.Context, pool *writeGate, cfg *gorm.Config) (*gorm.DB, error) {
+// avoid deadlocks), so busy_timeout alone does not cover it. Each try
+// opens a new pool: gorm.Open closes the pool it was given when it fails.
+func openSQLiteRetrying(ctx context.Context, dsn string, cfg *gorm.Config) (*sql.DB, *gorm.DB, error) {
 	deadline := time.Now().Add(10 * time.Second)
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
-		g, err := gorm.Open(&sqlite.Dialector{Conn: pool}, cfg)
+		sqlDB, err := sql.Open(sqlite.DriverName, dsn)
+		if err != nil {
+			return nil, nil, err
+		}
+		g, err := gorm.Open(&sqlite.Dialector{Conn: newWriteGate(sqlDB)}, cfg)
+		if err == nil {
+			return sqlDB, g, nil
+		}
+		_ = sqlDB.Close()
 		var se *sqlitelib.Error
-		if err == nil || !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
-			return g, err
+		if !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
+			return nil, nil, err
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w (while the database was locked: %w)", ctx.Err(), err)
+			return nil, nil, fmt.Errorf("%w (while the database was locked: %w)", ctx.Err(), err)
 		case <-time.After(wait):
 		}
 	}
