@@ -433,18 +433,46 @@ func (r *Report) Validate(now time.Time) error {
 
 // CompareBuilds orders build strings: dot, dash and plus separated
 // segments, numeric segments by number, others as text ("7.10.0" > "7.9.1").
+// It runs on every check-in a rollout considers, so it walks the strings
+// in place instead of splitting them.
 func CompareBuilds(a, b string) int {
-	split := func(s string) []string {
-		return strings.FieldsFunc(s, func(r rune) bool { return r == '.' || r == '-' || r == '+' || r == '_' })
-	}
-	as, bs := split(a), split(b)
-	for i := range min(len(as), len(bs)) {
-		if c := compareSegment(as[i], bs[i]); c != 0 {
+	for {
+		as, arest, aok := nextBuildSegment(a)
+		bs, brest, bok := nextBuildSegment(b)
+		switch {
+		case !aok && !bok:
+			return 0
+		case !aok:
+			return -1
+		case !bok:
+			return 1
+		}
+		if c := compareSegment(as, bs); c != 0 {
 			return c
 		}
+		a, b = arest, brest
 	}
-	return len(as) - len(bs)
 }
+
+// nextBuildSegment returns the first segment of s and what follows it;
+// ok is false when s has no segment left. Runs of separators count as
+// one, as at the ends.
+func nextBuildSegment(s string) (seg, rest string, ok bool) {
+	i := 0
+	for i < len(s) && isBuildSeparator(s[i]) {
+		i++
+	}
+	if i == len(s) {
+		return "", "", false
+	}
+	j := i
+	for j < len(s) && !isBuildSeparator(s[j]) {
+		j++
+	}
+	return s[i:j], s[j:], true
+}
+
+func isBuildSeparator(c byte) bool { return c == '.' || c == '-' || c == '+' || c == '_' }
 
 func compareSegment(a, b string) int {
 	an, aok := number(a)

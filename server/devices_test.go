@@ -23,6 +23,13 @@ func TestCompareBuilds(t *testing.T) {
 		{"7.0.0-rc1", "7.0.0-rc2", -1},
 		{"2026.11.01", "2026.2.28", 1},
 		{"7.0.0", "7.0.0+build5", -1},
+		// Runs of separators count as one, as do separators at the ends.
+		{"7..1", "7.1", 0},
+		{".7.1-", "7.1", 0},
+		{"", "...", 0},
+		{"", "0", -1},
+		{"7.1_2", "7.1.10", -1},
+		{"7.β", "7.a", 1},
 	}
 	for _, tc := range tests {
 		if got := server.CompareBuilds(tc.a, tc.b); sign(got) != tc.want {
