@@ -33,7 +33,7 @@ func BenchmarkCheckIn(b *testing.B) {
 		b.Run("sqlite/"+name, func(b *testing.B) { benchCheckIn(b, apitest.Options{}, rollout) })
 		b.Run("postgres/"+name, func(b *testing.B) {
 			dsn := apitest.PostgresDSN(b)
-			benchCheckIn(b, apitest.Options{DB: apitest.OpenPostgresPool(b, dsn, 64)}, rollout)
+			benchCheckIn(b, apitest.Options{DB: apitest.OpenPostgresPool(b, dsn, 0)}, rollout)
 		})
 	}
 }

@@ -245,61 +245,119 @@ func (db *DB) rawErr(err error) error {
 }
 
 // checkInStateSQL is a check-in's one read: the device and its rollout
-// records, through the token_hash and device_id indexes.
-const checkInStateSQL = `SELECT d.id, d.key_fingerprint, d.key_signed_at, d.model, d.build, d.channel, d.region,
+// records, through the token_hash and device_id indexes. On PostgreSQL
+// the WHERE clause takes many tokens (see checkInBatcher).
+const checkInStateSQL = `SELECT d.token_hash, d.id, d.key_fingerprint, d.key_signed_at, d.model, d.build, d.channel, d.region,
 	d.installed_patches, d.cloud_messaging, d.number_encryption, d.enrolled_at, d.last_seen, d.rev,
 	r.rollout_id AS r_rollout_id, r.model AS r_model, r.starting_build AS r_starting_build, r.offered_at AS r_offered_at,
 	r.last_offered_at AS r_last_offered_at, r.state AS r_state, r.attempts AS r_attempts,
 	r.last_failure_at AS r_last_failure_at, r.result_at AS r_result_at
 FROM devices d LEFT JOIN device_rollouts r ON r.device_id = d.id
-WHERE d.token_hash = ?`
+WHERE `
+
+const (
+	checkInStateSQLite   = checkInStateSQL + "d.token_hash = ?"
+	checkInStatePostgres = checkInStateSQL + "d.token_hash = ANY($1)"
+)
+
+// checkInRows is what checkInStateSQL read of one device.
+type checkInRows struct {
+	device   deviceRow
+	rollouts []deviceRolloutRow
+}
 
 // CheckInState implements server.DeviceStore in one statement. It is the
 // one query of most check-ins, so it skips gorm and scans with
 // database/sql: gorm's reflection over the row cost about a fifth of a
-// check-in's CPU.
+// check-in's CPU. On PostgreSQL, check-ins that arrive together share a
+// statement (see checkInBatcher).
 func (s *DeviceStore) CheckInState(ctx context.Context, tokenHash string) (*server.Device, []*server.DeviceRollout, error) {
-	query := checkInStateSQL
-	if s.db.dialect == dialectPostgres {
-		query = strings.Replace(query, "?", "$1", 1)
+	var (
+		st    checkInRows
+		found bool
+		err   error
+	)
+	if s.db.checkIns != nil {
+		st, found, err = s.db.checkIns.get(ctx, tokenHash)
+	} else {
+		var all map[string]checkInRows
+		all, err = s.db.readCheckInStates(ctx, checkInStateSQLite, tokenHash)
+		st, found = all[tokenHash]
 	}
-	rows, err := s.db.sql.QueryContext(ctx, query, tokenHash)
 	if err != nil {
 		return nil, nil, fmt.Errorf("check in: read device: %w", err)
 	}
+	if !found {
+		return nil, nil, server.ErrDeviceToken
+	}
+	records := make([]*server.DeviceRollout, len(st.rollouts))
+	for i := range st.rollouts {
+		records[i] = st.rollouts[i].deviceRollout()
+	}
+	return st.device.device(), records, nil
+}
+
+// checkInBatchSize bounds the tokens of one batched check-in read.
+// Batched reads run one at a time on a replica, so that reads arriving
+// meanwhile make one batch, and up to checkInBatchesInFlight at once
+// while a full batch waits (a slow statement must not hold up all
+// check-ins). On the 2-core benchmark machine one at a time answered
+// 6,500 check-ins/s where four at once answered 5,100: PostgreSQL and
+// otad share the cores, and fewer, larger statements cost less of them.
+const (
+	checkInBatchSize       = 64
+	checkInBatchesInFlight = 4
+	checkInBatchTimeout    = 10 * time.Second
+)
+
+// checkInBatcher merges the check-in reads of a replica on PostgreSQL,
+// where every statement is a round trip to another process: under load
+// one statement reads the devices of many check-ins.
+func (db *DB) checkInBatcher() *readBatcher[string, checkInRows] {
+	return &readBatcher[string, checkInRows]{
+		lookup: func(ctx context.Context, hashes []string) (map[string]checkInRows, error) {
+			return db.readCheckInStates(ctx, checkInStatePostgres, hashes)
+		},
+		maxInFlight: checkInBatchesInFlight,
+		maxBatch:    checkInBatchSize,
+		timeout:     checkInBatchTimeout,
+	}
+}
+
+// readCheckInStates runs query (one of the checkInState statements) with
+// arg and returns the rows by token hash.
+func (db *DB) readCheckInStates(ctx context.Context, query string, arg any) (map[string]checkInRows, error) {
+	rows, err := db.sql.QueryContext(ctx, query, arg)
+	if err != nil {
+		return nil, err
+	}
 	defer rows.Close()
-	var d *server.Device
-	var records []*server.DeviceRollout
+	out := make(map[string]checkInRows)
 	for rows.Next() {
 		var (
+			hash                                 string
 			dev                                  deviceRow
 			rID, rModel, rBuild, rState          sql.NullString
 			rOffered, rLastOffered, rFail, rDone sql.NullTime
 			rAttempts                            sql.NullInt64
 		)
-		if err := rows.Scan(&dev.ID, &dev.KeyFingerprint, &dev.KeySignedAt, &dev.Model, &dev.Build, &dev.Channel, &dev.Region,
+		if err := rows.Scan(&hash, &dev.ID, &dev.KeyFingerprint, &dev.KeySignedAt, &dev.Model, &dev.Build, &dev.Channel, &dev.Region,
 			&dev.InstalledPatches, &dev.CloudMessaging, &dev.NumberEncryption, &dev.EnrolledAt, &dev.LastSeen, &dev.Rev,
 			&rID, &rModel, &rBuild, &rOffered, &rLastOffered, &rState, &rAttempts, &rFail, &rDone); err != nil {
-			return nil, nil, fmt.Errorf("check in: read device: %w", err)
+			return nil, err
 		}
-		if d == nil {
-			d = dev.device()
+		st, seen := out[hash]
+		if !seen {
+			st.device = dev
 		}
-		if !rID.Valid {
-			continue
+		if rID.Valid {
+			st.rollouts = append(st.rollouts, deviceRolloutRow{RolloutID: rID.String, DeviceID: dev.ID, Model: rModel.String,
+				StartingBuild: rBuild.String, OfferedAt: rOffered.Time, LastOfferedAt: rLastOffered.Time, State: rState.String,
+				Attempts: int(rAttempts.Int64), LastFailureAt: nullTime(rFail), ResultAt: nullTime(rDone)})
 		}
-		row := deviceRolloutRow{RolloutID: rID.String, DeviceID: dev.ID, Model: rModel.String, StartingBuild: rBuild.String,
-			OfferedAt: rOffered.Time, LastOfferedAt: rLastOffered.Time, State: rState.String, Attempts: int(rAttempts.Int64),
-			LastFailureAt: nullTime(rFail), ResultAt: nullTime(rDone)}
-		records = append(records, row.deviceRollout())
+		out[hash] = st
 	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("check in: read device: %w", err)
-	}
-	if d == nil {
-		return nil, nil, server.ErrDeviceToken
-	}
-	return d, records, nil
+	return out, rows.Err()
 }
 
 func nullTime(t sql.NullTime) *time.Time {

@@ -2,9 +2,12 @@ package sqlstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +24,7 @@ func TestRollups(t *testing.T) {
 		{"RolloutCountsFollowRecords", testRolloutCountsFollowRecords},
 		{"RecordOfferRaces", testRecordOfferRaces},
 		{"ReportAttribution", testReportAttribution},
+		{"CheckInReadsAtOnce", testCheckInReadsAtOnce},
 	})
 }
 
@@ -385,6 +389,98 @@ func testReportAttribution(t *testing.T, b backend) {
 	for _, r := range recs {
 		if r.State != server.StateDownloading {
 			t.Errorf("record of %s: state %s, want downloading", r.RolloutID, r.State)
+		}
+	}
+}
+
+// testCheckInReadsAtOnce reads the check-in state of many handsets at
+// once, as a busy replica does: each read gets its own device and its own
+// rollout records, an unknown token among them is refused, and on
+// PostgreSQL the reads share statements (counted through a proxy).
+func testCheckInReadsAtOnce(t *testing.T, b backend) {
+	dsn := b.newDSN(t)
+	var proxy *pgProxy
+	if b.name == "postgres" {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		proxy = startPGProxy(t, u.Host)
+		u.Host = proxy.addr
+		dsn = u.String()
+	}
+	db := mustOpen(t, dsn)
+	if _, err := db.Migrate(t.Context()); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	s, rs := db.Devices(), db.Rollouts()
+	ra, rb := startedRollout(t, rs, "ro-a"), startedRollout(t, rs, "ro-b")
+
+	const devices = 48
+	for i := range devices {
+		d := newDevice(fmt.Sprintf("dev_%02d", i), fmt.Sprintf("m-%02d", i))
+		mustEnroll(t, s, d, fmt.Sprintf("hash-%02d", i))
+		// Devices have none, one or two rollout records, so that a read
+		// given another device's rows would show.
+		if i%3 >= 1 {
+			offerTo(t, rs, ra, d, t0.Add(time.Duration(i)*time.Second))
+		}
+		if i%3 == 2 {
+			offerTo(t, rs, rb, d, t0.Add(time.Duration(i)*time.Second))
+		}
+	}
+
+	const rounds = 20
+	var before int64
+	if proxy != nil {
+		before = proxy.roundTrips.Load()
+	}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range devices + 1 {
+		wg.Go(func() {
+			<-start
+			for range rounds {
+				if i == devices {
+					if _, _, err := s.CheckInState(t.Context(), "hash-unknown"); !errors.Is(err, server.ErrDeviceToken) {
+						t.Errorf("unknown token: got %v, want ErrDeviceToken", err)
+					}
+					continue
+				}
+				d, recs, err := s.CheckInState(t.Context(), fmt.Sprintf("hash-%02d", i))
+				if err != nil {
+					t.Errorf("device %d: %v", i, err)
+					return
+				}
+				if want := fmt.Sprintf("dev_%02d", i); d.ID != want || d.Model != fmt.Sprintf("m-%02d", i) {
+					t.Errorf("hash-%02d: got device %s (%s), want %s", i, d.ID, d.Model, want)
+				}
+				var got []string
+				for _, r := range recs {
+					if r.DeviceID != d.ID {
+						t.Errorf("%s: got a record of %s", d.ID, r.DeviceID)
+					}
+					got = append(got, r.RolloutID)
+				}
+				slices.Sort(got)
+				want := map[int][]string{0: nil, 1: {"ro-a"}, 2: {"ro-a", "ro-b"}}[i%3]
+				if !slices.Equal(got, want) {
+					t.Errorf("%s: got records %v, want %v", d.ID, got, want)
+				}
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+
+	if proxy != nil {
+		reads := int64((devices + 1) * rounds)
+		trips := proxy.roundTrips.Load() - before
+		t.Logf("%d check-in reads took %d round trips", reads, trips)
+		// 49 readers at once: most wait while a statement runs and go out
+		// together in the next. One statement each would be 980.
+		if trips > reads/4 {
+			t.Errorf("%d check-in reads at once took %d round trips, want at most %d (reads share statements)", reads, trips, reads/4)
 		}
 	}
 }

@@ -106,6 +106,8 @@ type DB struct {
 	dialect string
 	logger  *slog.Logger
 	repoMu  chan struct{} // RepoLock on SQLite
+	// checkIns batches check-in reads on PostgreSQL; nil on SQLite.
+	checkIns *readBatcher[string, checkInRows]
 }
 
 // Open connects to the database named by dsn and checks that it answers
@@ -193,7 +195,9 @@ func openPostgres(ctx context.Context, dsn string, cfg *gorm.Config, opts Option
 		_ = sqlDB.Close()
 		return nil, fmt.Errorf("connect to postgres at %s: %w", where, redact(err, secrets))
 	}
-	return &DB{gorm: g, sql: sqlDB, dialect: dialectPostgres, logger: log, repoMu: make(chan struct{}, 1)}, nil
+	db := &DB{gorm: g, sql: sqlDB, dialect: dialectPostgres, logger: log, repoMu: make(chan struct{}, 1)}
+	db.checkIns = db.checkInBatcher()
+	return db, nil
 }
 
 func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options, log *slog.Logger) (*DB, error) {
