@@ -96,14 +96,25 @@ func benchCheckIn(b *testing.B, opts apitest.Options, rollout bool) {
 				errs.Add(1)
 				continue
 			}
-			var ans api.CheckInAnswer
-			json.NewDecoder(resp.Body).Decode(&ans)
+			// The whole answer is read and parsed, but only the offer's
+			// rollout is kept: the load generator shares the two cores
+			// with otad, and building the offer's custom metadata for
+			// half the answers was 6% of the benchmark's CPU, a cost of
+			// handsets, not of the server.
+			var ans struct {
+				Offer *struct {
+					RolloutID string `json:"rollout_id"`
+				} `json:"offer"`
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&ans); err != nil && resp.StatusCode == 200 {
+				errs.Add(1)
+			}
 			resp.Body.Close()
 			local = append(local, time.Since(t0))
 			switch {
 			case resp.StatusCode != 200:
 				errs.Add(1)
-			case ans.Offer != nil:
+			case ans.Offer != nil && ans.Offer.RolloutID != "":
 				offers.Add(1)
 			}
 		}
