@@ -101,9 +101,10 @@ fi
 log "the README walkthrough, end to end"
 scripts/walkthrough.sh 2>&1 | grep -v '^time='
 
-log "fuzzing the parsers of untrusted input (handset bodies, key files, signatures)"
+log "fuzzing the parsers of untrusted input (handset bodies, the strict JSON token reader, key files, signatures)"
 fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "$3" "$2" 2>&1 | tail -n 3; }
 fuzz FuzzHandsetBodies ./server/api 20s
+fuzz FuzzValidTokens ./server/api 10s
 fuzz FuzzParsePrivateKey ./signing 10s
 fuzz FuzzParsePublicKey ./signing 10s
 fuzz FuzzVerifySignature ./signing 10s
