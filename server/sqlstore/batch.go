@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -89,7 +90,7 @@ func (b *readBatcher[K, V]) run(ctx context.Context, batch []*batchRead[K, V]) {
 		}
 	}
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
-	found, err := b.lookup(qctx, keys)
+	found, err := b.safeLookup(qctx, keys)
 	cancel()
 	for _, r := range batch {
 		v, ok := found[r.key]
@@ -105,4 +106,17 @@ func (b *readBatcher[K, V]) run(ctx context.Context, batch []*batchRead[K, V]) {
 	next := b.takeLocked()
 	b.mu.Unlock()
 	go b.run(context.WithoutCancel(ctx), next)
+}
+
+// safeLookup is lookup with a panic turned into every reader's error: the
+// batcher must go on (a panic past run would leave inFlight counted and
+// every later read waiting), and the readers answer 500 as after any
+// failed read.
+func (b *readBatcher[K, V]) safeLookup(ctx context.Context, keys []K) (found map[K]V, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			found, err = nil, fmt.Errorf("batched read panicked: %v", p)
+		}
+	}()
+	return b.lookup(ctx, keys)
 }

@@ -268,6 +268,27 @@ func TestReadBatcherReaderGivesUp(t *testing.T) {
 	}
 }
 
+// A lookup that panics fails its readers, and the batcher goes on.
+func TestReadBatcherSurvivesAPanic(t *testing.T) {
+	f := &fakeLookup{}
+	b := newTestBatcher(f, 1, 64)
+	inner := b.lookup
+	b.lookup = func(ctx context.Context, keys []string) (map[string]string, error) {
+		if slices.Contains(keys, "boom") {
+			panic("scan went wrong")
+		}
+		return inner(ctx, keys)
+	}
+	if _, _, err := b.get(t.Context(), "boom"); err == nil {
+		t.Fatal("a read whose lookup panicked: got no error")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if v, ok, err := b.get(ctx, "after"); err != nil || !ok || v != "v:after" {
+		t.Errorf("read after the panic: got (%q, %v, %v), want its value", v, ok, err)
+	}
+}
+
 // Many readers at once each get their own key's value.
 func TestReadBatcherConcurrentReaders(t *testing.T) {
 	f := &fakeLookup{}
