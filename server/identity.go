@@ -29,6 +29,14 @@ type User struct {
 	CreatedAt time.Time
 }
 
+// Kind is "service" for a service account, else "user" (a person).
+func (u *User) Kind() string {
+	if u.Service {
+		return "service"
+	}
+	return "user"
+}
+
 // Can reports whether u may do p: a disabled user may do nothing.
 func (u *User) Can(p Permission) bool { return u != nil && !u.Disabled && RoleCan(u.Role, p) }
 

@@ -7,26 +7,27 @@ import (
 	"strings"
 )
 
-// SetRole changes the role of user name, acted by by. An admin cannot
+// SetRole changes the role of user name, acted by by, and returns the
+// user as it is now with the role it had before. An admin cannot
 // take away their own admin role (ErrConflict): there must always be
 // someone left who can give it back, and a slip of the keyboard must not
 // lock the last admin out.
-func (us Users) SetRole(ctx context.Context, by *Principal, name, role string) (*User, error) {
+func (us Users) SetRole(ctx context.Context, by *Principal, name, role string) (u *User, from string, err error) {
 	if !slices.Contains(Roles, role) {
-		return nil, fieldErr("role", "%q: want one of %s", role, strings.Join(Roles, ", "))
+		return nil, "", fieldErr("role", "%q: want one of %s", role, strings.Join(Roles, ", "))
 	}
-	u, _, err := us.Store.UserByName(ctx, name)
+	u, _, err = us.Store.UserByName(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if by != nil && by.User != nil && by.User.ID == u.ID && RoleCan(u.Role, PermUserAdmin) && !RoleCan(role, PermUserAdmin) {
-		return nil, fmt.Errorf("%w: you cannot take away your own admin role; ask another admin", ErrConflict)
+		return nil, "", fmt.Errorf("%w: you cannot take away your own admin role; ask another admin", ErrConflict)
 	}
 	if err := us.Store.SetUserRole(ctx, u.ID, role); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	u.Role = role
-	return u, nil
+	from, u.Role = u.Role, role
+	return u, from, nil
 }
 
 // SetDisabled disables (ending its sessions and tokens) or re-enables

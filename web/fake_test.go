@@ -201,11 +201,15 @@ func (f *fakeIdentity) RevokeToken(_ context.Context, id string) error {
 type fakeAudit struct {
 	mu      sync.Mutex
 	entries []server.AuditEntry
+	fail    error // when set, AppendAudit appends nothing and returns it
 }
 
 func (a *fakeAudit) AppendAudit(_ context.Context, es ...server.AuditEntry) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.fail != nil {
+		return a.fail
+	}
 	for _, e := range es {
 		var prev *server.AuditEntry
 		if n := len(a.entries); n > 0 {

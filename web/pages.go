@@ -61,8 +61,14 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, p *page) error {
 	if err != nil {
 		return err
 	}
+	if err := h.record(r.Context(), u.Name, server.SessionEntry(u, true)); err != nil {
+		// A login the log does not show does not happen.
+		if endErr := h.opts.Sessions.End(r.Context(), secret); endErr != nil {
+			return errors.Join(err, endErr)
+		}
+		return err
+	}
 	http.SetCookie(w, h.cookie(r, secret, false))
-	h.audit(r.Context(), u.Name, "session.login", u.Name, "", "")
 	http.Redirect(w, r, next, http.StatusSeeOther)
 	return nil
 }
@@ -85,7 +91,9 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request, p *page) error 
 		}
 	}
 	http.SetCookie(w, h.cookie(r, "", true))
-	h.audit(r.Context(), p.User.Name, "session.logout", p.User.Name, "", "")
+	if err := h.record(r.Context(), p.User.Name, server.SessionEntry(p.User, false)); err != nil {
+		return err // the session is ended all the same
+	}
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 	return nil
 }
@@ -466,7 +474,9 @@ func (h *Handler) createUser(w http.ResponseWriter, r *http.Request, p *page) er
 		}
 		return err
 	}
-	h.audit(r.Context(), p.User.Name, "user.create", u.Name, "", fmt.Sprintf(`{"kind":%q,"role":%q}`, userKind(u), u.Role))
+	if err := h.record(r.Context(), p.User.Name, server.UserCreatedEntry(u)); err != nil {
+		return err
+	}
 	http.Redirect(w, r, "/users", http.StatusSeeOther)
 	return nil
 }
@@ -476,19 +486,20 @@ func (h *Handler) changeUser(w http.ResponseWriter, r *http.Request, p *page) er
 	ctx := r.Context()
 	by := server.PrincipalFromContext(ctx)
 	var (
-		u      *server.User
-		err    error
-		action = "user." + change
-		detail string
+		u     *server.User
+		err   error
+		entry server.AuditEntry
 	)
 	switch change {
 	case "role":
-		action = "user.set-role"
-		if u, err = h.opts.Users.SetRole(ctx, by, name, r.PostFormValue("role")); err == nil {
-			detail = fmt.Sprintf(`{"role":%q}`, u.Role)
+		var from string
+		if u, from, err = h.opts.Users.SetRole(ctx, by, name, r.PostFormValue("role")); err == nil {
+			entry = server.UserRoleEntry(u, from)
 		}
 	case "disable", "enable":
-		u, err = h.opts.Users.SetDisabled(ctx, by, name, change == "disable")
+		if u, err = h.opts.Users.SetDisabled(ctx, by, name, change == "disable"); err == nil {
+			entry = server.UserDisabledEntry(u)
+		}
 	default:
 		return fmt.Errorf("%w: unknown change %q", server.ErrNotFound, change)
 	}
@@ -499,7 +510,9 @@ func (h *Handler) changeUser(w http.ResponseWriter, r *http.Request, p *page) er
 		}
 		return err
 	}
-	h.audit(ctx, p.User.Name, action, u.Name, "", detail)
+	if err := h.record(ctx, p.User.Name, entry); err != nil {
+		return err
+	}
 	http.Redirect(w, r, "/users", http.StatusSeeOther)
 	return nil
 }
@@ -552,7 +565,9 @@ func (h *Handler) createToken(w http.ResponseWriter, r *http.Request, p *page) e
 		}
 		return err
 	}
-	h.audit(r.Context(), p.User.Name, "token.create", t.ID, "", fmt.Sprintf(`{"name":%q,"user":%q}`, t.Name, p.User.Name))
+	if err := h.record(r.Context(), p.User.Name, server.TokenCreatedEntry(t, p.User.Name)); err != nil {
+		return err // the secret is not shown: revoke the token and mint another
+	}
 	// The secret is shown in this answer only (no-store), never again.
 	p.Flash = "Token created. Copy the secret now: it is not shown again."
 	return h.renderTokens(w, r, p, http.StatusOK, &tokensData{Secret: secret, New: t})
@@ -565,15 +580,9 @@ func (h *Handler) revokeToken(w http.ResponseWriter, r *http.Request, p *page) e
 	if err != nil {
 		return err
 	}
-	h.audit(ctx, p.User.Name, "token.revoke", t.ID, "", fmt.Sprintf(`{"name":%q,"user_id":%q}`, t.Name, t.UserID))
+	if err := h.record(ctx, p.User.Name, server.TokenRevokedEntry(t)); err != nil {
+		return err
+	}
 	http.Redirect(w, r, "/tokens", http.StatusSeeOther)
 	return nil
-}
-
-// userKind is how the audit log names the kind of an account.
-func userKind(u *server.User) string {
-	if u.Service {
-		return "service"
-	}
-	return "user"
 }

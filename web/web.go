@@ -280,6 +280,9 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, p *page, err erro
 	if st == http.StatusInternalServerError {
 		h.log.ErrorContext(r.Context(), "page", slog.String("path", r.URL.Path), slog.Any("error", err))
 		msg = "Internal error."
+		if errors.Is(err, server.ErrNotAudited) {
+			msg = "The change was made, but its audit entry was not written. Do not repeat it; tell an administrator."
+		}
 	}
 	h.renderError(w, r, p, st, msg)
 }
@@ -303,12 +306,9 @@ func localPath(next string) string {
 	}()
 }
 
-// audit appends an entry for an action of the request's principal; a
-// failure is logged, not shown: the action itself is done.
-func (h *Handler) audit(ctx context.Context, actor, action, object, reason, detail string) {
-	err := h.opts.Audit.AppendAudit(ctx, server.AuditEntry{At: time.Now().UTC(), Actor: actor, Action: action,
-		Object: object, Reason: reason, Detail: detail})
-	if err != nil {
-		h.log.ErrorContext(ctx, "audit append", slog.String("action", action), slog.Any("error", err))
-	}
+// record appends e, an action of actor that is done, by
+// server.RecordAction's rule: the handler answers with its error, so a
+// change whose audit entry failed is not shown as a success.
+func (h *Handler) record(ctx context.Context, actor string, e server.AuditEntry) error {
+	return server.RecordAction(ctx, h.opts.Audit, e, actor, "", time.Now().UTC())
 }

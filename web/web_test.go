@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -745,5 +746,38 @@ func TestRouteRoles(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// When the audit log cannot take an action's entry, the page does not
+// show the action as a success: it says the change was made and not to
+// repeat it; a login the log cannot show does not happen.
+func TestNotAuditedIsNoSuccess(t *testing.T) {
+	e := newEnv(t)
+	e.audit.fail = errors.New("disk full")
+	rec := e.post(t, server.RoleAdmin, "/users", url.Values{"name": {"dave"}, "role": {"viewer"}, "service": {"yes"}})
+	if rec.Code != http.StatusInternalServerError || !strings.Contains(rec.Body.String(), "audit entry was not written") ||
+		!strings.Contains(rec.Body.String(), "Do not repeat it") {
+		t.Errorf("create user with the audit log failing: status %d, want 500 saying it was not audited:\n%s", rec.Code, rec.Body)
+	}
+	if strings.Contains(rec.Body.String(), "disk full") {
+		t.Error("the page shows the store's error")
+	}
+	if _, _, err := e.id.UserByName(context.Background(), "dave"); err != nil {
+		t.Errorf("the user was not created (%v): the change stays made, only its entry is missing", err)
+	}
+
+	sessions := func() int {
+		e.id.mu.Lock()
+		defer e.id.mu.Unlock()
+		return len(e.id.sessions)
+	}
+	before := sessions()
+	rec = e.do(t, "", "POST", "/login", url.Values{"name": {"operator-user"}, "password": {testPassword}})
+	if rec.Code != http.StatusInternalServerError || len(rec.Result().Cookies()) != 0 {
+		t.Errorf("login with the audit log failing: status %d, cookies %v; want 500 and no session cookie", rec.Code, rec.Result().Cookies())
+	}
+	if n := sessions(); n != before {
+		t.Errorf("sessions: %d before the unaudited login, %d after; want it ended", before, n)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -77,13 +78,10 @@ func cliActor() string {
 	return "otad-cli"
 }
 
-// audit appends one entry for a command-line action.
-func audit(ctx context.Context, db *sqlstore.DB, action, object, detail string) error {
-	e := server.AuditEntry{At: time.Now(), Actor: cliActor(), Action: action, Object: object, Detail: detail}
-	if err := db.Audit().AppendAudit(ctx, e); err != nil {
-		return fmt.Errorf("the change is made but its audit entry failed: %w", err)
-	}
-	return nil
+// audit appends the entry of a command-line action that is done (the
+// entries are server's, the same as the admin API's and the pages').
+func audit(ctx context.Context, db *sqlstore.DB, e server.AuditEntry) error {
+	return server.RecordAction(ctx, db.Audit(), e, cliActor(), "", time.Now().UTC())
 }
 
 // subcommand picks the first argument among subs, printing usage when
@@ -189,7 +187,7 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 		if u.Service {
 			kind = "service account"
 		}
-		if err := audit(ctx, db, "user.create", u.Name, fmt.Sprintf(`{"role":%q,"service":%t}`, u.Role, u.Service)); err != nil {
+		if err := audit(ctx, db, server.UserCreatedEntry(u)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "created %s %s (%s)\n", kind, u.Name, u.Role)
@@ -220,7 +218,8 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 		if err := store.SetUserDisabled(ctx, u.ID, sub == "disable"); err != nil {
 			return err
 		}
-		if err := audit(ctx, db, "user."+sub, u.Name, ""); err != nil {
+		u.Disabled = sub == "disable"
+		if err := audit(ctx, db, server.UserDisabledEntry(u)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%sd %s\n", sub, u.Name)
@@ -236,10 +235,12 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 		if err := store.SetUserRole(ctx, u.ID, newRole); err != nil {
 			return err
 		}
-		if err := audit(ctx, db, "user.set_role", u.Name, fmt.Sprintf(`{"from":%q,"to":%q}`, u.Role, newRole)); err != nil {
+		from := u.Role
+		u.Role = newRole
+		if err := audit(ctx, db, server.UserRoleEntry(u, from)); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%s is %s now (was %s)\n", u.Name, newRole, u.Role)
+		fmt.Fprintf(stdout, "%s is %s now (was %s)\n", u.Name, newRole, from)
 	case "password":
 		u, err := byName(c.args[0])
 		if err != nil {
@@ -254,7 +255,7 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 		if err := store.SetPassword(ctx, u.ID, server.HashPassword(password)); err != nil {
 			return err
 		}
-		if err := audit(ctx, db, "user.password", u.Name, ""); err != nil {
+		if err := audit(ctx, db, server.UserPasswordEntry(u)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "set the password of %s\n", u.Name)
@@ -379,13 +380,13 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 				u, err = db.Users().UserByID(ctx, t.UserID)
 			}
 			if err == nil && errors.Is(existed, server.ErrNotFound) {
-				err = audit(ctx, db, "user.create", u.Name, fmt.Sprintf(`{"role":%q,"service":true}`, u.Role))
+				err = audit(ctx, db, server.UserCreatedEntry(u))
 			}
 		}
 		if err != nil {
 			return err
 		}
-		if err := audit(ctx, db, "token.create", u.Name, fmt.Sprintf(`{"token":%q,"name":%q}`, t.ID, t.Name)); err != nil {
+		if err := audit(ctx, db, server.TokenCreatedEntry(t, u.Name)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stderr, "created token %s %s for %s (%s); it is shown once:\n", t.ID, t.Name, u.Name, u.Role)
@@ -426,10 +427,18 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 			fmt.Fprintf(stdout, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, owner, ownerRole, t.CreatedAt.Format(time.RFC3339), state)
 		}
 	case "revoke":
+		all, err := db.Tokens().ListTokens(ctx, "")
+		if err != nil {
+			return err
+		}
+		i := slices.IndexFunc(all, func(t *server.Token) bool { return t.ID == c.args[0] })
+		if i < 0 {
+			return fmt.Errorf("no token %s (see otad token list)", c.args[0])
+		}
 		if err := db.Tokens().RevokeToken(ctx, c.args[0]); err != nil {
 			return err
 		}
-		if err := audit(ctx, db, "token.revoke", c.args[0], ""); err != nil {
+		if err := audit(ctx, db, server.TokenRevokedEntry(all[i])); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "revoked %s\n", c.args[0])

@@ -41,10 +41,6 @@ func auditReason(c echo.Context) (string, error) {
 // audited here: the rollout store appends their events to the log in
 // the rollout's own transaction.
 func (s *Server) audit(c echo.Context, action, object string, detail any) error {
-	if s.auditLog == nil {
-		return nil
-	}
-	reason, _ := auditReason(c) // checked by authenticate
 	var d string
 	switch v := detail.(type) {
 	case nil:
@@ -57,13 +53,23 @@ func (s *Server) audit(c echo.Context, action, object string, detail any) error 
 		}
 		d = string(b)
 	}
-	e := server.AuditEntry{At: s.now(), Actor: actor(c), Action: action, Object: object, Reason: reason, Detail: d}
+	return s.record(c, server.AuditEntry{Action: action, Object: object, Detail: d})
+}
+
+// record appends e, done by the request's principal for the request's
+// reason, by server.RecordAction's rule: a failure is logged and answered
+// (500), the action itself stays done.
+func (s *Server) record(c echo.Context, e server.AuditEntry) error {
+	if s.auditLog == nil {
+		return nil
+	}
+	reason, _ := auditReason(c) // checked by authenticate
 	ctx := c.Request().Context()
-	if err := s.auditLog.AppendAudit(ctx, e); err != nil {
+	if err := server.RecordAction(ctx, s.auditLog, e, actor(c), reason, s.now()); err != nil {
 		s.log.ErrorContext(ctx, "the action succeeded but its audit entry was not appended",
-			slog.String("request_id", requestID(c)), slog.String("action", action), slog.String("object", object),
-			slog.String("actor", e.Actor), slog.Any("error", err))
-		return fmt.Errorf("audit %s %s (the action itself succeeded): %w", action, object, err)
+			slog.String("request_id", requestID(c)), slog.String("action", e.Action), slog.String("object", e.Object),
+			slog.String("actor", actor(c)), slog.Any("error", err))
+		return err
 	}
 	return nil
 }

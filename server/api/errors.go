@@ -87,6 +87,12 @@ func errorResponse(err error) (int, ErrorBody, bool) {
 		// server error. 499 is nginx's "client closed request".
 		return statusClientClosed, ErrorBody{ErrorDetail{Code: "canceled", Message: "request canceled by the client"}}, false
 	}
+	if errors.Is(err, server.ErrNotAudited) {
+		// Still a server error (logged), but one that says the action was
+		// done, without the store's words.
+		return http.StatusInternalServerError, ErrorBody{ErrorDetail{Code: "not_audited",
+			Message: server.ErrNotAudited.Error() + "; do not repeat the request, tell an administrator"}}, true
+	}
 	if rle := new(server.RateLimitError); errors.As(err, &rle) {
 		return http.StatusTooManyRequests, ErrorBody{ErrorDetail{Code: "rate_limited", Message: rle.Error()}}, false
 	}

@@ -262,18 +262,11 @@ type WhoAmI struct {
 	Permissions []server.Permission `json:"permissions"`
 }
 
-func userKind(u *server.User) string {
-	if u.Service {
-		return "service"
-	}
-	return "user"
-}
-
 func (s *Server) whoami(c echo.Context) error {
 	p := principal(c)
 	perms := slices.Clone(server.RolePermissions[p.User.Role])
 	if perms == nil {
 		perms = []server.Permission{}
 	}
-	return c.JSON(http.StatusOK, WhoAmI{Name: p.User.Name, Role: p.User.Role, Kind: userKind(p.User), Permissions: perms})
+	return c.JSON(http.StatusOK, WhoAmI{Name: p.User.Name, Role: p.User.Role, Kind: p.User.Kind(), Permissions: perms})
 }

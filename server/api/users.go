@@ -32,7 +32,7 @@ type User struct {
 }
 
 func userOf(u *server.User) User {
-	return User{ID: u.ID, Name: u.Name, Role: u.Role, Kind: userKind(u), Disabled: u.Disabled, CreatedAt: u.CreatedAt.UTC()}
+	return User{ID: u.ID, Name: u.Name, Role: u.Role, Kind: u.Kind(), Disabled: u.Disabled, CreatedAt: u.CreatedAt.UTC()}
 }
 
 // UserRequest is the body of POST /admin/users: a person with a
@@ -92,7 +92,7 @@ func (s *Server) createUser(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.audit(c, "user.create", u.Name, map[string]any{"role": u.Role, "kind": userKind(u)}); err != nil {
+	if err := s.record(c, server.UserCreatedEntry(u)); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusCreated, userOf(u))
@@ -103,27 +103,23 @@ func (s *Server) setUserRole(c echo.Context) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	u, err := s.users.SetRole(c.Request().Context(), principal(c), c.Param("name"), req.Role)
+	u, from, err := s.users.SetRole(c.Request().Context(), principal(c), c.Param("name"), req.Role)
 	if err != nil {
 		return err
 	}
-	if err := s.audit(c, "user.set-role", u.Name, map[string]string{"role": u.Role}); err != nil {
+	if err := s.record(c, server.UserRoleEntry(u, from)); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, userOf(u))
 }
 
 func (s *Server) setUserDisabled(disabled bool) echo.HandlerFunc {
-	action := "user.enable"
-	if disabled {
-		action = "user.disable"
-	}
 	return func(c echo.Context) error {
 		u, err := s.users.SetDisabled(c.Request().Context(), principal(c), c.Param("name"), disabled)
 		if err != nil {
 			return err
 		}
-		if err := s.audit(c, action, u.Name, nil); err != nil {
+		if err := s.record(c, server.UserDisabledEntry(u)); err != nil {
 			return err
 		}
 		return c.JSON(http.StatusOK, userOf(u))
@@ -187,7 +183,7 @@ func (s *Server) createToken(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.audit(c, "token.create", t.ID, map[string]string{"name": t.Name, "user": p.User.Name}); err != nil {
+	if err := s.record(c, server.TokenCreatedEntry(t, p.User.Name)); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusCreated, NewToken{Token: tokenOf(t, p.User.Name), Secret: secret})
@@ -198,7 +194,7 @@ func (s *Server) revokeToken(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.audit(c, "token.revoke", t.ID, map[string]string{"name": t.Name, "user_id": t.UserID}); err != nil {
+	if err := s.record(c, server.TokenRevokedEntry(t)); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)
