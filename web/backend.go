@@ -30,6 +30,11 @@ type Backend interface {
 	// ctx. Percent is advance's target (0: the next stage). A widening
 	// that needs a second person answers *server.ApprovalPendingError.
 	ChangeRollout(ctx context.Context, id string, change RolloutChange) (*server.Rollout, error)
+	// CreateRollout creates rollout spec, and unless spec.Draft starts it,
+	// through server.RolloutService as the principal in ctx. A start at
+	// a percent that needs a second person answers
+	// *server.ApprovalPendingError (the rollout exists, as a draft).
+	CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, error)
 	// Approvals lists rollout id's four-eyes requests, newest first.
 	Approvals(ctx context.Context, id string) ([]*server.Approval, error)
 	// DecideApproval approves (approve true) or rejects approval aid of
@@ -54,7 +59,7 @@ type RolloutChange struct {
 }
 
 // RolloutActions are the actions the rollout page offers.
-var RolloutActions = []string{server.ActionPause, server.ActionResume, server.ActionAbort, server.ActionAdvance}
+var RolloutActions = []string{server.ActionStart, server.ActionPause, server.ActionResume, server.ActionAbort, server.ActionAdvance}
 
 // DeviceView is a handset as the device page shows it. The server keeps
 // nothing that identifies a person or a SIM, so neither does this.

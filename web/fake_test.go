@@ -265,6 +265,13 @@ type fakeBackend struct {
 	approvals []*server.Approval
 	// changes are the ChangeRollout calls, with the actor of their ctx.
 	changes []recordedChange
+	// created are the CreateRollout calls' specs, with the actor.
+	created []recordedCreate
+}
+
+type recordedCreate struct {
+	Actor string
+	Spec  server.RolloutSpec
 }
 
 type recordedChange struct {
@@ -317,6 +324,35 @@ func (b *fakeBackend) ChangeRollout(ctx context.Context, id string, c RolloutCha
 		return nil, &server.ApprovalPendingError{Approval: a}
 	}
 	return b.Rollout(ctx, id)
+}
+
+// CreateRollout creates rollout "ro-new" as RolloutService would in
+// outline: an unknown release is refused, a start past 50% waits for an
+// approval with the rollout a draft.
+func (b *fakeBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	actor := server.PrincipalFromContext(ctx).Actor()
+	b.created = append(b.created, recordedCreate{Actor: actor, Spec: spec})
+	if !slices.ContainsFunc(b.status.Targets, func(t manifests.TargetInfo) bool { return t.Path == spec.Release }) {
+		return nil, fmt.Errorf("%w: release %s: not a published target", server.ErrInvalid, spec.Release)
+	}
+	r := &server.Rollout{ID: "ro-new", State: server.RolloutRunning, Stages: spec.Stages, Selector: spec.Selector,
+		Policy: spec.Policy, Release: server.RolloutRelease{Target: spec.Release}, CreatedBy: actor, CreatedAt: time.Now()}
+	b.reports[r.ID] = &server.RolloutReport{RolloutID: r.ID}
+	if !spec.Draft && server.NeedsApproval(server.ActionStart, r.Percent()) {
+		r.State = server.RolloutDraft
+		b.rollouts = append(b.rollouts, r)
+		a := &server.Approval{ID: "ap-10", RolloutID: r.ID, Action: server.ActionStart, ToPercent: r.Percent(),
+			RequestedBy: actor, RequestedAt: time.Now(), Reason: spec.Reason, State: server.ApprovalPending}
+		b.approvals = append(b.approvals, a)
+		return nil, &server.ApprovalPendingError{Approval: a}
+	}
+	if spec.Draft {
+		r.State = server.RolloutDraft
+	}
+	b.rollouts = append(b.rollouts, r)
+	return r.Clone(), nil
 }
 
 func (b *fakeBackend) Approvals(_ context.Context, id string) ([]*server.Approval, error) {

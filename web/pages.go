@@ -198,6 +198,8 @@ func (h *Handler) rolloutData(r *http.Request, id string) (*rolloutData, error) 
 	d := &rolloutData{R: ro, Report: rep, Chart: HourlyChart(rep.InstallsPerHour), States: StatesChart(rep.StatesPerHour),
 		Events: evs, Approvals: aps}
 	switch ro.State {
+	case server.RolloutDraft:
+		d.Actions = []string{server.ActionStart, server.ActionAbort}
 	case server.RolloutRunning:
 		d.Actions = []string{server.ActionPause, server.ActionAbort}
 		if !ro.LastStage() {
@@ -338,6 +340,23 @@ type releasesData struct {
 	Yanks    []*manifests.DraftView
 }
 
+// releaseOf is published target t with its signed custom metadata; a
+// target of another kind shows without its fields.
+func releaseOf(t manifests.TargetInfo) release {
+	rel := release{TargetInfo: t}
+	if len(t.Custom) > 0 {
+		_ = json.Unmarshal(t.Custom, &rel.Custom)
+	}
+	return rel
+}
+
+// sortReleases orders releases newest first, then by path.
+func sortReleases(rels []release) {
+	slices.SortFunc(rels, func(a, b release) int {
+		return cmp.Or(b.Custom.Released.Compare(a.Custom.Released), strings.Compare(a.Path, b.Path))
+	})
+}
+
 func (h *Handler) releasesPage(w http.ResponseWriter, r *http.Request, p *page) error {
 	st, err := h.opts.Backend.RepoStatus(r.Context())
 	if err != nil {
@@ -349,15 +368,9 @@ func (h *Handler) releasesPage(w http.ResponseWriter, r *http.Request, p *page) 
 	}
 	d := &releasesData{Status: st}
 	for _, t := range st.Targets {
-		rel := release{TargetInfo: t}
-		if len(t.Custom) > 0 {
-			_ = json.Unmarshal(t.Custom, &rel.Custom) // a target of another kind shows without its fields
-		}
-		d.Releases = append(d.Releases, rel)
+		d.Releases = append(d.Releases, releaseOf(t))
 	}
-	slices.SortFunc(d.Releases, func(a, b release) int {
-		return cmp.Or(b.Custom.Released.Compare(a.Custom.Released), strings.Compare(a.Path, b.Path))
-	})
+	sortReleases(d.Releases)
 	for _, dv := range drafts {
 		if dv.Kind == manifests.DraftKindYank && dv.State == manifests.DraftPublished {
 			d.Yanks = append(d.Yanks, dv)

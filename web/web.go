@@ -121,6 +121,8 @@ func (h *Handler) build() {
 	add("GET", "/", server.PermRead, false, h.overview)
 	add("GET", "/rollouts", server.PermRead, false, h.rolloutsPage)
 	add("GET", "/rollouts/{id}", server.PermRead, false, h.rolloutPage)
+	add("GET", "/rollouts/new", server.PermRolloutChange, false, h.newRolloutPage)
+	add("POST", "/rollouts", server.PermRolloutChange, false, h.createRollout)
 	add("POST", "/rollouts/{id}/{action}", server.PermRolloutChange, false, h.rolloutAction)
 	add("POST", "/rollouts/{id}/approvals/{aid}/{verdict}", server.PermRolloutApprove, false, h.decideApproval)
 	add("GET", "/releases", server.PermRead, false, h.releasesPage)

@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -709,7 +711,7 @@ func TestRoutes(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"GET /login", "POST /login", "POST /logout", "GET /", "GET /rollouts", "GET /rollouts/{id}",
-		"POST /rollouts/{id}/{action}", "POST /rollouts/{id}/approvals/{aid}/{verdict}", "GET /releases", "GET /devices", "GET /audit", "GET /users", "POST /users",
+		"GET /rollouts/new", "POST /rollouts", "POST /rollouts/{id}/{action}", "POST /rollouts/{id}/approvals/{aid}/{verdict}", "GET /releases", "GET /devices", "GET /audit", "GET /users", "POST /users",
 		"POST /users/{name}/{change}", "GET /tokens", "POST /tokens", "POST /tokens/{id}/revoke", "GET /static/{file...}"} {
 		if !seen[want] {
 			t.Errorf("route %s missing", want)
@@ -779,5 +781,103 @@ func TestNotAuditedIsNoSuccess(t *testing.T) {
 	}
 	if n := sessions(); n != before {
 		t.Errorf("sessions: %d before the unaudited login, %d after; want it ended", before, n)
+	}
+}
+
+// An operator creates a rollout from the form: it shows the published
+// releases and the policy defaults, refuses what it cannot use with the
+// form as typed, turns the fields into the spec RolloutService takes,
+// and a start at 100% waits for a second person.
+func TestNewRolloutForm(t *testing.T) {
+	e := newEnv(t)
+	if rec := e.do(t, server.RoleViewer, "GET", "/rollouts/new", nil); rec.Code != http.StatusForbidden {
+		t.Errorf("a viewer opens the form: %d, want 403", rec.Code)
+	}
+	if body := e.do(t, server.RoleViewer, "GET", "/rollouts", nil).Body.String(); strings.Contains(body, `href="/rollouts/new"`) {
+		t.Error("a viewer sees the new-rollout link")
+	}
+	if body := e.do(t, server.RoleOperator, "GET", "/rollouts", nil).Body.String(); !strings.Contains(body, `href="/rollouts/new"`) {
+		t.Error("an operator does not see the new-rollout link")
+	}
+	body := e.do(t, server.RoleOperator, "GET", "/rollouts/new", nil).Body.String()
+	for _, want := range []string{`<option value="cm/CM-1/update.zip"`, `placeholder="5"`, `placeholder="50"`, `name="reason" required`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the form lacks %s:\n%s", want, body)
+		}
+	}
+
+	form := func(kv ...string) url.Values {
+		v := url.Values{"release": {"cm/CM-1/update.zip"}, "stages": {"1, 10, 50, 100"}, "reason": {"privacy incident"}}
+		for i := 0; i+1 < len(kv); i += 2 {
+			v.Set(kv[i], kv[i+1])
+		}
+		return v
+	}
+	for _, tc := range []struct {
+		name string
+		form url.Values
+		want string
+	}{
+		{"no reason", form("reason", " "), "reason: say why"},
+		{"no release", form("release", ""), "release: pick a published release"},
+		{"a stage that is no number", form("stages", "1, ten"), `&#34;ten&#34; is not a percent`},
+		{"a failure rate above 100%", form("max_failure_rate", "120"), "max_failure_rate: a percent above 0"},
+		{"a negative retry count", form("retries", "-1"), "retries: a whole number"},
+		{"a bad soak", form("soak", "six hours"), "soak: a duration"},
+		{"a bad window", form("window", "25:00-26:00"), "window"},
+		{"an unknown release", form("release", "cm/nope.zip"), "not a published target"},
+	} {
+		rec := e.post(t, server.RoleOperator, "/rollouts", tc.form)
+		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), tc.want) {
+			t.Errorf("%s: status %d, want 400 saying %q:\n%s", tc.name, rec.Code, tc.want, rec.Body)
+		}
+		// The form shows again with what was typed.
+		if tc.form.Get("stages") != "" && !strings.Contains(rec.Body.String(), `value="`+tc.form.Get("stages")+`"`) {
+			t.Errorf("%s: the refused form lost the stages typed", tc.name)
+		}
+	}
+	if n := len(e.backend.created); n != 1 {
+		t.Fatalf("creations reaching the backend: %d, want only the unknown release's", n)
+	}
+
+	rec := e.post(t, server.RoleOperator, "/rollouts", form("models", "PX-7, PX-8,", "regions", "DE", "build_min", "7.1.0",
+		"max_failure_rate", "2.5", "min_results", "200", "soak", "6h", "retries", "1", "max_offers_per_minute", "500",
+		"window", "01:00-05:00"))
+	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/rollouts/ro-new" {
+		t.Fatalf("create: status %d to %q, want 303 to /rollouts/ro-new:\n%s", rec.Code, rec.Header().Get("Location"), rec.Body)
+	}
+	got := e.backend.created[1]
+	want := server.DefaultPolicy()
+	want.MaxFailureRate, want.MinResults, want.Soak, want.Retries, want.MaxOffersPerMinute = 0.025, 200, 6*time.Hour, 1, 500
+	want.Window, _ = server.ParseWindow("01:00-05:00")
+	if got.Actor != "operator-user" || got.Spec.Release != "cm/CM-1/update.zip" || !slices.Equal(got.Spec.Stages, []float64{1, 10, 50, 100}) ||
+		!slices.Equal(got.Spec.Selector.Models, []string{"PX-7", "PX-8"}) || !slices.Equal(got.Spec.Selector.Regions, []string{"DE"}) ||
+		got.Spec.Selector.Channels != nil || got.Spec.Selector.BuildMin != "7.1.0" || got.Spec.Reason != "privacy incident" ||
+		got.Spec.Draft || !reflect.DeepEqual(got.Spec.Policy, want) {
+		t.Errorf("spec: got %+v by %s, want the form's fields over DefaultPolicy", got.Spec, got.Actor)
+	}
+
+	rec = e.post(t, server.RoleOperator, "/rollouts", form("stages", "100"))
+	if rec.Code != http.StatusAccepted || !strings.Contains(rec.Body.String(), "needs a second person") {
+		t.Errorf("a start at 100%%: status %d, want 202 saying it waits for approval:\n%s", rec.Code, rec.Body)
+	}
+}
+
+// A draft shows start and abort; start goes through ChangeRollout.
+func TestStartADraft(t *testing.T) {
+	e := newEnv(t)
+	if rec := e.post(t, server.RoleOperator, "/rollouts", url.Values{"release": {"cm/CM-1/update.zip"}, "stages": {"10, 100"},
+		"reason": {"staged"}, "draft": {"yes"}}); rec.Code != http.StatusSeeOther {
+		t.Fatalf("create a draft: %d\n%s", rec.Code, rec.Body)
+	}
+	body := e.do(t, server.RoleOperator, "GET", "/rollouts/ro-new", nil).Body.String()
+	if !strings.Contains(body, `action="/rollouts/ro-new/start"`) || strings.Contains(body, `action="/rollouts/ro-new/pause"`) {
+		t.Errorf("a draft's actions: want start (and abort), not pause:\n%s", body)
+	}
+	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-new/start", url.Values{"reason": {"go"}, "confirm": {"yes"}}); rec.Code != http.StatusSeeOther {
+		t.Errorf("start: %d, want 303", rec.Code)
+	}
+	if n := len(e.backend.changes); n != 1 || e.backend.changes[0].Change.Action != server.ActionStart {
+		t.Errorf("changes: %+v, want one start", e.backend.changes)
 	}
 }

@@ -81,6 +81,8 @@ func (b *WebBackend) RolloutEvents(ctx context.Context, id string, limit int) ([
 func (b *WebBackend) ChangeRollout(ctx context.Context, id string, c web.RolloutChange) (*server.Rollout, error) {
 	actor := server.PrincipalFromContext(ctx).Actor()
 	switch c.Action {
+	case server.ActionStart:
+		return b.Service.Start(ctx, id, actor, c.Reason)
 	case server.ActionPause:
 		return b.Service.Pause(ctx, id, actor, c.Reason)
 	case server.ActionResume:
@@ -91,6 +93,11 @@ func (b *WebBackend) ChangeRollout(ctx context.Context, id string, c web.Rollout
 		return b.Service.Advance(ctx, id, actor, c.Reason, c.Percent)
 	}
 	return nil, fmt.Errorf("%w: unknown rollout action %q", server.ErrInvalid, c.Action)
+}
+
+// CreateRollout implements web.Backend: the actor is the session's user.
+func (b *WebBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, error) {
+	return b.Service.Create(ctx, spec, server.PrincipalFromContext(ctx).Actor())
 }
 
 // Approvals implements web.Backend.

@@ -1,0 +1,97 @@
+package apitest_test
+
+import (
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/apitest"
+)
+
+// An operator creates a rollout from the dashboard's form against the
+// real server: it runs with the form's selector and policy, by the
+// operator, and the audit log has the reason typed. (Plain HTTP with a
+// cookie jar: the form is a plain form; the browser test clicks others.)
+func TestCreateRolloutFromThePage(t *testing.T) {
+	env := apitest.Start(t, apitest.Options{})
+	es := apitest.NewEngineers(t, 1)
+	env.Ceremony(t, es, 1)
+	env.Publish(t, patchPath, randomBytes(t, 512), es...)
+	const password = "a long enough passphrase"
+	if _, err := env.App.Users.Create(t.Context(), "olga", server.RoleOperator, password, false); err != nil {
+		t.Fatal(err)
+	}
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Jar: jar}
+	get := func(path string) (*http.Response, string) {
+		t.Helper()
+		resp, err := client.Get(env.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	post := func(path string, form url.Values) (*http.Response, string) {
+		t.Helper()
+		resp, err := client.PostForm(env.URL+path, form)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+
+	if resp, _ := post("/login", url.Values{"name": {"olga"}, "password": {password}}); resp.StatusCode != http.StatusOK {
+		t.Fatalf("login: %d", resp.StatusCode)
+	}
+	resp, body := get("/rollouts/new")
+	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(body)
+	if resp.StatusCode != http.StatusOK || csrf == nil || !strings.Contains(body, `<option value="`+patchPath+`"`) {
+		t.Fatalf("the form: %d, want 200 with a CSRF token and the published patch:\n%s", resp.StatusCode, body)
+	}
+	form := url.Values{"csrf": {csrf[1]}, "release": {patchPath}, "stages": {"10, 50, 100"}, "models": {"PX-7"},
+		"max_failure_rate": {"3"}, "soak": {"2h"}, "reason": {"privacy incident CM-2026-001"}}
+	resp, body = post("/rollouts", form)
+	id := strings.TrimPrefix(resp.Request.URL.Path, "/rollouts/")
+	if resp.StatusCode != http.StatusOK || id == resp.Request.URL.Path || !strings.Contains(body, "<strong>"+id+"</strong>") {
+		t.Fatalf("create: %d at %s, want the new rollout's page:\n%s", resp.StatusCode, resp.Request.URL, body)
+	}
+
+	var r api.Rollout
+	if err := env.Do("GET", "/rollouts/"+id, nil, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.State != "running" || r.Percent != 10 || !slices.Equal(r.Stages, []float64{10, 50, 100}) ||
+		!slices.Equal(r.Selector.Models, []string{"PX-7"}) || r.Policy.MaxFailureRate != 0.03 || r.Policy.Soak != "2h" ||
+		r.CreatedBy != "olga" {
+		t.Errorf("the rollout: %+v, want running at 10%% for PX-7, failure rate 3%%, soak 2h, by olga", r)
+	}
+	var log []api.AuditEntry
+	if err := env.Do("GET", "/audit?object="+id, nil, &log); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(log, func(e api.AuditEntry) bool {
+		return e.Actor == "olga" && e.Reason == "privacy incident CM-2026-001"
+	}) {
+		t.Errorf("audit of %s: %+v, want olga's entries with the reason typed", id, log)
+	}
+
+	// The same form again without its CSRF token is refused.
+	form.Del("csrf")
+	if resp, _ := post("/rollouts", form); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("the form without its CSRF token: %d, want 403", resp.StatusCode)
+	}
+}
