@@ -35,7 +35,7 @@ type newRolloutData struct {
 // formDefaults are server.DefaultPolicy's values as the form writes them.
 func formDefaults() map[string]string {
 	p := server.DefaultPolicy()
-	soak := "0 (no auto-advance)"
+	soak := "off"
 	if p.Soak > 0 {
 		soak = p.Soak.String()
 	}
