@@ -52,11 +52,17 @@ type Backend interface {
 
 // RolloutChange is an operator's action on a rollout.
 type RolloutChange struct {
-	// Action is one of RolloutActions.
+	// Action is one of RolloutActions, or one of ModelActions.
 	Action  string
 	Reason  string
 	Percent float64
+	// Model is the model a ModelAction holds or releases.
+	Model string
 }
+
+// ModelActions are the per-model actions of the rollout page: hold a
+// model (no new offers to it) and release its hold.
+var ModelActions = []string{server.ActionHold, server.ActionReleaseHold}
 
 // RolloutActions are the actions the rollout page offers.
 var RolloutActions = []string{server.ActionStart, server.ActionPause, server.ActionResume, server.ActionAbort, server.ActionAdvance}

@@ -295,6 +295,38 @@ func (h *Handler) rolloutAction(w http.ResponseWriter, r *http.Request, p *page)
 	return nil
 }
 
+// modelAction holds a model of a rollout or releases its hold, with a
+// reason (inline on the by-model table, no confirmation page: both are
+// undone by the other).
+func (h *Handler) modelAction(w http.ResponseWriter, r *http.Request, p *page) error {
+	id, model, action := r.PathValue("id"), r.PathValue("model"), r.PathValue("action")
+	if !slices.Contains(ModelActions, action) {
+		return fmt.Errorf("%w: unknown action %q", server.ErrNotFound, action)
+	}
+	reason := strings.TrimSpace(r.PostFormValue("reason"))
+	refuse := func(msg string) error {
+		d, err := h.rolloutData(r, id)
+		if err != nil {
+			return err
+		}
+		p.Title, p.Data, p.Error = "Rollout "+id, d, msg
+		h.render(w, r, http.StatusBadRequest, "rollout", p)
+		return nil
+	}
+	if reason == "" {
+		return refuse("Say why: holding or releasing " + model + " needs a reason, which the audit log keeps.")
+	}
+	_, err := h.opts.Backend.ChangeRollout(r.Context(), id, RolloutChange{Action: action, Reason: reason, Model: model})
+	if err != nil {
+		if st := statusOf(err); st == http.StatusBadRequest || st == http.StatusConflict {
+			return refuse(err.Error())
+		}
+		return err
+	}
+	http.Redirect(w, r, "/rollouts/"+id, http.StatusSeeOther)
+	return nil
+}
+
 // decideApproval approves or rejects a four-eyes request, with a
 // reason, as the session's user (never the requester: the service
 // refuses a self-approval).

@@ -124,6 +124,7 @@ func (h *Handler) build() {
 	add("GET", "/rollouts/new", server.PermRolloutChange, false, h.newRolloutPage)
 	add("POST", "/rollouts", server.PermRolloutChange, false, h.createRollout)
 	add("POST", "/rollouts/{id}/{action}", server.PermRolloutChange, false, h.rolloutAction)
+	add("POST", "/rollouts/{id}/models/{model}/{action}", server.PermRolloutChange, false, h.modelAction)
 	add("POST", "/rollouts/{id}/approvals/{aid}/{verdict}", server.PermRolloutApprove, false, h.decideApproval)
 	add("GET", "/releases", server.PermRead, false, h.releasesPage)
 	add("GET", "/devices", server.PermRead, false, h.devicePage)

@@ -711,7 +711,7 @@ func TestRoutes(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"GET /login", "POST /login", "POST /logout", "GET /", "GET /rollouts", "GET /rollouts/{id}",
-		"GET /rollouts/new", "POST /rollouts", "POST /rollouts/{id}/{action}", "POST /rollouts/{id}/approvals/{aid}/{verdict}", "GET /releases", "GET /devices", "GET /audit", "GET /users", "POST /users",
+		"GET /rollouts/new", "POST /rollouts", "POST /rollouts/{id}/{action}", "POST /rollouts/{id}/models/{model}/{action}", "POST /rollouts/{id}/approvals/{aid}/{verdict}", "GET /releases", "GET /devices", "GET /audit", "GET /users", "POST /users",
 		"POST /users/{name}/{change}", "GET /tokens", "POST /tokens", "POST /tokens/{id}/revoke", "GET /static/{file...}"} {
 		if !seen[want] {
 			t.Errorf("route %s missing", want)
@@ -724,7 +724,7 @@ func TestRoutes(t *testing.T) {
 // with it never does.
 func TestRouteRoles(t *testing.T) {
 	e := newEnv(t)
-	fill := strings.NewReplacer("{id}", "ro-1", "{action}", "pause", "{aid}", "ap-1", "{verdict}", "reject",
+	fill := strings.NewReplacer("{id}", "ro-1", "{model}", "PX-8", "{action}", "pause", "{aid}", "ap-1", "{verdict}", "reject",
 		"{name}", "viewer-user", "{change}", "enable")
 	for _, r := range e.h.Routes() {
 		if r.Public || r.Pattern == "/logout" { // logout would end the sessions the others use
@@ -879,5 +879,40 @@ func TestStartADraft(t *testing.T) {
 	}
 	if n := len(e.backend.changes); n != 1 || e.backend.changes[0].Change.Action != server.ActionStart {
 		t.Errorf("changes: %+v, want one start", e.backend.changes)
+	}
+}
+
+// Operators hold a model or release its hold from the by-model table,
+// with a reason; viewers see no such form.
+func TestModelHoldForms(t *testing.T) {
+	e := newEnv(t)
+	body := e.do(t, server.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String()
+	for _, want := range []string{`action="/rollouts/ro-1/models/PX-8/hold"`, `action="/rollouts/ro-1/models/QZ-2/release_hold"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the operator's rollout page lacks %s", want)
+		}
+	}
+	if body := e.do(t, server.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/models/") {
+		t.Error("a viewer sees the hold forms")
+	}
+	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/models/PX-8/hold", url.Values{"reason": {" "}}); rec.Code != http.StatusBadRequest ||
+		!strings.Contains(rec.Body.String(), "needs a reason") {
+		t.Errorf("a hold without a reason: %d, want 400 asking for one", rec.Code)
+	}
+	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/models/PX-8/melt", url.Values{"reason": {"x"}}); rec.Code != http.StatusNotFound {
+		t.Errorf("an unknown model action: %d, want 404", rec.Code)
+	}
+	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/models/PX-8/hold", url.Values{"reason": {"battery drain on PX-8"}}); rec.Code != http.StatusSeeOther {
+		t.Errorf("hold: %d, want 303", rec.Code)
+	}
+	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/models/QZ-2/release_hold", url.Values{"reason": {"fixed in 7.5.1"}}); rec.Code != http.StatusSeeOther {
+		t.Errorf("release: %d, want 303", rec.Code)
+	}
+	want := []recordedChange{
+		{ID: "ro-1", Actor: "operator-user", Change: RolloutChange{Action: server.ActionHold, Reason: "battery drain on PX-8", Model: "PX-8"}},
+		{ID: "ro-1", Actor: "operator-user", Change: RolloutChange{Action: server.ActionReleaseHold, Reason: "fixed in 7.5.1", Model: "QZ-2"}},
+	}
+	if !slices.Equal(e.backend.changes, want) {
+		t.Errorf("changes:\n got %+v\nwant %+v", e.backend.changes, want)
 	}
 }

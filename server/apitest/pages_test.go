@@ -17,9 +17,10 @@ import (
 
 // An operator creates a rollout from the dashboard's form against the
 // real server: it runs with the form's selector and policy, by the
-// operator, and the audit log has the reason typed. (Plain HTTP with a
+// operator, and the audit log has the reason typed; holding a model and
+// releasing it from the page reach the rollout. (Plain HTTP with a
 // cookie jar: the form is a plain form; the browser test clicks others.)
-func TestCreateRolloutFromThePage(t *testing.T) {
+func TestRolloutFromThePages(t *testing.T) {
 	env := apitest.Start(t, apitest.Options{})
 	es := apitest.NewEngineers(t, 1)
 	env.Ceremony(t, es, 1)
@@ -87,6 +88,28 @@ func TestCreateRolloutFromThePage(t *testing.T) {
 		return e.Actor == "olga" && e.Reason == "privacy incident CM-2026-001"
 	}) {
 		t.Errorf("audit of %s: %+v, want olga's entries with the reason typed", id, log)
+	}
+
+	// Hold a model from the page, then release it.
+	hold := url.Values{"csrf": {csrf[1]}, "reason": {"battery drain on PX-7"}}
+	if resp, body := post("/rollouts/"+id+"/models/PX-7/hold", hold); resp.StatusCode != http.StatusOK || resp.Request.URL.Path != "/rollouts/"+id {
+		t.Fatalf("hold PX-7: %d at %s:\n%s", resp.StatusCode, resp.Request.URL, body)
+	}
+	if err := env.Do("GET", "/rollouts/"+id, nil, &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Holds) != 1 || r.Holds[0].Model != "PX-7" || r.Holds[0].Actor != "olga" || r.Holds[0].Reason != "battery drain on PX-7" {
+		t.Errorf("holds after the page's hold: %+v, want PX-7 by olga with the reason", r.Holds)
+	}
+	hold.Set("reason", "fixed in 7.5.1")
+	if resp, _ := post("/rollouts/"+id+"/models/PX-7/release_hold", hold); resp.StatusCode != http.StatusOK {
+		t.Fatalf("release PX-7: %d", resp.StatusCode)
+	}
+	if err := env.Do("GET", "/rollouts/"+id, nil, &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Holds) != 0 {
+		t.Errorf("holds after the release: %+v, want none", r.Holds)
 	}
 
 	// The same form again without its CSRF token is refused.

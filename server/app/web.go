@@ -91,6 +91,10 @@ func (b *WebBackend) ChangeRollout(ctx context.Context, id string, c web.Rollout
 		return b.Service.Abort(ctx, id, actor, c.Reason)
 	case server.ActionAdvance:
 		return b.Service.Advance(ctx, id, actor, c.Reason, c.Percent)
+	case server.ActionHold:
+		return b.Service.HoldModel(ctx, id, actor, c.Reason, c.Model)
+	case server.ActionReleaseHold:
+		return b.Service.ReleaseHold(ctx, id, actor, c.Reason, c.Model)
 	}
 	return nil, fmt.Errorf("%w: unknown rollout action %q", server.ErrInvalid, c.Action)
 }
