@@ -814,44 +814,47 @@ func NewExposureReport(er *ExposureRollups, opts ExposureOptions, now time.Time)
 		at(regions, s.Region).count(s.CloudMessaging, s.NumberEncryption, s.N)
 	}
 	rep.finish()
-	rank := func(a, b *ExposureCounts) int {
-		return cmp.Or(cmp.Compare(b.Exposed, a.Exposed), cmp.Compare(b.Active, a.Active))
+	rep.ByModel, rep.ByRegion = []ModelExposure{}, []RegionExposure{}
+	for _, r := range rankExposure(models, opts.Top, OtherModels) {
+		rep.ByModel = append(rep.ByModel, ModelExposure{Model: r.key, Models: r.folded, ExposureCounts: r.counts})
 	}
-	byModel := make([]ModelExposure, 0, len(models))
-	for m, c := range models {
-		c.finish()
-		byModel = append(byModel, ModelExposure{Model: m, ExposureCounts: *c})
+	for _, r := range rankExposure(regions, opts.Top, OtherRegions) {
+		rep.ByRegion = append(rep.ByRegion, RegionExposure{Region: r.key, Regions: r.folded, ExposureCounts: r.counts})
 	}
-	slices.SortFunc(byModel, func(a, b ModelExposure) int {
-		return cmp.Or(rank(&a.ExposureCounts, &b.ExposureCounts), strings.Compare(a.Model, b.Model))
-	})
-	rep.ByModel = FoldTop(byModel, opts.Top, func(rest []ModelExposure) ModelExposure {
-		o := ModelExposure{Model: OtherModels, Models: int64(len(rest))}
-		for _, m := range rest {
-			o.add(m.ExposureCounts)
-		}
-		o.finish()
-		return o
-	})
-	byRegion := make([]RegionExposure, 0, len(regions))
-	for g, c := range regions {
-		c.finish()
-		byRegion = append(byRegion, RegionExposure{Region: g, ExposureCounts: *c})
-	}
-	slices.SortFunc(byRegion, func(a, b RegionExposure) int {
-		return cmp.Or(rank(&a.ExposureCounts, &b.ExposureCounts), strings.Compare(a.Region, b.Region))
-	})
-	rep.ByRegion = FoldTop(byRegion, opts.Top, func(rest []RegionExposure) RegionExposure {
-		o := RegionExposure{Region: OtherRegions, Regions: int64(len(rest))}
-		for _, g := range rest {
-			o.add(g.ExposureCounts)
-		}
-		o.finish()
-		return o
-	})
 	rep.Daily = daySeries(er.Daily, er.Day, opts.Days)
 	rep.Projection = ProjectCompliance(rep.Daily, ComplianceTarget)
 	return rep
+}
+
+// rankedExposure is one row of an exposure breakdown: a model or a
+// region, or (folded > 0) the row that sums folded others.
+type rankedExposure struct {
+	key    string
+	folded int64
+	counts ExposureCounts
+}
+
+// rankExposure orders counts, most exposed first (then most active, then
+// by key), each finished, and folds the rows past the top into one keyed
+// other.
+func rankExposure(counts map[string]*ExposureCounts, top int, other string) []rankedExposure {
+	rows := make([]rankedExposure, 0, len(counts))
+	for k, c := range counts {
+		c.finish()
+		rows = append(rows, rankedExposure{key: k, counts: *c})
+	}
+	slices.SortFunc(rows, func(a, b rankedExposure) int {
+		return cmp.Or(cmp.Compare(b.counts.Exposed, a.counts.Exposed), cmp.Compare(b.counts.Active, a.counts.Active),
+			strings.Compare(a.key, b.key))
+	})
+	return FoldTop(rows, top, func(rest []rankedExposure) rankedExposure {
+		o := rankedExposure{key: other, folded: int64(len(rest))}
+		for _, r := range rest {
+			o.counts.add(r.counts)
+		}
+		o.counts.finish()
+		return o
+	})
 }
 
 // daySeries is the days days up to last, oldest first, each with its
