@@ -205,6 +205,7 @@ func TestStore(t *testing.T) {
 		{"InstallationID", testInstallationID},
 		{"InstallationIDBeforeMigrate", testInstallationIDBeforeMigrate},
 		{"PingAfterClose", testPingAfterClose},
+		{"Analyze", testAnalyze},
 		{"LoggerHidesParameters", testLoggerHidesParameters},
 		{"SQLitePragmas", testSQLitePragmas},
 	})
@@ -880,5 +881,27 @@ func TestParseDSN(t *testing.T) {
 				t.Errorf("got dialect %q path %q, want dialect %q path %q", got.dialect, got.path, tc.wantDialect, tc.wantPath)
 			}
 		})
+	}
+}
+
+// testAnalyze refreshes the planner's statistics of a migrated database;
+// on SQLite that fills sqlite_stat1.
+func testAnalyze(t *testing.T, b backend) {
+	db := mustOpen(t, b.newDSN(t))
+	if _, err := db.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	s := db.Devices()
+	for i := range 20 {
+		mustEnroll(t, s, newDevice(fmt.Sprintf("dev_%d", i), "px-7"), fmt.Sprintf("hash-%d", i))
+	}
+	if err := db.Analyze(t.Context()); err != nil {
+		t.Fatalf("analyze: %v", err)
+	}
+	if b.name == "sqlite" {
+		var n int64
+		if err := db.gorm.Raw(`SELECT COUNT(*) FROM sqlite_stat1 WHERE tbl = 'devices'`).Scan(&n).Error; err != nil || n == 0 {
+			t.Errorf("after analyze: %d sqlite_stat1 rows for devices (%v), want some", n, err)
+		}
 	}
 }
