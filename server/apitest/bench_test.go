@@ -81,8 +81,7 @@ func benchCheckIn(b *testing.B, opts apitest.Options, rollout bool) {
 	// has analysed the new rows: without statistics PostgreSQL plans the
 	// batched check-in read of a fresh 1000-row table as two sequential
 	// scans and a hash join, where a real fleet's uses the token_hash
-	// and device_id indexes (and the rollout run, whose device_rollouts
-	// has 500 rows, paid for it).
+	// and device_id indexes.
 	if err := env.DB.Analyze(b.Context()); err != nil {
 		b.Fatal(err)
 	}
