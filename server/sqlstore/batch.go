@@ -79,7 +79,9 @@ func (b *readBatcher[K, V]) takeLocked() []*batchRead[K, V] {
 
 // run queries batch and answers its reads, then hands what waited in the
 // meantime to a new goroutine, so that the caller who ran it returns with
-// its own answer instead of serving others.
+// its own answer instead of serving others. The handed-on batch runs on
+// a fresh context: deriving it from this one would chain every batch's
+// context to the one before, for as long as reads keep coming.
 func (b *readBatcher[K, V]) run(ctx context.Context, batch []*batchRead[K, V]) {
 	keys := make([]K, 0, len(batch))
 	seen := make(map[K]struct{}, len(batch))
@@ -105,7 +107,7 @@ func (b *readBatcher[K, V]) run(ctx context.Context, batch []*batchRead[K, V]) {
 	}
 	next := b.takeLocked()
 	b.mu.Unlock()
-	go b.run(context.WithoutCancel(ctx), next)
+	go b.run(context.Background(), next)
 }
 
 // safeLookup is lookup with a panic turned into every reader's error: the

@@ -16,6 +16,7 @@ type fakeLookup struct {
 	mu      sync.Mutex
 	calls   [][]string
 	ctxErrs []error       // each call's ctx.Err() when it returned
+	values  []any         // each call's ctx.Value(readerKey{})
 	started chan []string // each call's keys, when set
 	release chan error    // what each call returns, when set
 }
@@ -23,6 +24,7 @@ type fakeLookup struct {
 func (f *fakeLookup) lookup(ctx context.Context, keys []string) (map[string]string, error) {
 	f.mu.Lock()
 	f.calls = append(f.calls, slices.Clone(keys))
+	f.values = append(f.values, ctx.Value(readerKey{}))
 	f.mu.Unlock()
 	if f.started != nil {
 		f.started <- slices.Clone(keys)
@@ -57,6 +59,9 @@ func (f *fakeLookup) contextErrs() []error {
 	defer f.mu.Unlock()
 	return slices.Clone(f.ctxErrs)
 }
+
+// readerKey marks a reader's context, to see which contexts lookups run on.
+type readerKey struct{}
 
 func newTestBatcher(f *fakeLookup, maxInFlight, maxBatch int) *readBatcher[string, string] {
 	return &readBatcher[string, string]{lookup: f.lookup, maxInFlight: maxInFlight, maxBatch: maxBatch, timeout: 10 * time.Second}
@@ -116,7 +121,7 @@ func TestReadBatcherMergesWaitingReads(t *testing.T) {
 	f := &fakeLookup{started: make(chan []string, 8), release: make(chan error, 8)}
 	b := newTestBatcher(f, 4, 64)
 	out := make(chan getResult, 8)
-	goGet(t.Context(), b, "first", out)
+	goGet(context.WithValue(t.Context(), readerKey{}, "first"), b, "first", out)
 	if got := <-f.started; !slices.Equal(got, []string{"first"}) {
 		t.Fatalf("first lookup: got %v", got)
 	}
@@ -149,6 +154,14 @@ func TestReadBatcherMergesWaitingReads(t *testing.T) {
 	}
 	if n := len(f.callKeys()); n != 2 {
 		t.Errorf("lookups: got %d, want 2", n)
+	}
+	// The first lookup runs on its reader's context (less its
+	// cancellation); the handed-on one on a fresh context, so that under
+	// steady load contexts do not chain from batch to batch.
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.values[0] != "first" || f.values[1] != nil {
+		t.Errorf("lookup contexts carry %v, want [first <nil>]", f.values)
 	}
 }
 
