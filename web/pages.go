@@ -242,15 +242,7 @@ func (h *Handler) rolloutAction(w http.ResponseWriter, r *http.Request, p *page)
 	}
 	reason := strings.TrimSpace(r.PostFormValue("reason"))
 	pctText := strings.TrimSpace(r.PostFormValue("percent"))
-	refuse := func(msg string) error {
-		d, err := h.rolloutData(r, id)
-		if err != nil {
-			return err
-		}
-		p.Title, p.Data, p.Error = "Rollout "+id, d, msg
-		h.render(w, r, http.StatusBadRequest, "rollout", p)
-		return nil
-	}
+	refuse := func(msg string) error { return h.refuseOnRollout(w, r, p, id, msg) }
 	if reason == "" {
 		return refuse("Say why: a " + action + " needs a reason, which the audit log keeps.")
 	}
@@ -295,6 +287,18 @@ func (h *Handler) rolloutAction(w http.ResponseWriter, r *http.Request, p *page)
 	return nil
 }
 
+// refuseOnRollout answers an action on rollout id that was refused with
+// msg: the rollout page again, 400, the message above it.
+func (h *Handler) refuseOnRollout(w http.ResponseWriter, r *http.Request, p *page, id, msg string) error {
+	d, err := h.rolloutData(r, id)
+	if err != nil {
+		return err
+	}
+	p.Title, p.Data, p.Error = "Rollout "+id, d, msg
+	h.render(w, r, http.StatusBadRequest, "rollout", p)
+	return nil
+}
+
 // modelAction holds a model of a rollout or releases its hold, with a
 // reason (inline on the by-model table, no confirmation page: both are
 // undone by the other).
@@ -304,15 +308,7 @@ func (h *Handler) modelAction(w http.ResponseWriter, r *http.Request, p *page) e
 		return fmt.Errorf("%w: unknown action %q", server.ErrNotFound, action)
 	}
 	reason := strings.TrimSpace(r.PostFormValue("reason"))
-	refuse := func(msg string) error {
-		d, err := h.rolloutData(r, id)
-		if err != nil {
-			return err
-		}
-		p.Title, p.Data, p.Error = "Rollout "+id, d, msg
-		h.render(w, r, http.StatusBadRequest, "rollout", p)
-		return nil
-	}
+	refuse := func(msg string) error { return h.refuseOnRollout(w, r, p, id, msg) }
 	if reason == "" {
 		return refuse("Say why: holding or releasing " + model + " needs a reason, which the audit log keeps.")
 	}
