@@ -151,8 +151,24 @@ func TestReports(t *testing.T) {
 		exp.AutoEnabled != active-installed || exp.Unencrypted != active-installed {
 		t.Errorf("exposure of %s: %+v; want %s with %d active, %d exposed", exp.Day, exp.ExposureCounts, today, active, active-installed)
 	}
-	if len(exp.ByModel) != 2 || exp.ByModel[0].Model != "PX-7" || exp.ByModel[1].Model != server.OtherModels || exp.ByModel[1].Models != 2 {
-		t.Errorf("by model %+v, want PX-7 (most exposed) and (other) of 2", exp.ByModel)
+	// The most exposed model follows the cohort the rollout drew (its salt
+	// and the handsets' ids are random): rank as the report must, by
+	// exposed handsets, then active ones.
+	exposedByModel := map[string][2]int64{
+		"PX-7": {int64(len(px7) - installed7), int64(len(px7))},
+		"PX-8": {int64(len(px8) - installed8), int64(len(px8))},
+		"QZ-1": {int64(len(other)), int64(len(other))},
+	}
+	mostExposed := ""
+	for _, m := range []string{"PX-7", "PX-8", "QZ-1"} {
+		c, best := exposedByModel[m], exposedByModel[mostExposed]
+		if mostExposed == "" || c[0] > best[0] || c[0] == best[0] && c[1] > best[1] {
+			mostExposed = m
+		}
+	}
+	if len(exp.ByModel) != 2 || exp.ByModel[0].Model != mostExposed || exp.ByModel[0].Exposed != exposedByModel[mostExposed][0] ||
+		exp.ByModel[1].Model != server.OtherModels || exp.ByModel[1].Models != 2 {
+		t.Errorf("by model %+v, want %s (most exposed: %d) and (other) of 2", exp.ByModel, mostExposed, exposedByModel[mostExposed][0])
 	}
 	if len(exp.Daily) != 7 || exp.Daily[6].Day != today || exp.Daily[6].Active != active || exp.Daily[5].ShareCompliant != nil ||
 		exp.Projection.Status != server.ProjectionUnknown || exp.Projection.Reason == "" {
