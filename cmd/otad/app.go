@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -135,10 +136,7 @@ func (m *Main) Run(ctx context.Context) error {
 		WriteTimeout:      m.cfg.WriteTimeout,
 		IdleTimeout:       m.cfg.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
-		// net/http logs some connection errors with the client's address
-		// ("http: panic serving 203.0.113.7:51234"); the server keeps no
-		// client IPs, so they are cut out.
-		ErrorLog: log.New(addrRedactor{slog.NewLogLogger(m.log.Handler(), slog.LevelWarn).Writer()}, "", 0),
+		ErrorLog:          newErrorLog(m.log),
 	}
 	go func() {
 		if err := m.http.Serve(m.ln); !errors.Is(err, http.ErrServerClosed) {
@@ -157,6 +155,31 @@ func (m *Main) Run(ctx context.Context) error {
 		slog.Int("schema_version", res.To),
 		slog.String("installation_id", installation))
 	return nil
+}
+
+// newErrorLog is http.Server.ErrorLog. net/http logs some connection
+// errors there with the client's address ("http: TLS handshake error from
+// 203.0.113.7:51234: ...", "http: panic serving 203.0.113.7:51234"); the
+// server keeps no client IPs. A failed TLS handshake becomes a line with
+// its cause alone (the error's text names the addresses too); any other
+// line keeps its text with every IP:port cut out, at warning level.
+func newErrorLog(l *slog.Logger) *log.Logger {
+	return log.New(errorLogWriter{log: l, other: addrRedactor{slog.NewLogLogger(l.Handler(), slog.LevelWarn).Writer()}}, "", 0)
+}
+
+// errorLogWriter is the writer under newErrorLog's logger: it receives
+// one line of net/http's per Write.
+type errorLogWriter struct {
+	log   *slog.Logger
+	other io.Writer
+}
+
+func (w errorLogWriter) Write(p []byte) (int, error) {
+	if bytes.HasPrefix(p, []byte("http: TLS handshake error from ")) {
+		w.log.Warn("tls handshake failed", slog.String("cause", api.CauseTLSHandshake))
+		return len(p), nil
+	}
+	return w.other.Write(p)
 }
 
 // addrRedactor replaces IP:port pairs in what it writes with "[client]".

@@ -82,6 +82,14 @@ func errorResponse(err error) (int, ErrorBody, bool) {
 	if fe := new(server.FieldError); errors.As(err, &fe) {
 		return http.StatusBadRequest, ErrorBody{ErrorDetail{"invalid", fe.Error(), fe.Field}}, false
 	}
+	if cause := connCause(err); cause != "" {
+		if cause == CauseMalformedRequest {
+			return http.StatusBadRequest, ErrorBody{ErrorDetail{Code: "invalid", Message: "malformed request body"}}, false
+		}
+		// Reading the body failed on the client's side: no server error,
+		// and most likely nobody left to read the answer.
+		return statusClientClosed, ErrorBody{ErrorDetail{Code: "canceled", Message: "the request's connection failed: " + cause}}, false
+	}
 	if errors.Is(err, context.Canceled) {
 		// The client went away; nobody reads this answer, and it is no
 		// server error. 499 is nginx's "client closed request".
@@ -141,6 +149,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 		err = c.JSON(status, body)
 	}
 	if err != nil {
-		s.log.DebugContext(c.Request().Context(), "writing error response", slog.Any("error", err))
+		// Writing fails on the connection: its error names the client.
+		s.log.DebugContext(c.Request().Context(), "writing error response", slog.String("cause", ConnCause(err)))
 	}
 }

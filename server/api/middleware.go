@@ -79,7 +79,9 @@ var quietRoutes = map[string]bool{"/healthz": true, "/readyz": true, "/metrics":
 // "unmatched"), the status and the request id the server generated. It
 // logs no client address, no path and no query string: the server keeps no
 // client IPs, query strings may carry tokens, and paths are client-chosen
-// text (/tuf/867530012345670.root.json would log an IMEI).
+// text (/tuf/867530012345670.root.json would log an IMEI). A request that
+// failed because its connection did gets the cause (ConnCause), never the
+// network error's text, which names the client's address.
 func observe(log *slog.Logger, m *httpMetrics) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
@@ -108,13 +110,18 @@ func observe(log *slog.Logger, m *httpMetrics) echo.MiddlewareFunc {
 			case status < 400 && quietRoutes[route]:
 				level = slog.LevelDebug
 			}
-			log.LogAttrs(req.Context(), level, "request",
+			attrs := []slog.Attr{
 				slog.String("request_id", requestID(c)),
 				slog.String("method", method),
 				slog.String("route", route),
 				slog.Int("status", status),
 				slog.Int64("bytes", c.Response().Size),
-				slog.Duration("duration", elapsed))
+				slog.Duration("duration", elapsed),
+			}
+			if cause := connCause(err); cause != "" {
+				attrs = append(attrs, slog.String("cause", cause))
+			}
+			log.LogAttrs(req.Context(), level, "request", attrs...)
 			return nil
 		}
 	}
@@ -122,6 +129,8 @@ func observe(log *slog.Logger, m *httpMetrics) echo.MiddlewareFunc {
 
 // bodyLimit rejects bodies over limit: at once when Content-Length says so,
 // otherwise when a handler reads past it (http.MaxBytesError, mapped to 413).
+// Any other read error of the body is the connection's, and becomes a
+// clientConnError (connBody) that names its cause and not the client.
 func bodyLimit(limitFor func(echo.Context) int64) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
@@ -135,7 +144,7 @@ func bodyLimit(limitFor func(echo.Context) int64) echo.MiddlewareFunc {
 			// answers without reading (an artifact already stored) spares
 			// the client the upload.
 			r := *req
-			r.Body = http.MaxBytesReader(c.Response(), req.Body, limit)
+			r.Body = http.MaxBytesReader(c.Response(), connBody{req.Body}, limit)
 			c.SetRequest(&r)
 			return next(c)
 		}

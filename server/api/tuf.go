@@ -155,14 +155,20 @@ func (s *Server) checkComplete(c echo.Context, w *contentWriter, key string, rea
 		slog.Int64("bytes_sent", w.written),
 		slog.Int64("length", length),
 	}
-	if werr != nil {
-		attrs = append(attrs, slog.String("error", werr.Error()))
+	// The write error's text names the client's address: only its cause
+	// is logged. The store's read error is the server's own.
+	switch {
+	case werr != nil:
+		cause := ConnCause(werr)
+		if cause == CauseWriteTimeout && w.deadlineSet {
+			cause = CauseStallTimeout
+		}
+		attrs = append(attrs, slog.String("cause", cause))
+	case req.Context().Err() != nil:
+		attrs = append(attrs, slog.String("cause", CauseCanceled))
 	}
 	if readErr != nil {
 		attrs = append(attrs, slog.String("read_error", readErr.Error()))
-	}
-	if cerr := req.Context().Err(); cerr != nil {
-		attrs = append(attrs, slog.String("context", cerr.Error()))
 	}
 	s.log.LogAttrs(req.Context(), level, "download ended early", attrs...)
 }
