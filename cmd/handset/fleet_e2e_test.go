@@ -43,7 +43,7 @@ func fleetEndToEnd(t *testing.T, opts apitest.Options) {
 
 	const n = 1000
 	res, _ := rollout(t, &fakeServer{URL: env.URL}, "--count", "1000", "--concurrency", "32", "--root", root,
-		"--fail-rate", "0.1", "--fail-codes", "E_DISK_FULL,E_BATTERY_LOW", "--timeout", "3m")
+		"--fail-rate", "0.1", "--fail-codes", "E_DISK_FULL,E_BATTERY_LOW", "--timeout", "10m")
 	if !res.Complete || res.Installed+res.Failed != n || res.Installed != res.Compliant || len(res.Errors) != 0 || res.Dropped != 0 {
 		t.Fatalf("handsets: %+v, want all %d installed or failed without errors", res, n)
 	}
