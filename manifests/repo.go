@@ -271,17 +271,24 @@ func (r *Repository) readNamed(ctx context.Context, by, name string) ([]byte, er
 }
 
 func (r *Repository) readBlob(ctx context.Context, key string) ([]byte, error) {
-	rc, _, err := r.blobs.Get(ctx, key, Range{})
+	return ReadSmall(ctx, r.blobs, key, MaxMetadataSize)
+}
+
+// ReadSmall reads the object key whole, refusing one of more than max
+// bytes: for metadata and other small signed files read back from the
+// store, which a corrupt or hostile store must not make unbounded.
+func ReadSmall(ctx context.Context, blobs BlobStore, key string, max int64) ([]byte, error) {
+	rc, _, err := blobs.Get(ctx, key, Range{})
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, MaxMetadataSize+1))
+	b, err := io.ReadAll(io.LimitReader(rc, max+1))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
-	if len(b) > MaxMetadataSize {
-		return nil, fmt.Errorf("read %s: larger than %d bytes", key, MaxMetadataSize)
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("read %s: larger than %d bytes", key, max)
 	}
 	return b, nil
 }

@@ -5,7 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -101,6 +104,28 @@ type AuditStore interface {
 type AuditVerification struct {
 	Entries  int64
 	HeadHash string
+	// Checkpoints is how many checkpoints the chain was checked against
+	// and Newest the newest of them (nil when none was).
+	Checkpoints int
+	Newest      *AuditCheckpoint
+	// Unanchored says why the chain was checked against no checkpoint
+	// ("no checkpoints yet", "no checkpoint store configured", no key
+	// to check them with): then only its own hashes vouch for it, which
+	// whoever can write the database can recompute.
+	Unanchored string
+}
+
+// Anchored reports whether the chain was checked against at least one
+// checkpoint kept outside the database.
+func (v AuditVerification) Anchored() bool { return v.Checkpoints > 0 }
+
+// SinceCheckpoint is how many entries were appended after the newest
+// checkpoint: nothing outside the database vouches for them yet.
+func (v AuditVerification) SinceCheckpoint() int64 {
+	if v.Newest == nil {
+		return v.Entries
+	}
+	return max(v.Entries-v.Newest.Seq, 0)
 }
 
 // AuditBrokenError is a chain that does not verify: the first entry
@@ -116,16 +141,44 @@ func (e *AuditBrokenError) Error() string {
 
 // VerifyAudit walks the whole log and checks that every entry follows
 // the one before (no gap in Seq, PrevHash is the previous Hash), that
-// every Hash matches its fields, and that the last entry is the head the
-// store recorded. It returns an *AuditBrokenError for the first break.
+// every Hash matches its fields, that the last entry is the head the
+// store recorded, and, against every checkpoint anchor holds, that each
+// entry a checkpoint lists has the hash it lists and that the log is at
+// least as long as the newest checkpoint. It returns an
+// *AuditBrokenError for the first entry where any of that fails.
 //
-// This catches an entry edited, removed or inserted through SQL by
-// someone who does not also recompute every hash after it and the head.
-// Someone who does can only be caught by comparing HeadHash with a copy
-// kept elsewhere (otad audit verify prints it).
-func VerifyAudit(ctx context.Context, store AuditStore) (AuditVerification, error) {
+// The chain alone catches an entry edited, removed or inserted through
+// SQL by someone who does not also recompute every hash after it and
+// the head. The checkpoints catch the one who does, as far as the
+// newest checkpoint. anchor may be nil (no checkpoint store): the
+// answer's Unanchored then says so, as it does when there is no
+// checkpoint yet.
+func VerifyAudit(ctx context.Context, store AuditStore, anchor AuditAnchor) (AuditVerification, error) {
+	var out AuditVerification
+	// Checkpoints first, the log second: the log read is then at least
+	// as new as every checkpoint, so a log shorter than one is a log cut.
+	var cps []AuditCheckpoint
+	if anchor == nil {
+		out.Unanchored = "no checkpoint store configured"
+	} else {
+		var err error
+		cps, err = anchor.Checkpoints(ctx)
+		switch {
+		case errors.Is(err, ErrAuditUnanchored):
+			out.Unanchored = strings.TrimPrefix(err.Error(), ErrAuditUnanchored.Error()+": ")
+		case err != nil:
+			return AuditVerification{}, err
+		}
+	}
+	var newest *AuditCheckpoint
+	for i := range cps {
+		if newest == nil || cps[i].Seq > newest.Seq {
+			newest = &cps[i]
+		}
+	}
 	var prev *AuditEntry
 	var n int64
+	next, active := 0, []*AuditCheckpoint(nil) // cps[next:] start after the current entry
 	headSeq, headHash, err := store.WalkAudit(ctx, func(e AuditEntry) error {
 		wantSeq, wantPrev := int64(1), AuditGenesis
 		if prev != nil {
@@ -138,6 +191,17 @@ func VerifyAudit(ctx context.Context, store AuditStore) (AuditVerification, erro
 			return &AuditBrokenError{Seq: e.Seq, Why: "its link to the entry before does not match (an entry was replaced)"}
 		case AuditHash(e) != e.Hash:
 			return &AuditBrokenError{Seq: e.Seq, Why: "its fields do not match its hash (the entry was edited)"}
+		}
+		for next < len(cps) && cps[next].From <= e.Seq {
+			active = append(active, &cps[next])
+			next++
+		}
+		active = slices.DeleteFunc(active, func(c *AuditCheckpoint) bool { return c.Seq < e.Seq })
+		for _, c := range active {
+			if c.Hashes[e.Seq-c.From] != e.Hash {
+				return &AuditBrokenError{Seq: e.Seq, Why: fmt.Sprintf("its hash differs from the one %s lists: "+
+					"the entry was changed, removed or inserted and the hashes after it recomputed", c)}
+			}
 		}
 		n++
 		prev = &e
@@ -154,7 +218,13 @@ func VerifyAudit(ctx context.Context, store AuditStore) (AuditVerification, erro
 		return AuditVerification{}, &AuditBrokenError{Seq: lastSeq + 1,
 			Why: fmt.Sprintf("the log ends at entry %d but its head records entry %d (entries were removed from the end)", lastSeq, headSeq)}
 	}
-	return AuditVerification{Entries: n, HeadHash: lastHash}, nil
+	if newest != nil && lastSeq < newest.Seq {
+		return AuditVerification{}, &AuditBrokenError{Seq: lastSeq + 1,
+			Why: fmt.Sprintf("the log ends at entry %d but %s records entries up to %d (entries were removed from the end)", lastSeq, newest, newest.Seq)}
+	}
+	out.Entries, out.HeadHash = n, lastHash
+	out.Checkpoints, out.Newest = len(cps), newest
+	return out, nil
 }
 
 // rolloutAuditDetail is the Detail of a rollout event's audit entry: the

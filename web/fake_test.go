@@ -26,6 +26,7 @@ var (
 	_ server.SessionStore = (*fakeIdentity)(nil)
 	_ server.TokenStore   = (*fakeIdentity)(nil)
 	_ server.AuditStore   = (*fakeAudit)(nil)
+	_ server.AuditAnchor  = (*fakeAnchor)(nil)
 	_ Backend             = (*fakeBackend)(nil)
 )
 
@@ -249,6 +250,34 @@ func (a *fakeAudit) WalkAudit(_ context.Context, fn func(server.AuditEntry) erro
 		return 0, "", nil
 	}
 	return es[len(es)-1].Seq, es[len(es)-1].Hash, nil
+}
+
+// fakeAnchor holds the checkpoints of a fakeAudit, trusted as they are.
+type fakeAnchor struct {
+	mu  sync.Mutex
+	cps []server.AuditCheckpoint
+}
+
+func (a *fakeAnchor) Checkpoints(context.Context) ([]server.AuditCheckpoint, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.cps) == 0 {
+		return nil, fmt.Errorf("%w: no checkpoints yet", server.ErrAuditUnanchored)
+	}
+	return slices.Clone(a.cps), nil
+}
+
+// checkpoint anchors every entry of log in one checkpoint.
+func (a *fakeAnchor) checkpoint(log *fakeAudit, at time.Time) {
+	log.mu.Lock()
+	cp := server.AuditCheckpoint{From: 1, Seq: int64(len(log.entries)), At: at, KeyID: "0123456789abcdef"}
+	for _, e := range log.entries {
+		cp.Hashes = append(cp.Hashes, e.Hash)
+	}
+	log.mu.Unlock()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.cps = append(a.cps, cp)
 }
 
 // fakeBackend answers with fixed reports and records the changes.

@@ -476,7 +476,7 @@ func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request, p *page) err
 	if d.Entries, err = h.opts.Audit.ListAudit(r.Context(), q); err != nil {
 		return err
 	}
-	v, err := server.VerifyAudit(r.Context(), h.opts.Audit)
+	v, err := server.VerifyAudit(r.Context(), h.opts.Audit, h.opts.AuditAnchor)
 	if !errors.As(err, &d.Broken) {
 		if err != nil {
 			return err

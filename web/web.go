@@ -46,6 +46,10 @@ type Options struct {
 	// Audit keeps the audit log: the pages list and verify it, and append
 	// logins, logouts and user and token changes to it.
 	Audit server.AuditStore
+	// AuditAnchor holds the audit log's checkpoints, which the audit
+	// page checks the chain against (nil: none, and the page says the
+	// log is not anchored).
+	AuditAnchor server.AuditAnchor
 	// Banner, when set, is a warning strip on every page.
 	Banner string
 	// SecureCookie marks the session cookie Secure even on a plain HTTP

@@ -27,6 +27,7 @@ type env struct {
 	h       *Handler
 	id      *fakeIdentity
 	audit   *fakeAudit
+	anchor  *fakeAnchor
 	backend *fakeBackend
 	users   server.Users
 	// cookies and csrf are the sessions of each role's user, by role.
@@ -101,10 +102,10 @@ func sampleBackend(tb testing.TB) *fakeBackend {
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
 	id := newFakeIdentity()
-	e := &env{id: id, audit: &fakeAudit{}, backend: sampleBackend(tb), cookies: map[string]*http.Cookie{}, csrf: map[string]string{}}
+	e := &env{id: id, audit: &fakeAudit{}, anchor: &fakeAnchor{}, backend: sampleBackend(tb), cookies: map[string]*http.Cookie{}, csrf: map[string]string{}}
 	e.users = server.Users{Store: id, Limiter: server.NewLoginLimiter(3, 15*time.Minute)}
 	h, err := New(Options{Backend: e.backend, Users: e.users, Sessions: server.Sessions{Store: id},
-		Tokens: server.Tokens{Store: id, Users: id}, Audit: e.audit, Banner: "DEMO — development-only keys"})
+		Tokens: server.Tokens{Store: id, Users: id}, Audit: e.audit, AuditAnchor: e.anchor, Banner: "DEMO — development-only keys"})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -171,7 +172,7 @@ func TestPagesRender(t *testing.T) {
 		{"releases", "/releases", []string{"cm/CM-1/update.zip", "opt-in", "d-7", "1 of 2", "4f1e2d3c4b5a", "remove cm/CM-0/update.zip"}},
 		{"device form", "/devices", []string{`name="id"`}},
 		{"device", "/devices?id=dev-42", []string{"dev-42", "PX-8", "auto_enabled", "E_NO_SPACE", "CM-2025-004"}},
-		{"audit", "/audit", []string{"Chain verified"}},
+		{"audit", "/audit", []string{"but NOT anchored: no checkpoints yet."}},
 		{"tokens", "/tokens", []string{"Mint token"}},
 	}
 	for _, tc := range tests {
@@ -607,8 +608,10 @@ func TestAuditPage(t *testing.T) {
 	e.audit.AppendAudit(ctx, server.AuditEntry{At: at, Actor: "alice", Action: "rollout.pause", Object: "ro-1", Reason: "spike"},
 		server.AuditEntry{At: at.Add(time.Hour), Actor: "bob", Action: "user.create", Object: "carol"},
 		server.AuditEntry{At: at.Add(48 * time.Hour), Actor: "alice", Action: "rollout.resume", Object: "ro-1"})
+	e.anchor.checkpoint(e.audit, at.Add(49*time.Hour))
 	body := e.do(t, server.RoleViewer, "GET", "/audit?actor=alice&action=rollout.&until=2026-12-02", nil).Body.String()
-	if !strings.Contains(body, "Chain verified: 3 entries") || !strings.Contains(body, "rollout.pause") ||
+	if !strings.Contains(body, "Chain verified: 3 entries, checked against the signed checkpoints kept outside the database (1; the newest of entry 3, signed ") ||
+		!strings.Contains(body, "rollout.pause") ||
 		strings.Contains(body, "<td>rollout.resume</td>") || strings.Contains(body, "<td>user.create</td>") {
 		t.Errorf("filtered audit page:\n%s", body)
 	}
@@ -616,6 +619,15 @@ func TestAuditPage(t *testing.T) {
 	body = e.do(t, server.RoleViewer, "GET", "/audit", nil).Body.String()
 	if !strings.Contains(body, "BROKEN at entry 2: its fields do not match its hash") {
 		t.Errorf("tampered audit page lacks the broken banner:\n%s", body)
+	}
+	// The same edit with every hash after it recomputed: only the
+	// checkpoint shows it.
+	for i := 1; i < len(e.audit.entries); i++ {
+		e.audit.entries[i].Chain(&e.audit.entries[i-1])
+	}
+	body = e.do(t, server.RoleViewer, "GET", "/audit", nil).Body.String()
+	if !strings.Contains(body, "BROKEN at entry 2: its hash differs from the one checkpoint 3 (signed 2026-12-03T11:00:00Z by key 01234567)") {
+		t.Errorf("rewritten audit page lacks the broken banner:\n%s", body)
 	}
 	if rec := e.do(t, server.RoleViewer, "GET", "/audit?since=yesterday", nil); rec.Code != http.StatusBadRequest {
 		t.Errorf("bad since: %d, want 400", rec.Code)

@@ -95,6 +95,9 @@ func (m *Main) Run(ctx context.Context) error {
 		RolloutRefresh:     m.cfg.RolloutRefresh,
 		RefreshInterval:    m.cfg.RefreshInterval,
 		ReportRetention:    m.cfg.ReportRetention,
+		// The online key signs the audit checkpoints; the blob store
+		// keeps them.
+		AuditCheckpointInterval: m.cfg.AuditCheckpointInterval,
 		// Behind a TLS proxy the request is plain HTTP: an https public
 		// URL marks the session cookie Secure anyway.
 		Web: app.WebConfig{Banner: m.cfg.Banner, SecureCookie: strings.HasPrefix(publicURL, "https://")},
@@ -287,6 +290,20 @@ func loadOnlineKey(cfg Config, log *slog.Logger) (signing.Signer, error) {
 		return nil, settingError("online-key", fmt.Errorf("%s: %w (an encrypted key needs OTAD_ONLINE_KEY_PASSPHRASE)", path, err))
 	}
 	return k.Signer(), nil
+}
+
+// loadExistingOnlineKey is loadOnlineKey for commands other than serve:
+// a missing key is an error, never generated, since a new key would sign
+// what no root lists.
+func loadExistingOnlineKey(cfg Config, log *slog.Logger) (signing.Signer, error) {
+	if cfg.OnlineKey == "" {
+		path := filepath.Join(cfg.DataDir, "online-key.json")
+		if _, err := os.Stat(path); err != nil {
+			return nil, settingError("online-key", fmt.Errorf("%s: %w (otad serve makes it on first start)", path, unwrapPathError(err)))
+		}
+		cfg.OnlineKey = path
+	}
+	return loadOnlineKey(cfg, log)
 }
 
 // prepareDataDir creates the data folder and proves it is writable, so a

@@ -51,6 +51,8 @@ type Config struct {
 	PresignTTL          time.Duration
 	DownloadStall       time.Duration
 	MaxArtifactSize     int64
+	// AuditCheckpointInterval: see app.Config.
+	AuditCheckpointInterval time.Duration
 
 	// Handset API.
 	PublicURL        string
@@ -93,6 +95,8 @@ func defaultConfig() Config {
 		PresignTTL:      5 * time.Minute,
 		DownloadStall:   time.Minute,
 		MaxArtifactSize: 8 << 30,
+
+		AuditCheckpointInterval: time.Minute,
 
 		PollInterval:       time.Hour,
 		LastSeenResolution: server.DefaultLastSeenResolution,
@@ -144,13 +148,9 @@ func (c *Config) registerCommon(fs *envflag.FlagSet) {
 		"how long to wait for the database and storage at start before giving up", "OTAD_STARTUP_TIMEOUT")
 }
 
-// registerServe adds the flags of "otad serve".
-func (c *Config) registerServe(fs *envflag.FlagSet) {
-	c.registerCommon(fs)
-	fs.StringEnv(&c.Listen, "listen", c.Listen,
-		"address to serve HTTP on; port 0 picks a free port (see --addr-file); :8080 accepts handsets from other hosts and needs --public-url", "OTAD_LISTEN")
-	fs.StringEnv(&c.AddrFile, "addr-file", c.AddrFile,
-		"file to write the bound host:port to once listening (replaced atomically, removed on shutdown); scripts read it with --listen 127.0.0.1:0", "OTAD_ADDR_FILE")
+// registerStorage adds the blob storage flags: otad serve's, and otad
+// audit's, which reads and writes the audit checkpoints there.
+func (c *Config) registerStorage(fs *envflag.FlagSet) {
 	fs.StringEnv(&c.Storage, "storage", c.Storage,
 		"blob storage: s3://bucket/prefix for S3-compatible storage, or a folder path (file:///path also accepted); empty means DATA-DIR/blobs", "OTAD_STORAGE")
 	fs.StringEnv(&c.S3Endpoint, "s3-endpoint", c.S3Endpoint,
@@ -162,6 +162,16 @@ func (c *Config) registerServe(fs *envflag.FlagSet) {
 		"OTAD_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MINIO_ACCESS_KEY", "MINIO_ROOT_USER")
 	fs.StringEnv(&c.S3SecretKey, "s3-secret-key", c.S3SecretKey, "S3 secret key; prefer the environment, flags show up in ps",
 		"OTAD_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_ROOT_PASSWORD")
+}
+
+// registerServe adds the flags of "otad serve".
+func (c *Config) registerServe(fs *envflag.FlagSet) {
+	c.registerCommon(fs)
+	fs.StringEnv(&c.Listen, "listen", c.Listen,
+		"address to serve HTTP on; port 0 picks a free port (see --addr-file); :8080 accepts handsets from other hosts and needs --public-url", "OTAD_LISTEN")
+	fs.StringEnv(&c.AddrFile, "addr-file", c.AddrFile,
+		"file to write the bound host:port to once listening (replaced atomically, removed on shutdown); scripts read it with --listen 127.0.0.1:0", "OTAD_ADDR_FILE")
+	c.registerStorage(fs)
 	fs.DurationEnv(&c.ReadTimeout, "read-timeout", c.ReadTimeout, "longest time to read a request, body included", "OTAD_READ_TIMEOUT")
 	fs.DurationEnv(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "longest time to write a response", "OTAD_WRITE_TIMEOUT")
 	fs.DurationEnv(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "how long an idle keep-alive connection stays open", "OTAD_IDLE_TIMEOUT")
@@ -191,10 +201,16 @@ func (c *Config) registerHandset(fs *envflag.FlagSet) {
 	fs.IntEnv(&c.EnrollmentBurst, "enroll-burst", c.EnrollmentBurst, "enrollments allowed at once before --enroll-rate applies", "OTAD_ENROLL_BURST")
 }
 
-// registerTUF adds the repository flags.
-func (c *Config) registerTUF(fs *envflag.FlagSet) {
+// registerOnlineKey adds --online-key: otad serve's, and otad audit
+// checkpoint's, which signs with it.
+func (c *Config) registerOnlineKey(fs *envflag.FlagSet) {
 	fs.StringEnv(&c.OnlineKey, "online-key", c.OnlineKey,
 		"the server's timestamp/snapshot signing key file; empty means DATA-DIR/online-key.json, generated on first start. Replicas must share one key", "OTAD_ONLINE_KEY")
+}
+
+// registerTUF adds the repository flags.
+func (c *Config) registerTUF(fs *envflag.FlagSet) {
+	c.registerOnlineKey(fs)
 	fs.DurationEnv(&c.Expiry.Root, "root-expiry", c.Expiry.Root, "validity of root metadata drafted by the server", "OTAD_ROOT_EXPIRY")
 	fs.DurationEnv(&c.Expiry.Targets, "targets-expiry", c.Expiry.Targets, "validity of targets metadata drafted by the server", "OTAD_TARGETS_EXPIRY")
 	fs.DurationEnv(&c.Expiry.Snapshot, "snapshot-expiry", c.Expiry.Snapshot, "validity of snapshot metadata; re-signed when half is left", "OTAD_SNAPSHOT_EXPIRY")
@@ -207,6 +223,8 @@ func (c *Config) registerTUF(fs *envflag.FlagSet) {
 	fs.DurationEnv(&c.DownloadStall, "download-stall-timeout", c.DownloadStall,
 		"close an artifact download the client has taken no bytes of for this long; downloads are not bound by --write-timeout", "OTAD_DOWNLOAD_STALL_TIMEOUT")
 	fs.Int64Env(&c.MaxArtifactSize, "max-artifact-size", c.MaxArtifactSize, "largest artifact upload in bytes", "OTAD_MAX_ARTIFACT_SIZE")
+	fs.DurationEnv(&c.AuditCheckpointInterval, "audit-checkpoint-interval", c.AuditCheckpointInterval,
+		"how often the audit log's new entries are signed with the online key into a checkpoint in the blob store (audit/checkpoints/), which a database administrator cannot rewrite", "OTAD_AUDIT_CHECKPOINT_INTERVAL")
 }
 
 // Validate checks what can be checked without touching the network or the
@@ -256,6 +274,7 @@ func (c *Config) ValidateServe() error {
 		"refresh-interval": c.RefreshInterval, "presign-ttl": c.PresignTTL, "download-stall-timeout": c.DownloadStall,
 		"poll-interval": c.PollInterval, "report-retention": c.ReportRetention,
 		"last-seen-resolution": c.LastSeenResolution, "rollout-refresh": c.RolloutRefresh,
+		"audit-checkpoint-interval": c.AuditCheckpointInterval,
 	} {
 		if d <= 0 {
 			return settingError(name, fmt.Errorf("%v: must be positive", d))

@@ -448,29 +448,41 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 
 const auditUsage = `Usage:
   otad audit verify
+  otad audit checkpoint
   otad audit list [--actor A] [--action A] [--limit N]
 
-The audit log records every administrative action, chained by hash.
-"verify" walks it and checks every link and the head; it exits 1 naming
-the first broken entry. Keep the head hash it prints somewhere else: a
-log rewritten with recomputed hashes verifies, but its head differs.
+The audit log records every administrative action, chained by hash. The
+server signs checkpoints of it with its online key into the blob store
+(audit/checkpoints/), outside the database, every
+--audit-checkpoint-interval. "verify" walks the log and checks every
+link, the head and every checkpoint; it exits 1 naming the first entry
+where the log breaks or disagrees with a checkpoint, and also when no
+checkpoint could be checked (a rewrite with recomputed hashes would not
+show). "checkpoint" makes the checkpoints now.
 `
 
 func runAudit(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	sub, err := subcommand(args, auditUsage, stderr, "verify", "list")
+	sub, err := subcommand(args, auditUsage, stderr, "verify", "checkpoint", "list")
 	if err != nil {
 		return err
 	}
 	synopsis := map[string]string{
-		"verify": "Checks the audit log's hash chain and its head; exits 1 at the first break.",
-		"list":   "Shows audit entries, newest first.",
+		"verify":     "Checks the audit log's hash chain, its head and its checkpoints; exits 1 at the first break,\nor when no checkpoint anchors the log.",
+		"checkpoint": "Signs checkpoints of the audit entries appended since the last one with the online key\ninto the blob store (the server does it every --audit-checkpoint-interval).",
+		"list":       "Shows audit entries, newest first.",
 	}[sub]
 	c := newAdminCommand("otad audit "+sub+" [flags]", synopsis, stderr)
 	var q server.AuditQuery
-	if sub == "list" {
+	switch sub {
+	case "list":
 		c.fs.StringVar(&q.Actor, "actor", "", "only this actor's entries")
 		c.fs.StringVar(&q.Action, "action", "", `only this action, or a prefix ending in "." (rollout.)`)
 		c.fs.IntVar(&q.Limit, "limit", 50, "at most this many entries (1-1000)")
+	case "verify":
+		c.cfg.registerStorage(c.fs)
+	case "checkpoint":
+		c.cfg.registerStorage(c.fs)
+		c.cfg.registerOnlineKey(c.fs)
 	}
 	if err := c.parse(args[1:], getenv, 0); err != nil {
 		return err
@@ -484,15 +496,29 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 	defer db.Close()
 	switch sub {
 	case "verify":
-		v, err := server.VerifyAudit(ctx, db.Audit())
+		blobs, err := openStorage(ctx, c.cfg)
 		if err != nil {
 			return err
 		}
-		head := v.HeadHash
-		if head == "" {
-			head = "(none: the log is empty)"
+		v, err := server.VerifyAudit(ctx, db.Audit(), &server.AuditCheckpoints{Blobs: blobs})
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(stdout, "audit log verified: %d entries, head %s\n", v.Entries, head)
+		return printAuditVerification(stdout, v)
+	case "checkpoint":
+		blobs, err := openStorage(ctx, c.cfg)
+		if err != nil {
+			return err
+		}
+		online, err := loadExistingOnlineKey(c.cfg, c.cfg.logger(stderr))
+		if err != nil {
+			return err
+		}
+		n, err := (&server.AuditCheckpoints{Blobs: blobs, Signer: online, Log: db.Audit()}).Checkpoint(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %d audit checkpoints\n", n)
 	case "list":
 		list, err := db.Audit().ListAudit(ctx, q)
 		if err != nil {
@@ -506,5 +532,31 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		return w.Flush()
 	}
+	return nil
+}
+
+// printAuditVerification prints what VerifyAudit found. A log that no
+// checkpoint anchors is an error (exit 1): its chain is intact, but a
+// rewrite that recomputed every hash would look the same. An empty log
+// with no checkpoints has nothing to anchor.
+func printAuditVerification(w io.Writer, v server.AuditVerification) error {
+	head := v.HeadHash
+	if head == "" {
+		head = "(none: the log is empty)"
+	}
+	if !v.Anchored() {
+		if v.Entries == 0 {
+			fmt.Fprintf(w, "audit log verified: 0 entries, nothing to anchor (%s)\n", v.Unanchored)
+			return nil
+		}
+		return fmt.Errorf("audit log chain intact (%d entries, head %s) but not anchored: %s; "+
+			"a rewrite that recomputed every hash would not show", v.Entries, head, v.Unanchored)
+	}
+	fmt.Fprintf(w, "audit log verified: %d entries, head %s; against %d checkpoints, the newest %s",
+		v.Entries, head, v.Checkpoints, v.Newest)
+	if n := v.SinceCheckpoint(); n > 0 {
+		fmt.Fprintf(w, "; %d entries since are not checkpointed yet", n)
+	}
+	fmt.Fprintln(w)
 	return nil
 }

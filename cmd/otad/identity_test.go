@@ -8,13 +8,17 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	_ "github.com/glebarez/go-sqlite"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
+	"github.com/patchfleet/ota/signing"
 )
 
 // cli runs otad commands on one data directory.
@@ -144,37 +148,119 @@ func TestUserCommands(t *testing.T) {
 
 func TestAuditCommands(t *testing.T) {
 	c := newCLI(t)
-	if out := c.mustRun("audit", "verify"); !strings.HasPrefix(out, "audit log verified: 0 entries") {
+	if out := c.mustRun("audit", "verify"); !strings.HasPrefix(out, "audit log verified: 0 entries, nothing to anchor") {
 		t.Errorf("verify an empty log: got %q", out)
 	}
 	for _, name := range []string{"a", "b", "c", "d"} {
 		c.mustRun("user", "create", name, "--role", "viewer", "--service")
 	}
-	out := c.mustRun("audit", "verify")
-	if !strings.HasPrefix(out, "audit log verified: 4 entries, head ") || len(strings.Fields(out)[6]) != 64 {
-		t.Errorf("verify: got %q", out)
+	// Nothing outside the database vouches for the log yet: not verified.
+	code, _, stderr := c.run("audit", "verify")
+	if code != exitFailed || !strings.Contains(stderr, "audit log chain intact (4 entries, head ") ||
+		!strings.Contains(stderr, "not anchored: no checkpoints yet") {
+		t.Errorf("verify with no checkpoint: exit %d %q, want 1, not anchored", code, stderr)
 	}
-	out = c.mustRun("audit", "list", "--limit", "2", "--action", "user.")
+	out := c.mustRun("audit", "list", "--limit", "2", "--action", "user.")
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 3 || !strings.HasPrefix(lines[1], "4 ") || !strings.Contains(lines[2], "user.create") {
 		t.Errorf("audit list: got %q, want a header and entries 4 and 3", out)
 	}
 	if code, _, _ := c.run("audit", "list", "--help"); code != exitOK {
 		t.Errorf("audit list --help: exit %d", code)
 	}
+	if code, _, stderr := c.run("audit", "checkpoint"); code != exitConfig || !strings.Contains(stderr, "online-key.json") {
+		t.Errorf("checkpoint without an online key: exit %d %q, want %d naming the key file", code, stderr, exitConfig)
+	}
 
-	// What someone with write access to the database file could do.
+	// The server's online key, and root v1 naming it, as otad serve and
+	// the ceremony leave them.
+	online := publishRoot(t, c.env["OTAD_DATA_DIR"])
+	if out := c.mustRun("audit", "checkpoint"); out != "wrote 1 audit checkpoints\n" {
+		t.Errorf("checkpoint: got %q", out)
+	}
+	out = c.mustRun("audit", "verify")
+	if !strings.HasPrefix(out, "audit log verified: 4 entries, head ") || len(strings.Fields(out)[6]) != 65 ||
+		!strings.Contains(out, "against 1 checkpoints, the newest checkpoint 4 (signed ") || !strings.Contains(out, "by key "+online.KeyID()[:8]+")") {
+		t.Errorf("verify: got %q", out)
+	}
+
+	// What someone with write access to the database file could do:
+	// edit entry 3, recompute every hash after it and the head.
 	raw, err := sql.Open("sqlite", filepath.Join(c.env["OTAD_DATA_DIR"], "otad.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	if _, err := raw.ExecContext(t.Context(), "UPDATE audit_log SET object = 'z' WHERE seq = 3"); err != nil {
+	exec := func(q string, args ...any) {
+		t.Helper()
+		if _, err := raw.ExecContext(t.Context(), q, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exec("UPDATE audit_log SET object = 'z' WHERE seq = 3")
+	es, err := c.db().Audit().ListAudit(t.Context(), server.AuditQuery{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	code, _, stderr := c.run("audit", "verify")
-	if code != exitFailed || !strings.Contains(stderr, "audit log broken at entry 3") {
-		t.Errorf("verify after an edit: exit %d %q, want 1 naming entry 3", code, stderr)
+	prev := server.AuditGenesis
+	for i := len(es) - 1; i >= 0; i-- {
+		e := es[i]
+		if e.Seq >= 3 {
+			e.PrevHash = prev
+			e.Hash = server.AuditHash(e)
+			exec("UPDATE audit_log SET prev_hash = ?, hash = ? WHERE seq = ?", e.PrevHash, e.Hash, e.Seq)
+		}
+		prev = e.Hash
 	}
+	exec("UPDATE audit_head SET hash = ? WHERE id = 1", prev)
+	code, _, stderr = c.run("audit", "verify")
+	if code != exitFailed || !strings.Contains(stderr, "audit log broken at entry 3: its hash differs from the one checkpoint 4") {
+		t.Errorf("verify after a rewrite: exit %d %q, want 1 naming entry 3 and checkpoint 4", code, stderr)
+	}
+	// Nor does the server sign what was appended after the rewrite.
+	c.mustRun("user", "create", "e", "--role", "viewer", "--service")
+	if code, _, stderr := c.run("audit", "checkpoint"); code != exitFailed || !strings.Contains(stderr, "not signing a broken log") {
+		t.Errorf("checkpoint of a rewritten log: exit %d %q, want 1 refusing", code, stderr)
+	}
+}
+
+// publishRoot writes the online key otad serve would make into dataDir
+// and root v1 naming it into the filesystem blob store there, signed by
+// a release engineer's key, and returns the online key.
+func publishRoot(t *testing.T, dataDir string) *signing.PrivateKey {
+	t.Helper()
+	online, err := signing.Generate(signing.AlgEd25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := signing.WriteUnencryptedKeyFile(filepath.Join(dataDir, "online-key.json"), online); err != nil {
+		t.Fatal(err)
+	}
+	engineer, err := signing.Generate(signing.AlgEd25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := metadata.Root(time.Now().AddDate(1, 0, 0))
+	for role, k := range map[string]*signing.PrivateKey{metadata.ROOT: engineer, metadata.TARGETS: engineer,
+		metadata.SNAPSHOT: online, metadata.TIMESTAMP: online} {
+		if err := root.Signed.AddKey(k.Public(), role); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := root.Sign(engineer.Signer()); err != nil {
+		t.Fatal(err)
+	}
+	b, err := root.ToBytes(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs, err := fsstore.New(filepath.Join(dataDir, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blobs.Put(t.Context(), "tuf/1.root.json", bytes.NewReader(b)); err != nil {
+		t.Fatal(err)
+	}
+	return online
 }
 
 func equalPrefix(got, want []string) bool {
@@ -191,6 +277,7 @@ func TestAdminCommandsHelp(t *testing.T) {
 	for _, args := range [][]string{
 		{"user", "--help"}, {"user", "create", "--help"}, {"user", "list", "--help"}, {"user", "set-role", "--help"},
 		{"user", "password", "--help"}, {"token", "create", "--help"}, {"token", "--help"}, {"audit", "verify", "--help"},
+		{"audit", "checkpoint", "--help"},
 	} {
 		if code, _, stderr := c.run(args...); code != exitOK || !strings.Contains(stderr, "Usage") {
 			t.Errorf("otad %s: exit %d %q, want 0 and usage", strings.Join(args, " "), code, stderr)

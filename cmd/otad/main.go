@@ -41,7 +41,8 @@ Usage:
                          mint an API token acting as user NAME
   otad token list [--user NAME] | revoke ID
                          list or revoke tokens
-  otad audit verify      check the audit log's hash chain
+  otad audit verify      check the audit log's hash chain and its checkpoints
+  otad audit checkpoint  sign checkpoints of the audit log now
   otad audit list [--actor A] [--action A] [--limit N]
                          show the audit log, newest first
   otad help              show this help

@@ -52,6 +52,10 @@ type Config struct {
 	// /admin/audit reads; without it they are not logged (otad always
 	// sets it).
 	Audit server.AuditStore
+	// AuditAnchor holds the audit log's checkpoints, which GET
+	// /admin/audit/verify checks the chain against (nil: none, and the
+	// answer says the log is not anchored).
+	AuditAnchor server.AuditAnchor
 	// Now is the clock of audit entries (default time.Now).
 	Now func() time.Time
 	// TargetsRedirect answers /targets/ with a redirect to a presigned URL
@@ -115,9 +119,10 @@ type Server struct {
 	rollouts *server.RolloutService
 	reports  *server.Reports
 
-	users    server.Users
-	auditLog server.AuditStore
-	clock    func() time.Time
+	users       server.Users
+	auditLog    server.AuditStore
+	auditAnchor server.AuditAnchor
+	clock       func() time.Time
 
 	// webRoutes are what the dashboard's pages need (mountWeb).
 	webRoutes map[string]RouteAccess
@@ -167,6 +172,7 @@ func New(cfg Config) *Server {
 	s.rollouts = cfg.Rollouts
 	s.reports = cfg.Reports
 	s.users, s.auditLog, s.clock = cfg.Users, cfg.Audit, cfg.Now
+	s.auditAnchor = cfg.AuditAnchor
 	e.HTTPErrorHandler = s.handleError
 
 	// Order matters: the request id comes first so every later log line

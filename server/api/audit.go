@@ -91,14 +91,34 @@ type AuditEntry struct {
 // AuditVerify is the answer of GET /admin/audit/verify.
 type AuditVerify struct {
 	OK bool `json:"ok"`
-	// Entries and HeadHash are set when OK: compare HeadHash with a copy
-	// kept elsewhere to catch a log rewritten whole.
+	// Entries and HeadHash are set when OK.
 	Entries  *int64  `json:"entries,omitempty"`
 	HeadHash *string `json:"head_hash,omitempty"`
-	// BrokenAt and Why say where and how the chain breaks when OK is
-	// false.
+	// Anchored, when OK, tells whether the chain was checked against
+	// checkpoints kept outside the database: Checkpoints of them, the
+	// newest NewestCheckpoint, with SinceCheckpoint entries appended
+	// after it. When not, Unanchored says why (and a rewrite that
+	// recomputes every hash would not show).
+	Anchored         *bool            `json:"anchored,omitempty"`
+	Checkpoints      int              `json:"checkpoints,omitempty"`
+	NewestCheckpoint *AuditCheckpoint `json:"newest_checkpoint,omitempty"`
+	SinceCheckpoint  *int64           `json:"since_checkpoint,omitempty"`
+	Unanchored       string           `json:"unanchored,omitempty"`
+	// BrokenAt and Why say where and how the chain breaks, or disagrees
+	// with a checkpoint, when OK is false.
 	BrokenAt int64  `json:"broken_at,omitempty"`
 	Why      string `json:"why,omitempty"`
+}
+
+// AuditCheckpoint is a checkpoint as GET /admin/audit/verify names it:
+// the entry it anchors, that entry's hash, when and by which key it was
+// signed, and where it is stored.
+type AuditCheckpoint struct {
+	Seq   int64     `json:"seq"`
+	Hash  string    `json:"hash"`
+	At    time.Time `json:"at"`
+	KeyID string    `json:"key_id"`
+	Key   string    `json:"key"`
 }
 
 func (s *Server) auditStore() (server.AuditStore, error) {
@@ -149,20 +169,27 @@ func (s *Server) auditEntries(c echo.Context) error {
 	return c.JSON(http.StatusOK, out)
 }
 
-// verifyAudit answers GET /admin/audit/verify: the whole chain checked
-// (server.VerifyAudit). A broken chain is still a 200: the answer is the
-// finding, not a failure of the request.
+// verifyAudit answers GET /admin/audit/verify: the whole chain checked,
+// against the checkpoints too (server.VerifyAudit). A broken chain is
+// still a 200: the answer is the finding, not a failure of the request.
 func (s *Server) verifyAudit(c echo.Context) error {
 	store, err := s.auditStore()
 	if err != nil {
 		return err
 	}
-	v, err := server.VerifyAudit(c.Request().Context(), store)
+	v, err := server.VerifyAudit(c.Request().Context(), store, s.auditAnchor)
 	if be := new(server.AuditBrokenError); errors.As(err, &be) {
 		return c.JSON(http.StatusOK, AuditVerify{OK: false, BrokenAt: be.Seq, Why: be.Why})
 	}
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, AuditVerify{OK: true, Entries: &v.Entries, HeadHash: &v.HeadHash})
+	anchored, since := v.Anchored(), v.SinceCheckpoint()
+	out := AuditVerify{OK: true, Entries: &v.Entries, HeadHash: &v.HeadHash, Anchored: &anchored,
+		Checkpoints: v.Checkpoints, Unanchored: v.Unanchored}
+	if cp := v.Newest; cp != nil {
+		out.NewestCheckpoint = &AuditCheckpoint{Seq: cp.Seq, Hash: cp.Hash(), At: cp.At.UTC(), KeyID: cp.KeyID, Key: cp.Key}
+		out.SinceCheckpoint = &since
+	}
+	return c.JSON(http.StatusOK, out)
 }

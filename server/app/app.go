@@ -23,6 +23,9 @@ import (
 const (
 	DefaultRefreshInterval = 5 * time.Second
 	DefaultReportRetention = 90 * 24 * time.Hour
+	// DefaultAuditCheckpointInterval is how often the audit log's head
+	// is checkpointed, when it moved.
+	DefaultAuditCheckpointInterval = time.Minute
 )
 
 // Config is what an App is built from. DB, Blobs and Online are required;
@@ -51,6 +54,11 @@ type Config struct {
 	// reports are kept (default DefaultReportRetention).
 	RefreshInterval time.Duration
 	ReportRetention time.Duration
+	// AuditCheckpointInterval is how often the replica holding the lease
+	// checkpoints the audit log, when entries were appended (default
+	// DefaultAuditCheckpointInterval; checked at each pass, so at most
+	// as often as RefreshInterval).
+	AuditCheckpointInterval time.Duration
 	// AfterPass, when set, is called after each pass of the background
 	// jobs, so that a test waits for one instead of sleeping.
 	AfterPass func()
@@ -95,6 +103,10 @@ type App struct {
 	Sessions server.Sessions
 	Tokens   server.Tokens
 	Audit    server.AuditStore
+	// Checkpoints anchor the audit log outside the database: signed by
+	// Online, stored in Blobs, made by the background jobs under the
+	// lease and checked by the API's and the pages' verify.
+	Checkpoints *server.AuditCheckpoints
 
 	cfg      Config
 	log      *slog.Logger
@@ -120,6 +132,9 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		// Zero must not mean "keep nothing": PruneReports would delete
 		// every report.
 		cfg.ReportRetention = DefaultReportRetention
+	}
+	if cfg.AuditCheckpointInterval <= 0 {
+		cfg.AuditCheckpointInterval = DefaultAuditCheckpointInterval
 	}
 	a := &App{cfg: cfg, log: cfg.Logger}
 	repo, err := manifests.New(manifests.Config{
@@ -163,8 +178,10 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Sessions = server.Sessions{Store: cfg.DB.Sessions(), Now: cfg.Now}
 	a.Tokens = server.Tokens{Store: cfg.DB.Tokens(), Users: cfg.DB.Users(), Now: cfg.Now}
 	a.Audit = cfg.DB.Audit()
+	a.Checkpoints = &server.AuditCheckpoints{Blobs: cfg.Blobs, Signer: cfg.Online, Log: a.Audit, Now: cfg.Now}
 	apiCfg.Tokens = a.Tokens
 	apiCfg.Users, apiCfg.Audit, apiCfg.Now = a.Users, a.Audit, cfg.Now
+	apiCfg.AuditAnchor = a.Checkpoints
 	apiCfg.Fleet = a.Fleet
 	// A change made through this replica, by an operator or by the
 	// policies, reaches its check-ins at once; other replicas see it

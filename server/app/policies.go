@@ -12,7 +12,8 @@ import (
 
 // PoliciesLease is the lease (sqlstore.DB.Lease) of the replica that
 // runs the jobs one replica runs for all: the rollout policies
-// (auto-halt, auto-advance, offer budget pruning) and report retention.
+// (auto-halt, auto-advance, offer budget pruning), report retention and
+// the audit log's checkpoints.
 const PoliciesLease = "rollout-policies"
 
 // policiesTTL is how long the lease lasts past a pass, in refresh
@@ -32,6 +33,8 @@ type policyJobs struct {
 	lastPrune time.Time
 	// lastSessionPrune is when expired sessions were last deleted.
 	lastSessionPrune time.Time
+	// lastCheckpoint is when the audit log was last checkpointed.
+	lastCheckpoint time.Time
 }
 
 // buildPolicies makes the rollout evaluator, the rollout metrics and
@@ -68,10 +71,10 @@ func (a *App) rolloutSnapshot() []*server.Rollout {
 }
 
 // runPolicies takes or renews the policies lease and, only while this
-// replica holds it, runs the rollout policies and (hourly) report
-// retention. The lease is read on the App's clock: replicas' clocks
-// that disagree by more than a pass or two may both run a pass, which
-// is harmless.
+// replica holds it, runs the rollout policies, (hourly) report
+// retention and (every AuditCheckpointInterval) the audit checkpoints.
+// The lease is read on the App's clock: replicas' clocks that disagree
+// by more than a pass or two may both run a pass, which is harmless.
 func (a *App) runPolicies(ctx context.Context) {
 	p := &a.policies
 	held, err := p.lease.Acquire(ctx, p.holder, policiesTTL*a.cfg.RefreshInterval, a.now())
@@ -89,6 +92,9 @@ func (a *App) runPolicies(ctx context.Context) {
 			msg = "another replica runs the rollout policies and report retention now"
 		}
 		a.log.Info(msg, slog.String("lease", PoliciesLease), slog.String("holder", p.holder))
+		// The replica before may have checkpointed since this one last
+		// did: read where to go on from the store.
+		a.Checkpoints.Reset()
 	}
 	if !held {
 		return
@@ -102,8 +108,27 @@ func (a *App) runPolicies(ctx context.Context) {
 	if time.Since(p.lastSessionPrune) > time.Hour && a.pruneSessions(ctx) {
 		p.lastSessionPrune = time.Now()
 	}
+	if time.Since(p.lastCheckpoint) >= a.cfg.AuditCheckpointInterval {
+		// A failure is retried at the next interval, not at every pass:
+		// a log that no longer follows its checkpoints fails each time,
+		// and once a minute is loud enough.
+		a.checkpointAudit(ctx)
+		p.lastCheckpoint = time.Now()
+	}
 	if a.cfg.AfterPolicies != nil {
 		a.cfg.AfterPolicies()
+	}
+}
+
+// checkpointAudit signs and stores checkpoints of the audit entries
+// appended since the last one (server.AuditCheckpoints.Checkpoint).
+func (a *App) checkpointAudit(ctx context.Context) {
+	n, err := a.Checkpoints.Checkpoint(ctx)
+	if err != nil && ctx.Err() == nil {
+		a.log.Error("checkpointing the audit log", slog.Any("error", err))
+	}
+	if n > 0 {
+		a.log.Debug("checkpointed the audit log", slog.Int("checkpoints", n))
 	}
 }
 

@@ -35,6 +35,7 @@ func (a *App) newWeb(cfg WebConfig, reports *server.Reports) (*web.Handler, erro
 		Sessions:     a.Sessions,
 		Tokens:       a.Tokens,
 		Audit:        a.Audit,
+		AuditAnchor:  a.Checkpoints,
 		Banner:       cfg.Banner,
 		SecureCookie: cfg.SecureCookie,
 		Logger:       a.log,

@@ -57,7 +57,7 @@ func TestDashboardWiring(t *testing.T) {
 		{"/rollouts", 200, "No rollouts yet."},
 		{"/releases", 200, "Nothing published yet."},
 		{"/devices?id=dev-none", 404, "No handset has the id dev-none."},
-		{"/audit", 200, "Chain verified"},
+		{"/audit", 200, "but NOT anchored: no checkpoints yet"},
 		{"/tokens", 200, "Mint token"},
 		{"/users", 403, "does not allow"},
 		{"/static/live.js", 200, "data-live"},

@@ -374,7 +374,7 @@ func entry(i int) server.AuditEntry {
 
 func mustVerify(t testing.TB, db *DB) server.AuditVerification {
 	t.Helper()
-	v, err := server.VerifyAudit(t.Context(), db.Audit())
+	v, err := server.VerifyAudit(t.Context(), db.Audit(), nil)
 	if err != nil {
 		t.Fatalf("verify: %v", err)
 	}
@@ -448,7 +448,7 @@ func testAuditTampering(t *testing.T, b backend) {
 			if err := db.gorm.WithContext(ctx).Exec(tc.sql).Error; err != nil {
 				t.Fatal(err)
 			}
-			_, err := server.VerifyAudit(ctx, db.Audit())
+			_, err := server.VerifyAudit(ctx, db.Audit(), nil)
 			var broken *server.AuditBrokenError
 			if !errors.As(err, &broken) {
 				t.Fatalf("verify after %s: got %v, want an AuditBrokenError", tc.sql, err)
