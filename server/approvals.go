@@ -32,18 +32,25 @@ const (
 )
 
 // Approval is a widening of a rollout that one person asked for and a
-// second must approve before it happens (four eyes): an advance past
-// FourEyesPercent, or a start whose first stage is 100%. Its
-// requester cannot approve it; who counts as the same person is the
-// principal's user name.
+// second must approve before it happens (four eyes): a start, advance
+// or resume that leaves the patch's exposure above FourEyesPercent (see
+// NeedsApproval). Its requester cannot approve it, nor can anyone whose
+// account the requester vouched for in the last VouchWindow (see
+// VouchedError); who counts as the same person is the principal's user
+// name, which a token shares with its owner.
 type Approval struct {
 	ID        string
 	RolloutID string
-	// Action is ActionAdvance or ActionStart.
+	// Action is ActionAdvance, ActionStart or ActionResume.
 	Action string
 	// ToPercent is the percent the rollout will be at once approved: the
-	// advance's target, or the start's first stage.
-	ToPercent   float64
+	// advance's target, the start's first stage, the resumed stage.
+	ToPercent float64
+	// Exposure is the exposure of the rollout's patch the change makes,
+	// as it was asked for: approving applies it only if the exposure
+	// then is no more (0 on requests from before it was kept: ToPercent
+	// stands in).
+	Exposure    float64
 	RequestedBy string
 	RequestedAt time.Time
 	Reason      string
@@ -54,6 +61,15 @@ type Approval struct {
 	DecidedBy      string
 	DecidedAt      time.Time
 	DecisionReason string
+}
+
+// approvedExposure is the patch exposure the approval lets the change
+// make: Exposure, or ToPercent on a request from before it was kept.
+func (a *Approval) approvedExposure() float64 {
+	if a.Exposure > 0 {
+		return a.Exposure
+	}
+	return a.ToPercent
 }
 
 // Pending reports whether the approval still waits for a decision.
@@ -79,19 +95,7 @@ type ApprovalStore interface {
 
 // ErrSelfApproval is a requester approving their own request. It is an
 // ErrForbidden.
-var ErrSelfApproval = fmt.Errorf("%w: a second person must approve a widening past %d%% or a start at 100%%; ask another operator", ErrForbidden, FourEyesPercent)
+var ErrSelfApproval = fmt.Errorf("%w: a second person must approve a widening that lets a patch reach more than %d%% of the handsets its rollouts select; ask another operator", ErrForbidden, FourEyesPercent)
 
 // NewApprovalID makes an approval id: "ap-" and 12 random hex digits.
 func NewApprovalID() string { return "ap-" + randomHex(6) }
-
-// NeedsApproval reports whether a change needs a second person: an
-// advance to above FourEyesPercent, or a start whose first stage is 100%.
-func NeedsApproval(action string, toPercent float64) bool {
-	switch action {
-	case ActionAdvance:
-		return toPercent > FourEyesPercent
-	case ActionStart:
-		return toPercent >= 100
-	}
-	return false
-}

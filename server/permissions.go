@@ -17,7 +17,8 @@ const (
 	// aborts, advances, completes, holds and releases them.
 	PermRolloutChange Permission = "rollouts:change"
 	// PermRolloutApprove approves a widening another user asked for
-	// (four eyes): past FourEyesPercent, or a start at 100%.
+	// (four eyes): one that lets a patch reach more than
+	// FourEyesPercent of the handsets its rollouts select.
 	PermRolloutApprove Permission = "rollouts:approve"
 	// PermReleaseChange runs the repository ceremony, uploads artifacts,
 	// stages releases and yanks, uploads signatures and discards drafts.
@@ -59,6 +60,7 @@ func RoleCan(role string, p Permission) bool {
 	return slices.Contains(RolePermissions[role], p)
 }
 
-// FourEyesPercent is the stage past which widening a rollout needs a
-// second person's approval; starting a rollout at 100% needs it too.
+// FourEyesPercent is the exposure of a patch (Exposure: how much of the
+// handsets its rollouts select it can reach, every rollout counted) past
+// which a start, advance or resume needs a second person's approval.
 const FourEyesPercent = 50

@@ -19,8 +19,8 @@ type ApprovalPendingError struct {
 
 func (e *ApprovalPendingError) Error() string {
 	a := e.Approval
-	return fmt.Sprintf("%s of rollout %s to %g%% waits for a second person's approval (%s): past %d%% four eyes are needed",
-		a.Action, a.RolloutID, a.ToPercent, a.ID, FourEyesPercent)
+	return fmt.Sprintf("%s of rollout %s to %g%% waits for a second person's approval (%s): it lets the patch reach %g%% of the handsets its rollouts select, and past %d%% four eyes are needed",
+		a.Action, a.RolloutID, a.ToPercent, a.ID, a.approvedExposure(), FourEyesPercent)
 }
 
 // Is makes an ApprovalPendingError an ErrConflict.
@@ -30,21 +30,25 @@ func (e *ApprovalPendingError) Is(target error) bool { return target == ErrConfl
 // the widening is refused rather than let through unapproved.
 var errNoApprovals = fmt.Errorf("%w: widening past %d%% needs an approval store, and none is configured", ErrUnavailable, FourEyesPercent)
 
-// wouldWiden applies action to a copy of r and returns the event it
-// would make, with the action's own refusals: so that a request for
-// approval is refused exactly when the change itself would be.
-func wouldWiden(r *Rollout, action func(*Rollout, time.Time) (Event, error), now time.Time) (Event, error) {
-	return action(r.Clone(), now)
+// wouldWiden applies action to a copy of r and returns the copy and the
+// event it would make, with the action's own refusals: so that a
+// request for approval is refused exactly when the change itself would
+// be, and the exposure it makes can be judged before it is saved.
+func wouldWiden(r *Rollout, action func(*Rollout, time.Time) (Event, error), now time.Time) (*Rollout, Event, error) {
+	c := r.Clone()
+	ev, err := action(c, now)
+	return c, ev, err
 }
 
 // requestApproval records that actor asks for the change ev describes
-// (an advance or a start past four eyes) on r, read at its version: an
+// (a start, advance or resume that makes the patch's exposure exposure)
+// on r, read at its version: an
 // approval_requested event saved over that version, then the pending
 // approval. Older pending approvals of the rollout are cancelled: the
 // newest request is the one that stands. It returns the
 // *ApprovalPendingError that tells the caller, or ErrConflict when r
 // changed meanwhile (the caller reads it again).
-func (s *RolloutService) requestApproval(ctx context.Context, r *Rollout, ev Event, actor, reason string, now time.Time) (*Rollout, error) {
+func (s *RolloutService) requestApproval(ctx context.Context, r *Rollout, ev Event, exposure float64, actor, reason string, now time.Time) (*Rollout, error) {
 	if s.Approvals == nil {
 		return nil, errNoApprovals
 	}
@@ -52,11 +56,11 @@ func (s *RolloutService) requestApproval(ctx context.Context, r *Rollout, ev Eve
 	if err != nil {
 		return nil, err
 	}
-	a := &Approval{ID: NewApprovalID(), RolloutID: r.ID, Action: ev.Action, ToPercent: ev.ToPercent,
+	a := &Approval{ID: NewApprovalID(), RolloutID: r.ID, Action: ev.Action, ToPercent: ev.ToPercent, Exposure: exposure,
 		RequestedBy: actor, RequestedAt: now, Reason: reason, State: ApprovalPending}
 	req := r.event(ActionApprovalRequested, actor, reason, now)
 	req.ToPercent = ev.ToPercent
-	req.Detail = fmt.Sprintf("approval %s: %s to %g%% waits for a second person", a.ID, ev.Action, ev.ToPercent)
+	req.Detail = fmt.Sprintf("approval %s: %s to %g%% (patch exposure %g%%) waits for a second person", a.ID, ev.Action, ev.ToPercent, exposure)
 	if ids := approvalIDs(pending); ids != "" {
 		req.Detail += "; cancelled " + ids
 	}
@@ -138,15 +142,20 @@ func (s *RolloutService) decidable(ctx context.Context, rolloutID, approvalID st
 }
 
 // Approve lets a pending widening through: approver, who must not be its
-// requester (ErrSelfApproval), approves it with a reason and the change
-// is applied at once, acted by the approver, its event naming both.
+// requester (ErrSelfApproval) nor someone whose account the requester
+// vouched for within VouchWindow (*VouchedError), approves it with a
+// reason and the change is applied at once, acted by the approver, its
+// event naming both.
 //
 // The decision is recorded first, as a compare-and-swap on pending, so
 // that of two approvers (or an approver and a rejecter) only one wins;
-// the change is checked against the rollout just before. If the rollout
-// changes in between so that the change is refused after all, the
-// approval stays approved without effect and the error says so: the
-// requester asks again.
+// the change is checked against the rollout just before, and again on
+// every read as it is saved: if it would now make the patch's exposure
+// larger than the request said (another rollout of the patch widened
+// meanwhile), it is refused with ErrConflict. If the rollout changes in
+// between so that the change is refused after all, the approval stays
+// approved without effect and the error says so: the requester asks
+// again.
 func (s *RolloutService) Approve(ctx context.Context, rolloutID, approvalID, approver, reason string) (*Rollout, *Approval, error) {
 	if err := checkAction(approver, reason); err != nil {
 		return nil, nil, err
@@ -157,6 +166,9 @@ func (s *RolloutService) Approve(ctx context.Context, rolloutID, approvalID, app
 	}
 	if a.RequestedBy == approver {
 		return nil, nil, ErrSelfApproval
+	}
+	if err := checkVouched(ctx, s.Audit, a.RequestedBy, approver, s.now()); err != nil {
+		return nil, nil, err
 	}
 	detail := fmt.Sprintf("approval %s: requested by %s (%s), approved by %s", a.ID, a.RequestedBy, a.Reason, approver)
 	apply := func(r *Rollout, now time.Time) (Event, error) {
@@ -170,17 +182,33 @@ func (s *RolloutService) Approve(ctx context.Context, rolloutID, approvalID, app
 			ev, err = r.Start(approver, reason, now)
 		case ActionAdvance:
 			ev, err = r.Advance(approver, reason, a.ToPercent, now)
+		case ActionResume:
+			if r.Percent() != a.ToPercent {
+				return Event{}, fmt.Errorf("%w: the rollout is now at %g%%, not the %g%% approved", ErrConflict, r.Percent(), a.ToPercent)
+			}
+			ev, err = r.Resume(approver, reason, now)
 		default:
 			return Event{}, fmt.Errorf("approval %s: unknown action %q", a.ID, a.Action)
 		}
+		if err != nil {
+			return ev, err
+		}
+		exposure, err := exposureAfter(ctx, s.Store, r)
+		if err != nil {
+			return Event{}, err
+		}
+		if stageCohorts(exposure) > stageCohorts(a.approvedExposure()) {
+			return Event{}, fmt.Errorf("%w: approval %s was asked for a patch exposure of %g%%, and the change would now make it %g%% (other rollouts of patch %s widened meanwhile); ask again",
+				ErrConflict, a.ID, a.approvedExposure(), exposure, r.Release.PatchID)
+		}
 		ev.Detail = detail
-		return ev, err
+		return ev, nil
 	}
 	r, err := s.Store.Rollout(ctx, rolloutID)
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := wouldWiden(r, apply, s.now()); err != nil {
+	if _, _, err := wouldWiden(r, apply, s.now()); err != nil {
 		return nil, nil, err
 	}
 	d := *a

@@ -38,8 +38,10 @@ type RolloutEvaluator struct {
 	OnChange func()
 	// Logger receives a line per saved event (default: discard).
 	Logger *slog.Logger
-	// Approvals receives the four-eyes requests of auto-advances past
-	// FourEyesPercent: the evaluator never widens that far on its own,
+	// Approvals receives the four-eyes requests of auto-advances that
+	// would take their patch's exposure (Exposure, every rollout of the
+	// patch counted) past FourEyesPercent: the evaluator never widens
+	// that far on its own,
 	// it asks on behalf of the rollout's creator, who then cannot
 	// approve it alone. Without it such auto-advances do not happen.
 	// Pending approvals of a rollout it halts are cancelled.
@@ -153,14 +155,18 @@ func (e *RolloutEvaluator) decide(ctx context.Context, r *Rollout, now time.Time
 		if err != nil {
 			return nil, nil, err
 		}
-		// On a copy first: an advance past four eyes is asked for, not
-		// made.
+		// On a copy first: an advance that takes the patch's exposure
+		// past four eyes is asked for, not made.
 		next := r.Clone()
 		if ev, ok := EvaluateAdvance(next, stage, now); ok {
-			if !NeedsApproval(ev.Action, ev.ToPercent) {
+			exposure, err := exposureAfter(ctx, e.Store, next)
+			if err != nil {
+				return nil, nil, fmt.Errorf("evaluate rollout %s: %w", r.ID, err)
+			}
+			if !NeedsApproval(ev.Action, exposure) {
 				*r = *next
 				evs = append(evs, ev)
-			} else if ask, err := e.askApproval(ctx, r, ev, now); err != nil {
+			} else if ask, err := e.askApproval(ctx, r, ev, exposure, now); err != nil {
 				return nil, nil, err
 			} else if ask != nil {
 				req = ask
@@ -176,7 +182,7 @@ func (e *RolloutEvaluator) decide(ctx context.Context, r *Rollout, now time.Time
 // asked for this stage's soak (pending, or decided: a rejection holds
 // until the stage changes or the rollout is resumed) or there is no
 // store to ask in.
-func (e *RolloutEvaluator) askApproval(ctx context.Context, r *Rollout, ev Event, now time.Time) (*Approval, error) {
+func (e *RolloutEvaluator) askApproval(ctx context.Context, r *Rollout, ev Event, exposure float64, now time.Time) (*Approval, error) {
 	if e.Approvals == nil {
 		return nil, nil
 	}
@@ -190,7 +196,7 @@ func (e *RolloutEvaluator) askApproval(ctx context.Context, r *Rollout, ev Event
 			return nil, nil
 		}
 	}
-	return &Approval{ID: NewApprovalID(), RolloutID: r.ID, Action: ActionAdvance, ToPercent: ev.ToPercent,
+	return &Approval{ID: NewApprovalID(), RolloutID: r.ID, Action: ActionAdvance, ToPercent: ev.ToPercent, Exposure: exposure,
 		RequestedBy: r.CreatedBy, RequestedAt: now, Reason: "auto-advance: " + ev.Reason, State: ApprovalPending}, nil
 }
 
@@ -199,8 +205,8 @@ func (e *RolloutEvaluator) askApproval(ctx context.Context, r *Rollout, ev Event
 func (e *RolloutEvaluator) requestEvent(r *Rollout, a *Approval, now time.Time) Event {
 	ev := r.event(ActionApprovalRequested, SystemActor, a.Reason, now)
 	ev.ToPercent = a.ToPercent
-	ev.Detail = fmt.Sprintf("approval %s: advance to %g%% waits for a second person; asked on behalf of the rollout's creator %s, who cannot approve it alone",
-		a.ID, a.ToPercent, a.RequestedBy)
+	ev.Detail = fmt.Sprintf("approval %s: advance to %g%% (patch exposure %g%%) waits for a second person; asked on behalf of the rollout's creator %s, who cannot approve it alone",
+		a.ID, a.ToPercent, a.Exposure, a.RequestedBy)
 	return ev
 }
 

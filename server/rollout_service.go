@@ -26,7 +26,9 @@ type RolloutSpec struct {
 	Stages   []float64
 	// Policy is the whole policy: start from DefaultPolicy.
 	Policy Policy
-	// Salt, when empty, is the id (see NewRollout).
+	// Salt, when empty, is the salt of the patch's earlier rollouts,
+	// or the id for the patch's first (see PatchSalt). A salt other than
+	// the patch's is refused: cohorts of one patch nest.
 	Salt string
 	// Draft keeps the rollout a draft; otherwise it starts at once.
 	Draft bool
@@ -48,10 +50,15 @@ type RolloutService struct {
 	// OnChange, when set, is called after every successful write, so
 	// that this replica's cache of rollouts is refreshed at once.
 	OnChange func()
-	// Approvals keeps the four-eyes requests: an advance past
-	// FourEyesPercent or a start at 100% waits in it for a second
-	// person (see Approve). Without it such widenings are refused.
+	// Approvals keeps the four-eyes requests: a start, advance or
+	// resume that leaves its patch's exposure above FourEyesPercent
+	// waits in it for a second person (see Approve). Without it such
+	// widenings are refused.
 	Approvals ApprovalStore
+	// Audit is the audit log, read when an approval is decided: someone
+	// whose account the requester vouched for within VouchWindow cannot
+	// approve (VouchedError). Without it that is not checked.
+	Audit AuditStore
 }
 
 // rolloutAttempts bounds the retries of a change whose rollout was saved
@@ -84,7 +91,14 @@ func NewRolloutID() (string, error) {
 // Create makes a rollout of spec and stores it with its audit events in
 // one transaction: the create, and the start unless spec.Draft. Errors
 // are FieldErrors named as the admin API's body (release when the path
-// is not a published target), ErrConflict for an id already taken.
+// is not a published target, salt when it is not the salt the patch's
+// rollouts share), ErrConflict for an id already taken.
+//
+// The rollout takes the salt of the patch's earlier rollouts (PatchSalt),
+// so that their cohorts nest. A start that leaves the patch's exposure
+// above FourEyesPercent (NeedsApproval) waits for a second person: the
+// rollout is stored as a draft and the answer is an
+// *ApprovalPendingError.
 func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor string) (*Rollout, error) {
 	if strings.TrimSpace(actor) == "" {
 		return nil, ErrNoActor
@@ -102,30 +116,41 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 	if err != nil {
 		return nil, err
 	}
+	all, err := s.Store.Rollouts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	salt := spec.Salt
+	if shared, ok := PatchSalt(all, rel); ok {
+		if salt != "" && salt != shared {
+			return nil, fieldErr("salt", "the rollouts of patch %s share the salt %q, so that their cohorts nest and four eyes can count how far the patch reaches; leave salt out or give that one",
+				rel.PatchID, shared)
+		}
+		salt = shared
+	}
 	now := s.now()
 	r, ev, err := NewRollout(Rollout{ID: id, Release: rel, Selector: spec.Selector, Stages: spec.Stages,
-		Policy: spec.Policy, Salt: spec.Salt}, actor, now)
+		Policy: spec.Policy, Salt: salt}, actor, now)
 	if err != nil {
 		return nil, err
 	}
 	evs := []Event{ev}
-	var startAt100 *Event
+	var waits *Event
+	var exposure float64
 	if !spec.Draft {
 		reason := spec.Reason
 		if reason == "" {
 			reason = "created by " + actor
 		}
-		start, err := wouldWiden(r, func(r *Rollout, now time.Time) (Event, error) { return r.Start(actor, reason, now) }, now)
+		started, start, err := wouldWiden(r, func(r *Rollout, now time.Time) (Event, error) { return r.Start(actor, reason, now) }, now)
 		if err != nil {
 			return nil, err
 		}
-		if NeedsApproval(ActionStart, start.ToPercent) {
+		if exposure = Exposure(all, started); NeedsApproval(ActionStart, exposure) {
 			// Stored as a draft; the start waits for a second person.
-			startAt100 = &start
+			waits = &start
 		} else {
-			if start, err = r.Start(actor, reason, now); err != nil {
-				return nil, err
-			}
+			*r = *started
 			evs = append(evs, start)
 		}
 	}
@@ -137,17 +162,17 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 		}
 		evs[0].Reason = spec.Reason
 	}
-	if startAt100 != nil && s.Approvals == nil {
+	if waits != nil && s.Approvals == nil {
 		return nil, errNoApprovals
 	}
 	if err := s.Store.CreateRollout(ctx, r, evs...); err != nil {
 		return nil, err
 	}
 	s.changed()
-	if startAt100 != nil {
+	if waits != nil {
 		// On a conflict (the draft changed in the instant since) the
 		// draft stays and the caller starts it again.
-		return s.requestApproval(ctx, r, *startAt100, actor, startAt100.Reason, now)
+		return s.requestApproval(ctx, r, *waits, exposure, actor, waits.Reason, now)
 	}
 	return r, nil
 }
@@ -235,9 +260,10 @@ func auditLimit(limit int) (int, error) {
 var RolloutActions = []string{ActionCreate, ActionStart, ActionPause, ActionResume, ActionAbort, ActionAdvance,
 	ActionComplete, ActionHalt, ActionHold, ActionReleaseHold, ActionApprovalRequested, ActionApprovalRejected}
 
-// Start makes a draft run at its first stage. A first stage of 100%
-// needs a second person: the start is then recorded as a pending
-// approval and the answer is an *ApprovalPendingError with the draft.
+// Start makes a draft run at its first stage. A start that leaves the
+// patch's exposure above FourEyesPercent needs a second person: it is
+// then recorded as a pending approval and the answer is an
+// *ApprovalPendingError with the draft.
 func (s *RolloutService) Start(ctx context.Context, id, actor, reason string) (*Rollout, error) {
 	return s.widen(ctx, id, actor, reason, func(r *Rollout, now time.Time) (Event, error) { return r.Start(actor, reason, now) })
 }
@@ -247,9 +273,12 @@ func (s *RolloutService) Pause(ctx context.Context, id, actor, reason string) (*
 	return s.changeAs(ctx, id, actor, func(r *Rollout, now time.Time) (Event, error) { return r.Pause(actor, reason, now) })
 }
 
-// Resume runs a paused rollout again, clearing a halt.
+// Resume runs a paused rollout again, clearing a halt. A paused
+// rollout counts toward its patch's exposure, yet resuming it makes it
+// offer again: when the exposure is above FourEyesPercent the resume
+// needs a second person, as Advance.
 func (s *RolloutService) Resume(ctx context.Context, id, actor, reason string) (*Rollout, error) {
-	return s.changeAs(ctx, id, actor, func(r *Rollout, now time.Time) (Event, error) { return r.Resume(actor, reason, now) })
+	return s.widen(ctx, id, actor, reason, func(r *Rollout, now time.Time) (Event, error) { return r.Resume(actor, reason, now) })
 }
 
 // Abort ends a rollout for good.
@@ -258,18 +287,20 @@ func (s *RolloutService) Abort(ctx context.Context, id, actor, reason string) (*
 }
 
 // Advance widens a rollout to its next stage (percent 0) or to percent.
-// A target above FourEyesPercent needs a second person: the advance is
-// then recorded as a pending approval and the answer is an
-// *ApprovalPendingError with the rollout as it stands.
+// An advance that leaves the patch's exposure above FourEyesPercent
+// needs a second person: it is then recorded as a pending approval and
+// the answer is an *ApprovalPendingError with the rollout as it stands.
 func (s *RolloutService) Advance(ctx context.Context, id, actor, reason string, percent float64) (*Rollout, error) {
 	return s.widen(ctx, id, actor, reason, func(r *Rollout, now time.Time) (Event, error) {
 		return r.Advance(actor, reason, percent, now)
 	})
 }
 
-// widen is change for the actions four eyes may stop: when the change
-// action would make needs approval (NeedsApproval), it is requested
-// instead of applied.
+// widen is changeAs for the actions four eyes may stop: when the change
+// action would make leaves the patch's exposure above FourEyesPercent
+// (NeedsApproval), it is requested instead of applied. The exposure is
+// judged on the same read of the rollout that is saved, so a rollout
+// changed meanwhile is judged again.
 func (s *RolloutService) widen(ctx context.Context, id, actor, reason string, action func(*Rollout, time.Time) (Event, error)) (*Rollout, error) {
 	var err error
 	for range rolloutAttempts {
@@ -278,16 +309,23 @@ func (s *RolloutService) widen(ctx context.Context, id, actor, reason string, ac
 			return nil, err
 		}
 		now := s.now()
-		ev, aerr := wouldWiden(r, action, now)
+		after, ev, aerr := wouldWiden(r, action, now)
 		if aerr != nil {
 			return nil, aerr
 		}
-		if !NeedsApproval(ev.Action, ev.ToPercent) {
-			return s.changeAs(ctx, id, actor, action)
+		var exposure float64
+		if exposure, err = exposureAfter(ctx, s.Store, after); err != nil {
+			return nil, err
 		}
 		var out *Rollout
-		out, err = s.requestApproval(ctx, r, ev, actor, reason, now)
-		if !errors.Is(err, ErrConflict) || errors.As(err, new(*ApprovalPendingError)) {
+		if NeedsApproval(ev.Action, exposure) {
+			out, err = s.requestApproval(ctx, r, ev, exposure, actor, reason, now)
+			if !errors.Is(err, ErrConflict) || errors.As(err, new(*ApprovalPendingError)) {
+				return out, err
+			}
+			continue
+		}
+		if out, err = s.save(ctx, after, r.Version, ev, actor, now); !errors.Is(err, ErrConflict) {
 			return out, err
 		}
 	}
@@ -333,27 +371,36 @@ func (s *RolloutService) changeAs(ctx context.Context, id, actor string, action 
 		if aerr != nil {
 			return nil, aerr
 		}
-		var pending []*Approval
-		if s.Approvals != nil && changesState(ev) {
-			if pending, err = pendingApprovals(ctx, s.Approvals, id); err != nil {
-				return nil, err
-			}
-			if ids := approvalIDs(pending); ids != "" {
-				ev.Detail = strings.TrimPrefix(ev.Detail+"; cancelled "+ids, "; ")
-			}
-		}
-		if err = s.Store.UpdateRollout(ctx, r, from, []Event{ev}); err == nil {
-			s.changed()
-			if err := cancelApprovals(ctx, s.Approvals, pending, actor, "the rollout changed: "+ev.Action, now); err != nil {
-				return nil, err
-			}
-			return r, nil
-		}
 		// The action's own refusals came back above: an ErrConflict of
-		// UpdateRollout is a stale version.
-		if !errors.Is(err, ErrConflict) {
-			return nil, err
+		// save is a stale version.
+		if r, err = s.save(ctx, r, from, ev, actor, now); !errors.Is(err, ErrConflict) {
+			return r, err
 		}
 	}
 	return nil, err
+}
+
+// save stores r, changed by ev from version from, and cancels the
+// rollout's pending approvals in actor's name when ev changes its state
+// or percent (its event says which). A stale version is ErrConflict and
+// nothing is written.
+func (s *RolloutService) save(ctx context.Context, r *Rollout, from int64, ev Event, actor string, now time.Time) (*Rollout, error) {
+	var pending []*Approval
+	if s.Approvals != nil && changesState(ev) {
+		var err error
+		if pending, err = pendingApprovals(ctx, s.Approvals, r.ID); err != nil {
+			return nil, err
+		}
+		if ids := approvalIDs(pending); ids != "" {
+			ev.Detail = strings.TrimPrefix(ev.Detail+"; cancelled "+ids, "; ")
+		}
+	}
+	if err := s.Store.UpdateRollout(ctx, r, from, []Event{ev}); err != nil {
+		return nil, err
+	}
+	s.changed()
+	if err := cancelApprovals(ctx, s.Approvals, pending, actor, "the rollout changed: "+ev.Action, now); err != nil {
+		return nil, err
+	}
+	return r, nil
 }

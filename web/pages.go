@@ -272,8 +272,8 @@ func (h *Handler) rolloutAction(w http.ResponseWriter, r *http.Request, p *page)
 			return err
 		}
 		p.Title, p.Data = "Rollout "+id, d
-		p.Flash = fmt.Sprintf("Requested: %s to %g%% needs a second person's approval (%s). Another operator approves it on this page.",
-			pending.Approval.Action, pending.Approval.ToPercent, pending.Approval.ID)
+		p.Flash = fmt.Sprintf("Requested: %s to %g%%%s needs a second person's approval (%s). Another operator approves it on this page.",
+			pending.Approval.Action, pending.Approval.ToPercent, exposureNote(pending.Approval), pending.Approval.ID)
 		h.render(w, r, http.StatusAccepted, "rollout", p)
 		return nil
 	}
@@ -285,6 +285,16 @@ func (h *Handler) rolloutAction(w http.ResponseWriter, r *http.Request, p *page)
 	}
 	http.Redirect(w, r, "/rollouts/"+id, http.StatusSeeOther)
 	return nil
+}
+
+// exposureNote says, for a request that waits for four eyes, how much of
+// the handsets its patch's rollouts select the change lets the patch
+// reach: four eyes follow that, not the rollout's own percent.
+func exposureNote(a *server.Approval) string {
+	if a.Exposure <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (the patch would reach %g%% of the handsets its rollouts select)", a.Exposure)
 }
 
 // refuseOnRollout answers an action on rollout id that was refused with

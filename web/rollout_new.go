@@ -166,8 +166,8 @@ func (h *Handler) createRollout(w http.ResponseWriter, r *http.Request, p *page)
 			return err
 		}
 		p.Title, p.Data = "Rollout "+pending.Approval.RolloutID, d
-		p.Flash = fmt.Sprintf("Created as a draft: starting at %g%% needs a second person's approval (%s). Another operator approves it on this page.",
-			pending.Approval.ToPercent, pending.Approval.ID)
+		p.Flash = fmt.Sprintf("Created as a draft: starting at %g%%%s needs a second person's approval (%s). Another operator approves it on this page.",
+			pending.Approval.ToPercent, exposureNote(pending.Approval), pending.Approval.ID)
 		h.render(w, r, http.StatusAccepted, "rollout", p)
 		return nil
 	}

@@ -56,8 +56,9 @@ Usage:
                          hold one model of a rollout, or offer it again
   otactl rollout approvals ID
   otactl rollout approve|reject ID APPROVAL --reason TEXT
-                         four eyes: a widening past 50% (or a start at 100%) waits
-                         for a second operator's approval
+                         four eyes: a start, advance or resume that lets a patch
+                         reach more than 50% of the handsets its rollouts select
+                         (all of them counted) waits for a second operator
   otactl help            show this help
 
 The server and token come from --server/--token or OTACTL_SERVER/OTACTL_TOKEN;

@@ -31,7 +31,7 @@ var rolloutCommands = []command{
 	{"events", (*cli).rolloutEvents},
 	{"audit", (*cli).rolloutAudit},
 	{"approvals", (*cli).rolloutApprovals},
-	{"approve", decisionCommand("approve", "Approves a widening another person asked for (four eyes: past 50%, or a start at\n100%); it is applied at once, in your name. You cannot approve your own request.")},
+	{"approve", decisionCommand("approve", "Approves a widening another person asked for (four eyes: a start, advance or\nresume that lets the patch reach more than 50% of the handsets its rollouts\nselect); it is applied at once, in your name. You cannot approve your own\nrequest, nor one of someone who created, re-enabled or raised your account in\nthe last 24 hours.")},
 	{"reject", decisionCommand("reject", "Rejects a widening waiting for approval; nothing changes. The requester may\nreject (withdraw) their own.")},
 	{"watch", (*cli).rolloutWatch},
 }
@@ -198,7 +198,7 @@ func (c *cli) rolloutCreate(args []string) error {
 		return rolloutCreateError(err)
 	}
 	if a, ok := pendingApproval(raw); ok {
-		// Created as a draft; its start at 100% waits for four eyes.
+		// Created as a draft; its start waits for four eyes.
 		fmt.Fprintf(c.stdout, "created rollout %s as a draft\n", a.RolloutID)
 		printPending(c.stdout, a)
 		return nil
@@ -590,9 +590,12 @@ func pendingApproval(raw json.RawMessage) (*api.Approval, bool) {
 }
 
 func printPending(w io.Writer, a *api.Approval) {
-	fmt.Fprintf(w, "rollout %s: %s to %s%% waits for a second person's approval (%s): nothing changed yet.\n"+
-		"  another operator approves it with otactl rollout approve %s %s --reason TEXT\n",
-		a.RolloutID, a.Action, fmtPercent(a.ToPercent), a.ID, a.RolloutID, a.ID)
+	fmt.Fprintf(w, "rollout %s: %s to %s%% waits for a second person's approval (%s): nothing changed yet.\n",
+		a.RolloutID, a.Action, fmtPercent(a.ToPercent), a.ID)
+	if a.Exposure > 0 {
+		fmt.Fprintf(w, "  the patch would reach %s%% of the handsets its rollouts select (every rollout of it counted)\n", fmtPercent(a.Exposure))
+	}
+	fmt.Fprintf(w, "  another operator approves it with otactl rollout approve %s %s --reason TEXT\n", a.RolloutID, a.ID)
 }
 
 func (c *cli) rolloutApprovals(args []string) error {

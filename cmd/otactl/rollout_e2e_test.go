@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -145,7 +146,14 @@ func TestRolloutCommands(t *testing.T) {
 		"rollout", "start", "ro-privacy", "--reason", "x")
 	wantFail(t, ops, 1, []string{"rollout ro-draft is a draft; start it with otactl rollout start ro-draft --reason TEXT"},
 		"rollout", "pause", "ro-draft", "--reason", "x")
-	mustRun(t, ops, "rollout", "resume", "ro-privacy", "--reason", "cause found")
+	// At 75% the resume waits for four eyes too, and says so with the
+	// approval's id.
+	r = mustRun(t, ops, "rollout", "resume", "ro-privacy", "--reason", "cause found")
+	wantContains(t, "rollout resume at 75%", r.stdout, "resume to 75% waits for a second person's approval (ap-",
+		"the patch would reach 75% of the handsets its rollouts select")
+	resumeID := regexp.MustCompile(`ap-[0-9a-f]+`).FindString(r.stdout)
+	r = mustRun(t, ops2, "rollout", "approve", "ro-privacy", resumeID, "--reason", "cause found: agreed")
+	wantContains(t, "rollout approve the resume", r.stdout, "approved "+resumeID+": rollout ro-privacy: running, stage 3 of 4 (75%)")
 	wantFail(t, ops, 1, []string{"at stage 3 of 4 (75%); advance it first with otactl rollout advance ro-privacy"},
 		"rollout", "complete", "ro-privacy", "--reason", "done")
 	wantFail(t, ops, 1, []string{"model PX-8 is already held; otactl rollout show ro-privacy lists the held models"},

@@ -14,10 +14,13 @@ import (
 type Approval struct {
 	ID        string `json:"id"`
 	RolloutID string `json:"rollout_id"`
-	// Action is "advance" or "start"; ToPercent is where it takes the
-	// rollout.
+	// Action is "advance", "start" or "resume"; ToPercent is where it
+	// takes the rollout, Exposure how much of the handsets the patch's
+	// rollouts select it lets the patch reach (0 on requests from
+	// before it was kept).
 	Action         string     `json:"action"`
 	ToPercent      float64    `json:"to_percent"`
+	Exposure       float64    `json:"exposure"`
 	RequestedBy    string     `json:"requested_by"`
 	RequestedAt    time.Time  `json:"requested_at"`
 	Reason         string     `json:"reason"`
@@ -35,7 +38,7 @@ type ApprovalDecision struct {
 }
 
 func approvalOf(a *server.Approval) Approval {
-	return Approval{ID: a.ID, RolloutID: a.RolloutID, Action: a.Action, ToPercent: a.ToPercent,
+	return Approval{ID: a.ID, RolloutID: a.RolloutID, Action: a.Action, ToPercent: a.ToPercent, Exposure: a.Exposure,
 		RequestedBy: a.RequestedBy, RequestedAt: a.RequestedAt.UTC(), Reason: a.Reason, State: string(a.State),
 		DecidedBy: a.DecidedBy, DecidedAt: optionalTime(a.DecidedAt), DecisionReason: a.DecisionReason}
 }

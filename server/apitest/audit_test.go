@@ -105,6 +105,9 @@ func TestEveryAdminActionIsAudited(t *testing.T) {
 	want["POST /api/v1/admin/rollouts/:id/approvals/:aid/approve"] = entry{"rollout.advance", ro.ID, "agreed: widen", apitest.ApproverName}
 	act("/complete", api.RolloutActionRequest{Reason: "everyone has it"})
 	want["POST /api/v1/admin/rollouts/:id/complete"] = entry{"rollout.complete", ro.ID, "everyone has it", eng}
+	// While it offers the patch to every handset, any start of another
+	// rollout of the patch would wait for four eyes: end it first.
+	act("/abort", api.RolloutActionRequest{Reason: "the next rollout replaces it"})
 
 	ro = createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{10}, Draft: true, Reason: "prepared"})
 	act("/start", api.RolloutActionRequest{Reason: "go"})

@@ -26,10 +26,10 @@ func (env *Env) ApproverToken(tb testing.TB) string {
 	return env.approver
 }
 
-// Widen sends a rollout change (a create, start or advance) with Env's
-// token and, when four eyes stop it (202 with a pending approval),
-// approves it as ApproverName, so that tests needing a rollout past 50%
-// get one. out receives the rollout.
+// Widen sends a rollout change (a create, start, advance or resume)
+// with Env's token and, when four eyes stop it (202 with a pending
+// approval), approves it as ApproverName, so that tests needing a
+// rollout past 50% get one. out receives the rollout.
 func (env *Env) Widen(tb testing.TB, method, path string, body any, out *api.Rollout) {
 	tb.Helper()
 	var raw json.RawMessage

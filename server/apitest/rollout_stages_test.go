@@ -249,10 +249,9 @@ func TestRolloutAutoHalt(t *testing.T) {
 		}
 	}
 	clk.Advance(time.Minute) // the operator looks into it
+	// At 100%, the resume waits for a second person's approval.
 	var resumed api.Rollout
-	if err := env.Do("POST", "/rollouts/"+r.ID+"/resume", api.RolloutActionRequest{Reason: "bad batch of E_VERIFY units replaced"}, &resumed); err != nil {
-		t.Fatal(err)
-	}
+	env.Widen(t, "POST", "/rollouts/"+r.ID+"/resume", api.RolloutActionRequest{Reason: "bad batch of E_VERIFY units replaced"}, &resumed)
 	if resumed.State != "running" || resumed.Halt != nil {
 		t.Fatalf("resumed: state %s, halt %+v", resumed.State, resumed.Halt)
 	}

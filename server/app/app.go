@@ -188,7 +188,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	// within RolloutRefresh.
 	a.Evaluator.OnChange = a.Eligibility.Invalidate
 	a.Rollouts = &server.RolloutService{Store: cfg.DB.Rollouts(), Releases: repo, Now: cfg.Now,
-		OnChange: a.Eligibility.Invalidate, Approvals: cfg.DB.Approvals()}
+		OnChange: a.Eligibility.Invalidate, Approvals: cfg.DB.Approvals(), Audit: a.Audit}
 	apiCfg.Rollouts = a.Rollouts
 	apiCfg.RolloutMetrics = a.RolloutMetrics
 	// Reports read the rollups only, never the fleet.

@@ -24,6 +24,7 @@ type approvalRow struct {
 	ID             string `gorm:"primaryKey"`
 	RolloutID      string
 	ToPercent      float64
+	Exposure       float64
 	Action         string
 	RequestedBy    string
 	RequestedAt    time.Time
@@ -38,7 +39,7 @@ func (approvalRow) TableName() string { return "rollout_approvals" }
 
 func (r *approvalRow) approval() *server.Approval {
 	return &server.Approval{ID: r.ID, RolloutID: r.RolloutID, Action: r.Action, ToPercent: r.ToPercent,
-		RequestedBy: r.RequestedBy, RequestedAt: r.RequestedAt.UTC(), Reason: r.Reason,
+		Exposure: r.Exposure, RequestedBy: r.RequestedBy, RequestedAt: r.RequestedAt.UTC(), Reason: r.Reason,
 		State: server.ApprovalState(r.State), DecidedBy: r.DecidedBy, DecidedAt: readTime(r.DecidedAt),
 		DecisionReason: r.DecisionReason}
 }
@@ -46,7 +47,7 @@ func (r *approvalRow) approval() *server.Approval {
 // CreateApproval implements server.ApprovalStore. An unknown rollout is
 // ErrNotFound.
 func (s *ApprovalStore) CreateApproval(ctx context.Context, a *server.Approval) error {
-	row := approvalRow{ID: a.ID, RolloutID: a.RolloutID, ToPercent: a.ToPercent, Action: a.Action,
+	row := approvalRow{ID: a.ID, RolloutID: a.RolloutID, ToPercent: a.ToPercent, Exposure: a.Exposure, Action: a.Action,
 		RequestedBy: a.RequestedBy, RequestedAt: dbTime(a.RequestedAt), Reason: a.Reason, State: string(a.State),
 		DecidedBy: a.DecidedBy, DecidedAt: optionalTime(a.DecidedAt), DecisionReason: a.DecisionReason}
 	err := s.db.gorm.WithContext(ctx).Create(&row).Error

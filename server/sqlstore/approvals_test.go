@@ -22,7 +22,7 @@ func TestApprovalStore(t *testing.T) {
 
 func mustApproval(t testing.TB, s *ApprovalStore, id, rolloutID string, at time.Time) *server.Approval {
 	t.Helper()
-	a := &server.Approval{ID: id, RolloutID: rolloutID, Action: server.ActionAdvance, ToPercent: 100,
+	a := &server.Approval{ID: id, RolloutID: rolloutID, Action: server.ActionAdvance, ToPercent: 100, Exposure: 100,
 		RequestedBy: "alice", RequestedAt: at, Reason: "healthy at 50%", State: server.ApprovalPending}
 	if err := s.CreateApproval(t.Context(), a); err != nil {
 		t.Fatalf("create approval %s: %v", id, err)

@@ -158,6 +158,14 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 				dbTime(time.Now()).Truncate(time.Hour)).Error
 		},
 	},
+	{
+		// The patch exposure a four-eyes request was asked for: approving
+		// applies the change only if it makes no more. Older requests
+		// have 0, read as their to_percent.
+		Version: 10,
+		Name:    "approval_exposure",
+		Common:  []string{`ALTER TABLE rollout_approvals ADD COLUMN exposure DOUBLE PRECISION NOT NULL DEFAULT 0`},
+	},
 }
 
 // rollupsSchema is migration 7 with day the dialect's expression for the
