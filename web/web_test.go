@@ -642,11 +642,59 @@ func TestHumanDuration(t *testing.T) {
 }
 
 func TestLocalPath(t *testing.T) {
-	for in, want := range map[string]string{"": "/", "/rollouts/ro-1": "/rollouts/ro-1", "/audit?actor=a": "/audit?actor=a",
-		"//evil.example": "/", "https://evil.example/": "/", "/\\evil.example": "/", "rollouts": "/", "/a/../../b": "/b",
-		"/x\r\nSet-Cookie: a": "/"} {
-		if got := localPath(in); got != want {
-			t.Errorf("localPath(%q) = %q, want %q", in, got, want)
+	tests := []struct{ in, want string }{
+		{"", "/"},
+		{"/rollouts/ro-1", "/rollouts/ro-1"},
+		{"/audit?actor=a", "/audit?actor=a"},
+		{"/ok/path?x=1", "/ok/path?x=1"},
+		{"/a/../../b", "/b"},
+		{"rollouts", "/"},
+		{"//evil.example", "/"},
+		{"https://evil.example/", "/"},
+		{"/\\evil.example", "/"},
+		{"/\\/evil.example", "/"},
+		{"/x\r\nSet-Cookie: a", "/"},
+		{"/\t/evil.example", "/"},
+		// The probe's payloads, as the login form's next holds them
+		// after the query string's own decoding, and once more decoded.
+		{"/%25255C/evil.example", "/"},
+		{"/%255C/evil.example", "/"},
+		{"/%5C/evil.example", "/"},
+		{"/%252509/evil.example", "/"},
+		{"/%2509/evil.example", "/"},
+		{"/%09/evil.example", "/"},
+		{"/%2F/evil", "/"},
+		{"/%252F/evil", "/"},
+		{"/%2f%2fevil", "/"},
+		{"/%0d%0aSet-Cookie:a", "/"},
+		{"/%7F", "/"},
+		{"/%zz", "/"},
+		{"/%2525252525252525252541", "/"}, // more layers than are peeled
+		{"/rollouts/ro%2D1", "/rollouts/ro-1"},
+	}
+	for _, tc := range tests {
+		if got := localPath(tc.in); got != tc.want {
+			t.Errorf("localPath(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestLoginNextSameSite follows the probe's redirects through the pages:
+// the login page's next, posted back with the login, must not leave the
+// site, however many times it was percent-encoded.
+func TestLoginNextSameSite(t *testing.T) {
+	e := newEnv(t)
+	nextRE := regexp.MustCompile(`name="next" value="([^"]*)"`)
+	for _, q := range []string{"/%25255C/evil.example", "/%252509/evil.example", "/%255C%255Cevil.example", "%2F%2Fevil.example"} {
+		rec := e.do(t, "", "GET", "/login?next="+q, nil)
+		m := nextRE.FindStringSubmatch(rec.Body.String())
+		if m == nil {
+			t.Fatalf("GET /login?next=%s: no next field\n%s", q, rec.Body)
+		}
+		next := strings.ReplaceAll(m[1], "&amp;", "&")
+		rec = e.do(t, "", "POST", "/login", url.Values{"name": {"viewer-user"}, "password": {testPassword}, "next": {next}})
+		if loc := rec.Header().Get("Location"); rec.Code != http.StatusSeeOther || loc != "/" {
+			t.Errorf("login with next from ?next=%s (form %q): status %d to %q, want 303 to /", q, next, rec.Code, loc)
 		}
 	}
 }
