@@ -216,7 +216,8 @@ func (h *Handler) guard(perm server.Permission, public bool, fn routeFunc) http.
 		p := &page{Banner: h.opts.Banner, Path: r.URL.Path}
 		if sess != nil {
 			p.User, p.CSRF = sess.user, sess.s.CSRFToken
-			prin := &server.Principal{User: sess.user, SessionID: server.HashToken(sess.secret)[:16]}
+			hash := server.HashToken(sess.secret)
+			prin := &server.Principal{User: sess.user, SessionID: hash[:16], SessionHash: hash}
 			r = r.WithContext(server.WithPrincipal(r.Context(), prin))
 		}
 		if !public {

@@ -94,6 +94,12 @@ func (m *Main) Run(ctx context.Context) error {
 		RolloutRefresh:     m.cfg.RolloutRefresh,
 		RefreshInterval:    m.cfg.RefreshInterval,
 		ReportRetention:    m.cfg.ReportRetention,
+
+		// Wrong enrollment secrets, not handsets: see server.Fleet.Enroll.
+		SecretFailuresPerMinute: m.cfg.SecretFailuresPerMinute,
+		SecretFailureBurst:      m.cfg.SecretFailureBurst,
+		TokenLifetime:           m.cfg.TokenLifetime,
+
 		// Behind a TLS proxy the request is plain HTTP: an https public
 		// URL marks the session cookie Secure anyway.
 		Web: app.WebConfig{Banner: m.cfg.Banner, SecureCookie: strings.HasPrefix(publicURL, "https://")},
