@@ -2,7 +2,9 @@ package sqlstore
 
 import (
 	"errors"
+	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ func TestIdentityLimits(t *testing.T) {
 	runStoreSuite(t, []storeCase{
 		{"TokenExpiry", testTokenExpiry},
 		{"TokenLineage", testTokenLineage},
+		{"MintRacesRevoke", testMintRacesRevoke},
 		{"DisableRevokesTokens", testDisableRevokesTokens},
 		{"PasswordEndsSessions", testPasswordEndsSessions},
 		{"MigrationIdentityLimits", testMigrationIdentityLimits},
@@ -252,5 +255,48 @@ func testMigrationIdentityLimits(t *testing.T, b backend) {
 	}
 	if _, err := db.ServerSecret(ctx, "nope"); !errors.Is(err, server.ErrNotFound) {
 		t.Errorf("an unknown secret: got %v, want ErrNotFound", err)
+	}
+}
+
+// testMintRacesRevoke mints children of a token while it is revoked:
+// whatever the order, no child is left live under the revoked parent.
+func testMintRacesRevoke(t *testing.T, b backend) {
+	db := mustDB(t, b)
+	ctx := t.Context()
+	tokens := server.Tokens{Store: db.Tokens(), Users: db.Users()}
+	alice := mustUser(t, db, "alice", server.RoleOperator, false)
+	for round := range 3 {
+		parent, parentSecret, err := tokens.CreateFor(ctx, alice, fmt.Sprintf("parent-%d", round))
+		if err != nil {
+			t.Fatal(err)
+		}
+		by, err := tokens.Authenticate(ctx, parentSecret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for i := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _, err := tokens.Mint(ctx, alice, fmt.Sprintf("child-%d-%d", round, i), server.TokenOptions{By: by})
+				if err != nil && !errors.Is(err, server.ErrUnauthorized) {
+					t.Errorf("mint: %v", err)
+				}
+			}()
+			if i == 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := db.Tokens().RevokeToken(ctx, parent.ID); err != nil {
+						t.Errorf("revoke: %v", err)
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		if n := countRows(t, db, "api_tokens", "parent_id = ? AND revoked_at IS NULL", parent.ID); n != 0 {
+			t.Errorf("round %d: %d children live under the revoked parent", round, n)
+		}
 	}
 }
