@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -41,12 +43,24 @@ func UserPasswordEntry(u *User) AuditEntry {
 
 // TokenCreatedEntry is the entry of minting t for the user named owner.
 func TokenCreatedEntry(t *Token, owner string) AuditEntry {
-	return AuditEntry{Action: "token.create", Object: t.ID, Detail: auditDetail(map[string]string{"name": t.Name, "user": owner})}
+	d := map[string]string{"name": t.Name, "user": owner}
+	if !t.ExpiresAt.IsZero() {
+		d["expires"] = t.ExpiresAt.UTC().Format(time.RFC3339)
+	}
+	if t.ParentID != "" {
+		d["parent"] = t.ParentID
+	}
+	return AuditEntry{Action: "token.create", Object: t.ID, Detail: auditDetail(d)}
 }
 
-// TokenRevokedEntry is the entry of revoking t.
-func TokenRevokedEntry(t *Token) AuditEntry {
-	return AuditEntry{Action: "token.revoke", Object: t.ID, Detail: auditDetail(map[string]string{"name": t.Name, "user_id": t.UserID})}
+// TokenRevokedEntry is the entry of revoking t and with it the tokens
+// minted from it, with.
+func TokenRevokedEntry(t *Token, with []string) AuditEntry {
+	d := map[string]string{"name": t.Name, "user_id": t.UserID}
+	if len(with) > 0 {
+		d["with"] = strings.Join(with, ",")
+	}
+	return AuditEntry{Action: "token.revoke", Object: t.ID, Detail: auditDetail(d)}
 }
 
 // SessionEntry is the entry of u logging in (login true) or out of the
@@ -57,6 +71,51 @@ func SessionEntry(u *User, login bool) AuditEntry {
 		action = "session.login"
 	}
 	return AuditEntry{Action: action, Object: u.Name}
+}
+
+// AnonymousActor is the actor of a failed login: nobody has shown who
+// they are. It cannot be a user's name (ValidateUser).
+const AnonymousActor = "(anonymous)"
+
+// UnknownUserObject is the object of the entries that count failed
+// logins at names that are no account.
+const UnknownUserObject = "(unknown user)"
+
+// loginClient names in an entry what judged a login attempt: a device
+// cookie of the account ("device") or the account's lockout
+// ("untrusted").
+func loginClient(device bool) string {
+	if device {
+		return "device"
+	}
+	return "untrusted"
+}
+
+// LoginFailedEntry is the entry of a wrong password for the account
+// name, the n-th failure within the lockout window of its client (device
+// for a browser presenting the account's device cookie). The password
+// tried is never in it, nor anything of the client.
+func LoginFailedEntry(name string, n int, device bool) AuditEntry {
+	return AuditEntry{Actor: AnonymousActor, Action: "session.login_failed", Object: name,
+		Detail: auditDetail(map[string]string{"client": loginClient(device), "failures": strconv.Itoa(n)})}
+}
+
+// UnknownLoginFailedEntry is the entry of n failed logins at names that
+// are no account (or could not be one) since the previous such entry.
+// The names are left out: a password typed into the name field would
+// otherwise land in the log.
+func UnknownLoginFailedEntry(n int) AuditEntry {
+	return AuditEntry{Actor: AnonymousActor, Action: "session.login_failed", Object: UnknownUserObject,
+		Detail: auditDetail(map[string]string{"failures": strconv.Itoa(n)})}
+}
+
+// UserLockedEntry is the entry of the account name locking after n
+// failures until until: for every client without its device cookie
+// (device false), or for one device cookie (device true).
+func UserLockedEntry(name string, n int, device bool, until time.Time) AuditEntry {
+	return AuditEntry{Actor: SystemActor, Action: "user.locked", Object: name,
+		Detail: auditDetail(map[string]string{"client": loginClient(device), "failures": strconv.Itoa(n),
+			"until": until.UTC().Format(time.RFC3339)})}
 }
 
 func auditDetail(m map[string]string) string {

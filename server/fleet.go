@@ -13,6 +13,7 @@ import (
 	mrand "math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/patchfleet/ota/manifests"
@@ -42,6 +43,10 @@ type Fleet struct {
 	Catalog Catalog
 	// EnrollmentSecret, when set, must be presented to enroll.
 	EnrollmentSecret string
+	// SecretFailures, when set, limits wrong enrollment secrets: while
+	// it is empty every enrollment is refused with a RateLimitError
+	// before its secret is checked (see Enroll).
+	SecretFailures *FailureBucket
 	// PollInterval is the mean time between check-ins; each answer is
 	// jittered by ±10% so a fleet does not poll in lockstep.
 	PollInterval time.Duration
@@ -129,9 +134,25 @@ type Enrollment struct {
 const deviceTokenPrefix = "otadev_"
 
 // Enroll registers a handset.
+//
+// A wrong enrollment secret takes one from SecretFailures; while that
+// is empty, every enrollment is refused (429) until it refills, the
+// right secret too. Letting the right secret through while wrong ones
+// are refused would tell a guesser which guess was right, at full
+// speed: a limit on guesses, with no client address to tell guessers
+// from handsets, is a limit on enrollments while someone guesses. The
+// enrolled fleet does not notice (check-ins need no secret), and a
+// refused handset comes back after Retry-After.
 func (f *Fleet) Enroll(ctx context.Context, req EnrollRequest) (*Enrollment, error) {
-	if f.EnrollmentSecret != "" && !hmac.Equal([]byte(req.Secret), []byte(f.EnrollmentSecret)) {
-		return nil, fmt.Errorf("%w: enrollment secret does not match", ErrUnauthorized)
+	if f.EnrollmentSecret != "" {
+		now := f.now()
+		if wait := f.SecretFailures.wait(now); wait > 0 {
+			return nil, &RateLimitError{RetryAfter: wait}
+		}
+		if !secretMatches(req.Secret, f.EnrollmentSecret) {
+			f.SecretFailures.take(now)
+			return nil, fmt.Errorf("%w: enrollment secret does not match", ErrUnauthorized)
+		}
 	}
 	if err := ValidateDeviceInfo(req.Model, req.Build, req.Channel, req.Region); err != nil {
 		return nil, err
@@ -168,6 +189,74 @@ func (f *Fleet) Enroll(ctx context.Context, req EnrollRequest) (*Enrollment, err
 		return nil, err
 	}
 	return &Enrollment{DeviceID: id, Token: token, Created: created}, nil
+}
+
+// secretMatches compares in constant time, whatever the lengths: the
+// sha256 of each, not the secrets (hmac.Equal returns at once on a
+// length mismatch, which tells a guesser the secret's length).
+func secretMatches(got, want string) bool {
+	g, w := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
+	return hmac.Equal(g[:], w[:])
+}
+
+// FailureBucket is a token bucket of failures shared by every client
+// (per replica): it holds up to Burst, refills at PerMinute, and each
+// failure takes one. Times are passed in, so that the fleet's clock
+// drives it. A nil bucket never waits.
+type FailureBucket struct {
+	PerMinute float64
+	Burst     int
+
+	mu     sync.Mutex
+	tokens float64
+	at     time.Time
+}
+
+// NewFailureBucket allows burst failures at once and perMinute a minute
+// after; nil (no limit) when perMinute is not positive.
+func NewFailureBucket(perMinute float64, burst int) *FailureBucket {
+	if perMinute <= 0 {
+		return nil
+	}
+	return &FailureBucket{PerMinute: perMinute, Burst: max(burst, 1)}
+}
+
+// level refills the bucket up to now and returns what it holds; b.mu is
+// held.
+func (b *FailureBucket) level(now time.Time) float64 {
+	if b.at.IsZero() {
+		b.tokens, b.at = float64(b.Burst), now
+	}
+	if now.After(b.at) {
+		b.tokens = min(float64(b.Burst), b.tokens+now.Sub(b.at).Minutes()*b.PerMinute)
+		b.at = now
+	}
+	return b.tokens
+}
+
+// wait is how long until the bucket holds a failure again, 0 if it does.
+func (b *FailureBucket) wait(now time.Time) time.Duration {
+	if b == nil {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// The tolerance keeps a client that comes back after exactly the
+	// wait from finding the bucket a rounding error short.
+	if t := b.level(now); t < 1-1e-9 {
+		return max(time.Duration((1-t)/b.PerMinute*float64(time.Minute)).Round(time.Millisecond), time.Millisecond)
+	}
+	return 0
+}
+
+// take counts a failure.
+func (b *FailureBucket) take(now time.Time) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.tokens = max(b.level(now)-1, 0)
 }
 
 func newDeviceToken() string {

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -51,10 +50,13 @@ type UserStore interface {
 	ListUsers(ctx context.Context) ([]*User, error)
 	SetUserRole(ctx context.Context, id, role string) error
 	// SetUserDisabled disables or re-enables a user. Disabling also ends
-	// the user's sessions and makes its tokens fail, in the same
-	// transaction.
+	// the user's sessions and revokes its tokens, in the same
+	// transaction: re-enabling brings neither back.
 	SetUserDisabled(ctx context.Context, id string, disabled bool) error
-	SetPassword(ctx context.Context, id, passwordHash string) error
+	// SetPassword sets a user's password hash and ends the user's
+	// sessions but the one whose hash is keepSession ("" for none), in
+	// the same transaction.
+	SetPassword(ctx context.Context, id, passwordHash, keepSession string) error
 }
 
 // Principal is who a request acts as: a user (through a session or one
@@ -65,6 +67,12 @@ type Principal struct {
 	// TokenID is set for a request authenticated by an API token,
 	// SessionID for one authenticated by a dashboard session.
 	TokenID, SessionID string
+	// TokenExpiresAt is when the token (TokenID) expires: a token it
+	// mints expires no later.
+	TokenExpiresAt time.Time
+	// SessionHash is the store's key of the session (SessionID is its
+	// first 16 characters, for logs): a password change keeps it.
+	SessionHash string
 }
 
 // Can reports whether the principal may do p.
@@ -97,7 +105,25 @@ const (
 	MaxPasswordLength = 256
 )
 
-var userNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+// validUserName reports whether name is a user name: 1-64 characters of
+// a-z, 0-9, '.', '_' or '-', starting with a letter or digit. It is a
+// loop rather than a regular expression: every login runs it, a flood
+// of them too.
+func validUserName(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // argon2id parameters: OWASP's second recommended set (19 MiB, 2 passes,
 // 1 lane), about 30 ms here, so that a login storm cannot exhaust a
@@ -156,6 +182,10 @@ type Users struct {
 	// Limiter refuses logins to an account after too many failures; nil
 	// is no limit.
 	Limiter *LoginLimiter
+	// Devices signs the device cookies that exempt a browser which
+	// logged in before from its account's lockout; nil issues none and
+	// judges every attempt by the account's lockout.
+	Devices *DeviceCookies
 }
 
 func (us Users) now() time.Time {
@@ -168,7 +198,7 @@ func (us Users) now() time.Time {
 // ValidateUser checks a new user's name, role and password (service
 // accounts have none).
 func ValidateUser(name, role, password string, service bool) error {
-	if !userNameRE.MatchString(name) {
+	if !validUserName(name) {
 		return fieldErr("name", "want 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit")
 	}
 	if !slices.Contains(Roles, role) {
@@ -201,105 +231,6 @@ func (us Users) Create(ctx context.Context, name, role, password string, service
 		return nil, err
 	}
 	return u, nil
-}
-
-// Login checks a password and returns the user, or ErrUnauthorized
-// without saying whether the name or the password was wrong. Too many
-// failures for one account answer a RateLimitError until they age out,
-// even for the right password.
-func (us Users) Login(ctx context.Context, name, password string) (*User, error) {
-	now := us.now()
-	if wait := us.Limiter.wait(name, now); wait > 0 {
-		return nil, &RateLimitError{RetryAfter: wait}
-	}
-	u, hash, err := us.Store.UserByName(ctx, name)
-	if err != nil && !isNotFound(err) {
-		return nil, err
-	}
-	if u == nil || hash == "" {
-		CheckPassword(dummyHash(), password)
-		us.Limiter.fail(name, now)
-		return nil, fmt.Errorf("%w: wrong user name or password", ErrUnauthorized)
-	}
-	if !CheckPassword(hash, password) {
-		us.Limiter.fail(name, now)
-		return nil, fmt.Errorf("%w: wrong user name or password", ErrUnauthorized)
-	}
-	if u.Disabled {
-		return nil, fmt.Errorf("%w: this account is disabled; ask an admin", ErrUnauthorized)
-	}
-	us.Limiter.succeed(name)
-	return u, nil
-}
-
-// LoginLimiter counts failed logins per account name in a sliding
-// window, in memory (per replica: N replicas allow N times the
-// failures, still far too few to guess a password).
-type LoginLimiter struct {
-	// Failures is how many failures within Window lock the account
-	// until the oldest ages out.
-	Failures int
-	Window   time.Duration
-
-	mu    sync.Mutex
-	fails map[string][]time.Time
-}
-
-// NewLoginLimiter allows failures per window per account.
-func NewLoginLimiter(failures int, window time.Duration) *LoginLimiter {
-	return &LoginLimiter{Failures: failures, Window: window, fails: map[string][]time.Time{}}
-}
-
-func (l *LoginLimiter) recent(name string, now time.Time) []time.Time {
-	ts := l.fails[name]
-	i := 0
-	for i < len(ts) && !ts[i].After(now.Add(-l.Window)) {
-		i++
-	}
-	ts = ts[i:]
-	if len(ts) == 0 {
-		delete(l.fails, name)
-	} else {
-		l.fails[name] = ts
-	}
-	return ts
-}
-
-func (l *LoginLimiter) wait(name string, now time.Time) time.Duration {
-	if l == nil {
-		return 0
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	ts := l.recent(name, now)
-	if len(ts) < l.Failures {
-		return 0
-	}
-	return ts[len(ts)-l.Failures].Add(l.Window).Sub(now)
-}
-
-func (l *LoginLimiter) fail(name string, now time.Time) {
-	if l == nil {
-		return
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	ts := l.recent(name, now)
-	if len(l.fails) > 100_000 && ts == nil {
-		// A spray over random names must not grow the map without end;
-		// such names match no account anyway.
-		return
-	}
-	l.fails[name] = append(ts, now)
-}
-
-func (l *LoginLimiter) succeed(name string) {
-	if l == nil {
-		return
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.fails, name)
 }
 
 // ErrSessionExpired is a session past its idle or absolute expiry. It is

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -8,31 +9,80 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
 
 // Token is an API token of a user or of a service account: it acts as
-// that user, with the user's current role, and stops working when the
-// user is disabled. The secret itself is never stored: only its sha256,
-// which is enough for a 256-bit random secret.
+// that user, with the user's current role, until it expires or is
+// revoked; disabling the user revokes it. The secret itself is never
+// stored: only its sha256, which is enough for a 256-bit random secret.
 type Token struct {
 	ID        string
 	Name      string
 	UserID    string
 	CreatedAt time.Time
+	// ExpiresAt is when the token stops working; zero is never, which
+	// only a row the store cannot date has (every token is minted with
+	// an expiry, and migration 11 gave the older ones one).
+	ExpiresAt time.Time
 	RevokedAt *time.Time
+	// ParentID is the token this one was minted with through the API,
+	// "" for one minted in a dashboard session or by otad token create.
+	// A child expires no later than its parent and is revoked with it:
+	// whoever revokes a leaked token must not have to find what was
+	// minted with it.
+	ParentID string
+}
+
+// Expired reports whether t has expired at now.
+func (t *Token) Expired(now time.Time) bool {
+	return !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt)
+}
+
+// Token lifetimes: DefaultTokenLifetime for a token minted without
+// one (Tokens.Lifetime changes it), at most MaxTokenLifetime.
+const (
+	DefaultTokenLifetime = 90 * 24 * time.Hour
+	MaxTokenLifetime     = 2 * 365 * 24 * time.Hour
+)
+
+// ParseTokenLifetime parses a token lifetime: a Go duration ("720h",
+// "30m") or a whole number of days ("90d").
+func ParseTokenLifetime(s string) (time.Duration, error) {
+	var d time.Duration
+	var err error
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		var n int
+		if n, err = strconv.Atoi(days); err == nil && n >= 0 && n <= 100_000 {
+			d = time.Duration(n) * 24 * time.Hour
+		} else {
+			err = errors.New("bad number of days")
+		}
+	} else {
+		d, err = time.ParseDuration(s)
+	}
+	if err != nil || d <= 0 || d > MaxTokenLifetime {
+		return 0, fieldErr("expires_in", "%q: want a duration such as 30d or 720h, at most %dd", s, MaxTokenLifetime/(24*time.Hour))
+	}
+	return d, nil
 }
 
 // TokenStore keeps tokens.
 type TokenStore interface {
+	// CreateToken stores t. For a t with a ParentID it refuses
+	// (ErrUnauthorized) when the parent is revoked, even by a
+	// revocation under way: a child is never left live under a revoked
+	// parent.
 	CreateToken(ctx context.Context, t *Token, hash string) error
 	// TokenByHash returns the token and its user, or ErrNotFound for an
 	// unknown hash.
 	TokenByHash(ctx context.Context, hash string) (*Token, *User, error)
 	// ListTokens lists the tokens of one user, or of all for userID "".
 	ListTokens(ctx context.Context, userID string) ([]*Token, error)
-	// RevokeToken returns ErrNotFound for an unknown id.
+	// RevokeToken revokes a token and every token minted from it, down
+	// the ParentID links; ErrNotFound for an unknown or revoked id.
 	RevokeToken(ctx context.Context, id string) error
 }
 
@@ -44,15 +94,43 @@ type Tokens struct {
 	Store TokenStore
 	Users UserStore
 	Now   func() time.Time
+	// Lifetime is how long a token minted without one works (default
+	// DefaultTokenLifetime).
+	Lifetime time.Duration
 }
 
-// Create mints a token for the service account name, creating the
+func (ts Tokens) now() time.Time {
+	if ts.Now != nil {
+		return ts.Now()
+	}
+	return time.Now()
+}
+
+// TokenOptions are the choices of minting a token.
+type TokenOptions struct {
+	// Lifetime is how long the token works: 0 is the Tokens' default;
+	// more than MaxTokenLifetime is refused.
+	Lifetime time.Duration
+	// By is who mints it. When By authenticated with a token, the new
+	// token is that token's child: it expires no later, and revoking
+	// the parent revokes it (a token minted from a leaked one must not
+	// outlive it).
+	By *Principal
+}
+
+// Create mints a token with the default lifetime for the service
+// account name; see CreateService.
+func (ts Tokens) Create(ctx context.Context, name, role string) (*Token, string, error) {
+	return ts.CreateService(ctx, name, role, TokenOptions{})
+}
+
+// CreateService mints a token for the service account name, creating the
 // account with role if it does not exist, and returns it with its
 // secret, which is shown once and cannot be recovered. It is what
 // `otad token create` does; a service account that exists already must
 // have role, and a person's account is refused (people mint their own
 // tokens with CreateFor).
-func (ts Tokens) Create(ctx context.Context, name, role string) (*Token, string, error) {
+func (ts Tokens) CreateService(ctx context.Context, name, role string, opts TokenOptions) (*Token, string, error) {
 	if err := ValidateUser(name, role, "", true); err != nil {
 		return nil, "", err
 	}
@@ -76,13 +154,27 @@ func (ts Tokens) Create(ctx context.Context, name, role string) (*Token, string,
 	if u.Role != role {
 		return nil, "", fmt.Errorf("%w: service account %s has role %s, not %s; change it with otad user set-role", ErrConflict, name, u.Role, role)
 	}
-	return ts.CreateFor(ctx, u, name)
+	return ts.Mint(ctx, u, name, opts)
 }
 
-// CreateFor mints a token named name that acts as u.
+// CreateFor mints a token named name with the default lifetime that
+// acts as u.
 func (ts Tokens) CreateFor(ctx context.Context, u *User, name string) (*Token, string, error) {
+	return ts.Mint(ctx, u, name, TokenOptions{})
+}
+
+// Mint mints a token named name that acts as u, as opts say, and
+// returns it with its secret, which is shown once.
+func (ts Tokens) Mint(ctx context.Context, u *User, name string, opts TokenOptions) (*Token, string, error) {
 	if name == "" || len(name) > 64 {
 		return nil, "", fmt.Errorf("%w: token name must be 1-64 characters", ErrInvalid)
+	}
+	lifetime := opts.Lifetime
+	switch {
+	case lifetime == 0:
+		lifetime = cmp.Or(ts.Lifetime, DefaultTokenLifetime)
+	case lifetime < 0 || lifetime > MaxTokenLifetime:
+		return nil, "", fieldErr("expires_in", "want a positive duration of at most %dd", MaxTokenLifetime/(24*time.Hour))
 	}
 	if u.Disabled {
 		return nil, "", fmt.Errorf("%w: user %s is disabled", ErrConflict, u.Name)
@@ -92,11 +184,15 @@ func (ts Tokens) CreateFor(ctx context.Context, u *User, name string) (*Token, s
 	rand.Read(id[:])
 	rand.Read(secret[:])
 	plain := tokenPrefix + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(secret[:]))
-	now := time.Now
-	if ts.Now != nil {
-		now = ts.Now
+	now := ts.now().UTC()
+	t := &Token{ID: "t-" + hex.EncodeToString(id[:]), Name: name, UserID: u.ID, CreatedAt: now,
+		ExpiresAt: now.Add(lifetime).Truncate(time.Microsecond)}
+	if by := opts.By; by != nil && by.TokenID != "" {
+		t.ParentID = by.TokenID
+		if !by.TokenExpiresAt.IsZero() && by.TokenExpiresAt.Before(t.ExpiresAt) {
+			t.ExpiresAt = by.TokenExpiresAt
+		}
 	}
-	t := &Token{ID: "t-" + hex.EncodeToString(id[:]), Name: name, UserID: u.ID, CreatedAt: now().UTC()}
 	if err := ts.Store.CreateToken(ctx, t, HashToken(plain)); err != nil {
 		return nil, "", err
 	}
@@ -104,7 +200,8 @@ func (ts Tokens) CreateFor(ctx context.Context, u *User, name string) (*Token, s
 }
 
 // Authenticate returns the principal of a live token, or ErrUnauthorized
-// without saying whether it was unknown, revoked or its user disabled.
+// without saying whether it was unknown, revoked, expired or its user
+// disabled.
 func (ts Tokens) Authenticate(ctx context.Context, plain string) (*Principal, error) {
 	if !strings.HasPrefix(plain, tokenPrefix) || len(plain) > 128 {
 		return nil, fmt.Errorf("%w: invalid token", ErrUnauthorized)
@@ -116,10 +213,10 @@ func (ts Tokens) Authenticate(ctx context.Context, plain string) (*Principal, er
 		}
 		return nil, err
 	}
-	if t.RevokedAt != nil || u == nil || u.Disabled {
+	if t.RevokedAt != nil || t.Expired(ts.now()) || u == nil || u.Disabled {
 		return nil, fmt.Errorf("%w: invalid token", ErrUnauthorized)
 	}
-	return &Principal{User: u, TokenID: t.ID}, nil
+	return &Principal{User: u, TokenID: t.ID, TokenExpiresAt: t.ExpiresAt}, nil
 }
 
 // HashToken is what the store keeps of a token.

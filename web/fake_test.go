@@ -100,13 +100,31 @@ func (f *fakeIdentity) SetUserDisabled(_ context.Context, id string, disabled bo
 		return server.ErrNotFound
 	}
 	f.users[id].Disabled = disabled
+	if disabled {
+		now := time.Now().UTC()
+		for h, s := range f.sessions {
+			if s.UserID == id {
+				delete(f.sessions, h)
+			}
+		}
+		for _, t := range f.tokens {
+			if t.UserID == id && t.RevokedAt == nil {
+				t.RevokedAt = &now
+			}
+		}
+	}
 	return nil
 }
 
-func (f *fakeIdentity) SetPassword(_ context.Context, id, hash string) error {
+func (f *fakeIdentity) SetPassword(_ context.Context, id, hash, keep string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.hashes[id] = hash
+	for h, s := range f.sessions {
+		if s.UserID == id && h != keep {
+			delete(f.sessions, h)
+		}
+	}
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/http"
 	"slices"
@@ -37,8 +38,25 @@ type loginData struct {
 func (h *Handler) login(w http.ResponseWriter, r *http.Request, p *page) error {
 	name := strings.TrimSpace(r.PostFormValue("name"))
 	next := localPath(r.PostFormValue("next"))
-	p.Title, p.Data = "Log in", loginData{Next: next, Name: name}
-	u, err := h.opts.Users.Login(r.Context(), name, r.PostFormValue("password"))
+	p.Title, p.Data = "Log in", loginData{Next: next}
+	if len(name) <= server.MaxLoginNameBytes {
+		p.Data = loginData{Next: next, Name: name}
+	}
+	device := ""
+	if c, err := r.Cookie(DeviceCookieName); err == nil {
+		device = c.Value
+	}
+	u, err := h.opts.Users.Login(r.Context(), name, r.PostFormValue("password"), device)
+	var le *server.LoginError
+	if errors.As(err, &le) {
+		for _, e := range le.Audit {
+			// A refused login is not an action that was done: a failed
+			// append is logged, and the refusal answered as ever.
+			if err := server.RecordAction(r.Context(), h.opts.Audit, e, e.Actor, "", time.Now().UTC()); err != nil {
+				h.log.ErrorContext(r.Context(), "audit of a refused login", slog.Any("error", err))
+			}
+		}
+	}
 	var rl *server.RateLimitError
 	switch {
 	case errors.As(err, &rl):
@@ -69,6 +87,9 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, p *page) error {
 		return err
 	}
 	http.SetCookie(w, h.cookie(r, secret, false))
+	if v := h.opts.Users.IssueDevice(u); v != "" {
+		http.SetCookie(w, h.deviceCookie(r, v))
+	}
 	http.Redirect(w, r, next, http.StatusSeeOther)
 	return nil
 }
@@ -82,6 +103,19 @@ func (h *Handler) cookie(r *http.Request, value string, clear bool) *http.Cookie
 		c.Value, c.MaxAge = "", -1
 	}
 	return c
+}
+
+// DeviceCookieName is the device cookie (server.DeviceCookies): it tells
+// the login that this browser logged in to the account before, so that
+// the account's lockout does not keep it out.
+const DeviceCookieName = "otad_device"
+
+// deviceCookie is the device cookie: sent to the login form only,
+// HttpOnly, SameSite=Strict, Secure as the session cookie is, and kept
+// for as long as the server accepts it.
+func (h *Handler) deviceCookie(r *http.Request, value string) *http.Cookie {
+	return &http.Cookie{Name: DeviceCookieName, Value: value, Path: "/login", HttpOnly: true, SameSite: http.SameSiteStrictMode,
+		Secure: r.TLS != nil || h.opts.SecureCookie, MaxAge: int(h.opts.Users.Devices.Age() / time.Second)}
 }
 
 func (h *Handler) logout(w http.ResponseWriter, r *http.Request, p *page) error {
@@ -575,7 +609,11 @@ type tokensData struct {
 	Names  map[string]string
 	Secret string
 	New    *server.Token
+	now    time.Time
 }
+
+// Expired reports whether t has expired, as of the page.
+func (d *tokensData) Expired(t *server.Token) bool { return t.Expired(d.now) }
 
 func (h *Handler) renderTokens(w http.ResponseWriter, r *http.Request, p *page, status int, d *tokensData) error {
 	ctx := r.Context()
@@ -597,6 +635,7 @@ func (h *Handler) renderTokens(w http.ResponseWriter, r *http.Request, p *page, 
 			d.Names[u.ID] = u.Name
 		}
 	}
+	d.now = time.Now()
 	p.Title, p.Data = "API tokens", d
 	h.render(w, r, status, "tokens", p)
 	return nil
@@ -608,7 +647,16 @@ func (h *Handler) tokensPage(w http.ResponseWriter, r *http.Request, p *page) er
 
 func (h *Handler) createToken(w http.ResponseWriter, r *http.Request, p *page) error {
 	name := strings.TrimSpace(r.PostFormValue("name"))
-	t, secret, err := h.opts.Tokens.CreateFor(r.Context(), p.User, name)
+	var opts server.TokenOptions
+	if v := strings.TrimSpace(r.PostFormValue("expires_in")); v != "" {
+		d, err := server.ParseTokenLifetime(v)
+		if err != nil {
+			p.Error = err.Error()
+			return h.renderTokens(w, r, p, http.StatusBadRequest, &tokensData{})
+		}
+		opts.Lifetime = d
+	}
+	t, secret, err := h.opts.Tokens.Mint(r.Context(), p.User, name, opts)
 	if err != nil {
 		if st := statusOf(err); st == http.StatusBadRequest || st == http.StatusConflict {
 			p.Error = err.Error()
@@ -627,11 +675,11 @@ func (h *Handler) createToken(w http.ResponseWriter, r *http.Request, p *page) e
 func (h *Handler) revokeToken(w http.ResponseWriter, r *http.Request, p *page) error {
 	ctx := r.Context()
 	// Only one's own, unless an admin: another's token is as unknown.
-	t, err := h.opts.Tokens.Revoke(ctx, server.PrincipalFromContext(ctx), r.PathValue("id"))
+	t, with, err := h.opts.Tokens.Revoke(ctx, server.PrincipalFromContext(ctx), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	if err := h.record(ctx, p.User.Name, server.TokenRevokedEntry(t)); err != nil {
+	if err := h.record(ctx, p.User.Name, server.TokenRevokedEntry(t, with)); err != nil {
 		return err
 	}
 	http.Redirect(w, r, "/tokens", http.StatusSeeOther)

@@ -220,7 +220,8 @@ func (h *Handler) guard(perm server.Permission, public bool, fn routeFunc) http.
 		p := &page{Banner: h.opts.Banner, Path: r.URL.Path}
 		if sess != nil {
 			p.User, p.CSRF = sess.user, sess.s.CSRFToken
-			prin := &server.Principal{User: sess.user, SessionID: server.HashToken(sess.secret)[:16]}
+			hash := server.HashToken(sess.secret)
+			prin := &server.Principal{User: sess.user, SessionID: hash[:16], SessionHash: hash}
 			r = r.WithContext(server.WithPrincipal(r.Context(), prin))
 		}
 		if !public {
@@ -295,22 +296,52 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, p *page, err erro
 }
 
 // localPath returns next if it is a path on this site, else "/": the
-// login redirect must not send anyone elsewhere.
+// login redirect must not send anyone elsewhere. It decides on every
+// percent-decoding of next, repeated until nothing changes, not on the
+// text alone: "/%5C/evil.example" is "/\/evil.example" to whoever
+// decodes it once more, and browsers read "/\" as "//", another host.
+// Each decoding must start with one "/" (not "//") and hold no
+// backslash and no control character; what passes is given back
+// cleaned and escaped anew, never decoded.
 func localPath(next string) string {
-	if next == "" || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") ||
-		strings.ContainsAny(next, "\r\n\t") {
-		return "/"
+	s := next
+	for i := 0; ; i++ {
+		if !sameSitePath(s) {
+			return "/"
+		}
+		d, err := url.PathUnescape(s)
+		if err != nil {
+			return "/"
+		}
+		if d == s {
+			break
+		}
+		if i == maxNextDecodings {
+			return "/"
+		}
+		s = d
 	}
 	u, err := url.Parse(next)
-	if err != nil || u.Scheme != "" || u.Host != "" || u.Opaque != "" {
+	if err != nil || u.Scheme != "" || u.Host != "" || u.Opaque != "" || u.User != nil {
 		return "/"
 	}
-	return path.Clean(u.Path) + func() string {
-		if u.RawQuery != "" {
-			return "?" + u.RawQuery
-		}
-		return ""
-	}()
+	clean := path.Clean(u.Path)
+	if !sameSitePath(clean) {
+		return "/"
+	}
+	return (&url.URL{Path: clean, RawQuery: u.RawQuery}).String()
+}
+
+// maxNextDecodings bounds how many layers of percent-encoding localPath
+// peels; a next with more is refused.
+const maxNextDecodings = 8
+
+// sameSitePath reports whether s, read as a URL reference, is a path on
+// this site: one leading "/", no backslash (browsers take it for "/"),
+// no control character (browsers drop tabs and newlines).
+func sameSitePath(s string) bool {
+	return strings.HasPrefix(s, "/") && !strings.HasPrefix(s, "//") &&
+		!strings.ContainsFunc(s, func(r rune) bool { return r == '\\' || r < 0x20 || r == 0x7f })
 }
 
 // record appends e, an action of actor that is done, by

@@ -103,7 +103,8 @@ func newEnv(tb testing.TB) *env {
 	tb.Helper()
 	id := newFakeIdentity()
 	e := &env{id: id, audit: &fakeAudit{}, anchor: &fakeAnchor{}, backend: sampleBackend(tb), cookies: map[string]*http.Cookie{}, csrf: map[string]string{}}
-	e.users = server.Users{Store: id, Limiter: server.NewLoginLimiter(3, 15*time.Minute)}
+	e.users = server.Users{Store: id, Limiter: server.NewLoginLimiter(3, 15*time.Minute),
+		Devices: &server.DeviceCookies{Key: []byte("device cookie key of the web tests")}}
 	h, err := New(Options{Backend: e.backend, Users: e.users, Sessions: server.Sessions{Store: id},
 		Tokens: server.Tokens{Store: id, Users: id}, Audit: e.audit, AuditAnchor: e.anchor, Banner: "DEMO — development-only keys"})
 	if err != nil {
@@ -479,10 +480,14 @@ func TestLoginLogout(t *testing.T) {
 		t.Fatalf("login: status %d to %q, want 303 to /rollouts/ro-1", rec.Code, rec.Header().Get("Location"))
 	}
 	cookies := rec.Result().Cookies()
-	if len(cookies) != 1 {
-		t.Fatalf("cookies %v, want one", cookies)
+	if len(cookies) != 2 || cookies[1].Name != DeviceCookieName {
+		t.Fatalf("cookies %v, want the session's and the device's", cookies)
 	}
 	c := cookies[0]
+	if d := cookies[1]; !d.HttpOnly || d.SameSite != http.SameSiteStrictMode || d.Path != "/login" || d.Secure ||
+		d.MaxAge != int(server.DefaultDeviceCookieAge/time.Second) {
+		t.Errorf("device cookie %+v, want HttpOnly SameSite=Strict Path=/login Max-Age=180 days (not Secure over plain HTTP)", d)
+	}
 	if c.Name != CookieName || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" || c.Secure || !c.Expires.IsZero() || c.MaxAge != 0 {
 		t.Errorf("cookie %+v, want otad_session HttpOnly SameSite=Strict Path=/ without expiry (not Secure over plain HTTP)", c)
 	}
@@ -495,8 +500,8 @@ func TestLoginLogout(t *testing.T) {
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	tls := httptest.NewRecorder()
 	e.h.ServeHTTP(tls, req)
-	if cs := tls.Result().Cookies(); len(cs) != 1 || !cs[0].Secure {
-		t.Errorf("login over TLS: cookies %v, want one Secure", cs)
+	if cs := tls.Result().Cookies(); len(cs) != 2 || !cs[0].Secure || !cs[1].Secure {
+		t.Errorf("login over TLS: cookies %v, want both Secure", cs)
 	}
 
 	// Logout needs the session's CSRF token, ends the session server
@@ -538,6 +543,122 @@ func TestLoginRateLimit(t *testing.T) {
 	}
 	if len(rec.Result().Cookies()) != 0 {
 		t.Error("a session was started for a locked account")
+	}
+}
+
+// TestDeviceCookieBeatsLockout is the probe's lockout abuse: anyone can
+// lock an account with wrong passwords. The owner's browser, which
+// logged in before and holds the account's device cookie, still logs
+// in; a browser without one (or with another account's) waits for the
+// lockout to end. The failures and the lockout are audited, never the
+// password tried.
+func TestDeviceCookieBeatsLockout(t *testing.T) {
+	e := newEnv(t)
+	now := time.Date(2026, 12, 15, 12, 0, 0, 0, time.UTC)
+	users := e.users
+	users.Now = func() time.Time { return now }
+	h, err := New(Options{Backend: e.backend, Users: users, Sessions: server.Sessions{Store: e.id},
+		Tokens: server.Tokens{Store: e.id, Users: e.id}, Audit: e.audit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.h = h
+	login := func(name, password string, cookies ...*http.Cookie) *httptest.ResponseRecorder {
+		t.Helper()
+		req := httptest.NewRequest("POST", "/login", strings.NewReader(url.Values{"name": {name}, "password": {password}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		for _, c := range cookies {
+			req.AddCookie(c)
+		}
+		rec := httptest.NewRecorder()
+		e.h.ServeHTTP(rec, req)
+		return rec
+	}
+	deviceOf := func(rec *httptest.ResponseRecorder) *http.Cookie {
+		t.Helper()
+		for _, c := range rec.Result().Cookies() {
+			if c.Name == DeviceCookieName {
+				return &http.Cookie{Name: c.Name, Value: c.Value}
+			}
+		}
+		t.Fatalf("no device cookie in %v", rec.Result().Cookies())
+		return nil
+	}
+	// The admin logged in from this browser last week; the viewer from
+	// another.
+	rec := login("admin-user", testPassword)
+	if rec.Code != http.StatusSeeOther {
+		t.Fatalf("first login: %d", rec.Code)
+	}
+	adminDevice := deviceOf(rec)
+	viewerDevice := deviceOf(login("viewer-user", testPassword))
+	e.audit.entries = nil
+
+	// An attacker, without the cookie, locks the admin out.
+	const attempt = "hunter2 is not it"
+	for i := range 3 {
+		if rec := login("admin-user", attempt); rec.Code != http.StatusUnauthorized {
+			t.Fatalf("attacker's attempt %d: %d, want 401", i+1, rec.Code)
+		}
+	}
+	if rec := login("admin-user", testPassword); rec.Code != http.StatusTooManyRequests {
+		t.Fatalf("a browser without the cookie, right password: %d, want 429", rec.Code)
+	}
+	if rec := login("admin-user", testPassword, viewerDevice); rec.Code != http.StatusTooManyRequests {
+		t.Errorf("with the viewer's device cookie: %d, want 429 (the cookie names another account)", rec.Code)
+	}
+	// The admin's own browser gets in, and gets a new cookie.
+	rec = login("admin-user", testPassword, adminDevice)
+	if rec.Code != http.StatusSeeOther {
+		t.Fatalf("the admin's browser with its device cookie: %d, want 303\n%s", rec.Code, rec.Body)
+	}
+	if renewed := deviceOf(rec); renewed.Value == adminDevice.Value {
+		t.Error("the device cookie was not renewed at login")
+	}
+	// Still locked for everyone else until the failures age out.
+	now = now.Add(14 * time.Minute)
+	if rec := login("admin-user", testPassword); rec.Code != http.StatusTooManyRequests {
+		t.Errorf("a browser without the cookie 14 minutes on: %d, want 429", rec.Code)
+	}
+	now = now.Add(time.Minute)
+	if rec := login("admin-user", testPassword); rec.Code != http.StatusSeeOther {
+		t.Errorf("a browser without the cookie once the lockout ended: %d, want 303", rec.Code)
+	}
+
+	// A device cookie has its own count: three wrong passwords with it
+	// lock that cookie, not the account.
+	for range 3 {
+		login("viewer-user", "a typo typo typo", viewerDevice)
+	}
+	if rec := login("viewer-user", testPassword, viewerDevice); rec.Code != http.StatusTooManyRequests {
+		t.Errorf("the viewer's cookie after its 3 failures: %d, want 429", rec.Code)
+	}
+	if rec := login("viewer-user", testPassword); rec.Code != http.StatusSeeOther {
+		t.Errorf("the viewer from a browser without a cookie: %d, want 303 (the account is not locked)", rec.Code)
+	}
+
+	var got []string
+	for _, a := range e.audit.entries {
+		got = append(got, a.Actor+" "+a.Action+" "+a.Object+" "+a.Detail)
+		if strings.Contains(a.Detail+a.Object+a.Reason, "hunter2") || strings.Contains(a.Detail+a.Object+a.Reason, "typo") {
+			t.Errorf("an entry holds the password tried: %+v", a)
+		}
+	}
+	want := []string{
+		`(anonymous) session.login_failed admin-user {"client":"untrusted","failures":"1"}`,
+		`(anonymous) session.login_failed admin-user {"client":"untrusted","failures":"2"}`,
+		`(anonymous) session.login_failed admin-user {"client":"untrusted","failures":"3"}`,
+		`system user.locked admin-user {"client":"untrusted","failures":"3","until":"` + now.Format(time.RFC3339) + `"}`,
+		"admin-user session.login admin-user ",
+		"admin-user session.login admin-user ",
+		`(anonymous) session.login_failed viewer-user {"client":"device","failures":"1"}`,
+		`(anonymous) session.login_failed viewer-user {"client":"device","failures":"2"}`,
+		`(anonymous) session.login_failed viewer-user {"client":"device","failures":"3"}`,
+		`system user.locked viewer-user {"client":"device","failures":"3","until":"` + now.Add(15*time.Minute).Format(time.RFC3339) + `"}`,
+		"viewer-user session.login viewer-user ",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("audit:\n got %s\nwant %s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 
@@ -654,11 +775,59 @@ func TestHumanDuration(t *testing.T) {
 }
 
 func TestLocalPath(t *testing.T) {
-	for in, want := range map[string]string{"": "/", "/rollouts/ro-1": "/rollouts/ro-1", "/audit?actor=a": "/audit?actor=a",
-		"//evil.example": "/", "https://evil.example/": "/", "/\\evil.example": "/", "rollouts": "/", "/a/../../b": "/b",
-		"/x\r\nSet-Cookie: a": "/"} {
-		if got := localPath(in); got != want {
-			t.Errorf("localPath(%q) = %q, want %q", in, got, want)
+	tests := []struct{ in, want string }{
+		{"", "/"},
+		{"/rollouts/ro-1", "/rollouts/ro-1"},
+		{"/audit?actor=a", "/audit?actor=a"},
+		{"/ok/path?x=1", "/ok/path?x=1"},
+		{"/a/../../b", "/b"},
+		{"rollouts", "/"},
+		{"//evil.example", "/"},
+		{"https://evil.example/", "/"},
+		{"/\\evil.example", "/"},
+		{"/\\/evil.example", "/"},
+		{"/x\r\nSet-Cookie: a", "/"},
+		{"/\t/evil.example", "/"},
+		// The probe's payloads, as the login form's next holds them
+		// after the query string's own decoding, and once more decoded.
+		{"/%25255C/evil.example", "/"},
+		{"/%255C/evil.example", "/"},
+		{"/%5C/evil.example", "/"},
+		{"/%252509/evil.example", "/"},
+		{"/%2509/evil.example", "/"},
+		{"/%09/evil.example", "/"},
+		{"/%2F/evil", "/"},
+		{"/%252F/evil", "/"},
+		{"/%2f%2fevil", "/"},
+		{"/%0d%0aSet-Cookie:a", "/"},
+		{"/%7F", "/"},
+		{"/%zz", "/"},
+		{"/%2525252525252525252541", "/"}, // more layers than are peeled
+		{"/rollouts/ro%2D1", "/rollouts/ro-1"},
+	}
+	for _, tc := range tests {
+		if got := localPath(tc.in); got != tc.want {
+			t.Errorf("localPath(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestLoginNextSameSite follows the probe's redirects through the pages:
+// the login page's next, posted back with the login, must not leave the
+// site, however many times it was percent-encoded.
+func TestLoginNextSameSite(t *testing.T) {
+	e := newEnv(t)
+	nextRE := regexp.MustCompile(`name="next" value="([^"]*)"`)
+	for _, q := range []string{"/%25255C/evil.example", "/%252509/evil.example", "/%255C%255Cevil.example", "%2F%2Fevil.example"} {
+		rec := e.do(t, "", "GET", "/login?next="+q, nil)
+		m := nextRE.FindStringSubmatch(rec.Body.String())
+		if m == nil {
+			t.Fatalf("GET /login?next=%s: no next field\n%s", q, rec.Body)
+		}
+		next := strings.ReplaceAll(m[1], "&amp;", "&")
+		rec = e.do(t, "", "POST", "/login", url.Values{"name": {"viewer-user"}, "password": {testPassword}, "next": {next}})
+		if loc := rec.Header().Get("Location"); rec.Code != http.StatusSeeOther || loc != "/" {
+			t.Errorf("login with next from ?next=%s (form %q): status %d to %q, want 303 to /", q, next, rec.Code, loc)
 		}
 	}
 }

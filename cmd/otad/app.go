@@ -98,6 +98,12 @@ func (m *Main) Run(ctx context.Context) error {
 		// The online key signs the audit checkpoints; the blob store
 		// keeps them.
 		AuditCheckpointInterval: m.cfg.AuditCheckpointInterval,
+
+		// Wrong enrollment secrets, not handsets: see server.Fleet.Enroll.
+		SecretFailuresPerMinute: m.cfg.SecretFailuresPerMinute,
+		SecretFailureBurst:      m.cfg.SecretFailureBurst,
+		TokenLifetime:           m.cfg.TokenLifetime,
+
 		// Behind a TLS proxy the request is plain HTTP: an https public
 		// URL marks the session cookie Secure anyway.
 		Web: app.WebConfig{Banner: m.cfg.Banner, SecureCookie: strings.HasPrefix(publicURL, "https://")},

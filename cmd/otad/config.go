@@ -68,6 +68,14 @@ type Config struct {
 	// all enrollments (per replica).
 	EnrollmentsPerMinute float64
 	EnrollmentBurst      int
+	// SecretFailuresPerMinute and SecretFailureBurst limit wrong
+	// enrollment secrets (per replica): see server.Fleet.Enroll.
+	SecretFailuresPerMinute float64
+	SecretFailureBurst      int
+
+	// TokenLifetime is how long an API token minted without an expiry
+	// works.
+	TokenLifetime time.Duration
 
 	// Banner is a warning strip on every dashboard page; only "otad
 	// demo" sets it (no flag): a demo must not pass for production.
@@ -110,6 +118,12 @@ func defaultConfig() Config {
 		// handsets switched on together enroll at once.
 		EnrollmentsPerMinute: 600,
 		EnrollmentBurst:      1000,
+		// A handset that knows the secret never fails; ten guesses a
+		// minute are 5 million a year, nothing against a random secret
+		// of 16 bytes, and few enough to see in the logs.
+		SecretFailuresPerMinute: 10,
+		SecretFailureBurst:      20,
+		TokenLifetime:           server.DefaultTokenLifetime,
 	}
 }
 
@@ -129,6 +143,10 @@ var envOf = map[string]string{
 	"checkin-rate": "OTAD_CHECKIN_RATE",
 	"enroll-rate":  "OTAD_ENROLL_RATE",
 	"enroll-burst": "OTAD_ENROLL_BURST",
+
+	"enroll-secret-failure-rate":  "OTAD_ENROLL_SECRET_FAILURE_RATE",
+	"enroll-secret-failure-burst": "OTAD_ENROLL_SECRET_FAILURE_BURST",
+	"token-lifetime":              "OTAD_TOKEN_LIFETIME",
 }
 
 func settingError(flag string, err error) error {
@@ -178,6 +196,8 @@ func (c *Config) registerServe(fs *envflag.FlagSet) {
 	fs.DurationEnv(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout,
 		"on SIGTERM or SIGINT, how long in-flight requests may take to finish", "OTAD_SHUTDOWN_TIMEOUT")
 	fs.Int64Env(&c.MaxBody, "max-body", c.MaxBody, "largest request body in bytes for API calls (uploads have their own limit)", "OTAD_MAX_BODY")
+	fs.DurationEnv(&c.TokenLifetime, "token-lifetime", c.TokenLifetime,
+		"how long an API token minted in the dashboard or the API without an expiry works (at most 17520h); otad token create has --expires", "OTAD_TOKEN_LIFETIME")
 	c.registerTUF(fs)
 	c.registerHandset(fs)
 }
@@ -199,6 +219,11 @@ func (c *Config) registerHandset(fs *envflag.FlagSet) {
 	fs.Float64Env(&c.EnrollmentsPerMinute, "enroll-rate", c.EnrollmentsPerMinute,
 		"enrollments per minute over all handsets, per replica (refused ones do not count); 0 disables the limit", "OTAD_ENROLL_RATE")
 	fs.IntEnv(&c.EnrollmentBurst, "enroll-burst", c.EnrollmentBurst, "enrollments allowed at once before --enroll-rate applies", "OTAD_ENROLL_BURST")
+	fs.Float64Env(&c.SecretFailuresPerMinute, "enroll-secret-failure-rate", c.SecretFailuresPerMinute,
+		"wrong enrollment secrets per minute over all handsets, per replica; past them every enrollment waits (429) until the count refills, the right secret too, or the answer would tell a guesser which guess was right; 0 disables the limit",
+		"OTAD_ENROLL_SECRET_FAILURE_RATE")
+	fs.IntEnv(&c.SecretFailureBurst, "enroll-secret-failure-burst", c.SecretFailureBurst,
+		"wrong enrollment secrets allowed at once before --enroll-secret-failure-rate applies", "OTAD_ENROLL_SECRET_FAILURE_BURST")
 }
 
 // registerOnlineKey adds --online-key: otad serve's, and otad audit
@@ -294,6 +319,15 @@ func (c *Config) ValidateServe() error {
 	}
 	if c.EnrollmentsPerMinute > 0 && c.EnrollmentBurst < 1 {
 		return settingError("enroll-burst", fmt.Errorf("%d: must be at least 1", c.EnrollmentBurst))
+	}
+	if c.SecretFailuresPerMinute < 0 {
+		return settingError("enroll-secret-failure-rate", fmt.Errorf("%v: must not be negative", c.SecretFailuresPerMinute))
+	}
+	if c.SecretFailuresPerMinute > 0 && c.SecretFailureBurst < 1 {
+		return settingError("enroll-secret-failure-burst", fmt.Errorf("%d: must be at least 1", c.SecretFailureBurst))
+	}
+	if c.TokenLifetime <= 0 || c.TokenLifetime > server.MaxTokenLifetime {
+		return settingError("token-lifetime", fmt.Errorf("%v: want a positive duration of at most %v", c.TokenLifetime, server.MaxTokenLifetime))
 	}
 	if err := c.validatePublicURL(); err != nil {
 		return err

@@ -130,13 +130,13 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 	case "list":
 		synopsis, want = "Lists users and service accounts.", 0
 	case "disable":
-		synopsis = "Disables a user: its sessions end and its tokens stop working at once."
+		synopsis = "Disables a user: its sessions end and its tokens are revoked at once."
 	case "enable":
-		synopsis = "Enables a disabled user again; its tokens work again, sessions need a new login."
+		synopsis = "Enables a disabled user again; it logs in and mints tokens anew (disabling revoked the old ones)."
 	case "set-role":
 		synopsis, want = "Changes a user's role; its sessions and tokens have the new role at once.", 2
 	case "password":
-		synopsis = "Sets a user's password (from $" + userPasswordEnv + " or a prompt)."
+		synopsis = "Sets a user's password (from $" + userPasswordEnv + " or a prompt) and ends its sessions."
 	}
 	usageLine := map[string]string{"create": "NAME --role ROLE [--service]", "list": "", "disable": "NAME",
 		"enable": "NAME", "set-role": "NAME ROLE", "password": "NAME"}[sub]
@@ -242,17 +242,11 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 		}
 		fmt.Fprintf(stdout, "%s is %s now (was %s)\n", u.Name, newRole, from)
 	case "password":
-		u, err := byName(c.args[0])
+		u, err := users.SetPassword(ctx, nil, c.args[0], password)
+		if errors.Is(err, server.ErrNotFound) {
+			return fmt.Errorf("no user %s (see otad user list)", c.args[0])
+		}
 		if err != nil {
-			return err
-		}
-		if u.Service {
-			return fmt.Errorf("%s is a service account: it has no password and acts through its tokens", u.Name)
-		}
-		if err := server.ValidateUser(u.Name, u.Role, password, false); err != nil {
-			return err
-		}
-		if err := store.SetPassword(ctx, u.ID, server.HashPassword(password)); err != nil {
 			return err
 		}
 		if err := audit(ctx, db, server.UserPasswordEntry(u)); err != nil {
@@ -299,16 +293,17 @@ func readNewPassword(getenv func(string) string, stderr io.Writer) (string, erro
 }
 
 const tokenUsage = `Usage:
-  otad token create NAME --role ROLE      (also --name NAME)
-  otad token create --user USER TOKENNAME
+  otad token create NAME --role ROLE [--expires 90d]     (also --name NAME)
+  otad token create --user USER TOKENNAME [--expires 90d]
   otad token list [--user USER]
   otad token revoke ID
 
 Tokens are shown once at creation; only their hash is stored. A token acts
-as its user with the user's current role, and stops working when the user
-is disabled. "create NAME --role ROLE" mints a token for the service
-account NAME, creating it with ROLE if it does not exist. Roles: viewer,
-operator, release-engineer, admin.
+as its user with the user's current role until it expires (--expires,
+default 90d, at most 730d) or is revoked; disabling the user revokes it.
+Revoking a token revokes the tokens minted with it. "create NAME --role
+ROLE" mints a token for the service account NAME, creating it with ROLE
+if it does not exist. Roles: viewer, operator, release-engineer, admin.
 `
 
 func runToken(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -323,10 +318,11 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 	}[sub]
 	usageLine := map[string]string{"create": "NAME --role ROLE | --user USER TOKENNAME", "list": "[--user USER]", "revoke": "ID"}[sub]
 	c := newAdminCommand("otad token "+sub+" "+usageLine+" [flags]", synopsis, stderr)
-	var name, role, userName string
+	var name, role, userName, expires string
 	want := 1
 	switch sub {
 	case "create":
+		c.fs.StringVar(&expires, "expires", "", "how long the token works: 90d, 720h, ... (default 90d, at most 730d)")
 		c.fs.StringVar(&name, "name", "", "the service account the token is for, e.g. ci (or give it as NAME)")
 		c.fs.StringVar(&role, "role", server.RoleReleaseEngineer, "the service account's role: viewer, operator, release-engineer or admin")
 		c.fs.StringVar(&userName, "user", "", "mint the token for this existing user instead; the argument names the token")
@@ -346,6 +342,12 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		default:
 			c.fs.Usage()
 			return usageError{errors.New("token create needs one name: NAME or --name NAME")}
+		}
+	}
+	var opts server.TokenOptions
+	if expires != "" {
+		if opts.Lifetime, err = server.ParseTokenLifetime(expires); err != nil {
+			return usageError{fmt.Errorf("--expires %q: want a duration such as 30d or 720h, at most %dd", expires, server.MaxTokenLifetime/(24*time.Hour))}
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.StartupTimeout)
@@ -372,10 +374,10 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 			if u, err = lookUp(userName); err != nil {
 				return err
 			}
-			t, secret, err = tokens.CreateFor(ctx, u, name)
+			t, secret, err = tokens.Mint(ctx, u, name, opts)
 		} else {
 			_, _, existed := db.Users().UserByName(ctx, name)
-			t, secret, err = tokens.Create(ctx, name, role)
+			t, secret, err = tokens.CreateService(ctx, name, role, opts)
 			if err == nil {
 				u, err = db.Users().UserByID(ctx, t.UserID)
 			}
@@ -389,7 +391,8 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		if err := audit(ctx, db, server.TokenCreatedEntry(t, u.Name)); err != nil {
 			return err
 		}
-		fmt.Fprintf(stderr, "created token %s %s for %s (%s); it is shown once:\n", t.ID, t.Name, u.Name, u.Role)
+		fmt.Fprintf(stderr, "created token %s %s for %s (%s), expires %s; it is shown once:\n", t.ID, t.Name, u.Name, u.Role,
+			t.ExpiresAt.Format(time.RFC3339))
 		fmt.Fprintln(stdout, secret)
 	case "list":
 		userID := ""
@@ -412,20 +415,31 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		for _, u := range users {
 			byID[u.ID] = u
 		}
+		now := time.Now()
+		w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "ID\tNAME\tUSER\tROLE\tCREATED\tEXPIRES\tSTATE")
 		for _, t := range list {
 			state := "active"
-			if t.RevokedAt != nil {
+			switch {
+			case t.RevokedAt != nil:
 				state = "revoked " + t.RevokedAt.Format(time.RFC3339)
+			case t.Expired(now):
+				state = "expired"
+			}
+			if t.ParentID != "" {
+				state += " (minted with " + t.ParentID + ")"
+			}
+			expiresAt := "never"
+			if !t.ExpiresAt.IsZero() {
+				expiresAt = t.ExpiresAt.Format(time.RFC3339)
 			}
 			owner, ownerRole := "?", "?"
 			if u := byID[t.UserID]; u != nil {
 				owner, ownerRole = u.Name, u.Role
-				if u.Disabled && t.RevokedAt == nil {
-					state = "user disabled"
-				}
 			}
-			fmt.Fprintf(stdout, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, owner, ownerRole, t.CreatedAt.Format(time.RFC3339), state)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, owner, ownerRole, t.CreatedAt.Format(time.RFC3339), expiresAt, state)
 		}
+		return w.Flush()
 	case "revoke":
 		all, err := db.Tokens().ListTokens(ctx, "")
 		if err != nil {
@@ -435,13 +449,17 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		if i < 0 {
 			return fmt.Errorf("no token %s (see otad token list)", c.args[0])
 		}
+		with := server.LiveDescendants(all, c.args[0])
 		if err := db.Tokens().RevokeToken(ctx, c.args[0]); err != nil {
 			return err
 		}
-		if err := audit(ctx, db, server.TokenRevokedEntry(all[i])); err != nil {
+		if err := audit(ctx, db, server.TokenRevokedEntry(all[i], with)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "revoked %s\n", c.args[0])
+		if len(with) > 0 {
+			fmt.Fprintf(stdout, "revoked with it the tokens minted with it: %s\n", strings.Join(with, ", "))
+		}
 	}
 	return nil
 }

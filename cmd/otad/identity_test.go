@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -108,8 +109,26 @@ func TestUserCommands(t *testing.T) {
 		t.Errorf("a service token named as a person: exit %d %q", code, stderr)
 	}
 	out = c.mustRun("token", "list", "--user", "alice")
-	if strings.Count(out, "\n") != 1 || !strings.Contains(out, "laptop\talice\tadmin") {
-		t.Errorf("token list of alice: got %q", out)
+	lines = strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || !equalPrefix(strings.Fields(lines[0]), []string{"ID", "NAME", "USER", "ROLE", "CREATED", "EXPIRES", "STATE"}) {
+		t.Fatalf("token list of alice: got %q, want a header and one token", out)
+	}
+	if f := strings.Fields(lines[1]); len(f) != 7 || !equalPrefix(f[1:], []string{"laptop", "alice", "admin"}) || f[6] != "active" {
+		t.Errorf("token list of alice: got %q", lines[1])
+	} else if exp, err := time.Parse(time.RFC3339, f[5]); err != nil || exp.Sub(time.Now()) < 89*24*time.Hour || exp.Sub(time.Now()) > 90*24*time.Hour {
+		t.Errorf("the laptop token expires %q, want in 90 days", f[5])
+	}
+	// --expires: its own lifetime; a bad one is a usage error.
+	c.mustRun("token", "create", "--user", "alice", "phone", "--expires", "7d")
+	if code, _, stderr := c.run("token", "create", "--user", "alice", "tablet", "--expires", "forever"); code != exitConfig || !strings.Contains(stderr, "--expires") {
+		t.Errorf("--expires forever: exit %d %q, want %d naming --expires", code, stderr, exitConfig)
+	}
+	for _, line := range strings.Split(c.mustRun("token", "list", "--user", "alice"), "\n") {
+		if f := strings.Fields(line); len(f) == 7 && f[1] == "phone" {
+			if exp, err := time.Parse(time.RFC3339, f[5]); err != nil || exp.Sub(time.Now()) > 7*24*time.Hour || exp.Sub(time.Now()) < 6*24*time.Hour {
+				t.Errorf("the phone token expires %q, want in 7 days", f[5])
+			}
+		}
 	}
 
 	db := c.db()
@@ -130,19 +149,55 @@ func TestUserCommands(t *testing.T) {
 			}
 			object = "(id)"
 		}
-		actions = append(actions, strings.TrimSpace(e.Action+" "+object+" "+e.Detail))
+		detail := regexp.MustCompile(`"expires":"[^"]*",`).ReplaceAllString(e.Detail, "")
+		actions = append(actions, strings.TrimSpace(e.Action+" "+object+" "+detail))
 		if !strings.HasPrefix(e.Actor, "otad-cli") {
 			t.Errorf("entry %d: actor %q, want otad-cli...", e.Seq, e.Actor)
 		}
 	}
 	// The same entries as the admin API and the pages make for the same
 	// changes (server.UserCreatedEntry and the others).
-	want := []string{`token.create (id) {"name":"laptop","user":"alice"}`, "user.enable alice",
+	want := []string{`token.create (id) {"name":"phone","user":"alice"}`, `token.create (id) {"name":"laptop","user":"alice"}`, "user.enable alice",
 		`token.create (id) {"name":"ci","user":"ci"}`, "user.disable alice",
 		`user.set-role alice {"from":"operator","to":"admin"}`,
 		`user.create ci {"kind":"service","role":"release-engineer"}`, `user.create alice {"kind":"user","role":"operator"}`}
 	if strings.Join(actions, "\n") != strings.Join(want, "\n") {
 		t.Errorf("audit log:\n got %q\nwant %q", actions, want)
+	}
+}
+
+// TestUserPasswordEndsSessions: otad user password logs the user out
+// everywhere, and disable revokes the user's tokens for good.
+func TestUserPasswordEndsSessions(t *testing.T) {
+	c := newCLI(t)
+	c.env[userPasswordEnv] = "correct horse battery"
+	c.mustRun("user", "create", "alice", "--role", "operator")
+	c.mustRun("token", "create", "--user", "alice", "laptop")
+	db := c.db()
+	u, _, err := db.Users().UserByName(t.Context(), "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := (server.Sessions{Store: db.Sessions()}).Start(t.Context(), u); err != nil {
+		t.Fatal(err)
+	}
+	c.env[userPasswordEnv] = "a brand new password"
+	if out := c.mustRun("user", "password", "alice"); !strings.Contains(out, "set the password of alice") {
+		t.Errorf("user password: got %q", out)
+	}
+	raw, err := sql.Open("sqlite", filepath.Join(c.env["OTAD_DATA_DIR"], "otad.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	var n int
+	if err := raw.QueryRow("SELECT COUNT(*) FROM sessions").Scan(&n); err != nil || n != 0 {
+		t.Errorf("sessions after the password change: %d %v, want 0", n, err)
+	}
+	c.mustRun("user", "disable", "alice")
+	c.mustRun("user", "enable", "alice")
+	if out := c.mustRun("token", "list", "--user", "alice"); !strings.Contains(out, "revoked") {
+		t.Errorf("alice's token after disable and enable:\n%s\nwant it revoked", out)
 	}
 }
 

@@ -246,3 +246,62 @@ func TestHandsetLimits(t *testing.T) {
 		}
 	})
 }
+
+// TestEnrollmentSecretGuessing is the probe's guessing of the enrollment
+// secret (25,036 guesses in 20 s, none refused): past the failure
+// budget (20 at once, 10 a minute) every enrollment waits with 429 and
+// Retry-After, the right secret too, since answering it differently
+// would tell the guesser which guess was right. Handsets that know the
+// secret never spend the budget.
+func TestEnrollmentSecretGuessing(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	store := &mockDevices{EnrollFn: func(_ context.Context, d *server.Device, _ string) (string, bool, error) { return d.ID, true, nil }}
+	fleet := &server.Fleet{Store: store, EnrollmentSecret: "fleet-secret", PollInterval: time.Hour,
+		SecretFailures: server.NewFailureBucket(10, 20), Now: func() time.Time { return now }}
+	s, _ := newTestServer(t, Config{Fleet: fleet})
+	enroll := func(secret string) *httptest.ResponseRecorder {
+		return post(t, s, "/api/v1/devices", "", `{"model":"PX-7","build":"7.1.0","channel":"stable","enrollment_secret":"`+secret+`"}`)
+	}
+	for i := range 50 {
+		if rec := enroll("fleet-secret"); rec.Code != http.StatusCreated {
+			t.Fatalf("handset %d with the secret: %d, want 201", i, rec.Code)
+		}
+	}
+	var refused, limited int
+	for i := range 3000 {
+		switch rec := enroll(fmt.Sprintf("guess-%d", i)); rec.Code {
+		case http.StatusUnauthorized:
+			refused++
+		case http.StatusTooManyRequests:
+			limited++
+			if ra := rec.Header().Get("Retry-After"); ra != "6" {
+				t.Fatalf("guess %d: Retry-After %q, want 6 (a failure refills every 6 s)", i, ra)
+			}
+		default:
+			t.Fatalf("guess %d: %d", i, rec.Code)
+		}
+	}
+	if refused != 20 || limited != 2980 {
+		t.Errorf("3000 wrong guesses: %d checked (401), %d refused unchecked (429); want 20 and 2980", refused, limited)
+	}
+	if rec := enroll("fleet-secret"); rec.Code != http.StatusTooManyRequests {
+		t.Errorf("the right secret while the budget is spent: %d, want 429", rec.Code)
+	}
+	// A failure's worth refills in 6 s: the next enrollment is checked.
+	now = now.Add(6 * time.Second)
+	if rec := enroll("fleet-secret"); rec.Code != http.StatusCreated {
+		t.Errorf("the right secret 6 s on: %d, want 201", rec.Code)
+	}
+	if rec := enroll("guess-again"); rec.Code != http.StatusUnauthorized {
+		t.Errorf("a guess 6 s on: %d, want 401 (checked: the right secret spent nothing)", rec.Code)
+	}
+	if rec := enroll("guess-again-2"); rec.Code != http.StatusTooManyRequests {
+		t.Errorf("the next guess: %d, want 429", rec.Code)
+	}
+	now = now.Add(2 * time.Minute)
+	for i := range 50 {
+		if rec := enroll("fleet-secret"); rec.Code != http.StatusCreated {
+			t.Fatalf("handset %d once the guessing stopped: %d, want 201", i, rec.Code)
+		}
+	}
+}

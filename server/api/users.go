@@ -50,18 +50,24 @@ type RoleRequest struct {
 	Role string `json:"role"`
 }
 
-// TokenRequest is the body of POST /admin/tokens.
+// TokenRequest is the body of POST /admin/tokens. ExpiresIn is how
+// long the token works ("90d", "720h"; default the server's token
+// lifetime); a token minted with a token expires no later than it.
 type TokenRequest struct {
-	Name string `json:"name"`
+	Name      string `json:"name"`
+	ExpiresIn string `json:"expires_in,omitempty"`
 }
 
-// Token is the JSON of an API token; the secret is never in it.
+// Token is the JSON of an API token; the secret is never in it. Parent
+// is the token it was minted with, which revoking revokes it with.
 type Token struct {
 	ID        string     `json:"id"`
 	Name      string     `json:"name"`
 	User      string     `json:"user"`
 	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	Parent    string     `json:"parent,omitempty"`
 }
 
 // NewToken is the answer of POST /admin/tokens: the token and its
@@ -164,7 +170,11 @@ func (s *Server) listTokens(c echo.Context) error {
 }
 
 func tokenOf(t *server.Token, user string) Token {
-	v := Token{ID: t.ID, Name: t.Name, User: user, CreatedAt: t.CreatedAt.UTC()}
+	v := Token{ID: t.ID, Name: t.Name, User: user, CreatedAt: t.CreatedAt.UTC(), Parent: t.ParentID}
+	if !t.ExpiresAt.IsZero() {
+		e := t.ExpiresAt.UTC()
+		v.ExpiresAt = &e
+	}
 	if t.RevokedAt != nil {
 		r := t.RevokedAt.UTC()
 		v.RevokedAt = &r
@@ -172,14 +182,23 @@ func tokenOf(t *server.Token, user string) Token {
 	return v
 }
 
-// createToken mints a token of the caller's own, acting as them.
+// createToken mints a token of the caller's own, acting as them; one
+// minted with a token is that token's child (server.TokenOptions).
 func (s *Server) createToken(c echo.Context) error {
 	var req TokenRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
 	p := principal(c)
-	t, secret, err := s.tokens.CreateFor(c.Request().Context(), p.User, req.Name)
+	opts := server.TokenOptions{By: p}
+	if req.ExpiresIn != "" {
+		d, err := server.ParseTokenLifetime(req.ExpiresIn)
+		if err != nil {
+			return err
+		}
+		opts.Lifetime = d
+	}
+	t, secret, err := s.tokens.Mint(c.Request().Context(), p.User, req.Name, opts)
 	if err != nil {
 		return err
 	}
@@ -190,11 +209,11 @@ func (s *Server) createToken(c echo.Context) error {
 }
 
 func (s *Server) revokeToken(c echo.Context) error {
-	t, err := s.tokens.Revoke(c.Request().Context(), principal(c), c.Param("id"))
+	t, with, err := s.tokens.Revoke(c.Request().Context(), principal(c), c.Param("id"))
 	if err != nil {
 		return err
 	}
-	if err := s.record(c, server.TokenRevokedEntry(t)); err != nil {
+	if err := s.record(c, server.TokenRevokedEntry(t, with)); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
@@ -206,5 +207,66 @@ func TestAdminAuth(t *testing.T) {
 				t.Fatalf("got %d, want %d", resp.StatusCode, tc.want)
 			}
 		})
+	}
+}
+
+// TestTokenLifetimesAndLineage: a token minted through the API expires
+// when asked (default 90 days); one minted with a token expires no later
+// than it and is revoked with it, down the chain, and answers 401 as
+// an unknown token does.
+func TestTokenLifetimesAndLineage(t *testing.T) {
+	env := apitest.Start(t, apitest.Options{})
+	ctx := context.Background()
+	_, rootSecret, err := env.App.Tokens.CreateService(ctx, "lineage", server.RoleAdmin, server.TokenOptions{Lifetime: 10 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := &apitest.Env{URL: env.URL, Token: rootSecret}
+	mint := func(as *apitest.Env, name, expires string) api.NewToken {
+		t.Helper()
+		var nt api.NewToken
+		if err := as.Do("POST", "/tokens", api.TokenRequest{Name: name, ExpiresIn: expires}, &nt); err != nil {
+			t.Fatalf("mint %s: %v", name, err)
+		}
+		return nt
+	}
+	start := time.Now()
+	child := mint(root, "child", "30d") // longer than root's 10 days
+	if child.Parent == "" || child.ExpiresAt == nil || child.ExpiresAt.After(start.Add(10*24*time.Hour+time.Minute)) {
+		t.Errorf("child: parent %q expires %v, want the root token as parent and its 10 days at most", child.Parent, child.ExpiresAt)
+	}
+	grandchild := mint(&apitest.Env{URL: env.URL, Token: child.Secret}, "grandchild", "1h")
+	if grandchild.Parent != child.ID || grandchild.ExpiresAt.After(time.Now().Add(time.Hour)) {
+		t.Errorf("grandchild: parent %q expires %v, want %s within the hour", grandchild.Parent, grandchild.ExpiresAt, child.ID)
+	}
+	var apiErr *apitest.APIError
+	if err := root.Do("POST", "/tokens", api.TokenRequest{Name: "bad", ExpiresIn: "forever"}, nil); !errors.As(err, &apiErr) || apiErr.Status != 400 {
+		t.Errorf("expires_in forever: got %v, want 400", err)
+	}
+	if err := root.Do("POST", "/tokens", api.TokenRequest{Name: "bad", ExpiresIn: "800d"}, nil); !errors.As(err, &apiErr) || apiErr.Status != 400 {
+		t.Errorf("expires_in 800d: got %v, want 400", err)
+	}
+
+	// Revoking the child revokes the grandchild; the root stays.
+	if err := root.Do("DELETE", "/tokens/"+child.ID, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for name, secret := range map[string]string{"child": child.Secret, "grandchild": grandchild.Secret} {
+		err := (&apitest.Env{URL: env.URL, Token: secret}).Do("GET", "/whoami", nil, nil)
+		if !errors.As(err, &apiErr) || apiErr.Status != 401 {
+			t.Errorf("the %s after revoking the child: got %v, want 401", name, err)
+		}
+	}
+	if err := root.Do("GET", "/whoami", nil, nil); err != nil {
+		t.Errorf("the root token: %v", err)
+	}
+	var toks []api.Token
+	if err := root.Do("GET", "/tokens", nil, &toks); err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range toks {
+		if tk.ID == grandchild.ID && tk.RevokedAt == nil {
+			t.Errorf("the grandchild is listed live: %+v", tk)
+		}
 	}
 }

@@ -44,6 +44,14 @@ type Config struct {
 	EnrollmentSecret   string
 	PollInterval       time.Duration
 	LastSeenResolution time.Duration
+	// SecretFailuresPerMinute and SecretFailureBurst limit wrong
+	// enrollment secrets (server.Fleet.SecretFailures); zero is no
+	// limit.
+	SecretFailuresPerMinute float64
+	SecretFailureBurst      int
+	// TokenLifetime is how long an API token minted without an expiry
+	// works (default server.DefaultTokenLifetime).
+	TokenLifetime time.Duration
 	// RolloutRefresh is how long a replica decides check-ins on its copy
 	// of the rollouts before reading them again (default
 	// server.DefaultRolloutRefresh).
@@ -162,6 +170,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		LastSeenResolution: cfg.LastSeenResolution,
 		Catalog:            &server.PublishedPatches{Source: repo},
 		EnrollmentSecret:   cfg.EnrollmentSecret,
+		SecretFailures:     server.NewFailureBucket(cfg.SecretFailuresPerMinute, cfg.SecretFailureBurst),
 		PollInterval:       cfg.PollInterval,
 		Now:                cfg.Now,
 	}
@@ -173,10 +182,16 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	apiCfg.Repo = repo
 	apiCfg.Blobs = cfg.Blobs
+	// The device cookies' key is the database's, so that every replica
+	// accepts the cookies another issued.
+	deviceKey, err := cfg.DB.ServerSecret(ctx, sqlstore.DeviceCookieSecret)
+	if err != nil {
+		return nil, fmt.Errorf("device cookie key: %w", err)
+	}
 	a.Users = server.Users{Store: cfg.DB.Users(), Now: cfg.Now,
-		Limiter: server.NewLoginLimiter(loginFailures, loginWindow)}
+		Limiter: server.NewLoginLimiter(loginFailures, loginWindow), Devices: &server.DeviceCookies{Key: deviceKey}}
 	a.Sessions = server.Sessions{Store: cfg.DB.Sessions(), Now: cfg.Now}
-	a.Tokens = server.Tokens{Store: cfg.DB.Tokens(), Users: cfg.DB.Users(), Now: cfg.Now}
+	a.Tokens = server.Tokens{Store: cfg.DB.Tokens(), Users: cfg.DB.Users(), Now: cfg.Now, Lifetime: cfg.TokenLifetime}
 	a.Audit = cfg.DB.Audit()
 	a.Checkpoints = &server.AuditCheckpoints{Blobs: cfg.Blobs, Signer: cfg.Online, Log: a.Audit, Now: cfg.Now}
 	apiCfg.Tokens = a.Tokens

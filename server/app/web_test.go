@@ -11,6 +11,7 @@ import (
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/apitest"
 	"github.com/patchfleet/ota/server/app"
+	"github.com/patchfleet/ota/web"
 )
 
 // TestDashboardWiring logs in to the pages an App mounts beside the API
@@ -44,7 +45,9 @@ func TestDashboardWiring(t *testing.T) {
 	}
 	rec := do("POST", "/login", url.Values{"name": {"olivia"}, "password": {password}}, nil)
 	cs := rec.Result().Cookies()
-	if rec.Code != http.StatusSeeOther || len(cs) != 1 {
+	// The session cookie, and the device cookie signed with the
+	// database's key (migration 11).
+	if rec.Code != http.StatusSeeOther || len(cs) != 2 || cs[0].Name != web.CookieName || cs[1].Name != web.DeviceCookieName {
 		t.Fatalf("login: %d, cookies %v\n%s", rec.Code, cs, rec.Body)
 	}
 	for _, tc := range []struct {

@@ -91,7 +91,7 @@ func testUsers(t *testing.T, b backend) {
 	if err := s.SetUserRole(ctx, alice.ID, server.RoleViewer); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetPassword(ctx, alice.ID, "new-hash"); err != nil {
+	if err := s.SetPassword(ctx, alice.ID, "new-hash", ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.SetUserDisabled(ctx, alice.ID, true); err != nil {
@@ -122,7 +122,7 @@ func testUserUpdatesOfUnknown(t *testing.T, b backend) {
 	ctx := t.Context()
 	for name, f := range map[string]func() error{
 		"SetUserRole":     func() error { return s.SetUserRole(ctx, "u-none", server.RoleAdmin) },
-		"SetPassword":     func() error { return s.SetPassword(ctx, "u-none", "h") },
+		"SetPassword":     func() error { return s.SetPassword(ctx, "u-none", "h", "") },
 		"SetUserDisabled": func() error { return s.SetUserDisabled(ctx, "u-none", true) },
 		"Enable":          func() error { return s.SetUserDisabled(ctx, "u-none", false) },
 	} {

@@ -224,3 +224,52 @@ func backfillRolloutAudit(tx *gorm.DB, batch int) error {
 	}
 	return tx.Exec("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", prev.Seq, prev.Hash).Error
 }
+
+// identityLimitsSchema is migration 11:
+//
+//   - server_secrets holds secrets the replicas share, by name: the key
+//     that signs device cookies (server.DeviceCookies), made by the
+//     migration's data step;
+//   - api_tokens.expires_at is when a token stops working (NULL for
+//     none; tokens are always made with one), parent_id the token a
+//     token was minted with, which revoking revokes it with (REFERENCES
+//     with a NULL default, which SQLite accepts on an added column).
+var identityLimitsSchema = []string{
+	`CREATE TABLE server_secrets (
+	name TEXT PRIMARY KEY,
+	secret TEXT NOT NULL,
+	created_at TIMESTAMP NOT NULL
+)`,
+	`ALTER TABLE api_tokens ADD COLUMN expires_at TIMESTAMP`,
+	`ALTER TABLE api_tokens ADD COLUMN parent_id TEXT REFERENCES api_tokens (id)`,
+	`CREATE INDEX api_tokens_parent ON api_tokens (parent_id)`,
+}
+
+// DeviceCookieSecret names the device cookies' key in server_secrets.
+const DeviceCookieSecret = "device-cookie"
+
+// backfillIdentityLimits is migration 11's data step: a random device
+// cookie key; the tokens that had no expiry expire
+// server.DefaultTokenLifetime after the migration (not at once: the
+// automation that holds them gets that long to mint new ones, which
+// otad token list shows); and the live tokens of disabled users are
+// revoked, as disabling now does, so that enabling them does not bring
+// the tokens back.
+func backfillIdentityLimits(tx *gorm.DB, _ string) error {
+	var key [32]byte
+	rand.Read(key[:])
+	now := dbTime(time.Now())
+	if err := tx.Exec("INSERT INTO server_secrets (name, secret, created_at) VALUES (?, ?, ?)",
+		DeviceCookieSecret, hex.EncodeToString(key[:]), now).Error; err != nil {
+		return fmt.Errorf("device cookie key: %w", err)
+	}
+	if err := tx.Exec("UPDATE api_tokens SET expires_at = ? WHERE expires_at IS NULL",
+		now.Add(server.DefaultTokenLifetime)).Error; err != nil {
+		return fmt.Errorf("token expiry: %w", err)
+	}
+	if err := tx.Exec("UPDATE api_tokens SET revoked_at = ? WHERE revoked_at IS NULL AND user_id IN (SELECT id FROM users WHERE disabled = ?)",
+		now, true).Error; err != nil {
+		return fmt.Errorf("tokens of disabled users: %w", err)
+	}
+	return nil
+}

@@ -166,6 +166,15 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 		Name:    "approval_exposure",
 		Common:  []string{`ALTER TABLE rollout_approvals ADD COLUMN exposure DOUBLE PRECISION NOT NULL DEFAULT 0`},
 	},
+	{
+		// The server's own secrets (the device cookies' signing key,
+		// made here); API token expiry and the token a token was minted
+		// with. See migration_identity.go.
+		Version: 11,
+		Name:    "identity_limits",
+		Common:  identityLimitsSchema,
+		Data:    backfillIdentityLimits,
+	},
 }
 
 // rollupsSchema is migration 7 with day the dialect's expression for the

@@ -29,6 +29,8 @@ type tokenRow struct {
 	TokenHash string
 	CreatedAt time.Time
 	RevokedAt *time.Time
+	ExpiresAt *time.Time
+	ParentID  *string
 }
 
 func (tokenRow) TableName() string { return "api_tokens" }
@@ -38,6 +40,12 @@ func (r tokenRow) token() *server.Token {
 	if r.UserID != nil {
 		t.UserID = *r.UserID
 	}
+	if r.ExpiresAt != nil {
+		t.ExpiresAt = r.ExpiresAt.UTC()
+	}
+	if r.ParentID != nil {
+		t.ParentID = *r.ParentID
+	}
 	if r.RevokedAt != nil {
 		at := r.RevokedAt.UTC()
 		t.RevokedAt = &at
@@ -46,15 +54,41 @@ func (r tokenRow) token() *server.Token {
 }
 
 // CreateToken implements server.TokenStore. An unknown user is
-// ErrNotFound.
+// ErrNotFound. A child token is written in a transaction that first
+// locks its parent's row, live (FOR UPDATE on PostgreSQL; SQLite's write
+// transaction excludes every other writer): a revocation of the parent
+// either comes first, and the child is refused, or waits for the child
+// and then finds it (see RevokeToken).
 func (s *TokenStore) CreateToken(ctx context.Context, t *server.Token, hash string) error {
 	if t.UserID == "" {
 		return fmt.Errorf("create token %s: no user: %w", t.Name, server.ErrInvalid)
 	}
 	userID := t.UserID
 	row := tokenRow{ID: t.ID, Name: t.Name, UserID: &userID, TokenHash: hash, CreatedAt: dbTime(t.CreatedAt)}
-	err := s.db.gorm.WithContext(ctx).Create(&row).Error
+	if !t.ExpiresAt.IsZero() {
+		at := dbTime(t.ExpiresAt)
+		row.ExpiresAt = &at
+	}
+	if t.ParentID != "" {
+		parent := t.ParentID
+		row.ParentID = &parent
+	}
+	err := s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if row.ParentID != nil {
+			var live []string
+			if err := tx.Raw("SELECT id FROM api_tokens WHERE id = ? AND revoked_at IS NULL"+s.db.forUpdate(), *row.ParentID).
+				Scan(&live).Error; err != nil {
+				return err
+			}
+			if len(live) == 0 {
+				return fmt.Errorf("%w: the token this one is minted with is revoked", server.ErrUnauthorized)
+			}
+		}
+		return tx.Create(&row).Error
+	})
 	switch {
+	case errors.Is(err, server.ErrUnauthorized):
+		return err
 	case errors.Is(err, gorm.ErrForeignKeyViolated):
 		return fmt.Errorf("token of user %s: %w", t.UserID, server.ErrNotFound)
 	case errors.Is(err, gorm.ErrDuplicatedKey):
@@ -72,6 +106,8 @@ type tokenUserRow struct {
 	UserID     *string
 	CreatedAt  time.Time
 	RevokedAt  *time.Time
+	ExpiresAt  *time.Time
+	ParentID   *string
 	UName      string
 	URole      string
 	UService   bool
@@ -83,7 +119,7 @@ type tokenUserRow struct {
 // user in one query: it runs on every API request.
 func (s *TokenStore) TokenByHash(ctx context.Context, hash string) (*server.Token, *server.User, error) {
 	var rows []tokenUserRow
-	err := s.db.gorm.WithContext(ctx).Raw(`SELECT t.id, t.name, t.user_id, t.created_at, t.revoked_at,
+	err := s.db.gorm.WithContext(ctx).Raw(`SELECT t.id, t.name, t.user_id, t.created_at, t.revoked_at, t.expires_at, t.parent_id,
 	u.name AS u_name, u.role AS u_role, u.service AS u_service, u.disabled AS u_disabled, u.created_at AS u_created_at
 FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?`, hash).Scan(&rows).Error
 	if err != nil {
@@ -93,7 +129,8 @@ FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?`, hash
 		return nil, nil, fmt.Errorf("token: %w", server.ErrNotFound)
 	}
 	r := rows[0]
-	t := tokenRow{ID: r.ID, Name: r.Name, UserID: r.UserID, CreatedAt: r.CreatedAt, RevokedAt: r.RevokedAt}.token()
+	t := tokenRow{ID: r.ID, Name: r.Name, UserID: r.UserID, CreatedAt: r.CreatedAt, RevokedAt: r.RevokedAt,
+		ExpiresAt: r.ExpiresAt, ParentID: r.ParentID}.token()
 	u := &server.User{ID: t.UserID, Name: r.UName, Role: r.URole, Service: r.UService, Disabled: r.UDisabled,
 		CreatedAt: r.UCreatedAt.UTC()}
 	return t, u, nil
@@ -116,15 +153,39 @@ func (s *TokenStore) ListTokens(ctx context.Context, userID string) ([]*server.T
 	return out, nil
 }
 
-// RevokeToken implements server.TokenStore.
+// RevokeToken implements server.TokenStore: it revokes id, then the
+// tokens minted from it one generation at a time, each in a statement
+// of its own. Revoking a generation waits for any child being minted
+// from one of its tokens (CreateToken locks the parent) and, on
+// PostgreSQL's read committed, the next statement then sees that child;
+// one recursive statement would read the tree as it was when it began.
 func (s *TokenStore) RevokeToken(ctx context.Context, id string) error {
-	res := s.db.gorm.WithContext(ctx).Model(&tokenRow{}).Where("id = ? AND revoked_at IS NULL", id).
-		Update("revoked_at", dbTime(time.Now()))
-	if res.Error != nil {
-		return fmt.Errorf("revoke token: %w", res.Error)
+	now := dbTime(time.Now())
+	err := s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		res := tx.Exec("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", now, id)
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			return fmt.Errorf("token %s: %w", id, server.ErrNotFound)
+		}
+		for gen := []string{id}; len(gen) > 0; {
+			var next []string
+			if err := tx.Raw("SELECT id FROM api_tokens WHERE parent_id IN ? AND revoked_at IS NULL", gen).Scan(&next).Error; err != nil {
+				return err
+			}
+			if len(next) == 0 {
+				return nil
+			}
+			if err := tx.Exec("UPDATE api_tokens SET revoked_at = ? WHERE id IN ? AND revoked_at IS NULL", now, next).Error; err != nil {
+				return err
+			}
+			gen = next
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, server.ErrNotFound) {
+		return fmt.Errorf("revoke token: %w", err)
 	}
-	if res.RowsAffected == 0 {
-		return fmt.Errorf("token %s: %w", id, server.ErrNotFound)
-	}
-	return nil
+	return err
 }

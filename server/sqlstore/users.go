@@ -100,14 +100,25 @@ func (s *UserStore) SetUserRole(ctx context.Context, id, role string) error {
 	return updateUser(s.db.gorm.WithContext(ctx), id, "role", role)
 }
 
-// SetPassword implements server.UserStore.
-func (s *UserStore) SetPassword(ctx context.Context, id, passwordHash string) error {
-	return updateUser(s.db.gorm.WithContext(ctx), id, "password_hash", passwordHash)
+// SetPassword implements server.UserStore: the new hash and the end of
+// the user's other sessions in one transaction.
+func (s *UserStore) SetPassword(ctx context.Context, id, passwordHash, keepSession string) error {
+	return s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := updateUser(tx, id, "password_hash", passwordHash); err != nil {
+			return err
+		}
+		if err := tx.Exec("DELETE FROM sessions WHERE user_id = ? AND hash <> ?", id, keepSession).Error; err != nil {
+			return fmt.Errorf("user %s: end sessions: %w", id, err)
+		}
+		return nil
+	})
 }
 
-// SetUserDisabled implements server.UserStore. Tokens check the user's
-// flag on every request; sessions are deleted here, so that a
-// re-enabled user logs in again rather than finding old sessions alive.
+// SetUserDisabled implements server.UserStore. Sessions are deleted and
+// live tokens revoked here, so that a re-enabled user logs in again and
+// mints new tokens rather than finding old ones alive (tokens also
+// check the user's flag on every request, which covers one minted while
+// this runs).
 func (s *UserStore) SetUserDisabled(ctx context.Context, id string, disabled bool) error {
 	return s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		if err := updateUser(tx, id, "disabled", disabled); err != nil {
@@ -118,6 +129,9 @@ func (s *UserStore) SetUserDisabled(ctx context.Context, id string, disabled boo
 		}
 		if err := tx.Exec("DELETE FROM sessions WHERE user_id = ?", id).Error; err != nil {
 			return fmt.Errorf("user %s: end sessions: %w", id, err)
+		}
+		if err := tx.Exec("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", dbTime(time.Now()), id).Error; err != nil {
+			return fmt.Errorf("user %s: revoke tokens: %w", id, err)
 		}
 		return nil
 	})
