@@ -392,6 +392,26 @@ func TargetKey(targetPath, sha256Hex string) string {
 	return targetsPrefix + dir + sha256Hex + "." + base
 }
 
+// PublishedTargetFile reports whether rel, a path under the targets URL
+// as TUF clients request it ("dir/<sha256>.name", TargetKey without its
+// prefix), names a target of the published targets metadata, with that
+// sha256. It reads memory only. An artifact uploaded for a release that
+// was never published, and one whose target was yanked or replaced, is no
+// published target file, though its blob may still be stored.
+func (r *Repository) PublishedTargetFile(rel string) bool {
+	st := r.state.Load()
+	if st.targets == nil {
+		return false
+	}
+	dir, base := path.Split(rel)
+	sum, name, ok := strings.Cut(base, ".")
+	if !ok || len(sum) != 2*sha256.Size {
+		return false
+	}
+	t, ok := st.targets.Signed.Targets[dir+name]
+	return ok && hex.EncodeToString(t.Hashes["sha256"]) == sum
+}
+
 // MaxTargetNameLen bounds the file name (last segment) of a target path:
 // TargetKey puts the 64-digit sha256 and a dot before it, and the result
 // must still be a key segment of at most MaxSegmentLen bytes.

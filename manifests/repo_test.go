@@ -343,3 +343,34 @@ func TestExpiryWarnings(t *testing.T) {
 		t.Errorf("targets expires in %.0fs, want about 11 days", got)
 	}
 }
+
+// TestPublishedTargetFile: only the consistent-snapshot name of a
+// published target, with its own hash, is a published target file.
+func TestPublishedTargetFile(t *testing.T) {
+	f := newFixture(t)
+	content := []byte("the privacy patch")
+	sum := hexSHA(content)
+	if f.repo.PublishedTargetFile("cloudmsg/" + sum + ".update.zip") {
+		t.Fatal("a target file before anything is published")
+	}
+	f.ceremony(t)
+	f.release(t, "cloudmsg/update.zip", content)
+	other := hexSHA([]byte("another build"))
+	for _, tc := range []struct {
+		rel  string
+		want bool
+	}{
+		{"cloudmsg/" + sum + ".update.zip", true},
+		{"cloudmsg/" + other + ".update.zip", false},    // another hash
+		{sum + ".update.zip", false},                    // another folder
+		{"other/" + sum + ".update.zip", false},         // another folder
+		{"cloudmsg/" + sum + ".other.zip", false},       // another name
+		{"cloudmsg/update.zip", false},                  // no hash
+		{"cloudmsg/" + sum[:63] + ".update.zip", false}, // a short hash
+		{"cloudmsg/" + strings.ToUpper(sum) + ".update.zip", false},
+	} {
+		if got := f.repo.PublishedTargetFile(tc.rel); got != tc.want {
+			t.Errorf("PublishedTargetFile(%q) = %v, want %v", tc.rel, got, tc.want)
+		}
+	}
+}

@@ -9,12 +9,28 @@ import (
 )
 
 // Results are a rollout's install results since some time: installs
-// that finished and installs that failed (a rollback counts as failed).
-// The store counts them by model, from Rollout.ResultsSince for health
-// and from Rollout.StageResultsSince for advancing.
+// that finished and installs that failed (a rollback counts as failed),
+// of handsets the rollout offered its release to and that enrolled before
+// it started (EnrolledLate). The store counts them by model, from
+// Rollout.ResultsSince for health and from Rollout.StageResultsSince for
+// advancing.
 type Results struct {
 	Installed int64
 	Failed    int64
+}
+
+// EnrolledLate reports whether a handset enrolled at enrolledAt enrolled
+// after its rollout started at startedAt. Its install results do not
+// count toward the rollout's health (auto-halt, per-model holds) or its
+// advance, only toward the report: with open enrollment (no
+// --enrollment-secret) anyone can enroll made-up handsets, check them in
+// while a rollout runs and report failures, and the handsets that enrolled
+// before the rollout started are the ones such a flood cannot add to.
+// The failure window slides over the rollout's whole run, so the line is
+// the rollout's start, not its stage's. A rollout not started (zero
+// startedAt) has no late enrollees.
+func EnrolledLate(enrolledAt, startedAt time.Time) bool {
+	return !startedAt.IsZero() && enrolledAt.After(startedAt)
 }
 
 // Total is Installed + Failed.

@@ -55,9 +55,10 @@ type RolloutStore interface {
 	RecordOffer(ctx context.Context, dec Decision, prev, next *DeviceRollout, limit int, now time.Time) (bool, error)
 	// RolloutResults counts a rollout's results per model: the records
 	// whose state is installed, or failed or rolled back (both Failed),
-	// with ResultAt at or after since. Models without results are
-	// absent. It reads an index on (rollout, result time), not the
-	// fleet.
+	// with ResultAt at or after since, of handsets that did not enroll
+	// after the rollout started (EnrolledLate, decided when a report
+	// moves the record). Models without results are absent. It reads an
+	// index on (rollout, result time), not the fleet.
 	RolloutResults(ctx context.Context, rolloutID string, since time.Time) (map[string]Results, error)
 
 	// ClaimOffer takes one offer from a rollout's budget for the minute

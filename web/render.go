@@ -32,17 +32,18 @@ type page struct {
 // action only for those who may take it (the server checks again).
 func (p *page) Can(perm string) bool { return p.User.Can(server.Permission(perm)) }
 
-// MinCell is the smallest count a breakdown cell shows; fewer handsets
-// show as "<5", so that a table cannot single one out.
+// MinCell is the smallest count a breakdown cell shows; 1 to MinCell-1
+// handsets show as "<5", so that a table cannot single one out.
 const MinCell = 5
 
-// Masked is how a breakdown cell with fewer than MinCell handsets shows.
+// Masked is how a breakdown cell of 1 to MinCell-1 handsets shows.
 const Masked = "<5"
 
-// Cell formats a breakdown cell: the count with thousands separators,
-// or Masked under MinCell (zero included: "none" would tell as much).
+// Cell formats a breakdown cell: the count with thousands separators, 0
+// as 0 (a cell of no handset singles none out), or Masked from 1 to
+// MinCell-1.
 func Cell(n int64) string {
-	if n < MinCell {
+	if n > 0 && n < MinCell {
 		return Masked
 	}
 	return Count(n)

@@ -205,11 +205,13 @@ func htmlEscaped(s string) string {
 	return strings.NewReplacer("<", "&lt;", ">", "&gt;", "&", "&amp;", `"`, "&#34;").Replace(s)
 }
 
+// TestMasking: a breakdown cell of 1 to 4 handsets shows <5, never the
+// number; 0 shows as 0.
 func TestMasking(t *testing.T) {
 	for _, tc := range []struct {
 		n    int64
 		want string
-	}{{0, "<5"}, {1, "<5"}, {4, "<5"}, {5, "5"}, {1234, "1,234"}, {1234567, "1,234,567"}} {
+	}{{0, "0"}, {1, "<5"}, {3, "<5"}, {4, "<5"}, {5, "5"}, {1234, "1,234"}, {1234567, "1,234,567"}} {
 		if got := Cell(tc.n); got != tc.want {
 			t.Errorf("Cell(%d) = %q, want %q", tc.n, got, tc.want)
 		}
@@ -217,6 +219,7 @@ func TestMasking(t *testing.T) {
 	e := newEnv(t)
 	// RARE-1 has 4 active handsets, E_RARE 3 failures, build 7.4.1 4
 	// eligible, QZ-2 2 failed: each cell shows <5, never the number.
+	// QZ-2's target and rollbacks are 0, which shows as 0.
 	for _, tc := range []struct {
 		path string
 		re   string
@@ -224,7 +227,7 @@ func TestMasking(t *testing.T) {
 		{"/", `RARE-1</td><td class="n">&lt;5</td><td class="n">&lt;5</td><td class="n">&lt;5</td>`},
 		{"/rollouts/ro-1", `<code>E_RARE</code></td><td class="n">&lt;5</td>`},
 		{"/rollouts/ro-1", `7\.4\.1</td><td class="n">&lt;5</td><td class="n">4,444</td>`},
-		{"/rollouts/ro-1", `QZ-2</td><td class="n">23,456</td><td class="n">&lt;5</td><td class="n">876</td><td class="n">501</td><td class="n">&lt;5</td>`},
+		{"/rollouts/ro-1", `QZ-2</td><td class="n">23,456</td><td class="n">0</td><td class="n">876</td><td class="n">501</td><td class="n">&lt;5</td><td class="n">0</td>`},
 	} {
 		body := e.do(t, server.RoleViewer, "GET", tc.path, nil).Body.String()
 		if !regexp.MustCompile(tc.re).MatchString(body) {

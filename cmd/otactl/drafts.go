@@ -66,10 +66,10 @@ func (c *cli) releaseShow(args []string) error {
 
 // printDraft prints a draft as the server describes it.
 func printDraft(w io.Writer, v *manifests.DraftView) {
-	fmt.Fprintf(w, "draft %s: %s, %s\n", v.ID, v.Kind, v.State)
-	fmt.Fprintf(w, "created by %s at %s\n", v.CreatedBy, v.CreatedAt.UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, "draft %s: %s, %s\n", esc(v.ID), esc(v.Kind), esc(v.State))
+	fmt.Fprintf(w, "created by %s at %s\n", esc(v.CreatedBy), v.CreatedAt.UTC().Format(time.RFC3339))
 	if v.Digest != "" {
-		fmt.Fprintf(w, "digest %s\n", v.Digest)
+		fmt.Fprintf(w, "digest %s\n", esc(v.Digest))
 	}
 	printChanges(w, v.Changes)
 	printThresholds(w, v.State, v.Thresholds)
@@ -78,13 +78,13 @@ func printDraft(w io.Writer, v *manifests.DraftView) {
 func printChanges(w io.Writer, changes []string) {
 	fmt.Fprintln(w, "changes (as the server describes them):")
 	for _, ch := range changes {
-		fmt.Fprintf(w, "  %s\n", ch)
+		fmt.Fprintf(w, "  %s\n", esc(ch))
 	}
 }
 
 func printThresholds(w io.Writer, state string, ts []manifests.PartStatus) {
 	if len(ts) == 0 {
-		fmt.Fprintf(w, "signatures: none needed (the draft is %s)\n", state)
+		fmt.Fprintf(w, "signatures: none needed (the draft is %s)\n", esc(state))
 		return
 	}
 	fmt.Fprintln(w, "signatures:")
@@ -95,7 +95,7 @@ func printThresholds(w io.Writer, state string, ts []manifests.PartStatus) {
 			if slices.Contains(t.Signed, id) {
 				mark = "signed "
 			}
-			fmt.Fprintf(w, "    %s %s\n", mark, id)
+			fmt.Fprintf(w, "    %s %s\n", mark, esc(id))
 		}
 	}
 }
@@ -134,8 +134,8 @@ func (c *cli) draftList(args []string) error {
 				break
 			}
 		}
-		fmt.Fprintf(c.stdout, "%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Kind, v.State, v.CreatedBy,
-			v.CreatedAt.UTC().Format(time.RFC3339), summary)
+		fmt.Fprintf(c.stdout, "%s\t%s\t%s\t%s\t%s\t%s\n", esc(v.ID), esc(v.Kind), esc(v.State), esc(v.CreatedBy),
+			v.CreatedAt.UTC().Format(time.RFC3339), esc(summary))
 	}
 	return nil
 }
@@ -193,7 +193,7 @@ func (c *cli) releaseYank(args []string) error {
 
 // printCreated prints a new draft and what to do next.
 func (c *cli) printCreated(v *manifests.DraftView, signCmd string) {
-	fmt.Fprintf(c.stdout, "drafted %s (%s)\n", v.ID, v.Kind)
+	fmt.Fprintf(c.stdout, "drafted %s (%s)\n", esc(v.ID), esc(v.Kind))
 	printChanges(c.stdout, v.Changes)
 	for _, t := range v.Thresholds {
 		fmt.Fprintf(c.stdout, "needs %s\n", thresholdLine(t))

@@ -203,7 +203,7 @@ func (c *cli) exit(err error) int {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return exitOK
 	}
-	fmt.Fprintf(c.stderr, "otactl: %s\n", oneLine(err.Error()))
+	fmt.Fprintf(c.stderr, "otactl: %s\n", esc(oneLine(err.Error())))
 	var ue usageError
 	if errors.As(err, &ue) {
 		return exitUsage

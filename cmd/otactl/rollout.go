@@ -199,7 +199,7 @@ func (c *cli) rolloutCreate(args []string) error {
 	}
 	if a, ok := pendingApproval(raw); ok {
 		// Created as a draft; its start waits for four eyes.
-		fmt.Fprintf(c.stdout, "created rollout %s as a draft\n", a.RolloutID)
+		fmt.Fprintf(c.stdout, "created rollout %s as a draft\n", esc(a.RolloutID))
 		printPending(c.stdout, a)
 		return nil
 	}
@@ -207,7 +207,7 @@ func (c *cli) rolloutCreate(args []string) error {
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return fmt.Errorf("the answer is not a rollout: %w", err)
 	}
-	fmt.Fprintf(c.stdout, "created rollout %s: %s\n", r.ID, stageLine(&r))
+	fmt.Fprintf(c.stdout, "created rollout %s: %s\n", esc(r.ID), stageLine(&r))
 	printRollout(c.stdout, &r, time.Now())
 	return nil
 }
@@ -303,8 +303,8 @@ func (c *cli) rolloutList(args []string) error {
 		return nil
 	}
 	for _, r := range list {
-		fmt.Fprintf(c.stdout, "%s\t%s\tstage %d of %d\t%s%%\t%s\t%s\n", r.ID, r.State, r.Stage+1, len(r.Stages),
-			fmtPercent(r.Percent), r.Release.Target, r.CreatedBy)
+		fmt.Fprintf(c.stdout, "%s\t%s\tstage %d of %d\t%s%%\t%s\t%s\n", esc(r.ID), esc(r.State), r.Stage+1, len(r.Stages),
+			fmtPercent(r.Percent), esc(r.Release.Target), esc(r.CreatedBy))
 	}
 	return nil
 }
@@ -443,7 +443,7 @@ func (c *cli) rolloutChange(cl *client, id, action, path string, body any) error
 		if err := json.Unmarshal(raw, &r); err != nil {
 			return fmt.Errorf("the answer is not a rollout: %w", err)
 		}
-		fmt.Fprintf(c.stdout, "rollout %s: %s\n", r.ID, stageLine(&r))
+		fmt.Fprintf(c.stdout, "rollout %s: %s\n", esc(r.ID), stageLine(&r))
 		return nil
 	}
 	var ae *apiError
@@ -591,11 +591,11 @@ func pendingApproval(raw json.RawMessage) (*api.Approval, bool) {
 
 func printPending(w io.Writer, a *api.Approval) {
 	fmt.Fprintf(w, "rollout %s: %s to %s%% waits for a second person's approval (%s): nothing changed yet.\n",
-		a.RolloutID, a.Action, fmtPercent(a.ToPercent), a.ID)
+		esc(a.RolloutID), esc(a.Action), fmtPercent(a.ToPercent), esc(a.ID))
 	if a.Exposure > 0 {
 		fmt.Fprintf(w, "  the patch would reach %s%% of the handsets its rollouts select (every rollout of it counted)\n", fmtPercent(a.Exposure))
 	}
-	fmt.Fprintf(w, "  another operator approves it with otactl rollout approve %s %s --reason TEXT\n", a.RolloutID, a.ID)
+	fmt.Fprintf(w, "  another operator approves it with otactl rollout approve %s %s --reason TEXT\n", esc(a.RolloutID), esc(a.ID))
 }
 
 func (c *cli) rolloutApprovals(args []string) error {
@@ -620,7 +620,7 @@ func (c *cli) rolloutApprovals(args []string) error {
 		if a.DecidedBy != "" {
 			cols = append(cols, a.DecidedBy, a.DecisionReason)
 		}
-		fmt.Fprintln(c.stdout, strings.Join(cols, "\t"))
+		fmt.Fprintln(c.stdout, strings.Join(escAll(cols), "\t"))
 	}
 	return nil
 }
@@ -653,10 +653,10 @@ func decisionCommand(verdict, description string) func(*cli, []string) error {
 			return rolloutAPIError(err)
 		}
 		if d.Rollout != nil {
-			fmt.Fprintf(c.stdout, "approved %s: rollout %s: %s\n", d.Approval.ID, d.Rollout.ID, stageLine(d.Rollout))
+			fmt.Fprintf(c.stdout, "approved %s: rollout %s: %s\n", esc(d.Approval.ID), esc(d.Rollout.ID), stageLine(d.Rollout))
 			return nil
 		}
-		fmt.Fprintf(c.stdout, "%s %s: rollout %s stays as it is\n", d.Approval.State, d.Approval.ID, d.Approval.RolloutID)
+		fmt.Fprintf(c.stdout, "%s %s: rollout %s stays as it is\n", esc(d.Approval.State), esc(d.Approval.ID), esc(d.Approval.RolloutID))
 		return nil
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api"
 )
 
@@ -160,4 +161,36 @@ func TestPrintRollout(t *testing.T) {
 		"HALTED at 2026-11-23T10:00:00Z by system: failure rate above the limit (20 failed of 100 results = 20.0%, limit 5.0%, over 1h)",
 		"PX-8 held at 2026-11-23T10:00:00Z by system",
 		"next: once the cause is fixed, otactl rollout resume ro-privacy --reason TEXT")
+}
+
+// TestListingsEscapeServerText: reasons, names and paths other people
+// wrote print with their terminal escapes, newlines and bidi controls
+// written out, in rollout show, watch, events and the draft listing, so
+// they can neither clear the screen nor forge a line.
+func TestListingsEscapeServerText(t *testing.T) {
+	const evil = "bad\x1b[2J\nFORGED\u202e"
+	const shown = `bad\x1b[2J\nFORGED\u202e`
+	r := watchRollout()
+	r.State = "paused"
+	r.Release.Target = "patches/" + evil + ".zip"
+	r.CreatedBy = evil
+	r.Halt = &api.RolloutHold{Actor: evil, Reason: evil, At: watchT0}
+	r.Holds = []api.RolloutHold{{Model: evil, Actor: "alice", Reason: evil, At: watchT0}}
+	ev := api.RolloutEvent{At: watchT0, RolloutID: r.ID, Actor: evil, Action: "pause", Reason: evil, Detail: evil,
+		FromState: "running", ToState: "paused"}
+	draft := &manifests.DraftView{ID: "d-1", Kind: "targets", State: "pending", CreatedBy: evil,
+		Changes: []string{"adds " + evil}}
+	for name, out := range map[string]func(w *strings.Builder){
+		"show":   func(w *strings.Builder) { printRollout(w, r, watchT0) },
+		"watch":  func(w *strings.Builder) { w.WriteString(renderWatch(r, nil, nil)) },
+		"events": func(w *strings.Builder) { printEvents(w, []api.RolloutEvent{ev}, true) },
+		"draft":  func(w *strings.Builder) { printDraft(w, draft) },
+	} {
+		var b strings.Builder
+		out(&b)
+		got := b.String()
+		if strings.ContainsAny(got, "\x1b\u202e") || strings.Contains(got, "\nFORGED") || !strings.Contains(got, shown) {
+			t.Errorf("%s: got\n%s\nwant every %q written as %s", name, got, evil, shown)
+		}
+	}
 }

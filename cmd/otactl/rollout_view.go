@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/patchfleet/ota/internal/termtext"
 	"github.com/patchfleet/ota/server/api"
 )
 
@@ -22,19 +23,32 @@ func fmtRate(f float64) string { return strconv.FormatFloat(f*100, 'f', 1, 64) +
 
 // stageLine is "running, stage 2 of 4 (10%)".
 func stageLine(r *api.Rollout) string {
-	return fmt.Sprintf("%s, stage %d of %d (%s%%)", r.State, r.Stage+1, len(r.Stages), fmtPercent(r.Percent))
+	return fmt.Sprintf("%s, stage %d of %d (%s%%)", esc(r.State), r.Stage+1, len(r.Stages), fmtPercent(r.Percent))
 }
 
 func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// esc is text from the server made safe to print: termtext.Escape.
+func esc(s string) string { return termtext.Escape(s) }
+
+// escAll is esc of each of ss, in a new slice.
+func escAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = esc(s)
+	}
+	return out
+}
 
 func listOrAll(what string, values []string) string {
 	if len(values) == 0 {
 		return what + " all"
 	}
-	return what + " " + strings.Join(values, ", ")
+	return what + " " + esc(strings.Join(values, ", "))
 }
 
 func buildRange(lo, hi string) string {
+	lo, hi = esc(lo), esc(hi)
 	switch {
 	case lo == "" && hi == "":
 		return "builds all"
@@ -55,14 +69,14 @@ func holdNumbers(h *api.RolloutHold) string {
 	}
 	s := fmt.Sprintf("(%d failed of %d results = %s, limit %s", h.Failed, n, fmtRate(h.Rate), fmtRate(h.MaxRate))
 	if h.Window != "" {
-		s += ", over " + h.Window
+		s += ", over " + esc(h.Window)
 	}
 	return s + ")"
 }
 
 // holdText is "at TIME by ACTOR: REASON (numbers)".
 func holdText(h *api.RolloutHold) string {
-	s := fmt.Sprintf("at %s by %s: %s", fmtTime(h.At), h.Actor, h.Reason)
+	s := fmt.Sprintf("at %s by %s: %s", fmtTime(h.At), esc(h.Actor), esc(h.Reason))
 	if n := holdNumbers(h); n != "" {
 		s += " " + n
 	}
@@ -72,17 +86,17 @@ func holdText(h *api.RolloutHold) string {
 // policyText says the policy in words.
 func policyText(p *api.RolloutPolicy) []string {
 	lines := []string{fmt.Sprintf("halt above %s failures over %s once %d results are in (per model too)",
-		fmtRate(p.MaxFailureRate), p.FailureWindow, p.MinResults)}
+		fmtRate(p.MaxFailureRate), esc(p.FailureWindow), p.MinResults)}
 	if p.Soak == "" || p.Soak == "0s" {
 		lines = append(lines, "no auto-advance: advance by hand")
 	} else {
-		lines = append(lines, "advance on its own after "+p.Soak+" healthy")
+		lines = append(lines, "advance on its own after "+esc(p.Soak)+" healthy")
 	}
 	switch {
 	case p.Retries == 0:
 		lines = append(lines, "no retries")
 	default:
-		lines = append(lines, fmt.Sprintf("%d retries after %s", p.Retries, strings.Join(p.Backoff, ", ")))
+		lines = append(lines, fmt.Sprintf("%d retries after %s", p.Retries, esc(strings.Join(p.Backoff, ", "))))
 	}
 	if p.MaxOffersPerMinute > 0 {
 		lines = append(lines, fmt.Sprintf("at most %d new offers per minute", p.MaxOffersPerMinute))
@@ -90,7 +104,7 @@ func policyText(p *api.RolloutPolicy) []string {
 		lines = append(lines, "no cap on offers per minute")
 	}
 	if p.Window != "" {
-		lines = append(lines, "new offers only "+p.Window+" handset-local time")
+		lines = append(lines, "new offers only "+esc(p.Window)+" handset-local time")
 	} else {
 		lines = append(lines, "new offers at any hour")
 	}
@@ -99,9 +113,9 @@ func policyText(p *api.RolloutPolicy) []string {
 
 // printRollout is what "rollout show" prints.
 func printRollout(w io.Writer, r *api.Rollout, now time.Time) {
-	fmt.Fprintf(w, "rollout %s: %s\n", r.ID, stageLine(r))
+	fmt.Fprintf(w, "rollout %s: %s\n", esc(r.ID), stageLine(r))
 	rel := r.Release
-	fmt.Fprintf(w, "  release:  %s (patch %s, installs build %s; %s, %s)\n", rel.Target, rel.PatchID, rel.InstallsBuild,
+	fmt.Fprintf(w, "  release:  %s (patch %s, installs build %s; %s, %s)\n", esc(rel.Target), esc(rel.PatchID), esc(rel.InstallsBuild),
 		listOrAll("models", rel.Models), buildRange(rel.BuildMin, rel.BuildMax))
 	sel := r.Selector
 	fmt.Fprintf(w, "  selector: %s; %s; %s; %s\n", listOrAll("models", sel.Models), listOrAll("channels", sel.Channels),
@@ -122,10 +136,10 @@ func printRollout(w io.Writer, r *api.Rollout, now time.Time) {
 	if len(r.Holds) > 0 {
 		fmt.Fprintln(w, "  held models:")
 		for i := range r.Holds {
-			fmt.Fprintf(w, "    %s held %s\n", r.Holds[i].Model, holdText(&r.Holds[i]))
+			fmt.Fprintf(w, "    %s held %s\n", esc(r.Holds[i].Model), holdText(&r.Holds[i]))
 		}
 	}
-	times := []string{fmt.Sprintf("created by %s at %s", r.CreatedBy, fmtTime(r.CreatedAt))}
+	times := []string{fmt.Sprintf("created by %s at %s", esc(r.CreatedBy), fmtTime(r.CreatedAt))}
 	if r.StartedAt != nil {
 		times = append(times, "started "+fmtTime(*r.StartedAt))
 	}
@@ -136,7 +150,7 @@ func printRollout(w io.Writer, r *api.Rollout, now time.Time) {
 			if r.HealthSince != nil && r.HealthSince.After(start) {
 				start = *r.HealthSince
 			}
-			s += fmt.Sprintf(" (soaked %s of %s)", roughDuration(max(now.Sub(start), 0)), r.Policy.Soak)
+			s += fmt.Sprintf(" (soaked %s of %s)", roughDuration(max(now.Sub(start), 0)), esc(r.Policy.Soak))
 		}
 		times = append(times, s)
 	}
@@ -144,13 +158,14 @@ func printRollout(w io.Writer, r *api.Rollout, now time.Time) {
 		times = append(times, "ended "+fmtTime(*r.EndedAt))
 	}
 	fmt.Fprintf(w, "  %s; version %d\n", strings.Join(times, "; "), r.Version)
+	id := esc(r.ID)
 	switch {
 	case r.State == "draft":
-		fmt.Fprintf(w, "  next: otactl rollout start %s --reason TEXT\n", r.ID)
+		fmt.Fprintf(w, "  next: otactl rollout start %s --reason TEXT\n", id)
 	case r.State == "paused" && r.Halt != nil:
-		fmt.Fprintf(w, "  next: once the cause is fixed, otactl rollout resume %s --reason TEXT\n", r.ID)
+		fmt.Fprintf(w, "  next: once the cause is fixed, otactl rollout resume %s --reason TEXT\n", id)
 	case r.State == "paused":
-		fmt.Fprintf(w, "  paused by an operator (otactl rollout events %s says why); otactl rollout resume %s --reason TEXT\n", r.ID, r.ID)
+		fmt.Fprintf(w, "  paused by an operator (otactl rollout events %s says why); otactl rollout resume %s --reason TEXT\n", id, id)
 	}
 }
 
@@ -185,7 +200,7 @@ func printEvents(w io.Writer, evs []api.RolloutEvent, withRollout bool) {
 			why += "; " + ev.Detail
 		}
 		cols = append(cols, ev.Actor, action, transition, why)
-		fmt.Fprintln(w, strings.Join(cols, "\t"))
+		fmt.Fprintln(w, strings.Join(escAll(cols), "\t"))
 	}
 }
 
@@ -289,13 +304,13 @@ func seconds(s float64) string {
 // and the bar is installed of those; stages past the current are empty.
 func renderWatch(r *api.Rollout, rep *rolloutReport, repErr error) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "rollout %s: %s\n", r.ID, stageLine(r))
-	fmt.Fprintf(&b, "release %s (patch %s, installs build %s)\n", r.Release.Target, r.Release.PatchID, r.Release.InstallsBuild)
+	fmt.Fprintf(&b, "rollout %s: %s\n", esc(r.ID), stageLine(r))
+	fmt.Fprintf(&b, "release %s (patch %s, installs build %s)\n", esc(r.Release.Target), esc(r.Release.PatchID), esc(r.Release.InstallsBuild))
 	if h := r.Halt; h != nil {
 		fmt.Fprintf(&b, "HALTED %s\n", holdText(h))
 	}
 	for i := range r.Holds {
-		fmt.Fprintf(&b, "HELD %s %s\n", r.Holds[i].Model, holdText(&r.Holds[i]))
+		fmt.Fprintf(&b, "HELD %s %s\n", esc(r.Holds[i].Model), holdText(&r.Holds[i]))
 	}
 	b.WriteString("\n")
 	var base float64
@@ -326,7 +341,7 @@ func renderWatch(r *api.Rollout, rep *rolloutReport, repErr error) string {
 	b.WriteString("\n")
 	switch {
 	case repErr != nil:
-		fmt.Fprintf(&b, "report unavailable: %s\n", oneLine(repErr.Error()))
+		fmt.Fprintf(&b, "report unavailable: %s\n", esc(oneLine(repErr.Error())))
 	case rep == nil:
 		b.WriteString("no report for this rollout on the server: numbers unavailable\n")
 	default:
@@ -334,7 +349,7 @@ func renderWatch(r *api.Rollout, rep *rolloutReport, repErr error) string {
 			rep.Eligible, rep.Target, rep.Offered, rep.Pending, rep.Downloading, rep.Installed, rep.Failed, rep.RolledBack)
 		if n := rep.Installed + rep.Failed; n > 0 {
 			fmt.Fprintf(&b, "failure rate %s of %d results (halts above %s over %s once %d are in)\n",
-				fmtRate(float64(rep.Failed)/float64(n)), n, fmtRate(r.Policy.MaxFailureRate), r.Policy.FailureWindow, r.Policy.MinResults)
+				fmtRate(float64(rep.Failed)/float64(n)), n, fmtRate(r.Policy.MaxFailureRate), esc(r.Policy.FailureWindow), r.Policy.MinResults)
 		}
 		if t := rep.OfferToInstall; t.Count > 0 {
 			fmt.Fprintf(&b, "offer to install: p50 %s, p95 %s (%d installs)\n", seconds(t.P50), seconds(t.P95), t.Count)
@@ -343,10 +358,10 @@ func renderWatch(r *api.Rollout, rep *rolloutReport, repErr error) string {
 			b.WriteString("by model:\n")
 			width := 0
 			for _, m := range rep.ByModel {
-				width = max(width, len(m.Model))
+				width = max(width, len(esc(m.Model)))
 			}
 			for _, m := range rep.ByModel {
-				line := fmt.Sprintf("  %-*s  offered %d  installed %d  failed %d", width, m.Model, m.Offered, m.Installed, m.Failed)
+				line := fmt.Sprintf("  %-*s  offered %d  installed %d  failed %d", width, esc(m.Model), m.Offered, m.Installed, m.Failed)
 				if held(m.Held) {
 					line += "  HELD"
 				}
@@ -358,13 +373,13 @@ func renderWatch(r *api.Rollout, rep *rolloutReport, repErr error) string {
 			slices.SortStableFunc(codes, func(a, b failureCount) int { return cmp.Compare(b.Count, a.Count) })
 			var parts []string
 			for _, c := range codes[:min(len(codes), 5)] {
-				parts = append(parts, fmt.Sprintf("%s %d", c.ErrorCode, c.Count))
+				parts = append(parts, fmt.Sprintf("%s %d", esc(c.ErrorCode), c.Count))
 			}
 			fmt.Fprintf(&b, "top failures: %s\n", strings.Join(parts, ", "))
 		}
 	}
 	if r.State == "completed" || r.State == "aborted" {
-		fmt.Fprintf(&b, "rollout %s is %s: nothing more to watch\n", r.ID, r.State)
+		fmt.Fprintf(&b, "rollout %s is %s: nothing more to watch\n", esc(r.ID), esc(r.State))
 	}
 	return b.String()
 }

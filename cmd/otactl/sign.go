@@ -101,8 +101,8 @@ func (c *cli) signDraft(sf serverFlags, keyFile, id string, yes bool) error {
 	}
 
 	out := c.stdout
-	fmt.Fprintf(out, "draft %s: %s, created by %s at %s\n", v.ID, v.Kind, v.CreatedBy, v.CreatedAt.UTC().Format(time.RFC3339))
-	fmt.Fprintf(out, "digest %s (checked against the draft's bytes)\n", v.Digest)
+	fmt.Fprintf(out, "draft %s: %s, created by %s at %s\n", esc(v.ID), esc(v.Kind), esc(v.CreatedBy), v.CreatedAt.UTC().Format(time.RFC3339))
+	fmt.Fprintf(out, "digest %s (checked against the draft's bytes)\n", esc(v.Digest))
 	fmt.Fprintln(out, "what you sign (read from the draft's bytes):")
 	now := time.Now()
 	if d.root != nil {
@@ -131,11 +131,11 @@ func (c *cli) signDraft(sf serverFlags, keyFile, id string, yes bool) error {
 		}
 	}
 	if len(parts) == 0 {
-		fmt.Fprintf(out, "key %s has already signed %s of draft %s; nothing to do\n", short(keyID), strings.Join(already, " and "), v.ID)
+		fmt.Fprintf(out, "key %s has already signed %s of draft %s; nothing to do\n", short(keyID), esc(strings.Join(already, " and ")), esc(v.ID))
 		printThresholds(out, v.State, v.Thresholds)
 		return nil
 	}
-	fmt.Fprintf(out, "key %s (%s) signs: %s\n", keyID, keyFile, strings.Join(parts, ", "))
+	fmt.Fprintf(out, "key %s (%s) signs: %s\n", keyID, keyFile, esc(strings.Join(parts, ", ")))
 
 	if !yes {
 		if err := c.confirm("sign this? [y/N] "); err != nil {
@@ -171,11 +171,11 @@ func (c *cli) signDraft(sf serverFlags, keyFile, id string, yes bool) error {
 	}
 	switch after.State {
 	case manifests.DraftPublished:
-		fmt.Fprintf(out, "draft %s is published\n", v.ID)
+		fmt.Fprintf(out, "draft %s is published\n", esc(v.ID))
 	case manifests.DraftPending:
-		fmt.Fprintf(out, "draft %s is not published yet: it needs %s\n", v.ID, missing(tally))
+		fmt.Fprintf(out, "draft %s is not published yet: it needs %s\n", esc(v.ID), esc(missing(tally)))
 	default:
-		fmt.Fprintf(out, "draft %s is %s\n", v.ID, after.State)
+		fmt.Fprintf(out, "draft %s is %s\n", esc(v.ID), esc(after.State))
 	}
 	return nil
 }
@@ -373,7 +373,7 @@ func printRoot(w io.Writer, root *metadata.Metadata[metadata.RootType], myKey, o
 		for _, id := range slices.Sorted(slices.Values(r.KeyIDs)) {
 			kind := "unknown key"
 			if k := s.Keys[id]; k != nil {
-				kind = k.Type + "/" + k.Scheme
+				kind = esc(k.Type + "/" + k.Scheme)
 			}
 			note := ""
 			switch id {
@@ -382,7 +382,7 @@ func printRoot(w io.Writer, root *metadata.Metadata[metadata.RootType], myKey, o
 			case onlineKey:
 				note = " (the server's online key)"
 			}
-			fmt.Fprintf(w, "      %s %s%s\n", id, kind, note)
+			fmt.Fprintf(w, "      %s %s%s\n", esc(id), kind, note)
 			if id == onlineKey && (role == metadata.ROOT || role == metadata.TARGETS) {
 				fmt.Fprintf(w, "      WARNING: the server's online key may sign %s: the server could then authorise builds alone\n", role)
 			}
@@ -499,7 +499,7 @@ func printTargets(w io.Writer, t *metadata.Metadata[metadata.TargetsType], st *m
 		for _, alg := range slices.Sorted(maps.Keys(tf.Hashes)) {
 			hashes = append(hashes, alg+" "+hex.EncodeToString(tf.Hashes[alg]))
 		}
-		fmt.Fprintf(w, "    %s\n      %d bytes, %s\n", p, tf.Length, strings.Join(hashes, ", "))
+		fmt.Fprintf(w, "    %s\n      %d bytes, %s\n", esc(p), tf.Length, esc(strings.Join(hashes, ", ")))
 		if tf.Custom != nil {
 			fmt.Fprintf(w, "      %s\n", describeCustom(*tf.Custom))
 		}
@@ -513,13 +513,13 @@ func printTargets(w io.Writer, t *metadata.Metadata[metadata.TargetsType], st *m
 		fmt.Fprintf(w, "    WARNING: the draft is targets v%d, not v%d: it does not follow what is published\n", s.Version, published+1)
 	}
 	for _, p := range d.added {
-		fmt.Fprintf(w, "    adds %s\n", p)
+		fmt.Fprintf(w, "    adds %s\n", esc(p))
 	}
 	for _, p := range d.replaced {
-		fmt.Fprintf(w, "    replaces %s\n", p)
+		fmt.Fprintf(w, "    replaces %s\n", esc(p))
 	}
 	for _, p := range d.removed {
-		fmt.Fprintf(w, "    removes %s: handsets are no longer offered it\n", p)
+		fmt.Fprintf(w, "    removes %s: handsets are no longer offered it\n", esc(p))
 	}
 	if len(d.added)+len(d.replaced)+len(d.removed) == 0 {
 		fmt.Fprintln(w, "    no target added, replaced or removed")

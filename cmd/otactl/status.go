@@ -38,26 +38,27 @@ func (c *cli) status(args []string) error {
 
 func printStatus(w io.Writer, st *manifests.Status, now time.Time) {
 	if st.Initialized {
-		fmt.Fprintf(w, "repository: initialized (online key %s)\n", st.OnlineKeyID)
+		fmt.Fprintf(w, "repository: initialized (online key %s)\n", esc(st.OnlineKeyID))
 	} else {
 		next := "run otactl repo init"
 		if st.Pending != nil && st.Pending.Kind == manifests.DraftKindInit {
 			next = "the ceremony draft waits for signatures: otactl repo sign"
 		}
-		fmt.Fprintf(w, "repository: not initialized (online key %s); %s\n", st.OnlineKeyID, next)
+		fmt.Fprintf(w, "repository: not initialized (online key %s); %s\n", esc(st.OnlineKeyID), next)
 	}
 	for _, r := range st.Roles {
-		fmt.Fprintf(w, "  %-9s v%-4d expires %s (%s)\n", r.Role, r.Version, r.Expires.UTC().Format(time.RFC3339), until(r.Expires, now))
+		role := esc(r.Role)
+		fmt.Fprintf(w, "  %-9s v%-4d expires %s (%s)\n", role, r.Version, r.Expires.UTC().Format(time.RFC3339), until(r.Expires, now))
 		switch {
 		case !r.Expires.After(now):
-			fmt.Fprintf(w, "    WARNING: %s v%d has EXPIRED: handsets refuse it until a new %s is signed\n", r.Role, r.Version, r.Role)
+			fmt.Fprintf(w, "    WARNING: %s v%d has EXPIRED: handsets refuse it until a new %s is signed\n", role, r.Version, role)
 		case r.Warning != "":
-			fmt.Fprintf(w, "    WARNING: %s\n", r.Warning)
+			fmt.Fprintf(w, "    WARNING: %s\n", esc(r.Warning))
 		}
 	}
 	fmt.Fprintf(w, "published targets: %d\n", len(st.Targets))
 	for _, t := range st.Targets {
-		fmt.Fprintf(w, "  %s\n    %d bytes, sha256 %s\n", t.Path, t.Length, t.SHA256)
+		fmt.Fprintf(w, "  %s\n    %d bytes, sha256 %s\n", esc(t.Path), t.Length, esc(t.SHA256))
 		if len(t.Custom) > 0 {
 			fmt.Fprintf(w, "    %s\n", describeCustom(t.Custom))
 		}
@@ -67,7 +68,7 @@ func printStatus(w io.Writer, st *manifests.Status, now time.Time) {
 		return
 	}
 	p := st.Pending
-	fmt.Fprintf(w, "pending draft: %s (%s) by %s, %s\n", p.ID, p.Kind, p.CreatedBy, p.CreatedAt.UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, "pending draft: %s (%s) by %s, %s\n", esc(p.ID), esc(p.Kind), esc(p.CreatedBy), p.CreatedAt.UTC().Format(time.RFC3339))
 	for _, t := range p.Thresholds {
 		fmt.Fprintf(w, "  %s\n", thresholdLine(t))
 	}
@@ -95,7 +96,7 @@ func roughDuration(d time.Duration) string {
 
 // thresholdLine is "root: 1 of 2 signed (new root v1's root keys)".
 func thresholdLine(t manifests.PartStatus) string {
-	s := fmt.Sprintf("%s: %d of %d signed (%s", t.Part, len(t.Signed), t.Threshold, t.What)
+	s := fmt.Sprintf("%s: %d of %d signed (%s", esc(t.Part), len(t.Signed), t.Threshold, esc(t.What))
 	if len(t.KeyIDs) != t.Threshold {
 		s += fmt.Sprintf(", %d keys may sign", len(t.KeyIDs))
 	}
@@ -107,15 +108,15 @@ func thresholdLine(t manifests.PartStatus) string {
 }
 
 // describeCustom prints a target's custom metadata: every known field and
-// any other key, so that nothing signed goes unseen.
+// any other key, so that nothing signed goes unseen, escaped (esc).
 func describeCustom(raw json.RawMessage) string {
 	var all map[string]any
 	if err := json.Unmarshal(raw, &all); err != nil {
-		return "custom: (not a JSON object) " + string(raw)
+		return "custom: (not a JSON object) " + esc(string(raw))
 	}
 	var c manifests.TargetCustom
 	if err := json.Unmarshal(raw, &c); err != nil {
-		return "custom: (unexpected shape) " + string(raw)
+		return "custom: (unexpected shape) " + esc(string(raw))
 	}
 	var parts []string
 	add := func(k, v string) {
@@ -147,7 +148,7 @@ func describeCustom(raw json.RawMessage) string {
 	if len(parts) == 0 {
 		return "custom: (none)"
 	}
-	return "custom: " + strings.Join(parts, " ")
+	return "custom: " + esc(strings.Join(parts, " "))
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -312,11 +312,16 @@ func loadExistingOnlineKey(cfg Config, log *slog.Logger) (signing.Signer, error)
 	return loadOnlineKey(cfg, log)
 }
 
-// prepareDataDir creates the data folder and proves it is writable, so a
+// prepareDataDir creates the data folder, owner-only (0700 whatever the
+// umask; one that exists is set so too): it holds the database, the
+// online key and the blobs. Then it proves the folder is writable, so a
 // bad path fails at start with its name rather than on the first write.
 func prepareDataDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return settingError("data-dir", fmt.Errorf("cannot create %s: %w", dir, unwrapPathError(err)))
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return settingError("data-dir", fmt.Errorf("cannot make %s owner-only (0700): %w", dir, unwrapPathError(err)))
 	}
 	probe, err := os.CreateTemp(dir, ".write-probe-*")
 	if err != nil {

@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/blobtest"
+	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/apitest"
 )
 
 // TestDownloadStallTimeoutFlag: --download-stall-timeout (or its
@@ -37,9 +40,19 @@ func TestDownloadStallTimeoutFlag(t *testing.T) {
 			}
 			m, logs := startMain(t, cfg)
 			const size = 20 << 20
-			if _, err := m.Blobs.Put(t.Context(), "targets/big.bin", io.LimitReader(blobtest.NewReader(1), size)); err != nil {
+			content, err := io.ReadAll(io.LimitReader(blobtest.NewReader(1), size))
+			if err != nil {
 				t.Fatal(err)
 			}
+			// /targets/ serves published targets only.
+			_, secret, err := server.Tokens{Store: m.DB.Tokens(), Users: m.DB.Users()}.Create(t.Context(), "download-test", server.RoleReleaseEngineer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := &apitest.Env{URL: "http://" + m.Addr(), Token: secret}
+			es := apitest.NewEngineers(t, 1)
+			env.Ceremony(t, es, 1)
+			env.Publish(t, "big.bin", content, es...)
 			// A 64 KiB receive buffer keeps the kernel from taking in the
 			// whole artifact for the client that stopped reading.
 			d := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
@@ -50,7 +63,7 @@ func TestDownloadStallTimeoutFlag(t *testing.T) {
 				return errors.Join(err, serr)
 			}}
 			client := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
-			resp, err := client.Get("http://" + m.Addr() + "/targets/big.bin")
+			resp, err := client.Get(env.URL + "/" + manifests.TargetKey("big.bin", apitest.SHA256Hex(content)))
 			if err != nil {
 				t.Fatal(err)
 			}

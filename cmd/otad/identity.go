@@ -16,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/patchfleet/ota/internal/envflag"
+	"github.com/patchfleet/ota/internal/termtext"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
@@ -190,7 +191,7 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 		if err := audit(ctx, db, server.UserCreatedEntry(u)); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "created %s %s (%s)\n", kind, u.Name, u.Role)
+		fmt.Fprintf(stdout, "created %s %s (%s)\n", kind, termtext.Escape(u.Name), termtext.Escape(u.Role))
 	case "list":
 		list, err := store.ListUsers(ctx)
 		if err != nil {
@@ -207,7 +208,7 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 			if u.Disabled {
 				disabled = "yes"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", u.Name, u.Role, kind, disabled, u.CreatedAt.Format(time.RFC3339))
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", termtext.Escape(u.Name), termtext.Escape(u.Role), kind, disabled, u.CreatedAt.Format(time.RFC3339))
 		}
 		return w.Flush()
 	case "disable", "enable":
@@ -222,7 +223,7 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 		if err := audit(ctx, db, server.UserDisabledEntry(u)); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%sd %s\n", sub, u.Name)
+		fmt.Fprintf(stdout, "%sd %s\n", sub, termtext.Escape(u.Name))
 	case "set-role":
 		newRole := c.args[1]
 		if err := server.ValidateUser(c.args[0], newRole, "", true); err != nil {
@@ -240,7 +241,7 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 		if err := audit(ctx, db, server.UserRoleEntry(u, from)); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%s is %s now (was %s)\n", u.Name, newRole, from)
+		fmt.Fprintf(stdout, "%s is %s now (was %s)\n", termtext.Escape(u.Name), termtext.Escape(newRole), termtext.Escape(from))
 	case "password":
 		u, err := users.SetPassword(ctx, nil, c.args[0], password)
 		if errors.Is(err, server.ErrNotFound) {
@@ -252,7 +253,7 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 		if err := audit(ctx, db, server.UserPasswordEntry(u)); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "set the password of %s\n", u.Name)
+		fmt.Fprintf(stdout, "set the password of %s\n", termtext.Escape(u.Name))
 	}
 	return nil
 }
@@ -391,7 +392,7 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		if err := audit(ctx, db, server.TokenCreatedEntry(t, u.Name)); err != nil {
 			return err
 		}
-		fmt.Fprintf(stderr, "created token %s %s for %s (%s), expires %s; it is shown once:\n", t.ID, t.Name, u.Name, u.Role,
+		fmt.Fprintf(stderr, "created token %s %s for %s (%s), expires %s; it is shown once:\n", t.ID, termtext.Escape(t.Name), termtext.Escape(u.Name), termtext.Escape(u.Role),
 			t.ExpiresAt.Format(time.RFC3339))
 		fmt.Fprintln(stdout, secret)
 	case "list":
@@ -437,7 +438,8 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 			if u := byID[t.UserID]; u != nil {
 				owner, ownerRole = u.Name, u.Role
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, owner, ownerRole, t.CreatedAt.Format(time.RFC3339), expiresAt, state)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", termtext.Escape(t.ID), termtext.Escape(t.Name), termtext.Escape(owner),
+				termtext.Escape(ownerRole), t.CreatedAt.Format(time.RFC3339), expiresAt, state)
 		}
 		return w.Flush()
 	case "revoke":
@@ -545,8 +547,8 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 		w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "SEQ\tAT\tACTOR\tACTION\tOBJECT\tREASON\tDETAIL")
 		for _, e := range list {
-			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.At.Format(time.RFC3339), e.Actor, e.Action, e.Object,
-				oneLine(e.Reason), oneLine(e.Detail))
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.At.Format(time.RFC3339), termtext.Escape(e.Actor),
+				termtext.Escape(e.Action), termtext.Escape(e.Object), termtext.Escape(oneLine(e.Reason)), termtext.Escape(oneLine(e.Detail)))
 		}
 		return w.Flush()
 	}

@@ -201,6 +201,26 @@ func TestUserPasswordEndsSessions(t *testing.T) {
 	}
 }
 
+// TestListingsEscapeStoredText: a token named with a terminal escape, a
+// newline, tabs and a bidi override lists on one line with them written
+// out, in token list and in the token create message, so a viewer who
+// names a token cannot clear an admin's screen or forge a line under it.
+func TestListingsEscapeStoredText(t *testing.T) {
+	c := newCLI(t)
+	c.env[userPasswordEnv] = "correct horse battery"
+	c.mustRun("user", "create", "alice", "--role", "viewer")
+	code, _, stderr := c.run("token", "create", "--user", "alice", "laptop\x1b[2J\nFORGED\tt-1\tadmin\u202e")
+	if code != exitOK || !strings.Contains(stderr, `laptop\x1b[2J\nFORGED\tt-1\tadmin\u202e for alice`) {
+		t.Errorf("token create: exit %d, %q; want the name escaped", code, stderr)
+	}
+	out := c.mustRun("token", "list")
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 2 || strings.ContainsAny(out, "\x1b\u202e") ||
+		!regexp.MustCompile(`  laptop\\x1b\[2J\\nFORGED\\tt-1\\tadmin\\u202e +alice +viewer `).MatchString(lines[1]) {
+		t.Errorf("token list: got %q, want a header and one line with the name escaped", out)
+	}
+}
+
 func TestAuditCommands(t *testing.T) {
 	c := newCLI(t)
 	if out := c.mustRun("audit", "verify"); !strings.HasPrefix(out, "audit log verified: 0 entries, nothing to anchor") {

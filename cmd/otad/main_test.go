@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +24,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/internal/envflag"
+	"github.com/patchfleet/ota/server/api"
 )
 
 // startMain runs an otad in-process on a free loopback port.
@@ -102,6 +104,54 @@ func TestServeEmbeddedDefaults(t *testing.T) {
 	}
 	if code, body := get(t, base+"/nope"); code != 404 || !strings.Contains(body, `"code":"not_found"`) {
 		t.Errorf("unknown path: got %d %s, want a JSON 404", code, body)
+	}
+}
+
+// TestDataDirOwnerOnly: otad serve makes the data folder 0700 and the
+// SQLite database with its -wal and -shm files 0600, whatever the umask:
+// a fresh folder, and one an older otad left group and world readable.
+func TestDataDirOwnerOnly(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		prep func(t *testing.T, dir string)
+	}{
+		{"fresh", func(*testing.T, string) {}},
+		{"left readable", func(t *testing.T, dir string) {
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{dir, filepath.Join(dir, "otad.db")} {
+				if p != dir {
+					if err := os.WriteFile(p, nil, 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := os.Chmod(p, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := defaultConfig()
+			cfg.DataDir = filepath.Join(t.TempDir(), "otad-data")
+			tc.prep(t, cfg.DataDir)
+			m, _ := startMain(t, cfg)
+			// A write, so that the WAL has something in it.
+			var enrolled api.EnrollAnswer
+			postJSON(t, "http://"+m.Addr()+"/api/v1/devices", "", "", api.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"}, &enrolled)
+			want := map[string]os.FileMode{"": 0o700, "otad.db": 0o600, "otad.db-wal": 0o600, "otad.db-shm": 0o600}
+			for name, mode := range want {
+				fi, err := os.Stat(filepath.Join(cfg.DataDir, name))
+				if err != nil {
+					t.Errorf("%s: %v", name, err)
+					continue
+				}
+				if got := fi.Mode().Perm(); got != mode {
+					t.Errorf("%s: mode %#o, want %#o", cmp.Or(name, "the data folder"), got, mode)
+				}
+			}
+		})
 	}
 }
 

@@ -2,7 +2,6 @@ package api
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -13,41 +12,20 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/fsstore"
+	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 )
-
-// noDrafts is a manifests.DraftStore without drafts: the download tests
-// serve artifacts and never draft.
-type noDrafts struct{}
-
-var _ manifests.DraftStore = noDrafts{}
-
-func (noDrafts) CreateDraft(context.Context, *manifests.Draft) error { return errors.ErrUnsupported }
-func (noDrafts) Draft(context.Context, string) (*manifests.Draft, error) {
-	return nil, manifests.ErrNotExist
-}
-func (noDrafts) PendingDraft(context.Context) (*manifests.Draft, error) {
-	return nil, manifests.ErrNotExist
-}
-func (noDrafts) ListDrafts(context.Context, int) ([]*manifests.Draft, error) { return nil, nil }
-func (noDrafts) AddSignatures(context.Context, string, []manifests.DraftSignature) error {
-	return manifests.ErrDraftNotPending
-}
-func (noDrafts) SetDraftState(context.Context, string, string) error {
-	return manifests.ErrDraftNotPending
-}
-
-type noLock struct{}
-
-func (noLock) Lock(context.Context) (func(), error) { return func() {}, nil }
 
 // lockedBuffer collects the log of a server whose handlers run on other
 // goroutines than the test.
@@ -68,32 +46,45 @@ func (b *lockedBuffer) String() string {
 	return b.b.String()
 }
 
-// downloadServer serves a filesystem store holding targets/big.bin (size
-// pseudo-random bytes) from a real http.Server with the given write
-// timeout, as otad does. It returns the base URL, the sha256 of the
-// artifact and the server's log.
+// downloadServer serves a filesystem store holding big.bin (size
+// pseudo-random bytes), published as a target, from a real http.Server
+// with the given write timeout, as otad does. It returns the artifact's
+// URL, its sha256 and the server's log.
 func downloadServer(tb testing.TB, size int64, writeTimeout, stall time.Duration) (string, string, *lockedBuffer) {
 	tb.Helper()
 	blobs, err := fsstore.New(tb.TempDir())
 	if err != nil {
 		tb.Fatal(err)
 	}
+	content := func() io.Reader { return io.LimitReader(rand.NewChaCha8([32]byte{7}), size) }
 	h := sha256.New()
-	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{7}), size), h)
-	if _, err := blobs.Put(tb.Context(), "targets/big.bin", src); err != nil {
+	if _, err := io.Copy(h, content()); err != nil {
 		tb.Fatal(err)
 	}
-	key, err := signing.Generate(signing.AlgEd25519)
+	sum := hex.EncodeToString(h.Sum(nil))
+	if _, err := blobs.Put(tb.Context(), manifests.TargetKey("big.bin", sum), content()); err != nil {
+		tb.Fatal(err)
+	}
+	db, err := sqlstore.Open(tb.Context(), "sqlite:"+filepath.Join(tb.TempDir(), "otad.db"), sqlstore.Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	repo, err := manifests.New(manifests.Config{Blobs: blobs, Drafts: noDrafts{}, Lock: noLock{}, Online: key.Signer()})
+	tb.Cleanup(func() { db.Close() })
+	if _, err := db.Migrate(tb.Context()); err != nil {
+		tb.Fatal(err)
+	}
+	online, err := signing.Generate(signing.AlgEd25519)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	repo, err := manifests.New(manifests.Config{Blobs: blobs, Drafts: db.Drafts(), Lock: db.RepoLock(), Online: online.Signer()})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	if err := repo.Load(tb.Context()); err != nil {
 		tb.Fatal(err)
 	}
+	publish(tb, repo, manifests.Release{Path: "big.bin", Length: size, SHA256: sum, Custom: manifests.TargetCustom{PatchID: "CM-2026-001"}})
 	logs := &lockedBuffer{}
 	s := New(Config{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Repo: repo, Blobs: blobs,
 		DownloadStallTimeout: stall})
@@ -101,7 +92,60 @@ func downloadServer(tb testing.TB, size int64, writeTimeout, stall time.Duration
 	srv.Config.WriteTimeout = writeTimeout
 	srv.Start()
 	tb.Cleanup(srv.Close)
-	return srv.URL, hex.EncodeToString(h.Sum(nil)), logs
+	return srv.URL + "/" + manifests.TargetKey("big.bin", sum), sum, logs
+}
+
+// publish runs the root ceremony of repo with one key for root and
+// targets and publishes rel, whose artifact is stored: /targets/ serves
+// published targets only.
+func publish(tb testing.TB, repo *manifests.Repository, rel manifests.Release) {
+	tb.Helper()
+	k, err := signing.Generate(signing.AlgEd25519)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	keys := []*metadata.Key{k.Public()}
+	root, err := repo.CreateRootDraft(tb.Context(), manifests.RootParams{RootKeys: keys, RootThreshold: 1, TargetsKeys: keys, TargetsThreshold: 1}, "test")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	signDraft(tb, repo, root.ID, k)
+	release, err := repo.CreateReleaseDraft(tb.Context(), rel, "test")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	signDraft(tb, repo, release.ID, k)
+}
+
+// signDraft has k sign every part of draft id and checks it published.
+func signDraft(tb testing.TB, repo *manifests.Repository, id string, k *signing.PrivateKey) {
+	tb.Helper()
+	v, err := repo.DraftView(tb.Context(), id)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var sigs []manifests.DraftSignature
+	for _, th := range v.Thresholds {
+		var sig *metadata.Signature
+		if th.Part == manifests.PartRoot {
+			var md *metadata.Metadata[metadata.RootType]
+			if md, err = (&metadata.Metadata[metadata.RootType]{}).FromBytes(v.Root); err == nil {
+				sig, err = md.Sign(k.Signer())
+			}
+		} else {
+			var md *metadata.Metadata[metadata.TargetsType]
+			if md, err = (&metadata.Metadata[metadata.TargetsType]{}).FromBytes(v.Targets); err == nil {
+				sig, err = md.Sign(k.Signer())
+			}
+		}
+		if err != nil {
+			tb.Fatal(err)
+		}
+		sigs = append(sigs, manifests.DraftSignature{Part: th.Part, KeyID: sig.KeyID, Sig: sig.Signature})
+	}
+	if v, err = repo.AddSignatures(tb.Context(), id, v.Digest, sigs); err != nil || v.State != manifests.DraftPublished {
+		tb.Fatalf("draft %s: %+v, %v; want it published", id, v, err)
+	}
 }
 
 // smallBufferClient keeps at most 64 KiB in its socket's receive buffer, so
@@ -129,7 +173,7 @@ func TestSlowDownloadOutlastsWriteTimeout(t *testing.T) {
 		rate         = 5 << 20 // bytes per second
 	)
 	url, want, logs := downloadServer(t, size, writeTimeout, 10*time.Second)
-	resp, err := smallBufferClient().Get(url + "/targets/big.bin")
+	resp, err := smallBufferClient().Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,8 +220,8 @@ func TestStalledDownloadIsClosed(t *testing.T) {
 		size  = 30 << 20
 		stall = time.Second
 	)
-	url, _, logs := downloadServer(t, size, 30*time.Second, stall)
-	resp, err := smallBufferClient().Get(url + "/targets/big.bin")
+	url, sum, logs := downloadServer(t, size, 30*time.Second, stall)
+	resp, err := smallBufferClient().Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,8 +250,8 @@ func TestStalledDownloadIsClosed(t *testing.T) {
 	}
 	sent, _ := entry["bytes_sent"].(float64)
 	if entry["level"] != "WARN" || entry["length"] != float64(size) || sent <= 0 || sent >= size ||
-		entry["key"] != "targets/big.bin" || entry["status"] != float64(http.StatusOK) {
-		t.Errorf("got log entry %v, want a warning with 0 < bytes_sent < length %d for targets/big.bin", entry, size)
+		entry["key"] != manifests.TargetKey("big.bin", sum) || entry["status"] != float64(http.StatusOK) {
+		t.Errorf("got log entry %v, want a warning with 0 < bytes_sent < length %d for %s", entry, size, manifests.TargetKey("big.bin", sum))
 	}
 	// The connection is closed: the rest does not arrive.
 	n, err := io.Copy(io.Discard, resp.Body)

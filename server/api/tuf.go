@@ -55,7 +55,10 @@ func timestampMaxAge(expires, now time.Time) int {
 }
 
 // targetFile serves /targets/{path} (GET and HEAD): an artifact under its
-// hash-prefixed name. With redirects on and a store that presigns (S3), it
+// hash-prefixed name, when the published targets metadata names it with
+// that hash (manifests.Repository.PublishedTargetFile); any other blob is
+// 404, so an upload that was never released, or a yanked or replaced
+// release, cannot be fetched by its hash. With redirects on and a store that presigns (S3), it
 // answers 307 to a short-lived URL so the bytes do not pass through otad;
 // otherwise http.ServeContent streams it, with byte ranges for resumed
 // downloads and the conditional requests of RFC 9110.
@@ -68,7 +71,7 @@ func (s *Server) targetFile(c echo.Context) error {
 	rel := c.Param("*")
 	key := "targets/" + rel
 	notFound := fmt.Errorf("%w: no target file %s", server.ErrNotFound, rel)
-	if err := manifests.ValidateKey(rel); err != nil {
+	if err := manifests.ValidateKey(rel); err != nil || !s.repo.PublishedTargetFile(rel) {
 		return notFound
 	}
 	ctx := c.Request().Context()

@@ -268,6 +268,67 @@ func TestRolloutAutoHalt(t *testing.T) {
 	}
 }
 
+// TestRolloutLateEnrolleesCannotHalt: with open enrollment anyone can
+// enroll handsets, check them in and report. Handsets that enrolled after
+// the rollout started, were offered it and all report failed neither hold
+// their model nor halt the rollout, though the report counts their
+// failures; the same failures from handsets enrolled before the start
+// halt it.
+func TestRolloutLateEnrolleesCannotHalt(t *testing.T) {
+	minResults := int64(50)
+	req := api.RolloutRequest{Release: patchPath, Stages: []float64{100}, MinResults: &minResults, Reason: "privacy patch"}
+	fail := func(int) bool { return true }
+	t.Run("enrolled after the start", func(t *testing.T) {
+		env, clk := failingFleetRelease(t)
+		real := enrollFleet(t, env, 60, "PX-7", "7.2.0")
+		clk.Advance(time.Minute)
+		r := createRollout(t, env, req)
+		install(t, clk, real, checkInAll(t, real), func(int) bool { return false })
+		clk.Advance(time.Minute)
+
+		// Fakes of one model fail while the real fleet is healthy: before,
+		// the model was held alone.
+		px8 := enrollFleet(t, env, 60, "PX-8", "7.2.0")
+		if _, failed := install(t, clk, px8, checkInAll(t, px8), fail); failed != 60 {
+			t.Fatalf("%d late PX-8 handsets offered and failed, want 60", failed)
+		}
+		evaluate(t, env)
+		if got := getRollout(t, env, r.ID); got.State != "running" || got.Halt != nil || len(got.Holds) != 0 {
+			t.Fatalf("after 60 late PX-8 failures: state %s, halt %+v, holds %+v; want running, no halt, no hold", got.State, got.Halt, got.Holds)
+		}
+		// Fakes of the real fleet's model: before, the rollout halted.
+		px7 := enrollFleet(t, env, 60, "PX-7", "7.2.0")
+		if _, failed := install(t, clk, px7, checkInAll(t, px7), fail); failed != 60 {
+			t.Fatalf("%d late PX-7 handsets offered and failed, want 60", failed)
+		}
+		evaluate(t, env)
+		if got := getRollout(t, env, r.ID); got.State != "running" || got.Halt != nil || len(got.Holds) != 0 {
+			t.Fatalf("after 60 more late PX-7 failures: state %s, halt %+v, holds %+v; want running, no halt, no hold", got.State, got.Halt, got.Holds)
+		}
+		// The report shows every handset the rollout offered it to.
+		var rep server.RolloutReport
+		if err := env.Do("GET", "/rollouts/"+r.ID+"/report", nil, &rep); err != nil {
+			t.Fatal(err)
+		}
+		if rep.Offered != 180 || rep.Installed != 60 || rep.Failed != 120 {
+			t.Errorf("report: %d offered, %d installed, %d failed; want 180, 60, 120", rep.Offered, rep.Installed, rep.Failed)
+		}
+	})
+	t.Run("enrolled before the start", func(t *testing.T) {
+		env, clk := failingFleetRelease(t)
+		hs := enrollFleet(t, env, 60, "PX-7", "7.2.0")
+		clk.Advance(time.Minute)
+		r := createRollout(t, env, req)
+		clk.Advance(time.Minute)
+		install(t, clk, hs, checkInAll(t, hs), fail)
+		evaluate(t, env)
+		got := getRollout(t, env, r.ID)
+		if got.State != "paused" || got.Halt == nil || got.Halt.Failed != 60 || got.Halt.Installed != 0 {
+			t.Fatalf("after 60 failures of handsets enrolled before the start: state %s, halt %+v; want paused with 60 failed", got.State, got.Halt)
+		}
+	})
+}
+
 // TestRolloutHoldsOneModel: with only PX-8 failing, PX-8 alone is held
 // (the reason and numbers recorded), PX-7 goes on through its stages by
 // auto-advance after the soak and completes.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/fsstore"
+	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -156,6 +157,55 @@ func TestMetadataServing(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestOnlyPublishedTargetsDownload: /targets/ serves a blob only while
+// the published targets metadata names it with its hash. An artifact
+// uploaded for a release that was never published, and the artifact of a
+// yanked release, are 404 by their hash (a handset resuming the yanked
+// download gets 404 too), while a current target downloads.
+func TestOnlyPublishedTargetsDownload(t *testing.T) {
+	env := apitest.Start(t, apitest.Options{})
+	es := apitest.NewEngineers(t, 1)
+	env.Ceremony(t, es, 1)
+	current, yanked, unreleased := randomBytes(t, 3000), randomBytes(t, 4000), randomBytes(t, 5000)
+	const currentPath, yankedPath, unreleasedPath = "cloudmsg/current.zip", "cloudmsg/yanked.zip", "cloudmsg/unreleased.zip"
+	env.Publish(t, currentPath, current, es...)
+	env.Publish(t, yankedPath, yanked, es...)
+	env.Upload(t, unreleasedPath, unreleased)
+	const drafted = "cloudmsg/drafted.zip"
+	draftedContent := randomBytes(t, 6000)
+	draft := env.DraftRelease(t, drafted, draftedContent, apitest.PatchCustom())
+	url := func(path string, content []byte) string {
+		return env.URL + "/" + manifests.TargetKey(path, apitest.SHA256Hex(content))
+	}
+	get := func(what, u string, hdr map[string]string, wantStatus int, want []byte) {
+		t.Helper()
+		for _, method := range []string{"GET", "HEAD"} {
+			a := request(t, method, u, hdr)
+			if a.status != wantStatus || (method == "GET" && want != nil && !bytes.Equal(a.body, want)) {
+				t.Errorf("%s %s: got %d, %d bytes; want %d", method, what, a.status, len(a.body), wantStatus)
+			}
+		}
+	}
+	get("the current target", url(currentPath, current), nil, 200, current)
+	get("the target to yank", url(yankedPath, yanked), nil, 200, yanked)
+	get("an upload never released", url(unreleasedPath, unreleased), nil, 404, nil)
+	get("an upload in a draft not signed", url(drafted, draftedContent), nil, 404, nil)
+	if err := env.Do("DELETE", "/drafts/"+draft.ID, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	var d manifests.DraftView
+	if err := env.Do("POST", "/yanks", api.YankRequest{Path: yankedPath}, &d); err != nil {
+		t.Fatal(err)
+	}
+	env.MustSign(t, d.ID, es...)
+	get("the yanked target", url(yankedPath, yanked), nil, 404, nil)
+	get("the yanked target, resumed", url(yankedPath, yanked), map[string]string{"Range": "bytes=1000-"}, 404, nil)
+	get("the current target after the yank", url(currentPath, current), nil, 200, current)
+	// The same path and a hash the metadata does not name: 404.
+	get("the current path with another hash", url(currentPath, yanked), nil, 404, nil)
 }
 
 // TestArtifactRedirect checks that with S3 and redirects on, downloads go

@@ -241,11 +241,14 @@ func TestLongPathSegments(t *testing.T) {
 			}
 		})
 	}
-	// The longest name that fits is stored and served.
+	// The longest name that fits is stored, released and served.
 	fits := "d/" + strings.Repeat("n", manifests.MaxTargetNameLen)
 	if a := put(fits); a.status != 201 {
 		t.Fatalf("PUT with a %d-byte name: got %d %s, want 201", manifests.MaxTargetNameLen, a.status, a.body)
 	}
+	es := apitest.NewEngineers(t, 1)
+	env.Ceremony(t, es, 1)
+	env.Publish(t, fits, content, es...)
 	key := manifests.TargetKey(fits, apitest.SHA256Hex(content))
 	if a := request(t, "GET", env.URL+"/"+key, nil); a.status != 200 || !bytes.Equal(a.body, content) {
 		t.Errorf("GET the longest name: got %d %q", a.status, a.body)

@@ -175,6 +175,23 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 		Common:  identityLimitsSchema,
 		Data:    backfillIdentityLimits,
 	},
+	{
+		// Whether a rollout record's handset enrolled after the rollout
+		// started (server.EnrolledLate): decided when a report moves the
+		// record, read by RolloutResults, whose results then leave it out
+		// of auto-halt, holds and advance. A constant default is a
+		// catalog change on PostgreSQL (no table rewrite), and the column
+		// is not indexed. Existing records are marked from
+		// their devices' enrollment times; timestamps compare as text on
+		// SQLite, where both columns hold the driver's one UTC format.
+		Version: 12,
+		Name:    "device_rollouts_enrolled_late",
+		Common: []string{
+			`ALTER TABLE device_rollouts ADD COLUMN enrolled_late BOOLEAN NOT NULL DEFAULT FALSE`,
+			`UPDATE device_rollouts SET enrolled_late = TRUE WHERE EXISTS (SELECT 1 FROM devices d, rollouts ro
+	WHERE d.id = device_rollouts.device_id AND ro.id = device_rollouts.rollout_id AND d.enrolled_at > ro.started_at)`,
+		},
+	},
 }
 
 // rollupsSchema is migration 7 with day the dialect's expression for the

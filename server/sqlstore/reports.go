@@ -120,21 +120,33 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.Re
 }
 
 // reportRecordSQL finds the record a report moves: the one of the rollout
-// it names, else the device's latest offer of its patch. FOR UPDATE (on
-// PostgreSQL) holds the record until the transaction ends, so two reports
-// of one device at once move it one after the other.
+// it names, else the device's latest offer of its patch, with the
+// device's enrollment and the rollout's start (server.EnrolledLate; the
+// device row is the one the report's token found, by its key). FOR
+// UPDATE (on PostgreSQL) holds the record until the transaction ends, so
+// two reports of one device at once move it one after the other.
 const reportRecordSQL = `SELECT dr.rollout_id, dr.device_id, dr.model, dr.starting_build, dr.offered_at, dr.last_offered_at,
-	dr.state, dr.attempts, dr.last_failure_at, dr.result_at
-FROM device_rollouts dr JOIN rollouts ro ON ro.id = dr.rollout_id
+	dr.state, dr.attempts, dr.last_failure_at, dr.result_at, d.enrolled_at, ro.started_at
+FROM device_rollouts dr JOIN rollouts ro ON ro.id = dr.rollout_id JOIN devices d ON d.id = dr.device_id
 WHERE dr.device_id = ? AND ro.patch_id = ?
 ORDER BY CASE WHEN dr.rollout_id = ? THEN 0 ELSE 1 END, dr.last_offered_at DESC, dr.rollout_id DESC
 LIMIT 1`
 
+// reportRecordRow is what reportRecordSQL reads.
+type reportRecordRow struct {
+	Record     deviceRolloutRow `gorm:"embedded"`
+	EnrolledAt time.Time
+	StartedAt  *time.Time
+}
+
 // observe moves the device's rollout record that report r is about by
-// server.DeviceRollout.Observe, with the rollups, in tx. It returns the
-// record as moved, or nil when there is none or it did not move.
+// server.DeviceRollout.Observe, with the rollups, in tx, and marks it
+// enrolled_late when the device enrolled after the rollout started (its
+// results then count in the reports but not toward health: see
+// RolloutResults). It returns the record as moved, or nil when there is
+// none or it did not move.
 func (s *DeviceStore) observe(tx *gorm.DB, r server.Report) (*server.DeviceRollout, error) {
-	var rows []deviceRolloutRow
+	var rows []reportRecordRow
 	lock := ""
 	if s.db.dialect == dialectPostgres {
 		lock = " FOR UPDATE OF dr"
@@ -145,14 +157,15 @@ func (s *DeviceStore) observe(tx *gorm.DB, r server.Report) (*server.DeviceRollo
 	if len(rows) == 0 {
 		return nil, nil
 	}
-	old := rows[0].deviceRollout()
+	old := rows[0].Record.deviceRollout()
 	next := *old
 	next.Observe(r.State, r.ReceivedAt)
 	if next == *old {
 		return nil, nil
 	}
-	err := tx.Exec(`UPDATE device_rollouts SET state = ?, last_failure_at = ?, result_at = ?
-WHERE rollout_id = ? AND device_id = ?`, next.State, optionalTime(next.LastFailureAt), optionalTime(next.ResultAt),
+	late := server.EnrolledLate(rows[0].EnrolledAt, readTime(rows[0].StartedAt))
+	err := tx.Exec(`UPDATE device_rollouts SET state = ?, last_failure_at = ?, result_at = ?, enrolled_late = ?
+WHERE rollout_id = ? AND device_id = ?`, next.State, optionalTime(next.LastFailureAt), optionalTime(next.ResultAt), late,
 		next.RolloutID, next.DeviceID).Error
 	if err != nil {
 		return nil, fmt.Errorf("move rollout record: %w", err)

@@ -571,12 +571,14 @@ func (s *RolloutStore) PutDeviceRollout(ctx context.Context, dr *server.DeviceRo
 }
 
 // rolloutResultsSQL counts through device_rollouts_results: a range of
-// (rollout_id, result_at), then the rows in it for model and state.
+// (rollout_id, result_at), then the rows in it for model and state, but
+// not those of handsets that enrolled after the rollout started
+// (enrolled_late, set by the report that moved the record).
 const rolloutResultsSQL = `SELECT model,
 	COUNT(*) FILTER (WHERE state = ?) AS installed,
 	COUNT(*) FILTER (WHERE state <> ?) AS failed
 FROM device_rollouts
-WHERE rollout_id = ? AND result_at >= ? AND state IN (?, ?, ?)
+WHERE rollout_id = ? AND result_at >= ? AND state IN (?, ?, ?) AND NOT enrolled_late
 GROUP BY model`
 
 func rolloutResultsArgs(rolloutID string, since time.Time) []any {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,7 @@ func TestRolloutStore(t *testing.T) {
 		{"DeviceRolloutUpsert", testDeviceRolloutUpsert},
 		{"RolloutResults", testRolloutResults},
 		{"RolloutResultsUsesIndex", testRolloutResultsUsesIndex},
+		{"RolloutResultsLeaveOutLateEnrollees", testRolloutResultsLeaveOutLateEnrollees},
 		{"ClaimOfferConcurrent", testClaimOfferConcurrent},
 		{"EraseDeletesDeviceRollouts", testEraseDeletesDeviceRollouts},
 	})
@@ -562,6 +564,71 @@ func testRolloutResults(t *testing.T, b backend) {
 				t.Errorf("got %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// testRolloutResultsLeaveOutLateEnrollees: the failures of handsets that
+// enrolled after the rollout started count in no result, those of
+// handsets enrolled before or at its start do: records from before the
+// migration that marks them (migration 11, whose back-fill compares the
+// times in SQL), and records that reports move after it. Times without
+// and with fractions of a second, which SQLite compares as text.
+func testRolloutResultsLeaveOutLateEnrollees(t *testing.T, b backend) {
+	db := mustOpen(t, b.newDSN(t))
+	ctx := t.Context()
+	i := slices.IndexFunc(migrations, func(m Migration) bool { return m.Name == "device_rollouts_enrolled_late" })
+	if i < 0 {
+		t.Fatal("no migration device_rollouts_enrolled_late")
+	}
+	mustMigrate(t, db, migrations[:i])
+	devices, s := db.Devices(), db.Rollouts()
+	start := t0.Add(time.Hour) // 13:00:00.123456789
+	r, ev := newDraft(t, "ro_1")
+	if _, err := r.Start("alice", "go", start); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateRollout(ctx, r, ev); err != nil {
+		t.Fatal(err)
+	}
+	enrolled := map[string]time.Time{
+		"early":    start.Truncate(time.Second),                  // 13:00:00
+		"at_start": start,                                        // 13:00:00.123456
+		"late_µs":  start.Add(time.Microsecond),                  // 13:00:00.123457
+		"late":     start.Truncate(time.Second).Add(time.Second), // 13:00:01
+	}
+	failAt := start.Add(time.Hour)
+	add := func(id string, at time.Time, report bool) {
+		t.Helper()
+		d := newDevice(id, "PX-7")
+		d.EnrolledAt, d.LastSeen = at, at
+		mustEnroll(t, devices, d, "hash-"+id)
+		dr := &server.DeviceRollout{RolloutID: "ro_1", DeviceID: id, Model: "PX-7", StartingBuild: "7.1.0",
+			OfferedAt: start, LastOfferedAt: start, State: server.DeviceOffered, Attempts: 1}
+		if !report {
+			dr.State, dr.LastFailureAt, dr.ResultAt = server.StateFailed, failAt, failAt
+		}
+		mustPutDeviceRollout(t, s, dr)
+		if report {
+			rep := server.Report{ID: "r-" + id, DeviceID: id, PatchID: "CM-2026-001", RolloutID: "ro_1",
+				State: server.StateFailed, ErrorCode: "E_VERIFY", At: failAt, ReceivedAt: failAt}
+			if out, err := devices.AddReport(ctx, rep); err != nil || out.RolloutState != server.StateFailed {
+				t.Fatalf("report of %s: %+v, %v; want the record moved to failed", id, out, err)
+			}
+		}
+	}
+	for id, at := range enrolled {
+		add("old_"+id, at, false)
+	}
+	mustMigrate(t, db, migrations)
+	for id, at := range enrolled {
+		add("new_"+id, at, true)
+	}
+	got, err := s.RolloutResults(ctx, "ro_1", start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]server.Results{"PX-7": {Failed: 4}}; !reflect.DeepEqual(got, want) {
+		t.Errorf("results: got %v, want %v (early and at_start, before and after the migration)", got, want)
 	}
 }
 

@@ -200,9 +200,41 @@ func openPostgres(ctx context.Context, dsn string, cfg *gorm.Config, opts Option
 	return db, nil
 }
 
+// sqliteFileMode is the mode of the database file and of its -wal and
+// -shm files: they hold token hashes, sessions, the audit log and the
+// fleet, for otad's user alone. SQLite makes the -wal and -shm files
+// with the database file's mode, so the database file is made (or set)
+// owner-only before SQLite opens it; files from before are set after.
+const sqliteFileMode = 0o600
+
+// ownerOnlySQLite creates the database file at path with sqliteFileMode
+// unless it exists (an empty file is an empty database to SQLite), and
+// sets the mode of it and of its -wal and -shm files, whatever the umask
+// and whatever they had. Files that do not exist are left so.
+func ownerOnlySQLite(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, sqliteFileMode)
+	switch {
+	case err == nil:
+		if err := f.Close(); err != nil {
+			return err
+		}
+	case !errors.Is(err, os.ErrExist):
+		return err
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Chmod(p, sqliteFileMode); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
 func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options, log *slog.Logger) (*DB, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open sqlite database %s: create directory: %w", path, err)
+	}
+	if err := ownerOnlySQLite(path); err != nil {
+		return nil, fmt.Errorf("open sqlite database %s: make it owner-only: %w", path, err)
 	}
 	q := url.Values{}
 	for _, p := range sqlitePragmas {
@@ -235,6 +267,12 @@ func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options
 	if err := sqlDB.PingContext(ctx); err != nil {
 		_ = sqlDB.Close()
 		return nil, fmt.Errorf("open sqlite database %s: %w", path, err)
+	}
+	// A -wal or -shm file that another process made between the two
+	// calls, before this database file was owner-only.
+	if err := ownerOnlySQLite(path); err != nil {
+		_ = sqlDB.Close()
+		return nil, fmt.Errorf("open sqlite database %s: make it owner-only: %w", path, err)
 	}
 	return &DB{gorm: g, sql: sqlDB, dialect: dialectSQLite, logger: log, repoMu: make(chan struct{}, 1)}, nil
 }
