@@ -570,7 +570,7 @@ func testRolloutResults(t *testing.T, b backend) {
 // testRolloutResultsLeaveOutLateEnrollees: the failures of handsets that
 // enrolled after the rollout started count in no result, those of
 // handsets enrolled before or at its start do: records from before the
-// migration that marks them (migration 11, whose back-fill compares the
+// migration that marks them (migration 12, whose back-fill compares the
 // times in SQL), and records that reports move after it. Times without
 // and with fractions of a second, which SQLite compares as text.
 func testRolloutResultsLeaveOutLateEnrollees(t *testing.T, b backend) {
