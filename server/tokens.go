@@ -81,8 +81,8 @@ func (ts Tokens) Create(ctx context.Context, name, role string) (*Token, string,
 
 // CreateFor mints a token named name that acts as u.
 func (ts Tokens) CreateFor(ctx context.Context, u *User, name string) (*Token, string, error) {
-	if name == "" || len(name) > 64 {
-		return nil, "", fmt.Errorf("%w: token name must be 1-64 characters", ErrInvalid)
+	if err := ValidateTokenName(name); err != nil {
+		return nil, "", err
 	}
 	if u.Disabled {
 		return nil, "", fmt.Errorf("%w: user %s is disabled", ErrConflict, u.Name)

@@ -92,6 +92,7 @@ func (m *Main) Run(ctx context.Context) error {
 		PollInterval:       m.cfg.PollInterval,
 		LastSeenResolution: m.cfg.LastSeenResolution,
 		RolloutRefresh:     m.cfg.RolloutRefresh,
+		MaxOpenRollouts:    m.cfg.MaxOpenRollouts,
 		RefreshInterval:    m.cfg.RefreshInterval,
 		ReportRetention:    m.cfg.ReportRetention,
 		// Behind a TLS proxy the request is plain HTTP: an https public
