@@ -16,7 +16,8 @@ import (
 // their Luhn digit, IMSIs, phone numbers in E.164 form, IPv4 and IPv6
 // addresses, email addresses) and wraps them in the disguises of issue
 // 13: digits split by commas, underscores, runs of spaces, non-breaking
-// and zero-width spaces, colons, dashes, single letters; fullwidth
+// and zero-width spaces, colons, dashes, single letters (in a word);
+// fullwidth
 // digits; spaces or a fullwidth "＠" around an email's "@"; IPv4 in
 // hexadecimal or as one number. Scrub must remove every one from a
 // report's message, and every field validator must refuse every one its
@@ -146,11 +147,14 @@ func disguiseInMessage(r *rand.Rand, id identifier) disguise {
 		if id.kind == kindPhone && r.IntN(2) == 0 {
 			plus = []string{"+", "\uff0b", "+("}[r.IntN(3)]
 		}
-		switch r.IntN(4) {
+		switch r.IntN(5) {
 		case 0:
 			return disguise{plus + id.digits, "plain", ""}
 		case 1:
 			return disguise{plus + fullwidth(id.digits), "fullwidth digits", ""}
+		case 2:
+			l := string(rune("xXaQ"[r.IntN(4)]))
+			return disguise{"IMEI" + split(r, id.digits, l), fmt.Sprintf("after a word, split by the letter %q", l), l}
 		default:
 			sep := messageSeparators[r.IntN(len(messageSeparators))]
 			return disguise{plus + split(r, id.digits, sep), fmt.Sprintf("split by %q", sep), sep}
@@ -246,8 +250,8 @@ func fieldChecks() []fieldCheck {
 				return &server.FieldError{Field: "id", Message: "refused"}
 			}
 			return nil
-		}, same, []string{".", "_", "-"}, 6},
-		{"salt", rollout, same, []string{".", "_", "-"}, 6},
+		}, same, []string{".", "_", "-"}, 9},
+		{"salt", rollout, same, []string{".", "_", "-"}, 9},
 		{"name", func(v string) error { return server.ValidateUser(v, server.RoleOperator, "", true) },
 			func(d, _ string) string { return strings.ToLower(d) }, []string{".", "_", "-"}, 6},
 		{"token name", func(v string) error {
@@ -417,8 +421,11 @@ func TestGeneratorIdentifiers(t *testing.T) {
 	if p := scrubProblem(id, disguise{value: split(r, id.digits, "\u200b"), how: "kept"}); p != "" {
 		t.Fatalf("a zero-width split IMEI: %s", p)
 	}
-	if p := scrubProblem(id, disguise{value: "IMEI-" + split(r, id.digits, "x"), how: "letters"}); p == "" {
-		t.Fatal("an IMEI split by letters, which Scrub keeps in a message, went unnoticed")
+	// Words of letters and at most 9 digits each are what Scrub keeps
+	// (a patch id's CM-2026-001): an IMEI so split stays.
+	kept := "a" + id.digits[:5] + " b" + id.digits[5:10] + " c" + id.digits[10:]
+	if p := scrubProblem(id, disguise{value: kept, how: "words"}); p == "" {
+		t.Fatalf("an IMEI split into words (%s), which Scrub keeps in a message, went unnoticed", kept)
 	}
 }
 

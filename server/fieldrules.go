@@ -20,11 +20,10 @@ import (
 // Digit budgets: the most digits a value may hold in total.
 const (
 	// maxNameDigits is for fields with no reason to hold a long number:
-	// models (SM-G998B), channels, error codes, rollout ids, salts, user
-	// and token names.
+	// models (SM-G998B), channels, error codes, user and token names.
 	maxNameDigits = 6
-	// maxIDDigits is for patch ids and report ids, which may carry a
-	// year and a counter (CM-2026-001).
+	// maxIDDigits is for patch ids, report ids, rollout ids and salts,
+	// which may carry a year and a counter (CM-2026-001).
 	maxIDDigits = 9
 	// maxBuildDigits is for builds: Android builds carry a date and a
 	// counter (AP2A.240805.005.F1 has 11).
@@ -153,18 +152,20 @@ var serverRolloutID = regexp.MustCompile(`^ro-[0-9a-f]{12}$`)
 
 // ValidRolloutID reports whether id may stand in a metric label or a log
 // line: an id NewRolloutID made, or one that passes the rule of ids an
-// operator chooses (the id pattern, at most 6 digits, no 0x number, no
-// IPv4 address). Ids are checked when a rollout is created; this keeps a
-// rollout stored before the check (an IMEI as its id) out of /metrics.
+// operator chooses (validateChosenID). Ids are checked when a rollout is
+// created; this keeps a rollout stored before the check (an IMEI as its
+// id) out of /metrics.
 func ValidRolloutID(id string) bool {
-	return serverRolloutID.MatchString(id) || idPattern.MatchString(id) && !nameLike(id, maxNameDigits)
+	return serverRolloutID.MatchString(id) || idPattern.MatchString(id) && !nameLike(id, maxIDDigits)
 }
 
 // validateChosenID checks an id an operator chose (a rollout's id or
-// salt).
+// salt): the id pattern and nameLike with the budget of patch ids, 9
+// digits, since a rollout is often named after its patch
+// (cm-2026-001-beta).
 func validateChosenID(field, id string) error {
-	if !idPattern.MatchString(id) || nameLike(id, maxNameDigits) {
-		return fieldErr(field, "%s%s", adminIDRule, noIdentifier(maxNameDigits))
+	if !idPattern.MatchString(id) || nameLike(id, maxIDDigits) {
+		return fieldErr(field, "%s%s", adminIDRule, noIdentifier(maxIDDigits))
 	}
 	return nil
 }

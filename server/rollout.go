@@ -350,9 +350,13 @@ func (r *Rollout) Validate() error {
 		return fieldErr("build_min", "at or above the release's installs_build %s: no handset would be offered it", rel.InstallsBuild)
 	}
 	// A salt is stored and shown with the rollout: it gets the rule of
-	// an id an operator chooses, so that it cannot carry an IMEI.
-	if err := validateChosenID("salt", r.Salt); err != nil {
-		return err
+	// an id an operator chooses, so that it cannot carry an IMEI, unless
+	// it is the rollout's id (NewRollout's default), which may be one
+	// NewRolloutID made.
+	if r.Salt != r.ID || !ValidRolloutID(r.ID) {
+		if err := validateChosenID("salt", r.Salt); err != nil {
+			return err
+		}
 	}
 	if !slices.Contains(RolloutStates, r.State) {
 		return fieldErr("state", "want one of draft, running, paused, completed, aborted")

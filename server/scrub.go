@@ -79,6 +79,8 @@ var (
 	// UTC offset if any ("2026-12-07 10:00:00 +01:00"), and a time with
 	// milliseconds ("10:00:00.250"). A chain must be one of these from
 	// end to end: none has 15 digits, so no IMEI or IMSI passes as one.
+	// rfc3339 is a time as RFC 3339 writes it: 2026-12-07T10:00:00.250Z.
+	rfc3339 = regexp.MustCompile(`^(?:19|20)[0-9]{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?\.?$`)
 	// yearNumber is the year and number of a patch id: 2026-001.
 	yearNumber      = regexp.MustCompile(`^(?:19|20)[0-9]{2}[-.][0-9]{1,4}$`)
 	readableNumbers = regexp.MustCompile(`^(?:(?:19|20)[0-9]{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])(?: (?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,3})?)?(?: ?[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9])?)?|(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{1,3})$`)
@@ -97,7 +99,9 @@ const minNumberDigits = 7
 // letters nor digits: "867530 012345 670", "867,530,012,345,670",
 // "867530:012345:670", "+86 (138) 1234-5678" are each one chain, and a
 // zero-width space between digits is no character at all. Letters end a
-// chain, and a percentage after a space ("40%") joins none. Kept whole:
+// chain, and a percentage after a space ("40%") joins none; but a word
+// (letters, digits, '.', '_', '-', ':') with letters and more than 9
+// digits goes whole: "IMEI867530x012345x670". Kept whole:
 // chains that are an ISO date or time ("2026-12-07 10:00:00 +01:00") or
 // the year and number of an id ("CM-2026-001"), and short numbers:
 // "E_DISK_FULL at 42%", "retry 3 of 5", "build 7.4.10-rc1", "PX-7
@@ -119,6 +123,7 @@ func Scrub(s string) string {
 		return m // dotted decimal numbers: ipv4Pattern's and the chains' to judge
 	})
 	s = replaceStandalone(s, ipv4Pattern, ".", isDigitByte)
+	s = scrubWords(s)
 	return scrubNumbers(s)
 }
 
@@ -184,6 +189,49 @@ func scrubNumbers(s string) string {
 	b.WriteString(string(rs[last:]))
 	return b.String()
 }
+
+// maxWordDigits is the most digits a word with letters keeps: a patch
+// id's year and number (CM-2026-001) fit, an IMEI or IMSI split by
+// letters (IMEI867530x012345x670) does not.
+const maxWordDigits = 9
+
+// scrubWords replaces every word (a run of letters, digits, '.', '_',
+// '-' and ':') that has letters and more than maxWordDigits digits,
+// unless it is an RFC 3339 time: "IMEI867530x012345x670" and
+// "E_867530X012345X670" go, "CM-2026-001" and
+// "2026-12-07T10:00:00.250Z" stay.
+func scrubWords(s string) string {
+	rs := []rune(s)
+	var b strings.Builder
+	last := 0
+	for i := 0; i < len(rs); {
+		if !isWordRune(rs[i]) {
+			i++
+			continue
+		}
+		start, letters, digits := i, false, 0
+		for ; i < len(rs) && isWordRune(rs[i]); i++ {
+			switch {
+			case unicode.IsLetter(rs[i]):
+				letters = true
+			case unicode.IsDigit(rs[i]):
+				digits++
+			}
+		}
+		if letters && digits > maxWordDigits && !rfc3339.MatchString(string(rs[start:i])) {
+			b.WriteString(string(rs[last:start]))
+			b.WriteString(Redacted)
+			last = i
+		}
+	}
+	if last == 0 {
+		return s
+	}
+	b.WriteString(string(rs[last:]))
+	return b.String()
+}
+
+func isWordRune(r rune) bool { return isAlnum(r) || r == '.' || r == '_' || r == '-' || r == ':' }
 
 // percentAt is the length of the percentage that starts at rs[i], or 0:
 // 1-3 digits, maybe a decimal part, then '%', at the start or after a

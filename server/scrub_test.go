@@ -59,6 +59,8 @@ func TestScrub(t *testing.T) {
 		{"IMEI in mathematical digits", "\U0001d7d6\U0001d7d4\U0001d7d5\U0001d7d3\U0001d7d1\U0001d7ce\U0001d7ce", r},
 		{"IMEI in Arabic-Indic digits", "imei \u0668\u0666\u0667\u0665\u0663\u0660\u0660\u0661", "imei " + r},
 		{"phone split by underscores", "call +86_138_1234_5678", "call " + r},
+		{"IMEI split by letters", "modem IMEI867530x012345x670 lost", "modem " + r + " lost"},
+		{"IMEI in an error code", "failed: E_867530X012345X670", "failed: " + r},
 		{"phone in fullwidth plus", "\uff0b8613812345678", r},
 		{"email with a space before @", "owner alice @example.com said", "owner " + r + " said"},
 		{"email with spaces around @", "owner alice @ example.com", "owner " + r},

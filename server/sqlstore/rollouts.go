@@ -355,7 +355,7 @@ func checkOpenRollouts(tx *gorm.DB, maxOpen int) error {
 		return nil
 	}
 	var open int64
-	if err := tx.Model(&rolloutRow{}).Where("state IN ?", server.OpenRolloutStates).Count(&open).Error; err != nil {
+	if err := tx.Model(&rolloutRow{}).Where("state IN ?", mapSlice(server.OpenRolloutStates, func(st server.RolloutState) string { return string(st) })).Count(&open).Error; err != nil {
 		return fmt.Errorf("count open rollouts: %w", err)
 	}
 	if open > int64(maxOpen) {
