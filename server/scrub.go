@@ -305,13 +305,16 @@ func replaceStandalone(s string, re *regexp.Regexp, joiners string, more func(by
 func isHexByte(c byte) bool { return isDigitByte(c) || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
 
 // replaceIPv6 redacts every colonRun that netip parses as an address and
-// that stands alone: "std::string" keeps its "d::".
+// that stands alone: "std::string" keeps its "d::". A Redacted beside
+// it stands for what was there (Scrub is idempotent: "a::0000000" keeps
+// "a::" once its digits are gone).
 func replaceIPv6(s string) string {
 	var b strings.Builder
 	last := 0
 	for _, m := range colonRun.FindAllStringIndex(s, -1) {
 		start, end := m[0], m[1]
-		if start > 0 && isWordByte(s[start-1]) || end < len(s) && isWordByte(s[end]) {
+		if start > 0 && isWordByte(s[start-1]) || end < len(s) && isWordByte(s[end]) ||
+			strings.HasSuffix(s[:start], Redacted) || strings.HasPrefix(s[end:], Redacted) {
 			continue
 		}
 		addr := s[start:end]
