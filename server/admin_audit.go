@@ -136,9 +136,11 @@ var ErrNotAudited = errors.New("the change was made but its audit entry was not 
 // RecordAction appends e, an action that has been done, as actor at at
 // with reason. It is the one rule for the audit of every action that is
 // not appended in the action's own transaction (rollout changes are):
-// the action stays done and a failed append is ErrNotAudited.
+// the action stays done and a failed append is ErrNotAudited. The
+// reason is free text (the X-Reason header): it is scrubbed (Scrub), so
+// that no identifier stays in a log that cannot be edited.
 func RecordAction(ctx context.Context, log AuditStore, e AuditEntry, actor, reason string, at time.Time) error {
-	e.Actor, e.Reason, e.At = actor, reason, at
+	e.Actor, e.Reason, e.At = actor, Scrub(reason), at
 	if err := log.AppendAudit(ctx, e); err != nil {
 		return fmt.Errorf("%w (%s %s is done: do not repeat it): %w", ErrNotAudited, e.Action, e.Object, err)
 	}

@@ -272,9 +272,10 @@ func fieldErr(field, format string, args ...any) error {
 }
 
 // The handset's text fields. Each pattern keeps out spaces, '@', ':' and
-// '+' (but for a build's "+build5"), and noIdentifier keeps out what the
-// patterns let through that could still be an IMEI, IMSI, phone number or
-// IP address; only a report's message is free text, scrubbed (Scrub).
+// '+' (but for a build's "+build5"), and nameLike and buildLike
+// (fieldrules.go) keep out what the patterns let through that could still
+// be an IMEI, IMSI, phone number or IP address; only a report's message
+// is free text, scrubbed (Scrub).
 var (
 	modelPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 	buildPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
@@ -290,51 +291,52 @@ const (
 	maxCodeLen    = 48
 	maxMessageLen = 256
 	maxTargetLen  = 512
-
-	// noIdentifierRule ends the message of a field that identifierLike
-	// refuses. Messages say what is wanted and never repeat the value.
-	noIdentifierRule = "; no 7 digits in a row, no 10 digits joined by '.', '-', '_' or '+', and no IPv4 address (four numbers of 1-3 digits joined by dots)"
 )
 
-var (
-	sevenDigits  = regexp.MustCompile(`[0-9]{7}`)
-	joinedDigits = regexp.MustCompile(`[0-9](?:[._+-]?[0-9]){9}`)
-	dottedQuad   = regexp.MustCompile(`(?:^|[^0-9])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:[^0-9]|$)`)
+// The messages of the handset fields' patterns.
+const (
+	modelRule   = "want 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+	channelRule = "want 1-32 lowercase letters, digits or '-', starting with a letter"
 )
 
-// identifierLike reports whether s, already matching a field's pattern,
-// could still be or hold an IMEI or IMSI (15 digits), a phone number, or
-// an IPv4 address: 7 digits in a row, 10 digits joined by single '.', '-',
-// '_' or '+' ("867-530-012-345-670", "138.1234.5678"), or four dotted
-// numbers of 1-3 digits ("203.0.113.77"). Versions and ids pass:
-// "TQ3A.230805.001" (6 digits, then 9 joined), "7.4.10-rc1",
-// "CM-2026-001"; so do dates ("2026.11.01"). A four-part version of small
-// numbers ("7.4.10.1") reads as an IPv4 address and is refused, except in
-// builds (see ValidateDeviceInfo).
-func identifierLike(s string) bool {
-	return sevenDigits.MatchString(s) || joinedDigits.MatchString(s) || dottedQuad.MatchString(s)
+// tight checks a field against its pattern and nameLike with a budget
+// of maxDigits digits.
+func tight(field, value string, pattern *regexp.Regexp, maxDigits int, want string) error {
+	if !pattern.MatchString(value) || nameLike(value, maxDigits) {
+		return fieldErr(field, "%s%s", want, noIdentifier(maxDigits))
+	}
+	return nil
 }
 
-// tight checks a handset field against its pattern and identifierLike.
-func tight(field, value string, pattern *regexp.Regexp, want string) error {
-	if !pattern.MatchString(value) || identifierLike(value) {
-		return fieldErr(field, "%s%s", want, noIdentifierRule)
+// ValidateModel checks a handset model, as handsets send it and as a
+// rollout's selector or hold names it.
+func ValidateModel(field, model string) error {
+	return tight(field, model, modelPattern, maxNameDigits, modelRule)
+}
+
+// ValidateChannel checks a release channel.
+func ValidateChannel(field, channel string) error {
+	return tight(field, channel, channelPattern, maxNameDigits, channelRule)
+}
+
+// ValidateBuild checks a build, as handsets send it and as a rollout's
+// selector bounds builds (see buildLike).
+func ValidateBuild(field, build string) error {
+	if !buildPattern.MatchString(build) || buildLike(build) {
+		return fieldErr(field, "%s", buildRule)
 	}
 	return nil
 }
 
 // ValidateDeviceInfo checks the fields a handset sends on enrollment.
 func ValidateDeviceInfo(model, build, channel, region string) error {
-	if err := tight("model", model, modelPattern, "want 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"); err != nil {
+	if err := ValidateModel("model", model); err != nil {
 		return err
 	}
-	// A build may hold four dotted numbers: OEM builds such as
-	// "14.0.0.201" or "V14.0.6.0.TNRMIXM" have that shape, and a build is
-	// the same on every handset that runs it, so it cannot single one out.
-	if !buildPattern.MatchString(build) || sevenDigits.MatchString(build) || joinedDigits.MatchString(build) {
-		return fieldErr("build", "want a version string of 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit; no 7 digits in a row and no 10 digits joined by '.', '-', '_' or '+'")
+	if err := ValidateBuild("build", build); err != nil {
+		return err
 	}
-	if err := tight("channel", channel, channelPattern, "want 1-32 lowercase letters, digits or '-', starting with a letter"); err != nil {
+	if err := ValidateChannel("channel", channel); err != nil {
 		return err
 	}
 	if region != "" && !regionPattern.MatchString(region) {
@@ -346,7 +348,7 @@ func ValidateDeviceInfo(model, build, channel, region string) error {
 // ValidatePatchID checks a patch id as handsets send it (a report's
 // patch_id, a check-in's installed_patches).
 func ValidatePatchID(field, id string) error {
-	return tight(field, id, idPattern, "want a patch id of 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+	return tight(field, id, idPattern, maxIDDigits, "want a patch id of 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 }
 
 // ValidateErrorCode checks the error code of a failed report.
@@ -354,7 +356,7 @@ func ValidateErrorCode(code string) error {
 	if len(code) > maxCodeLen {
 		return fieldErr("error_code", "want an upper snake case code of at most %d characters such as E_DISK_FULL", maxCodeLen)
 	}
-	return tight("error_code", code, codePattern, "want an upper snake case code such as E_DISK_FULL")
+	return tight("error_code", code, codePattern, maxNameDigits, "want an upper snake case code such as E_DISK_FULL")
 }
 
 // Validate checks a check-in, naming the field at fault.
@@ -396,7 +398,7 @@ func (r *Report) Validate(now time.Time) error {
 	// groups of at most 12 hex digits no IMEI or IMSI fits, and it is made
 	// by code, not typed, so it is accepted as it is.
 	if !uuidPattern.MatchString(r.ID) {
-		if err := tight("report_id", r.ID, idPattern, "want a UUID, or 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"); err != nil {
+		if err := tight("report_id", r.ID, idPattern, maxIDDigits, "want a UUID, or 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"); err != nil {
 			return err
 		}
 	}

@@ -198,8 +198,11 @@ func (us Users) now() time.Time {
 // ValidateUser checks a new user's name, role and password (service
 // accounts have none).
 func ValidateUser(name, role, password string, service bool) error {
-	if !validUserName(name) {
-		return fieldErr("name", "want 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit")
+	// A name is the actor of every entry of the audit log, which cannot
+	// be edited: it gets the identifier rules of the fields that have
+	// no reason to hold a long number.
+	if !validUserName(name) || nameLike(name, maxNameDigits) {
+		return fieldErr("name", "want 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit%s", noIdentifier(maxNameDigits))
 	}
 	if !slices.Contains(Roles, role) {
 		return fieldErr("role", "%q: want one of %s", role, strings.Join(Roles, ", "))

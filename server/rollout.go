@@ -144,7 +144,6 @@ const (
 	MaxRolloutStages  = 20
 	MaxSelectorValues = 100
 	MaxReasonLen      = 500
-	maxSaltLen        = 64
 )
 
 // Validate checks p, naming the field as the admin API body does.
@@ -350,8 +349,14 @@ func (r *Rollout) Validate() error {
 	if s := r.Selector.BuildMin; s != "" && CompareBuilds(s, rel.InstallsBuild) >= 0 {
 		return fieldErr("build_min", "at or above the release's installs_build %s: no handset would be offered it", rel.InstallsBuild)
 	}
-	if r.Salt == "" || len(r.Salt) > maxSaltLen || strings.ContainsFunc(r.Salt, unicode.IsControl) {
-		return fieldErr("salt", "want 1-%d printable characters", maxSaltLen)
+	// A salt is stored and shown with the rollout: it gets the rule of
+	// an id an operator chooses, so that it cannot carry an IMEI, unless
+	// it is the rollout's id (NewRollout's default), which may be one
+	// NewRolloutID made.
+	if r.Salt != r.ID || !ValidRolloutID(r.ID) {
+		if err := validateChosenID("salt", r.Salt); err != nil {
+			return err
+		}
 	}
 	if !slices.Contains(RolloutStates, r.State) {
 		return fieldErr("state", "want one of draft, running, paused, completed, aborted")
@@ -380,28 +385,37 @@ func validateStages(stages []float64) error {
 }
 
 func (s *Selector) validate() error {
+	// The handsets' own rules (ValidateModel, ...): a selector is stored
+	// and audited, and a value no handset may send selects none.
+	regionRule := func(field, v string) error {
+		if !regionPattern.MatchString(v) {
+			return fieldErr(field, "want an ISO 3166-1 alpha-2 code such as DE")
+		}
+		return nil
+	}
 	for _, f := range [...]struct {
-		name    string
-		values  []string
-		pattern interface{ MatchString(string) bool }
-		want    string
+		name   string
+		values []string
+		check  func(field, v string) error
 	}{
-		{"models", s.Models, modelPattern, "want a model: 1-64 letters, digits, '.', '_' or '-'"},
-		{"channels", s.Channels, channelPattern, "want a channel: 1-32 lowercase letters, digits or '-', starting with a letter"},
-		{"regions", s.Regions, regionPattern, "want an ISO 3166-1 alpha-2 code such as DE"},
+		{"models", s.Models, ValidateModel},
+		{"channels", s.Channels, ValidateChannel},
+		{"regions", s.Regions, regionRule},
 	} {
 		if len(f.values) > MaxSelectorValues {
 			return fieldErr(f.name, "at most %d", MaxSelectorValues)
 		}
 		for i, v := range f.values {
-			if !f.pattern.MatchString(v) {
-				return fieldErr(fmt.Sprintf("%s[%d]", f.name, i), "%s", f.want)
+			if err := f.check(fmt.Sprintf("%s[%d]", f.name, i), v); err != nil {
+				return err
 			}
 		}
 	}
 	for name, b := range map[string]string{"build_min": s.BuildMin, "build_max": s.BuildMax} {
-		if b != "" && !buildPattern.MatchString(b) {
-			return fieldErr(name, "want a build: 1-64 letters, digits, '.', '_', '+' or '-'")
+		if b != "" {
+			if err := ValidateBuild(name, b); err != nil {
+				return err
+			}
 		}
 	}
 	if s.BuildMin != "" && s.BuildMax != "" && CompareBuilds(s.BuildMin, s.BuildMax) > 0 {
@@ -486,8 +500,11 @@ func checkAction(actor, reason string) error {
 	return nil
 }
 
+// event starts the event of action on r. Its reason is scrubbed (Scrub):
+// an operator's reason is free text, kept in the rollout's events and
+// the hash-chained audit log, where no identifier may stay.
 func (r *Rollout) event(action, actor, reason string, now time.Time) Event {
-	return Event{RolloutID: r.ID, At: now, Actor: actor, Action: action, Reason: reason,
+	return Event{RolloutID: r.ID, At: now, Actor: actor, Action: action, Reason: Scrub(reason),
 		FromState: r.State, ToState: r.State, FromPercent: r.Percent(), ToPercent: r.Percent()}
 }
 
@@ -657,8 +674,8 @@ func (r *Rollout) HoldModel(actor, reason, model string, now time.Time) (Event, 
 	if err := checkAction(actor, reason); err != nil {
 		return Event{}, err
 	}
-	if !modelPattern.MatchString(model) {
-		return Event{}, fieldErr("model", "want a model: 1-64 letters, digits, '.', '_' or '-'")
+	if err := ValidateModel("model", model); err != nil {
+		return Event{}, err
 	}
 	if r.State == RolloutAborted {
 		return Event{}, &TransitionError{Action: ActionHold, State: r.State}
@@ -666,7 +683,7 @@ func (r *Rollout) HoldModel(actor, reason, model string, now time.Time) (Event, 
 	if r.ModelHold(model) != nil {
 		return Event{}, fmt.Errorf("%w: model %s is already held", ErrConflict, model)
 	}
-	return r.hold(Hold{Model: model, Actor: actor, Reason: reason, At: now}), nil
+	return r.hold(Hold{Model: model, Actor: actor, Reason: Scrub(reason), At: now}), nil
 }
 
 func (r *Rollout) hold(h Hold) Event {

@@ -57,7 +57,7 @@ func (s *RolloutService) requestApproval(ctx context.Context, r *Rollout, ev Eve
 		return nil, err
 	}
 	a := &Approval{ID: NewApprovalID(), RolloutID: r.ID, Action: ev.Action, ToPercent: ev.ToPercent, Exposure: exposure,
-		RequestedBy: actor, RequestedAt: now, Reason: reason, State: ApprovalPending}
+		RequestedBy: actor, RequestedAt: now, Reason: Scrub(reason), State: ApprovalPending}
 	req := r.event(ActionApprovalRequested, actor, reason, now)
 	req.ToPercent = ev.ToPercent
 	req.Detail = fmt.Sprintf("approval %s: %s to %g%% (patch exposure %g%%) waits for a second person", a.ID, ev.Action, ev.ToPercent, exposure)
@@ -212,7 +212,7 @@ func (s *RolloutService) Approve(ctx context.Context, rolloutID, approvalID, app
 		return nil, nil, err
 	}
 	d := *a
-	d.State, d.DecidedBy, d.DecidedAt, d.DecisionReason = ApprovalApproved, approver, s.now(), reason
+	d.State, d.DecidedBy, d.DecidedAt, d.DecisionReason = ApprovalApproved, approver, s.now(), Scrub(reason)
 	if err := s.Approvals.DecideApproval(ctx, &d); err != nil {
 		return nil, nil, err
 	}
@@ -235,7 +235,7 @@ func (s *RolloutService) Reject(ctx context.Context, rolloutID, approvalID, acto
 		return nil, err
 	}
 	d := *a
-	d.State, d.DecidedBy, d.DecidedAt, d.DecisionReason = ApprovalRejected, actor, s.now(), reason
+	d.State, d.DecidedBy, d.DecidedAt, d.DecisionReason = ApprovalRejected, actor, s.now(), Scrub(reason)
 	if err := s.Approvals.DecideApproval(ctx, &d); err != nil {
 		return nil, err
 	}

@@ -59,7 +59,15 @@ type RolloutService struct {
 	// whose account the requester vouched for within VouchWindow cannot
 	// approve (VouchedError). Without it that is not checked.
 	Audit AuditStore
+	// MaxOpen caps the rollouts not finished (draft, running, paused):
+	// a create past it is ErrTooManyOpenRollouts. 0 is no cap.
+	MaxOpen int
 }
+
+// DefaultMaxOpenRollouts is the default of RolloutService.MaxOpen in
+// otad (--max-open-rollouts): far above the few a fleet runs at once,
+// and few enough that their metric series stay a few hundred.
+const DefaultMaxOpenRollouts = 50
 
 // rolloutAttempts bounds the retries of a change whose rollout was saved
 // by someone else meanwhile: each retry reads it again, so only a
@@ -109,8 +117,9 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 		if id, err = NewRolloutID(); err != nil {
 			return nil, err
 		}
-	} else if !idPattern.MatchString(id) {
-		return nil, fieldErr("id", "want 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+	} else if err := validateChosenID("id", id); err != nil {
+		// The id names the rollout in metrics, logs and URLs.
+		return nil, err
 	}
 	rel, err := s.release(spec.Release)
 	if err != nil {
@@ -160,12 +169,12 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 		if err := checkAction(actor, spec.Reason); err != nil {
 			return nil, err
 		}
-		evs[0].Reason = spec.Reason
+		evs[0].Reason = Scrub(spec.Reason)
 	}
 	if waits != nil && s.Approvals == nil {
 		return nil, errNoApprovals
 	}
-	if err := s.Store.CreateRollout(ctx, r, evs...); err != nil {
+	if err := s.Store.CreateRollout(ctx, r, s.MaxOpen, evs...); err != nil {
 		return nil, err
 	}
 	s.changed()

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -12,8 +13,12 @@ type RolloutStore interface {
 	// CreateRollout stores a new rollout (NewRollout's, possibly started
 	// since) with the events that made it (the create, then the start),
 	// in one transaction, and sets r.Version to 1. An id already taken
-	// is ErrConflict.
-	CreateRollout(ctx context.Context, r *Rollout, evs ...Event) error
+	// is ErrConflict. With maxOpen above 0, a rollout that would make
+	// more than maxOpen rollouts not finished (OpenRolloutStates) is not
+	// stored: the answer is ErrTooManyOpenRollouts. The count is taken
+	// in the transaction, under the lock every create holds, so that
+	// creates at once from any replica cannot pass the cap together.
+	CreateRollout(ctx context.Context, r *Rollout, maxOpen int, evs ...Event) error
 	// UpdateRollout saves r and appends evs to its audit log, in one
 	// transaction, if the stored rollout is still at expectVersion (the
 	// Version of the copy r was changed from); it then sets r.Version to
@@ -71,6 +76,16 @@ type RolloutStore interface {
 	// returns how many; a minute past is never claimed again.
 	PruneOfferBudget(ctx context.Context, before time.Time) (int64, error)
 }
+
+// OpenRolloutStates are the states of a rollout not finished: what
+// RolloutService.MaxOpen caps.
+var OpenRolloutStates = []RolloutState{RolloutDraft, RolloutRunning, RolloutPaused}
+
+// ErrTooManyOpenRollouts is a create refused because as many rollouts
+// as RolloutService.MaxOpen are not finished. Each of them has metric
+// series and is read at every check-in's decision; 300 created in a
+// second made 3,111 series on /metrics.
+var ErrTooManyOpenRollouts = fmt.Errorf("%w: too many rollouts not finished", ErrConflict)
 
 // AuditFilter selects audit events; each zero field matches every event.
 type AuditFilter struct {

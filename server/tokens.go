@@ -166,8 +166,8 @@ func (ts Tokens) CreateFor(ctx context.Context, u *User, name string) (*Token, s
 // Mint mints a token named name that acts as u, as opts say, and
 // returns it with its secret, which is shown once.
 func (ts Tokens) Mint(ctx context.Context, u *User, name string, opts TokenOptions) (*Token, string, error) {
-	if name == "" || len(name) > 64 {
-		return nil, "", fmt.Errorf("%w: token name must be 1-64 characters", ErrInvalid)
+	if err := ValidateTokenName(name); err != nil {
+		return nil, "", err
 	}
 	lifetime := opts.Lifetime
 	switch {

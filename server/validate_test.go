@@ -36,31 +36,46 @@ func TestTightFields(t *testing.T) {
 		},
 	}
 	accepted := map[string][]string{
-		"model":                {"PX-7", "pixel-9a", "SM-G998B", "iPhone15.2"},
-		"build":                {"7.2.0", "14.0.0.201", "V14.0.6.0.TNRMIXM", "TQ3A.230805.001", "7.4.10-rc1", "7.0.0+build5", "2026.11.01", "UP1A.231005.007"},
+		"model": {"PX-7", "pixel-9a", "SM-G998B", "iPhone15.2", "SM-A546B", "XT2343-2", "CPH2581"},
+		"build": {"7.2.0", "14.0.0.201", "V14.0.6.0.TNRMIXM", "TQ3A.230805.001", "7.4.10-rc1", "7.0.0+build5", "2026.11.01", "UP1A.231005.007",
+			"AP2A.240805.005.F1", "V12.5.12.0.RKHMIXM", "11.0.0.168", "S3RQS32.20-42-10-6", "61.2.A.0.472", "5.15.0-1045-raspi",
+			"G998BXXU5CVDD",
+			// Four dotted numbers with small middle ones and at most 7
+			// digits are an OEM build's shape; an address of that shape
+			// passes (the README says so).
+			"10.0.0.1"},
 		"channel":              {"stable", "beta-2"},
 		"region":               {"", "DE"},
-		"installed_patches[0]": {"CM-2026-001", "SEC-0"},
-		"report_id": {"a-1", "r1-2-3", "kfjdbcnapmlkoeihgfedcbaponmlkjih",
+		"installed_patches[0]": {"CM-2026-001", "SEC-0", "SEC-2026.03", "CM-2026-0001"},
+		"report_id": {"a-1", "r1-2-3", "kfjdbcnapmlkoeihgfedcbaponmlkjih", "r24-3-123", "rep-1234",
 			"12345678-1234-4123-8123-123456789012", "f47ac10b-58cc-4372-a567-0e02b2c3d479"},
 		"patch_id":   {"CM-2026-001", "CM-1"},
-		"error_code": {"E_DISK_FULL", "E_TUF_VERIFY", "E_X", "DISK2_FULL"},
+		"error_code": {"E_DISK_FULL", "E_TUF_VERIFY", "E_X", "DISK2_FULL", "E_HTTP_503"},
 	}
 	// Identifiers, each in a form a field's pattern alone would let in.
 	planted := []string{"867530012345670", "262011234567890", "8613812345678", "x8675300", "PX-8675309",
 		"867-530-012-345-670", "138.1234.5678", "86_138_1234_5678", "7.0.0+8613812345678",
 		"203.0.113.77", "10.0.0.1", "build-203.0.113.77", "v7.203.0.113.77"}
-	// A build may hold four dotted numbers (OEM builds such as 14.0.0.201).
-	plantedInBuild := slices.DeleteFunc(slices.Clone(planted), func(v string) bool { return strings.Count(v, ".") == 3 || strings.Count(v, ".") == 4 })
+	// The same, disguised (issue 13): split by letters or by runs of
+	// separators, an IPv4 address joined by other separators or in hex,
+	// a MAC address.
+	disguised := []string{"IMEI867530x012345x670", "867530__012345__670", "867530-x-012345", "8675x3001x2345x670",
+		"10-0-0-1", "10_0_0_1", "203x0x113x77", "0x7f000001", "0XCB007147", "x-0x7f-0x0-0x0-0x1",
+		"0a-1b-2c-3d-4e-5f", "0a1b.2c3d.4e5f"}
+	// A build may hold four dotted numbers of an OEM build's shape
+	// (14.0.0.201), and digits split by two letters or more.
+	plantedInBuild := slices.DeleteFunc(slices.Clone(planted), func(v string) bool { return v == "10.0.0.1" })
 	refused := map[string][]string{
-		"model":                append(planted, "", "PX 7", "+8613812345678", "a.b@example.com", "2001:db8::1", strings.Repeat("m", 65)),
-		"build":                append(plantedInBuild, "", "+86 138-1234-5678", strings.Repeat("7", 65)),
-		"channel":              {"8675300123", "Stable", "a867530012345670", "a.b"},
+		"model": append(append(planted, disguised...), "", "PX 7", "+8613812345678", "a.b@example.com", "2001:db8::1", strings.Repeat("m", 65), "a1b2c3d4e5f6g7"),
+		"build": append(plantedInBuild, "", "+86 138-1234-5678", strings.Repeat("7", 65), "203.0.113.77", "192.168.1.10", "100.64.10.200", "v7.203.0.113.77", "31.13.64.35",
+			"IMEI867530x012345x670", "867530__012345__670", "415x555x0100", "86x138x1234x5678", "0x7f000001", "R-0x7f.0.0.1", "0a-1b-2c-3d-4e-5f", "a1b2c3d4e5f6g7h8i9j0k1l2m3"),
+		"channel":              {"8675300123", "Stable", "a867530012345670", "a.b", "x867530-012345-670", "a10-0-0-1", "a-0x7f000001"},
 		"region":               {"Germany", "de", "49"},
-		"installed_patches[0]": append(planted, "CM 1", "../x"),
-		"report_id":            append(planted, "", "12345678-1234-4123-8123-1234567890123", "867530012345670-1234-4123-8123-123456789012"),
-		"patch_id":             append(planted, "", "a.b@example.com"),
-		"error_code":           append(planted, "", "E_IMEI_867530012345670", "e_disk_full", "E__X", "E_DISK_", "E-DISK", strings.Repeat("E", 49)),
+		"installed_patches[0]": append(append(planted, disguised...), "CM 1", "../x", "CM-867530-0123"),
+		"report_id":            append(append(planted, disguised...), "", "12345678-1234-4123-8123-1234567890123", "867530012345670-1234-4123-8123-123456789012"),
+		"patch_id":             append(append(planted, disguised...), "", "a.b@example.com", "CM-10.0.0.1"),
+		"error_code": append(planted, "", "E_IMEI_867530012345670", "e_disk_full", "E__X", "E_DISK_", "E-DISK", strings.Repeat("E", 49),
+			"E_867530X012345X670", "E_867530_012345_670", "E_10_0_0_1", "E_0X7F000001", "E_0A_1B_2C_3D_4E_5F"),
 	}
 	for field, check := range fields {
 		for _, v := range accepted[field] {

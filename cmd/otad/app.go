@@ -93,6 +93,7 @@ func (m *Main) Run(ctx context.Context) error {
 		PollInterval:       m.cfg.PollInterval,
 		LastSeenResolution: m.cfg.LastSeenResolution,
 		RolloutRefresh:     m.cfg.RolloutRefresh,
+		MaxOpenRollouts:    m.cfg.MaxOpenRollouts,
 		RefreshInterval:    m.cfg.RefreshInterval,
 		ReportRetention:    m.cfg.ReportRetention,
 		// The online key signs the audit checkpoints; the blob store

@@ -61,6 +61,7 @@ type Config struct {
 	// LastSeenResolution and RolloutRefresh: see app.Config.
 	LastSeenResolution time.Duration
 	RolloutRefresh     time.Duration
+	MaxOpenRollouts    int
 	ReportRetention    time.Duration
 	CheckInsPerMinute  float64
 	ReportsPerMinute   float64
@@ -109,6 +110,7 @@ func defaultConfig() Config {
 		PollInterval:       time.Hour,
 		LastSeenResolution: server.DefaultLastSeenResolution,
 		RolloutRefresh:     server.DefaultRolloutRefresh,
+		MaxOpenRollouts:    server.DefaultMaxOpenRollouts,
 		ReportRetention:    90 * 24 * time.Hour,
 		CheckInsPerMinute:  6,
 		ReportsPerMinute:   120,
@@ -213,6 +215,8 @@ func (c *Config) registerHandset(fs *envflag.FlagSet) {
 		"how stale a handset's stored last_seen may get before a check-in that changes nothing else writes it; every first check-in of a UTC day writes", "OTAD_LAST_SEEN_RESOLUTION")
 	fs.DurationEnv(&c.RolloutRefresh, "rollout-refresh", c.RolloutRefresh,
 		"how long a replica decides check-ins on its copy of the rollouts before reading them again: how long another replica's pause takes to reach this one's handsets", "OTAD_ROLLOUT_REFRESH")
+	fs.IntEnv(&c.MaxOpenRollouts, "max-open-rollouts", c.MaxOpenRollouts,
+		"most rollouts not finished (draft, running or paused) at once; a create past it is refused with 409", "OTAD_MAX_OPEN_ROLLOUTS")
 	fs.DurationEnv(&c.ReportRetention, "report-retention", c.ReportRetention, "how long install reports are kept before a background job deletes them", "OTAD_REPORT_RETENTION")
 	fs.Float64Env(&c.CheckInsPerMinute, "checkin-rate", c.CheckInsPerMinute, "check-ins a device may make per minute (burst 10); 0 disables the limit", "OTAD_CHECKIN_RATE")
 	fs.Float64Env(&c.ReportsPerMinute, "report-rate", c.ReportsPerMinute, "reports a device may send per minute (burst 60); 0 disables the limit", "OTAD_REPORT_RATE")
@@ -307,6 +311,9 @@ func (c *Config) ValidateServe() error {
 	}
 	if c.MaxBody <= 0 {
 		return settingError("max-body", fmt.Errorf("%d: must be positive", c.MaxBody))
+	}
+	if c.MaxOpenRollouts <= 0 {
+		return settingError("max-open-rollouts", fmt.Errorf("%d: must be positive", c.MaxOpenRollouts))
 	}
 	if c.MaxArtifactSize <= 0 {
 		return settingError("max-artifact-size", fmt.Errorf("%d: must be positive", c.MaxArtifactSize))

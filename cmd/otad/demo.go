@@ -316,12 +316,25 @@ func (d *demoRun) startRollout(ctx context.Context) error {
 	p.FailureWindow = 10 * time.Minute
 	p.Retries, p.Backoff = 1, []time.Duration{time.Minute}
 	r, err := d.main.App.Rollouts.Create(ctx, server.RolloutSpec{Release: demoTarget, Stages: []float64{10, 25, 50, 100},
-		Policy: p, Salt: fmt.Sprintf("demo-seed-%d", d.cfg.Seed), Reason: "privacy patch " + demoPatchID + ": 10% first, widening after each healthy soak"}, demoOperator)
+		Policy: p, Salt: demoSalt(d.cfg.Seed), Reason: "privacy patch " + demoPatchID + ": 10% first, widening after each healthy soak"}, demoOperator)
 	if err != nil {
 		return fmt.Errorf("demo: start the rollout: %w", err)
 	}
 	d.rolloutID = r.ID
 	return nil
+}
+
+// demoSalt is the rollout's salt for seed, so that a seed repeats a
+// run's cohorts: written in letters, since a salt may hold few digits
+// (an identifier could hide in a long number).
+func demoSalt(seed uint64) string {
+	b := []byte("demo-seed-")
+	for {
+		b = append(b, byte('a'+seed%26))
+		if seed /= 26; seed == 0 {
+			return string(b)
+		}
+	}
 }
 
 // watch logs the rollout's changes as they happen and a progress line

@@ -2,6 +2,7 @@ package api
 
 import (
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,8 +11,7 @@ import (
 )
 
 // rolloutSeriesAfterEnd is how long an aborted rollout keeps its series
-// after it ended: long enough for a dashboard of the last day, and the
-// number of series stays bounded by the rollouts alive.
+// after it ended: long enough for a dashboard of the last day.
 const rolloutSeriesAfterEnd = 24 * time.Hour
 
 // RolloutMetrics exports the rollouts to Prometheus, so that an alerting
@@ -23,6 +23,14 @@ const rolloutSeriesAfterEnd = 24 * time.Hour
 type RolloutMetrics struct {
 	snapshot func() []*server.Rollout
 	now      func() time.Time
+	// MaxRollouts bounds the rollouts that have series (see Collect);
+	// 0 is DefaultMaxRolloutSeries. The wiring sets it to twice the cap
+	// on rollouts not finished.
+	MaxRollouts int
+	// counted holds the ids that counters were made for (count), so
+	// that Collect drops the counters of every rollout it does not
+	// export, in the snapshot or not.
+	counted sync.Map
 
 	offers    *prometheus.CounterVec
 	refusals  *prometheus.CounterVec
@@ -79,13 +87,18 @@ var offerKinds = map[server.OfferKind]string{
 	server.OfferRepeat: "repeat",
 }
 
+// DefaultMaxRolloutSeries is RolloutMetrics.MaxRollouts when unset:
+// twice server.DefaultMaxOpenRollouts.
+const DefaultMaxRolloutSeries = 2 * server.DefaultMaxOpenRollouts
+
 // Decided implements server.RolloutObserver: an offer counts by rollout
 // and kind, a refusal by reason only, since every check-in of a handset
 // outside a cohort is one and a rollout label would multiply the series
-// by nothing useful.
+// by nothing useful. A rollout id that may not stand in a label
+// (server.ValidRolloutID) is not counted.
 func (m *RolloutMetrics) Decided(dec server.Decision) {
 	if kind, ok := offerKinds[dec.Kind]; ok {
-		m.offers.WithLabelValues(dec.RolloutID, kind).Inc()
+		m.count(m.offers, dec.RolloutID, kind)
 		return
 	}
 	m.refusals.WithLabelValues(server.RefusalCode(dec.Reason)).Inc()
@@ -98,7 +111,7 @@ func (m *RolloutMetrics) Reported(rolloutID, state string) {
 	if !slices.Contains(server.ReportStates, state) {
 		state = "other"
 	}
-	m.reports.WithLabelValues(rolloutID, state).Inc()
+	m.count(m.reports, rolloutID, state)
 }
 
 // Event counts the automatic halts and holds among a rollout's saved
@@ -110,9 +123,23 @@ func (m *RolloutMetrics) Event(ev server.Event) {
 	}
 	switch ev.Action {
 	case server.ActionHalt:
-		m.autoHalts.WithLabelValues(ev.RolloutID, "rollout").Inc()
+		m.count(m.autoHalts, ev.RolloutID, "rollout")
 	case server.ActionHold:
-		m.autoHalts.WithLabelValues(ev.RolloutID, "model").Inc()
+		m.count(m.autoHalts, ev.RolloutID, "model")
+	}
+}
+
+// count adds one to v's counter of rollout id and label, unless id may
+// not stand in a label (server.ValidRolloutID). The id is recorded after
+// the counter moved, and Collect forgets it before it drops the
+// counters, so that no counter outlives its record.
+func (m *RolloutMetrics) count(v *prometheus.CounterVec, id, label string) {
+	if !server.ValidRolloutID(id) {
+		return
+	}
+	v.WithLabelValues(id, label).Inc()
+	if _, ok := m.counted.Load(id); !ok {
+		m.counted.Store(id, struct{}{})
 	}
 }
 
@@ -128,21 +155,32 @@ func (m *RolloutMetrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.halted
 }
 
-// Collect implements prometheus.Collector. Rollouts not aborted, and
-// those aborted in the last day, get gauges, and their auto-halt
-// counters start at 0, so that an alert on their increase fires on the
-// first halt; the counters of rollouts aborted longer ago are dropped.
+// Collect implements prometheus.Collector. The rollouts with series
+// (exported) get gauges, and their auto-halt counters start at 0, so
+// that an alert on their increase fires on the first halt; the counters
+// of the others are dropped. Exported are, up to MaxRollouts in all:
+// the rollouts not finished (draft, running, paused; the newest first
+// should there be more), then those that ended (completed, or aborted
+// in the last day), the latest first. A rollout whose id may not stand
+// in a label (server.ValidRolloutID) never is. So the series stay
+// bounded however many rollouts are made, aborted or completed.
 func (m *RolloutMetrics) Collect(ch chan<- prometheus.Metric) {
 	var rollouts []*server.Rollout
 	if m.snapshot != nil {
 		rollouts = m.snapshot()
 	}
-	now := m.now()
-	for _, r := range rollouts {
-		if r.State == server.RolloutAborted && now.Sub(r.EndedAt) > rolloutSeriesAfterEnd {
+	keep := m.pick(rollouts, m.now())
+	m.counted.Range(func(id, _ any) bool {
+		if !keep[id.(string)] {
+			m.counted.Delete(id)
 			for _, v := range []*prometheus.CounterVec{m.offers, m.reports, m.autoHalts} {
-				v.DeletePartialMatch(prometheus.Labels{"rollout": r.ID})
+				v.DeletePartialMatch(prometheus.Labels{"rollout": id.(string)})
 			}
+		}
+		return true
+	})
+	for _, r := range rollouts {
+		if !keep[r.ID] {
 			continue
 		}
 		for _, st := range server.RolloutStates {
@@ -154,12 +192,42 @@ func (m *RolloutMetrics) Collect(ch chan<- prometheus.Metric) {
 		if r.State != server.RolloutAborted {
 			m.autoHalts.WithLabelValues(r.ID, "rollout")
 			m.autoHalts.WithLabelValues(r.ID, "model")
+			m.counted.Store(r.ID, struct{}{})
 		}
 	}
 	m.offers.Collect(ch)
 	m.refusals.Collect(ch)
 	m.reports.Collect(ch)
 	m.autoHalts.Collect(ch)
+}
+
+// pick is the ids of the rollouts Collect exports.
+func (m *RolloutMetrics) pick(rollouts []*server.Rollout, now time.Time) map[string]bool {
+	limit := m.MaxRollouts
+	if limit <= 0 {
+		limit = DefaultMaxRolloutSeries
+	}
+	var open, ended []*server.Rollout
+	for _, r := range rollouts {
+		switch {
+		case !server.ValidRolloutID(r.ID):
+		case slices.Contains(server.OpenRolloutStates, r.State):
+			open = append(open, r)
+		case r.State == server.RolloutCompleted,
+			r.State == server.RolloutAborted && now.Sub(r.EndedAt) <= rolloutSeriesAfterEnd:
+			ended = append(ended, r)
+		}
+	}
+	slices.SortStableFunc(open, func(a, b *server.Rollout) int { return b.CreatedAt.Compare(a.CreatedAt) })
+	slices.SortStableFunc(ended, func(a, b *server.Rollout) int { return b.EndedAt.Compare(a.EndedAt) })
+	keep := make(map[string]bool, limit)
+	for _, r := range append(open, ended...) {
+		if len(keep) == limit {
+			break
+		}
+		keep[r.ID] = true
+	}
+	return keep
 }
 
 func boolValue(b bool) float64 {

@@ -1,9 +1,12 @@
 package api
 
 import (
+	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -152,5 +155,101 @@ func TestRolloutMetricsServed(t *testing.T) {
 		if rec.Code != http.StatusOK || !strings.Contains(string(body), line+"\n") {
 			t.Errorf("GET /metrics: %d, no line %q in:\n%s", rec.Code, line, body)
 		}
+	}
+}
+
+// rolloutSeries counts the series of reg that carry a rollout label, and
+// the distinct rollouts they name.
+func rolloutSeries(t *testing.T, reg *prometheus.Registry) (series int, rollouts map[string]bool) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rollouts = map[string]bool{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "rollout" {
+					series++
+					rollouts[l.GetValue()] = true
+				}
+			}
+		}
+	}
+	return series, rollouts
+}
+
+// TestRolloutMetricsLabels: a rollout whose id is an identifier (stored
+// before ids were checked) has no series, whatever is counted for it,
+// and an id the server made or a chosen one that passes the rules does.
+func TestRolloutMetricsLabels(t *testing.T) {
+	stages := []float64{1, 10}
+	snapshot := func() []*server.Rollout {
+		return []*server.Rollout{
+			{ID: "867530012345670", State: server.RolloutRunning, Stages: stages},
+			{ID: "IMEI867530x012345x670", State: server.RolloutRunning, Stages: stages},
+			{ID: "203.0.113.77", State: server.RolloutPaused, Stages: stages},
+			{ID: "ro-0123456789ab", State: server.RolloutRunning, Stages: stages},
+			{ID: "cm-2026-001-beta", State: server.RolloutRunning, Stages: stages},
+		}
+	}
+	m := NewRolloutMetrics(snapshot, func() time.Time { return metricsNow })
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m)
+	for _, r := range snapshot() {
+		m.Decided(server.Decision{RolloutID: r.ID, Kind: server.OfferFirst})
+		m.Reported(r.ID, server.StateFailed)
+		m.Event(server.Event{RolloutID: r.ID, Actor: server.SystemActor, Action: server.ActionHalt})
+	}
+	_, got := rolloutSeries(t, reg)
+	want := map[string]bool{"ro-0123456789ab": true, "cm-2026-001-beta": true}
+	if !maps.Equal(got, want) {
+		t.Fatalf("rollout labels %v, want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
+	}
+}
+
+// TestRolloutMetricsBounded: however many rollouts there are, open,
+// completed or aborted, at most MaxRollouts have series: the open ones
+// first, then the latest ended; the counters of the others are dropped.
+func TestRolloutMetricsBounded(t *testing.T) {
+	var rollouts []*server.Rollout
+	for i := range 300 {
+		at := metricsNow.Add(-time.Duration(300-i) * time.Minute)
+		rollouts = append(rollouts,
+			&server.Rollout{ID: fmt.Sprintf("ro-open-%d", i), State: server.RolloutRunning, Stages: []float64{1}, CreatedAt: at},
+			&server.Rollout{ID: fmt.Sprintf("ro-done-%d", i), State: server.RolloutCompleted, Stages: []float64{1}, CreatedAt: at, EndedAt: at},
+			&server.Rollout{ID: fmt.Sprintf("ro-gone-%d", i), State: server.RolloutAborted, Stages: []float64{1}, CreatedAt: at, EndedAt: at})
+	}
+	m := NewRolloutMetrics(func() []*server.Rollout { return rollouts }, func() time.Time { return metricsNow })
+	m.MaxRollouts = 100
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m)
+	for _, r := range rollouts {
+		for _, kind := range []server.OfferKind{server.OfferFirst, server.OfferRetry, server.OfferRepeat} {
+			m.Decided(server.Decision{RolloutID: r.ID, Kind: kind})
+		}
+		for _, st := range server.ReportStates {
+			m.Reported(r.ID, st)
+		}
+	}
+	series, got := rolloutSeries(t, reg)
+	// Per rollout: 5 state gauges, percent, held, halted, 2 auto-halt
+	// counters, 3 offer kinds and 7 report states.
+	const perRollout = 5 + 3 + 2 + 3 + 7
+	if len(got) != 100 || series > 100*perRollout {
+		t.Fatalf("%d rollouts with %d series, want 100 with at most %d", len(got), series, 100*perRollout)
+	}
+	for i := 200; i < 300; i++ {
+		if id := fmt.Sprintf("ro-open-%d", i); !got[id] {
+			t.Fatalf("open rollout %s, among the 100 newest, has no series", id)
+		}
+	}
+
+	// With fewer open ones, the latest ended fill the rest.
+	rollouts = rollouts[len(rollouts)-60:] // the last 20 of each kind
+	_, got = rolloutSeries(t, reg)
+	if len(got) != 60 {
+		t.Fatalf("%d rollouts with series, want the 60 left", len(got))
 	}
 }

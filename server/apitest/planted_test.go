@@ -35,6 +35,9 @@ type identifier struct {
 	make func(n int) (value string, ids []string)
 }
 
+// imei is the n-th planted IMEI's 15 digits.
+func imei(n int) string { return fmt.Sprintf("8675302%08d", n) }
+
 func one(f func(n int) string) func(int) (string, []string) {
 	return func(n int) (string, []string) { v := f(n); return v, []string{v} }
 }
@@ -48,6 +51,30 @@ var identifiers = []identifier{
 	{"IPv4", one(func(n int) string { return fmt.Sprintf("203.0.%d.%d", 100+n/150, 100+n%150) })},
 	{"IPv6", one(func(n int) string { return fmt.Sprintf("2001:db8::%x", 0xa000+n) })},
 	{"email", one(func(n int) string { return fmt.Sprintf("a.b%d@example.com", n) })},
+	// The disguises of issue 13: digits split by letters, commas, runs
+	// of separators or characters that show as nothing; emails with a
+	// space or a fullwidth "＠"; IPv4 in hex or of 9 digits (which a
+	// build took as a version before).
+	{"IMEI split by letters", one(func(n int) string { d := imei(n); return "IMEI" + d[:6] + "x" + d[6:12] + "x" + d[12:] })},
+	{"IMEI split by commas", one(func(n int) string {
+		d := imei(n)
+		return d[:3] + "," + d[3:6] + "," + d[6:9] + "," + d[9:12] + "," + d[12:]
+	})},
+	{"IMEI split by double underscores", one(func(n int) string { d := imei(n); return d[:6] + "__" + d[6:12] + "__" + d[12:] })},
+	{"IMEI split by three spaces", one(func(n int) string { d := imei(n); return d[:6] + "   " + d[6:12] + "   " + d[12:] })},
+	{"IMEI split by zero-width spaces", one(func(n int) string { d := imei(n); return d[:6] + "\u200b" + d[6:12] + "\u200b" + d[12:] })},
+	{"IMEI split by colons", one(func(n int) string { d := imei(n); return d[:6] + ":" + d[6:12] + ":" + d[12:] })},
+	{"phone split by underscores", one(func(n int) string { return fmt.Sprintf("+86_138_%04d_%04d", n/10000, n%10000) })},
+	{"email with a space", func(n int) (string, []string) {
+		local := fmt.Sprintf("alice%05d", n)
+		return local + " @example.com", []string{local + " @example.com", local}
+	}},
+	{"email with a fullwidth at", func(n int) (string, []string) {
+		local := fmt.Sprintf("bob%05d", n)
+		return local + "\uff20example.com", []string{local + "\uff20example.com", local}
+	}},
+	{"IPv4 in hex", one(func(n int) string { return fmt.Sprintf("0x%08x", 0xcb007100+n) })},
+	{"IPv4 of 9 digits", one(func(n int) string { return fmt.Sprintf("203.%d.%d.%d", n/9000, 100+n%9000/90, 10+n%90) })},
 	{"sentence", func(n int) (string, []string) {
 		imei, phone, ip := fmt.Sprintf("8675301%08d", n), fmt.Sprintf("+86139%08d", n), fmt.Sprintf("198.51.%d.%d", 100+n/150, 100+n%150)
 		return fmt.Sprintf("modem IMEI %s SIM %s ip %s", imei, phone, ip), []string{imei, phone, ip}
@@ -264,6 +291,131 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 		}},
 	)
 
+	// The operators' text fields (issue 13, finding 6): ids and names are
+	// refused, reasons are stored scrubbed. Each reason carrier undoes
+	// its action with a plain reason, so that the next planting can act
+	// again and the drafts do not reach the cap on open rollouts.
+	_, adminSecret, err := env.App.Tokens.Create(t.Context(), "planting-admin", server.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	engineer, admin := bearer(env.Token), bearer(adminSecret)
+	admin_ := func(path string) string { return api.AdminPrefix + path }
+	// act sends an admin request and, when out is set, decodes a 2xx
+	// answer into it.
+	act := func(planted bool, method, path string, header http.Header, body any, out any) int {
+		var r io.Reader
+		if body != nil {
+			b, err := json.Marshal(body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r = bytes.NewReader(b)
+		}
+		req, err := http.NewRequest(method, env.URL+admin_(path), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if planted {
+			apitest.OffContract(req)
+		}
+		for k, v := range header {
+			req.Header[k] = v
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if out != nil && resp.StatusCode/100 == 2 {
+			if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+				t.Fatal(err)
+			}
+		}
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode
+	}
+	draft := func(edit func(b map[string]any)) map[string]any {
+		b := map[string]any{"release": patchPath, "stages": []float64{1}, "draft": true, "reason": "planting"}
+		if edit != nil {
+			edit(b)
+		}
+		return b
+	}
+	// createAndAbort creates a draft of body and, if it was created,
+	// aborts it with reason.
+	createAndAbort := func(planted bool, body map[string]any, reason string) int {
+		var r api.Rollout
+		code := act(planted, "POST", "/rollouts", engineer, body, &r)
+		if code/100 == 2 {
+			if c := act(planted, "POST", "/rollouts/"+r.ID+"/abort", engineer, map[string]any{"reason": reason}, nil); c != http.StatusOK {
+				t.Fatalf("abort the planted draft %s: %d", r.ID, c)
+			}
+		}
+		return code
+	}
+	withReason := func(v string) http.Header {
+		h := bearer(env.Token)
+		h.Set(api.HeaderReason, v)
+		return h
+	}
+	for name, code := range map[string]int{
+		"draft with a reason, aborted": createAndAbort(false, draft(nil), "planting done"),
+		"hold of PX-7":                 act(false, "POST", "/rollouts/"+ro.ID+"/holds", engineer, map[string]any{"model": "PX-7", "reason": "planting"}, nil),
+		"release of PX-7":              act(false, "POST", "/rollouts/"+ro.ID+"/holds/PX-7/release", engineer, map[string]any{"reason": "planting done"}, nil),
+		"pause":                        act(false, "POST", "/rollouts/"+ro.ID+"/pause", engineer, map[string]any{"reason": "planting"}, nil),
+		"resume":                       act(false, "POST", "/rollouts/"+ro.ID+"/resume", engineer, map[string]any{"reason": "planting done"}, nil),
+		"token with X-Reason":          act(false, "POST", "/tokens", withReason("planting"), map[string]any{"name": "planting"}, nil),
+		"service account":              act(false, "POST", "/users", admin, map[string]any{"name": "planting", "role": "operator", "service": true}, nil),
+	} {
+		if code/100 != 2 {
+			t.Fatalf("baseline %s: %d, want 2xx", name, code)
+		}
+	}
+	fields = append(fields,
+		field{"rollout.id", func(v string) int {
+			return createAndAbort(true, draft(func(b map[string]any) { b["id"] = v }), "planting done")
+		}},
+		field{"rollout.salt", func(v string) int {
+			return createAndAbort(true, draft(func(b map[string]any) { b["salt"] = v }), "planting done")
+		}},
+		field{"rollout.models", func(v string) int {
+			return createAndAbort(true, draft(func(b map[string]any) { b["models"] = []string{v} }), "planting done")
+		}},
+		field{"rollout.build_min", func(v string) int {
+			return createAndAbort(true, draft(func(b map[string]any) { b["build_min"] = v }), "planting done")
+		}},
+		field{"rollout.reason", func(v string) int {
+			return createAndAbort(true, draft(func(b map[string]any) { b["reason"] = v }), "planting done")
+		}},
+		field{"rollout abort reason", func(v string) int { return createAndAbort(true, draft(nil), v) }},
+		field{"hold.model", func(v string) int {
+			code := act(true, "POST", "/rollouts/"+ro.ID+"/holds", engineer, map[string]any{"model": v, "reason": "planting"}, nil)
+			if code/100 == 2 {
+				act(true, "POST", "/rollouts/"+ro.ID+"/holds/"+url.PathEscape(v)+"/release", engineer, map[string]any{"reason": "planting done"}, nil)
+			}
+			return code
+		}},
+		field{"hold.reason", func(v string) int {
+			code := act(true, "POST", "/rollouts/"+ro.ID+"/holds", engineer, map[string]any{"model": "PX-7", "reason": v}, nil)
+			act(true, "POST", "/rollouts/"+ro.ID+"/holds/PX-7/release", engineer, map[string]any{"reason": "planting done"}, nil)
+			return code
+		}},
+		field{"pause reason", func(v string) int {
+			code := act(true, "POST", "/rollouts/"+ro.ID+"/pause", engineer, map[string]any{"reason": v}, nil)
+			act(true, "POST", "/rollouts/"+ro.ID+"/resume", engineer, map[string]any{"reason": "planting done"}, nil)
+			return code
+		}},
+		field{"X-Reason", func(v string) int {
+			return act(true, "POST", "/tokens", withReason(v), map[string]any{"name": "planting"}, nil)
+		}},
+		field{"token name", func(v string) int { return act(true, "POST", "/tokens", engineer, map[string]any{"name": v}, nil) }},
+		field{"user name", func(v string) int {
+			return act(true, "POST", "/users", admin, map[string]any{"name": v, "role": "operator", "service": true}, nil)
+		}},
+	)
+
 	var planted []planting
 	n := 0
 	for _, f := range fields {
@@ -284,7 +436,17 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 	// before it answers this one.
 	do(t, false, "GET", "/healthz", nil, nil)
 
-	places := map[string][]byte{"the log": logs.Bytes()}
+	// /metrics once labelled rollouts with their ids, whatever they were.
+	resp, err := client.Get(env.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || !bytes.Contains(metrics, []byte(`rollout="`+ro.ID+`"`)) {
+		t.Fatalf("GET /metrics: %d %v, or no series of rollout %s", resp.StatusCode, err, ro.ID)
+	}
+	places := map[string][]byte{"the log": logs.Bytes(), "/metrics": metrics}
 	for _, suffix := range []string{"", "-wal"} {
 		b, err := os.ReadFile(dbPath + suffix)
 		if err != nil {

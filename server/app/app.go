@@ -56,6 +56,9 @@ type Config struct {
 	// of the rollouts before reading them again (default
 	// server.DefaultRolloutRefresh).
 	RolloutRefresh time.Duration
+	// MaxOpenRollouts caps the rollouts not finished (draft, running,
+	// paused); default server.DefaultMaxOpenRollouts.
+	MaxOpenRollouts int
 
 	// RefreshInterval is how often the background jobs run (default
 	// DefaultRefreshInterval); ReportRetention is how long install
@@ -136,6 +139,9 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if cfg.RefreshInterval <= 0 {
 		cfg.RefreshInterval = DefaultRefreshInterval
 	}
+	if cfg.MaxOpenRollouts <= 0 {
+		cfg.MaxOpenRollouts = server.DefaultMaxOpenRollouts
+	}
 	if cfg.ReportRetention <= 0 {
 		// Zero must not mean "keep nothing": PruneReports would delete
 		// every report.
@@ -203,7 +209,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	// within RolloutRefresh.
 	a.Evaluator.OnChange = a.Eligibility.Invalidate
 	a.Rollouts = &server.RolloutService{Store: cfg.DB.Rollouts(), Releases: repo, Now: cfg.Now,
-		OnChange: a.Eligibility.Invalidate, Approvals: cfg.DB.Approvals(), Audit: a.Audit}
+		OnChange: a.Eligibility.Invalidate, Approvals: cfg.DB.Approvals(), Audit: a.Audit, MaxOpen: cfg.MaxOpenRollouts}
 	apiCfg.Rollouts = a.Rollouts
 	apiCfg.RolloutMetrics = a.RolloutMetrics
 	// Reports read the rollups only, never the fleet.

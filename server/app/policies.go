@@ -46,6 +46,9 @@ func (a *App) buildPolicies() {
 		a.policies.holder = "otad-" + rand.Text()[:16]
 	}
 	a.RolloutMetrics = api.NewRolloutMetrics(a.rolloutSnapshot, a.cfg.Now)
+	// The rollouts not finished (at most MaxOpenRollouts) and as many
+	// of the latest ended.
+	a.RolloutMetrics.MaxRollouts = 2 * a.cfg.MaxOpenRollouts
 	a.Evaluator = &server.RolloutEvaluator{Store: a.cfg.DB.Rollouts(), Now: a.cfg.Now,
 		OnEvent: a.RolloutMetrics.Event, Logger: a.log, Approvals: a.cfg.DB.Approvals()}
 }

@@ -83,7 +83,7 @@ func failingRollout(tb testing.TB, env *apitest.Env, now time.Time) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := store.CreateRollout(ctx, r, ev); err != nil {
+	if err := store.CreateRollout(ctx, r, 0, ev); err != nil {
 		tb.Fatal(err)
 	}
 	if ev, err = r.Start("alice", "go", now.Add(-time.Hour)); err != nil {

@@ -380,7 +380,7 @@ func seedReportFleet(tb testing.TB, db *DB, n int) *server.Rollout {
 	ro := seedRollout()
 	ev := server.Event{RolloutID: ro.ID, At: ro.CreatedAt, Actor: "bench", Action: server.ActionCreate,
 		ToState: ro.State, ToPercent: ro.Percent()}
-	if err := db.Rollouts().CreateRollout(ctx, ro, ev); err != nil {
+	if err := db.Rollouts().CreateRollout(ctx, ro, 0, ev); err != nil {
 		tb.Fatalf("create rollout: %v", err)
 	}
 	const chunk = 25_000

@@ -310,7 +310,7 @@ func (row *rolloutEventRow) event() (server.Event, error) {
 }
 
 // CreateRollout implements server.RolloutStore.
-func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, evs ...server.Event) error {
+func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, maxOpen int, evs ...server.Event) error {
 	if len(evs) == 0 {
 		return fmt.Errorf("create rollout %s: no event: %w", r.ID, server.ErrInvalid)
 	}
@@ -329,7 +329,13 @@ func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, evs
 		if err := tx.Create(&events).Error; err != nil {
 			return err
 		}
-		return s.db.appendAudit(tx, rolloutAudit(evs))
+		if err := s.db.appendAudit(tx, rolloutAudit(evs)); err != nil {
+			return err
+		}
+		// Counted after the audit head is locked (appendAudit), which
+		// every create holds until it commits: a create that waited for
+		// it counts the rollouts the one before it stored.
+		return checkOpenRollouts(tx, maxOpen)
 	})
 	if errors.Is(err, gorm.ErrDuplicatedKey) {
 		return fmt.Errorf("rollout %s exists: %w", r.ID, server.ErrConflict)
@@ -338,6 +344,24 @@ func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, evs
 		return fmt.Errorf("create rollout %s: %w", r.ID, err)
 	}
 	r.Version = 1
+	return nil
+}
+
+// checkOpenRollouts fails with server.ErrTooManyOpenRollouts when tx
+// sees more than maxOpen rollouts not finished (the one being created
+// among them); maxOpen 0 is no cap.
+func checkOpenRollouts(tx *gorm.DB, maxOpen int) error {
+	if maxOpen <= 0 {
+		return nil
+	}
+	var open int64
+	if err := tx.Model(&rolloutRow{}).Where("state IN ?", mapSlice(server.OpenRolloutStates, func(st server.RolloutState) string { return string(st) })).Count(&open).Error; err != nil {
+		return fmt.Errorf("count open rollouts: %w", err)
+	}
+	if open > int64(maxOpen) {
+		return fmt.Errorf("%w: %d are draft, running or paused, the most this server allows (--max-open-rollouts); complete or abort some first",
+			server.ErrTooManyOpenRollouts, open-1)
+	}
 	return nil
 }
 

@@ -61,7 +61,7 @@ func newDraft(t testing.TB, id string) (*server.Rollout, server.Event) {
 func mustCreateRollout(t testing.TB, s *RolloutStore, id string) *server.Rollout {
 	t.Helper()
 	r, ev := newDraft(t, id)
-	if err := s.CreateRollout(t.Context(), r, ev); err != nil {
+	if err := s.CreateRollout(t.Context(), r, 0, ev); err != nil {
 		t.Fatalf("create rollout %s: %v", id, err)
 	}
 	return r
@@ -143,7 +143,7 @@ func testRolloutRoundTrip(t *testing.T, b backend) {
 
 	full := fullRollout("ro_full", t0)
 	createEv := server.Event{RolloutID: "ro_full", At: t0, Actor: "alice", Action: server.ActionCreate}
-	if err := s.CreateRollout(ctx, full, createEv); err != nil {
+	if err := s.CreateRollout(ctx, full, 0, createEv); err != nil {
 		t.Fatalf("create: %v", err)
 	}
 	if full.Version != 1 {
@@ -178,7 +178,7 @@ func testRolloutRoundTrip(t *testing.T, b backend) {
 		t.Errorf("unknown rollout: got %v, want ErrNotFound", err)
 	}
 	dup, ev := newDraft(t, "ro_full")
-	if err := s.CreateRollout(ctx, dup, ev); !errors.Is(err, server.ErrConflict) {
+	if err := s.CreateRollout(ctx, dup, 0, ev); !errors.Is(err, server.ErrConflict) {
 		t.Errorf("create again: got %v, want ErrConflict", err)
 	}
 	if evs := mustEvents(t, s, "ro_full", 0); len(evs) != 1 {
@@ -197,7 +197,7 @@ func testRolloutsByState(t *testing.T, b backend) {
 		// Created in this order: the list is by creation, not by id.
 		r.CreatedAt, ev.At = t0.Add(time.Duration(i)*time.Minute), t0.Add(time.Duration(i)*time.Minute)
 		r.State = states[id]
-		if err := s.CreateRollout(ctx, r, ev); err != nil {
+		if err := s.CreateRollout(ctx, r, 0, ev); err != nil {
 			t.Fatalf("create %s: %v", id, err)
 		}
 	}
@@ -332,7 +332,7 @@ func testRolloutEvents(t *testing.T, b backend) {
 	ctx := t.Context()
 	mustCreateRollout(t, s, "ro_other")
 	r, create := newDraft(t, "ro_1")
-	if err := s.CreateRollout(ctx, r, create); err != nil {
+	if err := s.CreateRollout(ctx, r, 0, create); err != nil {
 		t.Fatal(err)
 	}
 	at := func(m int) time.Time { return t0.Add(time.Duration(m) * time.Minute) }
@@ -587,7 +587,7 @@ func testRolloutResultsLeaveOutLateEnrollees(t *testing.T, b backend) {
 	if _, err := r.Start("alice", "go", start); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.CreateRollout(ctx, r, ev); err != nil {
+	if err := s.CreateRollout(ctx, r, 0, ev); err != nil {
 		t.Fatal(err)
 	}
 	enrolled := map[string]time.Time{
