@@ -87,13 +87,22 @@ func (s *RolloutService) changed() {
 	}
 }
 
-// NewRolloutID makes a rollout id: "ro-" and 12 random hex digits.
+// NewRolloutID makes a rollout id: "ro-" and 12 random hex digits that
+// also pass the rule of ids an operator chooses (validateChosenID: at
+// most 9 decimal digits, ...), which about one in nine draws of 12 hex
+// digits does not: so that an id the server made can be given back as a
+// chosen one (copied to another server, or to name a rollout again) and
+// be refused only for being taken.
 func NewRolloutID() (string, error) {
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("rollout id: %w", err)
+	for {
+		var b [6]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return "", fmt.Errorf("rollout id: %w", err)
+		}
+		if id := "ro-" + hex.EncodeToString(b[:]); validateChosenID("id", id) == nil {
+			return id, nil
+		}
 	}
-	return "ro-" + hex.EncodeToString(b[:]), nil
 }
 
 // Create makes a rollout of spec and stores it with its audit events in

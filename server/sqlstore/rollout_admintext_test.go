@@ -61,11 +61,13 @@ func testOperatorIDsRefused(t *testing.T, b backend) {
 		t.Fatalf("%d rollouts stored (%v), want none", len(rs), err)
 	}
 
-	// Ids an operator chooses that are not identifiers, and the ones
-	// the server makes, still pass.
+	// Ids and a salt an operator chooses that are not identifiers, and
+	// the ids the server makes, still pass. The rollouts of one patch
+	// share the first one's salt (cohorts nest: server.PatchSalt).
+	const salt = "salt-cm-2026-001"
 	for _, id := range []string{"ro-privacy", "cm-2026-001-beta", "ro_1"} {
 		sp := spec(privacyTarget)
-		sp.ID, sp.Salt, sp.Draft = id, "salt-"+id, true
+		sp.ID, sp.Salt, sp.Draft = id, salt, true
 		if _, err := s.Create(ctx, sp, "alice"); err != nil {
 			t.Fatalf("create %s: %v", id, err)
 		}
@@ -73,7 +75,7 @@ func testOperatorIDsRefused(t *testing.T, b backend) {
 	sp = spec(privacyTarget)
 	sp.Draft = true
 	r, err := s.Create(ctx, sp, "alice")
-	if err != nil || !server.ValidRolloutID(r.ID) || r.Salt != r.ID {
+	if err != nil || !server.ValidRolloutID(r.ID) || r.Salt != salt {
 		t.Fatalf("create with a server-made id: %v, id %q, salt %q", err, r.ID, r.Salt)
 	}
 	if _, err := s.HoldModel(ctx, r.ID, "alice", "held for a test", "IMEI867530x012345x670"); err == nil {
