@@ -22,8 +22,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/blobtest"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/apitest"
 )
 
 // logWatch is a log sink the test can wait on: every write wakes waitFor.
@@ -189,15 +191,22 @@ func TestConnectionFailuresLogNoClientAddress(t *testing.T) {
 	}
 	t.Cleanup(func() { m.Close() })
 	const size = 20 << 20
-	if _, err := m.Blobs.Put(t.Context(), "targets/big.bin", io.LimitReader(blobtest.NewReader(1), size)); err != nil {
+	content, err := io.ReadAll(io.LimitReader(blobtest.NewReader(1), size))
+	if err != nil {
 		t.Fatal(err)
 	}
+	// /targets/ serves published targets only.
+	env := &apitest.Env{URL: "http://" + m.Addr(), Token: token}
+	es := apitest.NewEngineers(t, 1)
+	env.Ceremony(t, es, 1)
+	env.Publish(t, "big.bin", content, es...)
+	bigPath := "/" + manifests.TargetKey("big.bin", apitest.SHA256Hex(content))
 	cc := &clientConns{tb: t, addr: m.Addr()}
 
 	// download starts a download of big.bin and reads its first MiB.
 	download := func() *net.TCPConn {
 		c := cc.dial()
-		if _, err := io.WriteString(c, "GET /targets/big.bin HTTP/1.1\r\nHost: otad\r\n\r\n"); err != nil {
+		if _, err := io.WriteString(c, "GET "+bigPath+" HTTP/1.1\r\nHost: otad\r\n\r\n"); err != nil {
 			t.Fatal(err)
 		}
 		r := bufio.NewReader(c)
@@ -285,7 +294,8 @@ func TestConnectionFailuresLogNoClientAddress(t *testing.T) {
 			t.Fatal(err)
 		}
 		tc.cut(c)
-		rec := logs.waitFor(t, tc.name, "request", i+1, func(rec map[string]any) bool {
+		// The artifact upload of big.bin's release is the route's first line.
+		rec := logs.waitFor(t, tc.name, "request", i+2, func(rec map[string]any) bool {
 			return rec["route"] == api.AdminPrefix+"/artifacts/*"
 		})
 		if rec["cause"] != tc.cause || rec["status"] != 499.0 {

@@ -202,16 +202,28 @@ func TestUserPasswordEndsSessions(t *testing.T) {
 }
 
 // TestListingsEscapeStoredText: a token named with a terminal escape, a
-// newline, tabs and a bidi override lists on one line with them written
-// out, in token list and in the token create message, so a viewer who
-// names a token cannot clear an admin's screen or forge a line under it.
+// newline, tabs and a bidi override is refused now; one stored before
+// names were checked lists on one line with them written out, so a
+// viewer who named a token cannot clear an admin's screen or forge a
+// line under it.
 func TestListingsEscapeStoredText(t *testing.T) {
 	c := newCLI(t)
 	c.env[userPasswordEnv] = "correct horse battery"
 	c.mustRun("user", "create", "alice", "--role", "viewer")
-	code, _, stderr := c.run("token", "create", "--user", "alice", "laptop\x1b[2J\nFORGED\tt-1\tadmin\u202e")
-	if code != exitOK || !strings.Contains(stderr, `laptop\x1b[2J\nFORGED\tt-1\tadmin\u202e for alice`) {
-		t.Errorf("token create: exit %d, %q; want the name escaped", code, stderr)
+	const name = "laptop\x1b[2J\nFORGED\tt-1\tadmin\u202e"
+	code, _, stderr := c.run("token", "create", "--user", "alice", name)
+	if code != exitFailed || !strings.Contains(stderr, "name:") || strings.ContainsAny(stderr, "\x1b\u202e") {
+		t.Errorf("token create: exit %d, %q; want the name refused, not repeated", code, stderr)
+	}
+	db := c.db()
+	u, _, err := db.Users().UserByName(t.Context(), "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if err := db.Tokens().CreateToken(t.Context(), &server.Token{ID: "t-old", Name: name, UserID: u.ID, CreatedAt: now,
+		ExpiresAt: now.Add(time.Hour)}, "hash-of-an-old-token"); err != nil {
+		t.Fatal(err)
 	}
 	out := c.mustRun("token", "list")
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
