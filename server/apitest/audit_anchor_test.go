@@ -3,10 +3,7 @@ package apitest_test
 import (
 	"context"
 	"database/sql"
-	"io"
 	"net/http"
-	"net/http/cookiejar"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -130,34 +127,13 @@ func rawExec(t *testing.T, db *sql.DB, q string, args ...any) {
 // body.
 func dashboard(t *testing.T, env *apitest.Env) func(path string) string {
 	t.Helper()
-	const password = "a long enough passphrase"
-	if _, err := env.App.Users.Create(t.Context(), "vera", server.RoleViewer, password, false); err != nil {
-		t.Fatal(err)
-	}
-	jar, err := cookiejar.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := &http.Client{Jar: jar}
-	resp, err := client.PostForm(env.URL+"/login", url.Values{"name": {"vera"}, "password": {password}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("login: %d", resp.StatusCode)
-	}
+	pages := logInPages(t, env, "vera", server.RoleViewer)
 	return func(path string) string {
 		t.Helper()
-		resp, err := client.Get(env.URL + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
+		resp, body := pages.get(path)
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET %s: %d", path, resp.StatusCode)
 		}
-		return string(b)
+		return body
 	}
 }

@@ -2,9 +2,7 @@ package apitest_test
 
 import (
 	"errors"
-	"io"
 	"net/http"
-	"net/http/cookiejar"
 	"net/url"
 	"regexp"
 	"strings"
@@ -252,39 +250,13 @@ func TestFourEyesFromThePages(t *testing.T) {
 	es := apitest.NewEngineers(t, 1)
 	env.Ceremony(t, es, 1)
 	env.Publish(t, patchPath, randomBytes(t, 256), es...)
-	const password = "a long enough passphrase"
-	if _, err := env.App.Users.Create(t.Context(), "olga", server.RoleOperator, password, false); err != nil {
-		t.Fatal(err)
-	}
-	jar, err := cookiejar.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := &http.Client{Jar: jar}
-	post := func(path string, form url.Values) (*http.Response, string) {
-		t.Helper()
-		resp, err := client.PostForm(env.URL+path, form)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp, string(b)
-	}
-	if resp, _ := post("/login", url.Values{"name": {"olga"}, "password": {password}}); resp.StatusCode != http.StatusOK {
-		t.Fatalf("login: %d", resp.StatusCode)
-	}
-	resp, err := client.Get(env.URL + "/rollouts/new")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(string(body))
+	pages := logInPages(t, env, "olga", server.RoleOperator)
+	_, body := pages.get("/rollouts/new")
+	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(body)
 	if csrf == nil {
 		t.Fatalf("the form: no CSRF token:\n%s", body)
 	}
-	resp, page := post("/rollouts", url.Values{"csrf": {csrf[1]}, "release": {patchPath}, "stages": {"75"}, "reason": {"most of them"}})
+	resp, page := pages.post("/rollouts", url.Values{"csrf": {csrf[1]}, "release": {patchPath}, "stages": {"75"}, "reason": {"most of them"}})
 	if resp.StatusCode != http.StatusAccepted || !strings.Contains(page, "needs a second person&#39;s approval (ap-") ||
 		!strings.Contains(page, "the patch would reach 75% of the handsets its rollouts select") {
 		t.Fatalf("a start at 75%% from the form: %d, want 202 saying it waits for a second person:\n%s", resp.StatusCode, page)

@@ -1,9 +1,7 @@
 package apitest_test
 
 import (
-	"io"
 	"net/http"
-	"net/http/cookiejar"
 	"net/url"
 	"regexp"
 	"slices"
@@ -25,39 +23,8 @@ func TestRolloutFromThePages(t *testing.T) {
 	es := apitest.NewEngineers(t, 1)
 	env.Ceremony(t, es, 1)
 	env.Publish(t, patchPath, randomBytes(t, 512), es...)
-	const password = "a long enough passphrase"
-	if _, err := env.App.Users.Create(t.Context(), "olga", server.RoleOperator, password, false); err != nil {
-		t.Fatal(err)
-	}
-	jar, err := cookiejar.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := &http.Client{Jar: jar}
-	get := func(path string) (*http.Response, string) {
-		t.Helper()
-		resp, err := client.Get(env.URL + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp, string(b)
-	}
-	post := func(path string, form url.Values) (*http.Response, string) {
-		t.Helper()
-		resp, err := client.PostForm(env.URL+path, form)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp, string(b)
-	}
-
-	if resp, _ := post("/login", url.Values{"name": {"olga"}, "password": {password}}); resp.StatusCode != http.StatusOK {
-		t.Fatalf("login: %d", resp.StatusCode)
-	}
+	pages := logInPages(t, env, "olga", server.RoleOperator)
+	get, post := pages.get, pages.post
 	resp, body := get("/rollouts/new")
 	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(body)
 	if resp.StatusCode != http.StatusOK || csrf == nil || !strings.Contains(body, `<option value="`+patchPath+`"`) {
