@@ -3,10 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -142,7 +142,9 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 // the otad processes share.
 func engineerToken(tb testing.TB, bin, dir string) string {
 	tb.Helper()
-	out, err := exec.Command(bin, "token", "create", "--name", fmt.Sprintf("cap-test-%d", time.Now().UnixNano()),
+	// A unique name, in letters: a token name holds at most 6 digits.
+	unique := strings.Map(func(r rune) rune { return r - '0' + 'a' }, strconv.FormatInt(time.Now().UnixNano(), 10))
+	out, err := exec.Command(bin, "token", "create", "--name", "cap-test-"+unique,
 		"--role", "release-engineer", "--data-dir", dir, "--log-format", "json").Output()
 	if err != nil {
 		tb.Fatalf("otad token create: %v", err)
