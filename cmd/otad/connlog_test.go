@@ -71,7 +71,7 @@ func (w *logWatch) records(msg string) []map[string]any {
 // server: the wait ends on the log write itself.
 func (w *logWatch) waitFor(tb testing.TB, what, msg string, n int, match func(map[string]any) bool) map[string]any {
 	tb.Helper()
-	limit := time.After(30 * time.Second)
+	limit := time.After(2 * time.Minute)
 	for {
 		var found []map[string]any
 		for _, rec := range w.records(msg) {
@@ -85,7 +85,7 @@ func (w *logWatch) waitFor(tb testing.TB, what, msg string, n int, match func(ma
 		select {
 		case <-w.changed:
 		case <-limit:
-			tb.Fatalf("%s: fewer than %d %q log lines within 30 s; the log:\n%s", what, n, msg, w.String())
+			tb.Fatalf("%s: fewer than %d %q log lines within 2 minutes; the log:\n%s", what, n, msg, w.String())
 		}
 	}
 }

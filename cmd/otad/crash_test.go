@@ -120,9 +120,9 @@ func startOtad(tb testing.TB, bin, dataDir string) *otadProcess {
 	case p.addr = <-serving:
 	case <-p.exited:
 		tb.Fatalf("otad exited before serving:\n%s", p.logTail(40))
-	case <-time.After(30 * time.Second):
+	case <-time.After(2 * time.Minute): // only bounds a hang: a loaded machine starts otad slowly
 		p.kill()
-		tb.Fatalf("otad did not log \"otad serving\" within 30s:\n%s", p.logTail(40))
+		tb.Fatalf("otad did not log \"otad serving\" within 2 minutes:\n%s", p.logTail(40))
 	}
 	return p
 }

@@ -50,8 +50,8 @@ func TestDemo(t *testing.T) {
 	case d = <-ready:
 	case err := <-result:
 		fail("demo ended before it was ready: %v", err)
-	case <-time.After(45 * time.Second):
-		fail("demo not ready after 45s")
+	case <-time.After(3 * time.Minute):
+		fail("demo not ready after 3 minutes")
 	}
 	out := stdout.String()
 	for _, want := range []string{d.url, "login: admin / " + d.password, "Next:"} {
@@ -82,8 +82,10 @@ func TestDemo(t *testing.T) {
 	}
 
 	// Within a bounded time the rollout widens past 10%, PX-8 is held
-	// with a reason and another model has installs.
-	deadline := time.Now().Add(75 * time.Second)
+	// with a reason and another model has installs. It takes about 20 s
+	// (PX-8's failing installs alone take 12-18 s); the limit only bounds
+	// a hang, for a loaded machine under -race is several times slower.
+	deadline := time.Now().Add(5 * time.Minute)
 	var rep server.RolloutReport
 	for {
 		err := client.do(ctx, "GET", api.AdminPrefix+"/rollouts/"+d.rolloutID+"/report", token, nil, &rep)
@@ -95,7 +97,7 @@ func TestDemo(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			_, why := demoShows(&rep)
-			fail("after 75s: %s (report %+v)", why, rep)
+			fail("after 5 minutes: %s (report %+v)", why, rep)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -125,7 +127,7 @@ func TestDemo(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			fail("after 75s: rollout at %g%% (%s), approvals %+v", r.Percent(), r.State, as)
+			fail("after 5 minutes: rollout at %g%% (%s), approvals %+v", r.Percent(), r.State, as)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -136,8 +138,8 @@ func TestDemo(t *testing.T) {
 		if err != nil {
 			fail("demo ended with %v", err)
 		}
-	case <-time.After(30 * time.Second):
-		fail("demo still running 30s after cancel")
+	case <-time.After(2 * time.Minute):
+		fail("demo still running 2 minutes after cancel")
 	}
 	select {
 	case <-d.fleet.done:

@@ -196,8 +196,9 @@ func TestGracefulShutdownFinishesInFlightRequests(t *testing.T) {
 
 	closed := make(chan error, 1)
 	go func() { closed <- m.Close() }()
-	// New connections are refused once shutdown has begun.
-	deadline := time.Now().Add(5 * time.Second)
+	// New connections are refused once shutdown has begun; the limit only
+	// bounds a hang.
+	deadline := time.Now().Add(time.Minute)
 	for {
 		conn, err := net.DialTimeout("tcp", m.Addr(), 100*time.Millisecond)
 		if err != nil {
@@ -469,14 +470,14 @@ func TestBinarySIGTERM(t *testing.T) {
 		if _, err := os.Stat(addrFile); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("--addr-file after SIGTERM: %v, want it removed", err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("otad did not exit within 10s of SIGTERM")
+	case <-time.After(time.Minute):
+		t.Fatal("otad did not exit within a minute of SIGTERM and its shutdown complete")
 	}
 }
 
 func waitForLog(tb testing.TB, lines <-chan string, msg string) map[string]any {
 	tb.Helper()
-	timeout := time.After(30 * time.Second)
+	timeout := time.After(2 * time.Minute) // only bounds a hang
 	for {
 		select {
 		case line, ok := <-lines:
@@ -488,7 +489,7 @@ func waitForLog(tb testing.TB, lines <-chan string, msg string) map[string]any {
 				return rec
 			}
 		case <-timeout:
-			tb.Fatalf("no %q log line within 30s", msg)
+			tb.Fatalf("no %q log line within 2 minutes", msg)
 		}
 	}
 }

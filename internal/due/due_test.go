@@ -52,7 +52,7 @@ func TestDispatchStops(t *testing.T) {
 			cancel()
 			select {
 			case <-done:
-			case <-time.After(5 * time.Second):
+			case <-time.After(time.Minute): // only bounds a hang
 				t.Fatal("Dispatch did not return after its ctx ended")
 			}
 		})

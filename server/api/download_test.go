@@ -232,8 +232,8 @@ func TestStalledDownloadIsClosed(t *testing.T) {
 	stopped := time.Now()
 	var entry map[string]any
 	for entry == nil {
-		if time.Since(stopped) > 15*time.Second {
-			t.Fatalf("no \"download ended early\" in the log 15 s after the client stopped reading:\n%s", logs)
+		if time.Since(stopped) > 2*time.Minute { // only bounds a hang
+			t.Fatalf("no \"download ended early\" in the log 2 minutes after the client stopped reading:\n%s", logs)
 		}
 		time.Sleep(50 * time.Millisecond)
 		for line := range strings.Lines(logs.String()) {
@@ -244,9 +244,13 @@ func TestStalledDownloadIsClosed(t *testing.T) {
 			}
 		}
 	}
+	// The stall timeout runs from the start of the server's last write,
+	// which may come before the client's last read by as long as the
+	// client was held up reading (on a loaded machine, a good part of a
+	// second): half the timeout still tells a server that waits for it.
 	waited := time.Since(stopped)
-	if waited < stall {
-		t.Errorf("the server gave up %v after the client stopped, before the %v stall timeout", waited, stall)
+	if waited < stall/2 {
+		t.Errorf("the server gave up %v after the client stopped, long before the %v stall timeout", waited, stall)
 	}
 	sent, _ := entry["bytes_sent"].(float64)
 	if entry["level"] != "WARN" || entry["length"] != float64(size) || sent <= 0 || sent >= size ||
