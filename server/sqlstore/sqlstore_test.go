@@ -767,15 +767,6 @@ func TestOpenPostgresUnreachable(t *testing.T) {
 			wantAddr: silentAddr + "/ota",
 			secrets:  []string{"Hunter2-Sekrit"},
 		},
-		{
-			// TEST-NET-1 (RFC 5737): never routed, so a dial hangs or
-			// fails; either way Open must give up by the deadline.
-			name:     "unroutable host",
-			dsn:      "postgres://ota:Hunter2-Sekrit@192.0.2.1:5432/ota?sslmode=disable",
-			timeout:  300 * time.Millisecond,
-			wantAddr: "192.0.2.1:5432/ota",
-			secrets:  []string{"Hunter2-Sekrit"},
-		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -789,8 +780,9 @@ func TestOpenPostgresUnreachable(t *testing.T) {
 				db.Close()
 				t.Fatal("open: got nil error, want a connection error")
 			}
-			// Slack for the scheduler under -race.
-			if limit := tc.timeout + 500*time.Millisecond; elapsed > limit {
+			// Slack for the scheduler under -race on a loaded machine;
+			// without the deadline, Open would wait for the server.
+			if limit := tc.timeout + 2*time.Second; elapsed > limit {
 				t.Errorf("open took %v, want at most %v", elapsed, limit)
 			}
 			msg := err.Error()
