@@ -172,8 +172,10 @@ func TestPingDeadEndpoint(t *testing.T) {
 		if err == nil {
 			t.Errorf("Ping(%s): got nil error, want one", addr)
 		}
-		if d := time.Since(start); d > 2*time.Second {
-			t.Errorf("Ping(%s): returned after %v, want within the 1s deadline", addr, d)
+		// Slack for a loaded machine; without the deadline minio-go's
+		// retries would go on far longer.
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("Ping(%s): returned after %v, want about the 1s deadline", addr, d)
 		}
 	}
 }
