@@ -75,9 +75,12 @@ type otadProcess struct {
 	exited chan struct{}
 
 	mu      sync.Mutex
-	logs    []string         // every stderr line
+	logs    []string         // the last stderr lines, keepLogLines at least
 	startup []map[string]any // the JSON records logged before "otad serving"
 }
+
+// keepLogLines is how many of its last log lines an otadProcess keeps.
+const keepLogLines = 1000
 
 // startOtad runs "otad serve" on dataDir and waits until it serves.
 func startOtad(tb testing.TB, bin, dataDir string) *otadProcess {
@@ -100,8 +103,15 @@ func startOtad(tb testing.TB, bin, dataDir string) *otadProcess {
 		for sc.Scan() {
 			line := sc.Text()
 			var rec map[string]any
-			json.Unmarshal([]byte(line), &rec)
+			if !up {
+				json.Unmarshal([]byte(line), &rec)
+			}
 			p.mu.Lock()
+			// The tail is enough (logTail): a benchmark's otad logs a
+			// line for each of its 100,000s of reports.
+			if len(p.logs) >= 2*keepLogLines {
+				p.logs = append(p.logs[:0], p.logs[len(p.logs)-keepLogLines:]...)
+			}
 			p.logs = append(p.logs, line)
 			if !up && rec != nil {
 				p.startup = append(p.startup, rec)

@@ -1,0 +1,530 @@
+package main
+
+import (
+	"bytes"
+	crand "crypto/rand"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver, for the lock sampler
+
+	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/apitest"
+)
+
+// BenchmarkWave measures the rollout wave (issue 14): every handset of a
+// fleet goes through a rollout at 100% at once, each state change a write
+// that the fleet's and the rollout's counters see. It starts otad as a
+// child process (so the load generator, this process, does not share the
+// server's Go runtime), enrolls OTA_BENCH_WAVE_HANDSETS handsets (default
+// 20,000) that each check in once before the rollout starts, and then
+// times the wave: OTA_BENCH_WAVE_CONCURRENCY workers (default 64) each
+// take the next handset and run its whole path, five requests in a row:
+//
+//  1. check-in on the old build: offered the patch (the offer record, the
+//     budget, the rollups),
+//  2. to 4. reports downloading, installing, installed, each carrying the
+//     offer's rollout_id,
+//  5. check-in on the new build with the patch installed, cloud messaging
+//     opted in and number encryption on: no offer.
+//
+// It reports the state changes a second (steps/s), each step's p50 and
+// p99, the wave's time, then, in the same run, the quiet fleet: 2N
+// check-ins of the patched handsets that change nothing. On PostgreSQL it
+// samples pg_stat_activity every 250 ms during the wave and reports the
+// share of active backends waiting on a lock (lock-wait-%).
+// postgres-2-replicas runs the wave through two otad processes on one
+// database, alternating handsets between them.
+//
+// Every answer is checked (the offer on the first check-in, 2xx on each
+// report, no offer on the last check-in), and the rollout's report must
+// count every handset installed; any error fails the benchmark. One wave
+// per run: use -benchtime 1x (and -count for more runs).
+//
+//	scripts/bench-wave.sh    (a throwaway PostgreSQL for the postgres variants)
+//	go test ./cmd/otad -run '^$' -bench Wave -benchtime 1x -timeout 60m
+func BenchmarkWave(b *testing.B) {
+	b.Run("sqlite", func(b *testing.B) { benchWave(b, "", 1) })
+	b.Run("postgres", func(b *testing.B) { benchWave(b, apitest.PostgresDSN(b), 1) })
+	b.Run("postgres-2-replicas", func(b *testing.B) { benchWave(b, apitest.PostgresDSN(b), 2) })
+}
+
+// The steps of one handset's path through the wave, in order.
+var waveSteps = []string{"offer", "downloading", "installing", "installed", "patched"}
+
+func benchWave(b *testing.B, dsn string, replicas int) {
+	if b.N != 1 {
+		b.Fatalf("one wave per run, b.N is %d: run with -benchtime 1x (and -count N for N runs)", b.N)
+	}
+	n := envInt(b, "OTA_BENCH_WAVE_HANDSETS", 20000)
+	conc := envInt(b, "OTA_BENCH_WAVE_CONCURRENCY", 64)
+	// The per-device and enrollment limits are for real handsets, which
+	// check in hourly; here each makes five requests in a row.
+	b.Setenv("OTAD_CHECKIN_RATE", "0")
+	b.Setenv("OTAD_REPORT_RATE", "0")
+	b.Setenv("OTAD_ENROLL_RATE", "0")
+	b.Setenv("OTAD_DATABASE", dsn) // "" is SQLite in the data dir
+	bin := buildOtad(b)
+	dir := b.TempDir()
+	procs := []*otadProcess{startOtad(b, bin, dir)}
+	bases := []string{"http://" + procs[0].addr}
+	publishPatch(b, bin, dir, bases[0])
+	env := &apitest.Env{URL: bases[0], Token: engineerToken(b, bin, dir)}
+
+	c := &waveClient{http: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
+		MaxIdleConns: 4 * conc, MaxIdleConnsPerHost: 2 * conc, IdleConnTimeout: time.Minute}}}
+	f := false
+	before, _ := json.Marshal(api.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
+		CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: &f})
+	t := true
+	after, _ := json.Marshal(api.CheckInBody{Build: "7.5.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{"CM-2026-001"},
+		CloudMessaging: server.MessagingOptedIn, NumberEncryption: &t})
+
+	// The fleet before the rollout: enrolled, and each handset has checked
+	// in once (a fleet's handsets have when a rollout starts), so that the
+	// wave's first check-in changes the rollout's state, not the device's.
+	enrollBody, _ := json.Marshal(api.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"})
+	tokens := make([]string, n)
+	setupStart := time.Now()
+	c.parallel(b, "enroll and check in", conc, n, func(i int) error {
+		var e api.EnrollAnswer
+		if err := c.post(bases[0], "/api/v1/devices", "", enrollBody, http.StatusCreated, &e); err != nil {
+			return err
+		}
+		tokens[i] = e.Token
+		var ans api.CheckInAnswer
+		if err := c.post(bases[0], "/api/v1/checkin", e.Token, before, http.StatusOK, &ans); err != nil {
+			return err
+		}
+		if ans.Offer != nil {
+			return fmt.Errorf("check-in before the rollout: offered %s", ans.Offer.Target)
+		}
+		return nil
+	})
+	var pg *sql.DB
+	if dsn != "" {
+		var err error
+		if pg, err = sql.Open("pgx", dsn); err != nil {
+			b.Fatal(err)
+		}
+		defer pg.Close()
+		// As autovacuum would have by the time a rollout starts on a
+		// real fleet: without statistics PostgreSQL plans reads of the
+		// fresh tables as sequential scans.
+		if _, err := pg.Exec("ANALYZE"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// A start at 100% waits for a second person's approval.
+	r := createRollout(b, env, engineerToken(b, bin, dir), api.RolloutRequest{Release: "cloudmsg/CM-2026-001/update.zip",
+		Stages: []float64{100}, Reason: "wave benchmark"})
+	if r.State != "running" {
+		b.Fatalf("rollout %s is %s, want running", r.ID, r.State)
+	}
+	// A replica started now loads the published release and the running
+	// rollout as it starts: no waiting for its refresh.
+	for range replicas - 1 {
+		p := startOtad(b, bin, dir)
+		procs = append(procs, p)
+		bases = append(bases, "http://"+p.addr)
+	}
+	setup := time.Since(setupStart)
+
+	// The wave.
+	lat := make([][]time.Duration, len(waveSteps))
+	for s := range lat {
+		lat[s] = make([]time.Duration, n)
+	}
+	var sampler *lockSampler
+	if pg != nil {
+		sampler = startLockSampler(b, pg)
+	}
+	cpu0, self0, host0 := otadCPU(procs), selfCPU(), hostCPU()
+	b.ResetTimer()
+	start := time.Now()
+	c.parallel(b, "wave", conc, n, func(i int) error {
+		base, tok := bases[i%len(bases)], tokens[i]
+		t0 := time.Now()
+		var ans api.CheckInAnswer
+		if err := c.post(base, "/api/v1/checkin", tok, before, http.StatusOK, &ans); err != nil {
+			return fmt.Errorf("check-in on the old build: %w", err)
+		}
+		lat[0][i] = time.Since(t0)
+		o := ans.Offer
+		if o == nil || o.RolloutID != r.ID {
+			return fmt.Errorf("check-in on the old build: no offer of rollout %s (no_offer %q)", r.ID, ans.NoOffer)
+		}
+		last := time.Time{}
+		for s, state := range []string{server.StateDownloading, server.StateInstalling, server.StateInstalled} {
+			at := time.Now().UTC()
+			if !at.After(last) {
+				at = last.Add(time.Microsecond) // a handset's reports are strictly ordered
+			}
+			last = at
+			var id [16]byte
+			crand.Read(id[:])
+			body, _ := json.Marshal(api.ReportBody{ReportID: demoReportID(id), PatchID: o.PatchID, RolloutID: o.RolloutID,
+				Target: o.Target, State: state, At: &at})
+			t0 := time.Now()
+			if err := c.post(base, "/api/v1/reports", tok, body, http.StatusCreated, nil); err != nil {
+				return fmt.Errorf("report %s: %w", state, err)
+			}
+			lat[1+s][i] = time.Since(t0)
+		}
+		t0 = time.Now()
+		ans = api.CheckInAnswer{}
+		if err := c.post(base, "/api/v1/checkin", tok, after, http.StatusOK, &ans); err != nil {
+			return fmt.Errorf("check-in on the new build: %w", err)
+		}
+		lat[4][i] = time.Since(t0)
+		if ans.Offer != nil {
+			return fmt.Errorf("check-in on the new build: offered %s again", ans.Offer.Target)
+		}
+		return nil
+	})
+	wave := time.Since(start)
+	b.StopTimer()
+	cpu, self, host := otadCPU(procs)-cpu0, selfCPU()-self0, hostCPU().since(host0)
+	var lockShare float64
+	var waits string
+	if sampler != nil {
+		lockShare, waits = sampler.stop(b)
+	}
+
+	// The quiet fleet, in the same run: the patched handsets check in
+	// again with nothing changed, 2N check-ins.
+	quietN := 2 * n
+	quiet := make([]time.Duration, quietN)
+	qstart := time.Now()
+	c.parallel(b, "quiet", conc, quietN, func(j int) error {
+		i := j % n
+		t0 := time.Now()
+		var ans api.CheckInAnswer
+		if err := c.post(bases[i%len(bases)], "/api/v1/checkin", tokens[i], after, http.StatusOK, &ans); err != nil {
+			return fmt.Errorf("quiet check-in: %w", err)
+		}
+		quiet[j] = time.Since(t0)
+		if ans.Offer != nil {
+			return fmt.Errorf("quiet check-in: offered %s", ans.Offer.Target)
+		}
+		return nil
+	})
+	quietTime := time.Since(qstart)
+
+	// The rollout's report must have counted every handset's install.
+	var rep server.RolloutReport
+	if err := env.Do("GET", "/rollouts/"+r.ID+"/report", nil, &rep); err != nil {
+		b.Fatalf("rollout report: %v", err)
+	}
+	if rep.Offered != int64(n) || rep.Installed != int64(n) {
+		b.Fatalf("rollout report: %d offered, %d installed; want %d and %d", rep.Offered, rep.Installed, n, n)
+	}
+
+	steps := len(waveSteps) * n
+	b.ReportMetric(float64(steps)/wave.Seconds(), "steps/s")
+	b.ReportMetric(wave.Seconds(), "wave-s")
+	table := []string{fmt.Sprintf("%-12s %9s %9s %9s", "step", "p50 ms", "p99 ms", "max ms")}
+	for s, name := range waveSteps {
+		p50, p99, top := percentiles(lat[s])
+		b.ReportMetric(p50, name+"-p50-ms")
+		b.ReportMetric(p99, name+"-p99-ms")
+		table = append(table, fmt.Sprintf("%-12s %9.1f %9.1f %9.1f", name, p50, p99, top))
+	}
+	qp50, qp99, qmax := percentiles(quiet)
+	table = append(table, fmt.Sprintf("%-12s %9.1f %9.1f %9.1f", "quiet", qp50, qp99, qmax))
+	b.ReportMetric(float64(quietN)/quietTime.Seconds(), "quiet-checkins/s")
+	b.ReportMetric(qp99, "quiet-p99-ms")
+	if sampler != nil {
+		b.ReportMetric(100*lockShare, "lock-wait-%")
+	}
+	if cpu > 0 {
+		b.ReportMetric(float64(cpu.Microseconds())/float64(steps), "otad-cpu-us/step")
+	}
+	load, _ := os.ReadFile("/proc/loadavg")
+	// To stdout: the testing package keeps only 10 lines of a
+	// benchmark's log.
+	fmt.Printf("%s: %d handsets through %d otad (%s), %d concurrent (setup %v)\n"+
+		"  wave: %d steps in %v = %.0f steps/s; quiet: %d check-ins in %v = %.0f/s\n"+
+		"  during the wave: machine CPU busy %.0f%%: otad %.0f%% (%.0f us a step), load generator %.0f%%%s\n"+
+		"  load average after the run: %s\n  %s\n",
+		b.Name(), n, replicas, map[bool]string{true: "PostgreSQL", false: "SQLite"}[dsn != ""], conc, setup.Round(time.Second),
+		steps, wave.Round(time.Millisecond), float64(steps)/wave.Seconds(), quietN, quietTime.Round(time.Millisecond), float64(quietN)/quietTime.Seconds(),
+		100*host.busyShare(), 100*host.share(cpu), float64(cpu.Microseconds())/float64(steps), 100*host.share(self), lockLine(sampler, lockShare, waits),
+		strings.Join(strings.Fields(string(load))[:3], " "), strings.Join(table, "\n  "))
+}
+
+// waveClient is the load generator's HTTP client: one keep-alive pool for
+// all the workers.
+type waveClient struct {
+	http *http.Client
+}
+
+// post sends body to base+path with token as the bearer and decodes the
+// answer into out (when not nil); an answer with another status than
+// want is an error naming the status and the error body.
+func (c *waveClient) post(base, path, token string, body []byte, want int, out any) error {
+	req, err := http.NewRequest(http.MethodPost, base+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != want {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("POST %s: %d, want %d: %s", path, resp.StatusCode, want, bytes.TrimSpace(msg))
+	}
+	if out == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+		return err
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// parallel runs do(0) to do(n-1) on conc workers, each taking the next
+// index, and fails tb after all have run if any returned an error,
+// naming how many and the first few.
+func (c *waveClient) parallel(tb testing.TB, what string, conc, n int, do func(i int) error) {
+	tb.Helper()
+	var (
+		next   atomic.Int64
+		failed atomic.Int64
+		mu     sync.Mutex
+		first  []string
+		wg     sync.WaitGroup
+	)
+	for range conc {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := do(i); err != nil {
+					failed.Add(1)
+					mu.Lock()
+					if len(first) < 5 {
+						first = append(first, err.Error())
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if k := failed.Load(); k > 0 {
+		tb.Fatalf("%s: %d of %d failed, first:\n%s", what, k, n, strings.Join(first, "\n"))
+	}
+}
+
+// percentiles returns the p50, p99 and largest of d in milliseconds
+// (sorting d).
+func percentiles(d []time.Duration) (p50, p99, top float64) {
+	slices.Sort(d)
+	at := func(p float64) float64 {
+		return float64(d[min(len(d)-1, int(p*float64(len(d))))].Microseconds()) / 1000
+	}
+	return at(0.50), at(0.99), float64(d[len(d)-1].Microseconds()) / 1000
+}
+
+// envInt reads a positive integer setting of the benchmark from the
+// environment, def when unset.
+func envInt(tb testing.TB, name string, def int) int {
+	tb.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		tb.Fatalf("%s=%q: want a positive integer", name, v)
+	}
+	return n
+}
+
+// lockSampler counts, every 250 ms, the active PostgreSQL backends of the
+// benchmark's database and those waiting on a lock (heavyweight locks:
+// rows, transactions, tuples), and what the active ones wait on.
+type lockSampler struct {
+	done    chan struct{}
+	stopped chan struct{}
+	err     error
+
+	samples, active, locked int64
+	events                  map[string]int64 // wait_event_type/wait_event, or "running" for none
+}
+
+func startLockSampler(tb testing.TB, db *sql.DB) *lockSampler {
+	s := &lockSampler{done: make(chan struct{}), stopped: make(chan struct{}), events: map[string]int64{}}
+	go func() {
+		defer close(s.stopped)
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-s.done:
+				return
+			case <-tick.C:
+			}
+			if s.err = s.sample(db); s.err != nil {
+				return
+			}
+		}
+	}()
+	return s
+}
+
+func (s *lockSampler) sample(db *sql.DB) error {
+	rows, err := db.Query(`SELECT coalesce(wait_event_type, ''), coalesce(wait_event, ''), count(*)
+		FROM pg_stat_activity
+		WHERE state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()
+		GROUP BY 1, 2`)
+	if err != nil {
+		return fmt.Errorf("sample pg_stat_activity: %w", err)
+	}
+	defer rows.Close()
+	s.samples++
+	for rows.Next() {
+		var typ, event string
+		var k int64
+		if err := rows.Scan(&typ, &event, &k); err != nil {
+			return err
+		}
+		s.active += k
+		if typ == "Lock" {
+			s.locked += k
+		}
+		key := "running"
+		if typ != "" {
+			key = typ + "/" + event
+		}
+		s.events[key] += k
+	}
+	return rows.Err()
+}
+
+// stop ends the sampling and returns the share of active backends that
+// waited on a lock over all samples, and the commonest waits as text.
+func (s *lockSampler) stop(tb testing.TB) (float64, string) {
+	tb.Helper()
+	close(s.done)
+	<-s.stopped
+	if s.err != nil {
+		tb.Fatal(s.err)
+	}
+	if s.active == 0 {
+		return 0, fmt.Sprintf("%d samples, no active backend", s.samples)
+	}
+	keys := make([]string, 0, len(s.events))
+	for k := range s.events {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int { return int(s.events[b] - s.events[a]) })
+	var parts []string
+	for _, k := range keys[:min(6, len(keys))] {
+		parts = append(parts, fmt.Sprintf("%s %.0f%%", k, 100*float64(s.events[k])/float64(s.active)))
+	}
+	return float64(s.locked) / float64(s.active), fmt.Sprintf("%d samples, %.1f active backends on average: %s",
+		s.samples, float64(s.active)/float64(s.samples), strings.Join(parts, ", "))
+}
+
+func lockLine(s *lockSampler, share float64, waits string) string {
+	if s == nil {
+		return ""
+	}
+	return fmt.Sprintf("\n  PostgreSQL: %.0f%% of active backends waiting on locks; %s", 100*share, waits)
+}
+
+// otadCPU is the CPU time (user and system) the otad processes have used,
+// from /proc (0 where it cannot be read).
+func otadCPU(procs []*otadProcess) time.Duration {
+	var total time.Duration
+	for _, p := range procs {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+		if err != nil {
+			return 0
+		}
+		// Fields after the parenthesized command name; utime and stime
+		// are the 14th and 15th fields, in clock ticks (100 a second).
+		s := string(stat)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(fields) < 13 {
+			return 0
+		}
+		u, _ := strconv.ParseInt(fields[11], 10, 64)
+		k, _ := strconv.ParseInt(fields[12], 10, 64)
+		total += time.Duration(u+k) * 10 * time.Millisecond
+	}
+	return total
+}
+
+// selfCPU is the CPU time (user and system) of this process, the load
+// generator.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuTimes is the machine's CPU time from /proc/stat: busy and total, in
+// clock ticks over all cores.
+type cpuTimes struct{ busy, total int64 }
+
+func hostCPU() cpuTimes {
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}
+	}
+	line, _, _ := strings.Cut(string(stat), "\n")
+	var t cpuTimes
+	fields := strings.Fields(line)
+	// user nice system idle iowait irq softirq steal; guest time is
+	// already in user and nice.
+	for i, f := range fields[1:min(9, len(fields))] {
+		v, _ := strconv.ParseInt(f, 10, 64)
+		t.total += v
+		if i != 3 && i != 4 { // idle and iowait
+			t.busy += v
+		}
+	}
+	return t
+}
+
+func (t cpuTimes) since(t0 cpuTimes) cpuTimes { return cpuTimes{t.busy - t0.busy, t.total - t0.total} }
+
+// busyShare is the share of the machine's CPU time that was busy.
+func (t cpuTimes) busyShare() float64 {
+	if t.total == 0 {
+		return 0
+	}
+	return float64(t.busy) / float64(t.total)
+}
+
+// share is the share of the machine's CPU time that d was.
+func (t cpuTimes) share(d time.Duration) float64 {
+	if t.total == 0 {
+		return 0
+	}
+	return float64(d/(10*time.Millisecond)) / float64(t.total)
+}
