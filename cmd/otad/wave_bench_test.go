@@ -152,6 +152,10 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 	if pg != nil {
 		sampler = startLockSampler(b, pg)
 	}
+	var pg0 map[int]time.Duration
+	if pg != nil {
+		pg0 = postgresCPU(b, pg)
+	}
 	cpu0, self0, host0 := otadCPU(procs), selfCPU(), hostCPU()
 	b.ResetTimer()
 	start := time.Now()
@@ -198,6 +202,13 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 	wave := time.Since(start)
 	b.StopTimer()
 	cpu, self, host := otadCPU(procs)-cpu0, selfCPU()-self0, hostCPU().since(host0)
+	// What else ran on the machine: a shared machine's other work, seen
+	// here, makes the figures lower than the server's own.
+	pgCPU, other := "in otad", host.busyShare()-host.share(cpu)-host.share(self)
+	if pg != nil {
+		d := host.share(postgresCPUSince(postgresCPU(b, pg), pg0))
+		pgCPU, other = fmt.Sprintf("%.0f%%", 100*d), other-d
+	}
 	var lockShare float64
 	var waits string
 	if sampler != nil {
@@ -258,11 +269,11 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 	// benchmark's log.
 	fmt.Printf("%s: %d handsets through %d otad (%s), %d concurrent (setup %v)\n"+
 		"  wave: %d steps in %v = %.0f steps/s; quiet: %d check-ins in %v = %.0f/s\n"+
-		"  during the wave: machine CPU busy %.0f%%: otad %.0f%% (%.0f us a step), load generator %.0f%%%s\n"+
-		"  load average after the run: %s\n  %s\n",
+		"  during the wave: machine CPU busy %.0f%%: otad %.0f%% (%.0f us a step), PostgreSQL %s, load generator %.0f%%, other %.0f%%%s\n"+
+		"  load average after the run (its own load included): %s\n  %s\n",
 		b.Name(), n, replicas, map[bool]string{true: "PostgreSQL", false: "SQLite"}[dsn != ""], conc, setup.Round(time.Second),
 		steps, wave.Round(time.Millisecond), float64(steps)/wave.Seconds(), quietN, quietTime.Round(time.Millisecond), float64(quietN)/quietTime.Seconds(),
-		100*host.busyShare(), 100*host.share(cpu), float64(cpu.Microseconds())/float64(steps), 100*host.share(self), lockLine(sampler, lockShare, waits),
+		100*host.busyShare(), 100*host.share(cpu), float64(cpu.Microseconds())/float64(steps), pgCPU, 100*host.share(self), 100*other, lockLine(sampler, lockShare, waits),
 		strings.Join(strings.Fields(string(load))[:3], " "), strings.Join(table, "\n  "))
 }
 
@@ -370,6 +381,7 @@ type lockSampler struct {
 	err     error
 
 	samples, active, locked int64
+	inTx                    int64            // backends idle in a transaction
 	events                  map[string]int64 // wait_event_type/wait_event, or "running" for none
 }
 
@@ -394,20 +406,28 @@ func startLockSampler(tb testing.TB, db *sql.DB) *lockSampler {
 }
 
 func (s *lockSampler) sample(db *sql.DB) error {
-	rows, err := db.Query(`SELECT coalesce(wait_event_type, ''), coalesce(wait_event, ''), count(*)
+	// The lock share counts active backends only (running a statement);
+	// a backend idle in a transaction waits for otad's next statement,
+	// and is counted apart.
+	rows, err := db.Query(`SELECT state = 'active', coalesce(wait_event_type, ''), coalesce(wait_event, ''), count(*)
 		FROM pg_stat_activity
-		WHERE state = 'active' AND datname = current_database() AND pid <> pg_backend_pid()
-		GROUP BY 1, 2`)
+		WHERE state IN ('active', 'idle in transaction') AND datname = current_database() AND pid <> pg_backend_pid()
+		GROUP BY 1, 2, 3`)
 	if err != nil {
 		return fmt.Errorf("sample pg_stat_activity: %w", err)
 	}
 	defer rows.Close()
 	s.samples++
 	for rows.Next() {
+		var active bool
 		var typ, event string
 		var k int64
-		if err := rows.Scan(&typ, &event, &k); err != nil {
+		if err := rows.Scan(&active, &typ, &event, &k); err != nil {
 			return err
+		}
+		if !active {
+			s.inTx += k
+			continue
 		}
 		s.active += k
 		if typ == "Lock" {
@@ -443,8 +463,8 @@ func (s *lockSampler) stop(tb testing.TB) (float64, string) {
 	for _, k := range keys[:min(6, len(keys))] {
 		parts = append(parts, fmt.Sprintf("%s %.0f%%", k, 100*float64(s.events[k])/float64(s.active)))
 	}
-	return float64(s.locked) / float64(s.active), fmt.Sprintf("%d samples, %.1f active backends on average: %s",
-		s.samples, float64(s.active)/float64(s.samples), strings.Join(parts, ", "))
+	return float64(s.locked) / float64(s.active), fmt.Sprintf("%d samples, on average %.1f backends active and %.1f idle in a transaction;\n  the active wait on: %s",
+		s.samples, float64(s.active)/float64(s.samples), float64(s.inTx)/float64(s.samples), strings.Join(parts, ", "))
 }
 
 func lockLine(s *lockSampler, share float64, waits string) string {
@@ -454,27 +474,67 @@ func lockLine(s *lockSampler, share float64, waits string) string {
 	return fmt.Sprintf("\n  PostgreSQL: %.0f%% of active backends waiting on locks; %s", 100*share, waits)
 }
 
-// otadCPU is the CPU time (user and system) the otad processes have used,
-// from /proc (0 where it cannot be read).
+// otadCPU is the CPU time (user and system) the otad processes have used.
 func otadCPU(procs []*otadProcess) time.Duration {
 	var total time.Duration
 	for _, p := range procs {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
-		if err != nil {
-			return 0
-		}
-		// Fields after the parenthesized command name; utime and stime
-		// are the 14th and 15th fields, in clock ticks (100 a second).
-		s := string(stat)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(fields) < 13 {
-			return 0
-		}
-		u, _ := strconv.ParseInt(fields[11], 10, 64)
-		k, _ := strconv.ParseInt(fields[12], 10, 64)
-		total += time.Duration(u+k) * 10 * time.Millisecond
+		total += procCPU(p.cmd.Process.Pid)
 	}
 	return total
+}
+
+// procCPU is the CPU time (user and system) process pid has used, from
+// /proc (0 where it cannot be read).
+func procCPU(pid int) time.Duration {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesized command name; utime and stime are
+	// the 14th and 15th fields, in clock ticks (100 a second).
+	s := string(stat)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(fields) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(fields[11], 10, 64)
+	k, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(u+k) * 10 * time.Millisecond
+}
+
+// postgresCPU is the CPU time used by each process PostgreSQL lists in
+// pg_stat_activity (its backends and background processes), by pid: the
+// benchmark's server runs on this machine. Processes that exit between
+// two readings are missed, so the difference is a lower bound.
+func postgresCPU(tb testing.TB, db *sql.DB) map[int]time.Duration {
+	tb.Helper()
+	rows, err := db.Query("SELECT pid FROM pg_stat_activity")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[int]time.Duration{}
+	for rows.Next() {
+		var pid int
+		if err := rows.Scan(&pid); err != nil {
+			tb.Fatal(err)
+		}
+		out[pid] = procCPU(pid)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// postgresCPUSince is PostgreSQL's CPU time between two postgresCPU
+// readings.
+func postgresCPUSince(now, then map[int]time.Duration) time.Duration {
+	var d time.Duration
+	for pid, t := range now {
+		d += t - then[pid]
+	}
+	return d
 }
 
 // selfCPU is the CPU time (user and system) of this process, the load
