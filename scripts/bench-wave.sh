@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
-log() { printf '== %s\n' "$*"; }
+. scripts/lib.sh # log, start_on_free_port
 
 work=$(mktemp -d /tmp/ota-bench.XXXXXX)
 chmod 755 "$work" # PostgreSQL runs as an unprivileged user and must reach its folder
@@ -23,19 +23,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_on_free_port WHAT START_FN: as in scripts/test.sh, START_FN PORT on
-# a loopback port scripts/freeport has just proven free, the next free one
-# when another process took it in between; prints the port.
-start_on_free_port() {
-  local what=$1 start=$2 port=0 try
-  for try in 1 2 3 4 5; do
-    port=$("$freeport" -after "$port") || return 1
-    if "$start" "$port" >&2; then echo "$port"; return 0; fi
-    log "$what did not start on 127.0.0.1:$port (try $try of 5); trying the next free port" >&2
-  done
-  echo "$what did not start on any of 5 free ports" >&2
-  return 1
-}
 start_pg() { scripts/pg-cluster.sh start "$work/pg" "$1"; }
 
 freeport="$work/bin/freeport"

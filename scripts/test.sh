@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
-log() { printf '== %s\n' "$*"; }
+. scripts/lib.sh # log, start_on_free_port
 
 work=$(mktemp -d /tmp/ota-test.XXXXXX)
 chmod 755 "$work" # PostgreSQL runs as an unprivileged user and must reach its folder
@@ -22,21 +22,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_on_free_port WHAT START_FN runs START_FN PORT on a loopback port
-# below the kernel's ephemeral range that scripts/freeport has just proven
-# free with a real bind, and prints the port. PostgreSQL and MinIO must be
-# told their port before they start, so another process may take it in
-# between: their start then fails at once and the next free port is tried.
-start_on_free_port() {
-  local what=$1 start=$2 port=0 try
-  for try in 1 2 3 4 5; do
-    port=$("$freeport" -after "$port") || return 1
-    if "$start" "$port" >&2; then echo "$port"; return 0; fi
-    log "$what did not start on 127.0.0.1:$port (try $try of 5); trying the next free port" >&2
-  done
-  echo "$what did not start on any of 5 free ports" >&2
-  return 1
-}
 start_pg() { scripts/pg-cluster.sh start "$work/pg" "$1"; }
 start_minio() { scripts/minio.sh start "$work/minio" "$1" otatest "$minio_secret"; }
 
