@@ -143,8 +143,9 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	// do sends a request; a planted one breaks the API contract on
-	// purpose (apitest.OffContract), a baseline one must keep it.
-	do := func(tb testing.TB, planted bool, method, path string, header http.Header, body any) int {
+	// purpose (apitest.OffContract), a baseline one must keep it. When
+	// out is set, a 2xx answer is decoded into it.
+	do := func(tb testing.TB, planted bool, method, path string, header http.Header, body, out any) int {
 		tb.Helper()
 		var r io.Reader
 		if body != nil {
@@ -169,13 +170,18 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 		if err != nil {
 			tb.Fatal(err)
 		}
+		defer resp.Body.Close()
+		if out != nil && resp.StatusCode/100 == 2 {
+			if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+				tb.Fatal(err)
+			}
+		}
 		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
 		return resp.StatusCode
 	}
 	send := func(tb testing.TB, method, path string, header http.Header, body any) int {
 		tb.Helper()
-		return do(tb, true, method, path, header, body)
+		return do(tb, true, method, path, header, body, nil)
 	}
 	bearer := func(token string) http.Header { return http.Header{"Authorization": {"Bearer " + token}} }
 
@@ -225,7 +231,7 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 		"report":            {"/api/v1/reports", bearer(token), reportBody()},
 		"report of failure": {"/api/v1/reports", bearer(token), failedReportBody()},
 	} {
-		if code := do(t, false, "POST", tc.path, tc.header, tc.body); code/100 != 2 {
+		if code := do(t, false, "POST", tc.path, tc.header, tc.body, nil); code/100 != 2 {
 			t.Fatalf("baseline %s: %d, want 2xx", name, code)
 		}
 	}
@@ -304,37 +310,8 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 	// act sends an admin request and, when out is set, decodes a 2xx
 	// answer into it.
 	act := func(planted bool, method, path string, header http.Header, body any, out any) int {
-		var r io.Reader
-		if body != nil {
-			b, err := json.Marshal(body)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r = bytes.NewReader(b)
-		}
-		req, err := http.NewRequest(method, env.URL+admin_(path), r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/json")
-		if planted {
-			apitest.OffContract(req)
-		}
-		for k, v := range header {
-			req.Header[k] = v
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		if out != nil && resp.StatusCode/100 == 2 {
-			if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-				t.Fatal(err)
-			}
-		}
-		io.Copy(io.Discard, resp.Body)
-		return resp.StatusCode
+		t.Helper()
+		return do(t, planted, method, admin_(path), header, body, out)
 	}
 	draft := func(edit func(b map[string]any)) map[string]any {
 		b := map[string]any{"release": patchPath, "stages": []float64{1}, "draft": true, "reason": "planting"}
@@ -434,7 +411,7 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 	}
 	// Sent last on the same client: the server has logged every request
 	// before it answers this one.
-	do(t, false, "GET", "/healthz", nil, nil)
+	do(t, false, "GET", "/healthz", nil, nil, nil)
 
 	// /metrics once labelled rollouts with their ids, whatever they were.
 	resp, err := client.Get(env.URL + "/metrics")
