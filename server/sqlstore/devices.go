@@ -475,8 +475,10 @@ func (s *DeviceStore) DeleteDevice(ctx context.Context, id string) error {
 	}
 	if s.db.dialect == dialectSQLite {
 		// The erasure is committed; a checkpoint that cannot finish now
-		// leaves the old page images in the WAL until a later one.
-		if err := s.db.truncateWAL(ctx); err != nil {
+		// leaves the old page images in the WAL until a later one. It
+		// runs between write batches: it needs the write lock, which a
+		// steady stream of batches would otherwise never leave it.
+		if err := s.db.betweenBatches(ctx, s.db.truncateWAL); err != nil {
 			s.db.logger.WarnContext(ctx, "erased device: checkpoint did not truncate the WAL; the erased rows stay in it until a later checkpoint",
 				slog.Any("error", err))
 		}

@@ -35,3 +35,33 @@ func BenchFleet(b *testing.B, name string) (*DB, *server.Rollout) {
 	b.Fatalf("no backend %q", name)
 	return nil, nil
 }
+
+// The write gate's insides, for the group commit tests and benchmark.
+
+// gateCommits returns how many real COMMITs db's write gate has made
+// and how many logical commits they acknowledged.
+func gateCommits(db *DB) (real, logical int64) {
+	g := db.sqliteGate()
+	return g.realCommits.Load(), g.logicalCommits.Load()
+}
+
+// withGateTurn runs fn holding db's write turn, outside any logical
+// transaction: what the turn's holder owns (the caps, the commit hook,
+// the open batch) may be read and set there.
+func withGateTurn(t testing.TB, db *DB, fn func(g *writeGate)) {
+	t.Helper()
+	g := db.sqliteGate()
+	if err := g.enter(t.Context()); err != nil {
+		t.Fatalf("take the write turn: %v", err)
+	}
+	defer g.release()
+	fn(g)
+}
+
+// queuedWriters returns how many writers wait for db's write turn.
+func queuedWriters(db *DB) int {
+	g := db.sqliteGate()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.writers
+}
