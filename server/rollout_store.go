@@ -52,11 +52,12 @@ type RolloutStore interface {
 	// handset, in one transaction with the rollups it moves: next is
 	// what dec.Record made of prev (prev is nil for a first offer). With
 	// limit above 0 it first takes one from the rollout's budget for the
-	// minute of now, and when there is no room it records nothing and
-	// returns false. A record that another check-in of the handset
-	// wrote in the meantime (a first offer already inserted, a retry
-	// already counted) is left as it is, and the answer is still true:
-	// the handset is offered what the other check-in offered.
+	// minute of now (as ClaimOffer), and when there is no room it
+	// records nothing and returns false. A record that another check-in
+	// of the handset wrote in the meantime (a first offer already
+	// inserted, a retry already counted) is left as it is, and the
+	// answer is still true: the handset is offered what the other
+	// check-in offered, and the offer taken is given back.
 	RecordOffer(ctx context.Context, dec Decision, prev, next *DeviceRollout, limit int, now time.Time) (bool, error)
 	// RolloutResults counts a rollout's results per model: the records
 	// whose state is installed, or failed or rolled back (both Failed),
@@ -69,8 +70,15 @@ type RolloutStore interface {
 	// ClaimOffer takes one offer from a rollout's budget for the minute
 	// that holds minute, shared by all replicas, and reports whether
 	// there was room: at most limit claims of one minute succeed however
-	// many replicas claim at once. A limit below 1 is no cap (as
-	// Policy.MaxOffersPerMinute 0): always true, nothing written.
+	// many replicas claim at once. A replica may claim several offers at
+	// once and hand them out itself, so that offers do not all write one
+	// shared row (sqlstore claims up to an eighth of the cap, at most 32):
+	// the cap is never exceeded, but offers a replica claimed and did not
+	// hand out before the minute ended are lost, up to one chunk less one
+	// per replica and minute. A minute older than one a replica was
+	// already asked about is past: refused, nothing claimed. A limit
+	// below 1 is no cap (as Policy.MaxOffersPerMinute 0): always true,
+	// nothing written.
 	ClaimOffer(ctx context.Context, rolloutID string, minute time.Time, limit int) (bool, error)
 	// PruneOfferBudget deletes the budgets of minutes before before and
 	// returns how many; a minute past is never claimed again.

@@ -629,26 +629,18 @@ func (s *RolloutStore) RolloutResults(ctx context.Context, rolloutID string, sin
 	return out, nil
 }
 
-// claimOfferSQL takes one from a minute's budget in one statement: the
-// first claim of a minute inserts n = 1, later ones add one while n is
-// below the cap. PostgreSQL locks the conflicting row and evaluates the
-// DO UPDATE's WHERE on its latest version, and SQLite has one writer at
-// a time, so concurrent claims from any number of replicas never pass
-// the cap; a claim that does not fit changes no row.
-const claimOfferSQL = `INSERT INTO rollout_offer_budget (rollout_id, minute, n) VALUES (?, ?, 1)
-ON CONFLICT (rollout_id, minute) DO UPDATE SET n = rollout_offer_budget.n + 1
-WHERE rollout_offer_budget.n < ?`
-
-// ClaimOffer implements server.RolloutStore.
+// ClaimOffer implements server.RolloutStore: one offer from this
+// replica's allowance, claimed from the shared budget in chunks
+// (offerBudget).
 func (s *RolloutStore) ClaimOffer(ctx context.Context, rolloutID string, minute time.Time, limit int) (bool, error) {
 	if limit < 1 {
 		return true, nil
 	}
-	res := s.db.gorm.WithContext(ctx).Exec(claimOfferSQL, rolloutID, dbTime(minute).Truncate(time.Minute), limit)
-	if res.Error != nil {
-		return false, fmt.Errorf("rollout %s: claim an offer: %w", rolloutID, res.Error)
+	ok, err := s.db.offers.take(ctx, rolloutID, minute, limit)
+	if err != nil {
+		return false, fmt.Errorf("rollout %s: claim an offer: %w", rolloutID, err)
 	}
-	return res.RowsAffected == 1, nil
+	return ok, nil
 }
 
 // PruneOfferBudget implements server.RolloutStore.
@@ -660,30 +652,33 @@ func (s *RolloutStore) PruneOfferBudget(ctx context.Context, before time.Time) (
 	return res.RowsAffected, nil
 }
 
-// RecordOffer implements server.RolloutStore: the budget claim, the
-// record and its rollup in one transaction. A first offer inserts the
+// RecordOffer implements server.RolloutStore: one offer from this
+// replica's allowance (offerBudget, before and outside the transaction:
+// a claim of a chunk from the shared budget is a write of its own), then
+// the record and its rollup in one transaction. A first offer inserts the
 // record unless one exists (ON CONFLICT DO NOTHING: a concurrent check-in
 // of the same handset inserted it and counted it); a retry moves the
 // record from the failed attempt it read (a compare-and-swap on state
 // and attempts: a concurrent retry counted it already). Either way the
-// claim is rolled back when nothing was written, so the budget counts
-// offers actually made.
+// offer is given back to the allowance when nothing was written, so the
+// next offer of the minute takes it.
 func (s *RolloutStore) RecordOffer(ctx context.Context, dec server.Decision, prev, next *server.DeviceRollout, limit int, now time.Time) (bool, error) {
 	if next == nil || (dec.Kind != server.OfferFirst && dec.Kind != server.OfferRetry) || (dec.Kind == server.OfferRetry && prev == nil) {
 		return false, fmt.Errorf("record offer of rollout %s: not a first offer or a retry: %w", dec.RolloutID, server.ErrInvalid)
 	}
-	errFull := errors.New("budget full")
+	// The budget claim (offer_budget.go): from the allowance, not in the
+	// transaction.
+	if limit > 0 {
+		ok, err := s.db.offers.take(ctx, dec.RolloutID, now, limit)
+		if err != nil {
+			return false, fmt.Errorf("rollout %s: claim an offer: %w", dec.RolloutID, err)
+		}
+		if !ok {
+			return false, nil
+		}
+	}
 	errRaced := errors.New("raced")
 	err := s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		if limit > 0 {
-			res := tx.Exec(claimOfferSQL, dec.RolloutID, dbTime(now).Truncate(time.Minute), limit)
-			if res.Error != nil {
-				return fmt.Errorf("claim an offer: %w", res.Error)
-			}
-			if res.RowsAffected == 0 {
-				return errFull
-			}
-		}
 		var res *gorm.DB
 		if dec.Kind == server.OfferFirst {
 			res = tx.Exec(`INSERT INTO device_rollouts (rollout_id, device_id, model, starting_build, offered_at,
@@ -707,11 +702,15 @@ WHERE rollout_id = ? AND device_id = ? AND state = ? AND attempts = ?`, next.Sta
 		}
 		return moveRecords(tx, recordMove(old, next), now)
 	})
+	// The budget claim: an offer that raced was not made and goes back
+	// to the allowance. One that failed is not given back: a failed
+	// commit may have been made, and the cap must not be passed.
+	if limit > 0 && errors.Is(err, errRaced) {
+		s.db.offers.giveBack(dec.RolloutID, now, limit)
+	}
 	switch {
 	case err == nil, errors.Is(err, errRaced):
 		return true, nil
-	case errors.Is(err, errFull):
-		return false, nil
 	case errors.Is(err, gorm.ErrForeignKeyViolated):
 		return false, fmt.Errorf("rollout %s or device %s: %w", next.RolloutID, next.DeviceID, server.ErrNotFound)
 	}

@@ -698,8 +698,8 @@ func testClaimOfferConcurrent(t *testing.T, b backend) {
 		want    bool
 	}{
 		{"same minute, spent", "ro_1", minute.Add(59 * time.Second), limit, false},
-		{"next minute", "ro_1", minute.Add(time.Minute), limit, true},
 		{"other rollout", "ro_2", minute, limit, true},
+		{"next minute", "ro_1", minute.Add(time.Minute), limit, true},
 		{"no cap", "ro_1", minute, 0, true},
 	} {
 		ok, err := s.ClaimOffer(ctx, tc.rollout, tc.at, tc.limit)

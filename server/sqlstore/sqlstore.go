@@ -108,6 +108,8 @@ type DB struct {
 	repoMu  chan struct{} // RepoLock on SQLite
 	// checkIns batches check-in reads on PostgreSQL; nil on SQLite.
 	checkIns *readBatcher[string, checkInRows]
+	// offers is this replica's allowance of capped offers (offer_budget.go).
+	offers *offerBudget
 }
 
 // Open connects to the database named by dsn and checks that it answers
@@ -195,7 +197,8 @@ func openPostgres(ctx context.Context, dsn string, cfg *gorm.Config, opts Option
 		_ = sqlDB.Close()
 		return nil, fmt.Errorf("connect to postgres at %s: %w", where, redact(err, secrets))
 	}
-	db := &DB{gorm: g, sql: sqlDB, dialect: dialectPostgres, logger: log, repoMu: make(chan struct{}, 1)}
+	db := &DB{gorm: g, sql: sqlDB, dialect: dialectPostgres, logger: log, repoMu: make(chan struct{}, 1),
+		offers: newOfferBudget(g)}
 	db.checkIns = db.checkInBatcher()
 	return db, nil
 }
@@ -274,7 +277,8 @@ func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options
 		_ = sqlDB.Close()
 		return nil, fmt.Errorf("open sqlite database %s: make it owner-only: %w", path, err)
 	}
-	return &DB{gorm: g, sql: sqlDB, dialect: dialectSQLite, logger: log, repoMu: make(chan struct{}, 1)}, nil
+	return &DB{gorm: g, sql: sqlDB, dialect: dialectSQLite, logger: log, repoMu: make(chan struct{}, 1),
+		offers: newOfferBudget(g)}, nil
 }
 
 // openSQLiteRetrying opens the database, trying again while SQLite
