@@ -99,6 +99,7 @@ func (m *Main) Run(ctx context.Context) error {
 		// The online key signs the audit checkpoints; the blob store
 		// keeps them.
 		AuditCheckpointInterval: m.cfg.AuditCheckpointInterval,
+		FoldInterval:            m.cfg.FoldInterval,
 
 		// Wrong enrollment secrets, not handsets: see server.Fleet.Enroll.
 		SecretFailuresPerMinute: m.cfg.SecretFailuresPerMinute,

@@ -14,6 +14,7 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/s3store"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/app"
 
 	"github.com/patchfleet/ota/internal/envflag"
 )
@@ -51,8 +52,9 @@ type Config struct {
 	PresignTTL          time.Duration
 	DownloadStall       time.Duration
 	MaxArtifactSize     int64
-	// AuditCheckpointInterval: see app.Config.
+	// AuditCheckpointInterval and FoldInterval: see app.Config.
 	AuditCheckpointInterval time.Duration
+	FoldInterval            time.Duration
 
 	// Handset API.
 	PublicURL        string
@@ -106,6 +108,7 @@ func defaultConfig() Config {
 		MaxArtifactSize: 8 << 30,
 
 		AuditCheckpointInterval: time.Minute,
+		FoldInterval:            app.DefaultFoldInterval,
 
 		PollInterval:       time.Hour,
 		LastSeenResolution: server.DefaultLastSeenResolution,
@@ -254,6 +257,8 @@ func (c *Config) registerTUF(fs *envflag.FlagSet) {
 	fs.Int64Env(&c.MaxArtifactSize, "max-artifact-size", c.MaxArtifactSize, "largest artifact upload in bytes", "OTAD_MAX_ARTIFACT_SIZE")
 	fs.DurationEnv(&c.AuditCheckpointInterval, "audit-checkpoint-interval", c.AuditCheckpointInterval,
 		"how often the audit log's new entries are signed with the online key into a checkpoint in the blob store (audit/checkpoints/), which a database administrator cannot rewrite", "OTAD_AUDIT_CHECKPOINT_INTERVAL")
+	fs.DurationEnv(&c.FoldInterval, "rollup-fold-interval", c.FoldInterval,
+		"how often this replica folds the rollups' delta logs (the changes that check-ins and reports append) into the counters that reports read; reports are exact either way", "OTAD_ROLLUP_FOLD_INTERVAL")
 }
 
 // Validate checks what can be checked without touching the network or the
@@ -303,7 +308,7 @@ func (c *Config) ValidateServe() error {
 		"refresh-interval": c.RefreshInterval, "presign-ttl": c.PresignTTL, "download-stall-timeout": c.DownloadStall,
 		"poll-interval": c.PollInterval, "report-retention": c.ReportRetention,
 		"last-seen-resolution": c.LastSeenResolution, "rollout-refresh": c.RolloutRefresh,
-		"audit-checkpoint-interval": c.AuditCheckpointInterval,
+		"audit-checkpoint-interval": c.AuditCheckpointInterval, "rollup-fold-interval": c.FoldInterval,
 	} {
 		if d <= 0 {
 			return settingError(name, fmt.Errorf("%v: must be positive", d))

@@ -26,6 +26,10 @@ const (
 	// DefaultAuditCheckpointInterval is how often the audit log's head
 	// is checkpointed, when it moved.
 	DefaultAuditCheckpointInterval = time.Minute
+	// DefaultFoldInterval keeps the rollups' delta logs to about a
+	// second of changes (5,000 rows at the rate of a rollout wave), which
+	// a report reads in a few milliseconds.
+	DefaultFoldInterval = time.Second
 )
 
 // Config is what an App is built from. DB, Blobs and Online are required;
@@ -70,6 +74,12 @@ type Config struct {
 	// DefaultAuditCheckpointInterval; checked at each pass, so at most
 	// as often as RefreshInterval).
 	AuditCheckpointInterval time.Duration
+	// FoldInterval is how often this replica folds the rollups' delta
+	// logs into the rollups (sqlstore.DB.FoldRollups; default
+	// DefaultFoldInterval). Every replica folds; folds take turns.
+	// Reports are exact either way: they add the unfolded deltas, which
+	// a longer interval only makes more of.
+	FoldInterval time.Duration
 	// AfterPass, when set, is called after each pass of the background
 	// jobs, so that a test waits for one instead of sleeping.
 	AfterPass func()
@@ -123,6 +133,7 @@ type App struct {
 	log      *slog.Logger
 	stop     context.CancelFunc
 	done     chan struct{}
+	folded   chan struct{} // closed when foldLoop ends
 	policies policyJobs
 }
 
@@ -149,6 +160,9 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	if cfg.AuditCheckpointInterval <= 0 {
 		cfg.AuditCheckpointInterval = DefaultAuditCheckpointInterval
+	}
+	if cfg.FoldInterval <= 0 {
+		cfg.FoldInterval = DefaultFoldInterval
 	}
 	a := &App{cfg: cfg, log: cfg.Logger}
 	repo, err := manifests.New(manifests.Config{
@@ -228,7 +242,27 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 func (a *App) Run(ctx context.Context) {
 	ctx, a.stop = context.WithCancel(ctx)
 	a.done = make(chan struct{})
+	a.folded = make(chan struct{})
 	go a.repositoryLoop(ctx)
+	go a.foldLoop(ctx)
+}
+
+// foldLoop folds the rollups' delta logs every FoldInterval until ctx
+// ends.
+func (a *App) foldLoop(ctx context.Context) {
+	defer close(a.folded)
+	tick := time.NewTicker(a.cfg.FoldInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if _, err := a.cfg.DB.FoldRollups(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("folding the rollups' delta logs; reports stay exact, they read the unfolded deltas too", slog.Any("error", err))
+		}
+	}
 }
 
 // Close stops the background jobs and waits for them to end. The
@@ -239,6 +273,7 @@ func (a *App) Close() {
 	}
 	a.stop()
 	<-a.done
+	<-a.folded
 }
 
 // repositoryLoop keeps the TUF repository current until ctx ends: it picks

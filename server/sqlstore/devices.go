@@ -132,7 +132,8 @@ func (s *DeviceStore) Enroll(ctx context.Context, d *server.Device, tokenHash st
 			if err := tx.Create(&row).Error; err != nil {
 				return err
 			}
-			return moveDevice(tx, nil, &row)
+			b := moveDevice(nil, &row)
+			return b.insert(tx)
 		})
 		if errors.Is(err, gorm.ErrDuplicatedKey) {
 			return "", false, fmt.Errorf("enroll device %s: id or token taken: %w", d.ID, server.ErrConflict)
@@ -159,7 +160,8 @@ RETURNING id`, row.ID, row.TokenHash, row.KeyFingerprint, row.KeySignedAt, row.M
 			if err = s.db.rawErr(err); err != nil || len(ids) == 0 {
 				return err
 			}
-			return moveDevice(tx, nil, &row)
+			b := moveDevice(nil, &row)
+			return b.insert(tx)
 		})
 		if err != nil {
 			return "", false, fmt.Errorf("enroll device: %w", err)
@@ -210,7 +212,8 @@ WHERE id = ?`, next.TokenHash, next.KeySignedAt, next.Model, next.Build, next.Ch
 			return err
 		}
 		id = next.ID
-		return moveDevice(tx, &old[0], &next)
+		b := moveDevice(&old[0], &next)
+		return b.insert(tx)
 	})
 	switch {
 	case errors.Is(err, server.ErrConflict):
@@ -372,11 +375,12 @@ const saveCheckInSQL = `UPDATE devices SET build = ?, model = ?, channel = ?, in
 	cloud_messaging = ?, number_encryption = ?, last_seen = ?, rev = rev + 1
 WHERE id = ? AND rev = ?`
 
-// SaveCheckIn implements server.DeviceStore: the update and the rollups
-// it moves in one transaction. The update is a compare-and-swap on rev,
-// so of two check-ins of one device read at the same revision only one
-// moves the rollups. A check-in that changes only last_seen on the same
-// day moves none and is a single statement.
+// SaveCheckIn implements server.DeviceStore: the update and the rollup
+// deltas it makes, atomically; on PostgreSQL in one statement, which
+// locks only the device's own row (see changeWithDeltas). The update is
+// a compare-and-swap on rev, so of two check-ins of one device read at
+// the same revision only one moves the rollups. A check-in that changes
+// only last_seen on the same day moves none and is the update alone.
 func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *server.Device) error {
 	oldRow, err := rowOf(old)
 	if err != nil {
@@ -387,39 +391,22 @@ func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *server.Device)
 		return err
 	}
 	nextRow.LastSeen = dbTime(next.LastSeen)
-	update := func(tx *gorm.DB) error {
-		res := tx.Exec(saveCheckInSQL, nextRow.Build, nextRow.Model, nextRow.Channel, nextRow.InstalledPatches,
-			nextRow.CloudMessaging, nextRow.NumberEncryption, nextRow.LastSeen, old.ID, old.Rev)
-		if res.Error != nil {
-			return res.Error
-		}
-		if res.RowsAffected == 0 {
-			return errStaleDevice
-		}
-		return nil
+	var deltas deltaBatch
+	if fleetKeyOf(oldRow) != fleetKeyOf(nextRow) || rollupDay(oldRow.LastSeen) != rollupDay(nextRow.LastSeen) {
+		deltas = moveDevice(oldRow, nextRow)
 	}
-	g := s.db.gorm.WithContext(ctx)
-	if fleetKeyOf(oldRow) == fleetKeyOf(nextRow) && rollupDay(oldRow.LastSeen) == rollupDay(nextRow.LastSeen) {
-		err = update(g)
-	} else {
-		err = g.Transaction(func(tx *gorm.DB) error {
-			if err := update(tx); err != nil {
-				return err
-			}
-			return moveDevice(tx, oldRow, nextRow)
-		})
-	}
-	if errors.Is(err, errStaleDevice) {
-		return s.staleDevice(ctx, old.ID)
-	}
+	updated, err := s.db.changeWithDeltas(s.db.gorm.WithContext(ctx), saveCheckInSQL, []any{nextRow.Build, nextRow.Model,
+		nextRow.Channel, nextRow.InstalledPatches, nextRow.CloudMessaging, nextRow.NumberEncryption, nextRow.LastSeen,
+		old.ID, old.Rev}, deltas)
 	if err != nil {
 		return fmt.Errorf("check in: %w", err)
+	}
+	if !updated {
+		return s.staleDevice(ctx, old.ID)
 	}
 	next.Rev, next.LastSeen = old.Rev+1, nextRow.LastSeen
 	return nil
 }
-
-var errStaleDevice = errors.New("device changed since read")
 
 // staleDevice is SaveCheckIn's error when its update matched no row:
 // ErrDeviceToken when the device is gone, else ErrConflict.
@@ -459,7 +446,7 @@ func (s *DeviceStore) DeviceByToken(ctx context.Context, tokenHash string) (*ser
 }
 
 // DeleteDevice implements server.DeviceStore: the device goes with its
-// reports, states and rollout records. The foreign keys cascade
+// reports, states and rollout records, and out of the rollups. The foreign keys cascade
 // too, but the explicit deletes do not depend on SQLite's per-connection
 // foreign_keys pragma.
 //
@@ -472,6 +459,13 @@ func (s *DeviceStore) DeviceByToken(ctx context.Context, tokenHash string) (*ser
 func (s *DeviceStore) DeleteDevice(ctx context.Context, id string) error {
 	if err := s.deleteDevice(ctx, id); err != nil {
 		return err
+	}
+	// Fold at once, so that rollup rows the erasure leaves empty (its
+	// model, build or region, if it was alone in them) go now rather
+	// than at the next fold. The erasure is committed either way.
+	if _, err := s.db.FoldRollups(ctx); err != nil {
+		s.db.logger.WarnContext(ctx, "erased device: folding the rollups failed; the next fold deletes the rows it left empty",
+			slog.Any("error", err))
 	}
 	if s.db.dialect == dialectSQLite {
 		// The erasure is committed; a checkpoint that cannot finish now
@@ -516,10 +510,9 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 		for i := range records {
 			drs[i] = records[i].deviceRollout()
 		}
-		if err := eraseDevice(tx, &old[0]); err != nil {
-			return err
-		}
-		if err := eraseRecords(tx, drs, time.Now()); err != nil {
+		b := eraseDevice(&old[0])
+		b.merge(eraseRecords(drs, time.Now()))
+		if err := b.insert(tx); err != nil {
 			return err
 		}
 		if err := tx.Where("device_id = ?", id).Delete(&patchStateRow{}).Error; err != nil {

@@ -192,6 +192,15 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 	WHERE d.id = device_rollouts.device_id AND ro.id = device_rollouts.rollout_id AND d.enrolled_at > ro.started_at)`,
 		},
 	},
+	{
+		// A delta log per rollup (see counters.go): changes append to
+		// it instead of updating the rollups' rows, which every handset
+		// of a rollout wave moved, and a fold moves it into the rollups
+		// in batches.
+		Version: 13,
+		Name:    "rollup_delta_logs",
+		Common:  deltaLogSchema(),
+	},
 }
 
 // rollupsSchema is migration 7 with day the dialect's expression for the

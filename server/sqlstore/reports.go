@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -58,18 +59,27 @@ func stateRank(col string) string {
 // it locked, and SQLite has one writer at a time.
 var upsertStateSQL = `INSERT INTO device_patch_states (device_id, patch_id, state, error_code, at)
 VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (device_id, patch_id) DO UPDATE SET state = excluded.state, error_code = excluded.error_code, at = excluded.at
+` + upsertStateConflict
+
+// upsertStateConflict is the conflict clause of upsertStateSQL.
+var upsertStateConflict = `ON CONFLICT (device_id, patch_id) DO UPDATE SET state = excluded.state, error_code = excluded.error_code, at = excluded.at
 WHERE excluded.at > device_patch_states.at
 	OR (excluded.at = device_patch_states.at AND ` + stateRank("excluded.state") + ` > ` + stateRank("device_patch_states.state") + `)`
 
-// AddReport implements server.DeviceStore. The report and the state it
-// implies commit together. A report whose (device, report id) is stored
-// already is compared with the stored one in the same transaction: the
-// same content is a retry (duplicate, nothing changes), other content is
-// ErrConflict (nothing changes either). On PostgreSQL the INSERT waits
-// for a concurrent transaction inserting the same key and the SELECT, a
-// new READ COMMITTED snapshot, sees what it committed; on SQLite the
-// transaction holds the write lock (BEGIN IMMEDIATE) throughout.
+// AddReport implements server.DeviceStore. The report, the state it
+// implies and the move of the rollout record it is about (with its
+// rollup deltas) commit together. A report whose (device, report id) is
+// stored already is compared with the stored one in the same
+// transaction: the same content is a retry (duplicate, nothing changes),
+// other content is ErrConflict (nothing changes either). On PostgreSQL
+// the INSERT waits for a concurrent transaction inserting the same key
+// and the SELECT, a new READ COMMITTED snapshot, sees what it committed;
+// on SQLite the transaction holds the write lock (BEGIN IMMEDIATE)
+// throughout.
+//
+// On PostgreSQL the transaction is two statements (storeReportPostgres,
+// then the record's move with its deltas), and the only rows it locks
+// are the device's own: its report, its state and its record.
 func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.ReportOutcome, error) {
 	var out server.ReportOutcome
 	if !slices.Contains(server.ReportStates, r.State) {
@@ -78,18 +88,16 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.Re
 	row := reportRow{DeviceID: r.DeviceID, ReportID: r.ID, PatchID: r.PatchID, Target: r.Target, State: r.State,
 		ErrorCode: r.ErrorCode, Message: r.Message, At: dbTime(r.At), ReceivedAt: dbTime(r.ReceivedAt)}
 	err := s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		res := tx.Clauses(clause.OnConflict{
-			Columns:   []clause.Column{{Name: "device_id"}, {Name: "report_id"}},
-			DoNothing: true,
-		}).Create(&row)
-		if res.Error != nil {
-			return res.Error
+		store := s.storeReportSQLite
+		if s.db.dialect == dialectPostgres {
+			store = s.storeReportPostgres
 		}
-		if res.RowsAffected == 1 {
-			if err := tx.Exec(upsertStateSQL, row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At).Error; err != nil {
-				return err
-			}
-			moved, err := s.observe(tx, r)
+		inserted, rec, err := store(tx, row, r.RolloutID)
+		if err != nil {
+			return err
+		}
+		if inserted {
+			moved, err := s.observe(tx, r, rec)
 			if moved != nil {
 				out.RolloutID, out.RolloutState = moved.RolloutID, moved.State
 			}
@@ -107,6 +115,7 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.Re
 		out.Duplicate = true
 		return nil
 	})
+	err = s.db.rawErr(err)
 	if errors.Is(err, gorm.ErrForeignKeyViolated) {
 		return server.ReportOutcome{}, fmt.Errorf("device %s: %w", r.DeviceID, server.ErrNotFound)
 	}
@@ -123,8 +132,9 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.Re
 // it names, else the device's latest offer of its patch, with the
 // device's enrollment and the rollout's start (server.EnrolledLate; the
 // device row is the one the report's token found, by its key). FOR
-// UPDATE (on PostgreSQL) holds the record until the transaction ends, so
-// two reports of one device at once move it one after the other.
+// UPDATE OF dr (on PostgreSQL) holds the record until the transaction
+// ends, so two reports of one device at once move it one after the
+// other.
 const reportRecordSQL = `SELECT dr.rollout_id, dr.device_id, dr.model, dr.starting_build, dr.offered_at, dr.last_offered_at,
 	dr.state, dr.attempts, dr.last_failure_at, dr.result_at, d.enrolled_at, ro.started_at
 FROM device_rollouts dr JOIN rollouts ro ON ro.id = dr.rollout_id JOIN devices d ON d.id = dr.device_id
@@ -139,42 +149,107 @@ type reportRecordRow struct {
 	StartedAt  *time.Time
 }
 
-// observe moves the device's rollout record that report r is about by
-// server.DeviceRollout.Observe, with the rollups, in tx, and marks it
-// enrolled_late when the device enrolled after the rollout started (its
-// results then count in the reports but not toward health: see
-// RolloutResults). It returns the record as moved, or nil when there is
-// none or it did not move.
-func (s *DeviceStore) observe(tx *gorm.DB, r server.Report) (*server.DeviceRollout, error) {
-	var rows []reportRecordRow
-	lock := ""
-	if s.db.dialect == dialectPostgres {
-		lock = " FOR UPDATE OF dr"
+// storeReportSQLite inserts the report unless its key is taken and, if
+// it did, moves the device's state for the patch and reads the record
+// the report is about (nil when there is none): three statements in the
+// caller's write transaction.
+func (s *DeviceStore) storeReportSQLite(tx *gorm.DB, row reportRow, rolloutID string) (bool, *reportRecordRow, error) {
+	res := tx.Clauses(clause.OnConflict{
+		Columns:   []clause.Column{{Name: "device_id"}, {Name: "report_id"}},
+		DoNothing: true,
+	}).Create(&row)
+	if res.Error != nil || res.RowsAffected == 0 {
+		return false, nil, res.Error
 	}
-	if err := tx.Raw(reportRecordSQL+lock, r.DeviceID, r.PatchID, r.RolloutID).Scan(&rows).Error; err != nil {
-		return nil, fmt.Errorf("read rollout record: %w", err)
+	if err := tx.Exec(upsertStateSQL, row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At).Error; err != nil {
+		return false, nil, err
+	}
+	var rows []reportRecordRow
+	if err := tx.Raw(reportRecordSQL, row.DeviceID, row.PatchID, rolloutID).Scan(&rows).Error; err != nil {
+		return false, nil, fmt.Errorf("read rollout record: %w", err)
 	}
 	if len(rows) == 0 {
+		return true, nil, nil
+	}
+	return true, &rows[0], nil
+}
+
+// storeReportPostgresSQL is storeReportSQLite in one statement: the
+// insert, the state's upsert if the insert wrote a row, and the record
+// (locked), LEFT JOINed to the insert's count so that one row comes back
+// whether or not a record exists. The upsert's parameters are cast:
+// PostgreSQL infers no types for an INSERT ... SELECT's select list.
+var storeReportPostgresSQL = `WITH ins AS (INSERT INTO device_reports (device_id, report_id, patch_id, target, state, error_code, message, at, received_at)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, report_id) DO NOTHING RETURNING 1),
+st AS (INSERT INTO device_patch_states (device_id, patch_id, state, error_code, at)
+	SELECT CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS timestamp) FROM ins
+` + upsertStateConflict + `)
+SELECT (SELECT COUNT(*) FROM ins), rec.* FROM (SELECT 1) one LEFT JOIN (` + reportRecordSQL + ` FOR UPDATE OF dr) rec ON true`
+
+// storeReportPostgres is storeReportSQLite on PostgreSQL, in one
+// statement (storeReportPostgresSQL).
+func (s *DeviceStore) storeReportPostgres(tx *gorm.DB, row reportRow, rolloutID string) (bool, *reportRecordRow, error) {
+	rows, err := tx.Raw(storeReportPostgresSQL, row.DeviceID, row.ReportID, row.PatchID, row.Target, row.State, row.ErrorCode,
+		row.Message, row.At, row.ReceivedAt, row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At,
+		row.DeviceID, row.PatchID, rolloutID).Rows()
+	if err != nil {
+		return false, nil, err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return false, nil, err
+		}
+		return false, nil, errors.New("store report: no row back")
+	}
+	var (
+		inserted                             int64
+		rID, rDev, rModel, rBuild, rState    sql.NullString
+		rOffered, rLastOffered, rFail, rDone sql.NullTime
+		rAttempts                            sql.NullInt64
+		enrolled, started                    sql.NullTime
+	)
+	if err := rows.Scan(&inserted, &rID, &rDev, &rModel, &rBuild, &rOffered, &rLastOffered, &rState, &rAttempts,
+		&rFail, &rDone, &enrolled, &started); err != nil {
+		return false, nil, err
+	}
+	if err := rows.Close(); err != nil {
+		return false, nil, err
+	}
+	if inserted == 0 || !rID.Valid {
+		return inserted > 0, nil, nil
+	}
+	rec := &reportRecordRow{Record: deviceRolloutRow{RolloutID: rID.String, DeviceID: rDev.String, Model: rModel.String,
+		StartingBuild: rBuild.String, OfferedAt: rOffered.Time, LastOfferedAt: rLastOffered.Time, State: rState.String,
+		Attempts: int(rAttempts.Int64), LastFailureAt: nullTime(rFail), ResultAt: nullTime(rDone)},
+		EnrolledAt: enrolled.Time, StartedAt: nullTime(started)}
+	return true, rec, nil
+}
+
+// observe moves rec, the device's rollout record that report r is
+// about, by server.DeviceRollout.Observe, with its rollup deltas, in tx,
+// and marks it enrolled_late when the device enrolled after the rollout
+// started (its results then count in the reports but not toward health:
+// see RolloutResults). It returns the record as moved, or nil when there
+// is none or it did not move.
+func (s *DeviceStore) observe(tx *gorm.DB, r server.Report, rec *reportRecordRow) (*server.DeviceRollout, error) {
+	if rec == nil {
 		return nil, nil
 	}
-	old := rows[0].Record.deviceRollout()
+	old := rec.Record.deviceRollout()
 	next := *old
 	next.Observe(r.State, r.ReceivedAt)
 	if next == *old {
 		return nil, nil
 	}
-	late := server.EnrolledLate(rows[0].EnrolledAt, readTime(rows[0].StartedAt))
-	err := tx.Exec(`UPDATE device_rollouts SET state = ?, last_failure_at = ?, result_at = ?, enrolled_late = ?
-WHERE rollout_id = ? AND device_id = ?`, next.State, optionalTime(next.LastFailureAt), optionalTime(next.ResultAt), late,
-		next.RolloutID, next.DeviceID).Error
+	late := server.EnrolledLate(rec.EnrolledAt, readTime(rec.StartedAt))
+	deltas := moveRecords(recordMove(old, &next), r.ReceivedAt)
+	deltas.merge(countResult(old, &next, r.ErrorCode, r.ReceivedAt))
+	_, err := s.db.changeWithDeltas(tx, `UPDATE device_rollouts SET state = ?, last_failure_at = ?, result_at = ?, enrolled_late = ?
+WHERE rollout_id = ? AND device_id = ?`, []any{next.State, optionalTime(next.LastFailureAt), optionalTime(next.ResultAt), late,
+		next.RolloutID, next.DeviceID}, deltas)
 	if err != nil {
 		return nil, fmt.Errorf("move rollout record: %w", err)
-	}
-	if err := moveRecords(tx, recordMove(old, &next), r.ReceivedAt); err != nil {
-		return nil, err
-	}
-	if err := countResult(tx, old, &next, r.ErrorCode, r.ReceivedAt); err != nil {
-		return nil, err
 	}
 	return &next, nil
 }

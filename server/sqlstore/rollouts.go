@@ -655,7 +655,8 @@ func (s *RolloutStore) PruneOfferBudget(ctx context.Context, before time.Time) (
 // RecordOffer implements server.RolloutStore: one offer from this
 // replica's allowance (offerBudget, before and outside the transaction:
 // a claim of a chunk from the shared budget is a write of its own), then
-// the record and its rollup in one transaction. A first offer inserts the
+// the record and its rollup deltas, atomically (one statement on
+// PostgreSQL: see changeWithDeltas). A first offer inserts the
 // record unless one exists (ON CONFLICT DO NOTHING: a concurrent check-in
 // of the same handset inserted it and counted it); a retry moves the
 // record from the failed attempt it read (a compare-and-swap on state
@@ -678,30 +679,35 @@ func (s *RolloutStore) RecordOffer(ctx context.Context, dec server.Decision, pre
 		}
 	}
 	errRaced := errors.New("raced")
-	err := s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		var res *gorm.DB
-		if dec.Kind == server.OfferFirst {
-			res = tx.Exec(`INSERT INTO device_rollouts (rollout_id, device_id, model, starting_build, offered_at,
+	var (
+		change string
+		args   []any
+		old    *server.DeviceRollout
+	)
+	if dec.Kind == server.OfferFirst {
+		change = `INSERT INTO device_rollouts (rollout_id, device_id, model, starting_build, offered_at,
 	last_offered_at, state, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (rollout_id, device_id) DO NOTHING`, next.RolloutID, next.DeviceID, next.Model, next.StartingBuild,
-				dbTime(next.OfferedAt), dbTime(next.LastOfferedAt), next.State, next.Attempts)
-		} else {
-			res = tx.Exec(`UPDATE device_rollouts SET state = ?, attempts = ?, last_offered_at = ?
-WHERE rollout_id = ? AND device_id = ? AND state = ? AND attempts = ?`, next.State, next.Attempts,
-				dbTime(next.LastOfferedAt), next.RolloutID, next.DeviceID, prev.State, prev.Attempts)
-		}
-		if err := s.db.rawErr(res.Error); err != nil {
+ON CONFLICT (rollout_id, device_id) DO NOTHING`
+		args = []any{next.RolloutID, next.DeviceID, next.Model, next.StartingBuild,
+			dbTime(next.OfferedAt), dbTime(next.LastOfferedAt), next.State, next.Attempts}
+	} else {
+		change = `UPDATE device_rollouts SET state = ?, attempts = ?, last_offered_at = ?
+WHERE rollout_id = ? AND device_id = ? AND state = ? AND attempts = ?`
+		args = []any{next.State, next.Attempts, dbTime(next.LastOfferedAt), next.RolloutID, next.DeviceID, prev.State, prev.Attempts}
+		old = prev
+	}
+	// The record and its rollup deltas: one statement on PostgreSQL.
+	record := func(tx *gorm.DB) error {
+		changed, err := s.db.changeWithDeltas(tx, change, args, moveRecords(recordMove(old, next), now))
+		if err != nil {
 			return err
 		}
-		if res.RowsAffected == 0 {
+		if !changed {
 			return errRaced
 		}
-		var old *server.DeviceRollout
-		if dec.Kind == server.OfferRetry {
-			old = prev
-		}
-		return moveRecords(tx, recordMove(old, next), now)
-	})
+		return nil
+	}
+	err := s.db.rawErr(record(s.db.gorm.WithContext(ctx)))
 	// The budget claim: an offer that raced was not made and goes back
 	// to the allowance. One that failed is not given back: a failed
 	// commit may have been made, and the cap must not be passed.

@@ -601,7 +601,17 @@ func testRolloutResultsLeaveOutLateEnrollees(t *testing.T, b backend) {
 		t.Helper()
 		d := newDevice(id, "PX-7")
 		d.EnrolledAt, d.LastSeen = at, at
-		mustEnroll(t, devices, d, "hash-"+id)
+		if report {
+			mustEnroll(t, devices, d, "hash-"+id)
+		} else {
+			// Before migration 12 the schema has no rollup delta logs
+			// (migration 13) for Enroll to append to: the row alone.
+			if err := db.gorm.Exec(`INSERT INTO devices (id, token_hash, model, build, channel, region, installed_patches,
+	cloud_messaging, number_encryption, enrolled_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, '', ?, false, ?, ?)`,
+				id, "hash-"+id, d.Model, d.Build, d.Channel, d.Region, d.CloudMessaging, dbTime(at), dbTime(at)).Error; err != nil {
+				t.Fatal(err)
+			}
+		}
 		dr := &server.DeviceRollout{RolloutID: "ro_1", DeviceID: id, Model: "PX-7", StartingBuild: "7.1.0",
 			OfferedAt: start, LastOfferedAt: start, State: server.DeviceOffered, Attempts: 1}
 		if !report {

@@ -12,10 +12,11 @@ import (
 	"github.com/patchfleet/ota/server"
 )
 
-// ReportStore reads the rollups of migration 7 for reports; it
-// implements server.ReportStore. It reads no fleet table: every query
-// but one reads a rollup by the first column of its key (the rollout id
-// or the day). The exception is fleet_counts, read whole (or from a
+// ReportStore reads the rollups of migration 7 for reports, each with
+// its delta log's unfolded tail (tailed); it implements
+// server.ReportStore. It reads no fleet table: every query but one reads
+// a rollup by the first column of its key (the rollout id or the day),
+// and the log whole (it holds about a second of changes). The exception is fleet_counts, read whole (or from a
 // model prefix of its key): it has a row per combination of model,
 // channel, region, build, patch set and privacy state, however many
 // handsets share it (31,593 rows for the million handsets of
@@ -63,7 +64,8 @@ func scanRows(tx *gorm.DB, scan func(*sql.Rows) error, query string, args ...any
 func (s *ReportStore) RolloutRollups(ctx context.Context, rolloutID string, hoursSince time.Time, fleet server.FleetFilter) (*server.RolloutRollups, error) {
 	rr := &server.RolloutRollups{}
 	err := s.snapshot(ctx, func(tx *gorm.DB) error {
-		fleetSQL := `SELECT model, build, installed_patches, CAST(SUM(n) AS BIGINT) FROM fleet_counts WHERE n > 0`
+		fleetSQL := `SELECT model, build, installed_patches, CAST(SUM(n) AS BIGINT) FROM ` +
+			tailed(fleetCountsTable, "model", "channel", "region", "build", "installed_patches", "n") + ` WHERE true`
 		var args []any
 		for _, f := range []struct {
 			col    string
@@ -77,7 +79,7 @@ func (s *ReportStore) RolloutRollups(ctx context.Context, rolloutID string, hour
 				args = append(args, v)
 			}
 		}
-		fleetSQL += ` GROUP BY model, build, installed_patches`
+		fleetSQL += ` GROUP BY model, build, installed_patches HAVING SUM(n) > 0`
 		err := scanRows(tx, func(r *sql.Rows) error {
 			var fc server.FleetCount
 			err := r.Scan(&fc.Model, &fc.Build, &fc.InstalledPatches, &fc.N)
@@ -92,7 +94,7 @@ func (s *ReportStore) RolloutRollups(ctx context.Context, rolloutID string, hour
 			err := r.Scan(&rc.Model, &rc.StartingBuild, &rc.State, &rc.N)
 			rr.Records = append(rr.Records, rc)
 			return err
-		}, `SELECT model, starting_build, state, CAST(SUM(n) AS BIGINT) FROM rollout_counts
+		}, `SELECT model, starting_build, state, CAST(SUM(n) AS BIGINT) FROM `+tailed(rolloutCountsTable, "rollout_id", "model", "starting_build", "state", "n")+`
 WHERE rollout_id = ? GROUP BY model, starting_build, state HAVING SUM(n) > 0`, rolloutID)
 		if err != nil {
 			return fmt.Errorf("read rollout_counts: %w", err)
@@ -102,7 +104,8 @@ WHERE rollout_id = ? GROUP BY model, starting_build, state HAVING SUM(n) > 0`, r
 			err := r.Scan(&fc.ErrorCode, &fc.Count)
 			rr.Failures = append(rr.Failures, fc)
 			return err
-		}, `SELECT error_code, n FROM rollout_failures WHERE rollout_id = ? AND n > 0`, rolloutID)
+		}, `SELECT error_code, CAST(SUM(n) AS BIGINT) FROM `+tailed(failuresTable, "rollout_id", "error_code", "n")+`
+WHERE rollout_id = ? GROUP BY error_code HAVING SUM(n) > 0`, rolloutID)
 		if err != nil {
 			return fmt.Errorf("read rollout_failures: %w", err)
 		}
@@ -112,7 +115,9 @@ WHERE rollout_id = ? GROUP BY model, starting_build, state HAVING SUM(n) > 0`, r
 			h.Hour = h.Hour.UTC()
 			rr.Hourly = append(rr.Hourly, h)
 			return err
-		}, `SELECT hour, installed, failed FROM rollout_hourly WHERE rollout_id = ? AND hour >= ? ORDER BY hour`,
+		}, `SELECT hour, CAST(SUM(installed) AS BIGINT), CAST(SUM(failed) AS BIGINT) FROM `+
+			tailed(rolloutHourlyTable, "rollout_id", "hour", "installed", "failed")+`
+WHERE rollout_id = ? AND hour >= ? GROUP BY hour ORDER BY hour`,
 			rolloutID, dbTime(hoursSince))
 		if err != nil {
 			return fmt.Errorf("read rollout_hourly: %w", err)
@@ -123,8 +128,8 @@ WHERE rollout_id = ? GROUP BY model, starting_build, state HAVING SUM(n) > 0`, r
 			d.Hour = d.Hour.UTC()
 			rr.StateHours = append(rr.StateHours, d)
 			return err
-		}, `SELECT hour, state, CAST(SUM(n) AS BIGINT) FROM rollout_state_hourly WHERE rollout_id = ? AND hour > ?
-GROUP BY hour, state HAVING SUM(n) <> 0`, rolloutID, dbTime(hoursSince))
+		}, `SELECT hour, state, CAST(SUM(n) AS BIGINT) FROM `+tailed(stateHourlyTable, "rollout_id", "hour", "state", "n")+`
+WHERE rollout_id = ? AND hour > ? GROUP BY hour, state HAVING SUM(n) <> 0`, rolloutID, dbTime(hoursSince))
 		if err != nil {
 			return fmt.Errorf("read rollout_state_hourly: %w", err)
 		}
@@ -133,7 +138,8 @@ GROUP BY hour, state HAVING SUM(n) <> 0`, rolloutID, dbTime(hoursSince))
 			err := r.Scan(&b.Bucket, &b.N)
 			rr.InstallTimes = append(rr.InstallTimes, b)
 			return err
-		}, `SELECT bucket, n FROM rollout_install_times WHERE rollout_id = ? AND n > 0 ORDER BY bucket`, rolloutID)
+		}, `SELECT bucket, CAST(SUM(n) AS BIGINT) FROM `+tailed(installTimesTable, "rollout_id", "bucket", "n")+`
+WHERE rollout_id = ? GROUP BY bucket HAVING SUM(n) > 0 ORDER BY bucket`, rolloutID)
 		if err != nil {
 			return fmt.Errorf("read rollout_install_times: %w", err)
 		}
@@ -157,7 +163,7 @@ func (s *ReportStore) ExposureRollups(ctx context.Context, day string, days int)
 	err := s.snapshot(ctx, func(tx *gorm.DB) error {
 		if er.Day == "" {
 			var latest []string
-			if err := tx.Raw(`SELECT day FROM fleet_daily_totals WHERE n > 0 ORDER BY day DESC LIMIT 1`).Scan(&latest).Error; err != nil {
+			if err := tx.Raw(`SELECT day FROM ` + tailed(fleetTotalsTable, "day", "n") + ` GROUP BY day HAVING SUM(n) > 0 ORDER BY day DESC LIMIT 1`).Scan(&latest).Error; err != nil {
 				return fmt.Errorf("read the latest day of fleet_daily_totals: %w", err)
 			}
 			if len(latest) == 0 {
@@ -175,7 +181,9 @@ func (s *ReportStore) ExposureRollups(ctx context.Context, day string, days int)
 			err := r.Scan(&c.Model, &c.Region, &c.CloudMessaging, &c.NumberEncryption, &c.N)
 			er.Segments = append(er.Segments, c)
 			return err
-		}, `SELECT model, region, cloud_messaging, number_encryption, n FROM fleet_daily WHERE day = ? AND n > 0`, er.Day)
+		}, `SELECT model, region, cloud_messaging, number_encryption, CAST(SUM(n) AS BIGINT) FROM `+
+			tailed(fleetDailyTable, "day", "model", "region", "cloud_messaging", "number_encryption", "n")+`
+WHERE day = ? GROUP BY model, region, cloud_messaging, number_encryption HAVING SUM(n) > 0`, er.Day)
 		if err != nil {
 			return fmt.Errorf("read fleet_daily: %w", err)
 		}
@@ -184,7 +192,8 @@ func (s *ReportStore) ExposureRollups(ctx context.Context, day string, days int)
 			err := r.Scan(&c.Day, &c.CloudMessaging, &c.NumberEncryption, &c.N)
 			er.Daily = append(er.Daily, c)
 			return err
-		}, `SELECT day, cloud_messaging, number_encryption, CAST(SUM(n) AS BIGINT) FROM fleet_daily_totals
+		}, `SELECT day, cloud_messaging, number_encryption, CAST(SUM(n) AS BIGINT) FROM `+
+			tailed(fleetTotalsTable, "day", "cloud_messaging", "number_encryption", "n")+`
 WHERE day >= ? AND day <= ? GROUP BY day, cloud_messaging, number_encryption HAVING SUM(n) > 0`, first, er.Day)
 		if err != nil {
 			return fmt.Errorf("read fleet_daily_totals: %w", err)

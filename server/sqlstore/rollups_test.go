@@ -81,29 +81,55 @@ func groupCounts(t testing.TB, db *DB, sql string) map[string]int64 {
 	return out
 }
 
+// checkFleetCounts checks fleet_counts with its unfolded deltas against
+// a scan of devices, then folds and checks the folded table alone.
 func checkFleetCounts(t testing.TB, db *DB) {
 	t.Helper()
-	got := groupCounts(t, db, `SELECT model, channel, region, build, installed_patches, cloud_messaging, number_encryption, n FROM fleet_counts`)
-	want := groupCounts(t, db, `SELECT model, channel, region, build, installed_patches, cloud_messaging, number_encryption, COUNT(*)
-FROM devices GROUP BY model, channel, region, build, installed_patches, cloud_messaging, number_encryption`)
+	const cols = "model, channel, region, build, installed_patches, cloud_messaging, number_encryption"
+	want := groupCounts(t, db, `SELECT `+cols+`, COUNT(*) FROM devices GROUP BY `+cols)
+	got := groupCounts(t, db, `SELECT `+cols+`, SUM(n) FROM `+tailed(fleetCountsTable, cols, "n")+` GROUP BY `+cols)
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("fleet_counts disagree with devices:\n got %v\nwant %v", got, want)
+		t.Errorf("fleet_counts with its deltas disagree with devices:\n got %v\nwant %v", got, want)
+	}
+	mustFold(t, db)
+	got = groupCounts(t, db, `SELECT `+cols+`, n FROM fleet_counts`)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("fleet_counts after a fold disagree with devices:\n got %v\nwant %v", got, want)
+	}
+}
+
+// mustFold folds the rollups and checks that the logs are empty after.
+func mustFold(t testing.TB, db *DB) {
+	t.Helper()
+	if _, err := db.FoldRollups(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, ct := range counterTables {
+		if n := countRows(t, db, ct.log(), "1 = 1"); n != 0 {
+			t.Errorf("%s holds %d rows after a fold", ct.log(), n)
+		}
 	}
 }
 
 func checkRolloutCounts(t testing.TB, db *DB) {
 	t.Helper()
-	got := groupCounts(t, db, `SELECT rollout_id, model, starting_build, state, SUM(n) FROM rollout_counts GROUP BY rollout_id, model, starting_build, state`)
-	want := groupCounts(t, db, `SELECT rollout_id, model, starting_build, state, COUNT(*) FROM device_rollouts GROUP BY rollout_id, model, starting_build, state`)
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("rollout_counts disagree with device_rollouts:\n got %v\nwant %v", got, want)
-	}
-	// The states over time add up to the states now: every move of
-	// rollout_counts went into its hour too.
-	hours := groupCounts(t, db, `SELECT rollout_id, state, SUM(n) FROM rollout_state_hourly GROUP BY rollout_id, state`)
-	now := groupCounts(t, db, `SELECT rollout_id, state, COUNT(*) FROM device_rollouts GROUP BY rollout_id, state`)
-	if !reflect.DeepEqual(hours, now) {
-		t.Errorf("rollout_state_hourly does not add up to device_rollouts:\n got %v\nwant %v", hours, now)
+	for _, folded := range []bool{false, true} {
+		if folded {
+			mustFold(t, db)
+		}
+		const cols = "rollout_id, model, starting_build, state"
+		got := groupCounts(t, db, `SELECT `+cols+`, SUM(n) FROM `+tailed(rolloutCountsTable, cols, "n")+` GROUP BY `+cols)
+		want := groupCounts(t, db, `SELECT `+cols+`, COUNT(*) FROM device_rollouts GROUP BY `+cols)
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("rollout_counts (folded: %v) disagree with device_rollouts:\n got %v\nwant %v", folded, got, want)
+		}
+		// The states over time add up to the states now: every move of
+		// rollout_counts went into its hour too.
+		hours := groupCounts(t, db, `SELECT rollout_id, state, SUM(n) FROM `+tailed(stateHourlyTable, "rollout_id", "state", "n")+` GROUP BY rollout_id, state`)
+		now := groupCounts(t, db, `SELECT rollout_id, state, COUNT(*) FROM device_rollouts GROUP BY rollout_id, state`)
+		if !reflect.DeepEqual(hours, now) {
+			t.Errorf("rollout_state_hourly (folded: %v) does not add up to device_rollouts:\n got %v\nwant %v", folded, hours, now)
+		}
 	}
 }
 
@@ -162,10 +188,14 @@ func testDailyRollups(t *testing.T, b backend) {
 	mustEnroll(t, s, d, "hash-a")
 	mustEnroll(t, s, newDevice("dev_b", "px-8"), "hash-b")
 	ci := server.CheckIn{Build: "7.1.0", Model: "px-7", Channel: "stable", CloudMessaging: server.MessagingAutoEnabled}
+	// Both read the rollups after a fold: the tailed reads are
+	// checkFleetCounts' and the report tests'.
 	daily := func() map[string]int64 {
+		mustFold(t, db)
 		return groupCounts(t, db, `SELECT day, model, cloud_messaging, number_encryption, n FROM fleet_daily`)
 	}
 	totals := func() map[string]int64 {
+		mustFold(t, db)
 		return groupCounts(t, db, `SELECT day, cloud_messaging, number_encryption, SUM(n) FROM fleet_daily_totals GROUP BY day, cloud_messaging, number_encryption`)
 	}
 	bDay := rollupDay(t0)

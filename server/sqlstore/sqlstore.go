@@ -110,6 +110,9 @@ type DB struct {
 	checkIns *readBatcher[string, checkInRows]
 	// offers is this replica's allowance of capped offers (offer_budget.go).
 	offers *offerBudget
+	// foldHook, when set (by tests), is called by FoldRollups after it
+	// folded each rollup, inside the fold's transaction.
+	foldHook func(table string)
 }
 
 // Open connects to the database named by dsn and checks that it answers
