@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ func TestRollups(t *testing.T) {
 		{"RecordOfferRaces", testRecordOfferRaces},
 		{"ReportAttribution", testReportAttribution},
 		{"CheckInReadsAtOnce", testCheckInReadsAtOnce},
+		{"VerifyRollupsFindsADisagreement", testVerifyRollups},
 	})
 }
 
@@ -513,5 +515,34 @@ func testCheckInReadsAtOnce(t *testing.T, b backend) {
 		if trips > reads/4 {
 			t.Errorf("%d check-in reads at once took %d round trips, want at most %d (reads share statements)", reads, trips, reads/4)
 		}
+	}
+}
+
+// testVerifyRollups checks VerifyRollups against a fleet whose rollups
+// agree, before and after a fold, and after a counter is corrupted.
+func testVerifyRollups(t *testing.T, b backend) {
+	db, s := mustDevices(t, b)
+	ctx := t.Context()
+	for i := range 5 {
+		mustEnroll(t, s, newDevice(fmt.Sprintf("dev_%d", i), "m"), fmt.Sprintf("hash-%d", i))
+	}
+	ci := server.CheckIn{Build: "7.2.0", Model: "m", Channel: "stable", CloudMessaging: server.MessagingOptedIn, NumberEncryption: true}
+	if _, err := checkIn(ctx, s, "hash-1", ci, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for _, fold := range []bool{false, true} {
+		if fold {
+			mustFold(t, db)
+		}
+		if bad, err := db.VerifyRollups(ctx); err != nil || len(bad) != 0 {
+			t.Fatalf("VerifyRollups (folded: %v) = %q, %v; want no disagreement", fold, bad, err)
+		}
+	}
+	if err := db.gorm.Exec("UPDATE fleet_counts SET n = n + 1 WHERE build = '7.2.0'").Error; err != nil {
+		t.Fatal(err)
+	}
+	bad, err := db.VerifyRollups(ctx)
+	if err != nil || len(bad) != 1 || !strings.Contains(bad[0], "fleet_counts against devices") || !strings.Contains(bad[0], "rollup 2, rows 1") {
+		t.Errorf("VerifyRollups after fleet_counts was corrupted = %q, %v; want one line naming fleet_counts, rollup 2, rows 1", bad, err)
 	}
 }
