@@ -154,8 +154,8 @@ func (b *deltaBatch) merge(o deltaBatch) {
 
 func (b *deltaBatch) empty() bool { return len(b.rows) == 0 }
 
-// insert appends the batch to the logs in tx, a statement per rollup.
-func (b *deltaBatch) insert(tx *gorm.DB) error {
+// insert appends the batch to the logs, a statement per rollup.
+func (b *deltaBatch) insert(x sqlExec) error {
 	for _, t := range counterTables {
 		rows := b.rows[t]
 		if len(rows) == 0 {
@@ -169,7 +169,7 @@ func (b *deltaBatch) insert(tx *gorm.DB) error {
 			values[i] = row
 			args = append(args, r...)
 		}
-		if err := tx.Exec("INSERT INTO "+t.log()+" ("+strings.Join(cols, ", ")+") VALUES "+strings.Join(values, ", "), args...).Error; err != nil {
+		if _, err := x.exec("INSERT INTO "+t.log()+" ("+strings.Join(cols, ", ")+") VALUES "+strings.Join(values, ", "), args...); err != nil {
 			return fmt.Errorf("append to %s: %w", t.log(), err)
 		}
 	}
@@ -211,34 +211,29 @@ func (b *deltaBatch) withChange(change string, changeArgs []any) (string, []any)
 }
 
 // changeWithDeltas runs change (an INSERT or UPDATE of at most one row)
-// on tx and, if it wrote a row, appends b's deltas, atomically: on
-// PostgreSQL in one statement (tx may be the pool: the statement is its
-// own transaction), on SQLite in a transaction (a savepoint when tx is
-// one already). It reports whether change wrote a row.
-func (db *DB) changeWithDeltas(tx *gorm.DB, change string, args []any, b deltaBatch) (bool, error) {
-	if db.dialect == dialectPostgres {
-		if b.empty() {
-			res := tx.Exec(change, args...)
-			return res.RowsAffected > 0, db.rawErr(res.Error)
+// in the write x and, if it wrote a row, appends b's deltas; on
+// PostgreSQL in one statement. It reports whether change wrote a row.
+func (db *DB) changeWithDeltas(x sqlExec, change string, args []any, b deltaBatch) (bool, error) {
+	if db.dialect != dialectPostgres || b.empty() {
+		n, err := x.exec(change, args...)
+		if err != nil || n == 0 {
+			return false, err
 		}
-		q, qargs := b.withChange(change, args)
-		var n int64
-		err := tx.Raw(q, qargs...).Scan(&n).Error
-		return n > 0, db.rawErr(err)
+		return true, b.insert(x)
 	}
-	changed := false
-	err := tx.Transaction(func(tx *gorm.DB) error {
-		res := tx.Exec(change, args...)
-		if res.Error != nil {
-			return res.Error
+	q, qargs := b.withChange(change, args)
+	rows, err := x.query(q, qargs...)
+	if err != nil {
+		return false, err
+	}
+	defer rows.Close()
+	var n int64
+	if rows.Next() {
+		if err := rows.Scan(&n); err != nil {
+			return false, err
 		}
-		changed = res.RowsAffected > 0
-		if !changed {
-			return nil
-		}
-		return b.insert(tx)
-	})
-	return changed, err
+	}
+	return n > 0, rows.Close()
 }
 
 // foldLockKey is the PostgreSQL advisory lock a fold holds for its

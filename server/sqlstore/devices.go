@@ -133,7 +133,7 @@ func (s *DeviceStore) Enroll(ctx context.Context, d *server.Device, tokenHash st
 				return err
 			}
 			b := moveDevice(nil, &row)
-			return b.insert(tx)
+			return b.insert(gormExec{tx})
 		})
 		if errors.Is(err, gorm.ErrDuplicatedKey) {
 			return "", false, fmt.Errorf("enroll device %s: id or token taken: %w", d.ID, server.ErrConflict)
@@ -161,7 +161,7 @@ RETURNING id`, row.ID, row.TokenHash, row.KeyFingerprint, row.KeySignedAt, row.M
 				return err
 			}
 			b := moveDevice(nil, &row)
-			return b.insert(tx)
+			return b.insert(gormExec{tx})
 		})
 		if err != nil {
 			return "", false, fmt.Errorf("enroll device: %w", err)
@@ -213,7 +213,7 @@ WHERE id = ?`, next.TokenHash, next.KeySignedAt, next.Model, next.Build, next.Ch
 		}
 		id = next.ID
 		b := moveDevice(&old[0], &next)
-		return b.insert(tx)
+		return b.insert(gormExec{tx})
 	})
 	switch {
 	case errors.Is(err, server.ErrConflict):
@@ -376,8 +376,8 @@ const saveCheckInSQL = `UPDATE devices SET build = ?, model = ?, channel = ?, in
 WHERE id = ? AND rev = ?`
 
 // SaveCheckIn implements server.DeviceStore: the update and the rollup
-// deltas it makes, atomically; on PostgreSQL in one statement, which
-// locks only the device's own row (see changeWithDeltas). The update is
+// deltas it makes, in one write (DB.write); on PostgreSQL in one
+// statement, which locks only the device's own row (changeWithDeltas). The update is
 // a compare-and-swap on rev, so of two check-ins of one device read at
 // the same revision only one moves the rollups. A check-in that changes
 // only last_seen on the same day moves none and is the update alone.
@@ -395,9 +395,14 @@ func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *server.Device)
 	if fleetKeyOf(oldRow) != fleetKeyOf(nextRow) || rollupDay(oldRow.LastSeen) != rollupDay(nextRow.LastSeen) {
 		deltas = moveDevice(oldRow, nextRow)
 	}
-	updated, err := s.db.changeWithDeltas(s.db.gorm.WithContext(ctx), saveCheckInSQL, []any{nextRow.Build, nextRow.Model,
-		nextRow.Channel, nextRow.InstalledPatches, nextRow.CloudMessaging, nextRow.NumberEncryption, nextRow.LastSeen,
-		old.ID, old.Rev}, deltas)
+	args := []any{nextRow.Build, nextRow.Model, nextRow.Channel, nextRow.InstalledPatches, nextRow.CloudMessaging,
+		nextRow.NumberEncryption, nextRow.LastSeen, old.ID, old.Rev}
+	var updated bool
+	err = s.db.write(ctx, true, func(x sqlExec) error {
+		var err error
+		updated, err = s.db.changeWithDeltas(x, saveCheckInSQL, args, deltas)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("check in: %w", err)
 	}
@@ -432,8 +437,20 @@ func rowOf(d *server.Device) (*deviceRow, error) {
 		EnrolledAt: d.EnrolledAt, LastSeen: d.LastSeen, Rev: d.Rev}, nil
 }
 
-// DeviceByToken implements server.DeviceStore.
+// DeviceByToken implements server.DeviceStore. On PostgreSQL it shares
+// the check-ins' batched read (checkInBatcher): every report of a wave
+// starts with it.
 func (s *DeviceStore) DeviceByToken(ctx context.Context, tokenHash string) (*server.Device, error) {
+	if s.db.checkIns != nil {
+		st, found, err := s.db.checkIns.get(ctx, tokenHash)
+		if err != nil {
+			return nil, fmt.Errorf("look up device: %w", err)
+		}
+		if !found {
+			return nil, server.ErrDeviceToken
+		}
+		return st.device.device(), nil
+	}
 	var row deviceRow
 	err := s.db.gorm.WithContext(ctx).Select(deviceColumns).Where("token_hash = ?", tokenHash).Take(&row).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
@@ -512,7 +529,7 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 		}
 		b := eraseDevice(&old[0])
 		b.merge(eraseRecords(drs, time.Now()))
-		if err := b.insert(tx); err != nil {
+		if err := b.insert(gormExec{tx}); err != nil {
 			return err
 		}
 		if err := tx.Where("device_id = ?", id).Delete(&patchStateRow{}).Error; err != nil {

@@ -613,6 +613,9 @@ func benchReports(b *testing.B, be backend) *server.Reports {
 			return
 		}
 		f.rollout = seedReportFleet(b, f.db, benchFleetSize)
+		if f.err = addUnfoldedTail(f.db, f.rollout, benchTail); f.err != nil {
+			return
+		}
 		b.Logf("%s: seeded %d handsets in %s; %s", be.name, benchFleetSize, time.Since(start).Round(time.Second), rollupSizes(b, f.db))
 	})
 	if f.err != nil {
@@ -624,8 +627,70 @@ func benchReports(b *testing.B, be backend) *server.Reports {
 	return &server.Reports{Store: f.db.Reports(), Rollouts: f.db.Rollouts()}
 }
 
-// benchFleetSize is how many handsets the benchmarks seed.
-const benchFleetSize = 1_000_000
+// benchFleetSize is how many handsets the benchmarks seed; benchTail
+// how many state-changing check-ins and as many reports are then left
+// unfolded in the rollups' delta logs, for the reports to add: about
+// 30,000 log rows, twice what a second of a 5,000/s wave appends before
+// the next fold.
+const (
+	benchFleetSize = 1_000_000
+	benchTail      = 5000
+)
+
+// addUnfoldedTail makes n state-changing check-ins (a new build) and n
+// reports (downloading, of handsets offered the rollout) through the
+// store, from 16 goroutines, and does not fold them.
+func addUnfoldedTail(db *DB, ro *server.Rollout, n int) error {
+	ctx := context.Background()
+	var hashes, offered []string
+	if err := db.gorm.Raw(`SELECT token_hash FROM devices ORDER BY id LIMIT ?`, n).Scan(&hashes).Error; err != nil {
+		return err
+	}
+	if err := db.gorm.Raw(`SELECT device_id FROM device_rollouts WHERE rollout_id = ? AND state = ? ORDER BY device_id LIMIT ?`,
+		ro.ID, server.DeviceOffered, n).Scan(&offered).Error; err != nil {
+		return err
+	}
+	s := db.Devices()
+	work := make(chan func() error)
+	var (
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		first error
+	)
+	for range 16 {
+		wg.Go(func() {
+			for fn := range work {
+				if err := fn(); err != nil {
+					errMu.Lock()
+					first = cmp.Or(first, err)
+					errMu.Unlock()
+				}
+			}
+		})
+	}
+	for i, h := range hashes {
+		work <- func() error {
+			d, _, err := s.CheckInState(ctx, h)
+			if err != nil {
+				return err
+			}
+			ci := server.CheckIn{Build: "7.9.9", Model: d.Model, Channel: d.Channel, InstalledPatches: d.InstalledPatches,
+				CloudMessaging: d.CloudMessaging, NumberEncryption: d.NumberEncryption}
+			return s.SaveCheckIn(ctx, d, d.AfterCheckIn(ci, seedNow.Add(-time.Duration(i)*time.Millisecond)))
+		}
+	}
+	for i, id := range offered {
+		work <- func() error {
+			_, err := s.AddReport(ctx, server.Report{ID: fmt.Sprintf("tail-%d", i), DeviceID: id, PatchID: seedPatch,
+				RolloutID: ro.ID, Target: seedTarget, State: server.StateDownloading,
+				At: seedNow.Add(-time.Minute), ReceivedAt: seedNow.Add(-time.Minute)})
+			return err
+		}
+	}
+	close(work)
+	wg.Wait()
+	return first
+}
 
 // openBenchDB opens a migrated, empty database for the run: SQLite in a
 // temporary directory, or a new database on the server of
@@ -686,8 +751,12 @@ func openBenchDB(dialect string) (*DB, func(), error) {
 // rollupSizes says how many rows the seeded tables and rollups hold.
 func rollupSizes(tb testing.TB, db *DB) string {
 	var parts []string
-	for _, t := range []string{"devices", "device_rollouts", "device_reports", "fleet_counts", "fleet_daily",
-		"fleet_daily_totals", "rollout_counts", "rollout_failures", "rollout_hourly", "rollout_install_times"} {
+	tables := []string{"devices", "device_rollouts", "device_reports", "fleet_counts", "fleet_daily",
+		"fleet_daily_totals", "rollout_counts", "rollout_failures", "rollout_hourly", "rollout_install_times"}
+	for _, t := range counterTables {
+		tables = append(tables, t.log())
+	}
+	for _, t := range tables {
 		var n int64
 		if err := db.sql.QueryRowContext(context.Background(), "SELECT COUNT(*) FROM "+t).Scan(&n); err != nil {
 			tb.Fatalf("count %s: %v", t, err)

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"gorm.io/gorm"
-	"gorm.io/gorm/clause"
 
 	"github.com/patchfleet/ota/server"
 )
@@ -68,16 +67,15 @@ WHERE excluded.at > device_patch_states.at
 
 // AddReport implements server.DeviceStore. The report, the state it
 // implies and the move of the rollout record it is about (with its
-// rollup deltas) commit together. A report whose (device, report id) is
-// stored already is compared with the stored one in the same
-// transaction: the same content is a retry (duplicate, nothing changes),
+// rollup deltas) are one write (DB.write). A report whose (device,
+// report id) is stored already is compared with the stored one in the
+// same write: the same content is a retry (duplicate, nothing changes),
 // other content is ErrConflict (nothing changes either). On PostgreSQL
 // the INSERT waits for a concurrent transaction inserting the same key
 // and the SELECT, a new READ COMMITTED snapshot, sees what it committed;
-// on SQLite the transaction holds the write lock (BEGIN IMMEDIATE)
-// throughout.
+// on SQLite the transaction holds the write lock throughout.
 //
-// On PostgreSQL the transaction is two statements (storeReportPostgres,
+// On PostgreSQL the write is two statements (storeReportPostgresSQL,
 // then the record's move with its deltas), and the only rows it locks
 // are the device's own: its report, its state and its record.
 func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.ReportOutcome, error) {
@@ -87,45 +85,63 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.Re
 	}
 	row := reportRow{DeviceID: r.DeviceID, ReportID: r.ID, PatchID: r.PatchID, Target: r.Target, State: r.State,
 		ErrorCode: r.ErrorCode, Message: r.Message, At: dbTime(r.At), ReceivedAt: dbTime(r.ReceivedAt)}
-	err := s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	var conflict bool
+	err := s.db.write(ctx, false, func(x sqlExec) error {
+		out, conflict = server.ReportOutcome{}, false
 		store := s.storeReportSQLite
 		if s.db.dialect == dialectPostgres {
 			store = s.storeReportPostgres
 		}
-		inserted, rec, err := store(tx, row, r.RolloutID)
+		inserted, rec, err := store(x, row, r.RolloutID)
 		if err != nil {
 			return err
 		}
 		if inserted {
-			moved, err := s.observe(tx, r, rec)
+			moved, err := s.observe(x, r, rec)
 			if moved != nil {
 				out.RolloutID, out.RolloutState = moved.RolloutID, moved.State
 			}
 			return err
 		}
-		var stored []reportRow
-		if err := tx.Where("device_id = ? AND report_id = ?", row.DeviceID, row.ReportID).Find(&stored).Error; err != nil {
+		stored, found, err := storedReport(x, row.DeviceID, row.ReportID)
+		if err != nil {
 			return err
 		}
-		// None: deleted since the INSERT saw it, by retention or by the
-		// device's erasure; it was stored, so this is still a retry.
-		if len(stored) == 1 && !sameReport(stored[0], row) {
-			return fmt.Errorf("%w: report_id %s already used for a different report", server.ErrConflict, r.ID)
-		}
-		out.Duplicate = true
+		// Not found: deleted since the INSERT saw it, by retention or by
+		// the device's erasure; it was stored, so this is still a retry.
+		conflict = found && !sameReport(stored, row)
+		out.Duplicate = !conflict
 		return nil
 	})
 	err = s.db.rawErr(err)
 	if errors.Is(err, gorm.ErrForeignKeyViolated) {
 		return server.ReportOutcome{}, fmt.Errorf("device %s: %w", r.DeviceID, server.ErrNotFound)
 	}
-	if errors.Is(err, server.ErrConflict) {
-		return server.ReportOutcome{}, err
-	}
 	if err != nil {
 		return server.ReportOutcome{}, fmt.Errorf("add report: %w", err)
 	}
+	if conflict {
+		return server.ReportOutcome{}, fmt.Errorf("%w: report_id %s already used for a different report", server.ErrConflict, r.ID)
+	}
 	return out, nil
+}
+
+// storedReport reads the stored report (device, report id).
+func storedReport(x sqlExec, deviceID, reportID string) (reportRow, bool, error) {
+	rows, err := x.query(`SELECT patch_id, target, state, error_code, message, at FROM device_reports
+WHERE device_id = ? AND report_id = ?`, deviceID, reportID)
+	if err != nil {
+		return reportRow{}, false, err
+	}
+	defer rows.Close()
+	r := reportRow{DeviceID: deviceID, ReportID: reportID}
+	if !rows.Next() {
+		return r, false, rows.Err()
+	}
+	if err := rows.Scan(&r.PatchID, &r.Target, &r.State, &r.ErrorCode, &r.Message, &r.At); err != nil {
+		return r, false, err
+	}
+	return r, true, rows.Close()
 }
 
 // reportRecordSQL finds the record a report moves: the one of the rollout
@@ -144,34 +160,37 @@ LIMIT 1`
 
 // reportRecordRow is what reportRecordSQL reads.
 type reportRecordRow struct {
-	Record     deviceRolloutRow `gorm:"embedded"`
+	Record     deviceRolloutRow
 	EnrolledAt time.Time
 	StartedAt  *time.Time
+}
+
+// insertReportSQL stores a report unless its key is taken.
+const insertReportSQL = `INSERT INTO device_reports (device_id, report_id, patch_id, target, state, error_code, message, at, received_at)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, report_id) DO NOTHING`
+
+func (r *reportRow) insertArgs() []any {
+	return []any{r.DeviceID, r.ReportID, r.PatchID, r.Target, r.State, r.ErrorCode, r.Message, r.At, r.ReceivedAt}
 }
 
 // storeReportSQLite inserts the report unless its key is taken and, if
 // it did, moves the device's state for the patch and reads the record
 // the report is about (nil when there is none): three statements in the
-// caller's write transaction.
-func (s *DeviceStore) storeReportSQLite(tx *gorm.DB, row reportRow, rolloutID string) (bool, *reportRecordRow, error) {
-	res := tx.Clauses(clause.OnConflict{
-		Columns:   []clause.Column{{Name: "device_id"}, {Name: "report_id"}},
-		DoNothing: true,
-	}).Create(&row)
-	if res.Error != nil || res.RowsAffected == 0 {
-		return false, nil, res.Error
-	}
-	if err := tx.Exec(upsertStateSQL, row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At).Error; err != nil {
+// write.
+func (s *DeviceStore) storeReportSQLite(x sqlExec, row reportRow, rolloutID string) (bool, *reportRecordRow, error) {
+	n, err := x.exec(insertReportSQL, row.insertArgs()...)
+	if err != nil || n == 0 {
 		return false, nil, err
 	}
-	var rows []reportRecordRow
-	if err := tx.Raw(reportRecordSQL, row.DeviceID, row.PatchID, rolloutID).Scan(&rows).Error; err != nil {
+	if _, err := x.exec(upsertStateSQL, row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At); err != nil {
+		return false, nil, err
+	}
+	rows, err := x.query(reportRecordSQL, row.DeviceID, row.PatchID, rolloutID)
+	if err != nil {
 		return false, nil, fmt.Errorf("read rollout record: %w", err)
 	}
-	if len(rows) == 0 {
-		return true, nil, nil
-	}
-	return true, &rows[0], nil
+	rec, err := scanReportRecord(rows, nil)
+	return true, rec, err
 }
 
 // storeReportPostgresSQL is storeReportSQLite in one statement: the
@@ -179,8 +198,7 @@ func (s *DeviceStore) storeReportSQLite(tx *gorm.DB, row reportRow, rolloutID st
 // (locked), LEFT JOINed to the insert's count so that one row comes back
 // whether or not a record exists. The upsert's parameters are cast:
 // PostgreSQL infers no types for an INSERT ... SELECT's select list.
-var storeReportPostgresSQL = `WITH ins AS (INSERT INTO device_reports (device_id, report_id, patch_id, target, state, error_code, message, at, received_at)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, report_id) DO NOTHING RETURNING 1),
+var storeReportPostgresSQL = `WITH ins AS (` + insertReportSQL + ` RETURNING 1),
 st AS (INSERT INTO device_patch_states (device_id, patch_id, state, error_code, at)
 	SELECT CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS timestamp) FROM ins
 ` + upsertStateConflict + `)
@@ -188,51 +206,58 @@ SELECT (SELECT COUNT(*) FROM ins), rec.* FROM (SELECT 1) one LEFT JOIN (` + repo
 
 // storeReportPostgres is storeReportSQLite on PostgreSQL, in one
 // statement (storeReportPostgresSQL).
-func (s *DeviceStore) storeReportPostgres(tx *gorm.DB, row reportRow, rolloutID string) (bool, *reportRecordRow, error) {
-	rows, err := tx.Raw(storeReportPostgresSQL, row.DeviceID, row.ReportID, row.PatchID, row.Target, row.State, row.ErrorCode,
-		row.Message, row.At, row.ReceivedAt, row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At,
-		row.DeviceID, row.PatchID, rolloutID).Rows()
+func (s *DeviceStore) storeReportPostgres(x sqlExec, row reportRow, rolloutID string) (bool, *reportRecordRow, error) {
+	args := append(row.insertArgs(), row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At,
+		row.DeviceID, row.PatchID, rolloutID)
+	rows, err := x.query(storeReportPostgresSQL, args...)
 	if err != nil {
 		return false, nil, err
 	}
+	var inserted int64
+	rec, err := scanReportRecord(rows, &inserted)
+	if err != nil {
+		return false, nil, err
+	}
+	return inserted > 0, rec, nil
+}
+
+// scanReportRecord reads the one row of a reportRecordSQL query (nil
+// when there is none or its record columns are NULL), after a leading
+// count column into count when count is not nil, and closes rows.
+func scanReportRecord(rows *sql.Rows, count *int64) (*reportRecordRow, error) {
 	defer rows.Close()
 	if !rows.Next() {
-		if err := rows.Err(); err != nil {
-			return false, nil, err
-		}
-		return false, nil, errors.New("store report: no row back")
+		return nil, rows.Err()
 	}
 	var (
-		inserted                             int64
 		rID, rDev, rModel, rBuild, rState    sql.NullString
 		rOffered, rLastOffered, rFail, rDone sql.NullTime
 		rAttempts                            sql.NullInt64
 		enrolled, started                    sql.NullTime
 	)
-	if err := rows.Scan(&inserted, &rID, &rDev, &rModel, &rBuild, &rOffered, &rLastOffered, &rState, &rAttempts,
-		&rFail, &rDone, &enrolled, &started); err != nil {
-		return false, nil, err
+	dest := []any{&rID, &rDev, &rModel, &rBuild, &rOffered, &rLastOffered, &rState, &rAttempts, &rFail, &rDone, &enrolled, &started}
+	if count != nil {
+		dest = append([]any{count}, dest...)
 	}
-	if err := rows.Close(); err != nil {
-		return false, nil, err
+	if err := rows.Scan(dest...); err != nil {
+		return nil, err
 	}
-	if inserted == 0 || !rID.Valid {
-		return inserted > 0, nil, nil
+	if err := rows.Close(); err != nil || !rID.Valid {
+		return nil, err
 	}
-	rec := &reportRecordRow{Record: deviceRolloutRow{RolloutID: rID.String, DeviceID: rDev.String, Model: rModel.String,
+	return &reportRecordRow{Record: deviceRolloutRow{RolloutID: rID.String, DeviceID: rDev.String, Model: rModel.String,
 		StartingBuild: rBuild.String, OfferedAt: rOffered.Time, LastOfferedAt: rLastOffered.Time, State: rState.String,
 		Attempts: int(rAttempts.Int64), LastFailureAt: nullTime(rFail), ResultAt: nullTime(rDone)},
-		EnrolledAt: enrolled.Time, StartedAt: nullTime(started)}
-	return true, rec, nil
+		EnrolledAt: enrolled.Time, StartedAt: nullTime(started)}, nil
 }
 
 // observe moves rec, the device's rollout record that report r is
-// about, by server.DeviceRollout.Observe, with its rollup deltas, in tx,
-// and marks it enrolled_late when the device enrolled after the rollout
-// started (its results then count in the reports but not toward health:
-// see RolloutResults). It returns the record as moved, or nil when there
-// is none or it did not move.
-func (s *DeviceStore) observe(tx *gorm.DB, r server.Report, rec *reportRecordRow) (*server.DeviceRollout, error) {
+// about, by server.DeviceRollout.Observe, with its rollup deltas, in
+// the write x, and marks it enrolled_late when the device enrolled after
+// the rollout started (its results then count in the reports but not
+// toward health: see RolloutResults). It returns the record as moved, or
+// nil when there is none or it did not move.
+func (s *DeviceStore) observe(x sqlExec, r server.Report, rec *reportRecordRow) (*server.DeviceRollout, error) {
 	if rec == nil {
 		return nil, nil
 	}
@@ -245,7 +270,7 @@ func (s *DeviceStore) observe(tx *gorm.DB, r server.Report, rec *reportRecordRow
 	late := server.EnrolledLate(rec.EnrolledAt, readTime(rec.StartedAt))
 	deltas := moveRecords(recordMove(old, &next), r.ReceivedAt)
 	deltas.merge(countResult(old, &next, r.ErrorCode, r.ReceivedAt))
-	_, err := s.db.changeWithDeltas(tx, `UPDATE device_rollouts SET state = ?, last_failure_at = ?, result_at = ?, enrolled_late = ?
+	_, err := s.db.changeWithDeltas(x, `UPDATE device_rollouts SET state = ?, last_failure_at = ?, result_at = ?, enrolled_late = ?
 WHERE rollout_id = ? AND device_id = ?`, []any{next.State, optionalTime(next.LastFailureAt), optionalTime(next.ResultAt), late,
 		next.RolloutID, next.DeviceID}, deltas)
 	if err != nil {

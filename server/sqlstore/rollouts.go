@@ -678,7 +678,6 @@ func (s *RolloutStore) RecordOffer(ctx context.Context, dec server.Decision, pre
 			return false, nil
 		}
 	}
-	errRaced := errors.New("raced")
 	var (
 		change string
 		args   []any
@@ -697,25 +696,21 @@ WHERE rollout_id = ? AND device_id = ? AND state = ? AND attempts = ?`
 		old = prev
 	}
 	// The record and its rollup deltas: one statement on PostgreSQL.
-	record := func(tx *gorm.DB) error {
-		changed, err := s.db.changeWithDeltas(tx, change, args, moveRecords(recordMove(old, next), now))
-		if err != nil {
-			return err
-		}
-		if !changed {
-			return errRaced
-		}
-		return nil
-	}
-	err := s.db.rawErr(record(s.db.gorm.WithContext(ctx)))
+	deltas := moveRecords(recordMove(old, next), now)
+	var changed bool
+	err := s.db.rawErr(s.db.write(ctx, true, func(x sqlExec) error {
+		var err error
+		changed, err = s.db.changeWithDeltas(x, change, args, deltas)
+		return err
+	}))
 	// The budget claim: an offer that raced was not made and goes back
 	// to the allowance. One that failed is not given back: a failed
 	// commit may have been made, and the cap must not be passed.
-	if limit > 0 && errors.Is(err, errRaced) {
+	if limit > 0 && err == nil && !changed {
 		s.db.offers.giveBack(dec.RolloutID, now, limit)
 	}
 	switch {
-	case err == nil, errors.Is(err, errRaced):
+	case err == nil:
 		return true, nil
 	case errors.Is(err, gorm.ErrForeignKeyViolated):
 		return false, fmt.Errorf("rollout %s or device %s: %w", next.RolloutID, next.DeviceID, server.ErrNotFound)

@@ -343,7 +343,9 @@ func testRolloutCountsFollowRecords(t *testing.T, b backend) {
 // testRecordOfferRaces records the first offer of one rollout to one
 // device from many goroutines at once, with a cap: one record, counted
 // once, one offer taken from the budget (the offers the raced check-ins
-// claimed are given back to the replica's allowance).
+// claimed are given back to the replica's allowance). The cap is above
+// the number of goroutines: each claims before it writes, so with a
+// lower cap some would find it taken by claims not yet given back.
 func testRecordOfferRaces(t *testing.T, b backend) {
 	db, s, rs := mustRollouts(t, b)
 	ctx := t.Context()
@@ -355,7 +357,7 @@ func testRecordOfferRaces(t *testing.T, b backend) {
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
-			if ok, err := rs.RecordOffer(ctx, dec, nil, dec.Record(nil, d, now), 5, now); err != nil || !ok {
+			if ok, err := rs.RecordOffer(ctx, dec, nil, dec.Record(nil, d, now), 10, now); err != nil || !ok {
 				t.Errorf("record offer: %v, %v", ok, err)
 			}
 		})

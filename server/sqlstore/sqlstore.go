@@ -108,6 +108,9 @@ type DB struct {
 	repoMu  chan struct{} // RepoLock on SQLite
 	// checkIns batches check-in reads on PostgreSQL; nil on SQLite.
 	checkIns *readBatcher[string, checkInRows]
+	// writes group-commits the handset path's writes on PostgreSQL
+	// (DB.write); nil on SQLite, whose write gate does it.
+	writes *writeBatcher
 	// offers is this replica's allowance of capped offers (offer_budget.go).
 	offers *offerBudget
 	// foldHook, when set (by tests), is called by FoldRollups after it
@@ -203,6 +206,7 @@ func openPostgres(ctx context.Context, dsn string, cfg *gorm.Config, opts Option
 	db := &DB{gorm: g, sql: sqlDB, dialect: dialectPostgres, logger: log, repoMu: make(chan struct{}, 1),
 		offers: newOfferBudget(g)}
 	db.checkIns = db.checkInBatcher()
+	db.writes = newWriteBatcher(sqlDB)
 	return db, nil
 }
 
