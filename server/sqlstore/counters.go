@@ -117,14 +117,41 @@ func deltaLogSchema() []string {
 
 // tailed is a FROM item that reads rollup t with its unfolded deltas:
 // the rollup's rows and the log's, with the columns cols (the counted
-// columns among them). Readers group and sum over it; in one snapshot
-// (ReportStore.snapshot, or one statement) a fold is either entirely
-// in the counters or entirely still in the log, so the sums are exact
-// at any point of a fold.
+// columns among them), for reads that scan the whole rollup anyway
+// (VerifyRollups). In one snapshot (ReportStore.snapshot, or one
+// statement) a fold is either entirely in the counters or entirely still
+// in the log, so sums over it are exact at any point of a fold.
 func tailed(t *counterTable, cols ...string) string {
 	list := strings.Join(cols, ", ")
 	return "(SELECT " + list + " FROM " + t.name + " UNION ALL SELECT " + list + " FROM " + t.log() + ") " + t.name
 }
+
+// tailedSum is the reports' read of rollup t with its unfolded deltas:
+// the counted columns sums summed by the columns group, over the rows
+// that match where (a condition on t's columns; its arguments go twice,
+// once for each part). Each part is grouped on its own, so that the
+// rollup's part reads through the rollup's key or index (SQLite does not
+// push a GROUP BY into a UNION ALL: summed over the union, the rollout
+// report took 296 ms at a million handsets instead of 25), and the few
+// rows of the two parts are then added. The sums are cast to BIGINT and
+// named as the columns; a caller appends HAVING and ORDER BY.
+func tailedSum(t *counterTable, group, sums []string, where string) string {
+	g := strings.Join(group, ", ")
+	inner := make([]string, len(sums))
+	outer := make([]string, len(sums))
+	for i, c := range sums {
+		inner[i] = "SUM(" + c + ") AS " + c
+		outer[i] = "CAST(SUM(" + c + ") AS BIGINT) AS " + c
+	}
+	part := func(table string) string {
+		return "SELECT " + g + ", " + strings.Join(inner, ", ") + " FROM " + table + " WHERE " + where + " GROUP BY " + g
+	}
+	return "SELECT " + g + ", " + strings.Join(outer, ", ") + " FROM (" + part(t.name) + " UNION ALL " + part(t.log()) +
+		") " + t.name + " GROUP BY " + g
+}
+
+// twice is args, then args again: the arguments of a tailedSum's where.
+func twice(args ...any) []any { return append(append([]any(nil), args...), args...) }
 
 // deltaBatch is the deltas of one change, by rollup: each row is the
 // key's values then the counts, in the order of the table's columns.

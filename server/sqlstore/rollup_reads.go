@@ -64,8 +64,7 @@ func scanRows(tx *gorm.DB, scan func(*sql.Rows) error, query string, args ...any
 func (s *ReportStore) RolloutRollups(ctx context.Context, rolloutID string, hoursSince time.Time, fleet server.FleetFilter) (*server.RolloutRollups, error) {
 	rr := &server.RolloutRollups{}
 	err := s.snapshot(ctx, func(tx *gorm.DB) error {
-		fleetSQL := `SELECT model, build, installed_patches, CAST(SUM(n) AS BIGINT) FROM ` +
-			tailed(fleetCountsTable, "model", "channel", "region", "build", "installed_patches", "n") + ` WHERE true`
+		where := `true`
 		var args []any
 		for _, f := range []struct {
 			col    string
@@ -74,18 +73,18 @@ func (s *ReportStore) RolloutRollups(ctx context.Context, rolloutID string, hour
 			if len(f.values) == 0 {
 				continue
 			}
-			fleetSQL += ` AND ` + f.col + ` IN (?` + strings.Repeat(", ?", len(f.values)-1) + `)`
+			where += ` AND ` + f.col + ` IN (?` + strings.Repeat(", ?", len(f.values)-1) + `)`
 			for _, v := range f.values {
 				args = append(args, v)
 			}
 		}
-		fleetSQL += ` GROUP BY model, build, installed_patches HAVING SUM(n) > 0`
+		fleetSQL := tailedSum(fleetCountsTable, []string{"model", "build", "installed_patches"}, []string{"n"}, where) + ` HAVING SUM(n) > 0`
 		err := scanRows(tx, func(r *sql.Rows) error {
 			var fc server.FleetCount
 			err := r.Scan(&fc.Model, &fc.Build, &fc.InstalledPatches, &fc.N)
 			rr.Fleet = append(rr.Fleet, fc)
 			return err
-		}, fleetSQL, args...)
+		}, fleetSQL, twice(args...)...)
 		if err != nil {
 			return fmt.Errorf("read fleet_counts: %w", err)
 		}
@@ -94,8 +93,8 @@ func (s *ReportStore) RolloutRollups(ctx context.Context, rolloutID string, hour
 			err := r.Scan(&rc.Model, &rc.StartingBuild, &rc.State, &rc.N)
 			rr.Records = append(rr.Records, rc)
 			return err
-		}, `SELECT model, starting_build, state, CAST(SUM(n) AS BIGINT) FROM `+tailed(rolloutCountsTable, "rollout_id", "model", "starting_build", "state", "n")+`
-WHERE rollout_id = ? GROUP BY model, starting_build, state HAVING SUM(n) > 0`, rolloutID)
+		}, tailedSum(rolloutCountsTable, []string{"model", "starting_build", "state"}, []string{"n"}, "rollout_id = ?")+
+			` HAVING SUM(n) > 0`, twice(rolloutID)...)
 		if err != nil {
 			return fmt.Errorf("read rollout_counts: %w", err)
 		}
@@ -104,8 +103,7 @@ WHERE rollout_id = ? GROUP BY model, starting_build, state HAVING SUM(n) > 0`, r
 			err := r.Scan(&fc.ErrorCode, &fc.Count)
 			rr.Failures = append(rr.Failures, fc)
 			return err
-		}, `SELECT error_code, CAST(SUM(n) AS BIGINT) FROM `+tailed(failuresTable, "rollout_id", "error_code", "n")+`
-WHERE rollout_id = ? GROUP BY error_code HAVING SUM(n) > 0`, rolloutID)
+		}, tailedSum(failuresTable, []string{"error_code"}, []string{"n"}, "rollout_id = ?")+` HAVING SUM(n) > 0`, twice(rolloutID)...)
 		if err != nil {
 			return fmt.Errorf("read rollout_failures: %w", err)
 		}
@@ -115,10 +113,8 @@ WHERE rollout_id = ? GROUP BY error_code HAVING SUM(n) > 0`, rolloutID)
 			h.Hour = h.Hour.UTC()
 			rr.Hourly = append(rr.Hourly, h)
 			return err
-		}, `SELECT hour, CAST(SUM(installed) AS BIGINT), CAST(SUM(failed) AS BIGINT) FROM `+
-			tailed(rolloutHourlyTable, "rollout_id", "hour", "installed", "failed")+`
-WHERE rollout_id = ? AND hour >= ? GROUP BY hour ORDER BY hour`,
-			rolloutID, dbTime(hoursSince))
+		}, tailedSum(rolloutHourlyTable, []string{"hour"}, []string{"installed", "failed"}, "rollout_id = ? AND hour >= ?")+
+			` ORDER BY hour`, twice(rolloutID, dbTime(hoursSince))...)
 		if err != nil {
 			return fmt.Errorf("read rollout_hourly: %w", err)
 		}
@@ -128,8 +124,8 @@ WHERE rollout_id = ? AND hour >= ? GROUP BY hour ORDER BY hour`,
 			d.Hour = d.Hour.UTC()
 			rr.StateHours = append(rr.StateHours, d)
 			return err
-		}, `SELECT hour, state, CAST(SUM(n) AS BIGINT) FROM `+tailed(stateHourlyTable, "rollout_id", "hour", "state", "n")+`
-WHERE rollout_id = ? AND hour > ? GROUP BY hour, state HAVING SUM(n) <> 0`, rolloutID, dbTime(hoursSince))
+		}, tailedSum(stateHourlyTable, []string{"hour", "state"}, []string{"n"}, "rollout_id = ? AND hour > ?")+
+			` HAVING SUM(n) <> 0`, twice(rolloutID, dbTime(hoursSince))...)
 		if err != nil {
 			return fmt.Errorf("read rollout_state_hourly: %w", err)
 		}
@@ -138,8 +134,8 @@ WHERE rollout_id = ? AND hour > ? GROUP BY hour, state HAVING SUM(n) <> 0`, roll
 			err := r.Scan(&b.Bucket, &b.N)
 			rr.InstallTimes = append(rr.InstallTimes, b)
 			return err
-		}, `SELECT bucket, CAST(SUM(n) AS BIGINT) FROM `+tailed(installTimesTable, "rollout_id", "bucket", "n")+`
-WHERE rollout_id = ? GROUP BY bucket HAVING SUM(n) > 0 ORDER BY bucket`, rolloutID)
+		}, tailedSum(installTimesTable, []string{"bucket"}, []string{"n"}, "rollout_id = ?")+
+			` HAVING SUM(n) > 0 ORDER BY bucket`, twice(rolloutID)...)
 		if err != nil {
 			return fmt.Errorf("read rollout_install_times: %w", err)
 		}
@@ -163,7 +159,8 @@ func (s *ReportStore) ExposureRollups(ctx context.Context, day string, days int)
 	err := s.snapshot(ctx, func(tx *gorm.DB) error {
 		if er.Day == "" {
 			var latest []string
-			if err := tx.Raw(`SELECT day FROM ` + tailed(fleetTotalsTable, "day", "n") + ` GROUP BY day HAVING SUM(n) > 0 ORDER BY day DESC LIMIT 1`).Scan(&latest).Error; err != nil {
+			if err := tx.Raw(`SELECT day FROM (` + tailedSum(fleetTotalsTable, []string{"day"}, []string{"n"}, "true") +
+				` HAVING SUM(n) > 0) days ORDER BY day DESC LIMIT 1`).Scan(&latest).Error; err != nil {
 				return fmt.Errorf("read the latest day of fleet_daily_totals: %w", err)
 			}
 			if len(latest) == 0 {
@@ -181,9 +178,8 @@ func (s *ReportStore) ExposureRollups(ctx context.Context, day string, days int)
 			err := r.Scan(&c.Model, &c.Region, &c.CloudMessaging, &c.NumberEncryption, &c.N)
 			er.Segments = append(er.Segments, c)
 			return err
-		}, `SELECT model, region, cloud_messaging, number_encryption, CAST(SUM(n) AS BIGINT) FROM `+
-			tailed(fleetDailyTable, "day", "model", "region", "cloud_messaging", "number_encryption", "n")+`
-WHERE day = ? GROUP BY model, region, cloud_messaging, number_encryption HAVING SUM(n) > 0`, er.Day)
+		}, tailedSum(fleetDailyTable, []string{"model", "region", "cloud_messaging", "number_encryption"}, []string{"n"}, "day = ?")+
+			` HAVING SUM(n) > 0`, twice(er.Day)...)
 		if err != nil {
 			return fmt.Errorf("read fleet_daily: %w", err)
 		}
@@ -192,9 +188,8 @@ WHERE day = ? GROUP BY model, region, cloud_messaging, number_encryption HAVING 
 			err := r.Scan(&c.Day, &c.CloudMessaging, &c.NumberEncryption, &c.N)
 			er.Daily = append(er.Daily, c)
 			return err
-		}, `SELECT day, cloud_messaging, number_encryption, CAST(SUM(n) AS BIGINT) FROM `+
-			tailed(fleetTotalsTable, "day", "cloud_messaging", "number_encryption", "n")+`
-WHERE day >= ? AND day <= ? GROUP BY day, cloud_messaging, number_encryption HAVING SUM(n) > 0`, first, er.Day)
+		}, tailedSum(fleetTotalsTable, []string{"day", "cloud_messaging", "number_encryption"}, []string{"n"}, "day >= ? AND day <= ?")+
+			` HAVING SUM(n) > 0`, twice(first, er.Day)...)
 		if err != nil {
 			return fmt.Errorf("read fleet_daily_totals: %w", err)
 		}
