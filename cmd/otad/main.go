@@ -45,6 +45,8 @@ Usage:
   otad audit checkpoint  sign checkpoints of the audit log now
   otad audit list [--actor A] [--action A] [--limit N]
                          show the audit log, newest first
+  otad rollups verify    recount the rollups reports read from their rows
+  otad rollups fold      fold the rollups' delta logs now
   otad help              show this help
 
 Run "otad <command> --help" for the flags of a command.
@@ -84,6 +86,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = runUser(ctx, args[1:], getenv, stdout, stderr)
 	case "audit":
 		err = runAudit(ctx, args[1:], getenv, stdout, stderr)
+	case "rollups":
+		err = runRollups(ctx, args[1:], getenv, stdout, stderr)
 	case "demo":
 		err = runDemo(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
