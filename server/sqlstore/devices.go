@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
 
 	"github.com/patchfleet/ota/server"
 )
@@ -519,8 +520,17 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 		if len(old) == 0 {
 			return fmt.Errorf("device %s: %w", id, server.ErrNotFound)
 		}
+		// The records are locked as they are read (on PostgreSQL; SQLite's
+		// write transaction excludes every other writer): a retry offer
+		// updates a record without touching the device row, so one that
+		// committed between this read and the DELETE below would leave
+		// the erasure's deltas taking out the state it replaced.
 		var records []deviceRolloutRow
-		if err := tx.Where("device_id = ?", id).Find(&records).Error; err != nil {
+		q := tx.Where("device_id = ?", id)
+		if s.db.dialect == dialectPostgres {
+			q = q.Clauses(clause.Locking{Strength: "UPDATE"})
+		}
+		if err := q.Find(&records).Error; err != nil {
 			return fmt.Errorf("read device rollout records: %w", err)
 		}
 		drs := make([]*server.DeviceRollout, len(records))
