@@ -114,7 +114,7 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.Re
 		return nil
 	})
 	err = s.db.rawErr(err)
-	if errors.Is(err, gorm.ErrForeignKeyViolated) {
+	if errors.Is(err, gorm.ErrForeignKeyViolated) || errors.Is(err, errReportDeviceGone) {
 		return server.ReportOutcome{}, fmt.Errorf("device %s: %w", r.DeviceID, server.ErrNotFound)
 	}
 	if err != nil {
@@ -189,42 +189,61 @@ func (s *DeviceStore) storeReportSQLite(x sqlExec, row reportRow, rolloutID stri
 	if err != nil {
 		return false, nil, fmt.Errorf("read rollout record: %w", err)
 	}
-	rec, err := scanReportRecord(rows, nil)
+	rec, err := scanReportRecord(rows)
 	return true, rec, err
 }
 
 // storeReportPostgresSQL is storeReportSQLite in one statement: the
-// insert, the state's upsert if the insert wrote a row, and the record
-// (locked), LEFT JOINed to the insert's count so that one row comes back
-// whether or not a record exists. The upsert's parameters are cast:
-// PostgreSQL infers no types for an INSERT ... SELECT's select list.
-var storeReportPostgresSQL = `WITH ins AS (` + insertReportSQL + ` RETURNING 1),
+// device row is locked first (FOR KEY SHARE, as the report's foreign key
+// would lock it at the end of the statement), then the report is
+// inserted, the state upserted if the insert wrote a row, and the record
+// locked, LEFT JOINed to the two counts so that one row comes back
+// whether or not a record exists. Taking the device first is the
+// erasure's order (deleteDevice locks the device, then the records and
+// states): the foreign key's own lock, last, deadlocked a report with
+// the erasure of its handset (TestRollupsConsistency). PostgreSQL infers
+// no types for an INSERT ... SELECT's select list: the parameters are
+// cast.
+var storeReportPostgresSQL = `WITH dev AS (SELECT id FROM devices WHERE id = ? FOR KEY SHARE),
+ins AS (INSERT INTO device_reports (device_id, report_id, patch_id, target, state, error_code, message, at, received_at)
+	SELECT id, CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS text),
+		CAST(? AS timestamp), CAST(? AS timestamp) FROM dev
+	ON CONFLICT (device_id, report_id) DO NOTHING RETURNING 1),
 st AS (INSERT INTO device_patch_states (device_id, patch_id, state, error_code, at)
 	SELECT CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS timestamp) FROM ins
 ` + upsertStateConflict + `)
-SELECT (SELECT COUNT(*) FROM ins), rec.* FROM (SELECT 1) one LEFT JOIN (` + reportRecordSQL + ` FOR UPDATE OF dr) rec ON true`
+SELECT (SELECT COUNT(*) FROM dev), (SELECT COUNT(*) FROM ins), rec.* FROM (SELECT 1) one
+	LEFT JOIN (` + reportRecordSQL + ` FOR UPDATE OF dr) rec ON true`
+
+// errReportDeviceGone is storeReportPostgres's error when the report's
+// device is gone (erased since its token was looked up).
+var errReportDeviceGone = errors.New("device gone")
 
 // storeReportPostgres is storeReportSQLite on PostgreSQL, in one
 // statement (storeReportPostgresSQL).
 func (s *DeviceStore) storeReportPostgres(x sqlExec, row reportRow, rolloutID string) (bool, *reportRecordRow, error) {
-	args := append(row.insertArgs(), row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At,
-		row.DeviceID, row.PatchID, rolloutID)
+	args := []any{row.DeviceID, row.ReportID, row.PatchID, row.Target, row.State, row.ErrorCode, row.Message, row.At, row.ReceivedAt,
+		row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At,
+		row.DeviceID, row.PatchID, rolloutID}
 	rows, err := x.query(storeReportPostgresSQL, args...)
 	if err != nil {
 		return false, nil, err
 	}
-	var inserted int64
-	rec, err := scanReportRecord(rows, &inserted)
+	var devices, inserted int64
+	rec, err := scanReportRecord(rows, &devices, &inserted)
 	if err != nil {
 		return false, nil, err
+	}
+	if devices == 0 {
+		return false, nil, errReportDeviceGone
 	}
 	return inserted > 0, rec, nil
 }
 
 // scanReportRecord reads the one row of a reportRecordSQL query (nil
-// when there is none or its record columns are NULL), after a leading
-// count column into count when count is not nil, and closes rows.
-func scanReportRecord(rows *sql.Rows, count *int64) (*reportRecordRow, error) {
+// when there is none or its record columns are NULL), after leading
+// count columns into counts, and closes rows.
+func scanReportRecord(rows *sql.Rows, counts ...*int64) (*reportRecordRow, error) {
 	defer rows.Close()
 	if !rows.Next() {
 		return nil, rows.Err()
@@ -236,8 +255,8 @@ func scanReportRecord(rows *sql.Rows, count *int64) (*reportRecordRow, error) {
 		enrolled, started                    sql.NullTime
 	)
 	dest := []any{&rID, &rDev, &rModel, &rBuild, &rOffered, &rLastOffered, &rState, &rAttempts, &rFail, &rDone, &enrolled, &started}
-	if count != nil {
-		dest = append([]any{count}, dest...)
+	for i := len(counts) - 1; i >= 0; i-- {
+		dest = append([]any{counts[i]}, dest...)
 	}
 	if err := rows.Scan(dest...); err != nil {
 		return nil, err

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -146,20 +145,6 @@ func tokenOf(id string) string { return "hash-" + id }
 // handset was erased meanwhile.
 func erased(err error) bool {
 	return errors.Is(err, server.ErrDeviceToken) || isTokenErr(err) || errors.Is(err, server.ErrNotFound)
-}
-
-// reportErasureDeadlock reports whether err is PostgreSQL's deadlock
-// error, which a report and the erasure of the same handset at the same
-// moment can end in (one of them is rolled back and answers an error; the
-// rollups stay exact). A known bug, tolerated only where the test races
-// the two on purpose (eraseMeanwhile): the report's one statement locks
-// the handset's rollout record (FOR UPDATE OF dr) and its patch state
-// before its foreign key check takes the device row (FOR KEY SHARE, at
-// the end of the statement), while the erasure holds the device row
-// (FOR UPDATE) and then waits for the record and the state. Take this
-// tolerance out once the two take their locks in the same order.
-func reportErasureDeadlock(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "(SQLSTATE 40P01)")
 }
 
 func testRollupsConsistent(t *testing.T, b backend) {
@@ -517,22 +502,21 @@ func (c *concRun) randomOp(ctx context.Context, rng *rand.Rand) {
 		c.offer(ctx, rng, id, true)
 		c.report(ctx, rng, id, true)
 	case p < 95:
-		c.erase(ctx, id, false)
+		c.erase(ctx, id)
 	default:
 		c.reEnroll(ctx, rng, id)
 	}
 }
 
-// erase erases the handset, unless it is erased already; racing says
-// it races the handset's own report (see reportErasureDeadlock).
-func (c *concRun) erase(ctx context.Context, id string, racing bool) {
+// erase erases the handset, unless it is erased already. Some erasures
+// race the handset's own report, which once deadlocked on PostgreSQL
+// (the report took the device row last); no error is tolerated there.
+func (c *concRun) erase(ctx context.Context, id string) {
 	err := c.s.DeleteDevice(ctx, id)
 	switch {
 	case err == nil:
 		c.did("erasure")
 	case erased(err):
-	case racing && reportErasureDeadlock(err):
-		c.did("report/erasure deadlock")
 	default:
 		c.t.Errorf("erase %s: %v", id, err)
 	}
@@ -616,7 +600,7 @@ func (c *concRun) offer(ctx context.Context, rng *rand.Rand, id string, eraseMea
 	)
 	wg.Go(func() { ok, err = c.rs.RecordOffer(ctx, dec, prev, dec.Record(prev, d, now), 0, now) })
 	if eraseMeanwhile {
-		wg.Go(func() { c.erase(ctx, id, true) })
+		wg.Go(func() { c.erase(ctx, id) })
 	}
 	wg.Wait()
 	switch {
@@ -687,7 +671,7 @@ func (c *concRun) report(ctx context.Context, rng *rand.Rand, id string, eraseMe
 		wg.Go(func() { outs[i], errs[i] = c.s.AddReport(ctx, r) })
 	}
 	if eraseMeanwhile {
-		wg.Go(func() { c.erase(ctx, id, true) })
+		wg.Go(func() { c.erase(ctx, id) })
 	}
 	wg.Wait()
 	acked := false
@@ -695,9 +679,6 @@ func (c *concRun) report(ctx context.Context, rng *rand.Rand, id string, eraseMe
 		out, err := outs[i], errs[i]
 		switch {
 		case erased(err):
-			continue
-		case eraseMeanwhile && reportErasureDeadlock(err):
-			c.did("report/erasure deadlock")
 			continue
 		case err != nil:
 			c.t.Errorf("report %s of %s (%s): %v", r.ID, id, r.State, err)
