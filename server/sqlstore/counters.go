@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"gorm.io/gorm"
@@ -301,7 +302,28 @@ func (db *DB) FoldRollups(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("fold rollups: %w", err)
 	}
+	if db.dialect == dialectPostgres && folded > 0 {
+		db.vacuumLogs(ctx)
+	}
 	return folded, nil
+}
+
+// vacuumLogs vacuums the delta logs on PostgreSQL after a fold emptied
+// them. Autovacuum visits a database at most once a minute
+// (autovacuum_naptime), and in a minute of a rollout wave a log
+// accumulates a hundred thousand dead rows that every fold's DELETE and
+// every report's read of the tail would scan (a fold of rollout_counts
+// took 17 ms, not under 1). Vacuumed each time, a log stays a few pages.
+// SKIP_LOCKED: a log another replica's fold or vacuum holds is left to
+// it. A failure only costs the next fold time.
+func (db *DB) vacuumLogs(ctx context.Context) {
+	logs := make([]string, len(counterTables))
+	for i, t := range counterTables {
+		logs[i] = t.log()
+	}
+	if _, err := db.sql.ExecContext(ctx, "VACUUM (SKIP_LOCKED) "+strings.Join(logs, ", ")); err != nil && ctx.Err() == nil {
+		db.logger.WarnContext(ctx, "vacuuming the rollups' delta logs after a fold", slog.Any("error", err))
+	}
 }
 
 // foldTable folds t's log into t in tx and returns how many log rows it

@@ -378,9 +378,9 @@ WHERE id = ? AND rev = ?`
 
 // SaveCheckIn implements server.DeviceStore: the update and the rollup
 // deltas it makes, in one write (DB.write); on PostgreSQL in one
-// statement, which locks only the device's own row (changeWithDeltas). The update is
-// a compare-and-swap on rev, so of two check-ins of one device read at
-// the same revision only one moves the rollups. A check-in that changes
+// statement, which locks only the device's own row (changeWithDeltas).
+// The update is a compare-and-swap on rev, so of two check-ins of one
+// device read at the same revision only one moves the rollups. A check-in that changes
 // only last_seen on the same day moves none and is the update alone.
 func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *server.Device) error {
 	oldRow, err := rowOf(old)
@@ -464,9 +464,9 @@ func (s *DeviceStore) DeviceByToken(ctx context.Context, tokenHash string) (*ser
 }
 
 // DeleteDevice implements server.DeviceStore: the device goes with its
-// reports, states and rollout records, and out of the rollups. The foreign keys cascade
-// too, but the explicit deletes do not depend on SQLite's per-connection
-// foreign_keys pragma.
+// reports, states and rollout records, and out of the rollups. The
+// foreign keys cascade too, but the explicit deletes do not depend on
+// SQLite's per-connection foreign_keys pragma.
 //
 // On SQLite, secure_delete (see sqlitePragmas) zeroes the deleted rows in
 // the pages the commit writes, but the WAL still holds the earlier images
