@@ -511,8 +511,39 @@ func (db *DB) truncateWAL(ctx context.Context) error {
 	return nil
 }
 
+// deleteDevice erases the device in one transaction. On PostgreSQL it
+// locks the handset's rows in the order a report does (its rollout
+// records, then its patch states, then the device row, which the
+// report's foreign key locks last), so that an erasure and a report of
+// the same handset wait for each other instead of deadlocking; only a
+// report of a record first offered within the erasure's few
+// milliseconds can still deadlock with it (PostgreSQL then rolls one
+// back, and the handset retries).
 func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 	return s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		// The records are locked as they are read (on PostgreSQL; SQLite's
+		// write transaction excludes every other writer): a retry offer
+		// updates a record without touching the device row, so one that
+		// committed between this read and the DELETE below would leave
+		// the erasure's deltas taking out the state it replaced.
+		var records []deviceRolloutRow
+		readRecords := func() error {
+			records = nil
+			q := tx.Where("device_id = ?", id)
+			if s.db.dialect == dialectPostgres {
+				q = q.Clauses(clause.Locking{Strength: "UPDATE"})
+			}
+			if err := q.Find(&records).Error; err != nil {
+				return fmt.Errorf("read device rollout records: %w", err)
+			}
+			return nil
+		}
+		if err := readRecords(); err != nil {
+			return err
+		}
+		if err := tx.Where("device_id = ?", id).Delete(&patchStateRow{}).Error; err != nil {
+			return fmt.Errorf("delete device states: %w", err)
+		}
 		var old []deviceRow
 		if err := tx.Raw(`SELECT `+deviceColumns+` FROM devices WHERE id = ?`+s.db.forUpdate(), id).Scan(&old).Error; err != nil {
 			return fmt.Errorf("read device: %w", err)
@@ -520,18 +551,14 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 		if len(old) == 0 {
 			return fmt.Errorf("device %s: %w", id, server.ErrNotFound)
 		}
-		// The records are locked as they are read (on PostgreSQL; SQLite's
-		// write transaction excludes every other writer): a retry offer
-		// updates a record without touching the device row, so one that
-		// committed between this read and the DELETE below would leave
-		// the erasure's deltas taking out the state it replaced.
-		var records []deviceRolloutRow
-		q := tx.Where("device_id = ?", id)
 		if s.db.dialect == dialectPostgres {
-			q = q.Clauses(clause.Locking{Strength: "UPDATE"})
-		}
-		if err := q.Find(&records).Error; err != nil {
-			return fmt.Errorf("read device rollout records: %w", err)
+			// Read the records again now that the device row is locked: a
+			// first offer committed since the read above (its foreign key
+			// now waits for this transaction) would otherwise be deleted
+			// below without its deltas.
+			if err := readRecords(); err != nil {
+				return err
+			}
 		}
 		drs := make([]*server.DeviceRollout, len(records))
 		for i := range records {
@@ -541,9 +568,6 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 		b.merge(eraseRecords(drs, time.Now()))
 		if err := b.insert(gormExec{tx}); err != nil {
 			return err
-		}
-		if err := tx.Where("device_id = ?", id).Delete(&patchStateRow{}).Error; err != nil {
-			return fmt.Errorf("delete device states: %w", err)
 		}
 		if err := tx.Where("device_id = ?", id).Delete(&reportRow{}).Error; err != nil {
 			return fmt.Errorf("delete device reports: %w", err)

@@ -114,7 +114,7 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.Re
 		return nil
 	})
 	err = s.db.rawErr(err)
-	if errors.Is(err, gorm.ErrForeignKeyViolated) || errors.Is(err, errReportDeviceGone) {
+	if errors.Is(err, gorm.ErrForeignKeyViolated) {
 		return server.ReportOutcome{}, fmt.Errorf("device %s: %w", r.DeviceID, server.ErrNotFound)
 	}
 	if err != nil {
@@ -194,48 +194,32 @@ func (s *DeviceStore) storeReportSQLite(x sqlExec, row reportRow, rolloutID stri
 }
 
 // storeReportPostgresSQL is storeReportSQLite in one statement: the
-// device row is locked first (FOR KEY SHARE, as the report's foreign key
-// would lock it at the end of the statement), then the report is
-// inserted, the state upserted if the insert wrote a row, and the record
-// locked, LEFT JOINed to the two counts so that one row comes back
-// whether or not a record exists. Taking the device first is the
-// erasure's order (deleteDevice locks the device, then the records and
-// states): the foreign key's own lock, last, deadlocked a report with
-// the erasure of its handset (TestRollupsConsistency). PostgreSQL infers
-// no types for an INSERT ... SELECT's select list: the parameters are
-// cast.
-var storeReportPostgresSQL = `WITH dev AS (SELECT id FROM devices WHERE id = ? FOR KEY SHARE),
-ins AS (INSERT INTO device_reports (device_id, report_id, patch_id, target, state, error_code, message, at, received_at)
-	SELECT id, CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS text),
-		CAST(? AS timestamp), CAST(? AS timestamp) FROM dev
-	ON CONFLICT (device_id, report_id) DO NOTHING RETURNING 1),
+// insert, the state's upsert if the insert wrote a row, and the record
+// (locked), LEFT JOINed to the insert's count so that one row comes back
+// whether or not a record exists. PostgreSQL runs the main query (the
+// record's lock) before the upsert, and the report's foreign key locks
+// the device row last (FOR KEY SHARE): record, state, device, the order
+// deleteDevice takes them in. The upsert's parameters are cast:
+// PostgreSQL infers no types for an INSERT ... SELECT's select list.
+var storeReportPostgresSQL = `WITH ins AS (` + insertReportSQL + ` RETURNING 1),
 st AS (INSERT INTO device_patch_states (device_id, patch_id, state, error_code, at)
 	SELECT CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS text), CAST(? AS timestamp) FROM ins
 ` + upsertStateConflict + `)
-SELECT (SELECT COUNT(*) FROM dev), (SELECT COUNT(*) FROM ins), rec.* FROM (SELECT 1) one
-	LEFT JOIN (` + reportRecordSQL + ` FOR UPDATE OF dr) rec ON true`
-
-// errReportDeviceGone is storeReportPostgres's error when the report's
-// device is gone (erased since its token was looked up).
-var errReportDeviceGone = errors.New("device gone")
+SELECT (SELECT COUNT(*) FROM ins), rec.* FROM (SELECT 1) one LEFT JOIN (` + reportRecordSQL + ` FOR UPDATE OF dr) rec ON true`
 
 // storeReportPostgres is storeReportSQLite on PostgreSQL, in one
 // statement (storeReportPostgresSQL).
 func (s *DeviceStore) storeReportPostgres(x sqlExec, row reportRow, rolloutID string) (bool, *reportRecordRow, error) {
-	args := []any{row.DeviceID, row.ReportID, row.PatchID, row.Target, row.State, row.ErrorCode, row.Message, row.At, row.ReceivedAt,
-		row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At,
-		row.DeviceID, row.PatchID, rolloutID}
+	args := append(row.insertArgs(), row.DeviceID, row.PatchID, row.State, row.ErrorCode, row.At,
+		row.DeviceID, row.PatchID, rolloutID)
 	rows, err := x.query(storeReportPostgresSQL, args...)
 	if err != nil {
 		return false, nil, err
 	}
-	var devices, inserted int64
-	rec, err := scanReportRecord(rows, &devices, &inserted)
+	var inserted int64
+	rec, err := scanReportRecord(rows, &inserted)
 	if err != nil {
 		return false, nil, err
-	}
-	if devices == 0 {
-		return false, nil, errReportDeviceGone
 	}
 	return inserted > 0, rec, nil
 }
