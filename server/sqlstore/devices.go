@@ -259,10 +259,24 @@ const checkInStateSQL = `SELECT d.token_hash, d.id, d.key_fingerprint, d.key_sig
 FROM devices d LEFT JOIN device_rollouts r ON r.device_id = d.id
 WHERE `
 
-const (
-	checkInStateSQLite   = checkInStateSQL + "d.token_hash = ?"
-	checkInStatePostgres = checkInStateSQL + "d.token_hash = ANY($1)"
-)
+const checkInStateSQLite = checkInStateSQL + "d.token_hash = ?"
+
+// checkInStatePostgres is checkInStateSQL for many tokens, with each
+// table reached through a LATERAL subquery by its key: a plan that can
+// only probe the indexes. As a join (token_hash = ANY($1), device_rollouts
+// joined on device_id) PostgreSQL chose, for a 20,000-handset fleet whose
+// device_rollouts grew from empty during a rollout wave, hash joins over
+// sequential scans of one table or both, a read of every record for every
+// batch; which plan it took changed from run to run, and the wave's rate
+// with it (1,400 to 2,560 state changes/s).
+const checkInStatePostgres = `SELECT d.token_hash, d.id, d.key_fingerprint, d.key_signed_at, d.model, d.build, d.channel, d.region,
+	d.installed_patches, d.cloud_messaging, d.number_encryption, d.enrolled_at, d.last_seen, d.rev,
+	r.rollout_id AS r_rollout_id, r.model AS r_model, r.starting_build AS r_starting_build, r.offered_at AS r_offered_at,
+	r.last_offered_at AS r_last_offered_at, r.state AS r_state, r.attempts AS r_attempts,
+	r.last_failure_at AS r_last_failure_at, r.result_at AS r_result_at
+FROM unnest(CAST($1 AS text[])) AS t(hash)
+JOIN LATERAL (SELECT * FROM devices WHERE token_hash = t.hash) d ON true
+LEFT JOIN LATERAL (SELECT * FROM device_rollouts WHERE device_id = d.id) r ON true`
 
 // checkInRows is what checkInStateSQL read of one device.
 type checkInRows struct {
