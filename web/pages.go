@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -132,19 +133,83 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request, p *page) error 
 	return nil
 }
 
-// overviewData is the overview page.
+// overviewData is the overview page. It answers "what needs me now?"
+// first (Attention), then how far the patch has reached.
 type overviewData struct {
-	Exposure *server.ExposureReport
-	Chart    any
-	Running  []rolloutRow
+	Exposure  *server.ExposureReport
+	Chart     any
+	Attention attention
+	// Rollouts are those in progress: drafts, running, paused, and
+	// completed ones that left handsets behind (Unfinished).
+	Rollouts []rolloutRow
 	Status   *manifests.Status
 	Pending  []*manifests.DraftView
+}
+
+// attention is what waits for a person: four-eyes requests, halted
+// rollouts, held models (with the handsets the hold leaves unpatched),
+// drafts waiting for signatures and metadata close to expiry.
+type attention struct {
+	Approvals []approvalRow
+	Halted    []rolloutRow
+	Held      []heldRow
+	Drafts    []*manifests.DraftView
+	Expiring  []manifests.RoleStatus
+}
+
+// Empty reports whether nothing waits for anyone.
+func (a attention) Empty() bool {
+	return len(a.Approvals)+len(a.Halted)+len(a.Held)+len(a.Drafts)+len(a.Expiring) == 0
+}
+
+// approvalRow is a pending four-eyes request with its rollout.
+type approvalRow struct {
+	A *server.Approval
+	R *server.Rollout
+}
+
+// heldRow is a held model of a rollout with its numbers now.
+type heldRow struct {
+	R     *server.Rollout
+	Hold  server.ReportHold
+	Model server.ModelCohort
 }
 
 // rolloutRow is a rollout with its report, for lists.
 type rolloutRow struct {
 	R      *server.Rollout
 	Report *server.RolloutReport
+}
+
+// Unfinished reports whether a completed rollout left handsets behind:
+// a model is held, or fewer handsets installed than its last stage's
+// target. A completed rollout goes on offering, so it may still finish.
+func (row rolloutRow) Unfinished() bool {
+	if row.R.State != server.RolloutCompleted || row.Report == nil {
+		return false
+	}
+	return len(row.Report.Holds) > 0 || row.Report.Installed < row.Report.Target
+}
+
+// HeldEligible is how many handsets of the held models are still to
+// update.
+func (row rolloutRow) HeldEligible() int64 {
+	var n int64
+	for _, m := range row.Report.ByModel {
+		if m.Held {
+			n += m.Eligible
+		}
+	}
+	return n
+}
+
+// HeldModels names the held models.
+func (row rolloutRow) HeldModels() []string {
+	var ms []string
+	for _, h := range row.Report.Holds {
+		ms = append(ms, h.Model)
+	}
+	return ms
 }
 
 func (h *Handler) overview(w http.ResponseWriter, r *http.Request, p *page) error {
@@ -159,17 +224,51 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, p *page) erro
 	}
 	d := &overviewData{Exposure: exp, Chart: BurnDownChart(exp.Daily, exp.Projection)}
 	for _, ro := range rs {
-		if ro.State != server.RolloutRunning && ro.State != server.RolloutPaused {
+		if ro.State == server.RolloutAborted {
+			continue
+		}
+		aps, err := h.opts.Backend.Approvals(ctx, ro.ID)
+		if err != nil {
+			return err
+		}
+		for _, a := range aps {
+			if a.Pending() {
+				d.Attention.Approvals = append(d.Attention.Approvals, approvalRow{A: a, R: ro})
+			}
+		}
+		if ro.State == server.RolloutDraft {
+			d.Rollouts = append(d.Rollouts, rolloutRow{R: ro})
 			continue
 		}
 		rep, err := h.opts.Backend.RolloutReport(ctx, ro.ID)
 		if err != nil {
 			return err
 		}
-		d.Running = append(d.Running, rolloutRow{R: ro, Report: rep})
+		row := rolloutRow{R: ro, Report: rep}
+		if ro.Halt != nil {
+			d.Attention.Halted = append(d.Attention.Halted, row)
+		}
+		for _, hold := range rep.Holds {
+			hr := heldRow{R: ro, Hold: hold}
+			for _, m := range rep.ByModel {
+				if m.Model == hold.Model {
+					hr.Model = m
+				}
+			}
+			d.Attention.Held = append(d.Attention.Held, hr)
+		}
+		if ro.State != server.RolloutCompleted || row.Unfinished() {
+			d.Rollouts = append(d.Rollouts, row)
+		}
 	}
+	slices.SortFunc(d.Attention.Approvals, func(a, b approvalRow) int { return a.A.RequestedAt.Compare(b.A.RequestedAt) })
 	if d.Status, err = h.opts.Backend.RepoStatus(ctx); err != nil {
 		return err
+	}
+	for _, role := range d.Status.Roles {
+		if role.Warning != "" {
+			d.Attention.Expiring = append(d.Attention.Expiring, role)
+		}
 	}
 	drafts, err := h.opts.Backend.Drafts(ctx, draftsShown)
 	if err != nil {
@@ -180,9 +279,17 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, p *page) erro
 			d.Pending = append(d.Pending, dv)
 		}
 	}
-	p.Title, p.Data = "Overview", d
+	d.Attention.Drafts = d.Pending
+	p.Title, p.Data, p.Live = "Overview", d, liveURL(r)
 	h.render(w, r, http.StatusOK, "overview", p)
 	return nil
+}
+
+// rolloutListRow is a rollout on the rollouts page, with its waiting
+// four-eyes requests.
+type rolloutListRow struct {
+	*server.Rollout
+	Waiting []*server.Approval
 }
 
 func (h *Handler) rolloutsPage(w http.ResponseWriter, r *http.Request, p *page) error {
@@ -191,23 +298,43 @@ func (h *Handler) rolloutsPage(w http.ResponseWriter, r *http.Request, p *page) 
 		return err
 	}
 	slices.Reverse(rs) // newest first
-	p.Title, p.Data = "Rollouts", rs
+	rows := make([]rolloutListRow, 0, len(rs))
+	for _, ro := range rs {
+		row := rolloutListRow{Rollout: ro}
+		if ro.State != server.RolloutAborted {
+			aps, err := h.opts.Backend.Approvals(r.Context(), ro.ID)
+			if err != nil {
+				return err
+			}
+			for _, a := range aps {
+				if a.Pending() {
+					row.Waiting = append(row.Waiting, a)
+				}
+			}
+		}
+		rows = append(rows, row)
+	}
+	p.Title, p.Data, p.Live = "Rollouts", rows, liveURL(r)
 	h.render(w, r, http.StatusOK, "rollouts", p)
 	return nil
 }
 
 // rolloutData is the rollout page.
 type rolloutData struct {
-	R      *server.Rollout
-	Report *server.RolloutReport
-	Chart  any
+	rolloutRow
+	Chart any
 	// States is the chart of handset states over time.
 	States    any
 	Events    []server.Event
 	Approvals []*server.Approval
+	// Waiting are the four-eyes requests still waiting, oldest first.
+	Waiting []*server.Approval
 	// Actions are the actions the rollout's state allows.
 	Actions []string
 	Next    float64
+	// FailedReports is the sum of the failure codes' counts: failed
+	// reports, of which a handset that failed twice sent two.
+	FailedReports int64
 }
 
 func (h *Handler) rolloutData(r *http.Request, id string) (*rolloutData, error) {
@@ -229,8 +356,17 @@ func (h *Handler) rolloutData(r *http.Request, id string) (*rolloutData, error) 
 	if err != nil {
 		return nil, err
 	}
-	d := &rolloutData{R: ro, Report: rep, Chart: HourlyChart(rep.InstallsPerHour), States: StatesChart(rep.StatesPerHour),
-		Events: evs, Approvals: aps}
+	d := &rolloutData{rolloutRow: rolloutRow{R: ro, Report: rep}, Chart: HourlyChart(rep.InstallsPerHour),
+		States: StatesChart(rep.StatesPerHour), Events: evs, Approvals: aps}
+	for _, a := range aps {
+		if a.Pending() {
+			d.Waiting = append(d.Waiting, a)
+		}
+	}
+	slices.Reverse(d.Waiting) // oldest first
+	for _, fc := range rep.FailureCodes {
+		d.FailedReports += fc.Count
+	}
 	switch ro.State {
 	case server.RolloutDraft:
 		d.Actions = []string{server.ActionStart, server.ActionAbort}
@@ -243,17 +379,32 @@ func (h *Handler) rolloutData(r *http.Request, id string) (*rolloutData, error) 
 	case server.RolloutPaused:
 		d.Actions = []string{server.ActionResume, server.ActionAbort}
 	case server.RolloutCompleted:
-		d.Actions = []string{server.ActionPause, server.ActionAbort}
+		// It goes on offering at its last stage: it can be widened past
+		// it, or ended; pausing it is what abort is for.
+		d.Actions = []string{server.ActionAbort}
+		if ro.Percent() < 100 {
+			d.Actions = append(d.Actions, server.ActionAdvance)
+		}
 	}
 	return d, nil
 }
 
 func (h *Handler) rolloutPage(w http.ResponseWriter, r *http.Request, p *page) error {
-	d, err := h.rolloutData(r, r.PathValue("id"))
+	id := r.PathValue("id")
+	d, err := h.rolloutData(r, id)
 	if err != nil {
 		return err
 	}
-	p.Title, p.Data = "Rollout "+d.R.ID, d
+	p.Title, p.Data, p.Live = "Rollout "+d.R.ID, d, liveURL(r)
+	// After a decision, the page says what was decided: only when the
+	// approval named is decided, and by this user.
+	if aid := r.URL.Query().Get("decided"); aid != "" && r.URL.Query().Get("part") != "live" {
+		for _, a := range d.Approvals {
+			if a.ID == aid && !a.Pending() && a.DecidedBy == p.User.Name {
+				p.Flash = fmt.Sprintf("You %s %s: %s to %s (%q).", a.State, a.ID, a.Action, pctText(a.ToPercent), a.DecisionReason)
+			}
+		}
+	}
 	h.render(w, r, http.StatusOK, "rollout", p)
 	return nil
 }
@@ -305,7 +456,7 @@ func (h *Handler) rolloutAction(w http.ResponseWriter, r *http.Request, p *page)
 		if err != nil {
 			return err
 		}
-		p.Title, p.Data = "Rollout "+id, d
+		p.Title, p.Data, p.Live = "Rollout "+id, d, "/rollouts/"+id+"?part=live"
 		p.Flash = fmt.Sprintf("Requested: %s to %g%%%s needs a second person's approval (%s). Another operator approves it on this page.",
 			pending.Approval.Action, pending.Approval.ToPercent, exposureNote(pending.Approval), pending.Approval.ID)
 		h.render(w, r, http.StatusAccepted, "rollout", p)
@@ -338,7 +489,7 @@ func (h *Handler) refuseOnRollout(w http.ResponseWriter, r *http.Request, p *pag
 	if err != nil {
 		return err
 	}
-	p.Title, p.Data, p.Error = "Rollout "+id, d, msg
+	p.Title, p.Data, p.Error, p.Live = "Rollout "+id, d, msg, "/rollouts/"+id+"?part=live"
 	h.render(w, r, http.StatusBadRequest, "rollout", p)
 	return nil
 }
@@ -388,13 +539,13 @@ func (h *Handler) decideApproval(w http.ResponseWriter, r *http.Request, p *page
 			if derr != nil {
 				return derr
 			}
-			p.Title, p.Data, p.Error = "Rollout "+id, d, err.Error()
+			p.Title, p.Data, p.Error, p.Live = "Rollout "+id, d, err.Error(), "/rollouts/"+id+"?part=live"
 			h.render(w, r, st, "rollout", p)
 			return nil
 		}
 		return err
 	}
-	http.Redirect(w, r, "/rollouts/"+id, http.StatusSeeOther)
+	http.Redirect(w, r, "/rollouts/"+id+"?decided="+url.QueryEscape(aid), http.StatusSeeOther)
 	return nil
 }
 

@@ -26,6 +26,12 @@ type page struct {
 	// Flash is a success message, Error a refusal, shown above the page.
 	Flash, Error string
 	Data         any
+	// Live, when set, is the URL of the page's content alone: static/live.js
+	// fetches it every LiveEvery milliseconds and swaps it in, so that
+	// every part of the page that can change (numbers, tables, the actions
+	// the state allows) stays current without a reload.
+	Live      string
+	LiveEvery int64
 }
 
 // Can reports whether the page's user may do perm: templates render an
@@ -75,6 +81,9 @@ func share(f float64) string {
 	return strconv.FormatFloat(math.Round(f*1000)/10, 'f', 1, 64) + "%"
 }
 
+// pctText is a percent as typed: 10%, 0.5%.
+func pctText(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) + "%" }
+
 // ratio is n/d as a share, 0 without d.
 func ratio(n, d int64) float64 {
 	if d <= 0 {
@@ -84,17 +93,21 @@ func ratio(n, d int64) float64 {
 }
 
 var funcs = template.FuncMap{
-	"cell":  Cell,
-	"count": Count,
-	"share": share,
-	"ratio": ratio,
-	"pct":   func(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) + "%" },
+	"cell":   Cell,
+	"count":  Count,
+	"share":  share,
+	"ratio":  ratio,
+	"pct":    pctText,
+	"millis": func(ms int64) string { return humanDuration(time.Duration(ms) * time.Millisecond) },
 	"time": func(t time.Time) string {
 		if t.IsZero() {
 			return "–"
 		}
-		return t.UTC().Format("2006-01-02 15:04 UTC")
+		return t.UTC().Format("2006-01-02 15:04:05 UTC")
 	},
+	// stage is a stage index as people count it: "stage 1 of 2", as
+	// otactl says.
+	"stage":    func(i int) int { return i + 1 },
 	"duration": func(seconds int64) string { return humanDuration(time.Duration(seconds) * time.Second) },
 	"seconds": func(f *float64) string {
 		if f == nil {
@@ -110,6 +123,7 @@ var funcs = template.FuncMap{
 		return min(100, n*100/d)
 	},
 	"list": func(v ...any) []any { return v },
+	"sub":  func(a, b int64) int64 { return a - b },
 }
 
 // parsePages parses the layout with each page template: pages[name] is
@@ -144,13 +158,16 @@ func parsePages(fsys fs.FS) (map[string]*template.Template, error) {
 }
 
 // render writes page name with status; part "live" renders only the
-// page's live block (what static/live.js fetches).
+// page's content block (what static/live.js fetches and swaps in).
 func (h *Handler) render(w http.ResponseWriter, r *http.Request, status int, name string, p *page) {
 	t := h.pages[name]
 	var buf bytes.Buffer
 	tmpl := "layout.html"
-	if r.URL.Query().Get("part") == "live" && t.Lookup("live") != nil {
-		tmpl = "live"
+	if p.Live != "" {
+		p.LiveEvery = h.liveEvery.Milliseconds()
+		if r.URL.Query().Get("part") == "live" {
+			tmpl = "content"
+		}
 	}
 	if err := t.ExecuteTemplate(&buf, tmpl, p); err != nil {
 		h.log.ErrorContext(r.Context(), "render", "page", name, "error", err)

@@ -22,6 +22,11 @@ type rolloutForm struct {
 	Reason                                                                string
 }
 
+// DefaultStages are the stages of a new rollout whose form leaves them
+// empty; the field shows them as its placeholder, not as a value that
+// typing would append to.
+const DefaultStages = "1, 10, 50, 100"
+
 // newRolloutData is the new-rollout page.
 type newRolloutData struct {
 	Form rolloutForm
@@ -31,6 +36,9 @@ type newRolloutData struct {
 	// (server.DefaultPolicy), as the form writes it.
 	Default map[string]string
 }
+
+// DefaultStages is the stages field's placeholder.
+func (*newRolloutData) DefaultStages() string { return DefaultStages }
 
 // formDefaults are server.DefaultPolicy's values as the form writes them.
 func formDefaults() map[string]string {
@@ -72,7 +80,11 @@ func (f rolloutForm) spec() (server.RolloutSpec, error) {
 	spec := server.RolloutSpec{Release: f.Release, Draft: f.Draft, Reason: f.Reason, Policy: server.DefaultPolicy(),
 		Selector: server.Selector{Models: list(f.Models), Channels: list(f.Channels), Regions: list(f.Regions),
 			BuildMin: f.BuildMin, BuildMax: f.BuildMax}}
-	for _, s := range list(f.Stages) {
+	stages := f.Stages
+	if stages == "" {
+		stages = DefaultStages // the placeholder the form shows
+	}
+	for _, s := range list(stages) {
 		pct, err := strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64)
 		if err != nil {
 			return server.RolloutSpec{}, &server.FieldError{Field: "stages", Message: fmt.Sprintf("%q is not a percent: write them like 1, 10, 50, 100", s)}
@@ -130,7 +142,7 @@ func list(s string) []string {
 }
 
 func (h *Handler) newRolloutPage(w http.ResponseWriter, r *http.Request, p *page) error {
-	form := rolloutForm{Stages: "1, 10, 50, 100", Release: r.URL.Query().Get("release")}
+	form := rolloutForm{Release: r.URL.Query().Get("release")}
 	return h.renderNewRollout(w, r, p, http.StatusOK, form)
 }
 

@@ -6,6 +6,7 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"embed"
@@ -28,6 +29,9 @@ var templateFS embed.FS
 
 //go:embed static
 var staticFS embed.FS
+
+// DefaultLiveEvery is how often an open page refreshes its content.
+const DefaultLiveEvery = 5 * time.Second
 
 // CookieName is the session cookie.
 const CookieName = "otad_session"
@@ -56,6 +60,9 @@ type Options struct {
 	// request (TLS ends at a proxy); a request over TLS always is.
 	SecureCookie bool
 	Logger       *slog.Logger
+	// LiveEvery is how often an open page refreshes its content
+	// (default DefaultLiveEvery).
+	LiveEvery time.Duration
 	// Templates replaces the embedded templates (tests).
 	Templates fs.FS
 }
@@ -72,11 +79,12 @@ type Route struct {
 
 // Handler serves the dashboard.
 type Handler struct {
-	opts    Options
-	log     *slog.Logger
-	pages   map[string]*template.Template
-	routes  []Route
-	handler http.Handler
+	opts      Options
+	liveEvery time.Duration
+	log       *slog.Logger
+	pages     map[string]*template.Template
+	routes    []Route
+	handler   http.Handler
 }
 
 type routeFunc func(w http.ResponseWriter, r *http.Request, p *page) error
@@ -97,7 +105,7 @@ func New(opts Options) (*Handler, error) {
 		}
 		opts.Templates = sub
 	}
-	h := &Handler{opts: opts, log: opts.Logger}
+	h := &Handler{opts: opts, log: opts.Logger, liveEvery: cmp.Or(opts.LiveEvery, DefaultLiveEvery)}
 	var err error
 	if h.pages, err = parsePages(opts.Templates); err != nil {
 		return nil, err
@@ -148,6 +156,14 @@ func (h *Handler) build() {
 		h.renderError(w, r, nil, http.StatusForbidden, "This request came from another site and was refused.")
 	}))
 	h.handler = securityHeaders(cop.Handler(mux))
+}
+
+// liveURL is the URL of r's page content alone (its query kept), for
+// page.Live.
+func liveURL(r *http.Request) string {
+	q := r.URL.Query()
+	q.Set("part", "live")
+	return r.URL.Path + "?" + q.Encode()
 }
 
 // Routes lists the dashboard's routes.

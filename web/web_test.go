@@ -326,7 +326,7 @@ func TestRolloutActionConfirm(t *testing.T) {
 	// Past 50% the advance waits for a second person: the page says so.
 	rec = e.post(t, server.RoleOperator, "/rollouts/ro-1/advance", url.Values{"reason": {"go wide"}, "percent": {"100"}, "confirm": {"yes"}})
 	if body := rec.Body.String(); rec.Code != http.StatusAccepted || !strings.Contains(body, "needs a second person&#39;s approval (ap-9)") ||
-		!strings.Contains(body, "waits for another person") {
+		!strings.Contains(body, "You asked for it") {
 		t.Errorf("advance to 100%%: %d\n%s", rec.Code, body)
 	}
 	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/explode", url.Values{"reason": {"x"}}); rec.Code != http.StatusNotFound {
@@ -341,7 +341,7 @@ func TestApprovals(t *testing.T) {
 		RequestedBy: "operator-user", RequestedAt: now, Reason: "all green", State: server.ApprovalPending}}
 	// The requester sees no approve button; another operator does.
 	if body := e.do(t, server.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/approvals/ap-1/approve") ||
-		!strings.Contains(body, "waits for another person") {
+		!strings.Contains(body, "You asked for it") {
 		t.Error("the requester is offered to approve their own request")
 	}
 	if body := e.do(t, server.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/approvals/ap-1/approve") {

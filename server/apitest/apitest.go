@@ -67,6 +67,9 @@ type Options struct {
 	// half the timestamp's life then calls Repo.Resign itself finds the
 	// timestamp still to re-sign.
 	RefreshInterval time.Duration
+	// LiveEvery is how often open dashboard pages refresh (default
+	// web.DefaultLiveEvery); browser tests shorten it.
+	LiveEvery time.Duration
 	// ReportRetention is how long reports are kept (default
 	// app.DefaultReportRetention).
 	ReportRetention time.Duration
@@ -114,7 +117,7 @@ func Start(tb testing.TB, opts Options) *Env {
 	passed := func() { once.Do(func() { close(firstPass) }) }
 	a, err := app.New(ctx, app.Config{DB: db, Blobs: blobs, Online: key.Signer(), Logger: opts.Logger,
 		Now: opts.Now, Expiry: opts.Expiry, EnrollmentSecret: opts.EnrollmentSecret, PollInterval: time.Hour,
-		RefreshInterval: refresh, ReportRetention: opts.ReportRetention, AfterPass: passed,
+		RefreshInterval: refresh, ReportRetention: opts.ReportRetention, AfterPass: passed, Web: app.WebConfig{LiveEvery: opts.LiveEvery},
 		API: api.Config{TargetsRedirect: opts.TargetsRedirect,
 			CheckInsPerMinute: opts.CheckInsPerMinute, CheckInBurst: 10, ReportsPerMinute: opts.ReportsPerMinute, ReportBurst: 60}})
 	if err != nil {

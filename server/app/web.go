@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
@@ -22,6 +23,9 @@ type WebConfig struct {
 	// SecureCookie marks the session cookie Secure on plain HTTP too:
 	// set it when TLS ends at a proxy in front of otad.
 	SecureCookie bool
+	// LiveEvery is how often open pages refresh themselves (default
+	// web.DefaultLiveEvery).
+	LiveEvery time.Duration
 }
 
 // deviceReportsShown bounds the report history of the device page.
@@ -38,6 +42,7 @@ func (a *App) newWeb(cfg WebConfig, reports *server.Reports) (*web.Handler, erro
 		AuditAnchor:  a.Checkpoints,
 		Banner:       cfg.Banner,
 		SecureCookie: cfg.SecureCookie,
+		LiveEvery:    cfg.LiveEvery,
 		Logger:       a.log,
 	})
 }
