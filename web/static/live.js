@@ -1,60 +1,80 @@
 // live.js keeps a page current: the element marked data-live="URL" (the
 // page's content, rendered alone at URL) is fetched every data-every
-// milliseconds and swapped in when it changed. What the person is doing
-// survives the swap: text typed into a form, which field has the focus
-// and where its cursor is, and open <details>. The pages work without
-// it; it only saves reloads, and it is the one mechanism every page uses.
+// milliseconds and, when it changed, merged into the page in place:
+// elements that are still there are kept and only their text and
+// attributes change, new ones are added and gone ones removed. So what
+// the person is doing survives: text typed into a form, the focus and
+// the cursor, an open <details>. The pages work without it; it only
+// saves reloads, and it is the one mechanism every page uses.
 (function () {
   "use strict";
 
-  // key names a form control across two renderings of the page: its
-  // form's action and its name (or id).
-  function key(el) {
-    var form = el.form ? el.form.getAttribute("action") || "" : "";
-    return form + "|" + (el.name || el.id || "");
+  // keyOf names an element across two renderings, where order alone
+  // would not: an approval card, a form by its action, an element by id.
+  function keyOf(el) {
+    if (el.nodeType !== 1) { return ""; }
+    return el.id || el.getAttribute("data-approval") || el.getAttribute("data-key") ||
+      (el.tagName === "FORM" ? el.getAttribute("action") || "" : "");
   }
 
-  function controls(root) {
-    return Array.prototype.slice.call(root.querySelectorAll("input, textarea, select"));
+  function same(a, b) {
+    if (a.nodeType !== b.nodeType) { return false; }
+    if (a.nodeType !== 1) { return true; }
+    return a.tagName === b.tagName && keyOf(a) === keyOf(b);
   }
 
-  // typed records what the person changed: values that differ from the
-  // page's own, and checkboxes they flipped.
-  function typed(root) {
-    var kept = {};
-    controls(root).forEach(function (el) {
-      if (el.type === "hidden" || el.type === "submit") { return; }
-      if (el.type === "checkbox" || el.type === "radio") {
-        if (el.checked !== el.defaultChecked) { kept[key(el) + "|" + el.value] = el.checked; }
-      } else if (el.tagName === "SELECT") {
-        var changed = Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
-        if (changed) { kept[key(el)] = el.value; }
-      } else if (el.value !== el.defaultValue) {
-        kept[key(el)] = el.value;
+  // laterHas reports whether a node from start on matches a.
+  function laterHas(start, a) {
+    for (var n = start; n; n = n.nextSibling) {
+      if (same(a, n)) { return true; }
+    }
+    return false;
+  }
+
+  function syncAttributes(from, to) {
+    Array.prototype.slice.call(from.attributes).forEach(function (at) {
+      if (!to.hasAttribute(at.name) && !(from.tagName === "DETAILS" && at.name === "open")) {
+        from.removeAttribute(at.name);
       }
     });
-    return kept;
-  }
-
-  function restore(root, kept, focus) {
-    controls(root).forEach(function (el) {
-      if (el.type === "checkbox" || el.type === "radio") {
-        var k = key(el) + "|" + el.value;
-        if (k in kept) { el.checked = kept[k]; }
-      } else if (key(el) in kept) {
-        el.value = kept[key(el)];
-      }
-      if (focus && key(el) === focus.key) {
-        el.focus();
-        try { el.setSelectionRange(focus.start, focus.end); } catch (e) { /* not a text field */ }
+    Array.prototype.slice.call(to.attributes).forEach(function (at) {
+      if (from.getAttribute(at.name) !== at.value && !(from.tagName === "DETAILS" && at.name === "open")) {
+        from.setAttribute(at.name, at.value);
       }
     });
   }
 
-  function openDetails(root) {
-    var open = {};
-    root.querySelectorAll("details[id]").forEach(function (d) { open[d.id] = d.open; });
-    return open;
+  // morph makes from's children those of to, keeping the nodes that
+  // match. Form controls keep what was typed into them: a changed value
+  // attribute moves their default only.
+  function morph(from, to) {
+    var a = from.firstChild, b = to.firstChild;
+    while (b) {
+      var nextB = b.nextSibling;
+      if (a && !same(a, b) && !laterHas(nextB, a)) {
+        var gone = a;
+        a = a.nextSibling;
+        from.removeChild(gone);
+        continue;
+      }
+      if (a && same(a, b)) {
+        if (a.nodeType === 1) {
+          syncAttributes(a, b);
+          if (a.tagName !== "TEXTAREA") { morph(a, b); }
+        } else if (a.nodeValue !== b.nodeValue) {
+          a.nodeValue = b.nodeValue;
+        }
+        a = a.nextSibling;
+      } else {
+        from.insertBefore(b, a);
+      }
+      b = nextB;
+    }
+    while (a) {
+      var rest = a.nextSibling;
+      from.removeChild(a);
+      a = rest;
+    }
   }
 
   function refresh(el, last) {
@@ -70,17 +90,8 @@
       .then(function (html) {
         if (html === null || html === undefined || html === last.html) { return; }
         last.html = html;
-        var kept = typed(el), details = openDetails(el), focus = null;
-        var active = document.activeElement;
-        if (active && el.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName)) {
-          focus = {key: key(active), start: active.selectionStart, end: active.selectionEnd};
-        }
-        var doc = new DOMParser().parseFromString(html, "text/html");
-        el.replaceChildren.apply(el, Array.prototype.slice.call(doc.body.childNodes));
-        restore(el, kept, focus);
-        el.querySelectorAll("details[id]").forEach(function (d) {
-          if (d.id in details) { d.open = details[d.id]; }
-        });
+        var doc = new DOMParser().parseFromString("<body>" + html + "</body>", "text/html");
+        morph(el, doc.body);
         el.dispatchEvent(new CustomEvent("live:updated", {bubbles: true}));
       })
       .catch(function () { /* offline for a moment: try again next time */ });
