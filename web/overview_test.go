@@ -40,7 +40,7 @@ func TestOverviewNeedsYou(t *testing.T) {
 	for _, want := range []string{
 		"Approval waiting", "ro-1", "all green", "/rollouts/ro-1/approvals/ap-1/approve", "/rollouts/ro-1/approvals/ap-1/reject",
 		"Halted:", "ro-3", "12% of installs failed",
-		"QZ-2 held", "23,456 QZ-2 handsets still to update get no offer", "completed for the other models only",
+		"QZ-2 held", "23,456 QZ-2 handsets still to update get no offer", "(completed for the other models only)",
 		"Draft waiting for signatures", "targets expires in 10 days",
 	} {
 		if !strings.Contains(attention, want) && !strings.Contains(attention, htmlEscaped(want)) {

@@ -98,7 +98,13 @@ var funcs = template.FuncMap{
 	"share":  share,
 	"ratio":  ratio,
 	"pct":    pctText,
-	"millis": func(ms int64) string { return humanDuration(time.Duration(ms) * time.Millisecond) },
+	"millis": func(ms int64) string {
+		d := time.Duration(ms) * time.Millisecond
+		if d < time.Second {
+			return d.String()
+		}
+		return humanDuration(d)
+	},
 	"time": func(t time.Time) string {
 		if t.IsZero() {
 			return "–"
