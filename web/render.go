@@ -93,11 +93,11 @@ func ratio(n, d int64) float64 {
 }
 
 var funcs = template.FuncMap{
-	"cell":   Cell,
-	"count":  Count,
-	"share":  share,
-	"ratio":  ratio,
-	"pct":    pctText,
+	"cell":  Cell,
+	"count": Count,
+	"share": share,
+	"ratio": ratio,
+	"pct":   pctText,
 	"millis": func(ms int64) string {
 		d := time.Duration(ms) * time.Millisecond
 		if d < time.Second {
