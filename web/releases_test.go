@@ -133,7 +133,7 @@ func TestAuditPageDetailsAndPlaceholders(t *testing.T) {
 	body := e.do(t, server.RoleViewer, "GET", "/audit", nil).Body.String()
 	after := time.Now().UTC()
 	for _, w := range []string{"<dt>digest</dt><dd>" + strings.Repeat("e", 64) + "</dd>", "<dt>signatures</dt><dd>root:k1, targets:k2</dd>",
-		"<dt>n</dt><dd>2</dd>", `<dt>nested</dt><dd>{&#34;a&#34;:1}</dd>`, "<td>plain words</td>"} {
+		"<dt>n</dt><dd>2</dd>", `<dt>nested</dt><dd>{&#34;a&#34;:1}</dd>`, `<td data-label="Detail">plain words</td>`} {
 		if !strings.Contains(body, w) {
 			t.Errorf("audit page lacks %s", w)
 		}
