@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -79,6 +80,12 @@ type Repository struct {
 	log    *slog.Logger
 
 	state atomic.Pointer[state]
+	// hist keeps older published targets versions parsed, for
+	// describing the drafts that replaced them (targetsAt).
+	hist struct {
+		sync.Mutex
+		targets map[int64]*metadata.Metadata[metadata.TargetsType]
+	}
 }
 
 // New returns a Repository; call Load before serving.

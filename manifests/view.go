@@ -8,29 +8,46 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
-// DraftView is a draft as release engineers see it before signing: the
-// exact bytes to sign, what it changes in plain words, and how far each
-// threshold is.
+// DraftView is a draft as release engineers see it before signing, and as
+// the releases page shows it afterwards: the exact bytes to sign, what it
+// changes in plain words, and how far each threshold is. A published or
+// discarded draft is described against the metadata it was made to
+// replace, never against what is published now: otherwise the ceremony
+// would read as removing every target released since.
 type DraftView struct {
 	ID        string    `json:"id"`
 	State     string    `json:"state"`
 	Kind      string    `json:"kind"`
 	CreatedBy string    `json:"created_by"`
 	CreatedAt time.Time `json:"created_at"`
+	// ClosedAt is when the draft was published or discarded; nil while
+	// it is pending.
+	ClosedAt *time.Time `json:"closed_at,omitempty"`
 	// Digest is what a signature upload names (see Draft.Digest).
 	Digest string `json:"digest"`
 	// Root and Targets are the unsigned metadata documents to sign.
 	Root    []byte `json:"root,omitempty"`
 	Targets []byte `json:"targets,omitempty"`
+	// Summary says in one line what the draft does: "ceremony: ...",
+	// "adds target P", "yanks P", "rotates root to v2: ...".
+	Summary string `json:"summary"`
 	// Changes says what publishing the draft does, one line each.
 	Changes []string `json:"changes"`
-	// Thresholds lists each threshold and the keys that have signed so far.
+	// Added, Replaced and Removed are the target paths the draft adds,
+	// replaces and removes compared with the targets it replaces.
+	Added    []string `json:"added,omitempty"`
+	Replaced []string `json:"replaced,omitempty"`
+	Removed  []string `json:"removed,omitempty"`
+	// Thresholds lists each threshold and the keys that have signed so
+	// far (for a published draft, the keys whose signatures it was
+	// published with).
 	Thresholds []PartStatus `json:"thresholds"`
 }
 
@@ -40,7 +57,7 @@ func (r *Repository) DraftView(ctx context.Context, id string) (*DraftView, erro
 	if err != nil {
 		return nil, err
 	}
-	return r.view(ctx, d)
+	return r.view(ctx, d, 0)
 }
 
 // PendingDraftView returns the pending draft, or ErrNotExist.
@@ -49,20 +66,29 @@ func (r *Repository) PendingDraftView(ctx context.Context) (*DraftView, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.view(ctx, d)
+	return r.view(ctx, d, 0)
 }
 
 // ListDrafts returns the newest drafts first, without their documents.
+// Drafts follow one another (one pending at a time), so the list also
+// tells which root governed each targets-only draft: the one published
+// by the newest root draft before it, or the current root.
 func (r *Repository) ListDrafts(ctx context.Context, limit int) ([]*DraftView, error) {
 	ds, err := r.drafts.ListDrafts(ctx, limit)
 	if err != nil {
 		return nil, err
 	}
+	governing := r.state.Load().rootVersion()
 	out := make([]*DraftView, 0, len(ds))
 	for _, d := range ds {
-		v, err := r.view(ctx, d)
+		v, err := r.view(ctx, d, governing)
 		if err != nil {
 			return nil, err
+		}
+		if d.State == DraftPublished && d.Root != nil {
+			if root, err := parseRoot(d.Root); err == nil {
+				governing = root.Signed.Version - 1
+			}
 		}
 		v.Root, v.Targets = nil, nil
 		out = append(out, v)
@@ -70,61 +96,260 @@ func (r *Repository) ListDrafts(ctx context.Context, limit int) ([]*DraftView, e
 	return out, nil
 }
 
-func (r *Repository) view(ctx context.Context, d *Draft) (*DraftView, error) {
+// view describes d. governing is the root version in force when d was
+// made, when the caller knows it (ListDrafts), else 0.
+func (r *Repository) view(ctx context.Context, d *Draft, governing int64) (*DraftView, error) {
 	pd, err := parseDraft(d)
 	if err != nil {
 		return nil, err
 	}
-	st := r.state.Load()
-	if d.State == DraftPending {
-		if st, err = r.stateFor(ctx, pd); err != nil {
-			return nil, err
-		}
+	base, err := r.baseOf(ctx, pd, governing)
+	if err != nil {
+		return nil, err
 	}
 	v := &DraftView{ID: d.ID, State: d.State, Kind: d.Kind, CreatedBy: d.CreatedBy, CreatedAt: d.CreatedAt,
 		Digest: d.Digest(), Root: d.Root, Targets: d.Targets, Thresholds: []PartStatus{}}
-	if d.State == DraftPending {
-		if reqs, err := requirements(st, pd); err == nil {
-			v.Thresholds = tally(reqs, pd)
-		}
+	if d.State != DraftPending && !d.UpdatedAt.IsZero() {
+		at := d.UpdatedAt.UTC()
+		v.ClosedAt = &at
 	}
-	v.Changes = describeChanges(st, pd)
+	if reqs, err := requirements(base, pd); err == nil {
+		v.Thresholds = tally(reqs, pd)
+	}
+	cs := describeChanges(base, pd)
+	v.Summary, v.Changes, v.Added, v.Replaced, v.Removed = cs.summary, cs.lines, cs.added, cs.replaced, cs.removed
 	return v, nil
 }
 
-// describeChanges compares a draft with the published state, in plain words.
-func describeChanges(st *state, d *parsedDraft) []string {
-	var out []string
+// baseOf returns the published state draft pd was made against: for a
+// pending draft the current one; for a published or discarded draft the
+// root before its root and the targets before its targets, read back
+// from the published (immutable) metadata. A targets-only draft names
+// no root: its governing root is root version governing when the caller
+// knows it; else the newest published root under which its signatures
+// meet the targets threshold (the one it was published under, or a later
+// one with the same targets keys), else the newest under which most of
+// them verify.
+func (r *Repository) baseOf(ctx context.Context, pd *parsedDraft, governing int64) (*state, error) {
+	if pd.State == DraftPending {
+		return r.stateFor(ctx, pd)
+	}
+	var rootV, targetsV int64
+	if pd.root != nil {
+		rootV = pd.root.Signed.Version - 1
+	}
+	if pd.targets != nil {
+		targetsV = pd.targets.Signed.Version - 1
+	}
+	cur := r.state.Load()
+	if rootV > cur.rootVersion() || targetsV > cur.targetsVersion() {
+		// Another replica published it; this cache has not caught up.
+		if err := r.Load(ctx); err != nil {
+			return nil, err
+		}
+		cur = r.state.Load()
+	}
+	if rootV > cur.rootVersion() || targetsV > cur.targetsVersion() {
+		return nil, fmt.Errorf("%w: draft %s follows root v%d and targets v%d, but root v%d and targets v%d are published",
+			ErrCorrupt, pd.ID, rootV, targetsV, cur.rootVersion(), cur.targetsVersion())
+	}
+	base := &state{}
+	var err error
+	switch {
+	case pd.root != nil:
+		base.roots = cur.roots[:rootV]
+		if rootV > 0 {
+			if base.root, err = parseRoot(cur.roots[rootV-1]); err != nil {
+				return nil, err
+			}
+		}
+	case governing > 0 && governing <= cur.rootVersion():
+		base.roots = cur.roots[:governing]
+		if base.root, err = parseRoot(cur.roots[governing-1]); err != nil {
+			return nil, err
+		}
+	default:
+		if base.roots, base.root, err = governingRoot(cur, pd); err != nil {
+			return nil, err
+		}
+	}
+	if targetsV > 0 {
+		if base.targets, err = r.targetsAt(ctx, cur, targetsV); err != nil {
+			return nil, err
+		}
+	}
+	return base, nil
+}
+
+func parseRoot(b []byte) (*metadata.Metadata[metadata.RootType], error) {
+	root, err := (&metadata.Metadata[metadata.RootType]{}).FromBytes(b)
+	if err != nil {
+		return nil, fmt.Errorf("published root: %w", err)
+	}
+	return root, nil
+}
+
+// governingRoot picks the root a published or discarded targets-only
+// draft was signed under (see baseOf); it returns the roots up to it.
+func governingRoot(cur *state, pd *parsedDraft) ([][]byte, *metadata.Metadata[metadata.RootType], error) {
+	best, bestValid := len(cur.roots), -1
+	var bestRoot *metadata.Metadata[metadata.RootType]
+	for v := len(cur.roots); v >= 1; v-- {
+		root, err := parseRoot(cur.roots[v-1])
+		if err != nil {
+			return nil, nil, err
+		}
+		role := root.Signed.Roles[metadata.TARGETS]
+		ps := tally([]requirement{{PartTargets, "", root.Signed.Keys, role}}, pd)[0]
+		if len(ps.Signed) > 0 && ps.Met() {
+			return cur.roots[:v], root, nil
+		}
+		if len(ps.Signed) > bestValid {
+			best, bestValid, bestRoot = v, len(ps.Signed), root
+		}
+	}
+	return cur.roots[:best], bestRoot, nil
+}
+
+// targetsAt returns published targets version v: from memory when it is
+// the current or previous one, else from the blob store (immutable, so
+// kept in a small cache: the releases page describes the same drafts on
+// every load).
+func (r *Repository) targetsAt(ctx context.Context, cur *state, v int64) (*metadata.Metadata[metadata.TargetsType], error) {
+	if v == cur.targetsVersion() {
+		return cur.targets, nil
+	}
+	r.hist.Lock()
+	t := r.hist.targets[v]
+	r.hist.Unlock()
+	if t != nil {
+		return t, nil
+	}
+	var b []byte
+	if v == cur.prevTargets.version {
+		b = cur.prevTargets.data
+	} else {
+		var err error
+		if b, err = r.readNamed(ctx, "a draft", strconv.FormatInt(v, 10)+".targets.json"); err != nil {
+			return nil, err
+		}
+	}
+	t, err := (&metadata.Metadata[metadata.TargetsType]{}).FromBytes(b)
+	if err != nil {
+		return nil, fmt.Errorf("published %d.targets.json: %w", v, err)
+	}
+	r.hist.Lock()
+	defer r.hist.Unlock()
+	if r.hist.targets == nil || len(r.hist.targets) >= historyCached {
+		r.hist.targets = map[int64]*metadata.Metadata[metadata.TargetsType]{}
+	}
+	r.hist.targets[v] = t
+	return t, nil
+}
+
+// historyCached bounds the older targets versions kept parsed for
+// describing drafts: the releases page lists the latest few dozen.
+const historyCached = 64
+
+// changeSet is what a draft changes, in words and as target paths.
+type changeSet struct {
+	summary                  string
+	lines                    []string
+	added, replaced, removed []string
+}
+
+// describeChanges compares a draft with the state it was made against
+// (baseOf), in plain words.
+func describeChanges(st *state, d *parsedDraft) changeSet {
+	var cs changeSet
 	if d.root != nil {
-		out = append(out, describeRoot(st.root, d.root)...)
+		cs.lines = append(cs.lines, describeRoot(st.root, d.root)...)
 	}
 	if d.targets != nil {
 		var old map[string]*metadata.TargetFiles
 		if st.targets != nil {
 			old = st.targets.Signed.Targets
 		}
-		out = append(out, fmt.Sprintf("publishes targets v%d, valid until %s",
+		cs.lines = append(cs.lines, fmt.Sprintf("publishes targets v%d, valid until %s",
 			d.targets.Signed.Version, d.targets.Signed.Expires.Format(time.DateOnly)))
 		newT := d.targets.Signed.Targets
 		for _, p := range slices.Sorted(maps.Keys(newT)) {
 			t, before := newT[p], old[p]
 			switch {
 			case before == nil:
-				out = append(out, "adds target "+describeTarget(p, t))
+				cs.lines = append(cs.lines, "adds target "+describeTarget(p, t))
+				cs.added = append(cs.added, p)
 			case !before.Equal(*t) || string(rawCustom(before)) != string(rawCustom(t)):
-				out = append(out, "replaces target "+describeTarget(p, t))
+				cs.lines = append(cs.lines, "replaces target "+describeTarget(p, t))
+				cs.replaced = append(cs.replaced, p)
 			}
 		}
 		for _, p := range slices.Sorted(maps.Keys(old)) {
 			if newT[p] == nil {
-				out = append(out, fmt.Sprintf("removes target %s: handsets are no longer offered it", p))
+				cs.lines = append(cs.lines, fmt.Sprintf("removes target %s: handsets are no longer offered it", p))
+				cs.removed = append(cs.removed, p)
 			}
 		}
-		if st.targets != nil && len(newT) == len(old) && d.root != nil {
-			out = append(out, "re-signs the current targets with the new targets keys")
+		if st.targets != nil && len(cs.added)+len(cs.replaced)+len(cs.removed) == 0 && d.root != nil {
+			cs.lines = append(cs.lines, "re-signs the current targets with the new targets keys")
 		}
 	}
-	return out
+	cs.summary = summarize(st, d, cs)
+	return cs
+}
+
+// summarize says in one line what a draft does, by its kind.
+func summarize(st *state, d *parsedDraft, cs changeSet) string {
+	var parts []string
+	switch {
+	case d.root != nil && st.root == nil:
+		s := fmt.Sprintf("ceremony: root v%d with root keys %s and targets keys %s", d.root.Signed.Version,
+			roleSummary(nil, d.root.Signed.Roles[metadata.ROOT]), roleSummary(nil, d.root.Signed.Roles[metadata.TARGETS]))
+		if d.targets != nil && len(d.targets.Signed.Targets) == 0 {
+			s += fmt.Sprintf("; targets v%d, empty", d.targets.Signed.Version)
+		}
+		return s
+	case d.root != nil:
+		return fmt.Sprintf("rotates root to v%d: root keys %s; targets keys %s", d.root.Signed.Version,
+			roleSummary(st.root.Signed.Roles[metadata.ROOT], d.root.Signed.Roles[metadata.ROOT]),
+			roleSummary(st.root.Signed.Roles[metadata.TARGETS], d.root.Signed.Roles[metadata.TARGETS]))
+	}
+	for _, p := range cs.added {
+		parts = append(parts, "adds target "+p)
+	}
+	for _, p := range cs.replaced {
+		parts = append(parts, "replaces target "+p)
+	}
+	for _, p := range cs.removed {
+		parts = append(parts, "yanks "+p)
+	}
+	if len(parts) == 0 && len(cs.lines) > 0 {
+		return cs.lines[0]
+	}
+	return strings.Join(parts, "; ")
+}
+
+// roleSummary is "2 of 3 (a, b, c)" for a new role, or with what changed
+// from old: "2 of 3, adds d, removes c" or "2 of 3, unchanged".
+func roleSummary(old, next *metadata.Role) string {
+	s := fmt.Sprintf("%d of %d", next.Threshold, len(next.KeyIDs))
+	if old == nil {
+		return s + " (" + shortIDs(next.KeyIDs) + ")"
+	}
+	added, removed := diffIDs(old.KeyIDs, next.KeyIDs)
+	if len(added) == 0 && len(removed) == 0 && old.Threshold == next.Threshold {
+		return s + ", unchanged"
+	}
+	if len(added) > 0 {
+		s += ", adds " + shortIDs(added)
+	}
+	if len(removed) > 0 {
+		s += ", removes " + shortIDs(removed)
+	}
+	if old.Threshold != next.Threshold {
+		s += fmt.Sprintf(", threshold was %d", old.Threshold)
+	}
+	return s
 }
 
 func rawCustom(t *metadata.TargetFiles) []byte {

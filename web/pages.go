@@ -555,12 +555,13 @@ type release struct {
 	Custom manifests.TargetCustom
 }
 
-// releasesData is the releases page.
+// releasesData is the releases page: what is published, what was
+// yanked, and the drafts as a history, newest first.
 type releasesData struct {
 	Status   *manifests.Status
 	Releases []release
-	Drafts   []*manifests.DraftView
-	Yanks    []*manifests.DraftView
+	History  []draftEntry
+	Yanks    []yankEntry
 }
 
 // releaseOf is published target t with its signed custom metadata; a
@@ -589,18 +590,17 @@ func (h *Handler) releasesPage(w http.ResponseWriter, r *http.Request, p *page) 
 	if err != nil {
 		return err
 	}
+	names, err := signerNames(r.Context(), h.opts.Audit)
+	if err != nil {
+		return err
+	}
 	d := &releasesData{Status: st}
 	for _, t := range st.Targets {
 		d.Releases = append(d.Releases, releaseOf(t))
 	}
 	sortReleases(d.Releases)
-	for _, dv := range drafts {
-		if dv.Kind == manifests.DraftKindYank && dv.State == manifests.DraftPublished {
-			d.Yanks = append(d.Yanks, dv)
-		}
-		d.Drafts = append(d.Drafts, dv)
-	}
-	p.Title, p.Data = "Releases", d
+	d.History, d.Yanks = draftHistory(drafts, names)
+	p.Title, p.Data, p.Live = "Releases", d, liveURL(r)
 	h.render(w, r, http.StatusOK, "releases", p)
 	return nil
 }
@@ -633,9 +633,13 @@ func (h *Handler) devicePage(w http.ResponseWriter, r *http.Request, p *page) er
 // auditData is the audit page.
 type auditData struct {
 	Q        auditForm
-	Entries  []server.AuditEntry
+	Entries  []auditRow
 	Verified *server.AuditVerification
 	Broken   *server.AuditBrokenError
+
+	// SinceExample and UntilExample are the filter placeholders: the
+	// last hour.
+	SinceExample, UntilExample string
 }
 
 type auditForm struct{ Actor, Action, Since, Until string }
@@ -650,13 +654,14 @@ func parseWhen(field, v string) (time.Time, error) {
 			return t.UTC(), nil
 		}
 	}
-	return time.Time{}, &server.FieldError{Field: field, Message: "want a time such as 2026-12-01 or 2026-12-01T15:04"}
+	return time.Time{}, &server.FieldError{Field: field, Message: "want a UTC day (YYYY-MM-DD), a UTC time (YYYY-MM-DDTHH:MM) or RFC 3339"}
 }
 
 func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request, p *page) error {
 	qv := r.URL.Query()
 	f := auditForm{Actor: qv.Get("actor"), Action: qv.Get("action"), Since: qv.Get("since"), Until: qv.Get("until")}
-	d := &auditData{Q: f}
+	now := time.Now()
+	d := &auditData{Q: f, SinceExample: sincePlaceholder(now), UntilExample: untilPlaceholder(now)}
 	p.Title, p.Data = "Audit log", d
 	q := server.AuditQuery{Actor: f.Actor, Action: f.Action, Limit: auditShown}
 	var err error
@@ -668,9 +673,11 @@ func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request, p *page) err
 		h.render(w, r, http.StatusBadRequest, "audit", p)
 		return nil
 	}
-	if d.Entries, err = h.opts.Audit.ListAudit(r.Context(), q); err != nil {
+	es, err := h.opts.Audit.ListAudit(r.Context(), q)
+	if err != nil {
 		return err
 	}
+	d.Entries = auditRows(es)
 	v, err := server.VerifyAudit(r.Context(), h.opts.Audit, h.opts.AuditAnchor)
 	if !errors.As(err, &d.Broken) {
 		if err != nil {
@@ -678,6 +685,7 @@ func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request, p *page) err
 		}
 		d.Verified = &v
 	}
+	p.Live = liveURL(r)
 	h.render(w, r, http.StatusOK, "audit", p)
 	return nil
 }

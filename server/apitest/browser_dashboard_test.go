@@ -322,7 +322,7 @@ func TestDashboardPagesFit(t *testing.T) {
 					let widest = "";
 					for (const el of document.body.querySelectorAll('*')) {
 						const r = el.getBoundingClientRect();
-						if (r.right > w + 1 && !el.closest('.scroll') && getComputedStyle(el).position !== 'fixed') {
+						if (r.right > w + 1 && !el.closest('.scroll, header') && getComputedStyle(el).position !== 'fixed') {
 							widest = el.tagName + '.' + el.className + ' ' + Math.round(r.right) + 'px: ' + (el.textContent || '').trim().slice(0, 60);
 							break;
 						}
