@@ -314,6 +314,8 @@ type fakeBackend struct {
 	changes []recordedChange
 	// created are the CreateRollout calls' specs, with the actor.
 	created []recordedCreate
+	// repoErr, when set, is RepoStatus's answer.
+	repoErr error
 }
 
 type recordedCreate struct {
@@ -431,7 +433,12 @@ func (b *fakeBackend) DecideApproval(ctx context.Context, id, aid string, approv
 	return server.ErrNotFound
 }
 
-func (b *fakeBackend) RepoStatus(context.Context) (*manifests.Status, error) { return b.status, nil }
+func (b *fakeBackend) RepoStatus(context.Context) (*manifests.Status, error) {
+	if b.repoErr != nil {
+		return nil, b.repoErr
+	}
+	return b.status, nil
+}
 
 func (b *fakeBackend) Drafts(context.Context, int) ([]*manifests.DraftView, error) {
 	return b.drafts, nil
