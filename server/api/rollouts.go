@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -152,18 +151,10 @@ type RolloutPolicy struct {
 }
 
 // RolloutHold is a halt (no model) or a held model, with the numbers
-// that set it (zero for an operator's).
-type RolloutHold struct {
-	Model     string    `json:"model,omitempty"`
-	Actor     string    `json:"actor"`
-	Reason    string    `json:"reason"`
-	Installed int64     `json:"installed"`
-	Failed    int64     `json:"failed"`
-	Rate      float64   `json:"rate"`
-	MaxRate   float64   `json:"max_rate"`
-	Window    string    `json:"window,omitempty"`
-	At        time.Time `json:"at"`
-}
+// that set it (zero for an operator's). It is server.Hold, whose
+// MarshalJSON is the one shape a hold has in every answer: the rollout,
+// its events and its report.
+type RolloutHold = server.Hold
 
 // RolloutEvent is one entry of the audit log.
 type RolloutEvent struct {
@@ -181,18 +172,9 @@ type RolloutEvent struct {
 	Detail      string       `json:"detail,omitempty"`
 }
 
-// FormatDuration writes d as time.ParseDuration reads it, without the
-// zero minutes and seconds of String: "6h", "1h30m", "45s".
-func FormatDuration(d time.Duration) string {
-	s := d.String()
-	if t, ok := strings.CutSuffix(s, "m0s"); ok {
-		s = t + "m"
-	}
-	if t, ok := strings.CutSuffix(s, "h0m"); ok {
-		s = t + "h"
-	}
-	return s
-}
+// FormatDuration writes d as every answer writes a duration: "6h",
+// "1h30m", "45s" (server.FormatDuration).
+func FormatDuration(d time.Duration) string { return server.FormatDuration(d) }
 
 func orEmpty(s []string) []string {
 	if s == nil {
@@ -213,11 +195,7 @@ func holdOf(h *server.Hold) *RolloutHold {
 	if h == nil {
 		return nil
 	}
-	v := RolloutHold{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed,
-		Rate: h.Rate, MaxRate: h.MaxRate, At: h.At.UTC()}
-	if h.Window > 0 {
-		v.Window = FormatDuration(h.Window)
-	}
+	v := *h
 	return &v
 }
 
@@ -241,9 +219,7 @@ func rolloutOf(r *server.Rollout) *Rollout {
 	for _, b := range p.Backoff {
 		v.Policy.Backoff = append(v.Policy.Backoff, FormatDuration(b))
 	}
-	for i := range r.Holds {
-		v.Holds[i] = *holdOf(&r.Holds[i])
-	}
+	copy(v.Holds, r.Holds)
 	if len(r.ModelHealthSince) > 0 {
 		v.ModelHealthSince = maps.Clone(r.ModelHealthSince)
 	}
