@@ -26,10 +26,10 @@ func (s *Server) mountRollouts(g *echo.Group) {
 		do   rolloutAction
 	}{
 		{server.ActionStart, s.rollouts.Start},
-		{server.ActionPause, s.rollouts.Pause},
+		{server.ActionPause, narrowing(s.rollouts.Pause)},
 		{server.ActionResume, s.rollouts.Resume},
-		{server.ActionAbort, s.rollouts.Abort},
-		{server.ActionComplete, s.rollouts.Complete},
+		{server.ActionAbort, narrowing(s.rollouts.Abort)},
+		{server.ActionComplete, narrowing(s.rollouts.Complete)},
 	} {
 		add(http.MethodPost, "/rollouts/:id/"+a.name, s.rolloutActionHandler(a.do))
 	}
@@ -299,11 +299,11 @@ func (s *Server) createRollout(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	r, err := s.rollouts.Create(c.Request().Context(), spec, actor(c))
+	r, pending, err := s.rollouts.Create(c.Request().Context(), spec, actor(c))
 	if err != nil {
-		return pendingOr(c, err)
+		return err
 	}
-	return c.JSON(http.StatusCreated, rolloutOf(r))
+	return widened(c, http.StatusCreated, r, pending)
 }
 
 func (s *Server) listRollouts(c echo.Context) error {
@@ -331,7 +331,18 @@ func (s *Server) getRollout(c echo.Context) error {
 }
 
 // rolloutAction is a RolloutService action that takes only a reason.
-type rolloutAction func(ctx context.Context, id, actor, reason string) (*server.Rollout, error)
+// rolloutAction is a rollout action as RolloutService's widening ones
+// are: the rollout, and the approval it waits for if it does.
+type rolloutAction func(ctx context.Context, id, actor, reason string) (*server.Rollout, *server.Approval, error)
+
+// narrowing makes an action that never waits for an approval a
+// rolloutAction.
+func narrowing(do func(ctx context.Context, id, actor, reason string) (*server.Rollout, error)) rolloutAction {
+	return func(ctx context.Context, id, actor, reason string) (*server.Rollout, *server.Approval, error) {
+		r, err := do(ctx, id, actor, reason)
+		return r, nil, err
+	}
+}
 
 func (s *Server) rolloutActionHandler(do rolloutAction) echo.HandlerFunc {
 	return func(c echo.Context) error {
@@ -339,11 +350,11 @@ func (s *Server) rolloutActionHandler(do rolloutAction) echo.HandlerFunc {
 		if err := decodeJSON(c, &req); err != nil {
 			return err
 		}
-		r, err := do(c.Request().Context(), c.Param("id"), actor(c), req.Reason)
+		r, pending, err := do(c.Request().Context(), c.Param("id"), actor(c), req.Reason)
 		if err != nil {
-			return pendingOr(c, err)
+			return err
 		}
-		return c.JSON(http.StatusOK, rolloutOf(r))
+		return widened(c, http.StatusOK, r, pending)
 	}
 }
 
@@ -352,11 +363,11 @@ func (s *Server) advanceRollout(c echo.Context) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	r, err := s.rollouts.Advance(c.Request().Context(), c.Param("id"), actor(c), req.Reason, req.Percent)
+	r, pending, err := s.rollouts.Advance(c.Request().Context(), c.Param("id"), actor(c), req.Reason, req.Percent)
 	if err != nil {
-		return pendingOr(c, err)
+		return err
 	}
-	return c.JSON(http.StatusOK, rolloutOf(r))
+	return widened(c, http.StatusOK, r, pending)
 }
 
 func (s *Server) holdModel(c echo.Context) error {
