@@ -330,9 +330,9 @@ func (s *Server) getRollout(c echo.Context) error {
 	return c.JSON(http.StatusOK, rolloutOf(r))
 }
 
-// rolloutAction is a RolloutService action that takes only a reason.
-// rolloutAction is a rollout action as RolloutService's widening ones
-// are: the rollout, and the approval it waits for if it does.
+// rolloutAction is a RolloutService action that takes only a reason,
+// shaped as the widening ones: the rollout, and the approval it waits
+// for if it does.
 type rolloutAction func(ctx context.Context, id, actor, reason string) (*server.Rollout, *server.Approval, error)
 
 // narrowing makes an action that never waits for an approval a
