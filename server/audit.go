@@ -262,7 +262,7 @@ func RolloutEventAudit(ev Event) AuditEntry {
 			d.Installed, d.Failed, d.Rate, d.MaxRate = &installed, &failed, &rate, &maxRate
 		}
 		if h.Window != 0 {
-			d.Window = h.Window.String()
+			d.Window = FormatDuration(h.Window)
 		}
 	}
 	b, err := json.Marshal(d)

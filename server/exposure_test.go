@@ -95,7 +95,7 @@ func TestFourEyesByExposure(t *testing.T) {
 		name   string
 		others []*server.Rollout
 		r      *server.Rollout
-		act    func(svc *server.RolloutService, id string) (*server.Rollout, error)
+		act    func(svc *server.RolloutService, id string) (*server.Rollout, *server.Approval, error)
 		// pending is whether an approval is asked for instead.
 		pending bool
 	}{
@@ -122,10 +122,9 @@ func TestFourEyesByExposure(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			store, approvals := newFakeRollouts(append(tc.others, tc.r)...), &fakeApprovals{}
 			svc := &server.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
-			got, err := tc.act(svc, tc.r.ID)
-			var pe *server.ApprovalPendingError
-			if errors.As(err, &pe) != tc.pending || (!tc.pending && err != nil) {
-				t.Fatalf("got %v, want pending %v", err, tc.pending)
+			got, pending, err := tc.act(svc, tc.r.ID)
+			if err != nil || (pending != nil) != tc.pending || got == nil {
+				t.Fatalf("got %v, %+v, %v; want pending %v", got, pending, err, tc.pending)
 			}
 			after, _ := store.Rollout(ctx, tc.r.ID)
 			if !tc.pending {
@@ -137,27 +136,28 @@ func TestFourEyesByExposure(t *testing.T) {
 			if after.State != tc.r.State || after.Percent() != tc.r.Percent() {
 				t.Errorf("the request changed the rollout: %s at %g%%", after.State, after.Percent())
 			}
-			if pe.Approval.Exposure <= server.FourEyesPercent || !strings.Contains(err.Error(), "reach") {
-				t.Errorf("approval %+v (%v), want the exposure past 50%% it was asked for", pe.Approval, err)
+			if pending.Exposure <= server.FourEyesPercent || got.Version != after.Version {
+				t.Errorf("approval %+v with rollout v%d, want the exposure past 50%% it was asked for beside the rollout as saved (v%d)",
+					pending, got.Version, after.Version)
 			}
 			// A second person applies it.
-			if r, _, err := svc.Approve(ctx, tc.r.ID, pe.Approval.ID, "bob", "agreed"); err != nil || r.State != server.RolloutRunning {
+			if r, _, err := svc.Approve(ctx, tc.r.ID, pending.ID, "bob", "agreed"); err != nil || r.State != server.RolloutRunning {
 				t.Errorf("bob approving: %v, %+v", err, r)
 			}
 		})
 	}
 }
 
-func start(svc *server.RolloutService, id string) (*server.Rollout, error) {
+func start(svc *server.RolloutService, id string) (*server.Rollout, *server.Approval, error) {
 	return svc.Start(context.Background(), id, "alice", "go")
 }
 
-func resume(svc *server.RolloutService, id string) (*server.Rollout, error) {
+func resume(svc *server.RolloutService, id string) (*server.Rollout, *server.Approval, error) {
 	return svc.Resume(context.Background(), id, "alice", "fixed")
 }
 
-func advanceTo(percent float64) func(*server.RolloutService, string) (*server.Rollout, error) {
-	return func(svc *server.RolloutService, id string) (*server.Rollout, error) {
+func advanceTo(percent float64) func(*server.RolloutService, string) (*server.Rollout, *server.Approval, error) {
+	return func(svc *server.RolloutService, id string) (*server.Rollout, *server.Approval, error) {
 		return svc.Advance(context.Background(), id, "alice", "healthy", percent)
 	}
 }
@@ -170,13 +170,12 @@ func TestApproveRechecksExposure(t *testing.T) {
 	r := rolloutAt(t, "ro-1", "s1", server.RolloutRunning, 10)
 	store, approvals := newFakeRollouts(r), &fakeApprovals{}
 	svc := &server.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
-	_, err := svc.Advance(ctx, r.ID, "alice", "healthy", 60)
-	var pe *server.ApprovalPendingError
-	if !errors.As(err, &pe) || pe.Approval.Exposure != 60 {
-		t.Fatalf("advance to 60%%: %v, want pending at an exposure of 60%%", err)
+	_, pending, err := svc.Advance(ctx, r.ID, "alice", "healthy", 60)
+	if err != nil || pending == nil || pending.Exposure != 60 {
+		t.Fatalf("advance to 60%%: %+v, %v; want pending at an exposure of 60%%", pending, err)
 	}
 	store.rollouts["ro-2"] = rolloutAt(t, "ro-2", "s2", server.RolloutRunning, 20)
-	if _, _, err := svc.Approve(ctx, r.ID, pe.Approval.ID, "bob", "ok"); !errors.Is(err, server.ErrConflict) || !strings.Contains(err.Error(), "ask again") {
+	if _, _, err := svc.Approve(ctx, r.ID, pending.ID, "bob", "ok"); !errors.Is(err, server.ErrConflict) || !strings.Contains(err.Error(), "ask again") {
 		t.Errorf("approve after ro-2 started: %v, want a conflict saying ask again", err)
 	}
 	if after, _ := store.Rollout(ctx, r.ID); after.Percent() != 10 {
@@ -308,12 +307,11 @@ func TestVouchedApprover(t *testing.T) {
 			store, approvals := newFakeRollouts(r), &fakeApprovals{}
 			now := at(tc.now)
 			svc := &server.RolloutService{Store: store, Approvals: approvals, Audit: log, Now: func() time.Time { return now }}
-			_, err := svc.Advance(ctx, r.ID, "alice", "more", 100)
-			var pe *server.ApprovalPendingError
-			if !errors.As(err, &pe) {
+			_, pending, err := svc.Advance(ctx, r.ID, "alice", "more", 100)
+			if err != nil || pending == nil {
 				t.Fatalf("advance: %v, want pending", err)
 			}
-			_, _, err = svc.Approve(ctx, r.ID, pe.Approval.ID, "bob", "agreed")
+			_, _, err = svc.Approve(ctx, r.ID, pending.ID, "bob", "agreed")
 			var ve *server.VouchedError
 			if got := errors.As(err, &ve); got != tc.refused || (!tc.refused && err != nil) {
 				t.Fatalf("bob approving alice's request: %v, want refused %v", err, tc.refused)

@@ -264,8 +264,8 @@ type RolloutReport struct {
 	// the installed report.
 	OfferToInstall InstallTimes `json:"offer_to_install_seconds"`
 	// Halt is why the rollout stopped on its own; Holds the held models.
-	Halt  *ReportHold  `json:"halt,omitempty"`
-	Holds []ReportHold `json:"holds"`
+	Halt  *Hold  `json:"halt,omitempty"`
+	Holds []Hold `json:"holds"`
 }
 
 // ModelCohort is CohortCounts for one model.
@@ -294,28 +294,6 @@ type InstallTimes struct {
 	Count int64    `json:"count"`
 	P50   *float64 `json:"p50"`
 	P95   *float64 `json:"p95"`
-}
-
-// ReportHold is a Hold as reports show it.
-type ReportHold struct {
-	Model     string    `json:"model,omitempty"`
-	Actor     string    `json:"actor"`
-	Reason    string    `json:"reason"`
-	Installed int64     `json:"installed"`
-	Failed    int64     `json:"failed"`
-	Rate      float64   `json:"rate"`
-	MaxRate   float64   `json:"max_rate"`
-	Window    string    `json:"window,omitempty"`
-	At        time.Time `json:"at"`
-}
-
-func reportHold(h Hold) ReportHold {
-	rh := ReportHold{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed,
-		Rate: h.Rate, MaxRate: h.MaxRate, At: h.At.UTC()}
-	if h.Window > 0 {
-		rh.Window = h.Window.String()
-	}
-	return rh
 }
 
 func (r *Reports) now() time.Time {
@@ -374,7 +352,7 @@ func rolloutFleet(ro *Rollout) FleetFilter {
 func NewRolloutReport(ro *Rollout, rr *RolloutRollups, now time.Time) *RolloutReport {
 	pct := ro.Percent()
 	rep := &RolloutReport{RolloutID: ro.ID, PatchID: ro.Release.PatchID, State: ro.State, Stage: ro.Stage,
-		Percent: pct, GeneratedAt: now.UTC(), Holds: []ReportHold{}}
+		Percent: pct, GeneratedAt: now.UTC(), Holds: []Hold{}}
 
 	byModel := map[string]*CohortCounts{}
 	byBuild := map[string]*CohortCounts{}
@@ -470,12 +448,10 @@ func NewRolloutReport(ro *Rollout, rr *RolloutRollups, now time.Time) *RolloutRe
 	rep.StatesPerHour = stateSeries(rr.Records, rr.StateHours, now)
 	rep.OfferToInstall = installTimes(rr.InstallTimes)
 	if ro.Halt != nil {
-		h := reportHold(*ro.Halt)
+		h := *ro.Halt
 		rep.Halt = &h
 	}
-	for _, h := range ro.Holds {
-		rep.Holds = append(rep.Holds, reportHold(h))
-	}
+	rep.Holds = append(rep.Holds, ro.Holds...)
 	return rep
 }
 

@@ -341,7 +341,7 @@ func TestRolloutReport(t *testing.T) {
 	if it := rep.OfferToInstall; it.Count != 444 || it.P50 == nil || it.P95 == nil || *it.P50 >= *it.P95 {
 		t.Errorf("offer to install %+v, want 444 installs with p50 below p95", it)
 	}
-	if rep.Halt != nil || len(rep.Holds) != 1 || rep.Holds[0].Model != "PX-8" || rep.Holds[0].Rate != 0.12 || rep.Holds[0].Window != "1h0m0s" {
+	if rep.Halt != nil || len(rep.Holds) != 1 || rep.Holds[0].Model != "PX-8" || rep.Holds[0].Rate != 0.12 || rep.Holds[0].Window != time.Hour {
 		t.Errorf("halt %v, holds %+v; want no halt and PX-8 held at 12%% over 1h", rep.Halt, rep.Holds)
 	}
 

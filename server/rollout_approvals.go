@@ -9,23 +9,6 @@ import (
 	"time"
 )
 
-// ApprovalPendingError is a widening that did not happen yet: it waits
-// for a second person, recorded as Approval. It is an ErrConflict so that
-// a caller that does not look for it still tells the user it did not
-// happen; the admin API answers it with 202 and the approval.
-type ApprovalPendingError struct {
-	Approval *Approval
-}
-
-func (e *ApprovalPendingError) Error() string {
-	a := e.Approval
-	return fmt.Sprintf("%s of rollout %s to %g%% waits for a second person's approval (%s): it lets the patch reach %g%% of the handsets its rollouts select, and past %d%% four eyes are needed",
-		a.Action, a.RolloutID, a.ToPercent, a.ID, a.approvedExposure(), FourEyesPercent)
-}
-
-// Is makes an ApprovalPendingError an ErrConflict.
-func (e *ApprovalPendingError) Is(target error) bool { return target == ErrConflict }
-
 // errNoApprovals is four eyes without a store to record the request in:
 // the widening is refused rather than let through unapproved.
 var errNoApprovals = fmt.Errorf("%w: widening past %d%% needs an approval store, and none is configured", ErrUnavailable, FourEyesPercent)
@@ -45,16 +28,16 @@ func wouldWiden(r *Rollout, action func(*Rollout, time.Time) (Event, error), now
 // on r, read at its version: an
 // approval_requested event saved over that version, then the pending
 // approval. Older pending approvals of the rollout are cancelled: the
-// newest request is the one that stands. It returns the
-// *ApprovalPendingError that tells the caller, or ErrConflict when r
-// changed meanwhile (the caller reads it again).
-func (s *RolloutService) requestApproval(ctx context.Context, r *Rollout, ev Event, exposure float64, actor, reason string, now time.Time) (*Rollout, error) {
+// newest request is the one that stands. It returns r as saved and the
+// pending approval, or ErrConflict when r changed meanwhile (the caller
+// reads it again).
+func (s *RolloutService) requestApproval(ctx context.Context, r *Rollout, ev Event, exposure float64, actor, reason string, now time.Time) (*Rollout, *Approval, error) {
 	if s.Approvals == nil {
-		return nil, errNoApprovals
+		return nil, nil, errNoApprovals
 	}
 	pending, err := pendingApprovals(ctx, s.Approvals, r.ID)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	a := &Approval{ID: NewApprovalID(), RolloutID: r.ID, Action: ev.Action, ToPercent: ev.ToPercent, Exposure: exposure,
 		RequestedBy: actor, RequestedAt: now, Reason: Scrub(reason), State: ApprovalPending}
@@ -66,18 +49,18 @@ func (s *RolloutService) requestApproval(ctx context.Context, r *Rollout, ev Eve
 	}
 	from := r.Version
 	if err := s.Store.UpdateRollout(ctx, r, from, []Event{req}); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	s.changed()
 	if err := s.Approvals.CreateApproval(ctx, a); err != nil {
 		// The event says it was asked for; without the row nobody can
 		// approve it, so the requester must ask again.
-		return nil, fmt.Errorf("record approval %s (the request event is saved; ask again): %w", a.ID, err)
+		return nil, nil, fmt.Errorf("record approval %s (the request event is saved; ask again): %w", a.ID, err)
 	}
 	if err := cancelApprovals(ctx, s.Approvals, pending, actor, "superseded by "+a.ID, now); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return r, &ApprovalPendingError{Approval: a}
+	return r, a, nil
 }
 
 // pendingApprovals returns the pending approvals of a rollout.

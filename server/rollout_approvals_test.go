@@ -102,23 +102,25 @@ func TestFourEyesRules(t *testing.T) {
 			}
 			store, approvals := newFakeRollouts(r), &fakeApprovals{}
 			svc := &server.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
-			var err error
+			var (
+				pending *server.Approval
+				err     error
+			)
 			if tc.draft {
-				_, err = svc.Start(ctx, r.ID, "alice", "go")
+				_, pending, err = svc.Start(ctx, r.ID, "alice", "go")
 			} else {
-				_, err = svc.Advance(ctx, r.ID, "alice", "healthy", tc.percent)
+				_, pending, err = svc.Advance(ctx, r.ID, "alice", "healthy", tc.percent)
 			}
-			var pe *server.ApprovalPendingError
-			if got := errors.As(err, &pe); got != tc.pending || (!tc.pending && err != nil) {
-				t.Fatalf("got %v, want pending %v", err, tc.pending)
+			if err != nil || (pending != nil) != tc.pending {
+				t.Fatalf("got %+v, %v; want pending %v", pending, err, tc.pending)
 			}
 			after, _ := store.Rollout(ctx, r.ID)
 			if tc.pending {
 				if after.Percent() != r.Percent() || after.State != r.State {
 					t.Errorf("the request changed the rollout: %s at %g%%", after.State, after.Percent())
 				}
-				if pe.Approval.RequestedBy != "alice" || !pe.Approval.Pending() || len(approvals.as) != 1 {
-					t.Errorf("approval %+v, want alice's, pending, stored", pe.Approval)
+				if pending.RequestedBy != "alice" || !pending.Pending() || len(approvals.as) != 1 {
+					t.Errorf("approval %+v, want alice's, pending, stored", pending)
 				}
 				if last := store.events[len(store.events)-1]; last.Action != server.ActionApprovalRequested || last.Reason == "" {
 					t.Errorf("last event %+v, want approval_requested with the reason", last)
@@ -143,12 +145,11 @@ func TestFourEyesApprove(t *testing.T) {
 	svc := &server.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
 	request := func() *server.Approval {
 		t.Helper()
-		_, err := svc.Advance(ctx, r.ID, "alice", "all of it", 0)
-		var pe *server.ApprovalPendingError
-		if !errors.As(err, &pe) {
+		_, pending, err := svc.Advance(ctx, r.ID, "alice", "all of it", 0)
+		if err != nil || pending == nil {
 			t.Fatalf("advance: %v, want pending", err)
 		}
-		return pe.Approval
+		return pending
 	}
 	a := request()
 	if _, _, err := svc.Approve(ctx, r.ID, a.ID, "alice", "me"); !errors.Is(err, server.ErrSelfApproval) || !errors.Is(err, server.ErrForbidden) {

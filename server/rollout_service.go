@@ -114,34 +114,35 @@ func NewRolloutID() (string, error) {
 // The rollout takes the salt of the patch's earlier rollouts (PatchSalt),
 // so that their cohorts nest. A start that leaves the patch's exposure
 // above FourEyesPercent (NeedsApproval) waits for a second person: the
-// rollout is stored as a draft and the answer is an
-// *ApprovalPendingError.
-func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor string) (*Rollout, error) {
+// rollout is stored as a draft and returned with the pending approval,
+// which is nil when nothing waits. A pending approval is no error: the
+// create succeeded.
+func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor string) (*Rollout, *Approval, error) {
 	if strings.TrimSpace(actor) == "" {
-		return nil, ErrNoActor
+		return nil, nil, ErrNoActor
 	}
 	id := spec.ID
 	if id == "" {
 		var err error
 		if id, err = NewRolloutID(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	} else if err := validateChosenID("id", id); err != nil {
 		// The id names the rollout in metrics, logs and URLs.
-		return nil, err
+		return nil, nil, err
 	}
 	rel, err := s.release(spec.Release)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	all, err := s.Store.Rollouts(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	salt := spec.Salt
 	if shared, ok := PatchSalt(all, rel); ok {
 		if salt != "" && salt != shared {
-			return nil, fieldErr("salt", "the rollouts of patch %s share the salt %q, so that their cohorts nest and four eyes can count how far the patch reaches; leave salt out or give that one",
+			return nil, nil, fieldErr("salt", "the rollouts of patch %s share the salt %q, so that their cohorts nest and four eyes can count how far the patch reaches; leave salt out or give that one",
 				rel.PatchID, shared)
 		}
 		salt = shared
@@ -150,7 +151,7 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 	r, ev, err := NewRollout(Rollout{ID: id, Release: rel, Selector: spec.Selector, Stages: spec.Stages,
 		Policy: spec.Policy, Salt: salt}, actor, now)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	evs := []Event{ev}
 	var waits *Event
@@ -162,7 +163,7 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 		}
 		started, start, err := wouldWiden(r, func(r *Rollout, now time.Time) (Event, error) { return r.Start(actor, reason, now) }, now)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if exposure = Exposure(all, started); NeedsApproval(ActionStart, exposure) {
 			// Stored as a draft; the start waits for a second person.
@@ -176,15 +177,15 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 		// The create event carries the reason, if one was given, not only
 		// the start that follows it (a draft has none).
 		if err := checkAction(actor, spec.Reason); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		evs[0].Reason = Scrub(spec.Reason)
 	}
 	if waits != nil && s.Approvals == nil {
-		return nil, errNoApprovals
+		return nil, nil, errNoApprovals
 	}
 	if err := s.Store.CreateRollout(ctx, r, s.MaxOpen, evs...); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	s.changed()
 	if waits != nil {
@@ -192,7 +193,7 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 		// draft stays and the caller starts it again.
 		return s.requestApproval(ctx, r, *waits, exposure, actor, waits.Reason, now)
 	}
-	return r, nil
+	return r, nil, nil
 }
 
 // release resolves a published target path into the RolloutRelease its
@@ -280,9 +281,8 @@ var RolloutActions = []string{ActionCreate, ActionStart, ActionPause, ActionResu
 
 // Start makes a draft run at its first stage. A start that leaves the
 // patch's exposure above FourEyesPercent needs a second person: it is
-// then recorded as a pending approval and the answer is an
-// *ApprovalPendingError with the draft.
-func (s *RolloutService) Start(ctx context.Context, id, actor, reason string) (*Rollout, error) {
+// then recorded as a pending approval, returned with the draft.
+func (s *RolloutService) Start(ctx context.Context, id, actor, reason string) (*Rollout, *Approval, error) {
 	return s.widen(ctx, id, actor, reason, func(r *Rollout, now time.Time) (Event, error) { return r.Start(actor, reason, now) })
 }
 
@@ -295,7 +295,7 @@ func (s *RolloutService) Pause(ctx context.Context, id, actor, reason string) (*
 // rollout counts toward its patch's exposure, yet resuming it makes it
 // offer again: when the exposure is above FourEyesPercent the resume
 // needs a second person, as Advance.
-func (s *RolloutService) Resume(ctx context.Context, id, actor, reason string) (*Rollout, error) {
+func (s *RolloutService) Resume(ctx context.Context, id, actor, reason string) (*Rollout, *Approval, error) {
 	return s.widen(ctx, id, actor, reason, func(r *Rollout, now time.Time) (Event, error) { return r.Resume(actor, reason, now) })
 }
 
@@ -306,9 +306,9 @@ func (s *RolloutService) Abort(ctx context.Context, id, actor, reason string) (*
 
 // Advance widens a rollout to its next stage (percent 0) or to percent.
 // An advance that leaves the patch's exposure above FourEyesPercent
-// needs a second person: it is then recorded as a pending approval and
-// the answer is an *ApprovalPendingError with the rollout as it stands.
-func (s *RolloutService) Advance(ctx context.Context, id, actor, reason string, percent float64) (*Rollout, error) {
+// needs a second person: it is then recorded as a pending approval,
+// returned with the rollout as it stands.
+func (s *RolloutService) Advance(ctx context.Context, id, actor, reason string, percent float64) (*Rollout, *Approval, error) {
 	return s.widen(ctx, id, actor, reason, func(r *Rollout, now time.Time) (Event, error) {
 		return r.Advance(actor, reason, percent, now)
 	})
@@ -316,38 +316,39 @@ func (s *RolloutService) Advance(ctx context.Context, id, actor, reason string, 
 
 // widen is changeAs for the actions four eyes may stop: when the change
 // action would make leaves the patch's exposure above FourEyesPercent
-// (NeedsApproval), it is requested instead of applied. The exposure is
+// (NeedsApproval), it is requested instead of applied, and the pending
+// approval returned beside the unchanged rollout. The exposure is
 // judged on the same read of the rollout that is saved, so a rollout
 // changed meanwhile is judged again.
-func (s *RolloutService) widen(ctx context.Context, id, actor, reason string, action func(*Rollout, time.Time) (Event, error)) (*Rollout, error) {
+func (s *RolloutService) widen(ctx context.Context, id, actor, reason string, action func(*Rollout, time.Time) (Event, error)) (*Rollout, *Approval, error) {
 	var err error
 	for range rolloutAttempts {
 		var r *Rollout
 		if r, err = s.Store.Rollout(ctx, id); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		now := s.now()
 		after, ev, aerr := wouldWiden(r, action, now)
 		if aerr != nil {
-			return nil, aerr
+			return nil, nil, aerr
 		}
 		var exposure float64
 		if exposure, err = exposureAfter(ctx, s.Store, after); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		var out *Rollout
 		if NeedsApproval(ev.Action, exposure) {
-			out, err = s.requestApproval(ctx, r, ev, exposure, actor, reason, now)
-			if !errors.Is(err, ErrConflict) || errors.As(err, new(*ApprovalPendingError)) {
-				return out, err
+			out, pending, err := s.requestApproval(ctx, r, ev, exposure, actor, reason, now)
+			if !errors.Is(err, ErrConflict) {
+				return out, pending, err
 			}
 			continue
 		}
+		var out *Rollout
 		if out, err = s.save(ctx, after, r.Version, ev, actor, now); !errors.Is(err, ErrConflict) {
-			return out, err
+			return out, nil, err
 		}
 	}
-	return nil, err
+	return nil, nil, err
 }
 
 // Complete ends the staging of a running rollout at its last stage.

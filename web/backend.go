@@ -28,13 +28,14 @@ type Backend interface {
 	// ChangeRollout applies an operator's action (one of RolloutActions)
 	// to rollout id through server.RolloutService, as the principal in
 	// ctx. Percent is advance's target (0: the next stage). A widening
-	// that needs a second person answers *server.ApprovalPendingError.
-	ChangeRollout(ctx context.Context, id string, change RolloutChange) (*server.Rollout, error)
+	// that needs a second person changes nothing yet and returns the
+	// pending approval beside the rollout (nil when it was done).
+	ChangeRollout(ctx context.Context, id string, change RolloutChange) (*server.Rollout, *server.Approval, error)
 	// CreateRollout creates rollout spec, and unless spec.Draft starts it,
 	// through server.RolloutService as the principal in ctx. A start at
-	// a percent that needs a second person answers
-	// *server.ApprovalPendingError (the rollout exists, as a draft).
-	CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, error)
+	// a percent that needs a second person returns the rollout, a draft,
+	// with the pending approval (nil when it started).
+	CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, *server.Approval, error)
 	// Approvals lists rollout id's four-eyes requests, newest first.
 	Approvals(ctx context.Context, id string) ([]*server.Approval, error)
 	// DecideApproval approves (approve true) or rejects approval aid of

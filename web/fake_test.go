@@ -314,6 +314,8 @@ type fakeBackend struct {
 	changes []recordedChange
 	// created are the CreateRollout calls' specs, with the actor.
 	created []recordedCreate
+	// repoErr, when set, is RepoStatus's answer.
+	repoErr error
 }
 
 type recordedCreate struct {
@@ -360,7 +362,7 @@ func (b *fakeBackend) RolloutEvents(_ context.Context, id string, _ int) ([]serv
 	return out, nil
 }
 
-func (b *fakeBackend) ChangeRollout(ctx context.Context, id string, c RolloutChange) (*server.Rollout, error) {
+func (b *fakeBackend) ChangeRollout(ctx context.Context, id string, c RolloutChange) (*server.Rollout, *server.Approval, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.changes = append(b.changes, recordedChange{ID: id, Actor: server.PrincipalFromContext(ctx).Actor(), Change: c})
@@ -368,21 +370,23 @@ func (b *fakeBackend) ChangeRollout(ctx context.Context, id string, c RolloutCha
 		a := &server.Approval{ID: "ap-9", RolloutID: id, Action: c.Action, ToPercent: c.Percent,
 			RequestedBy: server.PrincipalFromContext(ctx).Actor(), RequestedAt: time.Now(), Reason: c.Reason, State: server.ApprovalPending}
 		b.approvals = append(b.approvals, a)
-		return nil, &server.ApprovalPendingError{Approval: a}
+		r, err := b.Rollout(ctx, id)
+		return r, a, err
 	}
-	return b.Rollout(ctx, id)
+	r, err := b.Rollout(ctx, id)
+	return r, nil, err
 }
 
 // CreateRollout creates rollout "ro-new" as RolloutService would in
 // outline: an unknown release is refused, a start past 50% waits for an
 // approval with the rollout a draft.
-func (b *fakeBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, error) {
+func (b *fakeBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, *server.Approval, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	actor := server.PrincipalFromContext(ctx).Actor()
 	b.created = append(b.created, recordedCreate{Actor: actor, Spec: spec})
 	if !slices.ContainsFunc(b.status.Targets, func(t manifests.TargetInfo) bool { return t.Path == spec.Release }) {
-		return nil, fmt.Errorf("%w: release %s: not a published target", server.ErrInvalid, spec.Release)
+		return nil, nil, fmt.Errorf("%w: release %s: not a published target", server.ErrInvalid, spec.Release)
 	}
 	r := &server.Rollout{ID: "ro-new", State: server.RolloutRunning, Stages: spec.Stages, Selector: spec.Selector,
 		Policy: spec.Policy, Release: server.RolloutRelease{Target: spec.Release}, CreatedBy: actor, CreatedAt: time.Now()}
@@ -393,13 +397,13 @@ func (b *fakeBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec
 		a := &server.Approval{ID: "ap-10", RolloutID: r.ID, Action: server.ActionStart, ToPercent: r.Percent(),
 			RequestedBy: actor, RequestedAt: time.Now(), Reason: spec.Reason, State: server.ApprovalPending}
 		b.approvals = append(b.approvals, a)
-		return nil, &server.ApprovalPendingError{Approval: a}
+		return r.Clone(), a, nil
 	}
 	if spec.Draft {
 		r.State = server.RolloutDraft
 	}
 	b.rollouts = append(b.rollouts, r)
-	return r.Clone(), nil
+	return r.Clone(), nil, nil
 }
 
 func (b *fakeBackend) Approvals(_ context.Context, id string) ([]*server.Approval, error) {
@@ -431,7 +435,12 @@ func (b *fakeBackend) DecideApproval(ctx context.Context, id, aid string, approv
 	return server.ErrNotFound
 }
 
-func (b *fakeBackend) RepoStatus(context.Context) (*manifests.Status, error) { return b.status, nil }
+func (b *fakeBackend) RepoStatus(context.Context) (*manifests.Status, error) {
+	if b.repoErr != nil {
+		return nil, b.repoErr
+	}
+	return b.status, nil
+}
 
 func (b *fakeBackend) Drafts(context.Context, int) ([]*manifests.DraftView, error) {
 	return b.drafts, nil

@@ -449,16 +449,15 @@ func (h *Handler) rolloutAction(w http.ResponseWriter, r *http.Request, p *page)
 		h.render(w, r, http.StatusOK, "confirm", p)
 		return nil
 	}
-	_, err := h.opts.Backend.ChangeRollout(r.Context(), id, RolloutChange{Action: action, Reason: reason, Percent: percent})
-	var pending *server.ApprovalPendingError
-	if errors.As(err, &pending) {
+	_, pending, err := h.opts.Backend.ChangeRollout(r.Context(), id, RolloutChange{Action: action, Reason: reason, Percent: percent})
+	if err == nil && pending != nil {
 		d, err := h.rolloutData(r, id)
 		if err != nil {
 			return err
 		}
 		p.Title, p.Data, p.Live = "Rollout "+id, d, "/rollouts/"+id+"?part=live"
 		p.Flash = fmt.Sprintf("Requested: %s to %g%%%s needs a second person's approval (%s). Another operator approves it on this page.",
-			pending.Approval.Action, pending.Approval.ToPercent, exposureNote(pending.Approval), pending.Approval.ID)
+			pending.Action, pending.ToPercent, exposureNote(pending), pending.ID)
 		h.render(w, r, http.StatusAccepted, "rollout", p)
 		return nil
 	}
@@ -507,7 +506,7 @@ func (h *Handler) modelAction(w http.ResponseWriter, r *http.Request, p *page) e
 	if reason == "" {
 		return refuse("Say why: holding or releasing " + model + " needs a reason, which the audit log keeps.")
 	}
-	_, err := h.opts.Backend.ChangeRollout(r.Context(), id, RolloutChange{Action: action, Reason: reason, Model: model})
+	_, _, err := h.opts.Backend.ChangeRollout(r.Context(), id, RolloutChange{Action: action, Reason: reason, Model: model})
 	if err != nil {
 		if st := statusOf(err); st == http.StatusBadRequest || st == http.StatusConflict {
 			return refuse(err.Error())

@@ -1,7 +1,6 @@
 package web
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -170,16 +169,15 @@ func (h *Handler) createRollout(w http.ResponseWriter, r *http.Request, p *page)
 	if err != nil {
 		return refuse(http.StatusBadRequest, err.Error())
 	}
-	ro, err := h.opts.Backend.CreateRollout(r.Context(), spec)
-	var pending *server.ApprovalPendingError
-	if errors.As(err, &pending) {
-		d, err := h.rolloutData(r, pending.Approval.RolloutID)
+	ro, pending, err := h.opts.Backend.CreateRollout(r.Context(), spec)
+	if err == nil && pending != nil {
+		d, err := h.rolloutData(r, ro.ID)
 		if err != nil {
 			return err
 		}
-		p.Title, p.Data = "Rollout "+pending.Approval.RolloutID, d
+		p.Title, p.Data = "Rollout "+ro.ID, d
 		p.Flash = fmt.Sprintf("Created as a draft: starting at %g%%%s needs a second person's approval (%s). Another operator approves it on this page.",
-			pending.Approval.ToPercent, exposureNote(pending.Approval), pending.Approval.ID)
+			pending.ToPercent, exposureNote(pending), pending.ID)
 		h.render(w, r, http.StatusAccepted, "rollout", p)
 		return nil
 	}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/httperr"
 )
 
 //go:embed templates/*.html
@@ -274,26 +275,12 @@ func validCSRF(r *http.Request, want string) bool {
 	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
-// statusOf maps a domain error to the status the page answers with.
+// statusOf is the status a page answers err with: the API's
+// (httperr.Classify), so that a page and the API refuse the same error
+// the same way.
 func statusOf(err error) int {
-	var rl *server.RateLimitError
-	switch {
-	case errors.As(err, &rl):
-		return http.StatusTooManyRequests
-	case errors.Is(err, server.ErrInvalid):
-		return http.StatusBadRequest
-	case errors.Is(err, server.ErrUnauthorized):
-		return http.StatusUnauthorized
-	case errors.Is(err, server.ErrForbidden):
-		return http.StatusForbidden
-	case errors.Is(err, server.ErrNotFound):
-		return http.StatusNotFound
-	case errors.Is(err, server.ErrConflict):
-		return http.StatusConflict
-	case errors.Is(err, server.ErrUnavailable):
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusInternalServerError
+	st, _ := httperr.Classify(err)
+	return st
 }
 
 // fail answers a handler's error: the domain's message for people for a

@@ -62,7 +62,7 @@ func sampleBackend(tb testing.TB) *fakeBackend {
 		ByStartingBuild: []server.BuildCohort{{StartingBuild: "7.4.1", CohortCounts: server.CohortCounts{Eligible: 4, Offered: 4444}}},
 		FailureCodes:    []server.FailureCount{{ErrorCode: "E_NO_SPACE", Count: 330}, {ErrorCode: "E_RARE", Count: 3}},
 		InstallsPerHour: hours, OfferToInstall: server.InstallTimes{Count: 8001, P50: s(5400), P95: s(20000)},
-		Holds: []server.ReportHold{{Model: "QZ-2", Actor: "system", Reason: "too many failures", At: now}}}
+		Holds: []server.Hold{{Model: "QZ-2", Actor: "system", Reason: "too many failures", At: now}}}
 	daily := []server.DayExposure{{Day: "2026-12-13", Active: 1000, Exposed: 400, ShareCompliant: s(0.6)},
 		{Day: "2026-12-14", Active: 1000, Exposed: 300, ShareCompliant: s(0.7)}, {Day: "2026-12-15", Active: 1000, Exposed: 200, ShareCompliant: s(0.8)}}
 	proj := server.ProjectCompliance(daily, server.ComplianceTarget)

@@ -16,10 +16,9 @@ func rollOutToAll(tb testing.TB, env *apitest.Env) *server.Rollout {
 	tb.Helper()
 	p := server.DefaultPolicy()
 	p.MaxFailureRate = 0.5
-	ro, err := env.App.Rollouts.Create(context.Background(), server.RolloutSpec{Release: testPatchPath,
-		Stages: []float64{100}, Policy: p, Reason: "handset simulator run"}, "test-operator")
 	// A start at 100% waits for a second person.
-	ro, err = env.ApprovePending(ro, err)
+	ro, err := env.ApprovePending(env.App.Rollouts.Create(context.Background(), server.RolloutSpec{Release: testPatchPath,
+		Stages: []float64{100}, Policy: p, Reason: "handset simulator run"}, "test-operator"))
 	if err != nil {
 		tb.Fatalf("start rollout: %v", err)
 	}

@@ -34,7 +34,7 @@ func watchRollout() *api.Rollout {
 		Policy: api.RolloutPolicy{MaxFailureRate: 0.05, MinResults: 50, FailureWindow: "1h", Soak: "0s", Retries: 3,
 			Backoff: []string{"1h", "4h", "24h"}},
 		Holds: []api.RolloutHold{{Model: "PX-8", Actor: "system", Reason: "failure rate above the limit",
-			Installed: 48, Failed: 12, Rate: 0.2, MaxRate: 0.05, Window: "1h", At: watchT0}}}
+			Installed: 48, Failed: 12, Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: watchT0}}}
 }
 
 // TestRenderWatch checks the watch frame on fixed input: 1000 expected
@@ -80,7 +80,7 @@ func TestRenderWatch(t *testing.T) {
 		{name: "halted and ended", rep: &rolloutReport{}, r: func(r *api.Rollout) {
 			r.State = "aborted"
 			r.Halt = &api.RolloutHold{Actor: "system", Reason: "failure rate above the limit", Installed: 80, Failed: 20,
-				Rate: 0.2, MaxRate: 0.05, Window: "1h", At: watchT0}
+				Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: watchT0}
 		}, want: []string{
 			"HALTED at 2026-11-23T10:00:00Z by system: failure rate above the limit (20 failed of 100 results = 20.0%, limit 5.0%, over 1h)\n",
 			"> stage 2    10% " + empty + "   0.0%  0 of 0 installed\n",
@@ -148,7 +148,7 @@ func TestPrintRollout(t *testing.T) {
 	r.Policy.Soak, r.Policy.MaxOffersPerMinute, r.Policy.Window = "6h", 500, "01:00-05:00"
 	r.Selector.Models, r.Selector.Regions = []string{"PX-7", "PX-8"}, []string{"DE"}
 	r.Halt = &api.RolloutHold{Actor: "system", Reason: "failure rate above the limit", Installed: 80, Failed: 20,
-		Rate: 0.2, MaxRate: 0.05, Window: "1h", At: watchT0}
+		Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: watchT0}
 	var b strings.Builder
 	printRollout(&b, r, watchT0)
 	wantContains(t, "show", b.String(),

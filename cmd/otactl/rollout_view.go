@@ -68,8 +68,8 @@ func holdNumbers(h *api.RolloutHold) string {
 		return ""
 	}
 	s := fmt.Sprintf("(%d failed of %d results = %s, limit %s", h.Failed, n, fmtRate(h.Rate), fmtRate(h.MaxRate))
-	if h.Window != "" {
-		s += ", over " + esc(h.Window)
+	if h.Window > 0 {
+		s += ", over " + api.FormatDuration(h.Window)
 	}
 	return s + ")"
 }

@@ -315,10 +315,15 @@ func (d *demoRun) startRollout(ctx context.Context) error {
 	p.MaxFailureRate, p.MinResults, p.Soak = 0.08, int64(d.cfg.MinResults), d.cfg.Soak
 	p.FailureWindow = 10 * time.Minute
 	p.Retries, p.Backoff = 1, []time.Duration{time.Minute}
-	r, err := d.main.App.Rollouts.Create(ctx, server.RolloutSpec{Release: demoTarget, Stages: []float64{10, 25, 50, 100},
+	r, pending, err := d.main.App.Rollouts.Create(ctx, server.RolloutSpec{Release: demoTarget, Stages: []float64{10, 25, 50, 100},
 		Policy: p, Salt: demoSalt(d.cfg.Seed), Reason: "privacy patch " + demoPatchID + ": 10% first, widening after each healthy soak"}, demoOperator)
 	if err != nil {
 		return fmt.Errorf("demo: start the rollout: %w", err)
+	}
+	if pending != nil {
+		// 10% needs no second person unless other rollouts of the patch
+		// already reach past the four-eyes limit.
+		return fmt.Errorf("demo: start the rollout: the start waits for approval %s", pending.ID)
 	}
 	d.rolloutID = r.ID
 	return nil

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"errors"
 	"net/http"
 	"time"
 
@@ -43,14 +42,13 @@ func approvalOf(a *server.Approval) Approval {
 		DecidedBy: a.DecidedBy, DecidedAt: optionalTime(a.DecidedAt), DecisionReason: a.DecisionReason}
 }
 
-// pendingOr answers a widening that waits for a second person with 202
-// and its approval; any other error goes to the error handler.
-func pendingOr(c echo.Context, err error) error {
-	var pe *server.ApprovalPendingError
-	if errors.As(err, &pe) {
-		return c.JSON(http.StatusAccepted, approvalOf(pe.Approval))
+// widened answers a widening: 202 and the approval when it waits for a
+// second person (nothing changed yet), else status and the rollout.
+func widened(c echo.Context, status int, r *server.Rollout, pending *server.Approval) error {
+	if pending != nil {
+		return c.JSON(http.StatusAccepted, approvalOf(pending))
 	}
-	return err
+	return c.JSON(status, rolloutOf(r))
 }
 
 func (s *Server) listApprovals(c echo.Context) error {

@@ -9,8 +9,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/httperr"
 )
 
 // ErrorBody is the JSON shape of every error response:
@@ -31,34 +31,6 @@ type ErrorDetail struct {
 // statusClientClosed is logged and counted for requests the client
 // abandoned.
 const statusClientClosed = 499
-
-// codes maps the domain sentinels to a status and a JSON code. It is the
-// only such table: handlers return errors, never write error responses.
-var codes = []struct {
-	err    error
-	status int
-	code   string
-}{
-	// The TUF workflow's refusals, each with its own code so that otactl
-	// (and people) can tell them apart.
-	{manifests.ErrUnknownKey, http.StatusUnprocessableEntity, "unknown_key"},
-	{manifests.ErrKeyNotAuthorized, http.StatusForbidden, "key_not_authorized"},
-	{manifests.ErrBadSignature, http.StatusUnprocessableEntity, "bad_signature"},
-	{manifests.ErrStaleDraft, http.StatusConflict, "stale_draft"},
-	{manifests.ErrDraftNotPending, http.StatusConflict, "stale_draft"},
-	{manifests.ErrDraftPending, http.StatusConflict, "draft_pending"},
-	{manifests.ErrNotInitialized, http.StatusConflict, "not_initialized"},
-	{manifests.ErrInvalid, http.StatusBadRequest, "invalid"},
-	{manifests.ErrInvalidKey, http.StatusBadRequest, "invalid"},
-	{manifests.ErrNotExist, http.StatusNotFound, "not_found"},
-
-	{server.ErrInvalid, http.StatusBadRequest, "invalid"},
-	{server.ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
-	{server.ErrForbidden, http.StatusForbidden, "forbidden"},
-	{server.ErrNotFound, http.StatusNotFound, "not_found"},
-	{server.ErrConflict, http.StatusConflict, "conflict"},
-	{server.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
-}
 
 // httpCodes names Echo's own errors (routing, method, body limit).
 var httpCodes = map[int]string{
@@ -95,23 +67,23 @@ func errorResponse(err error) (int, ErrorBody, bool) {
 		// server error. 499 is nginx's "client closed request".
 		return statusClientClosed, ErrorBody{ErrorDetail{Code: "canceled", Message: "request canceled by the client"}}, false
 	}
-	if errors.Is(err, server.ErrNotAudited) {
+	switch status, code := httperr.Classify(err); code {
+	case httperr.CodeInternal:
+		// Echo's own errors below, or a server error.
+	case httperr.CodeNotAudited:
 		// Still a server error (logged), but one that says the action was
 		// done, without the store's words.
-		return http.StatusInternalServerError, ErrorBody{ErrorDetail{Code: "not_audited",
+		return status, ErrorBody{ErrorDetail{Code: code,
 			Message: server.ErrNotAudited.Error() + "; do not repeat the request, tell an administrator"}}, true
-	}
-	if rle := new(server.RateLimitError); errors.As(err, &rle) {
-		return http.StatusTooManyRequests, ErrorBody{ErrorDetail{Code: "rate_limited", Message: rle.Error()}}, false
-	}
-	for _, c := range codes {
-		if errors.Is(err, c.err) {
-			return c.status, ErrorBody{ErrorDetail{Code: c.code, Message: err.Error()}}, false
+	default:
+		msg := err.Error()
+		if rle := new(server.RateLimitError); status == http.StatusTooManyRequests && errors.As(err, &rle) {
+			msg = rle.Error()
 		}
-	}
-	if mbe := new(http.MaxBytesError); errors.As(err, &mbe) {
-		return http.StatusRequestEntityTooLarge, ErrorBody{ErrorDetail{Code: "body_too_large",
-			Message: "request body larger than the limit of " + strconv.FormatInt(mbe.Limit, 10) + " bytes"}}, false
+		if mbe := new(http.MaxBytesError); status == http.StatusRequestEntityTooLarge && errors.As(err, &mbe) {
+			msg = "request body larger than the limit of " + strconv.FormatInt(mbe.Limit, 10) + " bytes"
+		}
+		return status, ErrorBody{ErrorDetail{Code: code, Message: msg}}, false
 	}
 	if he := new(echo.HTTPError); errors.As(err, &he) && he.Code < 500 {
 		code, ok := httpCodes[he.Code]

@@ -14,7 +14,7 @@ func TestRolloutCSV(t *testing.T) {
 			{Model: "PX-7", CohortCounts: server.CohortCounts{Eligible: 600, Target: 85, Offered: 80, Installed: 80}},
 			{Model: "PX-8", CohortCounts: server.CohortCounts{Eligible: 300, Target: 40, Offered: 30, Installed: 20}, Held: true, HoldReason: "=HYPERLINK(\"x\")"},
 		},
-		Halt: &server.ReportHold{Reason: "failure rate 8% over 1h0m0s"}}
+		Halt: &server.Hold{Reason: "failure rate 8% over 1h0m0s"}}
 	got := rolloutCSV(rep)
 	want := [][]string{
 		rolloutCSVHeader,

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -27,10 +26,10 @@ func (s *Server) mountRollouts(g *echo.Group) {
 		do   rolloutAction
 	}{
 		{server.ActionStart, s.rollouts.Start},
-		{server.ActionPause, s.rollouts.Pause},
+		{server.ActionPause, narrowing(s.rollouts.Pause)},
 		{server.ActionResume, s.rollouts.Resume},
-		{server.ActionAbort, s.rollouts.Abort},
-		{server.ActionComplete, s.rollouts.Complete},
+		{server.ActionAbort, narrowing(s.rollouts.Abort)},
+		{server.ActionComplete, narrowing(s.rollouts.Complete)},
 	} {
 		add(http.MethodPost, "/rollouts/:id/"+a.name, s.rolloutActionHandler(a.do))
 	}
@@ -152,18 +151,10 @@ type RolloutPolicy struct {
 }
 
 // RolloutHold is a halt (no model) or a held model, with the numbers
-// that set it (zero for an operator's).
-type RolloutHold struct {
-	Model     string    `json:"model,omitempty"`
-	Actor     string    `json:"actor"`
-	Reason    string    `json:"reason"`
-	Installed int64     `json:"installed"`
-	Failed    int64     `json:"failed"`
-	Rate      float64   `json:"rate"`
-	MaxRate   float64   `json:"max_rate"`
-	Window    string    `json:"window,omitempty"`
-	At        time.Time `json:"at"`
-}
+// that set it (zero for an operator's). It is server.Hold, whose
+// MarshalJSON is the one shape a hold has in every answer: the rollout,
+// its events and its report.
+type RolloutHold = server.Hold
 
 // RolloutEvent is one entry of the audit log.
 type RolloutEvent struct {
@@ -181,18 +172,9 @@ type RolloutEvent struct {
 	Detail      string       `json:"detail,omitempty"`
 }
 
-// FormatDuration writes d as time.ParseDuration reads it, without the
-// zero minutes and seconds of String: "6h", "1h30m", "45s".
-func FormatDuration(d time.Duration) string {
-	s := d.String()
-	if t, ok := strings.CutSuffix(s, "m0s"); ok {
-		s = t + "m"
-	}
-	if t, ok := strings.CutSuffix(s, "h0m"); ok {
-		s = t + "h"
-	}
-	return s
-}
+// FormatDuration writes d as every answer writes a duration: "6h",
+// "1h30m", "45s" (server.FormatDuration).
+func FormatDuration(d time.Duration) string { return server.FormatDuration(d) }
 
 func orEmpty(s []string) []string {
 	if s == nil {
@@ -213,11 +195,7 @@ func holdOf(h *server.Hold) *RolloutHold {
 	if h == nil {
 		return nil
 	}
-	v := RolloutHold{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed,
-		Rate: h.Rate, MaxRate: h.MaxRate, At: h.At.UTC()}
-	if h.Window > 0 {
-		v.Window = FormatDuration(h.Window)
-	}
+	v := *h
 	return &v
 }
 
@@ -241,9 +219,7 @@ func rolloutOf(r *server.Rollout) *Rollout {
 	for _, b := range p.Backoff {
 		v.Policy.Backoff = append(v.Policy.Backoff, FormatDuration(b))
 	}
-	for i := range r.Holds {
-		v.Holds[i] = *holdOf(&r.Holds[i])
-	}
+	copy(v.Holds, r.Holds)
 	if len(r.ModelHealthSince) > 0 {
 		v.ModelHealthSince = maps.Clone(r.ModelHealthSince)
 	}
@@ -323,11 +299,11 @@ func (s *Server) createRollout(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	r, err := s.rollouts.Create(c.Request().Context(), spec, actor(c))
+	r, pending, err := s.rollouts.Create(c.Request().Context(), spec, actor(c))
 	if err != nil {
-		return pendingOr(c, err)
+		return err
 	}
-	return c.JSON(http.StatusCreated, rolloutOf(r))
+	return widened(c, http.StatusCreated, r, pending)
 }
 
 func (s *Server) listRollouts(c echo.Context) error {
@@ -354,8 +330,19 @@ func (s *Server) getRollout(c echo.Context) error {
 	return c.JSON(http.StatusOK, rolloutOf(r))
 }
 
-// rolloutAction is a RolloutService action that takes only a reason.
-type rolloutAction func(ctx context.Context, id, actor, reason string) (*server.Rollout, error)
+// rolloutAction is a RolloutService action that takes only a reason,
+// shaped as the widening ones: the rollout, and the approval it waits
+// for if it does.
+type rolloutAction func(ctx context.Context, id, actor, reason string) (*server.Rollout, *server.Approval, error)
+
+// narrowing makes an action that never waits for an approval a
+// rolloutAction.
+func narrowing(do func(ctx context.Context, id, actor, reason string) (*server.Rollout, error)) rolloutAction {
+	return func(ctx context.Context, id, actor, reason string) (*server.Rollout, *server.Approval, error) {
+		r, err := do(ctx, id, actor, reason)
+		return r, nil, err
+	}
+}
 
 func (s *Server) rolloutActionHandler(do rolloutAction) echo.HandlerFunc {
 	return func(c echo.Context) error {
@@ -363,11 +350,11 @@ func (s *Server) rolloutActionHandler(do rolloutAction) echo.HandlerFunc {
 		if err := decodeJSON(c, &req); err != nil {
 			return err
 		}
-		r, err := do(c.Request().Context(), c.Param("id"), actor(c), req.Reason)
+		r, pending, err := do(c.Request().Context(), c.Param("id"), actor(c), req.Reason)
 		if err != nil {
-			return pendingOr(c, err)
+			return err
 		}
-		return c.JSON(http.StatusOK, rolloutOf(r))
+		return widened(c, http.StatusOK, r, pending)
 	}
 }
 
@@ -376,11 +363,11 @@ func (s *Server) advanceRollout(c echo.Context) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	r, err := s.rollouts.Advance(c.Request().Context(), c.Param("id"), actor(c), req.Reason, req.Percent)
+	r, pending, err := s.rollouts.Advance(c.Request().Context(), c.Param("id"), actor(c), req.Reason, req.Percent)
 	if err != nil {
-		return pendingOr(c, err)
+		return err
 	}
-	return c.JSON(http.StatusOK, rolloutOf(r))
+	return widened(c, http.StatusOK, r, pending)
 }
 
 func (s *Server) holdModel(c echo.Context) error {

@@ -255,10 +255,9 @@ func (env *Env) StartRollout(tb testing.TB, path string, stages ...float64) *ser
 	if len(stages) == 0 {
 		stages = []float64{100}
 	}
-	r, err := env.App.Rollouts.Create(context.Background(), server.RolloutSpec{Release: path, Stages: stages,
-		Policy: server.DefaultPolicy(), Reason: "test rollout"}, "test-operator")
 	// A start at 100% waits for a second person.
-	r, err = env.ApprovePending(r, err)
+	r, err := env.ApprovePending(env.App.Rollouts.Create(context.Background(), server.RolloutSpec{Release: path, Stages: stages,
+		Policy: server.DefaultPolicy(), Reason: "test rollout"}, "test-operator"))
 	if err != nil {
 		tb.Fatalf("start rollout of %s: %v", path, err)
 	}

@@ -3,7 +3,6 @@ package apitest
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"testing"
 
 	"github.com/patchfleet/ota/server"
@@ -55,14 +54,13 @@ func (env *Env) Widen(tb testing.TB, method, path string, body any, out *api.Rol
 	}
 }
 
-// ApprovePending approves a change the service held for four eyes (an
-// *server.ApprovalPendingError from RolloutService), as ApproverName;
-// other errors come back as they are.
-func (env *Env) ApprovePending(r *server.Rollout, err error) (*server.Rollout, error) {
-	var pe *server.ApprovalPendingError
-	if !errors.As(err, &pe) {
+// ApprovePending approves a change the service held for four eyes (the
+// pending approval RolloutService returned beside r), as ApproverName;
+// with none, or with an error, r and err come back as they are.
+func (env *Env) ApprovePending(r *server.Rollout, pending *server.Approval, err error) (*server.Rollout, error) {
+	if err != nil || pending == nil {
 		return r, err
 	}
-	r, _, err = env.App.Rollouts.Approve(context.Background(), pe.Approval.RolloutID, pe.Approval.ID, ApproverName, "second pair of eyes")
+	r, _, err = env.App.Rollouts.Approve(context.Background(), pending.RolloutID, pending.ID, ApproverName, "second pair of eyes")
 	return r, err
 }

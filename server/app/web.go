@@ -84,29 +84,35 @@ func (b *WebBackend) RolloutEvents(ctx context.Context, id string, limit int) ([
 }
 
 // ChangeRollout implements web.Backend: the actor is the session's user.
-func (b *WebBackend) ChangeRollout(ctx context.Context, id string, c web.RolloutChange) (*server.Rollout, error) {
+func (b *WebBackend) ChangeRollout(ctx context.Context, id string, c web.RolloutChange) (*server.Rollout, *server.Approval, error) {
 	actor := server.PrincipalFromContext(ctx).Actor()
+	var (
+		r   *server.Rollout
+		err error
+	)
 	switch c.Action {
 	case server.ActionStart:
 		return b.Service.Start(ctx, id, actor, c.Reason)
-	case server.ActionPause:
-		return b.Service.Pause(ctx, id, actor, c.Reason)
 	case server.ActionResume:
 		return b.Service.Resume(ctx, id, actor, c.Reason)
-	case server.ActionAbort:
-		return b.Service.Abort(ctx, id, actor, c.Reason)
 	case server.ActionAdvance:
 		return b.Service.Advance(ctx, id, actor, c.Reason, c.Percent)
+	case server.ActionPause:
+		r, err = b.Service.Pause(ctx, id, actor, c.Reason)
+	case server.ActionAbort:
+		r, err = b.Service.Abort(ctx, id, actor, c.Reason)
 	case server.ActionHold:
-		return b.Service.HoldModel(ctx, id, actor, c.Reason, c.Model)
+		r, err = b.Service.HoldModel(ctx, id, actor, c.Reason, c.Model)
 	case server.ActionReleaseHold:
-		return b.Service.ReleaseHold(ctx, id, actor, c.Reason, c.Model)
+		r, err = b.Service.ReleaseHold(ctx, id, actor, c.Reason, c.Model)
+	default:
+		err = fmt.Errorf("%w: unknown rollout action %q", server.ErrInvalid, c.Action)
 	}
-	return nil, fmt.Errorf("%w: unknown rollout action %q", server.ErrInvalid, c.Action)
+	return r, nil, err
 }
 
 // CreateRollout implements web.Backend: the actor is the session's user.
-func (b *WebBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, error) {
+func (b *WebBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, *server.Approval, error) {
 	return b.Service.Create(ctx, spec, server.PrincipalFromContext(ctx).Actor())
 }
 

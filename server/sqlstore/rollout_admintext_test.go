@@ -45,7 +45,7 @@ func testOperatorIDsRefused(t *testing.T, b backend) {
 			sp := spec(privacyTarget)
 			sp.Draft = true
 			tc.edit(&sp)
-			_, err := s.Create(ctx, sp, "alice")
+			_, _, err := s.Create(ctx, sp, "alice")
 			wantField(t, err, tc.field)
 			if strings.Contains(err.Error(), v) {
 				t.Errorf("%s %q: the message repeats the value: %v", tc.field, v, err)
@@ -55,7 +55,7 @@ func testOperatorIDsRefused(t *testing.T, b backend) {
 	sp := spec(privacyTarget)
 	sp.Draft = true
 	sp.Selector.BuildMin = "203.0.113.77"
-	_, err := s.Create(ctx, sp, "alice")
+	_, _, err := s.Create(ctx, sp, "alice")
 	wantField(t, err, "build_min")
 	if rs, err := store.Rollouts(ctx); err != nil || len(rs) != 0 {
 		t.Fatalf("%d rollouts stored (%v), want none", len(rs), err)
@@ -68,13 +68,13 @@ func testOperatorIDsRefused(t *testing.T, b backend) {
 	for _, id := range []string{"ro-privacy", "cm-2026-001-beta", "ro_1"} {
 		sp := spec(privacyTarget)
 		sp.ID, sp.Salt, sp.Draft = id, salt, true
-		if _, err := s.Create(ctx, sp, "alice"); err != nil {
+		if _, _, err := s.Create(ctx, sp, "alice"); err != nil {
 			t.Fatalf("create %s: %v", id, err)
 		}
 	}
 	sp = spec(privacyTarget)
 	sp.Draft = true
-	r, err := s.Create(ctx, sp, "alice")
+	r, _, err := s.Create(ctx, sp, "alice")
 	if err != nil || !server.ValidRolloutID(r.ID) || r.Salt != salt {
 		t.Fatalf("create with a server-made id: %v, id %q, salt %q", err, r.ID, r.Salt)
 	}
@@ -103,12 +103,12 @@ func testOperatorReasonsScrubbed(t *testing.T, b backend) {
 	sp := spec(privacyTarget)
 	sp.Stages = []float64{10, 100}
 	sp.Draft, sp.Reason = true, reasons["create"]
-	r, err := s.Create(ctx, sp, "alice")
+	r, _, err := s.Create(ctx, sp, "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
 	steps := []func() error{
-		func() error { _, err := s.Start(ctx, r.ID, "alice", reasons["start"]); return err },
+		func() error { _, _, err := s.Start(ctx, r.ID, "alice", reasons["start"]); return err },
 		func() error { _, err := s.Pause(ctx, r.ID, "alice", reasons["pause"]); return err },
 		func() error { _, err := s.HoldModel(ctx, r.ID, "alice", reasons["hold"], "PX-7"); return err },
 		func() error {
@@ -119,11 +119,11 @@ func testOperatorReasonsScrubbed(t *testing.T, b backend) {
 			return err
 		},
 		func() error { _, err := s.ReleaseHold(ctx, r.ID, "alice", reasons["release"], "PX-7"); return err },
-		func() error { _, err := s.Resume(ctx, r.ID, "alice", reasons["resume"]); return err },
+		func() error { _, _, err := s.Resume(ctx, r.ID, "alice", reasons["resume"]); return err },
 		func() error {
-			_, err := s.Advance(ctx, r.ID, "alice", reasons["advance"], 0)
-			if pe := new(server.ApprovalPendingError); errors.As(err, &pe) {
-				_, _, err = s.Approve(ctx, r.ID, pe.Approval.ID, "bob", reasons["approve"])
+			_, pending, err := s.Advance(ctx, r.ID, "alice", reasons["advance"], 0)
+			if pending != nil {
+				_, _, err = s.Approve(ctx, r.ID, pending.ID, "bob", reasons["approve"])
 			}
 			return err
 		},
@@ -182,13 +182,13 @@ func testOpenRolloutsCapped(t *testing.T, b backend) {
 	for i := range 3 {
 		sp := spec(privacyTarget)
 		sp.Draft = i == 0 // a draft counts as a running rollout does
-		r, err := s.Create(ctx, sp, "alice")
+		r, _, err := s.Create(ctx, sp, "alice")
 		if err != nil {
 			t.Fatalf("create %d: %v", i, err)
 		}
 		ids = append(ids, r.ID)
 	}
-	_, err := s.Create(ctx, spec(privacyTarget), "alice")
+	_, _, err := s.Create(ctx, spec(privacyTarget), "alice")
 	if !errors.Is(err, server.ErrTooManyOpenRollouts) || !errors.Is(err, server.ErrConflict) ||
 		!strings.Contains(err.Error(), "3 are draft, running or paused") || !strings.Contains(err.Error(), "complete or abort some") {
 		t.Fatalf("fourth create: got %v, want ErrTooManyOpenRollouts saying to complete or abort some", err)
@@ -207,10 +207,10 @@ func testOpenRolloutsCapped(t *testing.T, b backend) {
 	if _, err := s.Abort(ctx, ids[1], "alice", "make room"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Create(ctx, spec(privacyTarget), "alice"); err != nil {
+	if _, _, err := s.Create(ctx, spec(privacyTarget), "alice"); err != nil {
 		t.Fatalf("create after an abort: %v", err)
 	}
-	if _, err := s.Create(ctx, spec(privacyTarget), "alice"); !errors.Is(err, server.ErrTooManyOpenRollouts) {
+	if _, _, err := s.Create(ctx, spec(privacyTarget), "alice"); !errors.Is(err, server.ErrTooManyOpenRollouts) {
 		t.Fatalf("create past the cap again: got %v", err)
 	}
 }
@@ -226,7 +226,7 @@ func testOpenRolloutsCappedConcurrently(t *testing.T, b backend) {
 	created, refused := 0, 0
 	for range 30 {
 		wg.Go(func() {
-			_, err := s.Create(ctx, spec(privacyTarget), "alice")
+			_, _, err := s.Create(ctx, spec(privacyTarget), "alice")
 			mu.Lock()
 			defer mu.Unlock()
 			switch {

@@ -85,7 +85,12 @@ func (deviceRolloutRow) TableName() string { return "device_rollouts" }
 
 // The JSON columns have their own types with explicit names, so that
 // renaming a Go field does not change what is stored, and durations
-// stored as text ("1h0m0s") read well in SQL.
+// stored as text ("1h0m0s") read well in SQL. They are the storage's
+// encoding, never an answer's: the API writes a hold through
+// server.Hold's MarshalJSON and a rollout through server/api's Rollout.
+// Kept apart, a change of the wire shape never rewrites stored rows,
+// and a stored row never needs what the wire leaves out (a hold's
+// empty model).
 
 // duration is a time.Duration stored as its String.
 type duration time.Duration
