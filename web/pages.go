@@ -171,7 +171,7 @@ type approvalRow struct {
 // heldRow is a held model of a rollout with its numbers now.
 type heldRow struct {
 	R     *server.Rollout
-	Hold  server.ReportHold
+	Hold  server.Hold
 	Model server.ModelCohort
 }
 

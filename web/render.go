@@ -130,6 +130,8 @@ var funcs = template.FuncMap{
 	},
 	"list": func(v ...any) []any { return v },
 	"sub":  func(a, b int64) int64 { return a - b },
+	// span is a policy's duration as the API writes it: 6h, 90m.
+	"span": server.FormatDuration,
 }
 
 // parsePages parses the layout with each page template: pages[name] is
