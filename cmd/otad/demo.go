@@ -65,8 +65,8 @@ type demoConfig struct {
 
 func defaultDemoConfig() demoConfig {
 	return demoConfig{
-		Listen: "127.0.0.1:8080", Handsets: 3000, Soak: 20 * time.Second,
-		PollInterval: 10 * time.Second, InstallTime: 2 * time.Second,
+		Listen: "127.0.0.1:8080", Handsets: 3000, Soak: 30 * time.Second,
+		PollInterval: 10 * time.Second, InstallTime: time.Second,
 		ApproveAfter: 20 * time.Second, Progress: 10 * time.Second, Workers: 16,
 	}
 }
