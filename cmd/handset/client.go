@@ -285,6 +285,9 @@ type checkInBody struct {
 type checkInAnswer struct {
 	PollAfterSeconds float64      `json:"poll_after_seconds"`
 	Offer            *offerAnswer `json:"offer"`
+	// NoOffer says why nothing was offered (not_selected: no rollout
+	// offers this handset anything; not_in_cohort, ...).
+	NoOffer string `json:"no_offer"`
 }
 
 // offerAnswer is an offered update. Custom is what the server says the

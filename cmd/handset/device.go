@@ -6,12 +6,14 @@ import (
 	crand "crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/patchfleet/ota/internal/termtext"
 	"github.com/patchfleet/ota/server"
 )
 
@@ -275,6 +277,18 @@ func (s *sim) checkIn(ctx context.Context, d *device) (time.Time, bool) {
 		d.setPending(stDownloading, "", "")
 		d.phase = phaseReport
 		return now, true
+	}
+	if a.Offer == nil && a.NoOffer != "" {
+		// The server's words, made safe to print and kept short.
+		reason := termtext.Escape(a.NoOffer)
+		if len(reason) > 64 {
+			reason = strings.ToValidUTF8(reason[:64], "") + "..."
+		}
+		if s.stats.addNoOffer(reason) {
+			// Once per reason, so that a person watching sees why nothing
+			// happens (publishing is not deploying); the summary counts them.
+			fmt.Fprintf(s.stderr, "handset: no_offer: %s (printed once per reason; the summary counts them)\n", reason)
+		}
 	}
 	// Nothing (more) to do: a handset that has a result, or already ran
 	// patches from an earlier run, is settled; one that was never offered

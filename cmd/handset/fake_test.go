@@ -262,6 +262,9 @@ func (f *fakeServer) checkIn(w http.ResponseWriter, req *http.Request) {
 	d.checkIns = append(d.checkIns, checkInRecord{at: time.Now(), body: b})
 	f.mu.Unlock()
 	ans := map[string]any{"poll_after_seconds": f.pollAfter, "offer": nil}
+	if f.noOffer {
+		ans["no_offer"] = "not_selected" // as otad answers while no rollout runs
+	}
 	patch := f.offerPatch
 	if patch == "" {
 		patch = testPatchID

@@ -2,10 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -336,7 +339,8 @@ func TestRolloutOfferMismatch(t *testing.T) {
 }
 
 // TestRolloutTimeout: handsets never offered anything time out, exit 1
-// and still print the summary.
+// and still print the summary; why nothing was offered (no_offer) is
+// printed once when first seen and counted in the summary.
 func TestRolloutTimeout(t *testing.T) {
 	r := startRepo(t)
 	f := newFakeServer(t, r, r.env.URL)
@@ -346,8 +350,17 @@ func TestRolloutTimeout(t *testing.T) {
 	if code != exitFailed || !strings.Contains(stderr, "timed out") || !strings.Contains(stdout, "pending      2") {
 		t.Fatalf("exit %d, stdout %q, stderr %q; want exit 1, a timeout and 2 pending", code, stdout, stderr)
 	}
-	if strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
-		t.Errorf("stderr %q, want one line", stderr)
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "handset: no_offer: not_selected ") {
+		t.Errorf("stderr %q, want the no_offer reason once, then the timeout", stderr)
+	}
+	// Every check-in the run counted was answered no_offer.
+	var checkIns int
+	if m := regexp.MustCompile(`(?m)^check-ins +(\d+) `).FindStringSubmatch(stdout); m != nil {
+		checkIns, _ = strconv.Atoi(m[1])
+	}
+	if want := fmt.Sprintf("no offer     not_selected %d\n", checkIns); checkIns < 2 || !strings.Contains(stdout, want) {
+		t.Errorf("stdout %q, want %q", stdout, want)
 	}
 }
 

@@ -107,6 +107,8 @@ type rolloutResult struct {
 	Retries        int64            `json:"report_retries"`
 	Dropped        int64            `json:"reports_dropped"`
 	Errors         map[string]int64 `json:"errors"`
+	// NoOffer counts check-ins answered without an offer, by reason.
+	NoOffer        map[string]int64 `json:"no_offer"`
 	Erased         *int64           `json:"erased,omitempty"`
 	ElapsedSeconds float64          `json:"elapsed_seconds"`
 }
@@ -264,7 +266,7 @@ func (s *sim) rolloutResult(complete bool, elapsed time.Duration) *rolloutResult
 		Enrolled: st.enrolled.Load(), EnrolledNew: st.enrolledNew.Load(), Reenrolled: st.reenrolled.Load(),
 		FailedByCode: map[string]int{}, CheckIns: st.checkins.Load(), CheckInLatency: st.latency.summary(),
 		Reports: st.reports.Load(), Duplicates: st.duplicates.Load(), Retries: st.retries.Load(), Dropped: st.dropped.Load(),
-		Errors: st.errorCounts(), ElapsedSeconds: round3(elapsed.Seconds())}
+		Errors: st.errorCounts(), NoOffer: st.noOfferCounts(), ElapsedSeconds: round3(elapsed.Seconds())}
 	// The workers have stopped: the devices can be read.
 	for i := range s.devs {
 		d := &s.devs[i]
@@ -334,6 +336,9 @@ func printResult(w io.Writer, asJSON bool, result any) error {
 		line("check-ins", "%d  %s", r.CheckIns, lat(r.CheckInLatency))
 		line("reports", "%d (%d duplicates, %d retries, %d dropped)", r.Reports, r.Duplicates, r.Retries, r.Dropped)
 		line("errors", "%s", errs(r.Errors))
+		if len(r.NoOffer) > 0 {
+			line("no offer", "%s", errs(r.NoOffer))
+		}
 		if r.Erased != nil {
 			line("erased", "%d", *r.Erased)
 		}

@@ -25,11 +25,34 @@ type stats struct {
 	gaveUp      atomic.Int64
 	latency     histogram // successful check-ins
 
-	mu     sync.Mutex
-	errors map[string]int64
+	mu      sync.Mutex
+	errors  map[string]int64
+	noOffer map[string]int64 // check-ins answered without an offer, by the no_offer reason
 }
 
-func newStats() *stats { return &stats{errors: map[string]int64{}} }
+func newStats() *stats { return &stats{errors: map[string]int64{}, noOffer: map[string]int64{}} }
+
+// maxNoOfferReasons bounds the reasons counted apart: a server sending a
+// new reason on every answer must not grow the map without end.
+const maxNoOfferReasons = 32
+
+// addNoOffer counts a check-in answered no_offer reason, and says
+// whether it is the first of that reason (the run prints those).
+func (s *stats) addNoOffer(reason string) (first bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.noOffer[reason]; !ok && len(s.noOffer) >= maxNoOfferReasons {
+		reason = "other"
+	}
+	s.noOffer[reason]++
+	return s.noOffer[reason] == 1
+}
+
+func (s *stats) noOfferCounts() map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.noOffer)
+}
 
 // addError counts err under "op:kind", e.g. "checkin:rate_limited".
 func (s *stats) addError(op string, err error) { s.addErrorKind(op + ":" + errorKind(err)) }

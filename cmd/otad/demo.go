@@ -33,10 +33,11 @@ const (
 	demoActor    = "otad-demo" // the audit log's actor of the demo's own setup
 )
 
-// demoConfig is an "otad demo" run. The flags set the first five; tests
+// demoConfig is an "otad demo" run. The flags set the first six; tests
 // shorten the others.
 type demoConfig struct {
-	Addr     string
+	Listen   string // otad serve's --listen
+	AddrFile string // otad serve's --addr-file
 	Handsets int
 	Keep     bool
 	Soak     time.Duration
@@ -64,8 +65,8 @@ type demoConfig struct {
 
 func defaultDemoConfig() demoConfig {
 	return demoConfig{
-		Addr: "127.0.0.1:8080", Handsets: 3000, Soak: 20 * time.Second,
-		PollInterval: 10 * time.Second, InstallTime: 2 * time.Second,
+		Listen: "127.0.0.1:8080", Handsets: 3000, Soak: 30 * time.Second,
+		PollInterval: 10 * time.Second, InstallTime: time.Second,
 		ApproveAfter: 20 * time.Second, Progress: 10 * time.Second, Workers: 16,
 	}
 }
@@ -83,7 +84,9 @@ Ctrl-C stops it.`
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := defaultDemoConfig()
 	fs := envflag.New("otad demo [flags]", demoSynopsis, stderr)
-	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "address to serve the dashboard and the API on; 127.0.0.1:0 picks a free port")
+	// The same names as otad serve's flags: one habit for both.
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "address to serve the dashboard and the API on; 127.0.0.1:0 picks a free port (see --addr-file)")
+	fs.StringVar(&cfg.AddrFile, "addr-file", cfg.AddrFile, "file to write the bound host:port to once listening (removed on exit); scripts read it with --listen 127.0.0.1:0")
 	fs.IntVar(&cfg.Handsets, "handsets", cfg.Handsets, "simulated handsets (4 models, 3 regions, builds 7.3.x and 7.4.x)")
 	fs.BoolVar(&cfg.Keep, "keep", cfg.Keep, "keep the temporary folder (database, blobs, development keys) on exit")
 	fs.DurationVar(&cfg.Soak, "soak", cfg.Soak, "how long each rollout stage runs healthy before it widens on its own")
@@ -139,7 +142,7 @@ func runDemoWith(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer, 
 	}()
 
 	sc := defaultConfig()
-	sc.DataDir, sc.Listen = dir, cfg.Addr
+	sc.DataDir, sc.Listen, sc.AddrFile = dir, cfg.Listen, cfg.AddrFile
 	sc.LogLevel, sc.LogFormat = "warn", "text"
 	sc.PollInterval = cfg.PollInterval
 	// Policies every second, so that a stage widens soon after its soak;
@@ -159,7 +162,7 @@ func runDemoWith(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer, 
 	if err := d.main.Run(ctx); err != nil {
 		d.main.Close()
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return usageError{fmt.Errorf("--addr %s is already in use (another otad, or an earlier demo?): run otad demo --addr 127.0.0.1:0 for a free port", cfg.Addr)}
+			return usageError{fmt.Errorf("--listen %s is already in use (another otad, or an earlier demo?): run otad demo --listen 127.0.0.1:0 for a free port", cfg.Listen)}
 		}
 		return err
 	}

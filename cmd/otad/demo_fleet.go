@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -27,7 +28,9 @@ var (
 
 // Install failures. Most models fail about 2% of installs; PX-8 fails
 // about 40% (a vendor partition the patch does not fit), so that the
-// rollout's per-model hold shows while the other models go on.
+// rollout's per-model hold shows while the other models go on. Which
+// installs fail is demoInstallFailure's pure function of the seed, the
+// handset and the attempt, so that --seed repeats them.
 const (
 	demoFailRate     = 0.02
 	demoPX8FailRate  = 0.40
@@ -50,8 +53,17 @@ type fleetConfig struct {
 	// arrive in one burst.
 	EnrollSpread time.Duration
 	// InstallTime is the base time an install takes: successes 1-2x,
-	// failures (found late, after the installer retried) 4-6x; PX-8, a
-	// slow model, 3-4x and 6-9x.
+	// failures (found late, after the installer retried) 2-3x; PX-8, a
+	// slower model, succeeds in 1.5-2x and fails (its vendor partition is
+	// found too small after a long retry) in 6-8x. Two rules make the
+	// stage at which PX-8 is held follow from --seed, not from timing:
+	//   - PX-8's successes come well before its failures, so that PX-8
+	//     has results enough to be held alone before its failures could
+	//     count against the other models and halt the whole rollout;
+	//   - every result of a stage lands within its soak: by default
+	//     offers reach the stage's handsets within about 13 s (a second
+	//     of rollout cache, a poll of 10 s +- 10%, a second of jitter)
+	//     and the slowest result takes 8 s more, against a soak of 30 s.
 	InstallTime time.Duration
 	Logger      *slog.Logger
 }
@@ -67,12 +79,14 @@ const (
 // demoHandset is one simulated handset. A worker owns it while it runs
 // a step, so its fields need no lock.
 type demoHandset struct {
+	index     int // in the fleet: with the seed, it decides the handset's installs
+	attempts  int // installs started
 	key       ed25519.PrivateKey
 	model     string
 	region    string
 	build     string
 	token     string
-	rng       *rand.Rand // its own stream: outcomes follow --seed, not scheduling
+	rng       *rand.Rand // its own stream, for waits (jitter, install times)
 	phase     uint8
 	patches   []string
 	messaging string
@@ -100,6 +114,25 @@ type fleetStats struct {
 
 	mu     sync.Mutex
 	errors map[string]int64
+	// firstTries are the results of each handset's first install, by
+	// handset index: the error code, or "" for installed.
+	firstTries map[int]string
+}
+
+// firstResults returns a copy of the results of first installs.
+func (s *fleetStats) firstResults() map[int]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.firstTries)
+}
+
+func (s *fleetStats) addResult(d *demoHandset, code string) {
+	if d.attempts != 1 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.firstTries[d.index] = code
 }
 
 func (s *fleetStats) addError(op string, err error) (first bool) {
@@ -134,7 +167,7 @@ type demoFleet struct {
 func newDemoFleet(cfg fleetConfig) *demoFleet {
 	f := &demoFleet{cfg: cfg, devs: make([]demoHandset, cfg.Handsets), sched: due.New(cfg.Handsets),
 		done: make(chan struct{})}
-	f.stats.errors = map[string]int64{}
+	f.stats.errors, f.stats.firstTries = map[string]int64{}, map[int]string{}
 	seeds := rand.New(rand.NewPCG(cfg.Seed, 0x0da7))
 	for i := range f.devs {
 		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1))
@@ -146,6 +179,7 @@ func newDemoFleet(cfg fleetConfig) *demoFleet {
 			seed[j] = byte(rng.Uint32())
 		}
 		f.devs[i] = demoHandset{
+			index:     i,
 			key:       ed25519.NewKeyFromSeed(seed[:]),
 			model:     demoModels[i%len(demoModels)],
 			region:    demoRegions[seeds.IntN(len(demoRegions))],
@@ -338,14 +372,16 @@ func (f *demoFleet) download(ctx context.Context, d *demoHandset) (time.Time, bo
 		}
 		d.patch = &demoPatch{installsBuild: custom.InstallsBuild, messagingDefault: custom.CloudMessagingDefault,
 			numberEncryption: custom.NumberEncryption}
-		rate, codes, ok, failed := demoFailRate, demoFailCodes, [2]float64{1, 2}, [2]float64{4, 6}
+		d.attempts++
+		span := [2]float64{1, 2}
 		if d.model == demoFailingModel {
-			rate, codes, ok, failed = demoPX8FailRate, []string{demoPX8Code}, [2]float64{3, 4}, [2]float64{6, 9}
+			span = [2]float64{1.5, 2}
 		}
-		span := ok
-		if d.rng.Float64() < rate {
-			d.fail = codes[d.rng.IntN(len(codes))]
-			span = failed
+		if d.fail = demoInstallFailure(f.cfg.Seed, d.index, d.attempts, d.model); d.fail != "" {
+			span = [2]float64{2, 3}
+			if d.model == demoFailingModel {
+				span = [2]float64{6, 8}
+			}
 		}
 		wait := time.Duration((span[0] + d.rng.Float64()*(span[1]-span[0])) * float64(f.cfg.InstallTime))
 		d.phase = phFinish
@@ -369,6 +405,7 @@ func (f *demoFleet) finish(ctx context.Context, d *demoHandset) (time.Time, bool
 			return f.retry(ctx, d, "report", err)
 		}
 		f.stats.failed.Add(1)
+		f.stats.addResult(d, d.fail)
 		d.fail, d.patch, d.offer, d.phase, d.retries = "", nil, nil, phCheckIn, 0
 		return time.Now().Add(5*time.Second + f.jitter(d, 5*time.Second)), true
 	}
@@ -376,6 +413,7 @@ func (f *demoFleet) finish(ctx context.Context, d *demoHandset) (time.Time, bool
 		return f.retry(ctx, d, "report", err)
 	}
 	f.stats.installed.Add(1)
+	f.stats.addResult(d, "")
 	c := d.patch
 	d.patches = append(d.patches, d.offer.PatchID)
 	if c.installsBuild != "" {
@@ -416,4 +454,23 @@ func demoReportID(id [16]byte) string {
 		b = append(b, letters[c>>4], letters[c&15])
 	}
 	return string(b)
+}
+
+// demoInstallFailure decides whether install attempt (1, 2, ...) of
+// handset index of the fleet of seed fails, and with which code ("" for
+// success): a pure function, so that a run repeated with its seed fails
+// the same installs whatever the timing. Most models fail demoFailRate of
+// their installs, PX-8 demoPX8FailRate.
+func demoInstallFailure(seed uint64, index, attempt int, model string) string {
+	// One stream per (handset, attempt), apart from the handsets' own
+	// streams (whose second word is index+1, under 2^32).
+	rng := rand.New(rand.NewPCG(seed, 1<<63|uint64(index)<<16|uint64(attempt&0xffff)))
+	rate, codes := demoFailRate, demoFailCodes
+	if model == demoFailingModel {
+		rate, codes = demoPX8FailRate, []string{demoPX8Code}
+	}
+	if rng.Float64() >= rate {
+		return ""
+	}
+	return codes[rng.IntN(len(codes))]
 }

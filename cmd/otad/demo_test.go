@@ -27,7 +27,7 @@ import (
 // and a clean stop that leaves no fleet goroutine and no folder.
 func TestDemo(t *testing.T) {
 	cfg := defaultDemoConfig()
-	cfg.Addr, cfg.Handsets, cfg.Seed = "127.0.0.1:0", 600, 42
+	cfg.Listen, cfg.Handsets, cfg.Seed = "127.0.0.1:0", 600, 42
 	cfg.Soak, cfg.PollInterval = 4*time.Second, 2*time.Second
 	cfg.InstallTime, cfg.ApproveAfter, cfg.Progress = 2*time.Second, 2*time.Second, 5*time.Second
 	cfg.TempParent = t.TempDir()
@@ -247,7 +247,7 @@ func TestDemoFlags(t *testing.T) {
 		if code := run(context.Background(), []string{"demo", "--help"}, os.Getenv, &stdout, &stderr); code != exitOK {
 			t.Fatalf("exit %d, want 0; stderr %s", code, stderr.String())
 		}
-		for _, f := range []string{"-addr", "-handsets", "-keep", "-soak", "-seed"} {
+		for _, f := range []string{"-listen", "-addr-file", "-handsets", "-keep", "-soak", "-seed"} {
 			if !strings.Contains(stderr.String(), f) {
 				t.Errorf("help lacks %s:\n%s", f, stderr.String())
 			}
@@ -276,9 +276,9 @@ func TestDemoFlags(t *testing.T) {
 		}
 		defer ln.Close()
 		var stdout, stderr bytes.Buffer
-		code := run(context.Background(), []string{"demo", "--addr", ln.Addr().String()}, os.Getenv, &stdout, io.MultiWriter(&stderr))
-		if code != exitConfig || !strings.Contains(stderr.String(), "already in use") || !strings.Contains(stderr.String(), "--addr 127.0.0.1:0") {
-			t.Fatalf("exit %d, stderr %q; want %d, already in use, --addr 127.0.0.1:0", code, stderr.String(), exitConfig)
+		code := run(context.Background(), []string{"demo", "--listen", ln.Addr().String()}, os.Getenv, &stdout, io.MultiWriter(&stderr))
+		if code != exitConfig || !strings.Contains(stderr.String(), "already in use") || !strings.Contains(stderr.String(), "--listen 127.0.0.1:0") {
+			t.Fatalf("exit %d, stderr %q; want %d, already in use, --listen 127.0.0.1:0", code, stderr.String(), exitConfig)
 		}
 	})
 }

@@ -392,8 +392,11 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		if err := audit(ctx, db, server.TokenCreatedEntry(t, u.Name)); err != nil {
 			return err
 		}
-		fmt.Fprintf(stderr, "created token %s %s for %s (%s), expires %s; it is shown once:\n", t.ID, termtext.Escape(t.Name), termtext.Escape(u.Name), termtext.Escape(u.Role),
-			t.ExpiresAt.Format(time.RFC3339))
+		// The note goes to stderr and the token alone to stdout, so that
+		// TOKEN=$(otad token create ...) captures the token and still
+		// shows the note, which must then not promise the token below it.
+		fmt.Fprintf(stderr, "created token %s %s for %s (%s), expires %s; the token is printed once, alone on standard output, and never again\n",
+			t.ID, termtext.Escape(t.Name), termtext.Escape(u.Name), termtext.Escape(u.Role), t.ExpiresAt.Format(time.RFC3339))
 		fmt.Fprintln(stdout, secret)
 	case "list":
 		userID := ""

@@ -403,3 +403,25 @@ func createRollout(tb testing.TB, env *apitest.Env, approver string, req api.Rol
 	}
 	return ro
 }
+
+// TestTokenCreateStreams: "otad token create" prints the token alone on
+// stdout, so that TOKEN=$(otad token create ...) holds just the token,
+// and its note on stderr says where the token went instead of ending in
+// a colon that, in $(...), nothing follows.
+func TestTokenCreateStreams(t *testing.T) {
+	c := newCLI(t)
+	code, stdout, stderr := c.run("token", "create", "ci", "--role", "release-engineer")
+	if code != exitOK {
+		t.Fatalf("token create: exit %d: %s", code, stderr)
+	}
+	if !regexp.MustCompile(`^otad_[^\s]+\n$`).MatchString(stdout) {
+		t.Errorf("stdout: got %q, want the token alone on one line", stdout)
+	}
+	note := strings.TrimSpace(stderr)
+	if !strings.Contains(note, "created token") || !strings.Contains(note, "standard output") || strings.HasSuffix(note, ":") {
+		t.Errorf("stderr: got %q, want a note saying the token is on standard output, not ending in a colon", stderr)
+	}
+	if strings.Contains(stderr, strings.TrimSpace(stdout)) {
+		t.Errorf("stderr repeats the token: %q", stderr)
+	}
+}
