@@ -157,7 +157,7 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, p *page) erro
 	if err != nil {
 		return err
 	}
-	d := &overviewData{Exposure: exp, Chart: BurnDownChart(exp.Daily, exp.Projection)}
+	d := &overviewData{Exposure: exp, Chart: BurnDownChart(exp.Daily, exp.Projection, exp.Samples)}
 	for _, ro := range rs {
 		if ro.State != server.RolloutRunning && ro.State != server.RolloutPaused {
 			continue
@@ -229,7 +229,7 @@ func (h *Handler) rolloutData(r *http.Request, id string) (*rolloutData, error) 
 	if err != nil {
 		return nil, err
 	}
-	d := &rolloutData{R: ro, Report: rep, Chart: HourlyChart(rep.InstallsPerHour), States: StatesChart(rep.StatesPerHour),
+	d := &rolloutData{R: ro, Report: rep, Chart: ResultsChart(rep.Timeline), States: StatesChart(rep.Timeline),
 		Events: evs, Approvals: aps}
 	switch ro.State {
 	case server.RolloutDraft:
