@@ -12,22 +12,22 @@ import (
 )
 
 // Chart geometry, in SVG user units. The SVG scales to its box (the
-// style sheet caps it at the page's width): at 360 CSS px wide a unit
-// is 0.75 px, so the 15-unit font is 11 px there. The top margin holds
-// up to two rows of legend; the bottom one the time labels and the
-// axis's name.
+// style sheet caps it at the page's width): on a 360 px screen, less the
+// page's padding, a chart is about 320 px wide, a unit 0.8 px, and the
+// 14-unit font 11 px. The top margin holds up to two rows of legend; the
+// bottom one the time labels and the axis's name.
 const (
-	chartW, chartH          = 480, 280
-	fontSize                = 15
-	marginL, marginR        = 60, 10
-	marginT, marginB        = 50, 44
+	chartW, chartH          = 400, 260
+	fontSize                = 14
+	marginL, marginR        = 54, 8
+	marginT, marginB        = 46, 42
 	plotW                   = chartW - marginL - marginR
 	plotH                   = chartH - marginT - marginB
-	legendRow               = 20
+	legendRow               = 18
 	maxProjectionChartDays  = 90
 	projectionChartMinSlope = 1e-9
-	// xTicks is how many time labels an axis aims at: four of up to
-	// eleven characters fit the width.
+	// xTicks is how many time labels an axis aims at; those that would
+	// overlap are left out.
 	xTicks = 4
 	// charWidth estimates a character's width, in units of the font
 	// size, to keep labels apart and inside the chart.
@@ -89,7 +89,7 @@ func xAxis(b *strings.Builder, ticks []tick, name string) {
 		}
 		placed = append(placed, s)
 		fmt.Fprintf(b, `<text class="tick" x="%s" y="%d" text-anchor="%s" font-size="%d">%s</text>`,
-			f1(x), marginT+plotH+18, anchor, fontSize, template.HTMLEscapeString(t.text))
+			f1(x), marginT+plotH+17, anchor, fontSize, template.HTMLEscapeString(t.text))
 	}
 	if n := len(ticks); n > 0 {
 		write(ticks[n-1])
@@ -118,7 +118,7 @@ func legend(b *strings.Builder, items []legendItem) {
 		if x+w-14 > chartW-marginR && x > marginL {
 			x, row = marginL, row+1
 		}
-		y := 8 + row*legendRow
+		y := 6 + row*legendRow
 		if it.line {
 			dash := ""
 			if it.dash != "" {

@@ -24,19 +24,19 @@ func TestBurnDownChart(t *testing.T) {
 	}
 	svg := string(BurnDownChart(daily, proj, nil))
 	mustParseSVG(t, svg)
-	// 4 days and 2 projected: 6 slots of 410/6 units from x = 60,
-	// centred; exposed shares 0.4, 0.3, 0.2 on a 0..50% axis of 186
-	// units from y = 50. The day without data has no point.
+	// 4 days and 2 projected: 6 slots of 338/6 units from x = 54,
+	// centred; exposed shares 0.4, 0.3, 0.2 on a 0..50% axis of 172
+	// units from y = 46. The day without data has no point.
 	pts := regexp.MustCompile(`<polyline class="series"[^>]* points="([^"]+)"`).FindStringSubmatch(svg)
-	if pts == nil || pts[1] != "162.5,87.2 230.8,124.4 299.2,161.6" {
-		t.Errorf("series points %v, want 162.5,87.2 230.8,124.4 299.2,161.6", pts)
+	if pts == nil || pts[1] != "138.5,80.4 194.8,114.8 251.2,149.2" {
+		t.Errorf("series points %v, want 138.5,80.4 194.8,114.8 251.2,149.2", pts)
 	}
 	if n := strings.Count(svg, `<circle class="point"`); n != 3 {
 		t.Errorf("%d points, want 3", n)
 	}
 	// The projection runs from the last point to the 5% target line on
 	// the projected day's slot.
-	if !strings.Contains(svg, `<line class="projection" x1="299.2" y1="161.6" x2="435.8" y2="217.4"`) {
+	if !strings.Contains(svg, `<line class="projection" x1="251.2" y1="149.2" x2="363.8" y2="200.8"`) {
 		t.Errorf("projection line missing or misplaced:\n%s", svg)
 	}
 	for _, label := range []string{">2026-12-12<", ">2026-12-17<", ">50.0%<", ">0.0%<", ">day (UTC)<", ">target 5.0%<"} {
@@ -122,13 +122,13 @@ func TestResultsChart(t *testing.T) {
 		{Start: start, Installs: 30, Failures: 10}, {Start: start.Add(time.Hour)}, {Start: start.Add(2 * time.Hour), Installs: 5}}}
 	svg := string(ResultsChart(tl))
 	mustParseSVG(t, svg)
-	// Top 40 rounds to 50; 3 slots of 136.7 units from x = 60, bars 80% wide.
-	// Installed 30 of 50 is 111.6 high from the bottom (y = 236); failed
-	// 10 sits on it, 37.2 high.
+	// Top 40 rounds to 50; 3 slots of 112.7 units from x = 54, bars 80% wide.
+	// Installed 30 of 50 is 103.2 high from the bottom (y = 218); failed
+	// 10 sits on it, 34.4 high.
 	for _, want := range []string{
-		`<rect class="s-installed" x="73.7" y="124.4" width="109.3" height="111.6"`,
-		`<rect class="s-failed" x="73.7" y="87.2" width="109.3" height="37.2"`,
-		`<rect class="s-installed" x="347" y="217.4" width="109.3" height="18.6"`,
+		`<rect class="s-installed" x="65.3" y="114.8" width="90.1" height="103.2"`,
+		`<rect class="s-failed" x="65.3" y="80.4" width="90.1" height="34.4"`,
+		`<rect class="s-installed" x="290.6" y="200.8" width="90.1" height="17.2"`,
 	} {
 		if !strings.Contains(svg, want) {
 			t.Errorf("missing %s in\n%s", want, svg)
@@ -208,8 +208,8 @@ func TestCumulativeChart(t *testing.T) {
 
 // TestChartsFit: every label of every chart lies within the viewBox
 // (the right date is not cut), the target's label is not in the plot
-// where the data are, and fonts stay at 11 px or more when the chart is
-// 360 px wide.
+// where the data are, and fonts stay at 11 px or more on a 360 px
+// screen, where the page's padding leaves the chart about 320 px.
 func TestChartsFit(t *testing.T) {
 	s := func(v float64) *float64 { return &v }
 	var daily []server.DayExposure
@@ -269,8 +269,8 @@ func TestChartsFit(t *testing.T) {
 			if lo < 0 || hi > w || y-size < 0 || y > h {
 				t.Errorf("%s: label %q spans x %.0f..%.0f at y %.0f, outside the %.0fx%.0f viewBox", name, l[6], lo, hi, y, w, h)
 			}
-			if px := size * 360 / w; px < 11 {
-				t.Errorf("%s: label %q is %.1f px at 360 px wide, want 11 or more", name, l[6], px)
+			if px := size * 320 / w; px < 11 {
+				t.Errorf("%s: label %q is %.1f px on a 360 px screen (a 320 px chart), want 11 or more", name, l[6], px)
 			}
 			if strings.HasPrefix(l[6], "target") && y > marginT {
 				t.Errorf("%s: the target's label is at y %.0f, in the plot (from %d) where points are", name, y, marginT)
