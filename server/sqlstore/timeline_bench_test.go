@@ -16,11 +16,12 @@ import (
 //     under server.TimelineRecordsAge with at most
 //     server.TimelineMaxRecords records; the seeded rollout has more,
 //     so this is an upper bound of that read;
+//
 //   - report: the whole rollout report with the seeded rollout made 5
 //     hours old (its timeline then chooses 10-minute buckets, and the
 //     bound decides whether the records are read).
 //
-//	OTA_BENCH_1M=1 go test ./server/sqlstore -run '^$' -bench 'RolloutTimeline1M' -benchtime 10x
+//     OTA_BENCH_1M=1 go test ./server/sqlstore -run '^$' -bench 'RolloutTimeline1M' -benchtime 10x
 func BenchmarkRolloutTimeline1M(b *testing.B) {
 	for _, be := range backends {
 		b.Run(be.name, func(b *testing.B) {
