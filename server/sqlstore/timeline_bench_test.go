@@ -11,17 +11,15 @@ import (
 // BenchmarkRolloutTimeline1M measures what a young rollout's timeline
 // costs over the million seeded handsets:
 //
-//   - records: the read of every record of the seeded rollout by minute
-//     (RolloutRecordTimes), which a report makes only for a rollout
-//     under server.TimelineRecordsAge with at most
-//     server.TimelineMaxRecords records; the seeded rollout has more,
-//     so this is an upper bound of that read;
+//	OTA_BENCH_1M=1 go test ./server/sqlstore -run '^$' -bench 'RolloutTimeline1M' -benchtime 10x
 //
-//   - report: the whole rollout report with the seeded rollout made 5
-//     hours old (its timeline then chooses 10-minute buckets, and the
-//     bound decides whether the records are read).
-//
-//     OTA_BENCH_1M=1 go test ./server/sqlstore -run '^$' -bench 'RolloutTimeline1M' -benchtime 10x
+// "records" is the read of every record of the seeded rollout by minute
+// (RolloutRecordTimes), which a report makes only for a rollout under
+// server.TimelineRecordsAge with at most server.TimelineMaxRecords
+// records; the seeded rollout has more, so this bounds that read from
+// above. "report" is the whole rollout report with the seeded rollout
+// made 5 hours old: its timeline then wants 10-minute buckets, and the
+// bound decides whether the records are read.
 func BenchmarkRolloutTimeline1M(b *testing.B) {
 	for _, be := range backends {
 		b.Run(be.name, func(b *testing.B) {
