@@ -29,6 +29,9 @@ const (
 	// xTicks is how many time labels an axis aims at; those that would
 	// overlap are left out.
 	xTicks = 4
+	// maxSamplePoints is how many exposure samples get a point (with
+	// its numbers on hover); past it, only the last does.
+	maxSamplePoints = 60
 	// charWidth estimates a character's width, in units of the font
 	// size, to keep labels apart and inside the chart.
 	charWidth = 0.65
@@ -338,12 +341,15 @@ func samplesChart(samples []server.ExposureSample, proj server.Projection, title
 	ty := y(1 - proj.TargetShare)
 	fmt.Fprintf(&b, `<line class="target" x1="%d" y1="%s" x2="%d" y2="%s" stroke="#2a7" stroke-dasharray="2 3"/>`, marginL, f1(ty), marginL+plotW, f1(ty))
 	pts := make([]string, 0, len(samples))
-	for _, s := range samples {
+	for i, s := range samples {
 		if s.Active <= 0 {
 			continue
 		}
 		v := s.ShareExposed()
 		pts = append(pts, f1(x(s.At))+","+f1(y(v)))
+		if len(samples) > maxSamplePoints && i < len(samples)-1 {
+			continue // the line alone: 576 points of 48 hours would weigh 80 kB
+		}
 		fmt.Fprintf(&b, `<circle class="point" cx="%s" cy="%s" r="2" fill="#c33"><title>%s: %s exposed (%s of %s handsets)</title></circle>`,
 			f1(x(s.At)), f1(y(v)), s.At.UTC().Format("2006-01-02 15:04 UTC"), share(v), Count(s.Exposed), Count(s.Active))
 	}

@@ -277,6 +277,11 @@ func TestChartsFit(t *testing.T) {
 			}
 		}
 	}
+	// 48 hours of samples: a line, with a point (and its numbers) only
+	// at the last one, not 576 of them.
+	if n := strings.Count(charts["burn-down samples"], "<circle"); n != 1 || len(charts["burn-down samples"]) > 20000 {
+		t.Errorf("48 hours of samples: %d points, %d bytes; want 1 point, under 20 kB", n, len(charts["burn-down samples"]))
+	}
 	if !strings.Contains(charts["burn-down"], ">"+*proj.Date+"<") {
 		t.Errorf("the projected date %s is not labelled:\n%s", *proj.Date, charts["burn-down"])
 	}
