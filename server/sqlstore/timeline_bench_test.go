@@ -40,6 +40,9 @@ func BenchmarkRolloutTimeline1M(b *testing.B) {
 					}
 				}
 				b.ReportMetric(float64(n), "records")
+				if n > 0 {
+					b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/record")
+				}
 			})
 			b.Run("report", func(b *testing.B) {
 				young := &server.Reports{Store: reports.Store, Rollouts: youngLookup{reports.Rollouts, seedNow.Add(-5 * time.Hour)}}

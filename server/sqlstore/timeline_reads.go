@@ -37,8 +37,10 @@ func (s *ReportStore) truncatedTime(column string, unit time.Duration) (expr, la
 // of one snapshot: the rollout's records by first offer (through the
 // primary key's rollout_id prefix) and by latest result (through
 // device_rollouts_results). Both read every record of the rollout, which
-// the caller bounds (server.TimelineMaxRecords); at most a few hundred
-// rows come back for a rollout younger than server.TimelineRecordsAge.
+// the caller bounds (server.TimelineMaxRecords): each record is a row
+// lookup, about 3 to 5 µs on either database (BenchmarkRolloutTimeline1M:
+// 367,585 records in 1.2 to 1.8 s). At most a few hundred rows come back
+// for a rollout younger than server.TimelineRecordsAge.
 func (s *ReportStore) RolloutRecordTimes(ctx context.Context, rolloutID string, unit time.Duration) ([]server.RecordTimeCount, error) {
 	offered, layout := s.truncatedTime("offered_at", unit)
 	result, _ := s.truncatedTime("result_at", unit)
