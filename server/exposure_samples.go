@@ -101,3 +101,19 @@ func exposureSampleSpan(day string, now time.Time) (until, since time.Time) {
 	}
 	return until, until.Add(-ExposureSampleHours * time.Hour)
 }
+
+// withLiveSample is rep's samples with, when rep counts today (at now)
+// and has active handsets, its own counts as a last sample at now: the
+// stored sample of a bucket is its first pass's, which at a fleet's
+// first minutes (a demo) may predate every check-in.
+func withLiveSample(rep *ExposureReport, now time.Time) []ExposureSample {
+	out := rep.Samples
+	if out == nil {
+		out = []ExposureSample{}
+	}
+	now = now.UTC()
+	if rep.Day != now.Format(time.DateOnly) || rep.Active <= 0 || (len(out) > 0 && !out[len(out)-1].At.Before(now)) {
+		return out
+	}
+	return append(out, ExposureSample{At: now, Active: rep.Active, Exposed: rep.Exposed, Compliant: rep.Compliant})
+}

@@ -737,8 +737,9 @@ type ExposureReport struct {
 	Projection Projection    `json:"projection"`
 	// Samples are the exposure samples (exposure_samples.go) of the
 	// ExposureSampleHours hours up to the end of Day (or now, if
-	// earlier), oldest first: the burn-down plots them while the daily
-	// series has fewer than three days with data.
+	// earlier), oldest first, and, when Day is today, the report's own
+	// counts at GeneratedAt last: the burn-down plots them while the
+	// daily series has fewer than three days with data.
 	Samples []ExposureSample `json:"samples"`
 }
 
@@ -829,9 +830,7 @@ func (r *Reports) ExposureReport(ctx context.Context, opts ExposureOptions, now 
 	if rep.Samples, err = r.Store.ExposureSamples(ctx, since, until); err != nil {
 		return nil, fmt.Errorf("exposure report: %w", err)
 	}
-	if rep.Samples == nil {
-		rep.Samples = []ExposureSample{}
-	}
+	rep.Samples = withLiveSample(rep, now)
 	return rep, nil
 }
 

@@ -167,7 +167,8 @@ func testExposureSamples(t *testing.T, b backend) {
 	sample(c, now.Add(5*time.Minute), true)
 	// A day and a week later: the first two are past the retention.
 	mustExecSQL(t, db, `INSERT INTO fleet_daily_totals (day, cloud_messaging, number_encryption, shard, n) VALUES
-	('2026-12-14', 'opted_in', true, 0, 8)`)
+	('2026-12-14', 'opted_in', true, 0, 8)`, `INSERT INTO fleet_daily (day, model, region, cloud_messaging, number_encryption, n) VALUES
+	('2026-12-14', 'PX-7', 'DE', 'opted_in', true, 8)`)
 	later := now.Add(server.ExposureSampleRetention + 10*time.Minute)
 	sample(a, later, true)
 	got, err = s.ExposureSamples(ctx, bucket.Add(-time.Hour), later)
@@ -181,7 +182,10 @@ func testExposureSamples(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Samples) != 1 || rep.Samples[0] != got[0] {
-		t.Errorf("exposure report samples %+v, want %+v", rep.Samples, got)
+	// The stored sample, and the report's own counts at its time: the
+	// day is today.
+	live := server.ExposureSample{At: later, Active: 8, Compliant: 8}
+	if len(rep.Samples) != 2 || rep.Samples[0] != got[0] || rep.Samples[1] != live {
+		t.Errorf("exposure report samples %+v, want %+v and %+v", rep.Samples, got[0], live)
 	}
 }
