@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"html/template"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -164,6 +165,12 @@ func shortCount(v float64) string {
 	return strconv.FormatFloat(math.Round(v), 'f', -1, 64)
 }
 
+// shortShare is a share for an axis, without a needless decimal: 100%,
+// 37.5%, 0%.
+func shortShare(f float64) string {
+	return strconv.FormatFloat(math.Round(f*1000)/10, 'f', -1, 64) + "%"
+}
+
 // shortTime is a label of t on an axis whose points are step apart:
 // seconds under a minute, the day of the month once steps reach hours.
 func shortTime(t time.Time, step time.Duration) string {
@@ -241,7 +248,7 @@ func useSamples(daily []server.DayExposure, samples []server.ExposureSample) boo
 // with a dashed projection from the latest day with data to the day the
 // trend reaches the compliance target (when that is within 90 days).
 // While the series has fewer than three days with data it plots the
-// exposure samples instead (the last 48 hours, every 5 minutes: the
+// exposure samples instead (the last 48 hours, every minute: the
 // share of the handsets seen that day so far), without the projection.
 // The target line's label is in the legend, out of the data's way.
 func BurnDownChart(daily []server.DayExposure, proj server.Projection, samples []server.ExposureSample) template.HTML {
@@ -273,7 +280,7 @@ func BurnDownChart(daily []server.DayExposure, proj server.Projection, samples [
 
 	var b strings.Builder
 	svgOpen(&b, BurnDownTitle(daily, samples))
-	yAxis(&b, top, 4, share)
+	yAxis(&b, top, 4, shortShare)
 	items := []legendItem{{name: "exposed", color: "#c33", line: true},
 		{name: "target " + share(1-proj.TargetShare), color: "#2a7", line: true, dash: "2 3"}}
 	if extra > 0 {
@@ -319,6 +326,11 @@ func BurnDownChart(daily []server.DayExposure, proj server.Projection, samples [
 // samplesChart is the burn-down of the exposure samples: the exposed
 // share of each sample, on a time axis from the first to the last.
 func samplesChart(samples []server.ExposureSample, proj server.Projection, title string) template.HTML {
+	// The axis spans the samples with handsets: a fleet's first sample
+	// may predate every check-in.
+	if i := slices.IndexFunc(samples, func(s server.ExposureSample) bool { return s.Active > 0 }); i > 0 {
+		samples = samples[i:]
+	}
 	first, last := samples[0].At, samples[len(samples)-1].At
 	span := last.Sub(first)
 	top := 0.0
@@ -335,7 +347,7 @@ func samplesChart(samples []server.ExposureSample, proj server.Projection, title
 	y := func(v float64) float64 { return marginT + plotH - plotH*v/top }
 	var b strings.Builder
 	svgOpen(&b, title)
-	yAxis(&b, top, 4, share)
+	yAxis(&b, top, 4, shortShare)
 	legend(&b, []legendItem{{name: "exposed", color: "#c33", line: true},
 		{name: "target " + share(1-proj.TargetShare), color: "#2a7", line: true, dash: "2 3"}})
 	ty := y(1 - proj.TargetShare)

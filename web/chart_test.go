@@ -39,7 +39,7 @@ func TestBurnDownChart(t *testing.T) {
 	if !strings.Contains(svg, `<line class="projection" x1="251.2" y1="149.2" x2="363.8" y2="200.8"`) {
 		t.Errorf("projection line missing or misplaced:\n%s", svg)
 	}
-	for _, label := range []string{">2026-12-12<", ">2026-12-17<", ">50.0%<", ">0.0%<", ">day (UTC)<", ">target 5.0%<"} {
+	for _, label := range []string{">2026-12-12<", ">2026-12-17<", ">50%<", ">0%<", ">day (UTC)<", ">target 5.0%<"} {
 		if !strings.Contains(svg, label) {
 			t.Errorf("label %q missing", label)
 		}
@@ -66,7 +66,7 @@ func TestBurnDownSamples(t *testing.T) {
 	if n := strings.Count(svg, `<circle class="point"`); n != 3 {
 		t.Errorf("%d points, want the 3 samples:\n%s", n, svg)
 	}
-	for _, want := range []string{"every 5 minutes", "<title>2026-12-07 05:05 UTC: 30.0% exposed (60 of 200 handsets)</title>", ">05:00<", ">05:10<"} {
+	for _, want := range []string{"every minute", "<title>2026-12-07 05:05 UTC: 30.0% exposed (60 of 200 handsets)</title>", ">05:00<", ">05:10<"} {
 		if !strings.Contains(svg, want) {
 			t.Errorf("samples chart lacks %q:\n%s", want, svg)
 		}
@@ -236,9 +236,11 @@ func TestChartsFit(t *testing.T) {
 	charts := map[string]string{
 		"burn-down":         string(BurnDownChart(daily, proj, nil)),
 		"burn-down samples": string(BurnDownChart(daily[:1], proj, samples)),
-		"results":           string(ResultsChart(server.Timeline{BucketSeconds: 7200, Kind: server.TimelineStates, Buckets: hours})),
-		"states":            string(StatesChart(server.Timeline{BucketSeconds: 7200, Kind: server.TimelineStates, Buckets: hours})),
-		"cumulative":        string(StatesChart(server.Timeline{BucketSeconds: 1, Kind: server.TimelineCumulative, Buckets: fine})),
+		"burn-down at 100%": string(BurnDownChart(daily[:1], proj, append([]server.ExposureSample{{At: t0.Add(-time.Minute)}},
+			server.ExposureSample{At: t0, Active: 10, Exposed: 9}, server.ExposureSample{At: t0.Add(time.Minute), Active: 10, Exposed: 6}))),
+		"results":    string(ResultsChart(server.Timeline{BucketSeconds: 7200, Kind: server.TimelineStates, Buckets: hours})),
+		"states":     string(StatesChart(server.Timeline{BucketSeconds: 7200, Kind: server.TimelineStates, Buckets: hours})),
+		"cumulative": string(StatesChart(server.Timeline{BucketSeconds: 1, Kind: server.TimelineCumulative, Buckets: fine})),
 	}
 	text := regexp.MustCompile(`<text class="([^"]*)" x="([^"]+)" y="([^"]+)"(?: text-anchor="([^"]+)")? font-size="(\d+)">([^<]*)</text>`)
 	view := regexp.MustCompile(`viewBox="0 0 (\d+) (\d+)"`)
@@ -276,6 +278,10 @@ func TestChartsFit(t *testing.T) {
 				t.Errorf("%s: the target's label is at y %.0f, in the plot (from %d) where points are", name, y, marginT)
 			}
 		}
+	}
+	// A sample taken before any check-in does not start the axis.
+	if c := charts["burn-down at 100%"]; !strings.Contains(c, ">00:00<") || strings.Contains(c, ">23:59<") {
+		t.Errorf("the samples' axis starts before the first sample with handsets:\n%s", c)
 	}
 	// 48 hours of samples: a line, with a point (and its numbers) only
 	// at the last one, not 576 of them.

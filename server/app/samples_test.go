@@ -10,7 +10,7 @@ import (
 )
 
 // TestJobsSampleExposure: every replica's background jobs take the
-// exposure sample of the App's clock's 5 minutes; two replicas store one
+// exposure sample of the App's clock's minute; two replicas store one
 // row per bucket, and the next bucket gets its own.
 func TestJobsSampleExposure(t *testing.T) {
 	clk := &clock{now: time.Date(2026, 12, 7, 5, 48, 1, 0, time.UTC)}
@@ -22,7 +22,7 @@ func TestJobsSampleExposure(t *testing.T) {
 		}
 	}
 	// The environment's own App sampled at its start, before the
-	// enrollments: the next 5 minutes count them.
+	// enrollments: the next minutes count them.
 	clk.Advance(5 * time.Minute)
 	a, passesA := replica(t, env, app.Config{Now: clk.Now, RefreshInterval: 10 * time.Millisecond})
 	b, passesB := replica(t, env, app.Config{Now: clk.Now, RefreshInterval: 10 * time.Millisecond})
@@ -32,7 +32,7 @@ func TestJobsSampleExposure(t *testing.T) {
 	defer b.Close()
 	waitPass(t, passesA)
 	waitPass(t, passesB)
-	bucket := time.Date(2026, 12, 7, 5, 50, 0, 0, time.UTC)
+	bucket := time.Date(2026, 12, 7, 5, 53, 0, 0, time.UTC)
 	samples := func() []server.ExposureSample {
 		t.Helper()
 		got, err := env.DB.Reports().ExposureSamples(ctx, bucket, bucket.Add(time.Hour))

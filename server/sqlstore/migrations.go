@@ -203,9 +203,9 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 	},
 	{
 		// Exposure samples (server.ExposureSampler): the day's exposure
-		// so far, one row per 5-minute bucket keyed by its start, so that
+		// so far, one row per minute keyed by its start, so that
 		// every replica may write it and the second writer does nothing.
-		// A few hundred rows a day, deleted after a week.
+		// 1,440 rows a day, deleted after a week.
 		Version: 14,
 		Name:    "exposure_samples",
 		Common: []string{`CREATE TABLE exposure_samples (

@@ -132,7 +132,7 @@ func b2i(b bool) int64 {
 	return 0
 }
 
-// testExposureSamples: two replicas sampling the same 5 minutes store
+// testExposureSamples: two replicas sampling the same minute store
 // one sample; samples past the retention are deleted; the exposure
 // report returns the last 48 hours of them.
 func testExposureSamples(t *testing.T, b backend) {
@@ -145,7 +145,7 @@ func testExposureSamples(t *testing.T, b backend) {
 	('2026-12-06', 'auto_enabled', false, 0, 500)`)
 	a, c := &server.ExposureSampler{Reports: s, Samples: s}, &server.ExposureSampler{Reports: db.Reports(), Samples: db.Reports()}
 	now := time.Date(2026, 12, 7, 5, 48, 1, 0, time.UTC)
-	bucket := time.Date(2026, 12, 7, 5, 45, 0, 0, time.UTC)
+	bucket := time.Date(2026, 12, 7, 5, 48, 0, 0, time.UTC)
 	sample := func(who *server.ExposureSampler, at time.Time, want bool) {
 		t.Helper()
 		stored, err := who.Sample(ctx, at)
@@ -154,8 +154,8 @@ func testExposureSamples(t *testing.T, b backend) {
 		}
 	}
 	sample(a, now, true)
-	sample(c, now.Add(time.Minute), false) // the other replica, same bucket
-	sample(a, now.Add(90*time.Second), false)
+	sample(c, now.Add(20*time.Second), false) // the other replica, same bucket
+	sample(a, now.Add(40*time.Second), false)
 	got, err := s.ExposureSamples(ctx, bucket.Add(-time.Hour), now)
 	if err != nil {
 		t.Fatal(err)
