@@ -368,10 +368,9 @@ func samplesChart(samples []server.ExposureSample, proj server.Projection, title
 	if len(pts) > 0 {
 		fmt.Fprintf(&b, `<polyline class="series" fill="none" stroke="#c33" stroke-width="2" points="%s"/>`, strings.Join(pts, " "))
 	}
-	step := server.ExposureSampleEvery
-	if span >= 6*time.Hour {
-		step = time.Hour
-	}
+	// Labels to the second while the samples span a few minutes, else
+	// to the minute, with the day once they span a day.
+	step := max(span/xTicks, time.Second)
 	ticks := []tick{{x(first), shortTime(first, step)}}
 	for i := 1; i < xTicks && span > 0; i++ {
 		t := first.Add(span * time.Duration(i) / xTicks)
