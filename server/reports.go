@@ -38,6 +38,14 @@ type ReportStore interface {
 	// latest day with data; with none, Day is "") and the daily totals of
 	// the days days before it up to it.
 	ExposureRollups(ctx context.Context, day string, days int) (*ExposureRollups, error)
+	// RolloutRecordTimes counts rollout rolloutID's records by the time
+	// of their first offer and of their latest result, truncated to unit
+	// (time.Second or time.Minute): see RecordTimeCount. It reads every
+	// record of the rollout: the caller bounds it (TimelineMaxRecords).
+	RolloutRecordTimes(ctx context.Context, rolloutID string, unit time.Duration) ([]RecordTimeCount, error)
+	// ExposureSamples returns the exposure samples of the buckets that
+	// start from since to until (both included), oldest first.
+	ExposureSamples(ctx context.Context, since, until time.Time) ([]ExposureSample, error)
 }
 
 // RolloutRollups are the rows a rollout report is made of.
@@ -52,6 +60,9 @@ type RolloutRollups struct {
 	// StateHours are the net changes, per hour after the report's first
 	// hour, of how many records are in each state.
 	StateHours []StateHourDelta
+	// RecordTimes, when not nil, count the records by time for a
+	// timeline finer than an hour (RolloutRecordTimes).
+	RecordTimes []RecordTimeCount
 }
 
 // StateHourDelta is the net change of how many of a rollout's records
@@ -260,6 +271,9 @@ type RolloutReport struct {
 	// last ReportHours hours, oldest first: the current counts walked
 	// back through each hour's net changes.
 	StatesPerHour []HourStates `json:"states_per_hour"`
+	// Timeline is the rollout's history on the scale of its lifetime
+	// (timeline.go); the dashboard charts it.
+	Timeline Timeline `json:"timeline"`
 	// OfferToInstall is how long handsets took from the first offer to
 	// the installed report.
 	OfferToInstall InstallTimes `json:"offer_to_install_seconds"`
@@ -314,10 +328,25 @@ func (r *Reports) RolloutReport(ctx context.Context, id string, now time.Time) (
 		return nil, err
 	}
 	now = now.UTC()
-	firstHour := now.Truncate(time.Hour).Add(-(ReportHours - 1) * time.Hour)
-	rr, err := r.Store.RolloutRollups(ctx, id, firstHour, rolloutFleet(ro))
+	since := now.Truncate(time.Hour).Add(-(ReportHours - 1) * time.Hour)
+	start, end, started := timelineSpan(ro, now)
+	if started {
+		if _, first, _ := TimelineScale(start, end, false); first.Before(since) {
+			since = first
+		}
+	}
+	rr, err := r.Store.RolloutRollups(ctx, id, since, rolloutFleet(ro))
 	if err != nil {
 		return nil, fmt.Errorf("rollout report %s: %w", id, err)
+	}
+	if w, _, _ := TimelineScale(start, end, true); started && w < time.Hour && timelineFine(start, end, offered(rr.Records)) {
+		rr.RecordTimes, err = r.Store.RolloutRecordTimes(ctx, id, recordUnit(w))
+		if err != nil {
+			return nil, fmt.Errorf("rollout report %s: %w", id, err)
+		}
+		if rr.RecordTimes == nil {
+			rr.RecordTimes = []RecordTimeCount{}
+		}
 	}
 	return NewRolloutReport(ro, rr, now), nil
 }
@@ -446,6 +475,7 @@ func NewRolloutReport(ro *Rollout, rr *RolloutRollups, now time.Time) *RolloutRe
 
 	rep.InstallsPerHour = hourSeries(rr.Hourly, now)
 	rep.StatesPerHour = stateSeries(rr.Records, rr.StateHours, now)
+	rep.Timeline = rolloutTimeline(ro, rr, now)
 	rep.OfferToInstall = installTimes(rr.InstallTimes)
 	if ro.Halt != nil {
 		h := *ro.Halt
@@ -681,6 +711,12 @@ type ExposureReport struct {
 	// without data included (with a nil ShareCompliant).
 	Daily      []DayExposure `json:"daily"`
 	Projection Projection    `json:"projection"`
+	// Samples are the exposure samples (exposure_samples.go) of the
+	// ExposureSampleHours hours up to the end of Day (or now, if
+	// earlier), oldest first, and, when Day is today, the report's own
+	// counts at GeneratedAt last: the burn-down plots them while the
+	// daily series has fewer than three days with data.
+	Samples []ExposureSample `json:"samples"`
 }
 
 // ModelExposure is ExposureCounts for one model.
@@ -765,12 +801,18 @@ func (r *Reports) ExposureReport(ctx context.Context, opts ExposureOptions, now 
 		// No data at all: an empty report of the day asked for, or today.
 		er.Day = cmp.Or(opts.Day, now.UTC().Format(time.DateOnly))
 	}
-	return NewExposureReport(er, opts, now), nil
+	rep := NewExposureReport(er, opts, now)
+	until, since := exposureSampleSpan(er.Day, now)
+	if rep.Samples, err = r.Store.ExposureSamples(ctx, since, until); err != nil {
+		return nil, fmt.Errorf("exposure report: %w", err)
+	}
+	rep.Samples = withLiveSample(rep, now)
+	return rep, nil
 }
 
 // NewExposureReport assembles an exposure report from its rollups.
 func NewExposureReport(er *ExposureRollups, opts ExposureOptions, now time.Time) *ExposureReport {
-	rep := &ExposureReport{Day: er.Day, GeneratedAt: now.UTC()}
+	rep := &ExposureReport{Day: er.Day, GeneratedAt: now.UTC(), Samples: []ExposureSample{}}
 	models := map[string]*ExposureCounts{}
 	regions := map[string]*ExposureCounts{}
 	at := func(m map[string]*ExposureCounts, k string) *ExposureCounts {

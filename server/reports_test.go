@@ -16,6 +16,22 @@ import (
 type fakeReportStore struct {
 	RolloutRollupsFn  func(ctx context.Context, id string, since time.Time, fleet server.FleetFilter) (*server.RolloutRollups, error)
 	ExposureRollupsFn func(ctx context.Context, day string, days int) (*server.ExposureRollups, error)
+	RecordTimesFn     func(ctx context.Context, id string, unit time.Duration) ([]server.RecordTimeCount, error)
+	SamplesFn         func(ctx context.Context, since, until time.Time) ([]server.ExposureSample, error)
+}
+
+func (f *fakeReportStore) RolloutRecordTimes(ctx context.Context, id string, unit time.Duration) ([]server.RecordTimeCount, error) {
+	if f.RecordTimesFn == nil {
+		return nil, nil
+	}
+	return f.RecordTimesFn(ctx, id, unit)
+}
+
+func (f *fakeReportStore) ExposureSamples(ctx context.Context, since, until time.Time) ([]server.ExposureSample, error) {
+	if f.SamplesFn == nil {
+		return nil, nil
+	}
+	return f.SamplesFn(ctx, since, until)
 }
 
 var _ server.ReportStore = (*fakeReportStore)(nil)

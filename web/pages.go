@@ -136,9 +136,10 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request, p *page) error 
 // overviewData is the overview page. It answers "what needs me now?"
 // first (Attention), then how far the patch has reached.
 type overviewData struct {
-	Exposure  *server.ExposureReport
-	Chart     any
-	Attention attention
+	Exposure   *server.ExposureReport
+	Chart      any
+	ChartTitle string
+	Attention  attention
 	// Rollouts are those in progress: drafts, running, paused, and
 	// completed ones that left handsets behind (Unfinished).
 	Rollouts []rolloutRow
@@ -222,7 +223,8 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, p *page) erro
 	if err != nil {
 		return err
 	}
-	d := &overviewData{Exposure: exp, Chart: BurnDownChart(exp.Daily, exp.Projection)}
+	d := &overviewData{Exposure: exp, Chart: BurnDownChart(exp.Daily, exp.Projection, exp.Samples),
+		ChartTitle: BurnDownTitle(exp.Daily, exp.Samples)}
 	for _, ro := range rs {
 		if ro.State == server.RolloutAborted {
 			continue
@@ -324,9 +326,11 @@ type rolloutData struct {
 	rolloutRow
 	Chart any
 	// States is the chart of handset states over time.
-	States    any
-	Events    []server.Event
-	Approvals []*server.Approval
+	States any
+	// ChartTitle and StatesTitle say what a bar is ("per 2 seconds").
+	ChartTitle, StatesTitle string
+	Events                  []server.Event
+	Approvals               []*server.Approval
 	// Waiting are the four-eyes requests still waiting, oldest first.
 	Waiting []*server.Approval
 	// Actions are the actions the rollout's state allows.
@@ -356,8 +360,8 @@ func (h *Handler) rolloutData(r *http.Request, id string) (*rolloutData, error) 
 	if err != nil {
 		return nil, err
 	}
-	d := &rolloutData{rolloutRow: rolloutRow{R: ro, Report: rep}, Chart: HourlyChart(rep.InstallsPerHour),
-		States: StatesChart(rep.StatesPerHour), Events: evs, Approvals: aps}
+	d := &rolloutData{rolloutRow: rolloutRow{R: ro, Report: rep}, Chart: ResultsChart(rep.Timeline),
+		States: StatesChart(rep.Timeline), ChartTitle: ResultsTitle(rep.Timeline), StatesTitle: StatesTitle(rep.Timeline), Events: evs, Approvals: aps}
 	for _, a := range aps {
 		if a.Pending() {
 			d.Waiting = append(d.Waiting, a)

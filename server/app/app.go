@@ -135,6 +135,9 @@ type App struct {
 	done     chan struct{}
 	folded   chan struct{} // closed when foldLoop ends
 	policies policyJobs
+	// sampler takes the exposure samples at each pass (every replica;
+	// the first writer of a bucket wins).
+	sampler server.ExposureSampler
 }
 
 // New builds the App: it loads the published TUF repository from the blob
@@ -165,6 +168,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		cfg.FoldInterval = DefaultFoldInterval
 	}
 	a := &App{cfg: cfg, log: cfg.Logger}
+	a.sampler = server.ExposureSampler{Reports: cfg.DB.Reports(), Samples: cfg.DB.Reports()}
 	repo, err := manifests.New(manifests.Config{
 		Blobs: cfg.Blobs, Drafts: cfg.DB.Drafts(), Lock: cfg.DB.RepoLock(), Online: cfg.Online,
 		Expiry: cfg.Expiry, Now: cfg.Now, Logger: cfg.Logger,
@@ -291,6 +295,7 @@ func (a *App) repositoryLoop(ctx context.Context) {
 	for {
 		a.refreshRepository(ctx)
 		a.runPolicies(ctx)
+		a.sampleExposure(ctx)
 		if time.Since(lastWarning) > time.Hour && a.warnExpiry() {
 			lastWarning = time.Now()
 		}
@@ -302,6 +307,14 @@ func (a *App) repositoryLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+	}
+}
+
+// sampleExposure takes the exposure sample of the current bucket, if
+// this replica has not yet (server.ExposureSampler).
+func (a *App) sampleExposure(ctx context.Context) {
+	if _, err := a.sampler.Sample(ctx, a.now()); err != nil && ctx.Err() == nil {
+		a.log.Error("taking an exposure sample", slog.Any("error", err))
 	}
 }
 

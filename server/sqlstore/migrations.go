@@ -201,6 +201,20 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 		Name:    "rollup_delta_logs",
 		Common:  deltaLogSchema(),
 	},
+	{
+		// Exposure samples (server.ExposureSampler): the day's exposure
+		// so far, one row per minute keyed by its start, so that
+		// every replica may write it and the second writer does nothing.
+		// 1,440 rows a day, deleted after a week.
+		Version: 14,
+		Name:    "exposure_samples",
+		Common: []string{`CREATE TABLE exposure_samples (
+	at TIMESTAMP PRIMARY KEY,
+	active BIGINT NOT NULL,
+	exposed BIGINT NOT NULL,
+	compliant BIGINT NOT NULL
+)`},
+	},
 }
 
 // rollupsSchema is migration 7 with day the dialect's expression for the
