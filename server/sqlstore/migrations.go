@@ -201,6 +201,55 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 		Name:    "rollup_delta_logs",
 		Common:  deltaLogSchema(),
 	},
+	{
+		// Placeholder: version 14 belongs to another branch of issue 15;
+		// this one numbers its migration 15, and the merge drops this
+		// entry (versions must be 1, 2, 3, ...).
+		Version: 14,
+		Name:    "placeholder_i15_devices",
+		Common:  []string{`SELECT 1`},
+	},
+	{
+		// The dashboard's device list (DeviceStore.ListDevices): see
+		// deviceListSchema.
+		Version:  15,
+		Name:     "device_list",
+		SQLite:   deviceListSchema(""),
+		Postgres: deviceListSchema(` COLLATE "C"`),
+	},
+}
+
+// deviceListSchema is migration 15 with byteOrder the collation clause
+// that makes an id column sort in byte order (SQLite's TEXT already
+// does; PostgreSQL's database collation may not, and a prefix is a byte
+// range only in byte order).
+//
+// The device list pages through handsets in id order (keyset, never
+// OFFSET), optionally filtered; each index gives a filter its rows in
+// that order, so a page reads about 50 index entries:
+//   - devices (id): the unfiltered list, id prefixes and deep pages on
+//     PostgreSQL (its primary key sorts by the database collation);
+//   - devices (model, region, id): a model, or a model and a region;
+//   - devices (region, id): a region;
+//   - device_patch_states (patch_id, state, device_id): an install
+//     state, replacing (patch_id, state), of which it is a superset.
+//
+// Model and region never change on a check-in and enrollment writes the
+// row anyway, so the check-in's HOT updates stay HOT. Build has no index
+// on purpose: an install changes it, and an index on it would make every
+// install's check-in update every index of devices; a build filter reads
+// the id order (or the model index) and skips what does not match.
+func deviceListSchema(byteOrder string) []string {
+	var s []string
+	if byteOrder != "" {
+		s = append(s, `CREATE INDEX devices_id_bytes ON devices (id`+byteOrder+`)`)
+	}
+	return append(s,
+		`CREATE INDEX devices_model_region ON devices (model, region, id`+byteOrder+`)`,
+		`CREATE INDEX devices_region ON devices (region, id`+byteOrder+`)`,
+		`CREATE INDEX device_patch_states_list ON device_patch_states (patch_id, state, device_id`+byteOrder+`)`,
+		`DROP INDEX device_patch_states_patch`,
+	)
 }
 
 // rollupsSchema is migration 7 with day the dialect's expression for the
