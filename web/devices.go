@@ -58,7 +58,7 @@ type stateOption struct{ Value, Label string }
 // deviceItem is one row of the device list.
 type deviceItem struct {
 	ID, Model, Build, Channel, Region, Messaging string
-	Encryption                                  bool
+	Encryption                                   bool
 	// State is the handset's state for the form's patch in words, ""
 	// without a report; Error its error code when failed.
 	State, Error string
