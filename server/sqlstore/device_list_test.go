@@ -115,7 +115,8 @@ func testDeviceListFilters(t *testing.T, b backend) {
 		t.Errorf("states of CM-1 in DE: got %v, want %v", got, want)
 	}
 	for _, r := range p.Devices {
-		if r.Device.ID == "dev_a3" && (r.Device.Model != "QZ-2" || r.Device.Build != "7.1.0" || !r.Patch.At.Equal(t0.Add(time.Minute).Truncate(time.Microsecond))) {
+		if r.Device.ID == "dev_a3" && (r.Device.Model != "QZ-2" || r.Device.Build != "7.1.0" || !r.Device.LastSeen.Equal(t0.Truncate(time.Microsecond)) ||
+			!r.Device.EnrolledAt.Equal(t0.Truncate(time.Microsecond)) || !r.Patch.At.Equal(t0.Add(time.Minute).Truncate(time.Microsecond))) {
 			t.Errorf("dev_a3: %+v, patch %+v", r.Device, r.Patch)
 		}
 	}
