@@ -49,6 +49,9 @@ type Backend interface {
 	// Device returns handset id with its install states and reports, or
 	// ErrNotFound.
 	Device(ctx context.Context, id string) (*DeviceView, error)
+	// ListDevices returns the page of handsets q selects, in id order
+	// (see server.DeviceQuery); an invalid q is a *server.FieldError.
+	ListDevices(ctx context.Context, q server.DeviceQuery) (*server.DevicePage, error)
 }
 
 // RolloutChange is an operator's action on a rollout.

@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -308,6 +309,8 @@ type fakeBackend struct {
 	status   *manifests.Status
 	drafts   []*manifests.DraftView
 	devices  map[string]*DeviceView
+	// listed are the ListDevices calls' queries.
+	listed []server.DeviceQuery
 	// approvals are decided in place.
 	approvals []*server.Approval
 	// changes are the ChangeRollout calls, with the actor of their ctx.
@@ -451,4 +454,37 @@ func (b *fakeBackend) Device(_ context.Context, id string) (*DeviceView, error) 
 		return d, nil
 	}
 	return nil, fmt.Errorf("device %s: %w", id, server.ErrNotFound)
+}
+
+// ListDevices filters b.devices as the store does, in id order, with
+// the same cursor and page rules.
+func (b *fakeBackend) ListDevices(_ context.Context, q server.DeviceQuery) (*server.DevicePage, error) {
+	if err := q.Validate(); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	b.listed = append(b.listed, q)
+	b.mu.Unlock()
+	page := &server.DevicePage{}
+	for _, id := range slices.Sorted(maps.Keys(b.devices)) {
+		v := b.devices[id]
+		d := v.Device
+		var st *server.PatchState
+		for i := range v.Patches {
+			if v.Patches[i].PatchID == q.PatchID {
+				st = &v.Patches[i]
+			}
+		}
+		if !strings.HasPrefix(id, q.IDPrefix) || id <= q.After && q.After != "" ||
+			q.Model != "" && d.Model != q.Model || q.Build != "" && d.Build != q.Build ||
+			q.Region != "" && d.Region != q.Region || q.State != "" && (st == nil || st.State != q.State) {
+			continue
+		}
+		if len(page.Devices) == q.Limit {
+			page.Next = page.Devices[q.Limit-1].Device.ID
+			break
+		}
+		page.Devices = append(page.Devices, server.DeviceRow{Device: d, Patch: st})
+	}
+	return page, nil
 }

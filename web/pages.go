@@ -608,31 +608,6 @@ func (h *Handler) releasesPage(w http.ResponseWriter, r *http.Request, p *page) 
 	return nil
 }
 
-func (h *Handler) devicePage(w http.ResponseWriter, r *http.Request, p *page) error {
-	id := strings.TrimSpace(r.URL.Query().Get("id"))
-	p.Title = "Device lookup"
-	type deviceData struct {
-		ID   string
-		View *DeviceView
-	}
-	d := deviceData{ID: id}
-	status := http.StatusOK
-	if id != "" {
-		v, err := h.opts.Backend.Device(r.Context(), id)
-		switch {
-		case errors.Is(err, server.ErrNotFound):
-			p.Error, status = "No handset has the id "+id+".", http.StatusNotFound
-		case err != nil:
-			return err
-		default:
-			d.View = v
-		}
-	}
-	p.Data = d
-	h.render(w, r, status, "device", p)
-	return nil
-}
-
 // auditData is the audit page.
 type auditData struct {
 	Q        auditForm

@@ -157,7 +157,7 @@ func parsePages(fsys fs.FS) (map[string]*template.Template, error) {
 		pages[strings.TrimSuffix(path.Base(n), ".html")] = t
 	}
 	for _, want := range []string{"login", "error", "overview", "rollouts", "rollout", "rollout_new", "confirm", "releases",
-		"device", "audit", "users", "tokens"} {
+		"device", "devices", "audit", "users", "tokens"} {
 		if pages[want] == nil {
 			return nil, fmt.Errorf("web: template %s.html is missing", want)
 		}

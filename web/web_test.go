@@ -171,8 +171,8 @@ func TestPagesRender(t *testing.T) {
 		{"rollout", "/rollouts/ro-1", []string{"123,456", "12,346", "9,876", "1,111", "222", "8,001", "333", "E_NO_SPACE", "too many failures", "looks healthy", "<svg", "1h30m"}},
 		{"rollout live", "/rollouts/ro-1?part=live", []string{"123,456", "8,001"}},
 		{"releases", "/releases", []string{"cm/CM-1/update.zip", "opt-in", "d-7", "1 of 2", "4f1e2d3c4b5a", "remove cm/CM-0/update.zip"}},
-		{"device form", "/devices", []string{`name="id"`}},
-		{"device", "/devices?id=dev-42", []string{"dev-42", "PX-8", "auto_enabled", "E_NO_SPACE", "CM-2025-004"}},
+		{"devices", "/devices", []string{`name="id"`, `href="/devices/dev-42"`}},
+		{"device", "/devices/dev-42", []string{"dev-42", "PX-8", "auto_enabled", "E_NO_SPACE", "CM-2025-004"}},
 		{"audit", "/audit", []string{"but NOT anchored: no checkpoints yet."}},
 		{"tokens", "/tokens", []string{"Mint token"}},
 	}
@@ -760,7 +760,7 @@ func TestAuditPage(t *testing.T) {
 
 func TestDeviceNotFound(t *testing.T) {
 	e := newEnv(t)
-	if rec := e.do(t, server.RoleViewer, "GET", "/devices?id=nope", nil); rec.Code != http.StatusNotFound {
+	if rec := e.do(t, server.RoleViewer, "GET", "/devices/nope", nil); rec.Code != http.StatusNotFound {
 		t.Errorf("unknown device: %d, want 404", rec.Code)
 	}
 	if rec := e.do(t, server.RoleViewer, "GET", "/rollouts/nope", nil); rec.Code != http.StatusNotFound {

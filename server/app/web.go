@@ -34,7 +34,8 @@ const deviceReportsShown = 200
 // newWeb builds the dashboard over the App's parts.
 func (a *App) newWeb(cfg WebConfig, reports *server.Reports) (*web.Handler, error) {
 	return web.New(web.Options{
-		Backend:      &WebBackend{Service: a.Rollouts, Reports: reports, Repo: a.Repo, Devices: a.cfg.DB.Devices()},
+		Backend: &WebBackend{Service: a.Rollouts, Reports: reports, Repo: a.Repo, Devices: a.cfg.DB.Devices(),
+			DeviceList: a.cfg.DB.Devices()},
 		Users:        a.Users,
 		Sessions:     a.Sessions,
 		Tokens:       a.Tokens,
@@ -54,6 +55,8 @@ type WebBackend struct {
 	Reports *server.Reports
 	Repo    *manifests.Repository
 	Devices *sqlstore.DeviceStore
+	// DeviceList answers the device list.
+	DeviceList server.DeviceLister
 }
 
 var _ web.Backend = (*WebBackend)(nil)
@@ -170,4 +173,9 @@ func (b *WebBackend) Device(ctx context.Context, id string) (*web.DeviceView, er
 		reports = reports[n-deviceReportsShown:]
 	}
 	return &web.DeviceView{Device: d, Patches: states, Reports: reports}, nil
+}
+
+// ListDevices implements web.Backend.
+func (b *WebBackend) ListDevices(ctx context.Context, q server.DeviceQuery) (*server.DevicePage, error) {
+	return b.DeviceList.ListDevices(ctx, q)
 }

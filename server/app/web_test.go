@@ -56,10 +56,12 @@ func TestDashboardWiring(t *testing.T) {
 		want string
 	}{
 		{"/", 200, "Repository health"},
-		{"/?part=live", 200, "No rollout is running."},
+		{"/?part=live", 200, "No rollout is running, paused, waiting to start or unfinished."},
 		{"/rollouts", 200, "No rollouts yet."},
 		{"/releases", 200, "Nothing published yet."},
-		{"/devices?id=dev-none", 404, "No handset has the id dev-none."},
+		{"/devices/dev-none", 404, "No handset has the id dev-none."},
+		{"/devices", 200, "No handset has enrolled yet."},
+		{"/devices?model=PX-8&region=de", 200, "No handset has model PX-8, region DE."},
 		{"/audit", 200, "but NOT anchored: no checkpoints yet"},
 		{"/tokens", 200, "Mint token"},
 		{"/users", 403, "does not allow"},

@@ -19,7 +19,7 @@ import (
 
 // BenchmarkPages measures the dashboard's two heaviest pages, the
 // overview (exposure report, the running rollout's report, repository
-// status) and the rollout page, as full HTTP requests through the App's
+// status) and the rollout page, and the device list, as full HTTP requests through the App's
 // handler with a logged-in session, over the million handsets the
 // report benchmarks seed:
 //
@@ -32,6 +32,14 @@ func BenchmarkPages(b *testing.B) {
 			for _, pg := range []struct{ name, path, want string }{
 				{"overview", "/", "Exposure burn-down"},
 				{"rollout", "/rollouts/" + ro.ID, "By starting build"},
+				// The device list (each page has a next one): unfiltered,
+				// by model and region, by install state, by id prefix, and
+				// a deep page, 900,000 handsets in.
+				{"devices", "/devices", `rel="next"`},
+				{"devices-model-region", "/devices?model=PX-8&region=DE", `rel="next"`},
+				{"devices-state", "/devices?patch=" + ro.Release.PatchID + "&state=failed", `rel="next"`},
+				{"devices-id-prefix", "/devices?id=dev_bench0012", `rel="next"`},
+				{"devices-deep", "/devices?after=dev_bench00900000", `rel="next"`},
 			} {
 				b.Run(pg.name, func(b *testing.B) {
 					for b.Loop() {
