@@ -171,6 +171,7 @@ func (h *Handler) devicesPage(w http.ResponseWriter, r *http.Request, p *page) e
 	default:
 		d.Empty = "No handset has enrolled yet."
 	}
+	p.Live = liveURL(r)
 	h.render(w, r, http.StatusOK, "devices", p)
 	return nil
 }
@@ -190,6 +191,7 @@ func (h *Handler) devicePage(w http.ResponseWriter, r *http.Request, p *page) er
 		return err
 	}
 	p.Data = v
+	p.Live = liveURL(r)
 	h.render(w, r, http.StatusOK, "device", p)
 	return nil
 }
