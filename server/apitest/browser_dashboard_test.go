@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -64,10 +63,7 @@ func navigate(tb testing.TB, u *browserUser, url string) {
 }
 
 func TestDashboardLive(t *testing.T) {
-	bin := os.Getenv("OTA_TEST_CHROMIUM")
-	if bin == "" {
-		t.Skip("OTA_TEST_CHROMIUM not set; run ./scripts/test.sh to run the browser tests")
-	}
+	bin := chromium(t)
 	env := apitest.Start(t, apitest.Options{LiveEvery: liveEvery})
 	ctx := t.Context()
 	users := map[string]*browserUser{}
@@ -266,10 +262,7 @@ var pageWidths = []int64{1400, 390}
 // CSS pixels wide: none scrolls sideways, and each is kept as a
 // screenshot (PAGE-WIDTH.png in OTA_TEST_ARTIFACTS).
 func TestDashboardPagesFit(t *testing.T) {
-	bin := os.Getenv("OTA_TEST_CHROMIUM")
-	if bin == "" {
-		t.Skip("OTA_TEST_CHROMIUM not set; run ./scripts/test.sh to run the browser tests")
-	}
+	bin := chromium(t)
 	env := apitest.Start(t, apitest.Options{LiveEvery: time.Hour})
 	ctx := t.Context()
 	admin := &browserUser{name: "admin-fit", password: "pw-of-admin-fit-long-enough"}

@@ -2,7 +2,6 @@ package apitest_test
 
 import (
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -20,10 +19,7 @@ import (
 // list at 1400 and 390 pixels wide, the narrow one without horizontal
 // scrolling.
 func TestDevicesInBrowser(t *testing.T) {
-	bin := os.Getenv("OTA_TEST_CHROMIUM")
-	if bin == "" {
-		t.Skip("OTA_TEST_CHROMIUM not set; run ./scripts/test.sh to run the browser tests")
-	}
+	bin := chromium(t)
 	env := apitest.Start(t, apitest.Options{})
 	u := &browserUser{name: "viewer-d", password: "pw-of-viewer-d-long-enough"}
 	if _, err := env.App.Users.Create(t.Context(), u.name, server.RoleViewer, u.password, false); err != nil {

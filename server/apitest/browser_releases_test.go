@@ -1,7 +1,6 @@
 package apitest_test
 
 import (
-	"os"
 	"strings"
 	"testing"
 
@@ -22,10 +21,7 @@ import (
 // and audit pages fit a 1,400 px and a 390 px window without scrolling
 // sideways.
 func TestReleasesPageInBrowser(t *testing.T) {
-	bin := os.Getenv("OTA_TEST_CHROMIUM")
-	if bin == "" {
-		t.Skip("OTA_TEST_CHROMIUM not set; run ./scripts/test.sh to run the browser tests")
-	}
+	bin := chromium(t)
 	env := apitest.Start(t, apitest.Options{})
 	ctx := t.Context()
 

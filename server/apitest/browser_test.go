@@ -36,6 +36,17 @@ type browserUser struct {
 	ctx            context.Context
 }
 
+// chromium is the Chromium binary of the browser tests
+// (OTA_TEST_CHROMIUM); without one the test is skipped.
+func chromium(t *testing.T) string {
+	t.Helper()
+	bin := os.Getenv("OTA_TEST_CHROMIUM")
+	if bin == "" {
+		t.Skip("OTA_TEST_CHROMIUM not set; run ./scripts/test.sh to run the browser tests")
+	}
+	return bin
+}
+
 // startBrowser starts Chromium (OTA_TEST_CHROMIUM) for the test and
 // returns a context with the browser running; each user's context is a
 // child of it with a browser context of its own.
@@ -243,10 +254,7 @@ func seedFleet(tb testing.TB, env *apitest.Env, n int) (offered, installed, fail
 // refused, cross-site posts refused, and a logout that ends the session
 // on the server.
 func TestDashboardInBrowser(t *testing.T) {
-	bin := os.Getenv("OTA_TEST_CHROMIUM")
-	if bin == "" {
-		t.Skip("OTA_TEST_CHROMIUM not set; run ./scripts/test.sh to run the browser tests")
-	}
+	bin := chromium(t)
 	env := apitest.Start(t, apitest.Options{})
 	ctx := t.Context()
 	users := map[string]*browserUser{}
