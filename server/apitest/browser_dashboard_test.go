@@ -254,12 +254,12 @@ func TestDashboardLive(t *testing.T) {
 	})
 }
 
-// pageWidths are the widths every page is shown at: a desktop window
-// and a phone.
-var pageWidths = []int64{1400, 390}
+// pageWidths are the widths every page is shown at: a desktop window,
+// a common phone and the narrowest the pages are made for.
+var pageWidths = []int64{1400, 390, 360}
 
-// TestDashboardPagesFit opens every page as an admin at 1,400 and 390
-// CSS pixels wide: none scrolls sideways, and each is kept as a
+// TestDashboardPagesFit opens every page as an admin at 1,400, 390 and
+// 360 CSS pixels wide: none scrolls sideways, and each is kept as a
 // screenshot (PAGE-WIDTH.png in OTA_TEST_ARTIFACTS).
 func TestDashboardPagesFit(t *testing.T) {
 	bin := chromium(t)
@@ -329,7 +329,7 @@ func TestDashboardPagesFit(t *testing.T) {
 			})
 		}
 	}
-	// The numbers at a phone's width are the report's: a layout for
+	// The numbers at the narrowest width are the report's: a layout for
 	// phones must not drop any.
 	var rep map[string]json.RawMessage
 	if err := env.Do("GET", "/rollouts/"+ro.ID+"/report", nil, &rep); err != nil {
@@ -339,7 +339,7 @@ func TestDashboardPagesFit(t *testing.T) {
 	for _, name := range []string{"eligible", "target", "offered", "pending", "downloading", "installed", "failed", "rolled_back"} {
 		shown := evalJS[string](t, admin, fmt.Sprintf(`document.querySelector('[data-count=%q]')?.textContent.trim() ?? ""`, name))
 		if strings.ReplaceAll(shown, ",", "") != string(rep[name]) {
-			t.Errorf("at 390 px the page shows %s %q, the report %s", name, shown, rep[name])
+			t.Errorf("at 360 px the page shows %s %q, the report %s", name, shown, rep[name])
 		}
 	}
 }
