@@ -11,7 +11,9 @@
 # appear. Afterwards a few cross-checks compare the handsets' summary
 # with the server's. Exits non-zero when a command of the block fails, a
 # "# prints:" does not hold, a cross-check fails, or the whole run takes
-# longer than $WALKTHROUGH_TIMEOUT (default 15m).
+# longer than $WALKTHROUGH_TIMEOUT (default 15m). Then it starts the
+# demo as "Try it: the demo" says (on a free port) and checks the lines
+# the README shows it printing.
 #
 #   scripts/walkthrough.sh        (scripts/test.sh runs it)
 set -euo pipefail
@@ -130,4 +132,25 @@ grep -q "^handset: no_offer: not_selected " "$work/run.log" ||
 grep -q "\"offered\":1000,\"pending\":0,\"downloading\":0,\"installed\":$installed,\"failed\":$failed," "$work/run.log" ||
   fail "the rollout report does not show 1000 offered, $installed installed and $failed failed as the handsets do"
 echo "   handsets: $installed installed, $failed failed, as the rollout report says"
+step "the README's demo (on a free port): the lines it says the demo prints"
+# README "Try it: the demo" shows the first lines of "go run ./cmd/otad
+# demo"; the built binary runs here with --listen 127.0.0.1:0 instead of
+# 8080, and each sample line's text up to its first URL or number must
+# start a line of what it prints.
+sample=$(awk '/Then it prints, within a few seconds:/ { f = 1; next } f && /^    / { print; next } f && NF { exit }' "$src/README.md")
+[ -n "$sample" ] || fail "README.md shows no sample of what the demo prints"
+bin/otad demo --listen 127.0.0.1:0 --addr-file "$work/demo.addr" --handsets 60 >"$work/demo.out" 2>"$work/demo.log" &
+demo=$!
+for _ in $(seq 1 600); do grep -q '^Next:' "$work/demo.out" 2>/dev/null && break; sleep 0.1; done
+cat "$work/demo.out"
+while IFS= read -r line; do
+  want=$(sed -E 's/^ +//; s/(http|[0-9]).*//' <<<"$line")
+  grep -q -- "^$want" "$work/demo.out" || { kill "$demo"; fail "the demo did not print a line starting \"$want\" (README: $line)"; }
+done <<<"$sample"
+addr=$(cat "$work/demo.addr")
+grep -qF "otad demo is running: http://$addr" "$work/demo.out" || { kill "$demo"; fail "the demo's URL is not the address it bound ($addr)"; }
+curl -sf "http://$addr/readyz" >/dev/null || { kill "$demo"; fail "the demo at $addr is not ready"; }
+kill -TERM "$demo"
+wait "$demo" || fail "otad demo did not stop cleanly (exit $?); its log: $(tail -5 "$work/demo.log")"
+echo "   the demo printed what the README shows and stopped cleanly"
 step "passed"
