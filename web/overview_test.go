@@ -66,9 +66,21 @@ func TestOverviewNeedsYou(t *testing.T) {
 		t.Errorf("the overview's live part lacks the page's content:\n%.600s", live)
 	}
 
+	// Without a hold but short of its target, it stays unfinished for a
+	// while after completing.
+	done.Holds, done.EndedAt = nil, now.Add(-time.Hour)
+	rep2.Holds, rep2.Installed, rep2.Target = nil, 19000, 20000
+	if body := e.do(t, server.RoleViewer, "GET", "/", nil).Body.String(); !strings.Contains(body, "1,000 of the target not installed yet") {
+		t.Error("a completed rollout short of its target is not unfinished on the overview")
+	}
+	// Long after, the rollouts page lists it, not the overview.
+	done.EndedAt = now.Add(-30 * 24 * time.Hour)
+	if body := e.do(t, server.RoleViewer, "GET", "/", nil).Body.String(); strings.Contains(body, `href="/rollouts/ro-2"`) {
+		t.Error("a rollout completed a month ago is still on the overview")
+	}
 	// Once finished, a completed rollout leaves the overview.
-	done.Holds = nil
-	rep2.Holds, rep2.Installed, rep2.Target = nil, 20000, 20000
+	done.EndedAt = now.Add(-time.Hour)
+	rep2.Installed = 20000
 	if body := e.do(t, server.RoleViewer, "GET", "/", nil).Body.String(); strings.Contains(body, `href="/rollouts/ro-2"`) {
 		t.Error("a finished completed rollout is still in progress on the overview")
 	}
