@@ -307,8 +307,8 @@ func TestDashboardPagesFit(t *testing.T) {
 					t.Fatalf("%s lacks %q:\n%s", pg.path, pg.want, txt)
 				}
 				type fit struct {
-					Page, Window int
-					Widest       string
+					Page, Window    int
+					Widest, Spilled string
 				}
 				got := evalJS[fit](t, admin, `(() => {
 					const w = window.innerWidth;
@@ -320,10 +320,21 @@ func TestDashboardPagesFit(t *testing.T) {
 							break;
 						}
 					}
-					return {Page: document.documentElement.scrollWidth, Window: w, Widest: widest};
+					// A cell whose text runs out of it overlaps the next one.
+					let spilled = "";
+					for (const td of document.querySelectorAll('main td, main th')) {
+						if (td.scrollWidth > td.clientWidth + 1) {
+							spilled = td.textContent.trim().slice(0, 60) + ' (' + td.scrollWidth + ' in ' + td.clientWidth + ' px)';
+							break;
+						}
+					}
+					return {Page: document.documentElement.scrollWidth, Window: w, Widest: widest, Spilled: spilled};
 				})()`)
 				if got.Page > got.Window {
 					t.Errorf("%s at %d px scrolls sideways: the page is %d px wide (%s)", pg.path, w, got.Page, got.Widest)
+				}
+				if got.Spilled != "" {
+					t.Errorf("%s at %d px: a table cell's text runs over the next: %s", pg.path, w, got.Spilled)
 				}
 				screenshot(t, admin, fmt.Sprintf("%s-%d.png", pg.name, w))
 			})
