@@ -9,7 +9,7 @@ import (
 
 // Backend is what the pages read and change, owned here so that the
 // pages depend on the questions they ask, not on the stores that answer
-// them: server/app implements it over the App's parts, and the tests
+// them: internal/app implements it over the App's parts, and the tests
 // over fakes. Every change carries the acting server.Principal in ctx
 // (server.WithPrincipal), so that the audit log records the user.
 type Backend interface {

@@ -18,11 +18,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/manifests/s3store"
 	"github.com/patchfleet/ota/server/api"
-	"github.com/patchfleet/ota/server/app"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 )

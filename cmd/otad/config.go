@@ -11,10 +11,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/s3store"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/app"
 
 	"github.com/patchfleet/ota/internal/envflag"
 )

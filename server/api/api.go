@@ -16,7 +16,6 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/web"
 )
 
 // Check is one dependency that /readyz probes.
@@ -72,7 +71,7 @@ type Config struct {
 
 	// Web, when set, is the dashboard: its pages are mounted beside the
 	// API (see mountWeb).
-	Web *web.Handler
+	Web Pages
 
 	// Fleet enables the handset API and the fleet summary.
 	Fleet *server.Fleet

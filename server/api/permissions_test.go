@@ -13,7 +13,6 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/apitest"
-	"github.com/patchfleet/ota/web"
 )
 
 // roleCreds is one person per role, with an API token; pages get a
@@ -115,7 +114,7 @@ func TestEndpointRoles(t *testing.T) {
 				}
 				if role != "" {
 					if a.Session {
-						req.AddCookie(&http.Cookie{Name: web.CookieName, Value: sessSecret})
+						req.AddCookie(&http.Cookie{Name: apitest.SessionCookie, Value: sessSecret})
 					} else {
 						req.Header.Set("Authorization", creds[role].token)
 					}

@@ -1,21 +1,40 @@
 package api
 
 import (
+	"net/http"
 	"strings"
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/patchfleet/ota/web"
+	"github.com/patchfleet/ota/server"
 )
 
-// mountWeb mounts the dashboard's pages (web.Handler.Routes) on Echo,
-// each handed whole to the dashboard, which checks its session,
-// permission and CSRF token itself; and records what each needs, so
-// that CheckRoutes and the endpoint × role test see the pages too.
-func (s *Server) mountWeb(h *web.Handler) {
+// Pages is the dashboard as the API mounts it beside its routes: a
+// handler that checks its own sessions, permissions and CSRF tokens,
+// and the routes it serves. The API does not know the dashboard's
+// package; the wiring (internal/app) hands it over.
+type Pages interface {
+	http.Handler
+	PageRoutes() []PageRoute
+}
+
+// PageRoute is one page route. Pattern is a net/http ServeMux pattern
+// path ("/rollouts/{id}"; "/static/{file...}" for a prefix). Public
+// routes need no session; the others need Perm.
+type PageRoute struct {
+	Method, Pattern string
+	Perm            server.Permission
+	Public          bool
+}
+
+// mountWeb mounts the dashboard's pages on Echo, each handed whole to
+// the dashboard, which checks its session, permission and CSRF token
+// itself; and records what each needs, so that CheckRoutes and the
+// endpoint × role test see the pages too.
+func (s *Server) mountWeb(h Pages) {
 	s.webRoutes = map[string]RouteAccess{}
 	wrapped := echo.WrapHandler(h)
-	for _, r := range h.Routes() {
+	for _, r := range h.PageRoutes() {
 		p := echoPath(r.Pattern)
 		s.echo.Add(r.Method, p, wrapped)
 		a := public

@@ -13,13 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
-	"github.com/patchfleet/ota/server/app"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
+	"github.com/patchfleet/ota/web"
 )
 
 // Env is a running server.
@@ -140,3 +141,7 @@ func Start(tb testing.TB, opts Options) *Env {
 	<-firstPass
 	return &Env{URL: srv.URL, Token: secret, Repo: a.Repo, Blobs: blobs, DB: db, API: a.API, Online: key.Signer(), Fleet: a.Fleet, App: a}
 }
+
+// SessionCookie is the dashboard's session cookie, for tests of the
+// API's package that send a page request without importing the pages.
+const SessionCookie = web.CookieName

@@ -7,7 +7,7 @@ import (
 )
 
 // Exported for the external benchmarks (package sqlstore_test), which
-// import packages that import this one (server/app): they reuse the
+// import packages that import this one (internal/app): they reuse the
 // million-handset fleet the report benchmarks seed, once per run.
 
 // BenchBackends names the backends BenchFleet seeds.

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/app"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 	"github.com/patchfleet/ota/web"

@@ -4,9 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/apitest"
-	"github.com/patchfleet/ota/server/app"
 )
 
 // TestJobsSampleExposure: every replica's background jobs take the

@@ -9,6 +9,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/web"
 )
@@ -46,6 +47,19 @@ func (a *App) newWeb(cfg WebConfig, reports *server.Reports) (*web.Handler, erro
 		LiveEvery:    cfg.LiveEvery,
 		Logger:       a.log,
 	})
+}
+
+// webPages is the dashboard as the API mounts it (api.Pages): the API
+// knows its routes without importing package web.
+type webPages struct{ *web.Handler }
+
+// PageRoutes implements api.Pages.
+func (p webPages) PageRoutes() []api.PageRoute {
+	var rs []api.PageRoute
+	for _, r := range p.Routes() {
+		rs = append(rs, api.PageRoute{Method: r.Method, Pattern: r.Pattern, Perm: r.Perm, Public: r.Public})
+	}
+	return rs
 }
 
 // WebBackend is web.Backend over the App's services: the pages read and

@@ -233,9 +233,11 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	// Reports read the rollups only, never the fleet.
 	apiCfg.Reports = &server.Reports{Store: cfg.DB.Reports(), Rollouts: cfg.DB.Rollouts(), Now: cfg.Now}
 	if !cfg.Web.Disabled {
-		if apiCfg.Web, err = a.newWeb(cfg.Web, apiCfg.Reports); err != nil {
+		pages, err := a.newWeb(cfg.Web, apiCfg.Reports)
+		if err != nil {
 			return nil, err
 		}
+		apiCfg.Web = webPages{pages}
 	}
 	a.API = api.New(apiCfg)
 	return a, nil
