@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // apiTimeout bounds one admin API call (not uploads). Adding the last
@@ -159,7 +160,7 @@ func (cl *client) send(req *http.Request, out any) error {
 }
 
 func (cl *client) errorFrom(resp *http.Response, data []byte) error {
-	var eb api.ErrorBody
+	var eb wire.ErrorBody
 	if json.Unmarshal(data, &eb) == nil && eb.Error.Code != "" {
 		return &apiError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message,
 			RequestID: resp.Header.Get("X-Request-Id"), Field: eb.Error.Field, noToken: cl.token == ""}

@@ -13,7 +13,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // fetchDraft returns draft id, or the pending draft when id is "".
@@ -184,7 +184,7 @@ func (c *cli) releaseYank(args []string) error {
 		return err
 	}
 	var v manifests.DraftView
-	if err := cl.do(c.ctx, "POST", "/yanks", api.YankRequest{Path: pos[0]}, &v); err != nil {
+	if err := cl.do(c.ctx, "POST", "/yanks", wire.YankRequest{Path: pos[0]}, &v); err != nil {
 		return err
 	}
 	c.printCreated(&v, "release sign "+v.ID)
@@ -208,7 +208,7 @@ type rootFlags struct {
 }
 
 // request reads the public keys and builds the root draft request.
-func (rf *rootFlags) request() (*api.RootDraftRequest, error) {
+func (rf *rootFlags) request() (*wire.RootDraftRequest, error) {
 	if len(rf.rootKeys) == 0 || len(rf.targetsKeys) == 0 {
 		return nil, usageError{fmt.Errorf("need at least one --root-key and one --targets-key")}
 	}
@@ -218,7 +218,7 @@ func (rf *rootFlags) request() (*api.RootDraftRequest, error) {
 	if rf.targetsThresh < 1 || rf.targetsThresh > len(rf.targetsKeys) {
 		return nil, usageError{fmt.Errorf("--targets-threshold %d: want 1 to %d (the number of --targets-key)", rf.targetsThresh, len(rf.targetsKeys))}
 	}
-	req := &api.RootDraftRequest{RootThreshold: rf.rootThreshold, TargetsThreshold: rf.targetsThresh}
+	req := &wire.RootDraftRequest{RootThreshold: rf.rootThreshold, TargetsThreshold: rf.targetsThresh}
 	var err error
 	if req.RootKeys, err = readPublicKeys("--root-key", rf.rootKeys); err != nil {
 		return nil, err

@@ -15,7 +15,7 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -293,7 +293,7 @@ func TestUploadMismatch(t *testing.T) {
 			}
 			n, _ := io.Copy(io.Discard, r.Body)
 			w.WriteHeader(201)
-			json.NewEncoder(w).Encode(api.Artifact{Path: "fw/a.bin", Length: n, SHA256: strings.Repeat("ab", 32)})
+			json.NewEncoder(w).Encode(wire.Artifact{Path: "fw/a.bin", Length: n, SHA256: strings.Repeat("ab", 32)})
 		}))
 		defer stub.Close()
 		env := alice.env(srv)
@@ -366,8 +366,8 @@ func TestUploadSkipsStoredArtifact(t *testing.T) {
 		case r.Method == "PUT" && r.URL.Path == "/api/v1/admin/artifacts/fw/a.bin":
 			// Answer without reading the body, as otad does for a
 			// stored artifact.
-			expect, length, sum = r.Header.Get("Expect"), r.Header.Get("Content-Length"), r.Header.Get(api.HeaderContentSHA256)
-			json.NewEncoder(w).Encode(api.Artifact{Path: "fw/a.bin", Length: r.ContentLength, SHA256: sum, Existed: true})
+			expect, length, sum = r.Header.Get("Expect"), r.Header.Get("Content-Length"), r.Header.Get(wire.HeaderContentSHA256)
+			json.NewEncoder(w).Encode(wire.Artifact{Path: "fw/a.bin", Length: r.ContentLength, SHA256: sum, Existed: true})
 		case r.Method == "POST" && r.URL.Path == "/api/v1/admin/releases":
 			w.WriteHeader(201)
 			json.NewEncoder(w).Encode(manifests.DraftView{ID: "d-01", Kind: "release", State: "pending",
@@ -381,7 +381,7 @@ func TestUploadSkipsStoredArtifact(t *testing.T) {
 	r := mustRun(t, map[string]string{envServer: stub.URL, envToken: "otad_x"}, "release", "create", build, "--name", "fw/a.bin", "--patch-id", "P1")
 	if expect != "100-continue" || length != "1048576" || len(sum) != 64 {
 		t.Errorf("upload headers: Expect %q, Content-Length %q, %s %q; want 100-continue, 1048576 and a sha256",
-			expect, length, api.HeaderContentSHA256, sum)
+			expect, length, wire.HeaderContentSHA256, sum)
 	}
 	if strings.Contains(r.stderr, "uploading") {
 		t.Errorf("bytes were sent for a stored artifact:\n%s", r.stderr)

@@ -14,7 +14,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 func (c *cli) releaseCreate(args []string) error {
@@ -126,7 +126,7 @@ func (c *cli) releaseCreate(args []string) error {
 	}
 
 	var v manifests.DraftView
-	req := api.ReleaseRequest{Path: name, Length: size, SHA256: sum, Custom: custom}
+	req := wire.ReleaseRequest{Path: name, Length: size, SHA256: sum, Custom: custom}
 	if err := cl.do(c.ctx, "POST", "/releases", req, &v); err != nil {
 		return err
 	}
@@ -138,7 +138,7 @@ func (c *cli) releaseCreate(args []string) error {
 // Content-Length lets the server answer "already stored" before the body
 // is sent; the body is read from the file as it goes, never held in
 // memory, and hashed again on the way to catch a file that changes.
-func (c *cli) upload(cl *client, f *os.File, file, name string, size int64, sum string) (*api.Artifact, error) {
+func (c *cli) upload(cl *client, f *os.File, file, name string, size int64, sum string) (*wire.Artifact, error) {
 	prog := newProgress(c.stderr, name, size, c.isTerminal(c.stderr), sha256.New())
 	var body io.Reader = http.NoBody
 	if size > 0 {
@@ -151,8 +151,8 @@ func (c *cli) upload(cl *client, f *os.File, file, name string, size int64, sum 
 	req.ContentLength = size
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set("Expect", "100-continue")
-	req.Header.Set(api.HeaderContentSHA256, sum)
-	var art api.Artifact
+	req.Header.Set(wire.HeaderContentSHA256, sum)
+	var art wire.Artifact
 	err = cl.send(req, &art)
 	sent, sentSum := prog.finish()
 	if sentSum != nil && hex.EncodeToString(sentSum) != sum {

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // rolloutCommands are the subcommands of "otactl rollout".
@@ -150,7 +150,7 @@ func (c *cli) rolloutCreate(args []string) error {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	req := api.RolloutRequest{ID: id, Release: release, Models: models, Channels: channels, Regions: regions,
+	req := wire.RolloutRequest{ID: id, Release: release, Models: models, Channels: channels, Regions: regions,
 		BuildMin: buildMin, BuildMax: buildMax, Backoff: backoff, Window: window, Draft: draft, Reason: reason}
 	for _, s := range stages {
 		p, err := parsePercent(s)
@@ -203,7 +203,7 @@ func (c *cli) rolloutCreate(args []string) error {
 		printPending(c.stdout, a)
 		return nil
 	}
-	var r api.Rollout
+	var r wire.Rollout
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return fmt.Errorf("the answer is not a rollout: %w", err)
 	}
@@ -290,7 +290,7 @@ func (c *cli) rolloutList(args []string) error {
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	var list []api.Rollout
+	var list []wire.Rollout
 	if err := cl.do(c.ctx, "GET", path, nil, &list); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) && ae.Code == "invalid" {
@@ -345,7 +345,7 @@ func (c *cli) rolloutShow(args []string) error {
 		fmt.Fprintf(c.stdout, "%s\n", raw)
 		return nil
 	}
-	var r api.Rollout
+	var r wire.Rollout
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return fmt.Errorf("the answer is not a rollout: %w", err)
 	}
@@ -367,7 +367,7 @@ func actionCommand(action, description string) func(*cli, []string) error {
 		if strings.TrimSpace(reason) == "" {
 			return usageError{fmt.Errorf("rollout %s needs --reason TEXT: every change to a rollout is logged with its reason", action)}
 		}
-		return c.rolloutChange(cl, id, action, "/"+action, api.RolloutActionRequest{Reason: reason})
+		return c.rolloutChange(cl, id, action, "/"+action, wire.RolloutActionRequest{Reason: reason})
 	}
 }
 
@@ -390,7 +390,7 @@ func (c *cli) rolloutAdvance(args []string) error {
 	if percent.set && (percent.value <= 0 || percent.value > 100) {
 		return usageError{fmt.Errorf("--percent %s: want above 0 and at most 100", percent.String())}
 	}
-	return c.rolloutChange(cl, id, "advance", "/advance", api.RolloutAdvanceRequest{Reason: reason, Percent: percent.value})
+	return c.rolloutChange(cl, id, "advance", "/advance", wire.RolloutAdvanceRequest{Reason: reason, Percent: percent.value})
 }
 
 func (c *cli) rolloutHold(args []string) error {
@@ -407,7 +407,7 @@ func (c *cli) rolloutHold(args []string) error {
 	if model == "" || strings.TrimSpace(reason) == "" {
 		return usageError{errors.New("rollout hold needs --model M and --reason TEXT")}
 	}
-	return c.rolloutChange(cl, id, "hold", "/holds", api.RolloutHoldRequest{Model: model, Reason: reason})
+	return c.rolloutChange(cl, id, "hold", "/holds", wire.RolloutHoldRequest{Model: model, Reason: reason})
 }
 
 func (c *cli) rolloutReleaseHold(args []string) error {
@@ -426,7 +426,7 @@ func (c *cli) rolloutReleaseHold(args []string) error {
 		return usageError{errors.New("rollout release-hold needs --model M and --reason TEXT")}
 	}
 	return c.rolloutChange(cl, id, "release-hold", "/holds/"+url.PathEscape(model)+"/release",
-		api.RolloutActionRequest{Reason: reason})
+		wire.RolloutActionRequest{Reason: reason})
 }
 
 // rolloutChange posts an action and prints the rollout after it; a
@@ -439,7 +439,7 @@ func (c *cli) rolloutChange(cl *client, id, action, path string, body any) error
 			printPending(c.stdout, a)
 			return nil
 		}
-		var r api.Rollout
+		var r wire.Rollout
 		if err := json.Unmarshal(raw, &r); err != nil {
 			return fmt.Errorf("the answer is not a rollout: %w", err)
 		}
@@ -452,7 +452,7 @@ func (c *cli) rolloutChange(cl *client, id, action, path string, body any) error
 	}
 	switch ae.Code {
 	case "conflict":
-		var cur api.Rollout
+		var cur wire.Rollout
 		if cl.do(c.ctx, "GET", rolloutPath(id, ""), nil, &cur) == nil {
 			if hint := conflictHint(action, &cur, ae.Message); hint != "" {
 				return errors.New(hint)
@@ -483,7 +483,7 @@ func (c *cli) rolloutEvents(args []string) error {
 	if limit < 1 || limit > 1000 {
 		return usageError{fmt.Errorf("--limit %d: want 1 to 1000", limit)}
 	}
-	var evs []api.RolloutEvent
+	var evs []wire.RolloutEvent
 	if err := cl.do(c.ctx, "GET", rolloutPath(id, "/events?limit="+strconv.Itoa(limit)), nil, &evs); err != nil {
 		return rolloutAPIError(err)
 	}
@@ -538,7 +538,7 @@ func (c *cli) rolloutAudit(args []string) error {
 	if err != nil {
 		return err
 	}
-	var es []api.AuditEntry
+	var es []wire.AuditEntry
 	if err := cl.do(c.ctx, "GET", "/audit?"+q.Encode(), nil, &es); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) && ae.Code == "invalid" && ae.Field != "" {
@@ -552,8 +552,8 @@ func (c *cli) rolloutAudit(args []string) error {
 
 // rolloutEventsOf turns the audit log's rollout entries back into the
 // events they record (Detail holds the states, percents and model).
-func rolloutEventsOf(es []api.AuditEntry) []api.RolloutEvent {
-	out := make([]api.RolloutEvent, 0, len(es))
+func rolloutEventsOf(es []wire.AuditEntry) []wire.RolloutEvent {
+	out := make([]wire.RolloutEvent, 0, len(es))
 	for _, e := range es {
 		action, ok := strings.CutPrefix(e.Action, "rollout.")
 		if !ok {
@@ -567,7 +567,7 @@ func rolloutEventsOf(es []api.AuditEntry) []api.RolloutEvent {
 			Model       string  `json:"model"`
 			Detail      string  `json:"detail"`
 		}
-		ev := api.RolloutEvent{RolloutID: e.Object, At: e.At, Actor: e.Actor, Action: action, Reason: e.Reason}
+		ev := wire.RolloutEvent{RolloutID: e.Object, At: e.At, Actor: e.Actor, Action: action, Reason: e.Reason}
 		if json.Unmarshal([]byte(e.Detail), &d) == nil {
 			ev.FromState, ev.ToState, ev.FromPercent, ev.ToPercent, ev.Model, ev.Detail =
 				d.FromState, d.ToState, d.FromPercent, d.ToPercent, d.Model, d.Detail
@@ -581,15 +581,15 @@ func rolloutEventsOf(es []api.AuditEntry) []api.RolloutEvent {
 
 // pendingApproval reads a 202 answer: a widening waiting for a second
 // person.
-func pendingApproval(raw json.RawMessage) (*api.Approval, bool) {
-	var a api.Approval
+func pendingApproval(raw json.RawMessage) (*wire.Approval, bool) {
+	var a wire.Approval
 	if json.Unmarshal(raw, &a) != nil || a.State != "pending" || a.RequestedBy == "" {
 		return nil, false
 	}
 	return &a, true
 }
 
-func printPending(w io.Writer, a *api.Approval) {
+func printPending(w io.Writer, a *wire.Approval) {
 	fmt.Fprintf(w, "rollout %s: %s to %s%% waits for a second person's approval (%s): nothing changed yet.\n",
 		esc(a.RolloutID), esc(a.Action), fmtPercent(a.ToPercent), esc(a.ID))
 	if a.Exposure > 0 {
@@ -606,7 +606,7 @@ func (c *cli) rolloutApprovals(args []string) error {
 	if err != nil {
 		return err
 	}
-	var as []api.Approval
+	var as []wire.Approval
 	if err := cl.do(c.ctx, "GET", rolloutPath(id, "/approvals"), nil, &as); err != nil {
 		return rolloutAPIError(err)
 	}
@@ -647,9 +647,9 @@ func decisionCommand(verdict, description string) func(*cli, []string) error {
 		if err != nil {
 			return err
 		}
-		var d api.ApprovalDecision
+		var d wire.ApprovalDecision
 		path := rolloutPath(pos[0], "/approvals/"+url.PathEscape(pos[1])+"/"+verdict)
-		if err := cl.do(c.ctx, "POST", path, api.RolloutActionRequest{Reason: reason}, &d); err != nil {
+		if err := cl.do(c.ctx, "POST", path, wire.RolloutActionRequest{Reason: reason}, &d); err != nil {
 			return rolloutAPIError(err)
 		}
 		if d.Rollout != nil {
@@ -720,7 +720,7 @@ func (c *cli) rolloutWatch(args []string) error {
 // watchFrame fetches the rollout and its report and renders them; done
 // is true once the rollout has ended.
 func (c *cli) watchFrame(cl *client, id string) (string, bool, error) {
-	var r api.Rollout
+	var r wire.Rollout
 	if err := cl.do(c.ctx, "GET", rolloutPath(id, ""), nil, &r); err != nil {
 		return "", false, rolloutAPIError(err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -90,9 +91,9 @@ func TestRolloutCommands(t *testing.T) {
 		"selector: models PX-7, PX-8; channels all; regions DE; builds all",
 		"halt above 5.0% failures over 1h once 20 results are in", "advance on its own after 6h healthy",
 		"2 retries after 30m, 2h", "new offers only 01:00-05:00 handset-local time", "created by ops")
-	show := func(id string) api.Rollout {
+	show := func(id string) wire.Rollout {
 		t.Helper()
-		var v api.Rollout
+		var v wire.Rollout
 		if err := json.Unmarshal([]byte(mustRun(t, viewer, "rollout", "show", id, "--json").stdout), &v); err != nil {
 			t.Fatal(err)
 		}

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 func TestParsePercent(t *testing.T) {
@@ -28,12 +28,12 @@ func TestParsePercent(t *testing.T) {
 
 var watchT0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
 
-func watchRollout() *api.Rollout {
-	return &api.Rollout{ID: "ro-privacy", State: "running", Stage: 1, Percent: 10, Stages: []float64{1, 10, 50, 100},
-		Release: api.RolloutRelease{Target: "cm-privacy/2026.1/update.zip", PatchID: "CM-2026-001", InstallsBuild: "7.5.0"},
-		Policy: api.RolloutPolicy{MaxFailureRate: 0.05, MinResults: 50, FailureWindow: "1h", Soak: "0s", Retries: 3,
+func watchRollout() *wire.Rollout {
+	return &wire.Rollout{ID: "ro-privacy", State: "running", Stage: 1, Percent: 10, Stages: []float64{1, 10, 50, 100},
+		Release: wire.RolloutRelease{Target: "cm-privacy/2026.1/update.zip", PatchID: "CM-2026-001", InstallsBuild: "7.5.0"},
+		Policy: wire.RolloutPolicy{MaxFailureRate: 0.05, MinResults: 50, FailureWindow: "1h", Soak: "0s", Retries: 3,
 			Backoff: []string{"1h", "4h", "24h"}},
-		Holds: []api.RolloutHold{{Model: "PX-8", Actor: "system", Reason: "failure rate above the limit",
+		Holds: []wire.RolloutHold{{Model: "PX-8", Actor: "system", Reason: "failure rate above the limit",
 			Installed: 48, Failed: 12, Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: watchT0}}}
 }
 
@@ -50,7 +50,7 @@ func TestRenderWatch(t *testing.T) {
 	full, empty := "["+strings.Repeat("#", barWidth)+"]", "["+strings.Repeat("-", barWidth)+"]"
 	tests := []struct {
 		name      string
-		r         func(*api.Rollout)
+		r         func(*wire.Rollout)
 		rep       *rolloutReport
 		repErr    error
 		want      []string
@@ -77,9 +77,9 @@ func TestRenderWatch(t *testing.T) {
 			wantNotIn: []string{"expected", "eligible"}},
 		{name: "report failed", repErr: errors.New("the server failed with an internal error"),
 			want: []string{"report unavailable: the server failed with an internal error\n"}},
-		{name: "halted and ended", rep: &rolloutReport{}, r: func(r *api.Rollout) {
+		{name: "halted and ended", rep: &rolloutReport{}, r: func(r *wire.Rollout) {
 			r.State = "aborted"
-			r.Halt = &api.RolloutHold{Actor: "system", Reason: "failure rate above the limit", Installed: 80, Failed: 20,
+			r.Halt = &wire.RolloutHold{Actor: "system", Reason: "failure rate above the limit", Installed: 80, Failed: 20,
 				Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: watchT0}
 		}, want: []string{
 			"HALTED at 2026-11-23T10:00:00Z by system: failure rate above the limit (20 failed of 100 results = 20.0%, limit 5.0%, over 1h)\n",
@@ -108,14 +108,14 @@ func TestRenderWatch(t *testing.T) {
 }
 
 func TestConflictHint(t *testing.T) {
-	at := func(state string, stage int) *api.Rollout {
+	at := func(state string, stage int) *wire.Rollout {
 		r := watchRollout()
 		r.State, r.Stage, r.Percent = state, stage, r.Stages[stage]
 		return r
 	}
 	tests := []struct {
 		action string
-		r      *api.Rollout
+		r      *wire.Rollout
 		msg    string
 		want   string
 	}{
@@ -147,7 +147,7 @@ func TestPrintRollout(t *testing.T) {
 	r.State = "paused"
 	r.Policy.Soak, r.Policy.MaxOffersPerMinute, r.Policy.Window = "6h", 500, "01:00-05:00"
 	r.Selector.Models, r.Selector.Regions = []string{"PX-7", "PX-8"}, []string{"DE"}
-	r.Halt = &api.RolloutHold{Actor: "system", Reason: "failure rate above the limit", Installed: 80, Failed: 20,
+	r.Halt = &wire.RolloutHold{Actor: "system", Reason: "failure rate above the limit", Installed: 80, Failed: 20,
 		Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: watchT0}
 	var b strings.Builder
 	printRollout(&b, r, watchT0)
@@ -174,16 +174,16 @@ func TestListingsEscapeServerText(t *testing.T) {
 	r.State = "paused"
 	r.Release.Target = "patches/" + evil + ".zip"
 	r.CreatedBy = evil
-	r.Halt = &api.RolloutHold{Actor: evil, Reason: evil, At: watchT0}
-	r.Holds = []api.RolloutHold{{Model: evil, Actor: "alice", Reason: evil, At: watchT0}}
-	ev := api.RolloutEvent{At: watchT0, RolloutID: r.ID, Actor: evil, Action: "pause", Reason: evil, Detail: evil,
+	r.Halt = &wire.RolloutHold{Actor: evil, Reason: evil, At: watchT0}
+	r.Holds = []wire.RolloutHold{{Model: evil, Actor: "alice", Reason: evil, At: watchT0}}
+	ev := wire.RolloutEvent{At: watchT0, RolloutID: r.ID, Actor: evil, Action: "pause", Reason: evil, Detail: evil,
 		FromState: "running", ToState: "paused"}
 	draft := &manifests.DraftView{ID: "d-1", Kind: "targets", State: "pending", CreatedBy: evil,
 		Changes: []string{"adds " + evil}}
 	for name, out := range map[string]func(w *strings.Builder){
 		"show":   func(w *strings.Builder) { printRollout(w, r, watchT0) },
 		"watch":  func(w *strings.Builder) { w.WriteString(renderWatch(r, nil, nil)) },
-		"events": func(w *strings.Builder) { printEvents(w, []api.RolloutEvent{ev}, true) },
+		"events": func(w *strings.Builder) { printEvents(w, []wire.RolloutEvent{ev}, true) },
 		"draft":  func(w *strings.Builder) { printDraft(w, draft) },
 	} {
 		var b strings.Builder

@@ -13,6 +13,7 @@ import (
 
 	"github.com/patchfleet/ota/internal/termtext"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // fmtPercent is a stage percent as the operator typed it: 1, 0.5, 75.
@@ -22,7 +23,7 @@ func fmtPercent(p float64) string { return strconv.FormatFloat(p, 'f', -1, 64) }
 func fmtRate(f float64) string { return strconv.FormatFloat(f*100, 'f', 1, 64) + "%" }
 
 // stageLine is "running, stage 2 of 4 (10%)".
-func stageLine(r *api.Rollout) string {
+func stageLine(r *wire.Rollout) string {
 	return fmt.Sprintf("%s, stage %d of %d (%s%%)", esc(r.State), r.Stage+1, len(r.Stages), fmtPercent(r.Percent))
 }
 
@@ -62,7 +63,7 @@ func buildRange(lo, hi string) string {
 
 // holdNumbers is "(12 failed of 60 results = 20.0%, limit 5.0%, over
 // 1h)", or "" for a hold an operator set.
-func holdNumbers(h *api.RolloutHold) string {
+func holdNumbers(h *wire.RolloutHold) string {
 	n := h.Installed + h.Failed
 	if n == 0 && h.Rate == 0 {
 		return ""
@@ -75,7 +76,7 @@ func holdNumbers(h *api.RolloutHold) string {
 }
 
 // holdText is "at TIME by ACTOR: REASON (numbers)".
-func holdText(h *api.RolloutHold) string {
+func holdText(h *wire.RolloutHold) string {
 	s := fmt.Sprintf("at %s by %s: %s", fmtTime(h.At), esc(h.Actor), esc(h.Reason))
 	if n := holdNumbers(h); n != "" {
 		s += " " + n
@@ -84,7 +85,7 @@ func holdText(h *api.RolloutHold) string {
 }
 
 // policyText says the policy in words.
-func policyText(p *api.RolloutPolicy) []string {
+func policyText(p *wire.RolloutPolicy) []string {
 	lines := []string{fmt.Sprintf("halt above %s failures over %s once %d results are in (per model too)",
 		fmtRate(p.MaxFailureRate), esc(p.FailureWindow), p.MinResults)}
 	if p.Soak == "" || p.Soak == "0s" {
@@ -112,7 +113,7 @@ func policyText(p *api.RolloutPolicy) []string {
 }
 
 // printRollout is what "rollout show" prints.
-func printRollout(w io.Writer, r *api.Rollout, now time.Time) {
+func printRollout(w io.Writer, r *wire.Rollout, now time.Time) {
 	fmt.Fprintf(w, "rollout %s: %s\n", esc(r.ID), stageLine(r))
 	rel := r.Release
 	fmt.Fprintf(w, "  release:  %s (patch %s, installs build %s; %s, %s)\n", esc(rel.Target), esc(rel.PatchID), esc(rel.InstallsBuild),
@@ -171,7 +172,7 @@ func printRollout(w io.Writer, r *api.Rollout, now time.Time) {
 
 // printEvents prints audit events one a line, tab-separated: time,
 // rollout (withRollout), actor, action, transition, reason and detail.
-func printEvents(w io.Writer, evs []api.RolloutEvent, withRollout bool) {
+func printEvents(w io.Writer, evs []wire.RolloutEvent, withRollout bool) {
 	if len(evs) == 0 {
 		fmt.Fprintln(w, "no events")
 		return
@@ -206,7 +207,7 @@ func printEvents(w io.Writer, evs []api.RolloutEvent, withRollout bool) {
 
 // conflictHint explains a 409 to action on rollout r (read after the
 // refusal) and says what to do next; "" when it has nothing to add.
-func conflictHint(action string, r *api.Rollout, msg string) string {
+func conflictHint(action string, r *wire.Rollout, msg string) string {
 	id := r.ID
 	resume := fmt.Sprintf("resume it with otactl rollout resume %s --reason TEXT", id)
 	switch {
@@ -302,7 +303,7 @@ func seconds(s float64) string {
 // (repErr says why, or nil when the server has none). For stage i at
 // percent p, the handsets expected are (eligible + installed) * p / 100
 // and the bar is installed of those; stages past the current are empty.
-func renderWatch(r *api.Rollout, rep *rolloutReport, repErr error) string {
+func renderWatch(r *wire.Rollout, rep *rolloutReport, repErr error) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "rollout %s: %s\n", esc(r.ID), stageLine(r))
 	fmt.Fprintf(&b, "release %s (patch %s, installs build %s)\n", esc(r.Release.Target), esc(r.Release.PatchID), esc(r.Release.InstallsBuild))

@@ -17,7 +17,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 func (c *cli) repoSign(args []string) error {
@@ -146,7 +146,7 @@ func (c *cli) signDraft(sf serverFlags, keyFile, id string, yes bool) error {
 	if err != nil {
 		return err
 	}
-	upload := api.SignatureUpload{Digest: v.Digest}
+	upload := wire.SignatureUpload{Digest: v.Digest}
 	for _, p := range parts {
 		sig, err := d.sign(p, signer)
 		if err != nil {
@@ -154,7 +154,7 @@ func (c *cli) signDraft(sf serverFlags, keyFile, id string, yes bool) error {
 		}
 		// The upload names the key id root lists (that of the public
 		// key), whatever id go-tuf derived for the signer.
-		upload.Signatures = append(upload.Signatures, api.UploadSignature{Part: p, KeyID: keyID, Sig: hex.EncodeToString(sig.Signature)})
+		upload.Signatures = append(upload.Signatures, wire.UploadSignature{Part: p, KeyID: keyID, Sig: hex.EncodeToString(sig.Signature)})
 	}
 	var after manifests.DraftView
 	if err := cl.do(c.ctx, "POST", "/drafts/"+url.PathEscape(v.ID)+"/signatures", upload, &after); err != nil {

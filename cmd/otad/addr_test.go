@@ -13,7 +13,7 @@ import (
 
 	"github.com/patchfleet/ota/internal/envflag"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -129,14 +129,14 @@ func TestOfferURLsNameTheBoundAddress(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ro := createRollout(t, env, approver, api.RolloutRequest{Release: target, Stages: []float64{100},
+			ro := createRollout(t, env, approver, wire.RolloutRequest{Release: target, Stages: []float64{100},
 				Reason: "offer URL test"})
 
-			var enrolled api.EnrollAnswer
-			postJSON(t, base+"/api/v1/devices", "", "", api.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"}, &enrolled)
+			var enrolled wire.EnrollAnswer
+			postJSON(t, base+"/api/v1/devices", "", "", wire.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"}, &enrolled)
 			f := false
-			var ans api.CheckInAnswer
-			postJSON(t, base+"/api/v1/checkin", enrolled.Token, "evil.example", api.CheckInBody{Model: "PX-7", Build: "7.2.0",
+			var ans wire.CheckInAnswer
+			postJSON(t, base+"/api/v1/checkin", enrolled.Token, "evil.example", wire.CheckInBody{Model: "PX-7", Build: "7.2.0",
 				Channel: "stable", InstalledPatches: []string{}, CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: &f}, &ans)
 			if ans.Offer == nil || ans.Offer.RolloutID != ro.ID {
 				t.Fatalf("offer %+v (no_offer %q) with rollout %s running, want an offer of it", ans.Offer, ans.NoOffer, ro.ID)
@@ -174,7 +174,7 @@ func postJSON(tb testing.TB, url, token, host string, body, out any) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		var e api.ErrorBody
+		var e wire.ErrorBody
 		json.NewDecoder(resp.Body).Decode(&e)
 		tb.Fatalf("POST %s: %d %+v", url, resp.StatusCode, e)
 	}

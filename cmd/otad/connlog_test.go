@@ -25,6 +25,7 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/blobtest"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -280,7 +281,7 @@ func TestConnectionFailuresLogNoClientAddress(t *testing.T) {
 	} {
 		c := cc.dial()
 		io.WriteString(c, "PUT "+api.AdminPrefix+"/artifacts/"+tc.file+" HTTP/1.1\r\nHost: otad\r\n"+
-			"Authorization: Bearer "+token+"\r\n"+api.HeaderContentSHA256+": "+hex.EncodeToString(sum[:])+"\r\n"+
+			"Authorization: Bearer "+token+"\r\n"+wire.HeaderContentSHA256+": "+hex.EncodeToString(sum[:])+"\r\n"+
 			"Content-Type: application/octet-stream\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\nExpect: 100-continue\r\n\r\n")
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {

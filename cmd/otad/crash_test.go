@@ -24,6 +24,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -228,7 +229,7 @@ func TestCrashDuringPublish(t *testing.T) {
 	// not failing the test if the server dies under it. It signs first,
 	// so that the timed part is the request alone.
 	upload := func(v *manifests.DraftView) func() (*manifests.DraftView, error) {
-		body, err := json.Marshal(api.SignatureUpload{Digest: v.Digest, Signatures: b.SignatureFor(t, v)})
+		body, err := json.Marshal(wire.SignatureUpload{Digest: v.Digest, Signatures: b.SignatureFor(t, v)})
 		if err != nil {
 			t.Fatal(err)
 		}

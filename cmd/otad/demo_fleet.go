@@ -16,7 +16,7 @@ import (
 
 	"github.com/patchfleet/ota/internal/due"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // The simulated fleet: models, regions and builds before the patch.
@@ -91,7 +91,7 @@ type demoHandset struct {
 	patches   []string
 	messaging string
 	numberEnc bool
-	offer     *api.OfferAnswer
+	offer     *wire.OfferAnswer
 	patch     *demoPatch // what the verified offer changes once installed
 	fail      string     // error code of the install in progress, "" for success
 	lastAt    time.Time  // of the last report: a handset's reports are strictly ordered
@@ -297,9 +297,9 @@ func (f *demoFleet) enroll(ctx context.Context, d *demoHandset) (time.Time, bool
 	pub := hex.EncodeToString(d.key.Public().(ed25519.PublicKey))
 	ts := time.Now().UTC().Truncate(time.Microsecond)
 	req := server.EnrollRequest{Model: d.model, Build: d.build, Channel: "stable", Region: d.region, DeviceKey: pub, Timestamp: ts}
-	body := api.EnrollBody{Model: d.model, Build: d.build, Channel: "stable", Region: d.region, DeviceKey: pub,
+	body := wire.EnrollBody{Model: d.model, Build: d.build, Channel: "stable", Region: d.region, DeviceKey: pub,
 		Signature: hex.EncodeToString(ed25519.Sign(d.key, server.EnrollMessage(req))), Timestamp: &ts}
-	var a api.EnrollAnswer
+	var a wire.EnrollAnswer
 	if err := f.cfg.Client.do(ctx, "POST", "/api/v1/devices", "", body, &a); err != nil {
 		return f.retry(ctx, d, "enroll", err)
 	}
@@ -317,9 +317,9 @@ func (f *demoFleet) checkIn(ctx context.Context, d *demoHandset) (time.Time, boo
 		patches = []string{}
 	}
 	enc := d.numberEnc
-	body := api.CheckInBody{Build: d.build, Model: d.model, Channel: "stable", InstalledPatches: patches,
+	body := wire.CheckInBody{Build: d.build, Model: d.model, Channel: "stable", InstalledPatches: patches,
 		CloudMessaging: d.messaging, NumberEncryption: &enc}
-	var a api.CheckInAnswer
+	var a wire.CheckInAnswer
 	if err := f.cfg.Client.do(ctx, "POST", "/api/v1/checkin", d.token, body, &a); err != nil {
 		return f.retry(ctx, d, "checkin", err)
 	}
@@ -436,7 +436,7 @@ func (f *demoFleet) report(ctx context.Context, d *demoHandset, state, code, mes
 	}
 	var id [16]byte
 	crand.Read(id[:])
-	err := f.cfg.Client.do(ctx, "POST", "/api/v1/reports", d.token, api.ReportBody{
+	err := f.cfg.Client.do(ctx, "POST", "/api/v1/reports", d.token, wire.ReportBody{
 		ReportID: demoReportID(id), PatchID: d.offer.PatchID, RolloutID: d.offer.RolloutID, Target: d.offer.Target,
 		State: state, ErrorCode: code, Message: message, At: &at}, nil)
 	if err == nil {

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // demoClient is the demo's one HTTP client to its own server over
@@ -124,7 +124,7 @@ func (c *demoClient) do(ctx context.Context, method, path, token string, body an
 		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
 			e.RetryAfter = time.Duration(min(s, 600)) * time.Second
 		}
-		var eb api.ErrorBody
+		var eb wire.ErrorBody
 		if json.Unmarshal(data, &eb) == nil {
 			e.Code, e.Message = eb.Error.Code, eb.Error.Message
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/signing"
 )
 
@@ -70,7 +71,7 @@ func (t *releaseTeam) publicKeys() []*metadata.Key {
 // threshold 2 for both roles, and has alice and bob sign it.
 func (t *releaseTeam) ceremony(ctx context.Context) error {
 	var v manifests.DraftView
-	req := api.RootDraftRequest{RootKeys: t.publicKeys(), RootThreshold: 2, TargetsKeys: t.publicKeys(), TargetsThreshold: 2}
+	req := wire.RootDraftRequest{RootKeys: t.publicKeys(), RootThreshold: 2, TargetsKeys: t.publicKeys(), TargetsThreshold: 2}
 	if err := t.client.do(ctx, "POST", api.AdminPrefix+"/repo/root-drafts", t.token, req, &v); err != nil {
 		return fmt.Errorf("draft root v1: %w", err)
 	}
@@ -82,12 +83,12 @@ func (t *releaseTeam) ceremony(ctx context.Context) error {
 func (t *releaseTeam) release(ctx context.Context, artifact []byte) error {
 	sum := sha256.Sum256(artifact)
 	hexSum := hex.EncodeToString(sum[:])
-	upload := rawBody{data: artifact, contentType: "application/octet-stream", header: map[string]string{api.HeaderContentSHA256: hexSum}}
+	upload := rawBody{data: artifact, contentType: "application/octet-stream", header: map[string]string{wire.HeaderContentSHA256: hexSum}}
 	if err := t.client.do(ctx, "PUT", api.AdminPrefix+"/artifacts/"+demoTarget, t.token, upload, nil); err != nil {
 		return fmt.Errorf("upload %s: %w", demoTarget, err)
 	}
 	var v manifests.DraftView
-	req := api.ReleaseRequest{Path: demoTarget, Length: int64(len(artifact)), SHA256: hexSum, Custom: demoCustom()}
+	req := wire.ReleaseRequest{Path: demoTarget, Length: int64(len(artifact)), SHA256: hexSum, Custom: demoCustom()}
 	if err := t.client.do(ctx, "POST", api.AdminPrefix+"/releases", t.token, req, &v); err != nil {
 		return fmt.Errorf("draft release %s: %w", demoTarget, err)
 	}
@@ -111,7 +112,7 @@ func (t *releaseTeam) signUntilPublished(ctx context.Context, id, what string, s
 			return fmt.Errorf("%s signs %s: %w", e.name, what, err)
 		}
 		if err := t.client.do(ctx, "POST", api.AdminPrefix+"/drafts/"+id+"/signatures", t.token,
-			api.SignatureUpload{Digest: v.Digest, Signatures: sigs}, &v); err != nil {
+			wire.SignatureUpload{Digest: v.Digest, Signatures: sigs}, &v); err != nil {
 			return fmt.Errorf("%s's signature on %s: %w", e.name, what, err)
 		}
 	}
@@ -123,8 +124,8 @@ func (t *releaseTeam) signUntilPublished(ctx context.Context, id, what string, s
 
 // sign signs every part of the draft e's key may sign, with go-tuf's Sign
 // over the draft's bytes, as otactl does.
-func (e demoEngineer) sign(v *manifests.DraftView) ([]api.UploadSignature, error) {
-	var out []api.UploadSignature
+func (e demoEngineer) sign(v *manifests.DraftView) ([]wire.UploadSignature, error) {
+	var out []wire.UploadSignature
 	for _, part := range []string{manifests.PartRoot, manifests.PartTargets} {
 		may := false
 		for _, th := range v.Thresholds {
@@ -153,7 +154,7 @@ func (e demoEngineer) sign(v *manifests.DraftView) ([]api.UploadSignature, error
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, api.UploadSignature{Part: part, KeyID: sig.KeyID, Sig: hex.EncodeToString(sig.Signature)})
+		out = append(out, wire.UploadSignature{Part: part, KeyID: sig.KeyID, Sig: hex.EncodeToString(sig.Signature)})
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("key %s may sign nothing in draft %s", e.key.KeyID(), v.ID)

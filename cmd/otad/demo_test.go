@@ -18,6 +18,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/web"
 )
 
@@ -76,7 +77,7 @@ func TestDemo(t *testing.T) {
 	}
 	client := newDemoClient(d.url, 1)
 	defer client.close()
-	var who api.WhoAmI
+	var who wire.WhoAmI
 	if err := client.do(ctx, "GET", api.AdminPrefix+"/whoami", token, nil, &who); err != nil || who.Name != demoAdmin {
 		fail("whoami as admin: %+v, %v", who, err)
 	}

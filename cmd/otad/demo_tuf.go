@@ -19,7 +19,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // demoVerifier checks offers with go-tuf's updater, for real: metadata
@@ -77,7 +77,7 @@ func newDemoVerifier(client *demoClient, root []byte, dir string, log *slog.Logg
 // signed custom metadata it installs by. ready is false while the
 // model's verification of the target still runs: the handset asks again
 // a little later instead of holding a worker.
-func (v *demoVerifier) verify(o *api.OfferAnswer, model, build string) (custom *manifests.TargetCustom, ready bool, err error) {
+func (v *demoVerifier) verify(o *wire.OfferAnswer, model, build string) (custom *manifests.TargetCustom, ready bool, err error) {
 	key := model + "\x00" + o.Target + "\x00" + o.SHA256 + "\x00" + strconv.FormatInt(o.Length, 10)
 	v.mu.Lock()
 	e, ok := v.entries[key]

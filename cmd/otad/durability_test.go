@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
@@ -41,8 +41,8 @@ func TestAcknowledgedReportsSurviveSIGKILL(t *testing.T) {
 		if round == 0 {
 			publishPatch(t, bin, dir, base) // reports must name a published patch
 		}
-		var enrolled api.EnrollAnswer
-		body, _ := json.Marshal(api.EnrollBody{Model: "PX-7", Build: "7.1.0", Channel: "stable"})
+		var enrolled wire.EnrollAnswer
+		body, _ := json.Marshal(wire.EnrollBody{Model: "PX-7", Build: "7.1.0", Channel: "stable"})
 		resp, err := client.Post(base+"/api/v1/devices", "application/json", bytes.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
@@ -63,7 +63,7 @@ func TestAcknowledgedReportsSurviveSIGKILL(t *testing.T) {
 					default:
 					}
 					id := fmt.Sprintf("r%d-%d-%d", round, s, i)
-					b, _ := json.Marshal(api.ReportBody{ReportID: id, PatchID: "CM-2026-001", State: "downloading", At: ptr(time.Now())})
+					b, _ := json.Marshal(wire.ReportBody{ReportID: id, PatchID: "CM-2026-001", State: "downloading", At: ptr(time.Now())})
 					req, _ := http.NewRequest("POST", base+"/api/v1/reports", bytes.NewReader(b))
 					req.Header.Set("Authorization", "Bearer "+enrolled.Token)
 					req.Header.Set("Content-Type", "application/json")

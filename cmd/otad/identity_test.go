@@ -16,7 +16,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
@@ -378,18 +378,18 @@ func TestAdminCommandsHelp(t *testing.T) {
 // createRollout creates a rollout through env and, when four eyes stop
 // it (a start at 100%), approves it with the token of a second person,
 // approver: the tests that need a rollout at 100% get one running.
-func createRollout(tb testing.TB, env *apitest.Env, approver string, req api.RolloutRequest) api.Rollout {
+func createRollout(tb testing.TB, env *apitest.Env, approver string, req wire.RolloutRequest) wire.Rollout {
 	tb.Helper()
 	var raw json.RawMessage
 	if err := env.Do("POST", "/rollouts", req, &raw); err != nil {
 		tb.Fatalf("create rollout: %v", err)
 	}
-	var ap api.Approval
+	var ap wire.Approval
 	if err := json.Unmarshal(raw, &ap); err == nil && ap.State == string(server.ApprovalPending) && ap.RolloutID != "" {
 		second := &apitest.Env{URL: env.URL, Token: approver}
-		var d api.ApprovalDecision
+		var d wire.ApprovalDecision
 		if err := second.Do("POST", "/rollouts/"+ap.RolloutID+"/approvals/"+ap.ID+"/approve",
-			api.RolloutActionRequest{Reason: "second pair of eyes"}, &d); err != nil {
+			wire.RolloutActionRequest{Reason: "second pair of eyes"}, &d); err != nil {
 			tb.Fatalf("approve rollout %s: %v", ap.RolloutID, err)
 		}
 		if d.Rollout == nil {
@@ -397,7 +397,7 @@ func createRollout(tb testing.TB, env *apitest.Env, approver string, req api.Rol
 		}
 		return *d.Rollout
 	}
-	var ro api.Rollout
+	var ro wire.Rollout
 	if err := json.Unmarshal(raw, &ro); err != nil {
 		tb.Fatalf("create rollout: %v", err)
 	}

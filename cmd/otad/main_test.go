@@ -24,7 +24,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/internal/envflag"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // startMain runs an otad in-process on a free loopback port.
@@ -138,8 +138,8 @@ func TestDataDirOwnerOnly(t *testing.T) {
 			tc.prep(t, cfg.DataDir)
 			m, _ := startMain(t, cfg)
 			// A write, so that the WAL has something in it.
-			var enrolled api.EnrollAnswer
-			postJSON(t, "http://"+m.Addr()+"/api/v1/devices", "", "", api.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"}, &enrolled)
+			var enrolled wire.EnrollAnswer
+			postJSON(t, "http://"+m.Addr()+"/api/v1/devices", "", "", wire.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"}, &enrolled)
 			want := map[string]os.FileMode{"": 0o700, "otad.db": 0o600, "otad.db-wal": 0o600, "otad.db-shm": 0o600}
 			for name, mode := range want {
 				fi, err := os.Stat(filepath.Join(cfg.DataDir, name))

@@ -15,7 +15,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver, to read the recorded offers
 
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -48,7 +48,7 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 	const capPerMinute, handsets = 40, 240
 	env := &apitest.Env{URL: bases[0], Token: engineerToken(t, bin, dir)}
 	limit := capPerMinute
-	r := createRollout(t, env, engineerToken(t, bin, dir), api.RolloutRequest{Release: "cloudmsg/CM-2026-001/update.zip",
+	r := createRollout(t, env, engineerToken(t, bin, dir), wire.RolloutRequest{Release: "cloudmsg/CM-2026-001/update.zip",
 		Stages: []float64{100}, MaxOffersPerMinute: &limit, Reason: "capped"})
 	if r.State != "running" {
 		t.Fatalf("rollout %s is %s, want running", r.ID, r.State)
@@ -73,8 +73,8 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 	}
 	tokens := make([]string, handsets)
 	for i := range tokens {
-		var e api.EnrollAnswer
-		if c := post(bases[i%2]+"/api/v1/devices", "", api.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"}, &e); c != 201 {
+		var e wire.EnrollAnswer
+		if c := post(bases[i%2]+"/api/v1/devices", "", wire.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"}, &e); c != 201 {
 			t.Fatalf("enroll: %d", c)
 		}
 		tokens[i] = e.Token
@@ -84,16 +84,16 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 	// refused build_not_older only by a replica that sees the rollout
 	// (not_selected before), and takes nothing from the budget.
 	waitSameTimestamp(t, bases)
-	var probe api.EnrollAnswer
-	if c := post(bases[0]+"/api/v1/devices", "", api.EnrollBody{Model: "PX-7", Build: "7.5.0", Channel: "stable"}, &probe); c != 201 {
+	var probe wire.EnrollAnswer
+	if c := post(bases[0]+"/api/v1/devices", "", wire.EnrollBody{Model: "PX-7", Build: "7.5.0", Channel: "stable"}, &probe); c != 201 {
 		t.Fatalf("enroll the probe: %d", c)
 	}
-	newer := api.CheckInBody{Build: "7.5.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
+	newer := wire.CheckInBody{Build: "7.5.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
 		CloudMessaging: "auto_enabled", NumberEncryption: new(bool)}
 	for _, base := range bases {
 		deadline := time.Now().Add(2 * time.Minute)
 		for {
-			var ans api.CheckInAnswer
+			var ans wire.CheckInAnswer
 			if c := post(base+"/api/v1/checkin", probe.Token, newer, &ans); c != 200 {
 				t.Fatalf("probe check-in at %s: %d", base, c)
 			}
@@ -107,7 +107,7 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 		}
 	}
 	f := false
-	body := api.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
+	body := wire.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
 		CloudMessaging: "auto_enabled", NumberEncryption: &f}
 	var (
 		mu      sync.Mutex
@@ -120,7 +120,7 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 	// The first handset of each replica checks in alone: each replica
 	// offers from the shared budget, which has room.
 	for i := range 2 {
-		var ans api.CheckInAnswer
+		var ans wire.CheckInAnswer
 		if c := post(bases[i]+"/api/v1/checkin", tokens[i], body, &ans); c != 200 || ans.Offer == nil {
 			t.Fatalf("the first check-in at %s: %d, no_offer %q; want an offer", bases[i], c, ans.NoOffer)
 		}
@@ -134,7 +134,7 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			var ans api.CheckInAnswer
+			var ans wire.CheckInAnswer
 			if c := post(bases[i%2]+"/api/v1/checkin", tok, body, &ans); c != 200 {
 				t.Errorf("check-in: %d", c)
 				return

@@ -21,7 +21,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver, for the lock sampler
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -87,25 +87,25 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 	c := &waveClient{http: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
 		MaxIdleConns: 4 * conc, MaxIdleConnsPerHost: 2 * conc, IdleConnTimeout: time.Minute}}}
 	f := false
-	before, _ := json.Marshal(api.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
+	before, _ := json.Marshal(wire.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
 		CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: &f})
 	t := true
-	after, _ := json.Marshal(api.CheckInBody{Build: "7.5.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{"CM-2026-001"},
+	after, _ := json.Marshal(wire.CheckInBody{Build: "7.5.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{"CM-2026-001"},
 		CloudMessaging: server.MessagingOptedIn, NumberEncryption: &t})
 
 	// The fleet before the rollout: enrolled, and each handset has checked
 	// in once (a fleet's handsets have when a rollout starts), so that the
 	// wave's first check-in changes the rollout's state, not the device's.
-	enrollBody, _ := json.Marshal(api.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"})
+	enrollBody, _ := json.Marshal(wire.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"})
 	tokens := make([]string, n)
 	setupStart := time.Now()
 	c.parallel(b, "enroll and check in", conc, n, func(i int) error {
-		var e api.EnrollAnswer
+		var e wire.EnrollAnswer
 		if err := c.post(bases[0], "/api/v1/devices", "", enrollBody, http.StatusCreated, &e); err != nil {
 			return err
 		}
 		tokens[i] = e.Token
-		var ans api.CheckInAnswer
+		var ans wire.CheckInAnswer
 		if err := c.post(bases[0], "/api/v1/checkin", e.Token, before, http.StatusOK, &ans); err != nil {
 			return err
 		}
@@ -129,7 +129,7 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 		}
 	}
 	// A start at 100% waits for a second person's approval.
-	r := createRollout(b, env, engineerToken(b, bin, dir), api.RolloutRequest{Release: "cloudmsg/CM-2026-001/update.zip",
+	r := createRollout(b, env, engineerToken(b, bin, dir), wire.RolloutRequest{Release: "cloudmsg/CM-2026-001/update.zip",
 		Stages: []float64{100}, Reason: "wave benchmark"})
 	if r.State != "running" {
 		b.Fatalf("rollout %s is %s, want running", r.ID, r.State)
@@ -162,7 +162,7 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 	c.parallel(b, "wave", conc, n, func(i int) error {
 		base, tok := bases[i%len(bases)], tokens[i]
 		t0 := time.Now()
-		var ans api.CheckInAnswer
+		var ans wire.CheckInAnswer
 		if err := c.post(base, "/api/v1/checkin", tok, before, http.StatusOK, &ans); err != nil {
 			return fmt.Errorf("check-in on the old build: %w", err)
 		}
@@ -180,7 +180,7 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 			last = at
 			var id [16]byte
 			crand.Read(id[:])
-			body, _ := json.Marshal(api.ReportBody{ReportID: demoReportID(id), PatchID: o.PatchID, RolloutID: o.RolloutID,
+			body, _ := json.Marshal(wire.ReportBody{ReportID: demoReportID(id), PatchID: o.PatchID, RolloutID: o.RolloutID,
 				Target: o.Target, State: state, At: &at})
 			t0 := time.Now()
 			if err := c.post(base, "/api/v1/reports", tok, body, http.StatusCreated, nil); err != nil {
@@ -189,7 +189,7 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 			lat[1+s][i] = time.Since(t0)
 		}
 		t0 = time.Now()
-		ans = api.CheckInAnswer{}
+		ans = wire.CheckInAnswer{}
 		if err := c.post(base, "/api/v1/checkin", tok, after, http.StatusOK, &ans); err != nil {
 			return fmt.Errorf("check-in on the new build: %w", err)
 		}
@@ -223,7 +223,7 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 	c.parallel(b, "quiet", conc, quietN, func(j int) error {
 		i := j % n
 		t0 := time.Now()
-		var ans api.CheckInAnswer
+		var ans wire.CheckInAnswer
 		if err := c.post(bases[i%len(bases)], "/api/v1/checkin", tokens[i], after, http.StatusOK, &ans); err != nil {
 			return fmt.Errorf("quiet check-in: %w", err)
 		}

@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
@@ -82,7 +82,7 @@ type crashHandset struct {
 	// unanswered says the step next was sent and got no answer: it may
 	// have committed, so a duplicate is a fine answer to its retry.
 	unanswered bool
-	offer      *api.OfferAnswer
+	offer      *wire.OfferAnswer
 	// reports are the report bodies by step, made at the first send and
 	// sent again unchanged (same id, same time).
 	reports map[int][]byte
@@ -136,16 +136,16 @@ func testWaveCrash(t *testing.T, dsn string) {
 	publishPatch(t, bin, dir, base)
 	c := &waveClient{http: &http.Client{Timeout: time.Minute}}
 	f, tr := false, true
-	before, _ := json.Marshal(api.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
+	before, _ := json.Marshal(wire.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
 		CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: &f})
-	after, _ := json.Marshal(api.CheckInBody{Build: "7.5.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{"CM-2026-001"},
+	after, _ := json.Marshal(wire.CheckInBody{Build: "7.5.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{"CM-2026-001"},
 		CloudMessaging: server.MessagingOptedIn, NumberEncryption: &tr})
 
 	// The fleet, enrolled and checked in once before the rollout starts.
 	hs := make([]*crashHandset, handsets)
-	enrollBody, _ := json.Marshal(api.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"})
+	enrollBody, _ := json.Marshal(wire.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"})
 	c.parallel(t, "enroll and check in", workers, handsets, func(i int) error {
-		var e api.EnrollAnswer
+		var e wire.EnrollAnswer
 		if err := c.post(base, "/api/v1/devices", "", enrollBody, http.StatusCreated, &e); err != nil {
 			return err
 		}
@@ -156,7 +156,7 @@ func testWaveCrash(t *testing.T, dsn string) {
 	// each handset ends as is its path's doing alone.
 	rate, retries := 1.0, 0
 	r := createRollout(t, &apitest.Env{URL: base, Token: engineerToken(t, bin, dir)}, engineerToken(t, bin, dir),
-		api.RolloutRequest{Release: "cloudmsg/CM-2026-001/update.zip", Stages: []float64{100}, MaxFailureRate: &rate,
+		wire.RolloutRequest{Release: "cloudmsg/CM-2026-001/update.zip", Stages: []float64{100}, MaxFailureRate: &rate,
 			Retries: &retries, Reason: "wave crash test"})
 	if r.State != "running" {
 		t.Fatalf("rollout %s is %s, want running", r.ID, r.State)
@@ -305,7 +305,7 @@ func (w *crashWave) step(base string, h *crashHandset) (acked, gone bool) {
 				at = h.last.Add(time.Microsecond) // a handset's reports are strictly ordered
 			}
 			h.last = at
-			rb := api.ReportBody{ReportID: fmt.Sprintf("wave-h%d-%s", h.n, state), PatchID: h.offer.PatchID,
+			rb := wire.ReportBody{ReportID: fmt.Sprintf("wave-h%d-%s", h.n, state), PatchID: h.offer.PatchID,
 				RolloutID: h.offer.RolloutID, Target: h.offer.Target, State: state, At: &at}
 			if state == server.StateFailed {
 				rb.ErrorCode = "E_DISK_FULL"
@@ -328,7 +328,7 @@ func (w *crashWave) step(base string, h *crashHandset) (acked, gone bool) {
 		if status != http.StatusOK {
 			return bad("want 200")
 		}
-		var ans api.CheckInAnswer
+		var ans wire.CheckInAnswer
 		if err := json.Unmarshal(answer, &ans); err != nil {
 			return bad("%v", err)
 		}
@@ -341,7 +341,7 @@ func (w *crashWave) step(base string, h *crashHandset) (acked, gone bool) {
 			return bad("want no offer on the new build")
 		}
 	default:
-		var ans api.ReportAnswer
+		var ans wire.ReportAnswer
 		switch {
 		case status == http.StatusCreated:
 		case status == http.StatusOK && retry:

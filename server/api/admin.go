@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
-	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // Routes of the admin API that the CLI (otactl) calls.
@@ -58,31 +58,17 @@ func (s *Server) repoStatus(c echo.Context) error {
 	return c.JSON(http.StatusOK, st)
 }
 
-// OnlineKey is the answer of GET /admin/repo/online-key.
-type OnlineKey struct {
-	KeyID string        `json:"keyid"`
-	Key   *metadata.Key `json:"key"`
-}
-
 func (s *Server) onlineKey(c echo.Context) error {
 	k := s.repo.OnlineKey()
 	id, err := k.ID()
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, OnlineKey{KeyID: id, Key: k})
-}
-
-// RootDraftRequest is the body of POST /admin/repo/root-drafts.
-type RootDraftRequest struct {
-	RootKeys         []*metadata.Key `json:"root_keys"`
-	RootThreshold    int             `json:"root_threshold"`
-	TargetsKeys      []*metadata.Key `json:"targets_keys"`
-	TargetsThreshold int             `json:"targets_threshold"`
+	return c.JSON(http.StatusOK, wire.OnlineKey{KeyID: id, Key: k})
 }
 
 func (s *Server) createRootDraft(c echo.Context) error {
-	var req RootDraftRequest
+	var req wire.RootDraftRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -100,20 +86,6 @@ func (s *Server) createRootDraft(c echo.Context) error {
 	return s.respondDraft(c, http.StatusCreated, d.ID)
 }
 
-// Artifact is the answer of PUT /admin/artifacts/{path}.
-type Artifact struct {
-	Path   string `json:"path"`
-	Length int64  `json:"length"`
-	SHA256 string `json:"sha256"`
-	// Existed is true when the same artifact was already stored, so
-	// nothing was uploaded.
-	Existed bool `json:"existed"`
-}
-
-// HeaderContentSHA256 carries the sha256 the uploader computed; the server
-// checks the stored bytes against it.
-const HeaderContentSHA256 = "X-Content-Sha256"
-
 // uploadArtifact streams a build into the blob store under its
 // hash-prefixed name, never holding it in memory. A body whose sha256
 // differs from the declared one is deleted and refused.
@@ -122,14 +94,14 @@ func (s *Server) uploadArtifact(c echo.Context) error {
 	if err := manifests.ValidateTargetPath(p); err != nil {
 		return fmt.Errorf("%w: target path: %w", server.ErrInvalid, err)
 	}
-	sum := c.Request().Header.Get(HeaderContentSHA256)
+	sum := c.Request().Header.Get(wire.HeaderContentSHA256)
 	if b, err := hex.DecodeString(sum); err != nil || len(b) != 32 || hex.EncodeToString(b) != sum {
-		return fmt.Errorf("%w: header %s must be the 64 lowercase hex digits of the body's sha256", server.ErrInvalid, HeaderContentSHA256)
+		return fmt.Errorf("%w: header %s must be the 64 lowercase hex digits of the body's sha256", server.ErrInvalid, wire.HeaderContentSHA256)
 	}
 	ctx := c.Request().Context()
 	key := manifests.TargetKey(p, sum)
 	if info, err := s.blobs.Stat(ctx, key); err == nil {
-		return c.JSON(http.StatusOK, Artifact{Path: p, Length: info.Size, SHA256: sum, Existed: true})
+		return c.JSON(http.StatusOK, wire.Artifact{Path: p, Length: info.Size, SHA256: sum, Existed: true})
 	} else if !errors.Is(err, manifests.ErrNotExist) {
 		return err
 	}
@@ -159,19 +131,11 @@ func (s *Server) uploadArtifact(c echo.Context) error {
 	if err := s.audit(c, "artifact.upload", p, map[string]any{"sha256": sum, "length": info.Size}); err != nil {
 		return err
 	}
-	return c.JSON(http.StatusCreated, Artifact{Path: p, Length: info.Size, SHA256: sum})
-}
-
-// ReleaseRequest is the body of POST /admin/releases.
-type ReleaseRequest struct {
-	Path   string                 `json:"path"`
-	Length int64                  `json:"length"`
-	SHA256 string                 `json:"sha256"`
-	Custom manifests.TargetCustom `json:"custom"`
+	return c.JSON(http.StatusCreated, wire.Artifact{Path: p, Length: info.Size, SHA256: sum})
 }
 
 func (s *Server) createRelease(c echo.Context) error {
-	var req ReleaseRequest
+	var req wire.ReleaseRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -192,13 +156,8 @@ func (s *Server) createRelease(c echo.Context) error {
 	return s.respondDraft(c, http.StatusCreated, d.ID)
 }
 
-// YankRequest is the body of POST /admin/yanks.
-type YankRequest struct {
-	Path string `json:"path"`
-}
-
 func (s *Server) createYank(c echo.Context) error {
-	var req YankRequest
+	var req wire.YankRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -240,22 +199,8 @@ func (s *Server) getDraft(c echo.Context) error {
 	return s.respondDraft(c, http.StatusOK, c.Param("id"))
 }
 
-// SignatureUpload is the body of POST /admin/drafts/{id}/signatures.
-type SignatureUpload struct {
-	// Digest is the draft digest the signatures were made over.
-	Digest     string            `json:"digest"`
-	Signatures []UploadSignature `json:"signatures"`
-}
-
-// UploadSignature is one signature of a SignatureUpload.
-type UploadSignature struct {
-	Part  string `json:"part"`
-	KeyID string `json:"keyid"`
-	Sig   string `json:"sig"` // hex
-}
-
 func (s *Server) addSignatures(c echo.Context) error {
-	var req SignatureUpload
+	var req wire.SignatureUpload
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}

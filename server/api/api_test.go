@@ -18,6 +18,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // pingFunc is a function-field fake for server.Pinger.
@@ -53,12 +54,12 @@ func do(tb testing.TB, h http.Handler, method, target string, body io.Reader, op
 	return rec
 }
 
-func decodeError(tb testing.TB, rec *httptest.ResponseRecorder) ErrorDetail {
+func decodeError(tb testing.TB, rec *httptest.ResponseRecorder) wire.ErrorDetail {
 	tb.Helper()
 	if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		tb.Fatalf("Content-Type = %q, want application/json; body %s", ct, rec.Body)
 	}
-	var body ErrorBody
+	var body wire.ErrorBody
 	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
 		tb.Fatalf("error body %q is not JSON: %v", rec.Body, err)
 	}

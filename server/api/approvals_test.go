@@ -8,6 +8,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // TestFourEyes: an operator's advance past 50% waits for a second
@@ -55,7 +56,7 @@ func TestFourEyes(t *testing.T) {
 	}
 
 	code, b = env.call(t, env.viewer, "GET", "/rollouts/ro-4e/approvals", "")
-	var list []api.Approval
+	var list []wire.Approval
 	if code != http.StatusOK || json.Unmarshal(b, &list) != nil || len(list) != 1 ||
 		list[0].State != "approved" || list[0].DecidedBy != "ops-b" || list[0].DecisionReason != "checked the dashboards" {
 		t.Errorf("approvals: %d %s, want the one approved by ops-b", code, b)
@@ -77,7 +78,7 @@ func TestFourEyesRejectAndCancel(t *testing.T) {
 	env.rollout(t, env.operator, "POST", "/rollouts", `{"id":"ro-rc","release":"`+rolloutTarget+`","stages":[50,100]}`, http.StatusCreated)
 	first := env.approval(t, env.operator, "/rollouts/ro-rc/advance", `{"reason":"more"}`)
 	code, b := env.call(t, env.engineer, "POST", "/rollouts/ro-rc/approvals/"+first.ID+"/reject", `{"reason":"not yet"}`)
-	var d api.ApprovalDecision
+	var d wire.ApprovalDecision
 	if code != http.StatusOK || json.Unmarshal(b, &d) != nil || d.Approval.State != "rejected" || d.Approval.DecidedBy != "test-engineer" {
 		t.Fatalf("reject: %d %s", code, b)
 	}
@@ -86,7 +87,7 @@ func TestFourEyesRejectAndCancel(t *testing.T) {
 	env.rollout(t, env.operator, "POST", "/rollouts/ro-rc/pause", `{"reason":"wait"}`, http.StatusOK)
 	states := map[string]string{}
 	code, b = env.call(t, env.viewer, "GET", "/rollouts/ro-rc/approvals", "")
-	var list []api.Approval
+	var list []wire.Approval
 	if code != http.StatusOK || json.Unmarshal(b, &list) != nil {
 		t.Fatalf("approvals: %d %s", code, b)
 	}
@@ -103,7 +104,7 @@ func TestFourEyesRejectAndCancel(t *testing.T) {
 
 	// A start at 100% waits as well, created straight away or from a draft.
 	code, b = env.call(t, env.operator, "POST", "/rollouts", `{"id":"ro-all","release":"`+rolloutTarget+`","stages":[100]}`)
-	var start api.Approval
+	var start wire.Approval
 	if code != http.StatusAccepted || json.Unmarshal(b, &start) != nil || start.Action != "start" || start.ToPercent != 100 {
 		t.Fatalf("create at 100%%: %d %s, want 202 with a start approval", code, b)
 	}
@@ -164,12 +165,12 @@ func TestUsersAndTokensAPI(t *testing.T) {
 	}
 	alice := "Bearer " + aliceTok
 	code, b := env.call(t, alice, "POST", "/tokens", `{"name":"ci"}`)
-	var nt api.NewToken
+	var nt wire.NewToken
 	if code != http.StatusCreated || json.Unmarshal(b, &nt) != nil || !strings.HasPrefix(nt.Secret, "otad_") || nt.User != "alice" {
 		t.Fatalf("mint: %d %s", code, b)
 	}
 	code, b = env.call(t, alice, "GET", "/tokens", "")
-	var toks []api.Token
+	var toks []wire.Token
 	if code != http.StatusOK || json.Unmarshal(b, &toks) != nil || len(toks) != 2 {
 		t.Errorf("alice's tokens: %d %s, want her two", code, b)
 	}
@@ -177,7 +178,7 @@ func TestUsersAndTokensAPI(t *testing.T) {
 		t.Errorf("alice listing everyone's tokens: %d, want 403", code)
 	}
 	code, b = env.call(t, admin, "GET", "/tokens", "")
-	var adminToks []api.Token
+	var adminToks []wire.Token
 	if code != http.StatusOK || json.Unmarshal(b, &adminToks) != nil || len(adminToks) != 1 {
 		t.Fatalf("root's tokens: %d %s", code, b)
 	}
@@ -191,7 +192,7 @@ func TestUsersAndTokensAPI(t *testing.T) {
 		t.Errorf("a revoked token: %d, want 401", code)
 	}
 	code, b = env.call(t, alice, "GET", "/whoami", "")
-	var who api.WhoAmI
+	var who wire.WhoAmI
 	if code != http.StatusOK || json.Unmarshal(b, &who) != nil || who.Name != "alice" || who.Role != "operator" || who.Kind != "user" ||
 		len(who.Permissions) != len(server.RolePermissions[server.RoleOperator]) {
 		t.Errorf("whoami: %d %s, want alice, operator, user and the operator's permissions", code, b)
@@ -215,7 +216,7 @@ func TestUsersAndTokensAPI(t *testing.T) {
 		t.Errorf("token audit %v", got)
 	}
 	code, b = env.call(t, env.viewer, "GET", "/audit/verify", "")
-	var v api.AuditVerify
+	var v wire.AuditVerify
 	if code != http.StatusOK || json.Unmarshal(b, &v) != nil || !v.OK || v.Entries == nil || *v.Entries < 5 || v.HeadHash == nil {
 		t.Errorf("verify: %d %s, want ok", code, b)
 	}

@@ -8,12 +8,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 	"unicode"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // HeaderReason carries the reason of an administrative action for the
@@ -74,53 +74,6 @@ func (s *Server) record(c echo.Context, e server.AuditEntry) error {
 	return nil
 }
 
-// AuditEntry is one entry of the audit log as GET /admin/audit answers
-// it.
-type AuditEntry struct {
-	Seq      int64     `json:"seq"`
-	At       time.Time `json:"at"`
-	Actor    string    `json:"actor"`
-	Action   string    `json:"action"`
-	Object   string    `json:"object"`
-	Reason   string    `json:"reason"`
-	Detail   string    `json:"detail"`
-	PrevHash string    `json:"prev_hash"`
-	Hash     string    `json:"hash"`
-}
-
-// AuditVerify is the answer of GET /admin/audit/verify.
-type AuditVerify struct {
-	OK bool `json:"ok"`
-	// Entries and HeadHash are set when OK.
-	Entries  *int64  `json:"entries,omitempty"`
-	HeadHash *string `json:"head_hash,omitempty"`
-	// Anchored, when OK, tells whether the chain was checked against
-	// checkpoints kept outside the database: Checkpoints of them, the
-	// newest NewestCheckpoint, with SinceCheckpoint entries appended
-	// after it. When not, Unanchored says why (and a rewrite that
-	// recomputes every hash would not show).
-	Anchored         *bool            `json:"anchored,omitempty"`
-	Checkpoints      int              `json:"checkpoints,omitempty"`
-	NewestCheckpoint *AuditCheckpoint `json:"newest_checkpoint,omitempty"`
-	SinceCheckpoint  *int64           `json:"since_checkpoint,omitempty"`
-	Unanchored       string           `json:"unanchored,omitempty"`
-	// BrokenAt and Why say where and how the chain breaks, or disagrees
-	// with a checkpoint, when OK is false.
-	BrokenAt int64  `json:"broken_at,omitempty"`
-	Why      string `json:"why,omitempty"`
-}
-
-// AuditCheckpoint is a checkpoint as GET /admin/audit/verify names it:
-// the entry it anchors, that entry's hash, when and by which key it was
-// signed, and where it is stored.
-type AuditCheckpoint struct {
-	Seq   int64     `json:"seq"`
-	Hash  string    `json:"hash"`
-	At    time.Time `json:"at"`
-	KeyID string    `json:"key_id"`
-	Key   string    `json:"key"`
-}
-
 func (s *Server) auditStore() (server.AuditStore, error) {
 	if s.auditLog == nil {
 		return nil, fmt.Errorf("%w: no audit log configured", server.ErrUnavailable)
@@ -161,9 +114,9 @@ func (s *Server) auditEntries(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	out := make([]AuditEntry, len(es))
+	out := make([]wire.AuditEntry, len(es))
 	for i, e := range es {
-		out[i] = AuditEntry{Seq: e.Seq, At: e.At.UTC(), Actor: e.Actor, Action: e.Action, Object: e.Object,
+		out[i] = wire.AuditEntry{Seq: e.Seq, At: e.At.UTC(), Actor: e.Actor, Action: e.Action, Object: e.Object,
 			Reason: e.Reason, Detail: e.Detail, PrevHash: e.PrevHash, Hash: e.Hash}
 	}
 	return c.JSON(http.StatusOK, out)
@@ -179,16 +132,16 @@ func (s *Server) verifyAudit(c echo.Context) error {
 	}
 	v, err := server.VerifyAudit(c.Request().Context(), store, s.auditAnchor)
 	if be := new(server.AuditBrokenError); errors.As(err, &be) {
-		return c.JSON(http.StatusOK, AuditVerify{OK: false, BrokenAt: be.Seq, Why: be.Why})
+		return c.JSON(http.StatusOK, wire.AuditVerify{OK: false, BrokenAt: be.Seq, Why: be.Why})
 	}
 	if err != nil {
 		return err
 	}
 	anchored, since := v.Anchored(), v.SinceCheckpoint()
-	out := AuditVerify{OK: true, Entries: &v.Entries, HeadHash: &v.HeadHash, Anchored: &anchored,
+	out := wire.AuditVerify{OK: true, Entries: &v.Entries, HeadHash: &v.HeadHash, Anchored: &anchored,
 		Checkpoints: v.Checkpoints, Unanchored: v.Unanchored}
 	if cp := v.Newest; cp != nil {
-		out.NewestCheckpoint = &AuditCheckpoint{Seq: cp.Seq, Hash: cp.Hash(), At: cp.At.UTC(), KeyID: cp.KeyID, Key: cp.Key}
+		out.NewestCheckpoint = &wire.AuditCheckpoint{Seq: cp.Seq, Hash: cp.Hash(), At: cp.At.UTC(), KeyID: cp.KeyID, Key: cp.Key}
 		out.SinceCheckpoint = &since
 	}
 	return c.JSON(http.StatusOK, out)

@@ -10,23 +10,9 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/httperr"
 )
-
-// ErrorBody is the JSON shape of every error response:
-// {"error": {"code": "...", "message": "..."}}.
-type ErrorBody struct {
-	Error ErrorDetail `json:"error"`
-}
-
-// ErrorDetail is the inside of ErrorBody. Code is stable and meant for
-// programs; Message is for people.
-type ErrorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-	// Field names the request field at fault, for validation errors.
-	Field string `json:"field,omitempty"`
-}
 
 // statusClientClosed is logged and counted for requests the client
 // abandoned.
@@ -50,22 +36,22 @@ var httpCodes = map[int]string{
 // errorResponse turns err into a status and body. Internal errors get a
 // generic message: their details may name hosts, files or queries, and go
 // to the log instead.
-func errorResponse(err error) (int, ErrorBody, bool) {
+func errorResponse(err error) (int, wire.ErrorBody, bool) {
 	if fe := new(server.FieldError); errors.As(err, &fe) {
-		return http.StatusBadRequest, ErrorBody{ErrorDetail{"invalid", fe.Error(), fe.Field}}, false
+		return http.StatusBadRequest, wire.ErrorBody{Error: wire.ErrorDetail{Code: "invalid", Message: fe.Error(), Field: fe.Field}}, false
 	}
 	if cause := connCause(err); cause != "" {
 		if cause == CauseMalformedRequest {
-			return http.StatusBadRequest, ErrorBody{ErrorDetail{Code: "invalid", Message: "malformed request body"}}, false
+			return http.StatusBadRequest, wire.ErrorBody{Error: wire.ErrorDetail{Code: "invalid", Message: "malformed request body"}}, false
 		}
 		// Reading the body failed on the client's side: no server error,
 		// and most likely nobody left to read the answer.
-		return statusClientClosed, ErrorBody{ErrorDetail{Code: "canceled", Message: "the request's connection failed: " + cause}}, false
+		return statusClientClosed, wire.ErrorBody{Error: wire.ErrorDetail{Code: "canceled", Message: "the request's connection failed: " + cause}}, false
 	}
 	if errors.Is(err, context.Canceled) {
 		// The client went away; nobody reads this answer, and it is no
 		// server error. 499 is nginx's "client closed request".
-		return statusClientClosed, ErrorBody{ErrorDetail{Code: "canceled", Message: "request canceled by the client"}}, false
+		return statusClientClosed, wire.ErrorBody{Error: wire.ErrorDetail{Code: "canceled", Message: "request canceled by the client"}}, false
 	}
 	switch status, code := httperr.Classify(err); code {
 	case httperr.CodeInternal:
@@ -73,7 +59,7 @@ func errorResponse(err error) (int, ErrorBody, bool) {
 	case httperr.CodeNotAudited:
 		// Still a server error (logged), but one that says the action was
 		// done, without the store's words.
-		return status, ErrorBody{ErrorDetail{Code: code,
+		return status, wire.ErrorBody{Error: wire.ErrorDetail{Code: code,
 			Message: server.ErrNotAudited.Error() + "; do not repeat the request, tell an administrator"}}, true
 	default:
 		msg := err.Error()
@@ -83,7 +69,7 @@ func errorResponse(err error) (int, ErrorBody, bool) {
 		if mbe := new(http.MaxBytesError); status == http.StatusRequestEntityTooLarge && errors.As(err, &mbe) {
 			msg = "request body larger than the limit of " + strconv.FormatInt(mbe.Limit, 10) + " bytes"
 		}
-		return status, ErrorBody{ErrorDetail{Code: code, Message: msg}}, false
+		return status, wire.ErrorBody{Error: wire.ErrorDetail{Code: code, Message: msg}}, false
 	}
 	if he := new(echo.HTTPError); errors.As(err, &he) && he.Code < 500 {
 		code, ok := httpCodes[he.Code]
@@ -94,9 +80,9 @@ func errorResponse(err error) (int, ErrorBody, bool) {
 		if m, ok := he.Message.(string); ok && m != "" {
 			msg = m
 		}
-		return he.Code, ErrorBody{ErrorDetail{Code: code, Message: msg}}, false
+		return he.Code, wire.ErrorBody{Error: wire.ErrorDetail{Code: code, Message: msg}}, false
 	}
-	return http.StatusInternalServerError, ErrorBody{ErrorDetail{Code: "internal", Message: "internal error"}}, true
+	return http.StatusInternalServerError, wire.ErrorBody{Error: wire.ErrorDetail{Code: "internal", Message: "internal error"}}, true
 }
 
 // handleError is Echo's HTTPErrorHandler: the one place errors become

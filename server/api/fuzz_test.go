@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"slices"
 	"testing"
+
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // FuzzHandsetBodies throws arbitrary bodies at the three handset endpoints
@@ -33,7 +35,7 @@ func FuzzHandsetBodies(f *testing.F) {
 			t.Fatalf("%s answered %d to %q", path, rec.Code, body)
 		}
 		if rec.Code >= 400 {
-			var eb ErrorBody
+			var eb wire.ErrorBody
 			if err := json.Unmarshal(rec.Body.Bytes(), &eb); err != nil || eb.Error.Code == "" {
 				t.Fatalf("%s %d with a body that is not a JSON error: %q", path, rec.Code, rec.Body)
 			}

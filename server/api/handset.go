@@ -6,12 +6,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // The handset API. Bodies decode into fixed structs that refuse unknown
@@ -33,27 +33,8 @@ func bearer(c echo.Context) string {
 	return t
 }
 
-// EnrollBody is the body of POST /api/v1/devices.
-type EnrollBody struct {
-	Model            string     `json:"model"`
-	Build            string     `json:"build"`
-	Channel          string     `json:"channel"`
-	Region           string     `json:"region,omitempty"`
-	EnrollmentSecret string     `json:"enrollment_secret,omitempty"`
-	DeviceKey        string     `json:"device_key,omitempty"`
-	Signature        string     `json:"signature,omitempty"`
-	Timestamp        *time.Time `json:"timestamp,omitempty"`
-}
-
-// EnrollAnswer is the answer to an enrollment.
-type EnrollAnswer struct {
-	DeviceID         string `json:"device_id"`
-	Token            string `json:"token"`
-	PollAfterSeconds int    `json:"poll_after_seconds"`
-}
-
 func (s *Server) enroll(c echo.Context) error {
-	var b EnrollBody
+	var b wire.EnrollBody
 	if err := decodeJSON(c, &b); err != nil {
 		return err
 	}
@@ -71,44 +52,11 @@ func (s *Server) enroll(c echo.Context) error {
 		status = http.StatusCreated
 	}
 	// A new device checks in at once: that is when it learns of updates.
-	return c.JSON(status, EnrollAnswer{DeviceID: e.DeviceID, Token: e.Token, PollAfterSeconds: 0})
-}
-
-// CheckInBody is the body of POST /api/v1/checkin.
-type CheckInBody struct {
-	Build            string   `json:"build"`
-	Model            string   `json:"model"`
-	Channel          string   `json:"channel"`
-	InstalledPatches []string `json:"installed_patches"`
-	CloudMessaging   string   `json:"cloud_messaging"`
-	NumberEncryption *bool    `json:"number_encryption"`
-	UTCOffsetMinutes *int     `json:"utc_offset_minutes,omitempty"`
-}
-
-// CheckInAnswer is the answer to a check-in.
-type CheckInAnswer struct {
-	PollAfterSeconds int          `json:"poll_after_seconds"`
-	Offer            *OfferAnswer `json:"offer"`
-	// NoOffer, without an offer, says why when a rollout considered the
-	// handset: a code such as "not_in_cohort" (server.RefusalCode).
-	NoOffer string `json:"no_offer,omitempty"`
-}
-
-// OfferAnswer is an offered update: fetch Target through TUF from
-// MetadataURL and TargetsURL, install only if it verifies.
-type OfferAnswer struct {
-	Target      string                 `json:"target"`
-	Length      int64                  `json:"length"`
-	SHA256      string                 `json:"sha256"`
-	PatchID     string                 `json:"patch_id"`
-	RolloutID   string                 `json:"rollout_id"`
-	MetadataURL string                 `json:"metadata_url"`
-	TargetsURL  string                 `json:"targets_url"`
-	Custom      manifests.TargetCustom `json:"custom"`
+	return c.JSON(status, wire.EnrollAnswer{DeviceID: e.DeviceID, Token: e.Token, PollAfterSeconds: 0})
 }
 
 func (s *Server) checkIn(c echo.Context) error {
-	var b CheckInBody
+	var b wire.CheckInBody
 	if err := decodeJSON(c, &b); err != nil {
 		return err
 	}
@@ -121,10 +69,10 @@ func (s *Server) checkIn(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	ans := CheckInAnswer{PollAfterSeconds: int(res.PollAfter.Seconds()), NoOffer: server.RefusalCode(res.Refusal)}
+	ans := wire.CheckInAnswer{PollAfterSeconds: int(res.PollAfter.Seconds()), NoOffer: server.RefusalCode(res.Refusal)}
 	if o := res.Offer; o != nil {
 		base := s.publicBase()
-		ans.Offer = &OfferAnswer{Target: o.Target, Length: o.Length, SHA256: o.SHA256, PatchID: o.PatchID,
+		ans.Offer = &wire.OfferAnswer{Target: o.Target, Length: o.Length, SHA256: o.SHA256, PatchID: o.PatchID,
 			RolloutID: o.RolloutID, MetadataURL: base + "/tuf/", TargetsURL: base + "/targets/", Custom: o.Custom}
 	}
 	return c.JSON(http.StatusOK, ans)
@@ -139,26 +87,8 @@ func (s *Server) publicBase() string {
 	return s.publicURL
 }
 
-// ReportBody is the body of POST /api/v1/reports.
-type ReportBody struct {
-	ReportID  string     `json:"report_id"`
-	PatchID   string     `json:"patch_id"`
-	RolloutID string     `json:"rollout_id,omitempty"`
-	Target    string     `json:"target,omitempty"`
-	State     string     `json:"state"`
-	ErrorCode string     `json:"error_code,omitempty"`
-	Message   string     `json:"message,omitempty"`
-	At        *time.Time `json:"at"`
-}
-
-// ReportAnswer is the answer to a report: 201 when stored, 200 with
-// Duplicate for a retry of a stored report. Either means durable.
-type ReportAnswer struct {
-	Duplicate bool `json:"duplicate"`
-}
-
 func (s *Server) report(c echo.Context) error {
-	var b ReportBody
+	var b wire.ReportBody
 	if err := decodeJSON(c, &b); err != nil {
 		return err
 	}
@@ -172,9 +102,9 @@ func (s *Server) report(c echo.Context) error {
 		return err
 	}
 	if dup {
-		return c.JSON(http.StatusOK, ReportAnswer{Duplicate: true})
+		return c.JSON(http.StatusOK, wire.ReportAnswer{Duplicate: true})
 	}
-	return c.JSON(http.StatusCreated, ReportAnswer{})
+	return c.JSON(http.StatusCreated, wire.ReportAnswer{})
 }
 
 func (s *Server) eraseSelf(c echo.Context) error {

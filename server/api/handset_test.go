@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // mockDevices is a function-field fake of server.DeviceStore: handler
@@ -147,7 +148,7 @@ func TestHandsetValidation(t *testing.T) {
 			if rec.Code != http.StatusBadRequest {
 				t.Fatalf("got %d %s, want 400", rec.Code, rec.Body)
 			}
-			var body ErrorBody
+			var body wire.ErrorBody
 			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
 				t.Fatal(err)
 			}

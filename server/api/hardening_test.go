@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -364,7 +365,7 @@ func BenchmarkDecodeCheckIn(b *testing.B) {
 	for b.Loop() {
 		req := httptest.NewRequest(http.MethodPost, "/api/v1/checkin", strings.NewReader(validCheckIn))
 		req.Header.Set("Content-Type", "application/json")
-		var body CheckInBody
+		var body wire.CheckInBody
 		if err := decodeJSON(e.NewContext(req, nil), &body); err != nil {
 			b.Fatal(err)
 		}

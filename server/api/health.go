@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/labstack/echo/v4"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // readyBody is the /readyz answer: one entry per dependency, "ok" or the
@@ -13,7 +14,7 @@ import (
 type readyBody struct {
 	Status string            `json:"status"`
 	Checks map[string]string `json:"checks"`
-	Error  *ErrorDetail      `json:"error,omitempty"`
+	Error  *wire.ErrorDetail `json:"error,omitempty"`
 }
 
 // healthz answers while the process can serve HTTP at all; it checks no
@@ -44,7 +45,7 @@ func (s *Server) readyz(c echo.Context) error {
 		body.Checks[chk.Name] = errs[i].Error()
 		if body.Error == nil {
 			body.Status = "not_ready"
-			body.Error = &ErrorDetail{Code: "not_ready", Message: chk.Name + ": " + errs[i].Error()}
+			body.Error = &wire.ErrorDetail{Code: "not_ready", Message: chk.Name + ": " + errs[i].Error()}
 		}
 	}
 	if body.Error != nil {

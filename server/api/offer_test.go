@@ -10,6 +10,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // offerAlways offers the same release to every device.
@@ -47,7 +48,7 @@ func TestOfferURLsIgnoreHost(t *testing.T) {
 			if rec.Code != http.StatusOK {
 				t.Fatalf("check-in: got %d %s, want 200", rec.Code, rec.Body)
 			}
-			var ans CheckInAnswer
+			var ans wire.CheckInAnswer
 			if err := json.Unmarshal(rec.Body.Bytes(), &ans); err != nil || ans.Offer == nil {
 				t.Fatalf("check-in answer %s: %v, want an offer", rec.Body, err)
 			}

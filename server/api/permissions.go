@@ -10,6 +10,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // AccessKind says how a route is authenticated.
@@ -253,20 +254,11 @@ func principal(c echo.Context) *server.Principal {
 // events.
 func actor(c echo.Context) string { return principal(c).Actor() }
 
-// WhoAmI is the answer of GET /admin/whoami.
-type WhoAmI struct {
-	Name string `json:"name"`
-	Role string `json:"role"`
-	// Kind is "user" (a person) or "service" (a service account).
-	Kind        string              `json:"kind"`
-	Permissions []server.Permission `json:"permissions"`
-}
-
 func (s *Server) whoami(c echo.Context) error {
 	p := principal(c)
 	perms := slices.Clone(server.RolePermissions[p.User.Role])
 	if perms == nil {
 		perms = []server.Permission{}
 	}
-	return c.JSON(http.StatusOK, WhoAmI{Name: p.User.Name, Role: p.User.Role, Kind: p.User.Kind(), Permissions: perms})
+	return c.JSON(http.StatusOK, wire.WhoAmI{Name: p.User.Name, Role: p.User.Role, Kind: p.User.Kind(), Permissions: perms})
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // mountRollouts adds the rollout routes to the admin group; what each
@@ -41,137 +42,6 @@ func (s *Server) mountRollouts(g *echo.Group) {
 	add(http.MethodPost, "/rollouts/:id/approvals/:aid/reject", s.reject)
 }
 
-// RolloutRequest is the body of POST /admin/rollouts. Omitted policy
-// fields take server.DefaultPolicy's values; durations are Go duration
-// strings ("6h", "90m").
-type RolloutRequest struct {
-	ID       string    `json:"id,omitempty"`
-	Release  string    `json:"release"`
-	Stages   []float64 `json:"stages"`
-	Models   []string  `json:"models,omitempty"`
-	Channels []string  `json:"channels,omitempty"`
-	Regions  []string  `json:"regions,omitempty"`
-	BuildMin string    `json:"build_min,omitempty"`
-	BuildMax string    `json:"build_max,omitempty"`
-	// MaxFailureRate is a fraction: 0.05 is 5%.
-	MaxFailureRate     *float64 `json:"max_failure_rate,omitempty"`
-	MinResults         *int64   `json:"min_results,omitempty"`
-	FailureWindow      *string  `json:"failure_window,omitempty"`
-	Soak               *string  `json:"soak,omitempty"`
-	Retries            *int     `json:"retries,omitempty"`
-	Backoff            []string `json:"backoff,omitempty"`
-	MaxOffersPerMinute *int     `json:"max_offers_per_minute,omitempty"`
-	// Window is "01:00-05:00" in the handsets' local time; empty is any
-	// hour.
-	Window string `json:"window,omitempty"`
-	Salt   string `json:"salt,omitempty"`
-	// Draft keeps the rollout a draft; otherwise it starts at once.
-	Draft  bool   `json:"draft,omitempty"`
-	Reason string `json:"reason,omitempty"`
-}
-
-// RolloutActionRequest is the body of the rollout actions but advance,
-// and of a hold's release.
-type RolloutActionRequest struct {
-	Reason string `json:"reason"`
-}
-
-// RolloutAdvanceRequest is the body of POST /admin/rollouts/{id}/advance:
-// Percent 0 (or absent) is the next stage.
-type RolloutAdvanceRequest struct {
-	Reason  string  `json:"reason"`
-	Percent float64 `json:"percent,omitempty"`
-}
-
-// RolloutHoldRequest is the body of POST /admin/rollouts/{id}/holds.
-type RolloutHoldRequest struct {
-	Model  string `json:"model"`
-	Reason string `json:"reason"`
-}
-
-// Rollout is the JSON of a rollout.
-type Rollout struct {
-	ID    string `json:"id"`
-	State string `json:"state"`
-	// Stage is the index of the current stage in Stages; Percent is its
-	// percent.
-	Stage    int             `json:"stage"`
-	Percent  float64         `json:"percent"`
-	Stages   []float64       `json:"stages"`
-	Release  RolloutRelease  `json:"release"`
-	Selector RolloutSelector `json:"selector"`
-	Policy   RolloutPolicy   `json:"policy"`
-	Salt     string          `json:"salt"`
-	// Halt is why the rollout stopped on its own; Holds the held models.
-	Halt      *RolloutHold  `json:"halt,omitempty"`
-	Holds     []RolloutHold `json:"holds"`
-	CreatedBy string        `json:"created_by"`
-	CreatedAt time.Time     `json:"created_at"`
-	StartedAt *time.Time    `json:"started_at,omitempty"`
-	// StageStartedAt is when the current stage (and its soak) began.
-	StageStartedAt *time.Time `json:"stage_started_at,omitempty"`
-	EndedAt        *time.Time `json:"ended_at,omitempty"`
-	// HealthSince is the last resume: results before it do not count.
-	HealthSince      *time.Time           `json:"health_since,omitempty"`
-	ModelHealthSince map[string]time.Time `json:"model_health_since,omitempty"`
-	Version          int64                `json:"version"`
-}
-
-// RolloutRelease is the release a rollout offers, as its signed targets
-// metadata states it.
-type RolloutRelease struct {
-	Target        string   `json:"target"`
-	PatchID       string   `json:"patch_id"`
-	InstallsBuild string   `json:"installs_build"`
-	Models        []string `json:"models"`
-	BuildMin      string   `json:"build_min,omitempty"`
-	BuildMax      string   `json:"build_max,omitempty"`
-}
-
-// RolloutSelector says which handsets a rollout is for; an empty list
-// is every handset.
-type RolloutSelector struct {
-	Models   []string `json:"models"`
-	Channels []string `json:"channels"`
-	Regions  []string `json:"regions"`
-	BuildMin string   `json:"build_min,omitempty"`
-	BuildMax string   `json:"build_max,omitempty"`
-}
-
-// RolloutPolicy is a rollout's policy; durations are Go duration strings.
-type RolloutPolicy struct {
-	MaxFailureRate     float64  `json:"max_failure_rate"`
-	MinResults         int64    `json:"min_results"`
-	FailureWindow      string   `json:"failure_window"`
-	Soak               string   `json:"soak"`
-	Retries            int      `json:"retries"`
-	Backoff            []string `json:"backoff"`
-	MaxOffersPerMinute int      `json:"max_offers_per_minute"`
-	Window             string   `json:"window"`
-}
-
-// RolloutHold is a halt (no model) or a held model, with the numbers
-// that set it (zero for an operator's). It is server.Hold, whose
-// MarshalJSON is the one shape a hold has in every answer: the rollout,
-// its events and its report.
-type RolloutHold = server.Hold
-
-// RolloutEvent is one entry of the audit log.
-type RolloutEvent struct {
-	RolloutID   string       `json:"rollout_id"`
-	At          time.Time    `json:"at"`
-	Actor       string       `json:"actor"`
-	Action      string       `json:"action"`
-	Reason      string       `json:"reason"`
-	FromState   string       `json:"from_state,omitempty"`
-	ToState     string       `json:"to_state"`
-	FromPercent float64      `json:"from_percent"`
-	ToPercent   float64      `json:"to_percent"`
-	Model       string       `json:"model,omitempty"`
-	Hold        *RolloutHold `json:"hold,omitempty"`
-	Detail      string       `json:"detail,omitempty"`
-}
-
 // FormatDuration writes d as every answer writes a duration: "6h",
 // "1h30m", "45s" (server.FormatDuration).
 func FormatDuration(d time.Duration) string { return server.FormatDuration(d) }
@@ -191,7 +61,7 @@ func optionalTime(t time.Time) *time.Time {
 	return &u
 }
 
-func holdOf(h *server.Hold) *RolloutHold {
+func holdOf(h *server.Hold) *wire.RolloutHold {
 	if h == nil {
 		return nil
 	}
@@ -199,17 +69,17 @@ func holdOf(h *server.Hold) *RolloutHold {
 	return &v
 }
 
-func rolloutOf(r *server.Rollout) *Rollout {
+func rolloutOf(r *server.Rollout) *wire.Rollout {
 	p := &r.Policy
-	v := &Rollout{ID: r.ID, State: string(r.State), Stage: r.Stage, Percent: r.Percent(), Stages: r.Stages,
-		Release: RolloutRelease{Target: r.Release.Target, PatchID: r.Release.PatchID, InstallsBuild: r.Release.InstallsBuild,
+	v := &wire.Rollout{ID: r.ID, State: string(r.State), Stage: r.Stage, Percent: r.Percent(), Stages: r.Stages,
+		Release: wire.RolloutRelease{Target: r.Release.Target, PatchID: r.Release.PatchID, InstallsBuild: r.Release.InstallsBuild,
 			Models: orEmpty(r.Release.Models), BuildMin: r.Release.BuildMin, BuildMax: r.Release.BuildMax},
-		Selector: RolloutSelector{Models: orEmpty(r.Selector.Models), Channels: orEmpty(r.Selector.Channels),
+		Selector: wire.RolloutSelector{Models: orEmpty(r.Selector.Models), Channels: orEmpty(r.Selector.Channels),
 			Regions: orEmpty(r.Selector.Regions), BuildMin: r.Selector.BuildMin, BuildMax: r.Selector.BuildMax},
-		Policy: RolloutPolicy{MaxFailureRate: p.MaxFailureRate, MinResults: p.MinResults,
+		Policy: wire.RolloutPolicy{MaxFailureRate: p.MaxFailureRate, MinResults: p.MinResults,
 			FailureWindow: FormatDuration(p.FailureWindow), Soak: FormatDuration(p.Soak), Retries: p.Retries,
 			Backoff: []string{}, MaxOffersPerMinute: p.MaxOffersPerMinute, Window: p.Window.String()},
-		Salt: r.Salt, Halt: holdOf(r.Halt), Holds: make([]RolloutHold, len(r.Holds)),
+		Salt: r.Salt, Halt: holdOf(r.Halt), Holds: make([]wire.RolloutHold, len(r.Holds)),
 		CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt.UTC(), StartedAt: optionalTime(r.StartedAt),
 		StageStartedAt: optionalTime(r.StageStartedAt), EndedAt: optionalTime(r.EndedAt),
 		HealthSince: optionalTime(r.HealthSince), Version: r.Version}
@@ -226,10 +96,10 @@ func rolloutOf(r *server.Rollout) *Rollout {
 	return v
 }
 
-func eventsOf(evs []server.Event) []RolloutEvent {
-	out := make([]RolloutEvent, len(evs))
+func eventsOf(evs []server.Event) []wire.RolloutEvent {
+	out := make([]wire.RolloutEvent, len(evs))
 	for i, ev := range evs {
-		out[i] = RolloutEvent{RolloutID: ev.RolloutID, At: ev.At.UTC(), Actor: ev.Actor, Action: ev.Action,
+		out[i] = wire.RolloutEvent{RolloutID: ev.RolloutID, At: ev.At.UTC(), Actor: ev.Actor, Action: ev.Action,
 			Reason: ev.Reason, FromState: string(ev.FromState), ToState: string(ev.ToState),
 			FromPercent: ev.FromPercent, ToPercent: ev.ToPercent, Model: ev.Model, Hold: holdOf(ev.Hold), Detail: ev.Detail}
 	}
@@ -245,9 +115,9 @@ func parseDuration(field, s string) (time.Duration, error) {
 	return d, nil
 }
 
-// spec turns the create body into the service's spec, filling the
+// rolloutSpec turns the create body into the service's spec, filling the
 // policy fields it omits from server.DefaultPolicy.
-func (req *RolloutRequest) spec() (server.RolloutSpec, error) {
+func rolloutSpec(req *wire.RolloutRequest) (server.RolloutSpec, error) {
 	p := server.DefaultPolicy()
 	if req.MaxFailureRate != nil {
 		p.MaxFailureRate = *req.MaxFailureRate
@@ -291,11 +161,11 @@ func (req *RolloutRequest) spec() (server.RolloutSpec, error) {
 }
 
 func (s *Server) createRollout(c echo.Context) error {
-	var req RolloutRequest
+	var req wire.RolloutRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	spec, err := req.spec()
+	spec, err := rolloutSpec(&req)
 	if err != nil {
 		return err
 	}
@@ -315,7 +185,7 @@ func (s *Server) listRollouts(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	out := make([]*Rollout, len(rs))
+	out := make([]*wire.Rollout, len(rs))
 	for i, r := range rs {
 		out[i] = rolloutOf(r)
 	}
@@ -346,7 +216,7 @@ func narrowing(do func(ctx context.Context, id, actor, reason string) (*server.R
 
 func (s *Server) rolloutActionHandler(do rolloutAction) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		var req RolloutActionRequest
+		var req wire.RolloutActionRequest
 		if err := decodeJSON(c, &req); err != nil {
 			return err
 		}
@@ -359,7 +229,7 @@ func (s *Server) rolloutActionHandler(do rolloutAction) echo.HandlerFunc {
 }
 
 func (s *Server) advanceRollout(c echo.Context) error {
-	var req RolloutAdvanceRequest
+	var req wire.RolloutAdvanceRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -371,7 +241,7 @@ func (s *Server) advanceRollout(c echo.Context) error {
 }
 
 func (s *Server) holdModel(c echo.Context) error {
-	var req RolloutHoldRequest
+	var req wire.RolloutHoldRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -383,7 +253,7 @@ func (s *Server) holdModel(c echo.Context) error {
 }
 
 func (s *Server) releaseHold(c echo.Context) error {
-	var req RolloutActionRequest
+	var req wire.RolloutActionRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -65,27 +66,27 @@ func (e *rolloutEnv) call(t *testing.T, auth, method, path, body string) (int, [
 }
 
 // rollout sends a request that must answer want with a rollout.
-func (e *rolloutEnv) rollout(t *testing.T, auth, method, path, body string, want int) *api.Rollout {
+func (e *rolloutEnv) rollout(t *testing.T, auth, method, path, body string, want int) *wire.Rollout {
 	t.Helper()
 	code, b := e.call(t, auth, method, path, body)
-	var r api.Rollout
+	var r wire.Rollout
 	if code != want || json.Unmarshal(b, &r) != nil {
 		t.Fatalf("%s %s: got %d %s, want %d with a rollout", method, path, code, b, want)
 	}
 	return &r
 }
 
-func (e *rolloutEnv) events(t *testing.T, path string) []api.RolloutEvent {
+func (e *rolloutEnv) events(t *testing.T, path string) []wire.RolloutEvent {
 	t.Helper()
 	code, b := e.call(t, e.viewer, "GET", path, "")
-	var evs []api.RolloutEvent
+	var evs []wire.RolloutEvent
 	if code != http.StatusOK || json.Unmarshal(b, &evs) != nil {
 		t.Fatalf("GET %s: got %d %s, want 200 with events", path, code, b)
 	}
 	return evs
 }
 
-func summary(evs []api.RolloutEvent) []string {
+func summary(evs []wire.RolloutEvent) []string {
 	out := []string{}
 	for _, ev := range evs {
 		out = append(out, ev.Actor+":"+ev.Action)
@@ -102,14 +103,14 @@ func TestRolloutLifecycle(t *testing.T) {
 		"min_results":20,"failure_window":"30m","soak":"6h","retries":2,"backoff":["30m","2h"],
 		"max_offers_per_minute":500,"window":"01:00-05:00","salt":"s1","reason":"privacy incident"}`
 	r := env.rollout(t, env.operator, "POST", "/rollouts", full, http.StatusCreated)
-	want := &api.Rollout{ID: "ro-privacy", State: "running", Stage: 0, Percent: 1, Stages: []float64{1, 10, 50, 100},
-		Release: api.RolloutRelease{Target: rolloutTarget, PatchID: "CM-2026-001", InstallsBuild: "7.5.0",
+	want := &wire.Rollout{ID: "ro-privacy", State: "running", Stage: 0, Percent: 1, Stages: []float64{1, 10, 50, 100},
+		Release: wire.RolloutRelease{Target: rolloutTarget, PatchID: "CM-2026-001", InstallsBuild: "7.5.0",
 			Models: []string{"PX-7"}, BuildMin: "7.0.0", BuildMax: "7.4.9"},
-		Selector: api.RolloutSelector{Models: []string{"PX-7"}, Channels: []string{"stable"}, Regions: []string{"DE", "FR"},
+		Selector: wire.RolloutSelector{Models: []string{"PX-7"}, Channels: []string{"stable"}, Regions: []string{"DE", "FR"},
 			BuildMin: "7.1.0", BuildMax: "7.4.0"},
-		Policy: api.RolloutPolicy{MaxFailureRate: 0.1, MinResults: 20, FailureWindow: "30m", Soak: "6h", Retries: 2,
+		Policy: wire.RolloutPolicy{MaxFailureRate: 0.1, MinResults: 20, FailureWindow: "30m", Soak: "6h", Retries: 2,
 			Backoff: []string{"30m", "2h"}, MaxOffersPerMinute: 500, Window: "01:00-05:00"},
-		Salt: "s1", Holds: []api.RolloutHold{}, CreatedBy: "ops", Version: 1}
+		Salt: "s1", Holds: []wire.RolloutHold{}, CreatedBy: "ops", Version: 1}
 	got := *r
 	got.CreatedAt, got.StartedAt, got.StageStartedAt = time.Time{}, nil, nil
 	if !reflect.DeepEqual(&got, want) {
@@ -123,7 +124,7 @@ func TestRolloutLifecycle(t *testing.T) {
 	// too. A second rollout of the patch takes the first one's salt, so
 	// that their cohorts nest.
 	d := env.rollout(t, env.engineer, "POST", "/rollouts", `{"release":"`+rolloutTarget+`","stages":[5,100],"draft":true}`, http.StatusCreated)
-	wantPolicy := api.RolloutPolicy{MaxFailureRate: 0.05, MinResults: 50, FailureWindow: "1h", Soak: "0s", Retries: 3,
+	wantPolicy := wire.RolloutPolicy{MaxFailureRate: 0.05, MinResults: 50, FailureWindow: "1h", Soak: "0s", Retries: 3,
 		Backoff: []string{"1h", "4h", "24h"}, MaxOffersPerMinute: 0, Window: ""}
 	if d.State != "draft" || !reflect.DeepEqual(d.Policy, wantPolicy) || !strings.HasPrefix(d.ID, "ro-") || d.Salt != "s1" {
 		t.Errorf("draft with defaults: %+v, want a draft, a generated id, the patch's salt s1 and policy %+v", d, wantPolicy)
@@ -150,7 +151,7 @@ func TestRolloutLifecycle(t *testing.T) {
 	}
 	version := r.Version
 	for _, st := range steps {
-		var r *api.Rollout
+		var r *wire.Rollout
 		wantVersion := version + 1
 		if st.fourEyes {
 			a := env.approval(t, env.operator, st.path, st.body)
@@ -182,7 +183,7 @@ func TestRolloutLifecycle(t *testing.T) {
 		{"?state=running", []string{}},
 	} {
 		code, b := env.call(t, env.viewer, "GET", "/rollouts"+tc.query, "")
-		var list []api.Rollout
+		var list []wire.Rollout
 		if code != http.StatusOK || json.Unmarshal(b, &list) != nil {
 			t.Fatalf("list %s: %d %s", tc.query, code, b)
 		}
@@ -237,10 +238,10 @@ func TestRolloutLifecycle(t *testing.T) {
 
 // approval sends a widening that must wait for a second person: 202
 // with a pending approval.
-func (e *rolloutEnv) approval(t *testing.T, auth, path, body string) *api.Approval {
+func (e *rolloutEnv) approval(t *testing.T, auth, path, body string) *wire.Approval {
 	t.Helper()
 	code, b := e.call(t, auth, "POST", path, body)
-	var a api.Approval
+	var a wire.Approval
 	if code != http.StatusAccepted || json.Unmarshal(b, &a) != nil || a.State != "pending" {
 		t.Fatalf("POST %s: got %d %s, want 202 with a pending approval", path, code, b)
 	}
@@ -249,28 +250,28 @@ func (e *rolloutEnv) approval(t *testing.T, auth, path, body string) *api.Approv
 
 // approve approves an approval, which must succeed, and returns the
 // rollout after the change.
-func (e *rolloutEnv) approve(t *testing.T, auth, rolloutID, approvalID, reason string) *api.Rollout {
+func (e *rolloutEnv) approve(t *testing.T, auth, rolloutID, approvalID, reason string) *wire.Rollout {
 	t.Helper()
 	path := "/rollouts/" + rolloutID + "/approvals/" + approvalID + "/approve"
 	code, b := e.call(t, auth, "POST", path, `{"reason":"`+reason+`"}`)
-	var d api.ApprovalDecision
+	var d wire.ApprovalDecision
 	if code != http.StatusOK || json.Unmarshal(b, &d) != nil || d.Rollout == nil || d.Approval.State != "approved" {
 		t.Fatalf("POST %s: got %d %s, want 200 with the approved approval and the rollout", path, code, b)
 	}
 	return d.Rollout
 }
 
-func (e *rolloutEnv) audit(t *testing.T, query string) []api.AuditEntry {
+func (e *rolloutEnv) audit(t *testing.T, query string) []wire.AuditEntry {
 	t.Helper()
 	code, b := e.call(t, e.viewer, "GET", "/audit"+query, "")
-	var es []api.AuditEntry
+	var es []wire.AuditEntry
 	if code != http.StatusOK || json.Unmarshal(b, &es) != nil {
 		t.Fatalf("GET /audit%s: got %d %s, want 200 with entries", query, code, b)
 	}
 	return es
 }
 
-func auditSummary(es []api.AuditEntry) []string {
+func auditSummary(es []wire.AuditEntry) []string {
 	out := []string{}
 	for _, e := range es {
 		out = append(out, e.Actor+":"+e.Action)

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -40,9 +41,9 @@ func send(tb testing.TB, env *apitest.Env, off bool, method, path, auth, content
 	return rec
 }
 
-func errorOf(tb testing.TB, rec *httptest.ResponseRecorder) api.ErrorDetail {
+func errorOf(tb testing.TB, rec *httptest.ResponseRecorder) wire.ErrorDetail {
 	tb.Helper()
-	var eb api.ErrorBody
+	var eb wire.ErrorBody
 	if err := json.Unmarshal(rec.Body.Bytes(), &eb); err != nil || eb.Error.Code == "" {
 		tb.Fatalf("%d with a body that is not a JSON error: %s", rec.Code, rec.Body)
 	}
@@ -52,7 +53,7 @@ func errorOf(tb testing.TB, rec *httptest.ResponseRecorder) api.ErrorDetail {
 func enrollToken(tb testing.TB, env *apitest.Env) string {
 	tb.Helper()
 	rec := send(tb, env, false, "POST", "/api/v1/devices", "", "application/json", `{"model":"PX-7","build":"7.1.0","channel":"stable"}`)
-	var a api.EnrollAnswer
+	var a wire.EnrollAnswer
 	if rec.Code != http.StatusCreated || json.Unmarshal(rec.Body.Bytes(), &a) != nil {
 		tb.Fatalf("enroll: %d %s", rec.Code, rec.Body)
 	}
@@ -60,9 +61,9 @@ func enrollToken(tb testing.TB, env *apitest.Env) string {
 }
 
 // goTypeName matches what encoding/json puts in its messages: Go type
-// names ("api.EnrollBody", "metadata.Alias", "[]string", "map[string]string")
+// names ("wire.EnrollBody", "metadata.Alias", "[]string", "map[string]string")
 // and its own wording.
-var goTypeName = regexp.MustCompile(`\b(api|manifests|metadata|server|time|json|reflect)\.[A-Z]|\[\]\w|map\[|\binterface\b|\bstruct\b|\bGo\b|\bint64\b|\bfloat64\b|UnmarshalJSON`)
+var goTypeName = regexp.MustCompile(`\b(api|wire|manifests|metadata|server|time|json|reflect)\.[A-Z]|\[\]\w|map\[|\binterface\b|\bstruct\b|\bGo\b|\bint64\b|\bfloat64\b|UnmarshalJSON`)
 
 // TestStrictJSONBodies: every route that takes a JSON body wants
 // Content-Type application/json (415 otherwise), keys that match its

@@ -2,11 +2,11 @@ package api
 
 import (
 	"net/http"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // mountUsers adds the users and tokens routes to the admin group g.
@@ -21,60 +21,8 @@ func (s *Server) mountUsers(g *echo.Group) {
 	s.route(g, AdminPrefix, http.MethodDelete, "/tokens/:id", s.revokeToken)
 }
 
-// User is the JSON of a user or service account.
-type User struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Role      string    `json:"role"`
-	Kind      string    `json:"kind"`
-	Disabled  bool      `json:"disabled"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
-func userOf(u *server.User) User {
-	return User{ID: u.ID, Name: u.Name, Role: u.Role, Kind: u.Kind(), Disabled: u.Disabled, CreatedAt: u.CreatedAt.UTC()}
-}
-
-// UserRequest is the body of POST /admin/users: a person with a
-// password, or a service account (Service, no password) that acts
-// through tokens.
-type UserRequest struct {
-	Name     string `json:"name"`
-	Role     string `json:"role"`
-	Password string `json:"password,omitempty"`
-	Service  bool   `json:"service,omitempty"`
-}
-
-// RoleRequest is the body of POST /admin/users/{name}/role.
-type RoleRequest struct {
-	Role string `json:"role"`
-}
-
-// TokenRequest is the body of POST /admin/tokens. ExpiresIn is how
-// long the token works ("90d", "720h"; default the server's token
-// lifetime); a token minted with a token expires no later than it.
-type TokenRequest struct {
-	Name      string `json:"name"`
-	ExpiresIn string `json:"expires_in,omitempty"`
-}
-
-// Token is the JSON of an API token; the secret is never in it. Parent
-// is the token it was minted with, which revoking revokes it with.
-type Token struct {
-	ID        string     `json:"id"`
-	Name      string     `json:"name"`
-	User      string     `json:"user"`
-	CreatedAt time.Time  `json:"created_at"`
-	ExpiresAt *time.Time `json:"expires_at,omitempty"`
-	RevokedAt *time.Time `json:"revoked_at,omitempty"`
-	Parent    string     `json:"parent,omitempty"`
-}
-
-// NewToken is the answer of POST /admin/tokens: the token and its
-// secret, shown this once.
-type NewToken struct {
-	Token
-	Secret string `json:"secret"`
+func userOf(u *server.User) wire.User {
+	return wire.User{ID: u.ID, Name: u.Name, Role: u.Role, Kind: u.Kind(), Disabled: u.Disabled, CreatedAt: u.CreatedAt.UTC()}
 }
 
 func (s *Server) listUsers(c echo.Context) error {
@@ -82,7 +30,7 @@ func (s *Server) listUsers(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	out := make([]User, len(us))
+	out := make([]wire.User, len(us))
 	for i, u := range us {
 		out[i] = userOf(u)
 	}
@@ -90,7 +38,7 @@ func (s *Server) listUsers(c echo.Context) error {
 }
 
 func (s *Server) createUser(c echo.Context) error {
-	var req UserRequest
+	var req wire.UserRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -105,7 +53,7 @@ func (s *Server) createUser(c echo.Context) error {
 }
 
 func (s *Server) setUserRole(c echo.Context) error {
-	var req RoleRequest
+	var req wire.RoleRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -162,15 +110,15 @@ func (s *Server) listTokens(c echo.Context) error {
 			names[u.ID] = u.Name
 		}
 	}
-	out := make([]Token, len(toks))
+	out := make([]wire.Token, len(toks))
 	for i, t := range toks {
 		out[i] = tokenOf(t, names[t.UserID])
 	}
 	return c.JSON(http.StatusOK, out)
 }
 
-func tokenOf(t *server.Token, user string) Token {
-	v := Token{ID: t.ID, Name: t.Name, User: user, CreatedAt: t.CreatedAt.UTC(), Parent: t.ParentID}
+func tokenOf(t *server.Token, user string) wire.Token {
+	v := wire.Token{ID: t.ID, Name: t.Name, User: user, CreatedAt: t.CreatedAt.UTC(), Parent: t.ParentID}
 	if !t.ExpiresAt.IsZero() {
 		e := t.ExpiresAt.UTC()
 		v.ExpiresAt = &e
@@ -185,7 +133,7 @@ func tokenOf(t *server.Token, user string) Token {
 // createToken mints a token of the caller's own, acting as them; one
 // minted with a token is that token's child (server.TokenOptions).
 func (s *Server) createToken(c echo.Context) error {
-	var req TokenRequest
+	var req wire.TokenRequest
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -205,7 +153,7 @@ func (s *Server) createToken(c echo.Context) error {
 	if err := s.record(c, server.TokenCreatedEntry(t, p.User.Name)); err != nil {
 		return err
 	}
-	return c.JSON(http.StatusCreated, NewToken{Token: tokenOf(t, p.User.Name), Secret: secret})
+	return c.JSON(http.StatusCreated, wire.NewToken{Token: tokenOf(t, p.User.Name), Secret: secret})
 }
 
 func (s *Server) revokeToken(c echo.Context) error {

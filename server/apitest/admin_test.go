@@ -14,6 +14,7 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -35,7 +36,7 @@ func TestSignatureUploadErrors(t *testing.T) {
 	targetsKeys := apitest.NewEngineers(t, 3)
 	outsider := apitest.NewEngineers(t, 1)[0]
 	var d manifests.DraftView
-	if err := env.Do("POST", "/repo/root-drafts", api.RootDraftRequest{
+	if err := env.Do("POST", "/repo/root-drafts", wire.RootDraftRequest{
 		RootKeys: apitest.PublicKeys(rootKeys), RootThreshold: 2,
 		TargetsKeys: apitest.PublicKeys(targetsKeys), TargetsThreshold: 2}, &d); err != nil {
 		t.Fatal(err)
@@ -45,7 +46,7 @@ func TestSignatureUploadErrors(t *testing.T) {
 
 	rel := env.DraftRelease(t, patchPath, randomBytes(t, 2048), apitest.PatchCustom())
 	good := targetsKeys[0].SignatureFor(t, rel)
-	forged := func(e *apitest.Engineer) []api.UploadSignature {
+	forged := func(e *apitest.Engineer) []wire.UploadSignature {
 		// e signs, but the signature claims the targets part.
 		return e.SignatureFor(t, &manifests.DraftView{Targets: rel.Targets,
 			Thresholds: []manifests.PartStatus{{Part: "targets", KeyIDs: []string{e.Key.KeyID()}}}})
@@ -60,7 +61,7 @@ func TestSignatureUploadErrors(t *testing.T) {
 	tests := []struct {
 		name       string
 		digest     string
-		sigs       []api.UploadSignature
+		sigs       []wire.UploadSignature
 		wantStatus int
 		wantCode   string
 	}{
@@ -69,9 +70,9 @@ func TestSignatureUploadErrors(t *testing.T) {
 		{"flipped bit", rel.Digest, flipped, 422, "bad_signature"},
 		{"signed by another key than claimed", rel.Digest, wrongKey, 422, "bad_signature"},
 		{"signature over an older draft", strings.Repeat("ab", 32), good, 409, "stale_draft"},
-		{"one good and one bad: all refused", rel.Digest, append(append([]api.UploadSignature{}, good...), flipped...), 422, "bad_signature"},
+		{"one good and one bad: all refused", rel.Digest, append(append([]wire.UploadSignature{}, good...), flipped...), 422, "bad_signature"},
 		{"no signatures", rel.Digest, nil, 400, "invalid"},
-		{"unknown part", rel.Digest, []api.UploadSignature{{Part: "snapshot", KeyID: good[0].KeyID, Sig: good[0].Sig}}, 400, "invalid"},
+		{"unknown part", rel.Digest, []wire.UploadSignature{{Part: "snapshot", KeyID: good[0].KeyID, Sig: good[0].Sig}}, 400, "invalid"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -79,7 +80,7 @@ func TestSignatureUploadErrors(t *testing.T) {
 			if tc.wantStatus == 400 {
 				do = env.DoOffContract // refused by the schema too
 			}
-			err := do("POST", "/drafts/"+rel.ID+"/signatures", api.SignatureUpload{Digest: tc.digest, Signatures: tc.sigs}, nil)
+			err := do("POST", "/drafts/"+rel.ID+"/signatures", wire.SignatureUpload{Digest: tc.digest, Signatures: tc.sigs}, nil)
 			if status, code := apiCode(t, err); status != tc.wantStatus || code != tc.wantCode {
 				t.Fatalf("got %d %s (%v), want %d %s", status, code, err, tc.wantStatus, tc.wantCode)
 			}
@@ -110,7 +111,7 @@ func TestSignatureUploadErrors(t *testing.T) {
 	t.Run("a second draft while one is pending", func(t *testing.T) {
 		other := randomBytes(t, 100)
 		env.Upload(t, "cloudmsg/other.zip", other)
-		err := env.Do("POST", "/releases", api.ReleaseRequest{Path: "cloudmsg/other.zip", Length: 100,
+		err := env.Do("POST", "/releases", wire.ReleaseRequest{Path: "cloudmsg/other.zip", Length: 100,
 			SHA256: apitest.SHA256Hex(other), Custom: apitest.PatchCustom()}, nil)
 		if status, code := apiCode(t, err); status != 409 || code != "draft_pending" {
 			t.Fatalf("got %d %s, want 409 draft_pending", status, code)
@@ -122,7 +123,7 @@ func TestSignatureUploadErrors(t *testing.T) {
 	if err != nil || v.State != manifests.DraftPublished {
 		t.Fatalf("second signature: state %v err %v, want published", v.State, err)
 	}
-	err = env.Do("POST", "/drafts/"+rel.ID+"/signatures", api.SignatureUpload{Digest: rel.Digest, Signatures: good}, nil)
+	err = env.Do("POST", "/drafts/"+rel.ID+"/signatures", wire.SignatureUpload{Digest: rel.Digest, Signatures: good}, nil)
 	if status, code := apiCode(t, err); status != 409 || code != "stale_draft" {
 		t.Fatalf("signing a published draft: got %d %s, want 409 stale_draft", status, code)
 	}
@@ -139,16 +140,16 @@ func TestRootDraftRules(t *testing.T) {
 	bad.Value.PublicKey = "abcd" // 2 bytes, not an ed25519 key
 	tests := []struct {
 		name string
-		req  api.RootDraftRequest
+		req  wire.RootDraftRequest
 		want string
 	}{
-		{"online key as a root key", api.RootDraftRequest{RootKeys: append(keys[:2:2], online), RootThreshold: 2, TargetsKeys: keys, TargetsThreshold: 2}, "online key"},
-		{"online key as a targets key", api.RootDraftRequest{RootKeys: keys, RootThreshold: 2, TargetsKeys: append(keys[:1:1], online), TargetsThreshold: 1}, "online key"},
-		{"threshold above the key count", api.RootDraftRequest{RootKeys: keys, RootThreshold: 4, TargetsKeys: keys, TargetsThreshold: 2}, "threshold 4"},
-		{"zero threshold", api.RootDraftRequest{RootKeys: keys, RootThreshold: 0, TargetsKeys: keys, TargetsThreshold: 2}, "threshold 0"},
-		{"no targets keys", api.RootDraftRequest{RootKeys: keys, RootThreshold: 2, TargetsThreshold: 1}, "at least one key"},
-		{"malformed key", api.RootDraftRequest{RootKeys: []*metadata.Key{&bad}, RootThreshold: 1, TargetsKeys: keys, TargetsThreshold: 1}, "ed25519 public key"},
-		{"duplicate key", api.RootDraftRequest{RootKeys: []*metadata.Key{keys[0], keys[0]}, RootThreshold: 1, TargetsKeys: keys, TargetsThreshold: 1}, "twice"},
+		{"online key as a root key", wire.RootDraftRequest{RootKeys: append(keys[:2:2], online), RootThreshold: 2, TargetsKeys: keys, TargetsThreshold: 2}, "online key"},
+		{"online key as a targets key", wire.RootDraftRequest{RootKeys: keys, RootThreshold: 2, TargetsKeys: append(keys[:1:1], online), TargetsThreshold: 1}, "online key"},
+		{"threshold above the key count", wire.RootDraftRequest{RootKeys: keys, RootThreshold: 4, TargetsKeys: keys, TargetsThreshold: 2}, "threshold 4"},
+		{"zero threshold", wire.RootDraftRequest{RootKeys: keys, RootThreshold: 0, TargetsKeys: keys, TargetsThreshold: 2}, "threshold 0"},
+		{"no targets keys", wire.RootDraftRequest{RootKeys: keys, RootThreshold: 2, TargetsThreshold: 1}, "at least one key"},
+		{"malformed key", wire.RootDraftRequest{RootKeys: []*metadata.Key{&bad}, RootThreshold: 1, TargetsKeys: keys, TargetsThreshold: 1}, "ed25519 public key"},
+		{"duplicate key", wire.RootDraftRequest{RootKeys: []*metadata.Key{keys[0], keys[0]}, RootThreshold: 1, TargetsKeys: keys, TargetsThreshold: 1}, "twice"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -222,10 +223,10 @@ func TestTokenLifetimesAndLineage(t *testing.T) {
 		t.Fatal(err)
 	}
 	root := &apitest.Env{URL: env.URL, Token: rootSecret}
-	mint := func(as *apitest.Env, name, expires string) api.NewToken {
+	mint := func(as *apitest.Env, name, expires string) wire.NewToken {
 		t.Helper()
-		var nt api.NewToken
-		if err := as.Do("POST", "/tokens", api.TokenRequest{Name: name, ExpiresIn: expires}, &nt); err != nil {
+		var nt wire.NewToken
+		if err := as.Do("POST", "/tokens", wire.TokenRequest{Name: name, ExpiresIn: expires}, &nt); err != nil {
 			t.Fatalf("mint %s: %v", name, err)
 		}
 		return nt
@@ -240,10 +241,10 @@ func TestTokenLifetimesAndLineage(t *testing.T) {
 		t.Errorf("grandchild: parent %q expires %v, want %s within the hour", grandchild.Parent, grandchild.ExpiresAt, child.ID)
 	}
 	var apiErr *apitest.APIError
-	if err := root.Do("POST", "/tokens", api.TokenRequest{Name: "bad", ExpiresIn: "forever"}, nil); !errors.As(err, &apiErr) || apiErr.Status != 400 {
+	if err := root.Do("POST", "/tokens", wire.TokenRequest{Name: "bad", ExpiresIn: "forever"}, nil); !errors.As(err, &apiErr) || apiErr.Status != 400 {
 		t.Errorf("expires_in forever: got %v, want 400", err)
 	}
-	if err := root.Do("POST", "/tokens", api.TokenRequest{Name: "bad", ExpiresIn: "800d"}, nil); !errors.As(err, &apiErr) || apiErr.Status != 400 {
+	if err := root.Do("POST", "/tokens", wire.TokenRequest{Name: "bad", ExpiresIn: "800d"}, nil); !errors.As(err, &apiErr) || apiErr.Status != 400 {
 		t.Errorf("expires_in 800d: got %v, want 400", err)
 	}
 
@@ -260,7 +261,7 @@ func TestTokenLifetimesAndLineage(t *testing.T) {
 	if err := root.Do("GET", "/whoami", nil, nil); err != nil {
 		t.Errorf("the root token: %v", err)
 	}
-	var toks []api.Token
+	var toks []wire.Token
 	if err := root.Do("GET", "/tokens", nil, &toks); err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 	_ "github.com/glebarez/go-sqlite"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
@@ -31,7 +31,7 @@ func TestAuditRewriteCaughtByCheckpoints(t *testing.T) {
 	env := apitest.Start(t, apitest.Options{DB: db})
 	ctx := t.Context()
 
-	var v api.AuditVerify
+	var v wire.AuditVerify
 	if err := env.Do("GET", "/audit/verify", nil, &v); err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestAuditRewriteCaughtByCheckpoints(t *testing.T) {
 		t.Fatalf("checkpoint: %d, %v", n, err)
 	}
 	head := lastSeq(t, db)
-	v = api.AuditVerify{}
+	v = wire.AuditVerify{}
 	if err := env.Do("GET", "/audit/verify", nil, &v); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func TestAuditRewriteCaughtByCheckpoints(t *testing.T) {
 		t.Fatalf("the chain alone shows the rewrite (%v): it does not replay the probe's", err)
 	}
 
-	v = api.AuditVerify{}
+	v = wire.AuditVerify{}
 	if err := env.Do("GET", "/audit/verify", nil, &v); err != nil {
 		t.Fatal(err)
 	}

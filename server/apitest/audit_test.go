@@ -10,6 +10,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -52,67 +53,67 @@ func TestEveryAdminActionIsAudited(t *testing.T) {
 	var yank struct {
 		ID string `json:"id"`
 	}
-	must("yank", env.DoWithReason("POST", "/yanks", "wrong build", api.YankRequest{Path: patchPath}, &yank))
+	must("yank", env.DoWithReason("POST", "/yanks", "wrong build", wire.YankRequest{Path: patchPath}, &yank))
 	want["POST /api/v1/admin/yanks"] = entry{"yank.create", patchPath, "wrong build", eng}
 	must("discard", env.DoWithReason("DELETE", "/drafts/"+yank.ID, "the build is fine after all", nil, nil))
 	want["DELETE /api/v1/admin/drafts/:id"] = entry{"draft.discard", yank.ID, "the build is fine after all", eng}
 
 	must("user create", adm.DoWithReason("POST", "/users", "new security lead",
-		api.UserRequest{Name: "carol", Role: server.RoleViewer, Password: "correct horse battery"}, nil))
+		wire.UserRequest{Name: "carol", Role: server.RoleViewer, Password: "correct horse battery"}, nil))
 	want["POST /api/v1/admin/users"] = entry{"user.create", "carol", "new security lead", "test-admin"}
-	must("set role", adm.DoWithReason("POST", "/users/carol/role", "runs the rollout now", api.RoleRequest{Role: server.RoleOperator}, nil))
+	must("set role", adm.DoWithReason("POST", "/users/carol/role", "runs the rollout now", wire.RoleRequest{Role: server.RoleOperator}, nil))
 	want["POST /api/v1/admin/users/:name/role"] = entry{"user.set-role", "carol", "runs the rollout now", "test-admin"}
 	must("disable", adm.DoWithReason("POST", "/users/carol/disable", "on leave", nil, nil))
 	want["POST /api/v1/admin/users/:name/disable"] = entry{"user.disable", "carol", "on leave", "test-admin"}
 	must("enable", adm.DoWithReason("POST", "/users/carol/enable", "back", nil, nil))
 	want["POST /api/v1/admin/users/:name/enable"] = entry{"user.enable", "carol", "back", "test-admin"}
-	var tok api.NewToken
-	must("token create", adm.DoWithReason("POST", "/tokens", "for the CI job", api.TokenRequest{Name: "ci"}, &tok))
+	var tok wire.NewToken
+	must("token create", adm.DoWithReason("POST", "/tokens", "for the CI job", wire.TokenRequest{Name: "ci"}, &tok))
 	want["POST /api/v1/admin/tokens"] = entry{"token.create", tok.Token.ID, "for the CI job", "test-admin"}
 	must("token revoke", adm.DoWithReason("DELETE", "/tokens/"+tok.Token.ID, "CI moved", nil, nil))
 	want["DELETE /api/v1/admin/tokens/:id"] = entry{"token.revoke", tok.Token.ID, "CI moved", "test-admin"}
 
 	// Rollouts take their reason in the body; the store appends their
 	// events to the log in the rollout's own transaction.
-	ro := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{10, 100}, Reason: "first 10%"})
+	ro := createRollout(t, env, wire.RolloutRequest{Release: patchPath, Stages: []float64{10, 100}, Reason: "first 10%"})
 	want["POST /api/v1/admin/rollouts"] = entry{"rollout.create", ro.ID, "first 10%", eng}
 	act := func(path string, body any) {
 		t.Helper()
 		must(path, env.Do("POST", "/rollouts/"+ro.ID+path, body, nil))
 	}
-	act("/pause", api.RolloutActionRequest{Reason: "a bad minute"})
+	act("/pause", wire.RolloutActionRequest{Reason: "a bad minute"})
 	want["POST /api/v1/admin/rollouts/:id/pause"] = entry{"rollout.pause", ro.ID, "a bad minute", eng}
-	act("/resume", api.RolloutActionRequest{Reason: "looked again: fine"})
+	act("/resume", wire.RolloutActionRequest{Reason: "looked again: fine"})
 	want["POST /api/v1/admin/rollouts/:id/resume"] = entry{"rollout.resume", ro.ID, "looked again: fine", eng}
-	act("/holds", api.RolloutHoldRequest{Model: "PX-7", Reason: "PX-7 partner asked"})
+	act("/holds", wire.RolloutHoldRequest{Model: "PX-7", Reason: "PX-7 partner asked"})
 	want["POST /api/v1/admin/rollouts/:id/holds"] = entry{"rollout.hold", ro.ID, "PX-7 partner asked", eng}
-	act("/holds/PX-7/release", api.RolloutActionRequest{Reason: "partner agreed"})
+	act("/holds/PX-7/release", wire.RolloutActionRequest{Reason: "partner agreed"})
 	want["POST /api/v1/admin/rollouts/:id/holds/:model/release"] = entry{"rollout.release_hold", ro.ID, "partner agreed", eng}
 
 	// Past 50% the advance waits for a second person: reject it, ask
 	// again, approve that.
-	var ap api.Approval
-	must("advance", env.Do("POST", "/rollouts/"+ro.ID+"/advance", api.RolloutAdvanceRequest{Reason: "10% clean"}, &ap))
+	var ap wire.Approval
+	must("advance", env.Do("POST", "/rollouts/"+ro.ID+"/advance", wire.RolloutAdvanceRequest{Reason: "10% clean"}, &ap))
 	want["POST /api/v1/admin/rollouts/:id/advance"] = entry{"rollout.approval_requested", ro.ID, "10% clean", eng}
 	decide := func(verdict, reason string) {
 		t.Helper()
-		must(verdict, approver.Do("POST", "/rollouts/"+ro.ID+"/approvals/"+ap.ID+"/"+verdict, api.RolloutActionRequest{Reason: reason}, nil))
+		must(verdict, approver.Do("POST", "/rollouts/"+ro.ID+"/approvals/"+ap.ID+"/"+verdict, wire.RolloutActionRequest{Reason: reason}, nil))
 	}
 	decide("reject", "wait for the weekend's numbers")
 	want["POST /api/v1/admin/rollouts/:id/approvals/:aid/reject"] = entry{"rollout.approval_rejected", ro.ID, "wait for the weekend's numbers", apitest.ApproverName}
-	must("advance again", env.Do("POST", "/rollouts/"+ro.ID+"/advance", api.RolloutAdvanceRequest{Reason: "weekend clean"}, &ap))
+	must("advance again", env.Do("POST", "/rollouts/"+ro.ID+"/advance", wire.RolloutAdvanceRequest{Reason: "weekend clean"}, &ap))
 	decide("approve", "agreed: widen")
 	want["POST /api/v1/admin/rollouts/:id/approvals/:aid/approve"] = entry{"rollout.advance", ro.ID, "agreed: widen", apitest.ApproverName}
-	act("/complete", api.RolloutActionRequest{Reason: "everyone has it"})
+	act("/complete", wire.RolloutActionRequest{Reason: "everyone has it"})
 	want["POST /api/v1/admin/rollouts/:id/complete"] = entry{"rollout.complete", ro.ID, "everyone has it", eng}
 	// While it offers the patch to every handset, any start of another
 	// rollout of the patch would wait for four eyes: end it first.
-	act("/abort", api.RolloutActionRequest{Reason: "the next rollout replaces it"})
+	act("/abort", wire.RolloutActionRequest{Reason: "the next rollout replaces it"})
 
-	ro = createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{10}, Draft: true, Reason: "prepared"})
-	act("/start", api.RolloutActionRequest{Reason: "go"})
+	ro = createRollout(t, env, wire.RolloutRequest{Release: patchPath, Stages: []float64{10}, Draft: true, Reason: "prepared"})
+	act("/start", wire.RolloutActionRequest{Reason: "go"})
 	want["POST /api/v1/admin/rollouts/:id/start"] = entry{"rollout.start", ro.ID, "go", eng}
-	act("/abort", api.RolloutActionRequest{Reason: "superseded"})
+	act("/abort", wire.RolloutActionRequest{Reason: "superseded"})
 	want["POST /api/v1/admin/rollouts/:id/abort"] = entry{"rollout.abort", ro.ID, "superseded", eng}
 
 	// Every state-changing admin API route is taken above.
@@ -126,7 +127,7 @@ func TestEveryAdminActionIsAudited(t *testing.T) {
 		}
 	}
 
-	var log []api.AuditEntry
+	var log []wire.AuditEntry
 	must("audit", env.Do("GET", "/audit?limit=1000", nil, &log))
 	for key, w := range want {
 		found := false
@@ -148,18 +149,18 @@ func TestEveryAdminActionIsAudited(t *testing.T) {
 			t.Logf("audit %d: %s %s %s %q", e.Seq, e.Actor, e.Action, e.Object, e.Reason)
 		}
 	}
-	var v api.AuditVerify
+	var v wire.AuditVerify
 	must("verify", env.Do("GET", "/audit/verify", nil, &v))
 	if !v.OK || v.Entries == nil || *v.Entries < int64(len(want)) {
 		t.Errorf("audit verify = %+v, want ok with at least %d entries", v, len(want))
 	}
 	// Filters: by actor and by action prefix.
-	var byAdmin []api.AuditEntry
+	var byAdmin []wire.AuditEntry
 	must("audit by actor", env.Do("GET", "/audit?actor=test-admin", nil, &byAdmin))
 	if len(byAdmin) != 6 {
 		t.Errorf("audit?actor=test-admin: %d entries, want the 6 user and token actions", len(byAdmin))
 	}
-	var rolloutActions []api.AuditEntry
+	var rolloutActions []wire.AuditEntry
 	must("audit by action", env.Do("GET", "/audit?action="+url.QueryEscape("rollout.")+"&object="+ro.ID, nil, &rolloutActions))
 	if got := fmt.Sprint(len(rolloutActions)); got != "3" {
 		t.Errorf("audit?action=rollout.&object=%s: %s entries, want create, start and abort", ro.ID, got)

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -54,7 +54,7 @@ func benchCheckIn(b *testing.B, opts apitest.Options, rollout bool) {
 		tokens[i] = enrollHandset(b, env, "PX-7", "7.2.0").token
 	}
 	f := false
-	body, _ := json.Marshal(api.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
+	body, _ := json.Marshal(wire.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
 		CloudMessaging: "auto_enabled", NumberEncryption: &f})
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: concurrency, MaxConnsPerHost: concurrency}}
 

@@ -12,7 +12,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -82,7 +82,7 @@ func TestDashboardLive(t *testing.T) {
 	px7 := enrollFleet(t, env, 40, "PX-7", "7.2.0")
 	px8 := enrollFleet(t, env, 40, "PX-8", "7.2.0")
 	checkInAll(t, append(px7, px8...))
-	ro := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{10, 100}, Reason: "first 10%"})
+	ro := createRollout(t, env, wire.RolloutRequest{Release: patchPath, Stages: []float64{10, 100}, Reason: "first 10%"})
 	rolloutURL := env.URL + "/rollouts/" + ro.ID
 
 	browser := startBrowser(t, bin)
@@ -124,8 +124,8 @@ func TestDashboardLive(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The release engineer asks to widen to 100%: four eyes hold it.
-		var ap api.Approval
-		if err := env.Do("POST", "/rollouts/"+ro.ID+"/advance", api.RolloutAdvanceRequest{Reason: "10% healthy, go wide", Percent: 100}, &ap); err != nil {
+		var ap wire.Approval
+		if err := env.Do("POST", "/rollouts/"+ro.ID+"/advance", wire.RolloutAdvanceRequest{Reason: "10% healthy, go wide", Percent: 100}, &ap); err != nil {
 			t.Fatal(err)
 		}
 		if ap.State != string(server.ApprovalPending) || ap.ID == "" {
@@ -191,7 +191,7 @@ func TestDashboardLive(t *testing.T) {
 		navigate(t, lead, rolloutURL)
 		markPage(t, lead)
 		// A pause from elsewhere: resume appears and pause goes.
-		if err := env.Do("POST", "/rollouts/"+ro.ID+"/pause", api.RolloutActionRequest{Reason: "looking at PX-8"}, nil); err != nil {
+		if err := env.Do("POST", "/rollouts/"+ro.ID+"/pause", wire.RolloutActionRequest{Reason: "looking at PX-8"}, nil); err != nil {
 			t.Fatal(err)
 		}
 		resume := `document.querySelector('form[action="/rollouts/` + ro.ID + `/resume"]') !== null && document.querySelector('form[action="/rollouts/` + ro.ID + `/pause"]') === null`
@@ -200,8 +200,8 @@ func TestDashboardLive(t *testing.T) {
 			t.Error("the page was reloaded")
 		}
 		// Resuming at 100% needs four eyes again: Widen has them.
-		var resumed api.Rollout
-		env.Widen(t, "POST", "/rollouts/"+ro.ID+"/resume", api.RolloutActionRequest{Reason: "PX-8 checked"}, &resumed)
+		var resumed wire.Rollout
+		env.Widen(t, "POST", "/rollouts/"+ro.ID+"/resume", wire.RolloutActionRequest{Reason: "PX-8 checked"}, &resumed)
 		if resumed.State != string(server.RolloutRunning) {
 			t.Fatalf("resumed: %s", resumed.State)
 		}
@@ -211,10 +211,10 @@ func TestDashboardLive(t *testing.T) {
 		navigate(t, watcher, env.URL+"/")
 		markPage(t, watcher)
 		checkInAll(t, append(px7, px8...)) // everyone is offered at 100%
-		if err := env.Do("POST", "/rollouts/"+ro.ID+"/holds", api.RolloutHoldRequest{Model: "PX-8", Reason: "PX-8 battery reports"}, nil); err != nil {
+		if err := env.Do("POST", "/rollouts/"+ro.ID+"/holds", wire.RolloutHoldRequest{Model: "PX-8", Reason: "PX-8 battery reports"}, nil); err != nil {
 			t.Fatal(err)
 		}
-		if err := env.Do("POST", "/rollouts/"+ro.ID+"/complete", api.RolloutActionRequest{Reason: "the others are done"}, nil); err != nil {
+		if err := env.Do("POST", "/rollouts/"+ro.ID+"/complete", wire.RolloutActionRequest{Reason: "the others are done"}, nil); err != nil {
 			t.Fatal(err)
 		}
 		var rep server.RolloutReport
@@ -272,11 +272,11 @@ func TestDashboardPagesFit(t *testing.T) {
 	es := apitest.NewEngineers(t, 1)
 	env.Ceremony(t, es, 1)
 	env.Publish(t, patchPath, randomBytes(t, 512), es...)
-	ro := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{10, 50, 100}, Reason: "first 10% of a rather long stage list to see wrapping"})
+	ro := createRollout(t, env, wire.RolloutRequest{Release: patchPath, Stages: []float64{10, 50, 100}, Reason: "first 10% of a rather long stage list to see wrapping"})
 	_, _, _, _ = seedFleet(t, env, 200)
 	hs := enrollFleet(t, env, 1, "PX-9", "7.3.1")
-	var ap api.Approval
-	if err := env.Do("POST", "/rollouts/"+ro.ID+"/advance", api.RolloutAdvanceRequest{Reason: "go wide", Percent: 100}, &ap); err != nil {
+	var ap wire.Approval
+	if err := env.Do("POST", "/rollouts/"+ro.ID+"/advance", wire.RolloutAdvanceRequest{Reason: "go wide", Percent: 100}, &ap); err != nil {
 		t.Fatal(err)
 	}
 	browser := startBrowser(t, bin)

@@ -8,7 +8,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -56,7 +56,7 @@ func TestReleasesPageInBrowser(t *testing.T) {
 
 	var ceremony, release, yank, rotation manifests.DraftView
 	two := apitest.PublicKeys([]*apitest.Engineer{alice, bob})
-	if err := as["alice"].Do("POST", "/repo/root-drafts", api.RootDraftRequest{RootKeys: two, RootThreshold: 2,
+	if err := as["alice"].Do("POST", "/repo/root-drafts", wire.RootDraftRequest{RootKeys: two, RootThreshold: 2,
 		TargetsKeys: two, TargetsThreshold: 2}, &ceremony); err != nil {
 		t.Fatal(err)
 	}
@@ -64,13 +64,13 @@ func TestReleasesPageInBrowser(t *testing.T) {
 	rel := env.DraftRelease(t, patchPath, randomBytes(t, 4096), apitest.PatchCustom())
 	release = *rel
 	signBy(release.ID, alice, bob)
-	if err := as["bob"].Do("POST", "/yanks", api.YankRequest{Path: patchPath}, &yank); err != nil {
+	if err := as["bob"].Do("POST", "/yanks", wire.YankRequest{Path: patchPath}, &yank); err != nil {
 		t.Fatal(err)
 	}
 	signBy(yank.ID, bob, alice)
 	// The rotation replaces bob's root key by dave's; the targets keys
 	// stay alice's and bob's.
-	if err := as["alice"].Do("POST", "/repo/root-drafts", api.RootDraftRequest{
+	if err := as["alice"].Do("POST", "/repo/root-drafts", wire.RootDraftRequest{
 		RootKeys: apitest.PublicKeys([]*apitest.Engineer{alice, dave}), RootThreshold: 2,
 		TargetsKeys: two, TargetsThreshold: 2}, &rotation); err != nil {
 		t.Fatal(err)

@@ -18,7 +18,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 	"github.com/patchfleet/ota/web"
 )
@@ -229,7 +229,7 @@ func seedFleet(tb testing.TB, env *apitest.Env, n int) (offered, installed, fail
 		default:
 			state, installed = server.StateInstalled, installed+1
 		}
-		body := api.ReportBody{ReportID: fmt.Sprintf("b-%d-%s", i, state), PatchID: a.Offer.PatchID, RolloutID: a.Offer.RolloutID,
+		body := wire.ReportBody{ReportID: fmt.Sprintf("b-%d-%s", i, state), PatchID: a.Offer.PatchID, RolloutID: a.Offer.RolloutID,
 			Target: a.Offer.Target, State: state, ErrorCode: code, At: &at}
 		if c := call(tb, "POST", env.URL+"/api/v1/reports", h.token, body, nil); c != http.StatusCreated {
 			tb.Fatalf("report %s of %s: %d", state, h.id, c)

@@ -17,6 +17,7 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/signing"
 )
 
@@ -92,7 +93,7 @@ func (env *Env) do(method, path string, body any, out any, opts ...func(*http.Re
 	}
 	if resp.StatusCode/100 != 2 {
 		e := &APIError{Status: resp.StatusCode}
-		var eb api.ErrorBody
+		var eb wire.ErrorBody
 		if json.Unmarshal(data, &eb) == nil {
 			e.Code, e.Message = eb.Error.Code, eb.Error.Message
 		}
@@ -114,9 +115,9 @@ func (e *APIError) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.
 
 // SignatureFor signs every part of draft v that e's key may sign, the way
 // otactl does: go-tuf's Sign over the exact draft bytes.
-func (e *Engineer) SignatureFor(tb testing.TB, v *manifests.DraftView) []api.UploadSignature {
+func (e *Engineer) SignatureFor(tb testing.TB, v *manifests.DraftView) []wire.UploadSignature {
 	tb.Helper()
-	var out []api.UploadSignature
+	var out []wire.UploadSignature
 	for _, part := range []string{manifests.PartRoot, manifests.PartTargets} {
 		may := false
 		for _, th := range v.Thresholds {
@@ -146,7 +147,7 @@ func (e *Engineer) SignatureFor(tb testing.TB, v *manifests.DraftView) []api.Upl
 		if err != nil {
 			tb.Fatal(err)
 		}
-		out = append(out, api.UploadSignature{Part: part, KeyID: sig.KeyID, Sig: hex.EncodeToString(sig.Signature)})
+		out = append(out, wire.UploadSignature{Part: part, KeyID: sig.KeyID, Sig: hex.EncodeToString(sig.Signature)})
 	}
 	return out
 }
@@ -163,7 +164,7 @@ func (env *Env) Sign(tb testing.TB, e *Engineer, id string) (*manifests.DraftVie
 		tb.Fatalf("%s may sign nothing in draft %s", e.Name, id)
 	}
 	var out manifests.DraftView
-	err := env.Do("POST", "/drafts/"+id+"/signatures", api.SignatureUpload{Digest: v.Digest, Signatures: sigs}, &out)
+	err := env.Do("POST", "/drafts/"+id+"/signatures", wire.SignatureUpload{Digest: v.Digest, Signatures: sigs}, &out)
 	return &out, err
 }
 
@@ -185,7 +186,7 @@ func (env *Env) MustSign(tb testing.TB, id string, es ...*Engineer) *manifests.D
 func (env *Env) Ceremony(tb testing.TB, es []*Engineer, k int) *manifests.DraftView {
 	tb.Helper()
 	var v manifests.DraftView
-	req := api.RootDraftRequest{RootKeys: PublicKeys(es), RootThreshold: k, TargetsKeys: PublicKeys(es), TargetsThreshold: k}
+	req := wire.RootDraftRequest{RootKeys: PublicKeys(es), RootThreshold: k, TargetsKeys: PublicKeys(es), TargetsThreshold: k}
 	if err := env.Do("POST", "/repo/root-drafts", req, &v); err != nil {
 		tb.Fatal(err)
 	}
@@ -197,7 +198,7 @@ func (env *Env) Ceremony(tb testing.TB, es []*Engineer, k int) *manifests.DraftV
 }
 
 // Upload stores an artifact through the admin API.
-func (env *Env) Upload(tb testing.TB, path string, content []byte) api.Artifact {
+func (env *Env) Upload(tb testing.TB, path string, content []byte) wire.Artifact {
 	tb.Helper()
 	req, err := http.NewRequest("PUT", env.URL+api.AdminPrefix+"/artifacts/"+path, bytes.NewReader(content))
 	if err != nil {
@@ -205,13 +206,13 @@ func (env *Env) Upload(tb testing.TB, path string, content []byte) api.Artifact 
 	}
 	req.Header.Set("Authorization", "Bearer "+env.Token)
 	req.Header.Set("Content-Type", "application/octet-stream")
-	req.Header.Set(api.HeaderContentSHA256, SHA256Hex(content))
+	req.Header.Set(wire.HeaderContentSHA256, SHA256Hex(content))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var a api.Artifact
+	var a wire.Artifact
 	if resp.StatusCode/100 != 2 {
 		b, _ := io.ReadAll(resp.Body)
 		tb.Fatalf("upload %s: %d %s", path, resp.StatusCode, b)
@@ -227,7 +228,7 @@ func (env *Env) DraftRelease(tb testing.TB, path string, content []byte, custom 
 	tb.Helper()
 	env.Upload(tb, path, content)
 	var v manifests.DraftView
-	req := api.ReleaseRequest{Path: path, Length: int64(len(content)), SHA256: SHA256Hex(content), Custom: custom}
+	req := wire.ReleaseRequest{Path: path, Length: int64(len(content)), SHA256: SHA256Hex(content), Custom: custom}
 	if err := env.Do("POST", "/releases", req, &v); err != nil {
 		tb.Fatal(err)
 	}

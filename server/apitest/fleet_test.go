@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -63,7 +63,7 @@ func (h *keyedHandset) enrollBody(tb testing.TB, model string, ts time.Time) []b
 	tb.Helper()
 	req := server.EnrollRequest{Model: model, Build: "7.2.0", Channel: "stable", Region: "DE", DeviceKey: h.pub, Timestamp: ts}
 	sig := ed25519.Sign(h.key, server.EnrollMessage(req))
-	b, err := json.Marshal(api.EnrollBody{Model: model, Build: "7.2.0", Channel: "stable", Region: "DE",
+	b, err := json.Marshal(wire.EnrollBody{Model: model, Build: "7.2.0", Channel: "stable", Region: "DE",
 		DeviceKey: h.pub, Signature: hex.EncodeToString(sig), Timestamp: &ts})
 	if err != nil {
 		tb.Fatal(err)
@@ -71,11 +71,11 @@ func (h *keyedHandset) enrollBody(tb testing.TB, model string, ts time.Time) []b
 	return b
 }
 
-func enrollRaw(tb testing.TB, env *apitest.Env, body []byte) (int, api.EnrollAnswer, api.ErrorBody) {
+func enrollRaw(tb testing.TB, env *apitest.Env, body []byte) (int, wire.EnrollAnswer, wire.ErrorBody) {
 	tb.Helper()
 	code, answer := send(tb, http.MethodPost, env.URL+"/api/v1/devices", "", body)
-	var a api.EnrollAnswer
-	var e api.ErrorBody
+	var a wire.EnrollAnswer
+	var e wire.ErrorBody
 	if code < 300 {
 		if err := json.Unmarshal(answer, &a); err != nil {
 			tb.Fatalf("enrollment answer %s: %v", answer, err)
@@ -89,7 +89,7 @@ func enrollRaw(tb testing.TB, env *apitest.Env, body []byte) (int, api.EnrollAns
 func checkInRaw(tb testing.TB, env *apitest.Env, token, model string) (int, []byte) {
 	tb.Helper()
 	f := false
-	body, err := json.Marshal(api.CheckInBody{Build: "7.2.0", Model: model, Channel: "stable", InstalledPatches: []string{},
+	body, err := json.Marshal(wire.CheckInBody{Build: "7.2.0", Model: model, Channel: "stable", InstalledPatches: []string{},
 		CloudMessaging: server.MessagingOptedOut, NumberEncryption: &f})
 	if err != nil {
 		tb.Fatal(err)
@@ -164,7 +164,7 @@ func TestEnrollmentReplay(t *testing.T) {
 	// A signature over the version 1 message is refused.
 	v1 := server.EnrollRequest{Model: "PX-7", Build: "7.2.0", Channel: "stable", Region: "DE", DeviceKey: h.pub, Timestamp: now.Add(time.Second)}
 	old := ed25519.Sign(h.key, []byte("otad-enroll-v1:"+h.pub+":"+v1.Timestamp.Format(time.RFC3339)))
-	body, err := json.Marshal(api.EnrollBody{Model: v1.Model, Build: v1.Build, Channel: v1.Channel, Region: v1.Region,
+	body, err := json.Marshal(wire.EnrollBody{Model: v1.Model, Build: v1.Build, Channel: v1.Channel, Region: v1.Region,
 		DeviceKey: h.pub, Signature: hex.EncodeToString(old), Timestamp: &v1.Timestamp})
 	if err != nil {
 		t.Fatal(err)
@@ -224,10 +224,10 @@ func TestDeviceTokenAnswer(t *testing.T) {
 		{"replaced", replaced.Token},
 	}
 	f := false
-	checkIn, _ := json.Marshal(api.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
+	checkIn, _ := json.Marshal(wire.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
 		CloudMessaging: server.MessagingOptedOut, NumberEncryption: &f})
 	at := now
-	report, _ := json.Marshal(api.ReportBody{ReportID: "r-1", PatchID: "CM-2026-001", State: server.StateDownloading, At: &at})
+	report, _ := json.Marshal(wire.ReportBody{ReportID: "r-1", PatchID: "CM-2026-001", State: server.StateDownloading, At: &at})
 	calls := []struct {
 		method, path string
 		body         []byte
@@ -263,7 +263,7 @@ func TestReportIDReused(t *testing.T) {
 	h := enrollHandset(t, env, "PX-7", "7.2.0")
 	at := time.Now().Add(-time.Minute).UTC().Truncate(time.Microsecond)
 	body := func(state string) []byte {
-		b, err := json.Marshal(api.ReportBody{ReportID: "r-1", PatchID: "CM-2026-001", State: state,
+		b, err := json.Marshal(wire.ReportBody{ReportID: "r-1", PatchID: "CM-2026-001", State: state,
 			Message: "downloading part one", At: &at})
 		if err != nil {
 			t.Fatal(err)

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // ApproverName is the operator whose token Widen approves with: a second
@@ -29,18 +29,18 @@ func (env *Env) ApproverToken(tb testing.TB) string {
 // with Env's token and, when four eyes stop it (202 with a pending
 // approval), approves it as ApproverName, so that tests needing a
 // rollout past 50% get one. out receives the rollout.
-func (env *Env) Widen(tb testing.TB, method, path string, body any, out *api.Rollout) {
+func (env *Env) Widen(tb testing.TB, method, path string, body any, out *wire.Rollout) {
 	tb.Helper()
 	var raw json.RawMessage
 	if err := env.Do(method, path, body, &raw); err != nil {
 		tb.Fatalf("%s %s: %v", method, path, err)
 	}
-	var ap api.Approval
+	var ap wire.Approval
 	if err := json.Unmarshal(raw, &ap); err == nil && ap.State == string(server.ApprovalPending) && ap.RolloutID != "" {
 		second := &Env{URL: env.URL, Token: env.ApproverToken(tb)}
-		var d api.ApprovalDecision
+		var d wire.ApprovalDecision
 		if err := second.Do("POST", "/rollouts/"+ap.RolloutID+"/approvals/"+ap.ID+"/approve",
-			api.RolloutActionRequest{Reason: "second pair of eyes"}, &d); err != nil {
+			wire.RolloutActionRequest{Reason: "second pair of eyes"}, &d); err != nil {
 			tb.Fatalf("approve %s of rollout %s: %v", ap.ID, ap.RolloutID, err)
 		}
 		if d.Rollout == nil {

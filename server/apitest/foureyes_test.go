@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -41,9 +41,9 @@ func userEnv(tb testing.TB, env *apitest.Env, u *server.User) *apitest.Env {
 
 // pending sends a widening that must wait for a second person: 202 with
 // a pending approval.
-func pending(tb testing.TB, e *apitest.Env, path string, body any) api.Approval {
+func pending(tb testing.TB, e *apitest.Env, path string, body any) wire.Approval {
 	tb.Helper()
-	var a api.Approval
+	var a wire.Approval
 	if err := e.Do("POST", path, body, &a); err != nil {
 		tb.Fatalf("POST %s: %v", path, err)
 	}
@@ -81,7 +81,7 @@ func TestFourEyesFollowExposure(t *testing.T) {
 	env.Publish(t, patchPath, randomBytes(t, 256), es...)
 	ops := tokenEnv(t, env, "ops", server.RoleOperator)
 
-	a := pending(t, ops, "/rollouts", api.RolloutRequest{Release: patchPath, Stages: []float64{99.99}, Reason: "all but one in 10,000"})
+	a := pending(t, ops, "/rollouts", wire.RolloutRequest{Release: patchPath, Stages: []float64{99.99}, Reason: "all but one in 10,000"})
 	if a.Action != "start" || a.ToPercent != 99.99 || a.Exposure != 99.99 || a.RequestedBy != "ops" {
 		t.Errorf("approval %+v, want ops's start at 99.99%%", a)
 	}
@@ -92,8 +92,8 @@ func TestFourEyesFollowExposure(t *testing.T) {
 	hs := enrollFleet(t, env, 1000, "PX-7", "7.2.0")
 	var ids []string
 	for i := range 3 {
-		var r api.Rollout
-		if err := ops.Do("POST", "/rollouts", api.RolloutRequest{Release: patchPath, Stages: []float64{50}, Reason: "half"}, &r); err != nil {
+		var r wire.Rollout
+		if err := ops.Do("POST", "/rollouts", wire.RolloutRequest{Release: patchPath, Stages: []float64{50}, Reason: "half"}, &r); err != nil {
 			t.Fatalf("rollout %d at 50%%: %v", i+1, err)
 		}
 		if r.State != "running" {
@@ -127,34 +127,34 @@ func TestFourEyesFollowExposure(t *testing.T) {
 	}
 
 	// Anything that lets the patch reach more than half waits.
-	a = pending(t, ops, "/rollouts", api.RolloutRequest{Release: patchPath, Stages: []float64{60}, Reason: "a fourth"})
+	a = pending(t, ops, "/rollouts", wire.RolloutRequest{Release: patchPath, Stages: []float64{60}, Reason: "a fourth"})
 	if a.Action != "start" || a.Exposure != 60 {
 		t.Errorf("a fourth rollout at 60%%: %+v, want a start at an exposure of 60%%", a)
 	}
-	a = pending(t, ops, "/rollouts/"+ids[0]+"/advance", api.RolloutAdvanceRequest{Reason: "more", Percent: 50.01})
+	a = pending(t, ops, "/rollouts/"+ids[0]+"/advance", wire.RolloutAdvanceRequest{Reason: "more", Percent: 50.01})
 	if a.Action != "advance" || a.Exposure != 50.01 {
 		t.Errorf("an advance to 50.01%%: %+v", a)
 	}
 	// A salt of its own would escape the nesting: refused.
-	err := ops.Do("POST", "/rollouts", api.RolloutRequest{Release: patchPath, Stages: []float64{10}, Salt: "mine", Reason: "x"}, nil)
+	err := ops.Do("POST", "/rollouts", wire.RolloutRequest{Release: patchPath, Stages: []float64{10}, Salt: "mine", Reason: "x"}, nil)
 	refused(t, "a rollout of the patch with a salt of its own", err, http.StatusBadRequest, "share the salt")
 
 	// A pause and resume at 50% need nobody; past 50% a resume waits.
-	if err := ops.Do("POST", "/rollouts/"+ids[1]+"/pause", api.RolloutActionRequest{Reason: "look"}, nil); err != nil {
+	if err := ops.Do("POST", "/rollouts/"+ids[1]+"/pause", wire.RolloutActionRequest{Reason: "look"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	var r api.Rollout
-	if err := ops.Do("POST", "/rollouts/"+ids[1]+"/resume", api.RolloutActionRequest{Reason: "fine"}, &r); err != nil || r.State != "running" {
+	var r wire.Rollout
+	if err := ops.Do("POST", "/rollouts/"+ids[1]+"/resume", wire.RolloutActionRequest{Reason: "fine"}, &r); err != nil || r.State != "running" {
 		t.Fatalf("resume at 50%%: %v, %s", err, r.State)
 	}
-	env.Widen(t, "POST", "/rollouts/"+ids[2]+"/advance", api.RolloutAdvanceRequest{Reason: "approved widening", Percent: 75}, &r)
+	env.Widen(t, "POST", "/rollouts/"+ids[2]+"/advance", wire.RolloutAdvanceRequest{Reason: "approved widening", Percent: 75}, &r)
 	if r.Percent != 75 {
 		t.Fatalf("approved advance: at %g%%, want 75%%", r.Percent)
 	}
-	if err := ops.Do("POST", "/rollouts/"+ids[2]+"/pause", api.RolloutActionRequest{Reason: "a bad hour"}, nil); err != nil {
+	if err := ops.Do("POST", "/rollouts/"+ids[2]+"/pause", wire.RolloutActionRequest{Reason: "a bad hour"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	a = pending(t, ops, "/rollouts/"+ids[2]+"/resume", api.RolloutActionRequest{Reason: "fixed"})
+	a = pending(t, ops, "/rollouts/"+ids[2]+"/resume", wire.RolloutActionRequest{Reason: "fixed"})
 	if a.Action != "resume" || a.ToPercent != 75 {
 		t.Errorf("resume at 75%%: %+v, want a resume to 75%%", a)
 	}
@@ -163,14 +163,14 @@ func TestFourEyesFollowExposure(t *testing.T) {
 	}
 	// While one offers it to 75%, even a resume at 50% of another lets
 	// the patch reach 75%.
-	if err := ops.Do("POST", "/rollouts/"+ids[1]+"/pause", api.RolloutActionRequest{Reason: "look again"}, nil); err != nil {
+	if err := ops.Do("POST", "/rollouts/"+ids[1]+"/pause", wire.RolloutActionRequest{Reason: "look again"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	pending(t, ops, "/rollouts/"+ids[1]+"/resume", api.RolloutActionRequest{Reason: "fine again"})
+	pending(t, ops, "/rollouts/"+ids[1]+"/resume", wire.RolloutActionRequest{Reason: "fine again"})
 	// A second person applies the resume.
-	var d api.ApprovalDecision
+	var d wire.ApprovalDecision
 	approver := &apitest.Env{URL: env.URL, Token: env.ApproverToken(t)}
-	if err := approver.Do("POST", "/rollouts/"+ids[2]+"/approvals/"+a.ID+"/approve", api.RolloutActionRequest{Reason: "agreed"}, &d); err != nil ||
+	if err := approver.Do("POST", "/rollouts/"+ids[2]+"/approvals/"+a.ID+"/approve", wire.RolloutActionRequest{Reason: "agreed"}, &d); err != nil ||
 		d.Rollout == nil || d.Rollout.State != "running" || d.Rollout.Percent != 75 {
 		t.Errorf("approving the resume: %v, %+v", err, d.Rollout)
 	}
@@ -198,11 +198,11 @@ func TestFourEyesVouchedApprover(t *testing.T) {
 	}
 	root := userEnv(t, env, user("root", server.RoleAdmin))
 	carol, dave := user("carol", server.RoleViewer), user("dave", server.RoleAdmin)
-	if err := root.DoWithReason("POST", "/users", "a second pair of eyes", api.UserRequest{Name: "bob", Role: server.RoleOperator, Password: password}, nil); err != nil {
+	if err := root.DoWithReason("POST", "/users", "a second pair of eyes", wire.UserRequest{Name: "bob", Role: server.RoleOperator, Password: password}, nil); err != nil {
 		t.Fatal(err)
 	}
 	for name, role := range map[string]string{"carol": server.RoleOperator, "dave": server.RoleOperator} {
-		if err := root.DoWithReason("POST", "/users/"+name+"/role", "reorganised", api.RoleRequest{Role: role}, nil); err != nil {
+		if err := root.DoWithReason("POST", "/users/"+name+"/role", "reorganised", wire.RoleRequest{Role: role}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -211,15 +211,15 @@ func TestFourEyesVouchedApprover(t *testing.T) {
 		t.Fatal(err)
 	}
 	bob, carolEnv, daveEnv := userEnv(t, env, bobUser), userEnv(t, env, carol), userEnv(t, env, dave)
-	var tok api.NewToken
-	if err := root.DoWithReason("POST", "/tokens", "second laptop", api.TokenRequest{Name: "second"}, &tok); err != nil {
+	var tok wire.NewToken
+	if err := root.DoWithReason("POST", "/tokens", "second laptop", wire.TokenRequest{Name: "second"}, &tok); err != nil {
 		t.Fatal(err)
 	}
 	rootAgain := &apitest.Env{URL: env.URL, Token: tok.Secret}
 
-	a := pending(t, root, "/rollouts", api.RolloutRequest{Release: patchPath, Stages: []float64{100}, Reason: "everyone"})
-	approve := func(e *apitest.Env, a api.Approval) error {
-		return e.Do("POST", "/rollouts/"+a.RolloutID+"/approvals/"+a.ID+"/approve", api.RolloutActionRequest{Reason: "agreed"}, nil)
+	a := pending(t, root, "/rollouts", wire.RolloutRequest{Release: patchPath, Stages: []float64{100}, Reason: "everyone"})
+	approve := func(e *apitest.Env, a wire.Approval) error {
+		return e.Do("POST", "/rollouts/"+a.RolloutID+"/approvals/"+a.ID+"/approve", wire.RolloutActionRequest{Reason: "agreed"}, nil)
 	}
 	refused(t, "bob, whom root created, approving", approve(bob, a), http.StatusForbidden,
 		"bob cannot approve a request of root", "root created bob", "ask another operator")
@@ -228,7 +228,7 @@ func TestFourEyesVouchedApprover(t *testing.T) {
 	refused(t, "root's second token approving", approve(rootAgain, a), http.StatusForbidden, "a second person must approve")
 
 	// Dave, whose role root lowered, is a second person.
-	b := pending(t, root, "/rollouts", api.RolloutRequest{Release: patchPath, Stages: []float64{100}, Reason: "everyone, again"})
+	b := pending(t, root, "/rollouts", wire.RolloutRequest{Release: patchPath, Stages: []float64{100}, Reason: "everyone, again"})
 	if err := approve(daveEnv, b); err != nil {
 		t.Errorf("dave, whose role root lowered, approving: %v", err)
 	}
@@ -265,7 +265,7 @@ func TestFourEyesFromThePages(t *testing.T) {
 	if m != nil {
 		t.Errorf("olga is offered to approve her own request on the page")
 	}
-	var rs []api.Rollout
+	var rs []wire.Rollout
 	if err := env.Do("GET", "/rollouts", nil, &rs); err != nil || len(rs) != 1 || rs[0].State != "draft" {
 		t.Errorf("rollouts after the form: %v %+v, want one draft", err, rs)
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -18,7 +18,7 @@ type handset struct {
 	env   *apitest.Env
 	id    string
 	token string
-	body  api.CheckInBody
+	body  wire.CheckInBody
 }
 
 func call(tb testing.TB, method, url, token string, in, out any) int {
@@ -46,18 +46,18 @@ func call(tb testing.TB, method, url, token string, in, out any) int {
 
 func enrollHandset(tb testing.TB, env *apitest.Env, model, build string) *handset {
 	tb.Helper()
-	var a api.EnrollAnswer
-	if code := call(tb, "POST", env.URL+"/api/v1/devices", "", api.EnrollBody{Model: model, Build: build, Channel: "stable", Region: "DE"}, &a); code != 201 {
+	var a wire.EnrollAnswer
+	if code := call(tb, "POST", env.URL+"/api/v1/devices", "", wire.EnrollBody{Model: model, Build: build, Channel: "stable", Region: "DE"}, &a); code != 201 {
 		tb.Fatalf("enroll: %d", code)
 	}
 	f := false
-	return &handset{env: env, id: a.DeviceID, token: a.Token, body: api.CheckInBody{Build: build, Model: model, Channel: "stable",
+	return &handset{env: env, id: a.DeviceID, token: a.Token, body: wire.CheckInBody{Build: build, Model: model, Channel: "stable",
 		InstalledPatches: []string{}, CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: &f}}
 }
 
-func (h *handset) checkIn(tb testing.TB) api.CheckInAnswer {
+func (h *handset) checkIn(tb testing.TB) wire.CheckInAnswer {
 	tb.Helper()
-	var a api.CheckInAnswer
+	var a wire.CheckInAnswer
 	if code := call(tb, "POST", h.env.URL+"/api/v1/checkin", h.token, h.body, &a); code != 200 {
 		tb.Fatalf("check-in: %d", code)
 	}
@@ -67,7 +67,7 @@ func (h *handset) checkIn(tb testing.TB) api.CheckInAnswer {
 func (h *handset) report(tb testing.TB, id, patch, state, code string, at time.Time) int {
 	tb.Helper()
 	return call(tb, "POST", h.env.URL+"/api/v1/reports", h.token,
-		api.ReportBody{ReportID: id, PatchID: patch, State: state, ErrorCode: code, At: &at}, nil)
+		wire.ReportBody{ReportID: id, PatchID: patch, State: state, ErrorCode: code, At: &at}, nil)
 }
 
 // TestHandsetJourney follows handsets through the API on the real store:

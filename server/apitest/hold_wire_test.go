@@ -6,7 +6,7 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // TestHoldOneWireShape: a halt that the policies set reads the same,
@@ -16,7 +16,7 @@ import (
 func TestHoldOneWireShape(t *testing.T) {
 	env, clk := failingFleetRelease(t)
 	minResults := int64(50)
-	r := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{100}, MinResults: &minResults, Reason: "privacy patch"})
+	r := createRollout(t, env, wire.RolloutRequest{Release: patchPath, Stages: []float64{100}, MinResults: &minResults, Reason: "privacy patch"})
 	fleet := enrollFleet(t, env, 60, "PX-7", "7.2.0")
 	install(t, clk, fleet, checkInAll(t, fleet), func(i int) bool { return i%5 == 0 }) // 20% fail
 	evaluate(t, env)

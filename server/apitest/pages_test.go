@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -38,7 +38,7 @@ func TestRolloutFromThePages(t *testing.T) {
 		t.Fatalf("create: %d at %s, want the new rollout's page:\n%s", resp.StatusCode, resp.Request.URL, body)
 	}
 
-	var r api.Rollout
+	var r wire.Rollout
 	if err := env.Do("GET", "/rollouts/"+id, nil, &r); err != nil {
 		t.Fatal(err)
 	}
@@ -47,11 +47,11 @@ func TestRolloutFromThePages(t *testing.T) {
 		r.CreatedBy != "olga" {
 		t.Errorf("the rollout: %+v, want running at 10%% for PX-7, failure rate 3%%, soak 2h, by olga", r)
 	}
-	var log []api.AuditEntry
+	var log []wire.AuditEntry
 	if err := env.Do("GET", "/audit?object="+id, nil, &log); err != nil {
 		t.Fatal(err)
 	}
-	if !slices.ContainsFunc(log, func(e api.AuditEntry) bool {
+	if !slices.ContainsFunc(log, func(e wire.AuditEntry) bool {
 		return e.Actor == "olga" && e.Reason == "privacy incident CM-2026-001"
 	}) {
 		t.Errorf("audit of %s: %+v, want olga's entries with the reason typed", id, log)

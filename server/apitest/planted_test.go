@@ -20,6 +20,7 @@ import (
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
@@ -200,7 +201,7 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 		delete(b, "region")
 		return b
 	}
-	var enrolled api.EnrollAnswer
+	var enrolled wire.EnrollAnswer
 	if code := call(t, "POST", env.URL+"/api/v1/devices", "", enrollBody(), &enrolled); code != http.StatusCreated {
 		t.Fatalf("baseline enrollment: %d", code)
 	}
@@ -323,7 +324,7 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 	// createAndAbort creates a draft of body and, if it was created,
 	// aborts it with reason.
 	createAndAbort := func(planted bool, body map[string]any, reason string) int {
-		var r api.Rollout
+		var r wire.Rollout
 		code := act(planted, "POST", "/rollouts", engineer, body, &r)
 		if code/100 == 2 {
 			if c := act(planted, "POST", "/rollouts/"+r.ID+"/abort", engineer, map[string]any{"reason": reason}, nil); c != http.StatusOK {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -60,7 +61,7 @@ func TestReports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{50, 100}, Reason: "privacy patch"})
+	r := createRollout(t, env, wire.RolloutRequest{Release: patchPath, Stages: []float64{50, 100}, Reason: "privacy patch"})
 	px7 := enrollFleet(t, env, 100, "PX-7", "7.2.0")
 	px8 := enrollFleet(t, env, 60, "PX-8", "7.2.0")
 	other := enrollFleet(t, env, 20, "QZ-1", "7.2.0") // not in the release
@@ -76,8 +77,8 @@ func TestReports(t *testing.T) {
 	installed7, _ := install(t, clk, px7, answers, func(int) bool { return false })
 	installed8, failed8 := install(t, clk, px8, answers, func(i int) bool { return i%4 == 0 })
 	checkInAll(t, fleet) // the installed handsets run 7.5.0 with the patch now
-	var held api.Rollout
-	if err := env.Do("POST", "/rollouts/"+r.ID+"/holds", api.RolloutHoldRequest{Model: "PX-8", Reason: "E_VERIFY on PX-8"}, &held); err != nil {
+	var held wire.Rollout
+	if err := env.Do("POST", "/rollouts/"+r.ID+"/holds", wire.RolloutHoldRequest{Model: "PX-8", Reason: "E_VERIFY on PX-8"}, &held); err != nil {
 		t.Fatal(err)
 	}
 
@@ -199,7 +200,7 @@ func TestReports(t *testing.T) {
 		{"/reports/exposure?day=2026-13-01", true, http.StatusBadRequest, "day"},
 	} {
 		code, _, body := getReport(t, env, viewer, tc.path, tc.off)
-		var eb api.ErrorBody
+		var eb wire.ErrorBody
 		if err := json.Unmarshal(body, &eb); err != nil || code != tc.code || eb.Error.Field != tc.errorField {
 			t.Errorf("%s: %d %s, want %d naming %q", tc.path, code, body, tc.code, tc.errorField)
 		}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -42,9 +42,9 @@ func enrollFleet(tb testing.TB, env *apitest.Env, n int, model, build string) []
 
 // checkInAll checks every handset in, 16 at a time, and returns the
 // answers by device id.
-func checkInAll(tb testing.TB, hs []*handset) map[string]api.CheckInAnswer {
+func checkInAll(tb testing.TB, hs []*handset) map[string]wire.CheckInAnswer {
 	tb.Helper()
-	answers := make([]api.CheckInAnswer, len(hs))
+	answers := make([]wire.CheckInAnswer, len(hs))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
 	for i, h := range hs {
@@ -58,23 +58,23 @@ func checkInAll(tb testing.TB, hs []*handset) map[string]api.CheckInAnswer {
 	if tb.Failed() {
 		tb.FailNow()
 	}
-	out := make(map[string]api.CheckInAnswer, len(hs))
+	out := make(map[string]wire.CheckInAnswer, len(hs))
 	for i, h := range hs {
 		out[h.id] = answers[i]
 	}
 	return out
 }
 
-func createRollout(tb testing.TB, env *apitest.Env, req api.RolloutRequest) api.Rollout {
+func createRollout(tb testing.TB, env *apitest.Env, req wire.RolloutRequest) wire.Rollout {
 	tb.Helper()
-	var r api.Rollout
+	var r wire.Rollout
 	env.Widen(tb, "POST", "/rollouts", req, &r)
 	return r
 }
 
-func getRollout(tb testing.TB, env *apitest.Env, id string) api.Rollout {
+func getRollout(tb testing.TB, env *apitest.Env, id string) wire.Rollout {
 	tb.Helper()
-	var r api.Rollout
+	var r wire.Rollout
 	if err := env.Do("GET", "/rollouts/"+id, nil, &r); err != nil {
 		tb.Fatalf("get rollout %s: %v", id, err)
 	}
@@ -100,12 +100,12 @@ func TestRolloutStagesKeepCohorts(t *testing.T) {
 		}
 	}
 
-	r := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{10, 50, 100}, Reason: "privacy patch"})
+	r := createRollout(t, env, wire.RolloutRequest{Release: patchPath, Stages: []float64{10, 50, 100}, Reason: "privacy patch"})
 	offered := map[string]bool{}
 	for stage, percent := range []float64{10, 50, 100} {
 		if stage > 0 {
-			var adv api.Rollout
-			env.Widen(t, "POST", "/rollouts/"+r.ID+"/advance", api.RolloutAdvanceRequest{Reason: fmt.Sprintf("stage %d healthy", stage)}, &adv)
+			var adv wire.Rollout
+			env.Widen(t, "POST", "/rollouts/"+r.ID+"/advance", wire.RolloutAdvanceRequest{Reason: fmt.Sprintf("stage %d healthy", stage)}, &adv)
 			if adv.Percent != percent {
 				t.Fatalf("advanced to %g%%, want %g%%", adv.Percent, percent)
 			}
@@ -180,7 +180,7 @@ func failingFleetRelease(t *testing.T) (*apitest.Env, *clock) {
 
 // install has every handset that got an offer report installed, or
 // failed when fail says so, at the fake clock's now.
-func install(t testing.TB, clk *clock, hs []*handset, answers map[string]api.CheckInAnswer, fail func(i int) bool) (installed, failed int) {
+func install(t testing.TB, clk *clock, hs []*handset, answers map[string]wire.CheckInAnswer, fail func(i int) bool) (installed, failed int) {
 	t.Helper()
 	for i, h := range hs {
 		a := answers[h.id]
@@ -195,7 +195,7 @@ func install(t testing.TB, clk *clock, hs []*handset, answers map[string]api.Che
 			installed++
 		}
 		at := clk.Now()
-		if c := call(t, "POST", h.env.URL+"/api/v1/reports", h.token, api.ReportBody{ReportID: fmt.Sprintf("r-%d-%s", i, state),
+		if c := call(t, "POST", h.env.URL+"/api/v1/reports", h.token, wire.ReportBody{ReportID: fmt.Sprintf("r-%d-%s", i, state),
 			PatchID: a.Offer.PatchID, RolloutID: a.Offer.RolloutID, Target: a.Offer.Target, State: state, ErrorCode: code, At: &at}, nil); c != 201 {
 			t.Fatalf("report: %d", c)
 		}
@@ -223,7 +223,7 @@ func evaluate(t testing.TB, env *apitest.Env) {
 func TestRolloutAutoHalt(t *testing.T) {
 	env, clk := failingFleetRelease(t)
 	minResults := int64(50)
-	r := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{100}, MinResults: &minResults, Reason: "privacy patch"})
+	r := createRollout(t, env, wire.RolloutRequest{Release: patchPath, Stages: []float64{100}, MinResults: &minResults, Reason: "privacy patch"})
 
 	first := enrollFleet(t, env, 40, "PX-7", "7.2.0")
 	fail := func(i int) bool { return i%5 == 0 } // 20%
@@ -254,8 +254,8 @@ func TestRolloutAutoHalt(t *testing.T) {
 	}
 	clk.Advance(time.Minute) // the operator looks into it
 	// At 100%, the resume waits for a second person's approval.
-	var resumed api.Rollout
-	env.Widen(t, "POST", "/rollouts/"+r.ID+"/resume", api.RolloutActionRequest{Reason: "bad batch of E_VERIFY units replaced"}, &resumed)
+	var resumed wire.Rollout
+	env.Widen(t, "POST", "/rollouts/"+r.ID+"/resume", wire.RolloutActionRequest{Reason: "bad batch of E_VERIFY units replaced"}, &resumed)
 	if resumed.State != "running" || resumed.Halt != nil {
 		t.Fatalf("resumed: state %s, halt %+v", resumed.State, resumed.Halt)
 	}
@@ -280,7 +280,7 @@ func TestRolloutAutoHalt(t *testing.T) {
 // halt it.
 func TestRolloutLateEnrolleesCannotHalt(t *testing.T) {
 	minResults := int64(50)
-	req := api.RolloutRequest{Release: patchPath, Stages: []float64{100}, MinResults: &minResults, Reason: "privacy patch"}
+	req := wire.RolloutRequest{Release: patchPath, Stages: []float64{100}, MinResults: &minResults, Reason: "privacy patch"}
 	fail := func(int) bool { return true }
 	t.Run("enrolled after the start", func(t *testing.T) {
 		env, clk := failingFleetRelease(t)
@@ -340,7 +340,7 @@ func TestRolloutHoldsOneModel(t *testing.T) {
 	env, clk := failingFleetRelease(t)
 	minResults := int64(20)
 	soak := "1h"
-	r := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{50, 100}, MinResults: &minResults,
+	r := createRollout(t, env, wire.RolloutRequest{Release: patchPath, Stages: []float64{50, 100}, MinResults: &minResults,
 		Soak: &soak, Reason: "privacy patch"})
 	px7 := enrollFleet(t, env, 120, "PX-7", "7.2.0")
 	px8 := enrollFleet(t, env, 120, "PX-8", "7.2.0")
@@ -378,7 +378,7 @@ func TestRolloutHoldsOneModel(t *testing.T) {
 	if got := getRollout(t, env, r.ID); got.Percent != 50 || got.State != "running" {
 		t.Fatalf("after the soak: %g%% %s, want 50%% running until approved", got.Percent, got.State)
 	}
-	var approvals []api.Approval
+	var approvals []wire.Approval
 	if err := env.Do("GET", "/rollouts/"+r.ID+"/approvals", nil, &approvals); err != nil {
 		t.Fatal(err)
 	}
@@ -386,8 +386,8 @@ func TestRolloutHoldsOneModel(t *testing.T) {
 		t.Fatalf("approvals after the soak: %+v, want one pending to 100%% on behalf of %s", approvals, r.CreatedBy)
 	}
 	second := &apitest.Env{URL: env.URL, Token: env.ApproverToken(t)}
-	var d api.ApprovalDecision
-	if err := second.Do("POST", "/rollouts/"+r.ID+"/approvals/"+approvals[0].ID+"/approve", api.RolloutActionRequest{Reason: "PX-7 healthy"}, &d); err != nil {
+	var d wire.ApprovalDecision
+	if err := second.Do("POST", "/rollouts/"+r.ID+"/approvals/"+approvals[0].ID+"/approve", wire.RolloutActionRequest{Reason: "PX-7 healthy"}, &d); err != nil {
 		t.Fatal(err)
 	}
 	if got := getRollout(t, env, r.ID); got.Percent != 100 || got.State != "running" {
@@ -415,7 +415,7 @@ func TestRolloutHoldsOneModel(t *testing.T) {
 func TestRolloutRetriesWindowAndBuild(t *testing.T) {
 	env, clk := failingFleetRelease(t)
 	retries := 1
-	r := createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{100}, Retries: &retries,
+	r := createRollout(t, env, wire.RolloutRequest{Release: patchPath, Stages: []float64{100}, Retries: &retries,
 		Backoff: []string{"2h"}, Models: []string{"PX-7"}, Reason: "privacy patch"})
 	h := enrollHandset(t, env, "PX-7", "7.2.0")
 	fail := func(n int) {
@@ -425,7 +425,7 @@ func TestRolloutRetriesWindowAndBuild(t *testing.T) {
 			t.Fatalf("attempt %d: no offer (%q)", n, a.NoOffer)
 		}
 		at := clk.Now()
-		if c := call(t, "POST", env.URL+"/api/v1/reports", h.token, api.ReportBody{ReportID: fmt.Sprintf("fail-%d", n),
+		if c := call(t, "POST", env.URL+"/api/v1/reports", h.token, wire.ReportBody{ReportID: fmt.Sprintf("fail-%d", n),
 			PatchID: a.Offer.PatchID, RolloutID: r.ID, State: server.StateFailed, ErrorCode: "E_DISK_FULL", At: &at}, nil); c != 201 {
 			t.Fatalf("report: %d", c)
 		}
@@ -448,7 +448,7 @@ func TestRolloutRetriesWindowAndBuild(t *testing.T) {
 	}
 
 	// A window of 01:00-05:00 local time, for a handset at UTC+1.
-	createRollout(t, env, api.RolloutRequest{Release: patchPath, Stages: []float64{100}, Window: "01:00-05:00",
+	createRollout(t, env, wire.RolloutRequest{Release: patchPath, Stages: []float64{100}, Window: "01:00-05:00",
 		Models: []string{"PX-8"}, Reason: "night only"})
 	night := enrollHandset(t, env, "PX-8", "7.2.0")
 	offset := 60

@@ -6,7 +6,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -52,8 +52,8 @@ func TestPublishingIsNotDeploying(t *testing.T) {
 		}
 	}
 
-	var ro api.Rollout
-	if err := env.Do("POST", "/rollouts", api.RolloutRequest{Release: patchPath, Stages: []float64{50, 100},
+	var ro wire.Rollout
+	if err := env.Do("POST", "/rollouts", wire.RolloutRequest{Release: patchPath, Stages: []float64{50, 100},
 		Reason: "first half of the fleet"}, &ro); err != nil {
 		t.Fatalf("create rollout: %v", err)
 	}
@@ -86,7 +86,7 @@ func TestPublishingIsNotDeploying(t *testing.T) {
 		t.Fatalf("TUF download of the offer: %v", err)
 	}
 
-	env.Widen(t, "POST", "/rollouts/"+ro.ID+"/advance", api.RolloutAdvanceRequest{Reason: "healthy at 50%"}, &ro)
+	env.Widen(t, "POST", "/rollouts/"+ro.ID+"/advance", wire.RolloutAdvanceRequest{Reason: "healthy at 50%"}, &ro)
 	if ro.Percent != 100 {
 		t.Fatalf("after advance: %v%%, want 100", ro.Percent)
 	}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/fsstore"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -197,7 +197,7 @@ func TestOnlyPublishedTargetsDownload(t *testing.T) {
 	}
 
 	var d manifests.DraftView
-	if err := env.Do("POST", "/yanks", api.YankRequest{Path: yankedPath}, &d); err != nil {
+	if err := env.Do("POST", "/yanks", wire.YankRequest{Path: yankedPath}, &d); err != nil {
 		t.Fatal(err)
 	}
 	env.MustSign(t, d.ID, es...)

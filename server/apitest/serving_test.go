@@ -15,6 +15,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 	"github.com/patchfleet/ota/signing"
 )
@@ -220,7 +221,7 @@ func TestLongPathSegments(t *testing.T) {
 			t.Fatal(err)
 		}
 		req.Header.Set("Authorization", "Bearer "+env.Token)
-		req.Header.Set(api.HeaderContentSHA256, apitest.SHA256Hex(content))
+		req.Header.Set(wire.HeaderContentSHA256, apitest.SHA256Hex(content))
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -232,7 +233,7 @@ func TestLongPathSegments(t *testing.T) {
 	for _, path := range []string{"d/" + long + ".bin", long + "/a.bin", "d/" + strings.Repeat("n", manifests.MaxTargetNameLen+1)} {
 		t.Run("PUT "+path[:20], func(t *testing.T) {
 			a := put(path)
-			var body api.ErrorBody
+			var body wire.ErrorBody
 			if err := json.Unmarshal(a.body, &body); err != nil || a.status != 400 || body.Error.Code != "invalid" {
 				t.Fatalf("got %d %s, want a JSON 400 invalid", a.status, a.body)
 			}
@@ -296,9 +297,9 @@ func TestMissingPublishedFileIsInternalError(t *testing.T) {
 				name, path string
 				body       any
 			}{
-				{"release", "/releases", api.ReleaseRequest{Path: patchPath, Length: int64(len(patch)), SHA256: apitest.SHA256Hex(patch), Custom: apitest.PatchCustom()}},
-				{"yank", "/yanks", api.YankRequest{Path: patchPath}},
-				{"root draft", "/repo/root-drafts", api.RootDraftRequest{RootKeys: apitest.PublicKeys(es), RootThreshold: 1, TargetsKeys: apitest.PublicKeys(es), TargetsThreshold: 1}},
+				{"release", "/releases", wire.ReleaseRequest{Path: patchPath, Length: int64(len(patch)), SHA256: apitest.SHA256Hex(patch), Custom: apitest.PatchCustom()}},
+				{"yank", "/yanks", wire.YankRequest{Path: patchPath}},
+				{"root draft", "/repo/root-drafts", wire.RootDraftRequest{RootKeys: apitest.PublicKeys(es), RootThreshold: 1, TargetsKeys: apitest.PublicKeys(es), TargetsThreshold: 1}},
 			}
 			for _, c := range calls {
 				t.Run(c.name, func(t *testing.T) {

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -85,7 +85,7 @@ func lifecycle(t *testing.T, opts apitest.Options) {
 		// Replace engineer 3 by engineer 4 in both roles.
 		keys := apitest.PublicKeys([]*apitest.Engineer{es[0], es[1], es[3]})
 		var d manifests.DraftView
-		if err := env.Do("POST", "/repo/root-drafts", api.RootDraftRequest{RootKeys: keys, RootThreshold: 2,
+		if err := env.Do("POST", "/repo/root-drafts", wire.RootDraftRequest{RootKeys: keys, RootThreshold: 2,
 			TargetsKeys: keys, TargetsThreshold: 2}, &d); err != nil {
 			t.Fatal(err)
 		}
@@ -111,7 +111,7 @@ func lifecycle(t *testing.T, opts apitest.Options) {
 		d := env.DraftRelease(t, "cloudmsg/other.zip", randomBytes(t, 1000), apitest.PatchCustom())
 		defer env.Do("DELETE", "/drafts/"+d.ID, nil, nil)
 		sigs := es[2].SignatureFor(t, &manifests.DraftView{Thresholds: []manifests.PartStatus{{Part: "targets", KeyIDs: []string{es[2].Key.KeyID()}}}, Targets: d.Targets})
-		err := env.Do("POST", "/drafts/"+d.ID+"/signatures", api.SignatureUpload{Digest: d.Digest, Signatures: sigs}, nil)
+		err := env.Do("POST", "/drafts/"+d.ID+"/signatures", wire.SignatureUpload{Digest: d.Digest, Signatures: sigs}, nil)
 		var ae *apitest.APIError
 		if !errors.As(err, &ae) || ae.Code != "unknown_key" {
 			t.Fatalf("got %v, want unknown_key", err)
@@ -120,7 +120,7 @@ func lifecycle(t *testing.T, opts apitest.Options) {
 
 	t.Run("a yanked target is no longer offered", func(t *testing.T) {
 		var d manifests.DraftView
-		if err := env.Do("POST", "/yanks", api.YankRequest{Path: patchPath}, &d); err != nil {
+		if err := env.Do("POST", "/yanks", wire.YankRequest{Path: patchPath}, &d); err != nil {
 			t.Fatal(err)
 		}
 		env.MustSign(t, d.ID, es[0], es[3])

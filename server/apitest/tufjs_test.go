@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/apitest"
 )
 
@@ -215,7 +215,7 @@ func TestTufJSVerifiesRepository(t *testing.T) {
 		// needs the old root's threshold (engineers 1 and 2) and its own.
 		keys := apitest.PublicKeys([]*apitest.Engineer{es[0], es[1], es[3]})
 		var d manifests.DraftView
-		if err := env.Do("POST", "/repo/root-drafts", api.RootDraftRequest{RootKeys: keys, RootThreshold: 2,
+		if err := env.Do("POST", "/repo/root-drafts", wire.RootDraftRequest{RootKeys: keys, RootThreshold: 2,
 			TargetsKeys: keys, TargetsThreshold: 2}, &d); err != nil {
 			t.Fatal(err)
 		}
