@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 const (

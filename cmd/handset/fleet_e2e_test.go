@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // TestFleetEndToEnd is the handset issue's end-to-end run: a published

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 var installFlow = []string{"downloading", "downloaded", "verified", "installing", "installed"}

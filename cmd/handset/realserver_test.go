@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // rollOutToAll starts a rollout of the test patch to every handset, as an

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // TestWorkflow runs the release engineers' workflow against a real server:

@@ -14,7 +14,7 @@ import (
 	"github.com/patchfleet/ota/internal/envflag"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // TestAddrFile starts otad on port 0 with --addr-file: the file holds the

@@ -13,7 +13,7 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/blobtest"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // TestDownloadStallTimeoutFlag: --download-stall-timeout (or its

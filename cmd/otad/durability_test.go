@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
 

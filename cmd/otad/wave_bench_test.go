@@ -22,7 +22,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // BenchmarkWave measures the rollout wave (issue 14): every handset of a

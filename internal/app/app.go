@@ -1,7 +1,7 @@
 // Package app wires the OTA server together from parts its caller has
 // opened (a migrated database, a blob store, the online key): the TUF
 // repository, the fleet and the HTTP API on top of them, and the
-// background jobs that keep them current. cmd/otad and server/apitest
+// background jobs that keep them current. cmd/otad and internal/apitest
 // both run it, so tests exercise the wiring the binary runs.
 package app
 

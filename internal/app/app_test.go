@@ -12,7 +12,7 @@ import (
 	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // clock is a fake clock tests move by hand.

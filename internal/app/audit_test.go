@@ -6,7 +6,7 @@ import (
 
 	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // The replica holding the lease checkpoints the audit log in its

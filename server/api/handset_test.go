@@ -166,7 +166,7 @@ func TestHandsetValidation(t *testing.T) {
 // whether or not it is well formed, on every handset call, and that the
 // enrollment secret is required. The store's refusal is worded unlike
 // the handler's on purpose: the answers match only because Fleet makes
-// them one (server/apitest's TestDeviceTokenAnswer does it on SQLite).
+// them one (internal/apitest's TestDeviceTokenAnswer does it on SQLite).
 func TestHandsetAuth(t *testing.T) {
 	s, store := newHandsetServer(t, Config{})
 	refuse := func() error { return fmt.Errorf("%w: mock store: no device holds this token", server.ErrUnauthorized) }

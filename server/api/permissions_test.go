@@ -12,7 +12,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // roleCreds is one person per role, with an API token; pages get a

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // clock is a settable time source for the repository.

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // BenchmarkCheckIn measures check-ins through the real HTTP stack (loopback
@@ -27,7 +27,7 @@ import (
 // warm-up check-in per handset. It reports check-ins/s and latency
 // percentiles.
 //
-//	go test ./server/apitest -run x -bench CheckIn -benchtime 20000x
+//	go test ./internal/apitest -run x -bench CheckIn -benchtime 20000x
 func BenchmarkCheckIn(b *testing.B) {
 	for _, rollout := range []bool{false, true} {
 		name := map[bool]string{false: "no-rollout", true: "rollout"}[rollout]

@@ -7,7 +7,7 @@ import (
 	"net/url"
 	"testing"
 
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // pagePassword is the password of the users pageSession makes.

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // rolloutLabel finds the rollout label of a series on /metrics.

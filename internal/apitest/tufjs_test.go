@@ -16,7 +16,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/server/apitest"
+	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // tufjsResult is the JSON line scripts/tufjs/verify.mjs prints.
