@@ -17,7 +17,7 @@ import (
 
 // Routes of the admin API that the CLI (otactl) calls.
 const (
-	AdminPrefix   = "/api/v1/admin"
+	AdminPrefix   = wire.AdminPrefix
 	artifactRoute = AdminPrefix + "/artifacts/*"
 )
 
