@@ -10,9 +10,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // roleCreds is one person per role, with an API token; pages get a
