@@ -21,8 +21,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/internal/apitest"
+	"github.com/patchfleet/ota/server"
 )
 
 const (

@@ -7,8 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/internal/apitest"
+	"github.com/patchfleet/ota/server"
 )
 
 // TestFleetEndToEnd is the handset issue's end-to-end run: a published

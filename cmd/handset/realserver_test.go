@@ -4,8 +4,8 @@ import (
 	"context"
 	"testing"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/internal/apitest"
+	"github.com/patchfleet/ota/server"
 )
 
 // rollOutToAll starts a rollout of the test patch to every handset, as an

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/internal/apitest"
+	"github.com/patchfleet/ota/manifests"
 )
 
 // TestWorkflow runs the release engineers' workflow against a real server:

@@ -10,9 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // engineer is one release engineer: a key, a passphrase and a token.

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/blobtest"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // TestDownloadStallTimeoutFlag: --download-stall-timeout (or its

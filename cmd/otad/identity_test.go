@@ -14,10 +14,10 @@ import (
 	_ "github.com/glebarez/go-sqlite"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 )

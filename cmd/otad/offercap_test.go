@@ -15,8 +15,8 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver, to read the recorded offers
 
-	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/internal/apitest"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // TestOfferCapAcrossTwoProcesses: two otad processes share one

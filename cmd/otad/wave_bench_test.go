@@ -20,9 +20,9 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver, for the lock sampler
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // BenchmarkWave measures the rollout wave (issue 14): every handset of a

@@ -19,9 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
 

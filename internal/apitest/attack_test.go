@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/internal/apitest"
+	"github.com/patchfleet/ota/manifests"
 )
 
 // clock is a settable time source for the repository.

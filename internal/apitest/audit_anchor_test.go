@@ -11,9 +11,9 @@ import (
 
 	_ "github.com/glebarez/go-sqlite"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
 

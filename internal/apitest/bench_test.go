@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/internal/apitest"
+	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // BenchmarkCheckIn measures check-ins through the real HTTP stack (loopback

@@ -8,8 +8,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/internal/apitest"
+	"github.com/patchfleet/ota/server"
 )
 
 // TestDevicesInBrowser searches the device list as a release manager

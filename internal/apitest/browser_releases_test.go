@@ -6,10 +6,10 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // TestReleasesPageInBrowser drives a real server through a ceremony, a

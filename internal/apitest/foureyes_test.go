@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // Four eyes follow exposure (issue 13, finding 2): what needs a second

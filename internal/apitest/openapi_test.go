@@ -12,8 +12,8 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/labstack/echo/v4"
 
-	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/internal/apitest"
+	"github.com/patchfleet/ota/server/api"
 )
 
 // openAPIPath turns an Echo route path into an OpenAPI path template:

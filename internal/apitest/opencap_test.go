@@ -9,8 +9,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/internal/apitest"
+	"github.com/patchfleet/ota/server"
 )
 
 // rolloutLabel finds the rollout label of a series on /metrics.

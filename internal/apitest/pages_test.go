@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // An operator creates a rollout from the dashboard's form against the

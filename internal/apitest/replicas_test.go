@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/fsstore"
-	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/signing"
 )
 

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // The acceptance tests of staged rollouts (issue 8), through the real

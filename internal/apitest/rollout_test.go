@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"testing"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // TestPublishingIsNotDeploying checks, through the handset and admin HTTP

@@ -10,10 +10,10 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // countingStore counts reads, to prove metadata is served from memory.

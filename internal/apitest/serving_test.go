@@ -13,10 +13,10 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/signing"
 )
 

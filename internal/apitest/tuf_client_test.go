@@ -6,9 +6,9 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 const patchPath = "cloudmsg/CM-2026-001/update.zip"

@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api/wire"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // tufjsResult is the JSON line scripts/tufjs/verify.mjs prints.

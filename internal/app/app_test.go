@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/internal/apitest"
 )
 
 // clock is a fake clock tests move by hand.

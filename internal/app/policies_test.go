@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
 

@@ -7,10 +7,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
-	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/web"
 )
 
