@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -125,13 +124,6 @@ func auditDetail(m map[string]string) string {
 	}
 	return string(b)
 }
-
-// ErrNotAudited is the error of an administrative action that was done
-// but whose audit entry could not be appended. Callers answer with it
-// (the admin API and the pages with a 500, the otad commands with a
-// non-zero exit) instead of reporting success: whoever acted must learn
-// that the log lacks it.
-var ErrNotAudited = errors.New("the change was made but its audit entry was not written")
 
 // RecordAction appends e, an action that has been done, as actor at at
 // with reason. It is the one rule for the audit of every action that is

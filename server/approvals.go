@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"time"
 )
@@ -98,4 +100,8 @@ type ApprovalStore interface {
 var ErrSelfApproval = fmt.Errorf("%w: a second person must approve a widening that lets a patch reach more than %d%% of the handsets its rollouts select; ask another operator", ErrForbidden, FourEyesPercent)
 
 // NewApprovalID makes an approval id: "ap-" and 12 random hex digits.
-func NewApprovalID() string { return "ap-" + randomHex(6) }
+func NewApprovalID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return "ap-" + hex.EncodeToString(b)
+}

@@ -17,12 +17,16 @@ import (
 // "E_867530X012345X670" are the IMEI they are. The README's table of
 // handset fields states them.
 
+// IDPattern is the pattern of ids that are stored as they come: patch
+// ids, report ids, rollout ids and salts.
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
 // Digit budgets: the most digits a value may hold in total.
 const (
-	// maxNameDigits is for fields with no reason to hold a long number:
+	// MaxNameDigits is for fields with no reason to hold a long number:
 	// models (SM-G998B), channels, error codes, user and token names.
 	maxNameDigits = 6
-	// maxIDDigits is for patch ids, report ids, rollout ids and salts,
+	// MaxIDDigits is for patch ids, report ids, rollout ids and salts,
 	// which may carry a year and a counter (CM-2026-001).
 	maxIDDigits = 9
 	// maxBuildDigits is for builds: Android builds carry a date and a
@@ -59,7 +63,7 @@ func digitCount(s string) int {
 	return n
 }
 
-// nameLike reports whether s, already matching a field's pattern, could
+// NameLike reports whether s, already matching a field's pattern, could
 // still be or hold an identifier, for a field of at most maxDigits
 // digits: more digits than that in total, 7 in a row, a 0x number, four
 // numbers of 1-3 digits (an IPv4 address), or a MAC address.
@@ -68,23 +72,25 @@ func nameLike(s string, maxDigits int) bool {
 		numberQuad.MatchString(s) || macAddress.MatchString(s)
 }
 
-// noIdentifier is the end of the message of a field that nameLike
+// NoIdentifier is the end of the message of a field that NameLike
 // refuses. Messages say what is wanted and never repeat the value.
 func noIdentifier(maxDigits int) string {
 	return "; at most " + strconv.Itoa(maxDigits) + " digits in all, no 7 in a row, no 0x number, no four numbers of 1-3 digits (an IPv4 address) and no MAC address"
 }
 
-// buildLike reports whether a build, already matching its pattern,
+// BuildLike reports whether a build, already matching its pattern,
 // could still be or hold an identifier. A build is the same on every
 // handset that runs it, and OEM builds carry dates and dotted versions
 // (TQ3A.230805.001, V14.0.6.0.TNRMIXM, 14.0.0.201), so the rules are
-// looser than nameLike's: more than 12 digits in total, 7 in a row, 10
+// looser than NameLike's: more than 12 digits in total, 7 in a row, 10
 // joined (joinedDigits), a 0x number, or an IPv4 address (ipv4InBuild).
 func buildLike(s string) bool {
 	return digitCount(s) > maxBuildDigits || sevenDigits.MatchString(s) || joinedDigits(s) >= 10 ||
 		hexNumber.MatchString(s) || macAddress.MatchString(s) || ipv4InBuild(s)
 }
 
+// BuildRule is the message of a build that BuildLike or the build
+// pattern refuses.
 const buildRule = "want a version string of 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit; " +
 	"at most 12 digits in all, no 7 in a row, no 10 joined by '.', '_', '+', '-' or a single letter, no 0x number, no MAC address, " +
 	"and no four dotted numbers of at most 255 unless they have 7 digits or fewer and the middle two at most 2 each (as 14.0.0.201)"
@@ -152,15 +158,15 @@ var serverRolloutID = regexp.MustCompile(`^ro-[0-9a-f]{12}$`)
 
 // ValidRolloutID reports whether id may stand in a metric label or a log
 // line: an id NewRolloutID made, or one that passes the rule of ids an
-// operator chooses (validateChosenID). Ids are checked when a rollout is
+// operator chooses (ValidateChosenID). Ids are checked when a rollout is
 // created; this keeps a rollout stored before the check (an IMEI as its
 // id) out of /metrics.
 func ValidRolloutID(id string) bool {
 	return serverRolloutID.MatchString(id) || idPattern.MatchString(id) && !nameLike(id, maxIDDigits)
 }
 
-// validateChosenID checks an id an operator chose (a rollout's id or
-// salt): the id pattern and nameLike with the budget of patch ids, 9
+// ValidateChosenID checks an id an operator chose (a rollout's id or
+// salt): the id pattern and NameLike with the budget of patch ids, 9
 // digits, since a rollout is often named after its patch
 // (cm-2026-001-beta).
 func validateChosenID(field, id string) error {
@@ -176,7 +182,7 @@ const maxTokenNameLen = 64
 // ValidateTokenName checks a token's name: one printable line of 1-64
 // bytes, with nothing Scrub would remove (an email address, an IP or MAC
 // address, a phone number) and, read with every run of characters other
-// than letters and digits as one '-' (squeeze), nothing nameLike
+// than letters and digits as one '-' (squeeze), nothing NameLike
 // refuses: at most 6 digits, no IPv4 address however separated. Names
 // are shown and logged as they are, so one that holds an identifier is
 // refused rather than scrubbed.
@@ -204,7 +210,7 @@ func digitCountAny(s string) int {
 func isControl(r rune) bool { return unicode.IsControl(r) }
 
 // squeeze is s with every run of characters that are neither letters
-// nor digits made one '-', so that the field rules (nameLike) read
+// nor digits made one '-', so that the field rules (NameLike) read
 // "10, 0, 0, 1" and "10::0::0::1" as the "10-0-0-1" they are.
 func squeeze(s string) string {
 	var b strings.Builder

@@ -193,9 +193,6 @@ type Hold struct {
 	At        time.Time
 }
 
-// SystemActor is the actor of what policies do on their own.
-const SystemActor = "system"
-
 // Rollout offers one published release to the handsets a selector picks,
 // in stages of widening percent.
 type Rollout struct {

@@ -88,7 +88,7 @@ func (s *RolloutService) changed() {
 }
 
 // NewRolloutID makes a rollout id: "ro-" and 12 random hex digits that
-// also pass the rule of ids an operator chooses (validateChosenID: at
+// also pass the rule of ids an operator chooses (ValidateChosenID: at
 // most 9 decimal digits, ...), which about one in nine draws of 12 hex
 // digits does not: so that an id the server made can be given back as a
 // chosen one (copied to another server, or to name a rollout again) and
@@ -232,12 +232,6 @@ func (s *RolloutService) List(ctx context.Context, states ...RolloutState) ([]*R
 	}
 	return s.Store.Rollouts(ctx, states...)
 }
-
-// Limits of the audit log reads.
-const (
-	DefaultAuditLimit = 100
-	MaxAuditLimit     = 1000
-)
 
 // Events returns the last limit events of a rollout, oldest first:
 // DefaultAuditLimit for 0, at most MaxAuditLimit.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -103,4 +104,50 @@ type AuditFilter struct {
 	// Since is inclusive, Until exclusive.
 	Since, Until time.Time
 	Limit        int
+}
+
+// rolloutAuditDetail is the Detail of a rollout event's audit entry: the
+// numbers of the event, in a fixed field order, empty ones left out.
+type rolloutAuditDetail struct {
+	FromState   RolloutState `json:"from_state,omitempty"`
+	ToState     RolloutState `json:"to_state,omitempty"`
+	FromPercent *float64     `json:"from_percent,omitempty"`
+	ToPercent   *float64     `json:"to_percent,omitempty"`
+	Model       string       `json:"model,omitempty"`
+	Installed   *int64       `json:"installed,omitempty"`
+	Failed      *int64       `json:"failed,omitempty"`
+	Rate        *float64     `json:"rate,omitempty"`
+	MaxRate     *float64     `json:"max_rate,omitempty"`
+	Window      string       `json:"window,omitempty"`
+	Detail      string       `json:"detail,omitempty"`
+}
+
+// RolloutEventAudit is the audit entry of a rollout event, which the
+// rollout store appends in the transaction that records the event, so
+// that the audit log holds every rollout change (Action "rollout." and
+// the event's action, Object the rollout id) beside the admin actions.
+func RolloutEventAudit(ev Event) AuditEntry {
+	d := rolloutAuditDetail{FromState: ev.FromState, ToState: ev.ToState, Model: ev.Model, Detail: ev.Detail}
+	if ev.FromPercent != 0 || ev.ToPercent != 0 {
+		from, to := ev.FromPercent, ev.ToPercent
+		d.FromPercent, d.ToPercent = &from, &to
+	}
+	if h := ev.Hold; h != nil {
+		if d.Model == "" {
+			d.Model = h.Model
+		}
+		if h.Installed != 0 || h.Failed != 0 || h.MaxRate != 0 {
+			installed, failed, rate, maxRate := h.Installed, h.Failed, h.Rate, h.MaxRate
+			d.Installed, d.Failed, d.Rate, d.MaxRate = &installed, &failed, &rate, &maxRate
+		}
+		if h.Window != 0 {
+			d.Window = FormatDuration(h.Window)
+		}
+	}
+	b, err := json.Marshal(d)
+	if err != nil {
+		panic(err) // strings and numbers always marshal
+	}
+	return AuditEntry{At: ev.At, Actor: ev.Actor, Action: "rollout." + ev.Action, Object: ev.RolloutID,
+		Reason: ev.Reason, Detail: string(b)}
 }

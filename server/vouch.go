@@ -39,7 +39,9 @@ func (e *VouchedError) Error() string {
 func (e *VouchedError) until() time.Time {
 	var t time.Time
 	for _, c := range e.Chain {
-		t = latest(t, c.At)
+		if c.At.After(t) {
+			t = c.At
+		}
 	}
 	return t.Add(VouchWindow).UTC()
 }
