@@ -6,6 +6,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"time"
+
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // ApprovalState is where a four-eyes request stands.
@@ -97,7 +100,7 @@ type ApprovalStore interface {
 
 // ErrSelfApproval is a requester approving their own request. It is an
 // ErrForbidden.
-var ErrSelfApproval = fmt.Errorf("%w: a second person must approve a widening that lets a patch reach more than %d%% of the handsets its rollouts select; ask another operator", ErrForbidden, FourEyesPercent)
+var ErrSelfApproval = fmt.Errorf("%w: a second person must approve a widening that lets a patch reach more than %d%% of the handsets its rollouts select; ask another operator", errs.ErrForbidden, identity.FourEyesPercent)
 
 // NewApprovalID makes an approval id: "ap-" and 12 random hex digits.
 func NewApprovalID() string {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"slices"
 	"strings"
+
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // Page sizes of the device list: a person reads a page, so a page is
@@ -45,8 +48,8 @@ type DeviceQuery struct {
 // a filter cannot carry what a handset could not send (a phone number as
 // a model), and sets the default Limit.
 func (q *DeviceQuery) Validate() error {
-	if q.IDPrefix != "" && !idPattern.MatchString(q.IDPrefix) {
-		return fieldErr("id", "want the start of a handset id: letters, digits, '.', '_' or '-', starting with a letter or digit")
+	if q.IDPrefix != "" && !textrule.IDPattern.MatchString(q.IDPrefix) {
+		return errs.Fieldf("id", "want the start of a handset id: letters, digits, '.', '_' or '-', starting with a letter or digit")
 	}
 	if q.Model != "" {
 		if err := ValidateModel("model", q.Model); err != nil {
@@ -59,7 +62,7 @@ func (q *DeviceQuery) Validate() error {
 		}
 	}
 	if q.Region != "" && !regionPattern.MatchString(q.Region) {
-		return fieldErr("region", "want a two-letter ISO 3166-1 code such as DE")
+		return errs.Fieldf("region", "want a two-letter ISO 3166-1 code such as DE")
 	}
 	if q.PatchID != "" {
 		if err := ValidatePatchID("patch", q.PatchID); err != nil {
@@ -68,20 +71,20 @@ func (q *DeviceQuery) Validate() error {
 	}
 	if q.State != "" {
 		if !slices.Contains(ReportStates, q.State) {
-			return fieldErr("state", "want one of %s", strings.Join(ReportStates, ", "))
+			return errs.Fieldf("state", "want one of %s", strings.Join(ReportStates, ", "))
 		}
 		if q.PatchID == "" {
-			return fieldErr("patch", "choose the patch whose install state to filter by")
+			return errs.Fieldf("patch", "choose the patch whose install state to filter by")
 		}
 	}
-	if q.After != "" && !idPattern.MatchString(q.After) {
-		return fieldErr("after", "want a handset id (the cursor of a next-page link)")
+	if q.After != "" && !textrule.IDPattern.MatchString(q.After) {
+		return errs.Fieldf("after", "want a handset id (the cursor of a next-page link)")
 	}
 	switch {
 	case q.Limit == 0:
 		q.Limit = DevicePageSize
 	case q.Limit < 0 || q.Limit > MaxDevicePageSize:
-		return fieldErr("limit", "want 1 to %d", MaxDevicePageSize)
+		return errs.Fieldf("limit", "want 1 to %d", MaxDevicePageSize)
 	}
 	return nil
 }

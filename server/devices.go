@@ -7,6 +7,9 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // Messaging states a handset reports for its cloud-messaging service.
@@ -261,7 +264,7 @@ func (ci *CheckIn) Validate() error {
 		return err
 	}
 	if len(ci.InstalledPatches) > 64 {
-		return fieldErr("installed_patches", "at most 64")
+		return errs.Fieldf("installed_patches", "at most 64")
 	}
 	for i, p := range ci.InstalledPatches {
 		if err := ValidatePatchID(fmt.Sprintf("installed_patches[%d]", i), p); err != nil {
@@ -271,10 +274,10 @@ func (ci *CheckIn) Validate() error {
 	switch ci.CloudMessaging {
 	case MessagingOptedIn, MessagingOptedOut, MessagingAutoEnabled:
 	default:
-		return fieldErr("cloud_messaging", "want opted_in, opted_out or auto_enabled")
+		return errs.Fieldf("cloud_messaging", "want opted_in, opted_out or auto_enabled")
 	}
 	if o := ci.UTCOffsetMinutes; o != nil && (*o < MinUTCOffsetMinutes || *o > MaxUTCOffsetMinutes || *o%15 != 0) {
-		return fieldErr("utc_offset_minutes", "want the time zone's offset from UTC in minutes, a multiple of 15 from -720 to 840")
+		return errs.Fieldf("utc_offset_minutes", "want the time zone's offset from UTC in minutes, a multiple of 15 from -720 to 840")
 	}
 	ci.InstalledPatches = slices.Compact(slices.Sorted(slices.Values(ci.InstalledPatches)))
 	return nil
@@ -294,7 +297,7 @@ func (r *Report) Validate(now time.Time) error {
 	// groups of at most 12 hex digits no IMEI or IMSI fits, and it is made
 	// by code, not typed, so it is accepted as it is.
 	if !uuidPattern.MatchString(r.ID) {
-		if err := tight("report_id", r.ID, idPattern, maxIDDigits, "want a UUID, or 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"); err != nil {
+		if err := tight("report_id", r.ID, textrule.IDPattern, textrule.MaxIDDigits, "want a UUID, or 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"); err != nil {
 			return err
 		}
 	}
@@ -303,26 +306,26 @@ func (r *Report) Validate(now time.Time) error {
 	}
 	// The rollout id only picks the record the report moves; it is never
 	// stored with the report, so the id pattern is all it needs.
-	if r.RolloutID != "" && !idPattern.MatchString(r.RolloutID) {
-		return fieldErr("rollout_id", "want the rollout_id of the offer, or nothing")
+	if r.RolloutID != "" && !textrule.IDPattern.MatchString(r.RolloutID) {
+		return errs.Fieldf("rollout_id", "want the rollout_id of the offer, or nothing")
 	}
 	switch {
 	case len(r.Target) > maxTargetLen || strings.ContainsFunc(r.Target, unicode.IsControl):
-		return fieldErr("target", "want the path of the offered target, at most %d printable characters", maxTargetLen)
+		return errs.Fieldf("target", "want the path of the offered target, at most %d printable characters", maxTargetLen)
 	case !slices.Contains(ReportStates, r.State):
-		return fieldErr("state", "want one of %s", strings.Join(ReportStates, ", "))
+		return errs.Fieldf("state", "want one of %s", strings.Join(ReportStates, ", "))
 	case r.State != StateFailed && r.ErrorCode != "":
-		return fieldErr("error_code", "only failed reports carry an error code")
+		return errs.Fieldf("error_code", "only failed reports carry an error code")
 	case len(r.Message) > maxMessageLen || strings.ContainsFunc(r.Message, func(c rune) bool { return unicode.IsControl(c) && c != '\t' }):
-		return fieldErr("message", "at most %d bytes on one line", maxMessageLen)
+		return errs.Fieldf("message", "at most %d bytes on one line", maxMessageLen)
 	case r.At.IsZero():
-		return fieldErr("at", "want the RFC 3339 time the state changed")
+		return errs.Fieldf("at", "want the RFC 3339 time the state changed")
 	case r.At.After(now.Add(MaxReportSkew)):
-		return fieldErr("at", "more than 10 minutes ahead of the server's clock; check the handset clock")
+		return errs.Fieldf("at", "more than 10 minutes ahead of the server's clock; check the handset clock")
 	}
 	if r.State == StateFailed {
 		if r.ErrorCode == "" {
-			return fieldErr("error_code", "a failed report needs an upper snake case code such as E_DISK_FULL")
+			return errs.Fieldf("error_code", "a failed report needs an upper snake case code such as E_DISK_FULL")
 		}
 		return ValidateErrorCode(r.ErrorCode)
 	}

@@ -10,6 +10,9 @@ import (
 	"unicode"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // This file generates identifiers the server must never keep (IMEIs with
@@ -198,13 +201,13 @@ func disguiseInMessage(r *rand.Rand, id identifier) disguise {
 // or a bracket may stay).
 func scrubProblem(id identifier, d disguise) string {
 	msg := "modem " + d.value + " lost"
-	got := server.Scrub(msg)
+	got := textrule.Scrub(msg)
 	middle, ok := strings.CutPrefix(got, "modem ")
 	if ok {
 		middle, ok = strings.CutSuffix(middle, " lost")
 	}
-	if !ok || !strings.Contains(middle, server.Redacted) ||
-		strings.ContainsFunc(strings.ReplaceAll(middle, server.Redacted, ""), func(c rune) bool { return unicode.IsLetter(c) || unicode.IsDigit(c) }) {
+	if !ok || !strings.Contains(middle, textrule.Redacted) ||
+		strings.ContainsFunc(strings.ReplaceAll(middle, textrule.Redacted, ""), func(c rune) bool { return unicode.IsLetter(c) || unicode.IsDigit(c) }) {
 		return fmt.Sprintf("%s %s (%s): Scrub(%q) = %q, want it in place of the %s", id.kind, id.plain, d.how, msg, got, id.kind)
 	}
 	return ""
@@ -246,17 +249,17 @@ func fieldChecks() []fieldCheck {
 			return report(func(r *server.Report) { r.ID = v }).Validate(now)
 		}, func(d, _ string) string { return "r-" + d }, []string{".", "_", "-"}, 9},
 		{"id", func(v string) error {
-			if !server.ValidRolloutID(v) {
-				return &server.FieldError{Field: "id", Message: "refused"}
+			if !textrule.ValidRolloutID(v) {
+				return &errs.FieldError{Field: "id", Message: "refused"}
 			}
 			return nil
 		}, same, []string{".", "_", "-"}, 9},
 		{"salt", rollout, same, []string{".", "_", "-"}, 9},
-		{"name", func(v string) error { return server.ValidateUser(v, server.RoleOperator, "", true) },
+		{"name", func(v string) error { return identity.ValidateUser(v, identity.RoleOperator, "", true) },
 			func(d, _ string) string { return strings.ToLower(d) }, []string{".", "_", "-"}, 6},
 		{"token name", func(v string) error {
-			if err := server.ValidateTokenName(v); err != nil {
-				return &server.FieldError{Field: "token name", Message: err.Error()}
+			if err := textrule.ValidateTokenName(v); err != nil {
+				return &errs.FieldError{Field: "token name", Message: err.Error()}
 			}
 			return nil
 		}, same, append([]string{".", "_", "-", "+"}, messageSeparators...), 6},
@@ -330,7 +333,7 @@ func exempt(f fieldCheck, id identifier, d disguise) bool {
 		}
 		return true
 	case "token name":
-		return d.sep != "" && server.NormalizeText(d.sep) == ""
+		return d.sep != "" && textrule.NormalizeText(d.sep) == ""
 	}
 	return false
 }
@@ -345,7 +348,7 @@ func refusalProblem(f fieldCheck, id identifier, d disguise) string {
 		}
 		return fmt.Sprintf("%s accepted %s %s (%s) as %q", f.name, id.kind, id.plain, d.how, d.value)
 	}
-	fe := new(server.FieldError)
+	fe := new(errs.FieldError)
 	if !errors.As(err, &fe) {
 		return fmt.Sprintf("%s %q: got %v, want a field error", f.name, d.value, err)
 	}
@@ -469,12 +472,12 @@ func FuzzFieldRules(f *testing.F) {
 		for _, fc := range fields {
 			err := fc.check(v)
 			if err != nil {
-				if fe := new(server.FieldError); !errors.As(err, &fe) {
+				if fe := new(errs.FieldError); !errors.As(err, &fe) {
 					t.Fatalf("%s %q: got %v, want a field error", fc.name, v, err)
 				}
 				continue
 			}
-			n := server.NormalizeText(v)
+			n := textrule.NormalizeText(v)
 			digits := 0
 			for _, c := range n {
 				if unicode.IsDigit(c) {
@@ -486,8 +489,8 @@ func FuzzFieldRules(f *testing.F) {
 				// An id NewRolloutID made.
 			case digits > fc.budget:
 				t.Fatalf("%s accepted %q with %d digits, more than %d", fc.name, v, digits, fc.budget)
-			case fc.budget <= 9 && digits < 7 && server.HoldsIdentifier(v):
-				t.Fatalf("%s accepted %q, which Scrub makes %q", fc.name, v, server.Scrub(v))
+			case fc.budget <= 9 && digits < 7 && textrule.HoldsIdentifier(v):
+				t.Fatalf("%s accepted %q, which Scrub makes %q", fc.name, v, textrule.Scrub(v))
 			}
 		}
 	})

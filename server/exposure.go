@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"slices"
+
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // Four eyes follow exposure, not a stage's number: what needs a second
@@ -116,7 +118,7 @@ func PatchSalt(rs []*Rollout, rel RolloutRelease) (string, bool) {
 // with the change made) above FourEyesPercent. A start at 100% always
 // does; pausing, aborting, completing and holds never widen.
 func NeedsApproval(action string, exposure float64) bool {
-	return slices.Contains(widenings, action) && exposure > FourEyesPercent
+	return slices.Contains(widenings, action) && exposure > identity.FourEyesPercent
 }
 
 // widenings are the actions four eyes may stop.

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // rolloutAt is a rollout of the privacy patch with id, salt, state and
@@ -136,7 +139,7 @@ func TestFourEyesByExposure(t *testing.T) {
 			if after.State != tc.r.State || after.Percent() != tc.r.Percent() {
 				t.Errorf("the request changed the rollout: %s at %g%%", after.State, after.Percent())
 			}
-			if pending.Exposure <= server.FourEyesPercent || got.Version != after.Version {
+			if pending.Exposure <= identity.FourEyesPercent || got.Version != after.Version {
 				t.Errorf("approval %+v with rollout v%d, want the exposure past 50%% it was asked for beside the rollout as saved (v%d)",
 					pending, got.Version, after.Version)
 			}
@@ -175,7 +178,7 @@ func TestApproveRechecksExposure(t *testing.T) {
 		t.Fatalf("advance to 60%%: %+v, %v; want pending at an exposure of 60%%", pending, err)
 	}
 	store.rollouts["ro-2"] = rolloutAt(t, "ro-2", "s2", server.RolloutRunning, 20)
-	if _, _, err := svc.Approve(ctx, r.ID, pending.ID, "bob", "ok"); !errors.Is(err, server.ErrConflict) || !strings.Contains(err.Error(), "ask again") {
+	if _, _, err := svc.Approve(ctx, r.ID, pending.ID, "bob", "ok"); !errors.Is(err, errs.ErrConflict) || !strings.Contains(err.Error(), "ask again") {
 		t.Errorf("approve after ro-2 started: %v, want a conflict saying ask again", err)
 	}
 	if after, _ := store.Rollout(ctx, r.ID); after.Percent() != 10 {
@@ -227,12 +230,12 @@ func TestAutoAdvanceByExposure(t *testing.T) {
 // fakeAudit is an in-memory AuditStore with the real one's query.
 type fakeAudit struct {
 	mu sync.Mutex
-	es []server.AuditEntry
+	es []audit.AuditEntry
 }
 
-var _ server.AuditStore = (*fakeAudit)(nil)
+var _ audit.AuditStore = (*fakeAudit)(nil)
 
-func (f *fakeAudit) AppendAudit(_ context.Context, es ...server.AuditEntry) error {
+func (f *fakeAudit) AppendAudit(_ context.Context, es ...audit.AuditEntry) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, e := range es {
@@ -242,10 +245,10 @@ func (f *fakeAudit) AppendAudit(_ context.Context, es ...server.AuditEntry) erro
 	return nil
 }
 
-func (f *fakeAudit) ListAudit(_ context.Context, q server.AuditQuery) ([]server.AuditEntry, error) {
+func (f *fakeAudit) ListAudit(_ context.Context, q audit.AuditQuery) ([]audit.AuditEntry, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []server.AuditEntry
+	var out []audit.AuditEntry
 	for _, e := range slices.Backward(f.es) {
 		switch {
 		case q.Actor != "" && e.Actor != q.Actor,
@@ -265,7 +268,7 @@ func (f *fakeAudit) ListAudit(_ context.Context, q server.AuditQuery) ([]server.
 	return out, nil
 }
 
-func (f *fakeAudit) WalkAudit(context.Context, func(server.AuditEntry) error) (int64, string, error) {
+func (f *fakeAudit) WalkAudit(context.Context, func(audit.AuditEntry) error) (int64, string, error) {
 	return 0, "", errors.New("not used")
 }
 
@@ -276,24 +279,24 @@ func (f *fakeAudit) WalkAudit(context.Context, func(server.AuditEntry) error) (i
 func TestVouchedApprover(t *testing.T) {
 	ctx := context.Background()
 	at := func(h float64) time.Time { return t0.Add(time.Duration(h * float64(time.Hour))) }
-	entry := func(h float64, actor, action, object, detail string) server.AuditEntry {
-		return server.AuditEntry{At: at(h), Actor: actor, Action: action, Object: object, Detail: detail}
+	entry := func(h float64, actor, action, object, detail string) audit.AuditEntry {
+		return audit.AuditEntry{At: at(h), Actor: actor, Action: action, Object: object, Detail: detail}
 	}
 	for _, tc := range []struct {
 		name    string
-		log     []server.AuditEntry
+		log     []audit.AuditEntry
 		now     float64 // hours after t0
 		refused bool
 	}{
-		{"created an hour ago", []server.AuditEntry{entry(0, "alice", "user.create", "bob", `{"kind":"user","role":"operator"}`)}, 1, true},
-		{"created 25 hours ago", []server.AuditEntry{entry(0, "alice", "user.create", "bob", `{"kind":"user","role":"operator"}`)}, 25, false},
-		{"created by someone else", []server.AuditEntry{entry(0, "carol", "user.create", "bob", ``)}, 1, false},
-		{"raised to operator", []server.AuditEntry{entry(0, "alice", "user.set-role", "bob", `{"from":"viewer","to":"operator"}`)}, 23, true},
-		{"lowered to operator", []server.AuditEntry{entry(0, "alice", "user.set-role", "bob", `{"from":"admin","to":"operator"}`)}, 1, false},
-		{"re-enabled", []server.AuditEntry{entry(0, "alice", "user.enable", "bob", ``)}, 1, true},
-		{"disabled", []server.AuditEntry{entry(0, "alice", "user.disable", "bob", ``)}, 1, false},
-		{"password set", []server.AuditEntry{entry(0, "alice", "user.password", "bob", ``)}, 1, true},
-		{"through an account alice created", []server.AuditEntry{
+		{"created an hour ago", []audit.AuditEntry{entry(0, "alice", "user.create", "bob", `{"kind":"user","role":"operator"}`)}, 1, true},
+		{"created 25 hours ago", []audit.AuditEntry{entry(0, "alice", "user.create", "bob", `{"kind":"user","role":"operator"}`)}, 25, false},
+		{"created by someone else", []audit.AuditEntry{entry(0, "carol", "user.create", "bob", ``)}, 1, false},
+		{"raised to operator", []audit.AuditEntry{entry(0, "alice", "user.set-role", "bob", `{"from":"viewer","to":"operator"}`)}, 23, true},
+		{"lowered to operator", []audit.AuditEntry{entry(0, "alice", "user.set-role", "bob", `{"from":"admin","to":"operator"}`)}, 1, false},
+		{"re-enabled", []audit.AuditEntry{entry(0, "alice", "user.enable", "bob", ``)}, 1, true},
+		{"disabled", []audit.AuditEntry{entry(0, "alice", "user.disable", "bob", ``)}, 1, false},
+		{"password set", []audit.AuditEntry{entry(0, "alice", "user.password", "bob", ``)}, 1, true},
+		{"through an account alice created", []audit.AuditEntry{
 			entry(0, "alice", "user.create", "sock", ``), entry(0.5, "x", "session.login", "sock", ``),
 			entry(1, "sock", "user.create", "puppet", ``), entry(1.5, "sock", "user.set-role", "puppet", `{"from":"viewer","to":"operator"}`),
 			entry(2, "puppet", "user.create", "bob", ``)}, 3, true},
@@ -312,11 +315,11 @@ func TestVouchedApprover(t *testing.T) {
 				t.Fatalf("advance: %v, want pending", err)
 			}
 			_, _, err = svc.Approve(ctx, r.ID, pending.ID, "bob", "agreed")
-			var ve *server.VouchedError
+			var ve *identity.VouchedError
 			if got := errors.As(err, &ve); got != tc.refused || (!tc.refused && err != nil) {
 				t.Fatalf("bob approving alice's request: %v, want refused %v", err, tc.refused)
 			}
-			if tc.refused && (!errors.Is(err, server.ErrForbidden) || !strings.Contains(err.Error(), "ask another operator") ||
+			if tc.refused && (!errors.Is(err, errs.ErrForbidden) || !strings.Contains(err.Error(), "ask another operator") ||
 				!strings.Contains(err.Error(), "bob cannot approve a request of alice")) {
 				t.Errorf("refusal %q, want a forbidden error saying why and to ask another operator", err)
 			}

@@ -1,6 +1,10 @@
 package server
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/patchfleet/ota/server/textrule"
+)
 
 // TestNewRolloutIDsPassTheChosenIDRule: every id the server makes can be
 // given back as a chosen id (a copy of a server-made id used to be
@@ -11,7 +15,7 @@ func TestNewRolloutIDsPassTheChosenIDRule(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := validateChosenID("id", id); err != nil || !serverRolloutID.MatchString(id) {
+		if err := textrule.ValidateChosenID("id", id); err != nil || !textrule.ServerRolloutID.MatchString(id) {
 			t.Fatalf("NewRolloutID made %q: %v; want the server's shape and a valid chosen id", id, err)
 		}
 	}

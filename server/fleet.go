@@ -17,6 +17,9 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // Offer is an update offered to a handset: which target to fetch through
@@ -147,11 +150,11 @@ func (f *Fleet) Enroll(ctx context.Context, req EnrollRequest) (*Enrollment, err
 	if f.EnrollmentSecret != "" {
 		now := f.now()
 		if wait := f.SecretFailures.wait(now); wait > 0 {
-			return nil, &RateLimitError{RetryAfter: wait}
+			return nil, &errs.RateLimitError{RetryAfter: wait}
 		}
 		if !secretMatches(req.Secret, f.EnrollmentSecret) {
 			f.SecretFailures.take(now)
-			return nil, fmt.Errorf("%w: enrollment secret does not match", ErrUnauthorized)
+			return nil, fmt.Errorf("%w: enrollment secret does not match", errs.ErrUnauthorized)
 		}
 	}
 	if err := ValidateDeviceInfo(req.Model, req.Build, req.Channel, req.Region); err != nil {
@@ -163,14 +166,14 @@ func (f *Fleet) Enroll(ctx context.Context, req EnrollRequest) (*Enrollment, err
 	if req.DeviceKey != "" {
 		pub, err := hex.DecodeString(req.DeviceKey)
 		if err != nil || len(pub) != ed25519.PublicKeySize {
-			return nil, fieldErr("device_key", "want the 64 hex digits of an ed25519 public key")
+			return nil, errs.Fieldf("device_key", "want the 64 hex digits of an ed25519 public key")
 		}
 		sig, err := hex.DecodeString(req.Signature)
 		if err != nil || !ed25519.Verify(pub, EnrollMessage(req), sig) {
-			return nil, fieldErr("signature", "want the hex ed25519 signature by device_key of the "+EnrollMessageVersion+" enrollment message over every field")
+			return nil, errs.Fieldf("signature", "want the hex ed25519 signature by device_key of the "+EnrollMessageVersion+" enrollment message over every field")
 		}
 		if d := now.Sub(req.Timestamp); d > enrollSkew || d < -enrollSkew {
-			return nil, fieldErr("timestamp", "more than 10 minutes from the server's time; check the handset clock")
+			return nil, errs.Fieldf("timestamp", "more than 10 minutes from the server's time; check the handset clock")
 		}
 		fp := sha256.Sum256(pub)
 		d.KeyFingerprint = hex.EncodeToString(fp[:])
@@ -184,7 +187,7 @@ func (f *Fleet) Enroll(ctx context.Context, req EnrollRequest) (*Enrollment, err
 		d.ID = "dev_" + hex.EncodeToString(b[:])
 	}
 	token := newDeviceToken()
-	id, created, err := f.Store.Enroll(ctx, d, HashToken(token))
+	id, created, err := f.Store.Enroll(ctx, d, identity.HashToken(token))
 	if err != nil {
 		return nil, err
 	}
@@ -269,17 +272,17 @@ func newDeviceToken() string {
 // any lookup, with the answer an unknown token gets.
 func hashDeviceToken(token string) (string, error) {
 	if !strings.HasPrefix(token, deviceTokenPrefix) || len(token) > 128 {
-		return "", ErrDeviceToken
+		return "", errs.ErrDeviceToken
 	}
-	return HashToken(token), nil
+	return identity.HashToken(token), nil
 }
 
 // tokenErr makes any refusal of a token by the store the one answer
 // ErrDeviceToken, whatever words the store used, so that a malformed, an
 // unknown and an erased token cannot be told apart.
 func tokenErr(err error) error {
-	if errors.Is(err, ErrUnauthorized) {
-		return ErrDeviceToken
+	if errors.Is(err, errs.ErrUnauthorized) {
+		return errs.ErrDeviceToken
 	}
 	return err
 }
@@ -361,11 +364,11 @@ func (f *Fleet) save(ctx context.Context, hash string, ci CheckIn, now time.Time
 		if err == nil {
 			return next, records, nil
 		}
-		if !errors.Is(err, ErrConflict) {
+		if !errors.Is(err, errs.ErrConflict) {
 			return nil, nil, tokenErr(err)
 		}
 	}
-	return nil, nil, fmt.Errorf("%w: the device changed under %d check-ins in a row; check in again", ErrUnavailable, maxCheckInSaves)
+	return nil, nil, fmt.Errorf("%w: the device changed under %d check-ins in a row; check in again", errs.ErrUnavailable, maxCheckInSaves)
 }
 
 func (f *Fleet) pollInterval() time.Duration {
@@ -397,14 +400,14 @@ func (f *Fleet) Report(ctx context.Context, token string, r Report) (bool, error
 		return false, err
 	}
 	if r.At.Before(d.EnrolledAt.Add(-reportBeforeEnrollment)) {
-		return false, fieldErr("at", "before the device enrolled; check the handset clock")
+		return false, errs.Fieldf("at", "before the device enrolled; check the handset clock")
 	}
 	if err := f.checkPatch(ctx, d, &r); err != nil {
 		return false, err
 	}
 	r.DeviceID, r.ReceivedAt, r.At = d.ID, now, r.At.UTC()
 	// The one free-text field: identifiers in it never reach storage.
-	r.Message = Scrub(r.Message)
+	r.Message = textrule.Scrub(r.Message)
 	out, err := f.Store.AddReport(ctx, r)
 	if err != nil {
 		return false, err
@@ -448,9 +451,9 @@ func (f *Fleet) checkPatch(ctx context.Context, d *Device, r *Report) error {
 		}
 	}
 	if known {
-		return fieldErr("target", "want the path of a published target of the patch, or nothing")
+		return errs.Fieldf("target", "want the path of a published target of the patch, or nothing")
 	}
-	return fieldErr("patch_id", "want the id of a published patch")
+	return errs.Fieldf("patch_id", "want the id of a published patch")
 }
 
 // Erase deletes everything the server holds about the calling device.
@@ -471,14 +474,14 @@ func (f *Fleet) Erase(ctx context.Context, token string) error {
 // up in one OtherModels row): a flood of invented models cannot make the
 // answer grow.
 func (f *Fleet) Summary(ctx context.Context, patchID string, activeDays, models int) (*FleetSummary, error) {
-	if !idPattern.MatchString(patchID) {
-		return nil, fieldErr("patch", "want a patch id")
+	if !textrule.IDPattern.MatchString(patchID) {
+		return nil, errs.Fieldf("patch", "want a patch id")
 	}
 	if activeDays < 1 || activeDays > 3650 {
-		return nil, fieldErr("active_days", "want 1 to 3650")
+		return nil, errs.Fieldf("active_days", "want 1 to 3650")
 	}
 	if models < 1 || models > MaxSummaryModels {
-		return nil, fieldErr("models", "want 1 to %d", MaxSummaryModels)
+		return nil, errs.Fieldf("models", "want 1 to %d", MaxSummaryModels)
 	}
 	s, err := f.Store.FleetSummary(ctx, patchID, f.now().Add(-time.Duration(activeDays)*24*time.Hour), models)
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // Reports answer the release managers' and security leads' questions
@@ -784,13 +786,13 @@ func (r *Reports) ExposureReport(ctx context.Context, opts ExposureOptions, now 
 	}
 	switch {
 	case opts.Days < 1 || opts.Days > MaxExposureDays:
-		return nil, fieldErr("days", "want 1 to %d", MaxExposureDays)
+		return nil, errs.Fieldf("days", "want 1 to %d", MaxExposureDays)
 	case opts.Top < 1 || opts.Top > MaxSummaryModels:
-		return nil, fieldErr("top", "want 1 to %d", MaxSummaryModels)
+		return nil, errs.Fieldf("top", "want 1 to %d", MaxSummaryModels)
 	}
 	if opts.Day != "" {
 		if _, err := time.Parse(time.DateOnly, opts.Day); err != nil {
-			return nil, fieldErr("day", "want a UTC day such as 2026-12-01")
+			return nil, errs.Fieldf("day", "want a UTC day such as 2026-12-01")
 		}
 	}
 	er, err := r.Store.ExposureRollups(ctx, opts.Day, opts.Days)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // fakeReportStore is a function-field fake of server.ReportStore.
@@ -256,7 +258,7 @@ func reportRollout() *server.Rollout {
 	return &server.Rollout{ID: "ro_1", State: server.RolloutRunning, Stages: []float64{1, 10, 50, 100}, Stage: 1,
 		Release:  server.RolloutRelease{PatchID: "CM-2026-001", InstallsBuild: "8.0.0", Models: []string{"PX-7", "PX-8", "PX-9"}},
 		Selector: server.Selector{Models: []string{"PX-7", "PX-8", "QZ-1"}, Channels: []string{"stable", "beta"}, BuildMin: "7.0.0"},
-		Holds: []server.Hold{{Model: "PX-8", Actor: server.SystemActor, Reason: "failure rate 12% over 1h", Installed: 44, Failed: 6,
+		Holds: []server.Hold{{Model: "PX-8", Actor: audit.SystemActor, Reason: "failure rate 12% over 1h", Installed: 44, Failed: 6,
 			Rate: 0.12, MaxRate: 0.05, Window: time.Hour, At: reportNow.Add(-time.Hour)}},
 	}
 }
@@ -302,7 +304,7 @@ func TestRolloutReport(t *testing.T) {
 	ro := reportRollout()
 	reports := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(_ context.Context, id string) (*server.Rollout, error) {
 		if id != ro.ID {
-			return nil, server.ErrNotFound
+			return nil, errs.ErrNotFound
 		}
 		return ro, nil
 	})}
@@ -361,7 +363,7 @@ func TestRolloutReport(t *testing.T) {
 		t.Errorf("halt %v, holds %+v; want no halt and PX-8 held at 12%% over 1h", rep.Halt, rep.Holds)
 	}
 
-	if _, err := reports.RolloutReport(t.Context(), "ro_unknown", reportNow); !errors.Is(err, server.ErrNotFound) {
+	if _, err := reports.RolloutReport(t.Context(), "ro_unknown", reportNow); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("unknown rollout: got %v, want ErrNotFound", err)
 	}
 }
@@ -369,7 +371,7 @@ func TestRolloutReport(t *testing.T) {
 func TestRolloutReportCaps(t *testing.T) {
 	ro := reportRollout()
 	ro.Selector, ro.Release.Models, ro.Holds = server.Selector{}, nil, nil
-	ro.Halt = &server.Hold{Actor: server.SystemActor, Reason: "failure rate 20%", Installed: 40, Failed: 10, Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: reportNow}
+	ro.Halt = &server.Hold{Actor: audit.SystemActor, Reason: "failure rate 20%", Installed: 40, Failed: 10, Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: reportNow}
 	var fleet []server.FleetCount
 	for i := range server.MaxReportRows + 5 {
 		fleet = append(fleet, server.FleetCount{Model: "M" + string(rune('A'+i/26)) + string(rune('a'+i%26)), Build: "7.0.0", N: int64(1000 - i)})
@@ -533,7 +535,7 @@ func TestExposureReportOptions(t *testing.T) {
 		{server.ExposureOptions{Day: "yesterday"}, "day"},
 	} {
 		_, err := reports.ExposureReport(t.Context(), tc.opts, reportNow)
-		var fe *server.FieldError
+		var fe *errs.FieldError
 		if !errors.As(err, &fe) || fe.Field != tc.field {
 			t.Errorf("%+v: got %v, want a FieldError on %s", tc.opts, err, tc.field)
 		}

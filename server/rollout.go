@@ -7,6 +7,9 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // RolloutState is where a rollout is in its life.
@@ -150,25 +153,25 @@ const (
 func (p *Policy) Validate() error {
 	switch {
 	case math.IsNaN(p.MaxFailureRate) || p.MaxFailureRate < 0 || p.MaxFailureRate > 1:
-		return fieldErr("max_failure_rate", "want a fraction from 0 to 1 (0.05 is 5%%)")
+		return errs.Fieldf("max_failure_rate", "want a fraction from 0 to 1 (0.05 is 5%%)")
 	case p.MinResults < 1 || p.MinResults > 1_000_000:
-		return fieldErr("min_results", "want 1 to 1000000")
+		return errs.Fieldf("min_results", "want 1 to 1000000")
 	case p.FailureWindow < time.Minute || p.FailureWindow > 7*24*time.Hour:
-		return fieldErr("failure_window", "want 1m to 168h")
+		return errs.Fieldf("failure_window", "want 1m to 168h")
 	case p.Soak < 0 || p.Soak > 30*24*time.Hour:
-		return fieldErr("soak", "want 0 (no auto-advance) to 720h")
+		return errs.Fieldf("soak", "want 0 (no auto-advance) to 720h")
 	case p.Retries < 0 || p.Retries > 10:
-		return fieldErr("retries", "want 0 to 10")
+		return errs.Fieldf("retries", "want 0 to 10")
 	case p.Retries > 0 && len(p.Backoff) == 0:
-		return fieldErr("backoff", "retries need at least one backoff")
+		return errs.Fieldf("backoff", "retries need at least one backoff")
 	case len(p.Backoff) > 10:
-		return fieldErr("backoff", "at most 10")
+		return errs.Fieldf("backoff", "at most 10")
 	case p.MaxOffersPerMinute < 0 || p.MaxOffersPerMinute > 1_000_000:
-		return fieldErr("max_offers_per_minute", "want 0 (no cap) to 1000000")
+		return errs.Fieldf("max_offers_per_minute", "want 0 (no cap) to 1000000")
 	}
 	for i, b := range p.Backoff {
 		if b < time.Minute || b > 7*24*time.Hour {
-			return fieldErr(fmt.Sprintf("backoff[%d]", i), "want 1m to 168h")
+			return errs.Fieldf(fmt.Sprintf("backoff[%d]", i), "want 1m to 168h")
 		}
 	}
 	return nil
@@ -326,37 +329,37 @@ func (r *Rollout) Clone() *Rollout {
 func (r *Rollout) Validate() error {
 	rel := &r.Release
 	if rel.Target == "" || len(rel.Target) > maxTargetLen || strings.ContainsFunc(rel.Target, unicode.IsControl) {
-		return fieldErr("release", "want the path of a published target, at most %d printable characters", maxTargetLen)
+		return errs.Fieldf("release", "want the path of a published target, at most %d printable characters", maxTargetLen)
 	}
-	if !idPattern.MatchString(rel.PatchID) {
-		return fieldErr("release.patch_id", "the release's metadata names no patch id; only patches drafted by this server can be rolled out")
+	if !textrule.IDPattern.MatchString(rel.PatchID) {
+		return errs.Fieldf("release.patch_id", "the release's metadata names no patch id; only patches drafted by this server can be rolled out")
 	}
 	if !buildPattern.MatchString(rel.InstallsBuild) {
-		return fieldErr("release.installs_build", "the release states no build it installs; draft it with --installs-build")
+		return errs.Fieldf("release.installs_build", "the release states no build it installs; draft it with --installs-build")
 	}
 	if err := validateStages(r.Stages); err != nil {
 		return err
 	}
 	if r.Stage < 0 || r.Stage >= len(r.Stages) {
-		return fieldErr("stage", "want an index into stages")
+		return errs.Fieldf("stage", "want an index into stages")
 	}
 	if err := r.Selector.validate(); err != nil {
 		return err
 	}
 	if s := r.Selector.BuildMin; s != "" && CompareBuilds(s, rel.InstallsBuild) >= 0 {
-		return fieldErr("build_min", "at or above the release's installs_build %s: no handset would be offered it", rel.InstallsBuild)
+		return errs.Fieldf("build_min", "at or above the release's installs_build %s: no handset would be offered it", rel.InstallsBuild)
 	}
 	// A salt is stored and shown with the rollout: it gets the rule of
 	// an id an operator chooses, so that it cannot carry an IMEI, unless
 	// it is the rollout's id (NewRollout's default), which may be one
 	// NewRolloutID made.
-	if r.Salt != r.ID || !ValidRolloutID(r.ID) {
-		if err := validateChosenID("salt", r.Salt); err != nil {
+	if r.Salt != r.ID || !textrule.ValidRolloutID(r.ID) {
+		if err := textrule.ValidateChosenID("salt", r.Salt); err != nil {
 			return err
 		}
 	}
 	if !slices.Contains(RolloutStates, r.State) {
-		return fieldErr("state", "want one of draft, running, paused, completed, aborted")
+		return errs.Fieldf("state", "want one of draft, running, paused, completed, aborted")
 	}
 	return r.Policy.Validate()
 }
@@ -365,17 +368,17 @@ func (r *Rollout) Validate() error {
 // steps of 0.01, above 0 and at most 100.
 func validateStages(stages []float64) error {
 	if len(stages) == 0 || len(stages) > MaxRolloutStages {
-		return fieldErr("stages", "want 1 to %d percents, such as 1,10,50,100", MaxRolloutStages)
+		return errs.Fieldf("stages", "want 1 to %d percents, such as 1,10,50,100", MaxRolloutStages)
 	}
 	for i, p := range stages {
 		field := fmt.Sprintf("stages[%d]", i)
 		switch {
 		case math.IsNaN(p) || p <= 0 || p > 100:
-			return fieldErr(field, "want a percent above 0 and at most 100")
+			return errs.Fieldf(field, "want a percent above 0 and at most 100")
 		case math.Abs(p*100-math.Round(p*100)) > 1e-6:
-			return fieldErr(field, "want a percent in steps of 0.01")
+			return errs.Fieldf(field, "want a percent in steps of 0.01")
 		case i > 0 && p <= stages[i-1]:
-			return fieldErr(field, "want each stage above the one before")
+			return errs.Fieldf(field, "want each stage above the one before")
 		}
 	}
 	return nil
@@ -386,7 +389,7 @@ func (s *Selector) validate() error {
 	// and audited, and a value no handset may send selects none.
 	regionRule := func(field, v string) error {
 		if !regionPattern.MatchString(v) {
-			return fieldErr(field, "want an ISO 3166-1 alpha-2 code such as DE")
+			return errs.Fieldf(field, "want an ISO 3166-1 alpha-2 code such as DE")
 		}
 		return nil
 	}
@@ -400,7 +403,7 @@ func (s *Selector) validate() error {
 		{"regions", s.Regions, regionRule},
 	} {
 		if len(f.values) > MaxSelectorValues {
-			return fieldErr(f.name, "at most %d", MaxSelectorValues)
+			return errs.Fieldf(f.name, "at most %d", MaxSelectorValues)
 		}
 		for i, v := range f.values {
 			if err := f.check(fmt.Sprintf("%s[%d]", f.name, i), v); err != nil {
@@ -416,7 +419,7 @@ func (s *Selector) validate() error {
 		}
 	}
 	if s.BuildMin != "" && s.BuildMax != "" && CompareBuilds(s.BuildMin, s.BuildMax) > 0 {
-		return fieldErr("build_max", "below build_min")
+		return errs.Fieldf("build_max", "below build_min")
 	}
 	return nil
 }
@@ -476,11 +479,11 @@ func (e *TransitionError) Error() string {
 }
 
 // Is makes a TransitionError an ErrConflict.
-func (e *TransitionError) Is(target error) bool { return target == ErrConflict }
+func (e *TransitionError) Is(target error) bool { return target == errs.ErrConflict }
 
 // ErrNoActor is an action without an actor: the API always knows who
 // acts, so this is a bug in the caller.
-var ErrNoActor = fmt.Errorf("%w: an action needs an actor", ErrInvalid)
+var ErrNoActor = fmt.Errorf("%w: an action needs an actor", errs.ErrInvalid)
 
 // checkAction checks what every operator action needs: an actor and a
 // reason of one printable line.
@@ -489,10 +492,10 @@ func checkAction(actor, reason string) error {
 		return ErrNoActor
 	}
 	if strings.TrimSpace(reason) == "" {
-		return fieldErr("reason", "say why: every change to a rollout is logged with its reason")
+		return errs.Fieldf("reason", "say why: every change to a rollout is logged with its reason")
 	}
 	if len(reason) > MaxReasonLen || strings.ContainsFunc(reason, unicode.IsControl) {
-		return fieldErr("reason", "at most %d bytes on one line", MaxReasonLen)
+		return errs.Fieldf("reason", "at most %d bytes on one line", MaxReasonLen)
 	}
 	return nil
 }
@@ -501,7 +504,7 @@ func checkAction(actor, reason string) error {
 // an operator's reason is free text, kept in the rollout's events and
 // the hash-chained audit log, where no identifier may stay.
 func (r *Rollout) event(action, actor, reason string, now time.Time) Event {
-	return Event{RolloutID: r.ID, At: now, Actor: actor, Action: action, Reason: Scrub(reason),
+	return Event{RolloutID: r.ID, At: now, Actor: actor, Action: action, Reason: textrule.Scrub(reason),
 		FromState: r.State, ToState: r.State, FromPercent: r.Percent(), ToPercent: r.Percent()}
 }
 
@@ -620,14 +623,14 @@ func (r *Rollout) Advance(actor, reason string, percent float64, now time.Time) 
 	} else {
 		switch {
 		case math.IsNaN(percent) || percent <= r.Percent() || percent > 100:
-			return Event{}, fieldErr("percent", "want a percent above the current %g and at most 100", r.Percent())
+			return Event{}, errs.Fieldf("percent", "want a percent above the current %g and at most 100", r.Percent())
 		case math.Abs(percent*100-math.Round(percent*100)) > 1e-6:
-			return Event{}, fieldErr("percent", "want a percent in steps of 0.01")
+			return Event{}, errs.Fieldf("percent", "want a percent in steps of 0.01")
 		}
 		i, found := slices.BinarySearch(r.Stages, percent)
 		if !found {
 			if len(r.Stages) >= MaxRolloutStages {
-				return Event{}, fieldErr("percent", "the rollout has %d stages, the most it can have; pick one of them", MaxRolloutStages)
+				return Event{}, errs.Fieldf("percent", "the rollout has %d stages, the most it can have; pick one of them", MaxRolloutStages)
 			}
 			// A new slice: r.Stages may be shared with a cached copy.
 			stages = slices.Insert(slices.Clone(r.Stages), i, percent)
@@ -678,9 +681,9 @@ func (r *Rollout) HoldModel(actor, reason, model string, now time.Time) (Event, 
 		return Event{}, &TransitionError{Action: ActionHold, State: r.State}
 	}
 	if r.ModelHold(model) != nil {
-		return Event{}, fmt.Errorf("%w: model %s is already held", ErrConflict, model)
+		return Event{}, fmt.Errorf("%w: model %s is already held", errs.ErrConflict, model)
 	}
-	return r.hold(Hold{Model: model, Actor: actor, Reason: Scrub(reason), At: now}), nil
+	return r.hold(Hold{Model: model, Actor: actor, Reason: textrule.Scrub(reason), At: now}), nil
 }
 
 func (r *Rollout) hold(h Hold) Event {
@@ -703,7 +706,7 @@ func (r *Rollout) ReleaseHold(actor, reason, model string, now time.Time) (Event
 	}
 	h := r.ModelHold(model)
 	if h == nil {
-		return Event{}, fmt.Errorf("%w: model %s is not held", ErrNotFound, model)
+		return Event{}, fmt.Errorf("%w: model %s is not held", errs.ErrNotFound, model)
 	}
 	ev := r.event(ActionReleaseHold, actor, reason, now)
 	old := *h

@@ -7,11 +7,15 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // errNoApprovals is four eyes without a store to record the request in:
 // the widening is refused rather than let through unapproved.
-var errNoApprovals = fmt.Errorf("%w: widening past %d%% needs an approval store, and none is configured", ErrUnavailable, FourEyesPercent)
+var errNoApprovals = fmt.Errorf("%w: widening past %d%% needs an approval store, and none is configured", errs.ErrUnavailable, identity.FourEyesPercent)
 
 // wouldWiden applies action to a copy of r and returns the copy and the
 // event it would make, with the action's own refusals: so that a
@@ -40,7 +44,7 @@ func (s *RolloutService) requestApproval(ctx context.Context, r *Rollout, ev Eve
 		return nil, nil, err
 	}
 	a := &Approval{ID: NewApprovalID(), RolloutID: r.ID, Action: ev.Action, ToPercent: ev.ToPercent, Exposure: exposure,
-		RequestedBy: actor, RequestedAt: now, Reason: Scrub(reason), State: ApprovalPending}
+		RequestedBy: actor, RequestedAt: now, Reason: textrule.Scrub(reason), State: ApprovalPending}
 	req := r.event(ActionApprovalRequested, actor, reason, now)
 	req.ToPercent = ev.ToPercent
 	req.Detail = fmt.Sprintf("approval %s: %s to %g%% (patch exposure %g%%) waits for a second person", a.ID, ev.Action, ev.ToPercent, exposure)
@@ -83,15 +87,15 @@ func approvalIDs(as []*Approval) string {
 // cancelApprovals cancels pending approvals; one decided meanwhile by
 // someone else (ErrConflict) stays as they decided it.
 func cancelApprovals(ctx context.Context, store ApprovalStore, as []*Approval, by, why string, now time.Time) error {
-	var errs []error
+	var failed []error
 	for _, a := range as {
 		c := *a
 		c.State, c.DecidedBy, c.DecidedAt, c.DecisionReason = ApprovalCancelled, by, now, why
-		if err := store.DecideApproval(ctx, &c); err != nil && !errors.Is(err, ErrConflict) && !errors.Is(err, ErrNotFound) {
-			errs = append(errs, fmt.Errorf("cancel approval %s: %w", a.ID, err))
+		if err := store.DecideApproval(ctx, &c); err != nil && !errors.Is(err, errs.ErrConflict) && !errors.Is(err, errs.ErrNotFound) {
+			failed = append(failed, fmt.Errorf("cancel approval %s: %w", a.ID, err))
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(failed...)
 }
 
 // Approvals returns a rollout's approvals, newest first, or ErrNotFound
@@ -116,10 +120,10 @@ func (s *RolloutService) decidable(ctx context.Context, rolloutID, approvalID st
 		return nil, err
 	}
 	if a.RolloutID != rolloutID {
-		return nil, fmt.Errorf("approval %s of rollout %s: %w", approvalID, rolloutID, ErrNotFound)
+		return nil, fmt.Errorf("approval %s of rollout %s: %w", approvalID, rolloutID, errs.ErrNotFound)
 	}
 	if !a.Pending() {
-		return nil, fmt.Errorf("%w: approval %s is %s already (by %s: %s)", ErrConflict, a.ID, a.State, a.DecidedBy, a.DecisionReason)
+		return nil, fmt.Errorf("%w: approval %s is %s already (by %s: %s)", errs.ErrConflict, a.ID, a.State, a.DecidedBy, a.DecisionReason)
 	}
 	return a, nil
 }
@@ -150,7 +154,7 @@ func (s *RolloutService) Approve(ctx context.Context, rolloutID, approvalID, app
 	if a.RequestedBy == approver {
 		return nil, nil, ErrSelfApproval
 	}
-	if err := checkVouched(ctx, s.Audit, a.RequestedBy, approver, s.now()); err != nil {
+	if err := identity.CheckVouched(ctx, s.Audit, a.RequestedBy, approver, s.now()); err != nil {
 		return nil, nil, err
 	}
 	detail := fmt.Sprintf("approval %s: requested by %s (%s), approved by %s", a.ID, a.RequestedBy, a.Reason, approver)
@@ -160,14 +164,14 @@ func (s *RolloutService) Approve(ctx context.Context, rolloutID, approvalID, app
 		switch a.Action {
 		case ActionStart:
 			if len(r.Stages) > 0 && r.Stages[0] != a.ToPercent {
-				return Event{}, fmt.Errorf("%w: the rollout's first stage is now %g%%, not the %g%% approved", ErrConflict, r.Stages[0], a.ToPercent)
+				return Event{}, fmt.Errorf("%w: the rollout's first stage is now %g%%, not the %g%% approved", errs.ErrConflict, r.Stages[0], a.ToPercent)
 			}
 			ev, err = r.Start(approver, reason, now)
 		case ActionAdvance:
 			ev, err = r.Advance(approver, reason, a.ToPercent, now)
 		case ActionResume:
 			if r.Percent() != a.ToPercent {
-				return Event{}, fmt.Errorf("%w: the rollout is now at %g%%, not the %g%% approved", ErrConflict, r.Percent(), a.ToPercent)
+				return Event{}, fmt.Errorf("%w: the rollout is now at %g%%, not the %g%% approved", errs.ErrConflict, r.Percent(), a.ToPercent)
 			}
 			ev, err = r.Resume(approver, reason, now)
 		default:
@@ -182,7 +186,7 @@ func (s *RolloutService) Approve(ctx context.Context, rolloutID, approvalID, app
 		}
 		if stageCohorts(exposure) > stageCohorts(a.approvedExposure()) {
 			return Event{}, fmt.Errorf("%w: approval %s was asked for a patch exposure of %g%%, and the change would now make it %g%% (other rollouts of patch %s widened meanwhile); ask again",
-				ErrConflict, a.ID, a.approvedExposure(), exposure, r.Release.PatchID)
+				errs.ErrConflict, a.ID, a.approvedExposure(), exposure, r.Release.PatchID)
 		}
 		ev.Detail = detail
 		return ev, nil
@@ -195,7 +199,7 @@ func (s *RolloutService) Approve(ctx context.Context, rolloutID, approvalID, app
 		return nil, nil, err
 	}
 	d := *a
-	d.State, d.DecidedBy, d.DecidedAt, d.DecisionReason = ApprovalApproved, approver, s.now(), Scrub(reason)
+	d.State, d.DecidedBy, d.DecidedAt, d.DecisionReason = ApprovalApproved, approver, s.now(), textrule.Scrub(reason)
 	if err := s.Approvals.DecideApproval(ctx, &d); err != nil {
 		return nil, nil, err
 	}
@@ -218,7 +222,7 @@ func (s *RolloutService) Reject(ctx context.Context, rolloutID, approvalID, acto
 		return nil, err
 	}
 	d := *a
-	d.State, d.DecidedBy, d.DecidedAt, d.DecisionReason = ApprovalRejected, actor, s.now(), Scrub(reason)
+	d.State, d.DecidedBy, d.DecidedAt, d.DecisionReason = ApprovalRejected, actor, s.now(), textrule.Scrub(reason)
 	if err := s.Approvals.DecideApproval(ctx, &d); err != nil {
 		return nil, err
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // fakeApprovals is an in-memory ApprovalStore with the real one's
@@ -38,7 +40,7 @@ func (f *fakeApprovals) Approval(_ context.Context, id string) (*server.Approval
 			return &c, nil
 		}
 	}
-	return nil, fmt.Errorf("approval %s: %w", id, server.ErrNotFound)
+	return nil, fmt.Errorf("approval %s: %w", id, errs.ErrNotFound)
 }
 
 func (f *fakeApprovals) RolloutApprovals(_ context.Context, rolloutID string) ([]*server.Approval, error) {
@@ -60,13 +62,13 @@ func (f *fakeApprovals) DecideApproval(_ context.Context, a *server.Approval) er
 	for _, s := range f.as {
 		if s.ID == a.ID {
 			if !s.Pending() {
-				return server.ErrConflict
+				return errs.ErrConflict
 			}
 			*s = *a
 			return nil
 		}
 	}
-	return server.ErrNotFound
+	return errs.ErrNotFound
 }
 
 // TestFourEyesRules: which advances and starts wait for a second person.
@@ -152,10 +154,10 @@ func TestFourEyesApprove(t *testing.T) {
 		return pending
 	}
 	a := request()
-	if _, _, err := svc.Approve(ctx, r.ID, a.ID, "alice", "me"); !errors.Is(err, server.ErrSelfApproval) || !errors.Is(err, server.ErrForbidden) {
+	if _, _, err := svc.Approve(ctx, r.ID, a.ID, "alice", "me"); !errors.Is(err, server.ErrSelfApproval) || !errors.Is(err, errs.ErrForbidden) {
 		t.Errorf("self approval: %v, want ErrSelfApproval", err)
 	}
-	if _, _, err := svc.Approve(ctx, "ro-other", a.ID, "bob", "ok"); !errors.Is(err, server.ErrNotFound) {
+	if _, _, err := svc.Approve(ctx, "ro-other", a.ID, "bob", "ok"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("approval of another rollout: %v, want ErrNotFound", err)
 	}
 	got, d, err := svc.Approve(ctx, r.ID, a.ID, "bob", "checked")
@@ -165,7 +167,7 @@ func TestFourEyesApprove(t *testing.T) {
 	if last := store.events[len(store.events)-1]; last.Actor != "bob" || last.Action != server.ActionAdvance || last.ToPercent != 100 {
 		t.Errorf("approved event %+v, want bob's advance to 100%%", last)
 	}
-	if _, _, err := svc.Approve(ctx, r.ID, a.ID, "carol", "again"); !errors.Is(err, server.ErrConflict) {
+	if _, _, err := svc.Approve(ctx, r.ID, a.ID, "carol", "again"); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("approving twice: %v, want ErrConflict", err)
 	}
 
@@ -225,7 +227,7 @@ func TestFourEyesAutoAdvance(t *testing.T) {
 		t.Errorf("approval %+v, want a pending one to 100%% on behalf of %s", a, r.CreatedBy)
 	}
 	if i := slices.IndexFunc(store.events, func(ev server.Event) bool { return ev.Action == server.ActionApprovalRequested }); i < 0 ||
-		store.events[i].Actor != server.SystemActor {
+		store.events[i].Actor != audit.SystemActor {
 		t.Errorf("events %s, want system's approval_requested", actions(store.events))
 	}
 	svc := &server.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return now }}

@@ -8,6 +8,9 @@ import (
 	"maps"
 	"slices"
 	"time"
+
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // OfferBudgetRetention is how long the evaluator keeps the offer budget
@@ -120,12 +123,12 @@ func (e *RolloutEvaluator) evaluate(ctx context.Context, r *Rollout, now time.Ti
 					errs = append(errs, fmt.Errorf("evaluate rollout %s: record approval %s: %w", id, req.ID, err))
 				}
 			}
-			if err := cancelApprovals(ctx, e.Approvals, pending, SystemActor, "the rollout changed on its own", now); err != nil {
+			if err := cancelApprovals(ctx, e.Approvals, pending, audit.SystemActor, "the rollout changed on its own", now); err != nil {
 				errs = append(errs, fmt.Errorf("evaluate rollout %s: %w", id, err))
 			}
 			return true, errors.Join(errs...)
 		}
-		if !errors.Is(err, ErrConflict) || attempt == maxEvaluateAttempts {
+		if !errors.Is(err, errs.ErrConflict) || attempt == maxEvaluateAttempts {
 			return false, fmt.Errorf("evaluate rollout %s: save: %w", id, err)
 		}
 		if r, err = e.Store.Rollout(ctx, id); err != nil {
@@ -203,7 +206,7 @@ func (e *RolloutEvaluator) askApproval(ctx context.Context, r *Rollout, ev Event
 // requestEvent is the approval_requested event of an auto-advance that
 // waits for a second person.
 func (e *RolloutEvaluator) requestEvent(r *Rollout, a *Approval, now time.Time) Event {
-	ev := r.event(ActionApprovalRequested, SystemActor, a.Reason, now)
+	ev := r.event(ActionApprovalRequested, audit.SystemActor, a.Reason, now)
 	ev.ToPercent = a.ToPercent
 	ev.Detail = fmt.Sprintf("approval %s: advance to %g%% (patch exposure %g%%) waits for a second person; asked on behalf of the rollout's creator %s, who cannot approve it alone",
 		a.ID, a.ToPercent, a.Exposure, a.RequestedBy)

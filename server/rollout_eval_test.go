@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // fakeRollouts is an in-memory RolloutStore with the optimistic lock of
@@ -75,7 +77,7 @@ func (f *fakeRollouts) Rollout(_ context.Context, id string) (*server.Rollout, e
 	defer f.mu.Unlock()
 	r, ok := f.rollouts[id]
 	if !ok {
-		return nil, fmt.Errorf("rollout %s: %w", id, server.ErrNotFound)
+		return nil, fmt.Errorf("rollout %s: %w", id, errs.ErrNotFound)
 	}
 	return r.Clone(), nil
 }
@@ -89,10 +91,10 @@ func (f *fakeRollouts) UpdateRollout(_ context.Context, r *server.Rollout, expec
 	f.updates++
 	stored, ok := f.rollouts[r.ID]
 	if !ok {
-		return server.ErrNotFound
+		return errs.ErrNotFound
 	}
 	if stored.Version != expect {
-		return fmt.Errorf("%w: rollout %s at version %d, not %d", server.ErrConflict, r.ID, stored.Version, expect)
+		return fmt.Errorf("%w: rollout %s at version %d, not %d", errs.ErrConflict, r.ID, stored.Version, expect)
 	}
 	c := r.Clone()
 	c.Version = expect + 1
@@ -344,7 +346,7 @@ func TestRolloutEvaluatorHaltNumbers(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := store.rollouts["ro_1"].Halt
-	want := server.Hold{Actor: server.SystemActor, Installed: 40, Failed: 10, Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: now}
+	want := server.Hold{Actor: audit.SystemActor, Installed: 40, Failed: 10, Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: now}
 	if h == nil {
 		t.Fatal("not halted")
 	}
@@ -431,7 +433,7 @@ func TestRolloutEvaluatorErrors(t *testing.T) {
 	}
 	ev := newEvaluation(store, now)
 	err := ev.eval.Evaluate(t.Context())
-	if !errors.Is(err, server.ErrConflict) || !strings.Contains(err.Error(), "ro_1") {
+	if !errors.Is(err, errs.ErrConflict) || !strings.Contains(err.Error(), "ro_1") {
 		t.Errorf("Evaluate: %v, want an ErrConflict naming ro_1", err)
 	}
 	if busy != 5 {

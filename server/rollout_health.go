@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/patchfleet/ota/server/audit"
 )
 
 // Results are a rollout's install results since some time: installs
@@ -106,7 +108,7 @@ func EvaluateHealth(r *Rollout, byModel map[string]Results, now time.Time) []Eve
 	restHealthy := rest.Total() >= p.MinResults && !rest.breaches(p)
 	if all.breaches(p) && !restHealthy {
 		h := r.autoHold("", all, now)
-		ev := r.event(ActionHalt, SystemActor, h.Reason, now)
+		ev := r.event(ActionHalt, audit.SystemActor, h.Reason, now)
 		r.State, r.Halt = RolloutPaused, &h
 		ev.Hold = &h
 		return []Event{r.finish(ev)}
@@ -129,7 +131,7 @@ func (r *Rollout) autoHold(model string, res Results, now time.Time) Hold {
 	}
 	reason := fmt.Sprintf("%s failed %d of %d installs (%.1f%%) in the last %s, above the %.1f%% limit",
 		who, res.Failed, res.Total(), 100*res.FailureRate(), shortDuration(p.FailureWindow), 100*p.MaxFailureRate)
-	return Hold{Model: model, Actor: SystemActor, Reason: reason, Installed: res.Installed, Failed: res.Failed,
+	return Hold{Model: model, Actor: audit.SystemActor, Reason: reason, Installed: res.Installed, Failed: res.Failed,
 		Rate: res.FailureRate(), MaxRate: p.MaxFailureRate, Window: p.FailureWindow, At: now}
 }
 
@@ -152,9 +154,9 @@ func EvaluateAdvance(r *Rollout, stageByModel map[string]Results, now time.Time)
 	reason := fmt.Sprintf("stage %g%% soaked %s with %d of %d installs failed (%.1f%%)",
 		r.Percent(), shortDuration(p.Soak), res.Failed, res.Total(), 100*res.FailureRate())
 	if r.LastStage() {
-		return r.complete(SystemActor, reason, now), true
+		return r.complete(audit.SystemActor, reason, now), true
 	}
-	ev = r.event(ActionAdvance, SystemActor, reason, now)
+	ev = r.event(ActionAdvance, audit.SystemActor, reason, now)
 	r.Stage++
 	r.StageStartedAt = now
 	return r.finish(ev), true

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
 )
 
 type byModel = map[string]server.Results
@@ -63,12 +64,12 @@ func TestEvaluateHealth(t *testing.T) {
 					t.Fatalf("state %s halt %v events %+v; want halted", r.State, r.Halt, events)
 				}
 				h := r.Halt
-				if h.Actor != server.SystemActor || !h.At.Equal(now) || h.Window != time.Hour || h.MaxRate != r.Policy.MaxFailureRate ||
+				if h.Actor != audit.SystemActor || !h.At.Equal(now) || h.Window != time.Hour || h.MaxRate != r.Policy.MaxFailureRate ||
 					h.Rate != float64(h.Failed)/float64(h.Failed+h.Installed) || h.Failed == 0 {
 					t.Errorf("halt %+v does not record the numbers", h)
 				}
 				ev := events[0]
-				if ev.FromState != before || ev.ToState != server.RolloutPaused || ev.Hold == nil || ev.Actor != server.SystemActor {
+				if ev.FromState != before || ev.ToState != server.RolloutPaused || ev.Hold == nil || ev.Actor != audit.SystemActor {
 					t.Errorf("event %+v", ev)
 				}
 				if len(r.Holds) != holdsBefore {
@@ -149,7 +150,7 @@ func TestEvaluateAdvance(t *testing.T) {
 			if !ok {
 				return
 			}
-			if ev.Actor != server.SystemActor || !ev.At.Equal(now) || !strings.Contains(ev.Reason, "soaked 6h") {
+			if ev.Actor != audit.SystemActor || !ev.At.Equal(now) || !strings.Contains(ev.Reason, "soaked 6h") {
 				t.Errorf("event %+v", ev)
 			}
 			if r.State == server.RolloutRunning && !r.StageStartedAt.Equal(now) {

@@ -13,6 +13,9 @@ import (
 	"unicode"
 
 	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // RolloutSpec is what an operator asks for when creating a rollout.
@@ -58,7 +61,7 @@ type RolloutService struct {
 	// Audit is the audit log, read when an approval is decided: someone
 	// whose account the requester vouched for within VouchWindow cannot
 	// approve (VouchedError). Without it that is not checked.
-	Audit AuditStore
+	Audit audit.AuditStore
 	// MaxOpen caps the rollouts not finished (draft, running, paused):
 	// a create past it is ErrTooManyOpenRollouts. 0 is no cap.
 	MaxOpen int
@@ -99,7 +102,7 @@ func NewRolloutID() (string, error) {
 		if _, err := rand.Read(b[:]); err != nil {
 			return "", fmt.Errorf("rollout id: %w", err)
 		}
-		if id := "ro-" + hex.EncodeToString(b[:]); validateChosenID("id", id) == nil {
+		if id := "ro-" + hex.EncodeToString(b[:]); textrule.ValidateChosenID("id", id) == nil {
 			return id, nil
 		}
 	}
@@ -127,7 +130,7 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 		if id, err = NewRolloutID(); err != nil {
 			return nil, nil, err
 		}
-	} else if err := validateChosenID("id", id); err != nil {
+	} else if err := textrule.ValidateChosenID("id", id); err != nil {
 		// The id names the rollout in metrics, logs and URLs.
 		return nil, nil, err
 	}
@@ -142,7 +145,7 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 	salt := spec.Salt
 	if shared, ok := PatchSalt(all, rel); ok {
 		if salt != "" && salt != shared {
-			return nil, nil, fieldErr("salt", "the rollouts of patch %s share the salt %q, so that their cohorts nest and four eyes can count how far the patch reaches; leave salt out or give that one",
+			return nil, nil, errs.Fieldf("salt", "the rollouts of patch %s share the salt %q, so that their cohorts nest and four eyes can count how far the patch reaches; leave salt out or give that one",
 				rel.PatchID, shared)
 		}
 		salt = shared
@@ -179,7 +182,7 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 		if err := checkAction(actor, spec.Reason); err != nil {
 			return nil, nil, err
 		}
-		evs[0].Reason = Scrub(spec.Reason)
+		evs[0].Reason = textrule.Scrub(spec.Reason)
 	}
 	if waits != nil && s.Approvals == nil {
 		return nil, nil, errNoApprovals
@@ -200,17 +203,17 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 // signed custom metadata states.
 func (s *RolloutService) release(path string) (RolloutRelease, error) {
 	if path == "" || len(path) > maxTargetLen || strings.ContainsFunc(path, unicode.IsControl) {
-		return RolloutRelease{}, fieldErr("release", "want the path of a published target, at most %d printable characters", maxTargetLen)
+		return RolloutRelease{}, errs.Fieldf("release", "want the path of a published target, at most %d printable characters", maxTargetLen)
 	}
 	_, targets := s.Releases.PublishedTargets()
 	i := slices.IndexFunc(targets, func(t manifests.TargetInfo) bool { return t.Path == path })
 	if i < 0 {
-		return RolloutRelease{}, fieldErr("release", "%q is not a published target; otactl status lists them", path)
+		return RolloutRelease{}, errs.Fieldf("release", "%q is not a published target; otactl status lists them", path)
 	}
 	var c manifests.TargetCustom
 	if len(targets[i].Custom) > 0 {
 		if err := json.Unmarshal(targets[i].Custom, &c); err != nil {
-			return RolloutRelease{}, fieldErr("release", "the custom metadata of %q is not a patch's", path)
+			return RolloutRelease{}, errs.Fieldf("release", "the custom metadata of %q is not a patch's", path)
 		}
 	}
 	return RolloutRelease{Target: path, PatchID: c.PatchID, InstallsBuild: c.InstallsBuild,
@@ -227,7 +230,7 @@ func (s *RolloutService) Get(ctx context.Context, id string) (*Rollout, error) {
 func (s *RolloutService) List(ctx context.Context, states ...RolloutState) ([]*Rollout, error) {
 	for _, st := range states {
 		if !slices.Contains(RolloutStates, st) {
-			return nil, fieldErr("state", "want one of draft, running, paused, completed, aborted")
+			return nil, errs.Fieldf("state", "want one of draft, running, paused, completed, aborted")
 		}
 	}
 	return s.Store.Rollouts(ctx, states...)
@@ -251,10 +254,10 @@ func (s *RolloutService) AuditEvents(ctx context.Context, f AuditFilter) ([]Even
 		return nil, err
 	}
 	if f.Action != "" && !slices.Contains(RolloutActions, f.Action) {
-		return nil, fieldErr("action", "want one of %s", strings.Join(RolloutActions, ", "))
+		return nil, errs.Fieldf("action", "want one of %s", strings.Join(RolloutActions, ", "))
 	}
 	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Until.After(f.Since) {
-		return nil, fieldErr("until", "want a time after since")
+		return nil, errs.Fieldf("until", "want a time after since")
 	}
 	return s.Store.AuditEvents(ctx, f)
 }
@@ -262,9 +265,9 @@ func (s *RolloutService) AuditEvents(ctx context.Context, f AuditFilter) ([]Even
 func auditLimit(limit int) (int, error) {
 	switch {
 	case limit == 0:
-		return DefaultAuditLimit, nil
-	case limit < 0 || limit > MaxAuditLimit:
-		return 0, fieldErr("limit", "want 1 to %d", MaxAuditLimit)
+		return audit.DefaultAuditLimit, nil
+	case limit < 0 || limit > audit.MaxAuditLimit:
+		return 0, errs.Fieldf("limit", "want 1 to %d", audit.MaxAuditLimit)
 	}
 	return limit, nil
 }
@@ -332,13 +335,13 @@ func (s *RolloutService) widen(ctx context.Context, id, actor, reason string, ac
 		}
 		if NeedsApproval(ev.Action, exposure) {
 			out, pending, err := s.requestApproval(ctx, r, ev, exposure, actor, reason, now)
-			if !errors.Is(err, ErrConflict) {
+			if !errors.Is(err, errs.ErrConflict) {
 				return out, pending, err
 			}
 			continue
 		}
 		var out *Rollout
-		if out, err = s.save(ctx, after, r.Version, ev, actor, now); !errors.Is(err, ErrConflict) {
+		if out, err = s.save(ctx, after, r.Version, ev, actor, now); !errors.Is(err, errs.ErrConflict) {
 			return out, nil, err
 		}
 	}
@@ -386,7 +389,7 @@ func (s *RolloutService) changeAs(ctx context.Context, id, actor string, action 
 		}
 		// The action's own refusals came back above: an ErrConflict of
 		// save is a stale version.
-		if r, err = s.save(ctx, r, from, ev, actor, now); !errors.Is(err, ErrConflict) {
+		if r, err = s.save(ctx, r, from, ev, actor, now); !errors.Is(err, errs.ErrConflict) {
 			return r, err
 		}
 	}

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // RolloutStore keeps rollouts, their audit log, the handsets' records of
@@ -94,7 +97,7 @@ var OpenRolloutStates = []RolloutState{RolloutDraft, RolloutRunning, RolloutPaus
 // as RolloutService.MaxOpen are not finished. Each of them has metric
 // series and is read at every check-in's decision; 300 created in a
 // second made 3,111 series on /metrics.
-var ErrTooManyOpenRollouts = fmt.Errorf("%w: too many rollouts not finished", ErrConflict)
+var ErrTooManyOpenRollouts = fmt.Errorf("%w: too many rollouts not finished", errs.ErrConflict)
 
 // AuditFilter selects audit events; each zero field matches every event.
 type AuditFilter struct {
@@ -126,7 +129,7 @@ type rolloutAuditDetail struct {
 // rollout store appends in the transaction that records the event, so
 // that the audit log holds every rollout change (Action "rollout." and
 // the event's action, Object the rollout id) beside the admin actions.
-func RolloutEventAudit(ev Event) AuditEntry {
+func RolloutEventAudit(ev Event) audit.AuditEntry {
 	d := rolloutAuditDetail{FromState: ev.FromState, ToState: ev.ToState, Model: ev.Model, Detail: ev.Detail}
 	if ev.FromPercent != 0 || ev.ToPercent != 0 {
 		from, to := ev.FromPercent, ev.ToPercent
@@ -148,6 +151,6 @@ func RolloutEventAudit(ev Event) AuditEntry {
 	if err != nil {
 		panic(err) // strings and numbers always marshal
 	}
-	return AuditEntry{At: ev.At, Actor: ev.Actor, Action: "rollout." + ev.Action, Object: ev.RolloutID,
+	return audit.AuditEntry{At: ev.At, Actor: ev.Actor, Action: "rollout." + ev.Action, Object: ev.RolloutID,
 		Reason: ev.Reason, Detail: string(b)}
 }

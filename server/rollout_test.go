@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // t0 is the fixed clock of the rollout tests.
@@ -49,8 +50,8 @@ func runningRollout(tb testing.TB, mutate ...func(*server.Rollout)) *server.Roll
 
 func wantField(tb testing.TB, err error, field string) {
 	tb.Helper()
-	var fe *server.FieldError
-	if !errors.As(err, &fe) || !errors.Is(err, server.ErrInvalid) {
+	var fe *errs.FieldError
+	if !errors.As(err, &fe) || !errors.Is(err, errs.ErrInvalid) {
 		tb.Fatalf("got %v, want a FieldError on %s", err, field)
 	}
 	if fe.Field != field {
@@ -71,7 +72,7 @@ func TestNewRollout(t *testing.T) {
 	if ev.Action != server.ActionCreate || ev.Actor != "alice" || ev.ToState != server.RolloutDraft || ev.RolloutID != "ro_1" {
 		t.Errorf("event %+v", ev)
 	}
-	if _, _, err := server.NewRollout(rolloutSpec(), " ", t0); !errors.Is(err, server.ErrInvalid) {
+	if _, _, err := server.NewRollout(rolloutSpec(), " ", t0); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("no actor: %v, want ErrInvalid", err)
 	}
 }
@@ -189,7 +190,7 @@ func TestRolloutTransitions(t *testing.T) {
 				to := want[from][i]
 				if to == x {
 					var te *server.TransitionError
-					if !errors.Is(err, server.ErrConflict) || !errors.As(err, &te) {
+					if !errors.Is(err, errs.ErrConflict) || !errors.As(err, &te) {
 						t.Fatalf("got %v, want a TransitionError (ErrConflict)", err)
 					}
 					if !strings.Contains(err.Error(), a.name) || !strings.Contains(err.Error(), string(from)) {
@@ -231,7 +232,7 @@ func TestRolloutNeedsReason(t *testing.T) {
 			r := runningRollout(t)
 			_, err := r.Pause(tc.actor, tc.reason, t0)
 			if tc.field == "" {
-				if !errors.Is(err, server.ErrInvalid) {
+				if !errors.Is(err, errs.ErrInvalid) {
 					t.Fatalf("got %v, want ErrInvalid", err)
 				}
 			} else {
@@ -277,7 +278,7 @@ func TestRolloutAdvance(t *testing.T) {
 				wantField(t, err, tc.errField)
 				return
 			case tc.conflict:
-				if !errors.Is(err, server.ErrConflict) {
+				if !errors.Is(err, errs.ErrConflict) {
 					t.Fatalf("got %v, want ErrConflict", err)
 				}
 				return
@@ -301,7 +302,7 @@ func TestRolloutAdvance(t *testing.T) {
 	if _, err := r.Advance("bob", "all", 100, t0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Advance("bob", "more", 0, t0); !errors.Is(err, server.ErrConflict) {
+	if _, err := r.Advance("bob", "more", 0, t0); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("advance past the last stage: %v, want ErrConflict", err)
 	}
 	// Widening a completed rollout that ended below 100% runs it again.
@@ -322,7 +323,7 @@ func TestRolloutAdvance(t *testing.T) {
 func TestRolloutCompleteNeedsLastStage(t *testing.T) {
 	r := runningRollout(t)
 	_, err := r.Complete("bob", "done", t0)
-	if !errors.Is(err, server.ErrConflict) || !strings.Contains(err.Error(), "advance") {
+	if !errors.Is(err, errs.ErrConflict) || !strings.Contains(err.Error(), "advance") {
 		t.Errorf("got %v, want ErrConflict telling to advance", err)
 	}
 }
@@ -364,10 +365,10 @@ func TestModelHolds(t *testing.T) {
 	if err != nil || r.ModelHold("PX-7") == nil || ev.Action != server.ActionHold || ev.Model != "PX-7" {
 		t.Fatalf("hold: %v, %+v", err, ev)
 	}
-	if _, err := r.HoldModel("bob", "again", "PX-7", t0); !errors.Is(err, server.ErrConflict) {
+	if _, err := r.HoldModel("bob", "again", "PX-7", t0); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("second hold: %v, want ErrConflict", err)
 	}
-	if _, err := r.ReleaseHold("bob", "fixed", "PX-9", t0); !errors.Is(err, server.ErrNotFound) {
+	if _, err := r.ReleaseHold("bob", "fixed", "PX-9", t0); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("release of an unheld model: %v, want ErrNotFound", err)
 	}
 	at := t0.Add(30 * time.Minute)

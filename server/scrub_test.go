@@ -4,11 +4,11 @@ import (
 	"testing"
 	"unicode"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 func TestScrub(t *testing.T) {
-	const r = server.Redacted
+	const r = textrule.Redacted
 	tests := []struct {
 		name, in, want string
 	}{
@@ -103,11 +103,11 @@ func TestScrub(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := server.Scrub(tc.in)
+			got := textrule.Scrub(tc.in)
 			if got != tc.want {
 				t.Fatalf("Scrub(%q)\n got %q\nwant %q", tc.in, got, tc.want)
 			}
-			if again := server.Scrub(got); again != got {
+			if again := textrule.Scrub(got); again != got {
 				t.Errorf("Scrub is not idempotent: %q, then %q", got, again)
 			}
 		})
@@ -124,11 +124,11 @@ func FuzzScrub(f *testing.F) {
 		f.Add("modem " + s + " lost")
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		got := server.Scrub(s)
-		if again := server.Scrub(got); again != got {
+		got := textrule.Scrub(s)
+		if again := textrule.Scrub(got); again != got {
 			t.Fatalf("Scrub(%q) = %q, and again %q", s, got, again)
 		}
-		if n := server.NormalizeText(got); n != got {
+		if n := textrule.NormalizeText(got); n != got {
 			t.Fatalf("Scrub(%q) = %q, not normalized (%q)", s, got, n)
 		}
 		digits := 0

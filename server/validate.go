@@ -1,6 +1,11 @@
 package server
 
-import "regexp"
+import (
+	"regexp"
+
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/textrule"
+)
 
 // The handset's text fields. Each pattern keeps out spaces, '@', ':' and
 // '+' (but for a build's "+build5"), and NameLike and BuildLike
@@ -32,8 +37,8 @@ const (
 // tight checks a field against its pattern and NameLike with a budget
 // of maxDigits digits.
 func tight(field, value string, pattern *regexp.Regexp, maxDigits int, want string) error {
-	if !pattern.MatchString(value) || nameLike(value, maxDigits) {
-		return fieldErr(field, "%s%s", want, noIdentifier(maxDigits))
+	if !pattern.MatchString(value) || textrule.NameLike(value, maxDigits) {
+		return errs.Fieldf(field, "%s%s", want, textrule.NoIdentifier(maxDigits))
 	}
 	return nil
 }
@@ -41,19 +46,19 @@ func tight(field, value string, pattern *regexp.Regexp, maxDigits int, want stri
 // ValidateModel checks a handset model, as handsets send it and as a
 // rollout's selector or hold names it.
 func ValidateModel(field, model string) error {
-	return tight(field, model, modelPattern, maxNameDigits, modelRule)
+	return tight(field, model, modelPattern, textrule.MaxNameDigits, modelRule)
 }
 
 // ValidateChannel checks a release channel.
 func ValidateChannel(field, channel string) error {
-	return tight(field, channel, channelPattern, maxNameDigits, channelRule)
+	return tight(field, channel, channelPattern, textrule.MaxNameDigits, channelRule)
 }
 
 // ValidateBuild checks a build, as handsets send it and as a rollout's
 // selector bounds builds (see BuildLike).
 func ValidateBuild(field, build string) error {
-	if !buildPattern.MatchString(build) || buildLike(build) {
-		return fieldErr(field, "%s", buildRule)
+	if !buildPattern.MatchString(build) || textrule.BuildLike(build) {
+		return errs.Fieldf(field, "%s", textrule.BuildRule)
 	}
 	return nil
 }
@@ -70,7 +75,7 @@ func ValidateDeviceInfo(model, build, channel, region string) error {
 		return err
 	}
 	if region != "" && !regionPattern.MatchString(region) {
-		return fieldErr("region", "want an ISO 3166-1 alpha-2 code such as DE, or nothing")
+		return errs.Fieldf("region", "want an ISO 3166-1 alpha-2 code such as DE, or nothing")
 	}
 	return nil
 }
@@ -78,13 +83,13 @@ func ValidateDeviceInfo(model, build, channel, region string) error {
 // ValidatePatchID checks a patch id as handsets send it (a report's
 // patch_id, a check-in's installed_patches).
 func ValidatePatchID(field, id string) error {
-	return tight(field, id, idPattern, maxIDDigits, "want a patch id of 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+	return tight(field, id, textrule.IDPattern, textrule.MaxIDDigits, "want a patch id of 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 }
 
 // ValidateErrorCode checks the error code of a failed report.
 func ValidateErrorCode(code string) error {
 	if len(code) > maxCodeLen {
-		return fieldErr("error_code", "want an upper snake case code of at most %d characters such as E_DISK_FULL", maxCodeLen)
+		return errs.Fieldf("error_code", "want an upper snake case code of at most %d characters such as E_DISK_FULL", maxCodeLen)
 	}
-	return tight("error_code", code, codePattern, maxNameDigits, "want an upper snake case code such as E_DISK_FULL")
+	return tight("error_code", code, codePattern, textrule.MaxNameDigits, "want an upper snake case code such as E_DISK_FULL")
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // TestTightFields: every handset field but a report's message either
@@ -85,7 +87,7 @@ func TestTightFields(t *testing.T) {
 		}
 		for _, v := range refused[field] {
 			err := check(v)
-			fe := new(server.FieldError)
+			fe := new(errs.FieldError)
 			if !errors.As(err, &fe) || fe.Field != field {
 				t.Errorf("%s %q: got %v, want a field error naming %s", field, v, err, field)
 				continue
@@ -184,7 +186,7 @@ func TestReportTimeAndPatch(t *testing.T) {
 				}
 				return
 			}
-			fe := new(server.FieldError)
+			fe := new(errs.FieldError)
 			if !errors.As(err, &fe) || fe.Field != tc.field {
 				t.Fatalf("got %v, want a field error naming %s", err, tc.field)
 			}
@@ -200,7 +202,7 @@ func TestReportTimeAndPatch(t *testing.T) {
 		if _, err := f.Report(context.Background(), "otadev_x", *report(func(r *server.Report) { r.Message = msg })); err != nil {
 			t.Fatal(err)
 		}
-		if got, want := store.reports[0].Message, server.Scrub(msg); got != want || got == msg {
+		if got, want := store.reports[0].Message, textrule.Scrub(msg); got != want || got == msg {
 			t.Fatalf("stored message %q, want %q", got, want)
 		}
 	})

@@ -3,6 +3,8 @@ package server
 import (
 	"fmt"
 	"time"
+
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // Window is a maintenance window in a handset's local hours, such as
@@ -33,7 +35,7 @@ func ParseWindow(s string) (Window, error) {
 	if s == "" {
 		return Window{}, nil
 	}
-	bad := fieldErr("window", "want HH:MM-HH:MM in the handset's local 24-hour time, such as 01:00-05:00 (22:00-02:00 wraps midnight, 00:00-24:00 is always), start and end different")
+	bad := errs.Fieldf("window", "want HH:MM-HH:MM in the handset's local 24-hour time, such as 01:00-05:00 (22:00-02:00 wraps midnight, 00:00-24:00 is always), start and end different")
 	if len(s) != len("01:00-05:00") || s[5] != '-' {
 		return Window{}, bad
 	}
@@ -136,7 +138,7 @@ func (w Window) UntilOpen(now time.Time, offsetMinutes int) time.Duration {
 // ValidateUTCOffset checks a check-in's utc_offset_minutes.
 func ValidateUTCOffset(minutes int) error {
 	if minutes < MinUTCOffsetMinutes || minutes > MaxUTCOffsetMinutes {
-		return fieldErr("utc_offset_minutes", "want the handset's offset from UTC in minutes, %d to %d", MinUTCOffsetMinutes, MaxUTCOffsetMinutes)
+		return errs.Fieldf("utc_offset_minutes", "want the handset's offset from UTC in minutes, %d to %d", MinUTCOffsetMinutes, MaxUTCOffsetMinutes)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // TestParseWindow: the operator's --window text reads back as written;
@@ -37,8 +38,8 @@ func TestParseWindow(t *testing.T) {
 		t.Run(tc.in, func(t *testing.T) {
 			w, err := server.ParseWindow(tc.in)
 			if !tc.ok {
-				var fe *server.FieldError
-				if !errors.As(err, &fe) || fe.Field != "window" || !errors.Is(err, server.ErrInvalid) {
+				var fe *errs.FieldError
+				if !errors.As(err, &fe) || fe.Field != "window" || !errors.Is(err, errs.ErrInvalid) {
 					t.Fatalf("ParseWindow(%q) = %v, %v; want a FieldError on window", tc.in, w, err)
 				}
 				return
@@ -63,7 +64,7 @@ func TestWindowJSON(t *testing.T) {
 	if string(b) != `{"Window":"01:00-05:00"}` {
 		t.Errorf("marshal: %s", b)
 	}
-	if err := json.Unmarshal([]byte(`{"Window":"1-5"}`), &v); !errors.Is(err, server.ErrInvalid) {
+	if err := json.Unmarshal([]byte(`{"Window":"1-5"}`), &v); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("unmarshal of a bad window: %v, want ErrInvalid", err)
 	}
 }
@@ -127,7 +128,7 @@ func TestValidateUTCOffset(t *testing.T) {
 		ok      bool
 	}{{0, true}, {-720, true}, {840, true}, {330, true}, {-721, false}, {841, false}, {100000, false}} {
 		err := server.ValidateUTCOffset(tc.minutes)
-		var fe *server.FieldError
+		var fe *errs.FieldError
 		if tc.ok != (err == nil) || (err != nil && (!errors.As(err, &fe) || fe.Field != "utc_offset_minutes")) {
 			t.Errorf("ValidateUTCOffset(%d) = %v, want ok %v", tc.minutes, err, tc.ok)
 		}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
 )
 
 // A hold reads back as it was written, its window as a client would
@@ -17,7 +18,7 @@ func TestHoldJSON(t *testing.T) {
 		h    server.Hold
 		want string
 	}{
-		{"policy halt", server.Hold{Actor: server.SystemActor, Reason: "too many failures", Installed: 48, Failed: 12,
+		{"policy halt", server.Hold{Actor: audit.SystemActor, Reason: "too many failures", Installed: 48, Failed: 12,
 			Rate: 0.2, MaxRate: 0.05, Window: 6 * time.Hour, At: at},
 			`{"actor":"system","reason":"too many failures","installed":48,"failed":12,"rate":0.2,"max_rate":0.05,"window":"6h","at":"2026-12-07T04:48:01Z"}`},
 		{"operator's model hold", server.Hold{Model: "PX-8", Actor: "ops", Reason: "E_VERIFY", At: at.UTC()},

@@ -8,14 +8,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
 )
 
 // auditRow is an audit entry as the audit page shows it: its detail as
 // a key: value list when it is a JSON object, so that it wraps inside
 // the page instead of stretching it.
 type auditRow struct {
-	server.AuditEntry
+	audit.AuditEntry
 	Items []detailItem
 }
 
@@ -79,7 +79,7 @@ func compactJSON(raw json.RawMessage) string {
 }
 
 // auditRows prepares entries for the page.
-func auditRows(es []server.AuditEntry) []auditRow {
+func auditRows(es []audit.AuditEntry) []auditRow {
 	out := make([]auditRow, len(es))
 	for i, e := range es {
 		out[i] = auditRow{AuditEntry: e}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // devicesForm is the device list's filters as the form sends them, kept
@@ -117,7 +118,7 @@ func (h *Handler) devicesPage(w http.ResponseWriter, r *http.Request, p *page) e
 	q := server.DeviceQuery{IDPrefix: f.ID, Model: f.Model, Build: f.Build, Region: f.Region,
 		PatchID: d.Q.Patch, State: f.State, After: after}
 	if err := q.Validate(); err != nil {
-		if errors.Is(err, server.ErrInvalid) {
+		if errors.Is(err, errs.ErrInvalid) {
 			p.Error = err.Error()
 			h.render(w, r, http.StatusBadRequest, "devices", p)
 			return nil
@@ -129,13 +130,13 @@ func (h *Handler) devicesPage(w http.ResponseWriter, r *http.Request, p *page) e
 		if _, err := h.opts.Backend.Device(ctx, f.ID); err == nil {
 			http.Redirect(w, r, "/devices/"+url.PathEscape(f.ID), http.StatusSeeOther)
 			return nil
-		} else if !errors.Is(err, server.ErrNotFound) {
+		} else if !errors.Is(err, errs.ErrNotFound) {
 			return err
 		}
 	}
 	pg, err := h.opts.Backend.ListDevices(ctx, q)
 	if err != nil {
-		if errors.Is(err, server.ErrInvalid) {
+		if errors.Is(err, errs.ErrInvalid) {
 			p.Error = err.Error()
 			h.render(w, r, http.StatusBadRequest, "devices", p)
 			return nil
@@ -183,7 +184,7 @@ func (h *Handler) devicePage(w http.ResponseWriter, r *http.Request, p *page) er
 	p.Title = "Device " + id
 	v, err := h.opts.Backend.Device(r.Context(), id)
 	switch {
-	case errors.Is(err, server.ErrNotFound):
+	case errors.Is(err, errs.ErrNotFound):
 		p.Error = "No handset has the id " + id + "."
 		h.render(w, r, http.StatusNotFound, "device", p)
 		return nil

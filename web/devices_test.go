@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // devicesEnv is a dashboard whose fake backend holds dev-42 (PX-8, DE,
@@ -58,7 +59,7 @@ func TestDevicesFilters(t *testing.T) {
 			[]string{"No handset has an id that is or starts with dev-9, model PX-8, region FR, rolled back for CM-1."}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := e.do(t, server.RoleViewer, "GET", tc.path, nil)
+			rec := e.do(t, identity.RoleViewer, "GET", tc.path, nil)
 			body := rec.Body.String()
 			if rec.Code != http.StatusOK {
 				t.Fatalf("GET %s: %d, want 200\n%s", tc.path, rec.Code, body)
@@ -87,7 +88,7 @@ func TestDevicesBadFilter(t *testing.T) {
 		{"/devices?state=done", "state: want one of downloading,", ""},
 		{"/devices?after=a%20b", "after: want a handset id", ""},
 	} {
-		rec := e.do(t, server.RoleViewer, "GET", tc.path, nil)
+		rec := e.do(t, identity.RoleViewer, "GET", tc.path, nil)
 		body := rec.Body.String()
 		if rec.Code != http.StatusBadRequest || !strings.Contains(body, tc.msg) || !strings.Contains(body, tc.kept) {
 			t.Errorf("GET %s: %d, want 400 saying %q and keeping %q\n%.3000s", tc.path, rec.Code, tc.msg, tc.kept, body)
@@ -106,7 +107,7 @@ func TestDevicesNextPage(t *testing.T) {
 	path := "/devices?id=dev-p"
 	var all []string
 	for page := 1; ; page++ {
-		rec := e.do(t, server.RoleViewer, "GET", path, nil)
+		rec := e.do(t, identity.RoleViewer, "GET", path, nil)
 		body := rec.Body.String()
 		if rec.Code != http.StatusOK {
 			t.Fatalf("GET %s: %d\n%s", path, rec.Code, body)
@@ -146,19 +147,19 @@ func TestDevicesNextPage(t *testing.T) {
 // prefix search; /devices/X is the handset's page.
 func TestDevicesOldLookup(t *testing.T) {
 	e := devicesEnv(t, 2)
-	rec := e.do(t, server.RoleViewer, "GET", "/devices?id=dev-42", nil)
+	rec := e.do(t, identity.RoleViewer, "GET", "/devices?id=dev-42", nil)
 	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/devices/dev-42" {
 		t.Errorf("GET /devices?id=dev-42: %d to %q, want 303 to /devices/dev-42", rec.Code, rec.Header().Get("Location"))
 	}
-	rec = e.do(t, server.RoleViewer, "GET", "/devices?id=dev-4", nil)
+	rec = e.do(t, identity.RoleViewer, "GET", "/devices?id=dev-4", nil)
 	if got := rowIDs(rec.Body.String()); rec.Code != http.StatusOK || len(got) != 1 || got[0] != "dev-42" {
 		t.Errorf("GET /devices?id=dev-4: %d, rows %v, want 200 listing dev-42", rec.Code, got)
 	}
-	rec = e.do(t, server.RoleViewer, "GET", "/devices/dev-42", nil)
+	rec = e.do(t, identity.RoleViewer, "GET", "/devices/dev-42", nil)
 	if body := rec.Body.String(); rec.Code != http.StatusOK || !strings.Contains(body, "E_NO_SPACE") || !strings.Contains(body, `href="/devices?model=PX-8"`) {
 		t.Errorf("GET /devices/dev-42: %d\n%.2000s", rec.Code, body)
 	}
-	rec = e.do(t, server.RoleViewer, "GET", "/devices/dev-none", nil)
+	rec = e.do(t, identity.RoleViewer, "GET", "/devices/dev-none", nil)
 	if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "No handset has the id dev-none.") {
 		t.Errorf("GET /devices/dev-none: %d, want 404", rec.Code)
 	}

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/httperr/httperrtest"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // A page answers the domain's errors with the status the API answers
@@ -17,7 +17,7 @@ func TestPagesClassifyErrorsAsTheAPI(t *testing.T) {
 	for _, tc := range httperrtest.Cases() {
 		t.Run(tc.Name, func(t *testing.T) {
 			e.backend.repoErr = tc.Err
-			rec := e.do(t, server.RoleViewer, "GET", "/releases", nil)
+			rec := e.do(t, identity.RoleViewer, "GET", "/releases", nil)
 			if rec.Code != tc.Status {
 				t.Errorf("releases page with RepoStatus failing with %v: status %d, want %d", tc.Err, rec.Code, tc.Status)
 			}

@@ -11,37 +11,40 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // fakeIdentity keeps users, sessions and tokens in memory.
 type fakeIdentity struct {
 	mu       sync.Mutex
-	users    map[string]*server.User // by id
-	hashes   map[string]string       // password hash by id
-	sessions map[string]*server.Session
-	tokens   map[string]*server.Token // by hash
+	users    map[string]*identity.User // by id
+	hashes   map[string]string         // password hash by id
+	sessions map[string]*identity.Session
+	tokens   map[string]*identity.Token // by hash
 }
 
 var (
-	_ server.UserStore    = (*fakeIdentity)(nil)
-	_ server.SessionStore = (*fakeIdentity)(nil)
-	_ server.TokenStore   = (*fakeIdentity)(nil)
-	_ server.AuditStore   = (*fakeAudit)(nil)
-	_ server.AuditAnchor  = (*fakeAnchor)(nil)
-	_ Backend             = (*fakeBackend)(nil)
+	_ identity.UserStore    = (*fakeIdentity)(nil)
+	_ identity.SessionStore = (*fakeIdentity)(nil)
+	_ identity.TokenStore   = (*fakeIdentity)(nil)
+	_ audit.AuditStore      = (*fakeAudit)(nil)
+	_ audit.AuditAnchor     = (*fakeAnchor)(nil)
+	_ Backend               = (*fakeBackend)(nil)
 )
 
 func newFakeIdentity() *fakeIdentity {
-	return &fakeIdentity{users: map[string]*server.User{}, hashes: map[string]string{},
-		sessions: map[string]*server.Session{}, tokens: map[string]*server.Token{}}
+	return &fakeIdentity{users: map[string]*identity.User{}, hashes: map[string]string{},
+		sessions: map[string]*identity.Session{}, tokens: map[string]*identity.Token{}}
 }
 
-func (f *fakeIdentity) CreateUser(_ context.Context, u *server.User, hash string) error {
+func (f *fakeIdentity) CreateUser(_ context.Context, u *identity.User, hash string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, o := range f.users {
 		if o.Name == u.Name {
-			return fmt.Errorf("user %s: %w", u.Name, server.ErrConflict)
+			return fmt.Errorf("user %s: %w", u.Name, errs.ErrConflict)
 		}
 	}
 	c := *u
@@ -49,7 +52,7 @@ func (f *fakeIdentity) CreateUser(_ context.Context, u *server.User, hash string
 	return nil
 }
 
-func (f *fakeIdentity) UserByName(_ context.Context, name string) (*server.User, string, error) {
+func (f *fakeIdentity) UserByName(_ context.Context, name string) (*identity.User, string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, u := range f.users {
@@ -58,29 +61,29 @@ func (f *fakeIdentity) UserByName(_ context.Context, name string) (*server.User,
 			return &c, f.hashes[u.ID], nil
 		}
 	}
-	return nil, "", fmt.Errorf("user %s: %w", name, server.ErrNotFound)
+	return nil, "", fmt.Errorf("user %s: %w", name, errs.ErrNotFound)
 }
 
-func (f *fakeIdentity) UserByID(_ context.Context, id string) (*server.User, error) {
+func (f *fakeIdentity) UserByID(_ context.Context, id string) (*identity.User, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	u := f.users[id]
 	if u == nil {
-		return nil, server.ErrNotFound
+		return nil, errs.ErrNotFound
 	}
 	c := *u
 	return &c, nil
 }
 
-func (f *fakeIdentity) ListUsers(context.Context) ([]*server.User, error) {
+func (f *fakeIdentity) ListUsers(context.Context) ([]*identity.User, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []*server.User
+	var out []*identity.User
 	for _, u := range f.users {
 		c := *u
 		out = append(out, &c)
 	}
-	slices.SortFunc(out, func(a, b *server.User) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b *identity.User) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
@@ -88,7 +91,7 @@ func (f *fakeIdentity) SetUserRole(_ context.Context, id, role string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.users[id] == nil {
-		return server.ErrNotFound
+		return errs.ErrNotFound
 	}
 	f.users[id].Role = role
 	return nil
@@ -98,7 +101,7 @@ func (f *fakeIdentity) SetUserDisabled(_ context.Context, id string, disabled bo
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.users[id] == nil {
-		return server.ErrNotFound
+		return errs.ErrNotFound
 	}
 	f.users[id].Disabled = disabled
 	if disabled {
@@ -129,7 +132,7 @@ func (f *fakeIdentity) SetPassword(_ context.Context, id, hash, keep string) err
 	return nil
 }
 
-func (f *fakeIdentity) CreateSession(_ context.Context, s *server.Session, hash string) error {
+func (f *fakeIdentity) CreateSession(_ context.Context, s *identity.Session, hash string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := *s
@@ -137,12 +140,12 @@ func (f *fakeIdentity) CreateSession(_ context.Context, s *server.Session, hash 
 	return nil
 }
 
-func (f *fakeIdentity) SessionByHash(_ context.Context, hash string) (*server.Session, *server.User, error) {
+func (f *fakeIdentity) SessionByHash(_ context.Context, hash string) (*identity.Session, *identity.User, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := f.sessions[hash]
 	if s == nil {
-		return nil, nil, server.ErrNotFound
+		return nil, nil, errs.ErrNotFound
 	}
 	c, u := *s, *f.users[s.UserID]
 	return &c, &u, nil
@@ -161,7 +164,7 @@ func (f *fakeIdentity) DeleteSession(_ context.Context, hash string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.sessions[hash] == nil {
-		return server.ErrNotFound
+		return errs.ErrNotFound
 	}
 	delete(f.sessions, hash)
 	return nil
@@ -171,7 +174,7 @@ func (f *fakeIdentity) DeleteSessionsBefore(context.Context, time.Time, time.Tim
 	return 0, nil
 }
 
-func (f *fakeIdentity) CreateToken(_ context.Context, t *server.Token, hash string) error {
+func (f *fakeIdentity) CreateToken(_ context.Context, t *identity.Token, hash string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := *t
@@ -179,28 +182,28 @@ func (f *fakeIdentity) CreateToken(_ context.Context, t *server.Token, hash stri
 	return nil
 }
 
-func (f *fakeIdentity) TokenByHash(_ context.Context, hash string) (*server.Token, *server.User, error) {
+func (f *fakeIdentity) TokenByHash(_ context.Context, hash string) (*identity.Token, *identity.User, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t := f.tokens[hash]
 	if t == nil {
-		return nil, nil, server.ErrNotFound
+		return nil, nil, errs.ErrNotFound
 	}
 	c, u := *t, *f.users[t.UserID]
 	return &c, &u, nil
 }
 
-func (f *fakeIdentity) ListTokens(_ context.Context, userID string) ([]*server.Token, error) {
+func (f *fakeIdentity) ListTokens(_ context.Context, userID string) ([]*identity.Token, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []*server.Token
+	var out []*identity.Token
 	for _, t := range f.tokens {
 		if userID == "" || t.UserID == userID {
 			c := *t
 			out = append(out, &c)
 		}
 	}
-	slices.SortFunc(out, func(a, b *server.Token) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b *identity.Token) int { return strings.Compare(a.ID, b.ID) })
 	return out, nil
 }
 
@@ -214,24 +217,24 @@ func (f *fakeIdentity) RevokeToken(_ context.Context, id string) error {
 			return nil
 		}
 	}
-	return server.ErrNotFound
+	return errs.ErrNotFound
 }
 
 // fakeAudit is an in-memory audit log.
 type fakeAudit struct {
 	mu      sync.Mutex
-	entries []server.AuditEntry
+	entries []audit.AuditEntry
 	fail    error // when set, AppendAudit appends nothing and returns it
 }
 
-func (a *fakeAudit) AppendAudit(_ context.Context, es ...server.AuditEntry) error {
+func (a *fakeAudit) AppendAudit(_ context.Context, es ...audit.AuditEntry) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.fail != nil {
 		return a.fail
 	}
 	for _, e := range es {
-		var prev *server.AuditEntry
+		var prev *audit.AuditEntry
 		if n := len(a.entries); n > 0 {
 			prev = &a.entries[n-1]
 		}
@@ -241,10 +244,10 @@ func (a *fakeAudit) AppendAudit(_ context.Context, es ...server.AuditEntry) erro
 	return nil
 }
 
-func (a *fakeAudit) ListAudit(_ context.Context, q server.AuditQuery) ([]server.AuditEntry, error) {
+func (a *fakeAudit) ListAudit(_ context.Context, q audit.AuditQuery) ([]audit.AuditEntry, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var out []server.AuditEntry
+	var out []audit.AuditEntry
 	for i := len(a.entries) - 1; i >= 0; i-- {
 		e := a.entries[i]
 		if (q.Actor == "" || e.Actor == q.Actor) && (q.Action == "" || e.Action == q.Action ||
@@ -256,7 +259,7 @@ func (a *fakeAudit) ListAudit(_ context.Context, q server.AuditQuery) ([]server.
 	return out, nil
 }
 
-func (a *fakeAudit) WalkAudit(_ context.Context, fn func(server.AuditEntry) error) (int64, string, error) {
+func (a *fakeAudit) WalkAudit(_ context.Context, fn func(audit.AuditEntry) error) (int64, string, error) {
 	a.mu.Lock()
 	es := slices.Clone(a.entries)
 	a.mu.Unlock()
@@ -274,14 +277,14 @@ func (a *fakeAudit) WalkAudit(_ context.Context, fn func(server.AuditEntry) erro
 // fakeAnchor holds the checkpoints of a fakeAudit, trusted as they are.
 type fakeAnchor struct {
 	mu  sync.Mutex
-	cps []server.AuditCheckpoint
+	cps []audit.AuditCheckpoint
 }
 
-func (a *fakeAnchor) Checkpoints(context.Context) ([]server.AuditCheckpoint, error) {
+func (a *fakeAnchor) Checkpoints(context.Context) ([]audit.AuditCheckpoint, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(a.cps) == 0 {
-		return nil, fmt.Errorf("%w: no checkpoints yet", server.ErrAuditUnanchored)
+		return nil, fmt.Errorf("%w: no checkpoints yet", audit.ErrAuditUnanchored)
 	}
 	return slices.Clone(a.cps), nil
 }
@@ -289,7 +292,7 @@ func (a *fakeAnchor) Checkpoints(context.Context) ([]server.AuditCheckpoint, err
 // checkpoint anchors every entry of log in one checkpoint.
 func (a *fakeAnchor) checkpoint(log *fakeAudit, at time.Time) {
 	log.mu.Lock()
-	cp := server.AuditCheckpoint{From: 1, Seq: int64(len(log.entries)), At: at, KeyID: "0123456789abcdef"}
+	cp := audit.AuditCheckpoint{From: 1, Seq: int64(len(log.entries)), At: at, KeyID: "0123456789abcdef"}
 	for _, e := range log.entries {
 		cp.Hashes = append(cp.Hashes, e.Hash)
 	}
@@ -339,7 +342,7 @@ func (b *fakeBackend) RolloutReport(_ context.Context, id string) (*server.Rollo
 	if r := b.reports[id]; r != nil {
 		return r, nil
 	}
-	return nil, fmt.Errorf("rollout %s: %w", id, server.ErrNotFound)
+	return nil, fmt.Errorf("rollout %s: %w", id, errs.ErrNotFound)
 }
 
 func (b *fakeBackend) Rollouts(context.Context) ([]*server.Rollout, error) {
@@ -352,7 +355,7 @@ func (b *fakeBackend) Rollout(_ context.Context, id string) (*server.Rollout, er
 			return r.Clone(), nil
 		}
 	}
-	return nil, fmt.Errorf("rollout %s: %w", id, server.ErrNotFound)
+	return nil, fmt.Errorf("rollout %s: %w", id, errs.ErrNotFound)
 }
 
 func (b *fakeBackend) RolloutEvents(_ context.Context, id string, _ int) ([]server.Event, error) {
@@ -368,10 +371,10 @@ func (b *fakeBackend) RolloutEvents(_ context.Context, id string, _ int) ([]serv
 func (b *fakeBackend) ChangeRollout(ctx context.Context, id string, c RolloutChange) (*server.Rollout, *server.Approval, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.changes = append(b.changes, recordedChange{ID: id, Actor: server.PrincipalFromContext(ctx).Actor(), Change: c})
+	b.changes = append(b.changes, recordedChange{ID: id, Actor: identity.PrincipalFromContext(ctx).Actor(), Change: c})
 	if c.Action == server.ActionAdvance && server.NeedsApproval(c.Action, c.Percent) {
 		a := &server.Approval{ID: "ap-9", RolloutID: id, Action: c.Action, ToPercent: c.Percent,
-			RequestedBy: server.PrincipalFromContext(ctx).Actor(), RequestedAt: time.Now(), Reason: c.Reason, State: server.ApprovalPending}
+			RequestedBy: identity.PrincipalFromContext(ctx).Actor(), RequestedAt: time.Now(), Reason: c.Reason, State: server.ApprovalPending}
 		b.approvals = append(b.approvals, a)
 		r, err := b.Rollout(ctx, id)
 		return r, a, err
@@ -386,10 +389,10 @@ func (b *fakeBackend) ChangeRollout(ctx context.Context, id string, c RolloutCha
 func (b *fakeBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, *server.Approval, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	actor := server.PrincipalFromContext(ctx).Actor()
+	actor := identity.PrincipalFromContext(ctx).Actor()
 	b.created = append(b.created, recordedCreate{Actor: actor, Spec: spec})
 	if !slices.ContainsFunc(b.status.Targets, func(t manifests.TargetInfo) bool { return t.Path == spec.Release }) {
-		return nil, nil, fmt.Errorf("%w: release %s: not a published target", server.ErrInvalid, spec.Release)
+		return nil, nil, fmt.Errorf("%w: release %s: not a published target", errs.ErrInvalid, spec.Release)
 	}
 	r := &server.Rollout{ID: "ro-new", State: server.RolloutRunning, Stages: spec.Stages, Selector: spec.Selector,
 		Policy: spec.Policy, Release: server.RolloutRelease{Target: spec.Release}, CreatedBy: actor, CreatedAt: time.Now()}
@@ -424,7 +427,7 @@ func (b *fakeBackend) DecideApproval(ctx context.Context, id, aid string, approv
 	defer b.mu.Unlock()
 	for _, a := range b.approvals {
 		if a.ID == aid && a.RolloutID == id {
-			actor := server.PrincipalFromContext(ctx).Actor()
+			actor := identity.PrincipalFromContext(ctx).Actor()
 			if a.RequestedBy == actor {
 				return server.ErrSelfApproval
 			}
@@ -435,7 +438,7 @@ func (b *fakeBackend) DecideApproval(ctx context.Context, id, aid string, approv
 			return nil
 		}
 	}
-	return server.ErrNotFound
+	return errs.ErrNotFound
 }
 
 func (b *fakeBackend) RepoStatus(context.Context) (*manifests.Status, error) {
@@ -453,7 +456,7 @@ func (b *fakeBackend) Device(_ context.Context, id string) (*DeviceView, error) 
 	if d := b.devices[id]; d != nil {
 		return d, nil
 	}
-	return nil, fmt.Errorf("device %s: %w", id, server.ErrNotFound)
+	return nil, fmt.Errorf("device %s: %w", id, errs.ErrNotFound)
 }
 
 // ListDevices filters b.devices as the store does, in id order, with

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // The overview answers "what needs me now?" first: a waiting approval
@@ -35,7 +36,7 @@ func TestOverviewNeedsYou(t *testing.T) {
 	e.backend.approvals = []*server.Approval{{ID: "ap-1", RolloutID: "ro-1", Action: server.ActionAdvance, ToPercent: 100,
 		RequestedBy: "operator-user", RequestedAt: now, Reason: "all green", State: server.ApprovalPending}}
 
-	body := e.do(t, server.RoleReleaseEngineer, "GET", "/", nil).Body.String()
+	body := e.do(t, identity.RoleReleaseEngineer, "GET", "/", nil).Body.String()
 	attention := body[strings.Index(body, "Needs you now"):strings.Index(body, "Rollouts in progress")]
 	for _, want := range []string{
 		"Approval waiting", "ro-1", "all green", "/rollouts/ro-1/approvals/ap-1/approve", "/rollouts/ro-1/approvals/ap-1/reject",
@@ -56,12 +57,12 @@ func TestOverviewNeedsYou(t *testing.T) {
 		t.Errorf("the completed rollout with a held model is not listed as unfinished:\n%s", rest)
 	}
 	// A viewer sees the request but no form to decide it.
-	viewer := e.do(t, server.RoleViewer, "GET", "/", nil).Body.String()
+	viewer := e.do(t, identity.RoleViewer, "GET", "/", nil).Body.String()
 	if !strings.Contains(viewer, "Approval waiting") || strings.Contains(viewer, "/approvals/ap-1/approve") {
 		t.Error("a viewer's overview should show the request without a way to decide it")
 	}
 	// The live part is the same content without the layout.
-	live := e.do(t, server.RoleViewer, "GET", "/?part=live", nil).Body.String()
+	live := e.do(t, identity.RoleViewer, "GET", "/?part=live", nil).Body.String()
 	if strings.Contains(live, "<html") || !strings.Contains(live, "Approval waiting") || !strings.Contains(live, "Compliance by model") {
 		t.Errorf("the overview's live part lacks the page's content:\n%.600s", live)
 	}
@@ -70,18 +71,18 @@ func TestOverviewNeedsYou(t *testing.T) {
 	// while after completing.
 	done.Holds, done.EndedAt = nil, now.Add(-time.Hour)
 	rep2.Holds, rep2.Installed, rep2.Target = nil, 19000, 20000
-	if body := e.do(t, server.RoleViewer, "GET", "/", nil).Body.String(); !strings.Contains(body, "1,000 of the target not installed yet") {
+	if body := e.do(t, identity.RoleViewer, "GET", "/", nil).Body.String(); !strings.Contains(body, "1,000 of the target not installed yet") {
 		t.Error("a completed rollout short of its target is not unfinished on the overview")
 	}
 	// Long after, the rollouts page lists it, not the overview.
 	done.EndedAt = now.Add(-30 * 24 * time.Hour)
-	if body := e.do(t, server.RoleViewer, "GET", "/", nil).Body.String(); strings.Contains(body, `href="/rollouts/ro-2"`) {
+	if body := e.do(t, identity.RoleViewer, "GET", "/", nil).Body.String(); strings.Contains(body, `href="/rollouts/ro-2"`) {
 		t.Error("a rollout completed a month ago is still on the overview")
 	}
 	// Once finished, a completed rollout leaves the overview.
 	done.EndedAt = now.Add(-time.Hour)
 	rep2.Installed = 20000
-	if body := e.do(t, server.RoleViewer, "GET", "/", nil).Body.String(); strings.Contains(body, `href="/rollouts/ro-2"`) {
+	if body := e.do(t, identity.RoleViewer, "GET", "/", nil).Body.String(); strings.Contains(body, `href="/rollouts/ro-2"`) {
 		t.Error("a finished completed rollout is still in progress on the overview")
 	}
 }
@@ -90,7 +91,7 @@ func TestOverviewNeedsYou(t *testing.T) {
 // under 100%, but not pause; every action's page counts stages from 1.
 func TestRolloutPageActionsAndStages(t *testing.T) {
 	e := newEnv(t)
-	body := e.do(t, server.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String()
+	body := e.do(t, identity.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String()
 	for _, want := range []string{"2 of 4", "<strong>2: 10%</strong>", "1: 1%", "4: 100%", "2026-12-15 09:00:00 UTC", "Failed reports", "<dfn>eligible</dfn>"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the rollout page lacks %q", want)
@@ -105,7 +106,7 @@ func TestRolloutPageActionsAndStages(t *testing.T) {
 		actions []string
 	}{{2, []string{"abort", "advance"}}, {3, []string{"abort"}}} {
 		ro.State, ro.Stage = server.RolloutCompleted, tc.stage
-		body := e.do(t, server.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String()
+		body := e.do(t, identity.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String()
 		var got []string
 		for _, a := range RolloutActions {
 			if strings.Contains(body, `action="/rollouts/ro-1/`+a+`"`) {
@@ -124,15 +125,15 @@ func TestDecisionConfirmed(t *testing.T) {
 	e := newEnv(t)
 	e.backend.approvals = []*server.Approval{{ID: "ap-1", RolloutID: "ro-1", Action: server.ActionAdvance, ToPercent: 100,
 		RequestedBy: "operator-user", RequestedAt: time.Now(), Reason: "all green", State: server.ApprovalPending}}
-	rec := e.post(t, server.RoleReleaseEngineer, "/rollouts/ro-1/approvals/ap-1/reject", url.Values{"reason": {"wait for Monday"}})
+	rec := e.post(t, identity.RoleReleaseEngineer, "/rollouts/ro-1/approvals/ap-1/reject", url.Values{"reason": {"wait for Monday"}})
 	loc := rec.Header().Get("Location")
 	if rec.Code != http.StatusSeeOther || loc != "/rollouts/ro-1?decided=ap-1" {
 		t.Fatalf("reject: %d to %q", rec.Code, loc)
 	}
-	if body := e.do(t, server.RoleReleaseEngineer, "GET", loc, nil).Body.String(); !strings.Contains(body, htmlEscaped(`You rejected ap-1: advance to 100% ("wait for Monday").`)) {
+	if body := e.do(t, identity.RoleReleaseEngineer, "GET", loc, nil).Body.String(); !strings.Contains(body, htmlEscaped(`You rejected ap-1: advance to 100% ("wait for Monday").`)) {
 		t.Errorf("the decider's page does not confirm the decision")
 	}
-	if body := e.do(t, server.RoleAdmin, "GET", loc, nil).Body.String(); strings.Contains(body, "You rejected") {
+	if body := e.do(t, identity.RoleAdmin, "GET", loc, nil).Body.String(); strings.Contains(body, "You rejected") {
 		t.Error("another user is told they decided")
 	}
 }
@@ -141,11 +142,11 @@ func TestDecisionConfirmed(t *testing.T) {
 // typing does not append to it; left empty, the default stages apply.
 func TestNewRolloutDefaultStages(t *testing.T) {
 	e := newEnv(t)
-	body := e.do(t, server.RoleOperator, "GET", "/rollouts/new", nil).Body.String()
+	body := e.do(t, identity.RoleOperator, "GET", "/rollouts/new", nil).Body.String()
 	if !strings.Contains(body, `<input name="stages" value="" placeholder="1, 10, 50, 100">`) {
 		t.Errorf("the stages field is prefilled or lacks its placeholder:\n%s", body)
 	}
-	rec := e.post(t, server.RoleOperator, "/rollouts", url.Values{"release": {"cm/CM-1/update.zip"}, "stages": {""}, "reason": {"defaults"}})
+	rec := e.post(t, identity.RoleOperator, "/rollouts", url.Values{"release": {"cm/CM-1/update.zip"}, "stages": {""}, "reason": {"defaults"}})
 	if rec.Code != http.StatusSeeOther {
 		t.Fatalf("create with empty stages: %d\n%s", rec.Code, rec.Body)
 	}

@@ -16,6 +16,9 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // Limits of the lists the pages show.
@@ -44,7 +47,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, p *page) error {
 	name := strings.TrimSpace(r.PostFormValue("name"))
 	next := localPath(r.PostFormValue("next"))
 	p.Title, p.Data = "Log in", loginData{Next: next}
-	if len(name) <= server.MaxLoginNameBytes {
+	if len(name) <= identity.MaxLoginNameBytes {
 		p.Data = loginData{Next: next, Name: name}
 	}
 	device := ""
@@ -52,31 +55,31 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, p *page) error {
 		device = c.Value
 	}
 	u, err := h.opts.Users.Login(r.Context(), name, r.PostFormValue("password"), device)
-	var le *server.LoginError
+	var le *identity.LoginError
 	if errors.As(err, &le) {
 		for _, e := range le.Audit {
 			// A refused login is not an action that was done: a failed
 			// append is logged, and the refusal answered as ever.
-			if err := server.RecordAction(r.Context(), h.opts.Audit, e, e.Actor, "", time.Now().UTC()); err != nil {
+			if err := identity.RecordAction(r.Context(), h.opts.Audit, e, e.Actor, "", time.Now().UTC()); err != nil {
 				h.log.ErrorContext(r.Context(), "audit of a refused login", slog.Any("error", err))
 			}
 		}
 	}
-	var rl *server.RateLimitError
+	var rl *errs.RateLimitError
 	switch {
 	case errors.As(err, &rl):
 		p.Error = fmt.Sprintf("Too many attempts, try again in %d minutes.", int(math.Ceil(rl.RetryAfter.Minutes())))
 		h.render(w, r, http.StatusTooManyRequests, "login", p)
 		return nil
-	case errors.Is(err, server.ErrUnauthorized):
-		p.Error = strings.TrimPrefix(err.Error(), server.ErrUnauthorized.Error()+": ")
+	case errors.Is(err, errs.ErrUnauthorized):
+		p.Error = strings.TrimPrefix(err.Error(), errs.ErrUnauthorized.Error()+": ")
 		h.render(w, r, http.StatusUnauthorized, "login", p)
 		return nil
 	case err != nil:
 		return err
 	}
 	secret, _, err := h.opts.Sessions.Start(r.Context(), u)
-	if errors.Is(err, server.ErrUnauthorized) {
+	if errors.Is(err, errs.ErrUnauthorized) {
 		p.Error = "This account cannot log in to the dashboard."
 		h.render(w, r, http.StatusUnauthorized, "login", p)
 		return nil
@@ -84,7 +87,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, p *page) error {
 	if err != nil {
 		return err
 	}
-	if err := h.record(r.Context(), u.Name, server.SessionEntry(u, true)); err != nil {
+	if err := h.record(r.Context(), u.Name, identity.SessionEntry(u, true)); err != nil {
 		// A login the log does not show does not happen.
 		if endErr := h.opts.Sessions.End(r.Context(), secret); endErr != nil {
 			return errors.Join(err, endErr)
@@ -130,7 +133,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request, p *page) error 
 		}
 	}
 	http.SetCookie(w, h.cookie(r, "", true))
-	if err := h.record(r.Context(), p.User.Name, server.SessionEntry(p.User, false)); err != nil {
+	if err := h.record(r.Context(), p.User.Name, identity.SessionEntry(p.User, false)); err != nil {
 		return err // the session is ended all the same
 	}
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
@@ -434,7 +437,7 @@ type confirmData struct {
 func (h *Handler) rolloutAction(w http.ResponseWriter, r *http.Request, p *page) error {
 	id, action := r.PathValue("id"), r.PathValue("action")
 	if !slices.Contains(RolloutActions, action) {
-		return fmt.Errorf("%w: unknown action %q", server.ErrNotFound, action)
+		return fmt.Errorf("%w: unknown action %q", errs.ErrNotFound, action)
 	}
 	reason := strings.TrimSpace(r.PostFormValue("reason"))
 	pctText := strings.TrimSpace(r.PostFormValue("percent"))
@@ -510,7 +513,7 @@ func (h *Handler) refuseOnRollout(w http.ResponseWriter, r *http.Request, p *pag
 func (h *Handler) modelAction(w http.ResponseWriter, r *http.Request, p *page) error {
 	id, model, action := r.PathValue("id"), r.PathValue("model"), r.PathValue("action")
 	if !slices.Contains(ModelActions, action) {
-		return fmt.Errorf("%w: unknown action %q", server.ErrNotFound, action)
+		return fmt.Errorf("%w: unknown action %q", errs.ErrNotFound, action)
 	}
 	reason := strings.TrimSpace(r.PostFormValue("reason"))
 	refuse := func(msg string) error { return h.refuseOnRollout(w, r, p, id, msg) }
@@ -534,12 +537,12 @@ func (h *Handler) modelAction(w http.ResponseWriter, r *http.Request, p *page) e
 func (h *Handler) decideApproval(w http.ResponseWriter, r *http.Request, p *page) error {
 	id, aid, verdict := r.PathValue("id"), r.PathValue("aid"), r.PathValue("verdict")
 	if verdict != "approve" && verdict != "reject" {
-		return fmt.Errorf("%w: unknown verdict %q", server.ErrNotFound, verdict)
+		return fmt.Errorf("%w: unknown verdict %q", errs.ErrNotFound, verdict)
 	}
 	reason := strings.TrimSpace(r.PostFormValue("reason"))
 	err := error(nil)
 	if reason == "" {
-		err = &server.FieldError{Field: "reason", Message: "say why you " + verdict + " it"}
+		err = &errs.FieldError{Field: "reason", Message: "say why you " + verdict + " it"}
 	} else {
 		err = h.opts.Backend.DecideApproval(r.Context(), id, aid, verdict == "approve", reason)
 	}
@@ -619,8 +622,8 @@ func (h *Handler) releasesPage(w http.ResponseWriter, r *http.Request, p *page) 
 type auditData struct {
 	Q        auditForm
 	Entries  []auditRow
-	Verified *server.AuditVerification
-	Broken   *server.AuditBrokenError
+	Verified *audit.AuditVerification
+	Broken   *audit.AuditBrokenError
 
 	// SinceExample and UntilExample are the filter placeholders: the
 	// last hour.
@@ -639,7 +642,7 @@ func parseWhen(field, v string) (time.Time, error) {
 			return t.UTC(), nil
 		}
 	}
-	return time.Time{}, &server.FieldError{Field: field, Message: "want a UTC day (YYYY-MM-DD), a UTC time (YYYY-MM-DDTHH:MM) or RFC 3339"}
+	return time.Time{}, &errs.FieldError{Field: field, Message: "want a UTC day (YYYY-MM-DD), a UTC time (YYYY-MM-DDTHH:MM) or RFC 3339"}
 }
 
 func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request, p *page) error {
@@ -648,7 +651,7 @@ func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request, p *page) err
 	now := time.Now()
 	d := &auditData{Q: f, SinceExample: sincePlaceholder(now), UntilExample: untilPlaceholder(now)}
 	p.Title, p.Data = "Audit log", d
-	q := server.AuditQuery{Actor: f.Actor, Action: f.Action, Limit: auditShown}
+	q := audit.AuditQuery{Actor: f.Actor, Action: f.Action, Limit: auditShown}
 	var err error
 	if q.Since, err = parseWhen("since", f.Since); err == nil {
 		q.Until, err = parseWhen("until", f.Until)
@@ -663,7 +666,7 @@ func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request, p *page) err
 		return err
 	}
 	d.Entries = auditRows(es)
-	v, err := server.VerifyAudit(r.Context(), h.opts.Audit, h.opts.AuditAnchor)
+	v, err := audit.VerifyAudit(r.Context(), h.opts.Audit, h.opts.AuditAnchor)
 	if !errors.As(err, &d.Broken) {
 		if err != nil {
 			return err
@@ -685,9 +688,9 @@ func (h *Handler) renderUsers(w http.ResponseWriter, r *http.Request, p *page, s
 		return err
 	}
 	p.Title, p.Data = "Users", struct {
-		Users []*server.User
+		Users []*identity.User
 		Roles []string
-	}{us, server.Roles}
+	}{us, identity.Roles}
 	h.render(w, r, status, "users", p)
 	return nil
 }
@@ -703,7 +706,7 @@ func (h *Handler) createUser(w http.ResponseWriter, r *http.Request, p *page) er
 		}
 		return err
 	}
-	if err := h.record(r.Context(), p.User.Name, server.UserCreatedEntry(u)); err != nil {
+	if err := h.record(r.Context(), p.User.Name, identity.UserCreatedEntry(u)); err != nil {
 		return err
 	}
 	http.Redirect(w, r, "/users", http.StatusSeeOther)
@@ -713,24 +716,24 @@ func (h *Handler) createUser(w http.ResponseWriter, r *http.Request, p *page) er
 func (h *Handler) changeUser(w http.ResponseWriter, r *http.Request, p *page) error {
 	name, change := r.PathValue("name"), r.PathValue("change")
 	ctx := r.Context()
-	by := server.PrincipalFromContext(ctx)
+	by := identity.PrincipalFromContext(ctx)
 	var (
-		u     *server.User
+		u     *identity.User
 		err   error
-		entry server.AuditEntry
+		entry audit.AuditEntry
 	)
 	switch change {
 	case "role":
 		var from string
 		if u, from, err = h.opts.Users.SetRole(ctx, by, name, r.PostFormValue("role")); err == nil {
-			entry = server.UserRoleEntry(u, from)
+			entry = identity.UserRoleEntry(u, from)
 		}
 	case "disable", "enable":
 		if u, err = h.opts.Users.SetDisabled(ctx, by, name, change == "disable"); err == nil {
-			entry = server.UserDisabledEntry(u)
+			entry = identity.UserDisabledEntry(u)
 		}
 	default:
-		return fmt.Errorf("%w: unknown change %q", server.ErrNotFound, change)
+		return fmt.Errorf("%w: unknown change %q", errs.ErrNotFound, change)
 	}
 	if err != nil {
 		if st := statusOf(err); st == http.StatusBadRequest || st == http.StatusConflict {
@@ -749,21 +752,21 @@ func (h *Handler) changeUser(w http.ResponseWriter, r *http.Request, p *page) er
 // tokensData is the tokens page: the user's own tokens (every user's
 // for an admin) and, once, a new token's secret.
 type tokensData struct {
-	Tokens []*server.Token
+	Tokens []*identity.Token
 	Names  map[string]string
 	Secret string
-	New    *server.Token
+	New    *identity.Token
 	now    time.Time
 }
 
 // Expired reports whether t has expired, as of the page.
-func (d *tokensData) Expired(t *server.Token) bool { return t.Expired(d.now) }
+func (d *tokensData) Expired(t *identity.Token) bool { return t.Expired(d.now) }
 
 func (h *Handler) renderTokens(w http.ResponseWriter, r *http.Request, p *page, status int, d *tokensData) error {
 	ctx := r.Context()
 	var err error
 	owner := p.User.ID
-	if p.User.Can(server.PermUserAdmin) {
+	if p.User.Can(identity.PermUserAdmin) {
 		owner = ""
 	}
 	if d.Tokens, err = h.opts.Tokens.Store.ListTokens(ctx, owner); err != nil {
@@ -791,9 +794,9 @@ func (h *Handler) tokensPage(w http.ResponseWriter, r *http.Request, p *page) er
 
 func (h *Handler) createToken(w http.ResponseWriter, r *http.Request, p *page) error {
 	name := strings.TrimSpace(r.PostFormValue("name"))
-	var opts server.TokenOptions
+	var opts identity.TokenOptions
 	if v := strings.TrimSpace(r.PostFormValue("expires_in")); v != "" {
-		d, err := server.ParseTokenLifetime(v)
+		d, err := identity.ParseTokenLifetime(v)
 		if err != nil {
 			p.Error = err.Error()
 			return h.renderTokens(w, r, p, http.StatusBadRequest, &tokensData{})
@@ -808,7 +811,7 @@ func (h *Handler) createToken(w http.ResponseWriter, r *http.Request, p *page) e
 		}
 		return err
 	}
-	if err := h.record(r.Context(), p.User.Name, server.TokenCreatedEntry(t, p.User.Name)); err != nil {
+	if err := h.record(r.Context(), p.User.Name, identity.TokenCreatedEntry(t, p.User.Name)); err != nil {
 		return err // the secret is not shown: revoke the token and mint another
 	}
 	// The secret is shown in this answer only (no-store), never again.
@@ -819,11 +822,11 @@ func (h *Handler) createToken(w http.ResponseWriter, r *http.Request, p *page) e
 func (h *Handler) revokeToken(w http.ResponseWriter, r *http.Request, p *page) error {
 	ctx := r.Context()
 	// Only one's own, unless an admin: another's token is as unknown.
-	t, with, err := h.opts.Tokens.Revoke(ctx, server.PrincipalFromContext(ctx), r.PathValue("id"))
+	t, with, err := h.opts.Tokens.Revoke(ctx, identity.PrincipalFromContext(ctx), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	if err := h.record(ctx, p.User.Name, server.TokenRevokedEntry(t, with)); err != nil {
+	if err := h.record(ctx, p.User.Name, identity.TokenRevokedEntry(t, with)); err != nil {
 		return err
 	}
 	http.Redirect(w, r, "/tokens", http.StatusSeeOther)

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
 )
 
 // auditDraftSign is the audit action of a signature upload (server/api
@@ -116,8 +116,8 @@ func shortKey(id string) string {
 // signerNames reads who uploaded each key's signature to each draft
 // from the audit log: draft id -> key id -> user. The newest upload of a
 // key to a draft is the signature the draft keeps.
-func signerNames(ctx context.Context, audit server.AuditStore) (map[string]map[string]string, error) {
-	es, err := audit.ListAudit(ctx, server.AuditQuery{Action: auditDraftSign, Limit: signersShown})
+func signerNames(ctx context.Context, log audit.AuditStore) (map[string]map[string]string, error) {
+	es, err := log.ListAudit(ctx, audit.AuditQuery{Action: auditDraftSign, Limit: signersShown})
 	if err != nil {
 		return nil, err
 	}

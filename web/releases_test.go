@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 var tagRE = regexp.MustCompile(`<[^>]*>`)
@@ -62,15 +63,15 @@ func TestReleasesPageHistory(t *testing.T) {
 			Summary:    "ceremony: root v1 with root keys 2 of 3 (aaaaaaaaaaaa, bbbbbbbbbbbb, cccccccccccc) and targets keys 2 of 3 (aaaaaaaaaaaa, bbbbbbbbbbbb, cccccccccccc); targets v1, empty",
 			Thresholds: []manifests.PartStatus{signed("new root v1's root keys", kA, kB), signed("root v1's targets keys", kA, kB)}},
 	}
-	sign := func(draft, actor string, keys ...string) server.AuditEntry {
-		return server.AuditEntry{At: t0, Actor: actor, Action: "draft.sign", Object: draft,
+	sign := func(draft, actor string, keys ...string) audit.AuditEntry {
+		return audit.AuditEntry{At: t0, Actor: actor, Action: "draft.sign", Object: draft,
 			Detail: `{"digest":"ff","signatures":["targets:` + strings.Join(keys, `","targets:`) + `"]}`}
 	}
 	e.audit.AppendAudit(ctx, sign("d-1", "alice", kA), sign("d-1", "bob", kB), sign("d-2", "bob", kB), sign("d-2", "carol", kC),
 		sign("d-3", "alice", kA), sign("d-3", "bob", kB), sign("d-4", "alice", kA), sign("d-4", "bob", kB), sign("d-5", "alice", kA),
-		server.AuditEntry{At: t0, Actor: "mallory", Action: "draft.discard", Object: "d-2", Detail: `{"signatures":["targets:` + kC + `"]}`})
+		audit.AuditEntry{At: t0, Actor: "mallory", Action: "draft.discard", Object: "d-2", Detail: `{"signatures":["targets:` + kC + `"]}`})
 
-	body := e.do(t, server.RoleViewer, "GET", "/releases", nil).Body.String()
+	body := e.do(t, identity.RoleViewer, "GET", "/releases", nil).Body.String()
 	order := []int{}
 	for _, id := range []string{"d-5", "d-4", "d-3", "d-2", "d-1"} {
 		order = append(order, strings.Index(body, `data-draft="`+id+`"`))
@@ -126,11 +127,11 @@ func TestReleasesPageHistory(t *testing.T) {
 func TestAuditPageDetailsAndPlaceholders(t *testing.T) {
 	e := newEnv(t)
 	e.audit.AppendAudit(context.Background(),
-		server.AuditEntry{At: time.Now(), Actor: "bob", Action: "draft.sign", Object: "d-1",
+		audit.AuditEntry{At: time.Now(), Actor: "bob", Action: "draft.sign", Object: "d-1",
 			Detail: `{"digest":"` + strings.Repeat("e", 64) + `","signatures":["root:k1","targets:k2"],"n":2,"nested":{"a":1}}`},
-		server.AuditEntry{At: time.Now(), Actor: "bob", Action: "note", Object: "x", Detail: "plain words"})
+		audit.AuditEntry{At: time.Now(), Actor: "bob", Action: "note", Object: "x", Detail: "plain words"})
 	before := time.Now().UTC()
-	body := e.do(t, server.RoleViewer, "GET", "/audit", nil).Body.String()
+	body := e.do(t, identity.RoleViewer, "GET", "/audit", nil).Body.String()
 	after := time.Now().UTC()
 	for _, w := range []string{"<dt>digest</dt><dd>" + strings.Repeat("e", 64) + "</dd>", "<dt>signatures</dt><dd>root:k1, targets:k2</dd>",
 		"<dt>n</dt><dd>2</dd>", `<dt>nested</dt><dd>{&#34;a&#34;:1}</dd>`, `<td data-label="Detail">plain words</td>`} {

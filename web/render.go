@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // page is what every template gets: the chrome (user, banner, CSRF
@@ -21,7 +22,7 @@ type page struct {
 	Title  string
 	Banner string
 	Path   string
-	User   *server.User
+	User   *identity.User
 	CSRF   string
 	// Flash is a success message, Error a refusal, shown above the page.
 	Flash, Error string
@@ -36,7 +37,7 @@ type page struct {
 
 // Can reports whether the page's user may do perm: templates render an
 // action only for those who may take it (the server checks again).
-func (p *page) Can(perm string) bool { return p.User.Can(server.Permission(perm)) }
+func (p *page) Can(perm string) bool { return p.User.Can(identity.Permission(perm)) }
 
 // MinCell is the smallest count a breakdown cell shows; 1 to MinCell-1
 // handsets show as "<5", so that a table cannot single one out.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // rolloutForm is the new-rollout form as typed, so that a refused form
@@ -71,10 +72,10 @@ func readRolloutForm(r *http.Request) rolloutForm {
 // (a published release, stages that rise, bounds) it leaves to it.
 func (f rolloutForm) spec() (server.RolloutSpec, error) {
 	if f.Reason == "" {
-		return server.RolloutSpec{}, &server.FieldError{Field: "reason", Message: "say why: the audit log keeps it"}
+		return server.RolloutSpec{}, &errs.FieldError{Field: "reason", Message: "say why: the audit log keeps it"}
 	}
 	if f.Release == "" {
-		return server.RolloutSpec{}, &server.FieldError{Field: "release", Message: "pick a published release"}
+		return server.RolloutSpec{}, &errs.FieldError{Field: "release", Message: "pick a published release"}
 	}
 	spec := server.RolloutSpec{Release: f.Release, Draft: f.Draft, Reason: f.Reason, Policy: server.DefaultPolicy(),
 		Selector: server.Selector{Models: list(f.Models), Channels: list(f.Channels), Regions: list(f.Regions),
@@ -86,7 +87,7 @@ func (f rolloutForm) spec() (server.RolloutSpec, error) {
 	for _, s := range list(stages) {
 		pct, err := strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64)
 		if err != nil {
-			return server.RolloutSpec{}, &server.FieldError{Field: "stages", Message: fmt.Sprintf("%q is not a percent: write them like 1, 10, 50, 100", s)}
+			return server.RolloutSpec{}, &errs.FieldError{Field: "stages", Message: fmt.Sprintf("%q is not a percent: write them like 1, 10, 50, 100", s)}
 		}
 		spec.Stages = append(spec.Stages, pct)
 	}
@@ -94,7 +95,7 @@ func (f rolloutForm) spec() (server.RolloutSpec, error) {
 	if f.MaxFailureRate != "" {
 		pct, err := strconv.ParseFloat(strings.TrimSuffix(f.MaxFailureRate, "%"), 64)
 		if err != nil || pct <= 0 || pct > 100 {
-			return server.RolloutSpec{}, &server.FieldError{Field: "max_failure_rate", Message: "a percent above 0, at most 100"}
+			return server.RolloutSpec{}, &errs.FieldError{Field: "max_failure_rate", Message: "a percent above 0, at most 100"}
 		}
 		p.MaxFailureRate = pct / 100
 	}
@@ -111,14 +112,14 @@ func (f rolloutForm) spec() (server.RolloutSpec, error) {
 		}
 		v, err := strconv.ParseInt(n.in, 10, 32)
 		if err != nil || v < 0 {
-			return server.RolloutSpec{}, &server.FieldError{Field: n.field, Message: "a whole number, 0 or more"}
+			return server.RolloutSpec{}, &errs.FieldError{Field: n.field, Message: "a whole number, 0 or more"}
 		}
 		n.out(v)
 	}
 	if f.Soak != "" {
 		d, err := time.ParseDuration(f.Soak)
 		if err != nil || d < 0 {
-			return server.RolloutSpec{}, &server.FieldError{Field: "soak", Message: "a duration such as 30m or 6h"}
+			return server.RolloutSpec{}, &errs.FieldError{Field: "soak", Message: "a duration such as 30m or 6h"}
 		}
 		p.Soak = d
 	}

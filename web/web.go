@@ -21,8 +21,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/httperr"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 //go:embed templates/*.html
@@ -45,16 +47,16 @@ const ContentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 
 // Options configure a Handler.
 type Options struct {
 	Backend  Backend
-	Users    server.Users
-	Sessions server.Sessions
-	Tokens   server.Tokens
+	Users    identity.Users
+	Sessions identity.Sessions
+	Tokens   identity.Tokens
 	// Audit keeps the audit log: the pages list and verify it, and append
 	// logins, logouts and user and token changes to it.
-	Audit server.AuditStore
+	Audit audit.AuditStore
 	// AuditAnchor holds the audit log's checkpoints, which the audit
 	// page checks the chain against (nil: none, and the page says the
 	// log is not anchored).
-	AuditAnchor server.AuditAnchor
+	AuditAnchor audit.AuditAnchor
 	// Banner, when set, is a warning strip on every page.
 	Banner string
 	// SecureCookie marks the session cookie Secure even on a plain HTTP
@@ -74,7 +76,7 @@ type Options struct {
 // need no session; the others need Perm.
 type Route struct {
 	Method, Pattern string
-	Perm            server.Permission
+	Perm            identity.Permission
 	Public          bool
 }
 
@@ -120,7 +122,7 @@ func New(opts Options) (*Handler, error) {
 // cross-origin check.
 func (h *Handler) build() {
 	mux := http.NewServeMux()
-	add := func(method, pattern string, perm server.Permission, public bool, fn routeFunc) {
+	add := func(method, pattern string, perm identity.Permission, public bool, fn routeFunc) {
 		h.routes = append(h.routes, Route{Method: method, Pattern: pattern, Perm: perm, Public: public})
 		muxPattern := pattern
 		if pattern == "/" {
@@ -130,25 +132,25 @@ func (h *Handler) build() {
 	}
 	add("GET", "/login", "", true, h.loginPage)
 	add("POST", "/login", "", true, h.login)
-	add("POST", "/logout", server.PermRead, false, h.logout)
-	add("GET", "/", server.PermRead, false, h.overview)
-	add("GET", "/rollouts", server.PermRead, false, h.rolloutsPage)
-	add("GET", "/rollouts/{id}", server.PermRead, false, h.rolloutPage)
-	add("GET", "/rollouts/new", server.PermRolloutChange, false, h.newRolloutPage)
-	add("POST", "/rollouts", server.PermRolloutChange, false, h.createRollout)
-	add("POST", "/rollouts/{id}/{action}", server.PermRolloutChange, false, h.rolloutAction)
-	add("POST", "/rollouts/{id}/models/{model}/{action}", server.PermRolloutChange, false, h.modelAction)
-	add("POST", "/rollouts/{id}/approvals/{aid}/{verdict}", server.PermRolloutApprove, false, h.decideApproval)
-	add("GET", "/releases", server.PermRead, false, h.releasesPage)
-	add("GET", "/devices", server.PermRead, false, h.devicesPage)
-	add("GET", "/devices/{id}", server.PermRead, false, h.devicePage)
-	add("GET", "/audit", server.PermRead, false, h.auditPage)
-	add("GET", "/users", server.PermUserAdmin, false, h.usersPage)
-	add("POST", "/users", server.PermUserAdmin, false, h.createUser)
-	add("POST", "/users/{name}/{change}", server.PermUserAdmin, false, h.changeUser)
-	add("GET", "/tokens", server.PermOwnTokens, false, h.tokensPage)
-	add("POST", "/tokens", server.PermOwnTokens, false, h.createToken)
-	add("POST", "/tokens/{id}/revoke", server.PermOwnTokens, false, h.revokeToken)
+	add("POST", "/logout", identity.PermRead, false, h.logout)
+	add("GET", "/", identity.PermRead, false, h.overview)
+	add("GET", "/rollouts", identity.PermRead, false, h.rolloutsPage)
+	add("GET", "/rollouts/{id}", identity.PermRead, false, h.rolloutPage)
+	add("GET", "/rollouts/new", identity.PermRolloutChange, false, h.newRolloutPage)
+	add("POST", "/rollouts", identity.PermRolloutChange, false, h.createRollout)
+	add("POST", "/rollouts/{id}/{action}", identity.PermRolloutChange, false, h.rolloutAction)
+	add("POST", "/rollouts/{id}/models/{model}/{action}", identity.PermRolloutChange, false, h.modelAction)
+	add("POST", "/rollouts/{id}/approvals/{aid}/{verdict}", identity.PermRolloutApprove, false, h.decideApproval)
+	add("GET", "/releases", identity.PermRead, false, h.releasesPage)
+	add("GET", "/devices", identity.PermRead, false, h.devicesPage)
+	add("GET", "/devices/{id}", identity.PermRead, false, h.devicePage)
+	add("GET", "/audit", identity.PermRead, false, h.auditPage)
+	add("GET", "/users", identity.PermUserAdmin, false, h.usersPage)
+	add("POST", "/users", identity.PermUserAdmin, false, h.createUser)
+	add("POST", "/users/{name}/{change}", identity.PermUserAdmin, false, h.changeUser)
+	add("GET", "/tokens", identity.PermOwnTokens, false, h.tokensPage)
+	add("POST", "/tokens", identity.PermOwnTokens, false, h.createToken)
+	add("POST", "/tokens/{id}/revoke", identity.PermOwnTokens, false, h.revokeToken)
 	h.routes = append(h.routes, Route{Method: "GET", Pattern: "/static/{file...}", Public: true})
 	static, _ := fs.Sub(staticFS, "static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", staticHandler(static)))
@@ -205,8 +207,8 @@ func staticHandler(fsys fs.FS) http.Handler {
 // session is the logged-in request's session.
 type session struct {
 	secret string
-	s      *server.Session
-	user   *server.User
+	s      *identity.Session
+	user   *identity.User
 }
 
 // lookupSession returns the request's live session, or nil.
@@ -216,7 +218,7 @@ func (h *Handler) lookupSession(r *http.Request) (*session, error) {
 		return nil, nil
 	}
 	s, u, err := h.opts.Sessions.Lookup(r.Context(), c.Value)
-	if errors.Is(err, server.ErrUnauthorized) {
+	if errors.Is(err, errs.ErrUnauthorized) {
 		return nil, nil
 	}
 	if err != nil {
@@ -227,7 +229,7 @@ func (h *Handler) lookupSession(r *http.Request) (*session, error) {
 
 // guard checks the session, the permission and (on POST) the CSRF token
 // before fn runs, with the session's principal in the request context.
-func (h *Handler) guard(perm server.Permission, public bool, fn routeFunc) http.Handler {
+func (h *Handler) guard(perm identity.Permission, public bool, fn routeFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sess, err := h.lookupSession(r)
 		if err != nil {
@@ -238,9 +240,9 @@ func (h *Handler) guard(perm server.Permission, public bool, fn routeFunc) http.
 		p := &page{Banner: h.opts.Banner, Path: r.URL.Path}
 		if sess != nil {
 			p.User, p.CSRF = sess.user, sess.s.CSRFToken
-			hash := server.HashToken(sess.secret)
-			prin := &server.Principal{User: sess.user, SessionID: hash[:16], SessionHash: hash}
-			r = r.WithContext(server.WithPrincipal(r.Context(), prin))
+			hash := identity.HashToken(sess.secret)
+			prin := &identity.Principal{User: sess.user, SessionID: hash[:16], SessionHash: hash}
+			r = r.WithContext(identity.WithPrincipal(r.Context(), prin))
 		}
 		if !public {
 			if sess == nil {
@@ -292,7 +294,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, p *page, err erro
 	if st == http.StatusInternalServerError {
 		h.log.ErrorContext(r.Context(), "page", slog.String("path", r.URL.Path), slog.Any("error", err))
 		msg = "Internal error."
-		if errors.Is(err, server.ErrNotAudited) {
+		if errors.Is(err, errs.ErrNotAudited) {
 			msg = "The change was made, but its audit entry was not written. Do not repeat it; tell an administrator."
 		}
 	}
@@ -351,6 +353,6 @@ func sameSitePath(s string) bool {
 // record appends e, an action of actor that is done, by
 // server.RecordAction's rule: the handler answers with its error, so a
 // change whose audit entry failed is not shown as a success.
-func (h *Handler) record(ctx context.Context, actor string, e server.AuditEntry) error {
-	return server.RecordAction(ctx, h.opts.Audit, e, actor, "", time.Now().UTC())
+func (h *Handler) record(ctx context.Context, actor string, e audit.AuditEntry) error {
+	return identity.RecordAction(ctx, h.opts.Audit, e, actor, "", time.Now().UTC())
 }

@@ -18,6 +18,8 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 const testPassword = "correct horse battery"
@@ -29,7 +31,7 @@ type env struct {
 	audit   *fakeAudit
 	anchor  *fakeAnchor
 	backend *fakeBackend
-	users   server.Users
+	users   identity.Users
 	// cookies and csrf are the sessions of each role's user, by role.
 	cookies map[string]*http.Cookie
 	csrf    map[string]string
@@ -103,20 +105,20 @@ func newEnv(tb testing.TB) *env {
 	tb.Helper()
 	id := newFakeIdentity()
 	e := &env{id: id, audit: &fakeAudit{}, anchor: &fakeAnchor{}, backend: sampleBackend(tb), cookies: map[string]*http.Cookie{}, csrf: map[string]string{}}
-	e.users = server.Users{Store: id, Limiter: server.NewLoginLimiter(3, 15*time.Minute),
-		Devices: &server.DeviceCookies{Key: []byte("device cookie key of the web tests")}}
-	h, err := New(Options{Backend: e.backend, Users: e.users, Sessions: server.Sessions{Store: id},
-		Tokens: server.Tokens{Store: id, Users: id}, Audit: e.audit, AuditAnchor: e.anchor, Banner: "DEMO — development-only keys"})
+	e.users = identity.Users{Store: id, Limiter: identity.NewLoginLimiter(3, 15*time.Minute),
+		Devices: &identity.DeviceCookies{Key: []byte("device cookie key of the web tests")}}
+	h, err := New(Options{Backend: e.backend, Users: e.users, Sessions: identity.Sessions{Store: id},
+		Tokens: identity.Tokens{Store: id, Users: id}, Audit: e.audit, AuditAnchor: e.anchor, Banner: "DEMO — development-only keys"})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	e.h = h
-	for _, role := range server.Roles {
+	for _, role := range identity.Roles {
 		u, err := e.users.Create(context.Background(), role+"-user", role, testPassword, false)
 		if err != nil {
 			tb.Fatal(err)
 		}
-		secret, s, err := server.Sessions{Store: id}.Start(context.Background(), u)
+		secret, s, err := identity.Sessions{Store: id}.Start(context.Background(), u)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -178,7 +180,7 @@ func TestPagesRender(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := e.do(t, server.RoleViewer, "GET", tc.path, nil)
+			rec := e.do(t, identity.RoleViewer, "GET", tc.path, nil)
 			if rec.Code != http.StatusOK {
 				t.Fatalf("GET %s: status %d, want 200\n%s", tc.path, rec.Code, rec.Body)
 			}
@@ -194,7 +196,7 @@ func TestPagesRender(t *testing.T) {
 		})
 	}
 	t.Run("users as admin", func(t *testing.T) {
-		rec := e.do(t, server.RoleAdmin, "GET", "/users", nil)
+		rec := e.do(t, identity.RoleAdmin, "GET", "/users", nil)
 		if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "viewer-user") {
 			t.Fatalf("status %d, want 200 listing viewer-user", rec.Code)
 		}
@@ -229,7 +231,7 @@ func TestMasking(t *testing.T) {
 		{"/rollouts/ro-1", `7\.4\.1</td><td class="n">&lt;5</td><td class="n">4,444</td>`},
 		{"/rollouts/ro-1", `QZ-2</td><td class="n">23,456</td><td class="n">0</td><td class="n">876</td><td class="n">501</td><td class="n">&lt;5</td><td class="n">0</td>`},
 	} {
-		body := e.do(t, server.RoleViewer, "GET", tc.path, nil).Body.String()
+		body := e.do(t, identity.RoleViewer, "GET", tc.path, nil).Body.String()
 		if !regexp.MustCompile(tc.re).MatchString(body) {
 			t.Errorf("GET %s: no match for %s", tc.path, tc.re)
 		}
@@ -243,15 +245,15 @@ func TestPermissions(t *testing.T) {
 		form                     url.Values
 		want                     int
 	}{
-		{"viewer users page", server.RoleViewer, "GET", "/users", nil, 403},
-		{"operator users page", server.RoleOperator, "GET", "/users", nil, 403},
-		{"release engineer users page", server.RoleReleaseEngineer, "GET", "/users", nil, 403},
-		{"admin users page", server.RoleAdmin, "GET", "/users", nil, 200},
-		{"viewer forged pause", server.RoleViewer, "POST", "/rollouts/ro-1/pause", url.Values{"reason": {"x"}, "confirm": {"yes"}}, 403},
-		{"operator pause", server.RoleOperator, "POST", "/rollouts/ro-1/pause", url.Values{"reason": {"x"}, "confirm": {"yes"}}, 303},
-		{"viewer create user", server.RoleViewer, "POST", "/users", url.Values{"name": {"eve"}, "role": {"admin"}, "password": {testPassword}}, 403},
-		{"operator set role", server.RoleOperator, "POST", "/users/viewer-user/role", url.Values{"role": {"admin"}}, 403},
-		{"viewer mints own token", server.RoleViewer, "POST", "/tokens", url.Values{"name": {"laptop"}}, 200},
+		{"viewer users page", identity.RoleViewer, "GET", "/users", nil, 403},
+		{"operator users page", identity.RoleOperator, "GET", "/users", nil, 403},
+		{"release engineer users page", identity.RoleReleaseEngineer, "GET", "/users", nil, 403},
+		{"admin users page", identity.RoleAdmin, "GET", "/users", nil, 200},
+		{"viewer forged pause", identity.RoleViewer, "POST", "/rollouts/ro-1/pause", url.Values{"reason": {"x"}, "confirm": {"yes"}}, 403},
+		{"operator pause", identity.RoleOperator, "POST", "/rollouts/ro-1/pause", url.Values{"reason": {"x"}, "confirm": {"yes"}}, 303},
+		{"viewer create user", identity.RoleViewer, "POST", "/users", url.Values{"name": {"eve"}, "role": {"admin"}, "password": {testPassword}}, 403},
+		{"operator set role", identity.RoleOperator, "POST", "/users/viewer-user/role", url.Values{"role": {"admin"}}, 403},
+		{"viewer mints own token", identity.RoleViewer, "POST", "/tokens", url.Values{"name": {"laptop"}}, 200},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -272,21 +274,21 @@ func TestPermissions(t *testing.T) {
 	if len(e.backend.changes) != 1 || e.backend.changes[0].Actor != "operator-user" {
 		t.Errorf("changes %+v, want one pause by operator-user", e.backend.changes)
 	}
-	if u, _, _ := e.id.UserByName(context.Background(), "viewer-user"); u.Role != server.RoleViewer {
+	if u, _, _ := e.id.UserByName(context.Background(), "viewer-user"); u.Role != identity.RoleViewer {
 		t.Errorf("viewer-user's role is %s after a forbidden change", u.Role)
 	}
 }
 
 func TestActionButtonsByRole(t *testing.T) {
 	e := newEnv(t)
-	viewer := e.do(t, server.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String()
+	viewer := e.do(t, identity.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String()
 	if strings.Contains(viewer, `action="/rollouts/ro-1/pause"`) {
 		t.Error("a viewer sees the pause button")
 	}
 	if strings.Contains(viewer, `href="/users"`) {
 		t.Error("a viewer sees the users link")
 	}
-	op := e.do(t, server.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String()
+	op := e.do(t, identity.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String()
 	for _, a := range []string{"pause", "abort", "advance"} {
 		if !strings.Contains(op, `action="/rollouts/ro-1/`+a+`"`) {
 			t.Errorf("an operator does not see %s", a)
@@ -300,12 +302,12 @@ func TestActionButtonsByRole(t *testing.T) {
 func TestRolloutActionConfirm(t *testing.T) {
 	e := newEnv(t)
 	// No reason: refused, nothing changes.
-	rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/pause", url.Values{"reason": {" "}})
+	rec := e.post(t, identity.RoleOperator, "/rollouts/ro-1/pause", url.Values{"reason": {" "}})
 	if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "needs a reason") {
 		t.Fatalf("no reason: status %d, want 400 asking for one", rec.Code)
 	}
 	// First step: the confirmation page, nothing changes yet.
-	rec = e.post(t, server.RoleOperator, "/rollouts/ro-1/pause", url.Values{"reason": {"battery drain reports"}})
+	rec = e.post(t, identity.RoleOperator, "/rollouts/ro-1/pause", url.Values{"reason": {"battery drain reports"}})
 	body := rec.Body.String()
 	if rec.Code != http.StatusOK || !strings.Contains(body, "pause rollout <strong>ro-1</strong>") ||
 		!strings.Contains(body, `name="confirm" value="yes"`) || !strings.Contains(body, `value="battery drain reports"`) {
@@ -315,7 +317,7 @@ func TestRolloutActionConfirm(t *testing.T) {
 		t.Fatalf("changed before confirmation: %+v", e.backend.changes)
 	}
 	// Second step.
-	rec = e.post(t, server.RoleOperator, "/rollouts/ro-1/advance", url.Values{"reason": {"healthy"}, "percent": {"25"}, "confirm": {"yes"}})
+	rec = e.post(t, identity.RoleOperator, "/rollouts/ro-1/advance", url.Values{"reason": {"healthy"}, "percent": {"25"}, "confirm": {"yes"}})
 	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/rollouts/ro-1" {
 		t.Fatalf("confirmed advance: status %d, location %q", rec.Code, rec.Header().Get("Location"))
 	}
@@ -324,12 +326,12 @@ func TestRolloutActionConfirm(t *testing.T) {
 		t.Errorf("changes %+v, want %+v", e.backend.changes, want)
 	}
 	// Past 50% the advance waits for a second person: the page says so.
-	rec = e.post(t, server.RoleOperator, "/rollouts/ro-1/advance", url.Values{"reason": {"go wide"}, "percent": {"100"}, "confirm": {"yes"}})
+	rec = e.post(t, identity.RoleOperator, "/rollouts/ro-1/advance", url.Values{"reason": {"go wide"}, "percent": {"100"}, "confirm": {"yes"}})
 	if body := rec.Body.String(); rec.Code != http.StatusAccepted || !strings.Contains(body, "needs a second person&#39;s approval (ap-9)") ||
 		!strings.Contains(body, "You asked for it") {
 		t.Errorf("advance to 100%%: %d\n%s", rec.Code, body)
 	}
-	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/explode", url.Values{"reason": {"x"}}); rec.Code != http.StatusNotFound {
+	if rec := e.post(t, identity.RoleOperator, "/rollouts/ro-1/explode", url.Values{"reason": {"x"}}); rec.Code != http.StatusNotFound {
 		t.Errorf("unknown action: status %d, want 404", rec.Code)
 	}
 }
@@ -340,28 +342,28 @@ func TestApprovals(t *testing.T) {
 	e.backend.approvals = []*server.Approval{{ID: "ap-1", RolloutID: "ro-1", Action: server.ActionAdvance, ToPercent: 100,
 		RequestedBy: "operator-user", RequestedAt: now, Reason: "all green", State: server.ApprovalPending}}
 	// The requester sees no approve button; another operator does.
-	if body := e.do(t, server.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/approvals/ap-1/approve") ||
+	if body := e.do(t, identity.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/approvals/ap-1/approve") ||
 		!strings.Contains(body, "You asked for it") {
 		t.Error("the requester is offered to approve their own request")
 	}
-	if body := e.do(t, server.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/approvals/ap-1/approve") {
+	if body := e.do(t, identity.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/approvals/ap-1/approve") {
 		t.Error("a viewer is offered to approve")
 	}
-	body := e.do(t, server.RoleReleaseEngineer, "GET", "/rollouts/ro-1", nil).Body.String()
+	body := e.do(t, identity.RoleReleaseEngineer, "GET", "/rollouts/ro-1", nil).Body.String()
 	if !strings.Contains(body, `action="/rollouts/ro-1/approvals/ap-1/approve"`) || !strings.Contains(body, "all green") {
 		t.Fatalf("another operator is not offered to approve:\n%s", body)
 	}
-	if rec := e.post(t, server.RoleViewer, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {"ok"}}); rec.Code != http.StatusForbidden {
+	if rec := e.post(t, identity.RoleViewer, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {"ok"}}); rec.Code != http.StatusForbidden {
 		t.Errorf("viewer approves: %d, want 403", rec.Code)
 	}
-	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {"ok"}}); rec.Code != http.StatusForbidden ||
+	if rec := e.post(t, identity.RoleOperator, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {"ok"}}); rec.Code != http.StatusForbidden ||
 		!strings.Contains(rec.Body.String(), "second person") {
 		t.Errorf("self-approval: %d, want 403 saying a second person must approve", rec.Code)
 	}
-	if rec := e.post(t, server.RoleReleaseEngineer, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {" "}}); rec.Code != http.StatusBadRequest {
+	if rec := e.post(t, identity.RoleReleaseEngineer, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {" "}}); rec.Code != http.StatusBadRequest {
 		t.Errorf("approval without a reason: %d, want 400", rec.Code)
 	}
-	if rec := e.post(t, server.RoleReleaseEngineer, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {"checked the numbers"}}); rec.Code != http.StatusSeeOther {
+	if rec := e.post(t, identity.RoleReleaseEngineer, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {"checked the numbers"}}); rec.Code != http.StatusSeeOther {
 		t.Fatalf("approval: %d, want 303", rec.Code)
 	}
 	if a := e.backend.approvals[0]; a.State != server.ApprovalApproved || a.DecidedBy != "release-engineer-user" || a.DecisionReason != "checked the numbers" {
@@ -400,13 +402,13 @@ func TestCSRF(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		csrf *string
-	}{{"missing", nil}, {"wrong", ptr("0000")}, {"other session's", ptr(e.csrf[server.RoleAdmin])}} {
+	}{{"missing", nil}, {"wrong", ptr("0000")}, {"other session's", ptr(e.csrf[identity.RoleAdmin])}} {
 		t.Run(tc.name, func(t *testing.T) {
 			form := url.Values{"reason": {"x"}, "confirm": {"yes"}}
 			if tc.csrf != nil {
 				form.Set("csrf", *tc.csrf)
 			}
-			rec := e.do(t, server.RoleOperator, "POST", "/rollouts/ro-1/pause", form)
+			rec := e.do(t, identity.RoleOperator, "POST", "/rollouts/ro-1/pause", form)
 			if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "CSRF") {
 				t.Errorf("status %d, want 403 naming CSRF", rec.Code)
 			}
@@ -422,7 +424,7 @@ func ptr[T any](v T) *T { return &v }
 func TestCrossOrigin(t *testing.T) {
 	e := newEnv(t)
 	form := func() url.Values {
-		return url.Values{"reason": {"x"}, "confirm": {"yes"}, "csrf": {e.csrf[server.RoleOperator]}}
+		return url.Values{"reason": {"x"}, "confirm": {"yes"}, "csrf": {e.csrf[identity.RoleOperator]}}
 	}
 	for _, tc := range []struct {
 		name string
@@ -434,7 +436,7 @@ func TestCrossOrigin(t *testing.T) {
 		{"same origin", []string{"Sec-Fetch-Site", "same-origin"}, 303},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := e.do(t, server.RoleOperator, "POST", "/rollouts/ro-1/pause", form(), tc.hdr...)
+			rec := e.do(t, identity.RoleOperator, "POST", "/rollouts/ro-1/pause", form(), tc.hdr...)
 			if rec.Code != tc.want {
 				t.Errorf("status %d, want %d", rec.Code, tc.want)
 			}
@@ -453,7 +455,7 @@ func TestCrossOrigin(t *testing.T) {
 func TestSecurityHeaders(t *testing.T) {
 	e := newEnv(t)
 	for _, tc := range []struct{ role, path string }{
-		{server.RoleViewer, "/"}, {"", "/login"}, {server.RoleViewer, "/users"}, {"", "/static/live.js"}, {"", "/rollouts"},
+		{identity.RoleViewer, "/"}, {"", "/login"}, {identity.RoleViewer, "/users"}, {"", "/static/live.js"}, {"", "/rollouts"},
 	} {
 		rec := e.do(t, tc.role, "GET", tc.path, nil)
 		h := rec.Header()
@@ -488,7 +490,7 @@ func TestLoginLogout(t *testing.T) {
 	}
 	c := cookies[0]
 	if d := cookies[1]; !d.HttpOnly || d.SameSite != http.SameSiteStrictMode || d.Path != "/login" || d.Secure ||
-		d.MaxAge != int(server.DefaultDeviceCookieAge/time.Second) {
+		d.MaxAge != int(identity.DefaultDeviceCookieAge/time.Second) {
 		t.Errorf("device cookie %+v, want HttpOnly SameSite=Strict Path=/login Max-Age=180 days (not Secure over plain HTTP)", d)
 	}
 	if c.Name != CookieName || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" || c.Secure || !c.Expires.IsZero() || c.MaxAge != 0 {
@@ -509,7 +511,7 @@ func TestLoginLogout(t *testing.T) {
 
 	// Logout needs the session's CSRF token, ends the session server
 	// side and clears the cookie.
-	s, _, err := server.Sessions{Store: e.id}.Lookup(context.Background(), c.Value)
+	s, _, err := identity.Sessions{Store: e.id}.Lookup(context.Background(), c.Value)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -560,8 +562,8 @@ func TestDeviceCookieBeatsLockout(t *testing.T) {
 	now := time.Date(2026, 12, 15, 12, 0, 0, 0, time.UTC)
 	users := e.users
 	users.Now = func() time.Time { return now }
-	h, err := New(Options{Backend: e.backend, Users: users, Sessions: server.Sessions{Store: e.id},
-		Tokens: server.Tokens{Store: e.id, Users: e.id}, Audit: e.audit})
+	h, err := New(Options{Backend: e.backend, Users: users, Sessions: identity.Sessions{Store: e.id},
+		Tokens: identity.Tokens{Store: e.id, Users: e.id}, Audit: e.audit})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -667,7 +669,7 @@ func TestDeviceCookieBeatsLockout(t *testing.T) {
 
 func TestUsersAndTokens(t *testing.T) {
 	e := newEnv(t)
-	admin := server.RoleAdmin
+	admin := identity.RoleAdmin
 	if rec := e.post(t, admin, "/users", url.Values{"name": {"carol"}, "role": {"operator"}, "password": {testPassword}}); rec.Code != http.StatusSeeOther {
 		t.Fatalf("create user: %d\n%s", rec.Code, rec.Body)
 	}
@@ -684,34 +686,34 @@ func TestUsersAndTokens(t *testing.T) {
 		t.Errorf("disabling oneself: %d, want 409", rec.Code)
 	}
 	u, _, _ := e.id.UserByName(context.Background(), "carol")
-	if u.Role != server.RoleReleaseEngineer || !u.Disabled {
+	if u.Role != identity.RoleReleaseEngineer || !u.Disabled {
 		t.Errorf("carol %+v, want a disabled release-engineer", u)
 	}
 
 	// A viewer mints a token: the secret shows once.
-	rec := e.post(t, server.RoleViewer, "/tokens", url.Values{"name": {"laptop"}})
+	rec := e.post(t, identity.RoleViewer, "/tokens", url.Values{"name": {"laptop"}})
 	secret := regexp.MustCompile(`otad_[a-z2-7]+`).FindString(rec.Body.String())
 	if rec.Code != 200 || secret == "" {
 		t.Fatalf("mint: %d, no secret shown", rec.Code)
 	}
-	p, err := server.Tokens{Store: e.id, Users: e.id}.Authenticate(context.Background(), secret)
+	p, err := identity.Tokens{Store: e.id, Users: e.id}.Authenticate(context.Background(), secret)
 	if err != nil || p.Actor() != "viewer-user" {
 		t.Fatalf("the shown secret: %v, %v", p, err)
 	}
-	if strings.Contains(e.do(t, server.RoleViewer, "GET", "/tokens", nil).Body.String(), secret) {
+	if strings.Contains(e.do(t, identity.RoleViewer, "GET", "/tokens", nil).Body.String(), secret) {
 		t.Error("the secret shows again on the tokens page")
 	}
 	// The operator cannot revoke the viewer's token; the viewer can.
-	if rec := e.post(t, server.RoleOperator, "/tokens/"+p.TokenID+"/revoke", nil); rec.Code != http.StatusNotFound {
+	if rec := e.post(t, identity.RoleOperator, "/tokens/"+p.TokenID+"/revoke", nil); rec.Code != http.StatusNotFound {
 		t.Errorf("revoking another's token: %d, want 404", rec.Code)
 	}
-	if rec := e.post(t, server.RoleViewer, "/tokens/"+p.TokenID+"/revoke", nil); rec.Code != http.StatusSeeOther {
+	if rec := e.post(t, identity.RoleViewer, "/tokens/"+p.TokenID+"/revoke", nil); rec.Code != http.StatusSeeOther {
 		t.Errorf("revoking one's own token: %d, want 303", rec.Code)
 	}
-	if _, err := (server.Tokens{Store: e.id, Users: e.id}).Authenticate(context.Background(), secret); err == nil {
+	if _, err := (identity.Tokens{Store: e.id, Users: e.id}).Authenticate(context.Background(), secret); err == nil {
 		t.Error("the revoked token still works")
 	}
-	if body := e.do(t, server.RoleViewer, "GET", "/tokens", nil).Body.String(); !strings.Contains(body, "revoked 20") {
+	if body := e.do(t, identity.RoleViewer, "GET", "/tokens", nil).Body.String(); !strings.Contains(body, "revoked 20") {
 		t.Errorf("the tokens page does not show the revocation:\n%s", body)
 	}
 	var got []string
@@ -729,18 +731,18 @@ func TestAuditPage(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
-	e.audit.AppendAudit(ctx, server.AuditEntry{At: at, Actor: "alice", Action: "rollout.pause", Object: "ro-1", Reason: "spike"},
-		server.AuditEntry{At: at.Add(time.Hour), Actor: "bob", Action: "user.create", Object: "carol"},
-		server.AuditEntry{At: at.Add(48 * time.Hour), Actor: "alice", Action: "rollout.resume", Object: "ro-1"})
+	e.audit.AppendAudit(ctx, audit.AuditEntry{At: at, Actor: "alice", Action: "rollout.pause", Object: "ro-1", Reason: "spike"},
+		audit.AuditEntry{At: at.Add(time.Hour), Actor: "bob", Action: "user.create", Object: "carol"},
+		audit.AuditEntry{At: at.Add(48 * time.Hour), Actor: "alice", Action: "rollout.resume", Object: "ro-1"})
 	e.anchor.checkpoint(e.audit, at.Add(49*time.Hour))
-	body := e.do(t, server.RoleViewer, "GET", "/audit?actor=alice&action=rollout.&until=2026-12-02", nil).Body.String()
+	body := e.do(t, identity.RoleViewer, "GET", "/audit?actor=alice&action=rollout.&until=2026-12-02", nil).Body.String()
 	if !strings.Contains(body, "Chain verified: 3 entries, checked against the signed checkpoints kept outside the database (1; the newest of entry 3, signed ") ||
 		!strings.Contains(body, "rollout.pause") ||
 		strings.Contains(body, "<td>rollout.resume</td>") || strings.Contains(body, "<td>user.create</td>") {
 		t.Errorf("filtered audit page:\n%s", body)
 	}
 	e.audit.entries[1].Object = "mallory"
-	body = e.do(t, server.RoleViewer, "GET", "/audit", nil).Body.String()
+	body = e.do(t, identity.RoleViewer, "GET", "/audit", nil).Body.String()
 	if !strings.Contains(body, "BROKEN at entry 2: its fields do not match its hash") {
 		t.Errorf("tampered audit page lacks the broken banner:\n%s", body)
 	}
@@ -749,21 +751,21 @@ func TestAuditPage(t *testing.T) {
 	for i := 1; i < len(e.audit.entries); i++ {
 		e.audit.entries[i].Chain(&e.audit.entries[i-1])
 	}
-	body = e.do(t, server.RoleViewer, "GET", "/audit", nil).Body.String()
+	body = e.do(t, identity.RoleViewer, "GET", "/audit", nil).Body.String()
 	if !strings.Contains(body, "BROKEN at entry 2: its hash differs from the one checkpoint 3 (signed 2026-12-03T11:00:00Z by key 01234567)") {
 		t.Errorf("rewritten audit page lacks the broken banner:\n%s", body)
 	}
-	if rec := e.do(t, server.RoleViewer, "GET", "/audit?since=yesterday", nil); rec.Code != http.StatusBadRequest {
+	if rec := e.do(t, identity.RoleViewer, "GET", "/audit?since=yesterday", nil); rec.Code != http.StatusBadRequest {
 		t.Errorf("bad since: %d, want 400", rec.Code)
 	}
 }
 
 func TestDeviceNotFound(t *testing.T) {
 	e := newEnv(t)
-	if rec := e.do(t, server.RoleViewer, "GET", "/devices/nope", nil); rec.Code != http.StatusNotFound {
+	if rec := e.do(t, identity.RoleViewer, "GET", "/devices/nope", nil); rec.Code != http.StatusNotFound {
 		t.Errorf("unknown device: %d, want 404", rec.Code)
 	}
-	if rec := e.do(t, server.RoleViewer, "GET", "/rollouts/nope", nil); rec.Code != http.StatusNotFound {
+	if rec := e.do(t, identity.RoleViewer, "GET", "/rollouts/nope", nil); rec.Code != http.StatusNotFound {
 		t.Errorf("unknown rollout: %d, want 404", rec.Code)
 	}
 }
@@ -918,7 +920,7 @@ func TestRouteRoles(t *testing.T) {
 		if strings.HasPrefix(r.Pattern, "/tokens/") {
 			path = "/tokens/t-none/revoke"
 		}
-		for _, role := range server.Roles {
+		for _, role := range identity.Roles {
 			t.Run(r.Method+" "+r.Pattern+" as "+role, func(t *testing.T) {
 				var rec *httptest.ResponseRecorder
 				if r.Method == "POST" {
@@ -927,7 +929,7 @@ func TestRouteRoles(t *testing.T) {
 					rec = e.do(t, role, r.Method, path, nil)
 				}
 				denied := strings.Contains(rec.Body.String(), "does not allow")
-				if can := server.RoleCan(role, r.Perm); can == denied || (denied && rec.Code != http.StatusForbidden) {
+				if can := identity.RoleCan(role, r.Perm); can == denied || (denied && rec.Code != http.StatusForbidden) {
 					t.Errorf("%s %s as %s: %d, denied %v; the role has %s: %v\n%s", r.Method, path, role, rec.Code, denied, r.Perm, can, rec.Body)
 				}
 			})
@@ -941,7 +943,7 @@ func TestRouteRoles(t *testing.T) {
 func TestNotAuditedIsNoSuccess(t *testing.T) {
 	e := newEnv(t)
 	e.audit.fail = errors.New("disk full")
-	rec := e.post(t, server.RoleAdmin, "/users", url.Values{"name": {"dave"}, "role": {"viewer"}, "service": {"yes"}})
+	rec := e.post(t, identity.RoleAdmin, "/users", url.Values{"name": {"dave"}, "role": {"viewer"}, "service": {"yes"}})
 	if rec.Code != http.StatusInternalServerError || !strings.Contains(rec.Body.String(), "audit entry was not written") ||
 		!strings.Contains(rec.Body.String(), "Do not repeat it") {
 		t.Errorf("create user with the audit log failing: status %d, want 500 saying it was not audited:\n%s", rec.Code, rec.Body)
@@ -974,16 +976,16 @@ func TestNotAuditedIsNoSuccess(t *testing.T) {
 // and a start at 100% waits for a second person.
 func TestNewRolloutForm(t *testing.T) {
 	e := newEnv(t)
-	if rec := e.do(t, server.RoleViewer, "GET", "/rollouts/new", nil); rec.Code != http.StatusForbidden {
+	if rec := e.do(t, identity.RoleViewer, "GET", "/rollouts/new", nil); rec.Code != http.StatusForbidden {
 		t.Errorf("a viewer opens the form: %d, want 403", rec.Code)
 	}
-	if body := e.do(t, server.RoleViewer, "GET", "/rollouts", nil).Body.String(); strings.Contains(body, `href="/rollouts/new"`) {
+	if body := e.do(t, identity.RoleViewer, "GET", "/rollouts", nil).Body.String(); strings.Contains(body, `href="/rollouts/new"`) {
 		t.Error("a viewer sees the new-rollout link")
 	}
-	if body := e.do(t, server.RoleOperator, "GET", "/rollouts", nil).Body.String(); !strings.Contains(body, `href="/rollouts/new"`) {
+	if body := e.do(t, identity.RoleOperator, "GET", "/rollouts", nil).Body.String(); !strings.Contains(body, `href="/rollouts/new"`) {
 		t.Error("an operator does not see the new-rollout link")
 	}
-	body := e.do(t, server.RoleOperator, "GET", "/rollouts/new", nil).Body.String()
+	body := e.do(t, identity.RoleOperator, "GET", "/rollouts/new", nil).Body.String()
 	for _, want := range []string{`<option value="cm/CM-1/update.zip"`, `placeholder="5"`, `placeholder="50"`, `name="reason" required`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the form lacks %s:\n%s", want, body)
@@ -1011,7 +1013,7 @@ func TestNewRolloutForm(t *testing.T) {
 		{"a bad window", form("window", "25:00-26:00"), "window"},
 		{"an unknown release", form("release", "cm/nope.zip"), "not a published target"},
 	} {
-		rec := e.post(t, server.RoleOperator, "/rollouts", tc.form)
+		rec := e.post(t, identity.RoleOperator, "/rollouts", tc.form)
 		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), tc.want) {
 			t.Errorf("%s: status %d, want 400 saying %q:\n%s", tc.name, rec.Code, tc.want, rec.Body)
 		}
@@ -1024,7 +1026,7 @@ func TestNewRolloutForm(t *testing.T) {
 		t.Fatalf("creations reaching the backend: %d, want only the unknown release's", n)
 	}
 
-	rec := e.post(t, server.RoleOperator, "/rollouts", form("models", "PX-7, PX-8,", "regions", "DE", "build_min", "7.1.0",
+	rec := e.post(t, identity.RoleOperator, "/rollouts", form("models", "PX-7, PX-8,", "regions", "DE", "build_min", "7.1.0",
 		"max_failure_rate", "2.5", "min_results", "200", "soak", "6h", "retries", "1", "max_offers_per_minute", "500",
 		"window", "01:00-05:00"))
 	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/rollouts/ro-new" {
@@ -1041,7 +1043,7 @@ func TestNewRolloutForm(t *testing.T) {
 		t.Errorf("spec: got %+v by %s, want the form's fields over DefaultPolicy", got.Spec, got.Actor)
 	}
 
-	rec = e.post(t, server.RoleOperator, "/rollouts", form("stages", "100"))
+	rec = e.post(t, identity.RoleOperator, "/rollouts", form("stages", "100"))
 	if rec.Code != http.StatusAccepted || !strings.Contains(rec.Body.String(), "needs a second person") {
 		t.Errorf("a start at 100%%: status %d, want 202 saying it waits for approval:\n%s", rec.Code, rec.Body)
 	}
@@ -1050,15 +1052,15 @@ func TestNewRolloutForm(t *testing.T) {
 // A draft shows start and abort; start goes through ChangeRollout.
 func TestStartADraft(t *testing.T) {
 	e := newEnv(t)
-	if rec := e.post(t, server.RoleOperator, "/rollouts", url.Values{"release": {"cm/CM-1/update.zip"}, "stages": {"10, 100"},
+	if rec := e.post(t, identity.RoleOperator, "/rollouts", url.Values{"release": {"cm/CM-1/update.zip"}, "stages": {"10, 100"},
 		"reason": {"staged"}, "draft": {"yes"}}); rec.Code != http.StatusSeeOther {
 		t.Fatalf("create a draft: %d\n%s", rec.Code, rec.Body)
 	}
-	body := e.do(t, server.RoleOperator, "GET", "/rollouts/ro-new", nil).Body.String()
+	body := e.do(t, identity.RoleOperator, "GET", "/rollouts/ro-new", nil).Body.String()
 	if !strings.Contains(body, `action="/rollouts/ro-new/start"`) || strings.Contains(body, `action="/rollouts/ro-new/pause"`) {
 		t.Errorf("a draft's actions: want start (and abort), not pause:\n%s", body)
 	}
-	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-new/start", url.Values{"reason": {"go"}, "confirm": {"yes"}}); rec.Code != http.StatusSeeOther {
+	if rec := e.post(t, identity.RoleOperator, "/rollouts/ro-new/start", url.Values{"reason": {"go"}, "confirm": {"yes"}}); rec.Code != http.StatusSeeOther {
 		t.Errorf("start: %d, want 303", rec.Code)
 	}
 	if n := len(e.backend.changes); n != 1 || e.backend.changes[0].Change.Action != server.ActionStart {
@@ -1070,26 +1072,26 @@ func TestStartADraft(t *testing.T) {
 // with a reason; viewers see no such form.
 func TestModelHoldForms(t *testing.T) {
 	e := newEnv(t)
-	body := e.do(t, server.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String()
+	body := e.do(t, identity.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String()
 	for _, want := range []string{`action="/rollouts/ro-1/models/PX-8/hold"`, `action="/rollouts/ro-1/models/QZ-2/release_hold"`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the operator's rollout page lacks %s", want)
 		}
 	}
-	if body := e.do(t, server.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/models/") {
+	if body := e.do(t, identity.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/models/") {
 		t.Error("a viewer sees the hold forms")
 	}
-	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/models/PX-8/hold", url.Values{"reason": {" "}}); rec.Code != http.StatusBadRequest ||
+	if rec := e.post(t, identity.RoleOperator, "/rollouts/ro-1/models/PX-8/hold", url.Values{"reason": {" "}}); rec.Code != http.StatusBadRequest ||
 		!strings.Contains(rec.Body.String(), "needs a reason") {
 		t.Errorf("a hold without a reason: %d, want 400 asking for one", rec.Code)
 	}
-	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/models/PX-8/melt", url.Values{"reason": {"x"}}); rec.Code != http.StatusNotFound {
+	if rec := e.post(t, identity.RoleOperator, "/rollouts/ro-1/models/PX-8/melt", url.Values{"reason": {"x"}}); rec.Code != http.StatusNotFound {
 		t.Errorf("an unknown model action: %d, want 404", rec.Code)
 	}
-	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/models/PX-8/hold", url.Values{"reason": {"battery drain on PX-8"}}); rec.Code != http.StatusSeeOther {
+	if rec := e.post(t, identity.RoleOperator, "/rollouts/ro-1/models/PX-8/hold", url.Values{"reason": {"battery drain on PX-8"}}); rec.Code != http.StatusSeeOther {
 		t.Errorf("hold: %d, want 303", rec.Code)
 	}
-	if rec := e.post(t, server.RoleOperator, "/rollouts/ro-1/models/QZ-2/release_hold", url.Values{"reason": {"fixed in 7.5.1"}}); rec.Code != http.StatusSeeOther {
+	if rec := e.post(t, identity.RoleOperator, "/rollouts/ro-1/models/QZ-2/release_hold", url.Values{"reason": {"fixed in 7.5.1"}}); rec.Code != http.StatusSeeOther {
 		t.Errorf("release: %d, want 303", rec.Code)
 	}
 	want := []recordedChange{

@@ -10,6 +10,7 @@ import (
 
 	"github.com/patchfleet/ota/internal/envflag"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // Config is everything handset reads from flags and the environment.
@@ -123,7 +124,7 @@ func (c *Config) Validate() error {
 	}
 	// The server's own rules: refusing here gives one clear line instead
 	// of N enrollment errors.
-	if fe := new(server.FieldError); errors.As(server.ValidateDeviceInfo(c.Model, c.Build, c.Channel, c.Region), &fe) {
+	if fe := new(errs.FieldError); errors.As(server.ValidateDeviceInfo(c.Model, c.Build, c.Channel, c.Region), &fe) {
 		return settingError(fe.Field, errors.New(fe.Message))
 	}
 	switch {
@@ -149,7 +150,7 @@ func (c *Config) Validate() error {
 		return settingError("fail-codes", errors.New("want at least one code, e.g. E_DISK_FULL"))
 	}
 	for _, code := range codes {
-		if fe := new(server.FieldError); errors.As(server.ValidateErrorCode(code), &fe) {
+		if fe := new(errs.FieldError); errors.As(server.ValidateErrorCode(code), &fe) {
 			return settingError("fail-codes", fmt.Errorf("%q: %s", code, fe.Message))
 		}
 	}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // engineer is one release engineer: a key, a passphrase and a token.
@@ -57,7 +57,7 @@ func (e *engineer) env(srv *apitest.Env) map[string]string {
 // newEngineer creates a token and a key for name.
 func newEngineer(tb testing.TB, srv *apitest.Env, name string, flags ...string) *engineer {
 	tb.Helper()
-	_, token, err := srv.App.Tokens.Create(context.Background(), name, server.RoleReleaseEngineer)
+	_, token, err := srv.App.Tokens.Create(context.Background(), name, identity.RoleReleaseEngineer)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/internal/apitest"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // syncBuffer is a bytes.Buffer safe to read while otactl writes to it.
@@ -67,15 +67,15 @@ func TestRolloutCommands(t *testing.T) {
 	mustRun(t, a, "release", "sign", draftID(t, r), "--key", alice.key, "--yes")
 
 	tokens := srv.App.Tokens
-	_, opsToken, err := tokens.Create(context.Background(), "ops", server.RoleOperator)
+	_, opsToken, err := tokens.Create(context.Background(), "ops", identity.RoleOperator)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, viewToken, err := tokens.Create(context.Background(), "dash", server.RoleViewer)
+	_, viewToken, err := tokens.Create(context.Background(), "dash", identity.RoleViewer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, ops2Token, err := tokens.Create(context.Background(), "ops2", server.RoleOperator)
+	_, ops2Token, err := tokens.Create(context.Background(), "ops2", identity.RoleOperator)
 	if err != nil {
 		t.Fatal(err)
 	}

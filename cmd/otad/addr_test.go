@@ -15,6 +15,7 @@ import (
 	"github.com/patchfleet/ota/internal/envflag"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // TestAddrFile starts otad on port 0 with --addr-file: the file holds the
@@ -116,7 +117,7 @@ func TestOfferURLsNameTheBoundAddress(t *testing.T) {
 				want = base
 			}
 
-			_, secret, err := server.Tokens{Store: m.DB.Tokens(), Users: m.DB.Users()}.Create(t.Context(), "offer-test", server.RoleReleaseEngineer)
+			_, secret, err := identity.Tokens{Store: m.DB.Tokens(), Users: m.DB.Users()}.Create(t.Context(), "offer-test", identity.RoleReleaseEngineer)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -125,7 +126,7 @@ func TestOfferURLsNameTheBoundAddress(t *testing.T) {
 			env.Ceremony(t, es, 2)
 			const target = "cloudmsg/CM-2026-001/update.zip"
 			env.Publish(t, target, []byte("the patch"), es...)
-			_, approver, err := server.Tokens{Store: m.DB.Tokens(), Users: m.DB.Users()}.Create(t.Context(), "offer-approver", server.RoleOperator)
+			_, approver, err := identity.Tokens{Store: m.DB.Tokens(), Users: m.DB.Users()}.Create(t.Context(), "offer-approver", identity.RoleOperator)
 			if err != nil {
 				t.Fatal(err)
 			}

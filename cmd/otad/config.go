@@ -15,6 +15,7 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/s3store"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/identity"
 
 	"github.com/patchfleet/ota/internal/envflag"
 )
@@ -128,7 +129,7 @@ func defaultConfig() Config {
 		// of 16 bytes, and few enough to see in the logs.
 		SecretFailuresPerMinute: 10,
 		SecretFailureBurst:      20,
-		TokenLifetime:           server.DefaultTokenLifetime,
+		TokenLifetime:           identity.DefaultTokenLifetime,
 	}
 }
 
@@ -338,8 +339,8 @@ func (c *Config) ValidateServe() error {
 	if c.SecretFailuresPerMinute > 0 && c.SecretFailureBurst < 1 {
 		return settingError("enroll-secret-failure-burst", fmt.Errorf("%d: must be at least 1", c.SecretFailureBurst))
 	}
-	if c.TokenLifetime <= 0 || c.TokenLifetime > server.MaxTokenLifetime {
-		return settingError("token-lifetime", fmt.Errorf("%v: want a positive duration of at most %v", c.TokenLifetime, server.MaxTokenLifetime))
+	if c.TokenLifetime <= 0 || c.TokenLifetime > identity.MaxTokenLifetime {
+		return settingError("token-lifetime", fmt.Errorf("%v: want a positive duration of at most %v", c.TokenLifetime, identity.MaxTokenLifetime))
 	}
 	if err := c.validatePublicURL(); err != nil {
 		return err

@@ -19,6 +19,9 @@ import (
 
 	"github.com/patchfleet/ota/internal/envflag"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/signing"
 )
 
@@ -241,7 +244,7 @@ func (d *demoRun) setup(ctx context.Context, client *demoClient) error {
 	}
 	d.password = pw
 	for _, u := range []struct{ name, role string }{
-		{demoAdmin, server.RoleAdmin}, {demoOperator, server.RoleOperator}, {demoApprover, server.RoleOperator},
+		{demoAdmin, identity.RoleAdmin}, {demoOperator, identity.RoleOperator}, {demoApprover, identity.RoleOperator},
 	} {
 		password := pw
 		if u.name != demoAdmin {
@@ -253,12 +256,12 @@ func (d *demoRun) setup(ctx context.Context, client *demoClient) error {
 		if _, err := a.Users.Create(ctx, u.name, u.role, password, false); err != nil {
 			return fmt.Errorf("create user %s: %w", u.name, err)
 		}
-		if err := a.Audit.AppendAudit(ctx, server.AuditEntry{At: time.Now(), Actor: demoActor, Action: "user.create",
+		if err := a.Audit.AppendAudit(ctx, audit.AuditEntry{At: time.Now(), Actor: demoActor, Action: "user.create",
 			Object: u.name, Detail: fmt.Sprintf(`{"role":%q,"service":false}`, u.role)}); err != nil {
 			return err
 		}
 	}
-	_, token, err := a.Tokens.Create(ctx, "demo-release-team", server.RoleReleaseEngineer)
+	_, token, err := a.Tokens.Create(ctx, "demo-release-team", identity.RoleReleaseEngineer)
 	if err != nil {
 		return fmt.Errorf("release team token: %w", err)
 	}
@@ -419,7 +422,7 @@ func (d *demoRun) approve(ctx context.Context, log *slog.Logger) {
 		}
 		reason := fmt.Sprintf("demo: simulated second operator, nobody decided within %s", d.cfg.ApproveAfter)
 		if _, _, err := rs.Approve(ctx, d.rolloutID, a.ID, demoApprover, reason); err != nil {
-			if ctx.Err() == nil && !errors.Is(err, server.ErrConflict) {
+			if ctx.Err() == nil && !errors.Is(err, errs.ErrConflict) {
 				log.Error("demo: approve", slog.String("approval", a.ID), slog.Any("error", err))
 			}
 			continue

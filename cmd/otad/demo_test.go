@@ -19,6 +19,8 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/web"
 )
 
@@ -68,7 +70,7 @@ func TestDemo(t *testing.T) {
 	// every page carries the demo banner.
 	demoLogin(t, d.url, d.password, fail)
 	u, _, err := d.main.DB.Users().UserByName(ctx, demoAdmin)
-	if err != nil || !u.Can(server.PermRolloutApprove) {
+	if err != nil || !u.Can(identity.PermRolloutApprove) {
 		fail("admin may not approve widenings: %+v, %v", u, err)
 	}
 	_, token, err := d.main.App.Tokens.CreateFor(ctx, u, "demo-test")
@@ -120,7 +122,7 @@ func TestDemo(t *testing.T) {
 			return a.State == server.ApprovalApproved && a.DecidedBy == demoApprover && a.RequestedBy == demoOperator
 		})
 		if approved && r.Percent() == 100 {
-			entries, err := d.main.App.Audit.ListAudit(ctx, server.AuditQuery{Actor: demoApprover, Limit: 10})
+			entries, err := d.main.App.Audit.ListAudit(ctx, audit.AuditQuery{Actor: demoApprover, Limit: 10})
 			if err != nil || len(entries) == 0 {
 				fail("no audit entry by %s after its approval: %+v, %v", demoApprover, entries, err)
 			}

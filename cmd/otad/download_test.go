@@ -13,7 +13,7 @@ import (
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/blobtest"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // TestDownloadStallTimeoutFlag: --download-stall-timeout (or its
@@ -45,7 +45,7 @@ func TestDownloadStallTimeoutFlag(t *testing.T) {
 				t.Fatal(err)
 			}
 			// /targets/ serves published targets only.
-			_, secret, err := server.Tokens{Store: m.DB.Tokens(), Users: m.DB.Users()}.Create(t.Context(), "download-test", server.RoleReleaseEngineer)
+			_, secret, err := identity.Tokens{Store: m.DB.Tokens(), Users: m.DB.Users()}.Create(t.Context(), "download-test", identity.RoleReleaseEngineer)
 			if err != nil {
 				t.Fatal(err)
 			}

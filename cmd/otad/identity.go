@@ -17,7 +17,9 @@ import (
 
 	"github.com/patchfleet/ota/internal/envflag"
 	"github.com/patchfleet/ota/internal/termtext"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
 
@@ -79,10 +81,10 @@ func cliActor() string {
 	return "otad-cli"
 }
 
-// audit appends the entry of a command-line action that is done (the
+// recordAction appends the entry of a command-line action that is done (the
 // entries are server's, the same as the admin API's and the pages').
-func audit(ctx context.Context, db *sqlstore.DB, e server.AuditEntry) error {
-	return server.RecordAction(ctx, db.Audit(), e, cliActor(), "", time.Now().UTC())
+func recordAction(ctx context.Context, db *sqlstore.DB, e audit.AuditEntry) error {
+	return identity.RecordAction(ctx, db.Audit(), e, cliActor(), "", time.Now().UTC())
 }
 
 // subcommand picks the first argument among subs, printing usage when
@@ -170,10 +172,10 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 	}
 	defer db.Close()
 	store := db.Users()
-	users := server.Users{Store: store}
-	byName := func(name string) (*server.User, error) {
+	users := identity.Users{Store: store}
+	byName := func(name string) (*identity.User, error) {
 		u, _, err := store.UserByName(ctx, name)
-		if errors.Is(err, server.ErrNotFound) {
+		if errors.Is(err, errs.ErrNotFound) {
 			return nil, fmt.Errorf("no user %s (see otad user list)", name)
 		}
 		return u, err
@@ -188,7 +190,7 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 		if u.Service {
 			kind = "service account"
 		}
-		if err := audit(ctx, db, server.UserCreatedEntry(u)); err != nil {
+		if err := recordAction(ctx, db, identity.UserCreatedEntry(u)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "created %s %s (%s)\n", kind, termtext.Escape(u.Name), termtext.Escape(u.Role))
@@ -220,13 +222,13 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 			return err
 		}
 		u.Disabled = sub == "disable"
-		if err := audit(ctx, db, server.UserDisabledEntry(u)); err != nil {
+		if err := recordAction(ctx, db, identity.UserDisabledEntry(u)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%sd %s\n", sub, termtext.Escape(u.Name))
 	case "set-role":
 		newRole := c.args[1]
-		if err := server.ValidateUser(c.args[0], newRole, "", true); err != nil {
+		if err := identity.ValidateUser(c.args[0], newRole, "", true); err != nil {
 			return err
 		}
 		u, err := byName(c.args[0])
@@ -238,19 +240,19 @@ func runUser(ctx context.Context, args []string, getenv func(string) string, std
 		}
 		from := u.Role
 		u.Role = newRole
-		if err := audit(ctx, db, server.UserRoleEntry(u, from)); err != nil {
+		if err := recordAction(ctx, db, identity.UserRoleEntry(u, from)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%s is %s now (was %s)\n", termtext.Escape(u.Name), termtext.Escape(newRole), termtext.Escape(from))
 	case "password":
 		u, err := users.SetPassword(ctx, nil, c.args[0], password)
-		if errors.Is(err, server.ErrNotFound) {
+		if errors.Is(err, errs.ErrNotFound) {
 			return fmt.Errorf("no user %s (see otad user list)", c.args[0])
 		}
 		if err != nil {
 			return err
 		}
-		if err := audit(ctx, db, server.UserPasswordEntry(u)); err != nil {
+		if err := recordAction(ctx, db, identity.UserPasswordEntry(u)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "set the password of %s\n", termtext.Escape(u.Name))
@@ -279,7 +281,7 @@ func readNewPassword(getenv func(string) string, stderr io.Writer) (string, erro
 		}
 		return string(b), nil
 	}
-	p1, err := read(fmt.Sprintf("Password (%d-%d characters): ", server.MinPasswordLength, server.MaxPasswordLength))
+	p1, err := read(fmt.Sprintf("Password (%d-%d characters): ", identity.MinPasswordLength, identity.MaxPasswordLength))
 	if err != nil {
 		return "", err
 	}
@@ -325,7 +327,7 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 	case "create":
 		c.fs.StringVar(&expires, "expires", "", "how long the token works: 90d, 720h, ... (default 90d, at most 730d)")
 		c.fs.StringVar(&name, "name", "", "the service account the token is for, e.g. ci (or give it as NAME)")
-		c.fs.StringVar(&role, "role", server.RoleReleaseEngineer, "the service account's role: viewer, operator, release-engineer or admin")
+		c.fs.StringVar(&role, "role", identity.RoleReleaseEngineer, "the service account's role: viewer, operator, release-engineer or admin")
 		c.fs.StringVar(&userName, "user", "", "mint the token for this existing user instead; the argument names the token")
 		want = -1
 	case "list":
@@ -345,10 +347,10 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 			return usageError{errors.New("token create needs one name: NAME or --name NAME")}
 		}
 	}
-	var opts server.TokenOptions
+	var opts identity.TokenOptions
 	if expires != "" {
-		if opts.Lifetime, err = server.ParseTokenLifetime(expires); err != nil {
-			return usageError{fmt.Errorf("--expires %q: want a duration such as 30d or 720h, at most %dd", expires, server.MaxTokenLifetime/(24*time.Hour))}
+		if opts.Lifetime, err = identity.ParseTokenLifetime(expires); err != nil {
+			return usageError{fmt.Errorf("--expires %q: want a duration such as 30d or 720h, at most %dd", expires, identity.MaxTokenLifetime/(24*time.Hour))}
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.StartupTimeout)
@@ -358,19 +360,19 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer db.Close()
-	tokens := server.Tokens{Store: db.Tokens(), Users: db.Users()}
-	lookUp := func(name string) (*server.User, error) {
+	tokens := identity.Tokens{Store: db.Tokens(), Users: db.Users()}
+	lookUp := func(name string) (*identity.User, error) {
 		u, _, err := db.Users().UserByName(ctx, name)
-		if errors.Is(err, server.ErrNotFound) {
+		if errors.Is(err, errs.ErrNotFound) {
 			return nil, fmt.Errorf("no user %s (see otad user list)", name)
 		}
 		return u, err
 	}
 	switch sub {
 	case "create":
-		var t *server.Token
+		var t *identity.Token
 		var secret string
-		var u *server.User
+		var u *identity.User
 		if userName != "" {
 			if u, err = lookUp(userName); err != nil {
 				return err
@@ -382,14 +384,14 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 			if err == nil {
 				u, err = db.Users().UserByID(ctx, t.UserID)
 			}
-			if err == nil && errors.Is(existed, server.ErrNotFound) {
-				err = audit(ctx, db, server.UserCreatedEntry(u))
+			if err == nil && errors.Is(existed, errs.ErrNotFound) {
+				err = recordAction(ctx, db, identity.UserCreatedEntry(u))
 			}
 		}
 		if err != nil {
 			return err
 		}
-		if err := audit(ctx, db, server.TokenCreatedEntry(t, u.Name)); err != nil {
+		if err := recordAction(ctx, db, identity.TokenCreatedEntry(t, u.Name)); err != nil {
 			return err
 		}
 		// The note goes to stderr and the token alone to stdout, so that
@@ -415,7 +417,7 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return err
 		}
-		byID := map[string]*server.User{}
+		byID := map[string]*identity.User{}
 		for _, u := range users {
 			byID[u.ID] = u
 		}
@@ -450,15 +452,15 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return err
 		}
-		i := slices.IndexFunc(all, func(t *server.Token) bool { return t.ID == c.args[0] })
+		i := slices.IndexFunc(all, func(t *identity.Token) bool { return t.ID == c.args[0] })
 		if i < 0 {
 			return fmt.Errorf("no token %s (see otad token list)", c.args[0])
 		}
-		with := server.LiveDescendants(all, c.args[0])
+		with := identity.LiveDescendants(all, c.args[0])
 		if err := db.Tokens().RevokeToken(ctx, c.args[0]); err != nil {
 			return err
 		}
-		if err := audit(ctx, db, server.TokenRevokedEntry(all[i], with)); err != nil {
+		if err := recordAction(ctx, db, identity.TokenRevokedEntry(all[i], with)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "revoked %s\n", c.args[0])
@@ -495,7 +497,7 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 		"list":       "Shows audit entries, newest first.",
 	}[sub]
 	c := newAdminCommand("otad audit "+sub+" [flags]", synopsis, stderr)
-	var q server.AuditQuery
+	var q audit.AuditQuery
 	switch sub {
 	case "list":
 		c.fs.StringVar(&q.Actor, "actor", "", "only this actor's entries")
@@ -523,7 +525,7 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return err
 		}
-		v, err := server.VerifyAudit(ctx, db.Audit(), &server.AuditCheckpoints{Blobs: blobs})
+		v, err := audit.VerifyAudit(ctx, db.Audit(), &audit.AuditCheckpoints{Blobs: blobs})
 		if err != nil {
 			return err
 		}
@@ -537,7 +539,7 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return err
 		}
-		n, err := (&server.AuditCheckpoints{Blobs: blobs, Signer: online, Log: db.Audit()}).Checkpoint(ctx)
+		n, err := (&audit.AuditCheckpoints{Blobs: blobs, Signer: online, Log: db.Audit()}).Checkpoint(ctx)
 		if err != nil {
 			return err
 		}
@@ -562,7 +564,7 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 // checkpoint anchors is an error (exit 1): its chain is intact, but a
 // rewrite that recomputed every hash would look the same. An empty log
 // with no checkpoints has nothing to anchor.
-func printAuditVerification(w io.Writer, v server.AuditVerification) error {
+func printAuditVerification(w io.Writer, v audit.AuditVerification) error {
 	head := v.HeadHash
 	if head == "" {
 		head = "(none: the log is empty)"

@@ -18,6 +18,8 @@ import (
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 )
@@ -132,11 +134,11 @@ func TestUserCommands(t *testing.T) {
 	}
 
 	db := c.db()
-	p, err := server.Tokens{Store: db.Tokens(), Users: db.Users()}.Authenticate(t.Context(), secret)
-	if err != nil || p.Actor() != "ci" || !p.Can(server.PermReleaseChange) {
+	p, err := identity.Tokens{Store: db.Tokens(), Users: db.Users()}.Authenticate(t.Context(), secret)
+	if err != nil || p.Actor() != "ci" || !p.Can(identity.PermReleaseChange) {
 		t.Errorf("the ci token: got %+v %v", p, err)
 	}
-	entries, err := db.Audit().ListAudit(t.Context(), server.AuditQuery{})
+	entries, err := db.Audit().ListAudit(t.Context(), audit.AuditQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +180,7 @@ func TestUserPasswordEndsSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := (server.Sessions{Store: db.Sessions()}).Start(t.Context(), u); err != nil {
+	if _, _, err := (identity.Sessions{Store: db.Sessions()}).Start(t.Context(), u); err != nil {
 		t.Fatal(err)
 	}
 	c.env[userPasswordEnv] = "a brand new password"
@@ -221,7 +223,7 @@ func TestListingsEscapeStoredText(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	if err := db.Tokens().CreateToken(t.Context(), &server.Token{ID: "t-old", Name: name, UserID: u.ID, CreatedAt: now,
+	if err := db.Tokens().CreateToken(t.Context(), &identity.Token{ID: "t-old", Name: name, UserID: u.ID, CreatedAt: now,
 		ExpiresAt: now.Add(time.Hour)}, "hash-of-an-old-token"); err != nil {
 		t.Fatal(err)
 	}
@@ -284,16 +286,16 @@ func TestAuditCommands(t *testing.T) {
 		}
 	}
 	exec("UPDATE audit_log SET object = 'z' WHERE seq = 3")
-	es, err := c.db().Audit().ListAudit(t.Context(), server.AuditQuery{})
+	es, err := c.db().Audit().ListAudit(t.Context(), audit.AuditQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	prev := server.AuditGenesis
+	prev := audit.AuditGenesis
 	for i := len(es) - 1; i >= 0; i-- {
 		e := es[i]
 		if e.Seq >= 3 {
 			e.PrevHash = prev
-			e.Hash = server.AuditHash(e)
+			e.Hash = audit.AuditHash(e)
 			exec("UPDATE audit_log SET prev_hash = ?, hash = ? WHERE seq = ?", e.PrevHash, e.Hash, e.Seq)
 		}
 		prev = e.Hash

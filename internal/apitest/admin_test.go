@@ -13,9 +13,9 @@ import (
 
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 func apiCode(tb testing.TB, err error) (int, string) {
@@ -167,11 +167,11 @@ func TestRootDraftRules(t *testing.T) {
 func TestAdminAuth(t *testing.T) {
 	env := apitest.Start(t, apitest.Options{})
 	tokens := env.App.Tokens
-	viewer, viewerSecret, err := tokens.Create(context.Background(), "dashboard", server.RoleViewer)
+	viewer, viewerSecret, err := tokens.Create(context.Background(), "dashboard", identity.RoleViewer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	revoked, revokedSecret, err := tokens.Create(context.Background(), "gone", server.RoleReleaseEngineer)
+	revoked, revokedSecret, err := tokens.Create(context.Background(), "gone", identity.RoleReleaseEngineer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,7 @@ func TestAdminAuth(t *testing.T) {
 func TestTokenLifetimesAndLineage(t *testing.T) {
 	env := apitest.Start(t, apitest.Options{})
 	ctx := context.Background()
-	_, rootSecret, err := env.App.Tokens.CreateService(ctx, "lineage", server.RoleAdmin, server.TokenOptions{Lifetime: 10 * 24 * time.Hour})
+	_, rootSecret, err := env.App.Tokens.CreateService(ctx, "lineage", identity.RoleAdmin, identity.TokenOptions{Lifetime: 10 * 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

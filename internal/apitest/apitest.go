@@ -18,6 +18,7 @@ import (
 	"github.com/patchfleet/ota/manifests/fsstore"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 	"github.com/patchfleet/ota/web"
@@ -124,7 +125,7 @@ func Start(tb testing.TB, opts Options) *Env {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	_, secret, err := a.Tokens.Create(ctx, "test-engineer", server.RoleReleaseEngineer)
+	_, secret, err := a.Tokens.Create(ctx, "test-engineer", identity.RoleReleaseEngineer)
 	if err != nil {
 		tb.Fatal(err)
 	}

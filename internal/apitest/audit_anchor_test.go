@@ -12,8 +12,9 @@ import (
 	_ "github.com/glebarez/go-sqlite"
 
 	"github.com/patchfleet/ota/internal/apitest"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
 
@@ -43,7 +44,7 @@ func TestAuditRewriteCaughtByCheckpoints(t *testing.T) {
 	// key: checkpoints signed with it are trusted from then on.
 	env.Ceremony(t, apitest.NewEngineers(t, 1), 1)
 	for i := range 20 {
-		e := server.AuditEntry{At: time.Now(), Actor: "alice", Action: "user.create", Object: "user-" + string(rune('a'+i)), Reason: "hiring"}
+		e := audit.AuditEntry{At: time.Now(), Actor: "alice", Action: "user.create", Object: "user-" + string(rune('a'+i)), Reason: "hiring"}
 		if err := db.Audit().AppendAudit(ctx, e); err != nil {
 			t.Fatal(err)
 		}
@@ -75,22 +76,22 @@ func TestAuditRewriteCaughtByCheckpoints(t *testing.T) {
 	}
 	defer raw.Close()
 	rawExec(t, raw, "UPDATE audit_log SET reason = 'routine' WHERE seq = ?", target)
-	es, err := db.Audit().ListAudit(ctx, server.AuditQuery{Limit: 1000})
+	es, err := db.Audit().ListAudit(ctx, audit.AuditQuery{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
-	prev := server.AuditGenesis
+	prev := audit.AuditGenesis
 	for i := len(es) - 1; i >= 0; i-- {
 		e := es[i]
 		if e.Seq >= target {
 			e.PrevHash = prev
-			e.Hash = server.AuditHash(e)
+			e.Hash = audit.AuditHash(e)
 			rawExec(t, raw, "UPDATE audit_log SET prev_hash = ?, hash = ? WHERE seq = ?", e.PrevHash, e.Hash, e.Seq)
 		}
 		prev = e.Hash
 	}
 	rawExec(t, raw, "UPDATE audit_head SET hash = ? WHERE id = 1", prev)
-	if _, err := server.VerifyAudit(ctx, db.Audit(), nil); err != nil {
+	if _, err := audit.VerifyAudit(ctx, db.Audit(), nil); err != nil {
 		t.Fatalf("the chain alone shows the rewrite (%v): it does not replay the probe's", err)
 	}
 
@@ -109,7 +110,7 @@ func TestAuditRewriteCaughtByCheckpoints(t *testing.T) {
 
 func lastSeq(t *testing.T, db *sqlstore.DB) int64 {
 	t.Helper()
-	es, err := db.Audit().ListAudit(t.Context(), server.AuditQuery{Limit: 1})
+	es, err := db.Audit().ListAudit(t.Context(), audit.AuditQuery{Limit: 1})
 	if err != nil || len(es) != 1 {
 		t.Fatalf("the newest audit entry: %v, %v", es, err)
 	}
@@ -127,7 +128,7 @@ func rawExec(t *testing.T, db *sql.DB, q string, args ...any) {
 // body.
 func dashboard(t *testing.T, env *apitest.Env) func(path string) string {
 	t.Helper()
-	pages := logInPages(t, env, "vera", server.RoleViewer)
+	pages := logInPages(t, env, "vera", identity.RoleViewer)
 	return func(path string) string {
 		t.Helper()
 		resp, body := pages.get(path)

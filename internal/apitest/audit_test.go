@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/internal/apitest"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // TestEveryAdminActionIsAudited takes every state-changing admin route
@@ -23,7 +23,7 @@ func TestEveryAdminActionIsAudited(t *testing.T) {
 	start := time.Now().Add(-time.Second)
 	env := apitest.Start(t, apitest.Options{})
 	ctx := context.Background()
-	_, admSecret, err := env.App.Tokens.Create(ctx, "test-admin", server.RoleAdmin)
+	_, admSecret, err := env.App.Tokens.Create(ctx, "test-admin", identity.RoleAdmin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,9 +59,9 @@ func TestEveryAdminActionIsAudited(t *testing.T) {
 	want["DELETE /api/v1/admin/drafts/:id"] = entry{"draft.discard", yank.ID, "the build is fine after all", eng}
 
 	must("user create", adm.DoWithReason("POST", "/users", "new security lead",
-		wire.UserRequest{Name: "carol", Role: server.RoleViewer, Password: "correct horse battery"}, nil))
+		wire.UserRequest{Name: "carol", Role: identity.RoleViewer, Password: "correct horse battery"}, nil))
 	want["POST /api/v1/admin/users"] = entry{"user.create", "carol", "new security lead", "test-admin"}
-	must("set role", adm.DoWithReason("POST", "/users/carol/role", "runs the rollout now", wire.RoleRequest{Role: server.RoleOperator}, nil))
+	must("set role", adm.DoWithReason("POST", "/users/carol/role", "runs the rollout now", wire.RoleRequest{Role: identity.RoleOperator}, nil))
 	want["POST /api/v1/admin/users/:name/role"] = entry{"user.set-role", "carol", "runs the rollout now", "test-admin"}
 	must("disable", adm.DoWithReason("POST", "/users/carol/disable", "on leave", nil, nil))
 	want["POST /api/v1/admin/users/:name/disable"] = entry{"user.disable", "carol", "on leave", "test-admin"}

@@ -14,6 +14,7 @@ import (
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // The dashboard as the only view a release manager needs, in a real
@@ -67,7 +68,7 @@ func TestDashboardLive(t *testing.T) {
 	env := apitest.Start(t, apitest.Options{LiveEvery: liveEvery})
 	ctx := t.Context()
 	users := map[string]*browserUser{}
-	for _, u := range []struct{ name, role string }{{"lead-b", server.RoleOperator}, {"watch-v", server.RoleViewer}} {
+	for _, u := range []struct{ name, role string }{{"lead-b", identity.RoleOperator}, {"watch-v", identity.RoleViewer}} {
 		pw := "pw-of-" + u.name + "-long-enough"
 		if _, err := env.App.Users.Create(ctx, u.name, u.role, pw, false); err != nil {
 			t.Fatalf("create user %s: %v", u.name, err)
@@ -266,7 +267,7 @@ func TestDashboardPagesFit(t *testing.T) {
 	env := apitest.Start(t, apitest.Options{LiveEvery: time.Hour})
 	ctx := t.Context()
 	admin := &browserUser{name: "admin-fit", password: "pw-of-admin-fit-long-enough"}
-	if _, err := env.App.Users.Create(ctx, admin.name, server.RoleAdmin, admin.password, false); err != nil {
+	if _, err := env.App.Users.Create(ctx, admin.name, identity.RoleAdmin, admin.password, false); err != nil {
 		t.Fatal(err)
 	}
 	es := apitest.NewEngineers(t, 1)

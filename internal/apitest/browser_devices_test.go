@@ -9,7 +9,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/patchfleet/ota/internal/apitest"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // TestDevicesInBrowser searches the device list as a release manager
@@ -22,7 +22,7 @@ func TestDevicesInBrowser(t *testing.T) {
 	bin := chromium(t)
 	env := apitest.Start(t, apitest.Options{})
 	u := &browserUser{name: "viewer-d", password: "pw-of-viewer-d-long-enough"}
-	if _, err := env.App.Users.Create(t.Context(), u.name, server.RoleViewer, u.password, false); err != nil {
+	if _, err := env.App.Users.Create(t.Context(), u.name, identity.RoleViewer, u.password, false); err != nil {
 		t.Fatal(err)
 	}
 	ids := func(hs []*handset) []string {

@@ -8,8 +8,8 @@ import (
 
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // TestReleasesPageInBrowser drives a real server through a ceremony, a
@@ -31,7 +31,7 @@ func TestReleasesPageInBrowser(t *testing.T) {
 	as := map[string]*apitest.Env{}
 	for i, name := range []string{"alice", "bob", "dave"} {
 		es[i].Name = name
-		_, secret, err := env.App.Tokens.Create(ctx, name, server.RoleReleaseEngineer)
+		_, secret, err := env.App.Tokens.Create(ctx, name, identity.RoleReleaseEngineer)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -78,7 +78,7 @@ func TestReleasesPageInBrowser(t *testing.T) {
 	signBy(rotation.ID, alice, bob, dave)
 
 	pw := "pw-of-viewer-long-enough"
-	if _, err := env.App.Users.Create(ctx, "viewer-v", server.RoleViewer, pw, false); err != nil {
+	if _, err := env.App.Users.Create(ctx, "viewer-v", identity.RoleViewer, pw, false); err != nil {
 		t.Fatal(err)
 	}
 	viewer := &browserUser{name: "viewer-v", password: pw}

@@ -20,6 +20,7 @@ import (
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/web"
 )
 
@@ -259,7 +260,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	ctx := t.Context()
 	users := map[string]*browserUser{}
 	for _, u := range []struct{ name, role string }{
-		{"viewer-v", server.RoleViewer}, {"op-a", server.RoleOperator}, {"op-b", server.RoleOperator}, {"admin-z", server.RoleAdmin},
+		{"viewer-v", identity.RoleViewer}, {"op-a", identity.RoleOperator}, {"op-b", identity.RoleOperator}, {"admin-z", identity.RoleAdmin},
 	} {
 		pw := "pw-of-" + u.name + "-long-enough"
 		if _, err := env.App.Users.Create(ctx, u.name, u.role, pw, false); err != nil {

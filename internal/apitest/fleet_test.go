@@ -16,6 +16,7 @@ import (
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // send makes one request with body as it is (nil for none) and returns
@@ -156,7 +157,7 @@ func TestEnrollmentReplay(t *testing.T) {
 			stillChecksIn("a changed " + tc.field)
 		})
 	}
-	d, err := env.DB.Devices().DeviceByToken(t.Context(), server.HashToken(real.Token))
+	d, err := env.DB.Devices().DeviceByToken(t.Context(), identity.HashToken(real.Token))
 	if err != nil || d.Model != "PX-7" || d.Build != "7.2.0" || d.Region != "DE" {
 		t.Fatalf("device after the replays: %+v, %v, want PX-7 7.2.0 DE", d, err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // ApproverName is the operator whose token Widen approves with: a second
@@ -17,7 +18,7 @@ const ApproverName = "test-approver"
 func (env *Env) ApproverToken(tb testing.TB) string {
 	tb.Helper()
 	env.approverOnce.Do(func() {
-		_, env.approver, env.approverErr = env.App.Tokens.Create(context.Background(), ApproverName, server.RoleOperator)
+		_, env.approver, env.approverErr = env.App.Tokens.Create(context.Background(), ApproverName, identity.RoleOperator)
 	})
 	if env.approverErr != nil {
 		tb.Fatal(env.approverErr)

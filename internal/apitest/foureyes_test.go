@@ -12,6 +12,7 @@ import (
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // Four eyes follow exposure (issue 13, finding 2): what needs a second
@@ -30,7 +31,7 @@ func tokenEnv(tb testing.TB, env *apitest.Env, name, role string) *apitest.Env {
 }
 
 // userEnv is env acting with a new token of user u.
-func userEnv(tb testing.TB, env *apitest.Env, u *server.User) *apitest.Env {
+func userEnv(tb testing.TB, env *apitest.Env, u *identity.User) *apitest.Env {
 	tb.Helper()
 	_, secret, err := env.App.Tokens.CreateFor(tb.Context(), u, "laptop")
 	if err != nil {
@@ -79,7 +80,7 @@ func TestFourEyesFollowExposure(t *testing.T) {
 	es := apitest.NewEngineers(t, 1)
 	env.Ceremony(t, es, 1)
 	env.Publish(t, patchPath, randomBytes(t, 256), es...)
-	ops := tokenEnv(t, env, "ops", server.RoleOperator)
+	ops := tokenEnv(t, env, "ops", identity.RoleOperator)
 
 	a := pending(t, ops, "/rollouts", wire.RolloutRequest{Release: patchPath, Stages: []float64{99.99}, Reason: "all but one in 10,000"})
 	if a.Action != "start" || a.ToPercent != 99.99 || a.Exposure != 99.99 || a.RequestedBy != "ops" {
@@ -188,7 +189,7 @@ func TestFourEyesVouchedApprover(t *testing.T) {
 	env.Publish(t, patchPath, randomBytes(t, 256), es...)
 	ctx := t.Context()
 	const password = "a long enough passphrase"
-	user := func(name, role string) *server.User {
+	user := func(name, role string) *identity.User {
 		t.Helper()
 		u, err := env.App.Users.Create(ctx, name, role, password, false)
 		if err != nil {
@@ -196,12 +197,12 @@ func TestFourEyesVouchedApprover(t *testing.T) {
 		}
 		return u
 	}
-	root := userEnv(t, env, user("root", server.RoleAdmin))
-	carol, dave := user("carol", server.RoleViewer), user("dave", server.RoleAdmin)
-	if err := root.DoWithReason("POST", "/users", "a second pair of eyes", wire.UserRequest{Name: "bob", Role: server.RoleOperator, Password: password}, nil); err != nil {
+	root := userEnv(t, env, user("root", identity.RoleAdmin))
+	carol, dave := user("carol", identity.RoleViewer), user("dave", identity.RoleAdmin)
+	if err := root.DoWithReason("POST", "/users", "a second pair of eyes", wire.UserRequest{Name: "bob", Role: identity.RoleOperator, Password: password}, nil); err != nil {
 		t.Fatal(err)
 	}
-	for name, role := range map[string]string{"carol": server.RoleOperator, "dave": server.RoleOperator} {
+	for name, role := range map[string]string{"carol": identity.RoleOperator, "dave": identity.RoleOperator} {
 		if err := root.DoWithReason("POST", "/users/"+name+"/role", "reorganised", wire.RoleRequest{Role: role}, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -250,7 +251,7 @@ func TestFourEyesFromThePages(t *testing.T) {
 	es := apitest.NewEngineers(t, 1)
 	env.Ceremony(t, es, 1)
 	env.Publish(t, patchPath, randomBytes(t, 256), es...)
-	pages := logInPages(t, env, "olga", server.RoleOperator)
+	pages := logInPages(t, env, "olga", identity.RoleOperator)
 	_, body := pages.get("/rollouts/new")
 	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(body)
 	if csrf == nil {

@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/internal/apitest"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // An operator creates a rollout from the dashboard's form against the
@@ -23,7 +23,7 @@ func TestRolloutFromThePages(t *testing.T) {
 	es := apitest.NewEngineers(t, 1)
 	env.Ceremony(t, es, 1)
 	env.Publish(t, patchPath, randomBytes(t, 512), es...)
-	pages := logInPages(t, env, "olga", server.RoleOperator)
+	pages := logInPages(t, env, "olga", identity.RoleOperator)
 	get, post := pages.get, pages.post
 	resp, body := get("/rollouts/new")
 	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(body)

@@ -22,7 +22,9 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/sqlstore"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // identifier is one kind of data the server must never keep, made unique
@@ -302,7 +304,7 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 	// refused, reasons are stored scrubbed. Each reason carrier undoes
 	// its action with a plain reason, so that the next planting can act
 	// again and the drafts do not reach the cap on open rollouts.
-	_, adminSecret, err := env.App.Tokens.Create(t.Context(), "planting-admin", server.RoleAdmin)
+	_, adminSecret, err := env.App.Tokens.Create(t.Context(), "planting-admin", identity.RoleAdmin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,8 +446,8 @@ func TestPlantedIdentifiersAreNotStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The search must see what the server stored: the scrubbed messages.
-	if !bytes.Contains(places["the database file otad.db-wal"], []byte(server.Redacted)) &&
-		!bytes.Contains(places["the database file otad.db"], []byte(server.Redacted)) {
+	if !bytes.Contains(places["the database file otad.db-wal"], []byte(textrule.Redacted)) &&
+		!bytes.Contains(places["the database file otad.db"], []byte(textrule.Redacted)) {
 		t.Errorf("no scrubbed message in the database: the search does not see what the server stored")
 	}
 	for _, p := range planted {

@@ -15,6 +15,7 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // getReport GETs an admin path with token and returns the status, the
@@ -57,7 +58,7 @@ func readCSV(tb testing.TB, body []byte) [][]string {
 // from the rollups the check-ins and reports keep.
 func TestReports(t *testing.T) {
 	env, clk := failingFleetRelease(t)
-	_, viewer, err := env.App.Tokens.Create(t.Context(), "security-lead", server.RoleViewer)
+	_, viewer, err := env.App.Tokens.Create(t.Context(), "security-lead", identity.RoleViewer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/audit"
 )
 
 // The acceptance tests of staged rollouts (issue 8), through the real
@@ -241,7 +242,7 @@ func TestRolloutAutoHalt(t *testing.T) {
 		t.Fatalf("after 60 results at 20%% failures: state %s, halt %+v, want paused with a halt", got.State, got.Halt)
 	}
 	h := got.Halt
-	if h.Installed != 48 || h.Failed != 12 || math.Abs(h.Rate-0.2) > 1e-9 || h.MaxRate != 0.05 || h.Actor != server.SystemActor || h.Reason == "" {
+	if h.Installed != 48 || h.Failed != 12 || math.Abs(h.Rate-0.2) > 1e-9 || h.MaxRate != 0.05 || h.Actor != audit.SystemActor || h.Reason == "" {
 		t.Errorf("halt %+v, want 48 installed, 12 failed, rate 0.2 over 0.05, by the system, with a reason", h)
 	}
 	t.Logf("halt reason: %s", h.Reason)

@@ -15,6 +15,8 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 )
@@ -120,14 +122,14 @@ type App struct {
 	// Users, Sessions, Tokens and Audit are the identity services: the
 	// dashboard logs in through Users and Sessions, the API
 	// authenticates through Tokens, and admin actions go to Audit.
-	Users    server.Users
-	Sessions server.Sessions
-	Tokens   server.Tokens
-	Audit    server.AuditStore
+	Users    identity.Users
+	Sessions identity.Sessions
+	Tokens   identity.Tokens
+	Audit    audit.AuditStore
 	// Checkpoints anchor the audit log outside the database: signed by
 	// Online, stored in Blobs, made by the background jobs under the
 	// lease and checked by the API's and the pages' verify.
-	Checkpoints *server.AuditCheckpoints
+	Checkpoints *audit.AuditCheckpoints
 
 	cfg      Config
 	log      *slog.Logger
@@ -212,12 +214,12 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("device cookie key: %w", err)
 	}
-	a.Users = server.Users{Store: cfg.DB.Users(), Now: cfg.Now,
-		Limiter: server.NewLoginLimiter(loginFailures, loginWindow), Devices: &server.DeviceCookies{Key: deviceKey}}
-	a.Sessions = server.Sessions{Store: cfg.DB.Sessions(), Now: cfg.Now}
-	a.Tokens = server.Tokens{Store: cfg.DB.Tokens(), Users: cfg.DB.Users(), Now: cfg.Now, Lifetime: cfg.TokenLifetime}
+	a.Users = identity.Users{Store: cfg.DB.Users(), Now: cfg.Now,
+		Limiter: identity.NewLoginLimiter(loginFailures, loginWindow), Devices: &identity.DeviceCookies{Key: deviceKey}}
+	a.Sessions = identity.Sessions{Store: cfg.DB.Sessions(), Now: cfg.Now}
+	a.Tokens = identity.Tokens{Store: cfg.DB.Tokens(), Users: cfg.DB.Users(), Now: cfg.Now, Lifetime: cfg.TokenLifetime}
 	a.Audit = cfg.DB.Audit()
-	a.Checkpoints = &server.AuditCheckpoints{Blobs: cfg.Blobs, Signer: cfg.Online, Log: a.Audit, Now: cfg.Now}
+	a.Checkpoints = &audit.AuditCheckpoints{Blobs: cfg.Blobs, Signer: cfg.Online, Log: a.Audit, Now: cfg.Now}
 	apiCfg.Tokens = a.Tokens
 	apiCfg.Users, apiCfg.Audit, apiCfg.Now = a.Users, a.Audit, cfg.Now
 	apiCfg.AuditAnchor = a.Checkpoints

@@ -6,7 +6,7 @@ import (
 
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/internal/app"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
 )
 
 // The replica holding the lease checkpoints the audit log in its
@@ -20,19 +20,19 @@ func TestAuditCheckpointJob(t *testing.T) {
 	// expire, so that the replica below takes it.
 	clk.Advance(4 * time.Hour)
 	for _, name := range []string{"a", "b", "c"} {
-		if err := env.DB.Audit().AppendAudit(ctx, server.AuditEntry{At: clk.Now(), Actor: "alice", Action: "user.create", Object: name}); err != nil {
+		if err := env.DB.Audit().AppendAudit(ctx, audit.AuditEntry{At: clk.Now(), Actor: "alice", Action: "user.create", Object: name}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	head := func() int64 {
-		es, err := env.DB.Audit().ListAudit(ctx, server.AuditQuery{Limit: 1})
+		es, err := env.DB.Audit().ListAudit(ctx, audit.AuditQuery{Limit: 1})
 		if err != nil || len(es) != 1 {
 			t.Fatalf("the newest entry: %v, %v", es, err)
 		}
 		return es[0].Seq
 	}
 	checkpointed := func(seq int64) bool {
-		_, err := env.Blobs.Stat(ctx, server.AuditCheckpointKey(seq))
+		_, err := env.Blobs.Stat(ctx, audit.AuditCheckpointKey(seq))
 		return err == nil
 	}
 	r := &leaseReplica{name: "replica"}
@@ -46,12 +46,12 @@ func TestAuditCheckpointJob(t *testing.T) {
 	t.Cleanup(a.Close)
 	first := head()
 	waitFor(t, "a checkpoint of the log", func() bool { return checkpointed(first) })
-	if err := env.DB.Audit().AppendAudit(ctx, server.AuditEntry{At: clk.Now(), Actor: "alice", Action: "user.create", Object: "d"}); err != nil {
+	if err := env.DB.Audit().AppendAudit(ctx, audit.AuditEntry{At: clk.Now(), Actor: "alice", Action: "user.create", Object: "d"}); err != nil {
 		t.Fatal(err)
 	}
 	next := head()
 	waitFor(t, "a checkpoint of the entry appended since", func() bool { return checkpointed(next) })
-	v, err := server.VerifyAudit(ctx, env.DB.Audit(), a.Checkpoints)
+	v, err := audit.VerifyAudit(ctx, env.DB.Audit(), a.Checkpoints)
 	// No root is published: nothing says the online key is the
 	// server's yet, and verify says so rather than "verified".
 	if err != nil || v.Anchored() || v.Unanchored != "2 checkpoints, but no published root lists a timestamp key to check them with (the TUF repository is not initialized)" {
@@ -59,7 +59,7 @@ func TestAuditCheckpointJob(t *testing.T) {
 	}
 	es := apitest.NewEngineers(t, 1)
 	env.Ceremony(t, es, 1)
-	if v, err = server.VerifyAudit(ctx, env.DB.Audit(), a.Checkpoints); err != nil || !v.Anchored() || v.Checkpoints < 2 {
+	if v, err = audit.VerifyAudit(ctx, env.DB.Audit(), a.Checkpoints); err != nil || !v.Anchored() || v.Checkpoints < 2 {
 		t.Errorf("verify after the ceremony: got %+v, %v; want anchored by the checkpoints", v, err)
 	}
 }

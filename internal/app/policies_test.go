@@ -12,6 +12,7 @@ import (
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
 
@@ -177,7 +178,7 @@ func TestPoliciesRunOnOneReplica(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if last := evs[len(evs)-1]; len(evs) != 3 || last.Action != server.ActionHalt || last.Actor != server.SystemActor {
+			if last := evs[len(evs)-1]; len(evs) != 3 || last.Action != server.ActionHalt || last.Actor != audit.SystemActor {
 				t.Errorf("%d events, the last %s by %s; want create, start, one halt by the system", len(evs), last.Action, last.Actor)
 			}
 			// The leader counted the halt; both show the rollout halted.

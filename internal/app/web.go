@@ -10,6 +10,8 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/web"
 )
@@ -102,7 +104,7 @@ func (b *WebBackend) RolloutEvents(ctx context.Context, id string, limit int) ([
 
 // ChangeRollout implements web.Backend: the actor is the session's user.
 func (b *WebBackend) ChangeRollout(ctx context.Context, id string, c web.RolloutChange) (*server.Rollout, *server.Approval, error) {
-	actor := server.PrincipalFromContext(ctx).Actor()
+	actor := identity.PrincipalFromContext(ctx).Actor()
 	var (
 		r   *server.Rollout
 		err error
@@ -123,14 +125,14 @@ func (b *WebBackend) ChangeRollout(ctx context.Context, id string, c web.Rollout
 	case server.ActionReleaseHold:
 		r, err = b.Service.ReleaseHold(ctx, id, actor, c.Reason, c.Model)
 	default:
-		err = fmt.Errorf("%w: unknown rollout action %q", server.ErrInvalid, c.Action)
+		err = fmt.Errorf("%w: unknown rollout action %q", errs.ErrInvalid, c.Action)
 	}
 	return r, nil, err
 }
 
 // CreateRollout implements web.Backend: the actor is the session's user.
 func (b *WebBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, *server.Approval, error) {
-	return b.Service.Create(ctx, spec, server.PrincipalFromContext(ctx).Actor())
+	return b.Service.Create(ctx, spec, identity.PrincipalFromContext(ctx).Actor())
 }
 
 // Approvals implements web.Backend.
@@ -148,7 +150,7 @@ func (b *WebBackend) Approvals(ctx context.Context, id string) ([]*server.Approv
 
 // DecideApproval implements web.Backend.
 func (b *WebBackend) DecideApproval(ctx context.Context, id, aid string, approve bool, reason string) error {
-	actor := server.PrincipalFromContext(ctx).Actor()
+	actor := identity.PrincipalFromContext(ctx).Actor()
 	var err error
 	if approve {
 		_, _, err = b.Service.Approve(ctx, id, aid, actor, reason)

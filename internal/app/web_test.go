@@ -9,8 +9,9 @@ import (
 
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/internal/app"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/web"
 )
 
@@ -21,7 +22,7 @@ func TestDashboardWiring(t *testing.T) {
 	env := apitest.Start(t, apitest.Options{})
 	a, _ := replica(t, env, app.Config{Web: app.WebConfig{Banner: "DEMO — development-only keys"}})
 	const password = "a long enough password"
-	if _, err := a.Users.Create(t.Context(), "olivia", server.RoleOperator, password, false); err != nil {
+	if _, err := a.Users.Create(t.Context(), "olivia", identity.RoleOperator, password, false); err != nil {
 		t.Fatal(err)
 	}
 	do := func(method, target string, form url.Values, cookie *http.Cookie) *httptest.ResponseRecorder {
@@ -75,18 +76,18 @@ func TestDashboardWiring(t *testing.T) {
 			t.Errorf("GET %s: no Content-Security-Policy", tc.path)
 		}
 	}
-	entries, err := a.Audit.ListAudit(t.Context(), server.AuditQuery{Action: "session.login"})
+	entries, err := a.Audit.ListAudit(t.Context(), audit.AuditQuery{Action: "session.login"})
 	if err != nil || len(entries) != 1 || entries[0].Actor != "olivia" {
 		t.Errorf("audit of the login: %+v, %v", entries, err)
 	}
 	perms := a.API.RoutePermissions()
 	for key, want := range map[string]api.RouteAccess{
-		"GET /rollouts/:id":                  {Kind: api.AccessPermission, Permission: server.PermRead, Session: true},
-		"POST /rollouts/:id/:action":         {Kind: api.AccessPermission, Permission: server.PermRolloutChange, Session: true},
-		"POST /users/:name/:change":          {Kind: api.AccessPermission, Permission: server.PermUserAdmin, Session: true},
+		"GET /rollouts/:id":                  {Kind: api.AccessPermission, Permission: identity.PermRead, Session: true},
+		"POST /rollouts/:id/:action":         {Kind: api.AccessPermission, Permission: identity.PermRolloutChange, Session: true},
+		"POST /users/:name/:change":          {Kind: api.AccessPermission, Permission: identity.PermUserAdmin, Session: true},
 		"GET /static/*":                      {Kind: api.AccessPublic},
 		"POST /login":                        {Kind: api.AccessPublic},
-		"GET " + api.AdminPrefix + "/whoami": {Kind: api.AccessPermission, Permission: server.PermRead},
+		"GET " + api.AdminPrefix + "/whoami": {Kind: api.AccessPermission, Permission: identity.PermRead},
 	} {
 		if got := perms[key]; got != want {
 			t.Errorf("%s needs %v, want %v", key, got, want)

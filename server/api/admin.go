@@ -13,6 +13,7 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // Routes of the admin API that the CLI (otactl) calls.
@@ -92,11 +93,11 @@ func (s *Server) createRootDraft(c echo.Context) error {
 func (s *Server) uploadArtifact(c echo.Context) error {
 	p := c.Param("*")
 	if err := manifests.ValidateTargetPath(p); err != nil {
-		return fmt.Errorf("%w: target path: %w", server.ErrInvalid, err)
+		return fmt.Errorf("%w: target path: %w", errs.ErrInvalid, err)
 	}
 	sum := c.Request().Header.Get(wire.HeaderContentSHA256)
 	if b, err := hex.DecodeString(sum); err != nil || len(b) != 32 || hex.EncodeToString(b) != sum {
-		return fmt.Errorf("%w: header %s must be the 64 lowercase hex digits of the body's sha256", server.ErrInvalid, wire.HeaderContentSHA256)
+		return fmt.Errorf("%w: header %s must be the 64 lowercase hex digits of the body's sha256", errs.ErrInvalid, wire.HeaderContentSHA256)
 	}
 	ctx := c.Request().Context()
 	key := manifests.TargetKey(p, sum)
@@ -124,7 +125,7 @@ func (s *Server) uploadArtifact(c echo.Context) error {
 			s.log.ErrorContext(ctx, "deleting a mismatched upload", "key", key, "error", err)
 		}
 		return fmt.Errorf("%w: uploaded bytes have sha256 %s, not the declared %s; the upload was discarded, try again",
-			server.ErrInvalid, info.SHA256, sum)
+			errs.ErrInvalid, info.SHA256, sum)
 	}
 	// An upload of bytes already stored (Existed, above) changes nothing
 	// and is not audited.
@@ -205,19 +206,19 @@ func (s *Server) addSignatures(c echo.Context) error {
 		return err
 	}
 	if len(req.Signatures) == 0 || len(req.Signatures) > 16 {
-		return fmt.Errorf("%w: signatures: want 1 to 16", server.ErrInvalid)
+		return fmt.Errorf("%w: signatures: want 1 to 16", errs.ErrInvalid)
 	}
 	sigs := make([]manifests.DraftSignature, len(req.Signatures))
 	for i, us := range req.Signatures {
 		if !slices.Contains([]string{manifests.PartRoot, manifests.PartTargets}, us.Part) {
-			return fmt.Errorf("%w: signatures[%d].part %q: want root or targets", server.ErrInvalid, i, us.Part)
+			return fmt.Errorf("%w: signatures[%d].part %q: want root or targets", errs.ErrInvalid, i, us.Part)
 		}
 		sig, err := hex.DecodeString(us.Sig)
 		if err != nil || len(sig) == 0 || len(sig) > 1024 {
-			return fmt.Errorf("%w: signatures[%d].sig: want hex, at most 1024 bytes", server.ErrInvalid, i)
+			return fmt.Errorf("%w: signatures[%d].sig: want hex, at most 1024 bytes", errs.ErrInvalid, i)
 		}
 		if len(us.KeyID) != 64 {
-			return fmt.Errorf("%w: signatures[%d].keyid: want 64 hex digits", server.ErrInvalid, i)
+			return fmt.Errorf("%w: signatures[%d].keyid: want 64 hex digits", errs.ErrInvalid, i)
 		}
 		sigs[i] = manifests.DraftSignature{Part: us.Part, KeyID: us.KeyID, Sig: sig}
 	}

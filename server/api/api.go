@@ -16,6 +16,8 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // Check is one dependency that /readyz probes.
@@ -44,17 +46,17 @@ type Config struct {
 	// the admin API; without Repo only health and metrics are served.
 	Repo   *manifests.Repository
 	Blobs  manifests.BlobStore
-	Tokens server.Tokens
+	Tokens identity.Tokens
 	// Users, when its Store is set, enables the users and tokens routes.
-	Users server.Users
+	Users identity.Users
 	// Audit is where administrative actions are appended and what GET
 	// /admin/audit reads; without it they are not logged (otad always
 	// sets it).
-	Audit server.AuditStore
+	Audit audit.AuditStore
 	// AuditAnchor holds the audit log's checkpoints, which GET
 	// /admin/audit/verify checks the chain against (nil: none, and the
 	// answer says the log is not anchored).
-	AuditAnchor server.AuditAnchor
+	AuditAnchor audit.AuditAnchor
 	// Now is the clock of audit entries (default time.Now).
 	Now func() time.Time
 	// TargetsRedirect answers /targets/ with a redirect to a presigned URL
@@ -104,7 +106,7 @@ type Server struct {
 
 	repo            *manifests.Repository
 	blobs           manifests.BlobStore
-	tokens          server.Tokens
+	tokens          identity.Tokens
 	targetsRedirect bool
 	presignTTL      time.Duration
 	downloadStall   time.Duration
@@ -118,9 +120,9 @@ type Server struct {
 	rollouts *server.RolloutService
 	reports  *server.Reports
 
-	users       server.Users
-	auditLog    server.AuditStore
-	auditAnchor server.AuditAnchor
+	users       identity.Users
+	auditLog    audit.AuditStore
+	auditAnchor audit.AuditAnchor
 	clock       func() time.Time
 
 	// webRoutes are what the dashboard's pages need (mountWeb).

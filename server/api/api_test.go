@@ -19,6 +19,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // pingFunc is a function-field fake for server.Pinger.
@@ -150,8 +151,8 @@ func TestReadyz(t *testing.T) {
 func TestErrorResponses(t *testing.T) {
 	s, logs := newTestServer(t, Config{MaxBody: 16})
 	e := s.Echo()
-	for _, sentinel := range []error{server.ErrInvalid, server.ErrUnauthorized, server.ErrForbidden,
-		server.ErrNotFound, server.ErrConflict, server.ErrUnavailable} {
+	for _, sentinel := range []error{errs.ErrInvalid, errs.ErrUnauthorized, errs.ErrForbidden,
+		errs.ErrNotFound, errs.ErrConflict, errs.ErrUnavailable} {
 		e.GET("/sentinel/"+strings.ReplaceAll(sentinel.Error(), " ", "-"), func(echo.Context) error {
 			return fmt.Errorf("device d1: %w", sentinel)
 		})

@@ -6,9 +6,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // TestFourEyes: an operator's advance past 50% waits for a second
@@ -17,7 +17,7 @@ import (
 // both.
 func TestFourEyes(t *testing.T) {
 	env := startRolloutEnv(t)
-	_, secret, err := env.App.Tokens.Create(t.Context(), "ops-b", server.RoleOperator)
+	_, secret, err := env.App.Tokens.Create(t.Context(), "ops-b", identity.RoleOperator)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestFourEyesRejectAndCancel(t *testing.T) {
 // with the X-Reason.
 func TestUsersAndTokensAPI(t *testing.T) {
 	env := startRolloutEnv(t)
-	u, err := env.App.Users.Create(t.Context(), "root", server.RoleAdmin, "correct horse battery staple", false)
+	u, err := env.App.Users.Create(t.Context(), "root", identity.RoleAdmin, "correct horse battery staple", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestUsersAndTokensAPI(t *testing.T) {
 	}
 
 	// Alice mints her own token; she sees her tokens only.
-	_, aliceTok, err := env.App.Tokens.CreateFor(t.Context(), &server.User{ID: mustUserID(t, env, "alice"), Name: "alice", Role: server.RoleOperator}, "first")
+	_, aliceTok, err := env.App.Tokens.CreateFor(t.Context(), &identity.User{ID: mustUserID(t, env, "alice"), Name: "alice", Role: identity.RoleOperator}, "first")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestUsersAndTokensAPI(t *testing.T) {
 	code, b = env.call(t, alice, "GET", "/whoami", "")
 	var who wire.WhoAmI
 	if code != http.StatusOK || json.Unmarshal(b, &who) != nil || who.Name != "alice" || who.Role != "operator" || who.Kind != "user" ||
-		len(who.Permissions) != len(server.RolePermissions[server.RoleOperator]) {
+		len(who.Permissions) != len(identity.RolePermissions[identity.RoleOperator]) {
 		t.Errorf("whoami: %d %s, want alice, operator, user and the operator's permissions", code, b)
 	}
 	// Disabled, alice's tokens stop working.

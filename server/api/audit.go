@@ -14,6 +14,9 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // HeaderReason carries the reason of an administrative action for the
@@ -27,7 +30,7 @@ const HeaderReason = "X-Reason"
 func auditReason(c echo.Context) (string, error) {
 	r := strings.TrimSpace(c.Request().Header.Get(HeaderReason))
 	if len(r) > server.MaxReasonLen || strings.ContainsFunc(r, unicode.IsControl) {
-		return "", &server.FieldError{Field: HeaderReason, Message: fmt.Sprintf("at most %d bytes on one line", server.MaxReasonLen)}
+		return "", &errs.FieldError{Field: HeaderReason, Message: fmt.Sprintf("at most %d bytes on one line", server.MaxReasonLen)}
 	}
 	return r, nil
 }
@@ -53,19 +56,19 @@ func (s *Server) audit(c echo.Context, action, object string, detail any) error 
 		}
 		d = string(b)
 	}
-	return s.record(c, server.AuditEntry{Action: action, Object: object, Detail: d})
+	return s.record(c, audit.AuditEntry{Action: action, Object: object, Detail: d})
 }
 
 // record appends e, done by the request's principal for the request's
 // reason, by server.RecordAction's rule: a failure is logged and answered
 // (500), the action itself stays done.
-func (s *Server) record(c echo.Context, e server.AuditEntry) error {
+func (s *Server) record(c echo.Context, e audit.AuditEntry) error {
 	if s.auditLog == nil {
 		return nil
 	}
 	reason, _ := auditReason(c) // checked by authenticate
 	ctx := c.Request().Context()
-	if err := server.RecordAction(ctx, s.auditLog, e, actor(c), reason, s.now()); err != nil {
+	if err := identity.RecordAction(ctx, s.auditLog, e, actor(c), reason, s.now()); err != nil {
 		s.log.ErrorContext(ctx, "the action succeeded but its audit entry was not appended",
 			slog.String("request_id", requestID(c)), slog.String("action", e.Action), slog.String("object", e.Object),
 			slog.String("actor", actor(c)), slog.Any("error", err))
@@ -74,9 +77,9 @@ func (s *Server) record(c echo.Context, e server.AuditEntry) error {
 	return nil
 }
 
-func (s *Server) auditStore() (server.AuditStore, error) {
+func (s *Server) auditStore() (audit.AuditStore, error) {
 	if s.auditLog == nil {
-		return nil, fmt.Errorf("%w: no audit log configured", server.ErrUnavailable)
+		return nil, fmt.Errorf("%w: no audit log configured", errs.ErrUnavailable)
 	}
 	return s.auditLog, nil
 }
@@ -89,12 +92,12 @@ func (s *Server) auditEntries(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	q := server.AuditQuery{Actor: c.QueryParam("actor"), Action: c.QueryParam("action"), Object: c.QueryParam("object")}
+	q := audit.AuditQuery{Actor: c.QueryParam("actor"), Action: c.QueryParam("action"), Object: c.QueryParam("object")}
 	if q.Limit, err = queryLimit(c); err != nil {
 		return err
 	}
 	if q.Limit == 0 {
-		q.Limit = server.DefaultAuditLimit
+		q.Limit = audit.DefaultAuditLimit
 	}
 	if q.Since, err = queryTime(c, "since"); err != nil {
 		return err
@@ -103,11 +106,11 @@ func (s *Server) auditEntries(c echo.Context) error {
 		return err
 	}
 	if !q.Since.IsZero() && !q.Until.IsZero() && !q.Until.After(q.Since) {
-		return &server.FieldError{Field: "until", Message: "want a time after since"}
+		return &errs.FieldError{Field: "until", Message: "want a time after since"}
 	}
 	if b := c.QueryParam("before"); b != "" {
 		if q.Before, err = strconv.ParseInt(b, 10, 64); err != nil || q.Before < 1 {
-			return &server.FieldError{Field: "before", Message: "want the seq of an entry, 1 or more"}
+			return &errs.FieldError{Field: "before", Message: "want the seq of an entry, 1 or more"}
 		}
 	}
 	es, err := store.ListAudit(c.Request().Context(), q)
@@ -130,8 +133,8 @@ func (s *Server) verifyAudit(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	v, err := server.VerifyAudit(c.Request().Context(), store, s.auditAnchor)
-	if be := new(server.AuditBrokenError); errors.As(err, &be) {
+	v, err := audit.VerifyAudit(c.Request().Context(), store, s.auditAnchor)
+	if be := new(audit.AuditBrokenError); errors.As(err, &be) {
 		return c.JSON(http.StatusOK, wire.AuditVerify{OK: false, BrokenAt: be.Seq, Why: be.Why})
 	}
 	if err != nil {

@@ -9,8 +9,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/httperr"
 )
 
@@ -37,7 +37,7 @@ var httpCodes = map[int]string{
 // generic message: their details may name hosts, files or queries, and go
 // to the log instead.
 func errorResponse(err error) (int, wire.ErrorBody, bool) {
-	if fe := new(server.FieldError); errors.As(err, &fe) {
+	if fe := new(errs.FieldError); errors.As(err, &fe) {
 		return http.StatusBadRequest, wire.ErrorBody{Error: wire.ErrorDetail{Code: "invalid", Message: fe.Error(), Field: fe.Field}}, false
 	}
 	if cause := connCause(err); cause != "" {
@@ -60,10 +60,10 @@ func errorResponse(err error) (int, wire.ErrorBody, bool) {
 		// Still a server error (logged), but one that says the action was
 		// done, without the store's words.
 		return status, wire.ErrorBody{Error: wire.ErrorDetail{Code: code,
-			Message: server.ErrNotAudited.Error() + "; do not repeat the request, tell an administrator"}}, true
+			Message: errs.ErrNotAudited.Error() + "; do not repeat the request, tell an administrator"}}, true
 	default:
 		msg := err.Error()
-		if rle := new(server.RateLimitError); status == http.StatusTooManyRequests && errors.As(err, &rle) {
+		if rle := new(errs.RateLimitError); status == http.StatusTooManyRequests && errors.As(err, &rle) {
 			msg = rle.Error()
 		}
 		if mbe := new(http.MaxBytesError); status == http.StatusRequestEntityTooLarge && errors.As(err, &mbe) {
@@ -92,7 +92,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 		return
 	}
 	status, body, internal := errorResponse(err)
-	if rle := new(server.RateLimitError); errors.As(err, &rle) {
+	if rle := new(errs.RateLimitError); errors.As(err, &rle) {
 		c.Response().Header().Set("Retry-After", strconv.Itoa(max(1, int(rle.RetryAfter.Seconds()+0.999))))
 	}
 	if internal {

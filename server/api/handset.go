@@ -12,6 +12,7 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // The handset API. Bodies decode into fixed structs that refuse unknown
@@ -61,7 +62,7 @@ func (s *Server) checkIn(c echo.Context) error {
 		return err
 	}
 	if b.NumberEncryption == nil {
-		return &server.FieldError{Field: "number_encryption", Message: "required: true or false"}
+		return &errs.FieldError{Field: "number_encryption", Message: "required: true or false"}
 	}
 	res, err := s.fleet.CheckIn(c.Request().Context(), bearer(c), server.CheckIn{
 		Build: b.Build, Model: b.Model, Channel: b.Channel, InstalledPatches: b.InstalledPatches,
@@ -121,14 +122,14 @@ func (s *Server) fleetSummary(c echo.Context) error {
 	patch := c.QueryParam("patch")
 	if patch == "" {
 		if patch = s.newestPatch(); patch == "" {
-			return &server.FieldError{Field: "patch", Message: "no patch is published yet; name one with ?patch="}
+			return &errs.FieldError{Field: "patch", Message: "no patch is published yet; name one with ?patch="}
 		}
 	}
 	days := 30
 	if v := c.QueryParam("active_days"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
-			return &server.FieldError{Field: "active_days", Message: "want a whole number of days"}
+			return &errs.FieldError{Field: "active_days", Message: "want a whole number of days"}
 		}
 		days = n
 	}
@@ -136,7 +137,7 @@ func (s *Server) fleetSummary(c echo.Context) error {
 	if v := c.QueryParam("models"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
-			return &server.FieldError{Field: "models", Message: "want a whole number of models"}
+			return &errs.FieldError{Field: "models", Message: "want a whole number of models"}
 		}
 		models = n
 	}
@@ -168,5 +169,5 @@ func unknownField(err error) error {
 		return nil
 	}
 	name = strings.Trim(name, `"`)
-	return &server.FieldError{Field: name, Message: fmt.Sprintf("unknown field %q: this server does not accept it", name)}
+	return &errs.FieldError{Field: name, Message: fmt.Sprintf("unknown field %q: this server does not accept it", name)}
 }

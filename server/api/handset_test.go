@@ -12,6 +12,8 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // mockDevices is a function-field fake of server.DeviceStore: handler
@@ -60,14 +62,14 @@ func newHandsetServer(tb testing.TB, cfg Config) (*Server, *mockDevices) {
 	store := &mockDevices{
 		EnrollFn: func(_ context.Context, d *server.Device, _ string) (string, bool, error) { return d.ID, true, nil },
 		CheckInStateFn: func(_ context.Context, h string) (*server.Device, []*server.DeviceRollout, error) {
-			if h != server.HashToken(goodToken) {
-				return nil, nil, fmt.Errorf("%w: invalid device token", server.ErrUnauthorized)
+			if h != identity.HashToken(goodToken) {
+				return nil, nil, fmt.Errorf("%w: invalid device token", errs.ErrUnauthorized)
 			}
 			return &server.Device{ID: "dev_1", Model: "PX-7", Build: "7.1.0", InstalledPatches: []string{}}, nil, nil
 		},
 		DeviceByTokenFn: func(_ context.Context, h string) (*server.Device, error) {
-			if h != server.HashToken(goodToken) {
-				return nil, fmt.Errorf("%w: invalid device token", server.ErrUnauthorized)
+			if h != identity.HashToken(goodToken) {
+				return nil, fmt.Errorf("%w: invalid device token", errs.ErrUnauthorized)
 			}
 			return &server.Device{ID: "dev_1"}, nil
 		},
@@ -169,7 +171,7 @@ func TestHandsetValidation(t *testing.T) {
 // them one (internal/apitest's TestDeviceTokenAnswer does it on SQLite).
 func TestHandsetAuth(t *testing.T) {
 	s, store := newHandsetServer(t, Config{})
-	refuse := func() error { return fmt.Errorf("%w: mock store: no device holds this token", server.ErrUnauthorized) }
+	refuse := func() error { return fmt.Errorf("%w: mock store: no device holds this token", errs.ErrUnauthorized) }
 	store.CheckInStateFn = func(context.Context, string) (*server.Device, []*server.DeviceRollout, error) {
 		return nil, nil, refuse()
 	}

@@ -18,7 +18,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // maxJSONDepth bounds the nesting of a body: the deepest the API takes is
@@ -46,7 +46,7 @@ func decodeJSON(c echo.Context, v any) error {
 		if mbe := new(http.MaxBytesError); errors.As(err, &mbe) {
 			return mbe
 		}
-		return fmt.Errorf("%w: body: %w", server.ErrInvalid, err)
+		return fmt.Errorf("%w: body: %w", errs.ErrInvalid, err)
 	}
 	if err := checkJSON(data, reflect.TypeOf(v).Elem()); err != nil {
 		return err
@@ -57,12 +57,12 @@ func decodeJSON(c echo.Context, v any) error {
 		// checkJSON has seen to every case encoding/json refuses; this is a
 		// safety net that still names no Go type.
 		if te := new(json.UnmarshalTypeError); errors.As(err, &te) {
-			return &server.FieldError{Field: te.Field, Message: "want " + jsonKind(te.Type)}
+			return &errs.FieldError{Field: te.Field, Message: "want " + jsonKind(te.Type)}
 		}
 		if fe := unknownField(err); fe != nil {
 			return fe
 		}
-		return fmt.Errorf("%w: body: not what this endpoint takes", server.ErrInvalid)
+		return fmt.Errorf("%w: body: not what this endpoint takes", errs.ErrInvalid)
 	}
 	return nil
 }
@@ -95,30 +95,30 @@ func checkJSON(data []byte, t reflect.Type) error {
 	}
 	tok, err := w.dec.Token()
 	if errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: empty body, want JSON", server.ErrInvalid)
+		return fmt.Errorf("%w: empty body, want JSON", errs.ErrInvalid)
 	}
 	if err != nil {
 		return syntaxError(err)
 	}
 	if tok != json.Delim('{') {
-		return fmt.Errorf("%w: body: want a JSON object", server.ErrInvalid)
+		return fmt.Errorf("%w: body: want a JSON object", errs.ErrInvalid)
 	}
 	if err := w.object("", t, 1); err != nil {
 		return err
 	}
 	if _, err := w.dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: body: trailing data after the JSON object", server.ErrInvalid)
+		return fmt.Errorf("%w: body: trailing data after the JSON object", errs.ErrInvalid)
 	}
 	return nil
 }
 
 func syntaxError(err error) error {
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: body: truncated JSON", server.ErrInvalid)
+		return fmt.Errorf("%w: body: truncated JSON", errs.ErrInvalid)
 	}
 	// json.SyntaxError says what was wrong where ("invalid character 'x'
 	// looking for beginning of value"), never a Go type.
-	return fmt.Errorf("%w: body: %s", server.ErrInvalid, strings.TrimPrefix(err.Error(), "json: "))
+	return fmt.Errorf("%w: body: %s", errs.ErrInvalid, strings.TrimPrefix(err.Error(), "json: "))
 }
 
 // jsonWalker reads a body token by token against the Go type it is
@@ -219,7 +219,7 @@ func (w *jsonWalker) value(path string, t reflect.Type, tok json.Token, depth in
 		t = t.Elem()
 	}
 	if _, ok := tok.(json.Delim); ok && depth >= maxJSONDepth {
-		return fmt.Errorf("%w: body: nested deeper than %d levels", server.ErrInvalid, maxJSONDepth)
+		return fmt.Errorf("%w: body: nested deeper than %d levels", errs.ErrInvalid, maxJSONDepth)
 	}
 	pt := reflect.PointerTo(t)
 	switch {
@@ -296,7 +296,7 @@ func (w *jsonWalker) value(path string, t reflect.Type, tok json.Token, depth in
 			return want(path, "a number")
 		}
 	default:
-		return fmt.Errorf("%w: %s: not accepted", server.ErrInvalid, path)
+		return fmt.Errorf("%w: %s: not accepted", errs.ErrInvalid, path)
 	}
 	return nil
 }
@@ -305,9 +305,9 @@ func parseErr[T any](_ T, err error) bool { return err != nil }
 
 func want(path, what string) error {
 	if path == "" {
-		return fmt.Errorf("%w: body: want %s", server.ErrInvalid, what)
+		return fmt.Errorf("%w: body: want %s", errs.ErrInvalid, what)
 	}
-	return &server.FieldError{Field: path, Message: "want " + what}
+	return &errs.FieldError{Field: path, Message: "want " + what}
 }
 
 // object checks the members of an object meant for struct t; the opening
@@ -335,7 +335,7 @@ func (w *jsonWalker) members(path string, fields *structFields, elem reflect.Typ
 			p = path + "." + key
 		}
 		if seen[key] {
-			return &server.FieldError{Field: p, Message: fmt.Sprintf("duplicate key %q", key)}
+			return &errs.FieldError{Field: p, Message: fmt.Sprintf("duplicate key %q", key)}
 		}
 		seen[key] = true
 		t := elem
@@ -383,14 +383,14 @@ type structFields struct {
 func (f *structFields) unknown(path, key string) error {
 	for name := range f.byName {
 		if strings.EqualFold(name, key) {
-			return &server.FieldError{Field: path,
+			return &errs.FieldError{Field: path,
 				Message: fmt.Sprintf("unknown field %q: field names are case-sensitive, want %q", key, name)}
 		}
 	}
 	if f.open {
 		return nil
 	}
-	return &server.FieldError{Field: path, Message: fmt.Sprintf("unknown field %q: this server does not accept it", key)}
+	return &errs.FieldError{Field: path, Message: fmt.Sprintf("unknown field %q: this server does not accept it", key)}
 }
 
 var fieldCache sync.Map // reflect.Type -> *structFields

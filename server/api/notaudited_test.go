@@ -8,16 +8,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // An action done but not audited answers 500 with its own code and a
 // message that says so, without the store's words.
 func TestNotAuditedAnswer(t *testing.T) {
 	store := errors.New(`pq: could not extend file "base/16384/2619": No space left on device`)
-	err := server.RecordAction(context.Background(), failingAudit{store}, server.UserCreatedEntry(&server.User{Name: "dave", Role: "viewer"}),
+	err := identity.RecordAction(context.Background(), failingAudit{store}, identity.UserCreatedEntry(&identity.User{Name: "dave", Role: "viewer"}),
 		"root", "", time.Now())
-	if !errors.Is(err, server.ErrNotAudited) || !errors.Is(err, store) {
+	if !errors.Is(err, errs.ErrNotAudited) || !errors.Is(err, store) {
 		t.Fatalf("RecordAction with a failing log: got %v, want ErrNotAudited wrapping the store's error", err)
 	}
 	status, body, logIt := errorResponse(err)
@@ -30,10 +32,10 @@ func TestNotAuditedAnswer(t *testing.T) {
 
 type failingAudit struct{ err error }
 
-func (f failingAudit) AppendAudit(context.Context, ...server.AuditEntry) error { return f.err }
-func (f failingAudit) ListAudit(context.Context, server.AuditQuery) ([]server.AuditEntry, error) {
+func (f failingAudit) AppendAudit(context.Context, ...audit.AuditEntry) error { return f.err }
+func (f failingAudit) ListAudit(context.Context, audit.AuditQuery) ([]audit.AuditEntry, error) {
 	return nil, f.err
 }
-func (f failingAudit) WalkAudit(context.Context, func(server.AuditEntry) error) (int64, string, error) {
+func (f failingAudit) WalkAudit(context.Context, func(audit.AuditEntry) error) (int64, string, error) {
 	return 0, "", f.err
 }

@@ -9,8 +9,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // AccessKind says how a route is authenticated.
@@ -35,7 +36,7 @@ const (
 // routeTable, so a route cannot be added without saying who may call it.
 type RouteAccess struct {
 	Kind       AccessKind
-	Permission server.Permission
+	Permission identity.Permission
 	// Session marks a dashboard page: its credential is a session cookie,
 	// not a bearer token.
 	Session bool
@@ -58,12 +59,12 @@ var (
 )
 
 // needs is an API route that needs p.
-func needs(p server.Permission) RouteAccess {
+func needs(p identity.Permission) RouteAccess {
 	return RouteAccess{Kind: AccessPermission, Permission: p}
 }
 
 // page is a dashboard page that needs p, through a session.
-func page(p server.Permission) RouteAccess {
+func page(p identity.Permission) RouteAccess {
 	return RouteAccess{Kind: AccessPermission, Permission: p, Session: true}
 }
 
@@ -85,52 +86,52 @@ var routeTable = map[string]RouteAccess{
 	"POST /api/v1/checkin":                  device,
 	"POST /api/v1/reports":                  device,
 	"DELETE /api/v1/devices/self":           device,
-	"GET " + AdminPrefix + "/whoami":        needs(server.PermRead),
-	"GET " + AdminPrefix + "/fleet/summary": needs(server.PermRead),
+	"GET " + AdminPrefix + "/whoami":        needs(identity.PermRead),
+	"GET " + AdminPrefix + "/fleet/summary": needs(identity.PermRead),
 
-	"GET " + AdminPrefix + "/repo/status":            needs(server.PermRead),
-	"GET " + AdminPrefix + "/repo/online-key":        needs(server.PermRead),
-	"POST " + AdminPrefix + "/repo/root-drafts":      needs(server.PermReleaseChange),
-	"PUT " + AdminPrefix + "/artifacts/*":            needs(server.PermReleaseChange),
-	"POST " + AdminPrefix + "/releases":              needs(server.PermReleaseChange),
-	"POST " + AdminPrefix + "/yanks":                 needs(server.PermReleaseChange),
-	"GET " + AdminPrefix + "/drafts":                 needs(server.PermRead),
-	"GET " + AdminPrefix + "/drafts/pending":         needs(server.PermRead),
-	"GET " + AdminPrefix + "/drafts/:id":             needs(server.PermRead),
-	"POST " + AdminPrefix + "/drafts/:id/signatures": needs(server.PermReleaseChange),
-	"DELETE " + AdminPrefix + "/drafts/:id":          needs(server.PermReleaseChange),
+	"GET " + AdminPrefix + "/repo/status":            needs(identity.PermRead),
+	"GET " + AdminPrefix + "/repo/online-key":        needs(identity.PermRead),
+	"POST " + AdminPrefix + "/repo/root-drafts":      needs(identity.PermReleaseChange),
+	"PUT " + AdminPrefix + "/artifacts/*":            needs(identity.PermReleaseChange),
+	"POST " + AdminPrefix + "/releases":              needs(identity.PermReleaseChange),
+	"POST " + AdminPrefix + "/yanks":                 needs(identity.PermReleaseChange),
+	"GET " + AdminPrefix + "/drafts":                 needs(identity.PermRead),
+	"GET " + AdminPrefix + "/drafts/pending":         needs(identity.PermRead),
+	"GET " + AdminPrefix + "/drafts/:id":             needs(identity.PermRead),
+	"POST " + AdminPrefix + "/drafts/:id/signatures": needs(identity.PermReleaseChange),
+	"DELETE " + AdminPrefix + "/drafts/:id":          needs(identity.PermReleaseChange),
 
-	"POST " + AdminPrefix + "/rollouts":                            needs(server.PermRolloutChange),
-	"GET " + AdminPrefix + "/rollouts":                             needs(server.PermRead),
-	"GET " + AdminPrefix + "/rollouts/:id":                         needs(server.PermRead),
-	"GET " + AdminPrefix + "/rollouts/:id/events":                  needs(server.PermRead),
-	"POST " + AdminPrefix + "/rollouts/:id/start":                  needs(server.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/pause":                  needs(server.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/resume":                 needs(server.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/abort":                  needs(server.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/complete":               needs(server.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/advance":                needs(server.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/holds":                  needs(server.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/holds/:model/release":   needs(server.PermRolloutChange),
-	"GET " + AdminPrefix + "/rollouts/:id/approvals":               needs(server.PermRead),
-	"POST " + AdminPrefix + "/rollouts/:id/approvals/:aid/approve": needs(server.PermRolloutApprove),
-	"POST " + AdminPrefix + "/rollouts/:id/approvals/:aid/reject":  needs(server.PermRolloutApprove),
-	"GET " + AdminPrefix + "/rollouts/:id/report":                  needs(server.PermRead),
-	"GET " + AdminPrefix + "/reports/exposure":                     needs(server.PermRead),
-	"GET " + AdminPrefix + "/audit":                                needs(server.PermRead),
-	"GET " + AdminPrefix + "/audit/verify":                         needs(server.PermRead),
+	"POST " + AdminPrefix + "/rollouts":                            needs(identity.PermRolloutChange),
+	"GET " + AdminPrefix + "/rollouts":                             needs(identity.PermRead),
+	"GET " + AdminPrefix + "/rollouts/:id":                         needs(identity.PermRead),
+	"GET " + AdminPrefix + "/rollouts/:id/events":                  needs(identity.PermRead),
+	"POST " + AdminPrefix + "/rollouts/:id/start":                  needs(identity.PermRolloutChange),
+	"POST " + AdminPrefix + "/rollouts/:id/pause":                  needs(identity.PermRolloutChange),
+	"POST " + AdminPrefix + "/rollouts/:id/resume":                 needs(identity.PermRolloutChange),
+	"POST " + AdminPrefix + "/rollouts/:id/abort":                  needs(identity.PermRolloutChange),
+	"POST " + AdminPrefix + "/rollouts/:id/complete":               needs(identity.PermRolloutChange),
+	"POST " + AdminPrefix + "/rollouts/:id/advance":                needs(identity.PermRolloutChange),
+	"POST " + AdminPrefix + "/rollouts/:id/holds":                  needs(identity.PermRolloutChange),
+	"POST " + AdminPrefix + "/rollouts/:id/holds/:model/release":   needs(identity.PermRolloutChange),
+	"GET " + AdminPrefix + "/rollouts/:id/approvals":               needs(identity.PermRead),
+	"POST " + AdminPrefix + "/rollouts/:id/approvals/:aid/approve": needs(identity.PermRolloutApprove),
+	"POST " + AdminPrefix + "/rollouts/:id/approvals/:aid/reject":  needs(identity.PermRolloutApprove),
+	"GET " + AdminPrefix + "/rollouts/:id/report":                  needs(identity.PermRead),
+	"GET " + AdminPrefix + "/reports/exposure":                     needs(identity.PermRead),
+	"GET " + AdminPrefix + "/audit":                                needs(identity.PermRead),
+	"GET " + AdminPrefix + "/audit/verify":                         needs(identity.PermRead),
 
-	"GET " + AdminPrefix + "/users":                needs(server.PermUserAdmin),
-	"POST " + AdminPrefix + "/users":               needs(server.PermUserAdmin),
-	"POST " + AdminPrefix + "/users/:name/role":    needs(server.PermUserAdmin),
-	"POST " + AdminPrefix + "/users/:name/disable": needs(server.PermUserAdmin),
-	"POST " + AdminPrefix + "/users/:name/enable":  needs(server.PermUserAdmin),
+	"GET " + AdminPrefix + "/users":                needs(identity.PermUserAdmin),
+	"POST " + AdminPrefix + "/users":               needs(identity.PermUserAdmin),
+	"POST " + AdminPrefix + "/users/:name/role":    needs(identity.PermUserAdmin),
+	"POST " + AdminPrefix + "/users/:name/disable": needs(identity.PermUserAdmin),
+	"POST " + AdminPrefix + "/users/:name/enable":  needs(identity.PermUserAdmin),
 	// The token routes act on the caller's own tokens; ?all=true and
 	// another user's token also need PermUserAdmin, checked in the
 	// handlers.
-	"GET " + AdminPrefix + "/tokens":        needs(server.PermOwnTokens),
-	"POST " + AdminPrefix + "/tokens":       needs(server.PermOwnTokens),
-	"DELETE " + AdminPrefix + "/tokens/:id": needs(server.PermOwnTokens),
+	"GET " + AdminPrefix + "/tokens":        needs(identity.PermOwnTokens),
+	"POST " + AdminPrefix + "/tokens":       needs(identity.PermOwnTokens),
+	"DELETE " + AdminPrefix + "/tokens/:id": needs(identity.PermOwnTokens),
 }
 
 // routeKey is a route's key in routeTable.
@@ -192,23 +193,23 @@ func (s *Server) route(g *echo.Group, prefix, method, path string, h echo.Handle
 
 // require lets through a principal with permission p: 401 without one,
 // 403 with one that lacks p, saying which roles have it.
-func require(p server.Permission) echo.MiddlewareFunc {
+func require(p identity.Permission) echo.MiddlewareFunc {
 	var roles []string
-	for _, r := range server.Roles {
-		if server.RoleCan(r, p) {
+	for _, r := range identity.Roles {
+		if identity.RoleCan(r, p) {
 			roles = append(roles, r)
 		}
 	}
 	want := strings.Join(roles, ", ")
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			pr := server.PrincipalFromContext(c.Request().Context())
+			pr := identity.PrincipalFromContext(c.Request().Context())
 			if pr == nil || pr.User == nil {
-				return fmt.Errorf("%w: this needs credentials", server.ErrUnauthorized)
+				return fmt.Errorf("%w: this needs credentials", errs.ErrUnauthorized)
 			}
 			if !pr.Can(p) {
 				return fmt.Errorf("%w: %s has role %s, which lacks permission %s (roles with it: %s)",
-					server.ErrForbidden, pr.Actor(), pr.User.Role, p, want)
+					errs.ErrForbidden, pr.Actor(), pr.User.Role, p, want)
 			}
 			return next(c)
 		}
@@ -216,8 +217,8 @@ func require(p server.Permission) echo.MiddlewareFunc {
 }
 
 // forbidden is p lacking perm for what.
-func forbidden(p *server.Principal, perm server.Permission, what string) error {
-	return fmt.Errorf("%w: %s has role %s; to %s needs permission %s", server.ErrForbidden, p.Actor(), p.User.Role, what, perm)
+func forbidden(p *identity.Principal, perm identity.Permission, what string) error {
+	return fmt.Errorf("%w: %s has role %s; to %s needs permission %s", errs.ErrForbidden, p.Actor(), p.User.Role, what, perm)
 }
 
 // authenticate requires a live API token ("Authorization: Bearer ...";
@@ -228,13 +229,13 @@ func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 		plain, ok := bearerToken(c.Request().Header.Get("Authorization"))
 		if !ok {
 			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="otad admin"`)
-			return fmt.Errorf("%w: missing bearer token; create one with otad token create", server.ErrUnauthorized)
+			return fmt.Errorf("%w: missing bearer token; create one with otad token create", errs.ErrUnauthorized)
 		}
 		p, err := s.tokens.Authenticate(c.Request().Context(), plain)
 		if err != nil {
 			return err
 		}
-		c.SetRequest(c.Request().WithContext(server.WithPrincipal(c.Request().Context(), p)))
+		c.SetRequest(c.Request().WithContext(identity.WithPrincipal(c.Request().Context(), p)))
 		if m := c.Request().Method; m != http.MethodGet && m != http.MethodHead {
 			if _, err := auditReason(c); err != nil {
 				return err
@@ -246,8 +247,8 @@ func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 
 // principal is the request's principal; routes behind require always
 // have one.
-func principal(c echo.Context) *server.Principal {
-	return server.PrincipalFromContext(c.Request().Context())
+func principal(c echo.Context) *identity.Principal {
+	return identity.PrincipalFromContext(c.Request().Context())
 }
 
 // actor names the request's principal in the audit log and in rollout
@@ -256,9 +257,9 @@ func actor(c echo.Context) string { return principal(c).Actor() }
 
 func (s *Server) whoami(c echo.Context) error {
 	p := principal(c)
-	perms := slices.Clone(server.RolePermissions[p.User.Role])
+	perms := slices.Clone(identity.RolePermissions[p.User.Role])
 	if perms == nil {
-		perms = []server.Permission{}
+		perms = []identity.Permission{}
 	}
 	return c.JSON(http.StatusOK, wire.WhoAmI{Name: p.User.Name, Role: p.User.Role, Kind: p.User.Kind(), Permissions: perms})
 }

@@ -11,22 +11,22 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/internal/apitest"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // roleCreds is one person per role, with an API token; pages get a
 // fresh session per request (POST /logout ends the one it is sent with).
 type roleCreds struct {
 	token string // "Bearer ..."
-	user  *server.User
+	user  *identity.User
 }
 
 func mustRoleCreds(t *testing.T, env *apitest.Env) map[string]roleCreds {
 	t.Helper()
 	ctx := context.Background()
 	out := map[string]roleCreds{}
-	for _, role := range server.Roles {
+	for _, role := range identity.Roles {
 		u, err := env.App.Users.Create(ctx, "p-"+role, role, "correct horse battery staple", false)
 		if err != nil {
 			t.Fatal(err)
@@ -137,7 +137,7 @@ func TestEndpointRoles(t *testing.T) {
 				if r.Path == "/api/v1/devices" && r.Method == http.MethodPost {
 					return // enrollment: its own secret, tested with the handset API
 				}
-				for _, role := range []string{"", server.RoleAdmin} {
+				for _, role := range []string{"", identity.RoleAdmin} {
 					// An admin token is no device token. (A check-in's
 					// body is checked before its token: 400 is a refusal
 					// too.)
@@ -154,10 +154,10 @@ func TestEndpointRoles(t *testing.T) {
 				} else if rec.Code != http.StatusUnauthorized {
 					t.Errorf("without credentials: %d %s, want 401", rec.Code, rec.Body)
 				}
-				for _, role := range server.Roles {
+				for _, role := range identity.Roles {
 					rec := send(role)
 					denied := rec.Code == http.StatusUnauthorized || rec.Code == http.StatusForbidden || loginRedirect(rec)
-					if server.RoleCan(role, a.Permission) {
+					if identity.RoleCan(role, a.Permission) {
 						if denied {
 							t.Errorf("%s (has %s): %d %s, want it let through", role, a.Permission, rec.Code, rec.Body)
 						}

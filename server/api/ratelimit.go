@@ -9,7 +9,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"golang.org/x/time/rate"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // limiter is a token bucket per device (keyed by a hash of its bearer
@@ -110,7 +110,7 @@ func (s *Server) limit(l *limiter) echo.MiddlewareFunc {
 			key := sha256.Sum256([]byte(bearer(c)))
 			known, wait := l.take(key, time.Now())
 			if wait > 0 {
-				return &server.RateLimitError{RetryAfter: wait}
+				return &errs.RateLimitError{RetryAfter: wait}
 			}
 			err := next(c)
 			if !known && succeeded(c, err) {
@@ -153,7 +153,7 @@ func limitTotal(l *rate.Limiter) echo.MiddlewareFunc {
 			now := time.Now()
 			if tokens := l.TokensAt(now); tokens < 1 {
 				wait := time.Duration((1 - tokens) / float64(l.Limit()) * float64(time.Second))
-				return &server.RateLimitError{RetryAfter: wait}
+				return &errs.RateLimitError{RetryAfter: wait}
 			}
 			err := next(c)
 			if succeeded(c, err) {

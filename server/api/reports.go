@@ -11,6 +11,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // mountReports adds the report routes to the admin group g: any admin
@@ -31,7 +32,7 @@ func reportFormat(c echo.Context) (csvOut bool, err error) {
 	case "csv":
 		return true, nil
 	}
-	return false, &server.FieldError{Field: "format", Message: "want json or csv"}
+	return false, &errs.FieldError{Field: "format", Message: "want json or csv"}
 }
 
 // rolloutReport answers GET /api/v1/admin/rollouts/{id}/report: JSON,
@@ -70,7 +71,7 @@ func (s *Server) exposureReport(c echo.Context) error {
 		}
 		n, err := strconv.Atoi(v)
 		if err != nil || n == 0 {
-			return &server.FieldError{Field: p.name, Message: "want a whole number above 0"}
+			return &errs.FieldError{Field: p.name, Message: "want a whole number above 0"}
 		}
 		*p.dst = n
 	}

@@ -8,6 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // rolloutSeriesAfterEnd is how long an aborted rollout keeps its series
@@ -118,7 +120,7 @@ func (m *RolloutMetrics) Reported(rolloutID, state string) {
 // events (server.RolloutEvaluator.OnEvent); an operator's pause or hold
 // is not an auto-halt.
 func (m *RolloutMetrics) Event(ev server.Event) {
-	if ev.Actor != server.SystemActor {
+	if ev.Actor != audit.SystemActor {
 		return
 	}
 	switch ev.Action {
@@ -134,7 +136,7 @@ func (m *RolloutMetrics) Event(ev server.Event) {
 // the counter moved, and Collect forgets it before it drops the
 // counters, so that no counter outlives its record.
 func (m *RolloutMetrics) count(v *prometheus.CounterVec, id, label string) {
-	if !server.ValidRolloutID(id) {
+	if !textrule.ValidRolloutID(id) {
 		return
 	}
 	v.WithLabelValues(id, label).Inc()
@@ -210,7 +212,7 @@ func (m *RolloutMetrics) pick(rollouts []*server.Rollout, now time.Time) map[str
 	var open, ended []*server.Rollout
 	for _, r := range rollouts {
 		switch {
-		case !server.ValidRolloutID(r.ID):
+		case !textrule.ValidRolloutID(r.ID):
 		case slices.Contains(server.OpenRolloutStates, r.State):
 			open = append(open, r)
 		case r.State == server.RolloutCompleted,

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
 )
 
 // metricsRollouts are a snapshot of one rollout in each situation the
@@ -23,9 +24,9 @@ func metricsRollouts() []*server.Rollout {
 	stages := []float64{1, 10, 50, 100}
 	return []*server.Rollout{
 		{ID: "ro_run", State: server.RolloutRunning, Stages: stages, Stage: 1,
-			Holds: []server.Hold{{Model: "PX-7", Actor: server.SystemActor}}},
+			Holds: []server.Hold{{Model: "PX-7", Actor: audit.SystemActor}}},
 		{ID: "ro_halted", State: server.RolloutPaused, Stages: stages, Stage: 2,
-			Halt: &server.Hold{Actor: server.SystemActor, Reason: "20% failed"}},
+			Halt: &server.Hold{Actor: audit.SystemActor, Reason: "20% failed"}},
 		{ID: "ro_draft", State: server.RolloutDraft, Stages: stages},
 		{ID: "ro_aborted", State: server.RolloutAborted, Stages: stages, EndedAt: metricsNow.Add(-23 * time.Hour)},
 		{ID: "ro_old", State: server.RolloutAborted, Stages: stages, Stage: 3, EndedAt: metricsNow.Add(-25 * time.Hour)},
@@ -62,12 +63,12 @@ func TestRolloutMetrics(t *testing.T) {
 	m.Reported("ro_run", "made-up")
 	m.Reported("ro_old", server.StateInstalled)
 	for _, ev := range []server.Event{
-		{RolloutID: "ro_halted", Actor: server.SystemActor, Action: server.ActionHalt},
-		{RolloutID: "ro_run", Actor: server.SystemActor, Action: server.ActionHold, Model: "PX-7"},
-		{RolloutID: "ro_run", Actor: server.SystemActor, Action: server.ActionAdvance},
+		{RolloutID: "ro_halted", Actor: audit.SystemActor, Action: server.ActionHalt},
+		{RolloutID: "ro_run", Actor: audit.SystemActor, Action: server.ActionHold, Model: "PX-7"},
+		{RolloutID: "ro_run", Actor: audit.SystemActor, Action: server.ActionAdvance},
 		{RolloutID: "ro_run", Actor: "alice", Action: server.ActionHold, Model: "PX-8"},
 		{RolloutID: "ro_run", Actor: "alice", Action: server.ActionPause},
-		{RolloutID: "ro_old", Actor: server.SystemActor, Action: server.ActionHalt},
+		{RolloutID: "ro_old", Actor: audit.SystemActor, Action: server.ActionHalt},
 	} {
 		m.Event(ev)
 	}
@@ -200,7 +201,7 @@ func TestRolloutMetricsLabels(t *testing.T) {
 	for _, r := range snapshot() {
 		m.Decided(server.Decision{RolloutID: r.ID, Kind: server.OfferFirst})
 		m.Reported(r.ID, server.StateFailed)
-		m.Event(server.Event{RolloutID: r.ID, Actor: server.SystemActor, Action: server.ActionHalt})
+		m.Event(server.Event{RolloutID: r.ID, Actor: audit.SystemActor, Action: server.ActionHalt})
 	}
 	_, got := rolloutSeries(t, reg)
 	want := map[string]bool{"ro-0123456789ab": true, "cm-2026-001-beta": true}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // mountRollouts adds the rollout routes to the admin group; what each
@@ -110,7 +112,7 @@ func eventsOf(evs []server.Event) []wire.RolloutEvent {
 func parseDuration(field, s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		return 0, &server.FieldError{Field: field, Message: "want a duration such as 30m, 6h or 1h30m"}
+		return 0, &errs.FieldError{Field: field, Message: "want a duration such as 30m, 6h or 1h30m"}
 	}
 	return d, nil
 }
@@ -272,8 +274,8 @@ func queryLimit(c echo.Context) (int, error) {
 		return 0, nil
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > server.MaxAuditLimit {
-		return 0, &server.FieldError{Field: "limit", Message: fmt.Sprintf("want 1 to %d", server.MaxAuditLimit)}
+	if err != nil || n < 1 || n > audit.MaxAuditLimit {
+		return 0, &errs.FieldError{Field: "limit", Message: fmt.Sprintf("want 1 to %d", audit.MaxAuditLimit)}
 	}
 	return n, nil
 }
@@ -285,7 +287,7 @@ func queryTime(c echo.Context, name string) (time.Time, error) {
 	}
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
-		return time.Time{}, &server.FieldError{Field: name, Message: "want an RFC 3339 time such as 2026-11-23T10:00:00Z"}
+		return time.Time{}, &errs.FieldError{Field: name, Message: "want an RFC 3339 time such as 2026-11-23T10:00:00Z"}
 	}
 	return t, nil
 }

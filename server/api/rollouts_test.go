@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/internal/apitest"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 const (
@@ -44,7 +44,7 @@ func startRolloutEnv(t *testing.T) *rolloutEnv {
 	for _, tok := range []struct {
 		name, role string
 		dst        *string
-	}{{"ops", server.RoleOperator, &re.operator}, {"dashboard", server.RoleViewer, &re.viewer}} {
+	}{{"ops", identity.RoleOperator, &re.operator}, {"dashboard", identity.RoleViewer, &re.viewer}} {
 		_, secret, err := tokens.Create(context.Background(), tok.name, tok.role)
 		if err != nil {
 			t.Fatal(err)

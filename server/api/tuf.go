@@ -13,7 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // immutableCache lets browsers and CDNs keep versioned metadata and
@@ -28,7 +28,7 @@ func (s *Server) tufMetadata(c echo.Context) error {
 	name := c.Param("name")
 	f, err := s.repo.MetadataFile(c.Request().Context(), name)
 	if errors.Is(err, manifests.ErrNotExist) || errors.Is(err, manifests.ErrBadName) {
-		return fmt.Errorf("%w: no metadata file %s", server.ErrNotFound, name)
+		return fmt.Errorf("%w: no metadata file %s", errs.ErrNotFound, name)
 	}
 	if err != nil {
 		return err
@@ -70,7 +70,7 @@ func timestampMaxAge(expires, now time.Time) int {
 func (s *Server) targetFile(c echo.Context) error {
 	rel := c.Param("*")
 	key := "targets/" + rel
-	notFound := fmt.Errorf("%w: no target file %s", server.ErrNotFound, rel)
+	notFound := fmt.Errorf("%w: no target file %s", errs.ErrNotFound, rel)
 	if err := manifests.ValidateKey(rel); err != nil || !s.repo.PublishedTargetFile(rel) {
 		return notFound
 	}

@@ -5,8 +5,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // mountUsers adds the users and tokens routes to the admin group g.
@@ -21,7 +22,7 @@ func (s *Server) mountUsers(g *echo.Group) {
 	s.route(g, AdminPrefix, http.MethodDelete, "/tokens/:id", s.revokeToken)
 }
 
-func userOf(u *server.User) wire.User {
+func userOf(u *identity.User) wire.User {
 	return wire.User{ID: u.ID, Name: u.Name, Role: u.Role, Kind: u.Kind(), Disabled: u.Disabled, CreatedAt: u.CreatedAt.UTC()}
 }
 
@@ -46,7 +47,7 @@ func (s *Server) createUser(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.record(c, server.UserCreatedEntry(u)); err != nil {
+	if err := s.record(c, identity.UserCreatedEntry(u)); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusCreated, userOf(u))
@@ -61,7 +62,7 @@ func (s *Server) setUserRole(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.record(c, server.UserRoleEntry(u, from)); err != nil {
+	if err := s.record(c, identity.UserRoleEntry(u, from)); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, userOf(u))
@@ -73,7 +74,7 @@ func (s *Server) setUserDisabled(disabled bool) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		if err := s.record(c, server.UserDisabledEntry(u)); err != nil {
+		if err := s.record(c, identity.UserDisabledEntry(u)); err != nil {
 			return err
 		}
 		return c.JSON(http.StatusOK, userOf(u))
@@ -89,12 +90,12 @@ func (s *Server) listTokens(c echo.Context) error {
 	switch c.QueryParam("all") {
 	case "", "false":
 	case "true":
-		if !p.Can(server.PermUserAdmin) {
-			return forbidden(p, server.PermUserAdmin, "list everyone's tokens")
+		if !p.Can(identity.PermUserAdmin) {
+			return forbidden(p, identity.PermUserAdmin, "list everyone's tokens")
 		}
 		userID = ""
 	default:
-		return &server.FieldError{Field: "all", Message: "want true or false"}
+		return &errs.FieldError{Field: "all", Message: "want true or false"}
 	}
 	toks, err := s.tokens.Store.ListTokens(ctx, userID)
 	if err != nil {
@@ -117,7 +118,7 @@ func (s *Server) listTokens(c echo.Context) error {
 	return c.JSON(http.StatusOK, out)
 }
 
-func tokenOf(t *server.Token, user string) wire.Token {
+func tokenOf(t *identity.Token, user string) wire.Token {
 	v := wire.Token{ID: t.ID, Name: t.Name, User: user, CreatedAt: t.CreatedAt.UTC(), Parent: t.ParentID}
 	if !t.ExpiresAt.IsZero() {
 		e := t.ExpiresAt.UTC()
@@ -138,9 +139,9 @@ func (s *Server) createToken(c echo.Context) error {
 		return err
 	}
 	p := principal(c)
-	opts := server.TokenOptions{By: p}
+	opts := identity.TokenOptions{By: p}
 	if req.ExpiresIn != "" {
-		d, err := server.ParseTokenLifetime(req.ExpiresIn)
+		d, err := identity.ParseTokenLifetime(req.ExpiresIn)
 		if err != nil {
 			return err
 		}
@@ -150,7 +151,7 @@ func (s *Server) createToken(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.record(c, server.TokenCreatedEntry(t, p.User.Name)); err != nil {
+	if err := s.record(c, identity.TokenCreatedEntry(t, p.User.Name)); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusCreated, wire.NewToken{Token: tokenOf(t, p.User.Name), Secret: secret})
@@ -161,7 +162,7 @@ func (s *Server) revokeToken(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.record(c, server.TokenRevokedEntry(t, with)); err != nil {
+	if err := s.record(c, identity.TokenRevokedEntry(t, with)); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)

@@ -6,7 +6,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // Pages is the dashboard as the API mounts it beside its routes: a
@@ -23,7 +23,7 @@ type Pages interface {
 // routes need no session; the others need Perm.
 type PageRoute struct {
 	Method, Pattern string
-	Perm            server.Permission
+	Perm            identity.Permission
 	Public          bool
 }
 

@@ -12,7 +12,7 @@ import (
 	"net/http"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // Codes not in the sentinel table, named so that callers can test for
@@ -46,12 +46,12 @@ var codes = []struct {
 	{manifests.ErrInvalidKey, http.StatusBadRequest, "invalid"},
 	{manifests.ErrNotExist, http.StatusNotFound, "not_found"},
 
-	{server.ErrInvalid, http.StatusBadRequest, "invalid"},
-	{server.ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
-	{server.ErrForbidden, http.StatusForbidden, "forbidden"},
-	{server.ErrNotFound, http.StatusNotFound, "not_found"},
-	{server.ErrConflict, http.StatusConflict, "conflict"},
-	{server.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
+	{errs.ErrInvalid, http.StatusBadRequest, "invalid"},
+	{errs.ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
+	{errs.ErrForbidden, http.StatusForbidden, "forbidden"},
+	{errs.ErrNotFound, http.StatusNotFound, "not_found"},
+	{errs.ErrConflict, http.StatusConflict, "conflict"},
+	{errs.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 }
 
 // Classify returns the status and the stable code that err is answered
@@ -60,15 +60,15 @@ var codes = []struct {
 // *http.MaxBytesError) gets its own; server.ErrNotAudited is a 500 with
 // CodeNotAudited; anything else is a 500 with CodeInternal.
 func Classify(err error) (status int, code string) {
-	if errors.As(err, new(*server.FieldError)) {
+	if errors.As(err, new(*errs.FieldError)) {
 		return http.StatusBadRequest, "invalid"
 	}
-	if errors.Is(err, server.ErrNotAudited) {
+	if errors.Is(err, errs.ErrNotAudited) {
 		// Checked before the table: the store's error it wraps may be
 		// anything, and the action was done all the same.
 		return http.StatusInternalServerError, CodeNotAudited
 	}
-	if errors.As(err, new(*server.RateLimitError)) {
+	if errors.As(err, new(*errs.RateLimitError)) {
 		return http.StatusTooManyRequests, "rate_limited"
 	}
 	for _, c := range codes {

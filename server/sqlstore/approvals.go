@@ -9,6 +9,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // ApprovalStore keeps the four-eyes approvals of rollout changes; it
@@ -53,9 +54,9 @@ func (s *ApprovalStore) CreateApproval(ctx context.Context, a *server.Approval) 
 	err := s.db.gorm.WithContext(ctx).Create(&row).Error
 	switch {
 	case errors.Is(err, gorm.ErrDuplicatedKey):
-		return fmt.Errorf("approval %s exists: %w", a.ID, server.ErrConflict)
+		return fmt.Errorf("approval %s exists: %w", a.ID, errs.ErrConflict)
 	case errors.Is(err, gorm.ErrForeignKeyViolated):
-		return fmt.Errorf("approval %s: rollout %s: %w", a.ID, a.RolloutID, server.ErrNotFound)
+		return fmt.Errorf("approval %s: rollout %s: %w", a.ID, a.RolloutID, errs.ErrNotFound)
 	case err != nil:
 		return fmt.Errorf("create approval %s: %w", a.ID, err)
 	}
@@ -67,7 +68,7 @@ func (s *ApprovalStore) Approval(ctx context.Context, id string) (*server.Approv
 	var row approvalRow
 	err := s.db.gorm.WithContext(ctx).Where("id = ?", id).Take(&row).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return nil, fmt.Errorf("approval %s: %w", id, server.ErrNotFound)
+		return nil, fmt.Errorf("approval %s: %w", id, errs.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up approval %s: %w", id, err)
@@ -96,7 +97,7 @@ func (s *ApprovalStore) RolloutApprovals(ctx context.Context, rolloutID string) 
 // SQLite has one writer at a time).
 func (s *ApprovalStore) DecideApproval(ctx context.Context, a *server.Approval) error {
 	if a.State == server.ApprovalPending {
-		return fmt.Errorf("decide approval %s: a decision cannot be pending: %w", a.ID, server.ErrInvalid)
+		return fmt.Errorf("decide approval %s: a decision cannot be pending: %w", a.ID, errs.ErrInvalid)
 	}
 	g := s.db.gorm.WithContext(ctx)
 	res := g.Exec(`UPDATE rollout_approvals SET state = ?, decided_by = ?, decided_at = ?, decision_reason = ?
@@ -112,5 +113,5 @@ WHERE id = ? AND state = ?`, string(a.State), a.DecidedBy, optionalTime(a.Decide
 	if err != nil {
 		return err
 	}
-	return fmt.Errorf("%w: approval %s is %s already (by %s)", server.ErrConflict, a.ID, stored.State, stored.DecidedBy)
+	return fmt.Errorf("%w: approval %s is %s already (by %s)", errs.ErrConflict, a.ID, stored.State, stored.DecidedBy)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // TestApprovalStore runs the four-eyes approval store suite against
@@ -58,15 +59,15 @@ func testApprovalRoundTrip(t *testing.T, b backend) {
 	if list, err := s.RolloutApprovals(t.Context(), "ro-nosuch"); err != nil || len(list) != 0 {
 		t.Errorf("approvals of an unknown rollout: %v %v, want none", list, err)
 	}
-	if _, err := s.Approval(t.Context(), "ap-nosuch"); !errors.Is(err, server.ErrNotFound) {
+	if _, err := s.Approval(t.Context(), "ap-nosuch"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("unknown approval: %v, want ErrNotFound", err)
 	}
-	if err := s.CreateApproval(t.Context(), a1); !errors.Is(err, server.ErrConflict) {
+	if err := s.CreateApproval(t.Context(), a1); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("id taken: %v, want ErrConflict", err)
 	}
 	orphan := *a1
 	orphan.ID, orphan.RolloutID = "ap-9", "ro-nosuch"
-	if err := s.CreateApproval(t.Context(), &orphan); !errors.Is(err, server.ErrNotFound) {
+	if err := s.CreateApproval(t.Context(), &orphan); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("approval of an unknown rollout: %v, want ErrNotFound", err)
 	}
 }
@@ -90,19 +91,19 @@ func testApprovalDecideOnce(t *testing.T, b backend) {
 	}
 	r := d
 	r.State, r.DecidedBy = server.ApprovalRejected, "carol"
-	if err := s.DecideApproval(t.Context(), &r); !errors.Is(err, server.ErrConflict) {
+	if err := s.DecideApproval(t.Context(), &r); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("deciding a decided approval: %v, want ErrConflict", err)
 	}
 	if got, _ := s.Approval(t.Context(), "ap-1"); got.State != server.ApprovalApproved || got.DecidedBy != "bob" {
 		t.Errorf("the second decision overwrote the first: %+v", got)
 	}
 	r.ID = "ap-nosuch"
-	if err := s.DecideApproval(t.Context(), &r); !errors.Is(err, server.ErrNotFound) {
+	if err := s.DecideApproval(t.Context(), &r); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("deciding an unknown approval: %v, want ErrNotFound", err)
 	}
 	p := d
 	p.State = server.ApprovalPending
-	if err := s.DecideApproval(t.Context(), &p); !errors.Is(err, server.ErrInvalid) {
+	if err := s.DecideApproval(t.Context(), &p); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("deciding to pending: %v, want ErrInvalid", err)
 	}
 }
@@ -125,7 +126,7 @@ func testApprovalDecideConcurrent(t *testing.T, b backend) {
 			switch err := s.DecideApproval(t.Context(), &d); {
 			case err == nil:
 				wins.Add(1)
-			case errors.Is(err, server.ErrConflict):
+			case errors.Is(err, errs.ErrConflict):
 				conflicts.Add(1)
 			default:
 				t.Errorf("decide: %v", err)

@@ -9,14 +9,14 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
 )
 
 // AuditStore keeps the hash-chained audit log; it implements
 // server.AuditStore.
 type AuditStore struct{ db *DB }
 
-var _ server.AuditStore = (*AuditStore)(nil)
+var _ audit.AuditStore = (*AuditStore)(nil)
 
 // Audit returns the audit store of db.
 func (db *DB) Audit() *AuditStore { return &AuditStore{db: db} }
@@ -41,18 +41,18 @@ type auditRow struct {
 
 func (auditRow) TableName() string { return "audit_log" }
 
-func toAuditRow(e server.AuditEntry) auditRow {
+func toAuditRow(e audit.AuditEntry) auditRow {
 	return auditRow{Seq: e.Seq, At: dbTime(e.At), Actor: e.Actor, Action: e.Action, Object: e.Object,
 		Reason: e.Reason, Detail: e.Detail, PrevHash: e.PrevHash, Hash: e.Hash}
 }
 
-func (r *auditRow) entry() server.AuditEntry {
-	return server.AuditEntry{Seq: r.Seq, At: r.At.UTC(), Actor: r.Actor, Action: r.Action, Object: r.Object,
+func (r *auditRow) entry() audit.AuditEntry {
+	return audit.AuditEntry{Seq: r.Seq, At: r.At.UTC(), Actor: r.Actor, Action: r.Action, Object: r.Object,
 		Reason: r.Reason, Detail: r.Detail, PrevHash: r.PrevHash, Hash: r.Hash}
 }
 
 // AppendAudit implements server.AuditStore.
-func (s *AuditStore) AppendAudit(ctx context.Context, entries ...server.AuditEntry) error {
+func (s *AuditStore) AppendAudit(ctx context.Context, entries ...audit.AuditEntry) error {
 	if len(entries) == 0 {
 		return nil
 	}
@@ -74,7 +74,7 @@ func (s *AuditStore) AppendAudit(ctx context.Context, entries ...server.AuditEnt
 // transaction, so that every transaction takes the locks in one order
 // (their rows, then the head) and none waits on the head while holding
 // a row another waiter needs.
-func (db *DB) appendAudit(tx *gorm.DB, entries []server.AuditEntry) error {
+func (db *DB) appendAudit(tx *gorm.DB, entries []audit.AuditEntry) error {
 	if len(entries) == 0 {
 		return nil
 	}
@@ -92,9 +92,9 @@ func (db *DB) appendAudit(tx *gorm.DB, entries []server.AuditEntry) error {
 	if len(head) != 1 {
 		return fmt.Errorf("audit head: got %d rows, want 1 (has the database been migrated?)", len(head))
 	}
-	var prev *server.AuditEntry
+	var prev *audit.AuditEntry
 	if head[0].Seq > 0 {
-		prev = &server.AuditEntry{Seq: head[0].Seq, Hash: head[0].Hash}
+		prev = &audit.AuditEntry{Seq: head[0].Seq, Hash: head[0].Hash}
 	}
 	rows := make([]auditRow, len(entries))
 	for i := range entries {
@@ -115,7 +115,7 @@ func (db *DB) appendAudit(tx *gorm.DB, entries []server.AuditEntry) error {
 // ListAudit implements server.AuditStore. An Action prefix ("rollout.")
 // is the range [prefix, prefix with its '.' as '/'), which the (action,
 // seq) index serves without LIKE and its escaping.
-func (s *AuditStore) ListAudit(ctx context.Context, q server.AuditQuery) ([]server.AuditEntry, error) {
+func (s *AuditStore) ListAudit(ctx context.Context, q audit.AuditQuery) ([]audit.AuditEntry, error) {
 	g := s.db.gorm.WithContext(ctx).Model(&auditRow{})
 	if q.Actor != "" {
 		g = g.Where("actor = ?", q.Actor)
@@ -149,7 +149,7 @@ func (s *AuditStore) ListAudit(ctx context.Context, q server.AuditQuery) ([]serv
 	if err := g.Order("seq DESC").Limit(limit).Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("list audit: %w", err)
 	}
-	out := make([]server.AuditEntry, len(rows))
+	out := make([]audit.AuditEntry, len(rows))
 	for i := range rows {
 		out[i] = rows[i].entry()
 	}
@@ -161,7 +161,7 @@ func (s *AuditStore) ListAudit(ctx context.Context, q server.AuditQuery) ([]serv
 // (REPEATABLE READ on PostgreSQL, a read transaction in WAL mode on
 // SQLite), so that appends meanwhile neither show nor look like a
 // break. Rows stream: the log is never all in memory.
-func (s *AuditStore) WalkAudit(ctx context.Context, fn func(server.AuditEntry) error) (int64, string, error) {
+func (s *AuditStore) WalkAudit(ctx context.Context, fn func(audit.AuditEntry) error) (int64, string, error) {
 	var headSeq int64
 	var headHash string
 	opts := &sql.TxOptions{ReadOnly: true}

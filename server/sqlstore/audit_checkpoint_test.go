@@ -11,7 +11,7 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/fsstore"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/signing"
 )
 
@@ -35,8 +35,8 @@ type checkpointEnv struct {
 	db       *DB
 	blobs    manifests.BlobStore
 	online   *signing.PrivateKey
-	maker    *server.AuditCheckpoints
-	verifier *server.AuditCheckpoints
+	maker    *audit.AuditCheckpoints
+	verifier *audit.AuditCheckpoints
 }
 
 func trust(keys ...*signing.PrivateKey) func(context.Context) (map[string]*metadata.Key, error) {
@@ -61,8 +61,8 @@ func newCheckpointEnv(t *testing.T, b backend, entries int) *checkpointEnv {
 		t.Fatal(err)
 	}
 	env := &checkpointEnv{db: db, blobs: blobs, online: online,
-		maker:    &server.AuditCheckpoints{Blobs: blobs, Signer: online.Signer(), Log: db.Audit(), Keys: trust(online)},
-		verifier: &server.AuditCheckpoints{Blobs: blobs, Keys: trust(online)}}
+		maker:    &audit.AuditCheckpoints{Blobs: blobs, Signer: online.Signer(), Log: db.Audit(), Keys: trust(online)},
+		verifier: &audit.AuditCheckpoints{Blobs: blobs, Keys: trust(online)}}
 	env.append(t, entries)
 	return env
 }
@@ -70,7 +70,7 @@ func newCheckpointEnv(t *testing.T, b backend, entries int) *checkpointEnv {
 func (env *checkpointEnv) append(t *testing.T, n int) {
 	t.Helper()
 	for n > 0 {
-		batch := make([]server.AuditEntry, min(n, 500))
+		batch := make([]audit.AuditEntry, min(n, 500))
 		for i := range batch {
 			batch[i] = entry(i)
 		}
@@ -88,14 +88,14 @@ func (env *checkpointEnv) checkpoint(t *testing.T, want int) {
 	}
 }
 
-func (env *checkpointEnv) verify(t *testing.T) (server.AuditVerification, error) {
+func (env *checkpointEnv) verify(t *testing.T) (audit.AuditVerification, error) {
 	t.Helper()
-	return server.VerifyAudit(t.Context(), env.db.Audit(), env.verifier)
+	return audit.VerifyAudit(t.Context(), env.db.Audit(), env.verifier)
 }
 
 func wantBroken(t *testing.T, err error, seq int64, why string) {
 	t.Helper()
-	var broken *server.AuditBrokenError
+	var broken *audit.AuditBrokenError
 	if !errors.As(err, &broken) {
 		t.Fatalf("verify: got %v, want an AuditBrokenError at entry %d", err, seq)
 	}
@@ -142,7 +142,7 @@ func testAuditCheckpointsClean(t *testing.T, b backend) {
 	}
 	// A replica that takes the lease over goes on from the store.
 	env.append(t, 1)
-	other := &server.AuditCheckpoints{Blobs: env.blobs, Signer: env.online.Signer(), Log: env.db.Audit(), Keys: trust(env.online)}
+	other := &audit.AuditCheckpoints{Blobs: env.blobs, Signer: env.online.Signer(), Log: env.db.Audit(), Keys: trust(env.online)}
 	if n, err := other.Checkpoint(t.Context()); err != nil || n != 1 {
 		t.Errorf("another replica's checkpoint: wrote %d, %v; want 1", n, err)
 	}
@@ -184,7 +184,7 @@ func testAuditCheckpointRewrites(t *testing.T, b backend) {
 			}
 			tc.rewrite(t, env.db)
 			// The chain alone does not show it: that is the finding.
-			if _, err := server.VerifyAudit(t.Context(), env.db.Audit(), nil); err != nil {
+			if _, err := audit.VerifyAudit(t.Context(), env.db.Audit(), nil); err != nil {
 				t.Fatalf("the rewrite left a broken chain (%v): it does not replay the probe's", err)
 			}
 			_, err := env.verify(t)
@@ -210,12 +210,12 @@ func rechain(t *testing.T, db *DB, from int64) {
 	if err := db.gorm.WithContext(t.Context()).Order("seq").Find(&rows).Error; err != nil {
 		t.Fatal(err)
 	}
-	prev := server.AuditGenesis
+	prev := audit.AuditGenesis
 	for _, r := range rows {
 		e := r.entry()
 		if e.Seq >= from {
 			e.PrevHash = prev
-			e.Hash = server.AuditHash(e)
+			e.Hash = audit.AuditHash(e)
 			exec(t, db, "UPDATE audit_log SET prev_hash = ?, hash = ? WHERE seq = ?", e.PrevHash, e.Hash, e.Seq)
 		}
 		prev = e.Hash
@@ -233,7 +233,7 @@ func testAuditCheckpointForged(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	forger := &server.AuditCheckpoints{Blobs: env.blobs, Signer: rogue.Signer(), Log: env.db.Audit(), Keys: trust(env.online, rogue)}
+	forger := &audit.AuditCheckpoints{Blobs: env.blobs, Signer: rogue.Signer(), Log: env.db.Audit(), Keys: trust(env.online, rogue)}
 	if n, err := forger.Checkpoint(t.Context()); err != nil || n != 1 {
 		t.Fatalf("forge: wrote %d, %v", n, err)
 	}
@@ -242,7 +242,7 @@ func testAuditCheckpointForged(t *testing.T, b backend) {
 
 	env2 := newCheckpointEnv(t, b, 2)
 	env2.checkpoint(t, 1)
-	if _, err := env2.blobs.Put(t.Context(), server.AuditCheckpointPrefix+"notes.txt", strings.NewReader("hello")); err != nil {
+	if _, err := env2.blobs.Put(t.Context(), audit.AuditCheckpointPrefix+"notes.txt", strings.NewReader("hello")); err != nil {
 		t.Fatal(err)
 	}
 	_, err = env2.verify(t)

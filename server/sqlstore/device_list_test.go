@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // TestDeviceList runs the device list's tests against SQLite and, when
@@ -183,7 +184,7 @@ func testDeviceListInvalid(t *testing.T, b backend) {
 		{After: "x' OR 1=1"},
 		{Limit: server.MaxDevicePageSize + 1},
 	} {
-		if _, err := s.ListDevices(t.Context(), q); !errors.Is(err, server.ErrInvalid) {
+		if _, err := s.ListDevices(t.Context(), q); !errors.Is(err, errs.ErrInvalid) {
 			t.Errorf("%+v: %v, want ErrInvalid", q, err)
 		}
 	}

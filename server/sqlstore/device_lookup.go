@@ -8,6 +8,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // DeviceByID returns the device id, or ErrNotFound: the dashboard's
@@ -17,7 +18,7 @@ func (s *DeviceStore) DeviceByID(ctx context.Context, id string) (*server.Device
 	var row deviceRow
 	err := s.db.gorm.WithContext(ctx).Select(deviceColumns).Where("id = ?", id).Take(&row).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return nil, fmt.Errorf("device %s: %w", id, server.ErrNotFound)
+		return nil, fmt.Errorf("device %s: %w", id, errs.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up device %s: %w", id, err)

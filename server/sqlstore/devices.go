@@ -15,6 +15,7 @@ import (
 	"gorm.io/gorm/clause"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // DeviceStore keeps handsets, their reports and install states; it
@@ -77,7 +78,7 @@ func encodePatches(ids []string) (string, error) {
 	}
 	for _, id := range ids {
 		if id == "" || strings.Contains(id, ",") {
-			return "", fmt.Errorf("installed patch %q: %w", id, server.ErrInvalid)
+			return "", fmt.Errorf("installed patch %q: %w", id, errs.ErrInvalid)
 		}
 	}
 	sorted := slices.Compact(slices.Sorted(slices.Values(ids)))
@@ -137,7 +138,7 @@ func (s *DeviceStore) Enroll(ctx context.Context, d *server.Device, tokenHash st
 			return b.insert(gormExec{tx})
 		})
 		if errors.Is(err, gorm.ErrDuplicatedKey) {
-			return "", false, fmt.Errorf("enroll device %s: id or token taken: %w", d.ID, server.ErrConflict)
+			return "", false, fmt.Errorf("enroll device %s: id or token taken: %w", d.ID, errs.ErrConflict)
 		}
 		if err != nil {
 			return "", false, fmt.Errorf("enroll device: %w", err)
@@ -145,7 +146,7 @@ func (s *DeviceStore) Enroll(ctx context.Context, d *server.Device, tokenHash st
 		return d.ID, true, nil
 	}
 	if d.KeySignedAt.IsZero() {
-		return "", false, fmt.Errorf("enroll device %s: a key enrollment needs its signed timestamp: %w", d.ID, server.ErrInvalid)
+		return "", false, fmt.Errorf("enroll device %s: a key enrollment needs its signed timestamp: %w", d.ID, errs.ErrInvalid)
 	}
 	signedAt := dbTime(d.KeySignedAt)
 	row.KeyFingerprint, row.KeySignedAt = &d.KeyFingerprint, &signedAt
@@ -178,7 +179,7 @@ RETURNING id`, row.ID, row.TokenHash, row.KeyFingerprint, row.KeySignedAt, row.M
 		// (try again), or the id is taken by a device with another key
 		// (which trying again will not change).
 	}
-	return "", false, fmt.Errorf("enroll device %s: id or token taken by another device: %w", d.ID, server.ErrConflict)
+	return "", false, fmt.Errorf("enroll device %s: id or token taken by another device: %w", d.ID, errs.ErrConflict)
 }
 
 // reEnroll replaces the token and the enrolled fields of the device with
@@ -202,7 +203,7 @@ func (s *DeviceStore) reEnroll(ctx context.Context, row *deviceRow) (string, boo
 		// Devices enrolled before migration 5 have no signed timestamp:
 		// any is newer.
 		if old[0].KeySignedAt != nil && !old[0].KeySignedAt.Before(*row.KeySignedAt) {
-			return fmt.Errorf("%w: enrollment timestamp not newer than the last accepted for this key; sign a new enrollment", server.ErrConflict)
+			return fmt.Errorf("%w: enrollment timestamp not newer than the last accepted for this key; sign a new enrollment", errs.ErrConflict)
 		}
 		next := old[0]
 		next.TokenHash, next.KeySignedAt = row.TokenHash, row.KeySignedAt
@@ -217,10 +218,10 @@ WHERE id = ?`, next.TokenHash, next.KeySignedAt, next.Model, next.Build, next.Ch
 		return b.insert(gormExec{tx})
 	})
 	switch {
-	case errors.Is(err, server.ErrConflict):
+	case errors.Is(err, errs.ErrConflict):
 		return "", false, err
 	case errors.Is(err, gorm.ErrDuplicatedKey):
-		return "", false, fmt.Errorf("re-enroll device: token taken: %w", server.ErrConflict)
+		return "", false, fmt.Errorf("re-enroll device: token taken: %w", errs.ErrConflict)
 	case err != nil:
 		return "", false, fmt.Errorf("re-enroll device: %w", err)
 	}
@@ -305,7 +306,7 @@ func (s *DeviceStore) CheckInState(ctx context.Context, tokenHash string) (*serv
 		return nil, nil, fmt.Errorf("check in: read device: %w", err)
 	}
 	if !found {
-		return nil, nil, server.ErrDeviceToken
+		return nil, nil, errs.ErrDeviceToken
 	}
 	records := make([]*server.DeviceRollout, len(st.rollouts))
 	for i := range st.rollouts {
@@ -435,9 +436,9 @@ func (s *DeviceStore) staleDevice(ctx context.Context, id string) error {
 		return fmt.Errorf("check in: %w", err)
 	}
 	if n == 0 {
-		return server.ErrDeviceToken
+		return errs.ErrDeviceToken
 	}
-	return fmt.Errorf("%w: device %s changed since it was read", server.ErrConflict, id)
+	return fmt.Errorf("%w: device %s changed since it was read", errs.ErrConflict, id)
 }
 
 // rowOf is the row of d's stored state, for the rollups.
@@ -461,14 +462,14 @@ func (s *DeviceStore) DeviceByToken(ctx context.Context, tokenHash string) (*ser
 			return nil, fmt.Errorf("look up device: %w", err)
 		}
 		if !found {
-			return nil, server.ErrDeviceToken
+			return nil, errs.ErrDeviceToken
 		}
 		return st.device.device(), nil
 	}
 	var row deviceRow
 	err := s.db.gorm.WithContext(ctx).Select(deviceColumns).Where("token_hash = ?", tokenHash).Take(&row).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return nil, server.ErrDeviceToken
+		return nil, errs.ErrDeviceToken
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up device: %w", err)
@@ -562,7 +563,7 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 			return fmt.Errorf("read device: %w", err)
 		}
 		if len(old) == 0 {
-			return fmt.Errorf("device %s: %w", id, server.ErrNotFound)
+			return fmt.Errorf("device %s: %w", id, errs.ErrNotFound)
 		}
 		if s.db.dialect == dialectPostgres {
 			// Read the records again now that the device row is locked: a
@@ -593,7 +594,7 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 			return fmt.Errorf("delete device: %w", res.Error)
 		}
 		if res.RowsAffected == 0 {
-			return fmt.Errorf("device %s: %w", id, server.ErrNotFound)
+			return fmt.Errorf("device %s: %w", id, errs.ErrNotFound)
 		}
 		return nil
 	})
@@ -638,7 +639,7 @@ func (s *DeviceStore) byteOrder(col string) string {
 // devices, becomes the server.OtherModels row.
 func (s *DeviceStore) FleetSummary(ctx context.Context, patchID string, activeSince time.Time, maxModels int) (*server.FleetSummary, error) {
 	if maxModels < 1 {
-		return nil, fmt.Errorf("fleet summary: list at least one model, not %d: %w", maxModels, server.ErrInvalid)
+		return nil, fmt.Errorf("fleet summary: list at least one model, not %d: %w", maxModels, errs.ErrInvalid)
 	}
 	since := dbTime(activeSince)
 	match, arg := s.hasPatch(patchID)

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // TestDeviceStore runs the device store suite against SQLite and, when
@@ -106,7 +108,7 @@ func checkIn(ctx context.Context, s *DeviceStore, tokenHash string, ci server.Ch
 		}
 		next := d.AfterCheckIn(ci, now)
 		err = s.SaveCheckIn(ctx, d, next)
-		if errors.Is(err, server.ErrConflict) {
+		if errors.Is(err, errs.ErrConflict) {
 			continue
 		}
 		if err != nil {
@@ -213,7 +215,7 @@ func testEnrollCheckIn(t *testing.T, b backend) {
 
 	// A patch id that would break the encoding is refused.
 	ci.InstalledPatches = []string{"A,B"}
-	if _, err := checkIn(ctx, s, "hash-a", ci, now); !errors.Is(err, server.ErrInvalid) {
+	if _, err := checkIn(ctx, s, "hash-a", ci, now); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("check in with patch \"A,B\": got %v, want ErrInvalid", err)
 	}
 }
@@ -225,11 +227,11 @@ func testUnknownToken(t *testing.T, b backend) {
 	ci := server.CheckIn{Build: "1", Model: "m", Channel: "stable", CloudMessaging: server.MessagingOptedOut}
 	// The very error the handler's format check gives: clients cannot
 	// tell a malformed token from an unknown one.
-	want := server.ErrDeviceToken.Error()
-	if _, err := checkIn(ctx, s, "hash-unknown", ci, t0); !errors.Is(err, server.ErrUnauthorized) || err.Error() != want {
+	want := errs.ErrDeviceToken.Error()
+	if _, err := checkIn(ctx, s, "hash-unknown", ci, t0); !errors.Is(err, errs.ErrUnauthorized) || err.Error() != want {
 		t.Errorf("check in: got %v, want ErrUnauthorized %q", err, want)
 	}
-	if _, err := s.DeviceByToken(ctx, "hash-unknown"); !errors.Is(err, server.ErrUnauthorized) || err.Error() != want {
+	if _, err := s.DeviceByToken(ctx, "hash-unknown"); !errors.Is(err, errs.ErrUnauthorized) || err.Error() != want {
 		t.Errorf("device by token: got %v, want ErrUnauthorized %q", err, want)
 	}
 }
@@ -257,7 +259,7 @@ func testReEnrollSameKey(t *testing.T, b backend) {
 	if id, created := mustEnroll(t, s, again, "hash-2"); id != "dev_k" || created {
 		t.Fatalf("re-enroll: got %q, %v, want dev_k, false", id, created)
 	}
-	if _, err := s.DeviceByToken(ctx, "hash-1"); !errors.Is(err, server.ErrUnauthorized) {
+	if _, err := s.DeviceByToken(ctx, "hash-1"); !errors.Is(err, errs.ErrUnauthorized) {
 		t.Errorf("old token: got %v, want ErrUnauthorized", err)
 	}
 	got, err := s.DeviceByToken(ctx, "hash-2")
@@ -277,7 +279,7 @@ func testReEnrollSameKey(t *testing.T, b backend) {
 // replayRefused reports whether err is the store's refusal of an
 // enrollment whose signed timestamp is not newer than the stored one.
 func replayRefused(err error) bool {
-	return errors.Is(err, server.ErrConflict) && strings.Contains(err.Error(), "not newer than the last accepted")
+	return errors.Is(err, errs.ErrConflict) && strings.Contains(err.Error(), "not newer than the last accepted")
 }
 
 // testReEnrollConcurrent enrolls one key 8 times at once, each with its
@@ -364,7 +366,7 @@ func testEnrollReplay(t *testing.T, b backend) {
 			if !replayRefused(err) {
 				t.Fatalf("enroll: got %v, want the refusal of a timestamp not newer", err)
 			}
-			if _, err := s.DeviceByToken(ctx, fmt.Sprintf("hash-replay-%d", i)); !errors.Is(err, server.ErrUnauthorized) {
+			if _, err := s.DeviceByToken(ctx, fmt.Sprintf("hash-replay-%d", i)); !errors.Is(err, errs.ErrUnauthorized) {
 				t.Errorf("replay's token: got %v, want ErrUnauthorized", err)
 			}
 			got, err := s.DeviceByToken(ctx, "hash-1")
@@ -403,7 +405,7 @@ func testEnrollReplay(t *testing.T, b backend) {
 	// A key enrollment without a signed timestamp cannot be stored.
 	unsigned := newDevice("dev_u", "m")
 	unsigned.KeyFingerprint = "fp-u"
-	if _, _, err := s.Enroll(ctx, unsigned, "hash-u"); !errors.Is(err, server.ErrInvalid) {
+	if _, _, err := s.Enroll(ctx, unsigned, "hash-u"); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("key enrollment without a timestamp: got %v, want ErrInvalid", err)
 	}
 }
@@ -472,7 +474,7 @@ func testEnrollConflict(t *testing.T, b backend) {
 			if tc.fp != "" {
 				d.KeySignedAt = t0
 			}
-			if _, _, err := s.Enroll(ctx, d, tc.hash); !errors.Is(err, server.ErrConflict) {
+			if _, _, err := s.Enroll(ctx, d, tc.hash); !errors.Is(err, errs.ErrConflict) {
 				t.Errorf("enroll: got %v, want ErrConflict", err)
 			}
 		})
@@ -482,7 +484,7 @@ func testEnrollConflict(t *testing.T, b backend) {
 	keyed.KeyFingerprint, keyed.KeySignedAt = "fp-k", t0
 	mustEnroll(t, s, keyed, "hash-k")
 	keyed.KeySignedAt = t0.Add(time.Second)
-	if _, _, err := s.Enroll(ctx, keyed, "hash-a"); !errors.Is(err, server.ErrConflict) {
+	if _, _, err := s.Enroll(ctx, keyed, "hash-a"); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("re-enroll with a taken token: got %v, want ErrConflict", err)
 	}
 	if got, err := s.DeviceByToken(ctx, "hash-a"); err != nil || got.ID != "dev_a" {
@@ -530,7 +532,7 @@ func testDuplicateReport(t *testing.T, b backend) {
 			other := r
 			tc.change(&other)
 			dup, err := s.AddReport(t.Context(), other)
-			if !errors.Is(err, server.ErrConflict) || !strings.Contains(err.Error(), "report_id r1 already used for a different report") {
+			if !errors.Is(err, errs.ErrConflict) || !strings.Contains(err.Error(), "report_id r1 already used for a different report") {
 				t.Errorf("reused report id: got %v, %v, want ErrConflict naming the report id", dup, err)
 			}
 		})
@@ -556,10 +558,10 @@ func testDuplicateReportConcurrent(t *testing.T, b backend) {
 	race := func(id string, same bool) (stored, dups, conflicts int) {
 		t.Helper()
 		var (
-			wg    sync.WaitGroup
-			start = make(chan struct{})
-			dup   = make([]bool, n)
-			errs  = make([]error, n)
+			wg     sync.WaitGroup
+			start  = make(chan struct{})
+			dup    = make([]bool, n)
+			failed = make([]error, n)
 		)
 		for i := range n {
 			wg.Go(func() {
@@ -570,7 +572,7 @@ func testDuplicateReportConcurrent(t *testing.T, b backend) {
 				}
 				<-start
 				var out server.ReportOutcome
-				out, errs[i] = s.AddReport(t.Context(), r)
+				out, failed[i] = s.AddReport(t.Context(), r)
 				dup[i] = out.Duplicate
 			})
 		}
@@ -578,14 +580,14 @@ func testDuplicateReportConcurrent(t *testing.T, b backend) {
 		wg.Wait()
 		for i := range n {
 			switch {
-			case errs[i] == nil && dup[i]:
+			case failed[i] == nil && dup[i]:
 				dups++
-			case errs[i] == nil:
+			case failed[i] == nil:
 				stored++
-			case errors.Is(errs[i], server.ErrConflict):
+			case errors.Is(failed[i], errs.ErrConflict):
 				conflicts++
 			default:
-				t.Errorf("report %s, attempt %d: got %v, want nil or ErrConflict", id, i, errs[i])
+				t.Errorf("report %s, attempt %d: got %v, want nil or ErrConflict", id, i, failed[i])
 			}
 		}
 		return stored, dups, conflicts
@@ -677,12 +679,12 @@ func testReportUnknownDevice(t *testing.T, b backend) {
 	db, s := mustDevices(t, b)
 	r := report("r1", "SEC-1", server.StateInstalled, "", t0)
 	r.DeviceID = "dev_gone"
-	if _, err := s.AddReport(t.Context(), r); !errors.Is(err, server.ErrNotFound) {
+	if _, err := s.AddReport(t.Context(), r); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("add report: got %v, want ErrNotFound", err)
 	}
 	r.DeviceID, r.State = "dev_a", "exploded"
 	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
-	if _, err := s.AddReport(t.Context(), r); !errors.Is(err, server.ErrInvalid) {
+	if _, err := s.AddReport(t.Context(), r); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("add report with state %q: got %v, want ErrInvalid", r.State, err)
 	}
 	if n := countRows(t, db, "device_reports", "1 = 1"); n != 0 {
@@ -714,10 +716,10 @@ func testDeleteDevice(t *testing.T, b backend) {
 			t.Errorf("%s of the other device: got 0 rows, want them kept", table.name)
 		}
 	}
-	if _, err := s.DeviceByToken(ctx, "hash-dev_a"); !errors.Is(err, server.ErrUnauthorized) {
+	if _, err := s.DeviceByToken(ctx, "hash-dev_a"); !errors.Is(err, errs.ErrUnauthorized) {
 		t.Errorf("token of the deleted device: got %v, want ErrUnauthorized", err)
 	}
-	if err := s.DeleteDevice(ctx, "dev_a"); !errors.Is(err, server.ErrNotFound) {
+	if err := s.DeleteDevice(ctx, "dev_a"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("delete again: got %v, want ErrNotFound", err)
 	}
 	// The id is free again: a handset that erased itself may enroll anew.
@@ -999,7 +1001,7 @@ func testFleetSummaryModelCap(t *testing.T, b backend) {
 			}
 		})
 	}
-	if _, err := s.FleetSummary(t.Context(), patch, t0, 0); !errors.Is(err, server.ErrInvalid) {
+	if _, err := s.FleetSummary(t.Context(), patch, t0, 0); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("no models: got %v, want ErrInvalid", err)
 	}
 }
@@ -1223,7 +1225,7 @@ func BenchmarkCheckIn(b *testing.B) {
 			rows := make([]deviceRow, devices)
 			hashes := make([]string, devices)
 			for i := range rows {
-				hashes[i] = server.HashToken(fmt.Sprintf("otadev_bench%d", i))
+				hashes[i] = identity.HashToken(fmt.Sprintf("otadev_bench%d", i))
 				rows[i] = deviceRow{ID: fmt.Sprintf("dev_%04d", i), TokenHash: hashes[i], Model: "pixel-9", Build: "7.1.0",
 					Channel: "stable", CloudMessaging: server.MessagingAutoEnabled, EnrolledAt: dbTime(t0), LastSeen: dbTime(t0)}
 			}
@@ -1282,7 +1284,7 @@ func BenchmarkSecureDelete(b *testing.B) {
 			rows := make([]deviceRow, devices)
 			hashes := make([]string, devices)
 			for i := range rows {
-				hashes[i] = server.HashToken(fmt.Sprintf("otadev_bench%d", i))
+				hashes[i] = identity.HashToken(fmt.Sprintf("otadev_bench%d", i))
 				rows[i] = deviceRow{ID: fmt.Sprintf("dev_%04d", i), TokenHash: hashes[i], Model: "pixel-9", Build: "7.1.0",
 					Channel: "stable", CloudMessaging: server.MessagingAutoEnabled, EnrolledAt: dbTime(t0), LastSeen: dbTime(t0)}
 			}

@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // TestIdentityLimits runs the checks of token expiry and lineage, the
@@ -29,26 +30,26 @@ func testTokenExpiry(t *testing.T, b backend) {
 	db := mustDB(t, b)
 	ctx := t.Context()
 	now := t0
-	tokens := server.Tokens{Store: db.Tokens(), Users: db.Users(), Now: func() time.Time { return now }, Lifetime: 30 * 24 * time.Hour}
-	alice := mustUser(t, db, "alice", server.RoleOperator, false)
+	tokens := identity.Tokens{Store: db.Tokens(), Users: db.Users(), Now: func() time.Time { return now }, Lifetime: 30 * 24 * time.Hour}
+	alice := mustUser(t, db, "alice", identity.RoleOperator, false)
 
 	def, defSecret, err := tokens.CreateFor(ctx, alice, "default")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, shortSecret, err := tokens.Mint(ctx, alice, "short", server.TokenOptions{Lifetime: time.Hour})
+	_, shortSecret, err := tokens.Mint(ctx, alice, "short", identity.TokenOptions{Lifetime: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := µs(t0.Add(30 * 24 * time.Hour)); !def.ExpiresAt.Equal(want) {
 		t.Errorf("default lifetime: expires %s, want %s (Tokens.Lifetime)", def.ExpiresAt, want)
 	}
-	stored, _, err := db.Tokens().TokenByHash(ctx, server.HashToken(shortSecret))
+	stored, _, err := db.Tokens().TokenByHash(ctx, identity.HashToken(shortSecret))
 	if err != nil || !stored.ExpiresAt.Equal(µs(t0.Add(time.Hour))) {
 		t.Fatalf("stored expiry: got %+v %v, want %s", stored, err, t0.Add(time.Hour))
 	}
-	for _, lifetime := range []time.Duration{-time.Hour, server.MaxTokenLifetime + time.Hour} {
-		if _, _, err := tokens.Mint(ctx, alice, "bad", server.TokenOptions{Lifetime: lifetime}); !errors.Is(err, server.ErrInvalid) {
+	for _, lifetime := range []time.Duration{-time.Hour, identity.MaxTokenLifetime + time.Hour} {
+		if _, _, err := tokens.Mint(ctx, alice, "bad", identity.TokenOptions{Lifetime: lifetime}); !errors.Is(err, errs.ErrInvalid) {
 			t.Errorf("lifetime %v: got %v, want ErrInvalid", lifetime, err)
 		}
 	}
@@ -58,14 +59,14 @@ func testTokenExpiry(t *testing.T, b backend) {
 		t.Errorf("a second before expiry: %v", err)
 	}
 	now = t0.Add(time.Hour)
-	if _, err := tokens.Authenticate(ctx, shortSecret); !errors.Is(err, server.ErrUnauthorized) {
+	if _, err := tokens.Authenticate(ctx, shortSecret); !errors.Is(err, errs.ErrUnauthorized) {
 		t.Errorf("at expiry: got %v, want ErrUnauthorized", err)
 	}
 	if _, err := tokens.Authenticate(ctx, defSecret); err != nil {
 		t.Errorf("the default token an hour on: %v", err)
 	}
 	now = t0.Add(31 * 24 * time.Hour)
-	if _, err := tokens.Authenticate(ctx, defSecret); !errors.Is(err, server.ErrUnauthorized) {
+	if _, err := tokens.Authenticate(ctx, defSecret); !errors.Is(err, errs.ErrUnauthorized) {
 		t.Errorf("the default token after 31 days: got %v, want ErrUnauthorized", err)
 	}
 }
@@ -74,14 +75,14 @@ func testTokenLineage(t *testing.T, b backend) {
 	db := mustDB(t, b)
 	ctx := t.Context()
 	now := t0
-	tokens := server.Tokens{Store: db.Tokens(), Users: db.Users(), Now: func() time.Time { return now }}
-	alice := mustUser(t, db, "alice", server.RoleOperator, false)
+	tokens := identity.Tokens{Store: db.Tokens(), Users: db.Users(), Now: func() time.Time { return now }}
+	alice := mustUser(t, db, "alice", identity.RoleOperator, false)
 
-	parent, parentSecret, err := tokens.Mint(ctx, alice, "parent", server.TokenOptions{Lifetime: 24 * time.Hour})
+	parent, parentSecret, err := tokens.Mint(ctx, alice, "parent", identity.TokenOptions{Lifetime: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth := func(secret string) *server.Principal {
+	auth := func(secret string) *identity.Principal {
 		t.Helper()
 		p, err := tokens.Authenticate(ctx, secret)
 		if err != nil {
@@ -91,14 +92,14 @@ func testTokenLineage(t *testing.T, b backend) {
 	}
 	// A child asks for longer than its parent lives: it gets the
 	// parent's expiry.
-	child, childSecret, err := tokens.Mint(ctx, alice, "child", server.TokenOptions{Lifetime: 30 * 24 * time.Hour, By: auth(parentSecret)})
+	child, childSecret, err := tokens.Mint(ctx, alice, "child", identity.TokenOptions{Lifetime: 30 * 24 * time.Hour, By: auth(parentSecret)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if child.ParentID != parent.ID || !child.ExpiresAt.Equal(parent.ExpiresAt) {
 		t.Errorf("child: parent %q expires %s, want parent %q and its expiry %s", child.ParentID, child.ExpiresAt, parent.ID, parent.ExpiresAt)
 	}
-	grandchild, grandSecret, err := tokens.Mint(ctx, alice, "grandchild", server.TokenOptions{Lifetime: time.Hour, By: auth(childSecret)})
+	grandchild, grandSecret, err := tokens.Mint(ctx, alice, "grandchild", identity.TokenOptions{Lifetime: time.Hour, By: auth(childSecret)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,28 +107,28 @@ func testTokenLineage(t *testing.T, b backend) {
 		t.Errorf("grandchild expires %s, want its own shorter hour", grandchild.ExpiresAt)
 	}
 	// One minted in a session, no parent.
-	_, otherSecret, err := tokens.Mint(ctx, alice, "other", server.TokenOptions{By: &server.Principal{User: alice, SessionID: "s"}})
+	_, otherSecret, err := tokens.Mint(ctx, alice, "other", identity.TokenOptions{By: &identity.Principal{User: alice, SessionID: "s"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if stored, _, _ := db.Tokens().TokenByHash(ctx, server.HashToken(grandSecret)); stored == nil || stored.ParentID != child.ID {
+	if stored, _, _ := db.Tokens().TokenByHash(ctx, identity.HashToken(grandSecret)); stored == nil || stored.ParentID != child.ID {
 		t.Errorf("stored grandchild: %+v, want parent %s", stored, child.ID)
 	}
 	all, err := db.Tokens().ListTokens(ctx, alice.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := server.LiveDescendants(all, parent.ID); !slices.Equal(got, []string{child.ID, grandchild.ID}) {
+	if got := identity.LiveDescendants(all, parent.ID); !slices.Equal(got, []string{child.ID, grandchild.ID}) {
 		t.Errorf("descendants of the parent: got %v, want [child grandchild]", got)
 	}
 
 	childP := auth(childSecret)
-	revoker := &server.Principal{User: alice, SessionID: "s"}
+	revoker := &identity.Principal{User: alice, SessionID: "s"}
 	if _, with, err := tokens.Revoke(ctx, revoker, parent.ID); err != nil || !slices.Equal(with, []string{child.ID, grandchild.ID}) {
 		t.Fatalf("revoke the parent: with %v, %v", with, err)
 	}
 	for name, secret := range map[string]string{"parent": parentSecret, "child": childSecret, "grandchild": grandSecret} {
-		if _, err := tokens.Authenticate(ctx, secret); !errors.Is(err, server.ErrUnauthorized) {
+		if _, err := tokens.Authenticate(ctx, secret); !errors.Is(err, errs.ErrUnauthorized) {
 			t.Errorf("the %s after revoking the parent: got %v, want ErrUnauthorized", name, err)
 		}
 	}
@@ -136,7 +137,7 @@ func testTokenLineage(t *testing.T, b backend) {
 	}
 	// A request that authenticated with the child just before the
 	// revocation cannot mint from it after.
-	if _, _, err := tokens.Mint(ctx, alice, "late", server.TokenOptions{By: childP}); !errors.Is(err, server.ErrUnauthorized) {
+	if _, _, err := tokens.Mint(ctx, alice, "late", identity.TokenOptions{By: childP}); !errors.Is(err, errs.ErrUnauthorized) {
 		t.Errorf("minting from a revoked token: got %v, want ErrUnauthorized", err)
 	}
 	if n := countRows(t, db, "api_tokens", "name = ?", "late"); n != 0 {
@@ -147,9 +148,9 @@ func testTokenLineage(t *testing.T, b backend) {
 func testDisableRevokesTokens(t *testing.T, b backend) {
 	db := mustDB(t, b)
 	ctx := t.Context()
-	tokens := server.Tokens{Store: db.Tokens(), Users: db.Users()}
-	alice := mustUser(t, db, "alice", server.RoleOperator, false)
-	bob := mustUser(t, db, "bob", server.RoleOperator, false)
+	tokens := identity.Tokens{Store: db.Tokens(), Users: db.Users()}
+	alice := mustUser(t, db, "alice", identity.RoleOperator, false)
+	bob := mustUser(t, db, "bob", identity.RoleOperator, false)
 	_, aliceSecret, err := tokens.CreateFor(ctx, alice, "laptop")
 	if err != nil {
 		t.Fatal(err)
@@ -163,10 +164,10 @@ func testDisableRevokesTokens(t *testing.T, b backend) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := tokens.Authenticate(ctx, aliceSecret); !errors.Is(err, server.ErrUnauthorized) {
+	if _, err := tokens.Authenticate(ctx, aliceSecret); !errors.Is(err, errs.ErrUnauthorized) {
 		t.Errorf("alice's token after disable and enable: got %v, want ErrUnauthorized", err)
 	}
-	if tok, _, _ := db.Tokens().TokenByHash(ctx, server.HashToken(aliceSecret)); tok == nil || tok.RevokedAt == nil {
+	if tok, _, _ := db.Tokens().TokenByHash(ctx, identity.HashToken(aliceSecret)); tok == nil || tok.RevokedAt == nil {
 		t.Errorf("alice's token: %+v, want it revoked", tok)
 	}
 	if _, err := tokens.Authenticate(ctx, bobSecret); err != nil {
@@ -177,8 +178,8 @@ func testDisableRevokesTokens(t *testing.T, b backend) {
 func testPasswordEndsSessions(t *testing.T, b backend) {
 	db := mustDB(t, b)
 	ctx := t.Context()
-	alice := mustUser(t, db, "alice", server.RoleAdmin, false)
-	bob := mustUser(t, db, "bob", server.RoleAdmin, false)
+	alice := mustUser(t, db, "alice", identity.RoleAdmin, false)
+	bob := mustUser(t, db, "bob", identity.RoleAdmin, false)
 	ss := db.Sessions()
 	for _, h := range []string{"a-phone", "a-laptop", "a-here"} {
 		if err := ss.CreateSession(ctx, newSession(alice.ID, t0), h); err != nil {
@@ -188,9 +189,9 @@ func testPasswordEndsSessions(t *testing.T, b backend) {
 	if err := ss.CreateSession(ctx, newSession(bob.ID, t0), "b1"); err != nil {
 		t.Fatal(err)
 	}
-	users := server.Users{Store: db.Users()}
+	users := identity.Users{Store: db.Users()}
 	// Alice changes her own password in the session "a-here": it stays.
-	self := &server.Principal{User: alice, SessionHash: "a-here"}
+	self := &identity.Principal{User: alice, SessionHash: "a-here"}
 	if _, err := users.SetPassword(ctx, self, "alice", "a new long password"); err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +203,7 @@ func testPasswordEndsSessions(t *testing.T, b backend) {
 		t.Errorf("sessions after alice's own change: got %v, want [a-here b1]", left)
 	}
 	// An admin (or otad user password) sets it: every session ends.
-	if _, err := users.SetPassword(ctx, &server.Principal{User: bob, SessionHash: "b1"}, "alice", "another long password"); err != nil {
+	if _, err := users.SetPassword(ctx, &identity.Principal{User: bob, SessionHash: "b1"}, "alice", "another long password"); err != nil {
 		t.Fatal(err)
 	}
 	if n := countRows(t, db, "sessions", "user_id = ?", alice.ID); n != 0 {
@@ -214,7 +215,7 @@ func testPasswordEndsSessions(t *testing.T, b backend) {
 	if _, _, err := users.Store.UserByName(ctx, "alice"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := users.SetPassword(ctx, nil, "alice", "short"); !errors.Is(err, server.ErrInvalid) {
+	if _, err := users.SetPassword(ctx, nil, "alice", "short"); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("a short password: got %v, want ErrInvalid", err)
 	}
 }
@@ -223,8 +224,8 @@ func testMigrationIdentityLimits(t *testing.T, b backend) {
 	db := mustOpen(t, b.newDSN(t))
 	ctx := t.Context()
 	mustMigrate(t, db, migrations[:9])
-	alice := mustUser(t, db, "alice", server.RoleOperator, false)
-	bob := mustUser(t, db, "bob", server.RoleOperator, false)
+	alice := mustUser(t, db, "alice", identity.RoleOperator, false)
+	bob := mustUser(t, db, "bob", identity.RoleOperator, false)
 	g := db.gorm.WithContext(ctx)
 	for _, tok := range []struct{ id, user string }{{"t-a", alice.ID}, {"t-b", bob.ID}} {
 		if err := g.Exec("INSERT INTO api_tokens (id, name, role, token_hash, created_at, user_id) VALUES (?, ?, '', ?, ?, ?)",
@@ -242,8 +243,8 @@ func testMigrationIdentityLimits(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if lo, hi := before.Add(server.DefaultTokenLifetime-time.Minute), time.Now().Add(server.DefaultTokenLifetime+time.Minute); a.ExpiresAt.Before(lo) || a.ExpiresAt.After(hi) || a.RevokedAt != nil {
-		t.Errorf("alice's old token: expires %s revoked %v, want %s after the migration and live", a.ExpiresAt, a.RevokedAt, server.DefaultTokenLifetime)
+	if lo, hi := before.Add(identity.DefaultTokenLifetime-time.Minute), time.Now().Add(identity.DefaultTokenLifetime+time.Minute); a.ExpiresAt.Before(lo) || a.ExpiresAt.After(hi) || a.RevokedAt != nil {
+		t.Errorf("alice's old token: expires %s revoked %v, want %s after the migration and live", a.ExpiresAt, a.RevokedAt, identity.DefaultTokenLifetime)
 	}
 	bt, _, err := db.Tokens().TokenByHash(ctx, "hash-t-b")
 	if err != nil || bt.RevokedAt == nil {
@@ -253,7 +254,7 @@ func testMigrationIdentityLimits(t *testing.T, b backend) {
 	if err != nil || len(key) != 32 {
 		t.Errorf("device cookie key: %d bytes, %v; want 32", len(key), err)
 	}
-	if _, err := db.ServerSecret(ctx, "nope"); !errors.Is(err, server.ErrNotFound) {
+	if _, err := db.ServerSecret(ctx, "nope"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("an unknown secret: got %v, want ErrNotFound", err)
 	}
 }
@@ -263,8 +264,8 @@ func testMigrationIdentityLimits(t *testing.T, b backend) {
 func testMintRacesRevoke(t *testing.T, b backend) {
 	db := mustDB(t, b)
 	ctx := t.Context()
-	tokens := server.Tokens{Store: db.Tokens(), Users: db.Users()}
-	alice := mustUser(t, db, "alice", server.RoleOperator, false)
+	tokens := identity.Tokens{Store: db.Tokens(), Users: db.Users()}
+	alice := mustUser(t, db, "alice", identity.RoleOperator, false)
 	for round := range 3 {
 		parent, parentSecret, err := tokens.CreateFor(ctx, alice, fmt.Sprintf("parent-%d", round))
 		if err != nil {
@@ -279,8 +280,8 @@ func testMintRacesRevoke(t *testing.T, b backend) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, _, err := tokens.Mint(ctx, alice, fmt.Sprintf("child-%d-%d", round, i), server.TokenOptions{By: by})
-				if err != nil && !errors.Is(err, server.ErrUnauthorized) {
+				_, _, err := tokens.Mint(ctx, alice, fmt.Sprintf("child-%d-%d", round, i), identity.TokenOptions{By: by})
+				if err != nil && !errors.Is(err, errs.ErrUnauthorized) {
 					t.Errorf("mint: %v", err)
 				}
 			}()

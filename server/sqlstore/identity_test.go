@@ -13,6 +13,9 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // TestIdentityStores runs the user, session, token and audit store
@@ -43,9 +46,9 @@ func mustDB(t testing.TB, b backend) *DB {
 	return db
 }
 
-func mustUser(t testing.TB, db *DB, name, role string, service bool) *server.User {
+func mustUser(t testing.TB, db *DB, name, role string, service bool) *identity.User {
 	t.Helper()
-	u := &server.User{ID: "u-" + name, Name: name, Role: role, Service: service, CreatedAt: t0}
+	u := &identity.User{ID: "u-" + name, Name: name, Role: role, Service: service, CreatedAt: t0}
 	hash := ""
 	if !service {
 		hash = "hash-of-" + name
@@ -60,20 +63,20 @@ func testUsers(t *testing.T, b backend) {
 	db := mustDB(t, b)
 	ctx := t.Context()
 	s := db.Users()
-	alice := mustUser(t, db, "alice", server.RoleAdmin, false)
-	mustUser(t, db, "ci", server.RoleOperator, true)
+	alice := mustUser(t, db, "alice", identity.RoleAdmin, false)
+	mustUser(t, db, "ci", identity.RoleOperator, true)
 
-	if err := s.CreateUser(ctx, &server.User{ID: "u-other", Name: "alice", Role: server.RoleViewer, CreatedAt: t0}, "x"); !errors.Is(err, server.ErrConflict) {
+	if err := s.CreateUser(ctx, &identity.User{ID: "u-other", Name: "alice", Role: identity.RoleViewer, CreatedAt: t0}, "x"); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("a second alice: got %v, want ErrConflict", err)
 	}
-	if err := s.CreateUser(ctx, &server.User{ID: alice.ID, Name: "alice2", Role: server.RoleViewer, CreatedAt: t0}, "x"); !errors.Is(err, server.ErrConflict) {
+	if err := s.CreateUser(ctx, &identity.User{ID: alice.ID, Name: "alice2", Role: identity.RoleViewer, CreatedAt: t0}, "x"); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("a taken id: got %v, want ErrConflict", err)
 	}
 	u, hash, err := s.UserByName(ctx, "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &server.User{ID: "u-alice", Name: "alice", Role: server.RoleAdmin, CreatedAt: µs(t0)}
+	want := &identity.User{ID: "u-alice", Name: "alice", Role: identity.RoleAdmin, CreatedAt: µs(t0)}
 	if *u != *want || hash != "hash-of-alice" {
 		t.Errorf("alice: got %+v %q, want %+v %q", u, hash, want, "hash-of-alice")
 	}
@@ -81,14 +84,14 @@ func testUsers(t *testing.T, b backend) {
 	if err != nil || !ci.Service || hash != "" {
 		t.Errorf("ci: got %+v %q %v, want a service account without hash", ci, hash, err)
 	}
-	if _, _, err := s.UserByName(ctx, "nobody"); !errors.Is(err, server.ErrNotFound) {
+	if _, _, err := s.UserByName(ctx, "nobody"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("unknown name: got %v, want ErrNotFound", err)
 	}
-	if _, err := s.UserByID(ctx, "u-nobody"); !errors.Is(err, server.ErrNotFound) {
+	if _, err := s.UserByID(ctx, "u-nobody"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("unknown id: got %v, want ErrNotFound", err)
 	}
 
-	if err := s.SetUserRole(ctx, alice.ID, server.RoleViewer); err != nil {
+	if err := s.SetUserRole(ctx, alice.ID, identity.RoleViewer); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.SetPassword(ctx, alice.ID, "new-hash", ""); err != nil {
@@ -98,7 +101,7 @@ func testUsers(t *testing.T, b backend) {
 		t.Fatal(err)
 	}
 	u, hash, err = s.UserByName(ctx, "alice")
-	if err != nil || u.Role != server.RoleViewer || !u.Disabled || hash != "new-hash" {
+	if err != nil || u.Role != identity.RoleViewer || !u.Disabled || hash != "new-hash" {
 		t.Errorf("alice after changes: got %+v %q %v, want a disabled viewer with the new hash", u, hash, err)
 	}
 	if u, err := s.UserByID(ctx, alice.ID); err != nil || u.Name != "alice" {
@@ -121,26 +124,26 @@ func testUserUpdatesOfUnknown(t *testing.T, b backend) {
 	s := mustDB(t, b).Users()
 	ctx := t.Context()
 	for name, f := range map[string]func() error{
-		"SetUserRole":     func() error { return s.SetUserRole(ctx, "u-none", server.RoleAdmin) },
+		"SetUserRole":     func() error { return s.SetUserRole(ctx, "u-none", identity.RoleAdmin) },
 		"SetPassword":     func() error { return s.SetPassword(ctx, "u-none", "h", "") },
 		"SetUserDisabled": func() error { return s.SetUserDisabled(ctx, "u-none", true) },
 		"Enable":          func() error { return s.SetUserDisabled(ctx, "u-none", false) },
 	} {
-		if err := f(); !errors.Is(err, server.ErrNotFound) {
+		if err := f(); !errors.Is(err, errs.ErrNotFound) {
 			t.Errorf("%s of an unknown user: got %v, want ErrNotFound", name, err)
 		}
 	}
 }
 
-func newSession(user string, at time.Time) *server.Session {
-	return &server.Session{UserID: user, CSRFToken: "csrf-" + user, CreatedAt: at, LastSeen: at}
+func newSession(user string, at time.Time) *identity.Session {
+	return &identity.Session{UserID: user, CSRFToken: "csrf-" + user, CreatedAt: at, LastSeen: at}
 }
 
 func testDisableEndsSessions(t *testing.T, b backend) {
 	db := mustDB(t, b)
 	ctx := t.Context()
-	alice := mustUser(t, db, "alice", server.RoleAdmin, false)
-	bob := mustUser(t, db, "bob", server.RoleAdmin, false)
+	alice := mustUser(t, db, "alice", identity.RoleAdmin, false)
+	bob := mustUser(t, db, "bob", identity.RoleAdmin, false)
 	ss := db.Sessions()
 	for _, h := range []string{"a1", "a2"} {
 		if err := ss.CreateSession(ctx, newSession(alice.ID, t0), h); err != nil {
@@ -170,22 +173,22 @@ func testDisableEndsSessions(t *testing.T, b backend) {
 func testSessions(t *testing.T, b backend) {
 	db := mustDB(t, b)
 	ctx := t.Context()
-	alice := mustUser(t, db, "alice", server.RoleOperator, false)
+	alice := mustUser(t, db, "alice", identity.RoleOperator, false)
 	ss := db.Sessions()
 	if err := ss.CreateSession(ctx, newSession(alice.ID, t0), "h1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := ss.CreateSession(ctx, newSession(alice.ID, t0), "h1"); !errors.Is(err, server.ErrConflict) {
+	if err := ss.CreateSession(ctx, newSession(alice.ID, t0), "h1"); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("a taken hash: got %v, want ErrConflict", err)
 	}
-	if err := ss.CreateSession(ctx, newSession("u-none", t0), "h2"); !errors.Is(err, server.ErrNotFound) {
+	if err := ss.CreateSession(ctx, newSession("u-none", t0), "h2"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("a session of an unknown user: got %v, want ErrNotFound", err)
 	}
 	s, u, err := ss.SessionByHash(ctx, "h1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *s != *newSession(alice.ID, µs(t0)) || u.Name != "alice" || u.Role != server.RoleOperator || u.ID != alice.ID {
+	if *s != *newSession(alice.ID, µs(t0)) || u.Name != "alice" || u.Role != identity.RoleOperator || u.ID != alice.ID {
 		t.Errorf("session: got %+v of %+v", s, u)
 	}
 	later := t0.Add(5 * time.Minute)
@@ -195,16 +198,16 @@ func testSessions(t *testing.T, b backend) {
 	if s, _, _ := ss.SessionByHash(ctx, "h1"); s == nil || !s.LastSeen.Equal(µs(later)) || !s.CreatedAt.Equal(µs(t0)) {
 		t.Errorf("after touch: got %+v, want last seen %s", s, later)
 	}
-	if err := ss.TouchSession(ctx, "none", later); !errors.Is(err, server.ErrNotFound) {
+	if err := ss.TouchSession(ctx, "none", later); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("touch unknown: got %v, want ErrNotFound", err)
 	}
-	if _, _, err := ss.SessionByHash(ctx, "none"); !errors.Is(err, server.ErrNotFound) {
+	if _, _, err := ss.SessionByHash(ctx, "none"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("look up unknown: got %v, want ErrNotFound", err)
 	}
 	if err := ss.DeleteSession(ctx, "h1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := ss.DeleteSession(ctx, "h1"); !errors.Is(err, server.ErrNotFound) {
+	if err := ss.DeleteSession(ctx, "h1"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("delete twice: got %v, want ErrNotFound", err)
 	}
 
@@ -217,7 +220,7 @@ func testSessions(t *testing.T, b backend) {
 		{"idle", t0.Add(-time.Hour), t0.Add(-31 * time.Minute)},
 		{"old", t0.Add(-13 * time.Hour), t0},
 	} {
-		if err := ss.CreateSession(ctx, &server.Session{UserID: alice.ID, CSRFToken: "c", CreatedAt: s.created, LastSeen: s.lastSeen}, s.hash); err != nil {
+		if err := ss.CreateSession(ctx, &identity.Session{UserID: alice.ID, CSRFToken: "c", CreatedAt: s.created, LastSeen: s.lastSeen}, s.hash); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -235,9 +238,9 @@ func testSessions(t *testing.T, b backend) {
 func testSessionService(t *testing.T, b backend) {
 	db := mustDB(t, b)
 	ctx := t.Context()
-	alice := mustUser(t, db, "alice", server.RoleOperator, false)
+	alice := mustUser(t, db, "alice", identity.RoleOperator, false)
 	now := t0
-	svc := server.Sessions{Store: db.Sessions(), Now: func() time.Time { return now }}
+	svc := identity.Sessions{Store: db.Sessions(), Now: func() time.Time { return now }}
 	secret, _, err := svc.Start(ctx, alice)
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +257,7 @@ func testSessionService(t *testing.T, b backend) {
 		t.Errorf("lookup 29 minutes after the last: %v", err)
 	}
 	now = now.Add(31 * time.Minute)
-	if _, _, err := svc.Lookup(ctx, secret); !errors.Is(err, server.ErrSessionExpired) {
+	if _, _, err := svc.Lookup(ctx, secret); !errors.Is(err, identity.ErrSessionExpired) {
 		t.Errorf("lookup after 31 idle minutes: got %v, want ErrSessionExpired", err)
 	}
 	secret, _, err = svc.Start(ctx, alice)
@@ -264,7 +267,7 @@ func testSessionService(t *testing.T, b backend) {
 	if err := svc.End(ctx, secret); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := svc.Lookup(ctx, secret); !errors.Is(err, server.ErrUnauthorized) {
+	if _, _, err := svc.Lookup(ctx, secret); !errors.Is(err, errs.ErrUnauthorized) {
 		t.Errorf("lookup after end: got %v, want ErrUnauthorized", err)
 	}
 }
@@ -272,43 +275,43 @@ func testSessionService(t *testing.T, b backend) {
 func testTokens(t *testing.T, b backend) {
 	db := mustDB(t, b)
 	ctx := t.Context()
-	tokens := server.Tokens{Store: db.Tokens(), Users: db.Users(), Now: func() time.Time { return t0 }}
-	alice := mustUser(t, db, "alice", server.RoleOperator, false)
+	tokens := identity.Tokens{Store: db.Tokens(), Users: db.Users(), Now: func() time.Time { return t0 }}
+	alice := mustUser(t, db, "alice", identity.RoleOperator, false)
 
-	ciTok, ciSecret, err := tokens.Create(ctx, "ci", server.RoleReleaseEngineer)
+	ciTok, ciSecret, err := tokens.Create(ctx, "ci", identity.RoleReleaseEngineer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ci, _, err := db.Users().UserByName(ctx, "ci")
-	if err != nil || !ci.Service || ci.Role != server.RoleReleaseEngineer || ciTok.UserID != ci.ID {
+	if err != nil || !ci.Service || ci.Role != identity.RoleReleaseEngineer || ciTok.UserID != ci.ID {
 		t.Fatalf("service account of ci: got %+v %v (token user %s)", ci, err, ciTok.UserID)
 	}
-	if _, _, err := tokens.Create(ctx, "ci", server.RoleReleaseEngineer); err != nil {
+	if _, _, err := tokens.Create(ctx, "ci", identity.RoleReleaseEngineer); err != nil {
 		t.Errorf("a second token of ci: %v", err)
 	}
-	if _, _, err := tokens.Create(ctx, "ci", server.RoleViewer); !errors.Is(err, server.ErrConflict) {
+	if _, _, err := tokens.Create(ctx, "ci", identity.RoleViewer); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("ci with another role: got %v, want ErrConflict", err)
 	}
-	if _, _, err := tokens.Create(ctx, "alice", server.RoleOperator); !errors.Is(err, server.ErrConflict) {
+	if _, _, err := tokens.Create(ctx, "alice", identity.RoleOperator); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("a service token named as a person: got %v, want ErrConflict", err)
 	}
 	aliceTok, aliceSecret, err := tokens.CreateFor(ctx, alice, "laptop")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Tokens().CreateToken(ctx, &server.Token{ID: "t-x", Name: "x", UserID: "u-none", CreatedAt: t0}, "hx"); !errors.Is(err, server.ErrNotFound) {
+	if err := db.Tokens().CreateToken(ctx, &identity.Token{ID: "t-x", Name: "x", UserID: "u-none", CreatedAt: t0}, "hx"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("a token of an unknown user: got %v, want ErrNotFound", err)
 	}
 
-	tok, u, err := db.Tokens().TokenByHash(ctx, server.HashToken(aliceSecret))
+	tok, u, err := db.Tokens().TokenByHash(ctx, identity.HashToken(aliceSecret))
 	if err != nil {
 		t.Fatal(err)
 	}
 	aliceTok.CreatedAt = µs(aliceTok.CreatedAt)
-	if *tok != *aliceTok || u.ID != alice.ID || u.Name != "alice" || u.Role != server.RoleOperator || u.Service || u.Disabled {
+	if *tok != *aliceTok || u.ID != alice.ID || u.Name != "alice" || u.Role != identity.RoleOperator || u.Service || u.Disabled {
 		t.Errorf("alice's token: got %+v of %+v, want %+v of alice", tok, u, aliceTok)
 	}
-	if _, _, err := db.Tokens().TokenByHash(ctx, "none"); !errors.Is(err, server.ErrNotFound) {
+	if _, _, err := db.Tokens().TokenByHash(ctx, "none"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("unknown hash: got %v, want ErrNotFound", err)
 	}
 
@@ -338,43 +341,43 @@ func testTokens(t *testing.T, b backend) {
 	// The token acts with the user's current role, and not at all once
 	// the user is disabled.
 	p, err := tokens.Authenticate(ctx, aliceSecret)
-	if err != nil || p.Actor() != "alice" || !p.Can(server.PermRolloutChange) || p.TokenID != aliceTok.ID {
+	if err != nil || p.Actor() != "alice" || !p.Can(identity.PermRolloutChange) || p.TokenID != aliceTok.ID {
 		t.Fatalf("authenticate alice: got %+v %v", p, err)
 	}
-	if err := db.Users().SetUserRole(ctx, alice.ID, server.RoleViewer); err != nil {
+	if err := db.Users().SetUserRole(ctx, alice.ID, identity.RoleViewer); err != nil {
 		t.Fatal(err)
 	}
-	if p, err := tokens.Authenticate(ctx, aliceSecret); err != nil || p.Can(server.PermRolloutChange) {
+	if p, err := tokens.Authenticate(ctx, aliceSecret); err != nil || p.Can(identity.PermRolloutChange) {
 		t.Errorf("alice as viewer: got %+v %v, want a principal that cannot change rollouts", p, err)
 	}
 	if err := db.Users().SetUserDisabled(ctx, alice.ID, true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tokens.Authenticate(ctx, aliceSecret); !errors.Is(err, server.ErrUnauthorized) {
+	if _, err := tokens.Authenticate(ctx, aliceSecret); !errors.Is(err, errs.ErrUnauthorized) {
 		t.Errorf("token of a disabled user: got %v, want ErrUnauthorized", err)
 	}
-	if _, _, err := tokens.CreateFor(ctx, &server.User{ID: alice.ID, Name: "alice", Disabled: true}, "more"); !errors.Is(err, server.ErrConflict) {
+	if _, _, err := tokens.CreateFor(ctx, &identity.User{ID: alice.ID, Name: "alice", Disabled: true}, "more"); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("a token for a disabled user: got %v, want ErrConflict", err)
 	}
 	if err := db.Tokens().RevokeToken(ctx, ciTok.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tokens.Authenticate(ctx, ciSecret); !errors.Is(err, server.ErrUnauthorized) {
+	if _, err := tokens.Authenticate(ctx, ciSecret); !errors.Is(err, errs.ErrUnauthorized) {
 		t.Errorf("a revoked token: got %v, want ErrUnauthorized", err)
 	}
-	if err := db.Tokens().RevokeToken(ctx, ciTok.ID); !errors.Is(err, server.ErrNotFound) {
+	if err := db.Tokens().RevokeToken(ctx, ciTok.ID); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("revoke twice: got %v, want ErrNotFound", err)
 	}
 }
 
-func entry(i int) server.AuditEntry {
-	return server.AuditEntry{At: t0.Add(time.Duration(i) * time.Second), Actor: fmt.Sprintf("actor-%d", i%3),
+func entry(i int) audit.AuditEntry {
+	return audit.AuditEntry{At: t0.Add(time.Duration(i) * time.Second), Actor: fmt.Sprintf("actor-%d", i%3),
 		Action: "user.create", Object: fmt.Sprintf("user-%d", i), Reason: "because", Detail: `{"n":1}`}
 }
 
-func mustVerify(t testing.TB, db *DB) server.AuditVerification {
+func mustVerify(t testing.TB, db *DB) audit.AuditVerification {
 	t.Helper()
-	v, err := server.VerifyAudit(t.Context(), db.Audit(), nil)
+	v, err := audit.VerifyAudit(t.Context(), db.Audit(), nil)
 	if err != nil {
 		t.Fatalf("verify: %v", err)
 	}
@@ -394,7 +397,7 @@ func testAuditAppendConcurrent(t *testing.T, b backend) {
 		go func() {
 			defer wg.Done()
 			for i := range appends {
-				es := []server.AuditEntry{entry(w*100 + i)}
+				es := []audit.AuditEntry{entry(w*100 + i)}
 				if i%3 == 0 {
 					es = append(es, entry(w*100+i+50))
 				}
@@ -414,7 +417,7 @@ func testAuditAppendConcurrent(t *testing.T, b backend) {
 	if v.Entries != want || len(v.HeadHash) != 64 {
 		t.Errorf("verify: got %+v, want %d entries and a head", v, want)
 	}
-	list, err := db.Audit().ListAudit(ctx, server.AuditQuery{Limit: 1})
+	list, err := db.Audit().ListAudit(ctx, audit.AuditQuery{Limit: 1})
 	if err != nil || len(list) != 1 || list[0].Seq != want || list[0].Hash != v.HeadHash {
 		t.Errorf("newest entry: got %+v %v, want seq %d with the head hash", list, err, want)
 	}
@@ -448,8 +451,8 @@ func testAuditTampering(t *testing.T, b backend) {
 			if err := db.gorm.WithContext(ctx).Exec(tc.sql).Error; err != nil {
 				t.Fatal(err)
 			}
-			_, err := server.VerifyAudit(ctx, db.Audit(), nil)
-			var broken *server.AuditBrokenError
+			_, err := audit.VerifyAudit(ctx, db.Audit(), nil)
+			var broken *audit.AuditBrokenError
 			if !errors.As(err, &broken) {
 				t.Fatalf("verify after %s: got %v, want an AuditBrokenError", tc.sql, err)
 			}
@@ -463,7 +466,7 @@ func testAuditTampering(t *testing.T, b backend) {
 func testAuditList(t *testing.T, b backend) {
 	db := mustDB(t, b)
 	ctx := t.Context()
-	var all []server.AuditEntry
+	var all []audit.AuditEntry
 	for i, a := range []struct{ actor, action, object string }{
 		{"alice", "rollout.create", "ro_1"},
 		{"bob", "rollout.pause", "ro_1"},
@@ -472,7 +475,7 @@ func testAuditList(t *testing.T, b backend) {
 		{"system", "rollout.halt", "ro_2"},
 		{"bob", "rollout", "ro_3"},
 	} {
-		e := server.AuditEntry{At: t0.Add(time.Duration(i) * time.Minute), Actor: a.actor, Action: a.action, Object: a.object}
+		e := audit.AuditEntry{At: t0.Add(time.Duration(i) * time.Minute), Actor: a.actor, Action: a.action, Object: a.object}
 		all = append(all, e)
 		if err := db.Audit().AppendAudit(ctx, e); err != nil {
 			t.Fatal(err)
@@ -480,9 +483,9 @@ func testAuditList(t *testing.T, b backend) {
 	}
 	// Filler to check the limits.
 	for range 11 {
-		es := make([]server.AuditEntry, 100)
+		es := make([]audit.AuditEntry, 100)
 		for i := range es {
-			es[i] = server.AuditEntry{At: t0.Add(time.Hour), Actor: "filler", Action: "filler.x"}
+			es[i] = audit.AuditEntry{At: t0.Add(time.Hour), Actor: "filler", Action: "filler.x"}
 		}
 		if err := db.Audit().AppendAudit(ctx, es...); err != nil {
 			t.Fatal(err)
@@ -490,19 +493,19 @@ func testAuditList(t *testing.T, b backend) {
 	}
 	for _, tc := range []struct {
 		name string
-		q    server.AuditQuery
+		q    audit.AuditQuery
 		want []int64
 		n    int
 	}{
-		{name: "Actor", q: server.AuditQuery{Actor: "alice"}, want: []int64{4, 3, 1}},
-		{name: "Action", q: server.AuditQuery{Action: "rollout.pause"}, want: []int64{2}},
-		{name: "ActionPrefix", q: server.AuditQuery{Action: "rollout."}, want: []int64{5, 2, 1}},
-		{name: "Object", q: server.AuditQuery{Object: "ro_1"}, want: []int64{2, 1}},
-		{name: "SinceUntil", q: server.AuditQuery{Since: t0.Add(time.Minute), Until: t0.Add(3 * time.Minute)}, want: []int64{3, 2}},
-		{name: "Before", q: server.AuditQuery{Before: 3, Actor: "alice"}, want: []int64{1}},
-		{name: "ActorLimit", q: server.AuditQuery{Actor: "bob", Limit: 1}, want: []int64{6}},
-		{name: "DefaultLimit", q: server.AuditQuery{}, n: 100},
-		{name: "MaxLimit", q: server.AuditQuery{Limit: 5000}, n: 1000},
+		{name: "Actor", q: audit.AuditQuery{Actor: "alice"}, want: []int64{4, 3, 1}},
+		{name: "Action", q: audit.AuditQuery{Action: "rollout.pause"}, want: []int64{2}},
+		{name: "ActionPrefix", q: audit.AuditQuery{Action: "rollout."}, want: []int64{5, 2, 1}},
+		{name: "Object", q: audit.AuditQuery{Object: "ro_1"}, want: []int64{2, 1}},
+		{name: "SinceUntil", q: audit.AuditQuery{Since: t0.Add(time.Minute), Until: t0.Add(3 * time.Minute)}, want: []int64{3, 2}},
+		{name: "Before", q: audit.AuditQuery{Before: 3, Actor: "alice"}, want: []int64{1}},
+		{name: "ActorLimit", q: audit.AuditQuery{Actor: "bob", Limit: 1}, want: []int64{6}},
+		{name: "DefaultLimit", q: audit.AuditQuery{}, n: 100},
+		{name: "MaxLimit", q: audit.AuditQuery{Limit: 5000}, n: 1000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := db.Audit().ListAudit(ctx, tc.q)
@@ -524,12 +527,12 @@ func testAuditList(t *testing.T, b backend) {
 			}
 		})
 	}
-	got, err := db.Audit().ListAudit(ctx, server.AuditQuery{Object: "carol"})
+	got, err := db.Audit().ListAudit(ctx, audit.AuditQuery{Object: "carol"})
 	if err != nil || len(got) != 1 {
 		t.Fatalf("carol: got %+v %v", got, err)
 	}
 	want := all[2]
-	want.Chain(&server.AuditEntry{Seq: 2, Hash: got[0].PrevHash})
+	want.Chain(&audit.AuditEntry{Seq: 2, Hash: got[0].PrevHash})
 	if got[0] != want {
 		t.Errorf("entry read back:\n got %+v\nwant %+v", got[0], want)
 	}
@@ -549,10 +552,10 @@ func testRolloutEventsAudited(t *testing.T, b backend) {
 		t.Fatal(err)
 	}
 	// A stale update: no event, no audit entry.
-	if err := s.UpdateRollout(ctx, r, 1, []server.Event{ev}); !errors.Is(err, server.ErrConflict) {
+	if err := s.UpdateRollout(ctx, r, 1, []server.Event{ev}); !errors.Is(err, errs.ErrConflict) {
 		t.Fatalf("stale update: got %v, want ErrConflict", err)
 	}
-	got, err := db.Audit().ListAudit(ctx, server.AuditQuery{Action: "rollout."})
+	got, err := db.Audit().ListAudit(ctx, audit.AuditQuery{Action: "rollout."})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -602,10 +605,10 @@ func testMigrationBackfill(t *testing.T, b backend) {
 	mustMigrate(t, db, migrations[:7])
 	g := db.gorm.WithContext(ctx)
 	old := []struct{ id, name, role string }{
-		{"t-1", "ci", server.RoleOperator},
-		{"t-2", "ci", server.RoleViewer},
-		{"t-3", "Release Bot", server.RoleReleaseEngineer},
-		{"t-4", "ci-2", server.RoleViewer},
+		{"t-1", "ci", identity.RoleOperator},
+		{"t-2", "ci", identity.RoleViewer},
+		{"t-3", "Release Bot", identity.RoleReleaseEngineer},
+		{"t-4", "ci-2", identity.RoleViewer},
 	}
 	for i, tok := range old {
 		if err := g.Exec("INSERT INTO api_tokens (id, name, role, token_hash, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -658,10 +661,10 @@ func testMigrationBackfill(t *testing.T, b backend) {
 	mustMigrate(t, db, list)
 
 	wantUsers := map[string]struct{ name, role string }{
-		"t-1": {"ci", server.RoleOperator},
-		"t-2": {"ci-2", server.RoleViewer},
-		"t-3": {"release-bot", server.RoleReleaseEngineer},
-		"t-4": {"ci-2-2", server.RoleViewer},
+		"t-1": {"ci", identity.RoleOperator},
+		"t-2": {"ci-2", identity.RoleViewer},
+		"t-3": {"release-bot", identity.RoleReleaseEngineer},
+		"t-4": {"ci-2-2", identity.RoleViewer},
 	}
 	for _, tok := range old {
 		tk, u, err := db.Tokens().TokenByHash(ctx, "hash-"+tok.id)
@@ -672,7 +675,7 @@ func testMigrationBackfill(t *testing.T, b backend) {
 		if tk.Name != tok.name || u.Name != w.name || u.Role != w.role || !u.Service || u.Disabled {
 			t.Errorf("token %s: got %+v of %+v, want of service account %s (%s)", tok.id, tk, u, w.name, w.role)
 		}
-		if err := server.ValidateUser(u.Name, u.Role, "", true); err != nil {
+		if err := identity.ValidateUser(u.Name, u.Role, "", true); err != nil {
 			t.Errorf("service account %q: %v", u.Name, err)
 		}
 	}
@@ -681,7 +684,7 @@ func testMigrationBackfill(t *testing.T, b backend) {
 	// then ro_a's start and advance at 2, ro_b's start at 3, its pause
 	// at 5.
 	var got []string
-	if _, _, err := db.Audit().WalkAudit(ctx, func(e server.AuditEntry) error {
+	if _, _, err := db.Audit().WalkAudit(ctx, func(e audit.AuditEntry) error {
 		got = append(got, fmt.Sprintf("%d %s %s %s", e.Seq, e.Object, e.Action, e.Actor))
 		return nil
 	}); err != nil {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // Lease is a named lease in the leases table; it implements server.Lease
@@ -34,7 +35,7 @@ WHERE leases.holder = excluded.holder OR leases.expires_at < ?`
 // Acquire implements server.Lease.
 func (l *Lease) Acquire(ctx context.Context, holder string, ttl time.Duration, now time.Time) (bool, error) {
 	if holder == "" || ttl <= 0 {
-		return false, fmt.Errorf("lease %s: want a holder and a positive ttl: %w", l.name, server.ErrInvalid)
+		return false, fmt.Errorf("lease %s: want a holder and a positive ttl: %w", l.name, errs.ErrInvalid)
 	}
 	res := l.db.gorm.WithContext(ctx).Exec(acquireLeaseSQL, l.name, holder, dbTime(now.Add(ttl)), dbTime(now))
 	if res.Error != nil {

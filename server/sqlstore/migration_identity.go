@@ -11,6 +11,8 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // identitySchema is migration 8 with seq the dialect's column definition
@@ -187,7 +189,7 @@ const backfillBatch = 500
 // the genesis, and sets the head. It reads the events in batches by
 // keyset rather than all at once, batch at a time.
 func backfillRolloutAudit(tx *gorm.DB, batch int) error {
-	var prev *server.AuditEntry
+	var prev *audit.AuditEntry
 	var lastAt time.Time
 	lastID := int64(-1)
 	for {
@@ -264,7 +266,7 @@ func backfillIdentityLimits(tx *gorm.DB, _ string) error {
 		return fmt.Errorf("device cookie key: %w", err)
 	}
 	if err := tx.Exec("UPDATE api_tokens SET expires_at = ? WHERE expires_at IS NULL",
-		now.Add(server.DefaultTokenLifetime)).Error; err != nil {
+		now.Add(identity.DefaultTokenLifetime)).Error; err != nil {
 		return fmt.Errorf("token expiry: %w", err)
 	}
 	if err := tx.Exec("UPDATE api_tokens SET revoked_at = ? WHERE revoked_at IS NULL AND user_id IN (SELECT id FROM users WHERE disabled = ?)",

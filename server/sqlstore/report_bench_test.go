@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
 )
 
 // The report benchmarks seed a fleet of a million handsets with bulk
@@ -155,7 +156,7 @@ func seedRollout() *server.Rollout {
 	}
 	r.State, r.Stage = server.RolloutRunning, seedStage
 	r.StartedAt, r.StageStartedAt = seedStageStarts[0], seedStageStarts[seedStage]
-	r.Holds = []server.Hold{{Model: "QZ-1", Actor: server.SystemActor, Reason: "failure rate 9.1% over 1h0m0s",
+	r.Holds = []server.Hold{{Model: "QZ-1", Actor: audit.SystemActor, Reason: "failure rate 9.1% over 1h0m0s",
 		Installed: 50, Failed: 5, Rate: 0.091, MaxRate: 0.05, Window: time.Hour, At: seedNow.Add(-6 * time.Hour)}}
 	return r
 }

@@ -12,6 +12,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 type reportRow struct {
@@ -81,7 +82,7 @@ WHERE excluded.at > device_patch_states.at
 func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.ReportOutcome, error) {
 	var out server.ReportOutcome
 	if !slices.Contains(server.ReportStates, r.State) {
-		return out, fmt.Errorf("report state %q: %w", r.State, server.ErrInvalid)
+		return out, fmt.Errorf("report state %q: %w", r.State, errs.ErrInvalid)
 	}
 	row := reportRow{DeviceID: r.DeviceID, ReportID: r.ID, PatchID: r.PatchID, Target: r.Target, State: r.State,
 		ErrorCode: r.ErrorCode, Message: r.Message, At: dbTime(r.At), ReceivedAt: dbTime(r.ReceivedAt)}
@@ -115,13 +116,13 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.Re
 	})
 	err = s.db.rawErr(err)
 	if errors.Is(err, gorm.ErrForeignKeyViolated) {
-		return server.ReportOutcome{}, fmt.Errorf("device %s: %w", r.DeviceID, server.ErrNotFound)
+		return server.ReportOutcome{}, fmt.Errorf("device %s: %w", r.DeviceID, errs.ErrNotFound)
 	}
 	if err != nil {
 		return server.ReportOutcome{}, fmt.Errorf("add report: %w", err)
 	}
 	if conflict {
-		return server.ReportOutcome{}, fmt.Errorf("%w: report_id %s already used for a different report", server.ErrConflict, r.ID)
+		return server.ReportOutcome{}, fmt.Errorf("%w: report_id %s already used for a different report", errs.ErrConflict, r.ID)
 	}
 	return out, nil
 }

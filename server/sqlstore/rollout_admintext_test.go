@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // TestRolloutOperatorText runs, on the real store, what the service does
@@ -75,7 +78,7 @@ func testOperatorIDsRefused(t *testing.T, b backend) {
 	sp = spec(privacyTarget)
 	sp.Draft = true
 	r, _, err := s.Create(ctx, sp, "alice")
-	if err != nil || !server.ValidRolloutID(r.ID) || r.Salt != salt {
+	if err != nil || !textrule.ValidRolloutID(r.ID) || r.Salt != salt {
 		t.Fatalf("create with a server-made id: %v, id %q, salt %q", err, r.ID, r.Salt)
 	}
 	if _, err := s.HoldModel(ctx, r.ID, "alice", "held for a test", "IMEI867530x012345x670"); err == nil {
@@ -113,8 +116,8 @@ func testOperatorReasonsScrubbed(t *testing.T, b backend) {
 		func() error { _, err := s.HoldModel(ctx, r.ID, "alice", reasons["hold"], "PX-7"); return err },
 		func() error {
 			got, err := store.Rollout(ctx, r.ID)
-			if err == nil && (len(got.Holds) != 1 || got.Holds[0].Reason != server.Scrub(reasons["hold"])) {
-				err = fmt.Errorf("holds %+v: want PX-7 held for %q", got.Holds, server.Scrub(reasons["hold"]))
+			if err == nil && (len(got.Holds) != 1 || got.Holds[0].Reason != textrule.Scrub(reasons["hold"])) {
+				err = fmt.Errorf("holds %+v: want PX-7 held for %q", got.Holds, textrule.Scrub(reasons["hold"]))
 			}
 			return err
 		},
@@ -138,7 +141,7 @@ func testOperatorReasonsScrubbed(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := store.db.Audit().ListAudit(ctx, server.AuditQuery{Limit: server.MaxAuditLimit})
+	entries, err := store.db.Audit().ListAudit(ctx, audit.AuditQuery{Limit: audit.MaxAuditLimit})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,8 +161,8 @@ func testOperatorReasonsScrubbed(t *testing.T, b backend) {
 	}
 	all := strings.Join(kept, "\n")
 	for action, reason := range reasons {
-		if !strings.Contains(all, server.Scrub(reason)) {
-			t.Errorf("%s: the scrubbed reason %q is not kept:\n%s", action, server.Scrub(reason), all)
+		if !strings.Contains(all, textrule.Scrub(reason)) {
+			t.Errorf("%s: the scrubbed reason %q is not kept:\n%s", action, textrule.Scrub(reason), all)
 		}
 	}
 	// "db8:", not "db8": the log's random ids are hex and hold "db8"
@@ -189,14 +192,14 @@ func testOpenRolloutsCapped(t *testing.T, b backend) {
 		ids = append(ids, r.ID)
 	}
 	_, _, err := s.Create(ctx, spec(privacyTarget), "alice")
-	if !errors.Is(err, server.ErrTooManyOpenRollouts) || !errors.Is(err, server.ErrConflict) ||
+	if !errors.Is(err, server.ErrTooManyOpenRollouts) || !errors.Is(err, errs.ErrConflict) ||
 		!strings.Contains(err.Error(), "3 are draft, running or paused") || !strings.Contains(err.Error(), "complete or abort some") {
 		t.Fatalf("fourth create: got %v, want ErrTooManyOpenRollouts saying to complete or abort some", err)
 	}
 	if rs, _ := store.Rollouts(ctx); len(rs) != 3 {
 		t.Fatalf("%d rollouts stored, want 3: the refused create stored one", len(rs))
 	}
-	entries, err := store.db.Audit().ListAudit(ctx, server.AuditQuery{Limit: server.MaxAuditLimit})
+	entries, err := store.db.Audit().ListAudit(ctx, audit.AuditQuery{Limit: audit.MaxAuditLimit})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // The RolloutService runs here, on the real store, because package
@@ -81,8 +83,8 @@ func spec(release string) server.RolloutSpec {
 
 func wantField(t *testing.T, err error, field string) {
 	t.Helper()
-	var fe *server.FieldError
-	if !errors.As(err, &fe) || fe.Field != field || !errors.Is(err, server.ErrInvalid) {
+	var fe *errs.FieldError
+	if !errors.As(err, &fe) || fe.Field != field || !errors.Is(err, errs.ErrInvalid) {
 		t.Fatalf("got %v, want a FieldError on %q", err, field)
 	}
 }
@@ -166,7 +168,7 @@ func testServiceCreate(t *testing.T, b backend) {
 				t.Errorf("OnChange called %d times, want 1", *changes)
 			}
 			if _, _, err := svc.Create(t.Context(), server.RolloutSpec{ID: r.ID, Release: privacyTarget,
-				Stages: []float64{100}, Policy: server.DefaultPolicy()}, "bob"); !errors.Is(err, server.ErrConflict) {
+				Stages: []float64{100}, Policy: server.DefaultPolicy()}, "bob"); !errors.Is(err, errs.ErrConflict) {
 				t.Errorf("a second rollout with id %s: got %v, want ErrConflict", r.ID, err)
 			}
 		})
@@ -223,7 +225,7 @@ func testServiceActions(t *testing.T, b backend) {
 		{name: "pause", do: func() (*server.Rollout, error) { return svc.Pause(ctx, id, "bob", "looks off") },
 			wantState: server.RolloutPaused, wantPercent: 1},
 		{name: "pause a paused rollout", do: func() (*server.Rollout, error) { return svc.Pause(ctx, id, "bob", "again") },
-			wantErr: server.ErrConflict},
+			wantErr: errs.ErrConflict},
 		{name: "resume without a reason", do: func() (*server.Rollout, error) { return applied(svc.Resume(ctx, id, "bob", " ")) },
 			wantField: "reason"},
 		{name: "resume", do: func() (*server.Rollout, error) { return applied(svc.Resume(ctx, id, "bob", "false alarm")) },
@@ -233,21 +235,21 @@ func testServiceActions(t *testing.T, b backend) {
 		{name: "advance past four eyes", do: func() (*server.Rollout, error) { return request(svc.Advance(ctx, id, "bob", "faster", 75)) },
 			wantState: server.RolloutRunning, wantPercent: 10, events: []string{server.ActionApprovalRequested}},
 		{name: "approve one's own widening", do: func() (*server.Rollout, error) { return approve("bob") },
-			wantErr: server.ErrForbidden},
+			wantErr: errs.ErrForbidden},
 		{name: "approve", do: func() (*server.Rollout, error) { return approve("alice") },
 			wantState: server.RolloutRunning, wantPercent: 75, events: []string{server.ActionAdvance}},
 		{name: "advance backwards", do: func() (*server.Rollout, error) { return applied(svc.Advance(ctx, id, "bob", "oops", 20)) },
 			wantField: "percent"},
 		{name: "complete before the last stage", do: func() (*server.Rollout, error) { return svc.Complete(ctx, id, "bob", "done") },
-			wantErr: server.ErrConflict},
+			wantErr: errs.ErrConflict},
 		{name: "hold a model", do: func() (*server.Rollout, error) { return svc.HoldModel(ctx, id, "carol", "boot loops", "PX-8") },
 			wantState: server.RolloutRunning, wantPercent: 75, wantHolds: 1},
 		{name: "hold it again", do: func() (*server.Rollout, error) { return svc.HoldModel(ctx, id, "carol", "boot loops", "PX-8") },
-			wantErr: server.ErrConflict},
+			wantErr: errs.ErrConflict},
 		{name: "release the hold", do: func() (*server.Rollout, error) { return svc.ReleaseHold(ctx, id, "carol", "fixed", "PX-8") },
 			wantState: server.RolloutRunning, wantPercent: 75},
 		{name: "release a model not held", do: func() (*server.Rollout, error) { return svc.ReleaseHold(ctx, id, "carol", "fixed", "PX-8") },
-			wantErr: server.ErrNotFound},
+			wantErr: errs.ErrNotFound},
 		{name: "advance to the last stage", do: func() (*server.Rollout, error) { return request(svc.Advance(ctx, id, "bob", "all", 0)) },
 			wantState: server.RolloutRunning, wantPercent: 75, events: []string{server.ActionApprovalRequested}},
 		{name: "approve the last stage", do: func() (*server.Rollout, error) { return approve("carol") },
@@ -257,9 +259,9 @@ func testServiceActions(t *testing.T, b backend) {
 		{name: "abort", do: func() (*server.Rollout, error) { return svc.Abort(ctx, id, "bob", "superseded") },
 			wantState: server.RolloutAborted, wantPercent: 100},
 		{name: "start an aborted rollout", do: func() (*server.Rollout, error) { return applied(svc.Start(ctx, id, "bob", "again")) },
-			wantErr: server.ErrConflict},
+			wantErr: errs.ErrConflict},
 		{name: "unknown rollout", do: func() (*server.Rollout, error) { return svc.Pause(ctx, "ro-nosuch", "bob", "x") },
-			wantErr: server.ErrNotFound},
+			wantErr: errs.ErrNotFound},
 	}
 	wantEvents := []string{"create", "start"}
 	for _, st := range steps {
@@ -311,7 +313,7 @@ func testServiceActions(t *testing.T, b backend) {
 		last.FromState != server.RolloutCompleted || last.ToState != server.RolloutAborted {
 		t.Errorf("last event %+v, want bob's abort of the completed rollout, reason superseded", last)
 	}
-	if _, err := svc.Events(ctx, id, server.MaxAuditLimit+1); err == nil {
+	if _, err := svc.Events(ctx, id, audit.MaxAuditLimit+1); err == nil {
 		t.Error("events with a limit above the maximum: no error")
 	}
 }
@@ -347,14 +349,14 @@ func (s *racingStore) UpdateRollout(ctx context.Context, r *server.Rollout, expe
 
 func testServiceRetriesStale(t *testing.T, b backend) {
 	holdPX7 := func(r *server.Rollout) (server.Event, error) {
-		return r.HoldModel(server.SystemActor, "failure rate", "PX-7", t0)
+		return r.HoldModel(audit.SystemActor, "failure rate", "PX-7", t0)
 	}
 	var n int
 	holdNext := func(r *server.Rollout) (server.Event, error) {
 		n++
-		return r.HoldModel(server.SystemActor, "failure rate", fmt.Sprintf("M-%d", n), t0)
+		return r.HoldModel(audit.SystemActor, "failure rate", fmt.Sprintf("M-%d", n), t0)
 	}
-	pauseIt := func(r *server.Rollout) (server.Event, error) { return r.Pause(server.SystemActor, "auto-halt", t0) }
+	pauseIt := func(r *server.Rollout) (server.Event, error) { return r.Pause(audit.SystemActor, "auto-halt", t0) }
 	tests := []struct {
 		name        string
 		races       int
@@ -382,7 +384,7 @@ func testServiceRetriesStale(t *testing.T, b backend) {
 			svc.Store = racing
 			*changes = 0
 			_, err = svc.Pause(t.Context(), r.ID, "bob", "investigating")
-			if tc.wantErr != (err != nil) || (err != nil && !errors.Is(err, server.ErrConflict)) {
+			if tc.wantErr != (err != nil) || (err != nil && !errors.Is(err, errs.ErrConflict)) {
 				t.Fatalf("got %v, want an ErrConflict: %v", err, tc.wantErr)
 			}
 			stored := mustRollout(t, store, r.ID)
@@ -440,7 +442,7 @@ func testServiceAudit(t *testing.T, b backend) {
 		{name: "limit", f: server.AuditFilter{Limit: 2}, want: []string{"a1", "h2"}},
 		{name: "nothing matches", f: server.AuditFilter{Actor: "mallory"}, want: []string{}},
 		{name: "unknown action", f: server.AuditFilter{Action: "delete"}, wantField: "action"},
-		{name: "limit above the maximum", f: server.AuditFilter{Limit: server.MaxAuditLimit + 1}, wantField: "limit"},
+		{name: "limit above the maximum", f: server.AuditFilter{Limit: audit.MaxAuditLimit + 1}, wantField: "limit"},
 		{name: "until not after since", f: server.AuditFilter{Since: at(5), Until: at(5)}, wantField: "until"},
 	}
 	for _, tc := range tests {
@@ -468,7 +470,7 @@ func testServiceAudit(t *testing.T, b backend) {
 	}
 
 	// The default limit is DefaultAuditLimit.
-	for i := range server.DefaultAuditLimit {
+	for i := range audit.DefaultAuditLimit {
 		if _, err := svc.HoldModel(ctx, r1.ID, "bot", "many", fmt.Sprintf("M-%03d", i)); err != nil {
 			t.Fatal(err)
 		}
@@ -477,8 +479,8 @@ func testServiceAudit(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(evs) != server.DefaultAuditLimit || evs[0].Model != fmt.Sprintf("M-%03d", server.DefaultAuditLimit-1) {
-		t.Errorf("default read: %d events, newest %q; want %d, newest the last hold", len(evs), evs[0].Model, server.DefaultAuditLimit)
+	if len(evs) != audit.DefaultAuditLimit || evs[0].Model != fmt.Sprintf("M-%03d", audit.DefaultAuditLimit-1) {
+		t.Errorf("default read: %d events, newest %q; want %d, newest the last hold", len(evs), evs[0].Model, audit.DefaultAuditLimit)
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // RolloutStore keeps staged rollouts; it implements server.RolloutStore.
@@ -291,7 +293,7 @@ func eventRows(id string, evs []server.Event) ([]rolloutEventRow, error) {
 	rows := make([]rolloutEventRow, len(evs))
 	for i, ev := range evs {
 		if ev.RolloutID != id {
-			return nil, fmt.Errorf("rollout %s: event %d (%s) is of rollout %q: %w", id, i, ev.Action, ev.RolloutID, server.ErrInvalid)
+			return nil, fmt.Errorf("rollout %s: event %d (%s) is of rollout %q: %w", id, i, ev.Action, ev.RolloutID, errs.ErrInvalid)
 		}
 		hold, err := optionalHold(ev.Hold)
 		if err != nil {
@@ -317,7 +319,7 @@ func (row *rolloutEventRow) event() (server.Event, error) {
 // CreateRollout implements server.RolloutStore.
 func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, maxOpen int, evs ...server.Event) error {
 	if len(evs) == 0 {
-		return fmt.Errorf("create rollout %s: no event: %w", r.ID, server.ErrInvalid)
+		return fmt.Errorf("create rollout %s: no event: %w", r.ID, errs.ErrInvalid)
 	}
 	row, err := toRolloutRow(r, 1)
 	if err != nil {
@@ -343,7 +345,7 @@ func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, max
 		return checkOpenRollouts(tx, maxOpen)
 	})
 	if errors.Is(err, gorm.ErrDuplicatedKey) {
-		return fmt.Errorf("rollout %s exists: %w", r.ID, server.ErrConflict)
+		return fmt.Errorf("rollout %s exists: %w", r.ID, errs.ErrConflict)
 	}
 	if err != nil {
 		return fmt.Errorf("create rollout %s: %w", r.ID, err)
@@ -372,7 +374,7 @@ func checkOpenRollouts(tx *gorm.DB, maxOpen int) error {
 
 // rolloutAudit is the audit entries of rollout events, which the
 // rollout store appends last in the transaction that records them.
-func rolloutAudit(evs []server.Event) []server.AuditEntry {
+func rolloutAudit(evs []server.Event) []audit.AuditEntry {
 	return mapSlice(evs, server.RolloutEventAudit)
 }
 
@@ -424,10 +426,10 @@ WHERE id = ? AND version = ?`, row.Version, row.State, row.Target, row.PatchID, 
 			return fmt.Errorf("update rollout %s: %w", r.ID, err)
 		}
 		if len(versions) == 0 {
-			return fmt.Errorf("rollout %s: %w", r.ID, server.ErrNotFound)
+			return fmt.Errorf("rollout %s: %w", r.ID, errs.ErrNotFound)
 		}
 		return fmt.Errorf("%w: rollout %s changed meanwhile (version %d, this change was made from %d); read it again",
-			server.ErrConflict, r.ID, versions[0], expectVersion)
+			errs.ErrConflict, r.ID, versions[0], expectVersion)
 	}
 	if err != nil {
 		return fmt.Errorf("update rollout %s: %w", r.ID, err)
@@ -441,7 +443,7 @@ func (s *RolloutStore) Rollout(ctx context.Context, id string) (*server.Rollout,
 	var row rolloutRow
 	err := s.db.gorm.WithContext(ctx).Where("id = ?", id).Take(&row).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return nil, fmt.Errorf("rollout %s: %w", id, server.ErrNotFound)
+		return nil, fmt.Errorf("rollout %s: %w", id, errs.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up rollout %s: %w", id, err)
@@ -490,7 +492,7 @@ func (s *RolloutStore) RolloutEvents(ctx context.Context, rolloutID string, limi
 			return nil, fmt.Errorf("rollout %s: read events: %w", rolloutID, err)
 		}
 		if n == 0 {
-			return nil, fmt.Errorf("rollout %s: %w", rolloutID, server.ErrNotFound)
+			return nil, fmt.Errorf("rollout %s: %w", rolloutID, errs.ErrNotFound)
 		}
 	}
 	slices.Reverse(rows)
@@ -531,9 +533,9 @@ func auditQuery(g *gorm.DB, f server.AuditFilter) *gorm.DB {
 	limit := f.Limit
 	switch {
 	case limit < 1:
-		limit = server.DefaultAuditLimit
-	case limit > server.MaxAuditLimit:
-		limit = server.MaxAuditLimit
+		limit = audit.DefaultAuditLimit
+	case limit > audit.MaxAuditLimit:
+		limit = audit.MaxAuditLimit
 	}
 	q := g.Model(&rolloutEventRow{}).Order("id DESC").Limit(limit)
 	if f.RolloutID != "" {
@@ -591,7 +593,7 @@ func (s *RolloutStore) PutDeviceRollout(ctx context.Context, dr *server.DeviceRo
 		optionalTime(dr.ResultAt)).Error
 	err = s.db.rawErr(err)
 	if errors.Is(err, gorm.ErrForeignKeyViolated) {
-		return fmt.Errorf("rollout %s or device %s: %w", dr.RolloutID, dr.DeviceID, server.ErrNotFound)
+		return fmt.Errorf("rollout %s or device %s: %w", dr.RolloutID, dr.DeviceID, errs.ErrNotFound)
 	}
 	if err != nil {
 		return fmt.Errorf("put rollout record of device %s: %w", dr.DeviceID, err)
@@ -670,7 +672,7 @@ func (s *RolloutStore) PruneOfferBudget(ctx context.Context, before time.Time) (
 // next offer of the minute takes it.
 func (s *RolloutStore) RecordOffer(ctx context.Context, dec server.Decision, prev, next *server.DeviceRollout, limit int, now time.Time) (bool, error) {
 	if next == nil || (dec.Kind != server.OfferFirst && dec.Kind != server.OfferRetry) || (dec.Kind == server.OfferRetry && prev == nil) {
-		return false, fmt.Errorf("record offer of rollout %s: not a first offer or a retry: %w", dec.RolloutID, server.ErrInvalid)
+		return false, fmt.Errorf("record offer of rollout %s: not a first offer or a retry: %w", dec.RolloutID, errs.ErrInvalid)
 	}
 	// The budget claim (offer_budget.go): from the allowance, not in the
 	// transaction.
@@ -718,7 +720,7 @@ WHERE rollout_id = ? AND device_id = ? AND state = ? AND attempts = ?`
 	case err == nil:
 		return true, nil
 	case errors.Is(err, gorm.ErrForeignKeyViolated):
-		return false, fmt.Errorf("rollout %s or device %s: %w", next.RolloutID, next.DeviceID, server.ErrNotFound)
+		return false, fmt.Errorf("rollout %s or device %s: %w", next.RolloutID, next.DeviceID, errs.ErrNotFound)
 	}
 	return false, fmt.Errorf("rollout %s: record offer to device %s: %w", dec.RolloutID, next.DeviceID, err)
 }

@@ -14,6 +14,8 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // TestRolloutStore runs the rollout store suite against SQLite and, when
@@ -106,11 +108,11 @@ func fullRollout(id string, at time.Time) *server.Rollout {
 			Soak: 6*time.Hour + 30*time.Minute, Retries: 4,
 			Backoff:            []time.Duration{time.Hour, 4 * time.Hour, 24*time.Hour + 15*time.Second},
 			MaxOffersPerMinute: 120, Window: w},
-		Halt: &server.Hold{Actor: server.SystemActor, Reason: "the rollout failed 9 of 60 installs",
+		Halt: &server.Hold{Actor: audit.SystemActor, Reason: "the rollout failed 9 of 60 installs",
 			Installed: 51, Failed: 9, Rate: 9.0 / 60, MaxRate: 0.035, Window: 90 * time.Minute, At: at.Add(time.Minute)},
 		Holds: []server.Hold{
 			{Model: "PX-8", Actor: "bob", Reason: "a field report of boot loops", At: at.Add(2 * time.Minute)},
-			{Model: "PX-9", Actor: server.SystemActor, Reason: "model PX-9 failed 1 of 3", Installed: 2, Failed: 1,
+			{Model: "PX-9", Actor: audit.SystemActor, Reason: "model PX-9 failed 1 of 3", Installed: 2, Failed: 1,
 				Rate: 1.0 / 3, MaxRate: 0.035, Window: time.Hour, At: at.Add(3 * time.Minute)},
 		},
 		CreatedBy:        "alice",
@@ -174,11 +176,11 @@ func testRolloutRoundTrip(t *testing.T, b backend) {
 	wantDraft.Version = 3
 	checkRollout(t, "saved back", mustRollout(t, s, "ro_draft"), wantDraft)
 
-	if _, err := s.Rollout(ctx, "ro_none"); !errors.Is(err, server.ErrNotFound) {
+	if _, err := s.Rollout(ctx, "ro_none"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("unknown rollout: got %v, want ErrNotFound", err)
 	}
 	dup, ev := newDraft(t, "ro_full")
-	if err := s.CreateRollout(ctx, dup, 0, ev); !errors.Is(err, server.ErrConflict) {
+	if err := s.CreateRollout(ctx, dup, 0, ev); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("create again: got %v, want ErrConflict", err)
 	}
 	if evs := mustEvents(t, s, "ro_full", 0); len(evs) != 1 {
@@ -253,7 +255,7 @@ func testRolloutOptimisticLock(t *testing.T, b backend) {
 		t.Fatal(err)
 	}
 	err = s.UpdateRollout(ctx, second, second.Version, []server.Event{ev})
-	if !errors.Is(err, server.ErrConflict) {
+	if !errors.Is(err, errs.ErrConflict) {
 		t.Fatalf("update from the stale version: got %v, want ErrConflict", err)
 	}
 	if second.Version != 1 {
@@ -281,7 +283,7 @@ func testRolloutOptimisticLock(t *testing.T, b backend) {
 	}
 
 	ghost, _ := newDraft(t, "ro_none")
-	if err := s.UpdateRollout(ctx, ghost, 1, nil); !errors.Is(err, server.ErrNotFound) {
+	if err := s.UpdateRollout(ctx, ghost, 1, nil); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("update of an unknown rollout: got %v, want ErrNotFound", err)
 	}
 }
@@ -306,7 +308,7 @@ func testRolloutOptimisticLockConcurrent(t *testing.T, b backend) {
 			switch err := s.UpdateRollout(t.Context(), r, base.Version, []server.Event{ev}); {
 			case err == nil:
 				wins.Add(1)
-			case errors.Is(err, server.ErrConflict):
+			case errors.Is(err, errs.ErrConflict):
 				conflicts.Add(1)
 			default:
 				t.Errorf("update %d: %v", i, err)
@@ -336,16 +338,16 @@ func testRolloutEvents(t *testing.T, b backend) {
 		t.Fatal(err)
 	}
 	at := func(m int) time.Time { return t0.Add(time.Duration(m) * time.Minute) }
-	hold := &server.Hold{Model: "PX-8", Actor: server.SystemActor, Reason: "model PX-8 failed 12 of 40",
+	hold := &server.Hold{Model: "PX-8", Actor: audit.SystemActor, Reason: "model PX-8 failed 12 of 40",
 		Installed: 28, Failed: 12, Rate: 0.3, MaxRate: 0.05, Window: time.Hour, At: at(3)}
 	batches := [][]server.Event{
 		{{RolloutID: "ro_1", At: at(1), Actor: "alice", Action: server.ActionStart, Reason: "go",
 			FromState: server.RolloutDraft, ToState: server.RolloutRunning, FromPercent: 1, ToPercent: 1}},
 		// Two events of one evaluation, both at one instant: the order
 		// saved is kept.
-		{{RolloutID: "ro_1", At: at(3), Actor: server.SystemActor, Action: server.ActionHold, Reason: hold.Reason,
+		{{RolloutID: "ro_1", At: at(3), Actor: audit.SystemActor, Action: server.ActionHold, Reason: hold.Reason,
 			FromState: server.RolloutRunning, ToState: server.RolloutRunning, FromPercent: 1, ToPercent: 1, Model: "PX-8", Hold: hold},
-			{RolloutID: "ro_1", At: at(3), Actor: server.SystemActor, Action: server.ActionAdvance, Reason: "stage 1% soaked",
+			{RolloutID: "ro_1", At: at(3), Actor: audit.SystemActor, Action: server.ActionAdvance, Reason: "stage 1% soaked",
 				FromState: server.RolloutRunning, ToState: server.RolloutRunning, FromPercent: 1, ToPercent: 12.5}},
 		{{RolloutID: "ro_1", At: at(4), Actor: "bob", Action: server.ActionReleaseHold, Reason: "fixed",
 			FromState: server.RolloutRunning, ToState: server.RolloutRunning, FromPercent: 12.5, ToPercent: 12.5,
@@ -382,12 +384,12 @@ func testRolloutEvents(t *testing.T, b backend) {
 	if got := mustEvents(t, s, "ro_other", 0); len(got) != 1 || got[0].RolloutID != "ro_other" {
 		t.Errorf("events of the other rollout: got %+v, want its create alone", got)
 	}
-	if _, err := s.RolloutEvents(ctx, "ro_none", 0); !errors.Is(err, server.ErrNotFound) {
+	if _, err := s.RolloutEvents(ctx, "ro_none", 0); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("events of an unknown rollout: got %v, want ErrNotFound", err)
 	}
 	// An event of another rollout is a bug in the caller: nothing saved.
 	stray := server.Event{RolloutID: "ro_other", At: at(5), Actor: "bob", Action: server.ActionPause, Reason: "x"}
-	if err := s.UpdateRollout(ctx, r, r.Version, []server.Event{stray}); !errors.Is(err, server.ErrInvalid) {
+	if err := s.UpdateRollout(ctx, r, r.Version, []server.Event{stray}); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("an event of another rollout: got %v, want ErrInvalid", err)
 	}
 	if got := mustEvents(t, s, "ro_other", 0); len(got) != 1 {
@@ -496,7 +498,7 @@ func testDeviceRolloutUpsert(t *testing.T, b backend) {
 		t.Run(tc.name, func(t *testing.T) {
 			dr := offered(t0)
 			dr.RolloutID, dr.DeviceID = tc.rollout, tc.device
-			if err := s.PutDeviceRollout(ctx, dr); !errors.Is(err, server.ErrNotFound) {
+			if err := s.PutDeviceRollout(ctx, dr); !errors.Is(err, errs.ErrNotFound) {
 				t.Errorf("got %v, want ErrNotFound", err)
 			}
 		})

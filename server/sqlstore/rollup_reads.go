@@ -10,6 +10,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // ReportStore reads the rollups of migration 7 for reports, each with
@@ -153,7 +154,7 @@ func (s *ReportStore) RolloutRollups(ctx context.Context, rolloutID string, hour
 // and the series from fleet_daily_totals summed over shards.
 func (s *ReportStore) ExposureRollups(ctx context.Context, day string, days int) (*server.ExposureRollups, error) {
 	if days < 1 {
-		return nil, fmt.Errorf("exposure rollups: want at least 1 day, not %d: %w", days, server.ErrInvalid)
+		return nil, fmt.Errorf("exposure rollups: want at least 1 day, not %d: %w", days, errs.ErrInvalid)
 	}
 	er := &server.ExposureRollups{Day: day}
 	err := s.snapshot(ctx, func(tx *gorm.DB) error {
@@ -170,7 +171,7 @@ func (s *ReportStore) ExposureRollups(ctx context.Context, day string, days int)
 		}
 		last, err := time.Parse(time.DateOnly, er.Day)
 		if err != nil {
-			return fmt.Errorf("exposure rollups: day %q: %w", er.Day, server.ErrInvalid)
+			return fmt.Errorf("exposure rollups: day %q: %w", er.Day, errs.ErrInvalid)
 		}
 		first := last.AddDate(0, 0, 1-days).Format(time.DateOnly)
 		err = scanRows(tx, func(r *sql.Rows) error {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // TestRollupsConsistency drives thousands of concurrent state changes,
@@ -144,7 +145,7 @@ func tokenOf(id string) string { return "hash-" + id }
 // erased reports whether err is what a handset's operation gets when the
 // handset was erased meanwhile.
 func erased(err error) bool {
-	return errors.Is(err, server.ErrDeviceToken) || isTokenErr(err) || errors.Is(err, server.ErrNotFound)
+	return errors.Is(err, errs.ErrDeviceToken) || isTokenErr(err) || errors.Is(err, errs.ErrNotFound)
 }
 
 func testRollupsConsistent(t *testing.T, b backend) {
@@ -548,7 +549,7 @@ func (c *concRun) checkIn(ctx context.Context, rng *rand.Rand, id string) {
 			CloudMessaging: messaging, NumberEncryption: encryption}, now)
 		err = c.s.SaveCheckIn(ctx, d, next)
 		switch {
-		case errors.Is(err, server.ErrConflict):
+		case errors.Is(err, errs.ErrConflict):
 			c.did("check-in conflict")
 			continue
 		case erased(err):
@@ -736,7 +737,7 @@ func (c *concRun) reEnroll(ctx context.Context, rng *rand.Rand, id string) {
 	}
 	_, _, err := c.s.Enroll(ctx, d, tokenOf(id))
 	switch {
-	case errors.Is(err, server.ErrConflict):
+	case errors.Is(err, errs.ErrConflict):
 	case err != nil:
 		c.t.Errorf("re-enroll %s: %v", id, err)
 	default:

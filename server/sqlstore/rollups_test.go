@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // TestRollups checks the write side of the rollups against the tables
@@ -176,7 +177,7 @@ func testFleetCountsConcurrent(t *testing.T, b backend) {
 	checkFleetCounts(t, db)
 }
 
-func isTokenErr(err error) bool { return err != nil && err.Error() == server.ErrDeviceToken.Error() }
+func isTokenErr(err error) bool { return err != nil && err.Error() == errs.ErrDeviceToken.Error() }
 
 // testDailyRollups follows one device over two days: it counts once a
 // day by its latest state that day, and an erasure takes it out of the
@@ -477,7 +478,7 @@ func testCheckInReadsAtOnce(t *testing.T, b backend) {
 			<-start
 			for range rounds {
 				if i == devices {
-					if _, _, err := s.CheckInState(t.Context(), "hash-unknown"); !errors.Is(err, server.ErrDeviceToken) {
+					if _, _, err := s.CheckInState(t.Context(), "hash-unknown"); !errors.Is(err, errs.ErrDeviceToken) {
 						t.Errorf("unknown token: got %v, want ErrDeviceToken", err)
 					}
 					continue

@@ -5,7 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // ServerSecret returns the secret name of server_secrets (migration 11
@@ -17,7 +17,7 @@ func (db *DB) ServerSecret(ctx context.Context, name string) ([]byte, error) {
 		return nil, fmt.Errorf("read secret %s: %w", name, err)
 	}
 	if len(rows) == 0 {
-		return nil, fmt.Errorf("secret %s: %w", name, server.ErrNotFound)
+		return nil, fmt.Errorf("secret %s: %w", name, errs.ErrNotFound)
 	}
 	b, err := hex.DecodeString(rows[0])
 	if err != nil || len(b) < 16 {

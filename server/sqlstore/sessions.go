@@ -8,14 +8,15 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // SessionStore keeps dashboard sessions; it implements
 // server.SessionStore.
 type SessionStore struct{ db *DB }
 
-var _ server.SessionStore = (*SessionStore)(nil)
+var _ identity.SessionStore = (*SessionStore)(nil)
 
 // Sessions returns the session store of db.
 func (db *DB) Sessions() *SessionStore { return &SessionStore{db: db} }
@@ -32,15 +33,15 @@ func (sessionRow) TableName() string { return "sessions" }
 
 // CreateSession implements server.SessionStore. An unknown user is
 // ErrNotFound.
-func (s *SessionStore) CreateSession(ctx context.Context, sess *server.Session, hash string) error {
+func (s *SessionStore) CreateSession(ctx context.Context, sess *identity.Session, hash string) error {
 	row := sessionRow{Hash: hash, UserID: sess.UserID, CSRFToken: sess.CSRFToken, CreatedAt: dbTime(sess.CreatedAt),
 		LastSeen: dbTime(sess.LastSeen)}
 	err := s.db.gorm.WithContext(ctx).Create(&row).Error
 	switch {
 	case errors.Is(err, gorm.ErrForeignKeyViolated):
-		return fmt.Errorf("session of user %s: %w", sess.UserID, server.ErrNotFound)
+		return fmt.Errorf("session of user %s: %w", sess.UserID, errs.ErrNotFound)
 	case errors.Is(err, gorm.ErrDuplicatedKey):
-		return fmt.Errorf("session exists: %w", server.ErrConflict)
+		return fmt.Errorf("session exists: %w", errs.ErrConflict)
 	case err != nil:
 		return fmt.Errorf("create session: %w", err)
 	}
@@ -62,7 +63,7 @@ type sessionUserRow struct {
 
 // SessionByHash implements server.SessionStore, reading the session and
 // its user in one query: it runs on every dashboard request.
-func (s *SessionStore) SessionByHash(ctx context.Context, hash string) (*server.Session, *server.User, error) {
+func (s *SessionStore) SessionByHash(ctx context.Context, hash string) (*identity.Session, *identity.User, error) {
 	var rows []sessionUserRow
 	err := s.db.gorm.WithContext(ctx).Raw(`SELECT s.user_id, s.csrf_token, s.created_at, s.last_seen,
 	u.name AS u_name, u.role AS u_role, u.service AS u_service, u.disabled AS u_disabled, u.created_at AS u_created_at
@@ -71,11 +72,11 @@ FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.hash = ?`, hash).Scan(&
 		return nil, nil, fmt.Errorf("look up session: %w", err)
 	}
 	if len(rows) == 0 {
-		return nil, nil, fmt.Errorf("session: %w", server.ErrNotFound)
+		return nil, nil, fmt.Errorf("session: %w", errs.ErrNotFound)
 	}
 	r := rows[0]
-	sess := &server.Session{UserID: r.UserID, CSRFToken: r.CSRFToken, CreatedAt: r.CreatedAt.UTC(), LastSeen: r.LastSeen.UTC()}
-	u := &server.User{ID: r.UserID, Name: r.UName, Role: r.URole, Service: r.UService, Disabled: r.UDisabled,
+	sess := &identity.Session{UserID: r.UserID, CSRFToken: r.CSRFToken, CreatedAt: r.CreatedAt.UTC(), LastSeen: r.LastSeen.UTC()}
+	u := &identity.User{ID: r.UserID, Name: r.UName, Role: r.URole, Service: r.UService, Disabled: r.UDisabled,
 		CreatedAt: r.UCreatedAt.UTC()}
 	return sess, u, nil
 }
@@ -87,7 +88,7 @@ func (s *SessionStore) TouchSession(ctx context.Context, hash string, at time.Ti
 		return fmt.Errorf("touch session: %w", res.Error)
 	}
 	if res.RowsAffected == 0 {
-		return fmt.Errorf("session: %w", server.ErrNotFound)
+		return fmt.Errorf("session: %w", errs.ErrNotFound)
 	}
 	return nil
 }
@@ -99,7 +100,7 @@ func (s *SessionStore) DeleteSession(ctx context.Context, hash string) error {
 		return fmt.Errorf("delete session: %w", res.Error)
 	}
 	if res.RowsAffected == 0 {
-		return fmt.Errorf("session: %w", server.ErrNotFound)
+		return fmt.Errorf("session: %w", errs.ErrNotFound)
 	}
 	return nil
 }

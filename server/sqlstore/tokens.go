@@ -8,13 +8,14 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // TokenStore keeps the API tokens of users and service accounts; it implements server.TokenStore.
 type TokenStore struct{ db *DB }
 
-var _ server.TokenStore = (*TokenStore)(nil)
+var _ identity.TokenStore = (*TokenStore)(nil)
 
 // Tokens returns the token store of db.
 func (db *DB) Tokens() *TokenStore { return &TokenStore{db: db} }
@@ -35,8 +36,8 @@ type tokenRow struct {
 
 func (tokenRow) TableName() string { return "api_tokens" }
 
-func (r tokenRow) token() *server.Token {
-	t := &server.Token{ID: r.ID, Name: r.Name, CreatedAt: r.CreatedAt.UTC()}
+func (r tokenRow) token() *identity.Token {
+	t := &identity.Token{ID: r.ID, Name: r.Name, CreatedAt: r.CreatedAt.UTC()}
 	if r.UserID != nil {
 		t.UserID = *r.UserID
 	}
@@ -59,9 +60,9 @@ func (r tokenRow) token() *server.Token {
 // transaction excludes every other writer): a revocation of the parent
 // either comes first, and the child is refused, or waits for the child
 // and then finds it (see RevokeToken).
-func (s *TokenStore) CreateToken(ctx context.Context, t *server.Token, hash string) error {
+func (s *TokenStore) CreateToken(ctx context.Context, t *identity.Token, hash string) error {
 	if t.UserID == "" {
-		return fmt.Errorf("create token %s: no user: %w", t.Name, server.ErrInvalid)
+		return fmt.Errorf("create token %s: no user: %w", t.Name, errs.ErrInvalid)
 	}
 	userID := t.UserID
 	row := tokenRow{ID: t.ID, Name: t.Name, UserID: &userID, TokenHash: hash, CreatedAt: dbTime(t.CreatedAt)}
@@ -81,18 +82,18 @@ func (s *TokenStore) CreateToken(ctx context.Context, t *server.Token, hash stri
 				return err
 			}
 			if len(live) == 0 {
-				return fmt.Errorf("%w: the token this one is minted with is revoked", server.ErrUnauthorized)
+				return fmt.Errorf("%w: the token this one is minted with is revoked", errs.ErrUnauthorized)
 			}
 		}
 		return tx.Create(&row).Error
 	})
 	switch {
-	case errors.Is(err, server.ErrUnauthorized):
+	case errors.Is(err, errs.ErrUnauthorized):
 		return err
 	case errors.Is(err, gorm.ErrForeignKeyViolated):
-		return fmt.Errorf("token of user %s: %w", t.UserID, server.ErrNotFound)
+		return fmt.Errorf("token of user %s: %w", t.UserID, errs.ErrNotFound)
 	case errors.Is(err, gorm.ErrDuplicatedKey):
-		return fmt.Errorf("token %s exists: %w", t.ID, server.ErrConflict)
+		return fmt.Errorf("token %s exists: %w", t.ID, errs.ErrConflict)
 	case err != nil:
 		return fmt.Errorf("create token: %w", err)
 	}
@@ -117,7 +118,7 @@ type tokenUserRow struct {
 
 // TokenByHash implements server.TokenStore, reading the token and its
 // user in one query: it runs on every API request.
-func (s *TokenStore) TokenByHash(ctx context.Context, hash string) (*server.Token, *server.User, error) {
+func (s *TokenStore) TokenByHash(ctx context.Context, hash string) (*identity.Token, *identity.User, error) {
 	var rows []tokenUserRow
 	err := s.db.gorm.WithContext(ctx).Raw(`SELECT t.id, t.name, t.user_id, t.created_at, t.revoked_at, t.expires_at, t.parent_id,
 	u.name AS u_name, u.role AS u_role, u.service AS u_service, u.disabled AS u_disabled, u.created_at AS u_created_at
@@ -126,18 +127,18 @@ FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?`, hash
 		return nil, nil, fmt.Errorf("look up token: %w", err)
 	}
 	if len(rows) == 0 {
-		return nil, nil, fmt.Errorf("token: %w", server.ErrNotFound)
+		return nil, nil, fmt.Errorf("token: %w", errs.ErrNotFound)
 	}
 	r := rows[0]
 	t := tokenRow{ID: r.ID, Name: r.Name, UserID: r.UserID, CreatedAt: r.CreatedAt, RevokedAt: r.RevokedAt,
 		ExpiresAt: r.ExpiresAt, ParentID: r.ParentID}.token()
-	u := &server.User{ID: t.UserID, Name: r.UName, Role: r.URole, Service: r.UService, Disabled: r.UDisabled,
+	u := &identity.User{ID: t.UserID, Name: r.UName, Role: r.URole, Service: r.UService, Disabled: r.UDisabled,
 		CreatedAt: r.UCreatedAt.UTC()}
 	return t, u, nil
 }
 
 // ListTokens implements server.TokenStore.
-func (s *TokenStore) ListTokens(ctx context.Context, userID string) ([]*server.Token, error) {
+func (s *TokenStore) ListTokens(ctx context.Context, userID string) ([]*identity.Token, error) {
 	q := s.db.gorm.WithContext(ctx).Order("created_at, id")
 	if userID != "" {
 		q = q.Where("user_id = ?", userID)
@@ -146,7 +147,7 @@ func (s *TokenStore) ListTokens(ctx context.Context, userID string) ([]*server.T
 	if err := q.Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("list tokens: %w", err)
 	}
-	out := make([]*server.Token, len(rows))
+	out := make([]*identity.Token, len(rows))
 	for i, r := range rows {
 		out[i] = r.token()
 	}
@@ -167,7 +168,7 @@ func (s *TokenStore) RevokeToken(ctx context.Context, id string) error {
 			return res.Error
 		}
 		if res.RowsAffected == 0 {
-			return fmt.Errorf("token %s: %w", id, server.ErrNotFound)
+			return fmt.Errorf("token %s: %w", id, errs.ErrNotFound)
 		}
 		for gen := []string{id}; len(gen) > 0; {
 			var next []string
@@ -184,7 +185,7 @@ func (s *TokenStore) RevokeToken(ctx context.Context, id string) error {
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, server.ErrNotFound) {
+	if err != nil && !errors.Is(err, errs.ErrNotFound) {
 		return fmt.Errorf("revoke token: %w", err)
 	}
 	return err

@@ -8,14 +8,15 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // UserStore keeps users and service accounts; it implements
 // server.UserStore.
 type UserStore struct{ db *DB }
 
-var _ server.UserStore = (*UserStore)(nil)
+var _ identity.UserStore = (*UserStore)(nil)
 
 // Users returns the user store of db.
 func (db *DB) Users() *UserStore { return &UserStore{db: db} }
@@ -32,18 +33,18 @@ type userRow struct {
 
 func (userRow) TableName() string { return "users" }
 
-func (r *userRow) user() *server.User {
-	return &server.User{ID: r.ID, Name: r.Name, Role: r.Role, Service: r.Service, Disabled: r.Disabled,
+func (r *userRow) user() *identity.User {
+	return &identity.User{ID: r.ID, Name: r.Name, Role: r.Role, Service: r.Service, Disabled: r.Disabled,
 		CreatedAt: r.CreatedAt.UTC()}
 }
 
 // CreateUser implements server.UserStore.
-func (s *UserStore) CreateUser(ctx context.Context, u *server.User, passwordHash string) error {
+func (s *UserStore) CreateUser(ctx context.Context, u *identity.User, passwordHash string) error {
 	row := userRow{ID: u.ID, Name: u.Name, Role: u.Role, PasswordHash: passwordHash, Service: u.Service,
 		Disabled: u.Disabled, CreatedAt: dbTime(u.CreatedAt)}
 	err := s.db.gorm.WithContext(ctx).Create(&row).Error
 	if errors.Is(err, gorm.ErrDuplicatedKey) {
-		return fmt.Errorf("user %s exists: %w", u.Name, server.ErrConflict)
+		return fmt.Errorf("user %s exists: %w", u.Name, errs.ErrConflict)
 	}
 	if err != nil {
 		return fmt.Errorf("create user %s: %w", u.Name, err)
@@ -52,7 +53,7 @@ func (s *UserStore) CreateUser(ctx context.Context, u *server.User, passwordHash
 }
 
 // UserByName implements server.UserStore.
-func (s *UserStore) UserByName(ctx context.Context, name string) (*server.User, string, error) {
+func (s *UserStore) UserByName(ctx context.Context, name string) (*identity.User, string, error) {
 	row, err := s.take(ctx, "name = ?", name)
 	if err != nil {
 		return nil, "", fmt.Errorf("user %s: %w", name, err)
@@ -61,7 +62,7 @@ func (s *UserStore) UserByName(ctx context.Context, name string) (*server.User, 
 }
 
 // UserByID implements server.UserStore.
-func (s *UserStore) UserByID(ctx context.Context, id string) (*server.User, error) {
+func (s *UserStore) UserByID(ctx context.Context, id string) (*identity.User, error) {
 	row, err := s.take(ctx, "id = ?", id)
 	if err != nil {
 		return nil, fmt.Errorf("user %s: %w", id, err)
@@ -73,7 +74,7 @@ func (s *UserStore) take(ctx context.Context, where string, arg string) (*userRo
 	var row userRow
 	err := s.db.gorm.WithContext(ctx).Where(where, arg).Take(&row).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return nil, server.ErrNotFound
+		return nil, errs.ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up: %w", err)
@@ -83,12 +84,12 @@ func (s *UserStore) take(ctx context.Context, where string, arg string) (*userRo
 
 // ListUsers implements server.UserStore: people and service accounts,
 // by name.
-func (s *UserStore) ListUsers(ctx context.Context) ([]*server.User, error) {
+func (s *UserStore) ListUsers(ctx context.Context) ([]*identity.User, error) {
 	var rows []userRow
 	if err := s.db.gorm.WithContext(ctx).Order("name").Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("list users: %w", err)
 	}
-	out := make([]*server.User, len(rows))
+	out := make([]*identity.User, len(rows))
 	for i := range rows {
 		out[i] = rows[i].user()
 	}
@@ -143,7 +144,7 @@ func updateUser(g *gorm.DB, id, column string, value any) error {
 		return fmt.Errorf("user %s: set %s: %w", id, column, res.Error)
 	}
 	if res.RowsAffected == 0 {
-		return fmt.Errorf("user %s: %w", id, server.ErrNotFound)
+		return fmt.Errorf("user %s: %w", id, errs.ErrNotFound)
 	}
 	return nil
 }

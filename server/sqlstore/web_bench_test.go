@@ -11,7 +11,7 @@ import (
 
 	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/manifests/fsstore"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 	"github.com/patchfleet/ota/web"
@@ -77,7 +77,7 @@ func benchDashboard(b *testing.B, db *sqlstore.DB) (http.Handler, *http.Cookie) 
 	}
 	u, _, err := a.Users.Store.UserByName(ctx, "bench-viewer")
 	if err != nil {
-		if u, err = a.Users.Create(ctx, "bench-viewer", server.RoleViewer, "bench password 123", false); err != nil {
+		if u, err = a.Users.Create(ctx, "bench-viewer", identity.RoleViewer, "bench password 123", false); err != nil {
 			b.Fatal(err)
 		}
 	}

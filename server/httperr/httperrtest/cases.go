@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // Case is an error as a handler returns it (wrapped, as the stores wrap
@@ -34,14 +34,14 @@ func Cases() []Case {
 		{"manifests unknown key", fmt.Errorf("sign: %w", manifests.ErrUnknownKey), http.StatusUnprocessableEntity, "unknown_key"},
 		{"manifests key not authorized", manifests.ErrKeyNotAuthorized, http.StatusForbidden, "key_not_authorized"},
 		{"manifests invalid", fmt.Errorf("target: %w", manifests.ErrInvalid), http.StatusBadRequest, "invalid"},
-		{"server invalid", fmt.Errorf("%w: stages must rise", server.ErrInvalid), http.StatusBadRequest, "invalid"},
-		{"field error", &server.FieldError{Field: "stages", Message: "want a percent"}, http.StatusBadRequest, "invalid"},
-		{"server forbidden", server.ErrForbidden, http.StatusForbidden, "forbidden"},
-		{"server not found", fmt.Errorf("rollout ro-9: %w", server.ErrNotFound), http.StatusNotFound, "not_found"},
-		{"server conflict", fmt.Errorf("rollout ro-1: %w", server.ErrConflict), http.StatusConflict, "conflict"},
-		{"server unavailable", server.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
-		{"rate limited", &server.RateLimitError{RetryAfter: time.Minute}, http.StatusTooManyRequests, "rate_limited"},
-		{"not audited", fmt.Errorf("%w: %w", server.ErrNotAudited, errors.New("disk full")), http.StatusInternalServerError, "not_audited"},
+		{"server invalid", fmt.Errorf("%w: stages must rise", errs.ErrInvalid), http.StatusBadRequest, "invalid"},
+		{"field error", &errs.FieldError{Field: "stages", Message: "want a percent"}, http.StatusBadRequest, "invalid"},
+		{"server forbidden", errs.ErrForbidden, http.StatusForbidden, "forbidden"},
+		{"server not found", fmt.Errorf("rollout ro-9: %w", errs.ErrNotFound), http.StatusNotFound, "not_found"},
+		{"server conflict", fmt.Errorf("rollout ro-1: %w", errs.ErrConflict), http.StatusConflict, "conflict"},
+		{"server unavailable", errs.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
+		{"rate limited", &errs.RateLimitError{RetryAfter: time.Minute}, http.StatusTooManyRequests, "rate_limited"},
+		{"not audited", fmt.Errorf("%w: %w", errs.ErrNotAudited, errors.New("disk full")), http.StatusInternalServerError, "not_audited"},
 		{"unknown", errors.New("pq: connection refused"), http.StatusInternalServerError, "internal"},
 	}
 }

@@ -1,4 +1,4 @@
-package server
+package identity
 
 import (
 	"context"
@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // loginStore is a UserStore of a fixed set of users that counts
@@ -23,7 +26,7 @@ func (s *loginStore) UserByName(_ context.Context, name string) (*User, string, 
 	s.lookups++
 	u := s.users[name]
 	if u == nil {
-		return nil, "", fmt.Errorf("user %s: %w", name, ErrNotFound)
+		return nil, "", fmt.Errorf("user %s: %w", name, errs.ErrNotFound)
 	}
 	c := *u
 	return &c, s.hashes[name], nil
@@ -51,7 +54,7 @@ func fastUnknownNames(tb testing.TB) {
 }
 
 func isRateLimited(err error) bool {
-	var rl *RateLimitError
+	var rl *errs.RateLimitError
 	return errors.As(err, &rl)
 }
 
@@ -70,7 +73,7 @@ func TestLoginOversizedInput(t *testing.T) {
 		"password over the cap": {"admin", strings.Repeat("p", MaxPasswordLength+1)},
 	} {
 		_, err := us.Login(t.Context(), in[0], in[1], "")
-		if !errors.Is(err, ErrUnauthorized) || err.Error() != "unauthorized: wrong user name or password" {
+		if !errors.Is(err, errs.ErrUnauthorized) || err.Error() != "unauthorized: wrong user name or password" {
 			t.Errorf("%s: got %v, want the wrong-password answer", name, err)
 		}
 	}
@@ -102,7 +105,7 @@ func TestLoginFloodKeepsAccountsTracked(t *testing.T) {
 	ctx := t.Context()
 	for i := range 200_000 {
 		name := fmt.Sprintf("spray-%07d-%s", i, strings.Repeat("x", 40))
-		if _, err := us.Login(ctx, name, "guess", ""); !errors.Is(err, ErrUnauthorized) {
+		if _, err := us.Login(ctx, name, "guess", ""); !errors.Is(err, errs.ErrUnauthorized) {
 			t.Fatalf("made-up name %d: got %v", i, err)
 		}
 		if i%40_000 == 0 {
@@ -155,7 +158,7 @@ func TestLoginUnknownNamesLockAlike(t *testing.T) {
 	fastUnknownNames(t)
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	us := Users{Store: newLoginStore(), Limiter: NewLoginLimiter(3, 15*time.Minute), Now: func() time.Time { return now }}
-	var audited []AuditEntry
+	var audited []audit.AuditEntry
 	for i := range 4 {
 		_, err := us.Login(t.Context(), "nobody", "my secret password", "")
 		if locked := isRateLimited(err); locked != (i == 3) {

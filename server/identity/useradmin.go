@@ -1,10 +1,12 @@
-package server
+package identity
 
 import (
 	"context"
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // SetRole changes the role of user name, acted by by, and returns the
@@ -14,14 +16,14 @@ import (
 // lock the last admin out.
 func (us Users) SetRole(ctx context.Context, by *Principal, name, role string) (u *User, from string, err error) {
 	if !slices.Contains(Roles, role) {
-		return nil, "", fieldErr("role", "%q: want one of %s", role, strings.Join(Roles, ", "))
+		return nil, "", errs.Fieldf("role", "%q: want one of %s", role, strings.Join(Roles, ", "))
 	}
 	u, _, err = us.Store.UserByName(ctx, name)
 	if err != nil {
 		return nil, "", err
 	}
 	if by != nil && by.User != nil && by.User.ID == u.ID && RoleCan(u.Role, PermUserAdmin) && !RoleCan(role, PermUserAdmin) {
-		return nil, "", fmt.Errorf("%w: you cannot take away your own admin role; ask another admin", ErrConflict)
+		return nil, "", fmt.Errorf("%w: you cannot take away your own admin role; ask another admin", errs.ErrConflict)
 	}
 	if err := us.Store.SetUserRole(ctx, u.ID, role); err != nil {
 		return nil, "", err
@@ -40,7 +42,7 @@ func (us Users) SetDisabled(ctx context.Context, by *Principal, name string, dis
 		return nil, err
 	}
 	if disabled && by != nil && by.User != nil && by.User.ID == u.ID {
-		return nil, fmt.Errorf("%w: you cannot disable yourself; ask another admin", ErrConflict)
+		return nil, fmt.Errorf("%w: you cannot disable yourself; ask another admin", errs.ErrConflict)
 	}
 	if err := us.Store.SetUserDisabled(ctx, u.ID, disabled); err != nil {
 		return nil, err
@@ -59,7 +61,7 @@ func (us Users) SetPassword(ctx context.Context, by *Principal, name, password s
 		return nil, err
 	}
 	if u.Service {
-		return nil, fmt.Errorf("%w: %s is a service account: it has no password and acts through its tokens", ErrConflict, u.Name)
+		return nil, fmt.Errorf("%w: %s is a service account: it has no password and acts through its tokens", errs.ErrConflict, u.Name)
 	}
 	if err := ValidateUser(u.Name, u.Role, password, false); err != nil {
 		return nil, err
@@ -89,7 +91,7 @@ func (ts Tokens) Revoke(ctx context.Context, by *Principal, id string) (t *Token
 	}
 	i := slices.IndexFunc(toks, func(t *Token) bool { return t.ID == id })
 	if i < 0 {
-		return nil, nil, fmt.Errorf("token %s: %w", id, ErrNotFound)
+		return nil, nil, fmt.Errorf("token %s: %w", id, errs.ErrNotFound)
 	}
 	with = LiveDescendants(toks, id)
 	if err := ts.Store.RevokeToken(ctx, id); err != nil {

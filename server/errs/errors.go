@@ -1,4 +1,4 @@
-package server
+package errs
 
 import (
 	"errors"
@@ -7,7 +7,7 @@ import (
 )
 
 // Sentinel errors that domain code wraps with context
-// (fmt.Errorf("%w: ...", server.ErrInvalid)). The HTTP layer maps each to
+// (fmt.Errorf("%w: ...", errs.ErrInvalid)). The HTTP layer maps each to
 // one status code and one JSON error code; anything else is an internal
 // error whose details go only to the log.
 var (
@@ -26,7 +26,7 @@ var (
 var ErrDeviceToken = fmt.Errorf("%w: invalid device token", ErrUnauthorized)
 
 // IsNotFound reports whether err is an ErrNotFound.
-func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
 
 // FieldError is a validation error that names the request field at fault.
 type FieldError struct {
@@ -41,7 +41,7 @@ func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
 
 // Fieldf is a *FieldError for field, its message formatted as by
 // fmt.Sprintf.
-func fieldErr(field, format string, args ...any) error {
+func Fieldf(field, format string, args ...any) error {
 	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}
 }
 

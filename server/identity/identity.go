@@ -1,4 +1,4 @@
-package server
+package identity
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/textrule"
 	"golang.org/x/crypto/argon2"
 )
 
@@ -201,20 +203,20 @@ func ValidateUser(name, role, password string, service bool) error {
 	// A name is the actor of every entry of the audit log, which cannot
 	// be edited: it gets the identifier rules of the fields that have
 	// no reason to hold a long number.
-	if !validUserName(name) || nameLike(name, maxNameDigits) {
-		return fieldErr("name", "want 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit%s", noIdentifier(maxNameDigits))
+	if !validUserName(name) || textrule.NameLike(name, textrule.MaxNameDigits) {
+		return errs.Fieldf("name", "want 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit%s", textrule.NoIdentifier(textrule.MaxNameDigits))
 	}
 	if !slices.Contains(Roles, role) {
-		return fieldErr("role", "%q: want one of %s", role, strings.Join(Roles, ", "))
+		return errs.Fieldf("role", "%q: want one of %s", role, strings.Join(Roles, ", "))
 	}
 	if service {
 		if password != "" {
-			return fieldErr("password", "a service account has no password; it acts through its tokens")
+			return errs.Fieldf("password", "a service account has no password; it acts through its tokens")
 		}
 		return nil
 	}
 	if n := len([]rune(password)); n < MinPasswordLength || len(password) > MaxPasswordLength {
-		return fieldErr("password", "want %d to %d characters", MinPasswordLength, MaxPasswordLength)
+		return errs.Fieldf("password", "want %d to %d characters", MinPasswordLength, MaxPasswordLength)
 	}
 	return nil
 }
@@ -238,7 +240,7 @@ func (us Users) Create(ctx context.Context, name, role, password string, service
 
 // ErrSessionExpired is a session past its idle or absolute expiry. It is
 // an ErrUnauthorized.
-var ErrSessionExpired = fmt.Errorf("%w: session expired; log in again", ErrUnauthorized)
+var ErrSessionExpired = fmt.Errorf("%w: session expired; log in again", errs.ErrUnauthorized)
 
 // Session is a dashboard login, kept server side so that it can be
 // revoked. The store keeps the hash of its secret, never the secret.
@@ -299,7 +301,7 @@ func (ss Sessions) limits() (idle, absolute time.Duration) {
 // Start opens a session for u and returns its secret (the cookie value).
 func (ss Sessions) Start(ctx context.Context, u *User) (string, *Session, error) {
 	if u.Disabled || u.Service {
-		return "", nil, fmt.Errorf("%w: this account cannot log in", ErrUnauthorized)
+		return "", nil, fmt.Errorf("%w: this account cannot log in", errs.ErrUnauthorized)
 	}
 	now := ss.now().UTC()
 	secret := "s_" + randomHex(32)
@@ -314,12 +316,12 @@ func (ss Sessions) Start(ctx context.Context, u *User) (string, *Session, error)
 // ErrUnauthorized: unknown, expired (then deleted) or a disabled user.
 func (ss Sessions) Lookup(ctx context.Context, secret string) (*Session, *User, error) {
 	if !strings.HasPrefix(secret, "s_") || len(secret) > 128 {
-		return nil, nil, fmt.Errorf("%w: invalid session", ErrUnauthorized)
+		return nil, nil, fmt.Errorf("%w: invalid session", errs.ErrUnauthorized)
 	}
 	hash := HashToken(secret)
 	s, u, err := ss.Store.SessionByHash(ctx, hash)
-	if isNotFound(err) {
-		return nil, nil, fmt.Errorf("%w: invalid session; log in again", ErrUnauthorized)
+	if errs.IsNotFound(err) {
+		return nil, nil, fmt.Errorf("%w: invalid session; log in again", errs.ErrUnauthorized)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -327,16 +329,16 @@ func (ss Sessions) Lookup(ctx context.Context, secret string) (*Session, *User, 
 	now := ss.now()
 	idle, absolute := ss.limits()
 	if now.Sub(s.LastSeen) > idle || now.Sub(s.CreatedAt) > absolute {
-		if err := ss.Store.DeleteSession(ctx, hash); err != nil && !isNotFound(err) {
+		if err := ss.Store.DeleteSession(ctx, hash); err != nil && !errs.IsNotFound(err) {
 			return nil, nil, err
 		}
 		return nil, nil, ErrSessionExpired
 	}
 	if u.Disabled {
-		return nil, nil, fmt.Errorf("%w: this account is disabled", ErrUnauthorized)
+		return nil, nil, fmt.Errorf("%w: this account is disabled", errs.ErrUnauthorized)
 	}
 	if now.Sub(s.LastSeen) > sessionTouchEvery {
-		if err := ss.Store.TouchSession(ctx, hash, now.UTC()); err != nil && !errors.Is(err, ErrNotFound) {
+		if err := ss.Store.TouchSession(ctx, hash, now.UTC()); err != nil && !errors.Is(err, errs.ErrNotFound) {
 			return nil, nil, err
 		}
 	}
@@ -347,7 +349,7 @@ func (ss Sessions) Lookup(ctx context.Context, secret string) (*Session, *User, 
 // already ended.
 func (ss Sessions) End(ctx context.Context, secret string) error {
 	err := ss.Store.DeleteSession(ctx, HashToken(secret))
-	if isNotFound(err) {
+	if errs.IsNotFound(err) {
 		return nil
 	}
 	return err

@@ -1,4 +1,4 @@
-package server_test
+package identity_test
 
 import (
 	"context"
@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // Operators' names that hold an identifier, in the disguises of issue 13.
@@ -20,26 +23,26 @@ var plantedInNames = []string{"867530012345670", "imei867530x012345x670", "86753
 // name the field and do not repeat the value.
 func TestOperatorNames(t *testing.T) {
 	for _, name := range []string{"alice", "ci", "release-team", "test-engineer", "bob.2026", "planting-admin"} {
-		if err := server.ValidateUser(name, server.RoleOperator, "", true); err != nil {
+		if err := identity.ValidateUser(name, identity.RoleOperator, "", true); err != nil {
 			t.Errorf("user %q refused: %v", name, err)
 		}
 	}
 	for _, name := range plantedInNames {
-		err := server.ValidateUser(name, server.RoleOperator, "", true)
-		if fe := new(server.FieldError); !errors.As(err, &fe) || fe.Field != "name" || strings.Contains(fe.Message, name) {
+		err := identity.ValidateUser(name, identity.RoleOperator, "", true)
+		if fe := new(errs.FieldError); !errors.As(err, &fe) || fe.Field != "name" || strings.Contains(fe.Message, name) {
 			t.Errorf("user %q: got %v, want a field error naming name", name, err)
 		}
 	}
 	for _, name := range []string{"laptop", "ci token", "Alice's laptop (2026-12)", "release-team", "t1", "build bot #3"} {
-		if err := server.ValidateTokenName(name); err != nil {
+		if err := textrule.ValidateTokenName(name); err != nil {
 			t.Errorf("token name %q refused: %v", name, err)
 		}
 	}
 	for _, name := range append(plantedInNames, "IMEI867530x012345x670", "alice @example.com", "alice\uff20example.com",
 		"10, 0, 0, 1", "10 : 0 : 0 : 1", "2001:db8::1", "phone +44 20", "867530\u200b012345\u200b670", "８６７５３００",
 		"mac 00:1a:2b:3c:4d:5e", "", " ", "a\nb", strings.Repeat("a", 65)) {
-		err := server.ValidateTokenName(name)
-		if fe := new(server.FieldError); !errors.As(err, &fe) || fe.Field != "name" || len(name) > 4 && strings.Contains(fe.Message, name) {
+		err := textrule.ValidateTokenName(name)
+		if fe := new(errs.FieldError); !errors.As(err, &fe) || fe.Field != "name" || len(name) > 4 && strings.Contains(fe.Message, name) {
 			t.Errorf("token name %q: got %v, want a field error naming name", name, err)
 		}
 	}
@@ -47,11 +50,11 @@ func TestOperatorNames(t *testing.T) {
 
 // auditLog is a server.AuditStore that keeps what is appended.
 type auditLog struct {
-	server.AuditStore
-	entries []server.AuditEntry
+	audit.AuditStore
+	entries []audit.AuditEntry
 }
 
-func (l *auditLog) AppendAudit(_ context.Context, es ...server.AuditEntry) error {
+func (l *auditLog) AppendAudit(_ context.Context, es ...audit.AuditEntry) error {
 	l.entries = append(l.entries, es...)
 	return nil
 }
@@ -62,7 +65,7 @@ func (l *auditLog) AppendAudit(_ context.Context, es ...server.AuditEntry) error
 func TestRecordActionScrubsReason(t *testing.T) {
 	log := &auditLog{}
 	reason := "asked by alice @example.com for handset 867,530,012,345,670 at 0x7f000001"
-	err := server.RecordAction(context.Background(), log, server.AuditEntry{Action: "token.create", Object: "t-1"}, "alice", reason,
+	err := identity.RecordAction(context.Background(), log, audit.AuditEntry{Action: "token.create", Object: "t-1"}, "alice", reason,
 		time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +74,7 @@ func TestRecordActionScrubsReason(t *testing.T) {
 		t.Fatalf("%d entries appended, want 1", len(log.entries))
 	}
 	got := log.entries[0].Reason
-	if want := "asked by " + server.Redacted + " for handset " + server.Redacted + " at " + server.Redacted; got != want {
+	if want := "asked by " + textrule.Redacted + " for handset " + textrule.Redacted + " at " + textrule.Redacted; got != want {
 		t.Fatalf("reason kept as %q, want %q", got, want)
 	}
 }

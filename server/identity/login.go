@@ -1,4 +1,4 @@
-package server
+package identity
 
 import (
 	"container/list"
@@ -13,6 +13,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // MaxLoginNameBytes is the longest user name a login is looked up by
@@ -29,7 +32,7 @@ const MaxLoginNameBytes = 64
 // count of failures at names that are no account.
 type LoginError struct {
 	Err   error
-	Audit []AuditEntry
+	Audit []audit.AuditEntry
 }
 
 func (e *LoginError) Error() string { return e.Err.Error() }
@@ -37,7 +40,7 @@ func (e *LoginError) Unwrap() error { return e.Err }
 
 // errWrongLogin is the one answer to a wrong name, a wrong password and
 // input that cannot be either.
-var errWrongLogin = fmt.Errorf("%w: wrong user name or password", ErrUnauthorized)
+var errWrongLogin = fmt.Errorf("%w: wrong user name or password", errs.ErrUnauthorized)
 
 // Login checks a password and returns the user, or a *LoginError without
 // saying whether the name or the password was wrong. device is the value
@@ -58,10 +61,10 @@ func (us Users) Login(ctx context.Context, name, password, device string) (*User
 		deviceID = us.Devices.check(device, name, now)
 	}
 	if wait := us.Limiter.wait(name, deviceID, now); wait > 0 {
-		return nil, &LoginError{Err: &RateLimitError{RetryAfter: wait}}
+		return nil, &LoginError{Err: &errs.RateLimitError{RetryAfter: wait}}
 	}
 	u, hash, err := us.Store.UserByName(ctx, name)
-	if err != nil && !isNotFound(err) {
+	if err != nil && !errs.IsNotFound(err) {
 		return nil, err
 	}
 	if u == nil || hash == "" {
@@ -71,14 +74,14 @@ func (us Users) Login(ctx context.Context, name, password, device string) (*User
 	}
 	if !CheckPassword(hash, password) {
 		n, until := us.Limiter.fail(name, deviceID, now)
-		le := &LoginError{Err: errWrongLogin, Audit: []AuditEntry{LoginFailedEntry(name, n, deviceID != "")}}
+		le := &LoginError{Err: errWrongLogin, Audit: []audit.AuditEntry{LoginFailedEntry(name, n, deviceID != "")}}
 		if !until.IsZero() {
 			le.Audit = append(le.Audit, UserLockedEntry(name, n, deviceID != "", until))
 		}
 		return nil, le
 	}
 	if u.Disabled {
-		return nil, fmt.Errorf("%w: this account is disabled; ask an admin", ErrUnauthorized)
+		return nil, fmt.Errorf("%w: this account is disabled; ask an admin", errs.ErrUnauthorized)
 	}
 	us.Limiter.succeed(name, deviceID)
 	return u, nil
@@ -90,7 +93,7 @@ func (us Users) Login(ctx context.Context, name, password, device string) (*User
 func (us Users) unknownFailure(now time.Time) error {
 	le := &LoginError{Err: errWrongLogin}
 	if n := us.Limiter.countUnknown(now); n > 0 {
-		le.Audit = []AuditEntry{UnknownLoginFailedEntry(n)}
+		le.Audit = []audit.AuditEntry{UnknownLoginFailedEntry(n)}
 	}
 	return le
 }

@@ -1,4 +1,4 @@
-package server
+package textrule
 
 import (
 	"net/netip"

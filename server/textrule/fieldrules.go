@@ -1,10 +1,12 @@
-package server
+package textrule
 
 import (
 	"regexp"
 	"strconv"
 	"strings"
 	"unicode"
+
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // The rules that keep identifiers out of the text fields that are
@@ -19,16 +21,16 @@ import (
 
 // IDPattern is the pattern of ids that are stored as they come: patch
 // ids, report ids, rollout ids and salts.
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+var IDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // Digit budgets: the most digits a value may hold in total.
 const (
 	// MaxNameDigits is for fields with no reason to hold a long number:
 	// models (SM-G998B), channels, error codes, user and token names.
-	maxNameDigits = 6
+	MaxNameDigits = 6
 	// MaxIDDigits is for patch ids, report ids, rollout ids and salts,
 	// which may carry a year and a counter (CM-2026-001).
-	maxIDDigits = 9
+	MaxIDDigits = 9
 	// maxBuildDigits is for builds: Android builds carry a date and a
 	// counter (AP2A.240805.005.F1 has 11).
 	maxBuildDigits = 12
@@ -67,14 +69,14 @@ func digitCount(s string) int {
 // still be or hold an identifier, for a field of at most maxDigits
 // digits: more digits than that in total, 7 in a row, a 0x number, four
 // numbers of 1-3 digits (an IPv4 address), or a MAC address.
-func nameLike(s string, maxDigits int) bool {
+func NameLike(s string, maxDigits int) bool {
 	return digitCount(s) > maxDigits || sevenDigits.MatchString(s) || hexNumber.MatchString(s) ||
 		numberQuad.MatchString(s) || macAddress.MatchString(s)
 }
 
 // NoIdentifier is the end of the message of a field that NameLike
 // refuses. Messages say what is wanted and never repeat the value.
-func noIdentifier(maxDigits int) string {
+func NoIdentifier(maxDigits int) string {
 	return "; at most " + strconv.Itoa(maxDigits) + " digits in all, no 7 in a row, no 0x number, no four numbers of 1-3 digits (an IPv4 address) and no MAC address"
 }
 
@@ -84,14 +86,14 @@ func noIdentifier(maxDigits int) string {
 // (TQ3A.230805.001, V14.0.6.0.TNRMIXM, 14.0.0.201), so the rules are
 // looser than NameLike's: more than 12 digits in total, 7 in a row, 10
 // joined (joinedDigits), a 0x number, or an IPv4 address (ipv4InBuild).
-func buildLike(s string) bool {
+func BuildLike(s string) bool {
 	return digitCount(s) > maxBuildDigits || sevenDigits.MatchString(s) || joinedDigits(s) >= 10 ||
 		hexNumber.MatchString(s) || macAddress.MatchString(s) || ipv4InBuild(s)
 }
 
 // BuildRule is the message of a build that BuildLike or the build
 // pattern refuses.
-const buildRule = "want a version string of 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit; " +
+const BuildRule = "want a version string of 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit; " +
 	"at most 12 digits in all, no 7 in a row, no 10 joined by '.', '_', '+', '-' or a single letter, no 0x number, no MAC address, " +
 	"and no four dotted numbers of at most 255 unless they have 7 digits or fewer and the middle two at most 2 each (as 14.0.0.201)"
 
@@ -153,8 +155,8 @@ func ipv4InBuild(s string) bool {
 // chooses.
 const adminIDRule = "want 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
-// serverRolloutID is the shape of a rollout id NewRolloutID made.
-var serverRolloutID = regexp.MustCompile(`^ro-[0-9a-f]{12}$`)
+// ServerRolloutID is the shape of a rollout id server.NewRolloutID made.
+var ServerRolloutID = regexp.MustCompile(`^ro-[0-9a-f]{12}$`)
 
 // ValidRolloutID reports whether id may stand in a metric label or a log
 // line: an id NewRolloutID made, or one that passes the rule of ids an
@@ -162,16 +164,16 @@ var serverRolloutID = regexp.MustCompile(`^ro-[0-9a-f]{12}$`)
 // created; this keeps a rollout stored before the check (an IMEI as its
 // id) out of /metrics.
 func ValidRolloutID(id string) bool {
-	return serverRolloutID.MatchString(id) || idPattern.MatchString(id) && !nameLike(id, maxIDDigits)
+	return ServerRolloutID.MatchString(id) || IDPattern.MatchString(id) && !NameLike(id, MaxIDDigits)
 }
 
 // ValidateChosenID checks an id an operator chose (a rollout's id or
 // salt): the id pattern and NameLike with the budget of patch ids, 9
 // digits, since a rollout is often named after its patch
 // (cm-2026-001-beta).
-func validateChosenID(field, id string) error {
-	if !idPattern.MatchString(id) || nameLike(id, maxIDDigits) {
-		return fieldErr(field, "%s%s", adminIDRule, noIdentifier(maxIDDigits))
+func ValidateChosenID(field, id string) error {
+	if !IDPattern.MatchString(id) || NameLike(id, MaxIDDigits) {
+		return errs.Fieldf(field, "%s%s", adminIDRule, NoIdentifier(MaxIDDigits))
 	}
 	return nil
 }
@@ -189,9 +191,9 @@ const maxTokenNameLen = 64
 func ValidateTokenName(name string) error {
 	n := NormalizeText(name)
 	if strings.TrimSpace(name) == "" || len(name) > maxTokenNameLen || strings.ContainsFunc(name, isControl) ||
-		digitCountAny(n) > maxNameDigits || nameLike(squeeze(n), maxNameDigits) || HoldsIdentifier(n) {
-		return fieldErr("name", "want a name of 1-%d printable characters on one line, with at most %d digits and no email, phone number or address in it",
-			maxTokenNameLen, maxNameDigits)
+		digitCountAny(n) > MaxNameDigits || NameLike(squeeze(n), MaxNameDigits) || HoldsIdentifier(n) {
+		return errs.Fieldf("name", "want a name of 1-%d printable characters on one line, with at most %d digits and no email, phone number or address in it",
+			maxTokenNameLen, MaxNameDigits)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package server
+package identity
 
 import (
 	"cmp"
@@ -12,6 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/textrule"
 )
 
 // Token is an API token of a user or of a service account: it acts as
@@ -64,7 +67,7 @@ func ParseTokenLifetime(s string) (time.Duration, error) {
 		d, err = time.ParseDuration(s)
 	}
 	if err != nil || d <= 0 || d > MaxTokenLifetime {
-		return 0, fieldErr("expires_in", "%q: want a duration such as 30d or 720h, at most %dd", s, MaxTokenLifetime/(24*time.Hour))
+		return 0, errs.Fieldf("expires_in", "%q: want a duration such as 30d or 720h, at most %dd", s, MaxTokenLifetime/(24*time.Hour))
 	}
 	return d, nil
 }
@@ -136,9 +139,9 @@ func (ts Tokens) CreateService(ctx context.Context, name, role string, opts Toke
 	}
 	u, _, err := ts.Users.UserByName(ctx, name)
 	switch {
-	case isNotFound(err):
+	case errs.IsNotFound(err):
 		u, err = Users{Store: ts.Users, Now: ts.Now}.Create(ctx, name, role, "", true)
-		if errors.Is(err, ErrConflict) {
+		if errors.Is(err, errs.ErrConflict) {
 			// Another replica created it in between.
 			u, _, err = ts.Users.UserByName(ctx, name)
 		}
@@ -149,10 +152,10 @@ func (ts Tokens) CreateService(ctx context.Context, name, role string, opts Toke
 		return nil, "", err
 	}
 	if !u.Service {
-		return nil, "", fmt.Errorf("%w: %s is a person's account; log in and mint a token there, or pick another service account name", ErrConflict, name)
+		return nil, "", fmt.Errorf("%w: %s is a person's account; log in and mint a token there, or pick another service account name", errs.ErrConflict, name)
 	}
 	if u.Role != role {
-		return nil, "", fmt.Errorf("%w: service account %s has role %s, not %s; change it with otad user set-role", ErrConflict, name, u.Role, role)
+		return nil, "", fmt.Errorf("%w: service account %s has role %s, not %s; change it with otad user set-role", errs.ErrConflict, name, u.Role, role)
 	}
 	return ts.Mint(ctx, u, name, opts)
 }
@@ -166,7 +169,7 @@ func (ts Tokens) CreateFor(ctx context.Context, u *User, name string) (*Token, s
 // Mint mints a token named name that acts as u, as opts say, and
 // returns it with its secret, which is shown once.
 func (ts Tokens) Mint(ctx context.Context, u *User, name string, opts TokenOptions) (*Token, string, error) {
-	if err := ValidateTokenName(name); err != nil {
+	if err := textrule.ValidateTokenName(name); err != nil {
 		return nil, "", err
 	}
 	lifetime := opts.Lifetime
@@ -174,10 +177,10 @@ func (ts Tokens) Mint(ctx context.Context, u *User, name string, opts TokenOptio
 	case lifetime == 0:
 		lifetime = cmp.Or(ts.Lifetime, DefaultTokenLifetime)
 	case lifetime < 0 || lifetime > MaxTokenLifetime:
-		return nil, "", fieldErr("expires_in", "want a positive duration of at most %dd", MaxTokenLifetime/(24*time.Hour))
+		return nil, "", errs.Fieldf("expires_in", "want a positive duration of at most %dd", MaxTokenLifetime/(24*time.Hour))
 	}
 	if u.Disabled {
-		return nil, "", fmt.Errorf("%w: user %s is disabled", ErrConflict, u.Name)
+		return nil, "", fmt.Errorf("%w: user %s is disabled", errs.ErrConflict, u.Name)
 	}
 	var id [8]byte
 	var secret [32]byte
@@ -204,17 +207,17 @@ func (ts Tokens) Mint(ctx context.Context, u *User, name string, opts TokenOptio
 // disabled.
 func (ts Tokens) Authenticate(ctx context.Context, plain string) (*Principal, error) {
 	if !strings.HasPrefix(plain, tokenPrefix) || len(plain) > 128 {
-		return nil, fmt.Errorf("%w: invalid token", ErrUnauthorized)
+		return nil, fmt.Errorf("%w: invalid token", errs.ErrUnauthorized)
 	}
 	t, u, err := ts.Store.TokenByHash(ctx, HashToken(plain))
 	if err != nil {
-		if isNotFound(err) {
-			return nil, fmt.Errorf("%w: invalid token", ErrUnauthorized)
+		if errs.IsNotFound(err) {
+			return nil, fmt.Errorf("%w: invalid token", errs.ErrUnauthorized)
 		}
 		return nil, err
 	}
 	if t.RevokedAt != nil || t.Expired(ts.now()) || u == nil || u.Disabled {
-		return nil, fmt.Errorf("%w: invalid token", ErrUnauthorized)
+		return nil, fmt.Errorf("%w: invalid token", errs.ErrUnauthorized)
 	}
 	return &Principal{User: u, TokenID: t.ID, TokenExpiresAt: t.ExpiresAt}, nil
 }

@@ -1,4 +1,4 @@
-package server
+package identity
 
 import (
 	"context"
@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/errs"
 )
 
 // VouchWindow is how long making an account able to approve keeps it
@@ -23,7 +26,7 @@ type VouchedError struct {
 	Approver, Requester string
 	// Chain is the audit entries that link the requester to the
 	// approver, the requester's first.
-	Chain []AuditEntry
+	Chain []audit.AuditEntry
 }
 
 func (e *VouchedError) Error() string {
@@ -47,7 +50,7 @@ func (e *VouchedError) until() time.Time {
 }
 
 // Is makes a VouchedError an ErrForbidden.
-func (e *VouchedError) Is(target error) bool { return target == ErrForbidden }
+func (e *VouchedError) Is(target error) bool { return target == errs.ErrForbidden }
 
 const vouchWindowText = "24 hours"
 
@@ -63,7 +66,7 @@ var vouchVerb = map[string]string{
 // role later in Roles; lowering it does not count) or setting another's
 // password. Entries are named by user name whether the actor used a
 // session or a token, so a token is no way around it.
-func vouches(e AuditEntry) bool {
+func vouches(e audit.AuditEntry) bool {
 	if e.Actor == "" || e.Object == "" || e.Actor == e.Object {
 		return false
 	}
@@ -80,17 +83,17 @@ func vouches(e AuditEntry) bool {
 	return false
 }
 
-// checkVouched refuses approver for requester's request (a
+// CheckVouched refuses approver for requester's request (a
 // *VouchedError) when the audit log shows, within VouchWindow before
 // now, a chain of accounts from requester to approver, each link one
 // account vouching for the next (see vouches). Without an audit log
 // there is nothing to check.
-func checkVouched(ctx context.Context, log AuditStore, requester, approver string, now time.Time) error {
+func CheckVouched(ctx context.Context, log audit.AuditStore, requester, approver string, now time.Time) error {
 	if log == nil {
 		return nil
 	}
-	var entries []AuditEntry
-	q := AuditQuery{Action: "user.", Since: now.Add(-VouchWindow), Limit: MaxAuditLimit}
+	var entries []audit.AuditEntry
+	q := audit.AuditQuery{Action: "user.", Since: now.Add(-VouchWindow), Limit: audit.MaxAuditLimit}
 	for {
 		page, err := log.ListAudit(ctx, q)
 		if err != nil {
@@ -104,7 +107,7 @@ func checkVouched(ctx context.Context, log AuditStore, requester, approver strin
 	}
 	// Breadth first from the requester; via[account] is the entry that
 	// reached it.
-	via := map[string]*AuditEntry{requester: nil}
+	via := map[string]*audit.AuditEntry{requester: nil}
 	queue := []string{requester}
 	for len(queue) > 0 {
 		from := queue[0]
@@ -122,7 +125,7 @@ func checkVouched(ctx context.Context, log AuditStore, requester, approver strin
 				queue = append(queue, e.Object)
 				continue
 			}
-			var chain []AuditEntry
+			var chain []audit.AuditEntry
 			for at := e; at != nil; at = via[at.Actor] {
 				chain = append(chain, *at)
 			}
