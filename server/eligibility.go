@@ -13,14 +13,6 @@ import (
 	"github.com/patchfleet/ota/manifests"
 )
 
-// TargetSource is where published targets come from: the TUF repository.
-type TargetSource interface {
-	// TargetsVersion is cheap; PublishedTargets is called only when it
-	// changes.
-	TargetsVersion() int64
-	PublishedTargets() (version int64, targets []manifests.TargetInfo)
-}
-
 // Eligibility decides what a checked-in handset is offered.
 type Eligibility interface {
 	// Decide answers handset d, whose records of rollouts are records,
@@ -147,7 +139,7 @@ func (e *RolloutEligibility) Decide(ctx context.Context, d *Device, records []*D
 	for _, r := range all {
 		if _, ok := targets[r.Release.Target]; ok {
 			rollouts = append(rollouts, r)
-		} else if yanked == nil && r.State.offering() && r.Selector.Matches(d) && r.Pending(d) {
+		} else if yanked == nil && r.State.Offering() && r.Selector.Matches(d) && r.Pending(d) {
 			yanked = r
 		}
 	}

@@ -45,7 +45,7 @@ func (rel *RolloutRelease) patchKey() string {
 // exposing reports whether a rollout in state s counts toward its
 // patch's exposure: it offers (running, completed) or can offer again
 // by a resume (paused).
-func (s RolloutState) exposing() bool { return s.offering() || s == RolloutPaused }
+func (s RolloutState) exposing() bool { return s.Offering() || s == RolloutPaused }
 
 // Exposure is the exposure of the patch of r among rs: over the distinct
 // salts of the running, paused and completed rollouts of r's patch, the

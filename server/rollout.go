@@ -39,8 +39,8 @@ const (
 // RolloutStates lists the states in life order.
 var RolloutStates = []RolloutState{RolloutDraft, RolloutRunning, RolloutPaused, RolloutCompleted, RolloutAborted}
 
-// offering reports whether a rollout in state s makes new offers.
-func (s RolloutState) offering() bool { return s == RolloutRunning || s == RolloutCompleted }
+// Offering reports whether a rollout in state s makes new offers.
+func (s RolloutState) Offering() bool { return s == RolloutRunning || s == RolloutCompleted }
 
 // RolloutRelease is the published release a rollout offers, as its
 // signed targets metadata states it. The store resolves it from the
@@ -87,6 +87,8 @@ func (rel *RolloutRelease) appliesTo(d *Device) bool {
 		inBuildRange(d.Build, rel.BuildMin, rel.BuildMax)
 }
 
+// InBuildRange reports whether build lies between lo and hi (either
+// empty for no bound), by CompareBuilds; reports split by it too.
 func inBuildRange(build, lo, hi string) bool {
 	return (lo == "" || CompareBuilds(build, lo) >= 0) && (hi == "" || CompareBuilds(build, hi) <= 0)
 }
@@ -556,7 +558,7 @@ func (r *Rollout) Pause(actor, reason string, now time.Time) (Event, error) {
 	if err := checkAction(actor, reason); err != nil {
 		return Event{}, err
 	}
-	if !r.State.offering() {
+	if !r.State.Offering() {
 		return Event{}, &TransitionError{Action: ActionPause, State: r.State}
 	}
 	ev := r.event(ActionPause, actor, reason, now)

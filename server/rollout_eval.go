@@ -141,7 +141,7 @@ func (e *RolloutEvaluator) evaluate(ctx context.Context, r *Rollout, now time.Ti
 // events to save with it, and the approval to record once they are saved
 // when the policy would advance past four eyes.
 func (e *RolloutEvaluator) decide(ctx context.Context, r *Rollout, now time.Time) ([]Event, *Approval, error) {
-	if !r.State.offering() {
+	if !r.State.Offering() {
 		// Re-read after a conflict: paused or aborted meanwhile.
 		return nil, nil, nil
 	}

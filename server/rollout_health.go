@@ -87,7 +87,7 @@ func (r *Rollout) unheld(byModel map[string]Results) Results {
 //
 // Run it before EvaluateAdvance.
 func EvaluateHealth(r *Rollout, byModel map[string]Results, now time.Time) []Event {
-	if !r.State.offering() {
+	if !r.State.Offering() {
 		return nil
 	}
 	p := &r.Policy

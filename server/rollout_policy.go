@@ -65,73 +65,6 @@ func RefusalCode(err error) string {
 // so refused handsets do not return together.
 const OfferCapPollAfter = time.Minute
 
-// DeviceOffered is the state of a DeviceRollout from an offer until the
-// handset's first report on it; then it takes the report states
-// (StateDownloading ... StateRolledBack).
-const DeviceOffered = "offered"
-
-// DeviceRollout is what the store keeps of one rollout's offers to one
-// handset (device_rollouts), from the first offer: caps count new
-// offers, reports count by starting build, time-to-install starts at
-// OfferedAt.
-type DeviceRollout struct {
-	RolloutID string
-	DeviceID  string
-	// Model is the handset's model at the first offer, so health counts
-	// group by model without a join.
-	Model string
-	// StartingBuild is the handset's build at the first offer.
-	StartingBuild string
-	// OfferedAt is the first offer; LastOfferedAt the latest first or
-	// retry offer (repeats of an offer do not move it).
-	OfferedAt     time.Time
-	LastOfferedAt time.Time
-	// State is DeviceOffered, then the latest report state.
-	State string
-	// Attempts counts first and retry offers.
-	Attempts int
-	// LastFailureAt is when the server received the last failed or
-	// rolled-back report (server time: handset clocks drift), the start
-	// of the retry backoff.
-	LastFailureAt time.Time
-	// ResultAt is when the server received the last installed, failed or
-	// rolled-back report: health and advance count results by it
-	// (RolloutStore.RolloutResults).
-	ResultAt time.Time
-}
-
-// installing reports whether the handset said it began installing and
-// has not finished: it keeps its offer whatever happens to the rollout.
-func (dr *DeviceRollout) installing() bool {
-	switch dr.State {
-	case StateDownloading, StateDownloaded, StateVerified, StateInstalling:
-		return true
-	}
-	return false
-}
-
-// failed reports whether the last attempt failed; a rollback is a failure.
-func (dr *DeviceRollout) failed() bool {
-	return dr.State == StateFailed || dr.State == StateRolledBack
-}
-
-// Observe moves the record on a report of state received at receivedAt
-// (server time). An intermediate state never replaces a later one of the
-// same attempt (reports may arrive out of order); installed, failed and
-// rolled back always do.
-func (dr *DeviceRollout) Observe(state string, receivedAt time.Time) {
-	switch state {
-	case StateFailed, StateRolledBack:
-		dr.State, dr.LastFailureAt, dr.ResultAt = state, receivedAt, receivedAt
-	case StateInstalled:
-		dr.State, dr.ResultAt = state, receivedAt
-	default:
-		if dr.State == DeviceOffered || (dr.installing() && slices.Index(ReportStates, state) > slices.Index(ReportStates, dr.State)) {
-			dr.State = state
-		}
-	}
-}
-
 // DecisionInput is what a decision needs besides the rollout, the
 // handset and its record.
 type DecisionInput struct {
@@ -210,6 +143,7 @@ func (dec Decision) Record(prev *DeviceRollout, d *Device, now time.Time) *Devic
 	return prev
 }
 
+// Refuse is the refusal of r with reason, to ask again after pollAfter.
 func refuse(r *Rollout, reason error, pollAfter time.Duration) Decision {
 	return Decision{RolloutID: r.ID, Reason: reason, PollAfter: pollAfter}
 }
@@ -253,7 +187,7 @@ func Decide(r *Rollout, d *Device, dr *DeviceRollout, in DecisionInput) Decision
 	if r.State == RolloutDraft {
 		return refuse(r, ErrRolloutNotRunning, 0)
 	}
-	if dr != nil && dr.installing() {
+	if dr != nil && dr.Installing() {
 		return offer(r, OfferRepeat)
 	}
 	if !r.Selector.Matches(d) || !r.Release.appliesTo(d) {
@@ -262,14 +196,14 @@ func Decide(r *Rollout, d *Device, dr *DeviceRollout, in DecisionInput) Decision
 	switch {
 	case r.State == RolloutPaused && r.Halt != nil:
 		return refuse(r, ErrRolloutHalted, 0)
-	case !r.State.offering():
+	case !r.State.Offering():
 		return refuse(r, ErrRolloutNotRunning, 0)
 	case r.ModelHold(d.Model) != nil:
 		return refuse(r, ErrModelHeld, 0)
 	}
 	kind := OfferFirst
 	if dr != nil {
-		if !dr.failed() {
+		if !dr.Failed() {
 			return offer(r, OfferRepeat)
 		}
 		if dr.Attempts > r.Policy.Retries {
@@ -326,7 +260,7 @@ func ChooseRollout(rollouts []*Rollout, d *Device, records []*DeviceRollout, in 
 		}
 		if dr := byID[r.ID]; dr != nil {
 			cands = append(cands, candidate{r, dr})
-		} else if r.State.offering() || r.State == RolloutPaused {
+		} else if r.State.Offering() || r.State == RolloutPaused {
 			cands = append(cands, candidate{r, nil})
 		}
 	}
@@ -334,9 +268,9 @@ func ChooseRollout(rollouts []*Rollout, d *Device, records []*DeviceRollout, in 
 		switch {
 		case c.dr == nil:
 			return 3
-		case c.dr.installing():
+		case c.dr.Installing():
 			return 0
-		case c.dr.failed():
+		case c.dr.Failed():
 			return 2
 		}
 		return 1

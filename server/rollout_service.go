@@ -420,3 +420,11 @@ func (s *RolloutService) save(ctx context.Context, r *Rollout, from int64, ev Ev
 	}
 	return r, nil
 }
+
+// TargetSource is where published targets come from: the TUF repository.
+type TargetSource interface {
+	// TargetsVersion is cheap; PublishedTargets is called only when it
+	// changes.
+	TargetsVersion() int64
+	PublishedTargets() (version int64, targets []manifests.TargetInfo)
+}

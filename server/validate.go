@@ -22,6 +22,8 @@ var (
 	codePattern = regexp.MustCompile(`^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*$`)
 )
 
+// Lengths of the handset fields that are not patterns: MaxTargetLen is
+// also the longest target path a rollout may name.
 const (
 	maxCodeLen    = 48
 	maxMessageLen = 256
@@ -93,3 +95,9 @@ func ValidateErrorCode(code string) error {
 	}
 	return tight("error_code", code, codePattern, textrule.MaxNameDigits, "want an upper snake case code such as E_DISK_FULL")
 }
+
+// Bounds of a handset's utc_offset_minutes: UTC-12:00 to UTC+14:00.
+const (
+	MinUTCOffsetMinutes = -12 * 60
+	MaxUTCOffsetMinutes = 14 * 60
+)

@@ -19,12 +19,6 @@ type Window struct {
 	start, end int
 }
 
-// Bounds of a handset's utc_offset_minutes: UTC-12:00 to UTC+14:00.
-const (
-	MinUTCOffsetMinutes = -12 * 60
-	MaxUTCOffsetMinutes = 14 * 60
-)
-
 const minutesPerDay = 24 * 60
 
 // ParseWindow reads "HH:MM-HH:MM" in 24-hour local time: "01:00-05:00",

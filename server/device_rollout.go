@@ -1,0 +1,73 @@
+package server
+
+import (
+	"slices"
+	"time"
+)
+
+// DeviceOffered is the state of a DeviceRollout from an offer until the
+// handset's first report on it; then it takes the report states
+// (StateDownloading ... StateRolledBack).
+const DeviceOffered = "offered"
+
+// DeviceRollout is what the store keeps of one rollout's offers to one
+// handset (device_rollouts), from the first offer: caps count new
+// offers, reports count by starting build, time-to-install starts at
+// OfferedAt.
+type DeviceRollout struct {
+	RolloutID string
+	DeviceID  string
+	// Model is the handset's model at the first offer, so health counts
+	// group by model without a join.
+	Model string
+	// StartingBuild is the handset's build at the first offer.
+	StartingBuild string
+	// OfferedAt is the first offer; LastOfferedAt the latest first or
+	// retry offer (repeats of an offer do not move it).
+	OfferedAt     time.Time
+	LastOfferedAt time.Time
+	// State is DeviceOffered, then the latest report state.
+	State string
+	// Attempts counts first and retry offers.
+	Attempts int
+	// LastFailureAt is when the server received the last failed or
+	// rolled-back report (server time: handset clocks drift), the start
+	// of the retry backoff.
+	LastFailureAt time.Time
+	// ResultAt is when the server received the last installed, failed or
+	// rolled-back report: health and advance count results by it
+	// (RolloutStore.RolloutResults).
+	ResultAt time.Time
+}
+
+// Installing reports whether the handset said it began installing and
+// has not finished: it keeps its offer whatever happens to the rollout.
+func (dr *DeviceRollout) Installing() bool {
+	switch dr.State {
+	case StateDownloading, StateDownloaded, StateVerified, StateInstalling:
+		return true
+	}
+	return false
+}
+
+// Failed reports whether the last attempt failed; a rollback is a failure.
+func (dr *DeviceRollout) Failed() bool {
+	return dr.State == StateFailed || dr.State == StateRolledBack
+}
+
+// Observe moves the record on a report of state received at receivedAt
+// (server time). An intermediate state never replaces a later one of the
+// same attempt (reports may arrive out of order); installed, failed and
+// rolled back always do.
+func (dr *DeviceRollout) Observe(state string, receivedAt time.Time) {
+	switch state {
+	case StateFailed, StateRolledBack:
+		dr.State, dr.LastFailureAt, dr.ResultAt = state, receivedAt, receivedAt
+	case StateInstalled:
+		dr.State, dr.ResultAt = state, receivedAt
+	default:
+		if dr.State == DeviceOffered || (dr.Installing() && slices.Index(ReportStates, state) > slices.Index(ReportStates, dr.State)) {
+			dr.State = state
+		}
+	}
+}
