@@ -10,6 +10,8 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 func TestCompareBuilds(t *testing.T) {
@@ -32,10 +34,10 @@ func TestCompareBuilds(t *testing.T) {
 		{"7.β", "7.a", 1},
 	}
 	for _, tc := range tests {
-		if got := server.CompareBuilds(tc.a, tc.b); sign(got) != tc.want {
+		if got := handsets.CompareBuilds(tc.a, tc.b); sign(got) != tc.want {
 			t.Errorf("CompareBuilds(%q, %q) = %d, want sign %d", tc.a, tc.b, got, tc.want)
 		}
-		if got := server.CompareBuilds(tc.b, tc.a); sign(got) != -tc.want {
+		if got := handsets.CompareBuilds(tc.b, tc.a); sign(got) != -tc.want {
 			t.Errorf("CompareBuilds(%q, %q) = %d, want sign %d", tc.b, tc.a, got, -tc.want)
 		}
 	}
@@ -76,19 +78,19 @@ func target(tb testing.TB, path string, c manifests.TargetCustom) manifests.Targ
 // rolloutsFake is the part of server.RolloutStore RolloutEligibility
 // calls, in memory; the rest is the nil embedded interface's and panics.
 type rolloutsFake struct {
-	server.RolloutStore
-	rollouts []*server.Rollout
+	rollout.RolloutStore
+	rollouts []*rollout.Rollout
 	reads    int
-	offers   []server.Decision
+	offers   []rollout.Decision
 	full     bool // RecordOffer finds the budget full
 }
 
-func (f *rolloutsFake) Rollouts(context.Context, ...server.RolloutState) ([]*server.Rollout, error) {
+func (f *rolloutsFake) Rollouts(context.Context, ...rollout.RolloutState) ([]*rollout.Rollout, error) {
 	f.reads++
 	return slices.Clone(f.rollouts), nil
 }
 
-func (f *rolloutsFake) RecordOffer(_ context.Context, dec server.Decision, _, _ *server.DeviceRollout, _ int, _ time.Time) (bool, error) {
+func (f *rolloutsFake) RecordOffer(_ context.Context, dec rollout.Decision, _, _ *handsets.DeviceRollout, _ int, _ time.Time) (bool, error) {
 	if f.full {
 		return false, nil
 	}
@@ -96,10 +98,10 @@ func (f *rolloutsFake) RecordOffer(_ context.Context, dec server.Decision, _, _ 
 	return true, nil
 }
 
-func startedRollout(t testing.TB, id, target string, percent float64, now time.Time) *server.Rollout {
+func startedRollout(t testing.TB, id, target string, percent float64, now time.Time) *rollout.Rollout {
 	t.Helper()
-	r, _, err := server.NewRollout(server.Rollout{ID: id, Stages: []float64{percent}, Policy: server.DefaultPolicy(),
-		Release: server.RolloutRelease{Target: target, PatchID: "CM-2", InstallsBuild: "7.5.0"}}, "alice", now)
+	r, _, err := rollout.NewRollout(rollout.Rollout{ID: id, Stages: []float64{percent}, Policy: rollout.DefaultPolicy(),
+		Release: rollout.RolloutRelease{Target: target, PatchID: "CM-2", InstallsBuild: "7.5.0"}}, "alice", now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,22 +121,22 @@ func TestRolloutEligibility(t *testing.T) {
 	}}
 	store := &rolloutsFake{}
 	el := &server.RolloutEligibility{Store: store, Source: src, Refresh: time.Minute}
-	d := &server.Device{ID: "dev_1", Model: "PX-7", Build: "7.2.0", InstalledPatches: []string{}}
-	decide := func(now time.Time, records ...*server.DeviceRollout) server.Answer {
+	d := &handsets.Device{ID: "dev_1", Model: "PX-7", Build: "7.2.0", InstalledPatches: []string{}}
+	decide := func(now time.Time, records ...*handsets.DeviceRollout) server.Answer {
 		t.Helper()
-		ans, err := el.Decide(t.Context(), d, records, server.DecisionInput{Now: now})
+		ans, err := el.Decide(t.Context(), d, records, rollout.DecisionInput{Now: now})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return ans
 	}
 
-	if ans := decide(t0); ans.Offer != nil || !errors.Is(ans.Decision.Reason, server.ErrNotSelected) {
+	if ans := decide(t0); ans.Offer != nil || !errors.Is(ans.Decision.Reason, rollout.ErrNotSelected) {
 		t.Fatalf("published, no rollout: got %+v, want no offer (not selected)", ans)
 	}
 	r := startedRollout(t, "ro-1", "new.zip", 100, t0)
 	r.Policy.MaxOffersPerMinute = 10
-	store.rollouts = []*server.Rollout{r}
+	store.rollouts = []*rollout.Rollout{r}
 	if ans := decide(t0.Add(30 * time.Second)); ans.Offer != nil {
 		t.Fatalf("a rollout started within Refresh of the last read reached the check-in: %+v", ans.Offer)
 	}
@@ -143,11 +145,11 @@ func TestRolloutEligibility(t *testing.T) {
 	if o := ans.Offer; o == nil || o.Target != "new.zip" || o.Length != 10 || o.SHA256 != "ab" || o.RolloutID != "ro-1" || o.PatchID != "CM-2" {
 		t.Fatalf("running rollout: got offer %+v, want new.zip of ro-1 as published", o)
 	}
-	if len(store.offers) != 1 || store.offers[0].Kind != server.OfferFirst {
+	if len(store.offers) != 1 || store.offers[0].Kind != rollout.OfferFirst {
 		t.Fatalf("first offer recorded as %+v, want one OfferFirst", store.offers)
 	}
 	// Offered and not reported on since: the same offer, nothing recorded.
-	rec := &server.DeviceRollout{RolloutID: "ro-1", DeviceID: d.ID, State: server.DeviceOffered, Attempts: 1}
+	rec := &handsets.DeviceRollout{RolloutID: "ro-1", DeviceID: d.ID, State: handsets.DeviceOffered, Attempts: 1}
 	if ans := decide(t0.Add(50*time.Second), rec); ans.Offer == nil || len(store.offers) != 1 {
 		t.Fatalf("repeat: offer %+v, %d records, want the offer and no new record", ans.Offer, len(store.offers))
 	}
@@ -159,7 +161,7 @@ func TestRolloutEligibility(t *testing.T) {
 	// check-in of the same minute does not claim again.
 	store.full = true
 	d.ID = "dev_2"
-	if ans := decide(t0.Add(61 * time.Second)); ans.Offer != nil || server.RefusalCode(ans.Decision.Reason) != "offer_cap_reached" {
+	if ans := decide(t0.Add(61 * time.Second)); ans.Offer != nil || rollout.RefusalCode(ans.Decision.Reason) != "offer_cap_reached" {
 		t.Fatalf("full budget: got %+v, want offer_cap_reached", ans)
 	}
 	store.full = false
@@ -172,25 +174,25 @@ func TestRolloutEligibility(t *testing.T) {
 
 	// Yanked: no offer, and the reason says so.
 	src.version, src.targets = 4, nil
-	if ans := decide(t0.Add(3 * time.Minute)); ans.Offer != nil || server.RefusalCode(ans.Decision.Reason) != "release_not_published" {
+	if ans := decide(t0.Add(3 * time.Minute)); ans.Offer != nil || rollout.RefusalCode(ans.Decision.Reason) != "release_not_published" {
 		t.Fatalf("yanked release: got %+v, want release_not_published", ans)
 	}
 }
 
 func TestCompliance(t *testing.T) {
-	d := server.Device{InstalledPatches: []string{"CM-1"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true}
+	d := handsets.Device{InstalledPatches: []string{"CM-1"}, CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true}
 	if !d.Patched("CM-1") || !d.Compliant("CM-1") {
 		t.Error("patched device with messaging off and encryption on is not compliant")
 	}
-	d.CloudMessaging = server.MessagingAutoEnabled
+	d.CloudMessaging = handsets.MessagingAutoEnabled
 	if d.Compliant("CM-1") {
 		t.Error("a device whose messaging switched itself on counts as compliant")
 	}
-	d.CloudMessaging, d.NumberEncryption = server.MessagingOptedIn, false
+	d.CloudMessaging, d.NumberEncryption = handsets.MessagingOptedIn, false
 	if d.Compliant("CM-1") {
 		t.Error("a device sending numbers unencrypted counts as compliant")
 	}
-	if (&server.Device{}).Patched("CM-1") {
+	if (&handsets.Device{}).Patched("CM-1") {
 		t.Error("an unpatched device counts as patched")
 	}
 }

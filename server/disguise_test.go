@@ -9,9 +9,10 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/server/textrule"
 )
 
@@ -234,19 +235,19 @@ func fieldChecks() []fieldCheck {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	same := func(d, _ string) string { return d }
 	rollout := func(salt string) error {
-		_, _, err := server.NewRollout(server.Rollout{ID: "ro-1", Stages: []float64{1}, Salt: salt, Policy: server.DefaultPolicy(),
-			Release: server.RolloutRelease{Target: "px7/update.zip", PatchID: "CM-2026-001", InstallsBuild: "7.3.0"}}, "alice", now)
+		_, _, err := rollout.NewRollout(rollout.Rollout{ID: "ro-1", Stages: []float64{1}, Salt: salt, Policy: rollout.DefaultPolicy(),
+			Release: rollout.RolloutRelease{Target: "px7/update.zip", PatchID: "CM-2026-001", InstallsBuild: "7.3.0"}}, "alice", now)
 		return err
 	}
 	return []fieldCheck{
-		{"model", func(v string) error { return server.ValidateModel("model", v) }, same, []string{".", "_", "-"}, 6},
-		{"build", func(v string) error { return server.ValidateBuild("build", v) }, same, []string{".", "_", "-", "+"}, 12},
-		{"channel", func(v string) error { return server.ValidateChannel("channel", v) },
+		{"model", func(v string) error { return handsets.ValidateModel("model", v) }, same, []string{".", "_", "-"}, 6},
+		{"build", func(v string) error { return handsets.ValidateBuild("build", v) }, same, []string{".", "_", "-", "+"}, 12},
+		{"channel", func(v string) error { return handsets.ValidateChannel("channel", v) },
 			func(d, _ string) string { return "c-" + strings.ToLower(d) }, []string{"-"}, 6},
-		{"error_code", server.ValidateErrorCode, func(d, _ string) string { return "E_" + strings.ToUpper(d) }, []string{"_"}, 6},
-		{"patch_id", func(v string) error { return server.ValidatePatchID("patch_id", v) }, same, []string{".", "_", "-"}, 9},
+		{"error_code", handsets.ValidateErrorCode, func(d, _ string) string { return "E_" + strings.ToUpper(d) }, []string{"_"}, 6},
+		{"patch_id", func(v string) error { return handsets.ValidatePatchID("patch_id", v) }, same, []string{".", "_", "-"}, 9},
 		{"report_id", func(v string) error {
-			return report(func(r *server.Report) { r.ID = v }).Validate(now)
+			return report(func(r *handsets.Report) { r.ID = v }).Validate(now)
 		}, func(d, _ string) string { return "r-" + d }, []string{".", "_", "-"}, 9},
 		{"id", func(v string) error {
 			if !textrule.ValidRolloutID(v) {

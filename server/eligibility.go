@@ -11,19 +11,21 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // Eligibility decides what a checked-in handset is offered.
 type Eligibility interface {
 	// Decide answers handset d, whose records of rollouts are records,
 	// at in.Now: an Answer with an Offer, or with a refusal.
-	Decide(ctx context.Context, d *Device, records []*DeviceRollout, in DecisionInput) (Answer, error)
+	Decide(ctx context.Context, d *handsets.Device, records []*handsets.DeviceRollout, in rollout.DecisionInput) (Answer, error)
 }
 
 // Answer is an Eligibility's answer to a check-in: the decision, and the
 // Offer to send when it is one.
 type Answer struct {
-	Decision Decision
+	Decision rollout.Decision
 	Offer    *Offer
 }
 
@@ -40,8 +42,8 @@ const DefaultRolloutRefresh = 2 * time.Second
 // handset's records (read with the device), and only a new offer or a
 // retry writes (RecordOffer).
 type RolloutEligibility struct {
-	Store   RolloutStore
-	Source  TargetSource
+	Store   rollout.RolloutStore
+	Source  rollout.TargetSource
 	Refresh time.Duration // default DefaultRolloutRefresh
 	// Logger hears of a failed refresh (the last copy goes on serving).
 	Logger *slog.Logger
@@ -59,7 +61,7 @@ var _ Eligibility = (*RolloutEligibility)(nil)
 
 type rolloutCache struct {
 	read     time.Time
-	rollouts []*Rollout
+	rollouts []*rollout.Rollout
 }
 
 type targetIndex struct {
@@ -85,7 +87,7 @@ func (e *RolloutEligibility) Invalidate() { e.cache.Store(nil) }
 // Rollouts returns the replica's copy of the rollouts that can make or
 // answer offers (all but drafts and long-aborted ones), reading them when
 // the copy is older than Refresh. The copy is shared: never change it.
-func (e *RolloutEligibility) Rollouts(ctx context.Context, now time.Time) ([]*Rollout, error) {
+func (e *RolloutEligibility) Rollouts(ctx context.Context, now time.Time) ([]*rollout.Rollout, error) {
 	refresh := e.Refresh
 	if refresh <= 0 {
 		refresh = DefaultRolloutRefresh
@@ -105,7 +107,7 @@ func (e *RolloutEligibility) Rollouts(ctx context.Context, now time.Time) ([]*Ro
 	if c2 := e.cache.Load(); c2 != nil && c2 != c && now.Sub(c2.read) < refresh {
 		return c2.rollouts, nil
 	}
-	all, err := e.Store.Rollouts(ctx, RolloutRunning, RolloutPaused, RolloutCompleted, RolloutAborted)
+	all, err := e.Store.Rollouts(ctx, rollout.RolloutRunning, rollout.RolloutPaused, rollout.RolloutCompleted, rollout.RolloutAborted)
 	if err != nil {
 		if c != nil {
 			if e.Logger != nil {
@@ -117,7 +119,7 @@ func (e *RolloutEligibility) Rollouts(ctx context.Context, now time.Time) ([]*Ro
 	}
 	live := all[:0]
 	for _, r := range all {
-		if r.State != RolloutAborted || now.Sub(r.EndedAt) < keepAborted {
+		if r.State != rollout.RolloutAborted || now.Sub(r.EndedAt) < keepAborted {
 			live = append(live, r)
 		}
 	}
@@ -128,14 +130,14 @@ func (e *RolloutEligibility) Rollouts(ctx context.Context, now time.Time) ([]*Ro
 // Decide implements Eligibility: ChooseRollout over the rollouts whose
 // release is still published, then, for a first offer or a retry, the
 // record of it (and the offer budget's claim) in the store.
-func (e *RolloutEligibility) Decide(ctx context.Context, d *Device, records []*DeviceRollout, in DecisionInput) (Answer, error) {
+func (e *RolloutEligibility) Decide(ctx context.Context, d *handsets.Device, records []*handsets.DeviceRollout, in rollout.DecisionInput) (Answer, error) {
 	all, err := e.Rollouts(ctx, in.Now)
 	if err != nil {
 		return Answer{}, err
 	}
 	targets := e.publishedTargets()
-	rollouts := make([]*Rollout, 0, len(all))
-	var yanked *Rollout
+	rollouts := make([]*rollout.Rollout, 0, len(all))
+	var yanked *rollout.Rollout
 	for _, r := range all {
 		if _, ok := targets[r.Release.Target]; ok {
 			rollouts = append(rollouts, r)
@@ -144,19 +146,19 @@ func (e *RolloutEligibility) Decide(ctx context.Context, d *Device, records []*D
 		}
 	}
 	minute := in.Now.Unix() / 60
-	dec := ChooseRollout(rollouts, d, records, in, func(id string) bool {
+	dec := rollout.ChooseRollout(rollouts, d, records, in, func(id string) bool {
 		m, ok := e.exhausted.Load(id)
 		return !ok || m.(int64) != minute
 	})
 	if !dec.Offered() {
-		if errors.Is(dec.Reason, ErrNotSelected) && yanked != nil {
-			dec = refuse(yanked, ErrReleaseNotPublished, 0)
+		if errors.Is(dec.Reason, rollout.ErrNotSelected) && yanked != nil {
+			dec = rollout.Refuse(yanked, rollout.ErrReleaseNotPublished, 0)
 		}
 		return Answer{Decision: dec}, nil
 	}
 	r := findRollout(rollouts, dec.RolloutID)
 	if dec.TakesBudget() {
-		var prev *DeviceRollout
+		var prev *handsets.DeviceRollout
 		for _, dr := range records {
 			if dr.RolloutID == dec.RolloutID {
 				prev = dr
@@ -176,7 +178,7 @@ func (e *RolloutEligibility) Decide(ctx context.Context, d *Device, records []*D
 		SHA256: rel.target.SHA256, PatchID: rel.custom.PatchID, RolloutID: r.ID, Custom: rel.custom}}, nil
 }
 
-func findRollout(rollouts []*Rollout, id string) *Rollout {
+func findRollout(rollouts []*rollout.Rollout, id string) *rollout.Rollout {
 	for _, r := range rollouts {
 		if r.ID == id {
 			return r
@@ -229,7 +231,7 @@ type Catalog interface {
 // is known while a published target carries its id, and unknown again
 // once every target of it is yanked.
 type PublishedPatches struct {
-	Source TargetSource
+	Source rollout.TargetSource
 	cache  atomic.Pointer[patchIndex]
 }
 

@@ -18,7 +18,9 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/server/textrule"
 )
 
@@ -38,7 +40,7 @@ type Offer struct {
 // Fleet is the handset side of the server: enrollment, check-ins, reports,
 // erasure and the fleet summary.
 type Fleet struct {
-	Store       DeviceStore
+	Store       handsets.DeviceStore
 	Eligibility Eligibility
 	// Catalog lists the published patches that reports may name; with
 	// none, no report is accepted (but for patches the device reported
@@ -157,12 +159,12 @@ func (f *Fleet) Enroll(ctx context.Context, req EnrollRequest) (*Enrollment, err
 			return nil, fmt.Errorf("%w: enrollment secret does not match", errs.ErrUnauthorized)
 		}
 	}
-	if err := ValidateDeviceInfo(req.Model, req.Build, req.Channel, req.Region); err != nil {
+	if err := handsets.ValidateDeviceInfo(req.Model, req.Build, req.Channel, req.Region); err != nil {
 		return nil, err
 	}
 	now := f.now().UTC()
-	d := &Device{Model: req.Model, Build: req.Build, Channel: req.Channel, Region: req.Region,
-		CloudMessaging: MessagingAutoEnabled, EnrolledAt: now, LastSeen: now, InstalledPatches: []string{}}
+	d := &handsets.Device{Model: req.Model, Build: req.Build, Channel: req.Channel, Region: req.Region,
+		CloudMessaging: handsets.MessagingAutoEnabled, EnrolledAt: now, LastSeen: now, InstalledPatches: []string{}}
 	if req.DeviceKey != "" {
 		pub, err := hex.DecodeString(req.DeviceKey)
 		if err != nil || len(pub) != ed25519.PublicKeySize {
@@ -288,7 +290,7 @@ func tokenErr(err error) error {
 }
 
 // deviceByToken is Store.DeviceByToken with tokenErr's answer.
-func (f *Fleet) deviceByToken(ctx context.Context, hash string) (*Device, error) {
+func (f *Fleet) deviceByToken(ctx context.Context, hash string) (*handsets.Device, error) {
 	d, err := f.Store.DeviceByToken(ctx, hash)
 	return d, tokenErr(err)
 }
@@ -307,7 +309,7 @@ type CheckInResult struct {
 const maxCheckInSaves = 4
 
 // CheckIn records a handset's state and decides what it is offered.
-func (f *Fleet) CheckIn(ctx context.Context, token string, ci CheckIn) (*CheckInResult, error) {
+func (f *Fleet) CheckIn(ctx context.Context, token string, ci handsets.CheckIn) (*CheckInResult, error) {
 	hash, err := hashDeviceToken(token)
 	if err != nil {
 		return nil, err
@@ -325,7 +327,7 @@ func (f *Fleet) CheckIn(ctx context.Context, token string, ci CheckIn) (*CheckIn
 	if f.Eligibility == nil {
 		return res, nil
 	}
-	ans, err := f.Eligibility.Decide(ctx, d, records, DecisionInput{Now: now, UTCOffsetMinutes: ci.UTCOffsetMinutes})
+	ans, err := f.Eligibility.Decide(ctx, d, records, rollout.DecisionInput{Now: now, UTCOffsetMinutes: ci.UTCOffsetMinutes})
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +348,7 @@ func (f *Fleet) CheckIn(ctx context.Context, token string, ci CheckIn) (*CheckIn
 // save records check-in ci of the device holding hash at now, writing only
 // what NeedsWrite asks for, and returns the device as saved with its
 // rollout records.
-func (f *Fleet) save(ctx context.Context, hash string, ci CheckIn, now time.Time) (*Device, []*DeviceRollout, error) {
+func (f *Fleet) save(ctx context.Context, hash string, ci handsets.CheckIn, now time.Time) (*handsets.Device, []*handsets.DeviceRollout, error) {
 	resolution := f.LastSeenResolution
 	if resolution <= 0 {
 		resolution = DefaultLastSeenResolution
@@ -357,7 +359,7 @@ func (f *Fleet) save(ctx context.Context, hash string, ci CheckIn, now time.Time
 			return nil, nil, tokenErr(err)
 		}
 		next := d.AfterCheckIn(ci, now)
-		if !NeedsWrite(d, next, resolution) {
+		if !handsets.NeedsWrite(d, next, resolution) {
 			return next, records, nil
 		}
 		err = f.Store.SaveCheckIn(ctx, d, next)
@@ -386,7 +388,7 @@ func jitter(base time.Duration) time.Duration {
 
 // Report records an install state change; duplicate is true for a retry
 // of a report already stored. A nil error means it is committed.
-func (f *Fleet) Report(ctx context.Context, token string, r Report) (bool, error) {
+func (f *Fleet) Report(ctx context.Context, token string, r handsets.Report) (bool, error) {
 	hash, err := hashDeviceToken(token)
 	if err != nil {
 		return false, err
@@ -432,7 +434,7 @@ const reportBeforeEnrollment = 24 * time.Hour
 // reported the same patch and target while it was published. A first
 // report after the yank is refused: the handset's TUF client no longer
 // finds the target either.
-func (f *Fleet) checkPatch(ctx context.Context, d *Device, r *Report) error {
+func (f *Fleet) checkPatch(ctx context.Context, d *handsets.Device, r *handsets.Report) error {
 	var paths []string
 	known := false
 	if f.Catalog != nil {
@@ -473,15 +475,15 @@ func (f *Fleet) Erase(ctx context.Context, token string) error {
 // activeDays days, listing up to models models by name (the others sum
 // up in one OtherModels row): a flood of invented models cannot make the
 // answer grow.
-func (f *Fleet) Summary(ctx context.Context, patchID string, activeDays, models int) (*FleetSummary, error) {
+func (f *Fleet) Summary(ctx context.Context, patchID string, activeDays, models int) (*handsets.FleetSummary, error) {
 	if !textrule.IDPattern.MatchString(patchID) {
 		return nil, errs.Fieldf("patch", "want a patch id")
 	}
 	if activeDays < 1 || activeDays > 3650 {
 		return nil, errs.Fieldf("active_days", "want 1 to 3650")
 	}
-	if models < 1 || models > MaxSummaryModels {
-		return nil, errs.Fieldf("models", "want 1 to %d", MaxSummaryModels)
+	if models < 1 || models > handsets.MaxSummaryModels {
+		return nil, errs.Fieldf("models", "want 1 to %d", handsets.MaxSummaryModels)
 	}
 	s, err := f.Store.FleetSummary(ctx, patchID, f.now().Add(-time.Duration(activeDays)*24*time.Hour), models)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // TestEnrollMessage pins the bytes a handset signs (other handset
@@ -65,12 +66,12 @@ func TestEnrollMessage(t *testing.T) {
 // day; any change of state is written at once.
 func TestNeedsWrite(t *testing.T) {
 	seen := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
-	d := &server.Device{ID: "dev_1", Model: "PX-7", Build: "7.2.0", Channel: "stable", InstalledPatches: []string{},
-		CloudMessaging: server.MessagingAutoEnabled, LastSeen: seen}
-	ci := server.CheckIn{Model: "PX-7", Build: "7.2.0", Channel: "stable", CloudMessaging: server.MessagingAutoEnabled}
+	d := &handsets.Device{ID: "dev_1", Model: "PX-7", Build: "7.2.0", Channel: "stable", InstalledPatches: []string{},
+		CloudMessaging: handsets.MessagingAutoEnabled, LastSeen: seen}
+	ci := handsets.CheckIn{Model: "PX-7", Build: "7.2.0", Channel: "stable", CloudMessaging: handsets.MessagingAutoEnabled}
 	tests := []struct {
 		name   string
-		change func(*server.CheckIn)
+		change func(*handsets.CheckIn)
 		at     time.Time
 		want   bool
 	}{
@@ -78,12 +79,12 @@ func TestNeedsWrite(t *testing.T) {
 		{"same state, 59 minutes later", nil, seen.Add(59 * time.Minute), false},
 		{"same state, an hour later", nil, seen.Add(time.Hour), true},
 		{"same state, next UTC day", nil, time.Date(2026, 12, 2, 0, 1, 0, 0, time.UTC), true},
-		{"new build", func(c *server.CheckIn) { c.Build = "7.5.0" }, seen.Add(time.Minute), true},
-		{"patch installed", func(c *server.CheckIn) { c.InstalledPatches = []string{"CM-1"} }, seen.Add(time.Minute), true},
-		{"messaging opted out", func(c *server.CheckIn) { c.CloudMessaging = server.MessagingOptedOut }, seen.Add(time.Minute), true},
-		{"encryption on", func(c *server.CheckIn) { c.NumberEncryption = true }, seen.Add(time.Minute), true},
-		{"channel", func(c *server.CheckIn) { c.Channel = "beta" }, seen.Add(time.Minute), true},
-		{"time zone only (never stored)", func(c *server.CheckIn) { o := 60; c.UTCOffsetMinutes = &o }, seen.Add(time.Minute), false},
+		{"new build", func(c *handsets.CheckIn) { c.Build = "7.5.0" }, seen.Add(time.Minute), true},
+		{"patch installed", func(c *handsets.CheckIn) { c.InstalledPatches = []string{"CM-1"} }, seen.Add(time.Minute), true},
+		{"messaging opted out", func(c *handsets.CheckIn) { c.CloudMessaging = handsets.MessagingOptedOut }, seen.Add(time.Minute), true},
+		{"encryption on", func(c *handsets.CheckIn) { c.NumberEncryption = true }, seen.Add(time.Minute), true},
+		{"channel", func(c *handsets.CheckIn) { c.Channel = "beta" }, seen.Add(time.Minute), true},
+		{"time zone only (never stored)", func(c *handsets.CheckIn) { o := 60; c.UTCOffsetMinutes = &o }, seen.Add(time.Minute), false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -92,7 +93,7 @@ func TestNeedsWrite(t *testing.T) {
 				tc.change(&c)
 			}
 			next := d.AfterCheckIn(c, tc.at)
-			if got := server.NeedsWrite(d, next, time.Hour); got != tc.want {
+			if got := handsets.NeedsWrite(d, next, time.Hour); got != tc.want {
 				t.Errorf("NeedsWrite = %v, want %v", got, tc.want)
 			}
 			if !next.LastSeen.Equal(tc.at) || next.Build != c.Build {

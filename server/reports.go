@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // Reports answer the release managers' and security leads' questions
@@ -26,7 +28,7 @@ type Reports struct {
 // RolloutLookup is the part of RolloutStore that reports need.
 type RolloutLookup interface {
 	// Rollout returns the rollout id, or ErrNotFound.
-	Rollout(ctx context.Context, id string) (*Rollout, error)
+	Rollout(ctx context.Context, id string) (*rollout.Rollout, error)
 }
 
 // ReportStore reads the rollups. Each method reads in one snapshot, so
@@ -56,7 +58,7 @@ type RolloutRollups struct {
 	Fleet []FleetCount
 	// Records counts the rollout's device_rollouts records.
 	Records      []RolloutCount
-	Failures     []FailureCount
+	Failures     []handsets.FailureCount
 	Hourly       []HourResults
 	InstallTimes []BucketCount
 	// StateHours are the net changes, per hour after the report's first
@@ -153,7 +155,7 @@ type DailyCount struct {
 // exposed is the incident: cloud messaging that switched itself on, or
 // phone numbers sent unencrypted.
 func exposed(messaging string, encryption bool) bool {
-	return messaging == MessagingAutoEnabled || !encryption
+	return messaging == handsets.MessagingAutoEnabled || !encryption
 }
 
 // Limits of the reports' lists.
@@ -225,15 +227,15 @@ func (c *CohortCounts) add(o CohortCounts) {
 func (c *CohortCounts) count(state string, n int64) {
 	c.Offered += n
 	switch state {
-	case DeviceOffered:
+	case handsets.DeviceOffered:
 		c.Pending += n
-	case StateDownloading, StateDownloaded, StateVerified, StateInstalling:
+	case handsets.StateDownloading, handsets.StateDownloaded, handsets.StateVerified, handsets.StateInstalling:
 		c.Downloading += n
-	case StateInstalled:
+	case handsets.StateInstalled:
 		c.Installed += n
-	case StateFailed:
+	case handsets.StateFailed:
 		c.Failed += n
-	case StateRolledBack:
+	case handsets.StateRolledBack:
 		c.RolledBack += n
 	}
 }
@@ -249,12 +251,12 @@ func CohortTarget(eligible, installed int64, percent float64) int64 {
 // starting build, its failures, results per hour, how long installs
 // take, and what holds it.
 type RolloutReport struct {
-	RolloutID   string       `json:"rollout_id"`
-	PatchID     string       `json:"patch_id"`
-	State       RolloutState `json:"state"`
-	Stage       int          `json:"stage"`
-	Percent     float64      `json:"percent"`
-	GeneratedAt time.Time    `json:"generated_at"`
+	RolloutID   string               `json:"rollout_id"`
+	PatchID     string               `json:"patch_id"`
+	State       rollout.RolloutState `json:"state"`
+	Stage       int                  `json:"stage"`
+	Percent     float64              `json:"percent"`
+	GeneratedAt time.Time            `json:"generated_at"`
 	CohortCounts
 	// ByModel lists the models with eligible handsets or records, most
 	// offered first (then most eligible, then by name), capped at
@@ -265,7 +267,7 @@ type RolloutReport struct {
 	ByStartingBuild []BuildCohort `json:"by_starting_build"`
 	// FailureCodes are the most frequent error codes of failed reports,
 	// TopFailureCodes at most, with an OtherCodes row for the rest.
-	FailureCodes []FailureCount `json:"failure_codes"`
+	FailureCodes []handsets.FailureCount `json:"failure_codes"`
 	// InstallsPerHour covers the last ReportHours hours, oldest first,
 	// hours without results included.
 	InstallsPerHour []HourResults `json:"installs_per_hour"`
@@ -280,8 +282,8 @@ type RolloutReport struct {
 	// the installed report.
 	OfferToInstall InstallTimes `json:"offer_to_install_seconds"`
 	// Halt is why the rollout stopped on its own; Holds the held models.
-	Halt  *Hold  `json:"halt,omitempty"`
-	Holds []Hold `json:"holds"`
+	Halt  *rollout.Hold  `json:"halt,omitempty"`
+	Holds []rollout.Hold `json:"holds"`
 }
 
 // ModelCohort is CohortCounts for one model.
@@ -358,7 +360,7 @@ func (r *Reports) RolloutReport(ctx context.Context, id string, now time.Time) (
 // and the release admit. When those two have no model in common it is
 // the selector's, of which the release admits none: eligibility then
 // finds nothing.
-func rolloutFleet(ro *Rollout) FleetFilter {
+func rolloutFleet(ro *rollout.Rollout) FleetFilter {
 	f := FleetFilter{Channels: ro.Selector.Channels, Regions: ro.Selector.Regions}
 	sel, rel := ro.Selector.Models, ro.Release.Models
 	switch {
@@ -380,10 +382,10 @@ func rolloutFleet(ro *Rollout) FleetFilter {
 }
 
 // NewRolloutReport assembles the report of ro from its rollups at now.
-func NewRolloutReport(ro *Rollout, rr *RolloutRollups, now time.Time) *RolloutReport {
+func NewRolloutReport(ro *rollout.Rollout, rr *RolloutRollups, now time.Time) *RolloutReport {
 	pct := ro.Percent()
 	rep := &RolloutReport{RolloutID: ro.ID, PatchID: ro.Release.PatchID, State: ro.State, Stage: ro.Stage,
-		Percent: pct, GeneratedAt: now.UTC(), Holds: []Hold{}}
+		Percent: pct, GeneratedAt: now.UTC(), Holds: []rollout.Hold{}}
 
 	byModel := map[string]*CohortCounts{}
 	byBuild := map[string]*CohortCounts{}
@@ -429,7 +431,7 @@ func NewRolloutReport(ro *Rollout, rr *RolloutRollups, now time.Time) *RolloutRe
 		return cmp.Or(rankCohort(a.CohortCounts, b.CohortCounts), strings.Compare(a.Model, b.Model))
 	})
 	rep.ByModel = FoldTop(models, MaxReportRows, func(rest []ModelCohort) ModelCohort {
-		o := ModelCohort{Model: OtherModels, Models: int64(len(rest))}
+		o := ModelCohort{Model: handsets.OtherModels, Models: int64(len(rest))}
 		for _, m := range rest {
 			o.add(m.CohortCounts)
 		}
@@ -446,7 +448,7 @@ func NewRolloutReport(ro *Rollout, rr *RolloutRollups, now time.Time) *RolloutRe
 		builds = append(builds, BuildCohort{StartingBuild: b, CohortCounts: *c})
 	}
 	slices.SortFunc(builds, func(a, b BuildCohort) int {
-		return cmp.Or(rankCohort(a.CohortCounts, b.CohortCounts), CompareBuilds(b.StartingBuild, a.StartingBuild),
+		return cmp.Or(rankCohort(a.CohortCounts, b.CohortCounts), handsets.CompareBuilds(b.StartingBuild, a.StartingBuild),
 			strings.Compare(a.StartingBuild, b.StartingBuild))
 	})
 	rep.ByStartingBuild = FoldTop(builds, MaxReportRows, func(rest []BuildCohort) BuildCohort {
@@ -458,17 +460,17 @@ func NewRolloutReport(ro *Rollout, rr *RolloutRollups, now time.Time) *RolloutRe
 		return o
 	})
 
-	codes := make([]FailureCount, 0, len(rr.Failures))
+	codes := make([]handsets.FailureCount, 0, len(rr.Failures))
 	for _, f := range rr.Failures {
 		if f.Count > 0 {
 			codes = append(codes, f)
 		}
 	}
-	slices.SortFunc(codes, func(a, b FailureCount) int {
+	slices.SortFunc(codes, func(a, b handsets.FailureCount) int {
 		return cmp.Or(cmp.Compare(b.Count, a.Count), strings.Compare(a.ErrorCode, b.ErrorCode))
 	})
-	rep.FailureCodes = FoldTop(codes, TopFailureCodes, func(rest []FailureCount) FailureCount {
-		o := FailureCount{ErrorCode: OtherCodes}
+	rep.FailureCodes = FoldTop(codes, TopFailureCodes, func(rest []handsets.FailureCount) handsets.FailureCount {
+		o := handsets.FailureCount{ErrorCode: OtherCodes}
 		for _, f := range rest {
 			o.Count += f.Count
 		}
@@ -493,7 +495,7 @@ func NewRolloutReport(ro *Rollout, rr *RolloutRollups, now time.Time) *RolloutRe
 // build and patch set (a fleet has few of either). The counts are of the
 // selector's channels and regions already (rolloutFleet).
 type eligibility struct {
-	ro      *Rollout
+	ro      *rollout.Rollout
 	builds  map[string]bool
 	patches map[string]bool
 }
@@ -506,8 +508,8 @@ func (e *eligibility) eligible(fc *FleetCount) bool {
 	}
 	ok, seen := e.builds[fc.Build]
 	if !seen {
-		ok = inBuildRange(fc.Build, sel.BuildMin, sel.BuildMax) && inBuildRange(fc.Build, rel.BuildMin, rel.BuildMax) &&
-			CompareBuilds(fc.Build, rel.InstallsBuild) < 0
+		ok = rollout.InBuildRange(fc.Build, sel.BuildMin, sel.BuildMax) && rollout.InBuildRange(fc.Build, rel.BuildMin, rel.BuildMax) &&
+			handsets.CompareBuilds(fc.Build, rel.InstallsBuild) < 0
 		e.builds[fc.Build] = ok
 	}
 	if !ok {
@@ -666,7 +668,7 @@ type ExposureCounts struct {
 
 func (c *ExposureCounts) count(messaging string, encryption bool, n int64) {
 	c.Active += n
-	if messaging == MessagingAutoEnabled {
+	if messaging == handsets.MessagingAutoEnabled {
 		c.AutoEnabled += n
 	}
 	if !encryption {
@@ -782,13 +784,13 @@ func (r *Reports) ExposureReport(ctx context.Context, opts ExposureOptions, now 
 		opts.Days = DefaultExposureDays
 	}
 	if opts.Top == 0 {
-		opts.Top = DefaultSummaryModels
+		opts.Top = handsets.DefaultSummaryModels
 	}
 	switch {
 	case opts.Days < 1 || opts.Days > MaxExposureDays:
 		return nil, errs.Fieldf("days", "want 1 to %d", MaxExposureDays)
-	case opts.Top < 1 || opts.Top > MaxSummaryModels:
-		return nil, errs.Fieldf("top", "want 1 to %d", MaxSummaryModels)
+	case opts.Top < 1 || opts.Top > handsets.MaxSummaryModels:
+		return nil, errs.Fieldf("top", "want 1 to %d", handsets.MaxSummaryModels)
 	}
 	if opts.Day != "" {
 		if _, err := time.Parse(time.DateOnly, opts.Day); err != nil {
@@ -835,7 +837,7 @@ func NewExposureReport(er *ExposureRollups, opts ExposureOptions, now time.Time)
 	}
 	rep.finish()
 	rep.ByModel, rep.ByRegion = []ModelExposure{}, []RegionExposure{}
-	for _, r := range rankExposure(models, opts.Top, OtherModels) {
+	for _, r := range rankExposure(models, opts.Top, handsets.OtherModels) {
 		rep.ByModel = append(rep.ByModel, ModelExposure{Model: r.key, Models: r.folded, ExposureCounts: r.counts})
 	}
 	for _, r := range rankExposure(regions, opts.Top, OtherRegions) {
@@ -897,7 +899,7 @@ func daySeries(rows []DailyCount, last string, days int) []DayExposure {
 			continue
 		}
 		out[i].Active += r.N
-		if r.CloudMessaging == MessagingAutoEnabled {
+		if r.CloudMessaging == handsets.MessagingAutoEnabled {
 			out[i].AutoEnabled += r.N
 		}
 		if !r.NumberEncryption {

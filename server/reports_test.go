@@ -12,6 +12,8 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // fakeReportStore is a function-field fake of server.ReportStore.
@@ -64,9 +66,9 @@ func (f *fakeReportStore) ExposureRollups(ctx context.Context, day string, days 
 	return f.ExposureRollupsFn(ctx, day, days)
 }
 
-type rolloutLookupFunc func(ctx context.Context, id string) (*server.Rollout, error)
+type rolloutLookupFunc func(ctx context.Context, id string) (*rollout.Rollout, error)
 
-func (f rolloutLookupFunc) Rollout(ctx context.Context, id string) (*server.Rollout, error) {
+func (f rolloutLookupFunc) Rollout(ctx context.Context, id string) (*rollout.Rollout, error) {
 	return f(ctx, id)
 }
 
@@ -254,11 +256,11 @@ var reportNow = time.Date(2026, 12, 10, 15, 42, 0, 0, time.UTC)
 
 // reportRollout is a rollout of CM-2026-001 (installs 8.0.0) at 10% to
 // stable and beta PX-7 and PX-8 handsets of 7.0.0 or later, PX-8 held.
-func reportRollout() *server.Rollout {
-	return &server.Rollout{ID: "ro_1", State: server.RolloutRunning, Stages: []float64{1, 10, 50, 100}, Stage: 1,
-		Release:  server.RolloutRelease{PatchID: "CM-2026-001", InstallsBuild: "8.0.0", Models: []string{"PX-7", "PX-8", "PX-9"}},
-		Selector: server.Selector{Models: []string{"PX-7", "PX-8", "QZ-1"}, Channels: []string{"stable", "beta"}, BuildMin: "7.0.0"},
-		Holds: []server.Hold{{Model: "PX-8", Actor: audit.SystemActor, Reason: "failure rate 12% over 1h", Installed: 44, Failed: 6,
+func reportRollout() *rollout.Rollout {
+	return &rollout.Rollout{ID: "ro_1", State: rollout.RolloutRunning, Stages: []float64{1, 10, 50, 100}, Stage: 1,
+		Release:  rollout.RolloutRelease{PatchID: "CM-2026-001", InstallsBuild: "8.0.0", Models: []string{"PX-7", "PX-8", "PX-9"}},
+		Selector: rollout.Selector{Models: []string{"PX-7", "PX-8", "QZ-1"}, Channels: []string{"stable", "beta"}, BuildMin: "7.0.0"},
+		Holds: []rollout.Hold{{Model: "PX-8", Actor: audit.SystemActor, Reason: "failure rate 12% over 1h", Installed: 44, Failed: 6,
 			Rate: 0.12, MaxRate: 0.05, Window: time.Hour, At: reportNow.Add(-time.Hour)}},
 	}
 }
@@ -279,20 +281,20 @@ func TestRolloutReport(t *testing.T) {
 		{"PX-8", "stable", "US", "7.3.0", "", 0},
 	}
 	records := []server.RolloutCount{
-		{Model: "PX-7", StartingBuild: "7.4.0", State: server.StateInstalled, N: 400},
-		{Model: "PX-7", StartingBuild: "7.4.0", State: server.DeviceOffered, N: 30},
-		{Model: "PX-7", StartingBuild: "7.10.0", State: server.StateDownloading, N: 5},
-		{Model: "PX-7", StartingBuild: "7.10.0", State: server.StateInstalling, N: 4},
-		{Model: "PX-8", StartingBuild: "7.2.0", State: server.StateFailed, N: 6},
-		{Model: "PX-8", StartingBuild: "7.2.0", State: server.StateRolledBack, N: 2},
-		{Model: "PX-8", StartingBuild: "7.2.0", State: server.StateInstalled, N: 44},
+		{Model: "PX-7", StartingBuild: "7.4.0", State: handsets.StateInstalled, N: 400},
+		{Model: "PX-7", StartingBuild: "7.4.0", State: handsets.DeviceOffered, N: 30},
+		{Model: "PX-7", StartingBuild: "7.10.0", State: handsets.StateDownloading, N: 5},
+		{Model: "PX-7", StartingBuild: "7.10.0", State: handsets.StateInstalling, N: 4},
+		{Model: "PX-8", StartingBuild: "7.2.0", State: handsets.StateFailed, N: 6},
+		{Model: "PX-8", StartingBuild: "7.2.0", State: handsets.StateRolledBack, N: 2},
+		{Model: "PX-8", StartingBuild: "7.2.0", State: handsets.StateInstalled, N: 44},
 	}
 	var gotSince time.Time
 	var gotFilter server.FleetFilter
 	store := &fakeReportStore{RolloutRollupsFn: func(_ context.Context, id string, since time.Time, f server.FleetFilter) (*server.RolloutRollups, error) {
 		gotSince, gotFilter = since, f
 		return &server.RolloutRollups{Fleet: countFleet(fleet, f), Records: records,
-			Failures: []server.FailureCount{{ErrorCode: "E_NO_SPACE", Count: 5}, {ErrorCode: "E_VERIFY", Count: 9}, {ErrorCode: "E_BOOT", Count: 5}},
+			Failures: []handsets.FailureCount{{ErrorCode: "E_NO_SPACE", Count: 5}, {ErrorCode: "E_VERIFY", Count: 9}, {ErrorCode: "E_BOOT", Count: 5}},
 			Hourly: []server.HourResults{
 				{Hour: reportNow.Truncate(time.Hour), Installed: 3, Failed: 1},
 				{Hour: reportNow.Truncate(time.Hour).Add(-47 * time.Hour), Installed: 7},
@@ -302,7 +304,7 @@ func TestRolloutReport(t *testing.T) {
 		}, nil
 	}}
 	ro := reportRollout()
-	reports := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(_ context.Context, id string) (*server.Rollout, error) {
+	reports := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(_ context.Context, id string) (*rollout.Rollout, error) {
 		if id != ro.ID {
 			return nil, errs.ErrNotFound
 		}
@@ -323,7 +325,7 @@ func TestRolloutReport(t *testing.T) {
 	if rep.CohortCounts != want {
 		t.Errorf("totals:\n got %+v\nwant %+v", rep.CohortCounts, want)
 	}
-	if rep.RolloutID != "ro_1" || rep.PatchID != "CM-2026-001" || rep.State != server.RolloutRunning || rep.Percent != 10 || rep.Stage != 1 {
+	if rep.RolloutID != "ro_1" || rep.PatchID != "CM-2026-001" || rep.State != rollout.RolloutRunning || rep.Percent != 10 || rep.Stage != 1 {
 		t.Errorf("got %s %s %s stage %d at %v%%, want ro_1 CM-2026-001 running stage 1 at 10%%", rep.RolloutID, rep.PatchID, rep.State, rep.Stage, rep.Percent)
 	}
 	wantModels := []server.ModelCohort{
@@ -344,7 +346,7 @@ func TestRolloutReport(t *testing.T) {
 	if b := rep.ByStartingBuild[0]; b.Eligible != 650 || b.Installed != 400 || b.Pending != 30 {
 		t.Errorf("build 7.4.0: %+v, want 650 eligible, 400 installed, 30 pending", b.CohortCounts)
 	}
-	wantCodes := []server.FailureCount{{ErrorCode: "E_VERIFY", Count: 9}, {ErrorCode: "E_BOOT", Count: 5}, {ErrorCode: "E_NO_SPACE", Count: 5}}
+	wantCodes := []handsets.FailureCount{{ErrorCode: "E_VERIFY", Count: 9}, {ErrorCode: "E_BOOT", Count: 5}, {ErrorCode: "E_NO_SPACE", Count: 5}}
 	if !slices.Equal(rep.FailureCodes, wantCodes) {
 		t.Errorf("failure codes %v, want %v", rep.FailureCodes, wantCodes)
 	}
@@ -370,15 +372,15 @@ func TestRolloutReport(t *testing.T) {
 
 func TestRolloutReportCaps(t *testing.T) {
 	ro := reportRollout()
-	ro.Selector, ro.Release.Models, ro.Holds = server.Selector{}, nil, nil
-	ro.Halt = &server.Hold{Actor: audit.SystemActor, Reason: "failure rate 20%", Installed: 40, Failed: 10, Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: reportNow}
+	ro.Selector, ro.Release.Models, ro.Holds = rollout.Selector{}, nil, nil
+	ro.Halt = &rollout.Hold{Actor: audit.SystemActor, Reason: "failure rate 20%", Installed: 40, Failed: 10, Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: reportNow}
 	var fleet []server.FleetCount
 	for i := range server.MaxReportRows + 5 {
 		fleet = append(fleet, server.FleetCount{Model: "M" + string(rune('A'+i/26)) + string(rune('a'+i%26)), Build: "7.0.0", N: int64(1000 - i)})
 	}
-	var failures []server.FailureCount
+	var failures []handsets.FailureCount
 	for i := range 12 {
-		failures = append(failures, server.FailureCount{ErrorCode: "E_" + string(rune('A'+i)), Count: int64(100 - i)})
+		failures = append(failures, handsets.FailureCount{ErrorCode: "E_" + string(rune('A'+i)), Count: int64(100 - i)})
 	}
 	store := &fakeReportStore{RolloutRollupsFn: func(_ context.Context, _ string, _ time.Time, f server.FleetFilter) (*server.RolloutRollups, error) {
 		if f.Models != nil || f.Channels != nil || f.Regions != nil {
@@ -386,7 +388,7 @@ func TestRolloutReportCaps(t *testing.T) {
 		}
 		return &server.RolloutRollups{Fleet: fleet, Failures: failures}, nil
 	}}
-	reports := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(context.Context, string) (*server.Rollout, error) { return ro, nil })}
+	reports := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(context.Context, string) (*rollout.Rollout, error) { return ro, nil })}
 	rep, err := reports.RolloutReport(t.Context(), ro.ID, reportNow)
 	if err != nil {
 		t.Fatal(err)
@@ -395,10 +397,10 @@ func TestRolloutReportCaps(t *testing.T) {
 		t.Fatalf("%d model rows, want %d and one (other)", len(rep.ByModel), server.MaxReportRows)
 	}
 	other := rep.ByModel[server.MaxReportRows]
-	if other.Model != server.OtherModels || other.Models != 5 || other.Eligible != 800+799+798+797+796 {
+	if other.Model != handsets.OtherModels || other.Models != 5 || other.Eligible != 800+799+798+797+796 {
 		t.Errorf("other row %+v, want the 5 smallest models summed", other)
 	}
-	if len(rep.FailureCodes) != 11 || rep.FailureCodes[10] != (server.FailureCount{ErrorCode: server.OtherCodes, Count: 89 + 90}) {
+	if len(rep.FailureCodes) != 11 || rep.FailureCodes[10] != (handsets.FailureCount{ErrorCode: server.OtherCodes, Count: 89 + 90}) {
 		t.Errorf("failure codes %v, want the top 10 and (other) with 179", rep.FailureCodes)
 	}
 	if rep.Halt == nil || rep.Halt.Reason != "failure rate 20%" || rep.Halt.Failed != 10 || rep.Holds == nil {
@@ -421,7 +423,7 @@ func TestRolloutReportNoCommonModel(t *testing.T) {
 			{"PX-7", "stable", "DE", "7.2.0", "", 90},
 		}, f)}, nil
 	}}
-	reports := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(context.Context, string) (*server.Rollout, error) { return ro, nil })}
+	reports := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(context.Context, string) (*rollout.Rollout, error) { return ro, nil })}
 	rep, err := reports.RolloutReport(t.Context(), ro.ID, reportNow)
 	if err != nil {
 		t.Fatal(err)
@@ -438,21 +440,21 @@ func TestExposureReport(t *testing.T) {
 		gotDay, gotDays = day, days
 		return &server.ExposureRollups{Day: "2026-12-09",
 			Segments: []server.ExposureCount{
-				{Model: "PX-7", Region: "DE", CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: false, N: 100},
-				{Model: "PX-7", Region: "DE", CloudMessaging: server.MessagingOptedOut, NumberEncryption: true, N: 300},
-				{Model: "PX-7", Region: "FR", CloudMessaging: server.MessagingOptedIn, NumberEncryption: false, N: 50},
-				{Model: "PX-8", Region: "FR", CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: true, N: 80},
-				{Model: "QZ-1", Region: "", CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: true, N: 10},
-				{Model: "AB-2", Region: "US", CloudMessaging: server.MessagingOptedOut, NumberEncryption: true, N: 0},
+				{Model: "PX-7", Region: "DE", CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: false, N: 100},
+				{Model: "PX-7", Region: "DE", CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true, N: 300},
+				{Model: "PX-7", Region: "FR", CloudMessaging: handsets.MessagingOptedIn, NumberEncryption: false, N: 50},
+				{Model: "PX-8", Region: "FR", CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: true, N: 80},
+				{Model: "QZ-1", Region: "", CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: true, N: 10},
+				{Model: "AB-2", Region: "US", CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true, N: 0},
 			},
 			Daily: []server.DailyCount{
-				{Day: "2026-12-07", CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: false, N: 300},
-				{Day: "2026-12-07", CloudMessaging: server.MessagingOptedOut, NumberEncryption: true, N: 700},
-				{Day: "2026-12-09", CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: true, N: 90},
-				{Day: "2026-12-09", CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: false, N: 100},
-				{Day: "2026-12-09", CloudMessaging: server.MessagingOptedIn, NumberEncryption: false, N: 50},
-				{Day: "2026-12-09", CloudMessaging: server.MessagingOptedOut, NumberEncryption: true, N: 300},
-				{Day: "2026-12-01", CloudMessaging: server.MessagingOptedOut, NumberEncryption: true, N: 999}, // before the series
+				{Day: "2026-12-07", CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: false, N: 300},
+				{Day: "2026-12-07", CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true, N: 700},
+				{Day: "2026-12-09", CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: true, N: 90},
+				{Day: "2026-12-09", CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: false, N: 100},
+				{Day: "2026-12-09", CloudMessaging: handsets.MessagingOptedIn, NumberEncryption: false, N: 50},
+				{Day: "2026-12-09", CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true, N: 300},
+				{Day: "2026-12-01", CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true, N: 999}, // before the series
 			},
 		}, nil
 	}}
@@ -471,7 +473,7 @@ func TestExposureReport(t *testing.T) {
 	wantModels := []server.ModelExposure{
 		{Model: "PX-7", ExposureCounts: server.ExposureCounts{Active: 450, Exposed: 150, AutoEnabled: 100, Unencrypted: 150, Compliant: 300, ShareExposed: 0.333333}},
 		{Model: "PX-8", ExposureCounts: server.ExposureCounts{Active: 80, Exposed: 80, AutoEnabled: 80, ShareExposed: 1}},
-		{Model: server.OtherModels, Models: 1, ExposureCounts: server.ExposureCounts{Active: 10, Exposed: 10, AutoEnabled: 10, ShareExposed: 1}},
+		{Model: handsets.OtherModels, Models: 1, ExposureCounts: server.ExposureCounts{Active: 10, Exposed: 10, AutoEnabled: 10, ShareExposed: 1}},
 	}
 	if !slices.Equal(rep.ByModel, wantModels) {
 		t.Errorf("by model:\n got %+v\nwant %+v", rep.ByModel, wantModels)
@@ -552,24 +554,24 @@ func TestRolloutReportStatesPerHour(t *testing.T) {
 	// Three hours ago 20 were offered; two hours ago 12 downloaded and 8
 	// of them installed; in this hour 1 more installed and 2 failed.
 	records := []server.RolloutCount{
-		{Model: "PX-7", StartingBuild: "7.4.0", State: server.DeviceOffered, N: 8},
-		{Model: "PX-7", StartingBuild: "7.4.0", State: server.StateDownloading, N: 1},
-		{Model: "PX-7", StartingBuild: "7.4.0", State: server.StateInstalled, N: 9},
-		{Model: "PX-7", StartingBuild: "7.4.0", State: server.StateFailed, N: 2},
+		{Model: "PX-7", StartingBuild: "7.4.0", State: handsets.DeviceOffered, N: 8},
+		{Model: "PX-7", StartingBuild: "7.4.0", State: handsets.StateDownloading, N: 1},
+		{Model: "PX-7", StartingBuild: "7.4.0", State: handsets.StateInstalled, N: 9},
+		{Model: "PX-7", StartingBuild: "7.4.0", State: handsets.StateFailed, N: 2},
 	}
 	deltas := []server.StateHourDelta{
-		{Hour: h(3), State: server.DeviceOffered, N: 20},
-		{Hour: h(2), State: server.DeviceOffered, N: -12},
-		{Hour: h(2), State: server.StateDownloading, N: 4},
-		{Hour: h(2), State: server.StateInstalled, N: 8},
-		{Hour: h(0), State: server.StateDownloading, N: -3},
-		{Hour: h(0), State: server.StateInstalled, N: 1},
-		{Hour: h(0), State: server.StateFailed, N: 2},
+		{Hour: h(3), State: handsets.DeviceOffered, N: 20},
+		{Hour: h(2), State: handsets.DeviceOffered, N: -12},
+		{Hour: h(2), State: handsets.StateDownloading, N: 4},
+		{Hour: h(2), State: handsets.StateInstalled, N: 8},
+		{Hour: h(0), State: handsets.StateDownloading, N: -3},
+		{Hour: h(0), State: handsets.StateInstalled, N: 1},
+		{Hour: h(0), State: handsets.StateFailed, N: 2},
 	}
 	store := &fakeReportStore{RolloutRollupsFn: func(context.Context, string, time.Time, server.FleetFilter) (*server.RolloutRollups, error) {
 		return &server.RolloutRollups{Records: records, StateHours: deltas}, nil
 	}}
-	reports := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(context.Context, string) (*server.Rollout, error) { return ro, nil })}
+	reports := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(context.Context, string) (*rollout.Rollout, error) { return ro, nil })}
 	rep, err := reports.RolloutReport(t.Context(), ro.ID, reportNow)
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,8 @@ import (
 	"hash/fnv"
 	"math"
 	"time"
+
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // Rollups are the counters reports read instead of the fleet. The store
@@ -52,7 +54,7 @@ func InstallTimeBucketBounds(b int) (lo, hi time.Duration) {
 type RolloutObserver interface {
 	// Decided is called for each check-in that some rollout decided on:
 	// an offer (dec.Kind) or a refusal (dec.Reason).
-	Decided(dec Decision)
+	Decided(dec rollout.Decision)
 	// Reported is called for each stored report that moved a handset's
 	// record of rollout rolloutID to state.
 	Reported(rolloutID, state string)

@@ -4,6 +4,9 @@ import (
 	"cmp"
 	"slices"
 	"time"
+
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // A rollout's timeline is its history on the scale of its lifetime, so
@@ -128,7 +131,7 @@ func TimelineScale(start, end time.Time, fine bool) (width time.Duration, first 
 // timelineSpan is the lifetime of ro for its timeline: from its start to
 // its end, or to now while it has not ended. ok is false for a rollout
 // that never started.
-func timelineSpan(ro *Rollout, now time.Time) (start, end time.Time, ok bool) {
+func timelineSpan(ro *rollout.Rollout, now time.Time) (start, end time.Time, ok bool) {
 	if ro.StartedAt.IsZero() {
 		return time.Time{}, time.Time{}, false
 	}
@@ -206,13 +209,13 @@ func recordTimeline(width time.Duration, first time.Time, n int, rows []RecordTi
 			i = min(int(r.At.UTC().Sub(first)/width), n-1)
 		}
 		switch r.State {
-		case DeviceOffered:
+		case handsets.DeviceOffered:
 			in[i].offered += r.N
-		case StateInstalled:
+		case handsets.StateInstalled:
 			in[i].installed += r.N
-		case StateFailed:
+		case handsets.StateFailed:
 			in[i].failed += r.N
-		case StateRolledBack:
+		case handsets.StateRolledBack:
 			in[i].rolledBack += r.N
 		}
 	}
@@ -252,7 +255,7 @@ func offered(records []RolloutCount) int64 {
 // rolloutTimeline is ro's timeline at now from its rollups: from the
 // record times when they were read and the rollout is young and small
 // enough (timelineFine), else in hour buckets.
-func rolloutTimeline(ro *Rollout, rr *RolloutRollups, now time.Time) Timeline {
+func rolloutTimeline(ro *rollout.Rollout, rr *RolloutRollups, now time.Time) Timeline {
 	start, end, ok := timelineSpan(ro, now)
 	if !ok {
 		return emptyTimeline()

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // TestRolloutTimelineBounds: the report reads a rollout's records for
@@ -46,14 +48,14 @@ func TestRolloutTimelineBounds(t *testing.T) {
 			store := &fakeReportStore{
 				RolloutRollupsFn: func(_ context.Context, _ string, since time.Time, _ server.FleetFilter) (*server.RolloutRollups, error) {
 					gotSince = since
-					return &server.RolloutRollups{Records: []server.RolloutCount{{Model: "PX-7", State: server.DeviceOffered, N: tc.records}}}, nil
+					return &server.RolloutRollups{Records: []server.RolloutCount{{Model: "PX-7", State: handsets.DeviceOffered, N: tc.records}}}, nil
 				},
 				RecordTimesFn: func(_ context.Context, _ string, unit time.Duration) ([]server.RecordTimeCount, error) {
 					gotUnit = unit
-					return []server.RecordTimeCount{{At: start, State: server.DeviceOffered, N: tc.records}}, nil
+					return []server.RecordTimeCount{{At: start, State: handsets.DeviceOffered, N: tc.records}}, nil
 				},
 			}
-			r := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(context.Context, string) (*server.Rollout, error) { return ro, nil })}
+			r := &server.Reports{Store: store, Rollouts: rolloutLookupFunc(func(context.Context, string) (*rollout.Rollout, error) { return ro, nil })}
 			rep, err := r.RolloutReport(t.Context(), ro.ID, tc.now)
 			if err != nil {
 				t.Fatal(err)

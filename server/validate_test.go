@@ -11,6 +11,7 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/textrule"
 )
 
@@ -22,19 +23,19 @@ import (
 func TestTightFields(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	fields := map[string]func(v string) error{
-		"model":   func(v string) error { return server.ValidateDeviceInfo(v, "7.2.0", "stable", "") },
-		"build":   func(v string) error { return server.ValidateDeviceInfo("PX-7", v, "stable", "") },
-		"channel": func(v string) error { return server.ValidateDeviceInfo("PX-7", "7.2.0", v, "") },
-		"region":  func(v string) error { return server.ValidateDeviceInfo("PX-7", "7.2.0", "stable", v) },
+		"model":   func(v string) error { return handsets.ValidateDeviceInfo(v, "7.2.0", "stable", "") },
+		"build":   func(v string) error { return handsets.ValidateDeviceInfo("PX-7", v, "stable", "") },
+		"channel": func(v string) error { return handsets.ValidateDeviceInfo("PX-7", "7.2.0", v, "") },
+		"region":  func(v string) error { return handsets.ValidateDeviceInfo("PX-7", "7.2.0", "stable", v) },
 		"installed_patches[0]": func(v string) error {
-			ci := server.CheckIn{Model: "PX-7", Build: "7.2.0", Channel: "stable", InstalledPatches: []string{v},
-				CloudMessaging: server.MessagingOptedOut}
+			ci := handsets.CheckIn{Model: "PX-7", Build: "7.2.0", Channel: "stable", InstalledPatches: []string{v},
+				CloudMessaging: handsets.MessagingOptedOut}
 			return ci.Validate()
 		},
-		"report_id": func(v string) error { return report(func(r *server.Report) { r.ID = v }).Validate(now) },
-		"patch_id":  func(v string) error { return report(func(r *server.Report) { r.PatchID = v }).Validate(now) },
+		"report_id": func(v string) error { return report(func(r *handsets.Report) { r.ID = v }).Validate(now) },
+		"patch_id":  func(v string) error { return report(func(r *handsets.Report) { r.PatchID = v }).Validate(now) },
 		"error_code": func(v string) error {
-			return report(func(r *server.Report) { r.State, r.ErrorCode = server.StateFailed, v }).Validate(now)
+			return report(func(r *handsets.Report) { r.State, r.ErrorCode = handsets.StateFailed, v }).Validate(now)
 		},
 	}
 	accepted := map[string][]string{
@@ -99,8 +100,8 @@ func TestTightFields(t *testing.T) {
 	}
 }
 
-func report(edit func(*server.Report)) *server.Report {
-	r := &server.Report{ID: "a-1", PatchID: "CM-2026-001", Target: "px7/update.zip", State: server.StateInstalled,
+func report(edit func(*handsets.Report)) *handsets.Report {
+	r := &handsets.Report{ID: "a-1", PatchID: "CM-2026-001", Target: "px7/update.zip", State: handsets.StateInstalled,
 		At: time.Date(2026, 12, 1, 11, 0, 0, 0, time.UTC)}
 	edit(r)
 	return r
@@ -110,22 +111,22 @@ func report(edit func(*server.Report)) *server.Report {
 // reports kept in memory. The methods Report does not call are the nil
 // embedded interface's and panic.
 type reportStore struct {
-	server.DeviceStore
-	device  server.Device
-	reports []server.Report
+	handsets.DeviceStore
+	device  handsets.Device
+	reports []handsets.Report
 }
 
-func (s *reportStore) DeviceByToken(context.Context, string) (*server.Device, error) {
+func (s *reportStore) DeviceByToken(context.Context, string) (*handsets.Device, error) {
 	d := s.device
 	return &d, nil
 }
 
-func (s *reportStore) AddReport(_ context.Context, r server.Report) (server.ReportOutcome, error) {
+func (s *reportStore) AddReport(_ context.Context, r handsets.Report) (handsets.ReportOutcome, error) {
 	s.reports = append(s.reports, r)
-	return server.ReportOutcome{}, nil
+	return handsets.ReportOutcome{}, nil
 }
 
-func (s *reportStore) Reports(context.Context, string) ([]server.Report, error) {
+func (s *reportStore) Reports(context.Context, string) ([]handsets.Report, error) {
 	return s.reports, nil
 }
 
@@ -142,38 +143,38 @@ func TestReportTimeAndPatch(t *testing.T) {
 		target(t, "px8/update.zip", manifests.TargetCustom{PatchID: "CM-2026-001"}),
 		target(t, "other/update.zip", manifests.TargetCustom{PatchID: "CM-2026-002"}),
 	}}
-	yanked := server.Report{ID: "y-1", DeviceID: "dev_1", PatchID: "CM-2025-009", Target: "old/update.zip",
-		State: server.StateDownloading, At: now.Add(-time.Hour)}
+	yanked := handsets.Report{ID: "y-1", DeviceID: "dev_1", PatchID: "CM-2025-009", Target: "old/update.zip",
+		State: handsets.StateDownloading, At: now.Add(-time.Hour)}
 	tests := []struct {
 		name      string
 		noCatalog bool
-		edit      func(*server.Report)
+		edit      func(*handsets.Report)
 		field     string // "" for accepted
 	}{
-		{"now", false, func(r *server.Report) { r.At = now }, ""},
-		{"9 minutes ahead", false, func(r *server.Report) { r.At = now.Add(9 * time.Minute) }, ""},
-		{"11 minutes ahead", false, func(r *server.Report) { r.At = now.Add(11 * time.Minute) }, "at"},
-		{"23 hours ahead", false, func(r *server.Report) { r.At = now.Add(23 * time.Hour) }, "at"},
-		{"year 0001", false, func(r *server.Report) { r.At = time.Date(1, 1, 1, 0, 0, 1, 0, time.UTC) }, "at"},
-		{"a day and an hour before enrollment", false, func(r *server.Report) { r.At = enrolled.Add(-25 * time.Hour) }, "at"},
-		{"23 hours before enrollment", false, func(r *server.Report) { r.At = enrolled.Add(-23 * time.Hour) }, ""},
-		{"the patch's other target", false, func(r *server.Report) { r.Target = "px8/update.zip" }, ""},
-		{"no target", false, func(r *server.Report) { r.Target = "" }, ""},
-		{"unknown patch", false, func(r *server.Report) { r.PatchID = "CM-2026-999" }, "patch_id"},
-		{"another patch's target", false, func(r *server.Report) { r.Target = "other/update.zip" }, "target"},
-		{"unpublished target", false, func(r *server.Report) { r.Target = "imei/867530012345670.zip" }, "target"},
-		{"yanked patch the device reported on", false, func(r *server.Report) {
-			r.PatchID, r.Target, r.State = yanked.PatchID, yanked.Target, server.StateInstalled
+		{"now", false, func(r *handsets.Report) { r.At = now }, ""},
+		{"9 minutes ahead", false, func(r *handsets.Report) { r.At = now.Add(9 * time.Minute) }, ""},
+		{"11 minutes ahead", false, func(r *handsets.Report) { r.At = now.Add(11 * time.Minute) }, "at"},
+		{"23 hours ahead", false, func(r *handsets.Report) { r.At = now.Add(23 * time.Hour) }, "at"},
+		{"year 0001", false, func(r *handsets.Report) { r.At = time.Date(1, 1, 1, 0, 0, 1, 0, time.UTC) }, "at"},
+		{"a day and an hour before enrollment", false, func(r *handsets.Report) { r.At = enrolled.Add(-25 * time.Hour) }, "at"},
+		{"23 hours before enrollment", false, func(r *handsets.Report) { r.At = enrolled.Add(-23 * time.Hour) }, ""},
+		{"the patch's other target", false, func(r *handsets.Report) { r.Target = "px8/update.zip" }, ""},
+		{"no target", false, func(r *handsets.Report) { r.Target = "" }, ""},
+		{"unknown patch", false, func(r *handsets.Report) { r.PatchID = "CM-2026-999" }, "patch_id"},
+		{"another patch's target", false, func(r *handsets.Report) { r.Target = "other/update.zip" }, "target"},
+		{"unpublished target", false, func(r *handsets.Report) { r.Target = "imei/867530012345670.zip" }, "target"},
+		{"yanked patch the device reported on", false, func(r *handsets.Report) {
+			r.PatchID, r.Target, r.State = yanked.PatchID, yanked.Target, handsets.StateInstalled
 		}, ""},
-		{"yanked patch, another target", false, func(r *server.Report) {
+		{"yanked patch, another target", false, func(r *handsets.Report) {
 			r.PatchID, r.Target = yanked.PatchID, "new/update.zip"
 		}, "patch_id"},
-		{"no catalog", true, func(*server.Report) {}, "patch_id"},
+		{"no catalog", true, func(*handsets.Report) {}, "patch_id"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			store := &reportStore{device: server.Device{ID: "dev_1", EnrolledAt: enrolled},
-				reports: []server.Report{yanked}}
+			store := &reportStore{device: handsets.Device{ID: "dev_1", EnrolledAt: enrolled},
+				reports: []handsets.Report{yanked}}
 			f := &server.Fleet{Store: store, Catalog: &server.PublishedPatches{Source: src}, Now: func() time.Time { return now }}
 			if tc.noCatalog {
 				f.Catalog = nil
@@ -196,10 +197,10 @@ func TestReportTimeAndPatch(t *testing.T) {
 		})
 	}
 	t.Run("message scrubbed", func(t *testing.T) {
-		store := &reportStore{device: server.Device{ID: "dev_1", EnrolledAt: enrolled}}
+		store := &reportStore{device: handsets.Device{ID: "dev_1", EnrolledAt: enrolled}}
 		f := &server.Fleet{Store: store, Catalog: &server.PublishedPatches{Source: src}, Now: func() time.Time { return now }}
 		msg := "modem IMEI 867530012345670 SIM +8613812345678 ip 203.0.113.77"
-		if _, err := f.Report(context.Background(), "otadev_x", *report(func(r *server.Report) { r.Message = msg })); err != nil {
+		if _, err := f.Report(context.Background(), "otadev_x", *report(func(r *handsets.Report) { r.Message = msg })); err != nil {
 			t.Fatal(err)
 		}
 		if got, want := store.reports[0].Message, textrule.Scrub(msg); got != want || got == msg {

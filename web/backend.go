@@ -5,6 +5,8 @@ import (
 
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // Backend is what the pages read and change, owned here so that the
@@ -19,25 +21,25 @@ type Backend interface {
 	// RolloutReport is the report of rollout id; ErrNotFound if unknown.
 	RolloutReport(ctx context.Context, id string) (*server.RolloutReport, error)
 	// Rollouts lists every rollout, oldest first.
-	Rollouts(ctx context.Context) ([]*server.Rollout, error)
+	Rollouts(ctx context.Context) ([]*rollout.Rollout, error)
 	// Rollout returns rollout id, or ErrNotFound.
-	Rollout(ctx context.Context, id string) (*server.Rollout, error)
+	Rollout(ctx context.Context, id string) (*rollout.Rollout, error)
 	// RolloutEvents returns the last limit events of rollout id, oldest
 	// first.
-	RolloutEvents(ctx context.Context, id string, limit int) ([]server.Event, error)
+	RolloutEvents(ctx context.Context, id string, limit int) ([]rollout.Event, error)
 	// ChangeRollout applies an operator's action (one of RolloutActions)
 	// to rollout id through server.RolloutService, as the principal in
 	// ctx. Percent is advance's target (0: the next stage). A widening
 	// that needs a second person changes nothing yet and returns the
 	// pending approval beside the rollout (nil when it was done).
-	ChangeRollout(ctx context.Context, id string, change RolloutChange) (*server.Rollout, *server.Approval, error)
+	ChangeRollout(ctx context.Context, id string, change RolloutChange) (*rollout.Rollout, *rollout.Approval, error)
 	// CreateRollout creates rollout spec, and unless spec.Draft starts it,
 	// through server.RolloutService as the principal in ctx. A start at
 	// a percent that needs a second person returns the rollout, a draft,
 	// with the pending approval (nil when it started).
-	CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, *server.Approval, error)
+	CreateRollout(ctx context.Context, spec rollout.RolloutSpec) (*rollout.Rollout, *rollout.Approval, error)
 	// Approvals lists rollout id's four-eyes requests, newest first.
-	Approvals(ctx context.Context, id string) ([]*server.Approval, error)
+	Approvals(ctx context.Context, id string) ([]*rollout.Approval, error)
 	// DecideApproval approves (approve true) or rejects approval aid of
 	// rollout id as the principal in ctx, who must not be the requester.
 	DecideApproval(ctx context.Context, id, aid string, approve bool, reason string) error
@@ -51,7 +53,7 @@ type Backend interface {
 	Device(ctx context.Context, id string) (*DeviceView, error)
 	// ListDevices returns the page of handsets q selects, in id order
 	// (see server.DeviceQuery); an invalid q is a *server.FieldError.
-	ListDevices(ctx context.Context, q server.DeviceQuery) (*server.DevicePage, error)
+	ListDevices(ctx context.Context, q handsets.DeviceQuery) (*handsets.DevicePage, error)
 }
 
 // RolloutChange is an operator's action on a rollout.
@@ -66,16 +68,16 @@ type RolloutChange struct {
 
 // ModelActions are the per-model actions of the rollout page: hold a
 // model (no new offers to it) and release its hold.
-var ModelActions = []string{server.ActionHold, server.ActionReleaseHold}
+var ModelActions = []string{rollout.ActionHold, rollout.ActionReleaseHold}
 
 // RolloutActions are the actions the rollout page offers.
-var RolloutActions = []string{server.ActionStart, server.ActionPause, server.ActionResume, server.ActionAbort, server.ActionAdvance}
+var RolloutActions = []string{rollout.ActionStart, rollout.ActionPause, rollout.ActionResume, rollout.ActionAbort, rollout.ActionAdvance}
 
 // DeviceView is a handset as the device page shows it. The server keeps
 // nothing that identifies a person or a SIM, so neither does this.
 type DeviceView struct {
-	Device  *server.Device
-	Patches []server.PatchState
+	Device  *handsets.Device
+	Patches []handsets.PatchState
 	// Reports are the handset's install reports, oldest first.
-	Reports []server.Report
+	Reports []handsets.Report
 }

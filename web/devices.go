@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // devicesForm is the device list's filters as the form sends them, kept
@@ -110,12 +110,12 @@ func (h *Handler) devicesPage(w http.ResponseWriter, r *http.Request, p *page) e
 	if d.Q.Patch != "" && !slices.Contains(d.Patches, d.Q.Patch) {
 		d.Patches = append(d.Patches, d.Q.Patch)
 	}
-	for _, s := range server.ReportStates {
+	for _, s := range handsets.ReportStates {
 		d.States = append(d.States, stateOption{Value: s, Label: stateWords(s)})
 	}
 	p.Title, p.Data = "Devices", d
 
-	q := server.DeviceQuery{IDPrefix: f.ID, Model: f.Model, Build: f.Build, Region: f.Region,
+	q := handsets.DeviceQuery{IDPrefix: f.ID, Model: f.Model, Build: f.Build, Region: f.Region,
 		PatchID: d.Q.Patch, State: f.State, After: after}
 	if err := q.Validate(); err != nil {
 		if errors.Is(err, errs.ErrInvalid) {
@@ -150,7 +150,7 @@ func (h *Handler) devicesPage(w http.ResponseWriter, r *http.Request, p *page) e
 			Messaging: stateWords(dv.CloudMessaging), Encryption: dv.NumberEncryption, LastSeen: dv.LastSeen}
 		if row.Patch != nil {
 			it.State = stateWords(row.Patch.State)
-			if row.Patch.State == server.StateFailed {
+			if row.Patch.State == handsets.StateFailed {
 				it.Error = row.Patch.ErrorCode
 			}
 		}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
 )
 
@@ -21,10 +21,10 @@ func devicesEnv(t *testing.T, n int) *env {
 	now := time.Date(2026, 12, 15, 12, 0, 0, 0, time.UTC)
 	for i := range n {
 		id := fmt.Sprintf("dev-p%03d", i)
-		v := &DeviceView{Device: &server.Device{ID: id, Model: "QZ-2", Build: "7.4.1", Channel: "stable", Region: "FR",
-			CloudMessaging: server.MessagingOptedOut, NumberEncryption: true, LastSeen: now}}
+		v := &DeviceView{Device: &handsets.Device{ID: id, Model: "QZ-2", Build: "7.4.1", Channel: "stable", Region: "FR",
+			CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true, LastSeen: now}}
 		if i%2 == 0 {
-			v.Patches = []server.PatchState{{PatchID: "CM-1", State: server.StateInstalled, At: now}}
+			v.Patches = []handsets.PatchState{{PatchID: "CM-1", State: handsets.StateInstalled, At: now}}
 		}
 		e.backend.devices[id] = v
 	}
@@ -137,8 +137,8 @@ func TestDevicesNextPage(t *testing.T) {
 		}
 		seen[id] = true
 	}
-	if q := e.backend.listed[len(e.backend.listed)-1]; q.After != "dev-p099" || q.Limit != server.DevicePageSize {
-		t.Errorf("last query %+v, want after dev-p099, %d a page", q, server.DevicePageSize)
+	if q := e.backend.listed[len(e.backend.listed)-1]; q.After != "dev-p099" || q.Limit != handsets.DevicePageSize {
+		t.Errorf("last query %+v, want after dev-p099, %d a page", q, handsets.DevicePageSize)
 	}
 }
 

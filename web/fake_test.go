@@ -13,7 +13,9 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // fakeIdentity keeps users, sessions and tokens in memory.
@@ -306,16 +308,16 @@ func (a *fakeAnchor) checkpoint(log *fakeAudit, at time.Time) {
 type fakeBackend struct {
 	mu       sync.Mutex
 	exposure *server.ExposureReport
-	rollouts []*server.Rollout
+	rollouts []*rollout.Rollout
 	reports  map[string]*server.RolloutReport
-	events   []server.Event
+	events   []rollout.Event
 	status   *manifests.Status
 	drafts   []*manifests.DraftView
 	devices  map[string]*DeviceView
 	// listed are the ListDevices calls' queries.
-	listed []server.DeviceQuery
+	listed []handsets.DeviceQuery
 	// approvals are decided in place.
-	approvals []*server.Approval
+	approvals []*rollout.Approval
 	// changes are the ChangeRollout calls, with the actor of their ctx.
 	changes []recordedChange
 	// created are the CreateRollout calls' specs, with the actor.
@@ -326,7 +328,7 @@ type fakeBackend struct {
 
 type recordedCreate struct {
 	Actor string
-	Spec  server.RolloutSpec
+	Spec  rollout.RolloutSpec
 }
 
 type recordedChange struct {
@@ -345,11 +347,11 @@ func (b *fakeBackend) RolloutReport(_ context.Context, id string) (*server.Rollo
 	return nil, fmt.Errorf("rollout %s: %w", id, errs.ErrNotFound)
 }
 
-func (b *fakeBackend) Rollouts(context.Context) ([]*server.Rollout, error) {
+func (b *fakeBackend) Rollouts(context.Context) ([]*rollout.Rollout, error) {
 	return slices.Clone(b.rollouts), nil
 }
 
-func (b *fakeBackend) Rollout(_ context.Context, id string) (*server.Rollout, error) {
+func (b *fakeBackend) Rollout(_ context.Context, id string) (*rollout.Rollout, error) {
 	for _, r := range b.rollouts {
 		if r.ID == id {
 			return r.Clone(), nil
@@ -358,8 +360,8 @@ func (b *fakeBackend) Rollout(_ context.Context, id string) (*server.Rollout, er
 	return nil, fmt.Errorf("rollout %s: %w", id, errs.ErrNotFound)
 }
 
-func (b *fakeBackend) RolloutEvents(_ context.Context, id string, _ int) ([]server.Event, error) {
-	var out []server.Event
+func (b *fakeBackend) RolloutEvents(_ context.Context, id string, _ int) ([]rollout.Event, error) {
+	var out []rollout.Event
 	for _, e := range b.events {
 		if e.RolloutID == id {
 			out = append(out, e)
@@ -368,13 +370,13 @@ func (b *fakeBackend) RolloutEvents(_ context.Context, id string, _ int) ([]serv
 	return out, nil
 }
 
-func (b *fakeBackend) ChangeRollout(ctx context.Context, id string, c RolloutChange) (*server.Rollout, *server.Approval, error) {
+func (b *fakeBackend) ChangeRollout(ctx context.Context, id string, c RolloutChange) (*rollout.Rollout, *rollout.Approval, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.changes = append(b.changes, recordedChange{ID: id, Actor: identity.PrincipalFromContext(ctx).Actor(), Change: c})
-	if c.Action == server.ActionAdvance && server.NeedsApproval(c.Action, c.Percent) {
-		a := &server.Approval{ID: "ap-9", RolloutID: id, Action: c.Action, ToPercent: c.Percent,
-			RequestedBy: identity.PrincipalFromContext(ctx).Actor(), RequestedAt: time.Now(), Reason: c.Reason, State: server.ApprovalPending}
+	if c.Action == rollout.ActionAdvance && rollout.NeedsApproval(c.Action, c.Percent) {
+		a := &rollout.Approval{ID: "ap-9", RolloutID: id, Action: c.Action, ToPercent: c.Percent,
+			RequestedBy: identity.PrincipalFromContext(ctx).Actor(), RequestedAt: time.Now(), Reason: c.Reason, State: rollout.ApprovalPending}
 		b.approvals = append(b.approvals, a)
 		r, err := b.Rollout(ctx, id)
 		return r, a, err
@@ -386,7 +388,7 @@ func (b *fakeBackend) ChangeRollout(ctx context.Context, id string, c RolloutCha
 // CreateRollout creates rollout "ro-new" as RolloutService would in
 // outline: an unknown release is refused, a start past 50% waits for an
 // approval with the rollout a draft.
-func (b *fakeBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, *server.Approval, error) {
+func (b *fakeBackend) CreateRollout(ctx context.Context, spec rollout.RolloutSpec) (*rollout.Rollout, *rollout.Approval, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	actor := identity.PrincipalFromContext(ctx).Actor()
@@ -394,26 +396,26 @@ func (b *fakeBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec
 	if !slices.ContainsFunc(b.status.Targets, func(t manifests.TargetInfo) bool { return t.Path == spec.Release }) {
 		return nil, nil, fmt.Errorf("%w: release %s: not a published target", errs.ErrInvalid, spec.Release)
 	}
-	r := &server.Rollout{ID: "ro-new", State: server.RolloutRunning, Stages: spec.Stages, Selector: spec.Selector,
-		Policy: spec.Policy, Release: server.RolloutRelease{Target: spec.Release}, CreatedBy: actor, CreatedAt: time.Now()}
+	r := &rollout.Rollout{ID: "ro-new", State: rollout.RolloutRunning, Stages: spec.Stages, Selector: spec.Selector,
+		Policy: spec.Policy, Release: rollout.RolloutRelease{Target: spec.Release}, CreatedBy: actor, CreatedAt: time.Now()}
 	b.reports[r.ID] = &server.RolloutReport{RolloutID: r.ID}
-	if !spec.Draft && server.NeedsApproval(server.ActionStart, r.Percent()) {
-		r.State = server.RolloutDraft
+	if !spec.Draft && rollout.NeedsApproval(rollout.ActionStart, r.Percent()) {
+		r.State = rollout.RolloutDraft
 		b.rollouts = append(b.rollouts, r)
-		a := &server.Approval{ID: "ap-10", RolloutID: r.ID, Action: server.ActionStart, ToPercent: r.Percent(),
-			RequestedBy: actor, RequestedAt: time.Now(), Reason: spec.Reason, State: server.ApprovalPending}
+		a := &rollout.Approval{ID: "ap-10", RolloutID: r.ID, Action: rollout.ActionStart, ToPercent: r.Percent(),
+			RequestedBy: actor, RequestedAt: time.Now(), Reason: spec.Reason, State: rollout.ApprovalPending}
 		b.approvals = append(b.approvals, a)
 		return r.Clone(), a, nil
 	}
 	if spec.Draft {
-		r.State = server.RolloutDraft
+		r.State = rollout.RolloutDraft
 	}
 	b.rollouts = append(b.rollouts, r)
 	return r.Clone(), nil, nil
 }
 
-func (b *fakeBackend) Approvals(_ context.Context, id string) ([]*server.Approval, error) {
-	var out []*server.Approval
+func (b *fakeBackend) Approvals(_ context.Context, id string) ([]*rollout.Approval, error) {
+	var out []*rollout.Approval
 	for _, a := range b.approvals {
 		if a.RolloutID == id {
 			out = append(out, a)
@@ -429,11 +431,11 @@ func (b *fakeBackend) DecideApproval(ctx context.Context, id, aid string, approv
 		if a.ID == aid && a.RolloutID == id {
 			actor := identity.PrincipalFromContext(ctx).Actor()
 			if a.RequestedBy == actor {
-				return server.ErrSelfApproval
+				return rollout.ErrSelfApproval
 			}
-			a.State, a.DecidedBy, a.DecisionReason = server.ApprovalRejected, actor, reason
+			a.State, a.DecidedBy, a.DecisionReason = rollout.ApprovalRejected, actor, reason
 			if approve {
-				a.State = server.ApprovalApproved
+				a.State = rollout.ApprovalApproved
 			}
 			return nil
 		}
@@ -461,18 +463,18 @@ func (b *fakeBackend) Device(_ context.Context, id string) (*DeviceView, error) 
 
 // ListDevices filters b.devices as the store does, in id order, with
 // the same cursor and page rules.
-func (b *fakeBackend) ListDevices(_ context.Context, q server.DeviceQuery) (*server.DevicePage, error) {
+func (b *fakeBackend) ListDevices(_ context.Context, q handsets.DeviceQuery) (*handsets.DevicePage, error) {
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
 	b.mu.Lock()
 	b.listed = append(b.listed, q)
 	b.mu.Unlock()
-	page := &server.DevicePage{}
+	page := &handsets.DevicePage{}
 	for _, id := range slices.Sorted(maps.Keys(b.devices)) {
 		v := b.devices[id]
 		d := v.Device
-		var st *server.PatchState
+		var st *handsets.PatchState
 		for i := range v.Patches {
 			if v.Patches[i].PatchID == q.PatchID {
 				st = &v.Patches[i]
@@ -487,7 +489,7 @@ func (b *fakeBackend) ListDevices(_ context.Context, q server.DeviceQuery) (*ser
 			page.Next = page.Devices[q.Limit-1].Device.ID
 			break
 		}
-		page.Devices = append(page.Devices, server.DeviceRow{Device: d, Patch: st})
+		page.Devices = append(page.Devices, handsets.DeviceRow{Device: d, Patch: st})
 	}
 	return page, nil
 }

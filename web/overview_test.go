@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // The overview answers "what needs me now?" first: a waiting approval
@@ -21,20 +21,20 @@ func TestOverviewNeedsYou(t *testing.T) {
 	now := time.Date(2026, 12, 15, 12, 0, 0, 0, time.UTC)
 	ro := e.backend.rollouts[0]
 	done := *ro
-	done.ID, done.State, done.Stage, done.Stages = "ro-2", server.RolloutCompleted, 0, []float64{100}
-	done.Holds = []server.Hold{{Model: "QZ-2", Actor: "system", Reason: "QZ-2: 4 of 47 failed", At: now}}
+	done.ID, done.State, done.Stage, done.Stages = "ro-2", rollout.RolloutCompleted, 0, []float64{100}
+	done.Holds = []rollout.Hold{{Model: "QZ-2", Actor: "system", Reason: "QZ-2: 4 of 47 failed", At: now}}
 	halted := *ro
-	halted.ID, halted.State = "ro-3", server.RolloutPaused
-	halted.Halt = &server.Hold{Actor: "system", Reason: "12% of installs failed", At: now}
+	halted.ID, halted.State = "ro-3", rollout.RolloutPaused
+	halted.Halt = &rollout.Hold{Actor: "system", Reason: "12% of installs failed", At: now}
 	e.backend.rollouts = append(e.backend.rollouts, &done, &halted)
 	rep2 := *e.backend.reports["ro-1"]
-	rep2.RolloutID, rep2.State = "ro-2", server.RolloutCompleted
+	rep2.RolloutID, rep2.State = "ro-2", rollout.RolloutCompleted
 	e.backend.reports["ro-2"] = &rep2
 	rep3 := rep2
-	rep3.RolloutID, rep3.State, rep3.Holds = "ro-3", server.RolloutPaused, nil
+	rep3.RolloutID, rep3.State, rep3.Holds = "ro-3", rollout.RolloutPaused, nil
 	e.backend.reports["ro-3"] = &rep3
-	e.backend.approvals = []*server.Approval{{ID: "ap-1", RolloutID: "ro-1", Action: server.ActionAdvance, ToPercent: 100,
-		RequestedBy: "operator-user", RequestedAt: now, Reason: "all green", State: server.ApprovalPending}}
+	e.backend.approvals = []*rollout.Approval{{ID: "ap-1", RolloutID: "ro-1", Action: rollout.ActionAdvance, ToPercent: 100,
+		RequestedBy: "operator-user", RequestedAt: now, Reason: "all green", State: rollout.ApprovalPending}}
 
 	body := e.do(t, identity.RoleReleaseEngineer, "GET", "/", nil).Body.String()
 	attention := body[strings.Index(body, "Needs you now"):strings.Index(body, "Rollouts in progress")]
@@ -105,7 +105,7 @@ func TestRolloutPageActionsAndStages(t *testing.T) {
 		stage   int
 		actions []string
 	}{{2, []string{"abort", "advance"}}, {3, []string{"abort"}}} {
-		ro.State, ro.Stage = server.RolloutCompleted, tc.stage
+		ro.State, ro.Stage = rollout.RolloutCompleted, tc.stage
 		body := e.do(t, identity.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String()
 		var got []string
 		for _, a := range RolloutActions {
@@ -123,8 +123,8 @@ func TestRolloutPageActionsAndStages(t *testing.T) {
 // who decided only.
 func TestDecisionConfirmed(t *testing.T) {
 	e := newEnv(t)
-	e.backend.approvals = []*server.Approval{{ID: "ap-1", RolloutID: "ro-1", Action: server.ActionAdvance, ToPercent: 100,
-		RequestedBy: "operator-user", RequestedAt: time.Now(), Reason: "all green", State: server.ApprovalPending}}
+	e.backend.approvals = []*rollout.Approval{{ID: "ap-1", RolloutID: "ro-1", Action: rollout.ActionAdvance, ToPercent: 100,
+		RequestedBy: "operator-user", RequestedAt: time.Now(), Reason: "all green", State: rollout.ApprovalPending}}
 	rec := e.post(t, identity.RoleReleaseEngineer, "/rollouts/ro-1/approvals/ap-1/reject", url.Values{"reason": {"wait for Monday"}})
 	loc := rec.Header().Get("Location")
 	if rec.Code != http.StatusSeeOther || loc != "/rollouts/ro-1?decided=ap-1" {

@@ -19,6 +19,7 @@ import (
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // Limits of the lists the pages show.
@@ -172,20 +173,20 @@ func (a attention) Empty() bool {
 
 // approvalRow is a pending four-eyes request with its rollout.
 type approvalRow struct {
-	A *server.Approval
-	R *server.Rollout
+	A *rollout.Approval
+	R *rollout.Rollout
 }
 
 // heldRow is a held model of a rollout with its numbers now.
 type heldRow struct {
-	R     *server.Rollout
-	Hold  server.Hold
+	R     *rollout.Rollout
+	Hold  rollout.Hold
 	Model server.ModelCohort
 }
 
 // rolloutRow is a rollout with its report, for lists.
 type rolloutRow struct {
-	R      *server.Rollout
+	R      *rollout.Rollout
 	Report *server.RolloutReport
 }
 
@@ -193,7 +194,7 @@ type rolloutRow struct {
 // a model is held, or fewer handsets installed than its last stage's
 // target. A completed rollout goes on offering, so it may still finish.
 func (row rolloutRow) Unfinished() bool {
-	if row.R.State != server.RolloutCompleted || row.Report == nil {
+	if row.R.State != rollout.RolloutCompleted || row.Report == nil {
 		return false
 	}
 	return len(row.Report.Holds) > 0 || row.Report.Installed < row.Report.Target
@@ -233,7 +234,7 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, p *page) erro
 	d := &overviewData{Exposure: exp, Chart: BurnDownChart(exp.Daily, exp.Projection, exp.Samples),
 		ChartTitle: BurnDownTitle(exp.Daily, exp.Samples)}
 	for _, ro := range rs {
-		if ro.State == server.RolloutAborted {
+		if ro.State == rollout.RolloutAborted {
 			continue
 		}
 		aps, err := h.opts.Backend.Approvals(ctx, ro.ID)
@@ -245,11 +246,11 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, p *page) erro
 				d.Attention.Approvals = append(d.Attention.Approvals, approvalRow{A: a, R: ro})
 			}
 		}
-		if ro.State == server.RolloutDraft {
+		if ro.State == rollout.RolloutDraft {
 			d.Rollouts = append(d.Rollouts, rolloutRow{R: ro})
 			continue
 		}
-		if ro.State == server.RolloutCompleted && len(ro.Holds) == 0 && ro.EndedAt.Before(exp.GeneratedAt.Add(-unfinishedFor)) {
+		if ro.State == rollout.RolloutCompleted && len(ro.Holds) == 0 && ro.EndedAt.Before(exp.GeneratedAt.Add(-unfinishedFor)) {
 			continue // long done: the rollouts page lists it, and a report each would slow this page
 		}
 		rep, err := h.opts.Backend.RolloutReport(ctx, ro.ID)
@@ -269,7 +270,7 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, p *page) erro
 			}
 			d.Attention.Held = append(d.Attention.Held, hr)
 		}
-		if ro.State != server.RolloutCompleted || row.Unfinished() {
+		if ro.State != rollout.RolloutCompleted || row.Unfinished() {
 			d.Rollouts = append(d.Rollouts, row)
 		}
 	}
@@ -300,8 +301,8 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, p *page) erro
 // rolloutListRow is a rollout on the rollouts page, with its waiting
 // four-eyes requests.
 type rolloutListRow struct {
-	*server.Rollout
-	Waiting []*server.Approval
+	*rollout.Rollout
+	Waiting []*rollout.Approval
 }
 
 func (h *Handler) rolloutsPage(w http.ResponseWriter, r *http.Request, p *page) error {
@@ -313,7 +314,7 @@ func (h *Handler) rolloutsPage(w http.ResponseWriter, r *http.Request, p *page) 
 	rows := make([]rolloutListRow, 0, len(rs))
 	for _, ro := range rs {
 		row := rolloutListRow{Rollout: ro}
-		if ro.State != server.RolloutAborted {
+		if ro.State != rollout.RolloutAborted {
 			aps, err := h.opts.Backend.Approvals(r.Context(), ro.ID)
 			if err != nil {
 				return err
@@ -339,10 +340,10 @@ type rolloutData struct {
 	States any
 	// ChartTitle and StatesTitle say what a bar is ("per 2 seconds").
 	ChartTitle, StatesTitle string
-	Events                  []server.Event
-	Approvals               []*server.Approval
+	Events                  []rollout.Event
+	Approvals               []*rollout.Approval
 	// Waiting are the four-eyes requests still waiting, oldest first.
-	Waiting []*server.Approval
+	Waiting []*rollout.Approval
 	// Actions are the actions the rollout's state allows.
 	Actions []string
 	Next    float64
@@ -382,22 +383,22 @@ func (h *Handler) rolloutData(r *http.Request, id string) (*rolloutData, error) 
 		d.FailedReports += fc.Count
 	}
 	switch ro.State {
-	case server.RolloutDraft:
-		d.Actions = []string{server.ActionStart, server.ActionAbort}
-	case server.RolloutRunning:
-		d.Actions = []string{server.ActionPause, server.ActionAbort}
+	case rollout.RolloutDraft:
+		d.Actions = []string{rollout.ActionStart, rollout.ActionAbort}
+	case rollout.RolloutRunning:
+		d.Actions = []string{rollout.ActionPause, rollout.ActionAbort}
 		if !ro.LastStage() {
-			d.Actions = append(d.Actions, server.ActionAdvance)
+			d.Actions = append(d.Actions, rollout.ActionAdvance)
 			d.Next = ro.Stages[ro.Stage+1]
 		}
-	case server.RolloutPaused:
-		d.Actions = []string{server.ActionResume, server.ActionAbort}
-	case server.RolloutCompleted:
+	case rollout.RolloutPaused:
+		d.Actions = []string{rollout.ActionResume, rollout.ActionAbort}
+	case rollout.RolloutCompleted:
 		// It goes on offering at its last stage: it can be widened past
 		// it, or ended; pausing it is what abort is for.
-		d.Actions = []string{server.ActionAbort}
+		d.Actions = []string{rollout.ActionAbort}
 		if ro.Percent() < 100 {
-			d.Actions = append(d.Actions, server.ActionAdvance)
+			d.Actions = append(d.Actions, rollout.ActionAdvance)
 		}
 	}
 	return d, nil
@@ -425,7 +426,7 @@ func (h *Handler) rolloutPage(w http.ResponseWriter, r *http.Request, p *page) e
 
 // confirmData is the confirmation step of a rollout action.
 type confirmData struct {
-	R       *server.Rollout
+	R       *rollout.Rollout
 	Action  string
 	Reason  string
 	Percent string
@@ -446,7 +447,7 @@ func (h *Handler) rolloutAction(w http.ResponseWriter, r *http.Request, p *page)
 		return refuse("Say why: a " + action + " needs a reason, which the audit log keeps.")
 	}
 	var percent float64
-	if action == server.ActionAdvance && pctText != "" {
+	if action == rollout.ActionAdvance && pctText != "" {
 		v, err := strconv.ParseFloat(pctText, 64)
 		if err != nil || v <= 0 || v > 100 {
 			return refuse("The percent to advance to must be a number above 0, at most 100.")
@@ -488,7 +489,7 @@ func (h *Handler) rolloutAction(w http.ResponseWriter, r *http.Request, p *page)
 // exposureNote says, for a request that waits for four eyes, how much of
 // the handsets its patch's rollouts select the change lets the patch
 // reach: four eyes follow that, not the rollout's own percent.
-func exposureNote(a *server.Approval) string {
+func exposureNote(a *rollout.Approval) string {
 	if a.Exposure <= 0 {
 		return ""
 	}

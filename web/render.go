@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // page is what every template gets: the chrome (user, banner, CSRF
@@ -132,7 +132,7 @@ var funcs = template.FuncMap{
 	"list": func(v ...any) []any { return v },
 	"sub":  func(a, b int64) int64 { return a - b },
 	// span is a policy's duration as the API writes it: 6h, 90m.
-	"span": server.FormatDuration,
+	"span": rollout.FormatDuration,
 }
 
 // parsePages parses the layout with each page template: pages[name] is

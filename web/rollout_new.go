@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // rolloutForm is the new-rollout form as typed, so that a refused form
@@ -42,7 +42,7 @@ func (*newRolloutData) DefaultStages() string { return DefaultStages }
 
 // formDefaults are server.DefaultPolicy's values as the form writes them.
 func formDefaults() map[string]string {
-	p := server.DefaultPolicy()
+	p := rollout.DefaultPolicy()
 	soak := "off"
 	if p.Soak > 0 {
 		soak = p.Soak.String()
@@ -70,15 +70,15 @@ func readRolloutForm(r *http.Request) rolloutForm {
 
 // spec turns the form into a rollout spec; what RolloutService checks
 // (a published release, stages that rise, bounds) it leaves to it.
-func (f rolloutForm) spec() (server.RolloutSpec, error) {
+func (f rolloutForm) spec() (rollout.RolloutSpec, error) {
 	if f.Reason == "" {
-		return server.RolloutSpec{}, &errs.FieldError{Field: "reason", Message: "say why: the audit log keeps it"}
+		return rollout.RolloutSpec{}, &errs.FieldError{Field: "reason", Message: "say why: the audit log keeps it"}
 	}
 	if f.Release == "" {
-		return server.RolloutSpec{}, &errs.FieldError{Field: "release", Message: "pick a published release"}
+		return rollout.RolloutSpec{}, &errs.FieldError{Field: "release", Message: "pick a published release"}
 	}
-	spec := server.RolloutSpec{Release: f.Release, Draft: f.Draft, Reason: f.Reason, Policy: server.DefaultPolicy(),
-		Selector: server.Selector{Models: list(f.Models), Channels: list(f.Channels), Regions: list(f.Regions),
+	spec := rollout.RolloutSpec{Release: f.Release, Draft: f.Draft, Reason: f.Reason, Policy: rollout.DefaultPolicy(),
+		Selector: rollout.Selector{Models: list(f.Models), Channels: list(f.Channels), Regions: list(f.Regions),
 			BuildMin: f.BuildMin, BuildMax: f.BuildMax}}
 	stages := f.Stages
 	if stages == "" {
@@ -87,7 +87,7 @@ func (f rolloutForm) spec() (server.RolloutSpec, error) {
 	for _, s := range list(stages) {
 		pct, err := strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64)
 		if err != nil {
-			return server.RolloutSpec{}, &errs.FieldError{Field: "stages", Message: fmt.Sprintf("%q is not a percent: write them like 1, 10, 50, 100", s)}
+			return rollout.RolloutSpec{}, &errs.FieldError{Field: "stages", Message: fmt.Sprintf("%q is not a percent: write them like 1, 10, 50, 100", s)}
 		}
 		spec.Stages = append(spec.Stages, pct)
 	}
@@ -95,7 +95,7 @@ func (f rolloutForm) spec() (server.RolloutSpec, error) {
 	if f.MaxFailureRate != "" {
 		pct, err := strconv.ParseFloat(strings.TrimSuffix(f.MaxFailureRate, "%"), 64)
 		if err != nil || pct <= 0 || pct > 100 {
-			return server.RolloutSpec{}, &errs.FieldError{Field: "max_failure_rate", Message: "a percent above 0, at most 100"}
+			return rollout.RolloutSpec{}, &errs.FieldError{Field: "max_failure_rate", Message: "a percent above 0, at most 100"}
 		}
 		p.MaxFailureRate = pct / 100
 	}
@@ -112,20 +112,20 @@ func (f rolloutForm) spec() (server.RolloutSpec, error) {
 		}
 		v, err := strconv.ParseInt(n.in, 10, 32)
 		if err != nil || v < 0 {
-			return server.RolloutSpec{}, &errs.FieldError{Field: n.field, Message: "a whole number, 0 or more"}
+			return rollout.RolloutSpec{}, &errs.FieldError{Field: n.field, Message: "a whole number, 0 or more"}
 		}
 		n.out(v)
 	}
 	if f.Soak != "" {
 		d, err := time.ParseDuration(f.Soak)
 		if err != nil || d < 0 {
-			return server.RolloutSpec{}, &errs.FieldError{Field: "soak", Message: "a duration such as 30m or 6h"}
+			return rollout.RolloutSpec{}, &errs.FieldError{Field: "soak", Message: "a duration such as 30m or 6h"}
 		}
 		p.Soak = d
 	}
 	var err error
-	if p.Window, err = server.ParseWindow(f.Window); err != nil {
-		return server.RolloutSpec{}, err
+	if p.Window, err = rollout.ParseWindow(f.Window); err != nil {
+		return rollout.RolloutSpec{}, err
 	}
 	return spec, nil
 }

@@ -19,7 +19,9 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 const testPassword = "correct horse battery"
@@ -40,14 +42,14 @@ type env struct {
 func sampleBackend(tb testing.TB) *fakeBackend {
 	tb.Helper()
 	now := time.Date(2026, 12, 15, 12, 0, 0, 0, time.UTC)
-	ro, _, err := server.NewRollout(server.Rollout{ID: "ro-1",
-		Release:  server.RolloutRelease{Target: "cm/CM-1/update.zip", PatchID: "CM-1", InstallsBuild: "7.5.0"},
-		Selector: server.Selector{Models: []string{"PX-8", "QZ-2"}}, Stages: []float64{1, 10, 50, 100},
-		Policy: server.DefaultPolicy()}, "alice", now.Add(-48*time.Hour))
+	ro, _, err := rollout.NewRollout(rollout.Rollout{ID: "ro-1",
+		Release:  rollout.RolloutRelease{Target: "cm/CM-1/update.zip", PatchID: "CM-1", InstallsBuild: "7.5.0"},
+		Selector: rollout.Selector{Models: []string{"PX-8", "QZ-2"}}, Stages: []float64{1, 10, 50, 100},
+		Policy: rollout.DefaultPolicy()}, "alice", now.Add(-48*time.Hour))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ro.State, ro.Stage, ro.StartedAt, ro.StageStartedAt = server.RolloutRunning, 1, now.Add(-47*time.Hour), now.Add(-3*time.Hour)
+	ro.State, ro.Stage, ro.StartedAt, ro.StageStartedAt = rollout.RolloutRunning, 1, now.Add(-47*time.Hour), now.Add(-3*time.Hour)
 	s := func(v float64) *float64 { return &v }
 	hours := make([]server.HourResults, server.ReportHours)
 	for i := range hours {
@@ -62,9 +64,9 @@ func sampleBackend(tb testing.TB) *fakeBackend {
 			{Model: "QZ-2", CohortCounts: server.CohortCounts{Eligible: 23456, Offered: 876, Installed: 501, Failed: 2}, Held: true, HoldReason: "too many failures"},
 		},
 		ByStartingBuild: []server.BuildCohort{{StartingBuild: "7.4.1", CohortCounts: server.CohortCounts{Eligible: 4, Offered: 4444}}},
-		FailureCodes:    []server.FailureCount{{ErrorCode: "E_NO_SPACE", Count: 330}, {ErrorCode: "E_RARE", Count: 3}},
+		FailureCodes:    []handsets.FailureCount{{ErrorCode: "E_NO_SPACE", Count: 330}, {ErrorCode: "E_RARE", Count: 3}},
 		InstallsPerHour: hours, OfferToInstall: server.InstallTimes{Count: 8001, P50: s(5400), P95: s(20000)},
-		Holds: []server.Hold{{Model: "QZ-2", Actor: "system", Reason: "too many failures", At: now}}}
+		Holds: []rollout.Hold{{Model: "QZ-2", Actor: "system", Reason: "too many failures", At: now}}}
 	daily := []server.DayExposure{{Day: "2026-12-13", Active: 1000, Exposed: 400, ShareCompliant: s(0.6)},
 		{Day: "2026-12-14", Active: 1000, Exposed: 300, ShareCompliant: s(0.7)}, {Day: "2026-12-15", Active: 1000, Exposed: 200, ShareCompliant: s(0.8)}}
 	proj := server.ProjectCompliance(daily, server.ComplianceTarget)
@@ -78,10 +80,10 @@ func sampleBackend(tb testing.TB) *fakeBackend {
 		CloudMessagingDefault: "opt-in", NumberEncryption: "on", Released: now.Add(-72 * time.Hour)})
 	return &fakeBackend{
 		exposure: exp,
-		rollouts: []*server.Rollout{ro},
+		rollouts: []*rollout.Rollout{ro},
 		reports:  map[string]*server.RolloutReport{"ro-1": rep},
-		events: []server.Event{{RolloutID: "ro-1", At: now.Add(-3 * time.Hour), Actor: "alice", Action: server.ActionAdvance,
-			Reason: "looks healthy", FromState: server.RolloutRunning, ToState: server.RolloutRunning, FromPercent: 1, ToPercent: 10}},
+		events: []rollout.Event{{RolloutID: "ro-1", At: now.Add(-3 * time.Hour), Actor: "alice", Action: rollout.ActionAdvance,
+			Reason: "looks healthy", FromState: rollout.RolloutRunning, ToState: rollout.RolloutRunning, FromPercent: 1, ToPercent: 10}},
 		status: &manifests.Status{Initialized: true, Roles: []manifests.RoleStatus{
 			{Role: "root", Version: 1, Expires: now.Add(300 * 24 * time.Hour), ExpiresIn: 300 * 86400},
 			{Role: "targets", Version: 4, Expires: now.Add(10 * 24 * time.Hour), ExpiresIn: 10 * 86400, Warning: "targets expires in 10 days"}},
@@ -93,11 +95,11 @@ func sampleBackend(tb testing.TB) *fakeBackend {
 			{ID: "d-6", State: manifests.DraftPublished, Kind: manifests.DraftKindYank, CreatedBy: "rel-eng", CreatedAt: now.Add(-time.Hour),
 				Changes: []string{"remove cm/CM-0/update.zip"}}},
 		devices: map[string]*DeviceView{"dev-42": {
-			Device: &server.Device{ID: "dev-42", Model: "PX-8", Build: "7.4.1", Channel: "stable", Region: "DE",
-				InstalledPatches: []string{"CM-2025-004"}, CloudMessaging: server.MessagingAutoEnabled, LastSeen: now},
-			Patches: []server.PatchState{{PatchID: "CM-1", State: server.StateFailed, ErrorCode: "E_NO_SPACE", At: now}},
-			Reports: []server.Report{{ID: "r1", DeviceID: "dev-42", PatchID: "CM-1", Target: "cm/CM-1/update.zip",
-				State: server.StateFailed, ErrorCode: "E_NO_SPACE", At: now, ReceivedAt: now}}}},
+			Device: &handsets.Device{ID: "dev-42", Model: "PX-8", Build: "7.4.1", Channel: "stable", Region: "DE",
+				InstalledPatches: []string{"CM-2025-004"}, CloudMessaging: handsets.MessagingAutoEnabled, LastSeen: now},
+			Patches: []handsets.PatchState{{PatchID: "CM-1", State: handsets.StateFailed, ErrorCode: "E_NO_SPACE", At: now}},
+			Reports: []handsets.Report{{ID: "r1", DeviceID: "dev-42", PatchID: "CM-1", Target: "cm/CM-1/update.zip",
+				State: handsets.StateFailed, ErrorCode: "E_NO_SPACE", At: now, ReceivedAt: now}}}},
 	}
 }
 
@@ -339,8 +341,8 @@ func TestRolloutActionConfirm(t *testing.T) {
 func TestApprovals(t *testing.T) {
 	e := newEnv(t)
 	now := time.Now().UTC()
-	e.backend.approvals = []*server.Approval{{ID: "ap-1", RolloutID: "ro-1", Action: server.ActionAdvance, ToPercent: 100,
-		RequestedBy: "operator-user", RequestedAt: now, Reason: "all green", State: server.ApprovalPending}}
+	e.backend.approvals = []*rollout.Approval{{ID: "ap-1", RolloutID: "ro-1", Action: rollout.ActionAdvance, ToPercent: 100,
+		RequestedBy: "operator-user", RequestedAt: now, Reason: "all green", State: rollout.ApprovalPending}}
 	// The requester sees no approve button; another operator does.
 	if body := e.do(t, identity.RoleOperator, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, "/approvals/ap-1/approve") ||
 		!strings.Contains(body, "You asked for it") {
@@ -366,7 +368,7 @@ func TestApprovals(t *testing.T) {
 	if rec := e.post(t, identity.RoleReleaseEngineer, "/rollouts/ro-1/approvals/ap-1/approve", url.Values{"reason": {"checked the numbers"}}); rec.Code != http.StatusSeeOther {
 		t.Fatalf("approval: %d, want 303", rec.Code)
 	}
-	if a := e.backend.approvals[0]; a.State != server.ApprovalApproved || a.DecidedBy != "release-engineer-user" || a.DecisionReason != "checked the numbers" {
+	if a := e.backend.approvals[0]; a.State != rollout.ApprovalApproved || a.DecidedBy != "release-engineer-user" || a.DecisionReason != "checked the numbers" {
 		t.Errorf("approval %+v, want approved by release-engineer-user", a)
 	}
 }
@@ -1033,9 +1035,9 @@ func TestNewRolloutForm(t *testing.T) {
 		t.Fatalf("create: status %d to %q, want 303 to /rollouts/ro-new:\n%s", rec.Code, rec.Header().Get("Location"), rec.Body)
 	}
 	got := e.backend.created[1]
-	want := server.DefaultPolicy()
+	want := rollout.DefaultPolicy()
 	want.MaxFailureRate, want.MinResults, want.Soak, want.Retries, want.MaxOffersPerMinute = 0.025, 200, 6*time.Hour, 1, 500
-	want.Window, _ = server.ParseWindow("01:00-05:00")
+	want.Window, _ = rollout.ParseWindow("01:00-05:00")
 	if got.Actor != "operator-user" || got.Spec.Release != "cm/CM-1/update.zip" || !slices.Equal(got.Spec.Stages, []float64{1, 10, 50, 100}) ||
 		!slices.Equal(got.Spec.Selector.Models, []string{"PX-7", "PX-8"}) || !slices.Equal(got.Spec.Selector.Regions, []string{"DE"}) ||
 		got.Spec.Selector.Channels != nil || got.Spec.Selector.BuildMin != "7.1.0" || got.Spec.Reason != "privacy incident" ||
@@ -1063,7 +1065,7 @@ func TestStartADraft(t *testing.T) {
 	if rec := e.post(t, identity.RoleOperator, "/rollouts/ro-new/start", url.Values{"reason": {"go"}, "confirm": {"yes"}}); rec.Code != http.StatusSeeOther {
 		t.Errorf("start: %d, want 303", rec.Code)
 	}
-	if n := len(e.backend.changes); n != 1 || e.backend.changes[0].Change.Action != server.ActionStart {
+	if n := len(e.backend.changes); n != 1 || e.backend.changes[0].Change.Action != rollout.ActionStart {
 		t.Errorf("changes: %+v, want one start", e.backend.changes)
 	}
 }
@@ -1095,8 +1097,8 @@ func TestModelHoldForms(t *testing.T) {
 		t.Errorf("release: %d, want 303", rec.Code)
 	}
 	want := []recordedChange{
-		{ID: "ro-1", Actor: "operator-user", Change: RolloutChange{Action: server.ActionHold, Reason: "battery drain on PX-8", Model: "PX-8"}},
-		{ID: "ro-1", Actor: "operator-user", Change: RolloutChange{Action: server.ActionReleaseHold, Reason: "fixed in 7.5.1", Model: "QZ-2"}},
+		{ID: "ro-1", Actor: "operator-user", Change: RolloutChange{Action: rollout.ActionHold, Reason: "battery drain on PX-8", Model: "PX-8"}},
+		{ID: "ro-1", Actor: "operator-user", Change: RolloutChange{Action: rollout.ActionReleaseHold, Reason: "fixed in 7.5.1", Model: "QZ-2"}},
 	}
 	if !slices.Equal(e.backend.changes, want) {
 		t.Errorf("changes:\n got %+v\nwant %+v", e.backend.changes, want)

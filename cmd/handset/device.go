@@ -15,6 +15,7 @@ import (
 
 	"github.com/patchfleet/ota/internal/termtext"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // Messaging states of the cloud-messaging service, as check-ins report them.
@@ -312,7 +313,7 @@ func (s *sim) actionable(d *device, a *offerAnswer) *offer {
 	if a == nil {
 		return nil
 	}
-	if server.ValidatePatchID("patch_id", a.PatchID) != nil || a.Target == "" || a.Length < 0 {
+	if handsets.ValidatePatchID("patch_id", a.PatchID) != nil || a.Target == "" || a.Length < 0 {
 		s.stats.addErrorKind("checkin:bad_offer")
 		return nil
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 const (
@@ -179,7 +180,7 @@ func (f *fakeServer) enroll(w http.ResponseWriter, req *http.Request) {
 		writeError(w, 401, "unauthorized", "enrollment secret does not match")
 		return
 	}
-	if err := server.ValidateDeviceInfo(b.Model, b.Build, b.Channel, b.Region); err != nil {
+	if err := handsets.ValidateDeviceInfo(b.Model, b.Build, b.Channel, b.Region); err != nil {
 		writeError(w, 400, "invalid", err.Error())
 		return
 	}

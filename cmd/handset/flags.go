@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/internal/envflag"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // Config is everything handset reads from flags and the environment.
@@ -77,8 +77,8 @@ func (c *Config) register(fs *envflag.FlagSet) {
 		"fleet enrollment secret, when the server requires one; prefer the environment, flags show up in ps", "HANDSET_ENROLLMENT_SECRET")
 	fs.Func("utc-offset-minutes", "time zone offset from UTC in minutes (a multiple of 15) each check-in sends,\nfor rollout maintenance windows in local hours; default: none sent (windows read in UTC)", func(v string) error {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < server.MinUTCOffsetMinutes || n > server.MaxUTCOffsetMinutes || n%15 != 0 {
-			return fmt.Errorf("%q: want whole minutes, a multiple of 15 from %d to %d", v, server.MinUTCOffsetMinutes, server.MaxUTCOffsetMinutes)
+		if err != nil || n < handsets.MinUTCOffsetMinutes || n > handsets.MaxUTCOffsetMinutes || n%15 != 0 {
+			return fmt.Errorf("%q: want whole minutes, a multiple of 15 from %d to %d", v, handsets.MinUTCOffsetMinutes, handsets.MaxUTCOffsetMinutes)
 		}
 		c.UTCOffsetMinutes = &n
 		return nil
@@ -124,7 +124,7 @@ func (c *Config) Validate() error {
 	}
 	// The server's own rules: refusing here gives one clear line instead
 	// of N enrollment errors.
-	if fe := new(errs.FieldError); errors.As(server.ValidateDeviceInfo(c.Model, c.Build, c.Channel, c.Region), &fe) {
+	if fe := new(errs.FieldError); errors.As(handsets.ValidateDeviceInfo(c.Model, c.Build, c.Channel, c.Region), &fe) {
 		return settingError(fe.Field, errors.New(fe.Message))
 	}
 	switch {
@@ -150,7 +150,7 @@ func (c *Config) Validate() error {
 		return settingError("fail-codes", errors.New("want at least one code, e.g. E_DISK_FULL"))
 	}
 	for _, code := range codes {
-		if fe := new(errs.FieldError); errors.As(server.ValidateErrorCode(code), &fe) {
+		if fe := new(errs.FieldError); errors.As(handsets.ValidateErrorCode(code), &fe) {
 			return settingError("fail-codes", fmt.Errorf("%q: %s", code, fe.Message))
 		}
 	}

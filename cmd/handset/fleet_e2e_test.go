@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/internal/apitest"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // TestFleetEndToEnd is the handset issue's end-to-end run: a published
@@ -50,7 +50,7 @@ func fleetEndToEnd(t *testing.T, opts apitest.Options) {
 	if res.Failed == 0 || res.Installed == 0 {
 		t.Fatalf("handsets: %d installed, %d failed; want both at a 10%% failure rate", res.Installed, res.Failed)
 	}
-	sum, err := env.Fleet.Summary(context.Background(), testPatchID, 1, server.DefaultSummaryModels)
+	sum, err := env.Fleet.Summary(context.Background(), testPatchID, 1, handsets.DefaultSummaryModels)
 	if err != nil {
 		t.Fatal(err)
 	}

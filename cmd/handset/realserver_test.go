@@ -6,18 +6,20 @@ import (
 
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
+	srvrollout "github.com/patchfleet/ota/server/rollout"
 )
 
 // rollOutToAll starts a rollout of the test patch to every handset, as an
 // operator would after publishing, with a failure limit of 50%: the runs
 // fail installs on purpose (up to 25%), and the default 5% would halt the
 // rollout whenever the background policies happen to run mid-run.
-func rollOutToAll(tb testing.TB, env *apitest.Env) *server.Rollout {
+func rollOutToAll(tb testing.TB, env *apitest.Env) *srvrollout.Rollout {
 	tb.Helper()
-	p := server.DefaultPolicy()
+	p := srvrollout.DefaultPolicy()
 	p.MaxFailureRate = 0.5
 	// A start at 100% waits for a second person.
-	ro, err := env.ApprovePending(env.App.Rollouts.Create(context.Background(), server.RolloutSpec{Release: testPatchPath,
+	ro, err := env.ApprovePending(env.App.Rollouts.Create(context.Background(), srvrollout.RolloutSpec{Release: testPatchPath,
 		Stages: []float64{100}, Policy: p, Reason: "handset simulator run"}, "test-operator"))
 	if err != nil {
 		tb.Fatalf("start rollout: %v", err)
@@ -29,7 +31,7 @@ func rollOutToAll(tb testing.TB, env *apitest.Env) *server.Rollout {
 // counts them from the reports (the rollout report: the handsets enrolled
 // after the rollout started, so they count in no halt, hold or advance),
 // with what the handsets did.
-func checkRolloutResults(tb testing.TB, env *apitest.Env, ro *server.Rollout, res *rolloutResult) {
+func checkRolloutResults(tb testing.TB, env *apitest.Env, ro *srvrollout.Rollout, res *rolloutResult) {
 	tb.Helper()
 	var rep server.RolloutReport
 	if err := env.Do("GET", "/rollouts/"+ro.ID+"/report", nil, &rep); err != nil {
@@ -58,7 +60,7 @@ func TestRolloutAgainstRealAPI(t *testing.T) {
 		len(res.Errors) != 0 {
 		t.Fatalf("result %+v, want %d installed or failed, no errors", res, n)
 	}
-	sum, err := env.Fleet.Summary(context.Background(), testPatchID, 1, server.DefaultSummaryModels)
+	sum, err := env.Fleet.Summary(context.Background(), testPatchID, 1, handsets.DefaultSummaryModels)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/internal/envflag"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // TestReportIDsPassTheServer: the server refuses report ids with 7 digits
@@ -20,7 +20,7 @@ func TestReportIDsPassTheServer(t *testing.T) {
 		var b [16]byte
 		rand.Read(b[:])
 		id := reportID(b)
-		r := server.Report{ID: id, PatchID: "CM-2026-001", State: server.StateInstalled, At: now}
+		r := handsets.Report{ID: id, PatchID: "CM-2026-001", State: handsets.StateInstalled, At: now}
 		if err := r.Validate(now); err != nil {
 			t.Fatalf("report id %q: %v", id, err)
 		}

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // stateFile is what --state-file keeps between runs: each handset's device
@@ -97,14 +97,14 @@ func (sd *stateDevice) device() (device, error) {
 		return d, fmt.Errorf("cloud_messaging %q: want opted_in, opted_out or auto_enabled", sd.CloudMessaging)
 	}
 	for _, p := range sd.InstalledPatches {
-		if server.ValidatePatchID("installed_patches", p) != nil {
+		if handsets.ValidatePatchID("installed_patches", p) != nil {
 			return d, fmt.Errorf("installed_patches: %q is not a patch id", p)
 		}
 	}
 	if len(sd.InstalledPatches) > 0 {
 		d.installed = slices.Compact(slices.Sorted(slices.Values(sd.InstalledPatches)))
 	}
-	if sd.Build != "" && server.ValidateDeviceInfo("m", sd.Build, "stable", "") != nil {
+	if sd.Build != "" && handsets.ValidateDeviceInfo("m", sd.Build, "stable", "") != nil {
 		return d, fmt.Errorf("build %q: not a build", sd.Build)
 	}
 	d.id, d.messaging, d.numberEnc, d.build = sd.DeviceID, m, sd.NumberEncryption, sd.Build

@@ -20,7 +20,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // Error codes the handset reports for failures it finds itself.
@@ -165,9 +165,9 @@ func (t *targetCustom) notFor(model, build string) string {
 	switch {
 	case len(t.Models) > 0 && !slices.Contains(t.Models, model):
 		return fmt.Sprintf("patch %s is for models %s, not %s", t.PatchID, strings.Join(t.Models, ","), model)
-	case t.BuildMin != "" && server.CompareBuilds(build, t.BuildMin) < 0:
+	case t.BuildMin != "" && handsets.CompareBuilds(build, t.BuildMin) < 0:
 		return fmt.Sprintf("patch %s needs build %s or later, this is %s", t.PatchID, t.BuildMin, build)
-	case t.BuildMax != "" && server.CompareBuilds(build, t.BuildMax) > 0:
+	case t.BuildMax != "" && handsets.CompareBuilds(build, t.BuildMax) > 0:
 		return fmt.Sprintf("patch %s is for builds up to %s, this is %s", t.PatchID, t.BuildMax, build)
 	}
 	return ""

@@ -13,8 +13,8 @@ import (
 
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/internal/envflag"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
 )
 
@@ -138,7 +138,7 @@ func TestOfferURLsNameTheBoundAddress(t *testing.T) {
 			f := false
 			var ans wire.CheckInAnswer
 			postJSON(t, base+"/api/v1/checkin", enrolled.Token, "evil.example", wire.CheckInBody{Model: "PX-7", Build: "7.2.0",
-				Channel: "stable", InstalledPatches: []string{}, CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: &f}, &ans)
+				Channel: "stable", InstalledPatches: []string{}, CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: &f}, &ans)
 			if ans.Offer == nil || ans.Offer.RolloutID != ro.ID {
 				t.Fatalf("offer %+v (no_offer %q) with rollout %s running, want an offer of it", ans.Offer, ans.NoOffer, ro.ID)
 			}

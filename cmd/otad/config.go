@@ -16,6 +16,7 @@ import (
 	"github.com/patchfleet/ota/manifests/s3store"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 
 	"github.com/patchfleet/ota/internal/envflag"
 )
@@ -114,7 +115,7 @@ func defaultConfig() Config {
 		PollInterval:       time.Hour,
 		LastSeenResolution: server.DefaultLastSeenResolution,
 		RolloutRefresh:     server.DefaultRolloutRefresh,
-		MaxOpenRollouts:    server.DefaultMaxOpenRollouts,
+		MaxOpenRollouts:    rollout.DefaultMaxOpenRollouts,
 		ReportRetention:    90 * 24 * time.Hour,
 		CheckInsPerMinute:  6,
 		ReportsPerMinute:   120,

@@ -18,10 +18,10 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/internal/envflag"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/signing"
 )
 
@@ -317,11 +317,11 @@ func (d *demoRun) waitEnrolled(ctx context.Context) {
 
 // startRollout has demo-operator create and start the rollout.
 func (d *demoRun) startRollout(ctx context.Context) error {
-	p := server.DefaultPolicy()
+	p := rollout.DefaultPolicy()
 	p.MaxFailureRate, p.MinResults, p.Soak = 0.08, int64(d.cfg.MinResults), d.cfg.Soak
 	p.FailureWindow = 10 * time.Minute
 	p.Retries, p.Backoff = 1, []time.Duration{time.Minute}
-	r, pending, err := d.main.App.Rollouts.Create(ctx, server.RolloutSpec{Release: demoTarget, Stages: []float64{10, 25, 50, 100},
+	r, pending, err := d.main.App.Rollouts.Create(ctx, rollout.RolloutSpec{Release: demoTarget, Stages: []float64{10, 25, 50, 100},
 		Policy: p, Salt: demoSalt(d.cfg.Seed), Reason: "privacy patch " + demoPatchID + ": 10% first, widening after each healthy soak"}, demoOperator)
 	if err != nil {
 		return fmt.Errorf("demo: start the rollout: %w", err)
@@ -395,7 +395,7 @@ func (d *demoRun) watch(ctx context.Context, log *slog.Logger) {
 	}
 }
 
-func heldModels(r *server.Rollout) []string {
+func heldModels(r *rollout.Rollout) []string {
 	var held []string
 	for _, h := range r.Holds {
 		held = append(held, h.Model)

@@ -17,6 +17,7 @@ import (
 	"github.com/patchfleet/ota/internal/due"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // The simulated fleet: models, regions and builds before the patch.
@@ -185,7 +186,7 @@ func newDemoFleet(cfg fleetConfig) *demoFleet {
 			region:    demoRegions[seeds.IntN(len(demoRegions))],
 			build:     demoBuilds[seeds.IntN(len(demoBuilds))],
 			rng:       rng,
-			messaging: server.MessagingAutoEnabled, // the incident: on at first boot
+			messaging: handsets.MessagingAutoEnabled, // the incident: on at first boot
 			numberEnc: false,
 		}
 	}
@@ -344,7 +345,7 @@ func (f *demoFleet) checkIn(ctx context.Context, d *demoHandset) (time.Time, boo
 func (f *demoFleet) download(ctx context.Context, d *demoHandset) (time.Time, bool) {
 	if d.patch == nil && d.fail == "" {
 		if !d.reported {
-			if err := f.report(ctx, d, server.StateDownloading, "", ""); err != nil {
+			if err := f.report(ctx, d, handsets.StateDownloading, "", ""); err != nil {
 				return f.retry(ctx, d, "report", err)
 			}
 			d.reported = true
@@ -401,7 +402,7 @@ func (f *demoFleet) finish(ctx context.Context, d *demoHandset) (time.Time, bool
 		if d.fail == demoPX8Code {
 			msg = "vendor partition too small for the patch on PX-8"
 		}
-		if err := f.report(ctx, d, server.StateFailed, d.fail, msg); err != nil {
+		if err := f.report(ctx, d, handsets.StateFailed, d.fail, msg); err != nil {
 			return f.retry(ctx, d, "report", err)
 		}
 		f.stats.failed.Add(1)
@@ -409,7 +410,7 @@ func (f *demoFleet) finish(ctx context.Context, d *demoHandset) (time.Time, bool
 		d.fail, d.patch, d.offer, d.phase, d.retries = "", nil, nil, phCheckIn, 0
 		return time.Now().Add(5*time.Second + f.jitter(d, 5*time.Second)), true
 	}
-	if err := f.report(ctx, d, server.StateInstalled, "", ""); err != nil {
+	if err := f.report(ctx, d, handsets.StateInstalled, "", ""); err != nil {
 		return f.retry(ctx, d, "report", err)
 	}
 	f.stats.installed.Add(1)
@@ -419,8 +420,8 @@ func (f *demoFleet) finish(ctx context.Context, d *demoHandset) (time.Time, bool
 	if c.installsBuild != "" {
 		d.build = c.installsBuild
 	}
-	if c.messagingDefault == "opt-in" && d.messaging == server.MessagingAutoEnabled {
-		d.messaging = server.MessagingOptedOut
+	if c.messagingDefault == "opt-in" && d.messaging == handsets.MessagingAutoEnabled {
+		d.messaging = handsets.MessagingOptedOut
 	}
 	if c.numberEncryption == "on" {
 		d.numberEnc = true

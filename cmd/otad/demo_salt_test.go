@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // TestDemoSaltIsAValidSalt: the demo's rollout salt follows the rule of
@@ -15,8 +15,8 @@ func TestDemoSaltIsAValidSalt(t *testing.T) {
 	seen := map[string]uint64{}
 	for _, seed := range []uint64{1, 42, 1<<31 + 1, 1234567890, math.MaxUint64} {
 		salt := demoSalt(seed)
-		_, _, err := server.NewRollout(server.Rollout{ID: "ro-demo", Stages: []float64{10}, Salt: salt, Policy: server.DefaultPolicy(),
-			Release: server.RolloutRelease{Target: demoTarget, PatchID: demoPatchID, InstallsBuild: "7.5.0"}}, "demo-operator", time.Now())
+		_, _, err := rollout.NewRollout(rollout.Rollout{ID: "ro-demo", Stages: []float64{10}, Salt: salt, Policy: rollout.DefaultPolicy(),
+			Release: rollout.RolloutRelease{Target: demoTarget, PatchID: demoPatchID, InstallsBuild: "7.5.0"}}, "demo-operator", time.Now())
 		if err != nil {
 			t.Errorf("seed %d: salt %q refused: %v", seed, salt, err)
 		}

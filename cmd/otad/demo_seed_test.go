@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // demoOutcome is what --seed must repeat: the fleet, which first
@@ -86,11 +86,11 @@ func runDemoOutcome(t *testing.T, seed uint64) demoOutcome {
 		if err != nil {
 			fail("rollout: %v", err)
 		}
-		if r.State == server.RolloutPaused {
+		if r.State == rollout.RolloutPaused {
 			fail("the rollout halted: %+v", r.Halt)
 		}
 		first := d.fleet.stats.firstResults()
-		if r.State == server.RolloutCompleted && int64(len(first)) == d.fleet.stats.offered.Load() {
+		if r.State == rollout.RolloutCompleted && int64(len(first)) == d.fleet.stats.offered.Load() {
 			out.firstTry = first
 			break
 		}
@@ -109,11 +109,11 @@ func runDemoOutcome(t *testing.T, seed uint64) demoOutcome {
 		fail("events: %v", err)
 	}
 	for _, ev := range events {
-		if ev.Action == server.ActionHold && ev.Model == demoFailingModel {
+		if ev.Action == rollout.ActionHold && ev.Model == demoFailingModel {
 			out.heldAtPct = ev.FromPercent
 			t.Logf("seed %d: %s held at %g%%: %s", seed, ev.Model, ev.FromPercent, ev.Reason)
 		}
-		if ev.Action == server.ActionAdvance {
+		if ev.Action == rollout.ActionAdvance {
 			t.Logf("seed %d: advance %g%% -> %g%%: %s", seed, ev.FromPercent, ev.ToPercent, ev.Reason)
 		}
 	}

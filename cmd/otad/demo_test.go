@@ -21,6 +21,7 @@ import (
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/web"
 )
 
@@ -104,7 +105,7 @@ func TestDemo(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if rep.State == server.RolloutPaused {
+	if rep.State == rollout.RolloutPaused {
 		fail("the rollout halted: %+v", rep.Halt)
 	}
 	// Past 50% the widening waits for a second person; nobody logged in
@@ -118,8 +119,8 @@ func TestDemo(t *testing.T) {
 		if err != nil {
 			fail("approvals: %v", err)
 		}
-		approved := slices.ContainsFunc(as, func(a *server.Approval) bool {
-			return a.State == server.ApprovalApproved && a.DecidedBy == demoApprover && a.RequestedBy == demoOperator
+		approved := slices.ContainsFunc(as, func(a *rollout.Approval) bool {
+			return a.State == rollout.ApprovalApproved && a.DecidedBy == demoApprover && a.RequestedBy == demoOperator
 		})
 		if approved && r.Percent() == 100 {
 			entries, err := d.main.App.Audit.ListAudit(ctx, audit.AuditQuery{Actor: demoApprover, Limit: 10})

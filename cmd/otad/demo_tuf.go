@@ -18,8 +18,8 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // demoVerifier checks offers with go-tuf's updater, for real: metadata
@@ -120,8 +120,8 @@ func (v *demoVerifier) verify(o *wire.OfferAnswer, model, build string) (custom 
 		return nil, true, &demoVerifyError{code: "E_TUF_VERIFY", err: fmt.Errorf("offer patch %s, signed patch %s", o.PatchID, e.custom.PatchID)}
 	case len(e.custom.Models) > 0 && !slices.Contains(e.custom.Models, model):
 		return nil, true, &demoVerifyError{code: "E_NOT_APPLICABLE", err: fmt.Errorf("signed metadata is not for model %s", model)}
-	case e.custom.BuildMin != "" && server.CompareBuilds(build, e.custom.BuildMin) < 0,
-		e.custom.BuildMax != "" && server.CompareBuilds(build, e.custom.BuildMax) > 0:
+	case e.custom.BuildMin != "" && handsets.CompareBuilds(build, e.custom.BuildMin) < 0,
+		e.custom.BuildMax != "" && handsets.CompareBuilds(build, e.custom.BuildMax) > 0:
 		return nil, true, &demoVerifyError{code: "E_NOT_APPLICABLE", err: fmt.Errorf("signed metadata is not for build %s", build)}
 	}
 	c := e.custom

@@ -16,10 +16,10 @@ import (
 
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests/fsstore"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 )
@@ -387,7 +387,7 @@ func createRollout(tb testing.TB, env *apitest.Env, approver string, req wire.Ro
 		tb.Fatalf("create rollout: %v", err)
 	}
 	var ap wire.Approval
-	if err := json.Unmarshal(raw, &ap); err == nil && ap.State == string(server.ApprovalPending) && ap.RolloutID != "" {
+	if err := json.Unmarshal(raw, &ap); err == nil && ap.State == string(rollout.ApprovalPending) && ap.RolloutID != "" {
 		second := &apitest.Env{URL: env.URL, Token: approver}
 		var d wire.ApprovalDecision
 		if err := second.Do("POST", "/rollouts/"+ap.RolloutID+"/approvals/"+ap.ID+"/approve",

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 func TestRollupsCommands(t *testing.T) {
@@ -21,8 +21,8 @@ func TestRollupsCommands(t *testing.T) {
 	db := c.db()
 	now := time.Now().UTC()
 	for _, id := range []string{"dev-a", "dev-b"} {
-		d := &server.Device{ID: id, Model: "PX-7", Build: "7.2.0", Channel: "stable", InstalledPatches: []string{},
-			CloudMessaging: server.MessagingAutoEnabled, EnrolledAt: now, LastSeen: now}
+		d := &handsets.Device{ID: id, Model: "PX-7", Build: "7.2.0", Channel: "stable", InstalledPatches: []string{},
+			CloudMessaging: handsets.MessagingAutoEnabled, EnrolledAt: now, LastSeen: now}
 		if _, _, err := db.Devices().Enroll(t.Context(), d, "hash-"+id); err != nil {
 			t.Fatal(err)
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // BenchmarkWave measures the rollout wave (issue 14): every handset of a
@@ -88,10 +89,10 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 		MaxIdleConns: 4 * conc, MaxIdleConnsPerHost: 2 * conc, IdleConnTimeout: time.Minute}}}
 	f := false
 	before, _ := json.Marshal(wire.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
-		CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: &f})
+		CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: &f})
 	t := true
 	after, _ := json.Marshal(wire.CheckInBody{Build: "7.5.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{"CM-2026-001"},
-		CloudMessaging: server.MessagingOptedIn, NumberEncryption: &t})
+		CloudMessaging: handsets.MessagingOptedIn, NumberEncryption: &t})
 
 	// The fleet before the rollout: enrolled, and each handset has checked
 	// in once (a fleet's handsets have when a rollout starts), so that the
@@ -172,7 +173,7 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 			return fmt.Errorf("check-in on the old build: no offer of rollout %s (no_offer %q)", r.ID, ans.NoOffer)
 		}
 		last := time.Time{}
-		for s, state := range []string{server.StateDownloading, server.StateInstalling, server.StateInstalled} {
+		for s, state := range []string{handsets.StateDownloading, handsets.StateInstalling, handsets.StateInstalled} {
 			at := time.Now().UTC()
 			if !at.After(last) {
 				at = last.Add(time.Microsecond) // a handset's reports are strictly ordered

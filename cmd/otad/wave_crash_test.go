@@ -22,6 +22,7 @@ import (
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
 
@@ -97,17 +98,17 @@ func (h *crashHandset) done() bool {
 
 func (h *crashHandset) resultState() string {
 	if h.fails {
-		return server.StateFailed
+		return handsets.StateFailed
 	}
-	return server.StateInstalled
+	return handsets.StateInstalled
 }
 
 func testWaveCrash(t *testing.T, dsn string) {
 	const (
-		handsets = 300
-		workers  = 16
-		kills    = 5
-		failEach = 5 // every fifth handset's install fails
+		nHandsets = 300
+		workers   = 16
+		kills     = 5
+		failEach  = 5 // every fifth handset's install fails
 	)
 	seed := uint64(time.Now().UnixNano())
 	if v := os.Getenv("OTA_TEST_WAVE_CRASH_SEED"); v != "" {
@@ -137,14 +138,14 @@ func testWaveCrash(t *testing.T, dsn string) {
 	c := &waveClient{http: &http.Client{Timeout: time.Minute}}
 	f, tr := false, true
 	before, _ := json.Marshal(wire.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
-		CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: &f})
+		CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: &f})
 	after, _ := json.Marshal(wire.CheckInBody{Build: "7.5.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{"CM-2026-001"},
-		CloudMessaging: server.MessagingOptedIn, NumberEncryption: &tr})
+		CloudMessaging: handsets.MessagingOptedIn, NumberEncryption: &tr})
 
 	// The fleet, enrolled and checked in once before the rollout starts.
-	hs := make([]*crashHandset, handsets)
+	hs := make([]*crashHandset, nHandsets)
 	enrollBody, _ := json.Marshal(wire.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"})
-	c.parallel(t, "enroll and check in", workers, handsets, func(i int) error {
+	c.parallel(t, "enroll and check in", workers, nHandsets, func(i int) error {
 		var e wire.EnrollAnswer
 		if err := c.post(base, "/api/v1/devices", "", enrollBody, http.StatusCreated, &e); err != nil {
 			return err
@@ -204,14 +205,14 @@ func testWaveCrash(t *testing.T, dsn string) {
 		}
 	}
 	// The wave is over: every handset went its whole path.
-	if n := countDone(hs); n != handsets {
-		t.Fatalf("after the last run %d of %d handsets are through: otad stopped answering", n, handsets)
+	if n := countDone(hs); n != nHandsets {
+		t.Fatalf("after the last run %d of %d handsets are through: otad stopped answering", n, nHandsets)
 	}
 	rep := rolloutReport(t, base, token, r.ID)
-	nFail := int64((handsets + failEach - 1) / failEach)
-	if rep.Offered != handsets || rep.Installed != handsets-nFail || rep.Failed != nFail || rep.Pending != 0 || rep.Downloading != 0 {
+	nFail := int64((nHandsets + failEach - 1) / failEach)
+	if rep.Offered != nHandsets || rep.Installed != nHandsets-nFail || rep.Failed != nFail || rep.Pending != 0 || rep.Downloading != 0 {
 		t.Fatalf("rollout report after the wave: %+v; want %d offered, %d installed, %d failed, none pending or downloading",
-			rep.CohortCounts, handsets, handsets-nFail, nFail)
+			rep.CohortCounts, nHandsets, nHandsets-nFail, nFail)
 	}
 	t.Logf("%d SIGKILLs during the wave; %d steps sent again after a kill (%d reports of them stored before it); "+
 		"every acknowledged step found afterwards, the rollups agreed each time", kills, w.retried.Load(), w.duplicates.Load())
@@ -298,7 +299,7 @@ func (w *crashWave) step(base string, h *crashHandset) (acked, gone bool) {
 	default:
 		path = "/api/v1/reports"
 		if body = h.reports[h.next]; body == nil {
-			state := map[int]string{stepDownloading: server.StateDownloading, stepInstalling: server.StateInstalling,
+			state := map[int]string{stepDownloading: handsets.StateDownloading, stepInstalling: handsets.StateInstalling,
 				stepResult: h.resultState()}[h.next]
 			at := time.Now().UTC()
 			if !at.After(h.last) {
@@ -307,7 +308,7 @@ func (w *crashWave) step(base string, h *crashHandset) (acked, gone bool) {
 			h.last = at
 			rb := wire.ReportBody{ReportID: fmt.Sprintf("wave-h%d-%s", h.n, state), PatchID: h.offer.PatchID,
 				RolloutID: h.offer.RolloutID, Target: h.offer.Target, State: state, At: &at}
-			if state == server.StateFailed {
+			if state == handsets.StateFailed {
 				rb.ErrorCode = "E_DISK_FULL"
 			}
 			body, _ = json.Marshal(rb)
@@ -415,13 +416,13 @@ func waitBackendsGone(t *testing.T, dsn string) {
 // paths: offered, downloading, installing, then the result.
 func stateRank(state string) int {
 	switch state {
-	case server.DeviceOffered:
+	case handsets.DeviceOffered:
 		return stepOffer
-	case server.StateDownloading:
+	case handsets.StateDownloading:
 		return stepDownloading
-	case server.StateInstalling:
+	case handsets.StateInstalling:
 		return stepInstalling
-	case server.StateInstalled, server.StateFailed:
+	case handsets.StateInstalled, handsets.StateFailed:
 		return stepResult
 	}
 	return -1
@@ -445,7 +446,7 @@ func checkAfterCrash(t *testing.T, dsn string, round int, rolloutID string, hs [
 		if err != nil {
 			t.Fatal(err)
 		}
-		i := slices.IndexFunc(drs, func(dr *server.DeviceRollout) bool { return dr.RolloutID == rolloutID })
+		i := slices.IndexFunc(drs, func(dr *handsets.DeviceRollout) bool { return dr.RolloutID == rolloutID })
 		if i < 0 {
 			if h.next > stepOffer {
 				t.Fatalf("round %d: handset %s: its offer was acknowledged but it has no rollout record", round, h.id)
@@ -455,9 +456,9 @@ func checkAfterCrash(t *testing.T, dsn string, round int, rolloutID string, hs [
 		dr := drs[i]
 		records[0]++
 		switch dr.State {
-		case server.StateInstalled:
+		case handsets.StateInstalled:
 			records[1]++
-		case server.StateFailed:
+		case handsets.StateFailed:
 			records[2]++
 		}
 		acked := min(h.next, stepPatched) - 1 // the furthest acknowledged step on the record
@@ -469,7 +470,7 @@ func checkAfterCrash(t *testing.T, dsn string, round int, rolloutID string, hs [
 			t.Fatal(err)
 		}
 		for s := stepDownloading; s < h.next && s <= stepResult; s++ {
-			if !slices.ContainsFunc(reports, func(r server.Report) bool { return r.ID == h.ids[s] }) {
+			if !slices.ContainsFunc(reports, func(r handsets.Report) bool { return r.ID == h.ids[s] }) {
 				t.Fatalf("round %d: handset %s: report %s was acknowledged but is not in the database after SIGKILL", round, h.id, h.ids[s])
 			}
 		}

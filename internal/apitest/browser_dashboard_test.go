@@ -15,6 +15,7 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // The dashboard as the only view a release manager needs, in a real
@@ -129,7 +130,7 @@ func TestDashboardLive(t *testing.T) {
 		if err := env.Do("POST", "/rollouts/"+ro.ID+"/advance", wire.RolloutAdvanceRequest{Reason: "10% healthy, go wide", Percent: 100}, &ap); err != nil {
 			t.Fatal(err)
 		}
-		if ap.State != string(server.ApprovalPending) || ap.ID == "" {
+		if ap.State != string(rollout.ApprovalPending) || ap.ID == "" {
 			t.Fatalf("the advance to 100%% answered %+v, want a pending approval", ap)
 		}
 		approvalID = ap.ID
@@ -203,7 +204,7 @@ func TestDashboardLive(t *testing.T) {
 		// Resuming at 100% needs four eyes again: Widen has them.
 		var resumed wire.Rollout
 		env.Widen(t, "POST", "/rollouts/"+ro.ID+"/resume", wire.RolloutActionRequest{Reason: "PX-8 checked"}, &resumed)
-		if resumed.State != string(server.RolloutRunning) {
+		if resumed.State != string(rollout.RolloutRunning) {
 			t.Fatalf("resumed: %s", resumed.State)
 		}
 	})
@@ -228,7 +229,7 @@ func TestDashboardLive(t *testing.T) {
 				heldEligible = m.Eligible
 			}
 		}
-		if rep.State != server.RolloutCompleted || heldEligible == 0 {
+		if rep.State != rollout.RolloutCompleted || heldEligible == 0 {
 			t.Fatalf("report: state %s, PX-8 eligible %d; want completed with PX-8 handsets left", rep.State, heldEligible)
 		}
 		row := fmt.Sprintf(`Array.from(document.querySelectorAll('main table tbody tr')).find(tr => tr.querySelector('a[href="/rollouts/%s"]'))`, ro.ID)

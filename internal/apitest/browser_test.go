@@ -20,7 +20,9 @@ import (
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/web"
 )
 
@@ -224,23 +226,23 @@ func seedFleet(tb testing.TB, env *apitest.Env, n int) (offered, installed, fail
 		case offered%10 == 9:
 			continue // pending: offered, nothing reported yet
 		case offered%10 == 8:
-			state, downloading = server.StateDownloading, downloading+1
+			state, downloading = handsets.StateDownloading, downloading+1
 		case offered%30 == 0:
-			state, code, failed = server.StateFailed, "E_VERIFY", failed+1
+			state, code, failed = handsets.StateFailed, "E_VERIFY", failed+1
 		default:
-			state, installed = server.StateInstalled, installed+1
+			state, installed = handsets.StateInstalled, installed+1
 		}
 		body := wire.ReportBody{ReportID: fmt.Sprintf("b-%d-%s", i, state), PatchID: a.Offer.PatchID, RolloutID: a.Offer.RolloutID,
 			Target: a.Offer.Target, State: state, ErrorCode: code, At: &at}
 		if c := call(tb, "POST", env.URL+"/api/v1/reports", h.token, body, nil); c != http.StatusCreated {
 			tb.Fatalf("report %s of %s: %d", state, h.id, c)
 		}
-		if state == server.StateInstalled {
+		if state == handsets.StateInstalled {
 			// It runs the patch now and says so at its next check-in: the
 			// overview's compliance moves.
 			tr := true
 			h.body.InstalledPatches, h.body.Build = []string{a.Offer.PatchID}, a.Offer.Custom.InstallsBuild
-			h.body.NumberEncryption, h.body.CloudMessaging = &tr, server.MessagingOptedOut
+			h.body.NumberEncryption, h.body.CloudMessaging = &tr, handsets.MessagingOptedOut
 			patched = append(patched, h)
 		}
 	}
@@ -341,7 +343,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		if rep.Offered != int64(offered) || rep.Installed != int64(installed) || rep.Failed != int64(failed) || rep.Downloading != int64(downloading) {
 			t.Errorf("report %+v, want %d offered, %d installed, %d failed, %d downloading", rep.CohortCounts, offered, installed, failed, downloading)
 		}
-		if page.State != string(server.RolloutRunning) || rep.State != server.RolloutRunning {
+		if page.State != string(rollout.RolloutRunning) || rep.State != rollout.RolloutRunning {
 			t.Errorf("state: page %q, report %q, want running", page.State, rep.State)
 		}
 		screenshot(t, opA, "rollout.png")
@@ -365,7 +367,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		if resp.Status != http.StatusOK || !strings.Contains(bodyText(t, opA), pauseReason) {
 			t.Fatalf("pause button: %d, page %q; want the confirmation page quoting the reason", resp.Status, bodyText(t, opA))
 		}
-		if got := getRollout(t, env, ro.ID); got.State != string(server.RolloutRunning) {
+		if got := getRollout(t, env, ro.ID); got.State != string(rollout.RolloutRunning) {
 			t.Fatalf("before the confirmation the rollout is %s, want still running", got.State)
 		}
 		resp, err = chromedp.RunResponse(opA.ctx, chromedp.Click(chromedp.CSS(`form.confirm button[type="submit"]`)))
@@ -375,7 +377,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		if resp.Status != http.StatusOK || resp.URL != rolloutURL {
 			t.Fatalf("confirm: %d at %s, want back on %s", resp.Status, resp.URL, rolloutURL)
 		}
-		if got := getRollout(t, env, ro.ID); got.State != string(server.RolloutPaused) {
+		if got := getRollout(t, env, ro.ID); got.State != string(rollout.RolloutPaused) {
 			t.Fatalf("after the confirmed pause the API says %s, want paused", got.State)
 		}
 		if st := evalJS[string](t, opA, `document.querySelector('[data-rollout-state]').textContent.trim()`); st != "paused" {
@@ -439,7 +441,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		if got.Status != http.StatusForbidden || !strings.Contains(got.Text, "Your role (viewer)") {
 			t.Errorf("viewer's resume post: %d %q, want 403 naming the viewer's role", got.Status, got.Text)
 		}
-		if r := getRollout(t, env, ro.ID); r.State != string(server.RolloutPaused) {
+		if r := getRollout(t, env, ro.ID); r.State != string(rollout.RolloutPaused) {
 			t.Errorf("after the viewer's post the rollout is %s, want still paused", r.State)
 		}
 	})
@@ -478,7 +480,7 @@ func TestDashboardInBrowser(t *testing.T) {
 					t.Errorf("attacker's form post from %s: %d at %s, page %q; want 403 refusing another site's request",
 						tc.page, resp.Status, resp.URL, txt)
 				}
-				if r := getRollout(t, env, ro.ID); r.State != string(server.RolloutPaused) {
+				if r := getRollout(t, env, ro.ID); r.State != string(rollout.RolloutPaused) {
 					t.Fatalf("after the attacker's post the rollout is %s, want still paused", r.State)
 				}
 			})

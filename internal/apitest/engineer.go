@@ -15,9 +15,9 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/signing"
 )
 
@@ -251,14 +251,14 @@ func PatchCustom() manifests.TargetCustom {
 // StartRollout starts a rollout of the published target path through the
 // stages (default 100%) with the default policy, as an operator would:
 // publishing alone offers nothing.
-func (env *Env) StartRollout(tb testing.TB, path string, stages ...float64) *server.Rollout {
+func (env *Env) StartRollout(tb testing.TB, path string, stages ...float64) *rollout.Rollout {
 	tb.Helper()
 	if len(stages) == 0 {
 		stages = []float64{100}
 	}
 	// A start at 100% waits for a second person.
-	r, err := env.ApprovePending(env.App.Rollouts.Create(context.Background(), server.RolloutSpec{Release: path, Stages: stages,
-		Policy: server.DefaultPolicy(), Reason: "test rollout"}, "test-operator"))
+	r, err := env.ApprovePending(env.App.Rollouts.Create(context.Background(), rollout.RolloutSpec{Release: path, Stages: stages,
+		Policy: rollout.DefaultPolicy(), Reason: "test rollout"}, "test-operator"))
 	if err != nil {
 		tb.Fatalf("start rollout of %s: %v", path, err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
 )
 
@@ -91,7 +92,7 @@ func checkInRaw(tb testing.TB, env *apitest.Env, token, model string) (int, []by
 	tb.Helper()
 	f := false
 	body, err := json.Marshal(wire.CheckInBody{Build: "7.2.0", Model: model, Channel: "stable", InstalledPatches: []string{},
-		CloudMessaging: server.MessagingOptedOut, NumberEncryption: &f})
+		CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: &f})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -226,9 +227,9 @@ func TestDeviceTokenAnswer(t *testing.T) {
 	}
 	f := false
 	checkIn, _ := json.Marshal(wire.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
-		CloudMessaging: server.MessagingOptedOut, NumberEncryption: &f})
+		CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: &f})
 	at := now
-	report, _ := json.Marshal(wire.ReportBody{ReportID: "r-1", PatchID: "CM-2026-001", State: server.StateDownloading, At: &at})
+	report, _ := json.Marshal(wire.ReportBody{ReportID: "r-1", PatchID: "CM-2026-001", State: handsets.StateDownloading, At: &at})
 	calls := []struct {
 		method, path string
 		body         []byte
@@ -277,9 +278,9 @@ func TestReportIDReused(t *testing.T) {
 		status int
 		answer string
 	}{
-		{"first", body(server.StateDownloading), http.StatusCreated, `{"duplicate":false}`},
-		{"retry", body(server.StateDownloading), http.StatusOK, `{"duplicate":true}`},
-		{"changed", body(server.StateInstalled), http.StatusConflict, `report_id r-1 already used for a different report`},
+		{"first", body(handsets.StateDownloading), http.StatusCreated, `{"duplicate":false}`},
+		{"retry", body(handsets.StateDownloading), http.StatusOK, `{"duplicate":true}`},
+		{"changed", body(handsets.StateInstalled), http.StatusConflict, `report_id r-1 already used for a different report`},
 	} {
 		code, answer := send(t, http.MethodPost, env.URL+"/api/v1/reports", h.token, tc.body)
 		if code != tc.status || !strings.Contains(string(answer), tc.answer) {
@@ -287,7 +288,7 @@ func TestReportIDReused(t *testing.T) {
 		}
 	}
 	states, err := env.DB.Devices().PatchStates(t.Context(), h.id)
-	if err != nil || len(states) != 1 || states[0].State != server.StateDownloading {
+	if err != nil || len(states) != 1 || states[0].State != handsets.StateDownloading {
 		t.Errorf("state: got %+v, %v, want downloading", states, err)
 	}
 }
@@ -309,19 +310,19 @@ func TestFleetSummaryModels(t *testing.T) {
 		rows  int
 		other int64 // models in the (other) row; 0 for no such row
 	}{
-		{"", server.DefaultSummaryModels + 1, 6},
+		{"", handsets.DefaultSummaryModels + 1, 6},
 		{"&models=3", 4, 23},
 		{"&models=26", 26, 0},
 	} {
-		var sum server.FleetSummary
+		var sum handsets.FleetSummary
 		if err := env.Do("GET", "/fleet/summary?patch=CM-2026-001"+tc.query, nil, &sum); err != nil {
 			t.Fatalf("%q: %v", tc.query, err)
 		}
-		if len(sum.ByModel) != tc.rows || sum.ByModel[0] != (server.ModelSummary{Model: "PX-7", Active: 2}) || sum.Active != 27 {
+		if len(sum.ByModel) != tc.rows || sum.ByModel[0] != (handsets.ModelSummary{Model: "PX-7", Active: 2}) || sum.Active != 27 {
 			t.Errorf("%q: got %d rows, first %+v, %d active, want %d rows, PX-7 with 2 first, 27 active", tc.query, len(sum.ByModel), sum.ByModel[0], sum.Active, tc.rows)
 		}
 		last := sum.ByModel[len(sum.ByModel)-1]
-		if (last.Model == server.OtherModels) != (tc.other > 0) || last.Models != tc.other {
+		if (last.Model == handsets.OtherModels) != (tc.other > 0) || last.Models != tc.other {
 			t.Errorf("%q: last row %+v, want %d models summed", tc.query, last, tc.other)
 		}
 	}

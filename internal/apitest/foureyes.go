@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"testing"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // ApproverName is the operator whose token Widen approves with: a second
@@ -37,7 +37,7 @@ func (env *Env) Widen(tb testing.TB, method, path string, body any, out *wire.Ro
 		tb.Fatalf("%s %s: %v", method, path, err)
 	}
 	var ap wire.Approval
-	if err := json.Unmarshal(raw, &ap); err == nil && ap.State == string(server.ApprovalPending) && ap.RolloutID != "" {
+	if err := json.Unmarshal(raw, &ap); err == nil && ap.State == string(rollout.ApprovalPending) && ap.RolloutID != "" {
 		second := &Env{URL: env.URL, Token: env.ApproverToken(tb)}
 		var d wire.ApprovalDecision
 		if err := second.Do("POST", "/rollouts/"+ap.RolloutID+"/approvals/"+ap.ID+"/approve",
@@ -58,7 +58,7 @@ func (env *Env) Widen(tb testing.TB, method, path string, body any, out *wire.Ro
 // ApprovePending approves a change the service held for four eyes (the
 // pending approval RolloutService returned beside r), as ApproverName;
 // with none, or with an error, r and err come back as they are.
-func (env *Env) ApprovePending(r *server.Rollout, pending *server.Approval, err error) (*server.Rollout, error) {
+func (env *Env) ApprovePending(r *rollout.Rollout, pending *rollout.Approval, err error) (*rollout.Rollout, error) {
 	if err != nil || pending == nil {
 		return r, err
 	}

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/internal/apitest"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // Four eyes follow exposure (issue 13, finding 2): what needs a second
@@ -48,7 +48,7 @@ func pending(tb testing.TB, e *apitest.Env, path string, body any) wire.Approval
 	if err := e.Do("POST", path, body, &a); err != nil {
 		tb.Fatalf("POST %s: %v", path, err)
 	}
-	if a.State != string(server.ApprovalPending) || a.ID == "" {
+	if a.State != string(rollout.ApprovalPending) || a.ID == "" {
 		tb.Fatalf("POST %s: answered %+v, want a pending approval (202)", path, a)
 	}
 	return a
@@ -115,7 +115,7 @@ func TestFourEyesFollowExposure(t *testing.T) {
 				t.Errorf("%s offered %s by %s, want one of %v", h.id, ans.Offer.Target, ans.Offer.RolloutID, ids)
 			}
 		}
-		if in := server.InStage(salt, h.id, 50); in != (ans.Offer != nil) {
+		if in := rollout.InStage(salt, h.id, 50); in != (ans.Offer != nil) {
 			t.Errorf("%s: in the 50%% cohort of the shared salt %v, offered %v (%q)", h.id, in, ans.Offer != nil, ans.NoOffer)
 		}
 	}

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/internal/apitest"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 type handset struct {
@@ -52,7 +52,7 @@ func enrollHandset(tb testing.TB, env *apitest.Env, model, build string) *handse
 	}
 	f := false
 	return &handset{env: env, id: a.DeviceID, token: a.Token, body: wire.CheckInBody{Build: build, Model: model, Channel: "stable",
-		InstalledPatches: []string{}, CloudMessaging: server.MessagingAutoEnabled, NumberEncryption: &f}}
+		InstalledPatches: []string{}, CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: &f}}
 }
 
 func (h *handset) checkIn(tb testing.TB) wire.CheckInAnswer {
@@ -132,7 +132,7 @@ func TestHandsetJourney(t *testing.T) {
 		t.Fatalf("failed report: %d", code)
 	}
 	states, err := env.DB.Devices().PatchStates(t.Context(), a.id)
-	if err != nil || len(states) != 1 || states[0].State != server.StateInstalled {
+	if err != nil || len(states) != 1 || states[0].State != handsets.StateInstalled {
 		t.Fatalf("device state after out-of-order reports: %+v %v, want installed", states, err)
 	}
 	reports, _ := env.DB.Devices().Reports(t.Context(), a.id)
@@ -142,12 +142,12 @@ func TestHandsetJourney(t *testing.T) {
 
 	// After installing: patch listed, messaging opt-in, numbers encrypted.
 	tr := true
-	a.body.InstalledPatches, a.body.CloudMessaging, a.body.NumberEncryption = []string{o.PatchID}, server.MessagingOptedOut, &tr
+	a.body.InstalledPatches, a.body.CloudMessaging, a.body.NumberEncryption = []string{o.PatchID}, handsets.MessagingOptedOut, &tr
 	if ans := a.checkIn(t); ans.Offer != nil || ans.NoOffer != "runs_patch" {
 		t.Fatalf("a patched handset: offer %+v no_offer %q, want none and runs_patch", ans.Offer, ans.NoOffer)
 	}
 
-	var sum server.FleetSummary
+	var sum handsets.FleetSummary
 	if err := env.Do("GET", "/fleet/summary", nil, &sum); err != nil {
 		t.Fatal(err)
 	}

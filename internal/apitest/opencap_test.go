@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/internal/apitest"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // rolloutLabel finds the rollout label of a series on /metrics.
@@ -79,13 +79,13 @@ func TestOpenRolloutsCapped(t *testing.T) {
 		return ids
 	}
 	ids := create(300)
-	if len(ids) != server.DefaultMaxOpenRollouts {
-		t.Fatalf("300 creates at once: %d created, want %d", len(ids), server.DefaultMaxOpenRollouts)
+	if len(ids) != rollout.DefaultMaxOpenRollouts {
+		t.Fatalf("300 creates at once: %d created, want %d", len(ids), rollout.DefaultMaxOpenRollouts)
 	}
 	series, rollouts := metricsRollouts(t, env)
-	if len(rollouts) != server.DefaultMaxOpenRollouts || series > server.DefaultMaxOpenRollouts*perRollout {
+	if len(rollouts) != rollout.DefaultMaxOpenRollouts || series > rollout.DefaultMaxOpenRollouts*perRollout {
 		t.Fatalf("/metrics: %d series of %d rollouts, want %d rollouts and at most %d series",
-			series, len(rollouts), server.DefaultMaxOpenRollouts, server.DefaultMaxOpenRollouts*perRollout)
+			series, len(rollouts), rollout.DefaultMaxOpenRollouts, rollout.DefaultMaxOpenRollouts*perRollout)
 	}
 
 	// Aborting makes room; rollouts aborted and made again, 300 more
@@ -95,11 +95,11 @@ func TestOpenRolloutsCapped(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if again := create(300); len(again) != server.DefaultMaxOpenRollouts {
-		t.Fatalf("300 creates after the aborts: %d created, want %d", len(again), server.DefaultMaxOpenRollouts)
+	if again := create(300); len(again) != rollout.DefaultMaxOpenRollouts {
+		t.Fatalf("300 creates after the aborts: %d created, want %d", len(again), rollout.DefaultMaxOpenRollouts)
 	}
 	series, rollouts = metricsRollouts(t, env)
-	if max := 2 * server.DefaultMaxOpenRollouts; len(rollouts) > max || series > max*perRollout {
+	if max := 2 * rollout.DefaultMaxOpenRollouts; len(rollouts) > max || series > max*perRollout {
 		t.Fatalf("/metrics after aborts: %d series of %d rollouts, want at most %d rollouts and %d series",
 			series, len(rollouts), max, max*perRollout)
 	}

@@ -15,7 +15,9 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // getReport GETs an admin path with token and returns the status, the
@@ -95,7 +97,7 @@ func TestReports(t *testing.T) {
 	eligible := int64(len(px7)+len(px8)) - installed // QZ-1 is not the release's
 	want := server.CohortCounts{Eligible: eligible, Target: server.CohortTarget(eligible, installed, 50),
 		Offered: offered["PX-7"] + offered["PX-8"], Installed: installed, Failed: int64(failed8)}
-	if rep.CohortCounts != want || rep.RolloutID != r.ID || rep.Percent != 50 || rep.State != server.RolloutRunning {
+	if rep.CohortCounts != want || rep.RolloutID != r.ID || rep.Percent != 50 || rep.State != rollout.RolloutRunning {
 		t.Errorf("rollout %s at %v%% %s:\n got %+v\nwant %+v", rep.RolloutID, rep.Percent, rep.State, rep.CohortCounts, want)
 	}
 	if offered["QZ-1"] != 0 || want.Offered < 50 || want.Target != 80 {
@@ -108,7 +110,7 @@ func TestReports(t *testing.T) {
 	if len(rep.ByStartingBuild) != 1 || rep.ByStartingBuild[0].StartingBuild != "7.2.0" || rep.ByStartingBuild[0].Offered != want.Offered {
 		t.Errorf("by starting build %+v, want 7.2.0 with every offer", rep.ByStartingBuild)
 	}
-	if !slices.Equal(rep.FailureCodes, []server.FailureCount{{ErrorCode: "E_VERIFY", Count: int64(failed8)}}) {
+	if !slices.Equal(rep.FailureCodes, []handsets.FailureCount{{ErrorCode: "E_VERIFY", Count: int64(failed8)}}) {
 		t.Errorf("failure codes %v, want E_VERIFY %d", rep.FailureCodes, failed8)
 	}
 	now := rep.InstallsPerHour[len(rep.InstallsPerHour)-1]
@@ -169,7 +171,7 @@ func TestReports(t *testing.T) {
 		}
 	}
 	if len(exp.ByModel) != 2 || exp.ByModel[0].Model != mostExposed || exp.ByModel[0].Exposed != exposedByModel[mostExposed][0] ||
-		exp.ByModel[1].Model != server.OtherModels || exp.ByModel[1].Models != 2 {
+		exp.ByModel[1].Model != handsets.OtherModels || exp.ByModel[1].Models != 2 {
 		t.Errorf("by model %+v, want %s (most exposed: %d) and (other) of 2", exp.ByModel, mostExposed, exposedByModel[mostExposed][0])
 	}
 	if len(exp.Daily) != 7 || exp.Daily[6].Day != today || exp.Daily[6].Active != active || exp.Daily[5].ShareCompliant != nil ||

@@ -12,6 +12,8 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // The acceptance tests of staged rollouts (issue 8), through the real
@@ -114,7 +116,7 @@ func TestRolloutStagesKeepCohorts(t *testing.T) {
 		answers := checkInAll(t, hs)
 		cohort, got := 0, 0
 		for _, h := range hs {
-			in := server.InStage(r.Salt, h.id, percent)
+			in := rollout.InStage(r.Salt, h.id, percent)
 			a := answers[h.id]
 			if in {
 				cohort++
@@ -188,9 +190,9 @@ func install(t testing.TB, clk *clock, hs []*handset, answers map[string]wire.Ch
 		if a.Offer == nil {
 			continue
 		}
-		state, code := server.StateInstalled, ""
+		state, code := handsets.StateInstalled, ""
 		if fail(i) {
-			state, code = server.StateFailed, "E_VERIFY"
+			state, code = handsets.StateFailed, "E_VERIFY"
 			failed++
 		} else {
 			installed++
@@ -200,12 +202,12 @@ func install(t testing.TB, clk *clock, hs []*handset, answers map[string]wire.Ch
 			PatchID: a.Offer.PatchID, RolloutID: a.Offer.RolloutID, Target: a.Offer.Target, State: state, ErrorCode: code, At: &at}, nil); c != 201 {
 			t.Fatalf("report: %d", c)
 		}
-		if state == server.StateInstalled {
+		if state == handsets.StateInstalled {
 			// The handset runs the patch now and says so at its next check-in.
 			h.body.InstalledPatches = []string{a.Offer.PatchID}
 			h.body.Build = a.Offer.Custom.InstallsBuild
 			tr := true
-			h.body.NumberEncryption, h.body.CloudMessaging = &tr, server.MessagingOptedOut
+			h.body.NumberEncryption, h.body.CloudMessaging = &tr, handsets.MessagingOptedOut
 		}
 	}
 	return installed, failed
@@ -427,7 +429,7 @@ func TestRolloutRetriesWindowAndBuild(t *testing.T) {
 		}
 		at := clk.Now()
 		if c := call(t, "POST", env.URL+"/api/v1/reports", h.token, wire.ReportBody{ReportID: fmt.Sprintf("fail-%d", n),
-			PatchID: a.Offer.PatchID, RolloutID: r.ID, State: server.StateFailed, ErrorCode: "E_DISK_FULL", At: &at}, nil); c != 201 {
+			PatchID: a.Offer.PatchID, RolloutID: r.ID, State: handsets.StateFailed, ErrorCode: "E_DISK_FULL", At: &at}, nil); c != 201 {
 			t.Fatalf("report: %d", c)
 		}
 	}
@@ -444,7 +446,7 @@ func TestRolloutRetriesWindowAndBuild(t *testing.T) {
 		t.Fatalf("after 1 + 1 attempts: offer %v, %q; want attempts_exhausted", a.Offer != nil, a.NoOffer)
 	}
 	recs, err := env.DB.Rollouts().DeviceRollouts(context.Background(), h.id)
-	if err != nil || len(recs) != 1 || recs[0].Attempts != 2 || recs[0].State != server.StateFailed {
+	if err != nil || len(recs) != 1 || recs[0].Attempts != 2 || recs[0].State != handsets.StateFailed {
 		t.Fatalf("record: %+v, %v; want one record, 2 attempts, failed", recs, err)
 	}
 

@@ -6,8 +6,8 @@ import (
 
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // TestPublishingIsNotDeploying checks, through the handset and admin HTTP
@@ -57,7 +57,7 @@ func TestPublishingIsNotDeploying(t *testing.T) {
 		Reason: "first half of the fleet"}, &ro); err != nil {
 		t.Fatalf("create rollout: %v", err)
 	}
-	if ro.State != string(server.RolloutRunning) || ro.Percent != 50 || ro.Release.InstallsBuild != "7.5.0" {
+	if ro.State != string(rollout.RolloutRunning) || ro.Percent != 50 || ro.Release.InstallsBuild != "7.5.0" {
 		t.Fatalf("rollout %+v, want running at 50%% installing 7.5.0", ro)
 	}
 	offered := func(tb testing.TB, h *handset, what string) {
@@ -69,7 +69,7 @@ func TestPublishingIsNotDeploying(t *testing.T) {
 	}
 	var cohort []*handset
 	for _, h := range fleet {
-		if server.InStage(ro.Salt, h.id, 50) {
+		if rollout.InStage(ro.Salt, h.id, 50) {
 			offered(t, h, "in the 50% cohort: handset "+h.id)
 			cohort = append(cohort, h)
 		} else {

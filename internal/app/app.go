@@ -17,6 +17,7 @@ import (
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/signing"
 )
@@ -110,11 +111,11 @@ type App struct {
 	// Eligibility is the check-ins' copy of the rollouts.
 	Eligibility *server.RolloutEligibility
 	// Rollouts is the operators' side of rollouts, behind the admin API.
-	Rollouts *server.RolloutService
+	Rollouts *rollout.RolloutService
 	API      *api.Server
 	// Evaluator runs the rollout policies (auto-halt, auto-advance) in
 	// the background jobs, on the replica holding PoliciesLease.
-	Evaluator *server.RolloutEvaluator
+	Evaluator *rollout.RolloutEvaluator
 	// RolloutMetrics are the rollout metrics on the API's /metrics; the
 	// fleet reports check-in decisions and reports to them, the
 	// Evaluator its events.
@@ -156,7 +157,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		cfg.RefreshInterval = DefaultRefreshInterval
 	}
 	if cfg.MaxOpenRollouts <= 0 {
-		cfg.MaxOpenRollouts = server.DefaultMaxOpenRollouts
+		cfg.MaxOpenRollouts = rollout.DefaultMaxOpenRollouts
 	}
 	if cfg.ReportRetention <= 0 {
 		// Zero must not mean "keep nothing": PruneReports would delete
@@ -228,7 +229,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	// policies, reaches its check-ins at once; other replicas see it
 	// within RolloutRefresh.
 	a.Evaluator.OnChange = a.Eligibility.Invalidate
-	a.Rollouts = &server.RolloutService{Store: cfg.DB.Rollouts(), Releases: repo, Now: cfg.Now,
+	a.Rollouts = &rollout.RolloutService{Store: cfg.DB.Rollouts(), Releases: repo, Now: cfg.Now,
 		OnChange: a.Eligibility.Invalidate, Approvals: cfg.DB.Approvals(), Audit: a.Audit, MaxOpen: cfg.MaxOpenRollouts}
 	apiCfg.Rollouts = a.Rollouts
 	apiCfg.RolloutMetrics = a.RolloutMetrics

@@ -13,6 +13,7 @@ import (
 	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // clock is a fake clock tests move by hand.
@@ -115,8 +116,8 @@ func TestJobsResignAndPrune(t *testing.T) {
 		id  string
 		age time.Duration
 	}{{"old", retention + time.Hour}, {"recent", retention - time.Hour}} {
-		rep := server.Report{ID: r.id, DeviceID: enrollment.DeviceID, PatchID: "SEC-1", Target: "patches/sec-1.zip",
-			State: server.StateDownloading, At: clk.Now().Add(-r.age), ReceivedAt: clk.Now().Add(-r.age)}
+		rep := handsets.Report{ID: r.id, DeviceID: enrollment.DeviceID, PatchID: "SEC-1", Target: "patches/sec-1.zip",
+			State: handsets.StateDownloading, At: clk.Now().Add(-r.age), ReceivedAt: clk.Now().Add(-r.age)}
 		if _, err := env.DB.Devices().AddReport(ctx, rep); err != nil {
 			t.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // PoliciesLease is the lease (sqlstore.DB.Lease) of the replica that
@@ -49,7 +50,7 @@ func (a *App) buildPolicies() {
 	// The rollouts not finished (at most MaxOpenRollouts) and as many
 	// of the latest ended.
 	a.RolloutMetrics.MaxRollouts = 2 * a.cfg.MaxOpenRollouts
-	a.Evaluator = &server.RolloutEvaluator{Store: a.cfg.DB.Rollouts(), Now: a.cfg.Now,
+	a.Evaluator = &rollout.RolloutEvaluator{Store: a.cfg.DB.Rollouts(), Now: a.cfg.Now,
 		OnEvent: a.RolloutMetrics.Event, Logger: a.log, Approvals: a.cfg.DB.Approvals()}
 }
 
@@ -62,7 +63,7 @@ func (a *App) now() time.Time {
 
 // rolloutSnapshot is what the rollout gauges show: every rollout, read
 // at each scrape (the metrics keep those aborted over a day ago out).
-func (a *App) rolloutSnapshot() []*server.Rollout {
+func (a *App) rolloutSnapshot() []*rollout.Rollout {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	rs, err := a.cfg.DB.Rollouts().Rollouts(ctx)

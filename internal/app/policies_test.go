@@ -13,6 +13,8 @@ import (
 	"github.com/patchfleet/ota/internal/app"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/server/sqlstore"
 )
 
@@ -78,9 +80,9 @@ func failingRollout(tb testing.TB, env *apitest.Env, now time.Time) {
 	tb.Helper()
 	ctx := tb.Context()
 	store := env.DB.Rollouts()
-	r, ev, err := server.NewRollout(server.Rollout{ID: "ro_test",
-		Release: server.RolloutRelease{Target: "patches/cm-2026-001.zip", PatchID: "CM-2026-001", InstallsBuild: "7.5.0"},
-		Stages:  []float64{10, 100}, Policy: server.DefaultPolicy()}, "alice", now.Add(-time.Hour))
+	r, ev, err := rollout.NewRollout(rollout.Rollout{ID: "ro_test",
+		Release: rollout.RolloutRelease{Target: "patches/cm-2026-001.zip", PatchID: "CM-2026-001", InstallsBuild: "7.5.0"},
+		Stages:  []float64{10, 100}, Policy: rollout.DefaultPolicy()}, "alice", now.Add(-time.Hour))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -90,7 +92,7 @@ func failingRollout(tb testing.TB, env *apitest.Env, now time.Time) {
 	if ev, err = r.Start("alice", "go", now.Add(-time.Hour)); err != nil {
 		tb.Fatal(err)
 	}
-	if err := store.UpdateRollout(ctx, r, r.Version, []server.Event{ev}); err != nil {
+	if err := store.UpdateRollout(ctx, r, r.Version, []rollout.Event{ev}); err != nil {
 		tb.Fatal(err)
 	}
 	for i := range 50 {
@@ -98,12 +100,12 @@ func failingRollout(tb testing.TB, env *apitest.Env, now time.Time) {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		state := server.StateInstalled
+		state := handsets.StateInstalled
 		if i%5 == 0 {
-			state = server.StateFailed
+			state = handsets.StateFailed
 		}
 		at := now.Add(-time.Minute)
-		if err := store.PutDeviceRollout(ctx, &server.DeviceRollout{RolloutID: "ro_test", DeviceID: e.DeviceID,
+		if err := store.PutDeviceRollout(ctx, &handsets.DeviceRollout{RolloutID: "ro_test", DeviceID: e.DeviceID,
 			Model: "Pixel-8", StartingBuild: "7.4.0", OfferedAt: at, LastOfferedAt: at, State: state, Attempts: 1,
 			ResultAt: at}); err != nil {
 			tb.Fatal(err)
@@ -150,7 +152,7 @@ func TestPoliciesRunOnOneReplica(t *testing.T) {
 			if na, nb := a.policies.Load(), b.policies.Load(); na != 0 || nb != 0 {
 				t.Fatalf("policy passes while another replica holds the lease: a %d, b %d; want none", na, nb)
 			}
-			if r, err := env.DB.Rollouts().Rollout(ctx, "ro_test"); err != nil || r.State != server.RolloutRunning {
+			if r, err := env.DB.Rollouts().Rollout(ctx, "ro_test"); err != nil || r.State != rollout.RolloutRunning {
 				t.Fatalf("rollout under the crashed replica's lease: %v, %v; want it still running", r.State, err)
 			}
 
@@ -171,14 +173,14 @@ func TestPoliciesRunOnOneReplica(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if r.State != server.RolloutPaused || r.Halt == nil || r.Halt.Failed != 10 || r.Halt.Installed != 40 {
+			if r.State != rollout.RolloutPaused || r.Halt == nil || r.Halt.Failed != 10 || r.Halt.Installed != 40 {
 				t.Fatalf("rollout %s, halt %+v; want paused by a halt on 10 of 50 failed", r.State, r.Halt)
 			}
 			evs, err := env.DB.Rollouts().RolloutEvents(ctx, "ro_test", 0)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if last := evs[len(evs)-1]; len(evs) != 3 || last.Action != server.ActionHalt || last.Actor != audit.SystemActor {
+			if last := evs[len(evs)-1]; len(evs) != 3 || last.Action != rollout.ActionHalt || last.Actor != audit.SystemActor {
 				t.Errorf("%d events, the last %s by %s; want create, start, one halt by the system", len(evs), last.Action, last.Actor)
 			}
 			// The leader counted the halt; both show the rollout halted.

@@ -11,7 +11,9 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/server/sqlstore"
 	"github.com/patchfleet/ota/web"
 )
@@ -67,12 +69,12 @@ func (p webPages) PageRoutes() []api.PageRoute {
 // WebBackend is web.Backend over the App's services: the pages read and
 // change what the admin API does, through the same domain services.
 type WebBackend struct {
-	Service *server.RolloutService
+	Service *rollout.RolloutService
 	Reports *server.Reports
 	Repo    *manifests.Repository
 	Devices *sqlstore.DeviceStore
 	// DeviceList answers the device list.
-	DeviceList server.DeviceLister
+	DeviceList handsets.DeviceLister
 }
 
 var _ web.Backend = (*WebBackend)(nil)
@@ -88,41 +90,41 @@ func (b *WebBackend) RolloutReport(ctx context.Context, id string) (*server.Roll
 }
 
 // Rollouts implements web.Backend.
-func (b *WebBackend) Rollouts(ctx context.Context) ([]*server.Rollout, error) {
+func (b *WebBackend) Rollouts(ctx context.Context) ([]*rollout.Rollout, error) {
 	return b.Service.List(ctx)
 }
 
 // Rollout implements web.Backend.
-func (b *WebBackend) Rollout(ctx context.Context, id string) (*server.Rollout, error) {
+func (b *WebBackend) Rollout(ctx context.Context, id string) (*rollout.Rollout, error) {
 	return b.Service.Get(ctx, id)
 }
 
 // RolloutEvents implements web.Backend.
-func (b *WebBackend) RolloutEvents(ctx context.Context, id string, limit int) ([]server.Event, error) {
+func (b *WebBackend) RolloutEvents(ctx context.Context, id string, limit int) ([]rollout.Event, error) {
 	return b.Service.Events(ctx, id, limit)
 }
 
 // ChangeRollout implements web.Backend: the actor is the session's user.
-func (b *WebBackend) ChangeRollout(ctx context.Context, id string, c web.RolloutChange) (*server.Rollout, *server.Approval, error) {
+func (b *WebBackend) ChangeRollout(ctx context.Context, id string, c web.RolloutChange) (*rollout.Rollout, *rollout.Approval, error) {
 	actor := identity.PrincipalFromContext(ctx).Actor()
 	var (
-		r   *server.Rollout
+		r   *rollout.Rollout
 		err error
 	)
 	switch c.Action {
-	case server.ActionStart:
+	case rollout.ActionStart:
 		return b.Service.Start(ctx, id, actor, c.Reason)
-	case server.ActionResume:
+	case rollout.ActionResume:
 		return b.Service.Resume(ctx, id, actor, c.Reason)
-	case server.ActionAdvance:
+	case rollout.ActionAdvance:
 		return b.Service.Advance(ctx, id, actor, c.Reason, c.Percent)
-	case server.ActionPause:
+	case rollout.ActionPause:
 		r, err = b.Service.Pause(ctx, id, actor, c.Reason)
-	case server.ActionAbort:
+	case rollout.ActionAbort:
 		r, err = b.Service.Abort(ctx, id, actor, c.Reason)
-	case server.ActionHold:
+	case rollout.ActionHold:
 		r, err = b.Service.HoldModel(ctx, id, actor, c.Reason, c.Model)
-	case server.ActionReleaseHold:
+	case rollout.ActionReleaseHold:
 		r, err = b.Service.ReleaseHold(ctx, id, actor, c.Reason, c.Model)
 	default:
 		err = fmt.Errorf("%w: unknown rollout action %q", errs.ErrInvalid, c.Action)
@@ -131,18 +133,18 @@ func (b *WebBackend) ChangeRollout(ctx context.Context, id string, c web.Rollout
 }
 
 // CreateRollout implements web.Backend: the actor is the session's user.
-func (b *WebBackend) CreateRollout(ctx context.Context, spec server.RolloutSpec) (*server.Rollout, *server.Approval, error) {
+func (b *WebBackend) CreateRollout(ctx context.Context, spec rollout.RolloutSpec) (*rollout.Rollout, *rollout.Approval, error) {
 	return b.Service.Create(ctx, spec, identity.PrincipalFromContext(ctx).Actor())
 }
 
 // Approvals implements web.Backend.
-func (b *WebBackend) Approvals(ctx context.Context, id string) ([]*server.Approval, error) {
+func (b *WebBackend) Approvals(ctx context.Context, id string) ([]*rollout.Approval, error) {
 	as, err := b.Service.ListApprovals(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	as = slices.Clone(as)
-	slices.SortFunc(as, func(x, y *server.Approval) int {
+	slices.SortFunc(as, func(x, y *rollout.Approval) int {
 		return cmp.Or(y.RequestedAt.Compare(x.RequestedAt), cmp.Compare(x.ID, y.ID))
 	})
 	return as, nil
@@ -192,6 +194,6 @@ func (b *WebBackend) Device(ctx context.Context, id string) (*web.DeviceView, er
 }
 
 // ListDevices implements web.Backend.
-func (b *WebBackend) ListDevices(ctx context.Context, q server.DeviceQuery) (*server.DevicePage, error) {
+func (b *WebBackend) ListDevices(ctx context.Context, q handsets.DeviceQuery) (*handsets.DevicePage, error) {
 	return b.DeviceList.ListDevices(ctx, q)
 }

@@ -11,9 +11,9 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // Routes of the admin API that the CLI (otactl) calls.
@@ -142,7 +142,7 @@ func (s *Server) createRelease(c echo.Context) error {
 	}
 	// Handsets report and check in with the patch id, under the same rule
 	// as every handset field: a patch they could not name is refused here.
-	if err := server.ValidatePatchID("custom.patch_id", req.Custom.PatchID); err != nil {
+	if err := handsets.ValidatePatchID("custom.patch_id", req.Custom.PatchID); err != nil {
 		return err
 	}
 	d, err := s.repo.CreateReleaseDraft(c.Request().Context(), manifests.Release{

@@ -18,6 +18,7 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // Check is one dependency that /readyz probes.
@@ -78,7 +79,7 @@ type Config struct {
 	// Fleet enables the handset API and the fleet summary.
 	Fleet *server.Fleet
 	// Rollouts enables the rollout routes of the admin API.
-	Rollouts *server.RolloutService
+	Rollouts *rollout.RolloutService
 	// Reports enables the rollout and exposure reports of the admin API.
 	Reports *server.Reports
 	// PublicURL is the base URL handsets reach the server at (offers name
@@ -117,7 +118,7 @@ type Server struct {
 	reportLimit  *limiter
 	enrollLimit  *rate.Limiter
 
-	rollouts *server.RolloutService
+	rollouts *rollout.RolloutService
 	reports  *server.Reports
 
 	users       identity.Users

@@ -5,11 +5,11 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
-func approvalOf(a *server.Approval) wire.Approval {
+func approvalOf(a *rollout.Approval) wire.Approval {
 	return wire.Approval{ID: a.ID, RolloutID: a.RolloutID, Action: a.Action, ToPercent: a.ToPercent, Exposure: a.Exposure,
 		RequestedBy: a.RequestedBy, RequestedAt: a.RequestedAt.UTC(), Reason: a.Reason, State: string(a.State),
 		DecidedBy: a.DecidedBy, DecidedAt: optionalTime(a.DecidedAt), DecisionReason: a.DecisionReason}
@@ -17,7 +17,7 @@ func approvalOf(a *server.Approval) wire.Approval {
 
 // widened answers a widening: 202 and the approval when it waits for a
 // second person (nothing changed yet), else status and the rollout.
-func widened(c echo.Context, status int, r *server.Rollout, pending *server.Approval) error {
+func widened(c echo.Context, status int, r *rollout.Rollout, pending *rollout.Approval) error {
 	if pending != nil {
 		return c.JSON(http.StatusAccepted, approvalOf(pending))
 	}

@@ -12,11 +12,11 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // HeaderReason carries the reason of an administrative action for the
@@ -29,8 +29,8 @@ const HeaderReason = "X-Reason"
 // auditReason is the request's X-Reason, checked.
 func auditReason(c echo.Context) (string, error) {
 	r := strings.TrimSpace(c.Request().Header.Get(HeaderReason))
-	if len(r) > server.MaxReasonLen || strings.ContainsFunc(r, unicode.IsControl) {
-		return "", &errs.FieldError{Field: HeaderReason, Message: fmt.Sprintf("at most %d bytes on one line", server.MaxReasonLen)}
+	if len(r) > rollout.MaxReasonLen || strings.ContainsFunc(r, unicode.IsControl) {
+		return "", &errs.FieldError{Field: HeaderReason, Message: fmt.Sprintf("at most %d bytes on one line", rollout.MaxReasonLen)}
 	}
 	return r, nil
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // The handset API. Bodies decode into fixed structs that refuse unknown
@@ -64,13 +66,13 @@ func (s *Server) checkIn(c echo.Context) error {
 	if b.NumberEncryption == nil {
 		return &errs.FieldError{Field: "number_encryption", Message: "required: true or false"}
 	}
-	res, err := s.fleet.CheckIn(c.Request().Context(), bearer(c), server.CheckIn{
+	res, err := s.fleet.CheckIn(c.Request().Context(), bearer(c), handsets.CheckIn{
 		Build: b.Build, Model: b.Model, Channel: b.Channel, InstalledPatches: b.InstalledPatches,
 		CloudMessaging: b.CloudMessaging, NumberEncryption: *b.NumberEncryption, UTCOffsetMinutes: b.UTCOffsetMinutes})
 	if err != nil {
 		return err
 	}
-	ans := wire.CheckInAnswer{PollAfterSeconds: int(res.PollAfter.Seconds()), NoOffer: server.RefusalCode(res.Refusal)}
+	ans := wire.CheckInAnswer{PollAfterSeconds: int(res.PollAfter.Seconds()), NoOffer: rollout.RefusalCode(res.Refusal)}
 	if o := res.Offer; o != nil {
 		base := s.publicBase()
 		ans.Offer = &wire.OfferAnswer{Target: o.Target, Length: o.Length, SHA256: o.SHA256, PatchID: o.PatchID,
@@ -93,7 +95,7 @@ func (s *Server) report(c echo.Context) error {
 	if err := decodeJSON(c, &b); err != nil {
 		return err
 	}
-	r := server.Report{ID: b.ReportID, PatchID: b.PatchID, RolloutID: b.RolloutID, Target: b.Target, State: b.State,
+	r := handsets.Report{ID: b.ReportID, PatchID: b.PatchID, RolloutID: b.RolloutID, Target: b.Target, State: b.State,
 		ErrorCode: b.ErrorCode, Message: b.Message}
 	if b.At != nil {
 		r.At = *b.At
@@ -133,7 +135,7 @@ func (s *Server) fleetSummary(c echo.Context) error {
 		}
 		days = n
 	}
-	models := server.DefaultSummaryModels
+	models := handsets.DefaultSummaryModels
 	if v := c.QueryParam("models"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {

@@ -13,31 +13,34 @@ import (
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
 )
 
 // mockDevices is a function-field fake of server.DeviceStore: handler
 // tests need no database.
 type mockDevices struct {
-	EnrollFn        func(ctx context.Context, d *server.Device, tokenHash string) (string, bool, error)
-	CheckInStateFn  func(ctx context.Context, tokenHash string) (*server.Device, []*server.DeviceRollout, error)
-	DeviceByTokenFn func(ctx context.Context, tokenHash string) (*server.Device, error)
-	AddReportFn     func(ctx context.Context, r server.Report) (server.ReportOutcome, error)
+	EnrollFn        func(ctx context.Context, d *handsets.Device, tokenHash string) (string, bool, error)
+	CheckInStateFn  func(ctx context.Context, tokenHash string) (*handsets.Device, []*handsets.DeviceRollout, error)
+	DeviceByTokenFn func(ctx context.Context, tokenHash string) (*handsets.Device, error)
+	AddReportFn     func(ctx context.Context, r handsets.Report) (handsets.ReportOutcome, error)
 }
 
-var _ server.DeviceStore = (*mockDevices)(nil)
+var _ handsets.DeviceStore = (*mockDevices)(nil)
 
-func (m *mockDevices) Enroll(ctx context.Context, d *server.Device, h string) (string, bool, error) {
+func (m *mockDevices) Enroll(ctx context.Context, d *handsets.Device, h string) (string, bool, error) {
 	return m.EnrollFn(ctx, d, h)
 }
-func (m *mockDevices) CheckInState(ctx context.Context, h string) (*server.Device, []*server.DeviceRollout, error) {
+func (m *mockDevices) CheckInState(ctx context.Context, h string) (*handsets.Device, []*handsets.DeviceRollout, error) {
 	return m.CheckInStateFn(ctx, h)
 }
-func (m *mockDevices) SaveCheckIn(context.Context, *server.Device, *server.Device) error { return nil }
-func (m *mockDevices) DeviceByToken(ctx context.Context, h string) (*server.Device, error) {
+func (m *mockDevices) SaveCheckIn(context.Context, *handsets.Device, *handsets.Device) error {
+	return nil
+}
+func (m *mockDevices) DeviceByToken(ctx context.Context, h string) (*handsets.Device, error) {
 	return m.DeviceByTokenFn(ctx, h)
 }
-func (m *mockDevices) AddReport(ctx context.Context, r server.Report) (server.ReportOutcome, error) {
+func (m *mockDevices) AddReport(ctx context.Context, r handsets.Report) (handsets.ReportOutcome, error) {
 	return m.AddReportFn(ctx, r)
 }
 func (m *mockDevices) DeleteDevice(context.Context, string) error { return nil }
@@ -47,12 +50,12 @@ func (m *mockDevices) DeleteReportsBefore(context.Context, time.Time) (int64, er
 func (m *mockDevices) DeleteDailyRollupsBefore(context.Context, time.Time) (int64, error) {
 	return 0, nil
 }
-func (m *mockDevices) PatchStates(context.Context, string) ([]server.PatchState, error) {
+func (m *mockDevices) PatchStates(context.Context, string) ([]handsets.PatchState, error) {
 	return nil, nil
 }
-func (m *mockDevices) Reports(context.Context, string) ([]server.Report, error) { return nil, nil }
-func (m *mockDevices) FleetSummary(context.Context, string, time.Time, int) (*server.FleetSummary, error) {
-	return &server.FleetSummary{}, nil
+func (m *mockDevices) Reports(context.Context, string) ([]handsets.Report, error) { return nil, nil }
+func (m *mockDevices) FleetSummary(context.Context, string, time.Time, int) (*handsets.FleetSummary, error) {
+	return &handsets.FleetSummary{}, nil
 }
 
 const goodToken = "otadev_good"
@@ -60,20 +63,22 @@ const goodToken = "otadev_good"
 func newHandsetServer(tb testing.TB, cfg Config) (*Server, *mockDevices) {
 	tb.Helper()
 	store := &mockDevices{
-		EnrollFn: func(_ context.Context, d *server.Device, _ string) (string, bool, error) { return d.ID, true, nil },
-		CheckInStateFn: func(_ context.Context, h string) (*server.Device, []*server.DeviceRollout, error) {
+		EnrollFn: func(_ context.Context, d *handsets.Device, _ string) (string, bool, error) { return d.ID, true, nil },
+		CheckInStateFn: func(_ context.Context, h string) (*handsets.Device, []*handsets.DeviceRollout, error) {
 			if h != identity.HashToken(goodToken) {
 				return nil, nil, fmt.Errorf("%w: invalid device token", errs.ErrUnauthorized)
 			}
-			return &server.Device{ID: "dev_1", Model: "PX-7", Build: "7.1.0", InstalledPatches: []string{}}, nil, nil
+			return &handsets.Device{ID: "dev_1", Model: "PX-7", Build: "7.1.0", InstalledPatches: []string{}}, nil, nil
 		},
-		DeviceByTokenFn: func(_ context.Context, h string) (*server.Device, error) {
+		DeviceByTokenFn: func(_ context.Context, h string) (*handsets.Device, error) {
 			if h != identity.HashToken(goodToken) {
 				return nil, fmt.Errorf("%w: invalid device token", errs.ErrUnauthorized)
 			}
-			return &server.Device{ID: "dev_1"}, nil
+			return &handsets.Device{ID: "dev_1"}, nil
 		},
-		AddReportFn: func(context.Context, server.Report) (server.ReportOutcome, error) { return server.ReportOutcome{}, nil },
+		AddReportFn: func(context.Context, handsets.Report) (handsets.ReportOutcome, error) {
+			return handsets.ReportOutcome{}, nil
+		},
 	}
 	cfg.Fleet = &server.Fleet{Store: store, EnrollmentSecret: "fleet-secret", PollInterval: time.Hour}
 	s, _ := newTestServer(tb, cfg)
@@ -103,9 +108,9 @@ const validCheckIn = `{"build":"7.1.0","model":"PX-7","channel":"stable","instal
 func TestHandsetValidation(t *testing.T) {
 	s, store := newHandsetServer(t, Config{})
 	var reached int
-	store.AddReportFn = func(context.Context, server.Report) (server.ReportOutcome, error) {
+	store.AddReportFn = func(context.Context, handsets.Report) (handsets.ReportOutcome, error) {
 		reached++
-		return server.ReportOutcome{}, nil
+		return handsets.ReportOutcome{}, nil
 	}
 	enroll := func(fields string) string {
 		return `{"model":"PX-7","build":"7.1.0","channel":"stable","enrollment_secret":"fleet-secret"` + fields + `}`
@@ -172,10 +177,10 @@ func TestHandsetValidation(t *testing.T) {
 func TestHandsetAuth(t *testing.T) {
 	s, store := newHandsetServer(t, Config{})
 	refuse := func() error { return fmt.Errorf("%w: mock store: no device holds this token", errs.ErrUnauthorized) }
-	store.CheckInStateFn = func(context.Context, string) (*server.Device, []*server.DeviceRollout, error) {
+	store.CheckInStateFn = func(context.Context, string) (*handsets.Device, []*handsets.DeviceRollout, error) {
 		return nil, nil, refuse()
 	}
-	store.DeviceByTokenFn = func(context.Context, string) (*server.Device, error) { return nil, refuse() }
+	store.DeviceByTokenFn = func(context.Context, string) (*handsets.Device, error) { return nil, refuse() }
 	report := `{"report_id":"r-1","patch_id":"CM-2026-001","state":"installed","at":"2026-11-23T10:00:00Z"}`
 	calls := []struct{ method, path, body string }{
 		{http.MethodPost, "/api/v1/checkin", validCheckIn},
@@ -258,7 +263,7 @@ func TestHandsetLimits(t *testing.T) {
 // secret never spend the budget.
 func TestEnrollmentSecretGuessing(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	store := &mockDevices{EnrollFn: func(_ context.Context, d *server.Device, _ string) (string, bool, error) { return d.ID, true, nil }}
+	store := &mockDevices{EnrollFn: func(_ context.Context, d *handsets.Device, _ string) (string, bool, error) { return d.ID, true, nil }}
 	fleet := &server.Fleet{Store: store, EnrollmentSecret: "fleet-secret", PollInterval: time.Hour,
 		SecretFailures: server.NewFailureBucket(10, 20), Now: func() time.Time { return now }}
 	s, _ := newTestServer(t, Config{Fleet: fleet})

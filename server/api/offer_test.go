@@ -11,13 +11,15 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // offerAlways offers the same release to every device.
 type offerAlways server.Offer
 
-func (o *offerAlways) Decide(context.Context, *server.Device, []*server.DeviceRollout, server.DecisionInput) (server.Answer, error) {
-	return server.Answer{Decision: server.Decision{RolloutID: o.RolloutID, Kind: server.OfferFirst}, Offer: (*server.Offer)(o)}, nil
+func (o *offerAlways) Decide(context.Context, *handsets.Device, []*handsets.DeviceRollout, rollout.DecisionInput) (server.Answer, error) {
+	return server.Answer{Decision: rollout.Decision{RolloutID: o.RolloutID, Kind: rollout.OfferFirst}, Offer: (*server.Offer)(o)}, nil
 }
 
 // TestOfferURLsIgnoreHost checks that an offer never names a host taken

@@ -5,16 +5,17 @@ import (
 	"testing"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 func TestRolloutCSV(t *testing.T) {
-	rep := &server.RolloutReport{RolloutID: "ro_1", State: server.RolloutPaused, Percent: 12.5,
+	rep := &server.RolloutReport{RolloutID: "ro_1", State: rollout.RolloutPaused, Percent: 12.5,
 		CohortCounts: server.CohortCounts{Eligible: 900, Target: 125, Offered: 110, Pending: 10, Downloading: 5, Installed: 100, Failed: 4, RolledBack: 1},
 		ByModel: []server.ModelCohort{
 			{Model: "PX-7", CohortCounts: server.CohortCounts{Eligible: 600, Target: 85, Offered: 80, Installed: 80}},
 			{Model: "PX-8", CohortCounts: server.CohortCounts{Eligible: 300, Target: 40, Offered: 30, Installed: 20}, Held: true, HoldReason: "=HYPERLINK(\"x\")"},
 		},
-		Halt: &server.Hold{Reason: "failure rate 8% over 1h0m0s"}}
+		Halt: &rollout.Hold{Reason: "failure rate 8% over 1h0m0s"}}
 	got := rolloutCSV(rep)
 	want := [][]string{
 		rolloutCSVHeader,

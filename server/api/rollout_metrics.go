@@ -9,6 +9,8 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/server/textrule"
 )
 
@@ -23,7 +25,7 @@ const rolloutSeriesAfterEnd = 24 * time.Hour
 // at scrape time. It is a prometheus.Collector; Config.RolloutMetrics
 // registers it on the API's registry. Safe for concurrent use.
 type RolloutMetrics struct {
-	snapshot func() []*server.Rollout
+	snapshot func() []*rollout.Rollout
 	now      func() time.Time
 	// MaxRollouts bounds the rollouts that have series (see Collect);
 	// 0 is DefaultMaxRolloutSeries. The wiring sets it to twice the cap
@@ -51,7 +53,7 @@ var _ server.RolloutObserver = (*RolloutMetrics)(nil)
 // lists at each scrape (a replica's cached rollouts; nil exports the
 // counters only). now is the clock that ages aborted rollouts out
 // (default time.Now).
-func NewRolloutMetrics(snapshot func() []*server.Rollout, now func() time.Time) *RolloutMetrics {
+func NewRolloutMetrics(snapshot func() []*rollout.Rollout, now func() time.Time) *RolloutMetrics {
 	if now == nil {
 		now = time.Now
 	}
@@ -83,34 +85,34 @@ func NewRolloutMetrics(snapshot func() []*server.Rollout, now func() time.Time) 
 	}
 }
 
-var offerKinds = map[server.OfferKind]string{
-	server.OfferFirst:  "first",
-	server.OfferRetry:  "retry",
-	server.OfferRepeat: "repeat",
+var offerKinds = map[rollout.OfferKind]string{
+	rollout.OfferFirst:  "first",
+	rollout.OfferRetry:  "retry",
+	rollout.OfferRepeat: "repeat",
 }
 
 // DefaultMaxRolloutSeries is RolloutMetrics.MaxRollouts when unset:
 // twice server.DefaultMaxOpenRollouts.
-const DefaultMaxRolloutSeries = 2 * server.DefaultMaxOpenRollouts
+const DefaultMaxRolloutSeries = 2 * rollout.DefaultMaxOpenRollouts
 
 // Decided implements server.RolloutObserver: an offer counts by rollout
 // and kind, a refusal by reason only, since every check-in of a handset
 // outside a cohort is one and a rollout label would multiply the series
 // by nothing useful. A rollout id that may not stand in a label
 // (server.ValidRolloutID) is not counted.
-func (m *RolloutMetrics) Decided(dec server.Decision) {
+func (m *RolloutMetrics) Decided(dec rollout.Decision) {
 	if kind, ok := offerKinds[dec.Kind]; ok {
 		m.count(m.offers, dec.RolloutID, kind)
 		return
 	}
-	m.refusals.WithLabelValues(server.RefusalCode(dec.Reason)).Inc()
+	m.refusals.WithLabelValues(rollout.RefusalCode(dec.Reason)).Inc()
 }
 
 // Reported implements server.RolloutObserver. A state that is not a
 // report state (which validation rules out) counts as "other", so no
 // input adds a series.
 func (m *RolloutMetrics) Reported(rolloutID, state string) {
-	if !slices.Contains(server.ReportStates, state) {
+	if !slices.Contains(handsets.ReportStates, state) {
 		state = "other"
 	}
 	m.count(m.reports, rolloutID, state)
@@ -119,14 +121,14 @@ func (m *RolloutMetrics) Reported(rolloutID, state string) {
 // Event counts the automatic halts and holds among a rollout's saved
 // events (server.RolloutEvaluator.OnEvent); an operator's pause or hold
 // is not an auto-halt.
-func (m *RolloutMetrics) Event(ev server.Event) {
+func (m *RolloutMetrics) Event(ev rollout.Event) {
 	if ev.Actor != audit.SystemActor {
 		return
 	}
 	switch ev.Action {
-	case server.ActionHalt:
+	case rollout.ActionHalt:
 		m.count(m.autoHalts, ev.RolloutID, "rollout")
-	case server.ActionHold:
+	case rollout.ActionHold:
 		m.count(m.autoHalts, ev.RolloutID, "model")
 	}
 }
@@ -167,7 +169,7 @@ func (m *RolloutMetrics) Describe(ch chan<- *prometheus.Desc) {
 // in a label (server.ValidRolloutID) never is. So the series stay
 // bounded however many rollouts are made, aborted or completed.
 func (m *RolloutMetrics) Collect(ch chan<- prometheus.Metric) {
-	var rollouts []*server.Rollout
+	var rollouts []*rollout.Rollout
 	if m.snapshot != nil {
 		rollouts = m.snapshot()
 	}
@@ -185,13 +187,13 @@ func (m *RolloutMetrics) Collect(ch chan<- prometheus.Metric) {
 		if !keep[r.ID] {
 			continue
 		}
-		for _, st := range server.RolloutStates {
+		for _, st := range rollout.RolloutStates {
 			ch <- prometheus.MustNewConstMetric(m.state, prometheus.GaugeValue, boolValue(r.State == st), r.ID, string(st))
 		}
 		ch <- prometheus.MustNewConstMetric(m.percent, prometheus.GaugeValue, r.Percent(), r.ID)
 		ch <- prometheus.MustNewConstMetric(m.heldDesc, prometheus.GaugeValue, float64(len(r.Holds)), r.ID)
 		ch <- prometheus.MustNewConstMetric(m.halted, prometheus.GaugeValue, boolValue(r.Halt != nil), r.ID)
-		if r.State != server.RolloutAborted {
+		if r.State != rollout.RolloutAborted {
 			m.autoHalts.WithLabelValues(r.ID, "rollout")
 			m.autoHalts.WithLabelValues(r.ID, "model")
 			m.counted.Store(r.ID, struct{}{})
@@ -204,24 +206,24 @@ func (m *RolloutMetrics) Collect(ch chan<- prometheus.Metric) {
 }
 
 // pick is the ids of the rollouts Collect exports.
-func (m *RolloutMetrics) pick(rollouts []*server.Rollout, now time.Time) map[string]bool {
+func (m *RolloutMetrics) pick(rollouts []*rollout.Rollout, now time.Time) map[string]bool {
 	limit := m.MaxRollouts
 	if limit <= 0 {
 		limit = DefaultMaxRolloutSeries
 	}
-	var open, ended []*server.Rollout
+	var open, ended []*rollout.Rollout
 	for _, r := range rollouts {
 		switch {
 		case !textrule.ValidRolloutID(r.ID):
-		case slices.Contains(server.OpenRolloutStates, r.State):
+		case slices.Contains(rollout.OpenRolloutStates, r.State):
 			open = append(open, r)
-		case r.State == server.RolloutCompleted,
-			r.State == server.RolloutAborted && now.Sub(r.EndedAt) <= rolloutSeriesAfterEnd:
+		case r.State == rollout.RolloutCompleted,
+			r.State == rollout.RolloutAborted && now.Sub(r.EndedAt) <= rolloutSeriesAfterEnd:
 			ended = append(ended, r)
 		}
 	}
-	slices.SortStableFunc(open, func(a, b *server.Rollout) int { return b.CreatedAt.Compare(a.CreatedAt) })
-	slices.SortStableFunc(ended, func(a, b *server.Rollout) int { return b.EndedAt.Compare(a.EndedAt) })
+	slices.SortStableFunc(open, func(a, b *rollout.Rollout) int { return b.CreatedAt.Compare(a.CreatedAt) })
+	slices.SortStableFunc(ended, func(a, b *rollout.Rollout) int { return b.EndedAt.Compare(a.EndedAt) })
 	keep := make(map[string]bool, limit)
 	for _, r := range append(open, ended...) {
 		if len(keep) == limit {

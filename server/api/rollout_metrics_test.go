@@ -14,22 +14,23 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // metricsRollouts are a snapshot of one rollout in each situation the
 // gauges show, at metricsNow.
-func metricsRollouts() []*server.Rollout {
+func metricsRollouts() []*rollout.Rollout {
 	stages := []float64{1, 10, 50, 100}
-	return []*server.Rollout{
-		{ID: "ro_run", State: server.RolloutRunning, Stages: stages, Stage: 1,
-			Holds: []server.Hold{{Model: "PX-7", Actor: audit.SystemActor}}},
-		{ID: "ro_halted", State: server.RolloutPaused, Stages: stages, Stage: 2,
-			Halt: &server.Hold{Actor: audit.SystemActor, Reason: "20% failed"}},
-		{ID: "ro_draft", State: server.RolloutDraft, Stages: stages},
-		{ID: "ro_aborted", State: server.RolloutAborted, Stages: stages, EndedAt: metricsNow.Add(-23 * time.Hour)},
-		{ID: "ro_old", State: server.RolloutAborted, Stages: stages, Stage: 3, EndedAt: metricsNow.Add(-25 * time.Hour)},
+	return []*rollout.Rollout{
+		{ID: "ro_run", State: rollout.RolloutRunning, Stages: stages, Stage: 1,
+			Holds: []rollout.Hold{{Model: "PX-7", Actor: audit.SystemActor}}},
+		{ID: "ro_halted", State: rollout.RolloutPaused, Stages: stages, Stage: 2,
+			Halt: &rollout.Hold{Actor: audit.SystemActor, Reason: "20% failed"}},
+		{ID: "ro_draft", State: rollout.RolloutDraft, Stages: stages},
+		{ID: "ro_aborted", State: rollout.RolloutAborted, Stages: stages, EndedAt: metricsNow.Add(-23 * time.Hour)},
+		{ID: "ro_old", State: rollout.RolloutAborted, Stages: stages, Stage: 3, EndedAt: metricsNow.Add(-25 * time.Hour)},
 	}
 }
 
@@ -44,31 +45,31 @@ func TestRolloutMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m)
 
-	for _, dec := range []server.Decision{
-		{RolloutID: "ro_run", Kind: server.OfferFirst},
-		{RolloutID: "ro_run", Kind: server.OfferFirst},
-		{RolloutID: "ro_run", Kind: server.OfferRetry},
-		{RolloutID: "ro_run", Kind: server.OfferRepeat},
-		{RolloutID: "ro_old", Kind: server.OfferRepeat},
-		{RolloutID: "ro_run", Reason: server.ErrNotInCohort},
-		{RolloutID: "ro_halted", Reason: server.ErrNotInCohort},
-		{RolloutID: "ro_halted", Reason: server.ErrRolloutHalted},
-		{RolloutID: "ro_run", Reason: server.ErrModelHeld},
+	for _, dec := range []rollout.Decision{
+		{RolloutID: "ro_run", Kind: rollout.OfferFirst},
+		{RolloutID: "ro_run", Kind: rollout.OfferFirst},
+		{RolloutID: "ro_run", Kind: rollout.OfferRetry},
+		{RolloutID: "ro_run", Kind: rollout.OfferRepeat},
+		{RolloutID: "ro_old", Kind: rollout.OfferRepeat},
+		{RolloutID: "ro_run", Reason: rollout.ErrNotInCohort},
+		{RolloutID: "ro_halted", Reason: rollout.ErrNotInCohort},
+		{RolloutID: "ro_halted", Reason: rollout.ErrRolloutHalted},
+		{RolloutID: "ro_run", Reason: rollout.ErrModelHeld},
 	} {
 		m.Decided(dec)
 	}
-	m.Reported("ro_run", server.StateInstalled)
-	m.Reported("ro_run", server.StateInstalled)
-	m.Reported("ro_run", server.StateFailed)
+	m.Reported("ro_run", handsets.StateInstalled)
+	m.Reported("ro_run", handsets.StateInstalled)
+	m.Reported("ro_run", handsets.StateFailed)
 	m.Reported("ro_run", "made-up")
-	m.Reported("ro_old", server.StateInstalled)
-	for _, ev := range []server.Event{
-		{RolloutID: "ro_halted", Actor: audit.SystemActor, Action: server.ActionHalt},
-		{RolloutID: "ro_run", Actor: audit.SystemActor, Action: server.ActionHold, Model: "PX-7"},
-		{RolloutID: "ro_run", Actor: audit.SystemActor, Action: server.ActionAdvance},
-		{RolloutID: "ro_run", Actor: "alice", Action: server.ActionHold, Model: "PX-8"},
-		{RolloutID: "ro_run", Actor: "alice", Action: server.ActionPause},
-		{RolloutID: "ro_old", Actor: audit.SystemActor, Action: server.ActionHalt},
+	m.Reported("ro_old", handsets.StateInstalled)
+	for _, ev := range []rollout.Event{
+		{RolloutID: "ro_halted", Actor: audit.SystemActor, Action: rollout.ActionHalt},
+		{RolloutID: "ro_run", Actor: audit.SystemActor, Action: rollout.ActionHold, Model: "PX-7"},
+		{RolloutID: "ro_run", Actor: audit.SystemActor, Action: rollout.ActionAdvance},
+		{RolloutID: "ro_run", Actor: "alice", Action: rollout.ActionHold, Model: "PX-8"},
+		{RolloutID: "ro_run", Actor: "alice", Action: rollout.ActionPause},
+		{RolloutID: "ro_old", Actor: audit.SystemActor, Action: rollout.ActionHalt},
 	} {
 		m.Event(ev)
 	}
@@ -143,7 +144,7 @@ otad_rollout_stage_percent{rollout="ro_run"} 10
 // on /metrics.
 func TestRolloutMetricsServed(t *testing.T) {
 	m := NewRolloutMetrics(metricsRollouts, func() time.Time { return metricsNow })
-	m.Decided(server.Decision{RolloutID: "ro_run", Kind: server.OfferFirst})
+	m.Decided(rollout.Decision{RolloutID: "ro_run", Kind: rollout.OfferFirst})
 	s := New(Config{RolloutMetrics: m})
 	rec := httptest.NewRecorder()
 	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
@@ -186,22 +187,22 @@ func rolloutSeries(t *testing.T, reg *prometheus.Registry) (series int, rollouts
 // and an id the server made or a chosen one that passes the rules does.
 func TestRolloutMetricsLabels(t *testing.T) {
 	stages := []float64{1, 10}
-	snapshot := func() []*server.Rollout {
-		return []*server.Rollout{
-			{ID: "867530012345670", State: server.RolloutRunning, Stages: stages},
-			{ID: "IMEI867530x012345x670", State: server.RolloutRunning, Stages: stages},
-			{ID: "203.0.113.77", State: server.RolloutPaused, Stages: stages},
-			{ID: "ro-0123456789ab", State: server.RolloutRunning, Stages: stages},
-			{ID: "cm-2026-001-beta", State: server.RolloutRunning, Stages: stages},
+	snapshot := func() []*rollout.Rollout {
+		return []*rollout.Rollout{
+			{ID: "867530012345670", State: rollout.RolloutRunning, Stages: stages},
+			{ID: "IMEI867530x012345x670", State: rollout.RolloutRunning, Stages: stages},
+			{ID: "203.0.113.77", State: rollout.RolloutPaused, Stages: stages},
+			{ID: "ro-0123456789ab", State: rollout.RolloutRunning, Stages: stages},
+			{ID: "cm-2026-001-beta", State: rollout.RolloutRunning, Stages: stages},
 		}
 	}
 	m := NewRolloutMetrics(snapshot, func() time.Time { return metricsNow })
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m)
 	for _, r := range snapshot() {
-		m.Decided(server.Decision{RolloutID: r.ID, Kind: server.OfferFirst})
-		m.Reported(r.ID, server.StateFailed)
-		m.Event(server.Event{RolloutID: r.ID, Actor: audit.SystemActor, Action: server.ActionHalt})
+		m.Decided(rollout.Decision{RolloutID: r.ID, Kind: rollout.OfferFirst})
+		m.Reported(r.ID, handsets.StateFailed)
+		m.Event(rollout.Event{RolloutID: r.ID, Actor: audit.SystemActor, Action: rollout.ActionHalt})
 	}
 	_, got := rolloutSeries(t, reg)
 	want := map[string]bool{"ro-0123456789ab": true, "cm-2026-001-beta": true}
@@ -214,23 +215,23 @@ func TestRolloutMetricsLabels(t *testing.T) {
 // completed or aborted, at most MaxRollouts have series: the open ones
 // first, then the latest ended; the counters of the others are dropped.
 func TestRolloutMetricsBounded(t *testing.T) {
-	var rollouts []*server.Rollout
+	var rollouts []*rollout.Rollout
 	for i := range 300 {
 		at := metricsNow.Add(-time.Duration(300-i) * time.Minute)
 		rollouts = append(rollouts,
-			&server.Rollout{ID: fmt.Sprintf("ro-open-%d", i), State: server.RolloutRunning, Stages: []float64{1}, CreatedAt: at},
-			&server.Rollout{ID: fmt.Sprintf("ro-done-%d", i), State: server.RolloutCompleted, Stages: []float64{1}, CreatedAt: at, EndedAt: at},
-			&server.Rollout{ID: fmt.Sprintf("ro-gone-%d", i), State: server.RolloutAborted, Stages: []float64{1}, CreatedAt: at, EndedAt: at})
+			&rollout.Rollout{ID: fmt.Sprintf("ro-open-%d", i), State: rollout.RolloutRunning, Stages: []float64{1}, CreatedAt: at},
+			&rollout.Rollout{ID: fmt.Sprintf("ro-done-%d", i), State: rollout.RolloutCompleted, Stages: []float64{1}, CreatedAt: at, EndedAt: at},
+			&rollout.Rollout{ID: fmt.Sprintf("ro-gone-%d", i), State: rollout.RolloutAborted, Stages: []float64{1}, CreatedAt: at, EndedAt: at})
 	}
-	m := NewRolloutMetrics(func() []*server.Rollout { return rollouts }, func() time.Time { return metricsNow })
+	m := NewRolloutMetrics(func() []*rollout.Rollout { return rollouts }, func() time.Time { return metricsNow })
 	m.MaxRollouts = 100
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m)
 	for _, r := range rollouts {
-		for _, kind := range []server.OfferKind{server.OfferFirst, server.OfferRetry, server.OfferRepeat} {
-			m.Decided(server.Decision{RolloutID: r.ID, Kind: kind})
+		for _, kind := range []rollout.OfferKind{rollout.OfferFirst, rollout.OfferRetry, rollout.OfferRepeat} {
+			m.Decided(rollout.Decision{RolloutID: r.ID, Kind: kind})
 		}
-		for _, st := range server.ReportStates {
+		for _, st := range handsets.ReportStates {
 			m.Reported(r.ID, st)
 		}
 	}

@@ -10,10 +10,10 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // mountRollouts adds the rollout routes to the admin group; what each
@@ -28,11 +28,11 @@ func (s *Server) mountRollouts(g *echo.Group) {
 		name string
 		do   rolloutAction
 	}{
-		{server.ActionStart, s.rollouts.Start},
-		{server.ActionPause, narrowing(s.rollouts.Pause)},
-		{server.ActionResume, s.rollouts.Resume},
-		{server.ActionAbort, narrowing(s.rollouts.Abort)},
-		{server.ActionComplete, narrowing(s.rollouts.Complete)},
+		{rollout.ActionStart, s.rollouts.Start},
+		{rollout.ActionPause, narrowing(s.rollouts.Pause)},
+		{rollout.ActionResume, s.rollouts.Resume},
+		{rollout.ActionAbort, narrowing(s.rollouts.Abort)},
+		{rollout.ActionComplete, narrowing(s.rollouts.Complete)},
 	} {
 		add(http.MethodPost, "/rollouts/:id/"+a.name, s.rolloutActionHandler(a.do))
 	}
@@ -46,7 +46,7 @@ func (s *Server) mountRollouts(g *echo.Group) {
 
 // FormatDuration writes d as every answer writes a duration: "6h",
 // "1h30m", "45s" (server.FormatDuration).
-func FormatDuration(d time.Duration) string { return server.FormatDuration(d) }
+func FormatDuration(d time.Duration) string { return rollout.FormatDuration(d) }
 
 func orEmpty(s []string) []string {
 	if s == nil {
@@ -63,7 +63,7 @@ func optionalTime(t time.Time) *time.Time {
 	return &u
 }
 
-func holdOf(h *server.Hold) *wire.RolloutHold {
+func holdOf(h *rollout.Hold) *wire.RolloutHold {
 	if h == nil {
 		return nil
 	}
@@ -71,7 +71,7 @@ func holdOf(h *server.Hold) *wire.RolloutHold {
 	return &v
 }
 
-func rolloutOf(r *server.Rollout) *wire.Rollout {
+func rolloutOf(r *rollout.Rollout) *wire.Rollout {
 	p := &r.Policy
 	v := &wire.Rollout{ID: r.ID, State: string(r.State), Stage: r.Stage, Percent: r.Percent(), Stages: r.Stages,
 		Release: wire.RolloutRelease{Target: r.Release.Target, PatchID: r.Release.PatchID, InstallsBuild: r.Release.InstallsBuild,
@@ -98,7 +98,7 @@ func rolloutOf(r *server.Rollout) *wire.Rollout {
 	return v
 }
 
-func eventsOf(evs []server.Event) []wire.RolloutEvent {
+func eventsOf(evs []rollout.Event) []wire.RolloutEvent {
 	out := make([]wire.RolloutEvent, len(evs))
 	for i, ev := range evs {
 		out[i] = wire.RolloutEvent{RolloutID: ev.RolloutID, At: ev.At.UTC(), Actor: ev.Actor, Action: ev.Action,
@@ -119,8 +119,8 @@ func parseDuration(field, s string) (time.Duration, error) {
 
 // rolloutSpec turns the create body into the service's spec, filling the
 // policy fields it omits from server.DefaultPolicy.
-func rolloutSpec(req *wire.RolloutRequest) (server.RolloutSpec, error) {
-	p := server.DefaultPolicy()
+func rolloutSpec(req *wire.RolloutRequest) (rollout.RolloutSpec, error) {
+	p := rollout.DefaultPolicy()
 	if req.MaxFailureRate != nil {
 		p.MaxFailureRate = *req.MaxFailureRate
 	}
@@ -141,7 +141,7 @@ func rolloutSpec(req *wire.RolloutRequest) (server.RolloutSpec, error) {
 	}{{"failure_window", req.FailureWindow, &p.FailureWindow}, {"soak", req.Soak, &p.Soak}} {
 		if d.in != nil {
 			if *d.out, err = parseDuration(d.field, *d.in); err != nil {
-				return server.RolloutSpec{}, err
+				return rollout.RolloutSpec{}, err
 			}
 		}
 	}
@@ -149,16 +149,16 @@ func rolloutSpec(req *wire.RolloutRequest) (server.RolloutSpec, error) {
 		p.Backoff = make([]time.Duration, len(req.Backoff))
 		for i, b := range req.Backoff {
 			if p.Backoff[i], err = parseDuration(fmt.Sprintf("backoff[%d]", i), b); err != nil {
-				return server.RolloutSpec{}, err
+				return rollout.RolloutSpec{}, err
 			}
 		}
 	}
-	if p.Window, err = server.ParseWindow(req.Window); err != nil {
-		return server.RolloutSpec{}, err
+	if p.Window, err = rollout.ParseWindow(req.Window); err != nil {
+		return rollout.RolloutSpec{}, err
 	}
-	return server.RolloutSpec{ID: req.ID, Release: req.Release, Stages: req.Stages, Policy: p, Salt: req.Salt,
+	return rollout.RolloutSpec{ID: req.ID, Release: req.Release, Stages: req.Stages, Policy: p, Salt: req.Salt,
 		Draft: req.Draft, Reason: req.Reason,
-		Selector: server.Selector{Models: req.Models, Channels: req.Channels, Regions: req.Regions,
+		Selector: rollout.Selector{Models: req.Models, Channels: req.Channels, Regions: req.Regions,
 			BuildMin: req.BuildMin, BuildMax: req.BuildMax}}, nil
 }
 
@@ -179,9 +179,9 @@ func (s *Server) createRollout(c echo.Context) error {
 }
 
 func (s *Server) listRollouts(c echo.Context) error {
-	var states []server.RolloutState
+	var states []rollout.RolloutState
 	for _, st := range c.QueryParams()["state"] {
-		states = append(states, server.RolloutState(st))
+		states = append(states, rollout.RolloutState(st))
 	}
 	rs, err := s.rollouts.List(c.Request().Context(), states...)
 	if err != nil {
@@ -205,12 +205,12 @@ func (s *Server) getRollout(c echo.Context) error {
 // rolloutAction is a RolloutService action that takes only a reason,
 // shaped as the widening ones: the rollout, and the approval it waits
 // for if it does.
-type rolloutAction func(ctx context.Context, id, actor, reason string) (*server.Rollout, *server.Approval, error)
+type rolloutAction func(ctx context.Context, id, actor, reason string) (*rollout.Rollout, *rollout.Approval, error)
 
 // narrowing makes an action that never waits for an approval a
 // rolloutAction.
-func narrowing(do func(ctx context.Context, id, actor, reason string) (*server.Rollout, error)) rolloutAction {
-	return func(ctx context.Context, id, actor, reason string) (*server.Rollout, *server.Approval, error) {
+func narrowing(do func(ctx context.Context, id, actor, reason string) (*rollout.Rollout, error)) rolloutAction {
+	return func(ctx context.Context, id, actor, reason string) (*rollout.Rollout, *rollout.Approval, error) {
 		r, err := do(ctx, id, actor, reason)
 		return r, nil, err
 	}

@@ -8,15 +8,15 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // ApprovalStore keeps the four-eyes approvals of rollout changes; it
 // implements server.ApprovalStore.
 type ApprovalStore struct{ db *DB }
 
-var _ server.ApprovalStore = (*ApprovalStore)(nil)
+var _ rollout.ApprovalStore = (*ApprovalStore)(nil)
 
 // Approvals returns the approval store of db.
 func (db *DB) Approvals() *ApprovalStore { return &ApprovalStore{db: db} }
@@ -38,16 +38,16 @@ type approvalRow struct {
 
 func (approvalRow) TableName() string { return "rollout_approvals" }
 
-func (r *approvalRow) approval() *server.Approval {
-	return &server.Approval{ID: r.ID, RolloutID: r.RolloutID, Action: r.Action, ToPercent: r.ToPercent,
+func (r *approvalRow) approval() *rollout.Approval {
+	return &rollout.Approval{ID: r.ID, RolloutID: r.RolloutID, Action: r.Action, ToPercent: r.ToPercent,
 		Exposure: r.Exposure, RequestedBy: r.RequestedBy, RequestedAt: r.RequestedAt.UTC(), Reason: r.Reason,
-		State: server.ApprovalState(r.State), DecidedBy: r.DecidedBy, DecidedAt: readTime(r.DecidedAt),
+		State: rollout.ApprovalState(r.State), DecidedBy: r.DecidedBy, DecidedAt: readTime(r.DecidedAt),
 		DecisionReason: r.DecisionReason}
 }
 
 // CreateApproval implements server.ApprovalStore. An unknown rollout is
 // ErrNotFound.
-func (s *ApprovalStore) CreateApproval(ctx context.Context, a *server.Approval) error {
+func (s *ApprovalStore) CreateApproval(ctx context.Context, a *rollout.Approval) error {
 	row := approvalRow{ID: a.ID, RolloutID: a.RolloutID, ToPercent: a.ToPercent, Exposure: a.Exposure, Action: a.Action,
 		RequestedBy: a.RequestedBy, RequestedAt: dbTime(a.RequestedAt), Reason: a.Reason, State: string(a.State),
 		DecidedBy: a.DecidedBy, DecidedAt: optionalTime(a.DecidedAt), DecisionReason: a.DecisionReason}
@@ -64,7 +64,7 @@ func (s *ApprovalStore) CreateApproval(ctx context.Context, a *server.Approval) 
 }
 
 // Approval implements server.ApprovalStore.
-func (s *ApprovalStore) Approval(ctx context.Context, id string) (*server.Approval, error) {
+func (s *ApprovalStore) Approval(ctx context.Context, id string) (*rollout.Approval, error) {
 	var row approvalRow
 	err := s.db.gorm.WithContext(ctx).Where("id = ?", id).Take(&row).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
@@ -78,13 +78,13 @@ func (s *ApprovalStore) Approval(ctx context.Context, id string) (*server.Approv
 
 // RolloutApprovals implements server.ApprovalStore, newest request
 // first (ids break ties of one instant, so the order is stable).
-func (s *ApprovalStore) RolloutApprovals(ctx context.Context, rolloutID string) ([]*server.Approval, error) {
+func (s *ApprovalStore) RolloutApprovals(ctx context.Context, rolloutID string) ([]*rollout.Approval, error) {
 	var rows []approvalRow
 	if err := s.db.gorm.WithContext(ctx).Where("rollout_id = ?", rolloutID).
 		Order("requested_at DESC, id DESC").Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("rollout %s: list approvals: %w", rolloutID, err)
 	}
-	out := make([]*server.Approval, len(rows))
+	out := make([]*rollout.Approval, len(rows))
 	for i := range rows {
 		out[i] = rows[i].approval()
 	}
@@ -95,14 +95,14 @@ func (s *ApprovalStore) RolloutApprovals(ctx context.Context, rolloutID string) 
 // in the UPDATE's WHERE, so of two decisions exactly one matches the
 // row (PostgreSQL re-checks it on the locked row under READ COMMITTED;
 // SQLite has one writer at a time).
-func (s *ApprovalStore) DecideApproval(ctx context.Context, a *server.Approval) error {
-	if a.State == server.ApprovalPending {
+func (s *ApprovalStore) DecideApproval(ctx context.Context, a *rollout.Approval) error {
+	if a.State == rollout.ApprovalPending {
 		return fmt.Errorf("decide approval %s: a decision cannot be pending: %w", a.ID, errs.ErrInvalid)
 	}
 	g := s.db.gorm.WithContext(ctx)
 	res := g.Exec(`UPDATE rollout_approvals SET state = ?, decided_by = ?, decided_at = ?, decision_reason = ?
 WHERE id = ? AND state = ?`, string(a.State), a.DecidedBy, optionalTime(a.DecidedAt), a.DecisionReason,
-		a.ID, string(server.ApprovalPending))
+		a.ID, string(rollout.ApprovalPending))
 	if res.Error != nil {
 		return fmt.Errorf("decide approval %s: %w", a.ID, res.Error)
 	}

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // TestApprovalStore runs the four-eyes approval store suite against
@@ -21,10 +21,10 @@ func TestApprovalStore(t *testing.T) {
 	})
 }
 
-func mustApproval(t testing.TB, s *ApprovalStore, id, rolloutID string, at time.Time) *server.Approval {
+func mustApproval(t testing.TB, s *ApprovalStore, id, rolloutID string, at time.Time) *rollout.Approval {
 	t.Helper()
-	a := &server.Approval{ID: id, RolloutID: rolloutID, Action: server.ActionAdvance, ToPercent: 100, Exposure: 100,
-		RequestedBy: "alice", RequestedAt: at, Reason: "healthy at 50%", State: server.ApprovalPending}
+	a := &rollout.Approval{ID: id, RolloutID: rolloutID, Action: rollout.ActionAdvance, ToPercent: 100, Exposure: 100,
+		RequestedBy: "alice", RequestedAt: at, Reason: "healthy at 50%", State: rollout.ApprovalPending}
 	if err := s.CreateApproval(t.Context(), a); err != nil {
 		t.Fatalf("create approval %s: %v", id, err)
 	}
@@ -78,7 +78,7 @@ func testApprovalDecideOnce(t *testing.T, b backend) {
 	s := db.Approvals()
 	a := mustApproval(t, s, "ap-1", "ro-1", t0)
 	d := *a
-	d.State, d.DecidedBy, d.DecidedAt, d.DecisionReason = server.ApprovalApproved, "bob", t0.Add(time.Hour), "looks good"
+	d.State, d.DecidedBy, d.DecidedAt, d.DecisionReason = rollout.ApprovalApproved, "bob", t0.Add(time.Hour), "looks good"
 	if err := s.DecideApproval(t.Context(), &d); err != nil {
 		t.Fatal(err)
 	}
@@ -86,15 +86,15 @@ func testApprovalDecideOnce(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.State != server.ApprovalApproved || got.DecidedBy != "bob" || !got.DecidedAt.Equal(µs(t0.Add(time.Hour))) || got.DecisionReason != "looks good" {
+	if got.State != rollout.ApprovalApproved || got.DecidedBy != "bob" || !got.DecidedAt.Equal(µs(t0.Add(time.Hour))) || got.DecisionReason != "looks good" {
 		t.Errorf("after approve: %+v", got)
 	}
 	r := d
-	r.State, r.DecidedBy = server.ApprovalRejected, "carol"
+	r.State, r.DecidedBy = rollout.ApprovalRejected, "carol"
 	if err := s.DecideApproval(t.Context(), &r); !errors.Is(err, errs.ErrConflict) {
 		t.Errorf("deciding a decided approval: %v, want ErrConflict", err)
 	}
-	if got, _ := s.Approval(t.Context(), "ap-1"); got.State != server.ApprovalApproved || got.DecidedBy != "bob" {
+	if got, _ := s.Approval(t.Context(), "ap-1"); got.State != rollout.ApprovalApproved || got.DecidedBy != "bob" {
 		t.Errorf("the second decision overwrote the first: %+v", got)
 	}
 	r.ID = "ap-nosuch"
@@ -102,7 +102,7 @@ func testApprovalDecideOnce(t *testing.T, b backend) {
 		t.Errorf("deciding an unknown approval: %v, want ErrNotFound", err)
 	}
 	p := d
-	p.State = server.ApprovalPending
+	p.State = rollout.ApprovalPending
 	if err := s.DecideApproval(t.Context(), &p); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("deciding to pending: %v, want ErrInvalid", err)
 	}
@@ -122,7 +122,7 @@ func testApprovalDecideConcurrent(t *testing.T, b backend) {
 		go func() {
 			defer wg.Done()
 			d := *a
-			d.State, d.DecidedBy, d.DecidedAt = server.ApprovalApproved, string(rune('a'+i)), t0
+			d.State, d.DecidedBy, d.DecidedAt = rollout.ApprovalApproved, string(rune('a'+i)), t0
 			switch err := s.DecideApproval(t.Context(), &d); {
 			case err == nil:
 				wins.Add(1)

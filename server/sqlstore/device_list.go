@@ -6,10 +6,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
-var _ server.DeviceLister = (*DeviceStore)(nil)
+var _ handsets.DeviceLister = (*DeviceStore)(nil)
 
 // deviceListRow is a devices row with the handset's state for the
 // listed patch, NULL when it has none.
@@ -37,7 +37,7 @@ type deviceListRow struct {
 //
 // An id prefix is a range of ids, not a LIKE: LIKE's case rules differ
 // between the two databases, and the range uses the same indexes.
-func (s *DeviceStore) ListDevices(ctx context.Context, q server.DeviceQuery) (*server.DevicePage, error) {
+func (s *DeviceStore) ListDevices(ctx context.Context, q handsets.DeviceQuery) (*handsets.DevicePage, error) {
 	if err := q.Validate(); err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
@@ -46,16 +46,16 @@ func (s *DeviceStore) ListDevices(ctx context.Context, q server.DeviceQuery) (*s
 	if err := s.db.gorm.WithContext(ctx).Raw(sql, args...).Scan(&rows).Error; err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
-	page := &server.DevicePage{Devices: make([]server.DeviceRow, 0, min(len(rows), q.Limit))}
+	page := &handsets.DevicePage{Devices: make([]handsets.DeviceRow, 0, min(len(rows), q.Limit))}
 	if len(rows) > q.Limit {
 		rows = rows[:q.Limit]
 		page.Next = rows[len(rows)-1].Device.ID
 	}
 	for i := range rows {
 		r := &rows[i]
-		row := server.DeviceRow{Device: r.Device.device()}
+		row := handsets.DeviceRow{Device: r.Device.device()}
 		if r.PatchState != nil {
-			row.Patch = &server.PatchState{PatchID: q.PatchID, State: *r.PatchState}
+			row.Patch = &handsets.PatchState{PatchID: q.PatchID, State: *r.PatchState}
 			if r.PatchErrorCode != nil {
 				row.Patch.ErrorCode = *r.PatchErrorCode
 			}
@@ -75,7 +75,7 @@ func (s *DeviceStore) ListDevices(ctx context.Context, q server.DeviceQuery) (*s
 // key. Joined outside the LIMIT, SQLite builds a Bloom filter over all
 // of device_patch_states first (96 ms at 1,000,000 handsets, against
 // under 1 ms).
-func (s *DeviceStore) listDevicesSQL(q server.DeviceQuery) (string, []any) {
+func (s *DeviceStore) listDevicesSQL(q handsets.DeviceQuery) (string, []any) {
 	bytes := ""
 	if s.db.dialect == dialectPostgres {
 		bytes = ` COLLATE "C"`
@@ -108,7 +108,7 @@ func (s *DeviceStore) listDevicesSQL(q server.DeviceQuery) (string, []any) {
 		cond("d.build = ?", q.Build)
 	}
 	if q.IDPrefix != "" {
-		cond(key+bytes+" >= ? AND "+key+bytes+" < ?", q.IDPrefix, server.IDPrefixEnd(q.IDPrefix))
+		cond(key+bytes+" >= ? AND "+key+bytes+" < ?", q.IDPrefix, handsets.IDPrefixEnd(q.IDPrefix))
 	}
 	if q.After != "" {
 		cond(key+bytes+" > ?", q.After)

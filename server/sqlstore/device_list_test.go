@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // TestDeviceList runs the device list's tests against SQLite and, when
@@ -40,18 +40,18 @@ func seedDeviceList(t *testing.T, s *DeviceStore) {
 		dev.Build, dev.Region = d.build, d.region
 		mustEnroll(t, s, dev, "tok-"+d.id)
 	}
-	for _, r := range []server.Report{
-		{ID: "r1", DeviceID: "dev_a1", PatchID: "CM-1", State: server.StateInstalled},
-		{ID: "r2", DeviceID: "dev_a3", PatchID: "CM-1", State: server.StateFailed, ErrorCode: "E_NO_SPACE"},
-		{ID: "r3", DeviceID: "dev_B2", PatchID: "CM-1", State: server.StateDownloading},
-		{ID: "r4", DeviceID: "dev_a2", PatchID: "CM-2", State: server.StateInstalled},
+	for _, r := range []handsets.Report{
+		{ID: "r1", DeviceID: "dev_a1", PatchID: "CM-1", State: handsets.StateInstalled},
+		{ID: "r2", DeviceID: "dev_a3", PatchID: "CM-1", State: handsets.StateFailed, ErrorCode: "E_NO_SPACE"},
+		{ID: "r3", DeviceID: "dev_B2", PatchID: "CM-1", State: handsets.StateDownloading},
+		{ID: "r4", DeviceID: "dev_a2", PatchID: "CM-2", State: handsets.StateInstalled},
 	} {
 		r.Target, r.At = "cm/"+r.PatchID+"/update.zip", t0.Add(time.Minute)
 		mustAddReport(t, s, r)
 	}
 }
 
-func listIDs(p *server.DevicePage) []string {
+func listIDs(p *handsets.DevicePage) []string {
 	var ids []string
 	for _, r := range p.Devices {
 		ids = append(ids, r.Device.ID)
@@ -64,25 +64,25 @@ func testDeviceListFilters(t *testing.T, b backend) {
 	seedDeviceList(t, s)
 	for _, tc := range []struct {
 		name string
-		q    server.DeviceQuery
+		q    handsets.DeviceQuery
 		want []string
 	}{
-		{"all, in byte order", server.DeviceQuery{}, []string{"devXa1", "dev_B2", "dev_a1", "dev_a10", "dev_a2", "dev_a3"}},
-		{"model", server.DeviceQuery{Model: "QZ-2"}, []string{"dev_B2", "dev_a3"}},
-		{"model and region", server.DeviceQuery{Model: "PX-8", Region: "DE"}, []string{"dev_a1", "dev_a10"}},
-		{"region", server.DeviceQuery{Region: "FR"}, []string{"dev_B2", "dev_a2"}},
-		{"build", server.DeviceQuery{Build: "7.2.0"}, []string{"dev_B2", "dev_a2"}},
-		{"model and build", server.DeviceQuery{Model: "PX-8", Build: "7.1.0"}, []string{"devXa1", "dev_a1", "dev_a10"}},
-		{"exact id", server.DeviceQuery{IDPrefix: "dev_a3"}, []string{"dev_a3"}},
-		{"id prefix, '_' no wildcard", server.DeviceQuery{IDPrefix: "dev_a"}, []string{"dev_a1", "dev_a10", "dev_a2", "dev_a3"}},
-		{"id prefix of another", server.DeviceQuery{IDPrefix: "dev_a1"}, []string{"dev_a1", "dev_a10"}},
-		{"id prefix is case sensitive", server.DeviceQuery{IDPrefix: "dev_b"}, nil},
-		{"state", server.DeviceQuery{PatchID: "CM-1", State: server.StateFailed}, []string{"dev_a3"}},
-		{"state and model", server.DeviceQuery{PatchID: "CM-1", State: server.StateInstalled, Model: "PX-8"}, []string{"dev_a1"}},
-		{"state of another patch", server.DeviceQuery{PatchID: "CM-2", State: server.StateInstalled}, []string{"dev_a2"}},
-		{"state and id prefix", server.DeviceQuery{PatchID: "CM-1", State: server.StateDownloading, IDPrefix: "dev_B"}, []string{"dev_B2"}},
-		{"after a cursor", server.DeviceQuery{After: "dev_a10"}, []string{"dev_a2", "dev_a3"}},
-		{"nothing matches", server.DeviceQuery{Model: "PX-8", Region: "FR", Build: "7.1.0"}, nil},
+		{"all, in byte order", handsets.DeviceQuery{}, []string{"devXa1", "dev_B2", "dev_a1", "dev_a10", "dev_a2", "dev_a3"}},
+		{"model", handsets.DeviceQuery{Model: "QZ-2"}, []string{"dev_B2", "dev_a3"}},
+		{"model and region", handsets.DeviceQuery{Model: "PX-8", Region: "DE"}, []string{"dev_a1", "dev_a10"}},
+		{"region", handsets.DeviceQuery{Region: "FR"}, []string{"dev_B2", "dev_a2"}},
+		{"build", handsets.DeviceQuery{Build: "7.2.0"}, []string{"dev_B2", "dev_a2"}},
+		{"model and build", handsets.DeviceQuery{Model: "PX-8", Build: "7.1.0"}, []string{"devXa1", "dev_a1", "dev_a10"}},
+		{"exact id", handsets.DeviceQuery{IDPrefix: "dev_a3"}, []string{"dev_a3"}},
+		{"id prefix, '_' no wildcard", handsets.DeviceQuery{IDPrefix: "dev_a"}, []string{"dev_a1", "dev_a10", "dev_a2", "dev_a3"}},
+		{"id prefix of another", handsets.DeviceQuery{IDPrefix: "dev_a1"}, []string{"dev_a1", "dev_a10"}},
+		{"id prefix is case sensitive", handsets.DeviceQuery{IDPrefix: "dev_b"}, nil},
+		{"state", handsets.DeviceQuery{PatchID: "CM-1", State: handsets.StateFailed}, []string{"dev_a3"}},
+		{"state and model", handsets.DeviceQuery{PatchID: "CM-1", State: handsets.StateInstalled, Model: "PX-8"}, []string{"dev_a1"}},
+		{"state of another patch", handsets.DeviceQuery{PatchID: "CM-2", State: handsets.StateInstalled}, []string{"dev_a2"}},
+		{"state and id prefix", handsets.DeviceQuery{PatchID: "CM-1", State: handsets.StateDownloading, IDPrefix: "dev_B"}, []string{"dev_B2"}},
+		{"after a cursor", handsets.DeviceQuery{After: "dev_a10"}, []string{"dev_a2", "dev_a3"}},
+		{"nothing matches", handsets.DeviceQuery{Model: "PX-8", Region: "FR", Build: "7.1.0"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := s.ListDevices(t.Context(), tc.q)
@@ -100,7 +100,7 @@ func testDeviceListFilters(t *testing.T, b backend) {
 
 	// A patch without a state filter shows each row's state for it, and
 	// none for handsets that reported nothing of it.
-	p, err := s.ListDevices(t.Context(), server.DeviceQuery{PatchID: "CM-1", Region: "DE"})
+	p, err := s.ListDevices(t.Context(), handsets.DeviceQuery{PatchID: "CM-1", Region: "DE"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,13 +133,13 @@ func testDeviceListPagesOverTies(t *testing.T, b backend) {
 		id := "dev_t" + string(rune('a'+i))
 		all = append(all, id)
 		mustEnroll(t, s, newDevice(id, "PX-8"), "tok-"+id)
-		mustAddReport(t, s, server.Report{ID: "r-" + id, DeviceID: id, PatchID: "CM-1", Target: "cm/CM-1/update.zip",
-			State: server.StateFailed, ErrorCode: "E_NO_SPACE", At: t0})
+		mustAddReport(t, s, handsets.Report{ID: "r-" + id, DeviceID: id, PatchID: "CM-1", Target: "cm/CM-1/update.zip",
+			State: handsets.StateFailed, ErrorCode: "E_NO_SPACE", At: t0})
 	}
 	mustEnroll(t, s, newDevice("dev_other", "QZ-2"), "tok-other")
-	for _, q := range []server.DeviceQuery{
+	for _, q := range []handsets.DeviceQuery{
 		{Model: "PX-8", Region: "DE", Build: "7.1.0", Limit: 3},
-		{PatchID: "CM-1", State: server.StateFailed, Limit: 3},
+		{PatchID: "CM-1", State: handsets.StateFailed, Limit: 3},
 		{IDPrefix: "dev_t", Limit: 3},
 		{Model: "PX-8", Limit: 4}, // a full last page: no link to an empty one
 	} {
@@ -175,14 +175,14 @@ func testDeviceListPagesOverTies(t *testing.T, b backend) {
 
 func testDeviceListInvalid(t *testing.T, b backend) {
 	_, s := mustDevices(t, b)
-	for _, q := range []server.DeviceQuery{
+	for _, q := range []handsets.DeviceQuery{
 		{IDPrefix: "dev%"},
 		{Model: "+4915123456789"},
 		{Region: "de"},
-		{State: server.StateFailed},
+		{State: handsets.StateFailed},
 		{PatchID: "CM-1", State: "done"},
 		{After: "x' OR 1=1"},
-		{Limit: server.MaxDevicePageSize + 1},
+		{Limit: handsets.MaxDevicePageSize + 1},
 	} {
 		if _, err := s.ListDevices(t.Context(), q); !errors.Is(err, errs.ErrInvalid) {
 			t.Errorf("%+v: %v, want ErrInvalid", q, err)

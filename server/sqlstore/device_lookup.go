@@ -7,14 +7,14 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // DeviceByID returns the device id, or ErrNotFound: the dashboard's
 // device lookup. It is not part of server.DeviceStore, which the
 // handset API uses and which finds devices by their token only.
-func (s *DeviceStore) DeviceByID(ctx context.Context, id string) (*server.Device, error) {
+func (s *DeviceStore) DeviceByID(ctx context.Context, id string) (*handsets.Device, error) {
 	var row deviceRow
 	err := s.db.gorm.WithContext(ctx).Select(deviceColumns).Where("id = ?", id).Take(&row).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {

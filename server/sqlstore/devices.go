@@ -14,8 +14,8 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // DeviceStore keeps handsets, their reports and install states; it
@@ -25,7 +25,7 @@ type DeviceStore struct {
 	pruneBatch int // tests make it small
 }
 
-var _ server.DeviceStore = (*DeviceStore)(nil)
+var _ handsets.DeviceStore = (*DeviceStore)(nil)
 
 // Devices returns the device store of db.
 func (db *DB) Devices() *DeviceStore { return &DeviceStore{db: db, pruneBatch: defaultPruneBatch} }
@@ -50,8 +50,8 @@ type deviceRow struct {
 
 func (deviceRow) TableName() string { return "devices" }
 
-func (r *deviceRow) device() *server.Device {
-	d := &server.Device{ID: r.ID, Model: r.Model, Build: r.Build, Channel: r.Channel, Region: r.Region,
+func (r *deviceRow) device() *handsets.Device {
+	d := &handsets.Device{ID: r.ID, Model: r.Model, Build: r.Build, Channel: r.Channel, Region: r.Region,
 		InstalledPatches: decodePatches(r.InstalledPatches), CloudMessaging: r.CloudMessaging,
 		NumberEncryption: r.NumberEncryption, EnrolledAt: r.EnrolledAt.UTC(), LastSeen: r.LastSeen.UTC(), Rev: r.Rev}
 	if r.KeyFingerprint != nil {
@@ -120,7 +120,7 @@ const maxEnrollAttempts = 3
 // concurrent update commits, READ COMMITTED), so of two enrollments with
 // the same timestamp (a replay racing the original, or two replays) at
 // most one updates.
-func (s *DeviceStore) Enroll(ctx context.Context, d *server.Device, tokenHash string) (string, bool, error) {
+func (s *DeviceStore) Enroll(ctx context.Context, d *handsets.Device, tokenHash string) (string, bool, error) {
 	patches, err := encodePatches(d.InstalledPatches)
 	if err != nil {
 		return "", false, err
@@ -289,7 +289,7 @@ type checkInRows struct {
 // database/sql: gorm's reflection over the row cost about a fifth of a
 // check-in's CPU. On PostgreSQL, check-ins that arrive together share a
 // statement (see checkInBatcher).
-func (s *DeviceStore) CheckInState(ctx context.Context, tokenHash string) (*server.Device, []*server.DeviceRollout, error) {
+func (s *DeviceStore) CheckInState(ctx context.Context, tokenHash string) (*handsets.Device, []*handsets.DeviceRollout, error) {
 	var (
 		st    checkInRows
 		found bool
@@ -308,7 +308,7 @@ func (s *DeviceStore) CheckInState(ctx context.Context, tokenHash string) (*serv
 	if !found {
 		return nil, nil, errs.ErrDeviceToken
 	}
-	records := make([]*server.DeviceRollout, len(st.rollouts))
+	records := make([]*handsets.DeviceRollout, len(st.rollouts))
 	for i := range st.rollouts {
 		records[i] = st.rollouts[i].deviceRollout()
 	}
@@ -396,7 +396,7 @@ WHERE id = ? AND rev = ?`
 // The update is a compare-and-swap on rev, so of two check-ins of one
 // device read at the same revision only one moves the rollups. A check-in that changes
 // only last_seen on the same day moves none and is the update alone.
-func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *server.Device) error {
+func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *handsets.Device) error {
 	oldRow, err := rowOf(old)
 	if err != nil {
 		return err
@@ -442,7 +442,7 @@ func (s *DeviceStore) staleDevice(ctx context.Context, id string) error {
 }
 
 // rowOf is the row of d's stored state, for the rollups.
-func rowOf(d *server.Device) (*deviceRow, error) {
+func rowOf(d *handsets.Device) (*deviceRow, error) {
 	patches, err := encodePatches(d.InstalledPatches)
 	if err != nil {
 		return nil, err
@@ -455,7 +455,7 @@ func rowOf(d *server.Device) (*deviceRow, error) {
 // DeviceByToken implements server.DeviceStore. On PostgreSQL it shares
 // the check-ins' batched read (checkInBatcher): every report of a wave
 // starts with it.
-func (s *DeviceStore) DeviceByToken(ctx context.Context, tokenHash string) (*server.Device, error) {
+func (s *DeviceStore) DeviceByToken(ctx context.Context, tokenHash string) (*handsets.Device, error) {
 	if s.db.checkIns != nil {
 		st, found, err := s.db.checkIns.get(ctx, tokenHash)
 		if err != nil {
@@ -574,7 +574,7 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 				return err
 			}
 		}
-		drs := make([]*server.DeviceRollout, len(records))
+		drs := make([]*handsets.DeviceRollout, len(records))
 		for i := range records {
 			drs[i] = records[i].deviceRollout()
 		}
@@ -637,7 +637,7 @@ func (s *DeviceStore) byteOrder(col string) string {
 // it returns at most maxModels+1 rows however many models handsets
 // invent. That row counts towards the totals and, when it has active
 // devices, becomes the server.OtherModels row.
-func (s *DeviceStore) FleetSummary(ctx context.Context, patchID string, activeSince time.Time, maxModels int) (*server.FleetSummary, error) {
+func (s *DeviceStore) FleetSummary(ctx context.Context, patchID string, activeSince time.Time, maxModels int) (*handsets.FleetSummary, error) {
 	if maxModels < 1 {
 		return nil, fmt.Errorf("fleet summary: list at least one model, not %d: %w", maxModels, errs.ErrInvalid)
 	}
@@ -674,25 +674,25 @@ SELECT bucket AS model,
 	CAST(SUM(compliant) AS BIGINT) AS compliant
 FROM folded
 GROUP BY bucket
-ORDER BY MIN(place)`, since, since, arg, since, arg, server.MessagingAutoEnabled, maxModels).Scan(&models).Error
+ORDER BY MIN(place)`, since, since, arg, since, arg, handsets.MessagingAutoEnabled, maxModels).Scan(&models).Error
 	if err != nil {
 		return nil, fmt.Errorf("fleet summary: count devices: %w", err)
 	}
-	sum := &server.FleetSummary{PatchID: patchID, ByModel: []server.ModelSummary{},
-		States: map[string]int64{}, Failures: []server.FailureCount{}}
-	var other *server.ModelSummary
+	sum := &handsets.FleetSummary{PatchID: patchID, ByModel: []handsets.ModelSummary{},
+		States: map[string]int64{}, Failures: []handsets.FailureCount{}}
+	var other *handsets.ModelSummary
 	for _, m := range models {
 		sum.Enrolled += m.Enrolled
 		sum.Active += m.Active
 		sum.Patched += m.Patched
 		sum.Compliant += m.Compliant
-		row := server.ModelSummary{Active: m.Active, Patched: m.Patched, Compliant: m.Compliant}
+		row := handsets.ModelSummary{Active: m.Active, Patched: m.Patched, Compliant: m.Compliant}
 		switch {
 		case m.Model != nil:
 			row.Model = *m.Model
 			sum.ByModel = append(sum.ByModel, row)
 		case m.Active > 0:
-			row.Model, row.Models = server.OtherModels, m.Models
+			row.Model, row.Models = handsets.OtherModels, m.Models
 			other = &row
 		}
 	}
@@ -714,11 +714,11 @@ GROUP BY s.state, s.error_code`, patchID, since).Scan(&states).Error
 	}
 	for _, st := range states {
 		sum.States[st.State] += st.Count
-		if st.State == server.StateFailed {
-			sum.Failures = append(sum.Failures, server.FailureCount{ErrorCode: st.ErrorCode, Count: st.Count})
+		if st.State == handsets.StateFailed {
+			sum.Failures = append(sum.Failures, handsets.FailureCount{ErrorCode: st.ErrorCode, Count: st.Count})
 		}
 	}
-	slices.SortFunc(sum.Failures, func(a, b server.FailureCount) int {
+	slices.SortFunc(sum.Failures, func(a, b handsets.FailureCount) int {
 		return cmp.Or(cmp.Compare(b.Count, a.Count), strings.Compare(a.ErrorCode, b.ErrorCode))
 	})
 	return sum, nil

@@ -22,6 +22,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/identity"
 )
 
@@ -70,13 +71,13 @@ func mustDevices(t testing.TB, b backend) (*DB, *DeviceStore) {
 	return db, db.Devices()
 }
 
-func newDevice(id, model string) *server.Device {
-	return &server.Device{ID: id, Model: model, Build: "7.1.0", Channel: "stable", Region: "DE",
-		InstalledPatches: []string{}, CloudMessaging: server.MessagingAutoEnabled,
+func newDevice(id, model string) *handsets.Device {
+	return &handsets.Device{ID: id, Model: model, Build: "7.1.0", Channel: "stable", Region: "DE",
+		InstalledPatches: []string{}, CloudMessaging: handsets.MessagingAutoEnabled,
 		EnrolledAt: t0, LastSeen: t0}
 }
 
-func mustEnroll(t testing.TB, s *DeviceStore, d *server.Device, tokenHash string) (string, bool) {
+func mustEnroll(t testing.TB, s *DeviceStore, d *handsets.Device, tokenHash string) (string, bool) {
 	t.Helper()
 	id, created, err := s.Enroll(t.Context(), d, tokenHash)
 	if err != nil {
@@ -85,7 +86,7 @@ func mustEnroll(t testing.TB, s *DeviceStore, d *server.Device, tokenHash string
 	return id, created
 }
 
-func mustAddReport(t testing.TB, s *DeviceStore, r server.Report) bool {
+func mustAddReport(t testing.TB, s *DeviceStore, r handsets.Report) bool {
 	t.Helper()
 	if r.ReceivedAt.IsZero() {
 		r.ReceivedAt = t0
@@ -100,7 +101,7 @@ func mustAddReport(t testing.TB, s *DeviceStore, r server.Report) bool {
 // checkIn is a handset's check-in as server.Fleet makes it, but always
 // written: the device's state read, changed by ci at now, and saved over
 // the revision read.
-func checkIn(ctx context.Context, s *DeviceStore, tokenHash string, ci server.CheckIn, now time.Time) (*server.Device, error) {
+func checkIn(ctx context.Context, s *DeviceStore, tokenHash string, ci handsets.CheckIn, now time.Time) (*handsets.Device, error) {
 	for {
 		d, _, err := s.CheckInState(ctx, tokenHash)
 		if err != nil {
@@ -118,7 +119,7 @@ func checkIn(ctx context.Context, s *DeviceStore, tokenHash string, ci server.Ch
 	}
 }
 
-func mustPatchStates(t testing.TB, s *DeviceStore, deviceID string) []server.PatchState {
+func mustPatchStates(t testing.TB, s *DeviceStore, deviceID string) []handsets.PatchState {
 	t.Helper()
 	states, err := s.PatchStates(t.Context(), deviceID)
 	if err != nil {
@@ -127,7 +128,7 @@ func mustPatchStates(t testing.TB, s *DeviceStore, deviceID string) []server.Pat
 	return states
 }
 
-func mustReports(t testing.TB, s *DeviceStore, deviceID string) []server.Report {
+func mustReports(t testing.TB, s *DeviceStore, deviceID string) []handsets.Report {
 	t.Helper()
 	rs, err := s.Reports(t.Context(), deviceID)
 	if err != nil {
@@ -147,7 +148,7 @@ func countRows(t testing.TB, db *DB, table, where string, args ...any) int64 {
 }
 
 // checkDevice compares devices but for Rev, the store's business.
-func checkDevice(t testing.TB, what string, got, want *server.Device) {
+func checkDevice(t testing.TB, what string, got, want *handsets.Device) {
 	t.Helper()
 	if got != nil && want != nil {
 		g, w := *got, *want
@@ -159,9 +160,9 @@ func checkDevice(t testing.TB, what string, got, want *server.Device) {
 	}
 }
 
-func checkStates(t testing.TB, got, want []server.PatchState) {
+func checkStates(t testing.TB, got, want []handsets.PatchState) {
 	t.Helper()
-	if !slices.EqualFunc(got, want, func(a, b server.PatchState) bool {
+	if !slices.EqualFunc(got, want, func(a, b handsets.PatchState) bool {
 		return a.PatchID == b.PatchID && a.State == b.State && a.ErrorCode == b.ErrorCode && a.At.Equal(b.At)
 	}) {
 		t.Errorf("patch states:\n got %+v\nwant %+v", got, want)
@@ -177,8 +178,8 @@ func testEnrollCheckIn(t *testing.T, b backend) {
 		t.Fatalf("enroll: got %q, %v, want dev_a, true", id, created)
 	}
 	enrolled := t0.Truncate(time.Microsecond)
-	want := &server.Device{ID: "dev_a", Model: "pixel-9", Build: "7.1.0", Channel: "stable", Region: "DE",
-		InstalledPatches: []string{}, CloudMessaging: server.MessagingAutoEnabled, EnrolledAt: enrolled, LastSeen: enrolled}
+	want := &handsets.Device{ID: "dev_a", Model: "pixel-9", Build: "7.1.0", Channel: "stable", Region: "DE",
+		InstalledPatches: []string{}, CloudMessaging: handsets.MessagingAutoEnabled, EnrolledAt: enrolled, LastSeen: enrolled}
 	got, err := s.DeviceByToken(ctx, "hash-a")
 	if err != nil {
 		t.Fatalf("device by token: %v", err)
@@ -186,15 +187,15 @@ func testEnrollCheckIn(t *testing.T, b backend) {
 	checkDevice(t, "after enroll", got, want)
 
 	now := t0.Add(time.Hour)
-	ci := server.CheckIn{Build: "7.2.0", Model: "pixel-9a", Channel: "beta",
-		InstalledPatches: []string{"SEC-2", "SEC-1"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true}
+	ci := handsets.CheckIn{Build: "7.2.0", Model: "pixel-9a", Channel: "beta",
+		InstalledPatches: []string{"SEC-2", "SEC-1"}, CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true}
 	got, err = checkIn(ctx, s, "hash-a", ci, now)
 	if err != nil {
 		t.Fatalf("check in: %v", err)
 	}
 	want.Build, want.Model, want.Channel = "7.2.0", "pixel-9a", "beta"
 	want.InstalledPatches = []string{"SEC-1", "SEC-2"}
-	want.CloudMessaging, want.NumberEncryption = server.MessagingOptedOut, true
+	want.CloudMessaging, want.NumberEncryption = handsets.MessagingOptedOut, true
 	want.LastSeen = now.Truncate(time.Microsecond)
 	checkDevice(t, "check-in answer", got, want)
 	got, err = s.DeviceByToken(ctx, "hash-a")
@@ -224,7 +225,7 @@ func testUnknownToken(t *testing.T, b backend) {
 	_, s := mustDevices(t, b)
 	ctx := t.Context()
 	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
-	ci := server.CheckIn{Build: "1", Model: "m", Channel: "stable", CloudMessaging: server.MessagingOptedOut}
+	ci := handsets.CheckIn{Build: "1", Model: "m", Channel: "stable", CloudMessaging: handsets.MessagingOptedOut}
 	// The very error the handler's format check gives: clients cannot
 	// tell a malformed token from an unknown one.
 	want := errs.ErrDeviceToken.Error()
@@ -244,8 +245,8 @@ func testReEnrollSameKey(t *testing.T, b backend) {
 	if id, created := mustEnroll(t, s, d, "hash-1"); id != "dev_k" || !created {
 		t.Fatalf("first enroll: got %q, %v, want dev_k, true", id, created)
 	}
-	ci := server.CheckIn{Build: "7.2.0", Model: "pixel-9", Channel: "stable",
-		InstalledPatches: []string{"SEC-1"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true}
+	ci := handsets.CheckIn{Build: "7.2.0", Model: "pixel-9", Channel: "stable",
+		InstalledPatches: []string{"SEC-1"}, CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true}
 	if _, err := checkIn(ctx, s, "hash-1", ci, t0.Add(time.Hour)); err != nil {
 		t.Fatalf("check in: %v", err)
 	}
@@ -266,9 +267,9 @@ func testReEnrollSameKey(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatalf("new token: %v", err)
 	}
-	want := &server.Device{ID: "dev_k", KeyFingerprint: "fp-1", KeySignedAt: t0.Add(2 * time.Hour).Truncate(time.Microsecond),
+	want := &handsets.Device{ID: "dev_k", KeyFingerprint: "fp-1", KeySignedAt: t0.Add(2 * time.Hour).Truncate(time.Microsecond),
 		Model: "pixel-9", Build: "7.0.0", Channel: "stable",
-		Region: "FR", InstalledPatches: []string{"SEC-1"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true,
+		Region: "FR", InstalledPatches: []string{"SEC-1"}, CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true,
 		EnrolledAt: t0.Truncate(time.Microsecond), LastSeen: t0.Add(2 * time.Hour).Truncate(time.Microsecond)}
 	checkDevice(t, "after re-enroll", got, want)
 	if n := countRows(t, db, "devices", "1 = 1"); n != 1 {
@@ -492,15 +493,15 @@ func testEnrollConflict(t *testing.T, b backend) {
 	}
 }
 
-func report(id, patch, state, code string, at time.Time) server.Report {
-	return server.Report{ID: id, DeviceID: "dev_a", PatchID: patch, Target: "patches/" + patch + ".zip",
+func report(id, patch, state, code string, at time.Time) handsets.Report {
+	return handsets.Report{ID: id, DeviceID: "dev_a", PatchID: patch, Target: "patches/" + patch + ".zip",
 		State: state, ErrorCode: code, At: at}
 }
 
 func testDuplicateReport(t *testing.T, b backend) {
 	db, s := mustDevices(t, b)
 	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
-	r := report("r1", "SEC-1", server.StateInstalling, "", t0)
+	r := report("r1", "SEC-1", handsets.StateInstalling, "", t0)
 	r.Message = "installing 1/2"
 	if mustAddReport(t, s, r) {
 		t.Error("first report: got duplicate true, want false")
@@ -519,14 +520,14 @@ func testDuplicateReport(t *testing.T, b backend) {
 	// nothing: not the stored report, not the state.
 	for _, tc := range []struct {
 		name   string
-		change func(*server.Report)
+		change func(*handsets.Report)
 	}{
-		{"patch", func(r *server.Report) { r.PatchID = "SEC-2" }},
-		{"target", func(r *server.Report) { r.Target = "patches/other.zip" }},
-		{"state", func(r *server.Report) { r.State = server.StateInstalled }},
-		{"error code", func(r *server.Report) { r.State, r.ErrorCode = server.StateFailed, "E_X" }},
-		{"message", func(r *server.Report) { r.Message = "installing 2/2" }},
-		{"at", func(r *server.Report) { r.At = r.At.Add(time.Microsecond) }},
+		{"patch", func(r *handsets.Report) { r.PatchID = "SEC-2" }},
+		{"target", func(r *handsets.Report) { r.Target = "patches/other.zip" }},
+		{"state", func(r *handsets.Report) { r.State = handsets.StateInstalled }},
+		{"error code", func(r *handsets.Report) { r.State, r.ErrorCode = handsets.StateFailed, "E_X" }},
+		{"message", func(r *handsets.Report) { r.Message = "installing 2/2" }},
+		{"at", func(r *handsets.Report) { r.At = r.At.Add(time.Microsecond) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			other := r
@@ -541,11 +542,11 @@ func testDuplicateReport(t *testing.T, b backend) {
 		t.Errorf("stored reports: got %d, want 1", n)
 	}
 	rs := mustReports(t, s, "dev_a")
-	if len(rs) != 1 || rs[0].ID != "r1" || rs[0].State != server.StateInstalling || rs[0].Message != "installing 1/2" ||
+	if len(rs) != 1 || rs[0].ID != "r1" || rs[0].State != handsets.StateInstalling || rs[0].Message != "installing 1/2" ||
 		rs[0].Target != "patches/SEC-1.zip" || !rs[0].ReceivedAt.Equal(t0.Truncate(time.Microsecond)) {
 		t.Errorf("reports: got %+v, want the first report only", rs)
 	}
-	checkStates(t, mustPatchStates(t, s, "dev_a"), []server.PatchState{{PatchID: "SEC-1", State: server.StateInstalling, At: t0.Truncate(time.Microsecond)}})
+	checkStates(t, mustPatchStates(t, s, "dev_a"), []handsets.PatchState{{PatchID: "SEC-1", State: handsets.StateInstalling, At: t0.Truncate(time.Microsecond)}})
 }
 
 // testDuplicateReportConcurrent sends one report id 8 times at once,
@@ -565,13 +566,13 @@ func testDuplicateReportConcurrent(t *testing.T, b backend) {
 		)
 		for i := range n {
 			wg.Go(func() {
-				r := report(id, "SEC-1", server.StateDownloading, "", t0)
+				r := report(id, "SEC-1", handsets.StateDownloading, "", t0)
 				r.ReceivedAt = t0
 				if !same {
 					r.Message = fmt.Sprintf("attempt %d", i)
 				}
 				<-start
-				var out server.ReportOutcome
+				var out handsets.ReportOutcome
 				out, failed[i] = s.AddReport(t.Context(), r)
 				dup[i] = out.Duplicate
 			})
@@ -608,14 +609,14 @@ func testReportsOutOfOrder(t *testing.T, b backend) {
 	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
 	t1, t2, t3 := t0, t0.Add(time.Second), t0.Add(2*time.Second)
 	// Arrival order: newest first.
-	mustAddReport(t, s, report("r3", "SEC-1", server.StateInstalled, "", t3))
-	mustAddReport(t, s, report("r2", "SEC-1", server.StateInstalling, "", t2))
-	mustAddReport(t, s, report("r1", "SEC-1", server.StateDownloading, "", t1))
+	mustAddReport(t, s, report("r3", "SEC-1", handsets.StateInstalled, "", t3))
+	mustAddReport(t, s, report("r2", "SEC-1", handsets.StateInstalling, "", t2))
+	mustAddReport(t, s, report("r1", "SEC-1", handsets.StateDownloading, "", t1))
 	// Another patch moves on its own.
-	mustAddReport(t, s, report("q1", "SEC-0", server.StateDownloading, "", t1))
-	checkStates(t, mustPatchStates(t, s, "dev_a"), []server.PatchState{
-		{PatchID: "SEC-0", State: server.StateDownloading, At: t1.Truncate(time.Microsecond)},
-		{PatchID: "SEC-1", State: server.StateInstalled, At: t3.Truncate(time.Microsecond)},
+	mustAddReport(t, s, report("q1", "SEC-0", handsets.StateDownloading, "", t1))
+	checkStates(t, mustPatchStates(t, s, "dev_a"), []handsets.PatchState{
+		{PatchID: "SEC-0", State: handsets.StateDownloading, At: t1.Truncate(time.Microsecond)},
+		{PatchID: "SEC-1", State: handsets.StateInstalled, At: t3.Truncate(time.Microsecond)},
 	})
 	var got []string
 	for _, r := range mustReports(t, s, "dev_a") {
@@ -635,10 +636,10 @@ func testReportsSameInstant(t *testing.T, b backend) {
 		states []string // in arrival order
 		want   string
 	}{
-		{"installed first", []string{server.StateInstalled, server.StateInstalling}, server.StateInstalled},
-		{"installed last", []string{server.StateInstalling, server.StateInstalled}, server.StateInstalled},
-		{"failed beats installed", []string{server.StateFailed, server.StateInstalled}, server.StateFailed},
-		{"all in reverse", []string{server.StateInstalled, server.StateInstalling, server.StateVerified, server.StateDownloaded, server.StateDownloading}, server.StateInstalled},
+		{"installed first", []string{handsets.StateInstalled, handsets.StateInstalling}, handsets.StateInstalled},
+		{"installed last", []string{handsets.StateInstalling, handsets.StateInstalled}, handsets.StateInstalled},
+		{"failed beats installed", []string{handsets.StateFailed, handsets.StateInstalled}, handsets.StateFailed},
+		{"all in reverse", []string{handsets.StateInstalled, handsets.StateInstalling, handsets.StateVerified, handsets.StateDownloaded, handsets.StateDownloading}, handsets.StateInstalled},
 	}
 	_, s := mustDevices(t, b)
 	for i, tc := range tests {
@@ -648,7 +649,7 @@ func testReportsSameInstant(t *testing.T, b backend) {
 			for j, st := range tc.states {
 				r := report(fmt.Sprintf("r%d", j), "SEC-1", st, "", at.Add(time.Duration(j)))
 				r.DeviceID = d.ID
-				if st == server.StateFailed {
+				if st == handsets.StateFailed {
 					r.ErrorCode = "E_X"
 				}
 				mustAddReport(t, s, r)
@@ -664,20 +665,20 @@ func testReportsSameInstant(t *testing.T, b backend) {
 func testFailedThenInstalled(t *testing.T, b backend) {
 	_, s := mustDevices(t, b)
 	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
-	mustAddReport(t, s, report("r1", "SEC-1", server.StateFailed, "E_SPACE", t0))
-	checkStates(t, mustPatchStates(t, s, "dev_a"), []server.PatchState{{PatchID: "SEC-1", State: server.StateFailed, ErrorCode: "E_SPACE", At: t0.Truncate(time.Microsecond)}})
+	mustAddReport(t, s, report("r1", "SEC-1", handsets.StateFailed, "E_SPACE", t0))
+	checkStates(t, mustPatchStates(t, s, "dev_a"), []handsets.PatchState{{PatchID: "SEC-1", State: handsets.StateFailed, ErrorCode: "E_SPACE", At: t0.Truncate(time.Microsecond)}})
 	// The retry worked; the error code goes with the failure.
-	mustAddReport(t, s, report("r2", "SEC-1", server.StateInstalled, "", t0.Add(time.Minute)))
-	want := []server.PatchState{{PatchID: "SEC-1", State: server.StateInstalled, At: t0.Add(time.Minute).Truncate(time.Microsecond)}}
+	mustAddReport(t, s, report("r2", "SEC-1", handsets.StateInstalled, "", t0.Add(time.Minute)))
+	want := []handsets.PatchState{{PatchID: "SEC-1", State: handsets.StateInstalled, At: t0.Add(time.Minute).Truncate(time.Microsecond)}}
 	checkStates(t, mustPatchStates(t, s, "dev_a"), want)
 	// An older failure arriving late changes nothing.
-	mustAddReport(t, s, report("r0", "SEC-1", server.StateFailed, "E_NET", t0.Add(-time.Minute)))
+	mustAddReport(t, s, report("r0", "SEC-1", handsets.StateFailed, "E_NET", t0.Add(-time.Minute)))
 	checkStates(t, mustPatchStates(t, s, "dev_a"), want)
 }
 
 func testReportUnknownDevice(t *testing.T, b backend) {
 	db, s := mustDevices(t, b)
-	r := report("r1", "SEC-1", server.StateInstalled, "", t0)
+	r := report("r1", "SEC-1", handsets.StateInstalled, "", t0)
 	r.DeviceID = "dev_gone"
 	if _, err := s.AddReport(t.Context(), r); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("add report: got %v, want ErrNotFound", err)
@@ -698,7 +699,7 @@ func testDeleteDevice(t *testing.T, b backend) {
 	for _, id := range []string{"dev_a", "dev_b"} {
 		mustEnroll(t, s, newDevice(id, "m"), "hash-"+id)
 		for i, patch := range []string{"SEC-1", "SEC-2"} {
-			r := report(fmt.Sprintf("r%d", i), patch, server.StateInstalled, "", t0)
+			r := report(fmt.Sprintf("r%d", i), patch, handsets.StateInstalled, "", t0)
 			r.DeviceID = id
 			mustAddReport(t, s, r)
 		}
@@ -761,18 +762,18 @@ func testEraseLeavesNoBytes(t *testing.T, b backend) {
 	for _, d := range []struct{ id, model, build string }{
 		{enrollment.DeviceID, "PLANTEDMODELXYZ", "PLANTEDBUILDXYZ"}, {"dev_keep", "keep-model", "7.1.0"},
 	} {
-		mustPutDeviceRollout(t, rollouts, &server.DeviceRollout{RolloutID: "ro_keep", DeviceID: d.id, Model: d.model,
-			StartingBuild: d.build, OfferedAt: t0, LastOfferedAt: t0, State: server.StateFailed, Attempts: 1,
+		mustPutDeviceRollout(t, rollouts, &handsets.DeviceRollout{RolloutID: "ro_keep", DeviceID: d.id, Model: d.model,
+			StartingBuild: d.build, OfferedAt: t0, LastOfferedAt: t0, State: handsets.StateFailed, Attempts: 1,
 			LastFailureAt: t0, ResultAt: t0})
 	}
 	for i := range 40 {
 		for _, id := range []string{enrollment.DeviceID, "dev_keep"} {
-			r := server.Report{ID: fmt.Sprintf("r%d", i), DeviceID: id, PatchID: "SEC-KEEP", Target: "patches/keep.zip",
-				State: server.StateDownloading, Message: "kept message", At: t0.Add(time.Duration(i) * time.Second), ReceivedAt: t0}
+			r := handsets.Report{ID: fmt.Sprintf("r%d", i), DeviceID: id, PatchID: "SEC-KEEP", Target: "patches/keep.zip",
+				State: handsets.StateDownloading, Message: "kept message", At: t0.Add(time.Duration(i) * time.Second), ReceivedAt: t0}
 			if id == enrollment.DeviceID {
 				r.ID = fmt.Sprintf("PLANTEDREPORTXYZ%d", i)
 				r.PatchID, r.Target = "PLANTEDPATCHXYZ", "patches/PLANTEDTARGETXYZ.zip"
-				r.State, r.ErrorCode = server.StateFailed, "E_PLANTEDCODEXYZ"
+				r.State, r.ErrorCode = handsets.StateFailed, "E_PLANTEDCODEXYZ"
 				r.Message = "install failed PLANTEDMARKERXYZ retry later"
 			}
 			mustAddReport(t, s, r)
@@ -826,14 +827,14 @@ func testDeleteReportsBefore(t *testing.T, b backend) {
 	ctx := t.Context()
 	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
 	for i := range 10 {
-		r := report(fmt.Sprintf("r%d", i), "SEC-1", server.StateDownloading, "", t0.Add(time.Duration(i)*time.Second))
+		r := report(fmt.Sprintf("r%d", i), "SEC-1", handsets.StateDownloading, "", t0.Add(time.Duration(i)*time.Second))
 		r.ReceivedAt = t0.Add(time.Duration(i) * time.Hour)
 		mustAddReport(t, s, r)
 	}
 	// More than one batch of old reports, written directly.
 	old := make([]reportRow, 2*s.pruneBatch+7)
 	for i := range old {
-		old[i] = reportRow{DeviceID: "dev_a", ReportID: fmt.Sprintf("old%d", i), PatchID: "SEC-0", State: server.StateInstalled,
+		old[i] = reportRow{DeviceID: "dev_a", ReportID: fmt.Sprintf("old%d", i), PatchID: "SEC-0", State: handsets.StateInstalled,
 			At: dbTime(t0.Add(-48 * time.Hour)), ReceivedAt: dbTime(t0.Add(-48 * time.Hour))}
 	}
 	if err := db.gorm.WithContext(ctx).Create(old).Error; err != nil {
@@ -856,7 +857,7 @@ func testDeleteReportsBefore(t *testing.T, b backend) {
 		t.Errorf("reports left: got %v, want %v", got, want)
 	}
 	// The current state is not history: it stays.
-	if states := mustPatchStates(t, s, "dev_a"); len(states) != 1 || states[0].State != server.StateDownloading {
+	if states := mustPatchStates(t, s, "dev_a"); len(states) != 1 || states[0].State != handsets.StateDownloading {
 		t.Errorf("states: got %+v, want SEC-1 downloading", states)
 	}
 	if n, err := s.DeleteReportsBefore(ctx, t0.Add(5*time.Hour)); err != nil || n != 0 {
@@ -893,7 +894,7 @@ func enrollFleet(t testing.TB, s *DeviceStore, patchID string, groups []fleetGro
 				mustAddReport(t, s, r)
 			}
 			// A state for another patch, which must not count.
-			r := report("r2", "SEC-OTHER", server.StateFailed, "E_OTHER", t0.Add(-time.Hour))
+			r := report("r2", "SEC-OTHER", handsets.StateFailed, "E_OTHER", t0.Add(-time.Hour))
 			r.DeviceID = d.ID
 			mustAddReport(t, s, r)
 		}
@@ -906,8 +907,8 @@ func testFleetSummary(t *testing.T, b backend) {
 	activeSince := t0.Add(-30 * 24 * time.Hour)
 	recent, stale := t0.Add(-time.Hour), t0.Add(-40*24*time.Hour)
 	p := []string{patch}
-	in, out, auto := server.MessagingOptedIn, server.MessagingOptedOut, server.MessagingAutoEnabled
-	ok, failed, dl := server.StateInstalled, server.StateFailed, server.StateDownloading
+	in, out, auto := handsets.MessagingOptedIn, handsets.MessagingOptedOut, handsets.MessagingAutoEnabled
+	ok, failed, dl := handsets.StateInstalled, handsets.StateFailed, handsets.StateDownloading
 	enrollFleet(t, s, patch, []fleetGroup{
 		// alpha: 18 active, 15 patched, 10 compliant.
 		{"alpha", 10, recent, p, out, true, ok, ""},
@@ -925,21 +926,21 @@ func testFleetSummary(t *testing.T, b backend) {
 		{"delta", 5, stale, p, out, true, failed, "E_OLD"},
 		{"alpha", 3, stale, p, out, true, ok, ""},
 	})
-	got, err := s.FleetSummary(t.Context(), patch, activeSince, server.DefaultSummaryModels)
+	got, err := s.FleetSummary(t.Context(), patch, activeSince, handsets.DefaultSummaryModels)
 	if err != nil {
 		t.Fatalf("fleet summary: %v", err)
 	}
-	want := &server.FleetSummary{
+	want := &handsets.FleetSummary{
 		PatchID:  patch,
 		Enrolled: 50, Active: 42, Patched: 27, Compliant: 18,
 		// Most active first; delta has no active device.
-		ByModel: []server.ModelSummary{
+		ByModel: []handsets.ModelSummary{
 			{Model: "beta", Active: 20, Patched: 12, Compliant: 8},
 			{Model: "alpha", Active: 18, Patched: 15, Compliant: 10},
 			{Model: "gamma", Active: 4, Patched: 0, Compliant: 0},
 		},
 		States:   map[string]int64{ok: 27, failed: 11, dl: 3},
-		Failures: []server.FailureCount{{ErrorCode: "E_VERIFY", Count: 6}, {ErrorCode: "E_SPACE", Count: 5}},
+		Failures: []handsets.FailureCount{{ErrorCode: "E_VERIFY", Count: 6}, {ErrorCode: "E_SPACE", Count: 5}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("fleet summary:\n got %+v\nwant %+v", got, want)
@@ -953,7 +954,7 @@ func testFleetSummaryModelCap(t *testing.T, b backend) {
 	_, s := mustDevices(t, b)
 	const patch = "SEC-1"
 	recent, stale := t0.Add(-time.Hour), t0.Add(-40*24*time.Hour)
-	out := server.MessagingOptedOut
+	out := handsets.MessagingOptedOut
 	groups := []fleetGroup{
 		{model: "big", n: 5, seen: recent, messaging: out},
 		// A tie, broken by byte order on both dialects: 'Z' < 'a'.
@@ -967,24 +968,24 @@ func testFleetSummaryModelCap(t *testing.T, b backend) {
 			patches: []string{patch}, messaging: out, enc: true})
 	}
 	enrollFleet(t, s, patch, groups)
-	models := func(from, to int) []server.ModelSummary {
-		var ms []server.ModelSummary
+	models := func(from, to int) []handsets.ModelSummary {
+		var ms []handsets.ModelSummary
 		for i := from; i < to; i++ {
-			ms = append(ms, server.ModelSummary{Model: fmt.Sprintf("m%02d", i), Active: 1, Patched: 1, Compliant: 1})
+			ms = append(ms, handsets.ModelSummary{Model: fmt.Sprintf("m%02d", i), Active: 1, Patched: 1, Compliant: 1})
 		}
 		return ms
 	}
-	top := []server.ModelSummary{{Model: "big", Active: 5}, {Model: "Zeta", Active: 3}, {Model: "alpha", Active: 3, Patched: 3}}
+	top := []handsets.ModelSummary{{Model: "big", Active: 5}, {Model: "Zeta", Active: 3}, {Model: "alpha", Active: 3, Patched: 3}}
 	tests := []struct {
 		max  int
-		want []server.ModelSummary
+		want []handsets.ModelSummary
 	}{
-		{3, append(slices.Clone(top), server.ModelSummary{Model: server.OtherModels, Models: 25, Active: 25, Patched: 25, Compliant: 25})},
-		{server.DefaultSummaryModels, append(append(slices.Clone(top), models(0, 17)...),
-			server.ModelSummary{Model: server.OtherModels, Models: 8, Active: 8, Patched: 8, Compliant: 8})},
+		{3, append(slices.Clone(top), handsets.ModelSummary{Model: handsets.OtherModels, Models: 25, Active: 25, Patched: 25, Compliant: 25})},
+		{handsets.DefaultSummaryModels, append(append(slices.Clone(top), models(0, 17)...),
+			handsets.ModelSummary{Model: handsets.OtherModels, Models: 8, Active: 8, Patched: 8, Compliant: 8})},
 		// Room for all: no other row, and idle is not listed.
 		{28, append(slices.Clone(top), models(0, 25)...)},
-		{1, []server.ModelSummary{{Model: "big", Active: 5}, {Model: server.OtherModels, Models: 27, Active: 31, Patched: 28, Compliant: 25}}},
+		{1, []handsets.ModelSummary{{Model: "big", Active: 5}, {Model: handsets.OtherModels, Models: 27, Active: 31, Patched: 28, Compliant: 25}}},
 	}
 	for _, tc := range tests {
 		t.Run(fmt.Sprintf("max %d", tc.max), func(t *testing.T) {
@@ -1008,12 +1009,12 @@ func testFleetSummaryModelCap(t *testing.T, b backend) {
 
 func testFleetSummaryEmpty(t *testing.T, b backend) {
 	_, s := mustDevices(t, b)
-	got, err := s.FleetSummary(t.Context(), "SEC-1", t0, server.DefaultSummaryModels)
+	got, err := s.FleetSummary(t.Context(), "SEC-1", t0, handsets.DefaultSummaryModels)
 	if err != nil {
 		t.Fatalf("fleet summary: %v", err)
 	}
-	want := &server.FleetSummary{PatchID: "SEC-1", ByModel: []server.ModelSummary{},
-		States: map[string]int64{}, Failures: []server.FailureCount{}}
+	want := &handsets.FleetSummary{PatchID: "SEC-1", ByModel: []handsets.ModelSummary{},
+		States: map[string]int64{}, Failures: []handsets.FailureCount{}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("fleet summary:\n got %+v\nwant %+v", got, want)
 	}
@@ -1032,7 +1033,7 @@ func testFleetSummaryPatchIDIsNotAPattern(t *testing.T, b backend) {
 		patch string
 		want  int64
 	}{{"P_1", 1}, {"PX1", 1}, {"P%1", 0}, {"P_", 0}, {"_", 0}} {
-		got, err := s.FleetSummary(t.Context(), tc.patch, t0.Add(-time.Hour), server.DefaultSummaryModels)
+		got, err := s.FleetSummary(t.Context(), tc.patch, t0.Add(-time.Hour), handsets.DefaultSummaryModels)
 		if err != nil {
 			t.Fatalf("fleet summary %s: %v", tc.patch, err)
 		}
@@ -1066,7 +1067,7 @@ func testCheckInOneRoundTrip(t *testing.T, b backend) {
 	}
 	s := db.Devices()
 	mustEnroll(t, s, newDevice("dev_a", "m"), "hash-a")
-	ci := server.CheckIn{Build: "1", Model: "m", Channel: "stable", InstalledPatches: []string{"SEC-1"}, CloudMessaging: server.MessagingOptedOut}
+	ci := handsets.CheckIn{Build: "1", Model: "m", Channel: "stable", InstalledPatches: []string{"SEC-1"}, CloudMessaging: handsets.MessagingOptedOut}
 
 	measure := func(name string, fn func() error) int64 {
 		t.Helper()
@@ -1107,7 +1108,7 @@ func testCheckInOneRoundTrip(t *testing.T, b backend) {
 	i := 0
 	perReport := measure("add report", func() error {
 		i++
-		_, err := s.AddReport(ctx, report(fmt.Sprintf("r%d", i), "SEC-1", server.StateInstalled, "", t0))
+		_, err := s.AddReport(ctx, report(fmt.Sprintf("r%d", i), "SEC-1", handsets.StateInstalled, "", t0))
 		return err
 	})
 	t.Logf("round trips per report: %d", perReport)
@@ -1227,14 +1228,14 @@ func BenchmarkCheckIn(b *testing.B) {
 			for i := range rows {
 				hashes[i] = identity.HashToken(fmt.Sprintf("otadev_bench%d", i))
 				rows[i] = deviceRow{ID: fmt.Sprintf("dev_%04d", i), TokenHash: hashes[i], Model: "pixel-9", Build: "7.1.0",
-					Channel: "stable", CloudMessaging: server.MessagingAutoEnabled, EnrolledAt: dbTime(t0), LastSeen: dbTime(t0)}
+					Channel: "stable", CloudMessaging: handsets.MessagingAutoEnabled, EnrolledAt: dbTime(t0), LastSeen: dbTime(t0)}
 			}
 			if err := db.gorm.WithContext(ctx).CreateInBatches(rows, 200).Error; err != nil {
 				b.Fatal(err)
 			}
 			s := db.Devices()
-			ci := server.CheckIn{Build: "7.2.0", Model: "pixel-9", Channel: "stable",
-				InstalledPatches: []string{"SEC-2026.01", "SEC-2026.02"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true}
+			ci := handsets.CheckIn{Build: "7.2.0", Model: "pixel-9", Channel: "stable",
+				InstalledPatches: []string{"SEC-2026.01", "SEC-2026.02"}, CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true}
 			var next atomic.Int64
 			// A busy otad has more check-ins in flight than CPUs: 8
 			// goroutines per CPU keep the pool (8 or 10 connections)
@@ -1286,7 +1287,7 @@ func BenchmarkSecureDelete(b *testing.B) {
 			for i := range rows {
 				hashes[i] = identity.HashToken(fmt.Sprintf("otadev_bench%d", i))
 				rows[i] = deviceRow{ID: fmt.Sprintf("dev_%04d", i), TokenHash: hashes[i], Model: "pixel-9", Build: "7.1.0",
-					Channel: "stable", CloudMessaging: server.MessagingAutoEnabled, EnrolledAt: dbTime(t0), LastSeen: dbTime(t0)}
+					Channel: "stable", CloudMessaging: handsets.MessagingAutoEnabled, EnrolledAt: dbTime(t0), LastSeen: dbTime(t0)}
 			}
 			if err := db.gorm.WithContext(ctx).CreateInBatches(rows, 200).Error; err != nil {
 				b.Fatal(err)
@@ -1299,8 +1300,8 @@ func BenchmarkSecureDelete(b *testing.B) {
 					b.Skip("the checkpoint is part of erasures only")
 				}
 				_, s, hashes := open(b)
-				ci := server.CheckIn{Build: "7.2.0", Model: "pixel-9", Channel: "stable",
-					InstalledPatches: []string{"SEC-2026.01", "SEC-2026.02"}, CloudMessaging: server.MessagingOptedOut, NumberEncryption: true}
+				ci := handsets.CheckIn{Build: "7.2.0", Model: "pixel-9", Channel: "stable",
+					InstalledPatches: []string{"SEC-2026.01", "SEC-2026.02"}, CloudMessaging: handsets.MessagingOptedOut, NumberEncryption: true}
 				var next atomic.Int64
 				b.SetParallelism(8)
 				b.ResetTimer()
@@ -1328,8 +1329,8 @@ func BenchmarkSecureDelete(b *testing.B) {
 				b.RunParallel(func(pb *testing.PB) {
 					for pb.Next() {
 						i := next.Add(1)
-						r := server.Report{ID: fmt.Sprintf("r%d", i), DeviceID: fmt.Sprintf("dev_%04d", i%devices), PatchID: "SEC-2026.03",
-							Target: "patches/SEC-2026.03.zip", State: server.StateDownloading, Message: "downloading 1/3",
+						r := handsets.Report{ID: fmt.Sprintf("r%d", i), DeviceID: fmt.Sprintf("dev_%04d", i%devices), PatchID: "SEC-2026.03",
+							Target: "patches/SEC-2026.03.zip", State: handsets.StateDownloading, Message: "downloading 1/3",
 							At: t0.Add(time.Duration(i)), ReceivedAt: t0}
 						if _, err := s.AddReport(context.Background(), r); err != nil {
 							b.Error(err)
@@ -1356,7 +1357,7 @@ func BenchmarkSecureDelete(b *testing.B) {
 						reports := make([]reportRow, 20)
 						for k := range reports {
 							reports[k] = reportRow{DeviceID: id, ReportID: fmt.Sprintf("r%d", k), PatchID: "SEC-2026.03",
-								Target: "patches/SEC-2026.03.zip", State: server.StateDownloading, Message: "downloading 1/3",
+								Target: "patches/SEC-2026.03.zip", State: handsets.StateDownloading, Message: "downloading 1/3",
 								At: dbTime(t0), ReceivedAt: dbTime(t0)}
 						}
 						if err := db.gorm.WithContext(ctx).Create(reports).Error; err != nil {

@@ -3,7 +3,7 @@ package sqlstore
 import (
 	"testing"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // Exported for the external benchmarks (package sqlstore_test), which
@@ -23,7 +23,7 @@ const BenchRolloutID = seedRolloutID
 // "postgres") seeded with a million handsets, seeding it on the first
 // call of the run; it skips without OTA_BENCH_1M (and, for PostgreSQL,
 // OTA_TEST_POSTGRES_DSN).
-func BenchFleet(b *testing.B, name string) (*DB, *server.Rollout) {
+func BenchFleet(b *testing.B, name string) (*DB, *rollout.Rollout) {
 	b.Helper()
 	for _, be := range backends {
 		if be.name == name {

@@ -12,10 +12,10 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // TestIdentityStores runs the user, session, token and audit store
@@ -548,11 +548,11 @@ func testRolloutEventsAudited(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UpdateRollout(ctx, r, 1, []server.Event{ev}); err != nil {
+	if err := s.UpdateRollout(ctx, r, 1, []rollout.Event{ev}); err != nil {
 		t.Fatal(err)
 	}
 	// A stale update: no event, no audit entry.
-	if err := s.UpdateRollout(ctx, r, 1, []server.Event{ev}); !errors.Is(err, errs.ErrConflict) {
+	if err := s.UpdateRollout(ctx, r, 1, []rollout.Event{ev}); !errors.Is(err, errs.ErrConflict) {
 		t.Fatalf("stale update: got %v, want ErrConflict", err)
 	}
 	got, err := db.Audit().ListAudit(ctx, audit.AuditQuery{Action: "rollout."})
@@ -585,10 +585,10 @@ func testRolloutEventsAudited(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UpdateRollout(ctx, r, r.Version, []server.Event{pause}); err == nil || !strings.Contains(err.Error(), "injected") {
+	if err := s.UpdateRollout(ctx, r, r.Version, []rollout.Event{pause}); err == nil || !strings.Contains(err.Error(), "injected") {
 		t.Fatalf("update with a failing audit: got %v, want the injected error", err)
 	}
-	if got := mustRollout(t, s, "ro_1"); got.State != server.RolloutRunning {
+	if got := mustRollout(t, s, "ro_1"); got.State != rollout.RolloutRunning {
 		t.Errorf("after the failed update: state %s, want running", got.State)
 	}
 	if evs := mustEvents(t, s, "ro_1", 0); len(evs) != 2 {
@@ -618,7 +618,7 @@ func testMigrationBackfill(t *testing.T, b backend) {
 	}
 	// Rollout events as migration 7's schema holds them, out of id
 	// order by time, several at one instant.
-	var evs []server.Event
+	var evs []rollout.Event
 	for _, id := range []string{"ro_a", "ro_b"} {
 		r, create := newDraft(t, id)
 		row, err := toRolloutRow(r, 1)
@@ -632,15 +632,15 @@ func testMigrationBackfill(t *testing.T, b backend) {
 	}
 	at := func(m int) time.Time { return t0.Add(time.Duration(m) * time.Minute) }
 	evs = append(evs,
-		server.Event{RolloutID: "ro_b", At: at(5), Actor: "bob", Action: server.ActionPause, Reason: "late"},
-		server.Event{RolloutID: "ro_a", At: at(2), Actor: "alice", Action: server.ActionStart, Reason: "go",
-			FromState: server.RolloutDraft, ToState: server.RolloutRunning, FromPercent: 1, ToPercent: 1},
-		server.Event{RolloutID: "ro_a", At: at(2), Actor: "system", Action: server.ActionAdvance, Reason: "soaked",
+		rollout.Event{RolloutID: "ro_b", At: at(5), Actor: "bob", Action: rollout.ActionPause, Reason: "late"},
+		rollout.Event{RolloutID: "ro_a", At: at(2), Actor: "alice", Action: rollout.ActionStart, Reason: "go",
+			FromState: rollout.RolloutDraft, ToState: rollout.RolloutRunning, FromPercent: 1, ToPercent: 1},
+		rollout.Event{RolloutID: "ro_a", At: at(2), Actor: "system", Action: rollout.ActionAdvance, Reason: "soaked",
 			FromPercent: 1, ToPercent: 10},
-		server.Event{RolloutID: "ro_b", At: at(3), Actor: "bob", Action: server.ActionStart, Reason: "go"},
+		rollout.Event{RolloutID: "ro_b", At: at(3), Actor: "bob", Action: rollout.ActionStart, Reason: "go"},
 	)
 	for _, ev := range evs {
-		rows, err := eventRows(ev.RolloutID, []server.Event{ev})
+		rows, err := eventRows(ev.RolloutID, []rollout.Event{ev})
 		if err != nil {
 			t.Fatal(err)
 		}

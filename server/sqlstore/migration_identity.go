@@ -10,9 +10,9 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // identitySchema is migration 8 with seq the dialect's column definition
@@ -210,7 +210,7 @@ func backfillRolloutAudit(tx *gorm.DB, batch int) error {
 			if err != nil {
 				return err
 			}
-			e := server.RolloutEventAudit(ev)
+			e := rollout.RolloutEventAudit(ev)
 			e.Chain(prev)
 			entries[i] = toAuditRow(e)
 			prev = &e

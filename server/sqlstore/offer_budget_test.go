@@ -11,7 +11,8 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // TestOfferBudget runs the offer budget's cases against SQLite and,
@@ -58,9 +59,9 @@ func budgetClaimed(t testing.TB, db *DB, id string, at time.Time) int64 {
 
 // firstOffer records the first offer of rollout r to d at now under a
 // cap of limit and returns the store's answer.
-func firstOffer(t testing.TB, rs *RolloutStore, r *server.Rollout, d *server.Device, limit int, now time.Time) bool {
+func firstOffer(t testing.TB, rs *RolloutStore, r *rollout.Rollout, d *handsets.Device, limit int, now time.Time) bool {
 	t.Helper()
-	dec := server.Decision{RolloutID: r.ID, Kind: server.OfferFirst, Release: r.Release}
+	dec := rollout.Decision{RolloutID: r.ID, Kind: rollout.OfferFirst, Release: r.Release}
 	ok, err := rs.RecordOffer(t.Context(), dec, nil, dec.Record(nil, d, now), limit, now)
 	if err != nil {
 		t.Errorf("offer of %s to %s: %v", r.ID, d.ID, err)
@@ -81,8 +82,8 @@ func testOfferBudgetTwoReplicas(t *testing.T, b backend) {
 	}
 	replicas := []*RolloutStore{db.Rollouts(), mustOpen(t, dsn).Rollouts()}
 	r := startedRollout(t, replicas[0], "ro-a")
-	const handsets, limit, workers = 120, 40, 6 // per replica
-	devs := make([]*server.Device, handsets)
+	const nHandsets, limit, workers = 120, 40, 6 // per replica
+	devs := make([]*handsets.Device, nHandsets)
 	for i := range devs {
 		devs[i] = newDevice(fmt.Sprintf("dev_%03d", i), "px-7")
 		mustEnroll(t, db.Devices(), devs[i], "hash-"+devs[i].ID)
@@ -93,7 +94,7 @@ func testOfferBudgetTwoReplicas(t *testing.T, b backend) {
 	for i := range 2 * workers {
 		wg.Go(func() {
 			rep := i % 2
-			for j := i; j < handsets; j += 2 * workers {
+			for j := i; j < nHandsets; j += 2 * workers {
 				// Anywhere in the minute: one budget.
 				at := now.Add(time.Duration(j) * 400 * time.Millisecond)
 				if firstOffer(t, replicas[rep], r, devs[j], limit, at) {
@@ -193,7 +194,7 @@ func testOfferBudgetRacedOfferGivenBack(t *testing.T, b backend) {
 	claims := countBudgetClaims(t, db)
 	r := startedRollout(t, rs, "ro-a")
 	now := t0.Add(time.Minute)
-	var devs []*server.Device
+	var devs []*handsets.Device
 	for i := range 3 {
 		d := newDevice(fmt.Sprintf("dev_%d", i), "px-7")
 		mustEnroll(t, s, d, "hash-"+d.ID)

@@ -24,6 +24,8 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // The report benchmarks seed a fleet of a million handsets with bulk
@@ -142,21 +144,21 @@ func pick(rng *mrand.Rand, cdf []float64) int {
 }
 
 // seedRollout is the rollout the seeded records are of.
-func seedRollout() *server.Rollout {
+func seedRollout() *rollout.Rollout {
 	var models []string
 	for _, m := range seedModels[:17] {
 		models = append(models, m.name)
 	}
-	r, _, err := server.NewRollout(server.Rollout{ID: seedRolloutID,
-		Release:  server.RolloutRelease{Target: seedTarget, PatchID: seedPatch, InstallsBuild: seedInstallsBuild},
-		Selector: server.Selector{Models: models, Channels: []string{"stable", "beta"}, BuildMin: "7.0.0"},
-		Stages:   seedStages, Policy: server.DefaultPolicy()}, "bench", seedStageStarts[0].Add(-time.Hour))
+	r, _, err := rollout.NewRollout(rollout.Rollout{ID: seedRolloutID,
+		Release:  rollout.RolloutRelease{Target: seedTarget, PatchID: seedPatch, InstallsBuild: seedInstallsBuild},
+		Selector: rollout.Selector{Models: models, Channels: []string{"stable", "beta"}, BuildMin: "7.0.0"},
+		Stages:   seedStages, Policy: rollout.DefaultPolicy()}, "bench", seedStageStarts[0].Add(-time.Hour))
 	if err != nil {
 		panic(err)
 	}
-	r.State, r.Stage = server.RolloutRunning, seedStage
+	r.State, r.Stage = rollout.RolloutRunning, seedStage
 	r.StartedAt, r.StageStartedAt = seedStageStarts[0], seedStageStarts[seedStage]
-	r.Holds = []server.Hold{{Model: "QZ-1", Actor: audit.SystemActor, Reason: "failure rate 9.1% over 1h0m0s",
+	r.Holds = []rollout.Hold{{Model: "QZ-1", Actor: audit.SystemActor, Reason: "failure rate 9.1% over 1h0m0s",
 		Installed: 50, Failed: 5, Rate: 0.091, MaxRate: 0.05, Window: time.Hour, At: seedNow.Add(-6 * time.Hour)}}
 	return r
 }
@@ -167,31 +169,31 @@ func seedRecordState(rng *mrand.Rand) (state string, attempts int) {
 	u := rng.Float64()
 	switch {
 	case u < 0.09:
-		return server.DeviceOffered, 1
+		return handsets.DeviceOffered, 1
 	case u < 0.12:
-		return server.StateDownloading, 1
+		return handsets.StateDownloading, 1
 	case u < 0.135:
-		return server.StateDownloaded, 1
+		return handsets.StateDownloaded, 1
 	case u < 0.145:
-		return server.StateVerified, 1
+		return handsets.StateVerified, 1
 	case u < 0.16:
-		return server.StateInstalling, 1
+		return handsets.StateInstalling, 1
 	case u < 0.21:
-		return server.StateFailed, 1
+		return handsets.StateFailed, 1
 	case u < 0.22:
-		return server.StateRolledBack, 1
+		return handsets.StateRolledBack, 1
 	case u < 0.26:
-		return server.StateInstalled, 2 // installed after a failed first attempt
+		return handsets.StateInstalled, 2 // installed after a failed first attempt
 	}
-	return server.StateInstalled, 1
+	return handsets.StateInstalled, 1
 }
 
 // patchesOf is the patch set of a handset on build before the rollout.
 func patchesOf(build string) []string {
 	switch {
-	case server.CompareBuilds(build, "7.2.0") < 0:
+	case handsets.CompareBuilds(build, "7.2.0") < 0:
 		return nil
-	case server.CompareBuilds(build, "7.4.0") < 0:
+	case handsets.CompareBuilds(build, "7.4.0") < 0:
 		return []string{"CM-2025-004"}
 	}
 	return []string{"CM-2025-004", "CM-2025-011"}
@@ -215,7 +217,7 @@ var (
 // seedDevice appends handset i, its record of the rollout and its
 // reports to batch. Everything is drawn from a generator seeded by i, so
 // a fleet of n handsets is the same on every backend and every run.
-func seedDevice(batch *seedBatch, ro *server.Rollout, i int) {
+func seedDevice(batch *seedBatch, ro *rollout.Rollout, i int) {
 	rng := mrand.New(mrand.NewPCG(0x5eed, uint64(i)))
 	id := fmt.Sprintf("dev_bench%08d", i)
 	m := seedModels[pick(rng, seedModelCDF)]
@@ -247,7 +249,7 @@ func seedDevice(batch *seedBatch, ro *server.Rollout, i int) {
 	}
 	lastSeen = lastSeen.Truncate(time.Second)
 	enrolled := seedNow.Add(-time.Duration(200+rng.IntN(500)) * 24 * time.Hour)
-	d := &server.Device{ID: id, Model: m.name, Build: build, Channel: channel, Region: region, InstalledPatches: patches}
+	d := &handsets.Device{ID: id, Model: m.name, Build: build, Channel: channel, Region: region, InstalledPatches: patches}
 
 	patched := slices.Contains(patches, seedPatch)
 	if ro.Selector.Matches(d) && ro.Pending(d) {
@@ -258,21 +260,21 @@ func seedDevice(batch *seedBatch, ro *server.Rollout, i int) {
 
 	// Messaging and encryption follow the patch: it turns cloud messaging
 	// off and number encryption on, and users change little after.
-	messaging, encryption := server.MessagingAutoEnabled, rng.Float64() < 0.35
+	messaging, encryption := handsets.MessagingAutoEnabled, rng.Float64() < 0.35
 	if u := rng.Float64(); patched {
-		messaging, encryption = server.MessagingOptedOut, rng.Float64() < 0.98
+		messaging, encryption = handsets.MessagingOptedOut, rng.Float64() < 0.98
 		switch {
 		case u < 0.01:
-			messaging = server.MessagingAutoEnabled
+			messaging = handsets.MessagingAutoEnabled
 		case u < 0.12:
-			messaging = server.MessagingOptedIn
+			messaging = handsets.MessagingOptedIn
 		}
 	} else {
 		switch {
 		case u < 0.10:
-			messaging = server.MessagingOptedIn
+			messaging = handsets.MessagingOptedIn
 		case u < 0.28:
-			messaging = server.MessagingOptedOut
+			messaging = handsets.MessagingOptedOut
 		}
 	}
 	encoded, err := encodePatches(d.InstalledPatches)
@@ -287,8 +289,8 @@ func seedDevice(batch *seedBatch, ro *server.Rollout, i int) {
 // d, if its cohort is in a stage it was seen since, and reports whether
 // it installed the patch. An installed handset checked in after it
 // installed: lastSeen moves to then if it was earlier.
-func seedRecord(batch *seedBatch, ro *server.Rollout, rng *mrand.Rand, d *server.Device, lastSeen *time.Time) bool {
-	cohort := server.Cohort(ro.Salt, d.ID)
+func seedRecord(batch *seedBatch, ro *rollout.Rollout, rng *mrand.Rand, d *handsets.Device, lastSeen *time.Time) bool {
+	cohort := rollout.Cohort(ro.Salt, d.ID)
 	stage := slices.IndexFunc(seedStages[:seedStage+1], func(p float64) bool { return cohort < int(math.Round(p*100)) })
 	if stage < 0 || lastSeen.Before(seedStageStarts[stage].Add(time.Hour)) {
 		return false // not in the cohort, or gone before its stage began
@@ -315,39 +317,39 @@ func seedRecord(batch *seedBatch, ro *server.Rollout, rng *mrand.Rand, d *server
 	if attempts == 2 {
 		failedAt := offered.Add(took())
 		if retry := failedAt.Add(time.Hour); retry.Before(seedNow.Add(-time.Minute)) {
-			report(server.StateDownloading, "", offered.Add(time.Minute))
-			report(server.StateFailed, seedCodes[pick(rng, seedCodeCDF)].code, failedAt)
+			report(handsets.StateDownloading, "", offered.Add(time.Minute))
+			report(handsets.StateFailed, seedCodes[pick(rng, seedCodeCDF)].code, failedAt)
 			at, lastOffered, lastFailure = retry, retry, failedAt
 		} else {
 			attempts = 1 // too recent for a retry
 		}
 	}
 	end := at.Add(took())
-	if state == server.StateInstalled || state == server.StateFailed || state == server.StateRolledBack {
+	if state == handsets.StateInstalled || state == handsets.StateFailed || state == handsets.StateRolledBack {
 		if end.After(seedNow) {
-			state = server.StateInstalling // still at it
+			state = handsets.StateInstalling // still at it
 		}
 	}
 	var result time.Time
 	switch state {
-	case server.DeviceOffered:
-	case server.StateDownloading, server.StateDownloaded, server.StateVerified, server.StateInstalling:
+	case handsets.DeviceOffered:
+	case handsets.StateDownloading, handsets.StateDownloaded, handsets.StateVerified, handsets.StateInstalling:
 		mid := at.Add(time.Duration(rng.Float64() * float64(min(seedNow.Sub(at), 2*time.Hour))))
-		report(server.StateDownloading, "", mid)
-		if state != server.StateDownloading {
+		report(handsets.StateDownloading, "", mid)
+		if state != handsets.StateDownloading {
 			report(state, "", mid.Add(time.Duration(rng.Float64()*float64(seedNow.Sub(mid)))))
 		}
-	case server.StateInstalled, server.StateRolledBack:
-		report(server.StateDownloading, "", at.Add(time.Minute))
-		report(server.StateInstalling, "", end.Add(-time.Minute))
+	case handsets.StateInstalled, handsets.StateRolledBack:
+		report(handsets.StateDownloading, "", at.Add(time.Minute))
+		report(handsets.StateInstalling, "", end.Add(-time.Minute))
 		report(state, "", end)
 		result = end
-	case server.StateFailed:
-		report(server.StateDownloading, "", at.Add(time.Minute))
+	case handsets.StateFailed:
+		report(handsets.StateDownloading, "", at.Add(time.Minute))
 		report(state, seedCodes[pick(rng, seedCodeCDF)].code, end)
 		result = end
 	}
-	if state == server.StateFailed || state == server.StateRolledBack {
+	if state == handsets.StateFailed || state == handsets.StateRolledBack {
 		lastFailure = end
 	}
 	for k, r := range reports {
@@ -365,7 +367,7 @@ func seedRecord(batch *seedBatch, ro *server.Rollout, rng *mrand.Rand, d *server
 	if lastSeen.Before(lastOffered) {
 		*lastSeen = lastOffered
 	}
-	installed := state == server.StateInstalled
+	installed := state == handsets.StateInstalled
 	if installed && lastSeen.Before(result) {
 		*lastSeen = result.Add(time.Duration(rng.Float64() * float64(min(time.Hour, seedNow.Sub(result))))).Truncate(time.Second)
 	}
@@ -375,11 +377,11 @@ func seedRecord(batch *seedBatch, ro *server.Rollout, rng *mrand.Rand, d *server
 // seedReportFleet writes n handsets, the rollout and its records and
 // reports into db (migrated, empty), then computes the rollups from
 // them. It returns the rollout.
-func seedReportFleet(tb testing.TB, db *DB, n int) *server.Rollout {
+func seedReportFleet(tb testing.TB, db *DB, n int) *rollout.Rollout {
 	tb.Helper()
 	ctx := context.Background()
 	ro := seedRollout()
-	ev := server.Event{RolloutID: ro.ID, At: ro.CreatedAt, Actor: "bench", Action: server.ActionCreate,
+	ev := rollout.Event{RolloutID: ro.ID, At: ro.CreatedAt, Actor: "bench", Action: rollout.ActionCreate,
 		ToState: ro.State, ToPercent: ro.Percent()}
 	if err := db.Rollouts().CreateRollout(ctx, ro, 0, ev); err != nil {
 		tb.Fatalf("create rollout: %v", err)
@@ -576,7 +578,7 @@ FROM device_rollouts WHERE state = 'installed' GROUP BY rollout_id, ` + bucket,
 type benchFleet struct {
 	once    sync.Once
 	db      *DB
-	rollout *server.Rollout
+	rollout *rollout.Rollout
 	err     error
 	// cleanup removes the database; TestMain calls it.
 	cleanup func()
@@ -641,14 +643,14 @@ const (
 // addUnfoldedTail makes n state-changing check-ins (a new build) and n
 // reports (downloading, of handsets offered the rollout) through the
 // store, from 16 goroutines, and does not fold them.
-func addUnfoldedTail(db *DB, ro *server.Rollout, n int) error {
+func addUnfoldedTail(db *DB, ro *rollout.Rollout, n int) error {
 	ctx := context.Background()
 	var hashes, offered []string
 	if err := db.gorm.Raw(`SELECT token_hash FROM devices ORDER BY id LIMIT ?`, n).Scan(&hashes).Error; err != nil {
 		return err
 	}
 	if err := db.gorm.Raw(`SELECT device_id FROM device_rollouts WHERE rollout_id = ? AND state = ? ORDER BY device_id LIMIT ?`,
-		ro.ID, server.DeviceOffered, n).Scan(&offered).Error; err != nil {
+		ro.ID, handsets.DeviceOffered, n).Scan(&offered).Error; err != nil {
 		return err
 	}
 	s := db.Devices()
@@ -675,15 +677,15 @@ func addUnfoldedTail(db *DB, ro *server.Rollout, n int) error {
 			if err != nil {
 				return err
 			}
-			ci := server.CheckIn{Build: "7.9.9", Model: d.Model, Channel: d.Channel, InstalledPatches: d.InstalledPatches,
+			ci := handsets.CheckIn{Build: "7.9.9", Model: d.Model, Channel: d.Channel, InstalledPatches: d.InstalledPatches,
 				CloudMessaging: d.CloudMessaging, NumberEncryption: d.NumberEncryption}
 			return s.SaveCheckIn(ctx, d, d.AfterCheckIn(ci, seedNow.Add(-time.Duration(i)*time.Millisecond)))
 		}
 	}
 	for i, id := range offered {
 		work <- func() error {
-			_, err := s.AddReport(ctx, server.Report{ID: fmt.Sprintf("tail-%d", i), DeviceID: id, PatchID: seedPatch,
-				RolloutID: ro.ID, Target: seedTarget, State: server.StateDownloading,
+			_, err := s.AddReport(ctx, handsets.Report{ID: fmt.Sprintf("tail-%d", i), DeviceID: id, PatchID: seedPatch,
+				RolloutID: ro.ID, Target: seedTarget, State: handsets.StateDownloading,
 				At: seedNow.Add(-time.Minute), ReceivedAt: seedNow.Add(-time.Minute)})
 			return err
 		}
@@ -876,7 +878,7 @@ WHERE r.patch_id = ? AND r.state IN ('installed', 'failed', 'rolled_back')
 		if d.InstalledPatches != "" {
 			patches = strings.Split(strings.Trim(d.InstalledPatches, ","), ",")
 		}
-		hd := &server.Device{ID: d.ID, Model: d.Model, Build: d.Build, Channel: d.Channel, Region: d.Region, InstalledPatches: patches}
+		hd := &handsets.Device{ID: d.ID, Model: d.Model, Build: d.Build, Channel: d.Channel, Region: d.Region, InstalledPatches: patches}
 		if ro.Selector.Matches(hd) && ro.Pending(hd) {
 			want.Eligible++
 			at(d.Model).Eligible++
@@ -888,19 +890,19 @@ WHERE r.patch_id = ? AND r.state IN ('installed', 'failed', 'rolled_back')
 		for _, cc := range []*server.CohortCounts{&want, c} {
 			cc.Offered++
 			switch r.State {
-			case server.DeviceOffered:
+			case handsets.DeviceOffered:
 				cc.Pending++
-			case server.StateInstalled:
+			case handsets.StateInstalled:
 				cc.Installed++
-			case server.StateFailed:
+			case handsets.StateFailed:
 				cc.Failed++
-			case server.StateRolledBack:
+			case handsets.StateRolledBack:
 				cc.RolledBack++
 			default:
 				cc.Downloading++
 			}
 		}
-		if r.State == server.StateInstalled {
+		if r.State == handsets.StateInstalled {
 			installTimes = append(installTimes, r.ResultAt.Sub(r.OfferedAt))
 		}
 	}
@@ -934,7 +936,7 @@ WHERE r.patch_id = ? AND r.state IN ('installed', 'failed', 'rolled_back')
 	hours := map[time.Time]server.HourResults{}
 	first := seedNow.Truncate(time.Hour).Add(-47 * time.Hour)
 	for _, r := range results {
-		if r.State == server.StateFailed {
+		if r.State == handsets.StateFailed {
 			codes[r.ErrorCode]++
 		}
 		h := r.ReceivedAt.UTC().Truncate(time.Hour)
@@ -942,18 +944,18 @@ WHERE r.patch_id = ? AND r.state IN ('installed', 'failed', 'rolled_back')
 			continue
 		}
 		hr := hours[h]
-		if r.State == server.StateInstalled {
+		if r.State == handsets.StateInstalled {
 			hr.Installed++
 		} else {
 			hr.Failed++
 		}
 		hours[h] = hr
 	}
-	var wantCodes []server.FailureCount
+	var wantCodes []handsets.FailureCount
 	for c, k := range codes {
-		wantCodes = append(wantCodes, server.FailureCount{ErrorCode: c, Count: k})
+		wantCodes = append(wantCodes, handsets.FailureCount{ErrorCode: c, Count: k})
 	}
-	slices.SortFunc(wantCodes, func(a, b server.FailureCount) int {
+	slices.SortFunc(wantCodes, func(a, b handsets.FailureCount) int {
 		return cmp.Or(cmp.Compare(b.Count, a.Count), strings.Compare(a.ErrorCode, b.ErrorCode))
 	})
 	if len(wantCodes) > server.TopFailureCodes {
@@ -961,7 +963,7 @@ WHERE r.patch_id = ? AND r.state IN ('installed', 'failed', 'rolled_back')
 		for _, c := range wantCodes[server.TopFailureCodes:] {
 			rest += c.Count
 		}
-		wantCodes = append(wantCodes[:server.TopFailureCodes], server.FailureCount{ErrorCode: server.OtherCodes, Count: rest})
+		wantCodes = append(wantCodes[:server.TopFailureCodes], handsets.FailureCount{ErrorCode: server.OtherCodes, Count: rest})
 	}
 	if !slices.Equal(rep.FailureCodes, wantCodes) {
 		t.Errorf("failure codes:\n got %v\nwant %v", rep.FailureCodes, wantCodes)
@@ -1010,7 +1012,7 @@ WHERE r.patch_id = ? AND r.state IN ('installed', 'failed', 'rolled_back')
 			perDay[day] = de
 		}
 		de.Active++
-		if d.CloudMessaging == server.MessagingAutoEnabled || !d.NumberEncryption {
+		if d.CloudMessaging == handsets.MessagingAutoEnabled || !d.NumberEncryption {
 			de.Exposed++
 		}
 	}
@@ -1019,7 +1021,7 @@ WHERE r.patch_id = ? AND r.state IN ('installed', 'failed', 'rolled_back')
 			continue
 		}
 		wantExp.Active++
-		auto, unenc := d.CloudMessaging == server.MessagingAutoEnabled, !d.NumberEncryption
+		auto, unenc := d.CloudMessaging == handsets.MessagingAutoEnabled, !d.NumberEncryption
 		if auto {
 			wantExp.AutoEnabled++
 		}
@@ -1037,7 +1039,7 @@ WHERE r.patch_id = ? AND r.state IN ('installed', 'failed', 'rolled_back')
 	if exp.Day != latest || exp.ExposureCounts != wantExp {
 		t.Errorf("exposure of %s:\n got %+v\nwant %+v of %s", exp.Day, exp.ExposureCounts, wantExp, latest)
 	}
-	if len(exp.ByModel) != 6 || exp.ByModel[5].Model != server.OtherModels {
+	if len(exp.ByModel) != 6 || exp.ByModel[5].Model != handsets.OtherModels {
 		t.Fatalf("by model %+v, want the top 5 and (other)", exp.ByModel)
 	}
 	var sum int64

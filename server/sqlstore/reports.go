@@ -11,8 +11,9 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 type reportRow struct {
@@ -45,7 +46,7 @@ func (patchStateRow) TableName() string { return "device_patch_states" }
 func stateRank(col string) string {
 	var b strings.Builder
 	b.WriteString("CASE " + col)
-	for i, st := range server.ReportStates {
+	for i, st := range handsets.ReportStates {
 		fmt.Fprintf(&b, " WHEN '%s' THEN %d", strings.ReplaceAll(st, "'", "''"), i+1)
 	}
 	b.WriteString(" ELSE 0 END")
@@ -79,16 +80,16 @@ WHERE excluded.at > device_patch_states.at
 // On PostgreSQL the write is two statements (storeReportPostgresSQL,
 // then the record's move with its deltas), and the only rows it locks
 // are the device's own: its report, its state and its record.
-func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.ReportOutcome, error) {
-	var out server.ReportOutcome
-	if !slices.Contains(server.ReportStates, r.State) {
+func (s *DeviceStore) AddReport(ctx context.Context, r handsets.Report) (handsets.ReportOutcome, error) {
+	var out handsets.ReportOutcome
+	if !slices.Contains(handsets.ReportStates, r.State) {
 		return out, fmt.Errorf("report state %q: %w", r.State, errs.ErrInvalid)
 	}
 	row := reportRow{DeviceID: r.DeviceID, ReportID: r.ID, PatchID: r.PatchID, Target: r.Target, State: r.State,
 		ErrorCode: r.ErrorCode, Message: r.Message, At: dbTime(r.At), ReceivedAt: dbTime(r.ReceivedAt)}
 	var conflict bool
 	err := s.db.write(ctx, false, func(x sqlExec) error {
-		out, conflict = server.ReportOutcome{}, false
+		out, conflict = handsets.ReportOutcome{}, false
 		store := s.storeReportSQLite
 		if s.db.dialect == dialectPostgres {
 			store = s.storeReportPostgres
@@ -116,13 +117,13 @@ func (s *DeviceStore) AddReport(ctx context.Context, r server.Report) (server.Re
 	})
 	err = s.db.rawErr(err)
 	if errors.Is(err, gorm.ErrForeignKeyViolated) {
-		return server.ReportOutcome{}, fmt.Errorf("device %s: %w", r.DeviceID, errs.ErrNotFound)
+		return handsets.ReportOutcome{}, fmt.Errorf("device %s: %w", r.DeviceID, errs.ErrNotFound)
 	}
 	if err != nil {
-		return server.ReportOutcome{}, fmt.Errorf("add report: %w", err)
+		return handsets.ReportOutcome{}, fmt.Errorf("add report: %w", err)
 	}
 	if conflict {
-		return server.ReportOutcome{}, fmt.Errorf("%w: report_id %s already used for a different report", errs.ErrConflict, r.ID)
+		return handsets.ReportOutcome{}, fmt.Errorf("%w: report_id %s already used for a different report", errs.ErrConflict, r.ID)
 	}
 	return out, nil
 }
@@ -261,7 +262,7 @@ func scanReportRecord(rows *sql.Rows, counts ...*int64) (*reportRecordRow, error
 // the rollout started (its results then count in the reports but not
 // toward health: see RolloutResults). It returns the record as moved, or
 // nil when there is none or it did not move.
-func (s *DeviceStore) observe(x sqlExec, r server.Report, rec *reportRecordRow) (*server.DeviceRollout, error) {
+func (s *DeviceStore) observe(x sqlExec, r handsets.Report, rec *reportRecordRow) (*handsets.DeviceRollout, error) {
 	if rec == nil {
 		return nil, nil
 	}
@@ -271,7 +272,7 @@ func (s *DeviceStore) observe(x sqlExec, r server.Report, rec *reportRecordRow) 
 	if next == *old {
 		return nil, nil
 	}
-	late := server.EnrolledLate(rec.EnrolledAt, readTime(rec.StartedAt))
+	late := rollout.EnrolledLate(rec.EnrolledAt, readTime(rec.StartedAt))
 	deltas := moveRecords(recordMove(old, &next), r.ReceivedAt)
 	deltas.merge(countResult(old, &next, r.ErrorCode, r.ReceivedAt))
 	_, err := s.db.changeWithDeltas(x, `UPDATE device_rollouts SET state = ?, last_failure_at = ?, result_at = ?, enrolled_late = ?
@@ -315,28 +316,28 @@ func (s *DeviceStore) DeleteReportsBefore(ctx context.Context, t time.Time) (int
 
 // PatchStates implements server.DeviceStore, ordered by patch id. An
 // unknown device has no states.
-func (s *DeviceStore) PatchStates(ctx context.Context, deviceID string) ([]server.PatchState, error) {
+func (s *DeviceStore) PatchStates(ctx context.Context, deviceID string) ([]handsets.PatchState, error) {
 	var rows []patchStateRow
 	if err := s.db.gorm.WithContext(ctx).Where("device_id = ?", deviceID).Order("patch_id").Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("list patch states: %w", err)
 	}
-	out := make([]server.PatchState, len(rows))
+	out := make([]handsets.PatchState, len(rows))
 	for i, r := range rows {
-		out[i] = server.PatchState{PatchID: r.PatchID, State: r.State, ErrorCode: r.ErrorCode, At: r.At.UTC()}
+		out[i] = handsets.PatchState{PatchID: r.PatchID, State: r.State, ErrorCode: r.ErrorCode, At: r.At.UTC()}
 	}
 	return out, nil
 }
 
 // Reports implements server.DeviceStore: by the handset's time, then by
 // arrival. An unknown device has no reports.
-func (s *DeviceStore) Reports(ctx context.Context, deviceID string) ([]server.Report, error) {
+func (s *DeviceStore) Reports(ctx context.Context, deviceID string) ([]handsets.Report, error) {
 	var rows []reportRow
 	if err := s.db.gorm.WithContext(ctx).Where("device_id = ?", deviceID).Order("at, received_at, report_id").Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("list reports: %w", err)
 	}
-	out := make([]server.Report, len(rows))
+	out := make([]handsets.Report, len(rows))
 	for i, r := range rows {
-		out[i] = server.Report{ID: r.ReportID, DeviceID: r.DeviceID, PatchID: r.PatchID, Target: r.Target,
+		out[i] = handsets.Report{ID: r.ReportID, DeviceID: r.DeviceID, PatchID: r.PatchID, Target: r.Target,
 			State: r.State, ErrorCode: r.ErrorCode, Message: r.Message, At: r.At.UTC(), ReceivedAt: r.ReceivedAt.UTC()}
 	}
 	return out, nil

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/server/textrule"
 )
 
@@ -38,12 +38,12 @@ func testOperatorIDsRefused(t *testing.T, b backend) {
 	for _, v := range plantedInIDs {
 		for _, tc := range []struct {
 			field string
-			edit  func(*server.RolloutSpec)
+			edit  func(*rollout.RolloutSpec)
 		}{
-			{"id", func(sp *server.RolloutSpec) { sp.ID = v }},
-			{"salt", func(sp *server.RolloutSpec) { sp.Salt = v }},
-			{"models[0]", func(sp *server.RolloutSpec) { sp.Selector.Models = []string{v} }},
-			{"channels[0]", func(sp *server.RolloutSpec) { sp.Selector.Channels = []string{"c-" + strings.ToLower(v)} }},
+			{"id", func(sp *rollout.RolloutSpec) { sp.ID = v }},
+			{"salt", func(sp *rollout.RolloutSpec) { sp.Salt = v }},
+			{"models[0]", func(sp *rollout.RolloutSpec) { sp.Selector.Models = []string{v} }},
+			{"channels[0]", func(sp *rollout.RolloutSpec) { sp.Selector.Channels = []string{"c-" + strings.ToLower(v)} }},
 		} {
 			sp := spec(privacyTarget)
 			sp.Draft = true
@@ -192,7 +192,7 @@ func testOpenRolloutsCapped(t *testing.T, b backend) {
 		ids = append(ids, r.ID)
 	}
 	_, _, err := s.Create(ctx, spec(privacyTarget), "alice")
-	if !errors.Is(err, server.ErrTooManyOpenRollouts) || !errors.Is(err, errs.ErrConflict) ||
+	if !errors.Is(err, rollout.ErrTooManyOpenRollouts) || !errors.Is(err, errs.ErrConflict) ||
 		!strings.Contains(err.Error(), "3 are draft, running or paused") || !strings.Contains(err.Error(), "complete or abort some") {
 		t.Fatalf("fourth create: got %v, want ErrTooManyOpenRollouts saying to complete or abort some", err)
 	}
@@ -213,7 +213,7 @@ func testOpenRolloutsCapped(t *testing.T, b backend) {
 	if _, _, err := s.Create(ctx, spec(privacyTarget), "alice"); err != nil {
 		t.Fatalf("create after an abort: %v", err)
 	}
-	if _, _, err := s.Create(ctx, spec(privacyTarget), "alice"); !errors.Is(err, server.ErrTooManyOpenRollouts) {
+	if _, _, err := s.Create(ctx, spec(privacyTarget), "alice"); !errors.Is(err, rollout.ErrTooManyOpenRollouts) {
 		t.Fatalf("create past the cap again: got %v", err)
 	}
 }
@@ -235,7 +235,7 @@ func testOpenRolloutsCappedConcurrently(t *testing.T, b backend) {
 			switch {
 			case err == nil:
 				created++
-			case errors.Is(err, server.ErrTooManyOpenRollouts):
+			case errors.Is(err, rollout.ErrTooManyOpenRollouts):
 				refused++
 			default:
 				t.Errorf("create: %v", err)
@@ -243,7 +243,7 @@ func testOpenRolloutsCappedConcurrently(t *testing.T, b backend) {
 		})
 	}
 	wg.Wait()
-	rs, err := store.Rollouts(ctx, server.OpenRolloutStates...)
+	rs, err := store.Rollouts(ctx, rollout.OpenRolloutStates...)
 	if err != nil {
 		t.Fatal(err)
 	}

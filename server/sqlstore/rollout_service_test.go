@@ -14,9 +14,9 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // The RolloutService runs here, on the real store, because package
@@ -68,17 +68,17 @@ type clock struct{ t time.Time }
 func (c *clock) now() time.Time { c.t = c.t.Add(time.Second); return c.t }
 
 // newService is a service on a fresh store of b; changes counts OnChange.
-func newService(t *testing.T, b backend) (*server.RolloutService, *RolloutStore, *int) {
+func newService(t *testing.T, b backend) (*rollout.RolloutService, *RolloutStore, *int) {
 	t.Helper()
 	_, _, store := mustRollouts(t, b)
 	changes := new(int)
 	c := &clock{t: t0}
-	return &server.RolloutService{Store: store, Releases: publishedTargets(t), Now: c.now, Approvals: store.db.Approvals(),
+	return &rollout.RolloutService{Store: store, Releases: publishedTargets(t), Now: c.now, Approvals: store.db.Approvals(),
 		OnChange: func() { *changes++ }}, store, changes
 }
 
-func spec(release string) server.RolloutSpec {
-	return server.RolloutSpec{Release: release, Stages: []float64{1, 10, 50, 100}, Policy: server.DefaultPolicy()}
+func spec(release string) rollout.RolloutSpec {
+	return rollout.RolloutSpec{Release: release, Stages: []float64{1, 10, 50, 100}, Policy: rollout.DefaultPolicy()}
 }
 
 func wantField(t *testing.T, err error, field string) {
@@ -89,7 +89,7 @@ func wantField(t *testing.T, err error, field string) {
 	}
 }
 
-func actions(evs []server.Event) []string {
+func actions(evs []rollout.Event) []string {
 	out := make([]string, len(evs))
 	for i, ev := range evs {
 		out[i] = ev.Action
@@ -101,26 +101,26 @@ func testServiceCreate(t *testing.T, b backend) {
 	generated := regexp.MustCompile(`^ro-[0-9a-f]{12}$`)
 	tests := []struct {
 		name        string
-		spec        func(s *server.RolloutSpec)
+		spec        func(s *rollout.RolloutSpec)
 		wantField   string
-		wantState   server.RolloutState
+		wantState   rollout.RolloutState
 		wantEvents  []string
 		wantReasons []string
 	}{
-		{name: "started unless a draft", spec: func(*server.RolloutSpec) {},
-			wantState: server.RolloutRunning, wantEvents: []string{"create", "start"}, wantReasons: []string{"", "created by alice"}},
-		{name: "started with a reason and an id", spec: func(s *server.RolloutSpec) { s.ID, s.Reason = "ro-privacy", "privacy incident" },
-			wantState: server.RolloutRunning, wantEvents: []string{"create", "start"}, wantReasons: []string{"privacy incident", "privacy incident"}},
-		{name: "draft", spec: func(s *server.RolloutSpec) { s.Draft, s.Reason = true, "prepared for Monday" },
-			wantState: server.RolloutDraft, wantEvents: []string{"create"}, wantReasons: []string{"prepared for Monday"}},
-		{name: "unpublished path", spec: func(s *server.RolloutSpec) { s.Release = "cm-privacy/2026.2/update.zip" }, wantField: "release"},
-		{name: "empty release", spec: func(s *server.RolloutSpec) { s.Release = "" }, wantField: "release"},
-		{name: "release without installs_build", spec: func(s *server.RolloutSpec) { s.Release = "old/no-build.zip" }, wantField: "release.installs_build"},
-		{name: "target that is not a patch", spec: func(s *server.RolloutSpec) { s.Release = "firmware/not-a-patch.bin" }, wantField: "release.patch_id"},
-		{name: "bad id", spec: func(s *server.RolloutSpec) { s.ID = "ro 1" }, wantField: "id"},
-		{name: "stages not increasing", spec: func(s *server.RolloutSpec) { s.Stages = []float64{10, 5} }, wantField: "stages[1]"},
-		{name: "bad policy", spec: func(s *server.RolloutSpec) { s.Policy.MaxFailureRate = 5 }, wantField: "max_failure_rate"},
-		{name: "build_min at installs_build", spec: func(s *server.RolloutSpec) { s.Selector.BuildMin = "7.5.0" }, wantField: "build_min"},
+		{name: "started unless a draft", spec: func(*rollout.RolloutSpec) {},
+			wantState: rollout.RolloutRunning, wantEvents: []string{"create", "start"}, wantReasons: []string{"", "created by alice"}},
+		{name: "started with a reason and an id", spec: func(s *rollout.RolloutSpec) { s.ID, s.Reason = "ro-privacy", "privacy incident" },
+			wantState: rollout.RolloutRunning, wantEvents: []string{"create", "start"}, wantReasons: []string{"privacy incident", "privacy incident"}},
+		{name: "draft", spec: func(s *rollout.RolloutSpec) { s.Draft, s.Reason = true, "prepared for Monday" },
+			wantState: rollout.RolloutDraft, wantEvents: []string{"create"}, wantReasons: []string{"prepared for Monday"}},
+		{name: "unpublished path", spec: func(s *rollout.RolloutSpec) { s.Release = "cm-privacy/2026.2/update.zip" }, wantField: "release"},
+		{name: "empty release", spec: func(s *rollout.RolloutSpec) { s.Release = "" }, wantField: "release"},
+		{name: "release without installs_build", spec: func(s *rollout.RolloutSpec) { s.Release = "old/no-build.zip" }, wantField: "release.installs_build"},
+		{name: "target that is not a patch", spec: func(s *rollout.RolloutSpec) { s.Release = "firmware/not-a-patch.bin" }, wantField: "release.patch_id"},
+		{name: "bad id", spec: func(s *rollout.RolloutSpec) { s.ID = "ro 1" }, wantField: "id"},
+		{name: "stages not increasing", spec: func(s *rollout.RolloutSpec) { s.Stages = []float64{10, 5} }, wantField: "stages[1]"},
+		{name: "bad policy", spec: func(s *rollout.RolloutSpec) { s.Policy.MaxFailureRate = 5 }, wantField: "max_failure_rate"},
+		{name: "build_min at installs_build", spec: func(s *rollout.RolloutSpec) { s.Selector.BuildMin = "7.5.0" }, wantField: "build_min"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -148,12 +148,12 @@ func testServiceCreate(t *testing.T, b backend) {
 				t.Errorf("id %q, want the given %q", r.ID, sp.ID)
 			}
 			got := mustRollout(t, store, r.ID)
-			wantRel := server.RolloutRelease{Target: privacyTarget, PatchID: "CM-2026-001", InstallsBuild: "7.5.0",
+			wantRel := rollout.RolloutRelease{Target: privacyTarget, PatchID: "CM-2026-001", InstallsBuild: "7.5.0",
 				Models: []string{"PX-7", "PX-8"}, BuildMin: "7.0.0", BuildMax: "7.4.9"}
 			if got.State != tc.wantState || got.Version != 1 || !reflect.DeepEqual(got.Release, wantRel) {
 				t.Errorf("stored %s version %d release %+v; want %s version 1 release %+v", got.State, got.Version, got.Release, tc.wantState, wantRel)
 			}
-			if tc.wantState == server.RolloutRunning && (got.Percent() != 1 || got.StartedAt.IsZero()) {
+			if tc.wantState == rollout.RolloutRunning && (got.Percent() != 1 || got.StartedAt.IsZero()) {
 				t.Errorf("started at %g%% at %v, want stage 1%% and a start time", got.Percent(), got.StartedAt)
 			}
 			evs := mustEvents(t, store, r.ID, 0)
@@ -167,8 +167,8 @@ func testServiceCreate(t *testing.T, b backend) {
 			if *changes != 1 {
 				t.Errorf("OnChange called %d times, want 1", *changes)
 			}
-			if _, _, err := svc.Create(t.Context(), server.RolloutSpec{ID: r.ID, Release: privacyTarget,
-				Stages: []float64{100}, Policy: server.DefaultPolicy()}, "bob"); !errors.Is(err, errs.ErrConflict) {
+			if _, _, err := svc.Create(t.Context(), rollout.RolloutSpec{ID: r.ID, Release: privacyTarget,
+				Stages: []float64{100}, Policy: rollout.DefaultPolicy()}, "bob"); !errors.Is(err, errs.ErrConflict) {
 				t.Errorf("a second rollout with id %s: got %v, want ErrConflict", r.ID, err)
 			}
 		})
@@ -177,7 +177,7 @@ func testServiceCreate(t *testing.T, b backend) {
 
 // applied is the answer of a widening that must not wait for an
 // approval: a pending one is an error.
-func applied(r *server.Rollout, a *server.Approval, err error) (*server.Rollout, error) {
+func applied(r *rollout.Rollout, a *rollout.Approval, err error) (*rollout.Rollout, error) {
 	if a != nil {
 		return r, fmt.Errorf("the change waits for approval %s", a.ID)
 	}
@@ -197,7 +197,7 @@ func testServiceActions(t *testing.T, b backend) {
 	// request keeps the approval a widening past four eyes must wait
 	// for; approve decides it.
 	var pending string
-	request := func(r *server.Rollout, a *server.Approval, err error) (*server.Rollout, error) {
+	request := func(r *rollout.Rollout, a *rollout.Approval, err error) (*rollout.Rollout, error) {
 		if err == nil && a == nil {
 			return r, errors.New("the widening did not wait for an approval")
 		}
@@ -206,61 +206,61 @@ func testServiceActions(t *testing.T, b backend) {
 		}
 		return r, err
 	}
-	approve := func(by string) (*server.Rollout, error) {
+	approve := func(by string) (*rollout.Rollout, error) {
 		r, _, err := svc.Approve(ctx, id, pending, by, "looks right")
 		return r, err
 	}
 	steps := []struct {
 		name        string
-		do          func() (*server.Rollout, error)
+		do          func() (*rollout.Rollout, error)
 		wantErr     error
 		wantField   string
-		wantState   server.RolloutState
+		wantState   rollout.RolloutState
 		wantPercent float64
 		wantHolds   int
 		// events, when set, are the events the step logs (by default
 		// the first word of its name, when it succeeds).
 		events []string
 	}{
-		{name: "pause", do: func() (*server.Rollout, error) { return svc.Pause(ctx, id, "bob", "looks off") },
-			wantState: server.RolloutPaused, wantPercent: 1},
-		{name: "pause a paused rollout", do: func() (*server.Rollout, error) { return svc.Pause(ctx, id, "bob", "again") },
+		{name: "pause", do: func() (*rollout.Rollout, error) { return svc.Pause(ctx, id, "bob", "looks off") },
+			wantState: rollout.RolloutPaused, wantPercent: 1},
+		{name: "pause a paused rollout", do: func() (*rollout.Rollout, error) { return svc.Pause(ctx, id, "bob", "again") },
 			wantErr: errs.ErrConflict},
-		{name: "resume without a reason", do: func() (*server.Rollout, error) { return applied(svc.Resume(ctx, id, "bob", " ")) },
+		{name: "resume without a reason", do: func() (*rollout.Rollout, error) { return applied(svc.Resume(ctx, id, "bob", " ")) },
 			wantField: "reason"},
-		{name: "resume", do: func() (*server.Rollout, error) { return applied(svc.Resume(ctx, id, "bob", "false alarm")) },
-			wantState: server.RolloutRunning, wantPercent: 1},
-		{name: "advance to the next stage", do: func() (*server.Rollout, error) { return applied(svc.Advance(ctx, id, "bob", "healthy", 0)) },
-			wantState: server.RolloutRunning, wantPercent: 10},
-		{name: "advance past four eyes", do: func() (*server.Rollout, error) { return request(svc.Advance(ctx, id, "bob", "faster", 75)) },
-			wantState: server.RolloutRunning, wantPercent: 10, events: []string{server.ActionApprovalRequested}},
-		{name: "approve one's own widening", do: func() (*server.Rollout, error) { return approve("bob") },
+		{name: "resume", do: func() (*rollout.Rollout, error) { return applied(svc.Resume(ctx, id, "bob", "false alarm")) },
+			wantState: rollout.RolloutRunning, wantPercent: 1},
+		{name: "advance to the next stage", do: func() (*rollout.Rollout, error) { return applied(svc.Advance(ctx, id, "bob", "healthy", 0)) },
+			wantState: rollout.RolloutRunning, wantPercent: 10},
+		{name: "advance past four eyes", do: func() (*rollout.Rollout, error) { return request(svc.Advance(ctx, id, "bob", "faster", 75)) },
+			wantState: rollout.RolloutRunning, wantPercent: 10, events: []string{rollout.ActionApprovalRequested}},
+		{name: "approve one's own widening", do: func() (*rollout.Rollout, error) { return approve("bob") },
 			wantErr: errs.ErrForbidden},
-		{name: "approve", do: func() (*server.Rollout, error) { return approve("alice") },
-			wantState: server.RolloutRunning, wantPercent: 75, events: []string{server.ActionAdvance}},
-		{name: "advance backwards", do: func() (*server.Rollout, error) { return applied(svc.Advance(ctx, id, "bob", "oops", 20)) },
+		{name: "approve", do: func() (*rollout.Rollout, error) { return approve("alice") },
+			wantState: rollout.RolloutRunning, wantPercent: 75, events: []string{rollout.ActionAdvance}},
+		{name: "advance backwards", do: func() (*rollout.Rollout, error) { return applied(svc.Advance(ctx, id, "bob", "oops", 20)) },
 			wantField: "percent"},
-		{name: "complete before the last stage", do: func() (*server.Rollout, error) { return svc.Complete(ctx, id, "bob", "done") },
+		{name: "complete before the last stage", do: func() (*rollout.Rollout, error) { return svc.Complete(ctx, id, "bob", "done") },
 			wantErr: errs.ErrConflict},
-		{name: "hold a model", do: func() (*server.Rollout, error) { return svc.HoldModel(ctx, id, "carol", "boot loops", "PX-8") },
-			wantState: server.RolloutRunning, wantPercent: 75, wantHolds: 1},
-		{name: "hold it again", do: func() (*server.Rollout, error) { return svc.HoldModel(ctx, id, "carol", "boot loops", "PX-8") },
+		{name: "hold a model", do: func() (*rollout.Rollout, error) { return svc.HoldModel(ctx, id, "carol", "boot loops", "PX-8") },
+			wantState: rollout.RolloutRunning, wantPercent: 75, wantHolds: 1},
+		{name: "hold it again", do: func() (*rollout.Rollout, error) { return svc.HoldModel(ctx, id, "carol", "boot loops", "PX-8") },
 			wantErr: errs.ErrConflict},
-		{name: "release the hold", do: func() (*server.Rollout, error) { return svc.ReleaseHold(ctx, id, "carol", "fixed", "PX-8") },
-			wantState: server.RolloutRunning, wantPercent: 75},
-		{name: "release a model not held", do: func() (*server.Rollout, error) { return svc.ReleaseHold(ctx, id, "carol", "fixed", "PX-8") },
+		{name: "release the hold", do: func() (*rollout.Rollout, error) { return svc.ReleaseHold(ctx, id, "carol", "fixed", "PX-8") },
+			wantState: rollout.RolloutRunning, wantPercent: 75},
+		{name: "release a model not held", do: func() (*rollout.Rollout, error) { return svc.ReleaseHold(ctx, id, "carol", "fixed", "PX-8") },
 			wantErr: errs.ErrNotFound},
-		{name: "advance to the last stage", do: func() (*server.Rollout, error) { return request(svc.Advance(ctx, id, "bob", "all", 0)) },
-			wantState: server.RolloutRunning, wantPercent: 75, events: []string{server.ActionApprovalRequested}},
-		{name: "approve the last stage", do: func() (*server.Rollout, error) { return approve("carol") },
-			wantState: server.RolloutRunning, wantPercent: 100, events: []string{server.ActionAdvance}},
-		{name: "complete", do: func() (*server.Rollout, error) { return svc.Complete(ctx, id, "bob", "done") },
-			wantState: server.RolloutCompleted, wantPercent: 100},
-		{name: "abort", do: func() (*server.Rollout, error) { return svc.Abort(ctx, id, "bob", "superseded") },
-			wantState: server.RolloutAborted, wantPercent: 100},
-		{name: "start an aborted rollout", do: func() (*server.Rollout, error) { return applied(svc.Start(ctx, id, "bob", "again")) },
+		{name: "advance to the last stage", do: func() (*rollout.Rollout, error) { return request(svc.Advance(ctx, id, "bob", "all", 0)) },
+			wantState: rollout.RolloutRunning, wantPercent: 75, events: []string{rollout.ActionApprovalRequested}},
+		{name: "approve the last stage", do: func() (*rollout.Rollout, error) { return approve("carol") },
+			wantState: rollout.RolloutRunning, wantPercent: 100, events: []string{rollout.ActionAdvance}},
+		{name: "complete", do: func() (*rollout.Rollout, error) { return svc.Complete(ctx, id, "bob", "done") },
+			wantState: rollout.RolloutCompleted, wantPercent: 100},
+		{name: "abort", do: func() (*rollout.Rollout, error) { return svc.Abort(ctx, id, "bob", "superseded") },
+			wantState: rollout.RolloutAborted, wantPercent: 100},
+		{name: "start an aborted rollout", do: func() (*rollout.Rollout, error) { return applied(svc.Start(ctx, id, "bob", "again")) },
 			wantErr: errs.ErrConflict},
-		{name: "unknown rollout", do: func() (*server.Rollout, error) { return svc.Pause(ctx, "ro-nosuch", "bob", "x") },
+		{name: "unknown rollout", do: func() (*rollout.Rollout, error) { return svc.Pause(ctx, "ro-nosuch", "bob", "x") },
 			wantErr: errs.ErrNotFound},
 	}
 	wantEvents := []string{"create", "start"}
@@ -299,7 +299,7 @@ func testServiceActions(t *testing.T, b backend) {
 	}
 	for i, a := range wantEvents {
 		if a == "release" {
-			wantEvents[i] = server.ActionReleaseHold
+			wantEvents[i] = rollout.ActionReleaseHold
 		}
 	}
 	evs, err := svc.Events(ctx, id, 0)
@@ -310,7 +310,7 @@ func testServiceActions(t *testing.T, b backend) {
 		t.Errorf("audit log %v, want %v", actions(evs), wantEvents)
 	}
 	if last := evs[len(evs)-1]; last.Actor != "bob" || last.Reason != "superseded" ||
-		last.FromState != server.RolloutCompleted || last.ToState != server.RolloutAborted {
+		last.FromState != rollout.RolloutCompleted || last.ToState != rollout.RolloutAborted {
 		t.Errorf("last event %+v, want bob's abort of the completed rollout, reason superseded", last)
 	}
 	if _, err := svc.Events(ctx, id, audit.MaxAuditLimit+1); err == nil {
@@ -324,11 +324,11 @@ func testServiceActions(t *testing.T, b backend) {
 type racingStore struct {
 	*RolloutStore
 	races   int
-	compete func(r *server.Rollout) (server.Event, error)
+	compete func(r *rollout.Rollout) (rollout.Event, error)
 	updates int
 }
 
-func (s *racingStore) UpdateRollout(ctx context.Context, r *server.Rollout, expect int64, evs []server.Event) error {
+func (s *racingStore) UpdateRollout(ctx context.Context, r *rollout.Rollout, expect int64, evs []rollout.Event) error {
 	s.updates++
 	if s.updates <= s.races {
 		cur, err := s.RolloutStore.Rollout(ctx, r.ID)
@@ -340,7 +340,7 @@ func (s *racingStore) UpdateRollout(ctx context.Context, r *server.Rollout, expe
 		if err != nil {
 			return fmt.Errorf("competing change: %w", err)
 		}
-		if err := s.RolloutStore.UpdateRollout(ctx, cur, from, []server.Event{ev}); err != nil {
+		if err := s.RolloutStore.UpdateRollout(ctx, cur, from, []rollout.Event{ev}); err != nil {
 			return fmt.Errorf("competing change: %w", err)
 		}
 	}
@@ -348,30 +348,30 @@ func (s *racingStore) UpdateRollout(ctx context.Context, r *server.Rollout, expe
 }
 
 func testServiceRetriesStale(t *testing.T, b backend) {
-	holdPX7 := func(r *server.Rollout) (server.Event, error) {
+	holdPX7 := func(r *rollout.Rollout) (rollout.Event, error) {
 		return r.HoldModel(audit.SystemActor, "failure rate", "PX-7", t0)
 	}
 	var n int
-	holdNext := func(r *server.Rollout) (server.Event, error) {
+	holdNext := func(r *rollout.Rollout) (rollout.Event, error) {
 		n++
 		return r.HoldModel(audit.SystemActor, "failure rate", fmt.Sprintf("M-%d", n), t0)
 	}
-	pauseIt := func(r *server.Rollout) (server.Event, error) { return r.Pause(audit.SystemActor, "auto-halt", t0) }
+	pauseIt := func(r *rollout.Rollout) (rollout.Event, error) { return r.Pause(audit.SystemActor, "auto-halt", t0) }
 	tests := []struct {
 		name        string
 		races       int
-		compete     func(*server.Rollout) (server.Event, error)
+		compete     func(*rollout.Rollout) (rollout.Event, error)
 		wantErr     bool
 		wantUpdates int
-		wantState   server.RolloutState
+		wantState   rollout.RolloutState
 		wantEvents  []string
 	}{
 		{name: "one race: redone on the new version", races: 1, compete: holdPX7, wantUpdates: 2,
-			wantState: server.RolloutPaused, wantEvents: []string{"create", "start", "hold", "pause"}},
+			wantState: rollout.RolloutPaused, wantEvents: []string{"create", "start", "hold", "pause"}},
 		{name: "the new state refuses it", races: 1, compete: pauseIt, wantErr: true, wantUpdates: 1,
-			wantState: server.RolloutPaused, wantEvents: []string{"create", "start", "pause"}},
+			wantState: rollout.RolloutPaused, wantEvents: []string{"create", "start", "pause"}},
 		{name: "always stale: gives up", races: 100, compete: holdNext, wantErr: true, wantUpdates: 5,
-			wantState: server.RolloutRunning, wantEvents: []string{"create", "start", "hold", "hold", "hold", "hold", "hold"}},
+			wantState: rollout.RolloutRunning, wantEvents: []string{"create", "start", "hold", "hold", "hold", "hold", "hold"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -414,12 +414,12 @@ func testServiceAudit(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []func() (*server.Rollout, error){
-		func() (*server.Rollout, error) { return svc.Pause(ctx, r1.ID, "carol", "p1") },               // +3s
-		func() (*server.Rollout, error) { return svc.Pause(ctx, r2.ID, "alice", "p2") },               // +4s
-		func() (*server.Rollout, error) { return applied(svc.Resume(ctx, r1.ID, "carol", "r1")) },     // +5s
-		func() (*server.Rollout, error) { return svc.HoldModel(ctx, r2.ID, "bob", "h2", "PX-8") },     // +6s
-		func() (*server.Rollout, error) { return applied(svc.Advance(ctx, r1.ID, "alice", "a1", 0)) }, // +7s
+	for _, f := range []func() (*rollout.Rollout, error){
+		func() (*rollout.Rollout, error) { return svc.Pause(ctx, r1.ID, "carol", "p1") },               // +3s
+		func() (*rollout.Rollout, error) { return svc.Pause(ctx, r2.ID, "alice", "p2") },               // +4s
+		func() (*rollout.Rollout, error) { return applied(svc.Resume(ctx, r1.ID, "carol", "r1")) },     // +5s
+		func() (*rollout.Rollout, error) { return svc.HoldModel(ctx, r2.ID, "bob", "h2", "PX-8") },     // +6s
+		func() (*rollout.Rollout, error) { return applied(svc.Advance(ctx, r1.ID, "alice", "a1", 0)) }, // +7s
 	} {
 		if _, err := f(); err != nil {
 			t.Fatal(err)
@@ -428,22 +428,22 @@ func testServiceAudit(t *testing.T, b backend) {
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
 	tests := []struct {
 		name      string
-		f         server.AuditFilter
+		f         rollout.AuditFilter
 		want      []string // reason or action@rollout, newest first
 		wantField string
 	}{
-		{name: "everything, newest first", f: server.AuditFilter{},
+		{name: "everything, newest first", f: rollout.AuditFilter{},
 			want: []string{"a1", "h2", "r1", "p2", "p1", "start@2", "create@2", "start@1", "create@1"}},
-		{name: "one rollout", f: server.AuditFilter{RolloutID: r2.ID}, want: []string{"h2", "p2", "start@2", "create@2"}},
-		{name: "one actor", f: server.AuditFilter{Actor: "alice"}, want: []string{"a1", "p2", "start@1", "create@1"}},
-		{name: "one action", f: server.AuditFilter{Action: server.ActionPause}, want: []string{"p2", "p1"}},
-		{name: "rollout and actor", f: server.AuditFilter{RolloutID: r1.ID, Actor: "carol"}, want: []string{"r1", "p1"}},
-		{name: "since is inclusive, until exclusive", f: server.AuditFilter{Since: at(3), Until: at(6)}, want: []string{"r1", "p2", "p1"}},
-		{name: "limit", f: server.AuditFilter{Limit: 2}, want: []string{"a1", "h2"}},
-		{name: "nothing matches", f: server.AuditFilter{Actor: "mallory"}, want: []string{}},
-		{name: "unknown action", f: server.AuditFilter{Action: "delete"}, wantField: "action"},
-		{name: "limit above the maximum", f: server.AuditFilter{Limit: audit.MaxAuditLimit + 1}, wantField: "limit"},
-		{name: "until not after since", f: server.AuditFilter{Since: at(5), Until: at(5)}, wantField: "until"},
+		{name: "one rollout", f: rollout.AuditFilter{RolloutID: r2.ID}, want: []string{"h2", "p2", "start@2", "create@2"}},
+		{name: "one actor", f: rollout.AuditFilter{Actor: "alice"}, want: []string{"a1", "p2", "start@1", "create@1"}},
+		{name: "one action", f: rollout.AuditFilter{Action: rollout.ActionPause}, want: []string{"p2", "p1"}},
+		{name: "rollout and actor", f: rollout.AuditFilter{RolloutID: r1.ID, Actor: "carol"}, want: []string{"r1", "p1"}},
+		{name: "since is inclusive, until exclusive", f: rollout.AuditFilter{Since: at(3), Until: at(6)}, want: []string{"r1", "p2", "p1"}},
+		{name: "limit", f: rollout.AuditFilter{Limit: 2}, want: []string{"a1", "h2"}},
+		{name: "nothing matches", f: rollout.AuditFilter{Actor: "mallory"}, want: []string{}},
+		{name: "unknown action", f: rollout.AuditFilter{Action: "delete"}, wantField: "action"},
+		{name: "limit above the maximum", f: rollout.AuditFilter{Limit: audit.MaxAuditLimit + 1}, wantField: "limit"},
+		{name: "until not after since", f: rollout.AuditFilter{Since: at(5), Until: at(5)}, wantField: "until"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -475,7 +475,7 @@ func testServiceAudit(t *testing.T, b backend) {
 			t.Fatal(err)
 		}
 	}
-	evs, err := svc.AuditEvents(ctx, server.AuditFilter{})
+	evs, err := svc.AuditEvents(ctx, rollout.AuditFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -501,7 +501,7 @@ SELECT 'ro_' || (i % 20), ?, 'bot', 'hold', 'seed', 'running', 'running', 1, 1, 
 	if err := g.Exec("ANALYZE rollout_events").Error; err != nil {
 		t.Fatal(err)
 	}
-	f := server.AuditFilter{RolloutID: "ro_1", Actor: "alice", Since: t0, Limit: 50}
+	f := rollout.AuditFilter{RolloutID: "ro_1", Actor: "alice", Since: t0, Limit: 50}
 	query := g.ToSQL(func(tx *gorm.DB) *gorm.DB {
 		var rows []rolloutEventRow
 		return auditQuery(tx, f).Find(&rows)

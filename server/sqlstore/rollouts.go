@@ -10,15 +10,16 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // RolloutStore keeps staged rollouts; it implements server.RolloutStore.
 type RolloutStore struct{ db *DB }
 
-var _ server.RolloutStore = (*RolloutStore)(nil)
+var _ rollout.RolloutStore = (*RolloutStore)(nil)
 
 // Rollouts returns the rollout store of db.
 func (db *DB) Rollouts() *RolloutStore { return &RolloutStore{db: db} }
@@ -117,14 +118,14 @@ type selectorJSON struct {
 }
 
 type policyJSON struct {
-	MaxFailureRate     float64       `json:"max_failure_rate"`
-	MinResults         int64         `json:"min_results"`
-	FailureWindow      duration      `json:"failure_window"`
-	Soak               duration      `json:"soak"`
-	Retries            int           `json:"retries"`
-	Backoff            []duration    `json:"backoff"`
-	MaxOffersPerMinute int           `json:"max_offers_per_minute"`
-	Window             server.Window `json:"window"`
+	MaxFailureRate     float64        `json:"max_failure_rate"`
+	MinResults         int64          `json:"min_results"`
+	FailureWindow      duration       `json:"failure_window"`
+	Soak               duration       `json:"soak"`
+	Retries            int            `json:"retries"`
+	Backoff            []duration     `json:"backoff"`
+	MaxOffersPerMinute int            `json:"max_offers_per_minute"`
+	Window             rollout.Window `json:"window"`
 }
 
 type holdJSON struct {
@@ -139,13 +140,13 @@ type holdJSON struct {
 	At        time.Time `json:"at"`
 }
 
-func toHoldJSON(h server.Hold) holdJSON {
+func toHoldJSON(h rollout.Hold) holdJSON {
 	return holdJSON{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed,
 		Rate: h.Rate, MaxRate: h.MaxRate, Window: duration(h.Window), At: dbTime(h.At)}
 }
 
-func (h holdJSON) hold() server.Hold {
-	return server.Hold{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed,
+func (h holdJSON) hold() rollout.Hold {
+	return rollout.Hold{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed,
 		Rate: h.Rate, MaxRate: h.MaxRate, Window: time.Duration(h.Window), At: h.At.UTC()}
 }
 
@@ -168,7 +169,7 @@ func jsonText(v any) (string, error) {
 }
 
 // optionalHold is the JSON of h, or NULL.
-func optionalHold(h *server.Hold) (*string, error) {
+func optionalHold(h *rollout.Hold) (*string, error) {
 	if h == nil {
 		return nil, nil
 	}
@@ -176,7 +177,7 @@ func optionalHold(h *server.Hold) (*string, error) {
 	return &s, err
 }
 
-func readHold(s *string) (*server.Hold, error) {
+func readHold(s *string) (*rollout.Hold, error) {
 	if s == nil {
 		return nil, nil
 	}
@@ -204,7 +205,7 @@ func readTime(t *time.Time) time.Time {
 	return t.UTC()
 }
 
-func toRolloutRow(r *server.Rollout, version int64) (*rolloutRow, error) {
+func toRolloutRow(r *rollout.Rollout, version int64) (*rolloutRow, error) {
 	row := &rolloutRow{ID: r.ID, Version: version, State: string(r.State), Target: r.Release.Target,
 		PatchID: r.Release.PatchID, InstallsBuild: r.Release.InstallsBuild,
 		ReleaseBuildMin: r.Release.BuildMin, ReleaseBuildMax: r.Release.BuildMax, Stage: r.Stage, Salt: r.Salt,
@@ -245,9 +246,9 @@ func toRolloutRow(r *server.Rollout, version int64) (*rolloutRow, error) {
 	return row, nil
 }
 
-func (row *rolloutRow) rollout() (*server.Rollout, error) {
-	r := &server.Rollout{ID: row.ID, Version: row.Version, State: server.RolloutState(row.State),
-		Release: server.RolloutRelease{Target: row.Target, PatchID: row.PatchID, InstallsBuild: row.InstallsBuild,
+func (row *rolloutRow) rollout() (*rollout.Rollout, error) {
+	r := &rollout.Rollout{ID: row.ID, Version: row.Version, State: rollout.RolloutState(row.State),
+		Release: rollout.RolloutRelease{Target: row.Target, PatchID: row.PatchID, InstallsBuild: row.InstallsBuild,
 			BuildMin: row.ReleaseBuildMin, BuildMax: row.ReleaseBuildMax},
 		Stage: row.Stage, Salt: row.Salt, CreatedBy: row.CreatedBy, CreatedAt: row.CreatedAt.UTC(),
 		StartedAt: readTime(row.StartedAt), StageStartedAt: readTime(row.StageStartedAt),
@@ -271,9 +272,9 @@ func (row *rolloutRow) rollout() (*server.Rollout, error) {
 			return nil, fmt.Errorf("rollout %s: stored %s: %w", row.ID, f.name, err)
 		}
 	}
-	r.Selector = server.Selector{Models: sel.Models, Channels: sel.Channels, Regions: sel.Regions,
+	r.Selector = rollout.Selector{Models: sel.Models, Channels: sel.Channels, Regions: sel.Regions,
 		BuildMin: sel.BuildMin, BuildMax: sel.BuildMax}
-	r.Policy = server.Policy{MaxFailureRate: pol.MaxFailureRate, MinResults: pol.MinResults,
+	r.Policy = rollout.Policy{MaxFailureRate: pol.MaxFailureRate, MinResults: pol.MinResults,
 		FailureWindow: time.Duration(pol.FailureWindow), Soak: time.Duration(pol.Soak), Retries: pol.Retries,
 		Backoff:            mapSlice(pol.Backoff, func(d duration) time.Duration { return time.Duration(d) }),
 		MaxOffersPerMinute: pol.MaxOffersPerMinute, Window: pol.Window}
@@ -289,7 +290,7 @@ func (row *rolloutRow) rollout() (*server.Rollout, error) {
 }
 
 // eventRows makes the rows of evs, all of which must be rollout id's.
-func eventRows(id string, evs []server.Event) ([]rolloutEventRow, error) {
+func eventRows(id string, evs []rollout.Event) ([]rolloutEventRow, error) {
 	rows := make([]rolloutEventRow, len(evs))
 	for i, ev := range evs {
 		if ev.RolloutID != id {
@@ -306,18 +307,18 @@ func eventRows(id string, evs []server.Event) ([]rolloutEventRow, error) {
 	return rows, nil
 }
 
-func (row *rolloutEventRow) event() (server.Event, error) {
+func (row *rolloutEventRow) event() (rollout.Event, error) {
 	hold, err := readHold(row.Hold)
 	if err != nil {
-		return server.Event{}, fmt.Errorf("rollout %s: event %d: stored hold: %w", row.RolloutID, row.ID, err)
+		return rollout.Event{}, fmt.Errorf("rollout %s: event %d: stored hold: %w", row.RolloutID, row.ID, err)
 	}
-	return server.Event{RolloutID: row.RolloutID, At: row.At.UTC(), Actor: row.Actor, Action: row.Action,
-		Reason: row.Reason, FromState: server.RolloutState(row.FromState), ToState: server.RolloutState(row.ToState),
+	return rollout.Event{RolloutID: row.RolloutID, At: row.At.UTC(), Actor: row.Actor, Action: row.Action,
+		Reason: row.Reason, FromState: rollout.RolloutState(row.FromState), ToState: rollout.RolloutState(row.ToState),
 		FromPercent: row.FromPercent, ToPercent: row.ToPercent, Model: row.Model, Hold: hold, Detail: row.Detail}, nil
 }
 
 // CreateRollout implements server.RolloutStore.
-func (s *RolloutStore) CreateRollout(ctx context.Context, r *server.Rollout, maxOpen int, evs ...server.Event) error {
+func (s *RolloutStore) CreateRollout(ctx context.Context, r *rollout.Rollout, maxOpen int, evs ...rollout.Event) error {
 	if len(evs) == 0 {
 		return fmt.Errorf("create rollout %s: no event: %w", r.ID, errs.ErrInvalid)
 	}
@@ -362,20 +363,20 @@ func checkOpenRollouts(tx *gorm.DB, maxOpen int) error {
 		return nil
 	}
 	var open int64
-	if err := tx.Model(&rolloutRow{}).Where("state IN ?", mapSlice(server.OpenRolloutStates, func(st server.RolloutState) string { return string(st) })).Count(&open).Error; err != nil {
+	if err := tx.Model(&rolloutRow{}).Where("state IN ?", mapSlice(rollout.OpenRolloutStates, func(st rollout.RolloutState) string { return string(st) })).Count(&open).Error; err != nil {
 		return fmt.Errorf("count open rollouts: %w", err)
 	}
 	if open > int64(maxOpen) {
 		return fmt.Errorf("%w: %d are draft, running or paused, the most this server allows (--max-open-rollouts); complete or abort some first",
-			server.ErrTooManyOpenRollouts, open-1)
+			rollout.ErrTooManyOpenRollouts, open-1)
 	}
 	return nil
 }
 
 // rolloutAudit is the audit entries of rollout events, which the
 // rollout store appends last in the transaction that records them.
-func rolloutAudit(evs []server.Event) []audit.AuditEntry {
-	return mapSlice(evs, server.RolloutEventAudit)
+func rolloutAudit(evs []rollout.Event) []audit.AuditEntry {
+	return mapSlice(evs, rollout.RolloutEventAudit)
 }
 
 // errStaleVersion ends UpdateRollout's transaction when the version
@@ -387,7 +388,7 @@ var errStaleVersion = errors.New("stale version")
 // once a concurrent update commits (READ COMMITTED), and SQLite has one
 // writer at a time, so of two saves over one version exactly one
 // matches a row.
-func (s *RolloutStore) UpdateRollout(ctx context.Context, r *server.Rollout, expectVersion int64, evs []server.Event) error {
+func (s *RolloutStore) UpdateRollout(ctx context.Context, r *rollout.Rollout, expectVersion int64, evs []rollout.Event) error {
 	row, err := toRolloutRow(r, expectVersion+1)
 	if err != nil {
 		return err
@@ -439,7 +440,7 @@ WHERE id = ? AND version = ?`, row.Version, row.State, row.Target, row.PatchID, 
 }
 
 // Rollout implements server.RolloutStore.
-func (s *RolloutStore) Rollout(ctx context.Context, id string) (*server.Rollout, error) {
+func (s *RolloutStore) Rollout(ctx context.Context, id string) (*rollout.Rollout, error) {
 	var row rolloutRow
 	err := s.db.gorm.WithContext(ctx).Where("id = ?", id).Take(&row).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
@@ -452,16 +453,16 @@ func (s *RolloutStore) Rollout(ctx context.Context, id string) (*server.Rollout,
 }
 
 // Rollouts implements server.RolloutStore.
-func (s *RolloutStore) Rollouts(ctx context.Context, states ...server.RolloutState) ([]*server.Rollout, error) {
+func (s *RolloutStore) Rollouts(ctx context.Context, states ...rollout.RolloutState) ([]*rollout.Rollout, error) {
 	q := s.db.gorm.WithContext(ctx).Order("created_at, id")
 	if len(states) > 0 {
-		q = q.Where("state IN ?", mapSlice(states, func(st server.RolloutState) string { return string(st) }))
+		q = q.Where("state IN ?", mapSlice(states, func(st rollout.RolloutState) string { return string(st) }))
 	}
 	var rows []rolloutRow
 	if err := q.Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("list rollouts: %w", err)
 	}
-	out := make([]*server.Rollout, len(rows))
+	out := make([]*rollout.Rollout, len(rows))
 	for i := range rows {
 		r, err := rows[i].rollout()
 		if err != nil {
@@ -475,7 +476,7 @@ func (s *RolloutStore) Rollouts(ctx context.Context, states ...server.RolloutSta
 // RolloutEvents implements server.RolloutStore. Events are numbered in
 // the order their transactions inserted them; the last limit are read
 // newest first through the (rollout_id, id) index and turned around.
-func (s *RolloutStore) RolloutEvents(ctx context.Context, rolloutID string, limit int) ([]server.Event, error) {
+func (s *RolloutStore) RolloutEvents(ctx context.Context, rolloutID string, limit int) ([]rollout.Event, error) {
 	g := s.db.gorm.WithContext(ctx)
 	q := g.Where("rollout_id = ?", rolloutID).Order("id DESC")
 	if limit > 0 {
@@ -496,7 +497,7 @@ func (s *RolloutStore) RolloutEvents(ctx context.Context, rolloutID string, limi
 		}
 	}
 	slices.Reverse(rows)
-	out := make([]server.Event, len(rows))
+	out := make([]rollout.Event, len(rows))
 	for i := range rows {
 		ev, err := rows[i].event()
 		if err != nil {
@@ -512,12 +513,12 @@ func (s *RolloutStore) RolloutEvents(ctx context.Context, rolloutID string, limi
 // (rollout_id, id) index gives them in that order, without one the
 // primary key does, and the other filters are checked on the rows it
 // walks until the limit is reached.
-func (s *RolloutStore) AuditEvents(ctx context.Context, f server.AuditFilter) ([]server.Event, error) {
+func (s *RolloutStore) AuditEvents(ctx context.Context, f rollout.AuditFilter) ([]rollout.Event, error) {
 	var rows []rolloutEventRow
 	if err := auditQuery(s.db.gorm.WithContext(ctx), f).Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("read the audit log: %w", err)
 	}
-	out := make([]server.Event, len(rows))
+	out := make([]rollout.Event, len(rows))
 	for i := range rows {
 		ev, err := rows[i].event()
 		if err != nil {
@@ -529,7 +530,7 @@ func (s *RolloutStore) AuditEvents(ctx context.Context, f server.AuditFilter) ([
 }
 
 // auditQuery is AuditEvents' query of rollout_events.
-func auditQuery(g *gorm.DB, f server.AuditFilter) *gorm.DB {
+func auditQuery(g *gorm.DB, f rollout.AuditFilter) *gorm.DB {
 	limit := f.Limit
 	switch {
 	case limit < 1:
@@ -556,8 +557,8 @@ func auditQuery(g *gorm.DB, f server.AuditFilter) *gorm.DB {
 	return q
 }
 
-func (row *deviceRolloutRow) deviceRollout() *server.DeviceRollout {
-	return &server.DeviceRollout{RolloutID: row.RolloutID, DeviceID: row.DeviceID, Model: row.Model,
+func (row *deviceRolloutRow) deviceRollout() *handsets.DeviceRollout {
+	return &handsets.DeviceRollout{RolloutID: row.RolloutID, DeviceID: row.DeviceID, Model: row.Model,
 		StartingBuild: row.StartingBuild, OfferedAt: row.OfferedAt.UTC(), LastOfferedAt: row.LastOfferedAt.UTC(),
 		State: row.State, Attempts: row.Attempts, LastFailureAt: readTime(row.LastFailureAt),
 		ResultAt: readTime(row.ResultAt)}
@@ -565,12 +566,12 @@ func (row *deviceRolloutRow) deviceRollout() *server.DeviceRollout {
 
 // DeviceRollouts implements server.RolloutStore, through the device_id
 // index, first offer first.
-func (s *RolloutStore) DeviceRollouts(ctx context.Context, deviceID string) ([]*server.DeviceRollout, error) {
+func (s *RolloutStore) DeviceRollouts(ctx context.Context, deviceID string) ([]*handsets.DeviceRollout, error) {
 	var rows []deviceRolloutRow
 	if err := s.db.gorm.WithContext(ctx).Where("device_id = ?", deviceID).Order("offered_at, rollout_id").Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("device %s: read rollout records: %w", deviceID, err)
 	}
-	out := make([]*server.DeviceRollout, len(rows))
+	out := make([]*handsets.DeviceRollout, len(rows))
 	for i := range rows {
 		out[i] = rows[i].deviceRollout()
 	}
@@ -587,7 +588,7 @@ ON CONFLICT (rollout_id, device_id) DO UPDATE SET model = excluded.model, starti
 	attempts = excluded.attempts, last_failure_at = excluded.last_failure_at, result_at = excluded.result_at`
 
 // PutDeviceRollout implements server.RolloutStore.
-func (s *RolloutStore) PutDeviceRollout(ctx context.Context, dr *server.DeviceRollout) error {
+func (s *RolloutStore) PutDeviceRollout(ctx context.Context, dr *handsets.DeviceRollout) error {
 	err := s.db.gorm.WithContext(ctx).Exec(putDeviceRolloutSQL, dr.RolloutID, dr.DeviceID, dr.Model, dr.StartingBuild,
 		dbTime(dr.OfferedAt), dbTime(dr.LastOfferedAt), dr.State, dr.Attempts, optionalTime(dr.LastFailureAt),
 		optionalTime(dr.ResultAt)).Error
@@ -613,14 +614,14 @@ WHERE rollout_id = ? AND result_at >= ? AND state IN (?, ?, ?) AND NOT enrolled_
 GROUP BY model`
 
 func rolloutResultsArgs(rolloutID string, since time.Time) []any {
-	return []any{server.StateInstalled, server.StateInstalled, rolloutID, dbTime(since),
-		server.StateInstalled, server.StateFailed, server.StateRolledBack}
+	return []any{handsets.StateInstalled, handsets.StateInstalled, rolloutID, dbTime(since),
+		handsets.StateInstalled, handsets.StateFailed, handsets.StateRolledBack}
 }
 
 // RolloutResults implements server.RolloutStore. A record retried after
 // a failure keeps its result_at but is offered again (state offered),
 // so it counts again only once it reports a new result.
-func (s *RolloutStore) RolloutResults(ctx context.Context, rolloutID string, since time.Time) (map[string]server.Results, error) {
+func (s *RolloutStore) RolloutResults(ctx context.Context, rolloutID string, since time.Time) (map[string]rollout.Results, error) {
 	type count struct {
 		Model             string
 		Installed, Failed int64
@@ -629,9 +630,9 @@ func (s *RolloutStore) RolloutResults(ctx context.Context, rolloutID string, sin
 	if err := s.db.gorm.WithContext(ctx).Raw(rolloutResultsSQL, rolloutResultsArgs(rolloutID, since)...).Scan(&counts).Error; err != nil {
 		return nil, fmt.Errorf("rollout %s: count results: %w", rolloutID, err)
 	}
-	out := make(map[string]server.Results, len(counts))
+	out := make(map[string]rollout.Results, len(counts))
 	for _, c := range counts {
-		out[c.Model] = server.Results{Installed: c.Installed, Failed: c.Failed}
+		out[c.Model] = rollout.Results{Installed: c.Installed, Failed: c.Failed}
 	}
 	return out, nil
 }
@@ -670,8 +671,8 @@ func (s *RolloutStore) PruneOfferBudget(ctx context.Context, before time.Time) (
 // and attempts: a concurrent retry counted it already). Either way the
 // offer is given back to the allowance when nothing was written, so the
 // next offer of the minute takes it.
-func (s *RolloutStore) RecordOffer(ctx context.Context, dec server.Decision, prev, next *server.DeviceRollout, limit int, now time.Time) (bool, error) {
-	if next == nil || (dec.Kind != server.OfferFirst && dec.Kind != server.OfferRetry) || (dec.Kind == server.OfferRetry && prev == nil) {
+func (s *RolloutStore) RecordOffer(ctx context.Context, dec rollout.Decision, prev, next *handsets.DeviceRollout, limit int, now time.Time) (bool, error) {
+	if next == nil || (dec.Kind != rollout.OfferFirst && dec.Kind != rollout.OfferRetry) || (dec.Kind == rollout.OfferRetry && prev == nil) {
 		return false, fmt.Errorf("record offer of rollout %s: not a first offer or a retry: %w", dec.RolloutID, errs.ErrInvalid)
 	}
 	// The budget claim (offer_budget.go): from the allowance, not in the
@@ -688,9 +689,9 @@ func (s *RolloutStore) RecordOffer(ctx context.Context, dec server.Decision, pre
 	var (
 		change string
 		args   []any
-		old    *server.DeviceRollout
+		old    *handsets.DeviceRollout
 	)
-	if dec.Kind == server.OfferFirst {
+	if dec.Kind == rollout.OfferFirst {
 		change = `INSERT INTO device_rollouts (rollout_id, device_id, model, starting_build, offered_at,
 	last_offered_at, state, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (rollout_id, device_id) DO NOTHING`

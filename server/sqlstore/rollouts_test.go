@@ -13,9 +13,10 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // TestRolloutStore runs the rollout store suite against SQLite and, when
@@ -49,18 +50,18 @@ func mustRollouts(t testing.TB, b backend) (*DB, *DeviceStore, *RolloutStore) {
 
 // newDraft is a draft made by server.NewRollout, as the API makes one:
 // nil slices and maps, zero times.
-func newDraft(t testing.TB, id string) (*server.Rollout, server.Event) {
+func newDraft(t testing.TB, id string) (*rollout.Rollout, rollout.Event) {
 	t.Helper()
-	r, ev, err := server.NewRollout(server.Rollout{ID: id,
-		Release: server.RolloutRelease{Target: "patches/" + id + ".zip", PatchID: "CM-2026-001", InstallsBuild: "7.5.0"},
-		Stages:  []float64{1, 10, 50, 100}, Policy: server.DefaultPolicy()}, "alice", t0)
+	r, ev, err := rollout.NewRollout(rollout.Rollout{ID: id,
+		Release: rollout.RolloutRelease{Target: "patches/" + id + ".zip", PatchID: "CM-2026-001", InstallsBuild: "7.5.0"},
+		Stages:  []float64{1, 10, 50, 100}, Policy: rollout.DefaultPolicy()}, "alice", t0)
 	if err != nil {
 		t.Fatalf("new rollout: %v", err)
 	}
 	return r, ev
 }
 
-func mustCreateRollout(t testing.TB, s *RolloutStore, id string) *server.Rollout {
+func mustCreateRollout(t testing.TB, s *RolloutStore, id string) *rollout.Rollout {
 	t.Helper()
 	r, ev := newDraft(t, id)
 	if err := s.CreateRollout(t.Context(), r, 0, ev); err != nil {
@@ -69,7 +70,7 @@ func mustCreateRollout(t testing.TB, s *RolloutStore, id string) *server.Rollout
 	return r
 }
 
-func mustRollout(t testing.TB, s *RolloutStore, id string) *server.Rollout {
+func mustRollout(t testing.TB, s *RolloutStore, id string) *rollout.Rollout {
 	t.Helper()
 	r, err := s.Rollout(t.Context(), id)
 	if err != nil {
@@ -78,7 +79,7 @@ func mustRollout(t testing.TB, s *RolloutStore, id string) *server.Rollout {
 	return r
 }
 
-func mustEvents(t testing.TB, s *RolloutStore, id string, limit int) []server.Event {
+func mustEvents(t testing.TB, s *RolloutStore, id string, limit int) []rollout.Event {
 	t.Helper()
 	evs, err := s.RolloutEvents(t.Context(), id, limit)
 	if err != nil {
@@ -89,28 +90,28 @@ func mustEvents(t testing.TB, s *RolloutStore, id string, limit int) []server.Ev
 
 // fullRollout sets every field of a rollout, each to something of its
 // own, with times from at.
-func fullRollout(id string, at time.Time) *server.Rollout {
-	w, err := server.ParseWindow("22:00-02:30")
+func fullRollout(id string, at time.Time) *rollout.Rollout {
+	w, err := rollout.ParseWindow("22:00-02:30")
 	if err != nil {
 		panic(err)
 	}
-	return &server.Rollout{
+	return &rollout.Rollout{
 		ID: id,
-		Release: server.RolloutRelease{Target: "patches/cm-2026-001.zip", PatchID: "CM-2026-001", InstallsBuild: "7.5.0",
+		Release: rollout.RolloutRelease{Target: "patches/cm-2026-001.zip", PatchID: "CM-2026-001", InstallsBuild: "7.5.0",
 			Models: []string{"PX-7", "PX-8", "PX-9"}, BuildMin: "7.0.0", BuildMax: "7.4.9"},
-		Selector: server.Selector{Models: []string{"PX-7", "PX-9"}, Channels: []string{"stable", "beta"},
+		Selector: rollout.Selector{Models: []string{"PX-7", "PX-9"}, Channels: []string{"stable", "beta"},
 			Regions: []string{"DE", "FR"}, BuildMin: "7.1.0", BuildMax: "7.4.0"},
 		Stages: []float64{0.01, 1, 12.5, 50, 100},
 		Stage:  2,
-		State:  server.RolloutPaused,
+		State:  rollout.RolloutPaused,
 		Salt:   "salt of ro_full",
-		Policy: server.Policy{MaxFailureRate: 0.035, MinResults: 75, FailureWindow: 90 * time.Minute,
+		Policy: rollout.Policy{MaxFailureRate: 0.035, MinResults: 75, FailureWindow: 90 * time.Minute,
 			Soak: 6*time.Hour + 30*time.Minute, Retries: 4,
 			Backoff:            []time.Duration{time.Hour, 4 * time.Hour, 24*time.Hour + 15*time.Second},
 			MaxOffersPerMinute: 120, Window: w},
-		Halt: &server.Hold{Actor: audit.SystemActor, Reason: "the rollout failed 9 of 60 installs",
+		Halt: &rollout.Hold{Actor: audit.SystemActor, Reason: "the rollout failed 9 of 60 installs",
 			Installed: 51, Failed: 9, Rate: 9.0 / 60, MaxRate: 0.035, Window: 90 * time.Minute, At: at.Add(time.Minute)},
-		Holds: []server.Hold{
+		Holds: []rollout.Hold{
 			{Model: "PX-8", Actor: "bob", Reason: "a field report of boot loops", At: at.Add(2 * time.Minute)},
 			{Model: "PX-9", Actor: audit.SystemActor, Reason: "model PX-9 failed 1 of 3", Installed: 2, Failed: 1,
 				Rate: 1.0 / 3, MaxRate: 0.035, Window: time.Hour, At: at.Add(3 * time.Minute)},
@@ -125,12 +126,12 @@ func fullRollout(id string, at time.Time) *server.Rollout {
 	}
 }
 
-func withVersion(r *server.Rollout, v int64) *server.Rollout {
+func withVersion(r *rollout.Rollout, v int64) *rollout.Rollout {
 	r.Version = v
 	return r
 }
 
-func checkRollout(t testing.TB, what string, got, want *server.Rollout) {
+func checkRollout(t testing.TB, what string, got, want *rollout.Rollout) {
 	t.Helper()
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("%s:\n got %+v\nwant %+v", what, got, want)
@@ -144,7 +145,7 @@ func testRolloutRoundTrip(t *testing.T, b backend) {
 	ctx := t.Context()
 
 	full := fullRollout("ro_full", t0)
-	createEv := server.Event{RolloutID: "ro_full", At: t0, Actor: "alice", Action: server.ActionCreate}
+	createEv := rollout.Event{RolloutID: "ro_full", At: t0, Actor: "alice", Action: rollout.ActionCreate}
 	if err := s.CreateRollout(ctx, full, 0, createEv); err != nil {
 		t.Fatalf("create: %v", err)
 	}
@@ -192,8 +193,8 @@ func testRolloutRoundTrip(t *testing.T, b backend) {
 func testRolloutsByState(t *testing.T, b backend) {
 	_, _, s := mustRollouts(t, b)
 	ctx := t.Context()
-	states := map[string]server.RolloutState{"ro_a": server.RolloutRunning, "ro_b": server.RolloutDraft,
-		"ro_c": server.RolloutPaused, "ro_d": server.RolloutAborted, "ro_e": server.RolloutRunning}
+	states := map[string]rollout.RolloutState{"ro_a": rollout.RolloutRunning, "ro_b": rollout.RolloutDraft,
+		"ro_c": rollout.RolloutPaused, "ro_d": rollout.RolloutAborted, "ro_e": rollout.RolloutRunning}
 	for i, id := range []string{"ro_e", "ro_a", "ro_b", "ro_c", "ro_d"} {
 		r, ev := newDraft(t, id)
 		// Created in this order: the list is by creation, not by id.
@@ -205,13 +206,13 @@ func testRolloutsByState(t *testing.T, b backend) {
 	}
 	for _, tc := range []struct {
 		name   string
-		states []server.RolloutState
+		states []rollout.RolloutState
 		want   []string
 	}{
 		{"all", nil, []string{"ro_e", "ro_a", "ro_b", "ro_c", "ro_d"}},
-		{"running", []server.RolloutState{server.RolloutRunning}, []string{"ro_e", "ro_a"}},
-		{"running or paused", []server.RolloutState{server.RolloutRunning, server.RolloutPaused}, []string{"ro_e", "ro_a", "ro_c"}},
-		{"completed", []server.RolloutState{server.RolloutCompleted}, []string{}},
+		{"running", []rollout.RolloutState{rollout.RolloutRunning}, []string{"ro_e", "ro_a"}},
+		{"running or paused", []rollout.RolloutState{rollout.RolloutRunning, rollout.RolloutPaused}, []string{"ro_e", "ro_a", "ro_c"}},
+		{"completed", []rollout.RolloutState{rollout.RolloutCompleted}, []string{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rs, err := s.Rollouts(ctx, tc.states...)
@@ -244,7 +245,7 @@ func testRolloutOptimisticLock(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UpdateRollout(ctx, first, first.Version, []server.Event{ev}); err != nil {
+	if err := s.UpdateRollout(ctx, first, first.Version, []rollout.Event{ev}); err != nil {
 		t.Fatalf("first update: %v", err)
 	}
 	if first.Version != 2 {
@@ -254,7 +255,7 @@ func testRolloutOptimisticLock(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = s.UpdateRollout(ctx, second, second.Version, []server.Event{ev})
+	err = s.UpdateRollout(ctx, second, second.Version, []rollout.Event{ev})
 	if !errors.Is(err, errs.ErrConflict) {
 		t.Fatalf("update from the stale version: got %v, want ErrConflict", err)
 	}
@@ -262,14 +263,14 @@ func testRolloutOptimisticLock(t *testing.T, b backend) {
 		t.Errorf("version of the refused copy: got %d, want it left at 1", second.Version)
 	}
 	got := mustRollout(t, s, "ro_1")
-	if got.State != server.RolloutRunning || got.Version != 2 {
+	if got.State != rollout.RolloutRunning || got.Version != 2 {
 		t.Errorf("stored: state %s version %d, want running at version 2", got.State, got.Version)
 	}
 	var actions []string
 	for _, e := range mustEvents(t, s, "ro_1", 0) {
 		actions = append(actions, e.Action)
 	}
-	if want := []string{server.ActionCreate, server.ActionStart}; !reflect.DeepEqual(actions, want) {
+	if want := []string{rollout.ActionCreate, rollout.ActionStart}; !reflect.DeepEqual(actions, want) {
 		t.Errorf("events: got %v, want %v (the refused abort wrote none)", actions, want)
 	}
 
@@ -278,7 +279,7 @@ func testRolloutOptimisticLock(t *testing.T, b backend) {
 	if ev, err = again.Abort("bob", "wrong release", t0.Add(3*time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UpdateRollout(ctx, again, again.Version, []server.Event{ev}); err != nil {
+	if err := s.UpdateRollout(ctx, again, again.Version, []rollout.Event{ev}); err != nil {
 		t.Errorf("update after reading again: %v", err)
 	}
 
@@ -305,7 +306,7 @@ func testRolloutOptimisticLockConcurrent(t *testing.T, b backend) {
 				t.Error(err)
 				return
 			}
-			switch err := s.UpdateRollout(t.Context(), r, base.Version, []server.Event{ev}); {
+			switch err := s.UpdateRollout(t.Context(), r, base.Version, []rollout.Event{ev}); {
 			case err == nil:
 				wins.Add(1)
 			case errors.Is(err, errs.ErrConflict):
@@ -338,22 +339,22 @@ func testRolloutEvents(t *testing.T, b backend) {
 		t.Fatal(err)
 	}
 	at := func(m int) time.Time { return t0.Add(time.Duration(m) * time.Minute) }
-	hold := &server.Hold{Model: "PX-8", Actor: audit.SystemActor, Reason: "model PX-8 failed 12 of 40",
+	hold := &rollout.Hold{Model: "PX-8", Actor: audit.SystemActor, Reason: "model PX-8 failed 12 of 40",
 		Installed: 28, Failed: 12, Rate: 0.3, MaxRate: 0.05, Window: time.Hour, At: at(3)}
-	batches := [][]server.Event{
-		{{RolloutID: "ro_1", At: at(1), Actor: "alice", Action: server.ActionStart, Reason: "go",
-			FromState: server.RolloutDraft, ToState: server.RolloutRunning, FromPercent: 1, ToPercent: 1}},
+	batches := [][]rollout.Event{
+		{{RolloutID: "ro_1", At: at(1), Actor: "alice", Action: rollout.ActionStart, Reason: "go",
+			FromState: rollout.RolloutDraft, ToState: rollout.RolloutRunning, FromPercent: 1, ToPercent: 1}},
 		// Two events of one evaluation, both at one instant: the order
 		// saved is kept.
-		{{RolloutID: "ro_1", At: at(3), Actor: audit.SystemActor, Action: server.ActionHold, Reason: hold.Reason,
-			FromState: server.RolloutRunning, ToState: server.RolloutRunning, FromPercent: 1, ToPercent: 1, Model: "PX-8", Hold: hold},
-			{RolloutID: "ro_1", At: at(3), Actor: audit.SystemActor, Action: server.ActionAdvance, Reason: "stage 1% soaked",
-				FromState: server.RolloutRunning, ToState: server.RolloutRunning, FromPercent: 1, ToPercent: 12.5}},
-		{{RolloutID: "ro_1", At: at(4), Actor: "bob", Action: server.ActionReleaseHold, Reason: "fixed",
-			FromState: server.RolloutRunning, ToState: server.RolloutRunning, FromPercent: 12.5, ToPercent: 12.5,
+		{{RolloutID: "ro_1", At: at(3), Actor: audit.SystemActor, Action: rollout.ActionHold, Reason: hold.Reason,
+			FromState: rollout.RolloutRunning, ToState: rollout.RolloutRunning, FromPercent: 1, ToPercent: 1, Model: "PX-8", Hold: hold},
+			{RolloutID: "ro_1", At: at(3), Actor: audit.SystemActor, Action: rollout.ActionAdvance, Reason: "stage 1% soaked",
+				FromState: rollout.RolloutRunning, ToState: rollout.RolloutRunning, FromPercent: 1, ToPercent: 12.5}},
+		{{RolloutID: "ro_1", At: at(4), Actor: "bob", Action: rollout.ActionReleaseHold, Reason: "fixed",
+			FromState: rollout.RolloutRunning, ToState: rollout.RolloutRunning, FromPercent: 12.5, ToPercent: 12.5,
 			Model: "PX-8", Hold: hold, Detail: "released the hold of 2026-03-01T12:03:00Z: model PX-8 failed"}},
 	}
-	want := []server.Event{create}
+	want := []rollout.Event{create}
 	for i, evs := range batches {
 		if err := s.UpdateRollout(ctx, r, r.Version, evs); err != nil {
 			t.Fatalf("update %d: %v", i, err)
@@ -370,7 +371,7 @@ func testRolloutEvents(t *testing.T, b backend) {
 	}
 	for _, tc := range []struct {
 		limit int
-		want  []server.Event
+		want  []rollout.Event
 	}{
 		{0, want},
 		{len(want) + 1, want},
@@ -388,8 +389,8 @@ func testRolloutEvents(t *testing.T, b backend) {
 		t.Errorf("events of an unknown rollout: got %v, want ErrNotFound", err)
 	}
 	// An event of another rollout is a bug in the caller: nothing saved.
-	stray := server.Event{RolloutID: "ro_other", At: at(5), Actor: "bob", Action: server.ActionPause, Reason: "x"}
-	if err := s.UpdateRollout(ctx, r, r.Version, []server.Event{stray}); !errors.Is(err, errs.ErrInvalid) {
+	stray := rollout.Event{RolloutID: "ro_other", At: at(5), Actor: "bob", Action: rollout.ActionPause, Reason: "x"}
+	if err := s.UpdateRollout(ctx, r, r.Version, []rollout.Event{stray}); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("an event of another rollout: got %v, want ErrInvalid", err)
 	}
 	if got := mustEvents(t, s, "ro_other", 0); len(got) != 1 {
@@ -417,30 +418,30 @@ func testRolloutUpdateAtomic(t *testing.T, b backend) {
 		t.Fatal(err)
 	}
 	fail.Store(true)
-	if err := s.UpdateRollout(ctx, r, r.Version, []server.Event{ev}); err == nil || !strings.Contains(err.Error(), "injected") {
+	if err := s.UpdateRollout(ctx, r, r.Version, []rollout.Event{ev}); err == nil || !strings.Contains(err.Error(), "injected") {
 		t.Fatalf("update with failing events: got %v, want the injected error", err)
 	}
 	fail.Store(false)
-	if got := mustRollout(t, s, "ro_1"); got.State != server.RolloutDraft || got.Version != 1 {
+	if got := mustRollout(t, s, "ro_1"); got.State != rollout.RolloutDraft || got.Version != 1 {
 		t.Errorf("after the failed update: state %s version %d, want draft at version 1", got.State, got.Version)
 	}
 	if evs := mustEvents(t, s, "ro_1", 0); len(evs) != 1 {
 		t.Errorf("events after the failed update: got %d, want 1", len(evs))
 	}
 	// The same change goes through once the events can be written.
-	if err := s.UpdateRollout(ctx, r, 1, []server.Event{ev}); err != nil {
+	if err := s.UpdateRollout(ctx, r, 1, []rollout.Event{ev}); err != nil {
 		t.Errorf("update again: %v", err)
 	}
 }
 
-func mustPutDeviceRollout(t testing.TB, s *RolloutStore, dr *server.DeviceRollout) {
+func mustPutDeviceRollout(t testing.TB, s *RolloutStore, dr *handsets.DeviceRollout) {
 	t.Helper()
 	if err := s.PutDeviceRollout(t.Context(), dr); err != nil {
 		t.Fatalf("put rollout record %s/%s: %v", dr.RolloutID, dr.DeviceID, err)
 	}
 }
 
-func mustDeviceRollouts(t testing.TB, s *RolloutStore, deviceID string) []*server.DeviceRollout {
+func mustDeviceRollouts(t testing.TB, s *RolloutStore, deviceID string) []*handsets.DeviceRollout {
 	t.Helper()
 	drs, err := s.DeviceRollouts(t.Context(), deviceID)
 	if err != nil {
@@ -457,23 +458,23 @@ func testDeviceRolloutUpsert(t *testing.T, b backend) {
 	}
 	mustCreateRollout(t, s, "ro_1")
 	mustCreateRollout(t, s, "ro_2")
-	offered := func(at time.Time) *server.DeviceRollout {
-		return &server.DeviceRollout{RolloutID: "ro_1", DeviceID: "dev_a", Model: "PX-7", StartingBuild: "7.1.0",
-			OfferedAt: at, LastOfferedAt: at, State: server.DeviceOffered, Attempts: 1}
+	offered := func(at time.Time) *handsets.DeviceRollout {
+		return &handsets.DeviceRollout{RolloutID: "ro_1", DeviceID: "dev_a", Model: "PX-7", StartingBuild: "7.1.0",
+			OfferedAt: at, LastOfferedAt: at, State: handsets.DeviceOffered, Attempts: 1}
 	}
-	retried := func(at time.Time) *server.DeviceRollout {
+	retried := func(at time.Time) *handsets.DeviceRollout {
 		dr := offered(at)
-		dr.State, dr.Attempts = server.StateFailed, 2
+		dr.State, dr.Attempts = handsets.StateFailed, 2
 		dr.LastOfferedAt, dr.LastFailureAt, dr.ResultAt = at.Add(time.Hour), at.Add(90*time.Minute), at.Add(90*time.Minute)
 		return dr
 	}
 
 	mustPutDeviceRollout(t, s, offered(t0))
-	if got, want := mustDeviceRollouts(t, s, "dev_a"), []*server.DeviceRollout{offered(µs(t0))}; !reflect.DeepEqual(got, want) {
+	if got, want := mustDeviceRollouts(t, s, "dev_a"), []*handsets.DeviceRollout{offered(µs(t0))}; !reflect.DeepEqual(got, want) {
 		t.Errorf("first offer:\n got %+v\nwant %+v", got, want)
 	}
 	mustPutDeviceRollout(t, s, retried(t0))
-	if got, want := mustDeviceRollouts(t, s, "dev_a"), []*server.DeviceRollout{retried(µs(t0))}; !reflect.DeepEqual(got, want) {
+	if got, want := mustDeviceRollouts(t, s, "dev_a"), []*handsets.DeviceRollout{retried(µs(t0))}; !reflect.DeepEqual(got, want) {
 		t.Errorf("after the upsert:\n got %+v\nwant %+v", got, want)
 	}
 	if n := countRows(t, db, "device_rollouts", "device_id = ?", "dev_a"); n != 1 {
@@ -516,7 +517,7 @@ func putResultRecords(t testing.TB, devices *DeviceStore, s *RolloutStore, recor
 	for i, rec := range records {
 		id := fmt.Sprintf("dev_%03d", i)
 		mustEnroll(t, devices, newDevice(id, rec.model), "hash-"+id)
-		mustPutDeviceRollout(t, s, &server.DeviceRollout{RolloutID: rec.rollout, DeviceID: id, Model: rec.model,
+		mustPutDeviceRollout(t, s, &handsets.DeviceRollout{RolloutID: rec.rollout, DeviceID: id, Model: rec.model,
 			StartingBuild: "7.1.0", OfferedAt: t0.Add(-3 * time.Hour), LastOfferedAt: t0.Add(-3 * time.Hour),
 			State: rec.state, Attempts: 1, ResultAt: rec.resultAt})
 	}
@@ -531,31 +532,31 @@ func testRolloutResults(t *testing.T, b backend) {
 	mustCreateRollout(t, s, "ro_2")
 	since := t0
 	putResultRecords(t, devices, s, []resultRecord{
-		{"ro_1", "PX-7", server.StateInstalled, since},                         // at since: counts
-		{"ro_1", "PX-7", server.StateInstalled, since.Add(-time.Microsecond)},  // just before
-		{"ro_1", "PX-7", server.StateFailed, since.Add(time.Hour)},             // failed
-		{"ro_1", "PX-7", server.StateRolledBack, since.Add(2 * time.Hour)},     // rolled back: failed
-		{"ro_1", "PX-8", server.StateInstalled, since.Add(time.Minute)},        //
-		{"ro_1", "PX-8", server.DeviceOffered, since.Add(time.Minute)},         // retried after a failure
-		{"ro_1", "PX-8", server.StateInstalling, time.Time{}},                  // not finished
-		{"ro_1", "PX-9", server.StateFailed, since.Add(-time.Hour)},            // before since
-		{"ro_2", "PX-7", server.StateInstalled, since.Add(time.Minute)},        // another rollout
-		{"ro_2", "PX-7", server.StateFailed, since.Add(time.Minute)},           //
-		{"ro_1", "PX-8", server.StateDownloading, since.Add(30 * time.Minute)}, // retried, downloading
-		{"ro_1", "PX-10", server.StateRolledBack, since.Add(30 * time.Minute)}, //
+		{"ro_1", "PX-7", handsets.StateInstalled, since},                         // at since: counts
+		{"ro_1", "PX-7", handsets.StateInstalled, since.Add(-time.Microsecond)},  // just before
+		{"ro_1", "PX-7", handsets.StateFailed, since.Add(time.Hour)},             // failed
+		{"ro_1", "PX-7", handsets.StateRolledBack, since.Add(2 * time.Hour)},     // rolled back: failed
+		{"ro_1", "PX-8", handsets.StateInstalled, since.Add(time.Minute)},        //
+		{"ro_1", "PX-8", handsets.DeviceOffered, since.Add(time.Minute)},         // retried after a failure
+		{"ro_1", "PX-8", handsets.StateInstalling, time.Time{}},                  // not finished
+		{"ro_1", "PX-9", handsets.StateFailed, since.Add(-time.Hour)},            // before since
+		{"ro_2", "PX-7", handsets.StateInstalled, since.Add(time.Minute)},        // another rollout
+		{"ro_2", "PX-7", handsets.StateFailed, since.Add(time.Minute)},           //
+		{"ro_1", "PX-8", handsets.StateDownloading, since.Add(30 * time.Minute)}, // retried, downloading
+		{"ro_1", "PX-10", handsets.StateRolledBack, since.Add(30 * time.Minute)}, //
 	})
 	for _, tc := range []struct {
 		rollout string
 		since   time.Time
-		want    map[string]server.Results
+		want    map[string]rollout.Results
 	}{
-		{"ro_1", since, map[string]server.Results{"PX-7": {Installed: 1, Failed: 2}, "PX-8": {Installed: 1}, "PX-10": {Failed: 1}}},
-		{"ro_1", since.Add(-time.Microsecond), map[string]server.Results{"PX-7": {Installed: 2, Failed: 2}, "PX-8": {Installed: 1}, "PX-10": {Failed: 1}}},
-		{"ro_1", since.Add(-2 * time.Hour), map[string]server.Results{"PX-7": {Installed: 2, Failed: 2}, "PX-8": {Installed: 1}, "PX-9": {Failed: 1}, "PX-10": {Failed: 1}}},
-		{"ro_1", since.Add(90 * time.Minute), map[string]server.Results{"PX-7": {Failed: 1}}},
-		{"ro_1", since.Add(3 * time.Hour), map[string]server.Results{}},
-		{"ro_2", since, map[string]server.Results{"PX-7": {Installed: 1, Failed: 1}}},
-		{"ro_none", since, map[string]server.Results{}},
+		{"ro_1", since, map[string]rollout.Results{"PX-7": {Installed: 1, Failed: 2}, "PX-8": {Installed: 1}, "PX-10": {Failed: 1}}},
+		{"ro_1", since.Add(-time.Microsecond), map[string]rollout.Results{"PX-7": {Installed: 2, Failed: 2}, "PX-8": {Installed: 1}, "PX-10": {Failed: 1}}},
+		{"ro_1", since.Add(-2 * time.Hour), map[string]rollout.Results{"PX-7": {Installed: 2, Failed: 2}, "PX-8": {Installed: 1}, "PX-9": {Failed: 1}, "PX-10": {Failed: 1}}},
+		{"ro_1", since.Add(90 * time.Minute), map[string]rollout.Results{"PX-7": {Failed: 1}}},
+		{"ro_1", since.Add(3 * time.Hour), map[string]rollout.Results{}},
+		{"ro_2", since, map[string]rollout.Results{"PX-7": {Installed: 1, Failed: 1}}},
+		{"ro_none", since, map[string]rollout.Results{}},
 	} {
 		t.Run(fmt.Sprintf("%s since %s", tc.rollout, tc.since.Format("15:04:05.000000")), func(t *testing.T) {
 			got, err := s.RolloutResults(t.Context(), tc.rollout, tc.since)
@@ -614,16 +615,16 @@ func testRolloutResultsLeaveOutLateEnrollees(t *testing.T, b backend) {
 				t.Fatal(err)
 			}
 		}
-		dr := &server.DeviceRollout{RolloutID: "ro_1", DeviceID: id, Model: "PX-7", StartingBuild: "7.1.0",
-			OfferedAt: start, LastOfferedAt: start, State: server.DeviceOffered, Attempts: 1}
+		dr := &handsets.DeviceRollout{RolloutID: "ro_1", DeviceID: id, Model: "PX-7", StartingBuild: "7.1.0",
+			OfferedAt: start, LastOfferedAt: start, State: handsets.DeviceOffered, Attempts: 1}
 		if !report {
-			dr.State, dr.LastFailureAt, dr.ResultAt = server.StateFailed, failAt, failAt
+			dr.State, dr.LastFailureAt, dr.ResultAt = handsets.StateFailed, failAt, failAt
 		}
 		mustPutDeviceRollout(t, s, dr)
 		if report {
-			rep := server.Report{ID: "r-" + id, DeviceID: id, PatchID: "CM-2026-001", RolloutID: "ro_1",
-				State: server.StateFailed, ErrorCode: "E_VERIFY", At: failAt, ReceivedAt: failAt}
-			if out, err := devices.AddReport(ctx, rep); err != nil || out.RolloutState != server.StateFailed {
+			rep := handsets.Report{ID: "r-" + id, DeviceID: id, PatchID: "CM-2026-001", RolloutID: "ro_1",
+				State: handsets.StateFailed, ErrorCode: "E_VERIFY", At: failAt, ReceivedAt: failAt}
+			if out, err := devices.AddReport(ctx, rep); err != nil || out.RolloutState != handsets.StateFailed {
 				t.Fatalf("report of %s: %+v, %v; want the record moved to failed", id, out, err)
 			}
 		}
@@ -639,7 +640,7 @@ func testRolloutResultsLeaveOutLateEnrollees(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := map[string]server.Results{"PX-7": {Failed: 4}}; !reflect.DeepEqual(got, want) {
+	if want := map[string]rollout.Results{"PX-7": {Failed: 4}}; !reflect.DeepEqual(got, want) {
 		t.Errorf("results: got %v, want %v (early and at_start, before and after the migration)", got, want)
 	}
 }
@@ -740,8 +741,8 @@ func testEraseDeletesDeviceRollouts(t *testing.T, b backend) {
 	for _, id := range []string{"dev_a", "dev_b"} {
 		mustEnroll(t, devices, newDevice(id, "PX-7"), "hash-"+id)
 		for _, ro := range []string{"ro_1", "ro_2"} {
-			mustPutDeviceRollout(t, s, &server.DeviceRollout{RolloutID: ro, DeviceID: id, Model: "PX-7",
-				StartingBuild: "7.1.0", OfferedAt: t0, LastOfferedAt: t0, State: server.StateInstalled, Attempts: 1, ResultAt: t0})
+			mustPutDeviceRollout(t, s, &handsets.DeviceRollout{RolloutID: ro, DeviceID: id, Model: "PX-7",
+				StartingBuild: "7.1.0", OfferedAt: t0, LastOfferedAt: t0, State: handsets.StateInstalled, Attempts: 1, ResultAt: t0})
 		}
 	}
 	if err := devices.DeleteDevice(t.Context(), "dev_a"); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // ReportStore reads the rollups of migration 7 for reports, each with
@@ -100,7 +101,7 @@ func (s *ReportStore) RolloutRollups(ctx context.Context, rolloutID string, hour
 			return fmt.Errorf("read rollout_counts: %w", err)
 		}
 		err = scanRows(tx, func(r *sql.Rows) error {
-			var fc server.FailureCount
+			var fc handsets.FailureCount
 			err := r.Scan(&fc.ErrorCode, &fc.Count)
 			rr.Failures = append(rr.Failures, fc)
 			return err

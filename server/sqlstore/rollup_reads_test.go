@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 func TestReportStore(t *testing.T) {
@@ -108,7 +109,7 @@ func testRolloutRollups(t *testing.T, b backend) {
 	if !slices.Equal(rr.Records, wantRecords) {
 		t.Errorf("records:\n got %+v\nwant %+v (summed over shards, of ro_1 only)", rr.Records, wantRecords)
 	}
-	if want := []server.FailureCount{{ErrorCode: "E_NO_SPACE", Count: 2}}; !slices.Equal(rr.Failures, want) {
+	if want := []handsets.FailureCount{{ErrorCode: "E_NO_SPACE", Count: 2}}; !slices.Equal(rr.Failures, want) {
 		t.Errorf("failures %+v, want %+v", rr.Failures, want)
 	}
 	wantHours := []server.HourResults{{Hour: h.Add(-47 * time.Hour), Installed: 1}, {Hour: h, Installed: 4, Failed: 1}}

@@ -8,6 +8,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // The deltas of the rollups of migration 7 (see rollupsSchema): each
@@ -96,7 +97,7 @@ func eraseDevice(old *deviceRow) deltaBatch {
 // records out of rollout_counts, and out of the states over time from
 // the hour of at on (before it, the handset is a count among others, as
 // in the daily rollups).
-func eraseRecords(records []*server.DeviceRollout, at time.Time) deltaBatch {
+func eraseRecords(records []*handsets.DeviceRollout, at time.Time) deltaBatch {
 	gone := make([]delta[recordKey], len(records))
 	for i, dr := range records {
 		gone[i] = delta[recordKey]{recordKeyOf(dr), -1}
@@ -144,7 +145,7 @@ type recordKey struct {
 
 func (k recordKey) values() []any { return []any{k.Rollout, k.Model, k.Build, k.State, k.Shard} }
 
-func recordKeyOf(dr *server.DeviceRollout) recordKey {
+func recordKeyOf(dr *handsets.DeviceRollout) recordKey {
 	return recordKey{dr.RolloutID, dr.Model, dr.StartingBuild, dr.State, server.RollupShard(dr.DeviceID)}
 }
 
@@ -162,7 +163,7 @@ func moveRecords(deltas []delta[recordKey], at time.Time) deltaBatch {
 	return b
 }
 
-func recordMove(old, next *server.DeviceRollout) []delta[recordKey] {
+func recordMove(old, next *handsets.DeviceRollout) []delta[recordKey] {
 	var o, n *recordKey
 	if old != nil {
 		k := recordKeyOf(old)
@@ -179,16 +180,16 @@ func recordMove(old, next *server.DeviceRollout) []delta[recordKey] {
 // next at receivedAt: results per hour, offer-to-install times and
 // failure codes. Only a change of state counts, so a second report of
 // the same result (another report id) is not counted twice.
-func countResult(old, next *server.DeviceRollout, errorCode string, receivedAt time.Time) deltaBatch {
+func countResult(old, next *handsets.DeviceRollout, errorCode string, receivedAt time.Time) deltaBatch {
 	var b deltaBatch
 	if old.State == next.State {
 		return b
 	}
 	var installed, failed int64
 	switch next.State {
-	case server.StateInstalled:
+	case handsets.StateInstalled:
 		installed = 1
-	case server.StateFailed, server.StateRolledBack:
+	case handsets.StateFailed, handsets.StateRolledBack:
 		failed = 1
 	default:
 		return b
@@ -197,7 +198,7 @@ func countResult(old, next *server.DeviceRollout, errorCode string, receivedAt t
 	if installed == 1 {
 		b.add(installTimesTable, next.RolloutID, server.InstallTimeBucket(receivedAt.Sub(next.OfferedAt)), int64(1))
 	}
-	if next.State == server.StateFailed && errorCode != "" {
+	if next.State == handsets.StateFailed && errorCode != "" {
 		b.add(failuresTable, next.RolloutID, errorCode, int64(1))
 	}
 	return b

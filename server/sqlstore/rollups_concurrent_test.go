@@ -13,6 +13,8 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // TestRollupsConsistency drives thousands of concurrent state changes,
@@ -46,7 +48,7 @@ var (
 	concModels   = []string{"px-7", "px-8", "px-9", "tab-2"}
 	concBuilds   = []string{"7.1.0", "7.2.0", "7.3.0", "7.4.0"}
 	concRegions  = []string{"DE", "FR", "US", "BR", "JP"}
-	concMessages = []string{server.MessagingAutoEnabled, server.MessagingOptedOut, server.MessagingOptedIn}
+	concMessages = []string{handsets.MessagingAutoEnabled, handsets.MessagingOptedOut, handsets.MessagingOptedIn}
 	concPatches  = [][]string{{}, {"CM-2026-001"}, {"SEC-2026-02"}, {"CM-2026-001", "SEC-2026-02"}}
 	concCodes    = []string{"E_DISK_FULL", "E_VERIFY", "E_BOOT"}
 )
@@ -78,7 +80,7 @@ type resultTally struct {
 // count adds the move of a record from old by a report of state with
 // errorCode received at receivedAt, as the store must count it: only a
 // change of state into a result.
-func (rt *resultTally) count(old *server.DeviceRollout, state, errorCode string, receivedAt time.Time) {
+func (rt *resultTally) count(old *handsets.DeviceRollout, state, errorCode string, receivedAt time.Time) {
 	if old.State == state {
 		return
 	}
@@ -86,15 +88,15 @@ func (rt *resultTally) count(old *server.DeviceRollout, state, errorCode string,
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	switch state {
-	case server.StateInstalled:
+	case handsets.StateInstalled:
 		rt.installed[hour]++
 		rt.times[resultKey{rollout: old.RolloutID, bucket: server.InstallTimeBucket(receivedAt.Sub(old.OfferedAt))}]++
-	case server.StateFailed:
+	case handsets.StateFailed:
 		rt.failed[hour]++
 		if errorCode != "" {
 			rt.failures[resultKey{rollout: old.RolloutID, code: errorCode}]++
 		}
-	case server.StateRolledBack:
+	case handsets.StateRolledBack:
 		rt.failed[hour]++
 	}
 }
@@ -113,7 +115,7 @@ type concRun struct {
 	signed   atomic.Int64 // key enrollments so far: their signed timestamps
 	sent     sync.Map     // device id -> []server.Report acknowledged, under the device's lock
 	ops      sync.Map     // operation kind -> *atomic.Int64, for the log and to check none is vacuous
-	rollouts [2]*server.Rollout
+	rollouts [2]*rollout.Rollout
 	// pause has the next fold paused after its table k (mod the tables
 	// but the last) and returns once the hook checked the rollups there
 	// (the k-th pause of the run).
@@ -165,7 +167,7 @@ func testRollupsConsistent(t *testing.T, b backend) {
 	c := &concRun{t: t, db: db, s: db.Devices(), rs: db.Rollouts(), keyed: map[string]bool{}, locks: map[string]*sync.Mutex{},
 		tally: resultTally{installed: map[resultKey]int64{}, failed: map[resultKey]int64{}, times: map[resultKey]int64{},
 			failures: map[resultKey]int64{}}}
-	c.rollouts = [2]*server.Rollout{startedRollout(t, c.rs, "ro-a"), startedRollout(t, c.rs, "ro-b")}
+	c.rollouts = [2]*rollout.Rollout{startedRollout(t, c.rs, "ro-a"), startedRollout(t, c.rs, "ro-b")}
 
 	setup := rand.New(rand.NewPCG(14, 0))
 	for i := range concFleetSize {
@@ -545,7 +547,7 @@ func (c *concRun) checkIn(ctx context.Context, rng *rand.Rand, id string) {
 			c.t.Errorf("check-in of %s: read: %v", id, err)
 			return
 		}
-		next := d.AfterCheckIn(server.CheckIn{Build: build, Model: d.Model, Channel: channel, InstalledPatches: patches,
+		next := d.AfterCheckIn(handsets.CheckIn{Build: build, Model: d.Model, Channel: channel, InstalledPatches: patches,
 			CloudMessaging: messaging, NumberEncryption: encryption}, now)
 		err = c.s.SaveCheckIn(ctx, d, next)
 		switch {
@@ -580,18 +582,18 @@ func (c *concRun) offer(ctx context.Context, rng *rand.Rand, id string, eraseMea
 		return
 	}
 	r := c.rollouts[rng.IntN(len(c.rollouts))]
-	var prev *server.DeviceRollout
+	var prev *handsets.DeviceRollout
 	for _, rec := range recs {
 		if rec.RolloutID == r.ID {
 			prev = rec
 		}
 	}
-	dec := server.Decision{RolloutID: r.ID, Kind: server.OfferFirst, Release: r.Release}
+	dec := rollout.Decision{RolloutID: r.ID, Kind: rollout.OfferFirst, Release: r.Release}
 	kind := "first offer"
 	switch {
 	case prev == nil:
-	case prev.State == server.StateFailed || prev.State == server.StateRolledBack:
-		dec.Kind, kind = server.OfferRetry, "retry"
+	case prev.State == handsets.StateFailed || prev.State == handsets.StateRolledBack:
+		dec.Kind, kind = rollout.OfferRetry, "retry"
 	default:
 		return // a repeat: nothing to record
 	}
@@ -628,15 +630,15 @@ func (c *concRun) report(ctx context.Context, rng *rand.Rand, id string, eraseMe
 		c.t.Errorf("report of %s: read records: %v", id, err)
 		return
 	}
-	before := map[string]*server.DeviceRollout{}
+	before := map[string]*handsets.DeviceRollout{}
 	for _, rec := range recs {
 		before[rec.RolloutID] = rec
 	}
-	var sent []server.Report
+	var sent []handsets.Report
 	if v, ok := c.sent.Load(id); ok {
-		sent = v.([]server.Report)
+		sent = v.([]handsets.Report)
 	}
-	var r server.Report
+	var r handsets.Report
 	copies := 1
 	switch p := rng.IntN(100); {
 	case p < 12 && len(sent) > 0:
@@ -648,12 +650,12 @@ func (c *concRun) report(ctx context.Context, rng *rand.Rand, id string, eraseMe
 		if p < 22 {
 			copies = 2 // sent twice at once
 		}
-		states := []string{server.StateDownloading, server.StateDownloading, server.StateDownloaded, server.StateVerified,
-			server.StateInstalling, server.StateInstalling, server.StateInstalled, server.StateInstalled, server.StateInstalled,
-			server.StateFailed, server.StateFailed, server.StateFailed, server.StateRolledBack}
-		r = server.Report{ID: fmt.Sprintf("r-%d", c.clock.Load()), DeviceID: id, PatchID: "CM-2026-001",
+		states := []string{handsets.StateDownloading, handsets.StateDownloading, handsets.StateDownloaded, handsets.StateVerified,
+			handsets.StateInstalling, handsets.StateInstalling, handsets.StateInstalled, handsets.StateInstalled, handsets.StateInstalled,
+			handsets.StateFailed, handsets.StateFailed, handsets.StateFailed, handsets.StateRolledBack}
+		r = handsets.Report{ID: fmt.Sprintf("r-%d", c.clock.Load()), DeviceID: id, PatchID: "CM-2026-001",
 			State: states[rng.IntN(len(states))], At: now.Add(-time.Duration(rng.IntN(60)) * time.Second), ReceivedAt: now}
-		if r.State == server.StateFailed || (r.State == server.StateRolledBack && rng.IntN(2) == 0) {
+		if r.State == handsets.StateFailed || (r.State == handsets.StateRolledBack && rng.IntN(2) == 0) {
 			r.ErrorCode = concCodes[rng.IntN(len(concCodes))]
 		}
 		switch q := rng.IntN(10); {
@@ -665,7 +667,7 @@ func (c *concRun) report(ctx context.Context, rng *rand.Rand, id string, eraseMe
 			r.RolloutID = c.rollouts[rng.IntN(len(c.rollouts))].ID
 		}
 	}
-	outs := make([]server.ReportOutcome, copies)
+	outs := make([]handsets.ReportOutcome, copies)
 	errs := make([]error, copies)
 	var wg sync.WaitGroup
 	for i := range copies {
@@ -708,15 +710,15 @@ func (c *concRun) report(ctx context.Context, rng *rand.Rand, id string, eraseMe
 				out.RolloutState, want.State)
 		}
 		c.did("report moved a record")
-		if old.State != want.State && (want.State == server.StateInstalled || want.State == server.StateFailed ||
-			want.State == server.StateRolledBack) {
+		if old.State != want.State && (want.State == handsets.StateInstalled || want.State == handsets.StateFailed ||
+			want.State == handsets.StateRolledBack) {
 			c.did("result")
 		}
 		c.tally.count(old, want.State, r.ErrorCode, r.ReceivedAt)
 		next := want
 		before[out.RolloutID] = &next
 	}
-	if acked && !slices.ContainsFunc(sent, func(s server.Report) bool { return s.ID == r.ID }) {
+	if acked && !slices.ContainsFunc(sent, func(s handsets.Report) bool { return s.ID == r.ID }) {
 		c.sent.Store(id, append(sent, r))
 	}
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // TestRollups checks the write side of the rollups against the tables
@@ -150,12 +152,12 @@ func testFleetCountsConcurrent(t *testing.T, b backend) {
 	checkFleetCounts(t, db)
 	var wg sync.WaitGroup
 	builds := []string{"7.1.0", "7.2.0", "7.3.0"}
-	messaging := []string{server.MessagingAutoEnabled, server.MessagingOptedOut, server.MessagingOptedIn}
+	messaging := []string{handsets.MessagingAutoEnabled, handsets.MessagingOptedOut, handsets.MessagingOptedIn}
 	for g := range 8 {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(g), 1))
 			for range 40 {
-				ci := server.CheckIn{Build: builds[rng.IntN(3)], Model: "m", Channel: "stable",
+				ci := handsets.CheckIn{Build: builds[rng.IntN(3)], Model: "m", Channel: "stable",
 					CloudMessaging: messaging[rng.IntN(3)], NumberEncryption: rng.IntN(2) == 0}
 				hash := fmt.Sprintf("hash-%d", rng.IntN(devices))
 				if _, err := checkIn(ctx, s, hash, ci, t0.Add(time.Duration(rng.IntN(48))*time.Hour)); err != nil && !isTokenErr(err) {
@@ -190,7 +192,7 @@ func testDailyRollups(t *testing.T, b backend) {
 	d.EnrolledAt, d.LastSeen = day1, day1
 	mustEnroll(t, s, d, "hash-a")
 	mustEnroll(t, s, newDevice("dev_b", "px-8"), "hash-b")
-	ci := server.CheckIn{Build: "7.1.0", Model: "px-7", Channel: "stable", CloudMessaging: server.MessagingAutoEnabled}
+	ci := handsets.CheckIn{Build: "7.1.0", Model: "px-7", Channel: "stable", CloudMessaging: handsets.MessagingAutoEnabled}
 	// Both read the rollups after a fold: the tailed reads are
 	// checkFleetCounts' and the report tests'.
 	daily := func() map[string]int64 {
@@ -203,7 +205,7 @@ func testDailyRollups(t *testing.T, b backend) {
 	}
 	bDay := rollupDay(t0)
 	// Patched later the same day: moves within the day.
-	ci.CloudMessaging, ci.NumberEncryption = server.MessagingOptedOut, true
+	ci.CloudMessaging, ci.NumberEncryption = handsets.MessagingOptedOut, true
 	if _, err := checkIn(ctx, s, "hash-a", ci, day1.Add(3*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
@@ -250,9 +252,9 @@ func testDailyRollups(t *testing.T, b backend) {
 }
 
 // offerTo records a first offer of rollout r to device d at now.
-func offerTo(t testing.TB, rs *RolloutStore, r *server.Rollout, d *server.Device, now time.Time) *server.DeviceRollout {
+func offerTo(t testing.TB, rs *RolloutStore, r *rollout.Rollout, d *handsets.Device, now time.Time) *handsets.DeviceRollout {
 	t.Helper()
-	dec := server.Decision{RolloutID: r.ID, Kind: server.OfferFirst, Release: r.Release}
+	dec := rollout.Decision{RolloutID: r.ID, Kind: rollout.OfferFirst, Release: r.Release}
 	next := dec.Record(nil, d, now)
 	ok, err := rs.RecordOffer(t.Context(), dec, nil, next, 0, now)
 	if err != nil || !ok {
@@ -261,14 +263,14 @@ func offerTo(t testing.TB, rs *RolloutStore, r *server.Rollout, d *server.Device
 	return next
 }
 
-func startedRollout(t testing.TB, rs *RolloutStore, id string) *server.Rollout {
+func startedRollout(t testing.TB, rs *RolloutStore, id string) *rollout.Rollout {
 	t.Helper()
 	r := mustCreateRollout(t, rs, id)
 	ev, err := r.Start("alice", "go", t0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := rs.UpdateRollout(t.Context(), r, r.Version, []server.Event{ev}); err != nil {
+	if err := rs.UpdateRollout(t.Context(), r, r.Version, []rollout.Event{ev}); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -280,7 +282,7 @@ func testRolloutCountsFollowRecords(t *testing.T, b backend) {
 	db, s, rs := mustRollouts(t, b)
 	ctx := t.Context()
 	r := startedRollout(t, rs, "ro-a")
-	var devs []*server.Device
+	var devs []*handsets.Device
 	for i := range 4 {
 		d := newDevice(fmt.Sprintf("dev_%d", i), []string{"px-7", "px-8"}[i%2])
 		mustEnroll(t, s, d, "hash-"+d.ID)
@@ -290,7 +292,7 @@ func testRolloutCountsFollowRecords(t *testing.T, b backend) {
 	checkRolloutCounts(t, db)
 	rep := func(dev, id, state, code string, at time.Time) {
 		t.Helper()
-		out, err := s.AddReport(ctx, server.Report{ID: id, DeviceID: dev, PatchID: "CM-2026-001", State: state,
+		out, err := s.AddReport(ctx, handsets.Report{ID: id, DeviceID: dev, PatchID: "CM-2026-001", State: state,
 			ErrorCode: code, At: at, ReceivedAt: at})
 		if err != nil {
 			t.Fatalf("report %s: %v", id, err)
@@ -300,10 +302,10 @@ func testRolloutCountsFollowRecords(t *testing.T, b backend) {
 		}
 	}
 	at := t0.Add(10 * time.Minute)
-	rep("dev_0", "r1", server.StateDownloading, "", at)
-	rep("dev_0", "r2", server.StateInstalled, "", at.Add(time.Minute))
-	rep("dev_1", "r3", server.StateFailed, "E_DISK_FULL", at)
-	rep("dev_2", "r4", server.StateFailed, "E_DISK_FULL", at.Add(time.Hour))
+	rep("dev_0", "r1", handsets.StateDownloading, "", at)
+	rep("dev_0", "r2", handsets.StateInstalled, "", at.Add(time.Minute))
+	rep("dev_1", "r3", handsets.StateFailed, "E_DISK_FULL", at)
+	rep("dev_2", "r4", handsets.StateFailed, "E_DISK_FULL", at.Add(time.Hour))
 	checkRolloutCounts(t, db)
 
 	hourly := groupCounts(t, db, `SELECT hour, installed + failed FROM rollout_hourly WHERE rollout_id = 'ro-a'`)
@@ -330,7 +332,7 @@ func testRolloutCountsFollowRecords(t *testing.T, b backend) {
 	if err != nil || len(recs) != 1 {
 		t.Fatalf("records of dev_1: %v, %v", recs, err)
 	}
-	dec := server.Decision{RolloutID: "ro-a", Kind: server.OfferRetry}
+	dec := rollout.Decision{RolloutID: "ro-a", Kind: rollout.OfferRetry}
 	if ok, err := rs.RecordOffer(ctx, dec, recs[0], dec.Record(recs[0], devs[1], at.Add(2*time.Hour)), 0, at.Add(2*time.Hour)); err != nil || !ok {
 		t.Fatalf("retry: %v, %v", ok, err)
 	}
@@ -354,7 +356,7 @@ func testRecordOfferRaces(t *testing.T, b backend) {
 	d := newDevice("dev_a", "px-7")
 	mustEnroll(t, s, d, "hash-a")
 	now := t0.Add(time.Minute)
-	dec := server.Decision{RolloutID: r.ID, Kind: server.OfferFirst, Release: r.Release}
+	dec := rollout.Decision{RolloutID: r.ID, Kind: rollout.OfferFirst, Release: r.Release}
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
@@ -397,10 +399,10 @@ func testReportAttribution(t *testing.T, b backend) {
 	mustEnroll(t, s, d, "hash-a")
 	offerTo(t, rs, a, d, t0.Add(time.Minute))
 	offerTo(t, rs, bb, d, t0.Add(2*time.Minute))
-	add := func(id, rollout string) server.ReportOutcome {
+	add := func(id, rollout string) handsets.ReportOutcome {
 		t.Helper()
-		out, err := s.AddReport(context.Background(), server.Report{ID: id, DeviceID: "dev_a", PatchID: "CM-2026-001",
-			RolloutID: rollout, State: server.StateDownloading, At: t0.Add(3 * time.Minute), ReceivedAt: t0.Add(3 * time.Minute)})
+		out, err := s.AddReport(context.Background(), handsets.Report{ID: id, DeviceID: "dev_a", PatchID: "CM-2026-001",
+			RolloutID: rollout, State: handsets.StateDownloading, At: t0.Add(3 * time.Minute), ReceivedAt: t0.Add(3 * time.Minute)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -416,14 +418,14 @@ func testReportAttribution(t *testing.T, b backend) {
 		// ro-b is already downloading: a second downloading report moves nothing.
 		t.Errorf("repeated downloading report moved %q, want nothing", out.RolloutID)
 	}
-	_, err := s.AddReport(ctx, server.Report{ID: "r4", DeviceID: "dev_a", PatchID: "OTHER-1", State: server.StateInstalled,
+	_, err := s.AddReport(ctx, handsets.Report{ID: "r4", DeviceID: "dev_a", PatchID: "OTHER-1", State: handsets.StateInstalled,
 		At: t0.Add(4 * time.Minute), ReceivedAt: t0.Add(4 * time.Minute)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	recs, _ := rs.DeviceRollouts(ctx, "dev_a")
 	for _, r := range recs {
-		if r.State != server.StateDownloading {
+		if r.State != handsets.StateDownloading {
 			t.Errorf("record of %s: state %s, want downloading", r.RolloutID, r.State)
 		}
 	}
@@ -529,7 +531,7 @@ func testVerifyRollups(t *testing.T, b backend) {
 	for i := range 5 {
 		mustEnroll(t, s, newDevice(fmt.Sprintf("dev_%d", i), "m"), fmt.Sprintf("hash-%d", i))
 	}
-	ci := server.CheckIn{Build: "7.2.0", Model: "m", Channel: "stable", CloudMessaging: server.MessagingOptedIn, NumberEncryption: true}
+	ci := handsets.CheckIn{Build: "7.2.0", Model: "m", Channel: "stable", CloudMessaging: handsets.MessagingOptedIn, NumberEncryption: true}
 	if _, err := checkIn(ctx, s, "hash-1", ci, t0.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // BenchmarkRolloutTimeline1M measures what a young rollout's timeline
@@ -34,7 +36,7 @@ func BenchmarkRolloutTimeline1M(b *testing.B) {
 					}
 					n = 0
 					for _, r := range rows {
-						if r.State == server.DeviceOffered {
+						if r.State == handsets.DeviceOffered {
 							n += r.N
 						}
 					}
@@ -66,7 +68,7 @@ type youngLookup struct {
 	started time.Time
 }
 
-func (y youngLookup) Rollout(ctx context.Context, id string) (*server.Rollout, error) {
+func (y youngLookup) Rollout(ctx context.Context, id string) (*rollout.Rollout, error) {
 	ro, err := y.RolloutLookup.Rollout(ctx, id)
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // recordTimeLayouts are the text forms of a timestamp truncated to a
@@ -66,13 +67,13 @@ func (s *ReportStore) RolloutRecordTimes(ctx context.Context, rolloutID string, 
 		}
 	}
 	err := s.snapshot(ctx, func(tx *gorm.DB) error {
-		if err := scanRows(tx, scan(server.DeviceOffered), `SELECT `+offered+` AS t, COUNT(*) FROM device_rollouts
+		if err := scanRows(tx, scan(handsets.DeviceOffered), `SELECT `+offered+` AS t, COUNT(*) FROM device_rollouts
 WHERE rollout_id = ? GROUP BY t`, rolloutID); err != nil {
 			return fmt.Errorf("read offer times: %w", err)
 		}
 		if err := scanRows(tx, scan(""), `SELECT `+result+` AS t, state, COUNT(*) FROM device_rollouts
 WHERE rollout_id = ? AND result_at IS NOT NULL AND state IN (?, ?, ?) GROUP BY t, state`,
-			rolloutID, server.StateInstalled, server.StateFailed, server.StateRolledBack); err != nil {
+			rolloutID, handsets.StateInstalled, handsets.StateFailed, handsets.StateRolledBack); err != nil {
 			return fmt.Errorf("read result times: %w", err)
 		}
 		return nil

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 func TestTimelineStore(t *testing.T) {
@@ -34,28 +35,28 @@ func testRolloutTimeline(t *testing.T, b backend) {
 		mustEnroll(t, s, d, "hash-"+d.ID)
 		offered := t0.Add(time.Duration(3*i) * time.Second)
 		offerTo(t, rs, r, d, offered)
-		events = append(events, event{offered, server.DeviceOffered})
+		events = append(events, event{offered, handsets.DeviceOffered})
 		report := func(state string, after time.Duration) {
 			at := offered.Add(after)
-			if _, err := s.AddReport(ctx, server.Report{ID: fmt.Sprintf("r-%d-%s", i, state), DeviceID: d.ID, PatchID: "CM-2026-001",
-				State: state, ErrorCode: map[bool]string{true: "E_NO_SPACE"}[state == server.StateFailed], At: at, ReceivedAt: at}); err != nil {
+			if _, err := s.AddReport(ctx, handsets.Report{ID: fmt.Sprintf("r-%d-%s", i, state), DeviceID: d.ID, PatchID: "CM-2026-001",
+				State: state, ErrorCode: map[bool]string{true: "E_NO_SPACE"}[state == handsets.StateFailed], At: at, ReceivedAt: at}); err != nil {
 				t.Fatalf("report %s of %s: %v", state, d.ID, err)
 			}
 		}
 		switch {
 		case i < 20:
-			report(server.StateDownloading, time.Second)
-			report(server.StateInstalled, 5*time.Second)
-			events = append(events, event{offered.Add(5 * time.Second), server.StateInstalled})
+			report(handsets.StateDownloading, time.Second)
+			report(handsets.StateInstalled, 5*time.Second)
+			events = append(events, event{offered.Add(5 * time.Second), handsets.StateInstalled})
 		case i < 25:
-			report(server.StateFailed, 4*time.Second)
-			events = append(events, event{offered.Add(4 * time.Second), server.StateFailed})
+			report(handsets.StateFailed, 4*time.Second)
+			events = append(events, event{offered.Add(4 * time.Second), handsets.StateFailed})
 		case i < 27:
-			report(server.StateInstalling, time.Second)
-			report(server.StateRolledBack, 6*time.Second)
-			events = append(events, event{offered.Add(6 * time.Second), server.StateRolledBack})
+			report(handsets.StateInstalling, time.Second)
+			report(handsets.StateRolledBack, 6*time.Second)
+			events = append(events, event{offered.Add(6 * time.Second), handsets.StateRolledBack})
 		case i == 27:
-			report(server.StateDownloading, time.Second)
+			report(handsets.StateDownloading, time.Second)
 		}
 	}
 	reports := &server.Reports{Store: db.Reports(), Rollouts: rs}
@@ -79,13 +80,13 @@ func testRolloutTimeline(t *testing.T, b backend) {
 		for _, e := range events {
 			in, by := !e.at.Before(bk.Start) && e.at.Before(end), e.at.Before(end)
 			switch e.state {
-			case server.DeviceOffered:
+			case handsets.DeviceOffered:
 				want.Offered += b2i(by)
-			case server.StateInstalled:
+			case handsets.StateInstalled:
 				want.Installs, want.Installed = want.Installs+b2i(in), want.Installed+b2i(by)
-			case server.StateFailed:
+			case handsets.StateFailed:
 				want.Failures, want.Failed = want.Failures+b2i(in), want.Failed+b2i(by)
-			case server.StateRolledBack:
+			case handsets.StateRolledBack:
 				want.Failures, want.RolledBack = want.Failures+b2i(in), want.RolledBack+b2i(by)
 			}
 		}

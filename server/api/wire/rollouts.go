@@ -3,7 +3,7 @@ package wire
 import (
 	"time"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // RolloutRequest is the body of POST /admin/rollouts. Omitted policy
@@ -119,7 +119,7 @@ type RolloutPolicy struct {
 // that set it (zero for an operator's). It is server.Hold, whose
 // MarshalJSON is the one shape a hold has in every answer: the rollout,
 // its events and its report.
-type RolloutHold = server.Hold
+type RolloutHold = rollout.Hold
 
 // RolloutEvent is one entry of the audit log.
 type RolloutEvent struct {

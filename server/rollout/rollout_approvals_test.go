@@ -1,4 +1,4 @@
-package server_test
+package rollout_test
 
 import (
 	"context"
@@ -9,21 +9,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // fakeApprovals is an in-memory ApprovalStore with the real one's
 // compare-and-swap.
 type fakeApprovals struct {
 	mu sync.Mutex
-	as []*server.Approval
+	as []*rollout.Approval
 }
 
-var _ server.ApprovalStore = (*fakeApprovals)(nil)
+var _ rollout.ApprovalStore = (*fakeApprovals)(nil)
 
-func (f *fakeApprovals) CreateApproval(_ context.Context, a *server.Approval) error {
+func (f *fakeApprovals) CreateApproval(_ context.Context, a *rollout.Approval) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := *a
@@ -31,7 +31,7 @@ func (f *fakeApprovals) CreateApproval(_ context.Context, a *server.Approval) er
 	return nil
 }
 
-func (f *fakeApprovals) Approval(_ context.Context, id string) (*server.Approval, error) {
+func (f *fakeApprovals) Approval(_ context.Context, id string) (*rollout.Approval, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, a := range f.as {
@@ -43,10 +43,10 @@ func (f *fakeApprovals) Approval(_ context.Context, id string) (*server.Approval
 	return nil, fmt.Errorf("approval %s: %w", id, errs.ErrNotFound)
 }
 
-func (f *fakeApprovals) RolloutApprovals(_ context.Context, rolloutID string) ([]*server.Approval, error) {
+func (f *fakeApprovals) RolloutApprovals(_ context.Context, rolloutID string) ([]*rollout.Approval, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []*server.Approval
+	var out []*rollout.Approval
 	for i := len(f.as) - 1; i >= 0; i-- {
 		if f.as[i].RolloutID == rolloutID {
 			c := *f.as[i]
@@ -56,7 +56,7 @@ func (f *fakeApprovals) RolloutApprovals(_ context.Context, rolloutID string) ([
 	return out, nil
 }
 
-func (f *fakeApprovals) DecideApproval(_ context.Context, a *server.Approval) error {
+func (f *fakeApprovals) DecideApproval(_ context.Context, a *rollout.Approval) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, s := range f.as {
@@ -94,8 +94,8 @@ func TestFourEyesRules(t *testing.T) {
 		{name: "start at 100%", stages: []float64{100}, draft: true, wantPercent: 100, pending: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mutate := func(r *server.Rollout) { r.Stages = tc.stages }
-			var r *server.Rollout
+			mutate := func(r *rollout.Rollout) { r.Stages = tc.stages }
+			var r *rollout.Rollout
 			if tc.draft {
 				r = draftRollout(t, mutate)
 			} else {
@@ -103,9 +103,9 @@ func TestFourEyesRules(t *testing.T) {
 				r.Stage = tc.stage
 			}
 			store, approvals := newFakeRollouts(r), &fakeApprovals{}
-			svc := &server.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
+			svc := &rollout.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
 			var (
-				pending *server.Approval
+				pending *rollout.Approval
 				err     error
 			)
 			if tc.draft {
@@ -124,7 +124,7 @@ func TestFourEyesRules(t *testing.T) {
 				if pending.RequestedBy != "alice" || !pending.Pending() || len(approvals.as) != 1 {
 					t.Errorf("approval %+v, want alice's, pending, stored", pending)
 				}
-				if last := store.events[len(store.events)-1]; last.Action != server.ActionApprovalRequested || last.Reason == "" {
+				if last := store.events[len(store.events)-1]; last.Action != rollout.ActionApprovalRequested || last.Reason == "" {
 					t.Errorf("last event %+v, want approval_requested with the reason", last)
 				}
 				return
@@ -141,11 +141,11 @@ func TestFourEyesRules(t *testing.T) {
 // pause cancel pending ones.
 func TestFourEyesApprove(t *testing.T) {
 	ctx := context.Background()
-	r := runningRollout(t, func(r *server.Rollout) { r.Stages = []float64{10, 50, 100} })
+	r := runningRollout(t, func(r *rollout.Rollout) { r.Stages = []float64{10, 50, 100} })
 	r.Stage = 1
 	store, approvals := newFakeRollouts(r), &fakeApprovals{}
-	svc := &server.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
-	request := func() *server.Approval {
+	svc := &rollout.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
+	request := func() *rollout.Approval {
 		t.Helper()
 		_, pending, err := svc.Advance(ctx, r.ID, "alice", "all of it", 0)
 		if err != nil || pending == nil {
@@ -154,17 +154,17 @@ func TestFourEyesApprove(t *testing.T) {
 		return pending
 	}
 	a := request()
-	if _, _, err := svc.Approve(ctx, r.ID, a.ID, "alice", "me"); !errors.Is(err, server.ErrSelfApproval) || !errors.Is(err, errs.ErrForbidden) {
+	if _, _, err := svc.Approve(ctx, r.ID, a.ID, "alice", "me"); !errors.Is(err, rollout.ErrSelfApproval) || !errors.Is(err, errs.ErrForbidden) {
 		t.Errorf("self approval: %v, want ErrSelfApproval", err)
 	}
 	if _, _, err := svc.Approve(ctx, "ro-other", a.ID, "bob", "ok"); !errors.Is(err, errs.ErrNotFound) {
 		t.Errorf("approval of another rollout: %v, want ErrNotFound", err)
 	}
 	got, d, err := svc.Approve(ctx, r.ID, a.ID, "bob", "checked")
-	if err != nil || got.Percent() != 100 || d.State != server.ApprovalApproved || d.DecidedBy != "bob" {
+	if err != nil || got.Percent() != 100 || d.State != rollout.ApprovalApproved || d.DecidedBy != "bob" {
 		t.Fatalf("approve: %v %v %+v", err, got, d)
 	}
-	if last := store.events[len(store.events)-1]; last.Actor != "bob" || last.Action != server.ActionAdvance || last.ToPercent != 100 {
+	if last := store.events[len(store.events)-1]; last.Actor != "bob" || last.Action != rollout.ActionAdvance || last.ToPercent != 100 {
 		t.Errorf("approved event %+v, want bob's advance to 100%%", last)
 	}
 	if _, _, err := svc.Approve(ctx, r.ID, a.ID, "carol", "again"); !errors.Is(err, errs.ErrConflict) {
@@ -172,7 +172,7 @@ func TestFourEyesApprove(t *testing.T) {
 	}
 
 	// From 100% nothing is left to widen; start over at 50%.
-	r2 := runningRollout(t, func(r *server.Rollout) { r.ID, r.Stages = "ro-2", []float64{50, 100} })
+	r2 := runningRollout(t, func(r *rollout.Rollout) { r.ID, r.Stages = "ro-2", []float64{50, 100} })
 	store.rollouts[r2.ID] = r2
 	r2.Version = 1
 	r = r2
@@ -185,7 +185,7 @@ func TestFourEyesApprove(t *testing.T) {
 	if _, err := svc.Pause(ctx, r.ID, "bob", "wait"); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]server.ApprovalState{first.ID: server.ApprovalCancelled, second.ID: server.ApprovalRejected, third.ID: server.ApprovalCancelled}
+	want := map[string]rollout.ApprovalState{first.ID: rollout.ApprovalCancelled, second.ID: rollout.ApprovalRejected, third.ID: rollout.ApprovalCancelled}
 	for id, st := range want {
 		if a, _ := approvals.Approval(ctx, id); a.State != st {
 			t.Errorf("approval %s: %s, want %s", id, a.State, st)
@@ -198,12 +198,12 @@ func TestFourEyesApprove(t *testing.T) {
 // creator, who then cannot approve it alone.
 func TestFourEyesAutoAdvance(t *testing.T) {
 	ctx := context.Background()
-	r := runningRollout(t, func(r *server.Rollout) {
+	r := runningRollout(t, func(r *rollout.Rollout) {
 		r.Stages, r.Policy.Soak, r.Policy.MinResults = []float64{10, 50, 100}, time.Hour, 1
 	})
 	store, approvals := newFakeRollouts(r), &fakeApprovals{}
 	now := t0.Add(2 * time.Hour)
-	eval := &server.RolloutEvaluator{Store: store, Approvals: approvals, Now: func() time.Time { return now }}
+	eval := &rollout.RolloutEvaluator{Store: store, Approvals: approvals, Now: func() time.Time { return now }}
 	store.add(r.ID, "PX-7", 10, false, t0.Add(90*time.Minute))
 	if err := eval.Evaluate(ctx); err != nil {
 		t.Fatal(err)
@@ -226,12 +226,12 @@ func TestFourEyesAutoAdvance(t *testing.T) {
 	if a.RequestedBy != r.CreatedBy || a.ToPercent != 100 || !a.Pending() {
 		t.Errorf("approval %+v, want a pending one to 100%% on behalf of %s", a, r.CreatedBy)
 	}
-	if i := slices.IndexFunc(store.events, func(ev server.Event) bool { return ev.Action == server.ActionApprovalRequested }); i < 0 ||
+	if i := slices.IndexFunc(store.events, func(ev rollout.Event) bool { return ev.Action == rollout.ActionApprovalRequested }); i < 0 ||
 		store.events[i].Actor != audit.SystemActor {
 		t.Errorf("events %s, want system's approval_requested", actions(store.events))
 	}
-	svc := &server.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return now }}
-	if _, _, err := svc.Approve(ctx, r.ID, a.ID, r.CreatedBy, "mine"); !errors.Is(err, server.ErrSelfApproval) {
+	svc := &rollout.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return now }}
+	if _, _, err := svc.Approve(ctx, r.ID, a.ID, r.CreatedBy, "mine"); !errors.Is(err, rollout.ErrSelfApproval) {
 		t.Errorf("the creator approving the auto-advance: %v, want ErrSelfApproval", err)
 	}
 	if got, _, err := svc.Approve(ctx, r.ID, a.ID, "bob", "fine"); err != nil || got.Percent() != 100 {

@@ -1,4 +1,4 @@
-package server
+package handsets
 
 import (
 	"regexp"
@@ -14,9 +14,9 @@ import (
 // is free text, scrubbed (Scrub).
 var (
 	modelPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	buildPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
+	BuildPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
 	channelPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
-	regionPattern  = regexp.MustCompile(`^[A-Z]{2}$`)
+	RegionPattern  = regexp.MustCompile(`^[A-Z]{2}$`)
 	uuidPattern    = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 	// codePattern is upper snake case: E_DISK_FULL.
 	codePattern = regexp.MustCompile(`^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*$`)
@@ -27,7 +27,7 @@ var (
 const (
 	maxCodeLen    = 48
 	maxMessageLen = 256
-	maxTargetLen  = 512
+	MaxTargetLen  = 512
 )
 
 // The messages of the handset fields' patterns.
@@ -59,7 +59,7 @@ func ValidateChannel(field, channel string) error {
 // ValidateBuild checks a build, as handsets send it and as a rollout's
 // selector bounds builds (see BuildLike).
 func ValidateBuild(field, build string) error {
-	if !buildPattern.MatchString(build) || textrule.BuildLike(build) {
+	if !BuildPattern.MatchString(build) || textrule.BuildLike(build) {
 		return errs.Fieldf(field, "%s", textrule.BuildRule)
 	}
 	return nil
@@ -76,7 +76,7 @@ func ValidateDeviceInfo(model, build, channel, region string) error {
 	if err := ValidateChannel("channel", channel); err != nil {
 		return err
 	}
-	if region != "" && !regionPattern.MatchString(region) {
+	if region != "" && !RegionPattern.MatchString(region) {
 		return errs.Fieldf("region", "want an ISO 3166-1 alpha-2 code such as DE, or nothing")
 	}
 	return nil

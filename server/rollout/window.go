@@ -1,10 +1,11 @@
-package server
+package rollout
 
 import (
 	"fmt"
 	"time"
 
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // Window is a maintenance window in a handset's local hours, such as
@@ -131,8 +132,8 @@ func (w Window) UntilOpen(now time.Time, offsetMinutes int) time.Duration {
 
 // ValidateUTCOffset checks a check-in's utc_offset_minutes.
 func ValidateUTCOffset(minutes int) error {
-	if minutes < MinUTCOffsetMinutes || minutes > MaxUTCOffsetMinutes {
-		return errs.Fieldf("utc_offset_minutes", "want the handset's offset from UTC in minutes, %d to %d", MinUTCOffsetMinutes, MaxUTCOffsetMinutes)
+	if minutes < handsets.MinUTCOffsetMinutes || minutes > handsets.MaxUTCOffsetMinutes {
+		return errs.Fieldf("utc_offset_minutes", "want the handset's offset from UTC in minutes, %d to %d", handsets.MinUTCOffsetMinutes, handsets.MaxUTCOffsetMinutes)
 	}
 	return nil
 }

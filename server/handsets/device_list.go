@@ -1,4 +1,4 @@
-package server
+package handsets
 
 import (
 	"context"
@@ -61,7 +61,7 @@ func (q *DeviceQuery) Validate() error {
 			return err
 		}
 	}
-	if q.Region != "" && !regionPattern.MatchString(q.Region) {
+	if q.Region != "" && !RegionPattern.MatchString(q.Region) {
 		return errs.Fieldf("region", "want a two-letter ISO 3166-1 code such as DE")
 	}
 	if q.PatchID != "" {

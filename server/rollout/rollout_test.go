@@ -1,4 +1,4 @@
-package server_test
+package rollout_test
 
 import (
 	"errors"
@@ -7,31 +7,31 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // t0 is the fixed clock of the rollout tests.
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func rolloutSpec() server.Rollout {
-	return server.Rollout{
+func rolloutSpec() rollout.Rollout {
+	return rollout.Rollout{
 		ID: "ro_1",
-		Release: server.RolloutRelease{Target: "patches/cm-2026-001.zip", PatchID: "CM-2026-001",
+		Release: rollout.RolloutRelease{Target: "patches/cm-2026-001.zip", PatchID: "CM-2026-001",
 			InstallsBuild: "7.5.0"},
 		Stages: []float64{1, 10, 50, 100},
-		Policy: server.DefaultPolicy(),
+		Policy: rollout.DefaultPolicy(),
 	}
 }
 
 // draftRollout makes a draft of the privacy patch, changed by mutate.
-func draftRollout(tb testing.TB, mutate ...func(*server.Rollout)) *server.Rollout {
+func draftRollout(tb testing.TB, mutate ...func(*rollout.Rollout)) *rollout.Rollout {
 	tb.Helper()
 	spec := rolloutSpec()
 	for _, m := range mutate {
 		m(&spec)
 	}
-	r, _, err := server.NewRollout(spec, "alice", t0)
+	r, _, err := rollout.NewRollout(spec, "alice", t0)
 	if err != nil {
 		tb.Fatalf("NewRollout: %v", err)
 	}
@@ -39,7 +39,7 @@ func draftRollout(tb testing.TB, mutate ...func(*server.Rollout)) *server.Rollou
 }
 
 // runningRollout is draftRollout started at t0.
-func runningRollout(tb testing.TB, mutate ...func(*server.Rollout)) *server.Rollout {
+func runningRollout(tb testing.TB, mutate ...func(*rollout.Rollout)) *rollout.Rollout {
 	tb.Helper()
 	r := draftRollout(tb, mutate...)
 	if _, err := r.Start("alice", "go", t0); err != nil {
@@ -62,17 +62,17 @@ func wantField(tb testing.TB, err error, field string) {
 // TestNewRollout: a created rollout is a draft with its id as salt, and
 // the create event says who made it.
 func TestNewRollout(t *testing.T) {
-	r, ev, err := server.NewRollout(rolloutSpec(), "alice", t0)
+	r, ev, err := rollout.NewRollout(rolloutSpec(), "alice", t0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.State != server.RolloutDraft || r.Salt != "ro_1" || r.Stage != 0 || r.CreatedBy != "alice" || !r.CreatedAt.Equal(t0) {
+	if r.State != rollout.RolloutDraft || r.Salt != "ro_1" || r.Stage != 0 || r.CreatedBy != "alice" || !r.CreatedAt.Equal(t0) {
 		t.Errorf("got state %s salt %q stage %d by %q at %v", r.State, r.Salt, r.Stage, r.CreatedBy, r.CreatedAt)
 	}
-	if ev.Action != server.ActionCreate || ev.Actor != "alice" || ev.ToState != server.RolloutDraft || ev.RolloutID != "ro_1" {
+	if ev.Action != rollout.ActionCreate || ev.Actor != "alice" || ev.ToState != rollout.RolloutDraft || ev.RolloutID != "ro_1" {
 		t.Errorf("event %+v", ev)
 	}
-	if _, _, err := server.NewRollout(rolloutSpec(), " ", t0); !errors.Is(err, errs.ErrInvalid) {
+	if _, _, err := rollout.NewRollout(rolloutSpec(), " ", t0); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("no actor: %v, want ErrInvalid", err)
 	}
 }
@@ -82,74 +82,74 @@ func TestNewRollout(t *testing.T) {
 func TestRolloutValidate(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		mutate func(*server.Rollout)
+		mutate func(*rollout.Rollout)
 		field  string
 	}{
-		{"no target", func(r *server.Rollout) { r.Release.Target = "" }, "release"},
-		{"no patch id", func(r *server.Rollout) { r.Release.PatchID = "" }, "release.patch_id"},
-		{"no installs build", func(r *server.Rollout) { r.Release.InstallsBuild = "" }, "release.installs_build"},
-		{"no stages", func(r *server.Rollout) { r.Stages = nil }, "stages"},
-		{"zero stage", func(r *server.Rollout) { r.Stages = []float64{0, 10} }, "stages[0]"},
-		{"above 100", func(r *server.Rollout) { r.Stages = []float64{10, 101} }, "stages[1]"},
-		{"not increasing", func(r *server.Rollout) { r.Stages = []float64{1, 10, 10, 100} }, "stages[2]"},
-		{"decreasing", func(r *server.Rollout) { r.Stages = []float64{50, 10} }, "stages[1]"},
-		{"finer than 0.01", func(r *server.Rollout) { r.Stages = []float64{0.001, 100} }, "stages[0]"},
-		{"bad model", func(r *server.Rollout) { r.Selector.Models = []string{"PX-7", "a b"} }, "models[1]"},
-		{"bad channel", func(r *server.Rollout) { r.Selector.Channels = []string{"Stable"} }, "channels[0]"},
-		{"bad region", func(r *server.Rollout) { r.Selector.Regions = []string{"de"} }, "regions[0]"},
-		{"bad build_min", func(r *server.Rollout) { r.Selector.BuildMin = "7 4" }, "build_min"},
-		{"build range upside down", func(r *server.Rollout) { r.Selector.BuildMin, r.Selector.BuildMax = "7.4", "7.2" }, "build_max"},
-		{"build_min at installs build", func(r *server.Rollout) { r.Selector.BuildMin = "7.5.0" }, "build_min"},
-		{"failure rate above 1", func(r *server.Rollout) { r.Policy.MaxFailureRate = 5 }, "max_failure_rate"},
-		{"negative failure rate", func(r *server.Rollout) { r.Policy.MaxFailureRate = -0.1 }, "max_failure_rate"},
-		{"no min results", func(r *server.Rollout) { r.Policy.MinResults = 0 }, "min_results"},
-		{"no failure window", func(r *server.Rollout) { r.Policy.FailureWindow = 0 }, "failure_window"},
-		{"negative soak", func(r *server.Rollout) { r.Policy.Soak = -time.Hour }, "soak"},
-		{"too many retries", func(r *server.Rollout) { r.Policy.Retries = 11 }, "retries"},
-		{"retries without backoff", func(r *server.Rollout) { r.Policy.Backoff = nil }, "backoff"},
-		{"zero backoff", func(r *server.Rollout) { r.Policy.Backoff = []time.Duration{time.Hour, 0} }, "backoff[1]"},
-		{"negative cap", func(r *server.Rollout) { r.Policy.MaxOffersPerMinute = -1 }, "max_offers_per_minute"},
+		{"no target", func(r *rollout.Rollout) { r.Release.Target = "" }, "release"},
+		{"no patch id", func(r *rollout.Rollout) { r.Release.PatchID = "" }, "release.patch_id"},
+		{"no installs build", func(r *rollout.Rollout) { r.Release.InstallsBuild = "" }, "release.installs_build"},
+		{"no stages", func(r *rollout.Rollout) { r.Stages = nil }, "stages"},
+		{"zero stage", func(r *rollout.Rollout) { r.Stages = []float64{0, 10} }, "stages[0]"},
+		{"above 100", func(r *rollout.Rollout) { r.Stages = []float64{10, 101} }, "stages[1]"},
+		{"not increasing", func(r *rollout.Rollout) { r.Stages = []float64{1, 10, 10, 100} }, "stages[2]"},
+		{"decreasing", func(r *rollout.Rollout) { r.Stages = []float64{50, 10} }, "stages[1]"},
+		{"finer than 0.01", func(r *rollout.Rollout) { r.Stages = []float64{0.001, 100} }, "stages[0]"},
+		{"bad model", func(r *rollout.Rollout) { r.Selector.Models = []string{"PX-7", "a b"} }, "models[1]"},
+		{"bad channel", func(r *rollout.Rollout) { r.Selector.Channels = []string{"Stable"} }, "channels[0]"},
+		{"bad region", func(r *rollout.Rollout) { r.Selector.Regions = []string{"de"} }, "regions[0]"},
+		{"bad build_min", func(r *rollout.Rollout) { r.Selector.BuildMin = "7 4" }, "build_min"},
+		{"build range upside down", func(r *rollout.Rollout) { r.Selector.BuildMin, r.Selector.BuildMax = "7.4", "7.2" }, "build_max"},
+		{"build_min at installs build", func(r *rollout.Rollout) { r.Selector.BuildMin = "7.5.0" }, "build_min"},
+		{"failure rate above 1", func(r *rollout.Rollout) { r.Policy.MaxFailureRate = 5 }, "max_failure_rate"},
+		{"negative failure rate", func(r *rollout.Rollout) { r.Policy.MaxFailureRate = -0.1 }, "max_failure_rate"},
+		{"no min results", func(r *rollout.Rollout) { r.Policy.MinResults = 0 }, "min_results"},
+		{"no failure window", func(r *rollout.Rollout) { r.Policy.FailureWindow = 0 }, "failure_window"},
+		{"negative soak", func(r *rollout.Rollout) { r.Policy.Soak = -time.Hour }, "soak"},
+		{"too many retries", func(r *rollout.Rollout) { r.Policy.Retries = 11 }, "retries"},
+		{"retries without backoff", func(r *rollout.Rollout) { r.Policy.Backoff = nil }, "backoff"},
+		{"zero backoff", func(r *rollout.Rollout) { r.Policy.Backoff = []time.Duration{time.Hour, 0} }, "backoff[1]"},
+		{"negative cap", func(r *rollout.Rollout) { r.Policy.MaxOffersPerMinute = -1 }, "max_offers_per_minute"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := rolloutSpec()
 			tc.mutate(&spec)
-			_, _, err := server.NewRollout(spec, "alice", t0)
+			_, _, err := rollout.NewRollout(spec, "alice", t0)
 			wantField(t, err, tc.field)
 		})
 	}
 	// What a release manager types passes.
 	spec := rolloutSpec()
-	spec.Selector = server.Selector{Models: []string{"PX-7"}, Channels: []string{"stable"}, Regions: []string{"DE"},
+	spec.Selector = rollout.Selector{Models: []string{"PX-7"}, Channels: []string{"stable"}, Regions: []string{"DE"},
 		BuildMin: "7.2.0", BuildMax: "7.4.9"}
 	spec.Stages = []float64{0.5, 1, 10, 50, 100}
-	spec.Policy.Window, _ = server.ParseWindow("01:00-05:00")
+	spec.Policy.Window, _ = rollout.ParseWindow("01:00-05:00")
 	spec.Policy.MaxOffersPerMinute, spec.Policy.Soak, spec.Policy.Retries = 500, 6*time.Hour, 0
-	if _, _, err := server.NewRollout(spec, "alice", t0); err != nil {
+	if _, _, err := rollout.NewRollout(spec, "alice", t0); err != nil {
 		t.Errorf("valid rollout refused: %v", err)
 	}
 }
 
 // rolloutIn makes a rollout in state s by the operator's actions.
-func rolloutIn(tb testing.TB, s server.RolloutState) *server.Rollout {
+func rolloutIn(tb testing.TB, s rollout.RolloutState) *rollout.Rollout {
 	tb.Helper()
 	r := draftRollout(tb)
-	must := func(_ server.Event, err error) {
+	must := func(_ rollout.Event, err error) {
 		tb.Helper()
 		if err != nil {
 			tb.Fatal(err)
 		}
 	}
 	switch s {
-	case server.RolloutRunning:
+	case rollout.RolloutRunning:
 		must(r.Start("alice", "go", t0))
-	case server.RolloutPaused:
+	case rollout.RolloutPaused:
 		must(r.Start("alice", "go", t0))
 		must(r.Pause("alice", "look", t0))
-	case server.RolloutCompleted:
+	case rollout.RolloutCompleted:
 		must(r.Start("alice", "go", t0))
 		must(r.Advance("alice", "all", 100, t0))
 		must(r.Complete("alice", "done", t0))
-	case server.RolloutAborted:
+	case rollout.RolloutAborted:
 		must(r.Abort("alice", "no", t0))
 	}
 	return r
@@ -162,26 +162,26 @@ func rolloutIn(tb testing.TB, s server.RolloutState) *server.Rollout {
 func TestRolloutTransitions(t *testing.T) {
 	type action struct {
 		name string
-		do   func(r *server.Rollout) (server.Event, error)
+		do   func(r *rollout.Rollout) (rollout.Event, error)
 	}
 	actions := []action{
-		{"start", func(r *server.Rollout) (server.Event, error) { return r.Start("bob", "why", t0.Add(time.Hour)) }},
-		{"pause", func(r *server.Rollout) (server.Event, error) { return r.Pause("bob", "why", t0.Add(time.Hour)) }},
-		{"resume", func(r *server.Rollout) (server.Event, error) { return r.Resume("bob", "why", t0.Add(time.Hour)) }},
-		{"abort", func(r *server.Rollout) (server.Event, error) { return r.Abort("bob", "why", t0.Add(time.Hour)) }},
-		{"advance", func(r *server.Rollout) (server.Event, error) { return r.Advance("bob", "why", 0, t0.Add(time.Hour)) }},
-		{"complete", func(r *server.Rollout) (server.Event, error) { return r.Complete("bob", "why", t0.Add(time.Hour)) }},
+		{"start", func(r *rollout.Rollout) (rollout.Event, error) { return r.Start("bob", "why", t0.Add(time.Hour)) }},
+		{"pause", func(r *rollout.Rollout) (rollout.Event, error) { return r.Pause("bob", "why", t0.Add(time.Hour)) }},
+		{"resume", func(r *rollout.Rollout) (rollout.Event, error) { return r.Resume("bob", "why", t0.Add(time.Hour)) }},
+		{"abort", func(r *rollout.Rollout) (rollout.Event, error) { return r.Abort("bob", "why", t0.Add(time.Hour)) }},
+		{"advance", func(r *rollout.Rollout) (rollout.Event, error) { return r.Advance("bob", "why", 0, t0.Add(time.Hour)) }},
+		{"complete", func(r *rollout.Rollout) (rollout.Event, error) { return r.Complete("bob", "why", t0.Add(time.Hour)) }},
 	}
-	const x = server.RolloutState("") // refused
-	want := map[server.RolloutState][]server.RolloutState{
+	const x = rollout.RolloutState("") // refused
+	want := map[rollout.RolloutState][]rollout.RolloutState{
 		//                       start                  pause                 resume                abort                 advance               complete
-		server.RolloutDraft:     {server.RolloutRunning, x, x, server.RolloutAborted, x, x},
-		server.RolloutRunning:   {x, server.RolloutPaused, x, server.RolloutAborted, server.RolloutRunning, x},
-		server.RolloutPaused:    {x, x, server.RolloutRunning, server.RolloutAborted, server.RolloutPaused, x},
-		server.RolloutCompleted: {x, server.RolloutPaused, x, server.RolloutAborted, x, x},
-		server.RolloutAborted:   {x, x, x, x, x, x},
+		rollout.RolloutDraft:     {rollout.RolloutRunning, x, x, rollout.RolloutAborted, x, x},
+		rollout.RolloutRunning:   {x, rollout.RolloutPaused, x, rollout.RolloutAborted, rollout.RolloutRunning, x},
+		rollout.RolloutPaused:    {x, x, rollout.RolloutRunning, rollout.RolloutAborted, rollout.RolloutPaused, x},
+		rollout.RolloutCompleted: {x, rollout.RolloutPaused, x, rollout.RolloutAborted, x, x},
+		rollout.RolloutAborted:   {x, x, x, x, x, x},
 	}
-	for _, from := range server.RolloutStates {
+	for _, from := range rollout.RolloutStates {
 		for i, a := range actions {
 			t.Run(string(from)+"/"+a.name, func(t *testing.T) {
 				r := rolloutIn(t, from)
@@ -189,7 +189,7 @@ func TestRolloutTransitions(t *testing.T) {
 				ev, err := a.do(r)
 				to := want[from][i]
 				if to == x {
-					var te *server.TransitionError
+					var te *rollout.TransitionError
 					if !errors.Is(err, errs.ErrConflict) || !errors.As(err, &te) {
 						t.Fatalf("got %v, want a TransitionError (ErrConflict)", err)
 					}
@@ -225,7 +225,7 @@ func TestRolloutNeedsReason(t *testing.T) {
 		{"empty reason", "bob", "", "reason"},
 		{"blank reason", "bob", "  \t", "reason"},
 		{"two lines", "bob", "a\nb", "reason"},
-		{"too long", "bob", strings.Repeat("x", server.MaxReasonLen+1), "reason"},
+		{"too long", "bob", strings.Repeat("x", rollout.MaxReasonLen+1), "reason"},
 		{"no actor", "", "why", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -238,7 +238,7 @@ func TestRolloutNeedsReason(t *testing.T) {
 			} else {
 				wantField(t, err, tc.field)
 			}
-			if r.State != server.RolloutRunning {
+			if r.State != rollout.RolloutRunning {
 				t.Errorf("state %s after a refused pause", r.State)
 			}
 		})
@@ -252,23 +252,23 @@ func TestRolloutAdvance(t *testing.T) {
 	later := t0.Add(3 * time.Hour)
 	for _, tc := range []struct {
 		name     string
-		from     server.RolloutState
+		from     rollout.RolloutState
 		percent  float64
 		stages   []float64
 		stage    int
-		state    server.RolloutState
+		state    rollout.RolloutState
 		errField string
 		conflict bool
 	}{
-		{"next", server.RolloutRunning, 0, []float64{1, 10, 50, 100}, 1, server.RolloutRunning, "", false},
-		{"to a listed percent", server.RolloutRunning, 50, []float64{1, 10, 50, 100}, 2, server.RolloutRunning, "", false},
-		{"to a new percent", server.RolloutRunning, 25, []float64{1, 10, 25, 50, 100}, 2, server.RolloutRunning, "", false},
-		{"paused", server.RolloutPaused, 0, []float64{1, 10, 50, 100}, 1, server.RolloutPaused, "", false},
-		{"to the current percent", server.RolloutRunning, 1, nil, 0, "", "percent", false},
-		{"down", server.RolloutRunning, 0.5, nil, 0, "", "percent", false},
-		{"above 100", server.RolloutRunning, 150, nil, 0, "", "percent", false},
-		{"finer than 0.01", server.RolloutRunning, 12.345, nil, 0, "", "percent", false},
-		{"draft", server.RolloutDraft, 0, nil, 0, "", "", true},
+		{"next", rollout.RolloutRunning, 0, []float64{1, 10, 50, 100}, 1, rollout.RolloutRunning, "", false},
+		{"to a listed percent", rollout.RolloutRunning, 50, []float64{1, 10, 50, 100}, 2, rollout.RolloutRunning, "", false},
+		{"to a new percent", rollout.RolloutRunning, 25, []float64{1, 10, 25, 50, 100}, 2, rollout.RolloutRunning, "", false},
+		{"paused", rollout.RolloutPaused, 0, []float64{1, 10, 50, 100}, 1, rollout.RolloutPaused, "", false},
+		{"to the current percent", rollout.RolloutRunning, 1, nil, 0, "", "percent", false},
+		{"down", rollout.RolloutRunning, 0.5, nil, 0, "", "percent", false},
+		{"above 100", rollout.RolloutRunning, 150, nil, 0, "", "percent", false},
+		{"finer than 0.01", rollout.RolloutRunning, 12.345, nil, 0, "", "percent", false},
+		{"draft", rollout.RolloutDraft, 0, nil, 0, "", "", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := rolloutIn(t, tc.from)
@@ -306,14 +306,14 @@ func TestRolloutAdvance(t *testing.T) {
 		t.Errorf("advance past the last stage: %v, want ErrConflict", err)
 	}
 	// Widening a completed rollout that ended below 100% runs it again.
-	r = runningRollout(t, func(r *server.Rollout) { r.Stages = []float64{1, 10} })
+	r = runningRollout(t, func(r *rollout.Rollout) { r.Stages = []float64{1, 10} })
 	if _, err := r.Advance("bob", "next", 0, t0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Complete("bob", "enough", t0); err != nil || r.State != server.RolloutCompleted {
+	if _, err := r.Complete("bob", "enough", t0); err != nil || r.State != rollout.RolloutCompleted {
 		t.Fatalf("complete at 10%%: %v, %s", err, r.State)
 	}
-	if _, err := r.Advance("bob", "after all", 100, later); err != nil || r.State != server.RolloutRunning || r.Percent() != 100 {
+	if _, err := r.Advance("bob", "after all", 100, later); err != nil || r.State != rollout.RolloutRunning || r.Percent() != 100 {
 		t.Errorf("widen a completed rollout: %v, state %s at %g%%", err, r.State, r.Percent())
 	}
 }
@@ -333,8 +333,8 @@ func TestRolloutCompleteNeedsLastStage(t *testing.T) {
 // longer count.
 func TestResumeClearsHalt(t *testing.T) {
 	r := runningRollout(t)
-	events := server.EvaluateHealth(r, map[string]server.Results{"PX-7": {Installed: 40, Failed: 10}, "PX-8": {Installed: 40, Failed: 10}}, t0.Add(time.Hour))
-	if len(events) != 1 || r.State != server.RolloutPaused || r.Halt == nil {
+	events := rollout.EvaluateHealth(r, map[string]rollout.Results{"PX-7": {Installed: 40, Failed: 10}, "PX-8": {Installed: 40, Failed: 10}}, t0.Add(time.Hour))
+	if len(events) != 1 || r.State != rollout.RolloutPaused || r.Halt == nil {
 		t.Fatalf("setup: events %+v, state %s, halt %v", events, r.State, r.Halt)
 	}
 	at := t0.Add(2 * time.Hour)
@@ -342,7 +342,7 @@ func TestResumeClearsHalt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.State != server.RolloutRunning || r.Halt != nil {
+	if r.State != rollout.RolloutRunning || r.Halt != nil {
 		t.Errorf("after resume: state %s, halt %v", r.State, r.Halt)
 	}
 	if ev.Hold == nil || ev.Hold.Failed != 20 || !strings.Contains(ev.Detail, "cleared the halt") {
@@ -362,7 +362,7 @@ func TestResumeClearsHalt(t *testing.T) {
 func TestModelHolds(t *testing.T) {
 	r := runningRollout(t)
 	ev, err := r.HoldModel("bob", "field reports of boot loops", "PX-7", t0)
-	if err != nil || r.ModelHold("PX-7") == nil || ev.Action != server.ActionHold || ev.Model != "PX-7" {
+	if err != nil || r.ModelHold("PX-7") == nil || ev.Action != rollout.ActionHold || ev.Model != "PX-7" {
 		t.Fatalf("hold: %v, %+v", err, ev)
 	}
 	if _, err := r.HoldModel("bob", "again", "PX-7", t0); !errors.Is(err, errs.ErrConflict) {
@@ -373,7 +373,7 @@ func TestModelHolds(t *testing.T) {
 	}
 	at := t0.Add(30 * time.Minute)
 	ev, err = r.ReleaseHold("bob", "bootloader fixed", "PX-7", at)
-	if err != nil || r.ModelHold("PX-7") != nil || ev.Action != server.ActionReleaseHold || ev.Hold == nil || ev.Hold.Reason != "field reports of boot loops" {
+	if err != nil || r.ModelHold("PX-7") != nil || ev.Action != rollout.ActionReleaseHold || ev.Hold == nil || ev.Hold.Reason != "field reports of boot loops" {
 		t.Fatalf("release: %v, %+v", err, ev)
 	}
 	if got := r.ResultsSince("PX-7", at.Add(5*time.Minute)); !got.Equal(at) {
@@ -387,7 +387,7 @@ func TestModelHolds(t *testing.T) {
 // TestCloneIsDeep: changing a clone (as an action does on a copy of a
 // cached rollout) leaves the original alone.
 func TestCloneIsDeep(t *testing.T) {
-	r := runningRollout(t, func(r *server.Rollout) { r.Selector.Models = []string{"PX-7"} })
+	r := runningRollout(t, func(r *rollout.Rollout) { r.Selector.Models = []string{"PX-7"} })
 	c := r.Clone()
 	c.Stages[0], c.Selector.Models[0] = 99, "X"
 	if _, err := c.HoldModel("bob", "x", "PX-8", t0); err != nil {

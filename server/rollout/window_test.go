@@ -1,4 +1,4 @@
-package server_test
+package rollout_test
 
 import (
 	"encoding/json"
@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // TestParseWindow: the operator's --window text reads back as written;
@@ -36,7 +36,7 @@ func TestParseWindow(t *testing.T) {
 		{"aa:bb-cc:dd", "", false, false},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
-			w, err := server.ParseWindow(tc.in)
+			w, err := rollout.ParseWindow(tc.in)
 			if !tc.ok {
 				var fe *errs.FieldError
 				if !errors.As(err, &fe) || fe.Field != "window" || !errors.Is(err, errs.ErrInvalid) {
@@ -56,7 +56,7 @@ func TestParseWindow(t *testing.T) {
 
 // TestWindowJSON: a policy carries its window as text.
 func TestWindowJSON(t *testing.T) {
-	var v struct{ Window server.Window }
+	var v struct{ Window rollout.Window }
 	if err := json.Unmarshal([]byte(`{"Window":"01:00-05:00"}`), &v); err != nil || v.Window.String() != "01:00-05:00" {
 		t.Fatalf("unmarshal: %v, %q", err, v.Window)
 	}
@@ -107,7 +107,7 @@ func TestWindowOpen(t *testing.T) {
 		{"none", "", at(12, 0), 0, true, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w, err := server.ParseWindow(tc.window)
+			w, err := rollout.ParseWindow(tc.window)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,7 +127,7 @@ func TestValidateUTCOffset(t *testing.T) {
 		minutes int
 		ok      bool
 	}{{0, true}, {-720, true}, {840, true}, {330, true}, {-721, false}, {841, false}, {100000, false}} {
-		err := server.ValidateUTCOffset(tc.minutes)
+		err := rollout.ValidateUTCOffset(tc.minutes)
 		var fe *errs.FieldError
 		if tc.ok != (err == nil) || (err != nil && (!errors.As(err, &fe) || fe.Field != "utc_offset_minutes")) {
 			t.Errorf("ValidateUTCOffset(%d) = %v, want ok %v", tc.minutes, err, tc.ok)

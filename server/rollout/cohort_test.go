@@ -1,4 +1,4 @@
-package server_test
+package rollout_test
 
 import (
 	"crypto/sha256"
@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // TestCohortPinned pins the cohort function: sqlstore, reports and any
@@ -23,12 +23,12 @@ func TestCohortPinned(t *testing.T) {
 		{"", "", 3192},
 		{"ro_x", "dev_42", cohortOf(t, "ro_x", "dev_42")},
 	} {
-		if got := server.Cohort(tc.salt, tc.id); got != tc.want {
+		if got := rollout.Cohort(tc.salt, tc.id); got != tc.want {
 			t.Errorf("Cohort(%q, %q) = %d, want %d", tc.salt, tc.id, got, tc.want)
 		}
 	}
 	// The separator keeps the pair apart: ("ab", "c") is not ("a", "bc").
-	if server.Cohort("ab", "c") == server.Cohort("a", "bc") && server.Cohort("ab", "cd") == server.Cohort("a", "bcd") {
+	if rollout.Cohort("ab", "c") == rollout.Cohort("a", "bc") && rollout.Cohort("ab", "cd") == rollout.Cohort("a", "bcd") {
 		t.Error("salt and id are concatenated without a separator")
 	}
 }
@@ -46,7 +46,7 @@ func TestCohortWidening(t *testing.T) {
 		in[s] = make([]bool, n)
 		count := 0
 		for i := range n {
-			in[s][i] = server.InStage(salt, fmt.Sprintf("dev_%d", i), p)
+			in[s][i] = rollout.InStage(salt, fmt.Sprintf("dev_%d", i), p)
 			if in[s][i] {
 				count++
 			}
@@ -68,7 +68,7 @@ func TestCohortWidening(t *testing.T) {
 	}
 	// Backwards, and again: membership does not depend on call order.
 	for i := n - 1; i >= 0; i-- {
-		if got := server.InStage(salt, fmt.Sprintf("dev_%d", i), 10); got != in[2][i] {
+		if got := rollout.InStage(salt, fmt.Sprintf("dev_%d", i), 10); got != in[2][i] {
 			t.Fatalf("dev_%d: InStage at 10%% changed from %v to %v when asked again", i, in[2][i], got)
 		}
 	}
@@ -81,7 +81,7 @@ func TestCohortSaltMatters(t *testing.T) {
 	both, a := 0, 0
 	for i := range n {
 		id := fmt.Sprintf("dev_%d", i)
-		inA, inB := server.InStage("ro_a", id, 10), server.InStage("ro_b", id, 10)
+		inA, inB := rollout.InStage("ro_a", id, 10), rollout.InStage("ro_b", id, 10)
 		if inA {
 			a++
 			if inB {

@@ -1,4 +1,4 @@
-package server_test
+package rollout_test
 
 import (
 	"context"
@@ -9,21 +9,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/identity"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // rolloutAt is a rollout of the privacy patch with id, salt, state and
 // current percent.
-func rolloutAt(tb testing.TB, id, salt string, state server.RolloutState, percent float64) *server.Rollout {
+func rolloutAt(tb testing.TB, id, salt string, state rollout.RolloutState, percent float64) *rollout.Rollout {
 	tb.Helper()
 	stages := []float64{percent, 100}
 	if percent == 100 {
 		stages = stages[1:]
 	}
-	r := runningRollout(tb, func(r *server.Rollout) { r.ID, r.Salt, r.Stages = id, salt, stages })
+	r := runningRollout(tb, func(r *rollout.Rollout) { r.ID, r.Salt, r.Stages = id, salt, stages })
 	r.State = state
 	return r
 }
@@ -32,35 +32,35 @@ func rolloutAt(tb testing.TB, id, salt string, state server.RolloutState, percen
 // most 100; drafts, aborted rollouts and other patches do not count;
 // the rollout judged counts as changed, in place of its stored copy.
 func TestExposure(t *testing.T) {
-	other := rolloutAt(t, "ro-other", "s1", server.RolloutRunning, 90)
+	other := rolloutAt(t, "ro-other", "s1", rollout.RolloutRunning, 90)
 	other.Release.PatchID = "CM-2026-999"
 	for _, tc := range []struct {
 		name string
-		rs   []*server.Rollout
-		r    *server.Rollout
+		rs   []*rollout.Rollout
+		r    *rollout.Rollout
 		want float64
 	}{
-		{"one shared salt: the largest", []*server.Rollout{
-			rolloutAt(t, "ro-a", "s1", server.RolloutRunning, 50), rolloutAt(t, "ro-b", "s1", server.RolloutRunning, 50)},
-			rolloutAt(t, "ro-c", "s1", server.RolloutRunning, 50), 50},
-		{"paused and completed count", []*server.Rollout{
-			rolloutAt(t, "ro-a", "s1", server.RolloutPaused, 60), rolloutAt(t, "ro-b", "s1", server.RolloutCompleted, 30)},
-			rolloutAt(t, "ro-c", "s1", server.RolloutRunning, 10), 60},
-		{"drafts, aborted and other patches do not", []*server.Rollout{
-			rolloutAt(t, "ro-a", "s1", server.RolloutDraft, 100), rolloutAt(t, "ro-b", "s2", server.RolloutAborted, 100), other},
-			rolloutAt(t, "ro-c", "s1", server.RolloutRunning, 10), 10},
-		{"other salts add up", []*server.Rollout{
-			rolloutAt(t, "ro-a", "s1", server.RolloutRunning, 33.33), rolloutAt(t, "ro-b", "s2", server.RolloutRunning, 16.67)},
-			rolloutAt(t, "ro-c", "s1", server.RolloutRunning, 20), 50},
-		{"at most 100", []*server.Rollout{
-			rolloutAt(t, "ro-a", "s1", server.RolloutRunning, 60), rolloutAt(t, "ro-b", "s2", server.RolloutRunning, 60)},
-			rolloutAt(t, "ro-c", "s3", server.RolloutRunning, 60), 100},
-		{"the changed copy replaces the stored one", []*server.Rollout{
-			rolloutAt(t, "ro-a", "s1", server.RolloutRunning, 80), rolloutAt(t, "ro-b", "s1", server.RolloutRunning, 10)},
-			rolloutAt(t, "ro-a", "s1", server.RolloutRunning, 20), 20},
+		{"one shared salt: the largest", []*rollout.Rollout{
+			rolloutAt(t, "ro-a", "s1", rollout.RolloutRunning, 50), rolloutAt(t, "ro-b", "s1", rollout.RolloutRunning, 50)},
+			rolloutAt(t, "ro-c", "s1", rollout.RolloutRunning, 50), 50},
+		{"paused and completed count", []*rollout.Rollout{
+			rolloutAt(t, "ro-a", "s1", rollout.RolloutPaused, 60), rolloutAt(t, "ro-b", "s1", rollout.RolloutCompleted, 30)},
+			rolloutAt(t, "ro-c", "s1", rollout.RolloutRunning, 10), 60},
+		{"drafts, aborted and other patches do not", []*rollout.Rollout{
+			rolloutAt(t, "ro-a", "s1", rollout.RolloutDraft, 100), rolloutAt(t, "ro-b", "s2", rollout.RolloutAborted, 100), other},
+			rolloutAt(t, "ro-c", "s1", rollout.RolloutRunning, 10), 10},
+		{"other salts add up", []*rollout.Rollout{
+			rolloutAt(t, "ro-a", "s1", rollout.RolloutRunning, 33.33), rolloutAt(t, "ro-b", "s2", rollout.RolloutRunning, 16.67)},
+			rolloutAt(t, "ro-c", "s1", rollout.RolloutRunning, 20), 50},
+		{"at most 100", []*rollout.Rollout{
+			rolloutAt(t, "ro-a", "s1", rollout.RolloutRunning, 60), rolloutAt(t, "ro-b", "s2", rollout.RolloutRunning, 60)},
+			rolloutAt(t, "ro-c", "s3", rollout.RolloutRunning, 60), 100},
+		{"the changed copy replaces the stored one", []*rollout.Rollout{
+			rolloutAt(t, "ro-a", "s1", rollout.RolloutRunning, 80), rolloutAt(t, "ro-b", "s1", rollout.RolloutRunning, 10)},
+			rolloutAt(t, "ro-a", "s1", rollout.RolloutRunning, 20), 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := server.Exposure(tc.rs, tc.r); got != tc.want {
+			if got := rollout.Exposure(tc.rs, tc.r); got != tc.want {
 				t.Errorf("got %v, want %v", got, tc.want)
 			}
 		})
@@ -71,20 +71,20 @@ func TestExposure(t *testing.T) {
 // of several (older rollouts), the widest live one's, else the oldest's.
 func TestPatchSalt(t *testing.T) {
 	rel := rolloutSpec().Release
-	if salt, ok := server.PatchSalt(nil, rel); ok {
+	if salt, ok := rollout.PatchSalt(nil, rel); ok {
 		t.Errorf("no rollouts: %q, want none", salt)
 	}
-	aborted := rolloutAt(t, "ro-a", "old", server.RolloutAborted, 100)
-	if salt, _ := server.PatchSalt([]*server.Rollout{aborted}, rel); salt != "old" {
+	aborted := rolloutAt(t, "ro-a", "old", rollout.RolloutAborted, 100)
+	if salt, _ := rollout.PatchSalt([]*rollout.Rollout{aborted}, rel); salt != "old" {
 		t.Errorf("an aborted rollout only: %q, want its salt", salt)
 	}
-	rs := []*server.Rollout{aborted, rolloutAt(t, "ro-b", "narrow", server.RolloutRunning, 10),
-		rolloutAt(t, "ro-c", "wide", server.RolloutPaused, 40), rolloutAt(t, "ro-d", "late", server.RolloutRunning, 40)}
-	if salt, _ := server.PatchSalt(rs, rel); salt != "wide" {
+	rs := []*rollout.Rollout{aborted, rolloutAt(t, "ro-b", "narrow", rollout.RolloutRunning, 10),
+		rolloutAt(t, "ro-c", "wide", rollout.RolloutPaused, 40), rolloutAt(t, "ro-d", "late", rollout.RolloutRunning, 40)}
+	if salt, _ := rollout.PatchSalt(rs, rel); salt != "wide" {
 		t.Errorf("several salts: %q, want the widest live one's, the oldest of a tie", salt)
 	}
 	rel.PatchID = "CM-2026-999"
-	if salt, ok := server.PatchSalt(rs, rel); ok {
+	if salt, ok := rollout.PatchSalt(rs, rel); ok {
 		t.Errorf("another patch: %q, want none", salt)
 	}
 }
@@ -96,42 +96,42 @@ func TestFourEyesByExposure(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name   string
-		others []*server.Rollout
-		r      *server.Rollout
-		act    func(svc *server.RolloutService, id string) (*server.Rollout, *server.Approval, error)
+		others []*rollout.Rollout
+		r      *rollout.Rollout
+		act    func(svc *rollout.RolloutService, id string) (*rollout.Rollout, *rollout.Approval, error)
 		// pending is whether an approval is asked for instead.
 		pending bool
 	}{
-		{name: "a start at 99.99% alone", r: rolloutAt(t, "ro-1", "s1", server.RolloutDraft, 99.99), act: start, pending: true},
-		{name: "a start at 50% alone", r: rolloutAt(t, "ro-1", "s1", server.RolloutDraft, 50), act: start},
+		{name: "a start at 99.99% alone", r: rolloutAt(t, "ro-1", "s1", rollout.RolloutDraft, 99.99), act: start, pending: true},
+		{name: "a start at 50% alone", r: rolloutAt(t, "ro-1", "s1", rollout.RolloutDraft, 50), act: start},
 		{name: "a start at 10% beside a rollout of another salt at 45%",
-			others: []*server.Rollout{rolloutAt(t, "ro-2", "s2", server.RolloutRunning, 45)},
-			r:      rolloutAt(t, "ro-1", "s1", server.RolloutDraft, 10), act: start, pending: true},
+			others: []*rollout.Rollout{rolloutAt(t, "ro-2", "s2", rollout.RolloutRunning, 45)},
+			r:      rolloutAt(t, "ro-1", "s1", rollout.RolloutDraft, 10), act: start, pending: true},
 		{name: "a start at 10% beside one of the same salt at 45%",
-			others: []*server.Rollout{rolloutAt(t, "ro-2", "s1", server.RolloutRunning, 45)},
-			r:      rolloutAt(t, "ro-1", "s1", server.RolloutDraft, 10), act: start},
+			others: []*rollout.Rollout{rolloutAt(t, "ro-2", "s1", rollout.RolloutRunning, 45)},
+			r:      rolloutAt(t, "ro-1", "s1", rollout.RolloutDraft, 10), act: start},
 		{name: "an advance to 40% beside a paused one of another salt at 20%",
-			others: []*server.Rollout{rolloutAt(t, "ro-2", "s2", server.RolloutPaused, 20)},
-			r:      rolloutAt(t, "ro-1", "s1", server.RolloutRunning, 30), act: advanceTo(40), pending: true},
+			others: []*rollout.Rollout{rolloutAt(t, "ro-2", "s2", rollout.RolloutPaused, 20)},
+			r:      rolloutAt(t, "ro-1", "s1", rollout.RolloutRunning, 30), act: advanceTo(40), pending: true},
 		{name: "an advance to 40% beside an aborted one of another salt at 20%",
-			others: []*server.Rollout{rolloutAt(t, "ro-2", "s2", server.RolloutAborted, 20)},
-			r:      rolloutAt(t, "ro-1", "s1", server.RolloutRunning, 30), act: advanceTo(40)},
-		{name: "a resume at 60%", r: rolloutAt(t, "ro-1", "s1", server.RolloutPaused, 60), act: resume, pending: true},
+			others: []*rollout.Rollout{rolloutAt(t, "ro-2", "s2", rollout.RolloutAborted, 20)},
+			r:      rolloutAt(t, "ro-1", "s1", rollout.RolloutRunning, 30), act: advanceTo(40)},
+		{name: "a resume at 60%", r: rolloutAt(t, "ro-1", "s1", rollout.RolloutPaused, 60), act: resume, pending: true},
 		{name: "a resume at 10% beside a completed one at 100%",
-			others: []*server.Rollout{rolloutAt(t, "ro-2", "s1", server.RolloutCompleted, 100)},
-			r:      rolloutAt(t, "ro-1", "s1", server.RolloutPaused, 10), act: resume, pending: true},
-		{name: "a resume at 50%", r: rolloutAt(t, "ro-1", "s1", server.RolloutPaused, 50), act: resume},
+			others: []*rollout.Rollout{rolloutAt(t, "ro-2", "s1", rollout.RolloutCompleted, 100)},
+			r:      rolloutAt(t, "ro-1", "s1", rollout.RolloutPaused, 10), act: resume, pending: true},
+		{name: "a resume at 50%", r: rolloutAt(t, "ro-1", "s1", rollout.RolloutPaused, 50), act: resume},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			store, approvals := newFakeRollouts(append(tc.others, tc.r)...), &fakeApprovals{}
-			svc := &server.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
+			svc := &rollout.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
 			got, pending, err := tc.act(svc, tc.r.ID)
 			if err != nil || (pending != nil) != tc.pending || got == nil {
 				t.Fatalf("got %v, %+v, %v; want pending %v", got, pending, err, tc.pending)
 			}
 			after, _ := store.Rollout(ctx, tc.r.ID)
 			if !tc.pending {
-				if after.State != server.RolloutRunning || got.Version != after.Version {
+				if after.State != rollout.RolloutRunning || got.Version != after.Version {
 					t.Errorf("not applied: %s at %g%%", after.State, after.Percent())
 				}
 				return
@@ -144,23 +144,23 @@ func TestFourEyesByExposure(t *testing.T) {
 					pending, got.Version, after.Version)
 			}
 			// A second person applies it.
-			if r, _, err := svc.Approve(ctx, tc.r.ID, pending.ID, "bob", "agreed"); err != nil || r.State != server.RolloutRunning {
+			if r, _, err := svc.Approve(ctx, tc.r.ID, pending.ID, "bob", "agreed"); err != nil || r.State != rollout.RolloutRunning {
 				t.Errorf("bob approving: %v, %+v", err, r)
 			}
 		})
 	}
 }
 
-func start(svc *server.RolloutService, id string) (*server.Rollout, *server.Approval, error) {
+func start(svc *rollout.RolloutService, id string) (*rollout.Rollout, *rollout.Approval, error) {
 	return svc.Start(context.Background(), id, "alice", "go")
 }
 
-func resume(svc *server.RolloutService, id string) (*server.Rollout, *server.Approval, error) {
+func resume(svc *rollout.RolloutService, id string) (*rollout.Rollout, *rollout.Approval, error) {
 	return svc.Resume(context.Background(), id, "alice", "fixed")
 }
 
-func advanceTo(percent float64) func(*server.RolloutService, string) (*server.Rollout, *server.Approval, error) {
-	return func(svc *server.RolloutService, id string) (*server.Rollout, *server.Approval, error) {
+func advanceTo(percent float64) func(*rollout.RolloutService, string) (*rollout.Rollout, *rollout.Approval, error) {
+	return func(svc *rollout.RolloutService, id string) (*rollout.Rollout, *rollout.Approval, error) {
 		return svc.Advance(context.Background(), id, "alice", "healthy", percent)
 	}
 }
@@ -170,14 +170,14 @@ func advanceTo(percent float64) func(*server.RolloutService, string) (*server.Ro
 // widened meanwhile, approving it is a conflict and changes nothing.
 func TestApproveRechecksExposure(t *testing.T) {
 	ctx := context.Background()
-	r := rolloutAt(t, "ro-1", "s1", server.RolloutRunning, 10)
+	r := rolloutAt(t, "ro-1", "s1", rollout.RolloutRunning, 10)
 	store, approvals := newFakeRollouts(r), &fakeApprovals{}
-	svc := &server.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
+	svc := &rollout.RolloutService{Store: store, Approvals: approvals, Now: func() time.Time { return t0.Add(time.Hour) }}
 	_, pending, err := svc.Advance(ctx, r.ID, "alice", "healthy", 60)
 	if err != nil || pending == nil || pending.Exposure != 60 {
 		t.Fatalf("advance to 60%%: %+v, %v; want pending at an exposure of 60%%", pending, err)
 	}
-	store.rollouts["ro-2"] = rolloutAt(t, "ro-2", "s2", server.RolloutRunning, 20)
+	store.rollouts["ro-2"] = rolloutAt(t, "ro-2", "s2", rollout.RolloutRunning, 20)
 	if _, _, err := svc.Approve(ctx, r.ID, pending.ID, "bob", "ok"); !errors.Is(err, errs.ErrConflict) || !strings.Contains(err.Error(), "ask again") {
 		t.Errorf("approve after ro-2 started: %v, want a conflict saying ask again", err)
 	}
@@ -191,13 +191,13 @@ func TestApproveRechecksExposure(t *testing.T) {
 // it, and asks on behalf of the creator.
 func TestAutoAdvanceByExposure(t *testing.T) {
 	ctx := context.Background()
-	r := runningRollout(t, func(r *server.Rollout) {
+	r := runningRollout(t, func(r *rollout.Rollout) {
 		r.ID, r.Salt, r.Stages, r.Policy.Soak, r.Policy.MinResults = "ro-1", "s1", []float64{30, 40}, time.Hour, 1
 	})
-	older := rolloutAt(t, "ro-0", "s0", server.RolloutRunning, 20)
+	older := rolloutAt(t, "ro-0", "s0", rollout.RolloutRunning, 20)
 	store, approvals := newFakeRollouts(r, older), &fakeApprovals{}
 	now := t0.Add(2 * time.Hour)
-	eval := &server.RolloutEvaluator{Store: store, Approvals: approvals, Now: func() time.Time { return now }}
+	eval := &rollout.RolloutEvaluator{Store: store, Approvals: approvals, Now: func() time.Time { return now }}
 	store.add(r.ID, "PX-7", 10, false, t0.Add(90*time.Minute))
 	if err := eval.Evaluate(ctx); err != nil {
 		t.Fatal(err)
@@ -210,11 +210,11 @@ func TestAutoAdvanceByExposure(t *testing.T) {
 		t.Errorf("approval %+v, want an advance to 40%% at an exposure of 60%% for %s", a, r.CreatedBy)
 	}
 	// With the other rollout aborted the same advance goes on by itself.
-	older.State = server.RolloutAborted
+	older.State = rollout.RolloutAborted
 	store.rollouts[older.ID] = older
 	approvals.as = nil
 	now = now.Add(2 * time.Hour)
-	r2 := runningRollout(t, func(r *server.Rollout) {
+	r2 := runningRollout(t, func(r *rollout.Rollout) {
 		r.ID, r.Salt, r.Stages, r.Policy.Soak, r.Policy.MinResults = "ro-2", "s1", []float64{30, 40}, time.Hour, 1
 	})
 	store.rollouts[r2.ID] = r2
@@ -306,10 +306,10 @@ func TestVouchedApprover(t *testing.T) {
 			if err := log.AppendAudit(ctx, tc.log...); err != nil {
 				t.Fatal(err)
 			}
-			r := rolloutAt(t, "ro-1", "s1", server.RolloutRunning, 50)
+			r := rolloutAt(t, "ro-1", "s1", rollout.RolloutRunning, 50)
 			store, approvals := newFakeRollouts(r), &fakeApprovals{}
 			now := at(tc.now)
-			svc := &server.RolloutService{Store: store, Approvals: approvals, Audit: log, Now: func() time.Time { return now }}
+			svc := &rollout.RolloutService{Store: store, Approvals: approvals, Audit: log, Now: func() time.Time { return now }}
 			_, pending, err := svc.Advance(ctx, r.ID, "alice", "more", 100)
 			if err != nil || pending == nil {
 				t.Fatalf("advance: %v, want pending", err)

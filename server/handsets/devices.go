@@ -1,4 +1,4 @@
-package server
+package handsets
 
 import (
 	"context"
@@ -310,8 +310,8 @@ func (r *Report) Validate(now time.Time) error {
 		return errs.Fieldf("rollout_id", "want the rollout_id of the offer, or nothing")
 	}
 	switch {
-	case len(r.Target) > maxTargetLen || strings.ContainsFunc(r.Target, unicode.IsControl):
-		return errs.Fieldf("target", "want the path of the offered target, at most %d printable characters", maxTargetLen)
+	case len(r.Target) > MaxTargetLen || strings.ContainsFunc(r.Target, unicode.IsControl):
+		return errs.Fieldf("target", "want the path of the offered target, at most %d printable characters", MaxTargetLen)
 	case !slices.Contains(ReportStates, r.State):
 		return errs.Fieldf("state", "want one of %s", strings.Join(ReportStates, ", "))
 	case r.State != StateFailed && r.ErrorCode != "":

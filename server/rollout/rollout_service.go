@@ -1,4 +1,4 @@
-package server
+package rollout
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/textrule"
 )
 
@@ -202,8 +203,8 @@ func (s *RolloutService) Create(ctx context.Context, spec RolloutSpec, actor str
 // release resolves a published target path into the RolloutRelease its
 // signed custom metadata states.
 func (s *RolloutService) release(path string) (RolloutRelease, error) {
-	if path == "" || len(path) > maxTargetLen || strings.ContainsFunc(path, unicode.IsControl) {
-		return RolloutRelease{}, errs.Fieldf("release", "want the path of a published target, at most %d printable characters", maxTargetLen)
+	if path == "" || len(path) > handsets.MaxTargetLen || strings.ContainsFunc(path, unicode.IsControl) {
+		return RolloutRelease{}, errs.Fieldf("release", "want the path of a published target, at most %d printable characters", handsets.MaxTargetLen)
 	}
 	_, targets := s.Releases.PublishedTargets()
 	i := slices.IndexFunc(targets, func(t manifests.TargetInfo) bool { return t.Path == path })

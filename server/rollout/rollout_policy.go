@@ -1,10 +1,12 @@
-package server
+package rollout
 
 import (
 	"errors"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // Why a rollout makes a handset no offer. Each is the Reason of a
@@ -130,21 +132,21 @@ func (dec Decision) CapReached() Decision {
 // Record is the DeviceRollout to store after the offer dec to d: a new
 // one for a first offer, prev with one more attempt for a retry, prev for
 // anything else.
-func (dec Decision) Record(prev *DeviceRollout, d *Device, now time.Time) *DeviceRollout {
+func (dec Decision) Record(prev *handsets.DeviceRollout, d *handsets.Device, now time.Time) *handsets.DeviceRollout {
 	switch dec.Kind {
 	case OfferFirst:
-		return &DeviceRollout{RolloutID: dec.RolloutID, DeviceID: d.ID, Model: d.Model, StartingBuild: d.Build,
-			OfferedAt: now, LastOfferedAt: now, State: DeviceOffered, Attempts: 1}
+		return &handsets.DeviceRollout{RolloutID: dec.RolloutID, DeviceID: d.ID, Model: d.Model, StartingBuild: d.Build,
+			OfferedAt: now, LastOfferedAt: now, State: handsets.DeviceOffered, Attempts: 1}
 	case OfferRetry:
 		next := *prev
-		next.State, next.LastOfferedAt, next.Attempts = DeviceOffered, now, prev.Attempts+1
+		next.State, next.LastOfferedAt, next.Attempts = handsets.DeviceOffered, now, prev.Attempts+1
 		return &next
 	}
 	return prev
 }
 
 // Refuse is the refusal of r with reason, to ask again after pollAfter.
-func refuse(r *Rollout, reason error, pollAfter time.Duration) Decision {
+func Refuse(r *Rollout, reason error, pollAfter time.Duration) Decision {
 	return Decision{RolloutID: r.ID, Reason: reason, PollAfter: pollAfter}
 }
 
@@ -177,29 +179,29 @@ func offer(r *Rollout, kind OfferKind) Decision {
 //   - first offers and retries need the maintenance window open in the
 //     handset's local time (ErrOutsideWindow, PollAfter until it opens)
 //     and room in the budget (ErrOfferCapReached, OfferCapPollAfter).
-func Decide(r *Rollout, d *Device, dr *DeviceRollout, in DecisionInput) Decision {
-	if d.Patched(r.Release.PatchID) || (dr != nil && dr.State == StateInstalled) {
-		return refuse(r, ErrRunsPatch, 0)
+func Decide(r *Rollout, d *handsets.Device, dr *handsets.DeviceRollout, in DecisionInput) Decision {
+	if d.Patched(r.Release.PatchID) || (dr != nil && dr.State == handsets.StateInstalled) {
+		return Refuse(r, ErrRunsPatch, 0)
 	}
-	if CompareBuilds(d.Build, r.Release.InstallsBuild) >= 0 {
-		return refuse(r, ErrBuildNotOlder, 0)
+	if handsets.CompareBuilds(d.Build, r.Release.InstallsBuild) >= 0 {
+		return Refuse(r, ErrBuildNotOlder, 0)
 	}
 	if r.State == RolloutDraft {
-		return refuse(r, ErrRolloutNotRunning, 0)
+		return Refuse(r, ErrRolloutNotRunning, 0)
 	}
 	if dr != nil && dr.Installing() {
 		return offer(r, OfferRepeat)
 	}
 	if !r.Selector.Matches(d) || !r.Release.appliesTo(d) {
-		return refuse(r, ErrNotSelected, 0)
+		return Refuse(r, ErrNotSelected, 0)
 	}
 	switch {
 	case r.State == RolloutPaused && r.Halt != nil:
-		return refuse(r, ErrRolloutHalted, 0)
+		return Refuse(r, ErrRolloutHalted, 0)
 	case !r.State.Offering():
-		return refuse(r, ErrRolloutNotRunning, 0)
+		return Refuse(r, ErrRolloutNotRunning, 0)
 	case r.ModelHold(d.Model) != nil:
-		return refuse(r, ErrModelHeld, 0)
+		return Refuse(r, ErrModelHeld, 0)
 	}
 	kind := OfferFirst
 	if dr != nil {
@@ -207,20 +209,20 @@ func Decide(r *Rollout, d *Device, dr *DeviceRollout, in DecisionInput) Decision
 			return offer(r, OfferRepeat)
 		}
 		if dr.Attempts > r.Policy.Retries {
-			return refuse(r, ErrAttemptsExhausted, 0)
+			return Refuse(r, ErrAttemptsExhausted, 0)
 		}
 		if wait := dr.LastFailureAt.Add(r.Policy.backoff(dr.Attempts)).Sub(in.Now); wait > 0 {
-			return refuse(r, ErrRetryBackoff, wait)
+			return Refuse(r, ErrRetryBackoff, wait)
 		}
 		kind = OfferRetry
 	} else if !InStage(r.Salt, d.ID, r.Percent()) {
-		return refuse(r, ErrNotInCohort, 0)
+		return Refuse(r, ErrNotInCohort, 0)
 	}
 	if wait := r.Policy.Window.UntilOpen(in.Now, utcOffset(in.UTCOffsetMinutes)); wait > 0 {
-		return refuse(r, ErrOutsideWindow, wait)
+		return Refuse(r, ErrOutsideWindow, wait)
 	}
 	if r.Policy.MaxOffersPerMinute > 0 && !in.BudgetLeft {
-		return refuse(r, ErrOfferCapReached, OfferCapPollAfter)
+		return Refuse(r, ErrOfferCapReached, OfferCapPollAfter)
 	}
 	return offer(r, kind)
 }
@@ -244,14 +246,14 @@ func Decide(r *Rollout, d *Device, dr *DeviceRollout, in DecisionInput) Decision
 // ErrAttemptsExhausted), else the first; its PollAfter is the smallest
 // non-zero PollAfter of all refusals. With no rollout at all the reason
 // is ErrNotSelected.
-func ChooseRollout(rollouts []*Rollout, d *Device, records []*DeviceRollout, in DecisionInput, budgetLeft func(rolloutID string) bool) Decision {
-	byID := make(map[string]*DeviceRollout, len(records))
+func ChooseRollout(rollouts []*Rollout, d *handsets.Device, records []*handsets.DeviceRollout, in DecisionInput, budgetLeft func(rolloutID string) bool) Decision {
+	byID := make(map[string]*handsets.DeviceRollout, len(records))
 	for _, dr := range records {
 		byID[dr.RolloutID] = dr
 	}
 	type candidate struct {
 		r  *Rollout
-		dr *DeviceRollout
+		dr *handsets.DeviceRollout
 	}
 	cands := make([]candidate, 0, len(rollouts))
 	for _, r := range rollouts {

@@ -1,4 +1,4 @@
-package server_test
+package rollout_test
 
 import (
 	"context"
@@ -11,26 +11,26 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // fakeRollouts is an in-memory RolloutStore with the optimistic lock of
 // the real one; the methods the evaluator does not call are the nil
 // embedded interface's (they panic).
 type fakeRollouts struct {
-	server.RolloutStore
+	rollout.RolloutStore
 
 	mu       sync.Mutex
-	rollouts map[string]*server.Rollout
-	events   []server.Event
+	rollouts map[string]*rollout.Rollout
+	events   []rollout.Event
 	results  []fakeResult
 	// queries are the since of each RolloutResults call.
 	queries []time.Time
 	// beforeUpdate, when set, runs at the start of UpdateRollout, as
 	// another writer that got in between the evaluator's read and write.
-	beforeUpdate func(f *fakeRollouts, r *server.Rollout)
+	beforeUpdate func(f *fakeRollouts, r *rollout.Rollout)
 	updates      int
 	pruneBefore  []time.Time
 }
@@ -41,10 +41,10 @@ type fakeResult struct {
 	at             time.Time
 }
 
-var _ server.RolloutStore = (*fakeRollouts)(nil)
+var _ rollout.RolloutStore = (*fakeRollouts)(nil)
 
-func newFakeRollouts(rs ...*server.Rollout) *fakeRollouts {
-	f := &fakeRollouts{rollouts: map[string]*server.Rollout{}}
+func newFakeRollouts(rs ...*rollout.Rollout) *fakeRollouts {
+	f := &fakeRollouts{rollouts: map[string]*rollout.Rollout{}}
 	for _, r := range rs {
 		r = r.Clone()
 		r.Version = 1
@@ -60,10 +60,10 @@ func (f *fakeRollouts) add(rollout, model string, n int, failed bool, at time.Ti
 	}
 }
 
-func (f *fakeRollouts) Rollouts(_ context.Context, states ...server.RolloutState) ([]*server.Rollout, error) {
+func (f *fakeRollouts) Rollouts(_ context.Context, states ...rollout.RolloutState) ([]*rollout.Rollout, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []*server.Rollout
+	var out []*rollout.Rollout
 	for _, id := range slices.Sorted(maps.Keys(f.rollouts)) {
 		if r := f.rollouts[id]; len(states) == 0 || slices.Contains(states, r.State) {
 			out = append(out, r.Clone())
@@ -72,7 +72,7 @@ func (f *fakeRollouts) Rollouts(_ context.Context, states ...server.RolloutState
 	return out, nil
 }
 
-func (f *fakeRollouts) Rollout(_ context.Context, id string) (*server.Rollout, error) {
+func (f *fakeRollouts) Rollout(_ context.Context, id string) (*rollout.Rollout, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r, ok := f.rollouts[id]
@@ -82,7 +82,7 @@ func (f *fakeRollouts) Rollout(_ context.Context, id string) (*server.Rollout, e
 	return r.Clone(), nil
 }
 
-func (f *fakeRollouts) UpdateRollout(_ context.Context, r *server.Rollout, expect int64, evs []server.Event) error {
+func (f *fakeRollouts) UpdateRollout(_ context.Context, r *rollout.Rollout, expect int64, evs []rollout.Event) error {
 	if f.beforeUpdate != nil {
 		f.beforeUpdate(f, r)
 	}
@@ -104,11 +104,11 @@ func (f *fakeRollouts) UpdateRollout(_ context.Context, r *server.Rollout, expec
 	return nil
 }
 
-func (f *fakeRollouts) RolloutResults(_ context.Context, id string, since time.Time) (map[string]server.Results, error) {
+func (f *fakeRollouts) RolloutResults(_ context.Context, id string, since time.Time) (map[string]rollout.Results, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.queries = append(f.queries, since)
-	out := map[string]server.Results{}
+	out := map[string]rollout.Results{}
 	for _, res := range f.results {
 		if res.rollout != id || res.at.Before(since) {
 			continue
@@ -131,7 +131,7 @@ func (f *fakeRollouts) PruneOfferBudget(_ context.Context, before time.Time) (in
 
 // operator changes the stored rollout id as another writer would, with
 // its event.
-func (f *fakeRollouts) operator(tb testing.TB, id string, change func(r *server.Rollout) (server.Event, error)) {
+func (f *fakeRollouts) operator(tb testing.TB, id string, change func(r *rollout.Rollout) (rollout.Event, error)) {
 	tb.Helper()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -148,19 +148,19 @@ func (f *fakeRollouts) operator(tb testing.TB, id string, change func(r *server.
 // evaluation is an evaluator on a fake store and what it reported.
 type evaluation struct {
 	store   *fakeRollouts
-	eval    *server.RolloutEvaluator
-	events  []server.Event
+	eval    *rollout.RolloutEvaluator
+	events  []rollout.Event
 	changes int
 }
 
 func newEvaluation(store *fakeRollouts, now time.Time) *evaluation {
 	ev := &evaluation{store: store}
-	ev.eval = &server.RolloutEvaluator{Store: store, Now: func() time.Time { return now },
-		OnEvent: func(e server.Event) { ev.events = append(ev.events, e) }, OnChange: func() { ev.changes++ }}
+	ev.eval = &rollout.RolloutEvaluator{Store: store, Now: func() time.Time { return now },
+		OnEvent: func(e rollout.Event) { ev.events = append(ev.events, e) }, OnChange: func() { ev.changes++ }}
 	return ev
 }
 
-func actions(evs []server.Event) string {
+func actions(evs []rollout.Event) string {
 	var s []string
 	for _, ev := range evs {
 		a := ev.Actor + ":" + ev.Action
@@ -172,7 +172,7 @@ func actions(evs []server.Event) string {
 	return strings.Join(s, ",")
 }
 
-func heldModels(r *server.Rollout) string {
+func heldModels(r *rollout.Rollout) string {
 	var s []string
 	for _, h := range r.Holds {
 		s = append(s, h.Model)
@@ -186,13 +186,13 @@ func heldModels(r *server.Rollout) string {
 // where a case sets it.
 func TestRolloutEvaluator(t *testing.T) {
 	const id = "ro_1"
-	soak := func(r *server.Rollout) { r.Policy.Soak = 6 * time.Hour }
+	soak := func(r *rollout.Rollout) { r.Policy.Soak = 6 * time.Hour }
 	for _, tc := range []struct {
 		name    string
-		rollout func(*server.Rollout)
+		rollout func(*rollout.Rollout)
 		now     time.Duration // after t0, the start
 		results func(f *fakeRollouts, now time.Time)
-		state   server.RolloutState
+		state   rollout.RolloutState
 		percent float64
 		held    string
 		// actions are the saved events, as actor:action(model).
@@ -205,34 +205,34 @@ func TestRolloutEvaluator(t *testing.T) {
 				f.add(id, "PX-7", 40, false, now.Add(-time.Minute))
 				f.add(id, "PX-7", 9, true, now.Add(-time.Minute))
 			},
-			state: server.RolloutRunning, percent: 1, queries: 1},
+			state: rollout.RolloutRunning, percent: 1, queries: 1},
 		{name: "50 results at 20%: halts", now: time.Hour,
 			results: func(f *fakeRollouts, now time.Time) {
 				f.add(id, "PX-7", 40, false, now.Add(-time.Minute))
 				f.add(id, "PX-7", 10, true, now.Add(-time.Minute))
 			},
-			state: server.RolloutPaused, percent: 1, actions: "system:halt",
+			state: rollout.RolloutPaused, percent: 1, actions: "system:halt",
 			halt: "the rollout failed 10 of 50 installs (20.0%) in the last 1h, above the 5.0% limit"},
 		{name: "failures older than the window do not count", now: 3 * time.Hour,
 			results: func(f *fakeRollouts, now time.Time) {
 				f.add(id, "PX-7", 100, true, now.Add(-time.Hour-time.Second))
 				f.add(id, "PX-7", 60, false, now.Add(-time.Hour))
 			},
-			state: server.RolloutRunning, percent: 1},
+			state: rollout.RolloutRunning, percent: 1},
 		{name: "failures before the last resume do not count", now: time.Hour,
-			rollout: func(r *server.Rollout) { r.HealthSince = t0.Add(50 * time.Minute) },
+			rollout: func(r *rollout.Rollout) { r.HealthSince = t0.Add(50 * time.Minute) },
 			results: func(f *fakeRollouts, now time.Time) {
 				f.add(id, "PX-7", 100, true, now.Add(-20*time.Minute))
 				f.add(id, "PX-7", 60, false, now.Add(-5*time.Minute))
 			},
-			state: server.RolloutRunning, percent: 1},
+			state: rollout.RolloutRunning, percent: 1},
 		{name: "completed rollouts halt too", now: time.Hour,
-			rollout: func(r *server.Rollout) { r.Stage, r.State = 3, server.RolloutCompleted },
+			rollout: func(r *rollout.Rollout) { r.Stage, r.State = 3, rollout.RolloutCompleted },
 			results: func(f *fakeRollouts, now time.Time) {
 				f.add(id, "PX-7", 40, false, now.Add(-time.Minute))
 				f.add(id, "PX-7", 10, true, now.Add(-time.Minute))
 			},
-			state: server.RolloutPaused, percent: 100, actions: "system:halt", halt: "failed 10 of 50"},
+			state: rollout.RolloutPaused, percent: 100, actions: "system:halt", halt: "failed 10 of 50"},
 		{name: "one failing model is held alone while the others advance", rollout: soak, now: 7 * time.Hour,
 			results: func(f *fakeRollouts, now time.Time) {
 				f.add(id, "PX-7", 30, false, now.Add(-10*time.Minute))
@@ -240,7 +240,7 @@ func TestRolloutEvaluator(t *testing.T) {
 				f.add(id, "PX-8", 200, false, now.Add(-10*time.Minute))
 				f.add(id, "PX-8", 2, true, now.Add(-10*time.Minute))
 			},
-			state: server.RolloutRunning, percent: 10, held: "PX-7", actions: "system:hold(PX-7),system:advance",
+			state: rollout.RolloutRunning, percent: 10, held: "PX-7", actions: "system:hold(PX-7),system:advance",
 			queries: 2},
 		{name: "advances once the soak is over", rollout: soak, now: 6 * time.Hour,
 			results: func(f *fakeRollouts, now time.Time) {
@@ -250,40 +250,40 @@ func TestRolloutEvaluator(t *testing.T) {
 				f.add(id, "PX-7", 1, true, t0.Add(time.Hour))
 				f.add(id, "PX-8", 10, false, now.Add(-time.Minute))
 			},
-			state: server.RolloutRunning, percent: 10, actions: "system:advance"},
+			state: rollout.RolloutRunning, percent: 10, actions: "system:advance"},
 		{name: "not before the soak is over, nor reading the stage", rollout: soak, now: 6*time.Hour - time.Second,
 			results: func(f *fakeRollouts, now time.Time) { f.add(id, "PX-7", 100, false, t0.Add(time.Hour)) },
-			state:   server.RolloutRunning, percent: 1, queries: 1},
+			state:   rollout.RolloutRunning, percent: 1, queries: 1},
 		{name: "too few results in the stage to advance", rollout: soak, now: 7 * time.Hour,
 			results: func(f *fakeRollouts, now time.Time) { f.add(id, "PX-7", 49, false, t0.Add(time.Hour)) },
-			state:   server.RolloutRunning, percent: 1, queries: 2},
+			state:   rollout.RolloutRunning, percent: 1, queries: 2},
 		{name: "the last stage completes", now: 7 * time.Hour,
-			rollout: func(r *server.Rollout) { soak(r); r.Stage = 3 },
+			rollout: func(r *rollout.Rollout) { soak(r); r.Stage = 3 },
 			results: func(f *fakeRollouts, now time.Time) { f.add(id, "PX-7", 50, false, t0.Add(time.Hour)) },
-			state:   server.RolloutCompleted, percent: 100, actions: "system:complete"},
+			state:   rollout.RolloutCompleted, percent: 100, actions: "system:complete"},
 		{name: "a released model counts from its release, not from the window", now: time.Hour,
-			rollout: func(r *server.Rollout) { r.ModelHealthSince = map[string]time.Time{"PX-7": t0.Add(50 * time.Minute)} },
+			rollout: func(r *rollout.Rollout) { r.ModelHealthSince = map[string]time.Time{"PX-7": t0.Add(50 * time.Minute)} },
 			results: func(f *fakeRollouts, now time.Time) {
 				f.add(id, "PX-7", 60, true, t0.Add(40*time.Minute)) // before its release
 				f.add(id, "PX-7", 5, false, t0.Add(55*time.Minute))
 				f.add(id, "PX-8", 100, false, t0.Add(40*time.Minute))
 			},
-			state: server.RolloutRunning, percent: 1, queries: 2},
+			state: rollout.RolloutRunning, percent: 1, queries: 2},
 		{name: "a released model failing again is held again", now: time.Hour,
-			rollout: func(r *server.Rollout) { r.ModelHealthSince = map[string]time.Time{"PX-7": t0.Add(50 * time.Minute)} },
+			rollout: func(r *rollout.Rollout) { r.ModelHealthSince = map[string]time.Time{"PX-7": t0.Add(50 * time.Minute)} },
 			results: func(f *fakeRollouts, now time.Time) {
 				f.add(id, "PX-7", 50, true, t0.Add(55*time.Minute))
 				f.add(id, "PX-8", 100, false, t0.Add(40*time.Minute))
 			},
-			state: server.RolloutRunning, percent: 1, held: "PX-7", actions: "system:hold(PX-7)"},
+			state: rollout.RolloutRunning, percent: 1, held: "PX-7", actions: "system:hold(PX-7)"},
 		{name: "a release older than the window costs no query of its own", now: 3 * time.Hour,
-			rollout: func(r *server.Rollout) { r.ModelHealthSince = map[string]time.Time{"PX-7": t0.Add(time.Hour)} },
+			rollout: func(r *rollout.Rollout) { r.ModelHealthSince = map[string]time.Time{"PX-7": t0.Add(time.Hour)} },
 			results: func(f *fakeRollouts, now time.Time) { f.add(id, "PX-7", 10, false, now.Add(-time.Minute)) },
-			state:   server.RolloutRunning, percent: 1, queries: 1},
+			state:   rollout.RolloutRunning, percent: 1, queries: 1},
 		{name: "paused rollouts are not read", now: time.Hour,
-			rollout: func(r *server.Rollout) { r.State = server.RolloutPaused },
+			rollout: func(r *rollout.Rollout) { r.State = rollout.RolloutPaused },
 			results: func(f *fakeRollouts, now time.Time) { f.add(id, "PX-7", 50, true, now.Add(-time.Minute)) },
-			state:   server.RolloutPaused, percent: 1, queries: -1},
+			state:   rollout.RolloutPaused, percent: 1, queries: -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runningRollout(t)
@@ -328,7 +328,7 @@ func TestRolloutEvaluator(t *testing.T) {
 			case tc.queries < 0 && len(store.queries) != 0:
 				t.Errorf("%d result queries, want none", len(store.queries))
 			}
-			if want := now.Add(-server.OfferBudgetRetention); !slices.Equal(store.pruneBefore, []time.Time{want}) {
+			if want := now.Add(-rollout.OfferBudgetRetention); !slices.Equal(store.pruneBefore, []time.Time{want}) {
 				t.Errorf("pruned offer budgets before %v, want before %v", store.pruneBefore, want)
 			}
 		})
@@ -346,7 +346,7 @@ func TestRolloutEvaluatorHaltNumbers(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := store.rollouts["ro_1"].Halt
-	want := server.Hold{Actor: audit.SystemActor, Installed: 40, Failed: 10, Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: now}
+	want := rollout.Hold{Actor: audit.SystemActor, Installed: 40, Failed: 10, Rate: 0.2, MaxRate: 0.05, Window: time.Hour, At: now}
 	if h == nil {
 		t.Fatal("not halted")
 	}
@@ -366,25 +366,25 @@ func TestRolloutEvaluatorConflict(t *testing.T) {
 	now := t0.Add(time.Hour)
 	for _, tc := range []struct {
 		name    string
-		change  func(r *server.Rollout) (server.Event, error)
-		state   server.RolloutState
+		change  func(r *rollout.Rollout) (rollout.Event, error)
+		state   rollout.RolloutState
 		percent float64
 		actions string // stored
 		heard   string // OnEvent: only the evaluator's saved events
 		changes int
 	}{
 		{name: "paused meanwhile: the pause stays",
-			change: func(r *server.Rollout) (server.Event, error) { return r.Pause("alice", "looking into reports", now) },
-			state:  server.RolloutPaused, percent: 1, actions: "alice:pause"},
+			change: func(r *rollout.Rollout) (rollout.Event, error) { return r.Pause("alice", "looking into reports", now) },
+			state:  rollout.RolloutPaused, percent: 1, actions: "alice:pause"},
 		{name: "advanced meanwhile: halted at the new stage",
-			change: func(r *server.Rollout) (server.Event, error) { return r.Advance("alice", "widen", 0, now) },
-			state:  server.RolloutPaused, percent: 10, actions: "alice:advance,system:halt", heard: "system:halt", changes: 1},
+			change: func(r *rollout.Rollout) (rollout.Event, error) { return r.Advance("alice", "widen", 0, now) },
+			state:  rollout.RolloutPaused, percent: 10, actions: "alice:advance,system:halt", heard: "system:halt", changes: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			store := newFakeRollouts(runningRollout(t))
 			store.add("ro_1", "PX-7", 40, false, now.Add(-time.Minute))
 			store.add("ro_1", "PX-7", 10, true, now.Add(-time.Minute))
-			store.beforeUpdate = func(f *fakeRollouts, _ *server.Rollout) {
+			store.beforeUpdate = func(f *fakeRollouts, _ *rollout.Rollout) {
 				f.beforeUpdate = nil // once
 				f.operator(t, "ro_1", tc.change)
 			}
@@ -415,14 +415,14 @@ func TestRolloutEvaluatorConflict(t *testing.T) {
 func TestRolloutEvaluatorErrors(t *testing.T) {
 	now := t0.Add(time.Hour)
 	a := runningRollout(t)
-	b := runningRollout(t, func(r *server.Rollout) { r.ID = "ro_2" })
+	b := runningRollout(t, func(r *rollout.Rollout) { r.ID = "ro_2" })
 	store := newFakeRollouts(a, b)
 	for _, id := range []string{"ro_1", "ro_2"} {
 		store.add(id, "PX-7", 40, false, now.Add(-time.Minute))
 		store.add(id, "PX-7", 10, true, now.Add(-time.Minute))
 	}
 	busy := 0
-	store.beforeUpdate = func(f *fakeRollouts, r *server.Rollout) {
+	store.beforeUpdate = func(f *fakeRollouts, r *rollout.Rollout) {
 		if r.ID != "ro_1" {
 			return
 		}
@@ -439,7 +439,7 @@ func TestRolloutEvaluatorErrors(t *testing.T) {
 	if busy != 5 {
 		t.Errorf("tried ro_1 %d times, want 5", busy)
 	}
-	if st := store.rollouts["ro_2"].State; st != server.RolloutPaused || actions(ev.events) != "system:halt" || ev.changes != 1 {
+	if st := store.rollouts["ro_2"].State; st != rollout.RolloutPaused || actions(ev.events) != "system:halt" || ev.changes != 1 {
 		t.Errorf("ro_2 %s, heard [%s], %d changes; want paused by one halt", st, actions(ev.events), ev.changes)
 	}
 }

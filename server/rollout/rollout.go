@@ -1,4 +1,4 @@
-package server
+package rollout
 
 import (
 	"fmt"
@@ -9,6 +9,7 @@ import (
 	"unicode"
 
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/textrule"
 )
 
@@ -74,23 +75,23 @@ type Selector struct {
 }
 
 // Matches reports whether d is one of the selected handsets.
-func (s *Selector) Matches(d *Device) bool {
+func (s *Selector) Matches(d *handsets.Device) bool {
 	return (len(s.Models) == 0 || slices.Contains(s.Models, d.Model)) &&
 		(len(s.Channels) == 0 || slices.Contains(s.Channels, d.Channel)) &&
 		(len(s.Regions) == 0 || slices.Contains(s.Regions, d.Region)) &&
-		inBuildRange(d.Build, s.BuildMin, s.BuildMax)
+		InBuildRange(d.Build, s.BuildMin, s.BuildMax)
 }
 
 // appliesTo reports whether the release's own signed bounds admit d.
-func (rel *RolloutRelease) appliesTo(d *Device) bool {
+func (rel *RolloutRelease) appliesTo(d *handsets.Device) bool {
 	return (len(rel.Models) == 0 || slices.Contains(rel.Models, d.Model)) &&
-		inBuildRange(d.Build, rel.BuildMin, rel.BuildMax)
+		InBuildRange(d.Build, rel.BuildMin, rel.BuildMax)
 }
 
 // InBuildRange reports whether build lies between lo and hi (either
 // empty for no bound), by CompareBuilds; reports split by it too.
-func inBuildRange(build, lo, hi string) bool {
-	return (lo == "" || CompareBuilds(build, lo) >= 0) && (hi == "" || CompareBuilds(build, hi) <= 0)
+func InBuildRange(build, lo, hi string) bool {
+	return (lo == "" || handsets.CompareBuilds(build, lo) >= 0) && (hi == "" || handsets.CompareBuilds(build, hi) <= 0)
 }
 
 // Policy is how a rollout protects the fleet. Start from DefaultPolicy:
@@ -294,9 +295,9 @@ func latest(ts ...time.Time) time.Time {
 // draft, and d neither runs the patch nor is on InstallsBuild or newer.
 // A check-in for which no rollout is pending needs no device_rollouts
 // read.
-func (r *Rollout) Pending(d *Device) bool {
+func (r *Rollout) Pending(d *handsets.Device) bool {
 	return r.State != RolloutDraft && r.State != "" && !d.Patched(r.Release.PatchID) &&
-		CompareBuilds(d.Build, r.Release.InstallsBuild) < 0
+		handsets.CompareBuilds(d.Build, r.Release.InstallsBuild) < 0
 }
 
 // Clone returns a deep copy of r, so that a rollout shared by check-ins
@@ -330,13 +331,13 @@ func (r *Rollout) Clone() *Rollout {
 // build_min, build_max, salt, and the Policy's fields.
 func (r *Rollout) Validate() error {
 	rel := &r.Release
-	if rel.Target == "" || len(rel.Target) > maxTargetLen || strings.ContainsFunc(rel.Target, unicode.IsControl) {
-		return errs.Fieldf("release", "want the path of a published target, at most %d printable characters", maxTargetLen)
+	if rel.Target == "" || len(rel.Target) > handsets.MaxTargetLen || strings.ContainsFunc(rel.Target, unicode.IsControl) {
+		return errs.Fieldf("release", "want the path of a published target, at most %d printable characters", handsets.MaxTargetLen)
 	}
 	if !textrule.IDPattern.MatchString(rel.PatchID) {
 		return errs.Fieldf("release.patch_id", "the release's metadata names no patch id; only patches drafted by this server can be rolled out")
 	}
-	if !buildPattern.MatchString(rel.InstallsBuild) {
+	if !handsets.BuildPattern.MatchString(rel.InstallsBuild) {
 		return errs.Fieldf("release.installs_build", "the release states no build it installs; draft it with --installs-build")
 	}
 	if err := validateStages(r.Stages); err != nil {
@@ -348,7 +349,7 @@ func (r *Rollout) Validate() error {
 	if err := r.Selector.validate(); err != nil {
 		return err
 	}
-	if s := r.Selector.BuildMin; s != "" && CompareBuilds(s, rel.InstallsBuild) >= 0 {
+	if s := r.Selector.BuildMin; s != "" && handsets.CompareBuilds(s, rel.InstallsBuild) >= 0 {
 		return errs.Fieldf("build_min", "at or above the release's installs_build %s: no handset would be offered it", rel.InstallsBuild)
 	}
 	// A salt is stored and shown with the rollout: it gets the rule of
@@ -390,7 +391,7 @@ func (s *Selector) validate() error {
 	// The handsets' own rules (ValidateModel, ...): a selector is stored
 	// and audited, and a value no handset may send selects none.
 	regionRule := func(field, v string) error {
-		if !regionPattern.MatchString(v) {
+		if !handsets.RegionPattern.MatchString(v) {
 			return errs.Fieldf(field, "want an ISO 3166-1 alpha-2 code such as DE")
 		}
 		return nil
@@ -400,8 +401,8 @@ func (s *Selector) validate() error {
 		values []string
 		check  func(field, v string) error
 	}{
-		{"models", s.Models, ValidateModel},
-		{"channels", s.Channels, ValidateChannel},
+		{"models", s.Models, handsets.ValidateModel},
+		{"channels", s.Channels, handsets.ValidateChannel},
 		{"regions", s.Regions, regionRule},
 	} {
 		if len(f.values) > MaxSelectorValues {
@@ -415,12 +416,12 @@ func (s *Selector) validate() error {
 	}
 	for name, b := range map[string]string{"build_min": s.BuildMin, "build_max": s.BuildMax} {
 		if b != "" {
-			if err := ValidateBuild(name, b); err != nil {
+			if err := handsets.ValidateBuild(name, b); err != nil {
 				return err
 			}
 		}
 	}
-	if s.BuildMin != "" && s.BuildMax != "" && CompareBuilds(s.BuildMin, s.BuildMax) > 0 {
+	if s.BuildMin != "" && s.BuildMax != "" && handsets.CompareBuilds(s.BuildMin, s.BuildMax) > 0 {
 		return errs.Fieldf("build_max", "below build_min")
 	}
 	return nil
@@ -676,7 +677,7 @@ func (r *Rollout) HoldModel(actor, reason, model string, now time.Time) (Event, 
 	if err := checkAction(actor, reason); err != nil {
 		return Event{}, err
 	}
-	if err := ValidateModel("model", model); err != nil {
+	if err := handsets.ValidateModel("model", model); err != nil {
 		return Event{}, err
 	}
 	if r.State == RolloutAborted {

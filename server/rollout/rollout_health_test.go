@@ -1,4 +1,4 @@
-package server_test
+package rollout_test
 
 import (
 	"errors"
@@ -7,11 +7,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
-type byModel = map[string]server.Results
+type byModel = map[string]rollout.Results
 
 // TestEvaluateHealth: when the rollout halts, when one model is held
 // alone, and what the release manager is shown. Defaults: above 5% over
@@ -20,7 +21,7 @@ func TestEvaluateHealth(t *testing.T) {
 	now := t0.Add(time.Hour)
 	for _, tc := range []struct {
 		name    string
-		rollout func(*server.Rollout)
+		rollout func(*rollout.Rollout)
 		results byModel
 		halt    bool
 		held    []string
@@ -41,15 +42,15 @@ func TestEvaluateHealth(t *testing.T) {
 			held: []string{"PX-7"}},
 		{name: "two models fail, the rest are fine", results: byModel{"A": {Installed: 10, Failed: 40}, "B": {Installed: 40, Failed: 10}, "C": {Installed: 500, Failed: 1}},
 			held: []string{"A", "B"}},
-		{name: "a held model does not count", rollout: func(r *server.Rollout) { r.Holds = []server.Hold{{Model: "PX-7"}} },
+		{name: "a held model does not count", rollout: func(r *rollout.Rollout) { r.Holds = []rollout.Hold{{Model: "PX-7"}} },
 			results: byModel{"PX-7": {Installed: 0, Failed: 500}, "PX-8": {Installed: 100}}},
-		{name: "the models not held halt", rollout: func(r *server.Rollout) { r.Holds = []server.Hold{{Model: "PX-7"}} },
+		{name: "the models not held halt", rollout: func(r *rollout.Rollout) { r.Holds = []rollout.Hold{{Model: "PX-7"}} },
 			results: byModel{"PX-7": {Failed: 500}, "PX-8": {Installed: 40, Failed: 10}}, halt: true, reason: "the models not held failed 10 of 50"},
-		{name: "stricter policy", rollout: func(r *server.Rollout) { r.Policy.MaxFailureRate, r.Policy.MinResults = 0.01, 10 },
+		{name: "stricter policy", rollout: func(r *rollout.Rollout) { r.Policy.MaxFailureRate, r.Policy.MinResults = 0.01, 10 },
 			results: byModel{"PX-7": {Installed: 9, Failed: 1}}, halt: true},
-		{name: "completed rollouts are watched too", rollout: func(r *server.Rollout) { r.State = server.RolloutCompleted },
+		{name: "completed rollouts are watched too", rollout: func(r *rollout.Rollout) { r.State = rollout.RolloutCompleted },
 			results: byModel{"PX-7": {Installed: 40, Failed: 10}}, halt: true},
-		{name: "paused: nothing to stop", rollout: func(r *server.Rollout) { r.State = server.RolloutPaused },
+		{name: "paused: nothing to stop", rollout: func(r *rollout.Rollout) { r.State = rollout.RolloutPaused },
 			results: byModel{"PX-7": {Installed: 40, Failed: 10}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -58,9 +59,9 @@ func TestEvaluateHealth(t *testing.T) {
 				tc.rollout(r)
 			}
 			before, holdsBefore := r.State, len(r.Holds)
-			events := server.EvaluateHealth(r, tc.results, now)
+			events := rollout.EvaluateHealth(r, tc.results, now)
 			if tc.halt {
-				if r.State != server.RolloutPaused || r.Halt == nil || len(events) != 1 || events[0].Action != server.ActionHalt {
+				if r.State != rollout.RolloutPaused || r.Halt == nil || len(events) != 1 || events[0].Action != rollout.ActionHalt {
 					t.Fatalf("state %s halt %v events %+v; want halted", r.State, r.Halt, events)
 				}
 				h := r.Halt
@@ -69,7 +70,7 @@ func TestEvaluateHealth(t *testing.T) {
 					t.Errorf("halt %+v does not record the numbers", h)
 				}
 				ev := events[0]
-				if ev.FromState != before || ev.ToState != server.RolloutPaused || ev.Hold == nil || ev.Actor != audit.SystemActor {
+				if ev.FromState != before || ev.ToState != rollout.RolloutPaused || ev.Hold == nil || ev.Actor != audit.SystemActor {
 					t.Errorf("event %+v", ev)
 				}
 				if len(r.Holds) != holdsBefore {
@@ -80,7 +81,7 @@ func TestEvaluateHealth(t *testing.T) {
 			}
 			var newHolds []string
 			for _, ev := range events {
-				if ev.Action == server.ActionHold {
+				if ev.Action == rollout.ActionHold {
 					newHolds = append(newHolds, ev.Model)
 					if h := r.ModelHold(ev.Model); h == nil || h.Failed != tc.results[ev.Model].Failed || h.Installed != tc.results[ev.Model].Installed {
 						t.Errorf("hold of %s: %+v", ev.Model, h)
@@ -94,14 +95,14 @@ func TestEvaluateHealth(t *testing.T) {
 				t.Errorf("reason %q, want it to contain %q", firstReason(events), tc.reason)
 			}
 			// Evaluating again changes nothing more.
-			if again := server.EvaluateHealth(r, tc.results, now); len(again) != 0 {
+			if again := rollout.EvaluateHealth(r, tc.results, now); len(again) != 0 {
 				t.Errorf("second evaluation: %+v", again)
 			}
 		})
 	}
 }
 
-func firstReason(events []server.Event) string {
+func firstReason(events []rollout.Event) string {
 	if len(events) == 0 {
 		return ""
 	}
@@ -111,27 +112,27 @@ func firstReason(events []server.Event) string {
 // TestEvaluateAdvance: a stage moves on by itself only after the soak,
 // healthy, with the minimum of results; the last one completes.
 func TestEvaluateAdvance(t *testing.T) {
-	soak := func(r *server.Rollout) { r.Policy.Soak = 6 * time.Hour }
+	soak := func(r *rollout.Rollout) { r.Policy.Soak = 6 * time.Hour }
 	healthy := byModel{"PX-7": {Installed: 60}}
 	for _, tc := range []struct {
 		name    string
-		rollout func(*server.Rollout)
+		rollout func(*rollout.Rollout)
 		results byModel
 		at      time.Duration // after t0, the stage's start
 		stage   int
-		state   server.RolloutState
+		state   rollout.RolloutState
 	}{
-		{"no soak: operator advances", nil, healthy, 100 * time.Hour, 0, server.RolloutRunning},
-		{"soaking", soak, healthy, 6*time.Hour - time.Second, 0, server.RolloutRunning},
-		{"soaked", soak, healthy, 6 * time.Hour, 1, server.RolloutRunning},
-		{"soaked, too few results", soak, byModel{"PX-7": {Installed: 49}}, 7 * time.Hour, 0, server.RolloutRunning},
-		{"soaked, failing", soak, byModel{"PX-7": {Installed: 90, Failed: 10}}, 7 * time.Hour, 0, server.RolloutRunning},
-		{"soaked, failing model held", func(r *server.Rollout) { soak(r); r.Holds = []server.Hold{{Model: "PX-8"}} },
-			byModel{"PX-7": {Installed: 60}, "PX-8": {Failed: 100}}, 7 * time.Hour, 1, server.RolloutRunning},
-		{"last stage completes", func(r *server.Rollout) { soak(r); r.Stage = 3 }, healthy, 7 * time.Hour, 3, server.RolloutCompleted},
-		{"paused", func(r *server.Rollout) { soak(r); r.State = server.RolloutPaused }, healthy, 7 * time.Hour, 0, server.RolloutPaused},
-		{"resumed: the soak starts again", func(r *server.Rollout) { soak(r); r.HealthSince = t0.Add(5 * time.Hour) }, healthy, 7 * time.Hour, 0, server.RolloutRunning},
-		{"resumed and soaked", func(r *server.Rollout) { soak(r); r.HealthSince = t0.Add(5 * time.Hour) }, healthy, 11 * time.Hour, 1, server.RolloutRunning},
+		{"no soak: operator advances", nil, healthy, 100 * time.Hour, 0, rollout.RolloutRunning},
+		{"soaking", soak, healthy, 6*time.Hour - time.Second, 0, rollout.RolloutRunning},
+		{"soaked", soak, healthy, 6 * time.Hour, 1, rollout.RolloutRunning},
+		{"soaked, too few results", soak, byModel{"PX-7": {Installed: 49}}, 7 * time.Hour, 0, rollout.RolloutRunning},
+		{"soaked, failing", soak, byModel{"PX-7": {Installed: 90, Failed: 10}}, 7 * time.Hour, 0, rollout.RolloutRunning},
+		{"soaked, failing model held", func(r *rollout.Rollout) { soak(r); r.Holds = []rollout.Hold{{Model: "PX-8"}} },
+			byModel{"PX-7": {Installed: 60}, "PX-8": {Failed: 100}}, 7 * time.Hour, 1, rollout.RolloutRunning},
+		{"last stage completes", func(r *rollout.Rollout) { soak(r); r.Stage = 3 }, healthy, 7 * time.Hour, 3, rollout.RolloutCompleted},
+		{"paused", func(r *rollout.Rollout) { soak(r); r.State = rollout.RolloutPaused }, healthy, 7 * time.Hour, 0, rollout.RolloutPaused},
+		{"resumed: the soak starts again", func(r *rollout.Rollout) { soak(r); r.HealthSince = t0.Add(5 * time.Hour) }, healthy, 7 * time.Hour, 0, rollout.RolloutRunning},
+		{"resumed and soaked", func(r *rollout.Rollout) { soak(r); r.HealthSince = t0.Add(5 * time.Hour) }, healthy, 11 * time.Hour, 1, rollout.RolloutRunning},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runningRollout(t)
@@ -140,7 +141,7 @@ func TestEvaluateAdvance(t *testing.T) {
 			}
 			fromStage, fromState := r.Stage, r.State
 			now := t0.Add(tc.at)
-			ev, ok := server.EvaluateAdvance(r, tc.results, now)
+			ev, ok := rollout.EvaluateAdvance(r, tc.results, now)
 			if r.Stage != tc.stage || r.State != tc.state {
 				t.Fatalf("stage %d state %s, want %d %s", r.Stage, r.State, tc.stage, tc.state)
 			}
@@ -153,7 +154,7 @@ func TestEvaluateAdvance(t *testing.T) {
 			if ev.Actor != audit.SystemActor || !ev.At.Equal(now) || !strings.Contains(ev.Reason, "soaked 6h") {
 				t.Errorf("event %+v", ev)
 			}
-			if r.State == server.RolloutRunning && !r.StageStartedAt.Equal(now) {
+			if r.State == rollout.RolloutRunning && !r.StageStartedAt.Equal(now) {
 				t.Errorf("new stage started %v, want %v", r.StageStartedAt, now)
 			}
 		})
@@ -165,12 +166,12 @@ func TestEvaluateAdvance(t *testing.T) {
 // share within 1 point, and nobody offered before is refused after a
 // widening.
 func TestRolloutStagesScenario(t *testing.T) {
-	r := runningRollout(t, func(r *server.Rollout) { r.Stages = []float64{10, 50, 100} })
+	r := runningRollout(t, func(r *rollout.Rollout) { r.Stages = []float64{10, 50, 100} })
 	const n = 2000
-	records := make([]*server.DeviceRollout, n)
-	devices := make([]*server.Device, n)
+	records := make([]*handsets.DeviceRollout, n)
+	devices := make([]*handsets.Device, n)
 	for i := range devices {
-		devices[i] = &server.Device{ID: fmt.Sprintf("dev_%04d", i), Model: "PX-7", Build: "7.4.0", Channel: "stable"}
+		devices[i] = &handsets.Device{ID: fmt.Sprintf("dev_%04d", i), Model: "PX-7", Build: "7.4.0", Channel: "stable"}
 	}
 	now := t0
 	for stage, percent := range []float64{10, 50, 100} {
@@ -181,14 +182,14 @@ func TestRolloutStagesScenario(t *testing.T) {
 		}
 		offered := 0
 		for i, d := range devices {
-			dec := server.Decide(r, d, records[i], server.DecisionInput{Now: now})
+			dec := rollout.Decide(r, d, records[i], rollout.DecisionInput{Now: now})
 			if records[i] != nil && !dec.Offered() {
 				t.Fatalf("%g%%: %s was offered at an earlier stage, now refused: %v", percent, d.ID, dec.Reason)
 			}
 			if dec.Offered() {
 				offered++
 				records[i] = dec.Record(records[i], d, now)
-				records[i].Observe(server.StateDownloading, now)
+				records[i].Observe(handsets.StateDownloading, now)
 			}
 		}
 		if share := 100 * float64(offered) / n; share < percent-1 || share > percent+1 {
@@ -202,7 +203,7 @@ func TestRolloutStagesScenario(t *testing.T) {
 // installs; it is held alone, the other two go on to completion with
 // auto-advance, and the held model is offered nothing new.
 func TestFailingModelScenario(t *testing.T) {
-	r := runningRollout(t, func(r *server.Rollout) {
+	r := runningRollout(t, func(r *rollout.Rollout) {
 		r.Stages = []float64{10, 50, 100}
 		r.Policy.Soak = time.Hour
 		r.Policy.MinResults = 20
@@ -210,27 +211,27 @@ func TestFailingModelScenario(t *testing.T) {
 	const n = 3000
 	models := []string{"PX-7", "PX-8", "PX-9"}
 	type handset struct {
-		d  *server.Device
-		dr *server.DeviceRollout
+		d  *handsets.Device
+		dr *handsets.DeviceRollout
 		at time.Time // when it reported
 	}
 	fleet := make([]*handset, n)
 	for i := range fleet {
-		fleet[i] = &handset{d: &server.Device{ID: fmt.Sprintf("dev_%04d", i), Model: models[i%3], Build: "7.4.0", Channel: "stable"}}
+		fleet[i] = &handset{d: &handsets.Device{ID: fmt.Sprintf("dev_%04d", i), Model: models[i%3], Build: "7.4.0", Channel: "stable"}}
 	}
-	var log []server.Event
-	for now := t0; now.Before(t0.Add(24*time.Hour)) && r.State != server.RolloutCompleted; now = now.Add(10 * time.Minute) {
+	var log []rollout.Event
+	for now := t0; now.Before(t0.Add(24*time.Hour)) && r.State != rollout.RolloutCompleted; now = now.Add(10 * time.Minute) {
 		for i, h := range fleet {
-			dec := server.Decide(r, h.d, h.dr, server.DecisionInput{Now: now})
-			if !dec.Offered() || dec.Kind == server.OfferRepeat {
+			dec := rollout.Decide(r, h.d, h.dr, rollout.DecisionInput{Now: now})
+			if !dec.Offered() || dec.Kind == rollout.OfferRepeat {
 				continue
 			}
 			h.dr = dec.Record(h.dr, h.d, now)
 			h.at = now
 			if h.d.Model == "PX-8" && i%9 < 3 { // a third of PX-8 fails
-				h.dr.Observe(server.StateFailed, now)
+				h.dr.Observe(handsets.StateFailed, now)
 			} else {
-				h.dr.Observe(server.StateInstalled, now)
+				h.dr.Observe(handsets.StateInstalled, now)
 			}
 		}
 		count := func(since func(model string) time.Time) byModel {
@@ -241,21 +242,21 @@ func TestFailingModelScenario(t *testing.T) {
 				}
 				res := out[h.d.Model]
 				switch h.dr.State {
-				case server.StateInstalled:
+				case handsets.StateInstalled:
 					res.Installed++
-				case server.StateFailed:
+				case handsets.StateFailed:
 					res.Failed++
 				}
 				out[h.d.Model] = res
 			}
 			return out
 		}
-		log = append(log, server.EvaluateHealth(r, count(func(m string) time.Time { return r.ResultsSince(m, now) }), now)...)
-		if ev, ok := server.EvaluateAdvance(r, count(r.StageResultsSince), now); ok {
+		log = append(log, rollout.EvaluateHealth(r, count(func(m string) time.Time { return r.ResultsSince(m, now) }), now)...)
+		if ev, ok := rollout.EvaluateAdvance(r, count(r.StageResultsSince), now); ok {
 			log = append(log, ev)
 		}
 	}
-	if r.State != server.RolloutCompleted || r.Halt != nil {
+	if r.State != rollout.RolloutCompleted || r.Halt != nil {
 		t.Fatalf("state %s halt %+v, want completed; events %+v", r.State, r.Halt, log)
 	}
 	if len(r.Holds) != 1 || r.Holds[0].Model != "PX-8" {
@@ -273,8 +274,8 @@ func TestFailingModelScenario(t *testing.T) {
 	if offered["PX-8"] >= n/3/2 {
 		t.Errorf("PX-8 offered %d of %d while held", offered["PX-8"], n/3)
 	}
-	dec := server.Decide(r, &server.Device{ID: "dev_new", Model: "PX-8", Build: "7.4.0", Channel: "stable"}, nil, server.DecisionInput{Now: t0.Add(25 * time.Hour)})
-	if !errors.Is(dec.Reason, server.ErrModelHeld) {
+	dec := rollout.Decide(r, &handsets.Device{ID: "dev_new", Model: "PX-8", Build: "7.4.0", Channel: "stable"}, nil, rollout.DecisionInput{Now: t0.Add(25 * time.Hour)})
+	if !errors.Is(dec.Reason, rollout.ErrModelHeld) {
 		t.Errorf("a new PX-8: %v, want ErrModelHeld", dec.Reason)
 	}
 }

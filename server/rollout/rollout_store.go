@@ -1,4 +1,4 @@
-package server
+package rollout
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/handsets"
 )
 
 // RolloutStore keeps rollouts, their audit log, the handsets' records of
@@ -46,12 +47,12 @@ type RolloutStore interface {
 
 	// DeviceRollouts returns a handset's records, of every rollout that
 	// ever made it an offer.
-	DeviceRollouts(ctx context.Context, deviceID string) ([]*DeviceRollout, error)
+	DeviceRollouts(ctx context.Context, deviceID string) ([]*handsets.DeviceRollout, error)
 	// PutDeviceRollout stores dr, replacing the record of the same
 	// rollout and handset: the last write wins, so the caller writes
 	// what Decision.Record or DeviceRollout.Observe made of the record
 	// it read. An unknown rollout or handset is ErrNotFound.
-	PutDeviceRollout(ctx context.Context, dr *DeviceRollout) error
+	PutDeviceRollout(ctx context.Context, dr *handsets.DeviceRollout) error
 	// RecordOffer records the offer dec (OfferFirst or OfferRetry) to a
 	// handset, in one transaction with the rollups it moves: next is
 	// what dec.Record made of prev (prev is nil for a first offer). With
@@ -62,7 +63,7 @@ type RolloutStore interface {
 	// inserted, a retry already counted) is left as it is, and the
 	// answer is still true: the handset is offered what the other
 	// check-in offered, and the offer taken is given back.
-	RecordOffer(ctx context.Context, dec Decision, prev, next *DeviceRollout, limit int, now time.Time) (bool, error)
+	RecordOffer(ctx context.Context, dec Decision, prev, next *handsets.DeviceRollout, limit int, now time.Time) (bool, error)
 	// RolloutResults counts a rollout's results per model: the records
 	// whose state is installed, or failed or rolled back (both Failed),
 	// with ResultAt at or after since, of handsets that did not enroll
