@@ -53,7 +53,7 @@ func sign(n int) int {
 	return 0
 }
 
-// fakeTargets is a function-field fake of server.TargetSource.
+// fakeTargets is a function-field fake of rollout.TargetSource.
 type fakeTargets struct {
 	version int64
 	targets []manifests.TargetInfo
@@ -75,7 +75,7 @@ func target(tb testing.TB, path string, c manifests.TargetCustom) manifests.Targ
 	return manifests.TargetInfo{Path: path, Length: 10, SHA256: "ab", Custom: b}
 }
 
-// rolloutsFake is the part of server.RolloutStore RolloutEligibility
+// rolloutsFake is the part of rollout.RolloutStore RolloutEligibility
 // calls, in memory; the rest is the nil embedded interface's and panics.
 type rolloutsFake struct {
 	rollout.RolloutStore

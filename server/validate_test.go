@@ -107,7 +107,7 @@ func report(edit func(*handsets.Report)) *handsets.Report {
 	return r
 }
 
-// reportStore is a server.DeviceStore fake for Fleet.Report: one device,
+// reportStore is a handsets.DeviceStore fake for Fleet.Report: one device,
 // reports kept in memory. The methods Report does not call are the nil
 // embedded interface's and panic.
 type reportStore struct {

@@ -12,8 +12,8 @@ import (
 // Backend is what the pages read and change, owned here so that the
 // pages depend on the questions they ask, not on the stores that answer
 // them: internal/app implements it over the App's parts, and the tests
-// over fakes. Every change carries the acting server.Principal in ctx
-// (server.WithPrincipal), so that the audit log records the user.
+// over fakes. Every change carries the acting identity.Principal in ctx
+// (identity.WithPrincipal), so that the audit log records the user.
 type Backend interface {
 	// ExposureReport is the fleet's exposure report (opts as the admin
 	// API's /reports/exposure).
@@ -28,13 +28,13 @@ type Backend interface {
 	// first.
 	RolloutEvents(ctx context.Context, id string, limit int) ([]rollout.Event, error)
 	// ChangeRollout applies an operator's action (one of RolloutActions)
-	// to rollout id through server.RolloutService, as the principal in
+	// to rollout id through rollout.RolloutService, as the principal in
 	// ctx. Percent is advance's target (0: the next stage). A widening
 	// that needs a second person changes nothing yet and returns the
 	// pending approval beside the rollout (nil when it was done).
 	ChangeRollout(ctx context.Context, id string, change RolloutChange) (*rollout.Rollout, *rollout.Approval, error)
 	// CreateRollout creates rollout spec, and unless spec.Draft starts it,
-	// through server.RolloutService as the principal in ctx. A start at
+	// through rollout.RolloutService as the principal in ctx. A start at
 	// a percent that needs a second person returns the rollout, a draft,
 	// with the pending approval (nil when it started).
 	CreateRollout(ctx context.Context, spec rollout.RolloutSpec) (*rollout.Rollout, *rollout.Approval, error)
@@ -52,7 +52,7 @@ type Backend interface {
 	// ErrNotFound.
 	Device(ctx context.Context, id string) (*DeviceView, error)
 	// ListDevices returns the page of handsets q selects, in id order
-	// (see server.DeviceQuery); an invalid q is a *server.FieldError.
+	// (see handsets.DeviceQuery); an invalid q is a *errs.FieldError.
 	ListDevices(ctx context.Context, q handsets.DeviceQuery) (*handsets.DevicePage, error)
 }
 

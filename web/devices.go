@@ -82,7 +82,7 @@ type devicesData struct {
 // devicesPage is the device list: handsets filtered by id (or its
 // start), model, build, region and install state of a patch, 50 a page
 // in id order with a next-page link (a keyset cursor, see
-// server.DeviceQuery). /devices?id=X, the old lookup's address, goes to
+// handsets.DeviceQuery). /devices?id=X, the old lookup's address, goes to
 // handset X's page when X is a whole id.
 func (h *Handler) devicesPage(w http.ResponseWriter, r *http.Request, p *page) error {
 	ctx := r.Context()

@@ -114,7 +114,7 @@ func (h *Handler) cookie(r *http.Request, value string, clear bool) *http.Cookie
 	return c
 }
 
-// DeviceCookieName is the device cookie (server.DeviceCookies): it tells
+// DeviceCookieName is the device cookie (identity.DeviceCookies): it tells
 // the login that this browser logged in to the account before, so that
 // the account's lockout does not keep it out.
 const DeviceCookieName = "otad_device"

@@ -13,7 +13,7 @@ import (
 
 // rolloutForm is the new-rollout form as typed, so that a refused form
 // shows again with what was entered. Empty policy fields take
-// server.DefaultPolicy's values.
+// rollout.DefaultPolicy's values.
 type rolloutForm struct {
 	Release, Stages, Models, Channels, Regions, BuildMin, BuildMax string
 	// MaxFailureRate is a percent ("5" is 5%).
@@ -33,14 +33,14 @@ type newRolloutData struct {
 	// Releases are the published targets, newest first.
 	Releases []release
 	// Default holds, by form field, what an empty policy field takes
-	// (server.DefaultPolicy), as the form writes it.
+	// (rollout.DefaultPolicy), as the form writes it.
 	Default map[string]string
 }
 
 // DefaultStages is the stages field's placeholder.
 func (*newRolloutData) DefaultStages() string { return DefaultStages }
 
-// formDefaults are server.DefaultPolicy's values as the form writes them.
+// formDefaults are rollout.DefaultPolicy's values as the form writes them.
 func formDefaults() map[string]string {
 	p := rollout.DefaultPolicy()
 	soak := "off"

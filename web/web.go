@@ -351,7 +351,7 @@ func sameSitePath(s string) bool {
 }
 
 // record appends e, an action of actor that is done, by
-// server.RecordAction's rule: the handler answers with its error, so a
+// identity.RecordAction's rule: the handler answers with its error, so a
 // change whose audit entry failed is not shown as a success.
 func (h *Handler) record(ctx context.Context, actor string, e audit.AuditEntry) error {
 	return identity.RecordAction(ctx, h.opts.Audit, e, actor, "", time.Now().UTC())

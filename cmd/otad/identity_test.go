@@ -158,7 +158,7 @@ func TestUserCommands(t *testing.T) {
 		}
 	}
 	// The same entries as the admin API and the pages make for the same
-	// changes (server.UserCreatedEntry and the others).
+	// changes (identity.UserCreatedEntry and the others).
 	want := []string{`token.create (id) {"name":"phone","user":"alice"}`, `token.create (id) {"name":"laptop","user":"alice"}`, "user.enable alice",
 		`token.create (id) {"name":"ci","user":"ci"}`, "user.disable alice",
 		`user.set-role alice {"from":"operator","to":"admin"}`,

@@ -295,7 +295,7 @@ func TestReportIDReused(t *testing.T) {
 
 // TestFleetSummaryModels floods the fleet with invented models, as one
 // client did with 5,000: the summary lists the most active and one
-// server.OtherModels row, as many as ?models= asks within its bounds.
+// handsets.OtherModels row, as many as ?models= asks within its bounds.
 func TestFleetSummaryModels(t *testing.T) {
 	env := apitest.Start(t, apitest.Options{})
 	for i := range 25 {

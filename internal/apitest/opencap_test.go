@@ -41,7 +41,7 @@ func metricsRollouts(t *testing.T, env *apitest.Env) (series int, rollouts map[s
 
 // TestOpenRolloutsCapped is issue 13's probe of /metrics: 300 rollouts
 // created at once made 3,111 series in a second. Now at most
-// server.DefaultMaxOpenRollouts are not finished at once; the creates
+// rollout.DefaultMaxOpenRollouts are not finished at once; the creates
 // past it are 409 saying to complete or abort some, and the series stay
 // bounded, also when the rollouts are aborted and made again.
 func TestOpenRolloutsCapped(t *testing.T) {

@@ -57,14 +57,14 @@ type Config struct {
 	SecretFailuresPerMinute float64
 	SecretFailureBurst      int
 	// TokenLifetime is how long an API token minted without an expiry
-	// works (default server.DefaultTokenLifetime).
+	// works (default identity.DefaultTokenLifetime).
 	TokenLifetime time.Duration
 	// RolloutRefresh is how long a replica decides check-ins on its copy
 	// of the rollouts before reading them again (default
 	// server.DefaultRolloutRefresh).
 	RolloutRefresh time.Duration
 	// MaxOpenRollouts caps the rollouts not finished (draft, running,
-	// paused); default server.DefaultMaxOpenRollouts.
+	// paused); default rollout.DefaultMaxOpenRollouts.
 	MaxOpenRollouts int
 
 	// RefreshInterval is how often the background jobs run (default

@@ -125,7 +125,7 @@ func (a *App) runPolicies(ctx context.Context) {
 }
 
 // checkpointAudit signs and stores checkpoints of the audit entries
-// appended since the last one (server.AuditCheckpoints.Checkpoint).
+// appended since the last one (audit.AuditCheckpoints.Checkpoint).
 func (a *App) checkpointAudit(ctx context.Context) {
 	n, err := a.Checkpoints.Checkpoint(ctx)
 	if err != nil && ctx.Err() == nil {

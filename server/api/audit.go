@@ -20,7 +20,7 @@ import (
 )
 
 // HeaderReason carries the reason of an administrative action for the
-// audit log: optional, one printable line of at most server.MaxReasonLen
+// audit log: optional, one printable line of at most rollout.MaxReasonLen
 // bytes. One header for every admin route, whatever its body (an
 // artifact upload's body is the build, a DELETE has none). Rollout
 // actions take their reason in the body instead, where it is required.
@@ -60,7 +60,7 @@ func (s *Server) audit(c echo.Context, action, object string, detail any) error 
 }
 
 // record appends e, done by the request's principal for the request's
-// reason, by server.RecordAction's rule: a failure is logged and answered
+// reason, by identity.RecordAction's rule: a failure is logged and answered
 // (500), the action itself stays done.
 func (s *Server) record(c echo.Context, e audit.AuditEntry) error {
 	if s.auditLog == nil {
@@ -126,7 +126,7 @@ func (s *Server) auditEntries(c echo.Context) error {
 }
 
 // verifyAudit answers GET /admin/audit/verify: the whole chain checked,
-// against the checkpoints too (server.VerifyAudit). A broken chain is
+// against the checkpoints too (audit.VerifyAudit). A broken chain is
 // still a 200: the answer is the finding, not a failure of the request.
 func (s *Server) verifyAudit(c echo.Context) error {
 	store, err := s.auditStore()

@@ -119,7 +119,7 @@ func (s *Server) eraseSelf(c echo.Context) error {
 
 // fleetSummary answers GET /api/v1/admin/fleet/summary?patch=ID&active_days=N&models=M.
 // Without patch, it reports on the newest published patch; models caps
-// the by-model list (server.DefaultSummaryModels when absent).
+// the by-model list (handsets.DefaultSummaryModels when absent).
 func (s *Server) fleetSummary(c echo.Context) error {
 	patch := c.QueryParam("patch")
 	if patch == "" {

@@ -17,7 +17,7 @@ import (
 	"github.com/patchfleet/ota/server/identity"
 )
 
-// mockDevices is a function-field fake of server.DeviceStore: handler
+// mockDevices is a function-field fake of handsets.DeviceStore: handler
 // tests need no database.
 type mockDevices struct {
 	EnrollFn        func(ctx context.Context, d *handsets.Device, tokenHash string) (string, bool, error)

@@ -22,7 +22,7 @@ import (
 // unmatchedRoute labels requests that matched no route, so that scanners
 // probing random paths cannot blow up metric cardinality. Echo's router
 // answers those with echo.ErrNotFound or echo.ErrMethodNotAllowed; handlers
-// signal their own "not found" with server.ErrNotFound instead.
+// signal their own "not found" with errs.ErrNotFound instead.
 const unmatchedRoute = "unmatched"
 
 // otherMethod labels requests whose method is not one of the standard

@@ -72,7 +72,7 @@ func page(p identity.Permission) RouteAccess {
 // is the one place that says who may call what: admin routes are
 // mounted through it (Server.route), and New refuses to build a server
 // with a route missing from it. Checks are by permission; which role has
-// which is server.RolePermissions.
+// which is identity.RolePermissions.
 var routeTable = map[string]RouteAccess{
 	"GET /healthz":                          public,
 	"GET /readyz":                           public,

@@ -92,14 +92,14 @@ var offerKinds = map[rollout.OfferKind]string{
 }
 
 // DefaultMaxRolloutSeries is RolloutMetrics.MaxRollouts when unset:
-// twice server.DefaultMaxOpenRollouts.
+// twice rollout.DefaultMaxOpenRollouts.
 const DefaultMaxRolloutSeries = 2 * rollout.DefaultMaxOpenRollouts
 
 // Decided implements server.RolloutObserver: an offer counts by rollout
 // and kind, a refusal by reason only, since every check-in of a handset
 // outside a cohort is one and a rollout label would multiply the series
 // by nothing useful. A rollout id that may not stand in a label
-// (server.ValidRolloutID) is not counted.
+// (textrule.ValidRolloutID) is not counted.
 func (m *RolloutMetrics) Decided(dec rollout.Decision) {
 	if kind, ok := offerKinds[dec.Kind]; ok {
 		m.count(m.offers, dec.RolloutID, kind)
@@ -119,7 +119,7 @@ func (m *RolloutMetrics) Reported(rolloutID, state string) {
 }
 
 // Event counts the automatic halts and holds among a rollout's saved
-// events (server.RolloutEvaluator.OnEvent); an operator's pause or hold
+// events (rollout.RolloutEvaluator.OnEvent); an operator's pause or hold
 // is not an auto-halt.
 func (m *RolloutMetrics) Event(ev rollout.Event) {
 	if ev.Actor != audit.SystemActor {
@@ -134,7 +134,7 @@ func (m *RolloutMetrics) Event(ev rollout.Event) {
 }
 
 // count adds one to v's counter of rollout id and label, unless id may
-// not stand in a label (server.ValidRolloutID). The id is recorded after
+// not stand in a label (textrule.ValidRolloutID). The id is recorded after
 // the counter moved, and Collect forgets it before it drops the
 // counters, so that no counter outlives its record.
 func (m *RolloutMetrics) count(v *prometheus.CounterVec, id, label string) {
@@ -166,7 +166,7 @@ func (m *RolloutMetrics) Describe(ch chan<- *prometheus.Desc) {
 // the rollouts not finished (draft, running, paused; the newest first
 // should there be more), then those that ended (completed, or aborted
 // in the last day), the latest first. A rollout whose id may not stand
-// in a label (server.ValidRolloutID) never is. So the series stay
+// in a label (textrule.ValidRolloutID) never is. So the series stay
 // bounded however many rollouts are made, aborted or completed.
 func (m *RolloutMetrics) Collect(ch chan<- prometheus.Metric) {
 	var rollouts []*rollout.Rollout

@@ -45,7 +45,7 @@ func (s *Server) mountRollouts(g *echo.Group) {
 }
 
 // FormatDuration writes d as every answer writes a duration: "6h",
-// "1h30m", "45s" (server.FormatDuration).
+// "1h30m", "45s" (rollout.FormatDuration).
 func FormatDuration(d time.Duration) string { return rollout.FormatDuration(d) }
 
 func orEmpty(s []string) []string {
@@ -118,7 +118,7 @@ func parseDuration(field, s string) (time.Duration, error) {
 }
 
 // rolloutSpec turns the create body into the service's spec, filling the
-// policy fields it omits from server.DefaultPolicy.
+// policy fields it omits from rollout.DefaultPolicy.
 func rolloutSpec(req *wire.RolloutRequest) (rollout.RolloutSpec, error) {
 	p := rollout.DefaultPolicy()
 	if req.MaxFailureRate != nil {

@@ -132,7 +132,7 @@ func tokenOf(t *identity.Token, user string) wire.Token {
 }
 
 // createToken mints a token of the caller's own, acting as them; one
-// minted with a token is that token's child (server.TokenOptions).
+// minted with a token is that token's child (identity.TokenOptions).
 func (s *Server) createToken(c echo.Context) error {
 	var req wire.TokenRequest
 	if err := decodeJSON(c, &req); err != nil {

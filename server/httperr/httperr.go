@@ -21,7 +21,7 @@ const (
 	// CodeInternal is every error the table does not know: a server
 	// error, whose details go to the log, not to the client.
 	CodeInternal = "internal"
-	// CodeNotAudited is server.ErrNotAudited: a server error, but one
+	// CodeNotAudited is errs.ErrNotAudited: a server error, but one
 	// whose action was done.
 	CodeNotAudited = "not_audited"
 )
@@ -56,8 +56,8 @@ var codes = []struct {
 
 // Classify returns the status and the stable code that err is answered
 // with: a refusal of the domain (a server or manifests sentinel, a
-// *server.FieldError, a *server.RateLimitError, an over-long body's
-// *http.MaxBytesError) gets its own; server.ErrNotAudited is a 500 with
+// *errs.FieldError, a *errs.RateLimitError, an over-long body's
+// *http.MaxBytesError) gets its own; errs.ErrNotAudited is a 500 with
 // CodeNotAudited; anything else is a 500 with CodeInternal.
 func Classify(err error) (status int, code string) {
 	if errors.As(err, new(*errs.FieldError)) {

@@ -48,7 +48,7 @@ func TestOperatorNames(t *testing.T) {
 	}
 }
 
-// auditLog is a server.AuditStore that keeps what is appended.
+// auditLog is a audit.AuditStore that keeps what is appended.
 type auditLog struct {
 	audit.AuditStore
 	entries []audit.AuditEntry

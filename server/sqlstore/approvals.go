@@ -13,7 +13,7 @@ import (
 )
 
 // ApprovalStore keeps the four-eyes approvals of rollout changes; it
-// implements server.ApprovalStore.
+// implements rollout.ApprovalStore.
 type ApprovalStore struct{ db *DB }
 
 var _ rollout.ApprovalStore = (*ApprovalStore)(nil)
@@ -45,7 +45,7 @@ func (r *approvalRow) approval() *rollout.Approval {
 		DecisionReason: r.DecisionReason}
 }
 
-// CreateApproval implements server.ApprovalStore. An unknown rollout is
+// CreateApproval implements rollout.ApprovalStore. An unknown rollout is
 // ErrNotFound.
 func (s *ApprovalStore) CreateApproval(ctx context.Context, a *rollout.Approval) error {
 	row := approvalRow{ID: a.ID, RolloutID: a.RolloutID, ToPercent: a.ToPercent, Exposure: a.Exposure, Action: a.Action,
@@ -63,7 +63,7 @@ func (s *ApprovalStore) CreateApproval(ctx context.Context, a *rollout.Approval)
 	return nil
 }
 
-// Approval implements server.ApprovalStore.
+// Approval implements rollout.ApprovalStore.
 func (s *ApprovalStore) Approval(ctx context.Context, id string) (*rollout.Approval, error) {
 	var row approvalRow
 	err := s.db.gorm.WithContext(ctx).Where("id = ?", id).Take(&row).Error
@@ -76,7 +76,7 @@ func (s *ApprovalStore) Approval(ctx context.Context, id string) (*rollout.Appro
 	return row.approval(), nil
 }
 
-// RolloutApprovals implements server.ApprovalStore, newest request
+// RolloutApprovals implements rollout.ApprovalStore, newest request
 // first (ids break ties of one instant, so the order is stable).
 func (s *ApprovalStore) RolloutApprovals(ctx context.Context, rolloutID string) ([]*rollout.Approval, error) {
 	var rows []approvalRow
@@ -91,7 +91,7 @@ func (s *ApprovalStore) RolloutApprovals(ctx context.Context, rolloutID string) 
 	return out, nil
 }
 
-// DecideApproval implements server.ApprovalStore. The pending check is
+// DecideApproval implements rollout.ApprovalStore. The pending check is
 // in the UPDATE's WHERE, so of two decisions exactly one matches the
 // row (PostgreSQL re-checks it on the locked row under READ COMMITTED;
 // SQLite has one writer at a time).

@@ -13,7 +13,7 @@ import (
 )
 
 // AuditStore keeps the hash-chained audit log; it implements
-// server.AuditStore.
+// audit.AuditStore.
 type AuditStore struct{ db *DB }
 
 var _ audit.AuditStore = (*AuditStore)(nil)
@@ -51,7 +51,7 @@ func (r *auditRow) entry() audit.AuditEntry {
 		Reason: r.Reason, Detail: r.Detail, PrevHash: r.PrevHash, Hash: r.Hash}
 }
 
-// AppendAudit implements server.AuditStore.
+// AppendAudit implements audit.AuditStore.
 func (s *AuditStore) AppendAudit(ctx context.Context, entries ...audit.AuditEntry) error {
 	if len(entries) == 0 {
 		return nil
@@ -112,7 +112,7 @@ func (db *DB) appendAudit(tx *gorm.DB, entries []audit.AuditEntry) error {
 	return nil
 }
 
-// ListAudit implements server.AuditStore. An Action prefix ("rollout.")
+// ListAudit implements audit.AuditStore. An Action prefix ("rollout.")
 // is the range [prefix, prefix with its '.' as '/'), which the (action,
 // seq) index serves without LIKE and its escaping.
 func (s *AuditStore) ListAudit(ctx context.Context, q audit.AuditQuery) ([]audit.AuditEntry, error) {
@@ -156,7 +156,7 @@ func (s *AuditStore) ListAudit(ctx context.Context, q audit.AuditQuery) ([]audit
 	return out, nil
 }
 
-// WalkAudit implements server.AuditStore. It reads the log and then the
+// WalkAudit implements audit.AuditStore. It reads the log and then the
 // head in one read-only transaction, a snapshot on both dialects
 // (REPEATABLE READ on PostgreSQL, a read transaction in WAL mode on
 // SQLite), so that appends meanwhile neither show nor look like a

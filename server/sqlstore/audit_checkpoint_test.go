@@ -202,7 +202,7 @@ func exec(t *testing.T, db *DB, sql string, args ...any) {
 }
 
 // rechain recomputes the links and hashes of the entries from seq on,
-// and the head, as someone who knows server.AuditHash (it is public)
+// and the head, as someone who knows audit.AuditHash (it is public)
 // would after changing the log.
 func rechain(t *testing.T, db *DB, from int64) {
 	t.Helper()

@@ -22,7 +22,7 @@ type deviceListRow struct {
 	PatchAt        *time.Time
 }
 
-// ListDevices implements server.DeviceLister in one query, ordered and
+// ListDevices implements handsets.DeviceLister in one query, ordered and
 // paged by id (keyset: the page starts after q.After) in byte order, so
 // that each filter walks an index of migration 15 in that order and
 // stops after q.Limit+1 rows (the extra row says whether a next page

@@ -12,7 +12,7 @@ import (
 )
 
 // DeviceByID returns the device id, or ErrNotFound: the dashboard's
-// device lookup. It is not part of server.DeviceStore, which the
+// device lookup. It is not part of handsets.DeviceStore, which the
 // handset API uses and which finds devices by their token only.
 func (s *DeviceStore) DeviceByID(ctx context.Context, id string) (*handsets.Device, error) {
 	var row deviceRow

@@ -19,7 +19,7 @@ import (
 )
 
 // DeviceStore keeps handsets, their reports and install states; it
-// implements server.DeviceStore.
+// implements handsets.DeviceStore.
 type DeviceStore struct {
 	db         *DB
 	pruneBatch int // tests make it small
@@ -93,14 +93,14 @@ func decodePatches(s string) []string {
 	return strings.Split(s, ",")
 }
 
-// deviceColumns are the columns that make a server.Device, for RETURNING
+// deviceColumns are the columns that make a handsets.Device, for RETURNING
 // and SELECT lists; token_hash is left out on purpose.
 const deviceColumns = "id, key_fingerprint, key_signed_at, model, build, channel, region, installed_patches, cloud_messaging, number_encryption, enrolled_at, last_seen, rev"
 
 // maxEnrollAttempts bounds the insert-or-update loop of Enroll; see there.
 const maxEnrollAttempts = 3
 
-// Enroll implements server.DeviceStore.
+// Enroll implements handsets.DeviceStore.
 //
 // With a key fingerprint it inserts the device unless any unique key
 // (id, token hash, fingerprint) is taken, and otherwise updates the
@@ -284,7 +284,7 @@ type checkInRows struct {
 	rollouts []deviceRolloutRow
 }
 
-// CheckInState implements server.DeviceStore in one statement. It is the
+// CheckInState implements handsets.DeviceStore in one statement. It is the
 // one query of most check-ins, so it skips gorm and scans with
 // database/sql: gorm's reflection over the row cost about a fifth of a
 // check-in's CPU. On PostgreSQL, check-ins that arrive together share a
@@ -390,7 +390,7 @@ const saveCheckInSQL = `UPDATE devices SET build = ?, model = ?, channel = ?, in
 	cloud_messaging = ?, number_encryption = ?, last_seen = ?, rev = rev + 1
 WHERE id = ? AND rev = ?`
 
-// SaveCheckIn implements server.DeviceStore: the update and the rollup
+// SaveCheckIn implements handsets.DeviceStore: the update and the rollup
 // deltas it makes, in one write (DB.write); on PostgreSQL in one
 // statement, which locks only the device's own row (changeWithDeltas).
 // The update is a compare-and-swap on rev, so of two check-ins of one
@@ -452,7 +452,7 @@ func rowOf(d *handsets.Device) (*deviceRow, error) {
 		EnrolledAt: d.EnrolledAt, LastSeen: d.LastSeen, Rev: d.Rev}, nil
 }
 
-// DeviceByToken implements server.DeviceStore. On PostgreSQL it shares
+// DeviceByToken implements handsets.DeviceStore. On PostgreSQL it shares
 // the check-ins' batched read (checkInBatcher): every report of a wave
 // starts with it.
 func (s *DeviceStore) DeviceByToken(ctx context.Context, tokenHash string) (*handsets.Device, error) {
@@ -477,7 +477,7 @@ func (s *DeviceStore) DeviceByToken(ctx context.Context, tokenHash string) (*han
 	return row.device(), nil
 }
 
-// DeleteDevice implements server.DeviceStore: the device goes with its
+// DeleteDevice implements handsets.DeviceStore: the device goes with its
 // reports, states and rollout records, and out of the rollups. The
 // foreign keys cascade too, but the explicit deletes do not depend on
 // SQLite's per-connection foreign_keys pragma.
@@ -627,7 +627,7 @@ func (s *DeviceStore) byteOrder(col string) string {
 	return col
 }
 
-// FleetSummary implements server.DeviceStore in two queries: one pass
+// FleetSummary implements handsets.DeviceStore in two queries: one pass
 // over devices grouped by model, one over the patch's states of active
 // devices grouped by state and error code.
 //
@@ -636,7 +636,7 @@ func (s *DeviceStore) byteOrder(col string) string {
 // every model without active devices, into one row with a NULL model, so
 // it returns at most maxModels+1 rows however many models handsets
 // invent. That row counts towards the totals and, when it has active
-// devices, becomes the server.OtherModels row.
+// devices, becomes the handsets.OtherModels row.
 func (s *DeviceStore) FleetSummary(ctx context.Context, patchID string, activeSince time.Time, maxModels int) (*handsets.FleetSummary, error) {
 	if maxModels < 1 {
 		return nil, fmt.Errorf("fleet summary: list at least one model, not %d: %w", maxModels, errs.ErrInvalid)

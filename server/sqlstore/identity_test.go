@@ -233,7 +233,7 @@ func testSessions(t *testing.T, b backend) {
 	}
 }
 
-// testSessionService runs server.Sessions on the store: start, look up,
+// testSessionService runs identity.Sessions on the store: start, look up,
 // idle expiry, end.
 func testSessionService(t *testing.T, b backend) {
 	db := mustDB(t, b)

@@ -27,7 +27,7 @@ import (
 //   - api_tokens.user_id is the token's user; the role column stays for
 //     old rows but is no longer read;
 //   - audit_log is the hash chain of administrative actions (see
-//     server.AuditEntry), and audit_head its one-row head: appends lock
+//     audit.AuditEntry), and audit_head its one-row head: appends lock
 //     it, and it records the last entry so that entries cut from the
 //     end of the log show;
 //   - rollout_approvals are the four-eyes requests to widen a rollout
@@ -139,7 +139,7 @@ func backfillTokenUsers(tx *gorm.DB) error {
 }
 
 // serviceAccountName makes a token name into a valid user name
-// (server.ValidateUser), leaving room for a suffix.
+// (identity.ValidateUser), leaving room for a suffix.
 func serviceAccountName(token string) string {
 	var b strings.Builder
 	for _, r := range strings.ToLower(token) {
@@ -174,7 +174,7 @@ func uniqueName(name string, taken map[string]bool) string {
 	}
 }
 
-// newUserID is an id of the form server.Users.Create gives.
+// newUserID is an id of the form identity.Users.Create gives.
 func newUserID() string {
 	var b [8]byte
 	rand.Read(b[:])
@@ -185,7 +185,7 @@ func newUserID() string {
 const backfillBatch = 500
 
 // backfillRolloutAudit appends every rollout event to the audit log as
-// server.RolloutEventAudit makes it, in the order (at, id), chained from
+// rollout.RolloutEventAudit makes it, in the order (at, id), chained from
 // the genesis, and sets the head. It reads the events in batches by
 // keyset rather than all at once, batch at a time.
 func backfillRolloutAudit(tx *gorm.DB, batch int) error {
@@ -230,7 +230,7 @@ func backfillRolloutAudit(tx *gorm.DB, batch int) error {
 // identityLimitsSchema is migration 11:
 //
 //   - server_secrets holds secrets the replicas share, by name: the key
-//     that signs device cookies (server.DeviceCookies), made by the
+//     that signs device cookies (identity.DeviceCookies), made by the
 //     migration's data step;
 //   - api_tokens.expires_at is when a token stops working (NULL for
 //     none; tokens are always made with one), parent_id the token a
@@ -252,7 +252,7 @@ const DeviceCookieSecret = "device-cookie"
 
 // backfillIdentityLimits is migration 11's data step: a random device
 // cookie key; the tokens that had no expiry expire
-// server.DefaultTokenLifetime after the migration (not at once: the
+// identity.DefaultTokenLifetime after the migration (not at once: the
 // automation that holds them gets that long to mint new ones, which
 // otad token list shows); and the live tokens of disabled users are
 // revoked, as disabling now does, so that enabling them does not bring

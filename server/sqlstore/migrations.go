@@ -177,7 +177,7 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 	},
 	{
 		// Whether a rollout record's handset enrolled after the rollout
-		// started (server.EnrolledLate): decided when a report moves the
+		// started (rollout.EnrolledLate): decided when a report moves the
 		// record, read by RolloutResults, whose results then leave it out
 		// of auto-halt, holds and advance. A constant default is a
 		// catalog change on PostgreSQL (no table rewrite), and the column

@@ -41,7 +41,7 @@ type patchStateRow struct {
 func (patchStateRow) TableName() string { return "device_patch_states" }
 
 // stateRank is SQL numbering the state in col by its place in
-// server.ReportStates (1, 2, ...; 0 for anything else), so that of two
+// handsets.ReportStates (1, 2, ...; 0 for anything else), so that of two
 // reports made at the same instant the one further along wins.
 func stateRank(col string) string {
 	var b strings.Builder
@@ -67,7 +67,7 @@ var upsertStateConflict = `ON CONFLICT (device_id, patch_id) DO UPDATE SET state
 WHERE excluded.at > device_patch_states.at
 	OR (excluded.at = device_patch_states.at AND ` + stateRank("excluded.state") + ` > ` + stateRank("device_patch_states.state") + `)`
 
-// AddReport implements server.DeviceStore. The report, the state it
+// AddReport implements handsets.DeviceStore. The report, the state it
 // implies and the move of the rollout record it is about (with its
 // rollup deltas) are one write (DB.write). A report whose (device,
 // report id) is stored already is compared with the stored one in the
@@ -148,7 +148,7 @@ WHERE device_id = ? AND report_id = ?`, deviceID, reportID)
 
 // reportRecordSQL finds the record a report moves: the one of the rollout
 // it names, else the device's latest offer of its patch, with the
-// device's enrollment and the rollout's start (server.EnrolledLate; the
+// device's enrollment and the rollout's start (rollout.EnrolledLate; the
 // device row is the one the report's token found, by its key). FOR
 // UPDATE OF dr (on PostgreSQL) holds the record until the transaction
 // ends, so two reports of one device at once move it one after the
@@ -257,7 +257,7 @@ func scanReportRecord(rows *sql.Rows, counts ...*int64) (*reportRecordRow, error
 }
 
 // observe moves rec, the device's rollout record that report r is
-// about, by server.DeviceRollout.Observe, with its rollup deltas, in
+// about, by handsets.DeviceRollout.Observe, with its rollup deltas, in
 // the write x, and marks it enrolled_late when the device enrolled after
 // the rollout started (its results then count in the reports but not
 // toward health: see RolloutResults). It returns the record as moved, or
@@ -296,7 +296,7 @@ func sameReport(a, b reportRow) bool {
 // write lock long enough for check-ins to give up (busy_timeout).
 const defaultPruneBatch = 5000
 
-// DeleteReportsBefore implements server.DeviceStore. It deletes in
+// DeleteReportsBefore implements handsets.DeviceStore. It deletes in
 // batches, each committed on its own; on error it returns the number
 // deleted so far.
 func (s *DeviceStore) DeleteReportsBefore(ctx context.Context, t time.Time) (int64, error) {
@@ -314,7 +314,7 @@ func (s *DeviceStore) DeleteReportsBefore(ctx context.Context, t time.Time) (int
 	}
 }
 
-// PatchStates implements server.DeviceStore, ordered by patch id. An
+// PatchStates implements handsets.DeviceStore, ordered by patch id. An
 // unknown device has no states.
 func (s *DeviceStore) PatchStates(ctx context.Context, deviceID string) ([]handsets.PatchState, error) {
 	var rows []patchStateRow
@@ -328,7 +328,7 @@ func (s *DeviceStore) PatchStates(ctx context.Context, deviceID string) ([]hands
 	return out, nil
 }
 
-// Reports implements server.DeviceStore: by the handset's time, then by
+// Reports implements handsets.DeviceStore: by the handset's time, then by
 // arrival. An unknown device has no reports.
 func (s *DeviceStore) Reports(ctx context.Context, deviceID string) ([]handsets.Report, error) {
 	var rows []reportRow

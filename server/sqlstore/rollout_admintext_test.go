@@ -66,7 +66,7 @@ func testOperatorIDsRefused(t *testing.T, b backend) {
 
 	// Ids and a salt an operator chooses that are not identifiers, and
 	// the ids the server makes, still pass. The rollouts of one patch
-	// share the first one's salt (cohorts nest: server.PatchSalt).
+	// share the first one's salt (cohorts nest: rollout.PatchSalt).
 	const salt = "salt-cm-2026-001"
 	for _, id := range []string{"ro-privacy", "cm-2026-001-beta", "ro_1"} {
 		sp := spec(privacyTarget)

@@ -34,7 +34,7 @@ func TestRolloutService(t *testing.T) {
 	})
 }
 
-// fakeTargets is a server.TargetSource of fixed targets.
+// fakeTargets is a rollout.TargetSource of fixed targets.
 type fakeTargets []manifests.TargetInfo
 
 func (f fakeTargets) TargetsVersion() int64 { return 1 }

@@ -16,7 +16,7 @@ import (
 	"github.com/patchfleet/ota/server/rollout"
 )
 
-// RolloutStore keeps staged rollouts; it implements server.RolloutStore.
+// RolloutStore keeps staged rollouts; it implements rollout.RolloutStore.
 type RolloutStore struct{ db *DB }
 
 var _ rollout.RolloutStore = (*RolloutStore)(nil)
@@ -90,7 +90,7 @@ func (deviceRolloutRow) TableName() string { return "device_rollouts" }
 // renaming a Go field does not change what is stored, and durations
 // stored as text ("1h0m0s") read well in SQL. They are the storage's
 // encoding, never an answer's: the API writes a hold through
-// server.Hold's MarshalJSON and a rollout through server/api's Rollout.
+// rollout.Hold's MarshalJSON and a rollout through server/api's Rollout.
 // Kept apart, a change of the wire shape never rewrites stored rows,
 // and a stored row never needs what the wire leaves out (a hold's
 // empty model).
@@ -317,7 +317,7 @@ func (row *rolloutEventRow) event() (rollout.Event, error) {
 		FromPercent: row.FromPercent, ToPercent: row.ToPercent, Model: row.Model, Hold: hold, Detail: row.Detail}, nil
 }
 
-// CreateRollout implements server.RolloutStore.
+// CreateRollout implements rollout.RolloutStore.
 func (s *RolloutStore) CreateRollout(ctx context.Context, r *rollout.Rollout, maxOpen int, evs ...rollout.Event) error {
 	if len(evs) == 0 {
 		return fmt.Errorf("create rollout %s: no event: %w", r.ID, errs.ErrInvalid)
@@ -355,7 +355,7 @@ func (s *RolloutStore) CreateRollout(ctx context.Context, r *rollout.Rollout, ma
 	return nil
 }
 
-// checkOpenRollouts fails with server.ErrTooManyOpenRollouts when tx
+// checkOpenRollouts fails with rollout.ErrTooManyOpenRollouts when tx
 // sees more than maxOpen rollouts not finished (the one being created
 // among them); maxOpen 0 is no cap.
 func checkOpenRollouts(tx *gorm.DB, maxOpen int) error {
@@ -383,7 +383,7 @@ func rolloutAudit(evs []rollout.Event) []audit.AuditEntry {
 // check fails, so that it rolls back.
 var errStaleVersion = errors.New("stale version")
 
-// UpdateRollout implements server.RolloutStore. The version check is in
+// UpdateRollout implements rollout.RolloutStore. The version check is in
 // the UPDATE's WHERE: PostgreSQL re-checks it against the row it locked
 // once a concurrent update commits (READ COMMITTED), and SQLite has one
 // writer at a time, so of two saves over one version exactly one
@@ -439,7 +439,7 @@ WHERE id = ? AND version = ?`, row.Version, row.State, row.Target, row.PatchID, 
 	return nil
 }
 
-// Rollout implements server.RolloutStore.
+// Rollout implements rollout.RolloutStore.
 func (s *RolloutStore) Rollout(ctx context.Context, id string) (*rollout.Rollout, error) {
 	var row rolloutRow
 	err := s.db.gorm.WithContext(ctx).Where("id = ?", id).Take(&row).Error
@@ -452,7 +452,7 @@ func (s *RolloutStore) Rollout(ctx context.Context, id string) (*rollout.Rollout
 	return row.rollout()
 }
 
-// Rollouts implements server.RolloutStore.
+// Rollouts implements rollout.RolloutStore.
 func (s *RolloutStore) Rollouts(ctx context.Context, states ...rollout.RolloutState) ([]*rollout.Rollout, error) {
 	q := s.db.gorm.WithContext(ctx).Order("created_at, id")
 	if len(states) > 0 {
@@ -473,7 +473,7 @@ func (s *RolloutStore) Rollouts(ctx context.Context, states ...rollout.RolloutSt
 	return out, nil
 }
 
-// RolloutEvents implements server.RolloutStore. Events are numbered in
+// RolloutEvents implements rollout.RolloutStore. Events are numbered in
 // the order their transactions inserted them; the last limit are read
 // newest first through the (rollout_id, id) index and turned around.
 func (s *RolloutStore) RolloutEvents(ctx context.Context, rolloutID string, limit int) ([]rollout.Event, error) {
@@ -508,7 +508,7 @@ func (s *RolloutStore) RolloutEvents(ctx context.Context, rolloutID string, limi
 	return out, nil
 }
 
-// AuditEvents implements server.RolloutStore. Newest first is by id,
+// AuditEvents implements rollout.RolloutStore. Newest first is by id,
 // the order the transactions inserted the events: with a rollout id the
 // (rollout_id, id) index gives them in that order, without one the
 // primary key does, and the other filters are checked on the rows it
@@ -564,7 +564,7 @@ func (row *deviceRolloutRow) deviceRollout() *handsets.DeviceRollout {
 		ResultAt: readTime(row.ResultAt)}
 }
 
-// DeviceRollouts implements server.RolloutStore, through the device_id
+// DeviceRollouts implements rollout.RolloutStore, through the device_id
 // index, first offer first.
 func (s *RolloutStore) DeviceRollouts(ctx context.Context, deviceID string) ([]*handsets.DeviceRollout, error) {
 	var rows []deviceRolloutRow
@@ -587,7 +587,7 @@ ON CONFLICT (rollout_id, device_id) DO UPDATE SET model = excluded.model, starti
 	offered_at = excluded.offered_at, last_offered_at = excluded.last_offered_at, state = excluded.state,
 	attempts = excluded.attempts, last_failure_at = excluded.last_failure_at, result_at = excluded.result_at`
 
-// PutDeviceRollout implements server.RolloutStore.
+// PutDeviceRollout implements rollout.RolloutStore.
 func (s *RolloutStore) PutDeviceRollout(ctx context.Context, dr *handsets.DeviceRollout) error {
 	err := s.db.gorm.WithContext(ctx).Exec(putDeviceRolloutSQL, dr.RolloutID, dr.DeviceID, dr.Model, dr.StartingBuild,
 		dbTime(dr.OfferedAt), dbTime(dr.LastOfferedAt), dr.State, dr.Attempts, optionalTime(dr.LastFailureAt),
@@ -618,7 +618,7 @@ func rolloutResultsArgs(rolloutID string, since time.Time) []any {
 		handsets.StateInstalled, handsets.StateFailed, handsets.StateRolledBack}
 }
 
-// RolloutResults implements server.RolloutStore. A record retried after
+// RolloutResults implements rollout.RolloutStore. A record retried after
 // a failure keeps its result_at but is offered again (state offered),
 // so it counts again only once it reports a new result.
 func (s *RolloutStore) RolloutResults(ctx context.Context, rolloutID string, since time.Time) (map[string]rollout.Results, error) {
@@ -637,7 +637,7 @@ func (s *RolloutStore) RolloutResults(ctx context.Context, rolloutID string, sin
 	return out, nil
 }
 
-// ClaimOffer implements server.RolloutStore: one offer from this
+// ClaimOffer implements rollout.RolloutStore: one offer from this
 // replica's allowance, claimed from the shared budget in chunks
 // (offerBudget).
 func (s *RolloutStore) ClaimOffer(ctx context.Context, rolloutID string, minute time.Time, limit int) (bool, error) {
@@ -651,7 +651,7 @@ func (s *RolloutStore) ClaimOffer(ctx context.Context, rolloutID string, minute 
 	return ok, nil
 }
 
-// PruneOfferBudget implements server.RolloutStore.
+// PruneOfferBudget implements rollout.RolloutStore.
 func (s *RolloutStore) PruneOfferBudget(ctx context.Context, before time.Time) (int64, error) {
 	res := s.db.gorm.WithContext(ctx).Exec("DELETE FROM rollout_offer_budget WHERE minute < ?", dbTime(before))
 	if res.Error != nil {
@@ -660,7 +660,7 @@ func (s *RolloutStore) PruneOfferBudget(ctx context.Context, before time.Time) (
 	return res.RowsAffected, nil
 }
 
-// RecordOffer implements server.RolloutStore: one offer from this
+// RecordOffer implements rollout.RolloutStore: one offer from this
 // replica's allowance (offerBudget, before and outside the transaction:
 // a claim of a chunk from the shared budget is a write of its own), then
 // the record and its rollup deltas, atomically (one statement on

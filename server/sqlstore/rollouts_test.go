@@ -48,7 +48,7 @@ func mustRollouts(t testing.TB, b backend) (*DB, *DeviceStore, *RolloutStore) {
 	return db, devices, db.Rollouts()
 }
 
-// newDraft is a draft made by server.NewRollout, as the API makes one:
+// newDraft is a draft made by rollout.NewRollout, as the API makes one:
 // nil slices and maps, zero times.
 func newDraft(t testing.TB, id string) (*rollout.Rollout, rollout.Event) {
 	t.Helper()

@@ -204,7 +204,7 @@ func countResult(old, next *handsets.DeviceRollout, errorCode string, receivedAt
 	return b
 }
 
-// DeleteDailyRollupsBefore implements server.DeviceStore: whole days of
+// DeleteDailyRollupsBefore implements handsets.DeviceStore: whole days of
 // fleet_daily and fleet_daily_totals, through their primary keys (day
 // first), and of their logs.
 func (s *DeviceStore) DeleteDailyRollupsBefore(ctx context.Context, t time.Time) (int64, error) {

@@ -113,7 +113,7 @@ type concRun struct {
 	tally    resultTally
 	clock    atomic.Int64 // operations so far: the run's time
 	signed   atomic.Int64 // key enrollments so far: their signed timestamps
-	sent     sync.Map     // device id -> []server.Report acknowledged, under the device's lock
+	sent     sync.Map     // device id -> []handsets.Report acknowledged, under the device's lock
 	ops      sync.Map     // operation kind -> *atomic.Int64, for the log and to check none is vacuous
 	rollouts [2]*rollout.Rollout
 	// pause has the next fold paused after its table k (mod the tables

@@ -13,7 +13,7 @@ import (
 )
 
 // SessionStore keeps dashboard sessions; it implements
-// server.SessionStore.
+// identity.SessionStore.
 type SessionStore struct{ db *DB }
 
 var _ identity.SessionStore = (*SessionStore)(nil)
@@ -31,7 +31,7 @@ type sessionRow struct {
 
 func (sessionRow) TableName() string { return "sessions" }
 
-// CreateSession implements server.SessionStore. An unknown user is
+// CreateSession implements identity.SessionStore. An unknown user is
 // ErrNotFound.
 func (s *SessionStore) CreateSession(ctx context.Context, sess *identity.Session, hash string) error {
 	row := sessionRow{Hash: hash, UserID: sess.UserID, CSRFToken: sess.CSRFToken, CreatedAt: dbTime(sess.CreatedAt),
@@ -61,7 +61,7 @@ type sessionUserRow struct {
 	UCreatedAt time.Time
 }
 
-// SessionByHash implements server.SessionStore, reading the session and
+// SessionByHash implements identity.SessionStore, reading the session and
 // its user in one query: it runs on every dashboard request.
 func (s *SessionStore) SessionByHash(ctx context.Context, hash string) (*identity.Session, *identity.User, error) {
 	var rows []sessionUserRow
@@ -81,7 +81,7 @@ FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.hash = ?`, hash).Scan(&
 	return sess, u, nil
 }
 
-// TouchSession implements server.SessionStore.
+// TouchSession implements identity.SessionStore.
 func (s *SessionStore) TouchSession(ctx context.Context, hash string, at time.Time) error {
 	res := s.db.gorm.WithContext(ctx).Model(&sessionRow{}).Where("hash = ?", hash).Update("last_seen", dbTime(at))
 	if res.Error != nil {
@@ -93,7 +93,7 @@ func (s *SessionStore) TouchSession(ctx context.Context, hash string, at time.Ti
 	return nil
 }
 
-// DeleteSession implements server.SessionStore.
+// DeleteSession implements identity.SessionStore.
 func (s *SessionStore) DeleteSession(ctx context.Context, hash string) error {
 	res := s.db.gorm.WithContext(ctx).Exec("DELETE FROM sessions WHERE hash = ?", hash)
 	if res.Error != nil {
@@ -105,7 +105,7 @@ func (s *SessionStore) DeleteSession(ctx context.Context, hash string) error {
 	return nil
 }
 
-// DeleteSessionsBefore implements server.SessionStore.
+// DeleteSessionsBefore implements identity.SessionStore.
 func (s *SessionStore) DeleteSessionsBefore(ctx context.Context, lastSeen, created time.Time) (int64, error) {
 	res := s.db.gorm.WithContext(ctx).Exec("DELETE FROM sessions WHERE last_seen < ? OR created_at < ?",
 		dbTime(lastSeen), dbTime(created))

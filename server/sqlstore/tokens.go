@@ -12,7 +12,7 @@ import (
 	"github.com/patchfleet/ota/server/identity"
 )
 
-// TokenStore keeps the API tokens of users and service accounts; it implements server.TokenStore.
+// TokenStore keeps the API tokens of users and service accounts; it implements identity.TokenStore.
 type TokenStore struct{ db *DB }
 
 var _ identity.TokenStore = (*TokenStore)(nil)
@@ -54,7 +54,7 @@ func (r tokenRow) token() *identity.Token {
 	return t
 }
 
-// CreateToken implements server.TokenStore. An unknown user is
+// CreateToken implements identity.TokenStore. An unknown user is
 // ErrNotFound. A child token is written in a transaction that first
 // locks its parent's row, live (FOR UPDATE on PostgreSQL; SQLite's write
 // transaction excludes every other writer): a revocation of the parent
@@ -116,7 +116,7 @@ type tokenUserRow struct {
 	UCreatedAt time.Time
 }
 
-// TokenByHash implements server.TokenStore, reading the token and its
+// TokenByHash implements identity.TokenStore, reading the token and its
 // user in one query: it runs on every API request.
 func (s *TokenStore) TokenByHash(ctx context.Context, hash string) (*identity.Token, *identity.User, error) {
 	var rows []tokenUserRow
@@ -137,7 +137,7 @@ FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?`, hash
 	return t, u, nil
 }
 
-// ListTokens implements server.TokenStore.
+// ListTokens implements identity.TokenStore.
 func (s *TokenStore) ListTokens(ctx context.Context, userID string) ([]*identity.Token, error) {
 	q := s.db.gorm.WithContext(ctx).Order("created_at, id")
 	if userID != "" {
@@ -154,7 +154,7 @@ func (s *TokenStore) ListTokens(ctx context.Context, userID string) ([]*identity
 	return out, nil
 }
 
-// RevokeToken implements server.TokenStore: it revokes id, then the
+// RevokeToken implements identity.TokenStore: it revokes id, then the
 // tokens minted from it one generation at a time, each in a statement
 // of its own. Revoking a generation waits for any child being minted
 // from one of its tokens (CreateToken locks the parent) and, on

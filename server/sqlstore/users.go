@@ -13,7 +13,7 @@ import (
 )
 
 // UserStore keeps users and service accounts; it implements
-// server.UserStore.
+// identity.UserStore.
 type UserStore struct{ db *DB }
 
 var _ identity.UserStore = (*UserStore)(nil)
@@ -38,7 +38,7 @@ func (r *userRow) user() *identity.User {
 		CreatedAt: r.CreatedAt.UTC()}
 }
 
-// CreateUser implements server.UserStore.
+// CreateUser implements identity.UserStore.
 func (s *UserStore) CreateUser(ctx context.Context, u *identity.User, passwordHash string) error {
 	row := userRow{ID: u.ID, Name: u.Name, Role: u.Role, PasswordHash: passwordHash, Service: u.Service,
 		Disabled: u.Disabled, CreatedAt: dbTime(u.CreatedAt)}
@@ -52,7 +52,7 @@ func (s *UserStore) CreateUser(ctx context.Context, u *identity.User, passwordHa
 	return nil
 }
 
-// UserByName implements server.UserStore.
+// UserByName implements identity.UserStore.
 func (s *UserStore) UserByName(ctx context.Context, name string) (*identity.User, string, error) {
 	row, err := s.take(ctx, "name = ?", name)
 	if err != nil {
@@ -61,7 +61,7 @@ func (s *UserStore) UserByName(ctx context.Context, name string) (*identity.User
 	return row.user(), row.PasswordHash, nil
 }
 
-// UserByID implements server.UserStore.
+// UserByID implements identity.UserStore.
 func (s *UserStore) UserByID(ctx context.Context, id string) (*identity.User, error) {
 	row, err := s.take(ctx, "id = ?", id)
 	if err != nil {
@@ -82,7 +82,7 @@ func (s *UserStore) take(ctx context.Context, where string, arg string) (*userRo
 	return &row, nil
 }
 
-// ListUsers implements server.UserStore: people and service accounts,
+// ListUsers implements identity.UserStore: people and service accounts,
 // by name.
 func (s *UserStore) ListUsers(ctx context.Context) ([]*identity.User, error) {
 	var rows []userRow
@@ -96,12 +96,12 @@ func (s *UserStore) ListUsers(ctx context.Context) ([]*identity.User, error) {
 	return out, nil
 }
 
-// SetUserRole implements server.UserStore.
+// SetUserRole implements identity.UserStore.
 func (s *UserStore) SetUserRole(ctx context.Context, id, role string) error {
 	return updateUser(s.db.gorm.WithContext(ctx), id, "role", role)
 }
 
-// SetPassword implements server.UserStore: the new hash and the end of
+// SetPassword implements identity.UserStore: the new hash and the end of
 // the user's other sessions in one transaction.
 func (s *UserStore) SetPassword(ctx context.Context, id, passwordHash, keepSession string) error {
 	return s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
@@ -115,7 +115,7 @@ func (s *UserStore) SetPassword(ctx context.Context, id, passwordHash, keepSessi
 	})
 }
 
-// SetUserDisabled implements server.UserStore. Sessions are deleted and
+// SetUserDisabled implements identity.UserStore. Sessions are deleted and
 // live tokens revoked here, so that a re-enabled user logs in again and
 // mints new tokens rather than finding old ones alive (tokens also
 // check the user's flag on every request, which covers one minted while

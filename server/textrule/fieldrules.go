@@ -155,7 +155,7 @@ func ipv4InBuild(s string) bool {
 // chooses.
 const adminIDRule = "want 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
-// ServerRolloutID is the shape of a rollout id server.NewRolloutID made.
+// ServerRolloutID is the shape of a rollout id rollout.NewRolloutID made.
 var ServerRolloutID = regexp.MustCompile(`^ro-[0-9a-f]{12}$`)
 
 // ValidRolloutID reports whether id may stand in a metric label or a log

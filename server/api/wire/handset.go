@@ -41,7 +41,7 @@ type CheckInAnswer struct {
 	PollAfterSeconds int          `json:"poll_after_seconds"`
 	Offer            *OfferAnswer `json:"offer"`
 	// NoOffer, without an offer, says why when a rollout considered the
-	// handset: a code such as "not_in_cohort" (server.RefusalCode).
+	// handset: a code such as "not_in_cohort" (rollout.RefusalCode).
 	NoOffer string `json:"no_offer,omitempty"`
 }
 

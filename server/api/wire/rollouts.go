@@ -7,7 +7,7 @@ import (
 )
 
 // RolloutRequest is the body of POST /admin/rollouts. Omitted policy
-// fields take server.DefaultPolicy's values; durations are Go duration
+// fields take rollout.DefaultPolicy's values; durations are Go duration
 // strings ("6h", "90m").
 type RolloutRequest struct {
 	ID       string    `json:"id,omitempty"`
@@ -116,7 +116,7 @@ type RolloutPolicy struct {
 }
 
 // RolloutHold is a halt (no model) or a held model, with the numbers
-// that set it (zero for an operator's). It is server.Hold, whose
+// that set it (zero for an operator's). It is rollout.Hold, whose
 // MarshalJSON is the one shape a hold has in every answer: the rollout,
 // its events and its report.
 type RolloutHold = rollout.Hold
