@@ -300,7 +300,7 @@ type CheckInResult struct {
 	PollAfter time.Duration
 	Offer     *Offer
 	// Refusal, when no offer is made and a rollout considered the
-	// handset, is why (one of the ErrX refusals of rollout_policy.go).
+	// handset, is why (one of the ErrX refusals of server/rollout/decide.go).
 	Refusal error
 }
 
