@@ -38,6 +38,7 @@ type Client struct {
 	hc        *http.Client
 	userAgent string
 	now       func() time.Time
+	header    http.Header // extra headers of every request (WithHeader)
 }
 
 // Option configures a Client.
@@ -75,6 +76,19 @@ func New(base string, opts ...Option) (*Client, error) {
 func (c *Client) WithToken(token string) *Client {
 	cp := *c
 	cp.token = token
+	return &cp
+}
+
+// WithHeader returns a copy of c that sends the header name: value on
+// every request, sharing c's connections; WithReason is the one the API
+// defines.
+func (c *Client) WithHeader(name, value string) *Client {
+	cp := *c
+	cp.header = c.header.Clone()
+	if cp.header == nil {
+		cp.header = http.Header{}
+	}
+	cp.header.Set(name, value)
 	return &cp
 }
 
@@ -179,6 +193,9 @@ func (c *Client) NewRequest(ctx context.Context, method, path string, body io.Re
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return nil, err
+	}
+	for name, vs := range c.header {
+		req.Header[name] = append([]string(nil), vs...)
 	}
 	req.Header.Set("Accept", "application/json")
 	if c.userAgent != "" {

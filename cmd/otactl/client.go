@@ -1,39 +1,35 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/server/api"
-	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/client"
 )
 
 // apiTimeout bounds one admin API call (not uploads). Adding the last
 // signature publishes, which writes several files to storage.
 const apiTimeout = 2 * time.Minute
 
-// maxResponse bounds what otactl reads of an API answer.
-const maxResponse = 64 << 20
-
-// client calls otad's admin API.
-type client struct {
-	base  string // no trailing slash
-	token string
-	hc    *http.Client
+// conn is otactl's connection to otad's admin API: package client's
+// calls, and otactl's wording of what goes wrong (explain).
+type conn struct {
+	*client.Client // bounded by apiTimeout
+	// uploads has no timeout: a build of gigabytes takes what it takes.
+	uploads *client.Client
+	base    string
+	noToken bool // requests carry no token
 }
 
 // client returns an admin API client from --server/--token or the
 // environment, or an error that says what to set.
-func (c *cli) client(sf serverFlags) (*client, error) {
+func (c *cli) client(sf serverFlags) (*conn, error) {
 	server := sf.server
 	if server == "" {
 		server = c.getenv(envServer)
@@ -45,19 +41,25 @@ func (c *cli) client(sf serverFlags) (*client, error) {
 	if server == "" {
 		return nil, usageError{fmt.Errorf("no server: set %s or --server to otad's URL, e.g. http://127.0.0.1:8080", envServer)}
 	}
-	u, err := url.Parse(server)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, usageError{fmt.Errorf("server %q: want an http:// or https:// URL (set %s or --server)", server, envServer)}
-	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	// Uploads send "Expect: 100-continue" so that the server can say it
 	// already has the artifact before a byte of it is sent. A server that
 	// ignores the header gets the body after this delay.
 	t.ExpectContinueTimeout = 2 * time.Second
-	return &client{base: strings.TrimRight(server, "/"), token: token, hc: &http.Client{Transport: t}}, nil
+	opts := []client.Option{client.WithBearer(token), client.WithUserAgent("otactl")}
+	cl, err := client.New(server, append(opts, client.WithHTTPClient(&http.Client{Transport: t, Timeout: apiTimeout}))...)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("%w (set %s or --server)", err, envServer)}
+	}
+	up, err := client.New(server, append(opts, client.WithHTTPClient(&http.Client{Transport: t}))...)
+	if err != nil {
+		return nil, err
+	}
+	return &conn{Client: cl, uploads: up, base: cl.BaseURL(), noToken: token == ""}, nil
 }
 
-// apiError is an error answer of the admin API.
+// apiError is an error answer of the admin API, in otactl's words: what
+// the server said, and what to do about it.
 type apiError struct {
 	Status    int
 	Code      string
@@ -66,11 +68,24 @@ type apiError struct {
 	// Field names the request field a 400 is about.
 	Field   string
 	noToken bool // the request carried no token
+	err     *client.Error
 }
+
+func (e *apiError) Unwrap() error { return e.err }
 
 func (e *apiError) Error() string {
 	msg := e.Message
 	switch e.Code {
+	case "":
+		// Not otad's error body: a proxy's page, or not otad at all.
+		msg = fmt.Sprintf("the server answered %d %s to %s %s", e.Status, http.StatusText(e.Status), e.err.Method, e.err.Path)
+		if e.Message != "" {
+			msg += ": " + e.Message
+		}
+		if e.Status == http.StatusNotFound {
+			msg += " (is --server / " + envServer + " the otad base URL?)"
+		}
+		return msg
 	case "unauthorized":
 		if e.noToken {
 			return fmt.Sprintf("no admin token: set %s (or --token) to a token from \"otad token create\" (server said: %s)", envToken, msg)
@@ -96,105 +111,34 @@ func (e *apiError) Error() string {
 	return msg
 }
 
-// do sends one JSON request and decodes the JSON answer into out (if not
-// nil). in, if not nil, is the JSON body.
-func (cl *client) do(ctx context.Context, method, path string, in, out any) error {
-	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
-	defer cancel()
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := cl.newRequest(ctx, method, path, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	return cl.send(req, out)
-}
-
-func (cl *client) newRequest(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, method, cl.base+api.AdminPrefix+path, body)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "otactl")
-	if cl.token != "" {
-		req.Header.Set("Authorization", "Bearer "+cl.token)
-	}
-	return req, nil
-}
-
-// send sends req and decodes a 2xx JSON answer into out; anything else
-// becomes an error that says what happened.
-func (cl *client) send(req *http.Request, out any) error {
-	resp, err := cl.hc.Do(req)
-	if err != nil {
-		return cl.transportError(err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
-	if err != nil {
-		return fmt.Errorf("reading the answer of %s %s: %w", req.Method, req.URL.Path, err)
-	}
-	if len(data) > maxResponse {
-		return fmt.Errorf("the answer of %s %s is larger than %d bytes", req.Method, req.URL.Path, maxResponse)
-	}
-	if resp.StatusCode >= 300 {
-		return cl.errorFrom(resp, data)
-	}
-	if out == nil || resp.StatusCode == http.StatusNoContent {
+// explain puts an error of a client call in otactl's words: an error
+// answer becomes an *apiError, a network failure says which server it
+// could not reach.
+func (cn *conn) explain(err error) error {
+	if err == nil {
 		return nil
 	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("the answer of %s %s is not the JSON otactl expects (is --server otad?): %w", req.Method, req.URL.Path, err)
+	if e := client.AsError(err); e != nil {
+		return &apiError{Status: e.Status, Code: e.Code, Message: e.Message, RequestID: e.RequestID, Field: e.Field,
+			noToken: cn.noToken, err: e}
 	}
-	return nil
-}
-
-func (cl *client) errorFrom(resp *http.Response, data []byte) error {
-	var eb wire.ErrorBody
-	if json.Unmarshal(data, &eb) == nil && eb.Error.Code != "" {
-		return &apiError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message,
-			RequestID: resp.Header.Get("X-Request-Id"), Field: eb.Error.Field, noToken: cl.token == ""}
-	}
-	snippet := strings.TrimSpace(string(data))
-	if len(snippet) > 200 {
-		snippet = snippet[:200] + "..."
-	}
-	msg := fmt.Sprintf("the server answered %s to %s %s", resp.Status, resp.Request.Method, resp.Request.URL.Path)
-	if snippet != "" {
-		msg += ": " + snippet
-	}
-	if resp.StatusCode == http.StatusNotFound {
-		msg += " (is --server / " + envServer + " the otad base URL?)"
-	}
-	return errors.New(msg)
-}
-
-func (cl *client) transportError(err error) error {
+	var ba *client.BadAnswerError
+	var ue *url.Error
 	var ne net.Error
 	var oe *net.OpError
 	switch {
+	case errors.As(err, &ba):
+		return fmt.Errorf("the answer of %s %s is not the JSON otactl expects (is --server otad?): %w", ba.Method, ba.Path, ba.Err)
 	case errors.Is(err, context.Canceled):
-		return errors.New("interrupted")
+		return errInterrupted
+	case !errors.As(err, &ue):
+		// Not the transport's (a *client.ChangedError...): it already
+		// says what it is.
+		return err
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return fmt.Errorf("the server at %s did not answer in time: %w", cl.base, err)
+		return fmt.Errorf("the server at %s did not answer in time: %w", cn.base, err)
 	case errors.As(err, &oe):
-		return fmt.Errorf("cannot reach the server at %s: %w (check --server / %s)", cl.base, err, envServer)
+		return fmt.Errorf("cannot reach the server at %s: %w (check --server / %s)", cn.base, err, envServer)
 	}
-	return fmt.Errorf("request to %s failed: %w", cl.base, err)
-}
-
-// escapePath escapes a slash path for a URL the way Go's server decodes
-// it back without a RawPath, so that the server sees the path unchanged.
-func escapePath(p string) string {
-	return (&url.URL{Path: p}).EscapedPath()
+	return fmt.Errorf("request to %s failed: %w", cn.base, err)
 }

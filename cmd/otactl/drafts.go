@@ -2,38 +2,35 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api/wire"
 )
 
 // fetchDraft returns draft id, or the pending draft when id is "".
-func (cl *client) fetchDraft(ctx context.Context, id string) (*manifests.DraftView, error) {
-	var v manifests.DraftView
-	path := "/drafts/pending"
-	if id != "" {
-		path = "/drafts/" + url.PathEscape(id)
+func (cl *conn) fetchDraft(ctx context.Context, id string) (*manifests.DraftView, error) {
+	var v *manifests.DraftView
+	var err error
+	if id == "" {
+		v, err = cl.PendingDraft(ctx)
+	} else {
+		v, err = cl.Draft(ctx, id)
 	}
-	if err := cl.do(ctx, "GET", path, nil, &v); err != nil {
-		var ae *apiError
-		if errors.As(err, &ae) && ae.Code == "not_found" {
-			if id == "" {
-				return nil, fmt.Errorf("no draft is pending (otactl draft list shows recent ones)")
-			}
-			return nil, fmt.Errorf("no draft %s (otactl draft list shows recent ones)", id)
+	if client.HasCode(err, "not_found") {
+		if id == "" {
+			return nil, fmt.Errorf("no draft is pending (otactl draft list shows recent ones)")
 		}
-		return nil, err
+		return nil, fmt.Errorf("no draft %s (otactl draft list shows recent ones)", id)
 	}
-	return &v, nil
+	return v, cl.explain(err)
 }
 
 func (c *cli) releaseShow(args []string) error {
@@ -115,9 +112,9 @@ func (c *cli) draftList(args []string) error {
 	if err != nil {
 		return err
 	}
-	var list []manifests.DraftView
-	if err := cl.do(c.ctx, "GET", "/drafts", nil, &list); err != nil {
-		return err
+	list, err := cl.Drafts(c.ctx)
+	if err != nil {
+		return cl.explain(err)
 	}
 	if len(list) == 0 {
 		fmt.Fprintln(c.stdout, "no drafts")
@@ -156,12 +153,11 @@ func (c *cli) draftDiscard(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := cl.do(c.ctx, "DELETE", "/drafts/"+url.PathEscape(pos[0]), nil, nil); err != nil {
-		var ae *apiError
-		if errors.As(err, &ae) && ae.Code == "not_found" {
+	if err := cl.DiscardDraft(c.ctx, pos[0]); err != nil {
+		if client.HasCode(err, "not_found") {
 			return fmt.Errorf("no draft %s (otactl draft list shows recent ones)", pos[0])
 		}
-		return err
+		return cl.explain(err)
 	}
 	fmt.Fprintf(c.stdout, "discarded draft %s\n", pos[0])
 	return nil
@@ -183,11 +179,11 @@ func (c *cli) releaseYank(args []string) error {
 	if err != nil {
 		return err
 	}
-	var v manifests.DraftView
-	if err := cl.do(c.ctx, "POST", "/yanks", wire.YankRequest{Path: pos[0]}, &v); err != nil {
-		return err
+	v, err := cl.Yank(c.ctx, pos[0])
+	if err != nil {
+		return cl.explain(err)
 	}
-	c.printCreated(&v, "release sign "+v.ID)
+	c.printCreated(v, "release sign "+v.ID)
 	return nil
 }
 
@@ -290,21 +286,21 @@ func (c *cli) draftRoot(args []string, rotate bool) error {
 	if err != nil {
 		return err
 	}
-	var st manifests.Status
-	if err := cl.do(c.ctx, "GET", "/repo/status", nil, &st); err != nil {
-		return err
+	st, err := cl.RepoStatus(c.ctx)
+	if err != nil {
+		return cl.explain(err)
 	}
-	hasRoot := roleVersion(&st, metadata.ROOT) > 0
+	hasRoot := roleVersion(st, metadata.ROOT) > 0
 	switch {
 	case rotate && !hasRoot:
 		return fmt.Errorf("the repository has no root yet: run otactl repo init for the first one")
 	case !rotate && hasRoot:
 		return fmt.Errorf("the repository is already initialized: use otactl root rotate to change keys")
 	}
-	var v manifests.DraftView
-	if err := cl.do(c.ctx, "POST", "/repo/root-drafts", req, &v); err != nil {
-		return err
+	v, err := cl.CreateRootDraft(c.ctx, *req)
+	if err != nil {
+		return cl.explain(err)
 	}
-	c.printCreated(&v, "repo sign --draft "+v.ID)
+	c.printCreated(v, "repo sign --draft "+v.ID)
 	return nil
 }

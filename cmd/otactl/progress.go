@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"hash"
 	"io"
 	"sync"
 	"time"
@@ -14,7 +13,7 @@ import (
 //
 // The HTTP transport reads the body on its own goroutine, possibly even
 // after the response has arrived, so every field sits behind mu and
-// finish stops all further output.
+// finish stops all further output. It is client.Upload's Progress.
 type progress struct {
 	mu       sync.Mutex
 	w        io.Writer
@@ -27,37 +26,20 @@ type progress struct {
 	last     time.Time // last terminal update
 	reported int64     // tenths reported so far when not a terminal
 	finished bool
-	sum      hash.Hash // sha256 of the bytes sent, to catch a file changing under the upload
 }
 
-func newProgress(w io.Writer, name string, total int64, tty bool, sum hash.Hash) *progress {
-	return &progress{w: w, name: name, total: total, tty: tty, now: time.Now, start: time.Now(), sum: sum}
+func newProgress(w io.Writer, name string, total int64, tty bool) *progress {
+	return &progress{w: w, name: name, total: total, tty: tty, now: time.Now, start: time.Now()}
 }
 
-// reader wraps r so that reading from it advances the display.
-func (p *progress) reader(r io.Reader) io.Reader { return &progressReader{r: r, p: p} }
-
-type progressReader struct {
-	r io.Reader
-	p *progress
-}
-
-func (pr *progressReader) Read(b []byte) (int, error) {
-	n, err := pr.r.Read(b)
-	if n > 0 {
-		pr.p.add(b[:n])
-	}
-	return n, err
-}
-
-func (p *progress) add(b []byte) {
+// set advances the display to sent bytes.
+func (p *progress) set(sent int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.finished {
 		return
 	}
-	p.sum.Write(b)
-	p.done += int64(len(b))
+	p.done = sent
 	now := p.now()
 	if p.tty {
 		if now.Sub(p.last) >= 100*time.Millisecond || p.done == p.total {
@@ -85,19 +67,14 @@ func (p *progress) line(now time.Time) string {
 	return fmt.Sprintf("uploading %s: %s of %s (%d%%), %s", p.name, humanBytes(p.done), humanBytes(p.total), pct, rate)
 }
 
-// finish ends the display and returns how many bytes were sent and
-// their sha256 (nil unless the whole body was sent).
-func (p *progress) finish() (int64, []byte) {
+// finish ends the display.
+func (p *progress) finish() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.finished && p.tty && p.done > 0 {
 		fmt.Fprintln(p.w)
 	}
 	p.finished = true
-	if p.done != p.total {
-		return p.done, nil
-	}
-	return p.done, p.sum.Sum(nil)
 }
 
 // humanBytes is "512 B", "3.0 MiB".

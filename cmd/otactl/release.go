@@ -7,12 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strings"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api/wire"
 )
@@ -90,15 +90,15 @@ func (c *cli) releaseCreate(args []string) error {
 
 	// Uploading gigabytes only to hear that a draft is pending, or that
 	// there is no repository yet, wastes the engineer's time: ask first.
-	var st manifests.Status
-	if err := cl.do(c.ctx, "GET", "/repo/status", nil, &st); err != nil {
-		return err
+	st, err := cl.RepoStatus(c.ctx)
+	if err != nil {
+		return cl.explain(err)
 	}
 	if p := st.Pending; p != nil {
 		return fmt.Errorf("draft %s (%s, by %s) is pending and only one draft may be: sign it (otactl release sign %s) or discard it (otactl draft discard %s) first",
 			p.ID, p.Kind, p.CreatedBy, p.ID, p.ID)
 	}
-	if roleVersion(&st, metadata.TARGETS) == 0 {
+	if roleVersion(st, metadata.TARGETS) == 0 {
 		return errors.New("the repository has no targets yet: run the ceremony first (otactl repo init, then otactl repo sign)")
 	}
 
@@ -125,51 +125,33 @@ func (c *cli) releaseCreate(args []string) error {
 		fmt.Fprintf(c.stdout, "uploaded %s (%d bytes, sha256 %s)\n", name, size, sum)
 	}
 
-	var v manifests.DraftView
-	req := wire.ReleaseRequest{Path: name, Length: size, SHA256: sum, Custom: custom}
-	if err := cl.do(c.ctx, "POST", "/releases", req, &v); err != nil {
-		return err
+	v, err := cl.CreateRelease(c.ctx, wire.ReleaseRequest{Path: name, Length: size, SHA256: sum, Custom: custom})
+	if err != nil {
+		return cl.explain(err)
 	}
-	c.printCreated(&v, "release sign "+v.ID)
+	c.printCreated(v, "release sign "+v.ID)
 	return nil
 }
 
-// upload streams the build to the server. "Expect: 100-continue" with a
-// Content-Length lets the server answer "already stored" before the body
-// is sent; the body is read from the file as it goes, never held in
-// memory, and hashed again on the way to catch a file that changes.
-func (c *cli) upload(cl *client, f *os.File, file, name string, size int64, sum string) (*wire.Artifact, error) {
-	prog := newProgress(c.stderr, name, size, c.isTerminal(c.stderr), sha256.New())
-	var body io.Reader = http.NoBody
-	if size > 0 {
-		body = prog.reader(io.NewSectionReader(f, 0, size))
+// upload streams the build to the server (client.UploadArtifact): the
+// body is read from the file as it goes, never held in memory, and
+// hashed again on the way to catch a file that changes.
+func (c *cli) upload(cl *conn, f *os.File, file, name string, size int64, sum string) (*wire.Artifact, error) {
+	prog := newProgress(c.stderr, name, size, c.isTerminal(c.stderr))
+	art, err := cl.uploads.UploadArtifact(c.ctx, client.Upload{Path: name, Body: io.NewSectionReader(f, 0, size),
+		Length: size, SHA256: sum, Progress: prog.set})
+	prog.finish()
+	if ce := (*client.ChangedError)(nil); errors.As(err, &ce) {
+		return nil, fmt.Errorf("%s changed while it was uploaded (sha256 %s before, %s sent); nothing was released, upload again once the file is final",
+			file, ce.Declared, ce.Sent)
 	}
-	req, err := cl.newRequest(c.ctx, "PUT", "/artifacts/"+escapePath(name), body)
-	if err != nil {
-		return nil, err
-	}
-	req.ContentLength = size
-	req.Header.Set("Content-Type", "application/octet-stream")
-	req.Header.Set("Expect", "100-continue")
-	req.Header.Set(wire.HeaderContentSHA256, sum)
-	var art wire.Artifact
-	err = cl.send(req, &art)
-	sent, sentSum := prog.finish()
-	if sentSum != nil && hex.EncodeToString(sentSum) != sum {
-		return nil, fmt.Errorf("%s changed while it was uploaded (sha256 %s before, %x sent); nothing was released, upload again once the file is final",
-			file, sum, sentSum)
+	if client.HasCode(err, "body_too_large") {
+		return nil, fmt.Errorf("the server refuses %s: %s (raise otad's --max-artifact-size)", file, client.AsError(err).Message)
 	}
 	if err != nil {
-		var ae *apiError
-		if errors.As(err, &ae) && ae.Code == "body_too_large" {
-			return nil, fmt.Errorf("the server refuses %s: %s (raise otad's --max-artifact-size)", file, ae.Message)
-		}
-		return nil, fmt.Errorf("upload %s: %w", file, err)
+		return nil, fmt.Errorf("upload %s: %w", file, cl.explain(err))
 	}
-	if !art.Existed && sent != size {
-		return nil, fmt.Errorf("upload %s: the server answered after %d of %d bytes without saying it had the artifact; upload again", file, sent, size)
-	}
-	return &art, nil
+	return art, nil
 }
 
 // roleVersion is the published version of role, 0 if none.

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/url"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // rolloutCommands are the subcommands of "otactl rollout".
@@ -98,9 +100,6 @@ func (l *durationListFlag) Set(v string) error {
 	}
 	return nil
 }
-
-// rolloutPath is the API path of rollout id, plus rest.
-func rolloutPath(id, rest string) string { return "/rollouts/" + url.PathEscape(id) + rest }
 
 func (c *cli) rolloutCreate(args []string) error {
 	var sf serverFlags
@@ -193,22 +192,19 @@ func (c *cli) rolloutCreate(args []string) error {
 	if err != nil {
 		return err
 	}
-	var raw json.RawMessage
-	if err := cl.do(c.ctx, "POST", "/rollouts", req, &raw); err != nil {
-		return rolloutCreateError(err)
+	ch, err := cl.CreateRollout(c.ctx, req)
+	if err != nil {
+		return rolloutCreateError(cl.explain(err))
 	}
-	if a, ok := pendingApproval(raw); ok {
+	if a := ch.Pending; a != nil {
 		// Created as a draft; its start waits for four eyes.
 		fmt.Fprintf(c.stdout, "created rollout %s as a draft\n", esc(a.RolloutID))
 		printPending(c.stdout, a)
 		return nil
 	}
-	var r wire.Rollout
-	if err := json.Unmarshal(raw, &r); err != nil {
-		return fmt.Errorf("the answer is not a rollout: %w", err)
-	}
-	fmt.Fprintf(c.stdout, "created rollout %s: %s\n", esc(r.ID), stageLine(&r))
-	printRollout(c.stdout, &r, time.Now())
+	r := ch.Rollout
+	fmt.Fprintf(c.stdout, "created rollout %s: %s\n", esc(r.ID), stageLine(r))
+	printRollout(c.stdout, r, time.Now())
 	return nil
 }
 
@@ -282,21 +278,16 @@ func (c *cli) rolloutList(args []string) error {
 	if err != nil {
 		return err
 	}
-	q := url.Values{}
+	var want []rollout.RolloutState
 	for _, s := range states {
-		q.Add("state", s)
+		want = append(want, rollout.RolloutState(s))
 	}
-	path := "/rollouts"
-	if len(q) > 0 {
-		path += "?" + q.Encode()
-	}
-	var list []wire.Rollout
-	if err := cl.do(c.ctx, "GET", path, nil, &list); err != nil {
-		var ae *apiError
-		if errors.As(err, &ae) && ae.Code == "invalid" {
+	list, err := cl.Rollouts(c.ctx, want...)
+	if err != nil {
+		if client.HasCode(err, "invalid") {
 			return usageError{fmt.Errorf("--state: want draft, running, paused, completed or aborted")}
 		}
-		return err
+		return cl.explain(err)
 	}
 	if len(list) == 0 {
 		fmt.Fprintln(c.stdout, "no rollouts")
@@ -310,7 +301,7 @@ func (c *cli) rolloutList(args []string) error {
 }
 
 // rolloutArg parses the flags of a command on one rollout ID.
-func (c *cli) rolloutArg(fs *flag.FlagSet, sf *serverFlags, args []string) (*client, string, error) {
+func (c *cli) rolloutArg(fs *flag.FlagSet, sf *serverFlags, args []string) (*conn, string, error) {
 	sf.register(fs)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -337,19 +328,19 @@ func (c *cli) rolloutShow(args []string) error {
 	if err != nil {
 		return err
 	}
-	var raw json.RawMessage
-	if err := cl.do(c.ctx, "GET", rolloutPath(id, ""), nil, &raw); err != nil {
-		return rolloutAPIError(err)
+	r, err := cl.Rollout(c.ctx, id)
+	if err != nil {
+		return rolloutAPIError(cl.explain(err))
 	}
 	if asJSON {
+		raw, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
 		fmt.Fprintf(c.stdout, "%s\n", raw)
 		return nil
 	}
-	var r wire.Rollout
-	if err := json.Unmarshal(raw, &r); err != nil {
-		return fmt.Errorf("the answer is not a rollout: %w", err)
-	}
-	printRollout(c.stdout, &r, time.Now())
+	printRollout(c.stdout, r, time.Now())
 	return nil
 }
 
@@ -367,7 +358,7 @@ func actionCommand(action, description string) func(*cli, []string) error {
 		if strings.TrimSpace(reason) == "" {
 			return usageError{fmt.Errorf("rollout %s needs --reason TEXT: every change to a rollout is logged with its reason", action)}
 		}
-		return c.rolloutChange(cl, id, action, "/"+action, wire.RolloutActionRequest{Reason: reason})
+		return c.rolloutChange(cl, id, action, func() (*client.Change, error) { return cl.RolloutAction(c.ctx, id, action, reason) })
 	}
 }
 
@@ -390,7 +381,7 @@ func (c *cli) rolloutAdvance(args []string) error {
 	if percent.set && (percent.value <= 0 || percent.value > 100) {
 		return usageError{fmt.Errorf("--percent %s: want above 0 and at most 100", percent.String())}
 	}
-	return c.rolloutChange(cl, id, "advance", "/advance", wire.RolloutAdvanceRequest{Reason: reason, Percent: percent.value})
+	return c.rolloutChange(cl, id, "advance", func() (*client.Change, error) { return cl.AdvanceRollout(c.ctx, id, reason, percent.value) })
 }
 
 func (c *cli) rolloutHold(args []string) error {
@@ -407,7 +398,7 @@ func (c *cli) rolloutHold(args []string) error {
 	if model == "" || strings.TrimSpace(reason) == "" {
 		return usageError{errors.New("rollout hold needs --model M and --reason TEXT")}
 	}
-	return c.rolloutChange(cl, id, "hold", "/holds", wire.RolloutHoldRequest{Model: model, Reason: reason})
+	return c.rolloutChange(cl, id, "hold", func() (*client.Change, error) { return changed(cl.HoldModel(c.ctx, id, model, reason)) })
 }
 
 func (c *cli) rolloutReleaseHold(args []string) error {
@@ -425,36 +416,38 @@ func (c *cli) rolloutReleaseHold(args []string) error {
 	if model == "" || strings.TrimSpace(reason) == "" {
 		return usageError{errors.New("rollout release-hold needs --model M and --reason TEXT")}
 	}
-	return c.rolloutChange(cl, id, "release-hold", "/holds/"+url.PathEscape(model)+"/release",
-		wire.RolloutActionRequest{Reason: reason})
+	return c.rolloutChange(cl, id, "release-hold", func() (*client.Change, error) { return changed(cl.ReleaseHold(c.ctx, id, model, reason)) })
 }
 
-// rolloutChange posts an action and prints the rollout after it; a
+// changed is a change that never waits for approval as a client.Change.
+func changed(r *wire.Rollout, err error) (*client.Change, error) {
+	if err != nil {
+		return nil, err
+	}
+	return &client.Change{Rollout: r}, nil
+}
+
+// rolloutChange sends an action and prints the rollout after it; a
 // refusal says what to do next, from the rollout's state.
-func (c *cli) rolloutChange(cl *client, id, action, path string, body any) error {
-	var raw json.RawMessage
-	err := cl.do(c.ctx, "POST", rolloutPath(id, path), body, &raw)
+func (c *cli) rolloutChange(cl *conn, id, action string, send func() (*client.Change, error)) error {
+	ch, err := send()
 	if err == nil {
-		if a, ok := pendingApproval(raw); ok {
-			printPending(c.stdout, a)
+		if ch.Pending != nil {
+			printPending(c.stdout, ch.Pending)
 			return nil
 		}
-		var r wire.Rollout
-		if err := json.Unmarshal(raw, &r); err != nil {
-			return fmt.Errorf("the answer is not a rollout: %w", err)
-		}
-		fmt.Fprintf(c.stdout, "rollout %s: %s\n", esc(r.ID), stageLine(&r))
+		fmt.Fprintf(c.stdout, "rollout %s: %s\n", esc(ch.Rollout.ID), stageLine(ch.Rollout))
 		return nil
 	}
+	err = cl.explain(err)
 	var ae *apiError
 	if !errors.As(err, &ae) {
 		return err
 	}
 	switch ae.Code {
 	case "conflict":
-		var cur wire.Rollout
-		if cl.do(c.ctx, "GET", rolloutPath(id, ""), nil, &cur) == nil {
-			if hint := conflictHint(action, &cur, ae.Message); hint != "" {
+		if cur, err := cl.Rollout(c.ctx, id); err == nil {
+			if hint := conflictHint(action, cur, ae.Message); hint != "" {
 				return errors.New(hint)
 			}
 		}
@@ -483,9 +476,9 @@ func (c *cli) rolloutEvents(args []string) error {
 	if limit < 1 || limit > 1000 {
 		return usageError{fmt.Errorf("--limit %d: want 1 to 1000", limit)}
 	}
-	var evs []wire.RolloutEvent
-	if err := cl.do(c.ctx, "GET", rolloutPath(id, "/events?limit="+strconv.Itoa(limit)), nil, &evs); err != nil {
-		return rolloutAPIError(err)
+	evs, err := cl.RolloutEvents(c.ctx, id, limit)
+	if err != nil {
+		return rolloutAPIError(cl.explain(err))
 	}
 	printEvents(c.stdout, evs, false)
 	return nil
@@ -511,35 +504,33 @@ func (c *cli) rolloutAudit(args []string) error {
 	if err := wantArgs(fs, pos, 0, 0, ""); err != nil {
 		return err
 	}
-	q := url.Values{"limit": {strconv.Itoa(limit)}}
 	// The audit log records rollout changes as "rollout.ACTION" on the
 	// rollout's id.
-	q.Set("action", "rollout.")
+	q := client.AuditQuery{Limit: limit, Action: "rollout.", Object: rollout, Actor: actor}
 	if action != "" {
-		q.Set("action", "rollout."+strings.ReplaceAll(action, "-", "_"))
-	}
-	for k, v := range map[string]string{"object": rollout, "actor": actor} {
-		if v != "" {
-			q.Set(k, v)
-		}
+		q.Action = "rollout." + strings.ReplaceAll(action, "-", "_")
 	}
 	now := time.Now()
-	for k, v := range map[string]string{"since": since, "until": until} {
-		if v == "" {
+	for _, w := range []struct {
+		flag, v string
+		dst     *time.Time
+	}{{"since", since, &q.Since}, {"until", until, &q.Until}} {
+		if w.v == "" {
 			continue
 		}
-		t, err := parseWhen(v, now)
+		t, err := parseWhen(w.v, now)
 		if err != nil {
-			return usageError{fmt.Errorf("--%s %w", k, err)}
+			return usageError{fmt.Errorf("--%s %w", w.flag, err)}
 		}
-		q.Set(k, t.UTC().Format(time.RFC3339))
+		*w.dst = t
 	}
 	cl, err := c.client(sf)
 	if err != nil {
 		return err
 	}
-	var es []wire.AuditEntry
-	if err := cl.do(c.ctx, "GET", "/audit?"+q.Encode(), nil, &es); err != nil {
+	es, err := cl.Audit(c.ctx, q)
+	if err != nil {
+		err = cl.explain(err)
 		var ae *apiError
 		if errors.As(err, &ae) && ae.Code == "invalid" && ae.Field != "" {
 			return usageError{fmt.Errorf("--%s: %s", ae.Field, fieldMessage(ae))}
@@ -579,16 +570,6 @@ func rolloutEventsOf(es []wire.AuditEntry) []wire.RolloutEvent {
 	return out
 }
 
-// pendingApproval reads a 202 answer: a widening waiting for a second
-// person.
-func pendingApproval(raw json.RawMessage) (*wire.Approval, bool) {
-	var a wire.Approval
-	if json.Unmarshal(raw, &a) != nil || a.State != "pending" || a.RequestedBy == "" {
-		return nil, false
-	}
-	return &a, true
-}
-
 func printPending(w io.Writer, a *wire.Approval) {
 	fmt.Fprintf(w, "rollout %s: %s to %s%% waits for a second person's approval (%s): nothing changed yet.\n",
 		esc(a.RolloutID), esc(a.Action), fmtPercent(a.ToPercent), esc(a.ID))
@@ -606,9 +587,9 @@ func (c *cli) rolloutApprovals(args []string) error {
 	if err != nil {
 		return err
 	}
-	var as []wire.Approval
-	if err := cl.do(c.ctx, "GET", rolloutPath(id, "/approvals"), nil, &as); err != nil {
-		return rolloutAPIError(err)
+	as, err := cl.Approvals(c.ctx, id)
+	if err != nil {
+		return rolloutAPIError(cl.explain(err))
 	}
 	if len(as) == 0 {
 		fmt.Fprintln(c.stdout, "no approvals")
@@ -647,10 +628,13 @@ func decisionCommand(verdict, description string) func(*cli, []string) error {
 		if err != nil {
 			return err
 		}
-		var d wire.ApprovalDecision
-		path := rolloutPath(pos[0], "/approvals/"+url.PathEscape(pos[1])+"/"+verdict)
-		if err := cl.do(c.ctx, "POST", path, wire.RolloutActionRequest{Reason: reason}, &d); err != nil {
-			return rolloutAPIError(err)
+		decide := cl.Approve
+		if verdict == "reject" {
+			decide = cl.Reject
+		}
+		d, err := decide(c.ctx, pos[0], pos[1], reason)
+		if err != nil {
+			return rolloutAPIError(cl.explain(err))
 		}
 		if d.Rollout != nil {
 			fmt.Fprintf(c.stdout, "approved %s: rollout %s: %s\n", esc(d.Approval.ID), esc(d.Rollout.ID), stageLine(d.Rollout))
@@ -719,18 +703,17 @@ func (c *cli) rolloutWatch(args []string) error {
 
 // watchFrame fetches the rollout and its report and renders them; done
 // is true once the rollout has ended.
-func (c *cli) watchFrame(cl *client, id string) (string, bool, error) {
-	var r wire.Rollout
-	if err := cl.do(c.ctx, "GET", rolloutPath(id, ""), nil, &r); err != nil {
-		return "", false, rolloutAPIError(err)
+func (c *cli) watchFrame(cl *conn, id string) (string, bool, error) {
+	r, err := cl.Rollout(c.ctx, id)
+	if err != nil {
+		return "", false, rolloutAPIError(cl.explain(err))
 	}
 	var rep *rolloutReport
 	var repErr error
-	var got rolloutReport
-	if err := cl.do(c.ctx, "GET", rolloutPath(id, "/report"), nil, &got); err == nil {
-		rep = &got
-	} else if ae := (*apiError)(nil); !errors.As(err, &ae) || ae.Status != 404 {
-		repErr = err
+	if got, err := cl.RolloutReport(c.ctx, id); err == nil {
+		rep = reportView(got)
+	} else if e := client.AsError(err); e == nil || e.Status != http.StatusNotFound {
+		repErr = cl.explain(err)
 	}
-	return renderWatch(&r, rep, repErr), r.State == "completed" || r.State == "aborted", nil
+	return renderWatch(r, rep, repErr), r.State == "completed" || r.State == "aborted", nil
 }

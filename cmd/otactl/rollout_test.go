@@ -43,8 +43,8 @@ func watchRollout() *wire.Rollout {
 // and the later stages are empty whatever the counts.
 func TestRenderWatch(t *testing.T) {
 	rep := &rolloutReport{Eligible: 900, Target: 100, Offered: 130, Pending: 10, Downloading: 5, Installed: 100, Failed: 15,
-		RolledBack: 1, ByModel: []reportModel{{Model: "PX-7", Offered: 70, Installed: 52, Failed: 3, Held: []byte("false")},
-			{Model: "PX-8", Offered: 60, Installed: 48, Failed: 12, Held: []byte("true")}},
+		RolledBack: 1, ByModel: []reportModel{{Model: "PX-7", Offered: 70, Installed: 52, Failed: 3, Held: false},
+			{Model: "PX-8", Offered: 60, Installed: 48, Failed: 12, Held: true}},
 		FailureCodes: []failureCount{{"E_VERIFY", 3}, {"E_DISK_FULL", 12}}}
 	rep.OfferToInstall.P50, rep.OfferToInstall.P95, rep.OfferToInstall.Count = 200, 3600, 100
 	full, empty := "["+strings.Repeat("#", barWidth)+"]", "["+strings.Repeat("-", barWidth)+"]"

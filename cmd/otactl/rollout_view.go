@@ -2,7 +2,6 @@ package main
 
 import (
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/internal/termtext"
+	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
 )
@@ -246,44 +246,61 @@ func conflictHint(action string, r *wire.Rollout, msg string) string {
 	return ""
 }
 
-// rolloutReport is what watch reads of GET /admin/rollouts/{id}/report.
+// rolloutReport is what watch shows of a rollout's report
+// (server.RolloutReport, reportView).
 type rolloutReport struct {
 	// Eligible is the selected handsets not yet on the release;
 	// Target those expected in the current stage.
-	Eligible       int64          `json:"eligible"`
-	Target         int64          `json:"target"`
-	Offered        int64          `json:"offered"`
-	Pending        int64          `json:"pending"`
-	Downloading    int64          `json:"downloading"`
-	Installed      int64          `json:"installed"`
-	Failed         int64          `json:"failed"`
-	RolledBack     int64          `json:"rolled_back"`
-	ByModel        []reportModel  `json:"by_model"`
-	FailureCodes   []failureCount `json:"failure_codes"`
+	Eligible       int64
+	Target         int64
+	Offered        int64
+	Pending        int64
+	Downloading    int64
+	Installed      int64
+	Failed         int64
+	RolledBack     int64
+	ByModel        []reportModel
+	FailureCodes   []failureCount
 	OfferToInstall struct {
-		P50   float64 `json:"p50"`
-		P95   float64 `json:"p95"`
-		Count int64   `json:"count"`
-	} `json:"offer_to_install_seconds"`
+		P50   float64
+		P95   float64
+		Count int64
+	}
 }
 
 type reportModel struct {
-	Model     string `json:"model"`
-	Offered   int64  `json:"offered"`
-	Installed int64  `json:"installed"`
-	Failed    int64  `json:"failed"`
-	// Held is true, or the hold, when the model is held.
-	Held json.RawMessage `json:"held"`
+	Model     string
+	Offered   int64
+	Installed int64
+	Failed    int64
+	Held      bool
 }
 
 type failureCount struct {
-	ErrorCode string `json:"error_code"`
-	Count     int64  `json:"count"`
+	ErrorCode string
+	Count     int64
 }
 
-func held(raw json.RawMessage) bool {
-	s := strings.TrimSpace(string(raw))
-	return s != "" && s != "null" && s != "false"
+// reportView is the part of rep that watch shows.
+func reportView(rep *server.RolloutReport) *rolloutReport {
+	c := rep.CohortCounts
+	v := &rolloutReport{Eligible: c.Eligible, Target: c.Target, Offered: c.Offered, Pending: c.Pending,
+		Downloading: c.Downloading, Installed: c.Installed, Failed: c.Failed, RolledBack: c.RolledBack}
+	for _, m := range rep.ByModel {
+		v.ByModel = append(v.ByModel, reportModel{Model: m.Model, Offered: m.Offered, Installed: m.Installed, Failed: m.Failed, Held: m.Held})
+	}
+	for _, f := range rep.FailureCodes {
+		v.FailureCodes = append(v.FailureCodes, failureCount{ErrorCode: f.ErrorCode, Count: f.Count})
+	}
+	t := rep.OfferToInstall
+	v.OfferToInstall.Count = t.Count
+	if t.P50 != nil {
+		v.OfferToInstall.P50 = *t.P50
+	}
+	if t.P95 != nil {
+		v.OfferToInstall.P95 = *t.P95
+	}
+	return v
 }
 
 // barWidth is the width of a stage's progress bar.
@@ -363,7 +380,7 @@ func renderWatch(r *wire.Rollout, rep *rolloutReport, repErr error) string {
 			}
 			for _, m := range rep.ByModel {
 				line := fmt.Sprintf("  %-*s  offered %d  installed %d  failed %d", width, esc(m.Model), m.Offered, m.Installed, m.Failed)
-				if held(m.Held) {
+				if m.Held {
 					line += "  HELD"
 				}
 				b.WriteString(line + "\n")

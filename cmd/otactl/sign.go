@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -95,9 +94,9 @@ func (c *cli) signDraft(sf serverFlags, keyFile, id string, yes bool) error {
 	if err != nil {
 		return err
 	}
-	var st manifests.Status
-	if err := cl.do(c.ctx, "GET", "/repo/status", nil, &st); err != nil {
-		return err
+	st, err := cl.RepoStatus(c.ctx)
+	if err != nil {
+		return cl.explain(err)
 	}
 
 	out := c.stdout
@@ -111,7 +110,7 @@ func (c *cli) signDraft(sf serverFlags, keyFile, id string, yes bool) error {
 	var delta targetsDelta
 	if d.targets != nil {
 		delta = compareTargets(d.targets, st.Targets)
-		printTargets(out, d.targets, &st, delta, now)
+		printTargets(out, d.targets, st, delta, now)
 	}
 	printChanges(out, v.Changes)
 	if d.targets != nil {
@@ -156,9 +155,9 @@ func (c *cli) signDraft(sf serverFlags, keyFile, id string, yes bool) error {
 		// key), whatever id go-tuf derived for the signer.
 		upload.Signatures = append(upload.Signatures, wire.UploadSignature{Part: p, KeyID: keyID, Sig: hex.EncodeToString(sig.Signature)})
 	}
-	var after manifests.DraftView
-	if err := cl.do(c.ctx, "POST", "/drafts/"+url.PathEscape(v.ID)+"/signatures", upload, &after); err != nil {
-		return fmt.Errorf("upload signatures: %w", err)
+	after, err := cl.AddSignatures(c.ctx, v.ID, upload)
+	if err != nil {
+		return fmt.Errorf("upload signatures: %w", cl.explain(err))
 	}
 	fmt.Fprintf(out, "uploaded %d signature(s) by key %s\n", len(upload.Signatures), short(keyID))
 	tally := after.Thresholds

@@ -28,11 +28,11 @@ func (c *cli) status(args []string) error {
 	if err != nil {
 		return err
 	}
-	var st manifests.Status
-	if err := cl.do(c.ctx, "GET", "/repo/status", nil, &st); err != nil {
-		return err
+	st, err := cl.RepoStatus(c.ctx)
+	if err != nil {
+		return cl.explain(err)
 	}
-	printStatus(c.stdout, &st, time.Now())
+	printStatus(c.stdout, st, time.Now())
 	return nil
 }
 

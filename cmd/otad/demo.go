@@ -17,9 +17,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/envflag"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/audit"
-	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/signing"
@@ -116,6 +117,9 @@ type demoRun struct {
 	main      *Main
 	rolloutID string
 	fleet     *demoFleet
+	// operator and approver call the admin API as demo-operator and
+	// demo-approver, as people would through otactl.
+	operator, approver *client.Client
 }
 
 // runDemoWith runs the demo until ctx ends. ready, when set, is called
@@ -173,15 +177,15 @@ func runDemoWith(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer, 
 	d.url = "http://" + d.main.Addr()
 	log.Warn("DEMO: development-only keys generated for this run in " + dir + "; never use them for real handsets")
 
-	client := newDemoClient(d.url, cfg.Workers)
-	defer client.close()
-	if err := d.setup(ctx, client); err != nil {
+	dc := newDemoClient(d.url, cfg.Workers)
+	defer dc.close()
+	if err := d.setup(ctx, dc); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return fmt.Errorf("demo setup: %w", err)
 	}
-	root, err := client.get(ctx, "/tuf/1.root.json")
+	root, err := dc.get(ctx, "/tuf/1.root.json")
 	if err != nil {
 		return fmt.Errorf("demo: fetch the trusted root: %w", err)
 	}
@@ -192,7 +196,7 @@ func runDemoWith(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer, 
 
 	fleetCtx, stopFleet := context.WithCancel(ctx)
 	defer stopFleet()
-	d.fleet = newDemoFleet(fleetConfig{Client: client, Verifier: newDemoVerifier(client, root, filepath.Join(dir, "handset-tuf"), log),
+	d.fleet = newDemoFleet(fleetConfig{Client: dc, Verifier: newDemoVerifier(dc, root, filepath.Join(dir, "handset-tuf"), log),
 		Handsets: cfg.Handsets, Workers: cfg.Workers, Seed: cfg.Seed, EnrollSpread: min(5*time.Second, cfg.PollInterval),
 		InstallTime: cfg.InstallTime, Logger: log})
 	go d.fleet.run(fleetCtx)
@@ -236,7 +240,7 @@ func runDemoWith(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer, 
 
 // setup creates the users, then runs the ceremony and publishes the
 // patch through the admin API as the release team.
-func (d *demoRun) setup(ctx context.Context, client *demoClient) error {
+func (d *demoRun) setup(ctx context.Context, dc *demoClient) error {
 	a := d.main.App
 	pw, err := demoPassword()
 	if err != nil {
@@ -253,19 +257,37 @@ func (d *demoRun) setup(ctx context.Context, client *demoClient) error {
 				return err
 			}
 		}
-		if _, err := a.Users.Create(ctx, u.name, u.role, password, false); err != nil {
+		user, err := a.Users.Create(ctx, u.name, u.role, password, false)
+		if err != nil {
 			return fmt.Errorf("create user %s: %w", u.name, err)
 		}
 		if err := a.Audit.AppendAudit(ctx, audit.AuditEntry{At: time.Now(), Actor: demoActor, Action: "user.create",
 			Object: u.name, Detail: fmt.Sprintf(`{"role":%q,"service":false}`, u.role)}); err != nil {
 			return err
 		}
+		if u.name == demoAdmin {
+			continue
+		}
+		_, token, err := a.Tokens.CreateFor(ctx, user, u.name)
+		if err != nil {
+			return fmt.Errorf("token of %s: %w", u.name, err)
+		}
+		// Their calls share the fleet's connections.
+		cl, err := client.New(d.url, client.WithHTTPClient(dc.hc), client.WithUserAgent(demoUserAgent), client.WithBearer(token))
+		if err != nil {
+			return err
+		}
+		if u.name == demoOperator {
+			d.operator = cl
+		} else {
+			d.approver = cl
+		}
 	}
 	_, token, err := a.Tokens.Create(ctx, "demo-release-team", identity.RoleReleaseEngineer)
 	if err != nil {
 		return fmt.Errorf("release team token: %w", err)
 	}
-	team, err := newReleaseTeam(client, token)
+	team, err := newReleaseTeam(d.operator.WithToken(token))
 	if err != nil {
 		return err
 	}
@@ -315,23 +337,24 @@ func (d *demoRun) waitEnrolled(ctx context.Context) {
 	}
 }
 
-// startRollout has demo-operator create and start the rollout.
+// startRollout has demo-operator create and start the rollout through
+// the admin API.
 func (d *demoRun) startRollout(ctx context.Context) error {
-	p := rollout.DefaultPolicy()
-	p.MaxFailureRate, p.MinResults, p.Soak = 0.08, int64(d.cfg.MinResults), d.cfg.Soak
-	p.FailureWindow = 10 * time.Minute
-	p.Retries, p.Backoff = 1, []time.Duration{time.Minute}
-	r, pending, err := d.main.App.Rollouts.Create(ctx, rollout.RolloutSpec{Release: demoTarget, Stages: []float64{10, 25, 50, 100},
-		Policy: p, Salt: demoSalt(d.cfg.Seed), Reason: "privacy patch " + demoPatchID + ": 10% first, widening after each healthy soak"}, demoOperator)
+	rate, minResults, retries := 0.08, int64(d.cfg.MinResults), 1
+	window, soak := rollout.FormatDuration(10*time.Minute), rollout.FormatDuration(d.cfg.Soak)
+	ch, err := d.operator.CreateRollout(ctx, wire.RolloutRequest{Release: demoTarget, Stages: []float64{10, 25, 50, 100},
+		MaxFailureRate: &rate, MinResults: &minResults, FailureWindow: &window, Soak: &soak, Retries: &retries,
+		Backoff: []string{rollout.FormatDuration(time.Minute)}, Salt: demoSalt(d.cfg.Seed),
+		Reason: "privacy patch " + demoPatchID + ": 10% first, widening after each healthy soak"})
 	if err != nil {
 		return fmt.Errorf("demo: start the rollout: %w", err)
 	}
-	if pending != nil {
+	if ch.Pending != nil {
 		// 10% needs no second person unless other rollouts of the patch
 		// already reach past the four-eyes limit.
-		return fmt.Errorf("demo: start the rollout: the start waits for approval %s", pending.ID)
+		return fmt.Errorf("demo: start the rollout: the start waits for approval %s", ch.Pending.ID)
 	}
-	d.rolloutID = r.ID
+	d.rolloutID = ch.Rollout.ID
 	return nil
 }
 
@@ -405,11 +428,10 @@ func heldModels(r *rollout.Rollout) []string {
 }
 
 // approve is the simulated second operator: a pending approval older
-// than ApproveAfter is approved by demo-approver through the same domain
-// call as the dashboard's button, so the audit log shows it.
+// than ApproveAfter is approved by demo-approver through the admin API,
+// so the audit log shows it.
 func (d *demoRun) approve(ctx context.Context, log *slog.Logger) {
-	rs := d.main.App.Rollouts
-	list, err := rs.ListApprovals(ctx, d.rolloutID)
+	list, err := d.approver.Approvals(ctx, d.rolloutID)
 	if err != nil {
 		if ctx.Err() == nil {
 			log.Error("demo: list approvals", slog.Any("error", err))
@@ -417,12 +439,13 @@ func (d *demoRun) approve(ctx context.Context, log *slog.Logger) {
 		return
 	}
 	for _, a := range list {
-		if !a.Pending() || time.Since(a.RequestedAt) < d.cfg.ApproveAfter {
+		if a.State != string(rollout.ApprovalPending) || time.Since(a.RequestedAt) < d.cfg.ApproveAfter {
 			continue
 		}
 		reason := fmt.Sprintf("demo: simulated second operator, nobody decided within %s", d.cfg.ApproveAfter)
-		if _, _, err := rs.Approve(ctx, d.rolloutID, a.ID, demoApprover, reason); err != nil {
-			if ctx.Err() == nil && !errors.Is(err, errs.ErrConflict) {
+		if _, err := d.approver.Approve(ctx, d.rolloutID, a.ID, reason); err != nil {
+			// A conflict: someone decided it meanwhile.
+			if ctx.Err() == nil && !client.HasCode(err, "conflict") {
 				log.Error("demo: approve", slog.String("approval", a.ID), slog.Any("error", err))
 			}
 			continue

@@ -16,6 +16,9 @@ import (
 	"github.com/patchfleet/ota/server/api/wire"
 )
 
+// demoUserAgent names the demo's requests in the server's logs.
+const demoUserAgent = "otad-demo/1"
+
 // demoClient is the demo's one HTTP client to its own server over
 // loopback: the simulated handsets, the release engineers and the
 // go-tuf updaters all go through it, as real clients would.
@@ -77,16 +80,13 @@ func demoErrorKind(err error) string {
 	return "network"
 }
 
-// do sends a JSON request (body nil: none; raw []byte: sent as is with
-// contentType) and decodes a 2xx JSON answer into out.
+// do sends a JSON request of the handset API (body nil: none) and
+// decodes a 2xx JSON answer into out. The release team's admin calls go
+// through package client instead; the simulated handsets keep this
+// until the simulator moves onto client too.
 func (c *demoClient) do(ctx context.Context, method, path, token string, body any, out any) error {
 	var r io.Reader
-	contentType := "application/json"
-	switch b := body.(type) {
-	case nil:
-	case rawBody:
-		r, contentType = bytes.NewReader(b.data), b.contentType
-	default:
+	if body != nil {
 		data, err := json.Marshal(body)
 		if err != nil {
 			return err
@@ -98,17 +98,12 @@ func (c *demoClient) do(ctx context.Context, method, path, token string, body an
 		return err
 	}
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "otad-demo/1")
+	req.Header.Set("User-Agent", demoUserAgent)
 	if r != nil {
-		req.Header.Set("Content-Type", contentType)
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	if b, ok := body.(rawBody); ok {
-		for k, v := range b.header {
-			req.Header.Set(k, v)
-		}
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -136,13 +131,6 @@ func (c *demoClient) do(ctx context.Context, method, path, token string, body an
 		}
 	}
 	return nil
-}
-
-// rawBody is a request body sent as is (an artifact upload).
-type rawBody struct {
-	data        []byte
-	contentType string
-	header      map[string]string
 }
 
 // get fetches path and returns its body (a TUF root).

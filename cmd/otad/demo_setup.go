@@ -12,8 +12,8 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/signing"
 )
@@ -39,16 +39,18 @@ type demoEngineer struct {
 }
 
 // releaseTeam runs the ceremony and the release through the admin API
-// over loopback, with a release-engineer token, exactly as otactl does:
-// the server sees the same calls, and its audit log records them.
+// over loopback, with a release-engineer token, exactly as otactl does
+// (package client): the server sees the same calls, and its audit log
+// records them.
 type releaseTeam struct {
-	client    *demoClient
-	token     string
+	client    *client.Client
 	engineers []demoEngineer
 }
 
-func newReleaseTeam(client *demoClient, token string) (*releaseTeam, error) {
-	t := &releaseTeam{client: client, token: token}
+// newReleaseTeam gives three engineers keys; cl carries the team's
+// token.
+func newReleaseTeam(cl *client.Client) (*releaseTeam, error) {
+	t := &releaseTeam{client: cl}
 	for _, name := range []string{"alice", "bob", "carol"} {
 		k, err := signing.Generate(signing.AlgEd25519)
 		if err != nil {
@@ -70,9 +72,9 @@ func (t *releaseTeam) publicKeys() []*metadata.Key {
 // ceremony drafts root v1 and an empty targets v1 with the three keys at
 // threshold 2 for both roles, and has alice and bob sign it.
 func (t *releaseTeam) ceremony(ctx context.Context) error {
-	var v manifests.DraftView
 	req := wire.RootDraftRequest{RootKeys: t.publicKeys(), RootThreshold: 2, TargetsKeys: t.publicKeys(), TargetsThreshold: 2}
-	if err := t.client.do(ctx, "POST", api.AdminPrefix+"/repo/root-drafts", t.token, req, &v); err != nil {
+	v, err := t.client.CreateRootDraft(ctx, req)
+	if err != nil {
 		return fmt.Errorf("draft root v1: %w", err)
 	}
 	return t.signUntilPublished(ctx, v.ID, "root v1")
@@ -83,13 +85,13 @@ func (t *releaseTeam) ceremony(ctx context.Context) error {
 func (t *releaseTeam) release(ctx context.Context, artifact []byte) error {
 	sum := sha256.Sum256(artifact)
 	hexSum := hex.EncodeToString(sum[:])
-	upload := rawBody{data: artifact, contentType: "application/octet-stream", header: map[string]string{wire.HeaderContentSHA256: hexSum}}
-	if err := t.client.do(ctx, "PUT", api.AdminPrefix+"/artifacts/"+demoTarget, t.token, upload, nil); err != nil {
+	if _, err := t.client.UploadArtifact(ctx, client.Upload{Path: demoTarget, Body: bytes.NewReader(artifact),
+		Length: int64(len(artifact)), SHA256: hexSum}); err != nil {
 		return fmt.Errorf("upload %s: %w", demoTarget, err)
 	}
-	var v manifests.DraftView
 	req := wire.ReleaseRequest{Path: demoTarget, Length: int64(len(artifact)), SHA256: hexSum, Custom: demoCustom()}
-	if err := t.client.do(ctx, "POST", api.AdminPrefix+"/releases", t.token, req, &v); err != nil {
+	v, err := t.client.CreateRelease(ctx, req)
+	if err != nil {
 		return fmt.Errorf("draft release %s: %w", demoTarget, err)
 	}
 	return t.signUntilPublished(ctx, v.ID, "release "+demoTarget, t.engineers[2], t.engineers[0])
@@ -102,17 +104,17 @@ func (t *releaseTeam) signUntilPublished(ctx context.Context, id, what string, s
 	if len(signers) == 0 {
 		signers = t.engineers[:2]
 	}
-	var v manifests.DraftView
+	var v *manifests.DraftView
 	for _, e := range signers {
-		if err := t.client.do(ctx, "GET", api.AdminPrefix+"/drafts/"+id, t.token, nil, &v); err != nil {
+		d, err := t.client.Draft(ctx, id)
+		if err != nil {
 			return fmt.Errorf("read draft %s: %w", id, err)
 		}
-		sigs, err := e.sign(&v)
+		sigs, err := e.sign(d)
 		if err != nil {
 			return fmt.Errorf("%s signs %s: %w", e.name, what, err)
 		}
-		if err := t.client.do(ctx, "POST", api.AdminPrefix+"/drafts/"+id+"/signatures", t.token,
-			wire.SignatureUpload{Digest: v.Digest, Signatures: sigs}, &v); err != nil {
+		if v, err = t.client.AddSignatures(ctx, id, wire.SignatureUpload{Digest: d.Digest, Signatures: sigs}); err != nil {
 			return fmt.Errorf("%s's signature on %s: %w", e.name, what, err)
 		}
 	}

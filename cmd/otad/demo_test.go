@@ -16,9 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/server"
-	"github.com/patchfleet/ota/server/api"
-	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/rollout"
@@ -78,10 +77,11 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		fail("admin token: %v", err)
 	}
-	client := newDemoClient(d.url, 1)
-	defer client.close()
-	var who wire.WhoAmI
-	if err := client.do(ctx, "GET", api.AdminPrefix+"/whoami", token, nil, &who); err != nil || who.Name != demoAdmin {
+	cl, err := client.New(d.url, client.WithBearer(token))
+	if err != nil {
+		fail("client: %v", err)
+	}
+	if who, err := cl.WhoAmI(ctx); err != nil || who.Name != demoAdmin {
 		fail("whoami as admin: %+v, %v", who, err)
 	}
 
@@ -92,10 +92,11 @@ func TestDemo(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Minute)
 	var rep server.RolloutReport
 	for {
-		err := client.do(ctx, "GET", api.AdminPrefix+"/rollouts/"+d.rolloutID+"/report", token, nil, &rep)
+		got, err := cl.RolloutReport(ctx, d.rolloutID)
 		if err != nil {
 			fail("rollout report: %v", err)
 		}
+		rep = *got
 		if done, _ := demoShows(&rep); done {
 			break
 		}

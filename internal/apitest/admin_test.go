@@ -11,6 +11,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api"
@@ -20,7 +21,7 @@ import (
 
 func apiCode(tb testing.TB, err error) (int, string) {
 	tb.Helper()
-	var ae *apitest.APIError
+	var ae *client.Error
 	if !errors.As(err, &ae) {
 		tb.Fatalf("got %v, want an API error", err)
 	}
@@ -240,7 +241,7 @@ func TestTokenLifetimesAndLineage(t *testing.T) {
 	if grandchild.Parent != child.ID || grandchild.ExpiresAt.After(time.Now().Add(time.Hour)) {
 		t.Errorf("grandchild: parent %q expires %v, want %s within the hour", grandchild.Parent, grandchild.ExpiresAt, child.ID)
 	}
-	var apiErr *apitest.APIError
+	var apiErr *client.Error
 	if err := root.Do("POST", "/tokens", wire.TokenRequest{Name: "bad", ExpiresIn: "forever"}, nil); !errors.As(err, &apiErr) || apiErr.Status != 400 {
 		t.Errorf("expires_in forever: got %v, want 400", err)
 	}

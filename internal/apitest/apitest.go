@@ -78,36 +78,69 @@ type Options struct {
 }
 
 // Start runs a server, wired by package app as otad wires it and with
-// its background jobs running, until the test ends.
+// its background jobs running, until the test ends. Every request and
+// answer is checked against the OpenAPI document.
 func Start(tb testing.TB, opts Options) *Env {
 	tb.Helper()
+	env, err := start(tb.TempDir(), opts, tb.Cleanup, func(a *api.Server) { checkContract(tb, a) })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return env
+}
+
+// Serve is Start for code without a testing.TB, such as runnable
+// examples: it returns the running Env and stop, which stops the server
+// and removes its files. Nothing checks the API contract.
+func Serve(opts Options) (env *Env, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "apitest-")
+	if err != nil {
+		return nil, nil, err
+	}
+	var cleanups []func()
+	stop = func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+		os.RemoveAll(dir)
+	}
+	env, err = start(dir, opts, func(f func()) { cleanups = append(cleanups, f) }, func(*api.Server) {})
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return env, stop, nil
+}
+
+// start is Start and Serve: files in dir, cleanups registered with
+// cleanup (run last-registered first), check called on the API before
+// it serves.
+func start(dir string, opts Options, cleanup func(func()), check func(*api.Server)) (*Env, error) {
 	ctx := context.Background()
-	dir := tb.TempDir()
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	}
 	db := opts.DB
+	var err error
 	if db == nil {
-		var err error
 		if db, err = sqlstore.Open(ctx, "sqlite:"+filepath.Join(dir, "otad.db"), sqlstore.Options{Logger: opts.Logger}); err != nil {
-			tb.Fatal(err)
+			return nil, err
 		}
-		tb.Cleanup(func() { db.Close() })
+		cleanup(func() { db.Close() })
 	}
 	if _, err := db.Migrate(ctx); err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	blobs := opts.Blobs
-	var err error
 	if blobs == nil {
 		if blobs, err = fsstore.New(filepath.Join(dir, "blobs")); err != nil {
-			tb.Fatal(err)
+			return nil, err
 		}
 	}
 	key := opts.Online
 	if key == nil {
 		if key, err = signing.Generate(signing.AlgEd25519); err != nil {
-			tb.Fatal(err)
+			return nil, err
 		}
 	}
 	refresh := opts.RefreshInterval
@@ -123,24 +156,24 @@ func Start(tb testing.TB, opts Options) *Env {
 		API: api.Config{TargetsRedirect: opts.TargetsRedirect,
 			CheckInsPerMinute: opts.CheckInsPerMinute, CheckInBurst: 10, ReportsPerMinute: opts.ReportsPerMinute, ReportBurst: 60}})
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	_, secret, err := a.Tokens.Create(ctx, "test-engineer", identity.RoleReleaseEngineer)
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
-	checkContract(tb, a.API)
+	check(a.API)
 	srv := httptest.NewServer(a.API)
-	tb.Cleanup(srv.Close)
+	cleanup(srv.Close)
 	// The background jobs stop before the server and the database close
 	// (cleanups run last-registered first).
 	a.Run(ctx)
-	tb.Cleanup(a.Close)
+	cleanup(a.Close)
 	// Start returns after the jobs' first pass, so that it does not race
 	// with what the test does next (a ceremony, a clock moved past
 	// half the timestamp's life).
 	<-firstPass
-	return &Env{URL: srv.URL, Token: secret, Repo: a.Repo, Blobs: blobs, DB: db, API: a.API, Online: key.Signer(), Fleet: a.Fleet, App: a}
+	return &Env{URL: srv.URL, Token: secret, Repo: a.Repo, Blobs: blobs, DB: db, API: a.API, Online: key.Signer(), Fleet: a.Fleet, App: a}, nil
 }
 
 // SessionCookie is the dashboard's session cookie, for tests of the

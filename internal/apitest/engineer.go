@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,8 +13,8 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/rollout"
 	"github.com/patchfleet/ota/signing"
@@ -51,72 +50,46 @@ func PublicKeys(es []*Engineer) []*metadata.Key {
 	return keys
 }
 
-// Do sends an admin API request with the env's token and decodes a 2xx
-// JSON answer into out; any other status is returned as an *APIError.
+// Client is a client of the server that sends Env's token.
+func (env *Env) Client() *client.Client {
+	c, err := client.New(env.URL, client.WithBearer(env.Token), client.WithUserAgent("apitest"))
+	if err != nil {
+		panic(fmt.Sprintf("apitest: Env.URL %q: %v", env.URL, err))
+	}
+	return c
+}
+
+// Do sends an admin API request (path under wire.AdminPrefix) with the
+// env's token and decodes a 2xx JSON answer into out; any other status
+// is returned as a *client.Error.
 func (env *Env) Do(method, path string, body any, out any) error {
-	return env.do(method, path, body, out)
+	return env.do(env.Client(), method, path, body, out)
 }
 
 // DoWithReason is Do with the X-Reason header, the reason the audit log
 // records for an admin action whose body has no reason field.
 func (env *Env) DoWithReason(method, path, reason string, body any, out any) error {
-	return env.do(method, path, body, out, func(req *http.Request) { req.Header.Set(api.HeaderReason, reason) })
+	return env.do(env.Client().WithReason(reason), method, path, body, out)
 }
 
-// do is Do; opts adjust the request before it is sent (OffContract).
-func (env *Env) do(method, path string, body any, out any, opts ...func(*http.Request)) error {
-	var r io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		r = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, env.URL+api.AdminPrefix+path, r)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+env.Token)
-	req.Header.Set("Content-Type", "application/json")
-	for _, o := range opts {
-		o(req)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode/100 != 2 {
-		e := &APIError{Status: resp.StatusCode}
-		var eb wire.ErrorBody
-		if json.Unmarshal(data, &eb) == nil {
-			e.Code, e.Message = eb.Error.Code, eb.Error.Message
-		}
-		return e
-	}
-	if out != nil && len(data) > 0 {
-		return json.Unmarshal(data, out)
-	}
-	return nil
+func (env *Env) do(c *client.Client, method, path string, body any, out any) error {
+	_, err := c.Do(context.Background(), method, wire.AdminPrefix+path, body, out)
+	return err
 }
-
-// APIError is a non-2xx admin API answer.
-type APIError struct {
-	Status        int
-	Code, Message string
-}
-
-func (e *APIError) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message) }
 
 // SignatureFor signs every part of draft v that e's key may sign, the way
 // otactl does: go-tuf's Sign over the exact draft bytes.
 func (e *Engineer) SignatureFor(tb testing.TB, v *manifests.DraftView) []wire.UploadSignature {
 	tb.Helper()
+	sigs, err := e.Signatures(v)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return sigs
+}
+
+// Signatures is SignatureFor for code without a testing.TB (examples).
+func (e *Engineer) Signatures(v *manifests.DraftView) ([]wire.UploadSignature, error) {
 	var out []wire.UploadSignature
 	for _, part := range []string{manifests.PartRoot, manifests.PartTargets} {
 		may := false
@@ -134,38 +107,37 @@ func (e *Engineer) SignatureFor(tb testing.TB, v *manifests.DraftView) []wire.Up
 		case manifests.PartRoot:
 			md, perr := (&metadata.Metadata[metadata.RootType]{}).FromBytes(v.Root)
 			if perr != nil {
-				tb.Fatal(perr)
+				return nil, perr
 			}
 			sig, err = md.Sign(e.Key.Signer())
 		default:
 			md, perr := (&metadata.Metadata[metadata.TargetsType]{}).FromBytes(v.Targets)
 			if perr != nil {
-				tb.Fatal(perr)
+				return nil, perr
 			}
 			sig, err = md.Sign(e.Key.Signer())
 		}
 		if err != nil {
-			tb.Fatal(err)
+			return nil, err
 		}
 		out = append(out, wire.UploadSignature{Part: part, KeyID: sig.KeyID, Sig: hex.EncodeToString(sig.Signature)})
 	}
-	return out
+	return out, nil
 }
 
 // Sign signs draft id with e's key and uploads the signatures.
 func (env *Env) Sign(tb testing.TB, e *Engineer, id string) (*manifests.DraftView, error) {
 	tb.Helper()
-	var v manifests.DraftView
-	if err := env.Do("GET", "/drafts/"+id, nil, &v); err != nil {
+	c := env.Client()
+	v, err := c.Draft(context.Background(), id)
+	if err != nil {
 		tb.Fatal(err)
 	}
-	sigs := e.SignatureFor(tb, &v)
+	sigs := e.SignatureFor(tb, v)
 	if len(sigs) == 0 {
 		tb.Fatalf("%s may sign nothing in draft %s", e.Name, id)
 	}
-	var out manifests.DraftView
-	err := env.Do("POST", "/drafts/"+id+"/signatures", wire.SignatureUpload{Digest: v.Digest, Signatures: sigs}, &out)
-	return &out, err
+	return c.AddSignatures(context.Background(), id, wire.SignatureUpload{Digest: v.Digest, Signatures: sigs})
 }
 
 // MustSign signs and fails the test on error.
@@ -185,54 +157,39 @@ func (env *Env) MustSign(tb testing.TB, id string, es ...*Engineer) *manifests.D
 // and targets, and has the first k engineers sign it.
 func (env *Env) Ceremony(tb testing.TB, es []*Engineer, k int) *manifests.DraftView {
 	tb.Helper()
-	var v manifests.DraftView
 	req := wire.RootDraftRequest{RootKeys: PublicKeys(es), RootThreshold: k, TargetsKeys: PublicKeys(es), TargetsThreshold: k}
-	if err := env.Do("POST", "/repo/root-drafts", req, &v); err != nil {
+	d, err := env.Client().CreateRootDraft(context.Background(), req)
+	if err != nil {
 		tb.Fatal(err)
 	}
-	v = *env.MustSign(tb, v.ID, es[:k]...)
+	v := env.MustSign(tb, d.ID, es[:k]...)
 	if v.State != manifests.DraftPublished {
 		tb.Fatalf("root v1 not published after %d signatures: %+v", k, v.Thresholds)
 	}
-	return &v
+	return v
 }
 
 // Upload stores an artifact through the admin API.
 func (env *Env) Upload(tb testing.TB, path string, content []byte) wire.Artifact {
 	tb.Helper()
-	req, err := http.NewRequest("PUT", env.URL+api.AdminPrefix+"/artifacts/"+path, bytes.NewReader(content))
+	a, err := env.Client().UploadArtifact(context.Background(), client.Upload{Path: path, Body: bytes.NewReader(content),
+		Length: int64(len(content)), SHA256: SHA256Hex(content)})
 	if err != nil {
-		tb.Fatal(err)
+		tb.Fatalf("upload %s: %v", path, err)
 	}
-	req.Header.Set("Authorization", "Bearer "+env.Token)
-	req.Header.Set("Content-Type", "application/octet-stream")
-	req.Header.Set(wire.HeaderContentSHA256, SHA256Hex(content))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var a wire.Artifact
-	if resp.StatusCode/100 != 2 {
-		b, _ := io.ReadAll(resp.Body)
-		tb.Fatalf("upload %s: %d %s", path, resp.StatusCode, b)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
-		tb.Fatal(err)
-	}
-	return a
+	return *a
 }
 
 // DraftRelease uploads content at path and drafts a release of it.
 func (env *Env) DraftRelease(tb testing.TB, path string, content []byte, custom manifests.TargetCustom) *manifests.DraftView {
 	tb.Helper()
 	env.Upload(tb, path, content)
-	var v manifests.DraftView
 	req := wire.ReleaseRequest{Path: path, Length: int64(len(content)), SHA256: SHA256Hex(content), Custom: custom}
-	if err := env.Do("POST", "/releases", req, &v); err != nil {
+	v, err := env.Client().CreateRelease(context.Background(), req)
+	if err != nil {
 		tb.Fatal(err)
 	}
-	return &v
+	return v
 }
 
 // Publish uploads, drafts and signs a release with signers.

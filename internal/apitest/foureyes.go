@@ -3,6 +3,7 @@ package apitest
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"testing"
 
 	"github.com/patchfleet/ota/server/api/wire"
@@ -32,16 +33,19 @@ func (env *Env) ApproverToken(tb testing.TB) string {
 // rollout past 50% get one. out receives the rollout.
 func (env *Env) Widen(tb testing.TB, method, path string, body any, out *wire.Rollout) {
 	tb.Helper()
+	ctx := context.Background()
 	var raw json.RawMessage
-	if err := env.Do(method, path, body, &raw); err != nil {
+	status, err := env.Client().Do(ctx, method, wire.AdminPrefix+path, body, &raw)
+	if err != nil {
 		tb.Fatalf("%s %s: %v", method, path, err)
 	}
-	var ap wire.Approval
-	if err := json.Unmarshal(raw, &ap); err == nil && ap.State == string(rollout.ApprovalPending) && ap.RolloutID != "" {
-		second := &Env{URL: env.URL, Token: env.ApproverToken(tb)}
-		var d wire.ApprovalDecision
-		if err := second.Do("POST", "/rollouts/"+ap.RolloutID+"/approvals/"+ap.ID+"/approve",
-			wire.RolloutActionRequest{Reason: "second pair of eyes"}, &d); err != nil {
+	if status == http.StatusAccepted {
+		var ap wire.Approval
+		if err := json.Unmarshal(raw, &ap); err != nil {
+			tb.Fatalf("%s %s: the 202 is not an approval: %v", method, path, err)
+		}
+		d, err := env.Client().WithToken(env.ApproverToken(tb)).Approve(ctx, ap.RolloutID, ap.ID, "second pair of eyes")
+		if err != nil {
 			tb.Fatalf("approve %s of rollout %s: %v", ap.ID, ap.RolloutID, err)
 		}
 		if d.Rollout == nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/identity"
@@ -58,7 +59,7 @@ func pending(tb testing.TB, e *apitest.Env, path string, body any) wire.Approval
 // msgs in its message.
 func refused(tb testing.TB, what string, err error, status int, msgs ...string) {
 	tb.Helper()
-	var ae *apitest.APIError
+	var ae *client.Error
 	if !errors.As(err, &ae) || ae.Status != status {
 		tb.Errorf("%s: %v, want %d", what, err, status)
 		return

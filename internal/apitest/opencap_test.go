@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server/rollout"
 )
@@ -63,7 +64,7 @@ func TestOpenRolloutsCapped(t *testing.T) {
 					mu.Lock()
 					if err == nil {
 						ids = append(ids, r.ID)
-					} else if ae := new(apitest.APIError); !errors.As(err, &ae) || ae.Status != http.StatusConflict ||
+					} else if ae := new(client.Error); !errors.As(err, &ae) || ae.Status != http.StatusConflict ||
 						!strings.Contains(ae.Message, "complete or abort some") {
 						t.Errorf("create: %v, want 201 or 409 saying to complete or abort some", err)
 					}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api/wire"
@@ -112,7 +113,7 @@ func lifecycle(t *testing.T, opts apitest.Options) {
 		defer env.Do("DELETE", "/drafts/"+d.ID, nil, nil)
 		sigs := es[2].SignatureFor(t, &manifests.DraftView{Thresholds: []manifests.PartStatus{{Part: "targets", KeyIDs: []string{es[2].Key.KeyID()}}}, Targets: d.Targets})
 		err := env.Do("POST", "/drafts/"+d.ID+"/signatures", wire.SignatureUpload{Digest: d.Digest, Signatures: sigs}, nil)
-		var ae *apitest.APIError
+		var ae *client.Error
 		if !errors.As(err, &ae) || ae.Code != "unknown_key" {
 			t.Fatalf("got %v, want unknown_key", err)
 		}

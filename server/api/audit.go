@@ -19,12 +19,8 @@ import (
 	"github.com/patchfleet/ota/server/rollout"
 )
 
-// HeaderReason carries the reason of an administrative action for the
-// audit log: optional, one printable line of at most rollout.MaxReasonLen
-// bytes. One header for every admin route, whatever its body (an
-// artifact upload's body is the build, a DELETE has none). Rollout
-// actions take their reason in the body instead, where it is required.
-const HeaderReason = "X-Reason"
+// HeaderReason is wire.HeaderReason, the audit reason of an admin call.
+const HeaderReason = wire.HeaderReason
 
 // auditReason is the request's X-Reason, checked.
 func auditReason(c echo.Context) (string, error) {

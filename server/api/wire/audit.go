@@ -2,6 +2,13 @@ package wire
 
 import "time"
 
+// HeaderReason carries the reason of an administrative action for the
+// audit log: optional, one printable line of at most rollout.MaxReasonLen
+// bytes. One header for every admin route, whatever its body (an
+// artifact upload's body is the build, a DELETE has none). Rollout
+// actions take their reason in the body instead, where it is required.
+const HeaderReason = "X-Reason"
+
 // AuditEntry is one entry of the audit log as GET /admin/audit answers
 // it.
 type AuditEntry struct {
