@@ -195,6 +195,9 @@ type job struct {
 	Stage    string                  `json:"stage"`
 	Attempts int                     `json:"attempts,omitempty"`
 	Verified *manifests.TargetCustom `json:"verified_custom,omitempty"`
+	// SHA256 is the signed sha256 (hex) once verified: it names the
+	// file in download/, never the offer's copy, which the server wrote.
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 const (
@@ -474,6 +477,10 @@ func (a *Agent) checkIn(ctx context.Context) (time.Duration, error) {
 	}
 	poll := min(max(time.Duration(ans.PollAfterSeconds)*time.Second, MinPoll), MaxPoll)
 	o := ans.Offer
+	if o != nil && (o.PatchID == "" || o.Target == "" || o.Length <= 0) {
+		a.log.Warn("offer without a patch, target or length ignored")
+		o = nil
+	}
 	if o == nil || slices.Contains(a.st.InstalledPatches, o.PatchID) {
 		if ans.NoOffer != "" {
 			a.log.Debug("no offer", "reason", ans.NoOffer)
@@ -518,9 +525,8 @@ func (a *Agent) queue(state, code, message string) error {
 func (a *Agent) runJob(ctx context.Context) (time.Duration, error) {
 	j := a.st.Job
 	o := j.Offer
-	dst := filepath.Join(a.downloadDir(), strings.ToLower(o.SHA256))
 	if j.Stage == stageFetch {
-		v, res, err := a.fetch(ctx, o, dst)
+		v, res, err := a.fetch(ctx, o)
 		if err != nil {
 			if ctx.Err() != nil {
 				return 0, ctx.Err()
@@ -542,7 +548,7 @@ func (a *Agent) runJob(ctx context.Context) (time.Duration, error) {
 		}
 		a.log.Info("update verified", "patch_id", o.PatchID, "resumed_at", res.ResumedAt, "received", res.Received,
 			"restarted", res.Restarted)
-		j.Stage, j.Verified, j.Attempts = stageInstall, &v.custom, 0
+		j.Stage, j.Verified, j.SHA256, j.Attempts = stageInstall, &v.custom, v.sha256, 0
 		for _, s := range []string{"downloaded", "verified", "installing"} {
 			if err := a.queue(s, "", ""); err != nil {
 				return 0, err
@@ -557,12 +563,16 @@ func (a *Agent) runJob(ctx context.Context) (time.Duration, error) {
 			a.log.Warn("reports not sent before installing; they stay in the outbox", "error", Describe(err))
 		}
 	}
-	if ok, err := fileMatches(dst, o.Length, o.SHA256); err != nil || !ok {
+	dst := a.downloadPath(j.SHA256)
+	if ok, err := fileMatches(dst, o.Length, j.SHA256); j.SHA256 == "" || err != nil || !ok {
 		// The verified file is gone (removed by hand?): fetch it again.
 		j.Stage = stageFetch
-		return 0, a.save()
+		if err := a.save(); err != nil {
+			return 0, &StateError{err}
+		}
+		return 0, nil
 	}
-	u := &Update{Path: dst, Target: o.Target, Length: o.Length, SHA256: strings.ToLower(o.SHA256), PatchID: o.PatchID,
+	u := &Update{Path: dst, Target: o.Target, Length: o.Length, SHA256: j.SHA256, PatchID: o.PatchID,
 		RolloutID: o.RolloutID, Custom: *j.Verified}
 	err := a.cfg.Installer.Install(ctx, u)
 	if err != nil && ctx.Err() != nil {
@@ -617,17 +627,25 @@ func (a *Agent) finish(code, message string) (time.Duration, error) {
 	if err := a.save(); err != nil {
 		return 0, &StateError{err}
 	}
-	os.Remove(filepath.Join(a.downloadDir(), strings.ToLower(j.Offer.SHA256)))
+	if j.SHA256 != "" {
+		os.Remove(a.downloadPath(j.SHA256))
+	}
 	return 0, nil
 }
 
+// downloadPath is where the file of signed sha256 sum goes. sum is the
+// hex of a hash go-tuf verified, so it names a file inside download/.
+func (a *Agent) downloadPath(sum string) string {
+	return filepath.Join(a.downloadDir(), sum)
+}
+
 // fetch verifies the offer through TUF and downloads its file to dst.
-func (a *Agent) fetch(ctx context.Context, o wire.OfferAnswer, dst string) (*verified, DownloadResult, error) {
+func (a *Agent) fetch(ctx context.Context, o wire.OfferAnswer) (*verified, DownloadResult, error) {
 	v, err := a.verifyOffer(ctx, o, a.build())
 	if err != nil {
 		return nil, DownloadResult{}, err
 	}
-	d := &Download{URL: v.url, Dst: dst, Length: v.length, SHA256: v.sha256, Client: a.cfg.Client.HTTPClient()}
+	d := &Download{URL: v.url, Dst: a.downloadPath(v.sha256), Length: v.length, SHA256: v.sha256, Client: a.cfg.Client.HTTPClient()}
 	res, err := d.Run(ctx)
 	switch {
 	case errors.Is(err, ErrContent):

@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -79,7 +83,7 @@ func newTestAgent(t *testing.T, api *fakeAPI, now func() time.Time) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(Config{Dir: t.TempDir(), Client: c, Root: testRoot, Now: now,
+	a, err := New(Config{Dir: t.TempDir(), Client: c, Root: testRoot, Now: now, Logger: slog.New(slog.DiscardHandler),
 		Device:    Device{Model: "PX-7", Build: "7.4.0", Channel: "stable"},
 		Installer: InstallerFunc(func(context.Context, *Update) error { return nil }),
 		// Minutes, so that a test tells the backoff from a Retry-After.
@@ -189,5 +193,33 @@ func TestStepEnrollsAgainAfter401(t *testing.T) {
 	}
 	if n := api.count(enrollRoute); n != 2 || !key.Equal(a.key) {
 		t.Errorf("enrolled %d times (same key %v), want twice with the same key", n, key.Equal(a.key))
+	}
+}
+
+// TestOfferCannotNameFiles: an offer's sha256 is the server's word; a
+// malicious or broken one ("../state.json") names no file the agent
+// writes or removes. The offer fails verification and is reported
+// failed, and the agent's state survives.
+func TestOfferCannotNameFiles(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	api := &fakeAPI{calls: map[string]int{}, answers: map[string][]answer{
+		enrollRoute: {{201, "", enrolled}},
+		checkInRoute: {{200, "", `{"poll_after_seconds":60,"offer":{"target":"px7/u.bin","length":10,"sha256":"../state.json",` +
+			`"patch_id":"CM-2026-001","rollout_id":"r1","metadata_url":"/tuf/","targets_url":"/targets/","custom":{}}}`}},
+		reportRoute: {{201, "", `{"duplicate":false}`}},
+	}}
+	a := newTestAgent(t, api, func() time.Time { return now })
+	a.Step(context.Background()) // check in: the offer
+	a.Step(context.Background()) // try it: it fails
+	if _, err := os.Stat(filepath.Join(a.cfg.Dir, "state.json")); err != nil {
+		t.Fatalf("state.json after the failed offer: %v", err)
+	}
+	a.Step(context.Background()) // report
+	var states []string
+	for _, r := range api.reports {
+		states = append(states, r.State+":"+r.ErrorCode)
+	}
+	if got := strings.Join(states, ","); got != "downloading:,failed:E_TUF_VERIFY" {
+		t.Errorf("reports %s, want downloading then failed with E_TUF_VERIFY", got)
 	}
 }
