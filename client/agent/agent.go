@@ -168,8 +168,8 @@ type Agent struct {
 	outbox *Outbox
 	// failures counts failed steps in a row, for the backoff.
 	failures int
-	// checkedIn is true once a check-in answered without an offer and
-	// nothing is left to do (Idle).
+	// idle is true when the last step checked in without an offer and
+	// left nothing to do (Idle).
 	idle bool
 }
 
