@@ -150,7 +150,7 @@ type AuditQuery struct {
 	// an entry's Seq.
 	Since, Until time.Time
 	Before       int64
-	// Limit is at most server.MaxAuditLimit; 0 is the server's default.
+	// Limit is at most audit.MaxAuditLimit; 0 is the server's default.
 	Limit int
 }
 

@@ -79,7 +79,7 @@ func (c *Client) RolloutEvents(ctx context.Context, id string, limit int) ([]wir
 }
 
 // RolloutAction takes an action that needs only a reason: one of
-// server.ActionStart, ActionPause, ActionResume, ActionAbort,
+// rollout.ActionStart, ActionPause, ActionResume, ActionAbort,
 // ActionComplete. Start and resume may wait for approval.
 func (c *Client) RolloutAction(ctx context.Context, id, action, reason string) (*Change, error) {
 	return c.change(ctx, rolloutPath(id, "/"+url.PathEscape(action)), wire.RolloutActionRequest{Reason: reason})
