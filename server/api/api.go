@@ -123,8 +123,9 @@ type Server struct {
 	auditAnchor server.AuditAnchor
 	clock       func() time.Time
 
-	// webRoutes are what the dashboard's pages need (mountWeb).
-	webRoutes map[string]RouteAccess
+	// access is what each route needs, by routeKey, as routes.add
+	// declared it: API routes and the dashboard's pages.
+	access map[string]RouteAccess
 }
 
 func (s *Server) now() time.Time {
@@ -197,19 +198,21 @@ func New(cfg Config) *Server {
 		return cfg.MaxBody
 	}))
 
-	e.GET("/healthz", s.healthz)
-	e.GET("/readyz", s.readyz)
-	e.GET("/metrics", echo.WrapHandler(metricsHandler(cfg.Registry)))
+	root := routes{s: s, g: e}
+	root.add(http.MethodGet, "/healthz", public, s.healthz)
+	root.add(http.MethodGet, "/readyz", public, s.readyz)
+	root.add(http.MethodGet, "/metrics", public, echo.WrapHandler(metricsHandler(cfg.Registry)))
 	if cfg.RolloutMetrics != nil {
 		cfg.Registry.MustRegister(cfg.RolloutMetrics)
 	}
-	e.GET(OpenAPIRoute, openAPIHandler())
+	root.add(http.MethodGet, OpenAPIRoute, public, openAPIHandler())
 	if s.repo != nil {
 		cfg.Registry.MustRegister(newRepoCollector(s.repo))
-		e.GET("/tuf/:name", s.tufMetadata)
-		e.HEAD("/tuf/:name", s.tufMetadata)
-		e.GET("/targets/*", s.targetFile)
-		e.HEAD("/targets/*", s.targetFile)
+		// TUF metadata and targets are signed: anyone may fetch them.
+		root.add(http.MethodGet, "/tuf/:name", public, s.tufMetadata)
+		root.add(http.MethodHead, "/tuf/:name", public, s.tufMetadata)
+		root.add(http.MethodGet, "/targets/*", public, s.targetFile)
+		root.add(http.MethodHead, "/targets/*", public, s.targetFile)
 		s.mountAdmin()
 	}
 	if s.fleet != nil {
@@ -218,7 +221,7 @@ func New(cfg Config) *Server {
 	if cfg.Web != nil {
 		s.mountWeb(cfg.Web)
 	}
-	// Every route must say what it needs (server/api/permissions.go).
+	// Every route must have been declared with what it needs (routes.add).
 	if err := s.CheckRoutes(); err != nil {
 		panic(err)
 	}

@@ -13,14 +13,14 @@ import (
 	"github.com/patchfleet/ota/server"
 )
 
-// mountReports adds the report routes to the admin group g: any admin
+// mountReports adds the report routes to the admin group r: any admin
 // token may read them.
-func (s *Server) mountReports(g *echo.Group) {
+func (s *Server) mountReports(r routes) {
 	if s.reports == nil {
 		return
 	}
-	g.GET("/rollouts/:id/report", s.rolloutReport)
-	g.GET("/reports/exposure", s.exposureReport)
+	r.add(http.MethodGet, "/rollouts/:id/report", needs(server.PermRead), s.rolloutReport)
+	r.add(http.MethodGet, "/reports/exposure", needs(server.PermRead), s.exposureReport)
 }
 
 // reportFormat is the ?format= of a report: JSON unless "csv".
