@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/patchfleet/ota/internal/clock"
 )
 
 // Reports answer the release managers' and security leads' questions
@@ -310,12 +312,7 @@ type InstallTimes struct {
 	P95   *float64 `json:"p95"`
 }
 
-func (r *Reports) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
-}
+func (r *Reports) now() time.Time { return clock.Now(r.Now) }
 
 // Clock is the time the API reads reports at: Now, or the wall clock.
 func (r *Reports) Clock() time.Time { return r.now() }

@@ -8,6 +8,8 @@ import (
 	"maps"
 	"slices"
 	"time"
+
+	"github.com/patchfleet/ota/internal/clock"
 )
 
 // OfferBudgetRetention is how long the evaluator keeps the offer budget
@@ -58,10 +60,7 @@ type RolloutEvaluator struct {
 // in between is never overwritten. An error with one rollout does not
 // keep the others from being evaluated; Evaluate returns them all.
 func (e *RolloutEvaluator) Evaluate(ctx context.Context) error {
-	now := time.Now()
-	if e.Now != nil {
-		now = e.Now()
-	}
+	now := clock.Now(e.Now)
 	rollouts, err := e.Store.Rollouts(ctx, RolloutRunning, RolloutCompleted)
 	if err != nil {
 		return fmt.Errorf("evaluate rollouts: %w", err)

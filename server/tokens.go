@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/patchfleet/ota/internal/clock"
 )
 
 // Token is an API token of a user or of a service account: it acts as
@@ -99,12 +101,7 @@ type Tokens struct {
 	Lifetime time.Duration
 }
 
-func (ts Tokens) now() time.Time {
-	if ts.Now != nil {
-		return ts.Now()
-	}
-	return time.Now()
-}
+func (ts Tokens) now() time.Time { return clock.Now(ts.Now) }
 
 // TokenOptions are the choices of minting a token.
 type TokenOptions struct {

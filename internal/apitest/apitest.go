@@ -88,7 +88,7 @@ func Start(tb testing.TB, opts Options) *Env {
 	db := opts.DB
 	if db == nil {
 		var err error
-		if db, err = sqlstore.Open(ctx, "sqlite:"+filepath.Join(dir, "otad.db"), sqlstore.Options{Logger: opts.Logger}); err != nil {
+		if db, err = sqlstore.Open(ctx, "sqlite:"+filepath.Join(dir, "otad.db"), sqlstore.Options{Logger: opts.Logger, Now: opts.Now}); err != nil {
 			tb.Fatal(err)
 		}
 		tb.Cleanup(func() { db.Close() })

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 )
@@ -55,7 +56,8 @@ type Config struct {
 	// /admin/audit/verify checks the chain against (nil: none, and the
 	// answer says the log is not anchored).
 	AuditAnchor server.AuditAnchor
-	// Now is the clock of audit entries (default time.Now).
+	// Now is the clock (default time.Now): of audit entries, TUF
+	// timestamp caching and the rate limits' refill.
 	Now func() time.Time
 	// TargetsRedirect answers /targets/ with a redirect to a presigned URL
 	// valid for PresignTTL when the store can presign (S3).
@@ -128,12 +130,7 @@ type Server struct {
 	access map[string]RouteAccess
 }
 
-func (s *Server) now() time.Time {
-	if s.clock != nil {
-		return s.clock().UTC()
-	}
-	return time.Now().UTC()
-}
+func (s *Server) now() time.Time { return clock.Now(s.clock).UTC() }
 
 // New builds the application with its middleware and routes.
 func New(cfg Config) *Server {

@@ -22,7 +22,7 @@ func (s *Server) mountHandset() {
 	// Device routes check the device token (or, for enrollment, the
 	// enrollment secret) in the handler.
 	r := routes{s: s, g: s.echo.Group(wire.APIPrefix), prefix: wire.APIPrefix}
-	r.add(http.MethodPost, "/devices", device, s.enroll, limitTotal(s.enrollLimit))
+	r.add(http.MethodPost, "/devices", device, s.enroll, s.limitTotal(s.enrollLimit))
 	r.add(http.MethodPost, "/checkin", device, s.checkIn, s.limit(s.checkInLimit))
 	r.add(http.MethodPost, "/reports", device, s.report, s.limit(s.reportLimit))
 	r.add(http.MethodDelete, "/devices/self", device, s.eraseSelf)
