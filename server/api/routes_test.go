@@ -107,3 +107,26 @@ func panicMessage(f func()) (msg string) {
 	f()
 	return ""
 }
+
+// pagesWith is a dashboard with the given routes, for mountWeb.
+type pagesWith []PageRoute
+
+func (p pagesWith) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	w.WriteHeader(http.StatusNoContent)
+}
+func (p pagesWith) PageRoutes() []PageRoute { return p }
+
+// TestPageDeclarationNeedsAccess: a dashboard page goes through the same
+// declaration: one that is neither public nor names a permission is
+// refused before it is mounted, and a declared one is recorded as a
+// session route.
+func TestPageDeclarationNeedsAccess(t *testing.T) {
+	msg := panicMessage(func() { New(Config{Web: pagesWith{{Method: "GET", Pattern: "/secrets"}}}) })
+	if !strings.Contains(msg, "GET /secrets") || !strings.Contains(msg, `permission "" is no role's`) {
+		t.Fatalf("panic %q, want the page refused for declaring no permission", msg)
+	}
+	s := New(Config{Web: pagesWith{{Method: "GET", Pattern: "/rollouts/{id}", Perm: server.PermRead}}})
+	if got := s.RoutePermissions()["GET /rollouts/:id"]; got != page(server.PermRead) {
+		t.Fatalf("RoutePermissions: %v, want %v", got, page(server.PermRead))
+	}
+}
