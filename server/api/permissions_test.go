@@ -73,10 +73,9 @@ func TestEndpointRoles(t *testing.T) {
 	var n int
 	for _, key := range slices.Sorted(maps.Keys(table)) {
 		a := table[key]
-		method, p, _ := strings.Cut(key, " ")
-		r := struct{ Method, Path string }{method, p}
+		method, route, _ := strings.Cut(key, " ")
 		n++
-		path := concretePath(r.Path)
+		path := concretePath(route)
 		t.Run(key, func(t *testing.T) {
 			send := func(role string) *httptest.ResponseRecorder {
 				var sessSecret, csrf string
@@ -90,7 +89,7 @@ func TestEndpointRoles(t *testing.T) {
 				var body *strings.Reader
 				var ct string
 				switch {
-				case r.Method != http.MethodPost && r.Method != http.MethodPut:
+				case method != http.MethodPost && method != http.MethodPut:
 					body = strings.NewReader("")
 				case a.Session:
 					form := url.Values{}
@@ -103,7 +102,7 @@ func TestEndpointRoles(t *testing.T) {
 				}
 				// Bodies and parameters that name nothing break the
 				// contract on purpose.
-				req := apitest.OffContract(httptest.NewRequest(r.Method, path, body))
+				req := apitest.OffContract(httptest.NewRequest(method, path, body))
 				if ct != "" {
 					req.Header.Set("Content-Type", ct)
 				}
@@ -124,12 +123,12 @@ func TestEndpointRoles(t *testing.T) {
 			switch a.Kind {
 			case api.AccessPublic:
 				// A login without a password is a 401 of its own.
-				login := r.Method == http.MethodPost && r.Path == "/login"
+				login := method == http.MethodPost && route == "/login"
 				if rec := send(""); (rec.Code == http.StatusUnauthorized && !login) || rec.Code == http.StatusForbidden || loginRedirect(rec) {
 					t.Errorf("public route without credentials: %d %s", rec.Code, rec.Body)
 				}
 			case api.AccessDevice:
-				if r.Path == "/api/v1/devices" && r.Method == http.MethodPost {
+				if route == "/api/v1/devices" && method == http.MethodPost {
 					return // enrollment: its own secret, tested with the handset API
 				}
 				for _, role := range []string{"", server.RoleAdmin} {
