@@ -19,6 +19,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/signing"
 )
 
@@ -93,9 +94,7 @@ func New(cfg Config) (*Repository, error) {
 	if cfg.Blobs == nil || cfg.Drafts == nil || cfg.Lock == nil || cfg.Online == nil {
 		return nil, errors.New("manifests: Blobs, Drafts, Lock and Online are required")
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
+	cfg.Now = clock.Or(cfg.Now)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/handsets"
@@ -71,12 +72,7 @@ type Fleet struct {
 // hour, and every handset at least once a UTC day.
 const DefaultLastSeenResolution = time.Hour
 
-func (f *Fleet) now() time.Time {
-	if f.Now != nil {
-		return f.Now()
-	}
-	return time.Now()
-}
+func (f *Fleet) now() time.Time { return clock.Now(f.Now) }
 
 // EnrollRequest is what a handset sends to enroll.
 type EnrollRequest struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/rollout"
 )
@@ -185,12 +186,7 @@ const (
 	OtherCodes = "(other)"
 )
 
-func (r *Reports) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
-}
+func (r *Reports) now() time.Time { return clock.Now(r.Now) }
 
 // Clock is the time the API reads reports at: Now, or the wall clock.
 func (r *Reports) Clock() time.Time { return r.now() }

@@ -61,7 +61,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, p *page) error {
 		for _, e := range le.Audit {
 			// A refused login is not an action that was done: a failed
 			// append is logged, and the refusal answered as ever.
-			if err := identity.RecordAction(r.Context(), h.opts.Audit, e, e.Actor, "", time.Now().UTC()); err != nil {
+			if err := identity.RecordAction(r.Context(), h.opts.Audit, e, e.Actor, "", h.now()); err != nil {
 				h.log.ErrorContext(r.Context(), "audit of a refused login", slog.Any("error", err))
 			}
 		}
@@ -649,7 +649,7 @@ func parseWhen(field, v string) (time.Time, error) {
 func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request, p *page) error {
 	qv := r.URL.Query()
 	f := auditForm{Actor: qv.Get("actor"), Action: qv.Get("action"), Since: qv.Get("since"), Until: qv.Get("until")}
-	now := time.Now()
+	now := h.now()
 	d := &auditData{Q: f, SinceExample: sincePlaceholder(now), UntilExample: untilPlaceholder(now)}
 	p.Title, p.Data = "Audit log", d
 	q := audit.AuditQuery{Actor: f.Actor, Action: f.Action, Limit: auditShown}
@@ -783,7 +783,7 @@ func (h *Handler) renderTokens(w http.ResponseWriter, r *http.Request, p *page, 
 			d.Names[u.ID] = u.Name
 		}
 	}
-	d.now = time.Now()
+	d.now = h.now()
 	p.Title, p.Data = "API tokens", d
 	h.render(w, r, status, "tokens", p)
 	return nil

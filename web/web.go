@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/httperr"
@@ -66,6 +67,9 @@ type Options struct {
 	// LiveEvery is how often an open page refreshes its content
 	// (default DefaultLiveEvery).
 	LiveEvery time.Duration
+	// Now is the clock of audit entries and of the times pages show
+	// (default time.Now); the wiring passes the one the API has.
+	Now func() time.Time
 	// Templates replaces the embedded templates (tests).
 	Templates fs.FS
 }
@@ -354,5 +358,8 @@ func sameSitePath(s string) bool {
 // identity.RecordAction's rule: the handler answers with its error, so a
 // change whose audit entry failed is not shown as a success.
 func (h *Handler) record(ctx context.Context, actor string, e audit.AuditEntry) error {
-	return identity.RecordAction(ctx, h.opts.Audit, e, actor, "", time.Now().UTC())
+	return identity.RecordAction(ctx, h.opts.Audit, e, actor, "", h.now())
 }
+
+// now is the time on the dashboard's clock, in UTC.
+func (h *Handler) now() time.Time { return clock.Now(h.opts.Now).UTC() }

@@ -123,7 +123,7 @@ func start(dir string, opts Options, cleanup func(func()), check func(*api.Serve
 	db := opts.DB
 	var err error
 	if db == nil {
-		if db, err = sqlstore.Open(ctx, "sqlite:"+filepath.Join(dir, "otad.db"), sqlstore.Options{Logger: opts.Logger}); err != nil {
+		if db, err = sqlstore.Open(ctx, "sqlite:"+filepath.Join(dir, "otad.db"), sqlstore.Options{Logger: opts.Logger, Now: opts.Now}); err != nil {
 			return nil, err
 		}
 		cleanup(func() { db.Close() })

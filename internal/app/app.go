@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
@@ -42,7 +43,9 @@ type Config struct {
 	Blobs  manifests.BlobStore
 	Online signing.Signer // the timestamp/snapshot key
 	Logger *slog.Logger   // default: discard
-	// Now is the repository's and the fleet's clock (default time.Now).
+	// Now is the one clock of every part the App builds: repository,
+	// fleet, identity, rollouts, reports, audit, API and pages (default
+	// time.Now). The background jobs' intervals are real time.
 	Now    func() time.Time
 	Expiry manifests.Expiry // default manifests.DefaultExpiry
 
@@ -170,6 +173,8 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if cfg.FoldInterval <= 0 {
 		cfg.FoldInterval = DefaultFoldInterval
 	}
+	// One clock for every part built below (and the pages).
+	cfg.Now = clock.Or(cfg.Now)
 	a := &App{cfg: cfg, log: cfg.Logger}
 	a.sampler = server.ExposureSampler{Reports: cfg.DB.Reports(), Samples: cfg.DB.Reports()}
 	repo, err := manifests.New(manifests.Config{

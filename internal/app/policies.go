@@ -54,12 +54,8 @@ func (a *App) buildPolicies() {
 		OnEvent: a.RolloutMetrics.Event, Logger: a.log, Approvals: a.cfg.DB.Approvals()}
 }
 
-func (a *App) now() time.Time {
-	if a.cfg.Now != nil {
-		return a.cfg.Now()
-	}
-	return time.Now()
-}
+// now is the time on the App's clock (New has set cfg.Now).
+func (a *App) now() time.Time { return a.cfg.Now() }
 
 // rolloutSnapshot is what the rollout gauges show: every rollout, read
 // at each scrape (the metrics keep those aborted over a day ago out).

@@ -49,6 +49,7 @@ func (a *App) newWeb(cfg WebConfig, reports *server.Reports) (*web.Handler, erro
 		Banner:       cfg.Banner,
 		SecureCookie: cfg.SecureCookie,
 		LiveEvery:    cfg.LiveEvery,
+		Now:          a.cfg.Now,
 		Logger:       a.log,
 	})
 }

@@ -3,12 +3,15 @@ package due
 import (
 	"context"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
 // TestDispatchOrder: handsets come out earliest due first, ties by
-// index, and none before its time.
-func TestDispatchOrder(t *testing.T) {
+// index, each at its due time (the bubble's clock: no wait, and exact).
+func TestDispatchOrder(t *testing.T) { synctest.Test(t, testDispatchOrder) }
+
+func testDispatchOrder(t *testing.T) {
 	s := New(4)
 	now := time.Now()
 	s.Push(2, now.Add(60*time.Millisecond))
@@ -22,8 +25,9 @@ func TestDispatchOrder(t *testing.T) {
 	var got []int32
 	for range 4 {
 		idx := <-work
-		if idx == 2 && time.Since(now) < 60*time.Millisecond {
-			t.Errorf("handset 2 dispatched after %s, before its due time", time.Since(now))
+		due := map[int32]time.Duration{0: 0, 1: 30 * time.Millisecond, 3: 30 * time.Millisecond, 2: 60 * time.Millisecond}[idx]
+		if got := time.Since(now); got != due {
+			t.Errorf("handset %d dispatched after %s, want at its due time %s", idx, got, due)
 		}
 		got = append(got, idx)
 	}
@@ -43,18 +47,26 @@ func TestDispatchStops(t *testing.T) {
 		at   time.Duration
 	}{{"waiting for a due time", time.Hour}, {"waiting for a worker", 0}} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := New(1)
-			s.Push(0, time.Now().Add(tc.at))
-			ctx, cancel := context.WithCancel(t.Context())
-			done := make(chan struct{})
-			go func() { s.Dispatch(ctx, make(chan int32)); close(done) }()
-			time.Sleep(20 * time.Millisecond)
-			cancel()
-			select {
-			case <-done:
-			case <-time.After(time.Minute): // only bounds a hang
-				t.Fatal("Dispatch did not return after its ctx ended")
-			}
+			synctest.Test(t, func(t *testing.T) {
+				s := New(1)
+				s.Push(0, time.Now().Add(tc.at))
+				ctx, cancel := context.WithCancel(t.Context())
+				done := make(chan struct{})
+				go func() { s.Dispatch(ctx, make(chan int32)); close(done) }()
+				synctest.Wait() // Dispatch waits: for the due time, or for a worker
+				select {
+				case <-done:
+					t.Fatal("Dispatch returned before its ctx ended")
+				default:
+				}
+				cancel()
+				synctest.Wait()
+				select {
+				case <-done:
+				default:
+					t.Fatal("Dispatch did not return after its ctx ended")
+				}
+			})
 		})
 	}
 }

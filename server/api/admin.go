@@ -14,6 +14,7 @@ import (
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/identity"
 )
 
 // Routes of the admin API that the CLI (otactl) calls.
@@ -23,32 +24,32 @@ const (
 )
 
 func (s *Server) mountAdmin() {
-	g := s.echo.Group(AdminPrefix, s.authenticate)
-	add := func(method, path string, h echo.HandlerFunc) { s.route(g, AdminPrefix, method, path, h) }
-	add(http.MethodGet, "/whoami", s.whoami)
-	add(http.MethodGet, "/repo/status", s.repoStatus)
-	add(http.MethodGet, "/repo/online-key", s.onlineKey)
-	add(http.MethodPost, "/repo/root-drafts", s.createRootDraft)
-	add(http.MethodPut, "/artifacts/*", s.uploadArtifact)
-	add(http.MethodPost, "/releases", s.createRelease)
-	add(http.MethodPost, "/yanks", s.createYank)
-	add(http.MethodGet, "/drafts", s.listDrafts)
-	add(http.MethodGet, "/drafts/pending", s.pendingDraft)
-	add(http.MethodGet, "/drafts/:id", s.getDraft)
-	add(http.MethodPost, "/drafts/:id/signatures", s.addSignatures)
-	add(http.MethodDelete, "/drafts/:id", s.discardDraft)
+	r := routes{s: s, g: s.echo.Group(AdminPrefix, s.authenticate), prefix: AdminPrefix}
+	read, release := needs(identity.PermRead), needs(identity.PermReleaseChange)
+	r.add(http.MethodGet, "/whoami", read, s.whoami)
+	r.add(http.MethodGet, "/repo/status", read, s.repoStatus)
+	r.add(http.MethodGet, "/repo/online-key", read, s.onlineKey)
+	r.add(http.MethodPost, "/repo/root-drafts", release, s.createRootDraft)
+	r.add(http.MethodPut, "/artifacts/*", release, s.uploadArtifact)
+	r.add(http.MethodPost, "/releases", release, s.createRelease)
+	r.add(http.MethodPost, "/yanks", release, s.createYank)
+	r.add(http.MethodGet, "/drafts", read, s.listDrafts)
+	r.add(http.MethodGet, "/drafts/pending", read, s.pendingDraft)
+	r.add(http.MethodGet, "/drafts/:id", read, s.getDraft)
+	r.add(http.MethodPost, "/drafts/:id/signatures", release, s.addSignatures)
+	r.add(http.MethodDelete, "/drafts/:id", release, s.discardDraft)
 	if s.fleet != nil {
-		add(http.MethodGet, "/fleet/summary", s.fleetSummary)
+		r.add(http.MethodGet, "/fleet/summary", read, s.fleetSummary)
 	}
 	if s.rollouts != nil {
-		s.mountRollouts(g)
+		s.mountRollouts(r)
 	}
-	add(http.MethodGet, "/audit", s.auditEntries)
-	add(http.MethodGet, "/audit/verify", s.verifyAudit)
+	r.add(http.MethodGet, "/audit", read, s.auditEntries)
+	r.add(http.MethodGet, "/audit/verify", read, s.verifyAudit)
 	if s.users.Store != nil {
-		s.mountUsers(g)
+		s.mountUsers(r)
 	}
-	s.mountReports(g)
+	s.mountReports(r)
 }
 
 func (s *Server) repoStatus(c echo.Context) error {

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
@@ -58,7 +59,8 @@ type Config struct {
 	// /admin/audit/verify checks the chain against (nil: none, and the
 	// answer says the log is not anchored).
 	AuditAnchor audit.AuditAnchor
-	// Now is the clock of audit entries (default time.Now).
+	// Now is the clock (default time.Now): of audit entries, TUF
+	// timestamp caching and the rate limits' refill.
 	Now func() time.Time
 	// TargetsRedirect answers /targets/ with a redirect to a presigned URL
 	// valid for PresignTTL when the store can presign (S3).
@@ -126,16 +128,12 @@ type Server struct {
 	auditAnchor audit.AuditAnchor
 	clock       func() time.Time
 
-	// webRoutes are what the dashboard's pages need (mountWeb).
-	webRoutes map[string]RouteAccess
+	// access is what each route needs, by routeKey, as routes.add
+	// declared it: API routes and the dashboard's pages.
+	access map[string]RouteAccess
 }
 
-func (s *Server) now() time.Time {
-	if s.clock != nil {
-		return s.clock().UTC()
-	}
-	return time.Now().UTC()
-}
+func (s *Server) now() time.Time { return clock.Now(s.clock).UTC() }
 
 // New builds the application with its middleware and routes.
 func New(cfg Config) *Server {
@@ -200,19 +198,21 @@ func New(cfg Config) *Server {
 		return cfg.MaxBody
 	}))
 
-	e.GET("/healthz", s.healthz)
-	e.GET("/readyz", s.readyz)
-	e.GET("/metrics", echo.WrapHandler(metricsHandler(cfg.Registry)))
+	root := routes{s: s, g: e}
+	root.add(http.MethodGet, "/healthz", public, s.healthz)
+	root.add(http.MethodGet, "/readyz", public, s.readyz)
+	root.add(http.MethodGet, "/metrics", public, echo.WrapHandler(metricsHandler(cfg.Registry)))
 	if cfg.RolloutMetrics != nil {
 		cfg.Registry.MustRegister(cfg.RolloutMetrics)
 	}
-	e.GET(OpenAPIRoute, openAPIHandler())
+	root.add(http.MethodGet, OpenAPIRoute, public, openAPIHandler())
 	if s.repo != nil {
 		cfg.Registry.MustRegister(newRepoCollector(s.repo))
-		e.GET("/tuf/:name", s.tufMetadata)
-		e.HEAD("/tuf/:name", s.tufMetadata)
-		e.GET("/targets/*", s.targetFile)
-		e.HEAD("/targets/*", s.targetFile)
+		// TUF metadata and targets are signed: anyone may fetch them.
+		root.add(http.MethodGet, "/tuf/:name", public, s.tufMetadata)
+		root.add(http.MethodHead, "/tuf/:name", public, s.tufMetadata)
+		root.add(http.MethodGet, "/targets/*", public, s.targetFile)
+		root.add(http.MethodHead, "/targets/*", public, s.targetFile)
 		s.mountAdmin()
 	}
 	if s.fleet != nil {
@@ -221,7 +221,7 @@ func New(cfg Config) *Server {
 	if cfg.Web != nil {
 		s.mountWeb(cfg.Web)
 	}
-	// Every route must say what it needs (server/api/permissions.go).
+	// Every route must have been declared with what it needs (routes.add).
 	if err := s.CheckRoutes(); err != nil {
 		panic(err)
 	}

@@ -22,11 +22,13 @@ import (
 // number, contact or message) can be stored by accident.
 
 func (s *Server) mountHandset() {
-	g := s.echo.Group("/api/v1")
-	g.POST("/devices", s.enroll, limitTotal(s.enrollLimit))
-	g.POST("/checkin", s.checkIn, s.limit(s.checkInLimit))
-	g.POST("/reports", s.report, s.limit(s.reportLimit))
-	g.DELETE("/devices/self", s.eraseSelf)
+	// Device routes check the device token (or, for enrollment, the
+	// enrollment secret) in the handler.
+	r := routes{s: s, g: s.echo.Group(wire.APIPrefix), prefix: wire.APIPrefix}
+	r.add(http.MethodPost, "/devices", device, s.enroll, s.limitTotal(s.enrollLimit))
+	r.add(http.MethodPost, "/checkin", device, s.checkIn, s.limit(s.checkInLimit))
+	r.add(http.MethodPost, "/reports", device, s.report, s.limit(s.reportLimit))
+	r.add(http.MethodDelete, "/devices/self", device, s.eraseSelf)
 }
 
 // bearer is the request's device token; "" (refused as invalid) unless the

@@ -48,6 +48,11 @@ func decodeJSON(c echo.Context, v any) error {
 		}
 		return fmt.Errorf("%w: body: %w", errs.ErrInvalid, err)
 	}
+	return decodeJSONBytes(data, v)
+}
+
+// decodeJSONBytes is decodeJSON once the body is read.
+func decodeJSONBytes(data []byte, v any) error {
 	if err := checkJSON(data, reflect.TypeOf(v).Elem()); err != nil {
 		return err
 	}

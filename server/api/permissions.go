@@ -1,7 +1,9 @@
 package api
 
 import (
+	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -32,8 +34,9 @@ const (
 	AccessPermission AccessKind = "permission"
 )
 
-// RouteAccess is what a route needs. Every route Echo serves has one in
-// routeTable, so a route cannot be added without saying who may call it.
+// RouteAccess is what a route needs. Every route is mounted through
+// Server.add, which takes one, so a route cannot be added without
+// saying who may call it.
 type RouteAccess struct {
 	Kind       AccessKind
 	Permission identity.Permission
@@ -53,6 +56,29 @@ func (a RouteAccess) String() string {
 	return s
 }
 
+// check says what is wrong with a: no kind (a zero RouteAccess, the
+// declaration a forgetful caller would write), an unknown kind, or a
+// permission no role table knows.
+func (a RouteAccess) check() error {
+	switch a.Kind {
+	case AccessPublic, AccessDevice:
+		if a.Permission != "" {
+			return fmt.Errorf("a %s route takes no permission, got %q", a.Kind, a.Permission)
+		}
+		return nil
+	case AccessPermission:
+		for _, perms := range identity.RolePermissions {
+			if slices.Contains(perms, a.Permission) {
+				return nil
+			}
+		}
+		return fmt.Errorf("permission %q is no role's (server.RolePermissions)", a.Permission)
+	case "":
+		return errors.New("no access declared: say public, device or the permission it needs")
+	}
+	return fmt.Errorf("unknown access kind %q", a.Kind)
+}
+
 var (
 	public = RouteAccess{Kind: AccessPublic}
 	device = RouteAccess{Kind: AccessDevice}
@@ -68,93 +94,57 @@ func page(p identity.Permission) RouteAccess {
 	return RouteAccess{Kind: AccessPermission, Permission: p, Session: true}
 }
 
-// routeTable maps every route ("METHOD /echo/path") to what it needs. It
-// is the one place that says who may call what: admin routes are
-// mounted through it (Server.route), and New refuses to build a server
-// with a route missing from it. Checks are by permission; which role has
-// which is identity.RolePermissions.
-var routeTable = map[string]RouteAccess{
-	"GET /healthz":                          public,
-	"GET /readyz":                           public,
-	"GET /metrics":                          public,
-	"GET " + OpenAPIRoute:                   public,
-	"GET /tuf/:name":                        public,
-	"HEAD /tuf/:name":                       public,
-	"GET /targets/*":                        public,
-	"HEAD /targets/*":                       public,
-	"POST /api/v1/devices":                  device,
-	"POST /api/v1/checkin":                  device,
-	"POST /api/v1/reports":                  device,
-	"DELETE /api/v1/devices/self":           device,
-	"GET " + AdminPrefix + "/whoami":        needs(identity.PermRead),
-	"GET " + AdminPrefix + "/fleet/summary": needs(identity.PermRead),
-
-	"GET " + AdminPrefix + "/repo/status":            needs(identity.PermRead),
-	"GET " + AdminPrefix + "/repo/online-key":        needs(identity.PermRead),
-	"POST " + AdminPrefix + "/repo/root-drafts":      needs(identity.PermReleaseChange),
-	"PUT " + AdminPrefix + "/artifacts/*":            needs(identity.PermReleaseChange),
-	"POST " + AdminPrefix + "/releases":              needs(identity.PermReleaseChange),
-	"POST " + AdminPrefix + "/yanks":                 needs(identity.PermReleaseChange),
-	"GET " + AdminPrefix + "/drafts":                 needs(identity.PermRead),
-	"GET " + AdminPrefix + "/drafts/pending":         needs(identity.PermRead),
-	"GET " + AdminPrefix + "/drafts/:id":             needs(identity.PermRead),
-	"POST " + AdminPrefix + "/drafts/:id/signatures": needs(identity.PermReleaseChange),
-	"DELETE " + AdminPrefix + "/drafts/:id":          needs(identity.PermReleaseChange),
-
-	"POST " + AdminPrefix + "/rollouts":                            needs(identity.PermRolloutChange),
-	"GET " + AdminPrefix + "/rollouts":                             needs(identity.PermRead),
-	"GET " + AdminPrefix + "/rollouts/:id":                         needs(identity.PermRead),
-	"GET " + AdminPrefix + "/rollouts/:id/events":                  needs(identity.PermRead),
-	"POST " + AdminPrefix + "/rollouts/:id/start":                  needs(identity.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/pause":                  needs(identity.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/resume":                 needs(identity.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/abort":                  needs(identity.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/complete":               needs(identity.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/advance":                needs(identity.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/holds":                  needs(identity.PermRolloutChange),
-	"POST " + AdminPrefix + "/rollouts/:id/holds/:model/release":   needs(identity.PermRolloutChange),
-	"GET " + AdminPrefix + "/rollouts/:id/approvals":               needs(identity.PermRead),
-	"POST " + AdminPrefix + "/rollouts/:id/approvals/:aid/approve": needs(identity.PermRolloutApprove),
-	"POST " + AdminPrefix + "/rollouts/:id/approvals/:aid/reject":  needs(identity.PermRolloutApprove),
-	"GET " + AdminPrefix + "/rollouts/:id/report":                  needs(identity.PermRead),
-	"GET " + AdminPrefix + "/reports/exposure":                     needs(identity.PermRead),
-	"GET " + AdminPrefix + "/audit":                                needs(identity.PermRead),
-	"GET " + AdminPrefix + "/audit/verify":                         needs(identity.PermRead),
-
-	"GET " + AdminPrefix + "/users":                needs(identity.PermUserAdmin),
-	"POST " + AdminPrefix + "/users":               needs(identity.PermUserAdmin),
-	"POST " + AdminPrefix + "/users/:name/role":    needs(identity.PermUserAdmin),
-	"POST " + AdminPrefix + "/users/:name/disable": needs(identity.PermUserAdmin),
-	"POST " + AdminPrefix + "/users/:name/enable":  needs(identity.PermUserAdmin),
-	// The token routes act on the caller's own tokens; ?all=true and
-	// another user's token also need PermUserAdmin, checked in the
-	// handlers.
-	"GET " + AdminPrefix + "/tokens":        needs(identity.PermOwnTokens),
-	"POST " + AdminPrefix + "/tokens":       needs(identity.PermOwnTokens),
-	"DELETE " + AdminPrefix + "/tokens/:id": needs(identity.PermOwnTokens),
-}
-
-// routeKey is a route's key in routeTable.
+// routeKey is a route's key in Server.access: "METHOD /echo/path".
 func routeKey(method, path string) string { return method + " " + path }
 
-// RoutePermissions returns what each route the server registered needs,
-// by "METHOD /echo/path", for the endpoint × role test and for docs.
-func (s *Server) RoutePermissions() map[string]RouteAccess {
-	out := make(map[string]RouteAccess)
-	for _, r := range s.echo.Routes() {
-		if r.Method == echo.RouteNotFound {
-			continue
-		}
-		if a, ok := s.routeAccess(routeKey(r.Method, r.Path)); ok {
-			out[routeKey(r.Method, r.Path)] = a
-		}
-	}
-	return out
+// mounter is where add puts a route: the Echo root or a group.
+type mounter interface {
+	Add(method, path string, h echo.HandlerFunc, m ...echo.MiddlewareFunc) *echo.Route
 }
 
-// CheckRoutes returns an error naming every route Echo serves that has
-// no entry in routeTable. New panics on it; wiring that mounts more
-// routes after New (pages) calls it again.
+// routes mounts routes on g, whose path prefix is prefix ("" for the
+// root), each through Server.add.
+type routes struct {
+	s      *Server
+	g      mounter
+	prefix string
+}
+
+// add mounts h at prefix+path behind what a says the route needs (for
+// AccessPermission, require(a.Permission) runs before m and h) and
+// records a: this call is the one place a route and its permission are
+// written, and RoutePermissions, CheckRoutes and the endpoint × role
+// test read what it recorded. A route declared without a valid access,
+// or twice, panics: a programming error, found by any test that builds
+// the server.
+func (r routes) add(method, path string, a RouteAccess, h echo.HandlerFunc, m ...echo.MiddlewareFunc) {
+	key := routeKey(method, r.prefix+path)
+	if err := a.check(); err != nil {
+		panic(fmt.Sprintf("api: route %s: %v", key, err))
+	}
+	if _, dup := r.s.access[key]; dup {
+		panic(fmt.Sprintf("api: route %s declared twice", key))
+	}
+	if r.s.access == nil {
+		r.s.access = map[string]RouteAccess{}
+	}
+	r.s.access[key] = a
+	if a.Kind == AccessPermission && !a.Session {
+		m = append([]echo.MiddlewareFunc{require(a.Permission)}, m...)
+	}
+	r.g.Add(method, path, h, m...)
+}
+
+// RoutePermissions returns what each route the server declared needs,
+// by "METHOD /echo/path", for the endpoint × role test and for docs.
+func (s *Server) RoutePermissions() map[string]RouteAccess {
+	return maps.Clone(s.access)
+}
+
+// CheckRoutes returns an error naming every route Echo serves that was
+// not declared through add (mounted on Echo directly, so with no access
+// said). New panics on it; wiring that mounts more routes after New
+// calls it again.
 func (s *Server) CheckRoutes() error {
 	var missing []string
 	for _, r := range s.echo.Routes() {
@@ -163,7 +153,7 @@ func (s *Server) CheckRoutes() error {
 			// runs on unknown paths too.
 			continue
 		}
-		if _, ok := s.routeAccess(routeKey(r.Method, r.Path)); !ok {
+		if _, ok := s.access[routeKey(r.Method, r.Path)]; !ok {
 			missing = append(missing, routeKey(r.Method, r.Path))
 		}
 	}
@@ -172,23 +162,8 @@ func (s *Server) CheckRoutes() error {
 	}
 	sort.Strings(missing)
 	missing = slices.Compact(missing)
-	return fmt.Errorf("api: routes without an entry in routeTable (server/api/permissions.go), say what each needs: %s",
+	return fmt.Errorf("api: routes mounted without a declared access (mount them with Server.add, saying what each needs): %s",
 		strings.Join(missing, ", "))
-}
-
-// route mounts h on g, whose prefix is prefix, behind what routeTable
-// says the route needs. A route missing from the table panics: it is a
-// programming error, found by any test that builds the server.
-func (s *Server) route(g *echo.Group, prefix, method, path string, h echo.HandlerFunc, m ...echo.MiddlewareFunc) {
-	a, ok := routeTable[routeKey(method, prefix+path)]
-	if !ok {
-		panic(fmt.Sprintf("api: route %s %s has no entry in routeTable (server/api/permissions.go): declare the permission it needs",
-			method, prefix+path))
-	}
-	if a.Kind == AccessPermission {
-		m = append([]echo.MiddlewareFunc{require(a.Permission)}, m...)
-	}
-	g.Add(method, path, h, m...)
 }
 
 // require lets through a principal with permission p: 401 without one,

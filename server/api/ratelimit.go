@@ -108,13 +108,13 @@ func (s *Server) limit(l *limiter) echo.MiddlewareFunc {
 		}
 		return func(c echo.Context) error {
 			key := sha256.Sum256([]byte(bearer(c)))
-			known, wait := l.take(key, time.Now())
+			known, wait := l.take(key, s.now())
 			if wait > 0 {
 				return &errs.RateLimitError{RetryAfter: wait}
 			}
 			err := next(c)
 			if !known && succeeded(c, err) {
-				l.admit(key, time.Now())
+				l.admit(key, s.now())
 			}
 			return err
 		}
@@ -143,21 +143,22 @@ func newGlobalLimiter(perMinute float64, burst int) *rate.Limiter {
 // refused ones (a wrong enrollment secret, a bad body) cannot use up the
 // bucket and lock real handsets out; the check comes before the handler,
 // so concurrent requests may overdraw the bucket by as many as are in
-// flight, and the debt is paid before the next one is let in.
-func limitTotal(l *rate.Limiter) echo.MiddlewareFunc {
+// flight, and the debt is paid before the next one is let in. The bucket
+// refills on the server's clock.
+func (s *Server) limitTotal(l *rate.Limiter) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		if l == nil {
 			return next
 		}
 		return func(c echo.Context) error {
-			now := time.Now()
+			now := s.now()
 			if tokens := l.TokensAt(now); tokens < 1 {
 				wait := time.Duration((1 - tokens) / float64(l.Limit()) * float64(time.Second))
 				return &errs.RateLimitError{RetryAfter: wait}
 			}
 			err := next(c)
 			if succeeded(c, err) {
-				l.ReserveN(time.Now(), 1)
+				l.ReserveN(s.now(), 1)
 			}
 			return err
 		}

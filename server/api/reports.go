@@ -12,16 +12,17 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 )
 
-// mountReports adds the report routes to the admin group g: any admin
+// mountReports adds the report routes to the admin group r: any admin
 // token may read them.
-func (s *Server) mountReports(g *echo.Group) {
+func (s *Server) mountReports(r routes) {
 	if s.reports == nil {
 		return
 	}
-	g.GET("/rollouts/:id/report", s.rolloutReport)
-	g.GET("/reports/exposure", s.exposureReport)
+	r.add(http.MethodGet, "/rollouts/:id/report", needs(identity.PermRead), s.rolloutReport)
+	r.add(http.MethodGet, "/reports/exposure", needs(identity.PermRead), s.exposureReport)
 }
 
 // reportFormat is the ?format= of a report: JSON unless "csv".

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/handsets"
@@ -54,10 +55,7 @@ var _ server.RolloutObserver = (*RolloutMetrics)(nil)
 // counters only). now is the clock that ages aborted rollouts out
 // (default time.Now).
 func NewRolloutMetrics(snapshot func() []*rollout.Rollout, now func() time.Time) *RolloutMetrics {
-	if now == nil {
-		now = time.Now
-	}
-	return &RolloutMetrics{snapshot: snapshot, now: now,
+	return &RolloutMetrics{snapshot: snapshot, now: clock.Or(now),
 		offers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "otad_rollout_offers_total",
 			Help: "Offers check-ins answered, by rollout and kind: first (the rollout's first offer to the handset), retry (after a failed install), repeat (the offer the handset has, again).",

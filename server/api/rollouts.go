@@ -13,17 +13,18 @@ import (
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
+	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/rollout"
 )
 
-// mountRollouts adds the rollout routes to the admin group; what each
-// needs is in routeTable.
-func (s *Server) mountRollouts(g *echo.Group) {
-	add := func(method, path string, h echo.HandlerFunc) { s.route(g, AdminPrefix, method, path, h) }
-	add(http.MethodPost, "/rollouts", s.createRollout)
-	add(http.MethodGet, "/rollouts", s.listRollouts)
-	add(http.MethodGet, "/rollouts/:id", s.getRollout)
-	add(http.MethodGet, "/rollouts/:id/events", s.rolloutEvents)
+// mountRollouts adds the rollout routes to the admin group r, each with
+// the permission it needs.
+func (s *Server) mountRollouts(r routes) {
+	read, change, approve := needs(identity.PermRead), needs(identity.PermRolloutChange), needs(identity.PermRolloutApprove)
+	r.add(http.MethodPost, "/rollouts", change, s.createRollout)
+	r.add(http.MethodGet, "/rollouts", read, s.listRollouts)
+	r.add(http.MethodGet, "/rollouts/:id", read, s.getRollout)
+	r.add(http.MethodGet, "/rollouts/:id/events", read, s.rolloutEvents)
 	for _, a := range []struct {
 		name string
 		do   rolloutAction
@@ -34,14 +35,14 @@ func (s *Server) mountRollouts(g *echo.Group) {
 		{rollout.ActionAbort, narrowing(s.rollouts.Abort)},
 		{rollout.ActionComplete, narrowing(s.rollouts.Complete)},
 	} {
-		add(http.MethodPost, "/rollouts/:id/"+a.name, s.rolloutActionHandler(a.do))
+		r.add(http.MethodPost, "/rollouts/:id/"+a.name, change, s.rolloutActionHandler(a.do))
 	}
-	add(http.MethodPost, "/rollouts/:id/advance", s.advanceRollout)
-	add(http.MethodPost, "/rollouts/:id/holds", s.holdModel)
-	add(http.MethodPost, "/rollouts/:id/holds/:model/release", s.releaseHold)
-	add(http.MethodGet, "/rollouts/:id/approvals", s.listApprovals)
-	add(http.MethodPost, "/rollouts/:id/approvals/:aid/approve", s.approve)
-	add(http.MethodPost, "/rollouts/:id/approvals/:aid/reject", s.reject)
+	r.add(http.MethodPost, "/rollouts/:id/advance", change, s.advanceRollout)
+	r.add(http.MethodPost, "/rollouts/:id/holds", change, s.holdModel)
+	r.add(http.MethodPost, "/rollouts/:id/holds/:model/release", change, s.releaseHold)
+	r.add(http.MethodGet, "/rollouts/:id/approvals", read, s.listApprovals)
+	r.add(http.MethodPost, "/rollouts/:id/approvals/:aid/approve", approve, s.approve)
+	r.add(http.MethodPost, "/rollouts/:id/approvals/:aid/reject", approve, s.reject)
 }
 
 // FormatDuration writes d as every answer writes a duration: "6h",

@@ -38,7 +38,7 @@ func (s *Server) tufMetadata(c echo.Context) error {
 	if f.Immutable {
 		h.Set("Cache-Control", immutableCache)
 	} else {
-		h.Set("Cache-Control", "public, max-age="+strconv.Itoa(timestampMaxAge(f.Expires, time.Now())))
+		h.Set("Cache-Control", "public, max-age="+strconv.Itoa(timestampMaxAge(f.Expires, s.now())))
 	}
 	h.Set("Content-Type", "application/json")
 	w := &contentWriter{Response: c.Response()}

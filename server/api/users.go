@@ -10,16 +10,20 @@ import (
 	"github.com/patchfleet/ota/server/identity"
 )
 
-// mountUsers adds the users and tokens routes to the admin group g.
-func (s *Server) mountUsers(g *echo.Group) {
-	s.route(g, AdminPrefix, http.MethodGet, "/users", s.listUsers)
-	s.route(g, AdminPrefix, http.MethodPost, "/users", s.createUser)
-	s.route(g, AdminPrefix, http.MethodPost, "/users/:name/role", s.setUserRole)
-	s.route(g, AdminPrefix, http.MethodPost, "/users/:name/disable", s.setUserDisabled(true))
-	s.route(g, AdminPrefix, http.MethodPost, "/users/:name/enable", s.setUserDisabled(false))
-	s.route(g, AdminPrefix, http.MethodGet, "/tokens", s.listTokens)
-	s.route(g, AdminPrefix, http.MethodPost, "/tokens", s.createToken)
-	s.route(g, AdminPrefix, http.MethodDelete, "/tokens/:id", s.revokeToken)
+// mountUsers adds the users and tokens routes to the admin group r.
+// The token routes act on the caller's own tokens; ?all=true and
+// another user's token also need PermUserAdmin, checked in the
+// handlers.
+func (s *Server) mountUsers(r routes) {
+	admin, own := needs(identity.PermUserAdmin), needs(identity.PermOwnTokens)
+	r.add(http.MethodGet, "/users", admin, s.listUsers)
+	r.add(http.MethodPost, "/users", admin, s.createUser)
+	r.add(http.MethodPost, "/users/:name/role", admin, s.setUserRole)
+	r.add(http.MethodPost, "/users/:name/disable", admin, s.setUserDisabled(true))
+	r.add(http.MethodPost, "/users/:name/enable", admin, s.setUserDisabled(false))
+	r.add(http.MethodGet, "/tokens", own, s.listTokens)
+	r.add(http.MethodPost, "/tokens", own, s.createToken)
+	r.add(http.MethodDelete, "/tokens/:id", own, s.revokeToken)
 }
 
 func userOf(u *identity.User) wire.User {

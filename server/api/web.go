@@ -29,19 +29,17 @@ type PageRoute struct {
 
 // mountWeb mounts the dashboard's pages on Echo, each handed whole to
 // the dashboard, which checks its session, permission and CSRF token
-// itself; and records what each needs, so that CheckRoutes and the
-// endpoint × role test see the pages too.
+// itself; each is declared through routes.add with what it needs, so
+// that CheckRoutes and the endpoint × role test see the pages too.
 func (s *Server) mountWeb(h Pages) {
-	s.webRoutes = map[string]RouteAccess{}
+	root := routes{s: s, g: s.echo}
 	wrapped := echo.WrapHandler(h)
 	for _, r := range h.PageRoutes() {
-		p := echoPath(r.Pattern)
-		s.echo.Add(r.Method, p, wrapped)
 		a := public
 		if !r.Public {
 			a = page(r.Perm)
 		}
-		s.webRoutes[routeKey(r.Method, p)] = a
+		root.add(r.Method, echoPath(r.Pattern), a, wrapped)
 	}
 }
 
@@ -61,14 +59,4 @@ func echoPath(pattern string) string {
 		}
 	}
 	return strings.Join(parts, "/")
-}
-
-// routeAccess is what route key needs: its routeTable entry, or the
-// dashboard's own declaration for a page.
-func (s *Server) routeAccess(key string) (RouteAccess, bool) {
-	if a, ok := routeTable[key]; ok {
-		return a, true
-	}
-	a, ok := s.webRoutes[key]
-	return a, ok
 }

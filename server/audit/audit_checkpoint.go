@@ -17,6 +17,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/signing"
 )
@@ -157,12 +158,7 @@ type AuditCheckpoints struct {
 
 var _ AuditAnchor = (*AuditCheckpoints)(nil)
 
-func (c *AuditCheckpoints) now() time.Time {
-	if c.Now != nil {
-		return c.Now().UTC()
-	}
-	return time.Now().UTC()
-}
+func (c *AuditCheckpoints) now() time.Time { return clock.Now(c.Now).UTC() }
 
 func (c *AuditCheckpoints) keys(ctx context.Context) (map[string]*metadata.Key, error) {
 	if c.Keys != nil {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/textrule"
 	"golang.org/x/crypto/argon2"
@@ -190,12 +191,7 @@ type Users struct {
 	Devices *DeviceCookies
 }
 
-func (us Users) now() time.Time {
-	if us.Now != nil {
-		return us.Now()
-	}
-	return time.Now()
-}
+func (us Users) now() time.Time { return clock.Now(us.Now) }
 
 // ValidateUser checks a new user's name, role and password (service
 // accounts have none).
@@ -280,12 +276,7 @@ type Sessions struct {
 	Idle, Absolute time.Duration
 }
 
-func (ss Sessions) now() time.Time {
-	if ss.Now != nil {
-		return ss.Now()
-	}
-	return time.Now()
-}
+func (ss Sessions) now() time.Time { return clock.Now(ss.Now) }
 
 func (ss Sessions) limits() (idle, absolute time.Duration) {
 	idle, absolute = ss.Idle, ss.Absolute

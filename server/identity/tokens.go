@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/textrule"
 )
@@ -102,12 +103,7 @@ type Tokens struct {
 	Lifetime time.Duration
 }
 
-func (ts Tokens) now() time.Time {
-	if ts.Now != nil {
-		return ts.Now()
-	}
-	return time.Now()
-}
+func (ts Tokens) now() time.Time { return clock.Now(ts.Now) }
 
 // TokenOptions are the choices of minting a token.
 type TokenOptions struct {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
 )
@@ -61,10 +62,7 @@ type RolloutEvaluator struct {
 // in between is never overwritten. An error with one rollout does not
 // keep the others from being evaluated; Evaluate returns them all.
 func (e *RolloutEvaluator) Evaluate(ctx context.Context) error {
-	now := time.Now()
-	if e.Now != nil {
-		now = e.Now()
-	}
+	now := clock.Now(e.Now)
 	rollouts, err := e.Store.Rollouts(ctx, RolloutRunning, RolloutCompleted)
 	if err != nil {
 		return fmt.Errorf("evaluate rollouts: %w", err)

@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/patchfleet/ota/internal/clock"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
@@ -78,12 +79,7 @@ const DefaultMaxOpenRollouts = 50
 // rollout changed faster than a round trip to the store exhausts them.
 const rolloutAttempts = 5
 
-func (s *RolloutService) now() time.Time {
-	if s.Now != nil {
-		return s.Now().UTC()
-	}
-	return time.Now().UTC()
-}
+func (s *RolloutService) now() time.Time { return clock.Now(s.Now).UTC() }
 
 func (s *RolloutService) changed() {
 	if s.OnChange != nil {

@@ -579,7 +579,7 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 			drs[i] = records[i].deviceRollout()
 		}
 		b := eraseDevice(&old[0])
-		b.merge(eraseRecords(drs, time.Now()))
+		b.merge(eraseRecords(drs, s.db.now()))
 		if err := b.insert(gormExec{tx}); err != nil {
 			return err
 		}

@@ -141,7 +141,7 @@ func (s *DraftStore) ListDrafts(ctx context.Context, limit int) ([]*manifests.Dr
 // AddSignatures implements manifests.DraftStore: all of sigs or none, and
 // only while the draft is pending.
 func (s *DraftStore) AddSignatures(ctx context.Context, id string, sigs []manifests.DraftSignature) error {
-	now := time.Now().UTC()
+	now := s.db.now()
 	return s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		var row draftRow
 		q := tx.Where("id = ?", id)
@@ -175,7 +175,7 @@ func (s *DraftStore) AddSignatures(ctx context.Context, id string, sigs []manife
 func (s *DraftStore) SetDraftState(ctx context.Context, id, state string) error {
 	res := s.db.gorm.WithContext(ctx).Model(&draftRow{}).
 		Where("id = ? AND state = ?", id, manifests.DraftPending).
-		Updates(map[string]any{"state": state, "pending_slot": nil, "updated_at": time.Now().UTC()})
+		Updates(map[string]any{"state": state, "pending_slot": nil, "updated_at": s.db.now()})
 	if res.Error != nil {
 		return fmt.Errorf("set draft state: %w", res.Error)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/glebarez/sqlite"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
+	clk "github.com/patchfleet/ota/internal/clock"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -92,6 +93,11 @@ type Options struct {
 	// MaxOpenConns caps the connection pool; zero or less picks a default
 	// for the dialect (10 for PostgreSQL, 8 for SQLite).
 	MaxOpenConns int
+	// Now is the clock of the times the stores write themselves (a
+	// revocation, a signature, a draft's state, an erasure) and of gorm's
+	// CreatedAt and UpdatedAt (default time.Now): the wiring passes the
+	// one its services have.
+	Now func() time.Time
 
 	// insecureDelete leaves out SQLite's secure_delete, for the benchmark
 	// that measures what it costs.
@@ -106,6 +112,7 @@ type DB struct {
 	dialect string
 	logger  *slog.Logger
 	repoMu  chan struct{} // RepoLock on SQLite
+	clock   func() time.Time
 	// checkIns batches check-in reads on PostgreSQL; nil on SQLite.
 	checkIns *readBatcher[string, checkInRows]
 	// writes group-commits the handset path's writes on PostgreSQL
@@ -139,6 +146,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
+	opts.Now = clk.Or(opts.Now)
 	cfg := &gorm.Config{
 		Logger: newGormLogger(log),
 		// One statement is atomic already; gorm's implicit transaction
@@ -154,7 +162,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*DB, error) {
 		// Timestamps that gorm fills in (CreatedAt, UpdatedAt) are stored
 		// in UTC so that SQLite's text timestamps sort and compare
 		// correctly whatever the host's time zone.
-		NowFunc: func() time.Time { return time.Now().UTC() },
+		NowFunc: func() time.Time { return opts.Now().UTC() },
 	}
 	switch t.dialect {
 	case dialectPostgres:
@@ -204,7 +212,7 @@ func openPostgres(ctx context.Context, dsn string, cfg *gorm.Config, opts Option
 		return nil, fmt.Errorf("connect to postgres at %s: %w", where, redact(err, secrets))
 	}
 	db := &DB{gorm: g, sql: sqlDB, dialect: dialectPostgres, logger: log, repoMu: make(chan struct{}, 1),
-		offers: newOfferBudget(g)}
+		offers: newOfferBudget(g), clock: opts.Now}
 	db.checkIns = db.checkInBatcher()
 	db.writes = newWriteBatcher(sqlDB)
 	return db, nil
@@ -285,8 +293,11 @@ func openSQLite(ctx context.Context, path string, cfg *gorm.Config, opts Options
 		return nil, fmt.Errorf("open sqlite database %s: make it owner-only: %w", path, err)
 	}
 	return &DB{gorm: g, sql: sqlDB, dialect: dialectSQLite, logger: log, repoMu: make(chan struct{}, 1),
-		offers: newOfferBudget(g)}, nil
+		offers: newOfferBudget(g), clock: opts.Now}, nil
 }
+
+// now is the time on the database's clock (Options.Now), in UTC.
+func (db *DB) now() time.Time { return clk.Now(db.clock).UTC() }
 
 // openSQLiteRetrying opens the database, trying again while SQLite
 // answers SQLITE_BUSY. The first connection applies the pragmas, and when

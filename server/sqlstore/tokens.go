@@ -161,7 +161,7 @@ func (s *TokenStore) ListTokens(ctx context.Context, userID string) ([]*identity
 // PostgreSQL's read committed, the next statement then sees that child;
 // one recursive statement would read the tree as it was when it began.
 func (s *TokenStore) RevokeToken(ctx context.Context, id string) error {
-	now := dbTime(time.Now())
+	now := dbTime(s.db.now())
 	err := s.db.gorm.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		res := tx.Exec("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", now, id)
 		if res.Error != nil {

@@ -131,7 +131,7 @@ func (s *UserStore) SetUserDisabled(ctx context.Context, id string, disabled boo
 		if err := tx.Exec("DELETE FROM sessions WHERE user_id = ?", id).Error; err != nil {
 			return fmt.Errorf("user %s: end sessions: %w", id, err)
 		}
-		if err := tx.Exec("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", dbTime(time.Now()), id).Error; err != nil {
+		if err := tx.Exec("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", dbTime(s.db.now()), id).Error; err != nil {
 			return fmt.Errorf("user %s: revoke tokens: %w", id, err)
 		}
 		return nil
