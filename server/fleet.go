@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/patchfleet/ota/internal/clock"
+	"github.com/patchfleet/ota/clock"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/handsets"

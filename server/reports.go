@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"github.com/patchfleet/ota/internal/clock"
+	"github.com/patchfleet/ota/clock"
 	"github.com/patchfleet/ota/server/handsets"
 	"github.com/patchfleet/ota/server/rollout"
 )

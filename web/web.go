@@ -21,7 +21,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/internal/clock"
+	"github.com/patchfleet/ota/clock"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/httperr"

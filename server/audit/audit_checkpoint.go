@@ -17,7 +17,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
-	"github.com/patchfleet/ota/internal/clock"
+	"github.com/patchfleet/ota/clock"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/signing"
 )

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/internal/clock"
+	"github.com/patchfleet/ota/clock"
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/textrule"
 )

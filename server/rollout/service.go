@@ -12,7 +12,7 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/patchfleet/ota/internal/clock"
+	"github.com/patchfleet/ota/clock"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/errs"

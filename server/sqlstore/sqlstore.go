@@ -25,7 +25,7 @@ import (
 	"github.com/glebarez/sqlite"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
-	clk "github.com/patchfleet/ota/internal/clock"
+	clk "github.com/patchfleet/ota/clock"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	sqlite3 "modernc.org/sqlite/lib"

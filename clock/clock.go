@@ -1,4 +1,6 @@
 // Package clock is the one fallback for the clock otad's parts share.
+// It sits at the bottom of the package graph (it imports only "time"), so
+// that the domain, the repository and the pages can all use it.
 //
 // The wiring (internal/app, from cmd/otad's wall clock or a test's fake)
 // passes one func() time.Time to every part's config, so that a rollout's
