@@ -64,8 +64,12 @@ type verified struct {
 
 // Code is the report code of an error of the verifier (CodeVerify,
 // CodeDownload, CodeNotApplicable): what a handset reports when an offer
-// fails. It is CodeVerify for an error the verifier did not classify.
+// fails. It is CodeVerify for an error the verifier did not classify,
+// "" for nil.
 func Code(err error) string {
+	if err == nil {
+		return ""
+	}
 	var f *failure
 	if errors.As(err, &f) {
 		return f.code
