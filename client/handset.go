@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -118,4 +119,19 @@ func (c *Client) ResolveURL(ref string, allowedHosts ...string) (string, error) 
 		s += "/"
 	}
 	return s, nil
+}
+
+// FirstRoot fetches the repository's first root (1.root.json), for a
+// handset that trusts on first use or a simulator that plays the
+// firmware: the root a handset ships with and verifies every update
+// from. A 404 means the root ceremony has not run.
+func (c *Client) FirstRoot(ctx context.Context) ([]byte, error) {
+	var raw json.RawMessage
+	if _, err := c.doJSON(ctx, http.MethodGet, wire.MetadataPrefix+"1.root.json", nil, &raw); err != nil {
+		return nil, err
+	}
+	if len(raw) == 0 {
+		return nil, &BadAnswerError{http.MethodGet, wire.MetadataPrefix + "1.root.json", errors.New("empty")}
+	}
+	return raw, nil
 }

@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"net/http"
 	"testing"
@@ -105,5 +106,27 @@ func TestResolveURL(t *testing.T) {
 		if got != tc.want || (err == nil) != (tc.want != "") {
 			t.Errorf("ResolveURL(%q, %v) = %q, %v; want %q", tc.ref, tc.allowed, got, err, tc.want)
 		}
+	}
+}
+
+// TestFirstRoot: the root a handset or simulator trusts on first use is
+// root v1 exactly as the repository holds it; before the root ceremony
+// there is none, and the error says so with the server's 404.
+func TestFirstRoot(t *testing.T) {
+	env := apitest.Start(t, apitest.Options{})
+	c, err := client.New(env.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.FirstRoot(t.Context()); client.AsError(err) == nil || client.AsError(err).Status != http.StatusNotFound {
+		t.Fatalf("first root before the ceremony: %v; want a 404 *client.Error", err)
+	}
+	env.Ceremony(t, apitest.NewEngineers(t, 1), 1)
+	got, err := c.FirstRoot(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := env.RootBytes(t, 1); !bytes.Equal(got, want) {
+		t.Fatalf("first root: %d bytes, want root v1's %d bytes unchanged", len(got), len(want))
 	}
 }

@@ -645,18 +645,10 @@ func (a *Agent) fetch(ctx context.Context, o wire.OfferAnswer) (*verified, Downl
 	if err != nil {
 		return nil, DownloadResult{}, err
 	}
-	d := &Download{URL: v.url, Dst: a.downloadPath(v.sha256), Length: v.length, SHA256: v.sha256, Client: a.cfg.Client.HTTPClient()}
-	res, err := d.Run(ctx)
-	switch {
-	case errors.Is(err, ErrContent):
-		return nil, res, &failure{code: CodeVerify, err: err}
-	case err != nil:
-		var se *HTTPStatusError
-		if errors.As(err, &se) && se.Status < 500 && se.Status != http.StatusRequestedRangeNotSatisfiable &&
-			se.Status != http.StatusNotFound && se.Status != http.StatusTooManyRequests {
-			return nil, res, &failure{code: CodeDownload, err: err}
-		}
-		return nil, res, &failure{code: CodeDownload, transient: true, err: err}
+	t := &Target{URL: v.url, Length: v.length, SHA256: v.sha256}
+	res, err := t.Fetch(ctx, a.cfg.Client.HTTPClient(), a.downloadPath(v.sha256), "")
+	if err != nil {
+		return nil, res, err
 	}
 	return v, res, nil
 }

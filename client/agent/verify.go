@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -8,9 +9,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
@@ -58,46 +62,131 @@ type verified struct {
 	custom manifests.TargetCustom
 }
 
-// verifyOffer runs a go-tuf update from the trusted root in the state
-// folder (go-tuf keeps the newest verified root there) and checks the
-// offer against the signed metadata: the target is signed, the offer's
-// length, sha256 and patch match it, and the signed custom metadata says
-// the patch is for this model and build. The server's copy of the custom
-// metadata in the offer is never used.
-func (a *Agent) verifyOffer(ctx context.Context, o wire.OfferAnswer, build string) (*verified, error) {
-	metaURL, err := a.cfg.Client.ResolveURL(o.MetadataURL, a.cfg.AllowedHosts...)
-	if err != nil {
-		return nil, &failure{code: CodeVerify, err: err}
+// Code is the report code of an error of the verifier (CodeVerify,
+// CodeDownload, CodeNotApplicable): what a handset reports when an offer
+// fails. It is CodeVerify for an error the verifier did not classify,
+// "" for nil.
+func Code(err error) string {
+	if err == nil {
+		return ""
 	}
-	targetsURL, err := a.cfg.Client.ResolveURL(o.TargetsURL, a.cfg.AllowedHosts...)
-	if err != nil {
-		return nil, &failure{code: CodeVerify, err: err}
+	var f *failure
+	if errors.As(err, &f) {
+		return f.code
 	}
-	root, err := a.trustedRoot()
-	if err != nil {
-		return nil, err
+	return CodeVerify
+}
+
+// Transient reports whether retrying may help an error of the verifier:
+// the metadata or the file could not be fetched, but nothing failed to
+// verify.
+func Transient(err error) bool {
+	var f *failure
+	return errors.As(err, &f) && f.transient
+}
+
+// Verifier runs go-tuf updates of one repository: the agent's, and
+// simulators' that act as many handsets and share one update among
+// them. It has no state but its folder: each Refresh is a new go-tuf
+// updater that starts from the newest root verified there (rollback
+// protection holds across refreshes, as on a handset across polls).
+type Verifier struct {
+	// MetadataURL and TargetsURL are the repository's, absolute and
+	// ending in "/" (client.ResolveURL makes them from an offer).
+	MetadataURL, TargetsURL string
+	// Root is the trusted root to start from while Dir holds none (or
+	// holds one that does not load).
+	Root []byte
+	// Dir is go-tuf's metadata folder; it must exist.
+	Dir string
+	// HTTPClient fetches the metadata. go-tuf takes no context: give it
+	// a timeout (its default fetcher's http.DefaultClient has none).
+	HTTPClient *http.Client
+	// UserAgent, if set, names the caller to the server.
+	UserAgent string
+}
+
+// View is one refreshed go-tuf updater: the repository's signed
+// metadata at one moment. Its methods are safe for concurrent use.
+type View struct {
+	targetsURL string
+	mu         sync.Mutex // GetTargetInfo may load delegated metadata
+	up         *updater.Updater
+}
+
+// Target is what the signed metadata says of an offered target, checked
+// against the offer.
+type Target struct {
+	// URL is where its bytes are (with consistent snapshots,
+	// <dir>/<sha256>.<base> under the targets URL).
+	URL    string
+	Length int64
+	SHA256 string // hex
+	// Custom is the signed custom metadata; the server's copy in the
+	// offer is never used.
+	Custom manifests.TargetCustom
+}
+
+// Refresh runs a go-tuf update (root, timestamp, snapshot, targets) and
+// returns the view it verified. Errors are classified: Code, Transient.
+func (v *Verifier) Refresh() (*View, error) {
+	root := v.Root
+	if b, err := os.ReadFile(filepath.Join(v.Dir, "root.json")); err == nil && len(b) > 0 {
+		root = b
 	}
-	cfg, err := config.New(metaURL, root)
-	if err != nil {
-		return nil, &failure{code: CodeVerify, err: err}
+	up, err := v.updater(root)
+	if err != nil && len(v.Root) > 0 && !bytes.Equal(root, v.Root) {
+		// The cached root was verified when written; should it not load,
+		// start again from the bootstrap root.
+		up, err = v.updater(v.Root)
 	}
-	cfg.RemoteTargetsURL = targetsURL
-	cfg.LocalMetadataDir = a.tufDir()
-	cfg.LocalTargetsDir = a.downloadDir()
-	// go-tuf's default fetcher would use http.DefaultClient, which has no
-	// timeout; go-tuf takes no context, so the timeout bounds it.
-	hc := &http.Client{Timeout: a.cfg.TUFTimeout, Transport: a.cfg.Client.HTTPClient().Transport}
-	if err := cfg.SetDefaultFetcherHTTPClient(hc); err != nil {
-		return nil, err
-	}
-	up, err := updater.New(cfg)
 	if err != nil {
 		return nil, classify("trusted root", err)
 	}
 	if err := up.Refresh(); err != nil {
 		return nil, classify("refresh TUF metadata", err)
 	}
-	info, err := up.GetTargetInfo(o.Target)
+	return &View{targetsURL: v.TargetsURL, up: up}, nil
+}
+
+func (v *Verifier) updater(root []byte) (*updater.Updater, error) {
+	cfg, err := config.New(v.MetadataURL, root)
+	if err != nil {
+		return nil, &failure{code: CodeVerify, err: err}
+	}
+	cfg.RemoteTargetsURL = v.TargetsURL
+	cfg.LocalMetadataDir = v.Dir
+	// Targets are never downloaded through go-tuf (Download verifies
+	// them resumably), but its config wants a folder.
+	cfg.LocalTargetsDir = v.Dir
+	if err := cfg.SetDefaultFetcherHTTPClient(v.HTTPClient); err != nil {
+		return nil, err
+	}
+	if f, ok := cfg.Fetcher.(interface{ SetHTTPUserAgent(string) }); ok && v.UserAgent != "" {
+		f.SetHTTPUserAgent(v.UserAgent)
+	}
+	return updater.New(cfg)
+}
+
+// TargetsVersion is the version of the signed targets metadata the view
+// holds, for logs.
+func (w *View) TargetsVersion() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if md := w.up.GetTrustedMetadataSet().Targets[metadata.TARGETS]; md != nil {
+		return md.Signed.Version
+	}
+	return 0
+}
+
+// Check finds offer o's target in the signed metadata and checks the
+// offer against it: the target is signed, and the offer's length, sha256
+// and patch match. Whether the patch is for a handset is For's question.
+func (w *View) Check(o wire.OfferAnswer) (*Target, error) {
+	w.mu.Lock()
+	info, err := w.up.GetTargetInfo(o.Target)
+	consistent := w.up.GetTrustedMetadataSet().Root.Signed.ConsistentSnapshot
+	w.mu.Unlock()
 	if err != nil {
 		return nil, classify("target "+o.Target, err)
 	}
@@ -117,17 +206,80 @@ func (a *Agent) verifyOffer(ctx context.Context, o wire.OfferAnswer, build strin
 	if custom.PatchID != o.PatchID {
 		return nil, &failure{code: CodeVerify, err: fmt.Errorf("offer patch %s, signed patch %s", o.PatchID, custom.PatchID)}
 	}
-	if why := notFor(&custom, a.cfg.Device.Model, build); why != "" {
-		return nil, &failure{code: CodeNotApplicable, err: errors.New(why)}
-	}
 	// The file's name on the server, as go-tuf names it: with consistent
 	// snapshots, <dir>/<sha256>.<base>.
 	remote := info.Path
-	if up.GetTrustedMetadataSet().Root.Signed.ConsistentSnapshot {
+	if consistent {
 		dir, base := path.Split(info.Path)
 		remote = dir + sum + "." + base
 	}
-	return &verified{url: targetsURL + remote, length: info.Length, sha256: sum, custom: custom}, nil
+	return &Target{URL: w.targetsURL + remote, Length: info.Length, SHA256: sum, Custom: custom}, nil
+}
+
+// For says whether the signed metadata makes the patch one for a handset
+// of model and build: nil, or an error with CodeNotApplicable.
+func (t *Target) For(model, build string) error {
+	if why := notFor(&t.Custom, model, build); why != "" {
+		return &failure{code: CodeNotApplicable, err: errors.New(why)}
+	}
+	return nil
+}
+
+// Fetch downloads t's bytes to dst resumably (Download) and classifies
+// a failure as the agent reports it: bytes that do not match the signed
+// length and sha256 are CodeVerify; the rest is CodeDownload, transient
+// unless the server refused for good.
+func (t *Target) Fetch(ctx context.Context, hc *http.Client, dst, userAgent string) (DownloadResult, error) {
+	d := &Download{URL: t.URL, Dst: dst, Length: t.Length, SHA256: t.SHA256, Client: hc, UserAgent: userAgent}
+	res, err := d.Run(ctx)
+	switch {
+	case errors.Is(err, ErrContent):
+		return res, &failure{code: CodeVerify, err: err}
+	case err != nil:
+		var se *HTTPStatusError
+		if errors.As(err, &se) && se.Status < 500 && se.Status != http.StatusRequestedRangeNotSatisfiable &&
+			se.Status != http.StatusNotFound && se.Status != http.StatusTooManyRequests {
+			return res, &failure{code: CodeDownload, err: err}
+		}
+		return res, &failure{code: CodeDownload, transient: true, err: err}
+	}
+	return res, nil
+}
+
+// verifyOffer runs a go-tuf update from the trusted root in the state
+// folder (go-tuf keeps the newest verified root there) and checks the
+// offer against the signed metadata: the target is signed, the offer's
+// length, sha256 and patch match it, and the signed custom metadata says
+// the patch is for this model and build. The server's copy of the custom
+// metadata in the offer is never used.
+func (a *Agent) verifyOffer(ctx context.Context, o wire.OfferAnswer, build string) (*verified, error) {
+	metaURL, err := a.cfg.Client.ResolveURL(o.MetadataURL, a.cfg.AllowedHosts...)
+	if err != nil {
+		return nil, &failure{code: CodeVerify, err: err}
+	}
+	targetsURL, err := a.cfg.Client.ResolveURL(o.TargetsURL, a.cfg.AllowedHosts...)
+	if err != nil {
+		return nil, &failure{code: CodeVerify, err: err}
+	}
+	root, err := a.trustedRoot()
+	if err != nil {
+		return nil, err
+	}
+	v := &Verifier{MetadataURL: metaURL, TargetsURL: targetsURL, Root: root, Dir: a.tufDir(),
+		// go-tuf takes no context, so the timeout bounds it.
+		HTTPClient: &http.Client{Timeout: a.cfg.TUFTimeout, Transport: a.cfg.Client.HTTPClient().Transport}}
+	view, err := v.Refresh()
+	if err != nil {
+		return nil, err
+	}
+	t, err := view.Check(o)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.For(a.cfg.Device.Model, build); err != nil {
+		return nil, err
+	}
+	return &verified{url: t.URL, length: t.Length, sha256: t.SHA256, custom: t.Custom}, nil
 }
 
 // notFor says why the signed metadata excludes a handset, or "".

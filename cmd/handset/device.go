@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	crand "crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -13,8 +11,10 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/patchfleet/ota/client"
+	"github.com/patchfleet/ota/client/agent"
 	"github.com/patchfleet/ota/internal/termtext"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/handsets"
 )
 
@@ -173,20 +173,11 @@ func (s *sim) step(ctx context.Context, d *device) (time.Time, bool) {
 }
 
 func (s *sim) enroll(ctx context.Context, d *device) (time.Time, bool) {
-	key := ed25519.NewKeyFromSeed(d.seed[:])
-	pub := hex.EncodeToString(key.Public().(ed25519.PublicKey))
-	// Microseconds, as the server keeps them: it refuses an enrollment
-	// of the key not newer than the last, and a retry after a lost
-	// answer may come within the same second.
-	ts := time.Now().UTC().Truncate(time.Microsecond)
-	signed := server.EnrollRequest{Model: s.cfg.Model, Build: s.cfg.Build, Channel: s.cfg.Channel, Region: s.cfg.Region,
-		DeviceKey: pub, Timestamp: ts}
-	a, created, err := s.api.enroll(ctx, enrollBody{
+	// client.Enroll signs with the device key and a timestamp in
+	// microseconds, as the server keeps them.
+	a, created, err := s.api.Enroll(ctx, ed25519.NewKeyFromSeed(d.seed[:]), wire.EnrollBody{
 		Model: s.cfg.Model, Build: s.cfg.Build, Channel: s.cfg.Channel, Region: s.cfg.Region,
 		EnrollmentSecret: s.cfg.EnrollmentSecret,
-		DeviceKey:        pub,
-		Signature:        hex.EncodeToString(ed25519.Sign(key, server.EnrollMessage(signed))),
-		Timestamp:        ts.Format(time.RFC3339Nano),
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -230,17 +221,16 @@ func (s *sim) reenroll(d *device, resume uint8, err error) (time.Time, bool) {
 	return time.Now(), true
 }
 
-var noPatches = []string{}
-
-func (s *sim) checkInBody(d *device) *checkInBody {
-	patches := d.installed
-	if patches == nil {
-		patches = noPatches
-	}
-	return &checkInBody{Build: s.build(d), Model: s.cfg.Model, Channel: s.cfg.Channel,
-		InstalledPatches: patches, CloudMessaging: messagingNames[d.messaging], NumberEncryption: d.numberEnc,
+func (s *sim) checkInBody(d *device) wire.CheckInBody {
+	enc := d.numberEnc
+	return wire.CheckInBody{Build: s.build(d), Model: s.cfg.Model, Channel: s.cfg.Channel,
+		InstalledPatches: d.installed, CloudMessaging: messagingNames[d.messaging], NumberEncryption: &enc,
 		UTCOffsetMinutes: s.cfg.UTCOffsetMinutes}
 }
+
+// as is the client that calls as handset d, with its token, over the
+// process's one transport.
+func (s *sim) as(d *device) *client.Client { return s.api.WithToken(d.token) }
 
 // build is the build handset d runs.
 func (s *sim) build(d *device) string {
@@ -252,7 +242,7 @@ func (s *sim) build(d *device) string {
 
 func (s *sim) checkIn(ctx context.Context, d *device) (time.Time, bool) {
 	t0 := time.Now()
-	a, err := s.api.checkIn(ctx, d.token, s.checkInBody(d))
+	a, err := s.as(d).CheckIn(ctx, s.checkInBody(d))
 	if err != nil {
 		if ctx.Err() != nil {
 			return time.Time{}, false
@@ -272,7 +262,7 @@ func (s *sim) checkIn(ctx context.Context, d *device) (time.Time, bool) {
 	s.stats.latency.record(now.Sub(t0))
 	s.stats.checkins.Add(1)
 	d.attempts, d.reenrolls = 0, 0
-	d.poll = s.pollInterval(a.PollAfterSeconds)
+	d.poll = s.pollInterval(float64(a.PollAfterSeconds))
 	if o := s.actionable(d, a.Offer); o != nil {
 		d.offer = o
 		d.setPending(stDownloading, "", "")
@@ -309,7 +299,7 @@ func (s *sim) pollInterval(seconds float64) time.Duration {
 }
 
 // actionable returns the offer a handset should act on, or nil.
-func (s *sim) actionable(d *device, a *offerAnswer) *offer {
+func (s *sim) actionable(d *device, a *wire.OfferAnswer) *offer {
 	if a == nil {
 		return nil
 	}
@@ -331,17 +321,19 @@ func (s *sim) fetch(ctx context.Context, d *device) (time.Time, bool) {
 		if ctx.Err() != nil {
 			return time.Time{}, false
 		}
-		var ve *verifyError
-		if !errors.As(err, &ve) {
-			ve = classify("TUF update", err)
-		}
-		s.stats.addErrorKind("tuf:" + ve.code)
-		if ve.transient && d.attempts < maxFetchAttempts {
+		code := agent.Code(err)
+		s.stats.addErrorKind("tuf:" + code)
+		if agent.Transient(err) && d.attempts < maxFetchAttempts {
 			d.attempts++
 			return time.Now().Add(backoff(d.attempts)), true
 		}
 		d.attempts = 0
-		s.fail(d, ve.code, ve.Error())
+		// Described as the agent reports it: no network addresses.
+		msg := agent.Describe(err)
+		if !strings.HasPrefix(msg, code+": ") {
+			msg = code + ": " + msg
+		}
+		s.fail(d, code, msg)
 		return time.Now(), true
 	}
 	d.attempts = 0
@@ -362,9 +354,10 @@ func (s *sim) fetch(ctx context.Context, d *device) (time.Time, bool) {
 
 func (s *sim) report(ctx context.Context, d *device) (time.Time, bool) {
 	r := &d.pending
-	dup, err := s.api.report(ctx, d.token, &reportBody{
+	at := r.at
+	dup, err := s.as(d).Report(ctx, wire.ReportBody{
 		ReportID: reportID(r.id), PatchID: d.offer.PatchID, RolloutID: d.offer.RolloutID, Target: d.offer.Target,
-		State: stateNames[r.state], ErrorCode: r.code, Message: r.message, At: r.at.Format(time.RFC3339Nano),
+		State: stateNames[r.state], ErrorCode: r.code, Message: r.message, At: &at,
 	})
 	if err != nil {
 		if ctx.Err() != nil {

@@ -395,3 +395,49 @@ func reportStates(rs []reportBody) []string {
 	}
 	return out
 }
+
+// The fake server decodes the handset's requests into its own copies of
+// the bodies, as the handset's wire format (RFC 3339 strings, a plain
+// bool) and not through package client's types: a change of the bodies
+// the handset sends shows here.
+
+// enrollBody is the body of POST /api/v1/devices.
+type enrollBody struct {
+	Model            string `json:"model"`
+	Build            string `json:"build"`
+	Channel          string `json:"channel"`
+	Region           string `json:"region,omitempty"`
+	EnrollmentSecret string `json:"enrollment_secret,omitempty"`
+	DeviceKey        string `json:"device_key,omitempty"`
+	Signature        string `json:"signature,omitempty"`
+	Timestamp        string `json:"timestamp,omitempty"`
+}
+
+type enrollAnswer struct {
+	DeviceID         string  `json:"device_id"`
+	Token            string  `json:"token"`
+	PollAfterSeconds float64 `json:"poll_after_seconds"`
+}
+
+// checkInBody is the body of POST /api/v1/checkin.
+type checkInBody struct {
+	Build            string   `json:"build"`
+	Model            string   `json:"model"`
+	Channel          string   `json:"channel"`
+	InstalledPatches []string `json:"installed_patches"`
+	CloudMessaging   string   `json:"cloud_messaging"`
+	NumberEncryption bool     `json:"number_encryption"`
+	UTCOffsetMinutes *int     `json:"utc_offset_minutes,omitempty"`
+}
+
+// reportBody is the body of POST /api/v1/reports.
+type reportBody struct {
+	ReportID  string `json:"report_id"`
+	PatchID   string `json:"patch_id"`
+	RolloutID string `json:"rollout_id,omitempty"`
+	Target    string `json:"target,omitempty"`
+	State     string `json:"state"`
+	ErrorCode string `json:"error_code,omitempty"`
+	Message   string `json:"message,omitempty"`
+	At        string `json:"at"`
+}

@@ -46,7 +46,7 @@ func (s *sim) load(ctx context.Context, enrolled []int32) *loadResult {
 				// one when there are fewer handsets than workers.
 				d := &s.devs[enrolled[(next.Add(1)-1)%uint64(len(enrolled))]]
 				t0 := time.Now()
-				_, err := s.api.checkIn(ctx, d.token, s.checkInBody(d))
+				_, err := s.as(d).CheckIn(ctx, s.checkInBody(d))
 				if err != nil {
 					if ctx.Err() != nil {
 						return // interrupted: not an error of the server

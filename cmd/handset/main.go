@@ -29,6 +29,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata/trustedmetadata"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/envflag"
 )
 
@@ -122,8 +123,13 @@ func simulate(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	policy := newHostPolicy(server, splitList(cfg.AllowHosts))
 	tr := newTransport(cfg.Concurrency)
 	defer tr.CloseIdleConnections()
-	api := &apiClient{base: server.String(), timeout: cfg.RequestTimeout,
-		hc: &http.Client{Transport: tr, Timeout: cfg.RequestTimeout, CheckRedirect: policy.checkRedirect}}
+	// The http.Client's timeout bounds every API call; redirects stay
+	// within the host policy.
+	api, err := client.New(server.String(), client.WithUserAgent(userAgent),
+		client.WithHTTPClient(&http.Client{Transport: tr, Timeout: cfg.RequestTimeout, CheckRedirect: policy.checkRedirect}))
+	if err != nil {
+		return settingError("server", err)
+	}
 
 	devs, extra, fresh, err := loadDevices(cfg.StateFile, cfg.Count)
 	if err != nil {
@@ -231,7 +237,7 @@ func (s *sim) giveUpReason() string {
 
 // trustedRoot is the root the handsets trust: --root, as shipped in
 // firmware, or root v1 fetched from the server once (trust on first use).
-func trustedRoot(ctx context.Context, cfg Config, api *apiClient, stderr io.Writer) ([]byte, error) {
+func trustedRoot(ctx context.Context, cfg Config, api *client.Client, stderr io.Writer) ([]byte, error) {
 	var root []byte
 	if cfg.Root != "" {
 		f, err := os.Open(cfg.Root)
@@ -244,10 +250,13 @@ func trustedRoot(ctx context.Context, cfg Config, api *apiClient, stderr io.Writ
 		}
 	} else {
 		var err error
-		if root, err = api.fetchRoot(ctx); err != nil {
+		if root, err = api.FirstRoot(ctx); err != nil {
+			if ce := client.AsError(err); ce != nil && ce.Status == http.StatusNotFound {
+				err = fmt.Errorf("%w (has the root ceremony run?)", err)
+			}
 			return nil, fmt.Errorf("no --root given and fetching it failed: %w", err)
 		}
-		fmt.Fprintf(stderr, "handset: warning: no --root: trusting root v1 fetched from %s on first use; a real handset ships its root in firmware\n", api.base)
+		fmt.Fprintf(stderr, "handset: warning: no --root: trusting root v1 fetched from %s on first use; a real handset ships its root in firmware\n", api.BaseURL())
 	}
 	// Refuse a root that does not even verify itself now, rather than
 	// have every handset fail on its first offer.

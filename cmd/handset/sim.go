@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/due"
 )
 
@@ -26,8 +27,8 @@ type sim struct {
 	cfg    Config
 	server *url.URL
 	policy hostPolicy
-	api    *apiClient
-	tuf    *tufClient // nil in load mode
+	api    *client.Client // without a token: each handset calls through s.as
+	tuf    *tufClient     // nil in load mode
 	devs   []device
 	codes  []string
 	stats  *stats
@@ -223,7 +224,7 @@ func (s *sim) erase(ctx context.Context) int64 {
 				if d.token == "" {
 					continue
 				}
-				if err := s.api.erase(ctx, d.token); err != nil {
+				if err := s.as(d).EraseSelf(ctx); err != nil {
 					s.stats.addError("erase", err)
 					continue
 				}

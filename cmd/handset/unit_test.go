@@ -7,9 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/envflag"
 )
 
+// TestParseRetryAfter: the waits the handsets take from Retry-After
+// (client.ParseRetryAfter), capped.
 func TestParseRetryAfter(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for _, tc := range []struct {
@@ -22,12 +25,12 @@ func TestParseRetryAfter(t *testing.T) {
 		{"0", 0},
 		{"-5", -1},
 		{"soon", -1},
-		{"99999999999", maxRetryAfter},
+		{"99999999999", client.MaxRetryAfter},
 		{now.Add(90 * time.Second).Format(httpTimeFormat), 90 * time.Second},
 		{now.Add(-time.Hour).Format(httpTimeFormat), 0},
 	} {
-		if got := parseRetryAfter(tc.in, now); got != tc.want {
-			t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
+		if got := client.ParseRetryAfter(tc.in, now); got != tc.want {
+			t.Errorf("client.ParseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
 		}
 	}
 }
@@ -68,11 +71,11 @@ func TestErrorKinds(t *testing.T) {
 		kind      string
 		transient bool
 	}{
-		{&apiError{Status: 429, RetryAfter: time.Second}, "rate_limited", true},
-		{&apiError{Status: 503, RetryAfter: -1}, "http_503", true},
-		{&apiError{Status: 400, RetryAfter: -1}, "http_400", false},
-		{&apiError{Status: 401, RetryAfter: -1}, "http_401", false},
-		{&badAnswerError{errors.New("x")}, "bad_answer", false},
+		{&client.Error{Status: 429, RetryAfter: time.Second}, "rate_limited", true},
+		{&client.Error{Status: 503, RetryAfter: -1}, "http_503", true},
+		{&client.Error{Status: 400, RetryAfter: -1}, "http_400", false},
+		{&client.Error{Status: 401, RetryAfter: -1}, "http_401", false},
+		{&client.BadAnswerError{Err: errors.New("x")}, "bad_answer", false},
 		{&url.Error{Op: "Post", URL: "http://x", Err: errors.New("connection refused")}, "network", true},
 	} {
 		if got := errorKind(tc.err); got != tc.kind {

@@ -177,15 +177,19 @@ func runDemoWith(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer, 
 	d.url = "http://" + d.main.Addr()
 	log.Warn("DEMO: development-only keys generated for this run in " + dir + "; never use them for real handsets")
 
-	dc := newDemoClient(d.url, cfg.Workers)
-	defer dc.close()
+	hc := newDemoHTTPClient(cfg.Workers)
+	defer hc.CloseIdleConnections() // no transport goroutine outlives the demo
+	dc, err := client.New(d.url, client.WithHTTPClient(hc), client.WithUserAgent(demoUserAgent))
+	if err != nil {
+		return err
+	}
 	if err := d.setup(ctx, dc); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return fmt.Errorf("demo setup: %w", err)
 	}
-	root, err := dc.get(ctx, "/tuf/1.root.json")
+	root, err := dc.FirstRoot(ctx)
 	if err != nil {
 		return fmt.Errorf("demo: fetch the trusted root: %w", err)
 	}
@@ -240,7 +244,7 @@ func runDemoWith(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer, 
 
 // setup creates the users, then runs the ceremony and publishes the
 // patch through the admin API as the release team.
-func (d *demoRun) setup(ctx context.Context, dc *demoClient) error {
+func (d *demoRun) setup(ctx context.Context, dc *client.Client) error {
 	a := d.main.App
 	pw, err := demoPassword()
 	if err != nil {
@@ -273,10 +277,7 @@ func (d *demoRun) setup(ctx context.Context, dc *demoClient) error {
 			return fmt.Errorf("token of %s: %w", u.name, err)
 		}
 		// Their calls share the fleet's connections.
-		cl, err := client.New(d.url, client.WithHTTPClient(dc.hc), client.WithUserAgent(demoUserAgent), client.WithBearer(token))
-		if err != nil {
-			return err
-		}
+		cl := dc.WithToken(token)
 		if u.name == demoOperator {
 			d.operator = cl
 		} else {

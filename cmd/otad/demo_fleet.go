@@ -4,18 +4,24 @@ import (
 	"context"
 	"crypto/ed25519"
 	crand "crypto/rand"
-	"encoding/hex"
-	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/patchfleet/ota/client"
+	"github.com/patchfleet/ota/client/agent"
 	"github.com/patchfleet/ota/internal/due"
-	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/handsets"
 )
@@ -45,7 +51,9 @@ var (
 
 // fleetConfig is a simulated fleet.
 type fleetConfig struct {
-	Client   *demoClient
+	// Client is the handsets' client, without a token: each handset
+	// calls through WithToken's copy, over the same connections.
+	Client   *client.Client
 	Verifier *demoVerifier
 	Handsets int
 	Workers  int
@@ -86,8 +94,8 @@ type demoHandset struct {
 	model     string
 	region    string
 	build     string
-	token     string
-	rng       *rand.Rand // its own stream, for waits (jitter, install times)
+	api       *client.Client // with its token; nil before it enrolls
+	rng       *rand.Rand     // its own stream, for waits (jitter, install times)
 	phase     uint8
 	patches   []string
 	messaging string
@@ -137,7 +145,10 @@ func (s *fleetStats) addResult(d *demoHandset, code string) {
 }
 
 func (s *fleetStats) addError(op string, err error) (first bool) {
-	kind := op + ":" + demoErrorKind(err)
+	kind := op + ":network"
+	if ce := client.AsError(err); ce != nil {
+		kind = op + ":http_" + strconv.Itoa(ce.Status)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.errors[kind]++
@@ -260,11 +271,11 @@ func (f *demoFleet) retry(ctx context.Context, d *demoHandset, op string, err er
 		f.cfg.Logger.Warn("demo fleet: a request failed (further ones are counted, not logged)",
 			slog.String("op", op), slog.Any("error", err))
 	}
-	if demoUnauthorized(err) && op != "enroll" {
-		d.phase, d.token = phEnroll, ""
+	if ce := client.AsError(err); ce != nil && ce.Status == http.StatusUnauthorized && op != "enroll" {
+		d.phase, d.api = phEnroll, nil
 		return time.Now(), true
 	}
-	if !demoTransient(err) || d.retries >= 20 {
+	if !client.Temporary(err) || d.retries >= 20 {
 		if d.phase == phEnroll {
 			return time.Time{}, false
 		}
@@ -275,9 +286,8 @@ func (f *demoFleet) retry(ctx context.Context, d *demoHandset, op string, err er
 		return f.after(d, err)
 	}
 	d.retries++
-	var ae *demoAPIError
-	if errors.As(err, &ae) && ae.RetryAfter > 0 {
-		return time.Now().Add(ae.RetryAfter + f.jitter(d, time.Second)), true
+	if wait, ok := client.RetryAfter(err); ok && wait > 0 {
+		return time.Now().Add(wait + f.jitter(d, time.Second)), true
 	}
 	return time.Now().Add(time.Second + f.jitter(d, 2*time.Second)), true
 }
@@ -295,33 +305,23 @@ func (f *demoFleet) jitter(d *demoHandset, upTo time.Duration) time.Duration {
 }
 
 func (f *demoFleet) enroll(ctx context.Context, d *demoHandset) (time.Time, bool) {
-	pub := hex.EncodeToString(d.key.Public().(ed25519.PublicKey))
-	ts := time.Now().UTC().Truncate(time.Microsecond)
-	req := server.EnrollRequest{Model: d.model, Build: d.build, Channel: "stable", Region: d.region, DeviceKey: pub, Timestamp: ts}
-	body := wire.EnrollBody{Model: d.model, Build: d.build, Channel: "stable", Region: d.region, DeviceKey: pub,
-		Signature: hex.EncodeToString(ed25519.Sign(d.key, server.EnrollMessage(req))), Timestamp: &ts}
-	var a wire.EnrollAnswer
-	if err := f.cfg.Client.do(ctx, "POST", "/api/v1/devices", "", body, &a); err != nil {
+	a, _, err := f.cfg.Client.Enroll(ctx, d.key, wire.EnrollBody{Model: d.model, Build: d.build, Channel: "stable", Region: d.region})
+	if err != nil {
 		return f.retry(ctx, d, "enroll", err)
 	}
 	if !d.enrolled {
 		d.enrolled = true
 		f.stats.enrolled.Add(1)
 	}
-	d.token, d.retries, d.phase = a.Token, 0, phCheckIn
+	d.api, d.retries, d.phase = f.cfg.Client.WithToken(a.Token), 0, phCheckIn
 	return time.Now(), true
 }
 
 func (f *demoFleet) checkIn(ctx context.Context, d *demoHandset) (time.Time, bool) {
-	patches := d.patches
-	if patches == nil {
-		patches = []string{}
-	}
 	enc := d.numberEnc
-	body := wire.CheckInBody{Build: d.build, Model: d.model, Channel: "stable", InstalledPatches: patches,
-		CloudMessaging: d.messaging, NumberEncryption: &enc}
-	var a wire.CheckInAnswer
-	if err := f.cfg.Client.do(ctx, "POST", "/api/v1/checkin", d.token, body, &a); err != nil {
+	a, err := d.api.CheckIn(ctx, wire.CheckInBody{Build: d.build, Model: d.model, Channel: "stable",
+		InstalledPatches: d.patches, CloudMessaging: d.messaging, NumberEncryption: &enc})
+	if err != nil {
 		return f.retry(ctx, d, "checkin", err)
 	}
 	f.stats.checkins.Add(1)
@@ -355,19 +355,14 @@ func (f *demoFleet) download(ctx context.Context, d *demoHandset) (time.Time, bo
 			return time.Now().Add(250 * time.Millisecond), true
 		}
 		if err != nil {
-			var ve *demoVerifyError
-			if errors.As(err, &ve) && ve.transient {
+			if agent.Transient(err) {
 				if f.stats.addError("tuf", err) {
 					f.cfg.Logger.Warn("demo fleet: TUF verification failed (retrying)", slog.Any("error", err))
 				}
 				return time.Now().Add(2*time.Second + f.jitter(d, 2*time.Second)), true
 			}
 			f.cfg.Logger.Error("demo fleet: offer did not verify", slog.String("model", d.model), slog.Any("error", err))
-			code := "E_TUF_VERIFY"
-			if ve != nil {
-				code = ve.code
-			}
-			d.fail = code
+			d.fail = agent.Code(err)
 			d.phase = phFinish
 			return time.Now(), true
 		}
@@ -437,9 +432,9 @@ func (f *demoFleet) report(ctx context.Context, d *demoHandset, state, code, mes
 	}
 	var id [16]byte
 	crand.Read(id[:])
-	err := f.cfg.Client.do(ctx, "POST", "/api/v1/reports", d.token, wire.ReportBody{
+	_, err := d.api.Report(ctx, wire.ReportBody{
 		ReportID: demoReportID(id), PatchID: d.offer.PatchID, RolloutID: d.offer.RolloutID, Target: d.offer.Target,
-		State: state, ErrorCode: code, Message: message, At: &at}, nil)
+		State: state, ErrorCode: code, Message: message, At: &at})
 	if err == nil {
 		d.lastAt = at
 	}
@@ -474,4 +469,135 @@ func demoInstallFailure(seed uint64, index, attempt int, model string) string {
 		return ""
 	}
 	return codes[rng.IntN(len(codes))]
+}
+
+// demoUserAgent names the demo's requests in the server's logs.
+const demoUserAgent = "otad-demo/1"
+
+// newDemoHTTPClient is the demo's one HTTP client to its own server over
+// loopback: the simulated handsets, the release engineers and the go-tuf
+// updaters all go through it, as real clients would. One Transport with
+// an idle connection for each worker: the fleet costs no TCP handshakes.
+func newDemoHTTPClient(workers int) *http.Client {
+	tr := &http.Transport{
+		Proxy:               nil, // loopback only, never a proxy from the environment
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		MaxIdleConns:        workers + 8,
+		MaxIdleConnsPerHost: workers + 8,
+		IdleConnTimeout:     30 * time.Second,
+	}
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// demoVerifier checks offers with the agent's go-tuf verifier, for real:
+// metadata from the server over loopback HTTP, starting from the root the
+// demo fetched once as firmware would ship it, and the artifact
+// downloaded and checked against the signed length and sha256.
+//
+// Sharing: one verification per model and offer (target, sha256, length,
+// patch), not one per handset. The first handset of a model offered a
+// target runs a fresh go-tuf update (Refresh, Check, Fetch); the model's
+// other handsets offered the same reuse its signed target, and each still
+// checks its own build against it. 3000 handsets in 4 models cost 4
+// refreshes and 4 downloads per release, not 3000.
+type demoVerifier struct {
+	client *client.Client // the server's URL and the shared transport
+	root   []byte
+	dir    string
+
+	log *slog.Logger
+
+	mu      sync.Mutex
+	entries map[string]*verifiedTarget
+	n       int // folders made
+	wg      sync.WaitGroup
+}
+
+// verifiedTarget is one model's verification of one offer; handsets
+// arriving while it runs wait for it.
+type verifiedTarget struct {
+	done   chan struct{}
+	target *agent.Target
+	// targetsVersion is the signed targets version it was found in.
+	targetsVersion int64
+	err            error
+}
+
+func newDemoVerifier(c *client.Client, root []byte, dir string, log *slog.Logger) *demoVerifier {
+	return &demoVerifier{client: c, root: root, dir: dir, log: log, entries: map[string]*verifiedTarget{}}
+}
+
+// verify checks offer o for a handset of model and build and returns the
+// signed custom metadata it installs by. ready is false while the
+// model's verification of the offer still runs: the handset asks again
+// a little later instead of holding a worker. Errors are the agent's:
+// agent.Code, agent.Transient.
+func (v *demoVerifier) verify(o *wire.OfferAnswer, model, build string) (custom *manifests.TargetCustom, ready bool, err error) {
+	key := model + "\x00" + o.Target + "\x00" + o.SHA256 + "\x00" + strconv.FormatInt(o.Length, 10) + "\x00" + o.PatchID
+	v.mu.Lock()
+	e, ok := v.entries[key]
+	if !ok {
+		e = &verifiedTarget{done: make(chan struct{})}
+		v.entries[key] = e
+		v.n++
+		dir := filepath.Join(v.dir, fmt.Sprintf("%s-%d", model, v.n))
+		offer := *o
+		// go-tuf takes no context: the HTTP client's timeout bounds it.
+		v.wg.Go(func() {
+			defer close(e.done)
+			start := time.Now()
+			e.err = v.run(e, dir, offer)
+			switch {
+			case agent.Transient(e.err):
+				v.mu.Lock()
+				delete(v.entries, key)
+				v.mu.Unlock()
+			case e.err == nil:
+				v.log.Info("demo fleet: go-tuf verified the offered patch for a model; its handsets install it",
+					slog.String("model", model), slog.String("target", o.Target), slog.String("sha256", e.target.SHA256),
+					slog.Int64("targets_version", e.targetsVersion), slog.Duration("took", time.Since(start).Round(time.Millisecond)))
+			}
+		})
+	}
+	v.mu.Unlock()
+	select {
+	case <-e.done:
+	default:
+		return nil, false, nil
+	}
+	if e.err != nil {
+		return nil, true, e.err
+	}
+	if err := e.target.For(model, build); err != nil {
+		return nil, true, err
+	}
+	c := e.target.Custom
+	return &c, true, nil
+}
+
+// wait waits for the verifications running.
+func (v *demoVerifier) wait() { v.wg.Wait() }
+
+// run refreshes a new verifier in dir, checks offer o against the signed
+// metadata and downloads its target.
+func (v *demoVerifier) run(e *verifiedTarget, dir string, o wire.OfferAnswer) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err // not transient: agent.Code makes it E_TUF_VERIFY
+	}
+	base := v.client.BaseURL()
+	ver := &agent.Verifier{MetadataURL: base + wire.MetadataPrefix, TargetsURL: base + wire.TargetsPrefix,
+		Root: v.root, Dir: dir, HTTPClient: v.client.HTTPClient(), UserAgent: demoUserAgent}
+	view, err := ver.Refresh()
+	if err != nil {
+		return err
+	}
+	t, err := view.Check(o)
+	if err != nil {
+		return err
+	}
+	if _, err := t.Fetch(context.Background(), v.client.HTTPClient(), filepath.Join(dir, "artifact"), demoUserAgent); err != nil {
+		return err
+	}
+	e.target, e.targetsVersion = t, view.TargetsVersion()
+	return nil
 }

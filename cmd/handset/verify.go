@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/patchfleet/ota/client/agent"
+	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server/api/wire"
+)
+
+// Error codes the handset reports for failures it finds itself: the
+// agent's (client/agent), which verifies the same way.
+const (
+	codeTUFVerify     = agent.CodeVerify        // metadata or artifact did not verify, or the offer disagrees with signed metadata
+	codeDownload      = agent.CodeDownload      // metadata or artifact could not be fetched
+	codeNotApplicable = agent.CodeNotApplicable // the signed metadata says the patch is not for this model or build
+)
+
+// tufClient verifies offers for every handset of the process with the
+// agent's verifier (agent.Verifier), sharing its work.
+//
+// 10,000 handsets must not each download all metadata: handsets share a
+// view, one go-tuf update refreshed at most every maxAge per repository
+// URL, whose trusted metadata persists in a per-process folder so that the
+// next view starts from it (rollback protection holds across views, as on
+// a real handset across polls). Target bytes are downloaded and verified
+// once per sha256 and length; a handset whose offer resolves, through a
+// fresh view, to a signed target with that sha256 and length uses the
+// verified copy.
+type tufClient struct {
+	root   []byte // bootstrap root: --root or trust on first use
+	hc     *http.Client
+	dir    string
+	maxAge time.Duration
+	now    func() time.Time
+
+	mu       sync.Mutex
+	sources  map[string]*tufSource
+	verified map[string]bool // artifactKey -> downloaded and verified
+}
+
+func newTUFClient(root []byte, hc *http.Client, dir string, maxAge time.Duration) *tufClient {
+	return &tufClient{root: root, hc: hc, dir: dir, maxAge: maxAge, now: time.Now,
+		sources: map[string]*tufSource{}, verified: map[string]bool{}}
+}
+
+// tufSource is one repository (metadata URL and targets URL) and its
+// current view.
+type tufSource struct {
+	verifier   agent.Verifier
+	targetsDir string
+
+	mu         sync.Mutex
+	cur        *tufView
+	refreshing chan struct{} // closed when the running refresh ends
+}
+
+// tufView is one refreshed go-tuf update and the downloads through it.
+type tufView struct {
+	view *agent.View // nil when err is set
+	at   time.Time
+	err  error
+
+	mu      sync.Mutex
+	fetches map[string]*fetchCall
+}
+
+// fetchCall is one artifact download that handsets wanting the same
+// artifact wait for.
+type fetchCall struct {
+	done chan struct{}
+	err  error
+}
+
+// verify runs a go-tuf update for offer o on a handset of model and build:
+// the target must be in the signed metadata, match the offer, apply to the
+// handset, and its bytes must verify. It returns the signed custom
+// metadata, or an error that agent.Code and agent.Transient classify.
+func (c *tufClient) verify(ctx context.Context, o *offer, model, build string) (*manifests.TargetCustom, error) {
+	src, err := c.source(o.MetadataURL, o.TargetsURL)
+	if err != nil {
+		return nil, err
+	}
+	v, err := src.view(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	t, err := v.view.Check(wire.OfferAnswer{Target: o.Target, Length: o.Length, SHA256: o.SHA256, PatchID: o.PatchID})
+	if err != nil {
+		return nil, err
+	}
+	if err := t.For(model, build); err != nil {
+		return nil, err
+	}
+	key := t.SHA256 + "-" + strconv.FormatInt(t.Length, 10)
+	c.mu.Lock()
+	ok := c.verified[key]
+	c.mu.Unlock()
+	if ok {
+		return &t.Custom, nil
+	}
+	if err := v.download(ctx, c, src, t, key); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.verified[key] = true
+	c.mu.Unlock()
+	return &t.Custom, nil
+}
+
+// source returns the repository at metadataURL and targetsURL, creating
+// its cache folders on first use.
+func (c *tufClient) source(metadataURL, targetsURL string) (*tufSource, error) {
+	key := metadataURL + "\x00" + targetsURL
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.sources[key]; ok {
+		return s, nil
+	}
+	if len(c.sources) >= 16 {
+		return nil, errors.New("offers name more than 16 different repositories")
+	}
+	base := filepath.Join(c.dir, strconv.Itoa(len(c.sources)))
+	s := &tufSource{targetsDir: filepath.Join(base, "targets"), verifier: agent.Verifier{
+		MetadataURL: metadataURL, TargetsURL: targetsURL, Root: c.root, Dir: filepath.Join(base, "metadata"),
+		HTTPClient: c.hc, UserAgent: userAgent}}
+	for _, d := range []string{s.verifier.Dir, s.targetsDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("TUF cache: %w", err)
+		}
+	}
+	c.sources[key] = s
+	return s, nil
+}
+
+// errorViewAge is how long a failed refresh is reused: long enough that
+// 10,000 handsets do not each retry it, short enough that a fixed mirror
+// is noticed.
+const errorViewAge = time.Second
+
+// view returns a view younger than maxAge, refreshing it when needed;
+// handsets arriving during a refresh wait for it rather than start their
+// own. go-tuf takes no context, so the refresh runs on its own goroutine
+// (bounded by the HTTP client's timeout) and a handset stops waiting when
+// its ctx ends.
+func (s *tufSource) view(ctx context.Context, c *tufClient) (*tufView, error) {
+	s.mu.Lock()
+	if v := s.cur; v != nil {
+		age := c.now().Sub(v.at)
+		if (v.err == nil && age < c.maxAge) || (v.err != nil && age < min(c.maxAge, errorViewAge)) {
+			s.mu.Unlock()
+			return v, v.err
+		}
+	}
+	ch := s.refreshing
+	if ch == nil {
+		ch = make(chan struct{})
+		s.refreshing = ch
+		go func() {
+			v := &tufView{at: c.now(), fetches: map[string]*fetchCall{}}
+			// Each refresh is a new updater starting from the newest
+			// root this process verified (the verifier's folder).
+			v.view, v.err = s.verifier.Refresh()
+			s.mu.Lock()
+			s.cur, s.refreshing = v, nil
+			s.mu.Unlock()
+			close(ch)
+		}()
+	}
+	s.mu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	// The view of the refresh waited for, however young maxAge is.
+	s.mu.Lock()
+	v := s.cur
+	s.mu.Unlock()
+	return v, v.err
+}
+
+// download fetches and verifies the artifact once per view; handsets
+// wanting it meanwhile wait. A verification failure is kept for the view's
+// life (the same mirror gives the same bytes); a network failure is not.
+// The download serves many handsets, so it runs on its own goroutine,
+// bounded by the HTTP client's timeout, not by one handset's ctx.
+func (v *tufView) download(ctx context.Context, c *tufClient, s *tufSource, t *agent.Target, key string) error {
+	v.mu.Lock()
+	call, ok := v.fetches[key]
+	if !ok {
+		call = &fetchCall{done: make(chan struct{})}
+		v.fetches[key] = call
+		go func() {
+			defer close(call.done)
+			// The verified copy is written under its sha256, never under
+			// the target's name, so two versions of one path cannot
+			// collide.
+			_, err := t.Fetch(context.Background(), c.hc, filepath.Join(s.targetsDir, key), userAgent)
+			if err == nil {
+				return
+			}
+			call.err = err
+			if agent.Transient(err) {
+				v.mu.Lock()
+				delete(v.fetches, key)
+				v.mu.Unlock()
+			}
+		}()
+	}
+	v.mu.Unlock()
+	select {
+	case <-call.done:
+		return call.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
