@@ -72,7 +72,7 @@ func (a RouteAccess) check() error {
 				return nil
 			}
 		}
-		return fmt.Errorf("permission %q is no role's (server.RolePermissions)", a.Permission)
+		return fmt.Errorf("permission %q is no role's (identity.RolePermissions)", a.Permission)
 	case "":
 		return errors.New("no access declared: say public, device or the permission it needs")
 	}
