@@ -87,15 +87,21 @@ func (c *Client) EraseSelf(ctx context.Context) error {
 	return err
 }
 
-// ResolveURL resolves ref (an offer's metadata_url or targets_url, which
-// may be a root-relative path) against the server's URL, and refuses a
-// URL on another host unless it is in allowedHosts (a CDN's host[:port]):
-// an offer must not steer a handset to anyone's server. The result ends
-// with "/".
+// ResolveURL resolves ref (an offer's metadata_url or targets_url)
+// against the server's URL, and refuses a URL on another host unless it
+// is in allowedHosts (a CDN's host[:port], or a host on any port): an offer must not steer a
+// handset to anyone's server. A root-relative path, what otad answers
+// without a public URL, is relative to the server's URL with its path, as
+// otad does not know the path a gateway puts it under: "/tuf/" from a
+// server at https://gw.example/ota is https://gw.example/ota/tuf/. The
+// query and fragment are dropped, and the result ends with "/".
 func (c *Client) ResolveURL(ref string, allowedHosts ...string) (string, error) {
 	base, err := url.Parse(c.base + "/")
 	if err != nil {
 		return "", err
+	}
+	if strings.HasPrefix(ref, "/") && !strings.HasPrefix(ref, "//") {
+		ref = strings.TrimSuffix(c.base, "/") + ref
 	}
 	r, err := url.Parse(ref)
 	if err != nil || ref == "" {
@@ -105,15 +111,19 @@ func (c *Client) ResolveURL(ref string, allowedHosts ...string) (string, error) 
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return "", fmt.Errorf("offer URL %q: want http or https", ref)
 	}
+	if u.Host == "" {
+		return "", fmt.Errorf("offer URL %q: no host", ref)
+	}
 	if !strings.EqualFold(u.Host, base.Host) {
 		ok := false
 		for _, h := range allowedHosts {
-			ok = ok || strings.EqualFold(u.Host, h)
+			ok = ok || strings.EqualFold(u.Host, h) || strings.EqualFold(u.Hostname(), h)
 		}
 		if !ok {
 			return "", fmt.Errorf("offer URL %q: host %s is not the server's nor an allowed host", ref, u.Host)
 		}
 	}
+	u.RawQuery, u.Fragment, u.RawFragment = "", "", ""
 	s := u.String()
 	if !strings.HasSuffix(s, "/") {
 		s += "/"

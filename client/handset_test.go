@@ -85,8 +85,9 @@ func TestEnrollRefusesWrongKey(t *testing.T) {
 	}
 }
 
-// TestResolveURL: offers' root-relative URLs resolve against the server;
-// another host only when allowed.
+// TestResolveURL: offers' root-relative URLs resolve under the server's
+// URL, path included (otad behind a gateway does not know its prefix);
+// another host only when allowed; never a query, fragment or other scheme.
 func TestResolveURL(t *testing.T) {
 	c, err := client.New("http://127.0.0.1:8080/ota")
 	if err != nil {
@@ -96,8 +97,13 @@ func TestResolveURL(t *testing.T) {
 		ref, want string
 		allowed   []string
 	}{
-		{"/tuf/", "http://127.0.0.1:8080/tuf/", nil},
+		{"/tuf/", "http://127.0.0.1:8080/ota/tuf/", nil},
+		{"/tuf/?x=1#f", "http://127.0.0.1:8080/ota/tuf/", nil},
 		{"http://127.0.0.1:8080/ota/targets", "http://127.0.0.1:8080/ota/targets/", nil},
+		{"http://127.0.0.1:8080/mirror/", "http://127.0.0.1:8080/mirror/", nil},
+		{"//evil.example/tuf/", "", nil},
+		{"http:///tuf/", "", nil},
+		{"http://evil.example/tuf/", "", nil},
 		{"http://127.0.0.2:9000/targets/", "", nil},
 		{"http://127.0.0.2:9000/targets/", "http://127.0.0.2:9000/targets/", []string{"127.0.0.2:9000"}},
 		{"file:///etc/passwd", "", nil},

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/client/agent"
 	"github.com/patchfleet/ota/internal/apitest"
 )
 
@@ -138,11 +139,11 @@ func TestRolloutTamperedArtifact(t *testing.T) {
 	f := newFakeServer(t, r, proxy.URL)
 	const n = 10
 	res, _ := rollout(t, f, "--count", "10", "--root", r.rootFile)
-	if !res.Complete || res.Failed != n || res.FailedByCode[codeTUFVerify] != n || res.Installed != 0 {
-		t.Fatalf("result %+v, want all %d failed with %s", res, n, codeTUFVerify)
+	if !res.Complete || res.Failed != n || res.FailedByCode[agent.CodeVerify] != n || res.Installed != 0 {
+		t.Fatalf("result %+v, want all %d failed with %s", res, n, agent.CodeVerify)
 	}
 	for id, d := range f.snapshot() {
-		if got, want := reportStates(d.reports), []string{"downloading", "failed:" + codeTUFVerify}; !slices.Equal(got, want) {
+		if got, want := reportStates(d.reports), []string{"downloading", "failed:" + agent.CodeVerify}; !slices.Equal(got, want) {
 			t.Errorf("%s reports %v, want %v", id, got, want)
 		}
 		for _, ci := range d.checkIns {
@@ -321,8 +322,8 @@ func TestRolloutNotApplicable(t *testing.T) {
 	}
 	var res rolloutResult
 	json.Unmarshal([]byte(stdout), &res)
-	if res.FailedByCode[codeNotApplicable] != 3 {
-		t.Fatalf("result %+v, want 3 failed with %s", res, codeNotApplicable)
+	if res.FailedByCode[agent.CodeNotApplicable] != 3 {
+		t.Fatalf("result %+v, want 3 failed with %s", res, agent.CodeNotApplicable)
 	}
 }
 
@@ -333,8 +334,8 @@ func TestRolloutOfferMismatch(t *testing.T) {
 	f := newFakeServer(t, r, r.env.URL)
 	f.offerPatch = "CM-2026-999"
 	res, _ := rollout(t, f, "--count", "2", "--root", r.rootFile)
-	if res.FailedByCode[codeTUFVerify] != 2 || res.Installed != 0 {
-		t.Fatalf("result %+v, want 2 failed with %s", res, codeTUFVerify)
+	if res.FailedByCode[agent.CodeVerify] != 2 || res.Installed != 0 {
+		t.Fatalf("result %+v, want 2 failed with %s", res, agent.CodeVerify)
 	}
 }
 
@@ -465,14 +466,14 @@ func TestDownloadRetry(t *testing.T) {
 	f := newFakeServer(t, r, r.env.URL)
 	f.targetFailures.Store(2)
 	res, _ := rollout(t, f, "--count", "3", "--root", r.rootFile)
-	if res.Installed != 3 || res.Errors["tuf:"+codeDownload] == 0 {
+	if res.Installed != 3 || res.Errors["tuf:"+agent.CodeDownload] == 0 {
 		t.Fatalf("result %+v, want 3 installed after download retries", res)
 	}
 	// All 503s exhausted: a download that never succeeds ends in E_DOWNLOAD.
 	f2 := newFakeServer(t, r, r.env.URL)
 	f2.targetFailures.Store(1 << 30)
 	res, _ = rollout(t, f2, "--count", "2", "--root", r.rootFile)
-	if res.FailedByCode[codeDownload] != 2 {
-		t.Fatalf("result %+v, want 2 failed with %s", res, codeDownload)
+	if res.FailedByCode[agent.CodeDownload] != 2 {
+		t.Fatalf("result %+v, want 2 failed with %s", res, agent.CodeDownload)
 	}
 }

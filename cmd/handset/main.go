@@ -19,10 +19,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
+	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -31,6 +35,7 @@ import (
 
 	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/envflag"
+	"github.com/patchfleet/ota/internal/handsetsim"
 )
 
 const synopsis = `Simulates handsets against an otad server. Each handset has its own ed25519
@@ -88,26 +93,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 // rolloutResult is what a run without --duration prints.
 type rolloutResult struct {
-	Mode           string           `json:"mode"`
-	Complete       bool             `json:"complete"`
-	Handsets       int              `json:"handsets"`
-	Enrolled       int64            `json:"enrolled"`
-	EnrolledNew    int64            `json:"enrolled_new"`
-	Reenrolled     int64            `json:"reenrolled"`
-	Installed      int              `json:"installed"`
-	Compliant      int              `json:"compliant"`
-	UpToDate       int              `json:"up_to_date"`
-	Failed         int              `json:"failed"`
-	FailedByCode   map[string]int   `json:"failed_by_code"`
-	GaveUp         int              `json:"gave_up"`
-	Pending        int              `json:"pending"`
-	CheckIns       int64            `json:"checkins"`
-	CheckInLatency latencySummary   `json:"checkin_latency"`
-	Reports        int64            `json:"reports"`
-	Duplicates     int64            `json:"duplicate_reports"`
-	Retries        int64            `json:"report_retries"`
-	Dropped        int64            `json:"reports_dropped"`
-	Errors         map[string]int64 `json:"errors"`
+	Mode           string                    `json:"mode"`
+	Complete       bool                      `json:"complete"`
+	Handsets       int                       `json:"handsets"`
+	Enrolled       int64                     `json:"enrolled"`
+	EnrolledNew    int64                     `json:"enrolled_new"`
+	Reenrolled     int64                     `json:"reenrolled"`
+	Installed      int                       `json:"installed"`
+	Compliant      int                       `json:"compliant"`
+	UpToDate       int                       `json:"up_to_date"`
+	Failed         int                       `json:"failed"`
+	FailedByCode   map[string]int            `json:"failed_by_code"`
+	GaveUp         int                       `json:"gave_up"`
+	Pending        int                       `json:"pending"`
+	CheckIns       int64                     `json:"checkins"`
+	CheckInLatency handsetsim.LatencySummary `json:"checkin_latency"`
+	Reports        int64                     `json:"reports"`
+	Duplicates     int64                     `json:"duplicate_reports"`
+	Retries        int64                     `json:"report_retries"`
+	Dropped        int64                     `json:"reports_dropped"`
+	Errors         map[string]int64          `json:"errors"`
 	// NoOffer counts check-ins answered without an offer, by reason.
 	NoOffer        map[string]int64 `json:"no_offer"`
 	Erased         *int64           `json:"erased,omitempty"`
@@ -131,72 +136,83 @@ func simulate(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 		return settingError("server", err)
 	}
 
-	devs, extra, fresh, err := loadDevices(cfg.StateFile, cfg.Count)
+	devs, extra, fresh, err := loadDevices(cfg.StateFile, cfg)
 	if err != nil {
 		return err
 	}
 	if cfg.StateFile != "" && fresh {
 		// Keep the new keys before the first enrollment, so that a run
 		// that dies half-way re-enrolls the same devices.
-		if err := saveDevices(cfg.StateFile, server.String(), devs, extra); err != nil {
+		if err := saveDevices(cfg.StateFile, server.String(), cfg, devs, extra); err != nil {
 			return settingError("state-file", err)
 		}
 	}
-	s := &sim{cfg: cfg, server: server, policy: policy, api: api, devs: devs, codes: cfg.failCodes(),
-		stats: newStats(), stderr: stderr, allSettled: make(chan struct{}), offers: map[offer]*offer{}}
-
 	load := cfg.Duration > 0
+	codes := cfg.failCodes()
+	fc := handsetsim.Config{Client: api, EnrollmentSecret: cfg.EnrollmentSecret, Workers: cfg.Concurrency,
+		AllowedHosts: policy.extra, UserAgent: userAgent, TUFMaxAge: cfg.TUFMaxAge,
+		DownloadClient: &http.Client{Transport: tr, Timeout: cfg.DownloadTimeout, CheckRedirect: policy.checkRedirect},
+		TimeScale:      cfg.PollScale, StopGrace: cfg.RequestTimeout, EnrollOnly: load,
+		Say: func(line string) { fmt.Fprintf(stderr, "handset: %s\n", line) },
+		Install: func(int, *handsetsim.Handset, int) handsetsim.Outcome {
+			if cfg.FailRate > 0 && rand.Float64() < cfg.FailRate {
+				return handsetsim.Outcome{Code: codes[rand.IntN(len(codes))], Message: "simulated install failure"}
+			}
+			return handsetsim.Outcome{}
+		}}
 	if !load {
-		root, err := trustedRoot(ctx, cfg, api, stderr)
-		if err != nil {
+		if fc.Root, err = trustedRoot(ctx, cfg, api, stderr); err != nil {
 			return err
 		}
-		dir, err := os.MkdirTemp("", "handset-tuf-")
-		if err != nil {
+		if fc.TUFDir, err = os.MkdirTemp("", "handset-tuf-"); err != nil {
 			return fmt.Errorf("TUF cache: %w", err)
 		}
-		defer os.RemoveAll(dir)
-		s.tuf = newTUFClient(root,
-			&http.Client{Transport: tr, Timeout: cfg.DownloadTimeout, CheckRedirect: policy.checkRedirect}, dir, cfg.TUFMaxAge)
+		defer os.RemoveAll(fc.TUFDir)
+	}
+	fleet, err := handsetsim.New(fc, devs)
+	if err != nil {
+		return err
 	}
 
 	start := time.Now()
+	stopProgress := progress(fleet, cfg.Progress, len(devs), stderr)
 	var result any
 	var runErr error
 	if load {
-		s.enrollOnly = true
-		s.untilSettled(ctx, cfg.Timeout)
-		var enrolled []int32
-		for i := range s.devs {
-			if s.devs[i].token != "" {
-				enrolled = append(enrolled, int32(i))
+		fleet.RunUntilSettled(ctx, cfg.Timeout)
+		enrolled := 0
+		for _, h := range fleet.Handsets() {
+			if h.Token != "" {
+				enrolled++
 			}
 		}
 		enrollTime := time.Since(start)
 		switch {
 		case ctx.Err() != nil:
 			runErr = errors.New("interrupted while enrolling")
-		case len(enrolled) == 0:
-			runErr = fmt.Errorf("no handset enrolled%s", s.giveUpReason())
+		case enrolled == 0:
+			runErr = fmt.Errorf("no handset enrolled%s", giveUpReason(fleet))
 		default:
-			if len(enrolled) < len(s.devs) {
+			if enrolled < len(devs) {
 				fmt.Fprintf(stderr, "handset: warning: %d of %d handsets enrolled%s; load-testing with those\n",
-					len(enrolled), len(s.devs), s.giveUpReason())
+					enrolled, len(devs), giveUpReason(fleet))
 			}
-			r := s.load(ctx, enrolled)
-			r.EnrollSeconds = round3(enrollTime.Seconds())
-			result = r
+			n, elapsed := fleet.Load(ctx, cfg.Duration)
+			c := fleet.Counts()
+			result = &loadResult{Mode: "load", Handsets: len(devs), Enrolled: enrolled, Concurrency: cfg.Concurrency,
+				EnrollSeconds: round3(enrollTime.Seconds()), DurationSeconds: round3(elapsed.Seconds()), CheckIns: n,
+				CheckInsPerSecond: round3(float64(n) / elapsed.Seconds()), Latency: c.CheckInLatency, Errors: c.Errors}
 			if ctx.Err() != nil {
 				runErr = errors.New("interrupted")
 			}
 		}
 	} else {
-		complete := s.untilSettled(ctx, cfg.Timeout)
-		r := s.rolloutResult(complete, time.Since(start))
+		complete := fleet.RunUntilSettled(ctx, cfg.Timeout)
+		r := newRolloutResult(fleet, complete, time.Since(start))
 		result = r
 		switch {
 		case complete && r.GaveUp > 0:
-			runErr = fmt.Errorf("%d of %d handsets gave up%s", r.GaveUp, r.Handsets, s.giveUpReason())
+			runErr = fmt.Errorf("%d of %d handsets gave up%s", r.GaveUp, r.Handsets, giveUpReason(fleet))
 		case complete:
 		case ctx.Err() != nil:
 			runErr = fmt.Errorf("interrupted with %d of %d handsets pending", r.Pending, r.Handsets)
@@ -205,9 +221,10 @@ func simulate(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 				cfg.Timeout, r.Pending, r.Handsets)
 		}
 	}
+	stopProgress()
 
 	if cfg.Erase {
-		n := s.erase(context.WithoutCancel(ctx))
+		n := fleet.Erase(context.WithoutCancel(ctx), max(2*cfg.RequestTimeout, time.Minute))
 		switch r := result.(type) {
 		case *rolloutResult:
 			r.Erased = &n
@@ -216,7 +233,7 @@ func simulate(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 		}
 	}
 	if cfg.StateFile != "" {
-		if err := saveDevices(cfg.StateFile, server.String(), s.devs, extra); err != nil {
+		if err := saveDevices(cfg.StateFile, server.String(), cfg, fleet.Handsets(), extra); err != nil {
 			runErr = errors.Join(runErr, err)
 		}
 	}
@@ -228,11 +245,38 @@ func simulate(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	return runErr
 }
 
-func (s *sim) giveUpReason() string {
-	if v, ok := s.lastGiveUp.Load().(string); ok && v != "" {
+func giveUpReason(f *handsetsim.Fleet) string {
+	if v := f.GiveUpReason(); v != "" {
 		return " (last error: " + v + ")"
 	}
 	return ""
+}
+
+// progress prints a line to stderr every period until stopped.
+func progress(f *handsetsim.Fleet, period time.Duration, n int, stderr io.Writer) (stop func()) {
+	if period <= 0 {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		defer close(done)
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				c := f.Counts()
+				fmt.Fprintf(stderr, "handset: %s: enrolled %d/%d, installed %d, failed %d, settled %d, check-ins %d, reports %d\n",
+					time.Since(start).Round(time.Second), c.Enrolled, n, c.Installed, c.Failed,
+					f.SettledCount(), c.CheckIns, c.Reports)
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // trustedRoot is the root the handsets trust: --root, as shipped in
@@ -269,31 +313,32 @@ func trustedRoot(ctx context.Context, cfg Config, api *client.Client, stderr io.
 	return root, nil
 }
 
-func (s *sim) rolloutResult(complete bool, elapsed time.Duration) *rolloutResult {
-	st := s.stats
-	r := &rolloutResult{Mode: "rollout", Complete: complete, Handsets: len(s.devs),
-		Enrolled: st.enrolled.Load(), EnrolledNew: st.enrolledNew.Load(), Reenrolled: st.reenrolled.Load(),
-		FailedByCode: map[string]int{}, CheckIns: st.checkins.Load(), CheckInLatency: st.latency.summary(),
-		Reports: st.reports.Load(), Duplicates: st.duplicates.Load(), Retries: st.retries.Load(), Dropped: st.dropped.Load(),
-		Errors: st.errorCounts(), NoOffer: st.noOfferCounts(), ElapsedSeconds: round3(elapsed.Seconds())}
-	// The workers have stopped: the devices can be read.
-	for i := range s.devs {
-		d := &s.devs[i]
+func newRolloutResult(f *handsetsim.Fleet, complete bool, elapsed time.Duration) *rolloutResult {
+	c := f.Counts()
+	devs := f.Handsets()
+	r := &rolloutResult{Mode: "rollout", Complete: complete, Handsets: len(devs),
+		Enrolled: c.Enrolled, EnrolledNew: c.EnrolledNew, Reenrolled: c.Reenrolled,
+		FailedByCode: map[string]int{}, CheckIns: c.CheckIns, CheckInLatency: c.CheckInLatency,
+		Reports: c.Reports, Duplicates: c.Duplicates, Retries: c.Retries, Dropped: c.Dropped,
+		Errors: c.Errors, NoOffer: c.NoOffer, ElapsedSeconds: round3(elapsed.Seconds())}
+	// The workers have stopped: the handsets can be read.
+	for i := range devs {
+		h := &devs[i]
 		switch {
-		case d.result == resInstalled:
+		case h.Result() == handsetsim.ResultInstalled:
 			r.Installed++
-		case d.result == resFailed:
+		case h.Result() == handsetsim.ResultFailed:
 			r.Failed++
-			r.FailedByCode[d.failCode]++
-		case d.result == resGaveUp:
+			r.FailedByCode[h.FailCode()]++
+		case h.Result() == handsetsim.ResultGaveUp:
 			r.GaveUp++
-		case d.settled:
+		case h.Settled():
 			r.UpToDate++
 		}
-		if !d.settled {
+		if !h.Settled() {
 			r.Pending++
 		}
-		if d.compliant() {
+		if h.Compliant() {
 			r.Compliant++
 		}
 	}
@@ -308,7 +353,7 @@ func printResult(w io.Writer, asJSON bool, result any) error {
 	line := func(name, format string, args ...any) {
 		fmt.Fprintf(&b, "%-12s %s\n", name, fmt.Sprintf(format, args...))
 	}
-	lat := func(l latencySummary) string {
+	lat := func(l handsetsim.LatencySummary) string {
 		return fmt.Sprintf("p50 %s  p95 %s  p99 %s  max %s", fmtMS(l.P50), fmtMS(l.P95), fmtMS(l.P99), fmtMS(l.Max))
 	}
 	errs := func(m map[string]int64) string {
@@ -377,3 +422,22 @@ func fmtMS(ms float64) string {
 	}
 	return fmt.Sprintf("%.2fs", ms/1000)
 }
+
+// loadResult is what load generator mode prints.
+type loadResult struct {
+	Mode              string                    `json:"mode"`
+	Handsets          int                       `json:"handsets"`
+	Enrolled          int                       `json:"enrolled"`
+	Concurrency       int                       `json:"concurrency"`
+	EnrollSeconds     float64                   `json:"enroll_seconds"`
+	DurationSeconds   float64                   `json:"duration_seconds"`
+	CheckIns          int64                     `json:"checkins"`
+	CheckInsPerSecond float64                   `json:"checkins_per_second"`
+	Latency           handsetsim.LatencySummary `json:"latency"`
+	Errors            map[string]int64          `json:"errors"`
+	Erased            *int64                    `json:"erased,omitempty"`
+}
+
+func round3(f float64) float64 { return math.Round(f*1000) / 1000 }
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

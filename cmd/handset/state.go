@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/patchfleet/ota/internal/handsetsim"
 	"github.com/patchfleet/ota/server/handsets"
 )
 
@@ -38,10 +39,11 @@ const (
 	maxStateFile = 512 << 20
 )
 
-// loadDevices returns count handsets: those of the state file first, new
-// ones after. extra holds the file's handsets beyond count, written back
-// untouched. fresh reports whether any key was generated.
-func loadDevices(path string, count int) (devs []device, extra []stateDevice, fresh bool, err error) {
+// loadDevices returns cfg.Count handsets: those of the state file first,
+// new ones after. extra holds the file's handsets beyond the count,
+// written back untouched. fresh reports whether any key was generated.
+func loadDevices(path string, cfg Config) (devs []handsetsim.Handset, extra []stateDevice, fresh bool, err error) {
+	count := cfg.Count
 	var sf stateFile
 	if path != "" {
 		f, err := os.Open(path)
@@ -66,18 +68,17 @@ func loadDevices(path string, count int) (devs []device, extra []stateDevice, fr
 			}
 		}
 	}
-	devs = make([]device, count)
+	devs = make([]handsetsim.Handset, count)
 	for i := range devs {
+		devs[i] = handsetsim.NewHandset(cfg.Model, cfg.Build, cfg.Channel, cfg.Region)
+		devs[i].UTCOffsetMinutes = cfg.UTCOffsetMinutes
 		if i >= len(sf.Devices) {
-			devs[i] = newDevice()
 			fresh = true
 			continue
 		}
-		d, err := sf.Devices[i].device()
-		if err != nil {
+		if err := sf.Devices[i].apply(&devs[i]); err != nil {
 			return nil, nil, false, settingError("state-file", fmt.Errorf("%s: device %d: %w", path, i+1, err))
 		}
-		devs[i] = d
 	}
 	if len(sf.Devices) > count {
 		extra = sf.Devices[count:]
@@ -85,44 +86,54 @@ func loadDevices(path string, count int) (devs []device, extra []stateDevice, fr
 	return devs, extra, fresh, nil
 }
 
-func (sd *stateDevice) device() (device, error) {
-	d := newDevice()
+// apply sets handset h to what the file says of it.
+func (sd *stateDevice) apply(h *handsetsim.Handset) error {
 	seed, err := hex.DecodeString(sd.Key)
-	if err != nil || len(seed) != len(d.seed) {
-		return d, errors.New("key: want 64 hex digits (an ed25519 seed)")
+	if err != nil || len(seed) != len(h.Seed) {
+		return errors.New("key: want 64 hex digits (an ed25519 seed)")
 	}
-	copy(d.seed[:], seed)
-	m, ok := parseMessaging(sd.CloudMessaging)
-	if !ok {
-		return d, fmt.Errorf("cloud_messaging %q: want opted_in, opted_out or auto_enabled", sd.CloudMessaging)
+	copy(h.Seed[:], seed)
+	switch sd.CloudMessaging {
+	case handsets.MessagingAutoEnabled, handsets.MessagingOptedOut, handsets.MessagingOptedIn:
+	default:
+		return fmt.Errorf("cloud_messaging %q: want opted_in, opted_out or auto_enabled", sd.CloudMessaging)
 	}
 	for _, p := range sd.InstalledPatches {
 		if handsets.ValidatePatchID("installed_patches", p) != nil {
-			return d, fmt.Errorf("installed_patches: %q is not a patch id", p)
+			return fmt.Errorf("installed_patches: %q is not a patch id", p)
 		}
 	}
 	if len(sd.InstalledPatches) > 0 {
-		d.installed = slices.Compact(slices.Sorted(slices.Values(sd.InstalledPatches)))
+		h.Installed = slices.Compact(slices.Sorted(slices.Values(sd.InstalledPatches)))
 	}
-	if sd.Build != "" && handsets.ValidateDeviceInfo("m", sd.Build, "stable", "") != nil {
-		return d, fmt.Errorf("build %q: not a build", sd.Build)
+	if sd.Build != "" {
+		if handsets.ValidateDeviceInfo("m", sd.Build, "stable", "") != nil {
+			return fmt.Errorf("build %q: not a build", sd.Build)
+		}
+		h.Build = sd.Build
 	}
-	d.id, d.messaging, d.numberEnc, d.build = sd.DeviceID, m, sd.NumberEncryption, sd.Build
-	return d, nil
+	h.DeviceID, h.Messaging, h.NumberEncryption = sd.DeviceID, sd.CloudMessaging, sd.NumberEncryption
+	return nil
 }
 
 // saveDevices writes the state file atomically: a crash leaves the old
 // file or the new one, never half of one.
-func saveDevices(path, server string, devs []device, extra []stateDevice) error {
+// A handset's build is kept only when an installed release moved it off
+// the run's --build.
+func saveDevices(path, server string, cfg Config, devs []handsetsim.Handset, extra []stateDevice) error {
 	sf := stateFile{Version: stateVersion, Server: server, Devices: make([]stateDevice, 0, len(devs)+len(extra))}
 	for i := range devs {
-		d := &devs[i]
-		patches := d.installed
+		h := &devs[i]
+		patches := h.Installed
 		if patches == nil {
 			patches = []string{}
 		}
-		sf.Devices = append(sf.Devices, stateDevice{Key: hex.EncodeToString(d.seed[:]), DeviceID: d.id,
-			InstalledPatches: patches, Build: d.build, CloudMessaging: messagingNames[d.messaging], NumberEncryption: d.numberEnc})
+		build := h.Build
+		if build == cfg.Build {
+			build = ""
+		}
+		sf.Devices = append(sf.Devices, stateDevice{Key: hex.EncodeToString(h.Seed[:]), DeviceID: h.DeviceID,
+			InstalledPatches: patches, Build: build, CloudMessaging: h.Messaging, NumberEncryption: h.NumberEncryption})
 	}
 	sf.Devices = append(sf.Devices, extra...)
 	data, err := json.MarshalIndent(sf, "", " ")

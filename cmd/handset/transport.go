@@ -1,18 +1,16 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
+	"sync"
 	"time"
-
-	"github.com/patchfleet/ota/client"
 )
 
 // userAgent names the simulator in the server's logs.
@@ -39,10 +37,11 @@ func newTransport(concurrency int) *http.Transport {
 // of --allow-hosts.
 type hostPolicy struct {
 	allowed []string // host[:port], lowercase
+	extra   []string // those of --allow-hosts
 }
 
 func newHostPolicy(server *url.URL, extra []string) hostPolicy {
-	p := hostPolicy{allowed: []string{strings.ToLower(server.Host)}}
+	p := hostPolicy{allowed: []string{strings.ToLower(server.Host)}, extra: extra}
 	for _, h := range extra {
 		p.allowed = append(p.allowed, strings.ToLower(h))
 	}
@@ -69,41 +68,20 @@ func (p hostPolicy) checkRedirect(req *http.Request, via []*http.Request) error 
 	return nil
 }
 
-// errorKind sorts an error into the few kinds the summary counts.
-func errorKind(err error) string {
-	var ba *client.BadAnswerError
-	var ne net.Error
-	switch ce := client.AsError(err); {
-	case ce != nil:
-		if ce.Status == http.StatusTooManyRequests {
-			return "rate_limited"
-		}
-		return "http_" + strconv.Itoa(ce.Status)
-	case errors.As(err, &ba):
-		return "bad_answer"
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	case errors.Is(err, context.Canceled):
-		return "canceled"
-	default:
-		return "network"
-	}
-}
-
-// transient reports whether a retry may succeed: network errors,
-// timeouts, 5xx, 429 and 408 (client.Temporary). Other 4xx answers will
-// not change.
-func transient(err error) bool { return client.Temporary(err) }
-
-func unauthorized(err error) bool {
-	ce := client.AsError(err)
-	return ce != nil && ce.Status == http.StatusUnauthorized
-}
-
-// retryAfter returns the wait the server asked for, if it did.
-func retryAfter(err error) (time.Duration, bool) { return client.RetryAfter(err) }
-
 // oneLine folds multi-line text so that every error is one line.
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
+}
+
+// lockedWriter serialises writes from the workers and the progress
+// printer.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

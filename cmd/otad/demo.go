@@ -200,9 +200,15 @@ func runDemoWith(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer, 
 
 	fleetCtx, stopFleet := context.WithCancel(ctx)
 	defer stopFleet()
-	d.fleet = newDemoFleet(fleetConfig{Client: dc, Verifier: newDemoVerifier(dc, root, filepath.Join(dir, "handset-tuf"), log),
+	tufDir := filepath.Join(dir, "handset-tuf")
+	if err := os.Mkdir(tufDir, 0o700); err != nil {
+		return err
+	}
+	if d.fleet, err = newDemoFleet(fleetConfig{Client: dc, Root: root, TUFDir: tufDir,
 		Handsets: cfg.Handsets, Workers: cfg.Workers, Seed: cfg.Seed, EnrollSpread: min(5*time.Second, cfg.PollInterval),
-		InstallTime: cfg.InstallTime, Logger: log})
+		InstallTime: cfg.InstallTime, Logger: log}); err != nil {
+		return err
+	}
 	go d.fleet.run(fleetCtx)
 	// The fleet stops before the server (deferred last, runs first).
 	defer func() { stopFleet(); <-d.fleet.done }()
@@ -225,7 +231,7 @@ func runDemoWith(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer, 
 		return err
 	}
 	log.Info("demo: "+demoOperator+" started the rollout", slog.String("rollout", d.rolloutID),
-		slog.Int64("enrolled", d.fleet.stats.enrolled.Load()))
+		slog.Int64("enrolled", d.fleet.Counts().Enrolled))
 
 	var wg sync.WaitGroup
 	wg.Go(func() { d.watch(fleetCtx, log) })
@@ -330,7 +336,7 @@ func demoPassword() (string, error) {
 // rollout starts, and the first offers do not queue behind enrollments.
 func (d *demoRun) waitEnrolled(ctx context.Context) {
 	deadline := time.Now().Add(time.Minute)
-	for ctx.Err() == nil && time.Now().Before(deadline) && d.fleet.stats.enrolled.Load() < int64(d.cfg.Handsets) {
+	for ctx.Err() == nil && time.Now().Before(deadline) && d.fleet.Counts().Enrolled < int64(d.cfg.Handsets) {
 		select {
 		case <-ctx.Done():
 		case <-time.After(200 * time.Millisecond):
@@ -409,12 +415,12 @@ func (d *demoRun) watch(ctx context.Context, log *slog.Logger) {
 		d.approve(ctx, log)
 		if time.Since(lastProgress) >= d.cfg.Progress {
 			lastProgress = time.Now()
-			st := &d.fleet.stats
+			c := d.fleet.Counts()
 			log.Info("demo: progress", slog.String("state", string(r.State)), slog.Float64("stage_percent", r.Percent()),
-				slog.Int64("enrolled", st.enrolled.Load()), slog.Int64("offered", st.offered.Load()),
-				slog.Int64("installed", st.installed.Load()), slog.Int64("failed", st.failed.Load()),
-				slog.Int64("exposed", st.enrolled.Load()-st.installed.Load()),
-				slog.String("held_models", strings.Join(held, ",")), slog.Int64("request_errors", st.errorCount()))
+				slog.Int64("enrolled", c.Enrolled), slog.Int64("offered", c.Offered),
+				slog.Int64("installed", c.Installed), slog.Int64("failed", c.Failed),
+				slog.Int64("exposed", c.Enrolled-c.Installed),
+				slog.String("held_models", strings.Join(held, ",")), slog.Int64("request_errors", c.ErrorCount()))
 		}
 	}
 }

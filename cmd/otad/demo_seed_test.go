@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/handsetsim"
 	"github.com/patchfleet/ota/server/rollout"
 )
 
@@ -27,6 +28,13 @@ type demoOutcome struct {
 // about 10 handsets in the 10% stage (the policy's minimum of results is
 // 5), so that it is held there, and few enough for -race.
 const demoSeedHandsets = 400
+
+// handsetLine is what a demo handset is: its public key, model and
+// region.
+func handsetLine(h *handsetsim.Handset) string {
+	pub := ed25519.NewKeyFromSeed(h.Seed[:]).Public().(ed25519.PublicKey)
+	return strings.Join([]string{hex.EncodeToString(pub), h.Model, h.Region}, " ")
+}
 
 // model is handset i's model.
 func (o demoOutcome) model(i int) string { return strings.Fields(o.fleet[i])[1] }
@@ -73,11 +81,11 @@ func runDemoOutcome(t *testing.T, seed uint64) demoOutcome {
 	}
 
 	var out demoOutcome
-	for i := range d.fleet.devs {
+	devs := d.fleet.Handsets()
+	for i := range devs {
 		// Key, model and region never change once the fleet is made, so
 		// reading them while it runs is no race (the build changes).
-		h := &d.fleet.devs[i]
-		out.fleet = append(out.fleet, strings.Join([]string{hex.EncodeToString(h.key.Public().(ed25519.PublicKey)), h.model, h.region}, " "))
+		out.fleet = append(out.fleet, handsetLine(&devs[i]))
 	}
 	// A bound on a hang only: a run takes about a minute.
 	deadline := time.Now().Add(4 * time.Minute)
@@ -89,14 +97,14 @@ func runDemoOutcome(t *testing.T, seed uint64) demoOutcome {
 		if r.State == rollout.RolloutPaused {
 			fail("the rollout halted: %+v", r.Halt)
 		}
-		first := d.fleet.stats.firstResults()
-		if r.State == rollout.RolloutCompleted && int64(len(first)) == d.fleet.stats.offered.Load() {
+		first := d.fleet.firstResults()
+		if r.State == rollout.RolloutCompleted && int64(len(first)) == d.fleet.Counts().Offered {
 			out.firstTry = first
 			break
 		}
 		if time.Now().After(deadline) {
 			fail("after 4 minutes: rollout %s at %g%%, %d of %d offered handsets with a result",
-				r.State, r.Percent(), len(first), d.fleet.stats.offered.Load())
+				r.State, r.Percent(), len(first), d.fleet.Counts().Offered)
 		}
 		select {
 		case <-time.After(200 * time.Millisecond):
@@ -142,9 +150,10 @@ func TestDemoSeedRepeatsRun(t *testing.T) {
 	// Seed 8 is not run: its fleet and its first installs' failures are
 	// what a run would have (the run above shows they are the run's).
 	c := demoOutcome{firstTry: map[int]string{}}
-	for i, h := range newDemoFleet(fleetConfig{Handsets: demoSeedHandsets, Seed: 8}).devs {
-		c.fleet = append(c.fleet, strings.Join([]string{hex.EncodeToString(h.key.Public().(ed25519.PublicKey)), h.model, h.region}, " "))
-		c.firstTry[i] = demoInstallFailure(8, i, 1, h.model)
+	devs, _ := demoHandsets(demoSeedHandsets, 8)
+	for i := range devs {
+		c.fleet = append(c.fleet, handsetLine(&devs[i]))
+		c.firstTry[i] = demoInstallFailure(8, i, 1, devs[i].Model)
 	}
 
 	if !slices.Equal(a.fleet, b.fleet) {

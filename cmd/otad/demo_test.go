@@ -222,7 +222,7 @@ func demoShows(rep *server.RolloutReport) (bool, string) {
 }
 
 // demoGoroutines returns the stacks of goroutines still running the
-// demo's fleet, scheduler, verifier or watcher, waiting briefly for those
+// demo's fleet (handsetsim's workers and verifier), scheduler or watcher, waiting briefly for those
 // ending.
 func demoGoroutines() string {
 	var found string
@@ -232,7 +232,7 @@ func demoGoroutines() string {
 		found = ""
 		for _, g := range strings.Split(string(buf), "\n\n") {
 			if strings.Contains(g, "main.(*demoFleet)") || strings.Contains(g, "due.(*Scheduler)") ||
-				strings.Contains(g, "main.(*demoVerifier)") || strings.Contains(g, "main.(*demoRun)") {
+				strings.Contains(g, "handsetsim.") || strings.Contains(g, "main.(*demoRun)") {
 				found += g + "\n\n"
 			}
 		}

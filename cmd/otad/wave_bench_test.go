@@ -21,6 +21,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver, for the lock sampler
 
 	"github.com/patchfleet/ota/internal/apitest"
+	"github.com/patchfleet/ota/internal/handsetsim"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/handsets"
@@ -181,7 +182,7 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 			last = at
 			var id [16]byte
 			crand.Read(id[:])
-			body, _ := json.Marshal(wire.ReportBody{ReportID: demoReportID(id), PatchID: o.PatchID, RolloutID: o.RolloutID,
+			body, _ := json.Marshal(wire.ReportBody{ReportID: handsetsim.ReportID(id), PatchID: o.PatchID, RolloutID: o.RolloutID,
 				Target: o.Target, State: state, At: &at})
 			t0 := time.Now()
 			if err := c.post(base, "/api/v1/reports", tok, body, http.StatusCreated, nil); err != nil {

@@ -1,35 +1,11 @@
 package main
 
 import (
-	"crypto/rand"
 	"errors"
 	"testing"
-	"time"
 
 	"github.com/patchfleet/ota/internal/envflag"
-	"github.com/patchfleet/ota/server/handsets"
 )
-
-// TestReportIDsPassTheServer: the server refuses report ids with 7 digits
-// in a row (a hex id has them about one time in three); every id the
-// handset makes passes its validation, and ids do not repeat.
-func TestReportIDsPassTheServer(t *testing.T) {
-	now := time.Now()
-	seen := map[string]bool{}
-	for range 10000 {
-		var b [16]byte
-		rand.Read(b[:])
-		id := reportID(b)
-		r := handsets.Report{ID: id, PatchID: "CM-2026-001", State: handsets.StateInstalled, At: now}
-		if err := r.Validate(now); err != nil {
-			t.Fatalf("report id %q: %v", id, err)
-		}
-		if seen[id] {
-			t.Fatalf("report id %q made twice", id)
-		}
-		seen[id] = true
-	}
-}
 
 // TestFlagsFollowServerRules: the settings the handset sends are checked
 // with the server's own rules, so a model or code the server would refuse

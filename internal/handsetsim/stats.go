@@ -1,10 +1,9 @@
-package main
+package handsetsim
 
 import (
 	"maps"
 	"math"
 	"math/bits"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,13 +14,14 @@ type stats struct {
 	enrolled    atomic.Int64 // devices enrolled at least once
 	enrolledNew atomic.Int64 // 201 answers
 	reenrolled  atomic.Int64 // 200 answers
+	offered     atomic.Int64 // handsets offered a patch at least once
 	checkins    atomic.Int64
 	reports     atomic.Int64
 	duplicates  atomic.Int64
 	retries     atomic.Int64
 	dropped     atomic.Int64
-	installed   atomic.Int64
-	failed      atomic.Int64
+	installed   atomic.Int64 // handsets whose last install succeeded
+	failed      atomic.Int64 // handsets whose last install failed
 	gaveUp      atomic.Int64
 	latency     histogram // successful check-ins
 
@@ -31,6 +31,46 @@ type stats struct {
 }
 
 func newStats() *stats { return &stats{errors: map[string]int64{}, noOffer: map[string]int64{}} }
+
+// Counts are a fleet's counters at one moment.
+type Counts struct {
+	// Enrolled handsets enrolled at least once in this run; EnrolledNew
+	// were new to the server (201), Reenrolled known to it (200).
+	Enrolled, EnrolledNew, Reenrolled int64
+	// Offered handsets were offered a patch at least once.
+	Offered int64
+	// Installed and Failed count handsets by their last install's
+	// result; GaveUp those the server refused for good.
+	Installed, Failed, GaveUp int64
+	CheckIns                  int64
+	// Reports acknowledged, of which Duplicates the server already had;
+	// Retries sent again, Dropped never acknowledged.
+	Reports, Duplicates, Retries, Dropped int64
+	// CheckInLatency is of successful check-ins.
+	CheckInLatency LatencySummary
+	// Errors counts failed requests as "op:kind" (ErrorKind), e.g.
+	// "checkin:rate_limited" or "tuf:E_DOWNLOAD".
+	Errors map[string]int64
+	// NoOffer counts check-ins answered without an offer, by reason.
+	NoOffer map[string]int64
+}
+
+// ErrorCount is the number of failed requests of every kind.
+func (c Counts) ErrorCount() int64 {
+	var n int64
+	for _, v := range c.Errors {
+		n += v
+	}
+	return n
+}
+
+func (s *stats) counts() Counts {
+	return Counts{Enrolled: s.enrolled.Load(), EnrolledNew: s.enrolledNew.Load(), Reenrolled: s.reenrolled.Load(),
+		Offered: s.offered.Load(), Installed: s.installed.Load(), Failed: s.failed.Load(), GaveUp: s.gaveUp.Load(),
+		CheckIns: s.checkins.Load(), Reports: s.reports.Load(), Duplicates: s.duplicates.Load(),
+		Retries: s.retries.Load(), Dropped: s.dropped.Load(), CheckInLatency: s.latency.summary(),
+		Errors: s.errorCounts(), NoOffer: s.noOfferCounts()}
+}
 
 // maxNoOfferReasons bounds the reasons counted apart: a server sending a
 // new reason on every answer must not grow the map without end.
@@ -54,13 +94,17 @@ func (s *stats) noOfferCounts() map[string]int64 {
 	return maps.Clone(s.noOffer)
 }
 
-// addError counts err under "op:kind", e.g. "checkin:rate_limited".
-func (s *stats) addError(op string, err error) { s.addErrorKind(op + ":" + errorKind(err)) }
+// addError counts err under "op:kind", e.g. "checkin:rate_limited",
+// and says whether it is the first of its kind.
+func (s *stats) addError(op string, err error) (first bool) {
+	return s.addErrorKind(op + ":" + ErrorKind(err))
+}
 
-func (s *stats) addErrorKind(kind string) {
+func (s *stats) addErrorKind(kind string) (first bool) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.errors[kind]++
-	s.mu.Unlock()
+	return s.errors[kind] == 1
 }
 
 func (s *stats) errorCounts() map[string]int64 {
@@ -137,8 +181,9 @@ func (h *histogram) quantile(q float64) time.Duration {
 	return maxSeen
 }
 
-// latencySummary is a histogram as the result shows it, in milliseconds.
-type latencySummary struct {
+// LatencySummary is a histogram as a run's result shows it, in
+// milliseconds.
+type LatencySummary struct {
 	Count uint64  `json:"count"`
 	P50   float64 `json:"p50_ms"`
 	P95   float64 `json:"p95_ms"`
@@ -146,10 +191,8 @@ type latencySummary struct {
 	Max   float64 `json:"max_ms"`
 }
 
-func (h *histogram) summary() latencySummary {
+func (h *histogram) summary() LatencySummary {
 	ms := func(d time.Duration) float64 { return math.Round(float64(d)/float64(time.Millisecond)*1000) / 1000 }
-	return latencySummary{Count: h.n.Load(), P50: ms(h.quantile(0.50)), P95: ms(h.quantile(0.95)),
+	return LatencySummary{Count: h.n.Load(), P50: ms(h.quantile(0.50)), P95: ms(h.quantile(0.95)),
 		P99: ms(h.quantile(0.99)), Max: ms(time.Duration(h.max.Load()))}
 }
-
-func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

@@ -1,4 +1,4 @@
-package main
+package handsetsim
 
 import (
 	"context"
@@ -16,39 +16,39 @@ import (
 	"github.com/patchfleet/ota/server/api/wire"
 )
 
-// Error codes the handset reports for failures it finds itself: the
-// agent's (client/agent), which verifies the same way.
-const (
-	codeTUFVerify     = agent.CodeVerify        // metadata or artifact did not verify, or the offer disagrees with signed metadata
-	codeDownload      = agent.CodeDownload      // metadata or artifact could not be fetched
-	codeNotApplicable = agent.CodeNotApplicable // the signed metadata says the patch is not for this model or build
-)
-
-// tufClient verifies offers for every handset of the process with the
-// agent's verifier (agent.Verifier), sharing its work.
+// verifier verifies offers for every handset of a fleet with the
+// agent's go-tuf verifier (agent.Verifier), sharing its work.
 //
 // 10,000 handsets must not each download all metadata: handsets share a
 // view, one go-tuf update refreshed at most every maxAge per repository
-// URL, whose trusted metadata persists in a per-process folder so that the
+// URL, whose trusted metadata persists in a per-fleet folder so that the
 // next view starts from it (rollback protection holds across views, as on
-// a real handset across polls). Target bytes are downloaded and verified
-// once per sha256 and length; a handset whose offer resolves, through a
-// fresh view, to a signed target with that sha256 and length uses the
-// verified copy.
-type tufClient struct {
-	root   []byte // bootstrap root: --root or trust on first use
-	hc     *http.Client
-	dir    string
-	maxAge time.Duration
-	now    func() time.Time
+// a real handset across polls). An offer a view does not find signed
+// refreshes it once before it counts as failed: the release may be younger
+// than the view. Target bytes are downloaded and verified once per sha256
+// and length; a handset whose offer resolves, through a fresh view, to a
+// signed target with that sha256 and length uses the verified copy.
+type verifier struct {
+	root      []byte // the trusted root, as shipped in firmware
+	hc        *http.Client
+	dir       string
+	maxAge    time.Duration
+	userAgent string
+	say       func(string)
+	now       func() time.Time
 
 	mu       sync.Mutex
 	sources  map[string]*tufSource
 	verified map[string]bool // artifactKey -> downloaded and verified
+	wg       sync.WaitGroup  // refreshes and downloads running
 }
 
-func newTUFClient(root []byte, hc *http.Client, dir string, maxAge time.Duration) *tufClient {
-	return &tufClient{root: root, hc: hc, dir: dir, maxAge: maxAge, now: time.Now,
+// wait waits for the refreshes and downloads running, which handsets may
+// have stopped waiting for.
+func (c *verifier) wait() { c.wg.Wait() }
+
+func newVerifier(root []byte, hc *http.Client, dir string, maxAge time.Duration, userAgent string, say func(string)) *verifier {
+	return &verifier{root: root, hc: hc, dir: dir, maxAge: maxAge, userAgent: userAgent, say: say, now: time.Now,
 		sources: map[string]*tufSource{}, verified: map[string]bool{}}
 }
 
@@ -84,16 +84,26 @@ type fetchCall struct {
 // the target must be in the signed metadata, match the offer, apply to the
 // handset, and its bytes must verify. It returns the signed custom
 // metadata, or an error that agent.Code and agent.Transient classify.
-func (c *tufClient) verify(ctx context.Context, o *offer, model, build string) (*manifests.TargetCustom, error) {
+func (c *verifier) verify(ctx context.Context, o *offer, model, build string) (*manifests.TargetCustom, error) {
 	src, err := c.source(o.MetadataURL, o.TargetsURL)
 	if err != nil {
 		return nil, err
 	}
-	v, err := src.view(ctx, c)
+	asked := c.now()
+	v, err := src.view(ctx, c, time.Time{})
 	if err != nil {
 		return nil, err
 	}
-	t, err := v.view.Check(wire.OfferAnswer{Target: o.Target, Length: o.Length, SHA256: o.SHA256, PatchID: o.PatchID})
+	offered := wire.OfferAnswer{Target: o.Target, Length: o.Length, SHA256: o.SHA256, PatchID: o.PatchID}
+	t, err := v.view.Check(offered)
+	if err != nil && v.at.Before(asked) {
+		// A view made before this offer may predate its release: look
+		// again, once, in a view at least as young as the question.
+		if v, err = src.view(ctx, c, asked); err != nil {
+			return nil, err
+		}
+		t, err = v.view.Check(offered)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -111,14 +121,19 @@ func (c *tufClient) verify(ctx context.Context, o *offer, model, build string) (
 		return nil, err
 	}
 	c.mu.Lock()
+	first := !c.verified[key]
 	c.verified[key] = true
 	c.mu.Unlock()
+	if first {
+		c.say(fmt.Sprintf("go-tuf verified %s (patch %s, sha256 %.12s..., targets v%d); handsets install it",
+			o.Target, o.PatchID, t.SHA256, v.view.TargetsVersion()))
+	}
 	return &t.Custom, nil
 }
 
 // source returns the repository at metadataURL and targetsURL, creating
 // its cache folders on first use.
-func (c *tufClient) source(metadataURL, targetsURL string) (*tufSource, error) {
+func (c *verifier) source(metadataURL, targetsURL string) (*tufSource, error) {
 	key := metadataURL + "\x00" + targetsURL
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -131,7 +146,7 @@ func (c *tufClient) source(metadataURL, targetsURL string) (*tufSource, error) {
 	base := filepath.Join(c.dir, strconv.Itoa(len(c.sources)))
 	s := &tufSource{targetsDir: filepath.Join(base, "targets"), verifier: agent.Verifier{
 		MetadataURL: metadataURL, TargetsURL: targetsURL, Root: c.root, Dir: filepath.Join(base, "metadata"),
-		HTTPClient: c.hc, UserAgent: userAgent}}
+		HTTPClient: c.hc, UserAgent: c.userAgent}}
 	for _, d := range []string{s.verifier.Dir, s.targetsDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("TUF cache: %w", err)
@@ -146,46 +161,51 @@ func (c *tufClient) source(metadataURL, targetsURL string) (*tufSource, error) {
 // is noticed.
 const errorViewAge = time.Second
 
-// view returns a view younger than maxAge, refreshing it when needed;
-// handsets arriving during a refresh wait for it rather than start their
-// own. go-tuf takes no context, so the refresh runs on its own goroutine
-// (bounded by the HTTP client's timeout) and a handset stops waiting when
-// its ctx ends.
-func (s *tufSource) view(ctx context.Context, c *tufClient) (*tufView, error) {
-	s.mu.Lock()
-	if v := s.cur; v != nil {
-		age := c.now().Sub(v.at)
-		if (v.err == nil && age < c.maxAge) || (v.err != nil && age < min(c.maxAge, errorViewAge)) {
-			s.mu.Unlock()
+// view returns a view younger than maxAge and made no earlier than
+// notBefore, refreshing it when needed; handsets arriving during a refresh
+// wait for it rather than start their own. go-tuf takes no context, so
+// the refresh runs on its own goroutine (bounded by the HTTP client's
+// timeout) and a handset stops waiting when its ctx ends.
+func (s *tufSource) view(ctx context.Context, c *verifier, notBefore time.Time) (*tufView, error) {
+	for {
+		s.mu.Lock()
+		if v := s.cur; v != nil && !v.at.Before(notBefore) {
+			age := c.now().Sub(v.at)
+			if (v.err == nil && age < c.maxAge) || (v.err != nil && age < min(c.maxAge, errorViewAge)) {
+				s.mu.Unlock()
+				return v, v.err
+			}
+		}
+		ch := s.refreshing
+		if ch == nil {
+			ch = make(chan struct{})
+			s.refreshing = ch
+			c.wg.Go(func() {
+				v := &tufView{at: c.now(), fetches: map[string]*fetchCall{}}
+				// Each refresh is a new updater starting from the newest
+				// root this fleet verified (the verifier's folder).
+				v.view, v.err = s.verifier.Refresh()
+				s.mu.Lock()
+				s.cur, s.refreshing = v, nil
+				s.mu.Unlock()
+				close(ch)
+			})
+		}
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		// The view of the refresh waited for, however young maxAge is,
+		// unless it started before notBefore: then wait for the next.
+		s.mu.Lock()
+		v := s.cur
+		s.mu.Unlock()
+		if !v.at.Before(notBefore) {
 			return v, v.err
 		}
 	}
-	ch := s.refreshing
-	if ch == nil {
-		ch = make(chan struct{})
-		s.refreshing = ch
-		go func() {
-			v := &tufView{at: c.now(), fetches: map[string]*fetchCall{}}
-			// Each refresh is a new updater starting from the newest
-			// root this process verified (the verifier's folder).
-			v.view, v.err = s.verifier.Refresh()
-			s.mu.Lock()
-			s.cur, s.refreshing = v, nil
-			s.mu.Unlock()
-			close(ch)
-		}()
-	}
-	s.mu.Unlock()
-	select {
-	case <-ch:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	// The view of the refresh waited for, however young maxAge is.
-	s.mu.Lock()
-	v := s.cur
-	s.mu.Unlock()
-	return v, v.err
 }
 
 // download fetches and verifies the artifact once per view; handsets
@@ -193,18 +213,18 @@ func (s *tufSource) view(ctx context.Context, c *tufClient) (*tufView, error) {
 // life (the same mirror gives the same bytes); a network failure is not.
 // The download serves many handsets, so it runs on its own goroutine,
 // bounded by the HTTP client's timeout, not by one handset's ctx.
-func (v *tufView) download(ctx context.Context, c *tufClient, s *tufSource, t *agent.Target, key string) error {
+func (v *tufView) download(ctx context.Context, c *verifier, s *tufSource, t *agent.Target, key string) error {
 	v.mu.Lock()
 	call, ok := v.fetches[key]
 	if !ok {
 		call = &fetchCall{done: make(chan struct{})}
 		v.fetches[key] = call
-		go func() {
+		c.wg.Go(func() {
 			defer close(call.done)
 			// The verified copy is written under its sha256, never under
 			// the target's name, so two versions of one path cannot
 			// collide.
-			_, err := t.Fetch(context.Background(), c.hc, filepath.Join(s.targetsDir, key), userAgent)
+			_, err := t.Fetch(context.Background(), c.hc, filepath.Join(s.targetsDir, key), c.userAgent)
 			if err == nil {
 				return
 			}
@@ -214,7 +234,7 @@ func (v *tufView) download(ctx context.Context, c *tufClient, s *tufSource, t *a
 				delete(v.fetches, key)
 				v.mu.Unlock()
 			}
-		}()
+		})
 	}
 	v.mu.Unlock()
 	select {
