@@ -1,7 +1,9 @@
 # Shell functions that scripts/test.sh and scripts/bench-wave.sh share;
 # sourced, not run.
 
-log() { printf '== %s\n' "$*"; }
+# log prints a step, with the seconds since the script started, so that
+# a slow run shows which step grew.
+log() { printf '== [%ss] %s\n' "$SECONDS" "$*"; }
 
 # start_on_free_port WHAT START_FN runs START_FN PORT on a loopback port
 # below the kernel's ephemeral range that $freeport (scripts/freeport,

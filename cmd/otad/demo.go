@@ -418,7 +418,7 @@ func (d *demoRun) watch(ctx context.Context, log *slog.Logger) {
 			c := d.fleet.Counts()
 			log.Info("demo: progress", slog.String("state", string(r.State)), slog.Float64("stage_percent", r.Percent()),
 				slog.Int64("enrolled", c.Enrolled), slog.Int64("offered", c.Offered),
-				slog.Int64("installed", c.Installed), slog.Int64("failed", c.Failed),
+				slog.Int64("installed", c.Installed), slog.Int64("failed", c.Failed), slog.Int64("checkins", c.CheckIns), slog.Int64("reports", c.Reports),
 				slog.Int64("exposed", c.Enrolled-c.Installed),
 				slog.String("held_models", strings.Join(held, ",")), slog.Int64("request_errors", c.ErrorCount()))
 		}
