@@ -3,11 +3,13 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,9 +24,9 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/manifests"
-	"github.com/patchfleet/ota/server/api"
 	"github.com/patchfleet/ota/server/api/wire"
 )
 
@@ -225,15 +227,20 @@ func TestCrashDuringPublish(t *testing.T) {
 	published := map[string][]byte{}
 	httpc := &http.Client{Timeout: 30 * time.Second}
 
-	// upload posts engineer b's signature over draft v (which publishes),
-	// not failing the test if the server dies under it. It signs first,
-	// so that the timed part is the request alone.
+	// upload posts engineer b's signature over draft v (which publishes)
+	// to the server at env.URL, not failing the test if the server dies
+	// under it. It signs and encodes first, so that the timed part is the
+	// request alone.
 	upload := func(v *manifests.DraftView) func() (*manifests.DraftView, error) {
 		body, err := json.Marshal(wire.SignatureUpload{Digest: v.Digest, Signatures: b.SignatureFor(t, v)})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return func() (*manifests.DraftView, error) { return postSignatures(httpc, env, v.ID, body) }
+		admin, err := client.New(env.URL, client.WithHTTPClient(httpc), client.WithBearer(env.Token))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return func() (*manifests.DraftView, error) { return postSignatures(admin, v.ID, body) }
 	}
 	release := func(name string) (string, []byte, *manifests.DraftView) {
 		path := "crash/" + name + "/update.zip"
@@ -437,25 +444,23 @@ func checkClient(up *updater.Updater, path string, content []byte, newState bool
 	return nil
 }
 
-// postSignatures uploads a signature upload body for draft id.
-func postSignatures(httpc *http.Client, env *apitest.Env, id string, body []byte) (*manifests.DraftView, error) {
-	req, err := http.NewRequest("POST", env.URL+api.AdminPrefix+"/drafts/"+id+"/signatures", bytes.NewReader(body))
+// postSignatures uploads body, an encoded wire.SignatureUpload, for
+// draft id as admin (client.AddSignatures would encode it in the timed
+// part) and returns the draft the server answered 200 with.
+func postSignatures(admin *client.Client, id string, body []byte) (*manifests.DraftView, error) {
+	req, err := admin.NewRequest(context.Background(), http.MethodPost,
+		wire.AdminPrefix+"/drafts/"+url.PathEscape(id)+"/signatures", bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+env.Token)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := httpc.Do(req)
+	var out manifests.DraftView
+	status, err := admin.Send(req, &out)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
-	var out manifests.DraftView
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return nil, fmt.Errorf("%s: %w", resp.Status, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s", resp.Status)
+	if status != http.StatusOK {
+		return nil, fmt.Errorf("POST %s: %d, want 200", req.URL.Path, status)
 	}
 	return &out, nil
 }

@@ -3,7 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/sqlstore"
@@ -32,7 +33,7 @@ func TestAcknowledgedReportsSurviveSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	// A request only bounds a hang: a sender whose request times out
 	// stops as if the server were gone.
-	client := &http.Client{Timeout: time.Minute}
+	hc := &http.Client{Timeout: time.Minute}
 	const rounds, senders = 25, 4
 	total := 0
 	for round := range rounds {
@@ -41,14 +42,18 @@ func TestAcknowledgedReportsSurviveSIGKILL(t *testing.T) {
 		if round == 0 {
 			publishPatch(t, bin, dir, base) // reports must name a published patch
 		}
-		var enrolled wire.EnrollAnswer
-		body, _ := json.Marshal(wire.EnrollBody{Model: "PX-7", Build: "7.1.0", Channel: "stable"})
-		resp, err := client.Post(base+"/api/v1/devices", "application/json", bytes.NewReader(body))
+		srv, err := client.New(base, client.WithHTTPClient(hc))
 		if err != nil {
 			t.Fatal(err)
 		}
-		json.NewDecoder(resp.Body).Decode(&enrolled)
-		resp.Body.Close()
+		// Enrolled without a device key (client.Enroll always signs with
+		// one), through Do.
+		var enrolled wire.EnrollAnswer
+		if _, err := srv.Do(context.Background(), http.MethodPost, wire.APIPrefix+"/devices",
+			wire.EnrollBody{Model: "PX-7", Build: "7.1.0", Channel: "stable"}, &enrolled); err != nil {
+			t.Fatal(err)
+		}
+		handset := srv.WithToken(enrolled.Token)
 
 		var mu sync.Mutex
 		acked := map[string]bool{}
@@ -63,19 +68,16 @@ func TestAcknowledgedReportsSurviveSIGKILL(t *testing.T) {
 					default:
 					}
 					id := fmt.Sprintf("r%d-%d-%d", round, s, i)
-					b, _ := json.Marshal(wire.ReportBody{ReportID: id, PatchID: "CM-2026-001", State: "downloading", At: ptr(time.Now())})
-					req, _ := http.NewRequest("POST", base+"/api/v1/reports", bytes.NewReader(b))
-					req.Header.Set("Authorization", "Bearer "+enrolled.Token)
-					req.Header.Set("Content-Type", "application/json")
-					resp, err := client.Do(req)
-					if err != nil {
-						return // the server is gone
-					}
-					resp.Body.Close()
-					if resp.StatusCode/100 == 2 {
+					_, err := handset.Report(context.Background(),
+						wire.ReportBody{ReportID: id, PatchID: "CM-2026-001", State: "downloading", At: ptr(time.Now())})
+					var badAnswer *client.BadAnswerError
+					switch {
+					case err == nil, errors.As(err, &badAnswer): // a 2xx answer, the server's promise
 						mu.Lock()
 						acked[id] = true
 						mu.Unlock()
+					case client.AsError(err) == nil:
+						return // the server is gone
 					}
 				}
 			})

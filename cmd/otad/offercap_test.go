@@ -2,8 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"database/sql"
-	"encoding/json"
 	"io"
 	"net/http"
 	"os/exec"
@@ -15,6 +15,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver, to read the recorded offers
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server/api/wire"
 )
@@ -54,48 +55,44 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 		t.Fatalf("rollout %s is %s, want running", r.ID, r.State)
 	}
 
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
-	post := func(url, token string, in, out any) int {
-		body, _ := json.Marshal(in)
-		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
+	var servers [2]*client.Client
+	for i, base := range bases {
+		var err error
+		if servers[i], err = client.New(base, client.WithHTTPClient(hc)); err != nil {
+			t.Fatal(err)
 		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Error(err)
-			return 0
+	}
+	ctx := context.Background()
+	// enroll enrolls a handset at server without a device key
+	// (client.Enroll always signs with one) and returns its token.
+	enroll := func(server *client.Client, build string) string {
+		var e wire.EnrollAnswer
+		if c, err := server.Do(ctx, http.MethodPost, wire.APIPrefix+"/devices",
+			wire.EnrollBody{Model: "PX-7", Build: build, Channel: "stable"}, &e); err != nil || c != http.StatusCreated {
+			t.Fatalf("enroll at %s: %d %v", server.BaseURL(), c, err)
 		}
-		defer resp.Body.Close()
-		json.NewDecoder(resp.Body).Decode(out)
-		return resp.StatusCode
+		return e.Token
 	}
 	tokens := make([]string, handsets)
 	for i := range tokens {
-		var e wire.EnrollAnswer
-		if c := post(bases[i%2]+"/api/v1/devices", "", wire.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"}, &e); c != 201 {
-			t.Fatalf("enroll: %d", c)
-		}
-		tokens[i] = e.Token
+		tokens[i] = enroll(servers[i%2], "7.2.0")
 	}
 	// Both replicas serve the published release and see the rollout
 	// (refresh 200 ms): a handset already on the release's build is
 	// refused build_not_older only by a replica that sees the rollout
 	// (not_selected before), and takes nothing from the budget.
 	waitSameTimestamp(t, bases)
-	var probe wire.EnrollAnswer
-	if c := post(bases[0]+"/api/v1/devices", "", wire.EnrollBody{Model: "PX-7", Build: "7.5.0", Channel: "stable"}, &probe); c != 201 {
-		t.Fatalf("enroll the probe: %d", c)
-	}
+	probe := enroll(servers[0], "7.5.0")
 	newer := wire.CheckInBody{Build: "7.5.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
 		CloudMessaging: "auto_enabled", NumberEncryption: new(bool)}
-	for _, base := range bases {
+	for _, server := range servers {
+		base := server.BaseURL()
 		deadline := time.Now().Add(2 * time.Minute)
 		for {
-			var ans wire.CheckInAnswer
-			if c := post(base+"/api/v1/checkin", probe.Token, newer, &ans); c != 200 {
-				t.Fatalf("probe check-in at %s: %d", base, c)
+			ans, err := server.WithToken(probe).CheckIn(ctx, newer)
+			if err != nil {
+				t.Fatalf("probe check-in at %s: %v", base, err)
 			}
 			if ans.NoOffer == "build_not_older" {
 				break
@@ -120,9 +117,12 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 	// The first handset of each replica checks in alone: each replica
 	// offers from the shared budget, which has room.
 	for i := range 2 {
-		var ans wire.CheckInAnswer
-		if c := post(bases[i]+"/api/v1/checkin", tokens[i], body, &ans); c != 200 || ans.Offer == nil {
-			t.Fatalf("the first check-in at %s: %d, no_offer %q; want an offer", bases[i], c, ans.NoOffer)
+		ans, err := servers[i].WithToken(tokens[i]).CheckIn(ctx, body)
+		if err != nil {
+			t.Fatalf("the first check-in at %s: %v; want an offer", bases[i], err)
+		}
+		if ans.Offer == nil {
+			t.Fatalf("the first check-in at %s: no_offer %q; want an offer", bases[i], ans.NoOffer)
 		}
 		offers[i]++
 	}
@@ -134,9 +134,9 @@ func TestOfferCapAcrossTwoProcesses(t *testing.T) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			var ans wire.CheckInAnswer
-			if c := post(bases[i%2]+"/api/v1/checkin", tok, body, &ans); c != 200 {
-				t.Errorf("check-in: %d", c)
+			ans, err := servers[i%2].WithToken(tok).CheckIn(ctx, body)
+			if err != nil {
+				t.Errorf("check-in: %v", err)
 				return
 			}
 			mu.Lock()

@@ -2,11 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
 	crand "crypto/rand"
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -20,6 +20,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver, for the lock sampler
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/internal/handsetsim"
 	"github.com/patchfleet/ota/server"
@@ -86,8 +87,9 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 	publishPatch(b, bin, dir, bases[0])
 	env := &apitest.Env{URL: bases[0], Token: engineerToken(b, bin, dir)}
 
-	c := &waveClient{http: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
+	c := &waveClient{hc: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
 		MaxIdleConns: 4 * conc, MaxIdleConnsPerHost: 2 * conc, IdleConnTimeout: time.Minute}}}
+	first := c.server(b, bases[0])
 	f := false
 	before, _ := json.Marshal(wire.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
 		CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: &f})
@@ -103,12 +105,12 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 	setupStart := time.Now()
 	c.parallel(b, "enroll and check in", conc, n, func(i int) error {
 		var e wire.EnrollAnswer
-		if err := c.post(bases[0], "/api/v1/devices", "", enrollBody, http.StatusCreated, &e); err != nil {
+		if err := wavePost(first, wire.APIPrefix+"/devices", enrollBody, http.StatusCreated, &e); err != nil {
 			return err
 		}
 		tokens[i] = e.Token
 		var ans wire.CheckInAnswer
-		if err := c.post(bases[0], "/api/v1/checkin", e.Token, before, http.StatusOK, &ans); err != nil {
+		if err := wavePost(first.WithToken(e.Token), wire.APIPrefix+"/checkin", before, http.StatusOK, &ans); err != nil {
 			return err
 		}
 		if ans.Offer != nil {
@@ -143,6 +145,10 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 		procs = append(procs, p)
 		bases = append(bases, "http://"+p.addr)
 	}
+	servers := make([]*client.Client, len(bases))
+	for i, base := range bases {
+		servers[i] = c.server(b, base)
+	}
 	setup := time.Since(setupStart)
 
 	// The wave.
@@ -162,10 +168,10 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 	b.ResetTimer()
 	start := time.Now()
 	c.parallel(b, "wave", conc, n, func(i int) error {
-		base, tok := bases[i%len(bases)], tokens[i]
+		h := servers[i%len(servers)].WithToken(tokens[i])
 		t0 := time.Now()
 		var ans wire.CheckInAnswer
-		if err := c.post(base, "/api/v1/checkin", tok, before, http.StatusOK, &ans); err != nil {
+		if err := wavePost(h, wire.APIPrefix+"/checkin", before, http.StatusOK, &ans); err != nil {
 			return fmt.Errorf("check-in on the old build: %w", err)
 		}
 		lat[0][i] = time.Since(t0)
@@ -185,14 +191,14 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 			body, _ := json.Marshal(wire.ReportBody{ReportID: handsetsim.ReportID(id), PatchID: o.PatchID, RolloutID: o.RolloutID,
 				Target: o.Target, State: state, At: &at})
 			t0 := time.Now()
-			if err := c.post(base, "/api/v1/reports", tok, body, http.StatusCreated, nil); err != nil {
+			if err := wavePost(h, wire.APIPrefix+"/reports", body, http.StatusCreated, nil); err != nil {
 				return fmt.Errorf("report %s: %w", state, err)
 			}
 			lat[1+s][i] = time.Since(t0)
 		}
 		t0 = time.Now()
 		ans = wire.CheckInAnswer{}
-		if err := c.post(base, "/api/v1/checkin", tok, after, http.StatusOK, &ans); err != nil {
+		if err := wavePost(h, wire.APIPrefix+"/checkin", after, http.StatusOK, &ans); err != nil {
 			return fmt.Errorf("check-in on the new build: %w", err)
 		}
 		lat[4][i] = time.Since(t0)
@@ -224,9 +230,10 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 	qstart := time.Now()
 	c.parallel(b, "quiet", conc, quietN, func(j int) error {
 		i := j % n
+		h := servers[i%len(servers)].WithToken(tokens[i])
 		t0 := time.Now()
 		var ans wire.CheckInAnswer
-		if err := c.post(bases[i%len(bases)], "/api/v1/checkin", tokens[i], after, http.StatusOK, &ans); err != nil {
+		if err := wavePost(h, wire.APIPrefix+"/checkin", after, http.StatusOK, &ans); err != nil {
 			return fmt.Errorf("quiet check-in: %w", err)
 		}
 		quiet[j] = time.Since(t0)
@@ -280,37 +287,47 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 }
 
 // waveClient is the load generator's HTTP client: one keep-alive pool for
-// all the workers.
+// all the workers, which call otad through package client.
 type waveClient struct {
-	http *http.Client
+	hc *http.Client
 }
 
-// post sends body to base+path with token as the bearer and decodes the
-// answer into out (when not nil); an answer with another status than
-// want is an error naming the status and the error body.
-func (c *waveClient) post(base, path, token string, body []byte, want int, out any) error {
-	req, err := http.NewRequest(http.MethodPost, base+path, bytes.NewReader(body))
+// server is a client of the otad at base that sends no token, over c's
+// pool; a handset's is its WithToken copy.
+func (c *waveClient) server(tb testing.TB, base string) *client.Client {
+	tb.Helper()
+	cl, err := client.New(base, client.WithHTTPClient(c.hc))
 	if err != nil {
-		return err
+		tb.Fatal(err)
+	}
+	return cl
+}
+
+// wavePost posts body to path as cl and decodes the answer into out
+// (when not nil); an answer with another status than want is an error
+// naming the status and the server's error.
+func wavePost(cl *client.Client, path string, body []byte, want int, out any) error {
+	status, err := waveSend(cl, path, body, out)
+	if err != nil {
+		return fmt.Errorf("want %d: %w", want, err)
+	}
+	if status != want {
+		return fmt.Errorf("POST %s: %d, want %d", path, status, want)
+	}
+	return nil
+}
+
+// waveSend posts body, JSON encoded once before the clock starts (so
+// that the load generator does not time its own encoding), to path as cl
+// and decodes a 2xx answer into out (when not nil). It returns the
+// answer's status; any other answer than a 2xx is a *client.Error.
+func waveSend(cl *client.Client, path string, body []byte, out any) (int, error) {
+	req, err := cl.NewRequest(context.Background(), http.MethodPost, path, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != want {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("POST %s: %d, want %d: %s", path, resp.StatusCode, want, bytes.TrimSpace(msg))
-	}
-	if out == nil {
-		_, err = io.Copy(io.Discard, resp.Body)
-		return err
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	return cl.Send(req, out)
 }
 
 // parallel runs do(0) to do(n-1) on conc workers, each taking the next

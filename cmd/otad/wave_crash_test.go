@@ -1,12 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
@@ -135,7 +135,7 @@ func testWaveCrash(t *testing.T, dsn string) {
 	p := startOtad(t, bin, dir)
 	base := "http://" + p.addr
 	publishPatch(t, bin, dir, base)
-	c := &waveClient{http: &http.Client{Timeout: time.Minute}}
+	c := &waveClient{hc: &http.Client{Timeout: time.Minute}}
 	f, tr := false, true
 	before, _ := json.Marshal(wire.CheckInBody{Build: "7.2.0", Model: "PX-7", Channel: "stable", InstalledPatches: []string{},
 		CloudMessaging: handsets.MessagingAutoEnabled, NumberEncryption: &f})
@@ -145,13 +145,14 @@ func testWaveCrash(t *testing.T, dsn string) {
 	// The fleet, enrolled and checked in once before the rollout starts.
 	hs := make([]*crashHandset, nHandsets)
 	enrollBody, _ := json.Marshal(wire.EnrollBody{Model: "PX-7", Build: "7.2.0", Channel: "stable"})
+	srv := c.server(t, base)
 	c.parallel(t, "enroll and check in", workers, nHandsets, func(i int) error {
 		var e wire.EnrollAnswer
-		if err := c.post(base, "/api/v1/devices", "", enrollBody, http.StatusCreated, &e); err != nil {
+		if err := wavePost(srv, wire.APIPrefix+"/devices", enrollBody, http.StatusCreated, &e); err != nil {
 			return err
 		}
 		hs[i] = &crashHandset{id: e.DeviceID, token: e.Token, n: i, fails: i%failEach == 0, reports: map[int][]byte{}, ids: map[int]string{}}
-		return c.post(base, "/api/v1/checkin", e.Token, before, http.StatusOK, nil)
+		return wavePost(srv.WithToken(e.Token), wire.APIPrefix+"/checkin", before, http.StatusOK, nil)
 	})
 	// No automatic halt (a fifth of the installs fail) and no retry: what
 	// each handset ends as is its path's doing alone.
@@ -164,7 +165,7 @@ func testWaveCrash(t *testing.T, dsn string) {
 	}
 	token := engineerToken(t, bin, dir)
 
-	w := &crashWave{c: c, rolloutID: r.ID, before: before, after: after}
+	w := &crashWave{rolloutID: r.ID, before: before, after: after}
 	for round := 0; ; round++ {
 		last := round == kills
 		var todo []*crashHandset
@@ -174,7 +175,7 @@ func testWaveCrash(t *testing.T, dsn string) {
 			}
 		}
 		killAfter := time.Duration(rng.IntN(500)) * time.Millisecond
-		steps := w.run(base, todo, workers, last, killAfter, p)
+		steps := w.run(c.server(t, base), todo, workers, last, killAfter, p)
 		for _, h := range hs {
 			if h.err != nil {
 				t.Fatalf("round %d: handset %s: %v", round, h.id, h.err)
@@ -220,7 +221,6 @@ func testWaveCrash(t *testing.T, dsn string) {
 
 // crashWave runs the handsets' paths against one otad after another.
 type crashWave struct {
-	c             *waveClient
 	rolloutID     string
 	before, after []byte
 	// retried counts the steps sent again after a kill left them without
@@ -229,11 +229,11 @@ type crashWave struct {
 	retried, duplicates atomic.Int64
 }
 
-// run drives the handsets in todo on workers workers until each is done
-// or otad is gone; unless last it SIGKILLs p killAfter after the first
-// acknowledged step (or when all are done, if sooner). It returns how
-// many steps were acknowledged.
-func (w *crashWave) run(base string, todo []*crashHandset, workers int, last bool, killAfter time.Duration, p *otadProcess) int {
+// run drives the handsets in todo on workers workers, through srv (a
+// client of p), until each is done or otad is gone; unless last it
+// SIGKILLs p killAfter after the first acknowledged step (or when all
+// are done, if sooner). It returns how many steps were acknowledged.
+func (w *crashWave) run(srv *client.Client, todo []*crashHandset, workers int, last bool, killAfter time.Duration, p *otadProcess) int {
 	queue := make(chan *crashHandset, len(todo))
 	for _, h := range todo {
 		queue <- h
@@ -250,7 +250,7 @@ func (w *crashWave) run(base string, todo []*crashHandset, workers int, last boo
 		wg.Go(func() {
 			for h := range queue {
 				for !h.done() {
-					ok, gone := w.step(base, h)
+					ok, gone := w.step(srv.WithToken(h.token), h)
 					if gone {
 						return
 					}
@@ -281,10 +281,10 @@ func (w *crashWave) run(base string, todo []*crashHandset, workers int, last boo
 	return acked
 }
 
-// step sends h's next step and moves h on when it is acknowledged. gone
-// says the request got no answer: otad is gone (the step may have
-// committed). An answer no handset should get sets h.err.
-func (w *crashWave) step(base string, h *crashHandset) (acked, gone bool) {
+// step sends h's next step as cl (h's client) and moves h on when it is
+// acknowledged. gone says the request got no answer: otad is gone (the
+// step may have committed). An answer no handset should get sets h.err.
+func (w *crashWave) step(cl *client.Client, h *crashHandset) (acked, gone bool) {
 	retry := h.unanswered
 	if retry {
 		w.retried.Add(1)
@@ -293,11 +293,11 @@ func (w *crashWave) step(base string, h *crashHandset) (acked, gone bool) {
 	var body []byte
 	switch h.next {
 	case stepOffer:
-		path, body = "/api/v1/checkin", w.before
+		path, body = wire.APIPrefix+"/checkin", w.before
 	case stepPatched:
-		path, body = "/api/v1/checkin", w.after
+		path, body = wire.APIPrefix+"/checkin", w.after
 	default:
-		path = "/api/v1/reports"
+		path = wire.APIPrefix + "/reports"
 		if body = h.reports[h.next]; body == nil {
 			state := map[int]string{stepDownloading: handsets.StateDownloading, stepInstalling: handsets.StateInstalling,
 				stepResult: h.resultState()}[h.next]
@@ -315,23 +315,33 @@ func (w *crashWave) step(base string, h *crashHandset) (acked, gone bool) {
 			h.reports[h.next], h.ids[h.next] = body, rb.ReportID
 		}
 	}
-	status, answer, err := w.c.send(base, path, h.token, body)
-	if err != nil {
+	var ans wire.CheckInAnswer
+	var report wire.ReportAnswer
+	var out any = &report
+	if h.next == stepOffer || h.next == stepPatched {
+		out = &ans
+	}
+	status, err := waveSend(cl, path, body, out)
+	var badAnswer *client.BadAnswerError
+	if err != nil && client.AsError(err) == nil && !errors.As(err, &badAnswer) {
+		// No answer, or one cut off: otad is gone.
 		h.unanswered = true
 		return false, true
 	}
+	if e := client.AsError(err); e != nil {
+		status = e.Status
+	}
 	bad := func(format string, args ...any) (bool, bool) {
-		h.err = fmt.Errorf("step %d (retry %v): POST %s: %d %s: %s", h.next, retry, path, status, bytes.TrimSpace(answer), fmt.Sprintf(format, args...))
+		h.err = fmt.Errorf("step %d (retry %v): POST %s: %d (%v): %s", h.next, retry, path, status, err, fmt.Sprintf(format, args...))
 		return false, false
+	}
+	if badAnswer != nil {
+		return bad("want the API's JSON answer")
 	}
 	switch h.next {
 	case stepOffer, stepPatched:
 		if status != http.StatusOK {
 			return bad("want 200")
-		}
-		var ans wire.CheckInAnswer
-		if err := json.Unmarshal(answer, &ans); err != nil {
-			return bad("%v", err)
 		}
 		if h.next == stepOffer {
 			if ans.Offer == nil || ans.Offer.RolloutID != w.rolloutID {
@@ -342,11 +352,10 @@ func (w *crashWave) step(base string, h *crashHandset) (acked, gone bool) {
 			return bad("want no offer on the new build")
 		}
 	default:
-		var ans wire.ReportAnswer
 		switch {
 		case status == http.StatusCreated:
 		case status == http.StatusOK && retry:
-			if err := json.Unmarshal(answer, &ans); err != nil || !ans.Duplicate {
+			if !report.Duplicate {
 				return bad("want 201, or 200 with duplicate")
 			}
 			w.duplicates.Add(1)
@@ -357,27 +366,6 @@ func (w *crashWave) step(base string, h *crashHandset) (acked, gone bool) {
 	h.next++
 	h.unanswered = false
 	return true, false
-}
-
-// send posts body to base+path with token as the bearer and returns the
-// answer's status and body; an error is no answer.
-func (c *waveClient) send(base, path, token string, body []byte) (int, []byte, error) {
-	req, err := http.NewRequest(http.MethodPost, base+path, bytes.NewReader(body))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if err != nil {
-		return 0, nil, err // cut off mid-answer: no answer
-	}
-	return resp.StatusCode, b, nil
 }
 
 // waitBackendsGone waits, on PostgreSQL, until the killed otad's

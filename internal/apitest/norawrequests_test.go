@@ -25,13 +25,6 @@ var rawRequestAllowed = map[string]string{
 	"manifests/blobtest/blobtest.go": "fetches a blob store's presigned URL (MinIO, S3), not otad",
 	"cmd/otad/demo_test.go":          "logs in to the web pages with a session cookie; package client speaks the JSON API only",
 	"cmd/otad/addr_test.go":          "sends another Host header (req.Host), which a client never would",
-
-	// Raw answers on purpose, but to move onto client.Send (issue 16).
-	"cmd/otad/wave_bench_test.go": "load generator posting pre-encoded bodies; to move onto client.NewRequest/Send",
-	"cmd/otad/wave_crash_test.go": "reads each raw answer across server crashes; to move onto client.NewRequest/Send",
-	"cmd/otad/durability_test.go": "floods reports while the server is killed; to move onto client.Report",
-	"cmd/otad/offercap_test.go":   "counts raw statuses of check-ins under an offer cap; to move onto client.CheckIn",
-	"cmd/otad/crash_test.go":      "posts a pre-encoded signature upload; to move onto client.AddSignatures",
 }
 
 // rawRequestAllowedDir are folders whose tests may build requests by
