@@ -141,6 +141,11 @@ type Config struct {
 	Backoff func(n int) time.Duration
 	// TUFTimeout bounds each metadata request (default 30s).
 	TUFTimeout time.Duration
+	// DownloadIdleTimeout ends a download that receives nothing for this
+	// long (default DefaultIdleTimeout); the next step resumes it. The
+	// download as a whole has no time limit: a large update over a slow
+	// link takes what it takes.
+	DownloadIdleTimeout time.Duration
 	// Logger gets the agent's log; default slog.Default().
 	Logger *slog.Logger
 }
@@ -154,7 +159,9 @@ const (
 	// MaxPoll caps the wait between check-ins.
 	MaxPoll = 24 * time.Hour
 	// MaxFetchAttempts is how many failed attempts at fetching an offer
-	// in a row end it as failed with CodeDownload.
+	// in a row, none of which received a byte, end it as failed with
+	// CodeDownload: a download that moves on, however slowly, is never
+	// given up.
 	MaxFetchAttempts = 5
 )
 
@@ -536,6 +543,9 @@ func (a *Agent) runJob(ctx context.Context) (time.Duration, error) {
 				f = classify("fetch", err)
 			}
 			if f.transient {
+				if res.Received > 0 {
+					j.Attempts = 0 // bytes came: the link works, slowly or in pieces
+				}
 				j.Attempts++
 				if j.Attempts < MaxFetchAttempts {
 					if err := a.save(); err != nil {
@@ -646,7 +656,8 @@ func (a *Agent) fetch(ctx context.Context, o wire.OfferAnswer) (*verified, Downl
 		return nil, DownloadResult{}, err
 	}
 	t := &Target{URL: v.url, Length: v.length, SHA256: v.sha256}
-	res, err := t.Fetch(ctx, a.cfg.Client.HTTPClient(), a.downloadPath(v.sha256), "")
+	res, err := t.Fetch(ctx, a.downloadPath(v.sha256), FetchOptions{Client: a.cfg.Client.HTTPClient(),
+		IdleTimeout: a.cfg.DownloadIdleTimeout})
 	if err != nil {
 		return nil, res, err
 	}

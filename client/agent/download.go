@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Download fetches url into dst resumably and verifies it: dst appears
@@ -31,7 +32,18 @@ type Download struct {
 	Client *http.Client
 	// UserAgent, if set, names the agent to the server.
 	UserAgent string
+	// IdleTimeout ends a request that receives no byte for this long
+	// (ErrStalled), the wait for the answer's headers included; the bytes
+	// received stay for the next call to resume from. 0: no limit, for a
+	// Client whose own Timeout bounds the request. A whole download has
+	// no time limit that fits every file on every link; a silent link
+	// does.
+	IdleTimeout time.Duration
 }
+
+// ErrStalled is a download that received nothing for its IdleTimeout:
+// the network, not the file. Retrying resumes it.
+var ErrStalled = errors.New("download stalled: no bytes received within the idle timeout")
 
 // DownloadResult says what a download did, for logs and tests.
 type DownloadResult struct {
@@ -119,6 +131,8 @@ func (d *Download) fetch(ctx context.Context, part, valFile string, res *Downloa
 	if client == nil {
 		client = http.DefaultClient
 	}
+	ctx, idle := d.watch(ctx)
+	defer idle.stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.URL, nil)
 	if err != nil {
 		return err
@@ -132,7 +146,7 @@ func (d *Download) fetch(ctx context.Context, part, valFile string, res *Downloa
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return err
+		return idle.cause(err)
 	}
 	defer resp.Body.Close()
 	switch {
@@ -167,19 +181,73 @@ func (d *Download) fetch(ctx context.Context, part, valFile string, res *Downloa
 		return err
 	}
 	// One byte more than signed tells a too-long file from a right one.
-	n, copyErr := io.Copy(f, io.LimitReader(resp.Body, d.Length-off+1))
+	n, copyErr := io.Copy(f, io.LimitReader(idle.reader(resp.Body), d.Length-off+1))
 	res.Received += n
 	if err := f.Sync(); err != nil {
 		return err
 	}
 	if copyErr != nil {
-		return copyErr
+		return idle.cause(copyErr)
 	}
 	if off+n < d.Length {
 		return io.ErrUnexpectedEOF
 	}
 	return nil
 }
+
+// idleWatch cancels a request's context when no byte arrived for the
+// idle timeout; nil watches nothing.
+type idleWatch struct {
+	timer  *time.Timer
+	after  time.Duration
+	cancel context.CancelCauseFunc
+	ctx    context.Context
+}
+
+// watch returns ctx, canceled with ErrStalled once IdleTimeout passes
+// without a byte (reset by each read of the watch's reader).
+func (d *Download) watch(ctx context.Context) (context.Context, *idleWatch) {
+	if d.IdleTimeout <= 0 {
+		return ctx, nil
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	w := &idleWatch{after: d.IdleTimeout, cancel: cancel, ctx: ctx}
+	w.timer = time.AfterFunc(d.IdleTimeout, func() { cancel(ErrStalled) })
+	return ctx, w
+}
+
+func (w *idleWatch) stop() {
+	if w != nil {
+		w.timer.Stop()
+		w.cancel(nil)
+	}
+}
+
+// cause is err, or ErrStalled when the watch ended the request.
+func (w *idleWatch) cause(err error) error {
+	if w != nil && errors.Is(context.Cause(w.ctx), ErrStalled) {
+		return fmt.Errorf("%w (%v)", ErrStalled, w.after)
+	}
+	return err
+}
+
+// reader resets the watch on every read that got bytes.
+func (w *idleWatch) reader(r io.Reader) io.Reader {
+	if w == nil {
+		return r
+	}
+	return readerFunc(func(p []byte) (int, error) {
+		n, err := r.Read(p)
+		if n > 0 {
+			w.timer.Reset(w.after)
+		}
+		return n, err
+	})
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 // fileMatches reports whether name holds exactly length bytes with the
 // sha256 want (hex).

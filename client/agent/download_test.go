@@ -10,7 +10,9 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -116,5 +118,64 @@ func TestDownloadRefusesBadBytes(t *testing.T) {
 		if _, err := os.Stat(f); err == nil {
 			t.Errorf("%s exists after a failed verification", f)
 		}
+	}
+}
+
+// TestDownloadStallEndsAndResumes: a server that sends half the file and
+// then nothing, holding the connection open, would keep a download
+// without a time limit waiting forever. With an IdleTimeout it ends with
+// ErrStalled, keeps the half, and the next call asks for the rest only.
+func TestDownloadStallEndsAndResumes(t *testing.T) {
+	content := bytes.Repeat([]byte("patch bytes "), 8000)
+	half := len(content) / 2
+	var stall atomic.Bool
+	stall.Store(true)
+	fs := &fileServer{content: content, etag: `"v1"`}
+	quit := make(chan struct{}) // ends a stall the client never gives up on, so the test fails instead of hanging
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !stall.Load() {
+			fs.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("ETag", fs.etag)
+		w.Header().Set("Content-Length", strconv.Itoa(len(content)))
+		w.Write(content[:half])
+		w.(http.Flusher).Flush()
+		select { // silence, until the client gives up
+		case <-r.Context().Done():
+		case <-quit:
+		}
+	}))
+	defer srv.Close()
+	defer close(quit)
+	dst := filepath.Join(t.TempDir(), "update")
+	d := &Download{URL: srv.URL, Dst: dst, Length: int64(len(content)), SHA256: sum(content), IdleTimeout: 200 * time.Millisecond}
+
+	type result struct {
+		res DownloadResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() { res, err := d.Run(context.Background()); done <- result{res, err} }()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stalled download never ended")
+	}
+	if !errors.Is(r.err, ErrStalled) || r.res.Received != int64(half) {
+		t.Fatalf("stalled download: %+v, %v; want ErrStalled after %d bytes", r.res, r.err, half)
+	}
+	if part, _ := os.ReadFile(dst + ".part"); !bytes.Equal(part, content[:half]) {
+		t.Fatalf("kept %d bytes, want the %d received", len(part), half)
+	}
+
+	stall.Store(false)
+	res, err := d.Run(context.Background())
+	if err != nil || res.ResumedAt != int64(half) || res.Received != int64(len(content)-half) {
+		t.Fatalf("resume: %+v, %v; want the rest from %d", res, err, half)
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, content) {
+		t.Errorf("downloaded %d bytes, not the file", len(got))
 	}
 }

@@ -58,7 +58,7 @@ func TestVerifier(t *testing.T) {
 		}
 	}
 	dst := filepath.Join(t.TempDir(), "patch")
-	if _, err := tg.Fetch(t.Context(), hc, dst, ""); err != nil {
+	if _, err := tg.Fetch(t.Context(), dst, agent.FetchOptions{Client: hc}); err != nil {
 		t.Fatalf("fetch: %v", err)
 	}
 	if got, err := os.ReadFile(dst); err != nil || string(got) != string(content) {

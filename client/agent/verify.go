@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
@@ -225,12 +226,35 @@ func (t *Target) For(model, build string) error {
 	return nil
 }
 
+// FetchOptions are how Target.Fetch downloads.
+type FetchOptions struct {
+	// Client sends the requests; nil is http.DefaultClient.
+	Client *http.Client
+	// UserAgent, if set, names the caller to the server.
+	UserAgent string
+	// IdleTimeout ends a request that receives nothing for this long
+	// (Download.IdleTimeout); 0 is DefaultIdleTimeout, negative none.
+	IdleTimeout time.Duration
+}
+
+// DefaultIdleTimeout is how long a download may receive nothing before
+// it is ended, to be resumed: a minute of silence on a link that works.
+const DefaultIdleTimeout = time.Minute
+
 // Fetch downloads t's bytes to dst resumably (Download) and classifies
 // a failure as the agent reports it: bytes that do not match the signed
 // length and sha256 are CodeVerify; the rest is CodeDownload, transient
-// unless the server refused for good.
-func (t *Target) Fetch(ctx context.Context, hc *http.Client, dst, userAgent string) (DownloadResult, error) {
-	d := &Download{URL: t.URL, Dst: dst, Length: t.Length, SHA256: t.SHA256, Client: hc, UserAgent: userAgent}
+// unless the server refused for good (a stall, ErrStalled, is transient).
+func (t *Target) Fetch(ctx context.Context, dst string, opts FetchOptions) (DownloadResult, error) {
+	idle := opts.IdleTimeout
+	switch {
+	case idle == 0:
+		idle = DefaultIdleTimeout
+	case idle < 0:
+		idle = 0
+	}
+	d := &Download{URL: t.URL, Dst: dst, Length: t.Length, SHA256: t.SHA256, Client: opts.Client,
+		UserAgent: opts.UserAgent, IdleTimeout: idle}
 	res, err := d.Run(ctx)
 	switch {
 	case errors.Is(err, ErrContent):

@@ -224,7 +224,8 @@ func (v *tufView) download(ctx context.Context, c *verifier, s *tufSource, t *ag
 			// The verified copy is written under its sha256, never under
 			// the target's name, so two versions of one path cannot
 			// collide.
-			_, err := t.Fetch(context.Background(), c.hc, filepath.Join(s.targetsDir, key), c.userAgent)
+			_, err := t.Fetch(context.Background(), filepath.Join(s.targetsDir, key),
+				agent.FetchOptions{Client: c.hc, UserAgent: c.userAgent})
 			if err == nil {
 				return
 			}
