@@ -86,7 +86,7 @@ func (c *Config) register(fs *envflag.FlagSet) {
 	fs.Float64Env(&c.FailRate, "fail-rate", c.FailRate, "probability (0 to 1) that an install fails after a verified download", "HANDSET_FAIL_RATE")
 	fs.StringEnv(&c.FailCodes, "fail-codes", c.FailCodes, "comma-separated error codes a failed install reports, picked at random", "HANDSET_FAIL_CODES")
 	fs.Float64Env(&c.PollScale, "poll-scale", c.PollScale,
-		"multiplies the server's poll_after_seconds, e.g. 0.001 so a demo does not wait an hour", "HANDSET_POLL_SCALE")
+		"multiplies the server's poll_after_seconds and the handsets' own backoff, e.g. 0.001 so a demo does not wait an hour", "HANDSET_POLL_SCALE")
 	fs.DurationEnv(&c.Duration, "duration", c.Duration,
 		"load generator mode: after enrolling, check in as fast as --concurrency allows for this long and print throughput and latency", "HANDSET_DURATION")
 	fs.IntEnv(&c.Concurrency, "concurrency", c.Concurrency, "most requests in flight at once, over all handsets", "HANDSET_CONCURRENCY")
