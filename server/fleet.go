@@ -355,7 +355,9 @@ func (f *Fleet) save(ctx context.Context, hash string, ci handsets.CheckIn, now 
 			return nil, nil, tokenErr(err)
 		}
 		next := d.AfterCheckIn(ci, now)
-		if !handsets.NeedsWrite(d, next, resolution) {
+		// A handset back after an install began writes last_seen at once:
+		// rollouts that count silent handsets see it back.
+		if !handsets.NeedsWrite(d, next, resolution) && !handsets.BackFromInstall(d, records) {
 			return next, records, nil
 		}
 		err = f.Store.SaveCheckIn(ctx, d, next)

@@ -81,11 +81,15 @@ func rolloutOf(r *rollout.Rollout) *wire.Rollout {
 			Regions: orEmpty(r.Selector.Regions), BuildMin: r.Selector.BuildMin, BuildMax: r.Selector.BuildMax},
 		Policy: wire.RolloutPolicy{MaxFailureRate: p.MaxFailureRate, MinResults: p.MinResults,
 			FailureWindow: FormatDuration(p.FailureWindow), Soak: FormatDuration(p.Soak), Retries: p.Retries,
-			Backoff: []string{}, MaxOffersPerMinute: p.MaxOffersPerMinute, Window: p.Window.String()},
+			Backoff: []string{}, MaxOffersPerMinute: p.MaxOffersPerMinute, Window: p.Window.String(),
+			MaxSilenceRate: p.MaxSilenceRate},
 		Salt: r.Salt, Halt: holdOf(r.Halt), Holds: make([]wire.RolloutHold, len(r.Holds)),
 		CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt.UTC(), StartedAt: optionalTime(r.StartedAt),
 		StageStartedAt: optionalTime(r.StageStartedAt), EndedAt: optionalTime(r.EndedAt),
 		HealthSince: optionalTime(r.HealthSince), Version: r.Version}
+	if p.SilenceAfter > 0 {
+		v.Policy.SilenceAfter = FormatDuration(p.SilenceAfter)
+	}
 	if v.Stages == nil {
 		v.Stages = []float64{}
 	}
@@ -134,12 +138,16 @@ func rolloutSpec(req *wire.RolloutRequest) (rollout.RolloutSpec, error) {
 	if req.MaxOffersPerMinute != nil {
 		p.MaxOffersPerMinute = *req.MaxOffersPerMinute
 	}
+	if req.MaxSilenceRate != nil {
+		p.MaxSilenceRate = *req.MaxSilenceRate
+	}
 	var err error
 	for _, d := range []struct {
 		field string
 		in    *string
 		out   *time.Duration
-	}{{"failure_window", req.FailureWindow, &p.FailureWindow}, {"soak", req.Soak, &p.Soak}} {
+	}{{"failure_window", req.FailureWindow, &p.FailureWindow}, {"soak", req.Soak, &p.Soak},
+		{"silence_after", req.SilenceAfter, &p.SilenceAfter}} {
 		if d.in != nil {
 			if *d.out, err = parseDuration(d.field, *d.in); err != nil {
 				return rollout.RolloutSpec{}, err

@@ -71,3 +71,21 @@ func (dr *DeviceRollout) Observe(state string, receivedAt time.Time) {
 		}
 	}
 }
+
+// BackFromInstall reports whether a check-in of d, whose stored last_seen
+// is d.LastSeen, is its first since one of its records began an install
+// (the last offer, while installing) or reported it installed: that
+// check-in writes last_seen whatever the resolution, so that a rollout
+// counting silent handsets (rollout.Policy.SilenceAfter) sees the handset
+// back. It is one write per install at most.
+func BackFromInstall(d *Device, records []*DeviceRollout) bool {
+	for _, r := range records {
+		switch {
+		case r.Installing() && r.LastOfferedAt.After(d.LastSeen):
+			return true
+		case r.State == StateInstalled && r.ResultAt.After(d.LastSeen):
+			return true
+		}
+	}
+	return false
+}

@@ -143,7 +143,7 @@ func (e *RolloutEvaluator) decide(ctx context.Context, r *Rollout, now time.Time
 		// Re-read after a conflict: paused or aborted meanwhile.
 		return nil, nil, nil
 	}
-	health, err := e.results(ctx, r, func(model string) time.Time { return r.ResultsSince(model, now) })
+	health, err := e.results(ctx, r, now, func(model string) time.Time { return r.ResultsSince(model, now) })
 	if err != nil {
 		return nil, nil, err
 	}
@@ -152,7 +152,7 @@ func (e *RolloutEvaluator) decide(ctx context.Context, r *Rollout, now time.Time
 	// results are not read until then.
 	var req *Approval
 	if r.State == RolloutRunning && r.Policy.Soak > 0 && !now.Before(r.SoakStart().Add(r.Policy.Soak)) {
-		stage, err := e.results(ctx, r, r.StageResultsSince)
+		stage, err := e.results(ctx, r, now, r.StageResultsSince)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -220,14 +220,18 @@ func (e *RolloutEvaluator) requestEvent(r *Rollout, a *Approval, now time.Time) 
 // its absence) from there. One query per distinct time: one in the usual
 // case, and a released model's own query ends once its release is out
 // of the failure window or before the stage's start.
-func (e *RolloutEvaluator) results(ctx context.Context, r *Rollout, since func(model string) time.Time) (map[string]Results, error) {
+func (e *RolloutEvaluator) results(ctx context.Context, r *Rollout, now time.Time, since func(model string) time.Time) (map[string]Results, error) {
 	base := since("")
 	counted := make(map[int64]map[string]Results) // by UnixNano
 	count := func(from time.Time) (map[string]Results, error) {
 		if c, ok := counted[from.UnixNano()]; ok {
 			return c, nil
 		}
-		c, err := e.Store.RolloutResults(ctx, r.ID, from)
+		var silentBefore time.Time
+		if r.Policy.SilenceAfter > 0 {
+			silentBefore = now.Add(-r.Policy.SilenceAfter)
+		}
+		c, err := e.Store.RolloutResults(ctx, r.ID, from, silentBefore)
 		if err != nil {
 			return nil, fmt.Errorf("evaluate rollout %s: %w", r.ID, err)
 		}

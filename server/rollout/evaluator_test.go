@@ -28,6 +28,8 @@ type fakeRollouts struct {
 	results  []fakeResult
 	// queries are the since of each RolloutResults call.
 	queries []time.Time
+	// silentBefore is the silentBefore of each RolloutResults call.
+	silentBefore []time.Time
 	// beforeUpdate, when set, runs at the start of UpdateRollout, as
 	// another writer that got in between the evaluator's read and write.
 	beforeUpdate func(f *fakeRollouts, r *rollout.Rollout)
@@ -104,10 +106,11 @@ func (f *fakeRollouts) UpdateRollout(_ context.Context, r *rollout.Rollout, expe
 	return nil
 }
 
-func (f *fakeRollouts) RolloutResults(_ context.Context, id string, since time.Time) (map[string]rollout.Results, error) {
+func (f *fakeRollouts) RolloutResults(_ context.Context, id string, since, silentBefore time.Time) (map[string]rollout.Results, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.queries = append(f.queries, since)
+	f.silentBefore = append(f.silentBefore, silentBefore)
 	out := map[string]rollout.Results{}
 	for _, res := range f.results {
 		if res.rollout != id || res.at.Before(since) {

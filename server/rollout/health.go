@@ -16,9 +16,15 @@ import (
 // it started (EnrolledLate). The store counts them by model, from
 // Rollout.ResultsSince for health and from Rollout.StageResultsSince for
 // advancing.
+//
+// Silent are handsets that began installing or reported installed and
+// have not checked in for the policy's SilenceAfter since (see
+// Policy.SilenceAfter); they are not in Installed. They count as failures
+// toward MaxFailureRate, and on their own toward MaxSilenceRate.
 type Results struct {
 	Installed int64
 	Failed    int64
+	Silent    int64
 }
 
 // EnrolledLate reports whether a handset enrolled at enrolledAt enrolled
@@ -35,26 +41,38 @@ func EnrolledLate(enrolledAt, startedAt time.Time) bool {
 	return !startedAt.IsZero() && enrolledAt.After(startedAt)
 }
 
-// Total is Installed + Failed.
-func (r Results) Total() int64 { return r.Installed + r.Failed }
+// Total is Installed + Failed + Silent.
+func (r Results) Total() int64 { return r.Installed + r.Failed + r.Silent }
 
-// FailureRate is Failed / Total; 0 with no results.
+// FailureRate is (Failed + Silent) / Total; 0 with no results.
 func (r Results) FailureRate() float64 {
 	if r.Total() == 0 {
 		return 0
 	}
-	return float64(r.Failed) / float64(r.Total())
+	return float64(r.Failed+r.Silent) / float64(r.Total())
+}
+
+// SilenceRate is Silent / Total; 0 with no results.
+func (r Results) SilenceRate() float64 {
+	if r.Total() == 0 {
+		return 0
+	}
+	return float64(r.Silent) / float64(r.Total())
 }
 
 // Add sums two Results.
 func (r Results) Add(o Results) Results {
-	return Results{Installed: r.Installed + o.Installed, Failed: r.Failed + o.Failed}
+	return Results{Installed: r.Installed + o.Installed, Failed: r.Failed + o.Failed, Silent: r.Silent + o.Silent}
 }
 
 // breaches reports whether r has the minimum of results and a failure
-// rate above the limit.
+// rate above the limit, or a silence rate above its own.
 func (r Results) breaches(p *Policy) bool {
-	return r.Total() >= p.MinResults && r.FailureRate() > p.MaxFailureRate
+	return r.Total() >= p.MinResults && (r.FailureRate() > p.MaxFailureRate || r.silenceBreaches(p))
+}
+
+func (r Results) silenceBreaches(p *Policy) bool {
+	return p.MaxSilenceRate > 0 && r.SilenceRate() > p.MaxSilenceRate
 }
 
 // unheld sums the results of the models r does not hold.
@@ -129,10 +147,23 @@ func (r *Rollout) autoHold(model string, res Results, now time.Time) Hold {
 	if model == "" && len(r.Holds) > 0 {
 		who = "the models not held"
 	}
-	reason := fmt.Sprintf("%s failed %d of %d installs (%.1f%%) in the last %s, above the %.1f%% limit",
-		who, res.Failed, res.Total(), 100*res.FailureRate(), shortDuration(p.FailureWindow), 100*p.MaxFailureRate)
+	var reason string
+	switch {
+	case res.silenceBreaches(p) && (res.Failed == 0 || res.FailureRate() <= p.MaxFailureRate):
+		// Silence alone: say so, with its own numbers.
+		reason = fmt.Sprintf("%s: %d of %d handsets that began installing silent for over %s (%.1f%%), above the %.1f%% limit",
+			who, res.Silent, res.Total(), shortDuration(p.SilenceAfter), 100*res.SilenceRate(), 100*p.MaxSilenceRate)
+		return Hold{Model: model, Actor: audit.SystemActor, Reason: reason, Installed: res.Installed, Failed: res.Failed,
+			Silent: res.Silent, Rate: res.SilenceRate(), MaxRate: p.MaxSilenceRate, Window: p.FailureWindow, At: now}
+	case res.Silent > 0:
+		reason = fmt.Sprintf("%s failed %d of %d installs and %d more went silent for over %s (%.1f%%) in the last %s, above the %.1f%% limit",
+			who, res.Failed, res.Total(), res.Silent, shortDuration(p.SilenceAfter), 100*res.FailureRate(), shortDuration(p.FailureWindow), 100*p.MaxFailureRate)
+	default:
+		reason = fmt.Sprintf("%s failed %d of %d installs (%.1f%%) in the last %s, above the %.1f%% limit",
+			who, res.Failed, res.Total(), 100*res.FailureRate(), shortDuration(p.FailureWindow), 100*p.MaxFailureRate)
+	}
 	return Hold{Model: model, Actor: audit.SystemActor, Reason: reason, Installed: res.Installed, Failed: res.Failed,
-		Rate: res.FailureRate(), MaxRate: p.MaxFailureRate, Window: p.FailureWindow, At: now}
+		Silent: res.Silent, Rate: res.FailureRate(), MaxRate: p.MaxFailureRate, Window: p.FailureWindow, At: now}
 }
 
 // EvaluateAdvance is the auto-advance policy of a running rollout at now;
@@ -148,7 +179,7 @@ func EvaluateAdvance(r *Rollout, stageByModel map[string]Results, now time.Time)
 		return Event{}, false
 	}
 	res := r.unheld(stageByModel)
-	if res.Total() < p.MinResults || res.FailureRate() > p.MaxFailureRate {
+	if res.Total() < p.MinResults || res.FailureRate() > p.MaxFailureRate || res.silenceBreaches(p) {
 		return Event{}, false
 	}
 	reason := fmt.Sprintf("stage %g%% soaked %s with %d of %d installs failed (%.1f%%)",

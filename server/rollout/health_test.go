@@ -52,6 +52,19 @@ func TestEvaluateHealth(t *testing.T) {
 			results: byModel{"PX-7": {Installed: 40, Failed: 10}}, halt: true},
 		{name: "paused: nothing to stop", rollout: func(r *rollout.Rollout) { r.State = rollout.RolloutPaused },
 			results: byModel{"PX-7": {Installed: 40, Failed: 10}}},
+		// Silence: handsets that went quiet after they began installing
+		// count with the failures, and against a limit of their own.
+		{name: "a model whose handsets go silent is held alone", rollout: silence(3*time.Hour, 0.05),
+			results: byModel{"PX-8": {Installed: 106, Silent: 14}, "PX-7": {Installed: 500, Failed: 3}, "PX-9": {Installed: 200}},
+			held:    []string{"PX-8"}, reason: "model PX-8: 14 of 120 handsets that began installing silent for over 3h (11.7%), above the 5.0% limit"},
+		{name: "silence counts with the failures", rollout: silence(3*time.Hour, 0),
+			results: byModel{"PX-7": {Installed: 95, Failed: 3, Silent: 3}}, halt: true,
+			reason: "the rollout failed 3 of 101 installs and 3 more went silent for over 3h (5.9%) in the last 1h, above the 5.0% limit"},
+		{name: "a few silent handsets within the limits", rollout: silence(3*time.Hour, 0.05),
+			results: byModel{"PX-7": {Installed: 97, Failed: 1, Silent: 2}}},
+		{name: "silence everywhere halts", rollout: silence(time.Hour, 0.02),
+			results: byModel{"PX-7": {Installed: 96, Silent: 4}, "PX-8": {Installed: 96, Silent: 4}}, halt: true,
+			reason: "the rollout: 8 of 200 handsets that began installing silent for over 1h (4.0%), above the 2.0% limit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runningRollout(t)
@@ -65,8 +78,13 @@ func TestEvaluateHealth(t *testing.T) {
 					t.Fatalf("state %s halt %v events %+v; want halted", r.State, r.Halt, events)
 				}
 				h := r.Halt
-				if h.Actor != audit.SystemActor || !h.At.Equal(now) || h.Window != time.Hour || h.MaxRate != r.Policy.MaxFailureRate ||
-					h.Rate != float64(h.Failed)/float64(h.Failed+h.Installed) || h.Failed == 0 {
+				silenceOnly := r.Policy.MaxSilenceRate > 0 && h.MaxRate == r.Policy.MaxSilenceRate
+				rate, maxRate := float64(h.Failed+h.Silent)/float64(h.Failed+h.Silent+h.Installed), r.Policy.MaxFailureRate
+				if silenceOnly {
+					rate, maxRate = float64(h.Silent)/float64(h.Failed+h.Silent+h.Installed), r.Policy.MaxSilenceRate
+				}
+				if h.Actor != audit.SystemActor || !h.At.Equal(now) || h.Window != time.Hour || h.MaxRate != maxRate ||
+					h.Rate != rate || h.Failed+h.Silent == 0 {
 					t.Errorf("halt %+v does not record the numbers", h)
 				}
 				ev := events[0]
@@ -83,7 +101,8 @@ func TestEvaluateHealth(t *testing.T) {
 			for _, ev := range events {
 				if ev.Action == rollout.ActionHold {
 					newHolds = append(newHolds, ev.Model)
-					if h := r.ModelHold(ev.Model); h == nil || h.Failed != tc.results[ev.Model].Failed || h.Installed != tc.results[ev.Model].Installed {
+					if h := r.ModelHold(ev.Model); h == nil || h.Failed != tc.results[ev.Model].Failed || h.Installed != tc.results[ev.Model].Installed ||
+						h.Silent != tc.results[ev.Model].Silent {
 						t.Errorf("hold of %s: %+v", ev.Model, h)
 					}
 				}
@@ -278,4 +297,9 @@ func TestFailingModelScenario(t *testing.T) {
 	if !errors.Is(dec.Reason, rollout.ErrModelHeld) {
 		t.Errorf("a new PX-8: %v, want ErrModelHeld", dec.Reason)
 	}
+}
+
+// silence sets a policy's SilenceAfter and MaxSilenceRate.
+func silence(after time.Duration, maxRate float64) func(*rollout.Rollout) {
+	return func(r *rollout.Rollout) { r.Policy.SilenceAfter, r.Policy.MaxSilenceRate = after, maxRate }
 }

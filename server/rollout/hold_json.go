@@ -31,6 +31,7 @@ type holdWire struct {
 	Reason    string    `json:"reason"`
 	Installed int64     `json:"installed"`
 	Failed    int64     `json:"failed"`
+	Silent    int64     `json:"silent,omitempty"`
 	Rate      float64   `json:"rate"`
 	MaxRate   float64   `json:"max_rate"`
 	Window    string    `json:"window,omitempty"`
@@ -40,7 +41,7 @@ type holdWire struct {
 // MarshalJSON writes h as the API shows it: the window as FormatDuration
 // writes it (left out on an operator's hold), the time in UTC.
 func (h Hold) MarshalJSON() ([]byte, error) {
-	w := holdWire{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed,
+	w := holdWire{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed, Silent: h.Silent,
 		Rate: h.Rate, MaxRate: h.MaxRate, At: h.At.UTC()}
 	if h.Window > 0 {
 		w.Window = FormatDuration(h.Window)
@@ -62,7 +63,7 @@ func (h *Hold) UnmarshalJSON(b []byte) error {
 		}
 		window = d
 	}
-	*h = Hold{Model: w.Model, Actor: w.Actor, Reason: w.Reason, Installed: w.Installed, Failed: w.Failed,
+	*h = Hold{Model: w.Model, Actor: w.Actor, Reason: w.Reason, Installed: w.Installed, Failed: w.Failed, Silent: w.Silent,
 		Rate: w.Rate, MaxRate: w.MaxRate, Window: window, At: w.At}
 	return nil
 }

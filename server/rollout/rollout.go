@@ -122,6 +122,19 @@ type Policy struct {
 	MaxOffersPerMinute int
 	// Window is the handsets' local hours for new offers; zero is any hour.
 	Window Window
+	// SilenceAfter turns on silence: a handset that began installing the
+	// release (or reported it installed) and has not checked in for this
+	// long since counts as silent, as a failure toward MaxFailureRate,
+	// for its model and the whole rollout: a handset the patch bricks, or
+	// that boot-loops before its agent runs, reports nothing. Set it
+	// above the handsets' poll interval plus the install time. Zero is
+	// off.
+	SilenceAfter time.Duration
+	// MaxSilenceRate is the largest silent / results a rollout or a model
+	// may show before it is halted or held, on its own, once MinResults
+	// results are in; zero is no limit of its own (silence still counts
+	// toward MaxFailureRate). It needs SilenceAfter.
+	MaxSilenceRate float64
 }
 
 // DefaultPolicy is a rollout's policy unless the operator says otherwise:
@@ -171,6 +184,12 @@ func (p *Policy) Validate() error {
 		return errs.Fieldf("backoff", "at most 10")
 	case p.MaxOffersPerMinute < 0 || p.MaxOffersPerMinute > 1_000_000:
 		return errs.Fieldf("max_offers_per_minute", "want 0 (no cap) to 1000000")
+	case p.SilenceAfter != 0 && (p.SilenceAfter < time.Minute || p.SilenceAfter > 7*24*time.Hour):
+		return errs.Fieldf("silence_after", "want 0 (off) or 1m to 168h")
+	case math.IsNaN(p.MaxSilenceRate) || p.MaxSilenceRate < 0 || p.MaxSilenceRate > 1:
+		return errs.Fieldf("max_silence_rate", "want a fraction from 0 to 1 (0.02 is 2%%)")
+	case p.MaxSilenceRate > 0 && p.SilenceAfter == 0:
+		return errs.Fieldf("max_silence_rate", "needs silence_after: how long a handset may stay silent")
 	}
 	for i, b := range p.Backoff {
 		if b < time.Minute || b > 7*24*time.Hour {
@@ -188,11 +207,13 @@ type Hold struct {
 	// Actor is who set it: SystemActor for an automatic one.
 	Actor  string
 	Reason string
-	// Installed and Failed are the results over Window, Rate is
-	// Failed / (Installed + Failed) and MaxRate the limit it passed; all
-	// zero on a hold an operator set.
+	// Installed, Failed and Silent are the results over Window, Rate is
+	// (Failed + Silent) / (Installed + Failed + Silent) and MaxRate the
+	// limit it passed, or for a hold for silence alone the silence limit;
+	// all zero on a hold an operator set.
 	Installed int64
 	Failed    int64
+	Silent    int64
 	Rate      float64
 	MaxRate   float64
 	Window    time.Duration

@@ -109,6 +109,9 @@ func TestRolloutValidate(t *testing.T) {
 		{"retries without backoff", func(r *rollout.Rollout) { r.Policy.Backoff = nil }, "backoff"},
 		{"zero backoff", func(r *rollout.Rollout) { r.Policy.Backoff = []time.Duration{time.Hour, 0} }, "backoff[1]"},
 		{"negative cap", func(r *rollout.Rollout) { r.Policy.MaxOffersPerMinute = -1 }, "max_offers_per_minute"},
+		{"silence after seconds", func(r *rollout.Rollout) { r.Policy.SilenceAfter = 30 * time.Second }, "silence_after"},
+		{"silence rate above 1", func(r *rollout.Rollout) { r.Policy.SilenceAfter, r.Policy.MaxSilenceRate = time.Hour, 2 }, "max_silence_rate"},
+		{"silence rate without silence", func(r *rollout.Rollout) { r.Policy.MaxSilenceRate = 0.05 }, "max_silence_rate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := rolloutSpec()

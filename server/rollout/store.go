@@ -70,7 +70,15 @@ type RolloutStore interface {
 	// after the rollout started (EnrolledLate, decided when a report
 	// moves the record). Models without results are absent. It reads an
 	// index on (rollout, result time), not the fleet.
-	RolloutResults(ctx context.Context, rolloutID string, since time.Time) (map[string]Results, error)
+	//
+	// With silentBefore set (now - Policy.SilenceAfter) it also counts
+	// Silent: records offered (an install begun: downloading to
+	// installing) at or after since and before silentBefore, or installed
+	// in that span, whose handset has not checked in since that time;
+	// those installed are not in Installed. A silent handset that checks
+	// in again stops counting. That reads the rollout's records and their
+	// devices, not an index alone: it runs only for rollouts that ask.
+	RolloutResults(ctx context.Context, rolloutID string, since, silentBefore time.Time) (map[string]Results, error)
 
 	// ClaimOffer takes one offer from a rollout's budget for the minute
 	// that holds minute, shared by all replicas, and reports whether

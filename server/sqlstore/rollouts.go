@@ -126,6 +126,8 @@ type policyJSON struct {
 	Backoff            []duration     `json:"backoff"`
 	MaxOffersPerMinute int            `json:"max_offers_per_minute"`
 	Window             rollout.Window `json:"window"`
+	SilenceAfter       duration       `json:"silence_after,omitempty"`
+	MaxSilenceRate     float64        `json:"max_silence_rate,omitempty"`
 }
 
 type holdJSON struct {
@@ -134,6 +136,7 @@ type holdJSON struct {
 	Reason    string    `json:"reason"`
 	Installed int64     `json:"installed"`
 	Failed    int64     `json:"failed"`
+	Silent    int64     `json:"silent,omitempty"`
 	Rate      float64   `json:"rate"`
 	MaxRate   float64   `json:"max_rate"`
 	Window    duration  `json:"window"`
@@ -141,12 +144,12 @@ type holdJSON struct {
 }
 
 func toHoldJSON(h rollout.Hold) holdJSON {
-	return holdJSON{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed,
+	return holdJSON{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed, Silent: h.Silent,
 		Rate: h.Rate, MaxRate: h.MaxRate, Window: duration(h.Window), At: dbTime(h.At)}
 }
 
 func (h holdJSON) hold() rollout.Hold {
-	return rollout.Hold{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed,
+	return rollout.Hold{Model: h.Model, Actor: h.Actor, Reason: h.Reason, Installed: h.Installed, Failed: h.Failed, Silent: h.Silent,
 		Rate: h.Rate, MaxRate: h.MaxRate, Window: time.Duration(h.Window), At: h.At.UTC()}
 }
 
@@ -232,7 +235,8 @@ func toRolloutRow(r *rollout.Rollout, version int64) (*rolloutRow, error) {
 		{&row.Policy, policyJSON{MaxFailureRate: p.MaxFailureRate, MinResults: p.MinResults,
 			FailureWindow: duration(p.FailureWindow), Soak: duration(p.Soak), Retries: p.Retries,
 			Backoff:            mapSlice(p.Backoff, func(d time.Duration) duration { return duration(d) }),
-			MaxOffersPerMinute: p.MaxOffersPerMinute, Window: p.Window}},
+			MaxOffersPerMinute: p.MaxOffersPerMinute, Window: p.Window,
+			SilenceAfter: duration(p.SilenceAfter), MaxSilenceRate: p.MaxSilenceRate}},
 		{&row.Holds, mapSlice(r.Holds, toHoldJSON)},
 		{&row.ModelHealthSince, since},
 	} {
@@ -277,7 +281,8 @@ func (row *rolloutRow) rollout() (*rollout.Rollout, error) {
 	r.Policy = rollout.Policy{MaxFailureRate: pol.MaxFailureRate, MinResults: pol.MinResults,
 		FailureWindow: time.Duration(pol.FailureWindow), Soak: time.Duration(pol.Soak), Retries: pol.Retries,
 		Backoff:            mapSlice(pol.Backoff, func(d duration) time.Duration { return time.Duration(d) }),
-		MaxOffersPerMinute: pol.MaxOffersPerMinute, Window: pol.Window}
+		MaxOffersPerMinute: pol.MaxOffersPerMinute, Window: pol.Window,
+		SilenceAfter: time.Duration(pol.SilenceAfter), MaxSilenceRate: pol.MaxSilenceRate}
 	r.Holds = mapSlice(holds, holdJSON.hold)
 	for m, t := range r.ModelHealthSince {
 		r.ModelHealthSince[m] = t.UTC()
@@ -618,21 +623,55 @@ func rolloutResultsArgs(rolloutID string, since time.Time) []any {
 		handsets.StateInstalled, handsets.StateFailed, handsets.StateRolledBack}
 }
 
+// rolloutSilenceSQL is rolloutResultsSQL with silence: records of the
+// window whose handset has not checked in since its install began (the
+// last offer, for the installing states) or ended (installed), when that
+// was before silent_before. A check-in after such a time writes
+// last_seen (server.Fleet forces it), so a handset back from silence
+// stops counting. The installing states have no index on their time
+// (see rolloutsSchema): this reads the rollout's records through the
+// primary key, and each one's device by its key. Rollouts without
+// silence_after never run it.
+const rolloutSilenceSQL = `SELECT dr.model,
+	COUNT(*) FILTER (WHERE dr.state = @installed AND dr.result_at >= @since
+		AND NOT (dr.result_at < @silent_before AND d.last_seen <= dr.result_at)) AS installed,
+	COUNT(*) FILTER (WHERE dr.state IN (@failed, @rolled_back) AND dr.result_at >= @since) AS failed,
+	COUNT(*) FILTER (WHERE (dr.state = @installed AND dr.result_at >= @since
+			AND dr.result_at < @silent_before AND d.last_seen <= dr.result_at)
+		OR (dr.state IN (@downloading, @downloaded, @verified, @installing) AND dr.last_offered_at >= @since
+			AND dr.last_offered_at < @silent_before AND d.last_seen <= dr.last_offered_at)) AS silent
+FROM device_rollouts dr JOIN devices d ON d.id = dr.device_id
+WHERE dr.rollout_id = @rollout AND NOT dr.enrolled_late
+	AND ((dr.state IN (@installed, @failed, @rolled_back) AND dr.result_at >= @since)
+		OR (dr.state IN (@downloading, @downloaded, @verified, @installing) AND dr.last_offered_at >= @since))
+GROUP BY dr.model`
+
 // RolloutResults implements rollout.RolloutStore. A record retried after
 // a failure keeps its result_at but is offered again (state offered),
 // so it counts again only once it reports a new result.
-func (s *RolloutStore) RolloutResults(ctx context.Context, rolloutID string, since time.Time) (map[string]rollout.Results, error) {
+func (s *RolloutStore) RolloutResults(ctx context.Context, rolloutID string, since, silentBefore time.Time) (map[string]rollout.Results, error) {
 	type count struct {
-		Model             string
-		Installed, Failed int64
+		Model                     string
+		Installed, Failed, Silent int64
 	}
 	var counts []count
-	if err := s.db.gorm.WithContext(ctx).Raw(rolloutResultsSQL, rolloutResultsArgs(rolloutID, since)...).Scan(&counts).Error; err != nil {
+	q := s.db.gorm.WithContext(ctx)
+	if silentBefore.IsZero() {
+		q = q.Raw(rolloutResultsSQL, rolloutResultsArgs(rolloutID, since)...)
+	} else {
+		q = q.Raw(rolloutSilenceSQL, map[string]any{"rollout": rolloutID, "since": dbTime(since),
+			"silent_before": dbTime(silentBefore), "installed": handsets.StateInstalled, "failed": handsets.StateFailed,
+			"rolled_back": handsets.StateRolledBack, "downloading": handsets.StateDownloading,
+			"downloaded": handsets.StateDownloaded, "verified": handsets.StateVerified, "installing": handsets.StateInstalling})
+	}
+	if err := q.Scan(&counts).Error; err != nil {
 		return nil, fmt.Errorf("rollout %s: count results: %w", rolloutID, err)
 	}
 	out := make(map[string]rollout.Results, len(counts))
 	for _, c := range counts {
-		out[c.Model] = rollout.Results{Installed: c.Installed, Failed: c.Failed}
+		if c.Installed+c.Failed+c.Silent > 0 {
+			out[c.Model] = rollout.Results{Installed: c.Installed, Failed: c.Failed, Silent: c.Silent}
+		}
 	}
 	return out, nil
 }

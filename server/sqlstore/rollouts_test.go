@@ -32,6 +32,7 @@ func TestRolloutStore(t *testing.T) {
 		{"RolloutUpdateAtomic", testRolloutUpdateAtomic},
 		{"DeviceRolloutUpsert", testDeviceRolloutUpsert},
 		{"RolloutResults", testRolloutResults},
+		{"RolloutSilence", testRolloutSilence},
 		{"RolloutResultsUsesIndex", testRolloutResultsUsesIndex},
 		{"RolloutResultsLeaveOutLateEnrollees", testRolloutResultsLeaveOutLateEnrollees},
 		{"ClaimOfferConcurrent", testClaimOfferConcurrent},
@@ -559,7 +560,7 @@ func testRolloutResults(t *testing.T, b backend) {
 		{"ro_none", since, map[string]rollout.Results{}},
 	} {
 		t.Run(fmt.Sprintf("%s since %s", tc.rollout, tc.since.Format("15:04:05.000000")), func(t *testing.T) {
-			got, err := s.RolloutResults(t.Context(), tc.rollout, tc.since)
+			got, err := s.RolloutResults(t.Context(), tc.rollout, tc.since, time.Time{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -636,7 +637,7 @@ func testRolloutResultsLeaveOutLateEnrollees(t *testing.T, b backend) {
 	for id, at := range enrolled {
 		add("new_"+id, at, true)
 	}
-	got, err := s.RolloutResults(ctx, "ro_1", start)
+	got, err := s.RolloutResults(ctx, "ro_1", start, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -754,7 +755,7 @@ func testEraseDeletesDeviceRollouts(t *testing.T, b backend) {
 	if n := countRows(t, db, "device_rollouts", "device_id = ?", "dev_b"); n != 2 {
 		t.Errorf("records of the other device: got %d, want 2", n)
 	}
-	res, err := s.RolloutResults(t.Context(), "ro_1", t0)
+	res, err := s.RolloutResults(t.Context(), "ro_1", t0, time.Time{})
 	if err != nil || res["PX-7"].Installed != 1 {
 		t.Errorf("results after the erasure: got %v, %v, want 1 installed", res, err)
 	}
@@ -801,4 +802,64 @@ func queryPlan(t testing.TB, db *DB, query string, args ...any) string {
 		t.Fatalf("explain %s: %v", query, err)
 	}
 	return strings.Join(plan, "\n")
+}
+
+// testRolloutSilence: with silentBefore, records whose handset began
+// installing (its last offer) or installed in the window before
+// silentBefore and has not checked in since count as Silent, not as
+// installed; a handset that checks in again stops counting. Without
+// silentBefore the counts are as before.
+func testRolloutSilence(t *testing.T, b backend) {
+	_, devices, s := mustRollouts(t, b)
+	mustCreateRollout(t, s, "ro_1")
+	since, silentBefore := t0.Add(-time.Hour), t0.Add(2*time.Hour)
+	for i, rec := range []struct {
+		model, state    string
+		offered, result time.Time
+		lastSeen        time.Time
+	}{
+		{"PX-8", handsets.StateInstalled, t0, t0.Add(time.Hour), t0},                                         // installed, never back: silent
+		{"PX-8", handsets.StateInstalled, t0, t0.Add(time.Hour), t0.Add(90 * time.Minute)},                   // back after installing
+		{"PX-8", handsets.StateInstalled, t0, t0.Add(3 * time.Hour), t0},                                     // installed too recently to tell
+		{"PX-8", handsets.StateInstalling, t0.Add(30 * time.Minute), time.Time{}, t0},                        // began, never back: silent
+		{"PX-8", handsets.StateDownloading, t0.Add(30 * time.Minute), time.Time{}, t0.Add(40 * time.Minute)}, // back while downloading
+		{"PX-8", handsets.StateInstalling, t0.Add(-2 * time.Hour), time.Time{}, t0.Add(-3 * time.Hour)},      // before the window
+		{"PX-7", handsets.StateFailed, t0, t0, t0},
+		{"PX-7", handsets.StateInstalled, t0, t0.Add(time.Hour), t0.Add(2 * time.Hour)},
+	} {
+		id := fmt.Sprintf("dev_%03d", i)
+		d := newDevice(id, rec.model)
+		d.EnrolledAt, d.LastSeen = t0.Add(-4*time.Hour), rec.lastSeen
+		mustEnroll(t, devices, d, "hash-"+id)
+		mustPutDeviceRollout(t, s, &handsets.DeviceRollout{RolloutID: "ro_1", DeviceID: id, Model: rec.model,
+			StartingBuild: "7.1.0", OfferedAt: rec.offered, LastOfferedAt: rec.offered, State: rec.state, Attempts: 1,
+			ResultAt: rec.result})
+	}
+	count := func(silentBefore time.Time) map[string]rollout.Results {
+		t.Helper()
+		got, err := s.RolloutResults(t.Context(), "ro_1", since, silentBefore)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got, want := count(time.Time{}), (map[string]rollout.Results{"PX-8": {Installed: 3}, "PX-7": {Installed: 1, Failed: 1}}); !reflect.DeepEqual(got, want) {
+		t.Errorf("without silence: got %v, want %v", got, want)
+	}
+	if got, want := count(silentBefore), (map[string]rollout.Results{"PX-8": {Installed: 2, Silent: 2}, "PX-7": {Installed: 1, Failed: 1}}); !reflect.DeepEqual(got, want) {
+		t.Errorf("with silence: got %v, want %v", got, want)
+	}
+	// The first silent handset checks in again.
+	d, _, err := devices.CheckInState(t.Context(), "hash-dev_000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := *d
+	next.LastSeen = t0.Add(5 * time.Hour)
+	if err := devices.SaveCheckIn(t.Context(), d, &next); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := count(silentBefore), (map[string]rollout.Results{"PX-8": {Installed: 3, Silent: 1}, "PX-7": {Installed: 1, Failed: 1}}); !reflect.DeepEqual(got, want) {
+		t.Errorf("after a silent handset checked in: got %v, want %v", got, want)
+	}
 }

@@ -26,6 +26,11 @@ type RolloutRequest struct {
 	Retries            *int     `json:"retries,omitempty"`
 	Backoff            []string `json:"backoff,omitempty"`
 	MaxOffersPerMinute *int     `json:"max_offers_per_minute,omitempty"`
+	// SilenceAfter ("3h") turns on silence: handsets that began
+	// installing and have not checked in for that long count as failures;
+	// MaxSilenceRate (a fraction) is a limit of its own for them.
+	SilenceAfter   *string  `json:"silence_after,omitempty"`
+	MaxSilenceRate *float64 `json:"max_silence_rate,omitempty"`
 	// Window is "01:00-05:00" in the handsets' local time; empty is any
 	// hour.
 	Window string `json:"window,omitempty"`
@@ -113,6 +118,9 @@ type RolloutPolicy struct {
 	Backoff            []string `json:"backoff"`
 	MaxOffersPerMinute int      `json:"max_offers_per_minute"`
 	Window             string   `json:"window"`
+	// SilenceAfter is "" when silence is off.
+	SilenceAfter   string  `json:"silence_after,omitempty"`
+	MaxSilenceRate float64 `json:"max_silence_rate,omitempty"`
 }
 
 // RolloutHold is a halt (no model) or a held model, with the numbers
