@@ -103,10 +103,10 @@ func (l *durationListFlag) Set(v string) error {
 
 func (c *cli) rolloutCreate(args []string) error {
 	var sf serverFlags
-	var release, buildMin, buildMax, failureWindow, soak, window, reason, id string
+	var release, buildMin, buildMax, failureWindow, soak, silenceAfter, window, reason, id string
 	var stages, models, channels, regions csvFlag
 	var backoff durationListFlag
-	var maxRate percentFlag
+	var maxRate, maxSilence percentFlag
 	var minResults int64
 	var retries, maxOffers int
 	var draft bool
@@ -132,6 +132,8 @@ func (c *cli) rolloutCreate(args []string) error {
 	fs.StringVar(&soak, "soak", "", "advance to the next stage on its own after this long healthy, e.g. 6h (default: never; advance by hand)")
 	fs.IntVar(&retries, "retries", 0, "offer a failed install again this many times (default 3)")
 	fs.Var(&backoff, "backoff", "waits before the retries, e.g. 1h,4h,24h; the last repeats (default 1h,4h,24h)")
+	fs.StringVar(&silenceAfter, "silence-after", "", "count a handset that began installing and has not checked in for this long as silent,\na failure for its model and the rollout, e.g. 3h: above the poll interval plus the install time (default: off)")
+	fs.Var(&maxSilence, "max-silence-rate", "halt (or hold a model) above this share of silent handsets, on its own; needs --silence-after (default: none)")
 	fs.IntVar(&maxOffers, "max-offers-per-minute", 0, "cap on new offers per minute across all servers (default: no cap)")
 	fs.StringVar(&window, "window", "", "new offers only in these handset-local hours, e.g. 01:00-05:00 (default: any hour)")
 	fs.BoolVar(&draft, "draft", false, "create it as a draft; start it later with otactl rollout start")
@@ -165,6 +167,13 @@ func (c *cli) rolloutCreate(args []string) error {
 		rate := maxRate.value / 100
 		req.MaxFailureRate = &rate
 	}
+	if maxSilence.set {
+		if maxSilence.value < 0 || maxSilence.value > 100 {
+			return usageError{fmt.Errorf("--max-silence-rate %s: want a percent from 0 to 100, such as 2%%", maxSilence.String())}
+		}
+		rate := maxSilence.value / 100
+		req.MaxSilenceRate = &rate
+	}
 	if set["min-results"] {
 		req.MinResults = &minResults
 	}
@@ -178,7 +187,7 @@ func (c *cli) rolloutCreate(args []string) error {
 		flag string
 		v    string
 		dst  **string
-	}{{"failure-window", failureWindow, &req.FailureWindow}, {"soak", soak, &req.Soak}} {
+	}{{"failure-window", failureWindow, &req.FailureWindow}, {"soak", soak, &req.Soak}, {"silence-after", silenceAfter, &req.SilenceAfter}} {
 		if !set[d.flag] {
 			continue
 		}

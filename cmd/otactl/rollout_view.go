@@ -99,6 +99,13 @@ func policyText(p *wire.RolloutPolicy) []string {
 	default:
 		lines = append(lines, fmt.Sprintf("%d retries after %s", p.Retries, esc(strings.Join(p.Backoff, ", "))))
 	}
+	if p.SilenceAfter != "" {
+		line := "a handset silent for " + esc(p.SilenceAfter) + " after it began installing counts as failed"
+		if p.MaxSilenceRate > 0 {
+			line += fmt.Sprintf("; halt (or hold a model) above %s silent", fmtRate(p.MaxSilenceRate))
+		}
+		lines = append(lines, line)
+	}
 	if p.MaxOffersPerMinute > 0 {
 		lines = append(lines, fmt.Sprintf("at most %d new offers per minute", p.MaxOffersPerMinute))
 	} else {
