@@ -154,3 +154,19 @@ func TestNewRolloutDefaultStages(t *testing.T) {
 		t.Errorf("stages %v, want the default 1, 10, 50, 100", got)
 	}
 }
+
+// TestRolloutPageSaysSilencePolicy: the rollout page says when silent
+// handsets count as failed, and the limit of their own, only when the
+// policy sets them.
+func TestRolloutPageSaysSilencePolicy(t *testing.T) {
+	e := newEnv(t)
+	const says = "a handset silent for"
+	if body := e.do(t, identity.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String(); strings.Contains(body, says) {
+		t.Error("the page speaks of silence for a rollout without it")
+	}
+	e.backend.rollouts[0].Policy.SilenceAfter, e.backend.rollouts[0].Policy.MaxSilenceRate = 3*time.Hour, 0.02
+	body := e.do(t, identity.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String()
+	if !strings.Contains(body, "a handset silent for 3h after it began installing counts as failed; past 2.0% silent it halts too") {
+		t.Errorf("the page does not say the silence policy:\n%s", body)
+	}
+}
