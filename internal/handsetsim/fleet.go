@@ -71,7 +71,8 @@ type Config struct {
 	// run; nil installs everything at once.
 	Install func(i int, h *Handset, attempt int) Outcome
 	// OnResult, if set, is called when handset i's install attempt ends:
-	// code "" for installed. It runs on the handset's worker.
+	// code "" for installed, "silent" for a handset the install bricked.
+	// It runs on the handset's worker.
 	OnResult func(i, attempt int, code string)
 	// RetryFailed makes a handset whose install failed take the patch
 	// again when the server offers it again; without it a failed patch is
@@ -173,7 +174,7 @@ func New(cfg Config, devs []Handset) (*Fleet, error) {
 	}
 	for i := range f.devs {
 		h := &f.devs[i]
-		h.phase, h.resume = phaseEnroll, phaseCheckIn
+		h.newRun()
 	}
 	return f, nil
 }

@@ -70,6 +70,19 @@ func NewHandset(model, build, channel, region string) Handset {
 	return h
 }
 
+// newRun starts a run with what the handset is and runs, and nothing of
+// a run before: a handset with a token checks in first, one without
+// enrolls.
+func (h *Handset) newRun() {
+	*h = Handset{Seed: h.Seed, Model: h.Model, Build: h.Build, Channel: h.Channel, Region: h.Region,
+		UTCOffsetMinutes: h.UTCOffsetMinutes, Installed: h.Installed, Messaging: h.Messaging,
+		NumberEncryption: h.NumberEncryption, DeviceID: h.DeviceID, Token: h.Token,
+		phase: phaseEnroll, resume: phaseCheckIn}
+	if h.Token != "" {
+		h.phase = phaseCheckIn
+	}
+}
+
 // Result is how a handset's run went so far.
 type Result uint8
 
@@ -78,6 +91,7 @@ const (
 	ResultInstalled               // its last install succeeded
 	ResultFailed                  // its last install failed
 	ResultGaveUp                  // the server refused its enrollment or check-ins for good
+	ResultSilent                  // the install bricked it: it went silent (Outcome.Silent)
 )
 
 // Result is how the handset's run went so far.
@@ -101,10 +115,13 @@ func (h *Handset) Compliant() bool {
 
 // Outcome is how an install goes: Code "" installs, any other fails with
 // that code and Message; the result is reported Takes after the handset
-// reported installing.
+// reported installing. Silent bricks the handset instead: after
+// reporting installing it sends nothing ever again, as a phone that
+// boot-loops before its agent runs.
 type Outcome struct {
 	Code, Message string
 	Takes         time.Duration
+	Silent        bool
 }
 
 // patchEffect is what a verified patch changes, from its signed custom
@@ -449,6 +466,15 @@ func (f *Fleet) advance(i int, h *Handset) (time.Time, bool) {
 
 // installed ends the install in progress as its Outcome says.
 func (f *Fleet) installed(i int, h *Handset) (time.Time, bool) {
+	if h.outcome.Silent {
+		h.result = ResultSilent
+		f.stats.silent.Add(1)
+		if f.cfg.OnResult != nil {
+			f.cfg.OnResult(i, h.installs, "silent")
+		}
+		f.settle(h)
+		return time.Time{}, false // never heard from again
+	}
 	if o := h.outcome; o.Code != "" {
 		f.fail(i, h, o.Code, o.Message)
 		return time.Now(), true

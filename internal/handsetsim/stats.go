@@ -23,7 +23,8 @@ type stats struct {
 	installed   atomic.Int64 // handsets whose last install succeeded
 	failed      atomic.Int64 // handsets whose last install failed
 	gaveUp      atomic.Int64
-	latency     histogram // successful check-ins
+	silent      atomic.Int64 // bricked by an install (Outcome.Silent)
+	latency     histogram    // successful check-ins
 
 	mu      sync.Mutex
 	errors  map[string]int64
@@ -42,7 +43,9 @@ type Counts struct {
 	// Installed and Failed count handsets by their last install's
 	// result; GaveUp those the server refused for good.
 	Installed, Failed, GaveUp int64
-	CheckIns                  int64
+	// Silent handsets went silent after an install (Outcome.Silent).
+	Silent   int64
+	CheckIns int64
 	// Reports acknowledged, of which Duplicates the server already had;
 	// Retries sent again, Dropped never acknowledged.
 	Reports, Duplicates, Retries, Dropped int64
@@ -66,7 +69,7 @@ func (c Counts) ErrorCount() int64 {
 
 func (s *stats) counts() Counts {
 	return Counts{Enrolled: s.enrolled.Load(), EnrolledNew: s.enrolledNew.Load(), Reenrolled: s.reenrolled.Load(),
-		Offered: s.offered.Load(), Installed: s.installed.Load(), Failed: s.failed.Load(), GaveUp: s.gaveUp.Load(),
+		Offered: s.offered.Load(), Installed: s.installed.Load(), Failed: s.failed.Load(), GaveUp: s.gaveUp.Load(), Silent: s.silent.Load(),
 		CheckIns: s.checkins.Load(), Reports: s.reports.Load(), Duplicates: s.duplicates.Load(),
 		Retries: s.retries.Load(), Dropped: s.dropped.Load(), CheckInLatency: s.latency.summary(),
 		Errors: s.errorCounts(), NoOffer: s.noOfferCounts()}
