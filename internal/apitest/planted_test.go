@@ -97,7 +97,12 @@ func needles(ids []string) []string {
 			}
 			return -1
 		}, id)
-		if len(digits) >= 7 && digits != id {
+		// The digits alone are the value with its separators dropped
+		// ("+49 151 ..." stored as 49151...). A hex number has no such
+		// form: its digits without its letters ("0xcb007202" gives
+		// 0007202) are no identifier, and turn up in any timestamp with
+		// those nanoseconds.
+		if len(digits) >= 7 && digits != id && !strings.HasPrefix(id, "0x") {
 			out = append(out, digits)
 		}
 	}
