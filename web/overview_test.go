@@ -157,7 +157,7 @@ func TestNewRolloutDefaultStages(t *testing.T) {
 
 // TestRolloutPageSaysSilencePolicy: the rollout page says when silent
 // handsets count as failed, and the limit of their own, only when the
-// policy sets them.
+// policy sets them, and how many confirmations an advance waits for.
 func TestRolloutPageSaysSilencePolicy(t *testing.T) {
 	e := newEnv(t)
 	const says = "a handset silent for"
@@ -168,5 +168,10 @@ func TestRolloutPageSaysSilencePolicy(t *testing.T) {
 	body := e.do(t, identity.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String()
 	if !strings.Contains(body, "a handset silent for 3h after it began installing counts as failed; past 2.0% silent it halts too") {
 		t.Errorf("the page does not say the silence policy:\n%s", body)
+	}
+	e.backend.rollouts[0].Policy.Soak, e.backend.rollouts[0].Policy.MinConfirmations = time.Hour, 1500
+	body = e.do(t, identity.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String()
+	if !strings.Contains(body, "widens on its own after 1h healthy, with 1,500 installs confirmed on the new build") {
+		t.Errorf("the page does not say the confirmations an advance waits for")
 	}
 }

@@ -107,7 +107,7 @@ func (c *cli) rolloutCreate(args []string) error {
 	var stages, models, channels, regions csvFlag
 	var backoff durationListFlag
 	var maxRate, maxSilence percentFlag
-	var minResults int64
+	var minResults, minConfirmations int64
 	var retries, maxOffers int
 	var draft bool
 	fs := newFlagSet("rollout create --release PATH --stages 1,10,50,100 [flags]",
@@ -130,6 +130,7 @@ func (c *cli) rolloutCreate(args []string) error {
 	fs.Int64Var(&minResults, "min-results", 0, "results needed before the failure rate counts, and before a stage advances on its own (default 50)")
 	fs.StringVar(&failureWindow, "failure-window", "", "how far back results count toward the failure rate, e.g. 1h (default 1h)")
 	fs.StringVar(&soak, "soak", "", "advance to the next stage on its own after this long healthy, e.g. 6h (default: never; advance by hand)")
+	fs.Int64Var(&minConfirmations, "min-confirmations", 0, "handsets of a stage that must be back on the release's build with the patch\nbefore it advances on its own (default 0: reported installs are enough)")
 	fs.IntVar(&retries, "retries", 0, "offer a failed install again this many times (default 3)")
 	fs.Var(&backoff, "backoff", "waits before the retries, e.g. 1h,4h,24h; the last repeats (default 1h,4h,24h)")
 	fs.StringVar(&silenceAfter, "silence-after", "", "count a handset that began installing and has not checked in for this long as silent,\na failure for its model and the rollout, e.g. 3h: above the poll interval plus the install time (default: off)")
@@ -176,6 +177,9 @@ func (c *cli) rolloutCreate(args []string) error {
 	}
 	if set["min-results"] {
 		req.MinResults = &minResults
+	}
+	if set["min-confirmations"] {
+		req.MinConfirmations = &minConfirmations
 	}
 	if set["retries"] {
 		req.Retries = &retries

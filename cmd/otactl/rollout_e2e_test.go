@@ -85,12 +85,12 @@ func TestRolloutCommands(t *testing.T) {
 
 	r = mustRun(t, ops, "rollout", "create", "--id", "ro-privacy", "--release", target, "--stages", "10,50%,100",
 		"--models", "PX-7,PX-8", "--regions", "DE", "--max-failure-rate", "5%", "--min-results", "20", "--soak", "6h",
-		"--window", "01:00-05:00", "--retries", "2", "--backoff", "30m,2h", "--silence-after", "3h", "--max-silence-rate", "2%",
+		"--window", "01:00-05:00", "--retries", "2", "--backoff", "30m,2h", "--silence-after", "3h", "--max-silence-rate", "2%", "--min-confirmations", "15",
 		"--reason", "privacy incident")
 	wantContains(t, "rollout create", r.stdout, "created rollout ro-privacy: running, stage 1 of 3 (10%)",
 		"release:  "+target+" (patch CM-2026-001, installs build 7.5.0; models PX-7, PX-8, builds 7.0.0 to 7.4.9)",
 		"selector: models PX-7, PX-8; channels all; regions DE; builds all",
-		"halt above 5.0% failures over 1h once 20 results are in", "advance on its own after 6h healthy",
+		"halt above 5.0% failures over 1h once 20 results are in", "advance on its own after 6h healthy, with 15 installs confirmed on the new build",
 		"2 retries after 30m, 2h", "new offers only 01:00-05:00 handset-local time", "created by ops",
 		"a handset silent for 3h after it began installing counts as failed; halt (or hold a model) above 2.0% silent")
 	show := func(id string) wire.Rollout {

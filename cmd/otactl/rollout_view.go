@@ -91,7 +91,11 @@ func policyText(p *wire.RolloutPolicy) []string {
 	if p.Soak == "" || p.Soak == "0s" {
 		lines = append(lines, "no auto-advance: advance by hand")
 	} else {
-		lines = append(lines, "advance on its own after "+esc(p.Soak)+" healthy")
+		line := "advance on its own after " + esc(p.Soak) + " healthy"
+		if p.MinConfirmations > 0 {
+			line += fmt.Sprintf(", with %d installs confirmed on the new build", p.MinConfirmations)
+		}
+		lines = append(lines, line)
 	}
 	switch {
 	case p.Retries == 0:

@@ -85,7 +85,8 @@ func TestRolloutHoldsASilentModel(t *testing.T) {
 	clk.Advance(time.Minute)
 	checkInAll(t, bricked)
 	now := clk.Now()
-	res, err := env.App.Evaluator.Store.RolloutResults(context.Background(), r.ID, now.Add(-time.Hour), now.Add(-30*time.Minute))
+	res, err := env.App.Evaluator.Store.RolloutResults(context.Background(),
+		rollout.ResultsQuery{RolloutID: r.ID, Since: now.Add(-time.Hour), SilentBefore: now.Add(-30 * time.Minute)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,7 +41,7 @@ func (c *aheadClock) Advance(d time.Duration) {
 // heard from again, no failure reported). Every other handset installs
 // and checks in on the new build. Within silence_after the rollout runs
 // on; once it has passed, PX-8 alone is held for silence, and PX-7 is
-// not.
+// not; every install that was not silent is confirmed.
 func TestSilentModelIsHeld(t *testing.T) {
 	if testing.Short() {
 		t.Skip("2,000 handsets")
@@ -126,5 +126,17 @@ func TestSilentModelIsHeld(t *testing.T) {
 	if h.Silent != n*3/20 || h.Installed != n*7/20 || !strings.Contains(h.Reason, "model PX-8: 300 of 1000 handsets that began installing silent for over 10m") {
 		t.Errorf("hold %+v", h)
 	}
-	t.Logf("%d handsets: %d installed, %d silent; %s", n, counts.Installed, counts.Silent, h.Reason)
+	// The others completed: every install is confirmed, its handset back
+	// on the release's build with the patch.
+	rel := rollout.RolloutRelease{PatchID: custom.PatchID, InstallsBuild: custom.InstallsBuild}
+	res, err := env.App.Evaluator.Store.RolloutResults(context.Background(),
+		rollout.ResultsQuery{RolloutID: r.ID, Since: time.Time{}.Add(time.Hour), Confirm: &rel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res["PX-7"].Confirmed != n/2 || res["PX-8"].Confirmed != n*7/20 {
+		t.Errorf("confirmed: %+v; want all %d PX-7 and %d PX-8 installs", res, n/2, n*7/20)
+	}
+	t.Logf("%d handsets: %d installed, %d silent, confirmed %d + %d; %s", n, counts.Installed, counts.Silent,
+		res["PX-7"].Confirmed, res["PX-8"].Confirmed, h.Reason)
 }

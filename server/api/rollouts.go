@@ -82,7 +82,7 @@ func rolloutOf(r *rollout.Rollout) *wire.Rollout {
 		Policy: wire.RolloutPolicy{MaxFailureRate: p.MaxFailureRate, MinResults: p.MinResults,
 			FailureWindow: FormatDuration(p.FailureWindow), Soak: FormatDuration(p.Soak), Retries: p.Retries,
 			Backoff: []string{}, MaxOffersPerMinute: p.MaxOffersPerMinute, Window: p.Window.String(),
-			MaxSilenceRate: p.MaxSilenceRate},
+			MaxSilenceRate: p.MaxSilenceRate, MinConfirmations: p.MinConfirmations},
 		Salt: r.Salt, Halt: holdOf(r.Halt), Holds: make([]wire.RolloutHold, len(r.Holds)),
 		CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt.UTC(), StartedAt: optionalTime(r.StartedAt),
 		StageStartedAt: optionalTime(r.StageStartedAt), EndedAt: optionalTime(r.EndedAt),
@@ -140,6 +140,9 @@ func rolloutSpec(req *wire.RolloutRequest) (rollout.RolloutSpec, error) {
 	}
 	if req.MaxSilenceRate != nil {
 		p.MaxSilenceRate = *req.MaxSilenceRate
+	}
+	if req.MinConfirmations != nil {
+		p.MinConfirmations = *req.MinConfirmations
 	}
 	var err error
 	for _, d := range []struct {

@@ -227,11 +227,14 @@ func (e *RolloutEvaluator) results(ctx context.Context, r *Rollout, now time.Tim
 		if c, ok := counted[from.UnixNano()]; ok {
 			return c, nil
 		}
-		var silentBefore time.Time
+		q := ResultsQuery{RolloutID: r.ID, Since: from}
 		if r.Policy.SilenceAfter > 0 {
-			silentBefore = now.Add(-r.Policy.SilenceAfter)
+			q.SilentBefore = now.Add(-r.Policy.SilenceAfter)
 		}
-		c, err := e.Store.RolloutResults(ctx, r.ID, from, silentBefore)
+		if r.Policy.MinConfirmations > 0 {
+			q.Confirm = &r.Release
+		}
+		c, err := e.Store.RolloutResults(ctx, q)
 		if err != nil {
 			return nil, fmt.Errorf("evaluate rollout %s: %w", r.ID, err)
 		}

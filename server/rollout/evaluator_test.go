@@ -106,11 +106,12 @@ func (f *fakeRollouts) UpdateRollout(_ context.Context, r *rollout.Rollout, expe
 	return nil
 }
 
-func (f *fakeRollouts) RolloutResults(_ context.Context, id string, since, silentBefore time.Time) (map[string]rollout.Results, error) {
+func (f *fakeRollouts) RolloutResults(_ context.Context, q rollout.ResultsQuery) (map[string]rollout.Results, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	id, since := q.RolloutID, q.Since
 	f.queries = append(f.queries, since)
-	f.silentBefore = append(f.silentBefore, silentBefore)
+	f.silentBefore = append(f.silentBefore, q.SilentBefore)
 	out := map[string]rollout.Results{}
 	for _, res := range f.results {
 		if res.rollout != id || res.at.Before(since) {

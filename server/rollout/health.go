@@ -21,10 +21,15 @@ import (
 // have not checked in for the policy's SilenceAfter since (see
 // Policy.SilenceAfter); they are not in Installed. They count as failures
 // toward MaxFailureRate, and on their own toward MaxSilenceRate.
+//
+// Confirmed are those of Installed whose handset has checked in since,
+// on the release's build with its patch (see Policy.MinConfirmations);
+// counted only when asked for.
 type Results struct {
 	Installed int64
 	Failed    int64
 	Silent    int64
+	Confirmed int64
 }
 
 // EnrolledLate reports whether a handset enrolled at enrolledAt enrolled
@@ -62,7 +67,8 @@ func (r Results) SilenceRate() float64 {
 
 // Add sums two Results.
 func (r Results) Add(o Results) Results {
-	return Results{Installed: r.Installed + o.Installed, Failed: r.Failed + o.Failed, Silent: r.Silent + o.Silent}
+	return Results{Installed: r.Installed + o.Installed, Failed: r.Failed + o.Failed, Silent: r.Silent + o.Silent,
+		Confirmed: r.Confirmed + o.Confirmed}
 }
 
 // breaches reports whether r has the minimum of results and a failure
@@ -179,11 +185,15 @@ func EvaluateAdvance(r *Rollout, stageByModel map[string]Results, now time.Time)
 		return Event{}, false
 	}
 	res := r.unheld(stageByModel)
-	if res.Total() < p.MinResults || res.FailureRate() > p.MaxFailureRate || res.silenceBreaches(p) {
+	if res.Total() < p.MinResults || res.FailureRate() > p.MaxFailureRate || res.silenceBreaches(p) ||
+		res.Confirmed < p.MinConfirmations {
 		return Event{}, false
 	}
 	reason := fmt.Sprintf("stage %g%% soaked %s with %d of %d installs failed (%.1f%%)",
 		r.Percent(), shortDuration(p.Soak), res.Failed, res.Total(), 100*res.FailureRate())
+	if p.MinConfirmations > 0 {
+		reason += fmt.Sprintf(", %d installs confirmed on %s", res.Confirmed, r.Release.InstallsBuild)
+	}
 	if r.LastStage() {
 		return r.complete(audit.SystemActor, reason, now), true
 	}

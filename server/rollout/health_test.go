@@ -152,6 +152,13 @@ func TestEvaluateAdvance(t *testing.T) {
 		{"paused", func(r *rollout.Rollout) { soak(r); r.State = rollout.RolloutPaused }, healthy, 7 * time.Hour, 0, rollout.RolloutPaused},
 		{"resumed: the soak starts again", func(r *rollout.Rollout) { soak(r); r.HealthSince = t0.Add(5 * time.Hour) }, healthy, 7 * time.Hour, 0, rollout.RolloutRunning},
 		{"resumed and soaked", func(r *rollout.Rollout) { soak(r); r.HealthSince = t0.Add(5 * time.Hour) }, healthy, 11 * time.Hour, 1, rollout.RolloutRunning},
+		// Confirmations: reported installs are the handsets' word; the
+		// stage waits for handsets back on the new build.
+		{"soaked, installs reported but too few confirmed", confirmations(soak, 40), byModel{"PX-7": {Installed: 60, Confirmed: 39}}, 7 * time.Hour, 0, rollout.RolloutRunning},
+		{"soaked and confirmed", confirmations(soak, 40), byModel{"PX-7": {Installed: 60, Confirmed: 40}}, 7 * time.Hour, 1, rollout.RolloutRunning},
+		{"confirmations of a held model do not count", func(r *rollout.Rollout) { confirmations(soak, 40)(r); r.Holds = []rollout.Hold{{Model: "PX-8"}} },
+			byModel{"PX-7": {Installed: 60, Confirmed: 20}, "PX-8": {Installed: 60, Confirmed: 60}}, 7 * time.Hour, 0, rollout.RolloutRunning},
+		{"silent handsets keep a stage", func(r *rollout.Rollout) { soak(r); silence(time.Hour, 0.01)(r) }, byModel{"PX-7": {Installed: 98, Silent: 2}}, 7 * time.Hour, 0, rollout.RolloutRunning},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runningRollout(t)
@@ -302,4 +309,9 @@ func TestFailingModelScenario(t *testing.T) {
 // silence sets a policy's SilenceAfter and MaxSilenceRate.
 func silence(after time.Duration, maxRate float64) func(*rollout.Rollout) {
 	return func(r *rollout.Rollout) { r.Policy.SilenceAfter, r.Policy.MaxSilenceRate = after, maxRate }
+}
+
+// confirmations sets a policy's MinConfirmations after set.
+func confirmations(set func(*rollout.Rollout), n int64) func(*rollout.Rollout) {
+	return func(r *rollout.Rollout) { set(r); r.Policy.MinConfirmations = n }
 }

@@ -135,6 +135,12 @@ type Policy struct {
 	// results are in; zero is no limit of its own (silence still counts
 	// toward MaxFailureRate). It needs SilenceAfter.
 	MaxSilenceRate float64
+	// MinConfirmations is how many handsets of a stage must be confirmed,
+	// back on the release's build with the patch after reporting it
+	// installed, before the stage advances on its own: a reported install
+	// is the handset's word, a check-in on the new build is the proof.
+	// Zero counts reported installs only.
+	MinConfirmations int64
 }
 
 // DefaultPolicy is a rollout's policy unless the operator says otherwise:
@@ -188,6 +194,8 @@ func (p *Policy) Validate() error {
 		return errs.Fieldf("silence_after", "want 0 (off) or 1m to 168h")
 	case math.IsNaN(p.MaxSilenceRate) || p.MaxSilenceRate < 0 || p.MaxSilenceRate > 1:
 		return errs.Fieldf("max_silence_rate", "want a fraction from 0 to 1 (0.02 is 2%%)")
+	case p.MinConfirmations < 0 || p.MinConfirmations > 1_000_000:
+		return errs.Fieldf("min_confirmations", "want 0 (reported installs only) to 1000000")
 	case p.MaxSilenceRate > 0 && p.SilenceAfter == 0:
 		return errs.Fieldf("max_silence_rate", "needs silence_after: how long a handset may stay silent")
 	}

@@ -112,6 +112,7 @@ func TestRolloutValidate(t *testing.T) {
 		{"silence after seconds", func(r *rollout.Rollout) { r.Policy.SilenceAfter = 30 * time.Second }, "silence_after"},
 		{"silence rate above 1", func(r *rollout.Rollout) { r.Policy.SilenceAfter, r.Policy.MaxSilenceRate = time.Hour, 2 }, "max_silence_rate"},
 		{"silence rate without silence", func(r *rollout.Rollout) { r.Policy.MaxSilenceRate = 0.05 }, "max_silence_rate"},
+		{"negative confirmations", func(r *rollout.Rollout) { r.Policy.MinConfirmations = -1 }, "min_confirmations"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := rolloutSpec()

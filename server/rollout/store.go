@@ -11,6 +11,17 @@ import (
 	"github.com/patchfleet/ota/server/handsets"
 )
 
+// ResultsQuery is what RolloutStore.RolloutResults counts.
+type ResultsQuery struct {
+	RolloutID string
+	Since     time.Time
+	// SilentBefore, when set, counts Silent (Policy.SilenceAfter).
+	SilentBefore time.Time
+	// Confirm, when set, counts Confirmed: handsets back on its
+	// InstallsBuild with its PatchID (Policy.MinConfirmations).
+	Confirm *RolloutRelease
+}
+
 // RolloutStore keeps rollouts, their audit log, the handsets' records of
 // them and the shared offers-per-minute budget. Several replicas share
 // one store: every method is safe to call from all of them at once.
@@ -66,19 +77,22 @@ type RolloutStore interface {
 	RecordOffer(ctx context.Context, dec Decision, prev, next *handsets.DeviceRollout, limit int, now time.Time) (bool, error)
 	// RolloutResults counts a rollout's results per model: the records
 	// whose state is installed, or failed or rolled back (both Failed),
-	// with ResultAt at or after since, of handsets that did not enroll
+	// with ResultAt at or after q.Since, of handsets that did not enroll
 	// after the rollout started (EnrolledLate, decided when a report
 	// moves the record). Models without results are absent. It reads an
 	// index on (rollout, result time), not the fleet.
 	//
-	// With silentBefore set (now - Policy.SilenceAfter) it also counts
+	// With q.SilentBefore set (now - Policy.SilenceAfter) it also counts
 	// Silent: records offered (an install begun: downloading to
-	// installing) at or after since and before silentBefore, or installed
-	// in that span, whose handset has not checked in since that time;
-	// those installed are not in Installed. A silent handset that checks
-	// in again stops counting. That reads the rollout's records and their
-	// devices, not an index alone: it runs only for rollouts that ask.
-	RolloutResults(ctx context.Context, rolloutID string, since, silentBefore time.Time) (map[string]Results, error)
+	// installing) at or after q.Since and before q.SilentBefore, or
+	// installed in that span, whose handset has not checked in since that
+	// time; those installed are not in Installed. A silent handset that
+	// checks in again stops counting. With q.Confirm set it counts
+	// Confirmed: installed records whose handset has checked in since,
+	// running the release's InstallsBuild with its patch. Either reads the
+	// rollout's records and their devices, not an index alone: it runs
+	// only for rollouts that ask.
+	RolloutResults(ctx context.Context, q ResultsQuery) (map[string]Results, error)
 
 	// ClaimOffer takes one offer from a rollout's budget for the minute
 	// that holds minute, shared by all replicas, and reports whether

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"gorm.io/gorm"
@@ -128,6 +129,7 @@ type policyJSON struct {
 	Window             rollout.Window `json:"window"`
 	SilenceAfter       duration       `json:"silence_after,omitempty"`
 	MaxSilenceRate     float64        `json:"max_silence_rate,omitempty"`
+	MinConfirmations   int64          `json:"min_confirmations,omitempty"`
 }
 
 type holdJSON struct {
@@ -236,7 +238,7 @@ func toRolloutRow(r *rollout.Rollout, version int64) (*rolloutRow, error) {
 			FailureWindow: duration(p.FailureWindow), Soak: duration(p.Soak), Retries: p.Retries,
 			Backoff:            mapSlice(p.Backoff, func(d time.Duration) duration { return duration(d) }),
 			MaxOffersPerMinute: p.MaxOffersPerMinute, Window: p.Window,
-			SilenceAfter: duration(p.SilenceAfter), MaxSilenceRate: p.MaxSilenceRate}},
+			SilenceAfter: duration(p.SilenceAfter), MaxSilenceRate: p.MaxSilenceRate, MinConfirmations: p.MinConfirmations}},
 		{&row.Holds, mapSlice(r.Holds, toHoldJSON)},
 		{&row.ModelHealthSince, since},
 	} {
@@ -282,7 +284,7 @@ func (row *rolloutRow) rollout() (*rollout.Rollout, error) {
 		FailureWindow: time.Duration(pol.FailureWindow), Soak: time.Duration(pol.Soak), Retries: pol.Retries,
 		Backoff:            mapSlice(pol.Backoff, func(d duration) time.Duration { return time.Duration(d) }),
 		MaxOffersPerMinute: pol.MaxOffersPerMinute, Window: pol.Window,
-		SilenceAfter: time.Duration(pol.SilenceAfter), MaxSilenceRate: pol.MaxSilenceRate}
+		SilenceAfter: time.Duration(pol.SilenceAfter), MaxSilenceRate: pol.MaxSilenceRate, MinConfirmations: pol.MinConfirmations}
 	r.Holds = mapSlice(holds, holdJSON.hold)
 	for m, t := range r.ModelHealthSince {
 		r.ModelHealthSince[m] = t.UTC()
@@ -623,54 +625,71 @@ func rolloutResultsArgs(rolloutID string, since time.Time) []any {
 		handsets.StateInstalled, handsets.StateFailed, handsets.StateRolledBack}
 }
 
-// rolloutSilenceSQL is rolloutResultsSQL with silence: records of the
-// window whose handset has not checked in since its install began (the
-// last offer, for the installing states) or ended (installed), when that
-// was before silent_before. A check-in after such a time writes
-// last_seen (server.Fleet forces it), so a handset back from silence
-// stops counting. The installing states have no index on their time
-// (see rolloutsSchema): this reads the rollout's records through the
-// primary key, and each one's device by its key. Rollouts without
-// silence_after never run it.
-const rolloutSilenceSQL = `SELECT dr.model,
+// rolloutJoinSQL is rolloutResultsSQL with what needs the devices:
+// silence, records of the window whose handset has not checked in since
+// its install began (the last offer, for the installing states) or ended
+// (installed), when that was before silent_before; and confirmation,
+// installed records whose handset checked in since on build with the
+// patch. A check-in after an install began writes last_seen (server.Fleet
+// forces it), so a handset back from silence stops counting, and a
+// confirmed one is seen. The installing states have no index on their
+// time (see rolloutsSchema): this reads the rollout's records through the
+// primary key, and each one's device by its key. Rollouts that ask for
+// neither never run it; one that asks for one only passes a silent_before
+// of year 1 or a build of "" for the other, which match nothing.
+const rolloutJoinSQL = `SELECT dr.model,
 	COUNT(*) FILTER (WHERE dr.state = @installed AND dr.result_at >= @since
 		AND NOT (dr.result_at < @silent_before AND d.last_seen <= dr.result_at)) AS installed,
 	COUNT(*) FILTER (WHERE dr.state IN (@failed, @rolled_back) AND dr.result_at >= @since) AS failed,
 	COUNT(*) FILTER (WHERE (dr.state = @installed AND dr.result_at >= @since
 			AND dr.result_at < @silent_before AND d.last_seen <= dr.result_at)
 		OR (dr.state IN (@downloading, @downloaded, @verified, @installing) AND dr.last_offered_at >= @since
-			AND dr.last_offered_at < @silent_before AND d.last_seen <= dr.last_offered_at)) AS silent
+			AND dr.last_offered_at < @silent_before AND d.last_seen <= dr.last_offered_at)) AS silent,
+	COUNT(*) FILTER (WHERE dr.state = @installed AND dr.result_at >= @since AND d.last_seen > dr.result_at
+		AND d.build = @build AND d.installed_patches LIKE @patch ESCAPE '!') AS confirmed
 FROM device_rollouts dr JOIN devices d ON d.id = dr.device_id
 WHERE dr.rollout_id = @rollout AND NOT dr.enrolled_late
 	AND ((dr.state IN (@installed, @failed, @rolled_back) AND dr.result_at >= @since)
 		OR (dr.state IN (@downloading, @downloaded, @verified, @installing) AND dr.last_offered_at >= @since))
 GROUP BY dr.model`
 
+// likePatch is the LIKE pattern of a patch in devices.installed_patches
+// (",A,B,": see encodePatches), with LIKE's wildcards escaped.
+func likePatch(id string) string {
+	r := strings.NewReplacer("!", "!!", "%", "!%", "_", "!_")
+	return "%," + r.Replace(id) + ",%"
+}
+
 // RolloutResults implements rollout.RolloutStore. A record retried after
 // a failure keeps its result_at but is offered again (state offered),
 // so it counts again only once it reports a new result.
-func (s *RolloutStore) RolloutResults(ctx context.Context, rolloutID string, since, silentBefore time.Time) (map[string]rollout.Results, error) {
+func (s *RolloutStore) RolloutResults(ctx context.Context, q rollout.ResultsQuery) (map[string]rollout.Results, error) {
 	type count struct {
-		Model                     string
-		Installed, Failed, Silent int64
+		Model                                string
+		Installed, Failed, Silent, Confirmed int64
 	}
 	var counts []count
-	q := s.db.gorm.WithContext(ctx)
-	if silentBefore.IsZero() {
-		q = q.Raw(rolloutResultsSQL, rolloutResultsArgs(rolloutID, since)...)
+	db := s.db.gorm.WithContext(ctx)
+	if q.SilentBefore.IsZero() && q.Confirm == nil {
+		db = db.Raw(rolloutResultsSQL, rolloutResultsArgs(q.RolloutID, q.Since)...)
 	} else {
-		q = q.Raw(rolloutSilenceSQL, map[string]any{"rollout": rolloutID, "since": dbTime(since),
-			"silent_before": dbTime(silentBefore), "installed": handsets.StateInstalled, "failed": handsets.StateFailed,
+		build, patch := "", ""
+		if q.Confirm != nil {
+			build, patch = q.Confirm.InstallsBuild, likePatch(q.Confirm.PatchID)
+		}
+		db = db.Raw(rolloutJoinSQL, map[string]any{"rollout": q.RolloutID, "since": dbTime(q.Since),
+			"silent_before": dbTime(q.SilentBefore), "build": build, "patch": patch,
+			"installed": handsets.StateInstalled, "failed": handsets.StateFailed,
 			"rolled_back": handsets.StateRolledBack, "downloading": handsets.StateDownloading,
 			"downloaded": handsets.StateDownloaded, "verified": handsets.StateVerified, "installing": handsets.StateInstalling})
 	}
-	if err := q.Scan(&counts).Error; err != nil {
-		return nil, fmt.Errorf("rollout %s: count results: %w", rolloutID, err)
+	if err := db.Scan(&counts).Error; err != nil {
+		return nil, fmt.Errorf("rollout %s: count results: %w", q.RolloutID, err)
 	}
 	out := make(map[string]rollout.Results, len(counts))
 	for _, c := range counts {
 		if c.Installed+c.Failed+c.Silent > 0 {
-			out[c.Model] = rollout.Results{Installed: c.Installed, Failed: c.Failed, Silent: c.Silent}
+			out[c.Model] = rollout.Results{Installed: c.Installed, Failed: c.Failed, Silent: c.Silent, Confirmed: c.Confirmed}
 		}
 	}
 	return out, nil

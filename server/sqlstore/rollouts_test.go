@@ -33,6 +33,7 @@ func TestRolloutStore(t *testing.T) {
 		{"DeviceRolloutUpsert", testDeviceRolloutUpsert},
 		{"RolloutResults", testRolloutResults},
 		{"RolloutSilence", testRolloutSilence},
+		{"RolloutConfirmations", testRolloutConfirmations},
 		{"RolloutResultsUsesIndex", testRolloutResultsUsesIndex},
 		{"RolloutResultsLeaveOutLateEnrollees", testRolloutResultsLeaveOutLateEnrollees},
 		{"ClaimOfferConcurrent", testClaimOfferConcurrent},
@@ -560,7 +561,7 @@ func testRolloutResults(t *testing.T, b backend) {
 		{"ro_none", since, map[string]rollout.Results{}},
 	} {
 		t.Run(fmt.Sprintf("%s since %s", tc.rollout, tc.since.Format("15:04:05.000000")), func(t *testing.T) {
-			got, err := s.RolloutResults(t.Context(), tc.rollout, tc.since, time.Time{})
+			got, err := s.RolloutResults(t.Context(), rollout.ResultsQuery{RolloutID: tc.rollout, Since: tc.since})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -637,7 +638,7 @@ func testRolloutResultsLeaveOutLateEnrollees(t *testing.T, b backend) {
 	for id, at := range enrolled {
 		add("new_"+id, at, true)
 	}
-	got, err := s.RolloutResults(ctx, "ro_1", start, time.Time{})
+	got, err := s.RolloutResults(ctx, rollout.ResultsQuery{RolloutID: "ro_1", Since: start})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -755,7 +756,7 @@ func testEraseDeletesDeviceRollouts(t *testing.T, b backend) {
 	if n := countRows(t, db, "device_rollouts", "device_id = ?", "dev_b"); n != 2 {
 		t.Errorf("records of the other device: got %d, want 2", n)
 	}
-	res, err := s.RolloutResults(t.Context(), "ro_1", t0, time.Time{})
+	res, err := s.RolloutResults(t.Context(), rollout.ResultsQuery{RolloutID: "ro_1", Since: t0})
 	if err != nil || res["PX-7"].Installed != 1 {
 		t.Errorf("results after the erasure: got %v, %v, want 1 installed", res, err)
 	}
@@ -837,7 +838,7 @@ func testRolloutSilence(t *testing.T, b backend) {
 	}
 	count := func(silentBefore time.Time) map[string]rollout.Results {
 		t.Helper()
-		got, err := s.RolloutResults(t.Context(), "ro_1", since, silentBefore)
+		got, err := s.RolloutResults(t.Context(), rollout.ResultsQuery{RolloutID: "ro_1", Since: since, SilentBefore: silentBefore})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -861,5 +862,44 @@ func testRolloutSilence(t *testing.T, b backend) {
 	}
 	if got, want := count(silentBefore), (map[string]rollout.Results{"PX-8": {Installed: 3, Silent: 1}, "PX-7": {Installed: 1, Failed: 1}}); !reflect.DeepEqual(got, want) {
 		t.Errorf("after a silent handset checked in: got %v, want %v", got, want)
+	}
+}
+
+// testRolloutConfirmations: with Confirm, an installed record counts as
+// confirmed once its handset has checked in after the result on the
+// release's build with the patch, and not before, on another build or
+// without the patch; the other counts are as without it.
+func testRolloutConfirmations(t *testing.T, b backend) {
+	_, devices, s := mustRollouts(t, b)
+	mustCreateRollout(t, s, "ro_1")
+	result := t0.Add(time.Hour)
+	for i, rec := range []struct {
+		model, state, build string
+		patches             []string
+		lastSeen            time.Time
+	}{
+		{"PX-7", handsets.StateInstalled, "7.5.0", []string{"CM-2026-001"}, result.Add(time.Minute)},                // confirmed
+		{"PX-7", handsets.StateInstalled, "7.5.0", []string{"CM-2025-009", "CM-2026-001"}, result.Add(time.Minute)}, // confirmed, among others
+		{"PX-7", handsets.StateInstalled, "7.5.0", []string{"CM-2026-001"}, result},                                 // not back since
+		{"PX-7", handsets.StateInstalled, "7.2.1", []string{}, result.Add(time.Minute)},                             // back on the old build
+		{"PX-7", handsets.StateInstalled, "7.5.0", []string{"CM-2026-0011"}, result.Add(time.Minute)},               // another patch
+		{"PX-8", handsets.StateInstalled, "7.5.0", []string{"CM-2026-001"}, result.Add(time.Minute)},                // confirmed
+		{"PX-8", handsets.StateFailed, "7.5.0", []string{"CM-2026-001"}, result.Add(time.Minute)},                   // failed: never confirmed
+	} {
+		id := fmt.Sprintf("dev_%03d", i)
+		d := newDevice(id, rec.model)
+		d.EnrolledAt, d.LastSeen, d.Build, d.InstalledPatches = t0.Add(-4*time.Hour), rec.lastSeen, rec.build, rec.patches
+		mustEnroll(t, devices, d, "hash-"+id)
+		mustPutDeviceRollout(t, s, &handsets.DeviceRollout{RolloutID: "ro_1", DeviceID: id, Model: rec.model,
+			StartingBuild: "7.2.1", OfferedAt: t0, LastOfferedAt: t0, State: rec.state, Attempts: 1, ResultAt: result})
+	}
+	rel := &rollout.RolloutRelease{Target: "cm/update.zip", PatchID: "CM-2026-001", InstallsBuild: "7.5.0"}
+	got, err := s.RolloutResults(t.Context(), rollout.ResultsQuery{RolloutID: "ro_1", Since: t0, Confirm: rel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]rollout.Results{"PX-7": {Installed: 5, Confirmed: 2}, "PX-8": {Installed: 1, Failed: 1, Confirmed: 1}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %v, want %v", got, want)
 	}
 }

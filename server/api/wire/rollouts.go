@@ -31,6 +31,9 @@ type RolloutRequest struct {
 	// MaxSilenceRate (a fraction) is a limit of its own for them.
 	SilenceAfter   *string  `json:"silence_after,omitempty"`
 	MaxSilenceRate *float64 `json:"max_silence_rate,omitempty"`
+	// MinConfirmations is how many handsets of a stage must be back on
+	// the release's build before it advances on its own.
+	MinConfirmations *int64 `json:"min_confirmations,omitempty"`
 	// Window is "01:00-05:00" in the handsets' local time; empty is any
 	// hour.
 	Window string `json:"window,omitempty"`
@@ -119,8 +122,9 @@ type RolloutPolicy struct {
 	MaxOffersPerMinute int      `json:"max_offers_per_minute"`
 	Window             string   `json:"window"`
 	// SilenceAfter is "" when silence is off.
-	SilenceAfter   string  `json:"silence_after,omitempty"`
-	MaxSilenceRate float64 `json:"max_silence_rate,omitempty"`
+	SilenceAfter     string  `json:"silence_after,omitempty"`
+	MaxSilenceRate   float64 `json:"max_silence_rate,omitempty"`
+	MinConfirmations int64   `json:"min_confirmations,omitempty"`
 }
 
 // RolloutHold is a halt (no model) or a held model, with the numbers
