@@ -194,14 +194,7 @@ func NewExposureReport(er *ExposureRollups, opts ExposureOptions, now time.Time)
 	rep := &ExposureReport{Day: er.Day, GeneratedAt: now.UTC(), Samples: []ExposureSample{}}
 	models := map[string]*ExposureCounts{}
 	regions := map[string]*ExposureCounts{}
-	at := func(m map[string]*ExposureCounts, k string) *ExposureCounts {
-		c := m[k]
-		if c == nil {
-			c = &ExposureCounts{}
-			m[k] = c
-		}
-		return c
-	}
+	at := entry[ExposureCounts]
 	for _, s := range er.Segments {
 		if s.N <= 0 {
 			continue

@@ -190,3 +190,14 @@ func (r *Reports) now() time.Time { return clock.Now(r.Now) }
 
 // Clock is the time the API reads reports at: Now, or the wall clock.
 func (r *Reports) Clock() time.Time { return r.now() }
+
+// entry is m's value for k, a new zero one the first time: the reports
+// sum rollup rows into one entry per model, build or region.
+func entry[T any](m map[string]*T, k string) *T {
+	c := m[k]
+	if c == nil {
+		c = new(T)
+		m[k] = c
+	}
+	return c
+}

@@ -201,14 +201,7 @@ func NewRolloutReport(ro *rollout.Rollout, rr *RolloutRollups, now time.Time) *R
 
 	byModel := map[string]*CohortCounts{}
 	byBuild := map[string]*CohortCounts{}
-	at := func(m map[string]*CohortCounts, k string) *CohortCounts {
-		c := m[k]
-		if c == nil {
-			c = &CohortCounts{}
-			m[k] = c
-		}
-		return c
-	}
+	at := entry[CohortCounts]
 	elig := eligibility{ro: ro, builds: map[string]bool{}, patches: map[string]bool{}}
 	for _, fc := range rr.Fleet {
 		if fc.N > 0 && elig.eligible(&fc) {

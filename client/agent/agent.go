@@ -359,7 +359,14 @@ func (a *Agent) build() string {
 
 // Run runs the agent until ctx ends, and returns nil then; it returns an
 // error only for a state folder it cannot use.
-func (a *Agent) Run(ctx context.Context) error {
+func (a *Agent) Run(ctx context.Context) error { return a.run(ctx, false) }
+
+// RunUntilIdle is Run that also returns once a step leaves nothing to do
+// until the next check-in (Idle): one pass from a cron job or a boot
+// script, the offer of that check-in installed and reported.
+func (a *Agent) RunUntilIdle(ctx context.Context) error { return a.run(ctx, true) }
+
+func (a *Agent) run(ctx context.Context, untilIdle bool) error {
 	for {
 		wait, err := a.Step(ctx)
 		if ctx.Err() != nil {
@@ -371,6 +378,8 @@ func (a *Agent) Run(ctx context.Context) error {
 				return err
 			}
 			a.log.Warn("update agent step failed", "error", Describe(err), "retry_in", wait.Round(time.Millisecond).String())
+		} else if untilIdle && a.Idle() {
+			return nil
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -520,7 +529,7 @@ func (a *Agent) queue(state, code, message string) error {
 	h := hex.EncodeToString(id)
 	b := wire.ReportBody{ReportID: h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:],
 		PatchID: j.Offer.PatchID, RolloutID: j.Offer.RolloutID, Target: j.Offer.Target, State: state,
-		ErrorCode: code, Message: reportMessage(message)}
+		ErrorCode: code, Message: ReportMessage(message)}
 	at := a.cfg.Now().UTC()
 	b.At = &at
 	if err := a.outbox.Add(b); err != nil {
@@ -671,9 +680,9 @@ func DefaultBackoff(n int) time.Duration {
 	return d/2 + mrand.N(d/2+1)
 }
 
-// reportMessage fits a message into what the server accepts: one line of
-// at most 256 bytes.
-func reportMessage(s string) string {
+// ReportMessage fits a message into what the server accepts of a
+// report's message: one line of at most 256 bytes, cut on a character.
+func ReportMessage(s string) string {
 	s = strings.Join(strings.Fields(s), " ")
 	if len(s) <= 256 {
 		return s

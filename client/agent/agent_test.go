@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/server/api/wire"
@@ -221,5 +222,15 @@ func TestOfferCannotNameFiles(t *testing.T) {
 	}
 	if got := strings.Join(states, ","); got != "downloading:,failed:E_TUF_VERIFY" {
 		t.Errorf("reports %s, want downloading then failed with E_TUF_VERIFY", got)
+	}
+}
+
+// TestReportMessage: a message becomes one line of at most 256 bytes,
+// cut on a character, as the server's report rule wants.
+func TestReportMessage(t *testing.T) {
+	long := strings.Repeat("é", 300)
+	got := ReportMessage("a\nb\t" + long)
+	if len(got) > 256 || strings.ContainsAny(got, "\n\t") || !strings.HasPrefix(got, "a b ") || !utf8.ValidString(got) {
+		t.Errorf("ReportMessage = %q (%d bytes)", got, len(got))
 	}
 }

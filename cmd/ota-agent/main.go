@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/client/agent"
@@ -135,7 +134,7 @@ func run(args []string, stderr io.Writer) int {
 	log.Info("ota-agent started", "device_id", st.DeviceID, "build", st.Build, "installed_patches", st.InstalledPatches,
 		"outbox", st.Outbox, "once", *once)
 	if *once {
-		err = runOnce(ctx, a, log)
+		err = a.RunUntilIdle(ctx)
 	} else {
 		err = a.Run(ctx)
 	}
@@ -145,33 +144,4 @@ func run(args []string, stderr io.Writer) int {
 	}
 	log.Info("ota-agent stopped")
 	return exitOK
-}
-
-// runOnce steps until the agent is idle or ctx ends.
-func runOnce(ctx context.Context, a *agent.Agent, log *slog.Logger) error {
-	for {
-		wait, err := a.Step(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		var se *agent.StateError
-		if errors.As(err, &se) {
-			return err
-		}
-		if err != nil {
-			log.Warn("update agent step failed", "error", agent.Describe(err), "retry_in", wait.Round(time.Millisecond).String())
-		} else if a.Idle() {
-			return nil
-		}
-		if err == nil {
-			continue // a step that succeeded and is not idle goes on at once
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-	}
 }

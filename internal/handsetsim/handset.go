@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/client/agent"
@@ -529,7 +528,7 @@ func (f *Fleet) fail(i int, h *Handset, code, message string) {
 		}
 	}
 	h.result, h.failCode, h.failedPatch = ResultFailed, code, h.offer.PatchID
-	h.setPending(stFailed, code, reportMessage(message))
+	h.setPending(stFailed, code, agent.ReportMessage(message))
 	h.phase = phaseReport
 	if f.cfg.OnResult != nil {
 		f.cfg.OnResult(i, h.installs, code)
@@ -549,20 +548,6 @@ func (f *Fleet) giveUp(h *Handset, op string, err error) {
 	h.result, h.failCode = ResultGaveUp, op+": "+ErrorKind(err)
 	f.lastGiveUp.Store(op + ": " + oneLine(err.Error()))
 	f.settle(h)
-}
-
-// reportMessage fits a message into what the server accepts: one line of
-// at most 256 bytes.
-func reportMessage(s string) string {
-	s = oneLine(s)
-	if len(s) <= 256 {
-		return s
-	}
-	s = s[:253]
-	for !utf8.ValidString(s) {
-		s = s[:len(s)-1]
-	}
-	return s + "..."
 }
 
 // retryAt is when to retry after err: when the server said (Retry-After),

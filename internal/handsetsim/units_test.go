@@ -3,7 +3,6 @@ package handsetsim
 import (
 	"errors"
 	"net/url"
-	"strings"
 	"testing"
 	"time"
 
@@ -102,13 +101,5 @@ func TestResolveOfferURL(t *testing.T) {
 		if tc.ignored != (len(said) == 1) || len(said) > 1 {
 			t.Errorf("server %s, offered %q: said %q; want one warning: %v", tc.server, tc.raw, said, tc.ignored)
 		}
-	}
-}
-
-func TestReportMessage(t *testing.T) {
-	long := strings.Repeat("é", 300)
-	got := reportMessage("a\nb\t" + long)
-	if len(got) > 256 || strings.ContainsAny(got, "\n\t") || !strings.HasPrefix(got, "a b ") {
-		t.Errorf("reportMessage = %q (%d bytes)", got, len(got))
 	}
 }
