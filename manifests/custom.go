@@ -2,7 +2,9 @@ package manifests
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -34,7 +36,43 @@ type TargetCustom struct {
 	// Released is when the release was drafted; the server sets it, and
 	// among several targets a handset may take, the newest wins.
 	Released time.Time `json:"released,omitzero"`
+	// Incrementals, on a release's full image, maps a starting build to
+	// the target of the incremental payload from it: the signed list of
+	// a release's incrementals. The server sets it from the release's
+	// incrementals (Release.Incrementals).
+	Incrementals map[string]string `json:"incrementals,omitempty"`
+	// Incremental, on an incremental payload, says what it is: the full
+	// image it stands for, the one build it applies to, and its format.
+	// The server sets it; such a target is part of its release, never a
+	// release of its own.
+	Incremental *Incremental `json:"incremental,omitempty"`
 }
+
+// The formats of an incremental payload.
+const (
+	// FormatPackage is the maker's own incremental package (AOSP's
+	// ota_from_target_files -i): the handset's installer applies it.
+	FormatPackage = "package"
+	// FormatZstdPatch is a binary delta made by otactl delta (package
+	// manifests/delta): the agent applies it to the running build's
+	// image and checks the result against the full image's signed hash
+	// before the installer sees it.
+	FormatZstdPatch = "zstd-patch"
+)
+
+// Incremental is the custom metadata that makes a target an incremental
+// payload of a release.
+type Incremental struct {
+	// Of is the target path of the release's full image.
+	Of string `json:"of"`
+	// FromBuild is the only build it applies to.
+	FromBuild string `json:"from_build"`
+	// Format is FormatPackage or FormatZstdPatch.
+	Format string `json:"format"`
+}
+
+// MaxIncrementals is how many incremental payloads one release may carry.
+const MaxIncrementals = 32
 
 var (
 	idPattern    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -81,6 +119,39 @@ func (c TargetCustom) Validate() error {
 			return fmt.Errorf("extra %s: at most 256 printable characters", k)
 		}
 	}
+	if len(c.Incrementals) > MaxIncrementals {
+		return fmt.Errorf("incrementals: at most %d", MaxIncrementals)
+	}
+	for b, p := range c.Incrementals {
+		if !buildPattern.MatchString(b) {
+			return fmt.Errorf("incrementals: build %q: want 1-64 letters, digits, '.', '_', '+' or '-'", b)
+		}
+		if err := ValidateTargetPath(p); err != nil {
+			return fmt.Errorf("incrementals: %s: %w", b, err)
+		}
+	}
+	if i := c.Incremental; i != nil {
+		if len(c.Incrementals) > 0 {
+			return fmt.Errorf("incremental: an incremental payload lists no incrementals of its own")
+		}
+		if err := ValidateTargetPath(i.Of); err != nil {
+			return fmt.Errorf("incremental.of: %w", err)
+		}
+		if !buildPattern.MatchString(i.FromBuild) {
+			return fmt.Errorf("incremental.from_build %q: want 1-64 letters, digits, '.', '_', '+' or '-'", i.FromBuild)
+		}
+		if err := ValidateFormat(i.Format); err != nil {
+			return fmt.Errorf("incremental.format: %w", err)
+		}
+	}
+	return nil
+}
+
+// ValidateFormat checks an incremental payload's format.
+func ValidateFormat(f string) error {
+	if f != FormatPackage && f != FormatZstdPatch {
+		return fmt.Errorf("%q: want %s (the maker's incremental package) or %s (otactl delta make)", f, FormatPackage, FormatZstdPatch)
+	}
 	return nil
 }
 
@@ -108,6 +179,12 @@ func (c TargetCustom) Describe() string {
 	}
 	if c.NumberEncryption != "" {
 		parts = append(parts, "phone number encryption "+c.NumberEncryption)
+	}
+	if n := len(c.Incrementals); n > 0 {
+		parts = append(parts, fmt.Sprintf("incrementals from %s", strings.Join(slices.Sorted(maps.Keys(c.Incrementals)), ", ")))
+	}
+	if i := c.Incremental; i != nil {
+		parts = append(parts, fmt.Sprintf("incremental (%s) of %s from build %s", i.Format, i.Of, i.FromBuild))
 	}
 	return strings.Join(parts, "; ")
 }

@@ -43,6 +43,27 @@ type Release struct {
 	Length int64
 	SHA256 string
 	Custom TargetCustom
+	// Incrementals are payloads of the same patch, each for handsets on
+	// one starting build, uploaded like the full image. Each becomes a
+	// target of its own, signed with the release, whose custom metadata
+	// is the release's with Incremental set; the full image's lists them
+	// (TargetCustom.Incrementals).
+	Incrementals []IncrementalPayload
+}
+
+// IncrementalPayload is one incremental payload of a Release.
+type IncrementalPayload struct {
+	FromBuild string
+	Path      string
+	Length    int64
+	SHA256    string
+	Format    string // FormatPackage or FormatZstdPatch
+}
+
+// artifact is an uploaded file a draft names.
+type artifact struct {
+	what, path, sha256 string
+	length             int64
 }
 
 // CreateRootDraft drafts root v1 with an empty targets v1 (the ceremony)
@@ -111,36 +132,79 @@ func (r *Repository) CreateReleaseDraft(ctx context.Context, rel Release, by str
 	if err := ValidateTargetPath(rel.Path); err != nil {
 		return nil, fmt.Errorf("%w: path: %w", ErrInvalid, err)
 	}
-	sum, err := hex.DecodeString(rel.SHA256)
-	if err != nil || len(sum) != sha256.Size || hex.EncodeToString(sum) != rel.SHA256 {
-		return nil, fmt.Errorf("%w: sha256 %q: want 64 lowercase hex digits", ErrInvalid, rel.SHA256)
+	if rel.Custom.Incrementals != nil || rel.Custom.Incremental != nil {
+		return nil, fmt.Errorf("%w: custom: incrementals and incremental are set by the server from the release's incrementals", ErrInvalid)
+	}
+	if len(rel.Incrementals) > MaxIncrementals {
+		return nil, fmt.Errorf("%w: incrementals: at most %d", ErrInvalid, MaxIncrementals)
+	}
+	files := []artifact{{what: "path", path: rel.Path, sha256: rel.SHA256, length: rel.Length}}
+	paths := map[string]bool{rel.Path: true}
+	for i, inc := range rel.Incrementals {
+		what := fmt.Sprintf("incrementals[%d]", i)
+		if err := ValidateTargetPath(inc.Path); err != nil {
+			return nil, fmt.Errorf("%w: %s.path: %w", ErrInvalid, what, err)
+		}
+		if paths[inc.Path] {
+			return nil, fmt.Errorf("%w: %s.path %q: every payload needs a path of its own", ErrInvalid, what, inc.Path)
+		}
+		paths[inc.Path] = true
+		if err := ValidateFormat(inc.Format); err != nil {
+			return nil, fmt.Errorf("%w: %s.format: %w", ErrInvalid, what, err)
+		}
+		if rel.Custom.Incrementals == nil {
+			rel.Custom.Incrementals = map[string]string{}
+		}
+		if _, dup := rel.Custom.Incrementals[inc.FromBuild]; dup {
+			return nil, fmt.Errorf("%w: %s.from_build %q: one incremental per starting build", ErrInvalid, what, inc.FromBuild)
+		}
+		if inc.FromBuild == rel.Custom.InstallsBuild {
+			return nil, fmt.Errorf("%w: %s.from_build %q is the build the release installs", ErrInvalid, what, inc.FromBuild)
+		}
+		rel.Custom.Incrementals[inc.FromBuild] = inc.Path
+		files = append(files, artifact{what: what, path: inc.Path, sha256: inc.SHA256, length: inc.Length})
 	}
 	if err := rel.Custom.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	rel.Custom.Released = r.now().UTC().Truncate(time.Second)
-	info, err := r.blobs.Stat(ctx, TargetKey(rel.Path, rel.SHA256))
-	if errors.Is(err, ErrNotExist) {
-		return nil, fmt.Errorf("%w: artifact %s with sha256 %s is not uploaded", ErrInvalid, rel.Path, rel.SHA256)
+	sums := make([][]byte, len(files))
+	for i, f := range files {
+		sum, err := r.checkArtifact(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		sums[i] = sum
 	}
-	if err != nil {
-		return nil, err
+	customs := make([]json.RawMessage, len(files))
+	for i := range files {
+		c := rel.Custom
+		if i > 0 {
+			inc := rel.Incrementals[i-1]
+			c.Incrementals = nil
+			c.Incremental = &Incremental{Of: rel.Path, FromBuild: inc.FromBuild, Format: inc.Format}
+		}
+		b, err := json.Marshal(c)
+		if err != nil {
+			return nil, err
+		}
+		customs[i] = b
 	}
-	if info.Size != rel.Length {
-		return nil, fmt.Errorf("%w: artifact %s is %d bytes, not %d", ErrInvalid, rel.Path, info.Size, rel.Length)
-	}
-	custom, err := json.Marshal(rel.Custom)
-	if err != nil {
-		return nil, err
-	}
-	raw := json.RawMessage(custom)
 	if err := r.Load(ctx); err != nil {
 		return nil, err
 	}
 	st := r.state.Load()
 	d := &Draft{Kind: DraftKindRelease}
+	var err error
 	d.Targets, err = r.nextTargets(st, r.now(), func(t map[string]*metadata.TargetFiles) error {
-		t[rel.Path] = &metadata.TargetFiles{Length: rel.Length, Hashes: metadata.Hashes{"sha256": sum}, Custom: &raw}
+		// A release replaced drops the incrementals it had.
+		dropIncrementals(t, rel.Path)
+		for i, f := range files {
+			if old, ok := t[f.path]; ok && i > 0 && incrementalOf(old) == "" {
+				return fmt.Errorf("%w: %s.path %q is a published release of its own", ErrInvalid, f.what, f.path)
+			}
+			t[f.path] = &metadata.TargetFiles{Length: f.length, Hashes: metadata.Hashes{"sha256": sums[i]}, Custom: &customs[i]}
+		}
 		return nil
 	})
 	if err != nil {
@@ -149,8 +213,51 @@ func (r *Repository) CreateReleaseDraft(ctx context.Context, rel Release, by str
 	return r.createDraft(ctx, d, by)
 }
 
-// CreateYankDraft drafts the next targets version without targetPath, so
-// that no handset is offered it again.
+// checkArtifact checks that f is uploaded with its length, and returns
+// its decoded sha256.
+func (r *Repository) checkArtifact(ctx context.Context, f artifact) ([]byte, error) {
+	sum, err := hex.DecodeString(f.sha256)
+	if err != nil || len(sum) != sha256.Size || hex.EncodeToString(sum) != f.sha256 {
+		return nil, fmt.Errorf("%w: %s: sha256 %q: want 64 lowercase hex digits", ErrInvalid, f.what, f.sha256)
+	}
+	info, err := r.blobs.Stat(ctx, TargetKey(f.path, f.sha256))
+	if errors.Is(err, ErrNotExist) {
+		return nil, fmt.Errorf("%w: artifact %s with sha256 %s is not uploaded", ErrInvalid, f.path, f.sha256)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if info.Size != f.length {
+		return nil, fmt.Errorf("%w: artifact %s is %d bytes, not %d", ErrInvalid, f.path, info.Size, f.length)
+	}
+	return sum, nil
+}
+
+// incrementalOf is the full image a target is an incremental payload
+// of, or "".
+func incrementalOf(t *metadata.TargetFiles) string {
+	var c struct {
+		Incremental *Incremental `json:"incremental"`
+	}
+	if t.Custom == nil || json.Unmarshal(*t.Custom, &c) != nil || c.Incremental == nil {
+		return ""
+	}
+	return c.Incremental.Of
+}
+
+// dropIncrementals removes the incremental payloads of the release at
+// path from t.
+func dropIncrementals(t map[string]*metadata.TargetFiles, path string) {
+	for p, tf := range t {
+		if incrementalOf(tf) == path {
+			delete(t, p)
+		}
+	}
+}
+
+// CreateYankDraft drafts the next targets version without targetPath, and
+// without its incremental payloads, so that no handset is offered it
+// again.
 func (r *Repository) CreateYankDraft(ctx context.Context, targetPath, by string) (*Draft, error) {
 	if err := r.Load(ctx); err != nil {
 		return nil, err
@@ -163,6 +270,8 @@ func (r *Repository) CreateYankDraft(ctx context.Context, targetPath, by string)
 			return fmt.Errorf("target %q is not published: %w", targetPath, ErrNotExist)
 		}
 		delete(t, targetPath)
+		// Its incrementals go with it: nothing offers them alone.
+		dropIncrementals(t, targetPath)
 		return nil
 	})
 	if err != nil {

@@ -69,10 +69,17 @@ type targetIndex struct {
 	byPath  map[string]release
 }
 
-// release is a published target with its custom metadata decoded.
+// release is a published target with its custom metadata decoded: a
+// release's full image, or one of its incremental payloads.
 type release struct {
 	target manifests.TargetInfo
 	custom manifests.TargetCustom
+}
+
+// payload is the target as an offer's payload: the full image (the
+// caller sets FromBuild and FullBytes of an incremental one).
+func (r release) payload() rollout.Payload {
+	return rollout.Payload{Target: r.target.Path, Bytes: r.target.Length, FullBytes: r.target.Length}
 }
 
 // keepAborted is how long an aborted rollout stays in the copy: handsets
@@ -157,13 +164,21 @@ func (e *RolloutEligibility) Decide(ctx context.Context, d *handsets.Device, rec
 		return Answer{Decision: dec}, nil
 	}
 	r := findRollout(rollouts, dec.RolloutID)
-	if dec.TakesBudget() {
-		var prev *handsets.DeviceRollout
-		for _, dr := range records {
-			if dr.RolloutID == dec.RolloutID {
-				prev = dr
-			}
+	var prev *handsets.DeviceRollout
+	for _, dr := range records {
+		if dr.RolloutID == dec.RolloutID {
+			prev = dr
 		}
+	}
+	rel := targets[r.Release.Target]
+	dec.Payload = rollout.ChoosePayload(rel.payload(), d.Build, prev, func(build string) (rollout.Payload, bool) {
+		inc, ok := targets[rel.custom.Incrementals[build]]
+		if !ok || inc.custom.Incremental == nil || inc.custom.Incremental.Of != rel.target.Path {
+			return rollout.Payload{}, false
+		}
+		return inc.payload(), true
+	})
+	if dec.TakesBudget() {
 		ok, err := e.Store.RecordOffer(ctx, dec, prev, dec.Record(prev, d, in.Now), r.Policy.MaxOffersPerMinute, in.Now)
 		if err != nil {
 			return Answer{}, err
@@ -173,9 +188,10 @@ func (e *RolloutEligibility) Decide(ctx context.Context, d *handsets.Device, rec
 			return Answer{Decision: dec.CapReached()}, nil
 		}
 	}
-	rel := targets[r.Release.Target]
-	return Answer{Decision: dec, Offer: &Offer{Target: rel.target.Path, Length: rel.target.Length,
-		SHA256: rel.target.SHA256, PatchID: rel.custom.PatchID, RolloutID: r.ID, Custom: rel.custom}}, nil
+	offered := targets[dec.Payload.Target]
+	return Answer{Decision: dec, Offer: &Offer{Target: offered.target.Path, Length: offered.target.Length,
+		SHA256: offered.target.SHA256, PatchID: rel.custom.PatchID, RolloutID: r.ID, Custom: offered.custom,
+		Incremental: dec.Payload.Incremental(), FullLength: rel.target.Length}}, nil
 }
 
 func findRollout(rollouts []*rollout.Rollout, id string) *rollout.Rollout {

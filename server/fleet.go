@@ -36,6 +36,10 @@ type Offer struct {
 	// Custom is the target's signed custom metadata; the handset trusts
 	// only what its TUF client verifies, this is for display and logs.
 	Custom manifests.TargetCustom
+	// Incremental says Target is an incremental payload of the release
+	// for the handset's build; FullLength is the full image's size.
+	Incremental bool
+	FullLength  int64
 }
 
 // Fleet is the handset side of the server: enrollment, check-ins, reports,

@@ -62,6 +62,8 @@ type RolloutRollups struct {
 	// RecordTimes, when not nil, count the records by time for a
 	// timeline finer than an hour (RolloutRecordTimes).
 	RecordTimes []RecordTimeCount
+	// Payloads count the first and retry offers by payload.
+	Payloads []PayloadCount
 }
 
 // StateHourDelta is the net change of how many of a rollout's records

@@ -106,6 +106,30 @@ type RolloutReport struct {
 	// Halt is why the rollout stopped on its own; Holds the held models.
 	Halt  *rollout.Hold  `json:"halt,omitempty"`
 	Holds []rollout.Hold `json:"holds"`
+	// Bytes is what the offers (first offers and retries; a repeat of an
+	// offer to a handset still on it is not counted) cost in payloads,
+	// against what the full image would have cost them.
+	Bytes PayloadBytes `json:"bytes"`
+}
+
+// PayloadBytes are a rollout's offers in bytes: Offered is the sum of
+// the payloads offered, Full what the full image would have come to,
+// Saved the difference. ByPayload splits them by payload, the full image
+// (from_build "") first, then the incrementals by starting build.
+type PayloadBytes struct {
+	Offered   int64          `json:"offered"`
+	Full      int64          `json:"full"`
+	Saved     int64          `json:"saved"`
+	ByPayload []PayloadCount `json:"by_payload"`
+}
+
+// PayloadCount is one payload's offers: FromBuild is the starting build
+// of an incremental one, "" for the full image.
+type PayloadCount struct {
+	FromBuild string `json:"from_build"`
+	Offers    int64  `json:"offers"`
+	Bytes     int64  `json:"bytes"`
+	FullBytes int64  `json:"full_bytes"`
 }
 
 // ModelCohort is CohortCounts for one model.
@@ -291,7 +315,28 @@ func NewRolloutReport(ro *rollout.Rollout, rr *RolloutRollups, now time.Time) *R
 		rep.Halt = &h
 	}
 	rep.Holds = append(rep.Holds, ro.Holds...)
+	rep.Bytes = payloadBytes(rr.Payloads)
 	return rep
+}
+
+// payloadBytes sums the payload counts: the full image first, then the
+// incrementals by starting build.
+func payloadBytes(counts []PayloadCount) PayloadBytes {
+	pb := PayloadBytes{ByPayload: []PayloadCount{}}
+	for _, c := range counts {
+		if c.Offers <= 0 {
+			continue
+		}
+		pb.Offered += c.Bytes
+		pb.Full += c.FullBytes
+		pb.ByPayload = append(pb.ByPayload, c)
+	}
+	pb.Saved = pb.Full - pb.Offered
+	slices.SortFunc(pb.ByPayload, func(a, b PayloadCount) int {
+		return cmp.Or(cmp.Compare(min(len(a.FromBuild), 1), min(len(b.FromBuild), 1)),
+			handsets.CompareBuilds(a.FromBuild, b.FromBuild), strings.Compare(a.FromBuild, b.FromBuild))
+	})
+	return pb
 }
 
 // eligibility decides which fleet counts a rollout could still offer

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -146,13 +147,22 @@ func (s *Server) createRelease(c echo.Context) error {
 	if err := handsets.ValidatePatchID("custom.patch_id", req.Custom.PatchID); err != nil {
 		return err
 	}
-	d, err := s.repo.CreateReleaseDraft(c.Request().Context(), manifests.Release{
-		Path: req.Path, Length: req.Length, SHA256: req.SHA256, Custom: req.Custom}, actor(c))
+	rel := manifests.Release{Path: req.Path, Length: req.Length, SHA256: req.SHA256, Custom: req.Custom}
+	var from []string
+	for _, inc := range req.Incrementals {
+		rel.Incrementals = append(rel.Incrementals, manifests.IncrementalPayload{FromBuild: inc.FromBuild, Path: inc.Path,
+			Length: inc.Length, SHA256: inc.SHA256, Format: inc.Format})
+		from = append(from, inc.FromBuild+"="+inc.Path)
+	}
+	d, err := s.repo.CreateReleaseDraft(c.Request().Context(), rel, actor(c))
 	if err != nil {
 		return err
 	}
-	if err := s.audit(c, "release.create", req.Path, map[string]string{"draft": d.ID, "sha256": req.SHA256,
-		"patch_id": req.Custom.PatchID}); err != nil {
+	details := map[string]string{"draft": d.ID, "sha256": req.SHA256, "patch_id": req.Custom.PatchID}
+	if len(from) > 0 {
+		details["incrementals"] = strings.Join(from, ",")
+	}
+	if err := s.audit(c, "release.create", req.Path, details); err != nil {
 		return err
 	}
 	return s.respondDraft(c, http.StatusCreated, d.ID)

@@ -38,7 +38,16 @@ type DeviceRollout struct {
 	// rolled-back report: health and advance count results by it
 	// (RolloutStore.RolloutResults).
 	ResultAt time.Time
+	// FullOnly is set once an incremental payload failed to apply on the
+	// handset (a failed report with CodeIncrementalApply): from then on
+	// it is offered the release's full image.
+	FullOnly bool
 }
+
+// CodeIncrementalApply is the error code of a failed report whose
+// incremental payload did not apply (the agent's, or an installer's):
+// the handset's next offer of the release is the full image.
+const CodeIncrementalApply = "E_INCREMENTAL_APPLY"
 
 // Installing reports whether the handset said it began installing and
 // has not finished: it keeps its offer whatever happens to the rollout.
@@ -60,6 +69,15 @@ func (dr *DeviceRollout) Failed() bool {
 // same attempt (reports may arrive out of order); installed, failed and
 // rolled back always do.
 func (dr *DeviceRollout) Observe(state string, receivedAt time.Time) {
+	dr.ObserveReport(state, "", receivedAt)
+}
+
+// ObserveReport is Observe of a report with its error code: a failure to
+// apply an incremental payload also makes the record FullOnly.
+func (dr *DeviceRollout) ObserveReport(state, errorCode string, receivedAt time.Time) {
+	if state == StateFailed && errorCode == CodeIncrementalApply {
+		dr.FullOnly = true
+	}
 	switch state {
 	case StateFailed, StateRolledBack:
 		dr.State, dr.LastFailureAt, dr.ResultAt = state, receivedAt, receivedAt

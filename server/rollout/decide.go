@@ -114,6 +114,39 @@ type Decision struct {
 	// applies. The caller answers the smaller of the two, so a handset
 	// still checks in at its interval.
 	PollAfter time.Duration
+	// Payload is which payload of the release an offer carries; the
+	// caller that knows the published targets sets it (ChoosePayload).
+	Payload Payload
+}
+
+// Payload is the payload an offer carries, against the full image: what
+// the rollout report's bytes offered and bytes saved add up.
+type Payload struct {
+	// Target is the payload's target path; FromBuild the starting build
+	// of an incremental payload, "" for the full image.
+	Target    string
+	FromBuild string
+	// Bytes is the payload's size, FullBytes the full image's.
+	Bytes, FullBytes int64
+}
+
+// Incremental reports whether p is an incremental payload.
+func (p Payload) Incremental() bool { return p.FromBuild != "" }
+
+// ChoosePayload picks the payload of a release for a handset on build
+// whose record of the rollout is prev (nil before the first offer): the
+// incremental payload from exactly that build when the release has one
+// (incremental, ok) and no incremental failed to apply on the handset
+// (prev.FullOnly), else the full image.
+func ChoosePayload(full Payload, build string, prev *handsets.DeviceRollout, incremental func(build string) (Payload, bool)) Payload {
+	if prev != nil && prev.FullOnly {
+		return full
+	}
+	if p, ok := incremental(build); ok {
+		p.FromBuild, p.FullBytes = build, full.Bytes
+		return p
+	}
+	return full
 }
 
 // Offered reports whether the decision is an offer.

@@ -213,6 +213,10 @@ func (s *RolloutService) release(path string) (RolloutRelease, error) {
 			return RolloutRelease{}, errs.Fieldf("release", "the custom metadata of %q is not a patch's", path)
 		}
 	}
+	if inc := c.Incremental; inc != nil {
+		return RolloutRelease{}, errs.Fieldf("release", "%q is an incremental payload of %s; roll out %s, and handsets on %s get this payload",
+			path, inc.Of, inc.Of, inc.FromBuild)
+	}
 	return RolloutRelease{Target: path, PatchID: c.PatchID, InstallsBuild: c.InstallsBuild,
 		Models: c.Models, BuildMin: c.BuildMin, BuildMax: c.BuildMax}, nil
 }

@@ -85,6 +85,12 @@ var (
 	failuresTable = &counterTable{name: "rollout_failures", keys: []counterColumn{
 		{"rollout_id", "text"}, {"error_code", "text"},
 	}, counts: []string{"n"}}
+	// payloadsTable counts a rollout's first and retry offers by payload
+	// (from_build "" for the full image): their bytes, and what the full
+	// image would have cost (migration 16).
+	payloadsTable = &counterTable{name: "rollout_payloads", keys: []counterColumn{
+		{"rollout_id", "text"}, {"from_build", "text"},
+	}, counts: []string{"offers", "bytes", "full_bytes"}}
 )
 
 // counterTables are every rollup with a delta log, in the order a fold
@@ -92,15 +98,16 @@ var (
 var counterTables = []*counterTable{
 	fleetCountsTable, fleetDailyTable, fleetTotalsTable, rolloutCountsTable,
 	stateHourlyTable, rolloutHourlyTable, installTimesTable, failuresTable,
+	payloadsTable,
 }
 
-// deltaLogSchema is migration 13: a log table per rollup, with the
-// rollup's columns and no key (appends never conflict), and on the
-// rollups whose counts go down an index of the rows at zero, which each
-// fold deletes.
-func deltaLogSchema() []string {
+// deltaLogSchema is the log tables of rollups tables (migration 13 made
+// those of the first eight): a log table per rollup, with the rollup's
+// columns and no key (appends never conflict), and on the rollups whose
+// counts go down an index of the rows at zero, which each fold deletes.
+func deltaLogSchema(tables ...*counterTable) []string {
 	var out []string
-	for _, t := range counterTables {
+	for _, t := range tables {
 		cols := make([]string, 0, len(t.keys)+len(t.counts))
 		for _, c := range t.keys {
 			cols = append(cols, c.name+" "+strings.ToUpper(c.pgType)+" NOT NULL")

@@ -256,7 +256,7 @@ const checkInStateSQL = `SELECT d.token_hash, d.id, d.key_fingerprint, d.key_sig
 	d.installed_patches, d.cloud_messaging, d.number_encryption, d.enrolled_at, d.last_seen, d.rev,
 	r.rollout_id AS r_rollout_id, r.model AS r_model, r.starting_build AS r_starting_build, r.offered_at AS r_offered_at,
 	r.last_offered_at AS r_last_offered_at, r.state AS r_state, r.attempts AS r_attempts,
-	r.last_failure_at AS r_last_failure_at, r.result_at AS r_result_at
+	r.last_failure_at AS r_last_failure_at, r.result_at AS r_result_at, r.full_only AS r_full_only
 FROM devices d LEFT JOIN device_rollouts r ON r.device_id = d.id
 WHERE `
 
@@ -273,7 +273,7 @@ const checkInStatePostgres = `SELECT d.token_hash, d.id, d.key_fingerprint, d.ke
 	d.installed_patches, d.cloud_messaging, d.number_encryption, d.enrolled_at, d.last_seen, d.rev,
 	r.rollout_id AS r_rollout_id, r.model AS r_model, r.starting_build AS r_starting_build, r.offered_at AS r_offered_at,
 	r.last_offered_at AS r_last_offered_at, r.state AS r_state, r.attempts AS r_attempts,
-	r.last_failure_at AS r_last_failure_at, r.result_at AS r_result_at
+	r.last_failure_at AS r_last_failure_at, r.result_at AS r_result_at, r.full_only AS r_full_only
 FROM unnest(CAST($1 AS text[])) AS t(hash)
 JOIN LATERAL (SELECT * FROM devices WHERE token_hash = t.hash) d ON true
 LEFT JOIN LATERAL (SELECT * FROM device_rollouts WHERE device_id = d.id) r ON true`
@@ -358,10 +358,11 @@ func (db *DB) readCheckInStates(ctx context.Context, query string, arg any) (map
 			rID, rModel, rBuild, rState          sql.NullString
 			rOffered, rLastOffered, rFail, rDone sql.NullTime
 			rAttempts                            sql.NullInt64
+			rFullOnly                            sql.NullBool
 		)
 		if err := rows.Scan(&hash, &dev.ID, &dev.KeyFingerprint, &dev.KeySignedAt, &dev.Model, &dev.Build, &dev.Channel, &dev.Region,
 			&dev.InstalledPatches, &dev.CloudMessaging, &dev.NumberEncryption, &dev.EnrolledAt, &dev.LastSeen, &dev.Rev,
-			&rID, &rModel, &rBuild, &rOffered, &rLastOffered, &rState, &rAttempts, &rFail, &rDone); err != nil {
+			&rID, &rModel, &rBuild, &rOffered, &rLastOffered, &rState, &rAttempts, &rFail, &rDone, &rFullOnly); err != nil {
 			return nil, err
 		}
 		st, seen := out[hash]
@@ -371,7 +372,8 @@ func (db *DB) readCheckInStates(ctx context.Context, query string, arg any) (map
 		if rID.Valid {
 			st.rollouts = append(st.rollouts, deviceRolloutRow{RolloutID: rID.String, DeviceID: dev.ID, Model: rModel.String,
 				StartingBuild: rBuild.String, OfferedAt: rOffered.Time, LastOfferedAt: rLastOffered.Time, State: rState.String,
-				Attempts: int(rAttempts.Int64), LastFailureAt: nullTime(rFail), ResultAt: nullTime(rDone)})
+				Attempts: int(rAttempts.Int64), LastFailureAt: nullTime(rFail), ResultAt: nullTime(rDone),
+				FullOnly: rFullOnly.Bool})
 		}
 		out[hash] = st
 	}

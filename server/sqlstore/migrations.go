@@ -199,7 +199,8 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 		// in batches.
 		Version: 13,
 		Name:    "rollup_delta_logs",
-		Common:  deltaLogSchema(),
+		Common: deltaLogSchema(fleetCountsTable, fleetDailyTable, fleetTotalsTable, rolloutCountsTable,
+			stateHourlyTable, rolloutHourlyTable, installTimesTable, failuresTable),
 	},
 	{
 		// Exposure samples (server.ExposureSampler): the day's exposure
@@ -222,6 +223,23 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 		Name:     "device_list",
 		SQLite:   deviceListSchema(""),
 		Postgres: deviceListSchema(` COLLATE "C"`),
+	},
+	{
+		// Incremental payloads: a record whose incremental did not apply
+		// is offered the full image (full_only), and a rollup of the
+		// offers' bytes by payload for the rollout report.
+		Version: 16,
+		Name:    "incremental_payloads",
+		Common: append([]string{
+			`ALTER TABLE device_rollouts ADD COLUMN full_only BOOLEAN NOT NULL DEFAULT FALSE`,
+			`CREATE TABLE rollout_payloads (
+	rollout_id TEXT NOT NULL,
+	from_build TEXT NOT NULL,
+	offers BIGINT NOT NULL,
+	bytes BIGINT NOT NULL,
+	full_bytes BIGINT NOT NULL,
+	PRIMARY KEY (rollout_id, from_build)
+)`}, deltaLogSchema(payloadsTable)...),
 	},
 }
 

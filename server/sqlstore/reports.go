@@ -154,7 +154,7 @@ WHERE device_id = ? AND report_id = ?`, deviceID, reportID)
 // ends, so two reports of one device at once move it one after the
 // other.
 const reportRecordSQL = `SELECT dr.rollout_id, dr.device_id, dr.model, dr.starting_build, dr.offered_at, dr.last_offered_at,
-	dr.state, dr.attempts, dr.last_failure_at, dr.result_at, d.enrolled_at, ro.started_at
+	dr.state, dr.attempts, dr.last_failure_at, dr.result_at, dr.full_only, d.enrolled_at, ro.started_at
 FROM device_rollouts dr JOIN rollouts ro ON ro.id = dr.rollout_id JOIN devices d ON d.id = dr.device_id
 WHERE dr.device_id = ? AND ro.patch_id = ?
 ORDER BY CASE WHEN dr.rollout_id = ? THEN 0 ELSE 1 END, dr.last_offered_at DESC, dr.rollout_id DESC
@@ -238,9 +238,11 @@ func scanReportRecord(rows *sql.Rows, counts ...*int64) (*reportRecordRow, error
 		rID, rDev, rModel, rBuild, rState    sql.NullString
 		rOffered, rLastOffered, rFail, rDone sql.NullTime
 		rAttempts                            sql.NullInt64
+		rFullOnly                            sql.NullBool
 		enrolled, started                    sql.NullTime
 	)
-	dest := []any{&rID, &rDev, &rModel, &rBuild, &rOffered, &rLastOffered, &rState, &rAttempts, &rFail, &rDone, &enrolled, &started}
+	dest := []any{&rID, &rDev, &rModel, &rBuild, &rOffered, &rLastOffered, &rState, &rAttempts, &rFail, &rDone, &rFullOnly,
+		&enrolled, &started}
 	for i := len(counts) - 1; i >= 0; i-- {
 		dest = append([]any{counts[i]}, dest...)
 	}
@@ -252,7 +254,7 @@ func scanReportRecord(rows *sql.Rows, counts ...*int64) (*reportRecordRow, error
 	}
 	return &reportRecordRow{Record: deviceRolloutRow{RolloutID: rID.String, DeviceID: rDev.String, Model: rModel.String,
 		StartingBuild: rBuild.String, OfferedAt: rOffered.Time, LastOfferedAt: rLastOffered.Time, State: rState.String,
-		Attempts: int(rAttempts.Int64), LastFailureAt: nullTime(rFail), ResultAt: nullTime(rDone)},
+		Attempts: int(rAttempts.Int64), LastFailureAt: nullTime(rFail), ResultAt: nullTime(rDone), FullOnly: rFullOnly.Bool},
 		EnrolledAt: enrolled.Time, StartedAt: nullTime(started)}, nil
 }
 
@@ -268,16 +270,16 @@ func (s *DeviceStore) observe(x sqlExec, r handsets.Report, rec *reportRecordRow
 	}
 	old := rec.Record.deviceRollout()
 	next := *old
-	next.Observe(r.State, r.ReceivedAt)
+	next.ObserveReport(r.State, r.ErrorCode, r.ReceivedAt)
 	if next == *old {
 		return nil, nil
 	}
 	late := rollout.EnrolledLate(rec.EnrolledAt, readTime(rec.StartedAt))
 	deltas := moveRecords(recordMove(old, &next), r.ReceivedAt)
 	deltas.merge(countResult(old, &next, r.ErrorCode, r.ReceivedAt))
-	_, err := s.db.changeWithDeltas(x, `UPDATE device_rollouts SET state = ?, last_failure_at = ?, result_at = ?, enrolled_late = ?
-WHERE rollout_id = ? AND device_id = ?`, []any{next.State, optionalTime(next.LastFailureAt), optionalTime(next.ResultAt), late,
-		next.RolloutID, next.DeviceID}, deltas)
+	_, err := s.db.changeWithDeltas(x, `UPDATE device_rollouts SET state = ?, last_failure_at = ?, result_at = ?, enrolled_late = ?,
+	full_only = ? WHERE rollout_id = ? AND device_id = ?`, []any{next.State, optionalTime(next.LastFailureAt), optionalTime(next.ResultAt), late,
+		next.FullOnly, next.RolloutID, next.DeviceID}, deltas)
 	if err != nil {
 		return nil, fmt.Errorf("move rollout record: %w", err)
 	}

@@ -83,6 +83,7 @@ type deviceRolloutRow struct {
 	Attempts      int
 	LastFailureAt *time.Time
 	ResultAt      *time.Time
+	FullOnly      bool
 }
 
 func (deviceRolloutRow) TableName() string { return "device_rollouts" }
@@ -568,7 +569,7 @@ func (row *deviceRolloutRow) deviceRollout() *handsets.DeviceRollout {
 	return &handsets.DeviceRollout{RolloutID: row.RolloutID, DeviceID: row.DeviceID, Model: row.Model,
 		StartingBuild: row.StartingBuild, OfferedAt: row.OfferedAt.UTC(), LastOfferedAt: row.LastOfferedAt.UTC(),
 		State: row.State, Attempts: row.Attempts, LastFailureAt: readTime(row.LastFailureAt),
-		ResultAt: readTime(row.ResultAt)}
+		ResultAt: readTime(row.ResultAt), FullOnly: row.FullOnly}
 }
 
 // DeviceRollouts implements rollout.RolloutStore, through the device_id
@@ -588,17 +589,18 @@ func (s *RolloutStore) DeviceRollouts(ctx context.Context, deviceID string) ([]*
 // putDeviceRolloutSQL is an upsert: one statement, atomic on both
 // dialects, that replaces every column but the key.
 const putDeviceRolloutSQL = `INSERT INTO device_rollouts (rollout_id, device_id, model, starting_build, offered_at,
-	last_offered_at, state, attempts, last_failure_at, result_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	last_offered_at, state, attempts, last_failure_at, result_at, full_only)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (rollout_id, device_id) DO UPDATE SET model = excluded.model, starting_build = excluded.starting_build,
 	offered_at = excluded.offered_at, last_offered_at = excluded.last_offered_at, state = excluded.state,
-	attempts = excluded.attempts, last_failure_at = excluded.last_failure_at, result_at = excluded.result_at`
+	attempts = excluded.attempts, last_failure_at = excluded.last_failure_at, result_at = excluded.result_at,
+	full_only = excluded.full_only`
 
 // PutDeviceRollout implements rollout.RolloutStore.
 func (s *RolloutStore) PutDeviceRollout(ctx context.Context, dr *handsets.DeviceRollout) error {
 	err := s.db.gorm.WithContext(ctx).Exec(putDeviceRolloutSQL, dr.RolloutID, dr.DeviceID, dr.Model, dr.StartingBuild,
 		dbTime(dr.OfferedAt), dbTime(dr.LastOfferedAt), dr.State, dr.Attempts, optionalTime(dr.LastFailureAt),
-		optionalTime(dr.ResultAt)).Error
+		optionalTime(dr.ResultAt), dr.FullOnly).Error
 	err = s.db.rawErr(err)
 	if errors.Is(err, gorm.ErrForeignKeyViolated) {
 		return fmt.Errorf("rollout %s or device %s: %w", dr.RolloutID, dr.DeviceID, errs.ErrNotFound)
@@ -763,6 +765,7 @@ WHERE rollout_id = ? AND device_id = ? AND state = ? AND attempts = ?`
 	}
 	// The record and its rollup deltas: one statement on PostgreSQL.
 	deltas := moveRecords(recordMove(old, next), now)
+	deltas.merge(countPayload(dec))
 	var changed bool
 	err := s.db.rawErr(s.db.write(ctx, true, func(x sqlExec) error {
 		var err error

@@ -57,7 +57,7 @@ func scanRows(tx *gorm.DB, scan func(*sql.Rows) error, query string, args ...any
 	return rows.Err()
 }
 
-// RolloutRollups implements server.ReportStore in five reads of one
+// RolloutRollups implements server.ReportStore in six reads of one
 // snapshot. The fleet counts are filtered by exact membership (a model
 // list is a prefix of fleet_counts' key) and summed over channel,
 // region and privacy state, which eligibility does not depend on past
@@ -108,6 +108,16 @@ func (s *ReportStore) RolloutRollups(ctx context.Context, rolloutID string, hour
 		}, tailedSum(failuresTable, []string{"error_code"}, []string{"n"}, "rollout_id = ?")+` HAVING SUM(n) > 0`, twice(rolloutID)...)
 		if err != nil {
 			return fmt.Errorf("read rollout_failures: %w", err)
+		}
+		err = scanRows(tx, func(r *sql.Rows) error {
+			var pc server.PayloadCount
+			err := r.Scan(&pc.FromBuild, &pc.Offers, &pc.Bytes, &pc.FullBytes)
+			rr.Payloads = append(rr.Payloads, pc)
+			return err
+		}, tailedSum(payloadsTable, []string{"from_build"}, []string{"offers", "bytes", "full_bytes"}, "rollout_id = ?"),
+			twice(rolloutID)...)
+		if err != nil {
+			return fmt.Errorf("read rollout_payloads: %w", err)
 		}
 		err = scanRows(tx, func(r *sql.Rows) error {
 			var h server.HourResults

@@ -9,6 +9,7 @@ import (
 
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // The deltas of the rollups of migration 7 (see rollupsSchema): each
@@ -174,6 +175,16 @@ func recordMove(old, next *handsets.DeviceRollout) []delta[recordKey] {
 		n = &k
 	}
 	return move(o, n)
+}
+
+// countPayload is the deltas of an offer's payload (a first offer or a
+// retry): one offer of its bytes, against the full image's.
+func countPayload(dec rollout.Decision) deltaBatch {
+	var b deltaBatch
+	if p := dec.Payload; p.Target != "" {
+		b.add(payloadsTable, dec.RolloutID, p.FromBuild, int64(1), p.Bytes, p.FullBytes)
+	}
+	return b
 }
 
 // countResult is the deltas of a report that took a record from old to

@@ -39,6 +39,20 @@ type ReleaseRequest struct {
 	Length int64                  `json:"length"`
 	SHA256 string                 `json:"sha256"`
 	Custom manifests.TargetCustom `json:"custom"`
+	// Incrementals are the release's incremental payloads, each uploaded
+	// under its own path first.
+	Incrementals []ReleaseIncremental `json:"incrementals,omitempty"`
+}
+
+// ReleaseIncremental is an incremental payload of a ReleaseRequest: for
+// handsets on FromBuild, in Format (manifests.FormatPackage or
+// manifests.FormatZstdPatch).
+type ReleaseIncremental struct {
+	FromBuild string `json:"from_build"`
+	Path      string `json:"path"`
+	Length    int64  `json:"length"`
+	SHA256    string `json:"sha256"`
+	Format    string `json:"format"`
 }
 
 // YankRequest is the body of POST /admin/yanks.

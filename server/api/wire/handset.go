@@ -56,7 +56,18 @@ type OfferAnswer struct {
 	MetadataURL string                 `json:"metadata_url"`
 	TargetsURL  string                 `json:"targets_url"`
 	Custom      manifests.TargetCustom `json:"custom"`
+	// Payload is "incremental" when Target is an incremental payload for
+	// the handset's build (Custom.Incremental says of what, and its
+	// format), else "full"; FullLength is the full image's size.
+	Payload    string `json:"payload"`
+	FullLength int64  `json:"full_length"`
 }
+
+// The payloads of an offer.
+const (
+	PayloadFull        = "full"
+	PayloadIncremental = "incremental"
+)
 
 // ReportBody is the body of POST /api/v1/reports.
 type ReportBody struct {
