@@ -82,6 +82,14 @@ type Update struct {
 	// Custom is the target's custom metadata as the release engineers
 	// signed it.
 	Custom manifests.TargetCustom
+	// Incremental is set when the offer was an incremental payload. For
+	// manifests.FormatPackage, Path is the maker's incremental package,
+	// which the Installer applies (an InstallError with
+	// CodeIncrementalApply when it does not apply: the server offers the
+	// full image next). For manifests.FormatZstdPatch the agent applied
+	// the delta already: Path, Target, Length and SHA256 are the full
+	// image's, checked against its signed hash.
+	Incremental *manifests.Incremental
 }
 
 // Installer installs verified updates. Install must be idempotent: when
@@ -130,6 +138,11 @@ type Config struct {
 	EnrollmentSecret string
 	// Installer installs verified updates.
 	Installer Installer
+	// CurrentImage, optional, is the path of the running build's full
+	// image: what a binary delta (manifests.FormatZstdPatch) is applied
+	// to. Without it such an offer fails with CodeIncrementalApply and
+	// the server offers the full image next.
+	CurrentImage string
 	// AllowedHosts are host[:port]s besides the server's that offers may
 	// name for metadata and files (a CDN).
 	AllowedHosts []string
@@ -205,6 +218,15 @@ type job struct {
 	// SHA256 is the signed sha256 (hex) once verified: it names the
 	// file in download/, never the offer's copy, which the server wrote.
 	SHA256 string `json:"sha256,omitempty"`
+	// Full is the signed full image an incremental payload stands for.
+	Full *fullImage `json:"full,omitempty"`
+}
+
+// fullImage is a release's full image as its signed metadata states it.
+type fullImage struct {
+	Target string `json:"target"`
+	Length int64  `json:"length"`
+	SHA256 string `json:"sha256"`
 }
 
 const (
@@ -568,6 +590,9 @@ func (a *Agent) runJob(ctx context.Context) (time.Duration, error) {
 		a.log.Info("update verified", "patch_id", o.PatchID, "resumed_at", res.ResumedAt, "received", res.Received,
 			"restarted", res.Restarted)
 		j.Stage, j.Verified, j.SHA256, j.Attempts = stageInstall, &v.custom, v.sha256, 0
+		if f := v.full; f != nil {
+			j.Full = &fullImage{Target: f.Path, Length: f.Length, SHA256: f.SHA256}
+		}
 		for _, s := range []string{"downloaded", "verified", "installing"} {
 			if err := a.queue(s, "", ""); err != nil {
 				return 0, err
@@ -592,7 +617,20 @@ func (a *Agent) runJob(ctx context.Context) (time.Duration, error) {
 		return 0, nil
 	}
 	u := &Update{Path: dst, Target: o.Target, Length: o.Length, SHA256: j.SHA256, PatchID: o.PatchID,
-		RolloutID: o.RolloutID, Custom: *j.Verified}
+		RolloutID: o.RolloutID, Custom: *j.Verified, Incremental: j.Verified.Incremental}
+	if deltaFormat(j.Verified) {
+		if j.Full == nil {
+			return a.finish(CodeIncrementalApply, "the job has no signed full image to check the delta's result against")
+		}
+		full := a.downloadPath(j.Full.SHA256)
+		if ok, _ := fileMatches(full, j.Full.Length, j.Full.SHA256); !ok {
+			err := ApplyDelta(a.cfg.CurrentImage, dst, full, &Target{Length: j.Full.Length, SHA256: j.Full.SHA256})
+			if err != nil {
+				return a.finish(Code(err), Describe(err))
+			}
+		}
+		u.Path, u.Target, u.Length, u.SHA256 = full, j.Full.Target, j.Full.Length, j.Full.SHA256
+	}
 	err := a.cfg.Installer.Install(ctx, u)
 	if err != nil && ctx.Err() != nil {
 		// Stopped while installing: install again after the restart. An
@@ -648,6 +686,9 @@ func (a *Agent) finish(code, message string) (time.Duration, error) {
 	}
 	if j.SHA256 != "" {
 		os.Remove(a.downloadPath(j.SHA256))
+	}
+	if j.Full != nil {
+		os.Remove(a.downloadPath(j.Full.SHA256))
 	}
 	return 0, nil
 }

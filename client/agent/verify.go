@@ -61,6 +61,8 @@ type verified struct {
 	length int64
 	sha256 string
 	custom manifests.TargetCustom
+	// full is the release's full image, for an incremental payload.
+	full *Target
 }
 
 // Code is the report code of an error of the verifier (CodeVerify,
@@ -118,6 +120,8 @@ type View struct {
 // Target is what the signed metadata says of an offered target, checked
 // against the offer.
 type Target struct {
+	// Path is the target's path in the metadata.
+	Path string
 	// URL is where its bytes are (with consistent snapshots,
 	// <dir>/<sha256>.<base> under the targets URL).
 	URL    string
@@ -184,28 +188,37 @@ func (w *View) TargetsVersion() int64 {
 // offer against it: the target is signed, and the offer's length, sha256
 // and patch match. Whether the patch is for a handset is For's question.
 func (w *View) Check(o wire.OfferAnswer) (*Target, error) {
+	t, err := w.lookup(o.Target)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case t.Length != o.Length:
+		return nil, &failure{code: CodeVerify, err: fmt.Errorf("offer length %d, signed length %d", o.Length, t.Length)}
+	case o.SHA256 != "" && !strings.EqualFold(o.SHA256, t.SHA256):
+		return nil, &failure{code: CodeVerify, err: fmt.Errorf("offer sha256 %s, signed sha256 %s", o.SHA256, t.SHA256)}
+	case t.Custom.PatchID != o.PatchID:
+		return nil, &failure{code: CodeVerify, err: fmt.Errorf("offer patch %s, signed patch %s", o.PatchID, t.Custom.PatchID)}
+	}
+	return t, nil
+}
+
+// lookup is what the signed metadata says of target p.
+func (w *View) lookup(p string) (*Target, error) {
 	w.mu.Lock()
-	info, err := w.up.GetTargetInfo(o.Target)
+	info, err := w.up.GetTargetInfo(p)
 	consistent := w.up.GetTrustedMetadataSet().Root.Signed.ConsistentSnapshot
 	w.mu.Unlock()
 	if err != nil {
-		return nil, classify("target "+o.Target, err)
+		return nil, classify("target "+p, err)
 	}
 	sum := hex.EncodeToString(info.Hashes["sha256"])
-	switch {
-	case sum == "":
-		return nil, &failure{code: CodeVerify, err: fmt.Errorf("signed target %s has no sha256", o.Target)}
-	case info.Length != o.Length:
-		return nil, &failure{code: CodeVerify, err: fmt.Errorf("offer length %d, signed length %d", o.Length, info.Length)}
-	case o.SHA256 != "" && !strings.EqualFold(o.SHA256, sum):
-		return nil, &failure{code: CodeVerify, err: fmt.Errorf("offer sha256 %s, signed sha256 %s", o.SHA256, sum)}
+	if sum == "" {
+		return nil, &failure{code: CodeVerify, err: fmt.Errorf("signed target %s has no sha256", p)}
 	}
 	var custom manifests.TargetCustom
 	if info.Custom == nil || json.Unmarshal(*info.Custom, &custom) != nil {
-		return nil, &failure{code: CodeVerify, err: fmt.Errorf("signed target %s has no readable custom metadata", o.Target)}
-	}
-	if custom.PatchID != o.PatchID {
-		return nil, &failure{code: CodeVerify, err: fmt.Errorf("offer patch %s, signed patch %s", o.PatchID, custom.PatchID)}
+		return nil, &failure{code: CodeVerify, err: fmt.Errorf("signed target %s has no readable custom metadata", p)}
 	}
 	// The file's name on the server, as go-tuf names it: with consistent
 	// snapshots, <dir>/<sha256>.<base>.
@@ -214,7 +227,7 @@ func (w *View) Check(o wire.OfferAnswer) (*Target, error) {
 		dir, base := path.Split(info.Path)
 		remote = dir + sum + "." + base
 	}
-	return &Target{URL: w.targetsURL + remote, Length: info.Length, SHA256: sum, Custom: custom}, nil
+	return &Target{Path: info.Path, URL: w.targetsURL + remote, Length: info.Length, SHA256: sum, Custom: custom}, nil
 }
 
 // For says whether the signed metadata makes the patch one for a handset
@@ -303,7 +316,13 @@ func (a *Agent) verifyOffer(ctx context.Context, o wire.OfferAnswer, build strin
 	if err := t.For(a.cfg.Device.Model, build); err != nil {
 		return nil, err
 	}
-	return &verified{url: t.URL, length: t.Length, sha256: t.SHA256, custom: t.Custom}, nil
+	out := &verified{url: t.URL, length: t.Length, sha256: t.SHA256, custom: t.Custom}
+	if t.Custom.Incremental != nil {
+		if out.full, err = view.Full(t, build); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // notFor says why the signed metadata excludes a handset, or "".

@@ -78,6 +78,12 @@ type Config struct {
 	// again when the server offers it again; without it a failed patch is
 	// not taken again in this run and the handset is settled.
 	RetryFailed bool
+	// Images maps a build to the path of its full image: what a binary
+	// delta (manifests.FormatZstdPatch) offered to a handset on that
+	// build is applied to, its result checked against the full image's
+	// signed hash. A delta for a build without one fails with
+	// E_INCREMENTAL_APPLY, as on an agent without Config.CurrentImage.
+	Images map[string]string
 
 	// TimeScale multiplies the waits the fleet chooses: polls and backoff
 	// (default 1; 0.01 runs a day of polls in 15 minutes). The server's
@@ -171,6 +177,7 @@ func New(cfg Config, devs []Handset) (*Fleet, error) {
 			return nil, fmt.Errorf("handsetsim: TUF folder %s: not a folder (%v)", cfg.TUFDir, err)
 		}
 		f.tuf = newVerifier(cfg.Root, cfg.DownloadClient, cfg.TUFDir, cfg.TUFMaxAge, cfg.UserAgent, f.say)
+		f.tuf.images = cfg.Images
 	}
 	for i := range f.devs {
 		h := &f.devs[i]

@@ -13,6 +13,7 @@ import (
 	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/client/agent"
 	"github.com/patchfleet/ota/internal/termtext"
+	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/handsets"
 )
@@ -55,8 +56,11 @@ type Handset struct {
 	failCode    string
 	failedPatch string // not offered again in this run, unless RetryFailed
 	offer       *offer
-	verified    *patchEffect // what the verified patch changes once installed
-	outcome     Outcome      // of the install in progress
+	verified    *patchEffect           // what the verified patch changes once installed
+	incremental *manifests.Incremental // the verified offer's, nil for a full image
+	offers      int                    // offers taken in this run (first offers and retries)
+	offerBytes  int64                  // their payloads' bytes
+	outcome     Outcome                // of the install in progress
 	pending     pendingReport
 	poll        time.Duration // last poll interval, scaled
 }
@@ -99,6 +103,17 @@ func (h *Handset) Result() Result { return h.result }
 // FailCode is the error code of its failed install, or of why it gave
 // up ("checkin: http_403").
 func (h *Handset) FailCode() string { return h.failCode }
+
+// Incremental is the incremental payload of the install in progress (or
+// the last one), as its signed metadata states it; nil for a full image.
+// A Config.Install may fail it with agent.CodeIncrementalApply, as a
+// maker's installer whose incremental package does not apply.
+func (h *Handset) Incremental() *manifests.Incremental { return h.incremental }
+
+// Offers is how many offers the handset took in this run (a first offer
+// and each retry) and their payloads' bytes: what the server's rollout
+// report counts.
+func (h *Handset) Offers() (n int, bytes int64) { return h.offers, h.offerBytes }
 
 // Settled reports whether the handset has nothing left to do in this
 // run: it has a result, or it ran the patch before the run and was
@@ -308,6 +323,8 @@ func (f *Fleet) checkIn(ctx context.Context, h *Handset) (time.Time, bool) {
 			f.stats.offered.Add(1)
 		}
 		h.offer = o
+		h.offers++
+		h.offerBytes += o.Length
 		h.setPending(stDownloading, "", "")
 		h.phase = phaseReport
 		return now, true
@@ -388,6 +405,7 @@ func (f *Fleet) fetch(ctx context.Context, i int, h *Handset) (time.Time, bool) 
 	h.retries = 0
 	h.verified = &patchEffect{installsBuild: custom.InstallsBuild, messagingDefault: custom.CloudMessagingDefault,
 		numberEncryption: custom.NumberEncryption}
+	h.incremental = custom.Incremental
 	h.setPending(stDownloaded, "", "")
 	h.phase = phaseReport
 	return time.Now(), true

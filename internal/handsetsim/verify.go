@@ -37,9 +37,11 @@ type verifier struct {
 	say       func(string)
 	now       func() time.Time
 
+	images map[string]string // build -> its full image (Config.Images)
+
 	mu       sync.Mutex
 	sources  map[string]*tufSource
-	verified map[string]bool // artifactKey -> downloaded and verified
+	verified map[string]bool // artifactKey -> downloaded and verified; "delta-" + key + build -> applied
 	wg       sync.WaitGroup  // refreshes and downloads running
 }
 
@@ -110,15 +112,28 @@ func (c *verifier) verify(ctx context.Context, o *offer, model, build string) (*
 	if err := t.For(model, build); err != nil {
 		return nil, err
 	}
+	var full *agent.Target
+	if t.Custom.Incremental != nil {
+		if full, err = v.view.Full(t, build); err != nil {
+			return nil, err
+		}
+	}
 	key := t.SHA256 + "-" + strconv.FormatInt(t.Length, 10)
 	c.mu.Lock()
 	ok := c.verified[key]
 	c.mu.Unlock()
+	if !ok {
+		if err := v.download(ctx, c, src, t, key); err != nil {
+			return nil, err
+		}
+	}
+	if full != nil && t.Custom.Incremental.Format == manifests.FormatZstdPatch {
+		if err := c.applyDelta(src, t, key, build, full); err != nil {
+			return nil, err
+		}
+	}
 	if ok {
 		return &t.Custom, nil
-	}
-	if err := v.download(ctx, c, src, t, key); err != nil {
-		return nil, err
 	}
 	c.mu.Lock()
 	first := !c.verified[key]
@@ -129,6 +144,27 @@ func (c *verifier) verify(ctx context.Context, o *offer, model, build string) (*
 			o.Target, o.PatchID, t.SHA256, v.view.TargetsVersion()))
 	}
 	return &t.Custom, nil
+}
+
+// applyDelta applies the verified delta t (downloaded as key) to the
+// image of build, once per delta and build, as agent.ApplyDelta does on
+// a handset: the result must match the full image's signed hash. The
+// handsets of one build share the result, as they share the download.
+func (c *verifier) applyDelta(s *tufSource, t *agent.Target, key, build string, full *agent.Target) error {
+	done := "delta-" + key + "-" + build
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.verified[done] {
+		return nil
+	}
+	dst := filepath.Join(s.targetsDir, done)
+	if err := agent.ApplyDelta(c.images[build], filepath.Join(s.targetsDir, key), dst, full); err != nil {
+		return err
+	}
+	os.Remove(dst) // only its hash matters here
+	c.verified[done] = true
+	c.say(fmt.Sprintf("a delta from build %s applied and matched the signed full image %s", build, full.Path))
+	return nil
 }
 
 // source returns the repository at metadataURL and targetsURL, creating

@@ -621,8 +621,17 @@ func testRolloutResultsLeaveOutLateEnrollees(t *testing.T, b backend) {
 			OfferedAt: start, LastOfferedAt: start, State: handsets.DeviceOffered, Attempts: 1}
 		if !report {
 			dr.State, dr.LastFailureAt, dr.ResultAt = handsets.StateFailed, failAt, failAt
+			// Before migration 16 the records have no full_only: the row
+			// as that schema has it.
+			if err := db.gorm.Exec(`INSERT INTO device_rollouts (rollout_id, device_id, model, starting_build, offered_at,
+	last_offered_at, state, attempts, last_failure_at, result_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				dr.RolloutID, dr.DeviceID, dr.Model, dr.StartingBuild, dbTime(dr.OfferedAt), dbTime(dr.LastOfferedAt),
+				dr.State, dr.Attempts, dbTime(dr.LastFailureAt), dbTime(dr.ResultAt)).Error; err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			mustPutDeviceRollout(t, s, dr)
 		}
-		mustPutDeviceRollout(t, s, dr)
 		if report {
 			rep := handsets.Report{ID: "r-" + id, DeviceID: id, PatchID: "CM-2026-001", RolloutID: "ro_1",
 				State: handsets.StateFailed, ErrorCode: "E_VERIFY", At: failAt, ReceivedAt: failAt}
