@@ -35,6 +35,9 @@ Usage:
                          draft the next root
   otactl release create FILE --name PATH --patch-id ID [flags]
                          upload a build and draft a targets version offering it
+                         (--incremental-from BUILD=FILE adds incremental payloads)
+  otactl delta make --from OLD --to NEW --out FILE
+                         a binary delta between two builds' images, for --incremental-from
   otactl release sign ID --key FILE [--yes]
                          review and sign a draft
   otactl release show [ID]
@@ -147,6 +150,9 @@ var groups = map[string][]command{
 		{"show", (*cli).releaseShow},
 	},
 	"rollout": rolloutCommands,
+	"delta": {
+		{"make", (*cli).deltaMake},
+	},
 }
 
 func (c *cli) run(args []string) int {

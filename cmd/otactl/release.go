@@ -8,19 +8,21 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"strings"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/manifests/delta"
 	"github.com/patchfleet/ota/server/api/wire"
 )
 
 func (c *cli) releaseCreate(args []string) error {
 	var sf serverFlags
 	var name, patchID, buildMin, buildMax, installsBuild string
-	var models, extra listFlag
+	var models, extra, incrementals listFlag
 	messaging := &choiceFlag{choices: []string{"opt-in", "opt-out"}}
 	encryption := &choiceFlag{choices: []string{"on", "off"}}
 	fs := newFlagSet("release create FILE --name PATH --patch-id ID [flags]",
@@ -38,6 +40,10 @@ func (c *cli) releaseCreate(args []string) error {
 	fs.Var(messaging, "messaging-default", "cloud messaging default after install: opt-in or opt-out")
 	fs.Var(encryption, "number-encryption", "phone number encryption after install: on or off")
 	fs.Var(&extra, "custom", "another custom field as key=value; repeat for each")
+	fs.Var(&incrementals, "incremental-from", "BUILD=FILE: an incremental payload for handsets on BUILD, the maker's\n"+
+		"incremental package or a delta from otactl delta make (told apart by its\n"+
+		"first bytes); uploaded as PATH with .from-BUILD before the extension and\n"+
+		"signed with the release. Repeat for each starting build")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -70,19 +76,20 @@ func (c *cli) releaseCreate(args []string) error {
 	if err := custom.Validate(); err != nil {
 		return usageError{fmt.Errorf("custom metadata: %w", err)}
 	}
-	f, err := os.Open(file)
-	if err != nil {
-		return fmt.Errorf("%s: %w", file, unwrapPathError(err))
+	payloads := []payloadFile{{file: file, path: name}}
+	for _, kv := range incrementals {
+		build, f, ok := strings.Cut(kv, "=")
+		if !ok || build == "" || f == "" {
+			return usageError{fmt.Errorf("--incremental-from %q: want BUILD=FILE, e.g. 7.4.1=inc-741.zip", kv)}
+		}
+		payloads = append(payloads, payloadFile{file: f, path: incrementalPath(name, build), fromBuild: build})
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
+	for i := range payloads {
+		if err := payloads[i].open(); err != nil {
+			return err
+		}
+		defer payloads[i].f.Close()
 	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", file)
-	}
-	size := fi.Size()
 	cl, err := c.client(sf)
 	if err != nil {
 		return err
@@ -102,34 +109,101 @@ func (c *cli) releaseCreate(args []string) error {
 		return errors.New("the repository has no targets yet: run the ceremony first (otactl repo init, then otactl repo sign)")
 	}
 
-	fmt.Fprintf(c.stderr, "hashing %s (%s)...\n", file, humanBytes(size))
-	h := sha256.New()
-	if n, err := io.Copy(h, ctxReader{c.ctx, io.NewSectionReader(f, 0, size)}); err != nil {
-		return fmt.Errorf("hash %s: %w", file, err)
-	} else if n != size {
-		return fmt.Errorf("%s shrank while it was hashed; try again once it is complete", file)
+	req := wire.ReleaseRequest{Path: name, Custom: custom}
+	for i := range payloads {
+		p := &payloads[i]
+		if err := c.hashAndUpload(cl, p); err != nil {
+			return err
+		}
+		if i == 0 {
+			req.Length, req.SHA256 = p.size, p.sum
+			continue
+		}
+		req.Incrementals = append(req.Incrementals, wire.ReleaseIncremental{FromBuild: p.fromBuild, Path: p.path,
+			Length: p.size, SHA256: p.sum, Format: p.format})
+		fmt.Fprintf(c.stdout, "  incremental from %s (%s): %s of the full image's %s\n", p.fromBuild, p.format,
+			humanBytes(p.size), humanBytes(payloads[0].size))
 	}
-	sum := hex.EncodeToString(h.Sum(nil))
-
-	art, err := c.upload(cl, f, file, name, size, sum)
-	if err != nil {
-		return err
-	}
-	if art.SHA256 != sum || art.Length != size {
-		return fmt.Errorf("upload check failed: the server reports %s as %d bytes with sha256 %s, but %s is %d bytes with sha256 %s; nothing was released, upload again",
-			name, art.Length, art.SHA256, file, size, sum)
-	}
-	if art.Existed {
-		fmt.Fprintf(c.stdout, "%s is already stored on the server (%d bytes, sha256 %s); it was not sent again\n", name, size, sum)
-	} else {
-		fmt.Fprintf(c.stdout, "uploaded %s (%d bytes, sha256 %s)\n", name, size, sum)
-	}
-
-	v, err := cl.CreateRelease(c.ctx, wire.ReleaseRequest{Path: name, Length: size, SHA256: sum, Custom: custom})
+	v, err := cl.CreateRelease(c.ctx, req)
 	if err != nil {
 		return cl.explain(err)
 	}
 	c.printCreated(v, "release sign "+v.ID)
+	return nil
+}
+
+// payloadFile is one file of a release: the full image, or an
+// incremental payload from fromBuild.
+type payloadFile struct {
+	file, path, fromBuild string
+	f                     *os.File
+	size                  int64
+	sum, format           string
+}
+
+func (p *payloadFile) open() error {
+	f, err := os.Open(p.file)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p.file, unwrapPathError(err))
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return fmt.Errorf("%s is not a regular file", p.file)
+	}
+	p.f, p.size = f, fi.Size()
+	if p.fromBuild != "" {
+		// A delta of otactl delta make starts with its magic; anything
+		// else is the maker's incremental package.
+		head := make([]byte, len(delta.Magic))
+		n, _ := io.ReadFull(f, head)
+		p.format = manifests.FormatPackage
+		if string(head[:n]) == delta.Magic {
+			p.format = manifests.FormatZstdPatch
+		}
+	}
+	return nil
+}
+
+// incrementalPath is the target path of the incremental payload from
+// build of the release at name: "dir/update.zip" from 7.4.1 is
+// "dir/update.from-7.4.1.zip".
+func incrementalPath(name, build string) string {
+	ext := path.Ext(name)
+	if strings.Contains(ext, "/") {
+		ext = ""
+	}
+	return strings.TrimSuffix(name, ext) + ".from-" + build + ext
+}
+
+// hashAndUpload hashes p locally and uploads it (an artifact the server
+// has is not sent again), with progress.
+func (c *cli) hashAndUpload(cl *conn, p *payloadFile) error {
+	fmt.Fprintf(c.stderr, "hashing %s (%s)...\n", p.file, humanBytes(p.size))
+	h := sha256.New()
+	if n, err := io.Copy(h, ctxReader{c.ctx, io.NewSectionReader(p.f, 0, p.size)}); err != nil {
+		return fmt.Errorf("hash %s: %w", p.file, err)
+	} else if n != p.size {
+		return fmt.Errorf("%s shrank while it was hashed; try again once it is complete", p.file)
+	}
+	p.sum = hex.EncodeToString(h.Sum(nil))
+	art, err := c.upload(cl, p.f, p.file, p.path, p.size, p.sum)
+	if err != nil {
+		return err
+	}
+	if art.SHA256 != p.sum || art.Length != p.size {
+		return fmt.Errorf("upload check failed: the server reports %s as %d bytes with sha256 %s, but %s is %d bytes with sha256 %s; nothing was released, upload again",
+			p.path, art.Length, art.SHA256, p.file, p.size, p.sum)
+	}
+	if art.Existed {
+		fmt.Fprintf(c.stdout, "%s is already stored on the server (%d bytes, sha256 %s); it was not sent again\n", p.path, p.size, p.sum)
+	} else {
+		fmt.Fprintf(c.stdout, "uploaded %s (%d bytes, sha256 %s)\n", p.path, p.size, p.sum)
+	}
 	return nil
 }
 
