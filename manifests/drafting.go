@@ -152,6 +152,9 @@ func (r *Repository) CreateReleaseDraft(ctx context.Context, rel Release, by str
 		if err := ValidateFormat(inc.Format); err != nil {
 			return nil, fmt.Errorf("%w: %s.format: %w", ErrInvalid, what, err)
 		}
+		if !buildPattern.MatchString(inc.FromBuild) {
+			return nil, fmt.Errorf("%w: %s.from_build %q: want 1-64 letters, digits, '.', '_', '+' or '-'", ErrInvalid, what, inc.FromBuild)
+		}
 		if rel.Custom.Incrementals == nil {
 			rel.Custom.Incrementals = map[string]string{}
 		}
