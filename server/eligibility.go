@@ -175,7 +175,7 @@ func (e *RolloutEligibility) Decide(ctx context.Context, d *handsets.Device, rec
 	}
 	rel := targets[r.Release.Target]
 	return Answer{Decision: dec, Offer: &Offer{Target: rel.target.Path, Length: rel.target.Length,
-		SHA256: rel.target.SHA256, PatchID: rel.custom.PatchID, RolloutID: r.ID, Custom: rel.custom}}, nil
+		SHA256: rel.target.SHA256, PatchID: rel.custom.PatchID, RolloutID: r.ID, Custom: rel.custom, Urgent: dec.Urgent}}, nil
 }
 
 func findRollout(rollouts []*rollout.Rollout, id string) *rollout.Rollout {

@@ -36,6 +36,8 @@ type Offer struct {
 	// Custom is the target's signed custom metadata; the handset trusts
 	// only what its TUF client verifies, this is for display and logs.
 	Custom manifests.TargetCustom
+	// Urgent: the rollout's deadline passed (rollout.Decision.Urgent).
+	Urgent bool
 }
 
 // Fleet is the handset side of the server: enrollment, check-ins, reports,

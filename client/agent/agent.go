@@ -82,6 +82,13 @@ type Update struct {
 	// Custom is the target's custom metadata as the release engineers
 	// signed it.
 	Custom manifests.TargetCustom
+	// Urgent says the rollout's deadline had passed when the update was
+	// offered: the installer should install now, without waiting for a
+	// maintenance window of its own (the server offered it outside the
+	// rollout's window too). It comes from the offer, which the server
+	// wrote, not from the signed metadata: it can hasten an install,
+	// never change what is installed.
+	Urgent bool
 }
 
 // Installer installs verified updates. Install must be idempotent: when
@@ -592,7 +599,7 @@ func (a *Agent) runJob(ctx context.Context) (time.Duration, error) {
 		return 0, nil
 	}
 	u := &Update{Path: dst, Target: o.Target, Length: o.Length, SHA256: j.SHA256, PatchID: o.PatchID,
-		RolloutID: o.RolloutID, Custom: *j.Verified}
+		RolloutID: o.RolloutID, Custom: *j.Verified, Urgent: o.Urgent}
 	err := a.cfg.Installer.Install(ctx, u)
 	if err != nil && ctx.Err() != nil {
 		// Stopped while installing: install again after the restart. An

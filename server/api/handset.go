@@ -78,7 +78,8 @@ func (s *Server) checkIn(c echo.Context) error {
 	if o := res.Offer; o != nil {
 		base := s.publicBase()
 		ans.Offer = &wire.OfferAnswer{Target: o.Target, Length: o.Length, SHA256: o.SHA256, PatchID: o.PatchID,
-			RolloutID: o.RolloutID, MetadataURL: base + "/tuf/", TargetsURL: base + "/targets/", Custom: o.Custom}
+			RolloutID: o.RolloutID, MetadataURL: base + "/tuf/", TargetsURL: base + "/targets/", Custom: o.Custom,
+			Urgent: o.Urgent}
 	}
 	return c.JSON(http.StatusOK, ans)
 }

@@ -56,6 +56,9 @@ type OfferAnswer struct {
 	MetadataURL string                 `json:"metadata_url"`
 	TargetsURL  string                 `json:"targets_url"`
 	Custom      manifests.TargetCustom `json:"custom"`
+	// Urgent: the rollout's deadline passed; install without waiting
+	// for the handset's own maintenance window.
+	Urgent bool `json:"urgent,omitempty"`
 }
 
 // ReportBody is the body of POST /api/v1/reports.
