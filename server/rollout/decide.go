@@ -117,11 +117,10 @@ type Decision struct {
 	// handset should install without waiting for a window of its own.
 	Urgent bool
 	// PollAfter is when asking again could first change a refusal: until
-	// the scheduled start, the window opens, the backoff ends, or the
-	// budget renews. Zero when
-	// nothing in particular will change: the caller's poll interval
-	// applies. The caller answers the smaller of the two, so a handset
-	// still checks in at its interval.
+	// the scheduled start comes, the window opens, the backoff ends, or
+	// the budget renews. Zero when nothing in particular will change:
+	// the caller's poll interval applies. The caller answers the smaller
+	// of the two, so a handset still checks in at its interval.
 	PollAfter time.Duration
 }
 
@@ -159,8 +158,11 @@ func Refuse(r *Rollout, reason error, pollAfter time.Duration) Decision {
 	return Decision{RolloutID: r.ID, Reason: reason, PollAfter: pollAfter}
 }
 
+// offer is r's offer of kind at now; urgent past the deadline while r
+// offers (a handset finishing an install for a paused or aborted
+// rollout is not hurried).
 func offer(r *Rollout, kind OfferKind, now time.Time) Decision {
-	return Decision{RolloutID: r.ID, Kind: kind, Release: r.Release, Urgent: r.Policy.Urgent(now)}
+	return Decision{RolloutID: r.ID, Kind: kind, Release: r.Release, Urgent: r.State.Offering() && r.Policy.Urgent(now)}
 }
 
 // Decide is rollout r's answer to handset d at in.Now; dr is the
@@ -190,7 +192,8 @@ func offer(r *Rollout, kind OfferKind, now time.Time) Decision {
 //     handset's local time (ErrOutsideWindow, PollAfter until it opens),
 //     unless the deadline passed, and room in the budget
 //     (ErrOfferCapReached, OfferCapPollAfter);
-//   - every offer at or after the deadline is Urgent.
+//   - every offer of a running or completed rollout at or after the
+//     deadline is Urgent.
 func Decide(r *Rollout, d *handsets.Device, dr *handsets.DeviceRollout, in DecisionInput) Decision {
 	if d.Patched(r.Release.PatchID) || (dr != nil && dr.State == handsets.StateInstalled) {
 		return Refuse(r, ErrRunsPatch, 0)

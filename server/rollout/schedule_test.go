@@ -246,3 +246,19 @@ func TestRolloutEvaluatorScheduleOnce(t *testing.T) {
 		t.Errorf("heard [%s], want only the other evaluator's", a)
 	}
 }
+
+// TestUrgentOnlyWhileOffering: past the deadline a handset finishing its
+// install for a paused rollout gets its offer again, not hurried.
+func TestUrgentOnlyWhileOffering(t *testing.T) {
+	r := scheduledRollout(t)
+	if _, err := r.Pause("bob", "looking into reports", t0.Add(4*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	d := &handsets.Device{ID: "dev_1", Model: "PX-7", Build: "7.4.0", Channel: "stable"}
+	dr := &handsets.DeviceRollout{RolloutID: "ro_1", DeviceID: "dev_1", State: handsets.StateDownloading, Attempts: 1,
+		OfferedAt: t0.Add(3 * time.Hour), LastOfferedAt: t0.Add(3 * time.Hour)}
+	dec := rollout.Decide(r, d, dr, rollout.DecisionInput{Now: t0.Add(6 * time.Hour)})
+	if dec.Kind != rollout.OfferRepeat || dec.Urgent {
+		t.Errorf("paused, past the deadline, installing: kind %d, urgent %v; want a repeat, not urgent", dec.Kind, dec.Urgent)
+	}
+}
