@@ -55,8 +55,8 @@ type RolloutEvaluator struct {
 // Evaluate runs the policies once at Now. It skips a rollout whose
 // scheduled start is ahead; once it is reached, and once the deadline
 // passed, it saves one event each (NoteSchedule). For each running or
-// completed rollout it counts the results per model since Rollout.ResultsSince and
-// runs EvaluateHealth, then, if the rollout still runs and its soak is
+// completed rollout it counts the results per model since
+// Rollout.ResultsSince and runs EvaluateHealth, then, if the rollout still runs and its soak is
 // over, counts them since Rollout.StageResultsSince and runs
 // EvaluateAdvance; it saves what changed with its events. A save that
 // finds the rollout changed meanwhile (an operator paused it, say) reads
