@@ -191,7 +191,7 @@ func (e *RolloutEligibility) Decide(ctx context.Context, d *handsets.Device, rec
 	offered := targets[dec.Payload.Target]
 	return Answer{Decision: dec, Offer: &Offer{Target: offered.target.Path, Length: offered.target.Length,
 		SHA256: offered.target.SHA256, PatchID: rel.custom.PatchID, RolloutID: r.ID, Custom: offered.custom,
-		Incremental: dec.Payload.Incremental(), FullLength: rel.target.Length}}, nil
+		Incremental: dec.Payload.Incremental(), FullLength: rel.target.Length, Urgent: dec.Urgent}}, nil
 }
 
 func findRollout(rollouts []*rollout.Rollout, id string) *rollout.Rollout {

@@ -40,6 +40,8 @@ type Offer struct {
 	// for the handset's build; FullLength is the full image's size.
 	Incremental bool
 	FullLength  int64
+	// Urgent: the rollout's deadline passed (rollout.Decision.Urgent).
+	Urgent bool
 }
 
 // Fleet is the handset side of the server: enrollment, check-ins, reports,

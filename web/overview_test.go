@@ -175,3 +175,34 @@ func TestRolloutPageSaysSilencePolicy(t *testing.T) {
 		t.Errorf("the page does not say the confirmations an advance waits for")
 	}
 }
+
+// TestRolloutPageSaysSchedule: the rollout page says when a scheduled
+// rollout starts and when its offers become urgent, before and after
+// each, and nothing of a schedule for a rollout without one.
+func TestRolloutPageSaysSchedule(t *testing.T) {
+	e := newEnv(t)
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	e.h.opts.Now = func() time.Time { return now }
+	page := func() string { return e.do(t, identity.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String() }
+	if body := page(); strings.Contains(body, "data-schedule") {
+		t.Error("the page shows a schedule for a rollout without one")
+	}
+	r := e.backend.rollouts[0]
+	r.State = rollout.RolloutRunning
+	r.Policy.StartAt, r.Policy.Deadline = now.Add(14*time.Hour), now.Add(38*time.Hour)
+	body := page()
+	for _, want := range []string{"Starts 2026-12-08 02:00:00 UTC: no offers before.",
+		"Deadline 2026-12-09 02:00:00 UTC: offers urgent after it, outside the window too."} {
+		if !strings.Contains(body, want) {
+			t.Errorf("before the start, the page does not say %q", want)
+		}
+	}
+	now = now.Add(40 * time.Hour)
+	body = page()
+	for _, want := range []string{"Scheduled start 2026-12-08 02:00:00 UTC reached: offers began.",
+		"Deadline 2026-12-09 02:00:00 UTC passed: offers are urgent, outside the window too."} {
+		if !strings.Contains(body, want) {
+			t.Errorf("after the deadline, the page does not say %q", want)
+		}
+	}
+}

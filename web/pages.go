@@ -350,6 +350,8 @@ type rolloutData struct {
 	// FailedReports is the sum of the failure codes' counts: failed
 	// reports, of which a handset that failed twice sent two.
 	FailedReports int64
+	// Now says whether the scheduled start and the deadline are ahead.
+	Now time.Time
 }
 
 func (h *Handler) rolloutData(r *http.Request, id string) (*rolloutData, error) {
@@ -372,7 +374,8 @@ func (h *Handler) rolloutData(r *http.Request, id string) (*rolloutData, error) 
 		return nil, err
 	}
 	d := &rolloutData{rolloutRow: rolloutRow{R: ro, Report: rep}, Chart: ResultsChart(rep.Timeline),
-		States: StatesChart(rep.Timeline), ChartTitle: ResultsTitle(rep.Timeline), StatesTitle: StatesTitle(rep.Timeline), Events: evs, Approvals: aps}
+		States: StatesChart(rep.Timeline), ChartTitle: ResultsTitle(rep.Timeline), StatesTitle: StatesTitle(rep.Timeline), Events: evs, Approvals: aps,
+		Now: h.now()}
 	for _, a := range aps {
 		if a.Pending() {
 			d.Waiting = append(d.Waiting, a)

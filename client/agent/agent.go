@@ -90,6 +90,13 @@ type Update struct {
 	// the delta already: Path, Target, Length and SHA256 are the full
 	// image's, checked against its signed hash.
 	Incremental *manifests.Incremental
+	// Urgent says the rollout's deadline had passed when the update was
+	// offered: the installer should install now, without waiting for a
+	// maintenance window of its own (the server offered it outside the
+	// rollout's window too). It comes from the offer, which the server
+	// wrote, not from the signed metadata: it can hasten an install,
+	// never change what is installed.
+	Urgent bool
 }
 
 // Installer installs verified updates. Install must be idempotent: when
@@ -617,7 +624,7 @@ func (a *Agent) runJob(ctx context.Context) (time.Duration, error) {
 		return 0, nil
 	}
 	u := &Update{Path: dst, Target: o.Target, Length: o.Length, SHA256: j.SHA256, PatchID: o.PatchID,
-		RolloutID: o.RolloutID, Custom: *j.Verified, Incremental: j.Verified.Incremental}
+		RolloutID: o.RolloutID, Custom: *j.Verified, Incremental: j.Verified.Incremental, Urgent: o.Urgent}
 	if deltaFormat(j.Verified) {
 		if j.Full == nil {
 			return a.finish(CodeIncrementalApply, "the job has no signed full image to check the delta's result against")

@@ -103,7 +103,7 @@ func (l *durationListFlag) Set(v string) error {
 
 func (c *cli) rolloutCreate(args []string) error {
 	var sf serverFlags
-	var release, buildMin, buildMax, failureWindow, soak, silenceAfter, window, reason, id string
+	var release, buildMin, buildMax, failureWindow, soak, silenceAfter, window, reason, id, startAt, deadline string
 	var stages, models, channels, regions csvFlag
 	var backoff durationListFlag
 	var maxRate, maxSilence percentFlag
@@ -117,7 +117,11 @@ func (c *cli) rolloutCreate(args []string) error {
 			"takes the release's models and build range from its signed metadata, and the\n"+
 			"selector flags narrow them. Policy flags left out take the server's defaults:\n"+
 			"halt above 5% failures over 1h once 50 results are in, no auto-advance, 3 retries\n"+
-			"after 1h, 4h and 24h, no offers-per-minute cap, any hour.", c.stderr)
+			"after 1h, 4h and 24h, no offers-per-minute cap, any hour.\n\n"+
+			"--start-at schedules the start: the rollout offers nothing before it, and its first\n"+
+			"stage and soak begin there. --deadline makes offers urgent from then on: handsets are\n"+
+			"offered the release outside --window too, and install it without waiting for a\n"+
+			"maintenance window of their own.", c.stderr)
 	sf.register(fs)
 	fs.StringVar(&release, "release", "", "the published target path, e.g. cm-privacy/2026.1/update.zip (required)")
 	fs.Var(&stages, "stages", "stage percents, increasing, e.g. 1,10,50,100 (required)")
@@ -137,6 +141,8 @@ func (c *cli) rolloutCreate(args []string) error {
 	fs.Var(&maxSilence, "max-silence-rate", "halt (or hold a model) above this share of silent handsets, on its own; needs --silence-after (default: none)")
 	fs.IntVar(&maxOffers, "max-offers-per-minute", 0, "cap on new offers per minute across all servers (default: no cap)")
 	fs.StringVar(&window, "window", "", "new offers only in these handset-local hours, e.g. 01:00-05:00 (default: any hour)")
+	fs.StringVar(&startAt, "start-at", "", "offer nothing before this time: RFC 3339 such as 2026-12-08T02:00:00Z,\nor +DURATION from now such as +2h (default: at once)")
+	fs.StringVar(&deadline, "deadline", "", "from this time on, offers are urgent: outside --window too, installed at once;\nRFC 3339 or +DURATION from now, after --start-at (default: never)")
 	fs.BoolVar(&draft, "draft", false, "create it as a draft; start it later with otactl rollout start")
 	fs.StringVar(&reason, "reason", "", "why, for the audit log (default \"created by NAME\")")
 	fs.StringVar(&id, "id", "", "the rollout id (default: the server makes one, ro-...)")
@@ -201,6 +207,15 @@ func (c *cli) rolloutCreate(args []string) error {
 		v := d.v
 		*d.dst = &v
 	}
+	now := time.Now()
+	for _, t := range []struct {
+		flag, v string
+		dst     *string
+	}{{"start-at", startAt, &req.StartAt}, {"deadline", deadline, &req.Deadline}} {
+		if *t.dst, err = parseAhead(t.flag, t.v, now); err != nil {
+			return err
+		}
+	}
 	cl, err := c.client(sf)
 	if err != nil {
 		return err
@@ -219,6 +234,24 @@ func (c *cli) rolloutCreate(args []string) error {
 	fmt.Fprintf(c.stdout, "created rollout %s: %s\n", esc(r.ID), stageLine(r))
 	printRollout(c.stdout, r, time.Now())
 	return nil
+}
+
+// parseAhead reads the time of flag: RFC 3339, or "+" and a duration
+// ahead of now ("+2h"), as the RFC 3339 the API takes; "" stays "".
+// (parseWhen, for --since, reads a bare duration back from now: a time
+// ahead takes the "+" so that neither is mistaken for the other.)
+func parseAhead(flag, v string, now time.Time) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	if rest, ok := strings.CutPrefix(v, "+"); ok {
+		if d, err := time.ParseDuration(rest); err == nil && d >= 0 {
+			return now.Add(d).UTC().Truncate(time.Second).Format(time.RFC3339), nil
+		}
+	} else if t, err := time.Parse(time.RFC3339, v); err == nil {
+		return t.UTC().Format(time.RFC3339), nil
+	}
+	return "", usageError{fmt.Errorf("--%s %q: want an RFC 3339 time such as 2026-12-08T02:00:00Z, or +DURATION from now such as +2h", flag, v)}
 }
 
 // flagOf is the otactl flag of an API body field.
@@ -506,7 +539,7 @@ func (c *cli) rolloutAudit(args []string) error {
 	sf.register(fs)
 	fs.StringVar(&rollout, "rollout", "", "only this rollout")
 	fs.StringVar(&actor, "actor", "", "only this token name (system: the automatic policies)")
-	fs.StringVar(&action, "action", "", "only this action: create, start, pause, resume, abort, advance, complete, halt, hold, release_hold")
+	fs.StringVar(&action, "action", "", "only this action: create, start, pause, resume, abort, advance, complete, halt, hold, release_hold,\nstart_reached, deadline_reached")
 	fs.StringVar(&since, "since", "", "only events at or after this time")
 	fs.StringVar(&until, "until", "", "only events before this time")
 	fs.IntVar(&limit, "limit", 100, "at most this many, up to 1000")

@@ -105,9 +105,20 @@ func TestRolloutCommands(t *testing.T) {
 		t.Errorf("--max-failure-rate 5%%: stored %g (min results %d), want 0.05 (20)", v.Policy.MaxFailureRate, v.Policy.MinResults)
 	}
 	// "7" is 7 percent too; a draft stays a draft.
-	mustRun(t, ops, "rollout", "create", "--id", "ro-draft", "--release", target, "--stages", "100", "--max-failure-rate", "7", "--draft")
+	before := time.Now()
+	r = mustRun(t, ops, "rollout", "create", "--id", "ro-draft", "--release", target, "--stages", "100", "--max-failure-rate", "7", "--draft",
+		"--start-at", "+2h", "--deadline", "2099-01-01T00:00:00Z")
+	wantContains(t, "rollout create --start-at --deadline", r.stdout, "at the earliest, once started",
+		"deadline 2099-01-01T00:00:00Z (in ")
 	if v := show("ro-draft"); v.Policy.MaxFailureRate != 0.07 || v.State != "draft" || v.Policy.Backoff[2] != "24h" {
 		t.Errorf("--max-failure-rate 7 --draft: %+v, want a draft with rate 0.07 and the default backoff", v)
+	} else if v.Policy.StartAt == nil || v.Policy.StartAt.Before(before.Add(2*time.Hour-time.Second)) || v.Policy.StartAt.After(time.Now().Add(2*time.Hour)) ||
+		v.Policy.Deadline == nil || !v.Policy.Deadline.Equal(time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("--start-at +2h --deadline 2099-01-01T00:00:00Z: start_at %v, deadline %v", v.Policy.StartAt, v.Policy.Deadline)
+	}
+	if r := otactl(t, ops, "rollout", "create", "--release", target, "--stages", "100", "--start-at", "+3h", "--deadline", "+1h"); r.code == 0 ||
+		!strings.Contains(r.stderr, "--deadline") {
+		t.Errorf("a deadline before the start: exit %d, %q; want a refusal naming --deadline", r.code, r.stderr)
 	}
 	r = mustRun(t, viewer, "rollout", "list")
 	wantContains(t, "rollout list", r.stdout, "ro-privacy\trunning\tstage 1 of 3\t10%\t"+target+"\tops\n", "ro-draft\tdraft\tstage 1 of 1\t100%")

@@ -194,3 +194,53 @@ func TestListingsEscapeServerText(t *testing.T) {
 		}
 	}
 }
+
+// TestParseAhead: --start-at and --deadline take RFC 3339 or +DURATION
+// from now, and refuse anything else naming the flag.
+func TestParseAhead(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		wantErr  bool
+	}{
+		{in: "", want: ""},
+		{in: "2026-12-08T02:00:00Z", want: "2026-12-08T02:00:00Z"},
+		{in: "2026-12-08T03:00:00+01:00", want: "2026-12-08T02:00:00Z"},
+		{in: "+2h", want: "2026-11-23T12:00:00Z"},
+		{in: "+90m", want: "2026-11-23T11:30:00Z"},
+		{in: "2h", wantErr: true}, {in: "+-2h", wantErr: true}, {in: "tomorrow", wantErr: true},
+		{in: "2026-12-08 02:00", wantErr: true}, {in: "2026-12-08T02:00:00", wantErr: true},
+	} {
+		got, err := parseAhead("deadline", tc.in, watchT0)
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("parseAhead(%q) = %q, %v; want %q, error %v", tc.in, got, err, tc.want, tc.wantErr)
+		}
+		if err != nil && !strings.Contains(err.Error(), "--deadline") {
+			t.Errorf("parseAhead(%q): %v does not name the flag", tc.in, err)
+		}
+	}
+}
+
+// TestPrintRolloutSchedule: rollout show says when a scheduled rollout
+// starts and when its offers become urgent, before and after each.
+func TestPrintRolloutSchedule(t *testing.T) {
+	r := watchRollout()
+	start, deadline := watchT0.Add(3*time.Hour), watchT0.Add(51*time.Hour)
+	r.Policy.StartAt, r.Policy.Deadline, r.StartedAt = &start, &deadline, &start
+	show := func(now time.Time) string {
+		var b strings.Builder
+		printRollout(&b, r, now)
+		return b.String()
+	}
+	wantContains(t, "before the start", show(watchT0),
+		"schedule: starts at 2026-11-23T13:00:00Z (in 3h): no offers before;\n",
+		"deadline 2026-11-25T13:00:00Z (in 2d): offers urgent after it, outside the window too\n",
+		"; starts 2026-11-23T13:00:00Z;")
+	wantContains(t, "after the deadline", show(deadline),
+		"schedule: scheduled start 2026-11-23T13:00:00Z reached: offers began;\n",
+		"deadline 2026-11-25T13:00:00Z passed: offers are urgent, outside the window too\n",
+		"; started 2026-11-23T13:00:00Z;")
+	r.Policy.StartAt, r.Policy.Deadline = nil, nil
+	if s := show(watchT0); strings.Contains(s, "schedule:") {
+		t.Errorf("a rollout without a schedule shows one:\n%s", s)
+	}
+}

@@ -123,6 +123,34 @@ func policyText(p *wire.RolloutPolicy) []string {
 	return lines
 }
 
+// scheduleText says a rollout's scheduled start and deadline at now, in
+// words: "starts at T (in 3h)" or "started at T, as scheduled";
+// "deadline T: offers urgent after it, outside the window too (in 2d)"
+// or "deadline T passed: offers are urgent, outside the window too".
+// Empty when it has neither.
+func scheduleText(r *wire.Rollout, now time.Time) []string {
+	var lines []string
+	p := &r.Policy
+	if t := p.StartAt; t != nil {
+		switch {
+		case r.State == "draft":
+			lines = append(lines, "starts at "+fmtTime(*t)+" at the earliest, once started")
+		case now.Before(*t):
+			lines = append(lines, fmt.Sprintf("starts at %s (in %s): no offers before", fmtTime(*t), roughDuration(t.Sub(now))))
+		default:
+			lines = append(lines, "scheduled start "+fmtTime(*t)+" reached: offers began")
+		}
+	}
+	if t := p.Deadline; t != nil {
+		if now.Before(*t) {
+			lines = append(lines, fmt.Sprintf("deadline %s (in %s): offers urgent after it, outside the window too", fmtTime(*t), roughDuration(t.Sub(now))))
+		} else {
+			lines = append(lines, "deadline "+fmtTime(*t)+" passed: offers are urgent, outside the window too")
+		}
+	}
+	return lines
+}
+
 // printRollout is what "rollout show" prints.
 func printRollout(w io.Writer, r *wire.Rollout, now time.Time) {
 	fmt.Fprintf(w, "rollout %s: %s\n", esc(r.ID), stageLine(r))
@@ -142,6 +170,9 @@ func printRollout(w io.Writer, r *wire.Rollout, now time.Time) {
 	}
 	fmt.Fprintf(w, "  stages:   %s\n", strings.Join(stages, " "))
 	fmt.Fprintf(w, "  policy:   %s\n", strings.Join(policyText(&r.Policy), ";\n            "))
+	if lines := scheduleText(r, now); len(lines) > 0 {
+		fmt.Fprintf(w, "  schedule: %s\n", strings.Join(lines, ";\n            "))
+	}
 	if h := r.Halt; h != nil {
 		fmt.Fprintf(w, "  HALTED %s\n", holdText(h))
 	}
@@ -152,7 +183,9 @@ func printRollout(w io.Writer, r *wire.Rollout, now time.Time) {
 		}
 	}
 	times := []string{fmt.Sprintf("created by %s at %s", esc(r.CreatedBy), fmtTime(r.CreatedAt))}
-	if r.StartedAt != nil {
+	if r.StartedAt != nil && r.StartedAt.After(now) {
+		times = append(times, "starts "+fmtTime(*r.StartedAt))
+	} else if r.StartedAt != nil {
 		times = append(times, "started "+fmtTime(*r.StartedAt))
 	}
 	if r.StageStartedAt != nil && r.State != "completed" && r.State != "aborted" {

@@ -79,7 +79,7 @@ func (s *Server) checkIn(c echo.Context) error {
 		base := s.publicBase()
 		ans.Offer = &wire.OfferAnswer{Target: o.Target, Length: o.Length, SHA256: o.SHA256, PatchID: o.PatchID,
 			RolloutID: o.RolloutID, MetadataURL: base + "/tuf/", TargetsURL: base + "/targets/", Custom: o.Custom,
-			Payload: wire.PayloadFull, FullLength: o.FullLength}
+			Payload: wire.PayloadFull, FullLength: o.FullLength, Urgent: o.Urgent}
 		if o.Incremental {
 			ans.Offer.Payload = wire.PayloadIncremental
 		}

@@ -82,7 +82,8 @@ func rolloutOf(r *rollout.Rollout) *wire.Rollout {
 		Policy: wire.RolloutPolicy{MaxFailureRate: p.MaxFailureRate, MinResults: p.MinResults,
 			FailureWindow: FormatDuration(p.FailureWindow), Soak: FormatDuration(p.Soak), Retries: p.Retries,
 			Backoff: []string{}, MaxOffersPerMinute: p.MaxOffersPerMinute, Window: p.Window.String(),
-			MaxSilenceRate: p.MaxSilenceRate, MinConfirmations: p.MinConfirmations},
+			MaxSilenceRate: p.MaxSilenceRate, MinConfirmations: p.MinConfirmations,
+			StartAt: optionalTime(p.StartAt), Deadline: optionalTime(p.Deadline)},
 		Salt: r.Salt, Halt: holdOf(r.Halt), Holds: make([]wire.RolloutHold, len(r.Holds)),
 		CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt.UTC(), StartedAt: optionalTime(r.StartedAt),
 		StageStartedAt: optionalTime(r.StageStartedAt), EndedAt: optionalTime(r.EndedAt),
@@ -120,6 +121,18 @@ func parseDuration(field, s string) (time.Duration, error) {
 		return 0, &errs.FieldError{Field: field, Message: "want a duration such as 30m, 6h or 1h30m"}
 	}
 	return d, nil
+}
+
+// parseTime reads an RFC 3339 time of the create body; "" is none.
+func parseTime(field, s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, &errs.FieldError{Field: field, Message: "want an RFC 3339 time such as 2026-12-08T02:00:00Z"}
+	}
+	return t.UTC(), nil
 }
 
 // rolloutSpec turns the create body into the service's spec, filling the
@@ -166,6 +179,12 @@ func rolloutSpec(req *wire.RolloutRequest) (rollout.RolloutSpec, error) {
 		}
 	}
 	if p.Window, err = rollout.ParseWindow(req.Window); err != nil {
+		return rollout.RolloutSpec{}, err
+	}
+	if p.StartAt, err = parseTime("start_at", req.StartAt); err != nil {
+		return rollout.RolloutSpec{}, err
+	}
+	if p.Deadline, err = parseTime("deadline", req.Deadline); err != nil {
 		return rollout.RolloutSpec{}, err
 	}
 	return rollout.RolloutSpec{ID: req.ID, Release: req.Release, Stages: req.Stages, Policy: p, Salt: req.Salt,

@@ -24,6 +24,9 @@ var (
 	ErrRetryBackoff      = errors.New("waiting to retry a failed install")
 	ErrAttemptsExhausted = errors.New("no attempts left")
 	ErrOfferCapReached   = errors.New("offers per minute cap reached")
+	// ErrScheduled is a rollout whose scheduled start (Policy.StartAt)
+	// is still ahead.
+	ErrScheduled = errors.New("scheduled to start later")
 	// ErrReleaseNotPublished is a rollout whose release was yanked: no
 	// handset can fetch it any more.
 	ErrReleaseNotPublished = errors.New("release no longer published")
@@ -45,6 +48,7 @@ var refusalCodes = []struct {
 	{ErrAttemptsExhausted, "attempts_exhausted"},
 	{ErrOfferCapReached, "offer_cap_reached"},
 	{ErrReleaseNotPublished, "release_not_published"},
+	{ErrScheduled, "scheduled"},
 }
 
 // RefusalCode is the snake-case code of a refusal reason ("not_in_cohort"),
@@ -108,11 +112,15 @@ type Decision struct {
 	Release RolloutRelease
 	// Reason is one of the ErrX refusals; nil on an offer.
 	Reason error
+	// Urgent says an offer came at or after the rollout's deadline
+	// (Policy.Deadline): it ignored the maintenance window, and the
+	// handset should install without waiting for a window of its own.
+	Urgent bool
 	// PollAfter is when asking again could first change a refusal: until
-	// the window opens, the backoff ends, or the budget renews. Zero when
-	// nothing in particular will change: the caller's poll interval
-	// applies. The caller answers the smaller of the two, so a handset
-	// still checks in at its interval.
+	// the scheduled start comes, the window opens, the backoff ends, or
+	// the budget renews. Zero when nothing in particular will change:
+	// the caller's poll interval applies. The caller answers the smaller
+	// of the two, so a handset still checks in at its interval.
 	PollAfter time.Duration
 	// Payload is which payload of the release an offer carries; the
 	// caller that knows the published targets sets it (ChoosePayload).
@@ -183,8 +191,11 @@ func Refuse(r *Rollout, reason error, pollAfter time.Duration) Decision {
 	return Decision{RolloutID: r.ID, Reason: reason, PollAfter: pollAfter}
 }
 
-func offer(r *Rollout, kind OfferKind) Decision {
-	return Decision{RolloutID: r.ID, Kind: kind, Release: r.Release}
+// offer is r's offer of kind at now; urgent past the deadline while r
+// offers (a handset finishing an install for a paused or aborted
+// rollout is not hurried).
+func offer(r *Rollout, kind OfferKind, now time.Time) Decision {
+	return Decision{RolloutID: r.ID, Kind: kind, Release: r.Release, Urgent: r.State.Offering() && r.Policy.Urgent(now)}
 }
 
 // Decide is rollout r's answer to handset d at in.Now; dr is the
@@ -201,7 +212,8 @@ func offer(r *Rollout, kind OfferKind) Decision {
 //     only to handsets still selected;
 //   - no offer unless the rollout is running or completed
 //     (ErrRolloutHalted after an auto-halt, else ErrRolloutNotRunning),
-//     nor to a held model (ErrModelHeld);
+//     nor to a held model (ErrModelHeld), nor before the scheduled
+//     start (ErrScheduled, PollAfter until it);
 //   - a handset offered the release that has not reported since gets it
 //     again, without a cohort, window or budget check: it was counted;
 //   - after a failure, a handset waits out the backoff (ErrRetryBackoff,
@@ -210,8 +222,11 @@ func offer(r *Rollout, kind OfferKind) Decision {
 //   - a first offer needs the handset in the current stage's cohort
 //     (ErrNotInCohort);
 //   - first offers and retries need the maintenance window open in the
-//     handset's local time (ErrOutsideWindow, PollAfter until it opens)
-//     and room in the budget (ErrOfferCapReached, OfferCapPollAfter).
+//     handset's local time (ErrOutsideWindow, PollAfter until it opens),
+//     unless the deadline passed, and room in the budget
+//     (ErrOfferCapReached, OfferCapPollAfter);
+//   - every offer of a running or completed rollout at or after the
+//     deadline is Urgent.
 func Decide(r *Rollout, d *handsets.Device, dr *handsets.DeviceRollout, in DecisionInput) Decision {
 	if d.Patched(r.Release.PatchID) || (dr != nil && dr.State == handsets.StateInstalled) {
 		return Refuse(r, ErrRunsPatch, 0)
@@ -223,7 +238,7 @@ func Decide(r *Rollout, d *handsets.Device, dr *handsets.DeviceRollout, in Decis
 		return Refuse(r, ErrRolloutNotRunning, 0)
 	}
 	if dr != nil && dr.Installing() {
-		return offer(r, OfferRepeat)
+		return offer(r, OfferRepeat, in.Now)
 	}
 	if !r.Selector.Matches(d) || !r.Release.appliesTo(d) {
 		return Refuse(r, ErrNotSelected, 0)
@@ -235,11 +250,13 @@ func Decide(r *Rollout, d *handsets.Device, dr *handsets.DeviceRollout, in Decis
 		return Refuse(r, ErrRolloutNotRunning, 0)
 	case r.ModelHold(d.Model) != nil:
 		return Refuse(r, ErrModelHeld, 0)
+	case r.Policy.Scheduled(in.Now):
+		return Refuse(r, ErrScheduled, r.Policy.StartAt.Sub(in.Now))
 	}
 	kind := OfferFirst
 	if dr != nil {
 		if !dr.Failed() {
-			return offer(r, OfferRepeat)
+			return offer(r, OfferRepeat, in.Now)
 		}
 		if dr.Attempts > r.Policy.Retries {
 			return Refuse(r, ErrAttemptsExhausted, 0)
@@ -251,13 +268,13 @@ func Decide(r *Rollout, d *handsets.Device, dr *handsets.DeviceRollout, in Decis
 	} else if !InStage(r.Salt, d.ID, r.Percent()) {
 		return Refuse(r, ErrNotInCohort, 0)
 	}
-	if wait := r.Policy.Window.UntilOpen(in.Now, utcOffset(in.UTCOffsetMinutes)); wait > 0 {
+	if wait := r.Policy.Window.UntilOpen(in.Now, utcOffset(in.UTCOffsetMinutes)); wait > 0 && !r.Policy.Urgent(in.Now) {
 		return Refuse(r, ErrOutsideWindow, wait)
 	}
 	if r.Policy.MaxOffersPerMinute > 0 && !in.BudgetLeft {
 		return Refuse(r, ErrOfferCapReached, OfferCapPollAfter)
 	}
-	return offer(r, kind)
+	return offer(r, kind, in.Now)
 }
 
 // ChooseRollout decides for handset d among the rollouts, so that it is

@@ -52,9 +52,11 @@ type RolloutEvaluator struct {
 	Approvals ApprovalStore
 }
 
-// Evaluate runs the policies once at Now. For each running or completed
-// rollout it counts the results per model since Rollout.ResultsSince and
-// runs EvaluateHealth, then, if the rollout still runs and its soak is
+// Evaluate runs the policies once at Now. It skips a rollout whose
+// scheduled start is ahead; once it is reached, and once the deadline
+// passed, it saves one event each (NoteSchedule). For each running or
+// completed rollout it counts the results per model since
+// Rollout.ResultsSince and runs EvaluateHealth, then, if the rollout still runs and its soak is
 // over, counts them since Rollout.StageResultsSince and runs
 // EvaluateAdvance; it saves what changed with its events. A save that
 // finds the rollout changed meanwhile (an operator paused it, say) reads
@@ -143,11 +145,16 @@ func (e *RolloutEvaluator) decide(ctx context.Context, r *Rollout, now time.Time
 		// Re-read after a conflict: paused or aborted meanwhile.
 		return nil, nil, nil
 	}
+	if r.Policy.Scheduled(now) {
+		// Not started: no offers yet, so nothing to halt or advance.
+		return nil, nil, nil
+	}
+	evs := r.NoteSchedule(now)
 	health, err := e.results(ctx, r, now, func(model string) time.Time { return r.ResultsSince(model, now) })
 	if err != nil {
 		return nil, nil, err
 	}
-	evs := EvaluateHealth(r, health, now)
+	evs = append(evs, EvaluateHealth(r, health, now)...)
 	// EvaluateAdvance does nothing before the soak ends: the stage's
 	// results are not read until then.
 	var req *Approval

@@ -141,7 +141,30 @@ type Policy struct {
 	// is the handset's word, a check-in on the new build is the proof.
 	// Zero counts reported installs only.
 	MinConfirmations int64
+	// StartAt, when set, is the scheduled start: before it the rollout
+	// offers nothing (ErrScheduled), even once started, and its first
+	// stage (and soak) begins there, not when it was started. Zero, or a
+	// time already past when it starts, is at once.
+	StartAt time.Time
+	// Deadline, when set, is when the rollout's offers become urgent: from
+	// then on a handset is offered the release outside the maintenance
+	// Window too, and the offer says so (Decision.Urgent), so that the
+	// handset installs without waiting for a window of its own. It must be
+	// after StartAt. Zero is never.
+	Deadline time.Time
 }
+
+// Scheduled reports whether p's scheduled start is still ahead at now:
+// the rollout offers nothing yet.
+func (p *Policy) Scheduled(now time.Time) bool { return now.Before(p.StartAt) }
+
+// Urgent reports whether p's deadline has passed at now: offers are
+// urgent and ignore the maintenance window.
+func (p *Policy) Urgent(now time.Time) bool { return !p.Deadline.IsZero() && !now.Before(p.Deadline) }
+
+// startOf is when a stage begun at now starts: now, or the scheduled
+// start if that is later, so that a soak counts from the first offers.
+func (p *Policy) startOf(now time.Time) time.Time { return latest(now, p.StartAt) }
 
 // DefaultPolicy is a rollout's policy unless the operator says otherwise:
 // halt above 5% failures over the last hour once 50 results are in, no
@@ -198,6 +221,12 @@ func (p *Policy) Validate() error {
 		return errs.Fieldf("min_confirmations", "want 0 (reported installs only) to 1000000")
 	case p.MaxSilenceRate > 0 && p.SilenceAfter == 0:
 		return errs.Fieldf("max_silence_rate", "needs silence_after: how long a handset may stay silent")
+	case !plausibleTime(p.StartAt):
+		return errs.Fieldf("start_at", "want a time from the year 2000 to 9999")
+	case !plausibleTime(p.Deadline):
+		return errs.Fieldf("deadline", "want a time from the year 2000 to 9999")
+	case !p.StartAt.IsZero() && !p.Deadline.IsZero() && !p.Deadline.After(p.StartAt):
+		return errs.Fieldf("deadline", "want a time after start_at: offers become urgent some time after they begin")
 	}
 	for i, b := range p.Backoff {
 		if b < time.Minute || b > 7*24*time.Hour {
@@ -205,6 +234,13 @@ func (p *Policy) Validate() error {
 		}
 	}
 	return nil
+}
+
+// plausibleTime reports whether t is zero (none) or a time a rollout can
+// be scheduled for: a Unix epoch mistaken for none is no time a fleet ran,
+// and a year past 9999 has no RFC 3339 text to store and show.
+func plausibleTime(t time.Time) bool {
+	return t.IsZero() || (t.Year() >= 2000 && t.Year() <= 9999)
 }
 
 // Hold stops new offers of a rollout: to a single model (Model set), or
@@ -262,6 +298,12 @@ type Rollout struct {
 	HealthSince time.Time
 	// ModelHealthSince is the same per model, set when a hold is released.
 	ModelHealthSince map[string]time.Time
+	// StartNotedAt and DeadlineNotedAt are when the rollout's events said
+	// that its scheduled start (Policy.StartAt) was reached and that its
+	// Policy.Deadline passed; zero until then. They are saved with the
+	// event, under Version, so that each is said once (see NoteSchedule).
+	StartNotedAt    time.Time
+	DeadlineNotedAt time.Time
 
 	// Version is the store's optimistic lock: 1 once created, one more
 	// at every save. RolloutStore.UpdateRollout saves only over the
@@ -468,6 +510,11 @@ const (
 	ActionHalt        = "halt"         // auto-halt of the whole rollout
 	ActionHold        = "hold"         // a model held, by a policy or an operator
 	ActionReleaseHold = "release_hold" // a model hold released
+	// ActionStartReached and ActionDeadlineReached are the system's
+	// notes that a scheduled start was reached (offers begin) and that
+	// the deadline passed (offers are urgent); see NoteSchedule.
+	ActionStartReached    = "start_reached"
+	ActionDeadlineReached = "deadline_reached"
 )
 
 // Event is one change to a rollout, for the audit log: who did what,
@@ -566,6 +613,7 @@ func NewRollout(spec Rollout, actor string, now time.Time) (*Rollout, Event, err
 	}
 	ev := r.event(ActionCreate, actor, "", now)
 	ev.FromState, ev.FromPercent = "", 0
+	ev.Detail = r.Policy.scheduleText()
 	return r, ev, nil
 }
 
@@ -578,7 +626,14 @@ func (r *Rollout) Start(actor, reason string, now time.Time) (Event, error) {
 		return Event{}, &TransitionError{Action: ActionStart, State: r.State}
 	}
 	ev := r.event(ActionStart, actor, reason, now)
-	r.State, r.Stage, r.StartedAt, r.StageStartedAt = RolloutRunning, 0, now, now
+	start := r.Policy.startOf(now)
+	r.State, r.Stage, r.StartedAt, r.StageStartedAt = RolloutRunning, 0, start, start
+	if r.Policy.Scheduled(now) {
+		ev.Detail = "scheduled: offers begin at " + formatTime(start)
+	} else if !r.Policy.StartAt.IsZero() {
+		// Started at or after its scheduled start: this event says so.
+		r.StartNotedAt = now
+	}
 	return r.finish(ev), nil
 }
 
@@ -670,7 +725,7 @@ func (r *Rollout) Advance(actor, reason string, percent float64, now time.Time) 
 		stage = i
 	}
 	ev := r.event(ActionAdvance, actor, reason, now)
-	r.Stages, r.Stage, r.StageStartedAt = stages, stage, now
+	r.Stages, r.Stage, r.StageStartedAt = stages, stage, r.Policy.startOf(now)
 	if r.State == RolloutCompleted {
 		r.State, r.EndedAt = RolloutRunning, time.Time{}
 	}

@@ -275,7 +275,8 @@ func auditLimit(limit int) (int, error) {
 
 // RolloutActions lists the audit actions, for filters.
 var RolloutActions = []string{ActionCreate, ActionStart, ActionPause, ActionResume, ActionAbort, ActionAdvance,
-	ActionComplete, ActionHalt, ActionHold, ActionReleaseHold, ActionApprovalRequested, ActionApprovalRejected}
+	ActionComplete, ActionHalt, ActionHold, ActionReleaseHold, ActionApprovalRequested, ActionApprovalRejected,
+	ActionStartReached, ActionDeadlineReached}
 
 // Start makes a draft run at its first stage. A start that leaves the
 // patch's exposure above FourEyesPercent needs a second person: it is

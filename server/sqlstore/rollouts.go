@@ -131,6 +131,14 @@ type policyJSON struct {
 	SilenceAfter       duration       `json:"silence_after,omitempty"`
 	MaxSilenceRate     float64        `json:"max_silence_rate,omitempty"`
 	MinConfirmations   int64          `json:"min_confirmations,omitempty"`
+	StartAt            *time.Time     `json:"start_at,omitempty"`
+	Deadline           *time.Time     `json:"deadline,omitempty"`
+	// StartNotedAt and DeadlineNotedAt are the rollout's, not its
+	// policy's: they say the events about StartAt and Deadline were
+	// saved. They live here, beside what they are about, to need no
+	// column of their own; rows from before read as zero.
+	StartNotedAt    *time.Time `json:"start_noted_at,omitempty"`
+	DeadlineNotedAt *time.Time `json:"deadline_noted_at,omitempty"`
 }
 
 type holdJSON struct {
@@ -239,7 +247,9 @@ func toRolloutRow(r *rollout.Rollout, version int64) (*rolloutRow, error) {
 			FailureWindow: duration(p.FailureWindow), Soak: duration(p.Soak), Retries: p.Retries,
 			Backoff:            mapSlice(p.Backoff, func(d time.Duration) duration { return duration(d) }),
 			MaxOffersPerMinute: p.MaxOffersPerMinute, Window: p.Window,
-			SilenceAfter: duration(p.SilenceAfter), MaxSilenceRate: p.MaxSilenceRate, MinConfirmations: p.MinConfirmations}},
+			SilenceAfter: duration(p.SilenceAfter), MaxSilenceRate: p.MaxSilenceRate, MinConfirmations: p.MinConfirmations,
+			StartAt: optionalTime(p.StartAt), Deadline: optionalTime(p.Deadline),
+			StartNotedAt: optionalTime(r.StartNotedAt), DeadlineNotedAt: optionalTime(r.DeadlineNotedAt)}},
 		{&row.Holds, mapSlice(r.Holds, toHoldJSON)},
 		{&row.ModelHealthSince, since},
 	} {
@@ -285,7 +295,9 @@ func (row *rolloutRow) rollout() (*rollout.Rollout, error) {
 		FailureWindow: time.Duration(pol.FailureWindow), Soak: time.Duration(pol.Soak), Retries: pol.Retries,
 		Backoff:            mapSlice(pol.Backoff, func(d duration) time.Duration { return time.Duration(d) }),
 		MaxOffersPerMinute: pol.MaxOffersPerMinute, Window: pol.Window,
-		SilenceAfter: time.Duration(pol.SilenceAfter), MaxSilenceRate: pol.MaxSilenceRate, MinConfirmations: pol.MinConfirmations}
+		SilenceAfter: time.Duration(pol.SilenceAfter), MaxSilenceRate: pol.MaxSilenceRate, MinConfirmations: pol.MinConfirmations,
+		StartAt: readTime(pol.StartAt), Deadline: readTime(pol.Deadline)}
+	r.StartNotedAt, r.DeadlineNotedAt = readTime(pol.StartNotedAt), readTime(pol.DeadlineNotedAt)
 	r.Holds = mapSlice(holds, holdJSON.hold)
 	for m, t := range r.ModelHealthSince {
 		r.ModelHealthSince[m] = t.UTC()

@@ -110,7 +110,9 @@ func fullRollout(id string, at time.Time) *rollout.Rollout {
 		Policy: rollout.Policy{MaxFailureRate: 0.035, MinResults: 75, FailureWindow: 90 * time.Minute,
 			Soak: 6*time.Hour + 30*time.Minute, Retries: 4,
 			Backoff:            []time.Duration{time.Hour, 4 * time.Hour, 24*time.Hour + 15*time.Second},
-			MaxOffersPerMinute: 120, Window: w},
+			MaxOffersPerMinute: 120, Window: w, StartAt: at.Add(30 * time.Minute), Deadline: at.Add(50 * time.Hour)},
+		StartNotedAt:    at.Add(31 * time.Minute),
+		DeadlineNotedAt: at.Add(51 * time.Hour),
 		Halt: &rollout.Hold{Actor: audit.SystemActor, Reason: "the rollout failed 9 of 60 installs",
 			Installed: 51, Failed: 9, Rate: 9.0 / 60, MaxRate: 0.035, Window: 90 * time.Minute, At: at.Add(time.Minute)},
 		Holds: []rollout.Hold{
@@ -190,6 +192,15 @@ func testRolloutRoundTrip(t *testing.T, b backend) {
 		t.Errorf("events after the refused create: got %d, want 1", len(evs))
 	}
 	checkRollout(t, "after the refused create", mustRollout(t, s, "ro_full"), withVersion(fullRollout("ro_full", µs(t0)), 1))
+
+	// A policy stored before start_at and deadline existed reads back
+	// with neither: no schedule, nothing noted.
+	old := `{"max_failure_rate":0.05,"min_results":50,"failure_window":"1h0m0s","soak":"0s","retries":3,` +
+		`"backoff":["1h0m0s","4h0m0s","24h0m0s"],"max_offers_per_minute":0,"window":""}`
+	if err := s.db.gorm.WithContext(ctx).Exec("UPDATE rollouts SET policy = ? WHERE id = ?", old, "ro_draft").Error; err != nil {
+		t.Fatal(err)
+	}
+	checkRollout(t, "an old policy", mustRollout(t, s, "ro_draft"), wantDraft)
 }
 
 func testRolloutsByState(t *testing.T, b backend) {

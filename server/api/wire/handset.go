@@ -61,6 +61,9 @@ type OfferAnswer struct {
 	// format), else "full"; FullLength is the full image's size.
 	Payload    string `json:"payload"`
 	FullLength int64  `json:"full_length"`
+	// Urgent: the rollout's deadline passed; install without waiting
+	// for the handset's own maintenance window.
+	Urgent bool `json:"urgent,omitempty"`
 }
 
 // The payloads of an offer.

@@ -34,6 +34,11 @@ type RolloutRequest struct {
 	// MinConfirmations is how many handsets of a stage must be back on
 	// the release's build before it advances on its own.
 	MinConfirmations *int64 `json:"min_confirmations,omitempty"`
+	// StartAt (RFC 3339) schedules the start: no offers before it.
+	// Deadline (RFC 3339, after StartAt) makes offers urgent from then:
+	// outside the window too, and the handset installs at once.
+	StartAt  string `json:"start_at,omitempty"`
+	Deadline string `json:"deadline,omitempty"`
 	// Window is "01:00-05:00" in the handsets' local time; empty is any
 	// hour.
 	Window string `json:"window,omitempty"`
@@ -125,6 +130,10 @@ type RolloutPolicy struct {
 	SilenceAfter     string  `json:"silence_after,omitempty"`
 	MaxSilenceRate   float64 `json:"max_silence_rate,omitempty"`
 	MinConfirmations int64   `json:"min_confirmations,omitempty"`
+	// StartAt is the scheduled start, Deadline when offers become
+	// urgent; absent when not set.
+	StartAt  *time.Time `json:"start_at,omitempty"`
+	Deadline *time.Time `json:"deadline,omitempty"`
 }
 
 // RolloutHold is a halt (no model) or a held model, with the numbers
