@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/rollout"
 )
@@ -204,5 +205,20 @@ func TestRolloutPageSaysSchedule(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("after the deadline, the page does not say %q", want)
 		}
+	}
+}
+
+func TestRolloutPageSaysBytesSaved(t *testing.T) {
+	e := newEnv(t)
+	page := func() string { return e.do(t, identity.RoleViewer, "GET", "/rollouts/ro-1", nil).Body.String() }
+	if body := page(); strings.Contains(body, "data-bytes") {
+		t.Error("the page shows payloads for a rollout that offered none")
+	}
+	e.backend.reports["ro-1"].Bytes = server.PayloadBytes{Offered: 30 << 20, Full: 120 << 20, Saved: 90 << 20,
+		ByPayload: []server.PayloadCount{{Offers: 10, Bytes: 20 << 20, FullBytes: 20 << 20},
+			{FromBuild: "7.4.1", Offers: 1500, Bytes: 10 << 20, FullBytes: 100 << 20}}}
+	want := "Payloads: 30.0 MiB offered, 120.0 MiB as full images: 90.0 MiB saved (75%); incremental from 7.4.1 to 1,500 handsets."
+	if body := page(); !strings.Contains(body, want) {
+		t.Errorf("the page does not say %q", want)
 	}
 }

@@ -129,10 +129,25 @@ var funcs = template.FuncMap{
 		}
 		return min(100, n*100/d)
 	},
-	"list": func(v ...any) []any { return v },
-	"sub":  func(a, b int64) int64 { return a - b },
+	"list":  func(v ...any) []any { return v },
+	"sub":   func(a, b int64) int64 { return a - b },
+	"bytes": humanBytes,
 	// span is a policy's duration as the API writes it: 6h, 90m.
 	"span": rollout.FormatDuration,
+}
+
+// humanBytes is a size in binary units, as otactl prints it: 12.3 MiB.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // parsePages parses the layout with each page template: pages[name] is

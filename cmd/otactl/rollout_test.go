@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/manifests"
+	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api/wire"
 )
 
@@ -70,11 +71,19 @@ func TestRenderWatch(t *testing.T) {
 			"  PX-8  offered 60  installed 48  failed 12  HELD\n",
 			"top failures: E_DISK_FULL 12, E_VERIFY 3\n",
 		}, wantNotIn: []string{"nothing more to watch"}},
+		{name: "payloads", rep: &rolloutReport{Eligible: 975, Installed: 25, Bytes: server.PayloadBytes{
+			Offered: 30 << 20, Full: 120 << 20, Saved: 90 << 20, ByPayload: []server.PayloadCount{
+				{FromBuild: "", Offers: 10, Bytes: 20 << 20, FullBytes: 20 << 20},
+				{FromBuild: "7.4.1", Offers: 50, Bytes: 10 << 20, FullBytes: 100 << 20}}}},
+			want: []string{"payloads: 30.0 MiB offered, 120.0 MiB as full images: 90.0 MiB saved (75%); incrementals from 7.4.1 x50\n"}},
+		{name: "full images only", rep: &rolloutReport{Eligible: 975, Installed: 25, Bytes: server.PayloadBytes{
+			Offered: 20 << 20, Full: 20 << 20, ByPayload: []server.PayloadCount{{Offers: 10, Bytes: 20 << 20, FullBytes: 20 << 20}}}},
+			want: []string{"payloads: 20.0 MiB offered, 20.0 MiB as full images\n"}, wantNotIn: []string{"saved", "incrementals"}},
 		{name: "a stage part done", rep: &rolloutReport{Eligible: 975, Installed: 25},
 			want: []string{"> stage 2    10% [########----------------------]  25.0%  25 of 100 installed\n"}},
 		{name: "no report route", rep: nil, want: []string{
 			"> stage 2    10% " + empty + "\n", "no report for this rollout on the server: numbers unavailable\n"},
-			wantNotIn: []string{"expected", "eligible"}},
+			wantNotIn: []string{"expected", "eligible", "payloads"}},
 		{name: "report failed", repErr: errors.New("the server failed with an internal error"),
 			want: []string{"report unavailable: the server failed with an internal error\n"}},
 		{name: "halted and ended", rep: &rolloutReport{}, r: func(r *wire.Rollout) {

@@ -310,6 +310,7 @@ type rolloutReport struct {
 		P95   float64
 		Count int64
 	}
+	Bytes server.PayloadBytes
 }
 
 type reportModel struct {
@@ -336,6 +337,7 @@ func reportView(rep *server.RolloutReport) *rolloutReport {
 	for _, f := range rep.FailureCodes {
 		v.FailureCodes = append(v.FailureCodes, failureCount{ErrorCode: f.ErrorCode, Count: f.Count})
 	}
+	v.Bytes = rep.Bytes
 	t := rep.OfferToInstall
 	v.OfferToInstall.Count = t.Count
 	if t.P50 != nil {
@@ -345,6 +347,28 @@ func reportView(rep *server.RolloutReport) *rolloutReport {
 		v.OfferToInstall.P95 = *t.P95
 	}
 	return v
+}
+
+// bytesLine says what the offers cost in payloads against full images,
+// and which incrementals were offered; "" before any offer.
+func bytesLine(pb server.PayloadBytes) string {
+	if pb.Full <= 0 {
+		return ""
+	}
+	line := fmt.Sprintf("payloads: %s offered, %s as full images", humanBytes(pb.Offered), humanBytes(pb.Full))
+	if pb.Saved > 0 {
+		line += fmt.Sprintf(": %s saved (%.0f%%)", humanBytes(pb.Saved), 100*float64(pb.Saved)/float64(pb.Full))
+	}
+	var inc []string
+	for _, p := range pb.ByPayload {
+		if p.FromBuild != "" {
+			inc = append(inc, fmt.Sprintf("%s x%d", esc(p.FromBuild), p.Offers))
+		}
+	}
+	if len(inc) > 0 {
+		line += "; incrementals from " + strings.Join(inc, ", ")
+	}
+	return line
 }
 
 // barWidth is the width of a stage's progress bar.
@@ -415,6 +439,9 @@ func renderWatch(r *wire.Rollout, rep *rolloutReport, repErr error) string {
 		}
 		if t := rep.OfferToInstall; t.Count > 0 {
 			fmt.Fprintf(&b, "offer to install: p50 %s, p95 %s (%d installs)\n", seconds(t.P50), seconds(t.P95), t.Count)
+		}
+		if line := bytesLine(rep.Bytes); line != "" {
+			b.WriteString(line + "\n")
 		}
 		if len(rep.ByModel) > 0 {
 			b.WriteString("by model:\n")
