@@ -48,6 +48,9 @@ type config struct {
 	// AllowedHosts are hosts (host[:port]) besides the server's that
 	// offers may send the agent to: a CDN for /tuf/ and /targets/.
 	AllowedHosts []string `json:"allowed_hosts,omitempty"`
+	// CurrentImage is the running build's full image, which binary
+	// deltas (otactl delta make) apply to: agent.Config.CurrentImage.
+	CurrentImage string `json:"current_image,omitempty"`
 
 	hookTimeout time.Duration
 }

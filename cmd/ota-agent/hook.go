@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/client/agent"
+	"github.com/patchfleet/ota/manifests"
 )
 
 // hookInstaller runs the install hook, the device's own installer. Its
@@ -21,7 +22,9 @@ import (
 //
 //   - argv: the configured command, then the verified file's path;
 //   - env: OTA_FILE (the path again), OTA_TARGET, OTA_SHA256, OTA_LENGTH,
-//     OTA_PATCH_ID, OTA_INSTALLS_BUILD, beside the agent's environment;
+//     OTA_PATCH_ID, OTA_INSTALLS_BUILD, beside the agent's environment,
+//     and for a maker's incremental package OTA_INCREMENTAL_FROM (its
+//     starting build) and OTA_INCREMENTAL_FORMAT ("package");
 //   - exit 0: installed. Any other exit: failed; the last line of
 //     stdout, if it is an upper snake case code starting with E_
 //     (E_DISK_FULL), is the report's error code, else E_INSTALL; the
@@ -48,6 +51,12 @@ func (h *hookInstaller) Install(ctx context.Context, u *agent.Update) error {
 		"OTA_PATCH_ID="+u.PatchID,
 		"OTA_INSTALLS_BUILD="+u.Custom.InstallsBuild,
 	)
+	if inc := u.Incremental; inc != nil && inc.Format == manifests.FormatPackage {
+		// The maker's incremental package: the hook applies it, and
+		// prints E_INCREMENTAL_APPLY when it does not apply, so that
+		// the server offers the full image next.
+		cmd.Env = append(cmd.Env, "OTA_INCREMENTAL_FROM="+inc.FromBuild, "OTA_INCREMENTAL_FORMAT="+inc.Format)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	// Its own process group: a SIGTERM to the agent's group (systemd's

@@ -43,11 +43,15 @@ The config file is one JSON object:
     "allowed_hosts": ["cdn.example.com"]
   }
 region, hook_timeout, enrollment_secret(_file), cloud_messaging,
-number_encryption, utc_offset_minutes and allowed_hosts are optional.
+number_encryption, utc_offset_minutes, allowed_hosts and current_image (the
+running build's full image, which binary deltas apply to) are optional.
 
 The install hook gets the verified file's path as its last argument and
 OTA_FILE, OTA_TARGET, OTA_SHA256, OTA_LENGTH, OTA_PATCH_ID and
-OTA_INSTALLS_BUILD in its environment. Exit 0 means installed; any other
+OTA_INSTALLS_BUILD in its environment (and, for a maker's incremental
+package, OTA_INCREMENTAL_FROM and OTA_INCREMENTAL_FORMAT: print
+E_INCREMENTAL_APPLY when it does not apply and the server offers the full
+image next). Exit 0 means installed; any other
 exit is a failure whose error code is the last line of stdout if it looks
 like E_SOME_CODE (else E_INSTALL), and whose message is the last line of
 stderr. It may run twice for one update (after a crash): make it
@@ -121,8 +125,8 @@ func run(args []string, stderr io.Writer) int {
 		Device: agent.Device{Model: cfg.Model, Build: cfg.Build, Channel: cfg.Channel, Region: cfg.Region,
 			CloudMessaging: cfg.CloudMessaging, NumberEncryption: cfg.NumberEncryption, UTCOffsetMinutes: cfg.UTCOffsetMinutes},
 		Installer:    &hookInstaller{argv: cfg.InstallHook, timeout: cfg.hookTimeout},
-		AllowedHosts: cfg.AllowedHosts,
-		Logger:       log,
+		AllowedHosts: cfg.AllowedHosts, CurrentImage: cfg.CurrentImage,
+		Logger: log,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "ota-agent:", err)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/patchfleet/ota/client/agent"
+	"github.com/patchfleet/ota/manifests"
 )
 
 // TestHookContract: the hook gets the file as its last argument and the
@@ -33,6 +34,7 @@ func TestHookContract(t *testing.T) {
 		{"code on stdout", "echo checking; echo E_DISK_FULL; echo 'need 2 GB' >&2; exit 3", "E_DISK_FULL", "need 2 GB"},
 		{"no code", "echo 'something broke'; exit 1", "E_INSTALL", "install hook exited with 1"},
 		{"code not a code", "echo 'E_disk full'; echo oops >&2; exit 1", "E_INSTALL", "oops"},
+		{"not incremental", `[ -z "$OTA_INCREMENTAL_FROM$OTA_INCREMENTAL_FORMAT" ]`, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := &hookInstaller{argv: []string{"/bin/sh", "-c", tc.script + "\n", "hook"}, timeout: time.Minute}
@@ -48,6 +50,16 @@ func TestHookContract(t *testing.T) {
 				t.Fatalf("error %#v, want code %s and message %q", err, tc.code, tc.msg)
 			}
 		})
+	}
+	// A maker's incremental package: the hook hears its starting build,
+	// and its E_INCREMENTAL_APPLY is the report's code.
+	inc := *u
+	inc.Incremental = &manifests.Incremental{Of: "px7/u.bin", FromBuild: "7.4.1", Format: manifests.FormatPackage}
+	h := &hookInstaller{argv: []string{"/bin/sh", "-c", `[ "$OTA_INCREMENTAL_FROM $OTA_INCREMENTAL_FORMAT" = "7.4.1 package" ] && echo E_INCREMENTAL_APPLY && exit 1` + "\n", "hook"},
+		timeout: time.Minute}
+	var ie *agent.InstallError
+	if err := h.Install(context.Background(), &inc); !errors.As(err, &ie) || ie.Code != agent.CodeIncrementalApply {
+		t.Fatalf("incremental package: %v; want %s from the hook", err, agent.CodeIncrementalApply)
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/patchfleet/ota/client"
 	"github.com/patchfleet/ota/internal/envflag"
+	"github.com/patchfleet/ota/manifests/delta"
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/audit"
 	"github.com/patchfleet/ota/server/identity"
@@ -117,6 +119,8 @@ type demoRun struct {
 	main      *Main
 	rolloutID string
 	fleet     *demoFleet
+	// images are the builds' full images, by build.
+	images map[string]string
 	// operator and approver call the admin API as demo-operator and
 	// demo-approver, as people would through otactl.
 	operator, approver *client.Client
@@ -206,7 +210,7 @@ func runDemoWith(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer, 
 	}
 	if d.fleet, err = newDemoFleet(fleetConfig{Client: dc, Root: root, TUFDir: tufDir,
 		Handsets: cfg.Handsets, Workers: cfg.Workers, Seed: cfg.Seed, EnrollSpread: min(5*time.Second, cfg.PollInterval),
-		InstallTime: cfg.InstallTime, Logger: log}); err != nil {
+		InstallTime: cfg.InstallTime, Images: d.images, Logger: log}); err != nil {
 		return err
 	}
 	go d.fleet.run(fleetCtx)
@@ -216,9 +220,11 @@ func runDemoWith(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer, 
 	fmt.Fprintf(stdout, "\notad demo is running: %s\n", d.url)
 	fmt.Fprintf(stdout, "login: %s / %s\n", demoAdmin, d.password)
 	fmt.Fprintf(stdout, "Next: %d simulated handsets enroll, then %s rolls the privacy patch out to 10%% -> 25%% -> 50%% after %s healthy soaks; "+
-		"PX-8 fails often and is held while the other models go on; widening past 50%% waits for a second person "+
-		"(log in as admin and approve it, or %s does after %s); then 100%%. Ctrl-C stops.\n\n",
-		cfg.Handsets, demoOperator, cfg.Soak, demoApprover, cfg.ApproveAfter)
+		"PX-8 fails often and is held while the other models go on; the patch bricks some PX-9s, which go silent, "+
+		"and PX-9 is held for silence %s after they began installing; widening past 50%% waits for a second person "+
+		"(log in as admin and approve it, or %s does after %s); then 100%%. Handsets on %s get a small delta "+
+		"instead of the full image: the rollout page shows the bytes saved. Ctrl-C stops.\n\n",
+		cfg.Handsets, demoOperator, cfg.Soak, demoSilenceAfter, demoApprover, cfg.ApproveAfter, strings.Join(demoIncrementalBuilds, " and "))
 	log.Info("demo: simulated handsets enrolling", slog.Int("handsets", cfg.Handsets), slog.Uint64("seed", cfg.Seed))
 	d.waitEnrolled(ctx)
 	if ctx.Err() != nil {
@@ -314,7 +320,32 @@ func (d *demoRun) setup(ctx context.Context, dc *client.Client) error {
 	if err != nil {
 		return err
 	}
-	return team.release(ctx, artifact)
+	// The builds' images, which the handsets' deltas apply to, and the
+	// release's deltas from two of them.
+	images := filepath.Join(d.dir, "images")
+	if err := os.MkdirAll(images, 0o700); err != nil {
+		return err
+	}
+	d.images = map[string]string{}
+	deltas := map[string][]byte{}
+	for _, build := range demoBuilds {
+		img, err := demoImage(d.cfg.Seed, build)
+		if err != nil {
+			return err
+		}
+		d.images[build] = filepath.Join(images, build+".img")
+		if err := os.WriteFile(d.images[build], img, 0o600); err != nil {
+			return err
+		}
+		if slices.Contains(demoIncrementalBuilds, build) {
+			var b bytes.Buffer
+			if err := delta.Make(ctx, bytes.NewReader(img), int64(len(img)), bytes.NewReader(artifact), int64(len(artifact)), &b, nil); err != nil {
+				return fmt.Errorf("delta from %s: %w", build, err)
+			}
+			deltas[build] = b.Bytes()
+		}
+	}
+	return team.release(ctx, artifact, deltas)
 }
 
 // demoPassword is 20 random letters and digits.
@@ -349,8 +380,10 @@ func (d *demoRun) waitEnrolled(ctx context.Context) {
 func (d *demoRun) startRollout(ctx context.Context) error {
 	rate, minResults, retries := 0.08, int64(d.cfg.MinResults), 1
 	window, soak := rollout.FormatDuration(10*time.Minute), rollout.FormatDuration(d.cfg.Soak)
+	silence, silenceRate := rollout.FormatDuration(demoSilenceAfter), demoMaxSilenceRate
 	ch, err := d.operator.CreateRollout(ctx, wire.RolloutRequest{Release: demoTarget, Stages: []float64{10, 25, 50, 100},
 		MaxFailureRate: &rate, MinResults: &minResults, FailureWindow: &window, Soak: &soak, Retries: &retries,
+		SilenceAfter: &silence, MaxSilenceRate: &silenceRate,
 		Backoff: []string{rollout.FormatDuration(time.Minute)}, Salt: demoSalt(d.cfg.Seed),
 		Reason: "privacy patch " + demoPatchID + ": 10% first, widening after each healthy soak"})
 	if err != nil {
@@ -420,7 +453,12 @@ func (d *demoRun) watch(ctx context.Context, log *slog.Logger) {
 				slog.Int64("enrolled", c.Enrolled), slog.Int64("offered", c.Offered),
 				slog.Int64("installed", c.Installed), slog.Int64("failed", c.Failed), slog.Int64("checkins", c.CheckIns), slog.Int64("reports", c.Reports),
 				slog.Int64("exposed", c.Enrolled-c.Installed),
-				slog.String("held_models", strings.Join(held, ",")), slog.Int64("request_errors", c.ErrorCount()))
+				slog.Int64("silent", c.Silent), slog.String("held_models", strings.Join(held, ",")),
+				slog.Int64("request_errors", c.ErrorCount()))
+			if rep, err := d.operator.RolloutReport(ctx, d.rolloutID); err == nil && rep.Bytes.Full > 0 {
+				log.Info("demo: payloads", slog.Int64("bytes_offered", rep.Bytes.Offered), slog.Int64("bytes_full_images", rep.Bytes.Full),
+					slog.Int64("bytes_saved", rep.Bytes.Saved))
+			}
 		}
 	}
 }

@@ -38,6 +38,17 @@ var (
 	demoPX8Code   = "E_VENDOR_PARTITION"
 )
 
+// Silent bricks: the patch boot-loops demoSilentRate of PX-9s before
+// their agent runs again, so they report installing and then nothing.
+// The rollout counts them silent once demoSilenceAfter passes without a
+// check-in, and holds PX-9 for silence alone (demoMaxSilenceRate).
+const (
+	demoSilentModel    = "PX-9"
+	demoSilentRate     = 0.2
+	demoSilenceAfter   = time.Minute
+	demoMaxSilenceRate = 0.05
+)
+
 // fleetConfig is a simulated fleet.
 type fleetConfig struct {
 	// Client is the handsets' client, without a token: each handset
@@ -66,7 +77,10 @@ type fleetConfig struct {
 	//     of rollout cache, a poll of 10 s +- 10%, a second of jitter)
 	//     and the slowest result takes 8 s more, against a soak of 30 s.
 	InstallTime time.Duration
-	Logger      *slog.Logger
+	// Images are the builds' full images (handsetsim.Config.Images):
+	// what the release's binary deltas apply to.
+	Images map[string]string
+	Logger *slog.Logger
 }
 
 // demoFleet is the demo's simulated fleet: handsetsim's, with the
@@ -108,7 +122,7 @@ func newDemoFleet(cfg fleetConfig) (*demoFleet, error) {
 	f := &demoFleet{done: make(chan struct{}), firstTries: map[int]string{}}
 	fleet, err := handsetsim.New(handsetsim.Config{
 		Client: cfg.Client, Root: cfg.Root, TUFDir: cfg.TUFDir, UserAgent: demoUserAgent,
-		Workers: cfg.Workers, EnrollSpread: cfg.EnrollSpread, RetryFailed: true,
+		Workers: cfg.Workers, EnrollSpread: cfg.EnrollSpread, RetryFailed: true, Images: cfg.Images,
 		// poll_after_seconds is whole seconds; a fraction more keeps the
 		// fleet from checking in on the same ticks.
 		PollJitter: time.Second,
@@ -117,6 +131,9 @@ func newDemoFleet(cfg fleetConfig) (*demoFleet, error) {
 			// Handset i's stream is used by the worker that owns it only.
 			rng := rngs[i]
 			o := handsetsim.Outcome{Code: demoInstallFailure(cfg.Seed, i, attempt, h.Model)}
+			if demoSilent(cfg.Seed, i, h.Model) {
+				return handsetsim.Outcome{Silent: true}
+			}
 			span := [2]float64{1, 2}
 			if h.Model == demoFailingModel {
 				span = [2]float64{1.5, 2}
@@ -182,6 +199,16 @@ func demoInstallFailure(seed uint64, index, attempt int, model string) string {
 		return ""
 	}
 	return codes[rng.IntN(len(codes))]
+}
+
+// demoSilent decides whether the patch bricks handset index of the fleet
+// of seed silently: demoSilentRate of demoSilentModel, a pure function
+// like demoInstallFailure.
+func demoSilent(seed uint64, index int, model string) bool {
+	if model != demoSilentModel {
+		return false
+	}
+	return rand.New(rand.NewPCG(seed, 1<<62|uint64(index))).Float64() < demoSilentRate
 }
 
 // demoUserAgent names the demo's requests in the server's logs.

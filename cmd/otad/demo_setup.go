@@ -7,8 +7,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
@@ -80,16 +82,33 @@ func (t *releaseTeam) ceremony(ctx context.Context) error {
 	return t.signUntilPublished(ctx, v.ID, "root v1")
 }
 
-// release uploads the artifact, drafts the release and has carol and
-// alice sign it (one signature alone publishes nothing).
-func (t *releaseTeam) release(ctx context.Context, artifact []byte) error {
-	sum := sha256.Sum256(artifact)
-	hexSum := hex.EncodeToString(sum[:])
-	if _, err := t.client.UploadArtifact(ctx, client.Upload{Path: demoTarget, Body: bytes.NewReader(artifact),
-		Length: int64(len(artifact)), SHA256: hexSum}); err != nil {
-		return fmt.Errorf("upload %s: %w", demoTarget, err)
+// release uploads the artifact and the deltas (binary deltas from the
+// starting builds they are keyed by), drafts the release and has carol
+// and alice sign it (one signature alone publishes nothing).
+func (t *releaseTeam) release(ctx context.Context, artifact []byte, deltas map[string][]byte) error {
+	upload := func(path string, b []byte) (string, error) {
+		sum := sha256.Sum256(b)
+		hexSum := hex.EncodeToString(sum[:])
+		_, err := t.client.UploadArtifact(ctx, client.Upload{Path: path, Body: bytes.NewReader(b), Length: int64(len(b)), SHA256: hexSum})
+		if err != nil {
+			return "", fmt.Errorf("upload %s: %w", path, err)
+		}
+		return hexSum, nil
+	}
+	hexSum, err := upload(demoTarget, artifact)
+	if err != nil {
+		return err
 	}
 	req := wire.ReleaseRequest{Path: demoTarget, Length: int64(len(artifact)), SHA256: hexSum, Custom: demoCustom()}
+	for _, build := range slices.Sorted(maps.Keys(deltas)) {
+		path := strings.TrimSuffix(demoTarget, ".zip") + ".from-" + build + ".zip"
+		sum, err := upload(path, deltas[build])
+		if err != nil {
+			return err
+		}
+		req.Incrementals = append(req.Incrementals, wire.ReleaseIncremental{FromBuild: build, Path: path,
+			Length: int64(len(deltas[build])), SHA256: sum, Format: manifests.FormatZstdPatch})
+	}
 	v, err := t.client.CreateRelease(ctx, req)
 	if err != nil {
 		return fmt.Errorf("draft release %s: %w", demoTarget, err)
@@ -164,17 +183,32 @@ func (e demoEngineer) sign(v *manifests.DraftView) ([]wire.UploadSignature, erro
 	return out, nil
 }
 
-// demoArtifact is a small, real zip: a manifest saying what the patch
-// does and a payload standing in for the system image delta.
-func demoArtifact(seed uint64) ([]byte, error) {
+// demoIncrementalBuilds are the starting builds the release carries a
+// binary delta for; handsets on the others download the full image.
+var demoIncrementalBuilds = []string{"7.4.0", "7.4.1"}
+
+// demoArtifact is the release's full image (demoImage of 7.5.0).
+func demoArtifact(seed uint64) ([]byte, error) { return demoImage(seed, "7.5.0") }
+
+// demoImage is a build's full image: a small, real zip with a manifest
+// saying what the build is and a stored payload standing in for the
+// system image. Each build's payload is the one before it with a few
+// hundred bytes changed, as a phone's builds are, so that a delta
+// between two builds is small (and a delta from an older build larger).
+func demoImage(seed uint64, build string) ([]byte, error) {
 	var buf bytes.Buffer
 	zw := zip.NewWriter(&buf)
-	w, err := zw.Create("META-INF/patch.txt")
+	w, err := zw.Create("META-INF/build.txt")
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(w, "patch %s installs build 7.5.0\n%s\n", demoPatchID, demoCustom().Extra["fixes"])
-	w, err = zw.Create("payload.bin")
+	if build == "7.5.0" {
+		fmt.Fprintf(w, "patch %s installs build 7.5.0\n%s\n", demoPatchID, demoCustom().Extra["fixes"])
+	} else {
+		fmt.Fprintf(w, "build %s\n", build)
+	}
+	// Stored, not deflated: a changed byte changes one byte of the zip.
+	w, err = zw.CreateHeader(&zip.FileHeader{Name: "payload.bin", Method: zip.Store})
 	if err != nil {
 		return nil, err
 	}
@@ -182,6 +216,15 @@ func demoArtifact(seed uint64) ([]byte, error) {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	for i := range payload {
 		payload[i] = byte(rng.Uint32())
+	}
+	for i, b := range append(slices.Clone(demoBuilds), "7.5.0") {
+		// Each build changes 64 bytes of its own stretch.
+		for j := range 64 {
+			payload[(i*4096+j*61)%len(payload)] ^= byte(i + 1)
+		}
+		if b == build {
+			break
+		}
 	}
 	if _, err := w.Write(payload); err != nil {
 		return nil, err

@@ -136,6 +136,37 @@ func TestDemo(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+	// The PX-9s the patch bricked go silent: a minute after they began
+	// installing, PX-9 is held for silence, while the handsets on 7.4.0
+	// and 7.4.1 took a delta instead of the full image.
+	for {
+		got, err := cl.RolloutReport(ctx, d.rolloutID)
+		if err != nil {
+			fail("rollout report: %v", err)
+		}
+		i := slices.IndexFunc(got.ByModel, func(m server.ModelCohort) bool { return m.Model == demoSilentModel })
+		if i >= 0 && got.ByModel[i].Held {
+			if reason := got.ByModel[i].HoldReason; !strings.Contains(reason, "silent for over 1m") {
+				fail("%s held for %q; want silence", demoSilentModel, reason)
+			}
+			b := got.Bytes
+			var incrementals int64
+			for _, p := range b.ByPayload {
+				if p.FromBuild != "" {
+					incrementals += p.Offers
+				}
+			}
+			if b.Saved <= 0 || b.Saved != b.Full-b.Offered || incrementals == 0 {
+				fail("payloads %+v; want bytes saved by the deltas", b)
+			}
+			t.Logf("%s held: %s; payloads: %d bytes offered, %d as full images", demoSilentModel, got.ByModel[i].HoldReason, b.Offered, b.Full)
+			break
+		}
+		if time.Now().After(deadline) {
+			fail("after 5 minutes: %s not held for silence: %+v", demoSilentModel, got.Holds)
+		}
+		time.Sleep(time.Second)
+	}
 
 	cancel()
 	select {
