@@ -60,15 +60,22 @@ import (
 //	scripts/bench-wave.sh    (a throwaway PostgreSQL for the postgres variants)
 //	go test ./cmd/otad -run '^$' -bench Wave -benchtime 1x -timeout 60m
 func BenchmarkWave(b *testing.B) {
-	b.Run("sqlite", func(b *testing.B) { benchWave(b, "", 1) })
-	b.Run("postgres", func(b *testing.B) { benchWave(b, apitest.PostgresDSN(b), 1) })
-	b.Run("postgres-2-replicas", func(b *testing.B) { benchWave(b, apitest.PostgresDSN(b), 2) })
+	b.Run("sqlite", func(b *testing.B) { benchWave(b, "", 1, false) })
+	b.Run("postgres", func(b *testing.B) { benchWave(b, apitest.PostgresDSN(b), 1, false) })
+	b.Run("postgres-incrementals-silence", func(b *testing.B) { benchWave(b, apitest.PostgresDSN(b), 1, true) })
+	b.Run("postgres-2-replicas", func(b *testing.B) { benchWave(b, apitest.PostgresDSN(b), 2, false) })
 }
 
 // The steps of one handset's path through the wave, in order.
 var waveSteps = []string{"offer", "downloading", "installing", "installed", "patched"}
 
-func benchWave(b *testing.B, dsn string, replicas int) {
+// benchWave runs the wave on dsn through replicas otad processes. With
+// payloads, the release carries incremental payloads (one from the
+// fleet's build, so every offer is one) and the rollout counts silence
+// (silence_after 1h: the evaluator's silence query runs, nothing is
+// silent): what issue 17 adds to a check-in, against the same wave
+// without it.
+func benchWave(b *testing.B, dsn string, replicas int, payloads bool) {
 	if b.N != 1 {
 		b.Fatalf("one wave per run, b.N is %d: run with -benchtime 1x (and -count N for N runs)", b.N)
 	}
@@ -84,8 +91,14 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 	dir := b.TempDir()
 	procs := []*otadProcess{startOtad(b, bin, dir)}
 	bases := []string{"http://" + procs[0].addr}
-	publishPatch(b, bin, dir, bases[0])
 	env := &apitest.Env{URL: bases[0], Token: engineerToken(b, bin, dir)}
+	if payloads {
+		es := apitest.NewEngineers(b, 2)
+		env.Ceremony(b, es, 2)
+		env.PublishWithIncrementals(b, "cloudmsg/CM-2026-001/update.zip", bytes.Repeat([]byte("patch"), 1000), es, "7.1.0", "7.2.0", "7.3.0")
+	} else {
+		publishPatch(b, bin, dir, bases[0])
+	}
 
 	c := &waveClient{hc: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
 		MaxIdleConns: 4 * conc, MaxIdleConnsPerHost: 2 * conc, IdleConnTimeout: time.Minute}}}
@@ -133,8 +146,12 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 		}
 	}
 	// A start at 100% waits for a second person's approval.
-	r := createRollout(b, env, engineerToken(b, bin, dir), wire.RolloutRequest{Release: "cloudmsg/CM-2026-001/update.zip",
-		Stages: []float64{100}, Reason: "wave benchmark"})
+	req := wire.RolloutRequest{Release: "cloudmsg/CM-2026-001/update.zip", Stages: []float64{100}, Reason: "wave benchmark"}
+	if payloads {
+		silence, rate := "1h", 0.5
+		req.SilenceAfter, req.MaxSilenceRate = &silence, &rate
+	}
+	r := createRollout(b, env, engineerToken(b, bin, dir), req)
 	if r.State != "running" {
 		b.Fatalf("rollout %s is %s, want running", r.ID, r.State)
 	}
@@ -178,6 +195,9 @@ func benchWave(b *testing.B, dsn string, replicas int) {
 		o := ans.Offer
 		if o == nil || o.RolloutID != r.ID {
 			return fmt.Errorf("check-in on the old build: no offer of rollout %s (no_offer %q)", r.ID, ans.NoOffer)
+		}
+		if want := map[bool]string{false: wire.PayloadFull, true: wire.PayloadIncremental}[payloads]; o.Payload != want {
+			return fmt.Errorf("check-in on the old build: offered the %s payload, want %s", o.Payload, want)
 		}
 		last := time.Time{}
 		for s, state := range []string{handsets.StateDownloading, handsets.StateInstalling, handsets.StateInstalled} {

@@ -2,6 +2,7 @@ package apitest_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/patchfleet/ota/internal/apitest"
 	"github.com/patchfleet/ota/server/api/wire"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // BenchmarkCheckIn measures check-ins through the real HTTP stack (loopback
@@ -24,28 +26,40 @@ import (
 // rollout (every check-in refused: not selected), and with a rollout at
 // 50% running (half the handsets are offered the release on every
 // check-in, the other half refused: not in the cohort), each after one
-// warm-up check-in per handset. It reports check-ins/s and latency
-// percentiles.
+// warm-up check-in per handset; and that rollout again with the
+// release carrying incremental payloads (one from the handsets' build)
+// and silence counted (rollout-incrementals-silence), so that the two
+// compare in one run. It reports check-ins/s and latency percentiles.
 //
 //	go test ./internal/apitest -run x -bench CheckIn -benchtime 20000x
 func BenchmarkCheckIn(b *testing.B) {
-	for _, rollout := range []bool{false, true} {
-		name := map[bool]string{false: "no-rollout", true: "rollout"}[rollout]
-		b.Run("sqlite/"+name, func(b *testing.B) { benchCheckIn(b, apitest.Options{}, rollout) })
-		b.Run("postgres/"+name, func(b *testing.B) {
+	for _, mode := range []string{"no-rollout", "rollout", "rollout-incrementals-silence"} {
+		b.Run("sqlite/"+mode, func(b *testing.B) { benchCheckIn(b, apitest.Options{}, mode) })
+		b.Run("postgres/"+mode, func(b *testing.B) {
 			dsn := apitest.PostgresDSN(b)
-			benchCheckIn(b, apitest.Options{DB: apitest.OpenPostgresPool(b, dsn, 0)}, rollout)
+			benchCheckIn(b, apitest.Options{DB: apitest.OpenPostgresPool(b, dsn, 0)}, mode)
 		})
 	}
 }
 
-func benchCheckIn(b *testing.B, opts apitest.Options, rollout bool) {
+func benchCheckIn(b *testing.B, opts apitest.Options, mode string) {
 	env := apitest.Start(b, opts)
 	es := apitest.NewEngineers(b, 1)
 	env.Ceremony(b, es, 1)
-	env.Publish(b, patchPath, randomBytes(b, 1024), es...)
-	if rollout {
-		env.StartRollout(b, patchPath, 50)
+	switch mode {
+	case "no-rollout", "rollout":
+		env.Publish(b, patchPath, randomBytes(b, 1024), es...)
+		if mode == "rollout" {
+			env.StartRollout(b, patchPath, 50)
+		}
+	case "rollout-incrementals-silence":
+		env.PublishWithIncrementals(b, patchPath, randomBytes(b, 1024), es, "7.1.0", "7.2.0", "7.3.0")
+		p := rollout.DefaultPolicy()
+		p.SilenceAfter, p.MaxSilenceRate = time.Hour, 0.5
+		if _, err := env.ApprovePending(env.App.Rollouts.Create(context.Background(), rollout.RolloutSpec{Release: patchPath,
+			Stages: []float64{50}, Policy: p, Reason: "benchmark"}, "test-operator")); err != nil {
+			b.Fatal(err)
+		}
 	}
 
 	const devices, concurrency = 1000, 64
@@ -89,7 +103,7 @@ func benchCheckIn(b *testing.B, opts apitest.Options, rollout bool) {
 	var next atomic.Int64
 	var mu sync.Mutex
 	latencies := make([]time.Duration, 0, b.N)
-	var errs, offers atomic.Int64
+	var errs, offers, incrementals atomic.Int64
 	b.SetParallelism(max(1, concurrency/runtime.GOMAXPROCS(0)))
 	cpu0 := processCPU(b)
 	b.ResetTimer()
@@ -115,6 +129,7 @@ func benchCheckIn(b *testing.B, opts apitest.Options, rollout bool) {
 			var ans struct {
 				Offer *struct {
 					RolloutID string `json:"rollout_id"`
+					Payload   string `json:"payload"`
 				} `json:"offer"`
 			}
 			if err := json.NewDecoder(resp.Body).Decode(&ans); err != nil && resp.StatusCode == 200 {
@@ -127,6 +142,9 @@ func benchCheckIn(b *testing.B, opts apitest.Options, rollout bool) {
 				errs.Add(1)
 			case ans.Offer != nil && ans.Offer.RolloutID != "":
 				offers.Add(1)
+				if ans.Offer.Payload == wire.PayloadIncremental {
+					incrementals.Add(1)
+				}
 			}
 		}
 		mu.Lock()
@@ -141,9 +159,12 @@ func benchCheckIn(b *testing.B, opts apitest.Options, rollout bool) {
 	}
 	// With the rollout, about half the handsets are in the cohort (seen
 	// once enough of them checked in); without, none is offered anything.
+	if inc := mode == "rollout-incrementals-silence"; (inc && incrementals.Load() != offers.Load()) || (!inc && incrementals.Load() != 0) {
+		b.Fatalf("%d of %d offers were incremental (%s)", incrementals.Load(), offers.Load(), mode)
+	}
 	share := float64(offers.Load()) / float64(b.N)
-	if (rollout && b.N >= 1000 && (share < 0.35 || share > 0.65)) || (!rollout && share != 0) {
-		b.Fatalf("%.0f%% of check-ins carried an offer (rollout %v)", 100*share, rollout)
+	if withRollout := mode != "no-rollout"; (withRollout && b.N >= 1000 && (share < 0.35 || share > 0.65)) || (!withRollout && share != 0) {
+		b.Fatalf("%.0f%% of check-ins carried an offer (%s)", 100*share, mode)
 	}
 	slices.Sort(latencies)
 	pct := func(p float64) float64 {

@@ -199,6 +199,28 @@ func (env *Env) Publish(tb testing.TB, path string, content []byte, signers ...*
 	return env.MustSign(tb, v.ID, signers...)
 }
 
+// PublishWithIncrementals uploads, drafts and signs a release of content
+// at path with signers, carrying for each build of from an incremental
+// payload (a maker's package, FormatPackage: a tenth of content's size,
+// its bytes of no meaning) at path with .from-BUILD appended.
+func (env *Env) PublishWithIncrementals(tb testing.TB, path string, content []byte, signers []*Engineer, from ...string) *manifests.DraftView {
+	tb.Helper()
+	env.Upload(tb, path, content)
+	req := wire.ReleaseRequest{Path: path, Length: int64(len(content)), SHA256: SHA256Hex(content), Custom: PatchCustom()}
+	for _, build := range from {
+		inc := bytes.Repeat([]byte(build), max(len(content)/10/len(build), 1))
+		p := path + ".from-" + build
+		env.Upload(tb, p, inc)
+		req.Incrementals = append(req.Incrementals, wire.ReleaseIncremental{FromBuild: build, Path: p,
+			Length: int64(len(inc)), SHA256: SHA256Hex(inc), Format: manifests.FormatPackage})
+	}
+	v, err := env.Client().CreateRelease(context.Background(), req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return env.MustSign(tb, v.ID, signers...)
+}
+
 // PatchCustom is the custom metadata of the privacy patch.
 func PatchCustom() manifests.TargetCustom {
 	return manifests.TargetCustom{PatchID: "CM-2026-001", Models: []string{"PX-7"}, BuildMin: "7.0.0", BuildMax: "7.4.9",
