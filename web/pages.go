@@ -613,7 +613,10 @@ func (h *Handler) releasesPage(w http.ResponseWriter, r *http.Request, p *page) 
 	}
 	d := &releasesData{Status: st}
 	for _, t := range st.Targets {
-		d.Releases = append(d.Releases, releaseOf(t))
+		// An incremental payload shows under its release.
+		if rel := releaseOf(t); rel.Custom.Incremental == nil {
+			d.Releases = append(d.Releases, rel)
+		}
 	}
 	sortReleases(d.Releases)
 	d.History, d.Yanks = draftHistory(drafts, names)

@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"encoding/json"
 	"html"
 	"regexp"
 	"strings"
@@ -162,5 +163,33 @@ func TestAuditPageDetailsAndPlaceholders(t *testing.T) {
 	}
 	if !strings.Contains(body, `<div class="scroll">`) {
 		t.Error("the audit table is not in a scrolling box")
+	}
+}
+
+// TestReleasesPageShowsIncrementalsUnderTheirRelease: an incremental
+// payload is listed under the release it belongs to, not as a release of
+// its own, and the new-rollout form does not offer it.
+func TestReleasesPageShowsIncrementalsUnderTheirRelease(t *testing.T) {
+	e := newEnv(t)
+	inc := func(path, from string) manifests.TargetInfo {
+		c, _ := json.Marshal(manifests.TargetCustom{PatchID: "CM-1", InstallsBuild: "7.5.0",
+			Incremental: &manifests.Incremental{Of: "cm/CM-1/update.zip", FromBuild: from, Format: manifests.FormatPackage}})
+		return manifests.TargetInfo{Path: path, Length: 100, SHA256: "cd", Custom: c}
+	}
+	st := e.backend.status
+	full, _ := json.Marshal(manifests.TargetCustom{PatchID: "CM-1", InstallsBuild: "7.5.0",
+		Incrementals: map[string]string{"7.4.2": "cm/CM-1/update.from-7.4.2.zip", "7.4.1": "cm/CM-1/update.from-7.4.1.zip"}})
+	st.Targets = []manifests.TargetInfo{{Path: "cm/CM-1/update.zip", Length: 1234567, SHA256: "ab", Custom: full},
+		inc("cm/CM-1/update.from-7.4.1.zip", "7.4.1"), inc("cm/CM-1/update.from-7.4.2.zip", "7.4.2")}
+	body := e.do(t, identity.RoleViewer, "GET", "/releases", nil).Body.String()
+	if !strings.Contains(body, "incrementals from 7.4.1, 7.4.2") {
+		t.Error("the release does not list its incrementals")
+	}
+	if strings.Contains(body, "<code>cm/CM-1/update.from-7.4.1.zip</code>") {
+		t.Error("an incremental payload is listed as a release of its own")
+	}
+	form := e.do(t, identity.RoleOperator, "GET", "/rollouts/new", nil).Body.String()
+	if !strings.Contains(form, "cm/CM-1/update.zip") || strings.Contains(form, "update.from-7.4.1.zip") {
+		t.Error("the new-rollout form does not offer the release alone")
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
+	"maps"
 	"math"
 	"net/http"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -129,9 +131,10 @@ var funcs = template.FuncMap{
 		}
 		return min(100, n*100/d)
 	},
-	"list":  func(v ...any) []any { return v },
-	"sub":   func(a, b int64) int64 { return a - b },
-	"bytes": humanBytes,
+	"list":       func(v ...any) []any { return v },
+	"sub":        func(a, b int64) int64 { return a - b },
+	"bytes":      humanBytes,
+	"sortedKeys": func(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) },
 	// span is a policy's duration as the API writes it: 6h, 90m.
 	"span": rollout.FormatDuration,
 }

@@ -201,7 +201,10 @@ func (h *Handler) publishedReleases(r *http.Request) ([]release, error) {
 	}
 	rels := make([]release, 0, len(st.Targets))
 	for _, t := range st.Targets {
-		rels = append(rels, releaseOf(t))
+		// An incremental payload is never a rollout's release.
+		if rel := releaseOf(t); rel.Custom.Incremental == nil {
+			rels = append(rels, rel)
+		}
 	}
 	sortReleases(rels)
 	return rels, nil
