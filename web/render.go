@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/patchfleet/ota/internal/humanize"
 	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/rollout"
 )
@@ -133,24 +134,10 @@ var funcs = template.FuncMap{
 	},
 	"list":       func(v ...any) []any { return v },
 	"sub":        func(a, b int64) int64 { return a - b },
-	"bytes":      humanBytes,
+	"bytes":      humanize.Bytes,
 	"sortedKeys": func(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) },
 	// span is a policy's duration as the API writes it: 6h, 90m.
 	"span": rollout.FormatDuration,
-}
-
-// humanBytes is a size in binary units, as otactl prints it: 12.3 MiB.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // parsePages parses the layout with each page template: pages[name] is

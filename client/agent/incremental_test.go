@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,24 +26,6 @@ func randomBytes(seed uint64, n int) []byte {
 	return b
 }
 
-// offsetClock is real time plus an offset the test moves forward.
-type offsetClock struct {
-	mu     sync.Mutex
-	offset time.Duration
-}
-
-func (c *offsetClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.offset)
-}
-
-func (c *offsetClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.offset += d
-}
-
 // TestAgentAppliesDelta: a handset on 7.4.1 is offered the release's
 // binary delta from 7.4.1, applies it to its build's image, and hands
 // the installer the full image, checked against its signed hash. One
@@ -52,7 +33,7 @@ func (c *offsetClock) Advance(d time.Duration) {
 // match: it reports E_INCREMENTAL_APPLY without installing anything, and
 // is offered the full image next.
 func TestAgentAppliesDelta(t *testing.T) {
-	clk := &offsetClock{}
+	clk := &apitest.AheadClock{}
 	env := apitest.Start(t, apitest.Options{Now: clk.Now})
 	es := apitest.NewEngineers(t, 1)
 	env.Ceremony(t, es, 1)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/patchfleet/ota/internal/humanize"
 	"github.com/patchfleet/ota/manifests/delta"
 )
 
@@ -75,7 +76,7 @@ func (c *cli) deltaMake(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stdout, "wrote %s: %s, %.2f%% of %s (%s)\n", out, humanBytes(st.Size()),
-		100*float64(st.Size())/float64(max(nextInfo.Size(), 1)), to, humanBytes(nextInfo.Size()))
+	fmt.Fprintf(c.stdout, "wrote %s: %s, %.2f%% of %s (%s)\n", out, humanize.Bytes(st.Size()),
+		100*float64(st.Size())/float64(max(nextInfo.Size(), 1)), to, humanize.Bytes(nextInfo.Size()))
 	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"github.com/patchfleet/ota/internal/humanize"
 )
 
 // progress shows how far an upload is on stderr: on a terminal one line
@@ -62,9 +64,9 @@ func (p *progress) line(now time.Time) string {
 	}
 	rate := "-"
 	if el := now.Sub(p.start).Seconds(); el > 0 {
-		rate = humanBytes(int64(float64(p.done)/el)) + "/s"
+		rate = humanize.Bytes(int64(float64(p.done)/el)) + "/s"
 	}
-	return fmt.Sprintf("uploading %s: %s of %s (%d%%), %s", p.name, humanBytes(p.done), humanBytes(p.total), pct, rate)
+	return fmt.Sprintf("uploading %s: %s of %s (%d%%), %s", p.name, humanize.Bytes(p.done), humanize.Bytes(p.total), pct, rate)
 }
 
 // finish ends the display.
@@ -75,18 +77,4 @@ func (p *progress) finish() {
 		fmt.Fprintln(p.w)
 	}
 	p.finished = true
-}
-
-// humanBytes is "512 B", "3.0 MiB".
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/patchfleet/ota/client"
+	"github.com/patchfleet/ota/internal/humanize"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/delta"
 	"github.com/patchfleet/ota/server/api/wire"
@@ -122,7 +123,7 @@ func (c *cli) releaseCreate(args []string) error {
 		req.Incrementals = append(req.Incrementals, wire.ReleaseIncremental{FromBuild: p.fromBuild, Path: p.path,
 			Length: p.size, SHA256: p.sum, Format: p.format})
 		fmt.Fprintf(c.stdout, "  incremental from %s (%s): %s of the full image's %s\n", p.fromBuild, p.format,
-			humanBytes(p.size), humanBytes(payloads[0].size))
+			humanize.Bytes(p.size), humanize.Bytes(payloads[0].size))
 	}
 	v, err := cl.CreateRelease(c.ctx, req)
 	if err != nil {
@@ -183,7 +184,7 @@ func incrementalPath(name, build string) string {
 // hashAndUpload hashes p locally and uploads it (an artifact the server
 // has is not sent again), with progress.
 func (c *cli) hashAndUpload(cl *conn, p *payloadFile) error {
-	fmt.Fprintf(c.stderr, "hashing %s (%s)...\n", p.file, humanBytes(p.size))
+	fmt.Fprintf(c.stderr, "hashing %s (%s)...\n", p.file, humanize.Bytes(p.size))
 	h := sha256.New()
 	if n, err := io.Copy(h, ctxReader{c.ctx, io.NewSectionReader(p.f, 0, p.size)}); err != nil {
 		return fmt.Errorf("hash %s: %w", p.file, err)

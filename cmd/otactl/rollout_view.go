@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/patchfleet/ota/internal/humanize"
 	"github.com/patchfleet/ota/internal/termtext"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"
@@ -355,9 +356,9 @@ func bytesLine(pb server.PayloadBytes) string {
 	if pb.Full <= 0 {
 		return ""
 	}
-	line := fmt.Sprintf("payloads: %s offered, %s as full images", humanBytes(pb.Offered), humanBytes(pb.Full))
+	line := fmt.Sprintf("payloads: %s offered, %s as full images", humanize.Bytes(pb.Offered), humanize.Bytes(pb.Full))
 	if pb.Saved > 0 {
-		line += fmt.Sprintf(": %s saved (%.0f%%)", humanBytes(pb.Saved), 100*float64(pb.Saved)/float64(pb.Full))
+		line += fmt.Sprintf(": %s saved (%.0f%%)", humanize.Bytes(pb.Saved), 100*float64(pb.Saved)/float64(pb.Full))
 	}
 	var inc []string
 	for _, p := range pb.ByPayload {

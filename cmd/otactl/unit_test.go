@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchfleet/ota/internal/humanize"
 	"github.com/patchfleet/ota/manifests"
 )
 
@@ -79,8 +80,8 @@ func TestProgress(t *testing.T) {
 
 func TestHumanBytes(t *testing.T) {
 	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 3 << 20: "3.0 MiB", 5 << 30: "5.0 GiB"} {
-		if got := humanBytes(n); got != want {
-			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
+		if got := humanize.Bytes(n); got != want {
+			t.Errorf("humanize.Bytes(%d) = %q, want %q", n, got, want)
 		}
 	}
 }

@@ -46,7 +46,7 @@ func image(prev []byte, seed uint64) []byte {
 // package and are offered the full image next. The rollout report's
 // bytes are the sums of the payloads the handsets took.
 func TestIncrementalPayloads(t *testing.T) {
-	clk := &aheadClock{}
+	clk := &apitest.AheadClock{}
 	env := apitest.Start(t, apitest.Options{Now: clk.Now})
 	es := apitest.NewEngineers(t, 3)
 	env.Ceremony(t, es, 2)

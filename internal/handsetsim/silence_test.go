@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,26 +13,6 @@ import (
 	"github.com/patchfleet/ota/server/api/wire"
 	"github.com/patchfleet/ota/server/rollout"
 )
-
-// aheadClock is real time plus an offset the test moves forward: the
-// simulated handsets run in real time, and the server's evaluator can be
-// put past a policy's window without waiting for it.
-type aheadClock struct {
-	mu     sync.Mutex
-	offset time.Duration
-}
-
-func (c *aheadClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.offset)
-}
-
-func (c *aheadClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.offset += d
-}
 
 // TestSilentModelIsHeld is the silence issue's end-to-end run: 2,000
 // simulated handsets on the real API, PX-7 and PX-8 half each; the patch
@@ -46,7 +25,7 @@ func TestSilentModelIsHeld(t *testing.T) {
 	if testing.Short() {
 		t.Skip("2,000 handsets")
 	}
-	clk := &aheadClock{}
+	clk := &apitest.AheadClock{}
 	env := apitest.Start(t, apitest.Options{Now: clk.Now})
 	es := apitest.NewEngineers(t, 1)
 	env.Ceremony(t, es, 1)
