@@ -30,7 +30,86 @@ func TestRollups(t *testing.T) {
 		{"ReportAttribution", testReportAttribution},
 		{"CheckInReadsAtOnce", testCheckInReadsAtOnce},
 		{"VerifyRollupsFindsADisagreement", testVerifyRollups},
+		{"PayloadBytesAndFullOnly", testPayloadBytes},
 	})
+}
+
+// testPayloadBytes: each first offer and retry adds its payload's bytes
+// and the full image's to rollout_payloads, which the rollout report
+// reads with the unfolded deltas before and after a fold; a failed report
+// with E_INCREMENTAL_APPLY marks the record full_only, which the check-in
+// read and the record read return, and another failure does not.
+func testPayloadBytes(t *testing.T, b backend) {
+	db, s, rs := mustRollouts(t, b)
+	ctx := t.Context()
+	r := startedRollout(t, rs, "ro-a")
+	const full, inc = 1000, 120
+	offer := func(d *handsets.Device, kind rollout.OfferKind, prev *handsets.DeviceRollout, p rollout.Payload, at time.Time) {
+		t.Helper()
+		dec := rollout.Decision{RolloutID: r.ID, Kind: kind, Release: r.Release, Payload: p}
+		if ok, err := rs.RecordOffer(ctx, dec, prev, dec.Record(prev, d, at), 0, at); err != nil || !ok {
+			t.Fatalf("offer to %s: %v, %v", d.ID, ok, err)
+		}
+	}
+	fullP := rollout.Payload{Target: "u.zip", Bytes: full, FullBytes: full}
+	incP := rollout.Payload{Target: "u.from-7.4.1.zip", FromBuild: "7.4.1", Bytes: inc, FullBytes: full}
+	var devs []*handsets.Device
+	for i := range 3 {
+		d := newDevice(fmt.Sprintf("dev_%d", i), "px-7")
+		mustEnroll(t, s, d, "hash-"+d.ID)
+		devs = append(devs, d)
+	}
+	offer(devs[0], rollout.OfferFirst, nil, fullP, t0.Add(time.Minute))
+	offer(devs[1], rollout.OfferFirst, nil, incP, t0.Add(time.Minute))
+	offer(devs[2], rollout.OfferFirst, nil, incP, t0.Add(time.Minute))
+	report := func(dev, id, code string, at time.Time) {
+		t.Helper()
+		if _, err := s.AddReport(ctx, handsets.Report{ID: id, DeviceID: dev, PatchID: "CM-2026-001", State: handsets.StateFailed,
+			ErrorCode: code, At: at, ReceivedAt: at}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report("dev_1", "r1", handsets.CodeIncrementalApply, t0.Add(5*time.Minute))
+	report("dev_2", "r2", "E_DISK_FULL", t0.Add(5*time.Minute))
+	fullOnly := map[string]bool{}
+	for _, d := range devs {
+		recs, err := rs.DeviceRollouts(ctx, d.ID)
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("records of %s: %v, %v", d.ID, recs, err)
+		}
+		fullOnly[d.ID] = recs[0].FullOnly
+		_, got, err := s.CheckInState(ctx, "hash-"+d.ID)
+		if err != nil || len(got) != 1 || got[0].FullOnly != recs[0].FullOnly {
+			t.Fatalf("check-in read of %s: %+v, %v; want full_only %v as the record read", d.ID, got, err, recs[0].FullOnly)
+		}
+		if d.ID == "dev_1" {
+			offer(d, rollout.OfferRetry, recs[0], fullP, t0.Add(2*time.Hour))
+		}
+	}
+	if !reflect.DeepEqual(fullOnly, map[string]bool{"dev_0": false, "dev_1": true, "dev_2": false}) {
+		t.Errorf("full_only: %v; want only dev_1, whose incremental did not apply", fullOnly)
+	}
+
+	read := func() server.PayloadBytes {
+		t.Helper()
+		rr, err := db.Reports().RolloutRollups(ctx, r.ID, t0, server.FleetFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return server.NewRolloutReport(r, rr, t0.Add(3*time.Hour)).Bytes
+	}
+	want := server.PayloadBytes{Offered: full + 2*inc + full, Full: 4 * full, Saved: 2 * (full - inc), ByPayload: []server.PayloadCount{
+		{FromBuild: "", Offers: 2, Bytes: 2 * full, FullBytes: 2 * full},
+		{FromBuild: "7.4.1", Offers: 2, Bytes: 2 * inc, FullBytes: 2 * full}}}
+	if got := read(); !reflect.DeepEqual(got, want) {
+		t.Errorf("before a fold: %+v\nwant %+v", got, want)
+	}
+	if _, err := db.FoldRollups(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); !reflect.DeepEqual(got, want) {
+		t.Errorf("after a fold: %+v\nwant %+v", got, want)
+	}
 }
 
 // groupCounts runs a GROUP BY query returning (key..., n) rows and
