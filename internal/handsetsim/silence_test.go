@@ -73,6 +73,10 @@ func TestSilentModelIsHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The run takes real time (a minute or two on a loaded machine): the
+	// windows below are counted from its start, so that the first
+	// handsets to begin installing are not past silence_after sooner.
+	runStart := clk.Now()
 	if !fleet.RunUntilSettled(context.Background(), 5*time.Minute) {
 		t.Fatalf("the fleet did not settle: %+v", fleet.Counts())
 	}
@@ -92,11 +96,16 @@ func TestSilentModelIsHeld(t *testing.T) {
 		}
 		return got
 	}
-	clk.Advance(9 * time.Minute)
+	elapsed := clk.Now().Sub(runStart)
+	if elapsed > 8*time.Minute {
+		t.Fatalf("the fleet took %s: the silence window of 10m cannot be checked from within", elapsed)
+	}
+	clk.Advance(9*time.Minute - elapsed) // 9 minutes after the first install began
+
 	if got := evaluate(); got.State != string(rollout.RolloutRunning) && got.State != string(rollout.RolloutCompleted) || len(got.Holds) != 0 || got.Halt != nil {
 		t.Fatalf("within silence_after: %s, halt %+v, holds %+v; want nothing stopped", got.State, got.Halt, got.Holds)
 	}
-	clk.Advance(2 * time.Minute)
+	clk.Advance(elapsed + 2*time.Minute) // 11 minutes after the last one
 	got := evaluate()
 	if got.Halt != nil || len(got.Holds) != 1 || got.Holds[0].Model != "PX-8" {
 		t.Fatalf("after silence_after: %s, halt %+v, holds %+v; want PX-8 held alone", got.State, got.Halt, got.Holds)
