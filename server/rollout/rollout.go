@@ -753,3 +753,39 @@ func (r *Rollout) ReleaseHold(actor, reason, model string, now time.Time) (Event
 	r.ModelHealthSince = since
 	return r.finish(ev), nil
 }
+
+// Confirmed reports whether record r of a rollout of rel is confirmed by
+// the handset's state d: r reported installed, and d checked in after
+// that report (its last_seen after r.ResultAt) running rel.InstallsBuild
+// with rel.PatchID installed. An installed report is the handset's word;
+// a check-in on the new build is the server's own sighting of it.
+// RolloutStore.RolloutResults counts the same records in SQL.
+func Confirmed(d *handsets.Device, r *handsets.DeviceRollout, rel RolloutRelease) bool {
+	return r.State == handsets.StateInstalled && !r.ResultAt.IsZero() && rel.InstallsBuild != "" && rel.PatchID != "" &&
+		d.LastSeen.After(r.ResultAt) && d.Build == rel.InstallsBuild && slices.Contains(d.InstalledPatches, rel.PatchID)
+}
+
+// Confirmations are the records among records that a check-in taking
+// the handset from old to next confirms: confirmed by next and not by
+// old (Confirmed). A record is confirmed once: the check-ins after the
+// first confirming one find it confirmed already. release returns the
+// release of a rollout, false when it is unknown (no confirmation then);
+// it is asked only about installed records that the check-in could
+// confirm, so a check-in that changes neither build nor patches of a
+// handset seen since its installs asks nothing.
+func Confirmations(old, next *handsets.Device, records []*handsets.DeviceRollout, release func(rolloutID string) (RolloutRelease, bool)) []*handsets.DeviceRollout {
+	var out []*handsets.DeviceRollout
+	for _, r := range records {
+		if r.State != handsets.StateInstalled || r.ResultAt.IsZero() || !next.LastSeen.After(r.ResultAt) {
+			continue
+		}
+		if old.LastSeen.After(r.ResultAt) && old.Build == next.Build && slices.Equal(old.InstalledPatches, next.InstalledPatches) {
+			continue // whatever old was, next is the same
+		}
+		rel, ok := release(r.RolloutID)
+		if ok && Confirmed(next, r, rel) && !Confirmed(old, r, rel) {
+			out = append(out, r)
+		}
+	}
+	return out
+}

@@ -204,6 +204,18 @@ func countResult(old, next *handsets.DeviceRollout, errorCode string, receivedAt
 	return b
 }
 
+// confirm is the deltas of the check-in at seen that confirms records
+// (rollout.Confirmations): one more confirmed record of its rollout and
+// model each, and its offer-to-confirmation time.
+func confirm(records []*handsets.DeviceRollout, seen time.Time) deltaBatch {
+	var b deltaBatch
+	for _, r := range records {
+		b.add(confirmationsTable, r.RolloutID, r.Model, r.StartingBuild, int64(1))
+		b.add(confirmTimesTable, r.RolloutID, server.InstallTimeBucket(seen.Sub(r.OfferedAt)), int64(1))
+	}
+	return b
+}
+
 // DeleteDailyRollupsBefore implements handsets.DeviceStore: whole days of
 // fleet_daily and fleet_daily_totals, through their primary keys (day
 // first), and of their logs.

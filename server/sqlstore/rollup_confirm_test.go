@@ -1,0 +1,109 @@
+package sqlstore
+
+import (
+	"fmt"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/patchfleet/ota/server"
+	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
+)
+
+// TestConfirmationRollups: a check-in that confirms an install counts it
+// in rollout_confirmations and its offer-to-confirmation time in
+// rollout_confirm_times with the device write, once; the report read
+// returns them before and after a fold; an erasure takes the erased
+// handset's confirmation out.
+func TestConfirmationRollups(t *testing.T) {
+	runStoreSuite(t, []storeCase{{"CountAtCheckIn", testConfirmationRollups}})
+}
+
+func testConfirmationRollups(t *testing.T, b backend) {
+	db, s, rs := mustRollouts(t, b)
+	ctx := t.Context()
+	r := startedRollout(t, rs, "ro-a")
+	offeredAt := t0.Add(time.Minute)
+	for i, model := range []string{"px-7", "px-8", "px-7"} {
+		d := newDevice(fmt.Sprintf("dev_%d", i), model)
+		mustEnroll(t, s, d, "hash-"+d.ID)
+		offerTo(t, rs, r, d, offeredAt)
+		mustAddReport(t, s, handsets.Report{ID: "r" + d.ID, DeviceID: d.ID, PatchID: r.Release.PatchID,
+			State: handsets.StateInstalled, At: t0.Add(10 * time.Minute), ReceivedAt: t0.Add(10 * time.Minute)})
+	}
+	// checkIn checks dev in at at on build with patches, as server.Fleet
+	// does, and returns how many records it confirmed.
+	checkIn := func(dev, build string, at time.Time, patches ...string) int {
+		t.Helper()
+		d, records, err := s.CheckInState(ctx, "hash-"+dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := d.AfterCheckIn(handsets.CheckIn{Model: d.Model, Build: build, Channel: d.Channel, InstalledPatches: patches,
+			CloudMessaging: d.CloudMessaging}, at)
+		confirmed := rollout.Confirmations(d, next, records, func(id string) (rollout.RolloutRelease, bool) {
+			return r.Release, id == r.ID
+		})
+		if err := s.SaveCheckIn(ctx, d, next, confirmed); err != nil {
+			t.Fatal(err)
+		}
+		return len(confirmed)
+	}
+	patch := r.Release.PatchID
+	n := checkIn("dev_0", r.Release.InstallsBuild, t0.Add(20*time.Minute), patch)
+	n += checkIn("dev_1", r.Release.InstallsBuild, t0.Add(70*time.Minute), patch)
+	n += checkIn("dev_2", "7.1.0", t0.Add(20*time.Minute), patch) // installed, still on the old build
+	n += checkIn("dev_0", r.Release.InstallsBuild, t0.Add(3*time.Hour), patch)
+	if n != 2 {
+		t.Fatalf("%d check-ins confirmed, want 2 (dev_0 and dev_1, once each)", n)
+	}
+
+	read := func() *server.RolloutRollups {
+		t.Helper()
+		rr, err := db.Reports().RolloutRollups(ctx, r.ID, t0, server.FleetFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rr
+	}
+	timeBuckets := []server.BucketCount{{Bucket: server.InstallTimeBucket(19 * time.Minute), N: 1},
+		{Bucket: server.InstallTimeBucket(69 * time.Minute), N: 1}}
+	for _, folded := range []bool{false, true} {
+		if folded {
+			mustFold(t, db)
+		}
+		rr := read()
+		want := map[string]int64{"px-7/7.1.0": 1, "px-8/7.1.0": 1}
+		if got := confirmedByKey(rr.Confirmed); !reflect.DeepEqual(got, want) {
+			t.Errorf("folded %v: confirmed %v, want %v", folded, got, want)
+		}
+		if !reflect.DeepEqual(rr.ConfirmTimes, timeBuckets) {
+			t.Errorf("folded %v: confirmation times %v, want %v", folded, rr.ConfirmTimes, timeBuckets)
+		}
+	}
+
+	// Erasing dev_1 takes its confirmation out; the time stays, as
+	// install times do, and no row names its model.
+	if err := s.DeleteDevice(ctx, "dev_1"); err != nil {
+		t.Fatal(err)
+	}
+	rr := read()
+	if got, want := confirmedByKey(rr.Confirmed), map[string]int64{"px-7/7.1.0": 1}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after erasing dev_1: confirmed %v, want %v", got, want)
+	}
+	if !reflect.DeepEqual(rr.ConfirmTimes, timeBuckets) {
+		t.Errorf("after erasing dev_1: confirmation times %v, want %v", rr.ConfirmTimes, timeBuckets)
+	}
+	if n := countRows(t, db, "rollout_confirmations", "model = 'px-8'"); n != 0 {
+		t.Errorf("rollout_confirmations keeps %d rows of the erased handset's model", n)
+	}
+}
+
+func confirmedByKey(rows []server.RolloutCount) map[string]int64 {
+	out := map[string]int64{}
+	for _, rc := range rows {
+		out[rc.Model+"/"+rc.StartingBuild] += rc.N
+	}
+	return out
+}
