@@ -45,7 +45,7 @@ func TestRenderWatch(t *testing.T) {
 	rep := &rolloutReport{Eligible: 900, Target: 100, Offered: 130, Pending: 10, Downloading: 5, Installed: 100, Confirmed: 90, Failed: 15,
 		RolledBack: 1, ByModel: []reportModel{{Model: "PX-7", Offered: 70, Installed: 52, Confirmed: 50, Failed: 3, Held: false},
 			{Model: "PX-8", Offered: 60, Installed: 48, Confirmed: 40, Failed: 12, Held: true}},
-		FailureCodes: []failureCount{{"E_VERIFY", 3}, {"E_DISK_FULL", 12}},
+		FailureCodes:   []failureCount{{"E_VERIFY", 3}, {"E_DISK_FULL", 12}},
 		OfferToInstall: reportTimes{P50: 200, P95: 3600, Count: 100}, OfferToConfirmation: reportTimes{P50: 1800, P95: 7200, Count: 90}}
 	full, empty := "["+strings.Repeat("#", barWidth)+"]", "["+strings.Repeat("-", barWidth)+"]"
 	tests := []struct {
