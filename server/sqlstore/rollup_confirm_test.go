@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 // returns them before and after a fold; an erasure takes the erased
 // handset's confirmation out.
 func TestConfirmationRollups(t *testing.T) {
-	runStoreSuite(t, []storeCase{{"CountAtCheckIn", testConfirmationRollups}})
+	runStoreSuite(t, []storeCase{{"CountAtCheckIn", testConfirmationRollups}, {"MigrationCountsConfirmed", testConfirmationMigration}})
 }
 
 func testConfirmationRollups(t *testing.T, b backend) {
@@ -106,4 +107,52 @@ func confirmedByKey(rows []server.RolloutCount) map[string]int64 {
 		out[rc.Model+"/"+rc.StartingBuild] += rc.N
 	}
 	return out
+}
+
+// testConfirmationMigration: migration 16 counts the records confirmed
+// before it, by the rule the check-ins count them with afterwards, and
+// no others.
+func testConfirmationMigration(t *testing.T, b backend) {
+	db := mustOpen(t, b.newDSN(t))
+	ctx := t.Context()
+	i := slices.IndexFunc(migrations, func(m Migration) bool { return m.Name == "rollout_confirmations" })
+	if i < 0 {
+		t.Fatal("no migration rollout_confirmations")
+	}
+	mustMigrate(t, db, migrations[:i])
+	s, rs := db.Devices(), db.Rollouts()
+	r := startedRollout(t, rs, "ro-a")
+	reported := t0.Add(10 * time.Minute)
+	for _, tc := range []struct {
+		id, model, build string
+		seen             time.Time
+		patches          string
+	}{
+		{"dev_ok", "px-7", r.Release.InstallsBuild, reported.Add(time.Minute), ",CM-0,CM-2026-001,"},
+		{"dev_ok2", "px-8", r.Release.InstallsBuild, reported.Add(time.Hour), ",CM-2026-001,"},
+		{"dev_old_build", "px-8", "7.1.0", reported.Add(time.Minute), ",CM-2026-001,"},
+		{"dev_seen_before", "px-7", r.Release.InstallsBuild, reported.Add(-time.Minute), ",CM-2026-001,"},
+		{"dev_no_patch", "px-7", r.Release.InstallsBuild, reported.Add(time.Minute), ",CM-2026-0011,"},
+	} {
+		d := newDevice(tc.id, tc.model)
+		mustEnroll(t, s, d, "hash-"+d.ID)
+		offerTo(t, rs, r, d, t0.Add(time.Minute))
+		mustAddReport(t, s, handsets.Report{ID: "r" + d.ID, DeviceID: d.ID, PatchID: r.Release.PatchID,
+			State: handsets.StateInstalled, At: reported, ReceivedAt: reported})
+		if err := db.gorm.Exec(`UPDATE devices SET build = ?, installed_patches = ?, last_seen = ? WHERE id = ?`,
+			tc.build, tc.patches, dbTime(tc.seen), tc.id).Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustMigrate(t, db, migrations)
+	rr, err := db.Reports().RolloutRollups(ctx, r.ID, t0, server.FleetFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := confirmedByKey(rr.Confirmed), map[string]int64{"px-7/7.1.0": 1, "px-8/7.1.0": 1}; !reflect.DeepEqual(got, want) {
+		t.Errorf("confirmed after migrating: %v, want %v", got, want)
+	}
+	if len(rr.ConfirmTimes) != 0 {
+		t.Errorf("confirmation times after migrating: %v, want none (not known)", rr.ConfirmTimes)
+	}
 }
