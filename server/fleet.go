@@ -355,16 +355,17 @@ func (f *Fleet) save(ctx context.Context, hash string, ci handsets.CheckIn, now 
 			return nil, nil, tokenErr(err)
 		}
 		next := d.AfterCheckIn(ci, now)
-		confirmed := rollout.Confirmations(d, next, records, func(id string) (rollout.RolloutRelease, bool) {
+		confirmations := rollout.Confirmations(d, next, records, func(id string) (rollout.RolloutRelease, bool) {
 			return f.rolloutRelease(ctx, id, now)
 		})
 		// A handset back after an install began writes last_seen at once:
-		// rollouts that count silent handsets see it back. (A confirming
-		// check-in is one of those, or changes the build or patches.)
-		if !handsets.NeedsWrite(d, next, resolution) && !handsets.BackFromInstall(d, records) && len(confirmed) == 0 {
+		// rollouts that count silent handsets see it back. (A check-in
+		// that changes a confirmation is one of those, or changes the
+		// build or patches.)
+		if !handsets.NeedsWrite(d, next, resolution) && !handsets.BackFromInstall(d, records) && len(confirmations) == 0 {
 			return next, records, nil
 		}
-		err = f.Store.SaveCheckIn(ctx, d, next, confirmed)
+		err = f.Store.SaveCheckIn(ctx, d, next, confirmations)
 		if err == nil {
 			return next, records, nil
 		}

@@ -32,7 +32,9 @@ type CohortCounts struct {
 	Installed   int64 `json:"installed"`
 	// Confirmed are the installed records whose handset checked in since
 	// the installed report on the release's build with the patch
-	// (rollout.Confirmed), counted by the check-in that confirmed them.
+	// (rollout.Confirmed), counted by the check-in that confirmed them
+	// and taken out by whatever unconfirms them (a check-in off the
+	// build or patch, a later report on the record, an erasure).
 	Confirmed  int64 `json:"confirmed"`
 	Failed     int64 `json:"failed"`
 	RolledBack int64 `json:"rolled_back"`

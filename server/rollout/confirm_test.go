@@ -9,9 +9,10 @@ import (
 )
 
 // TestConfirmations: the first check-in after an installed report that
-// runs the release's build with its patch confirms the record, once; a
-// check-in on the wrong build, without the patch, or before the report
-// does not, nor does one whose rollout's release is unknown.
+// runs the release's build with its patch confirms the record (+1), once;
+// a check-in on the wrong build, without the patch, or before the report
+// does not, nor does one whose rollout's release is unknown; a check-in
+// that leaves the build or drops the patch takes it back (-1).
 func TestConfirmations(t *testing.T) {
 	rel := rollout.RolloutRelease{PatchID: "CM-1", InstallsBuild: "B2"}
 	releases := func(id string) (rollout.RolloutRelease, bool) { return rel, id == "ro_1" }
@@ -28,7 +29,7 @@ func TestConfirmations(t *testing.T) {
 		name      string
 		old, next *handsets.Device
 		rec       *handsets.DeviceRollout
-		want      int
+		want      int64
 	}{
 		{"first check-in on the new build with the patch", before, dev("B2", reported.Add(time.Minute), "CM-1"), installed(), 1},
 		{"on the new build before the report, then after it", dev("B2", reported.Add(-time.Minute), "CM-1"),
@@ -46,10 +47,23 @@ func TestConfirmations(t *testing.T) {
 			&handsets.DeviceRollout{RolloutID: "ro_1", State: handsets.StateInstalling, ResultAt: reported}, 0},
 		{"rollout unknown", before, dev("B2", reported.Add(time.Minute), "CM-1"),
 			&handsets.DeviceRollout{RolloutID: "ro_2", State: handsets.StateInstalled, ResultAt: reported}, 0},
+		{"back on the old build after confirming", dev("B2", reported.Add(time.Minute), "CM-1"),
+			dev("B1", reported.Add(time.Hour)), installed(), -1},
+		{"the patch dropped after confirming", dev("B2", reported.Add(time.Minute), "CM-1"),
+			dev("B2", reported.Add(time.Hour)), installed(), -1},
+		{"another build, never confirmed", dev("B3", reported.Add(time.Minute), "CM-1"),
+			dev("B1", reported.Add(time.Hour)), installed(), 0},
 	} {
 		got := rollout.Confirmations(tc.old, tc.next, []*handsets.DeviceRollout{tc.rec}, releases)
-		if len(got) != tc.want {
-			t.Errorf("%s: %d confirmations, want %d", tc.name, len(got), tc.want)
+		var n int64
+		for _, c := range got {
+			if c.Record != tc.rec {
+				t.Errorf("%s: a change of record %+v, want of %+v", tc.name, c.Record, tc.rec)
+			}
+			n += c.N
+		}
+		if len(got) > 1 || n != tc.want {
+			t.Errorf("%s: changes %+v, want one of %d (none for 0)", tc.name, got, tc.want)
 		}
 	}
 
@@ -57,7 +71,7 @@ func TestConfirmations(t *testing.T) {
 	// a run of check-ins, whichever of them confirms it.
 	rec := installed()
 	d := before
-	var n int
+	var n int64
 	for i, next := range []*handsets.Device{
 		dev("B1", reported.Add(-time.Minute)),
 		dev("B2", reported.Add(time.Minute)),
@@ -69,7 +83,9 @@ func TestConfirmations(t *testing.T) {
 		if len(c) > 0 && i != 2 {
 			t.Errorf("check-in %d confirmed the record; want only check-in 2", i)
 		}
-		n += len(c)
+		for _, ch := range c {
+			n += ch.N
+		}
 		d = next
 	}
 	if n != 1 {

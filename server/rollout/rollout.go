@@ -765,16 +765,18 @@ func Confirmed(d *handsets.Device, r *handsets.DeviceRollout, rel RolloutRelease
 		d.LastSeen.After(r.ResultAt) && d.Build == rel.InstallsBuild && slices.Contains(d.InstalledPatches, rel.PatchID)
 }
 
-// Confirmations are the records among records that a check-in taking
-// the handset from old to next confirms: confirmed by next and not by
-// old (Confirmed). A record is confirmed once: the check-ins after the
-// first confirming one find it confirmed already. release returns the
-// release of a rollout, false when it is unknown (no confirmation then);
-// it is asked only about installed records that the check-in could
-// confirm, so a check-in that changes neither build nor patches of a
-// handset seen since its installs asks nothing.
-func Confirmations(old, next *handsets.Device, records []*handsets.DeviceRollout, release func(rolloutID string) (RolloutRelease, bool)) []*handsets.DeviceRollout {
-	var out []*handsets.DeviceRollout
+// Confirmations are the changes that a check-in taking the handset from
+// old to next makes to its records' confirmations (Confirmed): +1 for
+// each record confirmed by next and not by old, -1 for each confirmed by
+// old and not by next (the handset left the build or dropped the patch).
+// A record is confirmed once: the check-ins after the first confirming
+// one find it confirmed already. release returns the release of a
+// rollout, false when it is unknown (no change then); it is asked only
+// about installed records whose confirmation the check-in could change,
+// so a check-in that changes neither build nor patches of a handset seen
+// since its installs asks nothing.
+func Confirmations(old, next *handsets.Device, records []*handsets.DeviceRollout, release func(rolloutID string) (RolloutRelease, bool)) []handsets.Confirmation {
+	var out []handsets.Confirmation
 	for _, r := range records {
 		if r.State != handsets.StateInstalled || r.ResultAt.IsZero() || !next.LastSeen.After(r.ResultAt) {
 			continue
@@ -783,8 +785,14 @@ func Confirmations(old, next *handsets.Device, records []*handsets.DeviceRollout
 			continue // whatever old was, next is the same
 		}
 		rel, ok := release(r.RolloutID)
-		if ok && Confirmed(next, r, rel) && !Confirmed(old, r, rel) {
-			out = append(out, r)
+		if !ok {
+			continue
+		}
+		switch was, is := Confirmed(old, r, rel), Confirmed(next, r, rel); {
+		case is && !was:
+			out = append(out, handsets.Confirmation{Record: r, N: 1})
+		case was && !is:
+			out = append(out, handsets.Confirmation{Record: r, N: -1})
 		}
 	}
 	return out

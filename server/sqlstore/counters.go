@@ -86,8 +86,9 @@ var (
 		{"rollout_id", "text"}, {"error_code", "text"},
 	}, counts: []string{"n"}}
 	// confirmationsTable counts a rollout's confirmed records by model
-	// and starting build (rollout.Confirmed): the check-in that confirms one adds it, an
-	// erasure takes it out (migration 16).
+	// and starting build (rollout.Confirmed): the check-in that confirms
+	// one adds it; a check-in off the build or patch, a report on the
+	// record and an erasure take it out (migration 16).
 	confirmationsTable = &counterTable{name: "rollout_confirmations", keys: []counterColumn{
 		{"rollout_id", "text"}, {"model", "text"}, {"starting_build", "text"},
 	}, counts: []string{"n"}, dropEmpty: true}

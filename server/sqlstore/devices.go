@@ -397,7 +397,7 @@ WHERE id = ? AND rev = ?`
 // The update is a compare-and-swap on rev, so of two check-ins of one
 // device read at the same revision only one moves the rollups. A check-in that changes
 // only last_seen on the same day moves none and is the update alone.
-func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *handsets.Device, confirmed []*handsets.DeviceRollout) error {
+func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *handsets.Device, confirmations []handsets.Confirmation) error {
 	oldRow, err := rowOf(old)
 	if err != nil {
 		return err
@@ -411,7 +411,7 @@ func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *handsets.Devic
 	if fleetKeyOf(oldRow) != fleetKeyOf(nextRow) || rollupDay(oldRow.LastSeen) != rollupDay(nextRow.LastSeen) {
 		deltas = moveDevice(oldRow, nextRow)
 	}
-	deltas.merge(confirm(confirmed, nextRow.LastSeen))
+	deltas.merge(confirm(confirmations, nextRow.LastSeen))
 	args := []any{nextRow.Build, nextRow.Model, nextRow.Channel, nextRow.InstalledPatches, nextRow.CloudMessaging,
 		nextRow.NumberEncryption, nextRow.LastSeen, old.ID, old.Rev}
 	var updated bool

@@ -15,8 +15,8 @@ import (
 // TestConfirmationRollups: a check-in that confirms an install counts it
 // in rollout_confirmations and its offer-to-confirmation time in
 // rollout_confirm_times with the device write, once; the report read
-// returns them before and after a fold; an erasure takes the erased
-// handset's confirmation out.
+// returns them before and after a fold; a check-in that leaves the
+// build, a rollback report and an erasure take a confirmation out.
 func TestConfirmationRollups(t *testing.T) {
 	runStoreSuite(t, []storeCase{{"CountAtCheckIn", testConfirmationRollups}, {"MigrationCountsConfirmed", testConfirmationMigration}})
 }
@@ -26,7 +26,7 @@ func testConfirmationRollups(t *testing.T, b backend) {
 	ctx := t.Context()
 	r := startedRollout(t, rs, "ro-a")
 	offeredAt := t0.Add(time.Minute)
-	for i, model := range []string{"px-7", "px-8", "px-7"} {
+	for i, model := range []string{"px-7", "px-8", "px-7", "px-7"} {
 		d := newDevice(fmt.Sprintf("dev_%d", i), model)
 		mustEnroll(t, s, d, "hash-"+d.ID)
 		offerTo(t, rs, r, d, offeredAt)
@@ -34,8 +34,8 @@ func testConfirmationRollups(t *testing.T, b backend) {
 			State: handsets.StateInstalled, At: t0.Add(10 * time.Minute), ReceivedAt: t0.Add(10 * time.Minute)})
 	}
 	// checkIn checks dev in at at on build with patches, as server.Fleet
-	// does, and returns how many records it confirmed.
-	checkIn := func(dev, build string, at time.Time, patches ...string) int {
+	// does, and returns the net change of its confirmations.
+	checkIn := func(dev, build string, at time.Time, patches ...string) int64 {
 		t.Helper()
 		d, records, err := s.CheckInState(ctx, "hash-"+dev)
 		if err != nil {
@@ -49,15 +49,20 @@ func testConfirmationRollups(t *testing.T, b backend) {
 		if err := s.SaveCheckIn(ctx, d, next, confirmed); err != nil {
 			t.Fatal(err)
 		}
-		return len(confirmed)
+		var n int64
+		for _, c := range confirmed {
+			n += c.N
+		}
+		return n
 	}
 	patch := r.Release.PatchID
 	n := checkIn("dev_0", r.Release.InstallsBuild, t0.Add(20*time.Minute), patch)
 	n += checkIn("dev_1", r.Release.InstallsBuild, t0.Add(70*time.Minute), patch)
 	n += checkIn("dev_2", "7.1.0", t0.Add(20*time.Minute), patch) // installed, still on the old build
 	n += checkIn("dev_0", r.Release.InstallsBuild, t0.Add(3*time.Hour), patch)
-	if n != 2 {
-		t.Fatalf("%d check-ins confirmed, want 2 (dev_0 and dev_1, once each)", n)
+	n += checkIn("dev_3", r.Release.InstallsBuild, t0.Add(20*time.Minute), patch)
+	if n != 3 {
+		t.Fatalf("%d check-ins confirmed, want 3 (dev_0, dev_1 and dev_3, once each)", n)
 	}
 
 	read := func() *server.RolloutRollups {
@@ -68,14 +73,14 @@ func testConfirmationRollups(t *testing.T, b backend) {
 		}
 		return rr
 	}
-	timeBuckets := []server.BucketCount{{Bucket: server.InstallTimeBucket(19 * time.Minute), N: 1},
+	timeBuckets := []server.BucketCount{{Bucket: server.InstallTimeBucket(19 * time.Minute), N: 2},
 		{Bucket: server.InstallTimeBucket(69 * time.Minute), N: 1}}
 	for _, folded := range []bool{false, true} {
 		if folded {
 			mustFold(t, db)
 		}
 		rr := read()
-		want := map[string]int64{"px-7/7.1.0": 1, "px-8/7.1.0": 1}
+		want := map[string]int64{"px-7/7.1.0": 2, "px-8/7.1.0": 1}
 		if got := confirmedByKey(rr.Confirmed); !reflect.DeepEqual(got, want) {
 			t.Errorf("folded %v: confirmed %v, want %v", folded, got, want)
 		}
@@ -84,13 +89,28 @@ func testConfirmationRollups(t *testing.T, b backend) {
 		}
 	}
 
-	// Erasing dev_1 takes its confirmation out; the time stays, as
-	// install times do, and no row names its model.
+	// dev_3 is back on the old build, dev_0 reports a rollback: neither
+	// is confirmed any more. The times stay, as install times do.
+	if n := checkIn("dev_3", "7.1.0", t0.Add(4*time.Hour)); n != -1 {
+		t.Errorf("dev_3 back on the old build: confirmations changed by %d, want -1", n)
+	}
+	mustAddReport(t, s, handsets.Report{ID: "rb-dev_0", DeviceID: "dev_0", PatchID: patch,
+		State: handsets.StateRolledBack, At: t0.Add(5 * time.Hour), ReceivedAt: t0.Add(5 * time.Hour)})
+	rr := read()
+	if got, want := confirmedByKey(rr.Confirmed), map[string]int64{"px-8/7.1.0": 1}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after a rollback and a return to the old build: confirmed %v, want %v", got, want)
+	}
+	if !reflect.DeepEqual(rr.ConfirmTimes, timeBuckets) {
+		t.Errorf("after a rollback: confirmation times %v, want %v", rr.ConfirmTimes, timeBuckets)
+	}
+
+	// Erasing dev_1 takes its confirmation out, and no row names its
+	// model.
 	if err := s.DeleteDevice(ctx, "dev_1"); err != nil {
 		t.Fatal(err)
 	}
-	rr := read()
-	if got, want := confirmedByKey(rr.Confirmed), map[string]int64{"px-7/7.1.0": 1}; !reflect.DeepEqual(got, want) {
+	rr = read()
+	if got, want := confirmedByKey(rr.Confirmed), map[string]int64{}; !reflect.DeepEqual(got, want) {
 		t.Errorf("after erasing dev_1: confirmed %v, want %v", got, want)
 	}
 	if !reflect.DeepEqual(rr.ConfirmTimes, timeBuckets) {

@@ -204,14 +204,19 @@ func countResult(old, next *handsets.DeviceRollout, errorCode string, receivedAt
 	return b
 }
 
-// confirm is the deltas of the check-in at seen that confirms records
-// (rollout.Confirmations): one more confirmed record of its rollout and
-// model each, and its offer-to-confirmation time.
-func confirm(records []*handsets.DeviceRollout, seen time.Time) deltaBatch {
+// confirm is the deltas of the check-in at seen that changes records'
+// confirmations (rollout.Confirmations): each record's move in or out of
+// the confirmed of its rollout, model and starting build, and for one it
+// confirms its offer-to-confirmation time (times, as the
+// offer-to-install ones, are not taken back).
+func confirm(changes []handsets.Confirmation, seen time.Time) deltaBatch {
 	var b deltaBatch
-	for _, r := range records {
-		b.add(confirmationsTable, r.RolloutID, r.Model, r.StartingBuild, int64(1))
-		b.add(confirmTimesTable, r.RolloutID, server.InstallTimeBucket(seen.Sub(r.OfferedAt)), int64(1))
+	for _, c := range changes {
+		r := c.Record
+		b.add(confirmationsTable, r.RolloutID, r.Model, r.StartingBuild, c.N)
+		if c.N > 0 {
+			b.add(confirmTimesTable, r.RolloutID, server.InstallTimeBucket(seen.Sub(r.OfferedAt)), int64(1))
+		}
 	}
 	return b
 }
