@@ -57,7 +57,10 @@ type RolloutEligibility struct {
 	targets   atomic.Pointer[targetIndex]
 }
 
-var _ Eligibility = (*RolloutEligibility)(nil)
+var (
+	_ Eligibility   = (*RolloutEligibility)(nil)
+	_ ReleaseLookup = (*RolloutEligibility)(nil)
+)
 
 type rolloutCache struct {
 	read     time.Time
@@ -132,6 +135,22 @@ func (e *RolloutEligibility) Rollouts(ctx context.Context, now time.Time) ([]*ro
 	}
 	e.cache.Store(&rolloutCache{read: now, rollouts: live})
 	return live, nil
+}
+
+// RolloutRelease implements ReleaseLookup from the replica's copy of
+// the rollouts (Rollouts): no query but the copy's refresh, which the
+// check-in's decision would make anyway.
+func (e *RolloutEligibility) RolloutRelease(ctx context.Context, id string, now time.Time) (rollout.RolloutRelease, bool) {
+	all, err := e.Rollouts(ctx, now)
+	if err != nil {
+		return rollout.RolloutRelease{}, false
+	}
+	for _, r := range all {
+		if r.ID == id {
+			return r.Release, true
+		}
+	}
+	return rollout.RolloutRelease{}, false
 }
 
 // Decide implements Eligibility: ChooseRollout over the rollouts whose

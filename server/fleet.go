@@ -361,12 +361,17 @@ func (f *Fleet) save(ctx context.Context, hash string, ci handsets.CheckIn, now 
 			return nil, nil, tokenErr(err)
 		}
 		next := d.AfterCheckIn(ci, now)
+		confirmations := rollout.Confirmations(d, next, records, func(id string) (rollout.RolloutRelease, bool) {
+			return f.rolloutRelease(ctx, id, now)
+		})
 		// A handset back after an install began writes last_seen at once:
-		// rollouts that count silent handsets see it back.
-		if !handsets.NeedsWrite(d, next, resolution) && !handsets.BackFromInstall(d, records) {
+		// rollouts that count silent handsets see it back. (A check-in
+		// that changes a confirmation is one of those, or changes the
+		// build or patches.)
+		if !handsets.NeedsWrite(d, next, resolution) && !handsets.BackFromInstall(d, records) && len(confirmations) == 0 {
 			return next, records, nil
 		}
-		err = f.Store.SaveCheckIn(ctx, d, next)
+		err = f.Store.SaveCheckIn(ctx, d, next, confirmations)
 		if err == nil {
 			return next, records, nil
 		}
@@ -375,6 +380,26 @@ func (f *Fleet) save(ctx context.Context, hash string, ci handsets.CheckIn, now 
 		}
 	}
 	return nil, nil, fmt.Errorf("%w: the device changed under %d check-ins in a row; check in again", errs.ErrUnavailable, maxCheckInSaves)
+}
+
+// ReleaseLookup is implemented by an Eligibility that knows the release
+// of each rollout it offers from without a query (RolloutEligibility's
+// copy of the rollouts): the check-in path asks it which build and patch
+// confirm an install (rollout.Confirmations).
+type ReleaseLookup interface {
+	// RolloutRelease returns the release of rollout id, false when the
+	// copy does not hold it.
+	RolloutRelease(ctx context.Context, id string, now time.Time) (rollout.RolloutRelease, bool)
+}
+
+// rolloutRelease is the release of rollout id from the Eligibility, if
+// it is a ReleaseLookup: without one, no install is confirmed.
+func (f *Fleet) rolloutRelease(ctx context.Context, id string, now time.Time) (rollout.RolloutRelease, bool) {
+	l, ok := f.Eligibility.(ReleaseLookup)
+	if !ok {
+		return rollout.RolloutRelease{}, false
+	}
+	return l.RolloutRelease(ctx, id, now)
 }
 
 func (f *Fleet) pollInterval() time.Duration {

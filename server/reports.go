@@ -56,6 +56,12 @@ type RolloutRollups struct {
 	Failures     []handsets.FailureCount
 	Hourly       []HourResults
 	InstallTimes []BucketCount
+	// Confirmed counts the rollout's confirmed records (rollout.Confirmed)
+	// by model and starting build, in RolloutCount's State
+	// handsets.StateInstalled; ConfirmTimes their offer-to-confirmation
+	// times.
+	Confirmed    []RolloutCount
+	ConfirmTimes []BucketCount
 	// StateHours are the net changes, per hour after the report's first
 	// hour, of how many records are in each state.
 	StateHours []StateHourDelta

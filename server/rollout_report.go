@@ -30,8 +30,14 @@ type CohortCounts struct {
 	Pending     int64 `json:"pending"`
 	Downloading int64 `json:"downloading"`
 	Installed   int64 `json:"installed"`
-	Failed      int64 `json:"failed"`
-	RolledBack  int64 `json:"rolled_back"`
+	// Confirmed are the installed records whose handset checked in since
+	// the installed report on the release's build with the patch
+	// (rollout.Confirmed), counted by the check-in that confirmed them
+	// and taken out by whatever unconfirms them (a check-in off the
+	// build or patch, a later report on the record, an erasure).
+	Confirmed  int64 `json:"confirmed"`
+	Failed     int64 `json:"failed"`
+	RolledBack int64 `json:"rolled_back"`
 }
 
 func (c *CohortCounts) add(o CohortCounts) {
@@ -41,6 +47,7 @@ func (c *CohortCounts) add(o CohortCounts) {
 	c.Pending += o.Pending
 	c.Downloading += o.Downloading
 	c.Installed += o.Installed
+	c.Confirmed += o.Confirmed
 	c.Failed += o.Failed
 	c.RolledBack += o.RolledBack
 }
@@ -103,6 +110,9 @@ type RolloutReport struct {
 	// OfferToInstall is how long handsets took from the first offer to
 	// the installed report.
 	OfferToInstall InstallTimes `json:"offer_to_install_seconds"`
+	// OfferToConfirmation is how long handsets took from the first offer
+	// to the check-in that confirmed the install (rollout.Confirmed).
+	OfferToConfirmation InstallTimes `json:"offer_to_confirmation_seconds"`
 	// Halt is why the rollout stopped on its own; Holds the held models.
 	Halt  *rollout.Hold  `json:"halt,omitempty"`
 	Holds []rollout.Hold `json:"holds"`
@@ -239,6 +249,12 @@ func NewRolloutReport(ro *rollout.Rollout, rr *RolloutRollups, now time.Time) *R
 			at(byBuild, rc.StartingBuild).count(rc.State, rc.N)
 		}
 	}
+	for _, rc := range rr.Confirmed {
+		if rc.N > 0 {
+			at(byModel, rc.Model).Confirmed += rc.N
+			at(byBuild, rc.StartingBuild).Confirmed += rc.N
+		}
+	}
 	for _, c := range byModel {
 		c.Target = CohortTarget(c.Eligible, c.Installed, pct)
 		rep.CohortCounts.add(*c)
@@ -310,6 +326,7 @@ func NewRolloutReport(ro *rollout.Rollout, rr *RolloutRollups, now time.Time) *R
 	rep.StatesPerHour = stateSeries(rr.Records, rr.StateHours, now)
 	rep.Timeline = rolloutTimeline(ro, rr, now)
 	rep.OfferToInstall = installTimes(rr.InstallTimes)
+	rep.OfferToConfirmation = installTimes(rr.ConfirmTimes)
 	if ro.Halt != nil {
 		h := *ro.Halt
 		rep.Halt = &h

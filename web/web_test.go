@@ -58,15 +58,16 @@ func sampleBackend(tb testing.TB) *fakeBackend {
 	hours[46].Installed, hours[46].Failed = 120, 7
 	rep := &server.RolloutReport{RolloutID: "ro-1", PatchID: "CM-1", State: ro.State, Stage: 1, Percent: 10, GeneratedAt: now,
 		CohortCounts: server.CohortCounts{Eligible: 123456, Target: 12346, Offered: 9876, Pending: 1111, Downloading: 222,
-			Installed: 8001, Failed: 333, RolledBack: 3},
+			Installed: 8001, Confirmed: 7802, Failed: 333, RolledBack: 3},
 		ByModel: []server.ModelCohort{
-			{Model: "PX-8", CohortCounts: server.CohortCounts{Eligible: 100000, Offered: 9000, Installed: 7500, Failed: 300, RolledBack: 3}},
+			{Model: "PX-8", CohortCounts: server.CohortCounts{Eligible: 100000, Offered: 9000, Installed: 7500, Confirmed: 7404, Failed: 300, RolledBack: 3}},
 			{Model: "QZ-2", CohortCounts: server.CohortCounts{Eligible: 23456, Offered: 876, Installed: 501, Failed: 2}, Held: true, HoldReason: "too many failures"},
 		},
 		ByStartingBuild: []server.BuildCohort{{StartingBuild: "7.4.1", CohortCounts: server.CohortCounts{Eligible: 4, Offered: 4444}}},
 		FailureCodes:    []handsets.FailureCount{{ErrorCode: "E_NO_SPACE", Count: 330}, {ErrorCode: "E_RARE", Count: 3}},
 		InstallsPerHour: hours, OfferToInstall: server.InstallTimes{Count: 8001, P50: s(5400), P95: s(20000)},
-		Holds: []rollout.Hold{{Model: "QZ-2", Actor: "system", Reason: "too many failures", At: now}}}
+		OfferToConfirmation: server.InstallTimes{Count: 7802, P50: s(9000), P95: s(30000)},
+		Holds:               []rollout.Hold{{Model: "QZ-2", Actor: "system", Reason: "too many failures", At: now}}}
 	daily := []server.DayExposure{{Day: "2026-12-13", Active: 1000, Exposed: 400, ShareCompliant: s(0.6)},
 		{Day: "2026-12-14", Active: 1000, Exposed: 300, ShareCompliant: s(0.7)}, {Day: "2026-12-15", Active: 1000, Exposed: 200, ShareCompliant: s(0.8)}}
 	proj := server.ProjectCompliance(daily, server.ComplianceTarget)
@@ -174,6 +175,8 @@ func TestPagesRender(t *testing.T) {
 		{"rollouts", "/rollouts", []string{"ro-1", "cm/CM-1/update.zip", "running"}},
 		{"rollout", "/rollouts/ro-1", []string{"123,456", "12,346", "9,876", "1,111", "222", "8,001", "333", "E_NO_SPACE", "too many failures", "looks healthy", "<svg", "1h30m"}},
 		{"rollout live", "/rollouts/ro-1?part=live", []string{"123,456", "8,001"}},
+		{"rollout confirmed", "/rollouts/ro-1", []string{`data-count="confirmed">7,802<`, `<td class="n">7,404</td>`,
+			"Offer to confirmation: median 2h30m, 95th percentile 8h20m (7,802 confirmed)"}},
 		{"releases", "/releases", []string{"cm/CM-1/update.zip", "opt-in", "d-7", "1 of 2", "4f1e2d3c4b5a", "remove cm/CM-0/update.zip"}},
 		{"devices", "/devices", []string{`name="id"`, `href="/devices/dev-42"`}},
 		{"device", "/devices/dev-42", []string{"dev-42", "PX-8", "auto_enabled", "E_NO_SPACE", "CM-2025-004"}},
@@ -223,7 +226,7 @@ func TestMasking(t *testing.T) {
 	e := newEnv(t)
 	// RARE-1 has 4 active handsets, E_RARE 3 failures, build 7.4.1 4
 	// eligible, QZ-2 2 failed: each cell shows <5, never the number.
-	// QZ-2's target and rollbacks are 0, which shows as 0.
+	// QZ-2's target, confirmations and rollbacks are 0, which shows as 0.
 	for _, tc := range []struct {
 		path string
 		re   string
@@ -231,7 +234,7 @@ func TestMasking(t *testing.T) {
 		{"/", `RARE-1</td><td class="n">&lt;5</td><td class="n">&lt;5</td><td class="n">&lt;5</td>`},
 		{"/rollouts/ro-1", `<code>E_RARE</code></td><td class="n">&lt;5</td>`},
 		{"/rollouts/ro-1", `7\.4\.1</td><td class="n">&lt;5</td><td class="n">4,444</td>`},
-		{"/rollouts/ro-1", `QZ-2</td><td class="n">23,456</td><td class="n">0</td><td class="n">876</td><td class="n">501</td><td class="n">&lt;5</td><td class="n">0</td>`},
+		{"/rollouts/ro-1", `QZ-2</td><td class="n">23,456</td><td class="n">0</td><td class="n">876</td><td class="n">501</td><td class="n">0</td><td class="n">&lt;5</td><td class="n">0</td>`},
 	} {
 		body := e.do(t, identity.RoleViewer, "GET", tc.path, nil).Body.String()
 		if !regexp.MustCompile(tc.re).MatchString(body) {

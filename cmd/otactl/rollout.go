@@ -368,7 +368,9 @@ func (c *cli) rolloutShow(args []string) error {
 	var asJSON bool
 	fs := newFlagSet("rollout show ID [--json]",
 		"Shows a rollout: state, stage and percent, release, selector, policy, the halt\n"+
-			"reason with its numbers and time, held models and times.", c.stderr)
+			"reason with its numbers and time, held models and times, and the report's\n"+
+			"results: installed and confirmed (seen since on the new build), offer-to-install\n"+
+			"and offer-to-confirmation times.", c.stderr)
 	fs.BoolVar(&asJSON, "json", false, "print the API's JSON instead")
 	cl, id, err := c.rolloutArg(fs, &sf, args)
 	if err != nil {
@@ -387,6 +389,16 @@ func (c *cli) rolloutShow(args []string) error {
 		return nil
 	}
 	printRollout(c.stdout, r, time.Now())
+	if r.State == "draft" {
+		return nil
+	}
+	// The report's numbers, where the server has them: confirmed beside
+	// installed.
+	if rep, err := cl.RolloutReport(c.ctx, id); err == nil {
+		printReportSummary(c.stdout, reportView(rep))
+	} else if e := client.AsError(err); e == nil || e.Status != http.StatusNotFound {
+		fmt.Fprintf(c.stdout, "  report unavailable: %s\n", esc(oneLine(cl.explain(err).Error())))
+	}
 	return nil
 }
 

@@ -150,7 +150,8 @@ func TestRolloutCommands(t *testing.T) {
 	r = mustRun(t, ops, "rollout", "hold", "ro-privacy", "--model", "PX-8", "--reason", "boot loops")
 	wantContains(t, "rollout hold", r.stdout, "running, stage 3 of 4 (75%)")
 	r = mustRun(t, viewer, "rollout", "show", "ro-privacy")
-	wantContains(t, "rollout show", r.stdout, "stages:   10% 50% [75%] 100%", "held models:", "PX-8 held at ", "by ops: boot loops")
+	wantContains(t, "rollout show", r.stdout, "stages:   10% 50% [75%] 100%", "held models:", "PX-8 held at ", "by ops: boot loops",
+		"  results:  offered 0  pending 0  downloading 0  installed 0 (confirmed 0)  failed 0  rolled back 0\n")
 
 	// Refusals say what to do next.
 	mustRun(t, ops, "rollout", "pause", "ro-privacy", "--reason", "investigating")

@@ -43,11 +43,11 @@ func watchRollout() *wire.Rollout {
 // expects 10 and is full, stage 2 (10%) expects 100 with 100 installed,
 // and the later stages are empty whatever the counts.
 func TestRenderWatch(t *testing.T) {
-	rep := &rolloutReport{Eligible: 900, Target: 100, Offered: 130, Pending: 10, Downloading: 5, Installed: 100, Failed: 15,
-		RolledBack: 1, ByModel: []reportModel{{Model: "PX-7", Offered: 70, Installed: 52, Failed: 3, Held: false},
-			{Model: "PX-8", Offered: 60, Installed: 48, Failed: 12, Held: true}},
-		FailureCodes: []failureCount{{"E_VERIFY", 3}, {"E_DISK_FULL", 12}}}
-	rep.OfferToInstall.P50, rep.OfferToInstall.P95, rep.OfferToInstall.Count = 200, 3600, 100
+	rep := &rolloutReport{Eligible: 900, Target: 100, Offered: 130, Pending: 10, Downloading: 5, Installed: 100, Confirmed: 90, Failed: 15,
+		RolledBack: 1, ByModel: []reportModel{{Model: "PX-7", Offered: 70, Installed: 52, Confirmed: 50, Failed: 3, Held: false},
+			{Model: "PX-8", Offered: 60, Installed: 48, Confirmed: 40, Failed: 12, Held: true}},
+		FailureCodes:   []failureCount{{"E_VERIFY", 3}, {"E_DISK_FULL", 12}},
+		OfferToInstall: reportTimes{P50: 200, P95: 3600, Count: 100}, OfferToConfirmation: reportTimes{P50: 1800, P95: 7200, Count: 90}}
 	full, empty := "["+strings.Repeat("#", barWidth)+"]", "["+strings.Repeat("-", barWidth)+"]"
 	tests := []struct {
 		name      string
@@ -64,11 +64,12 @@ func TestRenderWatch(t *testing.T) {
 			"> stage 2    10% " + full + " 100.0%  100 of 100 installed\n",
 			"  stage 3    50% " + empty + "        500 expected\n",
 			"  stage 4   100% " + empty + "        1000 expected\n",
-			"eligible 900  in this stage 100  offered 130  pending 10  downloading 5  installed 100  failed 15  rolled back 1\n",
+			"eligible 900  in this stage 100  offered 130  pending 10  downloading 5  installed 100 (confirmed 90)  failed 15  rolled back 1\n",
 			"failure rate 13.0% of 115 results (halts above 5.0% over 1h once 50 are in)\n",
 			"offer to install: p50 3m20s, p95 1h (100 installs)\n",
-			"  PX-7  offered 70  installed 52  failed 3\n",
-			"  PX-8  offered 60  installed 48  failed 12  HELD\n",
+			"offer to confirmation: p50 30m, p95 2h (90 confirmed)\n",
+			"  PX-7  offered 70  installed 52 (confirmed 50)  failed 3\n",
+			"  PX-8  offered 60  installed 48 (confirmed 40)  failed 12  HELD\n",
 			"top failures: E_DISK_FULL 12, E_VERIFY 3\n",
 		}, wantNotIn: []string{"nothing more to watch"}},
 		{name: "payloads", rep: &rolloutReport{Eligible: 975, Installed: 25, Bytes: server.PayloadBytes{
@@ -251,5 +252,25 @@ func TestPrintRolloutSchedule(t *testing.T) {
 	r.Policy.StartAt, r.Policy.Deadline = nil, nil
 	if s := show(watchT0); strings.Contains(s, "schedule:") {
 		t.Errorf("a rollout without a schedule shows one:\n%s", s)
+	}
+}
+
+// TestPrintReportSummary: "rollout show" prints confirmed beside
+// installed and both times.
+func TestPrintReportSummary(t *testing.T) {
+	rep := &rolloutReport{Offered: 900, Pending: 50, Downloading: 30, Installed: 812, Confirmed: 790, Failed: 7, RolledBack: 1,
+		OfferToInstall: reportTimes{P50: 600, P95: 3600, Count: 812}, OfferToConfirmation: reportTimes{P50: 2400, P95: 9000, Count: 790}}
+	var b strings.Builder
+	printReportSummary(&b, rep)
+	want := "  results:  offered 900  pending 50  downloading 30  installed 812 (confirmed 790)  failed 7  rolled back 1\n" +
+		"  offer to install: p50 10m, p95 1h (812 installs)\n" +
+		"  offer to confirmation: p50 40m, p95 2h30m (790 confirmed)\n"
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+	b.Reset()
+	printReportSummary(&b, &rolloutReport{Offered: 3, Pending: 3})
+	if strings.Contains(b.String(), "offer to") {
+		t.Errorf("times printed without counts:\n%s", b.String())
 	}
 }

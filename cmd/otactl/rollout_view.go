@@ -296,28 +296,48 @@ func conflictHint(action string, r *wire.Rollout, msg string) string {
 type rolloutReport struct {
 	// Eligible is the selected handsets not yet on the release;
 	// Target those expected in the current stage.
-	Eligible       int64
-	Target         int64
-	Offered        int64
-	Pending        int64
-	Downloading    int64
-	Installed      int64
-	Failed         int64
-	RolledBack     int64
-	ByModel        []reportModel
-	FailureCodes   []failureCount
-	OfferToInstall struct {
-		P50   float64
-		P95   float64
-		Count int64
+	Eligible    int64
+	Target      int64
+	Offered     int64
+	Pending     int64
+	Downloading int64
+	Installed   int64
+	// Confirmed are the installs seen since on the new build with the
+	// patch (rollout.Confirmed).
+	Confirmed           int64
+	Failed              int64
+	RolledBack          int64
+	ByModel             []reportModel
+	FailureCodes        []failureCount
+	OfferToInstall      reportTimes
+	OfferToConfirmation reportTimes
+	Bytes               server.PayloadBytes
+}
+
+// reportTimes are a report's percentiles of a time (server.InstallTimes),
+// 0 without times.
+type reportTimes struct {
+	P50   float64
+	P95   float64
+	Count int64
+}
+
+func reportTimesOf(t server.InstallTimes) reportTimes {
+	v := reportTimes{Count: t.Count}
+	if t.P50 != nil {
+		v.P50 = *t.P50
 	}
-	Bytes server.PayloadBytes
+	if t.P95 != nil {
+		v.P95 = *t.P95
+	}
+	return v
 }
 
 type reportModel struct {
 	Model     string
 	Offered   int64
 	Installed int64
+	Confirmed int64
 	Failed    int64
 	Held      bool
 }
@@ -331,23 +351,42 @@ type failureCount struct {
 func reportView(rep *server.RolloutReport) *rolloutReport {
 	c := rep.CohortCounts
 	v := &rolloutReport{Eligible: c.Eligible, Target: c.Target, Offered: c.Offered, Pending: c.Pending,
-		Downloading: c.Downloading, Installed: c.Installed, Failed: c.Failed, RolledBack: c.RolledBack}
+		Downloading: c.Downloading, Installed: c.Installed, Confirmed: c.Confirmed, Failed: c.Failed, RolledBack: c.RolledBack,
+		OfferToInstall: reportTimesOf(rep.OfferToInstall), OfferToConfirmation: reportTimesOf(rep.OfferToConfirmation)}
 	for _, m := range rep.ByModel {
-		v.ByModel = append(v.ByModel, reportModel{Model: m.Model, Offered: m.Offered, Installed: m.Installed, Failed: m.Failed, Held: m.Held})
+		v.ByModel = append(v.ByModel, reportModel{Model: m.Model, Offered: m.Offered, Installed: m.Installed,
+			Confirmed: m.Confirmed, Failed: m.Failed, Held: m.Held})
 	}
 	for _, f := range rep.FailureCodes {
 		v.FailureCodes = append(v.FailureCodes, failureCount{ErrorCode: f.ErrorCode, Count: f.Count})
 	}
 	v.Bytes = rep.Bytes
-	t := rep.OfferToInstall
-	v.OfferToInstall.Count = t.Count
-	if t.P50 != nil {
-		v.OfferToInstall.P50 = *t.P50
-	}
-	if t.P95 != nil {
-		v.OfferToInstall.P95 = *t.P95
-	}
 	return v
+}
+
+// timesLines are the report's offer-to-install and
+// offer-to-confirmation lines, none for a time without counts.
+func (rep *rolloutReport) timesLines() string {
+	var b strings.Builder
+	if t := rep.OfferToInstall; t.Count > 0 {
+		fmt.Fprintf(&b, "offer to install: p50 %s, p95 %s (%d installs)\n", seconds(t.P50), seconds(t.P95), t.Count)
+	}
+	if t := rep.OfferToConfirmation; t.Count > 0 {
+		fmt.Fprintf(&b, "offer to confirmation: p50 %s, p95 %s (%d confirmed)\n", seconds(t.P50), seconds(t.P95), t.Count)
+	}
+	return b.String()
+}
+
+// printReportSummary is what "rollout show" prints of the report: the
+// results, confirmed beside installed, and the times.
+func printReportSummary(w io.Writer, rep *rolloutReport) {
+	fmt.Fprintf(w, "  results:  offered %d  pending %d  downloading %d  installed %d (confirmed %d)  failed %d  rolled back %d\n",
+		rep.Offered, rep.Pending, rep.Downloading, rep.Installed, rep.Confirmed, rep.Failed, rep.RolledBack)
+	for _, line := range strings.Split(strings.TrimSuffix(rep.timesLines(), "\n"), "\n") {
+		if line != "" {
+			fmt.Fprintf(w, "  %s\n", line)
+		}
+	}
 }
 
 // bytesLine says what the offers cost in payloads against full images,
@@ -432,15 +471,13 @@ func renderWatch(r *wire.Rollout, rep *rolloutReport, repErr error) string {
 	case rep == nil:
 		b.WriteString("no report for this rollout on the server: numbers unavailable\n")
 	default:
-		fmt.Fprintf(&b, "eligible %d  in this stage %d  offered %d  pending %d  downloading %d  installed %d  failed %d  rolled back %d\n",
-			rep.Eligible, rep.Target, rep.Offered, rep.Pending, rep.Downloading, rep.Installed, rep.Failed, rep.RolledBack)
+		fmt.Fprintf(&b, "eligible %d  in this stage %d  offered %d  pending %d  downloading %d  installed %d (confirmed %d)  failed %d  rolled back %d\n",
+			rep.Eligible, rep.Target, rep.Offered, rep.Pending, rep.Downloading, rep.Installed, rep.Confirmed, rep.Failed, rep.RolledBack)
 		if n := rep.Installed + rep.Failed; n > 0 {
 			fmt.Fprintf(&b, "failure rate %s of %d results (halts above %s over %s once %d are in)\n",
 				fmtRate(float64(rep.Failed)/float64(n)), n, fmtRate(r.Policy.MaxFailureRate), esc(r.Policy.FailureWindow), r.Policy.MinResults)
 		}
-		if t := rep.OfferToInstall; t.Count > 0 {
-			fmt.Fprintf(&b, "offer to install: p50 %s, p95 %s (%d installs)\n", seconds(t.P50), seconds(t.P95), t.Count)
-		}
+		b.WriteString(rep.timesLines())
 		if line := bytesLine(rep.Bytes); line != "" {
 			b.WriteString(line + "\n")
 		}
@@ -451,7 +488,7 @@ func renderWatch(r *wire.Rollout, rep *rolloutReport, repErr error) string {
 				width = max(width, len(esc(m.Model)))
 			}
 			for _, m := range rep.ByModel {
-				line := fmt.Sprintf("  %-*s  offered %d  installed %d  failed %d", width, esc(m.Model), m.Offered, m.Installed, m.Failed)
+				line := fmt.Sprintf("  %-*s  offered %d  installed %d (confirmed %d)  failed %d", width, esc(m.Model), m.Offered, m.Installed, m.Confirmed, m.Failed)
 				if m.Held {
 					line += "  HELD"
 				}

@@ -34,7 +34,7 @@ func (m *mockDevices) Enroll(ctx context.Context, d *handsets.Device, h string) 
 func (m *mockDevices) CheckInState(ctx context.Context, h string) (*handsets.Device, []*handsets.DeviceRollout, error) {
 	return m.CheckInStateFn(ctx, h)
 }
-func (m *mockDevices) SaveCheckIn(context.Context, *handsets.Device, *handsets.Device) error {
+func (m *mockDevices) SaveCheckIn(context.Context, *handsets.Device, *handsets.Device, []handsets.Confirmation) error {
 	return nil
 }
 func (m *mockDevices) DeviceByToken(ctx context.Context, h string) (*handsets.Device, error) {

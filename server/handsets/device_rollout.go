@@ -90,6 +90,16 @@ func (dr *DeviceRollout) ObserveReport(state, errorCode string, receivedAt time.
 	}
 }
 
+// Confirmation is a change that a check-in makes to whether Record is
+// confirmed (rollout.Confirmed: installed, and seen since on the
+// release's build with its patch): N is +1 when the check-in confirms it,
+// -1 when it takes the confirmation back (the handset left the build or
+// dropped the patch). The store counts them with the check-in's write.
+type Confirmation struct {
+	Record *DeviceRollout
+	N      int64
+}
+
 // BackFromInstall reports whether a check-in of d, whose stored last_seen
 // is d.LastSeen, is its first since one of its records began an install
 // (the last offer, while installing) or reported it installed: that

@@ -182,8 +182,11 @@ type DeviceStore interface {
 	// rollups it moves, if the stored device is still at old.Rev: it then
 	// sets next.Rev. A stored device at another revision is ErrConflict
 	// and nothing is written: read it again. An erased device is
-	// ErrDeviceToken.
-	SaveCheckIn(ctx context.Context, old, next *Device) error
+	// ErrDeviceToken. confirmations are the changes the check-in makes to
+	// the confirmation of old's records (rollout.Confirmations): they
+	// are counted with the write, and the offer-to-confirmation time of
+	// each record it confirms.
+	SaveCheckIn(ctx context.Context, old, next *Device, confirmations []Confirmation) error
 	// DeviceByToken returns the device holding tokenHash, or ErrDeviceToken.
 	DeviceByToken(ctx context.Context, tokenHash string) (*Device, error)
 	// AddReport stores r once per (device, report id), moves the

@@ -808,3 +808,47 @@ func (r *Rollout) ReleaseHold(actor, reason, model string, now time.Time) (Event
 	r.ModelHealthSince = since
 	return r.finish(ev), nil
 }
+
+// Confirmed reports whether record r of a rollout of rel is confirmed by
+// the handset's state d: r reported installed, and d checked in after
+// that report (its last_seen after r.ResultAt) running rel.InstallsBuild
+// with rel.PatchID installed. An installed report is the handset's word;
+// a check-in on the new build is the server's own sighting of it.
+// RolloutStore.RolloutResults counts the same records in SQL.
+func Confirmed(d *handsets.Device, r *handsets.DeviceRollout, rel RolloutRelease) bool {
+	return r.State == handsets.StateInstalled && !r.ResultAt.IsZero() && rel.InstallsBuild != "" && rel.PatchID != "" &&
+		d.LastSeen.After(r.ResultAt) && d.Build == rel.InstallsBuild && slices.Contains(d.InstalledPatches, rel.PatchID)
+}
+
+// Confirmations are the changes that a check-in taking the handset from
+// old to next makes to its records' confirmations (Confirmed): +1 for
+// each record confirmed by next and not by old, -1 for each confirmed by
+// old and not by next (the handset left the build or dropped the patch).
+// A record is confirmed once: the check-ins after the first confirming
+// one find it confirmed already. release returns the release of a
+// rollout, false when it is unknown (no change then); it is asked only
+// about installed records whose confirmation the check-in could change,
+// so a check-in that changes neither build nor patches of a handset seen
+// since its installs asks nothing.
+func Confirmations(old, next *handsets.Device, records []*handsets.DeviceRollout, release func(rolloutID string) (RolloutRelease, bool)) []handsets.Confirmation {
+	var out []handsets.Confirmation
+	for _, r := range records {
+		if r.State != handsets.StateInstalled || r.ResultAt.IsZero() || !next.LastSeen.After(r.ResultAt) {
+			continue
+		}
+		if old.LastSeen.After(r.ResultAt) && old.Build == next.Build && slices.Equal(old.InstalledPatches, next.InstalledPatches) {
+			continue // whatever old was, next is the same
+		}
+		rel, ok := release(r.RolloutID)
+		if !ok {
+			continue
+		}
+		switch was, is := Confirmed(old, r, rel), Confirmed(next, r, rel); {
+		case is && !was:
+			out = append(out, handsets.Confirmation{Record: r, N: 1})
+		case was && !is:
+			out = append(out, handsets.Confirmation{Record: r, N: -1})
+		}
+	}
+	return out
+}

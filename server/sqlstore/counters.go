@@ -91,6 +91,18 @@ var (
 	payloadsTable = &counterTable{name: "rollout_payloads", keys: []counterColumn{
 		{"rollout_id", "text"}, {"from_build", "text"},
 	}, counts: []string{"offers", "bytes", "full_bytes"}}
+	// confirmationsTable counts a rollout's confirmed records by model
+	// and starting build (rollout.Confirmed): the check-in that confirms
+	// one adds it; a check-in off the build or patch, a report on the
+	// record and an erasure take it out (migration 17).
+	confirmationsTable = &counterTable{name: "rollout_confirmations", keys: []counterColumn{
+		{"rollout_id", "text"}, {"model", "text"}, {"starting_build", "text"},
+	}, counts: []string{"n"}, dropEmpty: true}
+	// confirmTimesTable counts the offer-to-confirmation times in
+	// buckets of server.InstallTimeBucket (migration 17).
+	confirmTimesTable = &counterTable{name: "rollout_confirm_times", keys: []counterColumn{
+		{"rollout_id", "text"}, {"bucket", "integer"},
+	}, counts: []string{"n"}}
 )
 
 // counterTables are every rollup with a delta log, in the order a fold
@@ -98,13 +110,14 @@ var (
 var counterTables = []*counterTable{
 	fleetCountsTable, fleetDailyTable, fleetTotalsTable, rolloutCountsTable,
 	stateHourlyTable, rolloutHourlyTable, installTimesTable, failuresTable,
-	payloadsTable,
+	payloadsTable, confirmationsTable, confirmTimesTable,
 }
 
-// deltaLogSchema is the log tables of rollups tables (migration 13 made
-// those of the first eight): a log table per rollup, with the rollup's
+// deltaLogSchema is a log table per rollup of tables, with the rollup's
 // columns and no key (appends never conflict), and on the rollups whose
-// counts go down an index of the rows at zero, which each fold deletes.
+// counts go down an index of the rows at zero, which each fold deletes:
+// migration 13 for the rollups of migration 7, and the logs of the
+// rollups added since.
 func deltaLogSchema(tables ...*counterTable) []string {
 	var out []string
 	for _, t := range tables {
@@ -121,6 +134,24 @@ func deltaLogSchema(tables ...*counterTable) []string {
 		}
 	}
 	return out
+}
+
+// counterSchema creates the rollups tables, each keyed by its key
+// columns, with their delta logs (deltaLogSchema).
+func counterSchema(tables ...*counterTable) []string {
+	var out []string
+	for _, t := range tables {
+		cols := make([]string, 0, len(t.keys)+len(t.counts))
+		for _, c := range t.keys {
+			cols = append(cols, c.name+" "+strings.ToUpper(c.pgType)+" NOT NULL")
+		}
+		for _, c := range t.counts {
+			cols = append(cols, c+" BIGINT NOT NULL")
+		}
+		cols = append(cols, "PRIMARY KEY ("+strings.Join(t.keyNames(), ", ")+")")
+		out = append(out, "CREATE TABLE "+t.name+" (\n\t"+strings.Join(cols, ",\n\t")+"\n)")
+	}
+	return append(out, deltaLogSchema(tables...)...)
 }
 
 // tailed is a FROM item that reads rollup t with its unfolded deltas:

@@ -16,6 +16,7 @@ import (
 
 	"github.com/patchfleet/ota/server/errs"
 	"github.com/patchfleet/ota/server/handsets"
+	"github.com/patchfleet/ota/server/rollout"
 )
 
 // DeviceStore keeps handsets, their reports and install states; it
@@ -398,7 +399,7 @@ WHERE id = ? AND rev = ?`
 // The update is a compare-and-swap on rev, so of two check-ins of one
 // device read at the same revision only one moves the rollups. A check-in that changes
 // only last_seen on the same day moves none and is the update alone.
-func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *handsets.Device) error {
+func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *handsets.Device, confirmations []handsets.Confirmation) error {
 	oldRow, err := rowOf(old)
 	if err != nil {
 		return err
@@ -412,6 +413,7 @@ func (s *DeviceStore) SaveCheckIn(ctx context.Context, old, next *handsets.Devic
 	if fleetKeyOf(oldRow) != fleetKeyOf(nextRow) || rollupDay(oldRow.LastSeen) != rollupDay(nextRow.LastSeen) {
 		deltas = moveDevice(oldRow, nextRow)
 	}
+	deltas.merge(confirm(confirmations, nextRow.LastSeen))
 	args := []any{nextRow.Build, nextRow.Model, nextRow.Channel, nextRow.InstalledPatches, nextRow.CloudMessaging,
 		nextRow.NumberEncryption, nextRow.LastSeen, old.ID, old.Rev}
 	var updated bool
@@ -582,6 +584,11 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 		}
 		b := eraseDevice(&old[0])
 		b.merge(eraseRecords(drs, s.db.now()))
+		unconfirm, err := s.confirmedRecords(tx, old[0].device(), drs)
+		if err != nil {
+			return err
+		}
+		b.merge(unconfirm)
 		if err := b.insert(gormExec{tx}); err != nil {
 			return err
 		}
@@ -600,6 +607,36 @@ func (s *DeviceStore) deleteDevice(ctx context.Context, id string) error {
 		}
 		return nil
 	})
+}
+
+// confirmedRecords is the deltas that take the confirmed ones among an
+// erased device d's records out of rollout_confirmations: those that
+// rollout.Confirmed finds confirmed by d, with their rollouts' releases
+// read in one query. The offer-to-confirmation times stay, as the
+// offer-to-install times do.
+func (s *DeviceStore) confirmedRecords(tx *gorm.DB, d *handsets.Device, records []*handsets.DeviceRollout) (deltaBatch, error) {
+	var b deltaBatch
+	var ids []string
+	for _, r := range records {
+		if r.State == handsets.StateInstalled && !r.ResultAt.IsZero() && d.LastSeen.After(r.ResultAt) {
+			ids = append(ids, r.RolloutID)
+		}
+	}
+	if len(ids) == 0 {
+		return b, nil
+	}
+	var releases []struct{ ID, PatchID, InstallsBuild string }
+	if err := tx.Raw(`SELECT id, patch_id, installs_build FROM rollouts WHERE id IN ?`, ids).Scan(&releases).Error; err != nil {
+		return b, fmt.Errorf("read the releases of the device's rollouts: %w", err)
+	}
+	for _, r := range records {
+		for _, rel := range releases {
+			if rel.ID == r.RolloutID && rollout.Confirmed(d, r, rollout.RolloutRelease{PatchID: rel.PatchID, InstallsBuild: rel.InstallsBuild}) {
+				b.add(confirmationsTable, r.RolloutID, r.Model, r.StartingBuild, int64(-1))
+			}
+		}
+	}
+	return b, nil
 }
 
 // likeEscaper escapes LIKE's wildcards with '!', which is declared with

@@ -108,7 +108,7 @@ func checkIn(ctx context.Context, s *DeviceStore, tokenHash string, ci handsets.
 			return nil, err
 		}
 		next := d.AfterCheckIn(ci, now)
-		err = s.SaveCheckIn(ctx, d, next)
+		err = s.SaveCheckIn(ctx, d, next, nil)
 		if errors.Is(err, errs.ErrConflict) {
 			continue
 		}
@@ -1098,7 +1098,7 @@ func testCheckInOneRoundTrip(t *testing.T, b backend) {
 		}
 		seen = seen.Add(time.Second)
 		next := d.AfterCheckIn(ci, seen)
-		return s.SaveCheckIn(ctx, d, next)
+		return s.SaveCheckIn(ctx, d, next, nil)
 	}); got != 2 {
 		t.Errorf("round trips per check-in that writes last_seen: got %d, want 2 (read, update)", got)
 	}

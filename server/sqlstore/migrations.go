@@ -241,6 +241,34 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 	PRIMARY KEY (rollout_id, from_build)
 )`}, deltaLogSchema(payloadsTable)...),
 	},
+	{
+		// Confirmed installs (rollout.Confirmed) for the rollout report:
+		// rollout_confirmations by model and starting build,
+		// rollout_confirm_times the
+		// offer-to-confirmation times in buckets of
+		// server.InstallTimeBucket, both with delta logs (counters.go).
+		// The records confirmed already are counted once here; their
+		// times are not known.
+		Version:  17,
+		Name:     "rollout_confirmations",
+		SQLite:   confirmationsSchema("instr"),
+		Postgres: confirmationsSchema("strpos"),
+	},
+}
+
+// confirmationsSchema is migration 17, with position the function that
+// finds a string in another (SQLite's instr, PostgreSQL's strpos): the
+// counters, then the records confirmed already, by the rule of
+// rollout.Confirmed (a patch set is ",A,B,": see encodePatches).
+func confirmationsSchema(position string) []string {
+	return append(counterSchema(confirmationsTable, confirmTimesTable),
+		`INSERT INTO rollout_confirmations (rollout_id, model, starting_build, n)
+SELECT dr.rollout_id, dr.model, dr.starting_build, COUNT(*) FROM device_rollouts dr
+JOIN devices d ON d.id = dr.device_id JOIN rollouts r ON r.id = dr.rollout_id
+WHERE dr.state = 'installed' AND dr.result_at IS NOT NULL AND d.last_seen > dr.result_at
+	AND r.installs_build <> '' AND r.patch_id <> '' AND d.build = r.installs_build
+	AND `+position+`(d.installed_patches, ',' || r.patch_id || ',') > 0
+GROUP BY dr.rollout_id, dr.model, dr.starting_build`)
 }
 
 // deviceListSchema is migration 15 with byteOrder the collation clause

@@ -679,7 +679,7 @@ func addUnfoldedTail(db *DB, ro *rollout.Rollout, n int) error {
 			}
 			ci := handsets.CheckIn{Build: "7.9.9", Model: d.Model, Channel: d.Channel, InstalledPatches: d.InstalledPatches,
 				CloudMessaging: d.CloudMessaging, NumberEncryption: d.NumberEncryption}
-			return s.SaveCheckIn(ctx, d, d.AfterCheckIn(ci, seedNow.Add(-time.Duration(i)*time.Millisecond)))
+			return s.SaveCheckIn(ctx, d, d.AfterCheckIn(ci, seedNow.Add(-time.Duration(i)*time.Millisecond)), nil)
 		}
 	}
 	for i, id := range offered {

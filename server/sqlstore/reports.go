@@ -152,9 +152,12 @@ WHERE device_id = ? AND report_id = ?`, deviceID, reportID)
 // device row is the one the report's token found, by its key). FOR
 // UPDATE OF dr (on PostgreSQL) holds the record until the transaction
 // ends, so two reports of one device at once move it one after the
-// other.
+// other. The device's build, patches and last_seen and the rollout's
+// installs_build tell whether the record is confirmed (rollout.Confirmed)
+// before the report moves it.
 const reportRecordSQL = `SELECT dr.rollout_id, dr.device_id, dr.model, dr.starting_build, dr.offered_at, dr.last_offered_at,
-	dr.state, dr.attempts, dr.last_failure_at, dr.result_at, dr.full_only, d.enrolled_at, ro.started_at
+	dr.state, dr.attempts, dr.last_failure_at, dr.result_at, dr.full_only, d.enrolled_at, ro.started_at,
+	d.build, d.installed_patches, d.last_seen, ro.installs_build, ro.patch_id
 FROM device_rollouts dr JOIN rollouts ro ON ro.id = dr.rollout_id JOIN devices d ON d.id = dr.device_id
 WHERE dr.device_id = ? AND ro.patch_id = ?
 ORDER BY CASE WHEN dr.rollout_id = ? THEN 0 ELSE 1 END, dr.last_offered_at DESC, dr.rollout_id DESC
@@ -165,6 +168,10 @@ type reportRecordRow struct {
 	Record     deviceRolloutRow
 	EnrolledAt time.Time
 	StartedAt  *time.Time
+	// Device is the device's build, patches and last_seen; Release the
+	// rollout's installs_build and patch.
+	Device  handsets.Device
+	Release rollout.RolloutRelease
 }
 
 // insertReportSQL stores a report unless its key is taken.
@@ -239,10 +246,11 @@ func scanReportRecord(rows *sql.Rows, counts ...*int64) (*reportRecordRow, error
 		rOffered, rLastOffered, rFail, rDone sql.NullTime
 		rAttempts                            sql.NullInt64
 		rFullOnly                            sql.NullBool
-		enrolled, started                    sql.NullTime
+		enrolled, started, seen              sql.NullTime
+		dBuild, dPatches, rInstalls, rPatch  sql.NullString
 	)
 	dest := []any{&rID, &rDev, &rModel, &rBuild, &rOffered, &rLastOffered, &rState, &rAttempts, &rFail, &rDone, &rFullOnly,
-		&enrolled, &started}
+		&enrolled, &started, &dBuild, &dPatches, &seen, &rInstalls, &rPatch}
 	for i := len(counts) - 1; i >= 0; i-- {
 		dest = append([]any{counts[i]}, dest...)
 	}
@@ -255,7 +263,9 @@ func scanReportRecord(rows *sql.Rows, counts ...*int64) (*reportRecordRow, error
 	return &reportRecordRow{Record: deviceRolloutRow{RolloutID: rID.String, DeviceID: rDev.String, Model: rModel.String,
 		StartingBuild: rBuild.String, OfferedAt: rOffered.Time, LastOfferedAt: rLastOffered.Time, State: rState.String,
 		Attempts: int(rAttempts.Int64), LastFailureAt: nullTime(rFail), ResultAt: nullTime(rDone), FullOnly: rFullOnly.Bool},
-		EnrolledAt: enrolled.Time, StartedAt: nullTime(started)}, nil
+		EnrolledAt: enrolled.Time, StartedAt: nullTime(started),
+		Device:  handsets.Device{Build: dBuild.String, InstalledPatches: decodePatches(dPatches.String), LastSeen: seen.Time.UTC()},
+		Release: rollout.RolloutRelease{InstallsBuild: rInstalls.String, PatchID: rPatch.String}}, nil
 }
 
 // observe moves rec, the device's rollout record that report r is
@@ -277,6 +287,11 @@ func (s *DeviceStore) observe(x sqlExec, r handsets.Report, rec *reportRecordRow
 	late := rollout.EnrolledLate(rec.EnrolledAt, readTime(rec.StartedAt))
 	deltas := moveRecords(recordMove(old, &next), r.ReceivedAt)
 	deltas.merge(countResult(old, &next, r.ErrorCode, r.ReceivedAt))
+	if rollout.Confirmed(&rec.Device, old, rec.Release) && !rollout.Confirmed(&rec.Device, &next, rec.Release) {
+		// A confirmed install reported again (rolled back, or installed
+		// anew): confirmed again only by a check-in after this report.
+		deltas.add(confirmationsTable, old.RolloutID, old.Model, old.StartingBuild, int64(-1))
+	}
 	_, err := s.db.changeWithDeltas(x, `UPDATE device_rollouts SET state = ?, last_failure_at = ?, result_at = ?, enrolled_late = ?,
 	full_only = ? WHERE rollout_id = ? AND device_id = ?`, []any{next.State, optionalTime(next.LastFailureAt), optionalTime(next.ResultAt), late,
 		next.FullOnly, next.RolloutID, next.DeviceID}, deltas)

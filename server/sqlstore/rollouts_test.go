@@ -877,7 +877,7 @@ func testRolloutSilence(t *testing.T, b backend) {
 	}
 	next := *d
 	next.LastSeen = t0.Add(5 * time.Hour)
-	if err := devices.SaveCheckIn(t.Context(), d, &next); err != nil {
+	if err := devices.SaveCheckIn(t.Context(), d, &next, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := count(silentBefore), (map[string]rollout.Results{"PX-8": {Installed: 3, Silent: 1}, "PX-7": {Installed: 1, Failed: 1}}); !reflect.DeepEqual(got, want) {

@@ -57,7 +57,7 @@ func scanRows(tx *gorm.DB, scan func(*sql.Rows) error, query string, args ...any
 	return rows.Err()
 }
 
-// RolloutRollups implements server.ReportStore in six reads of one
+// RolloutRollups implements server.ReportStore in nine reads of one
 // snapshot. The fleet counts are filtered by exact membership (a model
 // list is a prefix of fleet_counts' key) and summed over channel,
 // region and privacy state, which eligibility does not depend on past
@@ -150,6 +150,26 @@ func (s *ReportStore) RolloutRollups(ctx context.Context, rolloutID string, hour
 			` HAVING SUM(n) > 0 ORDER BY bucket`, twice(rolloutID)...)
 		if err != nil {
 			return fmt.Errorf("read rollout_install_times: %w", err)
+		}
+		err = scanRows(tx, func(r *sql.Rows) error {
+			rc := server.RolloutCount{State: handsets.StateInstalled}
+			err := r.Scan(&rc.Model, &rc.StartingBuild, &rc.N)
+			rr.Confirmed = append(rr.Confirmed, rc)
+			return err
+		}, tailedSum(confirmationsTable, []string{"model", "starting_build"}, []string{"n"}, "rollout_id = ?")+
+			` HAVING SUM(n) > 0`, twice(rolloutID)...)
+		if err != nil {
+			return fmt.Errorf("read rollout_confirmations: %w", err)
+		}
+		err = scanRows(tx, func(r *sql.Rows) error {
+			var b server.BucketCount
+			err := r.Scan(&b.Bucket, &b.N)
+			rr.ConfirmTimes = append(rr.ConfirmTimes, b)
+			return err
+		}, tailedSum(confirmTimesTable, []string{"bucket"}, []string{"n"}, "rollout_id = ?")+
+			` HAVING SUM(n) > 0 ORDER BY bucket`, twice(rolloutID)...)
+		if err != nil {
+			return fmt.Errorf("read rollout_confirm_times: %w", err)
 		}
 		return nil
 	})

@@ -215,6 +215,23 @@ func countResult(old, next *handsets.DeviceRollout, errorCode string, receivedAt
 	return b
 }
 
+// confirm is the deltas of the check-in at seen that changes records'
+// confirmations (rollout.Confirmations): each record's move in or out of
+// the confirmed of its rollout, model and starting build, and for one it
+// confirms its offer-to-confirmation time (times, as the
+// offer-to-install ones, are not taken back).
+func confirm(changes []handsets.Confirmation, seen time.Time) deltaBatch {
+	var b deltaBatch
+	for _, c := range changes {
+		r := c.Record
+		b.add(confirmationsTable, r.RolloutID, r.Model, r.StartingBuild, c.N)
+		if c.N > 0 {
+			b.add(confirmTimesTable, r.RolloutID, server.InstallTimeBucket(seen.Sub(r.OfferedAt)), int64(1))
+		}
+	}
+	return b
+}
+
 // DeleteDailyRollupsBefore implements handsets.DeviceStore: whole days of
 // fleet_daily and fleet_daily_totals, through their primary keys (day
 // first), and of their logs.

@@ -549,7 +549,7 @@ func (c *concRun) checkIn(ctx context.Context, rng *rand.Rand, id string) {
 		}
 		next := d.AfterCheckIn(handsets.CheckIn{Build: build, Model: d.Model, Channel: channel, InstalledPatches: patches,
 			CloudMessaging: messaging, NumberEncryption: encryption}, now)
-		err = c.s.SaveCheckIn(ctx, d, next)
+		err = c.s.SaveCheckIn(ctx, d, next, nil)
 		switch {
 		case errors.Is(err, errs.ErrConflict):
 			c.did("check-in conflict")
