@@ -64,7 +64,10 @@ func TestReleaseWithIncrementals(t *testing.T) {
 		"--incremental-from", "7.4.1="+deltaFile, "--incremental-from", "7.4.2="+pkg)
 	wantContains(t, "release create", r.stdout, "uploaded fw/u.from-7.4.1.zip", "uploaded fw/u.from-7.4.2.zip",
 		"incremental from 7.4.1 (zstd-patch)", "incremental from 7.4.2 (package)")
-	mustRun(t, env, "release", "sign", draftID(t, r), "--key", alice.key, "--yes")
+	r = mustRun(t, env, "release", "sign", draftID(t, r), "--key", alice.key, "--yes")
+	// What the engineer signs says which payload is which.
+	wantContains(t, "release sign", r.stdout, "incrementals=7.4.1:fw/u.from-7.4.1.zip,7.4.2:fw/u.from-7.4.2.zip",
+		"incremental=zstd-patch payload of fw/u.zip for build 7.4.1", "incremental=package payload of fw/u.zip for build 7.4.2")
 	st := repoStatus(t, srv)
 	customs := map[string]manifests.TargetCustom{}
 	for _, tg := range st.Targets {

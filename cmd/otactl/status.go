@@ -137,8 +137,17 @@ func describeCustom(raw json.RawMessage) string {
 	for _, k := range sortedKeys(c.Extra) {
 		add("extra."+k, fmt.Sprintf("%q", c.Extra[k]))
 	}
+	var incs []string
+	for _, b := range sortedKeys(c.Incrementals) {
+		incs = append(incs, esc(b)+":"+esc(c.Incrementals[b]))
+	}
+	add("incrementals", strings.Join(incs, ","))
+	if i := c.Incremental; i != nil {
+		add("incremental", fmt.Sprintf("%s payload of %s for build %s", esc(i.Format), esc(i.Of), esc(i.FromBuild)))
+	}
 	known := map[string]bool{"patch_id": true, "models": true, "build_min": true, "build_max": true, "installs_build": true,
-		"cloud_messaging_default": true, "number_encryption": true, "extra": true, "released": true}
+		"cloud_messaging_default": true, "number_encryption": true, "extra": true, "released": true,
+		"incrementals": true, "incremental": true}
 	for _, k := range sortedKeys(all) {
 		if !known[k] {
 			b, _ := json.Marshal(all[k])
