@@ -129,7 +129,8 @@ grep -q "^handset: no_offer: not_selected " "$work/run.log" ||
   fail "the handsets never printed \"handset: no_offer: not_selected\", which the README promises"
 # The rollout's report as the block printed it last: every handset offered,
 # and the same installs and failures as the handsets counted.
-grep -q "\"offered\":1000,\"pending\":0,\"downloading\":0,\"installed\":$installed,\"failed\":$failed," "$work/run.log" ||
+# (confirmed, between them, follows the handsets' next check-ins.)
+grep -Eq "\"offered\":1000,\"pending\":0,\"downloading\":0,\"installed\":$installed,(\"confirmed\":[0-9]+,)?\"failed\":$failed," "$work/run.log" ||
   fail "the rollout report does not show 1000 offered, $installed installed and $failed failed as the handsets do"
 echo "   handsets: $installed installed, $failed failed, as the rollout report says"
 step "the README's demo (on a free port): the lines it says the demo prints"
