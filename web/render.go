@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/internal/humanize"
+	"github.com/patchfleet/ota/humanize"
 	"github.com/patchfleet/ota/server/identity"
 	"github.com/patchfleet/ota/server/rollout"
 )

@@ -6,7 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/patchfleet/ota/internal/humanize"
+	"github.com/patchfleet/ota/humanize"
 	"github.com/patchfleet/ota/manifests/delta"
 )
 

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/patchfleet/ota/internal/humanize"
+	"github.com/patchfleet/ota/humanize"
 )
 
 // progress shows how far an upload is on stderr: on a terminal one line

@@ -14,7 +14,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/patchfleet/ota/client"
-	"github.com/patchfleet/ota/internal/humanize"
+	"github.com/patchfleet/ota/humanize"
 	"github.com/patchfleet/ota/manifests"
 	"github.com/patchfleet/ota/manifests/delta"
 	"github.com/patchfleet/ota/server/api/wire"

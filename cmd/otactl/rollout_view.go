@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/patchfleet/ota/internal/humanize"
+	"github.com/patchfleet/ota/humanize"
 	"github.com/patchfleet/ota/internal/termtext"
 	"github.com/patchfleet/ota/server"
 	"github.com/patchfleet/ota/server/api"

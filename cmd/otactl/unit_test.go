@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchfleet/ota/internal/humanize"
+	"github.com/patchfleet/ota/humanize"
 	"github.com/patchfleet/ota/manifests"
 )
 
