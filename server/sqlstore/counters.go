@@ -121,14 +121,7 @@ var counterTables = []*counterTable{
 func deltaLogSchema(tables ...*counterTable) []string {
 	var out []string
 	for _, t := range tables {
-		cols := make([]string, 0, len(t.keys)+len(t.counts))
-		for _, c := range t.keys {
-			cols = append(cols, c.name+" "+strings.ToUpper(c.pgType)+" NOT NULL")
-		}
-		for _, c := range t.counts {
-			cols = append(cols, c+" BIGINT NOT NULL")
-		}
-		out = append(out, "CREATE TABLE "+t.log()+" (\n\t"+strings.Join(cols, ",\n\t")+"\n)")
+		out = append(out, "CREATE TABLE "+t.log()+" (\n\t"+strings.Join(t.columnDefs(), ",\n\t")+"\n)")
 		if t.dropEmpty {
 			out = append(out, "CREATE INDEX "+t.name+"_empty ON "+t.name+" (n) WHERE n <= 0")
 		}
@@ -136,19 +129,25 @@ func deltaLogSchema(tables ...*counterTable) []string {
 	return out
 }
 
+// columnDefs are t's columns as CREATE TABLE declares them: the key
+// columns, then the counts, all NOT NULL.
+func (t *counterTable) columnDefs() []string {
+	cols := make([]string, 0, len(t.keys)+len(t.counts)+1)
+	for _, c := range t.keys {
+		cols = append(cols, c.name+" "+strings.ToUpper(c.pgType)+" NOT NULL")
+	}
+	for _, c := range t.counts {
+		cols = append(cols, c+" BIGINT NOT NULL")
+	}
+	return cols
+}
+
 // counterSchema creates the rollups tables, each keyed by its key
 // columns, with their delta logs (deltaLogSchema).
 func counterSchema(tables ...*counterTable) []string {
 	var out []string
 	for _, t := range tables {
-		cols := make([]string, 0, len(t.keys)+len(t.counts))
-		for _, c := range t.keys {
-			cols = append(cols, c.name+" "+strings.ToUpper(c.pgType)+" NOT NULL")
-		}
-		for _, c := range t.counts {
-			cols = append(cols, c+" BIGINT NOT NULL")
-		}
-		cols = append(cols, "PRIMARY KEY ("+strings.Join(t.keyNames(), ", ")+")")
+		cols := append(t.columnDefs(), "PRIMARY KEY ("+strings.Join(t.keyNames(), ", ")+")")
 		out = append(out, "CREATE TABLE "+t.name+" (\n\t"+strings.Join(cols, ",\n\t")+"\n)")
 	}
 	return append(out, deltaLogSchema(tables...)...)

@@ -230,16 +230,8 @@ SELECT rollout_id, ?, state, 0, SUM(n) FROM rollout_counts GROUP BY rollout_id, 
 		// offers' bytes by payload for the rollout report.
 		Version: 16,
 		Name:    "incremental_payloads",
-		Common: append([]string{
-			`ALTER TABLE device_rollouts ADD COLUMN full_only BOOLEAN NOT NULL DEFAULT FALSE`,
-			`CREATE TABLE rollout_payloads (
-	rollout_id TEXT NOT NULL,
-	from_build TEXT NOT NULL,
-	offers BIGINT NOT NULL,
-	bytes BIGINT NOT NULL,
-	full_bytes BIGINT NOT NULL,
-	PRIMARY KEY (rollout_id, from_build)
-)`}, deltaLogSchema(payloadsTable)...),
+		Common: append([]string{`ALTER TABLE device_rollouts ADD COLUMN full_only BOOLEAN NOT NULL DEFAULT FALSE`},
+			counterSchema(payloadsTable)...),
 	},
 	{
 		// Confirmed installs (rollout.Confirmed) for the rollout report:
